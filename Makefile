@@ -1,0 +1,51 @@
+# meter: `make serve` runs it, `make test` tests it. Both set everything up on a fresh machine.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Builds live outside the clone so that a new clone reuses them (RocksDB takes minutes to compile).
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/meter/target
+DATA_DIR ?= .meter-data
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+.PHONY: system-deps
+system-deps: ## Debian packages the build needs (libclang for RocksDB's bindings)
+	@if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1; then \
+		echo "installing clang and libclang-dev (RocksDB's bindgen needs them)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq clang libclang-dev; \
+	fi
+
+$(VENV)/.deps: requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+.PHONY: build
+build: system-deps $(VENV)/.deps ## Build the Rust engine into the virtualenv (release)
+	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH maturin develop --release -q
+
+.PHONY: test
+test: build ## Build, then run the Rust and Python test suites
+	cargo test --release -p meter_core
+	$(PY) -m pytest
+
+.PHONY: serve
+serve: build ## Build, then run meter on a local data directory (.meter-data)
+	$(VENV)/bin/meter demo --data-dir $(DATA_DIR)
+
+.PHONY: bench-core
+bench-core: build ## Engine benchmark: 1000-event batches, fsync, 5% duplicates
+	$(PY) benches/bench_core.py
+
+.PHONY: bench
+bench: bench-core ## All benchmarks
+
+.PHONY: lint
+lint: $(VENV)/.deps ## cargo fmt --check and clippy
+	cargo fmt --all -- --check
+	cargo clippy --release -p meter_core --all-targets -- -D warnings

@@ -1,0 +1,260 @@
+//! The engine: opens the store, recovers state, runs the writer thread, and answers the public calls.
+//!
+//! Recovery at open: the commit sequence and meter-id counter from `meta`, the meters, and the dedup
+//! index from the `dedup` records still inside the window. Everything acknowledged was in one synced
+//! write batch, so what is recovered is exactly what was acknowledged.
+
+pub mod config;
+pub mod report;
+mod writer;
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Sender, TrySendError};
+use serde::Serialize;
+
+pub use config::{Config, Durability};
+pub use report::IngestReport;
+use writer::{Command, Writer};
+
+use crate::aggregate::meter::{Meter, MeterSpec, StoredMeter};
+use crate::aggregate::registry::Registry;
+use crate::dedup::{self, DedupIndex};
+use crate::error::{Error, Result};
+use crate::ingest::{parse_batch, time::now_micros};
+use crate::query::{self, UsageQuery, UsageResult};
+use crate::storage::rocks::RocksStore;
+use crate::storage::{keys, scan_prefix, Cf, Store, WriteSet};
+
+/// State the writer and the callers share.
+pub(crate) struct Shared {
+    /// Why the store failed, once it has: the engine then acknowledges nothing (fail-stop).
+    pub failed: Mutex<Option<String>>,
+    pub registry: RwLock<Arc<Registry>>,
+    pub stats: Stats,
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub accepted: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub rejected: AtomicU64,
+    pub commits: AtomicU64,
+    pub commit_us: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsSnapshot {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub commits: u64,
+    pub commit_seconds_total: f64,
+    pub queue_depth: usize,
+}
+
+/// How many retained events a new meter was filled from.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Backfill {
+    pub events: u64,
+    /// Events of the meter's type that its filters exclude.
+    pub filtered: u64,
+    /// Events of the meter's type whose value or dimensions it cannot read (not counted).
+    pub unreadable: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CreatedMeter {
+    pub meter: StoredMeter,
+    pub backfill: Backfill,
+}
+
+pub struct Engine {
+    store: RwLock<Option<Arc<RocksStore>>>,
+    shared: Arc<Shared>,
+    tx: RwLock<Option<Sender<Command>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    config: Config,
+}
+
+impl Engine {
+    pub fn open(path: &Path, config: Config) -> Result<Engine> {
+        let store = Arc::new(RocksStore::open(path)?);
+        let read_u64 = |key: &[u8]| -> Result<Option<u64>> {
+            store.get(Cf::Meta, key)?.map(|v| v.try_into().map(u64::from_be_bytes)).transpose().map_err(|_| Error::Corrupt("counter".into()))
+        };
+        let seq = read_u64(keys::META_SEQ)?.unwrap_or(0);
+        let next_meter_id = store
+            .get(Cf::Meta, keys::META_METER_ID)?
+            .map(|v| v.try_into().map(u32::from_be_bytes).map_err(|_| Error::Corrupt("meter id counter".into())))
+            .transpose()?
+            .unwrap_or(1);
+
+        let mut registry = Registry::default();
+        scan_prefix(&*store, Cf::Meta, b"m", |key, value| {
+            let stored: StoredMeter = serde_json::from_slice(value).map_err(|e| Error::Corrupt(format!("meter definition: {e}")))?;
+            let tenant = storage_tenant(key)?;
+            registry = registry.with(&tenant, Arc::new(Meter::compile(stored)?));
+            Ok(true)
+        })?;
+
+        if config.dedup_window_us < config.backdate_window_us {
+            return Err(Error::invalid(
+                "invalid_config",
+                "the dedup window must be at least as long as the back-dating window, or a late retry would count twice",
+            ));
+        }
+        let (index, dedup_records) = load_dedup(&*store, now_micros() - config.dedup_retention_us())?;
+
+        let shared = Arc::new(Shared { failed: Mutex::new(None), registry: RwLock::new(Arc::new(registry)), stats: Stats::default() });
+        let (tx, rx) = bounded(config.queue_capacity);
+        let writer = Writer { store: store.clone(), shared: shared.clone(), config: config.clone(), index, seq, next_meter_id, dedup_records };
+        let handle = std::thread::Builder::new()
+            .name("meter-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::Storage(format!("cannot start the writer thread: {e}")))?;
+        Ok(Engine {
+            store: RwLock::new(Some(store)),
+            shared,
+            tx: RwLock::new(Some(tx)),
+            writer: Mutex::new(Some(handle)),
+            config,
+        })
+    }
+
+    /// Parses, deduplicates, aggregates and durably commits one batch. `now_us` overrides the clock
+    /// (receive time, time-window checks), for tests and replays.
+    pub fn ingest(&self, tenant: &str, body: Vec<u8>, atomic: bool, now_us: Option<i64>) -> Result<IngestReport> {
+        check_tenant(tenant)?;
+        if let Some(reason) = self.shared.failed.lock().unwrap().clone() {
+            return Err(Error::StoreFailed { reason });
+        }
+        let now_us = now_us.unwrap_or_else(now_micros);
+        let batch = parse_batch(tenant, body, now_us, &self.config.limits)?;
+        if atomic && !batch.issues.is_empty() {
+            return Err(Error::BatchRejected { issues: batch.issues });
+        }
+        let (reply, answer) = bounded(1);
+        self.send(Command::Ingest { batch, atomic, now_us, reply })?;
+        answer.recv().map_err(|_| Error::Closed)?
+    }
+
+    pub fn create_meter(&self, tenant: &str, spec: MeterSpec, now_us: Option<i64>) -> Result<CreatedMeter> {
+        check_tenant(tenant)?;
+        let (reply, answer) = bounded(1);
+        self.send_blocking(Command::CreateMeter { tenant: tenant.to_owned(), spec, now_us: now_us.unwrap_or_else(now_micros), reply })?;
+        answer.recv().map_err(|_| Error::Closed)?
+    }
+
+    pub fn delete_meter(&self, tenant: &str, slug: &str) -> Result<()> {
+        check_tenant(tenant)?;
+        let (reply, answer) = bounded(1);
+        self.send_blocking(Command::DeleteMeter { tenant: tenant.to_owned(), slug: slug.to_owned(), reply })?;
+        answer.recv().map_err(|_| Error::Closed)?
+    }
+
+    pub fn get_meter(&self, tenant: &str, slug: &str) -> Result<StoredMeter> {
+        let registry = self.shared.registry.read().unwrap().clone();
+        let meter = registry.get(tenant, slug).ok_or_else(|| Error::NotFound { what: "meter", name: slug.to_owned() })?;
+        Ok(meter.stored.clone())
+    }
+
+    pub fn list_meters(&self, tenant: &str) -> Vec<StoredMeter> {
+        let registry = self.shared.registry.read().unwrap().clone();
+        registry.list(tenant).iter().map(|m| m.stored.clone()).collect()
+    }
+
+    pub fn query(&self, tenant: &str, q: &UsageQuery) -> Result<UsageResult> {
+        let registry = self.shared.registry.read().unwrap().clone();
+        let meter = registry.get(tenant, &q.meter).ok_or_else(|| Error::NotFound { what: "meter", name: q.meter.clone() })?;
+        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
+        query::run(&*store, tenant, meter, q)
+    }
+
+    /// `None` when healthy; otherwise why the engine stopped acknowledging.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failed.lock().unwrap().clone()
+    }
+
+    pub fn stats(&self) -> StatsSnapshot {
+        let s = &self.shared.stats;
+        StatsSnapshot {
+            accepted: s.accepted.load(Ordering::Relaxed),
+            duplicates: s.duplicates.load(Ordering::Relaxed),
+            rejected: s.rejected.load(Ordering::Relaxed),
+            commits: s.commits.load(Ordering::Relaxed),
+            commit_seconds_total: s.commit_us.load(Ordering::Relaxed) as f64 / 1e6,
+            queue_depth: self.tx.read().unwrap().as_ref().map_or(0, |t| t.len()),
+        }
+    }
+
+    /// Finishes queued work, stops the writer and closes the store. Idempotent.
+    pub fn close(&self) {
+        self.tx.write().unwrap().take();
+        if let Some(handle) = self.writer.lock().unwrap().take() {
+            let _ = handle.join();
+        }
+        self.store.write().unwrap().take();
+    }
+
+    fn send(&self, command: Command) -> Result<()> {
+        let tx = self.tx.read().unwrap();
+        match tx.as_ref().ok_or(Error::Closed)?.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(Error::Overloaded { capacity: self.config.queue_capacity }),
+            Err(TrySendError::Disconnected(_)) => Err(Error::Closed),
+        }
+    }
+
+    /// Admin commands wait for room rather than fail: they are rare and must not be lost to a burst.
+    fn send_blocking(&self, command: Command) -> Result<()> {
+        let tx = self.tx.read().unwrap().clone().ok_or(Error::Closed)?;
+        tx.send(command).map_err(|_| Error::Closed)
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn check_tenant(tenant: &str) -> Result<()> {
+    if tenant.is_empty() || tenant.len() > 255 {
+        return Err(Error::invalid("invalid_tenant", "the tenant id must be 1-255 bytes"));
+    }
+    Ok(())
+}
+
+/// The tenant of a meter-definition key (`m`, tenant, slug).
+fn storage_tenant(key: &[u8]) -> Result<String> {
+    let mut r = crate::storage::codec::Reader::new(&key[1..]);
+    Ok(r.str()?.to_owned())
+}
+
+/// Rebuilds the dedup index from the records received at or after `cutoff_us`, dropping older ones.
+fn load_dedup(store: &dyn Store, cutoff_us: i64) -> Result<(DedupIndex, VecDeque<(u64, i64)>)> {
+    let mut index = DedupIndex::default();
+    let mut live = VecDeque::new();
+    let mut last_expired = None;
+    scan_prefix(store, Cf::Dedup, &[], |key, value| {
+        let seq = u64::from_be_bytes(key.try_into().map_err(|_| Error::Corrupt("dedup key".into()))?);
+        // Only a leading run is dropped, so a range delete can never touch a live record.
+        if live.is_empty() && dedup::record_received_us(value)? < cutoff_us {
+            last_expired = Some(seq);
+        } else {
+            live.push_back((seq, index.load_record(value)?));
+        }
+        Ok(true)
+    })?;
+    if let Some(seq) = last_expired {
+        let mut set = WriteSet::default();
+        set.delete_range(Cf::Dedup, &0u64.to_be_bytes(), &(seq + 1).to_be_bytes());
+        store.write(&set, true)?;
+    }
+    Ok((index, live))
+}

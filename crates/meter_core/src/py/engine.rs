@@ -1,0 +1,133 @@
+//! `meter._core.Engine`: the engine behind `meter.Engine`. Inputs and outputs are bytes of JSON (parsed
+//! by msgspec on the Python side) or Arrow; no per-event Python object is ever built.
+
+use std::path::PathBuf;
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use pyo3_arrow::PyTable;
+
+use super::detached;
+use crate::aggregate::meter::MeterSpec;
+use crate::engine::{Config, Durability, Engine};
+use crate::error::Error;
+use crate::query::{arrow::to_record_batch, UsageQuery, WindowSize};
+
+#[pyclass(frozen, name = "Engine", module = "meter._core")]
+pub struct PyEngine {
+    inner: Engine,
+}
+
+fn json_bytes<'py, T: serde::Serialize>(py: Python<'py>, value: &T) -> Bound<'py, PyBytes> {
+    PyBytes::new(py, &serde_json::to_vec(value).expect("engine types serialize"))
+}
+
+#[pymethods]
+impl PyEngine {
+    #[new]
+    #[pyo3(signature = (path, *, durability = "fsync", dedup_window_s = 35 * 86_400, backdate_window_s = 35 * 86_400,
+                        max_future_s = 300, queue_capacity = 64, max_batch_events = 10_000))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        durability: &str,
+        dedup_window_s: i64,
+        backdate_window_s: i64,
+        max_future_s: i64,
+        queue_capacity: usize,
+        max_batch_events: usize,
+    ) -> PyResult<Self> {
+        let durability = Durability::parse(durability).ok_or_else(|| {
+            super::error::to_py(py, Error::invalid("invalid_config", format!("durability must be \"fsync\" or \"buffered\"; got \"{durability}\"")))
+        })?;
+        let mut config = Config {
+            durability,
+            dedup_window_us: dedup_window_s * 1_000_000,
+            backdate_window_us: backdate_window_s * 1_000_000,
+            max_future_us: max_future_s * 1_000_000,
+            queue_capacity: queue_capacity.max(1),
+            ..Config::default()
+        };
+        config.limits.max_events = max_batch_events;
+        let inner = detached(py, move || Engine::open(&path, config))?;
+        Ok(PyEngine { inner })
+    }
+
+    /// Returns the ingest report as JSON bytes.
+    #[pyo3(signature = (tenant, body, *, atomic = false, now_us = None))]
+    fn ingest<'py>(&self, py: Python<'py>, tenant: &str, body: &[u8], atomic: bool, now_us: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
+        let body = body.to_vec();
+        let report = detached(py, || self.inner.ingest(tenant, body, atomic, now_us))?;
+        Ok(PyBytes::new(py, &report.to_json()))
+    }
+
+    /// Creates a meter from its JSON spec; returns the stored meter and its backfill as JSON bytes.
+    #[pyo3(signature = (tenant, spec_json, *, now_us = None))]
+    fn create_meter<'py>(&self, py: Python<'py>, tenant: &str, spec_json: &[u8], now_us: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
+        let spec: MeterSpec = serde_json::from_slice(spec_json)
+            .map_err(|e| super::error::to_py(py, Error::invalid("invalid_meter", format!("the meter definition is invalid: {e}"))))?;
+        let created = detached(py, || self.inner.create_meter(tenant, spec, now_us))?;
+        Ok(json_bytes(py, &created))
+    }
+
+    fn get_meter<'py>(&self, py: Python<'py>, tenant: &str, slug: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let meter = detached(py, || self.inner.get_meter(tenant, slug))?;
+        Ok(json_bytes(py, &meter))
+    }
+
+    fn list_meters<'py>(&self, py: Python<'py>, tenant: &str) -> Bound<'py, PyBytes> {
+        json_bytes(py, &self.inner.list_meters(tenant))
+    }
+
+    fn delete_meter(&self, py: Python<'_>, tenant: &str, slug: &str) -> PyResult<()> {
+        detached(py, || self.inner.delete_meter(tenant, slug))
+    }
+
+    /// Usage as an Arrow table (exposed through `__arrow_c_stream__`).
+    #[pyo3(signature = (tenant, meter, from_us, to_us, *, window_size = None, tz = None, subjects = vec![],
+                        group_by = vec![], filters = vec![]))]
+    #[allow(clippy::too_many_arguments)]
+    fn query(
+        &self,
+        py: Python<'_>,
+        tenant: &str,
+        meter: String,
+        from_us: i64,
+        to_us: i64,
+        window_size: Option<&str>,
+        tz: Option<String>,
+        subjects: Vec<String>,
+        group_by: Vec<String>,
+        filters: Vec<(String, Vec<String>)>,
+    ) -> PyResult<PyTable> {
+        let window = match window_size {
+            None => None,
+            Some(w) => Some(WindowSize::parse(w).ok_or_else(|| {
+                super::error::to_py(
+                    py,
+                    Error::invalid("invalid_query", format!("window_size must be one of minute, hour, day, month; got \"{w}\"")),
+                )
+            })?),
+        };
+        let q = UsageQuery { meter, from_us, to_us, window, tz, subjects, group_by, filters };
+        let batch = detached(py, || {
+            let result = self.inner.query(tenant, &q)?;
+            to_record_batch(&result).map_err(|e| Error::Storage(format!("building the Arrow result: {e}")))
+        })?;
+        let schema = batch.schema();
+        PyTable::try_new(vec![batch], schema)
+    }
+
+    /// `None` when healthy, else why the engine stopped acknowledging writes.
+    fn failure(&self) -> Option<String> {
+        self.inner.failure()
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        json_bytes(py, &self.inner.stats())
+    }
+
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| self.inner.close());
+    }
+}

@@ -1,0 +1,180 @@
+//! Key layout of every column family. All variable parts are length-prefixed (`codec::put_str`), so
+//! encodings are injective and a tenant's or customer's keys always share one contiguous prefix.
+//!
+//! | cf     | key                                                            | value                          |
+//! |--------|----------------------------------------------------------------|--------------------------------|
+//! | agg    | tenant, meter id u32, subject, minute i64, dims                | `AggState` (merge operator)    |
+//! | uniq   | agg key, value                                                 | empty: one key per distinct value |
+//! | events | tenant, commit seq u64, part u32                               | zstd record of accepted events |
+//! | dedup  | commit seq u64                                                 | receive time, (fingerprint, payload hash)* |
+//! | meta   | `seq` / `meter_id` / `m` tenant slug                           | counters / meter JSON          |
+//!
+//! Within a meter, keys sort by customer and then by minute, so one customer's range is one seek and
+//! an all-customer query skips from customer to customer. A dimension value is `0` (absent) or
+//! `1` + string, so a missing dimension and an empty string stay distinct.
+
+use super::codec::{put_i64_sortable, put_str, Reader};
+use crate::error::Result;
+
+pub const META_SEQ: &[u8] = b"seq";
+pub const META_METER_ID: &[u8] = b"meter_id";
+
+pub fn meter_def(tenant: &str, slug: &str) -> Vec<u8> {
+    let mut k = meter_defs_prefix(tenant);
+    put_str(&mut k, slug.as_bytes());
+    k
+}
+
+pub fn meter_defs_prefix(tenant: &str) -> Vec<u8> {
+    let mut k = b"m".to_vec();
+    put_str(&mut k, tenant.as_bytes());
+    k
+}
+
+/// Everything of one meter in `agg` or `uniq`.
+pub fn meter_prefix(out: &mut Vec<u8>, tenant: &str, meter_id: u32) {
+    put_str(out, tenant.as_bytes());
+    out.extend_from_slice(&meter_id.to_be_bytes());
+}
+
+pub fn subject_prefix(out: &mut Vec<u8>, tenant: &str, meter_id: u32, subject: &str) {
+    meter_prefix(out, tenant, meter_id);
+    put_str(out, subject.as_bytes());
+}
+
+/// The full `agg` key of a bucket.
+pub fn agg_key<'d>(
+    out: &mut Vec<u8>,
+    tenant: &str,
+    meter_id: u32,
+    subject: &str,
+    minute: i64,
+    dims: impl IntoIterator<Item = Option<&'d str>>,
+) {
+    subject_prefix(out, tenant, meter_id, subject);
+    put_i64_sortable(out, minute);
+    for d in dims {
+        match d {
+            None => out.push(0),
+            Some(v) => {
+                out.push(1);
+                put_str(out, v.as_bytes());
+            }
+        }
+    }
+}
+
+/// The `uniq` key: a bucket's key followed by one distinct value.
+pub fn uniq_key(out: &mut Vec<u8>, agg_key: &[u8], value: &str) {
+    out.extend_from_slice(agg_key);
+    put_str(out, value.as_bytes());
+}
+
+/// The smallest key greater than every key that starts with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0xff; prefix.len() + 1]
+}
+
+pub fn events_key(tenant: &str, seq: u64, part: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + 14);
+    put_str(&mut k, tenant.as_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(&part.to_be_bytes());
+    k
+}
+
+pub fn events_prefix(tenant: &str) -> Vec<u8> {
+    let mut k = Vec::new();
+    put_str(&mut k, tenant.as_bytes());
+    k
+}
+
+/// A decoded bucket key (after the meter prefix).
+#[derive(Debug, PartialEq, Eq)]
+pub struct BucketKey<'a> {
+    pub subject: &'a str,
+    pub minute: i64,
+    pub dims: Vec<Option<&'a str>>,
+    /// What follows the dimensions (the distinct value, in `uniq`).
+    pub rest: &'a [u8],
+}
+
+/// Decodes a key of `agg` or `uniq` whose meter prefix is `prefix_len` bytes long.
+pub fn decode_bucket(key: &[u8], prefix_len: usize, n_dims: usize) -> Result<BucketKey<'_>> {
+    let mut r = Reader::new(&key[prefix_len..]);
+    let subject = r.str()?;
+    let minute = r.i64_sortable()?;
+    let mut dims = Vec::with_capacity(n_dims);
+    for _ in 0..n_dims {
+        dims.push(match r.u8()? {
+            0 => None,
+            _ => Some(r.str()?),
+        });
+    }
+    Ok(BucketKey { subject, minute, dims, rest: r.bytes })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn bucket_keys_round_trip(tenant in ".{1,8}", meter in any::<u32>(), subject in ".{0,8}", minute in any::<i64>(),
+                                  dims in proptest::collection::vec(proptest::option::of(".{0,5}"), 0..4)) {
+            let mut k = Vec::new();
+            agg_key(&mut k, &tenant, meter, &subject, minute, dims.iter().map(|d| d.as_deref()));
+            let mut prefix = Vec::new();
+            meter_prefix(&mut prefix, &tenant, meter);
+            prop_assert!(k.starts_with(&prefix));
+            let b = decode_bucket(&k, prefix.len(), dims.len()).unwrap();
+            prop_assert_eq!(b.subject, subject.as_str());
+            prop_assert_eq!(b.minute, minute);
+            prop_assert_eq!(b.dims, dims.iter().map(|d| d.as_deref()).collect::<Vec<_>>());
+            prop_assert!(b.rest.is_empty());
+        }
+
+        #[test]
+        fn keys_of_different_tenants_never_collide(t1 in ".{1,6}", t2 in ".{1,6}", s1 in ".{0,6}", s2 in ".{0,6}") {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            agg_key(&mut a, &t1, 1, &s1, 0, [None]);
+            agg_key(&mut b, &t2, 1, &s2, 0, [None]);
+            prop_assert_eq!(a == b, t1 == t2 && s1 == s2);
+        }
+
+        #[test]
+        fn minutes_sort_within_a_customer(m1 in any::<i64>(), m2 in any::<i64>()) {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            agg_key(&mut a, "t", 1, "c", m1, [Some("x")]);
+            agg_key(&mut b, "t", 1, "c", m2, [Some("x")]);
+            prop_assert_eq!(a.cmp(&b), m1.cmp(&m2));
+        }
+    }
+
+    #[test]
+    fn prefix_end_bounds_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), b"ac".to_vec());
+        assert_eq!(prefix_end(&[1, 0xff]), vec![2]);
+        let mut k = Vec::new();
+        subject_prefix(&mut k, "t", 9, "c");
+        let mut inside = k.clone();
+        inside.extend_from_slice(&[0xff; 20]);
+        assert!(inside < prefix_end(&k));
+    }
+
+    #[test]
+    fn absent_dimension_differs_from_empty_string() {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        agg_key(&mut a, "t", 1, "c", 0, [None]);
+        agg_key(&mut b, "t", 1, "c", 0, [Some("")]);
+        assert_ne!(a, b);
+    }
+}

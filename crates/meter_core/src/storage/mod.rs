@@ -1,0 +1,125 @@
+//! Storage behind a small trait. Only `rocks.rs` names `rocksdb::`; the engine speaks `Store`.
+//!
+//! Writes go as one [`WriteSet`] that the store applies atomically: the retained events, their dedup
+//! markers and the aggregate deltas of a commit either all land or none does.
+
+pub mod codec;
+pub mod events;
+pub mod keys;
+pub mod rocks;
+
+use std::ops::Range;
+
+use crate::error::Result;
+
+/// The column families; see `keys` for what each one holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cf {
+    Meta,
+    Events,
+    Dedup,
+    Agg,
+    Uniq,
+}
+
+impl Cf {
+    pub const ALL: [Cf; 5] = [Cf::Meta, Cf::Events, Cf::Dedup, Cf::Agg, Cf::Uniq];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Meta => "meta",
+            Cf::Events => "events",
+            Cf::Dedup => "dedup",
+            Cf::Agg => "agg",
+            Cf::Uniq => "uniq",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Put,
+    Merge,
+    Delete,
+    /// Deletes `[key, value)`.
+    DeleteRange,
+}
+
+/// An atomic group of writes. Keys and values live in one buffer, so building a commit of thousands of
+/// operations costs a handful of allocations.
+#[derive(Default)]
+pub struct WriteSet {
+    buf: Vec<u8>,
+    ops: Vec<(OpKind, Cf, Range<usize>, Range<usize>)>,
+}
+
+impl WriteSet {
+    pub fn push(&mut self, kind: OpKind, cf: Cf, key: &[u8], value: &[u8]) {
+        let k = self.append(key);
+        let v = self.append(value);
+        self.ops.push((kind, cf, k, v));
+    }
+
+    pub fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        self.push(OpKind::Put, cf, key, value);
+    }
+
+    pub fn merge(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        self.push(OpKind::Merge, cf, key, value);
+    }
+
+    pub fn delete_range(&mut self, cf: Cf, from: &[u8], to: &[u8]) {
+        self.push(OpKind::DeleteRange, cf, from, to);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn ops(&self) -> impl Iterator<Item = (OpKind, Cf, &[u8], &[u8])> {
+        self.ops.iter().map(|(kind, cf, k, v)| (*kind, *cf, &self.buf[k.clone()], &self.buf[v.clone()]))
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Range<usize> {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(bytes);
+        start..self.buf.len()
+    }
+}
+
+/// A forward cursor over one column family.
+pub trait Cursor {
+    fn seek(&mut self, key: &[u8]);
+    fn next(&mut self);
+    /// The current entry, or `None` past the end (check `status` then).
+    fn entry(&self) -> Option<(&[u8], &[u8])>;
+    fn status(&self) -> Result<()>;
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Applies the set atomically; with `sync`, returns only once it is on stable storage.
+    fn write(&self, set: &WriteSet, sync: bool) -> Result<()>;
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    fn cursor(&self, cf: Cf) -> Box<dyn Cursor + '_>;
+}
+
+/// Calls `f` for every entry whose key starts with `prefix`, until `f` returns `false`.
+pub fn scan_prefix(store: &dyn Store, cf: Cf, prefix: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+    let mut c = store.cursor(cf);
+    c.seek(prefix);
+    while let Some((k, v)) = c.entry() {
+        if !k.starts_with(prefix) || !f(k, v)? {
+            return Ok(());
+        }
+        c.next();
+    }
+    c.status()
+}

@@ -1,0 +1,37 @@
+"""meter: exact, durable usage metering. The engine is Rust (``meter._core``); this package is its typed face."""
+
+from meter.engine import Engine, Usage
+from meter.exceptions import (
+    AlreadyExists,
+    BatchRejected,
+    EngineClosed,
+    InvalidInput,
+    MeterError,
+    NotFound,
+    Overloaded,
+    StorageError,
+    StoreFailed,
+    ValueOverflow,
+)
+from meter.schemas import CreatedMeter, EventIssue, Filter, IngestResult, Meter, MeterSpec
+
+__all__ = [
+    "AlreadyExists",
+    "BatchRejected",
+    "CreatedMeter",
+    "Engine",
+    "EngineClosed",
+    "EventIssue",
+    "Filter",
+    "IngestResult",
+    "InvalidInput",
+    "Meter",
+    "MeterError",
+    "MeterSpec",
+    "NotFound",
+    "Overloaded",
+    "StorageError",
+    "StoreFailed",
+    "Usage",
+    "ValueOverflow",
+]

@@ -1,0 +1,41 @@
+"""Type stub for the Rust extension ``meter._core``. Use ``meter.Engine`` rather than this directly."""
+
+from typing import Any
+
+__version__: str
+
+def parse_only(body: bytes) -> int: ...
+
+class Engine:
+    def __init__(
+        self,
+        path: str,
+        *,
+        durability: str = "fsync",
+        dedup_window_s: int = ...,
+        backdate_window_s: int = ...,
+        max_future_s: int = 300,
+        queue_capacity: int = 64,
+        max_batch_events: int = 10000,
+    ) -> None: ...
+    def ingest(self, tenant: str, body: bytes, *, atomic: bool = False, now_us: int | None = None) -> bytes: ...
+    def create_meter(self, tenant: str, spec_json: bytes, *, now_us: int | None = None) -> bytes: ...
+    def get_meter(self, tenant: str, slug: str) -> bytes: ...
+    def list_meters(self, tenant: str) -> bytes: ...
+    def delete_meter(self, tenant: str, slug: str) -> None: ...
+    def query(
+        self,
+        tenant: str,
+        meter: str,
+        from_us: int,
+        to_us: int,
+        *,
+        window_size: str | None = None,
+        tz: str | None = None,
+        subjects: list[str] = ...,
+        group_by: list[str] = ...,
+        filters: list[tuple[str, list[str]]] = ...,
+    ) -> Any: ...
+    def failure(self) -> str | None: ...
+    def stats(self) -> bytes: ...
+    def close(self) -> None: ...

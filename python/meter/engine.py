@@ -1,0 +1,157 @@
+"""``meter.Engine``: the typed Python face of the Rust metering core.
+
+Every call that does real work runs in Rust with the GIL released. Results come back as msgspec Structs,
+or, for usage, as an Arrow table that goes to pyarrow or polars without copying.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Literal
+
+import msgspec
+import pyarrow as pa
+
+from meter import _core
+from meter.schemas import CreatedMeter, IngestResult, Meter, MeterSpec, Stats
+
+__all__ = ["Engine", "Usage", "WindowSize"]
+
+WindowSize = Literal["minute", "hour", "day", "month"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_micros(t: datetime, name: str = "time") -> int:
+    """Microseconds since the epoch of an aware datetime (naive ones are refused: meter's time is explicit UTC)."""
+    if t.tzinfo is None or t.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware (for example datetime(..., tzinfo=timezone.utc)); got {t!r}")
+    return (t - _EPOCH) // _MICROSECOND
+
+
+def _seconds(d: timedelta) -> int:
+    return int(d.total_seconds())
+
+
+class Usage:
+    """The result of a usage query: one row per window and group, values as exact decimals."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+
+    def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
+        return self.table.__arrow_c_stream__(requested_schema)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Rows as dicts; ``value`` is a ``decimal.Decimal`` with 9 decimal places, never a float."""
+        return self.table.to_pylist()
+
+    def total(self) -> Decimal:
+        """The sum of ``value`` over all rows (meaningful for sum and count meters)."""
+        return sum((row["value"] for row in self.rows()), Decimal(0))
+
+
+class Engine:
+    """One metering engine over one data directory. Open it once per process; close it (or use ``with``)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: Literal["fsync", "buffered"] = "fsync",
+        dedup_window: timedelta = timedelta(days=35),
+        backdate_window: timedelta = timedelta(days=35),
+        max_future: timedelta = timedelta(minutes=5),
+        queue_capacity: int = 64,
+        max_batch_events: int = 10_000,
+    ) -> None:
+        self._inner = _core.Engine(
+            os.fspath(path),
+            durability=durability,
+            dedup_window_s=_seconds(dedup_window),
+            backdate_window_s=_seconds(backdate_window),
+            max_future_s=_seconds(max_future),
+            queue_capacity=queue_capacity,
+            max_batch_events=max_batch_events,
+        )
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def ingest(self, tenant: str, body: bytes, *, atomic: bool = False, now: datetime | None = None) -> IngestResult:
+        """Counts a batch (a JSON array of CloudEvents, or one event) exactly once; durable when this returns.
+
+        Invalid events are listed in ``issues`` by index while the valid ones are applied; with ``atomic`` any
+        invalid event rejects the whole batch (``BatchRejected``). ``now`` overrides the clock, for tests and replays.
+        """
+        now_us = None if now is None else to_micros(now, "now")
+        return msgspec.json.decode(self._inner.ingest(tenant, body, atomic=atomic, now_us=now_us), type=IngestResult)
+
+    def create_meter(self, tenant: str, spec: MeterSpec | Mapping[str, Any]) -> CreatedMeter:
+        """Creates a meter and backfills it from the events already retained."""
+        if not isinstance(spec, MeterSpec):
+            spec = msgspec.convert(spec, MeterSpec)
+        raw = self._inner.create_meter(tenant, msgspec.json.encode(spec))
+        return msgspec.json.decode(raw, type=CreatedMeter)
+
+    def get_meter(self, tenant: str, slug: str) -> Meter:
+        return msgspec.json.decode(self._inner.get_meter(tenant, slug), type=Meter)
+
+    def list_meters(self, tenant: str) -> list[Meter]:
+        return msgspec.json.decode(self._inner.list_meters(tenant), type=list[Meter])
+
+    def delete_meter(self, tenant: str, slug: str) -> None:
+        self._inner.delete_meter(tenant, slug)
+
+    def usage(
+        self,
+        tenant: str,
+        meter: str,
+        *,
+        start: datetime,
+        end: datetime,
+        window_size: WindowSize | None = None,
+        subjects: Iterable[str] = (),
+        group_by: Iterable[str] = (),
+        filters: Mapping[str, str | Sequence[str]] | None = None,
+        tz: str | None = None,
+    ) -> Usage:
+        """Usage of ``meter`` over ``[start, end)``, in windows of ``window_size`` (whole range when None).
+
+        ``group_by`` takes dimension names and ``subject``; ``filters`` maps a dimension to accepted values;
+        ``tz`` (IANA name) sets where day and month windows begin.
+        """
+        flat_filters = [(k, [v] if isinstance(v, str) else list(v)) for k, v in (filters or {}).items()]
+        table = self._inner.query(
+            tenant,
+            meter,
+            to_micros(start, "start"),
+            to_micros(end, "end"),
+            window_size=window_size,
+            tz=tz,
+            subjects=list(subjects),
+            group_by=list(group_by),
+            filters=flat_filters,
+        )
+        return Usage(pa.table(table))
+
+    def failure(self) -> str | None:
+        """``None`` while healthy; after a storage error, why the engine stopped acknowledging (fail-stop)."""
+        return self._inner.failure()
+
+    def stats(self) -> Stats:
+        return msgspec.json.decode(self._inner.stats(), type=Stats)
+
+    def close(self) -> None:
+        """Finishes queued batches and closes the store. Idempotent."""
+        self._inner.close()

@@ -1,0 +1,85 @@
+"""Exceptions raised by meter. Every one carries a machine-readable ``code`` and a message that says what to fix.
+
+The Rust core raises these by name (``crates/meter_core/src/py/error.rs``), so this module is the single list.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = [
+    "AlreadyExists",
+    "BatchRejected",
+    "EngineClosed",
+    "InvalidInput",
+    "MeterError",
+    "NotFound",
+    "Overloaded",
+    "StorageError",
+    "StoreFailed",
+    "ValueOverflow",
+]
+
+
+class MeterError(Exception):
+    """Root of every meter error."""
+
+    code: str = "meter_error"
+
+    def __init__(self, message: str, code: str | None = None, details: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.details: Any = json.loads(details) if details else None
+
+
+class InvalidInput(MeterError, ValueError):
+    """The request is malformed as a whole (bad JSON, too many events, a bad meter or query); nothing was applied."""
+
+    code = "invalid_request"
+
+
+class BatchRejected(InvalidInput):
+    """An atomic batch held events that could not be applied; nothing was applied. ``issues`` lists them by index."""
+
+    code = "batch_rejected"
+
+    @property
+    def issues(self) -> list[dict[str, Any]]:
+        return list(self.details or [])
+
+
+class NotFound(MeterError, LookupError):
+    code = "not_found"
+
+
+class AlreadyExists(MeterError):
+    code = "already_exists"
+
+
+class Overloaded(MeterError):
+    """The ingest queue is full: retry after a short pause (HTTP 429)."""
+
+    code = "overloaded"
+
+
+class StoreFailed(MeterError):
+    """A write to storage failed; the engine acknowledges nothing until reopened (fail-stop, HTTP 503)."""
+
+    code = "store_failed"
+
+
+class EngineClosed(MeterError):
+    code = "closed"
+
+
+class StorageError(MeterError):
+    code = "storage_error"
+
+
+class ValueOverflow(MeterError, ArithmeticError):
+    """A sum left the exact range; narrow the query rather than get a wrong number."""
+
+    code = "overflow"
