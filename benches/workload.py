@@ -1,0 +1,84 @@
+"""The usage workload shared by the benchmarks: AI-gateway events of about 230 bytes, 10k customers drawn from a
+Zipf law, three dimensions, five meters, and 5% duplicates (whole-batch retries and single re-sent events).
+
+Generated once from a seed and pre-encoded, so the timed loop does no per-event work.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+CUSTOMERS = 10_000
+MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet", "claude-haiku", "llama-70b", "mistral-large"]
+REGIONS = ["eu-west", "us-east", "us-west", "ap-south"]
+TIERS = ["free", "pro", "enterprise"]
+
+METERS: list[dict[str, Any]] = [
+    {"slug": "input-tokens", "event_type": "llm.request", "aggregation": "sum", "value_property": "$.input_tokens",
+     "group_by": {"model": "$.model", "region": "$.region", "tier": "$.tier"}},
+    {"slug": "output-tokens", "event_type": "llm.request", "aggregation": "sum", "value_property": "$.output_tokens",
+     "group_by": {"model": "$.model", "region": "$.region", "tier": "$.tier"}},
+    {"slug": "requests", "event_type": "llm.request", "aggregation": "count",
+     "group_by": {"model": "$.model", "region": "$.region"}},
+    {"slug": "peak-input", "event_type": "llm.request", "aggregation": "max", "value_property": "$.input_tokens",
+     "group_by": {"model": "$.model"}},
+    {"slug": "latency", "event_type": "llm.request", "aggregation": "avg", "value_property": "$.latency_ms",
+     "group_by": {"model": "$.model"}},
+]
+
+
+def zipf_weights(n: int, s: float = 1.1) -> list[float]:
+    return [1 / (k**s) for k in range(1, n + 1)]
+
+
+class Workload:
+    """Pre-encoded batch bodies plus the counts a correct engine must report for them."""
+
+    def __init__(self, batches: int, batch_size: int = 1000, seed: int = 42, duplicate_share: float = 0.05) -> None:
+        rng = random.Random(seed)
+        customers = [f"cust-{i:05d}" for i in range(CUSTOMERS)]
+        weights = zipf_weights(CUSTOMERS)
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        self.bodies: list[bytes] = []
+        self.unique_events = 0
+        self.sent_events = 0
+        sent: list[list[dict[str, Any]]] = []
+        # Half the duplicates come as whole-batch retries, half as single events re-sent inside fresh batches.
+        resend_per_batch = int(batch_size * duplicate_share / 2)
+        for b in range(batches):
+            if sent and rng.random() < duplicate_share / 2:
+                events = rng.choice(sent)
+            else:
+                fresh = batch_size - (resend_per_batch if sent else 0)
+                events = [self._event(rng, b, i, rng.choices(customers, weights)[0], now) for i in range(fresh)]
+                self.unique_events += fresh
+                sent.append(events)
+                if len(sent) > 1:
+                    pool = sent[-2]
+                    events = events + rng.sample(pool, resend_per_batch)
+            self.bodies.append(json.dumps(events, separators=(",", ":")).encode())
+            self.sent_events += len(events)
+        self.event_bytes = sum(map(len, self.bodies)) / self.sent_events
+
+    @staticmethod
+    def _event(rng: random.Random, b: int, i: int, subject: str, now: datetime) -> dict[str, Any]:
+        t = now - timedelta(seconds=rng.randrange(3600))
+        return {
+            "specversion": "1.0",
+            "id": f"{rng.getrandbits(64):016x}-{b:05d}-{i:04d}",
+            "source": "gateway-eu-1",
+            "type": "llm.request",
+            "subject": subject,
+            "time": t.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "data": {
+                "model": rng.choice(MODELS),
+                "region": rng.choice(REGIONS),
+                "tier": rng.choice(TIERS),
+                "input_tokens": rng.randrange(1, 8000),
+                "output_tokens": rng.randrange(1, 2000),
+                "latency_ms": rng.randrange(20, 5000),
+            },
+        }

@@ -1,0 +1,208 @@
+//! Engine integration tests: one binary, real RocksDB in a temporary directory.
+
+use meter_core::aggregate::MeterSpec;
+use meter_core::error::IssueCode;
+use meter_core::query::{UsageQuery, WindowSize};
+use meter_core::{Config, Engine, Error};
+
+const T0: i64 = 1_795_428_000_000_000; // 2026-11-23T10:00:00Z
+const MIN: i64 = 60_000_000;
+
+fn open(dir: &tempfile::TempDir) -> Engine {
+    Engine::open(dir.path(), Config::default()).unwrap()
+}
+
+fn spec(json: &str) -> MeterSpec {
+    serde_json::from_str(json).unwrap()
+}
+
+fn event(id: &str, subject: &str, minute: i64, tokens: &str, model: &str) -> String {
+    format!(
+        r#"{{"specversion":"1.0","id":"{id}","source":"gw","type":"llm","subject":"{subject}","time":"{}","data":{{"tokens":{tokens},"model":"{model}"}}}}"#,
+        chrono::DateTime::from_timestamp_micros(T0 + minute * MIN).unwrap().to_rfc3339()
+    )
+}
+
+fn batch(events: &[String]) -> Vec<u8> {
+    format!("[{}]", events.join(",")).into_bytes()
+}
+
+fn total(engine: &Engine, tenant: &str, meter: &str) -> String {
+    let q = UsageQuery { meter: meter.into(), from_us: T0 - 60 * MIN, to_us: T0 + 60 * MIN, ..Default::default() };
+    let r = engine.query(tenant, &q).unwrap();
+    r.rows.iter().map(|r| r.value.0).sum::<i128>().to_string()
+}
+
+fn tokens_meter(engine: &Engine, tenant: &str) {
+    engine
+        .create_meter(
+            tenant,
+            spec(r#"{"slug":"tokens","event_type":"llm","aggregation":"sum","value_property":"$.tokens","group_by":{"model":"$.model"}}"#),
+            Some(T0),
+        )
+        .unwrap();
+}
+
+#[test]
+fn counts_each_event_once_across_retries_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = batch(&[event("a", "c1", 0, "10", "m1"), event("b", "c1", 1, "2.5", "m2")]);
+    {
+        let engine = open(&dir);
+        tokens_meter(&engine, "t");
+        let r = engine.ingest("t", body.clone(), false, Some(T0)).unwrap();
+        assert_eq!((r.accepted, r.duplicates, r.issues.len()), (2, 0, 0));
+        let r = engine.ingest("t", body.clone(), false, Some(T0)).unwrap();
+        assert_eq!((r.accepted, r.duplicates), (0, 2));
+        assert_eq!(total(&engine, "t", "tokens"), "12500000000");
+    }
+    let engine = open(&dir);
+    let r = engine.ingest("t", body, false, Some(T0)).unwrap();
+    assert_eq!((r.accepted, r.duplicates), (0, 2), "dedup survives a restart");
+    assert_eq!(total(&engine, "t", "tokens"), "12500000000");
+}
+
+#[test]
+fn same_id_with_another_payload_is_a_conflict_and_the_first_stands() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    tokens_meter(&engine, "t");
+    engine.ingest("t", batch(&[event("a", "c1", 0, "10", "m1")]), false, Some(T0)).unwrap();
+    let r = engine.ingest("t", batch(&[event("a", "c1", 0, "99", "m1")]), false, Some(T0)).unwrap();
+    assert_eq!(r.accepted, 0);
+    assert_eq!(r.issues[0].code, IssueCode::Conflict);
+    assert_eq!(total(&engine, "t", "tokens"), "10000000000");
+}
+
+#[test]
+fn bad_events_are_reported_by_index_and_the_rest_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    tokens_meter(&engine, "t");
+    let events = [
+        event("a", "c1", 0, "1", "m"),
+        r#"{"specversion":"1.0","source":"gw","type":"llm","subject":"c1"}"#.to_string(),
+        event("c", "c1", 0, "\"lots\"", "m"),
+        event("d", "c1", -100 * 24 * 60, "1", "m"),
+        event("e", "c1", 30, "1", "m"),
+        "17".to_string(),
+        event("g", "c1", 0, "2", "m"),
+    ];
+    let r = engine.ingest("t", batch(&events), false, Some(T0)).unwrap();
+    let codes: Vec<(usize, IssueCode)> = r.issues.iter().map(|i| (i.index, i.code)).collect();
+    assert_eq!(
+        codes,
+        vec![
+            (1, IssueCode::MissingField),
+            (2, IssueCode::InvalidValue),
+            (3, IssueCode::TooOld),
+            (4, IssueCode::TooFarInFuture),
+            (5, IssueCode::InvalidEvent)
+        ]
+    );
+    assert_eq!(r.accepted, 2);
+    assert_eq!(total(&engine, "t", "tokens"), "3000000000");
+}
+
+#[test]
+fn an_atomic_batch_with_one_bad_event_applies_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    tokens_meter(&engine, "t");
+    let events = [event("a", "c1", 0, "1", "m"), event("b", "c1", 0, "[1]", "m")];
+    match engine.ingest("t", batch(&events), true, Some(T0)) {
+        Err(Error::BatchRejected { issues }) => assert_eq!(issues[0].index, 1),
+        other => panic!("expected a rejected batch, got {other:?}"),
+    }
+    assert_eq!(total(&engine, "t", "tokens"), "0");
+    let r = engine.ingest("t", batch(&events[..1]), true, Some(T0)).unwrap();
+    assert_eq!(r.accepted, 1, "nothing of the rejected batch was remembered as seen");
+}
+
+#[test]
+fn whole_batch_errors_apply_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    for (body, code) in [(&b"[1,"[..], "invalid_json"), (b"[]", "empty_batch"), (b"\"x\"", "invalid_json"), (b"\xff", "invalid_json")] {
+        let err = engine.ingest("t", body.to_vec(), false, Some(T0)).unwrap_err();
+        assert_eq!(err.code(), code);
+    }
+    let many = batch(&(0..10_001).map(|i| event(&i.to_string(), "c", 0, "1", "m")).collect::<Vec<_>>());
+    assert_eq!(engine.ingest("t", many, false, Some(T0)).unwrap_err().code(), "too_many_events");
+}
+
+#[test]
+fn tenants_are_isolated() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    tokens_meter(&engine, "a");
+    tokens_meter(&engine, "b");
+    let body = batch(&[event("same-id", "c1", 0, "5", "m")]);
+    assert_eq!(engine.ingest("a", body.clone(), false, Some(T0)).unwrap().accepted, 1);
+    assert_eq!(engine.ingest("b", body, false, Some(T0)).unwrap().accepted, 1, "same id in another tenant is another event");
+    engine.ingest("a", batch(&[event("x", "c1", 0, "1", "m")]), false, Some(T0)).unwrap();
+    assert_eq!(total(&engine, "a", "tokens"), "6000000000");
+    assert_eq!(total(&engine, "b", "tokens"), "5000000000");
+    assert!(matches!(engine.delete_meter("c", "tokens"), Err(Error::NotFound { .. })));
+}
+
+#[test]
+fn a_new_meter_is_backfilled_from_retained_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    let events: Vec<String> = (0..50).map(|i| event(&format!("e{i}"), &format!("c{}", i % 3), i % 7, "2", "m")).collect();
+    engine.ingest("t", batch(&events), false, Some(T0)).unwrap();
+    let created = engine
+        .create_meter("t", spec(r#"{"slug":"calls","event_type":"llm","aggregation":"count"}"#), Some(T0))
+        .unwrap();
+    assert_eq!(created.backfill.events, 50);
+    assert_eq!(total(&engine, "t", "calls"), "50000000000");
+    drop(engine);
+    let engine = open(&dir);
+    assert_eq!(total(&engine, "t", "calls"), "50000000000", "the backfill was durable");
+}
+
+#[test]
+fn deleting_a_meter_removes_its_usage_and_the_slug_can_be_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    tokens_meter(&engine, "t");
+    engine.ingest("t", batch(&[event("a", "c1", 0, "10", "m1")]), false, Some(T0)).unwrap();
+    engine.delete_meter("t", "tokens").unwrap();
+    assert!(matches!(engine.get_meter("t", "tokens"), Err(Error::NotFound { .. })));
+    engine
+        .create_meter("t", spec(r#"{"slug":"tokens","event_type":"other","aggregation":"count"}"#), Some(T0))
+        .unwrap();
+    assert_eq!(total(&engine, "t", "tokens"), "0");
+}
+
+#[test]
+fn queries_group_filter_and_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    tokens_meter(&engine, "t");
+    let events = [
+        event("1", "c1", 0, "1", "m1"),
+        event("2", "c1", 61, "2", "m2"),
+        event("3", "c2", 5, "4", "m1"),
+        event("4", "c2", 125, "8", "m1"),
+    ];
+    engine.ingest("t", batch(&events), false, Some(T0 + 130 * MIN)).unwrap();
+    let q = UsageQuery {
+        meter: "tokens".into(),
+        from_us: T0,
+        to_us: T0 + 180 * MIN,
+        window: Some(WindowSize::Hour),
+        group_by: vec!["subject".into()],
+        filters: vec![("model".into(), vec!["m1".into()])],
+        ..Default::default()
+    };
+    let rows = engine.query("t", &q).unwrap().rows;
+    let got: Vec<(i64, Option<&str>, i128)> =
+        rows.iter().map(|r| ((r.window_start_us - T0) / MIN, r.subject.as_deref(), r.value.0 / 1_000_000_000)).collect();
+    assert_eq!(got, vec![(0, Some("c1"), 1), (0, Some("c2"), 4), (120, Some("c2"), 8)]);
+    let bad = UsageQuery { group_by: vec!["region".into()], ..q.clone() };
+    assert_eq!(engine.query("t", &bad).unwrap_err().code(), "invalid_query");
+    let unaligned = UsageQuery { from_us: T0 + 1, ..q };
+    assert_eq!(engine.query("t", &unaligned).unwrap_err().code(), "invalid_query");
+}

@@ -1,0 +1,58 @@
+"""Child process for the crash test: ingests numbered batches forever, logging each acknowledged one.
+
+Batch ``n`` always holds the same events, so a restarted child can re-send its last unacknowledged batch the way a
+real client retries. Usage: ``python crash_child.py DATA_DIR ACK_LOG``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime, timedelta, timezone
+
+from meter import AlreadyExists, Engine
+
+EVENTS_PER_BATCH = 100
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
+NOW = T0 + timedelta(hours=1)
+
+
+def batch(n: int) -> bytes:
+    events = [
+        {
+            "specversion": "1.0",
+            "id": f"{n}-{i}",
+            "source": "crash-test",
+            "type": "llm",
+            "subject": f"c{i % 7}",
+            "time": (T0 + timedelta(seconds=i)).isoformat(),
+            "data": {"tokens": i % 13 + 1, "batch": str(n)},
+        }
+        for i in range(EVENTS_PER_BATCH)
+    ]
+    if n > 0:  # a retry of one event from the previous batch rides along: always a duplicate
+        events.append({**json.loads(batch(n - 1))[0]})
+    return json.dumps(events).encode()
+
+
+def main(data_dir: str, ack_log: str) -> None:
+    acked = [int(line) for line in open(ack_log).read().split()] if os.path.exists(ack_log) else []
+    with Engine(data_dir) as engine:
+        try:
+            engine.create_meter("t", {"slug": "calls", "event_type": "llm", "aggregation": "count",
+                                      "group_by": {"batch": "$.batch"}})
+        except AlreadyExists:
+            pass
+        print("ready", flush=True)
+        n = (max(acked) + 1) if acked else 0
+        with open(ack_log, "a") as log:
+            while True:
+                engine.ingest("t", batch(n), now=NOW)
+                log.write(f"{n}\n")
+                log.flush()
+                n += 1
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
