@@ -33,7 +33,10 @@ impl AggState {
 
     /// The state of a single event.
     pub fn of_event(aggregation: Aggregation, value: Quantity, time_us: i64, ordinal: u64) -> Self {
-        AggState { aggregation, count: 1, value, at: (time_us, ordinal), overflow: false }
+        // Only `latest` keeps the event's position; other states stay equal whatever order built them.
+        let at = if aggregation == Aggregation::Latest { (time_us, ordinal) } else { (i64::MIN, 0) };
+        let value = if aggregation.numeric() { value } else { Quantity::ZERO };
+        AggState { aggregation, count: 1, value, at, overflow: false }
     }
 
     pub fn merge(&mut self, other: &AggState) {

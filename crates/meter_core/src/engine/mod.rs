@@ -95,7 +95,7 @@ impl Engine {
             .unwrap_or(1);
 
         let mut registry = Registry::default();
-        scan_prefix(&*store, Cf::Meta, b"m", |key, value| {
+        scan_prefix(&*store, Cf::Meta, keys::METER_DEFS, |key, value| {
             let stored: StoredMeter = serde_json::from_slice(value).map_err(|e| Error::Corrupt(format!("meter definition: {e}")))?;
             let tenant = storage_tenant(key)?;
             registry = registry.with(&tenant, Arc::new(Meter::compile(stored)?));
@@ -230,9 +230,9 @@ fn check_tenant(tenant: &str) -> Result<()> {
     Ok(())
 }
 
-/// The tenant of a meter-definition key (`m`, tenant, slug).
+/// The tenant of a meter-definition key (`meters/`, tenant, slug).
 fn storage_tenant(key: &[u8]) -> Result<String> {
-    let mut r = crate::storage::codec::Reader::new(&key[1..]);
+    let mut r = crate::storage::codec::Reader::new(&key[keys::METER_DEFS.len()..]);
     Ok(r.str()?.to_owned())
 }
 

@@ -7,7 +7,7 @@
 //! | uniq   | agg key, value                                                 | empty: one key per distinct value |
 //! | events | tenant, commit seq u64, part u32                               | zstd record of accepted events |
 //! | dedup  | commit seq u64                                                 | receive time, (fingerprint, payload hash)* |
-//! | meta   | `seq` / `meter_id` / `m` tenant slug                           | counters / meter JSON          |
+//! | meta   | `counter/seq`, `counter/meter_id`, `meters/` tenant slug       | counters / meter JSON          |
 //!
 //! Within a meter, keys sort by customer and then by minute, so one customer's range is one seek and
 //! an all-customer query skips from customer to customer. A dimension value is `0` (absent) or
@@ -16,8 +16,10 @@
 use super::codec::{put_i64_sortable, put_str, Reader};
 use crate::error::Result;
 
-pub const META_SEQ: &[u8] = b"seq";
-pub const META_METER_ID: &[u8] = b"meter_id";
+pub const META_SEQ: &[u8] = b"counter/seq";
+pub const META_METER_ID: &[u8] = b"counter/meter_id";
+/// Prefix of meter definitions; no counter key starts with it.
+pub const METER_DEFS: &[u8] = b"meters/";
 
 pub fn meter_def(tenant: &str, slug: &str) -> Vec<u8> {
     let mut k = meter_defs_prefix(tenant);
@@ -26,7 +28,7 @@ pub fn meter_def(tenant: &str, slug: &str) -> Vec<u8> {
 }
 
 pub fn meter_defs_prefix(tenant: &str) -> Vec<u8> {
-    let mut k = b"m".to_vec();
+    let mut k = METER_DEFS.to_vec();
     put_str(&mut k, tenant.as_bytes());
     k
 }

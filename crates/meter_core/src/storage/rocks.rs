@@ -76,7 +76,7 @@ impl Store for RocksStore {
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
-        self.db.write_opt(&batch, &opts).map_err(storage)
+        self.db.write_opt(batch, &opts).map_err(storage)
     }
 
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {

@@ -151,7 +151,7 @@ fn a_new_meter_is_backfilled_from_retained_events() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
     let events: Vec<String> = (0..50).map(|i| event(&format!("e{i}"), &format!("c{}", i % 3), i % 7, "2", "m")).collect();
-    engine.ingest("t", batch(&events), false, Some(T0)).unwrap();
+    engine.ingest("t", batch(&events), false, Some(T0 + 10 * MIN)).unwrap();
     let created = engine
         .create_meter("t", spec(r#"{"slug":"calls","event_type":"llm","aggregation":"count"}"#), Some(T0))
         .unwrap();
