@@ -38,12 +38,11 @@ def test_sigkill_never_loses_or_doubles_an_acknowledged_event(tmp_path: Path) ->
     report = {"kills": 0, "acked": 0, "lost": 0, "duplicated": 0, "torn": 0, "restart_ms": []}
     for _ in range(KILLS):
         started = time.monotonic()
-        child = subprocess.Popen([sys.executable, str(CHILD), str(data), str(ack_log)], stdout=subprocess.PIPE, text=True)
-        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-        report["restart_ms"].append(round((time.monotonic() - started) * 1000))
-        time.sleep(rng.uniform(0.05, 0.6))
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
+        with subprocess.Popen([sys.executable, str(CHILD), str(data), str(ack_log)], stdout=subprocess.PIPE, text=True) as child:
+            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+            report["restart_ms"].append(round((time.monotonic() - started) * 1000))
+            time.sleep(rng.uniform(0.05, 0.8))
+            os.kill(child.pid, signal.SIGKILL)
         report["kills"] += 1
 
         acked = {int(n) for n in ack_log.read_text().split()}

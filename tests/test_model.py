@@ -216,7 +216,7 @@ class MeteringMachine(RuleBasedStateMachine):
 
 
 MeteringMachine.TestCase.settings = settings(
-    max_examples=60,
+    max_examples=200,
     stateful_step_count=15,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

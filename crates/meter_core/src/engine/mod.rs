@@ -135,9 +135,6 @@ impl Engine {
         }
         let now_us = now_us.unwrap_or_else(now_micros);
         let batch = parse_batch(tenant, body, now_us, &self.config.limits)?;
-        if atomic && !batch.issues.is_empty() {
-            return Err(Error::BatchRejected { issues: batch.issues });
-        }
         let (reply, answer) = bounded(1);
         self.send(Command::Ingest { batch, atomic, now_us, reply })?;
         answer.recv().map_err(|_| Error::Closed)?
