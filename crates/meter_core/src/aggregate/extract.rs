@@ -65,6 +65,13 @@ pub fn extract<'a>(meter: &Meter, top: &impl Fn(&str) -> Option<&'a str>) -> Res
     Ok(Some(Contribution { value, unique, dims }))
 }
 
+/// `extract` for a retained event, whose `data` is raw JSON text (empty when it had none).
+pub fn extract_retained<'a>(meter: &Meter, data: &'a str) -> Result<Option<Contribution<'a>>, String> {
+    let pairs = if data.is_empty() { Vec::new() } else { json::object(data).unwrap_or_default() };
+    let top = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.get());
+    extract(meter, &top)
+}
+
 /// The raw JSON at `path`, if every level exists.
 pub fn lookup<'a>(top: &impl Fn(&str) -> Option<&'a str>, path: &JsonPath) -> Option<&'a str> {
     let mut raw = top(&path.0[0])?;

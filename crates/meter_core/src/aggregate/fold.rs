@@ -1,59 +1,72 @@
-//! Folding a commit's events into aggregate deltas in memory, so that a commit writes one merge operand
-//! per touched bucket (and one key per new distinct value) instead of one write per event.
+//! Folding events into aggregate deltas in memory. The writer keeps one fold across many commits and
+//! flushes it as one merge operand per touched customer-minute, so the cost of aggregation in RocksDB
+//! grows with the number of active customers, not with the number of events.
 
 use hashbrown::{HashMap, HashSet};
 
 use super::extract::Contribution;
 use super::meter::Meter;
-use super::state::AggState;
+use super::state::{AggState, MinuteStates};
 use crate::ingest::time::minute_of;
-use crate::storage::keys::{agg_key, uniq_key};
+use crate::storage::keys::{minute_key, put_dims, uniq_key};
 use crate::storage::{Cf, WriteSet};
 
 #[derive(Default)]
 pub struct Fold {
-    buckets: HashMap<Vec<u8>, AggState>,
+    /// `agg` key (customer-minute) -> dims -> state.
+    minutes: HashMap<Vec<u8>, HashMap<Vec<u8>, AggState>>,
     uniques: HashSet<Vec<u8>>,
+    states: usize,
     key: Vec<u8>,
+    dims: Vec<u8>,
 }
 
 impl Fold {
     pub fn add(&mut self, tenant: &str, meter: &Meter, subject: &str, time_us: i64, ordinal: u64, c: &Contribution) {
         self.key.clear();
-        agg_key(&mut self.key, tenant, meter.id(), subject, minute_of(time_us), c.dims.iter().map(|d| d.as_deref()));
+        minute_key(&mut self.key, tenant, meter.id(), subject, minute_of(time_us));
+        self.dims.clear();
+        put_dims(&mut self.dims, c.dims.iter().map(|d| d.as_deref()));
         let event = AggState::of_event(meter.aggregation(), c.value, time_us, ordinal);
-        match self.buckets.get_mut(self.key.as_slice()) {
+
+        let minute = match self.minutes.get_mut(self.key.as_slice()) {
+            Some(m) => m,
+            None => self.minutes.entry(self.key.clone()).or_default(),
+        };
+        match minute.get_mut(self.dims.as_slice()) {
             Some(state) => state.merge(&event),
             None => {
-                self.buckets.insert(self.key.clone(), event);
+                minute.insert(self.dims.clone(), event);
+                self.states += 1;
             }
         }
         if let Some(u) = &c.unique {
-            let mut k = Vec::with_capacity(self.key.len() + u.len() + 2);
-            uniq_key(&mut k, &self.key, u);
+            let mut k = Vec::with_capacity(self.key.len() + self.dims.len() + u.len() + 2);
+            uniq_key(&mut k, &self.key, &self.dims, u);
             self.uniques.insert(k);
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.buckets.is_empty()
+        self.minutes.is_empty() && self.uniques.is_empty()
     }
 
-    /// Emits the deltas: merge operands for buckets, puts for distinct values.
-    pub fn write_into(&self, set: &mut WriteSet) {
-        let mut value = Vec::with_capacity(32);
-        for (key, state) in &self.buckets {
+    /// Distinct (customer-minute, dims) states held: what a flush will write.
+    pub fn states(&self) -> usize {
+        self.states + self.uniques.len()
+    }
+
+    /// Emits the deltas (merge operands for customer-minutes, puts for distinct values) and empties the fold.
+    pub fn drain_into(&mut self, set: &mut WriteSet) {
+        let mut value = Vec::with_capacity(256);
+        for (key, states) in self.minutes.drain() {
             value.clear();
-            state.encode(&mut value);
-            set.merge(Cf::Agg, key, &value);
+            MinuteStates(states.into_iter().collect()).encode(&mut value);
+            set.merge(Cf::Agg, &key, &value);
         }
-        for key in &self.uniques {
-            set.put(Cf::Uniq, key, &[]);
+        for key in self.uniques.drain() {
+            set.put(Cf::Uniq, &key, &[]);
         }
-    }
-
-    pub fn clear(&mut self) {
-        self.buckets.clear();
-        self.uniques.clear();
+        self.states = 0;
     }
 }

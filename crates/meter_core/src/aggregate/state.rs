@@ -1,4 +1,5 @@
-//! The per-bucket aggregate state and its merge: the value of one `agg` key, and RocksDB's merge operator.
+//! Aggregate states and their merge: one `AggState` per customer, minute and dimension combination, grouped
+//! per customer-minute into the `MinuteStates` value of one `agg` key, and RocksDB's merge operator.
 //!
 //! Ingest never reads before it writes: each commit emits one merge operand per touched bucket, and
 //! RocksDB folds operands with [`merge_values`]. Merging is associative and commutative (for `latest`,
@@ -6,6 +7,8 @@
 //!
 //! Encoding: `[tag][count varint][fields...]`; tag = aggregation number, with bit 7 set once a sum has
 //! overflowed (the bucket then reports an overflow error instead of a wrong number).
+
+use std::collections::BTreeMap;
 
 use super::meter::Aggregation;
 use super::quantity::Quantity;
@@ -140,23 +143,87 @@ fn from_tag(t: u8) -> Result<Aggregation> {
     })
 }
 
-/// RocksDB's merge: folds an existing value and operands into one encoded state.
-/// `None` (reported by RocksDB as corruption) only for bytes this module did not write.
-pub fn merge_values<'a>(existing: Option<&[u8]>, operands: impl IntoIterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
-    let mut acc: Option<AggState> = match existing {
-        Some(b) => Some(AggState::decode(b).ok()?),
-        None => None,
-    };
-    for op in operands {
-        let s = AggState::decode(op).ok()?;
-        match acc.as_mut() {
-            Some(a) if a.aggregation == s.aggregation => a.merge(&s),
-            Some(_) => return None,
-            None => acc = Some(s),
+/// The value of one `agg` key: the states of one customer-minute, one per dimension combination
+/// (keyed by `keys::put_dims` bytes). Encoding: `n varint`, then per entry `dims` and `state`, each as
+/// varint length + bytes, in dims order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MinuteStates(pub BTreeMap<Vec<u8>, AggState>);
+
+impl MinuteStates {
+    /// Merges `other` in; `false` if the two disagree on an aggregation (bytes we did not write).
+    pub fn merge(&mut self, dims: &[u8], state: &AggState) -> bool {
+        match self.0.get_mut(dims) {
+            Some(s) if s.aggregation != state.aggregation => return false,
+            Some(s) => s.merge(state),
+            None => {
+                self.0.insert(dims.to_vec(), *state);
+            }
+        }
+        true
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_varint(out, self.0.len() as u128);
+        let mut state = Vec::with_capacity(24);
+        for (dims, s) in &self.0 {
+            put_varint(out, dims.len() as u128);
+            out.extend_from_slice(dims);
+            state.clear();
+            s.encode(&mut state);
+            put_varint(out, state.len() as u128);
+            out.extend_from_slice(&state);
         }
     }
-    let mut out = Vec::with_capacity(24);
-    acc?.encode(&mut out);
+
+    /// Calls `f(dims, state)` for every entry of an encoded value.
+    pub fn visit(bytes: &[u8], mut f: impl FnMut(&[u8], AggState) -> Result<()>) -> Result<()> {
+        let mut r = Reader::new(bytes);
+        let n = r.varint()?;
+        for _ in 0..n {
+            let len = r.varint()? as usize;
+            let dims = r.take(len)?;
+            let len = r.varint()? as usize;
+            f(dims, AggState::decode(r.take(len)?)?)?;
+        }
+        if !r.is_empty() {
+            return Err(Error::Corrupt("trailing bytes after minute states".into()));
+        }
+        Ok(())
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<MinuteStates> {
+        let mut out = MinuteStates::default();
+        Self::visit(bytes, |dims, s| {
+            if out.merge(dims, &s) {
+                Ok(())
+            } else {
+                Err(Error::Corrupt("mixed aggregations in one bucket".into()))
+            }
+        })?;
+        Ok(out)
+    }
+}
+
+/// RocksDB's merge: folds an existing value and operands into one encoded `MinuteStates`.
+/// `None` (reported by RocksDB as corruption) only for bytes this module did not write.
+pub fn merge_values<'a>(existing: Option<&[u8]>, operands: impl IntoIterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
+    let mut acc = match existing {
+        Some(b) => MinuteStates::decode(b).ok()?,
+        None => MinuteStates::default(),
+    };
+    for op in operands {
+        let mut consistent = true;
+        MinuteStates::visit(op, |dims, s| {
+            consistent &= acc.merge(dims, &s);
+            Ok(())
+        })
+        .ok()?;
+        if !consistent {
+            return None;
+        }
+    }
+    let mut out = Vec::with_capacity(64);
+    acc.encode(&mut out);
     Some(out)
 }
 
@@ -234,26 +301,46 @@ mod tests {
         #[test]
         fn decoding_garbage_is_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..30)) {
             let _ = AggState::decode(&bytes);
+            let _ = MinuteStates::decode(&bytes);
         }
+    }
+
+    fn minute(entries: &[(&[u8], AggState)]) -> Vec<u8> {
+        let mut m = MinuteStates::default();
+        for (dims, s) in entries {
+            assert!(m.merge(dims, s));
+        }
+        let mut out = Vec::new();
+        m.encode(&mut out);
+        out
     }
 
     #[test]
     fn overflow_poisons_the_bucket() {
-        let mut s = AggState::of_event(Aggregation::Sum, Quantity(i128::MAX - 1), 0, 0);
-        s.merge(&AggState::of_event(Aggregation::Sum, Quantity(5), 0, 1));
-        assert!(s.overflow);
-        let mut enc = Vec::new();
-        s.encode(&mut enc);
-        let merged = merge_values(Some(&enc), [enc.as_slice()]).unwrap();
-        assert!(matches!(AggState::decode(&merged).unwrap().result(), Err(Error::Overflow(_))));
+        let big = minute(&[(b"", AggState::of_event(Aggregation::Sum, Quantity(i128::MAX - 1), 0, 0))]);
+        let merged = merge_values(Some(&big), [big.as_slice()]).unwrap();
+        let m = MinuteStates::decode(&merged).unwrap();
+        assert!(matches!(m.0[&b""[..]].result(), Err(Error::Overflow(_))));
+    }
+
+    #[test]
+    fn merge_operator_merges_per_dimension_combination() {
+        let a = minute(&[(b"x", AggState::of_event(Aggregation::Sum, Quantity(1), 0, 0))]);
+        let b = minute(&[
+            (b"x", AggState::of_event(Aggregation::Sum, Quantity(2), 0, 1)),
+            (b"y", AggState::of_event(Aggregation::Sum, Quantity(5), 0, 2)),
+        ]);
+        let m = MinuteStates::decode(&merge_values(Some(&a), [b.as_slice(), a.as_slice()]).unwrap()).unwrap();
+        assert_eq!((m.0[&b"x"[..]].value, m.0[&b"x"[..]].count), (Quantity(4), 3));
+        assert_eq!(m.0[&b"y"[..]].value, Quantity(5));
     }
 
     #[test]
     fn merge_operator_refuses_mixed_aggregations() {
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        AggState::of_event(Aggregation::Sum, Quantity(1), 0, 0).encode(&mut a);
-        AggState::of_event(Aggregation::Max, Quantity(1), 0, 0).encode(&mut b);
+        let a = minute(&[(b"", AggState::of_event(Aggregation::Sum, Quantity(1), 0, 0))]);
+        let b = minute(&[(b"", AggState::of_event(Aggregation::Max, Quantity(1), 0, 0))]);
         assert_eq!(merge_values(Some(&a), [b.as_slice()]), None);
         assert!(merge_values(None, [a.as_slice(), a.as_slice()]).is_some());
+        assert_eq!(merge_values(None, [&b"\x05junk"[..]]), None);
     }
 }

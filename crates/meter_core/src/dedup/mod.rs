@@ -8,14 +8,16 @@
 //! each commit writes one record of the fingerprints it accepted, in the same atomic write batch as the
 //! events and aggregates. So after any crash the index holds exactly the committed events.
 //!
-//! Record format (value of `dedup/<seq u64 BE>`): `received_us i64 BE`, then per event
-//! `fingerprint u128 LE, payload_hash u64 LE`.
+//! Record format (value of `dedup/<seq u64 BE>`): `received_us i64 BE`, `n u16 BE` and `n` length-prefixed
+//! tenants (part `i` of the commit's retained events belongs to tenant `i`: recovery replays commits whose
+//! aggregates were not flushed yet from them), then per event `fingerprint u128 LE, payload_hash u64 LE`.
 
 use std::hash::{BuildHasherDefault, Hasher};
 
 use hashbrown::HashMap;
 
 use crate::error::{Error, Result};
+use crate::storage::codec::{put_str, Reader};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
@@ -85,38 +87,56 @@ impl DedupIndex {
         self.map.retain(|_, e| e.received_us >= cutoff_us);
     }
 
-    /// Adds the entries of one stored record; returns its receive time.
-    pub fn load_record(&mut self, record: &[u8]) -> Result<i64> {
-        let received_us = record_received_us(record)?;
-        for chunk in record[8..].chunks_exact(24) {
-            let fp = u128::from_le_bytes(chunk[..16].try_into().unwrap());
-            let ph = u64::from_le_bytes(chunk[16..].try_into().unwrap());
-            self.insert(fp, ph, received_us);
+    /// Adds the entries of one stored record.
+    pub fn load(&mut self, record: &Record) {
+        for (fp, ph) in record.entries() {
+            self.insert(fp, ph, record.received_us);
         }
-        Ok(received_us)
     }
 }
 
-pub fn record_received_us(record: &[u8]) -> Result<i64> {
-    if record.len() < 8 || (record.len() - 8) % 24 != 0 {
-        return Err(Error::Corrupt(format!("dedup record of {} bytes", record.len())));
+/// A parsed dedup record.
+pub struct Record<'a> {
+    pub received_us: i64,
+    /// Tenant of each retained-events part of the commit, in part order.
+    pub tenants: Vec<&'a str>,
+    entries: &'a [u8],
+}
+
+impl<'a> Record<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Record<'a>> {
+        let mut r = Reader::new(bytes);
+        let received_us = r.u64()? as i64;
+        let n = u16::from_be_bytes(r.take(2)?.try_into().unwrap());
+        let tenants = (0..n).map(|_| r.str()).collect::<Result<Vec<_>>>()?;
+        if r.bytes.len() % 24 != 0 {
+            return Err(Error::Corrupt(format!("dedup record with {} bytes of entries", r.bytes.len())));
+        }
+        Ok(Record { received_us, tenants, entries: r.bytes })
     }
-    Ok(i64::from_be_bytes(record[..8].try_into().unwrap()))
+
+    pub fn entries(&self) -> impl Iterator<Item = (u128, u64)> + 'a {
+        self.entries.chunks_exact(24).map(|c| {
+            (u128::from_le_bytes(c[..16].try_into().unwrap()), u64::from_le_bytes(c[16..].try_into().unwrap()))
+        })
+    }
 }
 
 /// Builds the record a commit writes.
 pub struct RecordBuilder(Vec<u8>);
 
 impl RecordBuilder {
-    pub fn new(received_us: i64) -> Self {
-        RecordBuilder(received_us.to_be_bytes().to_vec())
+    pub fn new(received_us: i64, tenants: &[String]) -> Self {
+        let mut out = received_us.to_be_bytes().to_vec();
+        out.extend_from_slice(&(tenants.len() as u16).to_be_bytes());
+        for t in tenants {
+            put_str(&mut out, t.as_bytes());
+        }
+        RecordBuilder(out)
     }
     pub fn push(&mut self, fingerprint: u128, payload_hash: u64) {
         self.0.extend_from_slice(&fingerprint.to_le_bytes());
         self.0.extend_from_slice(&payload_hash.to_le_bytes());
-    }
-    pub fn is_empty(&self) -> bool {
-        self.0.len() == 8
     }
     pub fn bytes(&self) -> &[u8] {
         &self.0
@@ -139,17 +159,20 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_expire() {
-        let mut b = RecordBuilder::new(1_000);
+        let mut b = RecordBuilder::new(1_000, &["acme".to_string(), "b".to_string()]);
         b.push(u128::MAX - 3, 42);
         b.push(5, 43);
         let mut idx = DedupIndex::default();
-        assert_eq!(idx.load_record(b.bytes()).unwrap(), 1_000);
+        let record = Record::parse(b.bytes()).unwrap();
+        assert_eq!((record.received_us, record.tenants.as_slice()), (1_000, &["acme", "b"][..]));
+        idx.load(&record);
         assert_eq!(idx.check(u128::MAX - 3, 42), Seen::Duplicate);
         assert_eq!(idx.check(5, 0), Seen::Conflict);
         idx.insert(9, 9, 2_000);
         idx.expire(1_500);
         assert_eq!(idx.check(5, 43), Seen::New);
         assert_eq!(idx.check(9, 9), Seen::Duplicate);
-        assert!(idx.load_record(&[0; 9]).is_err());
+        assert!(Record::parse(&[0; 9]).is_err());
+        assert!(Record::parse(&[0; 10]).is_ok());
     }
 }

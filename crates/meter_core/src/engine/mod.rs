@@ -1,7 +1,8 @@
 //! The engine: opens the store, recovers state, runs the writer thread, and answers the public calls.
 //!
-//! Recovery at open: the commit sequence and meter-id counter from `meta`, the meters, and the dedup
-//! index from the `dedup` records still inside the window. Everything acknowledged was in one synced
+//! Recovery at open: the commit sequence and meter-id counter from `meta`, the meters, the dedup index
+//! from the `dedup` records still inside the window, and the aggregates of commits past the `agg_seq`
+//! watermark, re-folded from their retained events (`replay`). Everything acknowledged was in one synced
 //! write batch, so what is recovered is exactly what was acknowledged.
 
 pub mod config;
@@ -13,6 +14,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::{bounded, Sender, TrySendError};
 use serde::Serialize;
@@ -23,7 +25,10 @@ use writer::{Command, Writer};
 
 use crate::aggregate::meter::{Meter, MeterSpec, StoredMeter};
 use crate::aggregate::registry::Registry;
-use crate::dedup::{self, DedupIndex};
+use crate::aggregate::extract::extract_retained;
+use crate::aggregate::fold::Fold;
+use crate::dedup::{DedupIndex, Record};
+use crate::storage::events;
 use crate::error::{Error, Result};
 use crate::ingest::{parse_batch, time::now_micros};
 use crate::query::{self, UsageQuery, UsageResult};
@@ -88,6 +93,7 @@ impl Engine {
             store.get(Cf::Meta, key)?.map(|v| v.try_into().map(u64::from_be_bytes)).transpose().map_err(|_| Error::Corrupt("counter".into()))
         };
         let seq = read_u64(keys::META_SEQ)?.unwrap_or(0);
+        let agg_seq = read_u64(keys::META_AGG_SEQ)?.unwrap_or(0);
         let next_meter_id = store
             .get(Cf::Meta, keys::META_METER_ID)?
             .map(|v| v.try_into().map(u32::from_be_bytes).map_err(|_| Error::Corrupt("meter id counter".into())))
@@ -109,10 +115,24 @@ impl Engine {
             ));
         }
         let (index, dedup_records) = load_dedup(&*store, now_micros() - config.dedup_retention_us())?;
+        if seq > agg_seq {
+            replay(&*store, &registry, agg_seq, seq)?;
+        }
 
         let shared = Arc::new(Shared { failed: Mutex::new(None), registry: RwLock::new(Arc::new(registry)), stats: Stats::default() });
         let (tx, rx) = bounded(config.queue_capacity);
-        let writer = Writer { store: store.clone(), shared: shared.clone(), config: config.clone(), index, seq, next_meter_id, dedup_records };
+        let writer = Writer {
+            store: store.clone(),
+            shared: shared.clone(),
+            config: config.clone(),
+            index,
+            seq,
+            next_meter_id,
+            dedup_records,
+            fold: Fold::default(),
+            agg_seq: seq,
+            last_flush: Instant::now(),
+        };
         let handle = std::thread::Builder::new()
             .name("meter-writer".into())
             .spawn(move || writer.run(rx))
@@ -165,11 +185,20 @@ impl Engine {
         registry.list(tenant).iter().map(|m| m.stored.clone()).collect()
     }
 
+    /// Answers from every acknowledged event: the writer first flushes what it holds in memory.
     pub fn query(&self, tenant: &str, q: &UsageQuery) -> Result<UsageResult> {
+        self.flush()?;
         let registry = self.shared.registry.read().unwrap().clone();
         let meter = registry.get(tenant, &q.meter).ok_or_else(|| Error::NotFound { what: "meter", name: q.meter.clone() })?;
         let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
         query::run(&*store, tenant, meter, q)
+    }
+
+    /// Writes the aggregates held in memory, so that queries see every acknowledged event.
+    pub fn flush(&self) -> Result<()> {
+        let (reply, answer) = bounded(1);
+        self.send_blocking(Command::Flush { reply })?;
+        answer.recv().map_err(|_| Error::Closed)?
     }
 
     /// `None` when healthy; otherwise why the engine stopped acknowledging.
@@ -240,11 +269,13 @@ fn load_dedup(store: &dyn Store, cutoff_us: i64) -> Result<(DedupIndex, VecDeque
     let mut last_expired = None;
     scan_prefix(store, Cf::Dedup, &[], |key, value| {
         let seq = u64::from_be_bytes(key.try_into().map_err(|_| Error::Corrupt("dedup key".into()))?);
+        let record = Record::parse(value)?;
         // Only a leading run is dropped, so a range delete can never touch a live record.
-        if live.is_empty() && dedup::record_received_us(value)? < cutoff_us {
+        if live.is_empty() && record.received_us < cutoff_us {
             last_expired = Some(seq);
         } else {
-            live.push_back((seq, index.load_record(value)?));
+            index.load(&record);
+            live.push_back((seq, record.received_us));
         }
         Ok(true)
     })?;
@@ -254,4 +285,34 @@ fn load_dedup(store: &dyn Store, cutoff_us: i64) -> Result<(DedupIndex, VecDeque
         store.write(&set, true)?;
     }
     Ok((index, live))
+}
+
+/// Re-aggregates the commits `(agg_seq, seq]` from their retained events and writes them with the
+/// watermark. Meters only change right after a flush, so the meters of today are those of those commits.
+fn replay(store: &dyn Store, registry: &Registry, agg_seq: u64, seq: u64) -> Result<()> {
+    let mut fold = Fold::default();
+    let mut cursor = store.cursor(Cf::Dedup);
+    cursor.seek(&(agg_seq + 1).to_be_bytes());
+    while let Some((key, value)) = cursor.entry() {
+        let commit = u64::from_be_bytes(key.try_into().map_err(|_| Error::Corrupt("dedup key".into()))?);
+        for (part, tenant) in Record::parse(value)?.tenants.iter().enumerate() {
+            let stored = store
+                .get(Cf::Events, &keys::events_key(tenant, commit, part as u32))?
+                .ok_or_else(|| Error::Corrupt(format!("commit {commit} has no retained events for part {part}")))?;
+            for e in events::decode(&stored)? {
+                for meter in registry.for_event(tenant, &e.event_type) {
+                    // Accepted events were readable by these meters when they arrived.
+                    if let Ok(Some(c)) = extract_retained(meter, &e.data) {
+                        fold.add(tenant, meter, &e.subject, e.time_us, e.ordinal, &c);
+                    }
+                }
+            }
+        }
+        cursor.next();
+    }
+    cursor.status()?;
+    let mut set = WriteSet::default();
+    fold.drain_into(&mut set);
+    set.put(Cf::Meta, keys::META_AGG_SEQ, &seq.to_be_bytes());
+    store.write(&set, true)
 }

@@ -5,26 +5,33 @@
 //! writes it once, synced per the durability setting: a group commit. Only then are the callers
 //! answered, so a 2xx always means durable. One writer also makes dedup's check-then-insert race-free.
 //!
+//! Aggregates are folded in memory across commits and flushed (one merge operand per customer-minute,
+//! with the `agg_seq` watermark in the same write batch) every `FLUSH_INTERVAL`, when the fold grows past
+//! `FLUSH_STATES`, before meters change, and before a query reads. A commit itself only writes the
+//! retained events and dedup markers, so its cost does not grow with the number of meters or dimensions.
+//! The retained events are the redo log: after a crash, commits past the watermark are re-aggregated
+//! from them at open (see `engine::replay`). RocksDB's WAL stays the only log.
+//!
 //! Fail-stop: if a write fails, the writer records why, answers every waiting and later caller with
-//! `StoreFailed`, and rolls the in-memory dedup index back to what is durable.
+//! `StoreFailed`, rolls the in-memory dedup index back to what is durable, and never flushes again.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hashbrown::HashMap;
 
 use super::report::IngestReport;
 use super::{Backfill, CreatedMeter, Shared};
-use crate::aggregate::extract::{extract, Contribution};
+use crate::aggregate::extract::{extract, extract_retained, Contribution};
 use crate::aggregate::fold::Fold;
 use crate::aggregate::meter::{Meter, MeterSpec, StoredMeter};
 use crate::dedup::{self, DedupIndex, Seen};
 use crate::engine::config::{Config, Durability};
 use crate::error::{Error, EventIssue, IssueCode, Result};
-use crate::ingest::{json, ParsedBatch, ParsedEvent};
+use crate::ingest::{ParsedBatch, ParsedEvent};
 use crate::storage::events::{self, RetainedEvent};
 use crate::storage::{keys, scan_prefix, Cf, OpKind, Store, WriteSet};
 
@@ -32,7 +39,14 @@ pub(crate) enum Command {
     Ingest { batch: ParsedBatch, atomic: bool, now_us: i64, reply: Sender<Result<IngestReport>> },
     CreateMeter { tenant: String, spec: MeterSpec, now_us: i64, reply: Sender<Result<CreatedMeter>> },
     DeleteMeter { tenant: String, slug: String, reply: Sender<Result<()>> },
+    /// Makes every acknowledged event visible to queries.
+    Flush { reply: Sender<Result<()>> },
 }
+
+/// How long aggregates may wait in memory; bounds the replay after a crash too.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(1000);
+/// Distinct states held in memory before a flush, bounding the fold's memory.
+const FLUSH_STATES: usize = 500_000;
 
 pub(crate) struct Writer {
     pub store: Arc<dyn Store>,
@@ -44,13 +58,18 @@ pub(crate) struct Writer {
     pub next_meter_id: u32,
     /// Live dedup records, oldest first: (commit seq, receive time), for expiry.
     pub dedup_records: VecDeque<(u64, i64)>,
+    /// Aggregates of commits after `agg_seq`, not yet in `agg`.
+    pub fold: Fold,
+    pub agg_seq: u64,
+    pub last_flush: Instant,
 }
 
 /// A group commit being staged.
 #[derive(Default)]
 struct Pending {
     set: WriteSet,
-    fold: Fold,
+    /// Tenant of each retained-events part, in part order.
+    tenants: Vec<String>,
     fingerprints: Vec<(u128, u64)>,
     received_us: i64,
     replies: Vec<(Sender<Result<IngestReport>>, IngestReport)>,
@@ -62,7 +81,15 @@ struct Pending {
 impl Writer {
     pub fn run(mut self, rx: Receiver<Command>) {
         let mut pending = Pending::default();
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = match rx.recv_timeout(FLUSH_INTERVAL) {
+                Ok(command) => command,
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.flush();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             let mut next = Some(first);
             while let Some(command) = next.take() {
                 match command {
@@ -75,13 +102,42 @@ impl Writer {
                         self.commit(&mut pending);
                         let _ = reply.send(self.guarded(|w| w.delete_meter(&tenant, &slug)));
                     }
+                    Command::Flush { reply } => {
+                        self.commit(&mut pending);
+                        let _ = reply.send(self.guarded(|w| w.flush()));
+                    }
                 }
                 if pending.events < self.config.max_commit_events {
                     next = rx.try_recv().ok();
                 }
             }
             self.commit(&mut pending);
+            if self.fold.states() >= FLUSH_STATES || self.last_flush.elapsed() >= FLUSH_INTERVAL {
+                let _ = self.flush();
+            }
         }
+        // Closing: whatever is still in memory goes to `agg`, so the next open has nothing to replay.
+        let _ = self.flush();
+    }
+
+    /// Writes the in-memory aggregates and the watermark in one batch. No fsync of its own: if it is lost
+    /// in a crash, so is the watermark, and recovery re-aggregates those commits from their events.
+    pub fn flush(&mut self) -> Result<()> {
+        if let Some(e) = self.failed() {
+            return Err(e);
+        }
+        self.last_flush = Instant::now();
+        // Even with nothing folded, the watermark must move: replay would otherwise revisit commits whose
+        // events a meter created since has already backfilled.
+        if self.fold.is_empty() && self.agg_seq == self.seq {
+            return Ok(());
+        }
+        let mut set = WriteSet::default();
+        self.fold.drain_into(&mut set);
+        set.put(Cf::Meta, keys::META_AGG_SEQ, &self.seq.to_be_bytes());
+        self.write_admin(&set, false)?;
+        self.agg_seq = self.seq;
+        Ok(())
     }
 
     fn failed(&self) -> Option<Error> {
@@ -145,7 +201,7 @@ impl Writer {
             let ordinal = self.ordinal(p);
             let subject = batch.text(ev.subject);
             for (meter, c) in &contributions {
-                p.fold.add(&batch.tenant, meter, subject, ev.time_us, ordinal, c);
+                self.fold.add(&batch.tenant, meter, subject, ev.time_us, ordinal, c);
             }
             record.push(RetainedEvent {
                 source: batch.text(ev.source),
@@ -174,6 +230,7 @@ impl Writer {
                 }
             }
             p.parts += 1;
+            p.tenants.push(batch.tenant.clone());
         }
         p.received_us = p.received_us.max(now_us);
         p.events += batch.total;
@@ -235,8 +292,7 @@ impl Writer {
         let started = Instant::now();
         if !pending.fingerprints.is_empty() {
             let seq = self.seq + 1;
-            pending.fold.write_into(&mut pending.set);
-            let mut record = dedup::RecordBuilder::new(pending.received_us);
+            let mut record = dedup::RecordBuilder::new(pending.received_us, &pending.tenants);
             for &(fp, ph) in &pending.fingerprints {
                 record.push(fp, ph);
             }
@@ -279,7 +335,8 @@ impl Writer {
         let cutoff = now_us - self.config.dedup_retention_us();
         let mut last_expired = None;
         while let Some(&(seq, received)) = self.dedup_records.front() {
-            if received >= cutoff {
+            // A record past the watermark is still needed to replay its commit after a crash.
+            if received >= cutoff || seq > self.agg_seq {
                 break;
             }
             last_expired = Some(seq);
@@ -297,6 +354,9 @@ impl Writer {
             return Err(Error::AlreadyExists { what: "meter", name: spec.slug });
         }
         let meter = Arc::new(Meter::compile(StoredMeter { id: self.next_meter_id, created_us: now_us, spec })?);
+        // Every earlier commit's aggregates go out first: replay after a crash then never has to know
+        // which meters existed when an event arrived.
+        self.flush()?;
 
         // Backfill from the retained events, in the same atomic write as the definition: after a crash
         // the meter either does not exist or is complete.
@@ -307,9 +367,7 @@ impl Writer {
                 if e.event_type != meter.stored.spec.event_type {
                     continue;
                 }
-                let pairs = if e.data.is_empty() { Vec::new() } else { json::object(&e.data).unwrap_or_default() };
-                let top = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.get());
-                match extract(&meter, &top) {
+                match extract_retained(&meter, &e.data) {
                     Ok(Some(c)) => {
                         fold.add(tenant, &meter, &e.subject, e.time_us, e.ordinal, &c);
                         backfill.events += 1;
@@ -325,8 +383,8 @@ impl Writer {
         let stored_json = serde_json::to_vec(&meter.stored).expect("meters serialize");
         set.put(Cf::Meta, &keys::meter_def(tenant, meter.slug()), &stored_json);
         set.put(Cf::Meta, keys::META_METER_ID, &(self.next_meter_id + 1).to_be_bytes());
-        fold.write_into(&mut set);
-        self.write_admin(&set)?;
+        fold.drain_into(&mut set);
+        self.write_admin(&set, true)?;
         self.next_meter_id += 1;
         *self.shared.registry.write().unwrap() = Arc::new(registry.with(tenant, meter.clone()));
         Ok(CreatedMeter { meter: meter.stored.clone(), backfill })
@@ -335,6 +393,7 @@ impl Writer {
     fn delete_meter(&mut self, tenant: &str, slug: &str) -> Result<()> {
         let registry = self.shared.registry.read().unwrap().clone();
         let meter = registry.get(tenant, slug).ok_or_else(|| Error::NotFound { what: "meter", name: slug.to_owned() })?;
+        self.flush()?;
         let mut set = WriteSet::default();
         set.push(OpKind::Delete, Cf::Meta, &keys::meter_def(tenant, slug), &[]);
         let mut prefix = Vec::new();
@@ -342,13 +401,14 @@ impl Writer {
         for cf in [Cf::Agg, Cf::Uniq] {
             set.delete_range(cf, &prefix, &keys::prefix_end(&prefix));
         }
-        self.write_admin(&set)?;
+        self.write_admin(&set, true)?;
         *self.shared.registry.write().unwrap() = Arc::new(registry.without(tenant, slug));
         Ok(())
     }
 
-    fn write_admin(&mut self, set: &WriteSet) -> Result<()> {
-        self.store.write(set, self.config.durability == Durability::Fsync).map_err(|e| {
+    /// Writes outside a group commit; any failure stops the engine like a failed commit does.
+    fn write_admin(&mut self, set: &WriteSet, sync: bool) -> Result<()> {
+        self.store.write(set, sync && self.config.durability == Durability::Fsync).map_err(|e| {
             self.shared.failed.lock().unwrap().get_or_insert(e.to_string());
             self.failed().unwrap()
         })

@@ -12,10 +12,11 @@ use chrono_tz::Tz;
 
 use crate::aggregate::meter::{Aggregation, Meter};
 use crate::aggregate::quantity::Quantity;
-use crate::aggregate::state::AggState;
+use crate::aggregate::state::{AggState, MinuteStates};
 use crate::error::{Error, Result};
 use crate::ingest::time::{minute_of, MICROS_PER_MINUTE};
 use crate::storage::keys::{self, decode_bucket, BucketKey};
+use crate::storage::codec::Reader;
 use crate::storage::{Cf, Store};
 use crate::{bail, ensure};
 pub use window::{WindowSize, Windower};
@@ -81,11 +82,20 @@ pub fn run(store: &dyn Store, tenant: &str, meter: &Meter, q: &UsageQuery) -> Re
     let mut windows = Windower::new(q.window, tz, q.from_us, q.to_us);
 
     let mut states: BTreeMap<GroupKey, AggState> = BTreeMap::new();
-    scan(store, Cf::Agg, tenant, &plan, &q.subjects, &mut windows, |group, value| {
-        let s = AggState::decode(value)?;
-        states.entry(group).or_insert_with(|| AggState::empty(s.aggregation)).merge(&s);
-        ensure!(states.len() <= MAX_ROWS, "result_too_large", "the result has more than {MAX_ROWS} rows; use a coarser window_size, fewer group_by dimensions or a shorter range");
-        Ok(())
+    let n_dims = meter.dims.len();
+    scan_keys(store, Cf::Agg, tenant, &plan, &q.subjects, 0, |minute, value| {
+        MinuteStates::visit(value, |dims, state| {
+            let bucket = BucketKey { dims: keys::decode_dims(&mut Reader::new(dims), n_dims)?, ..minute };
+            if let Some(group) = plan.group(&bucket, &mut windows) {
+                states.entry(group).or_insert_with(|| AggState::empty(state.aggregation)).merge(&state);
+                ensure!(
+                    states.len() <= MAX_ROWS,
+                    "result_too_large",
+                    "the result has more than {MAX_ROWS} rows; use a coarser window_size, fewer group_by dimensions or a shorter range"
+                );
+            }
+            Ok(())
+        })
     })?;
 
     let mut uniques: BTreeMap<GroupKey, HashSet<Vec<u8>>> = BTreeMap::new();
@@ -154,22 +164,6 @@ impl Plan<'_> {
     }
 }
 
-/// Visits every bucket of the plan's meter and range: one seek per customer, skipping between them.
-fn scan(
-    store: &dyn Store,
-    cf: Cf,
-    tenant: &str,
-    plan: &Plan,
-    subjects: &[String],
-    windows: &mut Windower,
-    mut visit: impl FnMut(GroupKey, &[u8]) -> Result<()>,
-) -> Result<()> {
-    scan_keys(store, cf, tenant, plan, subjects, |bucket, value| match plan.group(&bucket, windows) {
-        Some(group) => visit(group, value),
-        None => Ok(()),
-    })
-}
-
 fn scan_uniques(
     store: &dyn Store,
     tenant: &str,
@@ -178,7 +172,7 @@ fn scan_uniques(
     windows: &mut Windower,
     out: &mut BTreeMap<GroupKey, HashSet<Vec<u8>>>,
 ) -> Result<()> {
-    scan_keys(store, Cf::Uniq, tenant, plan, subjects, |bucket, _| {
+    scan_keys(store, Cf::Uniq, tenant, plan, subjects, plan.meter.dims.len(), |bucket, _| {
         if let Some(group) = plan.group(&bucket, windows) {
             out.entry(group).or_default().insert(bucket.rest.to_vec());
         }
@@ -186,17 +180,19 @@ fn scan_uniques(
     })
 }
 
+/// Visits every key of the plan's meter and range in `cf` (whose keys carry `n_dims` dimensions after the
+/// minute): one seek per customer, skipping from customer to customer.
 fn scan_keys(
     store: &dyn Store,
     cf: Cf,
     tenant: &str,
     plan: &Plan,
     subjects: &[String],
+    n_dims: usize,
     mut visit: impl FnMut(BucketKey, &[u8]) -> Result<()>,
 ) -> Result<()> {
     let mut meter_prefix = Vec::new();
     keys::meter_prefix(&mut meter_prefix, tenant, plan.meter.id());
-    let n_dims = plan.meter.dims.len();
     let mut cursor = store.cursor(cf);
 
     let mut scan_subject = |cursor: &mut Box<dyn crate::storage::Cursor + '_>, subject: &str| -> Result<()> {

@@ -3,12 +3,14 @@
 //!
 //! | cf     | key                                                            | value                          |
 //! |--------|----------------------------------------------------------------|--------------------------------|
-//! | agg    | tenant, meter id u32, subject, minute i64, dims                | `AggState` (merge operator)    |
-//! | uniq   | agg key, value                                                 | empty: one key per distinct value |
+//! | agg    | tenant, meter id u32, subject, minute i64                      | `MinuteStates` (merge operator): one state per dims |
+//! | uniq   | agg key, dims, value                                           | empty: one key per distinct value |
 //! | events | tenant, commit seq u64, part u32                               | zstd record of accepted events |
-//! | dedup  | commit seq u64                                                 | receive time, (fingerprint, payload hash)* |
-//! | meta   | `counter/seq`, `counter/meter_id`, `meters/` tenant slug       | counters / meter JSON          |
+//! | dedup  | commit seq u64                                                 | receive time, tenants of the events records, (fingerprint, payload hash)* |
+//! | meta   | `counter/seq`, `counter/agg_seq`, `counter/meter_id`, `meters/` tenant slug | counters / meter JSON |
 //!
+//! One `agg` key per customer-minute (not per dimension combination) is what keeps writes per event low:
+//! a customer's events within a minute share one key however many dimensions vary.
 //! Within a meter, keys sort by customer and then by minute, so one customer's range is one seek and
 //! an all-customer query skips from customer to customer. A dimension value is `0` (absent) or
 //! `1` + string, so a missing dimension and an empty string stay distinct.
@@ -18,6 +20,8 @@ use crate::error::Result;
 
 pub const META_SEQ: &[u8] = b"counter/seq";
 pub const META_METER_ID: &[u8] = b"counter/meter_id";
+/// The last commit whose aggregates are in `agg`; later commits are replayed from their events at open.
+pub const META_AGG_SEQ: &[u8] = b"counter/agg_seq";
 /// Prefix of meter definitions; no counter key starts with it.
 pub const METER_DEFS: &[u8] = b"meters/";
 
@@ -44,17 +48,14 @@ pub fn subject_prefix(out: &mut Vec<u8>, tenant: &str, meter_id: u32, subject: &
     put_str(out, subject.as_bytes());
 }
 
-/// The full `agg` key of a bucket.
-pub fn agg_key<'d>(
-    out: &mut Vec<u8>,
-    tenant: &str,
-    meter_id: u32,
-    subject: &str,
-    minute: i64,
-    dims: impl IntoIterator<Item = Option<&'d str>>,
-) {
+/// The `agg` key of one customer-minute of a meter; its value holds one state per dimension combination.
+pub fn minute_key(out: &mut Vec<u8>, tenant: &str, meter_id: u32, subject: &str, minute: i64) {
     subject_prefix(out, tenant, meter_id, subject);
     put_i64_sortable(out, minute);
+}
+
+/// Appends dimension values in the meter's order: `0` for absent, `1` + string otherwise.
+pub fn put_dims<'d>(out: &mut Vec<u8>, dims: impl IntoIterator<Item = Option<&'d str>>) {
     for d in dims {
         match d {
             None => out.push(0),
@@ -66,9 +67,21 @@ pub fn agg_key<'d>(
     }
 }
 
-/// The `uniq` key: a bucket's key followed by one distinct value.
-pub fn uniq_key(out: &mut Vec<u8>, agg_key: &[u8], value: &str) {
-    out.extend_from_slice(agg_key);
+pub fn decode_dims<'a>(r: &mut Reader<'a>, n_dims: usize) -> Result<Vec<Option<&'a str>>> {
+    let mut dims = Vec::with_capacity(n_dims);
+    for _ in 0..n_dims {
+        dims.push(match r.u8()? {
+            0 => None,
+            _ => Some(r.str()?),
+        });
+    }
+    Ok(dims)
+}
+
+/// The `uniq` key: a customer-minute, a dimension combination, and one distinct value.
+pub fn uniq_key(out: &mut Vec<u8>, minute_key: &[u8], dims: &[u8], value: &str) {
+    out.extend_from_slice(minute_key);
+    out.extend_from_slice(dims);
     put_str(out, value.as_bytes());
 }
 
@@ -98,7 +111,7 @@ pub fn events_prefix(tenant: &str) -> Vec<u8> {
     k
 }
 
-/// A decoded bucket key (after the meter prefix).
+/// A decoded `agg` or `uniq` key (after the meter prefix).
 #[derive(Debug, PartialEq, Eq)]
 pub struct BucketKey<'a> {
     pub subject: &'a str,
@@ -108,18 +121,13 @@ pub struct BucketKey<'a> {
     pub rest: &'a [u8],
 }
 
-/// Decodes a key of `agg` or `uniq` whose meter prefix is `prefix_len` bytes long.
+/// Decodes a key whose meter prefix is `prefix_len` bytes long: `n_dims` is 0 for `agg` keys (their
+/// dimensions live in the value) and the meter's dimension count for `uniq` keys.
 pub fn decode_bucket(key: &[u8], prefix_len: usize, n_dims: usize) -> Result<BucketKey<'_>> {
     let mut r = Reader::new(&key[prefix_len..]);
     let subject = r.str()?;
     let minute = r.i64_sortable()?;
-    let mut dims = Vec::with_capacity(n_dims);
-    for _ in 0..n_dims {
-        dims.push(match r.u8()? {
-            0 => None,
-            _ => Some(r.str()?),
-        });
-    }
+    let dims = decode_dims(&mut r, n_dims)?;
     Ok(BucketKey { subject, minute, dims, rest: r.bytes })
 }
 
@@ -133,7 +141,8 @@ mod tests {
         fn bucket_keys_round_trip(tenant in ".{1,8}", meter in any::<u32>(), subject in ".{0,8}", minute in any::<i64>(),
                                   dims in proptest::collection::vec(proptest::option::of(".{0,5}"), 0..4)) {
             let mut k = Vec::new();
-            agg_key(&mut k, &tenant, meter, &subject, minute, dims.iter().map(|d| d.as_deref()));
+            minute_key(&mut k, &tenant, meter, &subject, minute);
+            put_dims(&mut k, dims.iter().map(|d| d.as_deref()));
             let mut prefix = Vec::new();
             meter_prefix(&mut prefix, &tenant, meter);
             prop_assert!(k.starts_with(&prefix));
@@ -147,16 +156,16 @@ mod tests {
         #[test]
         fn keys_of_different_tenants_never_collide(t1 in ".{1,6}", t2 in ".{1,6}", s1 in ".{0,6}", s2 in ".{0,6}") {
             let (mut a, mut b) = (Vec::new(), Vec::new());
-            agg_key(&mut a, &t1, 1, &s1, 0, [None]);
-            agg_key(&mut b, &t2, 1, &s2, 0, [None]);
+            minute_key(&mut a, &t1, 1, &s1, 0);
+            minute_key(&mut b, &t2, 1, &s2, 0);
             prop_assert_eq!(a == b, t1 == t2 && s1 == s2);
         }
 
         #[test]
         fn minutes_sort_within_a_customer(m1 in any::<i64>(), m2 in any::<i64>()) {
             let (mut a, mut b) = (Vec::new(), Vec::new());
-            agg_key(&mut a, "t", 1, "c", m1, [Some("x")]);
-            agg_key(&mut b, "t", 1, "c", m2, [Some("x")]);
+            minute_key(&mut a, "t", 1, "c", m1);
+            minute_key(&mut b, "t", 1, "c", m2);
             prop_assert_eq!(a.cmp(&b), m1.cmp(&m2));
         }
     }
@@ -175,8 +184,8 @@ mod tests {
     #[test]
     fn absent_dimension_differs_from_empty_string() {
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        agg_key(&mut a, "t", 1, "c", 0, [None]);
-        agg_key(&mut b, "t", 1, "c", 0, [Some("")]);
+        put_dims(&mut a, [None]);
+        put_dims(&mut b, [Some("")]);
         assert_ne!(a, b);
     }
 }
