@@ -49,3 +49,4 @@ bench: bench-core ## All benchmarks
 lint: $(VENV)/.deps ## cargo fmt --check and clippy
 	cargo fmt --all -- --check
 	cargo clippy --release -p meter_core --all-targets -- -D warnings
+	cargo clippy --release -p meter_core --features python -- -D warnings

@@ -43,7 +43,12 @@ pub fn extract<'a>(meter: &Meter, top: &impl Fn(&str) -> Option<&'a str>) -> Res
     let mut unique = None;
     if let Some(path) = &meter.value {
         let raw = lookup(top, path).filter(|r| json::kind(r) != Kind::Null).ok_or_else(|| {
-            format!("data.{} is missing; meter '{}' ({:?}) needs it", path.0.join("."), meter.slug(), meter.aggregation())
+            format!(
+                "data.{} is missing; meter '{}' ({:?}) needs it",
+                path.0.join("."),
+                meter.slug(),
+                meter.aggregation()
+            )
         })?;
         if meter.aggregation() == Aggregation::UniqueCount {
             unique = scalar(Some(raw), path, "unique value")?;
@@ -51,10 +56,23 @@ pub fn extract<'a>(meter: &Meter, top: &impl Fn(&str) -> Option<&'a str>) -> Res
             let text = match json::kind(raw) {
                 Kind::Number => Cow::Borrowed(raw),
                 Kind::String => json::string(raw).unwrap_or_default(),
-                _ => return Err(format!("data.{} must be a number or a decimal string; got {}", path.0.join("."), clip(raw))),
+                _ => {
+                    return Err(format!(
+                        "data.{} must be a number or a decimal string; got {}",
+                        path.0.join("."),
+                        clip(raw)
+                    ))
+                }
             };
-            value = Quantity::parse(&text)
-                .map_err(|e| format!("data.{} {} (got {}); meter '{}' needs an exact decimal", path.0.join("."), e.describe(), clip(raw), meter.slug()))?;
+            value = Quantity::parse(&text).map_err(|e| {
+                format!(
+                    "data.{} {} (got {}); meter '{}' needs an exact decimal",
+                    path.0.join("."),
+                    e.describe(),
+                    clip(raw),
+                    meter.slug()
+                )
+            })?;
         }
     }
 
@@ -89,11 +107,19 @@ fn scalar<'a>(raw: Option<&'a str>, path: &JsonPath, what: &str) -> Result<Optio
         Kind::String => json::string(raw).unwrap_or_default(),
         Kind::Number | Kind::Bool => Cow::Borrowed(raw),
         Kind::Object | Kind::Array => {
-            return Err(format!("data.{} is used as a {what} and must be a string, number or boolean; got {}", path.0.join("."), clip(raw)))
+            return Err(format!(
+                "data.{} is used as a {what} and must be a string, number or boolean; got {}",
+                path.0.join("."),
+                clip(raw)
+            ))
         }
     };
     if text.len() > MAX_DIMENSION_BYTES {
-        return Err(format!("data.{} is {} bytes long; a {what} may have at most {MAX_DIMENSION_BYTES}", path.0.join("."), text.len()));
+        return Err(format!(
+            "data.{} is {} bytes long; a {what} may have at most {MAX_DIMENSION_BYTES}",
+            path.0.join("."),
+            text.len()
+        ));
     }
     Ok(Some(text))
 }
@@ -128,8 +154,10 @@ mod tests {
 
     #[test]
     fn reads_values_dimensions_and_nested_paths() {
-        let m = meter(r#"{"slug":"t","event_type":"x","aggregation":"sum","value_property":"$.usage.in",
-                         "group_by":{"model":"$.model","tier":"$.tier"}}"#);
+        let m = meter(
+            r#"{"slug":"t","event_type":"x","aggregation":"sum","value_property":"$.usage.in",
+                         "group_by":{"model":"$.model","tier":"$.tier"}}"#,
+        );
         let c = run(&m, r#"{"usage":{"in":"12.5"},"model":"gpt","tier":3}"#).unwrap().unwrap();
         assert_eq!(c.value, Quantity(12_500_000_000));
         assert_eq!(c.dims, vec![Some("gpt".into()), Some("3".into())]);
@@ -153,8 +181,10 @@ mod tests {
 
     #[test]
     fn filters_select_events() {
-        let m = meter(r#"{"slug":"t","event_type":"x","aggregation":"count",
-                         "filters":[{"property":"$.region","op":"in","values":["eu","us"]},{"property":"$.test","op":"not_exists"}]}"#);
+        let m = meter(
+            r#"{"slug":"t","event_type":"x","aggregation":"count",
+                         "filters":[{"property":"$.region","op":"in","values":["eu","us"]},{"property":"$.test","op":"not_exists"}]}"#,
+        );
         assert!(run(&m, r#"{"region":"eu"}"#).unwrap().is_some());
         assert!(run(&m, r#"{"region":"ap"}"#).unwrap().is_none());
         assert!(run(&m, r#"{"region":"eu","test":true}"#).unwrap().is_none());

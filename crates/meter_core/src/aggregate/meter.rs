@@ -90,7 +90,10 @@ pub struct JsonPath(pub Vec<String>);
 impl JsonPath {
     pub fn parse(field: &str, text: &str) -> Result<JsonPath> {
         let Some(rest) = text.strip_prefix("$.") else {
-            bail!("invalid_meter", "{field} must be a JSON path such as \"$.tokens\" or \"$.usage.input\"; got \"{text}\"");
+            bail!(
+                "invalid_meter",
+                "{field} must be a JSON path such as \"$.tokens\" or \"$.usage.input\"; got \"{text}\""
+            );
         };
         let keys: Vec<String> = rest.split('.').map(str::to_owned).collect();
         ensure!(
@@ -146,12 +149,12 @@ impl Meter {
         );
         let value = match (&spec.value_property, spec.aggregation.needs_value()) {
             (Some(p), true) => Some(JsonPath::parse("value_property", p)?),
-            (None, true) => bail!(
-                "invalid_meter",
-                "aggregation {:?} needs a value_property such as \"$.tokens\"",
-                spec.aggregation
-            ),
-            (Some(_), false) => bail!("invalid_meter", "aggregation \"count\" counts events and takes no value_property"),
+            (None, true) => {
+                bail!("invalid_meter", "aggregation {:?} needs a value_property such as \"$.tokens\"", spec.aggregation)
+            }
+            (Some(_), false) => {
+                bail!("invalid_meter", "aggregation \"count\" counts events and takes no value_property")
+            }
             (None, false) => None,
         };
         ensure!(
@@ -213,8 +216,10 @@ mod tests {
 
     #[test]
     fn compiles_dimensions_in_name_order() {
-        let m = spec(r#"{"slug":"tokens","event_type":"llm","aggregation":"sum","value_property":"$.usage.total",
-                        "group_by":{"region":"$.region","model":"$.model"}}"#)
+        let m = spec(
+            r#"{"slug":"tokens","event_type":"llm","aggregation":"sum","value_property":"$.usage.total",
+                        "group_by":{"region":"$.region","model":"$.model"}}"#,
+        )
         .unwrap();
         assert_eq!(m.dims.iter().map(|d| d.0.as_str()).collect::<Vec<_>>(), ["model", "region"]);
         assert_eq!(m.value, Some(JsonPath(vec!["usage".into(), "total".into()])));
@@ -225,10 +230,16 @@ mod tests {
         let cases = [
             (r#"{"slug":"Bad Slug","event_type":"t","aggregation":"count"}"#, "slug must be"),
             (r#"{"slug":"s","event_type":"t","aggregation":"sum"}"#, "needs a value_property"),
-            (r#"{"slug":"s","event_type":"t","aggregation":"count","value_property":"$.x"}"#, "takes no value_property"),
+            (
+                r#"{"slug":"s","event_type":"t","aggregation":"count","value_property":"$.x"}"#,
+                "takes no value_property",
+            ),
             (r#"{"slug":"s","event_type":"t","aggregation":"max","value_property":"x"}"#, "must be a JSON path"),
             (r#"{"slug":"s","event_type":"t","aggregation":"count","group_by":{"subject":"$.s"}}"#, "not one of"),
-            (r#"{"slug":"s","event_type":"t","aggregation":"count","filters":[{"property":"$.a","op":"in"}]}"#, "non-empty"),
+            (
+                r#"{"slug":"s","event_type":"t","aggregation":"count","filters":[{"property":"$.a","op":"in"}]}"#,
+                "non-empty",
+            ),
             (r#"{"slug":"s","event_type":"","aggregation":"count"}"#, "event_type must be"),
         ];
         for (json, needle) in cases {
@@ -239,6 +250,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_refused() {
-        assert!(serde_json::from_str::<MeterSpec>(r#"{"slug":"s","event_type":"t","aggregation":"count","groupby":{}}"#).is_err());
+        assert!(serde_json::from_str::<MeterSpec>(
+            r#"{"slug":"s","event_type":"t","aggregation":"count","groupby":{}}"#
+        )
+        .is_err());
     }
 }

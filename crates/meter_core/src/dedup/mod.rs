@@ -109,7 +109,7 @@ impl<'a> Record<'a> {
         let received_us = r.u64()? as i64;
         let n = u16::from_be_bytes(r.take(2)?.try_into().unwrap());
         let tenants = (0..n).map(|_| r.str()).collect::<Result<Vec<_>>>()?;
-        if r.bytes.len() % 24 != 0 {
+        if !r.bytes.len().is_multiple_of(24) {
             return Err(Error::Corrupt(format!("dedup record with {} bytes of entries", r.bytes.len())));
         }
         Ok(Record { received_us, tenants, entries: r.bytes })

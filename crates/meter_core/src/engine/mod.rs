@@ -23,15 +23,15 @@ pub use config::{Config, Durability};
 pub use report::IngestReport;
 use writer::{Command, Writer};
 
-use crate::aggregate::meter::{Meter, MeterSpec, StoredMeter};
-use crate::aggregate::registry::Registry;
 use crate::aggregate::extract::extract_retained;
 use crate::aggregate::fold::Fold;
+use crate::aggregate::meter::{Meter, MeterSpec, StoredMeter};
+use crate::aggregate::registry::Registry;
 use crate::dedup::{DedupIndex, Record};
-use crate::storage::events;
 use crate::error::{Error, Result};
 use crate::ingest::{parse_batch, time::now_micros};
 use crate::query::{self, UsageQuery, UsageResult};
+use crate::storage::events;
 use crate::storage::rocks::RocksStore;
 use crate::storage::{keys, scan_prefix, Cf, Store, WriteSet};
 
@@ -90,7 +90,11 @@ impl Engine {
     pub fn open(path: &Path, config: Config) -> Result<Engine> {
         let store = Arc::new(RocksStore::open(path)?);
         let read_u64 = |key: &[u8]| -> Result<Option<u64>> {
-            store.get(Cf::Meta, key)?.map(|v| v.try_into().map(u64::from_be_bytes)).transpose().map_err(|_| Error::Corrupt("counter".into()))
+            store
+                .get(Cf::Meta, key)?
+                .map(|v| v.try_into().map(u64::from_be_bytes))
+                .transpose()
+                .map_err(|_| Error::Corrupt("counter".into()))
         };
         let seq = read_u64(keys::META_SEQ)?.unwrap_or(0);
         let agg_seq = read_u64(keys::META_AGG_SEQ)?.unwrap_or(0);
@@ -102,7 +106,8 @@ impl Engine {
 
         let mut registry = Registry::default();
         scan_prefix(&*store, Cf::Meta, keys::METER_DEFS, |key, value| {
-            let stored: StoredMeter = serde_json::from_slice(value).map_err(|e| Error::Corrupt(format!("meter definition: {e}")))?;
+            let stored: StoredMeter =
+                serde_json::from_slice(value).map_err(|e| Error::Corrupt(format!("meter definition: {e}")))?;
             let tenant = storage_tenant(key)?;
             registry = registry.with(&tenant, Arc::new(Meter::compile(stored)?));
             Ok(true)
@@ -119,7 +124,11 @@ impl Engine {
             replay(&*store, &registry, agg_seq, seq)?;
         }
 
-        let shared = Arc::new(Shared { failed: Mutex::new(None), registry: RwLock::new(Arc::new(registry)), stats: Stats::default() });
+        let shared = Arc::new(Shared {
+            failed: Mutex::new(None),
+            registry: RwLock::new(Arc::new(registry)),
+            stats: Stats::default(),
+        });
         let (tx, rx) = bounded(config.queue_capacity);
         let writer = Writer {
             store: store.clone(),
@@ -163,7 +172,12 @@ impl Engine {
     pub fn create_meter(&self, tenant: &str, spec: MeterSpec, now_us: Option<i64>) -> Result<CreatedMeter> {
         check_tenant(tenant)?;
         let (reply, answer) = bounded(1);
-        self.send_blocking(Command::CreateMeter { tenant: tenant.to_owned(), spec, now_us: now_us.unwrap_or_else(now_micros), reply })?;
+        self.send_blocking(Command::CreateMeter {
+            tenant: tenant.to_owned(),
+            spec,
+            now_us: now_us.unwrap_or_else(now_micros),
+            reply,
+        })?;
         answer.recv().map_err(|_| Error::Closed)?
     }
 
@@ -176,7 +190,8 @@ impl Engine {
 
     pub fn get_meter(&self, tenant: &str, slug: &str) -> Result<StoredMeter> {
         let registry = self.shared.registry.read().unwrap().clone();
-        let meter = registry.get(tenant, slug).ok_or_else(|| Error::NotFound { what: "meter", name: slug.to_owned() })?;
+        let meter =
+            registry.get(tenant, slug).ok_or_else(|| Error::NotFound { what: "meter", name: slug.to_owned() })?;
         Ok(meter.stored.clone())
     }
 
@@ -189,7 +204,8 @@ impl Engine {
     pub fn query(&self, tenant: &str, q: &UsageQuery) -> Result<UsageResult> {
         self.flush()?;
         let registry = self.shared.registry.read().unwrap().clone();
-        let meter = registry.get(tenant, &q.meter).ok_or_else(|| Error::NotFound { what: "meter", name: q.meter.clone() })?;
+        let meter =
+            registry.get(tenant, &q.meter).ok_or_else(|| Error::NotFound { what: "meter", name: q.meter.clone() })?;
         let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
         query::run(&*store, tenant, meter, q)
     }

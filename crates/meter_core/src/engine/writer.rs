@@ -36,11 +36,27 @@ use crate::storage::events::{self, RetainedEvent};
 use crate::storage::{keys, scan_prefix, Cf, OpKind, Store, WriteSet};
 
 pub(crate) enum Command {
-    Ingest { batch: ParsedBatch, atomic: bool, now_us: i64, reply: Sender<Result<IngestReport>> },
-    CreateMeter { tenant: String, spec: MeterSpec, now_us: i64, reply: Sender<Result<CreatedMeter>> },
-    DeleteMeter { tenant: String, slug: String, reply: Sender<Result<()>> },
+    Ingest {
+        batch: ParsedBatch,
+        atomic: bool,
+        now_us: i64,
+        reply: Sender<Result<IngestReport>>,
+    },
+    CreateMeter {
+        tenant: String,
+        spec: MeterSpec,
+        now_us: i64,
+        reply: Sender<Result<CreatedMeter>>,
+    },
+    DeleteMeter {
+        tenant: String,
+        slug: String,
+        reply: Sender<Result<()>>,
+    },
     /// Makes every acknowledged event visible to queries.
-    Flush { reply: Sender<Result<()>> },
+    Flush {
+        reply: Sender<Result<()>>,
+    },
 }
 
 /// How long aggregates may wait in memory; bounds the replay after a crash too.
@@ -93,7 +109,9 @@ impl Writer {
             let mut next = Some(first);
             while let Some(command) = next.take() {
                 match command {
-                    Command::Ingest { batch, atomic, now_us, reply } => self.stage(&mut pending, batch, atomic, now_us, reply),
+                    Command::Ingest { batch, atomic, now_us, reply } => {
+                        self.stage(&mut pending, batch, atomic, now_us, reply)
+                    }
                     Command::CreateMeter { tenant, spec, now_us, reply } => {
                         self.commit(&mut pending);
                         let _ = reply.send(self.guarded(|w| w.create_meter(&tenant, spec, now_us)));
@@ -157,7 +175,14 @@ impl Writer {
     }
 
     /// Decides every event of one request and stages what it accepts; answers later, after the commit.
-    fn stage(&mut self, p: &mut Pending, batch: ParsedBatch, atomic: bool, now_us: i64, reply: Sender<Result<IngestReport>>) {
+    fn stage(
+        &mut self,
+        p: &mut Pending,
+        batch: ParsedBatch,
+        atomic: bool,
+        now_us: i64,
+        reply: Sender<Result<IngestReport>>,
+    ) {
         if let Some(e) = self.failed() {
             let _ = reply.send(Err(e));
             return;
@@ -238,7 +263,12 @@ impl Writer {
     }
 
     /// For an atomic request: every reason it cannot be applied in full, without changing anything.
-    fn atomic_problems(&self, batch: &ParsedBatch, registry: &crate::aggregate::registry::Registry, now_us: i64) -> Vec<EventIssue> {
+    fn atomic_problems(
+        &self,
+        batch: &ParsedBatch,
+        registry: &crate::aggregate::registry::Registry,
+        now_us: i64,
+    ) -> Vec<EventIssue> {
         let mut problems = Vec::new();
         let mut in_batch: HashMap<u128, u64> = HashMap::new();
         let mut scratch = Vec::new();
@@ -258,7 +288,9 @@ impl Writer {
             }
             in_batch.insert(ev.fingerprint, ev.payload_hash);
             scratch.clear();
-            if let Err(issue) = self.check_time(batch, ev, now_us).and_then(|_| contributions_of(batch, ev, registry, &mut scratch)) {
+            if let Err(issue) =
+                self.check_time(batch, ev, now_us).and_then(|_| contributions_of(batch, ev, registry, &mut scratch))
+            {
                 problems.push(issue);
             }
         }
@@ -267,17 +299,28 @@ impl Writer {
 
     /// Dedup is checked first (so a late retry is a duplicate), then the time window.
     fn check_time(&self, batch: &ParsedBatch, ev: &ParsedEvent, now_us: i64) -> Result<(), EventIssue> {
-        let issue = |code, message| EventIssue { index: ev.index as usize, id: Some(batch.text(ev.id).to_owned()), code, message };
+        let issue = |code, message| EventIssue {
+            index: ev.index as usize,
+            id: Some(batch.text(ev.id).to_owned()),
+            code,
+            message,
+        };
         if ev.time_us < now_us - self.config.backdate_window_us {
             return Err(issue(
                 IssueCode::TooOld,
-                format!("\"time\" is more than {} days in the past; events that old are not accepted", self.config.backdate_window_us / 86_400_000_000),
+                format!(
+                    "\"time\" is more than {} days in the past; events that old are not accepted",
+                    self.config.backdate_window_us / 86_400_000_000
+                ),
             ));
         }
         if ev.time_us > now_us + self.config.max_future_us {
             return Err(issue(
                 IssueCode::TooFarInFuture,
-                format!("\"time\" is more than {} seconds in the future; check the sender's clock", self.config.max_future_us / 1_000_000),
+                format!(
+                    "\"time\" is more than {} seconds in the future; check the sender's clock",
+                    self.config.max_future_us / 1_000_000
+                ),
             ));
         }
         Ok(())
@@ -392,7 +435,8 @@ impl Writer {
 
     fn delete_meter(&mut self, tenant: &str, slug: &str) -> Result<()> {
         let registry = self.shared.registry.read().unwrap().clone();
-        let meter = registry.get(tenant, slug).ok_or_else(|| Error::NotFound { what: "meter", name: slug.to_owned() })?;
+        let meter =
+            registry.get(tenant, slug).ok_or_else(|| Error::NotFound { what: "meter", name: slug.to_owned() })?;
         self.flush()?;
         let mut set = WriteSet::default();
         set.push(OpKind::Delete, Cf::Meta, &keys::meter_def(tenant, slug), &[]);
@@ -420,9 +464,10 @@ fn conflict(batch: &ParsedBatch, ev: &ParsedEvent) -> EventIssue {
         index: ev.index as usize,
         id: Some(batch.text(ev.id).to_owned()),
         code: IssueCode::Conflict,
-        message: "an event with this source and id was already accepted with a different payload; the first one stands. \
+        message:
+            "an event with this source and id was already accepted with a different payload; the first one stands. \
                   Send corrections as a new event with a new id"
-            .into(),
+                .into(),
     }
 }
 
@@ -443,7 +488,12 @@ fn contributions_of<'b>(
             Ok(Some(c)) => out.push((meter, c)),
             Ok(None) => {}
             Err(message) => {
-                return Err(EventIssue { index: ev.index as usize, id: Some(batch.text(ev.id).to_owned()), code: IssueCode::InvalidValue, message })
+                return Err(EventIssue {
+                    index: ev.index as usize,
+                    id: Some(batch.text(ev.id).to_owned()),
+                    code: IssueCode::InvalidValue,
+                    message,
+                })
             }
         }
     }

@@ -27,6 +27,7 @@ impl PyEngine {
     #[new]
     #[pyo3(signature = (path, *, durability = "fsync", dedup_window_s = 35 * 86_400, backdate_window_s = 35 * 86_400,
                         max_future_s = 300, queue_capacity = 64, max_batch_events = 10_000))]
+    #[allow(clippy::too_many_arguments)] // keyword-only options of a Python constructor
     fn new(
         py: Python<'_>,
         path: PathBuf,
@@ -38,7 +39,13 @@ impl PyEngine {
         max_batch_events: usize,
     ) -> PyResult<Self> {
         let durability = Durability::parse(durability).ok_or_else(|| {
-            super::error::to_py(py, Error::invalid("invalid_config", format!("durability must be \"fsync\" or \"buffered\"; got \"{durability}\"")))
+            super::error::to_py(
+                py,
+                Error::invalid(
+                    "invalid_config",
+                    format!("durability must be \"fsync\" or \"buffered\"; got \"{durability}\""),
+                ),
+            )
         })?;
         let mut config = Config {
             durability,
@@ -55,7 +62,14 @@ impl PyEngine {
 
     /// Returns the ingest report as JSON bytes.
     #[pyo3(signature = (tenant, body, *, atomic = false, now_us = None))]
-    fn ingest<'py>(&self, py: Python<'py>, tenant: &str, body: &[u8], atomic: bool, now_us: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
+    fn ingest<'py>(
+        &self,
+        py: Python<'py>,
+        tenant: &str,
+        body: &[u8],
+        atomic: bool,
+        now_us: Option<i64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let body = body.to_vec();
         let report = detached(py, || self.inner.ingest(tenant, body, atomic, now_us))?;
         Ok(PyBytes::new(py, &report.to_json()))
@@ -63,9 +77,16 @@ impl PyEngine {
 
     /// Creates a meter from its JSON spec; returns the stored meter and its backfill as JSON bytes.
     #[pyo3(signature = (tenant, spec_json, *, now_us = None))]
-    fn create_meter<'py>(&self, py: Python<'py>, tenant: &str, spec_json: &[u8], now_us: Option<i64>) -> PyResult<Bound<'py, PyBytes>> {
-        let spec: MeterSpec = serde_json::from_slice(spec_json)
-            .map_err(|e| super::error::to_py(py, Error::invalid("invalid_meter", format!("the meter definition is invalid: {e}"))))?;
+    fn create_meter<'py>(
+        &self,
+        py: Python<'py>,
+        tenant: &str,
+        spec_json: &[u8],
+        now_us: Option<i64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let spec: MeterSpec = serde_json::from_slice(spec_json).map_err(|e| {
+            super::error::to_py(py, Error::invalid("invalid_meter", format!("the meter definition is invalid: {e}")))
+        })?;
         let created = detached(py, || self.inner.create_meter(tenant, spec, now_us))?;
         Ok(json_bytes(py, &created))
     }
@@ -86,7 +107,7 @@ impl PyEngine {
     /// Usage as an Arrow table (exposed through `__arrow_c_stream__`).
     #[pyo3(signature = (tenant, meter, from_us, to_us, *, window_size = None, tz = None, subjects = vec![],
                         group_by = vec![], filters = vec![]))]
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // keyword-only options of a Python method
     fn query(
         &self,
         py: Python<'_>,
@@ -105,7 +126,10 @@ impl PyEngine {
             Some(w) => Some(WindowSize::parse(w).ok_or_else(|| {
                 super::error::to_py(
                     py,
-                    Error::invalid("invalid_query", format!("window_size must be one of minute, hour, day, month; got \"{w}\"")),
+                    Error::invalid(
+                        "invalid_query",
+                        format!("window_size must be one of minute, hour, day, month; got \"{w}\""),
+                    ),
                 )
             })?),
         };

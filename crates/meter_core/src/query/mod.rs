@@ -15,8 +15,8 @@ use crate::aggregate::quantity::Quantity;
 use crate::aggregate::state::{AggState, MinuteStates};
 use crate::error::{Error, Result};
 use crate::ingest::time::{minute_of, MICROS_PER_MINUTE};
-use crate::storage::keys::{self, decode_bucket, BucketKey};
 use crate::storage::codec::Reader;
+use crate::storage::keys::{self, decode_bucket, BucketKey};
 use crate::storage::{Cf, Store};
 use crate::{bail, ensure};
 pub use window::{WindowSize, Windower};
@@ -76,8 +76,12 @@ pub fn run(store: &dyn Store, tenant: &str, meter: &Meter, q: &UsageQuery) -> Re
     let plan = plan(meter, q)?;
     let tz = match &q.tz {
         None => Tz::UTC,
-        Some(name) => Tz::from_str(name)
-            .map_err(|_| Error::invalid("invalid_query", format!("tz must be an IANA time zone such as \"Europe/Paris\"; got \"{name}\"")))?,
+        Some(name) => Tz::from_str(name).map_err(|_| {
+            Error::invalid(
+                "invalid_query",
+                format!("tz must be an IANA time zone such as \"Europe/Paris\"; got \"{name}\""),
+            )
+        })?,
     };
     let mut windows = Windower::new(q.window, tz, q.from_us, q.to_us);
 
@@ -133,7 +137,12 @@ fn plan<'m>(meter: &'m Meter, q: &UsageQuery) -> Result<Plan<'m>> {
             continue;
         }
         let Some(i) = meter.dim_index(name) else {
-            bail!("invalid_query", "group_by \"{name}\" is not a dimension of meter '{}'; use subject or one of: {}", meter.slug(), known());
+            bail!(
+                "invalid_query",
+                "group_by \"{name}\" is not a dimension of meter '{}'; use subject or one of: {}",
+                meter.slug(),
+                known()
+            );
         };
         ensure!(!grouped.contains(&i), "invalid_query", "group_by names \"{name}\" twice");
         grouped.push(i);
@@ -141,7 +150,12 @@ fn plan<'m>(meter: &'m Meter, q: &UsageQuery) -> Result<Plan<'m>> {
     let mut filters = Vec::new();
     for (name, values) in &q.filters {
         let Some(i) = meter.dim_index(name) else {
-            bail!("invalid_query", "filter on \"{name}\": not a dimension of meter '{}'; use one of: {}", meter.slug(), known());
+            bail!(
+                "invalid_query",
+                "filter on \"{name}\": not a dimension of meter '{}'; use one of: {}",
+                meter.slug(),
+                known()
+            );
         };
         filters.push((i, values.iter().cloned().collect()));
     }

@@ -112,7 +112,12 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Calls `f` for every entry whose key starts with `prefix`, until `f` returns `false`.
-pub fn scan_prefix(store: &dyn Store, cf: Cf, prefix: &[u8], mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+pub fn scan_prefix(
+    store: &dyn Store,
+    cf: Cf,
+    prefix: &[u8],
+    mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+) -> Result<()> {
     let mut c = store.cursor(cf);
     c.seek(prefix);
     while let Some((k, v)) = c.entry() {

@@ -123,7 +123,9 @@ fn an_atomic_batch_with_one_bad_event_applies_nothing() {
 fn whole_batch_errors_apply_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
-    for (body, code) in [(&b"[1,"[..], "invalid_json"), (b"[]", "empty_batch"), (b"\"x\"", "invalid_json"), (b"\xff", "invalid_json")] {
+    for (body, code) in
+        [(&b"[1,"[..], "invalid_json"), (b"[]", "empty_batch"), (b"\"x\"", "invalid_json"), (b"\xff", "invalid_json")]
+    {
         let err = engine.ingest("t", body.to_vec(), false, Some(T0)).unwrap_err();
         assert_eq!(err.code(), code);
     }
@@ -139,7 +141,11 @@ fn tenants_are_isolated() {
     tokens_meter(&engine, "b");
     let body = batch(&[event("same-id", "c1", 0, "5", "m")]);
     assert_eq!(engine.ingest("a", body.clone(), false, Some(T0)).unwrap().accepted, 1);
-    assert_eq!(engine.ingest("b", body, false, Some(T0)).unwrap().accepted, 1, "same id in another tenant is another event");
+    assert_eq!(
+        engine.ingest("b", body, false, Some(T0)).unwrap().accepted,
+        1,
+        "same id in another tenant is another event"
+    );
     engine.ingest("a", batch(&[event("x", "c1", 0, "1", "m")]), false, Some(T0)).unwrap();
     assert_eq!(total(&engine, "a", "tokens"), "6000000000");
     assert_eq!(total(&engine, "b", "tokens"), "5000000000");
@@ -150,7 +156,8 @@ fn tenants_are_isolated() {
 fn a_new_meter_is_backfilled_from_retained_events() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
-    let events: Vec<String> = (0..50).map(|i| event(&format!("e{i}"), &format!("c{}", i % 3), i % 7, "2", "m")).collect();
+    let events: Vec<String> =
+        (0..50).map(|i| event(&format!("e{i}"), &format!("c{}", i % 3), i % 7, "2", "m")).collect();
     engine.ingest("t", batch(&events), false, Some(T0 + 10 * MIN)).unwrap();
     let created = engine
         .create_meter("t", spec(r#"{"slug":"calls","event_type":"llm","aggregation":"count"}"#), Some(T0))
@@ -198,8 +205,10 @@ fn queries_group_filter_and_window() {
         ..Default::default()
     };
     let rows = engine.query("t", &q).unwrap().rows;
-    let got: Vec<(i64, Option<&str>, i128)> =
-        rows.iter().map(|r| ((r.window_start_us - T0) / MIN, r.subject.as_deref(), r.value.0 / 1_000_000_000)).collect();
+    let got: Vec<(i64, Option<&str>, i128)> = rows
+        .iter()
+        .map(|r| ((r.window_start_us - T0) / MIN, r.subject.as_deref(), r.value.0 / 1_000_000_000))
+        .collect();
     assert_eq!(got, vec![(0, Some("c1"), 1), (0, Some("c2"), 4), (120, Some("c2"), 8)]);
     let bad = UsageQuery { group_by: vec!["region".into()], ..q.clone() };
     assert_eq!(engine.query("t", &bad).unwrap_err().code(), "invalid_query");
