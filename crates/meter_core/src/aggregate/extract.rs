@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use super::meter::{Aggregation, FilterOp, JsonPath, Meter};
 use super::quantity::Quantity;
-use crate::ingest::json::{self, Kind};
+use crate::ingest::json::{self, clip, Kind};
 
 /// Longest dimension or unique value kept; longer ones are refused rather than cut.
 pub const MAX_DIMENSION_BYTES: usize = 255;
@@ -122,18 +122,6 @@ fn scalar<'a>(raw: Option<&'a str>, path: &JsonPath, what: &str) -> Result<Optio
         ));
     }
     Ok(Some(text))
-}
-
-fn clip(raw: &str) -> String {
-    let mut end = raw.len().min(40);
-    while !raw.is_char_boundary(end) {
-        end -= 1;
-    }
-    if end < raw.len() {
-        format!("{}...", &raw[..end])
-    } else {
-        raw.to_owned()
-    }
 }
 
 #[cfg(test)]

@@ -116,6 +116,19 @@ pub fn string(raw: &str) -> Option<Cow<'_, str>> {
     serde_json::from_str::<String>(raw).ok().map(Cow::Owned)
 }
 
+/// A short excerpt of what was received (at most 40 bytes, cut on a character boundary), for error messages.
+pub fn clip(raw: &str) -> String {
+    let mut end = raw.len().min(40);
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < raw.len() {
+        format!("{}...", &raw[..end])
+    } else {
+        raw.to_owned()
+    }
+}
+
 /// Reads an object's top-level pairs; `None` when `raw` is not an object.
 pub fn object(raw: &str) -> Option<Vec<(Cow<'_, str>, &RawValue)>> {
     serde_json::from_str::<RawObject>(raw).ok().and_then(|o| o.0)

@@ -11,7 +11,7 @@ use std::ops::Range;
 use serde_json::value::RawValue;
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
-use super::json::{self, Kind};
+use super::json::{self, clip, Kind};
 use super::time::parse_rfc3339_micros;
 use crate::error::{Error, EventIssue, IssueCode, Result};
 
@@ -333,18 +333,6 @@ pub fn payload_hash(event_type: &str, subject: &str, time_us: Option<i64>, data:
     }
     key.extend_from_slice(data.as_bytes());
     xxh3_64(&key)
-}
-
-/// A short, safe excerpt of what was received, for error messages.
-fn clip(raw: &str) -> String {
-    if raw.len() <= 40 {
-        return raw.to_owned();
-    }
-    let mut end = 40;
-    while !raw.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &raw[..end])
 }
 
 /// Counts the events of a batch that pass validation: the parser alone, for the benchmark's ceiling.
