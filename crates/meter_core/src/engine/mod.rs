@@ -79,7 +79,7 @@ pub struct CreatedMeter {
 }
 
 pub struct Engine {
-    store: RwLock<Option<Arc<RocksStore>>>,
+    store: RwLock<Option<Arc<dyn Store>>>,
     shared: Arc<Shared>,
     tx: RwLock<Option<Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -88,7 +88,11 @@ pub struct Engine {
 
 impl Engine {
     pub fn open(path: &Path, config: Config) -> Result<Engine> {
-        let store = Arc::new(RocksStore::open(path)?);
+        Engine::open_store(Arc::new(RocksStore::open(path)?), config)
+    }
+
+    /// Opens the engine over any `Store` (tests use this to inject storage failures).
+    pub fn open_store(store: Arc<dyn Store>, config: Config) -> Result<Engine> {
         let read_u64 = |key: &[u8]| -> Result<Option<u64>> {
             store
                 .get(Cf::Meta, key)?

@@ -215,3 +215,59 @@ fn queries_group_filter_and_window() {
     let unaligned = UsageQuery { from_us: T0 + 1, ..q };
     assert_eq!(engine.query("t", &unaligned).unwrap_err().code(), "invalid_query");
 }
+
+/// A store whose writes start failing on demand, like a disk that fills up or a WAL fsync that fails.
+struct FailingStore {
+    inner: meter_core::storage::rocks::RocksStore,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+impl meter_core::storage::Store for FailingStore {
+    fn write(&self, set: &meter_core::storage::WriteSet, sync: bool) -> meter_core::Result<()> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Storage("IO error: No space left on device".into()));
+        }
+        self.inner.write(set, sync)
+    }
+    fn get(&self, cf: meter_core::storage::Cf, key: &[u8]) -> meter_core::Result<Option<Vec<u8>>> {
+        self.inner.get(cf, key)
+    }
+    fn cursor(&self, cf: meter_core::storage::Cf) -> Box<dyn meter_core::storage::Cursor + '_> {
+        self.inner.cursor(cf)
+    }
+}
+
+#[test]
+fn after_a_failed_write_nothing_is_acknowledged_and_nothing_acknowledged_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(FailingStore {
+        inner: meter_core::storage::rocks::RocksStore::open(dir.path()).unwrap(),
+        broken: Default::default(),
+    });
+    let engine = Engine::open_store(store.clone(), Config::default()).unwrap();
+    tokens_meter(&engine, "t");
+    engine.ingest("t", batch(&[event("a", "c1", 0, "10", "m1")]), false, Some(T0)).unwrap();
+
+    store.broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = engine.ingest("t", batch(&[event("b", "c1", 0, "5", "m1")]), false, Some(T0)).unwrap_err();
+    assert_eq!(err.code(), "store_failed");
+    assert!(err.to_string().contains("No space left"), "says why: {err}");
+    assert!(engine.failure().is_some());
+
+    // Even once the disk is back, this engine acknowledges nothing until it is reopened.
+    store.broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    let again = engine.ingest("t", batch(&[event("c", "c1", 0, "1", "m1")]), false, Some(T0)).unwrap_err();
+    assert_eq!(again.code(), "store_failed");
+    engine.close();
+    drop(engine);
+    drop(store);
+
+    let engine = open(&dir);
+    assert_eq!(
+        total(&engine, "t", "tokens"),
+        "10000000000",
+        "the acknowledged event survived, the failed one is absent"
+    );
+    let r = engine.ingest("t", batch(&[event("b", "c1", 0, "5", "m1")]), false, Some(T0)).unwrap();
+    assert_eq!(r.accepted, 1, "the failed event was never marked as seen");
+}
