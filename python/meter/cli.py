@@ -56,4 +56,4 @@ def demo(data_dir: Path, events: int) -> None:
                              group_by=["subject", "model"])
         click.echo(f"{'customer':<14}{'model':<16}{'tokens':>14}{'events':>9}")
         for row in usage.rows():
-            click.echo(f"{row['subject']:<14}{row['model']:<16}{row['value'].normalize():>14}{row['events']:>9}")
+            click.echo(f"{row['subject']:<14}{row['model']:<16}{format(row['value'].normalize(), 'f'):>14}{row['events']:>9}")
