@@ -1,6 +1,9 @@
 //! Folding events into aggregate deltas in memory. The writer keeps one fold across many commits and
 //! flushes it as one merge operand per touched customer-minute, so the cost of aggregation in RocksDB
 //! grows with the number of active customers, not with the number of events.
+//!
+//! Customers are interned once per event (`customer`), so that each of the event's meters then finds
+//! its bucket by a small integer key rather than by hashing and comparing strings again.
 
 use hashbrown::{HashMap, HashSet};
 
@@ -11,62 +14,104 @@ use crate::ingest::time::minute_of;
 use crate::storage::keys::{minute_key, put_dims, uniq_key};
 use crate::storage::{Cf, WriteSet};
 
+/// A (tenant, customer) pair interned in one fold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CustomerId(u32);
+
 #[derive(Default)]
 pub struct Fold {
-    /// `agg` key (customer-minute) -> dims -> state.
-    minutes: HashMap<Vec<u8>, HashMap<Vec<u8>, AggState>>,
-    uniques: HashSet<Vec<u8>>,
-    states: usize,
-    key: Vec<u8>,
+    /// Interned (tenant, subject) pairs, by id.
+    customers: Vec<(String, String)>,
+    customer_ids: HashMap<(String, String), CustomerId>,
+    /// Interned dimension combinations (`keys::put_dims` bytes), by id.
+    combos: Vec<Vec<u8>>,
+    combo_ids: HashMap<Vec<u8>, u32>,
+    /// One flat map keyed by small integers: (customer, meter id, minute, dims) -> state.
+    states: HashMap<(CustomerId, u32, i64, u32), AggState>,
+    /// (customer, meter id, minute, dims, distinct value) of `unique_count` meters.
+    uniques: HashSet<(CustomerId, u32, i64, u32, String)>,
     dims: Vec<u8>,
 }
 
 impl Fold {
-    pub fn add(&mut self, tenant: &str, meter: &Meter, subject: &str, time_us: i64, ordinal: u64, c: &Contribution) {
-        self.key.clear();
-        minute_key(&mut self.key, tenant, meter.id(), subject, minute_of(time_us));
+    pub fn customer(&mut self, tenant: &str, subject: &str) -> CustomerId {
+        // Lookup by borrowed pair without allocating: hashbrown's `Equivalent` over (&str, &str).
+        if let Some(&id) = self.customer_ids.get(&PairRef(tenant, subject)) {
+            return id;
+        }
+        let id = CustomerId(self.customers.len() as u32);
+        self.customers.push((tenant.to_owned(), subject.to_owned()));
+        self.customer_ids.insert((tenant.to_owned(), subject.to_owned()), id);
+        id
+    }
+
+    pub fn add(&mut self, customer: CustomerId, meter: &Meter, time_us: i64, ordinal: u64, c: &Contribution) {
         self.dims.clear();
         put_dims(&mut self.dims, c.dims.iter().map(|d| d.as_deref()));
-        let event = AggState::of_event(meter.aggregation(), c.value, time_us, ordinal);
-
-        let minute = match self.minutes.get_mut(self.key.as_slice()) {
-            Some(m) => m,
-            None => self.minutes.entry(self.key.clone()).or_default(),
-        };
-        match minute.get_mut(self.dims.as_slice()) {
-            Some(state) => state.merge(&event),
+        let combo = match self.combo_ids.get(self.dims.as_slice()) {
+            Some(&id) => id,
             None => {
-                minute.insert(self.dims.clone(), event);
-                self.states += 1;
+                let id = self.combos.len() as u32;
+                self.combos.push(self.dims.clone());
+                self.combo_ids.insert(self.dims.clone(), id);
+                id
             }
-        }
+        };
+        let key = (customer, meter.id(), minute_of(time_us), combo);
+        let event = AggState::of_event(meter.aggregation(), c.value, time_us, ordinal);
+        self.states.entry(key).and_modify(|s| s.merge(&event)).or_insert(event);
         if let Some(u) = &c.unique {
-            let mut k = Vec::with_capacity(self.key.len() + self.dims.len() + u.len() + 2);
-            uniq_key(&mut k, &self.key, &self.dims, u);
-            self.uniques.insert(k);
+            self.uniques.insert((key.0, key.1, key.2, key.3, u.to_string()));
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.minutes.is_empty() && self.uniques.is_empty()
+        self.states.is_empty() && self.uniques.is_empty()
     }
 
-    /// Distinct (customer-minute, dims) states held: what a flush will write.
+    /// Distinct states held: what a flush will write.
     pub fn states(&self) -> usize {
-        self.states + self.uniques.len()
+        self.states.len() + self.uniques.len()
     }
 
     /// Emits the deltas (merge operands for customer-minutes, puts for distinct values) and empties the fold.
     pub fn drain_into(&mut self, set: &mut WriteSet) {
-        let mut value = Vec::with_capacity(256);
-        for (key, states) in self.minutes.drain() {
+        // Group the flat states by customer-minute: one merge operand each.
+        let mut minutes: HashMap<(CustomerId, u32, i64), MinuteStates> = HashMap::new();
+        for ((customer, meter_id, minute, combo), state) in self.states.drain() {
+            let entry = minutes.entry((customer, meter_id, minute)).or_default();
+            entry.0.insert(self.combos[combo as usize].clone(), state);
+        }
+        let (mut key, mut value) = (Vec::with_capacity(64), Vec::with_capacity(256));
+        for ((customer, meter_id, minute), states) in minutes {
+            let (tenant, subject) = &self.customers[customer.0 as usize];
+            key.clear();
+            minute_key(&mut key, tenant, meter_id, subject, minute);
             value.clear();
-            MinuteStates(states.into_iter().collect()).encode(&mut value);
+            states.encode(&mut value);
             set.merge(Cf::Agg, &key, &value);
         }
-        for key in self.uniques.drain() {
-            set.put(Cf::Uniq, &key, &[]);
+        for (customer, meter_id, minute, combo, unique) in self.uniques.drain() {
+            let (tenant, subject) = &self.customers[customer.0 as usize];
+            key.clear();
+            minute_key(&mut key, tenant, meter_id, subject, minute);
+            let mut k = Vec::new();
+            uniq_key(&mut k, &key, &self.combos[combo as usize], &unique);
+            set.put(Cf::Uniq, &k, &[]);
         }
-        self.states = 0;
+        self.customers.clear();
+        self.customer_ids.clear();
+        self.combos.clear();
+        self.combo_ids.clear();
+    }
+}
+
+/// A borrowed (tenant, subject) that finds an owned pair in the intern table.
+#[derive(Hash)]
+struct PairRef<'a>(&'a str, &'a str);
+
+impl hashbrown::Equivalent<(String, String)> for PairRef<'_> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
     }
 }

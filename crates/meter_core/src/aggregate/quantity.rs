@@ -50,6 +50,12 @@ impl Quantity {
         if text.is_empty() || text.len() > 64 {
             return Err(QuantityError::NotANumber);
         }
+        // Most usage values are plain integers (tokens, requests): skip the general decimal parser.
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        if !digits.is_empty() && digits.len() <= 18 && digits.bytes().all(|b| b.is_ascii_digit()) {
+            let n: i64 = text.parse().map_err(|_| QuantityError::NotANumber)?;
+            return Ok(Quantity(n as i128 * ONE));
+        }
         let parsed = if text.bytes().any(|b| b == b'e' || b == b'E') {
             Decimal::from_scientific(text)
         } else {
@@ -150,6 +156,13 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn integer_fast_path_agrees_with_the_decimal_parser(n in -999_999_999_999_999_999i64..=999_999_999_999_999_999) {
+            let text = n.to_string();
+            let general = Decimal::from_str_exact(&text).unwrap();
+            prop_assert_eq!(Quantity::parse(&text).unwrap().0, general.mantissa() * ONE);
+        }
+
         #[test]
         fn text_round_trips(v in -MAX_EVENT_VALUE..=MAX_EVENT_VALUE) {
             let q = Quantity(v);

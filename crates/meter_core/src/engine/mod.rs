@@ -323,7 +323,8 @@ fn replay(store: &dyn Store, registry: &Registry, agg_seq: u64, seq: u64) -> Res
                 for meter in registry.for_event(tenant, &e.event_type) {
                     // Accepted events were readable by these meters when they arrived.
                     if let Ok(Some(c)) = extract_retained(meter, &e.data) {
-                        fold.add(tenant, meter, &e.subject, e.time_us, e.ordinal, &c);
+                        let customer = fold.customer(tenant, &e.subject);
+                        fold.add(customer, meter, e.time_us, e.ordinal, &c);
                     }
                 }
             }

@@ -225,8 +225,11 @@ impl Writer {
             }
             let ordinal = self.ordinal(p);
             let subject = batch.text(ev.subject);
-            for (meter, c) in &contributions {
-                self.fold.add(&batch.tenant, meter, subject, ev.time_us, ordinal, c);
+            if !contributions.is_empty() {
+                let customer = self.fold.customer(&batch.tenant, subject);
+                for (meter, c) in &contributions {
+                    self.fold.add(customer, meter, ev.time_us, ordinal, c);
+                }
             }
             record.push(RetainedEvent {
                 source: batch.text(ev.source),
@@ -412,7 +415,8 @@ impl Writer {
                 }
                 match extract_retained(&meter, &e.data) {
                     Ok(Some(c)) => {
-                        fold.add(tenant, &meter, &e.subject, e.time_us, e.ordinal, &c);
+                        let customer = fold.customer(tenant, &e.subject);
+                        fold.add(customer, &meter, e.time_us, e.ordinal, &c);
                         backfill.events += 1;
                     }
                     Ok(None) => backfill.filtered += 1,
