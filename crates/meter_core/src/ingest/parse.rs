@@ -339,3 +339,138 @@ pub fn payload_hash(event_type: &str, subject: &str, time_us: Option<i64>, data:
 pub fn parse_only(body: Vec<u8>, limits: &Limits) -> Result<usize> {
     parse_batch("bench", body, 0, limits).map(|b| b.events.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NOW: i64 = 1_795_428_000_000_000;
+
+    fn parse(body: &str) -> Result<ParsedBatch> {
+        parse_batch("t", body.as_bytes().to_vec(), NOW, &Limits::default())
+    }
+
+    fn event_json(id: &str, subject: &str, data: &str) -> String {
+        format!(
+            r#"{{"specversion":"1.0","id":{},"source":"s","type":"llm","subject":{},"time":"2026-11-23T10:00:00Z","data":{data}}}"#,
+            serde_json::to_string(id).unwrap(),
+            serde_json::to_string(subject).unwrap()
+        )
+    }
+
+    #[test]
+    fn reads_fields_and_data_properties() {
+        let b = parse(&format!("[{}]", event_json("a\"1", "c\u{e9}", r#"{"tokens": 12, "m": "x\ny"}"#))).unwrap();
+        let e = &b.events[0];
+        assert_eq!((b.text(e.id), b.text(e.subject), b.text(e.event_type)), ("a\"1", "c\u{e9}", "llm"));
+        assert_eq!(e.time_us, NOW);
+        assert!(e.time_given);
+        assert_eq!(b.props(e).collect::<Vec<_>>(), vec![("tokens", "12"), ("m", r#""x\ny""#)]);
+    }
+
+    #[test]
+    fn a_single_object_is_a_batch_of_one_and_time_defaults_to_receipt() {
+        let b = parse(r#"{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"c"}"#).unwrap();
+        assert_eq!((b.total, b.events.len()), (1, 1));
+        assert_eq!(b.events[0].time_us, NOW);
+        assert!(!b.events[0].time_given);
+    }
+
+    #[test]
+    fn explains_each_invalid_event_by_index() {
+        let cases = [
+            (
+                r#"{"specversion":"1.0","source":"s","type":"t","subject":"c"}"#,
+                IssueCode::MissingField,
+                "\"id\" is required",
+            ),
+            (
+                r#"{"specversion":"1.0","id":7,"source":"s","type":"t","subject":"c"}"#,
+                IssueCode::InvalidField,
+                "must be a string",
+            ),
+            (
+                r#"{"specversion":"0.3","id":"a","source":"s","type":"t","subject":"c"}"#,
+                IssueCode::InvalidField,
+                "\"1.0\"",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"c","time":"soon"}"#,
+                IssueCode::InvalidTime,
+                "RFC 3339",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"a","source":"s","type":"t","subject":"c","data":[1]}"#,
+                IssueCode::InvalidData,
+                "JSON object",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"a","id":"b","source":"s","type":"t","subject":"c"}"#,
+                IssueCode::InvalidEvent,
+                "repeats",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"","source":"s","type":"t","subject":"c"}"#,
+                IssueCode::InvalidField,
+                "empty",
+            ),
+            ("42", IssueCode::InvalidEvent, "JSON object"),
+        ];
+        for (event, code, needle) in cases {
+            let b = parse(&format!("[{}, {event}]", event_json("ok", "c", "{}"))).unwrap();
+            assert_eq!(b.events.len(), 1, "{event}");
+            let issue = &b.issues[0];
+            assert_eq!((issue.index, issue.code), (1, code), "{event}");
+            assert!(issue.message.contains(needle), "{event}: {}", issue.message);
+        }
+        let long = "x".repeat(256);
+        let b = parse(&format!("[{}]", event_json(&long, "c", "{}"))).unwrap();
+        assert!(b.issues[0].message.contains("256 bytes"));
+    }
+
+    #[test]
+    fn identity_ignores_payload_and_payload_hash_ignores_identity() {
+        let b = parse(&format!(
+            "[{},{},{}]",
+            event_json("a", "c", r#"{"v":1}"#),
+            event_json("a", "c", r#"{"v":2}"#),
+            event_json("b", "c", r#"{"v":1}"#)
+        ))
+        .unwrap();
+        let e = &b.events;
+        assert_eq!(e[0].fingerprint, e[1].fingerprint);
+        assert_ne!(e[0].payload_hash, e[1].payload_hash);
+        assert_ne!(e[0].fingerprint, e[2].fingerprint);
+        assert_eq!(e[0].payload_hash, e[2].payload_hash);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = parse_batch("t", bytes, NOW, &Limits::default());
+        }
+
+        #[test]
+        fn arbitrary_json_values_are_reported_never_lost(values in proptest::collection::vec(
+            prop_oneof![Just("1".to_string()), Just("null".to_string()), Just("{}".to_string()),
+                        Just(r#"{"id":1}"#.to_string()), ".{0,8}".prop_map(|s| serde_json::to_string(&s).unwrap())], 1..20)) {
+            let b = parse(&format!("[{}]", values.join(","))).unwrap();
+            // Every event is either valid or reported by its index: none is silently dropped.
+            prop_assert_eq!(b.events.len() + b.issues.len(), b.total);
+            prop_assert_eq!(b.total, values.len());
+        }
+
+        #[test]
+        fn valid_events_round_trip_their_fields(id in "\\PC{1,20}", subject in "\\PC{1,20}", n in any::<i64>()) {
+            let b = parse(&format!("[{}]", event_json(&id, &subject, &format!(r#"{{"n":{n}}}"#)))).unwrap();
+            prop_assert!(b.issues.is_empty());
+            let e = &b.events[0];
+            prop_assert_eq!(b.text(e.id), id.as_str());
+            prop_assert_eq!(b.text(e.subject), subject.as_str());
+            let props: Vec<_> = b.props(e).collect();
+            let expect = n.to_string();
+            prop_assert_eq!(props, vec![("n", expect.as_str())]);
+        }
+    }
+}

@@ -271,3 +271,60 @@ fn after_a_failed_write_nothing_is_acknowledged_and_nothing_acknowledged_is_lost
     let r = engine.ingest("t", batch(&[event("b", "c1", 0, "5", "m1")]), false, Some(T0)).unwrap();
     assert_eq!(r.accepted, 1, "the failed event was never marked as seen");
 }
+
+/// A store whose writes wait until released, to hold the writer busy.
+struct GatedStore {
+    inner: meter_core::storage::rocks::RocksStore,
+    gate: std::sync::Mutex<()>,
+    entered: std::sync::atomic::AtomicUsize,
+}
+
+impl meter_core::storage::Store for GatedStore {
+    fn write(&self, set: &meter_core::storage::WriteSet, sync: bool) -> meter_core::Result<()> {
+        self.entered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _open = self.gate.lock().unwrap();
+        self.inner.write(set, sync)
+    }
+    fn get(&self, cf: meter_core::storage::Cf, key: &[u8]) -> meter_core::Result<Option<Vec<u8>>> {
+        self.inner.get(cf, key)
+    }
+    fn cursor(&self, cf: meter_core::storage::Cf) -> Box<dyn meter_core::storage::Cursor + '_> {
+        self.inner.cursor(cf)
+    }
+}
+
+#[test]
+fn a_full_queue_answers_overloaded_instead_of_growing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(GatedStore {
+        inner: meter_core::storage::rocks::RocksStore::open(dir.path()).unwrap(),
+        gate: std::sync::Mutex::new(()),
+        entered: Default::default(),
+    });
+    let config = Config { queue_capacity: 1, ..Config::default() };
+    let engine = std::sync::Arc::new(Engine::open_store(store.clone(), config).unwrap());
+    let closed = store.gate.lock().unwrap();
+
+    let send = |id: &'static str| {
+        let engine = engine.clone();
+        std::thread::spawn(move || engine.ingest("t", batch(&[event(id, "c", 0, "1", "m")]), false, Some(T0)))
+    };
+    // The first request holds the writer (blocked in `write`), the second fills the one-slot queue.
+    let first = send("a");
+    while store.entered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        std::thread::yield_now();
+    }
+    let second = send("b");
+    while engine.stats().queue_depth < 1 {
+        std::thread::yield_now();
+    }
+    let err = engine.ingest("t", batch(&[event("c", "c", 0, "1", "m")]), false, Some(T0)).unwrap_err();
+    assert_eq!(err.code(), "overloaded");
+    assert!(err.to_string().contains("retry"), "{err}");
+
+    drop(closed);
+    assert_eq!(first.join().unwrap().unwrap().accepted, 1);
+    assert_eq!(second.join().unwrap().unwrap().accepted, 1);
+    // Overload refused the request before any of it was applied: sending it again counts it.
+    assert_eq!(engine.ingest("t", batch(&[event("c", "c", 0, "1", "m")]), false, Some(T0)).unwrap().accepted, 1);
+}
