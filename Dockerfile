@@ -12,5 +12,5 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 VOLUME /data
 EXPOSE 8080
-# `meter serve` arrives with the HTTP server; until then the image runs the embedded demo.
-CMD ["meter", "demo", "--data-dir", "/data"]
+# Set METER_ADMIN_KEY, or read the generated admin key from the first start's output.
+CMD ["meter", "serve", "--data-dir", "/data", "--host", "0.0.0.0", "--port", "8080"]

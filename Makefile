@@ -35,8 +35,8 @@ test: build ## Build, then run the Rust and Python test suites
 	$(PY) -m pytest
 
 .PHONY: serve
-serve: build ## Build, then run meter on a local data directory (.meter-data)
-	$(VENV)/bin/meter demo --data-dir $(DATA_DIR)
+serve: build ## Build, then run the HTTP API on a local data directory (.meter-data), port 8080
+	$(VENV)/bin/meter serve --data-dir $(DATA_DIR)
 
 .PHONY: bench-core
 bench-core: build ## Engine benchmark: 1000-event batches, fsync, 5% duplicates

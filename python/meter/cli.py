@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -22,11 +23,31 @@ def main() -> None:
 
 @main.command()
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".meter-data"), show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--admin-key", envvar="METER_ADMIN_KEY", default=None, help="bootstrap admin key (or METER_ADMIN_KEY)")
+def serve(data_dir: Path, host: str, port: int, admin_key: str | None) -> None:
+    """Run the HTTP API on one data directory (one process owns it)."""
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["METER_DATA_DIR"] = str(data_dir.resolve())
+    if admin_key:
+        os.environ["METER_ADMIN_KEY"] = admin_key
+    Granian(
+        "meter.server.app:create_app", factory=True, interface=Interfaces.ASGI, address=host, port=port, workers=1,
+        log_access=False,
+    ).serve()
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".meter-data"), show_default=True)
 @click.option("--events", type=int, default=20_000, show_default=True, help="events to ingest (in 1000-event batches)")
 def demo(data_dir: Path, events: int) -> None:
     """Ingest sample AI-gateway events into a local data directory, then print usage per customer and model.
 
-    Runs on the embedded store only (a RocksDB directory); the HTTP server arrives with `meter serve`.
+    Runs on the embedded engine directly, without the HTTP server.
     """
     now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
     rng = random.Random()

@@ -1,0 +1,308 @@
+"""meter's HTTP API as a plain ASGI application: routes only. The engine does the work (one call per request, with
+the raw body); msgspec reads and writes JSON; `errors.py` maps exceptions to status codes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import zlib
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import msgspec
+
+from meter.catalog.keys import ApiKey, KeyStore, Scope
+from meter.engine import Engine
+from meter.exceptions import MeterError
+from meter.schemas import MeterSpec
+from meter.server.errors import ApiError, status_of
+
+__all__ = ["MeterApp", "create_app"]
+
+Scope_ = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+MAX_BODY = 16 * 1024 * 1024
+JSON = [(b"content-type", b"application/json")]
+
+
+class Request:
+    def __init__(self, scope: Scope_, body: bytes) -> None:
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.query = parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True)
+        self.headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        self.body = body
+        self.key: ApiKey | None = None
+
+    def params(self, name: str) -> list[str]:
+        return [v for k, v in self.query if k == name]
+
+    def param(self, name: str) -> str | None:
+        values = self.params(name)
+        return values[-1] if values else None
+
+
+class TenantBody(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    name: str = ""
+
+
+class KeyBody(msgspec.Struct, forbid_unknown_fields=True):
+    tenant: str
+    scopes: list[Scope]
+
+
+class MeterApp:
+    """One app per process; it opens the engine and the key store at startup (ASGI lifespan)."""
+
+    def __init__(self, data_dir: Path, admin_key: str | None = None, max_body: int = MAX_BODY) -> None:
+        self.data_dir, self.admin_key, self.max_body = data_dir, admin_key, max_body
+        self.engine: Engine | None = None
+        self.keys: KeyStore | None = None
+        # Engine calls block (with the GIL released): run them on threads so that concurrent requests share commits.
+        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="meter-call")
+        self.routes: list[tuple[str, re.Pattern[str], Scope, Callable[..., Any]]] = [
+            ("POST", re.compile(r"/v1/events"), "ingest", self.post_events),
+            ("POST", re.compile(r"/v1/meters"), "admin", self.create_meter),
+            ("GET", re.compile(r"/v1/meters"), "read", self.list_meters),
+            ("GET", re.compile(r"/v1/meters/(?P<slug>[^/]+)"), "read", self.get_meter),
+            ("DELETE", re.compile(r"/v1/meters/(?P<slug>[^/]+)"), "admin", self.delete_meter),
+            ("GET", re.compile(r"/v1/meters/(?P<slug>[^/]+)/usage"), "read", self.usage),
+            ("POST", re.compile(r"/v1/admin/tenants"), "admin", self.create_tenant),
+            ("GET", re.compile(r"/v1/admin/tenants"), "admin", self.list_tenants),
+            ("POST", re.compile(r"/v1/admin/keys"), "admin", self.create_key),
+            ("GET", re.compile(r"/v1/admin/keys"), "admin", self.list_keys),
+            ("DELETE", re.compile(r"/v1/admin/keys/(?P<key_id>[^/]+)"), "admin", self.revoke_key),
+        ]
+
+    # ASGI
+
+    async def __call__(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self.http(scope, receive, send)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    self.startup()
+                except Exception as e:  # noqa: BLE001 - reported to the server, which refuses to start
+                    await send({"type": "lifespan.startup.failed", "message": str(e)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def startup(self) -> None:
+        self.keys = KeyStore(self.data_dir / "catalog")
+        if self.admin_key:
+            if self.keys.authenticate(self.admin_key) is None:
+                self.keys.create_key(None, ["admin"], secret=self.admin_key)
+        elif not self.keys.has_admin_key():
+            secret, _ = self.keys.create_key(None, ["admin"])
+            print(f"meter: created the admin key (shown once, store it now): {secret}", flush=True)
+        self.engine = Engine(self.data_dir / "usage")
+
+    def shutdown(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+        if self.keys is not None:
+            self.keys.close()
+        self.pool.shutdown(wait=True)
+
+    async def http(self, scope: Scope_, receive: Receive, send: Send) -> None:
+        try:
+            status, body, headers = await self.handle(scope, receive)
+        except ApiError as e:
+            status, body, headers = e.status, {"code": e.code, "message": e.message}, e.headers
+        except MeterError as e:
+            body = {"code": e.code, "message": e.message}
+            if getattr(e, "details", None) is not None:
+                body["issues"] = e.details
+            status = status_of(e)
+            headers = {"retry-after": "1"} if status in (429, 503) else {}
+        except BaseException as e:  # noqa: BLE001 - a panic in Rust is a BaseException: answer 500, ack nothing
+            if isinstance(e, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)):
+                raise
+            status, body, headers = 500, {"code": "internal", "message": "internal error; nothing was applied"}, {}
+        payload = body if isinstance(body, bytes) else msgspec.json.encode(body)
+        raw_headers = JSON + [(k.encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def handle(self, scope: Scope_, receive: Receive) -> tuple[int, Any, dict[str, str]]:
+        path, method = scope["path"], scope["method"]
+        if path == "/healthz":
+            return 200, {"status": "ok"}, {}
+        if path == "/readyz":
+            failure = self.engine.failure() if self.engine else "starting"
+            if failure:
+                return 503, {"status": "unavailable", "reason": failure}, {"retry-after": "5"}
+            return 200, {"status": "ready"}, {}
+        for route_method, pattern, scope_needed, handler in self.routes:
+            match = pattern.fullmatch(path)
+            if match and route_method == method:
+                body = await self.read_body(scope, receive) if method in ("POST", "PUT") else b""
+                request = Request(scope, body)
+                request.key = self.authorize(request, scope_needed)
+                return await handler(request, **match.groupdict())
+        if any(p.fullmatch(path) for _, p, _, _ in self.routes):
+            raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {path}")
+        raise ApiError(404, "not_found", f"no route {path}; see /openapi.json")
+
+    def authorize(self, request: Request, needed: Scope) -> ApiKey:
+        header = request.headers.get("authorization", "")
+        secret = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        key = self.keys.authenticate(secret) if (secret and self.keys) else None
+        if key is None:
+            raise ApiError(401, "unauthorized", "send a valid API key as 'Authorization: Bearer mk_live_...'",
+                           {"www-authenticate": "Bearer"})
+        if needed not in key.scopes:
+            raise ApiError(403, "forbidden", f"this key lacks the '{needed}' scope")
+        return key
+
+    async def read_body(self, scope: Scope_, receive: Receive) -> bytes:
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            raise ApiError(413, "body_too_large", f"the body is {length} bytes; the limit is {self.max_body}")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise ApiError(413, "body_too_large", f"the body exceeds the limit of {self.max_body} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding == "gzip":
+            body = self.gunzip(body)
+        elif encoding not in ("identity", ""):
+            raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip")
+        return body
+
+    def gunzip(self, body: bytes) -> bytes:
+        # Bounded: a gzip bomb stops at the body limit instead of filling memory.
+        d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            out = d.decompress(body, self.max_body + 1)
+        except zlib.error as e:
+            raise ApiError(400, "invalid_gzip", f"the gzip body could not be decompressed: {e}") from None
+        if len(out) > self.max_body or d.unconsumed_tail:
+            raise ApiError(413, "body_too_large", f"the decompressed body exceeds {self.max_body} bytes")
+        return out
+
+    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kwargs))
+
+    def tenant(self, request: Request) -> str:
+        assert request.key is not None
+        if request.key.tenant is None:
+            raise ApiError(403, "forbidden", "the admin key belongs to no tenant; use a tenant key for this route")
+        return request.key.tenant
+
+    # routes
+
+    async def post_events(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        if media not in ("application/json", "application/cloudevents-batch+json", "application/cloudevents+json"):
+            raise ApiError(415, "unsupported_media_type",
+                           "send application/cloudevents-batch+json, application/json or application/cloudevents+json")
+        atomic = request.param("atomic") in ("1", "true")
+        result = await self.call(self.engine.ingest, self.tenant(request), request.body, atomic=atomic)
+        status = 200 if (result.accepted or result.duplicates or not result.issues) else 400
+        return status, result, {}
+
+    async def create_meter(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        spec = decode(request.body, MeterSpec)
+        return 201, await self.call(self.engine.create_meter, self.tenant(request), spec), {}
+
+    async def list_meters(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        return 200, self.engine.list_meters(self.tenant(request)), {}
+
+    async def get_meter(self, request: Request, slug: str) -> tuple[int, Any, dict[str, str]]:
+        return 200, self.engine.get_meter(self.tenant(request), slug), {}
+
+    async def delete_meter(self, request: Request, slug: str) -> tuple[int, Any, dict[str, str]]:
+        await self.call(self.engine.delete_meter, self.tenant(request), slug)
+        return 200, {"deleted": slug}, {}
+
+    async def usage(self, request: Request, slug: str) -> tuple[int, Any, dict[str, str]]:
+        start, end = parse_time(request.param("from"), "from"), parse_time(request.param("to"), "to")
+        filters = {k[7:-1]: [v] for k, v in request.query if k.startswith("filter[") and k.endswith("]")}
+        for k, v in request.query:
+            if k.startswith("filter[") and k.endswith("]") and v not in filters[k[7:-1]]:
+                filters[k[7:-1]].append(v)
+        result = await self.call(
+            self.engine.usage, self.tenant(request), slug, start=start, end=end,
+            window_size=request.param("window_size"), subjects=request.params("subject"),
+            group_by=request.params("group_by"), filters=filters, tz=request.param("tz"),
+        )
+        rows = [
+            {**row, "window_start": row["window_start"].isoformat(), "window_end": row["window_end"].isoformat(),
+             "value": format(row["value"].normalize(), "f")}
+            for row in result.rows()
+        ]
+        return 200, {"meter": slug, "from": start.isoformat(), "to": end.isoformat(), "data": rows}, {}
+
+    async def create_tenant(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        body = decode(request.body, TenantBody)
+        return 201, self.keys.create_tenant(body.id, body.name), {}
+
+    async def list_tenants(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        return 200, self.keys.list_tenants(), {}
+
+    async def create_key(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        body = decode(request.body, KeyBody)
+        secret, record = self.keys.create_key(body.tenant, list(body.scopes))
+        return 201, {"key": secret, **msgspec.structs.asdict(record)}, {}
+
+    async def list_keys(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        return 200, self.keys.list_keys(request.param("tenant")), {}
+
+    async def revoke_key(self, request: Request, key_id: str) -> tuple[int, Any, dict[str, str]]:
+        self.keys.revoke(key_id)
+        return 200, {"revoked": key_id}, {}
+
+
+def decode(body: bytes, type_: type[Any]) -> Any:
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as e:
+        raise ApiError(400, "invalid_body", f"the body does not match the schema: {e}") from None
+    except msgspec.DecodeError as e:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}") from None
+
+
+def parse_time(value: str | None, name: str) -> datetime:
+    if not value:
+        raise ApiError(400, "invalid_query", f"'{name}' is required, as RFC 3339 such as 2026-11-01T00:00:00Z")
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, "invalid_query", f"'{name}' must be RFC 3339 such as 2026-11-01T00:00:00Z; got {value!r}") from None
+    if t.tzinfo is None:
+        raise ApiError(400, "invalid_query", f"'{name}' needs a time zone offset or Z; got {value!r}")
+    return t
+
+
+def create_app() -> MeterApp:
+    """Factory for granian: configuration comes from the environment `meter serve` sets."""
+    return MeterApp(Path(os.environ.get("METER_DATA_DIR", ".meter-data")), os.environ.get("METER_ADMIN_KEY") or None)
+
+

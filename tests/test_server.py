@@ -1,0 +1,168 @@
+"""End to end over HTTP: the real server (`meter serve`, granian) in a subprocess, talked to with httpx."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import body, event
+
+from meter.catalog.keys import new_key
+
+FROM, TO = "2026-11-23T00:00:00Z", "2026-11-24T00:00:00Z"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, data_dir: Path) -> None:
+        self.port = free_port()
+        self.admin_key = new_key()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.clients: list[httpx.Client] = []
+        env = {**os.environ, "METER_ADMIN_KEY": self.admin_key}
+        cli = [sys.executable, "-c", "from meter.cli import main; main()"]
+        self.proc = subprocess.Popen([*cli, "serve", "--data-dir", str(data_dir), "--port", str(self.port)], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with httpx.Client(timeout=1) as probe:
+                    if probe.get(self.url + "/readyz").status_code == 200:
+                        return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("the server did not become ready in 30 s")
+
+    def stop(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def client(self, key: str) -> httpx.Client:
+        client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        self.clients.append(client)
+        return client
+
+    def tenant_key(self, tenant: str, scopes: list[str]) -> str:
+        with self.client(self.admin_key) as admin:
+            if admin.post("/v1/admin/tenants", json={"id": tenant}).status_code not in (201, 409):
+                raise AssertionError("tenant creation failed")
+            r = admin.post("/v1/admin/keys", json={"tenant": tenant, "scopes": scopes})
+            assert r.status_code == 201, r.text
+            return str(r.json()["key"])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = Server(tmp_path_factory.mktemp("server") / "data")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def acme(server: Server) -> httpx.Client:
+    key = server.tenant_key("acme", ["ingest", "read", "admin"])
+    client = server.client(key)
+    r = client.post("/v1/meters", json={"slug": "tokens", "event_type": "llm", "aggregation": "sum",
+                                        "value_property": "$.tokens", "group_by": {"model": "$.model"}})
+    assert r.status_code == 201, r.text
+    return client
+
+
+def total(client: httpx.Client, **params: Any) -> str:
+    r = client.get("/v1/meters/tokens/usage", params={"from": FROM, "to": TO, **params})
+    assert r.status_code == 200, r.text
+    return str(sum(float(row["value"]) for row in r.json()["data"]))
+
+
+def test_ingest_query_duplicates_and_conflicts(acme: httpx.Client) -> None:
+    batch = body(event("h1", tokens=10, model="m1"), event("h2", tokens="2.5", model="m2"))
+    headers = {"content-type": "application/cloudevents-batch+json; charset=utf-8"}
+    r = acme.post("/v1/events", content=batch, headers=headers)
+    assert r.status_code == 200 and r.json() == {"accepted": 2, "duplicates": 0, "issues": []}, r.text
+    assert acme.post("/v1/events", content=batch, headers=headers).json()["duplicates"] == 2
+    conflict = acme.post("/v1/events", content=body(event("h1", tokens=99, model="m1")))
+    assert conflict.status_code == 400
+    assert conflict.json()["issues"][0]["code"] == "conflict"
+    r = acme.get("/v1/meters/tokens/usage", params={"from": FROM, "to": TO, "group_by": "model", "filter[model]": "m2"})
+    assert r.json()["data"][0]["value"] == "2.5"
+    assert r.json()["data"][0]["model"] == "m2"
+
+
+def test_invalid_events_are_reported_by_index(acme: httpx.Client) -> None:
+    r = acme.post("/v1/events", content=body(event("i1", tokens=1, model="m"), {"id": "x"}, event("i3", tokens="x")))
+    assert r.status_code == 200
+    assert [(i["index"], i["code"]) for i in r.json()["issues"]] == [(1, "missing_field"), (2, "invalid_value")]
+    bad = acme.post("/v1/events", content=b"{nope")
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_json"
+
+
+def test_gzip_bodies_are_accepted(acme: httpx.Client) -> None:
+    payload = gzip.compress(body(event("g1", tokens=5, model="gz")))
+    r = acme.post("/v1/events", content=payload, headers={"content-encoding": "gzip"})
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+
+
+def test_limits_answer_413(acme: httpx.Client) -> None:
+    huge = b"[" + b" " * (17 * 1024 * 1024) + b"]"
+    assert acme.post("/v1/events", content=huge).status_code == 413
+    bomb = gzip.compress(b"[" + b" " * (64 * 1024 * 1024) + b"]")
+    assert acme.post("/v1/events", content=bomb, headers={"content-encoding": "gzip"}).status_code == 413
+    many = json.dumps([event(f"m{i}") for i in range(10_001)]).encode()
+    r = acme.post("/v1/events", content=many)
+    assert r.status_code == 400 and r.json()["code"] == "too_many_events"
+
+
+def test_auth_is_uniform_401_and_scoped_403(server: Server, acme: httpx.Client) -> None:
+    for headers in ({}, {"Authorization": "Bearer nonsense"}, {"Authorization": f"Bearer {new_key()}"}):
+        with httpx.Client() as anonymous:
+            r = anonymous.post(server.url + "/v1/events", content=body(event("a1")), headers=headers)
+        assert r.status_code == 401 and r.json()["code"] == "unauthorized"
+    ingest_only = server.client(server.tenant_key("acme", ["ingest"]))
+    assert ingest_only.get("/v1/meters").status_code == 403
+    assert ingest_only.post("/v1/admin/tenants", json={"id": "evil"}).status_code == 403
+
+
+def test_tenants_are_isolated(server: Server, acme: httpx.Client) -> None:
+    other = server.client(server.tenant_key("globex", ["ingest", "read", "admin"]))
+    assert other.get("/v1/meters/tokens").status_code == 404
+    other.post("/v1/meters", json={"slug": "tokens", "event_type": "llm", "aggregation": "sum",
+                                   "value_property": "$.tokens"})
+    before = total(acme)
+    r = other.post("/v1/events", content=body(event("h1", tokens=1000, model="m1")))
+    assert r.json()["accepted"] == 1, "the same id in another tenant is another event"
+    assert total(acme) == before
+    assert total(other) == "1000.0"
+
+
+def test_revoked_keys_stop_working(server: Server) -> None:
+    key = server.tenant_key("acme", ["read"])
+    client = server.client(key)
+    assert client.get("/v1/meters").status_code == 200
+    with server.client(server.admin_key) as admin:
+        key_id = next(k["id"] for k in admin.get("/v1/admin/keys", params={"tenant": "acme"}).json()
+                      if key.startswith(k["display"]) and not k["revoked"])
+        assert admin.delete(f"/v1/admin/keys/{key_id}").status_code == 200
+    assert client.get("/v1/meters").status_code == 401
