@@ -160,7 +160,7 @@ class MeterApp:
                 return await handler(request, **match.groupdict())
         if any(p.fullmatch(path) for _, p, _, _ in self.routes):
             raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {path}")
-        raise ApiError(404, "not_found", f"no route {path}; see /openapi.json")
+        raise ApiError(404, "not_found", f"no route {path}; the API is listed in the README")
 
     def authorize(self, request: Request, needed: Scope) -> ApiKey:
         header = request.headers.get("authorization", "")
