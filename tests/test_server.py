@@ -4,74 +4,18 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from conftest import body, event
 
+from http_server import Server
+
 from meter.catalog.keys import new_key
 
 FROM, TO = "2026-11-23T00:00:00Z", "2026-11-24T00:00:00Z"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, data_dir: Path) -> None:
-        self.port = free_port()
-        self.admin_key = new_key()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.clients: list[httpx.Client] = []
-        env = {**os.environ, "METER_ADMIN_KEY": self.admin_key}
-        cli = [sys.executable, "-c", "from meter.cli import main; main()"]
-        self.proc = subprocess.Popen([*cli, "serve", "--data-dir", str(data_dir), "--port", str(self.port)], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with httpx.Client(timeout=1) as probe:
-                    if probe.get(self.url + "/readyz").status_code == 200:
-                        return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("the server did not become ready in 30 s")
-
-    def stop(self) -> None:
-        for c in self.clients:
-            c.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def client(self, key: str) -> httpx.Client:
-        client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-        self.clients.append(client)
-        return client
-
-    def tenant_key(self, tenant: str, scopes: list[str]) -> str:
-        with self.client(self.admin_key) as admin:
-            if admin.post("/v1/admin/tenants", json={"id": tenant}).status_code not in (201, 409):
-                raise AssertionError("tenant creation failed")
-            r = admin.post("/v1/admin/keys", json={"tenant": tenant, "scopes": scopes})
-            assert r.status_code == 201, r.text
-            return str(r.json()["key"])
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,73 @@
+"""The real server in a subprocess, for end-to-end tests: `meter serve` (granian) on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from meter.catalog.keys import new_key
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, data_dir: Path, port: int | None = None, admin_key: str | None = None) -> None:
+        self.port = port or free_port()
+        self.admin_key = admin_key or new_key()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.clients: list[httpx.Client] = []
+        env = {**os.environ, "METER_ADMIN_KEY": self.admin_key}
+        cli = [sys.executable, "-c", "from meter.cli import main; main()"]
+        # A session of its own, so that a kill reaches granian's worker too (it holds the store's lock).
+        self.proc = subprocess.Popen([*cli, "serve", "--data-dir", str(data_dir), "--port", str(self.port)], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with httpx.Client(timeout=1) as probe:
+                    if probe.get(self.url + "/readyz").status_code == 200:
+                        return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("the server did not become ready in 30 s")
+
+    def kill(self) -> None:
+        """SIGKILL the server and its worker: a crash, no shutdown of any kind."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def client(self, key: str) -> httpx.Client:
+        client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+        self.clients.append(client)
+        return client
+
+    def tenant_key(self, tenant: str, scopes: list[str]) -> str:
+        with self.client(self.admin_key) as admin:
+            if admin.post("/v1/admin/tenants", json={"id": tenant}).status_code not in (201, 409):
+                raise AssertionError("tenant creation failed")
+            r = admin.post("/v1/admin/keys", json={"tenant": tenant, "scopes": scopes})
+            assert r.status_code == 201, r.text
+            return str(r.json()["key"])
