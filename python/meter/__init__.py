@@ -1,5 +1,6 @@
 """meter: exact, durable usage metering. The engine is Rust (``meter._core``); this package is its typed face."""
 
+from meter.client import AsyncClient, Client, RejectedEvents, RetryPolicy
 from meter.engine import Engine, Usage
 from meter.exceptions import (
     AlreadyExists,
@@ -17,6 +18,10 @@ from meter.schemas import CreatedMeter, EventIssue, Filter, IngestResult, Meter,
 
 __all__ = [
     "AlreadyExists",
+    "AsyncClient",
+    "Client",
+    "RejectedEvents",
+    "RetryPolicy",
     "BatchRejected",
     "CreatedMeter",
     "Engine",
