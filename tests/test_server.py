@@ -110,3 +110,26 @@ def test_revoked_keys_stop_working(server: Server) -> None:
                       if key.startswith(k["display"]) and not k["revoked"])
         assert admin.delete(f"/v1/admin/keys/{key_id}").status_code == 200
     assert client.get("/v1/meters").status_code == 401
+
+
+def test_usage_as_csv_and_arrow(acme: httpx.Client) -> None:
+    import pyarrow as pa
+
+    acme.post("/v1/events", content=body(event("f1", tokens=7, model="fmt")))
+    params = {"from": FROM, "to": TO, "group_by": "model", "filter[model]": "fmt"}
+    csv = acme.get("/v1/meters/tokens/usage", params=params, headers={"accept": "text/csv"})
+    assert csv.headers["content-type"] == "text/csv"
+    assert csv.text.splitlines()[0] == '"window_start","window_end","model","value","events"'
+    arrow = acme.get("/v1/meters/tokens/usage", params=params, headers={"accept": "application/vnd.apache.arrow.stream"})
+    table = pa.ipc.open_stream(arrow.content).read_all()
+    assert table.column("value").type == pa.decimal128(38, 9)
+    assert str(table.column("value")[0].as_py().normalize()) == "7"
+
+
+def test_metrics_and_openapi(server: Server, acme: httpx.Client) -> None:
+    with httpx.Client(base_url=server.url) as anonymous:
+        metrics = anonymous.get("/metrics").text
+        assert "meter_events_accepted_total" in metrics and 'meter_http_responses_total{status="200"}' in metrics
+        spec = anonymous.get("/openapi.json").json()
+    assert spec["openapi"].startswith("3.1")
+    assert "IngestResult" in spec["components"]["schemas"] and "/v1/events" in spec["paths"]

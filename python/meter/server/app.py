@@ -15,12 +15,16 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.ipc as pa_ipc
 
 from meter.catalog.keys import ApiKey, KeyStore, Scope
 from meter.engine import Engine
 from meter.exceptions import MeterError
 from meter.schemas import MeterSpec
 from meter.server.errors import ApiError, status_of
+from meter.server.openapi import openapi
 
 __all__ = ["MeterApp", "create_app"]
 
@@ -65,6 +69,7 @@ class MeterApp:
     def __init__(self, data_dir: Path, admin_key: str | None = None, max_body: int = MAX_BODY) -> None:
         self.data_dir, self.admin_key, self.max_body = data_dir, admin_key, max_body
         self.engine: Engine | None = None
+        self.responses: dict[int, int] = {}
         self.keys: KeyStore | None = None
         # Engine calls block (with the GIL released): run them on threads so that concurrent requests share commits.
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="meter-call")
@@ -137,8 +142,11 @@ class MeterApp:
             if isinstance(e, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)):
                 raise
             status, body, headers = 500, {"code": "internal", "message": "internal error; nothing was applied"}, {}
+        self.responses[status] = self.responses.get(status, 0) + 1
         payload = body if isinstance(body, bytes) else msgspec.json.encode(body)
-        raw_headers = JSON + [(k.encode(), v.encode()) for k, v in headers.items()]
+        content_type = headers.pop("content-type", None)
+        raw_headers = [(b"content-type", content_type.encode())] if content_type else list(JSON)
+        raw_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": payload})
 
@@ -146,6 +154,10 @@ class MeterApp:
         path, method = scope["path"], scope["method"]
         if path == "/healthz":
             return 200, {"status": "ok"}, {}
+        if path == "/openapi.json":
+            return 200, openapi(), {}
+        if path == "/metrics":
+            return 200, self.metrics().encode(), {"content-type": "text/plain; version=0.0.4"}
         if path == "/readyz":
             failure = self.engine.failure() if self.engine else "starting"
             if failure:
@@ -160,7 +172,24 @@ class MeterApp:
                 return await handler(request, **match.groupdict())
         if any(p.fullmatch(path) for _, p, _, _ in self.routes):
             raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {path}")
-        raise ApiError(404, "not_found", f"no route {path}; the API is listed in the README")
+        raise ApiError(404, "not_found", f"no route {path}; see /openapi.json")
+
+    def metrics(self) -> str:
+        lines = ["# TYPE meter_http_responses_total counter"]
+        lines += [f'meter_http_responses_total{{status="{k}"}} {v}' for k, v in sorted(self.responses.items())]
+        if self.engine is not None:
+            s = self.engine.stats()
+            for name, kind, value in [
+                ("meter_events_accepted_total", "counter", s.accepted),
+                ("meter_events_duplicate_total", "counter", s.duplicates),
+                ("meter_events_rejected_total", "counter", s.rejected),
+                ("meter_commits_total", "counter", s.commits),
+                ("meter_commit_seconds_total", "counter", s.commit_seconds_total),
+                ("meter_queue_depth", "gauge", s.queue_depth),
+                ("meter_store_healthy", "gauge", 0 if self.engine.failure() else 1),
+            ]:
+                lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
+        return "\n".join(lines) + "\n"
 
     def authorize(self, request: Request, needed: Scope) -> ApiKey:
         header = request.headers.get("authorization", "")
@@ -253,6 +282,16 @@ class MeterApp:
             window_size=request.param("window_size"), subjects=request.params("subject"),
             group_by=request.params("group_by"), filters=filters, tz=request.param("tz"),
         )
+        accept = request.headers.get("accept", "")
+        if "text/csv" in accept:
+            sink = pa.BufferOutputStream()
+            pa_csv.write_csv(result.table, sink)
+            return 200, sink.getvalue().to_pybytes(), {"content-type": "text/csv"}
+        if "application/vnd.apache.arrow.stream" in accept:
+            sink = pa.BufferOutputStream()
+            with pa_ipc.new_stream(sink, result.table.schema) as writer:
+                writer.write_table(result.table)
+            return 200, sink.getvalue().to_pybytes(), {"content-type": "application/vnd.apache.arrow.stream"}
         rows = [
             {**row, "window_start": row["window_start"].isoformat(), "window_end": row["window_end"].isoformat(),
              "value": format(row["value"].normalize(), "f")}

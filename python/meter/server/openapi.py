@@ -1,0 +1,76 @@
+"""The OpenAPI document, generated from the msgspec schemas the routes use, so the spec and the code cannot drift."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from meter.schemas import CreatedMeter, IngestResult, Meter, MeterSpec
+
+__all__ = ["ErrorBody", "openapi"]
+
+
+class ErrorBody(msgspec.Struct):
+    code: str
+    message: str
+    issues: list[dict[str, Any]] | None = None
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+
+
+def _op(summary: str, scope: str | None, ok: tuple[int, str] | None = None, body: str | None = None,
+        params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    responses: dict[str, Any] = {"default": {"description": "error", **_ref("ErrorBody")}}
+    if ok:
+        responses[str(ok[0])] = {"description": "ok", **(_ref(ok[1]) if ok[1] else {})}
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    if scope:
+        op["security"] = [{"bearer": []}]
+        op["description"] = f"Needs the `{scope}` scope."
+    if body:
+        op["requestBody"] = {"required": True, **_ref(body)}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _q(name: str, required: bool = False, repeat: bool = False) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "array", "items": {"type": "string"}} if repeat else {"type": "string"}
+    return {"name": name, "in": "query", "required": required, "schema": schema, "explode": True}
+
+
+SLUG = {"name": "slug", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def openapi() -> dict[str, Any]:
+    _, components = msgspec.json.schema_components(
+        [IngestResult, MeterSpec, Meter, CreatedMeter, ErrorBody], ref_template="#/components/schemas/{name}"
+    )
+    events_body = {"required": True, "content": {
+        t: {"schema": {"type": "array", "items": {"type": "object"}} if "batch" in t or t == "application/json"
+            else {"type": "object"}}
+        for t in ("application/cloudevents-batch+json", "application/json", "application/cloudevents+json")}}
+    ingest = _op("Ingest a batch of CloudEvents", "ingest", (200, "IngestResult"), params=[_q("atomic")])
+    ingest["requestBody"] = events_body
+    usage_params = [SLUG, _q("from", True), _q("to", True), _q("window_size"), _q("subject", repeat=True),
+                    _q("group_by", repeat=True), _q("tz")]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "meter", "version": "1"},
+        "components": {"schemas": components, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            "/v1/events": {"post": ingest},
+            "/v1/meters": {"post": _op("Create a meter (backfilled)", "admin", (201, "CreatedMeter"), "MeterSpec"),
+                           "get": _op("List meters", "read", (200, ""))},
+            "/v1/meters/{slug}": {"get": _op("Get a meter", "read", (200, "Meter"), params=[SLUG]),
+                                  "delete": _op("Delete a meter and its usage", "admin", (200, ""), params=[SLUG])},
+            "/v1/meters/{slug}/usage": {"get": _op("Usage over [from, to) (JSON, CSV or Arrow IPC by Accept)",
+                                                   "read", (200, ""), params=usage_params)},
+            "/healthz": {"get": _op("Alive", None, (200, ""))},
+            "/readyz": {"get": _op("Store healthy", None, (200, ""))},
+            "/metrics": {"get": _op("Prometheus metrics", None, (200, ""))},
+        },
+    }
