@@ -8,10 +8,19 @@ import random
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import click
+from typing import Any
 
+import click
+import httpx
+import msgspec
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from meter.client import Client
 from meter.engine import Engine
 from meter.exceptions import AlreadyExists
+from meter.schemas import EventIssue
 
 __all__ = ["main"]
 
@@ -39,6 +48,175 @@ def serve(data_dir: Path, host: str, port: int, admin_key: str | None) -> None:
         "meter.server.app:create_app", factory=True, interface=Interfaces.ASGI, address=host, port=port, workers=1,
         log_access=False,
     ).serve()
+
+
+# Commands that talk to a running server. The URL and key come from options or METER_URL / METER_API_KEY.
+url_option = click.option("--url", envvar="METER_URL", default="http://127.0.0.1:8080", show_default=True)
+key_option = click.option("--api-key", envvar="METER_API_KEY", required=True, help="or METER_API_KEY")
+
+
+def _http(url: str, api_key: str) -> httpx.Client:
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=60)
+
+
+def _check(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        try:
+            body = response.json()
+            message = f"{body.get('code')}: {body.get('message')}"
+        except ValueError:
+            message = response.text
+        raise click.ClickException(f"HTTP {response.status_code} {message}")
+    return response.json()
+
+
+def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, justify="right" if c in ("value", "events") else "left")
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    Console().print(table)
+
+
+@main.group()
+def tenants() -> None:
+    """Create and list tenants (admin key)."""
+
+
+@tenants.command("create")
+@click.argument("tenant_id")
+@click.option("--name", default="")
+@url_option
+@key_option
+def tenants_create(tenant_id: str, name: str, url: str, api_key: str) -> None:
+    with _http(url, api_key) as http:
+        click.echo(json.dumps(_check(http.post("/v1/admin/tenants", json={"id": tenant_id, "name": name}))))
+
+
+@tenants.command("list")
+@url_option
+@key_option
+def tenants_list(url: str, api_key: str) -> None:
+    with _http(url, api_key) as http:
+        _table("tenants", _check(http.get("/v1/admin/tenants")), ["id", "name"])
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke API keys (admin key)."""
+
+
+@keys.command("create")
+@click.argument("tenant")
+@click.option("--scope", "scopes", multiple=True, default=["ingest"], show_default=True,
+              type=click.Choice(["ingest", "read", "export", "admin"]))
+@url_option
+@key_option
+def keys_create(tenant: str, scopes: tuple[str, ...], url: str, api_key: str) -> None:
+    """Prints the new key once: store it now."""
+    with _http(url, api_key) as http:
+        created = _check(http.post("/v1/admin/keys", json={"tenant": tenant, "scopes": list(scopes)}))
+    click.echo(created["key"])
+    click.echo(f"id {created['id']}, scopes {', '.join(created['scopes'])}", err=True)
+
+
+@keys.command("list")
+@click.option("--tenant", default=None)
+@url_option
+@key_option
+def keys_list(tenant: str | None, url: str, api_key: str) -> None:
+    with _http(url, api_key) as http:
+        rows = _check(http.get("/v1/admin/keys", params={"tenant": tenant} if tenant else {}))
+    _table("keys", [{**r, "scopes": ",".join(r["scopes"])} for r in rows], ["id", "tenant", "display", "scopes", "revoked"])
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@url_option
+@key_option
+def keys_revoke(key_id: str, url: str, api_key: str) -> None:
+    with _http(url, api_key) as http:
+        _check(http.delete(f"/v1/admin/keys/{key_id}"))
+    click.echo(f"revoked {key_id}")
+
+
+@main.group()
+def meters() -> None:
+    """Create and list meters."""
+
+
+@meters.command("create")
+@click.argument("file", type=click.File("rb"))
+@url_option
+@key_option
+def meters_create(file: Any, url: str, api_key: str) -> None:
+    """Creates the meter (or the list of meters) defined in the JSON file FILE."""
+    data = json.loads(file.read())
+    with _http(url, api_key) as http:
+        for spec in data if isinstance(data, list) else [data]:
+            created = _check(http.post("/v1/meters", json=spec))
+            b = created["backfill"]
+            click.echo(f"created {created['meter']['slug']} (backfilled {b['events']} events, {b['filtered']} filtered, "
+                       f"{b['unreadable']} unreadable)")
+
+
+@meters.command("list")
+@url_option
+@key_option
+def meters_list(url: str, api_key: str) -> None:
+    with _http(url, api_key) as http:
+        rows = _check(http.get("/v1/meters"))
+    _table("meters", rows, ["slug", "event_type", "aggregation", "value_property"])
+
+
+@main.command()
+@click.argument("meter_slug")
+@click.option("--from", "start", required=True, help="RFC 3339, e.g. 2026-11-01T00:00:00Z")
+@click.option("--to", "end", required=True)
+@click.option("--window-size", type=click.Choice(["minute", "hour", "day", "month"]), default=None)
+@click.option("--group-by", multiple=True)
+@click.option("--subject", multiple=True)
+@click.option("--tz", default=None)
+@url_option
+@key_option
+def usage(meter_slug: str, start: str, end: str, window_size: str | None, group_by: tuple[str, ...],
+          subject: tuple[str, ...], tz: str | None, url: str, api_key: str) -> None:
+    """Usage of a meter over [from, to), as a table."""
+    params: list[tuple[str, str]] = [("from", start), ("to", end)]
+    params += [("window_size", window_size)] if window_size else []
+    params += [("tz", tz)] if tz else []
+    params += [("group_by", g) for g in group_by] + [("subject", s) for s in subject]
+    with _http(url, api_key) as http:
+        rows = _check(http.get(f"/v1/meters/{meter_slug}/usage", params=params))["data"]
+    _table(meter_slug, rows, ["window_start", "window_end", *group_by, "value", "events"])
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--batch-size", type=int, default=1000, show_default=True)
+@url_option
+@key_option
+def ingest(file: Path, batch_size: int, url: str, api_key: str) -> None:
+    """Sends the events of FILE (a JSON array or NDJSON) in batches, with retries, and prints a summary."""
+    text = file.read_text()
+    events = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines()
+                                                                     if line.strip()]
+    accepted = duplicates = 0
+    issues: list[EventIssue] = []
+    with Client(url, api_key) as client, Progress() as progress:
+        task = progress.add_task("ingesting", total=len(events))
+        for start in range(0, len(events), batch_size):
+            chunk = events[start : start + batch_size]
+            result = client.ingest(chunk, check=False)
+            issues += [msgspec.structs.replace(i, index=i.index + start) for i in result.issues]
+            accepted, duplicates = accepted + result.accepted, duplicates + result.duplicates
+            progress.advance(task, len(chunk))
+    click.echo(f"{len(events)} events: {accepted} accepted, {duplicates} duplicates, {len(issues)} rejected")
+    for issue in issues[:20]:
+        click.echo(f"  #{issue.index} {issue.id}: {issue.code}: {issue.message}", err=True)
+    if issues:
+        raise SystemExit(1)
 
 
 @main.command()

@@ -106,10 +106,10 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def ingest(self, events: Iterable[Mapping[str, Any]]) -> IngestResult:
-        """Sends one batch now (with retries) and raises ``RejectedEvents`` if any event was not counted."""
+    def ingest(self, events: Iterable[Mapping[str, Any]], *, check: bool = True) -> IngestResult:
+        """Sends one batch now (with retries); with ``check``, raises ``RejectedEvents`` if any event was not counted."""
         result = self._send(_prepare(events))
-        if result.issues:
+        if check and result.issues:
             raise RejectedEvents(result.issues)
         return result
 
@@ -198,9 +198,9 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def ingest(self, events: Iterable[Mapping[str, Any]]) -> IngestResult:
+    async def ingest(self, events: Iterable[Mapping[str, Any]], *, check: bool = True) -> IngestResult:
         result = await self._send(_prepare(events))
-        if result.issues:
+        if check and result.issues:
             raise RejectedEvents(result.issues)
         return result
 

@@ -1,0 +1,56 @@
+"""The `meter` command line against the real server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import event
+from http_server import Server
+
+from meter.catalog.keys import new_key
+from meter.cli import main
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = Server(tmp_path_factory.mktemp("cli") / "data", admin_key=new_key())
+    yield s
+    s.stop()
+
+
+def run(server: Server, key: str, *args: str) -> str:
+    result = CliRunner().invoke(main, [*args], env={"METER_URL": server.url, "METER_API_KEY": key}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_admin_meters_ingest_and_usage(server: Server, tmp_path: Path) -> None:
+    run(server, server.admin_key, "tenants", "create", "acme")
+    key = run(server, server.admin_key, "keys", "create", "acme", "--scope", "ingest", "--scope", "read",
+              "--scope", "admin").splitlines()[0]
+    assert key.startswith("mk_live_")
+    assert "acme" in run(server, server.admin_key, "keys", "list", "--tenant", "acme")
+
+    spec = tmp_path / "meter.json"
+    spec.write_text(json.dumps({"slug": "tokens", "event_type": "llm", "aggregation": "sum",
+                                "value_property": "$.tokens", "group_by": {"model": "$.model"}}))
+    assert "created tokens" in run(server, key, "meters", "create", str(spec))
+    assert "tokens" in run(server, key, "meters", "list")
+
+    ndjson = tmp_path / "events.ndjson"
+    events = [event(f"n{i}", tokens=i, model="m") for i in range(2500)] + [event("n0", tokens=0, model="m")]
+    ndjson.write_text("\n".join(json.dumps(e) for e in events))
+    out = run(server, key, "ingest", str(ndjson), "--batch-size", "1000")
+    assert "2501 events: 2500 accepted, 1 duplicates, 0 rejected" in out
+    table = run(server, key, "usage", "tokens", "--from", "2026-11-23T00:00:00Z", "--to", "2026-11-24T00:00:00Z",
+                "--group-by", "model")
+    assert str(sum(range(2500))) in table
+
+
+def test_errors_are_clear(server: Server) -> None:
+    result = CliRunner().invoke(main, ["meters", "list"], env={"METER_URL": server.url, "METER_API_KEY": "nope"})
+    assert result.exit_code != 0 and "unauthorized" in result.output
