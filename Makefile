@@ -42,8 +42,13 @@ serve: build ## Build, then run the HTTP API on a local data directory (.meter-d
 bench-core: build ## Engine benchmark: 1000-event batches, fsync, 5% duplicates
 	$(PY) benches/bench_core.py
 
+.PHONY: bench-http
+bench-http: build ## HTTP benchmark: meter serve driven by wrk over loopback, with a receive-and-discard ceiling
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
+	$(PY) benches/bench_http.py
+
 .PHONY: bench
-bench: bench-core ## All benchmarks
+bench: bench-core bench-http ## All benchmarks
 
 .PHONY: lint
 lint: $(VENV)/.deps ## cargo fmt --check and clippy

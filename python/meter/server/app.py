@@ -86,6 +86,9 @@ class MeterApp:
             ("GET", re.compile(r"/v1/admin/keys"), "admin", self.list_keys),
             ("DELETE", re.compile(r"/v1/admin/keys/(?P<key_id>[^/]+)"), "admin", self.revoke_key),
         ]
+        if os.environ.get("METER_BENCH_ENDPOINTS") == "1":
+            # The receive-and-discard ceiling of `make bench-http`: the same reading, auth and answer, no engine.
+            self.routes.append(("POST", re.compile(r"/bench/discard"), "ingest", self.discard))
 
     # ASGI
 
@@ -256,6 +259,9 @@ class MeterApp:
         result = await self.call(self.engine.ingest, self.tenant(request), request.body, atomic=atomic)
         status = 200 if (result.accepted or result.duplicates or not result.issues) else 400
         return status, result, {}
+
+    async def discard(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        return 200, {"received": len(request.body)}, {}
 
     async def create_meter(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         spec = decode(request.body, MeterSpec)
