@@ -30,7 +30,13 @@ _STATUS: list[tuple[type[BaseException], int]] = [
 ]
 
 
+# Request-level codes whose status is not the one of their class.
+_BY_CODE = {"too_many_events": 413}
+
+
 def status_of(e: exc.MeterError) -> int:
+    if e.code in _BY_CODE:
+        return _BY_CODE[e.code]
     for cls, status in _STATUS:
         if isinstance(e, cls):
             return status
