@@ -97,4 +97,6 @@ class Stats(msgspec.Struct):
     rejected: int
     commits: int
     commit_seconds_total: float
+    #: Cumulative (upper bound in seconds, commits at or under it); the last bound, +Inf, is None in JSON.
+    commit_seconds_buckets: list[tuple[float | None, int]]
     queue_depth: int

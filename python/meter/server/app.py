@@ -187,12 +187,15 @@ class MeterApp:
                 ("meter_events_accepted_total", "counter", s.accepted),
                 ("meter_events_duplicate_total", "counter", s.duplicates),
                 ("meter_events_rejected_total", "counter", s.rejected),
-                ("meter_commits_total", "counter", s.commits),
-                ("meter_commit_seconds_total", "counter", s.commit_seconds_total),
                 ("meter_queue_depth", "gauge", s.queue_depth),
                 ("meter_store_healthy", "gauge", 0 if self.engine.failure() else 1),
             ]:
                 lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
+            lines.append("# TYPE meter_commit_seconds histogram")
+            for bound, count in s.commit_seconds_buckets:
+                le = "+Inf" if bound is None else repr(bound)
+                lines.append(f'meter_commit_seconds_bucket{{le="{le}"}} {count}')
+            lines += [f"meter_commit_seconds_sum {s.commit_seconds_total}", f"meter_commit_seconds_count {s.commits}"]
         return "\n".join(lines) + "\n"
 
     def authorize(self, request: Request, needed: Scope) -> ApiKey:

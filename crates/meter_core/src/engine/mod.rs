@@ -43,6 +43,9 @@ pub(crate) struct Shared {
     pub stats: Stats,
 }
 
+/// Upper bounds (seconds) of the commit latency histogram's buckets; the last bucket is +Inf.
+pub const COMMIT_BUCKETS: [f64; 11] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
 #[derive(Default)]
 pub struct Stats {
     pub accepted: AtomicU64,
@@ -50,6 +53,17 @@ pub struct Stats {
     pub rejected: AtomicU64,
     pub commits: AtomicU64,
     pub commit_us: AtomicU64,
+    /// Commits per latency bucket (not cumulative); index `COMMIT_BUCKETS.len()` is +Inf.
+    pub commit_buckets: [AtomicU64; COMMIT_BUCKETS.len() + 1],
+}
+
+impl Stats {
+    pub fn record_commit(&self, seconds: f64) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.commit_us.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        let bucket = COMMIT_BUCKETS.iter().position(|&b| seconds <= b).unwrap_or(COMMIT_BUCKETS.len());
+        self.commit_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -59,6 +73,8 @@ pub struct StatsSnapshot {
     pub rejected: u64,
     pub commits: u64,
     pub commit_seconds_total: f64,
+    /// Cumulative (upper bound in seconds, commits at or under it), Prometheus-style; the last bound is +Inf.
+    pub commit_seconds_buckets: Vec<(f64, u64)>,
     pub queue_depth: usize,
 }
 
@@ -234,6 +250,16 @@ impl Engine {
             rejected: s.rejected.load(Ordering::Relaxed),
             commits: s.commits.load(Ordering::Relaxed),
             commit_seconds_total: s.commit_us.load(Ordering::Relaxed) as f64 / 1e6,
+            commit_seconds_buckets: COMMIT_BUCKETS
+                .iter()
+                .copied()
+                .chain([f64::INFINITY])
+                .zip(&s.commit_buckets)
+                .scan(0, |total, (bound, n)| {
+                    *total += n.load(Ordering::Relaxed);
+                    Some((bound, *total))
+                })
+                .collect(),
             queue_depth: self.tx.read().unwrap().as_ref().map_or(0, |t| t.len()),
         }
     }

@@ -357,8 +357,7 @@ impl Writer {
             self.dedup_records.push_back((seq, pending.received_us));
         }
         let stats = &self.shared.stats;
-        stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats.commit_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        stats.record_commit(started.elapsed().as_secs_f64());
         for (reply, report) in pending.replies {
             stats.accepted.fetch_add(report.accepted as u64, Ordering::Relaxed);
             stats.duplicates.fetch_add(report.duplicates as u64, Ordering::Relaxed);
