@@ -216,14 +216,30 @@ fn queries_group_filter_and_window() {
     assert_eq!(engine.query("t", &unaligned).unwrap_err().code(), "invalid_query");
 }
 
-/// A store whose writes start failing on demand, like a disk that fills up or a WAL fsync that fails.
-struct FailingStore {
+/// A RocksDB store with two test levers: `broken` makes writes fail (a full disk, a failed WAL fsync), and
+/// holding `gate` keeps writes waiting (a busy writer); `entered` counts writes that began.
+struct TestStore {
     inner: meter_core::storage::rocks::RocksStore,
     broken: std::sync::atomic::AtomicBool,
+    gate: std::sync::Mutex<()>,
+    entered: std::sync::atomic::AtomicUsize,
 }
 
-impl meter_core::storage::Store for FailingStore {
+impl TestStore {
+    fn open(dir: &tempfile::TempDir) -> std::sync::Arc<TestStore> {
+        std::sync::Arc::new(TestStore {
+            inner: meter_core::storage::rocks::RocksStore::open(dir.path()).unwrap(),
+            broken: Default::default(),
+            gate: Default::default(),
+            entered: Default::default(),
+        })
+    }
+}
+
+impl meter_core::storage::Store for TestStore {
     fn write(&self, set: &meter_core::storage::WriteSet, sync: bool) -> meter_core::Result<()> {
+        self.entered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _open = self.gate.lock().unwrap();
         if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(Error::Storage("IO error: No space left on device".into()));
         }
@@ -240,10 +256,7 @@ impl meter_core::storage::Store for FailingStore {
 #[test]
 fn after_a_failed_write_nothing_is_acknowledged_and_nothing_acknowledged_is_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let store = std::sync::Arc::new(FailingStore {
-        inner: meter_core::storage::rocks::RocksStore::open(dir.path()).unwrap(),
-        broken: Default::default(),
-    });
+    let store = TestStore::open(&dir);
     let engine = Engine::open_store(store.clone(), Config::default()).unwrap();
     tokens_meter(&engine, "t");
     engine.ingest("t", batch(&[event("a", "c1", 0, "10", "m1")]), false, Some(T0)).unwrap();
@@ -272,35 +285,10 @@ fn after_a_failed_write_nothing_is_acknowledged_and_nothing_acknowledged_is_lost
     assert_eq!(r.accepted, 1, "the failed event was never marked as seen");
 }
 
-/// A store whose writes wait until released, to hold the writer busy.
-struct GatedStore {
-    inner: meter_core::storage::rocks::RocksStore,
-    gate: std::sync::Mutex<()>,
-    entered: std::sync::atomic::AtomicUsize,
-}
-
-impl meter_core::storage::Store for GatedStore {
-    fn write(&self, set: &meter_core::storage::WriteSet, sync: bool) -> meter_core::Result<()> {
-        self.entered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let _open = self.gate.lock().unwrap();
-        self.inner.write(set, sync)
-    }
-    fn get(&self, cf: meter_core::storage::Cf, key: &[u8]) -> meter_core::Result<Option<Vec<u8>>> {
-        self.inner.get(cf, key)
-    }
-    fn cursor(&self, cf: meter_core::storage::Cf) -> Box<dyn meter_core::storage::Cursor + '_> {
-        self.inner.cursor(cf)
-    }
-}
-
 #[test]
 fn a_full_queue_answers_overloaded_instead_of_growing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = std::sync::Arc::new(GatedStore {
-        inner: meter_core::storage::rocks::RocksStore::open(dir.path()).unwrap(),
-        gate: std::sync::Mutex::new(()),
-        entered: Default::default(),
-    });
+    let store = TestStore::open(&dir);
     let config = Config { queue_capacity: 1, ..Config::default() };
     let engine = std::sync::Arc::new(Engine::open_store(store.clone(), config).unwrap());
     let closed = store.gate.lock().unwrap();
