@@ -84,6 +84,18 @@ def _answer(response: httpx.Response) -> IngestResult | None:
     raise MeterError(f"the server answered {response.status_code}: {response.text[:300]}", code)
 
 
+def _outcome(response: httpx.Response | None) -> tuple[IngestResult | None, str | None]:
+    """(result, Retry-After): a result for a definite answer, None to retry (no answer, 429 or 5xx)."""
+    if response is None:
+        return None, None
+    return _answer(response), response.headers.get("retry-after")
+
+
+def _gave_up(policy: RetryPolicy) -> MeterError:
+    return MeterError(f"the batch was not acknowledged after {policy.attempts} attempts; it is safe to send it "
+                      "again (same ids)", "unavailable")
+
+
 class Client:
     """Thread-safe client. ``send`` queues an event; a background thread sends batches of up to ``batch_size``
     events at least every ``flush_interval`` seconds. ``ingest`` sends a batch now and returns its result."""
@@ -167,18 +179,14 @@ class Client:
     def _send(self, events: list[dict[str, Any]]) -> IngestResult:
         body, headers = _encode(events, self._compress)
         for attempt in range(self._retry.attempts):
-            retry_after = None
             try:
-                response = self._http.post("/v1/events", content=body, headers=headers)
-                result = _answer(response)
-                if result is not None:
-                    return result
-                retry_after = response.headers.get("retry-after")
+                result, retry_after = _outcome(self._http.post("/v1/events", content=body, headers=headers))
             except httpx.TransportError:
-                pass
+                result, retry_after = None, None
+            if result is not None:
+                return result
             time.sleep(self._retry.delay(attempt, retry_after))
-        raise MeterError(f"the batch was not acknowledged after {self._retry.attempts} attempts; it is safe to "
-                         "send it again (same ids)", "unavailable")
+        raise _gave_up(self._retry)
 
 
 class AsyncClient:
@@ -236,15 +244,11 @@ class AsyncClient:
     async def _send(self, events: list[dict[str, Any]]) -> IngestResult:
         body, headers = _encode(events, self._compress)
         for attempt in range(self._retry.attempts):
-            retry_after = None
             try:
-                response = await self._http.post("/v1/events", content=body, headers=headers)
-                result = _answer(response)
-                if result is not None:
-                    return result
-                retry_after = response.headers.get("retry-after")
+                result, retry_after = _outcome(await self._http.post("/v1/events", content=body, headers=headers))
             except httpx.TransportError:
-                pass
+                result, retry_after = None, None
+            if result is not None:
+                return result
             await asyncio.sleep(self._retry.delay(attempt, retry_after))
-        raise MeterError(f"the batch was not acknowledged after {self._retry.attempts} attempts; it is safe to "
-                         "send it again (same ids)", "unavailable")
+        raise _gave_up(self._retry)
