@@ -296,10 +296,10 @@ class MeterApp:
 
     async def usage(self, request: Request, slug: str) -> tuple[int, Any, dict[str, str]]:
         start, end = parse_time(request.param("from"), "from"), parse_time(request.param("to"), "to")
-        filters = {k[7:-1]: [v] for k, v in request.query if k.startswith("filter[") and k.endswith("]")}
+        filters: dict[str, list[str]] = {}
         for k, v in request.query:
-            if k.startswith("filter[") and k.endswith("]") and v not in filters[k[7:-1]]:
-                filters[k[7:-1]].append(v)
+            if k.startswith("filter[") and k.endswith("]"):
+                filters.setdefault(k[7:-1], []).append(v)
         result = await self.call(
             self.engine.usage, self.tenant(request), slug, start=start, end=end,
             window_size=request.param("window_size"), subjects=request.params("subject"),

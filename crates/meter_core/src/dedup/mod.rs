@@ -74,14 +74,6 @@ impl DedupIndex {
         self.map.remove(&fingerprint);
     }
 
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
     /// Forgets identities first received before `cutoff_us`.
     pub fn expire(&mut self, cutoff_us: i64) {
         self.map.retain(|_, e| e.received_us >= cutoff_us);

@@ -184,28 +184,18 @@ impl Engine {
         }
         let now_us = now_us.unwrap_or_else(now_micros);
         let batch = parse_batch(tenant, body, now_us, &self.config.limits)?;
-        let (reply, answer) = bounded(1);
-        self.send(Command::Ingest { batch, atomic, now_us, reply })?;
-        answer.recv().map_err(|_| Error::Closed)?
+        self.ask(false, |reply| Command::Ingest { batch, atomic, now_us, reply })
     }
 
     pub fn create_meter(&self, tenant: &str, spec: MeterSpec, now_us: Option<i64>) -> Result<CreatedMeter> {
         check_tenant(tenant)?;
-        let (reply, answer) = bounded(1);
-        self.send_blocking(Command::CreateMeter {
-            tenant: tenant.to_owned(),
-            spec,
-            now_us: now_us.unwrap_or_else(now_micros),
-            reply,
-        })?;
-        answer.recv().map_err(|_| Error::Closed)?
+        let now_us = now_us.unwrap_or_else(now_micros);
+        self.ask(true, |reply| Command::CreateMeter { tenant: tenant.to_owned(), spec, now_us, reply })
     }
 
     pub fn delete_meter(&self, tenant: &str, slug: &str) -> Result<()> {
         check_tenant(tenant)?;
-        let (reply, answer) = bounded(1);
-        self.send_blocking(Command::DeleteMeter { tenant: tenant.to_owned(), slug: slug.to_owned(), reply })?;
-        answer.recv().map_err(|_| Error::Closed)?
+        self.ask(true, |reply| Command::DeleteMeter { tenant: tenant.to_owned(), slug: slug.to_owned(), reply })
     }
 
     pub fn get_meter(&self, tenant: &str, slug: &str) -> Result<StoredMeter> {
@@ -232,9 +222,7 @@ impl Engine {
 
     /// Writes the aggregates held in memory, so that queries see every acknowledged event.
     pub fn flush(&self) -> Result<()> {
-        let (reply, answer) = bounded(1);
-        self.send_blocking(Command::Flush { reply })?;
-        answer.recv().map_err(|_| Error::Closed)?
+        self.ask(true, |reply| Command::Flush { reply })
     }
 
     /// `None` when healthy; otherwise why the engine stopped acknowledging.
@@ -273,19 +261,21 @@ impl Engine {
         self.store.write().unwrap().take();
     }
 
-    fn send(&self, command: Command) -> Result<()> {
-        let tx = self.tx.read().unwrap();
-        match tx.as_ref().ok_or(Error::Closed)?.try_send(command) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(Error::Overloaded { capacity: self.config.queue_capacity }),
-            Err(TrySendError::Disconnected(_)) => Err(Error::Closed),
-        }
-    }
-
-    /// Admin commands wait for room rather than fail: they are rare and must not be lost to a burst.
-    fn send_blocking(&self, command: Command) -> Result<()> {
+    /// Queues a command for the writer and waits for its answer. Ingest (`wait_for_room` false) is refused
+    /// with `Overloaded` when the queue is full; admin commands are rare and wait for room instead.
+    fn ask<T>(&self, wait_for_room: bool, command: impl FnOnce(Sender<Result<T>>) -> Command) -> Result<T> {
+        let (reply, answer) = bounded(1);
         let tx = self.tx.read().unwrap().clone().ok_or(Error::Closed)?;
-        tx.send(command).map_err(|_| Error::Closed)
+        let command = command(reply);
+        if wait_for_room {
+            tx.send(command).map_err(|_| Error::Closed)?;
+        } else {
+            tx.try_send(command).map_err(|e| match e {
+                TrySendError::Full(_) => Error::Overloaded { capacity: self.config.queue_capacity },
+                TrySendError::Disconnected(_) => Error::Closed,
+            })?;
+        }
+        answer.recv().map_err(|_| Error::Closed)?
     }
 }
 

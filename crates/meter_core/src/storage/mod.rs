@@ -72,18 +72,6 @@ impl WriteSet {
         self.push(OpKind::DeleteRange, cf, from, to);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.ops.len()
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.buf.len()
-    }
-
     pub fn ops(&self) -> impl Iterator<Item = (OpKind, Cf, &[u8], &[u8])> {
         self.ops.iter().map(|(kind, cf, k, v)| (*kind, *cf, &self.buf[k.clone()], &self.buf[v.clone()]))
     }
