@@ -6,6 +6,8 @@
 //! write batch, so what is recovered is exactly what was acknowledged.
 
 pub mod config;
+mod folder;
+mod prepare;
 pub mod report;
 mod writer;
 
@@ -20,6 +22,7 @@ use crossbeam_channel::{bounded, Sender, TrySendError};
 use serde::Serialize;
 
 pub use config::{Config, Durability};
+use folder::{flushed, shard_of, Folder, SHARDS};
 pub use report::IngestReport;
 use writer::{Command, Writer};
 
@@ -34,13 +37,40 @@ use crate::query::{self, UsageQuery, UsageResult};
 use crate::storage::events;
 use crate::storage::rocks::RocksStore;
 use crate::storage::{keys, scan_prefix, Cf, Store, WriteSet};
+use prepare::prepare;
 
-/// State the writer and the callers share.
+/// State the writer, the fold thread and the callers share.
 pub(crate) struct Shared {
     /// Why the store failed, once it has: the engine then acknowledges nothing (fail-stop).
-    pub failed: Mutex<Option<String>>,
+    failed: Mutex<Option<String>>,
     pub registry: RwLock<Arc<Registry>>,
+    /// Per fold shard: the last commit whose aggregates are written (`counter/agg_seq/<shard>`).
+    pub agg_seqs: Vec<AtomicU64>,
     pub stats: Stats,
+}
+
+impl Shared {
+    /// The last commit whose aggregates are written for every shard.
+    pub fn agg_seq(&self) -> u64 {
+        self.agg_seqs.iter().map(|a| a.load(Ordering::Acquire)).min().unwrap_or(0)
+    }
+
+    pub fn failure(&self) -> Option<Error> {
+        self.failed.lock().unwrap().clone().map(|reason| Error::StoreFailed { reason })
+    }
+
+    /// Stops the engine for good; the first reason given is the one reported.
+    pub fn fail(&self, reason: String) {
+        self.failed.lock().unwrap().get_or_insert(reason);
+    }
+
+    /// Writes outside a group commit; any failure stops the engine like a failed commit does.
+    pub fn write(&self, store: &dyn Store, set: &WriteSet, sync: bool) -> Result<()> {
+        store.write(set, sync).map_err(|e| {
+            self.fail(e.to_string());
+            self.failure().unwrap()
+        })
+    }
 }
 
 /// Upper bounds (seconds) of the commit latency histogram's buckets; the last bucket is +Inf.
@@ -117,7 +147,6 @@ impl Engine {
                 .map_err(|_| Error::Corrupt("counter".into()))
         };
         let seq = read_u64(keys::META_SEQ)?.unwrap_or(0);
-        let agg_seq = read_u64(keys::META_AGG_SEQ)?.unwrap_or(0);
         let next_meter_id = store
             .get(Cf::Meta, keys::META_METER_ID)?
             .map(|v| v.try_into().map(u32::from_be_bytes).map_err(|_| Error::Corrupt("meter id counter".into())))
@@ -140,15 +169,28 @@ impl Engine {
             ));
         }
         let (index, dedup_records) = load_dedup(&*store, now_micros() - config.dedup_retention_us())?;
-        if seq > agg_seq {
-            replay(&*store, &registry, agg_seq, seq)?;
-        }
+        replay(&*store, &registry, seq)?;
 
         let shared = Arc::new(Shared {
             failed: Mutex::new(None),
             registry: RwLock::new(Arc::new(registry)),
+            agg_seqs: (0..SHARDS).map(|_| AtomicU64::new(seq)).collect(),
             stats: Stats::default(),
         });
+        let (mut folds, mut folders) = (Vec::new(), Vec::new());
+        for shard in 0..SHARDS {
+            let folder = Folder {
+                shard,
+                store: store.clone(),
+                shared: shared.clone(),
+                fold: Fold::default(),
+                folded_seq: seq,
+                last_flush: Instant::now(),
+            };
+            let (tx, rx) = bounded(FOLD_QUEUE);
+            folders.push(spawn(&format!("meter-fold-{shard}"), move || folder.run(rx))?);
+            folds.push(tx);
+        }
         let (tx, rx) = bounded(config.queue_capacity);
         let writer = Writer {
             store: store.clone(),
@@ -158,14 +200,10 @@ impl Engine {
             seq,
             next_meter_id,
             dedup_records,
-            fold: Fold::default(),
-            agg_seq: seq,
-            last_flush: Instant::now(),
+            folds,
+            folders,
         };
-        let handle = std::thread::Builder::new()
-            .name("meter-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| Error::Storage(format!("cannot start the writer thread: {e}")))?;
+        let handle = spawn("meter-writer", move || writer.run(rx))?;
         Ok(Engine {
             store: RwLock::new(Some(store)),
             shared,
@@ -179,12 +217,14 @@ impl Engine {
     /// (receive time, time-window checks), for tests and replays.
     pub fn ingest(&self, tenant: &str, body: Vec<u8>, atomic: bool, now_us: Option<i64>) -> Result<IngestReport> {
         check_tenant(tenant)?;
-        if let Some(reason) = self.shared.failed.lock().unwrap().clone() {
-            return Err(Error::StoreFailed { reason });
+        if let Some(e) = self.shared.failure() {
+            return Err(e);
         }
         let now_us = now_us.unwrap_or_else(now_micros);
         let batch = parse_batch(tenant, body, now_us, &self.config.limits)?;
-        self.ask(false, |reply| Command::Ingest { batch, atomic, now_us, reply })
+        let registry = self.shared.registry.read().unwrap().clone();
+        let prepared = prepare(batch, registry, now_us, &self.config)?;
+        self.ask(false, |reply| Command::Ingest { prepared, atomic, reply })
     }
 
     pub fn create_meter(&self, tenant: &str, spec: MeterSpec, now_us: Option<i64>) -> Result<CreatedMeter> {
@@ -222,7 +262,7 @@ impl Engine {
 
     /// Writes the aggregates held in memory, so that queries see every acknowledged event.
     pub fn flush(&self) -> Result<()> {
-        self.ask(true, |reply| Command::Flush { reply })
+        flushed(self.ask(true, |reply| Command::Flush { reply })?)
     }
 
     /// `None` when healthy; otherwise why the engine stopped acknowledging.
@@ -285,6 +325,16 @@ impl Drop for Engine {
     }
 }
 
+/// Commits that may wait for the fold thread before the writer waits too.
+const FOLD_QUEUE: usize = 16;
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| Error::Storage(format!("cannot start the {name} thread: {e}")))
+}
+
 fn check_tenant(tenant: &str) -> Result<()> {
     if tenant.is_empty() || tenant.len() > 255 {
         return Err(Error::invalid("invalid_tenant", "the tenant id must be 1-255 bytes"));
@@ -323,12 +373,26 @@ fn load_dedup(store: &dyn Store, cutoff_us: i64) -> Result<(DedupIndex, VecDeque
     Ok((index, live))
 }
 
-/// Re-aggregates the commits `(agg_seq, seq]` from their retained events and writes them with the
-/// watermark. Meters only change right after a flush, so the meters of today are those of those commits.
-fn replay(store: &dyn Store, registry: &Registry, agg_seq: u64, seq: u64) -> Result<()> {
+/// Re-aggregates, per fold shard, the commits past the shard's watermark from their retained events,
+/// and writes them with today's shards' watermarks, all at `seq`. Meters only change right after every
+/// shard flushed, so the meters of today are those of those commits.
+fn replay(store: &dyn Store, registry: &Registry, seq: u64) -> Result<()> {
+    // The shards the watermarks were written by, which may not be today's; none yet: replay everything.
+    let mut watermarks = Vec::new();
+    scan_prefix(store, Cf::Meta, keys::META_AGG_SEQS, |_, value| {
+        watermarks.push(u64::from_be_bytes(value.try_into().map_err(|_| Error::Corrupt("agg_seq".into()))?));
+        Ok(true)
+    })?;
+    if watermarks.is_empty() {
+        watermarks.push(0);
+    }
+    let current = watermarks.len() == SHARDS as usize && watermarks.iter().all(|&w| w == seq);
+    if current {
+        return Ok(());
+    }
     let mut fold = Fold::default();
     let mut cursor = store.cursor(Cf::Dedup);
-    cursor.seek(&(agg_seq + 1).to_be_bytes());
+    cursor.seek(&(watermarks.iter().min().unwrap() + 1).to_be_bytes());
     while let Some((key, value)) = cursor.entry() {
         let commit = u64::from_be_bytes(key.try_into().map_err(|_| Error::Corrupt("dedup key".into()))?);
         for (part, tenant) in Record::parse(value)?.tenants.iter().enumerate() {
@@ -336,6 +400,9 @@ fn replay(store: &dyn Store, registry: &Registry, agg_seq: u64, seq: u64) -> Res
                 .get(Cf::Events, &keys::events_key(tenant, commit, part as u32))?
                 .ok_or_else(|| Error::Corrupt(format!("commit {commit} has no retained events for part {part}")))?;
             for e in events::decode(&stored)? {
+                if commit <= watermarks[shard_of(tenant, &e.subject, watermarks.len() as u32) as usize] {
+                    continue;
+                }
                 for meter in registry.for_event(tenant, &e.event_type) {
                     // Accepted events were readable by these meters when they arrived.
                     if let Ok(Some(c)) = extract_retained(meter, &e.data) {
@@ -350,6 +417,9 @@ fn replay(store: &dyn Store, registry: &Registry, agg_seq: u64, seq: u64) -> Res
     cursor.status()?;
     let mut set = WriteSet::default();
     fold.drain_into(&mut set);
-    set.put(Cf::Meta, keys::META_AGG_SEQ, &seq.to_be_bytes());
+    set.delete_range(Cf::Meta, keys::META_AGG_SEQS, &keys::prefix_end(keys::META_AGG_SEQS));
+    for shard in 0..SHARDS {
+        set.put(Cf::Meta, &keys::agg_seq(shard), &seq.to_be_bytes());
+    }
     store.write(&set, true)
 }

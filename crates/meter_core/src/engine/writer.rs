@@ -1,16 +1,15 @@
-//! The single writer: dedup, aggregation and the commit, serialized on one thread.
+//! The single writer: dedup and the commit, serialized on one thread.
 //!
-//! Callers parse on their own threads and queue a `Command`; the writer takes the first command and
-//! then everything already waiting (up to `max_commit_events`), stages them into one `WriteSet` and
-//! writes it once, synced per the durability setting: a group commit. Only then are the callers
-//! answered, so a 2xx always means durable. One writer also makes dedup's check-then-insert race-free.
+//! Callers parse and prepare on their own threads (`prepare`) and queue a `Command`; the writer takes the
+//! first command and then everything already waiting (up to `max_commit_events`), decides each event
+//! against the dedup index, stages the results into one `WriteSet` and writes it once, synced per the
+//! durability setting: a group commit. Only then are the callers answered, so a 2xx always means
+//! durable. One writer also makes dedup's check-then-insert race-free.
 //!
-//! Aggregates are folded in memory across commits and flushed (one merge operand per customer-minute,
-//! with the `agg_seq` watermark in the same write batch) every `FLUSH_INTERVAL`, when the fold grows past
-//! `FLUSH_STATES`, before meters change, and before a query reads. A commit itself only writes the
-//! retained events and dedup markers, so its cost does not grow with the number of meters or dimensions.
-//! The retained events are the redo log: after a crash, commits past the watermark are re-aggregated
-//! from them at open (see `engine::replay`). RocksDB's WAL stays the only log.
+//! A commit writes the retained events and the dedup markers, nothing per meter, so its cost does not
+//! grow with the number of meters or dimensions. The accepted events then go to the fold thread
+//! (`folder`), which keeps the aggregates; the retained events are their redo log after a crash (see
+//! `engine::replay`). RocksDB's WAL stays the only log.
 //!
 //! Fail-stop: if a write fails, the writer records why, answers every waiting and later caller with
 //! `StoreFailed`, rolls the in-memory dedup index back to what is durable, and never flushes again.
@@ -18,28 +17,29 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::thread::JoinHandle;
+use std::time::Instant;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, Sender};
 use hashbrown::HashMap;
 
+use super::folder::{flushed, Accepted, FoldWork};
+use super::prepare::{conflict, prepare, Prepared};
 use super::report::IngestReport;
 use super::{Backfill, CreatedMeter, Shared};
-use crate::aggregate::extract::{extract, extract_retained, Contribution};
+use crate::aggregate::extract::extract_retained;
 use crate::aggregate::fold::Fold;
 use crate::aggregate::meter::{Meter, MeterSpec, StoredMeter};
 use crate::dedup::{self, DedupIndex, Seen};
 use crate::engine::config::{Config, Durability};
-use crate::error::{Error, EventIssue, IssueCode, Result};
-use crate::ingest::{ParsedBatch, ParsedEvent};
-use crate::storage::events::{self, RetainedEvent};
+use crate::error::{Error, EventIssue, Result};
+use crate::storage::events;
 use crate::storage::{keys, scan_prefix, Cf, OpKind, Store, WriteSet};
 
 pub(crate) enum Command {
     Ingest {
-        batch: ParsedBatch,
+        prepared: Prepared,
         atomic: bool,
-        now_us: i64,
         reply: Sender<Result<IngestReport>>,
     },
     CreateMeter {
@@ -53,16 +53,12 @@ pub(crate) enum Command {
         slug: String,
         reply: Sender<Result<()>>,
     },
-    /// Makes every acknowledged event visible to queries.
+    /// Makes every acknowledged event visible to queries: answers with the fold threads' answers to
+    /// wait for, so that the writer itself does not wait.
     Flush {
-        reply: Sender<Result<()>>,
+        reply: Sender<Result<Vec<Receiver<Result<()>>>>>,
     },
 }
-
-/// How long aggregates may wait in memory; bounds the replay after a crash too.
-const FLUSH_INTERVAL: Duration = Duration::from_millis(1000);
-/// Distinct states held in memory before a flush, bounding the fold's memory.
-const FLUSH_STATES: usize = 500_000;
 
 pub(crate) struct Writer {
     pub store: Arc<dyn Store>,
@@ -74,10 +70,9 @@ pub(crate) struct Writer {
     pub next_meter_id: u32,
     /// Live dedup records, oldest first: (commit seq, receive time), for expiry.
     pub dedup_records: VecDeque<(u64, i64)>,
-    /// Aggregates of commits after `agg_seq`, not yet in `agg`.
-    pub fold: Fold,
-    pub agg_seq: u64,
-    pub last_flush: Instant,
+    /// Where durable commits go to be aggregated (one fold thread per shard), and those threads.
+    pub folds: Vec<Sender<FoldWork>>,
+    pub folders: Vec<JoinHandle<()>>,
 }
 
 /// A group commit being staged.
@@ -90,28 +85,19 @@ struct Pending {
     received_us: i64,
     replies: Vec<(Sender<Result<IngestReport>>, IngestReport)>,
     events: usize,
-    parts: u32,
+    /// The accepted events of each part, for the fold thread once the commit is durable.
+    parts: Vec<Accepted>,
     accepted: u64,
 }
 
 impl Writer {
     pub fn run(mut self, rx: Receiver<Command>) {
         let mut pending = Pending::default();
-        loop {
-            let first = match rx.recv_timeout(FLUSH_INTERVAL) {
-                Ok(command) => command,
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = self.flush();
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
+        while let Ok(first) = rx.recv() {
             let mut next = Some(first);
             while let Some(command) = next.take() {
                 match command {
-                    Command::Ingest { batch, atomic, now_us, reply } => {
-                        self.stage(&mut pending, batch, atomic, now_us, reply)
-                    }
+                    Command::Ingest { prepared, atomic, reply } => self.stage(&mut pending, prepared, atomic, reply),
                     Command::CreateMeter { tenant, spec, now_us, reply } => {
                         self.commit(&mut pending);
                         let _ = reply.send(self.guarded(|w| w.create_meter(&tenant, spec, now_us)));
@@ -122,7 +108,7 @@ impl Writer {
                     }
                     Command::Flush { reply } => {
                         self.commit(&mut pending);
-                        let _ = reply.send(self.guarded(|w| w.flush()));
+                        let _ = reply.send(self.guarded(|w| w.flush_folds()));
                     }
                 }
                 if pending.events < self.config.max_commit_events {
@@ -130,41 +116,27 @@ impl Writer {
                 }
             }
             self.commit(&mut pending);
-            if self.fold.states() >= FLUSH_STATES || self.last_flush.elapsed() >= FLUSH_INTERVAL {
-                let _ = self.flush();
-            }
         }
-        // Closing: whatever is still in memory goes to `agg`, so the next open has nothing to replay.
-        let _ = self.flush();
+        // Closing: the fold threads flush what they hold, so the next open has nothing to replay.
+        self.folds.clear();
+        self.folders.drain(..).for_each(|f| {
+            let _ = f.join();
+        });
     }
 
-    /// Writes the in-memory aggregates and the watermark in one batch. No fsync of its own: if it is lost
-    /// in a crash, so is the watermark, and recovery re-aggregates those commits from their events.
-    pub fn flush(&mut self) -> Result<()> {
-        if let Some(e) = self.failed() {
-            return Err(e);
+    /// Asks every fold thread to flush once it has folded every commit so far; returns where they answer.
+    fn flush_folds(&self) -> Result<Vec<Receiver<Result<()>>>> {
+        let mut answers = Vec::with_capacity(self.folds.len());
+        for folds in &self.folds {
+            let (reply, answer) = bounded(1);
+            folds.send(FoldWork::Flush { reply }).map_err(|_| Error::Closed)?;
+            answers.push(answer);
         }
-        self.last_flush = Instant::now();
-        // Even with nothing folded, the watermark must move: replay would otherwise revisit commits whose
-        // events a meter created since has already backfilled.
-        if self.fold.is_empty() && self.agg_seq == self.seq {
-            return Ok(());
-        }
-        let mut set = WriteSet::default();
-        self.fold.drain_into(&mut set);
-        set.put(Cf::Meta, keys::META_AGG_SEQ, &self.seq.to_be_bytes());
-        self.write_admin(&set, false)?;
-        self.agg_seq = self.seq;
-        Ok(())
-    }
-
-    fn failed(&self) -> Option<Error> {
-        let reason = self.shared.failed.lock().unwrap().clone();
-        reason.map(|reason| Error::StoreFailed { reason })
+        Ok(answers)
     }
 
     fn guarded<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        if let Some(e) = self.failed() {
+        if let Some(e) = self.shared.failure() {
             return Err(e);
         }
         f(self)
@@ -175,23 +147,29 @@ impl Writer {
     }
 
     /// Decides every event of one request and stages what it accepts; answers later, after the commit.
-    fn stage(
-        &mut self,
-        p: &mut Pending,
-        batch: ParsedBatch,
-        atomic: bool,
-        now_us: i64,
-        reply: Sender<Result<IngestReport>>,
-    ) {
-        if let Some(e) = self.failed() {
+    fn stage(&mut self, p: &mut Pending, prepared: Prepared, atomic: bool, reply: Sender<Result<IngestReport>>) {
+        if let Some(e) = self.shared.failure() {
             let _ = reply.send(Err(e));
             return;
         }
         let registry = self.shared.registry.read().unwrap().clone();
+        let prepared = if Arc::ptr_eq(&prepared.registry, &registry) {
+            prepared
+        } else {
+            // A meter changed after the caller prepared: judge the events by the meters of now.
+            match prepare(prepared.batch, registry, prepared.now_us, &self.config) {
+                Ok(again) => again,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            }
+        };
+        let batch = &prepared.batch;
         let mut report = IngestReport { issues: batch.issues.clone(), ..Default::default() };
 
         if atomic {
-            let problems = self.atomic_problems(&batch, &registry, now_us);
+            let problems = self.atomic_problems(&prepared);
             if !problems.is_empty() || !report.issues.is_empty() {
                 report.issues.extend(problems);
                 report.issues.sort_by_key(|i| i.index);
@@ -200,136 +178,63 @@ impl Writer {
             }
         }
 
-        let mut record = events::RecordBuilder::default();
-        let mut contributions: Vec<(&Meter, Contribution)> = Vec::new();
-        for ev in &batch.events {
-            match self.index.check(ev.fingerprint, ev.payload_hash) {
-                Seen::Duplicate => {
-                    report.duplicates += 1;
-                    continue;
-                }
-                Seen::Conflict => {
-                    report.issues.push(conflict(&batch, ev));
-                    continue;
-                }
-                Seen::New => {}
+        let first_ordinal = self.ordinal(p);
+        let mut kept = Vec::with_capacity(prepared.frame.count);
+        let mut accepted = Vec::new();
+        for (position, (ev, verdict)) in batch.events.iter().zip(&prepared.verdicts).enumerate() {
+            let seen = self.index.check(ev.fingerprint, ev.payload_hash);
+            if verdict.is_none() {
+                kept.push(seen == Seen::New);
             }
-            if let Err(issue) = self.check_time(&batch, ev, now_us) {
-                report.issues.push(issue);
-                continue;
-            }
-            contributions.clear();
-            if let Err(issue) = contributions_of(&batch, ev, &registry, &mut contributions) {
-                report.issues.push(issue);
-                continue;
-            }
-            let ordinal = self.ordinal(p);
-            let subject = batch.text(ev.subject);
-            if !contributions.is_empty() {
-                let customer = self.fold.customer(&batch.tenant, subject);
-                for (meter, c) in &contributions {
-                    self.fold.add(customer, meter, ev.time_us, ordinal, c);
+            match (seen, verdict) {
+                (Seen::Duplicate, _) => report.duplicates += 1,
+                (Seen::Conflict, _) => report.issues.push(conflict(batch, ev)),
+                (Seen::New, Some(issue)) => report.issues.push(issue.clone()),
+                (Seen::New, None) => {
+                    self.index.insert(ev.fingerprint, ev.payload_hash, prepared.now_us);
+                    p.fingerprints.push((ev.fingerprint, ev.payload_hash));
+                    p.accepted += 1;
+                    report.accepted += 1;
+                    accepted.push(position as u32);
                 }
             }
-            record.push(RetainedEvent {
-                source: batch.text(ev.source),
-                id: batch.text(ev.id),
-                event_type: batch.text(ev.event_type),
-                subject,
-                time_us: ev.time_us,
-                ordinal,
-                data: batch.text(ev.data),
-            });
-            self.index.insert(ev.fingerprint, ev.payload_hash, now_us);
-            p.fingerprints.push((ev.fingerprint, ev.payload_hash));
-            p.accepted += 1;
-            report.accepted += 1;
         }
         report.issues.sort_by_key(|i| i.index);
-
-        if !record.is_empty() {
-            match record.finish() {
-                Ok(value) => p.set.put(Cf::Events, &keys::events_key(&batch.tenant, self.seq + 1, p.parts), &value),
-                Err(e) => {
-                    // Compression cannot fail on valid input; if it does, acknowledge nothing of this request.
-                    self.fail(p, e.to_string());
-                    let _ = reply.send(Err(self.failed().unwrap()));
-                    return;
-                }
-            }
-            p.parts += 1;
-            p.tenants.push(batch.tenant.clone());
-        }
-        p.received_us = p.received_us.max(now_us);
+        p.received_us = p.received_us.max(prepared.now_us);
         p.events += batch.total;
+        if !accepted.is_empty() {
+            let key = keys::events_key(&batch.tenant, self.seq + 1, p.parts.len() as u32);
+            p.set.put(Cf::Events, &key, &events::record(first_ordinal, &kept, &prepared.frame));
+            p.tenants.push(batch.tenant.clone());
+            p.parts.push(Accepted { prepared, events: accepted, first_ordinal });
+        }
         p.replies.push((reply, report));
     }
 
     /// For an atomic request: every reason it cannot be applied in full, without changing anything.
-    fn atomic_problems(
-        &self,
-        batch: &ParsedBatch,
-        registry: &crate::aggregate::registry::Registry,
-        now_us: i64,
-    ) -> Vec<EventIssue> {
+    fn atomic_problems(&self, prepared: &Prepared) -> Vec<EventIssue> {
+        let batch = &prepared.batch;
         let mut problems = Vec::new();
         let mut in_batch: HashMap<u128, u64> = HashMap::new();
-        let mut scratch = Vec::new();
-        for ev in &batch.events {
+        for (ev, verdict) in batch.events.iter().zip(&prepared.verdicts) {
             let seen = match (self.index.check(ev.fingerprint, ev.payload_hash), in_batch.get(&ev.fingerprint)) {
                 (Seen::New, Some(&h)) if h != ev.payload_hash => Seen::Conflict,
                 (Seen::New, Some(_)) => Seen::Duplicate,
                 (s, _) => s,
             };
             match seen {
-                Seen::Duplicate => continue,
-                Seen::Conflict => {
-                    problems.push(conflict(batch, ev));
-                    continue;
+                Seen::Duplicate => {}
+                Seen::Conflict => problems.push(conflict(batch, ev)),
+                Seen::New => {
+                    in_batch.insert(ev.fingerprint, ev.payload_hash);
+                    problems.extend(verdict.clone());
                 }
-                Seen::New => {}
-            }
-            in_batch.insert(ev.fingerprint, ev.payload_hash);
-            scratch.clear();
-            if let Err(issue) =
-                self.check_time(batch, ev, now_us).and_then(|_| contributions_of(batch, ev, registry, &mut scratch))
-            {
-                problems.push(issue);
             }
         }
         problems
     }
 
-    /// Dedup is checked first (so a late retry is a duplicate), then the time window.
-    fn check_time(&self, batch: &ParsedBatch, ev: &ParsedEvent, now_us: i64) -> Result<(), EventIssue> {
-        let issue = |code, message| EventIssue {
-            index: ev.index as usize,
-            id: Some(batch.text(ev.id).to_owned()),
-            code,
-            message,
-        };
-        if ev.time_us < now_us - self.config.backdate_window_us {
-            return Err(issue(
-                IssueCode::TooOld,
-                format!(
-                    "\"time\" is more than {} days in the past; events that old are not accepted",
-                    self.config.backdate_window_us / 86_400_000_000
-                ),
-            ));
-        }
-        if ev.time_us > now_us + self.config.max_future_us {
-            return Err(issue(
-                IssueCode::TooFarInFuture,
-                format!(
-                    "\"time\" is more than {} seconds in the future; check the sender's clock",
-                    self.config.max_future_us / 1_000_000
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Writes the staged group, then answers its callers.
+    /// Writes the staged group, answers its callers, then hands the accepted events to the fold thread.
     fn commit(&mut self, p: &mut Pending) {
         if p.replies.is_empty() {
             return;
@@ -347,7 +252,7 @@ impl Writer {
             self.expire_dedup(&mut pending.set, pending.received_us);
             if let Err(e) = self.store.write(&pending.set, self.config.durability == Durability::Fsync) {
                 self.fail(&mut pending, e.to_string());
-                let err = self.failed().unwrap();
+                let err = self.shared.failure().unwrap();
                 for (reply, _) in pending.replies {
                     let _ = reply.send(Err(Error::StoreFailed { reason: err.to_string() }));
                 }
@@ -364,6 +269,14 @@ impl Writer {
             stats.rejected.fetch_add(report.issues.len() as u64, Ordering::Relaxed);
             let _ = reply.send(Ok(report));
         }
+        if !pending.parts.is_empty() {
+            // Blocks while a fold thread is behind: the queue in front of the writer then fills, and
+            // callers get `Overloaded` rather than memory growing.
+            let parts = Arc::new(pending.parts);
+            for folds in &self.folds {
+                let _ = folds.send(FoldWork::Commit { seq: self.seq, parts: parts.clone() });
+            }
+        }
     }
 
     /// Fail-stop: remember why, and forget the fingerprints that were never made durable.
@@ -372,16 +285,17 @@ impl Writer {
             self.index.remove(fp);
         }
         p.fingerprints.clear();
-        self.shared.failed.lock().unwrap().get_or_insert(reason);
+        self.shared.fail(reason);
     }
 
     /// Drops dedup records (and index entries) received before the window, in the commit's own batch.
     fn expire_dedup(&mut self, set: &mut WriteSet, now_us: i64) {
         let cutoff = now_us - self.config.dedup_retention_us();
+        let agg_seq = self.shared.agg_seq();
         let mut last_expired = None;
         while let Some(&(seq, received)) = self.dedup_records.front() {
             // A record past the watermark is still needed to replay its commit after a crash.
-            if received >= cutoff || seq > self.agg_seq {
+            if received >= cutoff || seq > agg_seq {
                 break;
             }
             last_expired = Some(seq);
@@ -401,7 +315,7 @@ impl Writer {
         let meter = Arc::new(Meter::compile(StoredMeter { id: self.next_meter_id, created_us: now_us, spec })?);
         // Every earlier commit's aggregates go out first: replay after a crash then never has to know
         // which meters existed when an event arrived.
-        self.flush()?;
+        flushed(self.flush_folds()?)?;
 
         // Backfill from the retained events, in the same atomic write as the definition: after a crash
         // the meter either does not exist or is complete.
@@ -440,7 +354,7 @@ impl Writer {
         let registry = self.shared.registry.read().unwrap().clone();
         let meter =
             registry.get(tenant, slug).ok_or_else(|| Error::NotFound { what: "meter", name: slug.to_owned() })?;
-        self.flush()?;
+        flushed(self.flush_folds()?)?;
         let mut set = WriteSet::default();
         set.push(OpKind::Delete, Cf::Meta, &keys::meter_def(tenant, slug), &[]);
         let mut prefix = Vec::new();
@@ -455,50 +369,6 @@ impl Writer {
 
     /// Writes outside a group commit; any failure stops the engine like a failed commit does.
     fn write_admin(&mut self, set: &WriteSet, sync: bool) -> Result<()> {
-        self.store.write(set, sync && self.config.durability == Durability::Fsync).map_err(|e| {
-            self.shared.failed.lock().unwrap().get_or_insert(e.to_string());
-            self.failed().unwrap()
-        })
+        self.shared.write(&*self.store, set, sync && self.config.durability == Durability::Fsync)
     }
-}
-
-fn conflict(batch: &ParsedBatch, ev: &ParsedEvent) -> EventIssue {
-    EventIssue {
-        index: ev.index as usize,
-        id: Some(batch.text(ev.id).to_owned()),
-        code: IssueCode::Conflict,
-        message:
-            "an event with this source and id was already accepted with a different payload; the first one stands. \
-                  Send corrections as a new event with a new id"
-                .into(),
-    }
-}
-
-/// What the event adds to each meter that listens to its type; an issue if any of them cannot read it.
-fn contributions_of<'b>(
-    batch: &'b ParsedBatch,
-    ev: &ParsedEvent,
-    registry: &'b crate::aggregate::registry::Registry,
-    out: &mut Vec<(&'b Meter, Contribution<'b>)>,
-) -> Result<(), EventIssue> {
-    let meters = registry.for_event(&batch.tenant, batch.text(ev.event_type));
-    if meters.is_empty() {
-        return Ok(());
-    }
-    let top = |k: &str| batch.props(ev).find(|(key, _)| *key == k).map(|(_, v)| v);
-    for meter in meters {
-        match extract(meter, &top) {
-            Ok(Some(c)) => out.push((meter, c)),
-            Ok(None) => {}
-            Err(message) => {
-                return Err(EventIssue {
-                    index: ev.index as usize,
-                    id: Some(batch.text(ev.id).to_owned()),
-                    code: IssueCode::InvalidValue,
-                    message,
-                })
-            }
-        }
-    }
-    Ok(())
 }

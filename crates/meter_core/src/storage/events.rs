@@ -1,15 +1,20 @@
 //! The retained-events record: every event a commit accepted for one tenant, as one zstd-compressed
 //! value, so that keeping raw events costs one RocksDB key per request rather than one per event.
 //!
-//! Format: `version u8 = 1`, then a zstd frame of: `count varint`, and per event: `source`, `id`,
-//! `type`, `subject` (length-prefixed), `time_us` (zigzag varint), `ordinal` (varint), `data` (varint
-//! length + raw JSON, empty when the event had none).
+//! The compressed frame is built and compressed on the caller's thread, before dedup, from every event
+//! that could be accepted (the candidates). The writer then only prefixes which candidates it kept and the
+//! ordinal of the first one, so compression stays off the single writer thread.
+//!
+//! Format: `version u8 = 2`, `first ordinal` (varint), `kept` (varint length + bitmap, bit `i` set when
+//! candidate `i` was accepted), then a zstd frame of: `count varint`, and per candidate: `source`, `id`,
+//! `type`, `subject` (length-prefixed), `time_us` (zigzag varint), `data` (varint length + raw JSON,
+//! empty when the event had none). The `k`-th kept event has ordinal `first + k`.
 
 use super::codec::{put_str, put_varint, put_zigzag, Reader};
 use crate::error::{Error, Result};
 
-const VERSION: u8 = 1;
-/// Fast levels keep compression off the critical path; retained events are written far more than read.
+const VERSION: u8 = 2;
+/// Fast levels keep compression cheap; retained events are written far more than read.
 const ZSTD_LEVEL: i32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,59 +24,87 @@ pub struct RetainedEvent<S> {
     pub event_type: S,
     pub subject: S,
     pub time_us: i64,
+    /// Orders events that share a timestamp (for `latest` and `first`), the same at replay as at ingest.
     pub ordinal: u64,
     pub data: S,
 }
 
-#[derive(Default)]
-pub struct RecordBuilder {
-    raw: Vec<u8>,
-    count: u64,
+/// The candidates of one request, compressed.
+pub struct Frame {
+    pub count: usize,
+    compressed: Vec<u8>,
 }
 
-impl RecordBuilder {
-    pub fn push(&mut self, e: RetainedEvent<&str>) {
+#[derive(Default)]
+pub struct FrameBuilder {
+    raw: Vec<u8>,
+    count: usize,
+}
+
+impl FrameBuilder {
+    /// Adds one candidate; its ordinal is given when the writer keeps it, so it is ignored here.
+    pub fn push(&mut self, e: &RetainedEvent<&str>) {
         for s in [e.source, e.id, e.event_type, e.subject] {
             put_str(&mut self.raw, s.as_bytes());
         }
         put_zigzag(&mut self.raw, e.time_us as i128);
-        put_varint(&mut self.raw, e.ordinal as u128);
         put_varint(&mut self.raw, e.data.len() as u128);
         self.raw.extend_from_slice(e.data.as_bytes());
         self.count += 1;
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    pub fn finish(self) -> Result<Vec<u8>> {
+    pub fn finish(self) -> Result<Frame> {
         let mut plain = Vec::with_capacity(self.raw.len() + 10);
         put_varint(&mut plain, self.count as u128);
         plain.extend_from_slice(&self.raw);
-        let mut out = vec![VERSION];
-        out.extend(zstd::bulk::compress(&plain, ZSTD_LEVEL).map_err(|e| Error::Storage(e.to_string()))?);
-        Ok(out)
+        let compressed = zstd::bulk::compress(&plain, ZSTD_LEVEL).map_err(|e| Error::Storage(e.to_string()))?;
+        Ok(Frame { count: self.count, compressed })
     }
 }
 
+/// The stored value: which of the frame's candidates were kept, numbered from `first_ordinal`.
+pub fn record(first_ordinal: u64, kept: &[bool], frame: &Frame) -> Vec<u8> {
+    debug_assert_eq!(kept.len(), frame.count);
+    let mut bitmap = vec![0u8; kept.len().div_ceil(8)];
+    for (i, _) in kept.iter().enumerate().filter(|(_, k)| **k) {
+        bitmap[i / 8] |= 1 << (i % 8);
+    }
+    let mut out = Vec::with_capacity(frame.compressed.len() + bitmap.len() + 16);
+    out.push(VERSION);
+    put_varint(&mut out, first_ordinal as u128);
+    put_varint(&mut out, bitmap.len() as u128);
+    out.extend_from_slice(&bitmap);
+    out.extend_from_slice(&frame.compressed);
+    out
+}
+
+/// The kept events of a record, in order.
 pub fn decode(value: &[u8]) -> Result<Vec<RetainedEvent<String>>> {
-    match value.first() {
-        Some(&VERSION) => {}
+    let mut head = Reader::new(value);
+    match head.u8() {
+        Ok(VERSION) => {}
         other => return Err(Error::Corrupt(format!("events record version {other:?}"))),
     }
-    let plain = zstd::stream::decode_all(&value[1..]).map_err(|e| Error::Corrupt(format!("events record: {e}")))?;
+    let first_ordinal = head.varint()? as u64;
+    let bitmap_len = head.varint()? as usize;
+    let bitmap = head.take(bitmap_len)?;
+    let plain = zstd::stream::decode_all(head.bytes).map_err(|e| Error::Corrupt(format!("events record: {e}")))?;
     let mut r = Reader::new(&plain);
     let count = r.varint()? as usize;
+    if count.div_ceil(8) != bitmap_len {
+        return Err(Error::Corrupt(format!("events record: {count} candidates but a {bitmap_len}-byte bitmap")));
+    }
     let mut out = Vec::with_capacity(count.min(1 << 16));
-    for _ in 0..count {
+    for i in 0..count {
         let mut text = || r.str().map(str::to_owned);
         let (source, id, event_type, subject) = (text()?, text()?, text()?, text()?);
         let time_us = r.zigzag()? as i64;
-        let ordinal = r.varint()? as u64;
         let len = r.varint()? as usize;
         let data = std::str::from_utf8(r.take(len)?).map_err(|e| Error::Corrupt(e.to_string()))?.to_owned();
-        out.push(RetainedEvent { source, id, event_type, subject, time_us, ordinal, data });
+        if bitmap[i / 8] & (1 << (i % 8)) != 0 {
+            let ordinal = first_ordinal + out.len() as u64;
+            out.push(RetainedEvent { source, id, event_type, subject, time_us, ordinal, data });
+        }
     }
     Ok(out)
 }
@@ -83,15 +116,19 @@ mod tests {
 
     proptest! {
         #[test]
-        fn records_round_trip(events in proptest::collection::vec(
-            (".{1,10}", ".{1,10}", ".{1,10}", ".{1,10}", any::<i64>(), any::<u64>(), ".{0,40}"), 0..20)) {
-            let mut b = RecordBuilder::default();
+        fn records_keep_exactly_the_kept_candidates(events in proptest::collection::vec(
+            (".{1,10}", ".{1,10}", ".{1,10}", ".{1,10}", any::<i64>(), ".{0,40}", any::<bool>()), 0..20),
+            first in 0u64..u64::MAX / 2) {
+            let mut b = FrameBuilder::default();
             for e in &events {
-                b.push(RetainedEvent { source: &e.0, id: &e.1, event_type: &e.2, subject: &e.3, time_us: e.4, ordinal: e.5, data: &e.6 });
+                b.push(&RetainedEvent { source: &e.0, id: &e.1, event_type: &e.2, subject: &e.3, time_us: e.4,
+                                        ordinal: 0, data: &e.5 });
             }
-            let decoded = decode(&b.finish().unwrap()).unwrap();
-            let expect: Vec<_> = events.into_iter().map(|e| RetainedEvent {
-                source: e.0, id: e.1, event_type: e.2, subject: e.3, time_us: e.4, ordinal: e.5, data: e.6 }).collect();
+            let kept: Vec<bool> = events.iter().map(|e| e.6).collect();
+            let decoded = decode(&record(first, &kept, &b.finish().unwrap())).unwrap();
+            let expect: Vec<_> = events.into_iter().filter(|e| e.6).enumerate().map(|(k, e)| RetainedEvent {
+                source: e.0, id: e.1, event_type: e.2, subject: e.3, time_us: e.4, ordinal: first + k as u64,
+                data: e.5 }).collect();
             prop_assert_eq!(decoded, expect);
         }
 

@@ -7,7 +7,7 @@
 //! | uniq   | agg key, dims, value                                           | empty: one key per distinct value |
 //! | events | tenant, commit seq u64, part u32                               | zstd record of accepted events |
 //! | dedup  | commit seq u64                                                 | receive time, tenants of the events records, (fingerprint, payload hash)* |
-//! | meta   | `counter/seq`, `counter/agg_seq`, `counter/meter_id`, `meters/` tenant slug | counters / meter JSON |
+//! | meta   | `counter/seq`, `counter/agg_seq/` shard u32, `counter/meter_id`, `meters/` tenant slug | counters / meter JSON |
 //!
 //! One `agg` key per customer-minute (not per dimension combination) is what keeps writes per event low:
 //! a customer's events within a minute share one key however many dimensions vary.
@@ -20,10 +20,15 @@ use crate::error::Result;
 
 pub const META_SEQ: &[u8] = b"counter/seq";
 pub const META_METER_ID: &[u8] = b"counter/meter_id";
-/// The last commit whose aggregates are in `agg`; later commits are replayed from their events at open.
-pub const META_AGG_SEQ: &[u8] = b"counter/agg_seq";
+/// Per fold shard: the last commit whose aggregates for that shard's customers are in `agg`; later
+/// commits are replayed from their events at open.
+pub const META_AGG_SEQS: &[u8] = b"counter/agg_seq/";
 /// Prefix of meter definitions; no counter key starts with it.
 pub const METER_DEFS: &[u8] = b"meters/";
+
+pub fn agg_seq(shard: u32) -> Vec<u8> {
+    [META_AGG_SEQS, &shard.to_be_bytes()].concat()
+}
 
 pub fn meter_def(tenant: &str, slug: &str) -> Vec<u8> {
     let mut k = meter_defs_prefix(tenant);

@@ -291,6 +291,7 @@ fn a_full_queue_answers_overloaded_instead_of_growing() {
     let store = TestStore::open(&dir);
     let config = Config { queue_capacity: 1, ..Config::default() };
     let engine = std::sync::Arc::new(Engine::open_store(store.clone(), config).unwrap());
+    let opened = store.entered.load(std::sync::atomic::Ordering::SeqCst);
     let closed = store.gate.lock().unwrap();
 
     let send = |id: &'static str| {
@@ -299,7 +300,7 @@ fn a_full_queue_answers_overloaded_instead_of_growing() {
     };
     // The first request holds the writer (blocked in `write`), the second fills the one-slot queue.
     let first = send("a");
-    while store.entered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+    while store.entered.load(std::sync::atomic::Ordering::SeqCst) == opened {
         std::thread::yield_now();
     }
     let second = send("b");

@@ -1,0 +1,130 @@
+//! The fold threads: aggregates of committed events, folded in memory across commits and flushed as one
+//! merge operand per customer-minute. They run beside the writer, so that a commit never waits for
+//! aggregation: the writer hands every durable commit's accepted events, in commit order, to each fold
+//! thread, and each folds the customers of its own shard (`shard_of`), so aggregation uses every core.
+//!
+//! A shard flushes with its own watermark (`counter/agg_seq/<shard>`) in the same write batch: its
+//! customers' aggregates of every commit up to that one are in `agg`, none after. It flushes every
+//! `FLUSH_INTERVAL`, when its fold grows past `FLUSH_STATES`, and when asked (before a query reads and
+//! before meters change). A flush is not synced on its own: if a crash loses it, it loses the watermark
+//! too, and recovery re-aggregates those commits from their retained events (see `engine::replay`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+
+use super::prepare::{contributions_of, Prepared};
+use super::Shared;
+use crate::aggregate::fold::Fold;
+use crate::error::{Error, Result};
+use crate::storage::{keys, Cf, Store, WriteSet};
+
+/// Fold threads: one per core of the machines we are measured on.
+pub(crate) const SHARDS: u32 = 2;
+/// How long aggregates may wait in memory; bounds the replay after a crash too.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(1000);
+/// Distinct states a shard holds before it flushes: bounds its memory, and keeps its working set in cache.
+const FLUSH_STATES: usize = 250_000;
+
+pub(crate) enum FoldWork {
+    /// The accepted events of one durable commit; every shard gets the same.
+    Commit { seq: u64, parts: Arc<Vec<Accepted>> },
+    /// Flush now, then answer.
+    Flush { reply: Sender<Result<()>> },
+}
+
+/// The events a commit accepted from one request.
+pub(crate) struct Accepted {
+    pub prepared: Prepared,
+    /// Positions in `prepared.batch.events`; the `k`-th has ordinal `first_ordinal + k`.
+    pub events: Vec<u32>,
+    pub first_ordinal: u64,
+}
+
+/// The fold shard that owns a customer, out of `shards`.
+pub(crate) fn shard_of(tenant: &str, subject: &str, shards: u32) -> u32 {
+    (xxh3_64_with_seed(subject.as_bytes(), xxh3_64(tenant.as_bytes())) % shards as u64) as u32
+}
+
+/// Waits for the answers of a flush sent to every shard.
+pub(crate) fn flushed(answers: Vec<Receiver<Result<()>>>) -> Result<()> {
+    answers.into_iter().try_for_each(|a| a.recv().map_err(|_| Error::Closed)?)
+}
+
+pub(crate) struct Folder {
+    pub shard: u32,
+    pub store: Arc<dyn Store>,
+    pub shared: Arc<Shared>,
+    pub fold: Fold,
+    /// The last commit folded.
+    pub folded_seq: u64,
+    pub last_flush: Instant,
+}
+
+impl Folder {
+    pub fn run(mut self, rx: Receiver<FoldWork>) {
+        loop {
+            match rx.recv_timeout(FLUSH_INTERVAL) {
+                Ok(FoldWork::Commit { seq, parts }) => {
+                    parts.iter().for_each(|part| self.add(part));
+                    self.folded_seq = seq;
+                    if self.fold.states() >= FLUSH_STATES || self.last_flush.elapsed() >= FLUSH_INTERVAL {
+                        let _ = self.flush();
+                    }
+                }
+                Ok(FoldWork::Flush { reply }) => {
+                    let _ = reply.send(self.flush());
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.flush();
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        // Closing: whatever is still in memory goes to `agg`, so the next open has nothing to replay.
+        let _ = self.flush();
+    }
+
+    fn add(&mut self, part: &Accepted) {
+        let Prepared { batch, registry, .. } = &part.prepared;
+        let mut contributions = Vec::new();
+        for (k, &position) in part.events.iter().enumerate() {
+            let ev = &batch.events[position as usize];
+            let subject = batch.text(ev.subject);
+            if shard_of(&batch.tenant, subject, SHARDS) != self.shard {
+                continue;
+            }
+            contributions.clear();
+            // The caller already checked that every meter can read an accepted event.
+            if contributions_of(batch, ev, registry, &mut contributions).is_err() || contributions.is_empty() {
+                continue;
+            }
+            let customer = self.fold.customer(&batch.tenant, subject);
+            for (meter, c) in &contributions {
+                self.fold.add(customer, meter, ev.time_us, part.first_ordinal + k as u64, c);
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if let Some(e) = self.shared.failure() {
+            return Err(e);
+        }
+        self.last_flush = Instant::now();
+        let watermark = &self.shared.agg_seqs[self.shard as usize];
+        // Even with nothing folded, the watermark must move: replay would otherwise revisit commits whose
+        // events a meter created since has already backfilled.
+        if self.fold.is_empty() && watermark.load(Ordering::Acquire) == self.folded_seq {
+            return Ok(());
+        }
+        let mut set = WriteSet::default();
+        self.fold.drain_into(&mut set);
+        set.put(Cf::Meta, &keys::agg_seq(self.shard), &self.folded_seq.to_be_bytes());
+        self.shared.write(&*self.store, &set, false)?;
+        watermark.store(self.folded_seq, Ordering::Release);
+        Ok(())
+    }
+}
