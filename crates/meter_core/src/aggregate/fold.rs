@@ -15,7 +15,7 @@ use crate::storage::keys::{minute_key, put_dims, uniq_key};
 use crate::storage::{Cf, WriteSet};
 
 /// A (tenant, customer) pair interned in one fold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CustomerId(u32);
 
 #[derive(Default)]
@@ -76,19 +76,19 @@ impl Fold {
 
     /// Emits the deltas (merge operands for customer-minutes, puts for distinct values) and empties the fold.
     pub fn drain_into(&mut self, set: &mut WriteSet) {
-        // Group the flat states by customer-minute: one merge operand each.
-        let mut minutes: HashMap<(CustomerId, u32, i64), MinuteStates> = HashMap::new();
-        for ((customer, meter_id, minute, combo), state) in self.states.drain() {
-            let entry = minutes.entry((customer, meter_id, minute)).or_default();
-            entry.0.insert(self.combos[combo as usize].clone(), state);
-        }
+        // Sorted, each customer-minute's states are one run: one merge operand each. Sorting a vector
+        // beats grouping through another map, whose every insert would miss the cache.
+        let mut states: Vec<_> = self.states.drain().collect();
+        states.sort_unstable_by_key(|(key, _)| *key);
         let (mut key, mut value) = (Vec::with_capacity(64), Vec::with_capacity(256));
-        for ((customer, meter_id, minute), states) in minutes {
+        for run in states.chunk_by(|(a, _), (b, _)| (a.0, a.1, a.2) == (b.0, b.1, b.2)) {
+            let (customer, meter_id, minute, _) = run[0].0;
             let (tenant, subject) = &self.customers[customer.0 as usize];
             key.clear();
             minute_key(&mut key, tenant, meter_id, subject, minute);
             value.clear();
-            states.encode(&mut value);
+            let entries = run.iter().map(|((.., combo), state)| (self.combos[*combo as usize].as_slice(), state));
+            MinuteStates::encode_entries(&mut value, run.len(), entries);
             set.merge(Cf::Agg, &key, &value);
         }
         for (customer, meter_id, minute, combo, unique) in self.uniques.drain() {

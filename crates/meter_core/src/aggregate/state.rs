@@ -163,9 +163,14 @@ impl MinuteStates {
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
-        put_varint(out, self.0.len() as u128);
+        Self::encode_entries(out, self.0.len(), self.0.iter().map(|(dims, s)| (dims.as_slice(), s)));
+    }
+
+    /// Encodes `n` (dims, state) entries with distinct dims, in any order, as one value.
+    pub fn encode_entries<'a>(out: &mut Vec<u8>, n: usize, entries: impl Iterator<Item = (&'a [u8], &'a AggState)>) {
+        put_varint(out, n as u128);
         let mut state = Vec::with_capacity(24);
-        for (dims, s) in &self.0 {
+        for (dims, s) in entries {
             put_varint(out, dims.len() as u128);
             out.extend_from_slice(dims);
             state.clear();

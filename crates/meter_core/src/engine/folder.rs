@@ -6,8 +6,11 @@
 //! A shard flushes with its own watermark (`counter/agg_seq/<shard>`) in the same write batch: its
 //! customers' aggregates of every commit up to that one are in `agg`, none after. It flushes every
 //! `FLUSH_INTERVAL`, when its fold grows past `FLUSH_STATES`, and when asked (before a query reads and
-//! before meters change). A flush is not synced on its own: if a crash loses it, it loses the watermark
-//! too, and recovery re-aggregates those commits from their retained events (see `engine::replay`).
+//! before meters change). To flush, a fold thread hands its whole fold to the flush thread and starts an
+//! empty one, so that folding never stops for a write (which would stall the writer behind it). The
+//! flush thread writes in the order it was handed folds, so each shard's watermark only moves forward.
+//! A flush is not synced on its own: if a crash loses it, it loses the watermark too, and recovery
+//! re-aggregates those commits from their retained events (see `engine::replay`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,6 +27,8 @@ use crate::storage::{keys, Cf, Store, WriteSet};
 
 /// Fold threads: one per core of the machines we are measured on.
 pub(crate) const SHARDS: u32 = 2;
+/// Folds handed over and not yet written; a fold thread waits when the flush thread is this far behind.
+const FLUSH_QUEUE: usize = 2;
 /// How long aggregates may wait in memory; bounds the replay after a crash too.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(1000);
 /// Distinct states a shard holds before it flushes: bounds its memory, and keeps its working set in cache.
@@ -54,14 +59,22 @@ pub(crate) fn flushed(answers: Vec<Receiver<Result<()>>>) -> Result<()> {
     answers.into_iter().try_for_each(|a| a.recv().map_err(|_| Error::Closed)?)
 }
 
+/// A shard's fold of the commits up to `seq`, to be written.
+pub(crate) struct Flush {
+    shard: u32,
+    fold: Fold,
+    seq: u64,
+    reply: Option<Sender<Result<()>>>,
+}
+
 pub(crate) struct Folder {
     pub shard: u32,
-    pub store: Arc<dyn Store>,
-    pub shared: Arc<Shared>,
     pub fold: Fold,
-    /// The last commit folded.
+    /// The last commit folded, and the last one handed to the flush thread.
     pub folded_seq: u64,
+    pub handed_seq: u64,
     pub last_flush: Instant,
+    pub flushes: Sender<Flush>,
 }
 
 impl Folder {
@@ -72,20 +85,16 @@ impl Folder {
                     parts.iter().for_each(|part| self.add(part));
                     self.folded_seq = seq;
                     if self.fold.states() >= FLUSH_STATES || self.last_flush.elapsed() >= FLUSH_INTERVAL {
-                        let _ = self.flush();
+                        self.hand_over(None);
                     }
                 }
-                Ok(FoldWork::Flush { reply }) => {
-                    let _ = reply.send(self.flush());
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = self.flush();
-                }
+                Ok(FoldWork::Flush { reply }) => self.hand_over(Some(reply)),
+                Err(RecvTimeoutError::Timeout) => self.hand_over(None),
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
         // Closing: whatever is still in memory goes to `agg`, so the next open has nothing to replay.
-        let _ = self.flush();
+        self.hand_over(None);
     }
 
     fn add(&mut self, part: &Accepted) {
@@ -109,22 +118,45 @@ impl Folder {
         }
     }
 
-    fn flush(&mut self) -> Result<()> {
-        if let Some(e) = self.shared.failure() {
-            return Err(e);
-        }
+    /// Gives the fold to the flush thread; one with a `reply` is answered once it is written.
+    fn hand_over(&mut self, reply: Option<Sender<Result<()>>>) {
         self.last_flush = Instant::now();
-        let watermark = &self.shared.agg_seqs[self.shard as usize];
         // Even with nothing folded, the watermark must move: replay would otherwise revisit commits whose
         // events a meter created since has already backfilled.
-        if self.fold.is_empty() && watermark.load(Ordering::Acquire) == self.folded_seq {
-            return Ok(());
+        if reply.is_none() && self.fold.is_empty() && self.handed_seq == self.folded_seq {
+            return;
         }
-        let mut set = WriteSet::default();
-        self.fold.drain_into(&mut set);
-        set.put(Cf::Meta, &keys::agg_seq(self.shard), &self.folded_seq.to_be_bytes());
-        self.shared.write(&*self.store, &set, false)?;
-        watermark.store(self.folded_seq, Ordering::Release);
-        Ok(())
+        let fold = std::mem::take(&mut self.fold);
+        let _ = self.flushes.send(Flush { shard: self.shard, fold, seq: self.folded_seq, reply });
+        self.handed_seq = self.folded_seq;
     }
+}
+
+/// The flush thread: writes handed-over folds in order, each with its shard's watermark.
+pub(crate) fn write_flushes(store: Arc<dyn Store>, shared: Arc<Shared>, rx: Receiver<Flush>) {
+    for Flush { shard, mut fold, seq, reply } in rx {
+        let result = (|| {
+            if let Some(e) = shared.failure() {
+                return Err(e);
+            }
+            let watermark = &shared.agg_seqs[shard as usize];
+            if fold.is_empty() && watermark.load(Ordering::Acquire) == seq {
+                return Ok(());
+            }
+            let mut set = WriteSet::default();
+            fold.drain_into(&mut set);
+            set.put(Cf::Meta, &keys::agg_seq(shard), &seq.to_be_bytes());
+            shared.write(&*store, &set, false)?;
+            watermark.store(seq, Ordering::Release);
+            Ok(())
+        })();
+        if let Some(reply) = reply {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// The channel from the fold threads to the flush thread.
+pub(crate) fn flush_queue() -> (Sender<Flush>, Receiver<Flush>) {
+    crossbeam_channel::bounded(FLUSH_QUEUE)
 }

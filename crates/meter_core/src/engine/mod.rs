@@ -22,7 +22,7 @@ use crossbeam_channel::{bounded, Sender, TrySendError};
 use serde::Serialize;
 
 pub use config::{Config, Durability};
-use folder::{flushed, shard_of, Folder, SHARDS};
+use folder::{flush_queue, flushed, shard_of, write_flushes, Folder, SHARDS};
 pub use report::IngestReport;
 use writer::{Command, Writer};
 
@@ -177,20 +177,25 @@ impl Engine {
             agg_seqs: (0..SHARDS).map(|_| AtomicU64::new(seq)).collect(),
             stats: Stats::default(),
         });
+        let (flushes, flush_rx) = flush_queue();
         let (mut folds, mut folders) = (Vec::new(), Vec::new());
         for shard in 0..SHARDS {
             let folder = Folder {
                 shard,
-                store: store.clone(),
-                shared: shared.clone(),
                 fold: Fold::default(),
                 folded_seq: seq,
+                handed_seq: seq,
                 last_flush: Instant::now(),
+                flushes: flushes.clone(),
             };
             let (tx, rx) = bounded(FOLD_QUEUE);
             folders.push(spawn(&format!("meter-fold-{shard}"), move || folder.run(rx))?);
             folds.push(tx);
         }
+        drop(flushes);
+        // Joined last: it ends once every fold thread has handed over its last fold.
+        let (flush_store, flush_shared) = (store.clone(), shared.clone());
+        folders.push(spawn("meter-flush", move || write_flushes(flush_store, flush_shared, flush_rx))?);
         let (tx, rx) = bounded(config.queue_capacity);
         let writer = Writer {
             store: store.clone(),

@@ -70,7 +70,8 @@ pub(crate) struct Writer {
     pub next_meter_id: u32,
     /// Live dedup records, oldest first: (commit seq, receive time), for expiry.
     pub dedup_records: VecDeque<(u64, i64)>,
-    /// Where durable commits go to be aggregated (one fold thread per shard), and those threads.
+    /// Where durable commits go to be aggregated (one fold thread per shard), and those threads, then the
+    /// flush thread.
     pub folds: Vec<Sender<FoldWork>>,
     pub folders: Vec<JoinHandle<()>>,
 }
