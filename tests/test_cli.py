@@ -39,6 +39,11 @@ def test_admin_meters_ingest_and_usage(server: Server, tmp_path: Path) -> None:
     spec.write_text(json.dumps({"slug": "tokens", "event_type": "llm", "aggregation": "sum",
                                 "value_property": "$.tokens", "group_by": {"model": "$.model"}}))
     assert "created tokens" in run(server, key, "meters", "create", str(spec))
+    yaml = tmp_path / "meters.yaml"
+    yaml.write_text("- slug: calls\n  event_type: llm\n  aggregation: count\n"
+                    "- slug: models\n  event_type: llm\n  aggregation: unique_count\n  value_property: $.model\n")
+    out = run(server, key, "meters", "create", str(yaml))
+    assert "created calls" in out and "created models" in out
     assert "tokens" in run(server, key, "meters", "list")
 
     ndjson = tmp_path / "events.ndjson"
@@ -51,6 +56,11 @@ def test_admin_meters_ingest_and_usage(server: Server, tmp_path: Path) -> None:
     assert str(sum(range(2500))) in table
 
 
-def test_errors_are_clear(server: Server) -> None:
+def test_errors_are_clear(server: Server, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["meters", "list"], env={"METER_URL": server.url, "METER_API_KEY": "nope"})
     assert result.exit_code != 0 and "unauthorized" in result.output
+    broken = tmp_path / "meter.yaml"
+    broken.write_text("slug: [unclosed\n")
+    result = CliRunner().invoke(main, ["meters", "create", str(broken)],
+                                env={"METER_URL": server.url, "METER_API_KEY": server.admin_key})
+    assert result.exit_code != 0 and "is not valid YAML" in result.output

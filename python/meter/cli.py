@@ -147,12 +147,16 @@ def meters() -> None:
 
 
 @meters.command("create")
-@click.argument("file", type=click.File("rb"))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @url_option
 @key_option
-def meters_create(file: Any, url: str, api_key: str) -> None:
-    """Creates the meter (or the list of meters) defined in the JSON file FILE."""
-    data = json.loads(file.read())
+def meters_create(file: Path, url: str, api_key: str) -> None:
+    """Creates the meter (or the list of meters) defined in FILE: YAML if it ends in .yaml or .yml, else JSON."""
+    yaml = file.suffix.lower() in (".yaml", ".yml")
+    try:
+        data = (msgspec.yaml if yaml else msgspec.json).decode(file.read_bytes())
+    except msgspec.DecodeError as e:
+        raise click.ClickException(f"{file} is not valid {'YAML' if yaml else 'JSON'}: {e}") from None
     with _http(url, api_key) as http:
         for spec in data if isinstance(data, list) else [data]:
             created = _check(http.post("/v1/meters", json=spec))
