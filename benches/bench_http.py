@@ -74,7 +74,7 @@ def main() -> None:
 
     large = Workload(args.batches)
     small = Workload(args.batches * 12, batch_size=100, seed=7)
-    single_bodies = [json.dumps(e).encode() for b in Workload(20, seed=9).bodies for e in json.loads(b)][:20000]
+    single_bodies = [json.dumps(e).encode() for b in Workload(32, seed=9).bodies for e in json.loads(b)][:32000]
     methodology(
         "bench-http",
         {"large": f"{args.batches} x 1000-event batches, {large.event_bytes:.0f} B/event, "
