@@ -1,8 +1,10 @@
-//! The engine: opens the store, recovers state, runs the writer thread, and answers the public calls.
+//! The engine: opens the store, recovers state, runs the writer, fold and flush threads, and answers the
+//! public calls. An ingest flows: parse and `prepare` on the caller's thread, dedup and commit on the
+//! `writer`, then aggregation on the `folder` threads.
 //!
 //! Recovery at open: the commit sequence and meter-id counter from `meta`, the meters, the dedup index
-//! from the `dedup` records still inside the window, and the aggregates of commits past the `agg_seq`
-//! watermark, re-folded from their retained events (`replay`). Everything acknowledged was in one synced
+//! from the `dedup` records still inside the window, and for each fold shard the aggregates of commits
+//! past its `agg_seq` watermark, re-folded from their retained events (`replay`). Everything acknowledged was in one synced
 //! write batch, so what is recovered is exactly what was acknowledged.
 
 pub mod config;

@@ -7,12 +7,12 @@
 //! durable. One writer also makes dedup's check-then-insert race-free.
 //!
 //! A commit writes the retained events and the dedup markers, nothing per meter, so its cost does not
-//! grow with the number of meters or dimensions. The accepted events then go to the fold thread
-//! (`folder`), which keeps the aggregates; the retained events are their redo log after a crash (see
+//! grow with the number of meters or dimensions. The accepted events then go to the fold threads
+//! (`folder`), which keep the aggregates; the retained events are their redo log after a crash (see
 //! `engine::replay`). RocksDB's WAL stays the only log.
 //!
 //! Fail-stop: if a write fails, the writer records why, answers every waiting and later caller with
-//! `StoreFailed`, rolls the in-memory dedup index back to what is durable, and never flushes again.
+//! `StoreFailed`, and rolls the in-memory dedup index back to what is durable; nothing is flushed again.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -86,7 +86,7 @@ struct Pending {
     received_us: i64,
     replies: Vec<(Sender<Result<IngestReport>>, IngestReport)>,
     events: usize,
-    /// The accepted events of each part, for the fold thread once the commit is durable.
+    /// The accepted events of each part, for the fold threads once the commit is durable.
     parts: Vec<Accepted>,
     accepted: u64,
 }
