@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/meter/target
 DATA_DIR ?= .meter-data
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# $(call apt,CHECK,PACKAGE): installs the Debian PACKAGE unless the shell command CHECK succeeds.
+apt = @$(1) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(2); }
 
 .PHONY: help
 help: ## Show the targets
@@ -44,11 +46,21 @@ bench-core: build ## Engine benchmark: 1000-event batches, fsync, 5% duplicates
 
 .PHONY: bench-http
 bench-http: build ## HTTP benchmark: meter serve driven by wrk over loopback, with a receive-and-discard ceiling
-	@command -v wrk >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk; }
+	$(call apt,command -v wrk,wrk)
 	$(PY) benches/bench_http.py
 
+$(VENV)/.peers: $(VENV)/.deps benches/requirements-peers.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r benches/requirements-peers.txt
+	touch $@
+
+.PHONY: bench-peers
+bench-peers: build $(VENV)/.peers ## meter against PostgreSQL, DuckDB and ClickHouse (chdb) on the same workloads
+	$(call apt,command -v wrk,wrk)
+	$(call apt,ls /usr/lib/postgresql/*/bin/initdb,postgresql)
+	$(PY) benches/bench_peers.py
+
 .PHONY: bench
-bench: bench-core bench-http ## All benchmarks
+bench: bench-core bench-http bench-peers ## All benchmarks
 
 .PHONY: lint
 lint: $(VENV)/.deps ## cargo fmt --check and clippy

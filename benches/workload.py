@@ -45,6 +45,9 @@ class Workload:
         cum_weights = list(itertools.accumulate(zipf_weights(CUSTOMERS)))
         now = datetime.now(timezone.utc).replace(microsecond=0)
         self.bodies: list[bytes] = []
+        #: Per body: what its first-seen events add per customer, (input tokens, requests). Duplicates only ever
+        #: repeat events of earlier bodies, so the first k bodies must count exactly `expected(k)`.
+        self.fresh: list[dict[str, tuple[int, int]]] = []
         self.unique_events = 0
         self.sent_events = 0
         sent: list[list[dict[str, Any]]] = []
@@ -53,11 +56,13 @@ class Workload:
         for b in range(batches):
             if sent and rng.random() < duplicate_share / 2:
                 events = rng.choice(sent)
+                self.fresh.append({})
             else:
                 fresh = batch_size - (resend_per_batch if sent else 0)
                 subjects = rng.choices(customers, cum_weights=cum_weights, k=fresh)
                 events = [self._event(rng, b, i, subjects[i], now) for i in range(fresh)]
                 self.unique_events += fresh
+                self.fresh.append(totals(events))
                 sent.append(events)
                 if len(sent) > 1:
                     pool = sent[-2]
@@ -65,6 +70,15 @@ class Workload:
             self.bodies.append(json.dumps(events, separators=(",", ":")).encode())
             self.sent_events += len(events)
         self.event_bytes = sum(map(len, self.bodies)) / self.sent_events
+
+    def expected(self, bodies: int | None = None) -> dict[str, tuple[int, int]]:
+        """Per customer, (input tokens, requests) that counting the first `bodies` bodies exactly once gives."""
+        out: dict[str, tuple[int, int]] = {}
+        for fresh in self.fresh[:bodies]:
+            for customer, (tokens, requests) in fresh.items():
+                t, r = out.get(customer, (0, 0))
+                out[customer] = (t + tokens, r + requests)
+        return out
 
     @staticmethod
     def _event(rng: random.Random, b: int, i: int, subject: str, now: datetime) -> dict[str, Any]:
@@ -85,3 +99,11 @@ class Workload:
                 "latency_ms": rng.randrange(20, 5000),
             },
         }
+
+
+def totals(events: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
+    out: dict[str, tuple[int, int]] = {}
+    for e in events:
+        t, r = out.get(e["subject"], (0, 0))
+        out[e["subject"]] = (t + e["data"]["input_tokens"], r + 1)
+    return out
