@@ -134,13 +134,13 @@ def direct(name: str, lists: dict[str, Path], seconds: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"peer-{name}-") as tmp:
         peer.open(Path(tmp))
         try:
-            pids = peer.server_pids()
-            cpu_before = cpu_seconds(pids)
+            cpu_before = cpu_seconds(peer.server_pids())
             queries = Queries(peer.usage)
             queries.start()
             w1 = timed_ingest(peer, bodies["w1"], seconds)
             w1.update(queries.figures())
-            w1["cpu_s_per_million"] = round((cpu_seconds(pids) - cpu_before) / w1["events"] * 1e6, 2)
+            # Server processes started since (a PostgreSQL backend per connection) count in full.
+            w1["cpu_s_per_million"] = round((cpu_seconds(peer.server_pids()) - cpu_before) / w1["events"] * 1e6, 2)
             w5 = timed_ingest(peer, bodies["w1"][: w1["bodies"]], seconds / 2)
             w2 = timed_ingest(peer, bodies["w2"], seconds / 2)
             totals = peer.totals()
@@ -244,6 +244,9 @@ def over_http(name: str, work: Path, lists: dict[str, Path], seconds: int, conne
         w2 = run_wrk(url, "/v1/events", key, lists["w2"], 100, connections, seconds)
     finally:
         stop()
+    failed = w1["errors"] + w2["errors"] + w1["query_errors"]
+    if failed:
+        raise SystemExit(f"{name}: {failed} requests failed over HTTP; its figures would be meaningless")
     return {"w1": w1, "w2": w2}
 
 
@@ -307,6 +310,7 @@ def main() -> None:
     w2 = Workload(args.batches * 10, batch_size=100, seed=7)
     with tempfile.TemporaryDirectory(prefix="meter-bench-peers-") as tmp:
         work = Path(tmp)
+        work.chmod(0o755)  # PostgreSQL runs as another user and must reach its data directory inside
         lists = {"w1": write_bodies(work, "w1", w1.bodies), "w2": write_bodies(work, "w2", w2.bodies)}
         results: dict[str, dict[str, Any]] = {}
         settings: dict[str, Any] = {}

@@ -34,7 +34,12 @@ class Front:
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
-                    self.peer.open(self.data_dir)
+                    try:
+                        self.data_dir.mkdir(parents=True, exist_ok=True)
+                        self.peer.open(self.data_dir)
+                    except Exception as e:  # noqa: BLE001 - reported to granian, which then refuses to start
+                        await send({"type": "lifespan.startup.failed", "message": repr(e)})
+                        return
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
                     self.peer.close()
@@ -75,8 +80,10 @@ def main() -> None:
 
     name, data_dir, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     os.environ.update(PEER_NAME=name, PEER_DATA_DIR=data_dir)
-    # granian's worker imports this module by name: make `peers` importable there.
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])
+    # granian's worker imports this module by name: make `peers` importable there, forked or spawned.
+    benches = str(Path(__file__).parent.parent)
+    sys.path.insert(0, benches)
+    os.environ["PYTHONPATH"] = os.pathsep.join([benches, os.environ.get("PYTHONPATH", "")])
     Granian("peers.front:create_app", factory=True, interface=Interfaces.ASGI, address="127.0.0.1", port=port,
             workers=1, log_access=False).serve()
 
