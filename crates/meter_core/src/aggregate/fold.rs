@@ -14,6 +14,22 @@ use crate::ingest::time::minute_of;
 use crate::storage::keys::{minute_key, put_dims, uniq_key};
 use crate::storage::{Cf, WriteSet};
 
+/// What folds hold in memory for one meter: the part of a query's answer not yet in RocksDB.
+#[derive(Debug, Default)]
+pub struct Peeked {
+    /// (subject, minute, dims as `keys::put_dims` bytes, state).
+    pub states: Vec<(String, i64, Vec<u8>, AggState)>,
+    /// (subject, minute, dims, distinct value) of a `unique_count` meter.
+    pub uniques: Vec<(String, i64, Vec<u8>, String)>,
+}
+
+impl Peeked {
+    pub fn append(&mut self, mut other: Peeked) {
+        self.states.append(&mut other.states);
+        self.uniques.append(&mut other.uniques);
+    }
+}
+
 /// A (tenant, customer) pair interned in one fold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CustomerId(u32);
@@ -62,6 +78,24 @@ impl Fold {
         self.states.entry(key).and_modify(|s| s.merge(&event)).or_insert(event);
         if let Some(u) = &c.unique {
             self.uniques.insert((key.0, key.1, key.2, key.3, u.to_string()));
+        }
+    }
+
+    /// Copies out what the fold holds for one tenant's meter.
+    pub fn peek(&self, tenant: &str, meter_id: u32, into: &mut Peeked) {
+        let owner = |customer: CustomerId| {
+            let (t, subject) = &self.customers[customer.0 as usize];
+            (t == tenant).then_some(subject)
+        };
+        for (&(customer, meter, minute, combo), state) in &self.states {
+            if let Some(subject) = owner(customer).filter(|_| meter == meter_id) {
+                into.states.push((subject.clone(), minute, self.combos[combo as usize].clone(), *state));
+            }
+        }
+        for (customer, meter, minute, combo, unique) in &self.uniques {
+            if let Some(subject) = owner(*customer).filter(|_| *meter == meter_id) {
+                into.uniques.push((subject.clone(), *minute, self.combos[*combo as usize].clone(), unique.clone()));
+            }
         }
     }
 

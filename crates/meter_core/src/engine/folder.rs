@@ -9,10 +9,14 @@
 //! before meters change). To flush, a fold thread hands its whole fold to the flush thread and starts an
 //! empty one, so that folding never stops for a write (which would stall the writer behind it). The
 //! flush thread writes in the order it was handed folds, so each shard's watermark only moves forward.
+//!
+//! A query does not flush: each fold thread copies out what it holds for the queried meter (`Peek`), and
+//! the flush thread answers once every fold handed over before that is written. Until the query has read
+//! RocksDB, the shard hands nothing more over (`Shared::readers`), so no state is both copied and read.
 //! A flush is not synced on its own: if a crash loses it, it loses the watermark too, and recovery
 //! re-aggregates those commits from their retained events (see `engine::replay`).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +25,7 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use super::prepare::{contributions_of, Prepared};
 use super::Shared;
-use crate::aggregate::fold::Fold;
+use crate::aggregate::fold::{Fold, Peeked};
 use crate::error::{Error, Result};
 use crate::storage::{keys, Cf, Store, WriteSet};
 
@@ -39,6 +43,8 @@ pub(crate) enum FoldWork {
     Commit { seq: u64, parts: Arc<Vec<Accepted>> },
     /// Flush now, then answer.
     Flush { reply: Sender<Result<()>> },
+    /// Copy out what is held for one meter; answered once RocksDB has everything handed over before.
+    Peek { tenant: String, meter_id: u32, reply: Sender<Result<Peeked>> },
 }
 
 /// The events a commit accepted from one request.
@@ -59,16 +65,17 @@ pub(crate) fn flushed(answers: Vec<Receiver<Result<()>>>) -> Result<()> {
     answers.into_iter().try_for_each(|a| a.recv().map_err(|_| Error::Closed)?)
 }
 
-/// A shard's fold of the commits up to `seq`, to be written.
-pub(crate) struct Flush {
-    shard: u32,
-    fold: Fold,
-    seq: u64,
-    reply: Option<Sender<Result<()>>>,
+/// What the fold threads hand to the flush thread, in order.
+pub(crate) enum Flush {
+    /// A shard's fold of the commits up to `seq`, to be written.
+    Write { shard: u32, fold: Fold, seq: u64, reply: Option<Sender<Result<()>>> },
+    /// A query's copy of a fold, given back once everything handed over before is written.
+    Barrier { peeked: Peeked, reply: Sender<Result<Peeked>> },
 }
 
 pub(crate) struct Folder {
     pub shard: u32,
+    pub shared: Arc<Shared>,
     pub fold: Fold,
     /// The last commit folded, and the last one handed to the flush thread.
     pub folded_seq: u64,
@@ -89,11 +96,19 @@ impl Folder {
                     }
                 }
                 Ok(FoldWork::Flush { reply }) => self.hand_over(Some(reply)),
+                Ok(FoldWork::Peek { tenant, meter_id, reply }) => {
+                    let mut peeked = Peeked::default();
+                    self.fold.peek(&tenant, meter_id, &mut peeked);
+                    // Closed until the query has read RocksDB; the query opens it (`engine::ReadGate`).
+                    self.readers().fetch_add(1, Ordering::AcqRel);
+                    let _ = self.flushes.send(Flush::Barrier { peeked, reply });
+                }
                 Err(RecvTimeoutError::Timeout) => self.hand_over(None),
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
         // Closing: whatever is still in memory goes to `agg`, so the next open has nothing to replay.
+        self.wait_for_readers();
         self.hand_over(None);
     }
 
@@ -118,8 +133,24 @@ impl Folder {
         }
     }
 
-    /// Gives the fold to the flush thread; one with a `reply` is answered once it is written.
+    fn readers(&self) -> &AtomicUsize {
+        &self.shared.readers[self.shard as usize]
+    }
+
+    fn wait_for_readers(&self) {
+        while self.readers().load(Ordering::Acquire) > 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Gives the fold to the flush thread; one with a `reply` is answered once it is written. While a query
+    /// reads, an unasked hand-over waits for a later turn and an asked one waits for the query.
     fn hand_over(&mut self, reply: Option<Sender<Result<()>>>) {
+        if reply.is_some() {
+            self.wait_for_readers();
+        } else if self.readers().load(Ordering::Acquire) > 0 {
+            return;
+        }
         self.last_flush = Instant::now();
         // Even with nothing folded, the watermark must move: replay would otherwise revisit commits whose
         // events a meter created since has already backfilled.
@@ -127,14 +158,21 @@ impl Folder {
             return;
         }
         let fold = std::mem::take(&mut self.fold);
-        let _ = self.flushes.send(Flush { shard: self.shard, fold, seq: self.folded_seq, reply });
+        let _ = self.flushes.send(Flush::Write { shard: self.shard, fold, seq: self.folded_seq, reply });
         self.handed_seq = self.folded_seq;
     }
 }
 
 /// The flush thread: writes handed-over folds in order, each with its shard's watermark.
 pub(crate) fn write_flushes(store: Arc<dyn Store>, shared: Arc<Shared>, rx: Receiver<Flush>) {
-    for Flush { shard, mut fold, seq, reply } in rx {
+    for flush in rx {
+        let (shard, mut fold, seq, reply) = match flush {
+            Flush::Write { shard, fold, seq, reply } => (shard, fold, seq, reply),
+            Flush::Barrier { peeked, reply } => {
+                let _ = reply.send(shared.failure().map_or(Ok(peeked), Err));
+                continue;
+            }
+        };
         let result = (|| {
             if let Some(e) = shared.failure() {
                 return Err(e);

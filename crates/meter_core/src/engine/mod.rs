@@ -15,7 +15,7 @@ mod writer;
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -24,12 +24,12 @@ use crossbeam_channel::{bounded, Sender, TrySendError};
 use serde::Serialize;
 
 pub use config::{Config, Durability};
-use folder::{flush_queue, flushed, shard_of, write_flushes, Folder, SHARDS};
+use folder::{flush_queue, shard_of, write_flushes, Folder, SHARDS};
 pub use report::IngestReport;
 use writer::{Command, Writer};
 
 use crate::aggregate::extract::extract_retained;
-use crate::aggregate::fold::Fold;
+use crate::aggregate::fold::{Fold, Peeked};
 use crate::aggregate::meter::{Meter, MeterSpec, StoredMeter};
 use crate::aggregate::registry::Registry;
 use crate::dedup::{DedupIndex, Record};
@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     pub registry: RwLock<Arc<Registry>>,
     /// Per fold shard: the last commit whose aggregates are written (`counter/agg_seq/<shard>`).
     pub agg_seqs: Vec<AtomicU64>,
+    /// Per fold shard: queries between copying the shard's fold and reading RocksDB (see `folder`).
+    pub readers: Vec<AtomicUsize>,
     pub stats: Stats,
 }
 
@@ -177,6 +179,7 @@ impl Engine {
             failed: Mutex::new(None),
             registry: RwLock::new(Arc::new(registry)),
             agg_seqs: (0..SHARDS).map(|_| AtomicU64::new(seq)).collect(),
+            readers: (0..SHARDS).map(|_| AtomicUsize::new(0)).collect(),
             stats: Stats::default(),
         });
         let (flushes, flush_rx) = flush_queue();
@@ -184,6 +187,7 @@ impl Engine {
         for shard in 0..SHARDS {
             let folder = Folder {
                 shard,
+                shared: shared.clone(),
                 fold: Fold::default(),
                 folded_seq: seq,
                 handed_seq: seq,
@@ -257,20 +261,31 @@ impl Engine {
         registry.list(tenant).iter().map(|m| m.stored.clone()).collect()
     }
 
-    /// Answers from every acknowledged event: the writer first flushes what it holds in memory.
+    /// Answers from every acknowledged event: what RocksDB holds plus what the fold threads hold in memory.
     pub fn query(&self, tenant: &str, q: &UsageQuery) -> Result<UsageResult> {
-        self.flush()?;
         let registry = self.shared.registry.read().unwrap().clone();
         let meter =
             registry.get(tenant, &q.meter).ok_or_else(|| Error::NotFound { what: "meter", name: q.meter.clone() })?;
+        let answers =
+            self.ask(true, |reply| Command::Peek { tenant: tenant.to_owned(), meter_id: meter.id(), reply })?;
+        // Every shard that answered holds back its hand-overs until this guard is dropped, after the read.
+        let mut gate = ReadGate { shared: &self.shared, shards: Vec::new() };
+        let mut results = Vec::with_capacity(answers.len());
+        for (shard, answer) in answers.into_iter().enumerate() {
+            let result = answer.recv().map_err(|_| Error::Closed);
+            if result.is_ok() {
+                gate.shards.push(shard);
+            }
+            results.push(result);
+        }
+        let mut in_memory = Peeked::default();
+        for peeked in results {
+            in_memory.append(peeked??);
+        }
         let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
-        query::run(&*store, tenant, meter, q)
+        query::run(&*store, tenant, meter, q, &in_memory)
     }
 
-    /// Writes the aggregates held in memory, so that queries see every acknowledged event.
-    pub fn flush(&self) -> Result<()> {
-        flushed(self.ask(true, |reply| Command::Flush { reply })?)
-    }
 
     /// `None` when healthy; otherwise why the engine stopped acknowledging.
     pub fn failure(&self) -> Option<String> {
@@ -323,6 +338,20 @@ impl Engine {
             })?;
         }
         answer.recv().map_err(|_| Error::Closed)?
+    }
+}
+
+/// Opens the shards a query closed (`Shared::readers`) once it has read RocksDB.
+struct ReadGate<'a> {
+    shared: &'a Shared,
+    shards: Vec<usize>,
+}
+
+impl Drop for ReadGate<'_> {
+    fn drop(&mut self) {
+        for &shard in &self.shards {
+            self.shared.readers[shard].fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 

@@ -28,7 +28,7 @@ use super::prepare::{conflict, prepare, Prepared};
 use super::report::IngestReport;
 use super::{Backfill, CreatedMeter, Shared};
 use crate::aggregate::extract::extract_retained;
-use crate::aggregate::fold::Fold;
+use crate::aggregate::fold::{Fold, Peeked};
 use crate::aggregate::meter::{Meter, MeterSpec, StoredMeter};
 use crate::dedup::{self, DedupIndex, Seen};
 use crate::engine::config::{Config, Durability};
@@ -53,10 +53,12 @@ pub(crate) enum Command {
         slug: String,
         reply: Sender<Result<()>>,
     },
-    /// Makes every acknowledged event visible to queries: answers with the fold threads' answers to
-    /// wait for, so that the writer itself does not wait.
-    Flush {
-        reply: Sender<Result<Vec<Receiver<Result<()>>>>>,
+    /// What the fold threads hold for one meter, after every acknowledged event (see `folder`): answers
+    /// with where they will answer, so that the writer itself does not wait.
+    Peek {
+        tenant: String,
+        meter_id: u32,
+        reply: Sender<Result<Vec<Receiver<Result<Peeked>>>>>,
     },
 }
 
@@ -107,9 +109,10 @@ impl Writer {
                         self.commit(&mut pending);
                         let _ = reply.send(self.guarded(|w| w.delete_meter(&tenant, &slug)));
                     }
-                    Command::Flush { reply } => {
+                    Command::Peek { tenant, meter_id, reply } => {
                         self.commit(&mut pending);
-                        let _ = reply.send(self.guarded(|w| w.flush_folds()));
+                        let peek = |reply| FoldWork::Peek { tenant: tenant.clone(), meter_id, reply };
+                        let _ = reply.send(self.guarded(|w| w.ask_folds(peek)));
                     }
                 }
                 if pending.events < self.config.max_commit_events {
@@ -127,10 +130,15 @@ impl Writer {
 
     /// Asks every fold thread to flush once it has folded every commit so far; returns where they answer.
     fn flush_folds(&self) -> Result<Vec<Receiver<Result<()>>>> {
+        self.ask_folds(|reply| FoldWork::Flush { reply })
+    }
+
+    /// Sends one request to every fold thread, after every commit so far; returns where they answer.
+    fn ask_folds<T>(&self, request: impl Fn(Sender<Result<T>>) -> FoldWork) -> Result<Vec<Receiver<Result<T>>>> {
         let mut answers = Vec::with_capacity(self.folds.len());
         for folds in &self.folds {
             let (reply, answer) = bounded(1);
-            folds.send(FoldWork::Flush { reply }).map_err(|_| Error::Closed)?;
+            folds.send(request(reply)).map_err(|_| Error::Closed)?;
             answers.push(answer);
         }
         Ok(answers)

@@ -10,12 +10,13 @@ use std::str::FromStr;
 
 use chrono_tz::Tz;
 
+use crate::aggregate::fold::Peeked;
 use crate::aggregate::meter::{Aggregation, Meter};
 use crate::aggregate::quantity::Quantity;
 use crate::aggregate::state::{AggState, MinuteStates};
 use crate::error::{Error, Result};
 use crate::ingest::time::{minute_of, MICROS_PER_MINUTE};
-use crate::storage::codec::Reader;
+use crate::storage::codec::{put_str, Reader};
 use crate::storage::keys::{self, decode_bucket, BucketKey};
 use crate::storage::{Cf, Store};
 use crate::{bail, ensure};
@@ -68,11 +69,14 @@ struct Plan<'m> {
     grouped: Vec<usize>,
     /// (dim index, accepted values).
     filters: Vec<(usize, HashSet<String>)>,
+    /// Only these customers, when some are named.
+    subjects: Option<HashSet<String>>,
     from_min: i64,
     to_min: i64,
 }
 
-pub fn run(store: &dyn Store, tenant: &str, meter: &Meter, q: &UsageQuery) -> Result<UsageResult> {
+/// Answers `q` from what RocksDB holds plus `in_memory`, what the folds held that RocksDB does not yet.
+pub fn run(store: &dyn Store, tenant: &str, meter: &Meter, q: &UsageQuery, in_memory: &Peeked) -> Result<UsageResult> {
     let plan = plan(meter, q)?;
     let tz = match &q.tz {
         None => Tz::UTC,
@@ -87,24 +91,45 @@ pub fn run(store: &dyn Store, tenant: &str, meter: &Meter, q: &UsageQuery) -> Re
 
     let mut states: BTreeMap<GroupKey, AggState> = BTreeMap::new();
     let n_dims = meter.dims.len();
+    let mut add = |bucket: &BucketKey, state: &AggState| -> Result<()> {
+        if let Some(group) = plan.group(bucket, &mut windows) {
+            states.entry(group).or_insert_with(|| AggState::empty(state.aggregation)).merge(state);
+            ensure!(
+                states.len() <= MAX_ROWS,
+                "result_too_large",
+                "the result has more than {MAX_ROWS} rows; use a coarser window_size, fewer group_by dimensions or a shorter range"
+            );
+        }
+        Ok(())
+    };
     scan_keys(store, Cf::Agg, tenant, &plan, &q.subjects, 0, |minute, value| {
         MinuteStates::visit(value, |dims, state| {
-            let bucket = BucketKey { dims: keys::decode_dims(&mut Reader::new(dims), n_dims)?, ..minute };
-            if let Some(group) = plan.group(&bucket, &mut windows) {
-                states.entry(group).or_insert_with(|| AggState::empty(state.aggregation)).merge(&state);
-                ensure!(
-                    states.len() <= MAX_ROWS,
-                    "result_too_large",
-                    "the result has more than {MAX_ROWS} rows; use a coarser window_size, fewer group_by dimensions or a shorter range"
-                );
-            }
-            Ok(())
+            add(&BucketKey { dims: keys::decode_dims(&mut Reader::new(dims), n_dims)?, ..minute }, &state)
         })
     })?;
+    for (subject, minute, dims, state) in &in_memory.states {
+        if plan.covers(subject, *minute) {
+            let dims = keys::decode_dims(&mut Reader::new(dims), n_dims)?;
+            add(&BucketKey { subject, minute: *minute, dims, rest: &[] }, state)?;
+        }
+    }
 
     let mut uniques: BTreeMap<GroupKey, HashSet<Vec<u8>>> = BTreeMap::new();
     if meter.aggregation() == Aggregation::UniqueCount {
         scan_uniques(store, tenant, &plan, &q.subjects, &mut windows, &mut uniques)?;
+        for (subject, minute, dims, value) in &in_memory.uniques {
+            if plan.covers(subject, *minute) {
+                let dims = keys::decode_dims(&mut Reader::new(dims), n_dims)?;
+                // The same bytes as the distinct value in a `uniq` key, so that both count once.
+                let mut rest = Vec::new();
+                put_str(&mut rest, value.as_bytes());
+                if let Some(group) =
+                    plan.group(&BucketKey { subject, minute: *minute, dims, rest: &rest }, &mut windows)
+                {
+                    uniques.entry(group).or_default().insert(rest);
+                }
+            }
+        }
     }
 
     let mut rows = Vec::with_capacity(states.len());
@@ -160,10 +185,24 @@ fn plan<'m>(meter: &'m Meter, q: &UsageQuery) -> Result<Plan<'m>> {
         filters.push((i, values.iter().cloned().collect()));
     }
     ensure!(q.subjects.len() <= 10_000, "invalid_query", "at most 10000 subjects per query");
-    Ok(Plan { meter, by_subject, grouped, filters, from_min: minute_of(q.from_us), to_min: minute_of(q.to_us) })
+    let subjects = (!q.subjects.is_empty()).then(|| q.subjects.iter().cloned().collect());
+    Ok(Plan {
+        meter,
+        by_subject,
+        grouped,
+        filters,
+        subjects,
+        from_min: minute_of(q.from_us),
+        to_min: minute_of(q.to_us),
+    })
 }
 
 impl Plan<'_> {
+    /// Whether a customer-minute is one the query reads (what `scan_keys` does by seeking).
+    fn covers(&self, subject: &str, minute: i64) -> bool {
+        (self.from_min..self.to_min).contains(&minute) && self.subjects.as_ref().is_none_or(|s| s.contains(subject))
+    }
+
     /// The group a bucket falls in, or `None` when a dimension filter excludes it.
     fn group(&self, b: &BucketKey, windows: &mut Windower) -> Option<GroupKey> {
         for (i, accepted) in &self.filters {
