@@ -339,7 +339,10 @@ def main() -> None:
                  f"{max(2, args.seconds // 2)} s per workload",
          **{f"{name}": ", ".join(f"{k}={v}" for k, v in s.items()) for name, s in settings.items()}},
     )
-    md = table(results)
+    md = table(results) + (
+        f"\n\nCeilings in the same run: meter's parser alone {ceiling['meter_parse_only_events_per_s']:,} events/s, "
+        f"msgspec decoding alone {ceiling['msgspec_decode_events_per_s']:,} events/s, receive-and-discard over HTTP "
+        f"{ceiling['http_discard_events_per_s']:,} events/s.")
     print(md)
     best = max((r for n, r in results.items() if n != "meter" and r["direct"]["durable"] and r["correctness"]["exact"]),
                key=lambda r: r["direct"]["w1"]["events_per_s"], default=None)
