@@ -35,6 +35,9 @@ pub struct Config {
     pub queue_capacity: usize,
     /// Events folded into one commit at most (group commit across callers).
     pub max_commit_events: usize,
+    /// How long aggregates may wait in memory before a fold thread flushes them (default 1 s); also
+    /// bounds the replay after a crash.
+    pub flush_interval: std::time::Duration,
     pub limits: Limits,
 }
 
@@ -47,6 +50,7 @@ impl Default for Config {
             max_future_us: 5 * 60_000_000,
             queue_capacity: 64,
             max_commit_events: 20_000,
+            flush_interval: std::time::Duration::from_secs(1),
             limits: Limits::default(),
         }
     }

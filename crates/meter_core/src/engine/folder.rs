@@ -5,7 +5,7 @@
 //!
 //! A shard flushes with its own watermark (`counter/agg_seq/<shard>`) in the same write batch: its
 //! customers' aggregates of every commit up to that one are in `agg`, none after. It flushes every
-//! `FLUSH_INTERVAL`, when its fold grows past `FLUSH_STATES`, and when asked (before a query reads and
+//! `Config::flush_interval`, when its fold grows past `FLUSH_STATES`, and when asked (before a query reads and
 //! before meters change). To flush, a fold thread hands its whole fold to the flush thread and starts an
 //! empty one, so that folding never stops for a write (which would stall the writer behind it). The
 //! flush thread writes in the order it was handed folds, so each shard's watermark only moves forward.
@@ -33,8 +33,6 @@ use crate::storage::{keys, Cf, Store, WriteSet};
 pub(crate) const SHARDS: u32 = 2;
 /// Folds handed over and not yet written; a fold thread waits when the flush thread is this far behind.
 const FLUSH_QUEUE: usize = 2;
-/// How long aggregates may wait in memory; bounds the replay after a crash too.
-const FLUSH_INTERVAL: Duration = Duration::from_millis(1000);
 /// Distinct states a shard holds before it flushes: bounds its memory, and keeps its working set in cache.
 const FLUSH_STATES: usize = 250_000;
 
@@ -81,17 +79,18 @@ pub(crate) struct Folder {
     pub folded_seq: u64,
     pub handed_seq: u64,
     pub last_flush: Instant,
+    pub flush_interval: Duration,
     pub flushes: Sender<Flush>,
 }
 
 impl Folder {
     pub fn run(mut self, rx: Receiver<FoldWork>) {
         loop {
-            match rx.recv_timeout(FLUSH_INTERVAL) {
+            match rx.recv_timeout(self.flush_interval) {
                 Ok(FoldWork::Commit { seq, parts }) => {
                     parts.iter().for_each(|part| self.add(part));
                     self.folded_seq = seq;
-                    if self.fold.states() >= FLUSH_STATES || self.last_flush.elapsed() >= FLUSH_INTERVAL {
+                    if self.fold.states() >= FLUSH_STATES || self.last_flush.elapsed() >= self.flush_interval {
                         self.hand_over(None);
                     }
                 }
@@ -143,14 +142,18 @@ impl Folder {
         }
     }
 
-    /// Gives the fold to the flush thread; one with a `reply` is answered once it is written. While a query
-    /// reads, an unasked hand-over waits for a later turn and an asked one waits for the query.
+    /// Gives the fold to the flush thread; one with a `reply` is answered once it is written.
+    ///
+    /// While a query reads, a routine hand-over waits for a later turn, so that ingest does not stall behind
+    /// queries. One that is asked for, or overdue (twice the size or age that triggers it), waits for the
+    /// readers instead: this thread then takes no new `Peek` meanwhile, so a stream of queries can neither
+    /// starve a meter change nor grow the fold without bound.
     fn hand_over(&mut self, reply: Option<Sender<Result<()>>>) {
-        if reply.is_some() {
-            self.wait_for_readers();
-        } else if self.readers().load(Ordering::Acquire) > 0 {
+        let overdue = self.fold.states() >= 2 * FLUSH_STATES || self.last_flush.elapsed() >= 2 * self.flush_interval;
+        if reply.is_none() && !overdue && self.readers().load(Ordering::Acquire) > 0 {
             return;
         }
+        self.wait_for_readers();
         self.last_flush = Instant::now();
         // Even with nothing folded, the watermark must move: replay would otherwise revisit commits whose
         // events a meter created since has already backfilled.

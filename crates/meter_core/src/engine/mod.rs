@@ -192,6 +192,7 @@ impl Engine {
                 folded_seq: seq,
                 handed_seq: seq,
                 last_flush: Instant::now(),
+                flush_interval: config.flush_interval,
                 flushes: flushes.clone(),
             };
             let (tx, rx) = bounded(FOLD_QUEUE);
@@ -285,7 +286,6 @@ impl Engine {
         let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
         query::run(&*store, tenant, meter, q, &in_memory)
     }
-
 
     /// `None` when healthy; otherwise why the engine stopped acknowledging.
     pub fn failure(&self) -> Option<String> {
