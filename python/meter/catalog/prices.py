@@ -1,0 +1,166 @@
+"""Prices: what a unit of a meter (or a period) costs, in one of the models pricing knows, and the checks that
+refuse a price pricing could not compute exactly.
+
+Amounts are ``Decimal`` (JSON strings), never floats. A price either charges a meter's usage or is a flat
+recurring fee; tiers are explicit ``[from, up_to)`` ranges so that a gap or an overlap is an error a user can see,
+not a silent zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Literal, NoReturn
+
+import msgspec
+
+from meter.exceptions import InvalidInput
+
+__all__ = ["Matrix", "MatrixEntry", "Package", "Percentage", "Price", "Tier", "validate_price"]
+
+Model = Literal["flat", "per_unit", "graduated", "volume", "package", "percentage", "matrix"]
+Cadence = Literal["in_advance", "in_arrears"]
+
+
+class Tier(msgspec.Struct, forbid_unknown_fields=True, rename={"start": "from"}):
+    """Units in ``[from, up_to)`` cost ``unit_price`` each, plus ``flat_fee`` once if any unit falls in the tier."""
+
+    start: Decimal
+    unit_price: Decimal
+    up_to: Decimal | None = None
+    flat_fee: Decimal = Decimal(0)
+
+
+class Package(msgspec.Struct, forbid_unknown_fields=True):
+    """``price`` per started (``up``) or completed (``down``) package of ``size`` units."""
+
+    size: Decimal
+    price: Decimal
+    rounding: Literal["up", "down"] = "up"
+
+
+class Percentage(msgspec.Struct, forbid_unknown_fields=True):
+    """``percent`` of the amounts the meter sums, with an optional fee floor and ceiling per ``per``."""
+
+    percent: Decimal
+    per: Literal["event", "period"] = "period"
+    min_fee: Decimal | None = None
+    max_fee: Decimal | None = None
+
+
+class MatrixEntry(msgspec.Struct, forbid_unknown_fields=True):
+    values: dict[str, str]
+    unit_price: Decimal
+
+
+class Matrix(msgspec.Struct, forbid_unknown_fields=True):
+    """A unit price per combination of dimension values, such as model x token type."""
+
+    dimensions: list[str]
+    entries: list[MatrixEntry]
+
+
+class Price(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    currency: str
+    model: Model
+    cadence: Cadence = "in_arrears"
+    #: The meter whose usage is charged; None only for a flat recurring fee.
+    meter: str | None = None
+    amount: Decimal | None = None  # flat
+    unit_price: Decimal | None = None  # per_unit
+    tiers: list[Tier] | None = None  # graduated, volume
+    package: Package | None = None
+    percentage: Percentage | None = None
+    matrix: Matrix | None = None
+    #: Units not charged in each period, taken before any tier.
+    free_allowance: Decimal = Decimal(0)
+    #: Bounds on the charge of a period.
+    minimum: Decimal | None = None
+    maximum: Decimal | None = None
+
+
+# Which field carries each model's parameters.
+_PARAMETERS: dict[str, str] = {
+    "flat": "amount", "per_unit": "unit_price", "graduated": "tiers", "volume": "tiers", "package": "package",
+    "percentage": "percentage", "matrix": "matrix",
+}
+
+
+def validate_price(price: Price) -> None:
+    """Raises ``InvalidInput`` (code ``invalid_price``) naming the first thing to fix."""
+
+    def fail(message: str) -> NoReturn:
+        raise InvalidInput(f"price {price.id!r}: {message}", code="invalid_price")
+
+    if len(price.currency) != 3 or not price.currency.isalpha() or not price.currency.isupper():
+        fail(f"currency must be an ISO 4217 code such as \"USD\"; got {price.currency!r}")
+    if price.model == "flat" and price.meter is not None:
+        fail("a flat fee charges a period, not a meter: remove \"meter\"")
+    if price.model != "flat" and price.meter is None:
+        fail(f"a {price.model} price charges a meter's usage: set \"meter\" to its slug")
+    needed = _PARAMETERS[price.model]
+    for field in sorted(set(_PARAMETERS.values())):
+        if field == needed and getattr(price, field) is None:
+            fail(f"a {price.model} price needs \"{field}\"")
+        if field != needed and getattr(price, field) is not None:
+            fail(f"\"{field}\" does not belong to a {price.model} price")
+
+    amounts = {"amount": price.amount, "unit_price": price.unit_price, "free_allowance": price.free_allowance,
+               "minimum": price.minimum, "maximum": price.maximum}
+    for name, value in amounts.items():
+        if value is not None and (not value.is_finite() or value < 0):
+            fail(f"\"{name}\" must be a finite amount of 0 or more; got {value}")
+    if price.minimum is not None and price.maximum is not None and price.minimum > price.maximum:
+        fail(f"minimum {price.minimum} is above maximum {price.maximum}")
+
+    if price.tiers is not None:
+        _check_tiers(price.tiers, fail)
+    if price.package is not None:
+        if price.package.size <= 0 or price.package.price < 0:
+            fail("a package needs a size above 0 and a price of 0 or more")
+    if price.percentage is not None:
+        p = price.percentage
+        if not 0 <= p.percent <= 100:
+            fail(f"percent must be between 0 and 100; got {p.percent}")
+        if p.min_fee is not None and p.max_fee is not None and p.min_fee > p.max_fee:
+            fail(f"min_fee {p.min_fee} is above max_fee {p.max_fee}")
+    if price.matrix is not None:
+        _check_matrix(price.matrix, fail)
+
+
+def _check_tiers(tiers: list[Tier], fail: Callable[[str], NoReturn]) -> None:
+    if not tiers:
+        fail("tiers must not be empty")
+    if tiers[0].start != 0:
+        fail(f"the first tier must start at 0; it starts at {tiers[0].start}")
+    for i, tier in enumerate(tiers, start=1):
+        if tier.unit_price < 0 or tier.flat_fee < 0:
+            fail(f"tier {i} has a negative price")
+        if tier.up_to is not None and tier.up_to <= tier.start:
+            fail(f"tier {i} ends at {tier.up_to}, not after where it starts ({tier.start})")
+        if i < len(tiers):
+            following = tiers[i]
+            if tier.up_to is None:
+                fail(f"only the last tier may be unbounded; tier {i} has no up_to")
+            elif following.start != tier.up_to:
+                gap = "a gap" if following.start > tier.up_to else "an overlap"
+                fail(f"tier {i + 1} starts at {following.start} but tier {i} ends at {tier.up_to}: {gap}; "
+                     "each tier must start where the previous one ends")
+    if tiers[-1].up_to is not None:
+        fail(f"the last tier must be unbounded (no up_to), or usage above {tiers[-1].up_to} would have no price")
+
+
+def _check_matrix(matrix: Matrix, fail: Callable[[str], NoReturn]) -> None:
+    if not matrix.dimensions or len(set(matrix.dimensions)) != len(matrix.dimensions):
+        fail("a matrix needs one or more distinct dimensions")
+    seen: set[tuple[str, ...]] = set()
+    for i, entry in enumerate(matrix.entries, start=1):
+        if set(entry.values) != set(matrix.dimensions):
+            fail(f"matrix entry {i} must give a value for exactly {', '.join(matrix.dimensions)}")
+        combination = tuple(entry.values[d] for d in matrix.dimensions)
+        if combination in seen:
+            fail(f"matrix entry {i} repeats the combination {dict(zip(matrix.dimensions, combination))}")
+        seen.add(combination)
+        if entry.unit_price < 0:
+            fail(f"matrix entry {i} has a negative unit price")
