@@ -1,0 +1,264 @@
+"""What pricing reads besides usage: customers, products, versioned plans with their prices, and subscriptions
+with their contract terms. Stored per tenant in rocksdict (msgspec JSON values), apart from the usage store.
+
+Plans are versioned: editing a plan adds a version with its own effective date; a subscription keeps the version
+it names until it is migrated. Everything is validated on the way in, with an error that says what to fix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+from rocksdict import Rdict
+
+from meter.catalog.prices import Price, validate_price
+from meter.exceptions import AlreadyExists, InvalidInput, NotFound
+
+__all__ = ["BillingCatalog", "Commit", "Credit", "Customer", "Plan", "PlanVersion", "Product", "Subscription"]
+
+
+class Address(msgspec.Struct, forbid_unknown_fields=True):
+    line1: str = ""
+    line2: str = ""
+    city: str = ""
+    postal_code: str = ""
+    region: str = ""
+    country: str = ""
+
+
+class Customer(msgspec.Struct, forbid_unknown_fields=True):
+    #: The external id: the `subject` of the customer's events.
+    id: str
+    name: str
+    currency: str
+    timezone: str = "UTC"
+    email: str | None = None
+    address: Address | None = None
+    metadata: dict[str, str] = {}
+
+
+class Product(msgspec.Struct, forbid_unknown_fields=True):
+    """A SKU in a hierarchy (a family, a model, a region), priced through one or more meters."""
+
+    id: str
+    name: str
+    parent: str | None = None
+    meters: list[str] = []
+    attributes: dict[str, str] = {}
+
+
+class PlanVersion(msgspec.Struct, forbid_unknown_fields=True):
+    version: int
+    effective_from: datetime
+    prices: list[Price]
+
+
+class Plan(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    name: str
+    versions: list[PlanVersion] = []
+
+
+class Commit(msgspec.Struct, forbid_unknown_fields=True):
+    """An amount the customer commits to spend over [start, end); lower priority numbers burn down first."""
+
+    id: str
+    amount: Decimal
+    start: datetime
+    end: datetime
+    kind: Literal["prepaid", "postpaid"] = "prepaid"
+    priority: int = 0
+    #: What happens to what is left at the end of the term.
+    unused: Literal["billed", "forfeited"] = "forfeited"
+
+
+class Credit(msgspec.Struct, forbid_unknown_fields=True):
+    """A grant that pays charges over [start, end) before the customer does."""
+
+    id: str
+    amount: Decimal
+    start: datetime
+    end: datetime
+    priority: int = 0
+
+
+class Subscription(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    customer: str
+    plan: str
+    version: int
+    start: datetime
+    end: datetime | None = None
+    cycle: Literal["monthly", "quarterly", "annual"] = "monthly"
+    anchor: Literal["calendar", "anniversary"] = "calendar"
+    #: Prices of the plan version replaced for this customer, matched by price id.
+    overrides: list[Price] = []
+    commits: list[Commit] = []
+    credits: list[Credit] = []
+
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+
+def _invalid(message: str) -> InvalidInput:
+    return InvalidInput(message, code="invalid_catalog")
+
+
+def _aware(t: datetime, what: str) -> None:
+    if t.tzinfo is None:
+        raise _invalid(f"{what} must carry a time zone (RFC 3339 with Z or an offset); got {t.isoformat()}")
+
+
+def _id(value: str, what: str) -> None:
+    if not value or len(value) > 255 or "/" in value:
+        raise _invalid(f"{what} id must be 1-255 characters without '/'; got {value!r}")
+
+
+class BillingCatalog:
+    """The catalog of one data directory; every call names its tenant, which comes from the caller's key."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._db = Rdict(os.fspath(path))
+
+    def close(self) -> None:
+        self._db.close()
+
+    # Storage: `<kind>/<tenant>/<id>` -> msgspec JSON. Tenant and id never contain '/' (checked), so keys of two
+    # tenants can never collide or interleave.
+
+    def _key(self, kind: str, tenant: str, item_id: str = "") -> bytes:
+        _id(tenant, "tenant")
+        return f"{kind}/{tenant}/{item_id}".encode()
+
+    def _get(self, kind: str, tenant: str, item_id: str, type_: type[T]) -> T:
+        raw = self._db.get(self._key(kind, tenant, item_id))
+        if raw is None:
+            raise NotFound(f"no {kind} {item_id!r}")
+        return msgspec.json.decode(raw, type=type_)
+
+    def _list(self, kind: str, tenant: str, type_: type[T]) -> Iterator[T]:
+        prefix = self._key(kind, tenant)
+        for k, v in self._db.items(from_key=prefix):
+            if not k.startswith(prefix):
+                break
+            yield msgspec.json.decode(v, type=type_)
+
+    def _put(self, kind: str, tenant: str, item_id: str, value: msgspec.Struct, *, new: bool) -> None:
+        key = self._key(kind, tenant, item_id)
+        if new and self._db.get(key) is not None:
+            raise AlreadyExists(f"{kind} {item_id!r} already exists")
+        self._db[key] = msgspec.json.encode(value)
+
+    # Customers
+
+    def put_customer(self, tenant: str, customer: Customer) -> Customer:
+        _id(customer.id, "customer")
+        if len(customer.currency) != 3 or not customer.currency.isupper():
+            raise _invalid(f"customer {customer.id!r}: currency must be an ISO 4217 code such as \"EUR\"")
+        try:
+            ZoneInfo(customer.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise _invalid(f"customer {customer.id!r}: time zone {customer.timezone!r} is not an IANA name "
+                           "such as \"Europe/Paris\"") from None
+        self._put("customer", tenant, customer.id, customer, new=False)
+        return customer
+
+    def get_customer(self, tenant: str, customer_id: str) -> Customer:
+        return self._get("customer", tenant, customer_id, Customer)
+
+    def list_customers(self, tenant: str) -> list[Customer]:
+        return list(self._list("customer", tenant, Customer))
+
+    # Products
+
+    def put_product(self, tenant: str, product: Product) -> Product:
+        _id(product.id, "product")
+        if product.parent is not None:
+            ancestor: str | None = product.parent
+            while ancestor is not None:
+                if ancestor == product.id:
+                    raise _invalid(f"product {product.id!r}: its parent chain comes back to itself")
+                ancestor = self.get_product(tenant, ancestor).parent
+        self._put("product", tenant, product.id, product, new=False)
+        return product
+
+    def get_product(self, tenant: str, product_id: str) -> Product:
+        return self._get("product", tenant, product_id, Product)
+
+    def list_products(self, tenant: str) -> list[Product]:
+        return list(self._list("product", tenant, Product))
+
+    # Plans
+
+    def create_plan(self, tenant: str, plan_id: str, name: str) -> Plan:
+        _id(plan_id, "plan")
+        plan = Plan(id=plan_id, name=name)
+        self._put("plan", tenant, plan_id, plan, new=True)
+        return plan
+
+    def add_plan_version(self, tenant: str, plan_id: str, effective_from: datetime, prices: list[Price]) -> PlanVersion:
+        """Editing a plan adds a version; subscriptions keep theirs until migrated."""
+        plan = self.get_plan(tenant, plan_id)
+        _aware(effective_from, "effective_from")
+        if plan.versions and effective_from <= plan.versions[-1].effective_from:
+            raise _invalid(f"plan {plan_id!r}: a new version must take effect after version "
+                           f"{plan.versions[-1].version} ({plan.versions[-1].effective_from.isoformat()})")
+        ids = [p.id for p in prices]
+        if len(set(ids)) != len(ids):
+            raise _invalid(f"plan {plan_id!r}: price ids must be distinct within a version")
+        for p in prices:
+            validate_price(p)
+        version = PlanVersion(version=len(plan.versions) + 1, effective_from=effective_from, prices=prices)
+        self._put("plan", tenant, plan_id, msgspec.structs.replace(plan, versions=[*plan.versions, version]), new=False)
+        return version
+
+    def get_plan(self, tenant: str, plan_id: str) -> Plan:
+        return self._get("plan", tenant, plan_id, Plan)
+
+    def list_plans(self, tenant: str) -> list[Plan]:
+        return list(self._list("plan", tenant, Plan))
+
+    # Subscriptions
+
+    def put_subscription(self, tenant: str, sub: Subscription) -> Subscription:
+        _id(sub.id, "subscription")
+        customer = self.get_customer(tenant, sub.customer)
+        plan = self.get_plan(tenant, sub.plan)
+        version = next((v for v in plan.versions if v.version == sub.version), None)
+        if version is None:
+            known = ", ".join(str(v.version) for v in plan.versions) or "none yet"
+            raise _invalid(f"subscription {sub.id!r}: plan {sub.plan!r} has no version {sub.version} (versions: {known})")
+        _aware(sub.start, "start")
+        if sub.end is not None:
+            _aware(sub.end, "end")
+            if sub.end <= sub.start:
+                raise _invalid(f"subscription {sub.id!r}: end must be after start ([start, end) is half-open)")
+        prices = {p.id: p for p in version.prices}
+        for override in sub.overrides:
+            if override.id not in prices:
+                raise _invalid(f"subscription {sub.id!r}: override {override.id!r} replaces no price of plan "
+                               f"{sub.plan!r} version {sub.version}")
+            validate_price(override)
+        for p in [*prices.values(), *sub.overrides]:
+            if p.currency != customer.currency:
+                raise _invalid(f"subscription {sub.id!r}: price {p.id!r} is in {p.currency} but customer "
+                               f"{customer.id!r} pays in {customer.currency}")
+        for term in [*sub.commits, *sub.credits]:
+            _aware(term.start, f"{term.id} start")
+            _aware(term.end, f"{term.id} end")
+            if term.end <= term.start or term.amount <= 0:
+                raise _invalid(f"subscription {sub.id!r}: {term.id!r} needs an amount above 0 and end after start")
+        self._put("subscription", tenant, sub.id, sub, new=False)
+        return sub
+
+    def get_subscription(self, tenant: str, sub_id: str) -> Subscription:
+        return self._get("subscription", tenant, sub_id, Subscription)
+
+    def list_subscriptions(self, tenant: str) -> list[Subscription]:
+        return list(self._list("subscription", tenant, Subscription))
