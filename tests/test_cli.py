@@ -64,3 +64,21 @@ def test_errors_are_clear(server: Server, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["meters", "create", str(broken)],
                                 env={"METER_URL": server.url, "METER_API_KEY": server.admin_key})
     assert result.exit_code != 0 and "is not valid YAML" in result.output
+
+
+def test_export_writes_parquet_once_the_server_is_stopped(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    s = Server(data, admin_key=new_key())
+    try:
+        key = s.tenant_key("acme", ["ingest", "read", "admin"])
+        with s.client(key) as c:
+            c.post("/v1/meters", json={"slug": "calls", "event_type": "llm", "aggregation": "count"}).raise_for_status()
+            c.post("/v1/events", json=[event(f"x{i}") for i in range(5)]).raise_for_status()
+        busy = CliRunner().invoke(main, ["export", "--data-dir", str(data), "--out", str(tmp_path / "out")])
+        assert busy.exit_code != 0 and "is `meter serve` running" in busy.output
+    finally:
+        s.stop()
+    result = CliRunner().invoke(main, ["export", "--data-dir", str(data), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "exported 1 usage rows in 1 files" in result.output
+    assert len(list((tmp_path / "out" / "usage" / "tenant=acme" / "meter=calls").rglob("part-0.parquet"))) == 1

@@ -224,6 +224,33 @@ def ingest(file: Path, batch_size: int, url: str, api_key: str) -> None:
 
 
 @main.command()
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path(".meter-data"),
+              show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="where the Parquet goes")
+@click.option("--tenant", "tenants", multiple=True, help="only these tenants (default: every tenant)")
+def export(data_dir: Path, out: Path, tenants: tuple[str, ...]) -> None:
+    """Export usage as hive-partitioned Parquet from a data directory that no server is running on."""
+    from meter.catalog.keys import KeyStore
+    from meter.exceptions import MeterError
+    from meter.export import export_usage
+
+    try:
+        keys = KeyStore(data_dir / "catalog")
+    except Exception as e:  # noqa: BLE001 - rocksdict reports a held lock as a plain exception
+        raise click.ClickException(f"cannot open {data_dir}: {e} (is `meter serve` running on it?)") from None
+    try:
+        with Engine(data_dir / "usage") as engine, Progress(transient=True) as progress:
+            task = progress.add_task("exporting", total=None)
+            names = list(tenants) or [t.id for t in keys.list_tenants()]
+            summary = export_usage(engine, names, out, progress=lambda what: progress.update(task, description=what))
+    except MeterError as e:
+        raise click.ClickException(f"{e} (is `meter serve` running on {data_dir}?)") from None
+    finally:
+        keys.close()
+    click.echo(f"exported {summary.rows} usage rows in {summary.files} files to {out / 'usage'}")
+
+
+@main.command()
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".meter-data"), show_default=True)
 @click.option("--events", type=int, default=20_000, show_default=True, help="events to ingest (in 1000-event batches)")
 def demo(data_dir: Path, events: int) -> None:

@@ -1,0 +1,72 @@
+"""Usage exported to Parquet: the files hold exactly what usage queries answer, survive being written again, and
+restate a day when a late event changes it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pyarrow.dataset as ds
+from conftest import T0, body, event
+
+from meter import Engine
+from meter.export import export_usage
+
+NOW = T0 + timedelta(days=4)
+START, END = T0 - timedelta(days=30), T0 + timedelta(days=30)
+
+
+def setup(engine: Engine) -> None:
+    engine.create_meter("acme", {"slug": "tokens", "event_type": "llm", "aggregation": "sum",
+                                 "value_property": "$.tokens", "group_by": {"model": "$.model"}})
+    engine.create_meter("acme", {"slug": "calls", "event_type": "llm", "aggregation": "count"})
+    events = [event(f"e{i}", f"cust-{i % 4}", time=T0 + timedelta(hours=i * 7), tokens=f"{i}.5", model=f"m{i % 3}")
+              for i in range(12)]
+    engine.ingest("acme", body(*events), now=NOW)
+    engine.ingest("other", body(event("x", tokens=5, model="m0")), now=NOW)
+
+
+def exported_totals(out: Path, meter: str) -> dict[str, Decimal]:
+    table = ds.dataset(out / "usage" / "tenant=acme" / f"meter={meter}", format="parquet",
+                       partitioning="hive").to_table()
+    totals: dict[str, Decimal] = {}
+    for row in table.to_pylist():
+        totals[row["customer"]] = totals.get(row["customer"], Decimal(0)) + row["value"]
+    return totals
+
+
+def queried_totals(engine: Engine, meter: str) -> dict[str, Decimal]:
+    rows = engine.usage("acme", meter, start=START, end=END, group_by=["subject"]).rows()
+    return {r["subject"]: r["value"] for r in rows}
+
+
+def test_export_totals_equal_query_totals_for_every_meter_and_customer(engine: Engine, tmp_path: Path) -> None:
+    setup(engine)
+    out = tmp_path / "export"
+    summary = export_usage(engine, ["acme"], out)
+    days = sorted(p.name for p in (out / "usage" / "tenant=acme" / "meter=tokens").iterdir())
+    assert days == ["date=2026-11-23", "date=2026-11-24", "date=2026-11-25", "date=2026-11-26"]
+    assert summary.files == 8
+    for meter in ("tokens", "calls"):
+        assert exported_totals(out, meter) == queried_totals(engine, meter)
+    row = ds.dataset(out / "usage" / "tenant=acme" / "meter=tokens", format="parquet").to_table().to_pylist()[0]
+    assert set(row) == {"window_start", "window_end", "customer", "model", "value", "events"}
+    assert row["window_end"] - row["window_start"] == timedelta(minutes=1)
+    assert not (out / "usage" / "tenant=other").exists(), "only the tenants asked for"
+
+
+def test_exporting_again_is_idempotent_and_a_late_event_restates_its_day(engine: Engine, tmp_path: Path) -> None:
+    setup(engine)
+    out = tmp_path / "export"
+    export_usage(engine, ["acme"], out)
+    first = {p: p.read_bytes() for p in out.rglob("*.parquet")}
+    export_usage(engine, ["acme"], out)
+    assert {p: ds.dataset(p).to_table() for p in first} == {p: ds.dataset(p).to_table() for p in out.rglob("*.parquet")}
+    assert not list(out.rglob(".*.tmp")), "no temporary file is left behind"
+
+    engine.ingest("acme", body(event("late", "cust-0", time=T0 + timedelta(minutes=5), tokens="100", model="m0")),
+                  now=NOW)
+    export_usage(engine, ["acme"], out)
+    assert exported_totals(out, "tokens") == queried_totals(engine, "tokens")
+    assert exported_totals(out, "tokens")["cust-0"] == Decimal("100") + sum(Decimal(f"{i}.5") for i in (0, 4, 8))
