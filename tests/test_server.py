@@ -145,3 +145,29 @@ def test_metrics_and_openapi(server: Server, acme: httpx.Client) -> None:
         spec = anonymous.get("/openapi.json").json()
     assert spec["openapi"].startswith("3.1")
     assert "IngestResult" in spec["components"]["schemas"] and "/v1/events" in spec["paths"]
+
+
+def test_billing_catalog_over_http(server: Server, acme: httpx.Client) -> None:
+    price = {"id": "tokens", "currency": "EUR", "model": "per_unit", "meter": "tokens", "unit_price": "0.002"}
+    assert acme.post("/v1/customers", json={"id": "cust-1", "name": "One", "currency": "EUR"}).status_code == 200
+    assert acme.post("/v1/plans", json={"id": "pro", "name": "Pro"}).status_code == 201
+    r = acme.post("/v1/plans/pro/versions", json={"effective_from": "2026-01-01T00:00:00Z", "prices": [price]})
+    assert r.status_code == 201 and r.json()["version"] == 1, r.text
+    sub = {"id": "s1", "customer": "cust-1", "plan": "pro", "version": 1, "start": "2026-01-01T00:00:00Z"}
+    assert acme.post("/v1/subscriptions", json=sub).status_code == 200
+    assert acme.get("/v1/plans/pro").json()["versions"][0]["prices"][0]["unit_price"] == "0.002"
+    assert [c["id"] for c in acme.get("/v1/customers").json()] == ["cust-1"]
+
+    bad = acme.post("/v1/subscriptions", json={**sub, "version": 3})
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_catalog" and "no version 3" in bad.json()["message"]
+    gap = {**price, "model": "graduated", "unit_price": None,
+           "tiers": [{"from": "0", "up_to": "10", "unit_price": "1"}, {"from": "20", "unit_price": "1"}]}
+    r = acme.post("/v1/plans/pro/versions", json={"effective_from": "2026-02-01T00:00:00Z", "prices": [gap]})
+    assert r.status_code == 400 and "a gap" in r.json()["message"]
+    assert acme.get("/v1/customers/nobody").status_code == 404
+
+    other = server.client(server.tenant_key("acme-other", ["read", "admin"]))
+    assert other.get("/v1/customers").json() == []
+    assert other.get("/v1/plans/pro").status_code == 404
+    ingest_only = server.client(server.tenant_key("acme", ["ingest"]))
+    assert ingest_only.post("/v1/customers", json={"id": "x", "name": "X", "currency": "EUR"}).status_code == 403

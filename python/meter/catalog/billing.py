@@ -20,7 +20,8 @@ from rocksdict import Rdict
 from meter.catalog.prices import Price, validate_price
 from meter.exceptions import AlreadyExists, InvalidInput, NotFound
 
-__all__ = ["BillingCatalog", "Commit", "Credit", "Customer", "Plan", "PlanVersion", "Product", "Subscription"]
+__all__ = ["BillingCatalog", "Commit", "Credit", "Customer", "Plan", "PlanBody", "PlanVersion", "PlanVersionBody",
+           "Product", "Subscription"]
 
 
 class Address(msgspec.Struct, forbid_unknown_fields=True):
@@ -63,6 +64,18 @@ class Plan(msgspec.Struct, forbid_unknown_fields=True):
     id: str
     name: str
     versions: list[PlanVersion] = []
+
+
+class PlanBody(msgspec.Struct, forbid_unknown_fields=True):
+    """A new plan; its prices come with its versions."""
+
+    id: str
+    name: str
+
+
+class PlanVersionBody(msgspec.Struct, forbid_unknown_fields=True):
+    effective_from: datetime
+    prices: list[Price]
 
 
 class Commit(msgspec.Struct, forbid_unknown_fields=True):

@@ -20,6 +20,7 @@ import zstandard
 import pyarrow.csv as pa_csv
 import pyarrow.ipc as pa_ipc
 
+from meter.catalog.billing import BillingCatalog, Customer, PlanBody, PlanVersionBody, Product, Subscription
 from meter.catalog.keys import ApiKey, KeyStore, Scope
 from meter.engine import Engine
 from meter.exceptions import MeterError
@@ -54,6 +55,9 @@ class Request:
         return values[-1] if values else None
 
 
+Handler = Callable[..., Awaitable[tuple[int, Any, dict[str, str]]]]
+
+
 class TenantBody(msgspec.Struct, forbid_unknown_fields=True):
     id: str
     name: str = ""
@@ -72,6 +76,7 @@ class MeterApp:
         self.engine: Engine | None = None
         self.responses: dict[int, int] = {}
         self.keys: KeyStore | None = None
+        self.billing: BillingCatalog | None = None
         # Engine calls block (with the GIL released): run them on threads so that concurrent requests share commits.
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="meter-call")
         self.routes: list[tuple[str, re.Pattern[str], Scope, Callable[..., Any]]] = [
@@ -86,7 +91,16 @@ class MeterApp:
             ("POST", re.compile(r"/v1/admin/keys"), "admin", self.create_key),
             ("GET", re.compile(r"/v1/admin/keys"), "admin", self.list_keys),
             ("DELETE", re.compile(r"/v1/admin/keys/(?P<key_id>[^/]+)"), "admin", self.revoke_key),
+            ("POST", re.compile(r"/v1/plans/(?P<plan_id>[^/]+)/versions"), "admin", self.add_plan_version),
         ]
+        # The billing catalog: POST creates or replaces (plans: creates), GET lists or fetches one, per tenant.
+        for singular, body_type in (("customer", Customer), ("product", Product), ("plan", PlanBody),
+                                    ("subscription", Subscription)):
+            self.routes += [
+                ("POST", re.compile(f"/v1/{singular}s"), "admin", self.catalog_put(singular, body_type)),
+                ("GET", re.compile(f"/v1/{singular}s"), "read", self.catalog_list(singular)),
+                ("GET", re.compile(f"/v1/{singular}s/(?P<item_id>[^/]+)"), "read", self.catalog_get(singular)),
+            ]
         if os.environ.get("METER_BENCH_ENDPOINTS") == "1":
             # The receive-and-discard ceiling of `make bench-http`: the same reading, auth and answer, no engine.
             self.routes.append(("POST", re.compile(r"/bench/discard"), "ingest", self.discard))
@@ -122,6 +136,7 @@ class MeterApp:
         elif not self.keys.has_admin_key():
             secret, _ = self.keys.create_key(None, ["admin"])
             print(f"meter: created the admin key (shown once, store it now): {secret}", flush=True)
+        self.billing = BillingCatalog(self.data_dir / "billing")
         self.engine = Engine(self.data_dir / "usage")
 
     def shutdown(self) -> None:
@@ -129,6 +144,8 @@ class MeterApp:
             self.engine.close()
         if self.keys is not None:
             self.keys.close()
+        if self.billing is not None:
+            self.billing.close()
         self.pool.shutdown(wait=True)
 
     async def http(self, scope: Scope_, receive: Receive, send: Send) -> None:
@@ -340,6 +357,29 @@ class MeterApp:
     async def revoke_key(self, request: Request, key_id: str) -> tuple[int, Any, dict[str, str]]:
         self.keys.revoke(key_id)
         return 200, {"revoked": key_id}, {}
+
+
+    def catalog_put(self, singular: str, body_type: type[Any]) -> Handler:
+        async def put(request: Request) -> tuple[int, Any, dict[str, str]]:
+            tenant, item = self.tenant(request), decode(request.body, body_type)
+            if singular == "plan":
+                return 201, self.billing.create_plan(tenant, item.id, item.name), {}
+            return 200, getattr(self.billing, f"put_{singular}")(tenant, item), {}
+        return put
+
+    def catalog_list(self, singular: str) -> Handler:
+        async def list_all(request: Request) -> tuple[int, Any, dict[str, str]]:
+            return 200, getattr(self.billing, f"list_{singular}s")(self.tenant(request)), {}
+        return list_all
+
+    def catalog_get(self, singular: str) -> Handler:
+        async def get(request: Request, item_id: str) -> tuple[int, Any, dict[str, str]]:
+            return 200, getattr(self.billing, f"get_{singular}")(self.tenant(request), item_id), {}
+        return get
+
+    async def add_plan_version(self, request: Request, plan_id: str) -> tuple[int, Any, dict[str, str]]:
+        body = decode(request.body, PlanVersionBody)
+        return 201, self.billing.add_plan_version(self.tenant(request), plan_id, body.effective_from, body.prices), {}
 
 
 def decode(body: bytes, type_: type[Any]) -> Any:

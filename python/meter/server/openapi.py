@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from meter.catalog.billing import Customer, Plan, PlanBody, PlanVersion, PlanVersionBody, Product, Subscription
 from meter.schemas import CreatedMeter, IngestResult, Meter, MeterSpec
 
 __all__ = ["ErrorBody", "openapi"]
@@ -43,11 +44,26 @@ def _q(name: str, required: bool = False, repeat: bool = False) -> dict[str, Any
 
 
 SLUG = {"name": "slug", "in": "path", "required": True, "schema": {"type": "string"}}
+ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+# The billing catalog's collections and what one of their items is.
+CATALOG: dict[str, type[msgspec.Struct]] = {"customers": Customer, "products": Product, "plans": Plan,
+                                            "subscriptions": Subscription}
+
+
+def _catalog_paths(kind: str, item: type[msgspec.Struct]) -> dict[str, Any]:
+    name = item.__name__
+    body, created = ("PlanBody", 201) if kind == "plans" else (name, 200)
+    return {
+        f"/v1/{kind}": {"post": _op(f"Create or replace a {name.lower()}", "admin", (created, name), body),
+                        "get": _op(f"List {kind}", "read", (200, ""))},
+        f"/v1/{kind}/{{id}}": {"get": _op(f"Get a {name.lower()}", "read", (200, name), params=[ID])},
+    }
 
 
 def openapi() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
-        [IngestResult, MeterSpec, Meter, CreatedMeter, ErrorBody], ref_template="#/components/schemas/{name}"
+        [IngestResult, MeterSpec, Meter, CreatedMeter, ErrorBody, *CATALOG.values(), PlanBody, PlanVersionBody,
+         PlanVersion], ref_template="#/components/schemas/{name}"
     )
     events_body = {"required": True, "content": {
         t: {"schema": {"type": "array", "items": {"type": "object"}} if "batch" in t or t == "application/json"
@@ -69,6 +85,9 @@ def openapi() -> dict[str, Any]:
                                   "delete": _op("Delete a meter and its usage", "admin", (200, ""), params=[SLUG])},
             "/v1/meters/{slug}/usage": {"get": _op("Usage over [from, to) (JSON, CSV or Arrow IPC by Accept)",
                                                    "read", (200, ""), params=usage_params)},
+            **{path: ops for kind, body in CATALOG.items() for path, ops in _catalog_paths(kind, body).items()},
+            "/v1/plans/{id}/versions": {"post": _op("Add a plan version (editing a plan)", "admin",
+                                                    (201, "PlanVersion"), "PlanVersionBody", [ID])},
             "/healthz": {"get": _op("Alive", None, (200, ""))},
             "/readyz": {"get": _op("Store healthy", None, (200, ""))},
             "/metrics": {"get": _op("Prometheus metrics", None, (200, ""))},
