@@ -82,3 +82,4 @@ def test_export_writes_parquet_once_the_server_is_stopped(tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     assert "exported 1 usage rows in 1 files" in result.output
     assert len(list((tmp_path / "out" / "usage" / "tenant=acme" / "meter=calls").rglob("part-0.parquet"))) == 1
+    assert (tmp_path / "out" / "catalog" / "tenant=acme" / "prices.parquet").exists()

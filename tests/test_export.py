@@ -70,3 +70,30 @@ def test_exporting_again_is_idempotent_and_a_late_event_restates_its_day(engine:
     export_usage(engine, ["acme"], out)
     assert exported_totals(out, "tokens") == queried_totals(engine, "tokens")
     assert exported_totals(out, "tokens")["cust-0"] == Decimal("100") + sum(Decimal(f"{i}.5") for i in (0, 4, 8))
+
+
+def test_catalog_snapshot_keeps_prices_exact(tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    import msgspec
+
+    from meter.catalog.billing import BillingCatalog, Customer, Subscription
+    from meter.catalog.prices import Price
+    from meter.export import export_catalog
+
+    catalog = BillingCatalog(tmp_path / "billing")
+    jan = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    catalog.put_customer("acme", Customer(id="cust-1", name="One", currency="EUR"))
+    catalog.create_plan("acme", "pro", "Pro")
+    prices = [msgspec.convert(p, Price) for p in (
+        {"id": "tokens", "currency": "EUR", "model": "per_unit", "meter": "tokens", "unit_price": "0.0000025"},
+        {"id": "seats", "currency": "EUR", "model": "graduated", "meter": "seats",
+         "tiers": [{"from": "0", "up_to": "10", "unit_price": "5"}, {"from": "10", "unit_price": "4"}]})]
+    catalog.add_plan_version("acme", "pro", jan, prices)
+    catalog.put_subscription("acme", Subscription(id="s1", customer="cust-1", plan="pro", version=1, start=jan))
+    summary = export_catalog(catalog, ["acme"], tmp_path / "out")
+    catalog.close()
+    assert (summary.files, summary.rows) == (3, 4)
+    rows = ds.dataset(tmp_path / "out" / "catalog" / "tenant=acme" / "prices.parquet").to_table().to_pylist()
+    assert {r["id"]: r["unit_price"] for r in rows} == {"tokens": Decimal("0.0000025"), "seats": None}
+    assert '"up_to":"10"' in next(r["parameters"] for r in rows if r["id"] == "seats")

@@ -229,10 +229,11 @@ def ingest(file: Path, batch_size: int, url: str, api_key: str) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="where the Parquet goes")
 @click.option("--tenant", "tenants", multiple=True, help="only these tenants (default: every tenant)")
 def export(data_dir: Path, out: Path, tenants: tuple[str, ...]) -> None:
-    """Export usage as hive-partitioned Parquet from a data directory that no server is running on."""
+    """Export usage and the billing catalog as Parquet from a data directory that no server is running on."""
+    from meter.catalog.billing import BillingCatalog
     from meter.catalog.keys import KeyStore
     from meter.exceptions import MeterError
-    from meter.export import export_usage
+    from meter.export import export_catalog, export_usage
 
     try:
         keys = KeyStore(data_dir / "catalog")
@@ -243,11 +244,17 @@ def export(data_dir: Path, out: Path, tenants: tuple[str, ...]) -> None:
             task = progress.add_task("exporting", total=None)
             names = list(tenants) or [t.id for t in keys.list_tenants()]
             summary = export_usage(engine, names, out, progress=lambda what: progress.update(task, description=what))
+        billing = BillingCatalog(data_dir / "billing")
+        try:
+            snapshot = export_catalog(billing, names, out)
+        finally:
+            billing.close()
     except MeterError as e:
         raise click.ClickException(f"{e} (is `meter serve` running on {data_dir}?)") from None
     finally:
         keys.close()
-    click.echo(f"exported {summary.rows} usage rows in {summary.files} files to {out / 'usage'}")
+    click.echo(f"exported {summary.rows} usage rows in {summary.files} files to {out / 'usage'}, "
+               f"and {snapshot.rows} catalog rows of {len(names)} tenants to {out / 'catalog'}")
 
 
 @main.command()
