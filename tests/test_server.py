@@ -171,3 +171,31 @@ def test_billing_catalog_over_http(server: Server, acme: httpx.Client) -> None:
     assert other.get("/v1/plans/pro").status_code == 404
     ingest_only = server.client(server.tenant_key("acme", ["ingest"]))
     assert ingest_only.post("/v1/customers", json={"id": "x", "name": "X", "currency": "EUR"}).status_code == 403
+
+
+def test_the_server_exports_on_a_schedule(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import time
+
+    import pyarrow.dataset as ds
+
+    tmp = tmp_path_factory.mktemp("scheduled")
+    s = Server(tmp / "data", args=("--export-every", "0.2", "--export-dir", str(tmp / "out")))
+    try:
+        client = s.client(s.tenant_key("acme", ["ingest", "read", "admin"]))
+        client.post("/v1/meters", json={"slug": "calls", "event_type": "llm", "aggregation": "count"}).raise_for_status()
+        client.post("/v1/events", json=[event(f"e{i}", f"cust-{i % 3}") for i in range(9)]).raise_for_status()
+        admin = s.client(s.admin_key)
+
+        def exports() -> int:
+            metrics = admin.get("/metrics").text
+            return int(next(x for x in metrics.splitlines() if x.startswith("meter_exports_total ")).split()[1])
+
+        # Two more exports finished: the second began after the events were acknowledged.
+        target, deadline = exports() + 2, time.monotonic() + 60
+        while exports() < target and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert exports() >= target
+    finally:
+        s.stop()
+    table = ds.dataset(tmp / "out" / "usage" / "tenant=acme" / "meter=calls", format="parquet").to_table()
+    assert sum(v for v in table.column("events").to_pylist()) == 9

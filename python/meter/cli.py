@@ -35,13 +35,22 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8080, show_default=True)
 @click.option("--admin-key", envvar="METER_ADMIN_KEY", default=None, help="bootstrap admin key (or METER_ADMIN_KEY)")
-def serve(data_dir: Path, host: str, port: int, admin_key: str | None) -> None:
+@click.option("--export-every", type=float, default=None, help="seconds between Parquet exports (none by default)")
+@click.option("--export-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="where scheduled exports go (default: <data-dir>/export)")
+def serve(data_dir: Path, host: str, port: int, admin_key: str | None, export_every: float | None,
+          export_dir: Path | None) -> None:
     """Run the HTTP API on one data directory (one process owns it)."""
     from granian import Granian
     from granian.constants import Interfaces
 
     data_dir.mkdir(parents=True, exist_ok=True)
     os.environ["METER_DATA_DIR"] = str(data_dir.resolve())
+    if export_every is not None:
+        if export_every <= 0:
+            raise click.BadParameter("must be above 0 seconds", param_hint="--export-every")
+        os.environ["METER_EXPORT_EVERY"] = str(export_every)
+        os.environ["METER_EXPORT_DIR"] = str((export_dir or data_dir / "export").resolve())
     if admin_key:
         os.environ["METER_ADMIN_KEY"] = admin_key
     Granian(

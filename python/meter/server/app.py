@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import sys
+import threading
 import zlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +26,7 @@ from meter.catalog.billing import BillingCatalog, Customer, PlanBody, PlanVersio
 from meter.catalog.keys import ApiKey, KeyStore, Scope
 from meter.engine import Engine
 from meter.exceptions import MeterError
+from meter.export import export_catalog, export_usage
 from meter.schemas import MeterSpec
 from meter.server.errors import ApiError, status_of
 from meter.server.openapi import openapi
@@ -71,8 +74,14 @@ class KeyBody(msgspec.Struct, forbid_unknown_fields=True):
 class MeterApp:
     """One app per process; it opens the engine and the key store at startup (ASGI lifespan)."""
 
-    def __init__(self, data_dir: Path, admin_key: str | None = None, max_body: int = MAX_BODY) -> None:
+    def __init__(self, data_dir: Path, admin_key: str | None = None, max_body: int = MAX_BODY,
+                 export: tuple[Path, float] | None = None) -> None:
         self.data_dir, self.admin_key, self.max_body = data_dir, admin_key, max_body
+        #: (directory, seconds between exports) of the scheduled Parquet export, if any.
+        self.export = export
+        self.exporter: threading.Thread | None = None
+        self.stopping = threading.Event()
+        self.exports_done = 0
         self.engine: Engine | None = None
         self.responses: dict[int, int] = {}
         self.keys: KeyStore | None = None
@@ -138,8 +147,27 @@ class MeterApp:
             print(f"meter: created the admin key (shown once, store it now): {secret}", flush=True)
         self.billing = BillingCatalog(self.data_dir / "billing")
         self.engine = Engine(self.data_dir / "usage")
+        if self.export:
+            self.exporter = threading.Thread(target=self.export_on_schedule, name="meter-export", daemon=True)
+            self.exporter.start()
+
+    def export_on_schedule(self) -> None:
+        """Exports usage and the catalog every interval; a failed export is reported and tried again next time."""
+        assert self.export is not None
+        out, every = self.export
+        while not self.stopping.wait(every):
+            try:
+                tenants = [t.id for t in self.keys.list_tenants()]
+                export_usage(self.engine, tenants, out)
+                export_catalog(self.billing, tenants, out)
+                self.exports_done += 1
+            except Exception as e:  # noqa: BLE001 - the next interval tries again; the server keeps serving
+                print(f"meter: scheduled export to {out} failed: {e!r}", file=sys.stderr, flush=True)
 
     def shutdown(self) -> None:
+        self.stopping.set()
+        if self.exporter is not None:
+            self.exporter.join()
         if self.engine is not None:
             self.engine.close()
         if self.keys is not None:
@@ -205,6 +233,7 @@ class MeterApp:
                 ("meter_events_duplicate_total", "counter", s.duplicates),
                 ("meter_events_rejected_total", "counter", s.rejected),
                 ("meter_queue_depth", "gauge", s.queue_depth),
+                ("meter_exports_total", "counter", self.exports_done),
                 ("meter_store_healthy", "gauge", 0 if self.engine.failure() else 1),
             ]:
                 lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
@@ -405,6 +434,9 @@ def parse_time(value: str | None, name: str) -> datetime:
 
 def create_app() -> MeterApp:
     """Factory for granian: configuration comes from the environment `meter serve` sets."""
-    return MeterApp(Path(os.environ.get("METER_DATA_DIR", ".meter-data")), os.environ.get("METER_ADMIN_KEY") or None)
+    every = os.environ.get("METER_EXPORT_EVERY")
+    export = (Path(os.environ["METER_EXPORT_DIR"]), float(every)) if every else None
+    return MeterApp(Path(os.environ.get("METER_DATA_DIR", ".meter-data")), os.environ.get("METER_ADMIN_KEY") or None,
+                    export=export)
 
 
