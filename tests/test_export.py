@@ -56,20 +56,28 @@ def test_export_totals_equal_query_totals_for_every_meter_and_customer(engine: E
     assert not (out / "usage" / "tenant=other").exists(), "only the tenants asked for"
 
 
-def test_exporting_again_is_idempotent_and_a_late_event_restates_its_day(engine: Engine, tmp_path: Path) -> None:
+def test_only_changed_days_are_rewritten_and_a_late_event_restates_its_day(engine: Engine, tmp_path: Path) -> None:
     setup(engine)
     out = tmp_path / "export"
-    export_usage(engine, ["acme"], out)
-    first = {p: p.read_bytes() for p in out.rglob("*.parquet")}
-    export_usage(engine, ["acme"], out)
-    assert {p: ds.dataset(p).to_table() for p in first} == {p: ds.dataset(p).to_table() for p in out.rglob("*.parquet")}
+    first = export_usage(engine, ["acme"], out)
+    files = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
+    again = export_usage(engine, ["acme"], out)
+    assert (again.files, again.unchanged) == (0, first.files), "nothing changed, nothing rewritten"
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == files
     assert not list(out.rglob(".*.tmp")), "no temporary file is left behind"
 
     engine.ingest("acme", body(event("late", "cust-0", time=T0 + timedelta(minutes=5), tokens="100", model="m0")),
                   now=NOW)
-    export_usage(engine, ["acme"], out)
+    late = export_usage(engine, ["acme"], out)
+    assert late.files == 2, "the late event's day, for each of the two meters"
     assert exported_totals(out, "tokens") == queried_totals(engine, "tokens")
     assert exported_totals(out, "tokens")["cust-0"] == Decimal("100") + sum(Decimal(f"{i}.5") for i in (0, 4, 8))
+    changed = {p for p in out.rglob("*.parquet") if p.stat().st_mtime_ns != files.get(p)}
+    assert {p.parent.name for p in changed} == {"date=2026-11-23"}
+
+    engine.delete_meter("acme", "calls")
+    export_usage(engine, ["acme"], out)
+    assert not (out / "usage" / "tenant=acme" / "meter=calls").exists(), "a deleted meter's files go too"
 
 
 def test_catalog_snapshot_keeps_prices_exact(tmp_path: Path) -> None:

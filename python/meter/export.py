@@ -10,13 +10,15 @@ per plan version and price, with the model's parameters (tiers, package, percent
 are decimals, never floats.
 
 Each file is written to a temporary name, fsynced, renamed over the old one, and its directory fsynced: a crash
-leaves the old file or the new one, never a torn one. Exporting again rewrites the same files with the same rows.
+leaves the old file or the new one, never a torn one. An export rewrites only the days whose usage changed since the
+last one (including by late events), with the same rows for the same usage.
 Data crosses from Rust as Arrow (PyCapsule stream), without per-row Python objects.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -39,27 +41,49 @@ _DAY = timedelta(days=1)
 class ExportSummary(msgspec.Struct):
     files: int = 0
     rows: int = 0
+    #: Days left as they were: nothing counted in them since they were last written.
+    unchanged: int = 0
 
 
 def export_usage(engine: Engine, tenants: list[str], out: Path,
                  progress: Callable[[str], None] | None = None) -> ExportSummary:
-    """Writes every day with usage of every meter of `tenants`; returns how many files and rows it wrote."""
+    """Writes the days whose usage changed since the last export into `out` (all of them the first time).
+
+    Events are only ever added, so a day changed exactly when its count of events did: `_exported.json` beside each
+    tenant's meters keeps, per meter id and day, the count last written. It is written after the files, so a crash
+    in between only means writing the same days again. Meters deleted since lose their directory.
+    """
     summary = ExportSummary()
     for tenant in tenants:
-        for meter in engine.list_meters(tenant):
+        base = out / "usage" / f"tenant={tenant}"
+        manifest_path = base / "_exported.json"
+        exported: dict[str, int] = (msgspec.json.decode(manifest_path.read_bytes(), type=dict[str, int])
+                                    if manifest_path.exists() else {})
+        written: dict[str, int] = {}
+        meters = engine.list_meters(tenant)
+        for meter in meters:
             days = engine.usage(tenant, meter.slug, start=_FIRST, end=_LAST, window_size="day").table
-            for start in days.column("window_start").to_pylist():
+            for start, events in zip(days.column("window_start").to_pylist(), days.column("events").to_pylist()):
                 day = start.astimezone(timezone.utc)
+                key, path = f"{meter.id}/{day:%Y-%m-%d}", base / f"meter={meter.slug}" / f"date={day:%Y-%m-%d}" / "part-0.parquet"
+                written[key] = events
+                if exported.get(key) == events and path.exists():
+                    summary.unchanged += 1
+                    continue
                 table = engine.usage(tenant, meter.slug, start=day, end=day + _DAY, window_size="minute",
                                      group_by=["subject", *meter.group_by]).table
                 table = table.rename_columns(["customer" if c == "subject" else c for c in table.column_names])
-                path = (out / "usage" / f"tenant={tenant}" / f"meter={meter.slug}" / f"date={day:%Y-%m-%d}"
-                        / "part-0.parquet")
                 write_atomically(table, path)
                 summary.files += 1
                 summary.rows += table.num_rows
                 if progress:
                     progress(f"{tenant}/{meter.slug}/{day:%Y-%m-%d}: {table.num_rows} rows")
+        live = {f"meter={m.slug}" for m in meters}
+        for gone in base.glob("meter=*") if base.exists() else ():
+            if gone.name not in live:
+                shutil.rmtree(gone)
+        if written != exported:
+            write_file_atomically(msgspec.json.encode(written), manifest_path)
     return summary
 
 
@@ -97,9 +121,18 @@ def export_catalog(catalog: BillingCatalog, tenants: list[str], out: Path) -> Ex
 
 def write_atomically(table: pa.Table, path: Path) -> None:
     """The old file or the new one survives a crash, never a torn one."""
+    _replace(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+
+
+def write_file_atomically(data: bytes, path: Path) -> None:
+    _replace(path, lambda tmp: tmp.write_bytes(data))
+
+
+def _replace(path: Path, write: Callable[[Path], object]) -> None:
+    # The temporary name starts with a dot, so Parquet readers skip one a crash leaves behind.
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
+    write(tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
