@@ -3,6 +3,7 @@ restate a day when a late event changes it."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -105,3 +106,22 @@ def test_catalog_snapshot_keeps_prices_exact(tmp_path: Path) -> None:
     rows = ds.dataset(tmp_path / "out" / "catalog" / "tenant=acme" / "prices.parquet").to_table().to_pylist()
     assert {r["id"]: r["unit_price"] for r in rows} == {"tokens": Decimal("0.0000025"), "seats": None}
     assert '"up_to":"10"' in next(r["parameters"] for r in rows if r["id"] == "seats")
+
+
+def test_raw_events_are_appended_commit_by_commit(engine: Engine, tmp_path: Path) -> None:
+    from meter.export import export_events
+
+    setup(engine)
+    out = tmp_path / "export"
+    first = export_events(engine, ["acme"], out, page=5)
+    events = ds.dataset(out / "events" / "tenant=acme", format="parquet", partitioning="hive").to_table()
+    assert events.num_rows == first.rows == 12, "every accepted event of acme, once"
+    assert sorted(events.column("id").to_pylist()) == sorted(f"e{i}" for i in range(12))
+    assert export_events(engine, ["acme"], out).files == 0, "nothing new, nothing written"
+
+    engine.ingest("acme", body(event("late", "cust-0", time=T0 + timedelta(minutes=5), tokens="1", model="m0"),
+                               event("e0", "cust-0", time=T0, tokens="0.5", model="m0")), now=NOW)
+    assert export_events(engine, ["acme"], out).rows == 1, "the new event only; the duplicate was never retained"
+    row = next(r for r in ds.dataset(out / "events" / "tenant=acme" / "date=2026-11-23", format="parquet")
+               .to_table().to_pylist() if r["id"] == "late")
+    assert row["subject"] == "cust-0" and json.loads(row["data"]) == {"tokens": "1", "model": "m0"}, "the bytes sent"

@@ -242,7 +242,7 @@ def export(data_dir: Path, out: Path, tenants: tuple[str, ...]) -> None:
     from meter.catalog.billing import BillingCatalog
     from meter.catalog.keys import KeyStore
     from meter.exceptions import MeterError
-    from meter.export import export_catalog, export_usage
+    from meter.export import export_catalog, export_events, export_usage
 
     try:
         keys = KeyStore(data_dir / "catalog")
@@ -253,6 +253,8 @@ def export(data_dir: Path, out: Path, tenants: tuple[str, ...]) -> None:
             task = progress.add_task("exporting", total=None)
             names = list(tenants) or [t.id for t in keys.list_tenants()]
             summary = export_usage(engine, names, out, progress=lambda what: progress.update(task, description=what))
+            progress.update(task, description="raw events")
+            raw = export_events(engine, names, out)
         billing = BillingCatalog(data_dir / "billing")
         try:
             snapshot = export_catalog(billing, names, out)
@@ -262,7 +264,8 @@ def export(data_dir: Path, out: Path, tenants: tuple[str, ...]) -> None:
         raise click.ClickException(f"{e} (is `meter serve` running on {data_dir}?)") from None
     finally:
         keys.close()
-    click.echo(f"exported {summary.rows} usage rows in {summary.files} files to {out / 'usage'}, "
+    click.echo(f"exported {summary.rows} usage rows in {summary.files} files to {out / 'usage'} "
+               f"({summary.unchanged} days unchanged), {raw.rows} new raw events to {out / 'events'}, "
                f"and {snapshot.rows} catalog rows of {len(names)} tenants to {out / 'catalog'}")
 
 

@@ -145,6 +145,12 @@ class Engine:
         )
         return Usage(pa.table(table))
 
+    def retained_events(self, tenant: str, after_seq: int = 0, max_events: int = 1_000_000) -> tuple[pa.Table, int]:
+        """The tenant's raw events of the commits after ``after_seq`` (whole commits, about ``max_events``), with the
+        last commit they come from: page through them by passing it back."""
+        table, last_seq = self._inner.retained_events(tenant, after_seq, max_events)
+        return pa.table(table), last_seq
+
     def failure(self) -> str | None:
         """``None`` while healthy; after a storage error, why the engine stopped acknowledging (fail-stop)."""
         return self._inner.failure()

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from meter.catalog.billing import BillingCatalog
 from meter.engine import Engine
 
-__all__ = ["ExportSummary", "export_catalog", "export_usage"]
+__all__ = ["ExportSummary", "export_catalog", "export_events", "export_usage"]
 
 # The whole range an export looks at for days with usage: [2000-01-01, 2100-01-01).
 _FIRST = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -84,6 +85,36 @@ def export_usage(engine: Engine, tenants: list[str], out: Path,
                 shutil.rmtree(gone)
         if written != exported:
             write_file_atomically(msgspec.json.encode(written), manifest_path)
+    return summary
+
+
+def export_events(engine: Engine, tenants: list[str], out: Path, page: int = 1_000_000) -> ExportSummary:
+    """Appends the raw events committed since the last export: ``events/tenant=<t>/date=<event day>/part-<first
+    commit>-<last commit>.parquet``. Retained events never change, so files are only added, never rewritten.
+
+    `_exported.json` keeps the last commit written, after the files; a crash in between leaves files starting at the
+    next commit, which the next export removes before writing them again.
+    """
+    summary = ExportSummary()
+    for tenant in tenants:
+        base = out / "events" / f"tenant={tenant}"
+        manifest_path = base / "_exported.json"
+        after = msgspec.json.decode(manifest_path.read_bytes(), type=dict[str, int])["after_seq"] \
+            if manifest_path.exists() else 0
+        while True:
+            table, last = engine.retained_events(tenant, after, page)
+            if table.num_rows == 0:
+                break
+            for leftover in base.glob(f"date=*/part-{after + 1:020d}-*.parquet"):
+                leftover.unlink()
+            days = pc.strftime(table.column("time"), format="%Y-%m-%d")
+            for day in pc.unique(days).to_pylist():
+                rows = table.filter(pc.equal(days, day))
+                write_atomically(rows, base / f"date={day}" / f"part-{after + 1:020d}-{last:020d}.parquet")
+                summary.files += 1
+                summary.rows += rows.num_rows
+            write_file_atomically(msgspec.json.encode({"after_seq": last}), manifest_path)
+            after = last
     return summary
 
 

@@ -26,7 +26,7 @@ from meter.catalog.billing import BillingCatalog, Customer, PlanBody, PlanVersio
 from meter.catalog.keys import ApiKey, KeyStore, Scope
 from meter.engine import Engine
 from meter.exceptions import MeterError
-from meter.export import export_catalog, export_usage
+from meter.export import export_catalog, export_events, export_usage
 from meter.schemas import MeterSpec
 from meter.server.errors import ApiError, status_of
 from meter.server.openapi import openapi
@@ -159,6 +159,7 @@ class MeterApp:
             try:
                 tenants = [t.id for t in self.keys.list_tenants()]
                 export_usage(self.engine, tenants, out)
+                export_events(self.engine, tenants, out)
                 export_catalog(self.billing, tenants, out)
                 self.exports_done += 1
             except Exception as e:  # noqa: BLE001 - the next interval tries again; the server keeps serving

@@ -287,6 +287,19 @@ impl Engine {
         query::run(&*store, tenant, meter, q, &in_memory)
     }
 
+    /// The tenant's retained events of the commits after `after_seq` (whole commits, about `max_events`), as
+    /// Arrow, and the last commit they come from. Every acknowledged event is there (commits are atomic).
+    pub fn retained_events(
+        &self,
+        tenant: &str,
+        after_seq: u64,
+        max_events: usize,
+    ) -> Result<(arrow_array::RecordBatch, u64)> {
+        check_tenant(tenant)?;
+        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
+        query::events::retained_after(&*store, tenant, after_seq, max_events)
+    }
+
     /// `None` when healthy; otherwise why the engine stopped acknowledging.
     pub fn failure(&self) -> Option<String> {
         self.shared.failed.lock().unwrap().clone()

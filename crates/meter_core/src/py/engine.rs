@@ -142,6 +142,19 @@ impl PyEngine {
         PyTable::try_new(vec![batch], schema)
     }
 
+    /// The tenant's retained events after commit `after_seq` as an Arrow table, and the last commit read.
+    fn retained_events(
+        &self,
+        py: Python<'_>,
+        tenant: &str,
+        after_seq: u64,
+        max_events: usize,
+    ) -> PyResult<(PyTable, u64)> {
+        let (batch, last_seq) = detached(py, || self.inner.retained_events(tenant, after_seq, max_events))?;
+        let schema = batch.schema();
+        Ok((PyTable::try_new(vec![batch], schema)?, last_seq))
+    }
+
     /// `None` when healthy, else why the engine stopped acknowledging writes.
     fn failure(&self) -> Option<String> {
         self.inner.failure()

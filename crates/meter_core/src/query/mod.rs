@@ -3,6 +3,7 @@
 //! as fixed-point integers and `unique_count` unions the distinct values themselves.
 
 pub mod arrow;
+pub mod events;
 pub mod window;
 
 use std::collections::{BTreeMap, HashSet};
