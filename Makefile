@@ -59,8 +59,12 @@ bench-peers: build $(VENV)/.peers ## meter against PostgreSQL, DuckDB and ClickH
 	$(call apt,ls /usr/lib/postgresql/*/bin/initdb,postgresql)
 	$(PY) benches/bench_peers.py
 
+.PHONY: bench-export
+bench-export: build ## Parquet export: usage rows per second for 10M rows, with a Parquet-write ceiling
+	$(PY) benches/bench_export.py
+
 .PHONY: bench
-bench: bench-core bench-http bench-peers ## All benchmarks
+bench: bench-core bench-http bench-peers bench-export ## All benchmarks
 
 .PHONY: lint
 lint: $(VENV)/.deps ## cargo fmt --check and clippy

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from meter.catalog.billing import BillingCatalog
 from meter.engine import Engine
+from meter.exceptions import InvalidInput
 
 __all__ = ["ExportSummary", "export_catalog", "export_events", "export_usage"]
 
@@ -37,6 +38,7 @@ __all__ = ["ExportSummary", "export_catalog", "export_events", "export_usage"]
 _FIRST = datetime(2000, 1, 1, tzinfo=timezone.utc)
 _LAST = datetime(2100, 1, 1, tzinfo=timezone.utc)
 _DAY = timedelta(days=1)
+_HOUR = timedelta(hours=1)
 
 
 class ExportSummary(msgspec.Struct):
@@ -71,9 +73,7 @@ def export_usage(engine: Engine, tenants: list[str], out: Path,
                 if exported.get(key) == events and path.exists():
                     summary.unchanged += 1
                     continue
-                table = engine.usage(tenant, meter.slug, start=day, end=day + _DAY, window_size="minute",
-                                     group_by=["subject", *meter.group_by]).table
-                table = table.rename_columns(["customer" if c == "subject" else c for c in table.column_names])
+                table = _day_of_usage(engine, tenant, meter.slug, [*meter.group_by], day)
                 write_atomically(table, path)
                 summary.files += 1
                 summary.rows += table.num_rows
@@ -86,6 +86,22 @@ def export_usage(engine: Engine, tenants: list[str], out: Path,
         if written != exported:
             write_file_atomically(msgspec.json.encode(written), manifest_path)
     return summary
+
+
+def _day_of_usage(engine: Engine, tenant: str, slug: str, dimensions: list[str], day: datetime) -> pa.Table:
+    """One day's rows; a day too big for one query (the engine's row limit) is asked for an hour at a time."""
+
+    def rows(start: datetime, end: datetime) -> pa.Table:
+        return engine.usage(tenant, slug, start=start, end=end, window_size="minute",
+                            group_by=["subject", *dimensions]).table
+
+    try:
+        table = rows(day, day + _DAY)
+    except InvalidInput as e:
+        if e.code != "result_too_large":
+            raise
+        table = pa.concat_tables([rows(day + h * _HOUR, day + (h + 1) * _HOUR) for h in range(24)])
+    return table.rename_columns(["customer" if c == "subject" else c for c in table.column_names])
 
 
 def export_events(engine: Engine, tenants: list[str], out: Path, page: int = 1_000_000) -> ExportSummary:
