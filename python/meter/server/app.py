@@ -388,7 +388,6 @@ class MeterApp:
         self.keys.revoke(key_id)
         return 200, {"revoked": key_id}, {}
 
-
     def catalog_put(self, singular: str, body_type: type[Any]) -> Handler:
         async def put(request: Request) -> tuple[int, Any, dict[str, str]]:
             tenant, item = self.tenant(request), decode(request.body, body_type)
