@@ -83,3 +83,20 @@ def test_export_writes_parquet_once_the_server_is_stopped(tmp_path: Path) -> Non
     assert "exported 1 usage rows in 1 files" in result.output
     assert len(list((tmp_path / "out" / "usage" / "tenant=acme" / "meter=calls").rglob("part-0.parquet"))) == 1
     assert (tmp_path / "out" / "catalog" / "tenant=acme" / "prices.parquet").exists()
+
+
+def test_catalog_from_yaml(server: Server, tmp_path: Path) -> None:
+    key = server.tenant_key("catalog-co", ["read", "admin"])
+    customers = tmp_path / "customers.yaml"
+    customers.write_text("- {id: cust-1, name: One, currency: EUR}\n- {id: cust-2, name: Two, currency: EUR}\n")
+    plans = tmp_path / "plans.yaml"
+    plans.write_text("id: pro\nname: Pro\nversions:\n  - effective_from: '2026-01-01T00:00:00Z'\n    prices:\n"
+                     "      - {id: tokens, currency: EUR, model: per_unit, meter: tokens, unit_price: '0.002'}\n")
+    assert "customer cust-2: saved" in run(server, key, "catalog", "put", "customers", str(customers))
+    assert "plan pro: saved with 1 versions" in run(server, key, "catalog", "put", "plans", str(plans))
+    assert "cust-2" in run(server, key, "catalog", "list", "customers")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("id: s1\ncustomer: cust-1\nplan: pro\nversion: 9\nstart: '2026-01-01T00:00:00Z'\n")
+    result = CliRunner().invoke(main, ["catalog", "put", "subscriptions", str(bad)],
+                                env={"METER_URL": server.url, "METER_API_KEY": key})
+    assert result.exit_code != 0 and "has no version 9" in result.output

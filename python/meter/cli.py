@@ -79,6 +79,16 @@ def _check(response: httpx.Response) -> Any:
     return response.json()
 
 
+def _definitions(file: Path) -> list[Any]:
+    """The item or list of items in FILE: YAML if it ends in .yaml or .yml, else JSON."""
+    yaml = file.suffix.lower() in (".yaml", ".yml")
+    try:
+        data = (msgspec.yaml if yaml else msgspec.json).decode(file.read_bytes())
+    except msgspec.DecodeError as e:
+        raise click.ClickException(f"{file} is not valid {'YAML' if yaml else 'JSON'}: {e}") from None
+    return data if isinstance(data, list) else [data]
+
+
 def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
     table = Table(title=title)
     for c in columns:
@@ -161,13 +171,8 @@ def meters() -> None:
 @key_option
 def meters_create(file: Path, url: str, api_key: str) -> None:
     """Creates the meter (or the list of meters) defined in FILE: YAML if it ends in .yaml or .yml, else JSON."""
-    yaml = file.suffix.lower() in (".yaml", ".yml")
-    try:
-        data = (msgspec.yaml if yaml else msgspec.json).decode(file.read_bytes())
-    except msgspec.DecodeError as e:
-        raise click.ClickException(f"{file} is not valid {'YAML' if yaml else 'JSON'}: {e}") from None
     with _http(url, api_key) as http:
-        for spec in data if isinstance(data, list) else [data]:
+        for spec in _definitions(file):
             created = _check(http.post("/v1/meters", json=spec))
             b = created["backfill"]
             click.echo(f"created {created['meter']['slug']} (backfilled {b['events']} events, {b['filtered']} filtered, "
@@ -181,6 +186,43 @@ def meters_list(url: str, api_key: str) -> None:
     with _http(url, api_key) as http:
         rows = _check(http.get("/v1/meters"))
     _table("meters", rows, ["slug", "event_type", "aggregation", "value_property"])
+
+
+CATALOG_KINDS = ("customers", "products", "plans", "subscriptions")
+
+
+@main.group()
+def catalog() -> None:
+    """The billing catalog: customers, products, plans (with versions) and subscriptions."""
+
+
+@catalog.command("put")
+@click.argument("kind", type=click.Choice(CATALOG_KINDS))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@url_option
+@key_option
+def catalog_put(kind: str, file: Path, url: str, api_key: str) -> None:
+    """Creates or replaces the items in FILE (YAML or JSON, one or a list). A plan item may carry `versions`
+    ({effective_from, prices}), added in order after the plan is created."""
+    with _http(url, api_key) as http:
+        for item in _definitions(file):
+            versions = item.pop("versions", []) if kind == "plans" and isinstance(item, dict) else []
+            _check(http.post(f"/v1/{kind}", json=item))
+            for version in versions:
+                _check(http.post(f"/v1/plans/{item['id']}/versions", json=version))
+            click.echo(f"{kind[:-1]} {item.get('id')}: saved" + (f" with {len(versions)} versions" if versions else ""))
+
+
+@catalog.command("list")
+@click.argument("kind", type=click.Choice(CATALOG_KINDS))
+@url_option
+@key_option
+def catalog_list(kind: str, url: str, api_key: str) -> None:
+    with _http(url, api_key) as http:
+        rows = _check(http.get(f"/v1/{kind}"))
+    columns = {"customers": ["id", "name", "currency", "timezone"], "products": ["id", "name", "parent"],
+               "plans": ["id", "name"], "subscriptions": ["id", "customer", "plan", "version", "start", "end"]}[kind]
+    _table(kind, rows, columns)
 
 
 @main.command()
