@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from rocksdict import Rdict
 
-from meter.catalog.prices import Price, validate_price
+from meter.catalog.prices import Price, is_currency, validate_price
 from meter.exceptions import AlreadyExists, InvalidInput, NotFound
 
 __all__ = ["BillingCatalog", "Commit", "Credit", "Customer", "Plan", "PlanBody", "PlanVersion", "PlanVersionBody",
@@ -172,7 +172,7 @@ class BillingCatalog:
 
     def put_customer(self, tenant: str, customer: Customer) -> Customer:
         _id(customer.id, "customer")
-        if len(customer.currency) != 3 or not customer.currency.isupper():
+        if not is_currency(customer.currency):
             raise _invalid(f"customer {customer.id!r}: currency must be an ISO 4217 code such as \"EUR\"")
         try:
             ZoneInfo(customer.timezone)

@@ -16,7 +16,7 @@ import msgspec
 
 from meter.exceptions import InvalidInput
 
-__all__ = ["Matrix", "MatrixEntry", "Package", "Percentage", "Price", "Tier", "validate_price"]
+__all__ = ["Matrix", "MatrixEntry", "Package", "Percentage", "Price", "Tier", "is_currency", "validate_price"]
 
 Model = Literal["flat", "per_unit", "graduated", "volume", "package", "percentage", "matrix"]
 Cadence = Literal["in_advance", "in_arrears"]
@@ -87,13 +87,18 @@ _PARAMETERS: dict[str, str] = {
 }
 
 
+def is_currency(code: str) -> bool:
+    """An ISO 4217 code's shape: three capital letters."""
+    return len(code) == 3 and code.isalpha() and code.isupper()
+
+
 def validate_price(price: Price) -> None:
     """Raises ``InvalidInput`` (code ``invalid_price``) naming the first thing to fix."""
 
     def fail(message: str) -> NoReturn:
         raise InvalidInput(f"price {price.id!r}: {message}", code="invalid_price")
 
-    if len(price.currency) != 3 or not price.currency.isalpha() or not price.currency.isupper():
+    if not is_currency(price.currency):
         fail(f"currency must be an ISO 4217 code such as \"USD\"; got {price.currency!r}")
     if price.model == "flat" and price.meter is not None:
         fail("a flat fee charges a period, not a meter: remove \"meter\"")

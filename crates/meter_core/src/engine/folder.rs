@@ -5,10 +5,10 @@
 //!
 //! A shard flushes with its own watermark (`counter/agg_seq/<shard>`) in the same write batch: its
 //! customers' aggregates of every commit up to that one are in `agg`, none after. It flushes every
-//! `Config::flush_interval`, when its fold grows past `FLUSH_STATES`, and when asked (before a query reads and
-//! before meters change). To flush, a fold thread hands its whole fold to the flush thread and starts an
-//! empty one, so that folding never stops for a write (which would stall the writer behind it). The
-//! flush thread writes in the order it was handed folds, so each shard's watermark only moves forward.
+//! `Config::flush_interval`, when its fold grows past `FLUSH_STATES`, and when asked (before meters
+//! change). To flush, a fold thread hands its whole fold to the flush thread and starts an empty one, so
+//! that folding never stops for a write (which would stall the writer behind it). The flush thread writes
+//! in the order it was handed folds, so each shard's watermark only moves forward.
 //!
 //! A query does not flush: each fold thread copies out what it holds for the queried meter (`Peek`), and
 //! the flush thread answers once every fold handed over before that is written. Until the query has read
