@@ -1,0 +1,31 @@
+"""Pricing: rates usage against catalog prices exactly (Decimal and scaled Int128, never floats), with polars.
+
+:func:`rate` turns the charges of a period (:func:`charges_and_prices`, or :func:`price_frame` and a frame of
+charges), the period's quantities and, for per-event percentages, the events' amounts into one exact amount per
+charge and the details that explain it; :mod:`meter.pricing.money` rounds to each currency's minor unit.
+"""
+
+from meter.pricing.charges import (
+    CHARGES_SCHEMA,
+    PRICE_SCHEMA,
+    charges_and_prices,
+    combination_expr,
+    combination_key,
+    price_frame,
+)
+from meter.pricing.money import minor_units, round_half_even, round_to_minor_unit
+from meter.pricing.rating import Rated, rate
+
+__all__ = [
+    "CHARGES_SCHEMA",
+    "PRICE_SCHEMA",
+    "Rated",
+    "charges_and_prices",
+    "combination_expr",
+    "combination_key",
+    "minor_units",
+    "price_frame",
+    "rate",
+    "round_half_even",
+    "round_to_minor_unit",
+]
