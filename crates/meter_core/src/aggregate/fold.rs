@@ -8,10 +8,10 @@
 use hashbrown::{HashMap, HashSet};
 
 use super::extract::Contribution;
-use super::meter::Meter;
+use super::meter::{Aggregation, Meter};
 use super::state::{AggState, MinuteStates};
-use crate::ingest::time::minute_of;
-use crate::storage::keys::{minute_key, put_dims, uniq_key};
+use crate::ingest::time::{minute_of, MINUTES_PER_DAY};
+use crate::storage::keys::{day_key, minute_key, put_dims, uniq_key};
 use crate::storage::{Cf, WriteSet};
 
 /// What folds hold in memory for one meter: the part of a query's answer not yet in RocksDB.
@@ -108,22 +108,35 @@ impl Fold {
         self.states.len() + self.uniques.len()
     }
 
-    /// Emits the deltas (merge operands for customer-minutes, puts for distinct values) and empties the fold.
+    /// Emits the deltas (merge operands for customer-minutes and for each meter's touched days, puts for
+    /// distinct values) and empties the fold.
     pub fn drain_into(&mut self, set: &mut WriteSet) {
         // Sorted, each customer-minute's states are one run: one merge operand each. Sorting a vector
         // beats grouping through another map, whose every insert would miss the cache.
         let mut states: Vec<_> = self.states.drain().collect();
         states.sort_unstable_by_key(|(key, _)| *key);
         let (mut key, mut value) = (Vec::with_capacity(64), Vec::with_capacity(256));
+        // Events per (tenant, meter, UTC day), written in the same batch as the minutes they count.
+        let mut days: HashMap<(&str, u32, i64), u64> = HashMap::new();
         for run in states.chunk_by(|(a, _), (b, _)| (a.0, a.1, a.2) == (b.0, b.1, b.2)) {
             let (customer, meter_id, minute, _) = run[0].0;
             let (tenant, subject) = &self.customers[customer.0 as usize];
+            *days.entry((tenant, meter_id, minute.div_euclid(MINUTES_PER_DAY))).or_default() +=
+                run.iter().map(|(_, state)| state.count).sum::<u64>();
             key.clear();
             minute_key(&mut key, tenant, meter_id, subject, minute);
             value.clear();
             let entries = run.iter().map(|((.., combo), state)| (self.combos[*combo as usize].as_slice(), state));
             MinuteStates::encode_entries(&mut value, run.len(), entries);
             set.merge(Cf::Agg, &key, &value);
+        }
+        for ((tenant, meter_id, day), events) in days {
+            key.clear();
+            day_key(&mut key, tenant, meter_id, day);
+            value.clear();
+            let mark = AggState { count: events, ..AggState::empty(Aggregation::Count) };
+            MinuteStates::encode_entries(&mut value, 1, [(&[][..], &mark)].into_iter());
+            set.merge(Cf::Days, &key, &value);
         }
         for (customer, meter_id, minute, combo, unique) in self.uniques.drain() {
             let (tenant, subject) = &self.customers[customer.0 as usize];

@@ -212,11 +212,20 @@ impl MinuteStates {
 /// RocksDB's merge: folds an existing value and operands into one encoded `MinuteStates`.
 /// `None` (reported by RocksDB as corruption) only for bytes this module did not write.
 pub fn merge_values<'a>(existing: Option<&[u8]>, operands: impl IntoIterator<Item = &'a [u8]>) -> Option<Vec<u8>> {
+    let mut operands = operands.into_iter();
+    let first = operands.next();
+    let mut rest = operands.peekable();
+    if let (None, Some(only), None) = (existing, first, rest.peek()) {
+        // A lone operand is a value already (the same encoding): the common case of a key written once, which
+        // every read of it would otherwise rebuild. It is still checked, as merging would.
+        MinuteStates::visit(only, |_, _| Ok(())).ok()?;
+        return Some(only.to_vec());
+    }
     let mut acc = match existing {
         Some(b) => MinuteStates::decode(b).ok()?,
         None => MinuteStates::default(),
     };
-    for op in operands {
+    for op in first.into_iter().chain(rest) {
         let mut consistent = true;
         MinuteStates::visit(op, |dims, s| {
             consistent &= acc.merge(dims, &s);

@@ -287,6 +287,38 @@ impl Engine {
         query::run(&*store, tenant, meter, q, &in_memory)
     }
 
+    /// Per UTC day with usage of a meter (the day's start, µs): the events counted in it, including every event
+    /// acknowledged before the call.
+    pub fn day_counts(&self, tenant: &str, slug: &str) -> Result<Vec<(i64, u64)>> {
+        let (store, meter) = self.flushed(tenant, slug)?;
+        query::minutes::day_counts(&*store, tenant, &meter)
+    }
+
+    /// A meter's rows per customer, minute and dimension combination in `[from_us, to_us)`, streamed
+    /// `batch_rows` at a time (`query::minutes`); they include every event acknowledged before the call.
+    pub fn minutes(
+        &self,
+        tenant: &str,
+        slug: &str,
+        from_us: i64,
+        to_us: i64,
+        batch_rows: usize,
+    ) -> Result<query::minutes::MinuteStream> {
+        let (store, meter) = self.flushed(tenant, slug)?;
+        query::minutes::MinuteStream::spawn(store, tenant.to_owned(), meter, from_us, to_us, batch_rows.max(1))
+    }
+
+    /// The store once the fold threads have written every acknowledged event, and the meter: bulk reads
+    /// then need RocksDB alone, and their iterator's snapshot is consistent however long they take.
+    fn flushed(&self, tenant: &str, slug: &str) -> Result<(Arc<dyn Store>, Arc<Meter>)> {
+        let registry = self.shared.registry.read().unwrap().clone();
+        let meter =
+            registry.get(tenant, slug).ok_or_else(|| Error::NotFound { what: "meter", name: slug.to_owned() })?.clone();
+        folder::flushed(self.ask(true, |reply| Command::Flush { reply })?)?;
+        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
+        Ok((store, meter))
+    }
+
     /// The tenant's retained events of the commits after `after_seq` (whole commits, about `max_events`), as
     /// Arrow, and the last commit they come from. Every acknowledged event is there (commits are atomic).
     pub fn retained_events(

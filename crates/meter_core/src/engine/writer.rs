@@ -60,6 +60,10 @@ pub(crate) enum Command {
         meter_id: u32,
         reply: Sender<Result<Vec<Receiver<Result<Peeked>>>>>,
     },
+    /// The fold threads write what they hold of every commit so far: answers with where they will answer.
+    Flush {
+        reply: Sender<Result<Vec<Receiver<Result<()>>>>>,
+    },
 }
 
 pub(crate) struct Writer {
@@ -113,6 +117,10 @@ impl Writer {
                         self.commit(&mut pending);
                         let peek = |reply| FoldWork::Peek { tenant: tenant.clone(), meter_id, reply };
                         let _ = reply.send(self.guarded(|w| w.ask_folds(peek)));
+                    }
+                    Command::Flush { reply } => {
+                        self.commit(&mut pending);
+                        let _ = reply.send(self.guarded(|w| w.flush_folds()));
                     }
                 }
                 if pending.events < self.config.max_commit_events {
@@ -368,7 +376,7 @@ impl Writer {
         set.push(OpKind::Delete, Cf::Meta, &keys::meter_def(tenant, slug), &[]);
         let mut prefix = Vec::new();
         keys::meter_prefix(&mut prefix, tenant, meter.id());
-        for cf in [Cf::Agg, Cf::Uniq] {
+        for cf in [Cf::Agg, Cf::Uniq, Cf::Days] {
             set.delete_range(cf, &prefix, &keys::prefix_end(&prefix));
         }
         self.write_admin(&set, true)?;

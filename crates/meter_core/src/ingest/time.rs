@@ -4,6 +4,7 @@
 use chrono::{DateTime, NaiveDateTime};
 
 pub const MICROS_PER_MINUTE: i64 = 60_000_000;
+pub const MINUTES_PER_DAY: i64 = 1440;
 
 /// Parses `2026-11-23T10:00:00Z`, `2026-11-23T11:00:00.5+01:00` or `2026-11-23T10:00:00` (UTC).
 pub fn parse_rfc3339_micros(text: &str) -> Option<i64> {

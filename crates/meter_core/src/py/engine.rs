@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use pyo3_arrow::PyTable;
+use pyo3_arrow::{PyRecordBatchReader, PyTable};
 
 use super::detached;
 use crate::aggregate::meter::MeterSpec;
@@ -153,6 +153,27 @@ impl PyEngine {
         let (batch, last_seq) = detached(py, || self.inner.retained_events(tenant, after_seq, max_events))?;
         let schema = batch.schema();
         Ok((PyTable::try_new(vec![batch], schema)?, last_seq))
+    }
+
+    /// Per UTC day with usage of a meter: (the day's start in µs, events counted in it).
+    fn day_counts(&self, py: Python<'_>, tenant: &str, meter: &str) -> PyResult<Vec<(i64, u64)>> {
+        detached(py, || self.inner.day_counts(tenant, meter))
+    }
+
+    /// A meter's rows per customer, minute and dimension combination in `[from_us, to_us)`, as an Arrow
+    /// stream (`__arrow_c_stream__`) produced on a thread of its own.
+    #[pyo3(signature = (tenant, meter, from_us, to_us, *, batch_rows = 1 << 20))]
+    fn minutes(
+        &self,
+        py: Python<'_>,
+        tenant: &str,
+        meter: &str,
+        from_us: i64,
+        to_us: i64,
+        batch_rows: usize,
+    ) -> PyResult<PyRecordBatchReader> {
+        let stream = detached(py, || self.inner.minutes(tenant, meter, from_us, to_us, batch_rows))?;
+        Ok(PyRecordBatchReader::new(Box::new(stream)))
     }
 
     /// `None` when healthy, else why the engine stopped acknowledging writes.

@@ -4,6 +4,7 @@
 
 pub mod arrow;
 pub mod events;
+pub mod minutes;
 pub mod window;
 
 use std::collections::{BTreeMap, HashSet};

@@ -80,7 +80,15 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.str_bytes()?).map_err(|e| Error::Corrupt(e.to_string()))
     }
 
+    #[inline]
     pub fn varint(&mut self) -> Result<u128> {
+        // Most varints (lengths, counts) fit one byte: the path bulk reads of aggregates take.
+        if let Some((&byte, rest)) = self.bytes.split_first() {
+            if byte < 0x80 {
+                self.bytes = rest;
+                return Ok(byte as u128);
+            }
+        }
         let mut v: u128 = 0;
         for shift in (0..128).step_by(7) {
             let byte = self.u8()?;

@@ -5,6 +5,7 @@
 //! |--------|----------------------------------------------------------------|--------------------------------|
 //! | agg    | tenant, meter id u32, subject, minute i64                      | `MinuteStates` (merge operator): one state per dims |
 //! | uniq   | agg key, dims, value                                           | empty: one key per distinct value |
+//! | days   | tenant, meter id u32, UTC day i64                              | `MinuteStates`: one count state, the day's events |
 //! | events | tenant, commit seq u64, part u32                               | zstd record of accepted events |
 //! | dedup  | commit seq u64                                                 | receive time, tenants of the events records, (fingerprint, payload hash)* |
 //! | meta   | `counter/seq`, `counter/agg_seq/` shard u32, `counter/meter_id`, `meters/` tenant slug | counters / meter JSON |
@@ -57,6 +58,13 @@ pub fn subject_prefix(out: &mut Vec<u8>, tenant: &str, meter_id: u32, subject: &
 pub fn minute_key(out: &mut Vec<u8>, tenant: &str, meter_id: u32, subject: &str, minute: i64) {
     subject_prefix(out, tenant, meter_id, subject);
     put_i64_sortable(out, minute);
+}
+
+/// The `days` key of a meter's UTC day (days since the epoch): the mark that tells an export which days
+/// changed without reading their minutes.
+pub fn day_key(out: &mut Vec<u8>, tenant: &str, meter_id: u32, day: i64) {
+    meter_prefix(out, tenant, meter_id);
+    put_i64_sortable(out, day);
 }
 
 /// Appends dimension values in the meter's order: `0` for absent, `1` + string otherwise.

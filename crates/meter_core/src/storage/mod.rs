@@ -20,10 +20,11 @@ pub enum Cf {
     Dedup,
     Agg,
     Uniq,
+    Days,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 5] = [Cf::Meta, Cf::Events, Cf::Dedup, Cf::Agg, Cf::Uniq];
+    pub const ALL: [Cf; 6] = [Cf::Meta, Cf::Events, Cf::Dedup, Cf::Agg, Cf::Uniq, Cf::Days];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -32,6 +33,7 @@ impl Cf {
             Cf::Dedup => "dedup",
             Cf::Agg => "agg",
             Cf::Uniq => "uniq",
+            Cf::Days => "days",
         }
     }
 }

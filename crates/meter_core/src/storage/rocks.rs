@@ -45,10 +45,11 @@ impl RocksStore {
             // Retained events are zstd-compressed by the engine and dedup values are hashes: compressing
             // them again would burn CPU for nothing. Keys of agg/uniq share long prefixes and compress well.
             o.set_compression_type(match cf {
-                Cf::Agg | Cf::Uniq | Cf::Meta => DBCompressionType::Zstd,
+                Cf::Agg | Cf::Uniq | Cf::Days | Cf::Meta => DBCompressionType::Zstd,
                 Cf::Events | Cf::Dedup => DBCompressionType::None,
             });
-            if cf == Cf::Agg {
+            // A day's mark is a count state, merged like any aggregate.
+            if matches!(cf, Cf::Agg | Cf::Days) {
                 o.set_merge_operator_associative("meter_agg_v1", agg_merge);
             }
             ColumnFamilyDescriptor::new(cf.name(), o)

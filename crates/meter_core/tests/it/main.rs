@@ -376,3 +376,119 @@ fn queries_during_ingest_count_every_acknowledged_event_once() {
     assert!(queries > 0);
     assert_eq!(calls(&engine), acked.load(Ordering::SeqCst));
 }
+
+/// Every row of `Engine::minutes` in `[from, to)` as (minute start, customer, dims, value, events), sorted.
+fn minute_rows(
+    engine: &Engine,
+    meter: &str,
+    from_us: i64,
+    to_us: i64,
+) -> Vec<(i64, String, Vec<Option<String>>, i128, u64)> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Decimal128Type, TimestampMicrosecondType, UInt64Type};
+    use arrow_array::Array;
+    let mut rows = Vec::new();
+    for batch in engine.minutes("t", meter, from_us, to_us, 7).unwrap() {
+        let batch = batch.unwrap();
+        let n_dims = batch.num_columns() - 5;
+        for i in 0..batch.num_rows() {
+            let dims = (1..=n_dims)
+                .map(|c| {
+                    let col = batch.column(c).as_string::<i32>();
+                    col.is_valid(i).then(|| col.value(i).to_owned())
+                })
+                .collect();
+            rows.push((
+                batch.column(n_dims + 1).as_primitive::<TimestampMicrosecondType>().value(i),
+                batch.column(0).as_string::<i32>().value(i).to_owned(),
+                dims,
+                batch.column(n_dims + 3).as_primitive::<Decimal128Type>().value(i),
+                batch.column(n_dims + 4).as_primitive::<UInt64Type>().value(i),
+            ));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+#[test]
+fn day_marks_and_minute_rows_agree_with_queries() {
+    const DAY: i64 = 1440 * MIN;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(&dir);
+    tokens_meter(&engine, "t");
+    engine
+        .create_meter(
+            "t",
+            spec(r#"{"slug":"models","event_type":"llm","aggregation":"unique_count","value_property":"$.model"}"#),
+            Some(T0),
+        )
+        .unwrap();
+    // Four customers over three UTC days (T0 is 10:00), some minutes with several events and models.
+    let events: Vec<String> = (0..90)
+        .map(|i| {
+            event(
+                &format!("e{i}"),
+                &format!("c{}", i % 4),
+                (i * 37) % 1600 - 700,
+                &i.to_string(),
+                &format!("m{}", i % 3),
+            )
+        })
+        .collect();
+    let (first, second) = events.split_at(40);
+    engine.ingest("t", batch(first), false, Some(T0 + 1000 * MIN)).unwrap();
+    engine.ingest("t", batch(second), false, Some(T0 + 1000 * MIN)).unwrap();
+    let (from, to) = (T0 - DAY, T0 + 2 * DAY);
+
+    for (meter, group_by) in
+        [("tokens", vec!["subject".to_string(), "model".to_string()]), ("models", vec!["subject".to_string()])]
+    {
+        let days = engine.day_counts("t", meter).unwrap();
+        let q = UsageQuery {
+            meter: meter.into(),
+            from_us: from - from.rem_euclid(DAY),
+            to_us: to,
+            window: Some(WindowSize::Day),
+            ..Default::default()
+        };
+        let by_day: Vec<(i64, u64)> =
+            engine.query("t", &q).unwrap().rows.iter().map(|r| (r.window_start_us, r.events)).collect();
+        assert_eq!(days, by_day, "{meter}: day marks");
+        assert_eq!(days.len(), 3);
+        assert_eq!(days.iter().map(|d| d.1).sum::<u64>(), 90);
+
+        let q = UsageQuery {
+            meter: meter.into(),
+            from_us: from - from.rem_euclid(DAY),
+            to_us: to,
+            window: Some(WindowSize::Minute),
+            group_by,
+            ..Default::default()
+        };
+        let mut expected: Vec<_> = engine
+            .query("t", &q)
+            .unwrap()
+            .rows
+            .into_iter()
+            .map(|r| (r.window_start_us, r.subject.unwrap(), r.dims, r.value.0, r.events))
+            .collect();
+        expected.sort();
+        let mut streamed = Vec::new();
+        for (day, _) in &days {
+            streamed.extend(minute_rows(&engine, meter, *day, day + DAY));
+        }
+        streamed.sort();
+        assert_eq!(streamed, expected, "{meter}: minute rows");
+    }
+
+    drop(engine);
+    let engine = open(&dir);
+    assert_eq!(engine.day_counts("t", "tokens").unwrap().iter().map(|d| d.1).sum::<u64>(), 90, "marks are durable");
+    engine.delete_meter("t", "tokens").unwrap();
+    // The same slug on another event type: a new meter, which no retained event feeds.
+    engine
+        .create_meter("t", spec(r#"{"slug":"tokens","event_type":"other","aggregation":"count"}"#), Some(T0))
+        .unwrap();
+    assert_eq!(engine.day_counts("t", "tokens").unwrap(), vec![], "a deleted meter's marks go with it");
+}
