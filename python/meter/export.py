@@ -1,8 +1,8 @@
 """Usage and the billing catalog exported as hive-partitioned Parquet (zstd) for pricing, which never reads RocksDB.
 
 Layout: ``<out>/usage/tenant=<tenant>/meter=<slug>/date=<YYYY-MM-DD>/part-0.parquet``, one row per customer,
-minute and combination of the meter's dimensions: ``customer``, one column per dimension, ``window_start``,
-``window_end`` (UTC, ``[start, end)``), ``value`` (decimal128(38, 9)) and ``events``. A meter is a directory of
+minute and combination of the meter's dimensions, ordered by customer then minute: ``customer``, one column per
+dimension, ``window_start``, ``window_end`` (UTC, ``[start, end)``), ``value`` (decimal128(38, 9)) and ``events``. A meter is a directory of
 its own because each meter has its own dimensions (and each price charges one meter).
 
 Catalog snapshots: ``<out>/catalog/tenant=<tenant>/{customers,prices,subscriptions}.parquet``. Prices have one row
@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import msgspec
@@ -30,15 +30,10 @@ import pyarrow.parquet as pq
 
 from meter.catalog.billing import BillingCatalog
 from meter.engine import Engine
-from meter.exceptions import InvalidInput
 
 __all__ = ["ExportSummary", "export_catalog", "export_events", "export_usage"]
 
-# The whole range an export looks at for days with usage: [2000-01-01, 2100-01-01).
-_FIRST = datetime(2000, 1, 1, tzinfo=timezone.utc)
-_LAST = datetime(2100, 1, 1, tzinfo=timezone.utc)
 _DAY = timedelta(days=1)
-_HOUR = timedelta(hours=1)
 
 
 class ExportSummary(msgspec.Struct):
@@ -65,20 +60,19 @@ def export_usage(engine: Engine, tenants: list[str], out: Path,
         written: dict[str, int] = {}
         meters = engine.list_meters(tenant)
         for meter in meters:
-            days = engine.usage(tenant, meter.slug, start=_FIRST, end=_LAST, window_size="day").table
-            for start, events in zip(days.column("window_start").to_pylist(), days.column("events").to_pylist()):
-                day = start.astimezone(timezone.utc)
+            for day, events in engine.day_counts(tenant, meter.slug).items():
                 key, path = f"{meter.id}/{day:%Y-%m-%d}", base / f"meter={meter.slug}" / f"date={day:%Y-%m-%d}" / "part-0.parquet"
+                # The count read here may be older than the rows written next, never newer: at worst the next
+                # export writes the day again.
                 written[key] = events
                 if exported.get(key) == events and path.exists():
                     summary.unchanged += 1
                     continue
-                table = _day_of_usage(engine, tenant, meter.slug, [*meter.group_by], day)
-                write_atomically(table, path)
+                rows = write_atomically(engine.minutes(tenant, meter.slug, start=day, end=day + _DAY), path)
                 summary.files += 1
-                summary.rows += table.num_rows
+                summary.rows += rows
                 if progress:
-                    progress(f"{tenant}/{meter.slug}/{day:%Y-%m-%d}: {table.num_rows} rows")
+                    progress(f"{tenant}/{meter.slug}/{day:%Y-%m-%d}: {rows} rows")
         live = {f"meter={m.slug}" for m in meters}
         for gone in base.glob("meter=*") if base.exists() else ():
             if gone.name not in live:
@@ -86,22 +80,6 @@ def export_usage(engine: Engine, tenants: list[str], out: Path,
         if written != exported:
             write_file_atomically(msgspec.json.encode(written), manifest_path)
     return summary
-
-
-def _day_of_usage(engine: Engine, tenant: str, slug: str, dimensions: list[str], day: datetime) -> pa.Table:
-    """One day's rows; a day too big for one query (the engine's row limit) is asked for an hour at a time."""
-
-    def rows(start: datetime, end: datetime) -> pa.Table:
-        return engine.usage(tenant, slug, start=start, end=end, window_size="minute",
-                            group_by=["subject", *dimensions]).table
-
-    try:
-        table = rows(day, day + _DAY)
-    except InvalidInput as e:
-        if e.code != "result_too_large":
-            raise
-        table = pa.concat_tables([rows(day + h * _HOUR, day + (h + 1) * _HOUR) for h in range(24)])
-    return table.rename_columns(["customer" if c == "subject" else c for c in table.column_names])
 
 
 def export_events(engine: Engine, tenants: list[str], out: Path, page: int = 1_000_000) -> ExportSummary:
@@ -166,9 +144,24 @@ def export_catalog(catalog: BillingCatalog, tenants: list[str], out: Path) -> Ex
     return summary
 
 
-def write_atomically(table: pa.Table, path: Path) -> None:
-    """The old file or the new one survives a crash, never a torn one."""
-    _replace(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+def write_atomically(data: pa.Table | pa.RecordBatchReader, path: Path) -> int:
+    """Writes a table, or a stream batch by batch (each a row group), and returns the rows written. The old file or
+    the new one survives a crash, never a torn one."""
+    rows = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal rows
+        if isinstance(data, pa.Table):
+            pq.write_table(data, tmp, compression="zstd")
+            rows = data.num_rows
+            return
+        with pq.ParquetWriter(tmp, data.schema, compression="zstd") as writer:
+            for batch in data:
+                writer.write_batch(batch)
+                rows += batch.num_rows
+
+    _replace(path, write)
+    return rows
 
 
 def write_file_atomically(data: bytes, path: Path) -> None:
