@@ -13,7 +13,7 @@ import pytest
 
 from meter.catalog.billing import BillingCatalog, Commit, Customer, Product, Subscription
 from meter.catalog.prices import Price
-from meter.exceptions import AlreadyExists, InvalidInput, NotFound
+from meter.exceptions import AlreadyExists, InUse, InvalidInput, NotFound
 
 JAN = datetime(2026, 1, 1, tzinfo=timezone.utc)
 FEB = datetime(2026, 2, 1, tzinfo=timezone.utc)
@@ -107,3 +107,42 @@ def test_tenants_never_see_each_other(catalog: BillingCatalog) -> None:
         catalog.create_plan("acme", "pro", "again")
     with pytest.raises(InvalidInput, match="without '/'"):
         catalog.list_customers("acme/../acme-2")
+
+
+def test_migrating_keeps_the_history_that_pricing_prorates_across(catalog: BillingCatalog) -> None:
+    setup_plan(catalog)
+    catalog.put_subscription("acme", Subscription(id="s1", customer="cust-1", plan="pro", version=1, start=JAN))
+    with pytest.raises(InvalidInput, match="has no version 2"):
+        catalog.migrate_subscription("acme", "s1", 2, FEB)
+    catalog.add_plan_version("acme", "pro", FEB, [tokens_price(unit_price="0.003")])
+    mid_feb = datetime(2026, 2, 15, tzinfo=timezone.utc)
+    sub = catalog.migrate_subscription("acme", "s1", 2, mid_feb)
+    assert catalog.get_subscription("acme", "s1") == sub
+    assert sub.version == 2
+    assert sub.phases() == [(1, JAN, mid_feb), (2, mid_feb, None)]
+    with pytest.raises(InvalidInput, match="on version 2 already"):
+        catalog.migrate_subscription("acme", "s1", 2, datetime(2026, 3, 1, tzinfo=timezone.utc))
+    with pytest.raises(InvalidInput, match="must fall after the start \\(and the migration before\\)"):
+        catalog.migrate_subscription("acme", "s1", 1, FEB)
+    with pytest.raises(InvalidInput, match="the last migration moved to 2"):
+        catalog.put_subscription("acme", msgspec.structs.replace(sub, version=1))
+
+
+def test_deleting_what_something_refers_to_is_refused(catalog: BillingCatalog) -> None:
+    setup_plan(catalog)
+    catalog.put_subscription("acme", Subscription(id="s1", customer="cust-1", plan="pro", version=1, start=JAN))
+    catalog.put_product("acme", Product(id="llm", name="LLM"))
+    catalog.put_product("acme", Product(id="gpt", name="GPT", parent="llm"))
+    for delete, what in ((catalog.delete_customer, "cust-1"), (catalog.delete_plan, "pro"),
+                         (catalog.delete_product, "llm")):
+        with pytest.raises(InUse, match="still used by"):
+            delete("acme", what)
+    catalog.delete_subscription("acme", "s1")
+    catalog.delete_product("acme", "gpt")
+    for delete, what in ((catalog.delete_customer, "cust-1"), (catalog.delete_plan, "pro"),
+                         (catalog.delete_product, "llm")):
+        delete("acme", what)
+    assert catalog.list_customers("acme") == [] and catalog.list_plans("acme") == []
+    assert catalog.list_products("acme") == [] and catalog.list_subscriptions("acme") == []
+    with pytest.raises(NotFound):
+        catalog.delete_plan("acme", "pro")

@@ -100,3 +100,5 @@ def test_catalog_from_yaml(server: Server, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["catalog", "put", "subscriptions", str(bad)],
                                 env={"METER_URL": server.url, "METER_API_KEY": key})
     assert result.exit_code != 0 and "has no version 9" in result.output
+    assert "customer cust-2: deleted" in run(server, key, "catalog", "delete", "customers", "cust-2")
+    assert "cust-2" not in run(server, key, "catalog", "list", "customers")

@@ -166,6 +166,17 @@ def test_billing_catalog_over_http(server: Server, acme: httpx.Client) -> None:
     assert r.status_code == 400 and "a gap" in r.json()["message"]
     assert acme.get("/v1/customers/nobody").status_code == 404
 
+    r = acme.post("/v1/plans/pro/versions", json={"effective_from": "2026-02-01T00:00:00Z", "prices": [price]})
+    assert r.status_code == 201, r.text
+    r = acme.post("/v1/subscriptions/s1/migrate", json={"version": 2, "at": "2026-02-10T00:00:00Z"})
+    assert r.status_code == 200 and r.json()["migrations"] == [
+        {"from_version": 1, "to_version": 2, "at": "2026-02-10T00:00:00Z"}], r.text
+    in_use = acme.delete("/v1/customers/cust-1")
+    assert in_use.status_code == 409 and in_use.json()["code"] == "in_use" and "subscription 's1'" in in_use.json()["message"]
+    assert acme.delete("/v1/subscriptions/s1").status_code == 200
+    assert acme.delete("/v1/customers/cust-1").status_code == 200
+    assert acme.delete("/v1/customers/cust-1").status_code == 404
+
     other = server.client(server.tenant_key("acme-other", ["read", "admin"]))
     assert other.get("/v1/customers").json() == []
     assert other.get("/v1/plans/pro").status_code == 404

@@ -225,6 +225,31 @@ def catalog_list(kind: str, url: str, api_key: str) -> None:
     _table(kind, rows, columns)
 
 
+@catalog.command("delete")
+@click.argument("kind", type=click.Choice(CATALOG_KINDS))
+@click.argument("item_id")
+@url_option
+@key_option
+def catalog_delete(kind: str, item_id: str, url: str, api_key: str) -> None:
+    """Deletes one item; refused (in_use) while a subscription or a child product still refers to it."""
+    with _http(url, api_key) as http:
+        _check(http.delete(f"/v1/{kind}/{item_id}"))
+    click.echo(f"{kind[:-1]} {item_id}: deleted")
+
+
+@catalog.command("migrate")
+@click.argument("subscription_id")
+@click.option("--version", "version", type=int, required=True, help="the plan version to move to")
+@click.option("--at", required=True, help="RFC 3339: when the new version takes over, e.g. 2026-11-15T00:00:00Z")
+@url_option
+@key_option
+def catalog_migrate(subscription_id: str, version: int, at: str, url: str, api_key: str) -> None:
+    """Moves a subscription to another version of its plan; pricing prorates the cycle across the change."""
+    with _http(url, api_key) as http:
+        _check(http.post(f"/v1/subscriptions/{subscription_id}/migrate", json={"version": version, "at": at}))
+    click.echo(f"subscription {subscription_id}: on version {version} from {at}")
+
+
 @main.command()
 @click.argument("meter_slug")
 @click.option("--from", "start", required=True, help="RFC 3339, e.g. 2026-11-01T00:00:00Z")

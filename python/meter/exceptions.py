@@ -59,6 +59,12 @@ class AlreadyExists(MeterError):
     code = "already_exists"
 
 
+class InUse(MeterError):
+    """Something else still refers to what was to be deleted."""
+
+    code = "in_use"
+
+
 class Overloaded(MeterError):
     """The ingest queue is full: retry after a short pause (HTTP 429)."""
 

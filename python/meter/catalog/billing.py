@@ -2,7 +2,8 @@
 with their contract terms. Stored per tenant in rocksdict (msgspec JSON values), apart from the usage store.
 
 Plans are versioned: editing a plan adds a version with its own effective date; a subscription keeps the version
-it names until it is migrated. Everything is validated on the way in, with an error that says what to fix.
+it names until it is migrated, and keeps the record of its migrations (pricing prorates across them). Everything is
+validated on the way in, with an error that says what to fix; deleting what something else refers to is refused.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ import msgspec
 from rocksdict import Rdict
 
 from meter.catalog.prices import Price, is_currency, validate_price
-from meter.exceptions import AlreadyExists, InvalidInput, NotFound
+from meter.exceptions import AlreadyExists, InUse, InvalidInput, NotFound
 
-__all__ = ["BillingCatalog", "Commit", "Credit", "Customer", "Plan", "PlanBody", "PlanVersion", "PlanVersionBody",
-           "Product", "Subscription"]
+__all__ = ["BillingCatalog", "Commit", "Credit", "Customer", "Migration", "MigrationBody", "Plan", "PlanBody",
+           "PlanVersion", "PlanVersionBody", "Product", "Subscription"]
 
 
 class Address(msgspec.Struct, forbid_unknown_fields=True):
@@ -101,6 +102,19 @@ class Credit(msgspec.Struct, forbid_unknown_fields=True):
     priority: int = 0
 
 
+class Migration(msgspec.Struct, forbid_unknown_fields=True):
+    """The subscription moved from one version of its plan to another at ``at``."""
+
+    from_version: int
+    to_version: int
+    at: datetime
+
+
+class MigrationBody(msgspec.Struct, forbid_unknown_fields=True):
+    version: int
+    at: datetime
+
+
 class Subscription(msgspec.Struct, forbid_unknown_fields=True):
     id: str
     customer: str
@@ -114,6 +128,15 @@ class Subscription(msgspec.Struct, forbid_unknown_fields=True):
     overrides: list[Price] = []
     commits: list[Commit] = []
     credits: list[Credit] = []
+    #: Oldest first; ``version`` is the one the last migration moved to.
+    migrations: list[Migration] = []
+
+    def phases(self) -> list[tuple[int, datetime, datetime | None]]:
+        """The plan versions the subscription was on, each over ``[from, to)``; ``to`` is None while it runs."""
+        first = self.migrations[0].from_version if self.migrations else self.version
+        starts = [(first, self.start), *((m.to_version, m.at) for m in self.migrations)]
+        ends = [m.at for m in self.migrations] + [self.end]
+        return [(version, start, end) for (version, start), end in zip(starts, ends)]
 
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -126,6 +149,14 @@ def _invalid(message: str) -> InvalidInput:
 def _aware(t: datetime, what: str) -> None:
     if t.tzinfo is None:
         raise _invalid(f"{what} must carry a time zone (RFC 3339 with Z or an offset); got {t.isoformat()}")
+
+
+def _version(plan: Plan, version: int, sub_id: str) -> PlanVersion:
+    found = next((v for v in plan.versions if v.version == version), None)
+    if found is None:
+        known = ", ".join(str(v.version) for v in plan.versions) or "none yet"
+        raise _invalid(f"subscription {sub_id!r}: plan {plan.id!r} has no version {version} (versions: {known})")
+    return found
 
 
 def _id(value: str, what: str) -> None:
@@ -168,6 +199,17 @@ class BillingCatalog:
             raise AlreadyExists(f"{kind} {item_id!r} already exists")
         self._db[key] = msgspec.json.encode(value)
 
+    def _delete(self, kind: str, tenant: str, item_id: str) -> None:
+        key = self._key(kind, tenant, item_id)
+        if self._db.get(key) is None:
+            raise NotFound(f"no {kind} {item_id!r}")
+        del self._db[key]
+
+    def _refuse_if_used(self, what: str, users: list[str]) -> None:
+        if users:
+            shown = ", ".join(users[:5]) + (" ..." if len(users) > 5 else "")
+            raise InUse(f"{what} is still used by {shown}: delete or change those first")
+
     # Customers
 
     def put_customer(self, tenant: str, customer: Customer) -> Customer:
@@ -188,6 +230,11 @@ class BillingCatalog:
     def list_customers(self, tenant: str) -> list[Customer]:
         return list(self._list("customer", tenant, Customer))
 
+    def delete_customer(self, tenant: str, customer_id: str) -> None:
+        users = [f"subscription {s.id!r}" for s in self.list_subscriptions(tenant) if s.customer == customer_id]
+        self._refuse_if_used(f"customer {customer_id!r}", users)
+        self._delete("customer", tenant, customer_id)
+
     # Products
 
     def put_product(self, tenant: str, product: Product) -> Product:
@@ -206,6 +253,11 @@ class BillingCatalog:
 
     def list_products(self, tenant: str) -> list[Product]:
         return list(self._list("product", tenant, Product))
+
+    def delete_product(self, tenant: str, product_id: str) -> None:
+        children = [f"product {p.id!r}" for p in self.list_products(tenant) if p.parent == product_id]
+        self._refuse_if_used(f"product {product_id!r}", children)
+        self._delete("product", tenant, product_id)
 
     # Plans
 
@@ -237,31 +289,38 @@ class BillingCatalog:
     def list_plans(self, tenant: str) -> list[Plan]:
         return list(self._list("plan", tenant, Plan))
 
+    def delete_plan(self, tenant: str, plan_id: str) -> None:
+        users = [f"subscription {s.id!r}" for s in self.list_subscriptions(tenant) if s.plan == plan_id]
+        self._refuse_if_used(f"plan {plan_id!r}", users)
+        self._delete("plan", tenant, plan_id)
+
     # Subscriptions
 
     def put_subscription(self, tenant: str, sub: Subscription) -> Subscription:
         _id(sub.id, "subscription")
         customer = self.get_customer(tenant, sub.customer)
         plan = self.get_plan(tenant, sub.plan)
-        version = next((v for v in plan.versions if v.version == sub.version), None)
-        if version is None:
-            known = ", ".join(str(v.version) for v in plan.versions) or "none yet"
-            raise _invalid(f"subscription {sub.id!r}: plan {sub.plan!r} has no version {sub.version} (versions: {known})")
         _aware(sub.start, "start")
         if sub.end is not None:
             _aware(sub.end, "end")
             if sub.end <= sub.start:
                 raise _invalid(f"subscription {sub.id!r}: end must be after start ([start, end) is half-open)")
-        prices = {p.id: p for p in version.prices}
+        self._check_migrations(sub)
+        for version, _, _ in sub.phases():
+            prices = {p.id: p for p in _version(plan, version, sub.id).prices}
+            for p in prices.values():
+                if p.currency != customer.currency:
+                    raise _invalid(f"subscription {sub.id!r}: price {p.id!r} is in {p.currency} but customer "
+                                   f"{customer.id!r} pays in {customer.currency} (plan version {version})")
+        current = {p.id for p in _version(plan, sub.version, sub.id).prices}
         for override in sub.overrides:
-            if override.id not in prices:
+            if override.id not in current:
                 raise _invalid(f"subscription {sub.id!r}: override {override.id!r} replaces no price of plan "
                                f"{sub.plan!r} version {sub.version}")
             validate_price(override)
-        for p in [*prices.values(), *sub.overrides]:
-            if p.currency != customer.currency:
-                raise _invalid(f"subscription {sub.id!r}: price {p.id!r} is in {p.currency} but customer "
-                               f"{customer.id!r} pays in {customer.currency}")
+            if override.currency != customer.currency:
+                raise _invalid(f"subscription {sub.id!r}: override {override.id!r} is in {override.currency} but "
+                               f"customer {customer.id!r} pays in {customer.currency}")
         for term in [*sub.commits, *sub.credits]:
             _aware(term.start, f"{term.id} start")
             _aware(term.end, f"{term.id} end")
@@ -269,6 +328,35 @@ class BillingCatalog:
                 raise _invalid(f"subscription {sub.id!r}: {term.id!r} needs an amount above 0 and end after start")
         self._put("subscription", tenant, sub.id, sub, new=False)
         return sub
+
+    @staticmethod
+    def _check_migrations(sub: Subscription) -> None:
+        previous, at = None, sub.start
+        for i, m in enumerate(sub.migrations, start=1):
+            _aware(m.at, f"migration {i} at")
+            if previous is not None and m.from_version != previous:
+                raise _invalid(f"subscription {sub.id!r}: migration {i} starts from version {m.from_version} but the "
+                               f"one before moved to {previous}")
+            if not at < m.at or (sub.end is not None and m.at >= sub.end):
+                raise _invalid(f"subscription {sub.id!r}: migration {i} at {m.at.isoformat()} must fall after the "
+                               "start (and the migration before) and before the end")
+            previous, at = m.to_version, m.at
+        if previous is not None and previous != sub.version:
+            raise _invalid(f"subscription {sub.id!r}: version is {sub.version} but the last migration moved to {previous}")
+
+    def migrate_subscription(self, tenant: str, sub_id: str, version: int, at: datetime) -> Subscription:
+        """Moves a subscription to another version of its plan from ``at`` on; pricing prorates the cycle across it.
+        Overrides of prices the new version does not have are refused rather than dropped silently."""
+        sub = self.get_subscription(tenant, sub_id)
+        _aware(at, "at")
+        if version == sub.version:
+            raise _invalid(f"subscription {sub_id!r} is on version {version} already")
+        migrated = msgspec.structs.replace(
+            sub, version=version, migrations=[*sub.migrations, Migration(sub.version, version, at)])
+        return self.put_subscription(tenant, migrated)
+
+    def delete_subscription(self, tenant: str, sub_id: str) -> None:
+        self._delete("subscription", tenant, sub_id)
 
     def get_subscription(self, tenant: str, sub_id: str) -> Subscription:
         return self._get("subscription", tenant, sub_id, Subscription)

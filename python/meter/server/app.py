@@ -22,7 +22,8 @@ import zstandard
 import pyarrow.csv as pa_csv
 import pyarrow.ipc as pa_ipc
 
-from meter.catalog.billing import BillingCatalog, Customer, PlanBody, PlanVersionBody, Product, Subscription
+from meter.catalog.billing import (BillingCatalog, Customer, MigrationBody, PlanBody, PlanVersionBody, Product,
+                                   Subscription)
 from meter.catalog.keys import ApiKey, KeyStore, Scope
 from meter.engine import Engine
 from meter.exceptions import MeterError
@@ -101,14 +102,17 @@ class MeterApp:
             ("GET", re.compile(r"/v1/admin/keys"), "admin", self.list_keys),
             ("DELETE", re.compile(r"/v1/admin/keys/(?P<key_id>[^/]+)"), "admin", self.revoke_key),
             ("POST", re.compile(r"/v1/plans/(?P<plan_id>[^/]+)/versions"), "admin", self.add_plan_version),
+            ("POST", re.compile(r"/v1/subscriptions/(?P<sub_id>[^/]+)/migrate"), "admin", self.migrate_subscription),
         ]
-        # The billing catalog: POST creates or replaces (plans: creates), GET lists or fetches one, per tenant.
+        # The billing catalog: POST creates or replaces (plans: creates), GET lists or fetches one, DELETE deletes
+        # what nothing else refers to; per tenant.
         for singular, body_type in (("customer", Customer), ("product", Product), ("plan", PlanBody),
                                     ("subscription", Subscription)):
             self.routes += [
                 ("POST", re.compile(f"/v1/{singular}s"), "admin", self.catalog_put(singular, body_type)),
                 ("GET", re.compile(f"/v1/{singular}s"), "read", self.catalog_list(singular)),
                 ("GET", re.compile(f"/v1/{singular}s/(?P<item_id>[^/]+)"), "read", self.catalog_get(singular)),
+                ("DELETE", re.compile(f"/v1/{singular}s/(?P<item_id>[^/]+)"), "admin", self.catalog_delete(singular)),
             ]
         if os.environ.get("METER_BENCH_ENDPOINTS") == "1":
             # The receive-and-discard ceiling of `make bench-http`: the same reading, auth and answer, no engine.
@@ -405,6 +409,16 @@ class MeterApp:
         async def get(request: Request, item_id: str) -> tuple[int, Any, dict[str, str]]:
             return 200, getattr(self.billing, f"get_{singular}")(self.tenant(request), item_id), {}
         return get
+
+    def catalog_delete(self, singular: str) -> Handler:
+        async def delete(request: Request, item_id: str) -> tuple[int, Any, dict[str, str]]:
+            getattr(self.billing, f"delete_{singular}")(self.tenant(request), item_id)
+            return 200, {"deleted": item_id}, {}
+        return delete
+
+    async def migrate_subscription(self, request: Request, sub_id: str) -> tuple[int, Any, dict[str, str]]:
+        body = decode(request.body, MigrationBody)
+        return 200, self.billing.migrate_subscription(self.tenant(request), sub_id, body.version, body.at), {}
 
     async def add_plan_version(self, request: Request, plan_id: str) -> tuple[int, Any, dict[str, str]]:
         body = decode(request.body, PlanVersionBody)

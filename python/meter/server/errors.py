@@ -22,6 +22,7 @@ _STATUS: list[tuple[type[BaseException], int]] = [
     (exc.InvalidInput, 400),
     (exc.NotFound, 404),
     (exc.AlreadyExists, 409),
+    (exc.InUse, 409),
     (exc.Overloaded, 429),
     (exc.StoreFailed, 503),
     (exc.EngineClosed, 503),

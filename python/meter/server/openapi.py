@@ -6,7 +6,8 @@ from typing import Any
 
 import msgspec
 
-from meter.catalog.billing import Customer, Plan, PlanBody, PlanVersion, PlanVersionBody, Product, Subscription
+from meter.catalog.billing import (Customer, MigrationBody, Plan, PlanBody, PlanVersion, PlanVersionBody, Product,
+                                   Subscription)
 from meter.schemas import CreatedMeter, IngestResult, Meter, MeterSpec
 
 __all__ = ["ErrorBody", "openapi"]
@@ -56,14 +57,16 @@ def _catalog_paths(kind: str, item: type[msgspec.Struct]) -> dict[str, Any]:
     return {
         f"/v1/{kind}": {"post": _op(f"Create or replace a {name.lower()}", "admin", (created, name), body),
                         "get": _op(f"List {kind}", "read", (200, ""))},
-        f"/v1/{kind}/{{id}}": {"get": _op(f"Get a {name.lower()}", "read", (200, name), params=[ID])},
+        f"/v1/{kind}/{{id}}": {"get": _op(f"Get a {name.lower()}", "read", (200, name), params=[ID]),
+                               "delete": _op(f"Delete a {name.lower()} nothing refers to (else 409 in_use)", "admin",
+                                             (200, ""), params=[ID])},
     }
 
 
 def openapi() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         [IngestResult, MeterSpec, Meter, CreatedMeter, ErrorBody, *CATALOG.values(), PlanBody, PlanVersionBody,
-         PlanVersion], ref_template="#/components/schemas/{name}"
+         PlanVersion, MigrationBody], ref_template="#/components/schemas/{name}"
     )
     events_body = {"required": True, "content": {
         t: {"schema": {"type": "array", "items": {"type": "object"}} if "batch" in t or t == "application/json"
@@ -88,6 +91,8 @@ def openapi() -> dict[str, Any]:
             **{path: ops for kind, body in CATALOG.items() for path, ops in _catalog_paths(kind, body).items()},
             "/v1/plans/{id}/versions": {"post": _op("Add a plan version (editing a plan)", "admin",
                                                     (201, "PlanVersion"), "PlanVersionBody", [ID])},
+            "/v1/subscriptions/{id}/migrate": {"post": _op("Move a subscription to another plan version from `at`",
+                                                           "admin", (200, "Subscription"), "MigrationBody", [ID])},
             "/healthz": {"get": _op("Alive", None, (200, ""))},
             "/readyz": {"get": _op("Store healthy", None, (200, ""))},
             "/metrics": {"get": _op("Prometheus metrics", None, (200, ""))},
