@@ -81,7 +81,7 @@ def test_only_changed_days_are_rewritten_and_a_late_event_restates_its_day(engin
     assert not (out / "usage" / "tenant=acme" / "meter=calls").exists(), "a deleted meter's files go too"
 
 
-def test_catalog_snapshot_keeps_prices_exact(tmp_path: Path) -> None:
+def test_catalog_snapshot_keeps_prices_exact(engine: Engine, tmp_path: Path) -> None:
     from datetime import datetime, timezone
 
     import msgspec
@@ -90,6 +90,7 @@ def test_catalog_snapshot_keeps_prices_exact(tmp_path: Path) -> None:
     from meter.catalog.prices import Price
     from meter.export import export_catalog
 
+    setup(engine)
     catalog = BillingCatalog(tmp_path / "billing")
     jan = datetime(2026, 1, 1, tzinfo=timezone.utc)
     catalog.put_customer("acme", Customer(id="cust-1", name="One", currency="EUR"))
@@ -100,9 +101,11 @@ def test_catalog_snapshot_keeps_prices_exact(tmp_path: Path) -> None:
          "tiers": [{"from": "0", "up_to": "10", "unit_price": "5"}, {"from": "10", "unit_price": "4"}]})]
     catalog.add_plan_version("acme", "pro", jan, prices)
     catalog.put_subscription("acme", Subscription(id="s1", customer="cust-1", plan="pro", version=1, start=jan))
-    summary = export_catalog(catalog, ["acme"], tmp_path / "out")
+    summary = export_catalog(catalog, engine, ["acme"], tmp_path / "out")
     catalog.close()
-    assert (summary.files, summary.rows) == (3, 4)
+    assert (summary.files, summary.rows) == (4, 6)
+    meters = ds.dataset(tmp_path / "out" / "catalog" / "tenant=acme" / "meters.parquet").to_table().to_pylist()
+    assert {m["slug"]: m["aggregation"] for m in meters} == {"tokens": "sum", "calls": "count"}
     rows = ds.dataset(tmp_path / "out" / "catalog" / "tenant=acme" / "prices.parquet").to_table().to_pylist()
     assert {r["id"]: r["unit_price"] for r in rows} == {"tokens": Decimal("0.0000025"), "seats": None}
     assert '"up_to":"10"' in next(r["parameters"] for r in rows if r["id"] == "seats")

@@ -324,7 +324,7 @@ def export(data_dir: Path, out: Path, tenants: tuple[str, ...]) -> None:
             raw = export_events(engine, names, out)
         billing = BillingCatalog(data_dir / "billing")
         try:
-            snapshot = export_catalog(billing, names, out)
+            snapshot = export_catalog(billing, engine, names, out)
         finally:
             billing.close()
     except MeterError as e:

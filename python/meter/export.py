@@ -5,7 +5,7 @@ minute and combination of the meter's dimensions, ordered by customer then minut
 dimension, ``window_start``, ``window_end`` (UTC, ``[start, end)``), ``value`` (decimal128(38, 9)) and ``events``. A meter is a directory of
 its own because each meter has its own dimensions (and each price charges one meter).
 
-Catalog snapshots: ``<out>/catalog/tenant=<tenant>/{customers,prices,subscriptions}.parquet``. Prices have one row
+Catalog snapshots: ``<out>/catalog/tenant=<tenant>/{customers,prices,subscriptions,meters}.parquet``. Prices have one row
 per plan version and price, with the model's parameters (tiers, package, percentage, matrix) as JSON text; amounts
 are decimals, never floats.
 
@@ -112,10 +112,14 @@ def export_events(engine: Engine, tenants: list[str], out: Path, page: int = 1_0
     return summary
 
 
-def export_catalog(catalog: BillingCatalog, tenants: list[str], out: Path) -> ExportSummary:
-    """Writes a snapshot of what pricing needs from the catalog: customers, prices and subscriptions."""
+def export_catalog(catalog: BillingCatalog, engine: Engine, tenants: list[str], out: Path) -> ExportSummary:
+    """Writes a snapshot of what pricing needs from the catalog: customers, prices, subscriptions, and the meters
+    (how a period's usage of each adds up)."""
     summary = ExportSummary()
     for tenant in tenants:
+        meters = [{"slug": m.slug, "event_type": m.event_type, "aggregation": m.aggregation,
+                   "value_property": m.value_property, "group_by": msgspec.json.encode(m.group_by).decode()}
+                  for m in engine.list_meters(tenant)]
         customers = [msgspec.to_builtins(c) for c in catalog.list_customers(tenant)]
         for c in customers:
             c["address"] = msgspec.json.encode(c["address"]).decode() if c["address"] else None
@@ -133,11 +137,13 @@ def export_catalog(catalog: BillingCatalog, tenants: list[str], out: Path) -> Ex
                     prices.append(row)
         subscriptions = []
         for sub in catalog.list_subscriptions(tenant):
-            row = {k: getattr(sub, k) for k in ("id", "customer", "plan", "version", "start", "end", "cycle", "anchor")}
-            for terms in ("overrides", "commits", "credits"):
+            row = {k: getattr(sub, k) for k in ("id", "customer", "plan", "version", "start", "end", "cycle", "anchor",
+                                                "threshold")}
+            for terms in ("overrides", "commits", "credits", "discounts", "migrations"):
                 row[terms] = msgspec.json.encode(getattr(sub, terms)).decode()
             subscriptions.append(row)
-        for name, rows in (("customers", customers), ("prices", prices), ("subscriptions", subscriptions)):
+        for name, rows in (("customers", customers), ("prices", prices), ("subscriptions", subscriptions),
+                           ("meters", meters)):
             write_atomically(pa.Table.from_pylist(rows), out / "catalog" / f"tenant={tenant}" / f"{name}.parquet")
             summary.files += 1
             summary.rows += len(rows)

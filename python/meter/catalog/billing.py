@@ -21,7 +21,7 @@ from rocksdict import Rdict
 from meter.catalog.prices import Price, is_currency, validate_price
 from meter.exceptions import AlreadyExists, InUse, InvalidInput, NotFound
 
-__all__ = ["BillingCatalog", "Commit", "Credit", "Customer", "Migration", "MigrationBody", "Plan", "PlanBody",
+__all__ = ["BillingCatalog", "Commit", "Credit", "Customer", "Discount", "Migration", "MigrationBody", "Plan", "PlanBody",
            "PlanVersion", "PlanVersionBody", "Product", "Subscription"]
 
 
@@ -88,8 +88,11 @@ class Commit(msgspec.Struct, forbid_unknown_fields=True):
     end: datetime
     kind: Literal["prepaid", "postpaid"] = "prepaid"
     priority: int = 0
-    #: What happens to what is left at the end of the term.
+    #: What happens to what is left at the end of the term: a postpaid commit's shortfall is billed or forfeited;
+    #: what is left of a prepaid commit was paid up front and is forfeited either way.
     unused: Literal["billed", "forfeited"] = "forfeited"
+    #: Price ids it pays for; all usage charges when empty.
+    applies_to: list[str] = []
 
 
 class Credit(msgspec.Struct, forbid_unknown_fields=True):
@@ -100,6 +103,20 @@ class Credit(msgspec.Struct, forbid_unknown_fields=True):
     start: datetime
     end: datetime
     priority: int = 0
+    #: Price ids it pays for; all usage charges when empty.
+    applies_to: list[str] = []
+
+
+class Discount(msgspec.Struct, forbid_unknown_fields=True):
+    """``percent`` off, or a fixed ``amount`` off, one price's charge (``price``) or the whole invoice (no ``price``),
+    on invoices whose period starts in [start, end)."""
+
+    id: str
+    start: datetime
+    end: datetime | None = None
+    percent: Decimal | None = None
+    amount: Decimal | None = None
+    price: str | None = None
 
 
 class Migration(msgspec.Struct, forbid_unknown_fields=True):
@@ -128,6 +145,9 @@ class Subscription(msgspec.Struct, forbid_unknown_fields=True):
     overrides: list[Price] = []
     commits: list[Commit] = []
     credits: list[Credit] = []
+    discounts: list[Discount] = []
+    #: Threshold billing: once the cycle's unbilled usage reaches this amount, it is invoiced early.
+    threshold: Decimal | None = None
     #: Oldest first; ``version`` is the one the last migration moved to.
     migrations: list[Migration] = []
 
@@ -326,6 +346,23 @@ class BillingCatalog:
             _aware(term.end, f"{term.id} end")
             if term.end <= term.start or term.amount <= 0:
                 raise _invalid(f"subscription {sub.id!r}: {term.id!r} needs an amount above 0 and end after start")
+        all_prices = {p.id for version, _, _ in sub.phases() for p in _version(plan, version, sub.id).prices}
+        for term in [*sub.commits, *sub.credits, *sub.discounts]:
+            named = term.applies_to if not isinstance(term, Discount) else [term.price] if term.price else []
+            unknown = sorted(set(named) - all_prices)
+            if unknown:
+                raise _invalid(f"subscription {sub.id!r}: {term.id!r} names prices the plan does not have: "
+                               f"{', '.join(unknown)}")
+        for d in sub.discounts:
+            _aware(d.start, f"{d.id} start")
+            if (d.percent is None) == (d.amount is None):
+                raise _invalid(f"subscription {sub.id!r}: discount {d.id!r} needs exactly one of percent or amount")
+            if d.percent is not None and not 0 < d.percent <= 100:
+                raise _invalid(f"subscription {sub.id!r}: discount {d.id!r} percent must be in (0, 100]")
+            if d.amount is not None and d.amount <= 0:
+                raise _invalid(f"subscription {sub.id!r}: discount {d.id!r} amount must be above 0")
+        if sub.threshold is not None and sub.threshold <= 0:
+            raise _invalid(f"subscription {sub.id!r}: threshold must be above 0 (or absent)")
         self._put("subscription", tenant, sub.id, sub, new=False)
         return sub
 

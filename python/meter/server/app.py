@@ -164,7 +164,7 @@ class MeterApp:
                 tenants = [t.id for t in self.keys.list_tenants()]
                 export_usage(self.engine, tenants, out)
                 export_events(self.engine, tenants, out)
-                export_catalog(self.billing, tenants, out)
+                export_catalog(self.billing, self.engine, tenants, out)
                 self.exports_done += 1
             except Exception as e:  # noqa: BLE001 - the next interval tries again; the server keeps serving
                 print(f"meter: scheduled export to {out} failed: {e!r}", file=sys.stderr, flush=True)
