@@ -250,6 +250,97 @@ def catalog_migrate(subscription_id: str, version: int, at: str, url: str, api_k
     click.echo(f"subscription {subscription_id}: on version {version} from {at}")
 
 
+@main.group(invoke_without_command=True)
+@click.option("--period", default=None, help="invoice the cycles starting in this month, YYYY-MM (e.g. 2026-11)")
+@click.option("--finalize", is_flag=True, help="finalize (number) the invoices at once")
+@url_option
+@key_option
+@click.pass_context
+def invoice(ctx: click.Context, period: str | None, finalize: bool, url: str, api_key: str) -> None:
+    """Invoices: `meter invoice --period 2026-11` computes (or recomputes) the drafts of a month's cycles."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if period is None:
+        raise click.UsageError("give --period YYYY-MM, or a subcommand (preview, list, show, finalize, void, "
+                               "credit-note)")
+    with _http(url, api_key) as http:
+        rows = _check(http.post("/v1/invoices/run", json={"period": period, "finalize": finalize}))
+    _invoices_table(f"invoices of cycles starting in {period}", rows)
+
+
+def _invoices_table(title: str, rows: list[dict[str, Any]]) -> None:
+    _table(title, rows, ["id", "number", "status", "customer", "period_start", "period_end", "currency", "total"])
+
+
+def _show_invoice(invoice: dict[str, Any]) -> None:
+    title = (f"{invoice['number'] or invoice['id']} ({invoice['status']}) for {invoice['customer']}, "
+             f"{invoice['period_start']} .. {invoice['period_end']}")
+    _table(title, invoice["lines"], ["kind", "description", "quantity", "amount"])
+    click.echo(f"subtotal {invoice['subtotal']} {invoice['currency']}, total {invoice['total']} {invoice['currency']}")
+
+
+@invoice.command("preview")
+@click.argument("customer")
+@url_option
+@key_option
+def invoice_preview(customer: str, url: str, api_key: str) -> None:
+    """The customer's upcoming invoice: the next cycle, with the usage of the current one so far."""
+    with _http(url, api_key) as http:
+        for upcoming in _check(http.get(f"/v1/customers/{customer}/upcoming-invoice")):
+            _show_invoice(upcoming)
+
+
+@invoice.command("list")
+@click.option("--status", type=click.Choice(["draft", "finalized", "void"]), default=None)
+@url_option
+@key_option
+def invoice_list(status: str | None, url: str, api_key: str) -> None:
+    with _http(url, api_key) as http:
+        _invoices_table("invoices", _check(http.get("/v1/invoices", params={"status": status} if status else {})))
+
+
+@invoice.command("show")
+@click.argument("invoice_id")
+@url_option
+@key_option
+def invoice_show(invoice_id: str, url: str, api_key: str) -> None:
+    with _http(url, api_key) as http:
+        _show_invoice(_check(http.get(f"/v1/invoices/{invoice_id}")))
+
+
+@invoice.command("finalize")
+@click.argument("invoice_id")
+@url_option
+@key_option
+def invoice_finalize(invoice_id: str, url: str, api_key: str) -> None:
+    """Numbers the draft and makes it immutable."""
+    with _http(url, api_key) as http:
+        final = _check(http.post(f"/v1/invoices/{invoice_id}/finalize"))
+    click.echo(f"{invoice_id}: finalized as {final['number']}, total {final['total']} {final['currency']}")
+
+
+@invoice.command("void")
+@click.argument("invoice_id")
+@url_option
+@key_option
+def invoice_void(invoice_id: str, url: str, api_key: str) -> None:
+    with _http(url, api_key) as http:
+        _check(http.post(f"/v1/invoices/{invoice_id}/void"))
+    click.echo(f"{invoice_id}: void")
+
+
+@invoice.command("credit-note")
+@click.argument("invoice_id")
+@click.option("--amount", required=True, help="a decimal amount in the invoice's currency")
+@click.option("--reason", required=True)
+@url_option
+@key_option
+def invoice_credit_note(invoice_id: str, amount: str, reason: str, url: str, api_key: str) -> None:
+    with _http(url, api_key) as http:
+        note = _check(http.post(f"/v1/invoices/{invoice_id}/credit-notes", json={"amount": amount, "reason": reason}))
+    click.echo(f"{note['number']}: {note['amount']} credited on {invoice_id}")
+
+
 @main.command()
 @click.argument("meter_slug")
 @click.option("--from", "start", required=True, help="RFC 3339, e.g. 2026-11-01T00:00:00Z")
@@ -305,35 +396,39 @@ def ingest(file: Path, batch_size: int, url: str, api_key: str) -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="where the Parquet goes")
 @click.option("--tenant", "tenants", multiple=True, help="only these tenants (default: every tenant)")
 def export(data_dir: Path, out: Path, tenants: tuple[str, ...]) -> None:
-    """Export usage and the billing catalog as Parquet from a data directory that no server is running on."""
+    """Export usage, raw events, the billing catalog and invoices as Parquet from a data directory that no server is
+    running on."""
     from meter.catalog.billing import BillingCatalog
     from meter.catalog.keys import KeyStore
     from meter.exceptions import MeterError
-    from meter.export import export_catalog, export_events, export_usage
+    from meter.export import export_usage
+    from meter.pricing.invoicer import Invoicer
+    from meter.pricing.invoices import InvoiceStore
 
     try:
         keys = KeyStore(data_dir / "catalog")
     except Exception as e:  # noqa: BLE001 - rocksdict reports a held lock as a plain exception
         raise click.ClickException(f"cannot open {data_dir}: {e} (is `meter serve` running on it?)") from None
     try:
+        names = list(tenants) or [t.id for t in keys.list_tenants()]
         with Engine(data_dir / "usage") as engine, Progress(transient=True) as progress:
-            task = progress.add_task("exporting", total=None)
-            names = list(tenants) or [t.id for t in keys.list_tenants()]
-            summary = export_usage(engine, names, out, progress=lambda what: progress.update(task, description=what))
-            progress.update(task, description="raw events")
-            raw = export_events(engine, names, out)
-        billing = BillingCatalog(data_dir / "billing")
-        try:
-            snapshot = export_catalog(billing, engine, names, out)
-        finally:
-            billing.close()
+            billing, invoices = BillingCatalog(data_dir / "billing"), InvoiceStore(data_dir / "invoices")
+            try:
+                task = progress.add_task("exporting", total=None)
+                summary = export_usage(engine, names, out,  # first, for its progress
+                                       progress=lambda what: progress.update(task, description=what))
+                progress.update(task, description="raw events, catalog and invoices")
+                raw = Invoicer(engine, billing, invoices, out).export(names)["events"].rows
+            finally:
+                billing.close()
+                invoices.close()
     except MeterError as e:
         raise click.ClickException(f"{e} (is `meter serve` running on {data_dir}?)") from None
     finally:
         keys.close()
     click.echo(f"exported {summary.rows} usage rows in {summary.files} files to {out / 'usage'} "
-               f"({summary.unchanged} days unchanged), {raw.rows} new raw events to {out / 'events'}, "
-               f"and {snapshot.rows} catalog rows of {len(names)} tenants to {out / 'catalog'}")
+               f"({summary.unchanged} days unchanged), {raw} new raw events to {out / 'events'}, "
+               f"and the catalog and invoices of {len(names)} tenants to {out / 'catalog'} and {out / 'invoices'}")
 
 
 @main.command()

@@ -11,7 +11,8 @@ import threading
 import zlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -27,7 +28,8 @@ from meter.catalog.billing import (BillingCatalog, Customer, MigrationBody, Plan
 from meter.catalog.keys import ApiKey, KeyStore, Scope
 from meter.engine import Engine
 from meter.exceptions import MeterError
-from meter.export import export_catalog, export_events, export_usage
+from meter.pricing.invoicer import Invoicer
+from meter.pricing.invoices import InvoiceStore
 from meter.schemas import MeterSpec
 from meter.server.errors import ApiError, status_of
 from meter.server.openapi import openapi
@@ -62,6 +64,17 @@ class Request:
 Handler = Callable[..., Awaitable[tuple[int, Any, dict[str, str]]]]
 
 
+class InvoiceRunBody(msgspec.Struct, forbid_unknown_fields=True):
+    #: The month whose cycles are invoiced, YYYY-MM.
+    period: str
+    finalize: bool = False
+
+
+class CreditNoteBody(msgspec.Struct, forbid_unknown_fields=True):
+    amount: Decimal
+    reason: str
+
+
 class TenantBody(msgspec.Struct, forbid_unknown_fields=True):
     id: str
     name: str = ""
@@ -87,6 +100,8 @@ class MeterApp:
         self.responses: dict[int, int] = {}
         self.keys: KeyStore | None = None
         self.billing: BillingCatalog | None = None
+        self.invoices: InvoiceStore | None = None
+        self.invoicer: Invoicer | None = None
         # Engine calls block (with the GIL released): run them on threads so that concurrent requests share commits.
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="meter-call")
         self.routes: list[tuple[str, re.Pattern[str], Scope, Callable[..., Any]]] = [
@@ -103,6 +118,15 @@ class MeterApp:
             ("DELETE", re.compile(r"/v1/admin/keys/(?P<key_id>[^/]+)"), "admin", self.revoke_key),
             ("POST", re.compile(r"/v1/plans/(?P<plan_id>[^/]+)/versions"), "admin", self.add_plan_version),
             ("POST", re.compile(r"/v1/subscriptions/(?P<sub_id>[^/]+)/migrate"), "admin", self.migrate_subscription),
+            ("POST", re.compile(r"/v1/invoices/run"), "admin", self.run_invoices),
+            ("POST", re.compile(r"/v1/invoices/thresholds"), "admin", self.bill_thresholds),
+            ("GET", re.compile(r"/v1/invoices"), "read", self.list_invoices),
+            ("GET", re.compile(r"/v1/invoices/(?P<invoice_id>[^/]+)"), "read", self.get_invoice),
+            ("POST", re.compile(r"/v1/invoices/(?P<invoice_id>[^/]+)/finalize"), "admin", self.finalize_invoice),
+            ("POST", re.compile(r"/v1/invoices/(?P<invoice_id>[^/]+)/void"), "admin", self.void_invoice),
+            ("POST", re.compile(r"/v1/invoices/(?P<invoice_id>[^/]+)/credit-notes"), "admin", self.credit_invoice),
+            ("GET", re.compile(r"/v1/credit-notes"), "read", self.list_credit_notes),
+            ("GET", re.compile(r"/v1/customers/(?P<customer>[^/]+)/upcoming-invoice"), "read", self.upcoming_invoice),
         ]
         # The billing catalog: POST creates or replaces (plans: creates), GET lists or fetches one, DELETE deletes
         # what nothing else refers to; per tenant.
@@ -151,21 +175,25 @@ class MeterApp:
             print(f"meter: created the admin key (shown once, store it now): {secret}", flush=True)
         self.billing = BillingCatalog(self.data_dir / "billing")
         self.engine = Engine(self.data_dir / "usage")
+        self.invoices = InvoiceStore(self.data_dir / "invoices")
+        out = self.export[0] if self.export else self.data_dir / "export"
+        self.invoicer = Invoicer(self.engine, self.billing, self.invoices, out)
         if self.export:
             self.exporter = threading.Thread(target=self.export_on_schedule, name="meter-export", daemon=True)
             self.exporter.start()
 
     def export_on_schedule(self) -> None:
-        """Exports usage and the catalog every interval; a failed export is reported and tried again next time."""
-        assert self.export is not None
+        """Exports usage, the catalog and invoices every interval, then issues the threshold invoices due; a failure
+        is reported and tried again next time."""
+        assert self.export is not None and self.invoicer is not None
         out, every = self.export
         while not self.stopping.wait(every):
             try:
                 tenants = [t.id for t in self.keys.list_tenants()]
-                export_usage(self.engine, tenants, out)
-                export_events(self.engine, tenants, out)
-                export_catalog(self.billing, self.engine, tenants, out)
+                self.invoicer.export(tenants)
                 self.exports_done += 1
+                for tenant in tenants:
+                    self.invoicer.thresholds(tenant, datetime.now(timezone.utc))
             except Exception as e:  # noqa: BLE001 - the next interval tries again; the server keeps serving
                 print(f"meter: scheduled export to {out} failed: {e!r}", file=sys.stderr, flush=True)
 
@@ -179,6 +207,8 @@ class MeterApp:
             self.keys.close()
         if self.billing is not None:
             self.billing.close()
+        if self.invoices is not None:
+            self.invoices.close()
         self.pool.shutdown(wait=True)
 
     async def http(self, scope: Scope_, receive: Receive, send: Send) -> None:
@@ -419,6 +449,43 @@ class MeterApp:
     async def migrate_subscription(self, request: Request, sub_id: str) -> tuple[int, Any, dict[str, str]]:
         body = decode(request.body, MigrationBody)
         return 200, self.billing.migrate_subscription(self.tenant(request), sub_id, body.version, body.at), {}
+
+    # invoices (python/meter/pricing): work from the Parquet export, refreshed by each call
+
+    async def run_invoices(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        body = decode(request.body, InvoiceRunBody)
+        return 200, await self.call(self.invoicer.run, self.tenant(request), body.period, body.finalize), {}
+
+    async def bill_thresholds(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        return 200, await self.call(self.invoicer.thresholds, self.tenant(request), datetime.now(timezone.utc)), {}
+
+    async def list_invoices(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        invoices = self.invoices.list(self.tenant(request))
+        for name in ("status", "customer", "subscription"):
+            if (wanted := request.param(name)) is not None:
+                invoices = [i for i in invoices if getattr(i, name) == wanted]
+        return 200, invoices, {}
+
+    async def get_invoice(self, request: Request, invoice_id: str) -> tuple[int, Any, dict[str, str]]:
+        return 200, self.invoices.get(self.tenant(request), invoice_id), {}
+
+    async def finalize_invoice(self, request: Request, invoice_id: str) -> tuple[int, Any, dict[str, str]]:
+        return 200, await self.call(self.invoicer.finalize, self.tenant(request), invoice_id), {}
+
+    async def void_invoice(self, request: Request, invoice_id: str) -> tuple[int, Any, dict[str, str]]:
+        return 200, await self.call(self.invoicer.void, self.tenant(request), invoice_id), {}
+
+    async def credit_invoice(self, request: Request, invoice_id: str) -> tuple[int, Any, dict[str, str]]:
+        body = decode(request.body, CreditNoteBody)
+        note = await self.call(self.invoicer.credit, self.tenant(request), invoice_id, body.amount, body.reason)
+        return 201, note, {}
+
+    async def list_credit_notes(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        return 200, self.invoices.credit_notes(self.tenant(request)), {}
+
+    async def upcoming_invoice(self, request: Request, customer: str) -> tuple[int, Any, dict[str, str]]:
+        as_of = datetime.now(timezone.utc)
+        return 200, await self.call(self.invoicer.preview, self.tenant(request), customer, as_of), {}
 
     async def add_plan_version(self, request: Request, plan_id: str) -> tuple[int, Any, dict[str, str]]:
         body = decode(request.body, PlanVersionBody)
