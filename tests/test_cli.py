@@ -23,7 +23,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def run(server: Server, key: str, *args: str) -> str:
-    result = CliRunner().invoke(main, [*args], env={"METER_URL": server.url, "METER_API_KEY": key}, catch_exceptions=False)
+    result = CliRunner().invoke(main, [*args], env={"METER_URL": server.url, "METER_API_KEY": key, "COLUMNS": "200"},
+                                catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -102,3 +103,24 @@ def test_catalog_from_yaml(server: Server, tmp_path: Path) -> None:
     assert result.exit_code != 0 and "has no version 9" in result.output
     assert "customer cust-2: deleted" in run(server, key, "catalog", "delete", "customers", "cust-2")
     assert "cust-2" not in run(server, key, "catalog", "list", "customers")
+
+
+def test_invoice_commands(server: Server, tmp_path: Path) -> None:
+    from datetime import datetime, timezone
+
+    key = server.tenant_key("invoice-co", ["read", "admin"])
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text("- {id: cust-1, name: One, currency: USD}\n")
+    run(server, key, "catalog", "put", "customers", str(catalog))
+    plans = tmp_path / "plans.yaml"
+    plans.write_text("id: pro\nname: Pro\nversions:\n  - effective_from: '2020-01-01T00:00:00Z'\n    prices:\n"
+                     "      - {id: base, currency: USD, model: flat, amount: '9.99', cadence: in_advance}\n")
+    run(server, key, "catalog", "put", "plans", str(plans))
+    month = datetime.now(timezone.utc).strftime("%Y-%m")
+    subs = tmp_path / "subs.yaml"
+    subs.write_text(f"id: s1\ncustomer: cust-1\nplan: pro\nversion: 1\nstart: '{month}-01T00:00:00Z'\n")
+    run(server, key, "catalog", "put", "subscriptions", str(subs))
+    out = run(server, key, "invoice", "--period", month, "--finalize")
+    assert "INV-000001" in out and "9.99" in out
+    preview = run(server, key, "invoice", "preview", "cust-1")
+    assert "base (flat)" in preview and "total 9.99 USD" in preview

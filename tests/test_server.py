@@ -210,3 +210,44 @@ def test_the_server_exports_on_a_schedule(tmp_path_factory: pytest.TempPathFacto
         s.stop()
     table = ds.dataset(tmp / "out" / "usage" / "tenant=acme" / "meter=calls", format="parquet").to_table()
     assert sum(v for v in table.column("events").to_pylist()) == 9
+
+
+def test_invoices_over_http(server: Server) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    key = server.tenant_key("billing-co", ["ingest", "read", "admin"])
+    client = server.client(key)
+    assert client.post("/v1/meters", json={"slug": "tokens", "event_type": "llm", "aggregation": "sum",
+                                           "value_property": "$.tokens"}).status_code == 201
+    # The cycle starting this month bills last month's usage: events of the last day of last month.
+    this_month = datetime.now(timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    last_month = (this_month - timedelta(days=1)).replace(day=1)
+    r = client.post("/v1/events", json=[event(f"u{i}", "cust-1", time=this_month - timedelta(hours=i + 1), tokens=250)
+                                        for i in range(4)])
+    assert r.status_code == 200 and r.json()["accepted"] == 4, r.text
+    assert client.post("/v1/customers", json={"id": "cust-1", "name": "One", "currency": "EUR"}).status_code == 200
+    assert client.post("/v1/plans", json={"id": "pro", "name": "Pro"}).status_code == 201
+    prices = [{"id": "base", "currency": "EUR", "model": "flat", "amount": "20", "cadence": "in_advance"},
+              {"id": "tokens", "currency": "EUR", "model": "per_unit", "meter": "tokens", "unit_price": "0.004"}]
+    r = client.post("/v1/plans/pro/versions", json={"effective_from": "2020-01-01T00:00:00Z", "prices": prices})
+    assert r.status_code == 201, r.text
+    sub = {"id": "s1", "customer": "cust-1", "plan": "pro", "version": 1, "start": last_month.isoformat()}
+    assert client.post("/v1/subscriptions", json=sub).status_code == 200
+
+    bad = client.post("/v1/invoices/run", json={"period": "November"})
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_period"
+    r = client.post("/v1/invoices/run", json={"period": f"{this_month:%Y-%m}"})
+    assert r.status_code == 200, r.text
+    [draft] = r.json()
+    assert draft["status"] == "draft" and draft["total"] == "24.00", draft  # 20 in advance + 1000 x 0.004
+    assert {line["kind"] for line in draft["lines"]} == {"recurring", "usage"}
+    final = client.post(f"/v1/invoices/{draft['id']}/finalize").json()
+    assert final["number"] == "INV-000001"
+    assert client.post(f"/v1/invoices/{draft['id']}/finalize").json()["code"] == "invalid_state"
+    note = client.post(f"/v1/invoices/{draft['id']}/credit-notes", json={"amount": "4", "reason": "goodwill"})
+    assert note.status_code == 201 and note.json()["number"] == "CN-000001"
+    assert [i["number"] for i in client.get("/v1/invoices", params={"status": "finalized"}).json()] == ["INV-000001"]
+    upcoming = client.get("/v1/customers/cust-1/upcoming-invoice")
+    assert upcoming.status_code == 200 and upcoming.json()[0]["period_start"] > draft["period_start"], upcoming.text
+    other = server.client(server.tenant_key("billing-other", ["read"]))
+    assert other.get(f"/v1/invoices/{draft['id']}").status_code == 404

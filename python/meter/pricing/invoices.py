@@ -22,7 +22,7 @@ from rocksdict import Rdict, WriteBatch, WriteOptions
 
 from meter.exceptions import InvalidInput, NotFound
 
-__all__ = ["CreditNote", "Invoice", "InvoiceLine", "InvoiceStore", "LineDetail"]
+__all__ = ["CreditNote", "CreditNoteBody", "Invoice", "InvoiceLine", "InvoiceRunBody", "InvoiceStore", "LineDetail"]
 
 Status = Literal["draft", "finalized", "void"]
 LineKind = Literal["recurring", "usage", "adjustment", "commit", "shortfall", "discount", "credit"]
@@ -40,7 +40,7 @@ class LineDetail(msgspec.Struct, omit_defaults=True):
     flat_fee: Decimal | None = None
 
 
-class InvoiceLine(msgspec.Struct, omit_defaults=True):
+class InvoiceLine(msgspec.Struct):
     kind: LineKind
     description: str
     amount: Decimal
@@ -61,7 +61,7 @@ class InvoiceLine(msgspec.Struct, omit_defaults=True):
     grant: str | None = None
 
 
-class Invoice(msgspec.Struct, omit_defaults=True):
+class Invoice(msgspec.Struct):
     id: str
     tenant: str
     customer: str
@@ -87,6 +87,17 @@ class CreditNote(msgspec.Struct):
     amount: Decimal
     reason: str
     created_at: datetime
+
+
+class InvoiceRunBody(msgspec.Struct, forbid_unknown_fields=True):
+    #: The month whose cycles are invoiced, YYYY-MM.
+    period: str
+    finalize: bool = False
+
+
+class CreditNoteBody(msgspec.Struct, forbid_unknown_fields=True):
+    amount: Decimal
+    reason: str
 
 
 class InvoiceStore:

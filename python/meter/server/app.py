@@ -12,7 +12,6 @@ import zlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -29,7 +28,7 @@ from meter.catalog.keys import ApiKey, KeyStore, Scope
 from meter.engine import Engine
 from meter.exceptions import MeterError
 from meter.pricing.invoicer import Invoicer
-from meter.pricing.invoices import InvoiceStore
+from meter.pricing.invoices import CreditNoteBody, InvoiceRunBody, InvoiceStore
 from meter.schemas import MeterSpec
 from meter.server.errors import ApiError, status_of
 from meter.server.openapi import openapi
@@ -62,17 +61,6 @@ class Request:
 
 
 Handler = Callable[..., Awaitable[tuple[int, Any, dict[str, str]]]]
-
-
-class InvoiceRunBody(msgspec.Struct, forbid_unknown_fields=True):
-    #: The month whose cycles are invoiced, YYYY-MM.
-    period: str
-    finalize: bool = False
-
-
-class CreditNoteBody(msgspec.Struct, forbid_unknown_fields=True):
-    amount: Decimal
-    reason: str
 
 
 class TenantBody(msgspec.Struct, forbid_unknown_fields=True):

@@ -8,6 +8,7 @@ import msgspec
 
 from meter.catalog.billing import (Customer, MigrationBody, Plan, PlanBody, PlanVersion, PlanVersionBody, Product,
                                    Subscription)
+from meter.pricing.invoices import CreditNote, CreditNoteBody, Invoice, InvoiceRunBody
 from meter.schemas import CreatedMeter, IngestResult, Meter, MeterSpec
 
 __all__ = ["ErrorBody", "openapi"]
@@ -66,7 +67,7 @@ def _catalog_paths(kind: str, item: type[msgspec.Struct]) -> dict[str, Any]:
 def openapi() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         [IngestResult, MeterSpec, Meter, CreatedMeter, ErrorBody, *CATALOG.values(), PlanBody, PlanVersionBody,
-         PlanVersion, MigrationBody], ref_template="#/components/schemas/{name}"
+         PlanVersion, MigrationBody, Invoice, CreditNote, InvoiceRunBody, CreditNoteBody], ref_template="#/components/schemas/{name}"
     )
     events_body = {"required": True, "content": {
         t: {"schema": {"type": "array", "items": {"type": "object"}} if "batch" in t or t == "application/json"
@@ -91,6 +92,21 @@ def openapi() -> dict[str, Any]:
             **{path: ops for kind, body in CATALOG.items() for path, ops in _catalog_paths(kind, body).items()},
             "/v1/plans/{id}/versions": {"post": _op("Add a plan version (editing a plan)", "admin",
                                                     (201, "PlanVersion"), "PlanVersionBody", [ID])},
+            "/v1/invoices/run": {"post": _op("Compute (or recompute) the drafts of the cycles starting in a month",
+                                             "admin", (200, ""), "InvoiceRunBody")},
+            "/v1/invoices/thresholds": {"post": _op("Issue the threshold invoices due now", "admin", (200, ""))},
+            "/v1/invoices": {"get": _op("List invoices (filters: status, customer, subscription)", "read", (200, ""),
+                                        params=[_q("status"), _q("customer"), _q("subscription")])},
+            "/v1/invoices/{id}": {"get": _op("Get an invoice with its explained lines", "read", (200, "Invoice"),
+                                             params=[ID])},
+            "/v1/invoices/{id}/finalize": {"post": _op("Finalize (number) a draft", "admin", (200, "Invoice"),
+                                                       params=[ID])},
+            "/v1/invoices/{id}/void": {"post": _op("Void a finalized invoice", "admin", (200, "Invoice"), params=[ID])},
+            "/v1/invoices/{id}/credit-notes": {"post": _op("Credit part of a finalized invoice", "admin",
+                                                           (201, "CreditNote"), "CreditNoteBody", [ID])},
+            "/v1/credit-notes": {"get": _op("List credit notes", "read", (200, ""))},
+            "/v1/customers/{id}/upcoming-invoice": {"get": _op("Preview the customer's next invoices", "read",
+                                                               (200, ""), params=[ID])},
             "/v1/subscriptions/{id}/migrate": {"post": _op("Move a subscription to another plan version from `at`",
                                                            "admin", (200, "Subscription"), "MigrationBody", [ID])},
             "/healthz": {"get": _op("Alive", None, (200, ""))},
