@@ -216,3 +216,13 @@ def test_splitting_usage_into_events_does_not_change_the_invoice(tmp_path_factor
             catalog.close()
             store.close()
     assert totals[0] == totals[1] == Decimal("6.80")
+
+
+def test_what_cannot_be_priced_from_the_export_is_refused_not_billed_as_zero(desk: Desk) -> None:
+    from meter.exceptions import InvalidInput
+
+    desk.plan([[{"id": "fees", "currency": "EUR", "model": "percentage", "meter": "tokens",
+                 "percentage": {"percent": "2.9", "per": "event", "min_fee": "0.30"}}]])
+    desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT))
+    with pytest.raises(InvalidInput, match="per event cannot be invoiced"):
+        desk.invoicer.run("acme", "2026-11")

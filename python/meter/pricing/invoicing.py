@@ -241,6 +241,11 @@ def _charge(sub: Subscription, price: Price, seg: cycles.Segment, kind: Literal[
 def _price(snapshot: Snapshot, out: Path, drafts: list[_Draft], billed: Billed) -> list[Invoice]:
     """Rates every charge of every draft in one vectorised pass, then assembles the invoices."""
     charges = [(d, c) for d in drafts for c in d.charges]
+    for _, c in charges:
+        if c.price.percentage is not None and c.price.percentage.per == "event":
+            # Each event's amount is not in the usage export: refusing beats billing a silent zero.
+            raise InvalidInput(f"price {c.price.id!r}: a percentage charged per event cannot be invoiced from the "
+                               "usage export yet; use per: period", code="unsupported_price")
     rated: dict[int, tuple[Decimal, Decimal | None, list[LineDetail]]] = {}
     if charges:
         prices = {c.price_key: msgspec.structs.replace(c.price, id=c.price_key) for _, c in charges}
