@@ -377,13 +377,11 @@ fn queries_during_ingest_count_every_acknowledged_event_once() {
     assert_eq!(calls(&engine), acked.load(Ordering::SeqCst));
 }
 
-/// Every row of `Engine::minutes` in `[from, to)` as (minute start, customer, dims, value, events), sorted.
-fn minute_rows(
-    engine: &Engine,
-    meter: &str,
-    from_us: i64,
-    to_us: i64,
-) -> Vec<(i64, String, Vec<Option<String>>, i128, u64)> {
+/// A usage row as (minute start, customer, dims, value, events).
+type MinuteRow = (i64, String, Vec<Option<String>>, i128, u64);
+
+/// Every row of `Engine::minutes` in `[from, to)`, sorted.
+fn minute_rows(engine: &Engine, meter: &str, from_us: i64, to_us: i64) -> Vec<MinuteRow> {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Decimal128Type, TimestampMicrosecondType, UInt64Type};
     use arrow_array::Array;
