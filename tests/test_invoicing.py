@@ -218,11 +218,21 @@ def test_splitting_usage_into_events_does_not_change_the_invoice(tmp_path_factor
     assert totals[0] == totals[1] == Decimal("6.80")
 
 
-def test_what_cannot_be_priced_from_the_export_is_refused_not_billed_as_zero(desk: Desk) -> None:
-    from meter.exceptions import InvalidInput
-
-    desk.plan([[{"id": "fees", "currency": "EUR", "model": "percentage", "meter": "tokens",
-                 "percentage": {"percent": "2.9", "per": "event", "min_fee": "0.30"}}]])
+def test_a_percentage_per_event_bounds_each_events_fee(desk: Desk) -> None:
+    desk.engine.create_meter("acme", {"slug": "payments", "event_type": "payment", "aggregation": "sum",
+                                      "value_property": "$.amount",
+                                      "filters": [{"property": "$.status", "op": "eq", "value": "ok"}]})
+    desk.plan([[{"id": "fees", "currency": "EUR", "model": "percentage", "meter": "payments",
+                 "percentage": {"percent": "2.9", "per": "event", "min_fee": "0.30", "max_fee": "5"}}]])
     desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT))
-    with pytest.raises(InvalidInput, match="per event cannot be invoiced"):
-        desk.invoicer.run("acme", "2026-11")
+
+    def payment(i: int, amount: str, status: str = "ok") -> dict[str, Any]:
+        return event(f"p{i}", "c1", type="payment", time=OCT + timedelta(days=i), amount=amount, status=status)
+
+    desk.usage(payment(1, "5"), payment(2, "100"), payment(3, "1000"), payment(4, "100", status="failed"),
+               payment(5, "100", ))
+    [invoice] = desk.invoicer.run("acme", "2026-11")
+    # 5 -> 0.145 raised to 0.30; 100 -> 2.90 twice; 1000 -> 29 cut to 5; the failed payment is not counted.
+    [line] = invoice.lines
+    assert (line.quantity, line.amount) == (Decimal(1205), Decimal("11.10"))
+    assert invoice.total == Decimal("11.10")

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from meter.catalog.billing import BillingCatalog
 from meter.engine import Engine
+from meter.schemas import MeterSpec
 from meter.pricing.invoices import InvoiceStore
 
 __all__ = ["ExportSummary", "export_catalog", "export_events", "export_invoices", "export_usage"]
@@ -120,7 +121,8 @@ def export_catalog(catalog: BillingCatalog, engine: Engine, tenants: list[str], 
     summary = ExportSummary()
     for tenant in tenants:
         meters = [{"slug": m.slug, "event_type": m.event_type, "aggregation": m.aggregation,
-                   "value_property": m.value_property, "group_by": msgspec.json.encode(m.group_by).decode()}
+                   "value_property": m.value_property, "group_by": msgspec.json.encode(m.group_by).decode(),
+                   "spec": msgspec.json.encode(_spec_of(m)).decode()}
                   for m in engine.list_meters(tenant)]
         customers = [msgspec.to_builtins(c) for c in catalog.list_customers(tenant)]
         for c in customers:
@@ -189,6 +191,11 @@ _LINE_SCHEMA = pa.schema([
     ("grant", pa.string())])
 _NOTE_SCHEMA = pa.schema([("id", pa.string()), ("number", pa.string()), ("invoice", pa.string()),
                           ("amount", _MONEY), ("reason", pa.string()), ("created_at", _UTC)])
+
+
+def _spec_of(meter: MeterSpec) -> MeterSpec:
+    """A stored meter's definition alone (without the engine's id and creation time)."""
+    return MeterSpec(**{name: getattr(meter, name) for name in MeterSpec.__struct_fields__})
 
 
 def write_atomically(data: pa.Table | pa.RecordBatchReader, path: Path) -> int:

@@ -75,7 +75,8 @@ class Invoicer:
         return result
 
     def _snapshot(self, tenant: str) -> Snapshot:
-        # Called with the lock held.
+        # Called with the lock held. Raw events too: percentages charged per event read them.
         export_usage(self.engine, [tenant], self.out)
+        export_events(self.engine, [tenant], self.out)
         export_catalog(self.catalog, self.engine, [tenant], self.out)
         return load_snapshot(self.out, tenant)

@@ -49,7 +49,7 @@ from meter.pricing.invoices import Invoice, InvoiceLine, InvoiceStore, LineDetai
 from meter.pricing.money import round_to_minor_unit
 from meter.pricing.rating import rate
 from meter.pricing.snapshot import Snapshot
-from meter.pricing.usage import period_quantities
+from meter.pricing.usage import event_amounts, period_quantities
 
 __all__ = ["Billed", "bill_thresholds", "invoice_period", "upcoming_invoices"]
 
@@ -241,11 +241,6 @@ def _charge(sub: Subscription, price: Price, seg: cycles.Segment, kind: Literal[
 def _price(snapshot: Snapshot, out: Path, drafts: list[_Draft], billed: Billed) -> list[Invoice]:
     """Rates every charge of every draft in one vectorised pass, then assembles the invoices."""
     charges = [(d, c) for d in drafts for c in d.charges]
-    for _, c in charges:
-        if c.price.percentage is not None and c.price.percentage.per == "event":
-            # Each event's amount is not in the usage export: refusing beats billing a silent zero.
-            raise InvalidInput(f"price {c.price.id!r}: a percentage charged per event cannot be invoiced from the "
-                               "usage export yet; use per: period", code="unsupported_price")
     rated: dict[int, tuple[Decimal, Decimal | None, list[LineDetail]]] = {}
     if charges:
         prices = {c.price_key: msgspec.structs.replace(c.price, id=c.price_key) for _, c in charges}
@@ -263,10 +258,13 @@ def _price(snapshot: Snapshot, out: Path, drafts: list[_Draft], billed: Billed) 
         }, schema={"charge": pl.String, "customer": pl.String, "meter": pl.String,
                    "from": pl.Datetime("us", "UTC"), "to": pl.Datetime("us", "UTC"),
                    "dimensions": pl.List(pl.String)})
-        aggregations = {slug: aggregation for slug, (aggregation, _) in snapshot.meters.items()}
-        quantities = period_quantities(out, snapshot.tenant, requests, aggregations)
-        result = rate(frame, price_frame(prices.values()), quantities.select(
-            "charge", "quantity", *(["combination"] if "combination" in quantities.columns else [])))
+        aggregations = {slug: spec.aggregation for slug, spec in snapshot.meters.items()}
+        per_event = pl.Series([c.price.percentage is not None and c.price.percentage.per == "event"
+                               for _, _, c in usage], dtype=pl.Boolean)
+        quantities = period_quantities(out, snapshot.tenant, requests.filter(~per_event), aggregations)
+        amounts = event_amounts(out, snapshot.tenant, requests.filter(per_event), snapshot.meters)
+        result = rate(frame, price_frame(prices.values()), quantities.select("charge", "quantity", "combination"),
+                      amounts)
         details: dict[str, list[LineDetail]] = defaultdict(list)
         for row in result.details.iter_rows(named=True):
             details[row["charge"]].append(LineDetail(
@@ -297,7 +295,8 @@ def _assemble(snapshot: Snapshot, draft: _Draft, rated: list[tuple[_Charge, tupl
         meter = charge.price.meter
         events = None
         if meter is not None:
-            event_type = snapshot.meters.get(meter, ("", "?"))[1]
+            spec = snapshot.meters.get(meter)
+            event_type = spec.event_type if spec else "?"
             events = (f"events/tenant={snapshot.tenant}: type = {event_type!r}, subject = {sub.customer!r}, "
                       f"time in [{charge.start.isoformat()}, {charge.measured_to.isoformat()})")
         lines.append(InvoiceLine(

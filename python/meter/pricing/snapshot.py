@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from meter.catalog.billing import Customer, Subscription
 from meter.catalog.prices import Price
 from meter.exceptions import InvalidInput
+from meter.schemas import MeterSpec
 
 __all__ = ["Snapshot", "load_snapshot"]
 
@@ -30,8 +31,8 @@ class Snapshot:
     #: (plan, version) -> the version's prices.
     prices: dict[tuple[str, int], list[Price]]
     subscriptions: list[Subscription]
-    #: meter slug -> (aggregation, event type).
-    meters: dict[str, tuple[str, str]]
+    #: meter slug -> its definition.
+    meters: dict[str, MeterSpec]
 
     def prices_of(self, sub: Subscription, version: int) -> list[Price]:
         """The prices a subscription pays on one version of its plan: the version's, with its overrides."""
@@ -65,5 +66,5 @@ def load_snapshot(out: Path, tenant: str) -> Snapshot:
             row[terms] = msgspec.json.decode(row[terms])
         fields = {k: v for k, v in row.items() if v is not None}
         subscriptions.append(msgspec.convert(fields, Subscription, strict=False))
-    meters = {row["slug"]: (row["aggregation"], row["event_type"]) for row in rows("meters")}
+    meters = {row["slug"]: msgspec.json.decode(row["spec"], type=MeterSpec) for row in rows("meters")}
     return Snapshot(tenant, customers, prices, subscriptions, meters)

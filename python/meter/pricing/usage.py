@@ -30,8 +30,8 @@ How a period folds a meter's minutes (the catalog's ``aggregation``; :func:`mete
   those do not add up to the period's: a value seen in two minutes would be counted twice, and the values themselves
   are not exported. Price a ``count`` or ``sum`` meter instead, or export the distinct values.
 
-Not for flat fees (no meter) nor for percentages charged per event, which rating reads from ``event_amounts`` (one
-amount per event, which minutes cannot give: use the raw events export for those).
+Not for flat fees (no meter). Percentages charged per event need one amount per event, which minutes cannot give:
+:func:`event_amounts` reads those from the raw events export.
 """
 
 from __future__ import annotations
@@ -40,13 +40,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import NoReturn
 
+import msgspec
 import polars as pl
+import pyarrow as pa
 
+from meter import _core
 from meter.exceptions import InvalidInput, ValueOverflow
 from meter.pricing.charges import DECIMAL, combination_expr
 from meter.pricing.exact import from_scaled, int128, out_of_range, shadow
+from meter.schemas import MeterSpec
 
-__all__ = ["AGGREGATIONS", "QUANTITIES_SCHEMA", "meter_aggregations", "period_quantities", "usage_dir"]
+__all__ = ["AGGREGATIONS", "QUANTITIES_SCHEMA", "event_amounts", "meter_aggregations", "period_quantities", "usage_dir"]
 
 #: The aggregations a meter can have; all but ``unique_count`` fold over a period from the export.
 AGGREGATIONS = frozenset({"sum", "count", "min", "max", "unique_count", "latest", "avg"})
@@ -122,6 +126,40 @@ def period_quantities(out_dir: str | Path, tenant: str, requests: pl.DataFrame,
         return empty
     results = [_finish(plan.collect(engine="streaming"), slug, meters[slug]) for slug, plan in plans]
     return pl.concat([empty, *results], how="vertical")
+
+
+def event_amounts(out_dir: str | Path, tenant: str, requests: pl.DataFrame,
+                  meters: Mapping[str, MeterSpec]) -> pl.DataFrame:
+    """Each event's amount behind each charge of ``requests`` (same columns as for :func:`period_quantities`): what
+    rating's ``event_amounts`` takes for a percentage with fees bounded per event, which minutes cannot give.
+
+    Read from the raw events export (``events/tenant=<t>/date=<day>/``, only the days the charges cover), and
+    evaluated by the engine's own extraction (``meter._core.event_values``): the meter's filters and value path,
+    so the events counted here are exactly those its usage counts. Returns ``charge`` and ``amount``
+    (Decimal(38, 9)), one row per event.
+    """
+    empty = pl.DataFrame(schema={"charge": requests.schema.get("charge", pl.String), "amount": DECIMAL})
+    root = Path(out_dir) / "events" / f"tenant={tenant}"
+    if requests.height == 0 or not any(root.glob("date=*/[!._]*.parquet")):
+        return empty
+    frames = [empty]
+    for (slug,), part in requests.partition_by("meter", as_dict=True).items():
+        spec = meters.get(str(slug))
+        if spec is None:
+            _fail(f"charge {part['charge'][0]!r}: meter {slug!r} is not in the catalog snapshot", "unknown_meter")
+        events = (pl.scan_parquet(root, hive_partitioning=True, hive_schema={"date": pl.Date()},
+                                  hidden_file_prefix=[".", "_"])
+                  .filter(pl.col("date").is_in(pl.lit(_days(part)).implode()) & (pl.col("type") == spec.event_type))
+                  .select(customer="subject", time="time", data="data"))
+        inside = (events.join(part.lazy().select("charge", "customer", "from", "to"), on="customer")
+                  .filter((pl.col("time") >= pl.col("from")) & (pl.col("time") < pl.col("to")))
+                  .select("charge", "data").collect())
+        if inside.height == 0:
+            continue
+        data = pa.array(inside.get_column("data").to_arrow()).cast(pa.string())
+        amounts = pl.from_arrow(pa.array(_core.event_values(msgspec.json.encode(spec), data)))
+        frames.append(inside.select("charge", amount=amounts).drop_nulls("amount"))
+    return pl.concat(frames, how="vertical")
 
 
 def _dimensions(dimensions: list[str] | None, part: pl.DataFrame) -> list[str]:

@@ -4,9 +4,14 @@
 mod engine;
 mod error;
 
-use pyo3::prelude::*;
+use std::sync::Arc;
 
-use crate::error::Result;
+use arrow_array::cast::AsArray;
+use pyo3::prelude::*;
+use pyo3_arrow::PyArray;
+
+use crate::aggregate::meter::MeterSpec;
+use crate::error::{Error, Result};
 
 /// Runs `f` without the GIL and converts its error to the matching `meter.exceptions` class.
 pub(crate) fn detached<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T> + Send) -> PyResult<T> {
@@ -20,10 +25,29 @@ fn parse_only(py: Python<'_>, body: &[u8]) -> PyResult<usize> {
     detached(py, move || crate::ingest::parse::parse_only(body, &crate::ingest::Limits::default()))
 }
 
+/// What a meter (its JSON spec) reads from each event's `data` (a UTF-8 Arrow array): decimal128(38, 9) values,
+/// null where the meter does not count the event.
+#[pyfunction]
+fn event_values(py: Python<'_>, spec_json: &[u8], data: PyArray) -> PyResult<PyArray> {
+    let spec: MeterSpec = serde_json::from_slice(spec_json).map_err(|e| {
+        error::to_py(py, Error::invalid("invalid_meter", format!("the meter definition is invalid: {e}")))
+    })?;
+    let (array, _) = data.into_inner();
+    let strings = array.as_string_opt::<i32>().ok_or_else(|| {
+        error::to_py(
+            py,
+            Error::invalid("invalid_request", format!("data must be UTF-8 text; got {}", array.data_type())),
+        )
+    })?;
+    let values = detached(py, || crate::query::event_values::event_values(spec, strings))?;
+    Ok(PyArray::from_array_ref(Arc::new(values)))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
     m.add_function(wrap_pyfunction!(parse_only, m)?)?;
+    m.add_function(wrap_pyfunction!(event_values, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

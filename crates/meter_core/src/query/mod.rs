@@ -3,6 +3,7 @@
 //! as fixed-point integers and `unique_count` unions the distinct values themselves.
 
 pub mod arrow;
+pub mod event_values;
 pub mod events;
 pub mod minutes;
 pub mod window;
