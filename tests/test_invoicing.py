@@ -136,6 +136,17 @@ def test_a_prepaid_commit_burns_down_and_the_rest_is_overage(desk: Desk) -> None
     assert december.total == Decimal("30.00")
 
 
+def test_a_postpaid_commits_shortfall_is_billed_when_its_term_ends(desk: Desk) -> None:
+    desk.plan([[per_unit(unit_price="0.10")]])
+    commit = Commit(id="min-spend", amount=Decimal(100), start=OCT, end=NOV, kind="postpaid", unused="billed")
+    desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT,
+                                                       commits=[commit]))
+    desk.usage(tokens(1, OCT + timedelta(days=4), 350))  # 35 EUR spent of the 100 committed
+    [november] = desk.invoicer.run("acme", "2026-11")
+    assert sorted(lines(november)) == [("shortfall", None, Decimal(65)), ("usage", "tokens", Decimal("35.00"))]
+    assert november.total == Decimal(100)
+
+
 def test_late_usage_after_finalization_is_a_prior_period_adjustment(desk: Desk) -> None:
     desk.plan([[per_unit()]])
     desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT))
@@ -213,6 +224,7 @@ def test_splitting_usage_into_events_does_not_change_the_invoice(tmp_path_factor
             desk.usage(*(tokens(i, OCT + timedelta(minutes=97 * i), n) for i, n in enumerate(split)))
             [invoice] = desk.invoicer.run("acme", "2026-11")
             totals.append(invoice.total)
+            assert desk.invoicer.run("acme", "2026-11") == [invoice], "re-running is idempotent"
             catalog.close()
             store.close()
     assert totals[0] == totals[1] == Decimal("6.80")

@@ -5,6 +5,7 @@ from typing import Any
 __version__: str
 
 def parse_only(body: bytes) -> int: ...
+def event_values(spec_json: bytes, data: Any) -> Any: ...
 
 class Engine:
     def __init__(
