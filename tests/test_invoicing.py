@@ -248,3 +248,13 @@ def test_a_percentage_per_event_bounds_each_events_fee(desk: Desk) -> None:
     [line] = invoice.lines
     assert (line.quantity, line.amount) == (Decimal(1205), Decimal("11.10"))
     assert invoice.total == Decimal("11.10")
+
+
+def test_an_ended_subscription_gets_its_last_usage_invoice_and_then_none(desk: Desk) -> None:
+    desk.plan([[base_fee(), per_unit()]])
+    desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT,
+                                                       end=NOV))
+    desk.usage(tokens(1, OCT + timedelta(days=9), 100))
+    [last] = desk.invoicer.run("acme", "2026-11")
+    assert lines(last) == [("usage", "tokens", Decimal("1.00"))], "no fee in advance for a cycle it does not cover"
+    assert desk.invoicer.run("acme", "2026-12") == []

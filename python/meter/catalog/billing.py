@@ -180,8 +180,8 @@ def _version(plan: Plan, version: int, sub_id: str) -> PlanVersion:
 
 
 def _id(value: str, what: str) -> None:
-    if not value or len(value) > 255 or "/" in value:
-        raise _invalid(f"{what} id must be 1-255 characters without '/'; got {value!r}")
+    if not value or len(value) > 255 or "/" in value or "|" in value:
+        raise _invalid(f"{what} id must be 1-255 characters without '/' or '|'; got {value!r}")
 
 
 class BillingCatalog:

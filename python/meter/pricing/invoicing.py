@@ -127,7 +127,8 @@ def invoice_period(snapshot: Snapshot, out: Path, store: InvoiceStore, month: st
         tz = ZoneInfo(_tz(snapshot, sub))
         for period in cycles.cycles_between(sub, tz.key, first.replace(tzinfo=tz), after.replace(tzinfo=tz)):
             drafts.append(_cycle_draft(snapshot, sub, period, billed))
-    invoices = _price(snapshot, out, drafts, billed)
+    # A cycle with nothing to bill (before the start, or after the last usage period) gets no invoice.
+    invoices = [invoice for invoice in _price(snapshot, out, drafts, billed) if invoice.lines]
     return [invoice for invoice in invoices if store.save_draft(invoice)]
 
 
@@ -145,7 +146,7 @@ def upcoming_invoices(snapshot: Snapshot, out: Path, store: InvoiceStore, custom
         drafts.append(_cycle_draft(snapshot, sub, cycles.cycle_containing(sub, tz, current.end), billed))
     if not drafts and customer not in snapshot.customers:
         raise InvalidInput(f"no customer {customer!r} in the catalog snapshot", code="not_found")
-    return _price(snapshot, out, drafts, billed)
+    return [invoice for invoice in _price(snapshot, out, drafts, billed) if invoice.lines]
 
 
 def bill_thresholds(snapshot: Snapshot, out: Path, store: InvoiceStore, as_of: datetime) -> list[Invoice]:
@@ -211,11 +212,12 @@ def _adjustments(snapshot: Snapshot, sub: Subscription, arrears: cycles.Period, 
     """Usage periods before ``arrears`` billed already, within the back-dating window: re-rated for late usage."""
     charges = []
     for key in sorted(billed.by_key):
-        parts = key.split("|")
-        if len(parts) != 5 or parts[0] != sub.id:
+        owner, _, rest = key.partition("|")
+        fields = rest.rsplit("|", 3)  # a price id may hold '|'; subscription ids, versions and times cannot
+        if owner != sub.id or len(fields) != 4 or not fields[1].isdigit():
             continue
-        price_id, version, start, end = parts[1], int(parts[2]), datetime.fromisoformat(parts[3]), \
-            datetime.fromisoformat(parts[4])
+        price_id, version = fields[0], int(fields[1])
+        start, end = datetime.fromisoformat(fields[2]), datetime.fromisoformat(fields[3])
         if not (arrears.start - RESTATE <= end <= arrears.start):
             continue
         price = next((p for p in snapshot.prices_of(sub, version) if p.id == price_id), None)
