@@ -65,7 +65,8 @@ class Billed:
 
     by_key: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
     drawn: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
-    usage: list[tuple[str, InvoiceLine]] = field(default_factory=list)
+    #: Per subscription, its usage lines: for commits' spend and for the periods adjustments re-rate.
+    usage: dict[str, list[InvoiceLine]] = field(default_factory=lambda: defaultdict(list))
 
     @classmethod
     def of(cls, store: InvoiceStore, tenant: str) -> Billed:
@@ -79,7 +80,7 @@ class Billed:
                 if line.grant is not None:
                     billed.drawn[line.grant] -= line.amount
                 if line.kind in ("usage", "adjustment"):
-                    billed.usage.append((invoice.subscription, line))
+                    billed.usage[invoice.subscription].append(line)
         return billed
 
 
@@ -211,7 +212,7 @@ def _arrears(snapshot: Snapshot, sub: Subscription, tz: str, period: cycles.Peri
 def _adjustments(snapshot: Snapshot, sub: Subscription, arrears: cycles.Period, billed: Billed) -> list[_Charge]:
     """Usage periods before ``arrears`` billed already, within the back-dating window: re-rated for late usage."""
     charges = []
-    for key in sorted(billed.by_key):
+    for key in sorted({line.key for line in billed.usage.get(sub.id, []) if line.key is not None}):
         owner, _, rest = key.partition("|")
         fields = rest.rsplit("|", 3)  # a price id may hold '|'; subscription ids, versions and times cannot
         if owner != sub.id or len(fields) != 4 or not fields[1].isdigit():
@@ -331,7 +332,7 @@ def _commit_lines(sub: Subscription, draft: _Draft, billed: Billed, lines: list[
         arrears = draft.arrears
         if (commit.kind == "postpaid" and commit.unused == "billed" and draft.reason == "cycle" and arrears
                 and arrears.start < commit.end <= arrears.end):
-            spent = sum((line.amount for s, line in billed.usage if s == sub.id and _applies(commit, line)), _ZERO)
+            spent = sum((line.amount for line in billed.usage.get(sub.id, []) if _applies(commit, line)), _ZERO)
             spent += sum((line.amount for line in lines if line.kind in ("usage", "adjustment")
                           and _applies(commit, line)), _ZERO)
             key = f"{sub.id}|shortfall|{commit.id}"
