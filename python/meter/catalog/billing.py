@@ -19,6 +19,7 @@ import msgspec
 from rocksdict import Rdict
 
 from meter.catalog.prices import Price, is_currency, validate_price
+from meter.catalog.kv import scan
 from meter.exceptions import AlreadyExists, InUse, InvalidInput, NotFound
 
 __all__ = ["BillingCatalog", "Commit", "Credit", "Customer", "Discount", "Migration", "MigrationBody", "Plan", "PlanBody",
@@ -207,11 +208,7 @@ class BillingCatalog:
         return msgspec.json.decode(raw, type=type_)
 
     def _list(self, kind: str, tenant: str, type_: type[T]) -> Iterator[T]:
-        prefix = self._key(kind, tenant)
-        for k, v in self._db.items(from_key=prefix):
-            if not k.startswith(prefix):
-                break
-            yield msgspec.json.decode(v, type=type_)
+        return scan(self._db, self._key(kind, tenant), type_)
 
     def _put(self, kind: str, tenant: str, item_id: str, value: msgspec.Struct, *, new: bool) -> None:
         key = self._key(kind, tenant, item_id)

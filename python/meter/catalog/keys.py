@@ -20,6 +20,7 @@ from typing import Literal
 import msgspec
 from rocksdict import Rdict
 
+from meter.catalog.kv import scan
 from meter.exceptions import AlreadyExists, InvalidInput, NotFound
 
 __all__ = ["ApiKey", "KeyStore", "Scope", "new_key", "valid_checksum"]
@@ -106,7 +107,7 @@ class KeyStore:
         return msgspec.json.decode(raw, type=Tenant)
 
     def list_tenants(self) -> list[Tenant]:
-        return [msgspec.json.decode(v, type=Tenant) for k, v in self._db.items(from_key=b"tenant/") if k.startswith(b"tenant/")]
+        return list(scan(self._db, b"tenant/", Tenant))
 
     # keys
 
@@ -141,10 +142,7 @@ class KeyStore:
 
     def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
         out = []
-        for k, v in self._db.items(from_key=b"keyhash/"):
-            if not k.startswith(b"keyhash/"):
-                break
-            record = msgspec.json.decode(v, type=ApiKey)
+        for record in scan(self._db, b"keyhash/", ApiKey):
             if tenant is None or record.tenant == tenant:
                 out.append(record)
         return sorted(out, key=lambda r: r.created_at)

@@ -12,7 +12,6 @@ threshold invoice, or late usage as a prior-period adjustment.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Literal
@@ -20,6 +19,7 @@ from typing import Literal
 import msgspec
 from rocksdict import Rdict, WriteBatch, WriteOptions
 
+from meter.catalog.kv import scan
 from meter.exceptions import InvalidInput, NotFound
 
 __all__ = ["CreditNote", "CreditNoteBody", "Invoice", "InvoiceLine", "InvoiceRunBody", "InvoiceStore", "LineDetail"]
@@ -49,6 +49,8 @@ class InvoiceLine(msgspec.Struct):
     #: What the line bills, for what is billed later: ``subscription|price|version|start|end``.
     key: str | None = None
     price: str | None = None
+    #: The plan version whose price the line bills.
+    version: int | None = None
     model: str | None = None
     meter: str | None = None
     quantity: Decimal | None = None
@@ -116,10 +118,10 @@ class InvoiceStore:
         return msgspec.json.decode(raw, type=Invoice)
 
     def list(self, tenant: str) -> list[Invoice]:
-        return [msgspec.json.decode(v, type=Invoice) for v in self._scan(f"invoice/{tenant}/")]
+        return list(scan(self._db, f"invoice/{tenant}/".encode(), Invoice))
 
     def credit_notes(self, tenant: str) -> list[CreditNote]:
-        return [msgspec.json.decode(v, type=CreditNote) for v in self._scan(f"credit_note/{tenant}/")]
+        return list(scan(self._db, f"credit_note/{tenant}/".encode(), CreditNote))
 
     def save_draft(self, invoice: Invoice) -> bool:
         """Stores a recomputed draft; ``False`` (nothing written) when that invoice is already finalized or void."""
@@ -129,13 +131,6 @@ class InvoiceStore:
             return False
         self._db[key] = msgspec.json.encode(invoice)
         return True
-
-    def discard_draft(self, tenant: str, invoice_id: str) -> None:
-        """A draft that has nothing left to bill goes (a finalized or void invoice stays)."""
-        key = f"invoice/{tenant}/{invoice_id}".encode()
-        raw = self._db.get(key)
-        if raw is not None and msgspec.json.decode(raw, type=Invoice).status == "draft":
-            del self._db[key]
 
     def finalize(self, tenant: str, invoice_id: str, now: datetime | None = None) -> Invoice:
         invoice = self.get(tenant, invoice_id)
@@ -191,10 +186,3 @@ class InvoiceStore:
         options = WriteOptions()
         options.sync = True
         self._db.write(batch, options)
-
-    def _scan(self, prefix: str) -> Iterator[bytes]:
-        start = prefix.encode()
-        for k, v in self._db.items(from_key=start):
-            if not k.startswith(start):
-                break
-            yield v
