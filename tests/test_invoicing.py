@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meter import Engine
-from meter.catalog.billing import BillingCatalog, Commit, Customer, Discount, Subscription
+from meter.catalog.billing import BillingCatalog, Commit, Credit, Customer, Discount, Subscription
 from meter.catalog.prices import Price
 from meter.pricing.invoicer import Invoicer
 from meter.pricing.invoices import Invoice, InvoiceStore
@@ -258,3 +258,16 @@ def test_an_ended_subscription_gets_its_last_usage_invoice_and_then_none(desk: D
     [last] = desk.invoicer.run("acme", "2026-11")
     assert lines(last) == [("usage", "tokens", Decimal("1.00"))], "no fee in advance for a cycle it does not cover"
     assert desk.invoicer.run("acme", "2026-12") == []
+
+
+def test_credits_pay_only_what_the_discounts_left(desk: Desk) -> None:
+    desk.plan([[per_unit()]])
+    discounts = [Discount(id="a", start=OCT, percent=Decimal(10), price="tokens"),
+                 Discount(id="b", start=OCT, percent=Decimal(20), price="tokens")]
+    credit = Credit(id="welcome", amount=Decimal("7.50"), start=OCT, end=DEC)
+    desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT,
+                                                       discounts=discounts, credits=[credit]))
+    desk.usage(tokens(1, OCT + timedelta(days=1), 1000))  # 10.00, minus 1.00 and 2.00 of discounts
+    [invoice] = desk.invoicer.run("acme", "2026-11")
+    assert [line.amount for line in invoice.lines if line.kind == "credit"] == [Decimal("-7.00")]
+    assert invoice.total == 0

@@ -186,7 +186,7 @@ _INVOICE_SCHEMA = pa.schema([
 _LINE_SCHEMA = pa.schema([
     ("invoice", pa.string()), ("number", pa.string()), ("line", pa.int32()), ("kind", pa.string()),
     ("description", pa.string()), ("amount", _MONEY), ("period_start", _UTC), ("period_end", _UTC),
-    ("key", pa.string()), ("price", pa.string()), ("model", pa.string()), ("meter", pa.string()),
+    ("key", pa.string()), ("price", pa.string()), ("version", pa.int32()), ("model", pa.string()), ("meter", pa.string()),
     ("quantity", _MONEY), ("rated", _MONEY), ("details", pa.string()), ("events", pa.string()),
     ("grant", pa.string())])
 _NOTE_SCHEMA = pa.schema([("id", pa.string()), ("number", pa.string()), ("invoice", pa.string()),

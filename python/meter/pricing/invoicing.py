@@ -91,6 +91,7 @@ class _Charge:
     key: str
     kind: Literal["recurring", "usage", "adjustment"]
     price: Price
+    version: int
     price_key: str
     start: datetime
     end: datetime
@@ -212,17 +213,13 @@ def _arrears(snapshot: Snapshot, sub: Subscription, tz: str, period: cycles.Peri
 def _adjustments(snapshot: Snapshot, sub: Subscription, arrears: cycles.Period, billed: Billed) -> list[_Charge]:
     """Usage periods before ``arrears`` billed already, within the back-dating window: re-rated for late usage."""
     charges = []
-    for key in sorted({line.key for line in billed.usage.get(sub.id, []) if line.key is not None}):
-        owner, _, rest = key.partition("|")
-        fields = rest.rsplit("|", 3)  # a price id may hold '|'; subscription ids, versions and times cannot
-        if owner != sub.id or len(fields) != 4 or not fields[1].isdigit():
+    spans = {line.key: line for line in billed.usage.get(sub.id, []) if line.key and line.version is not None}
+    for _, line in sorted(spans.items()):
+        start, end, version = line.period_start, line.period_end, line.version
+        if version is None or not (arrears.start - RESTATE <= end <= arrears.start):
             continue
-        price_id, version = fields[0], int(fields[1])
-        start, end = datetime.fromisoformat(fields[2]), datetime.fromisoformat(fields[3])
-        if not (arrears.start - RESTATE <= end <= arrears.start):
-            continue
-        price = next((p for p in snapshot.prices_of(sub, version) if p.id == price_id), None)
-        if price is None or price.model == "flat":
+        price = next((p for p in snapshot.prices_of(sub, version) if p.id == line.price), None)
+        if price is None:
             continue
         seg = cycles.Segment(version=version, start=start, end=end, proration=Decimal(1), reason="")
         charges.append(_charge(sub, price, seg, "adjustment", end,
@@ -237,7 +234,7 @@ def _charge(sub: Subscription, price: Price, seg: cycles.Segment, kind: Literal[
     price_key = f"{sub.plan}/{'override:' + sub.id if overridden else seg.version}/{price.id}"
     what = price.meter or price.id
     description = "; ".join(x for x in (f"{what} ({price.model})", note, seg.reason) if x)
-    return _Charge(key, kind, price, price_key, seg.start, seg.end, measured_to,
+    return _Charge(key, kind, price, seg.version, price_key, seg.start, seg.end, measured_to,
                    seg.proration if price.model == "flat" else Decimal(1), description)
 
 
@@ -304,7 +301,8 @@ def _assemble(snapshot: Snapshot, draft: _Draft, rated: list[tuple[_Charge, tupl
                       f"time in [{charge.start.isoformat()}, {charge.measured_to.isoformat()})")
         lines.append(InvoiceLine(
             kind=charge.kind, description=charge.description, amount=due, period_start=charge.start,
-            period_end=charge.end, key=charge.key, price=charge.price.id, model=charge.price.model, meter=meter,
+            period_end=charge.end, key=charge.key, price=charge.price.id, version=charge.version,
+            model=charge.price.model, meter=meter,
             quantity=quantity, rated=now, details=details, events=events))
 
     lines += _commit_lines(sub, draft, billed, lines)
@@ -370,18 +368,17 @@ def _credit_lines(sub: Subscription, lines: list[InvoiceLine], billed: Billed) -
     """Credits and prepaid commits pay usage lines, lowest priority first, then the one expiring first."""
     grants: list[Commit | Credit] = [*sub.credits, *(c for c in sub.commits if c.kind == "prepaid")]
     grants.sort(key=lambda g: (g.priority, g.end, g.id))
-    # What is left to pay of each usage line, after its discounts.
-    discounts = {line.price: line.amount for line in lines if line.kind == "discount" and line.price}
+    # What is left to pay of each usage line once its price's discounts (all of them) are taken off.
+    off: dict[str | None, Decimal] = defaultdict(Decimal)
+    for line in lines:
+        if line.kind == "discount" and line.price:
+            off[line.price] -= line.amount
     left = []
     for line in lines:
         if line.kind in ("usage", "adjustment") and line.amount > 0:
-            left.append([line, line.amount])
-    for price, off in discounts.items():
-        for entry in left:
-            if entry[0].price == price and off < 0:
-                take = min(entry[1], -off)
-                entry[1] -= take
-                off += take
+            discounted = min(line.amount, off[line.price])
+            off[line.price] -= discounted
+            left.append([line, line.amount - discounted])
     out = []
     for grant in grants:
         remaining = grant.amount - billed.drawn.get(f"{sub.id}|{grant.id}", _ZERO)
