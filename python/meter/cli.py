@@ -216,7 +216,7 @@ def _table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
 
 @main.group()
 def tenants() -> None:
-    """Create and list tenants (admin key)."""
+    """Create and list tenants (the operator key)."""
 
 
 @tenants.command("create")
@@ -239,7 +239,7 @@ def tenants_list(url: str, api_key: str) -> None:
 
 @main.group()
 def keys() -> None:
-    """Create, list and revoke API keys (admin key)."""
+    """Create, list and revoke the API keys of any tenant (the operator key)."""
 
 
 @keys.command("create")
