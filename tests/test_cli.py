@@ -262,6 +262,8 @@ def test_a_missing_or_unreadable_file_is_one_line(tmp_path: Path) -> None:
     not_utf8.write_bytes(b'{"id": "caf\xe9"}\n')
     assert f"{not_utf8}: not UTF-8 text (byte 11); nothing was sent" in fails(["ingest", str(not_utf8)], env)
     assert "No such command 'nope'" in fails(["nope"], env, 2)
+    # --batch-size 0 was range()'s "arg 3 must not be zero" traceback; above 10,000 the server refuses every batch.
+    assert "0 is not in the range 1<=x<=10000" in fails(["ingest", str(not_utf8), "--batch-size", "0"], env, 2)
 
 
 # `meter ingest` gives events without an id a stable one, so that a re-run counts nothing twice.
