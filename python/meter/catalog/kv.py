@@ -1,5 +1,7 @@
-"""How Python reads its rocksdict stores (keys, the billing catalog, invoices): msgspec JSON values under a key
-prefix, stopping at the first key past it."""
+"""How Python reads its rocksdict stores (keys, the billing catalog, invoices).
+
+msgspec JSON values under a key prefix, stopping at the first key past it.
+"""
 
 from __future__ import annotations
 
