@@ -72,7 +72,8 @@ class Meters:
         self.slugs = set(slugs)
 
     def list_meters(self, tenant: str) -> list[Any]:
-        return [SimpleNamespace(slug=s) for s in sorted(self.slugs)]
+        return [SimpleNamespace(slug=s, aggregation="unique_count" if s == "users" else "sum",
+                                group_by={"model": "$.model"} if s == "tokens" else {}) for s in sorted(self.slugs)]
 
     def delete_meter(self, tenant: str, slug: str) -> None:
         self.slugs.remove(slug)
@@ -290,6 +291,19 @@ def test_a_meter_that_a_price_uses_cannot_be_deleted(catalog: BillingCatalog, me
     catalog.delete_product("acme", "llm")
     catalog.delete_meter("acme", "tokens")
     assert meters.slugs == {"calls"}
+
+
+def test_a_price_rating_could_not_read_from_its_meter_is_refused(catalog: BillingCatalog, meters: Meters) -> None:
+    meters.slugs.add("users")
+    catalog.create_plan("acme", "pro", "Pro")
+    with pytest.raises(InvalidInput, match="meter 'users' counts unique values"):
+        catalog.add_plan_version("acme", "pro", JAN, [price(meter="users")])
+    matrix = msgspec.convert({**PRICES[6], "matrix": {"dimensions": ["model", "region"], "entries": [
+        {"values": {"model": "gpt", "region": "eu"}, "unit_price": "1"}]}}, Price)
+    with pytest.raises(InvalidInput, match="the matrix prices the dimensions region, which meter 'tokens' does not "
+                                           "group by \\(its dimensions: model\\)"):
+        catalog.add_plan_version("acme", "pro", JAN, [matrix])
+    catalog.add_plan_version("acme", "pro", JAN, [msgspec.convert(PRICES[6], Price)])
 
 
 def test_an_override_naming_a_missing_meter_is_refused(catalog: BillingCatalog) -> None:

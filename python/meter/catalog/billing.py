@@ -257,21 +257,35 @@ class BillingCatalog:
             shown = ", ".join(users[:5]) + (" ..." if len(users) > 5 else "")
             raise InUse(f"{what} is still used by {shown}: delete or change those first")
 
-    def _check_meter(self, tenant: str, slug: str | None, where: str,
-                     known: Callable[[], set[str]]) -> None:
-        if slug is not None and self._meters is not None and slug not in known():
+    def _check_meter(self, slug: str | None, where: str, known: Callable[[], dict[str, Any]],
+                     price: Price | None = None) -> None:
+        """The meter exists, and pricing can rate ``price`` from it (else every invoice run of the tenant fails)."""
+        if slug is None or self._meters is None:
+            return
+        meter = known().get(slug)
+        if meter is None:
             names = ", ".join(sorted(known())) or "none yet"
             raise invalid(f"{where}: meter {slug!r} does not exist (this tenant's meters: {names}); create it first "
                           "(POST /v1/meters) or fix the slug")
+        if price is None:
+            return
+        if getattr(meter, "aggregation", None) == "unique_count":
+            raise invalid(f"{where}: meter {slug!r} counts unique values, which do not add up over a period: "
+                          "price a count or sum meter instead")
+        dimensions = set(getattr(meter, "group_by", None) or {})
+        if price.matrix is not None and not set(price.matrix.dimensions) <= dimensions:
+            missing = ", ".join(sorted(set(price.matrix.dimensions) - dimensions))
+            raise invalid(f"{where}: the matrix prices the dimensions {missing}, which meter {slug!r} does not "
+                          f"group by (its dimensions: {', '.join(sorted(dimensions)) or 'none'})")
 
-    def _meter_slugs(self, tenant: str) -> Callable[[], set[str]]:
-        """The tenant's meter slugs, looked up once and only if needed."""
-        found: list[set[str]] = []
+    def _meter_slugs(self, tenant: str) -> Callable[[], dict[str, Any]]:
+        """The tenant's meters by slug, looked up once and only if needed."""
+        found: list[dict[str, Any]] = []
 
-        def slugs() -> set[str]:
+        def slugs() -> dict[str, Any]:
             if not found:
                 assert self._meters is not None
-                found.append({m.slug for m in self._meters.list_meters(tenant)})
+                found.append({m.slug: m for m in self._meters.list_meters(tenant)})
             return found[0]
         return slugs
 
@@ -342,7 +356,7 @@ class BillingCatalog:
                 ancestor = self.get_product(tenant, ancestor).parent
             slugs = self._meter_slugs(tenant)
             for slug in product.meters:
-                self._check_meter(tenant, slug, f"product {product.id!r}", slugs)
+                self._check_meter(slug, f"product {product.id!r}", slugs)
             self._put("product", tenant, product.id, product, new=False)
         return product
 
@@ -400,7 +414,7 @@ class BillingCatalog:
                 validate_price(p)
             except InvalidInput as e:
                 raise InvalidInput(f"{where}: {e.message}", code=e.code) from None
-            self._check_meter(tenant, p.meter, f"{where}, price {p.id!r}", slugs)
+            self._check_meter(p.meter, f"{where}, price {p.id!r}", slugs, p)
         return version
 
     def get_plan(self, tenant: str, plan_id: str) -> Plan:
@@ -452,7 +466,7 @@ class BillingCatalog:
             if override.currency != customer.currency:
                 raise invalid(f"{where}: override {override.id!r} is in {override.currency} but "
                               f"customer {customer.id!r} pays in {customer.currency}")
-            self._check_meter(tenant, override.meter, f"{where}, override {override.id!r}", slugs)
+            self._check_meter(override.meter, f"{where}, override {override.id!r}", slugs, override)
         terms = [t.id for t in [*sub.commits, *sub.credits, *sub.discounts]]
         if len(set(terms)) != len(terms):
             raise invalid(f"{where}: commits, credits and discounts need distinct ids (billing keeps what each has "
