@@ -46,7 +46,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import inspect as mi
 
-from meter.catalog.currencies import PUBLISHED, is_currency
+from meter.catalog.currencies import CURRENCIES, PUBLISHED, is_currency
 from meter.exceptions import InvalidInput
 
 __all__ = ["LIMITS", "PLACES", "Amount", "Checked", "Currency", "Id", "Limit", "Percent", "Quantity", "Slug", "Text",
@@ -84,8 +84,13 @@ LIMITS: dict[str, Limit] = {
 
 def _number(kind: str, example: str) -> Any:
     limit = LIMITS[kind]
+    digits = limit.maximum.adjusted()
+    # For the OpenAPI document (the plain form the catalog answers with; the server also reads 1E+3 or 0.5e-2).
+    plain = (f"^(100(\\.0{{1,{PLACES}}})?|[0-9]{{1,2}}(\\.[0-9]{{1,{PLACES}}})?)$" if limit.inclusive
+             else f"^[0-9]{{1,{digits}}}(\\.[0-9]{{1,{PLACES}}})?$")
     return Annotated[Decimal, msgspec.Meta(description=f"A {kind}: a decimal string such as \"{example}\", "
-                                                       f"{limit.describe()}.", extra={"catalog": kind})]
+                                                       f"{limit.describe()}.", extra={"catalog": kind},
+                                           extra_json_schema={"pattern": plain})]
 
 
 Quantity = _number("quantity", "1000")
@@ -93,22 +98,23 @@ UnitPrice = _number("unit price", "0.0025")
 Amount = _number("amount", "49.00")
 Percent = _number("percent", "2.9")
 
-_CONTROL = "\x00-\x08\x0b-\x1f\x7f-\x9f"
+_CONTROL = r"\x00-\x08\x0b-\x1f\x7f-\x9f"
 _ID = re.compile(rf"(?!\.\.?$)[^\s/|{_CONTROL}](?:[^/|{_CONTROL}\t\n]{{0,253}}[^\s/|{_CONTROL}])?")
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _TEXT = re.compile(rf"[^{_CONTROL}]{{0,1000}}")
 Id = Annotated[str, msgspec.Meta(
-    min_length=1, max_length=255, extra={"catalog": "id"},
+    min_length=1, max_length=255, extra={"catalog": "id"}, extra_json_schema={"pattern": f"^{_ID.pattern}$"},
     description="1-255 characters, without '/', '|', control characters or white space at either end; not '.' "
                 "or '..'")]
 Slug = Annotated[str, msgspec.Meta(
-    min_length=1, max_length=64, extra={"catalog": "slug"},
+    min_length=1, max_length=64, extra={"catalog": "slug"}, extra_json_schema={"pattern": f"^{_SLUG.pattern}$"},
     description="a meter's slug: 1-64 characters of a-z, 0-9, '_' or '-', starting with a letter or digit")]
 Text = Annotated[str, msgspec.Meta(max_length=1000, extra={"catalog": "text"},
+                                   extra_json_schema={"pattern": f"^[^{_CONTROL}]*$"},
                                    description="at most 1000 characters, without control characters but tab and "
                                                "newline")]
 Currency = Annotated[str, msgspec.Meta(
-    extra={"catalog": "currency"},
+    extra={"catalog": "currency"}, extra_json_schema={"enum": list(CURRENCIES)},
     description=f"a current ISO 4217 code with a minor unit, such as \"EUR\" (the list of {PUBLISHED})")]
 Time = Annotated[datetime, msgspec.Meta(tz=True, extra={"catalog": "time"},
                                         description="RFC 3339 with Z or an offset, in [1970, 9000)")]
