@@ -51,6 +51,8 @@ PRICES: list[dict[str, Any]] = [
      "package": {"size": "1000", "price": "0.5"}},
     {"id": "pct", "currency": "EUR", "model": "percentage", "meter": "tokens",
      "percentage": {"percent": "2.5", "min_fee": "0.3", "max_fee": "10"}},
+    {"id": "pct-event", "currency": "EUR", "model": "percentage", "meter": "tokens",
+     "percentage": {"percent": "1", "per": "event", "min_fee": "0.1"}},
     {"id": "mat", "currency": "EUR", "model": "matrix", "meter": "tokens",
      "matrix": {"dimensions": ["model"], "entries": [{"values": {"model": "gpt"}, "unit_price": "0.0000025"}]}},
 ]
@@ -218,6 +220,27 @@ def test_what_the_catalog_accepts_rating_accepts(model: str, value: Decimal) -> 
     price_frame([price])
 
 
+PRICE_NUMBERS = [(doc, path) for type_, doc, path in NUMBER_CASES if type_ is Price] + [
+    (doc, ("free_allowance",)) for doc in PRICES if "free_allowance" not in doc]
+
+
+@settings(max_examples=400, deadline=None)
+@given(case=st.sampled_from(PRICE_NUMBERS),
+       value=st.one_of(st.decimals(allow_nan=False, allow_infinity=False, places=9, min_value=0,
+                                   max_value=Decimal(10) ** 29),
+                       st.decimals(min_value=0, max_value=10, places=3)))
+def test_whatever_number_the_catalog_accepts_in_any_price_rating_accepts(case: tuple[dict[str, Any], tuple[Any, ...]],
+                                                                         value: Decimal) -> None:
+    """The same property over every number of every model, the structural checks (validate_price) included."""
+    doc, path = case
+    try:
+        price = msgspec.json.decode(msgspec.json.encode(replaced(doc, path, str(value))), type=Price)
+        validate_price(price)
+    except (msgspec.ValidationError, InvalidInput):
+        return
+    price_frame([price])
+
+
 def test_the_limits_are_stated_and_named_in_the_message() -> None:
     assert {k: str(v.maximum) for k, v in LIMITS.items()} == {
         "quantity": str(Decimal(10) ** 29), "unit price": str(Decimal(10) ** 27), "amount": str(Decimal(10) ** 18),
@@ -298,12 +321,12 @@ def test_a_price_rating_could_not_read_from_its_meter_is_refused(catalog: Billin
     catalog.create_plan("acme", "pro", "Pro")
     with pytest.raises(InvalidInput, match="meter 'users' counts unique values"):
         catalog.add_plan_version("acme", "pro", JAN, [price(meter="users")])
-    matrix = msgspec.convert({**PRICES[6], "matrix": {"dimensions": ["model", "region"], "entries": [
+    matrix = msgspec.convert({**PRICES[-1], "matrix": {"dimensions": ["model", "region"], "entries": [
         {"values": {"model": "gpt", "region": "eu"}, "unit_price": "1"}]}}, Price)
     with pytest.raises(InvalidInput, match="the matrix prices the dimensions region, which meter 'tokens' does not "
                                            "group by \\(its dimensions: model\\)"):
         catalog.add_plan_version("acme", "pro", JAN, [matrix])
-    catalog.add_plan_version("acme", "pro", JAN, [msgspec.convert(PRICES[6], Price)])
+    catalog.add_plan_version("acme", "pro", JAN, [msgspec.convert(PRICES[-1], Price)])
 
 
 def test_an_override_naming_a_missing_meter_is_refused(catalog: BillingCatalog) -> None:

@@ -119,6 +119,9 @@ def validate_price(price: Price) -> None:
         p = price.percentage
         if p.min_fee is not None and p.max_fee is not None and p.min_fee > p.max_fee:
             fail(f"min_fee {p.min_fee} is above max_fee {p.max_fee}")
+        if p.per == "event" and price.free_allowance:
+            fail("a free allowance cannot be taken from a percentage charged per event (events have no order): "
+                 "set per to \"period\" or remove free_allowance")
     if price.matrix is not None:
         _check_matrix(price.matrix, fail)
 
