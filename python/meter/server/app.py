@@ -415,9 +415,10 @@ class MeterApp:
     def catalog_put(self, singular: str, body_type: type[Any]) -> Handler:
         async def put(request: Request) -> tuple[int, Any, dict[str, str]]:
             tenant, item = self.tenant(request), decode(request.body, body_type, "invalid_catalog")
+            # On a worker thread: a catalog write takes the catalog's lock, which a meter deletion holds meanwhile.
             if singular == "plan":
-                return 201, self.billing.create_plan(tenant, item.id, item.name, item.versions), {}
-            return 200, getattr(self.billing, f"put_{singular}")(tenant, item), {}
+                return 201, await self.call(self.billing.create_plan, tenant, item.id, item.name, item.versions), {}
+            return 200, await self.call(getattr(self.billing, f"put_{singular}"), tenant, item), {}
         return put
 
     def catalog_list(self, singular: str) -> Handler:
@@ -432,13 +433,14 @@ class MeterApp:
 
     def catalog_delete(self, singular: str) -> Handler:
         async def delete(request: Request, item_id: str) -> tuple[int, Any, dict[str, str]]:
-            getattr(self.billing, f"delete_{singular}")(self.tenant(request), item_id)
+            await self.call(getattr(self.billing, f"delete_{singular}"), self.tenant(request), item_id)
             return 200, {"deleted": item_id}, {}
         return delete
 
     async def migrate_subscription(self, request: Request, sub_id: str) -> tuple[int, Any, dict[str, str]]:
         body = decode(request.body, MigrationBody, "invalid_catalog")
-        return 200, self.billing.migrate_subscription(self.tenant(request), sub_id, body.version, body.at), {}
+        return 200, await self.call(self.billing.migrate_subscription, self.tenant(request), sub_id, body.version,
+                                    body.at), {}
 
     # invoices (python/meter/pricing): work from the Parquet export, refreshed by each call
 
@@ -479,7 +481,8 @@ class MeterApp:
 
     async def add_plan_version(self, request: Request, plan_id: str) -> tuple[int, Any, dict[str, str]]:
         body = decode(request.body, PlanVersionBody, "invalid_catalog")
-        return 201, self.billing.add_plan_version(self.tenant(request), plan_id, body.effective_from, body.prices), {}
+        return 201, await self.call(self.billing.add_plan_version, self.tenant(request), plan_id, body.effective_from,
+                                    body.prices), {}
 
 
 def decode(body: bytes, type_: type[Any], code: str = "invalid_body") -> Any:
