@@ -415,3 +415,17 @@ def test_texts_and_times_that_cannot_be_exported_or_billed_are_refused() -> None
     with pytest.raises(InvalidInput, match="must carry a time zone"):
         Subscription(id="s", customer="c", plan="p", version=1, start=datetime(2026, 1, 1))
     assert Customer(id="ok: user@example.com", name="Zoë\tGroup\nLtd", currency="EUR").id == "ok: user@example.com"
+
+
+def test_what_was_stored_before_the_checks_stays_readable_and_deletable(catalog: BillingCatalog) -> None:
+    """A data directory from before the checks: reading it must not fail the tenant; fixing it must be possible."""
+    legacy_price = {**PRICES[1], "unit_price": "0." + "1" * 40}
+    catalog._db[b"plan/acme/old"] = msgspec.json.encode(
+        {"id": "old", "name": "Old", "versions": [{"version": 1, "effective_from": JAN, "prices": [legacy_price]}]})
+    catalog._db[b"customer/acme/c9"] = msgspec.json.encode({"id": "c9", "name": "Nine", "currency": "XYZ"})
+    assert [p.id for p in catalog.list_plans("acme")] == ["old"]
+    assert catalog.get_customer("acme", "c9").currency == "XYZ"
+    with pytest.raises(InvalidInput, match="pays in 'XYZ', which is not an ISO 4217 currency"):
+        catalog.put_subscription("acme", Subscription(id="s", customer="c9", plan="old", version=1, start=JAN))
+    catalog.delete_plan("acme", "old")
+    catalog.put_customer("acme", Customer(id="c9", name="Nine", currency="EUR"))

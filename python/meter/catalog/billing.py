@@ -197,7 +197,6 @@ def _places(value: Decimal, currency: str, what: str) -> None:
                       f"({digits} digits after the point)")
 
 
-
 class BillingCatalog:
     """The catalog of one data directory; every call names its tenant, which comes from the caller's key.
 
@@ -444,6 +443,9 @@ class BillingCatalog:
         if not self._exists("plan", tenant, sub.plan):
             raise invalid(f"{where}: plan {sub.plan!r} does not exist; create it first")
         customer, plan = self.get_customer(tenant, sub.customer), self.get_plan(tenant, sub.plan)
+        if customer.currency not in CURRENCIES:  # stored before currencies were checked
+            raise invalid(f"{where}: customer {customer.id!r} pays in {customer.currency!r}, which is not an ISO 4217 "
+                          "currency with a minor unit: correct the customer first")
         if sub.end is not None and sub.end <= sub.start:
             raise invalid(f"{where}: end must be after start ([start, end) is half-open)")
         self._check_migrations(sub)
