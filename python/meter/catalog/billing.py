@@ -469,20 +469,23 @@ class BillingCatalog:
                 raise invalid(f"{where}: override {override.id!r} is in {override.currency} but "
                               f"customer {customer.id!r} pays in {customer.currency}")
             self._check_meter(override.meter, f"{where}, override {override.id!r}", slugs, override)
-        terms = [t.id for t in [*sub.commits, *sub.credits, *sub.discounts]]
+        grants: list[Commit | Credit] = [*sub.commits, *sub.credits]
+        every_term: list[Commit | Credit | Discount] = [*grants, *sub.discounts]
+        terms = [t.id for t in every_term]
         if len(set(terms)) != len(terms):
             raise invalid(f"{where}: commits, credits and discounts need distinct ids (billing keeps what each has "
                           "drawn under its id)")
-        for term in [*sub.commits, *sub.credits]:
+        for term in grants:
             if term.end <= term.start or term.amount <= 0:
                 raise invalid(f"{where}: {term.id!r} needs an amount above 0 and end after start")
             _places(term.amount, customer.currency, f"{where}: {term.id!r} amount")
         all_prices = {p.id for version, _, _ in sub.phases() for p in _version(plan, version, sub.id).prices}
-        for term in [*sub.commits, *sub.credits, *sub.discounts]:
-            named = term.applies_to if not isinstance(term, Discount) else [term.price] if term.price else []
+        for any_term in every_term:
+            named = (any_term.applies_to if not isinstance(any_term, Discount)
+                     else [any_term.price] if any_term.price else [])
             unknown = sorted(set(named) - all_prices)
             if unknown:
-                raise invalid(f"{where}: {term.id!r} names prices the plan does not have: "
+                raise invalid(f"{where}: {any_term.id!r} names prices the plan does not have: "
                               f"{', '.join(unknown)}")
         for d in sub.discounts:
             if (d.percent is None) == (d.amount is None):

@@ -19,7 +19,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
-import yaml
+import yaml  # type: ignore[import-untyped]
 
 from meter.catalog.billing import Customer, PlanBody, Product, Subscription
 from meter.catalog.prices import validate_price
@@ -40,7 +40,7 @@ class CatalogFileError(InvalidInput):
         self.problems = problems
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]
     """SafeLoader that keeps numbers, times and booleans as they were written (see the module doc)."""
 
 
@@ -50,7 +50,7 @@ _SPECIAL = {".inf": "Infinity", "+.inf": "Infinity", "-.inf": "-Infinity", ".nan
 
 
 def _float(loader: _Loader, node: yaml.ScalarNode) -> Decimal | str:
-    text = loader.construct_scalar(node)
+    text = str(loader.construct_scalar(node))
     try:
         return Decimal(_SPECIAL.get(text.lower(), text.replace("_", "")))
     except InvalidOperation:
@@ -58,17 +58,17 @@ def _float(loader: _Loader, node: yaml.ScalarNode) -> Decimal | str:
 
 
 def _int(loader: _Loader, node: yaml.ScalarNode) -> int | str:
-    text = loader.construct_scalar(node)
+    text = str(loader.construct_scalar(node))
     return int(text.replace("_", "")) if _INT.fullmatch(text) else text
 
 
 def _bool(loader: _Loader, node: yaml.ScalarNode) -> bool | str:
-    text = loader.construct_scalar(node)
+    text = str(loader.construct_scalar(node))
     return _BOOL.get(text, text)
 
 
 def _text(loader: _Loader, node: yaml.ScalarNode) -> str:
-    return loader.construct_scalar(node)
+    return str(loader.construct_scalar(node))
 
 
 def _mapping(loader: _Loader, node: yaml.MappingNode) -> dict[Any, Any]:
@@ -163,7 +163,7 @@ def _items(data: Any, kind: str, where: str) -> list[msgspec.Struct]:
             values.append(_decode(item, type_, f"{where}[{i}]"))
         except CatalogFileError as e:
             problems += e.problems
-    ids = [getattr(v, "id", None) for v in values]
+    ids: list[str] = [getattr(v, "id", "") for v in values]
     problems += [f"{where}: the id {i!r} is given twice" for i in sorted({i for i in ids if ids.count(i) > 1})]
     if problems:
         raise CatalogFileError(problems)

@@ -18,6 +18,6 @@ T = TypeVar("T")
 
 def scan(db: Rdict, prefix: bytes, type_: type[T]) -> Iterator[T]:
     for key, value in db.items(from_key=prefix):
-        if not key.startswith(prefix):
+        if not isinstance(key, bytes) or not key.startswith(prefix):
             break
         yield msgspec.json.decode(value, type=type_)

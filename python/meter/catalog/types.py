@@ -102,17 +102,19 @@ _CONTROL = r"\x00-\x08\x0b-\x1f\x7f-\x9f"
 _ID = re.compile(rf"(?!\.\.?$)[^\s/|{_CONTROL}](?:[^/|{_CONTROL}\t\n]{{0,253}}[^\s/|{_CONTROL}])?")
 _SLUG = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _TEXT = re.compile(rf"[^{_CONTROL}]{{0,1000}}")
+_RULES = {
+    "id": "1-255 characters, without '/', '|', control characters or white space at either end; not '.' or '..'",
+    "slug": "a meter's slug: 1-64 characters of a-z, 0-9, '_' or '-', starting with a letter or digit",
+    "text": "at most 1000 characters, without control characters but tab and newline",
+}
 Id = Annotated[str, msgspec.Meta(
     min_length=1, max_length=255, extra={"catalog": "id"}, extra_json_schema={"pattern": f"^{_ID.pattern}$"},
-    description="1-255 characters, without '/', '|', control characters or white space at either end; not '.' "
-                "or '..'")]
+    description=_RULES["id"])]
 Slug = Annotated[str, msgspec.Meta(
     min_length=1, max_length=64, extra={"catalog": "slug"}, extra_json_schema={"pattern": f"^{_SLUG.pattern}$"},
-    description="a meter's slug: 1-64 characters of a-z, 0-9, '_' or '-', starting with a letter or digit")]
+    description=_RULES["slug"])]
 Text = Annotated[str, msgspec.Meta(max_length=1000, extra={"catalog": "text"},
-                                   extra_json_schema={"pattern": f"^[^{_CONTROL}]*$"},
-                                   description="at most 1000 characters, without control characters but tab and "
-                                               "newline")]
+                                   extra_json_schema={"pattern": f"^[^{_CONTROL}]*$"}, description=_RULES["text"])]
 Currency = Annotated[str, msgspec.Meta(
     extra={"catalog": "currency"}, extra_json_schema={"enum": list(CURRENCIES)},
     description=f"a current ISO 4217 code with a minor unit, such as \"EUR\" (the list of {PUBLISHED})")]
@@ -164,9 +166,8 @@ def check_number(value: Decimal, kind: str, field: str) -> Decimal:
 def _check_string(value: str, kind: str, field: str) -> str:
     if not isinstance(value, str):
         raise invalid(f"`{field}` must be a string; got {_shown(value)}")
-    pattern, what = {"id": (_ID, "an id: " + Id.__metadata__[0].description),
-                     "slug": (_SLUG, Slug.__metadata__[0].description),
-                     "text": (_TEXT, "text of " + Text.__metadata__[0].description)}[kind]
+    pattern, what = {"id": (_ID, "an id: " + _RULES["id"]), "slug": (_SLUG, _RULES["slug"]),
+                     "text": (_TEXT, "text of " + _RULES["text"])}[kind]
     if pattern.fullmatch(value) is None:
         raise invalid(f"`{field}` is {_shown(value)!r}, which is not {what}")
     try:
