@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import copy
 import re
+import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from types import SimpleNamespace
@@ -429,3 +431,53 @@ def test_what_was_stored_before_the_checks_stays_readable_and_deletable(catalog:
         catalog.put_subscription("acme", Subscription(id="s", customer="c9", plan="old", version=1, start=JAN))
     catalog.delete_plan("acme", "old")
     catalog.put_customer("acme", Customer(id="c9", name="Nine", currency="EUR"))
+
+
+class SlowMeters(Meters):
+    """An engine whose meter listing takes a while: the window in which a deletion could slip in."""
+
+    def list_meters(self, tenant: str) -> list[Any]:
+        listed = super().list_meters(tenant)
+        time.sleep(0.02)
+        return listed
+
+
+def test_a_meter_cannot_be_deleted_between_the_check_of_a_price_and_its_write(tmp_path: Path) -> None:
+    meters = SlowMeters(*[f"m{i}" for i in range(20)])
+    catalog = BillingCatalog(tmp_path / "billing", meters=meters)
+    try:
+        def add(i: int) -> None:
+            try:
+                catalog.create_plan("acme", f"p{i}", "P", [PlanVersionBody(JAN, [price(meter=f"m{i}")])])
+            except InvalidInput:
+                pass  # deleted first: refused, and nothing stored
+
+        def delete(i: int) -> None:
+            try:
+                catalog.delete_meter("acme", f"m{i}")
+            except InUse:
+                pass
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda job: job[0](job[1]), [(f, i) for i in range(20) for f in (add, delete)]))
+        for plan in catalog.list_plans("acme"):
+            assert plan.versions[0].prices[0].meter in meters.slugs, f"plan {plan.id} prices a deleted meter"
+    finally:
+        catalog.close()
+
+
+def test_concurrent_versions_of_one_plan_are_never_lost(catalog: BillingCatalog) -> None:
+    catalog.create_plan("acme", "pro", "Pro")
+    accepted: list[int] = []
+
+    def add(day: int) -> None:
+        try:
+            version = catalog.add_plan_version("acme", "pro", JAN + timedelta(days=day), [price()])
+            accepted.append(version.version)
+        except InvalidInput:
+            pass  # not after the last version: refused, and nothing stored
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(add, range(60)))
+    versions = catalog.get_plan("acme", "pro").versions
+    assert [v.version for v in versions] == sorted(accepted) == list(range(1, len(accepted) + 1))
