@@ -93,6 +93,8 @@ def test_export_writes_parquet_once_the_server_is_stopped(tmp_path: Path) -> Non
 
 def test_catalog_from_yaml(server: Server, tmp_path: Path) -> None:
     key = server.tenant_key("catalog-co", ["read", "admin"])
+    meter = {"slug": "tokens", "event_type": "llm", "aggregation": "sum", "value_property": "$.tokens"}
+    assert server.client(key).post("/v1/meters", json=meter).status_code == 201  # the plan's price names it
     customers = tmp_path / "customers.yaml"
     customers.write_text("- {id: cust-1, name: One, currency: EUR}\n- {id: cust-2, name: Two, currency: EUR}\n")
     plans = tmp_path / "plans.yaml"

@@ -14,6 +14,7 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import click
 import httpx
@@ -313,23 +314,88 @@ def catalog() -> None:
     """The billing catalog: customers, products, plans (with versions) and subscriptions."""
 
 
+def _catalog_file(file: Path, kind: str | None) -> dict[str, list[Any]]:
+    """FILE's items, every one decoded and checked before anything is sent; one line per problem otherwise."""
+    from meter.catalog.files import CatalogFileError, load_catalog, load_items
+
+    yaml_format = file.suffix.lower() in (".yaml", ".yml")
+    try:
+        data = file.read_bytes()
+        if kind is None:
+            return load_catalog(data, str(file), yaml_format)
+        return {kind: load_items(data, kind, str(file), yaml_format)}
+    except CatalogFileError as e:
+        raise click.ClickException("nothing was written; fix these first:\n" + "\n".join(e.problems)) from None
+
+
+def _put_catalog(http: httpx.Client, sections: dict[str, list[Any]]) -> None:
+    """Writes the items in order, each created or replaced, so that a rerun after a failure picks up where it stopped.
+
+    A plan that exists gets the versions of the file it does not have yet.
+    """
+    for kind, items in sections.items():
+        for item in items:
+            try:
+                click.echo(f"{kind[:-1]} {item.id}: {_put_item(http, kind, item)}")
+            except click.ClickException as e:
+                raise click.ClickException(f"{kind[:-1]} {item.id}: {e.message} (the items above it were saved)") \
+                    from None
+
+
+def _put_item(http: httpx.Client, kind: str, item: Any) -> str:
+    headers = {"content-type": "application/json"}
+    response = http.post(f"/v1/{kind}", content=msgspec.json.encode(item), headers=headers)
+    if kind != "plans" or response.status_code != 409:
+        _check(response)
+        versions = len(getattr(item, "versions", []))
+        return "saved" + (f" with {versions} versions" if versions else "")
+    # The plan exists: plans are versioned, so the file may only add versions after the stored ones.
+    from meter.catalog.billing import Plan, PlanVersionBody
+    from meter.catalog.types import trusted
+
+    response = http.get(f"/v1/plans/{quote(item.id, safe='')}")
+    _check(response)
+    with trusted():
+        stored = msgspec.json.decode(response.content, type=Plan)
+    kept = [PlanVersionBody(v.effective_from, v.prices) for v in stored.versions]
+    if item.versions[:len(kept)] != kept:
+        raise click.ClickException(f"plan {item.id} exists with other versions than the file's first {len(kept)}: "
+                                   "versions cannot change; add a version after them instead")
+    for version in item.versions[len(kept):]:
+        _check(http.post(f"/v1/plans/{quote(item.id, safe='')}/versions", content=msgspec.json.encode(version),
+                         headers=headers))
+    added = len(item.versions) - len(kept)
+    return f"{added} versions added" if added else f"unchanged ({len(kept)} versions)"
+
+
 @catalog.command("put")
 @click.argument("kind", type=click.Choice(CATALOG_KINDS))
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @url_option
 @key_option
 def catalog_put(kind: str, file: Path, url: str, api_key: str) -> None:
-    """Creates or replaces the items in FILE (YAML or JSON, one or a list).
+    """Creates or replaces the items of one KIND in FILE (YAML or JSON, one item or a list).
 
-    A plan item may carry `versions` ({effective_from, prices}), added in order after the plan is created.
+    A plan carries its `versions` ({effective_from, prices}) and is created whole; for a plan that exists, the
+    versions of the file it does not have yet are added. Every item is checked before anything is written.
     """
+    sections = _catalog_file(file, kind)
     with _http(url, api_key) as http:
-        for item in _definitions(file):
-            versions = item.pop("versions", []) if kind == "plans" and isinstance(item, dict) else []
-            _check(http.post(f"/v1/{kind}", json=item))
-            for version in versions:
-                _check(http.post(f"/v1/plans/{item['id']}/versions", json=version))
-            click.echo(f"{kind[:-1]} {item.get('id')}: saved" + (f" with {len(versions)} versions" if versions else ""))
+        _put_catalog(http, sections)
+
+
+@catalog.command("load")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@url_option
+@key_option
+def catalog_load(file: Path, url: str, api_key: str) -> None:
+    """Writes a catalog FILE (YAML or JSON): customers, products, plans and subscriptions, in that order.
+
+    Every item is checked before anything is written; see the README's "Catalog files".
+    """
+    sections = _catalog_file(file, None)
+    with _http(url, api_key) as http:
+        _put_catalog(http, sections)
 
 
 @catalog.command("list")
@@ -352,7 +418,7 @@ def catalog_list(kind: str, url: str, api_key: str) -> None:
 def catalog_delete(kind: str, item_id: str, url: str, api_key: str) -> None:
     """Deletes one item; refused (in_use) while a subscription or a child product still refers to it."""
     with _http(url, api_key) as http:
-        _check(http.delete(f"/v1/{kind}/{item_id}"))
+        _check(http.delete(f"/v1/{kind}/{quote(item_id, safe='')}"))
     click.echo(f"{kind[:-1]} {item_id}: deleted")
 
 
@@ -365,7 +431,8 @@ def catalog_delete(kind: str, item_id: str, url: str, api_key: str) -> None:
 def catalog_migrate(subscription_id: str, version: int, at: str, url: str, api_key: str) -> None:
     """Moves a subscription to another version of its plan; pricing prorates the cycle across the change."""
     with _http(url, api_key) as http:
-        _check(http.post(f"/v1/subscriptions/{subscription_id}/migrate", json={"version": version, "at": at}))
+        _check(http.post(f"/v1/subscriptions/{quote(subscription_id, safe='')}/migrate",
+                         json={"version": version, "at": at}))
     click.echo(f"subscription {subscription_id}: on version {version} from {at}")
 
 

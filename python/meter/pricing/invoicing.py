@@ -42,6 +42,7 @@ import polars as pl
 
 from meter.catalog.billing import Commit, Credit, Subscription
 from meter.catalog.prices import Price
+from meter.catalog.types import trusted
 from meter.exceptions import InvalidInput
 from meter.pricing import cycles
 from meter.pricing.charges import CHARGES_SCHEMA, price_frame
@@ -243,7 +244,8 @@ def _price(snapshot: Snapshot, out: Path, drafts: list[_Draft], billed: Billed) 
     charges = [(d, c) for d in drafts for c in d.charges]
     rated: dict[int, tuple[Decimal, Decimal | None, list[LineDetail]]] = {}
     if charges:
-        prices = {c.price_key: msgspec.structs.replace(c.price, id=c.price_key) for _, c in charges}
+        with trusted():  # rating's own keys (plan/version/price) as ids: not catalog input, and not catalog ids
+            prices = {c.price_key: msgspec.structs.replace(c.price, id=c.price_key) for _, c in charges}
         frame = pl.DataFrame({"charge": [str(i) for i in range(len(charges))],
                               "price_id": [c.price_key for _, c in charges],
                               "proration": [c.proration for _, c in charges]}, schema=CHARGES_SCHEMA)

@@ -161,8 +161,9 @@ class MeterApp:
         elif not self.keys.has_admin_key():
             secret, _ = self.keys.create_key(None, ["admin"])
             print(f"meter: created the admin key (shown once, store it now): {secret}", flush=True)
-        self.billing = BillingCatalog(self.data_dir / "billing")
         self.engine = Engine(self.data_dir / "usage")
+        # The catalog checks prices' meters against the engine, and deletes meters (see delete_meter).
+        self.billing = BillingCatalog(self.data_dir / "billing", meters=self.engine)
         self.invoices = InvoiceStore(self.data_dir / "invoices")
         out = self.export[0] if self.export else self.data_dir / "export"
         self.invoicer = Invoicer(self.engine, self.billing, self.invoices, out)
@@ -360,7 +361,8 @@ class MeterApp:
         return 200, self.engine.get_meter(self.tenant(request), slug), {}
 
     async def delete_meter(self, request: Request, slug: str) -> tuple[int, Any, dict[str, str]]:
-        await self.call(self.engine.delete_meter, self.tenant(request), slug)
+        # Through the catalog: refused (409 in_use) while a price, an override or a product names the meter.
+        await self.call(self.billing.delete_meter, self.tenant(request), slug)
         return 200, {"deleted": slug}, {}
 
     async def usage(self, request: Request, slug: str) -> tuple[int, Any, dict[str, str]]:
@@ -412,10 +414,11 @@ class MeterApp:
 
     def catalog_put(self, singular: str, body_type: type[Any]) -> Handler:
         async def put(request: Request) -> tuple[int, Any, dict[str, str]]:
-            tenant, item = self.tenant(request), decode(request.body, body_type)
+            tenant, item = self.tenant(request), decode(request.body, body_type, "invalid_catalog")
+            # On a worker thread: a catalog write takes the catalog's lock, which a meter deletion holds meanwhile.
             if singular == "plan":
-                return 201, self.billing.create_plan(tenant, item.id, item.name), {}
-            return 200, getattr(self.billing, f"put_{singular}")(tenant, item), {}
+                return 201, await self.call(self.billing.create_plan, tenant, item.id, item.name, item.versions), {}
+            return 200, await self.call(getattr(self.billing, f"put_{singular}"), tenant, item), {}
         return put
 
     def catalog_list(self, singular: str) -> Handler:
@@ -430,13 +433,14 @@ class MeterApp:
 
     def catalog_delete(self, singular: str) -> Handler:
         async def delete(request: Request, item_id: str) -> tuple[int, Any, dict[str, str]]:
-            getattr(self.billing, f"delete_{singular}")(self.tenant(request), item_id)
+            await self.call(getattr(self.billing, f"delete_{singular}"), self.tenant(request), item_id)
             return 200, {"deleted": item_id}, {}
         return delete
 
     async def migrate_subscription(self, request: Request, sub_id: str) -> tuple[int, Any, dict[str, str]]:
-        body = decode(request.body, MigrationBody)
-        return 200, self.billing.migrate_subscription(self.tenant(request), sub_id, body.version, body.at), {}
+        body = decode(request.body, MigrationBody, "invalid_catalog")
+        return 200, await self.call(self.billing.migrate_subscription, self.tenant(request), sub_id, body.version,
+                                    body.at), {}
 
     # invoices (python/meter/pricing): work from the Parquet export, refreshed by each call
 
@@ -476,15 +480,17 @@ class MeterApp:
         return 200, await self.call(self.invoicer.preview, self.tenant(request), customer, as_of), {}
 
     async def add_plan_version(self, request: Request, plan_id: str) -> tuple[int, Any, dict[str, str]]:
-        body = decode(request.body, PlanVersionBody)
-        return 201, self.billing.add_plan_version(self.tenant(request), plan_id, body.effective_from, body.prices), {}
+        body = decode(request.body, PlanVersionBody, "invalid_catalog")
+        return 201, await self.call(self.billing.add_plan_version, self.tenant(request), plan_id, body.effective_from,
+                                    body.prices), {}
 
 
-def decode(body: bytes, type_: type[Any]) -> Any:
+def decode(body: bytes, type_: type[Any], code: str = "invalid_body") -> Any:
+    """The body as ``type_``; a body that does not match it is a 400 ``code`` (the catalog's: ``invalid_catalog``)."""
     try:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as e:
-        raise ApiError(400, "invalid_body", f"the body does not match the schema: {e}") from None
+        raise ApiError(400, code, f"the body does not match the schema: {e}") from None
     except msgspec.DecodeError as e:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}") from None
 
