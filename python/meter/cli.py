@@ -337,9 +337,9 @@ def _put_catalog(http: httpx.Client, sections: dict[str, list[Any]]) -> None:
         for item in items:
             try:
                 click.echo(f"{kind[:-1]} {item.id}: {_put_item(http, kind, item)}")
-            except click.ClickException as e:
-                raise click.ClickException(f"{kind[:-1]} {item.id}: {e.message} (the items above it were saved)") \
-                    from None
+            except (click.ClickException, ServerError) as e:
+                what = f"HTTP {e.status} {e.code}: {e.server_message}" if isinstance(e, ServerError) else e.message
+                raise click.ClickException(f"{kind[:-1]} {item.id}: {what} (the items above it were saved)") from None
 
 
 def _put_item(http: httpx.Client, kind: str, item: Any) -> str:
