@@ -338,9 +338,11 @@ def _gone(sub: Subscription, tz: str, charges: list[_Charge], billed: Billed,
     """
     current = {c.key for c in charges}
     found: dict[str, InvoiceLine] = {}
+    # Lines before the oldest cycle answered for are skipped before their cycle is computed: history grows.
+    oldest = min(start for start, _ in owned)
     for line in billed.keyed.get(sub.id, []):
         if line.key is None or line.key in current or line.key in found or line.kind not in (
-                "recurring", "usage", "adjustment"):
+                "recurring", "usage", "adjustment") or line.period_end <= oldest:
             continue
         cycle = cycles.cycle_containing(sub, tz, line.period_start)
         if (cycle.start, _timing(line)) in owned:
