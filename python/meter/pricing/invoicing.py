@@ -648,25 +648,28 @@ def _credit_lines(sub: Subscription, lines: list[InvoiceLine], billed: Billed) -
     for line in lines:
         if line.kind == "discount" and line.price:
             off[line.price] -= line.amount
-    left = []
+    payable: list[InvoiceLine] = []
+    due: list[Decimal] = []
     for line in lines:
         if line.kind in ("usage", "adjustment") and line.meter is not None and line.amount > 0:
             discounted = min(line.amount, off[line.price])
             off[line.price] -= discounted
-            left.append([line, line.amount - discounted])
+            payable.append(line)
+            due.append(line.amount - discounted)
     out = []
     for grant in grants:
         remaining = grant.amount - billed.drawn.get(f"{sub.id}|{grant.id}", _ZERO)
-        for entry in left:
-            line, due = entry
-            if remaining <= 0 or due <= 0 or not _applies(grant, line):
+        for i, line in enumerate(payable):
+            if remaining <= 0 or due[i] <= 0 or not _applies(grant, line):
                 continue
-            take = min(due, remaining)
-            entry[1] -= take
+            take = min(due[i], remaining)
+            due[i] -= take
             remaining -= take
+            # What the grant had left is said, so that the amount follows from the line: min(due, left).
             out.append(InvoiceLine(kind="credit", description=f"{type(grant).__name__.lower()} {grant.id} applied to "
-                                   f"{line.price}", amount=-take, period_start=line.period_start,
-                                   period_end=line.period_end, price=line.price, grant=f"{sub.id}|{grant.id}"))
+                                   f"{line.price} ({remaining + take} left of {grant.amount})", amount=-take,
+                                   period_start=line.period_start, period_end=line.period_end, price=line.price,
+                                   grant=f"{sub.id}|{grant.id}"))
     return out
 
 
