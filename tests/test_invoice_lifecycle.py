@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 import pytest
 from meter import Engine
-from meter.catalog.billing import BillingCatalog, Customer, Subscription
+from meter.catalog.billing import BillingCatalog, Commit, Credit, Customer, Discount, Subscription
 from meter.encoding import encode_json, plain
 from meter.exceptions import InvalidInput
 from meter.pricing.invoicer import Invoicer
@@ -164,6 +164,18 @@ def assert_line_adds_up(line: InvoiceLine, currency: str) -> None:
         for d in line.details:
             if d.component not in ("minimum", "maximum", "percentage") and d.subtotal:
                 assert d.subtotal == d.units * d.unit_price + (d.flat_fee or 0), d
+    elif line.kind == "discount":  # percent x base, or a fixed amount at most the base; the base is said
+        match = re.fullmatch(r"discount \S+: (\S+?)(%?) off .* \(of (-?[\d.]+)\)", line.description)
+        assert match, line.description
+        value, percent, base = Decimal(match[1]), match[2], Decimal(match[3])
+        off = round_to_minor_unit(base * value / 100, currency) if percent else min(value, base)
+        assert line.amount == -off, line
+    elif line.kind == "credit":  # what is due, at most what the grant had left
+        match = re.search(r"\((-?[\d.]+) left of ([\d.]+)\)", line.description)
+        assert match, line.description
+        assert 0 < -line.amount <= Decimal(match[1]) <= Decimal(match[2]), line
+    elif line.kind in ("commit", "shortfall"):
+        assert line.amount > 0 and line.key is not None, line
     assert line.amount == round_to_minor_unit(line.amount, currency), "amounts are at the minor unit"
 
 
@@ -189,8 +201,14 @@ PRICES: list[dict[str, Any]] = [
 @pytest.mark.parametrize("amounts", [[0], [1], [37, 400], [99, 1, 5000], [12345, 3]])
 def test_every_line_adds_up_through_the_invoices_life(desk: Desk, amounts: list[int]) -> None:
     """A table over every price model, usage sizes, late usage, a plan change after finalization and a void."""
+    kinds: set[str] = set()
     desk.plan([PRICES, [{**p, "maximum": None, "minimum": "2"} if p.get("meter") else p for p in PRICES]])
-    desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT))
+    terms = {"discounts": [Discount(id="ten", start=OCT, percent=Decimal("12.5"), price="per_unit"),
+                           Discount(id="five", start=OCT, amount=Decimal(5))],
+             "credits": [Credit(id="welcome", amount=Decimal("3.33"), start=OCT, end=DEC + timedelta(days=40))],
+             "commits": [Commit(id="pre", amount=Decimal(25), start=NOV, end=DEC + timedelta(days=60), priority=1)]}
+    desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT,
+                                                       **terms))
     desk.usage(*(tokens(i, OCT + timedelta(days=i), n, model="ab"[i % 2]) for i, n in enumerate(amounts)))
     seen: list[Invoice] = []
     [november] = desk.invoicer.run("acme", "2026-11").invoices
@@ -205,6 +223,7 @@ def test_every_line_adds_up_through_the_invoices_life(desk: Desk, amounts: list[
         for line in invoice.lines:
             assert_line_adds_up(line, "EUR")
         assert invoice.total == sum((line.amount for line in invoice.lines), Decimal(0))
+        kinds.update(line.kind for line in invoice.lines)
         text = encode_json(invoice).decode()
         assert not re.search(r'"-?[0-9.]+E[+-]?[0-9]+"', text), "no amount or quantity in exponent notation"
         shown = json.loads(text)
@@ -212,6 +231,7 @@ def test_every_line_adds_up_through_the_invoices_life(desk: Desk, amounts: list[
         amounts += [line[name] for line in shown["lines"] for name in ("amount", "rated", "billed") if line.get(name)]
         for value in amounts:
             assert re.fullmatch(r"-?\d+\.\d\d", value), value
+    assert kinds >= {"recurring", "usage", "adjustment", "discount", "commit", "credit"}, kinds
 
 
 def test_decimals_are_written_as_plain_decimals() -> None:
