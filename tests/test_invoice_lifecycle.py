@@ -386,3 +386,16 @@ def test_void_is_a_synced_write(desk: Desk, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(InvoiceStore, "_write", spy)
     desk.invoicer.void("acme", final.id)
     assert writes == [(f"invoice/acme/{final.id}",)], "through the synced batch, like finalize"
+
+
+@pytest.mark.parametrize("period", ["1970-01", "9998-12"])
+@pytest.mark.parametrize("zone", ["Pacific/Kiritimati", "Etc/GMT+12"])
+def test_the_first_and_last_periods_are_invoiced_or_reported_never_raised(desk: Desk, period: str, zone: str) -> None:
+    desk.plan([[base_fee()]])
+    desk.catalog.put_customer("acme", Customer(id="c1", name="One", currency="EUR", timezone=zone))
+    starts = {"old": datetime(1, 1, 2, tzinfo=UTC), "new": datetime(9998, 11, 3, tzinfo=UTC), "now": OCT}
+    for sub, start in starts.items():
+        desk.catalog.put_subscription("acme", Subscription(id=sub, customer="c1", plan="pro", version=1, start=start))
+    run = desk.invoicer.run("acme", period)
+    assert {i.subscription for i in run.invoices} | {e.subscription for e in run.errors} <= {"old", "new", "now"}
+    assert all(e.code != "internal" for e in run.errors), run.errors
