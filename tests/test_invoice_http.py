@@ -119,3 +119,37 @@ def test_the_cli_says_which_service_periods_a_run_covers(server: Server, key: st
     assert re.search(r"usage in arrears for 2026-12-01T00:00:00Z \.\. 2027-01-01T00:00:00Z", result.output)
     listed = CliRunner().invoke(main, ["invoice", "list", "--usage-period", "2026-12"], env=env)
     assert listed.exit_code == 0 and "2027-01" in listed.output, listed.output
+
+
+def test_a_broken_subscription_is_reported_and_the_others_invoiced(server: Server) -> None:
+    key = server.tenant_key("broken-co", ["ingest", "read", "admin"])
+    client = server.client(key)
+    assert client.post("/v1/meters", json={"slug": "tokens", "event_type": "llm", "aggregation": "sum",
+                                           "value_property": "$.tokens", "group_by": {"model": "$.model"}}
+                       ).status_code == 201
+    matrix = {"id": "matrix", "currency": "EUR", "model": "matrix", "meter": "tokens",
+              "matrix": {"dimensions": ["model"], "entries": [{"values": {"model": "a"}, "unit_price": "0.01"}]}}
+    assert client.post("/v1/plans", json={"id": "pro", "name": "Pro"}).status_code == 201
+    assert client.post("/v1/plans/pro/versions", json={"effective_from": "2020-01-01T00:00:00Z",
+                                                       "prices": [matrix]}).status_code == 201
+    for sub, customer in (("good", "c1"), ("bad", "c2")):
+        assert client.post("/v1/customers", json={"id": customer, "name": customer, "currency": "EUR"}
+                           ).status_code == 200
+        assert client.post("/v1/subscriptions", json={"id": sub, "customer": customer, "plan": "pro", "version": 1,
+                                                      "start": "2020-01-01T00:00:00Z"}).status_code == 200
+    # The events fall in last month (whatever today is): the run of this month bills them.
+    from datetime import UTC, datetime, timedelta
+
+    month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    at = (month - timedelta(hours=3)).isoformat().replace("+00:00", "Z")
+    events = [{"specversion": "1.0", "id": f"e-{c}", "source": "t", "type": "llm", "subject": c, "time": at,
+               "data": {"tokens": 100, "model": m}} for c, m in (("c1", "a"), ("c2", "zzz"))]
+    assert client.post("/v1/events", json=events).json()["accepted"] == 2
+    env = {"METER_URL": server.url, "METER_API_KEY": key, "COLUMNS": "250"}
+    result = CliRunner().invoke(main, ["invoice", "--period", f"{month:%Y-%m}"], env=env)
+    assert result.exit_code == 1, result.output
+    assert "error: subscription bad: unpriced_usage" in result.output and "1 subscriptions could not" in result.output
+    assert "good-" in result.output, "the others were invoiced"
+    run = client.post("/v1/invoices/run", json={"period": f"{month:%Y-%m}"}).json()
+    assert [i["subscription"] for i in run["invoices"]] == ["good"] and run["invoices"][0]["total"] == "1.00"
+    assert [(e["subscription"], e["code"]) for e in run["errors"]] == [("bad", "unpriced_usage")]
