@@ -114,6 +114,8 @@ class Billed:
     cycles: dict[str, set[datetime]] = field(default_factory=lambda: defaultdict(set))
     #: Per subscription, the ids of its finalized invoices: what a draft is computed against (its ``basis``).
     finalized: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    #: (subscription, cycle start) -> the number of the cycle's finalized invoice.
+    cycle_numbers: dict[tuple[str, datetime], str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, store: InvoiceStore, tenant: str) -> Billed:
@@ -124,6 +126,7 @@ class Billed:
             billed.finalized[invoice.subscription].append(invoice.id)
             if invoice.reason == "cycle":
                 billed.cycles[invoice.subscription].add(invoice.period_start)
+                billed.cycle_numbers[(invoice.subscription, invoice.period_start)] = invoice.number or invoice.id
             for line in invoice.lines:
                 if line.key is not None:
                     billed.by_key[line.key] += line.amount
@@ -155,6 +158,8 @@ class _Charge:
     description: str
     #: A key finalized invoices billed that no longer exists: it rates at zero, and is not rated.
     gone: InvoiceLine | None = None
+    #: An adjustment: the start of the cycle whose invoice billed the period it adjusts (that invoice is named).
+    billed_on: datetime | None = None
 
 
 @dataclass
@@ -319,11 +324,15 @@ def _corrections(snapshot: Snapshot, sub: Subscription, tz: str, period: cycles.
     q = arrears
     while q.end > sub.start and q.end >= arrears.start - RESTATE:
         if q.start in finalized and q.end >= period.start - RESTATE:
-            charges += _in_advance(snapshot, sub, tz, q, "adjustment")
+            for c in _in_advance(snapshot, sub, tz, q, "adjustment"):
+                c.billed_on = q.start
+                charges.append(c)
             owned.add((q.start, "in_advance"))
         if q.end <= arrears.start and q.end in finalized:
-            charges += [_charge(sub, p.price, p.seg, "adjustment", p.measured_to, p.note, q, p.n)
-                        for p in _arrears_parts(snapshot, sub, tz, q, q.end)]
+            for p in _arrears_parts(snapshot, sub, tz, q, q.end):
+                c = _charge(sub, p.price, p.seg, "adjustment", p.measured_to, p.note, q, p.n)
+                c.billed_on = q.end
+                charges.append(c)
             owned.add((q.start, "in_arrears"))
         q = cycles.previous_cycle(sub, tz, q)
     return charges
@@ -542,7 +551,10 @@ def _assemble(snapshot: Snapshot, draft: _Draft, rated: list[tuple[_Charge, _Rat
         due = now - before
         if charge.kind == "adjustment" and due == 0:
             continue
-        numbers = billed.numbers.get(charge.key, [])
+        numbers = list(billed.numbers.get(charge.key, []))
+        cycle_number = billed.cycle_numbers.get((sub.id, charge.billed_on)) if charge.billed_on else None
+        if cycle_number is not None and cycle_number not in numbers:
+            numbers.append(cycle_number)  # an adjustment names the invoice of the period it adjusts, new key or not
         added = None if quantity is None else (quantity - billed.quantity.get(charge.key, _ZERO)).normalize()
         description = charge.description
         if numbers and charge.kind == "adjustment":
