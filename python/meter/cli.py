@@ -259,9 +259,11 @@ def catalog_migrate(subscription_id: str, version: int, at: str, url: str, api_k
 @key_option
 @click.pass_context
 def invoice(ctx: click.Context, period: str | None, finalize: bool, url: str, api_key: str) -> None:
-    """Invoices: `meter invoice --period 2026-11` computes (or recomputes) the drafts of the cycles starting in
-    November, which bill November's fees in advance and October's usage in arrears. The invoices that bill
-    November's usage: `meter invoice list --usage-period 2026-11`."""
+    """Invoices: `meter invoice --period 2026-11` computes (or recomputes) the drafts of a month's cycles.
+
+    They bill November's fees in advance and October's usage in arrears. The invoices that bill November's usage:
+    `meter invoice list --usage-period 2026-11`.
+    """
     if ctx.invoked_subcommand is not None:
         return
     if period is None:
