@@ -408,3 +408,20 @@ def test_the_first_and_last_periods_are_invoiced_or_reported_never_raised(desk: 
     run = desk.invoicer.run("acme", period)
     assert {i.subscription for i in run.invoices} | {e.subscription for e in run.errors} <= {"old", "new", "now"}
     assert all(e.code != "internal" for e in run.errors), run.errors
+
+
+def test_keys_stored_before_they_named_the_cycle_count_for_the_same_charge(desk: Desk) -> None:
+    """Invoices finalized before this change keyed a partial cycle by its segment: they are not billed twice."""
+    desk.plan([[base_fee("30")]])
+    start = datetime(2026, 11, 16, tzinfo=UTC)
+    desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=start))
+    [november] = desk.invoicer.run("acme", "2026-11").invoices
+    [fee] = november.lines
+    assert fee.amount == Decimal("15.00")
+    legacy = msgspec.structs.replace(fee, key=f"s1|base|1|{start.isoformat()}|{DEC.isoformat()}")
+    store = desk.invoicer.store
+    store._write((f"invoice/acme/{november.id}", msgspec.json.encode(msgspec.structs.replace(november,
+                                                                                             lines=[legacy]))))
+    desk.invoicer.finalize("acme", november.id)
+    [december] = desk.invoicer.run("acme", "2026-12").invoices
+    assert adjustments(december) == [], "the November fee was billed once, under the old key"

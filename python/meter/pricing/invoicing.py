@@ -116,6 +116,17 @@ class Billed:
     finalized: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     #: (subscription, cycle start) -> the number of the cycle's finalized invoice.
     cycle_numbers: dict[tuple[str, datetime], str] = field(default_factory=dict)
+    #: Keys in an earlier format whose amounts now count under today's key (see :meth:`adopt`).
+    adopted: set[str] = field(default_factory=set)
+
+    def adopt(self, old: str, key: str) -> None:
+        """Counts what was billed under ``old`` (a key in an earlier format) as billed under ``key``, once."""
+        if old in self.adopted:
+            return
+        self.adopted.add(old)
+        self.by_key[key] += self.by_key.pop(old, _ZERO)
+        self.quantity[key] += self.quantity.pop(old, _ZERO)
+        self.numbers[key] += [n for n in self.numbers.pop(old, []) if n not in self.numbers[key]]
 
     @classmethod
     def of(cls, store: InvoiceStore, tenant: str) -> Billed:
@@ -354,7 +365,14 @@ def _gone(sub: Subscription, tz: str, charges: list[_Charge], billed: Billed,
                 "recurring", "usage", "adjustment") or line.period_end <= oldest:
             continue
         cycle = cycles.cycle_containing(sub, tz, line.period_start)
-        if (cycle.start, _timing(line)) in owned:
+        if (cycle.start, _timing(line)) not in owned:
+            continue
+        # Keys stored before they named the cycle named the segment (``...|<segment start>|<segment end>``): the
+        # same price, version and cycle is the same charge, so what it billed counts for today's key.
+        same = f"{sub.id}|{line.price}|{line.version}|{cycle.start.isoformat()}|{cycle.end.isoformat()}"
+        if same in current:
+            billed.adopt(line.key, same)
+        else:
             found[line.key] = line
     out = []
     for key, line in sorted(found.items()):
