@@ -238,7 +238,7 @@ def test_invoices_over_http(server: Server) -> None:
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_period"
     r = client.post("/v1/invoices/run", json={"period": f"{this_month:%Y-%m}"})
     assert r.status_code == 200, r.text
-    [draft] = r.json()
+    [draft] = r.json()["invoices"]
     assert draft["status"] == "draft" and draft["total"] == "24.00", draft  # 20 in advance + 1000 x 0.004
     assert {line["kind"] for line in draft["lines"]} == {"recurring", "usage"}
     final = client.post(f"/v1/invoices/{draft['id']}/finalize").json()

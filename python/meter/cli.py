@@ -437,31 +437,55 @@ def catalog_migrate(subscription_id: str, version: int, at: str, url: str, api_k
 
 
 @main.group(invoke_without_command=True)
-@click.option("--period", default=None, help="invoice the cycles starting in this month, YYYY-MM (e.g. 2026-11)")
+@click.option("--period", default=None,
+              help="invoice the cycles starting in this month, YYYY-MM (e.g. 2026-11): their fees in advance, and the "
+                   "usage of the cycles before them (October's, for monthly cycles) in arrears")
 @click.option("--finalize", is_flag=True, help="finalize (number) the invoices at once")
 @url_option
 @key_option
 @click.pass_context
 def invoice(ctx: click.Context, period: str | None, finalize: bool, url: str, api_key: str) -> None:
-    """Invoices: `meter invoice --period 2026-11` computes (or recomputes) the drafts of a month's cycles."""
+    """Invoices: `meter invoice --period 2026-11` computes (or recomputes) the drafts of a month's cycles.
+
+    They bill November's fees in advance and October's usage in arrears. The invoices that bill November's usage:
+    `meter invoice list --usage-period 2026-11`.
+    """
     if ctx.invoked_subcommand is not None:
         return
     if period is None:
         raise click.UsageError("give --period YYYY-MM, or a subcommand (preview, list, show, finalize, void, "
                                "credit-note)")
     with _http(url, api_key) as http:
-        rows = _check(http.post("/v1/invoices/run", json={"period": period, "finalize": finalize}))
-    _invoices_table(f"invoices of cycles starting in {period}", rows)
+        run = _check(http.post("/v1/invoices/run", json={"period": period, "finalize": finalize}))
+    _invoices_table(f"invoices of cycles starting in {period}", run["invoices"])
+    click.echo(_covers(run))
+    for warning in run.get("warnings", []):
+        click.echo(f"warning: {warning['code']}: {warning['message']}", err=True)
+    for error in run.get("errors", []):
+        click.echo(f"error: subscription {error['subscription']}: {error['code']}: {error['message']}", err=True)
+    if run.get("errors"):
+        raise click.ClickException(f"{len(run['errors'])} subscriptions could not be invoiced (listed above); the "
+                                   "others were")
+
+
+def _covers(run: dict[str, Any]) -> str:
+    """What service periods a run bills, in words."""
+    def span(p: dict[str, str] | None) -> str:
+        return "none" if p is None else f"{p['start']} .. {p['end']}"
+    return (f"fees in advance for {span(run.get('fees_in_advance'))}; usage in arrears for "
+            f"{span(run.get('usage_in_arrears'))}")
 
 
 def _invoices_table(title: str, rows: list[dict[str, Any]]) -> None:
-    _table(title, rows, ["id", "number", "status", "customer", "period_start", "period_end", "currency", "total"])
+    _table(title, rows, ["id", "number", "status", "customer", "period", "usage_period", "currency", "total"])
 
 
 def _show_invoice(invoice: dict[str, Any]) -> None:
     title = (f"{invoice['number'] or invoice['id']} ({invoice['status']}) for {invoice['customer']}, "
              f"{invoice['period_start']} .. {invoice['period_end']}")
-    _table(title, invoice["lines"], ["kind", "description", "quantity", "amount"])
+    _table(title, invoice["lines"], ["kind", "description", "quantity", "rated", "billed", "amount"])
+    if invoice.get("usage_start"):
+        click.echo(f"usage billed in arrears: {invoice['usage_start']} .. {invoice['usage_end']}")
     click.echo(f"subtotal {invoice['subtotal']} {invoice['currency']}, total {invoice['total']} {invoice['currency']}")
 
 
@@ -478,11 +502,15 @@ def invoice_preview(customer: str, url: str, api_key: str) -> None:
 
 @invoice.command("list")
 @click.option("--status", type=click.Choice(["draft", "finalized", "void"]), default=None)
+@click.option("--period", default=None, help="only invoices of cycles starting in this month (YYYY-MM)")
+@click.option("--usage-period", default=None, help="only invoices that bill this month's usage (YYYY-MM)")
 @url_option
 @key_option
-def invoice_list(status: str | None, url: str, api_key: str) -> None:
+def invoice_list(status: str | None, period: str | None, usage_period: str | None, url: str, api_key: str) -> None:
+    """Invoices, filtered: `--usage-period 2026-11` lists those that bill November's usage."""
+    params = {k: v for k, v in (("status", status), ("period", period), ("usage_period", usage_period)) if v}
     with _http(url, api_key) as http:
-        _invoices_table("invoices", _check(http.get("/v1/invoices", params={"status": status} if status else {})))
+        _invoices_table("invoices", _check(http.get("/v1/invoices", params=params)))
 
 
 @invoice.command("show")
@@ -503,6 +531,12 @@ def invoice_finalize(invoice_id: str, url: str, api_key: str) -> None:
     with _http(url, api_key) as http:
         final = _check(http.post(f"/v1/invoices/{invoice_id}/finalize"))
     click.echo(f"{invoice_id}: finalized as {final['number']}, total {final['total']} {final['currency']}")
+    _warn(final)
+
+
+def _warn(answer: dict[str, Any]) -> None:
+    for warning in answer.get("warnings", []):
+        click.echo(f"warning: {warning['code']}: {warning['message']}", err=True)
 
 
 @invoice.command("void")
@@ -510,9 +544,11 @@ def invoice_finalize(invoice_id: str, url: str, api_key: str) -> None:
 @url_option
 @key_option
 def invoice_void(invoice_id: str, url: str, api_key: str) -> None:
+    """Voids a finalized invoice: its charges become billable again (re-run its period for a new draft)."""
     with _http(url, api_key) as http:
-        _check(http.post(f"/v1/invoices/{invoice_id}/void"))
+        void = _check(http.post(f"/v1/invoices/{invoice_id}/void"))
     click.echo(f"{invoice_id}: void")
+    _warn(void)
 
 
 @invoice.command("credit-note")
@@ -525,6 +561,7 @@ def invoice_credit_note(invoice_id: str, amount: str, reason: str, url: str, api
     with _http(url, api_key) as http:
         note = _check(http.post(f"/v1/invoices/{invoice_id}/credit-notes", json={"amount": amount, "reason": reason}))
     click.echo(f"{note['number']}: {note['amount']} credited on {invoice_id}")
+    _warn(note)
 
 
 @main.command()

@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -25,10 +26,12 @@ import pyarrow.ipc as pa_ipc
 from meter.catalog.billing import (BillingCatalog, Customer, MigrationBody, PlanBody, PlanVersionBody, Product,
                                    Subscription)
 from meter.catalog.keys import ApiKey, KeyStore, Scope
+from meter.encoding import encode_json
 from meter.engine import Engine
 from meter.exceptions import MeterError
 from meter.pricing.invoicer import Invoicer
-from meter.pricing.invoices import CreditNoteBody, InvoiceRunBody, InvoiceStore
+from meter.pricing.invoices import CreditNoteBody, InvoiceRunBody, InvoiceStore, RunWarning
+from meter.pricing.invoicing import parse_month
 from meter.schemas import MeterSpec
 from meter.server.errors import ApiError, status_of
 from meter.server.openapi import openapi
@@ -181,10 +184,16 @@ class MeterApp:
                 tenants = [t.id for t in self.keys.list_tenants()]
                 self.invoicer.export(tenants)
                 self.exports_done += 1
-                for tenant in tenants:
-                    self.invoicer.thresholds(tenant, datetime.now(timezone.utc))
             except Exception as e:  # noqa: BLE001 - the next interval tries again; the server keeps serving
                 print(f"meter: scheduled export to {out} failed: {e!r}", file=sys.stderr, flush=True)
+                continue
+            # One tenant's threshold invoices never stop another's.
+            for tenant in tenants:
+                try:
+                    self.invoicer.thresholds(tenant, datetime.now(timezone.utc))
+                except Exception as e:  # noqa: BLE001 - reported; the next interval tries again
+                    print(f"meter: threshold invoices of tenant {tenant!r} failed: {e!r}", file=sys.stderr,
+                          flush=True)
 
     def shutdown(self) -> None:
         self.stopping.set()
@@ -216,7 +225,7 @@ class MeterApp:
                 raise
             status, body, headers = 500, {"code": "internal", "message": "internal error; nothing was applied"}, {}
         self.responses[status] = self.responses.get(status, 0) + 1
-        payload = body if isinstance(body, bytes) else msgspec.json.encode(body)
+        payload = body if isinstance(body, bytes) else encode_json(body)
         content_type = headers.pop("content-type", None)
         raw_headers = [(b"content-type", content_type.encode())] if content_type else list(JSON)
         raw_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
@@ -452,8 +461,13 @@ class MeterApp:
         return 200, await self.call(self.invoicer.thresholds, self.tenant(request), datetime.now(timezone.utc)), {}
 
     async def list_invoices(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        # period: the month the invoices' cycles start in (what a run bills fees in advance for); usage_period: the
+        # month whose usage they bill in arrears.
+        for name in ("period", "usage_period"):
+            if (month := request.param(name)) is not None:
+                parse_month(month, name)
         invoices = self.invoices.list(self.tenant(request))
-        for name in ("status", "customer", "subscription"):
+        for name in ("status", "customer", "subscription", "period", "usage_period"):
             if (wanted := request.param(name)) is not None:
                 invoices = [i for i in invoices if getattr(i, name) == wanted]
         return 200, invoices, {}
@@ -462,15 +476,15 @@ class MeterApp:
         return 200, self.invoices.get(self.tenant(request), invoice_id), {}
 
     async def finalize_invoice(self, request: Request, invoice_id: str) -> tuple[int, Any, dict[str, str]]:
-        return 200, await self.call(self.invoicer.finalize, self.tenant(request), invoice_id), {}
+        return 200, with_warnings(*await self.call(self.invoicer.finalize, self.tenant(request), invoice_id)), {}
 
     async def void_invoice(self, request: Request, invoice_id: str) -> tuple[int, Any, dict[str, str]]:
-        return 200, await self.call(self.invoicer.void, self.tenant(request), invoice_id), {}
+        return 200, with_warnings(*await self.call(self.invoicer.void, self.tenant(request), invoice_id)), {}
 
     async def credit_invoice(self, request: Request, invoice_id: str) -> tuple[int, Any, dict[str, str]]:
         body = decode(request.body, CreditNoteBody)
-        note = await self.call(self.invoicer.credit, self.tenant(request), invoice_id, body.amount, body.reason)
-        return 201, note, {}
+        done = await self.call(self.invoicer.credit, self.tenant(request), invoice_id, body.amount, body.reason)
+        return 201, with_warnings(*done), {}
 
     async def list_credit_notes(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         return 200, self.invoices.credit_notes(self.tenant(request)), {}
@@ -483,6 +497,13 @@ class MeterApp:
         body = decode(request.body, PlanVersionBody, "invalid_catalog")
         return 201, await self.call(self.billing.add_plan_version, self.tenant(request), plan_id, body.effective_from,
                                     body.prices), {}
+
+
+def with_warnings(result: msgspec.Struct, warnings: list[RunWarning]) -> Any:
+    """``result``, with ``warnings`` about what failed after it was stored (the write stands)."""
+    if not warnings:
+        return result
+    return {**msgspec.to_builtins(result, builtin_types=(Decimal,)), "warnings": warnings}
 
 
 def decode(body: bytes, type_: type[Any], code: str = "invalid_body") -> Any:

@@ -8,7 +8,7 @@ import msgspec
 
 from meter.catalog.billing import (Customer, MigrationBody, Plan, PlanBody, PlanVersion, PlanVersionBody, Product,
                                    Subscription)
-from meter.pricing.invoices import CreditNote, CreditNoteBody, Invoice, InvoiceRunBody
+from meter.pricing.invoices import CreditNote, CreditNoteBody, Invoice, InvoiceRun, InvoiceRunBody
 from meter.schemas import CreatedMeter, IngestResult, Meter, MeterSpec
 
 __all__ = ["ErrorBody", "openapi"]
@@ -67,7 +67,8 @@ def _catalog_paths(kind: str, item: type[msgspec.Struct]) -> dict[str, Any]:
 def openapi() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         [IngestResult, MeterSpec, Meter, CreatedMeter, ErrorBody, *CATALOG.values(), PlanBody, PlanVersionBody,
-         PlanVersion, MigrationBody, Invoice, CreditNote, InvoiceRunBody, CreditNoteBody], ref_template="#/components/schemas/{name}"
+         PlanVersion, MigrationBody, Invoice, CreditNote, InvoiceRunBody, CreditNoteBody, InvoiceRun],
+        ref_template="#/components/schemas/{name}"
     )
     events_body = {"required": True, "content": {
         t: {"schema": {"type": "array", "items": {"type": "object"}} if "batch" in t or t == "application/json"
@@ -92,11 +93,16 @@ def openapi() -> dict[str, Any]:
             **{path: ops for kind, body in CATALOG.items() for path, ops in _catalog_paths(kind, body).items()},
             "/v1/plans/{id}/versions": {"post": _op("Add a plan version (editing a plan)", "admin",
                                                     (201, "PlanVersion"), "PlanVersionBody", [ID])},
-            "/v1/invoices/run": {"post": _op("Compute (or recompute) the drafts of the cycles starting in a month",
-                                             "admin", (200, ""), "InvoiceRunBody")},
-            "/v1/invoices/thresholds": {"post": _op("Issue the threshold invoices due now", "admin", (200, ""))},
-            "/v1/invoices": {"get": _op("List invoices (filters: status, customer, subscription)", "read", (200, ""),
-                                        params=[_q("status"), _q("customer"), _q("subscription")])},
+            "/v1/invoices/run": {"post": _op("Compute (or recompute) the drafts of the cycles starting in a month: "
+                                             "their fees in advance and the previous cycles' usage in arrears; "
+                                             "subscriptions that cannot be invoiced are listed in `errors`",
+                                             "admin", (200, "InvoiceRun"), "InvoiceRunBody")},
+            "/v1/invoices/thresholds": {"post": _op("Issue the threshold invoices due now", "admin",
+                                                    (200, "InvoiceRun"))},
+            "/v1/invoices": {"get": _op("List invoices (filters: status, customer, subscription; period: the month "
+                                        "the cycles start in; usage_period: the month whose usage they bill)",
+                                        "read", (200, ""), params=[_q("status"), _q("customer"), _q("subscription"),
+                                                                    _q("period"), _q("usage_period")])},
             "/v1/invoices/{id}": {"get": _op("Get an invoice with its explained lines", "read", (200, "Invoice"),
                                              params=[ID])},
             "/v1/invoices/{id}/finalize": {"post": _op("Finalize (number) a draft", "admin", (200, "Invoice"),
