@@ -377,7 +377,8 @@ def _gone(sub: Subscription, tz: str, charges: list[_Charge], billed: Billed,
             found[line.key] = line
     out = []
     for key, line in sorted(found.items()):
-        price = Price(id=line.price or "?", currency="XXX", model="flat", amount=_ZERO)
+        with trusted():  # never rated (the line rates at zero): ISO's "no currency" code, not catalog input
+            price = Price(id=line.price or "?", currency="XXX", model="flat", amount=_ZERO)
         what = f"{line.meter or line.price} ({line.model})"
         out.append(_Charge(key, "adjustment", _timing(line), price, line.version or 0, "", line.period_start,
                            line.period_end, line.period_end, Decimal(1),
