@@ -27,7 +27,8 @@ from rocksdict import Rdict
 from meter.catalog.kv import scan
 from meter.exceptions import AlreadyExists, InUse, InvalidInput, NotFound
 
-__all__ = ["KEY_FORMAT", "ApiKey", "KeyStore", "Scope", "new_key", "valid_checksum"]
+__all__ = ["KEY_FORMAT", "ApiKey", "KeyBody", "KeyStore", "Scope", "TenantBody", "TenantKeyBody", "new_key",
+           "valid_checksum"]
 
 Scope = Literal["ingest", "read", "export", "admin"]
 SCOPES: tuple[Scope, ...] = ("ingest", "read", "export", "admin")
@@ -88,6 +89,24 @@ class Tenant(msgspec.Struct, frozen=True):
     created_at: float
 
 
+class TenantBody(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    name: str = ""
+
+
+class KeyBody(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /v1/admin/keys`: a key of `tenant`, or (`"tenant": null`) an operator key."""
+
+    tenant: str | None
+    scopes: list[Scope] = msgspec.field(default_factory=list)  # required for a tenant's key
+
+
+class TenantKeyBody(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /v1/keys`: a key of the caller's own tenant."""
+
+    scopes: list[Scope]
+
+
 class KeyStore:
     """Tenants and key hashes in a rocksdict store of their own (not the usage store)."""
 
@@ -123,12 +142,12 @@ class KeyStore:
 
     def create_key(self, tenant: str | None, scopes: list[Scope], *, secret: str | None = None) -> tuple[str, ApiKey]:
         """Returns the secret (shown once) and the stored record."""
+        if tenant is None:
+            scopes = ["admin"]  # an operator key's reach comes from being one, not from scopes
         if not scopes or any(s not in SCOPES for s in scopes):
             raise InvalidInput(f"scopes must be a non-empty list of {list(SCOPES)}; got {scopes!r}", "invalid_scopes")
         if tenant is not None:
             self.get_tenant(tenant)
-        else:
-            scopes = ["admin"]  # an operator key's reach comes from being one, not from scopes
         if secret is not None and not valid_checksum(secret):
             raise InvalidInput(f"a key must be {KEY_FORMAT}; `meter admin-key new` makes one", "invalid_key")
         secret = secret or new_key()

@@ -25,7 +25,7 @@ import pyarrow.ipc as pa_ipc
 
 from meter.catalog.billing import (BillingCatalog, Customer, MigrationBody, PlanBody, PlanVersionBody, Product,
                                    Subscription)
-from meter.catalog.keys import KEY_FORMAT, ApiKey, KeyStore, Scope, valid_checksum
+from meter.catalog.keys import KEY_FORMAT, ApiKey, KeyBody, KeyStore, Scope, TenantBody, TenantKeyBody, valid_checksum
 from meter.engine import Engine
 from meter.exceptions import MeterError
 from meter.pricing.invoicer import Invoicer
@@ -114,24 +114,6 @@ class Disconnected(Exception):
 
 
 Handler = Callable[..., Awaitable[tuple[int, Any, dict[str, str]]]]
-
-
-class TenantBody(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
-    name: str = ""
-
-
-class KeyBody(msgspec.Struct, forbid_unknown_fields=True):
-    """`POST /v1/admin/keys`: a key of `tenant`, or (`"tenant": null`) an operator key."""
-
-    tenant: str | None
-    scopes: list[Scope] = msgspec.field(default_factory=lambda: ["admin"])
-
-
-class TenantKeyBody(msgspec.Struct, forbid_unknown_fields=True):
-    """`POST /v1/keys`: a key of the caller's own tenant."""
-
-    scopes: list[Scope]
 
 
 #: Who may call a route: a tenant key with one of these scopes, an operator key, or anyone.
