@@ -1,5 +1,8 @@
-"""The operator key (issue 11): a malformed METER_ADMIN_KEY refuses to start, `meter admin-key new` makes a good
-one, and `meter admin-key reset` rotates the operator keys of a stopped server's data directory."""
+"""The operator key (issue 11).
+
+A malformed METER_ADMIN_KEY refuses to start, `meter admin-key new` makes a good one, and `meter admin-key reset`
+rotates the operator keys of a stopped server's data directory.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from http_server import Server, free_port
-
 from meter.catalog.keys import KeyStore, new_key, valid_checksum
 from meter.cli import main
 from meter.server.app import MeterApp

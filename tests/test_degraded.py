@@ -1,5 +1,7 @@
-"""A server started on a full disk (issue 11): it starts degraded instead of crash-looping, /readyz says why,
-what can be read is served, and every write is a 503 `store_unavailable` with Retry-After.
+"""A server started on a full disk (issue 11).
+
+It starts degraded instead of crash-looping, /readyz says why, what can be read is served, and every write is a 503
+`store_unavailable` with Retry-After.
 
 The real thing: the data directory sits on a size-capped tmpfs in a mount namespace of its own (`unshare -m`), which
 is filled before the server starts. Skipped where mount namespaces are not available.
@@ -18,9 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from http_server import free_port
-
 from meter.catalog.keys import new_key
 
 SETUP = """

@@ -1,25 +1,25 @@
-"""Tenant isolation over every route (issue 11, Security): the route table of the app is walked with every kind of
-key (none, garbage, revoked, the operator's, tenant A's with each scope, and a second A key with all of them) against
-tenant B's objects, by id and by listing, and B's state is compared before and after.
+"""Tenant isolation over every route (issue 11, Security).
 
-The walk is driven by `MeterApp.routes`, so a new route is walked as soon as it exists; a route whose path
-parameter or body the walk does not know fails the test (add it to PARAMS or BODIES below).
+The route table of the app is walked with every kind of key (none, garbage, revoked, the operator's, tenant A's with
+each scope, and a second A key with all of them) against tenant B's objects, by id and by listing, and B's state is
+compared before and after.
+
+The walk is driven by `MeterApp.routes`, so a new route is walked as soon as it exists; a route whose path parameter
+or body the walk does not know fails the test (add it to `params` or `bodies` below).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from conftest import event
-
 from http_server import Server
-
 from meter.catalog.keys import new_key
 from meter.server.app import MeterApp
 
@@ -27,7 +27,7 @@ from meter.server.app import MeterApp
 #: but B may contain it.
 MARK = "bsecret"
 B = "tenant-b"
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 THIS_MONTH = NOW.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 LAST_MONTH = (THIS_MONTH - timedelta(days=1)).replace(day=1)
 B_METER, B_CUSTOMER, B_PRODUCT, B_PLAN, B_SUB = "b-meter", "b-cust", "b-product", "b-plan", "b-sub"

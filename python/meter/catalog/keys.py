@@ -121,7 +121,8 @@ class KeyStore:
 
     def create_tenant(self, tenant_id: str, name: str = "") -> Tenant:
         if not tenant_id or len(tenant_id) > 64 or not all(c.isalnum() or c in "-_" for c in tenant_id):
-            raise InvalidInput(f"tenant id must be 1-64 letters, digits, '-' or '_'; got {tenant_id!r}", "invalid_tenant")
+            raise InvalidInput(f"tenant id must be 1-64 letters, digits, '-' or '_'; got {tenant_id!r}",
+                               "invalid_tenant")
         key = b"tenant/" + tenant_id.encode()
         if self._db.get(key) is not None:
             raise AlreadyExists(f"tenant '{tenant_id}' already exists", "already_exists")
@@ -195,8 +196,11 @@ class KeyStore:
         return record
 
     def revoke(self, key_id: str, *, tenant: str | None = None, operator: bool = False) -> ApiKey:
-        """Revokes a key. A tenant (`tenant`) revokes only its own keys: another's is not found. The operator
-        (`operator`) revokes any key but the last live operator key (409 `last_operator_key`)."""
+        """Revokes a key.
+
+        A tenant (`tenant`) revokes only its own keys: another's is not found. The operator (`operator`) revokes any
+        key but the last live operator key (409 `last_operator_key`).
+        """
         if not operator and tenant is None:
             raise ValueError("revoke needs the tenant whose key it is, or operator=True")
         record = self.get_key(key_id)
@@ -204,7 +208,8 @@ class KeyStore:
             raise NotFound(f"key '{key_id}' was not found", "not_found")
         if record.revoked:
             return record
-        if record.tenant is None and not [k for k in self.list_keys(operators=True) if not k.revoked and k.id != key_id]:
+        others = [k for k in self.list_keys(operators=True) if not k.revoked and k.id != key_id]
+        if record.tenant is None and not others:
             raise InUse(f"key '{key_id}' is the last operator key: create another (POST /v1/admin/keys with "
                         '{"tenant": null}) before revoking it, or use `meter admin-key reset`', "last_operator_key")
         revoked = msgspec.structs.replace(record, revoked=True)

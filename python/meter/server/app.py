@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import re
 import sys
@@ -14,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 import msgspec
@@ -59,6 +60,11 @@ class Headers:
 
     def getall(self, name: str) -> list[str]:
         return [v for k, v in self.pairs if k == name]
+
+    @overload
+    def get(self, name: str) -> str | None: ...
+    @overload
+    def get(self, name: str, default: str) -> str: ...
 
     def get(self, name: str, default: str | None = None) -> str | None:
         values = self.getall(name)
@@ -338,7 +344,8 @@ class MeterApp:
                                    {"retry-after": "30"})
                 if method in ("POST", "PUT"):
                     request.body = await self.read_body(request, receive)
-                return await handler(request, **match.groupdict())
+                answer: tuple[int, Any, dict[str, str]] = await handler(request, **match.groupdict())
+                return answer
         if any(p.fullmatch(path) for _, p, _, _ in self.routes):
             raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {path}")
         raise ApiError(404, "not_found", f"no route {path}; see /openapi.json")
@@ -361,7 +368,7 @@ class MeterApp:
     def metrics(self) -> str:
         lines = ["# TYPE meter_http_responses_total counter"]
         lines += [f'meter_http_responses_total{{status="{k}"}} {v}' for k, v in sorted(self.responses.items())]
-        if self.engine is not None:
+        if self.engine is not None and not isinstance(self.engine, Unavailable):
             s = self.engine.stats()
             for name, kind, value in [
                 ("meter_events_accepted_total", "counter", s.accepted),
@@ -731,18 +738,29 @@ def open_read_only(kind: type[Any], path: Path) -> Any:
 
     if not path.is_dir():
         raise FileNotFoundError(f"{path} does not exist")
-    store = kind.__new__(kind)
+    store = object.__new__(kind)
     store._db = Rdict(os.fspath(path), access_type=AccessType.read_only())
     return store
 
 
 def decode(body: bytes, type_: type[Any]) -> Any:
     try:
-        return msgspec.json.decode(body, type=type_)
+        value = msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as e:
         raise ApiError(400, "invalid_body", f"the body does not match the schema: {e}") from None
     except msgspec.DecodeError as e:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}") from None
+    json.loads(body, object_pairs_hook=_unique_keys)  # a key given twice is refused, never last-wins
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for k, _ in pairs:
+        if k in seen:
+            raise ApiError(400, "invalid_json", f"the key {k!r} appears twice in one object; give it once")
+        seen.add(k)
+    return dict(pairs)
 
 
 def parse_time(value: str | None, name: str) -> datetime:

@@ -6,8 +6,16 @@ from typing import Any
 
 import msgspec
 
-from meter.catalog.billing import (Customer, MigrationBody, Plan, PlanBody, PlanVersion, PlanVersionBody, Product,
-                                   Subscription)
+from meter.catalog.billing import (
+    Customer,
+    MigrationBody,
+    Plan,
+    PlanBody,
+    PlanVersion,
+    PlanVersionBody,
+    Product,
+    Subscription,
+)
 from meter.catalog.keys import KeyBody, TenantBody, TenantKeyBody
 from meter.pricing.invoices import CreditNote, CreditNoteBody, Invoice, InvoiceRunBody
 from meter.schemas import CreatedMeter, IngestResult, Meter, MeterSpec
