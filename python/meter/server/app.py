@@ -1,5 +1,8 @@
-"""meter's HTTP API as a plain ASGI application: routes only. The engine does the work (one call per request, with
-the raw body); msgspec reads and writes JSON; `errors.py` maps exceptions to status codes."""
+"""meter's HTTP API as a plain ASGI application: routes only.
+
+The engine does the work (one call per request, with the raw body); msgspec reads and writes JSON; `errors.py` maps
+exceptions to status codes.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +23,9 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 
 import msgspec
 import pyarrow as pa
-import zstandard
 import pyarrow.csv as pa_csv
 import pyarrow.ipc as pa_ipc
+import zstandard
 
 from meter.catalog.billing import (BillingCatalog, Customer, MigrationBody, PlanBody, PlanVersionBody, Product,
                                    Subscription)
@@ -46,10 +49,12 @@ JSON = [(b"content-type", b"application/json")]
 
 
 class Headers:
-    """A request's headers as the list they arrived in, never a dict: a header sent twice is seen twice. `get` answers
-    the one value of a header, joins the values of a list-valued one (RFC 9110 5.3), and refuses (400
-    `duplicate_header`) a single-valued header sent twice, so that a client can never override a header a proxy
-    set (or the other way round)."""
+    """A request's headers as the list they arrived in, never a dict: a header sent twice is seen twice.
+
+    `get` answers the one value of a header, joins the values of a list-valued one (RFC 9110 5.3), and refuses (400
+    `duplicate_header`) a single-valued header sent twice, so that a client can never override a header a proxy set
+    (or the other way round).
+    """
 
     #: Headers whose repeated values combine into one comma-separated list.
     LISTS = frozenset({"accept", "accept-encoding", "accept-language", "cache-control", "forwarded", "via",
@@ -81,8 +86,11 @@ class Headers:
 
 
 class Request:
-    """What the app reads of a request. `Request.of(scope)` is the one place where request metadata (path, query
-    string, headers) is decoded: anything undecodable there is a 400, and nothing else reads the raw scope."""
+    """What the app reads of a request.
+
+    `Request.of(scope)` is the one place where request metadata (path, query string, headers) is decoded: anything
+    undecodable there is a 400, and nothing else reads the raw scope.
+    """
 
     def __init__(self, method: str, path: str, query: list[tuple[str, str]], headers: Headers) -> None:
         self.method, self.path, self.query, self.headers = method, path, query, headers
@@ -265,9 +273,11 @@ class MeterApp:
         self.invoicer = None
 
     def open_degraded(self, reason: str) -> None:
-        """Serve what can be read without writing: the key store, the billing catalog and the invoices open read-only;
-        what cannot open (the usage engine, which writes at open; invoicing, which writes its export) answers 503
-        `store_unavailable`, and so does every write."""
+        """Serve what can be read without writing.
+
+        The key store, the billing catalog and the invoices open read-only; what cannot open (the usage engine, which
+        writes at open; invoicing, which writes its export) answers 503 `store_unavailable`, and so does every write.
+        """
         self.degraded = reason
         print(f"meter: starting degraded, read-only: {reason}", file=sys.stderr, flush=True)
         unavailable = Unavailable(reason)
@@ -282,8 +292,10 @@ class MeterApp:
         self.invoicer = unavailable  # type: ignore[assignment]
 
     def export_on_schedule(self) -> None:
-        """Exports usage, the catalog and invoices every interval, then issues the threshold invoices due; a failure
-        is reported and tried again next time."""
+        """Exports usage, the catalog and invoices every interval, then issues the threshold invoices due.
+
+        A failure is reported and tried again next time.
+        """
         assert self.export is not None and self.invoicer is not None
         out, every = self.export
         while not self.stopping.wait(every):
@@ -331,8 +343,10 @@ class MeterApp:
         await send({"type": "http.response.body", "body": payload})
 
     async def handle(self, scope: Scope_, receive: Receive) -> tuple[int, Any, dict[str, str]]:
-        """Decode the request's metadata, find its route, check its key, and only then read (and decompress) its
-        body: an unauthenticated client can make the server read nothing."""
+        """Decode the request's metadata, find its route, check its key, and only then read its body.
+
+        An unauthenticated client can make the server read (and decompress) nothing.
+        """
         request = Request.of(scope)
         path, method = request.path, request.method
         for route_method, pattern, access, handler in self.routes:
@@ -387,8 +401,11 @@ class MeterApp:
         return "\n".join(lines) + "\n"
 
     def authorize(self, request: Request, access: Access, path: str) -> ApiKey | None:
-        """Deny by default: a public route needs no key; /v1/admin/* and /metrics need an operator key; every other
-        route needs a tenant key with the route's scope. Two Authorization headers are a 400, never last-wins."""
+        """The key of a request, allowed on its route; deny by default.
+
+        A public route needs no key; /v1/admin/* and /metrics need an operator key; every other route needs a tenant
+        key with the route's scope. Two Authorization headers are a 400, never last-wins.
+        """
         if access == "public" and not path.startswith("/v1/"):
             return None
         header = request.headers.get("authorization") or ""
@@ -410,8 +427,11 @@ class MeterApp:
         return key
 
     async def read_body(self, request: Request, receive: Receive) -> bytes:
-        """The whole body, bounded, decompressed on the thread pool (not the event loop); a body that is not exactly
-        its Content-Length, or a compressed body with anything undecodable in it, is refused: never half-read."""
+        """The whole body, bounded, decompressed on the thread pool (not the event loop).
+
+        A body that is not exactly its Content-Length, or a compressed body with anything undecodable in it, is
+        refused: never half-read.
+        """
         length = request.headers.get("content-length")
         expected: int | None = None
         if length is not None:
@@ -618,8 +638,10 @@ class MeterApp:
 
 
 class Unavailable:
-    """Stands for a store that could not be opened (degraded start): whatever a handler asks of it is a 503
-    `store_unavailable` with Retry-After, never an AttributeError on None."""
+    """Stands for a store that could not be opened (degraded start).
+
+    Whatever a handler asks of it is a 503 `store_unavailable` with Retry-After, never an AttributeError on None.
+    """
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -630,8 +652,11 @@ class Unavailable:
 
 
 def storage_full(e: BaseException) -> str | None:
-    """'disk full' or 'read-only file system' when `e` (an OSError, or a RocksDB error that only has a message) comes
-    from one of them: the failures a server can start through, degraded. None for anything else."""
+    """'disk full' or 'read-only file system' when `e` comes from one of them, else None.
+
+    `e` is an OSError or a RocksDB error that only has a message. These are the failures a server can start through,
+    degraded.
+    """
     causes: list[BaseException] = []
     while e is not None and len(causes) < 10:
         causes.append(e)
@@ -658,16 +683,20 @@ def parse_bool(value: str | None, name: str) -> bool:
     try:
         return BOOLEANS[value.strip().lower()]
     except KeyError:
-        raise ApiError(400, "invalid_query", f"'{name}' must be true or false (or 1/0, yes/no); got {value!r}") from None
+        raise ApiError(400, "invalid_query",
+                       f"'{name}' must be true or false (or 1/0, yes/no); got {value!r}") from None
 
 
 _CHUNK = 64 * 1024
 
 
 def gunzip(body: bytes, limit: int) -> bytes:
-    """Every member of a gzip body (concatenated members are one stream, RFC 1952), at most `limit` bytes out (a
-    bomb stops there: 413). Anything after the last member, or a member cut short, is a 400 `invalid_gzip`: a body
-    is read whole or refused. The input is fed in chunks so that many small members cost linear time."""
+    """Every member of a gzip body (concatenated members are one stream, RFC 1952).
+
+    At most `limit` bytes out (a bomb stops there: 413). Anything after the last member, or a member cut short, is a
+    400 `invalid_gzip`: a body is read whole or refused. The input is fed in chunks so that many small members cost
+    linear time.
+    """
     out: list[bytes] = []
     size = 0
     view = memoryview(body)
@@ -702,9 +731,12 @@ def gunzip(body: bytes, limit: int) -> bytes:
 
 
 def unzstd(body: bytes, limit: int) -> bytes:
-    """Every frame of a zstd body, at most `limit` bytes out (413 past it); a truncated frame or trailing garbage is
-    a 400 `invalid_zstd`. The bounded read decodes across frames (and stops a bomb); then a frame-by-frame pass over
-    the same bytes, whose output the first pass has bounded, checks that the last frame is complete."""
+    """Every frame of a zstd body, at most `limit` bytes out (413 past it).
+
+    A truncated frame or trailing garbage is a 400 `invalid_zstd`. The bounded read decodes across frames (and stops
+    a bomb); then a frame-by-frame pass over the same bytes, whose output the first pass has bounded, checks that the
+    last frame is complete.
+    """
     try:
         with zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=True) as reader:
             out = reader.read(limit + 1)
@@ -732,8 +764,10 @@ def unzstd(body: bytes, limit: int) -> bytes:
 
 
 def open_read_only(kind: type[Any], path: Path) -> Any:
-    """A catalog store (KeyStore, BillingCatalog, InvoiceStore: each keeps its rocksdict in `_db`) opened read-only,
-    which writes nothing to the disk, for a degraded start."""
+    """A catalog store opened read-only, which writes nothing to the disk, for a degraded start.
+
+    KeyStore, BillingCatalog and InvoiceStore each keep their rocksdict in `_db`.
+    """
     from rocksdict import AccessType, Rdict
 
     if not path.is_dir():
@@ -769,7 +803,8 @@ def parse_time(value: str | None, name: str) -> datetime:
     try:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise ApiError(400, "invalid_query", f"'{name}' must be RFC 3339 such as 2026-11-01T00:00:00Z; got {value!r}") from None
+        raise ApiError(400, "invalid_query",
+                       f"'{name}' must be RFC 3339 such as 2026-11-01T00:00:00Z; got {value!r}") from None
     if t.tzinfo is None:
         raise ApiError(400, "invalid_query", f"'{name}' needs a time zone offset or Z; got {value!r}")
     return t
