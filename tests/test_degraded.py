@@ -1,10 +1,10 @@
-"""A server started on a full disk (issue 11).
+"""A server started on a full (or read-only) disk (issue 11).
 
 It starts degraded instead of crash-looping, /readyz says why, what can be read is served, and every write is a 503
 `store_unavailable` with Retry-After.
 
 The real thing: the data directory sits on a size-capped tmpfs in a mount namespace of its own (`unshare -m`), which
-is filled before the server starts. Skipped where mount namespaces are not available.
+is filled (or remounted read-only) before the server starts. Skipped where mount namespaces are not available.
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ pytestmark = pytest.mark.skipif(not namespaces_work(), reason="needs root and mo
 
 
 class FullDiskServer:
-    def __init__(self, root: Path) -> None:
-        self.root, self.port = root, free_port()
+    def __init__(self, root: Path, mode: str) -> None:
+        self.root, self.port, self.mode = root, free_port(), mode
+        self.reason = {"full": "disk full", "read-only": "read-only file system"}[mode]
         self.operator, self.tenant_key = new_key(), new_key()
         self.url = f"http://127.0.0.1:{self.port}"
         root.mkdir(parents=True, exist_ok=True)
@@ -69,7 +70,8 @@ class FullDiskServer:
             set -e
             mount -t tmpfs -o size=64m tmpfs {mnt}
             {sys.executable} {root / 'setup.py'} {mnt / 'data'} {self.operator} {self.tenant_key}
-            dd if=/dev/zero of={mnt / 'fill'} bs=64k 2>/dev/null || true
+            {f"dd if=/dev/zero of={mnt / 'fill'} bs=64k 2>/dev/null || true" if mode == "full" else
+             f"mount -o remount,ro {mnt}"}
             exec {sys.executable} -c 'from meter.cli import main; main()' serve --data-dir {mnt / 'data'} \
                 --port {self.port}
             """)
@@ -90,6 +92,9 @@ class FullDiskServer:
         self.stop()
         raise AssertionError("the server did not start on a full disk:\n" + (root / "server.log").read_text())
 
+    def client(self, key: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -101,29 +106,29 @@ class FullDiskServer:
         self.log.close()
 
 
-@pytest.fixture(scope="module")
-def full(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FullDiskServer]:
-    server = FullDiskServer(tmp_path_factory.mktemp("full"))
+@pytest.fixture(scope="module", params=["full", "read-only"])
+def full(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FullDiskServer]:
+    server = FullDiskServer(tmp_path_factory.mktemp("full"), request.param)
     yield server
     server.stop()
 
 
 def test_a_full_disk_starts_degraded_and_says_why(full: FullDiskServer) -> None:
     r = httpx.get(full.url + "/readyz")
-    assert r.status_code == 503 and "disk full" in r.json()["reason"], r.text
+    assert r.status_code == 503 and full.reason in r.json()["reason"], r.text
     assert r.headers["retry-after"]
 
 
 def test_reads_that_can_be_served_are_served(full: FullDiskServer) -> None:
-    tenant = httpx.Client(base_url=full.url, headers={"Authorization": f"Bearer {full.tenant_key}"})
-    r = tenant.get("/v1/customers")
-    assert r.status_code == 200 and [c["id"] for c in r.json()] == ["cust-1"], r.text
-    assert tenant.get("/v1/invoices").status_code == 200
-    operator = httpx.Client(base_url=full.url, headers={"Authorization": f"Bearer {full.operator}"})
-    assert [t["id"] for t in operator.get("/v1/admin/tenants").json()] == ["acme"]
-    # The usage engine writes when it opens: its reads are unavailable, and say so.
-    r = tenant.get("/v1/meters")
-    assert r.status_code == 503 and r.json()["code"] == "store_unavailable" and r.headers["retry-after"], r.text
+    with full.client(full.tenant_key) as tenant, full.client(full.operator) as operator:
+        r = tenant.get("/v1/customers")
+        assert r.status_code == 200 and [c["id"] for c in r.json()] == ["cust-1"], r.text
+        assert tenant.get("/v1/invoices").status_code == 200
+        assert [t["id"] for t in operator.get("/v1/admin/tenants").json()] == ["acme"]
+        # The usage engine writes when it opens: its reads are unavailable, and say so.
+        r = tenant.get("/v1/meters")
+        assert r.status_code == 503 and r.json()["code"] == "store_unavailable" and r.headers["retry-after"], r.text
+        assert "meter_http_responses_total" in operator.get("/metrics").text
     assert httpx.get(full.url + "/v1/meters").status_code == 401, "degraded is no reason to skip the key"
 
 
@@ -134,8 +139,8 @@ def test_reads_that_can_be_served_are_served(full: FullDiskServer) -> None:
     ("POST", "/v1/keys", {"scopes": ["read"]}),
 ])
 def test_writes_are_503_with_retry_after(full: FullDiskServer, method: str, path: str, body: object) -> None:
-    tenant = httpx.Client(base_url=full.url, headers={"Authorization": f"Bearer {full.tenant_key}"})
-    r = tenant.request(method, path, **({"json": body} if body is not None else {}))
+    with full.client(full.tenant_key) as tenant:
+        r = tenant.request(method, path, **({"json": body} if body is not None else {}))
     assert r.status_code == 503 and r.json()["code"] == "store_unavailable", r.text
     assert int(r.headers["retry-after"]) > 0
-    assert "disk full" in r.json()["message"]
+    assert full.reason in r.json()["message"]

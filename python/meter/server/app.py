@@ -766,14 +766,26 @@ def unzstd(body: bytes, limit: int) -> bytes:
 def open_read_only(kind: type[Any], path: Path) -> Any:
     """A catalog store opened read-only, which writes nothing to the disk, for a degraded start.
 
-    KeyStore, BillingCatalog and InvoiceStore each keep their rocksdict in `_db`.
+    KeyStore, BillingCatalog and InvoiceStore each keep their rocksdict in `_db`. On a read-only file system rocksdict
+    cannot open even read-only (it writes its config file), so the store is copied to a temporary directory first and
+    read from there: nothing can change it while the server is degraded.
     """
     from rocksdict import AccessType, Rdict
 
     if not path.is_dir():
         raise FileNotFoundError(f"{path} does not exist")
     store = object.__new__(kind)
-    store._db = Rdict(os.fspath(path), access_type=AccessType.read_only())
+    try:
+        store._db = Rdict(os.fspath(path), access_type=AccessType.read_only())
+    except Exception as e:  # noqa: BLE001 - only a read-only file system has this way round
+        if storage_full(e) != "read-only file system":
+            raise
+        import shutil
+        import tempfile
+
+        copy = Path(tempfile.mkdtemp(prefix="meter-degraded-")) / path.name
+        shutil.copytree(path, copy, ignore=shutil.ignore_patterns("LOCK"))
+        store._db = Rdict(os.fspath(copy), access_type=AccessType.read_only())
     return store
 
 
@@ -784,7 +796,11 @@ def decode(body: bytes, type_: type[Any]) -> Any:
         raise ApiError(400, "invalid_body", f"the body does not match the schema: {e}") from None
     except msgspec.DecodeError as e:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}") from None
-    json.loads(body, object_pairs_hook=_unique_keys)  # a key given twice is refused, never last-wins
+    # A key given twice is refused, never last-wins (msgspec keeps the last). Numbers stay text: no int-size limit.
+    try:
+        json.loads(body, object_pairs_hook=_unique_keys, parse_int=str, parse_float=str, parse_constant=str)
+    except (ValueError, RecursionError) as e:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}") from None
     return value
 
 
