@@ -315,6 +315,10 @@ class MeterApp:
         for store in (self.engine, self.keys, self.billing, self.invoices):
             if store is not None and not isinstance(store, Unavailable):
                 store.close()
+                if snapshot := getattr(store, "_snapshot", None):
+                    import shutil
+
+                    shutil.rmtree(snapshot, ignore_errors=True)
         self.pool.shutdown(wait=True)
 
     async def http(self, scope: Scope_, receive: Receive, send: Send) -> None:
@@ -786,6 +790,7 @@ def open_read_only(kind: type[Any], path: Path) -> Any:
         copy = Path(tempfile.mkdtemp(prefix="meter-degraded-")) / path.name
         shutil.copytree(path, copy, ignore=shutil.ignore_patterns("LOCK"))
         store._db = Rdict(os.fspath(copy), access_type=AccessType.read_only())
+        store._snapshot = copy.parent  # removed at shutdown
     return store
 
 
