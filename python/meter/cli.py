@@ -82,8 +82,10 @@ def admin_key_new() -> None:
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".meter-data"),
               show_default=True)
 def admin_key_reset(data_dir: Path) -> None:
-    """Revokes every operator key of DATA_DIR and prints a new one (shown once). Run it with the server stopped, on
-    the machine that owns the data directory; tenants' keys are untouched."""
+    """Revokes every operator key of the data directory and prints a new one (shown once).
+
+    Run it with the server stopped, on the machine that owns the data directory; tenants' keys are untouched.
+    """
     from meter.catalog.keys import KeyStore
 
     catalog = data_dir / "catalog"
