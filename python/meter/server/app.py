@@ -158,6 +158,7 @@ class MeterApp:
         #: Set when the stores could not be opened for writing at startup (a full or read-only disk): the server
         #: runs degraded, serving what it can read, answering writes 503 and /readyz 503 with this reason.
         self.degraded: str | None = None
+        self.openapi_json: bytes | None = None
         # (method, path, access, handler). Access: the scope a tenant key needs, "operator" (an operator key; every
         # /v1/admin/* route is operator-only whatever it says here), or "public" (no key).
         self.routes: list[tuple[str, re.Pattern[str], Access, Callable[..., Any]]] = [
@@ -378,7 +379,9 @@ class MeterApp:
         return 200, {"status": "ready"}, {}
 
     async def openapi_document(self, request: Request) -> tuple[int, Any, dict[str, str]]:
-        return 200, openapi(), {}
+        if self.openapi_json is None:  # built once: generating the schemas would cost every request on the loop
+            self.openapi_json = msgspec.json.encode(openapi())
+        return 200, self.openapi_json, {}
 
     async def get_metrics(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         return 200, self.metrics().encode(), {"content-type": "text/plain; version=0.0.4"}
