@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -113,6 +114,7 @@ class KeyStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
         self._db = Rdict(os.fspath(path))
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         self._db.close()
@@ -124,10 +126,11 @@ class KeyStore:
             raise InvalidInput(f"tenant id must be 1-64 letters, digits, '-' or '_'; got {tenant_id!r}",
                                "invalid_tenant")
         key = b"tenant/" + tenant_id.encode()
-        if self._db.get(key) is not None:
-            raise AlreadyExists(f"tenant '{tenant_id}' already exists", "already_exists")
-        tenant = Tenant(id=tenant_id, name=name or tenant_id, created_at=time.time())
-        self._db[key] = msgspec.json.encode(tenant)
+        with self._lock:
+            if self._db.get(key) is not None:
+                raise AlreadyExists(f"tenant '{tenant_id}' already exists", "already_exists")
+            tenant = Tenant(id=tenant_id, name=name or tenant_id, created_at=time.time())
+            self._db[key] = msgspec.json.encode(tenant)
         return tenant
 
     def get_tenant(self, tenant_id: str) -> Tenant:
@@ -203,6 +206,10 @@ class KeyStore:
         """
         if not operator and tenant is None:
             raise ValueError("revoke needs the tenant whose key it is, or operator=True")
+        with self._lock:  # check-then-revoke: two concurrent revocations must not both see the other key live
+            return self._revoke(key_id, tenant, operator)
+
+    def _revoke(self, key_id: str, tenant: str | None, operator: bool) -> ApiKey:
         record = self.get_key(key_id)
         if not operator and record.tenant != tenant:
             raise NotFound(f"key '{key_id}' was not found", "not_found")

@@ -782,6 +782,7 @@ def open_read_only(kind: type[Any], path: Path) -> Any:
     if not path.is_dir():
         raise FileNotFoundError(f"{path} does not exist")
     store = object.__new__(kind)
+    store._lock = threading.Lock()
     try:
         store._db = Rdict(os.fspath(path), access_type=AccessType.read_only())
     except Exception as e:  # noqa: BLE001 - only a read-only file system has this way round
