@@ -139,7 +139,10 @@ def test_usage_as_csv_and_arrow(acme: httpx.Client) -> None:
 
 def test_metrics_and_openapi(server: Server, acme: httpx.Client) -> None:
     with httpx.Client(base_url=server.url) as anonymous:
-        metrics = anonymous.get("/metrics").text
+        # /metrics has every tenant's totals: the operator's only.
+        assert anonymous.get("/metrics").status_code == 401
+        assert acme.get("/metrics").json()["code"] == "operator_only"
+        metrics = server.client(server.admin_key).get("/metrics").text
         assert "meter_events_accepted_total" in metrics and 'meter_http_responses_total{status="200"}' in metrics
         assert 'meter_commit_seconds_bucket{le="+Inf"}' in metrics and "meter_commit_seconds_count" in metrics
         spec = anonymous.get("/openapi.json").json()

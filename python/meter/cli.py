@@ -141,7 +141,8 @@ def main() -> None:
               show_default=True, help="or METER_DATA_DIR")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8080, show_default=True)
-@click.option("--admin-key", envvar="METER_ADMIN_KEY", default=None, help="bootstrap admin key (or METER_ADMIN_KEY)")
+@click.option("--admin-key", envvar="METER_ADMIN_KEY", default=None,
+              help="the operator key (or METER_ADMIN_KEY); `meter admin-key new` makes one")
 @click.option("--export-every", type=float, default=None, help="seconds between Parquet exports (none by default)")
 @click.option("--export-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where scheduled exports go (default: <data-dir>/export)")
@@ -151,6 +152,11 @@ def serve(data_dir: Path, host: str, port: int, admin_key: str | None, export_ev
     from granian import Granian
     from granian.constants import Interfaces
 
+    from meter.catalog.keys import valid_checksum
+    from meter.server.app import admin_key_message
+
+    if admin_key and not valid_checksum(admin_key):
+        raise click.ClickException(admin_key_message())
     data_dir.mkdir(parents=True, exist_ok=True)
     os.environ["METER_DATA_DIR"] = str(data_dir.resolve())
     if export_every is not None:
@@ -170,6 +176,49 @@ def serve(data_dir: Path, host: str, port: int, admin_key: str | None, export_ev
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise click.ClickException(f"cannot listen on {host}:{port}: {reason}; stop what uses it or choose another "
                                    "port (--port, or make serve PORT=...)") from None
+
+
+@main.group("admin-key")
+def admin_key_group() -> None:
+    """The operator key: make one for METER_ADMIN_KEY, or reset a data directory's operator keys."""
+
+
+@admin_key_group.command("new")
+def admin_key_new() -> None:
+    """Prints a freshly generated, well-formed key: `METER_ADMIN_KEY=$(meter admin-key new) meter serve`."""
+    from meter.catalog.keys import new_key
+
+    click.echo(new_key())
+
+
+@admin_key_group.command("reset")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".meter-data"),
+              show_default=True)
+def admin_key_reset(data_dir: Path) -> None:
+    """Revokes every operator key of the data directory and prints a new one (shown once).
+
+    Run it with the server stopped, on the machine that owns the data directory; tenants' keys are untouched.
+    """
+    from meter.catalog.keys import KeyStore
+
+    catalog = data_dir / "catalog"
+    if not catalog.is_dir():
+        raise click.ClickException(f"{data_dir} is not a meter data directory (no {catalog}); give --data-dir")
+    try:
+        store = KeyStore(catalog)
+    except Exception as e:  # noqa: BLE001 - rocksdict reports a held lock as a plain exception
+        if "lock" in str(e).lower():
+            raise click.ClickException(f"{data_dir} is in use by a running server: stop `meter serve` first, then "
+                                       "run this again") from None
+        raise click.ClickException(f"cannot open {catalog}: {e}") from None
+    try:
+        revoked = sum(1 for k in store.list_keys(operators=True) if not k.revoked)
+        secret, _ = store.reset_operator_keys()
+    finally:
+        store.close()
+    click.echo(secret)
+    click.echo(f"revoked {revoked} operator key(s); the key above is the operator key now (shown once: store it). "
+               "If METER_ADMIN_KEY is set, set it to this key or unset it.", err=True)
 
 
 # Commands that talk to a running server. The URL and key come from options or METER_URL / METER_API_KEY.

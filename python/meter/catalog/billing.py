@@ -21,10 +21,9 @@ from typing import Any, Literal, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
-from rocksdict import Rdict
 
 from meter.catalog.currencies import CURRENCIES
-from meter.catalog.kv import scan
+from meter.catalog.kv import Store, scan
 from meter.catalog.prices import Price, validate_price
 from meter.catalog.types import Amount, Checked, Currency, Id, Percent, Slug, Text, Time, invalid, trusted
 from meter.exceptions import AlreadyExists, InUse, InvalidInput, NotFound
@@ -197,7 +196,7 @@ def _places(value: Decimal, currency: str, what: str) -> None:
                       f"({digits} digits after the point)")
 
 
-class BillingCatalog:
+class BillingCatalog(Store):
     """The catalog of one data directory; every call names its tenant, which comes from the caller's key.
 
     ``meters`` is where meter references are checked (a price's meter, a product's meters) and where
@@ -209,13 +208,10 @@ class BillingCatalog:
     number).
     """
 
-    def __init__(self, path: str | os.PathLike[str], meters: Meters | None = None) -> None:
-        self._db = Rdict(os.fspath(path))
+    def __init__(self, path: str | os.PathLike[str], meters: Meters | None = None, read_only: bool = False) -> None:
+        super().__init__(path, read_only)
         self._meters = meters
         self._lock = threading.RLock()
-
-    def close(self) -> None:
-        self._db.close()
 
     # Storage: `<kind>/<tenant>/<id>` -> msgspec JSON. Tenant and id never contain '/' (checked), so keys of two
     # tenants can never collide or interleave. What was stored is read without the value checks (see trusted()).

@@ -30,9 +30,9 @@ from decimal import Context, Decimal
 from typing import Literal
 
 import msgspec
-from rocksdict import Rdict, WriteBatch, WriteOptions
+from rocksdict import WriteBatch, WriteOptions
 
-from meter.catalog.kv import scan
+from meter.catalog.kv import Store, scan
 from meter.exceptions import InvalidInput, NotFound
 from meter.pricing.money import minor_units
 
@@ -232,19 +232,16 @@ def check_credit_amount(amount: Decimal, currency: str) -> Decimal:
     return amount.quantize(quantum, context=_CONTEXT)
 
 
-class InvoiceStore:
+class InvoiceStore(Store):
     """Keys: ``invoice/<tenant>/<id>``, ``credit_note/<tenant>/<number>``, ``counter/<tenant>/<kind>``.
 
     One store per data directory and process; its writes serialise per tenant (see the module doc).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._db = Rdict(os.fspath(path))
+    def __init__(self, path: str | os.PathLike[str], read_only: bool = False) -> None:
+        super().__init__(path, read_only)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
-
-    def close(self) -> None:
-        self._db.close()
 
     def lock(self, tenant: str) -> threading.Lock:
         """The lock that serialises the tenant's writes (a ``with`` block may hold it across several calls)."""

@@ -6,8 +6,17 @@ from typing import Any
 
 import msgspec
 
-from meter.catalog.billing import (Customer, MigrationBody, Plan, PlanBody, PlanVersion, PlanVersionBody, Product,
-                                   Subscription)
+from meter.catalog.billing import (
+    Customer,
+    MigrationBody,
+    Plan,
+    PlanBody,
+    PlanVersion,
+    PlanVersionBody,
+    Product,
+    Subscription,
+)
+from meter.catalog.keys import KeyBody, TenantBody, TenantKeyBody
 from meter.pricing.invoices import CreditNote, CreditNoteBody, Invoice, InvoiceRun, InvoiceRunBody
 from meter.schemas import CreatedMeter, IngestResult, Meter, MeterSpec
 
@@ -26,13 +35,17 @@ def _ref(name: str) -> dict[str, Any]:
 
 def _op(summary: str, scope: str | None, ok: tuple[int, str] | None = None, body: str | None = None,
         params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One operation. `scope`: the scope a tenant key needs, "operator" (an operator key only), or None (public)."""
     responses: dict[str, Any] = {"default": {"description": "error", **_ref("ErrorBody")}}
     if ok:
         responses[str(ok[0])] = {"description": "ok", **(_ref(ok[1]) if ok[1] else {})}
     op: dict[str, Any] = {"summary": summary, "responses": responses}
-    if scope:
+    if scope == "operator":
         op["security"] = [{"bearer": []}]
-        op["description"] = f"Needs the `{scope}` scope."
+        op["description"] = "Needs an operator key (tenant keys get 403 `operator_only`)."
+    elif scope:
+        op["security"] = [{"bearer": []}]
+        op["description"] = f"Needs a tenant key with the `{scope}` scope (operator keys get 403 `tenant_only`)."
     if body:
         op["requestBody"] = {"required": True, **_ref(body)}
     if params:
@@ -67,14 +80,17 @@ def _catalog_paths(kind: str, item: type[msgspec.Struct]) -> dict[str, Any]:
 def openapi() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
         [IngestResult, MeterSpec, Meter, CreatedMeter, ErrorBody, *CATALOG.values(), PlanBody, PlanVersionBody,
-         PlanVersion, MigrationBody, Invoice, CreditNote, InvoiceRunBody, CreditNoteBody, InvoiceRun],
-        ref_template="#/components/schemas/{name}"
+         PlanVersion, MigrationBody, Invoice, CreditNote, InvoiceRunBody, CreditNoteBody, InvoiceRun, TenantBody,
+         KeyBody, TenantKeyBody], ref_template="#/components/schemas/{name}"
     )
     events_body = {"required": True, "content": {
         t: {"schema": {"type": "array", "items": {"type": "object"}} if "batch" in t or t == "application/json"
             else {"type": "object"}}
         for t in ("application/cloudevents-batch+json", "application/json", "application/cloudevents+json")}}
-    ingest = _op("Ingest a batch of CloudEvents", "ingest", (200, "IngestResult"), params=[_q("atomic")])
+    atomic = {**_q("atomic"), "description": "true/false, 1/0 or yes/no (any case); anything else is a 400"}
+    ingest = _op("Ingest a batch of CloudEvents", "ingest", (200, "IngestResult"), params=[atomic])
+    ingest["responses"]["400"] = {"description": "nothing accepted (`no_events_accepted`, with `issues`), or a bad "
+                                                 "request", **_ref("ErrorBody")}
     ingest["requestBody"] = events_body
     usage_params = [SLUG, _q("from", True), _q("to", True), _q("window_size"), _q("subject", repeat=True),
                     _q("group_by", repeat=True), _q("tz")]
@@ -115,8 +131,22 @@ def openapi() -> dict[str, Any]:
                                                                (200, ""), params=[ID])},
             "/v1/subscriptions/{id}/migrate": {"post": _op("Move a subscription to another plan version from `at`",
                                                            "admin", (200, "Subscription"), "MigrationBody", [ID])},
+            "/v1/keys": {"post": _op("Create a key of the caller's tenant (shown once)", "admin", (201, ""),
+                                     "TenantKeyBody"),
+                         "get": _op("List the caller's tenant's keys", "admin", (200, ""))},
+            "/v1/keys/{id}": {"delete": _op("Revoke a key of the caller's tenant (another's is 404)", "admin",
+                                            (200, ""), params=[ID])},
+            "/v1/admin/tenants": {"post": _op("Create a tenant", "operator", (201, ""), "TenantBody"),
+                                  "get": _op("List tenants", "operator", (200, ""))},
+            "/v1/admin/keys": {"post": _op("Create a key of a tenant, or (`tenant: null`) an operator key", "operator",
+                                           (201, ""), "KeyBody"),
+                               "get": _op("List keys (of one tenant with `tenant`)", "operator", (200, ""),
+                                          params=[_q("tenant")])},
+            "/v1/admin/keys/{id}": {"delete": _op("Revoke any key but the last operator key (409 last_operator_key)",
+                                                  "operator", (200, ""), params=[ID])},
             "/healthz": {"get": _op("Alive", None, (200, ""))},
-            "/readyz": {"get": _op("Store healthy", None, (200, ""))},
-            "/metrics": {"get": _op("Prometheus metrics", None, (200, ""))},
+            "/readyz": {"get": _op("Store healthy (503 with the reason when degraded or failed)", None, (200, ""))},
+            "/openapi.json": {"get": _op("This document", None, (200, ""))},
+            "/metrics": {"get": _op("Prometheus metrics", "operator", (200, ""))},
         },
     }
