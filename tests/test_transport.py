@@ -19,8 +19,8 @@ import httpx
 import meter.server.app as app_module
 import pytest
 import zstandard
-from conftest import body, event
-from http_server import Server
+from conftest import body
+from http_server import Server, recent_event
 from meter.server.app import ApiError, MeterApp, gunzip, unzstd
 
 LIMIT = 16 * 1024 * 1024
@@ -44,7 +44,7 @@ def client(server: Server) -> httpx.Client:
 
 def accepted_again(client: httpx.Client, *ids: str) -> int:
     """How many of these ids are new to the server (re-sent, an id the server already has is a duplicate)."""
-    r = client.post("/v1/events", content=body(*(event(i, tokens=1) for i in ids)))
+    r = client.post("/v1/events", content=body(*(recent_event(i, tokens=1) for i in ids)))
     assert r.status_code in (200, 400), r.text
     return int(r.json()["accepted"])
 
@@ -88,7 +88,7 @@ def test_a_declared_oversized_body_is_refused_after_the_key(server: Server, clie
 def test_two_authorization_headers_are_a_400_whatever_their_order(server: Server, client: httpx.Client) -> None:
     good = client.headers["authorization"]
     for pair in ((good, "Bearer nonsense"), ("Bearer nonsense", good), (good, good)):
-        r = httpx.post(server.url + "/v1/events", content=body(event("dup-auth", tokens=1)),
+        r = httpx.post(server.url + "/v1/events", content=body(recent_event("dup-auth", tokens=1)),
                        headers=[("authorization", pair[0]), ("authorization", pair[1])])
         assert r.status_code == 400 and r.json()["code"] == "duplicate_header", r.text
     assert accepted_again(client, "dup-auth") == 1, "nothing of a refused request was applied"
@@ -97,13 +97,13 @@ def test_two_authorization_headers_are_a_400_whatever_their_order(server: Server
 def test_other_single_valued_headers_twice_are_a_400(server: Server, client: httpx.Client) -> None:
     good = client.headers["authorization"]
     for name, values in (("content-encoding", ("gzip", "identity")), ("content-type", ("application/json",) * 2)):
-        r = httpx.post(server.url + "/v1/events", content=body(event("dup-h", tokens=1)),
+        r = httpx.post(server.url + "/v1/events", content=body(recent_event("dup-h", tokens=1)),
                        headers=[("authorization", good), (name, values[0]), (name, values[1])])
         assert r.status_code == 400 and r.json()["code"] == "duplicate_header", (name, r.text)
 
 
 def test_a_query_parameter_twice_is_a_400_not_last_wins(client: httpx.Client) -> None:
-    r = client.post("/v1/events?atomic=true&atomic=false", content=body(event("q2", tokens=1), {"id": "bad"}))
+    r = client.post("/v1/events?atomic=true&atomic=false", content=body(recent_event("q2", tokens=1), {"id": "bad"}))
     assert r.status_code == 400 and r.json()["code"] == "invalid_query", r.text
     assert accepted_again(client, "q2") == 1
 
@@ -145,13 +145,13 @@ def test_utf8_request_metadata_still_works(client: httpx.Client) -> None:
 
 
 def test_every_gzip_member_is_read(client: httpx.Client) -> None:
-    payload = gzip.compress(body(event("gm1", tokens=1))) + gzip.compress(body(event("gm2", tokens=1)))
+    payload = gzip.compress(body(recent_event("gm1", tokens=1))) + gzip.compress(body(recent_event("gm2", tokens=1)))
     r = client.post("/v1/events", content=payload, headers={"content-encoding": "gzip"})
     # Two members are two JSON arrays back to back: not one valid batch, so refused whole, never half-read.
     assert r.status_code == 400 and r.json()["code"] == "invalid_json", r.text
     assert accepted_again(client, "gm1", "gm2") == 2
     # Members that together make one batch are all read.
-    one = body(event("gm3", tokens=1), event("gm4", tokens=1))
+    one = body(recent_event("gm3", tokens=1), recent_event("gm4", tokens=1))
     payload = gzip.compress(one[: len(one) // 2]) + gzip.compress(one[len(one) // 2 :])
     r = client.post("/v1/events", content=payload, headers={"content-encoding": "gzip"})
     assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
@@ -159,7 +159,7 @@ def test_every_gzip_member_is_read(client: httpx.Client) -> None:
 
 def test_every_zstd_frame_is_read(client: httpx.Client) -> None:
     c = zstandard.ZstdCompressor()
-    one = body(event("zf1", tokens=1), event("zf2", tokens=1))
+    one = body(recent_event("zf1", tokens=1), recent_event("zf2", tokens=1))
     r = client.post("/v1/events", content=c.compress(one[:20]) + c.compress(one[20:]),
                     headers={"content-encoding": "zstd"})
     assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
@@ -171,7 +171,7 @@ def test_a_damaged_compressed_body_is_refused_and_nothing_applied(client: httpx.
                                                                   damage: str) -> None:
     compress = gzip.compress if encoding == "gzip" else zstandard.ZstdCompressor().compress
     ident = f"dmg-{encoding}-{damage.replace(' ', '-')}"
-    good = compress(body(event(ident, tokens=1)))
+    good = compress(body(recent_event(ident, tokens=1)))
     payload = {"trailing garbage": good + b"garbage", "trailing zeros": good + b"\0" * 16,
                "truncated": good[:-3], "truncated second member": good + compress(b" ")[:-3]}[damage]
     r = client.post("/v1/events", content=payload, headers={"content-encoding": encoding})
@@ -193,7 +193,7 @@ def test_decompression_is_bounded_across_members() -> None:
 
 def test_a_body_shorter_than_its_content_length_is_never_processed(server: Server, client: httpx.Client) -> None:
     auth = client.headers["authorization"].encode()
-    content = body(event("short-1", tokens=1))
+    content = body(recent_event("short-1", tokens=1))
     head = (b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth + b"\r\nContent-Type: application/json"
             b"\r\nContent-Length: " + str(len(content) + 10).encode() + b"\r\nConnection: close\r\n\r\n")
     reply = raw(server, head + content)  # then the client half-closes: the last 10 bytes never come
@@ -203,7 +203,7 @@ def test_a_body_shorter_than_its_content_length_is_never_processed(server: Serve
 
 def test_a_client_that_disconnects_mid_body_has_nothing_applied(server: Server, client: httpx.Client) -> None:
     auth = client.headers["authorization"].encode()
-    content = body(event("gone-1", tokens=1))
+    content = body(recent_event("gone-1", tokens=1))
     head = (b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth + b"\r\nContent-Type: application/json"
             b"\r\nTransfer-Encoding: chunked\r\n\r\n")
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
@@ -217,27 +217,28 @@ def test_a_client_that_disconnects_mid_body_has_nothing_applied(server: Server, 
 @pytest.mark.parametrize("spelling", ["true", "TRUE", "True", "1", "yes", "YES"])
 def test_atomic_true_spellings(client: httpx.Client, spelling: str) -> None:
     ident = f"at-{spelling}"
-    r = client.post(f"/v1/events?atomic={spelling}", content=body(event(ident, tokens=1), {"id": "bad"}))
+    r = client.post(f"/v1/events?atomic={spelling}", content=body(recent_event(ident, tokens=1), {"id": "bad"}))
     assert r.status_code == 422 and r.json()["code"] == "batch_rejected", r.text
     assert accepted_again(client, ident) == 1
 
 
 @pytest.mark.parametrize("spelling", ["false", "FALSE", "0", "no", "No"])
 def test_atomic_false_spellings(client: httpx.Client, spelling: str) -> None:
-    r = client.post(f"/v1/events?atomic={spelling}", content=body(event(f"af-{spelling}", tokens=1), {"id": "x"}))
+    r = client.post(f"/v1/events?atomic={spelling}",
+                    content=body(recent_event(f"af-{spelling}", tokens=1), {"id": "x"}))
     assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
 
 
 @pytest.mark.parametrize("spelling", ["maybe", "", "2", "on", "tru"])
 def test_atomic_other_spellings_are_a_400(client: httpx.Client, spelling: str) -> None:
     ident = f"ax-{spelling}"
-    r = client.post(f"/v1/events?atomic={spelling}", content=body(event(ident, tokens=1), {"id": "bad"}))
+    r = client.post(f"/v1/events?atomic={spelling}", content=body(recent_event(ident, tokens=1), {"id": "bad"}))
     assert r.status_code == 400 and r.json()["code"] == "invalid_query", r.text
     assert accepted_again(client, ident) == 1
 
 
 def test_a_400_from_events_has_code_message_and_issues(client: httpx.Client) -> None:
-    r = client.post("/v1/events", content=body({"id": "no-fields"}, event("inv", tokens="x")))
+    r = client.post("/v1/events", content=body({"id": "no-fields"}, recent_event("inv", tokens="x")))
     assert r.status_code == 400, r.text
     answer = r.json()
     assert answer["code"] == "no_events_accepted" and "none of the 2 events" in answer["message"], answer
