@@ -6,6 +6,7 @@ pub mod arrow;
 pub mod event_values;
 pub mod events;
 pub mod minutes;
+pub mod skipped;
 pub mod window;
 
 use std::collections::{BTreeMap, HashSet};
