@@ -45,6 +45,7 @@ def fail_fdatasync(pgid: int) -> subprocess.Popen[bytes]:
             raise RuntimeError(f"strace could not attach: {tracer.stderr.read().decode() if tracer.stderr else ''}")
         time.sleep(0.05)
     tracer.kill()
+    tracer.wait()
     raise RuntimeError("strace did not attach in 20 s")
 
 
@@ -73,7 +74,11 @@ def test_a_failed_fsync_answers_outcome_unknown_and_a_retry_counts_once(tmp_path
         finally:
             tracer.send_signal(signal.SIGINT)  # strace detaches and lets the server run on
             tracer.wait(timeout=20)
+            if tracer.stderr is not None:
+                tracer.stderr.close()
     finally:
+        for client in server.clients:
+            client.close()
         server.kill()
 
     # After a restart the failed request is applied or not (here its record usually reached the log); a retry with the
