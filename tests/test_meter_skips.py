@@ -66,3 +66,18 @@ def test_a_second_meter_never_stops_the_first_from_counting(server: Server, acme
         metrics = operator.get("/metrics").text
     assert 'meter_events_skipped_total{tenant="acme",meter="cached"} 6' in metrics
     assert 'meter="tokens"' not in metrics
+
+
+def test_usage_json_keeps_its_envelope_and_formats(acme: httpx.Client) -> None:
+    acme.post("/v1/events", content=body(event("u1", type="llm.request", tokens="1.50", model="fmt"),
+                                         event("u2", type="llm.request", tokens=0, model=None)))
+    r = acme.get("/v1/meters/tokens/usage", params={"from": "2026-11-23T10:00:00+01:00", "to": TO,
+                                                    "group_by": ["subject", "model"], "window_size": "hour"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    answer = r.json()
+    assert (answer["meter"], answer["from"], answer["to"]) == ("tokens", "2026-11-23T10:00:00+01:00",
+                                                               "2026-11-24T00:00:00+00:00")
+    rows = {row["model"]: row for row in answer["data"]}
+    assert rows["fmt"] == {"window_start": T0.isoformat(), "window_end": "2026-11-23T11:00:00+00:00",
+                           "subject": "cust-1", "model": "fmt", "value": "1.5", "events": 1}
+    assert (rows[None]["value"], rows[None]["events"]) == ("0", 1)

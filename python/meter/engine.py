@@ -58,6 +58,14 @@ class Usage:
         """The sum of ``value`` over all rows (meaningful for sum and count meters)."""
         return sum((row["value"] for row in self.rows()), Decimal(0))
 
+    def json_rows(self) -> bytes:
+        """The rows as a JSON array of objects, encoded by the engine column by column.
+
+        No Python object is built per row. Times are ISO 8601 (``2026-11-23T10:00:00+00:00``), ``value`` a plain
+        decimal string (``"1200"``, ``"2.5"``; no exponent), dimensions strings or null, ``events`` a number.
+        """
+        return _core.usage_json(self.table)
+
 
 class Engine:
     """One metering engine over one data directory. Open it once per process; close it (or use ``with``)."""

@@ -388,12 +388,10 @@ class MeterApp:
             with pa_ipc.new_stream(sink, result.table.schema) as writer:
                 writer.write_table(result.table)
             return 200, sink.getvalue().to_pybytes(), {"content-type": "application/vnd.apache.arrow.stream"}
-        rows = [
-            {**row, "window_start": row["window_start"].isoformat(), "window_end": row["window_end"].isoformat(),
-             "value": format(row["value"].normalize(), "f")}
-            for row in result.rows()
-        ]
-        return 200, {"meter": slug, "from": start.isoformat(), "to": end.isoformat(), "data": rows}, {}
+        # The rows are encoded by the engine from the Arrow columns (no Python object per row), then spliced into the
+        # envelope: the same JSON the per-row dicts gave, as fast as CSV.
+        head = msgspec.json.encode({"meter": slug, "from": start.isoformat(), "to": end.isoformat(), "data": None})
+        return 200, head[: -len(b"null}")] + result.json_rows() + b"}", {}
 
     async def skipped(self, request: Request, slug: str) -> tuple[int, Any, dict[str, str]]:
         start, end = parse_time(request.param("from"), "from"), parse_time(request.param("to"), "to")
