@@ -277,6 +277,7 @@ fn after_a_failed_write_nothing_is_acknowledged_and_nothing_acknowledged_is_lost
     assert!(text.contains("No space left"), "says why: {text}");
     assert!(text.contains("retry with the same event ids"), "says what to do: {text}");
     assert_eq!(text.matches("storage error").count(), 1, "the cause once: {text}");
+    assert_eq!(text.matches("the store").count(), 1, "one prefix, not one per wrapping: {text}");
     assert_eq!(engine.failure().as_deref(), Some("storage error: IO error: No space left on device"));
 
     // Even once the disk is back, this engine acknowledges nothing until it is reopened; these requests were
