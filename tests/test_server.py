@@ -44,7 +44,7 @@ def test_ingest_query_duplicates_and_conflicts(acme: httpx.Client) -> None:
     batch = body(recent_event("h1", tokens=10, model="m1"), recent_event("h2", tokens="2.5", model="m2"))
     headers = {"content-type": "application/cloudevents-batch+json; charset=utf-8"}
     r = acme.post("/v1/events", content=batch, headers=headers)
-    assert r.status_code == 200 and r.json() == {"accepted": 2, "duplicates": 0, "issues": []}, r.text
+    assert r.status_code == 200 and r.json() == {"accepted": 2, "duplicates": 0, "issues": [], "warnings": []}, r.text
     assert acme.post("/v1/events", content=batch, headers=headers).json()["duplicates"] == 2
     conflict = acme.post("/v1/events", content=body(recent_event("h1", tokens=99, model="m1")))
     assert conflict.status_code == 400
@@ -58,7 +58,10 @@ def test_invalid_events_are_reported_by_index(acme: httpx.Client) -> None:
     r = acme.post("/v1/events", content=body(recent_event("i1", tokens=1, model="m"), {"id": "x"},
                                              recent_event("i3", tokens="x")))
     assert r.status_code == 200
-    assert [(i["index"], i["code"]) for i in r.json()["issues"]] == [(1, "missing_field"), (2, "invalid_value")]
+    assert [(i["index"], i["code"]) for i in r.json()["issues"]] == [(1, "missing_field")]
+    # An event its meter cannot read is accepted with a warning (the meter skips it), never rejected.
+    assert r.json()["accepted"] == 2
+    assert [(w["index"], w["meter"], w["code"]) for w in r.json()["warnings"]] == [(2, "tokens", "value_invalid")]
     bad = acme.post("/v1/events", content=b"{nope")
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_json"
 

@@ -44,7 +44,7 @@ from meter.exceptions import MeterError
 from meter.pricing.invoicer import Invoicer
 from meter.pricing.invoices import CreditNoteBody, InvoiceRunBody, InvoiceStore, RunWarning
 from meter.pricing.invoicing import parse_month
-from meter.schemas import MeterSpec
+from meter.schemas import MeterSpec, SkippedEvents
 from meter.server.errors import ApiError, status_of
 from meter.server.openapi import openapi
 
@@ -182,6 +182,7 @@ class MeterApp:
             ("GET", re.compile(r"/v1/meters/(?P<slug>[^/]+)"), "read", self.get_meter),
             ("DELETE", re.compile(r"/v1/meters/(?P<slug>[^/]+)"), "admin", self.delete_meter),
             ("GET", re.compile(r"/v1/meters/(?P<slug>[^/]+)/usage"), "read", self.usage),
+            ("GET", re.compile(r"/v1/meters/(?P<slug>[^/]+)/skipped"), "read", self.skipped),
             ("POST", re.compile(r"/v1/admin/tenants"), "operator", self.create_tenant),
             ("GET", re.compile(r"/v1/admin/tenants"), "operator", self.list_tenants),
             ("POST", re.compile(r"/v1/admin/keys"), "operator", self.create_key),
@@ -418,6 +419,9 @@ class MeterApp:
                 le = "+Inf" if bound is None else repr(bound)
                 lines.append(f'meter_commit_seconds_bucket{{le="{le}"}} {count}')
             lines += [f"meter_commit_seconds_sum {s.commit_seconds_total}", f"meter_commit_seconds_count {s.commits}"]
+            lines.append("# TYPE meter_events_skipped_total counter")
+            lines += [f'meter_events_skipped_total{{tenant="{_label(c.tenant)}",meter="{_label(c.meter)}"}} {c.events}'
+                      for c in s.skipped]
         return "\n".join(lines) + "\n"
 
     def authorize(self, request: Request, access: Access, path: str) -> ApiKey | None:
@@ -548,12 +552,20 @@ class MeterApp:
             with pa_ipc.new_stream(sink, result.table.schema) as writer:
                 writer.write_table(result.table)
             return 200, sink.getvalue().to_pybytes(), {"content-type": "application/vnd.apache.arrow.stream"}
-        rows = [
-            {**row, "window_start": row["window_start"].isoformat(), "window_end": row["window_end"].isoformat(),
-             "value": format(row["value"].normalize(), "f")}
-            for row in result.rows()
-        ]
-        return 200, {"meter": slug, "from": start.isoformat(), "to": end.isoformat(), "data": rows}, {}
+        # The rows are encoded by the engine from the Arrow columns (no Python object per row), then spliced into the
+        # envelope: the same JSON the per-row dicts gave, as fast as CSV.
+        head = msgspec.json.encode({"meter": slug, "from": start.isoformat(), "to": end.isoformat(), "data": None})
+        return 200, head[: -len(b"null}")] + result.json_rows() + b"}", {}
+
+    async def skipped(self, request: Request, slug: str) -> tuple[int, Any, dict[str, str]]:
+        start, end = parse_time(request.param("from"), "from"), parse_time(request.param("to"), "to")
+        limit = request.param("limit") or "100"
+        if not (limit.isascii() and limit.isdigit()):
+            raise ApiError(400, "invalid_query", f"'limit' must be a whole number 1-1000; got {limit!r}")
+        page = await self.call(self.engine.skipped, self.tenant(request), slug, start=start, end=end,
+                               after=request.param("after"), limit=int(limit))
+        return 200, SkippedEvents(meter=slug, from_=start.isoformat(), to=end.isoformat(), data=page.events,
+                                  next=page.next, scanned=page.scanned), {}
 
     async def create_tenant(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         body = decode(request.body, TenantBody)
@@ -836,6 +848,11 @@ def parse_time(value: str | None, name: str) -> datetime:
     if t.tzinfo is None:
         raise ApiError(400, "invalid_query", f"'{name}' needs a time zone offset or Z; got {value!r}")
     return t
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def create_app() -> MeterApp:

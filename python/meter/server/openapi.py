@@ -18,7 +18,7 @@ from meter.catalog.billing import (
 )
 from meter.catalog.keys import KeyBody, TenantBody, TenantKeyBody
 from meter.pricing.invoices import CreditNote, CreditNoteBody, Invoice, InvoiceRun, InvoiceRunBody
-from meter.schemas import CreatedMeter, IngestResult, Meter, MeterSpec
+from meter.schemas import CreatedMeter, IngestResult, Meter, MeterSpec, SkippedEvents
 
 __all__ = ["ErrorBody", "openapi"]
 
@@ -79,7 +79,7 @@ def _catalog_paths(kind: str, item: type[msgspec.Struct]) -> dict[str, Any]:
 
 def openapi() -> dict[str, Any]:
     _, components = msgspec.json.schema_components(
-        [IngestResult, MeterSpec, Meter, CreatedMeter, ErrorBody, *CATALOG.values(), PlanBody, PlanVersionBody,
+        [IngestResult, MeterSpec, Meter, CreatedMeter, SkippedEvents, ErrorBody, *CATALOG.values(), PlanBody, PlanVersionBody,
          PlanVersion, MigrationBody, Invoice, CreditNote, InvoiceRunBody, CreditNoteBody, InvoiceRun, TenantBody,
          KeyBody, TenantKeyBody], ref_template="#/components/schemas/{name}"
     )
@@ -106,6 +106,10 @@ def openapi() -> dict[str, Any]:
                                   "delete": _op("Delete a meter and its usage", "admin", (200, ""), params=[SLUG])},
             "/v1/meters/{slug}/usage": {"get": _op("Usage over [from, to) (JSON, CSV or Arrow IPC by Accept)",
                                                    "read", (200, ""), params=usage_params)},
+            "/v1/meters/{slug}/skipped": {"get": _op(
+                "Events of [from, to) the meter could not read, with why (pages: limit 1-1000, then after=next)",
+                "read", (200, "SkippedEvents"),
+                params=[SLUG, _q("from", True), _q("to", True), _q("limit"), _q("after")])},
             **{path: ops for kind, body in CATALOG.items() for path, ops in _catalog_paths(kind, body).items()},
             "/v1/plans/{id}/versions": {"post": _op("Add a plan version (editing a plan)", "admin",
                                                     (201, "PlanVersion"), "PlanVersionBody", [ID])},
