@@ -345,3 +345,22 @@ def test_serve_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines()[-1] == (
         f"Error: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98); stop what uses it or choose "
         "another port (--port, or make serve PORT=...)")
+
+
+def test_ingest_says_which_events_a_meter_skipped(server: Server, tmp_path: Path) -> None:
+    """An event a meter cannot read is accepted (its other meters count it); the CLI says which meter skipped it."""
+    key = server.tenant_key("skips-co", ["ingest", "read", "admin"])
+    spec = tmp_path / "meters.json"
+    spec.write_text(json.dumps([{"slug": "tokens", "event_type": "llm", "aggregation": "sum",
+                                 "value_property": "$.tokens"},
+                                {"slug": "cached", "event_type": "llm", "aggregation": "sum",
+                                 "value_property": "$.cached_tokens"}]))
+    run(server, key, "meters", "create", str(spec))
+    ndjson = tmp_path / "events.ndjson"
+    ndjson.write_text(json.dumps(event("w1", time=RECENT, tokens=5)) + "\n"
+                      + json.dumps(event("w2", time=RECENT, tokens=7, cached_tokens=2)) + "\n")
+    result = CliRunner().invoke(main, ["ingest", str(ndjson)], env={"METER_URL": server.url, "METER_API_KEY": key})
+    assert result.exit_code == 0, result.output
+    assert "2 events: 2 accepted, 0 duplicates, 0 rejected; a meter skipped 1 accepted events" in result.output
+    assert f"{ndjson}: line 1 (w1): meter cached skipped it: value_missing" in result.output
+    assert " 12 " in run(server, key, "usage", "tokens", *ALL_TIME).replace("│", " ")

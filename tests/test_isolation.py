@@ -56,7 +56,7 @@ class TenantB:
         ok(c.post("/v1/subscriptions", json={"id": B_SUB, "customer": B_CUSTOMER, "plan": B_PLAN, "version": 1,
                                              "start": LAST_MONTH.isoformat()}))
         drafts = ok(c.post("/v1/invoices/run", json={"period": f"{THIS_MONTH:%Y-%m}"}))
-        self.invoice = drafts[0]["id"]
+        self.invoice = drafts["invoices"][0]["id"]
         ok(c.post(f"/v1/invoices/{self.invoice}/finalize"))
         ok(c.post(f"/v1/invoices/{self.invoice}/credit-notes", json={"amount": "1", "reason": f"{MARK} goodwill"}))
         ok(c.post("/v1/invoices/run", json={"period": f"{THIS_MONTH:%Y-%m}"}))  # a draft too, if any

@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -238,11 +239,13 @@ def test_atomic_other_spellings_are_a_400(client: httpx.Client, spelling: str) -
 
 
 def test_a_400_from_events_has_code_message_and_issues(client: httpx.Client) -> None:
-    r = client.post("/v1/events", content=body({"id": "no-fields"}, recent_event("inv", tokens="x")))
+    # A value a meter cannot read is no longer a rejection (the meter skips the event): a time far ahead is.
+    far_ahead = recent_event("inv", time=datetime(8999, 1, 1, tzinfo=UTC))
+    r = client.post("/v1/events", content=body({"id": "no-fields"}, far_ahead))
     assert r.status_code == 400, r.text
     answer = r.json()
     assert answer["code"] == "no_events_accepted" and "none of the 2 events" in answer["message"], answer
-    assert [i["code"] for i in answer["issues"]] == ["missing_field", "invalid_value"], answer
+    assert [i["code"] for i in answer["issues"]] == ["missing_field", "too_far_in_future"], answer
     assert answer["accepted"] == 0 and answer["duplicates"] == 0
 
 

@@ -26,7 +26,7 @@ from rich.table import Table
 from meter.client import Client, RetryPolicy, ServerError
 from meter.engine import Engine
 from meter.exceptions import AlreadyExists, MeterError
-from meter.schemas import EventIssue
+from meter.schemas import EventIssue, EventWarning
 
 __all__ = ["main"]
 
@@ -695,6 +695,7 @@ def ingest(file: Path, batch_size: int, url: str, api_key: str) -> None:
     events, places = _read_events(file)
     accepted = duplicates = done = 0
     issues: list[EventIssue] = []
+    warnings: list[EventWarning] = []
     try:
         # The progress bar goes to stderr, so that stdout is the summary alone.
         with Client(url, api_key, retry=INGEST_RETRY) as client, Progress(console=Console(stderr=True),
@@ -704,6 +705,7 @@ def ingest(file: Path, batch_size: int, url: str, api_key: str) -> None:
                 chunk = events[start : start + batch_size]
                 result = client.ingest(chunk, check=False)
                 issues += [msgspec.structs.replace(i, index=i.index + start) for i in result.issues]
+                warnings += [msgspec.structs.replace(w, index=w.index + start) for w in result.warnings]
                 accepted, duplicates = accepted + result.accepted, duplicates + result.duplicates
                 done += len(chunk)
                 progress.advance(task, len(chunk))
@@ -711,11 +713,18 @@ def ingest(file: Path, batch_size: int, url: str, api_key: str) -> None:
         e.add_note(f"{done} of {len(events)} events were answered before it stopped; running the same command again "
                    "is safe (events keep their ids)")
         raise
-    click.echo(f"{len(events)} events: {accepted} accepted, {duplicates} duplicates, {len(issues)} rejected")
+    click.echo(f"{len(events)} events: {accepted} accepted, {duplicates} duplicates, {len(issues)} rejected"
+               + (f"; a meter skipped {len(warnings)} accepted events" if warnings else ""))
     for issue in issues[:20]:
         click.echo(f"  {file}: {places[issue.index]} ({issue.id}): {issue.code}: {issue.message}", err=True)
     if len(issues) > 20:
         click.echo(f"  ... and {len(issues) - 20} more", err=True)
+    # Accepted and counted by the other meters: a warning, not a failure (GET /v1/meters/{slug}/skipped lists them).
+    for warning in warnings[:20]:
+        click.echo(f"  {file}: {places[warning.index]} ({warning.id}): meter {warning.meter} skipped it: "
+                   f"{warning.code}: {warning.message}", err=True)
+    if len(warnings) > 20:
+        click.echo(f"  ... and {len(warnings) - 20} more skipped", err=True)
     if issues:
         raise SystemExit(1)
 
