@@ -31,7 +31,7 @@ from meter.pricing.invoicer import Invoicer
 from meter.pricing.invoices import CreditNoteBody, InvoiceRunBody, InvoiceStore
 from meter.schemas import MeterSpec
 from meter.server.errors import ApiError, status_of
-from meter.server.openapi import openapi
+from meter.server.openapi import BUILTIN_PATHS, openapi
 
 __all__ = ["MeterApp", "create_app"]
 
@@ -224,6 +224,8 @@ class MeterApp:
 
     async def handle(self, scope: Scope_, receive: Receive) -> tuple[int, Any, dict[str, str]]:
         path, method = scope["path"], scope["method"]
+        if path in BUILTIN_PATHS and method not in ("GET", "HEAD"):
+            raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {path}; use GET", {"allow": "GET"})
         if path == "/healthz":
             return 200, {"status": "ok"}, {}
         if path == "/openapi.json":
@@ -242,8 +244,10 @@ class MeterApp:
                 request = Request(scope, body)
                 request.key = self.authorize(request, scope_needed)
                 return await handler(request, **match.groupdict())
-        if any(p.fullmatch(path) for _, p, _, _ in self.routes):
-            raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {path}")
+        allowed = sorted({m for m, p, _, _ in self.routes if p.fullmatch(path)})
+        if allowed:  # RFC 9110 15.5.6: a 405 says which methods the path has
+            raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {path}; use {', '.join(allowed)}",
+                           {"allow": ", ".join(allowed)})
         raise ApiError(404, "not_found", f"no route {path}; see /openapi.json")
 
     def metrics(self) -> str:
@@ -482,11 +486,40 @@ class MeterApp:
 
 def decode(body: bytes, type_: type[Any]) -> Any:
     try:
-        return msgspec.json.decode(body, type=type_)
+        value = msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as e:
         raise ApiError(400, "invalid_body", f"the body does not match the schema: {e}") from None
     except msgspec.DecodeError as e:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}") from None
+    check_times(value, "$")
+    return value
+
+
+#: The years a time in a body may fall in (in UTC and in its own offset). Pricing compares times and steps through
+#: billing cycles from them, so a naive time, or one a cycle or an offset away from the ends of `datetime` (years
+#: 1 and 9999), would be stored and then fail every invoice run of the tenant.
+YEARS = range(1900, 9000)
+
+
+def check_times(value: Any, where: str) -> None:
+    """Every datetime anywhere in a decoded body carries a UTC offset and falls within ``YEARS`` (else 400)."""
+    if isinstance(value, datetime):
+        local = value.replace(tzinfo=None)
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ApiError(400, "invalid_body", f"{where} needs a time zone offset or Z (RFC 3339); "
+                                                f"got {local.isoformat()}")
+        if local.year not in YEARS or value.astimezone(timezone.utc).year not in YEARS:
+            raise ApiError(400, "invalid_body", f"{where} must fall in the years {YEARS.start} to {YEARS.stop - 1}; "
+                                                f"got {value.isoformat()}")
+    elif isinstance(value, msgspec.Struct):
+        for name in value.__struct_fields__:
+            check_times(getattr(value, name), f"{where}.{name}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_times(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_times(item, f"{where}.{key}")
 
 
 def parse_time(value: str | None, name: str) -> datetime:
