@@ -17,8 +17,10 @@ from typing import Any
 import msgspec
 import pytest
 import schemathesis
-from meter.server.app import MeterApp
-from meter.server.openapi import BUILTIN_PATHS, openapi
+from meter.catalog.billing import MigrationBody
+from meter.server.app import MeterApp, decode
+from meter.server.errors import ApiError
+from meter.server.openapi import BUILTIN_PATHS, TIME_PATTERN, openapi
 
 METHODS = ("get", "put", "post", "delete", "patch")
 
@@ -147,3 +149,17 @@ def test_the_served_document_is_the_generated_one(app: MeterApp) -> None:
     status, body = asgi_get(app, "/openapi.json")
     assert status == 200
     assert msgspec.json.decode(body) == msgspec.json.decode(msgspec.json.encode(openapi()))
+
+
+@pytest.mark.parametrize("time", ["1899-12-31T23:00:00Z", "1900-01-01T00:00:00+01:00", "2026-11-01T00:00:00Z",
+                                  "8999-12-31T23:59:59-05:00", "9000-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00",
+                                  "2026-11-01T00:00:00", "2026-11-01T00:00:00.5z"])
+def test_the_documented_times_are_the_accepted_ones(time: str) -> None:
+    """The pattern the document gives body times matches exactly the times the decoder accepts."""
+    body = msgspec.json.encode({"version": 2, "at": time})
+    try:
+        decode(body, MigrationBody)
+        accepted = True
+    except ApiError:
+        accepted = False
+    assert accepted == bool(re.match(TIME_PATTERN, time)), time

@@ -495,9 +495,9 @@ def decode(body: bytes, type_: type[Any]) -> Any:
     return value
 
 
-#: The years a time in a body may fall in (in UTC and in its own offset). Pricing compares times and steps through
-#: billing cycles from them, so a naive time, or one a cycle or an offset away from the ends of `datetime` (years
-#: 1 and 9999), would be stored and then fail every invoice run of the tenant.
+#: The years a time in a body may fall in (as written, so within a day of UTC). Pricing compares times and steps
+#: through billing cycles from them, so a naive time, or one a cycle or an offset away from the ends of `datetime`
+#: (years 1 and 9999), would be stored and then fail every invoice run of the tenant.
 YEARS = range(1900, 9000)
 
 
@@ -508,7 +508,7 @@ def check_times(value: Any, where: str) -> None:
         if value.tzinfo is None or value.utcoffset() is None:
             raise ApiError(400, "invalid_body", f"{where} needs a time zone offset or Z (RFC 3339); "
                                                 f"got {local.isoformat()}")
-        if local.year not in YEARS or value.astimezone(timezone.utc).year not in YEARS:
+        if local.year not in YEARS:
             raise ApiError(400, "invalid_body", f"{where} must fall in the years {YEARS.start} to {YEARS.stop - 1}; "
                                                 f"got {value.isoformat()}")
     elif isinstance(value, msgspec.Struct):

@@ -85,6 +85,8 @@ BUILTIN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json")
 _REF = "#/components/schemas/{name}"
 #: A decimal amount or quantity as the API reads it: a JSON string, plain notation.
 DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
+TIME_DESCRIPTION = "RFC 3339 with an offset or Z, in the years 1900 to 8999"
+TIME_PATTERN = r"^(19[0-9]{2}|[2-8][0-9]{3})-.*([Zz]|[+-][0-9]{2}:[0-9]{2})$"
 _ERRORS = {
     400: "The request is malformed: its body, a query parameter or a header; the message says what to fix",
     401: "No valid API key: send 'Authorization: Bearer mk_live_...'",
@@ -237,24 +239,27 @@ def _components() -> dict[str, Any]:
          PlanVersion, MigrationBody, Invoice, CreditNote, InvoiceRunBody, CreditNoteBody],
         ref_template=_REF,
     )
-    schemas["CloudEvent"] = _CLOUD_EVENT
-    _plain_decimals(schemas)
+    _refine(schemas)
+    schemas["CloudEvent"] = _CLOUD_EVENT  # checked event by event by the engine, with its own time rules
     return schemas
 
 
-def _plain_decimals(node: Any) -> None:
-    """Say which strings a Decimal field (msgspec: a string of format ``decimal``) takes.
+def _refine(node: Any) -> None:
+    """Say which strings a Decimal or datetime field takes (msgspec: a string of format ``decimal``/``date-time``).
 
-    Plain decimals: no exponent, no NaN or infinity (amounts travel as strings, never as JSON numbers).
+    Decimals are plain: no exponent, no NaN or infinity (amounts travel as strings, never as JSON numbers). Times
+    carry an offset and fall in the years the server accepts (`app.check_times`).
     """
     if isinstance(node, dict):
         if node.get("format") == "decimal":
             node["pattern"] = DECIMAL_PATTERN
+        elif node.get("format") == "date-time":
+            node.update(pattern=TIME_PATTERN, description=TIME_DESCRIPTION)
         for value in node.values():
-            _plain_decimals(value)
+            _refine(value)
     elif isinstance(node, list):
         for value in node:
-            _plain_decimals(value)
+            _refine(value)
 
 
 def _operation_id(method: str, path: str) -> str:
