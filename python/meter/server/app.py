@@ -244,7 +244,9 @@ class MeterApp:
                 request = Request(scope, body)
                 request.key = self.authorize(request, scope_needed)
                 return await handler(request, **match.groupdict())
-        allowed = sorted({m for m, p, _, _ in self.routes if p.fullmatch(path)})
+        matching = [(m, p.groups == 0) for m, p, _, _ in self.routes if p.fullmatch(path)]
+        # A literal path (/v1/invoices/run) has its own methods, not those of the template it also fits.
+        allowed = sorted({m for m, literal in matching if literal} or {m for m, _ in matching})
         if allowed:  # RFC 9110 15.5.6: a 405 says which methods the path has
             raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {path}; use {', '.join(allowed)}",
                            {"allow": ", ".join(allowed)})
