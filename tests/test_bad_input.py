@@ -5,7 +5,9 @@ parameter and body field, then random ones, valid and invalid) and sends them to
 each scope, a key with every scope, the operator key, a well-formed unknown key and no key. Every answer must be:
 not a 5xx; one of the statuses the document lists for the operation, with the body schema it lists for that status
 (and its content type); for a 4xx a JSON body with `code` and `message`. A second test follows the document's links
-(create, then get, then delete) with a state machine.
+(create, then get, then delete) with a state machine, and a third sets every field of every documented body example
+to each of a list of hostile values (NaN, 1E+999999, 9999-12, a naive time, ...), then checks that the tenant's
+invoice run still answers: a value that is stored must not break billing later.
 
 Bounded for `make test` (about two minutes on two cores) and derandomized so that CI is deterministic. To run longer:
 
@@ -210,6 +212,86 @@ def test_create_get_delete(fuzzed: Fuzzed) -> None:
         max_examples=STATEFUL_EXAMPLES, derandomize=True, database=None, deadline=None, stateful_step_count=6,
         suppress_health_check=list(hypothesis.HealthCheck),
     ))
+
+
+#: A value each body field is set to, one field at a time (`test_hostile_values_in_every_field_of_every_body`); the
+#: most telling first: `make test` sends the first `SWEEP_QUICK`, a longer run (METER_FUZZ_EXAMPLES set) all of them.
+SWEEP: list[Any] = [
+    "NaN", "sNaN", "1E+999999", "0.0000000000000000000000000000001", "9999-12", "2026-11-01T00:00:00", "XYZ", "",
+    None, [], "-1", "x" * 300, "\u0000", "-Infinity", "99999999999999999999999999999999999999.5", "0", "0000-00",
+    "9999-12-31T23:59:59-01:00", "Europe/Nowhere", "$..x", "nothing-here", 1.5, {},
+]
+SWEEP_QUICK = len(SWEEP) if "METER_FUZZ_EXAMPLES" in os.environ else 10
+#: Each documented body, where it goes, and what must exist first (ids the examples name).
+BODIES = [("/v1/meters", "MeterSpec"), ("/v1/customers", "Customer"), ("/v1/products", "Product"),
+          ("/v1/plans", "PlanBody"), ("/v1/plans/pro/versions", "PlanVersionBody"),
+          ("/v1/subscriptions", "Subscription"), ("/v1/subscriptions/sub-1/migrate", "MigrationBody"),
+          ("/v1/invoices/run", "InvoiceRunBody")]
+
+
+def leaves(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from leaves(item, (*path, key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from leaves(item, (*path, i))
+    else:
+        yield path
+
+
+def replaced(value: Any, path: tuple[Any, ...], new: Any) -> Any:
+    if not path:
+        return new
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[path[0]] = replaced(value[path[0]], path[1:], new)  # type: ignore[index]
+    return copy
+
+
+def test_hostile_values_in_every_field_of_every_body(fuzzed: Fuzzed) -> None:
+    """Every field of every documented body example set to each `SWEEP` value in turn: never a 5xx.
+
+    When the write is accepted, the tenant's invoice run and upcoming invoice must still answer (a stored value must
+    not break billing later). A tenant whose billing broke is reported and replaced by a fresh one.
+    """
+    failures: list[str] = []
+    tenants = iter(range(1000))
+
+    def fresh() -> httpx.Client:
+        client = fuzzed.server.client(fuzzed.server.tenant_key(f"sweep-{next(tenants)}", list(SCOPES)))
+        for path, body in BODIES[:-2]:
+            assert client.post(path, json=EXAMPLES[body]).status_code in (200, 201)
+        return client
+
+    def answered(r: httpx.Response, what: str) -> bool:
+        FIGURES.statuses[str(r.status_code) if r.status_code >= 400 else f"{r.status_code // 100}xx"] += 1
+        FIGURES.calls += 1
+        if r.status_code >= 500 or (r.status_code >= 400 and not {"code", "message"} <= set(r.json())):
+            failures.append(f"{what}: {r.status_code} {r.text[:200]}")
+            return False
+        return True
+
+    client = fresh()
+    for path, name in BODIES:
+        example = EXAMPLES[name]
+        for leaf in leaves(example):
+            for value in SWEEP[:SWEEP_QUICK]:
+                body = replaced(example, leaf, value)
+                what = f"POST {path} {'.'.join(map(str, leaf))}={value!r}"[:160]
+                r = client.post(path, json=body)
+                if answered(r, what) and r.status_code < 300 and path != "/v1/invoices/run":
+                    billing_ok = answered(client.post("/v1/invoices/run", json={"period": "2026-11"}),
+                                          f"invoice run after {what}")
+                    billing_ok &= answered(client.get("/v1/customers/cust-1/upcoming-invoice"),
+                                           f"upcoming invoice after {what}")
+                    if not billing_ok:
+                        client = fresh()
+                    elif path != "/v1/plans/pro/versions":  # put the example back (a version cannot be undone)
+                        client.post(path if "migrate" not in path else "/v1/subscriptions",
+                                    json=example if "migrate" not in path else EXAMPLES["Subscription"])
+    FIGURES.failures["HostileValueSweep"] += len(failures)
+    FIGURES.failing.update({f: "" for f in failures[:50]})
+    assert not failures, f"{len(failures)} answers were a 5xx or lacked code and message:\n" + "\n".join(failures[:40])
 
 
 # Focused regressions for what the run found (the property test above finds them again if they come back).
