@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 import zlib
@@ -300,6 +301,34 @@ def test_hostile_values_in_every_field_of_every_body(fuzzed: Fuzzed) -> None:
     FIGURES.failures["HostileValueSweep"] += len(failures)
     FIGURES.failing.update({f: "" for f in failures[:50]})
     assert not failures, f"{len(failures)} answers were a 5xx or lacked code and message:\n" + "\n".join(failures[:40])
+
+
+def test_header_bytes_that_are_not_utf8_on_every_route(fuzzed: Fuzzed) -> None:
+    """A header byte that is not UTF-8, in any header or in the key, is a 4xx on every route.
+
+    HTTP header values are bytes; the generator only sends ASCII ones, so these go by hand over a socket.
+    """
+    failures = []
+    document = openapi()
+    for path, ops in document["paths"].items():
+        for method, op in ops.items():
+            params = {p["name"]: p.get("example", "x") for p in op.get("parameters", []) if p["in"] == "path"}
+            target = path.format(**params).encode()
+            key = (fuzzed.keys["operator" if path.startswith("/v1/admin/") else "all"] or "").encode()
+            for headers in (b"X-Junk: \xff\xfe\r\nAuthorization: Bearer " + key, b"Authorization: Bearer \xff" + key):
+                request = (method.upper().encode() + b" " + target + b" HTTP/1.1\r\nHost: meter\r\n" + headers +
+                           b"\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                with socket.create_connection(("127.0.0.1", fuzzed.server.port), timeout=30) as sock:
+                    sock.sendall(request)
+                    answer = b""
+                    while chunk := sock.recv(65536):
+                        answer += chunk
+                head, _, body = answer.partition(b"\r\n\r\n")
+                status = int(head.split(b" ")[1])
+                FIGURES.calls += 1
+                if status >= 500 or (status >= 400 and b'"code"' not in body):
+                    failures.append(f"{method.upper()} {path} {headers[:24]!r}...: {status} {body[:100]!r}")
+    assert not failures, f"{len(failures)} answers:\n" + "\n".join(failures)
 
 
 # Focused regressions for what the run found (the property test above finds them again if they come back).
