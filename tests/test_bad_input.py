@@ -378,3 +378,9 @@ def test_a_405_says_which_methods_the_path_has(fuzzed: Fuzzed) -> None:
         r = client.request("TRACE", "/healthz")
         assert r.status_code == 405 and r.headers["allow"] == "GET"
         assert r.json()["code"] == "method_not_allowed"
+
+
+@pytest.mark.skipif(not KEEP_GOING, reason="failures are raised where they happen unless METER_FUZZ_KEEP_GOING=1")
+def test_the_run_that_kept_going_found_nothing(fuzzed: Fuzzed) -> None:
+    """Last in the module: with METER_FUZZ_KEEP_GOING=1 the failures recorded along the way fail the run here."""
+    assert not FIGURES.failures, json.dumps(FIGURES.failing, indent=1)[:20000]
