@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 # Builds live outside the clone so that a new clone reuses them (RocksDB takes minutes to compile).
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/meter/target
 DATA_DIR ?= .meter-data
+# Where `make serve` listens: `make serve PORT=9000 HOST=0.0.0.0`.
+HOST ?= 127.0.0.1
+PORT ?= 8080
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # $(call apt,CHECK,PACKAGE): installs the Debian PACKAGE unless the shell command CHECK succeeds.
 apt = @$(1) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(2); }
@@ -43,8 +46,8 @@ fuzz: build ## The bad-input run at length (FUZZ_EXAMPLES per operation; make te
 		$(PY) -m pytest tests/test_bad_input.py -s
 
 .PHONY: serve
-serve: build ## Build, then run the HTTP API on a local data directory (.meter-data), port 8080
-	$(VENV)/bin/meter serve --data-dir $(DATA_DIR)
+serve: build ## Build, then run the HTTP API on .meter-data at 127.0.0.1:8080 (change with DATA_DIR=, HOST=, PORT=)
+	$(VENV)/bin/meter serve --data-dir $(DATA_DIR) --host $(HOST) --port $(PORT)
 
 .PHONY: bench-core
 bench-core: build ## Engine benchmark: 1000-event batches, fsync, 5% duplicates

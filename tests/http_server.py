@@ -8,11 +8,24 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
-
+from conftest import event
 from meter.catalog.keys import new_key
+
+#: When events sent to a real server happen: an hour ago, whatever today's date, so that they stay inside its
+#: back-dating window (35 days) and the tests never expire. `RECENT_DAY` is the UTC day around it, `[start, end)`.
+RECENT = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+RECENT_DAY = (RECENT.replace(hour=0), RECENT.replace(hour=0) + timedelta(days=1))
+
+
+def recent_event(id: str, subject: str = "cust-1", **fields: Any) -> dict[str, Any]:
+    """conftest's `event`, at `RECENT` unless a time is given."""
+    fields.setdefault("time", RECENT)
+    return event(id, subject, **fields)
 
 
 def free_port() -> int:

@@ -85,9 +85,13 @@ def test_day_windows_follow_the_requested_time_zone(engine: Engine) -> None:
 def test_atomic_batches_raise_with_every_issue(engine: Engine, now: datetime) -> None:
     make_tokens(engine)
     with pytest.raises(meter.BatchRejected) as info:
-        engine.ingest("acme", body(event("a", tokens=1), event("b", tokens="x"), {"x": 1}), atomic=True, now=now)
+        too_old = event("b", tokens=1, time=T0 - timedelta(days=100))
+        engine.ingest("acme", body(event("a", tokens=1), too_old, {"x": 1}), atomic=True, now=now)
     assert [i["index"] for i in info.value.issues] == [1, 2]
     assert engine.usage("acme", "tokens", start=T0, end=T0 + HOUR).total() == 0
+    # A meter that cannot read an event warns; it never rejects an atomic batch.
+    result = engine.ingest("acme", body(event("c", tokens=1), event("d", tokens="x")), atomic=True, now=now)
+    assert (result.accepted, result.issues, [w.code for w in result.warnings]) == (2, [], ["value_invalid"])
 
 
 @pytest.mark.parametrize(
@@ -153,4 +157,73 @@ def test_a_closed_engine_refuses_work_and_reopens(tmp_path: Path, now: datetime)
 
 def test_report_json_round_trips_through_msgspec(engine: Engine, now: datetime) -> None:
     raw = engine._inner.ingest("acme", body(event("a")), now_us=to_micros(now))
-    assert json.loads(raw) == {"accepted": 1, "duplicates": 0, "issues": []}
+    assert json.loads(raw) == {"accepted": 1, "duplicates": 0, "issues": [], "warnings": []}
+
+
+def test_a_meter_that_cannot_read_an_event_never_stops_the_others(tmp_path: Path, now: datetime) -> None:
+    """The issue's scenario: a `cached_tokens` meter on `llm.request` events that mostly lack the property.
+
+    Each event is accepted and counted by `tokens`; `cached` skips the ones it cannot read, and says so.
+    """
+    with Engine(tmp_path / "db") as e:
+        e.create_meter("acme", {"slug": "tokens", "event_type": "llm.request", "aggregation": "sum",
+                                "value_property": "$.tokens", "group_by": {"model": "$.model"}})
+        e.create_meter("acme", {"slug": "cached", "event_type": "llm.request", "aggregation": "sum",
+                                "value_property": "$.cached_tokens"})
+        batch = body(event("a", type="llm.request", tokens=100, model="gpt"),
+                     event("b", type="llm.request", tokens=10, cached_tokens=4, model="gpt"),
+                     event("c", type="llm.request", tokens=1, cached_tokens="lots", model="gpt"),
+                     event("d", type="llm.request", tokens=2, cached_tokens=1, model=["gpt"]))
+        result = e.ingest("acme", batch, now=now)
+        assert (result.accepted, result.issues) == (4, [])
+        assert [(w.index, w.id, w.meter, w.code) for w in result.warnings] == [
+            (0, "a", "cached", "value_missing"), (2, "c", "cached", "value_invalid"),
+            (3, "d", "tokens", "dimension_invalid")]
+        assert "cached_tokens" in result.warnings[0].message
+        assert e.ingest("acme", batch, now=now).warnings == [], "a duplicate repeats no warning"
+
+        def totals(engine: Engine) -> tuple[Decimal, Decimal]:
+            return (engine.usage("acme", "tokens", start=T0, end=T0 + HOUR).total(),
+                    engine.usage("acme", "cached", start=T0, end=T0 + HOUR).total())
+
+        assert totals(e) == (111, 5)
+        assert [(c.meter, c.events) for c in e.stats().skipped] == [("cached", 2), ("tokens", 1)]
+        page = e.skipped("acme", "cached", start=T0, end=T0 + HOUR, limit=1)
+        assert [(s.id, s.code, s.time) for s in page.events] == [("a", "value_missing", T0)]
+        rest = e.skipped("acme", "cached", start=T0, end=T0 + HOUR, after=page.next)
+        assert ([s.id for s in rest.events], rest.next) == (["c"], None)
+        with pytest.raises(meter.InvalidInput):
+            e.skipped("acme", "cached", start=T0, end=T0 + HOUR, limit=0)
+    with Engine(tmp_path / "db") as again:
+        assert totals(again) == (111, 5), "the same counts after a reopen"
+        twin = again.create_meter("acme", {"slug": "cached2", "event_type": "llm.request", "aggregation": "sum",
+                                           "value_property": "$.cached_tokens"})
+        assert (twin.backfill.events, twin.backfill.unreadable) == (2, 2), "the backfill decides as ingest did"
+        assert again.usage("acme", "cached2", start=T0, end=T0 + HOUR).total() == 5
+
+
+def test_usage_json_is_the_per_row_encoding(engine: Engine, now: datetime) -> None:
+    """The engine's column-wise JSON equals, byte for byte, what the API built per row before.
+
+    Value as a plain decimal, times in ISO 8601; on a result with varied dimensions, nulls, escapes and values.
+    """
+    import msgspec
+
+    engine.create_meter("acme", {"slug": "v", "event_type": "llm", "aggregation": "sum", "value_property": "$.v",
+                                 "group_by": {"model": "$.model", "region": "$.region"}})
+    values = ["0", "1200", "2.5", "-1.25", "0.000000001", "123456789012345678.123456789", "-3", "1E+2", "7.10"]
+    models = ["gpt", None, 'quote " back \\ slash', "line\nfeed \t tab \u0001 ctl", "é 日本 🚀", "", "/</>"]
+    events = [event(f"e{i}", subject=f"cust-{i % 3}", time=T0 + timedelta(minutes=(i * 7) % 55), v=values[i % 9],
+                    **({"model": models[i % 7]} if models[i % 7] is not None else {}),
+                    **({"region": "eu"} if i % 2 else {}))
+              for i in range(60)]
+    engine.ingest("acme", body(*events), now=now)
+    for window, group_by, tz in [(None, [], None), ("minute", ["subject", "model", "region"], None),
+                                 ("hour", ["model"], "Europe/Paris"), ("day", ["region", "subject"], "Asia/Kolkata")]:
+        usage = engine.usage("acme", "v", start=T0 - HOUR, end=T0 + HOUR, window_size=window, group_by=group_by,
+                             tz=tz)
+        old = [{**row, "window_start": row["window_start"].isoformat(), "window_end": row["window_end"].isoformat(),
+                "value": format(row["value"].normalize(), "f")} for row in usage.rows()]
+        assert usage.json_rows() == msgspec.json.encode(old), (window, group_by)
+    empty = engine.usage("acme", "v", start=T0 + 2 * HOUR, end=T0 + 3 * HOUR)
+    assert empty.json_rows() == b"[]"

@@ -1,12 +1,15 @@
-"""Invoicing end to end: events into the engine, the Parquet export, then invoices with hand-computed totals: cycles
+"""Invoicing end to end.
+
+Events into the engine, the Parquet export, then invoices with hand-computed totals: cycles
 and proration across a plan change, commits with overage, late usage after finalization, threshold billing, and
-idempotent re-runs."""
+idempotent re-runs.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,17 +20,16 @@ import pytest
 from conftest import body, event
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from meter import Engine
 from meter.catalog.billing import BillingCatalog, Commit, Credit, Customer, Discount, Subscription
 from meter.catalog.prices import Price
 from meter.pricing.invoicer import Invoicer
 from meter.pricing.invoices import Invoice, InvoiceStore
 
-OCT = datetime(2026, 10, 1, tzinfo=timezone.utc)
-NOV = datetime(2026, 11, 1, tzinfo=timezone.utc)
-DEC = datetime(2026, 12, 1, tzinfo=timezone.utc)
-NOW = datetime(2026, 11, 24, tzinfo=timezone.utc)
+OCT = datetime(2026, 10, 1, tzinfo=UTC)
+NOV = datetime(2026, 11, 1, tzinfo=UTC)
+DEC = datetime(2026, 12, 1, tzinfo=UTC)
+NOW = datetime(2026, 11, 24, tzinfo=UTC)
 YEAR = timedelta(days=400)
 
 
@@ -81,7 +83,7 @@ def test_a_cycle_bills_its_fee_in_advance_and_the_previous_cycles_usage(desk: De
     desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT))
     desk.usage(tokens(1, OCT + timedelta(days=3), 1000), tokens(2, OCT + timedelta(days=20), 234),
                tokens(3, NOV + timedelta(days=2), 99))  # November's usage goes on December's invoice
-    [invoice] = desk.invoicer.run("acme", "2026-11")
+    [invoice] = desk.invoicer.run("acme", "2026-11").invoices
     assert (invoice.period_start, invoice.period_end) == (NOV, DEC)
     assert sorted(lines(invoice)) == sorted([("recurring", "base", Decimal("30.00")),
                                              ("usage", "tokens", Decimal("12.34"))])
@@ -91,25 +93,25 @@ def test_a_cycle_bills_its_fee_in_advance_and_the_previous_cycles_usage(desk: De
     assert usage.details[0].units == Decimal(1234) and usage.details[0].unit_price == Decimal("0.01")
     assert "type = 'llm', subject = 'c1'" in (usage.events or "")
 
-    again = desk.invoicer.run("acme", "2026-11")
+    again = desk.invoicer.run("acme", "2026-11").invoices
     assert [msgspec.json.encode(i) for i in again] == [msgspec.json.encode(invoice)], "re-running is idempotent"
-    final = desk.invoicer.finalize("acme", invoice.id)
+    final, _ = desk.invoicer.finalize("acme", invoice.id)
     assert final.number == "INV-000001" and final.status == "finalized"
-    assert desk.invoicer.run("acme", "2026-11") == [], "a finalized invoice is never recomputed"
+    assert desk.invoicer.run("acme", "2026-11").invoices == [], "a finalized invoice is never recomputed"
 
 
 def test_proration_across_a_plan_change(desk: Desk) -> None:
     desk.plan([[base_fee("30"), per_unit(unit_price="0.01")], [base_fee("60"), per_unit(unit_price="0.02")]])
     desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT))
-    desk.catalog.migrate_subscription("acme", "s1", 2, datetime(2026, 11, 16, tzinfo=timezone.utc))
-    [invoice] = desk.invoicer.run("acme", "2026-11")
+    desk.catalog.migrate_subscription("acme", "s1", 2, datetime(2026, 11, 16, tzinfo=UTC))
+    [invoice] = desk.invoicer.run("acme", "2026-11").invoices
     # November has 30 days: 15 on version 1 (30 EUR), 15 on version 2 (60 EUR), both billed in advance.
     assert sorted(lines(invoice)) == [("recurring", "base", Decimal("15.00")), ("recurring", "base", Decimal("30.00")),
                                       ("usage", "tokens", Decimal("0.00"))]
     assert any("prorated" in line.description and "version 2" in line.description for line in invoice.lines)
 
     desk.usage(tokens(1, NOV + timedelta(days=5), 100), tokens(2, NOV + timedelta(days=20), 100))
-    [december] = desk.invoicer.run("acme", "2026-12")
+    [december] = desk.invoicer.run("acme", "2026-12").invoices
     usage = sorted((line.period_start.day, line.amount) for line in december.lines if line.kind == "usage")
     assert usage == [(1, Decimal("1.00")), (16, Decimal("2.00"))], "usage is billed at each part's price"
     assert december.total == Decimal("63.00")
@@ -117,21 +119,21 @@ def test_proration_across_a_plan_change(desk: Desk) -> None:
 
 def test_a_prepaid_commit_burns_down_and_the_rest_is_overage(desk: Desk) -> None:
     desk.plan([[per_unit(unit_price="0.10")]])
-    commit = Commit(id="c-2026", amount=Decimal(100), start=OCT, end=datetime(2027, 10, 1, tzinfo=timezone.utc))
+    commit = Commit(id="c-2026", amount=Decimal(100), start=OCT, end=datetime(2027, 10, 1, tzinfo=UTC))
     desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1,
-                                                       start=datetime(2026, 9, 1, tzinfo=timezone.utc),
+                                                       start=datetime(2026, 9, 1, tzinfo=UTC),
                                                        commits=[commit]))
-    [october] = desk.invoicer.run("acme", "2026-10")
+    [october] = desk.invoicer.run("acme", "2026-10").invoices
     assert lines(october) == [("usage", "tokens", Decimal("0.00")), ("commit", None, Decimal(100))]
     desk.invoicer.finalize("acme", october.id)
 
     desk.usage(tokens(1, OCT + timedelta(days=1), 600))  # 60 EUR, all paid by the commit
-    [november] = desk.invoicer.run("acme", "2026-11")
+    [november] = desk.invoicer.run("acme", "2026-11").invoices
     assert november.total == 0 and november.subtotal == Decimal("60.00")
     desk.invoicer.finalize("acme", november.id)
 
     desk.usage(tokens(2, NOV + timedelta(days=1), 700))  # 70 EUR: 40 left of the commit, 30 overage
-    [december] = desk.invoicer.run("acme", "2026-12")
+    [december] = desk.invoicer.run("acme", "2026-12").invoices
     assert [line.amount for line in december.lines if line.kind == "credit"] == [Decimal(-40)]
     assert december.total == Decimal("30.00")
 
@@ -142,7 +144,7 @@ def test_a_postpaid_commits_shortfall_is_billed_when_its_term_ends(desk: Desk) -
     desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT,
                                                        commits=[commit]))
     desk.usage(tokens(1, OCT + timedelta(days=4), 350))  # 35 EUR spent of the 100 committed
-    [november] = desk.invoicer.run("acme", "2026-11")
+    [november] = desk.invoicer.run("acme", "2026-11").invoices
     assert sorted(lines(november)) == [("shortfall", None, Decimal(65)), ("usage", "tokens", Decimal("35.00"))]
     assert november.total == Decimal(100)
 
@@ -151,12 +153,12 @@ def test_late_usage_after_finalization_is_a_prior_period_adjustment(desk: Desk) 
     desk.plan([[per_unit()]])
     desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT))
     desk.usage(tokens(1, OCT + timedelta(days=2), 500))
-    [november] = desk.invoicer.run("acme", "2026-11")
+    [november] = desk.invoicer.run("acme", "2026-11").invoices
     desk.invoicer.finalize("acme", november.id)
     assert november.total == Decimal("5.00")
 
     desk.usage(tokens(2, OCT + timedelta(days=30), 250))  # October usage, after October was billed
-    [december] = desk.invoicer.run("acme", "2026-12")
+    [december] = desk.invoicer.run("acme", "2026-12").invoices
     adjustment = [line for line in december.lines if line.kind == "adjustment"]
     assert [(line.amount, line.rated, line.period_start) for line in adjustment] == [
         (Decimal("2.50"), Decimal("7.50"), OCT)]
@@ -171,13 +173,13 @@ def test_threshold_billing_invoices_early_and_the_cycle_bills_the_rest(desk: Des
     desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT,
                                                        threshold=Decimal(15)))
     desk.usage(tokens(1, NOV + timedelta(days=1), 500), now=NOV + timedelta(days=2))
-    assert desk.invoicer.thresholds("acme", NOV + timedelta(days=2)) == [], "10 EUR is under the threshold"
+    assert desk.invoicer.thresholds("acme", NOV + timedelta(days=2)).invoices == [], "10 EUR is under the threshold"
     desk.usage(tokens(2, NOV + timedelta(days=3), 500), now=NOV + timedelta(days=4))
-    [early] = desk.invoicer.thresholds("acme", NOV + timedelta(days=4))
+    [early] = desk.invoicer.thresholds("acme", NOV + timedelta(days=4)).invoices
     assert early.reason == "threshold" and early.status == "finalized" and early.total == Decimal("20.00")
 
     desk.usage(tokens(3, NOV + timedelta(days=10), 1000), now=NOV + timedelta(days=11))
-    [december] = desk.invoicer.run("acme", "2026-12")
+    [december] = desk.invoicer.run("acme", "2026-12").invoices
     # 2000 tokens in November: 1000 x 0.02 + 1000 x 0.01 = 30 EUR, of which 20 were billed early.
     usage = next(line for line in december.lines if line.kind == "usage")
     assert (usage.rated, usage.amount) == (Decimal("30.00"), Decimal("10.00"))
@@ -189,11 +191,11 @@ def test_discounts_and_void_and_credit_notes(desk: Desk) -> None:
                  Discount(id="goodwill", start=OCT, amount=Decimal(5))]
     desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT,
                                                        discounts=discounts))
-    [invoice] = desk.invoicer.run("acme", "2026-11")
+    [invoice] = desk.invoicer.run("acme", "2026-11").invoices
     assert [line.amount for line in invoice.lines if line.kind == "discount"] == [Decimal("-5.00"), Decimal(-5)]
     assert invoice.total == Decimal("40.00")
-    final = desk.invoicer.finalize("acme", invoice.id)
-    note = desk.invoicer.credit("acme", invoice.id, Decimal("15"), "service outage")
+    final, _ = desk.invoicer.finalize("acme", invoice.id)
+    note, _ = desk.invoicer.credit("acme", invoice.id, Decimal("15"), "service outage")
     assert note.number == "CN-000001"
     with pytest.raises(Exception, match="at most what is left"):
         desk.invoicer.credit("acme", invoice.id, Decimal("25.01"), "too much")
@@ -222,9 +224,9 @@ def test_splitting_usage_into_events_does_not_change_the_invoice(tmp_path_factor
                                    {"from": "1000", "unit_price": "0.0017"}]}]])
             catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT))
             desk.usage(*(tokens(i, OCT + timedelta(minutes=97 * i), n) for i, n in enumerate(split)))
-            [invoice] = desk.invoicer.run("acme", "2026-11")
+            [invoice] = desk.invoicer.run("acme", "2026-11").invoices
             totals.append(invoice.total)
-            assert desk.invoicer.run("acme", "2026-11") == [invoice], "re-running is idempotent"
+            assert desk.invoicer.run("acme", "2026-11").invoices == [invoice], "re-running is idempotent"
             catalog.close()
             store.close()
     assert totals[0] == totals[1] == Decimal("6.80")
@@ -243,7 +245,7 @@ def test_a_percentage_per_event_bounds_each_events_fee(desk: Desk) -> None:
 
     desk.usage(payment(1, "5"), payment(2, "100"), payment(3, "1000"), payment(4, "100", status="failed"),
                payment(5, "100", ))
-    [invoice] = desk.invoicer.run("acme", "2026-11")
+    [invoice] = desk.invoicer.run("acme", "2026-11").invoices
     # 5 -> 0.145 raised to 0.30; 100 -> 2.90 twice; 1000 -> 29 cut to 5; the failed payment is not counted.
     [line] = invoice.lines
     assert (line.quantity, line.amount) == (Decimal(1205), Decimal("11.10"))
@@ -255,9 +257,9 @@ def test_an_ended_subscription_gets_its_last_usage_invoice_and_then_none(desk: D
     desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT,
                                                        end=NOV))
     desk.usage(tokens(1, OCT + timedelta(days=9), 100))
-    [last] = desk.invoicer.run("acme", "2026-11")
+    [last] = desk.invoicer.run("acme", "2026-11").invoices
     assert lines(last) == [("usage", "tokens", Decimal("1.00"))], "no fee in advance for a cycle it does not cover"
-    assert desk.invoicer.run("acme", "2026-12") == []
+    assert desk.invoicer.run("acme", "2026-12").invoices == []
 
 
 def test_credits_pay_only_what_the_discounts_left(desk: Desk) -> None:
@@ -268,6 +270,6 @@ def test_credits_pay_only_what_the_discounts_left(desk: Desk) -> None:
     desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT,
                                                        discounts=discounts, credits=[credit]))
     desk.usage(tokens(1, OCT + timedelta(days=1), 1000))  # 10.00, minus 1.00 and 2.00 of discounts
-    [invoice] = desk.invoicer.run("acme", "2026-11")
+    [invoice] = desk.invoicer.run("acme", "2026-11").invoices
     assert [line.amount for line in invoice.lines if line.kind == "credit"] == [Decimal("-7.00")]
     assert invoice.total == 0

@@ -17,17 +17,15 @@ from typing import Any
 import msgspec
 import pytest
 import schemathesis
-from meter.catalog.billing import MigrationBody
-from meter.server.app import MeterApp, decode
-from meter.server.errors import ApiError
-from meter.server.openapi import BUILTIN_PATHS, TIME_PATTERN, openapi
+from meter.server.app import MeterApp
+from meter.server.openapi import openapi
 
 METHODS = ("get", "put", "post", "delete", "patch")
 
 
 def template(pattern: str) -> str:
     """``/v1/meters/(?P<slug>[^/]+)/usage`` -> ``/v1/meters/{slug}/usage``."""
-    path = re.sub(r"\(\?P<(\w+)>\[\^/\]\+\)", r"{\1}", pattern)
+    path = re.sub(r"\(\?P<(\w+)>\[\^/\]\+\)", r"{\1}", pattern).replace("\\.", ".")
     assert not re.search(r"[()\[\]\\*+?|^$]", path), f"route pattern {pattern!r} is not a plain path with parameters"
     return path
 
@@ -55,7 +53,7 @@ def documented(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]
 def test_every_route_is_documented_and_every_documented_operation_is_routed(app: MeterApp,
                                                                            document: dict[str, Any]) -> None:
     routes = set(routed(app))
-    ops = {op for op in documented(document) if op[1] not in BUILTIN_PATHS}
+    ops = set(documented(document))
     assert not routes - ops, f"routes missing from python/meter/server/openapi.py: {sorted(routes - ops)}"
     assert not ops - routes, f"documented operations no route serves: {sorted(ops - routes)}"
 
@@ -75,11 +73,7 @@ def asgi_get(app: MeterApp, path: str) -> tuple[int, bytes]:
     return int(messages[0]["status"]), bytes(messages[1]["body"])
 
 
-def test_the_builtin_paths_are_served(app: MeterApp, document: dict[str, Any]) -> None:
-    """The paths `MeterApp.handle` answers before the route table are found (whatever they answer without a store)."""
-    for path in BUILTIN_PATHS:
-        assert path in document["paths"], path
-        assert asgi_get(app, path)[0] != 404, path
+def test_an_unknown_path_is_a_404(app: MeterApp) -> None:
     assert asgi_get(app, "/v1/nothing-here")[0] == 404
 
 
@@ -149,17 +143,3 @@ def test_the_served_document_is_the_generated_one(app: MeterApp) -> None:
     status, body = asgi_get(app, "/openapi.json")
     assert status == 200
     assert msgspec.json.decode(body) == msgspec.json.decode(msgspec.json.encode(openapi()))
-
-
-@pytest.mark.parametrize("time", ["1899-12-31T23:00:00Z", "1900-01-01T00:00:00+01:00", "2026-11-01T00:00:00Z",
-                                  "8999-12-31T23:59:59-05:00", "9000-01-01T00:00:00Z", "0001-01-01T00:00:00+01:00",
-                                  "2026-11-01T00:00:00", "2026-11-01T00:00:00.5z"])
-def test_the_documented_times_are_the_accepted_ones(time: str) -> None:
-    """The pattern the document gives body times matches exactly the times the decoder accepts."""
-    body = msgspec.json.encode({"version": 2, "at": time})
-    try:
-        decode(body, MigrationBody)
-        accepted = True
-    except ApiError:
-        accepted = False
-    assert accepted == bool(re.match(TIME_PATTERN, time)), time

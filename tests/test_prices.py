@@ -1,5 +1,7 @@
-"""Price definitions: every model decodes from JSON, and prices pricing could not compute exactly are refused
-with a message that says what to fix."""
+"""Price definitions: every model decodes from JSON.
+
+Prices pricing could not compute exactly are refused with a message that says what to fix.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ from typing import Any
 
 import msgspec
 import pytest
-
 from meter.catalog.prices import Price, validate_price
 from meter.exceptions import InvalidInput
 
@@ -70,7 +71,7 @@ def test_tiers_with_a_gap_or_an_overlap_are_refused() -> None:
     ({"model": "per_unit", "unit_price": "NaN"}, "finite"),
     ({"model": "per_unit", "unit_price": "1", "minimum": "10", "maximum": "5"}, "above maximum"),
     ({"model": "package", "package": {"size": "0", "price": "1"}}, "size above 0"),
-    ({"model": "percentage", "percentage": {"percent": "120"}}, "between 0 and 100"),
+    ({"model": "percentage", "percentage": {"percent": "120"}}, "at most 100"),
     ({"model": "matrix", "matrix": {"dimensions": ["model"], "entries": [
         {"values": {"model": "a"}, "unit_price": "1"}, {"values": {"model": "a"}, "unit_price": "2"}]}},
      "repeats the combination"),
@@ -78,10 +79,17 @@ def test_tiers_with_a_gap_or_an_overlap_are_refused() -> None:
         {"values": {"model": "a"}, "unit_price": "1"}]}}, "exactly model, kind"),
 ])
 def test_bad_prices_say_what_to_fix(fields: dict[str, Any], says: str) -> None:
-    assert says in refused(price(**fields))
+    try:
+        p = price(**fields)
+    except msgspec.ValidationError as e:  # a value outside its kind's limits: refused as the price is built
+        assert says in str(e)
+        return
+    assert says in refused(p)
 
 
 def test_json_numbers_become_exact_decimals_never_floats() -> None:
-    raw = b'{"id": "p", "currency": "USD", "model": "flat", "amount": 0.1, "minimum": 0.30000000000000004441}'
+    raw = b'{"id": "p", "currency": "USD", "model": "flat", "amount": 0.1, "minimum": 0.300000001}'
     p = msgspec.json.decode(raw, type=Price)
-    assert p.amount == Decimal("0.1") and p.minimum == Decimal("0.30000000000000004441")
+    assert p.amount == Decimal("0.1") and p.minimum == Decimal("0.300000001")
+    with pytest.raises(msgspec.ValidationError, match="more than 9 digits after the point"):
+        msgspec.json.decode(raw.replace(b"0.300000001", b"0.30000000000000004441"), type=Price)

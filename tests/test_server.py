@@ -5,17 +5,16 @@ from __future__ import annotations
 import gzip
 import json
 from collections.abc import Iterator
+from datetime import UTC
 from typing import Any
 
 import httpx
 import pytest
-from conftest import body, event
-
-from http_server import Server
-
+from conftest import body
+from http_server import RECENT_DAY, Server, recent_event
 from meter.catalog.keys import new_key
 
-FROM, TO = "2026-11-23T00:00:00Z", "2026-11-24T00:00:00Z"
+FROM, TO = (t.isoformat().replace("+00:00", "Z") for t in RECENT_DAY)
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +41,12 @@ def total(client: httpx.Client, **params: Any) -> str:
 
 
 def test_ingest_query_duplicates_and_conflicts(acme: httpx.Client) -> None:
-    batch = body(event("h1", tokens=10, model="m1"), event("h2", tokens="2.5", model="m2"))
+    batch = body(recent_event("h1", tokens=10, model="m1"), recent_event("h2", tokens="2.5", model="m2"))
     headers = {"content-type": "application/cloudevents-batch+json; charset=utf-8"}
     r = acme.post("/v1/events", content=batch, headers=headers)
-    assert r.status_code == 200 and r.json() == {"accepted": 2, "duplicates": 0, "issues": []}, r.text
+    assert r.status_code == 200 and r.json() == {"accepted": 2, "duplicates": 0, "issues": [], "warnings": []}, r.text
     assert acme.post("/v1/events", content=batch, headers=headers).json()["duplicates"] == 2
-    conflict = acme.post("/v1/events", content=body(event("h1", tokens=99, model="m1")))
+    conflict = acme.post("/v1/events", content=body(recent_event("h1", tokens=99, model="m1")))
     assert conflict.status_code == 400
     assert conflict.json()["issues"][0]["code"] == "conflict"
     r = acme.get("/v1/meters/tokens/usage", params={"from": FROM, "to": TO, "group_by": "model", "filter[model]": "m2"})
@@ -56,15 +55,19 @@ def test_ingest_query_duplicates_and_conflicts(acme: httpx.Client) -> None:
 
 
 def test_invalid_events_are_reported_by_index(acme: httpx.Client) -> None:
-    r = acme.post("/v1/events", content=body(event("i1", tokens=1, model="m"), {"id": "x"}, event("i3", tokens="x")))
+    r = acme.post("/v1/events", content=body(recent_event("i1", tokens=1, model="m"), {"id": "x"},
+                                             recent_event("i3", tokens="x")))
     assert r.status_code == 200
-    assert [(i["index"], i["code"]) for i in r.json()["issues"]] == [(1, "missing_field"), (2, "invalid_value")]
+    assert [(i["index"], i["code"]) for i in r.json()["issues"]] == [(1, "missing_field")]
+    # An event its meter cannot read is accepted with a warning (the meter skips it), never rejected.
+    assert r.json()["accepted"] == 2
+    assert [(w["index"], w["meter"], w["code"]) for w in r.json()["warnings"]] == [(2, "tokens", "value_invalid")]
     bad = acme.post("/v1/events", content=b"{nope")
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_json"
 
 
 def test_gzip_bodies_are_accepted(acme: httpx.Client) -> None:
-    payload = gzip.compress(body(event("g1", tokens=5, model="gz")))
+    payload = gzip.compress(body(recent_event("g1", tokens=5, model="gz")))
     r = acme.post("/v1/events", content=payload, headers={"content-encoding": "gzip"})
     assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
 
@@ -72,7 +75,7 @@ def test_gzip_bodies_are_accepted(acme: httpx.Client) -> None:
 def test_zstd_bodies_are_accepted_and_bounded(acme: httpx.Client) -> None:
     import zstandard
 
-    payload = zstandard.ZstdCompressor().compress(body(event("z1", tokens=5, model="zstd")))
+    payload = zstandard.ZstdCompressor().compress(body(recent_event("z1", tokens=5, model="zstd")))
     r = acme.post("/v1/events", content=payload, headers={"content-encoding": "zstd"})
     assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
     bomb = zstandard.ZstdCompressor().compress(b"[" + b" " * (32 * 1024 * 1024) + b"]")
@@ -85,7 +88,7 @@ def test_limits_answer_413(acme: httpx.Client) -> None:
     assert acme.post("/v1/events", content=huge).status_code == 413
     bomb = gzip.compress(b"[" + b" " * (64 * 1024 * 1024) + b"]")
     assert acme.post("/v1/events", content=bomb, headers={"content-encoding": "gzip"}).status_code == 413
-    many = json.dumps([event(f"m{i}") for i in range(10_001)]).encode()
+    many = json.dumps([recent_event(f"m{i}") for i in range(10_001)]).encode()
     r = acme.post("/v1/events", content=many)
     assert r.status_code == 413 and r.json()["code"] == "too_many_events"
 
@@ -93,7 +96,7 @@ def test_limits_answer_413(acme: httpx.Client) -> None:
 def test_auth_is_uniform_401_and_scoped_403(server: Server, acme: httpx.Client) -> None:
     for headers in ({}, {"Authorization": "Bearer nonsense"}, {"Authorization": f"Bearer {new_key()}"}):
         with httpx.Client() as anonymous:
-            r = anonymous.post(server.url + "/v1/events", content=body(event("a1")), headers=headers)
+            r = anonymous.post(server.url + "/v1/events", content=body(recent_event("a1")), headers=headers)
         assert r.status_code == 401 and r.json()["code"] == "unauthorized"
     ingest_only = server.client(server.tenant_key("acme", ["ingest"]))
     assert ingest_only.get("/v1/meters").status_code == 403
@@ -106,7 +109,7 @@ def test_tenants_are_isolated(server: Server, acme: httpx.Client) -> None:
     other.post("/v1/meters", json={"slug": "tokens", "event_type": "llm", "aggregation": "sum",
                                    "value_property": "$.tokens"})
     before = total(acme)
-    r = other.post("/v1/events", content=body(event("h1", tokens=1000, model="m1")))
+    r = other.post("/v1/events", content=body(recent_event("h1", tokens=1000, model="m1")))
     assert r.json()["accepted"] == 1, "the same id in another tenant is another event"
     assert total(acme) == before
     assert total(other) == "1000.0"
@@ -126,7 +129,7 @@ def test_revoked_keys_stop_working(server: Server) -> None:
 def test_usage_as_csv_and_arrow(acme: httpx.Client) -> None:
     import pyarrow as pa
 
-    acme.post("/v1/events", content=body(event("f1", tokens=7, model="fmt")))
+    acme.post("/v1/events", content=body(recent_event("f1", tokens=7, model="fmt")))
     params = {"from": FROM, "to": TO, "group_by": "model", "filter[model]": "fmt"}
     csv = acme.get("/v1/meters/tokens/usage", params=params, headers={"accept": "text/csv"})
     assert csv.headers["content-type"] == "text/csv"
@@ -139,7 +142,10 @@ def test_usage_as_csv_and_arrow(acme: httpx.Client) -> None:
 
 def test_metrics_and_openapi(server: Server, acme: httpx.Client) -> None:
     with httpx.Client(base_url=server.url) as anonymous:
-        metrics = anonymous.get("/metrics").text
+        # /metrics has every tenant's totals: the operator's only.
+        assert anonymous.get("/metrics").status_code == 401
+        assert acme.get("/metrics").json()["code"] == "operator_only"
+        metrics = server.client(server.admin_key).get("/metrics").text
         assert "meter_events_accepted_total" in metrics and 'meter_http_responses_total{status="200"}' in metrics
         assert 'meter_commit_seconds_bucket{le="+Inf"}' in metrics and "meter_commit_seconds_count" in metrics
         spec = anonymous.get("/openapi.json").json()
@@ -194,7 +200,7 @@ def test_the_server_exports_on_a_schedule(tmp_path_factory: pytest.TempPathFacto
     try:
         client = s.client(s.tenant_key("acme", ["ingest", "read", "admin"]))
         client.post("/v1/meters", json={"slug": "calls", "event_type": "llm", "aggregation": "count"}).raise_for_status()
-        client.post("/v1/events", json=[event(f"e{i}", f"cust-{i % 3}") for i in range(9)]).raise_for_status()
+        client.post("/v1/events", json=[recent_event(f"e{i}", f"cust-{i % 3}") for i in range(9)]).raise_for_status()
         admin = s.client(s.admin_key)
 
         def exports() -> int:
@@ -213,17 +219,17 @@ def test_the_server_exports_on_a_schedule(tmp_path_factory: pytest.TempPathFacto
 
 
 def test_invoices_over_http(server: Server) -> None:
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     key = server.tenant_key("billing-co", ["ingest", "read", "admin"])
     client = server.client(key)
     assert client.post("/v1/meters", json={"slug": "tokens", "event_type": "llm", "aggregation": "sum",
                                            "value_property": "$.tokens"}).status_code == 201
     # The cycle starting this month bills last month's usage: events of the last day of last month.
-    this_month = datetime.now(timezone.utc).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    this_month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     last_month = (this_month - timedelta(days=1)).replace(day=1)
-    r = client.post("/v1/events", json=[event(f"u{i}", "cust-1", time=this_month - timedelta(hours=i + 1), tokens=250)
-                                        for i in range(4)])
+    r = client.post("/v1/events", json=[recent_event(f"u{i}", "cust-1", time=this_month - timedelta(hours=i + 1),
+                                                     tokens=250) for i in range(4)])
     assert r.status_code == 200 and r.json()["accepted"] == 4, r.text
     assert client.post("/v1/customers", json={"id": "cust-1", "name": "One", "currency": "EUR"}).status_code == 200
     assert client.post("/v1/plans", json={"id": "pro", "name": "Pro"}).status_code == 201
@@ -238,7 +244,7 @@ def test_invoices_over_http(server: Server) -> None:
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_period"
     r = client.post("/v1/invoices/run", json={"period": f"{this_month:%Y-%m}"})
     assert r.status_code == 200, r.text
-    [draft] = r.json()
+    [draft] = r.json()["invoices"]
     assert draft["status"] == "draft" and draft["total"] == "24.00", draft  # 20 in advance + 1000 x 0.004
     assert {line["kind"] for line in draft["lines"]} == {"recurring", "usage"}
     final = client.post(f"/v1/invoices/{draft['id']}/finalize").json()

@@ -9,12 +9,13 @@ from meter.exceptions import (
     InvalidInput,
     MeterError,
     NotFound,
+    OutcomeUnknown,
     Overloaded,
     StorageError,
     StoreFailed,
     ValueOverflow,
 )
-from meter.schemas import CreatedMeter, EventIssue, Filter, IngestResult, Meter, MeterSpec
+from meter.schemas import CreatedMeter, EventIssue, EventWarning, Filter, IngestResult, Meter, MeterSpec
 
 __all__ = [
     "AlreadyExists",
@@ -27,6 +28,7 @@ __all__ = [
     "Engine",
     "EngineClosed",
     "EventIssue",
+    "EventWarning",
     "Filter",
     "IngestResult",
     "InvalidInput",
@@ -34,6 +36,7 @@ __all__ = [
     "MeterError",
     "MeterSpec",
     "NotFound",
+    "OutcomeUnknown",
     "Overloaded",
     "StorageError",
     "StoreFailed",

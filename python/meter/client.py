@@ -23,7 +23,7 @@ import msgspec
 from meter.exceptions import MeterError
 from meter.schemas import EventIssue, IngestResult
 
-__all__ = ["AsyncClient", "Client", "RejectedEvents", "RetryPolicy"]
+__all__ = ["AsyncClient", "Client", "RejectedEvents", "RetryPolicy", "ServerError"]
 
 
 class RejectedEvents(MeterError, ValueError):
@@ -38,7 +38,29 @@ class RejectedEvents(MeterError, ValueError):
         self.issues = issues
 
 
+class ServerError(MeterError):
+    """The server answered with an error status that a retry cannot change: its ``status``, ``code`` and message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"the server answered {status} {code}: {message}", code)
+        self.status = status
+        self.server_message = message
+
+    @classmethod
+    def of(cls, response: httpx.Response) -> ServerError:
+        """From an error response: its JSON ``{"code", "message"}``, or its text when it has none."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and "message" in body:
+            return cls(response.status_code, str(body.get("code", "http_error")), str(body["message"]))
+        return cls(response.status_code, "http_error", " ".join(response.text.split())[:300] or response.reason_phrase)
+
+
 class RetryPolicy(msgspec.Struct, frozen=True):
+    """``attempts`` in all (the first one included), sleeping a jittered exponential backoff between them."""
+
     attempts: int = 8
     base_delay: float = 0.1
     max_delay: float = 10.0
@@ -47,6 +69,9 @@ class RetryPolicy(msgspec.Struct, frozen=True):
         if retry_after and retry_after.isdigit():
             return min(float(retry_after), self.max_delay)
         return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))  # full jitter
+
+
+DEFAULT_RETRY = RetryPolicy()
 
 
 def _prepare(events: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -77,11 +102,7 @@ def _answer(response: httpx.Response) -> IngestResult | None:
         body = response.json()
         if "accepted" in body:
             return msgspec.convert(body, IngestResult)
-    try:
-        code = str(response.json().get("code", "http_error"))
-    except ValueError:
-        code = "http_error"
-    raise MeterError(f"the server answered {response.status_code}: {response.text[:300]}", code)
+    raise ServerError.of(response)
 
 
 def _outcome(response: httpx.Response | None) -> tuple[IngestResult | None, str | None]:
@@ -91,17 +112,33 @@ def _outcome(response: httpx.Response | None) -> tuple[IngestResult | None, str 
     return _answer(response), response.headers.get("retry-after")
 
 
-def _gave_up(policy: RetryPolicy) -> MeterError:
-    return MeterError(f"the batch was not acknowledged after {policy.attempts} attempts; it is safe to send it "
-                      "again (same ids)", "unavailable")
+def _why(response: httpx.Response | None, error: httpx.TransportError | None) -> str:
+    """What the last attempt got, in a few words: the status and code, or the network error."""
+    if response is not None:
+        e = ServerError.of(response)
+        return f"{e.status} {e.code}: {e.server_message}"
+    if isinstance(error, httpx.ConnectError):
+        return f"cannot connect to {error.request.url.copy_with(path='/', query=None)} ({error})"
+    if isinstance(error, httpx.TimeoutException):
+        return f"no answer in time ({type(error).__name__})"
+    return f"{type(error).__name__}: {error}"
+
+
+def _gave_up(policy: RetryPolicy, started: float, last: str) -> MeterError:
+    return MeterError(f"the batch was not acknowledged after {policy.attempts} attempts in "
+                      f"{time.monotonic() - started:.1f} s (last: {last}); it is safe to send it again (same ids)",
+                      "unavailable")
 
 
 class Client:
-    """Thread-safe client. ``send`` queues an event; a background thread sends batches of up to ``batch_size``
-    events at least every ``flush_interval`` seconds. ``ingest`` sends a batch now and returns its result."""
+    """Thread-safe client.
+
+    ``send`` queues an event; a background thread sends batches of up to ``batch_size`` events at least every
+    ``flush_interval`` seconds. ``ingest`` sends a batch now and returns its result.
+    """
 
     def __init__(self, url: str, api_key: str, *, batch_size: int = 1000, flush_interval: float = 1.0,
-                 timeout: float = 10.0, retry: RetryPolicy = RetryPolicy(), compress: bool = True) -> None:
+                 timeout: float = 10.0, retry: RetryPolicy = DEFAULT_RETRY, compress: bool = True) -> None:
         self._http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
         self._batch_size, self._interval, self._retry, self._compress = batch_size, flush_interval, retry, compress
         self._queue: list[dict[str, Any]] = []
@@ -119,7 +156,7 @@ class Client:
         self.close()
 
     def ingest(self, events: Iterable[Mapping[str, Any]], *, check: bool = True) -> IngestResult:
-        """Sends one batch now (with retries); with ``check``, raises ``RejectedEvents`` if any event was not counted."""
+        """Sends one batch now (with retries); with ``check``, raises ``RejectedEvents`` for events not counted."""
         result = self._send(_prepare(events))
         if check and result.issues:
             raise RejectedEvents(result.issues)
@@ -178,22 +215,28 @@ class Client:
 
     def _send(self, events: list[dict[str, Any]]) -> IngestResult:
         body, headers = _encode(events, self._compress)
+        started, last, retry_after = time.monotonic(), "", None
         for attempt in range(self._retry.attempts):
+            if attempt:
+                time.sleep(self._retry.delay(attempt - 1, retry_after))
+            response: httpx.Response | None = None
             try:
-                result, retry_after = _outcome(self._http.post("/v1/events", content=body, headers=headers))
-            except httpx.TransportError:
-                result, retry_after = None, None
+                response = self._http.post("/v1/events", content=body, headers=headers)
+                result, retry_after = _outcome(response)
+            except httpx.TransportError as e:
+                result, retry_after, last = None, None, _why(None, e)
             if result is not None:
                 return result
-            time.sleep(self._retry.delay(attempt, retry_after))
-        raise _gave_up(self._retry)
+            if response is not None:
+                last = _why(response, None)
+        raise _gave_up(self._retry, started, last)
 
 
 class AsyncClient:
     """The asyncio twin of ``Client``: ``await ingest(...)``, ``send(...)``, ``await flush()``, ``await aclose()``."""
 
     def __init__(self, url: str, api_key: str, *, batch_size: int = 1000, flush_interval: float = 1.0,
-                 timeout: float = 10.0, retry: RetryPolicy = RetryPolicy(), compress: bool = True) -> None:
+                 timeout: float = 10.0, retry: RetryPolicy = DEFAULT_RETRY, compress: bool = True) -> None:
         self._http = httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
         self._batch_size, self._interval, self._retry, self._compress = batch_size, flush_interval, retry, compress
         self._queue: list[dict[str, Any]] = []
@@ -243,12 +286,18 @@ class AsyncClient:
 
     async def _send(self, events: list[dict[str, Any]]) -> IngestResult:
         body, headers = _encode(events, self._compress)
+        started, last, retry_after = time.monotonic(), "", None
         for attempt in range(self._retry.attempts):
+            if attempt:
+                await asyncio.sleep(self._retry.delay(attempt - 1, retry_after))
+            response: httpx.Response | None = None
             try:
-                result, retry_after = _outcome(await self._http.post("/v1/events", content=body, headers=headers))
-            except httpx.TransportError:
-                result, retry_after = None, None
+                response = await self._http.post("/v1/events", content=body, headers=headers)
+                result, retry_after = _outcome(response)
+            except httpx.TransportError as e:
+                result, retry_after, last = None, None, _why(None, e)
             if result is not None:
                 return result
-            await asyncio.sleep(self._retry.delay(attempt, retry_after))
-        raise _gave_up(self._retry)
+            if response is not None:
+                last = _why(response, None)
+        raise _gave_up(self._retry, started, last)

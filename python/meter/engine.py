@@ -16,7 +16,8 @@ import msgspec
 import pyarrow as pa
 
 from meter import _core
-from meter.schemas import CreatedMeter, IngestResult, Meter, MeterSpec, Stats
+from meter.exceptions import InvalidInput
+from meter.schemas import CreatedMeter, IngestResult, Meter, MeterSpec, SkippedPage, Stats
 
 __all__ = ["Engine", "Usage", "WindowSize"]
 
@@ -57,6 +58,14 @@ class Usage:
         """The sum of ``value`` over all rows (meaningful for sum and count meters)."""
         return sum((row["value"] for row in self.rows()), Decimal(0))
 
+    def json_rows(self) -> bytes:
+        """The rows as a JSON array of objects, encoded by the engine column by column.
+
+        No Python object is built per row. Times are ISO 8601 (``2026-11-23T10:00:00+00:00``), ``value`` a plain
+        decimal string (``"1200"``, ``"2.5"``; no exponent), dimensions strings or null, ``events`` a number.
+        """
+        return _core.usage_json(self.table)
+
 
 class Engine:
     """One metering engine over one data directory. Open it once per process; close it (or use ``with``)."""
@@ -92,7 +101,12 @@ class Engine:
         """Counts a batch (a JSON array of CloudEvents, or one event) exactly once; durable when this returns.
 
         Invalid events are listed in ``issues`` by index while the valid ones are applied; with ``atomic`` any
-        invalid event rejects the whole batch (``BatchRejected``). ``now`` overrides the clock, for tests and replays.
+        invalid event rejects the whole batch (``BatchRejected``). An accepted event that some meter cannot read (its
+        value missing or malformed, say) is counted by the other meters of its type and listed in ``warnings`` once
+        per meter that skipped it: never a rejection. ``now`` overrides the clock, for tests and replays.
+
+        Raises ``OutcomeUnknown`` when the write carrying the batch failed (it may be applied after a restart:
+        retry with the same ids) and ``StoreFailed`` when the store had failed before (not applied).
         """
         now_us = None if now is None else to_micros(now, "now")
         return msgspec.json.decode(self._inner.ingest(tenant, body, atomic=atomic, now_us=now_us), type=IngestResult)
@@ -166,6 +180,26 @@ class Engine:
         last commit they come from: page through them by passing it back."""
         table, last_seq = self._inner.retained_events(tenant, after_seq, max_events)
         return pa.table(table), last_seq
+
+    def skipped(self, tenant: str, meter: str, *, start: datetime, end: datetime, after: str | int | None = None,
+                limit: int = 100, max_scan: int | None = None) -> SkippedPage:
+        """The events of ``[start, end)`` (event time) that ``meter`` could not read, with why.
+
+        Decided as ingest, replay and backfill decide. Reads the tenant's retained events in the order they were
+        accepted, from ``after`` (the ``next`` of the previous page), and stops at ``limit`` events (at most 1000) or
+        after ``max_scan`` retained events read (default a million, about a second); page until ``next`` is None.
+        """
+        if isinstance(after, str):
+            after = int(after) if after.isascii() and after.isdigit() else -1
+        if after is not None and not 0 <= after < 2**64:
+            raise InvalidInput("'after' must be the 'next' of a previous page", "invalid_query")
+        if not 1 <= limit <= 1000:
+            raise InvalidInput(f"'limit' must be 1-1000; got {limit}", "invalid_query")
+        options: dict[str, Any] = {"after": after, "limit": limit}
+        if max_scan is not None:
+            options["max_scan"] = max(1, max_scan)
+        raw = self._inner.skipped(tenant, meter, to_micros(start, "start"), to_micros(end, "end"), **options)
+        return msgspec.json.decode(raw, type=SkippedPage)
 
     def failure(self) -> str | None:
         """``None`` while healthy; after a storage error, why the engine stopped acknowledging (fail-stop)."""

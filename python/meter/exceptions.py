@@ -15,6 +15,7 @@ __all__ = [
     "InvalidInput",
     "MeterError",
     "NotFound",
+    "OutcomeUnknown",
     "Overloaded",
     "StorageError",
     "StoreFailed",
@@ -72,9 +73,23 @@ class Overloaded(MeterError):
 
 
 class StoreFailed(MeterError):
-    """A write to storage failed; the engine acknowledges nothing until reopened (fail-stop, HTTP 503)."""
+    """A write to storage failed earlier; the engine acknowledges nothing until reopened (fail-stop, HTTP 503).
+
+    A request answered with this code was refused before anything of it was written: it was not applied.
+    """
 
     code = "store_failed"
+
+
+class OutcomeUnknown(StoreFailed):
+    """The write that carried this request failed, so it may or may not be applied (HTTP 503 ``outcome_unknown``).
+
+    The WAL write or its fsync failed: the record may have reached the log and be applied after a restart. The
+    engine then fails stop like ``StoreFailed``. Retry with the same event ids once the store is back: the retry is
+    a duplicate if it was applied, accepted if it was not, so it is counted once either way.
+    """
+
+    code = "outcome_unknown"
 
 
 class EngineClosed(MeterError):

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from meter.catalog.billing import BillingCatalog
+from meter.encoding import encode_json
 from meter.engine import Engine
 from meter.schemas import MeterSpec
 from meter.pricing.invoices import InvoiceStore
@@ -156,14 +157,19 @@ def export_catalog(catalog: BillingCatalog, engine: Engine, tenants: list[str], 
 
 def export_invoices(store: InvoiceStore, tenants: list[str], out: Path) -> ExportSummary:
     """Writes every invoice (drafts, finalized, void) and its lines for finance tools:
-    ``invoices/tenant=<t>/{invoices,invoice_lines,credit_notes}.parquet``. Amounts are decimals."""
+    ``invoices/tenant=<t>/{invoices,invoice_lines,credit_notes}.parquet``. Amounts are decimals; a line's details
+    are JSON text (decimals as plain text, see ``meter.encoding``), the invoices it corrects a comma-separated list.
+
+    Derived from the invoices store, which refuses what these files cannot hold (``InvoiceStore`` checks amounts
+    against ``decimal128(38, 9)`` before it writes), so a stored invoice never makes this fail."""
     summary = ExportSummary()
     for tenant in tenants:
         invoices, lines = [], []
         for invoice in store.list(tenant):
             row = msgspec.to_builtins(invoice, builtin_types=(datetime, Decimal))
             for i, line in enumerate(row.pop("lines"), start=1):
-                line["details"] = msgspec.json.encode(line.get("details", [])).decode()
+                line["details"] = encode_json(line.get("details", [])).decode()
+                line["corrects"] = ", ".join(line.get("corrects", [])) or None
                 lines.append({"invoice": invoice.id, "number": invoice.number, "line": i, **line})
             invoices.append(row)
         notes = [msgspec.to_builtins(n, builtin_types=(datetime, Decimal)) for n in store.credit_notes(tenant)]
@@ -182,13 +188,15 @@ _INVOICE_SCHEMA = pa.schema([
     ("id", pa.string()), ("number", pa.string()), ("status", pa.string()), ("tenant", pa.string()),
     ("customer", pa.string()), ("subscription", pa.string()), ("currency", pa.string()), ("reason", pa.string()),
     ("period_start", _UTC), ("period_end", _UTC), ("issued_at", _UTC), ("subtotal", _MONEY), ("total", _MONEY),
-    ("finalized_at", _UTC), ("voided_at", _UTC)])
+    ("finalized_at", _UTC), ("voided_at", _UTC), ("period", pa.string()), ("usage_start", _UTC),
+    ("usage_end", _UTC), ("usage_period", pa.string()), ("reissues", pa.string())])
 _LINE_SCHEMA = pa.schema([
     ("invoice", pa.string()), ("number", pa.string()), ("line", pa.int32()), ("kind", pa.string()),
     ("description", pa.string()), ("amount", _MONEY), ("period_start", _UTC), ("period_end", _UTC),
     ("key", pa.string()), ("price", pa.string()), ("version", pa.int32()), ("model", pa.string()), ("meter", pa.string()),
     ("quantity", _MONEY), ("rated", _MONEY), ("details", pa.string()), ("events", pa.string()),
-    ("grant", pa.string())])
+    ("grant", pa.string()), ("timing", pa.string()), ("billed", _MONEY), ("billed_quantity", _MONEY),
+    ("corrects", pa.string())])
 _NOTE_SCHEMA = pa.schema([("id", pa.string()), ("number", pa.string()), ("invoice", pa.string()),
                           ("amount", _MONEY), ("reason", pa.string()), ("created_at", _UTC)])
 

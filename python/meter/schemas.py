@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 import msgspec
@@ -11,10 +12,15 @@ __all__ = [
     "Backfill",
     "CreatedMeter",
     "EventIssue",
+    "EventWarning",
     "Filter",
     "IngestResult",
     "Meter",
     "MeterSpec",
+    "SkippedCount",
+    "SkippedEvent",
+    "SkippedEvents",
+    "SkippedPage",
     "Stats",
 ]
 
@@ -28,9 +34,10 @@ IssueCode = Literal[
     "invalid_data",
     "too_old",
     "too_far_in_future",
-    "invalid_value",
     "conflict",
 ]
+#: Why a meter skipped an accepted event (it counted none of it; the other meters of its type counted it).
+SkipCode = Literal["value_missing", "value_invalid", "dimension_invalid", "filter_invalid"]
 
 
 class Filter(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -83,12 +90,74 @@ class EventIssue(msgspec.Struct):
     message: str
 
 
+class EventWarning(msgspec.Struct):
+    """The event at ``index`` was accepted, but ``meter`` could not read it and skipped it whole.
+
+    The event's other meters counted it. Reported once, when the event is accepted;
+    ``GET /v1/meters/{slug}/skipped`` lists such events later.
+    """
+
+    index: int
+    id: str
+    meter: str
+    code: SkipCode
+    message: str
+
+
 class IngestResult(msgspec.Struct):
-    """Outcome of one batch: every event is accepted, a duplicate (a success), or listed in ``issues``."""
+    """Outcome of one batch: every event is accepted, a duplicate (a success), or listed in ``issues``.
+
+    ``warnings`` names the meters that skipped an accepted event.
+    """
 
     accepted: int
     duplicates: int
     issues: list[EventIssue]
+    warnings: list[EventWarning] = []
+
+
+class SkippedEvent(msgspec.Struct):
+    """A retained event that a meter could not read, and why."""
+
+    source: str
+    id: str
+    subject: str
+    time: datetime
+    code: SkipCode
+    message: str
+
+
+class SkippedPage(msgspec.Struct):
+    """One page of a meter's skipped events, in the order they were accepted.
+
+    ``next`` (pass it as ``after``) is ``None`` once every retained event was read; ``scanned`` is how many retained
+    events this page read.
+    """
+
+    events: list[SkippedEvent]
+    scanned: int
+    next: str | None
+
+
+class SkippedEvents(msgspec.Struct):
+    """The answer of ``GET /v1/meters/{slug}/skipped``: one page of the meter's skipped events in ``[from, to)``."""
+
+    meter: str
+    from_: str = msgspec.field(name="from")
+    to: str
+    data: list[SkippedEvent]
+    #: Pass as ``after`` for the next page; null once every retained event was read.
+    next: str | None
+    #: Retained events this page read (each page reads at most a million).
+    scanned: int
+
+
+class SkippedCount(msgspec.Struct):
+    """Accepted events of ``tenant`` that ``meter`` skipped since the engine opened (ingest and backfill)."""
+
+    tenant: str
+    meter: str
+    events: int
 
 
 class Stats(msgspec.Struct):
@@ -100,3 +169,4 @@ class Stats(msgspec.Struct):
     #: Cumulative (upper bound in seconds, commits at or under it); the last bound, +Inf, is None in JSON.
     commit_seconds_buckets: list[tuple[float | None, int]]
     queue_depth: int
+    skipped: list[SkippedCount] = []

@@ -23,9 +23,18 @@ pub enum Error {
     /// The ingest queue is full: the caller should retry later.
     #[error("the ingest queue is full ({capacity} batches waiting); retry after a short pause")]
     Overloaded { capacity: usize },
-    /// A write failed earlier; the engine acknowledges nothing until it is reopened (fail-stop).
+    /// A write failed earlier; the engine acknowledges nothing until it is reopened (fail-stop). The request was
+    /// refused before anything of it was written: it was definitely not applied.
     #[error("the store has failed and accepts no writes until it is reopened: {reason}")]
     StoreFailed { reason: String },
+    /// The write that carried this request failed (a WAL write or its fsync): its records may have reached the log,
+    /// so it may be applied after a restart, or not. The engine then fails stop like `StoreFailed`. Retrying with
+    /// the same event ids is safe: the retry is a duplicate (it was applied) or accepted (it was not).
+    #[error(
+        "the write of this request failed and it may or may not have been applied; the store accepts no writes \
+         until it is reopened, then retry with the same event ids (the retry is a duplicate or accepted): {reason}"
+    )]
+    OutcomeUnknown { reason: String },
     #[error("the engine is closed")]
     Closed,
     #[error("storage error: {0}")]
@@ -50,10 +59,21 @@ impl Error {
             Error::AlreadyExists { .. } => "already_exists",
             Error::Overloaded { .. } => "overloaded",
             Error::StoreFailed { .. } => "store_failed",
+            Error::OutcomeUnknown { .. } => "outcome_unknown",
             Error::Closed => "closed",
             Error::Storage(_) => "storage_error",
             Error::Overflow(_) => "overflow",
             Error::Corrupt(_) => "corrupt",
+        }
+    }
+
+    /// Why the store failed, as the root cause alone: the reason a fail-stop keeps and puts after its own prefix.
+    /// A failure error passed in gives back its reason unchanged, so wrapping one failure into another never
+    /// repeats a prefix ("the store has failed ...: the store has failed ...").
+    pub fn failure_reason(&self) -> String {
+        match self {
+            Error::StoreFailed { reason } | Error::OutcomeUnknown { reason } => reason.clone(),
+            other => other.to_string(),
         }
     }
 }
@@ -97,8 +117,6 @@ pub enum IssueCode {
     InvalidData,
     TooOld,
     TooFarInFuture,
-    /// A meter listening to this event type could not read its value or dimensions.
-    InvalidValue,
     /// Same `(source, id)` as an earlier event, different payload: the first one stands.
     Conflict,
 }
@@ -113,7 +131,6 @@ impl IssueCode {
             IssueCode::InvalidData => "invalid_data",
             IssueCode::TooOld => "too_old",
             IssueCode::TooFarInFuture => "too_far_in_future",
-            IssueCode::InvalidValue => "invalid_value",
             IssueCode::Conflict => "conflict",
         }
     }
@@ -122,5 +139,73 @@ impl IssueCode {
 impl fmt::Display for IssueCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A meter that could not read an accepted event: the event was accepted and counted by every other meter of its
+/// type, and skipped whole by this one (never half-counted). Reported per event in the ingest report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EventWarning {
+    pub index: usize,
+    pub id: String,
+    /// The slug of the meter that skipped the event.
+    pub meter: String,
+    pub code: SkipCode,
+    pub message: String,
+}
+
+/// Why a meter skipped an event. Decided by one function (`aggregate::extract::extract`) wherever an event meets a
+/// meter: at ingest, at replay after a crash, when a new meter is backfilled, and in the skipped-events query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipCode {
+    /// The value property is absent or null.
+    ValueMissing,
+    /// The value is not an exact decimal the meter can count (not a number or decimal string, more than 9
+    /// decimal places, out of range), or, for `unique_count`, an object, an array or longer than 255 bytes.
+    ValueInvalid,
+    /// A `group_by` property is an object or an array, or longer than 255 bytes.
+    DimensionInvalid,
+    /// A property a filter tests is an object or an array, or longer than 255 bytes.
+    FilterInvalid,
+}
+
+impl SkipCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipCode::ValueMissing => "value_missing",
+            SkipCode::ValueInvalid => "value_invalid",
+            SkipCode::DimensionInvalid => "dimension_invalid",
+            SkipCode::FilterInvalid => "filter_invalid",
+        }
+    }
+}
+
+impl fmt::Display for SkipCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_wrapped_again_says_its_prefix_once() {
+        let root = Error::Storage("IO error: No space left on device".into());
+        let failed = Error::StoreFailed { reason: root.failure_reason() };
+        let unknown = Error::OutcomeUnknown { reason: failed.failure_reason() };
+        let again = Error::StoreFailed { reason: unknown.failure_reason() };
+        for e in [&failed, &unknown, &again] {
+            let text = e.to_string();
+            assert_eq!(
+                text.matches("the store has failed").count() + text.matches("the write of this").count(),
+                1,
+                "{text}"
+            );
+            assert_eq!(text.matches("storage error").count(), 1, "{text}");
+            assert!(text.ends_with("storage error: IO error: No space left on device"), "{text}");
+        }
     }
 }

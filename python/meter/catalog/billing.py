@@ -1,145 +1,154 @@
-"""What pricing reads besides usage: customers, products, versioned plans with their prices, and subscriptions
-with their contract terms. Stored per tenant in rocksdict (msgspec JSON values), apart from the usage store.
+"""What pricing reads besides usage: customers, products, versioned plans with prices, subscriptions with terms.
+
+Stored per tenant in rocksdict (msgspec JSON values), apart from the usage store.
 
 Plans are versioned: editing a plan adds a version with its own effective date; a subscription keeps the version
 it names until it is migrated, and keeps the record of its migrations (pricing prorates across them). Everything is
-validated on the way in, with an error that says what to fix; deleting what something else refers to is refused.
+validated on the way in, with an error that says what to fix: every value against its kind's limits when a struct is
+built (:mod:`meter.catalog.types`), and every reference (a subscription's customer, plan, version and prices, a
+price's meter, a product's parent and meters) when it is written. Deleting what something else refers to is refused
+(``in_use``), a meter included: :meth:`BillingCatalog.delete_meter` is how a meter is deleted once billing exists.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Literal, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
-from rocksdict import Rdict
 
-from meter.catalog.prices import Price, is_currency, validate_price
-from meter.catalog.kv import scan
+from meter.catalog.currencies import CURRENCIES
+from meter.catalog.kv import Store, scan
+from meter.catalog.prices import Price, validate_price
+from meter.catalog.types import Amount, Checked, Currency, Id, Percent, Slug, Text, Time, invalid, trusted
 from meter.exceptions import AlreadyExists, InUse, InvalidInput, NotFound
 
-__all__ = ["BillingCatalog", "Commit", "Credit", "Customer", "Discount", "Migration", "MigrationBody", "Plan", "PlanBody",
-           "PlanVersion", "PlanVersionBody", "Product", "Subscription"]
+__all__ = ["BillingCatalog", "Commit", "Credit", "Customer", "Discount", "Meters", "Migration", "MigrationBody", "Plan",
+           "PlanBody", "PlanVersion", "PlanVersionBody", "Product", "Subscription"]
 
 
-class Address(msgspec.Struct, forbid_unknown_fields=True):
-    line1: str = ""
-    line2: str = ""
-    city: str = ""
-    postal_code: str = ""
-    region: str = ""
-    country: str = ""
+class Address(Checked, forbid_unknown_fields=True):
+    line1: Text = ""
+    line2: Text = ""
+    city: Text = ""
+    postal_code: Text = ""
+    region: Text = ""
+    country: Text = ""
 
 
-class Customer(msgspec.Struct, forbid_unknown_fields=True):
+class Customer(Checked, forbid_unknown_fields=True):
     #: The external id: the `subject` of the customer's events.
-    id: str
-    name: str
-    currency: str
-    timezone: str = "UTC"
-    email: str | None = None
+    id: Id
+    name: Text
+    currency: Currency
+    timezone: Text = "UTC"
+    email: Text | None = None
     address: Address | None = None
-    metadata: dict[str, str] = {}
+    metadata: dict[Text, Text] = {}
 
 
-class Product(msgspec.Struct, forbid_unknown_fields=True):
+class Product(Checked, forbid_unknown_fields=True):
     """A SKU in a hierarchy (a family, a model, a region), priced through one or more meters."""
 
-    id: str
-    name: str
-    parent: str | None = None
-    meters: list[str] = []
-    attributes: dict[str, str] = {}
+    id: Id
+    name: Text
+    parent: Id | None = None
+    meters: list[Slug] = []
+    attributes: dict[Text, Text] = {}
 
 
-class PlanVersion(msgspec.Struct, forbid_unknown_fields=True):
+class PlanVersion(Checked, forbid_unknown_fields=True):
     version: int
-    effective_from: datetime
+    effective_from: Time
     prices: list[Price]
 
 
-class Plan(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
-    name: str
+class Plan(Checked, forbid_unknown_fields=True):
+    id: Id
+    name: Text
     versions: list[PlanVersion] = []
 
 
-class PlanBody(msgspec.Struct, forbid_unknown_fields=True):
-    """A new plan; its prices come with its versions."""
-
-    id: str
-    name: str
-
-
-class PlanVersionBody(msgspec.Struct, forbid_unknown_fields=True):
-    effective_from: datetime
+class PlanVersionBody(Checked, forbid_unknown_fields=True):
+    effective_from: Time
     prices: list[Price]
 
 
-class Commit(msgspec.Struct, forbid_unknown_fields=True):
+class PlanBody(Checked, forbid_unknown_fields=True):
+    """A new plan, with the versions it starts with (numbered from 1 in order), created whole or not at all."""
+
+    id: Id
+    name: Text
+    versions: list[PlanVersionBody] = []
+
+
+class Commit(Checked, forbid_unknown_fields=True):
     """An amount the customer commits to spend over [start, end); lower priority numbers burn down first."""
 
-    id: str
-    amount: Decimal
-    start: datetime
-    end: datetime
+    id: Id
+    amount: Amount
+    start: Time
+    end: Time
     kind: Literal["prepaid", "postpaid"] = "prepaid"
     priority: int = 0
     #: What happens to what is left at the end of the term: a postpaid commit's shortfall is billed or forfeited;
     #: what is left of a prepaid commit was paid up front and is forfeited either way.
     unused: Literal["billed", "forfeited"] = "forfeited"
     #: Price ids it pays for; all usage charges when empty.
-    applies_to: list[str] = []
+    applies_to: list[Id] = []
 
 
-class Credit(msgspec.Struct, forbid_unknown_fields=True):
+class Credit(Checked, forbid_unknown_fields=True):
     """A grant that pays charges over [start, end) before the customer does."""
 
-    id: str
-    amount: Decimal
-    start: datetime
-    end: datetime
+    id: Id
+    amount: Amount
+    start: Time
+    end: Time
     priority: int = 0
     #: Price ids it pays for; all usage charges when empty.
-    applies_to: list[str] = []
+    applies_to: list[Id] = []
 
 
-class Discount(msgspec.Struct, forbid_unknown_fields=True):
-    """``percent`` off, or a fixed ``amount`` off, one price's charge (``price``) or the whole invoice (no ``price``),
-    on invoices whose period starts in [start, end)."""
+class Discount(Checked, forbid_unknown_fields=True):
+    """``percent`` or a fixed ``amount`` off one price's charge (``price``) or the whole invoice (no ``price``).
 
-    id: str
-    start: datetime
-    end: datetime | None = None
-    percent: Decimal | None = None
-    amount: Decimal | None = None
-    price: str | None = None
+    It applies to invoices whose period starts in [start, end).
+    """
+
+    id: Id
+    start: Time
+    end: Time | None = None
+    percent: Percent | None = None
+    amount: Amount | None = None
+    price: Id | None = None
 
 
-class Migration(msgspec.Struct, forbid_unknown_fields=True):
+class Migration(Checked, forbid_unknown_fields=True):
     """The subscription moved from one version of its plan to another at ``at``."""
 
     from_version: int
     to_version: int
-    at: datetime
+    at: Time
 
 
-class MigrationBody(msgspec.Struct, forbid_unknown_fields=True):
+class MigrationBody(Checked, forbid_unknown_fields=True):
     version: int
-    at: datetime
+    at: Time
 
 
-class Subscription(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
-    customer: str
-    plan: str
+class Subscription(Checked, forbid_unknown_fields=True):
+    id: Id
+    customer: Id
+    plan: Id
     version: int
-    start: datetime
-    end: datetime | None = None
+    start: Time
+    end: Time | None = None
     cycle: Literal["monthly", "quarterly", "annual"] = "monthly"
     anchor: Literal["calendar", "anniversary"] = "calendar"
     #: Prices of the plan version replaced for this customer, matched by price id.
@@ -148,7 +157,7 @@ class Subscription(msgspec.Struct, forbid_unknown_fields=True):
     credits: list[Credit] = []
     discounts: list[Discount] = []
     #: Threshold billing: once the cycle's unbilled usage reaches this amount, it is invoiced early.
-    threshold: Decimal | None = None
+    threshold: Amount | None = None
     #: Oldest first; ``version`` is the one the last migration moved to.
     migrations: list[Migration] = []
 
@@ -157,58 +166,74 @@ class Subscription(msgspec.Struct, forbid_unknown_fields=True):
         first = self.migrations[0].from_version if self.migrations else self.version
         starts = [(first, self.start), *((m.to_version, m.at) for m in self.migrations)]
         ends = [m.at for m in self.migrations] + [self.end]
-        return [(version, start, end) for (version, start), end in zip(starts, ends)]
+        return [(version, start, end) for (version, start), end in zip(starts, ends, strict=True)]
 
 
 T = TypeVar("T", bound=msgspec.Struct)
 
 
-def _invalid(message: str) -> InvalidInput:
-    return InvalidInput(message, code="invalid_catalog")
+class Meters(Protocol):
+    """Where the catalog looks meters up and deletes them: the engine (:class:`meter.engine.Engine`) is one."""
 
+    def list_meters(self, tenant: str) -> Sequence[Any]: ...
 
-def _aware(t: datetime, what: str) -> None:
-    if t.tzinfo is None:
-        raise _invalid(f"{what} must carry a time zone (RFC 3339 with Z or an offset); got {t.isoformat()}")
+    def delete_meter(self, tenant: str, slug: str) -> None: ...
 
 
 def _version(plan: Plan, version: int, sub_id: str) -> PlanVersion:
     found = next((v for v in plan.versions if v.version == version), None)
     if found is None:
         known = ", ".join(str(v.version) for v in plan.versions) or "none yet"
-        raise _invalid(f"subscription {sub_id!r}: plan {plan.id!r} has no version {version} (versions: {known})")
+        raise invalid(f"subscription {sub_id!r}: plan {plan.id!r} has no version {version} (versions: {known})")
     return found
 
 
-def _id(value: str, what: str) -> None:
-    if not value or len(value) > 255 or "/" in value or "|" in value:
-        raise _invalid(f"{what} id must be 1-255 characters without '/' or '|'; got {value!r}")
+def _places(value: Decimal, currency: str, what: str) -> None:
+    """An amount of money a subscription carries is billed as it is: it must be a whole number of minor units."""
+    digits = CURRENCIES[currency]
+    if value != value.quantize(Decimal(1).scaleb(-digits)):
+        raise invalid(f"{what} is {value} {currency}, which is not a whole number of the currency's minor unit "
+                      f"({digits} digits after the point)")
 
 
-class BillingCatalog:
-    """The catalog of one data directory; every call names its tenant, which comes from the caller's key."""
+class BillingCatalog(Store):
+    """The catalog of one data directory; every call names its tenant, which comes from the caller's key.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._db = Rdict(os.fspath(path))
+    ``meters`` is where meter references are checked (a price's meter, a product's meters) and where
+    :meth:`delete_meter` deletes a meter once nothing refers to it: the server passes its engine. Without it
+    (offline tools, tests), meter references are not checked.
 
-    def close(self) -> None:
-        self._db.close()
+    Writes are serialised by one lock: a check of references and the write it allows are one step, so a meter cannot
+    be deleted between the check of a price that names it and the price's write (nor two plan versions get one
+    number).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], meters: Meters | None = None, read_only: bool = False) -> None:
+        super().__init__(path, read_only)
+        self._meters = meters
+        self._lock = threading.RLock()
 
     # Storage: `<kind>/<tenant>/<id>` -> msgspec JSON. Tenant and id never contain '/' (checked), so keys of two
-    # tenants can never collide or interleave.
+    # tenants can never collide or interleave. What was stored is read without the value checks (see trusted()).
 
     def _key(self, kind: str, tenant: str, item_id: str = "") -> bytes:
-        _id(tenant, "tenant")
-        return f"{kind}/{tenant}/{item_id}".encode()
+        if not isinstance(tenant, str) or "/" in tenant or not 1 <= len(tenant) <= 255:
+            raise invalid(f"tenant id must be 1-255 characters without '/'; got {tenant!r}")
+        return f"{kind}/{tenant}/{item_id}".encode(errors="surrogatepass")
 
     def _get(self, kind: str, tenant: str, item_id: str, type_: type[T]) -> T:
         raw = self._db.get(self._key(kind, tenant, item_id))
         if raw is None:
             raise NotFound(f"no {kind} {item_id!r}")
-        return msgspec.json.decode(raw, type=type_)
+        with trusted():
+            return msgspec.json.decode(raw, type=type_)
 
-    def _list(self, kind: str, tenant: str, type_: type[T]) -> Iterator[T]:
-        return scan(self._db, self._key(kind, tenant), type_)
+    def _list(self, kind: str, tenant: str, type_: type[T]) -> list[T]:
+        with trusted():
+            return list(scan(self._db, self._key(kind, tenant), type_))
+
+    def _exists(self, kind: str, tenant: str, item_id: str) -> bool:
+        return self._db.get(self._key(kind, tenant, item_id)) is not None
 
     def _put(self, kind: str, tenant: str, item_id: str, value: msgspec.Struct, *, new: bool) -> None:
         key = self._key(kind, tenant, item_id)
@@ -227,173 +252,287 @@ class BillingCatalog:
             shown = ", ".join(users[:5]) + (" ..." if len(users) > 5 else "")
             raise InUse(f"{what} is still used by {shown}: delete or change those first")
 
+    def _check_meter(self, slug: str | None, where: str, known: Callable[[], dict[str, Any]],
+                     price: Price | None = None) -> None:
+        """The meter exists, and pricing can rate ``price`` from it (else every invoice run of the tenant fails)."""
+        if slug is None or self._meters is None:
+            return
+        meter = known().get(slug)
+        if meter is None:
+            names = ", ".join(sorted(known())) or "none yet"
+            raise invalid(f"{where}: meter {slug!r} does not exist (this tenant's meters: {names}); create it first "
+                          "(POST /v1/meters) or fix the slug")
+        if price is None:
+            return
+        if getattr(meter, "aggregation", None) == "unique_count":
+            raise invalid(f"{where}: meter {slug!r} counts unique values, which do not add up over a period: "
+                          "price a count or sum meter instead")
+        dimensions = set(getattr(meter, "group_by", None) or {})
+        if price.matrix is not None and not set(price.matrix.dimensions) <= dimensions:
+            missing = ", ".join(sorted(set(price.matrix.dimensions) - dimensions))
+            raise invalid(f"{where}: the matrix prices the dimensions {missing}, which meter {slug!r} does not "
+                          f"group by (its dimensions: {', '.join(sorted(dimensions)) or 'none'})")
+
+    def _meter_slugs(self, tenant: str) -> Callable[[], dict[str, Any]]:
+        """The tenant's meters by slug, looked up once and only if needed."""
+        found: list[dict[str, Any]] = []
+
+        def slugs() -> dict[str, Any]:
+            if not found:
+                assert self._meters is not None
+                found.append({m.slug: m for m in self._meters.list_meters(tenant)})
+            return found[0]
+        return slugs
+
+    # Meters (stored by the engine; deleted here so that the check and the deletion are one step)
+
+    def meter_users(self, tenant: str, slug: str) -> list[str]:
+        """What refers to the meter ``slug``: plan versions' prices, subscriptions' overrides, products."""
+        users = [f"plan {plan.id!r} version {v.version} (price {p.id!r})" for plan in self.list_plans(tenant)
+                 for v in plan.versions for p in v.prices if p.meter == slug]
+        users += [f"subscription {s.id!r} (override {p.id!r})" for s in self.list_subscriptions(tenant)
+                  for p in s.overrides if p.meter == slug]
+        users += [f"product {p.id!r}" for p in self.list_products(tenant) if slug in p.meters]
+        return users
+
+    def delete_meter(self, tenant: str, slug: str) -> None:
+        """Deletes a meter unless a price, an override or a product names it (``InUse``, 409).
+
+        Deleting it would leave charges that no invoice run could rate.
+        """
+        if self._meters is None:
+            raise InvalidInput("this catalog was opened without its meters: delete meters through the server",
+                               code="invalid_request")
+        with self._lock:
+            self._refuse_if_used(f"meter {slug!r}", self.meter_users(tenant, slug))
+            self._meters.delete_meter(tenant, slug)
+
     # Customers
 
     def put_customer(self, tenant: str, customer: Customer) -> Customer:
-        _id(customer.id, "customer")
-        if not is_currency(customer.currency):
-            raise _invalid(f"customer {customer.id!r}: currency must be an ISO 4217 code such as \"EUR\"")
         try:
             ZoneInfo(customer.timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            raise _invalid(f"customer {customer.id!r}: time zone {customer.timezone!r} is not an IANA name "
-                           "such as \"Europe/Paris\"") from None
-        self._put("customer", tenant, customer.id, customer, new=False)
+            raise invalid(f"customer {customer.id!r}: time zone {customer.timezone!r} is not an IANA name "
+                          "such as \"Europe/Paris\"") from None
+        with self._lock:
+            if self._exists("customer", tenant, customer.id):
+                before = self.get_customer(tenant, customer.id)
+                subs = [s.id for s in self.list_subscriptions(tenant) if s.customer == customer.id]
+                if before.currency != customer.currency and subs:
+                    raise invalid(f"customer {customer.id!r} pays in {before.currency} for subscriptions "
+                                  f"{', '.join(map(repr, subs[:5]))}: its currency cannot change while it has "
+                                  "subscriptions (their prices are in that currency)")
+            self._put("customer", tenant, customer.id, customer, new=False)
         return customer
 
     def get_customer(self, tenant: str, customer_id: str) -> Customer:
         return self._get("customer", tenant, customer_id, Customer)
 
     def list_customers(self, tenant: str) -> list[Customer]:
-        return list(self._list("customer", tenant, Customer))
+        return self._list("customer", tenant, Customer)
 
     def delete_customer(self, tenant: str, customer_id: str) -> None:
-        users = [f"subscription {s.id!r}" for s in self.list_subscriptions(tenant) if s.customer == customer_id]
-        self._refuse_if_used(f"customer {customer_id!r}", users)
-        self._delete("customer", tenant, customer_id)
+        with self._lock:
+            users = [f"subscription {s.id!r}" for s in self.list_subscriptions(tenant) if s.customer == customer_id]
+            self._refuse_if_used(f"customer {customer_id!r}", users)
+            self._delete("customer", tenant, customer_id)
 
     # Products
 
     def put_product(self, tenant: str, product: Product) -> Product:
-        _id(product.id, "product")
-        if product.parent is not None:
+        with self._lock:
             ancestor: str | None = product.parent
             while ancestor is not None:
                 if ancestor == product.id:
-                    raise _invalid(f"product {product.id!r}: its parent chain comes back to itself")
+                    raise invalid(f"product {product.id!r}: its parent chain comes back to itself")
+                if not self._exists("product", tenant, ancestor):
+                    raise invalid(f"product {product.id!r}: parent {ancestor!r} does not exist; create it first")
                 ancestor = self.get_product(tenant, ancestor).parent
-        self._put("product", tenant, product.id, product, new=False)
+            slugs = self._meter_slugs(tenant)
+            for slug in product.meters:
+                self._check_meter(slug, f"product {product.id!r}", slugs)
+            self._put("product", tenant, product.id, product, new=False)
         return product
 
     def get_product(self, tenant: str, product_id: str) -> Product:
         return self._get("product", tenant, product_id, Product)
 
     def list_products(self, tenant: str) -> list[Product]:
-        return list(self._list("product", tenant, Product))
+        return self._list("product", tenant, Product)
 
     def delete_product(self, tenant: str, product_id: str) -> None:
-        children = [f"product {p.id!r}" for p in self.list_products(tenant) if p.parent == product_id]
-        self._refuse_if_used(f"product {product_id!r}", children)
-        self._delete("product", tenant, product_id)
+        with self._lock:
+            children = [f"product {p.id!r}" for p in self.list_products(tenant) if p.parent == product_id]
+            self._refuse_if_used(f"product {product_id!r}", children)
+            self._delete("product", tenant, product_id)
 
     # Plans
 
-    def create_plan(self, tenant: str, plan_id: str, name: str) -> Plan:
-        _id(plan_id, "plan")
-        plan = Plan(id=plan_id, name=name)
-        self._put("plan", tenant, plan_id, plan, new=True)
+    def create_plan(self, tenant: str, plan_id: str, name: str,
+                    versions: Sequence[PlanVersionBody] = ()) -> Plan:
+        """Creates a plan with its first versions in one write.
+
+        All of it is checked first, so a refused version leaves no plan behind.
+        """
+        with self._lock:
+            plan = Plan(id=plan_id, name=name)
+            if self._exists("plan", tenant, plan_id):
+                raise AlreadyExists(f"plan {plan_id!r} already exists")
+            for body in versions:
+                plan.versions.append(self._next_version(tenant, plan, body.effective_from, body.prices))
+            self._put("plan", tenant, plan_id, plan, new=True)
         return plan
 
     def add_plan_version(self, tenant: str, plan_id: str, effective_from: datetime, prices: list[Price]) -> PlanVersion:
         """Editing a plan adds a version; subscriptions keep theirs until migrated."""
-        plan = self.get_plan(tenant, plan_id)
-        _aware(effective_from, "effective_from")
+        with self._lock:
+            plan = self.get_plan(tenant, plan_id)
+            version = self._next_version(tenant, plan, effective_from, prices)
+            self._put("plan", tenant, plan_id, msgspec.structs.replace(plan, versions=[*plan.versions, version]),
+                      new=False)
+        return version
+
+    def _next_version(self, tenant: str, plan: Plan, effective_from: datetime, prices: list[Price]) -> PlanVersion:
+        """The plan's next version, checked: its date, its prices and the meters they name."""
+        version = PlanVersion(version=len(plan.versions) + 1, effective_from=effective_from, prices=prices)
+        where = f"plan {plan.id!r} version {version.version}"
         if plan.versions and effective_from <= plan.versions[-1].effective_from:
-            raise _invalid(f"plan {plan_id!r}: a new version must take effect after version "
-                           f"{plan.versions[-1].version} ({plan.versions[-1].effective_from.isoformat()})")
+            raise invalid(f"{where}: a new version must take effect after version "
+                          f"{plan.versions[-1].version} ({plan.versions[-1].effective_from.isoformat()})")
         ids = [p.id for p in prices]
         if len(set(ids)) != len(ids):
-            raise _invalid(f"plan {plan_id!r}: price ids must be distinct within a version")
+            raise invalid(f"{where}: price ids must be distinct within a version")
+        slugs = self._meter_slugs(tenant)
         for p in prices:
-            validate_price(p)
-        version = PlanVersion(version=len(plan.versions) + 1, effective_from=effective_from, prices=prices)
-        self._put("plan", tenant, plan_id, msgspec.structs.replace(plan, versions=[*plan.versions, version]), new=False)
+            try:
+                validate_price(p)
+            except InvalidInput as e:
+                raise InvalidInput(f"{where}: {e.message}", code=e.code) from None
+            self._check_meter(p.meter, f"{where}, price {p.id!r}", slugs, p)
         return version
 
     def get_plan(self, tenant: str, plan_id: str) -> Plan:
         return self._get("plan", tenant, plan_id, Plan)
 
     def list_plans(self, tenant: str) -> list[Plan]:
-        return list(self._list("plan", tenant, Plan))
+        return self._list("plan", tenant, Plan)
 
     def delete_plan(self, tenant: str, plan_id: str) -> None:
-        users = [f"subscription {s.id!r}" for s in self.list_subscriptions(tenant) if s.plan == plan_id]
-        self._refuse_if_used(f"plan {plan_id!r}", users)
-        self._delete("plan", tenant, plan_id)
+        with self._lock:
+            users = [f"subscription {s.id!r}" for s in self.list_subscriptions(tenant) if s.plan == plan_id]
+            self._refuse_if_used(f"plan {plan_id!r}", users)
+            self._delete("plan", tenant, plan_id)
 
     # Subscriptions
 
     def put_subscription(self, tenant: str, sub: Subscription) -> Subscription:
-        _id(sub.id, "subscription")
-        customer = self.get_customer(tenant, sub.customer)
-        plan = self.get_plan(tenant, sub.plan)
-        _aware(sub.start, "start")
-        if sub.end is not None:
-            _aware(sub.end, "end")
-            if sub.end <= sub.start:
-                raise _invalid(f"subscription {sub.id!r}: end must be after start ([start, end) is half-open)")
+        with self._lock:
+            self._check_subscription(tenant, sub)
+            self._put("subscription", tenant, sub.id, sub, new=False)
+        return sub
+
+    def _check_subscription(self, tenant: str, sub: Subscription) -> None:
+        where = f"subscription {sub.id!r}"
+        if not self._exists("customer", tenant, sub.customer):
+            raise invalid(f"{where}: customer {sub.customer!r} does not exist; create it first")
+        if not self._exists("plan", tenant, sub.plan):
+            raise invalid(f"{where}: plan {sub.plan!r} does not exist; create it first")
+        customer, plan = self.get_customer(tenant, sub.customer), self.get_plan(tenant, sub.plan)
+        if customer.currency not in CURRENCIES:  # stored before currencies were checked
+            raise invalid(f"{where}: customer {customer.id!r} pays in {customer.currency!r}, which is not an ISO 4217 "
+                          "currency with a minor unit: correct the customer first")
+        if sub.end is not None and sub.end <= sub.start:
+            raise invalid(f"{where}: end must be after start ([start, end) is half-open)")
         self._check_migrations(sub)
         for version, _, _ in sub.phases():
             prices = {p.id: p for p in _version(plan, version, sub.id).prices}
             for p in prices.values():
                 if p.currency != customer.currency:
-                    raise _invalid(f"subscription {sub.id!r}: price {p.id!r} is in {p.currency} but customer "
-                                   f"{customer.id!r} pays in {customer.currency} (plan version {version})")
+                    raise invalid(f"{where}: price {p.id!r} is in {p.currency} but customer "
+                                  f"{customer.id!r} pays in {customer.currency} (plan version {version})")
         current = {p.id for p in _version(plan, sub.version, sub.id).prices}
+        overridden = [o.id for o in sub.overrides]
+        if len(set(overridden)) != len(overridden):
+            raise invalid(f"{where}: each price may be overridden once; overrides repeat a price id")
+        slugs = self._meter_slugs(tenant)
         for override in sub.overrides:
             if override.id not in current:
-                raise _invalid(f"subscription {sub.id!r}: override {override.id!r} replaces no price of plan "
-                               f"{sub.plan!r} version {sub.version}")
+                raise invalid(f"{where}: override {override.id!r} replaces no price of plan "
+                              f"{sub.plan!r} version {sub.version}")
             validate_price(override)
             if override.currency != customer.currency:
-                raise _invalid(f"subscription {sub.id!r}: override {override.id!r} is in {override.currency} but "
-                               f"customer {customer.id!r} pays in {customer.currency}")
-        for term in [*sub.commits, *sub.credits]:
-            _aware(term.start, f"{term.id} start")
-            _aware(term.end, f"{term.id} end")
+                raise invalid(f"{where}: override {override.id!r} is in {override.currency} but "
+                              f"customer {customer.id!r} pays in {customer.currency}")
+            self._check_meter(override.meter, f"{where}, override {override.id!r}", slugs, override)
+        grants: list[Commit | Credit] = [*sub.commits, *sub.credits]
+        every_term: list[Commit | Credit | Discount] = [*grants, *sub.discounts]
+        terms = [t.id for t in every_term]
+        if len(set(terms)) != len(terms):
+            raise invalid(f"{where}: commits, credits and discounts need distinct ids (billing keeps what each has "
+                          "drawn under its id)")
+        for term in grants:
             if term.end <= term.start or term.amount <= 0:
-                raise _invalid(f"subscription {sub.id!r}: {term.id!r} needs an amount above 0 and end after start")
+                raise invalid(f"{where}: {term.id!r} needs an amount above 0 and end after start")
+            _places(term.amount, customer.currency, f"{where}: {term.id!r} amount")
         all_prices = {p.id for version, _, _ in sub.phases() for p in _version(plan, version, sub.id).prices}
-        for term in [*sub.commits, *sub.credits, *sub.discounts]:
-            named = term.applies_to if not isinstance(term, Discount) else [term.price] if term.price else []
+        for any_term in every_term:
+            named = (any_term.applies_to if not isinstance(any_term, Discount)
+                     else [any_term.price] if any_term.price else [])
             unknown = sorted(set(named) - all_prices)
             if unknown:
-                raise _invalid(f"subscription {sub.id!r}: {term.id!r} names prices the plan does not have: "
-                               f"{', '.join(unknown)}")
+                raise invalid(f"{where}: {any_term.id!r} names prices the plan does not have: "
+                              f"{', '.join(unknown)}")
         for d in sub.discounts:
-            _aware(d.start, f"{d.id} start")
             if (d.percent is None) == (d.amount is None):
-                raise _invalid(f"subscription {sub.id!r}: discount {d.id!r} needs exactly one of percent or amount")
-            if d.percent is not None and not 0 < d.percent <= 100:
-                raise _invalid(f"subscription {sub.id!r}: discount {d.id!r} percent must be in (0, 100]")
-            if d.amount is not None and d.amount <= 0:
-                raise _invalid(f"subscription {sub.id!r}: discount {d.id!r} amount must be above 0")
-        if sub.threshold is not None and sub.threshold <= 0:
-            raise _invalid(f"subscription {sub.id!r}: threshold must be above 0 (or absent)")
-        self._put("subscription", tenant, sub.id, sub, new=False)
-        return sub
+                raise invalid(f"{where}: discount {d.id!r} needs exactly one of percent or amount")
+            if d.percent is not None and d.percent == 0:
+                raise invalid(f"{where}: discount {d.id!r} percent must be in (0, 100]")
+            if d.amount is not None:
+                if d.amount == 0:
+                    raise invalid(f"{where}: discount {d.id!r} amount must be above 0")
+                _places(d.amount, customer.currency, f"{where}: discount {d.id!r} amount")
+            if d.end is not None and d.end <= d.start:
+                raise invalid(f"{where}: discount {d.id!r} end must be after its start")
+        if sub.threshold is not None:
+            if sub.threshold == 0:
+                raise invalid(f"{where}: threshold must be above 0 (or absent)")
+            _places(sub.threshold, customer.currency, f"{where}: threshold")
 
     @staticmethod
     def _check_migrations(sub: Subscription) -> None:
         previous, at = None, sub.start
         for i, m in enumerate(sub.migrations, start=1):
-            _aware(m.at, f"migration {i} at")
             if previous is not None and m.from_version != previous:
-                raise _invalid(f"subscription {sub.id!r}: migration {i} starts from version {m.from_version} but the "
-                               f"one before moved to {previous}")
+                raise invalid(f"subscription {sub.id!r}: migration {i} starts from version {m.from_version} but the "
+                              f"one before moved to {previous}")
             if not at < m.at or (sub.end is not None and m.at >= sub.end):
-                raise _invalid(f"subscription {sub.id!r}: migration {i} at {m.at.isoformat()} must fall after the "
-                               "start (and the migration before) and before the end")
+                raise invalid(f"subscription {sub.id!r}: migration {i} at {m.at.isoformat()} must fall after the "
+                              "start (and the migration before) and before the end")
             previous, at = m.to_version, m.at
         if previous is not None and previous != sub.version:
-            raise _invalid(f"subscription {sub.id!r}: version is {sub.version} but the last migration moved to {previous}")
+            raise invalid(f"subscription {sub.id!r}: version is {sub.version} but the last migration moved to "
+                          f"{previous}")
 
     def migrate_subscription(self, tenant: str, sub_id: str, version: int, at: datetime) -> Subscription:
         """Moves a subscription to another version of its plan from ``at`` on; pricing prorates the cycle across it.
-        Overrides of prices the new version does not have are refused rather than dropped silently."""
-        sub = self.get_subscription(tenant, sub_id)
-        _aware(at, "at")
-        if version == sub.version:
-            raise _invalid(f"subscription {sub_id!r} is on version {version} already")
-        migrated = msgspec.structs.replace(
-            sub, version=version, migrations=[*sub.migrations, Migration(sub.version, version, at)])
-        return self.put_subscription(tenant, migrated)
+
+        Overrides of prices the new version does not have are refused rather than dropped silently.
+        """
+        with self._lock:
+            sub = self.get_subscription(tenant, sub_id)
+            if version == sub.version:
+                raise invalid(f"subscription {sub_id!r} is on version {version} already")
+            migrated = msgspec.structs.replace(
+                sub, version=version, migrations=[*sub.migrations, Migration(sub.version, version, at)])
+            return self.put_subscription(tenant, migrated)
 
     def delete_subscription(self, tenant: str, sub_id: str) -> None:
-        self._delete("subscription", tenant, sub_id)
+        with self._lock:
+            self._delete("subscription", tenant, sub_id)
 
     def get_subscription(self, tenant: str, sub_id: str) -> Subscription:
         return self._get("subscription", tenant, sub_id, Subscription)
 
     def list_subscriptions(self, tenant: str) -> list[Subscription]:
-        return list(self._list("subscription", tenant, Subscription))
+        return self._list("subscription", tenant, Subscription)

@@ -4,6 +4,10 @@ A key is ``mk_live_`` + 43 base62 characters (256 random bits) + a 6-character c
 tokens: the prefix lets secret scanners spot a leaked key, the checksum rejects garbage before any lookup. Only the
 SHA-256 of a key is stored; the key itself is shown once. Lookups are by hash, then the stored hash is compared in
 constant time. The tenant of a request comes from its key, never from the request.
+
+Two kinds of key: an **operator** key belongs to no tenant (``tenant`` is None; the bootstrap key is one) and
+administers the installation (tenants and their keys) but reads no tenant's data; a **tenant** key belongs to one
+tenant, with scopes. The last live operator key cannot be revoked, so the operator cannot lock themselves out.
 """
 
 from __future__ import annotations
@@ -12,18 +16,19 @@ import hashlib
 import hmac
 import os
 import secrets
+import threading
 import time
 import zlib
-from pathlib import Path
 from typing import Literal
 
 import msgspec
 from rocksdict import Rdict
 
-from meter.catalog.kv import scan
-from meter.exceptions import AlreadyExists, InvalidInput, NotFound
+from meter.catalog.kv import Store, scan
+from meter.exceptions import AlreadyExists, InUse, InvalidInput, NotFound
 
-__all__ = ["ApiKey", "KeyStore", "Scope", "new_key", "valid_checksum"]
+__all__ = ["KEY_FORMAT", "ApiKey", "KeyBody", "KeyStore", "Scope", "TenantBody", "TenantKeyBody", "new_key",
+           "valid_checksum"]
 
 Scope = Literal["ingest", "read", "export", "admin"]
 SCOPES: tuple[Scope, ...] = ("ingest", "read", "export", "admin")
@@ -31,6 +36,8 @@ PREFIX = "mk_live_"
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _BODY = 43  # base62 digits of 256 bits
 _CHECK = 6
+#: What a key looks like, for error messages.
+KEY_FORMAT = f"{PREFIX} followed by {_BODY + _CHECK} letters and digits (the last {_CHECK} a checksum)"
 
 
 def _base62(n: int, width: int) -> str:
@@ -65,11 +72,15 @@ class ApiKey(msgspec.Struct, frozen=True):
     """A stored key: never the secret, only its hash and a short display prefix."""
 
     id: str
-    tenant: str | None  # None for the bootstrap admin key, which belongs to no tenant
+    tenant: str | None  # None for an operator key (the bootstrap key is one), which belongs to no tenant
     scopes: list[Scope]
     display: str  # first characters, safe to log
     created_at: float
     revoked: bool = False
+
+    @property
+    def operator(self) -> bool:
+        return self.tenant is None
 
 
 class Tenant(msgspec.Struct, frozen=True):
@@ -78,26 +89,43 @@ class Tenant(msgspec.Struct, frozen=True):
     created_at: float
 
 
-class KeyStore:
+class TenantBody(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+    name: str = ""
+
+
+class KeyBody(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /v1/admin/keys`: a key of `tenant`, or (`"tenant": null`) an operator key."""
+
+    tenant: str | None
+    scopes: list[Scope] = msgspec.field(default_factory=list)  # required for a tenant's key
+
+
+class TenantKeyBody(msgspec.Struct, forbid_unknown_fields=True):
+    """`POST /v1/keys`: a key of the caller's own tenant."""
+
+    scopes: list[Scope]
+
+
+class KeyStore(Store):
     """Tenants and key hashes in a rocksdict store of their own (not the usage store)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        self._db = Rdict(os.fspath(path))
-
-    def close(self) -> None:
-        self._db.close()
+    def __init__(self, path: str | os.PathLike[str], read_only: bool = False) -> None:
+        super().__init__(path, read_only)
+        self._lock = threading.Lock()
 
     # tenants
 
     def create_tenant(self, tenant_id: str, name: str = "") -> Tenant:
         if not tenant_id or len(tenant_id) > 64 or not all(c.isalnum() or c in "-_" for c in tenant_id):
-            raise InvalidInput(f"tenant id must be 1-64 letters, digits, '-' or '_'; got {tenant_id!r}", "invalid_tenant")
+            raise InvalidInput(f"tenant id must be 1-64 letters, digits, '-' or '_'; got {tenant_id!r}",
+                               "invalid_tenant")
         key = b"tenant/" + tenant_id.encode()
-        if self._db.get(key) is not None:
-            raise AlreadyExists(f"tenant '{tenant_id}' already exists", "already_exists")
-        tenant = Tenant(id=tenant_id, name=name or tenant_id, created_at=time.time())
-        self._db[key] = msgspec.json.encode(tenant)
+        with self._lock:
+            if self._db.get(key) is not None:
+                raise AlreadyExists(f"tenant '{tenant_id}' already exists", "already_exists")
+            tenant = Tenant(id=tenant_id, name=name or tenant_id, created_at=time.time())
+            self._db[key] = msgspec.json.encode(tenant)
         return tenant
 
     def get_tenant(self, tenant_id: str) -> Tenant:
@@ -113,10 +141,14 @@ class KeyStore:
 
     def create_key(self, tenant: str | None, scopes: list[Scope], *, secret: str | None = None) -> tuple[str, ApiKey]:
         """Returns the secret (shown once) and the stored record."""
+        if tenant is None:
+            scopes = ["admin"]  # an operator key's reach comes from being one, not from scopes
         if not scopes or any(s not in SCOPES for s in scopes):
             raise InvalidInput(f"scopes must be a non-empty list of {list(SCOPES)}; got {scopes!r}", "invalid_scopes")
         if tenant is not None:
             self.get_tenant(tenant)
+        if secret is not None and not valid_checksum(secret):
+            raise InvalidInput(f"a key must be {KEY_FORMAT}; `meter admin-key new` makes one", "invalid_key")
         secret = secret or new_key()
         record = ApiKey(
             id=secrets.token_hex(8), tenant=tenant, scopes=sorted(set(scopes)), display=secret[: len(PREFIX) + 4],
@@ -140,19 +172,66 @@ class KeyStore:
             return None
         return record
 
-    def list_keys(self, tenant: str | None = None) -> list[ApiKey]:
+    def list_keys(self, tenant: str | None = None, *, operators: bool = False) -> list[ApiKey]:
+        """Every key (the operator's view), or only the keys of `tenant`, or (`operators`) only operator keys."""
         out = []
         for record in scan(self._db, b"keyhash/", ApiKey):
-            if tenant is None or record.tenant == tenant:
+            if operators:
+                if record.tenant is None:
+                    out.append(record)
+            elif tenant is None or record.tenant == tenant:
                 out.append(record)
         return sorted(out, key=lambda r: r.created_at)
 
-    def revoke(self, key_id: str) -> None:
+    def get_key(self, key_id: str) -> ApiKey:
         digest = self._db.get(b"keyid/" + key_id.encode())
-        if digest is None:
+        raw = self._db.get(b"keyhash/" + digest) if digest is not None else None
+        if raw is None:
             raise NotFound(f"key '{key_id}' was not found", "not_found")
-        record = msgspec.json.decode(self._db[b"keyhash/" + digest], type=ApiKey)
-        self._db[b"keyhash/" + digest] = msgspec.json.encode(msgspec.structs.replace(record, revoked=True))
+        record = msgspec.json.decode(raw, type=ApiKey)
+        if record.id != key_id:  # the secret was stored again under a new id (METER_ADMIN_KEY after a revocation)
+            raise NotFound(f"key '{key_id}' was not found", "not_found")
+        return record
+
+    def revoke(self, key_id: str, *, tenant: str | None = None, operator: bool = False) -> ApiKey:
+        """Revokes a key.
+
+        A tenant (`tenant`) revokes only its own keys: another's is not found. The operator (`operator`) revokes any
+        key but the last live operator key (409 `last_operator_key`).
+        """
+        if not operator and tenant is None:
+            raise ValueError("revoke needs the tenant whose key it is, or operator=True")
+        with self._lock:  # check-then-revoke: two concurrent revocations must not both see the other key live
+            return self._revoke(key_id, tenant, operator)
+
+    def _revoke(self, key_id: str, tenant: str | None, operator: bool) -> ApiKey:
+        record = self.get_key(key_id)
+        if not operator and record.tenant != tenant:
+            raise NotFound(f"key '{key_id}' was not found", "not_found")
+        if record.revoked:
+            return record
+        others = [k for k in self.list_keys(operators=True) if not k.revoked and k.id != key_id]
+        if record.tenant is None and not others:
+            raise InUse(f"key '{key_id}' is the last operator key: create another (POST /v1/admin/keys with "
+                        '{"tenant": null}) before revoking it, or use `meter admin-key reset`', "last_operator_key")
+        revoked = msgspec.structs.replace(record, revoked=True)
+        self._db[b"keyhash/" + _hash_of(self._db, key_id)] = msgspec.json.encode(revoked)
+        return revoked
+
+    def reset_operator_keys(self) -> tuple[str, ApiKey]:
+        """Revokes every operator key and creates a new one (`meter admin-key reset`, with the server stopped)."""
+        for record in self.list_keys(operators=True):
+            if not record.revoked:
+                self._db[b"keyhash/" + _hash_of(self._db, record.id)] = msgspec.json.encode(
+                    msgspec.structs.replace(record, revoked=True))
+        return self.create_key(None, ["admin"])
 
     def has_admin_key(self) -> bool:
-        return any(k.tenant is None and not k.revoked for k in self.list_keys())
+        return any(not k.revoked for k in self.list_keys(operators=True))
+
+
+def _hash_of(db: Rdict, key_id: str) -> bytes:
+    digest = db.get(b"keyid/" + key_id.encode())
+    if digest is None:
+        raise NotFound(f"key '{key_id}' was not found", "not_found")
+    return bytes(digest)

@@ -1,9 +1,11 @@
-"""Prices: what a unit of a meter (or a period) costs, in one of the models pricing knows, and the checks that
-refuse a price pricing could not compute exactly.
+"""Prices: what a unit of a meter (or a period) costs, in one of the models pricing knows.
 
-Amounts are ``Decimal`` (JSON strings), never floats. A price either charges a meter's usage or is a flat
-recurring fee; tiers are explicit ``[from, up_to)`` ranges so that a gap or an overlap is an error a user can see,
-not a silent zero.
+And the checks that refuse a price pricing could not compute exactly.
+
+Amounts are ``Decimal`` (JSON strings), never floats; each number has a kind (quantity, unit price, amount, percent)
+whose limits :mod:`meter.catalog.types` checks whenever a price is built, so that NaN, Infinity, ``1E+999999`` or
+40 decimals never reach rating. A price either charges a meter's usage or is a flat recurring fee; tiers are
+explicit ``[from, up_to)`` ranges so that a gap or an overlap is an error a user can see, not a silent zero.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Literal, NoReturn
 
-import msgspec
-
+from meter.catalog.currencies import is_currency
+from meter.catalog.types import Amount, Checked, Currency, Id, Percent, Quantity, Slug, Text, UnitPrice
 from meter.exceptions import InvalidInput
 
 __all__ = ["Matrix", "MatrixEntry", "Package", "Percentage", "Price", "Tier", "is_currency", "validate_price"]
@@ -22,62 +24,62 @@ Model = Literal["flat", "per_unit", "graduated", "volume", "package", "percentag
 Cadence = Literal["in_advance", "in_arrears"]
 
 
-class Tier(msgspec.Struct, forbid_unknown_fields=True, rename={"start": "from"}):
+class Tier(Checked, forbid_unknown_fields=True, rename={"start": "from"}):
     """Units in ``[from, up_to)`` cost ``unit_price`` each, plus ``flat_fee`` once if any unit falls in the tier."""
 
-    start: Decimal
-    unit_price: Decimal
-    up_to: Decimal | None = None
-    flat_fee: Decimal = Decimal(0)
+    start: Quantity
+    unit_price: UnitPrice
+    up_to: Quantity | None = None
+    flat_fee: Amount = Decimal(0)
 
 
-class Package(msgspec.Struct, forbid_unknown_fields=True):
+class Package(Checked, forbid_unknown_fields=True):
     """``price`` per started (``up``) or completed (``down``) package of ``size`` units."""
 
-    size: Decimal
-    price: Decimal
+    size: Quantity
+    price: UnitPrice
     rounding: Literal["up", "down"] = "up"
 
 
-class Percentage(msgspec.Struct, forbid_unknown_fields=True):
+class Percentage(Checked, forbid_unknown_fields=True):
     """``percent`` of the amounts the meter sums, with an optional fee floor and ceiling per ``per``."""
 
-    percent: Decimal
+    percent: Percent
     per: Literal["event", "period"] = "period"
-    min_fee: Decimal | None = None
-    max_fee: Decimal | None = None
+    min_fee: Amount | None = None
+    max_fee: Amount | None = None
 
 
-class MatrixEntry(msgspec.Struct, forbid_unknown_fields=True):
-    values: dict[str, str]
-    unit_price: Decimal
+class MatrixEntry(Checked, forbid_unknown_fields=True):
+    values: dict[Text, Text]
+    unit_price: UnitPrice
 
 
-class Matrix(msgspec.Struct, forbid_unknown_fields=True):
+class Matrix(Checked, forbid_unknown_fields=True):
     """A unit price per combination of dimension values, such as model x token type."""
 
-    dimensions: list[str]
+    dimensions: list[Text]
     entries: list[MatrixEntry]
 
 
-class Price(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
-    currency: str
+class Price(Checked, forbid_unknown_fields=True):
+    id: Id
+    currency: Currency
     model: Model
     cadence: Cadence = "in_arrears"
     #: The meter whose usage is charged; None only for a flat recurring fee.
-    meter: str | None = None
-    amount: Decimal | None = None  # flat
-    unit_price: Decimal | None = None  # per_unit
+    meter: Slug | None = None
+    amount: Amount | None = None  # flat
+    unit_price: UnitPrice | None = None  # per_unit
     tiers: list[Tier] | None = None  # graduated, volume
     package: Package | None = None
     percentage: Percentage | None = None
     matrix: Matrix | None = None
     #: Units not charged in each period, taken before any tier.
-    free_allowance: Decimal = Decimal(0)
+    free_allowance: Quantity = Decimal(0)
     #: Bounds on the charge of a period.
-    minimum: Decimal | None = None
-    maximum: Decimal | None = None
+    minimum: Amount | None = None
+    maximum: Amount | None = None
 
 
 # Which field carries each model's parameters.
@@ -87,19 +89,12 @@ _PARAMETERS: dict[str, str] = {
 }
 
 
-def is_currency(code: str) -> bool:
-    """An ISO 4217 code's shape: three capital letters."""
-    return len(code) == 3 and code.isalpha() and code.isupper()
-
-
 def validate_price(price: Price) -> None:
     """Raises ``InvalidInput`` (code ``invalid_price``) naming the first thing to fix."""
 
     def fail(message: str) -> NoReturn:
         raise InvalidInput(f"price {price.id!r}: {message}", code="invalid_price")
 
-    if not is_currency(price.currency):
-        fail(f"currency must be an ISO 4217 code such as \"USD\"; got {price.currency!r}")
     if price.model == "flat" and price.meter is not None:
         fail("a flat fee charges a period, not a meter: remove \"meter\"")
     if price.model != "flat" and price.meter is None:
@@ -111,25 +106,22 @@ def validate_price(price: Price) -> None:
         if field != needed and getattr(price, field) is not None:
             fail(f"\"{field}\" does not belong to a {price.model} price")
 
-    amounts = {"amount": price.amount, "unit_price": price.unit_price, "free_allowance": price.free_allowance,
-               "minimum": price.minimum, "maximum": price.maximum}
-    for name, value in amounts.items():
-        if value is not None and (not value.is_finite() or value < 0):
-            fail(f"\"{name}\" must be a finite amount of 0 or more; got {value}")
+    # Each number is finite, 0 or more and within its kind's limits already (meter.catalog.types).
     if price.minimum is not None and price.maximum is not None and price.minimum > price.maximum:
         fail(f"minimum {price.minimum} is above maximum {price.maximum}")
 
     if price.tiers is not None:
         _check_tiers(price.tiers, fail)
     if price.package is not None:
-        if price.package.size <= 0 or price.package.price < 0:
-            fail("a package needs a size above 0 and a price of 0 or more")
+        if price.package.size == 0:
+            fail("a package needs a size above 0")
     if price.percentage is not None:
         p = price.percentage
-        if not 0 <= p.percent <= 100:
-            fail(f"percent must be between 0 and 100; got {p.percent}")
         if p.min_fee is not None and p.max_fee is not None and p.min_fee > p.max_fee:
             fail(f"min_fee {p.min_fee} is above max_fee {p.max_fee}")
+        if p.per == "event" and price.free_allowance:
+            fail("a free allowance cannot be taken from a percentage charged per event (events have no order): "
+                 "set per to \"period\" or remove free_allowance")
     if price.matrix is not None:
         _check_matrix(price.matrix, fail)
 
@@ -140,8 +132,6 @@ def _check_tiers(tiers: list[Tier], fail: Callable[[str], NoReturn]) -> None:
     if tiers[0].start != 0:
         fail(f"the first tier must start at 0; it starts at {tiers[0].start}")
     for i, tier in enumerate(tiers, start=1):
-        if tier.unit_price < 0 or tier.flat_fee < 0:
-            fail(f"tier {i} has a negative price")
         if tier.up_to is not None and tier.up_to <= tier.start:
             fail(f"tier {i} ends at {tier.up_to}, not after where it starts ({tier.start})")
         if i < len(tiers):
@@ -165,7 +155,5 @@ def _check_matrix(matrix: Matrix, fail: Callable[[str], NoReturn]) -> None:
             fail(f"matrix entry {i} must give a value for exactly {', '.join(matrix.dimensions)}")
         combination = tuple(entry.values[d] for d in matrix.dimensions)
         if combination in seen:
-            fail(f"matrix entry {i} repeats the combination {dict(zip(matrix.dimensions, combination))}")
+            fail(f"matrix entry {i} repeats the combination {dict(zip(matrix.dimensions, combination, strict=True))}")
         seen.add(combination)
-        if entry.unit_price < 0:
-            fail(f"matrix entry {i} has a negative unit price")

@@ -169,7 +169,7 @@ def _exact_decimal(value: Decimal, what: str, code: str = "invalid_price") -> De
     """``value`` unchanged if a ``Decimal(38, 9)`` holds it exactly; otherwise ``InvalidInput`` saying why."""
     if not isinstance(value, Decimal) or not value.is_finite():
         raise InvalidInput(f"{what} must be a finite Decimal; got {value!r}", code=code)
-    if abs(value) >= _MAGNITUDE:
+    if value.copy_abs() >= _MAGNITUDE:  # abs() would round to the context's 28 digits first
         raise InvalidInput(f"{what} is {value}, beyond the 10^29 pricing computes exactly", code=code)
     if value.quantize(Decimal(1).scaleb(-_PLACES), context=_CONTEXT) != value:
         raise InvalidInput(f"{what} is {value}, which has more than {_PLACES} decimal places: round it to {_PLACES}",

@@ -1,26 +1,31 @@
-"""The invoicing desk the server and the CLI share: it refreshes the Parquet export of one tenant (incremental, so
+"""The invoicing desk the server and the CLI share.
+
+It refreshes the Parquet export of one tenant (incremental, so
 quick), reads it back, and runs invoicing on it. Pricing thus always works from the files, never from RocksDB, and
 sees every event acknowledged before the call.
+
+The invoices store is the source of truth; the invoices export (``invoices/tenant=<t>/*.parquet``) is derived from it.
+Refreshing that export after a write is best effort: the write stands whatever happens to the export, a failure is
+reported as a warning (in the answer and on stderr) and the next write or export tries again. Whatever the store
+holds can be exported: values that could not be are refused before they are stored.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import TypeVar
 
 from meter.catalog.billing import BillingCatalog
 from meter.engine import Engine
 from meter.export import ExportSummary, export_catalog, export_events, export_invoices, export_usage
-from meter.pricing.invoices import CreditNote, Invoice, InvoiceStore
+from meter.pricing.invoices import CreditNote, Invoice, InvoiceRun, InvoiceStore, RunError, RunWarning
 from meter.pricing.invoicing import bill_thresholds, invoice_period, upcoming_invoices
 from meter.pricing.snapshot import Snapshot, load_snapshot
 
 __all__ = ["Invoicer"]
-
-T = TypeVar("T")
 
 
 class Invoicer:
@@ -37,42 +42,75 @@ class Invoicer:
                     "catalog": export_catalog(self.catalog, self.engine, tenants, self.out),
                     "invoices": export_invoices(self.store, tenants, self.out)}
 
-    def run(self, tenant: str, month: str, finalize: bool = False) -> list[Invoice]:
-        """The drafts of the cycles starting in ``month`` (``YYYY-MM``), finalized (numbered) when asked."""
+    def run(self, tenant: str, month: str, finalize: bool = False) -> InvoiceRun:
+        """The drafts of the cycles starting in ``month`` (``YYYY-MM``), finalized (numbered) when asked.
+
+        A subscription that cannot be invoiced (or whose invoice cannot be finalized) is reported in ``errors``; the
+        others are invoiced all the same.
+        """
         with self.lock:
-            drafts = invoice_period(self._snapshot(tenant), self.out, self.store, month)
+            priced = invoice_period(self._snapshot(tenant), self.out, self.store, month)
+            invoices, errors = priced.invoices, list(priced.errors)
             if finalize:
-                drafts = [self.store.finalize(tenant, d.id) for d in drafts]
-            export_invoices(self.store, [tenant], self.out)
-        return drafts
+                done = []
+                for draft in invoices:
+                    try:
+                        done.append(self.store.finalize(tenant, draft.id))
+                    except Exception as e:  # noqa: BLE001 - the drafts before it stay finalized: say so, go on
+                        errors.append(RunError(subscription=draft.subscription, code=getattr(e, "code", "internal"),
+                                               message=f"invoice {draft.id} was saved as a draft but could not be "
+                                                       f"finalized: {e}"))
+                        done.append(self.store.get(tenant, draft.id))
+                invoices = done
+            warnings = self._export_invoices(tenant)
+        return InvoiceRun(period=month, invoices=invoices, errors=errors, warnings=warnings,
+                          fees_in_advance=priced.fees_in_advance, usage_in_arrears=priced.usage_in_arrears)
 
     def preview(self, tenant: str, customer: str, as_of: datetime) -> list[Invoice]:
         with self.lock:
             return upcoming_invoices(self._snapshot(tenant), self.out, self.store, customer, as_of)
 
-    def thresholds(self, tenant: str, as_of: datetime) -> list[Invoice]:
+    def thresholds(self, tenant: str, as_of: datetime) -> InvoiceRun:
+        """Issues the threshold invoices due at ``as_of``; ``period`` in the answer is the month of ``as_of``."""
         with self.lock:
             snapshot = self._snapshot(tenant)
             if not any(s.threshold is not None for s in snapshot.subscriptions):
-                return []
-            issued = bill_thresholds(snapshot, self.out, self.store, as_of)
-            if issued:
-                export_invoices(self.store, [tenant], self.out)
-            return issued
+                return InvoiceRun(period=f"{as_of:%Y-%m}", invoices=[])
+            priced = bill_thresholds(snapshot, self.out, self.store, as_of)
+            warnings = self._export_invoices(tenant) if priced.invoices else []
+        return InvoiceRun(period=f"{as_of:%Y-%m}", invoices=priced.invoices, errors=priced.errors, warnings=warnings)
 
-    def finalize(self, tenant: str, invoice_id: str) -> Invoice:
-        return self._then_export(tenant, self.store.finalize(tenant, invoice_id))
+    def finalize(self, tenant: str, invoice_id: str) -> tuple[Invoice, list[RunWarning]]:
+        final = self.store.finalize(tenant, invoice_id)
+        return final, self._export_after_write(tenant)
 
-    def void(self, tenant: str, invoice_id: str) -> Invoice:
-        return self._then_export(tenant, self.store.void(tenant, invoice_id))
+    def void(self, tenant: str, invoice_id: str) -> tuple[Invoice, list[RunWarning]]:
+        void = self.store.void(tenant, invoice_id)
+        return void, self._export_after_write(tenant)
 
-    def credit(self, tenant: str, invoice_id: str, amount: Decimal, reason: str) -> CreditNote:
-        return self._then_export(tenant, self.store.credit(tenant, invoice_id, amount, reason))
+    def credit(self, tenant: str, invoice_id: str, amount: Decimal, reason: str) -> tuple[CreditNote,
+                                                                                          list[RunWarning]]:
+        note = self.store.credit(tenant, invoice_id, amount, reason)
+        return note, self._export_after_write(tenant)
 
-    def _then_export(self, tenant: str, result: T) -> T:
+    def _export_after_write(self, tenant: str) -> list[RunWarning]:
         with self.lock:
+            return self._export_invoices(tenant)
+
+    def _export_invoices(self, tenant: str) -> list[RunWarning]:
+        """Refreshes the tenant's invoices export, at best (lock held).
+
+        Refreshes the tenant's invoices export (lock held); a failure is a warning, never an error: what was
+        written stands, and the next write or export writes the files again.
+        """
+        try:
             export_invoices(self.store, [tenant], self.out)
-        return result
+        except Exception as e:  # noqa: BLE001 - the export is derived; it must never undo or hide the write
+            message = (f"the change was saved, but the invoices export under {self.out / 'invoices'} could not be "
+                       f"refreshed ({type(e).__name__}: {e}); the next invoicing call or export retries it")
+            print(f"meter: tenant {tenant!r}: {message}", file=sys.stderr, flush=True)
+            return [RunWarning(code="export_failed", message=message)]
+        return []
 
     def _snapshot(self, tenant: str) -> Snapshot:
         # Called with the lock held. Raw events too: percentages charged per event read them.

@@ -1,43 +1,72 @@
 """Invoices, their lifecycle, and where they are kept (rocksdict, ``<data>/invoices``).
 
 Lifecycle: a **draft** is recomputed by every invoicing run until it is **finalized**, which numbers it
-(``INV-000001``, sequential per tenant, never reused) and makes it immutable; a finalized invoice can be **voided**
-(it then no longer counts as billed) or corrected by **credit notes** (``CN-000001``), never edited.
+(``INV-000001``, sequential and gapless per tenant, never reused) and makes it immutable; a finalized invoice can be
+**voided** (it then no longer counts as billed: re-running its period issues a new draft, ``<id>-r2``, which gets a new
+number when finalized) or corrected by **credit notes** (``CN-000001``), never edited. A draft is finalized only
+while the subscription's finalized invoices are those it was computed against (its ``basis``); otherwise it is
+**stale** (``stale_draft``): it could bill again what another invoice billed since, and its period must be re-run.
 
 What has been billed is read from finalized invoices: each usage or fee line carries the ``key`` of what it bills
-(subscription, price, service period), so a later run bills only the difference: the rest of a cycle after a
-threshold invoice, or late usage as a prior-period adjustment.
+(subscription, price, version, cycle), so a later run bills only the difference: the rest of a cycle after a
+threshold invoice, late usage, or a plan change or cancellation after the fees in advance were finalized, as
+adjustment lines that name the invoices they correct.
+
+Concurrency and durability: every write that changes an invoice's status or takes a number (finalize, void, credit
+note, saving a draft) runs under one lock per tenant and writes the invoice (or credit note) and its number counter
+in one synced rocksdict write batch. Numbers thus never repeat and have no gaps, even across a crash, and the credit
+notes of an invoice never add up to more than its total. Values are checked against what the Parquet export holds
+(``decimal128(38, 9)``) before they are stored, so a stored invoice can always be exported.
 """
 
 from __future__ import annotations
 
+import builtins
 import os
-from datetime import datetime, timezone
-from decimal import Decimal
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Context, Decimal
 from typing import Literal
 
 import msgspec
-from rocksdict import Rdict, WriteBatch, WriteOptions
+from rocksdict import WriteBatch, WriteOptions
 
-from meter.catalog.kv import scan
+from meter.catalog.kv import Store, scan
 from meter.exceptions import InvalidInput, NotFound
+from meter.pricing.money import minor_units
 
-__all__ = ["CreditNote", "CreditNoteBody", "Invoice", "InvoiceLine", "InvoiceRunBody", "InvoiceStore", "LineDetail"]
+__all__ = ["CreditNote", "CreditNoteBody", "Invoice", "InvoiceLine", "InvoiceRun", "InvoiceRunBody", "InvoiceStore",
+           "LineDetail", "RunError", "RunWarning", "ServicePeriod", "check_credit_amount", "check_exportable"]
 
 Status = Literal["draft", "finalized", "void"]
 LineKind = Literal["recurring", "usage", "adjustment", "commit", "shortfall", "discount", "credit"]
 
 
 class LineDetail(msgspec.Struct, omit_defaults=True):
-    """One priced component of a line: a tier, a matrix cell, a package count, a percentage."""
+    """One priced component of a line.
+
+    One priced component of a line: a tier, a matrix cell, a package count, a percentage; or the step up to the
+    price's ``minimum`` or down to its ``maximum`` (``component`` ``minimum``/``maximum``, ``units`` 1 and
+    ``unit_price`` = ``subtotal`` = the step). The details of a line add up exactly to what its key rates at
+    (``rated``, before rounding to the minor unit).
+    """
 
     component: str
     units: Decimal
     unit_price: Decimal
     subtotal: Decimal
     tier: int | None = None
+    #: The tier's bounds ``[tier_from, tier_to)``; ``tier_to`` is absent for the last, unbounded tier.
+    tier_from: Decimal | None = None
+    tier_to: Decimal | None = None
     combination: str | None = None
     flat_fee: Decimal | None = None
+    #: A matrix combination's units covered by the free allowance.
+    free_units: Decimal | None = None
+    #: Percentage fees raised to ``min_fee`` or cut to ``max_fee`` (per event, or the period's one).
+    raised_to_min_fee: int | None = None
+    cut_to_max_fee: int | None = None
 
 
 class InvoiceLine(msgspec.Struct):
@@ -51,11 +80,18 @@ class InvoiceLine(msgspec.Struct):
     price: str | None = None
     #: The plan version whose price the line bills.
     version: int | None = None
+    #: Whether the service period is billed in advance (a recurring fee ``in_advance``) or in arrears (usage).
+    timing: Literal["in_advance", "in_arrears"] | None = None
     model: str | None = None
     meter: str | None = None
+    #: What the line adds: the quantity rated now minus the quantity finalized invoices billed for the key.
     quantity: Decimal | None = None
-    #: The amount rated for the whole ``key`` now; ``amount`` is it minus what finalized invoices billed already.
+    #: The amount rated for the whole ``key`` now; ``amount`` is ``rated - billed``.
     rated: Decimal | None = None
+    #: What finalized invoices billed for the key already (``corrects`` names them), and the quantity they billed.
+    billed: Decimal | None = None
+    billed_quantity: Decimal | None = None
+    corrects: list[str] = []
     details: list[LineDetail] = []
     #: How to list the events behind the line.
     events: str | None = None
@@ -80,6 +116,19 @@ class Invoice(msgspec.Struct):
     number: str | None = None
     finalized_at: datetime | None = None
     voided_at: datetime | None = None
+    #: The month (``YYYY-MM``, customer's time zone) the cycle starts in: the run's ``period``.
+    period: str | None = None
+    #: The service period whose usage the invoice bills in arrears (``[usage_start, usage_end)``) and the month it
+    #: starts in: ``GET /v1/invoices?usage_period=2026-11`` lists the invoices that bill November's usage.
+    usage_start: datetime | None = None
+    usage_end: datetime | None = None
+    usage_period: str | None = None
+    #: The invoice this one reissues after it was voided.
+    reissues: str | None = None
+    #: The subscription's finalized invoices this one was computed against (what they billed is not billed again). A
+    #: draft is finalized only while they are still exactly the subscription's finalized invoices: otherwise it is
+    #: stale (it could bill twice what another invoice billed since) and its period must be re-run.
+    basis: list[str] | None = None
 
 
 class CreditNote(msgspec.Struct):
@@ -89,6 +138,44 @@ class CreditNote(msgspec.Struct):
     amount: Decimal
     reason: str
     created_at: datetime
+
+
+class ServicePeriod(msgspec.Struct):
+    """``[start, end)``, UTC."""
+
+    start: datetime
+    end: datetime
+
+
+class RunError(msgspec.Struct):
+    """A subscription an invoicing run could not invoice, and why; the others were invoiced."""
+
+    subscription: str
+    code: str
+    message: str
+
+
+class RunWarning(msgspec.Struct):
+    """Something that went wrong after what was asked for was done and stored (such as refreshing the export)."""
+
+    code: str
+    message: str
+
+
+class InvoiceRun(msgspec.Struct):
+    """The answer of an invoicing run.
+
+    The answer of an invoicing run: the invoices computed (drafts, or finalized when asked), the subscriptions
+    that could not be invoiced, and the service periods the run covers: the fees in advance of the cycles starting in
+    ``period``, and the usage of the cycles before them, billed in arrears.
+    """
+
+    period: str
+    invoices: list[Invoice]
+    errors: list[RunError] = []
+    warnings: list[RunWarning] = []
+    fees_in_advance: ServicePeriod | None = None
+    usage_in_arrears: ServicePeriod | None = None
 
 
 class InvoiceRunBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -102,14 +189,64 @@ class CreditNoteBody(msgspec.Struct, forbid_unknown_fields=True):
     reason: str
 
 
-class InvoiceStore:
-    """Keys: ``invoice/<tenant>/<id>``, ``credit_note/<tenant>/<number>``, ``counter/<tenant>/<kind>``."""
+#: What the invoices export holds (``decimal128(38, 9)``): every stored amount and quantity fits it.
+EXPORT_SCALE = 9
+EXPORT_DIGITS = 38
+_EXPORT_LIMIT = Decimal(10) ** (EXPORT_DIGITS - EXPORT_SCALE)
+# Room for every digit of a value below the limit (the default context keeps 28).
+_CONTEXT = Context(prec=80)
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self._db = Rdict(os.fspath(path))
 
-    def close(self) -> None:
-        self._db.close()
+def check_exportable(value: Decimal | None, what: str) -> None:
+    """Raises ``InvalidInput`` unless ``value`` is finite and fits the export's ``decimal128(38, 9)`` exactly."""
+    if value is None:
+        return
+    if not value.is_finite() or abs(value) >= _EXPORT_LIMIT \
+            or value != value.quantize(Decimal(1).scaleb(-EXPORT_SCALE), context=_CONTEXT):
+        raise InvalidInput(f"{what} is {value}: amounts and quantities must be finite, below 10^29 and have at most "
+                           f"{EXPORT_SCALE} decimals", code="invalid_amount")
+
+
+def _check_invoice(invoice: Invoice) -> None:
+    for name in ("subtotal", "total"):
+        check_exportable(getattr(invoice, name), f"invoice {invoice.id}: {name}")
+    for i, line in enumerate(invoice.lines, start=1):
+        for name in ("amount", "quantity", "rated", "billed", "billed_quantity"):
+            check_exportable(getattr(line, name), f"invoice {invoice.id} line {i}: {name}")
+
+
+def check_credit_amount(amount: Decimal, currency: str) -> Decimal:
+    """A credit note's amount, checked.
+
+    A credit note's amount: positive, finite, with at most ``currency``'s minor-unit digits; returned at exactly
+    that many digits (``5`` in USD is ``5.00``).
+    """
+    digits = minor_units(currency)
+    quantum = Decimal(1).scaleb(-digits)
+    if not amount.is_finite() or amount <= 0 or abs(amount) >= _EXPORT_LIMIT:
+        raise InvalidInput(f"a credit note's amount must be a positive decimal amount of {currency}; got {amount}",
+                           code="invalid_credit_note")
+    if amount != amount.quantize(quantum, context=_CONTEXT):
+        raise InvalidInput(f"a credit note's amount must have at most {digits} decimals, {currency}'s minor unit "
+                           f"({quantum} {currency}); got {amount}", code="invalid_credit_note")
+    return amount.quantize(quantum, context=_CONTEXT)
+
+
+class InvoiceStore(Store):
+    """Keys: ``invoice/<tenant>/<id>``, ``credit_note/<tenant>/<number>``, ``counter/<tenant>/<kind>``.
+
+    One store per data directory and process; its writes serialise per tenant (see the module doc).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], read_only: bool = False) -> None:
+        super().__init__(path, read_only)
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    def lock(self, tenant: str) -> threading.Lock:
+        """The lock that serialises the tenant's writes (a ``with`` block may hold it across several calls)."""
+        with self._locks_lock:
+            return self._locks.setdefault(tenant, threading.Lock())
 
     def get(self, tenant: str, invoice_id: str) -> Invoice:
         raw = self._db.get(f"invoice/{tenant}/{invoice_id}".encode())
@@ -120,59 +257,111 @@ class InvoiceStore:
     def list(self, tenant: str) -> list[Invoice]:
         return list(scan(self._db, f"invoice/{tenant}/".encode(), Invoice))
 
-    def credit_notes(self, tenant: str) -> list[CreditNote]:
+    def of_subscription(self, tenant: str, subscription: str) -> Iterator[Invoice]:
+        """The subscription's invoices (their ids start with its id)."""
+        for invoice in scan(self._db, f"invoice/{tenant}/{subscription}-".encode(), Invoice):
+            if invoice.subscription == subscription:
+                yield invoice
+
+    def credit_notes(self, tenant: str) -> builtins.list[CreditNote]:
         return list(scan(self._db, f"credit_note/{tenant}/".encode(), CreditNote))
 
-    def save_draft(self, invoice: Invoice) -> bool:
-        """Stores a recomputed draft; ``False`` (nothing written) when that invoice is already finalized or void."""
-        key = f"invoice/{invoice.tenant}/{invoice.id}".encode()
-        raw = self._db.get(key)
-        if raw is not None and msgspec.json.decode(raw, type=Invoice).status != "draft":
-            return False
-        self._db[key] = msgspec.json.encode(invoice)
-        return True
+    def save_draft(self, invoice: Invoice) -> Invoice | None:
+        """Stores a recomputed draft and returns it; ``None`` (nothing written) when that invoice is finalized.
+
+        A void invoice is reissued: the draft goes under the next id ``<id>-r2``, ``<id>-r3``... that is not void.
+        """
+        _check_invoice(invoice)
+        with self.lock(invoice.tenant):
+            base, n, reissues = invoice.id, 1, None
+            while True:
+                invoice_id = base if n == 1 else f"{base}-r{n}"
+                raw = self._db.get(f"invoice/{invoice.tenant}/{invoice_id}".encode())
+                status = None if raw is None else msgspec.json.decode(raw, type=Invoice).status
+                if status == "finalized":
+                    return None
+                if status != "void":
+                    break
+                reissues, n = invoice_id, n + 1
+            draft = msgspec.structs.replace(invoice, id=invoice_id, reissues=reissues)
+            self._write((f"invoice/{invoice.tenant}/{invoice_id}", msgspec.json.encode(draft)))
+            return draft
+
+    def issue(self, invoice: Invoice, now: datetime | None = None) -> Invoice | None:
+        """Saves ``invoice`` finalized (numbered) at once, in one write.
+
+        A threshold invoice. ``None`` when an invoice of that id exists already, or when it is stale (see
+        :meth:`finalize`): the next run computes it again.
+        """
+        _check_invoice(invoice)
+        with self.lock(invoice.tenant):
+            if self._db.get(f"invoice/{invoice.tenant}/{invoice.id}".encode()) is not None or self._stale(invoice):
+                return None
+            return self._finalize(invoice, now)
 
     def finalize(self, tenant: str, invoice_id: str, now: datetime | None = None) -> Invoice:
-        invoice = self.get(tenant, invoice_id)
-        if invoice.status != "draft":
-            raise InvalidInput(f"invoice {invoice_id!r} is {invoice.status}; only a draft can be finalized",
-                               code="invalid_state")
-        counter, n = self._next(tenant, "invoice")
+        with self.lock(tenant):
+            invoice = self.get(tenant, invoice_id)
+            if invoice.status != "draft":
+                raise InvalidInput(f"invoice {invoice_id!r} is {invoice.status}; only a draft can be finalized",
+                                   code="invalid_state")
+            if (stale := self._stale(invoice)) is not None:
+                raise InvalidInput(f"draft {invoice_id!r} is stale: {stale} since it was computed; re-run its period "
+                                   f"({invoice.period or f'{invoice.period_start:%Y-%m}'}) and finalize the new draft",
+                                   code="stale_draft")
+            return self._finalize(invoice, now)
+
+    def _stale(self, invoice: Invoice) -> str | None:
+        """Why ``invoice`` no longer holds (lock held): a finalized invoice of its subscription came or went."""
+        if invoice.basis is None:
+            return None
+        now = sorted(i.id for i in self.of_subscription(invoice.tenant, invoice.subscription)
+                     if i.status == "finalized")
+        if now == sorted(invoice.basis):
+            return None
+        came, went = sorted(set(now) - set(invoice.basis)), sorted(set(invoice.basis) - set(now))
+        return "; ".join([*(f"invoice {i} was finalized" for i in came), *(f"invoice {i} was voided" for i in went)])
+
+    def _finalize(self, invoice: Invoice, now: datetime | None) -> Invoice:
+        counter, n = self._next(invoice.tenant, "invoice")
         final = msgspec.structs.replace(invoice, status="finalized", number=f"INV-{n:06d}",
-                                        finalized_at=now or datetime.now(timezone.utc))
-        self._write(counter, (f"invoice/{tenant}/{invoice_id}", msgspec.json.encode(final)))
+                                        finalized_at=now or datetime.now(UTC))
+        self._write(counter, (f"invoice/{invoice.tenant}/{invoice.id}", msgspec.json.encode(final)))
         return final
 
     def void(self, tenant: str, invoice_id: str, now: datetime | None = None) -> Invoice:
-        invoice = self.get(tenant, invoice_id)
-        if invoice.status != "finalized":
-            raise InvalidInput(f"invoice {invoice_id!r} is {invoice.status}; only a finalized invoice can be voided "
-                               "(a draft is simply recomputed)", code="invalid_state")
-        void = msgspec.structs.replace(invoice, status="void", voided_at=now or datetime.now(timezone.utc))
-        self._db[f"invoice/{tenant}/{invoice_id}".encode()] = msgspec.json.encode(void)
-        return void
+        with self.lock(tenant):
+            invoice = self.get(tenant, invoice_id)
+            if invoice.status != "finalized":
+                raise InvalidInput(f"invoice {invoice_id!r} is {invoice.status}; only a finalized invoice can be "
+                                   "voided (a draft is simply recomputed)", code="invalid_state")
+            void = msgspec.structs.replace(invoice, status="void", voided_at=now or datetime.now(UTC))
+            self._write((f"invoice/{tenant}/{invoice_id}", msgspec.json.encode(void)))
+            return void
 
     def credit(self, tenant: str, invoice_id: str, amount: Decimal, reason: str,
                now: datetime | None = None) -> CreditNote:
         """A credit note against a finalized invoice; all credit notes of an invoice never exceed its total."""
-        invoice = self.get(tenant, invoice_id)
-        if invoice.status != "finalized":
-            raise InvalidInput(f"invoice {invoice_id!r} is {invoice.status}; credit notes go against finalized "
-                               "invoices", code="invalid_state")
-        credited = sum((n.amount for n in self.credit_notes(tenant) if n.invoice == invoice_id), Decimal(0))
-        if amount <= 0 or credited + amount > invoice.total:
-            raise InvalidInput(f"a credit note must be above 0 and at most what is left to credit on "
-                               f"{invoice.number} ({invoice.total - credited} {invoice.currency})",
-                               code="invalid_credit_note")
-        counter, n = self._next(tenant, "credit_note")
-        number = f"CN-{n:06d}"
-        note = CreditNote(id=number, number=number, invoice=invoice_id, amount=amount, reason=reason,
-                          created_at=now or datetime.now(timezone.utc))
-        self._write(counter, (f"credit_note/{tenant}/{number}", msgspec.json.encode(note)))
-        return note
+        with self.lock(tenant):
+            invoice = self.get(tenant, invoice_id)
+            if invoice.status != "finalized":
+                raise InvalidInput(f"invoice {invoice_id!r} is {invoice.status}; credit notes go against finalized "
+                                   "invoices", code="invalid_state")
+            amount = check_credit_amount(amount, invoice.currency)
+            credited = sum((n.amount for n in self.credit_notes(tenant) if n.invoice == invoice_id), Decimal(0))
+            if credited + amount > invoice.total:
+                raise InvalidInput(f"a credit note must be at most what is left to credit on {invoice.number} "
+                                   f"({invoice.total - credited} {invoice.currency}); got {amount}",
+                                   code="invalid_credit_note")
+            counter, n = self._next(tenant, "credit_note")
+            number = f"CN-{n:06d}"
+            note = CreditNote(id=number, number=number, invoice=invoice_id, amount=amount, reason=reason,
+                              created_at=now or datetime.now(UTC))
+            self._write(counter, (f"credit_note/{tenant}/{number}", msgspec.json.encode(note)))
+            return note
 
     def _next(self, tenant: str, kind: str) -> tuple[tuple[str, bytes], int]:
-        """The next number of a kind, and the counter's new value to write with what it numbers."""
+        """The next number of a kind, and the counter's new value to write with what it numbers (lock held)."""
         key = f"counter/{tenant}/{kind}"
         raw = self._db.get(key.encode())
         n = (int(raw) if raw is not None else 0) + 1

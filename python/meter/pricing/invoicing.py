@@ -1,4 +1,6 @@
-"""Invoicing: the invoices of a billing run, computed from the Parquet export (usage and the catalog snapshot) and
+"""Invoicing: the invoices of a billing run.
+
+They are computed from the Parquet export (usage and the catalog snapshot) and
 what finalized invoices billed already. It never reads RocksDB.
 
 The invoice of a subscription's cycle ``C`` is issued at ``C``'s start and holds:
@@ -8,8 +10,10 @@ The invoice of a subscription's cycle ``C`` is issued at ``C``'s start and holds
   line);
 - **usage in arrears** for the previous cycle ``P`` (and flat prices ``in_arrears``), per part of ``P``: usage is
   measured over the part's own ``[start, end)``, so it needs no proration; tiers restart at a plan change;
-- **prior-period adjustments**: usage that arrived for an earlier period (within the back-dating window) after its
-  invoice was finalized, billed as the difference between what it rates at now and what was billed;
+- **adjustments** (``kind: adjustment``) for what changed after an invoice was finalized, within the back-dating
+  window (:data:`RESTATE`): the fees in advance of earlier cycles whose invoice was finalized (a plan change or a
+  cancellation in the middle of a cycle: the old version's fee prorated down, the new one's prorated up), and the
+  usage of cycles before ``P`` whose invoice was finalized (late usage). Each names the invoices it corrects;
 - a **prepaid commit** bought in ``C``, and a **postpaid commit's shortfall** when its term ended in ``P`` and the
   contract bills it;
 - **discounts**, on one price's lines or on the invoice (percent or a fixed amount, never below zero);
@@ -17,17 +21,27 @@ The invoice of a subscription's cycle ``C`` is issued at ``C``'s start and holds
   usage lines they apply to (their price ids, or all usage), limited to what is left of them after finalized
   invoices.
 
-Every line that bills something carries a ``key`` (subscription, price, version, service period): what it bills is
-what the key rates at now minus what finalized invoices billed for the same key. That one rule makes re-running
-idempotent, bills the rest of a cycle after a threshold invoice, and turns late usage into adjustment lines.
+Every line that bills something carries a ``key`` (subscription, price, plan version, billing cycle): what it bills
+is what the key rates at now minus what finalized invoices billed for the same key; a key that finalized invoices
+billed but that no longer exists (a version the subscription left, a cycle it no longer covers) rates at zero now.
+That one rule makes re-running idempotent, bills the rest of a cycle after a threshold invoice, and turns late usage,
+plan changes and cancellations into adjustment lines.
 
 Money: each line is rated exactly and rounded half-even to the currency's minor unit (``money``); discounts are
 computed on rounded lines and rounded the same way; subtotal and total are sums of rounded lines. One currency per
-invoice: the customer's.
+invoice: the customer's. A total below zero (adjustments that credit more than the invoice bills) is what the
+customer is owed.
+
+A line shows how its amount comes about: ``details`` add up exactly to what the key rates at (a ``minimum`` or
+``maximum`` detail is the step up or down to the price's bound), ``rated`` is that rounded, ``billed`` is what
+finalized invoices billed for the key, and ``amount = rated - billed``.
 """
 
 from __future__ import annotations
 
+import re
+import sys
+import traceback
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,31 +56,78 @@ import polars as pl
 
 from meter.catalog.billing import Commit, Credit, Subscription
 from meter.catalog.prices import Price
-from meter.exceptions import InvalidInput
+from meter.catalog.types import trusted
+from meter.exceptions import InvalidInput, MeterError
 from meter.pricing import cycles
 from meter.pricing.charges import CHARGES_SCHEMA, price_frame
-from meter.pricing.invoices import Invoice, InvoiceLine, InvoiceStore, LineDetail
+from meter.pricing.invoices import Invoice, InvoiceLine, InvoiceStore, LineDetail, RunError, ServicePeriod
 from meter.pricing.money import round_to_minor_unit
 from meter.pricing.rating import rate
 from meter.pricing.snapshot import Snapshot
 from meter.pricing.usage import event_amounts, period_quantities
 
-__all__ = ["Billed", "bill_thresholds", "invoice_period", "upcoming_invoices"]
+__all__ = ["Billed", "Priced", "bill_thresholds", "invoice_period", "parse_month", "upcoming_invoices"]
 
 #: Late events are accepted this far back (the engine's default back-dating window): periods that ended within it
 #: are re-rated for adjustments.
 RESTATE = timedelta(days=35)
+#: The months a run, or a filter on invoices, may name: cycles before or after these cannot be computed.
+FIRST_YEAR, LAST_YEAR = 1970, 9998
 _ZERO = Decimal(0)
+_MONTH = re.compile(r"(\d{4})-(\d{2})")
+Timing = Literal["in_advance", "in_arrears"]
+
+
+def parse_month(month: str, name: str = "period") -> datetime:
+    """The first instant of ``month`` (``YYYY-MM``, naive).
+
+    The first instant of ``month`` (``YYYY-MM``, naive); ``InvalidInput`` (``invalid_period``) for anything else,
+    including months out of the range billing computes (years 1970 to 9998).
+    """
+    match = _MONTH.fullmatch(month) if isinstance(month, str) else None
+    year, number = (int(match[1]), int(match[2])) if match else (0, 0)
+    if not match or not 1 <= number <= 12:
+        raise InvalidInput(f"{name} must be a month as YYYY-MM, such as 2026-11; got {month!r}",
+                           code="invalid_period")
+    if not FIRST_YEAR <= year <= LAST_YEAR:
+        raise InvalidInput(f"{name} must be a month from {FIRST_YEAR}-01 to {LAST_YEAR}-12; got {month!r}",
+                           code="invalid_period")
+    return datetime(year, number, 1)
 
 
 @dataclass
 class Billed:
-    """What finalized (not void) invoices billed: per line key, per grant drawn, and each usage line for commits."""
+    """What finalized (not void) invoices billed.
+
+    What finalized (not void) invoices billed: per line key (amount, quantity, the invoices' numbers), per grant
+    drawn, each usage line for commits, and which cycles' invoices are finalized.
+    """
 
     by_key: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    quantity: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    numbers: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     drawn: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
-    #: Per subscription, its usage lines: for commits' spend and for the periods adjustments re-rate.
+    #: Per subscription, its usage lines: for commits' spend.
     usage: dict[str, list[InvoiceLine]] = field(default_factory=lambda: defaultdict(list))
+    #: Per subscription, every keyed line and its cycle's start: a key billed before and not rated now rates at 0.
+    keyed: dict[str, list[InvoiceLine]] = field(default_factory=lambda: defaultdict(list))
+    #: Per subscription, the starts of the cycles whose (cycle) invoice is finalized.
+    cycles: dict[str, set[datetime]] = field(default_factory=lambda: defaultdict(set))
+    #: Per subscription, the ids of its finalized invoices: what a draft is computed against (its ``basis``).
+    finalized: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    #: (subscription, cycle start) -> the number of the cycle's finalized invoice.
+    cycle_numbers: dict[tuple[str, datetime], str] = field(default_factory=dict)
+    #: Keys in an earlier format whose amounts now count under today's key (see :meth:`adopt`).
+    adopted: set[str] = field(default_factory=set)
+
+    def adopt(self, old: str, key: str) -> None:
+        """Counts what was billed under ``old`` (a key in an earlier format) as billed under ``key``, once."""
+        if old in self.adopted:
+            return
+        self.adopted.add(old)
+        self.by_key[key] += self.by_key.pop(old, _ZERO)
+        self.quantity[key] += self.quantity.pop(old, _ZERO)
+        self.numbers[key] += [n for n in self.numbers.pop(old, []) if n not in self.numbers[key]]
 
     @classmethod
     def of(cls, store: InvoiceStore, tenant: str) -> Billed:
@@ -74,12 +135,19 @@ class Billed:
         for invoice in store.list(tenant):
             if invoice.status != "finalized":
                 continue
+            billed.finalized[invoice.subscription].append(invoice.id)
+            if invoice.reason == "cycle":
+                billed.cycles[invoice.subscription].add(invoice.period_start)
+                billed.cycle_numbers[(invoice.subscription, invoice.period_start)] = invoice.number or invoice.id
             for line in invoice.lines:
                 if line.key is not None:
                     billed.by_key[line.key] += line.amount
+                    billed.quantity[line.key] += line.quantity or _ZERO
+                    billed.numbers[line.key].append(invoice.number or invoice.id)
+                    billed.keyed[invoice.subscription].append(line)
                 if line.grant is not None:
                     billed.drawn[line.grant] -= line.amount
-                if line.kind in ("usage", "adjustment"):
+                if line.kind in ("usage", "adjustment") and line.meter is not None:
                     billed.usage[invoice.subscription].append(line)
         return billed
 
@@ -90,6 +158,7 @@ class _Charge:
 
     key: str
     kind: Literal["recurring", "usage", "adjustment"]
+    timing: Timing
     price: Price
     version: int
     price_key: str
@@ -99,6 +168,10 @@ class _Charge:
     measured_to: datetime
     proration: Decimal
     description: str
+    #: A key finalized invoices billed that no longer exists: it rates at zero, and is not rated.
+    gone: InvoiceLine | None = None
+    #: An adjustment: the start of the cycle whose invoice billed the period it adjusts (that invoice is named).
+    billed_on: datetime | None = None
 
 
 @dataclass
@@ -110,34 +183,65 @@ class _Draft:
     #: The usage period billed in arrears (None on a subscription's first invoice).
     arrears: cycles.Period | None
     issued_at: datetime
+    tz: str
     charges: list[_Charge] = field(default_factory=list)
 
 
-def invoice_period(snapshot: Snapshot, out: Path, store: InvoiceStore, month: str) -> list[Invoice]:
-    """Computes and saves as drafts the invoices of every cycle that starts in ``month`` (``YYYY-MM``, in each
-    customer's time zone); a cycle whose invoice is finalized already is left alone (late usage goes on the next
-    one). Returns the drafts saved."""
-    try:
-        first = datetime.strptime(month, "%Y-%m")
-    except ValueError:
-        raise InvalidInput(f"period must be a month as YYYY-MM, such as 2026-11; got {month!r}",
-                           code="invalid_period") from None
+@dataclass
+class Priced:
+    """The invoices of a run and what could not be invoiced.
+
+    The invoices of a run, the subscriptions that could not be invoiced and why, and the service periods the
+    run covers (``None`` when it covers none).
+    """
+
+    invoices: list[Invoice]
+    errors: list[RunError]
+    fees_in_advance: ServicePeriod | None = None
+    usage_in_arrears: ServicePeriod | None = None
+
+
+def invoice_period(snapshot: Snapshot, out: Path, store: InvoiceStore, month: str) -> Priced:
+    """Computes and saves as drafts the invoices of the cycles that start in ``month``.
+
+    Computes and saves as drafts the invoices of every cycle that starts in ``month`` (``YYYY-MM``, in each
+    customer's time zone); a cycle whose invoice is finalized already is left alone (what changes later goes on the
+    next one as adjustments), and one whose invoice was voided gets a new draft. A subscription that cannot be
+    invoiced is reported in ``errors`` and the others are invoiced all the same. Returns the drafts saved.
+    """
+    first = parse_month(month)
     after = first.replace(year=first.year + first.month // 12, month=first.month % 12 + 1)
     billed = Billed.of(store, snapshot.tenant)
-    drafts = []
+    drafts, errors = [], []
     for sub in snapshot.subscriptions:
-        tz = ZoneInfo(_tz(snapshot, sub))
-        for period in cycles.cycles_between(sub, tz.key, first.replace(tzinfo=tz), after.replace(tzinfo=tz)):
-            drafts.append(_cycle_draft(snapshot, sub, period, billed))
+        try:
+            tz = ZoneInfo(_tz(snapshot, sub))
+            for period in cycles.cycles_between(sub, tz.key, first.replace(tzinfo=tz), after.replace(tzinfo=tz)):
+                drafts.append(_cycle_draft(snapshot, sub, period, billed))
+        except Exception as e:  # noqa: BLE001 - one subscription never stops the invoicing of the others
+            errors.append(_error(sub, e))
+    priced = _price_apart(snapshot, out, drafts, billed)
+    errors += priced.errors
+    saved = []
     # A cycle with nothing to bill (before the start, or after the last usage period) gets no invoice.
-    invoices = [invoice for invoice in _price(snapshot, out, drafts, billed) if invoice.lines]
-    return [invoice for invoice in invoices if store.save_draft(invoice)]
+    for invoice in priced.invoices:
+        try:
+            if invoice.lines and (draft := store.save_draft(invoice)) is not None:
+                saved.append(draft)
+        except MeterError as e:
+            errors.append(RunError(subscription=invoice.subscription, code=e.code, message=e.message))
+    fees = [d.period for d in drafts]
+    usage = [d.arrears for d in drafts if d.arrears is not None]
+    return Priced(saved, errors, _span(fees), _span(usage))
 
 
 def upcoming_invoices(snapshot: Snapshot, out: Path, store: InvoiceStore, customer: str,
                       as_of: datetime) -> list[Invoice]:
-    """The preview of a customer's next invoices (one per subscription): the cycle after ``as_of``, with the usage of
-    the current cycle so far. Nothing is saved."""
+    """The preview of a customer's next invoices (one per subscription).
+
+    The preview of a customer's next invoices (one per subscription): the cycle after ``as_of``, with the usage of
+    the current cycle so far. Nothing is saved.
+    """
     billed = Billed.of(store, snapshot.tenant)
     drafts = []
     for sub in snapshot.subscriptions:
@@ -151,27 +255,49 @@ def upcoming_invoices(snapshot: Snapshot, out: Path, store: InvoiceStore, custom
     return [invoice for invoice in _price(snapshot, out, drafts, billed) if invoice.lines]
 
 
-def bill_thresholds(snapshot: Snapshot, out: Path, store: InvoiceStore, as_of: datetime) -> list[Invoice]:
-    """Issues (finalized) an early invoice for every subscription whose usage in its current cycle, not billed yet,
-    has reached its ``threshold``. The cycle's own invoice later bills only the rest."""
+def bill_thresholds(snapshot: Snapshot, out: Path, store: InvoiceStore, as_of: datetime) -> Priced:
+    """Issues the threshold invoices due at ``as_of``.
+
+    Issues (finalized, in one write) an early invoice for every subscription whose usage in its current cycle, not
+    billed yet, has reached its ``threshold``. The cycle's own invoice later bills only the rest.
+    """
     billed = Billed.of(store, snapshot.tenant)
-    drafts = []
+    drafts, errors = [], []
     for sub in snapshot.subscriptions:
         if sub.threshold is None:
             continue
-        tz = _tz(snapshot, sub)
-        current = cycles.cycle_containing(sub, tz, as_of)
-        draft = _Draft(f"{sub.id}-{current.start:%Y%m%d}-t{as_of:%Y%m%dT%H%M%S}", sub, "threshold", current,
-                       current, as_of)
-        draft.charges = [c for c in _arrears(snapshot, sub, tz, current, as_of) if c.kind == "usage"]
-        drafts.append(draft)
+        try:
+            tz = _tz(snapshot, sub)
+            current = cycles.cycle_containing(sub, tz, as_of)
+            draft = _Draft(f"{sub.id}-{current.start:%Y%m%d}-t{as_of:%Y%m%dT%H%M%S}", sub, "threshold", current,
+                           current, as_of, tz)
+            draft.charges = [c for c in _arrears(snapshot, sub, tz, current, as_of) if c.kind == "usage"]
+            drafts.append(draft)
+        except Exception as e:  # noqa: BLE001 - one subscription never stops the invoicing of the others
+            errors.append(_error(sub, e))
+    priced = _price_apart(snapshot, out, drafts, billed)
     issued = []
-    for invoice in _price(snapshot, out, drafts, billed):
+    for invoice in priced.invoices:
         sub = next(s for s in snapshot.subscriptions if s.id == invoice.subscription)
         assert sub.threshold is not None
-        if invoice.total >= sub.threshold and store.save_draft(invoice):
-            issued.append(store.finalize(snapshot.tenant, invoice.id, now=as_of))
-    return issued
+        if invoice.total >= sub.threshold and (final := store.issue(invoice, now=as_of)) is not None:
+            issued.append(final)
+    return Priced(issued, errors + priced.errors)
+
+
+def _error(sub: Subscription, e: Exception) -> RunError:
+    if isinstance(e, MeterError):
+        return RunError(subscription=sub.id, code=e.code, message=e.message)
+    # Not an error of the input we know of: keep the traceback for whoever runs the server.
+    print(f"meter: invoicing subscription {sub.id!r} failed:", file=sys.stderr)
+    traceback.print_exception(e, file=sys.stderr)
+    return RunError(subscription=sub.id, code="internal", message=f"{type(e).__name__}: {e}")
+
+
+def _span(periods: list[cycles.Period]) -> ServicePeriod | None:
+    if not periods:
+        return None
+    return ServicePeriod(start=min(p.start for p in periods), end=max(p.end for p in periods))
 
 
 def _tz(snapshot: Snapshot, sub: Subscription) -> str:
@@ -184,66 +310,197 @@ def _tz(snapshot: Snapshot, sub: Subscription) -> str:
 
 def _cycle_draft(snapshot: Snapshot, sub: Subscription, period: cycles.Period, billed: Billed) -> _Draft:
     tz = _tz(snapshot, sub)
-    previous = cycles.cycle_containing(sub, tz, period.start - timedelta(microseconds=1))
+    previous = cycles.previous_cycle(sub, tz, period)
     arrears = previous if previous.end > sub.start else None
-    draft = _Draft(f"{sub.id}-{period.start:%Y%m%d}", sub, "cycle", period, arrears, period.start)
-    for seg in cycles.segments(sub, tz, period):
-        for price in snapshot.prices_of(sub, seg.version):
-            if price.model == "flat" and price.cadence == "in_advance":
-                draft.charges.append(_charge(sub, price, seg, "recurring", seg.end, "in advance"))
+    draft = _Draft(f"{sub.id}-{period.start:%Y%m%d}", sub, "cycle", period, arrears, period.start, tz)
+    draft.charges += _in_advance(snapshot, sub, tz, period, "recurring")
+    owned: set[tuple[datetime, Timing]] = {(period.start, "in_advance")}
     if arrears is not None:
         draft.charges += _arrears(snapshot, sub, tz, arrears, arrears.end)
-        draft.charges += _adjustments(snapshot, sub, arrears, billed)
+        owned.add((arrears.start, "in_arrears"))
+        draft.charges += _corrections(snapshot, sub, tz, period, arrears, billed, owned)
+    draft.charges += _gone(sub, tz, draft.charges, billed, owned)
     return draft
+
+
+def _corrections(snapshot: Snapshot, sub: Subscription, tz: str, period: cycles.Period, arrears: cycles.Period,
+                 billed: Billed, owned: set[tuple[datetime, Timing]]) -> list[_Charge]:
+    """Earlier cycles re-rated for adjustments.
+
+    Earlier cycles re-rated, within the back-dating window, once the invoice that billed them is finalized: the
+    fees in advance of the cycles before ``period`` (billed on their own invoice) and the usage of the cycles before
+    ``arrears`` (billed on the next cycle's invoice). Adds what it re-rates to ``owned``.
+    """
+    charges = []
+    finalized = billed.cycles.get(sub.id, set())
+    q = arrears
+    while q.end > sub.start and q.end >= arrears.start - RESTATE:
+        if q.start in finalized and q.end >= period.start - RESTATE:
+            for c in _in_advance(snapshot, sub, tz, q, "adjustment"):
+                c.billed_on = q.start
+                charges.append(c)
+            owned.add((q.start, "in_advance"))
+        if q.end <= arrears.start and q.end in finalized:
+            for p in _arrears_parts(snapshot, sub, tz, q, q.end):
+                c = _charge(sub, p.price, p.seg, "adjustment", p.measured_to, p.note, q, p.n)
+                c.billed_on = q.end
+                charges.append(c)
+            owned.add((q.start, "in_arrears"))
+        q = cycles.previous_cycle(sub, tz, q)
+    return charges
+
+
+def _gone(sub: Subscription, tz: str, charges: list[_Charge], billed: Billed,
+          owned: set[tuple[datetime, Timing]]) -> list[_Charge]:
+    """The keys billed before that no longer exist.
+
+    The keys finalized invoices billed, in the cycles this invoice answers for, that no longer exist: each rates
+    at zero now, so its line takes back what was billed.
+    """
+    current = {c.key for c in charges}
+    found: dict[str, InvoiceLine] = {}
+    # Lines before the oldest cycle answered for are skipped before their cycle is computed: history grows.
+    oldest = min(start for start, _ in owned)
+    for line in billed.keyed.get(sub.id, []):
+        if line.key is None or line.key in current or line.key in found or line.kind not in (
+                "recurring", "usage", "adjustment") or line.period_end <= oldest:
+            continue
+        cycle = cycles.cycle_containing(sub, tz, line.period_start)
+        if (cycle.start, _timing(line)) not in owned:
+            continue
+        # Keys stored before they named the cycle named the segment (``...|<segment start>|<segment end>``): the
+        # same price, version and cycle is the same charge, so what it billed counts for today's key.
+        same = f"{sub.id}|{line.price}|{line.version}|{cycle.start.isoformat()}|{cycle.end.isoformat()}"
+        if same in current:
+            billed.adopt(line.key, same)
+        else:
+            found[line.key] = line
+    out = []
+    for key, line in sorted(found.items()):
+        with trusted():  # never rated (the line rates at zero): ISO's "no currency" code, not catalog input
+            price = Price(id=line.price or "?", currency="XXX", model="flat", amount=_ZERO)
+        what = f"{line.meter or line.price} ({line.model})"
+        out.append(_Charge(key, "adjustment", _timing(line), price, line.version or 0, "", line.period_start,
+                           line.period_end, line.period_end, Decimal(1),
+                           f"{what}; no longer billed for {line.period_start:%Y-%m-%d}..{line.period_end:%Y-%m-%d}",
+                           gone=line))
+    return out
+
+
+def _timing(line: InvoiceLine) -> Timing:
+    if line.timing is not None:
+        return line.timing
+    # Lines stored before ``timing`` existed: fees in advance said so in their description.
+    return "in_advance" if line.model == "flat" and "in advance" in line.description else "in_arrears"
+
+
+@dataclass
+class _Part:
+    """A price over a segment of a cycle billed in arrears; ``n``: earlier segments of its version in the cycle."""
+
+    price: Price
+    seg: cycles.Segment
+    n: int
+    measured_to: datetime
+    note: str
+    kind: Literal["recurring", "usage"]
+
+
+def _numbered(sub: Subscription, tz: str, period: cycles.Period) -> list[tuple[cycles.Segment, int]]:
+    """The segments of ``period``, numbered per version.
+
+    The segments of ``period``, each with how many earlier segments of the same version the cycle has (0 mostly;
+    a subscription that comes back to a version within one cycle has two).
+    """
+    seen: dict[int, int] = defaultdict(int)
+    out = []
+    for seg in cycles.segments(sub, tz, period):
+        out.append((seg, seen[seg.version]))
+        seen[seg.version] += 1
+    return out
+
+
+def _in_advance(snapshot: Snapshot, sub: Subscription, tz: str, period: cycles.Period,
+                kind: Literal["recurring", "adjustment"]) -> list[_Charge]:
+    charges = []
+    for seg, n in _numbered(sub, tz, period):
+        for price in snapshot.prices_of(sub, seg.version):
+            if price.model == "flat" and price.cadence == "in_advance":
+                charges.append(_charge(sub, price, seg, kind, seg.end, "in advance", period, n))
+    return charges
+
+
+def _arrears_parts(snapshot: Snapshot, sub: Subscription, tz: str, period: cycles.Period,
+                   measured_to: datetime) -> list[_Part]:
+    parts = []
+    for seg, n in _numbered(sub, tz, period):
+        for price in snapshot.prices_of(sub, seg.version):
+            if price.model == "flat":
+                if price.cadence == "in_arrears":
+                    parts.append(_Part(price, seg, n, seg.end, "in arrears", "recurring"))
+            else:
+                parts.append(_Part(price, seg, n, min(seg.end, measured_to), "", "usage"))
+    return parts
 
 
 def _arrears(snapshot: Snapshot, sub: Subscription, tz: str, period: cycles.Period,
              measured_to: datetime) -> list[_Charge]:
-    charges = []
-    for seg in cycles.segments(sub, tz, period):
-        for price in snapshot.prices_of(sub, seg.version):
-            if price.model == "flat":
-                if price.cadence == "in_arrears":
-                    charges.append(_charge(sub, price, seg, "recurring", seg.end, "in arrears"))
-            else:
-                charges.append(_charge(sub, price, seg, "usage", min(seg.end, measured_to), ""))
-    return charges
+    return [_charge(sub, p.price, p.seg, p.kind, p.measured_to, p.note, period, p.n)
+            for p in _arrears_parts(snapshot, sub, tz, period, measured_to)]
 
 
-def _adjustments(snapshot: Snapshot, sub: Subscription, arrears: cycles.Period, billed: Billed) -> list[_Charge]:
-    """Usage periods before ``arrears`` billed already, within the back-dating window: re-rated for late usage."""
-    charges = []
-    spans = {line.key: line for line in billed.usage.get(sub.id, []) if line.key and line.version is not None}
-    for _, line in sorted(spans.items()):
-        start, end, version = line.period_start, line.period_end, line.version
-        if version is None or not (arrears.start - RESTATE <= end <= arrears.start):
-            continue
-        price = next((p for p in snapshot.prices_of(sub, version) if p.id == line.price), None)
-        if price is None:
-            continue
-        seg = cycles.Segment(version=version, start=start, end=end, proration=Decimal(1), reason="")
-        charges.append(_charge(sub, price, seg, "adjustment", end,
-                               f"prior-period adjustment for {start:%Y-%m-%d}..{end:%Y-%m-%d}"))
-    return charges
-
-
-def _charge(sub: Subscription, price: Price, seg: cycles.Segment, kind: Literal["recurring", "usage", "adjustment"],
-            measured_to: datetime, note: str) -> _Charge:
-    key = f"{sub.id}|{price.id}|{seg.version}|{seg.start.isoformat()}|{seg.end.isoformat()}"
+def _charge(sub: Subscription, price: Price, seg: cycles.Segment,
+            kind: Literal["recurring", "usage", "adjustment"], measured_to: datetime, note: str,
+            cycle: cycles.Period, n: int = 0) -> _Charge:
+    # The key names the billing cycle, not the segment: a plan change or an end in the middle of a cycle changes
+    # what the key rates at, and the difference is billed; it does not make a new key.
+    key = f"{sub.id}|{price.id}|{seg.version}|{cycle.start.isoformat()}|{cycle.end.isoformat()}"
+    if n:
+        key += f"|{n + 1}"
     overridden = any(o.id == price.id for o in sub.overrides) and seg.version == sub.version
     price_key = f"{sub.plan}/{'override:' + sub.id if overridden else seg.version}/{price.id}"
     what = price.meter or price.id
+    if kind == "adjustment":
+        note = "; ".join(x for x in (note, f"prior-period adjustment for {seg.start:%Y-%m-%d}..{seg.end:%Y-%m-%d}")
+                         if x)
     description = "; ".join(x for x in (f"{what} ({price.model})", note, seg.reason) if x)
-    return _Charge(key, kind, price, seg.version, price_key, seg.start, seg.end, measured_to,
+    timing: Timing = "in_advance" if price.model == "flat" and price.cadence == "in_advance" else "in_arrears"
+    return _Charge(key, kind, timing, price, seg.version, price_key, seg.start, seg.end, measured_to,
                    seg.proration if price.model == "flat" else Decimal(1), description)
+
+
+def _price_apart(snapshot: Snapshot, out: Path, drafts: list[_Draft], billed: Billed) -> Priced:
+    """Prices the drafts, isolating the subscriptions that fail.
+
+    :func:`_price` of all drafts at once; when that fails, of each subscription's drafts alone, so that the
+    failure is reported against the subscriptions it belongs to and the others are invoiced.
+    """
+    try:
+        return Priced(_price(snapshot, out, drafts, billed), [])
+    except Exception:  # noqa: BLE001 - found again below, per subscription
+        pass
+    by_sub: dict[str, list[_Draft]] = defaultdict(list)
+    for d in drafts:
+        by_sub[d.sub.id].append(d)
+    invoices, errors = [], []
+    for group in by_sub.values():
+        try:
+            invoices += _price(snapshot, out, group, billed)
+        except Exception as e:  # noqa: BLE001 - one subscription never stops the invoicing of the others
+            errors.append(_error(group[0].sub, e))
+    return Priced(invoices, errors)
+
+
+_Rating = tuple[Decimal, Decimal | None, list[LineDetail]]
 
 
 def _price(snapshot: Snapshot, out: Path, drafts: list[_Draft], billed: Billed) -> list[Invoice]:
     """Rates every charge of every draft in one vectorised pass, then assembles the invoices."""
-    charges = [(d, c) for d in drafts for c in d.charges]
-    rated: dict[int, tuple[Decimal, Decimal | None, list[LineDetail]]] = {}
+    charges = [(d, c) for d in drafts for c in d.charges if c.gone is None]
+    rated: dict[int, _Rating] = {}
     if charges:
-        prices = {c.price_key: msgspec.structs.replace(c.price, id=c.price_key) for _, c in charges}
+        with trusted():  # rating's own keys (plan/version/price) as ids: not catalog input, and not catalog ids
+            prices = {c.price_key: msgspec.structs.replace(c.price, id=c.price_key) for _, c in charges}
         frame = pl.DataFrame({"charge": [str(i) for i in range(len(charges))],
                               "price_id": [c.price_key for _, c in charges],
                               "proration": [c.proration for _, c in charges]}, schema=CHARGES_SCHEMA)
@@ -267,20 +524,42 @@ def _price(snapshot: Snapshot, out: Path, drafts: list[_Draft], billed: Billed) 
                       amounts)
         details: dict[str, list[LineDetail]] = defaultdict(list)
         for row in result.details.iter_rows(named=True):
+            tier_from = tier_to = None
+            if row["tier"] is not None:
+                tiers = charges[int(row["charge"])][1].price.tiers or []
+                tier = tiers[row["tier"] - 1]
+                tier_from, tier_to = tier.start, tier.up_to
             details[row["charge"]].append(LineDetail(
-                component=row["component"], units=row["units"], unit_price=row["unit_price"].normalize(),
-                subtotal=row["subtotal"].normalize(), tier=row["tier"], combination=row["combination"],
-                flat_fee=row["flat_fee"]))
-        for row in result.lines.select("charge", "amount", "quantity").iter_rows():
-            rated[int(row[0])] = (row[1], row[2], details[row[0]])
-    by_draft: dict[str, list[tuple[_Charge, tuple[Decimal, Decimal | None, list[LineDetail]]]]] = defaultdict(list)
-    for i, (d, c) in enumerate(charges):
-        by_draft[d.id].append((c, rated[i]))
+                component=row["component"], units=_normal(row["units"]) or _ZERO,
+                unit_price=_normal(row["unit_price"]) or _ZERO, subtotal=row["subtotal"].normalize(), tier=row["tier"],
+                tier_from=tier_from, tier_to=tier_to, combination=row["combination"],
+                flat_fee=_normal(row["flat_fee"]), free_units=_normal(row["free_units"]),
+                raised_to_min_fee=row["raised_to_min_fee"] or None, cut_to_max_fee=row["cut_to_max_fee"] or None))
+        columns = ("charge", "amount", "quantity", "subtotal", "amount_exact", "minimum_applied", "maximum_applied")
+        for charge, amount, quantity, subtotal, exact, raised, cut in result.lines.select(*columns).iter_rows():
+            if raised or cut:
+                # The step to the bound is a detail of its own, so that the details add up to what the key rates at.
+                step = (exact - subtotal).normalize()
+                details[charge].append(LineDetail(component="minimum" if raised else "maximum", units=Decimal(1),
+                                                  unit_price=step, subtotal=step))
+            rated[int(charge)] = (amount, quantity, details[charge])
+    by_draft: dict[str, list[tuple[_Charge, _Rating]]] = defaultdict(list)
+    i = 0
+    for d in drafts:
+        for c in d.charges:
+            if c.gone is None:
+                by_draft[d.id].append((c, rated[i]))
+                i += 1
+            else:
+                by_draft[d.id].append((c, (_ZERO, _ZERO if c.gone.quantity is not None else None, [])))
     return [_assemble(snapshot, d, by_draft[d.id], billed) for d in drafts]
 
 
-def _assemble(snapshot: Snapshot, draft: _Draft, rated: list[tuple[_Charge, tuple[Decimal, Decimal | None,
-              list[LineDetail]]]], billed: Billed) -> Invoice:
+def _normal(value: Decimal | None) -> Decimal | None:
+    return None if value is None else value.normalize()
+
+
+def _assemble(snapshot: Snapshot, draft: _Draft, rated: list[tuple[_Charge, _Rating]], billed: Billed) -> Invoice:
     sub, currency = draft.sub, snapshot.customers[draft.sub.customer].currency
 
     def money(amount: Decimal) -> Decimal:
@@ -289,39 +568,64 @@ def _assemble(snapshot: Snapshot, draft: _Draft, rated: list[tuple[_Charge, tupl
     lines: list[InvoiceLine] = []
     for charge, (amount, quantity, details) in rated:
         now = money(amount)
-        due = now - billed.by_key.get(charge.key, _ZERO)
+        before = billed.by_key.get(charge.key, _ZERO)
+        due = now - before
         if charge.kind == "adjustment" and due == 0:
             continue
-        meter = charge.price.meter
+        numbers = list(billed.numbers.get(charge.key, []))
+        cycle_number = billed.cycle_numbers.get((sub.id, charge.billed_on)) if charge.billed_on else None
+        if cycle_number is not None and cycle_number not in numbers:
+            numbers.append(cycle_number)  # an adjustment names the invoice of the period it adjusts, new key or not
+        added = None if quantity is None else (quantity - billed.quantity.get(charge.key, _ZERO)).normalize()
+        description = charge.description
+        if numbers and charge.kind == "adjustment":
+            description += f"; corrects {', '.join(numbers)}"
+        elif numbers:
+            description += f"; less what {', '.join(numbers)} billed"
+        meter = charge.price.meter if charge.gone is None else charge.gone.meter
         events = None
         if meter is not None:
             spec = snapshot.meters.get(meter)
             event_type = spec.event_type if spec else "?"
             events = (f"events/tenant={snapshot.tenant}: type = {event_type!r}, subject = {sub.customer!r}, "
                       f"time in [{charge.start.isoformat()}, {charge.measured_to.isoformat()})")
+        price, model = ((charge.price.id, charge.price.model) if charge.gone is None
+                        else (charge.gone.price, charge.gone.model))
         lines.append(InvoiceLine(
-            kind=charge.kind, description=charge.description, amount=due, period_start=charge.start,
-            period_end=charge.end, key=charge.key, price=charge.price.id, version=charge.version,
-            model=charge.price.model, meter=meter,
-            quantity=quantity, rated=now, details=details, events=events))
+            kind=charge.kind, description=description, amount=money(due), period_start=charge.start,
+            period_end=charge.end, key=charge.key, price=price, version=charge.version, model=model, meter=meter,
+            timing=charge.timing, quantity=added, rated=now, billed=money(before) if numbers else None,
+            billed_quantity=(billed.quantity.get(charge.key, _ZERO).normalize()
+                             if numbers and quantity is not None else None),
+            corrects=numbers, details=details, events=events))
 
     lines += _commit_lines(sub, draft, billed, lines)
     lines += _discount_lines(sub, draft, lines, money)
-    subtotal = sum((line.amount for line in lines), _ZERO)
-    lines += _credit_lines(sub, lines, billed)
-    total = max(sum((line.amount for line in lines), _ZERO), _ZERO)
+    lines = [msgspec.structs.replace(line, amount=money(line.amount)) for line in lines]
+    subtotal = sum((line.amount for line in lines), money(_ZERO))
+    lines += [msgspec.structs.replace(line, amount=money(line.amount)) for line in _credit_lines(sub, lines, billed)]
+    total = sum((line.amount for line in lines), money(_ZERO))
+    tz = ZoneInfo(draft.tz)
+    arrears = draft.arrears
     return Invoice(id=draft.id, tenant=snapshot.tenant, customer=sub.customer, subscription=sub.id,
                    currency=currency, reason=draft.reason, period_start=draft.period.start,
                    period_end=draft.period.end, issued_at=draft.issued_at, lines=lines, subtotal=subtotal,
-                   total=total)
+                   total=total, period=f"{draft.period.start.astimezone(tz):%Y-%m}",
+                   usage_start=arrears.start if arrears else None, usage_end=arrears.end if arrears else None,
+                   usage_period=f"{arrears.start.astimezone(tz):%Y-%m}" if arrears else None,
+                   basis=sorted(billed.finalized.get(sub.id, [])))
 
 
 def _commit_lines(sub: Subscription, draft: _Draft, billed: Billed, lines: list[InvoiceLine]) -> list[InvoiceLine]:
-    """A prepaid commit is bought on the invoice of the cycle it starts in; a postpaid commit's shortfall is billed
-    on the invoice whose usage period its term ends in, when the contract says so."""
+    """Prepaid commits bought and postpaid shortfalls billed.
+
+    A prepaid commit is bought on the invoice of the cycle it starts in; a postpaid commit's shortfall is billed
+    on the invoice whose usage period its term ends in, when the contract says so.
+    """
     out = []
     for commit in sub.commits:
-        if commit.kind == "prepaid" and draft.reason == "cycle" and draft.period.start <= commit.start < draft.period.end:
+        starts_here = draft.period.start <= commit.start < draft.period.end
+        if commit.kind == "prepaid" and draft.reason == "cycle" and starts_here:
             key = f"{sub.id}|commit|{commit.id}"
             due = commit.amount - billed.by_key.get(key, _ZERO)
             if due:
@@ -332,7 +636,7 @@ def _commit_lines(sub: Subscription, draft: _Draft, billed: Billed, lines: list[
                 and arrears.start < commit.end <= arrears.end):
             spent = sum((line.amount for line in billed.usage.get(sub.id, []) if _applies(commit, line)), _ZERO)
             spent += sum((line.amount for line in lines if line.kind in ("usage", "adjustment")
-                          and _applies(commit, line)), _ZERO)
+                          and line.meter is not None and _applies(commit, line)), _ZERO)
             key = f"{sub.id}|shortfall|{commit.id}"
             shortfall = max(commit.amount - spent, _ZERO) - billed.by_key.get(key, _ZERO)
             if shortfall:
@@ -344,9 +648,12 @@ def _commit_lines(sub: Subscription, draft: _Draft, billed: Billed, lines: list[
 
 def _discount_lines(sub: Subscription, draft: _Draft, lines: list[InvoiceLine],
                     money: Callable[[Decimal], Decimal]) -> list[InvoiceLine]:
-    """Discounts active at the start of the invoice's period: on one price's lines first, then on the invoice (which
+    """Discounts active at the start of the invoice's period.
+
+    Discounts active at the start of the invoice's period: on one price's lines first, then on the invoice (which
     then sees the price discounts). A fixed amount is taken on cycle invoices only, so a threshold invoice in the
-    same cycle does not take it twice."""
+    same cycle does not take it twice.
+    """
     out: list[InvoiceLine] = []
     at = draft.period.start
     active = [d for d in sub.discounts if d.start <= at and (d.end is None or at < d.end)
@@ -359,7 +666,8 @@ def _discount_lines(sub: Subscription, draft: _Draft, lines: list[InvoiceLine],
         off = money(base * d.percent / 100) if d.percent is not None else min(d.amount or _ZERO, base)
         what = f"{d.percent}% off" if d.percent is not None else f"{d.amount} off"
         on = f"price {d.price}" if d.price else "the invoice"
-        out.append(InvoiceLine(kind="discount", description=f"discount {d.id}: {what} {on}", amount=-off,
+        # The base is said, so that the amount follows from the line: percent x base, or the amount (at most base).
+        out.append(InvoiceLine(kind="discount", description=f"discount {d.id}: {what} {on} (of {base})", amount=-off,
                                period_start=draft.period.start, period_end=draft.period.end, price=d.price))
     return out
 
@@ -373,25 +681,28 @@ def _credit_lines(sub: Subscription, lines: list[InvoiceLine], billed: Billed) -
     for line in lines:
         if line.kind == "discount" and line.price:
             off[line.price] -= line.amount
-    left = []
+    payable: list[InvoiceLine] = []
+    due: list[Decimal] = []
     for line in lines:
-        if line.kind in ("usage", "adjustment") and line.amount > 0:
+        if line.kind in ("usage", "adjustment") and line.meter is not None and line.amount > 0:
             discounted = min(line.amount, off[line.price])
             off[line.price] -= discounted
-            left.append([line, line.amount - discounted])
+            payable.append(line)
+            due.append(line.amount - discounted)
     out = []
     for grant in grants:
         remaining = grant.amount - billed.drawn.get(f"{sub.id}|{grant.id}", _ZERO)
-        for entry in left:
-            line, due = entry
-            if remaining <= 0 or due <= 0 or not _applies(grant, line):
+        for i, line in enumerate(payable):
+            if remaining <= 0 or due[i] <= 0 or not _applies(grant, line):
                 continue
-            take = min(due, remaining)
-            entry[1] -= take
+            take = min(due[i], remaining)
+            due[i] -= take
             remaining -= take
+            # What the grant had left is said, so that the amount follows from the line: min(due, left).
             out.append(InvoiceLine(kind="credit", description=f"{type(grant).__name__.lower()} {grant.id} applied to "
-                                   f"{line.price}", amount=-take, period_start=line.period_start,
-                                   period_end=line.period_end, price=line.price, grant=f"{sub.id}|{grant.id}"))
+                                   f"{line.price} ({remaining + take} left of {grant.amount})", amount=-take,
+                                   period_start=line.period_start, period_end=line.period_end, price=line.price,
+                                   grant=f"{sub.id}|{grant.id}"))
     return out
 
 

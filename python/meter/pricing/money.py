@@ -2,8 +2,8 @@
 
 Money is never a float. An amount is computed exactly (see :mod:`meter.pricing.exact`) and rounded once, half to
 even ("banker's rounding"), to the minor unit of its currency: 2 decimals for most currencies, 0 for JPY or KRW, 3
-for KWD or BHD, 4 for the funds codes CLF and UYW. Half-even does not drift upwards over many ties, which half-up
-does.
+for KWD or BHD, 4 for the funds codes CLF and UYW, as ISO 4217 says (:mod:`meter.catalog.currencies`). Half-even does
+not drift upwards over many ties, which half-up does.
 
 Invoice totals are sums of the rounded lines, never a rounding of the exact total: an invoice then adds up to
 exactly what its lines show, and a line's amount does not change when another line is added.
@@ -20,6 +20,7 @@ from types import MappingProxyType
 
 import polars as pl
 
+from meter.catalog.currencies import CURRENCIES
 from meter.exceptions import InvalidInput
 from meter.pricing.exact import from_scaled, int128, to_scaled
 
@@ -36,15 +37,9 @@ __all__ = [
     "scaled_to_money",
 ]
 
-#: Digits after the decimal point for the currencies whose ISO 4217 exponent is not 2 (the list SIX maintains).
-#: Codes the list gives no exponent (gold XAU, special drawing rights XDR, test XTS...) use the default.
-MINOR_UNITS = MappingProxyType({
-    **dict.fromkeys(
-        ["BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND", "VUV", "XAF",
-         "XOF", "XPF"], 0),
-    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
-    **dict.fromkeys(["CLF", "UYW"], 4),
-})
+#: Digits after the decimal point for the currencies whose ISO 4217 exponent is not 2, from the same ISO 4217 table
+#: the catalog validates currencies against (:mod:`meter.catalog.currencies`, the ``iso4217`` package).
+MINOR_UNITS = MappingProxyType({code: digits for code, digits in CURRENCIES.items() if digits != 2})
 DEFAULT_MINOR_UNITS = 2
 #: The scale of every rounded amount column, so that all currencies share one dtype, ``Decimal(38, 4)``.
 MAX_MINOR_UNITS = max(MINOR_UNITS.values())

@@ -1,9 +1,14 @@
-"""meter's HTTP API as a plain ASGI application: routes only. The engine does the work (one call per request, with
-the raw body); msgspec reads and writes JSON; `errors.py` maps exceptions to status codes."""
+"""meter's HTTP API as a plain ASGI application: routes only.
+
+The engine does the work (one call per request, with the raw body); msgspec reads and writes JSON; `errors.py` maps
+exceptions to status codes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import json
 import os
 import re
 import sys
@@ -11,27 +16,37 @@ import threading
 import zlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qsl
+from typing import Any, Literal, overload
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 import msgspec
 import pyarrow as pa
-import zstandard
 import pyarrow.csv as pa_csv
 import pyarrow.ipc as pa_ipc
+import zstandard
 
-from meter.catalog.billing import (BillingCatalog, Customer, MigrationBody, PlanBody, PlanVersionBody, Product,
-                                   Subscription)
-from meter.catalog.keys import ApiKey, KeyStore, Scope
+from meter.catalog.billing import (
+    BillingCatalog,
+    Customer,
+    MigrationBody,
+    PlanBody,
+    PlanVersionBody,
+    Product,
+    Subscription,
+)
+from meter.catalog.keys import KEY_FORMAT, ApiKey, KeyBody, KeyStore, Scope, TenantBody, TenantKeyBody, valid_checksum
+from meter.encoding import encode_json
 from meter.engine import Engine
 from meter.exceptions import MeterError
 from meter.pricing.invoicer import Invoicer
-from meter.pricing.invoices import CreditNoteBody, InvoiceRunBody, InvoiceStore
-from meter.schemas import MeterSpec
+from meter.pricing.invoices import CreditNoteBody, InvoiceRunBody, InvoiceStore, RunWarning
+from meter.pricing.invoicing import parse_month
+from meter.schemas import MeterSpec, SkippedEvents
 from meter.server.errors import ApiError, status_of
-from meter.server.openapi import BUILTIN_PATHS, openapi
+from meter.server.openapi import openapi
 
 __all__ = ["MeterApp", "create_app"]
 
@@ -43,34 +58,92 @@ MAX_BODY = 16 * 1024 * 1024
 JSON = [(b"content-type", b"application/json")]
 
 
+class Headers:
+    """A request's headers as the list they arrived in, never a dict: a header sent twice is seen twice.
+
+    `get` answers the one value of a header, joins the values of a list-valued one (RFC 9110 5.3), and refuses (400
+    `duplicate_header`) a single-valued header sent twice, so that a client can never override a header a proxy set
+    (or the other way round).
+    """
+
+    #: Headers whose repeated values combine into one comma-separated list.
+    LISTS = frozenset({"accept", "accept-encoding", "accept-language", "cache-control", "forwarded", "via",
+                       "x-forwarded-for"})
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+
+    def getall(self, name: str) -> list[str]:
+        return [v for k, v in self.pairs if k == name]
+
+    @overload
+    def get(self, name: str) -> str | None: ...
+    @overload
+    def get(self, name: str, default: str) -> str: ...
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        values = self.getall(name)
+        if not values:
+            return default
+        if len(values) > 1:
+            if name in self.LISTS:
+                return ", ".join(values)
+            raise ApiError(400, "duplicate_header", f"the request has {len(values)} {name!r} headers; send one")
+        return values[0]
+
+    def __contains__(self, name: object) -> bool:
+        return any(k == name for k, _ in self.pairs)
+
+
 class Request:
-    def __init__(self, scope: Scope_, body: bytes) -> None:
-        self.method: str = scope["method"]
-        self.path: str = scope["path"]
-        self.query = parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True)
-        self.headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        self.body = body
+    """What the app reads of a request.
+
+    `Request.of(scope)` is the one place where request metadata (path, query string, headers) is decoded: anything
+    undecodable there is a 400, and nothing else reads the raw scope.
+    """
+
+    def __init__(self, method: str, path: str, query: list[tuple[str, str]], headers: Headers) -> None:
+        self.method, self.path, self.query, self.headers = method, path, query, headers
+        self.body = b""
         self.key: ApiKey | None = None
+
+    @classmethod
+    def of(cls, scope: Scope_) -> Request:
+        try:
+            raw_path = scope.get("raw_path")
+            # The path from the bytes on the wire when the server gives them: a server may already have replaced an
+            # undecodable byte in `path` (a U+FFFD that would silently name another object).
+            path = unquote_to_bytes(raw_path).decode() if raw_path else str(scope["path"])
+            path.encode()  # a lone surrogate (surrogateescape) is not a path either
+            query = parse_qsl(bytes(scope.get("query_string", b"")).decode(), keep_blank_values=True, errors="strict")
+            headers = [(bytes(k).decode("ascii").lower(), bytes(v).decode()) for k, v in scope["headers"]]
+            return cls(str(scope["method"]), path, query, Headers(headers))
+        except Exception:  # noqa: BLE001 - undecodable request metadata is the client's error, never a 500
+            raise ApiError(400, "invalid_encoding", "the path, the query string and every header must be valid "
+                           "UTF-8 (percent-encoded where the URL needs it)") from None
 
     def params(self, name: str) -> list[str]:
         return [v for k, v in self.query if k == name]
 
     def param(self, name: str) -> str | None:
+        """The one value of a query parameter: given twice is a 400, never last-wins."""
         values = self.params(name)
-        return values[-1] if values else None
+        if len(values) > 1:
+            raise ApiError(400, "invalid_query", f"'{name}' is given {len(values)} times; give it once")
+        return values[0] if values else None
+
+
+class Disconnected(Exception):
+    """The client went away before its body arrived whole: nothing is processed, nothing answered."""
 
 
 Handler = Callable[..., Awaitable[tuple[int, Any, dict[str, str]]]]
 
 
-class TenantBody(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
-    name: str = ""
-
-
-class KeyBody(msgspec.Struct, forbid_unknown_fields=True):
-    tenant: str
-    scopes: list[Scope]
+#: Who may call a route: a tenant key with one of these scopes, an operator key, or anyone.
+Access = Scope | Literal["operator", "public"]
+#: Spellings of `?atomic=` (case-insensitive); anything else is a 400.
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 class MeterApp:
@@ -92,18 +165,32 @@ class MeterApp:
         self.invoicer: Invoicer | None = None
         # Engine calls block (with the GIL released): run them on threads so that concurrent requests share commits.
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="meter-call")
-        self.routes: list[tuple[str, re.Pattern[str], Scope, Callable[..., Any]]] = [
+        #: Set when the stores could not be opened for writing at startup (a full or read-only disk): the server
+        #: runs degraded, serving what it can read, answering writes 503 and /readyz 503 with this reason.
+        self.degraded: str | None = None
+        self.openapi_json: bytes | None = None
+        # (method, path, access, handler). Access: the scope a tenant key needs, "operator" (an operator key; every
+        # /v1/admin/* route is operator-only whatever it says here), or "public" (no key).
+        self.routes: list[tuple[str, re.Pattern[str], Access, Callable[..., Any]]] = [
+            ("GET", re.compile(r"/healthz"), "public", self.healthz),
+            ("GET", re.compile(r"/readyz"), "public", self.readyz),
+            ("GET", re.compile(r"/openapi\.json"), "public", self.openapi_document),
+            ("GET", re.compile(r"/metrics"), "operator", self.get_metrics),
             ("POST", re.compile(r"/v1/events"), "ingest", self.post_events),
             ("POST", re.compile(r"/v1/meters"), "admin", self.create_meter),
             ("GET", re.compile(r"/v1/meters"), "read", self.list_meters),
             ("GET", re.compile(r"/v1/meters/(?P<slug>[^/]+)"), "read", self.get_meter),
             ("DELETE", re.compile(r"/v1/meters/(?P<slug>[^/]+)"), "admin", self.delete_meter),
             ("GET", re.compile(r"/v1/meters/(?P<slug>[^/]+)/usage"), "read", self.usage),
-            ("POST", re.compile(r"/v1/admin/tenants"), "admin", self.create_tenant),
-            ("GET", re.compile(r"/v1/admin/tenants"), "admin", self.list_tenants),
-            ("POST", re.compile(r"/v1/admin/keys"), "admin", self.create_key),
-            ("GET", re.compile(r"/v1/admin/keys"), "admin", self.list_keys),
-            ("DELETE", re.compile(r"/v1/admin/keys/(?P<key_id>[^/]+)"), "admin", self.revoke_key),
+            ("GET", re.compile(r"/v1/meters/(?P<slug>[^/]+)/skipped"), "read", self.skipped),
+            ("POST", re.compile(r"/v1/admin/tenants"), "operator", self.create_tenant),
+            ("GET", re.compile(r"/v1/admin/tenants"), "operator", self.list_tenants),
+            ("POST", re.compile(r"/v1/admin/keys"), "operator", self.create_key),
+            ("GET", re.compile(r"/v1/admin/keys"), "operator", self.list_keys),
+            ("DELETE", re.compile(r"/v1/admin/keys/(?P<key_id>[^/]+)"), "operator", self.revoke_key),
+            ("POST", re.compile(r"/v1/keys"), "admin", self.create_own_key),
+            ("GET", re.compile(r"/v1/keys"), "admin", self.list_own_keys),
+            ("DELETE", re.compile(r"/v1/keys/(?P<key_id>[^/]+)"), "admin", self.revoke_own_key),
             ("POST", re.compile(r"/v1/plans/(?P<plan_id>[^/]+)/versions"), "admin", self.add_plan_version),
             ("POST", re.compile(r"/v1/subscriptions/(?P<sub_id>[^/]+)/migrate"), "admin", self.migrate_subscription),
             ("POST", re.compile(r"/v1/invoices/run"), "admin", self.run_invoices),
@@ -154,25 +241,74 @@ class MeterApp:
                 return
 
     def startup(self) -> None:
-        self.keys = KeyStore(self.data_dir / "catalog")
-        if self.admin_key:
-            if self.keys.authenticate(self.admin_key) is None:
-                self.keys.create_key(None, ["admin"], secret=self.admin_key)
-        elif not self.keys.has_admin_key():
-            secret, _ = self.keys.create_key(None, ["admin"])
-            print(f"meter: created the admin key (shown once, store it now): {secret}", flush=True)
-        self.billing = BillingCatalog(self.data_dir / "billing")
-        self.engine = Engine(self.data_dir / "usage")
-        self.invoices = InvoiceStore(self.data_dir / "invoices")
-        out = self.export[0] if self.export else self.data_dir / "export"
-        self.invoicer = Invoicer(self.engine, self.billing, self.invoices, out)
-        if self.export:
+        if self.admin_key is not None and not valid_checksum(self.admin_key):
+            raise ValueError(admin_key_message())
+        try:
+            self.open_stores()
+        except Exception as e:  # noqa: BLE001 - only a full or read-only disk is survivable; the rest is re-raised
+            reason = storage_full(e)
+            if reason is None:
+                raise
+            self.close_stores()
+            self.open_degraded(f"{reason} at startup: {e}")
+        if self.export and not self.degraded:
             self.exporter = threading.Thread(target=self.export_on_schedule, name="meter-export", daemon=True)
             self.exporter.start()
 
+    def open_stores(self) -> None:
+        self.keys = KeyStore(self.data_dir / "catalog")
+        if self.admin_key:
+            known = self.keys.authenticate(self.admin_key)
+            if known is not None and not known.operator:
+                raise ValueError("METER_ADMIN_KEY is a tenant's key, not an operator key; `meter admin-key new` makes "
+                                 "a new one")
+            if known is None:
+                self.keys.create_key(None, ["admin"], secret=self.admin_key)
+        elif not self.keys.has_admin_key():
+            secret, _ = self.keys.create_key(None, ["admin"])
+            print(f"meter: created the operator key (shown once, store it now): {secret}", flush=True)
+        self.engine = Engine(self.data_dir / "usage")
+        # The catalog checks prices' meters against the engine, and deletes meters (see delete_meter).
+        self.billing = BillingCatalog(self.data_dir / "billing", meters=self.engine)
+        self.invoices = InvoiceStore(self.data_dir / "invoices")
+        out = self.export[0] if self.export else self.data_dir / "export"
+        self.invoicer = Invoicer(self.engine, self.billing, self.invoices, out)
+
+    def close_stores(self) -> None:
+        for name in ("engine", "keys", "billing", "invoices"):
+            store = getattr(self, name)
+            if store is not None and not isinstance(store, Unavailable):
+                try:
+                    store.close()
+                except Exception:  # noqa: BLE001, S110 - closing what half-opened on a failed disk
+                    pass
+            setattr(self, name, None)
+        self.invoicer = None
+
+    def open_degraded(self, reason: str) -> None:
+        """Serve what can be read without writing.
+
+        The key store, the billing catalog and the invoices open read-only; what cannot open (the usage engine, which
+        writes at open; invoicing, which writes its export) answers 503 `store_unavailable`, and so does every write.
+        """
+        self.degraded = reason
+        print(f"meter: starting degraded, read-only: {reason}", file=sys.stderr, flush=True)
+        unavailable = Unavailable(reason)
+        for name, path, kind in (("keys", "catalog", KeyStore), ("billing", "billing", BillingCatalog),
+                                 ("invoices", "invoices", InvoiceStore)):
+            try:
+                setattr(self, name, kind(self.data_dir / path, read_only=True))
+            except Exception as e:  # noqa: BLE001 - that store stays unavailable; the rest is served
+                print(f"meter: {path} is unavailable too: {e}", file=sys.stderr, flush=True)
+                setattr(self, name, unavailable)
+        self.engine = unavailable  # type: ignore[assignment]
+        self.invoicer = unavailable  # type: ignore[assignment]
+
     def export_on_schedule(self) -> None:
-        """Exports usage, the catalog and invoices every interval, then issues the threshold invoices due; a failure
-        is reported and tried again next time."""
+        """Exports usage, the catalog and invoices every interval, then issues the threshold invoices due.
+
+        A failure is reported and tried again next time.
+        """
         assert self.export is not None and self.invoicer is not None
         out, every = self.export
         while not self.stopping.wait(every):
@@ -180,28 +316,31 @@ class MeterApp:
                 tenants = [t.id for t in self.keys.list_tenants()]
                 self.invoicer.export(tenants)
                 self.exports_done += 1
-                for tenant in tenants:
-                    self.invoicer.thresholds(tenant, datetime.now(timezone.utc))
             except Exception as e:  # noqa: BLE001 - the next interval tries again; the server keeps serving
                 print(f"meter: scheduled export to {out} failed: {e!r}", file=sys.stderr, flush=True)
+                continue
+            # One tenant's threshold invoices never stop another's.
+            for tenant in tenants:
+                try:
+                    self.invoicer.thresholds(tenant, datetime.now(UTC))
+                except Exception as e:  # noqa: BLE001 - reported; the next interval tries again
+                    print(f"meter: threshold invoices of tenant {tenant!r} failed: {e!r}", file=sys.stderr,
+                          flush=True)
 
     def shutdown(self) -> None:
         self.stopping.set()
         if self.exporter is not None:
             self.exporter.join()
-        if self.engine is not None:
-            self.engine.close()
-        if self.keys is not None:
-            self.keys.close()
-        if self.billing is not None:
-            self.billing.close()
-        if self.invoices is not None:
-            self.invoices.close()
+        for store in (self.engine, self.keys, self.billing, self.invoices):
+            if store is not None and not isinstance(store, Unavailable):
+                store.close()
         self.pool.shutdown(wait=True)
 
     async def http(self, scope: Scope_, receive: Receive, send: Send) -> None:
         try:
             status, body, headers = await self.handle(scope, receive)
+        except Disconnected:
+            return
         except ApiError as e:
             status, body, headers = e.status, {"code": e.code, "message": e.message}, e.headers
         except MeterError as e:
@@ -215,7 +354,7 @@ class MeterApp:
                 raise
             status, body, headers = 500, {"code": "internal", "message": "internal error; nothing was applied"}, {}
         self.responses[status] = self.responses.get(status, 0) + 1
-        payload = body if isinstance(body, bytes) else msgspec.json.encode(body)
+        payload = body if isinstance(body, bytes) else encode_json(body)
         content_type = headers.pop("content-type", None)
         raw_headers = [(b"content-type", content_type.encode())] if content_type else list(JSON)
         raw_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
@@ -223,27 +362,23 @@ class MeterApp:
         await send({"type": "http.response.body", "body": payload})
 
     async def handle(self, scope: Scope_, receive: Receive) -> tuple[int, Any, dict[str, str]]:
-        path, method = scope["path"], scope["method"]
-        if path in BUILTIN_PATHS and method not in ("GET", "HEAD"):
-            raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {path}; use GET", {"allow": "GET"})
-        if path == "/healthz":
-            return 200, {"status": "ok"}, {}
-        if path == "/openapi.json":
-            return 200, openapi(), {}
-        if path == "/metrics":
-            return 200, self.metrics().encode(), {"content-type": "text/plain; version=0.0.4"}
-        if path == "/readyz":
-            failure = self.engine.failure() if self.engine else "starting"
-            if failure:
-                return 503, {"status": "unavailable", "reason": failure}, {"retry-after": "5"}
-            return 200, {"status": "ready"}, {}
-        for route_method, pattern, scope_needed, handler in self.routes:
+        """Decode the request's metadata, find its route, check its key, and only then read its body.
+
+        An unauthenticated client can make the server read (and decompress) nothing.
+        """
+        request = Request.of(scope)
+        path, method = request.path, request.method
+        for route_method, pattern, access, handler in self.routes:
             match = pattern.fullmatch(path)
             if match and route_method == method:
-                body = await self.read_body(scope, receive) if method in ("POST", "PUT") else b""
-                request = Request(scope, body)
-                request.key = self.authorize(request, scope_needed)
-                return await handler(request, **match.groupdict())
+                request.key = self.authorize(request, access, path)
+                if self.degraded and method != "GET":
+                    raise ApiError(503, "store_unavailable", f"the server is read-only: {self.degraded}",
+                                   {"retry-after": "30"})
+                if method in ("POST", "PUT"):
+                    request.body = await self.read_body(request, receive)
+                answer: tuple[int, Any, dict[str, str]] = await handler(request, **match.groupdict())
+                return answer
         matching = [(m, p.groups == 0) for m, p, _, _ in self.routes if p.fullmatch(path)]
         # A literal path (/v1/invoices/run) has its own methods, not those of the template it also fits.
         allowed = sorted({m for m, literal in matching if literal} or {m for m, _ in matching})
@@ -252,10 +387,27 @@ class MeterApp:
                            {"allow": ", ".join(allowed)})
         raise ApiError(404, "not_found", f"no route {path}; see /openapi.json")
 
+    async def healthz(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        return 200, {"status": "ok"}, {}
+
+    async def readyz(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        failure = self.degraded or (self.engine.failure() if self.engine else "starting")
+        if failure:
+            return 503, {"status": "unavailable", "reason": failure}, {"retry-after": "5"}
+        return 200, {"status": "ready"}, {}
+
+    async def openapi_document(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        if self.openapi_json is None:  # built once: generating the schemas would cost every request on the loop
+            self.openapi_json = msgspec.json.encode(openapi())
+        return 200, self.openapi_json, {}
+
+    async def get_metrics(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        return 200, self.metrics().encode(), {"content-type": "text/plain; version=0.0.4"}
+
     def metrics(self) -> str:
         lines = ["# TYPE meter_http_responses_total counter"]
         lines += [f'meter_http_responses_total{{status="{k}"}} {v}' for k, v in sorted(self.responses.items())]
-        if self.engine is not None:
+        if self.engine is not None and not isinstance(self.engine, Unavailable):
             s = self.engine.stats()
             for name, kind, value in [
                 ("meter_events_accepted_total", "counter", s.accepted),
@@ -271,27 +423,60 @@ class MeterApp:
                 le = "+Inf" if bound is None else repr(bound)
                 lines.append(f'meter_commit_seconds_bucket{{le="{le}"}} {count}')
             lines += [f"meter_commit_seconds_sum {s.commit_seconds_total}", f"meter_commit_seconds_count {s.commits}"]
+            lines.append("# TYPE meter_events_skipped_total counter")
+            lines += [f'meter_events_skipped_total{{tenant="{_label(c.tenant)}",meter="{_label(c.meter)}"}} {c.events}'
+                      for c in s.skipped]
         return "\n".join(lines) + "\n"
 
-    def authorize(self, request: Request, needed: Scope) -> ApiKey:
-        header = request.headers.get("authorization", "")
+    def authorize(self, request: Request, access: Access, path: str) -> ApiKey | None:
+        """The key of a request, allowed on its route; deny by default.
+
+        A public route needs no key; /v1/admin/* and /metrics need an operator key; every other route needs a tenant
+        key with the route's scope. Two Authorization headers are a 400, never last-wins.
+        """
+        if access == "public" and not path.startswith("/v1/"):
+            return None
+        header = request.headers.get("authorization") or ""
         secret = header[7:].strip() if header[:7].lower() == "bearer " else ""
         key = self.keys.authenticate(secret) if (secret and self.keys) else None
         if key is None:
             raise ApiError(401, "unauthorized", "send a valid API key as 'Authorization: Bearer mk_live_...'",
                            {"www-authenticate": "Bearer"})
-        if needed not in key.scopes:
-            raise ApiError(403, "forbidden", f"this key lacks the '{needed}' scope")
+        if access == "operator" or path.startswith("/v1/admin/"):
+            if not key.operator:
+                raise ApiError(403, "operator_only", f"{path} is for the operator of the installation; a tenant's "
+                               "key cannot use it (a tenant manages its own keys with /v1/keys)")
+            return key
+        if key.operator:
+            raise ApiError(403, "tenant_only", "an operator key reaches only /v1/admin/* and /metrics; use a key of "
+                           "the tenant (POST /v1/admin/keys {\"tenant\": ..., \"scopes\": [...]})")
+        if access not in key.scopes:
+            raise ApiError(403, "forbidden", f"this key lacks the '{access}' scope")
         return key
 
-    async def read_body(self, scope: Scope_, receive: Receive) -> bytes:
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            raise ApiError(413, "body_too_large", f"the body is {length} bytes; the limit is {self.max_body}")
+    async def read_body(self, request: Request, receive: Receive) -> bytes:
+        """The whole body, bounded, decompressed on the thread pool (not the event loop).
+
+        A body that is not exactly its Content-Length, or a compressed body with anything undecodable in it, is
+        refused: never half-read.
+        """
+        length = request.headers.get("content-length")
+        expected: int | None = None
+        if length is not None:
+            if not (length.isascii() and length.isdigit()):
+                raise ApiError(400, "invalid_header", f"Content-Length must be a number of bytes; got {length!r}")
+            expected = int(length)
+            if expected > self.max_body:
+                raise ApiError(413, "body_too_large", f"the body is {length} bytes; the limit is {self.max_body}")
+        encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
+        if encoding not in ("gzip", "zstd", "identity", ""):
+            raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip "
+                           "or zstd")
         chunks, size = [], 0
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                raise Disconnected
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body:
@@ -299,45 +484,20 @@ class MeterApp:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+        if expected is not None and size != expected:
+            raise ApiError(400, "incomplete_body", f"the body has {size} bytes; its Content-Length says {expected}")
         body = b"".join(chunks)
-        encoding = headers.get("content-encoding", "identity").strip().lower()
         if encoding == "gzip":
-            body = self.gunzip(body)
-        elif encoding == "zstd":
-            body = self.unzstd(body)
-        elif encoding not in ("identity", ""):
-            raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip or zstd")
+            return await self.call(gunzip, body, self.max_body)  # type: ignore[no-any-return]
+        if encoding == "zstd":
+            return await self.call(unzstd, body, self.max_body)  # type: ignore[no-any-return]
         return body
-
-    def unzstd(self, body: bytes) -> bytes:
-        # Read at most one byte past the limit: a zstd bomb stops there.
-        try:
-            with zstandard.ZstdDecompressor().stream_reader(body) as reader:
-                out = reader.read(self.max_body + 1)
-        except zstandard.ZstdError as e:
-            raise ApiError(400, "invalid_zstd", f"the zstd body could not be decompressed: {e}") from None
-        if len(out) > self.max_body:
-            raise ApiError(413, "body_too_large", f"the decompressed body exceeds {self.max_body} bytes")
-        return out
-
-    def gunzip(self, body: bytes) -> bytes:
-        # Bounded: a gzip bomb stops at the body limit instead of filling memory.
-        d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        try:
-            out = d.decompress(body, self.max_body + 1)
-        except zlib.error as e:
-            raise ApiError(400, "invalid_gzip", f"the gzip body could not be decompressed: {e}") from None
-        if len(out) > self.max_body or d.unconsumed_tail:
-            raise ApiError(413, "body_too_large", f"the decompressed body exceeds {self.max_body} bytes")
-        return out
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kwargs))
 
     def tenant(self, request: Request) -> str:
-        assert request.key is not None
-        if request.key.tenant is None:
-            raise ApiError(403, "forbidden", "the admin key belongs to no tenant; use a tenant key for this route")
+        assert request.key is not None and request.key.tenant is not None, "authorize() lets only tenant keys here"
         return request.key.tenant
 
     # routes
@@ -347,10 +507,15 @@ class MeterApp:
         if media not in ("application/json", "application/cloudevents-batch+json", "application/cloudevents+json"):
             raise ApiError(415, "unsupported_media_type",
                            "send application/cloudevents-batch+json, application/json or application/cloudevents+json")
-        atomic = request.param("atomic") in ("1", "true")
+        atomic = parse_bool(request.param("atomic"), "atomic")
         result = await self.call(self.engine.ingest, self.tenant(request), request.body, atomic=atomic)
-        status = 200 if (result.accepted or result.duplicates or not result.issues) else 400
-        return status, result, {}
+        if result.accepted or result.duplicates or not result.issues:
+            return 200, result, {}
+        # Nothing accepted: an error body like every other (code, message), with the per-event issues.
+        first = result.issues[0]
+        message = (f"none of the {len(result.issues)} events was accepted; see issues (the first, #{first.index} "
+                   f"{first.id!r}: {first.code}: {first.message})")
+        return 400, {"code": "no_events_accepted", "message": message, **msgspec.structs.asdict(result)}, {}
 
     async def discard(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         return 200, {"received": len(request.body)}, {}
@@ -366,7 +531,8 @@ class MeterApp:
         return 200, self.engine.get_meter(self.tenant(request), slug), {}
 
     async def delete_meter(self, request: Request, slug: str) -> tuple[int, Any, dict[str, str]]:
-        await self.call(self.engine.delete_meter, self.tenant(request), slug)
+        # Through the catalog: refused (409 in_use) while a price, an override or a product names the meter.
+        await self.call(self.billing.delete_meter, self.tenant(request), slug)
         return 200, {"deleted": slug}, {}
 
     async def usage(self, request: Request, slug: str) -> tuple[int, Any, dict[str, str]]:
@@ -390,12 +556,20 @@ class MeterApp:
             with pa_ipc.new_stream(sink, result.table.schema) as writer:
                 writer.write_table(result.table)
             return 200, sink.getvalue().to_pybytes(), {"content-type": "application/vnd.apache.arrow.stream"}
-        rows = [
-            {**row, "window_start": row["window_start"].isoformat(), "window_end": row["window_end"].isoformat(),
-             "value": format(row["value"].normalize(), "f")}
-            for row in result.rows()
-        ]
-        return 200, {"meter": slug, "from": start.isoformat(), "to": end.isoformat(), "data": rows}, {}
+        # The rows are encoded by the engine from the Arrow columns (no Python object per row), then spliced into the
+        # envelope: the same JSON the per-row dicts gave, as fast as CSV.
+        head = msgspec.json.encode({"meter": slug, "from": start.isoformat(), "to": end.isoformat(), "data": None})
+        return 200, head[: -len(b"null}")] + result.json_rows() + b"}", {}
+
+    async def skipped(self, request: Request, slug: str) -> tuple[int, Any, dict[str, str]]:
+        start, end = parse_time(request.param("from"), "from"), parse_time(request.param("to"), "to")
+        limit = request.param("limit") or "100"
+        if not (limit.isascii() and limit.isdigit()):
+            raise ApiError(400, "invalid_query", f"'limit' must be a whole number 1-1000; got {limit!r}")
+        page = await self.call(self.engine.skipped, self.tenant(request), slug, start=start, end=end,
+                               after=request.param("after"), limit=int(limit))
+        return 200, SkippedEvents(meter=slug, from_=start.isoformat(), to=end.isoformat(), data=page.events,
+                                  next=page.next, scanned=page.scanned), {}
 
     async def create_tenant(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         body = decode(request.body, TenantBody)
@@ -405,6 +579,7 @@ class MeterApp:
         return 200, self.keys.list_tenants(), {}
 
     async def create_key(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        """The operator creates a key for any tenant, or (`"tenant": null`) another operator key."""
         body = decode(request.body, KeyBody)
         secret, record = self.keys.create_key(body.tenant, list(body.scopes))
         return 201, {"key": secret, **msgspec.structs.asdict(record)}, {}
@@ -413,15 +588,29 @@ class MeterApp:
         return 200, self.keys.list_keys(request.param("tenant")), {}
 
     async def revoke_key(self, request: Request, key_id: str) -> tuple[int, Any, dict[str, str]]:
-        self.keys.revoke(key_id)
+        self.keys.revoke(key_id, operator=True)
+        return 200, {"revoked": key_id}, {}
+
+    async def create_own_key(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        """A tenant's `admin` key creates keys of its own tenant (the tenant comes from the key, never the body)."""
+        body = decode(request.body, TenantKeyBody)
+        secret, record = self.keys.create_key(self.tenant(request), list(body.scopes))
+        return 201, {"key": secret, **msgspec.structs.asdict(record)}, {}
+
+    async def list_own_keys(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        return 200, self.keys.list_keys(self.tenant(request)), {}
+
+    async def revoke_own_key(self, request: Request, key_id: str) -> tuple[int, Any, dict[str, str]]:
+        self.keys.revoke(key_id, tenant=self.tenant(request))  # another tenant's key (or an operator's) is a 404
         return 200, {"revoked": key_id}, {}
 
     def catalog_put(self, singular: str, body_type: type[Any]) -> Handler:
         async def put(request: Request) -> tuple[int, Any, dict[str, str]]:
-            tenant, item = self.tenant(request), decode(request.body, body_type)
+            tenant, item = self.tenant(request), decode(request.body, body_type, "invalid_catalog")
+            # On a worker thread: a catalog write takes the catalog's lock, which a meter deletion holds meanwhile.
             if singular == "plan":
-                return 201, self.billing.create_plan(tenant, item.id, item.name), {}
-            return 200, getattr(self.billing, f"put_{singular}")(tenant, item), {}
+                return 201, await self.call(self.billing.create_plan, tenant, item.id, item.name, item.versions), {}
+            return 200, await self.call(getattr(self.billing, f"put_{singular}"), tenant, item), {}
         return put
 
     def catalog_list(self, singular: str) -> Handler:
@@ -436,13 +625,14 @@ class MeterApp:
 
     def catalog_delete(self, singular: str) -> Handler:
         async def delete(request: Request, item_id: str) -> tuple[int, Any, dict[str, str]]:
-            getattr(self.billing, f"delete_{singular}")(self.tenant(request), item_id)
+            await self.call(getattr(self.billing, f"delete_{singular}"), self.tenant(request), item_id)
             return 200, {"deleted": item_id}, {}
         return delete
 
     async def migrate_subscription(self, request: Request, sub_id: str) -> tuple[int, Any, dict[str, str]]:
-        body = decode(request.body, MigrationBody)
-        return 200, self.billing.migrate_subscription(self.tenant(request), sub_id, body.version, body.at), {}
+        body = decode(request.body, MigrationBody, "invalid_catalog")
+        return 200, await self.call(self.billing.migrate_subscription, self.tenant(request), sub_id, body.version,
+                                    body.at), {}
 
     # invoices (python/meter/pricing): work from the Parquet export, refreshed by each call
 
@@ -451,11 +641,16 @@ class MeterApp:
         return 200, await self.call(self.invoicer.run, self.tenant(request), body.period, body.finalize), {}
 
     async def bill_thresholds(self, request: Request) -> tuple[int, Any, dict[str, str]]:
-        return 200, await self.call(self.invoicer.thresholds, self.tenant(request), datetime.now(timezone.utc)), {}
+        return 200, await self.call(self.invoicer.thresholds, self.tenant(request), datetime.now(UTC)), {}
 
     async def list_invoices(self, request: Request) -> tuple[int, Any, dict[str, str]]:
+        # period: the month the invoices' cycles start in (what a run bills fees in advance for); usage_period: the
+        # month whose usage they bill in arrears.
+        for name in ("period", "usage_period"):
+            if (month := request.param(name)) is not None:
+                parse_month(month, name)
         invoices = self.invoices.list(self.tenant(request))
-        for name in ("status", "customer", "subscription"):
+        for name in ("status", "customer", "subscription", "period", "usage_period"):
             if (wanted := request.param(name)) is not None:
                 invoices = [i for i in invoices if getattr(i, name) == wanted]
         return 200, invoices, {}
@@ -464,64 +659,186 @@ class MeterApp:
         return 200, self.invoices.get(self.tenant(request), invoice_id), {}
 
     async def finalize_invoice(self, request: Request, invoice_id: str) -> tuple[int, Any, dict[str, str]]:
-        return 200, await self.call(self.invoicer.finalize, self.tenant(request), invoice_id), {}
+        return 200, with_warnings(*await self.call(self.invoicer.finalize, self.tenant(request), invoice_id)), {}
 
     async def void_invoice(self, request: Request, invoice_id: str) -> tuple[int, Any, dict[str, str]]:
-        return 200, await self.call(self.invoicer.void, self.tenant(request), invoice_id), {}
+        return 200, with_warnings(*await self.call(self.invoicer.void, self.tenant(request), invoice_id)), {}
 
     async def credit_invoice(self, request: Request, invoice_id: str) -> tuple[int, Any, dict[str, str]]:
         body = decode(request.body, CreditNoteBody)
-        note = await self.call(self.invoicer.credit, self.tenant(request), invoice_id, body.amount, body.reason)
-        return 201, note, {}
+        done = await self.call(self.invoicer.credit, self.tenant(request), invoice_id, body.amount, body.reason)
+        return 201, with_warnings(*done), {}
 
     async def list_credit_notes(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         return 200, self.invoices.credit_notes(self.tenant(request)), {}
 
     async def upcoming_invoice(self, request: Request, customer: str) -> tuple[int, Any, dict[str, str]]:
-        as_of = datetime.now(timezone.utc)
+        as_of = datetime.now(UTC)
         return 200, await self.call(self.invoicer.preview, self.tenant(request), customer, as_of), {}
 
     async def add_plan_version(self, request: Request, plan_id: str) -> tuple[int, Any, dict[str, str]]:
-        body = decode(request.body, PlanVersionBody)
-        return 201, self.billing.add_plan_version(self.tenant(request), plan_id, body.effective_from, body.prices), {}
+        body = decode(request.body, PlanVersionBody, "invalid_catalog")
+        return 201, await self.call(self.billing.add_plan_version, self.tenant(request), plan_id, body.effective_from,
+                                    body.prices), {}
 
 
-def decode(body: bytes, type_: type[Any]) -> Any:
+def with_warnings(result: msgspec.Struct, warnings: list[RunWarning]) -> Any:
+    """``result``, with ``warnings`` about what failed after it was stored (the write stands)."""
+    if not warnings:
+        return result
+    return {**msgspec.to_builtins(result, builtin_types=(Decimal,)), "warnings": warnings}
+
+
+class Unavailable:
+    """Stands for a store that could not be opened (degraded start).
+
+    Whatever a handler asks of it is a 503 `store_unavailable` with Retry-After, never an AttributeError on None.
+    """
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __getattr__(self, name: str) -> Any:
+        raise ApiError(503, "store_unavailable", f"this needs a store that is unavailable: {self.reason}",
+                       {"retry-after": "30"})
+
+
+def storage_full(e: BaseException) -> str | None:
+    """'disk full' or 'read-only file system' when `e` comes from one of them, else None.
+
+    `e` is an OSError or a RocksDB error that only has a message. These are the failures a server can start through,
+    degraded.
+    """
+    causes: list[BaseException] = []
+    while e is not None and len(causes) < 10:
+        causes.append(e)
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    for cause in causes:
+        number = getattr(cause, "errno", None)
+        text = str(cause).lower()
+        if number == errno.ENOSPC or "no space left on device" in text:
+            return "disk full"
+        if number == errno.EROFS or "read-only file system" in text:
+            return "read-only file system"
+    return None
+
+
+def admin_key_message() -> str:
+    return (f"METER_ADMIN_KEY (or --admin-key) is not a meter key: it must be {KEY_FORMAT}; "
+            "`meter admin-key new` prints one")
+
+
+def parse_bool(value: str | None, name: str) -> bool:
+    """A boolean query parameter: absent is false; true/false, 1/0, yes/no in any case; anything else a 400."""
+    if value is None:
+        return False
+    try:
+        return BOOLEANS[value.strip().lower()]
+    except KeyError:
+        raise ApiError(400, "invalid_query",
+                       f"'{name}' must be true or false (or 1/0, yes/no); got {value!r}") from None
+
+
+_CHUNK = 64 * 1024
+
+
+def gunzip(body: bytes, limit: int) -> bytes:
+    """Every member of a gzip body (concatenated members are one stream, RFC 1952).
+
+    At most `limit` bytes out (a bomb stops there: 413). Anything after the last member, or a member cut short, is a
+    400 `invalid_gzip`: a body is read whole or refused. The input is fed in chunks so that many small members cost
+    linear time.
+    """
+    out: list[bytes] = []
+    size = 0
+    view = memoryview(body)
+    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    fed = False  # whether the current member has had any input
+    pending: bytes | memoryview = b""
+    pos = 0
+    while True:
+        if not pending:
+            if pos >= len(view):
+                break
+            pending, pos = view[pos : pos + _CHUNK], pos + _CHUNK
+        try:
+            chunk = d.decompress(pending, limit + 1 - size)
+        except zlib.error as e:
+            what = "trailing bytes after the last gzip member" if out and not fed else "the gzip body"
+            raise ApiError(400, "invalid_gzip", f"{what} could not be decompressed: {e}") from None
+        fed = True
+        size += len(chunk)
+        out.append(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"the decompressed body exceeds {limit} bytes")
+        if d.eof:
+            pending = d.unused_data  # the start of the next member (at most one chunk)
+            d, fed = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS), False
+        else:
+            pending = d.unconsumed_tail  # empty: output stops short of max_length only when input runs out
+    if fed or not out:
+        raise ApiError(400, "invalid_gzip", "the gzip body is empty, truncated, or followed by bytes that are not "
+                       "gzip: send every byte of it and nothing else")
+    return b"".join(out)
+
+
+def unzstd(body: bytes, limit: int) -> bytes:
+    """Every frame of a zstd body, at most `limit` bytes out (413 past it).
+
+    A truncated frame or trailing garbage is a 400 `invalid_zstd`. The bounded read decodes across frames (and stops
+    a bomb); then a frame-by-frame pass over the same bytes, whose output the first pass has bounded, checks that the
+    last frame is complete.
+    """
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=True) as reader:
+            out = reader.read(limit + 1)
+        if len(out) > limit:
+            raise ApiError(413, "body_too_large", f"the decompressed body exceeds {limit} bytes")
+        view, pos, pending, fed = memoryview(body), 0, b"", False
+        d = zstandard.ZstdDecompressor().decompressobj()
+        while pending or pos < len(view):
+            if not pending:
+                pending, pos = bytes(view[pos : pos + _CHUNK]), pos + _CHUNK
+            d.decompress(pending)
+            fed = True
+            if d.eof:  # the rest of the chunk starts the next frame (fed in chunks: many small frames stay linear)
+                pending, fed = d.unused_data, False
+                d = zstandard.ZstdDecompressor().decompressobj()
+            else:
+                pending = b""
+        if fed:
+            raise ApiError(400, "invalid_zstd", "the zstd body is truncated: its last frame is incomplete")
+    except zstandard.ZstdError as e:
+        raise ApiError(400, "invalid_zstd", f"the zstd body could not be decompressed: {e}") from None
+    if not body:
+        raise ApiError(400, "invalid_zstd", "the zstd body is empty")
+    return out
+
+
+
+def decode(body: bytes, type_: type[Any], code: str = "invalid_body") -> Any:
+    """The body as ``type_``; a body that does not match it is a 400 ``code`` (the catalog's: ``invalid_catalog``)."""
     try:
         value = msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as e:
-        raise ApiError(400, "invalid_body", f"the body does not match the schema: {e}") from None
+        raise ApiError(400, code, f"the body does not match the schema: {e}") from None
     except msgspec.DecodeError as e:
         raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}") from None
-    check_times(value, "$")
+    # A key given twice is refused, never last-wins (msgspec keeps the last). Numbers stay text: no int-size limit.
+    try:
+        json.loads(body, object_pairs_hook=_unique_keys, parse_int=str, parse_float=str, parse_constant=str)
+    except (ValueError, RecursionError) as e:
+        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}") from None
     return value
 
 
-#: The years a time in a body may fall in (as written, so within a day of UTC). Pricing compares times and steps
-#: through billing cycles from them, so a naive time, or one a cycle or an offset away from the ends of `datetime`
-#: (years 1 and 9999), would be stored and then fail every invoice run of the tenant.
-YEARS = range(1900, 9000)
-
-
-def check_times(value: Any, where: str) -> None:
-    """Every datetime anywhere in a decoded body carries a UTC offset and falls within ``YEARS`` (else 400)."""
-    if isinstance(value, datetime):
-        local = value.replace(tzinfo=None)
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ApiError(400, "invalid_body", f"{where} needs a time zone offset or Z (RFC 3339); "
-                                                f"got {local.isoformat()}")
-        if local.year not in YEARS:
-            raise ApiError(400, "invalid_body", f"{where} must fall in the years {YEARS.start} to {YEARS.stop - 1}; "
-                                                f"got {value.isoformat()}")
-    elif isinstance(value, msgspec.Struct):
-        for name in value.__struct_fields__:
-            check_times(getattr(value, name), f"{where}.{name}")
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            check_times(item, f"{where}[{i}]")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            check_times(item, f"{where}.{key}")
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for k, _ in pairs:
+        if k in seen:
+            raise ApiError(400, "invalid_json", f"the key {k!r} appears twice in one object; give it once")
+        seen.add(k)
+    return dict(pairs)
 
 
 def parse_time(value: str | None, name: str) -> datetime:
@@ -530,10 +847,16 @@ def parse_time(value: str | None, name: str) -> datetime:
     try:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise ApiError(400, "invalid_query", f"'{name}' must be RFC 3339 such as 2026-11-01T00:00:00Z; got {value!r}") from None
+        raise ApiError(400, "invalid_query",
+                       f"'{name}' must be RFC 3339 such as 2026-11-01T00:00:00Z; got {value!r}") from None
     if t.tzinfo is None:
         raise ApiError(400, "invalid_query", f"'{name}' needs a time zone offset or Z; got {value!r}")
     return t
+
+
+def _label(value: str) -> str:
+    """A Prometheus label value: backslash, double quote and newline escaped."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def create_app() -> MeterApp:

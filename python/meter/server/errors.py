@@ -32,7 +32,7 @@ _STATUS: list[tuple[type[BaseException], int]] = [
 
 
 # Request-level codes whose status is not the one of their class.
-_BY_CODE = {"too_many_events": 413}
+_BY_CODE = {"too_many_events": 413, "stale_draft": 409}
 
 
 def status_of(e: exc.MeterError) -> int:

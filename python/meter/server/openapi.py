@@ -23,11 +23,11 @@ from meter.catalog.billing import (
     Product,
     Subscription,
 )
-from meter.catalog.keys import ApiKey, Scope, Tenant
-from meter.pricing.invoices import CreditNote, CreditNoteBody, Invoice, InvoiceRunBody
-from meter.schemas import CreatedMeter, IngestResult, Meter, MeterSpec
+from meter.catalog.keys import ApiKey, KeyBody, Scope, Tenant, TenantBody, TenantKeyBody
+from meter.pricing.invoices import CreditNote, CreditNoteBody, Invoice, InvoiceRun, InvoiceRunBody
+from meter.schemas import CreatedMeter, IngestResult, Meter, MeterSpec, SkippedEvents
 
-__all__ = ["BUILTIN_PATHS", "EXAMPLES", "ErrorBody", "openapi"]
+__all__ = ["EXAMPLES", "ErrorBody", "openapi"]
 
 
 class ErrorBody(msgspec.Struct):
@@ -79,14 +79,9 @@ class Health(msgspec.Struct):
     reason: str | None = None
 
 
-#: Paths answered by ``MeterApp.handle`` before the route table (no key needed).
-BUILTIN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json")
-
 _REF = "#/components/schemas/{name}"
 #: A decimal amount or quantity as the API reads it: a JSON string, plain notation.
 DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
-TIME_DESCRIPTION = "RFC 3339 with an offset or Z, in the years 1900 to 8999"
-TIME_PATTERN = r"^(19[0-9]{2}|[2-8][0-9]{3})-.*([Zz]|[+-][0-9]{2}:[0-9]{2})$"
 _ERRORS = {
     400: "The request is malformed: its body, a query parameter or a header; the message says what to fix",
     401: "No valid API key: send 'Authorization: Bearer mk_live_...'",
@@ -212,6 +207,7 @@ EXAMPLES: dict[str, Any] = {
     "CreditNoteBody": {"amount": "1.00", "reason": "goodwill"},
     "TenantBody": {"id": "acme", "name": "Acme Inc."},
     "KeyBody": {"tenant": "acme", "scopes": ["ingest", "read"]},
+    "TenantKeyBody": {"scopes": ["ingest"]},
 }
 # The billing catalog: POST creates or replaces (plans: creates), GET lists or gets one, DELETE deletes what nothing
 # refers to. (kind, item struct, body struct, status of a POST, example id)
@@ -240,12 +236,11 @@ def _catalog_paths() -> dict[str, Any]:
 
 
 def _components() -> dict[str, Any]:
-    from meter.server.app import KeyBody, TenantBody  # the bodies the admin routes decode (app imports this module)
-
     _, schemas = msgspec.json.schema_components(
-        [IngestResult, MeterSpec, Meter, CreatedMeter, ErrorBody, Deleted, Revoked, UsageResult, Health, Tenant,
-         TenantBody, ApiKey, KeyBody, CreatedKey, *(item for _, item, _, _, _ in _CATALOG), PlanBody, PlanVersionBody,
-         PlanVersion, MigrationBody, Invoice, CreditNote, InvoiceRunBody, CreditNoteBody],
+        [IngestResult, MeterSpec, Meter, CreatedMeter, SkippedEvents, ErrorBody, Deleted, Revoked, UsageResult, Health,
+         Tenant, TenantBody, ApiKey, KeyBody, TenantKeyBody, CreatedKey, InvoiceRun,
+         *(item for _, item, _, _, _ in _CATALOG), PlanBody, PlanVersionBody, PlanVersion, MigrationBody, Invoice,
+         CreditNote, InvoiceRunBody, CreditNoteBody],
         ref_template=_REF,
     )
     _refine(schemas)
@@ -254,16 +249,13 @@ def _components() -> dict[str, Any]:
 
 
 def _refine(node: Any) -> None:
-    """Say which strings a Decimal or datetime field takes (msgspec: a string of format ``decimal``/``date-time``).
+    """Say which strings a Decimal field takes where its type does not (msgspec: a string of format ``decimal``).
 
-    Decimals are plain: no exponent, no NaN or infinity (amounts travel as strings, never as JSON numbers). Times
-    carry an offset and fall in the years the server accepts (`app.check_times`).
+    Plain decimals: no exponent, no NaN or infinity (amounts travel as strings, never as JSON numbers).
     """
     if isinstance(node, dict):
         if node.get("format") == "decimal":
-            node["pattern"] = DECIMAL_PATTERN
-        elif node.get("format") == "date-time":
-            node.update(pattern=TIME_PATTERN, description=TIME_DESCRIPTION)
+            node.setdefault("pattern", DECIMAL_PATTERN)
         for value in node.values():
             _refine(value)
     elif isinstance(node, list):
@@ -289,11 +281,12 @@ _LINKS: list[tuple[tuple[str, str, str], list[tuple[str, str]], str, str]] = [
     (("post", "/v1/subscriptions", "200"), [("post", "/v1/subscriptions/{sub_id}/migrate")], "sub_id",
      "$response.body#/id"),
     (("post", "/v1/admin/keys", "201"), [("delete", "/v1/admin/keys/{key_id}")], "key_id", "$response.body#/id"),
+    (("post", "/v1/keys", "201"), [("delete", "/v1/keys/{key_id}")], "key_id", "$response.body#/id"),
     (("post", "/v1/invoices/run", "200"), [("get", "/v1/invoices/{invoice_id}"),
                                            ("post", "/v1/invoices/{invoice_id}/finalize"),
                                            ("post", "/v1/invoices/{invoice_id}/void"),
                                            ("post", "/v1/invoices/{invoice_id}/credit-notes")],
-     "invoice_id", "$response.body#/0/id"),
+     "invoice_id", "$response.body#/invoices/0/id"),
 ]
 
 
@@ -317,10 +310,12 @@ def openapi() -> dict[str, Any]:
     }}
     ingest = _op("Ingest a batch of CloudEvents (gzip or zstd Content-Encoding accepted)", "ingest", 200,
                  _ref("IngestResult"), params=[_q("atomic", {"type": "boolean"}, description=(
-                     "All or nothing: when one event cannot be applied, none is (422 batch_rejected)"))],
+                     "All or nothing: when one event cannot be applied, none is (422 batch_rejected). true/false, "
+                     "1/0 or yes/no in any case; anything else is a 400"))],
                  errors=(413, 415, 422, 429),
                  description="200 when at least one event was accepted (or was a duplicate); the others are in "
-                             "`issues`. 400 with `issues` when none was.")
+                             "`issues`, and events a meter could not read are accepted with `warnings`. 400 "
+                             "`no_events_accepted` with `issues` when none was.")
     ingest["requestBody"] = events_body
     usage_params = [
         _path("slug", "tokens"),
@@ -359,18 +354,33 @@ def openapi() -> dict[str, Any]:
                           _ref("Deleted"), params=[_path("slug", "tokens")], errors=(409,)),
         },
         "/v1/meters/{slug}/usage": {"get": usage},
+        "/v1/meters/{slug}/skipped": {"get": _op(
+            "Events of [from, to) the meter could not read, with why (pages: `limit` 1-1000, then `after`=`next`)",
+            "read", 200, _ref("SkippedEvents"), params=[
+                _path("slug", "tokens"), _q("from", _DATE_TIME, required=True), _q("to", _DATE_TIME, required=True),
+                _q("limit", {"type": "integer", "minimum": 1, "maximum": 1000}), _q("after")])},
         "/v1/admin/tenants": {
             "post": _op("Create a tenant", "operator", 201, _ref("Tenant"), body="TenantBody", errors=(409,)),
             "get": _op("List tenants", "operator", 200, _list("Tenant")),
         },
         "/v1/admin/keys": {
-            "post": _op("Create a key for a tenant (the secret is shown once)", "operator", 201, _ref("CreatedKey"),
-                        body="KeyBody", errors=(404,)),
+            "post": _op("Create a key of a tenant, or (`tenant: null`) an operator key (the secret is shown once)",
+                        "operator", 201, _ref("CreatedKey"), body="KeyBody", errors=(404,)),
             "get": _op("List keys (never their secrets)", "operator", 200, _list("ApiKey"),
                        params=[_q("tenant", description="Only this tenant's keys")]),
         },
         "/v1/admin/keys/{key_id}": {
-            "delete": _op("Revoke a key", "operator", 200, _ref("Revoked"), params=[_path("key_id")]),
+            "delete": _op("Revoke any key but the last operator key (409 last_operator_key)", "operator", 200,
+                          _ref("Revoked"), params=[_path("key_id")], errors=(409,)),
+        },
+        "/v1/keys": {
+            "post": _op("Create a key of the caller's tenant (the secret is shown once)", "admin", 201,
+                        _ref("CreatedKey"), body="TenantKeyBody"),
+            "get": _op("List the caller's tenant's keys (never their secrets)", "admin", 200, _list("ApiKey")),
+        },
+        "/v1/keys/{key_id}": {
+            "delete": _op("Revoke a key of the caller's tenant (another tenant's key is a 404)", "admin", 200,
+                          _ref("Revoked"), params=[_path("key_id")]),
         },
         **_catalog_paths(),
         "/v1/plans/{plan_id}/versions": {
@@ -382,16 +392,21 @@ def openapi() -> dict[str, Any]:
                         _ref("Subscription"), body="MigrationBody", params=[_path("sub_id", "sub-1")]),
         },
         "/v1/invoices/run": {
-            "post": _op("Compute (or recompute) the drafts of the cycles starting in a month", "admin", 200,
-                        _list("Invoice"), body="InvoiceRunBody", errors=(404, 409)),
+            "post": _op("Compute (or recompute) the drafts of the cycles starting in a month: their fees in advance "
+                        "and the previous cycles' usage in arrears; subscriptions that cannot be invoiced are listed "
+                        "in `errors`", "admin", 200, _ref("InvoiceRun"), body="InvoiceRunBody", errors=(404, 409)),
         },
         "/v1/invoices/thresholds": {
-            "post": _op("Issue the threshold invoices due now", "admin", 200, _list("Invoice"), errors=(413, 415)),
+            "post": _op("Issue the threshold invoices due now", "admin", 200, _ref("InvoiceRun"), errors=(413, 415)),
         },
         "/v1/invoices": {
             "get": _op("List invoices", "read", 200, _list("Invoice"), params=[
                 _q("status", {"type": "string", "enum": ["draft", "finalized", "void"]}),
-                _q("customer"), _q("subscription")]),
+                _q("customer"), _q("subscription"),
+                _q("period", {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+                   description="The month (YYYY-MM) the invoices' cycles start in"),
+                _q("usage_period", {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$"},
+                   description="The month (YYYY-MM) whose usage they bill in arrears")]),
         },
         "/v1/invoices/{invoice_id}": {
             "get": _op("Get an invoice with its explained lines", "read", 200, _ref("Invoice"), params=invoice_id),

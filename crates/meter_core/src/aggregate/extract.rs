@@ -2,11 +2,18 @@
 //!
 //! Works on raw JSON text: the top level is looked up through a closure (the parser already split it
 //! into properties), deeper path levels are read on demand.
+//!
+//! [`extract`] is the one decision of what an event means to a meter: counted (with what), excluded by the
+//! meter's filters, or skipped because the meter cannot read it (a [`Skip`] with its code). Ingest, replay after a
+//! crash, the backfill of a new meter, the skipped-events query and per-event pricing all call it, so they can never
+//! disagree about an event. A skip concerns that one meter only: the event is still accepted and counted by the
+//! other meters of its type, and the skipping meter counts none of it (never half).
 
 use std::borrow::Cow;
 
 use super::meter::{Aggregation, FilterOp, JsonPath, Meter};
 use super::quantity::Quantity;
+use crate::error::SkipCode;
 use crate::ingest::json::{self, clip, Kind};
 
 /// Longest dimension or unique value kept; longer ones are refused rather than cut.
@@ -21,11 +28,24 @@ pub struct Contribution<'a> {
     pub dims: Vec<Option<Cow<'a, str>>>,
 }
 
-/// `Ok(None)`: the meter's filters exclude the event. `Err`: the event matches but cannot be metered,
-/// with a message that names the property and what to send.
-pub fn extract<'a>(meter: &Meter, top: &impl Fn(&str) -> Option<&'a str>) -> Result<Option<Contribution<'a>>, String> {
+/// Why a meter cannot read an event, with a message that names the property and what to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip {
+    pub code: SkipCode,
+    pub message: String,
+}
+
+/// `Ok(None)`: the meter's filters exclude the event. `Err`: the event matches but this meter cannot read it.
+///
+/// What each aggregation does with the value: `count` reads none. The others need the value property: absent or
+/// null is `value_missing`; for `sum`, `min`, `max`, `avg` and `latest` it must be a JSON number or a decimal string
+/// with at most 9 decimal places and a magnitude of at most 10^18 (else `value_invalid`), never taken as zero; for
+/// `unique_count` a string, number or boolean, kept as text of at most 255 bytes (else `value_invalid`). A
+/// dimension (`group_by`) or a filtered property that is an object or an array, or longer than 255 bytes, is
+/// `dimension_invalid` or `filter_invalid`; absent or null is "no value", which every meter can read.
+pub fn extract<'a>(meter: &Meter, top: &impl Fn(&str) -> Option<&'a str>) -> Result<Option<Contribution<'a>>, Skip> {
     for (path, filter) in &meter.filters {
-        let found = scalar(lookup(top, path), path, "filter")?;
+        let found = scalar(lookup(top, path), path, "filter", SkipCode::FilterInvalid)?;
         let holds = match filter.op {
             FilterOp::Eq => found.as_deref() == filter.value.as_deref(),
             FilterOp::Ne => found.as_deref() != filter.value.as_deref(),
@@ -42,49 +62,48 @@ pub fn extract<'a>(meter: &Meter, top: &impl Fn(&str) -> Option<&'a str>) -> Res
     let mut value = Quantity::from_int(1);
     let mut unique = None;
     if let Some(path) = &meter.value {
-        let raw = lookup(top, path).filter(|r| json::kind(r) != Kind::Null).ok_or_else(|| {
-            format!(
-                "data.{} is missing; meter '{}' ({:?}) needs it",
+        let raw = lookup(top, path).filter(|r| json::kind(r) != Kind::Null).ok_or_else(|| Skip {
+            code: SkipCode::ValueMissing,
+            message: format!(
+                "data.{} is missing or null, so meter '{}' did not count this event (the other meters did); if such \
+                 events are expected, give the meter the filter {{\"property\": \"$.{}\", \"op\": \"exists\"}}",
                 path.0.join("."),
                 meter.slug(),
-                meter.aggregation()
-            )
+                path.0.join("."),
+            ),
         })?;
         if meter.aggregation() == Aggregation::UniqueCount {
-            unique = scalar(Some(raw), path, "unique value")?;
+            unique = scalar(Some(raw), path, "unique value", SkipCode::ValueInvalid)?;
         } else {
+            let invalid = |what: &str| Skip {
+                code: SkipCode::ValueInvalid,
+                message: format!(
+                    "data.{} {what} (got {}), so meter '{}' did not count this event (the other meters did); send \
+                     an exact decimal as a JSON number or a string such as \"12.5\"",
+                    path.0.join("."),
+                    clip(raw),
+                    meter.slug()
+                ),
+            };
             let text = match json::kind(raw) {
                 Kind::Number => Cow::Borrowed(raw),
                 Kind::String => json::string(raw).unwrap_or_default(),
-                _ => {
-                    return Err(format!(
-                        "data.{} must be a number or a decimal string; got {}",
-                        path.0.join("."),
-                        clip(raw)
-                    ))
-                }
+                _ => return Err(invalid("must be a number or a decimal string")),
             };
-            value = Quantity::parse(&text).map_err(|e| {
-                format!(
-                    "data.{} {} (got {}); meter '{}' needs an exact decimal",
-                    path.0.join("."),
-                    e.describe(),
-                    clip(raw),
-                    meter.slug()
-                )
-            })?;
+            value = Quantity::parse(&text).map_err(|e| invalid(e.describe()))?;
         }
     }
 
     let mut dims = Vec::with_capacity(meter.dims.len());
     for (_, path) in &meter.dims {
-        dims.push(scalar(lookup(top, path), path, "dimension")?);
+        dims.push(scalar(lookup(top, path), path, "dimension", SkipCode::DimensionInvalid)?);
     }
     Ok(Some(Contribution { value, unique, dims }))
 }
 
-/// `extract` for a retained event, whose `data` is raw JSON text (empty when it had none).
-pub fn extract_retained<'a>(meter: &Meter, data: &'a str) -> Result<Option<Contribution<'a>>, String> {
+/// `extract` for a retained event, whose `data` is raw JSON text (empty when it had none): the same top-level
+/// properties the parser gave ingest (it refused `data` that is not an object or repeats a key).
+pub fn extract_retained<'a>(meter: &Meter, data: &'a str) -> Result<Option<Contribution<'a>>, Skip> {
     let pairs = if data.is_empty() { Vec::new() } else { json::object(data).unwrap_or_default() };
     let top = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.get());
     extract(meter, &top)
@@ -100,26 +119,28 @@ pub fn lookup<'a>(top: &impl Fn(&str) -> Option<&'a str>, path: &JsonPath) -> Op
 }
 
 /// A scalar as text (strings decoded, numbers and booleans as written); `None` when missing or null.
-fn scalar<'a>(raw: Option<&'a str>, path: &JsonPath, what: &str) -> Result<Option<Cow<'a, str>>, String> {
+fn scalar<'a>(raw: Option<&'a str>, path: &JsonPath, what: &str, code: SkipCode) -> Result<Option<Cow<'a, str>>, Skip> {
     let Some(raw) = raw else { return Ok(None) };
     let text = match json::kind(raw) {
         Kind::Null => return Ok(None),
         Kind::String => json::string(raw).unwrap_or_default(),
         Kind::Number | Kind::Bool => Cow::Borrowed(raw),
         Kind::Object | Kind::Array => {
-            return Err(format!(
+            let message = format!(
                 "data.{} is used as a {what} and must be a string, number or boolean; got {}",
                 path.0.join("."),
                 clip(raw)
-            ))
+            );
+            return Err(Skip { code, message });
         }
     };
     if text.len() > MAX_DIMENSION_BYTES {
-        return Err(format!(
+        let message = format!(
             "data.{} is {} bytes long; a {what} may have at most {MAX_DIMENSION_BYTES}",
             path.0.join("."),
             text.len()
-        ));
+        );
+        return Err(Skip { code, message });
     }
     Ok(Some(text))
 }
@@ -134,7 +155,7 @@ mod tests {
         Meter::compile(StoredMeter { id: 1, created_us: 0, spec }).unwrap()
     }
 
-    fn run<'a>(m: &Meter, data: &'a str) -> Result<Option<Contribution<'a>>, String> {
+    fn run<'a>(m: &Meter, data: &'a str) -> Result<Option<Contribution<'a>>, Skip> {
         let pairs = json::object(data).unwrap();
         let top = |k: &str| pairs.iter().find(|(key, _)| key == k).map(|(_, v)| v.get());
         extract(m, &top)
@@ -156,15 +177,27 @@ mod tests {
     #[test]
     fn explains_values_it_cannot_meter() {
         let m = meter(r#"{"slug":"t","event_type":"x","aggregation":"sum","value_property":"$.tokens"}"#);
-        for (data, needle) in [
-            (r#"{}"#, "data.tokens is missing"),
-            (r#"{"tokens":"ten"}"#, "is not a decimal number"),
-            (r#"{"tokens":[1]}"#, "must be a number"),
-            (r#"{"tokens":1e-12}"#, "more than 9 decimal places"),
+        for (data, code, needle) in [
+            (r#"{}"#, SkipCode::ValueMissing, "data.tokens is missing"),
+            (r#"{"tokens":null}"#, SkipCode::ValueMissing, "data.tokens is missing or null"),
+            (r#"{"tokens":"ten"}"#, SkipCode::ValueInvalid, "is not a decimal number"),
+            (r#"{"tokens":[1]}"#, SkipCode::ValueInvalid, "must be a number"),
+            (r#"{"tokens":1e-12}"#, SkipCode::ValueInvalid, "more than 9 decimal places"),
         ] {
-            let err = run(&m, data).unwrap_err();
-            assert!(err.contains(needle), "{data}: {err}");
+            let skip = run(&m, data).unwrap_err();
+            assert_eq!(skip.code, code, "{data}");
+            assert!(skip.message.contains(needle) && skip.message.contains("meter 't'"), "{data}: {skip:?}");
         }
+        let dims = meter(r#"{"slug":"d","event_type":"x","aggregation":"count","group_by":{"m":"$.m"}}"#);
+        for data in [r#"{"m":{"a":1}}"#, r#"{"m":[1]}"#] {
+            assert_eq!(run(&dims, data).unwrap_err().code, SkipCode::DimensionInvalid, "{data}");
+        }
+        let long = format!(r#"{{"m":"{}"}}"#, "x".repeat(MAX_DIMENSION_BYTES + 1));
+        assert_eq!(run(&dims, &long).unwrap_err().code, SkipCode::DimensionInvalid);
+        let filtered = meter(
+            r#"{"slug":"f","event_type":"x","aggregation":"count","filters":[{"property":"$.r","op":"eq","value":"eu"}]}"#,
+        );
+        assert_eq!(run(&filtered, r#"{"r":{"x":1}}"#).unwrap_err().code, SkipCode::FilterInvalid);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use super::prepare::{contributions_of, Prepared};
+use super::prepare::{read_event, Prepared};
 use super::Shared;
 use crate::aggregate::fold::{Fold, Peeked};
 use crate::error::{Error, Result};
@@ -113,22 +113,23 @@ impl Folder {
 
     fn add(&mut self, part: &Accepted) {
         let Prepared { batch, registry, .. } = &part.prepared;
-        let mut contributions = Vec::new();
         for (k, &position) in part.events.iter().enumerate() {
             let ev = &batch.events[position as usize];
             let subject = batch.text(ev.subject);
             if shard_of(&batch.tenant, subject, SHARDS) != self.shard {
                 continue;
             }
-            contributions.clear();
-            // The caller already checked that every meter can read an accepted event.
-            if contributions_of(batch, ev, registry, &mut contributions).is_err() || contributions.is_empty() {
-                continue;
-            }
-            let customer = self.fold.customer(&batch.tenant, subject);
-            for (meter, c) in &contributions {
-                self.fold.add(customer, meter, ev.time_us, part.first_ordinal + k as u64, c);
-            }
+            let ordinal = part.first_ordinal + k as u64;
+            let fold = &mut self.fold;
+            let mut customer = None;
+            read_event(batch, ev, registry, |meter, read| {
+                // A meter that cannot read the event skips it whole (its warning went out with the answer); the
+                // other meters count it.
+                if let Ok(Some(c)) = read {
+                    let customer = *customer.get_or_insert_with(|| fold.customer(&batch.tenant, subject));
+                    fold.add(customer, meter, ev.time_us, ordinal, &c);
+                }
+            });
         }
     }
 
@@ -187,7 +188,9 @@ pub(crate) fn write_flushes(store: Arc<dyn Store>, shared: Arc<Shared>, rx: Rece
             let mut set = WriteSet::default();
             fold.drain_into(&mut set);
             set.put(Cf::Meta, &keys::agg_seq(shard), &seq.to_be_bytes());
-            shared.write(&*store, &set, false)?;
+            // Whoever waits for a flush (a meter change, a bulk read) made no write of its own: their request was
+            // refused, not of unknown outcome.
+            shared.write(&*store, &set, false).map_err(|e| Error::StoreFailed { reason: e.failure_reason() })?;
             watermark.store(seq, Ordering::Release);
             Ok(())
         })();

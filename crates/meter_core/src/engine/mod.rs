@@ -51,6 +51,9 @@ pub(crate) struct Shared {
     /// Per fold shard: queries between copying the shard's fold and reading RocksDB (see `folder`).
     pub readers: Vec<AtomicUsize>,
     pub stats: Stats,
+    /// Per (tenant, meter slug): accepted events the meter could not read and skipped, since the engine opened
+    /// (at ingest and in its backfill). Forgotten when the meter is deleted.
+    pub skipped: Mutex<std::collections::HashMap<(String, String), u64>>,
 }
 
 impl Shared {
@@ -63,16 +66,19 @@ impl Shared {
         self.failed.lock().unwrap().clone().map(|reason| Error::StoreFailed { reason })
     }
 
-    /// Stops the engine for good; the first reason given is the one reported.
+    /// Stops the engine for good; the first reason given is the one reported. `reason` is a root cause
+    /// (`Error::failure_reason`), never an error that already says the store failed.
     pub fn fail(&self, reason: String) {
         self.failed.lock().unwrap().get_or_insert(reason);
     }
 
-    /// Writes outside a group commit; any failure stops the engine like a failed commit does.
+    /// Writes outside a group commit; any failure stops the engine like a failed commit does, and the caller of the
+    /// failed write learns that it may have been applied (`OutcomeUnknown`).
     pub fn write(&self, store: &dyn Store, set: &WriteSet, sync: bool) -> Result<()> {
         store.write(set, sync).map_err(|e| {
-            self.fail(e.to_string());
-            self.failure().unwrap()
+            let reason = e.failure_reason();
+            self.fail(reason.clone());
+            Error::OutcomeUnknown { reason }
         })
     }
 }
@@ -110,6 +116,15 @@ pub struct StatsSnapshot {
     /// Cumulative (upper bound in seconds, commits at or under it), Prometheus-style; the last bound is +Inf.
     pub commit_seconds_buckets: Vec<(f64, u64)>,
     pub queue_depth: usize,
+    /// Per meter: accepted events it could not read and skipped since the engine opened, sorted by tenant and meter.
+    pub skipped: Vec<SkippedCount>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SkippedCount {
+    pub tenant: String,
+    pub meter: String,
+    pub events: u64,
 }
 
 /// How many retained events a new meter was filled from.
@@ -181,6 +196,7 @@ impl Engine {
             agg_seqs: (0..SHARDS).map(|_| AtomicU64::new(seq)).collect(),
             readers: (0..SHARDS).map(|_| AtomicUsize::new(0)).collect(),
             stats: Stats::default(),
+            skipped: Mutex::default(),
         });
         let (flushes, flush_rx) = flush_queue();
         let (mut folds, mut folders) = (Vec::new(), Vec::new());
@@ -332,6 +348,29 @@ impl Engine {
         query::events::retained_after(&*store, tenant, after_seq, max_events)
     }
 
+    /// The retained events of `[from_us, to_us)` (event time) that meter `slug` could not read, with why: the same
+    /// decision ingest made (`extract`), made again from the retained events. Reads the tenant's retained events in
+    /// commit order after the cursor `after` (an event ordinal; `None`: from the first), and stops at `limit` skipped
+    /// events or after `max_scan` events read, whichever comes first; `next` then says where to go on.
+    #[allow(clippy::too_many_arguments)] // one query's parameters
+    pub fn skipped(
+        &self,
+        tenant: &str,
+        slug: &str,
+        from_us: i64,
+        to_us: i64,
+        after: Option<u64>,
+        limit: usize,
+        max_scan: usize,
+    ) -> Result<query::skipped::SkippedPage> {
+        check_tenant(tenant)?;
+        let registry = self.shared.registry.read().unwrap().clone();
+        let meter =
+            registry.get(tenant, slug).ok_or_else(|| Error::NotFound { what: "meter", name: slug.to_owned() })?;
+        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
+        query::skipped::skipped(&*store, tenant, meter, from_us, to_us, after, limit, max_scan)
+    }
+
     /// `None` when healthy; otherwise why the engine stopped acknowledging.
     pub fn failure(&self) -> Option<String> {
         self.shared.failed.lock().unwrap().clone()
@@ -356,6 +395,19 @@ impl Engine {
                 })
                 .collect(),
             queue_depth: self.tx.read().unwrap().as_ref().map_or(0, |t| t.len()),
+            skipped: {
+                let counts = self.shared.skipped.lock().unwrap();
+                let mut all: Vec<SkippedCount> = counts
+                    .iter()
+                    .map(|((tenant, meter), &events)| SkippedCount {
+                        tenant: tenant.clone(),
+                        meter: meter.clone(),
+                        events,
+                    })
+                    .collect();
+                all.sort_by(|a, b| (&a.tenant, &a.meter).cmp(&(&b.tenant, &b.meter)));
+                all
+            },
         }
     }
 
@@ -485,7 +537,7 @@ fn replay(store: &dyn Store, registry: &Registry, seq: u64) -> Result<()> {
                     continue;
                 }
                 for meter in registry.for_event(tenant, &e.event_type) {
-                    // Accepted events were readable by these meters when they arrived.
+                    // The same decision as at ingest (`extract`): a meter that could not read the event skipped it.
                     if let Ok(Some(c)) = extract_retained(meter, &e.data) {
                         let customer = fold.customer(tenant, &e.subject);
                         fold.add(customer, meter, e.time_us, e.ordinal, &c);

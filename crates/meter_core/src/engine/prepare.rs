@@ -1,15 +1,16 @@
 //! The part of an ingest that does not need the writer, done on the caller's thread so that the single
 //! writer thread is left with dedup and the commit: every event's verdict should it turn out to be new
-//! (its time window, whether each of its meters can read it), and the compressed retained-events frame
-//! of the candidates. Many callers prepare in parallel.
+//! (its time window), the meters that cannot read it (warnings, never a rejection: the event is still
+//! accepted and counted by the meters that can), and the compressed retained-events frame of the
+//! candidates. Many callers prepare in parallel.
 
 use std::sync::Arc;
 
-use crate::aggregate::extract::{extract, Contribution};
+use crate::aggregate::extract::{extract, Contribution, Skip};
 use crate::aggregate::meter::Meter;
 use crate::aggregate::registry::Registry;
 use crate::engine::config::Config;
-use crate::error::{EventIssue, IssueCode, Result};
+use crate::error::{EventIssue, EventWarning, IssueCode, Result};
 use crate::ingest::{ParsedBatch, ParsedEvent};
 use crate::storage::events::{Frame, FrameBuilder, RetainedEvent};
 
@@ -21,20 +22,25 @@ pub(crate) struct Prepared {
     /// Per event of `batch.events`: why it cannot be accepted if it is new. Dedup is decided first, by
     /// the writer, so that a late retry is a duplicate rather than `too_old`.
     pub verdicts: Vec<Option<EventIssue>>,
+    /// Per candidate that some meter cannot read: its position in `batch.events` and the warning, in position
+    /// order. Reported only if the event is accepted (not for a duplicate or a conflict).
+    pub warnings: Vec<(u32, EventWarning)>,
     /// The events without an issue (the candidates), in order, compressed.
     pub frame: Frame,
 }
 
 pub(crate) fn prepare(batch: ParsedBatch, registry: Arc<Registry>, now_us: i64, config: &Config) -> Result<Prepared> {
     let mut verdicts = Vec::with_capacity(batch.events.len());
+    let mut warnings = Vec::new();
     let mut frame = FrameBuilder::default();
-    let mut scratch = Vec::new();
-    for ev in &batch.events {
-        scratch.clear();
-        let verdict = check_time(&batch, ev, now_us, config)
-            .and_then(|_| contributions_of(&batch, ev, &registry, &mut scratch))
-            .err();
+    for (position, ev) in batch.events.iter().enumerate() {
+        let verdict = check_time(&batch, ev, now_us, config).err();
         if verdict.is_none() {
+            read_event(&batch, ev, &registry, |meter, read| {
+                if let Err(skip) = read {
+                    warnings.push((position as u32, warning(&batch, ev, meter, skip)));
+                }
+            });
             frame.push(&RetainedEvent {
                 source: batch.text(ev.source),
                 id: batch.text(ev.id),
@@ -48,7 +54,7 @@ pub(crate) fn prepare(batch: ParsedBatch, registry: Arc<Registry>, now_us: i64, 
         verdicts.push(verdict);
     }
     let frame = frame.finish()?;
-    Ok(Prepared { batch, registry, now_us, verdicts, frame })
+    Ok(Prepared { batch, registry, now_us, verdicts, warnings, frame })
 }
 
 fn check_time(batch: &ParsedBatch, ev: &ParsedEvent, now_us: i64, config: &Config) -> Result<(), EventIssue> {
@@ -77,26 +83,32 @@ fn check_time(batch: &ParsedBatch, ev: &ParsedEvent, now_us: i64, config: &Confi
     Ok(())
 }
 
-/// What the event adds to each meter that listens to its type; an issue if any of them cannot read it.
-pub(crate) fn contributions_of<'b>(
+/// Each meter that listens to the event's type, with what `extract` (the one decision, shared with replay and
+/// backfill) says of the event: counted, filtered out (`Ok(None)`), or skipped by that meter alone (`Err`).
+pub(crate) fn read_event<'b>(
     batch: &'b ParsedBatch,
     ev: &ParsedEvent,
     registry: &'b Registry,
-    out: &mut Vec<(&'b Meter, Contribution<'b>)>,
-) -> Result<(), EventIssue> {
+    mut each: impl FnMut(&'b Meter, Result<Option<Contribution<'b>>, Skip>),
+) {
     let meters = registry.for_event(&batch.tenant, batch.text(ev.event_type));
     if meters.is_empty() {
-        return Ok(());
+        return;
     }
     let top = |k: &str| batch.props(ev).find(|(key, _)| *key == k).map(|(_, v)| v);
     for meter in meters {
-        match extract(meter, &top) {
-            Ok(Some(c)) => out.push((meter, c)),
-            Ok(None) => {}
-            Err(message) => return Err(issue(batch, ev, IssueCode::InvalidValue, message)),
-        }
+        each(meter, extract(meter, &top));
     }
-    Ok(())
+}
+
+fn warning(batch: &ParsedBatch, ev: &ParsedEvent, meter: &Meter, skip: Skip) -> EventWarning {
+    EventWarning {
+        index: ev.index as usize,
+        id: batch.text(ev.id).to_owned(),
+        meter: meter.slug().to_owned(),
+        code: skip.code,
+        message: skip.message,
+    }
 }
 
 pub(crate) fn conflict(batch: &ParsedBatch, ev: &ParsedEvent) -> EventIssue {
@@ -112,4 +124,81 @@ pub(crate) fn conflict(batch: &ParsedBatch, ev: &ParsedEvent) -> EventIssue {
 
 fn issue(batch: &ParsedBatch, ev: &ParsedEvent, code: IssueCode, message: String) -> EventIssue {
     EventIssue { index: ev.index as usize, id: Some(batch.text(ev.id).to_owned()), code, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::aggregate::extract::extract_retained;
+    use crate::aggregate::meter::{MeterSpec, StoredMeter};
+    use crate::ingest::{parse_batch, Limits};
+
+    fn registry() -> Registry {
+        let specs = [
+            r#"{"slug":"sum","event_type":"x","aggregation":"sum","value_property":"$.v","group_by":{"d":"$.d"}}"#,
+            r#"{"slug":"deep","event_type":"x","aggregation":"max","value_property":"$.o.v"}"#,
+            r#"{"slug":"uniq","event_type":"x","aggregation":"unique_count","value_property":"$.d"}"#,
+            r#"{"slug":"calls","event_type":"x","aggregation":"count","filters":[{"property":"$.f","op":"ne","value":"no"}]}"#,
+        ];
+        specs.iter().enumerate().fold(Registry::default(), |r, (i, json)| {
+            let spec: MeterSpec = serde_json::from_str(json).unwrap();
+            r.with("t", Arc::new(Meter::compile(StoredMeter { id: i as u32 + 1, created_us: 0, spec }).unwrap()))
+        })
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just(r#""no""#.to_string()),
+            Just(r#""a\"b\u00e9""#.to_string()),
+            Just(format!(r#""{}""#, "x".repeat(300))),
+            (-1_000_000i64..1_000_000).prop_map(|n| n.to_string()),
+            (-1_000_000i64..1_000_000, 0u32..12).prop_map(|(n, s)| format!("\"{n}e-{s}\"")),
+            Just("1e400".to_string()),
+            Just("0.0000000001".to_string()),
+        ];
+        leaf.prop_recursive(2, 8, 3, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..3).prop_map(|v| format!("[{}]", v.join(","))),
+                proptest::collection::vec((prop_oneof![Just("v"), Just("x")], inner), 0..3).prop_map(|kv| {
+                    // Nested objects may repeat a key; both paths read the first.
+                    let pairs: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                    format!("{{{}}}", pairs.join(","))
+                }),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Ingest reads an event from the parser's properties, replay and backfill from the retained `data` text: the
+        /// one decision (`extract`) must come out the same both ways for every meter, or replay would count what
+        /// ingest skipped (or the reverse).
+        #[test]
+        fn ingest_and_replay_decide_the_same(props in proptest::collection::vec(
+            (prop_oneof![Just("v"), Just("d"), Just("o"), Just("f"), Just("v\\u0000")], value()), 0..5)) {
+            let mut seen = std::collections::HashSet::new();
+            let pairs: Vec<String> = props.iter().filter(|(k, _)| seen.insert(*k))
+                .map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let body = format!(
+                r#"[{{"specversion":"1.0","id":"1","source":"s","type":"x","subject":"c","data":{{{}}}}}]"#,
+                pairs.join(",")
+            );
+            let batch = parse_batch("t", body.into_bytes(), 0, &Limits::default()).unwrap();
+            prop_assert_eq!(batch.events.len(), 1, "{:?}", batch.issues);
+            let ev = &batch.events[0];
+            let registry = registry();
+            let mut decisions = 0;
+            read_event(&batch, ev, &registry, |meter, at_ingest| {
+                let at_replay = extract_retained(meter, batch.text(ev.data));
+                assert_eq!(at_ingest, at_replay, "meter {}", meter.slug());
+                decisions += 1;
+            });
+            prop_assert_eq!(decisions, 4);
+        }
+    }
 }

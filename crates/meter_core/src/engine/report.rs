@@ -1,8 +1,9 @@
-//! What an ingest call answers: counts of accepted and duplicate events and every event not counted.
+//! What an ingest call answers: counts of accepted and duplicate events, every event not counted, and every meter
+//! that could not read an accepted event.
 
 use serde::Serialize;
 
-use crate::error::EventIssue;
+use crate::error::{EventIssue, EventWarning};
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct IngestReport {
@@ -12,6 +13,9 @@ pub struct IngestReport {
     pub duplicates: usize,
     /// Events rejected or in conflict, by index, sorted.
     pub issues: Vec<EventIssue>,
+    /// Per accepted event and meter of its type that could not read it: that meter skipped the event, the others
+    /// counted it. In event order.
+    pub warnings: Vec<EventWarning>,
 }
 
 impl IngestReport {

@@ -11,8 +11,10 @@
 //! (`folder`), which keep the aggregates; the retained events are their redo log after a crash (see
 //! `engine::replay`). RocksDB's WAL stays the only log.
 //!
-//! Fail-stop: if a write fails, the writer records why, answers every waiting and later caller with
-//! `StoreFailed`, and rolls the in-memory dedup index back to what is durable; nothing is flushed again.
+//! Fail-stop: if a write fails, the writer records why, answers the callers of that write with
+//! `OutcomeUnknown` (the write may have reached the WAL, so it may be applied after a restart) and every later
+//! caller with `StoreFailed` (refused before any write), and rolls the in-memory dedup index back to what is
+//! durable; nothing is flushed again.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -90,7 +92,8 @@ struct Pending {
     tenants: Vec<String>,
     fingerprints: Vec<(u128, u64)>,
     received_us: i64,
-    replies: Vec<(Sender<Result<IngestReport>>, IngestReport)>,
+    /// Each request's caller, its answer once durable, and its tenant (for the skip counters).
+    replies: Vec<(Sender<Result<IngestReport>>, IngestReport, String)>,
     events: usize,
     /// The accepted events of each part, for the fold threads once the commit is durable.
     parts: Vec<Accepted>,
@@ -198,7 +201,13 @@ impl Writer {
         let first_ordinal = self.ordinal(p);
         let mut kept = Vec::with_capacity(prepared.frame.count);
         let mut accepted = Vec::new();
+        let mut warnings = prepared.warnings.iter().peekable();
         for (position, (ev, verdict)) in batch.events.iter().zip(&prepared.verdicts).enumerate() {
+            // This event's warnings (they are in position order), reported only if it is accepted now.
+            let mut own = Vec::new();
+            while let Some((_, w)) = warnings.next_if(|(at, _)| *at as usize == position) {
+                own.push(w);
+            }
             let seen = self.index.check(ev.fingerprint, ev.payload_hash);
             if verdict.is_none() {
                 kept.push(seen == Seen::New);
@@ -213,10 +222,12 @@ impl Writer {
                     p.accepted += 1;
                     report.accepted += 1;
                     accepted.push(position as u32);
+                    report.warnings.extend(own.into_iter().cloned());
                 }
             }
         }
         report.issues.sort_by_key(|i| i.index);
+        let batch_tenant = batch.tenant.clone();
         p.received_us = p.received_us.max(prepared.now_us);
         p.events += batch.total;
         if !accepted.is_empty() {
@@ -225,7 +236,7 @@ impl Writer {
             p.tenants.push(batch.tenant.clone());
             p.parts.push(Accepted { prepared, events: accepted, first_ordinal });
         }
-        p.replies.push((reply, report));
+        p.replies.push((reply, report, batch_tenant));
     }
 
     /// For an atomic request: every reason it cannot be applied in full, without changing anything.
@@ -268,10 +279,12 @@ impl Writer {
             pending.set.put(Cf::Meta, keys::META_SEQ, &seq.to_be_bytes());
             self.expire_dedup(&mut pending.set, pending.received_us);
             if let Err(e) = self.store.write(&pending.set, self.config.durability == Durability::Fsync) {
-                self.fail(&mut pending, e.to_string());
-                let err = self.shared.failure().unwrap();
-                for (reply, _) in pending.replies {
-                    let _ = reply.send(Err(Error::StoreFailed { reason: err.to_string() }));
+                // The write may have reached the WAL before it failed (its fsync, say): these callers cannot be
+                // told "not applied". Every later caller is refused before any write: `StoreFailed`.
+                let reason = e.failure_reason();
+                self.fail(&mut pending, reason.clone());
+                for (reply, _, _) in pending.replies {
+                    let _ = reply.send(Err(Error::OutcomeUnknown { reason: reason.clone() }));
                 }
                 return;
             }
@@ -280,10 +293,16 @@ impl Writer {
         }
         let stats = &self.shared.stats;
         stats.record_commit(started.elapsed().as_secs_f64());
-        for (reply, report) in pending.replies {
+        for (reply, report, tenant) in pending.replies {
             stats.accepted.fetch_add(report.accepted as u64, Ordering::Relaxed);
             stats.duplicates.fetch_add(report.duplicates as u64, Ordering::Relaxed);
             stats.rejected.fetch_add(report.issues.len() as u64, Ordering::Relaxed);
+            if !report.warnings.is_empty() {
+                let mut skipped = self.shared.skipped.lock().unwrap();
+                for w in &report.warnings {
+                    *skipped.entry((tenant.clone(), w.meter.clone())).or_default() += 1;
+                }
+            }
             let _ = reply.send(Ok(report));
         }
         if !pending.parts.is_empty() {
@@ -363,6 +382,10 @@ impl Writer {
         fold.drain_into(&mut set);
         self.write_admin(&set, true)?;
         self.next_meter_id += 1;
+        if backfill.unreadable > 0 {
+            let key = (tenant.to_owned(), meter.slug().to_owned());
+            *self.shared.skipped.lock().unwrap().entry(key).or_default() += backfill.unreadable;
+        }
         *self.shared.registry.write().unwrap() = Arc::new(registry.with(tenant, meter.clone()));
         Ok(CreatedMeter { meter: meter.stored.clone(), backfill })
     }
@@ -380,6 +403,7 @@ impl Writer {
             set.delete_range(cf, &prefix, &keys::prefix_end(&prefix));
         }
         self.write_admin(&set, true)?;
+        self.shared.skipped.lock().unwrap().remove(&(tenant.to_owned(), slug.to_owned()));
         *self.shared.registry.write().unwrap() = Arc::new(registry.without(tenant, slug));
         Ok(())
     }

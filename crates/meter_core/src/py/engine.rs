@@ -176,6 +176,25 @@ impl PyEngine {
         Ok(PyRecordBatchReader::new(Box::new(stream)))
     }
 
+    /// The retained events of `[from_us, to_us)` that the meter could not read, as JSON bytes (`SkippedPage`).
+    #[pyo3(signature = (tenant, meter, from_us, to_us, *, after = None, limit = 100,
+                        max_scan = crate::query::skipped::DEFAULT_MAX_SCAN))]
+    #[allow(clippy::too_many_arguments)] // keyword-only options of a Python method
+    fn skipped<'py>(
+        &self,
+        py: Python<'py>,
+        tenant: &str,
+        meter: &str,
+        from_us: i64,
+        to_us: i64,
+        after: Option<u64>,
+        limit: usize,
+        max_scan: usize,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let page = detached(py, || self.inner.skipped(tenant, meter, from_us, to_us, after, limit, max_scan))?;
+        Ok(json_bytes(py, &page))
+    }
+
     /// `None` when healthy, else why the engine stopped acknowledging writes.
     fn failure(&self) -> Option<String> {
         self.inner.failure()

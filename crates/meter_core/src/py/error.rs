@@ -13,6 +13,7 @@ pub fn to_py(py: Python<'_>, e: Error) -> PyErr {
         Error::AlreadyExists { .. } => "AlreadyExists",
         Error::Overloaded { .. } => "Overloaded",
         Error::StoreFailed { .. } => "StoreFailed",
+        Error::OutcomeUnknown { .. } => "OutcomeUnknown",
         Error::Closed => "EngineClosed",
         Error::Overflow(_) => "ValueOverflow",
         Error::Storage(_) | Error::Corrupt(_) => "StorageError",

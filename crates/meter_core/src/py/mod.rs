@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use pyo3::prelude::*;
-use pyo3_arrow::PyArray;
+use pyo3::types::PyBytes;
+use pyo3_arrow::{PyArray, PyTable};
 
 use crate::aggregate::meter::MeterSpec;
 use crate::error::{Error, Result};
@@ -43,11 +44,21 @@ fn event_values(py: Python<'_>, spec_json: &[u8], data: PyArray) -> PyResult<PyA
     Ok(PyArray::from_array_ref(Arc::new(values)))
 }
 
+/// The rows of an Arrow table (a usage result) as JSON bytes: an array of objects, keys in column order, decimals
+/// as plain decimal strings, timestamps as ISO 8601 (`query::json`).
+#[pyfunction]
+fn usage_json<'py>(py: Python<'py>, table: PyTable) -> PyResult<Bound<'py, PyBytes>> {
+    let (batches, _) = table.into_inner();
+    let json = detached(py, || crate::query::json::rows_json(&batches))?;
+    Ok(PyBytes::new(py, &json))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
     m.add_function(wrap_pyfunction!(parse_only, m)?)?;
     m.add_function(wrap_pyfunction!(event_values, m)?)?;
+    m.add_function(wrap_pyfunction!(usage_json, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -5,7 +5,9 @@
 pub mod arrow;
 pub mod event_values;
 pub mod events;
+pub mod json;
 pub mod minutes;
+pub mod skipped;
 pub mod window;
 
 use std::collections::{BTreeMap, HashSet};

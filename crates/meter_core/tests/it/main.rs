@@ -1,7 +1,7 @@
 //! Engine integration tests: one binary, real RocksDB in a temporary directory.
 
 use meter_core::aggregate::MeterSpec;
-use meter_core::error::IssueCode;
+use meter_core::error::{IssueCode, SkipCode};
 use meter_core::query::{UsageQuery, WindowSize};
 use meter_core::{Config, Engine, Error};
 
@@ -94,13 +94,16 @@ fn bad_events_are_reported_by_index_and_the_rest_applied() {
         codes,
         vec![
             (1, IssueCode::MissingField),
-            (2, IssueCode::InvalidValue),
             (3, IssueCode::TooOld),
             (4, IssueCode::TooFarInFuture),
             (5, IssueCode::InvalidEvent)
         ]
     );
-    assert_eq!(r.accepted, 2);
+    // An event its meter cannot read is accepted (and retained) with a warning, not rejected; the meter skips it.
+    assert_eq!(r.accepted, 3);
+    let warnings: Vec<(usize, &str, &str, SkipCode)> =
+        r.warnings.iter().map(|w| (w.index, w.id.as_str(), w.meter.as_str(), w.code)).collect();
+    assert_eq!(warnings, vec![(2, "c", "tokens", SkipCode::ValueInvalid)]);
     assert_eq!(total(&engine, "t", "tokens"), "3000000000");
 }
 
@@ -109,7 +112,7 @@ fn an_atomic_batch_with_one_bad_event_applies_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(&dir);
     tokens_meter(&engine, "t");
-    let events = [event("a", "c1", 0, "1", "m"), event("b", "c1", 0, "[1]", "m")];
+    let events = [event("a", "c1", 0, "1", "m"), event("b", "c1", -100 * 24 * 60, "1", "m")];
     match engine.ingest("t", batch(&events), true, Some(T0)) {
         Err(Error::BatchRejected { issues }) => assert_eq!(issues[0].index, 1),
         other => panic!("expected a rejected batch, got {other:?}"),
@@ -117,6 +120,11 @@ fn an_atomic_batch_with_one_bad_event_applies_nothing() {
     assert_eq!(total(&engine, "t", "tokens"), "0");
     let r = engine.ingest("t", batch(&events[..1]), true, Some(T0)).unwrap();
     assert_eq!(r.accepted, 1, "nothing of the rejected batch was remembered as seen");
+    // A meter that cannot read an event is a warning, never a reason to reject an atomic batch.
+    let unreadable = [event("c", "c1", 0, "2", "m"), event("d", "c1", 0, "[1]", "m")];
+    let r = engine.ingest("t", batch(&unreadable), true, Some(T0)).unwrap();
+    assert_eq!((r.accepted, r.issues.len(), r.warnings.len()), (2, 0, 1));
+    assert_eq!(total(&engine, "t", "tokens"), "3000000000");
 }
 
 #[test]
@@ -263,14 +271,25 @@ fn after_a_failed_write_nothing_is_acknowledged_and_nothing_acknowledged_is_lost
 
     store.broken.store(true, std::sync::atomic::Ordering::SeqCst);
     let err = engine.ingest("t", batch(&[event("b", "c1", 0, "5", "m1")]), false, Some(T0)).unwrap_err();
-    assert_eq!(err.code(), "store_failed");
-    assert!(err.to_string().contains("No space left"), "says why: {err}");
-    assert!(engine.failure().is_some());
+    // Its own write failed: it may have reached the WAL, so the answer cannot be "not applied".
+    assert_eq!(err.code(), "outcome_unknown");
+    let text = err.to_string();
+    assert!(text.contains("No space left"), "says why: {text}");
+    assert!(text.contains("retry with the same event ids"), "says what to do: {text}");
+    assert_eq!(text.matches("storage error").count(), 1, "the cause once: {text}");
+    assert_eq!(text.matches("the store").count(), 1, "one prefix, not one per wrapping: {text}");
+    assert_eq!(engine.failure().as_deref(), Some("storage error: IO error: No space left on device"));
 
-    // Even once the disk is back, this engine acknowledges nothing until it is reopened.
+    // Even once the disk is back, this engine acknowledges nothing until it is reopened; these requests were
+    // refused before any write: definitely not applied.
     store.broken.store(false, std::sync::atomic::Ordering::SeqCst);
     let again = engine.ingest("t", batch(&[event("c", "c1", 0, "1", "m1")]), false, Some(T0)).unwrap_err();
     assert_eq!(again.code(), "store_failed");
+    let text = again.to_string();
+    assert_eq!(text.matches("the store has failed").count(), 1, "the prefix once: {text}");
+    assert_eq!(text.matches("storage error").count(), 1, "the cause once: {text}");
+    let meter = spec(r#"{"slug":"later","event_type":"llm","aggregation":"count"}"#);
+    assert_eq!(engine.create_meter("t", meter, Some(T0)).unwrap_err().code(), "store_failed");
     engine.close();
     drop(engine);
     drop(store);
@@ -489,4 +508,137 @@ fn day_marks_and_minute_rows_agree_with_queries() {
         .create_meter("t", spec(r#"{"slug":"tokens","event_type":"other","aggregation":"count"}"#), Some(T0))
         .unwrap();
     assert_eq!(engine.day_counts("t", "tokens").unwrap(), vec![], "a deleted meter's marks go with it");
+}
+
+/// A RocksDB store that can lose every unsynced write, as a crash of the machine would: the fold threads' flushes
+/// are not synced (the retained events are their redo log), so losing them makes the next open replay.
+struct CrashStore {
+    inner: meter_core::storage::rocks::RocksStore,
+    lose_unsynced: std::sync::atomic::AtomicBool,
+}
+
+impl meter_core::storage::Store for CrashStore {
+    fn write(&self, set: &meter_core::storage::WriteSet, sync: bool) -> meter_core::Result<()> {
+        if !sync && self.lose_unsynced.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.inner.write(set, sync)
+    }
+    fn get(&self, cf: meter_core::storage::Cf, key: &[u8]) -> meter_core::Result<Option<Vec<u8>>> {
+        self.inner.get(cf, key)
+    }
+    fn cursor(&self, cf: meter_core::storage::Cf) -> Box<dyn meter_core::storage::Cursor + '_> {
+        self.inner.cursor(cf)
+    }
+}
+
+fn llm(id: &str, subject: &str, minute: i64, data: &str) -> String {
+    format!(
+        r#"{{"specversion":"1.0","id":"{id}","source":"gw","type":"llm.request","subject":"{subject}","time":"{}","data":{data}}}"#,
+        chrono::DateTime::from_timestamp_micros(T0 + minute * MIN).unwrap().to_rfc3339()
+    )
+}
+
+/// Totals per meter over the test's hour, as (value in units of 10^-9, events).
+fn totals(engine: &Engine, meter: &str) -> (i128, u64) {
+    let q = UsageQuery { meter: meter.into(), from_us: T0 - 60 * MIN, to_us: T0 + 60 * MIN, ..Default::default() };
+    let rows = engine.query("t", &q).unwrap().rows;
+    (rows.iter().map(|r| r.value.0).sum(), rows.iter().map(|r| r.events).sum())
+}
+
+const INPUT: &str = r#"{"slug":"input","event_type":"llm.request","aggregation":"sum","value_property":"$.input_tokens","group_by":{"model":"$.model"}}"#;
+const CACHED: &str =
+    r#"{"slug":"cached","event_type":"llm.request","aggregation":"sum","value_property":"$.cached_tokens"}"#;
+
+/// The issue's scenario: a second meter on `llm.request` reads `$.cached_tokens`, which most events lack. Before,
+/// every such event was refused (`invalid_value`) and counted by no meter at all.
+#[test]
+fn a_meter_that_cannot_read_an_event_never_stops_the_others_from_counting_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(CrashStore {
+        inner: meter_core::storage::rocks::RocksStore::open(dir.path()).unwrap(),
+        lose_unsynced: Default::default(),
+    });
+    let engine = Engine::open_store(store.clone(), Config::default()).unwrap();
+    engine.create_meter("t", spec(INPUT), Some(T0)).unwrap();
+    engine.create_meter("t", spec(CACHED), Some(T0)).unwrap();
+    engine
+        .create_meter("t", spec(r#"{"slug":"calls","event_type":"llm.request","aggregation":"count"}"#), Some(T0))
+        .unwrap();
+    let events = [
+        llm("a", "c1", 0, r#"{"input_tokens":100,"model":"gpt"}"#),
+        llm("b", "c1", 1, r#"{"input_tokens":10,"cached_tokens":"4","model":"gpt"}"#),
+        llm("c", "c2", 2, r#"{"input_tokens":7,"cached_tokens":null,"model":"o1"}"#),
+        llm("d", "c2", 3, r#"{"input_tokens":1,"cached_tokens":"many","model":"o1"}"#),
+        llm("e", "c3", 4, r#"{"input_tokens":2,"cached_tokens":3,"model":{"name":"gpt"}}"#),
+    ];
+    let r = engine.ingest("t", batch(&events), false, Some(T0 + 10 * MIN)).unwrap();
+    assert_eq!((r.accepted, r.duplicates, r.issues.len()), (5, 0, 0), "{r:?}");
+    let warnings: Vec<(usize, &str, SkipCode)> =
+        r.warnings.iter().map(|w| (w.index, w.meter.as_str(), w.code)).collect();
+    assert_eq!(
+        warnings,
+        vec![
+            (0, "cached", SkipCode::ValueMissing),
+            (2, "cached", SkipCode::ValueMissing),
+            (3, "cached", SkipCode::ValueInvalid),
+            (4, "input", SkipCode::DimensionInvalid),
+        ]
+    );
+    assert!(r.warnings[0].message.contains("data.cached_tokens is missing"), "{}", r.warnings[0].message);
+    let expect = [("input", (118_000_000_000, 4)), ("cached", (7_000_000_000, 2)), ("calls", (5_000_000_000, 5))];
+    for (meter, want) in expect {
+        assert_eq!(totals(&engine, meter), want, "{meter}");
+    }
+    // A retry is a duplicate, with no warnings and no second count.
+    let again = engine.ingest("t", batch(&events), false, Some(T0 + 10 * MIN)).unwrap();
+    assert_eq!((again.accepted, again.duplicates, again.warnings.len()), (0, 5, 0));
+
+    let counts: Vec<(String, u64)> = engine.stats().skipped.into_iter().map(|c| (c.meter, c.events)).collect();
+    assert_eq!(counts, vec![("cached".to_string(), 3), ("input".to_string(), 1)]);
+
+    // The skipped events, found again from the retained events by the same decision, page by page.
+    let page = engine.skipped("t", "cached", T0 - 60 * MIN, T0 + 60 * MIN, None, 2, 1_000).unwrap();
+    let ids: Vec<(&str, SkipCode)> = page.events.iter().map(|e| (e.id.as_str(), e.code)).collect();
+    assert_eq!(ids, vec![("a", SkipCode::ValueMissing), ("c", SkipCode::ValueMissing)]);
+    assert_eq!(page.events[0].time, "2026-11-23T10:00:00Z");
+    let after = page.next.as_deref().unwrap().parse().unwrap();
+    let rest = engine.skipped("t", "cached", T0 - 60 * MIN, T0 + 60 * MIN, Some(after), 2, 1_000).unwrap();
+    assert_eq!(rest.events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["d"]);
+    assert_eq!((rest.next, rest.scanned), (None, 2));
+    let narrow = engine.skipped("t", "cached", T0 + 2 * MIN, T0 + 3 * MIN, None, 100, 1_000).unwrap();
+    assert_eq!(narrow.events.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(), ["c"]);
+    let budget = engine.skipped("t", "cached", T0 - 60 * MIN, T0 + 60 * MIN, None, 100, 1).unwrap();
+    assert_eq!((budget.events.len(), budget.scanned, budget.next.is_some()), (1, 1, true));
+    assert_eq!(engine.skipped("t", "calls", T0 - 60 * MIN, T0 + 60 * MIN, None, 100, 1_000).unwrap().events, vec![]);
+    assert_eq!(engine.skipped("t", "cached", T0, T0, None, 100, 1_000).unwrap_err().code(), "invalid_query");
+    assert_eq!(engine.skipped("t", "cached", T0, T0 + MIN, None, 0, 1_000).unwrap_err().code(), "invalid_query");
+
+    // A crash that loses every unsynced flush: the next open re-aggregates from the retained events and must make
+    // the same decisions ingest made.
+    let more = [
+        llm("f", "c1", 5, r#"{"input_tokens":5,"model":"gpt"}"#),
+        llm("g", "c4", 6, r#"{"input_tokens":6,"cached_tokens":"1.5","model":"gpt"}"#),
+    ];
+    store.lose_unsynced.store(true, std::sync::atomic::Ordering::SeqCst);
+    engine.ingest("t", batch(&more), false, Some(T0 + 10 * MIN)).unwrap();
+    let before: Vec<_> = ["input", "cached", "calls"].iter().map(|m| totals(&engine, m)).collect();
+    assert_eq!(before, vec![(129_000_000_000, 6), (8_500_000_000, 3), (7_000_000_000, 7)]);
+    engine.close();
+    drop(engine);
+    drop(store);
+    let engine = open(&dir);
+    let after: Vec<_> = ["input", "cached", "calls"].iter().map(|m| totals(&engine, m)).collect();
+    assert_eq!(after, before, "replay after a crash counts what ingest counted");
+
+    // A meter created now is backfilled by the same decision: it agrees with the meter that saw the events arrive.
+    let twin = engine.create_meter("t", spec(&CACHED.replace(r#""cached""#, r#""cached2""#)), Some(T0)).unwrap();
+    assert_eq!((twin.backfill.events, twin.backfill.unreadable), (3, 4));
+    assert_eq!(totals(&engine, "cached2"), totals(&engine, "cached"));
+    let counts: Vec<(String, u64)> = engine.stats().skipped.into_iter().map(|c| (c.meter, c.events)).collect();
+    assert_eq!(counts, vec![("cached2".to_string(), 4)], "counters since open: the backfill's skips");
+    let listed = engine.skipped("t", "cached2", T0 - 60 * MIN, T0 + 60 * MIN, None, 100, 1_000).unwrap();
+    assert_eq!(listed.events.len() as u64, twin.backfill.unreadable);
+    engine.delete_meter("t", "cached2").unwrap();
+    assert!(engine.stats().skipped.is_empty(), "a deleted meter's counter goes with it");
 }
