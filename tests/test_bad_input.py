@@ -323,7 +323,8 @@ def test_hostile_values_in_every_field_of_every_body(fuzzed: Fuzzed) -> None:
                     elif "credit" not in path:  # put the example back
                         client.post(path if "migrate" not in path else "/v1/subscriptions",
                                     json=example if "migrate" not in path else EXAMPLES["Subscription"])
-    FIGURES.failures["HostileValueSweep"] += len(failures)
+    if failures:
+        FIGURES.failures["HostileValueSweep"] += len(failures)
     FIGURES.failing.update({f: "" for f in failures[:50]})
     assert not failures, f"{len(failures)} answers were a 5xx or lacked code and message:\n" + "\n".join(failures[:40])
 
@@ -411,4 +412,4 @@ def test_a_405_says_which_methods_the_path_has(fuzzed: Fuzzed) -> None:
 @pytest.mark.skipif(not KEEP_GOING, reason="failures are raised where they happen unless METER_FUZZ_KEEP_GOING=1")
 def test_the_run_that_kept_going_found_nothing(fuzzed: Fuzzed) -> None:
     """Last in the module: with METER_FUZZ_KEEP_GOING=1 the failures recorded along the way fail the run here."""
-    assert not FIGURES.failures, json.dumps(FIGURES.failing, indent=1)[:20000]
+    assert not sum(FIGURES.failures.values()), json.dumps(FIGURES.failing, indent=1)[:20000]
