@@ -39,6 +39,12 @@ test: build ## Build, then run the Rust and Python test suites
 	cargo test --release -p meter_core
 	$(PY) -m pytest
 
+FUZZ_EXAMPLES ?= 200
+.PHONY: fuzz
+fuzz: build ## The bad-input run at length (FUZZ_EXAMPLES per operation; make test runs a few), every failure listed
+	METER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) METER_FUZZ_STEPS=50 METER_FUZZ_KEEP_GOING=1 METER_FUZZ_REPORT=fuzz-report.json \
+		$(PY) -m pytest tests/test_bad_input.py -s
+
 .PHONY: serve
 serve: build ## Build, then run the HTTP API on .meter-data at 127.0.0.1:8080 (change with DATA_DIR=, HOST=, PORT=)
 	$(VENV)/bin/meter serve --data-dir $(DATA_DIR) --host $(HOST) --port $(PORT)

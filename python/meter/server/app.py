@@ -386,8 +386,12 @@ class MeterApp:
                     request.body = await self.read_body(request, receive)
                 answer: tuple[int, Any, dict[str, str]] = await handler(request, **match.groupdict())
                 return answer
-        if any(p.fullmatch(path) for _, p, _, _ in self.routes):
-            raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {path}")
+        matching = [(m, p.groups == 0) for m, p, _, _ in self.routes if p.fullmatch(path)]
+        # A literal path (/v1/invoices/run) has its own methods, not those of the template it also fits.
+        allowed = sorted({m for m, literal in matching if literal} or {m for m, _ in matching})
+        if allowed:  # RFC 9110 15.5.6: a 405 says which methods the path has
+            raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {path}; use {', '.join(allowed)}",
+                           {"allow": ", ".join(allowed)})
         raise ApiError(404, "not_found", f"no route {path}; see /openapi.json")
 
     async def healthz(self, request: Request) -> tuple[int, Any, dict[str, str]]:
