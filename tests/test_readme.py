@@ -110,8 +110,9 @@ def test_the_readme_works_as_written(server: Server, tmp_path: Path) -> None:
 
 
 def test_make_serve_takes_port_and_host() -> None:
-    result = subprocess.run(["make", "-n", "serve", "PORT=9123", "HOST=0.0.0.0", "DATA_DIR=/tmp/somewhere"],
-                            cwd=README.parent, capture_output=True, text=True, check=True)
+    # --no-print-directory: under `make test` this make is a sub-make, which would print "Leaving directory" last.
+    result = subprocess.run(["make", "-n", "--no-print-directory", "serve", "PORT=9123", "HOST=0.0.0.0",
+                             "DATA_DIR=/tmp/somewhere"], cwd=README.parent, capture_output=True, text=True, check=True)
     assert result.stdout.splitlines()[-1].endswith("meter serve --data-dir /tmp/somewhere --host 0.0.0.0 --port 9123")
     readme = README.read_text()
     assert "make serve PORT=9000 HOST=0.0.0.0" in readme and "source .venv/bin/activate" in readme
