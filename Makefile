@@ -73,12 +73,16 @@ bench-peers: build $(VENV)/.peers ## meter against PostgreSQL, DuckDB and ClickH
 bench-export: build ## Parquet export: usage rows per second for 10M rows, with a Parquet-write ceiling
 	$(PY) benches/bench_export.py
 
+.PHONY: bench-usage-json
+bench-usage-json: build ## Usage answers: 88k rows as JSON (engine-encoded, and the old per-row way) against CSV
+	$(PY) benches/bench_usage_json.py
+
 .PHONY: bench-pricing
 bench-pricing: build ## Pricing: a month rated for 1M subscriptions x 5 usage charges from Parquet, with a read ceiling
 	$(PY) benches/bench_pricing.py
 
 .PHONY: bench
-bench: bench-core bench-http bench-peers bench-export bench-pricing ## All benchmarks
+bench: bench-core bench-http bench-peers bench-export bench-pricing bench-usage-json ## All benchmarks
 
 .PHONY: lint
 lint: $(VENV)/.deps ## cargo fmt --check and clippy

@@ -1,15 +1,15 @@
-"""usage-json: how long a usage answer of 88k rows takes to encode as JSON, before and now, and as CSV.
+"""bench-usage-json: how long a usage answer of 88k rows takes to encode as JSON, before and now, against CSV.
 
 Before: Python dicts per row; now: the engine, column by column. Ingests one event per (customer, minute, model)
 into a fresh engine, queries `window_size=minute` grouped by customer and model (88,000 rows), then times, best of
-`--repeat`, the query alone and each encoding after it. Prints the figures and, last, a JSON line. Not part of
-`make bench`: a small check of one handler.
+`--repeat`, the query alone (the ceiling) and each encoding after it; CSV is the peer measured in the same run.
+Prints a Methodology block and, last, a JSON line (also in benches/results/usage_json.json).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -20,6 +20,9 @@ import msgspec
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 from meter import Engine, Usage
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import finish, methodology  # noqa: E402
 
 START = datetime(2026, 11, 23, tzinfo=UTC)
 MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet", "claude-haiku"]
@@ -53,6 +56,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=int, default=88)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    methodology("bench-usage-json", {"rows": f"{args.customers} customers x {args.minutes} minutes x {len(MODELS)} "
+                                     "models, one event each, queried per minute by customer and model"},
+                {"repeat": f"best of {args.repeat}", "client": "one Python thread, in process (no HTTP)"})
     with tempfile.TemporaryDirectory() as tmp, Engine(Path(tmp) / "db") as engine:
         engine.create_meter("t", {"slug": "tokens", "event_type": "llm", "aggregation": "sum",
                                   "value_property": "$.tokens", "group_by": {"model": "$.model"}})
@@ -83,7 +89,7 @@ def main() -> None:
                "json_engine_s": round(new, 4), "csv_s": round(as_csv, 4), "json_bytes": len(new_bytes)}
     print(f"{len(usage)} rows: query alone {q:.3f} s; query + JSON per row (before) {old:.3f} s; "
           f"query + JSON by the engine (now) {new:.3f} s; query + CSV {as_csv:.3f} s")
-    print(json.dumps(figures))
+    finish("usage_json", figures)
 
 
 if __name__ == "__main__":
