@@ -10,12 +10,17 @@ minor unit (``"20.00"``), so they print that way.
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from typing import Any
 
 import msgspec
 
 __all__ = ["encode_json", "plain", "to_builtins"]
+
+#: A JSON string that reads as a decimal in exponent notation ("2E+1", "0E-9"). A text that merely looks like one
+#: (an id "1E5") only costs the slow path, which rewrites decimals and nothing else.
+_EXPONENT = re.compile(rb'"-?[0-9.]+E[-+]?[0-9]+"')
 
 
 def plain(value: Decimal) -> str:
@@ -33,8 +38,8 @@ def to_builtins(obj: Any) -> Any:
 def encode_json(obj: Any) -> bytes:
     """JSON of ``obj`` (Structs, dicts, lists...) with decimals as plain text."""
     fast = msgspec.json.encode(obj)
-    # Exponent notation always has an "E": without one, no decimal needed rewriting (the common case, and cheap).
-    if b"E" not in fast:
+    # Without a string in exponent notation no decimal needs rewriting: the common case, and cheap ("EUR" is not one).
+    if not _EXPONENT.search(fast):
         return fast
     return msgspec.json.encode(to_builtins(obj))
 
