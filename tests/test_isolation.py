@@ -215,9 +215,8 @@ def test_no_key_but_b_reaches_b_on_any_route(world: tuple[Server, TenantB, dict[
             elif operator_route:
                 assert r.status_code == 403 and r.json()["code"] == "operator_only", where
             elif method == "GET" and values:
-                # B's object by id: not A's to see, not even its existence. (The upcoming invoice of an unknown
-                # customer is a 400 `not_found` today: pricing's, not a leak.)
-                assert r.status_code in (400, 403, 404) and r.json()["code"] in ("not_found", "forbidden"), where
+                # B's object by id: not A's to see, not even its existence.
+                assert r.status_code in (403, 404) and r.json()["code"] in ("not_found", "forbidden"), where
     assert walked > 300
     # B's own view of everything is unchanged, and B's events are still B's (a re-send is all duplicates).
     assert b.snapshot() == before

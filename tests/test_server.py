@@ -255,5 +255,7 @@ def test_invoices_over_http(server: Server) -> None:
     assert [i["number"] for i in client.get("/v1/invoices", params={"status": "finalized"}).json()] == ["INV-000001"]
     upcoming = client.get("/v1/customers/cust-1/upcoming-invoice")
     assert upcoming.status_code == 200 and upcoming.json()[0]["period_start"] > draft["period_start"], upcoming.text
+    unknown = client.get("/v1/customers/nobody/upcoming-invoice")
+    assert unknown.status_code == 404 and unknown.json()["code"] == "not_found", unknown.text
     other = server.client(server.tenant_key("billing-other", ["read"]))
     assert other.get(f"/v1/invoices/{draft['id']}").status_code == 404

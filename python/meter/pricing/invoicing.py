@@ -57,7 +57,7 @@ import polars as pl
 from meter.catalog.billing import Commit, Credit, Subscription
 from meter.catalog.prices import Price
 from meter.catalog.types import trusted
-from meter.exceptions import InvalidInput, MeterError
+from meter.exceptions import InvalidInput, MeterError, NotFound
 from meter.pricing import cycles
 from meter.pricing.charges import CHARGES_SCHEMA, price_frame
 from meter.pricing.invoices import Invoice, InvoiceLine, InvoiceStore, LineDetail, RunError, ServicePeriod
@@ -251,7 +251,7 @@ def upcoming_invoices(snapshot: Snapshot, out: Path, store: InvoiceStore, custom
         current = cycles.cycle_containing(sub, tz, as_of)
         drafts.append(_cycle_draft(snapshot, sub, cycles.cycle_containing(sub, tz, current.end), billed))
     if not drafts and customer not in snapshot.customers:
-        raise InvalidInput(f"no customer {customer!r} in the catalog snapshot", code="not_found")
+        raise NotFound(f"customer {customer!r} was not found; create it with POST /v1/customers", "not_found")
     return [invoice for invoice in _price(snapshot, out, drafts, billed) if invoice.lines]
 
 
