@@ -1,18 +1,26 @@
-"""Shared helpers: an engine in a temporary directory, and CloudEvents built the way gateways send them."""
+"""Shared helpers: an engine, CloudEvents built the way gateways send them, and the invoicing desk.
+
+The desk is the engine, catalog and invoicer of one tenant, which the invoicing tests share.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
-
 from meter import Engine
+from meter.catalog.billing import BillingCatalog, Customer
+from meter.catalog.prices import Price
+from meter.pricing.invoicer import Invoicer
+from meter.pricing.invoices import InvoiceStore
 
-T0 = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 
 
 def event(
@@ -46,3 +54,41 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 def now() -> datetime:
     """A clock shortly after T0, so that events at T0 are inside every window."""
     return T0 + timedelta(hours=1)
+
+
+# Invoicing: tenant "acme", customer "c1" in EUR, a `tokens` meter (sum of $.tokens by model), plan "pro".
+
+OCT = datetime(2026, 10, 1, tzinfo=UTC)
+NOW = datetime(2026, 11, 24, tzinfo=UTC)
+#: The engine's back-dating and dedup windows in the invoicing tests: their events are from fixed 2026 dates.
+YEAR = timedelta(days=400)
+
+
+@dataclass
+class Desk:
+    engine: Engine
+    catalog: BillingCatalog
+    invoicer: Invoicer
+
+    def usage(self, *events: dict[str, Any], now: datetime = NOW) -> None:
+        result = self.engine.ingest("acme", body(*events), now=now)
+        assert not result.issues, result.issues
+
+    def plan(self, version_prices: list[list[dict[str, Any]]]) -> None:
+        self.catalog.create_plan("acme", "pro", "Pro")
+        for i, prices in enumerate(version_prices):
+            self.catalog.add_plan_version("acme", "pro", OCT - timedelta(days=30 - i),
+                                          [msgspec.convert(p, Price) for p in prices])
+
+
+@pytest.fixture
+def desk(tmp_path: Path) -> Iterator[Desk]:
+    with Engine(tmp_path / "usage", durability="buffered", backdate_window=YEAR, dedup_window=YEAR) as engine:
+        catalog, store = BillingCatalog(tmp_path / "billing"), InvoiceStore(tmp_path / "invoices")
+        engine.create_meter("acme", {"slug": "tokens", "event_type": "llm", "aggregation": "sum",
+                                     "value_property": "$.tokens", "group_by": {"model": "$.model"}})
+        catalog.put_customer("acme", Customer(id="c1", name="One", currency="EUR"))
+        yield Desk(engine, catalog, Invoicer(engine, catalog, store, tmp_path / "export"))
+        catalog.close()
+        store.close()
+

@@ -10,40 +10,25 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import pyarrow.parquet as pq
 import pytest
-from meter import Engine
-from meter.catalog.billing import BillingCatalog, Commit, Credit, Customer, Discount, Subscription
+from meter.catalog.billing import Commit, Credit, Customer, Discount, Subscription
 from meter.catalog.types import trusted
 from meter.encoding import encode_json, plain
 from meter.exceptions import InvalidInput
 from meter.export import export_invoices
-from meter.pricing.invoicer import Invoicer
 from meter.pricing.invoices import Invoice, InvoiceLine, InvoiceStore
 from meter.pricing.money import round_to_minor_unit
-from test_invoicing import DEC, NOV, OCT, YEAR, Desk, base_fee, per_unit, tokens
+from test_invoicing import DEC, NOV, OCT, Desk, base_fee, per_unit, tokens
 
 MIGRATION = datetime(2026, 11, 21, tzinfo=UTC)
-
-
-@pytest.fixture
-def desk(tmp_path: Path) -> Iterator[Desk]:
-    with Engine(tmp_path / "usage", durability="buffered", backdate_window=YEAR, dedup_window=YEAR) as engine:
-        catalog, store = BillingCatalog(tmp_path / "billing"), InvoiceStore(tmp_path / "invoices")
-        engine.create_meter("acme", {"slug": "tokens", "event_type": "llm", "aggregation": "sum",
-                                     "value_property": "$.tokens", "group_by": {"model": "$.model"}})
-        catalog.put_customer("acme", Customer(id="c1", name="One", currency="EUR"))
-        yield Desk(engine, catalog, Invoicer(engine, catalog, store, tmp_path / "export"))
-        catalog.close()
-        store.close()
 
 
 def finalized_november(desk: Desk) -> Invoice:

@@ -7,59 +7,23 @@ idempotent re-runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import pyarrow.parquet as pq
 import pytest
-from conftest import body, event
+from conftest import OCT, YEAR, Desk, event
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meter import Engine
 from meter.catalog.billing import BillingCatalog, Commit, Credit, Customer, Discount, Subscription
-from meter.catalog.prices import Price
 from meter.pricing.invoicer import Invoicer
 from meter.pricing.invoices import Invoice, InvoiceStore
 
-OCT = datetime(2026, 10, 1, tzinfo=UTC)
 NOV = datetime(2026, 11, 1, tzinfo=UTC)
 DEC = datetime(2026, 12, 1, tzinfo=UTC)
-NOW = datetime(2026, 11, 24, tzinfo=UTC)
-YEAR = timedelta(days=400)
-
-
-@dataclass
-class Desk:
-    engine: Engine
-    catalog: BillingCatalog
-    invoicer: Invoicer
-
-    def usage(self, *events: dict[str, Any], now: datetime = NOW) -> None:
-        result = self.engine.ingest("acme", body(*events), now=now)
-        assert not result.issues, result.issues
-
-    def plan(self, version_prices: list[list[dict[str, Any]]]) -> None:
-        self.catalog.create_plan("acme", "pro", "Pro")
-        for i, prices in enumerate(version_prices):
-            self.catalog.add_plan_version("acme", "pro", OCT - timedelta(days=30 - i),
-                                          [msgspec.convert(p, Price) for p in prices])
-
-
-@pytest.fixture
-def desk(tmp_path: Path) -> Iterator[Desk]:
-    with Engine(tmp_path / "usage", durability="buffered", backdate_window=YEAR, dedup_window=YEAR) as engine:
-        catalog, store = BillingCatalog(tmp_path / "billing"), InvoiceStore(tmp_path / "invoices")
-        engine.create_meter("acme", {"slug": "tokens", "event_type": "llm", "aggregation": "sum",
-                                     "value_property": "$.tokens", "group_by": {"model": "$.model"}})
-        catalog.put_customer("acme", Customer(id="c1", name="One", currency="EUR"))
-        yield Desk(engine, catalog, Invoicer(engine, catalog, store, tmp_path / "export"))
-        catalog.close()
-        store.close()
 
 
 def tokens(i: int, at: datetime, amount: int | str, customer: str = "c1", model: str = "m") -> dict[str, Any]:
