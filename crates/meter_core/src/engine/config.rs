@@ -38,6 +38,14 @@ pub struct Config {
     /// How long aggregates may wait in memory before a fold thread flushes them (default 1 s); also
     /// bounds the replay after a crash.
     pub flush_interval: std::time::Duration,
+    /// RocksDB's block cache: data blocks and every table's index and filter blocks, the dedup filters among
+    /// them (about 1 byte per identity in the window keeps them all in memory). Bounds the engine's memory
+    /// with the memtable budget (`storage::rocks::MEMTABLE_BUDGET`) and `recent_dedup_capacity`.
+    pub cache_bytes: usize,
+    /// How long recently received identities stay in memory for quick retries (default 60 s).
+    pub recent_dedup_us: i64,
+    /// At most this many recent identities in memory (default 1 M, about 60 MB).
+    pub recent_dedup_capacity: usize,
     pub limits: Limits,
 }
 
@@ -51,6 +59,9 @@ impl Default for Config {
             queue_capacity: 64,
             max_commit_events: 20_000,
             flush_interval: std::time::Duration::from_secs(1),
+            cache_bytes: 512 << 20,
+            recent_dedup_us: 60_000_000,
+            recent_dedup_capacity: 1 << 20,
             limits: Limits::default(),
         }
     }

@@ -2,10 +2,10 @@
 //! public calls. An ingest flows: parse and `prepare` on the caller's thread, dedup and commit on the
 //! `writer`, then aggregation on the `folder` threads.
 //!
-//! Recovery at open: the commit sequence and meter-id counter from `meta`, the meters, the dedup index
-//! from the `dedup` records still inside the window, and for each fold shard the aggregates of commits
+//! Recovery at open: the commit sequence and meter-id counter from `meta`, the meters, and for each fold shard the aggregates of commits
 //! past its `agg_seq` watermark, re-folded from their retained events (`replay`). Everything acknowledged was in one synced
-//! write batch, so what is recovered is exactly what was acknowledged.
+//! write batch, so what is recovered is exactly what was acknowledged. The dedup index is on disk (`dedup`):
+//! opening reads none of it, so open time does not grow with the identities in the window.
 
 pub mod config;
 mod folder;
@@ -13,7 +13,6 @@ mod prepare;
 pub mod report;
 mod writer;
 
-use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -32,12 +31,12 @@ use crate::aggregate::extract::extract_retained;
 use crate::aggregate::fold::{Fold, Peeked};
 use crate::aggregate::meter::{Meter, MeterSpec, StoredMeter};
 use crate::aggregate::registry::Registry;
-use crate::dedup::{DedupIndex, Record};
+use crate::dedup::{self, Horizon, Recent, Record};
 use crate::error::{Error, Result};
 use crate::ingest::{parse_batch, time::now_micros};
 use crate::query::{self, UsageQuery, UsageResult};
 use crate::storage::events;
-use crate::storage::rocks::RocksStore;
+use crate::storage::rocks::{RocksStore, StoreOptions};
 use crate::storage::{keys, scan_prefix, Cf, Store, WriteSet};
 use prepare::prepare;
 
@@ -153,7 +152,8 @@ pub struct Engine {
 
 impl Engine {
     pub fn open(path: &Path, config: Config) -> Result<Engine> {
-        Engine::open_store(Arc::new(RocksStore::open(path)?), config)
+        let options = StoreOptions { cache_bytes: config.cache_bytes };
+        Engine::open_store(Arc::new(RocksStore::open(path, &options)?), config)
     }
 
     /// Opens the engine over any `Store` (tests use this to inject storage failures).
@@ -187,7 +187,7 @@ impl Engine {
                 "the dedup window must be at least as long as the back-dating window, or a late retry would count twice",
             ));
         }
-        let (index, dedup_records) = load_dedup(&*store, now_micros() - config.dedup_retention_us())?;
+        migrate_legacy_dedup(&*store)?;
         replay(&*store, &registry, seq)?;
 
         let shared = Arc::new(Shared {
@@ -224,10 +224,11 @@ impl Engine {
             store: store.clone(),
             shared: shared.clone(),
             config: config.clone(),
-            index,
+            recent: Recent::new(config.recent_dedup_us, config.recent_dedup_capacity),
+            horizon: store.dedup_horizon().unwrap_or_else(|| Arc::new(Horizon::new(i64::MIN))),
             seq,
             next_meter_id,
-            dedup_records,
+            records_released: 0,
             folds,
             folders,
         };
@@ -482,28 +483,34 @@ fn storage_tenant(key: &[u8]) -> Result<String> {
 }
 
 /// Rebuilds the dedup index from the records received at or after `cutoff_us`, dropping older ones.
-fn load_dedup(store: &dyn Store, cutoff_us: i64) -> Result<(DedupIndex, VecDeque<(u64, i64)>)> {
-    let mut index = DedupIndex::default();
-    let mut live = VecDeque::new();
-    let mut last_expired = None;
+/// Moves the identities of a data directory written before they had their own column family (each commit
+/// record listed them) to `seen`, and rewrites those records in the current format: once, at the first open.
+fn migrate_legacy_dedup(store: &dyn Store) -> Result<()> {
+    let mut set = WriteSet::default();
+    let mut moved = 0usize;
     scan_prefix(store, Cf::Dedup, &[], |key, value| {
-        let seq = u64::from_be_bytes(key.try_into().map_err(|_| Error::Corrupt("dedup key".into()))?);
         let record = Record::parse(value)?;
-        // Only a leading run is dropped, so a range delete can never touch a live record.
-        if live.is_empty() && record.received_us < cutoff_us {
-            last_expired = Some(seq);
-        } else {
-            index.load(&record);
-            live.push_back((seq, record.received_us));
+        let mut current = None;
+        for (fingerprint, payload_hash) in record.legacy_entries() {
+            let mark = dedup::Mark { received_us: record.received_us, payload_hash };
+            set.put(Cf::Seen, &dedup::seen_key(fingerprint), &mark.encode());
+            let tenants: Vec<String> = record.tenants.iter().map(|t| t.to_string()).collect();
+            current.get_or_insert_with(|| dedup::record::build(record.received_us, &tenants));
+            moved += 1;
+        }
+        if let Some(current) = current {
+            set.put(Cf::Dedup, key, &current);
+        }
+        if moved >= 100_000 {
+            store.write(&std::mem::take(&mut set), true)?;
+            moved = 0;
         }
         Ok(true)
     })?;
-    if let Some(seq) = last_expired {
-        let mut set = WriteSet::default();
-        set.delete_range(Cf::Dedup, &0u64.to_be_bytes(), &(seq + 1).to_be_bytes());
-        store.write(&set, true)?;
+    if set.is_empty() {
+        return Ok(());
     }
-    Ok((index, live))
+    store.write(&set, true)
 }
 
 /// Re-aggregates, per fold shard, the commits past the shard's watermark from their retained events,
@@ -555,4 +562,43 @@ fn replay(store: &dyn Store, registry: &Registry, seq: u64) -> Result<()> {
         set.put(Cf::Meta, &keys::agg_seq(shard), &seq.to_be_bytes());
     }
     store.write(&set, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_795_428_000_000_000;
+
+    fn event(id: &str) -> Vec<u8> {
+        format!(r#"[{{"specversion":"1.0","id":"{id}","source":"s","type":"llm","subject":"c","time":"2026-11-23T10:00:00Z","data":{{}}}}]"#)
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_data_directory_of_the_old_format_keeps_its_identities() {
+        let dir = tempfile::tempdir().unwrap();
+        Engine::open(dir.path(), Config::default()).unwrap().ingest("t", event("a"), false, Some(T0)).unwrap();
+        // Rewrite it the way the in-memory index stored identities: inside the commit record, none in `seen`.
+        {
+            let store = RocksStore::open(dir.path(), &StoreOptions::default()).unwrap();
+            let mut seen = Vec::new();
+            scan_prefix(&store, Cf::Seen, &[], |k, v| {
+                seen.push((u128::from_be_bytes(k.try_into().unwrap()), dedup::Mark::decode(v)?));
+                Ok(true)
+            })
+            .unwrap();
+            assert_eq!(seen.len(), 1);
+            let (fp, mark) = seen[0];
+            let mut set = WriteSet::default();
+            set.push(crate::storage::OpKind::Delete, Cf::Seen, &dedup::seen_key(fp), &[]);
+            let legacy = dedup::record::build_legacy(mark.received_us, &["t".into()], &[(fp, mark.payload_hash)]);
+            set.put(Cf::Dedup, &1u64.to_be_bytes(), &legacy);
+            store.write(&set, true).unwrap();
+        }
+        let engine = Engine::open(dir.path(), Config::default()).unwrap();
+        let r = engine.ingest("t", event("a"), false, Some(T0)).unwrap();
+        assert_eq!((r.accepted, r.duplicates), (0, 1));
+        assert_eq!(engine.ingest("t", event("b"), false, Some(T0)).unwrap().accepted, 1);
+    }
 }

@@ -21,10 +21,11 @@ pub enum Cf {
     Agg,
     Uniq,
     Days,
+    Seen,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 6] = [Cf::Meta, Cf::Events, Cf::Dedup, Cf::Agg, Cf::Uniq, Cf::Days];
+    pub const ALL: [Cf; 7] = [Cf::Meta, Cf::Events, Cf::Dedup, Cf::Agg, Cf::Uniq, Cf::Days, Cf::Seen];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -34,6 +35,7 @@ impl Cf {
             Cf::Agg => "agg",
             Cf::Uniq => "uniq",
             Cf::Days => "days",
+            Cf::Seen => "seen",
         }
     }
 }
@@ -74,6 +76,10 @@ impl WriteSet {
         self.push(OpKind::DeleteRange, cf, from, to);
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
     pub fn ops(&self) -> impl Iterator<Item = (OpKind, Cf, &[u8], &[u8])> {
         self.ops.iter().map(|(kind, cf, k, v)| (*kind, *cf, &self.buf[k.clone()], &self.buf[v.clone()]))
     }
@@ -98,6 +104,18 @@ pub trait Store: Send + Sync + 'static {
     /// Applies the set atomically; with `sync`, returns only once it is on stable storage.
     fn write(&self, set: &WriteSet, sync: bool) -> Result<()>;
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Reads many keys, given in ascending order, at once: calls `found(i, value)` for the `i`-th key.
+    fn multi_get_sorted(&self, cf: Cf, keys: &[&[u8]], found: &mut dyn FnMut(usize, Option<&[u8]>)) -> Result<()> {
+        for (i, key) in keys.iter().enumerate() {
+            found(i, self.get(cf, key)?.as_deref());
+        }
+        Ok(())
+    }
+    /// The dedup horizon the store's compaction filter drops identities by, if it has one
+    /// (`dedup::Horizon`); the engine moves it forward.
+    fn dedup_horizon(&self) -> Option<std::sync::Arc<crate::dedup::Horizon>> {
+        None
+    }
     fn cursor(&self, cf: Cf) -> Box<dyn Cursor + '_>;
 }
 
