@@ -80,7 +80,12 @@ class Engine:
         max_future: timedelta = timedelta(minutes=5),
         queue_capacity: int = 64,
         max_batch_events: int = 10_000,
+        cache_mb: int = 512,
+        recent_dedup: timedelta = timedelta(seconds=60),
     ) -> None:
+        """``cache_mb`` bounds RocksDB's block cache, where the dedup filters live (about 1 byte per identity in the
+        dedup window keeps them all in memory); ``recent_dedup`` is how long identities stay in memory for quick
+        retries (at most a million of them). Memory does not grow with the identities kept: see the README."""
         self._inner = _core.Engine(
             os.fspath(path),
             durability=durability,
@@ -89,6 +94,8 @@ class Engine:
             max_future_s=_seconds(max_future),
             queue_capacity=queue_capacity,
             max_batch_events=max_batch_events,
+            cache_mb=cache_mb,
+            recent_dedup_s=_seconds(recent_dedup),
         )
 
     def __enter__(self) -> Engine:

@@ -582,14 +582,8 @@ mod tests {
         // Rewrite it the way the in-memory index stored identities: inside the commit record, none in `seen`.
         {
             let store = RocksStore::open(dir.path(), &StoreOptions::default()).unwrap();
-            let mut seen = Vec::new();
-            scan_prefix(&store, Cf::Seen, &[], |k, v| {
-                seen.push((u128::from_be_bytes(k.try_into().unwrap()), dedup::Mark::decode(v)?));
-                Ok(true)
-            })
-            .unwrap();
-            assert_eq!(seen.len(), 1);
-            let (fp, mark) = seen[0];
+            let fp = crate::ingest::parse::identity_hash("t", "s", "a");
+            let mark = dedup::Mark::decode(&store.get(Cf::Seen, &dedup::seen_key(fp)).unwrap().unwrap()).unwrap();
             let mut set = WriteSet::default();
             set.push(crate::storage::OpKind::Delete, Cf::Seen, &dedup::seen_key(fp), &[]);
             let legacy = dedup::record::build_legacy(mark.received_us, &["t".into()], &[(fp, mark.payload_hash)]);
