@@ -11,8 +11,8 @@ it. Event times lie near now, and the windows (dedup, back-dating, retention, mi
 steady state comes within the first quarter of the run; the settings the engine does not accept (yet) are listed as
 not in effect. After the run the data directory is reopened in a fresh process to time the restart.
 
-The sender builds each body from a pre-encoded template by replacing fixed-width placeholders (the batch's id prefix
-and time), so a fresh batch costs a few byte replacements, not a JSON encoding.
+The sender builds each body from a pre-encoded template, joining its pieces around placeholders (the end of each id
+and the time), so a fresh batch costs two joins (about 0.15 ms), not a JSON encoding.
 """
 
 from __future__ import annotations
@@ -48,11 +48,13 @@ BATCH = 1000
 #: batches sent are whole-batch retries: 5% duplicates, as in workload.py.
 RESENT_PER_BATCH = 25
 RETRY_SHARE = 0.025
-# Fixed-width placeholders in the templates, replaced per batch: the id prefix (8 hex digits, the fresh batch's
-# number) and the time up to the tens of seconds (`2026-11-23T10:11:1`, 18 characters; the template keeps each
-# event's last digit, so times spread over 10 s).
-CUR_ID, PRV_ID = b"~cur-id~", b"~prv-id~"
-CUR_TIME, PRV_TIME = b"~cur-time-prefix~~", b"~prv-time-prefix~~"
+# Placeholders in the templates, filled per batch: the end of the id (8 hex digits, the fresh batch's number) and,
+# right after it, the time up to the tens of seconds (`2026-11-23T10:11:1`; the template keeps each event's last
+# digit, so times spread over 10 s). Id and time are adjacent in each event, so one token covers both, and a body is
+# built by joining the template's pieces around the tokens (bytes.replace of 1000 occurrences costs ten times more).
+MID = b'","time":"'
+CUR = b"~cur-id~" + MID + b"~cur-time-prefix~~"
+PRV = b"~prv-id~" + MID + b"~prv-time-prefix~~"
 #: Settings that take the soak window, in `meter._core.Engine` names (seconds).
 WINDOW_SETTINGS = ("dedup_window_s", "backdate_window_s", "retention_s", "minute_aggregates_s")
 
@@ -111,7 +113,20 @@ def open_engine(path: Path, durability: str, wanted: dict[str, int]) -> tuple[An
 # ---- the workload ---------------------------------------------------------------------------------------------------
 
 
-def templates(count: int, customers: int, seed: int) -> list[bytes]:
+class Template:
+    """One batch with placeholders, cut at them: 975 fresh events (a CUR token each), then 25 copies (PRV)."""
+
+    def __init__(self, body: bytes) -> None:
+        *self.head, last = body.split(CUR)
+        self.tail = last.split(PRV)
+        assert len(self.head) == BATCH - RESENT_PER_BATCH and len(self.tail) == RESENT_PER_BATCH + 1
+        self.size = len(body)
+
+    def fill(self, cur: bytes, prv: bytes) -> bytes:
+        return b"".join((cur.join(self.head), cur, prv.join(self.tail)))
+
+
+def templates(count: int, customers: int, seed: int) -> list[Template]:
     """`count` batch templates of BATCH events with placeholders: 975 fresh events, then 25 copies.
 
     The copies are events of the template before (cyclically), so that sending template k after template k-1
@@ -128,19 +143,18 @@ def templates(count: int, customers: int, seed: int) -> list[bytes]:
         events = []
         for i, subject in enumerate(subjects):
             e = Workload._event(rng, b, i, subject, now)  # the bench-core event shape and values
-            e["id"] = f"{CUR_ID.decode()}{i:04x}"
-            e["time"] = f"{CUR_TIME.decode()}{rng.randrange(10)}Z"
-            events.append(e)
+            cur_id, cur_time = CUR.decode().split(MID.decode())
+            events.append({"specversion": e["specversion"], "source": e["source"], "type": e["type"],
+                           "subject": e["subject"], "id": f"{i:04x}{cur_id}",
+                           "time": f"{cur_time}{rng.randrange(10)}Z", "data": e["data"]})
         fresh.append(events)
     out = []
     for b, events in enumerate(fresh):
         copies = []
         for e in rng.sample(fresh[b - 1], RESENT_PER_BATCH):
-            e = dict(e)
-            e["id"] = e["id"].replace(CUR_ID.decode(), PRV_ID.decode())
-            e["time"] = e["time"].replace(CUR_TIME.decode(), PRV_TIME.decode())
-            copies.append(e)
-        out.append(json.dumps(events + copies, separators=(",", ":")).encode())
+            body = json.dumps(e, separators=(",", ":")).replace(CUR.decode(), PRV.decode())
+            copies.append(json.loads(body))
+        out.append(Template(json.dumps(events + copies, separators=(",", ":")).encode()))
     return out
 
 
@@ -151,7 +165,7 @@ class Sender:
     was built from.
     """
 
-    def __init__(self, tmpl: list[bytes], retry_age_s: float, seed: int) -> None:
+    def __init__(self, tmpl: list[Template], retry_age_s: float, seed: int) -> None:
         self.tmpl, self.retry_age_s, self.rng = tmpl, retry_age_s, random.Random(seed)
         self.fresh = 0
         self.prev: tuple[bytes, bytes] = (b"ffffffff", time_prefix())  # never sent: the first copies are new events
@@ -178,8 +192,7 @@ class Sender:
         return self.build(*recipe), False
 
     def build(self, t: int, cur_id: bytes, prv_id: bytes, cur_time: bytes, prv_time: bytes) -> bytes:
-        body = self.tmpl[t].replace(CUR_ID, cur_id).replace(PRV_ID, prv_id)
-        return body.replace(CUR_TIME, cur_time).replace(PRV_TIME, prv_time)
+        return self.tmpl[t].fill(cur_id + MID + cur_time, prv_id + MID + prv_time)
 
 
 _prefix_cache: tuple[int, bytes] = (-1, b"")
@@ -265,7 +278,7 @@ def child(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     engine, in_effect, refused = open_engine(args.child, args.durability, wanted)
     emit({"type": "open", "open_s": round(time.perf_counter() - t, 3), "in_effect": in_effect, "refused": refused,
-          "generation_s": round(gen_s, 1), "event_bytes": round(sum(map(len, tmpl)) / len(tmpl) / BATCH, 1)})
+          "generation_s": round(gen_s, 1), "event_bytes": round(sum(t.size for t in tmpl) / len(tmpl) / BATCH, 1)})
     for spec in METERS:
         engine.create_meter(TENANT, spec)
     sender = Sender(tmpl, args.retry_age_s, args.seed)
