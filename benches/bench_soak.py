@@ -217,9 +217,17 @@ def emit(record: dict[str, Any]) -> None:
 
 
 def stats_of(engine: Any) -> dict[str, Any]:
-    """The engine's own counters (every scalar it reports, including ones added after this benchmark)."""
-    raw = json.loads(engine._inner.stats())
-    return {k: v for k, v in raw.items() if isinstance(v, int | float)}
+    """The engine's own counters: every number it reports, including ones added after this benchmark.
+
+    One level of nesting is flattened as `outer.inner`.
+    """
+    out: dict[str, Any] = {}
+    for k, v in json.loads(engine._inner.stats()).items():
+        if isinstance(v, int | float):
+            out[k] = v
+        elif isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items() if isinstance(vv, int | float)})
+    return out
 
 
 def cpu_s() -> float:
@@ -268,9 +276,10 @@ def child(args: argparse.Namespace) -> None:
     stop: dict[str, str | None] = {"why": None}
 
     def on_term(signum: int, frame: Any) -> None:
-        stop["why"] = "stopped by the parent"
+        stop["why"] = stop["why"] or f"{signal.Signals(signum).name} received"
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)  # Ctrl-C reaches the whole process group: the parent decides
     wanted = json.loads(args.settings)
     t = time.perf_counter()
     tmpl = templates(args.templates, args.customers, args.seed)
@@ -493,6 +502,66 @@ def analyse(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+class Watch:
+    """The parent's side of the run: each record of the child, with the RSS and disk read at that moment.
+
+    Its guards stop the run early on a shared machine (disk, memory).
+    """
+
+    def __init__(self, run: dict[str, Any], pid: int, data: Path, max_disk: float, max_rss: float,
+                 args: argparse.Namespace, window: int, wanted: dict[str, int]) -> None:
+        self.run, self.pid, self.data, self.max_disk, self.max_rss = run, pid, data, max_disk, max_rss
+        self.args, self.window, self.wanted = args, window, wanted
+        self.unique, self.ingest_started = 0, 0.0
+
+    def handle(self, rec: dict[str, Any]) -> None:
+        run, kind = self.run, rec["type"]
+        if kind == "open":
+            run.update(in_effect=rec["in_effect"], refused=rec["refused"], open_s=rec["open_s"])
+            print_methodology(self.args, self.window, self.wanted, rec)
+        elif kind == "start":
+            self.ingest_started = time.monotonic()
+            run["disk_start"] = dir_bytes(self.data)
+            self.unique = rec["stats"].get("accepted", 0)
+            run["samples"].append({"phase": "start", "t": 0.0, "t_ingest": 0.0, "unique": self.unique,
+                                   "disk_bytes": run["disk_start"], "rss_kib": memory_kib(self.pid, "VmRSS"),
+                                   "hwm_kib": memory_kib(self.pid, "VmHWM")})
+        elif kind == "sample":
+            self.unique = rec["stats"].get("accepted", self.unique)
+            rec.update(t_ingest=round(time.monotonic() - self.ingest_started, 2), unique=self.unique,
+                       rss_kib=memory_kib(self.pid, "VmRSS"), hwm_kib=memory_kib(self.pid, "VmHWM"),
+                       disk_bytes=dir_bytes(self.data))
+            run["samples"].append(rec)
+            print(f"  [{rec['phase']:5} {rec['t']:6.0f} s] {rec['events_per_s']:>9,} ev/s  "
+                  f"p99 {rec['ack_p99_ms'] or 0:6.1f} ms  RSS {rec['rss_kib'] / 1024:8,.0f} MiB  "
+                  f"disk {rec['disk_bytes'] / 2**20:8,.0f} MiB  CPU {rec['cpu_share']:.0%}  "
+                  f"lag {rec['lag_s']:.1f} s" + (f"  rejected {rec['rejected_codes']}" if rec["rejected"] else ""),
+                  flush=True)
+            self.guard(rec)
+        elif kind == "max":
+            run.update(max_events_per_s=rec["events_per_s"], target_events_per_s=rec["target_events_per_s"])
+            print(f"  maximum {rec['events_per_s']:,} events/s; pacing at {self.args.rate_fraction:.0%}: "
+                  f"{rec['target_events_per_s']:,} events/s for {self.args.minutes:g} min", flush=True)
+        elif kind == "closed":
+            run.update(close_s=rec["close_s"], hwm_kib=rec["hwm_kib"], unique_events=rec["stats"].get("accepted"),
+                       duplicates=rec["stats"].get("duplicates"), rejected=rec["stats"].get("rejected"))
+            if rec["stopped"] and not run.get("stopped"):
+                run["stopped"] = f"the engine's process stopped early: {rec['stopped']}"
+
+    def guard(self, rec: dict[str, Any]) -> None:
+        why = None
+        if rec["disk_bytes"] > self.max_disk:
+            why = f"data directory above {self.max_disk / 2**30:.2f} GiB"
+        elif rec["rss_kib"] * 1024 > self.max_rss:
+            why = f"engine RSS above {self.max_rss / 2**30:.2f} GiB"
+        elif shutil.disk_usage(self.data).free < 2 * 2**30:
+            why = "less than 2 GiB free on the disk"
+        if why and not self.run.get("stopped"):
+            self.run["stopped"] = why
+            print(f"  stopping early: {why}", flush=True)
+            os.kill(self.pid, signal.SIGTERM)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=30, help="paced phase (default 30; the long soak: 120)")
@@ -557,69 +626,38 @@ def main() -> None:
     print(f"soak: building {args.templates} batch templates and opening the engine in a child process ...", flush=True)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
     assert proc.stdout is not None
-    unique = 0
-    ingest_started = 0.0
+    watch = Watch(run, proc.pid, data, max_disk, max_rss, args, window, wanted)
     try:
-        for rec in lines(proc.stdout):
-            kind = rec["type"]
-            if kind == "open":
-                run.update(in_effect=rec["in_effect"], refused=rec["refused"], open_s=rec["open_s"])
-                print_methodology(args, window, wanted, rec)
-            elif kind == "start":
-                ingest_started = time.monotonic()
-                run["disk_start"] = dir_bytes(data)
-                unique = rec["stats"].get("accepted", 0)
-                run["samples"].append({"phase": "start", "t": 0.0, "t_ingest": 0.0, "unique": unique,
-                                       "disk_bytes": run["disk_start"], "rss_kib": memory_kib(proc.pid, "VmRSS"),
-                                       "hwm_kib": memory_kib(proc.pid, "VmHWM")})
-            elif kind == "sample":
-                unique = rec["stats"].get("accepted", unique)
-                rec.update(t_ingest=round(time.monotonic() - ingest_started, 2), unique=unique,
-                           rss_kib=memory_kib(proc.pid, "VmRSS"), hwm_kib=memory_kib(proc.pid, "VmHWM"),
-                           disk_bytes=dir_bytes(data))
-                run["samples"].append(rec)
-                print(f"  [{rec['phase']:5} {rec['t']:6.0f} s] {rec['events_per_s']:>9,} ev/s  "
-                      f"p99 {rec['ack_p99_ms'] or 0:6.1f} ms  RSS {rec['rss_kib'] / 1024:8,.0f} MiB  "
-                      f"disk {rec['disk_bytes'] / 2**20:8,.0f} MiB  CPU {rec['cpu_share']:.0%}  "
-                      f"lag {rec['lag_s']:.1f} s" + (f"  rejected {rec['rejected_codes']}" if rec["rejected"] else ""),
-                      flush=True)
-                why = None
-                if rec["disk_bytes"] > max_disk:
-                    why = f"data directory above {max_disk / 2**30:.1f} GiB"
-                elif rec["rss_kib"] * 1024 > max_rss:
-                    why = f"engine RSS above {max_rss / 2**30:.1f} GiB"
-                elif shutil.disk_usage(data).free < 2 * 2**30:
-                    why = "less than 2 GiB free on the disk"
-                if why and not run.get("stopped"):
-                    run["stopped"] = why
-                    print(f"  stopping early: {why}", flush=True)
-                    proc.send_signal(signal.SIGTERM)
-            elif kind == "max":
-                run.update(max_events_per_s=rec["events_per_s"], target_events_per_s=rec["target_events_per_s"])
-                print(f"  maximum {rec['events_per_s']:,} events/s; pacing at {args.rate_fraction:.0%}: "
-                      f"{rec['target_events_per_s']:,} events/s for {args.minutes:g} min", flush=True)
-            elif kind == "closed":
-                run.update(close_s=rec["close_s"], hwm_kib=rec["hwm_kib"], unique_events=rec["stats"].get("accepted"),
-                           duplicates=rec["stats"].get("duplicates"), rejected=rec["stats"].get("rejected"))
+        while True:
+            try:
+                for rec in lines(proc.stdout):
+                    watch.handle(rec)
+                break
+            except KeyboardInterrupt:
+                if run.get("stopped") == "interrupted":
+                    proc.kill()
+                    raise
+                # Ctrl-C reached the child too, which stops at its next batch and closes the engine; the figures
+                # so far are still worked out. A second Ctrl-C kills it.
+                run["stopped"] = "interrupted"
+                print("  interrupted: stopping the run (Ctrl-C again to abandon it)", flush=True)
+                proc.send_signal(signal.SIGTERM)
         proc.wait()
-    except BaseException:
-        proc.terminate()
-        proc.wait()
-        raise
-    if proc.returncode != 0:
-        run["stopped"] = run.get("stopped") or f"the engine's process exited with {proc.returncode}"
-    codes: dict[str, int] = {}
-    for s in run["samples"]:
-        for code, n in s.get("rejected_codes", {}).items():
-            codes[code] = codes.get(code, 0) + n
-    run["rejected_codes"] = codes
-
-    try:
+        if proc.returncode != 0:
+            run["stopped"] = run.get("stopped") or f"the engine's process exited with {proc.returncode}"
+        codes: dict[str, int] = {}
+        for s in run["samples"]:
+            for code, n in s.get("rejected_codes", {}).items():
+                codes[code] = codes.get(code, 0) + n
+        run["rejected_codes"] = codes
         if data.exists():
             run["disk_mib_after_close"] = round(dir_bytes(data) / 2**20, 1)
             restart(run, data, args, wanted)
         figures = analyse(run, args)
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         if own_dir and not args.keep:
             shutil.rmtree(data.parent, ignore_errors=True)
     RESULTS.mkdir(exist_ok=True)
