@@ -62,52 +62,93 @@ WINDOW_SETTINGS = ("dedup_window_s", "backdate_window_s", "retention_s", "minute
 # ---- the engine's settings ------------------------------------------------------------------------------------------
 
 
-def engine_kwargs(wanted: dict[str, int]) -> tuple[dict[str, Any], dict[str, int], dict[str, int]]:
-    """`meter.Engine` keyword arguments for settings named as `meter._core.Engine` names them (`retention_s`).
+#: Other names a setting may have in the engine (the dedup cache's size is `cache_mb` in the core today).
+ALIASES = {"dedup_cache_mb": ("cache_mb",)}
 
-    Each is passed under that name, or as a timedelta under the name without `_s` (`retention`), or through
-    `**kwargs`; a setting the engine does not take is left out. Returns (kwargs, in effect, not accepted).
+
+class Settings:
+    """The wanted settings (named as `meter._core.Engine` names them, in seconds: `retention_s`) the engine takes.
+
+    `meter.Engine` takes a setting under that name, or as a timedelta under the name without `_s` (`retention`), or
+    through `**kwargs`. A setting that only the core takes yet is still used: the engine is then opened through
+    `meter._core.Engine` with every setting, and driven through `meter.Engine`'s methods over it (`via` says so).
+    A setting neither takes is left out (`refused`).
+    """
+
+    def __init__(self, wanted: dict[str, int]) -> None:
+        import meter
+        from meter import _core
+
+        params = inspect.signature(meter.Engine).parameters
+        var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        core = set(re.findall(r"(\w+)\s*=", _core.Engine.__text_signature__ or ""))
+        self.python: dict[str, Any] = {}
+        self.core: dict[str, int] = {}
+        self.in_effect: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
+        self.core_only: list[str] = []
+        for name, value in wanted.items():
+            names = (name, *ALIASES.get(name, ()))
+            py = next((n for n in names if n in params), None)
+            py_td = next((n[:-2] for n in names if n.endswith("_s") and n[:-2] in params), None)
+            in_core = next((n for n in names if n in core), None)
+            if py is not None:
+                self.python[py] = value
+            elif py_td is not None:
+                self.python[py_td] = timedelta(seconds=value)
+            elif var_kw:
+                self.python[name] = value
+            elif in_core is not None:
+                self.core_only.append(name)
+            else:
+                self.refused[name] = value
+                continue
+            self.core[in_core or name] = value
+            self.in_effect[name] = value
+
+    @property
+    def via(self) -> str:
+        if not self.core_only:
+            return "meter.Engine"
+        return f"meter._core.Engine (meter.Engine does not take {', '.join(self.core_only)} yet)"
+
+    def drop(self, key: str) -> None:
+        """Leaves out the setting an engine refused under the keyword `key`."""
+        for name in list(self.in_effect):
+            if key in (name, name[:-2], *ALIASES.get(name, ())):
+                self.refused[name] = self.in_effect.pop(name)
+                self.python = {k: v for k, v in self.python.items() if k != key}
+                self.core = {k: v for k, v in self.core.items() if k != key}
+                if name in self.core_only:
+                    self.core_only.remove(name)
+                return
+        raise KeyError(key)
+
+
+def open_engine(path: Path, durability: str, wanted: dict[str, int]) -> tuple[Any, Settings]:
+    """Opens the engine with the wanted settings it takes (see `Settings`).
+
+    A setting that was passed on but is refused (a TypeError naming it) is left out and the open retried.
     """
     import meter
+    from meter import _core
 
-    params = inspect.signature(meter.Engine).parameters
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kwargs: dict[str, Any] = {}
-    in_effect: dict[str, int] = {}
-    refused: dict[str, int] = {}
-    for name, value in wanted.items():
-        if name in params:
-            kwargs[name] = value
-        elif name.endswith("_s") and name[:-2] in params:
-            kwargs[name[:-2]] = timedelta(seconds=value)
-        elif var_kw:
-            kwargs[name] = value
-        else:
-            refused[name] = value
-            continue
-        in_effect[name] = value
-    return kwargs, in_effect, refused
-
-
-def open_engine(path: Path, durability: str, wanted: dict[str, int]) -> tuple[Any, dict[str, int], dict[str, int]]:
-    """Opens the engine with the wanted settings it accepts.
-
-    A setting that `**kwargs` passed on but the core refuses (a TypeError naming it) is dropped and the open retried.
-    """
-    import meter
-
-    kwargs, in_effect, refused = engine_kwargs(wanted)
+    settings = Settings(wanted)
     while True:
         try:
-            return meter.Engine(path, durability=durability, **kwargs), in_effect, refused  # type: ignore[arg-type]
+            if settings.core_only:
+                engine = meter.Engine.__new__(meter.Engine)
+                engine._inner = _core.Engine(str(path), durability=durability, **settings.core)
+                return engine, settings
+            return meter.Engine(path, durability=durability, **settings.python), settings  # type: ignore[arg-type]
         except TypeError as e:
             m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
-            key = m.group(1) if m else None
-            if key is None or key not in kwargs:
+            if m is None:
                 raise
-            del kwargs[key]
-            name = key if key in in_effect else f"{key}_s"
-            refused[name] = in_effect.pop(name)
+            try:
+                settings.drop(m.group(1))
+            except KeyError:
+                raise e from None
 
 
 # ---- the workload ---------------------------------------------------------------------------------------------------
@@ -285,8 +326,9 @@ def child(args: argparse.Namespace) -> None:
     tmpl = templates(args.templates, args.customers, args.seed)
     gen_s = time.perf_counter() - t
     t = time.perf_counter()
-    engine, in_effect, refused = open_engine(args.child, args.durability, wanted)
-    emit({"type": "open", "open_s": round(time.perf_counter() - t, 3), "in_effect": in_effect, "refused": refused,
+    engine, settings = open_engine(args.child, args.durability, wanted)
+    emit({"type": "open", "open_s": round(time.perf_counter() - t, 3), "in_effect": settings.in_effect,
+          "refused": settings.refused, "via": settings.via,
           "generation_s": round(gen_s, 1), "event_bytes": round(sum(t.size for t in tmpl) / len(tmpl) / BATCH, 1)})
     for spec in METERS:
         engine.create_meter(TENANT, spec)
@@ -344,14 +386,14 @@ def reopen(args: argparse.Namespace) -> None:
     import meter  # noqa: F401  - the import is part of a restart
 
     imported = time.perf_counter()
-    engine, in_effect, _ = open_engine(args.reopen, args.durability, json.loads(args.settings))
+    engine, settings = open_engine(args.reopen, args.durability, json.loads(args.settings))
     opened = time.perf_counter()
     rss = memory_kib("self", "VmRSS")
     stats = stats_of(engine)
     engine.close()
     emit({"type": "reopened", "import_s": round(imported - t, 3), "open_s": round(opened - imported, 3),
           "close_s": round(time.perf_counter() - opened, 3), "rss_kib_after_open": rss, "stats": stats,
-          "in_effect": in_effect})
+          "in_effect": settings.in_effect})
 
 
 # ---- the parent: sampling, guards, figures --------------------------------------------------------------------------
@@ -408,6 +450,7 @@ def analyse(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                            "target_events_per_s": run.get("target_events_per_s"),
                            "rate_fraction": args.rate_fraction, "window_s": window,
                            "settings_in_effect": run.get("in_effect"), "settings_not_accepted": run.get("refused"),
+                           "opened_through": run.get("via"),
                            "stopped_early": run.get("stopped"), "paced_minutes": round(paced[-1]["t"] / 60, 2)
                            if paced else 0, "samples": len(samples)}
     reasons: list[str] = []
@@ -517,7 +560,7 @@ class Watch:
     def handle(self, rec: dict[str, Any]) -> None:
         run, kind = self.run, rec["type"]
         if kind == "open":
-            run.update(in_effect=rec["in_effect"], refused=rec["refused"], open_s=rec["open_s"])
+            run.update(in_effect=rec["in_effect"], refused=rec["refused"], open_s=rec["open_s"], via=rec["via"])
             print_methodology(self.args, self.window, self.wanted, rec)
         elif kind == "start":
             self.ingest_started = time.monotonic()
@@ -714,6 +757,7 @@ def print_methodology(args: argparse.Namespace, window: int, wanted: dict[str, i
          "process": "engine and driver in a child process (RSS, CPU its own); restart timed in a fresh process",
          "window_s": window,
          "in_effect": ", ".join(f"{k}={v}" for k, v in opened["in_effect"].items()) or "none",
+         "opened_through": opened["via"],
          "not_accepted_by_this_engine": ", ".join(f"{k}={v}" for k, v in refused.items()) or "none",
          "pass": f"RSS growth < {args.rss_growth_pct}% and throughput change within ±{args.throughput_change_pct}% "
                  f"(at >= 95% of the target) over the last two thirds; disk within ±{args.disk_tolerance:.0%} of the "

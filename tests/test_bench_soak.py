@@ -102,14 +102,46 @@ def test_settings_the_engine_does_not_take_are_left_out(monkeypatch: pytest.Monk
     from datetime import timedelta
 
     import meter
+    from meter import _core
 
     class Engine:
         def __init__(self, path: str, *, dedup_window: timedelta = timedelta(days=35), dedup_cache_mb: int = 64,
                      retention_s: int = 0) -> None: ...
 
+    class Core:
+        """Stands for the PyO3 class: only its `__text_signature__` is read (on a Python class, `type`'s own wins)."""
+
+        __text_signature__ = "(path, *, durability=\"fsync\", dedup_window_s=..., cache_mb=512, recent_dedup_s=60)"
+
     monkeypatch.setattr(meter, "Engine", Engine)
-    kwargs, in_effect, refused = bench_soak.engine_kwargs(
-        {"dedup_window_s": 60, "dedup_cache_mb": 8, "retention_s": 60, "minute_aggregates_s": 60})
-    assert kwargs == {"dedup_window": timedelta(seconds=60), "dedup_cache_mb": 8, "retention_s": 60}
-    assert in_effect == {"dedup_window_s": 60, "dedup_cache_mb": 8, "retention_s": 60}
-    assert refused == {"minute_aggregates_s": 60}
+    monkeypatch.setattr(_core, "Engine", Core())
+    wanted = {"dedup_window_s": 60, "dedup_cache_mb": 8, "retention_s": 60, "minute_aggregates_s": 60}
+    s = bench_soak.Settings(wanted)
+    assert s.python == {"dedup_window": timedelta(seconds=60), "dedup_cache_mb": 8, "retention_s": 60}
+    assert s.in_effect == {"dedup_window_s": 60, "dedup_cache_mb": 8, "retention_s": 60}
+    assert s.refused == {"minute_aggregates_s": 60} and s.via == "meter.Engine"
+    s.drop("dedup_window")  # as after a TypeError naming it
+    assert "dedup_window" not in s.python and s.refused == {"minute_aggregates_s": 60, "dedup_window_s": 60}
+
+
+def test_a_setting_only_the_core_takes_yet_opens_the_engine_through_the_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    """meter.Engine of today with a core that already takes the dedup cache's settings (under its own name)."""
+    from meter import _core
+
+    class Core:
+        """Stands for the PyO3 class: its signature, and a call that records the settings."""
+
+        __text_signature__ = ("(path, *, durability=\"fsync\", dedup_window_s=..., backdate_window_s=..., "
+                              "max_future_s=300, cache_mb=512, recent_dedup_s=60)")
+
+        def __call__(self, path: str, **kwargs: Any) -> Any:
+            return argparse.Namespace(path=path, kwargs=kwargs)
+
+    monkeypatch.setattr(_core, "Engine", Core())
+    wanted = {"dedup_window_s": 60, "backdate_window_s": 60, "dedup_cache_mb": 8, "recent_dedup_s": 30,
+              "retention_s": 60}
+    engine, s = bench_soak.open_engine(Path("/nonexistent"), "fsync", wanted)
+    assert engine._inner.kwargs == {"durability": "fsync", "dedup_window_s": 60, "backdate_window_s": 60,
+                                    "cache_mb": 8, "recent_dedup_s": 30}
+    assert s.refused == {"retention_s": 60}
+    assert s.via == "meter._core.Engine (meter.Engine does not take dedup_cache_mb, recent_dedup_s yet)"
