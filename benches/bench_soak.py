@@ -329,7 +329,7 @@ def child(args: argparse.Namespace) -> None:
     engine, settings = open_engine(args.child, args.durability, wanted)
     emit({"type": "open", "open_s": round(time.perf_counter() - t, 3), "in_effect": settings.in_effect,
           "refused": settings.refused, "via": settings.via,
-          "generation_s": round(gen_s, 1), "event_bytes": round(sum(t.size for t in tmpl) / len(tmpl) / BATCH, 1)})
+          "generation_s": round(gen_s, 1), "event_bytes": round(sum(x.size for x in tmpl) / len(tmpl) / BATCH, 1)})
     for spec in METERS:
         engine.create_meter(TENANT, spec)
     sender = Sender(tmpl, args.retry_age_s, args.seed)
