@@ -81,6 +81,11 @@ bench-usage-json: build ## Usage answers: 88k rows as JSON (engine-encoded, and 
 bench-pricing: build ## Pricing: a month rated for 1M subscriptions x 5 usage charges from Parquet, with a read ceiling
 	$(PY) benches/bench_pricing.py
 
+SOAK_MINUTES ?= 30
+.PHONY: bench-soak
+bench-soak: build ## Soak: 80% of the measured maximum for SOAK_MINUTES (30; 120 for the long one): RSS, disk, p99 flat
+	$(PY) benches/bench_soak.py --minutes $(SOAK_MINUTES)
+
 .PHONY: bench
 bench: bench-core bench-http bench-peers bench-export bench-pricing bench-usage-json ## All benchmarks
 
