@@ -21,7 +21,7 @@ from pathlib import Path
 from meter.catalog.billing import BillingCatalog
 from meter.engine import Engine
 from meter.export import ExportSummary, export_catalog, export_events, export_invoices, export_usage
-from meter.pricing.invoices import CreditNote, Invoice, InvoiceRun, InvoiceStore, RunError, RunWarning
+from meter.pricing.invoices import CreditNote, Fresh, Invoice, InvoiceRun, InvoiceStore, RunError, RunWarning
 from meter.pricing.invoicing import bill_thresholds, invoice_period, upcoming_invoices
 from meter.pricing.snapshot import Snapshot, load_snapshot
 
@@ -62,7 +62,8 @@ class Invoicer:
                                                        f"finalized: {e}"))
                         done.append(self.store.get(tenant, draft.id))
                 invoices = done
-            warnings = self._export_invoices(tenant)
+            # Drafts invoiced over whole tables are exported from their rows, unless finalizing changed them since.
+            warnings = self._export_invoices(tenant, None if finalize else priced.fresh)
         return InvoiceRun(period=month, invoices=invoices, errors=errors, warnings=warnings,
                           fees_in_advance=priced.fees_in_advance, usage_in_arrears=priced.usage_in_arrears)
 
@@ -97,14 +98,14 @@ class Invoicer:
         with self.lock:
             return self._export_invoices(tenant)
 
-    def _export_invoices(self, tenant: str) -> list[RunWarning]:
+    def _export_invoices(self, tenant: str, fresh: Fresh | None = None) -> list[RunWarning]:
         """Refreshes the tenant's invoices export, at best (lock held).
 
         Refreshes the tenant's invoices export (lock held); a failure is a warning, never an error: what was
         written stands, and the next write or export writes the files again.
         """
         try:
-            export_invoices(self.store, [tenant], self.out)
+            export_invoices(self.store, [tenant], self.out, {tenant: fresh} if fresh is not None else None)
         except Exception as e:  # noqa: BLE001 - the export is derived; it must never undo or hide the write
             message = (f"the change was saved, but the invoices export under {self.out / 'invoices'} could not be "
                        f"refreshed ({type(e).__name__}: {e}); the next invoicing call or export retries it")

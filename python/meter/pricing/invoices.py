@@ -24,20 +24,24 @@ from __future__ import annotations
 import builtins
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Context, Decimal
-from typing import Literal
+from itertools import islice
+from typing import Literal, overload
 
 import msgspec
+import polars as pl
 from rocksdict import WriteBatch, WriteOptions
 
 from meter.catalog.kv import Store, scan
 from meter.exceptions import InvalidInput, NotFound
 from meter.pricing.money import minor_units
 
-__all__ = ["CreditNote", "CreditNoteBody", "Invoice", "InvoiceLine", "InvoiceRun", "InvoiceRunBody", "InvoiceStore",
-           "LineDetail", "RunError", "RunWarning", "ServicePeriod", "check_credit_amount", "check_exportable"]
+__all__ = ["CreditNote", "CreditNoteBody", "Fresh", "Invoice", "InvoiceLine", "InvoiceRun", "InvoiceRunBody",
+           "InvoiceStore", "LineDetail", "RunError", "RunWarning", "ServicePeriod", "StoredInvoices",
+           "check_credit_amount", "check_exportable"]
 
 Status = Literal["draft", "finalized", "void"]
 LineKind = Literal["recurring", "usage", "adjustment", "commit", "shortfall", "discount", "credit"]
@@ -131,6 +135,58 @@ class Invoice(msgspec.Struct):
     basis: list[str] | None = None
 
 
+class StoredInvoices(Sequence[Invoice]):
+    """The invoices of a run, read from the store when asked: a million of them are never in memory at once.
+
+    Entries are invoices, or the ids of invoices stored (read and decoded on access). Compares equal to a list of the
+    same invoices.
+    """
+
+    def __init__(self, store: InvoiceStore, tenant: str, entries: builtins.list[Invoice | str]) -> None:
+        self._store, self._tenant, self._entries = store, tenant, entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @overload
+    def __getitem__(self, index: int) -> Invoice: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> builtins.list[Invoice]: ...
+
+    def __getitem__(self, index: int | slice) -> Invoice | builtins.list[Invoice]:
+        if isinstance(index, slice):
+            return [self._load(entry) for entry in self._entries[index]]
+        return self._load(self._entries[index])
+
+    def __iter__(self) -> Iterator[Invoice]:
+        return (self._load(entry) for entry in self._entries)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (builtins.list, tuple, StoredInvoices)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"StoredInvoices({len(self)} invoices)"
+
+    def _load(self, entry: Invoice | str) -> Invoice:
+        return entry if isinstance(entry, Invoice) else self._store.get(self._tenant, entry)
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """Rows of the invoices export for invoices just written: ``invoices`` and ``lines`` in its schemas' columns.
+
+    What :func:`meter.export.export_invoices` takes for them instead of decoding them from the store.
+    """
+
+    invoices: pl.DataFrame
+    lines: pl.DataFrame
+
+
 class CreditNote(msgspec.Struct):
     id: str
     number: str
@@ -171,7 +227,8 @@ class InvoiceRun(msgspec.Struct):
     """
 
     period: str
-    invoices: list[Invoice]
+    #: A list, or the run's :class:`StoredInvoices` (read from the store when iterated).
+    invoices: Sequence[Invoice]
     errors: list[RunError] = []
     warnings: list[RunWarning] = []
     fees_in_advance: ServicePeriod | None = None
@@ -232,6 +289,12 @@ def check_credit_amount(amount: Decimal, currency: str) -> Decimal:
     return amount.quantize(quantum, context=_CONTEXT)
 
 
+class _Head(msgspec.Struct):
+    """What reading an invoice's status needs: the rest of its JSON is skipped, not decoded."""
+
+    status: Status = "draft"
+
+
 class InvoiceStore(Store):
     """Keys: ``invoice/<tenant>/<id>``, ``credit_note/<tenant>/<number>``, ``counter/<tenant>/<kind>``.
 
@@ -273,19 +336,64 @@ class InvoiceStore(Store):
         """
         _check_invoice(invoice)
         with self.lock(invoice.tenant):
-            base, n, reissues = invoice.id, 1, None
-            while True:
-                invoice_id = base if n == 1 else f"{base}-r{n}"
-                raw = self._db.get(f"invoice/{invoice.tenant}/{invoice_id}".encode())
-                status = None if raw is None else msgspec.json.decode(raw, type=Invoice).status
-                if status == "finalized":
-                    return None
-                if status != "void":
-                    break
-                reissues, n = invoice_id, n + 1
-            draft = msgspec.structs.replace(invoice, id=invoice_id, reissues=reissues)
-            self._write((f"invoice/{invoice.tenant}/{invoice_id}", msgspec.json.encode(draft)))
+            draft = self._reissue(invoice)
+            if draft is not None:
+                self._write((f"invoice/{invoice.tenant}/{draft.id}", msgspec.json.encode(draft)))
             return draft
+
+    def save_drafts(self, tenant: str, drafts: Iterable[tuple[str, bytes]],
+                    chunk: int = 20_000) -> Iterator[tuple[str, str, bytes]]:
+        """:meth:`save_draft` of many drafts, given as ``(id, JSON of the Invoice)``, in large synced write batches.
+
+        Yields ``(id, stored id, JSON)`` of each draft stored (the id it was stored under is ``<id>-r2``... when it
+        reissues a void invoice); a draft whose invoice is finalized is skipped. Each chunk is checked and written
+        under the tenant's lock, in one synced write: as durable as one write per draft, without a sync per draft.
+        The drafts' values must be exportable (:mod:`meter.pricing.batch` writes only such values).
+        """
+        options = WriteOptions()
+        options.sync = True
+        pending = iter(drafts)
+        while part := list(islice(pending, chunk)):
+            with self.lock(tenant):
+                stored = self._db.get([f"invoice/{tenant}/{invoice_id}".encode() for invoice_id, _ in part])
+                batch, saved = WriteBatch(), []
+                for (base, value), raw in zip(part, stored, strict=True):
+                    invoice_id = base
+                    if raw is not None:
+                        status = msgspec.json.decode(raw, type=_Head).status
+                        if status == "finalized":
+                            continue
+                        if status == "void":  # rare: the way save_draft reissues it
+                            draft = self._reissue(msgspec.json.decode(value, type=Invoice))
+                            if draft is None:
+                                continue
+                            invoice_id, value = draft.id, msgspec.json.encode(draft)
+                    batch.put(f"invoice/{tenant}/{invoice_id}".encode(), value)
+                    saved.append((base, invoice_id, value))
+                if saved:
+                    self._db.write(batch, options)
+            yield from saved
+
+    def _reissue(self, invoice: Invoice) -> Invoice | None:
+        """The draft that reissues ``invoice``'s void predecessors (lock held); None when one is finalized."""
+        base, n, reissues = invoice.id, 1, None
+        while True:
+            invoice_id = base if n == 1 else f"{base}-r{n}"
+            raw = self._db.get(f"invoice/{invoice.tenant}/{invoice_id}".encode())
+            status = None if raw is None else msgspec.json.decode(raw, type=_Head).status
+            if status == "finalized":
+                return None
+            if status != "void":
+                return msgspec.structs.replace(invoice, id=invoice_id, reissues=reissues)
+            reissues, n = invoice_id, n + 1
+
+    def statuses(self, tenant: str) -> Iterator[tuple[str, Status, bytes]]:
+        """Every invoice of the tenant as ``(id, status, JSON)``, reading only the status of each."""
+        prefix = f"invoice/{tenant}/".encode()
+        for key, value in self._db.items(from_key=prefix):
+            if not isinstance(key, bytes) or not key.startswith(prefix):
+                break
+            yield key[len(prefix):].decode(), msgspec.json.decode(value, type=_Head).status, value
 
     def issue(self, invoice: Invoice, now: datetime | None = None) -> Invoice | None:
         """Saves ``invoice`` finalized (numbered) at once, in one write.

@@ -1,0 +1,394 @@
+"""The invoice run over whole tables: the cycle invoices of a month for every plain subscription at once.
+
+:func:`meter.pricing.invoicing.invoice_period` hands this module the subscriptions whose invoices follow from their
+plan alone, and keeps the others on its per-subscription path. Plain means: no migrations, overrides, commits,
+credits or discounts, no finalized invoice yet (nothing billed to subtract, correct or take back), and ids that the
+texts below can write without quoting rules (see :func:`plain_rows`). For those, the per-subscription rules reduce to
+what is computed here, column by column:
+
+- **cycles**: the cycles starting in the month, per distinct (time zone, cycle, anchor) (calendar cycles do not
+  depend on the start; anniversary ones do, and are keyed by it), from :mod:`meter.pricing.cycles` itself;
+- **segments**: one per cycle (no migrations), clipped to ``[start, end)``; its proration and note come from
+  :func:`meter.pricing.cycles.segments`, per distinct clipped span (a cycle covered throughout: 1 and no note);
+- **charges**: the fees in advance of the cycle, then the flat fees in arrears and usage of the previous cycle, in the
+  order of the version's prices, with the keys and descriptions the per-subscription path gives them;
+- **rating**: one call of :func:`meter.pricing.rating.rate` for all of them;
+- **lines and invoices**: each line's amount is its rated amount rounded to the minor unit (nothing was billed
+  before), the subtotal and total their sum; written as the JSON that ``msgspec.json.encode`` gives the
+  per-subscription :class:`~meter.pricing.invoices.Invoice` (see :mod:`meter.pricing.text`), and as the rows of the
+  invoices export.
+
+Anything this module cannot write exactly as the per-subscription path would (a decimal whose coefficient has more
+than 28 digits, which ``Decimal.normalize`` would round) raises :class:`NotPlain`, and the caller invoices those
+subscriptions the per-subscription way. ``tests/test_invoice_batch.py`` holds the two paths to the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+import polars as pl
+
+from meter.catalog.billing import Subscription
+from meter.catalog.prices import Price
+from meter.catalog.types import trusted
+from meter.pricing import cycles
+from meter.pricing.charges import price_frame
+from meter.pricing.money import MAX_MINOR_UNITS, minor_units_expr
+from meter.pricing.rating import rate
+from meter.pricing.snapshot import Snapshot
+from meter.pricing.text import Decimals, fixed_text, iso_text, json_string, time_text
+from meter.pricing.usage import event_amounts, period_quantities
+
+__all__ = ["Batch", "NotPlain", "invoice_batch", "plain_rows"]
+
+_UTC = pl.Datetime("us", "UTC")
+#: Ids written between single quotes by ``repr`` as they are (the ``events`` text quotes the customer with repr).
+_REPR_SAFE = r"^[ !#-&(-\[\]-~]*$"
+
+
+class NotPlain(Exception):  # noqa: N818 - a signal to the caller, not an error of the input
+    """A value the columnar texts cannot write as the per-subscription path does: invoice those the other way."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The drafts of the plain subscriptions.
+
+    ``invoices``: one row per invoice with at least one line: ``id``, ``subscription``, ``order`` (the subscription's
+    position in the snapshot), ``period_start``, ``period_end``, ``usage_start``, ``usage_end``, ``json`` (the stored
+    value) and the columns of the invoices export. ``lines``: the invoices export's line rows (``invoice``, ``line``,
+    ...). ``fees`` and ``usage``: the service periods covered, as ``(min start, max end)`` or None.
+    """
+
+    invoices: pl.DataFrame
+    lines: pl.DataFrame
+    fees: tuple[datetime, datetime] | None
+    usage: tuple[datetime, datetime] | None
+
+
+def plain_rows(table: pl.DataFrame) -> pl.Expr:
+    """Which rows of the snapshot's subscriptions table (with the customers' ``timezone``) this module invoices."""
+    none = [pl.col(terms) == "[]" for terms in ("overrides", "commits", "credits", "discounts", "migrations")]
+    # Usage is measured over whole minutes: rating refuses other spans, and the per-subscription path names them.
+    minutes = [(pl.col(t).dt.truncate("1m") == pl.col(t)).fill_null(True) for t in ("start", "end")]
+    return (pl.all_horizontal(none) & pl.all_horizontal(minutes) & pl.col("timezone").is_not_null()
+            & pl.col("customer").str.contains(_REPR_SAFE) & pl.col("cycle").is_in(["monthly", "quarterly", "annual"])
+            & pl.col("anchor").is_in(["calendar", "anniversary"]))
+
+
+def invoice_batch(snapshot: Snapshot, out: Path, subs: pl.DataFrame, month: datetime, after: datetime) -> Batch:
+    """The drafts of the cycles of ``subs`` that start in ``[month, after)`` (naive: each customer's local time).
+
+    ``subs``: rows of the snapshot's subscriptions table that :func:`plain_rows` selects, with ``order``,
+    ``timezone`` and ``currency``. Raises :class:`NotPlain` or whatever rating raises: the caller then invoices
+    them one by one.
+    """
+    drafts = _drafts(subs, month, after)
+    prices = _prices(snapshot)
+    charges = _charges(snapshot.tenant, drafts, prices)
+    rated, details = _rate(snapshot, out, charges, prices)
+    lines = _lines(charges, rated, details)
+    invoices = _invoices(snapshot.tenant, drafts, lines)
+    kept = drafts.join(invoices.select("draft"), on="draft", how="semi")
+    fees = _span(kept, "p_start", "p_end")
+    usage = _span(kept.filter(pl.col("a_start").is_not_null()), "a_start", "a_end")
+    return Batch(invoices=invoices.drop("draft"), lines=_export_lines(lines, invoices), fees=fees, usage=usage)
+
+
+def _span(frame: pl.DataFrame, start: str, end: str) -> tuple[datetime, datetime] | None:
+    if frame.height == 0:
+        return None
+    return frame.get_column(start).min(), frame.get_column(end).max()  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------------- cycles, segments
+
+def _drafts(subs: pl.DataFrame, month: datetime, after: datetime) -> pl.DataFrame:
+    """One row per (subscription, cycle starting in the month), with the cycle's in-advance and arrears segments."""
+    subs = subs.with_columns(anchor_start=pl.when(pl.col("anchor") == "anniversary").then(pl.col("start")))
+    keys = subs.select("timezone", "cycle", "anchor", "anchor_start").unique()
+    rows: list[dict[str, Any]] = []
+    for tz, cycle, anchor, anchor_start in keys.iter_rows():
+        try:
+            zone = ZoneInfo(tz)
+        except Exception as e:  # noqa: BLE001 - the per-subscription path reports it for each subscription
+            raise NotPlain(f"time zone {tz!r}") from e
+        with trusted():
+            sub = Subscription(id="?", customer="?", plan="?", version=1, start=anchor_start or month.replace(
+                tzinfo=zone), cycle=cycle, anchor=anchor)
+        for period in cycles.cycles_between(sub, tz, month.replace(tzinfo=zone), after.replace(tzinfo=zone)):
+            previous = cycles.previous_cycle(sub, tz, period)
+            rows.append({"timezone": tz, "cycle": cycle, "anchor": anchor, "anchor_start": anchor_start,
+                         "p_start": period.start, "p_end": period.end, "q_start": previous.start,
+                         "q_end": previous.end, "label": f"{period.start.astimezone(zone):%Y-%m}",
+                         "q_label": f"{previous.start.astimezone(zone):%Y-%m}"})
+    schema = {"timezone": pl.String, "cycle": pl.String, "anchor": pl.String, "anchor_start": _UTC, "p_start": _UTC,
+              "p_end": _UTC, "q_start": _UTC, "q_end": _UTC, "label": pl.String, "q_label": pl.String}
+    periods = pl.DataFrame(rows, schema=schema, orient="row")
+    drafts = subs.join(periods, on=["timezone", "cycle", "anchor", "anchor_start"], how="inner", nulls_equal=True)
+    drafts = drafts.sort("order", "p_start").with_row_index("draft")
+    # The usage period billed in arrears: the previous cycle, unless the subscription started after it.
+    arrears = pl.col("q_end") > pl.col("start")
+    drafts = drafts.with_columns(a_start=pl.when(arrears).then("q_start"), a_end=pl.when(arrears).then("q_end"),
+                                 a_label=pl.when(arrears).then("q_label"))
+    end = pl.col("end").fill_null(pl.col("p_end"))
+    drafts = drafts.with_columns(
+        in_lo=pl.max_horizontal("start", "p_start"), in_hi=pl.min_horizontal(end, "p_end"),
+        ar_lo=pl.max_horizontal("start", "a_start"), ar_hi=pl.min_horizontal(pl.col("end").fill_null(pl.col("a_end")), "a_end"))
+    return _segments(_segments(drafts, "in", "p_start", "p_end"), "ar", "a_start", "a_end")
+
+
+def _segments(drafts: pl.DataFrame, side: str, start: str, end: str) -> pl.DataFrame:
+    """The segment of each draft's period ``[start, end)``: ``<side>_proration`` and ``<side>_reason`` (null: none)."""
+    lo, hi = f"{side}_lo", f"{side}_hi"
+    spans = drafts.filter(pl.col(start).is_not_null() & (pl.col(lo) < pl.col(hi))).select(
+        "timezone", start, end, lo, hi).unique()
+    rows = []
+    for tz, p_start, p_end, seg_lo, seg_hi in spans.iter_rows():
+        with trusted():
+            sub = Subscription(id="?", customer="?", plan="?", version=1, start=seg_lo,
+                               end=seg_hi if seg_hi < p_end else None)
+        [seg] = cycles.segments(sub, tz, cycles.Period(p_start, p_end))
+        assert (seg.start, seg.end) == (seg_lo, seg_hi)
+        rows.append((tz, p_start, p_end, seg_lo, seg_hi, seg.proration, seg.reason))
+    found = pl.DataFrame(rows, schema={"timezone": pl.String, start: _UTC, end: _UTC, lo: _UTC, hi: _UTC,
+                                       f"{side}_proration": pl.Decimal(38, 9), f"{side}_reason": pl.String},
+                         orient="row")
+    return drafts.join(found, on=["timezone", start, end, lo, hi], how="left", nulls_equal=True)
+
+
+# ---------------------------------------------------------------------------------------------------------- charges
+
+def _prices(snapshot: Snapshot) -> pl.DataFrame:
+    """One row per (plan, version, price): what charges need of each price, and the price itself (``obj``)."""
+    rows = []
+    for (plan, version), prices in snapshot.prices.items():
+        for pos, price in enumerate(prices):
+            spec = snapshot.meters.get(price.meter) if price.meter is not None else None
+            in_advance = price.model == "flat" and price.cadence == "in_advance"
+            rows.append({
+                "plan": plan, "version": version, "pos": pos, "price": price.id, "model": price.model,
+                "meter": price.meter, "flat": price.model == "flat", "in_advance": in_advance,
+                "price_key": f"{plan}/{version}/{price.id}",
+                "what": f"{price.meter or price.id} ({price.model})",
+                "event_type": repr(spec.event_type if spec else "?"),
+                "dimensions": price.matrix.dimensions if price.matrix else None,
+                "per_event": price.percentage is not None and price.percentage.per == "event"})
+    schema = {"plan": pl.String, "version": pl.Int64, "pos": pl.UInt32, "price": pl.String, "model": pl.String,
+              "meter": pl.String, "flat": pl.Boolean, "in_advance": pl.Boolean, "price_key": pl.String,
+              "what": pl.String, "event_type": pl.String, "dimensions": pl.List(pl.String), "per_event": pl.Boolean}
+    return pl.DataFrame(rows, schema=schema, orient="row")
+
+
+def _charges(tenant: str, drafts: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame:
+    """One row per charge, in the order of the invoices' lines: ``charge`` (its row), the line's fields."""
+    base = ["draft", "id", "customer", "currency", "version"]
+    advance = (drafts.filter(pl.col("in_proration").is_not_null())
+               .select(*base, "plan", c_start="p_start", c_end="p_end", s_start="in_lo", s_end="in_hi",
+                       proration="in_proration", reason="in_reason")
+               .join(prices.filter("in_advance"), on=["plan", "version"])
+               .with_columns(section=pl.lit(0, pl.UInt8), note=pl.lit("in advance"), kind=pl.lit("recurring")))
+    arrears = (drafts.filter(pl.col("ar_proration").is_not_null())
+               .select(*base, "plan", c_start="a_start", c_end="a_end", s_start="ar_lo", s_end="ar_hi",
+                       proration="ar_proration", reason="ar_reason")
+               .join(prices.filter(~pl.col("in_advance")), on=["plan", "version"])
+               .with_columns(section=pl.lit(1, pl.UInt8),
+                             note=pl.when("flat").then(pl.lit("in arrears")).otherwise(pl.lit("")),
+                             kind=pl.when("flat").then(pl.lit("recurring")).otherwise(pl.lit("usage")),
+                             proration=pl.when("flat").then("proration").otherwise(pl.lit(Decimal(1),
+                                                                                          pl.Decimal(38, 9)))))
+    charges = pl.concat([advance, arrears], how="diagonal_relaxed").sort("draft", "section", "pos")
+    charges = charges.with_row_index("charge")
+    description = pl.concat_str(pl.col("what"), pl.when(pl.col("note") != "").then(pl.concat_str(
+        pl.lit("; "), "note")).otherwise(pl.lit("")), pl.when(pl.col("reason") != "").then(pl.concat_str(
+            pl.lit("; "), "reason")).otherwise(pl.lit("")))
+    key = pl.concat_str("id", pl.lit("|"), "price", pl.lit("|"), pl.col("version").cast(pl.String), pl.lit("|"),
+                        iso_text(pl.col("c_start")), pl.lit("|"), iso_text(pl.col("c_end")))
+    events = pl.when(pl.col("meter").is_not_null()).then(pl.concat_str(
+        pl.lit(f"events/tenant={tenant}: type = "), "event_type", pl.lit(", subject = '"), "customer",
+        pl.lit("', time in ["), iso_text(pl.col("s_start")), pl.lit(", "), iso_text(pl.col("s_end")), pl.lit(")")))
+    return charges.with_columns(description=description, key=key, events=events,
+                                timing=pl.when("in_advance").then(pl.lit("in_advance")).otherwise(pl.lit("in_arrears")))
+
+
+# ----------------------------------------------------------------------------------------------------------- rating
+
+def _rate(snapshot: Snapshot, out: Path, charges: pl.DataFrame,
+          prices: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The rated lines (one per charge, in charge order) and their details as JSON texts per charge."""
+    used = set(charges.get_column("price_key").unique().to_list())
+    objects: dict[str, Price] = {}
+    tier_rows = []
+    with trusted():  # rating's own keys (plan/version/price) as ids, as the per-subscription path does
+        for (plan, version), found in snapshot.prices.items():
+            for price in found:
+                key = f"{plan}/{version}/{price.id}"
+                if key in used:
+                    objects[key] = msgspec.structs.replace(price, id=key)
+                    for n, tier in enumerate(price.tiers or [], start=1):
+                        tier_rows.append((key, n, str(tier.start), None if tier.up_to is None else str(tier.up_to)))
+    frame = charges.select(charge=pl.col("charge").cast(pl.Int64), price_id="price_key", proration="proration")
+    usage = charges.filter(pl.col("meter").is_not_null())
+    requests = usage.select(charge=pl.col("charge").cast(pl.Int64), customer="customer", meter="meter",
+                            dimensions="dimensions", **{"from": "s_start", "to": "s_end"})
+    aggregations = {slug: spec.aggregation for slug, spec in snapshot.meters.items()}
+    per_event = usage.get_column("per_event")
+    quantities = period_quantities(out, snapshot.tenant, requests.filter(~per_event), aggregations)
+    amounts = event_amounts(out, snapshot.tenant, requests.filter(per_event), snapshot.meters)
+    result = rate(frame, price_frame(objects.values()), quantities.select("charge", "quantity", "combination"),
+                  amounts)
+    tiers = pl.DataFrame(tier_rows, schema={"price_id": pl.String, "tier": pl.UInt32, "tier_from": pl.String,
+                                            "tier_to": pl.String}, orient="row")
+    return result.lines, _details(result.details, result.lines, tiers)
+
+
+def _details(details: pl.DataFrame, lines: pl.DataFrame, tiers: pl.DataFrame) -> pl.DataFrame:
+    """Per charge, its details as JSON (``details``: as stored; ``details_plain``: decimals as plain text)."""
+    d = details.with_row_index("seq").with_columns(price_id=lines.get_column("price_id").gather(
+        details.get_column("charge")))
+    d = d.join(tiers, on=["price_id", "tier"], how="left")
+    numbers = {name: Decimals(pl.col(name).to_physical(), scale) for name, scale in
+               (("units", 9), ("unit_price", 11), ("subtotal", 20), ("flat_fee", 9), ("free_units", 9))}
+    _refuse_long(d, numbers)
+
+    def text(plain: bool) -> pl.Expr:
+        def number(name: str) -> pl.Expr:
+            written = numbers[name].plain if plain else numbers[name].str
+            return pl.when(pl.col(name).is_null()).then(pl.lit("0")).otherwise(written)
+
+        def optional(name: str, value: pl.Expr, quoted: bool = True) -> pl.Expr:
+            shown = pl.concat_str(pl.lit('"'), value, pl.lit('"')) if quoted else value
+            return pl.when(value.is_not_null()).then(pl.concat_str(pl.lit(f',"{name}":'), shown)).otherwise(
+                pl.lit(""))
+
+        def count(name: str) -> pl.Expr:
+            return optional(name, pl.when(pl.col(name) > 0).then(pl.col(name).cast(pl.String)), quoted=False)
+
+        return pl.concat_str(
+            pl.lit('{"component":"'), pl.col("component").cast(pl.String), pl.lit('","units":"'), number("units"),
+            pl.lit('","unit_price":"'), number("unit_price"), pl.lit('","subtotal":"'), number("subtotal"),
+            pl.lit('"'), optional("tier", pl.col("tier").cast(pl.String), quoted=False),
+            optional("tier_from", pl.col("tier_from")), optional("tier_to", pl.col("tier_to")),
+            pl.when(pl.col("combination").is_not_null()).then(pl.concat_str(
+                pl.lit(',"combination":'), json_string(pl.col("combination")))).otherwise(pl.lit("")),
+            optional("flat_fee", pl.when(pl.col("flat_fee").is_not_null()).then(
+                numbers["flat_fee"].plain if plain else numbers["flat_fee"].str)),
+            optional("free_units", pl.when(pl.col("free_units").is_not_null()).then(
+                numbers["free_units"].plain if plain else numbers["free_units"].str)),
+            count("raised_to_min_fee"), count("cut_to_max_fee"), pl.lit("}"))
+
+    rows = d.select("charge", "seq", json=text(False), plain=text(True))
+    # The step up to the minimum or down to the maximum: a detail of its own, last.
+    bounded = lines.with_row_index("_row").filter(pl.col("minimum_applied") | pl.col("maximum_applied"))
+    step = Decimals(pl.col("amount_exact").to_physical() - pl.col("subtotal").to_physical(), 20)
+    if bounded.select(step.too_long.any()).item():
+        raise NotPlain("a step to a bound has more than 28 digits")
+
+    def step_text(plain: bool) -> pl.Expr:
+        value = step.plain if plain else step.str
+        return pl.concat_str(pl.lit('{"component":"'), pl.when("minimum_applied").then(pl.lit("minimum")).otherwise(
+            pl.lit("maximum")), pl.lit('","units":"1","unit_price":"'), value, pl.lit('","subtotal":"'), value,
+            pl.lit('"}'))
+
+    steps = bounded.select(charge=pl.col("charge"), seq=pl.lit(1 << 62, pl.UInt64) + pl.col("_row").cast(pl.UInt64),
+                           json=step_text(False), plain=step_text(True))
+    every = pl.concat([rows.with_columns(pl.col("seq").cast(pl.UInt64)), steps]).sort("charge", "seq")
+    return every.group_by("charge", maintain_order=True).agg(details=pl.col("json").str.join(","),
+                                                             details_plain=pl.col("plain").str.join(","))
+
+
+def _refuse_long(frame: pl.DataFrame, numbers: dict[str, Decimals]) -> None:
+    if frame.height and frame.select(pl.any_horizontal([n.too_long for n in numbers.values()]).any()).item():
+        raise NotPlain("a detail has more than 28 digits")
+
+
+# ---------------------------------------------------------------------------------------------- lines and invoices
+
+def _lines(charges: pl.DataFrame, rated: pl.DataFrame, details: pl.DataFrame) -> pl.DataFrame:
+    """One row per line: its JSON and what the invoice and the export need."""
+    digits = minor_units_expr(pl.col("currency"))
+    amount = (pl.col("amount").to_physical() // pl.lit(10, pl.Int128).pow(MAX_MINOR_UNITS - digits.cast(pl.Int32)))
+    if not (rated.get_column("currency") == charges.get_column("currency")).all():
+        raise NotPlain("a price is not in its customer's currency")  # rounded to the customer's one, one by one
+    lines = charges.with_columns(
+        amount=rated.get_column("amount"),
+        quantity=rated.get_column("quantity"), charge_key=pl.col("charge").cast(pl.Int64))
+    lines = lines.join(details.rename({"charge": "charge_key"}), on="charge_key", how="left", maintain_order="left")
+    lines = lines.with_columns(digits=digits).with_columns(minor=amount)
+    quantity = Decimals(pl.col("quantity").to_physical(), 9)
+    if lines.select(quantity.too_long.any()).item():
+        raise NotPlain("a quantity has more than 28 digits")
+    money = fixed_text(pl.col("minor"), pl.col("digits"))
+    quantity_text = pl.when(pl.col("quantity").is_null()).then(pl.lit("null")).otherwise(
+        pl.concat_str(pl.lit('"'), quantity.str, pl.lit('"')))
+    json = pl.concat_str(
+        pl.lit('{"kind":'), json_string(pl.col("kind")), pl.lit(',"description":'), json_string(pl.col("description")),
+        pl.lit(',"amount":"'), money, pl.lit('","period_start":"'), time_text(pl.col("s_start")),
+        pl.lit('","period_end":"'), time_text(pl.col("s_end")), pl.lit('","key":'), json_string(pl.col("key")),
+        pl.lit(',"price":'), json_string(pl.col("price")), pl.lit(',"version":'), pl.col("version").cast(pl.String),
+        pl.lit(',"timing":'), json_string(pl.col("timing")), pl.lit(',"model":'), json_string(pl.col("model")),
+        pl.lit(',"meter":'), json_string(pl.col("meter")), pl.lit(',"quantity":'), quantity_text,
+        pl.lit(',"rated":"'), money, pl.lit('","billed":null,"billed_quantity":null,"corrects":[],"details":['),
+        pl.col("details").fill_null(""), pl.lit('],"events":'), json_string(pl.col("events")),
+        pl.lit(',"grant":null}'))
+    return lines.with_columns(json=json, amount_text=money,
+                              quantity_value=pl.when(pl.col("quantity").is_not_null()).then(pl.col("quantity")))
+
+
+def _invoices(tenant: str, drafts: pl.DataFrame, lines: pl.DataFrame) -> pl.DataFrame:
+    per_draft = lines.group_by("draft", maintain_order=True).agg(
+        lines=pl.col("json").str.join(","), minor=pl.col("minor").sum(), digits=pl.col("digits").first())
+    invoices = drafts.join(per_draft, on="draft", how="inner").sort("draft")
+    invoice_id = pl.concat_str("id", pl.lit("-"), pl.col("p_start").dt.strftime("%Y%m%d"))
+    invoices = invoices.with_columns(invoice=invoice_id, total_text=fixed_text(pl.col("minor"), pl.col("digits")))
+
+    def optional_time(name: str) -> pl.Expr:
+        return pl.when(pl.col(name).is_null()).then(pl.lit("null")).otherwise(
+            pl.concat_str(pl.lit('"'), time_text(pl.col(name)), pl.lit('"')))
+
+    json = pl.concat_str(
+        pl.lit('{"id":'), json_string(pl.col("invoice")), pl.lit(f',"tenant":{msgspec.json.encode(tenant).decode()}'),
+        pl.lit(',"customer":'), json_string(pl.col("customer")), pl.lit(',"subscription":'),
+        json_string(pl.col("id")), pl.lit(',"currency":'), json_string(pl.col("currency")),
+        pl.lit(',"reason":"cycle","period_start":"'), time_text(pl.col("p_start")), pl.lit('","period_end":"'),
+        time_text(pl.col("p_end")), pl.lit('","issued_at":"'), time_text(pl.col("p_start")), pl.lit('","lines":['),
+        pl.col("lines"), pl.lit('],"subtotal":"'), pl.col("total_text"), pl.lit('","total":"'), pl.col("total_text"),
+        pl.lit('","status":"draft","number":null,"finalized_at":null,"voided_at":null,"period":'),
+        json_string(pl.col("label")), pl.lit(',"usage_start":'), optional_time("a_start"), pl.lit(',"usage_end":'),
+        optional_time("a_end"), pl.lit(',"usage_period":'), json_string(pl.col("a_label")),
+        pl.lit(',"reissues":null,"basis":[]}'))
+    total = _money_decimal(pl.col("minor"), pl.col("digits"))
+    return invoices.select(
+        "draft", id="invoice", subscription="id", order="order", json=json, number=pl.lit(None, pl.String),
+        status=pl.lit("draft"), tenant=pl.lit(tenant), customer="customer", currency="currency",
+        reason=pl.lit("cycle"), period_start="p_start", period_end="p_end", issued_at="p_start", subtotal=total,
+        total=total, finalized_at=pl.lit(None, _UTC), voided_at=pl.lit(None, _UTC), period="label",
+        usage_start="a_start", usage_end="a_end", usage_period="a_label", reissues=pl.lit(None, pl.String))
+
+
+def _money_decimal(minor: pl.Expr, digits: pl.Expr) -> pl.Expr:
+    """An Int128 count of ``10^-digits`` as the export's ``Decimal(38, 9)``."""
+    widen = pl.lit(10, pl.Int128).pow(9 - digits.cast(pl.Int32))
+    return (minor * widen).cast(pl.Decimal(38, 0)) * pl.lit(Decimal("1E-9"), pl.Decimal(38, 9))
+
+
+def _export_lines(lines: pl.DataFrame, invoices: pl.DataFrame) -> pl.DataFrame:
+    """The invoices export's rows of the lines (the columns of ``meter.export``'s line schema)."""
+    lines = lines.join(invoices.select("draft", invoice="id"), on="draft", how="inner", maintain_order="left")
+    return lines.select(
+        "invoice", number=pl.lit(None, pl.String),
+        line=(pl.int_range(pl.len(), dtype=pl.Int32).over("draft") + 1), kind="kind", description="description",
+        amount=_money_decimal(pl.col("minor"), pl.col("digits")), period_start="s_start", period_end="s_end",
+        key="key", price="price", version=pl.col("version").cast(pl.Int32), model="model", meter="meter",
+        quantity=pl.col("quantity_value").cast(pl.Decimal(38, 9)),
+        rated=_money_decimal(pl.col("minor"), pl.col("digits")),
+        details=pl.concat_str(pl.lit("["), pl.col("details_plain").fill_null(""), pl.lit("]")), events="events",
+        grant=pl.lit(None, pl.String), timing="timing", billed=pl.lit(None, pl.Decimal(38, 9)),
+        billed_quantity=pl.lit(None, pl.Decimal(38, 9)), corrects=pl.lit(None, pl.String))
