@@ -41,7 +41,7 @@ from meter.pricing.money import minor_units
 
 __all__ = ["CreditNote", "CreditNoteBody", "Fresh", "Invoice", "InvoiceLine", "InvoiceRun", "InvoiceRunBody",
            "InvoiceStore", "LineDetail", "RunError", "RunWarning", "ServicePeriod", "StoredInvoices",
-           "check_credit_amount", "check_exportable"]
+           "check_credit_amount", "check_exportable", "check_invoice"]
 
 Status = Literal["draft", "finalized", "void"]
 LineKind = Literal["recurring", "usage", "adjustment", "commit", "shortfall", "discount", "credit"]
@@ -264,7 +264,8 @@ def check_exportable(value: Decimal | None, what: str) -> None:
                            f"{EXPORT_SCALE} decimals", code="invalid_amount")
 
 
-def _check_invoice(invoice: Invoice) -> None:
+def check_invoice(invoice: Invoice) -> None:
+    """Raises ``InvalidInput`` unless every amount and quantity of ``invoice`` fits the export."""
     for name in ("subtotal", "total"):
         check_exportable(getattr(invoice, name), f"invoice {invoice.id}: {name}")
     for i, line in enumerate(invoice.lines, start=1):
@@ -334,7 +335,7 @@ class InvoiceStore(Store):
 
         A void invoice is reissued: the draft goes under the next id ``<id>-r2``, ``<id>-r3``... that is not void.
         """
-        _check_invoice(invoice)
+        check_invoice(invoice)
         with self.lock(invoice.tenant):
             draft = self._reissue(invoice)
             if draft is not None:
@@ -401,7 +402,7 @@ class InvoiceStore(Store):
         A threshold invoice. ``None`` when an invoice of that id exists already, or when it is stale (see
         :meth:`finalize`): the next run computes it again.
         """
-        _check_invoice(invoice)
+        check_invoice(invoice)
         with self.lock(invoice.tenant):
             if self._db.get(f"invoice/{invoice.tenant}/{invoice.id}".encode()) is not None or self._stale(invoice):
                 return None

@@ -70,6 +70,7 @@ from meter.pricing.invoices import (
     RunError,
     ServicePeriod,
     StoredInvoices,
+    check_invoice,
 )
 from meter.pricing.money import round_to_minor_unit
 from meter.pricing.rating import rate
@@ -245,12 +246,21 @@ def invoice_period(snapshot: Snapshot, out: Path, store: InvoiceStore, month: st
     errors += priced.errors
     saved: list[tuple[int, datetime, Invoice | str]] = []
     # A cycle with nothing to bill (before the start, or after the last usage period) gets no invoice.
+    checked = {}
     for invoice in priced.invoices:
         try:
-            if invoice.lines and (draft := store.save_draft(invoice)) is not None:
-                saved.append((order[draft.subscription], draft.period_start, draft))
+            if invoice.lines:
+                check_invoice(invoice)
+                checked[invoice.id] = invoice
         except MeterError as e:
             errors.append(RunError(subscription=invoice.subscription, code=e.code, message=e.message))
+    # Stored as save_draft stores each, in synced batches rather than one synced write per draft.
+    for base, invoice_id, value in store.save_drafts(
+            snapshot.tenant, ((i.id, msgspec.json.encode(i)) for i in checked.values())):
+        draft = checked[base]
+        if invoice_id != base:
+            draft = msgspec.json.decode(value, type=Invoice)
+        saved.append((order[draft.subscription], draft.period_start, draft))
     fees = [d.period for d in drafts]
     usage = [d.arrears for d in drafts if d.arrears is not None]
     fresh = None
