@@ -36,6 +36,7 @@ from bench_pricing import peak_rss_mb  # noqa: E402
 from meter import Engine  # noqa: E402
 from meter.catalog.billing import BillingCatalog, Customer, Discount, Subscription  # noqa: E402
 from meter.catalog.prices import Price  # noqa: E402
+from meter.pricing import steps  # noqa: E402
 from meter.pricing.invoicer import Invoicer  # noqa: E402
 from meter.pricing.invoices import InvoiceStore  # noqa: E402
 
@@ -185,15 +186,20 @@ def run(data: Path, profile: Path | None) -> dict[str, Any]:
                 profiler = Profiler(interval=0.005)
                 profiler.start()
             began = time.perf_counter()
-            result = invoicer.run(TENANT, PERIOD)
+            with steps.timing() as step_seconds:
+                result = invoicer.run(TENANT, PERIOD)
             seconds = time.perf_counter() - began
             if profiler is not None:
                 profiler.stop()
                 profile.write_text(profiler.output_text(unicode=True, show_all=False))
+            step_seconds["other"] = seconds - sum(step_seconds.values())
+            # Untimed checks, from the invoices export the run wrote (reading a million invoices back would take
+            # longer than the run): one invoice per subscription, and the totals per currency.
+            exported = pl.read_parquet(data / "export" / "invoices" / f"tenant={TENANT}" / "invoices.parquet")
+            totals = exported.group_by("currency").agg(pl.col("total").sum().cast(pl.String)).sort("currency")
             figures[name] = {"seconds": seconds, "invoices": len(result.invoices), "errors": len(result.errors),
-                             "peak_rss_mb": peak_rss_mb(),
-                             "total": {c: str(sum((i.total for i in result.invoices if i.currency == c),
-                                                  Decimal(0))) for c in sorted(set(PLANS.values()))}}
+                             "steps": step_seconds, "peak_rss_mb": peak_rss_mb(), "exported": exported.height,
+                             "total": dict(totals.iter_rows())}
             del result
         store.close()
         catalog.close()
@@ -249,13 +255,15 @@ def main() -> None:
         figures = child(data, args.profile)
     for name in ("first", "again"):
         f = figures[name]
-        print(f"  {name}: {f['seconds']:.2f} s, {f['invoices']:,} invoices, {f['errors']} errors, totals {f['total']}, "
-              f"peak RSS {f['peak_rss_mb']:,.0f} MiB")
+        print(f"  {name}: {f['seconds']:.2f} s, {f['invoices']:,} invoices ({f['exported']:,} exported), "
+              f"{f['errors']} errors, totals {f['total']}, peak RSS {f['peak_rss_mb']:,.0f} MiB")
+        print("    " + ", ".join(f"{step} {s:.2f}" for step, s in f["steps"].items()))
     finish("invoice_run", {"subscriptions": args.subscriptions, **{f"build_{k}_seconds": round(v, 1)
                                                                    for k, v in built.items()},
                            "seconds": round(figures["first"]["seconds"], 3),
                            "again_seconds": round(figures["again"]["seconds"], 3),
                            "peak_rss_mb": round(figures["again"]["peak_rss_mb"]),
+                           **{f"{step}_seconds": round(s, 3) for step, s in figures["first"]["steps"].items()},
                            "invoices": figures["first"]["invoices"], "errors": figures["first"]["errors"],
                            "totals": figures["first"]["total"], "goal_seconds": GOAL_SECONDS,
                            "goal_peak_rss_mb": GOAL_RSS_MB})

@@ -43,7 +43,8 @@ from meter.pricing.charges import price_frame
 from meter.pricing.money import MAX_MINOR_UNITS, minor_units_expr
 from meter.pricing.rating import rate
 from meter.pricing.snapshot import Snapshot
-from meter.pricing.text import Decimals, fixed_text, iso_text, json_string, time_text
+from meter.pricing.steps import step
+from meter.pricing.text import fixed_text, iso_text, json_string, time_text, with_normalized
 from meter.pricing.usage import event_amounts, period_quantities
 
 __all__ = ["Batch", "NotPlain", "invoice_batch", "plain_rows"]
@@ -90,12 +91,14 @@ def invoice_batch(snapshot: Snapshot, out: Path, subs: pl.DataFrame, month: date
     ``timezone`` and ``currency``. Raises :class:`NotPlain` or whatever rating raises: the caller then invoices
     them one by one.
     """
-    drafts = _drafts(subs, month, after)
-    prices = _prices(snapshot)
-    charges = _charges(snapshot.tenant, drafts, prices)
+    with step("cycles"):
+        drafts = _drafts(subs, month, after)
+        prices = _prices(snapshot)
+        charges = _charges(snapshot.tenant, drafts, prices)
     rated, details = _rate(snapshot, out, charges, prices)
-    lines = _lines(charges, rated, details)
-    invoices = _invoices(snapshot.tenant, drafts, lines)
+    with step("assembly"):
+        lines = _lines(charges, rated, details)
+        invoices = _invoices(snapshot.tenant, drafts, lines)
     kept = drafts.join(invoices.select("draft"), on="draft", how="semi")
     fees = _span(kept, "p_start", "p_end")
     usage = _span(kept.filter(pl.col("a_start").is_not_null()), "a_start", "a_end")
@@ -240,13 +243,16 @@ def _rate(snapshot: Snapshot, out: Path, charges: pl.DataFrame,
                             dimensions="dimensions", **{"from": "s_start", "to": "s_end"})
     aggregations = {slug: spec.aggregation for slug, spec in snapshot.meters.items()}
     per_event = usage.get_column("per_event")
-    quantities = period_quantities(out, snapshot.tenant, requests.filter(~per_event), aggregations)
-    amounts = event_amounts(out, snapshot.tenant, requests.filter(per_event), snapshot.meters)
-    result = rate(frame, price_frame(objects.values()), quantities.select("charge", "quantity", "combination"),
-                  amounts)
+    with step("quantities"):
+        quantities = period_quantities(out, snapshot.tenant, requests.filter(~per_event), aggregations)
+        amounts = event_amounts(out, snapshot.tenant, requests.filter(per_event), snapshot.meters)
+    with step("rating"):
+        result = rate(frame, price_frame(objects.values()), quantities.select("charge", "quantity", "combination"),
+                      amounts)
     tiers = pl.DataFrame(tier_rows, schema={"price_id": pl.String, "tier": pl.UInt32, "tier_from": pl.String,
                                             "tier_to": pl.String}, orient="row")
-    return result.lines, _details(result.details, result.lines, tiers)
+    with step("assembly"):
+        return result.lines, _details(result.details, result.lines, tiers)
 
 
 def _details(details: pl.DataFrame, lines: pl.DataFrame, tiers: pl.DataFrame) -> pl.DataFrame:
@@ -254,14 +260,16 @@ def _details(details: pl.DataFrame, lines: pl.DataFrame, tiers: pl.DataFrame) ->
     d = details.with_row_index("seq").with_columns(price_id=lines.get_column("price_id").gather(
         details.get_column("charge")))
     d = d.join(tiers, on=["price_id", "tier"], how="left")
-    numbers = {name: Decimals(pl.col(name).to_physical(), scale) for name, scale in
-               (("units", 9), ("unit_price", 11), ("subtotal", 20), ("flat_fee", 9), ("free_units", 9))}
-    _refuse_long(d, numbers)
+    for name, scale in (("units", 9), ("unit_price", 11), ("subtotal", 20), ("flat_fee", 9), ("free_units", 9)):
+        d = with_normalized(d, pl.col(name).to_physical(), scale, name)
+    if d.height and d.select(pl.any_horizontal(pl.col("^.*_long$")).any()).item():
+        raise NotPlain("a detail has more than 28 digits")
 
     def text(plain: bool) -> pl.Expr:
+        form = "plain" if plain else "str"
+
         def number(name: str) -> pl.Expr:
-            written = numbers[name].plain if plain else numbers[name].str
-            return pl.when(pl.col(name).is_null()).then(pl.lit("0")).otherwise(written)
+            return pl.col(f"{name}_{form}").fill_null(pl.lit("0"))
 
         def optional(name: str, value: pl.Expr, quoted: bool = True) -> pl.Expr:
             shown = pl.concat_str(pl.lit('"'), value, pl.lit('"')) if quoted else value
@@ -278,21 +286,19 @@ def _details(details: pl.DataFrame, lines: pl.DataFrame, tiers: pl.DataFrame) ->
             optional("tier_from", pl.col("tier_from")), optional("tier_to", pl.col("tier_to")),
             pl.when(pl.col("combination").is_not_null()).then(pl.concat_str(
                 pl.lit(',"combination":'), json_string(pl.col("combination")))).otherwise(pl.lit("")),
-            optional("flat_fee", pl.when(pl.col("flat_fee").is_not_null()).then(
-                numbers["flat_fee"].plain if plain else numbers["flat_fee"].str)),
-            optional("free_units", pl.when(pl.col("free_units").is_not_null()).then(
-                numbers["free_units"].plain if plain else numbers["free_units"].str)),
+            optional("flat_fee", pl.col(f"flat_fee_{form}")), optional("free_units", pl.col(f"free_units_{form}")),
             count("raised_to_min_fee"), count("cut_to_max_fee"), pl.lit("}"))
 
     rows = d.select("charge", "seq", json=text(False), plain=text(True))
     # The step up to the minimum or down to the maximum: a detail of its own, last.
     bounded = lines.with_row_index("_row").filter(pl.col("minimum_applied") | pl.col("maximum_applied"))
-    step = Decimals(pl.col("amount_exact").to_physical() - pl.col("subtotal").to_physical(), 20)
-    if bounded.select(step.too_long.any()).item():
+    bounded = with_normalized(bounded, pl.col("amount_exact").to_physical() - pl.col("subtotal").to_physical(), 20,
+                              "step")
+    if bounded.get_column("step_long").any():
         raise NotPlain("a step to a bound has more than 28 digits")
 
     def step_text(plain: bool) -> pl.Expr:
-        value = step.plain if plain else step.str
+        value = pl.col("step_plain" if plain else "step_str")
         return pl.concat_str(pl.lit('{"component":"'), pl.when("minimum_applied").then(pl.lit("minimum")).otherwise(
             pl.lit("maximum")), pl.lit('","units":"1","unit_price":"'), value, pl.lit('","subtotal":"'), value,
             pl.lit('"}'))
@@ -302,11 +308,6 @@ def _details(details: pl.DataFrame, lines: pl.DataFrame, tiers: pl.DataFrame) ->
     every = pl.concat([rows.with_columns(pl.col("seq").cast(pl.UInt64)), steps]).sort("charge", "seq")
     return every.group_by("charge", maintain_order=True).agg(details=pl.col("json").str.join(","),
                                                              details_plain=pl.col("plain").str.join(","))
-
-
-def _refuse_long(frame: pl.DataFrame, numbers: dict[str, Decimals]) -> None:
-    if frame.height and frame.select(pl.any_horizontal([n.too_long for n in numbers.values()]).any()).item():
-        raise NotPlain("a detail has more than 28 digits")
 
 
 # ---------------------------------------------------------------------------------------------- lines and invoices
@@ -322,12 +323,13 @@ def _lines(charges: pl.DataFrame, rated: pl.DataFrame, details: pl.DataFrame) ->
         quantity=rated.get_column("quantity"), charge_key=pl.col("charge").cast(pl.Int64))
     lines = lines.join(details.rename({"charge": "charge_key"}), on="charge_key", how="left", maintain_order="left")
     lines = lines.with_columns(digits=digits).with_columns(minor=amount)
-    quantity = Decimals(pl.col("quantity").to_physical(), 9)
-    if lines.select(quantity.too_long.any()).item():
+    lines = with_normalized(lines, pl.col("quantity").to_physical(), 9, "quantity")
+    if lines.get_column("quantity_long").any():
         raise NotPlain("a quantity has more than 28 digits")
-    money = fixed_text(pl.col("minor"), pl.col("digits"))
+    lines = lines.with_columns(money=fixed_text(pl.col("minor"), pl.col("digits")))
+    money = pl.col("money")
     quantity_text = pl.when(pl.col("quantity").is_null()).then(pl.lit("null")).otherwise(
-        pl.concat_str(pl.lit('"'), quantity.str, pl.lit('"')))
+        pl.concat_str(pl.lit('"'), pl.col("quantity_str"), pl.lit('"')))
     json = pl.concat_str(
         pl.lit('{"kind":'), json_string(pl.col("kind")), pl.lit(',"description":'), json_string(pl.col("description")),
         pl.lit(',"amount":"'), money, pl.lit('","period_start":"'), time_text(pl.col("s_start")),

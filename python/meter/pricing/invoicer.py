@@ -24,6 +24,7 @@ from meter.export import ExportSummary, export_catalog, export_events, export_in
 from meter.pricing.invoices import CreditNote, Fresh, Invoice, InvoiceRun, InvoiceStore, RunError, RunWarning
 from meter.pricing.invoicing import bill_thresholds, invoice_period, upcoming_invoices
 from meter.pricing.snapshot import Snapshot, load_snapshot
+from meter.pricing.steps import step
 
 __all__ = ["Invoicer"]
 
@@ -63,7 +64,8 @@ class Invoicer:
                         done.append(self.store.get(tenant, draft.id))
                 invoices = done
             # Drafts invoiced over whole tables are exported from their rows, unless finalizing changed them since.
-            warnings = self._export_invoices(tenant, None if finalize else priced.fresh)
+            with step("invoice_parquet"):
+                warnings = self._export_invoices(tenant, None if finalize else priced.fresh)
         return InvoiceRun(period=month, invoices=invoices, errors=errors, warnings=warnings,
                           fees_in_advance=priced.fees_in_advance, usage_in_arrears=priced.usage_in_arrears)
 
@@ -115,7 +117,11 @@ class Invoicer:
 
     def _snapshot(self, tenant: str) -> Snapshot:
         # Called with the lock held. Raw events too: percentages charged per event read them.
-        export_usage(self.engine, [tenant], self.out)
-        export_events(self.engine, [tenant], self.out)
-        export_catalog(self.catalog, self.engine, [tenant], self.out)
-        return load_snapshot(self.out, tenant)
+        with step("export_usage"):
+            export_usage(self.engine, [tenant], self.out)
+        with step("export_events"):
+            export_events(self.engine, [tenant], self.out)
+        with step("export_catalog"):
+            export_catalog(self.catalog, self.engine, [tenant], self.out)
+        with step("snapshot"):
+            return load_snapshot(self.out, tenant)

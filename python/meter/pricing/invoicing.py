@@ -75,6 +75,7 @@ from meter.pricing.invoices import (
 from meter.pricing.money import round_to_minor_unit
 from meter.pricing.rating import rate
 from meter.pricing.snapshot import Snapshot
+from meter.pricing.steps import step
 from meter.pricing.usage import event_amounts, period_quantities
 
 __all__ = ["Billed", "Priced", "bill_thresholds", "invoice_period", "parse_month", "upcoming_invoices"]
@@ -229,20 +230,24 @@ def invoice_period(snapshot: Snapshot, out: Path, store: InvoiceStore, month: st
     """
     first = parse_month(month)
     after = first.replace(year=first.year + first.month // 12, month=first.month % 12 + 1)
-    billed = Billed.of(store, snapshot.tenant)
+    with step("billed"):
+        billed = Billed.of(store, snapshot.tenant)
     rows, batched = _batched(snapshot, out, billed, first, after)
     drafts, errors = [], []
-    slow = snapshot.subscriptions_of(rows)
+    with step("one_by_one"):
+        slow = snapshot.subscriptions_of(rows)
     # The invoices go in the order of the subscriptions, then of their cycles.
     order = {sub.id: position for sub, position in zip(slow, rows.to_list(), strict=True)}
-    for sub in slow:
-        try:
-            tz = ZoneInfo(_tz(snapshot, sub))
-            for period in cycles.cycles_between(sub, tz.key, first.replace(tzinfo=tz), after.replace(tzinfo=tz)):
-                drafts.append(_cycle_draft(snapshot, sub, period, billed))
-        except Exception as e:  # noqa: BLE001 - one subscription never stops the invoicing of the others
-            errors.append(_error(sub, e))
-    priced = _price_apart(snapshot, out, drafts, billed)
+    with step("one_by_one"):
+        for sub in slow:
+            try:
+                tz = ZoneInfo(_tz(snapshot, sub))
+                for period in cycles.cycles_between(sub, tz.key, first.replace(tzinfo=tz),
+                                                    after.replace(tzinfo=tz)):
+                    drafts.append(_cycle_draft(snapshot, sub, period, billed))
+            except Exception as e:  # noqa: BLE001 - one subscription never stops the invoicing of the others
+                errors.append(_error(sub, e))
+        priced = _price_apart(snapshot, out, drafts, billed)
     errors += priced.errors
     saved: list[tuple[int, datetime, Invoice | str]] = []
     # A cycle with nothing to bill (before the start, or after the last usage period) gets no invoice.
@@ -255,17 +260,19 @@ def invoice_period(snapshot: Snapshot, out: Path, store: InvoiceStore, month: st
         except MeterError as e:
             errors.append(RunError(subscription=invoice.subscription, code=e.code, message=e.message))
     # Stored as save_draft stores each, in synced batches rather than one synced write per draft.
-    for base, invoice_id, value in store.save_drafts(
-            snapshot.tenant, ((i.id, msgspec.json.encode(i)) for i in checked.values())):
-        draft = checked[base]
-        if invoice_id != base:
-            draft = msgspec.json.decode(value, type=Invoice)
-        saved.append((order[draft.subscription], draft.period_start, draft))
+    with step("store"):
+        for base, invoice_id, value in store.save_drafts(
+                snapshot.tenant, ((i.id, msgspec.json.encode(i)) for i in checked.values())):
+            draft = checked[base]
+            if invoice_id != base:
+                draft = msgspec.json.decode(value, type=Invoice)
+            saved.append((order[draft.subscription], draft.period_start, draft))
     fees = [d.period for d in drafts]
     usage = [d.arrears for d in drafts if d.arrears is not None]
     fresh = None
     if batched is not None:
-        fresh = _save_batch(store, snapshot.tenant, batched, saved)
+        with step("store"):
+            fresh = _save_batch(store, snapshot.tenant, batched, saved)
         fees += [cycles.Period(*batched.fees)] if batched.fees else []
         usage += [cycles.Period(*batched.usage)] if batched.usage else []
     saved.sort(key=lambda entry: entry[:2])

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import polars as pl
 
-__all__ = ["MAX_DIGITS", "Decimals", "fixed_text", "iso_text", "json_string", "time_text"]
+__all__ = ["MAX_DIGITS", "fixed_text", "iso_text", "json_string", "time_text", "with_normalized"]
 
 #: ``Decimal.normalize`` rounds to the context's 28 digits: a coefficient longer than that is not written here.
 MAX_DIGITS = 28
@@ -34,38 +34,37 @@ def fixed_text(scaled: pl.Expr, digits: pl.Expr) -> pl.Expr:
     return pl.concat_str(sign, magnitude.str.slice(0, cut), point)
 
 
-class Decimals:
-    """The normalized decimals of one Int128 column of counts of ``10^-scale``, as ``str`` and as plain text.
+def with_normalized(frame: pl.DataFrame, scaled: pl.Expr, scale: int, name: str) -> pl.DataFrame:
+    """``frame`` with the normalized decimal ``scaled`` (Int128 counts of ``10^-scale``) as text.
 
-    ``str(Decimal(x).normalize())`` and ``format(Decimal(x).normalize(), "f")``; ``too_long`` flags the values whose
-    coefficient has more digits than ``normalize`` keeps (the caller must not write those).
+    Adds ``<name>_str`` (``str(Decimal(x).normalize())``) and ``<name>_plain`` (``format(..., "f")``), null where
+    ``scaled`` is null, and ``<name>_long``: the values whose coefficient has more digits than ``normalize`` keeps
+    (the caller must not write those). Each step is materialised once: as one expression, polars would compute the
+    coefficient over again in every branch.
     """
-
-    def __init__(self, scaled: pl.Expr, scale: int) -> None:
-        full = scaled.abs().cast(pl.String)
-        coefficient = full.str.strip_chars_end("0")
-        n = coefficient.str.len_chars().cast(pl.Int32)
-        exponent = full.str.len_chars().cast(pl.Int32) - n - scale
-        adjusted = n - 1 + exponent
-        point = n + exponent  # where the point goes in the coefficient's digits (0 or less: before them)
-        fraction = pl.when(point > 0).then(coefficient.str.slice(point.clip(0))).otherwise(
-            pl.concat_str(pl.lit(_ZEROS).str.slice(0, (-point).clip(0)), coefficient))
-        positional = pl.when(exponent >= 0).then(
-            pl.concat_str(coefficient, pl.lit(_ZEROS).str.slice(0, exponent.clip(0)))).otherwise(
-            pl.concat_str(pl.when(point > 0).then(coefficient.str.slice(0, point.clip(0))).otherwise(pl.lit("0")),
-                          pl.lit("."), fraction))
-        scientific = pl.concat_str(
-            coefficient.str.slice(0, 1),
-            pl.when(n > 1).then(pl.concat_str(pl.lit("."), coefficient.str.slice(1))).otherwise(pl.lit("")),
-            pl.lit("E"), pl.when(adjusted >= 0).then(pl.lit("+")).otherwise(pl.lit("-")),
-            adjusted.abs().cast(pl.String))
-        sign = pl.when(scaled < 0).then(pl.lit("-")).otherwise(pl.lit(""))
-        zero = scaled == 0
-        as_str = pl.when(exponent <= 0).then(pl.when(adjusted >= -6).then(positional).otherwise(scientific)).otherwise(
-            scientific)
-        self.str = pl.when(zero).then(pl.lit("0")).otherwise(pl.concat_str(sign, as_str))
-        self.plain = pl.when(zero).then(pl.lit("0")).otherwise(pl.concat_str(sign, positional))
-        self.too_long = n > MAX_DIGITS
+    tmp = [f"_{name}_{part}" for part in ("sign", "c", "n", "e")]
+    sign, c, n, e = (pl.col(t) for t in tmp)
+    full = scaled.abs().cast(pl.String)
+    frame = frame.with_columns(pl.when(scaled < 0).then(pl.lit("-")).otherwise(pl.lit("")).alias(tmp[0]),
+                               full.str.strip_chars_end("0").alias(tmp[1]), full.str.len_chars().alias("_full_len"))
+    frame = frame.with_columns(pl.col(tmp[1]).str.len_chars().cast(pl.Int32).alias(tmp[2]))
+    frame = frame.with_columns((pl.col("_full_len").cast(pl.Int32) - n - scale).alias(tmp[3])).drop("_full_len")
+    adjusted, point = n - 1 + e, n + e  # point: where the point goes in the coefficient's digits (<= 0: before)
+    fraction = pl.when(point > 0).then(c.str.slice(point.clip(0))).otherwise(
+        pl.concat_str(pl.lit(_ZEROS).str.slice(0, (-point).clip(0)), c))
+    positional = pl.when(e >= 0).then(pl.concat_str(c, pl.lit(_ZEROS).str.slice(0, e.clip(0)))).otherwise(
+        pl.concat_str(pl.when(point > 0).then(c.str.slice(0, point.clip(0))).otherwise(pl.lit("0")), pl.lit("."),
+                      fraction))
+    scientific = pl.concat_str(
+        c.str.slice(0, 1), pl.when(n > 1).then(pl.concat_str(pl.lit("."), c.str.slice(1))).otherwise(pl.lit("")),
+        pl.lit("E"), pl.when(adjusted >= 0).then(pl.lit("+")).otherwise(pl.lit("-")), adjusted.abs().cast(pl.String))
+    frame = frame.with_columns(positional.alias("_positional"))
+    as_str = pl.when((e <= 0) & (adjusted >= -6)).then(pl.col("_positional")).otherwise(scientific)
+    zero = n == 0
+    return frame.with_columns(
+        pl.when(zero).then(pl.lit("0")).otherwise(pl.concat_str(sign, as_str)).alias(f"{name}_str"),
+        pl.when(zero).then(pl.lit("0")).otherwise(pl.concat_str(sign, pl.col("_positional"))).alias(f"{name}_plain"),
+        (n > MAX_DIGITS).fill_null(False).alias(f"{name}_long")).drop(*tmp, "_positional")
 
 
 def time_text(t: pl.Expr) -> pl.Expr:
