@@ -126,10 +126,7 @@ def export_catalog(catalog: BillingCatalog, engine: Engine, tenants: list[str], 
                    "value_property": m.value_property, "group_by": msgspec.json.encode(m.group_by).decode(),
                    "spec": msgspec.json.encode(_spec_of(m)).decode()}
                   for m in engine.list_meters(tenant)]
-        customers = [msgspec.to_builtins(c) for c in catalog.list_customers(tenant)]
-        for c in customers:
-            c["address"] = msgspec.json.encode(c["address"]).decode() if c["address"] else None
-            c["metadata"] = msgspec.json.encode(c["metadata"]).decode()
+        customers = _columns(catalog.raw_values("customer", tenant), _CustomerRow)
         prices = []
         for plan in catalog.list_plans(tenant):
             for version in plan.versions:
@@ -141,19 +138,55 @@ def export_catalog(catalog: BillingCatalog, engine: Engine, tenants: list[str], 
                                   if getattr(price, k) is not None}
                     row["parameters"] = msgspec.json.encode(parameters).decode()
                     prices.append(row)
-        subscriptions = []
-        for sub in catalog.list_subscriptions(tenant):
-            row = {k: getattr(sub, k) for k in ("id", "customer", "plan", "version", "start", "end", "cycle", "anchor",
-                                                "threshold")}
-            for terms in ("overrides", "commits", "credits", "discounts", "migrations"):
-                row[terms] = msgspec.json.encode(getattr(sub, terms)).decode()
-            subscriptions.append(row)
-        for name, rows in (("customers", customers), ("prices", prices), ("subscriptions", subscriptions),
-                           ("meters", meters)):
-            write_atomically(pa.Table.from_pylist(rows), out / "catalog" / f"tenant={tenant}" / f"{name}.parquet")
+        subscriptions = _columns(catalog.raw_values("subscription", tenant), _SubscriptionRow)
+        for name, table in (("customers", customers), ("prices", pa.Table.from_pylist(prices)),
+                            ("subscriptions", subscriptions), ("meters", pa.Table.from_pylist(meters))):
+            write_atomically(table, out / "catalog" / f"tenant={tenant}" / f"{name}.parquet")
             summary.files += 1
-            summary.rows += len(rows)
+            summary.rows += table.num_rows
     return summary
+
+
+# The stored customers and subscriptions as the snapshot's rows: their fields, the nested ones (terms, address,
+# metadata) as the JSON text they are stored as. Decoded all at once, without a catalog struct (or its checks) each.
+
+class _CustomerRow(msgspec.Struct):
+    id: str
+    name: str
+    currency: str
+    timezone: str = "UTC"
+    email: str | None = None
+    address: msgspec.Raw = msgspec.Raw(b"null")
+    metadata: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+class _SubscriptionRow(msgspec.Struct):
+    id: str
+    customer: str
+    plan: str
+    version: int
+    start: datetime
+    end: datetime | None = None
+    cycle: str = "monthly"
+    anchor: str = "calendar"
+    threshold: Decimal | None = None
+    overrides: msgspec.Raw = msgspec.Raw(b"[]")
+    commits: msgspec.Raw = msgspec.Raw(b"[]")
+    credits: msgspec.Raw = msgspec.Raw(b"[]")
+    discounts: msgspec.Raw = msgspec.Raw(b"[]")
+    migrations: msgspec.Raw = msgspec.Raw(b"[]")
+
+
+def _columns(values: list[bytes], row: type[msgspec.Struct]) -> pa.Table:
+    """The rows (one stored JSON value each) as a table, columns in the struct's order; raw JSON fields as text."""
+    rows = msgspec.json.decode(b"[" + b",".join(values) + b"]", type=list[row]) if values else []
+    columns = {}
+    for name in row.__struct_fields__:
+        found = [getattr(r, name) for r in rows]
+        if found and isinstance(found[0], msgspec.Raw):
+            found = [None if bytes(v) == b"null" else bytes(v).decode() for v in found]
+        columns[name] = found
+    return pa.Table.from_pydict(columns) if rows else pa.table({})
 
 
 def export_invoices(store: InvoiceStore, tenants: list[str], out: Path,
