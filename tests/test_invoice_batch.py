@@ -87,6 +87,14 @@ def build(tmp: Path) -> tuple[Engine, Path]:
         terms: dict[str, Any] = {}
         if i % 23 == 5:
             terms["discounts"] = [Discount(id="d", start=SEP, percent=Decimal("12.5"))]
+        if i % 7 == 3:
+            fixed = Decimal("1.5") if currency != "JPY" else Decimal(2)
+            terms["discounts"] = [Discount(id="inv", start=SEP, end=NOV, amount=fixed),
+                                  Discount(id="p", start=OCT, percent=Decimal("33.333"), price="volume"),
+                                  Discount(id="all", start=SEP, percent=Decimal(100)),
+                                  Discount(id="base", start=OCT, amount=Decimal(7), price="package")]
+        if i % 29 == 8 and currency == "EUR":
+            terms["discounts"] = [Discount(id="odd", start=SEP, amount=Decimal("5.000"))]  # more decimals than EUR
         if i % 41 == 6:
             terms["commits"] = [Commit(id="k", amount=Decimal(20), start=SEP, end=DEC + timedelta(days=90))]
         catalog.put_subscription(T, Subscription(id=f"s{i:03d}", customer=customer, plan=f"plan-{currency.lower()}",

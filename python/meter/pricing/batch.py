@@ -1,10 +1,10 @@
 """The invoice run over whole tables: the cycle invoices of a month for every plain subscription at once.
 
 :func:`meter.pricing.invoicing.invoice_period` hands this module the subscriptions whose invoices follow from their
-plan alone, and keeps the others on its per-subscription path. Plain means: no migrations, overrides, commits,
-credits or discounts, no finalized invoice yet (nothing billed to subtract, correct or take back), and ids that the
-texts below can write without quoting rules (see :func:`plain_rows`). For those, the per-subscription rules reduce to
-what is computed here, column by column:
+plan alone, and keeps the others on its per-subscription path. Plain means: no migrations, overrides, commits or
+credits, no finalized invoice yet (nothing billed to subtract, correct or take back), discounts whose numbers have
+no more decimals than the currency, and ids that the texts below can write without quoting rules (see
+:func:`plain_subscriptions`). For those, the per-subscription rules reduce to what is computed here, column by column:
 
 - **cycles**: the cycles starting in the month, per distinct (time zone, cycle, anchor) (calendar cycles do not
   depend on the start; anniversary ones do, and are keyed by it), from :mod:`meter.pricing.cycles` itself;
@@ -26,7 +26,7 @@ subscriptions the per-subscription way. ``tests/test_invoice_batch.py`` holds th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,7 @@ from meter.pricing.steps import step
 from meter.pricing.text import fixed_text, iso_text, json_string, time_text, with_normalized
 from meter.pricing.usage import event_amounts, period_quantities
 
-__all__ = ["Batch", "NotPlain", "invoice_batch", "plain_rows"]
+__all__ = ["Batch", "NotPlain", "invoice_batch", "plain_subscriptions"]
 
 _UTC = pl.Datetime("us", "UTC")
 #: Ids written between single quotes by ``repr`` as they are (the ``events`` text quotes the customer with repr).
@@ -74,20 +74,53 @@ class Batch:
     usage: tuple[datetime, datetime] | None
 
 
-def plain_rows(table: pl.DataFrame) -> pl.Expr:
-    """Which rows of the snapshot's subscriptions table (with the customers' ``timezone``) this module invoices."""
-    none = [pl.col(terms) == "[]" for terms in ("overrides", "commits", "credits", "discounts", "migrations")]
+def plain_subscriptions(subs: pl.DataFrame) -> pl.Series:
+    """Which rows of the snapshot's subscriptions table this module invoices: a Boolean per row.
+
+    The table comes with the customers' ``timezone`` and ``currency``.
+    """
+    none = [pl.col(terms) == "[]" for terms in ("overrides", "commits", "credits", "migrations")]
     # Usage is measured over whole minutes: rating refuses other spans, and the per-subscription path names them.
     minutes = [(pl.col(t).dt.truncate("1m") == pl.col(t)).fill_null(True) for t in ("start", "end")]
-    return (pl.all_horizontal(none) & pl.all_horizontal(minutes) & pl.col("timezone").is_not_null()
-            & pl.col("customer").str.contains(_REPR_SAFE) & pl.col("cycle").is_in(["monthly", "quarterly", "annual"])
-            & pl.col("anchor").is_in(["calendar", "anniversary"]))
+    plain = subs.select(
+        pl.all_horizontal(none) & pl.all_horizontal(minutes) & pl.col("timezone").is_not_null()
+        & pl.col("customer").str.contains(_REPR_SAFE) & pl.col("cycle").is_in(["monthly", "quarterly", "annual"])
+        & pl.col("anchor").is_in(["calendar", "anniversary"])).to_series()
+    discounted = subs.filter(pl.col("discounts") != "[]")
+    if discounted.height == 0:
+        return plain
+    # A discount is written here when its numbers read as plain decimals (no exponent), a percent with at most 9
+    # decimals and an amount with at most the currency's: then every base and amount has the currency's decimals.
+    terms = _discount_rows(discounted)
+    decimals = pl.col("amount").str.extract(r"\.(\d*)$").str.len_chars().fill_null(0)
+    writable = (pl.col("percent").is_null() | pl.col("percent").str.contains(r"^\d+(\.\d{1,9})?$")) & (
+        pl.col("amount").is_null() | (pl.col("amount").str.contains(r"^\d+(\.\d+)?$")
+                                      & (decimals <= minor_units_expr(pl.col("currency")))))
+    refused = terms.filter(~writable.fill_null(False)).get_column("id").unique()
+    return plain & ~subs.get_column("id").is_in(refused.implode())
+
+
+_DISCOUNT = pl.List(pl.Struct({"id": pl.String, "start": pl.String, "end": pl.String, "percent": pl.String,
+                               "amount": pl.String, "price": pl.String}))
+
+
+def _discount_rows(subs: pl.DataFrame) -> pl.DataFrame:
+    """One row per discount of ``subs``, the discount's fields as the stored text.
+
+    Columns: the subscription's ``id`` and ``currency``, ``n`` (the discount's position), ``d_id``, ``d_start``,
+    ``d_end``, ``percent``, ``amount``, ``d_price``.
+    """
+    found = (subs.select("id", "currency", d=pl.col("discounts").str.json_decode(_DISCOUNT))
+             .with_columns(n=pl.int_ranges(pl.col("d").list.len(), dtype=pl.UInt32)).explode("d", "n")
+             .drop_nulls("d").unnest("d", separator="\0"))
+    return found.rename({"d\0id": "d_id", "d\0start": "d_start", "d\0end": "d_end", "d\0percent": "percent",
+                         "d\0amount": "amount", "d\0price": "d_price"})
 
 
 def invoice_batch(snapshot: Snapshot, out: Path, subs: pl.DataFrame, month: datetime, after: datetime) -> Batch:
     """The drafts of the cycles of ``subs`` that start in ``[month, after)`` (naive: each customer's local time).
 
-    ``subs``: rows of the snapshot's subscriptions table that :func:`plain_rows` selects, with ``order``,
+    ``subs``: rows of the snapshot's subscriptions table that :func:`plain_subscriptions` selects, with ``order``,
     ``timezone`` and ``currency``. Raises :class:`NotPlain` or whatever rating raises: the caller then invoices
     them one by one.
     """
@@ -98,6 +131,8 @@ def invoice_batch(snapshot: Snapshot, out: Path, subs: pl.DataFrame, month: date
     rated, details = _rate(snapshot, out, charges, prices)
     with step("assembly"):
         lines = _lines(charges, rated, details)
+        lines = pl.concat([lines, _discount_lines(subs, drafts, lines)], how="diagonal_relaxed").sort(
+            "draft", "position")
         invoices = _invoices(snapshot.tenant, drafts, lines)
     kept = drafts.join(invoices.select("draft"), on="draft", how="semi")
     fees = _span(kept, "p_start", "p_end")
@@ -144,7 +179,8 @@ def _drafts(subs: pl.DataFrame, month: datetime, after: datetime) -> pl.DataFram
     end = pl.col("end").fill_null(pl.col("p_end"))
     drafts = drafts.with_columns(
         in_lo=pl.max_horizontal("start", "p_start"), in_hi=pl.min_horizontal(end, "p_end"),
-        ar_lo=pl.max_horizontal("start", "a_start"), ar_hi=pl.min_horizontal(pl.col("end").fill_null(pl.col("a_end")), "a_end"))
+        ar_lo=pl.max_horizontal("start", "a_start"),
+        ar_hi=pl.min_horizontal(pl.col("end").fill_null(pl.col("a_end")), "a_end"))
     return _segments(_segments(drafts, "in", "p_start", "p_end"), "ar", "a_start", "a_end")
 
 
@@ -340,8 +376,76 @@ def _lines(charges: pl.DataFrame, rated: pl.DataFrame, details: pl.DataFrame) ->
         pl.lit(',"rated":"'), money, pl.lit('","billed":null,"billed_quantity":null,"corrects":[],"details":['),
         pl.col("details").fill_null(""), pl.lit('],"events":'), json_string(pl.col("events")),
         pl.lit(',"grant":null}'))
-    return lines.with_columns(json=json, amount_text=money,
+    return lines.with_columns(json=json, position=pl.col("charge").cast(pl.UInt64), rated=pl.lit(True),
                               quantity_value=pl.when(pl.col("quantity").is_not_null()).then(pl.col("quantity")))
+
+
+def _discount_lines(subs: pl.DataFrame, drafts: pl.DataFrame, lines: pl.DataFrame) -> pl.DataFrame:
+    """The discount lines of the drafts, after their billing lines (see ``invoicing._discount_lines``).
+
+    Discounts active at the cycle's start, on one price's lines first, then on the invoice, each in the order the
+    subscription lists them. An invoice discount's base includes the discounts before it, so they are taken one
+    rank at a time; a base of 0 or less takes nothing.
+    """
+    discounted = subs.filter(pl.col("discounts") != "[]")
+    if discounted.height == 0:
+        return pl.DataFrame()
+    terms = _discount_rows(discounted.select("id", "currency", "discounts"))
+    texts = {t for t in terms.get_column("d_start").to_list() + terms.get_column("d_end").to_list() if t}
+    times = {t: datetime.fromisoformat(t).astimezone(UTC) for t in texts}
+    when = {name: pl.col(name).replace_strict(times, default=None, return_dtype=_UTC) for name in ("d_start", "d_end")}
+    terms = terms.with_columns(**when)
+    active = (drafts.select("draft", "id", "p_start", "p_end").join(terms.drop("currency"), on="id")
+              .filter((pl.col("d_start") <= pl.col("p_start"))
+                      & (pl.col("d_end").is_null() | (pl.col("p_start") < pl.col("d_end"))))
+              .sort("draft", pl.col("d_price").is_null(), "n"))
+    if active.height == 0:
+        return pl.DataFrame()
+    per_draft = lines.group_by("draft").agg(everything=pl.col("minor").sum(), digits=pl.col("digits").first())
+    per_price = lines.group_by("draft", "price").agg(of_price=pl.col("minor").sum())
+    active = (active.join(per_draft, on="draft", how="inner")
+              .join(per_price, left_on=["draft", "d_price"], right_on=["draft", "price"], how="left")
+              .with_columns(rank=pl.int_range(pl.len(), dtype=pl.UInt32).over("draft"),
+                            pct=pl.col("percent").cast(pl.Decimal(38, 9)).to_physical(),
+                            fixed=pl.col("amount").cast(pl.Decimal(38, MAX_MINOR_UNITS)).to_physical()
+                            // pl.lit(10, pl.Int128).pow(MAX_MINOR_UNITS - pl.col("digits").cast(pl.Int32))))
+    taken = pl.DataFrame(schema={"draft": pl.UInt32, "taken": pl.Int128})
+    found = []
+    for rank in range(active.get_column("rank").max() + 1):  # type: ignore[operator]
+        rows = active.filter(pl.col("rank") == rank).join(taken, on="draft", how="left")
+        base = pl.when(pl.col("d_price").is_null()).then(
+            pl.col("everything") + pl.col("taken").fill_null(0)).otherwise(pl.col("of_price").fill_null(0))
+        rows = rows.with_columns(base=base).filter(pl.col("base") > 0)
+        # percent / 100 of the base, rounded half to even to the minor unit: base (10^-digits) x pct (10^-9) counts
+        # 10^-(digits + 11).
+        product, unit = pl.col("base") * pl.col("pct"), pl.lit(10**11, pl.Int128)
+        quotient, twice = product // unit, (product % unit) * 2
+        rounded = quotient + ((twice > unit) | ((twice == unit) & (quotient % 2 == 1))).cast(pl.Int128)
+        off = pl.when(pl.col("percent").is_not_null()).then(rounded).otherwise(
+            pl.min_horizontal("fixed", "base"))
+        rows = rows.with_columns(off=off)
+        found.append(rows)
+        taken = pl.concat([taken, rows.select("draft", taken=pl.lit(0, pl.Int128) - pl.col("off"))])
+        taken = taken.group_by("draft").agg(pl.col("taken").sum())
+    rows = pl.concat(found)
+    what = pl.when(pl.col("percent").is_not_null()).then(pl.concat_str("percent", pl.lit("% off"))).otherwise(
+        pl.concat_str("amount", pl.lit(" off")))
+    on = pl.when(pl.col("d_price").is_not_null()).then(pl.concat_str(pl.lit("price "), "d_price")).otherwise(
+        pl.lit("the invoice"))
+    description = pl.concat_str(pl.lit("discount "), "d_id", pl.lit(": "), what, pl.lit(" "), on, pl.lit(" (of "),
+                                fixed_text(pl.col("base"), pl.col("digits")), pl.lit(")"))
+    rows = rows.with_columns(description=description, money=pl.concat_str(pl.lit("-"), fixed_text(
+        pl.col("off"), pl.col("digits"))))
+    json = pl.concat_str(
+        pl.lit('{"kind":"discount","description":'), json_string(pl.col("description")), pl.lit(',"amount":"'),
+        pl.col("money"), pl.lit('","period_start":"'), time_text(pl.col("p_start")), pl.lit('","period_end":"'),
+        time_text(pl.col("p_end")), pl.lit('","key":null,"price":'), json_string(pl.col("d_price")),
+        pl.lit(',"version":null,"timing":null,"model":null,"meter":null,"quantity":null,"rated":null,"billed":null,'
+               '"billed_quantity":null,"corrects":[],"details":[],"events":null,"grant":null}'))
+    return rows.sort("draft", "rank").select(
+        "draft", "digits", "description", position=pl.lit(1 << 40, pl.UInt64) + pl.col("rank").cast(pl.UInt64),
+        kind=pl.lit("discount"), minor=pl.lit(0, pl.Int128) - pl.col("off"), json=json, s_start="p_start",
+        s_end="p_end", price="d_price", rated=pl.lit(False))
 
 
 def _invoices(tenant: str, drafts: pl.DataFrame, lines: pl.DataFrame) -> pl.DataFrame:
@@ -390,7 +494,7 @@ def _export_lines(lines: pl.DataFrame, invoices: pl.DataFrame) -> pl.DataFrame:
         amount=_money_decimal(pl.col("minor"), pl.col("digits")), period_start="s_start", period_end="s_end",
         key="key", price="price", version=pl.col("version").cast(pl.Int32), model="model", meter="meter",
         quantity=pl.col("quantity_value").cast(pl.Decimal(38, 9)),
-        rated=_money_decimal(pl.col("minor"), pl.col("digits")),
+        rated=pl.when("rated").then(_money_decimal(pl.col("minor"), pl.col("digits"))),
         details=pl.concat_str(pl.lit("["), pl.col("details_plain").fill_null(""), pl.lit("]")), events="events",
         grant=pl.lit(None, pl.String), timing="timing", billed=pl.lit(None, pl.Decimal(38, 9)),
         billed_quantity=pl.lit(None, pl.Decimal(38, 9)), corrects=pl.lit(None, pl.String))

@@ -59,7 +59,7 @@ from meter.catalog.prices import Price
 from meter.catalog.types import trusted
 from meter.exceptions import InvalidInput, MeterError, NotFound
 from meter.pricing import cycles
-from meter.pricing.batch import Batch, NotPlain, invoice_batch, plain_rows
+from meter.pricing.batch import Batch, NotPlain, invoice_batch, plain_subscriptions
 from meter.pricing.charges import CHARGES_SCHEMA, price_frame
 from meter.pricing.invoices import (
     Fresh,
@@ -289,7 +289,8 @@ def _batched(snapshot: Snapshot, out: Path, billed: Billed, first: datetime,
         return everyone, None
     customers = snapshot.customer_table.select(customer="id", timezone="timezone", currency="currency")
     subs = table.with_row_index("order").join(customers, on="customer", how="left", maintain_order="left")
-    plain = plain_rows(subs) & ~pl.col("id").is_in(list(billed.finalized))
+    plain = plain_subscriptions(subs) & ~subs.get_column("id").is_in(pl.Series(list(billed.finalized),
+                                                                                 dtype=pl.String).implode())
     chosen = subs.filter(plain)
     if chosen.height == 0:
         return everyone, None

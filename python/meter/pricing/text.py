@@ -1,4 +1,4 @@
-"""Text of whole columns, exactly as Python and msgspec write one value: decimals, times and JSON strings.
+r"""Text of whole columns, exactly as Python and msgspec write one value: decimals, times and JSON strings.
 
 The columnar invoice run (:mod:`meter.pricing.batch`) writes invoices as JSON text built from columns. So that an
 invoice it stores is byte for byte the one the per-subscription path stores (``msgspec.json.encode`` of the
@@ -9,7 +9,7 @@ invoice it stores is byte for byte the one the per-subscription path stores (``m
   Parquet export does (:func:`meter.encoding.plain`);
 - a UTC time as RFC 3339 with ``Z`` and microseconds only when there are some; :func:`iso_text` as
   ``datetime.isoformat`` (``+00:00``), as descriptions and ``events`` show times;
-- a string as a JSON string (polars and msgspec escape the same characters: ``"``, ``\\`` and control characters).
+- a string as a JSON string (polars and msgspec escape the same characters: ``"``, ``\`` and control characters).
 
 Decimals come as Int128 counts of ``10^-scale`` (the physical values of polars decimals).
 """
