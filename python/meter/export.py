@@ -17,6 +17,7 @@ Data crosses from Rust as Arrow (PyCapsule stream), without per-row Python objec
 
 from __future__ import annotations
 
+import bisect
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -25,7 +26,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import msgspec
-import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -228,47 +228,74 @@ def export_invoices(store: InvoiceStore, tenants: list[str], out: Path,
     Derived from the invoices store, which refuses what these files cannot hold (``InvoiceStore`` checks amounts
     against ``decimal128(38, 9)`` before it writes), so a stored invoice never makes this fail. ``fresh`` holds, per
     tenant, the rows of invoices just stored (an invoice run's drafts, see ``meter.pricing.batch``): those are taken
-    as they are instead of being read back and decoded one by one."""
+    as they are, a part at a time, instead of being read back and decoded one by one."""
     summary = ExportSummary()
     for tenant in tenants:
         given = (fresh or {}).get(tenant)
-        skip = set(given.invoices.get_column("id").to_list()) if given is not None else set()
-        invoices, lines = [], []
-        for invoice_id, _, raw in store.statuses(tenant):
-            if invoice_id in skip:
-                continue
-            invoice = msgspec.json.decode(raw, type=Invoice)
-            row = msgspec.to_builtins(invoice, builtin_types=(datetime, Decimal))
-            for i, line in enumerate(row.pop("lines"), start=1):
-                line["details"] = encode_json(line.get("details", [])).decode()
-                line["corrects"] = ", ".join(line.get("corrects", [])) or None
-                lines.append({"invoice": invoice.id, "number": invoice.number, "line": i, **line})
-            invoices.append(row)
-        notes = [msgspec.to_builtins(n, builtin_types=(datetime, Decimal)) for n in store.credit_notes(tenant)]
-        tables = {"invoices": pa.Table.from_pylist(invoices, schema=_INVOICE_SCHEMA),
-                  "invoice_lines": pa.Table.from_pylist(lines, schema=_LINE_SCHEMA),
-                  "credit_notes": pa.Table.from_pylist(notes, schema=_NOTE_SCHEMA)}
-        if given is not None:
-            # In the store's order: by id, then line.
-            tables["invoices"] = _merge(tables["invoices"], given.invoices, _INVOICE_SCHEMA, ["id"])
-            tables["invoice_lines"] = _merge(tables["invoice_lines"], given.lines, _LINE_SCHEMA, ["invoice", "line"])
         base = out / "invoices" / f"tenant={tenant}"
-        for name, table in tables.items():
-            write_atomically(table, base / f"{name}.parquet")
-            summary.files += 1
-            summary.rows += table.num_rows
+        try:
+            skip = given.ids if given is not None else frozenset()
+            invoices, lines = [], []
+            for invoice_id, _, raw in store.statuses(tenant):
+                if invoice_id in skip:
+                    continue
+                invoice = msgspec.json.decode(raw, type=Invoice)
+                row = msgspec.to_builtins(invoice, builtin_types=(datetime, Decimal))
+                for i, line in enumerate(row.pop("lines"), start=1):
+                    line["details"] = encode_json(line.get("details", [])).decode()
+                    line["corrects"] = ", ".join(line.get("corrects", [])) or None
+                    lines.append({"invoice": invoice.id, "number": invoice.number, "line": i, **line})
+                invoices.append(row)
+            parts = given.parts() if given is not None else []
+            # In the store's order (by id): the parts and what was read are each in that order, and merged.
+            for name, rows, schema, index in (("invoices", invoices, _INVOICE_SCHEMA, 0),
+                                              ("invoice_lines", lines, _LINE_SCHEMA, 1)):
+                read = pa.Table.from_pylist(rows, schema=schema)
+                summary.rows += _write_merged(read, [part[index] for part in parts], schema,
+                                              "id" if index == 0 else "invoice", base / f"{name}.parquet")
+                summary.files += 1
+        finally:
+            if given is not None:
+                given.discard()
+        notes = pa.Table.from_pylist([msgspec.to_builtins(n, builtin_types=(datetime, Decimal))
+                                      for n in store.credit_notes(tenant)], schema=_NOTE_SCHEMA)
+        write_atomically(notes, base / "credit_notes.parquet")
+        summary.files += 1
+        summary.rows += notes.num_rows
     return summary
 
 
-def _merge(read: pa.Table, given: pl.DataFrame, schema: pa.Schema, order: list[str]) -> pa.Table:
-    """Rows read from the store and rows given, in ``schema`` and sorted by ``order`` (the store's key order)."""
-    given_table = given.select(schema.names).to_arrow().cast(schema)
-    if read.num_rows == 0:
-        merged = given_table
-    else:
-        merged = pa.concat_tables([read, given_table])
-    indices = pc.sort_indices(merged, sort_keys=[(name, "ascending") for name in order])
-    return merged.take(indices)
+def _write_merged(read: pa.Table, parts: list[Path], schema: pa.Schema, key: str, path: Path) -> int:
+    """Writes ``read`` and the ``parts`` (Parquet files), each sorted by ``key``, as one file sorted by ``key`` (then
+    line), a part at a time; returns the rows written."""
+    if not parts:
+        order = [(key, "ascending")] + ([("line", "ascending")] if key == "invoice" else [])
+        return write_atomically(read.take(pc.sort_indices(read, sort_keys=order)) if read.num_rows else read, path)
+    keys = read.column(key).to_pylist()
+    written = 0
+
+    def write(tmp: Path) -> None:
+        nonlocal written
+        at = 0
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for part in parts:
+                table = pq.read_table(part).select(schema.names).cast(schema)
+                if table.num_rows == 0:
+                    continue
+                last = table.column(key)[-1].as_py()
+                upto = bisect.bisect_right(keys, last, lo=at)
+                merged = pa.concat_tables([read.slice(at, upto - at), table]) if upto > at else table
+                at = upto
+                order = [(key, "ascending")] + ([("line", "ascending")] if key == "invoice" else [])
+                merged = merged.take(pc.sort_indices(merged, sort_keys=order))
+                writer.write_table(merged)
+                written += merged.num_rows
+            if at < read.num_rows:
+                writer.write_table(read.slice(at))
+                written += read.num_rows - at
+
+    _replace(path, write)
+    return written
 
 
 _MONEY = pa.decimal128(38, 9)

@@ -25,6 +25,7 @@ subscriptions the per-subscription way. ``tests/test_invoice_batch.py`` holds th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -47,31 +48,17 @@ from meter.pricing.steps import step
 from meter.pricing.text import fixed_text, iso_text, json_string, time_text, with_normalized
 from meter.pricing.usage import event_amounts, period_quantities
 
-__all__ = ["Batch", "NotPlain", "invoice_batch", "plain_subscriptions"]
+__all__ = ["Batch", "Chunk", "NotPlain", "invoice_batch", "plain_subscriptions"]
 
 _UTC = pl.Datetime("us", "UTC")
+#: Drafts written at a time: their texts (about 5 kB an invoice) are most of the memory a run takes.
+CHUNK = 50_000
 #: Ids written between single quotes by ``repr`` as they are (the ``events`` text quotes the customer with repr).
 _REPR_SAFE = r"^[ !#-&(-\[\]-~]*$"
 
 
 class NotPlain(Exception):  # noqa: N818 - a signal to the caller, not an error of the input
     """A value the columnar texts cannot write as the per-subscription path does: invoice those the other way."""
-
-
-@dataclass(frozen=True)
-class Batch:
-    """The drafts of the plain subscriptions.
-
-    ``invoices``: one row per invoice with at least one line: ``id``, ``subscription``, ``order`` (the subscription's
-    position in the snapshot), ``period_start``, ``period_end``, ``usage_start``, ``usage_end``, ``json`` (the stored
-    value) and the columns of the invoices export. ``lines``: the invoices export's line rows (``invoice``, ``line``,
-    ...). ``fees`` and ``usage``: the service periods covered, as ``(min start, max end)`` or None.
-    """
-
-    invoices: pl.DataFrame
-    lines: pl.DataFrame
-    fees: tuple[datetime, datetime] | None
-    usage: tuple[datetime, datetime] | None
 
 
 def plain_subscriptions(subs: pl.DataFrame) -> pl.Series:
@@ -84,7 +71,8 @@ def plain_subscriptions(subs: pl.DataFrame) -> pl.Series:
     minutes = [(pl.col(t).dt.truncate("1m") == pl.col(t)).fill_null(True) for t in ("start", "end")]
     plain = subs.select(
         pl.all_horizontal(none) & pl.all_horizontal(minutes) & pl.col("timezone").is_not_null()
-        & pl.col("customer").str.contains(_REPR_SAFE) & pl.col("cycle").is_in(["monthly", "quarterly", "annual"])
+        & pl.col("customer").str.contains(_REPR_SAFE) & ~pl.col("id").str.contains(r'["\\]')
+        & pl.col("cycle").is_in(["monthly", "quarterly", "annual"])
         & pl.col("anchor").is_in(["calendar", "anniversary"])).to_series()
     discounted = subs.filter(pl.col("discounts") != "[]")
     if discounted.height == 0:
@@ -121,23 +109,72 @@ def invoice_batch(snapshot: Snapshot, out: Path, subs: pl.DataFrame, month: date
     """The drafts of the cycles of ``subs`` that start in ``[month, after)`` (naive: each customer's local time).
 
     ``subs``: rows of the snapshot's subscriptions table that :func:`plain_subscriptions` selects, with ``order``,
-    ``timezone`` and ``currency``. Raises :class:`NotPlain` or whatever rating raises: the caller then invoices
-    them one by one.
+    ``timezone`` and ``currency``. Rates them all; :meth:`Batch.chunks` then writes them, a chunk at a time. Raises
+    :class:`NotPlain` or whatever rating raises: the caller then invoices them one by one.
     """
     with step("cycles"):
         drafts = _drafts(subs, month, after)
         prices = _prices(snapshot)
-        charges = _charges(snapshot.tenant, drafts, prices)
-    rated, details = _rate(snapshot, out, charges, prices)
-    with step("assembly"):
-        lines = _lines(charges, rated, details)
-        lines = pl.concat([lines, _discount_lines(subs, drafts, lines)], how="diagonal_relaxed").sort(
-            "draft", "position")
-        invoices = _invoices(snapshot.tenant, drafts, lines)
-    kept = drafts.join(invoices.select("draft"), on="draft", how="semi")
-    fees = _span(kept, "p_start", "p_end")
-    usage = _span(kept.filter(pl.col("a_start").is_not_null()), "a_start", "a_end")
-    return Batch(invoices=invoices.drop("draft"), lines=_export_lines(lines, invoices), fees=fees, usage=usage)
+        charges = _charges(drafts, prices)
+    rated, details = _rate(snapshot, out, charges, drafts, prices)
+    # Every cycle counts, with an invoice or not, as on the per-subscription path.
+    fees = _span(drafts, "p_start", "p_end")
+    usage = _span(drafts.filter(pl.col("a_start").is_not_null()), "a_start", "a_end")
+    discounts = subs.filter(pl.col("discounts") != "[]").select("id", "currency", "discounts")
+    return Batch(snapshot.tenant, drafts, prices, _tiers(snapshot, prices), charges, rated, details, discounts, fees,
+                 usage)
+
+
+def _tiers(snapshot: Snapshot, prices: pl.DataFrame) -> pl.DataFrame:
+    """``price_row``, ``tier`` and the tier's bounds as the catalog wrote them (``str`` of the stored decimals)."""
+    rows = []
+    found = {(plan, version, price.id): price for (plan, version), every in snapshot.prices.items() for price in every}
+    for price_row, plan, version, price_id in prices.select("price_row", "plan", "version", "price").iter_rows():
+        for n, tier in enumerate(found[(plan, version, price_id)].tiers or [], start=1):
+            rows.append((price_row, n, str(tier.start), None if tier.up_to is None else str(tier.up_to)))
+    return pl.DataFrame(rows, schema={"price_row": pl.UInt32, "tier": pl.UInt32, "tier_from": pl.String,
+                                      "tier_to": pl.String}, orient="row")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """The invoices of some drafts.
+
+    ``invoices``: ``id``, ``subscription``, ``order``, ``period_start``, ``json`` and the columns of the invoices
+    export; ``lines``: the export's line rows.
+    """
+
+    invoices: pl.DataFrame
+    lines: pl.DataFrame
+
+
+class Batch:
+    """The plain subscriptions' drafts, rated; written a chunk of drafts at a time (their text is most of the memory).
+
+    ``fees`` and ``usage``: the service periods covered, as ``(min start, max end)`` or None (a draft that turns out
+    to have no line is counted: it covers its cycle all the same).
+    """
+
+    def __init__(self, tenant: str, drafts: pl.DataFrame, prices: pl.DataFrame, tiers: pl.DataFrame,
+                 charges: pl.DataFrame, rated: pl.DataFrame, details: pl.DataFrame, discounts: pl.DataFrame,
+                 fees: tuple[datetime, datetime] | None, usage: tuple[datetime, datetime] | None) -> None:
+        self.tenant, self.drafts, self.prices, self.tiers, self.charges = tenant, drafts, prices, tiers, charges
+        self.rated, self.details, self.discounts, self.fees, self.usage = rated, details, discounts, fees, usage
+
+    def chunks(self, size: int | None = None) -> Iterator[Chunk]:
+        """The invoices, ``size`` drafts at a time (:data:`CHUNK`), in the order of their ids."""
+        size = size or CHUNK
+        charge_draft = self.charges.get_column("draft")
+        detail_charge = self.details.get_column("charge")
+        for lo in range(0, self.drafts.height, size):
+            hi = min(lo + size, self.drafts.height)
+            c_lo, c_hi = (int(i) for i in charge_draft.search_sorted(pl.Series([lo, hi], dtype=pl.UInt32)))
+            d_lo, d_hi = (int(i) for i in detail_charge.search_sorted(pl.Series([c_lo, c_hi], dtype=pl.UInt32)))
+            with step("assembly"):
+                chunk = _chunk(self.tenant, self.drafts.slice(lo, hi - lo), self.prices, self.tiers,
+                               self.charges.slice(c_lo, c_hi - c_lo), self.rated.slice(c_lo, c_hi - c_lo),
+                               self.details.slice(d_lo, d_hi - d_lo), self.discounts)
+            yield chunk
 
 
 def _span(frame: pl.DataFrame, start: str, end: str) -> tuple[datetime, datetime] | None:
@@ -171,7 +208,9 @@ def _drafts(subs: pl.DataFrame, month: datetime, after: datetime) -> pl.DataFram
               "p_end": _UTC, "q_start": _UTC, "q_end": _UTC, "label": pl.String, "q_label": pl.String}
     periods = pl.DataFrame(rows, schema=schema, orient="row")
     drafts = subs.join(periods, on=["timezone", "cycle", "anchor", "anchor_start"], how="inner", nulls_equal=True)
-    drafts = drafts.sort("order", "p_start").with_row_index("draft")
+    # In the order of the invoices' ids (the store's order, which the export keeps), numbered in that order.
+    drafts = drafts.with_columns(invoice=pl.concat_str("id", pl.lit("-"), pl.col("p_start").dt.strftime("%Y%m%d")))
+    drafts = drafts.sort("invoice").with_row_index("draft")
     # The usage period billed in arrears: the previous cycle, unless the subscription started after it.
     arrears = pl.col("q_end") > pl.col("start")
     drafts = drafts.with_columns(a_start=pl.when(arrears).then("q_start"), a_end=pl.when(arrears).then("q_end"),
@@ -206,75 +245,77 @@ def _segments(drafts: pl.DataFrame, side: str, start: str, end: str) -> pl.DataF
 # ---------------------------------------------------------------------------------------------------------- charges
 
 def _prices(snapshot: Snapshot) -> pl.DataFrame:
-    """One row per (plan, version, price): what charges need of each price, and the price itself (``obj``)."""
+    """One row per (plan, version, price): what charges need of each price, its texts written once."""
     rows = []
     for (plan, version), prices in snapshot.prices.items():
         for pos, price in enumerate(prices):
             spec = snapshot.meters.get(price.meter) if price.meter is not None else None
             in_advance = price.model == "flat" and price.cadence == "in_advance"
+            what = f"{price.meter or price.id} ({price.model})"
+            event_type = repr(spec.event_type if spec else "?")
             rows.append({
                 "plan": plan, "version": version, "pos": pos, "price": price.id, "model": price.model,
                 "meter": price.meter, "flat": price.model == "flat", "in_advance": in_advance,
-                "price_key": f"{plan}/{version}/{price.id}",
-                "what": f"{price.meter or price.id} ({price.model})",
-                "event_type": repr(spec.event_type if spec else "?"),
+                "price_key": f"{plan}/{version}/{price.id}", "what": what, "event_type": event_type,
+                "price_json": _json(price.id), "price_inner": _json(price.id)[1:-1], "what_inner": _json(what)[1:-1],
+                "meter_json": _json(price.meter), "model_json": _json(price.model),
+                "event_type_inner": _json(event_type)[1:-1],
                 "dimensions": price.matrix.dimensions if price.matrix else None,
                 "per_event": price.percentage is not None and price.percentage.per == "event"})
     schema = {"plan": pl.String, "version": pl.Int64, "pos": pl.UInt32, "price": pl.String, "model": pl.String,
               "meter": pl.String, "flat": pl.Boolean, "in_advance": pl.Boolean, "price_key": pl.String,
-              "what": pl.String, "event_type": pl.String, "dimensions": pl.List(pl.String), "per_event": pl.Boolean}
-    return pl.DataFrame(rows, schema=schema, orient="row")
+              "what": pl.String, "event_type": pl.String, "price_json": pl.String, "price_inner": pl.String,
+              "what_inner": pl.String, "meter_json": pl.String, "model_json": pl.String,
+              "event_type_inner": pl.String, "dimensions": pl.List(pl.String), "per_event": pl.Boolean}
+    return pl.DataFrame(rows, schema=schema, orient="row").with_row_index("price_row")
 
 
-def _charges(tenant: str, drafts: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame:
-    """One row per charge, in the order of the invoices' lines: ``charge`` (its row), the line's fields."""
-    base = ["draft", "id", "customer", "currency", "version"]
+def _json(value: str | None) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _charges(drafts: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame:
+    """One row per charge, in the order of the invoices' lines.
+
+    Columns: ``charge`` (its row), ``draft``, ``price_row``, ``section`` (0: in advance, 1: in arrears), the segment,
+    its cycle and proration.
+    """
+    keys = prices.select("plan", "version", "pos", "price_row", "in_advance", "flat")
     advance = (drafts.filter(pl.col("in_proration").is_not_null())
-               .select(*base, "plan", c_start="p_start", c_end="p_end", s_start="in_lo", s_end="in_hi",
-                       proration="in_proration", reason="in_reason")
-               .join(prices.filter("in_advance"), on=["plan", "version"])
-               .with_columns(section=pl.lit(0, pl.UInt8), note=pl.lit("in advance"), kind=pl.lit("recurring")))
+               .select("draft", "plan", "version", c_start="p_start", c_end="p_end", s_start="in_lo", s_end="in_hi",
+                       proration="in_proration")
+               .join(keys.filter("in_advance"), on=["plan", "version"])
+               .with_columns(section=pl.lit(0, pl.UInt8)))
     arrears = (drafts.filter(pl.col("ar_proration").is_not_null())
-               .select(*base, "plan", c_start="a_start", c_end="a_end", s_start="ar_lo", s_end="ar_hi",
-                       proration="ar_proration", reason="ar_reason")
-               .join(prices.filter(~pl.col("in_advance")), on=["plan", "version"])
+               .select("draft", "plan", "version", c_start="a_start", c_end="a_end", s_start="ar_lo", s_end="ar_hi",
+                       proration="ar_proration")
+               .join(keys.filter(~pl.col("in_advance")), on=["plan", "version"])
                .with_columns(section=pl.lit(1, pl.UInt8),
-                             note=pl.when("flat").then(pl.lit("in arrears")).otherwise(pl.lit("")),
-                             kind=pl.when("flat").then(pl.lit("recurring")).otherwise(pl.lit("usage")),
                              proration=pl.when("flat").then("proration").otherwise(pl.lit(Decimal(1),
                                                                                           pl.Decimal(38, 9)))))
-    charges = pl.concat([advance, arrears], how="diagonal_relaxed").sort("draft", "section", "pos")
-    charges = charges.with_row_index("charge")
-    description = pl.concat_str(pl.col("what"), pl.when(pl.col("note") != "").then(pl.concat_str(
-        pl.lit("; "), "note")).otherwise(pl.lit("")), pl.when(pl.col("reason") != "").then(pl.concat_str(
-            pl.lit("; "), "reason")).otherwise(pl.lit("")))
-    key = pl.concat_str("id", pl.lit("|"), "price", pl.lit("|"), pl.col("version").cast(pl.String), pl.lit("|"),
-                        iso_text(pl.col("c_start")), pl.lit("|"), iso_text(pl.col("c_end")))
-    events = pl.when(pl.col("meter").is_not_null()).then(pl.concat_str(
-        pl.lit(f"events/tenant={tenant}: type = "), "event_type", pl.lit(", subject = '"), "customer",
-        pl.lit("', time in ["), iso_text(pl.col("s_start")), pl.lit(", "), iso_text(pl.col("s_end")), pl.lit(")")))
-    return charges.with_columns(description=description, key=key, events=events,
-                                timing=pl.when("in_advance").then(pl.lit("in_advance")).otherwise(pl.lit("in_arrears")))
+    charges = pl.concat([advance, arrears]).sort("draft", "section", "pos")
+    return charges.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("charge"), "draft", "price_row", "section",
+                          "c_start", "c_end", "s_start", "s_end", "proration")
 
 
 # ----------------------------------------------------------------------------------------------------------- rating
 
-def _rate(snapshot: Snapshot, out: Path, charges: pl.DataFrame,
+def _rate(snapshot: Snapshot, out: Path, charges: pl.DataFrame, drafts: pl.DataFrame,
           prices: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The rated lines (one per charge, in charge order) and their details as JSON texts per charge."""
-    used = set(charges.get_column("price_key").unique().to_list())
+    """The rated lines (one per charge, in charge order) and their details (sorted by charge)."""
+    used = set(prices.join(charges.select("price_row").unique(), on="price_row").get_column("price_key").to_list())
     objects: dict[str, Price] = {}
-    tier_rows = []
     with trusted():  # rating's own keys (plan/version/price) as ids, as the per-subscription path does
         for (plan, version), found in snapshot.prices.items():
             for price in found:
                 key = f"{plan}/{version}/{price.id}"
                 if key in used:
                     objects[key] = msgspec.structs.replace(price, id=key)
-                    for n, tier in enumerate(price.tiers or [], start=1):
-                        tier_rows.append((key, n, str(tier.start), None if tier.up_to is None else str(tier.up_to)))
-    frame = charges.select(charge=pl.col("charge").cast(pl.Int64), price_id="price_key", proration="proration")
-    usage = charges.filter(pl.col("meter").is_not_null())
+    attributes = prices.select("price_row", "price_key", "meter", "dimensions", "per_event")
+    frame = charges.select("charge", "price_row", "proration").join(attributes, on="price_row", maintain_order="left")
+    usage = (charges.select("charge", "draft", "price_row", "s_start", "s_end")
+             .join(attributes.filter(pl.col("meter").is_not_null()), on="price_row", maintain_order="left")
+             .join(drafts.select("draft", "customer"), on="draft", maintain_order="left"))
     requests = usage.select(charge=pl.col("charge").cast(pl.Int64), customer="customer", meter="meter",
                             dimensions="dimensions", **{"from": "s_start", "to": "s_end"})
     aggregations = {slug: spec.aggregation for slug, spec in snapshot.meters.items()}
@@ -283,27 +324,43 @@ def _rate(snapshot: Snapshot, out: Path, charges: pl.DataFrame,
         quantities = period_quantities(out, snapshot.tenant, requests.filter(~per_event), aggregations)
         amounts = event_amounts(out, snapshot.tenant, requests.filter(per_event), snapshot.meters)
     with step("rating"):
-        result = rate(frame, price_frame(objects.values()), quantities.select("charge", "quantity", "combination"),
-                      amounts)
-    tiers = pl.DataFrame(tier_rows, schema={"price_id": pl.String, "tier": pl.UInt32, "tier_from": pl.String,
-                                            "tier_to": pl.String}, orient="row")
+        result = rate(frame.select(charge=pl.col("charge").cast(pl.Int64), price_id="price_key",
+                                   proration="proration"),
+                      price_frame(objects.values()), quantities.select("charge", "quantity", "combination"), amounts)
     with step("assembly"):
-        return result.lines, _details(result.details, result.lines, tiers)
+        lines = result.lines.select("currency", "amount", "quantity", "subtotal", "amount_exact", "minimum_applied",
+                                    "maximum_applied")
+        details = result.details.with_columns(pl.col("charge").cast(pl.UInt32)).with_row_index("seq")
+        details = details.sort("charge", "seq").drop("seq")
+    return lines, details
 
 
-def _details(details: pl.DataFrame, lines: pl.DataFrame, tiers: pl.DataFrame) -> pl.DataFrame:
-    """Per charge, its details as JSON (``details``: as stored; ``details_plain``: decimals as plain text)."""
-    d = details.with_row_index("seq").with_columns(price_id=lines.get_column("price_id").gather(
-        details.get_column("charge")))
-    d = d.join(tiers, on=["price_id", "tier"], how="left")
+# ------------------------------------------------------------------------------------------------------ the texts
+
+def _by_value(frame: pl.DataFrame, column: str, texts: dict[str, pl.Expr]) -> pl.DataFrame:
+    """``frame`` with ``texts`` of ``column`` computed once per distinct value (times, prices: few of them)."""
+    distinct = frame.select(pl.col(column).unique()).with_columns(**texts)
+    return frame.join(distinct, on=column, how="left", nulls_equal=True, maintain_order="left")
+
+
+def _normalized(frame: pl.DataFrame, column: str, scale: int) -> pl.DataFrame:
+    """``frame`` with ``<column>_str``, ``_plain`` and ``_long`` (see :func:`with_normalized`), per distinct value."""
+    distinct = frame.select(pl.col(column).unique())
+    distinct = with_normalized(distinct, pl.col(column).to_physical(), scale, column)
+    return frame.join(distinct, on=column, how="left", nulls_equal=True, maintain_order="left")
+
+
+def _detail_texts(details: pl.DataFrame, charges: pl.DataFrame, rated: pl.DataFrame,
+                  tiers: pl.DataFrame) -> pl.DataFrame:
+    """Per charge with details, their JSON: ``details`` as stored, ``details_plain`` with plain decimals."""
+    d = details.join(charges.select("charge", "price_row"), on="charge", maintain_order="left")
+    d = d.join(tiers, on=["price_row", "tier"], how="left", maintain_order="left")
     for name, scale in (("units", 9), ("unit_price", 11), ("subtotal", 20), ("flat_fee", 9), ("free_units", 9)):
-        d = with_normalized(d, pl.col(name).to_physical(), scale, name)
+        d = _normalized(d, name, scale)
     if d.height and d.select(pl.any_horizontal(pl.col("^.*_long$")).any()).item():
         raise NotPlain("a detail has more than 28 digits")
 
-    def text(plain: bool) -> pl.Expr:
-        form = "plain" if plain else "str"
-
+    def text(form: str) -> pl.Expr:
         def number(name: str) -> pl.Expr:
             return pl.col(f"{name}_{form}").fill_null(pl.lit("0"))
 
@@ -325,59 +382,110 @@ def _details(details: pl.DataFrame, lines: pl.DataFrame, tiers: pl.DataFrame) ->
             optional("flat_fee", pl.col(f"flat_fee_{form}")), optional("free_units", pl.col(f"free_units_{form}")),
             count("raised_to_min_fee"), count("cut_to_max_fee"), pl.lit("}"))
 
-    rows = d.select("charge", "seq", json=text(False), plain=text(True))
+    # Plain and stored texts differ only where a decimal is in exponent notation: the plain one is written for those.
+    exponent = pl.any_horizontal(pl.col(f"{n}_str").str.contains("E").fill_null(False)
+                                 for n in ("units", "unit_price", "subtotal", "flat_fee", "free_units"))
+    d = d.with_columns(json=text("str"), odd=exponent).with_row_index("_i")
+    odd = d.filter("odd").select("_i", plain=text("plain"))
+    rows = d.select("_i", "charge", "json").join(odd, on="_i", how="left", maintain_order="left").select(
+        "charge", "json", plain=pl.coalesce("plain", "json"))
     # The step up to the minimum or down to the maximum: a detail of its own, last.
-    bounded = lines.with_row_index("_row").filter(pl.col("minimum_applied") | pl.col("maximum_applied"))
-    bounded = with_normalized(bounded, pl.col("amount_exact").to_physical() - pl.col("subtotal").to_physical(), 20,
-                              "step")
-    if bounded.get_column("step_long").any():
-        raise NotPlain("a step to a bound has more than 28 digits")
+    bounded = rated.with_columns(charge=charges.get_column("charge")).filter(
+        pl.col("minimum_applied") | pl.col("maximum_applied"))
+    if bounded.height:
+        bounded = with_normalized(bounded, pl.col("amount_exact").to_physical() - pl.col("subtotal").to_physical(),
+                                  20, "step")
+        if bounded.get_column("step_long").any():
+            raise NotPlain("a step to a bound has more than 28 digits")
 
-    def step_text(plain: bool) -> pl.Expr:
-        value = pl.col("step_plain" if plain else "step_str")
-        return pl.concat_str(pl.lit('{"component":"'), pl.when("minimum_applied").then(pl.lit("minimum")).otherwise(
-            pl.lit("maximum")), pl.lit('","units":"1","unit_price":"'), value, pl.lit('","subtotal":"'), value,
-            pl.lit('"}'))
+        def step_text(column: str) -> pl.Expr:
+            value = pl.col(column)
+            return pl.concat_str(pl.lit('{"component":"'), pl.when("minimum_applied").then(pl.lit("minimum"))
+                                 .otherwise(pl.lit("maximum")), pl.lit('","units":"1","unit_price":"'), value,
+                                 pl.lit('","subtotal":"'), value, pl.lit('"}'))
 
-    steps = bounded.select(charge=pl.col("charge"), seq=pl.lit(1 << 62, pl.UInt64) + pl.col("_row").cast(pl.UInt64),
-                           json=step_text(False), plain=step_text(True))
-    every = pl.concat([rows.with_columns(pl.col("seq").cast(pl.UInt64)), steps]).sort("charge", "seq")
-    return every.group_by("charge", maintain_order=True).agg(details=pl.col("json").str.join(","),
-                                                             details_plain=pl.col("plain").str.join(","))
+        steps = bounded.select("charge", json=step_text("step_str"), plain=step_text("step_plain"))
+        rows = pl.concat([rows.with_columns(last=pl.lit(False)), steps.with_columns(last=pl.lit(True))])
+        rows = rows.sort("charge", "last", maintain_order=True).drop("last")
+    rows = rows.set_sorted("charge")
+    return rows.group_by("charge", maintain_order=True).agg(details=pl.col("json").str.join(","),
+                                                            details_plain=pl.col("plain").str.join(","))
 
 
-# ---------------------------------------------------------------------------------------------- lines and invoices
+def _chunk(tenant: str, drafts: pl.DataFrame, prices: pl.DataFrame, tiers: pl.DataFrame, charges: pl.DataFrame,
+           rated: pl.DataFrame, details: pl.DataFrame, discounts: pl.DataFrame) -> Chunk:
+    texts = _detail_texts(details, charges, rated, tiers)
+    lines = _lines(tenant, drafts, prices, charges, rated, texts)
+    found = _discount_lines(discounts.join(drafts.select("id"), on="id", how="semi"), drafts, lines)
+    if found.height:
+        lines = pl.concat([lines, found], how="diagonal_relaxed").sort("draft", "position")
+    invoices = _invoices(tenant, drafts, lines)
+    return Chunk(invoices=invoices.drop("draft"), lines=_export_lines(lines, invoices))
 
-def _lines(charges: pl.DataFrame, rated: pl.DataFrame, details: pl.DataFrame) -> pl.DataFrame:
+
+def _lines(tenant: str, drafts: pl.DataFrame, prices: pl.DataFrame, charges: pl.DataFrame, rated: pl.DataFrame,
+           texts: pl.DataFrame) -> pl.DataFrame:
     """One row per line: its JSON and what the invoice and the export need."""
-    digits = minor_units_expr(pl.col("currency"))
-    amount = (pl.col("amount").to_physical() // pl.lit(10, pl.Int128).pow(MAX_MINOR_UNITS - digits.cast(pl.Int32)))
-    if not (rated.get_column("currency") == charges.get_column("currency")).all():
+    lines = pl.concat([charges, rated], how="horizontal")
+    if not (lines.get_column("currency") == lines.join(
+            drafts.select("draft", "currency"), on="draft", maintain_order="left").get_column("currency_right")).all():
         raise NotPlain("a price is not in its customer's currency")  # rounded to the customer's one, one by one
-    lines = charges.with_columns(
-        amount=rated.get_column("amount"),
-        quantity=rated.get_column("quantity"), charge_key=pl.col("charge").cast(pl.Int64))
-    lines = lines.join(details.rename({"charge": "charge_key"}), on="charge_key", how="left", maintain_order="left")
-    lines = lines.with_columns(digits=digits).with_columns(minor=amount)
-    lines = with_normalized(lines, pl.col("quantity").to_physical(), 9, "quantity")
+    lines = lines.drop("currency").join(
+        drafts.select("draft", "id", "customer", "version", "currency", "in_reason", "ar_reason"), on="draft",
+        maintain_order="left").join(
+        prices.select("price_row", "price", "price_json", "price_inner", "what", "what_inner", "model", "model_json",
+                      "meter", "meter_json", "event_type", "event_type_inner", "flat", "in_advance"),
+        on="price_row", maintain_order="left")
+    lines = lines.join(texts, on="charge", how="left", maintain_order="left")
+    digits = minor_units_expr(pl.col("currency"))
+    lines = lines.with_columns(digits=digits)
+    lines = lines.with_columns(minor=pl.col("amount").to_physical() // pl.lit(10, pl.Int128).pow(
+        MAX_MINOR_UNITS - pl.col("digits").cast(pl.Int32)))
+    lines = _normalized(lines, "quantity", 9)
     if lines.get_column("quantity_long").any():
         raise NotPlain("a quantity has more than 28 digits")
-    lines = lines.with_columns(money=fixed_text(pl.col("minor"), pl.col("digits")))
-    money = pl.col("money")
-    quantity_text = pl.when(pl.col("quantity").is_null()).then(pl.lit("null")).otherwise(
-        pl.concat_str(pl.lit('"'), pl.col("quantity_str"), pl.lit('"')))
+    for column in ("s_start", "s_end", "c_start", "c_end"):
+        lines = _by_value(lines, column, {f"{column}_iso": iso_text(pl.col(column)),
+                                          f"{column}_time": time_text(pl.col(column))})
+    note = (pl.when(pl.col("section") == 0).then(pl.lit("; in advance"))
+            .when(pl.col("flat")).then(pl.lit("; in arrears")).otherwise(pl.lit("")))
+    reason = pl.when(pl.col("section") == 0).then("in_reason").otherwise("ar_reason")
+    reason = pl.when(reason != "").then(pl.concat_str(pl.lit("; "), reason)).otherwise(pl.lit(""))
+    kind = pl.when(pl.col("flat")).then(pl.lit("recurring")).otherwise(pl.lit("usage"))
+    timing = pl.when(pl.col("in_advance")).then(pl.lit("in_advance")).otherwise(pl.lit("in_arrears"))
+    version = pl.col("version").cast(pl.String)
+
+    def key(price: str) -> pl.Expr:
+        return pl.concat_str("id", pl.lit("|"), price, pl.lit("|"), version, pl.lit("|"), "c_start_iso",
+                             pl.lit("|"), "c_end_iso")
+
+    def events(event_type: str) -> pl.Expr:
+        return pl.when(pl.col("meter").is_not_null()).then(pl.concat_str(
+            pl.lit(f"events/tenant={tenant}: type = "), event_type, pl.lit(", subject = '"), "customer",
+            pl.lit("', time in ["), "s_start_iso", pl.lit(", "), "s_end_iso", pl.lit(")")))
+
+    lines = lines.with_columns(money=fixed_text(pl.col("minor"), pl.col("digits")), kind=kind, timing=timing,
+                               reason_text=reason, note=note)
+    tenant_inner = _json(f"events/tenant={tenant}: type = ")[1:-1]
+    events_json = pl.when(pl.col("meter").is_not_null()).then(pl.concat_str(
+        pl.lit('"' + tenant_inner), "event_type_inner", pl.lit(", subject = '"), "customer", pl.lit("', time in ["),
+        "s_start_iso", pl.lit(", "), "s_end_iso", pl.lit(')"'))).otherwise(pl.lit("null"))
+    quantity = pl.when(pl.col("quantity").is_null()).then(pl.lit("null")).otherwise(
+        pl.concat_str(pl.lit('"'), "quantity_str", pl.lit('"')))
     json = pl.concat_str(
-        pl.lit('{"kind":'), json_string(pl.col("kind")), pl.lit(',"description":'), json_string(pl.col("description")),
-        pl.lit(',"amount":"'), money, pl.lit('","period_start":"'), time_text(pl.col("s_start")),
-        pl.lit('","period_end":"'), time_text(pl.col("s_end")), pl.lit('","key":'), json_string(pl.col("key")),
-        pl.lit(',"price":'), json_string(pl.col("price")), pl.lit(',"version":'), pl.col("version").cast(pl.String),
-        pl.lit(',"timing":'), json_string(pl.col("timing")), pl.lit(',"model":'), json_string(pl.col("model")),
-        pl.lit(',"meter":'), json_string(pl.col("meter")), pl.lit(',"quantity":'), quantity_text,
-        pl.lit(',"rated":"'), money, pl.lit('","billed":null,"billed_quantity":null,"corrects":[],"details":['),
-        pl.col("details").fill_null(""), pl.lit('],"events":'), json_string(pl.col("events")),
-        pl.lit(',"grant":null}'))
-    return lines.with_columns(json=json, position=pl.col("charge").cast(pl.UInt64), rated=pl.lit(True),
-                              quantity_value=pl.when(pl.col("quantity").is_not_null()).then(pl.col("quantity")))
+        pl.lit('{"kind":"'), "kind", pl.lit('","description":"'), "what_inner", "note", "reason_text",
+        pl.lit('","amount":"'), "money", pl.lit('","period_start":"'), "s_start_time", pl.lit('","period_end":"'),
+        "s_end_time", pl.lit('","key":"'), key("price_inner"), pl.lit('","price":'), "price_json",
+        pl.lit(',"version":'), version, pl.lit(',"timing":"'), "timing", pl.lit('","model":'), "model_json",
+        pl.lit(',"meter":'), "meter_json", pl.lit(',"quantity":'), quantity, pl.lit(',"rated":"'), "money",
+        pl.lit('","billed":null,"billed_quantity":null,"corrects":[],"details":['), pl.col("details").fill_null(""),
+        pl.lit('],"events":'), events_json, pl.lit(',"grant":null}'))
+    return lines.with_columns(
+        json=json, position=pl.col("charge").cast(pl.UInt64), rated=pl.lit(True),
+        description=pl.concat_str("what", "note", "reason_text"), key=key("price"), events=events("event_type"),
+        quantity_value=pl.col("quantity")).select(
+        "draft", "position", "json", "minor", "digits", "kind", "description", "s_start", "s_end", "key", "price",
+        "version", "model", "meter", "quantity_value", "rated", "details_plain", "events", "timing")
 
 
 def _discount_lines(subs: pl.DataFrame, drafts: pl.DataFrame, lines: pl.DataFrame) -> pl.DataFrame:
@@ -409,6 +517,8 @@ def _discount_lines(subs: pl.DataFrame, drafts: pl.DataFrame, lines: pl.DataFram
                             pct=pl.col("percent").cast(pl.Decimal(38, 9)).to_physical(),
                             fixed=pl.col("amount").cast(pl.Decimal(38, MAX_MINOR_UNITS)).to_physical()
                             // pl.lit(10, pl.Int128).pow(MAX_MINOR_UNITS - pl.col("digits").cast(pl.Int32))))
+    if active.height == 0:
+        return pl.DataFrame()
     taken = pl.DataFrame(schema={"draft": pl.UInt32, "taken": pl.Int128})
     found = []
     for rank in range(active.get_column("rank").max() + 1):  # type: ignore[operator]
@@ -451,24 +561,27 @@ def _discount_lines(subs: pl.DataFrame, drafts: pl.DataFrame, lines: pl.DataFram
 def _invoices(tenant: str, drafts: pl.DataFrame, lines: pl.DataFrame) -> pl.DataFrame:
     per_draft = lines.group_by("draft", maintain_order=True).agg(
         lines=pl.col("json").str.join(","), minor=pl.col("minor").sum(), digits=pl.col("digits").first())
-    invoices = drafts.join(per_draft, on="draft", how="inner").sort("draft")
-    invoice_id = pl.concat_str("id", pl.lit("-"), pl.col("p_start").dt.strftime("%Y%m%d"))
-    invoices = invoices.with_columns(invoice=invoice_id, total_text=fixed_text(pl.col("minor"), pl.col("digits")))
+    per_draft = per_draft.set_sorted("draft")
+    invoices = drafts.join(per_draft, on="draft", how="inner", maintain_order="left")
+    invoices = invoices.with_columns(total_text=fixed_text(pl.col("minor"), pl.col("digits")))
+    for column in ("p_start", "p_end", "a_start", "a_end"):
+        invoices = _by_value(invoices, column, {f"{column}_time": time_text(pl.col(column))})
 
     def optional_time(name: str) -> pl.Expr:
         return pl.when(pl.col(name).is_null()).then(pl.lit("null")).otherwise(
-            pl.concat_str(pl.lit('"'), time_text(pl.col(name)), pl.lit('"')))
+            pl.concat_str(pl.lit('"'), pl.col(f"{name}_time"), pl.lit('"')))
 
     json = pl.concat_str(
-        pl.lit('{"id":'), json_string(pl.col("invoice")), pl.lit(f',"tenant":{msgspec.json.encode(tenant).decode()}'),
-        pl.lit(',"customer":'), json_string(pl.col("customer")), pl.lit(',"subscription":'),
-        json_string(pl.col("id")), pl.lit(',"currency":'), json_string(pl.col("currency")),
-        pl.lit(',"reason":"cycle","period_start":"'), time_text(pl.col("p_start")), pl.lit('","period_end":"'),
-        time_text(pl.col("p_end")), pl.lit('","issued_at":"'), time_text(pl.col("p_start")), pl.lit('","lines":['),
+        pl.lit('{"id":"'), "invoice", pl.lit(f'","tenant":{_json(tenant)},"customer":"'), "customer",
+        pl.lit('","subscription":"'), "id", pl.lit('","currency":"'), "currency",
+        pl.lit('","reason":"cycle","period_start":"'), "p_start_time", pl.lit('","period_end":"'),
+        "p_end_time", pl.lit('","issued_at":"'), "p_start_time", pl.lit('","lines":['),
         pl.col("lines"), pl.lit('],"subtotal":"'), pl.col("total_text"), pl.lit('","total":"'), pl.col("total_text"),
         pl.lit('","status":"draft","number":null,"finalized_at":null,"voided_at":null,"period":'),
-        json_string(pl.col("label")), pl.lit(',"usage_start":'), optional_time("a_start"), pl.lit(',"usage_end":'),
-        optional_time("a_end"), pl.lit(',"usage_period":'), json_string(pl.col("a_label")),
+        pl.concat_str(pl.lit('"'), "label", pl.lit('"')), pl.lit(',"usage_start":'), optional_time("a_start"),
+        pl.lit(',"usage_end":'), optional_time("a_end"), pl.lit(',"usage_period":'),
+        pl.when(pl.col("a_label").is_null()).then(pl.lit("null")).otherwise(
+            pl.concat_str(pl.lit('"'), "a_label", pl.lit('"'))),
         pl.lit(',"reissues":null,"basis":[]}'))
     total = _money_decimal(pl.col("minor"), pl.col("digits"))
     return invoices.select(

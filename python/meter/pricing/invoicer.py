@@ -64,6 +64,8 @@ class Invoicer:
                         done.append(self.store.get(tenant, draft.id))
                 invoices = done
             # Drafts invoiced over whole tables are exported from their rows, unless finalizing changed them since.
+            if finalize and priced.fresh is not None:
+                priced.fresh.discard()
             with step("invoice_parquet"):
                 warnings = self._export_invoices(tenant, None if finalize else priced.fresh)
         return InvoiceRun(period=month, invoices=invoices, errors=errors, warnings=warnings,

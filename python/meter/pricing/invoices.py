@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import builtins
 import os
+import shutil
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Context, Decimal
 from itertools import islice
+from pathlib import Path
 from typing import Literal, overload
 
 import msgspec
-import polars as pl
 from rocksdict import WriteBatch, WriteOptions
 
 from meter.catalog.kv import Store, scan
@@ -178,13 +179,23 @@ class StoredInvoices(Sequence[Invoice]):
 
 @dataclass(frozen=True)
 class Fresh:
-    """Rows of the invoices export for invoices just written: ``invoices`` and ``lines`` in its schemas' columns.
+    """Rows of the invoices export for invoices just written, so that the export need not decode them from the store.
 
-    What :func:`meter.export.export_invoices` takes for them instead of decoding them from the store.
+    ``directory`` holds them as pairs of Parquet files, ``<n>-invoices.parquet`` and ``<n>-lines.parquet`` (in the
+    export's schemas), each pair for a range of ids and the pairs in the order of the ids (the store's); ``ids`` are
+    the invoices they hold. :func:`meter.export.export_invoices` merges them with what it reads from the store, and
+    removes the directory (so does :meth:`discard` when they are not used).
     """
 
-    invoices: pl.DataFrame
-    lines: pl.DataFrame
+    directory: Path
+    ids: frozenset[str]
+
+    def parts(self) -> builtins.list[tuple[Path, Path]]:
+        invoices = sorted(self.directory.glob("*-invoices.parquet"))
+        return [(path, path.with_name(path.name.replace("-invoices", "-lines"))) for path in invoices]
+
+    def discard(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class CreditNote(msgspec.Struct):
@@ -342,17 +353,23 @@ class InvoiceStore(Store):
                 self._write((f"invoice/{invoice.tenant}/{draft.id}", msgspec.json.encode(draft)))
             return draft
 
-    def save_drafts(self, tenant: str, drafts: Iterable[tuple[str, bytes]],
-                    chunk: int = 20_000) -> Iterator[tuple[str, str, bytes]]:
+    def save_drafts(self, tenant: str, drafts: Iterable[tuple[str, bytes]], chunk: int = 20_000,
+                    logged: bool = True) -> Iterator[tuple[str, str, bytes]]:
         """:meth:`save_draft` of many drafts, given as ``(id, JSON of the Invoice)``, in large synced write batches.
 
         Yields ``(id, stored id, JSON)`` of each draft stored (the id it was stored under is ``<id>-r2``... when it
         reissues a void invoice); a draft whose invoice is finalized is skipped. Each chunk is checked and written
         under the tenant's lock, in one synced write: as durable as one write per draft, without a sync per draft.
         The drafts' values must be exportable (:mod:`meter.pricing.batch` writes only such values).
+
+        With ``logged=False`` the drafts skip the write-ahead log: they are durable once :meth:`flush` returns (a crash
+        before then loses drafts, which a run computes again, and never a finalized invoice, which is logged).
         """
         options = WriteOptions()
-        options.sync = True
+        if logged:
+            options.sync = True
+        else:  # the caller flushes them (see flush): a million drafts are then written once, not twice
+            options.disable_wal = True
         pending = iter(drafts)
         while part := list(islice(pending, chunk)):
             with self.lock(tenant):
@@ -374,6 +391,10 @@ class InvoiceStore(Store):
                 if saved:
                     self._db.write(batch, options)
             yield from saved
+
+    def flush(self) -> None:
+        """Makes every write durable, those that skipped the write-ahead log included."""
+        self._db.flush(wait=True)
 
     def _reissue(self, invoice: Invoice) -> Invoice | None:
         """The draft that reissues ``invoice``'s void predecessors (lock held); None when one is finalized."""

@@ -271,8 +271,7 @@ def invoice_period(snapshot: Snapshot, out: Path, store: InvoiceStore, month: st
     usage = [d.arrears for d in drafts if d.arrears is not None]
     fresh = None
     if batched is not None:
-        with step("store"):
-            fresh = _save_batch(store, snapshot.tenant, batched, saved)
+        fresh = _save_batch(store, out, snapshot.tenant, batched, saved)
         fees += [cycles.Period(*batched.fees)] if batched.fees else []
         usage += [cycles.Period(*batched.usage)] if batched.usage else []
     saved.sort(key=lambda entry: entry[:2])
@@ -304,30 +303,35 @@ def _batched(snapshot: Snapshot, out: Path, billed: Billed, first: datetime,
     return subs.filter(~plain).get_column("order"), batch
 
 
-def _save_batch(store: InvoiceStore, tenant: str, batch: Batch,
+def _save_batch(store: InvoiceStore, out: Path, tenant: str, batch: Batch,
                 saved: list[tuple[int, datetime, Invoice | str]]) -> Fresh:
-    """Stores the batch's drafts; adds what was stored to ``saved`` and returns their rows for the export."""
-    invoices = batch.invoices
-    stored = store.save_drafts(tenant, zip(invoices.get_column("id").to_list(),
-                                           (text.encode() for text in invoices.get_column("json")), strict=True))
-    kept: dict[str, str] = {}
-    reissued: set[str] = set()
-    for base, invoice_id, _ in stored:
-        kept[base] = invoice_id
-        if invoice_id != base:
-            reissued.add(invoice_id)
-    stored_ids = pl.DataFrame({"id": list(kept), "stored": list(kept.values())}, schema={"id": pl.String,
-                                                                                        "stored": pl.String})
-    rows = invoices.drop("json").join(stored_ids, on="id", how="inner", maintain_order="left")
-    for order, start, invoice_id in rows.select("order", "period_start", "stored").iter_rows():
-        saved.append((order, start, invoice_id))
-    lines = batch.lines.join(rows.select(invoice="id", stored="stored"), on="invoice", how="inner",
-                             maintain_order="left").with_columns(invoice="stored").drop("stored")
-    invoices = rows.with_columns(id="stored").drop("stored")
-    if reissued:  # their reissues field changed too: the export reads them from the store
-        invoices = invoices.filter(~pl.col("id").is_in(list(reissued)))
-        lines = lines.filter(~pl.col("invoice").is_in(list(reissued)))
-    return Fresh(invoices=invoices.drop("order"), lines=lines)
+    """Stores the batch's drafts, a chunk at a time, and keeps their export rows beside the export (``Fresh``).
+
+    Adds what was stored to ``saved``.
+    """
+    fresh = Fresh(out / "invoices" / f"tenant={tenant}" / ".run", frozenset())
+    fresh.discard()
+    fresh.directory.mkdir(parents=True)
+    ids: set[str] = set()
+    for n, chunk in enumerate(batch.chunks()):
+        invoices = chunk.invoices
+        with step("store"):
+            stored = list(store.save_drafts(tenant, zip(invoices.get_column("id").to_list(), (
+                text.encode() for text in invoices.get_column("json")), strict=True), logged=False))
+        rows = invoices.drop("json").join(pl.DataFrame(
+            [(base, invoice_id) for base, invoice_id, _ in stored], schema={"id": pl.String, "stored": pl.String},
+            orient="row"), on="id", how="inner", maintain_order="left")
+        saved.extend(rows.select("order", "period_start", "stored").iter_rows())
+        # A reissue (stored under <id>-rN, with `reissues` set) is read back from the store by the export.
+        rows = rows.filter(pl.col("id") == pl.col("stored"))
+        lines = chunk.lines.join(rows.select(invoice="id"), on="invoice", how="semi", maintain_order="left")
+        with step("invoice_parquet"):
+            rows.drop("stored", "order").write_parquet(fresh.directory / f"{n:06d}-invoices.parquet")
+            lines.write_parquet(fresh.directory / f"{n:06d}-lines.parquet")
+        ids.update(rows.get_column("id").to_list())
+    with step("store"):
+        store.flush()
+    return Fresh(fresh.directory, frozenset(ids))
 
 
 def upcoming_invoices(snapshot: Snapshot, out: Path, store: InvoiceStore, customer: str,
