@@ -223,6 +223,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=4, help="October events per customer (default 4)")
     ap.add_argument("--data", type=Path, help="data directory to reuse or create (default: a temporary one)")
     ap.add_argument("--profile", type=Path, help="write a pyinstrument profile of the first run here")
+    ap.add_argument("--build-only", action="store_true", help="build (or keep) the tenant in --data, time nothing")
     ap.add_argument("--stage", choices=["all", "run"], default="all", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.stage == "run":
@@ -250,6 +251,8 @@ def main() -> None:
             built = build(data, args.subscriptions, args.events)
             marker.write_text(workload)
             print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in built.items()) + " (untimed)", flush=True)
+        if args.build_only:
+            return
         shutil.rmtree(data / "invoices", ignore_errors=True)  # every timed run starts without invoices
         shutil.rmtree(data / "export" / "invoices", ignore_errors=True)
         figures = child(data, args.profile)

@@ -149,13 +149,26 @@ def export_events(engine: Engine, tenants: list[str], out: Path, page: int = 1_0
 
 def export_catalog(catalog: BillingCatalog, engine: Engine, tenants: list[str], out: Path) -> ExportSummary:
     """Writes a snapshot of what pricing needs from the catalog: customers, prices, subscriptions, and the meters
-    (how a period's usage of each adds up)."""
+    (how a period's usage of each adds up). `_exported.json` keeps the catalog's sequence number the files reflect:
+    while nothing was written to the catalog since, only the meters' file is written again."""
     summary = ExportSummary()
+    # Read before the catalog: a write during the export changes it, and the next export writes the files again.
+    sequence = catalog.sequence()
     for tenant in tenants:
         meters = [{"slug": m.slug, "event_type": m.event_type, "aggregation": m.aggregation,
                    "value_property": m.value_property, "group_by": msgspec.json.encode(m.group_by).decode(),
                    "spec": msgspec.json.encode(_spec_of(m)).decode()}
                   for m in engine.list_meters(tenant)]
+        base = out / "catalog" / f"tenant={tenant}"
+        manifest = base / "_exported.json"
+        if (manifest.exists() and msgspec.json.decode(manifest.read_bytes()) == {"sequence": sequence}
+                and all((base / f"{name}.parquet").exists() for name in ("customers", "prices", "subscriptions"))):
+            # Nothing was written to the catalog since these files: only the meters (the engine's) are written again.
+            write_atomically(pa.Table.from_pylist(meters), base / "meters.parquet")
+            summary.files += 1
+            summary.rows += len(meters)
+            summary.unchanged += 3
+            continue
         customers = _columns(catalog.raw_values("customer", tenant), _CustomerRow)
         prices = []
         for plan in catalog.list_plans(tenant):
@@ -171,9 +184,10 @@ def export_catalog(catalog: BillingCatalog, engine: Engine, tenants: list[str], 
         subscriptions = _columns(catalog.raw_values("subscription", tenant), _SubscriptionRow)
         for name, table in (("customers", customers), ("prices", pa.Table.from_pylist(prices)),
                             ("subscriptions", subscriptions), ("meters", pa.Table.from_pylist(meters))):
-            write_atomically(table, out / "catalog" / f"tenant={tenant}" / f"{name}.parquet")
+            write_atomically(table, base / f"{name}.parquet")
             summary.files += 1
             summary.rows += table.num_rows
+        write_file_atomically(msgspec.json.encode({"sequence": sequence}), manifest)
     return summary
 
 

@@ -232,9 +232,15 @@ class BillingCatalog(Store):
         with trusted():
             return list(scan(self._db, self._key(kind, tenant), type_))
 
+    def sequence(self) -> int:
+        """A number that changes with every write to the catalog (any tenant's): what an export of it reflects."""
+        return int(self._db.latest_sequence_number())
+
     def raw_values(self, kind: str, tenant: str) -> list[bytes]:
-        """The stored JSON of every item of a kind, in the order ``list_*`` gives them (the export reads a million
-        subscriptions this way, without building a struct for each)."""
+        """The stored JSON of every item of a kind, in the order ``list_*`` gives them.
+
+        The export reads a million subscriptions this way, without building a struct for each.
+        """
         prefix = self._key(kind, tenant)
         found = []
         for key, value in self._db.items(from_key=prefix):
