@@ -250,9 +250,7 @@ def export_invoices(store: InvoiceStore, tenants: list[str], out: Path,
         try:
             skip = given.ids if given is not None else frozenset()
             invoices, lines = [], []
-            for invoice_id, _, raw in store.statuses(tenant):
-                if invoice_id in skip:
-                    continue
+            for raw in store.stored_except(tenant, skip):
                 invoice = msgspec.json.decode(raw, type=Invoice)
                 row = msgspec.to_builtins(invoice, builtin_types=(datetime, Decimal))
                 for i, line in enumerate(row.pop("lines"), start=1):
@@ -298,10 +296,12 @@ def _write_merged(read: pa.Table, parts: list[Path], schema: pa.Schema, key: str
                     continue
                 last = table.column(key)[-1].as_py()
                 upto = bisect.bisect_right(keys, last, lo=at)
-                merged = pa.concat_tables([read.slice(at, upto - at), table]) if upto > at else table
+                merged = table
+                if upto > at:  # rows read from the store fall among this part's: merged in order
+                    merged = pa.concat_tables([read.slice(at, upto - at), table])
+                    order = [(key, "ascending")] + ([("line", "ascending")] if key == "invoice" else [])
+                    merged = merged.take(pc.sort_indices(merged, sort_keys=order))
                 at = upto
-                order = [(key, "ascending")] + ([("line", "ascending")] if key == "invoice" else [])
-                merged = merged.take(pc.sort_indices(merged, sort_keys=order))
                 writer.write_table(merged)
                 written += merged.num_rows
             if at < read.num_rows:

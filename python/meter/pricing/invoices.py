@@ -409,6 +409,15 @@ class InvoiceStore(Store):
                 return msgspec.structs.replace(invoice, id=invoice_id, reissues=reissues)
             reissues, n = invoice_id, n + 1
 
+    def stored_except(self, tenant: str, skip: frozenset[str] | set[str]) -> Iterator[bytes]:
+        """The JSON of the tenant's invoices whose ids are not in ``skip``, in id order; those are not even read."""
+        prefix = f"invoice/{tenant}/".encode()
+        for key in self._db.keys(from_key=prefix):
+            if not isinstance(key, bytes) or not key.startswith(prefix):
+                break
+            if key[len(prefix):].decode() not in skip and (value := self._db.get(key)) is not None:
+                yield value
+
     def statuses(self, tenant: str) -> Iterator[tuple[str, Status, bytes]]:
         """Every invoice of the tenant as ``(id, status, JSON)``, reading only the status of each."""
         prefix = f"invoice/{tenant}/".encode()
