@@ -1,7 +1,9 @@
 """Where an invoice run spends its time: named steps timed while a caller asks for it (the benchmark does).
 
 ``with steps.timing() as seconds:`` collects, in ``seconds``, the time of every ``with steps.step(name):`` run in
-that context (added up when a step runs more than once). Outside ``timing`` a step costs a context-variable read.
+that context (added up when a step runs more than once), and under ``<name>_cpu`` the CPU time the process spent in
+it (every thread's: on a machine shared with other work, the wall time says more about the others). Outside
+``timing`` a step costs a context-variable read.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ def step(name: str) -> Iterator[None]:
     if seconds is None:
         yield
         return
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     try:
         yield
     finally:
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - began
+        seconds[f"{name}_cpu"] = seconds.get(f"{name}_cpu", 0.0) + time.process_time() - cpu
