@@ -270,13 +270,26 @@ def invoice_period(snapshot: Snapshot, out: Path, store: InvoiceStore, month: st
     fees = [d.period for d in drafts]
     usage = [d.arrears for d in drafts if d.arrears is not None]
     fresh = None
+    entries: list[Invoice | str] = [entry[2] for entry in sorted(saved, key=lambda entry: entry[:2])]
     if batched is not None:
-        fresh = _save_batch(store, out, snapshot.tenant, batched, saved)
+        fresh, stored = _save_batch(store, out, snapshot.tenant, batched)
         fees += [cycles.Period(*batched.fees)] if batched.fees else []
         usage += [cycles.Period(*batched.usage)] if batched.usage else []
-    saved.sort(key=lambda entry: entry[:2])
-    return Priced(StoredInvoices(store, snapshot.tenant, [entry[2] for entry in saved]), errors, _span(fees),
-                  _span(usage), fresh)
+        entries = _merged(saved, stored)
+    return Priced(StoredInvoices(store, snapshot.tenant, entries), errors, _span(fees), _span(usage), fresh)
+
+
+def _merged(saved: list[tuple[int, datetime, Invoice | str]], stored: pl.DataFrame) -> list[Invoice | str]:
+    """The invoices saved one by one and the ids of those stored over whole tables, by subscription then cycle."""
+    if not saved:
+        return stored.sort("order", "period_start").get_column("stored").to_list()  # type: ignore[no-any-return]
+    ones = pl.DataFrame([(order, start, i) for i, (order, start, _) in enumerate(saved)],
+                        schema={"order": pl.UInt32, "period_start": stored.schema["period_start"], "one": pl.Int64},
+                        orient="row")
+    both = pl.concat([stored.with_columns(one=pl.lit(None, pl.Int64)), ones.with_columns(
+        stored=pl.lit(None, pl.String))], how="diagonal_relaxed").sort("order", "period_start")
+    return [saved[one][2] if one is not None else invoice_id
+            for invoice_id, one in both.select("stored", "one").iter_rows()]
 
 
 def _batched(snapshot: Snapshot, out: Path, billed: Billed, first: datetime,
@@ -303,37 +316,43 @@ def _batched(snapshot: Snapshot, out: Path, billed: Billed, first: datetime,
     return subs.filter(~plain).get_column("order"), batch
 
 
-def _save_batch(store: InvoiceStore, out: Path, tenant: str, batch: Batch,
-                saved: list[tuple[int, datetime, Invoice | str]]) -> Fresh:
+def _save_batch(store: InvoiceStore, out: Path, tenant: str, batch: Batch) -> tuple[Fresh, pl.DataFrame]:
     """Stores the batch's drafts, a chunk at a time, and keeps their export rows beside the export (``Fresh``).
 
-    Adds what was stored to ``saved``.
+    Returns those and what was stored: ``order``, ``period_start`` and ``stored`` (the id stored under).
     """
     fresh = Fresh(out / "invoices" / f"tenant={tenant}" / ".run", frozenset())
     fresh.discard()
     fresh.directory.mkdir(parents=True)
     ids: set[str] = set()
+    found = []
     for n, chunk in enumerate(batch.chunks()):
         invoices = chunk.invoices
+        bases = invoices.get_column("id").to_list()
         with step("store"):
-            stored = list(store.save_drafts(tenant, zip(invoices.get_column("id").to_list(), invoices.get_column(
-                "json").cast(pl.Binary).to_list(), strict=True), logged=False))
-        rows = invoices.drop("json").join(pl.DataFrame(
-            [(base, invoice_id) for base, invoice_id, _ in stored], schema={"id": pl.String, "stored": pl.String},
-            orient="row"), on="id", how="inner", maintain_order="left")
-        saved.extend(rows.select("order", "period_start", "stored").iter_rows())
-        # A reissue (stored under <id>-rN, with `reissues` set) is read back from the store by the export.
-        rows = rows.filter(pl.col("id") == pl.col("stored"))
-        lines = chunk.lines.join(rows.select(invoice="id"), on="invoice", how="semi", maintain_order="left")
+            stored = list(store.save_drafts(tenant, zip(bases, invoices.get_column("json").cast(pl.Binary).to_list(),
+                                                        strict=True), logged=False))
+        rows, lines = invoices.drop("json"), chunk.lines
+        if len(stored) != len(bases) or any(base != invoice_id for base, invoice_id, _ in stored):
+            # Some were finalized (skipped) or reissue a void invoice (stored under <id>-rN, `reissues` set): the
+            # export reads the reissues back from the store.
+            kept = pl.DataFrame([(base, invoice_id) for base, invoice_id, _ in stored],
+                                schema={"id": pl.String, "stored": pl.String}, orient="row")
+            rows = rows.join(kept, on="id", how="inner", maintain_order="left")
+            found.append(rows.select("order", "period_start", "stored"))
+            rows = rows.filter(pl.col("id") == pl.col("stored")).drop("stored")
+            lines = lines.join(rows.select(invoice="id"), on="invoice", how="semi", maintain_order="left")
+        else:
+            found.append(rows.select("order", "period_start", stored="id"))
         with step("invoice_parquet"):
             # Read back once, a moment later: a fast codec rather than a small file.
-            rows.drop("stored", "order").write_parquet(fresh.directory / f"{n:06d}-invoices.parquet",
-                                                       compression="lz4")
+            rows.drop("order").write_parquet(fresh.directory / f"{n:06d}-invoices.parquet", compression="lz4")
             lines.write_parquet(fresh.directory / f"{n:06d}-lines.parquet", compression="lz4")
         ids.update(rows.get_column("id").to_list())
     with step("store"):
         store.flush()
-    return Fresh(fresh.directory, frozenset(ids))
+    schema = {"order": pl.UInt32, "period_start": pl.Datetime("us", "UTC"), "stored": pl.String}
+    return Fresh(fresh.directory, frozenset(ids)), pl.concat([pl.DataFrame(schema=schema), *found])
 
 
 def upcoming_invoices(snapshot: Snapshot, out: Path, store: InvoiceStore, customer: str,
