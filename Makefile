@@ -81,8 +81,12 @@ bench-usage-json: build ## Usage answers: 88k rows as JSON (engine-encoded, and 
 bench-pricing: build ## Pricing: a month rated for 1M subscriptions x 5 usage charges from Parquet, with a read ceiling
 	$(PY) benches/bench_pricing.py
 
+.PHONY: bench-invoice-run
+bench-invoice-run: build ## The whole invoice run of a month for 1M subscriptions, built through the engine and catalog
+	$(PY) benches/bench_invoice_run.py
+
 .PHONY: bench
-bench: bench-core bench-http bench-peers bench-export bench-pricing bench-usage-json ## All benchmarks
+bench: bench-core bench-http bench-peers bench-export bench-pricing bench-invoice-run bench-usage-json ## All benchmarks
 
 .PHONY: lint
 lint: $(VENV)/.deps ## cargo fmt --check and clippy

@@ -353,8 +353,12 @@ def _normalized(frame: pl.DataFrame, column: str, scale: int) -> pl.DataFrame:
 def _detail_texts(details: pl.DataFrame, charges: pl.DataFrame, rated: pl.DataFrame,
                   tiers: pl.DataFrame) -> pl.DataFrame:
     """Per charge with details, their JSON: ``details`` as stored, ``details_plain`` with plain decimals."""
-    d = details.join(charges.select("charge", "price_row"), on="charge", maintain_order="left")
-    d = d.join(tiers, on=["price_row", "tier"], how="left", maintain_order="left")
+    if details.get_column("tier").is_not_null().any():
+        d = details.join(charges.select("charge", "price_row"), on="charge", maintain_order="left")
+        d = d.join(tiers, on=["price_row", "tier"], how="left", maintain_order="left")
+    else:
+        d = details.with_columns(tier_from=pl.lit(None, pl.String), tier_to=pl.lit(None, pl.String))
+    d = _by_value(d, "combination", {"combination_json": json_string(pl.col("combination"))})
     for name, scale in (("units", 9), ("unit_price", 11), ("subtotal", 20), ("flat_fee", 9), ("free_units", 9)):
         d = _normalized(d, name, scale)
     if d.height and d.select(pl.any_horizontal(pl.col("^.*_long$")).any()).item():
@@ -378,7 +382,7 @@ def _detail_texts(details: pl.DataFrame, charges: pl.DataFrame, rated: pl.DataFr
             pl.lit('"'), optional("tier", pl.col("tier").cast(pl.String), quoted=False),
             optional("tier_from", pl.col("tier_from")), optional("tier_to", pl.col("tier_to")),
             pl.when(pl.col("combination").is_not_null()).then(pl.concat_str(
-                pl.lit(',"combination":'), json_string(pl.col("combination")))).otherwise(pl.lit("")),
+                pl.lit(',"combination":'), "combination_json")).otherwise(pl.lit("")),
             optional("flat_fee", pl.col(f"flat_fee_{form}")), optional("free_units", pl.col(f"free_units_{form}")),
             count("raised_to_min_fee"), count("cut_to_max_fee"), pl.lit("}"))
 
@@ -408,7 +412,8 @@ def _detail_texts(details: pl.DataFrame, charges: pl.DataFrame, rated: pl.DataFr
         rows = pl.concat([rows.with_columns(last=pl.lit(False)), steps.with_columns(last=pl.lit(True))])
         rows = rows.sort("charge", "last", maintain_order=True).drop("last")
     # Most charges have one detail: only those with several are grouped (joining texts costs a copy of each).
-    several = pl.col("charge").is_duplicated()
+    charge = pl.col("charge")  # sorted: a charge's rows are adjacent
+    several = ((charge == charge.shift(1)) | (charge == charge.shift(-1))).fill_null(False)
     rows = rows.with_columns(several=several)
     single = rows.filter(~pl.col("several")).select("charge", details="json", details_plain="plain")
     grouped = rows.filter("several").set_sorted("charge").group_by("charge", maintain_order=True).agg(
