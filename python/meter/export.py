@@ -223,7 +223,8 @@ class _SubscriptionRow(msgspec.Struct):
 
 def _columns(values: list[bytes], row: type[msgspec.Struct]) -> pa.Table:
     """The rows (one stored JSON value each) as a table, columns in the struct's order; raw JSON fields as text."""
-    rows = msgspec.json.decode(b"[" + b",".join(values) + b"]", type=list[row]) if values else []
+    joined = b"[" + b",".join(values) + b"]"
+    rows = msgspec.json.decode(joined, type=list[row]) if values else []  # type: ignore[valid-type]
     columns = {}
     for name in row.__struct_fields__:
         found = [getattr(r, name) for r in rows]
@@ -278,8 +279,10 @@ def export_invoices(store: InvoiceStore, tenants: list[str], out: Path,
 
 
 def _write_merged(read: pa.Table, parts: list[Path], schema: pa.Schema, key: str, path: Path) -> int:
-    """Writes ``read`` and the ``parts`` (Parquet files), each sorted by ``key``, as one file sorted by ``key`` (then
-    line), a part at a time; returns the rows written."""
+    """Writes ``read`` and the ``parts`` (Parquet files), each sorted by ``key``, as one file; the rows written.
+
+    The file is sorted by ``key`` (then line), as the store keeps the invoices, and written a part at a time.
+    """
     if not parts:
         order = [(key, "ascending")] + ([("line", "ascending")] if key == "invoice" else [])
         return write_atomically(read.take(pc.sort_indices(read, sort_keys=order)) if read.num_rows else read, path)

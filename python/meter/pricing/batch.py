@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -204,8 +204,9 @@ def _drafts(subs: pl.DataFrame, month: datetime, after: datetime) -> pl.DataFram
                          "p_start": period.start, "p_end": period.end, "q_start": previous.start,
                          "q_end": previous.end, "label": f"{period.start.astimezone(zone):%Y-%m}",
                          "q_label": f"{previous.start.astimezone(zone):%Y-%m}"})
-    schema = {"timezone": pl.String, "cycle": pl.String, "anchor": pl.String, "anchor_start": _UTC, "p_start": _UTC,
-              "p_end": _UTC, "q_start": _UTC, "q_end": _UTC, "label": pl.String, "q_label": pl.String}
+    schema: dict[str, Any] = {
+        "timezone": pl.String, "cycle": pl.String, "anchor": pl.String, "anchor_start": _UTC, "p_start": _UTC,
+        "p_end": _UTC, "q_start": _UTC, "q_end": _UTC, "label": pl.String, "q_label": pl.String}
     periods = pl.DataFrame(rows, schema=schema, orient="row")
     drafts = subs.join(periods, on=["timezone", "cycle", "anchor", "anchor_start"], how="inner", nulls_equal=True)
     # In the order of the invoices' ids (the store's order, which the export keeps), numbered in that order.
@@ -262,11 +263,12 @@ def _prices(snapshot: Snapshot) -> pl.DataFrame:
                 "event_type_inner": _json(event_type)[1:-1],
                 "dimensions": price.matrix.dimensions if price.matrix else None,
                 "per_event": price.percentage is not None and price.percentage.per == "event"})
-    schema = {"plan": pl.String, "version": pl.Int64, "pos": pl.UInt32, "price": pl.String, "model": pl.String,
-              "meter": pl.String, "flat": pl.Boolean, "in_advance": pl.Boolean, "price_key": pl.String,
-              "what": pl.String, "event_type": pl.String, "price_json": pl.String, "price_inner": pl.String,
-              "what_inner": pl.String, "meter_json": pl.String, "model_json": pl.String,
-              "event_type_inner": pl.String, "dimensions": pl.List(pl.String), "per_event": pl.Boolean}
+    schema: dict[str, Any] = {
+        "plan": pl.String, "version": pl.Int64, "pos": pl.UInt32, "price": pl.String, "model": pl.String,
+        "meter": pl.String, "flat": pl.Boolean, "in_advance": pl.Boolean, "price_key": pl.String,
+        "what": pl.String, "event_type": pl.String, "price_json": pl.String, "price_inner": pl.String,
+        "what_inner": pl.String, "meter_json": pl.String, "model_json": pl.String,
+        "event_type_inner": pl.String, "dimensions": pl.List(pl.String), "per_event": pl.Boolean}
     return pl.DataFrame(rows, schema=schema, orient="row").with_row_index("price_row")
 
 
@@ -530,7 +532,7 @@ def _discount_lines(subs: pl.DataFrame, drafts: pl.DataFrame, lines: pl.DataFram
         return pl.DataFrame()
     taken = pl.DataFrame(schema={"draft": pl.UInt32, "taken": pl.Int128})
     found = []
-    for rank in range(active.get_column("rank").max() + 1):  # type: ignore[operator]
+    for rank in range(int(cast(int, active.get_column("rank").max())) + 1):
         rows = active.filter(pl.col("rank") == rank).join(taken, on="draft", how="left")
         base = pl.when(pl.col("d_price").is_null()).then(
             pl.col("everything") + pl.col("taken").fill_null(0)).otherwise(pl.col("of_price").fill_null(0))

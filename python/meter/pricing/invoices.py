@@ -369,11 +369,12 @@ class InvoiceStore(Store):
         if logged:
             options.sync = True
         else:  # the caller flushes them (see flush): a million drafts are then written once, not twice
-            options.disable_wal = True
+            options.disable_wal = True  # type: ignore[method-assign,assignment]  # a property, not the stub's method
         pending = iter(drafts)
         while part := list(islice(pending, chunk)):
             with self.lock(tenant):
-                stored = self._db.get([f"invoice/{tenant}/{invoice_id}".encode() for invoice_id, _ in part])
+                stored: list[bytes | None] = self._db.get(  # type: ignore[assignment]  # a list for a list of keys
+                    [f"invoice/{tenant}/{i}".encode() for i, _ in part])
                 batch, saved = WriteBatch(), []
                 for (base, value), raw in zip(part, stored, strict=True):
                     invoice_id = base

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -282,10 +282,9 @@ def invoice_period(snapshot: Snapshot, out: Path, store: InvoiceStore, month: st
 def _merged(saved: list[tuple[int, datetime, Invoice | str]], stored: pl.DataFrame) -> list[Invoice | str]:
     """The invoices saved one by one and the ids of those stored over whole tables, by subscription then cycle."""
     if not saved:
-        return stored.sort("order", "period_start").get_column("stored").to_list()  # type: ignore[no-any-return]
-    ones = pl.DataFrame([(order, start, i) for i, (order, start, _) in enumerate(saved)],
-                        schema={"order": pl.UInt32, "period_start": stored.schema["period_start"], "one": pl.Int64},
-                        orient="row")
+        return stored.sort("order", "period_start").get_column("stored").to_list()
+    schema: dict[str, Any] = {"order": pl.UInt32, "period_start": stored.schema["period_start"], "one": pl.Int64}
+    ones = pl.DataFrame([(order, start, i) for i, (order, start, _) in enumerate(saved)], schema=schema, orient="row")
     both = pl.concat([stored.with_columns(one=pl.lit(None, pl.Int64)), ones.with_columns(
         stored=pl.lit(None, pl.String))], how="diagonal_relaxed").sort("order", "period_start")
     return [saved[one][2] if one is not None else invoice_id
@@ -351,7 +350,7 @@ def _save_batch(store: InvoiceStore, out: Path, tenant: str, batch: Batch) -> tu
         ids.update(rows.get_column("id").to_list())
     with step("store"):
         store.flush()
-    schema = {"order": pl.UInt32, "period_start": pl.Datetime("us", "UTC"), "stored": pl.String}
+    schema: dict[str, Any] = {"order": pl.UInt32, "period_start": pl.Datetime("us", "UTC"), "stored": pl.String}
     return Fresh(fresh.directory, frozenset(ids)), pl.concat([pl.DataFrame(schema=schema), *found])
 
 
