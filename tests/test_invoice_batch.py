@@ -142,6 +142,7 @@ def test_the_columnar_run_stores_and_exports_what_the_per_subscription_run_does(
         tenant: Any, month: str, monkeypatch: pytest.MonkeyPatch) -> None:
     tmp, out = tenant
     monkeypatch.setattr(batch, "CHUNK", 37)  # several chunks, merged with the invoices read from the store
+    monkeypatch.setattr(batch, "RATE_SLICE", 101)  # and several slices rated
     snapshot = load_snapshot(out, T)
     stores, exports, errors = {}, {}, {}
     for way in ("columnar", "one_by_one"):

@@ -36,7 +36,7 @@ from meter.engine import Engine
 from meter.schemas import MeterSpec
 from meter.pricing.invoices import Fresh, Invoice, InvoiceStore
 
-__all__ = ["ExportSummary", "export_catalog", "export_events", "export_invoices", "export_usage"]
+__all__ = ["ExportSummary", "FreshWriter", "export_catalog", "export_events", "export_invoices", "export_usage"]
 
 _DAY = timedelta(days=1)
 
@@ -259,13 +259,12 @@ def export_invoices(store: InvoiceStore, tenants: list[str], out: Path,
                     line["corrects"] = ", ".join(line.get("corrects", [])) or None
                     lines.append({"invoice": invoice.id, "number": invoice.number, "line": i, **line})
                 invoices.append(row)
-            parts = given.parts() if given is not None else []
-            # In the store's order (by id): the parts and what was read are each in that order, and merged.
-            for name, rows, schema, index in (("invoices", invoices, _INVOICE_SCHEMA, 0),
-                                              ("invoice_lines", lines, _LINE_SCHEMA, 1)):
+            # In the store's order (by id): the given rows and what was read are each in that order, and merged.
+            for name, rows, schema, key in (("invoices", invoices, _INVOICE_SCHEMA, "id"),
+                                            ("invoice_lines", lines, _LINE_SCHEMA, "invoice")):
                 read = pa.Table.from_pylist(rows, schema=schema)
-                summary.rows += _write_merged(read, [part[index] for part in parts], schema,
-                                              "id" if index == 0 else "invoice", base / f"{name}.parquet")
+                written = given.directory / f"{name}.parquet" if given is not None else None
+                summary.rows += _write_merged(read, written, schema, key, base / f"{name}.parquet")
                 summary.files += 1
         finally:
             if given is not None:
@@ -278,41 +277,66 @@ def export_invoices(store: InvoiceStore, tenants: list[str], out: Path,
     return summary
 
 
-def _write_merged(read: pa.Table, parts: list[Path], schema: pa.Schema, key: str, path: Path) -> int:
-    """Writes ``read`` and the ``parts`` (Parquet files), each sorted by ``key``, as one file; the rows written.
+def _write_merged(read: pa.Table, given: Path | None, schema: pa.Schema, key: str, path: Path) -> int:
+    """Writes ``read`` and the rows of the file ``given``, each sorted by ``key``, as one file; the rows written.
 
-    The file is sorted by ``key`` (then line), as the store keeps the invoices, and written a part at a time.
+    The file is sorted by ``key`` (then line), as the store keeps the invoices. ``given`` alone is moved into place;
+    otherwise the two are merged a row group of ``given`` at a time.
     """
-    if not parts:
-        order = [(key, "ascending")] + ([("line", "ascending")] if key == "invoice" else [])
+    order = [(key, "ascending")] + ([("line", "ascending")] if key == "invoice" else [])
+    if given is None:
         return write_atomically(read.take(pc.sort_indices(read, sort_keys=order)) if read.num_rows else read, path)
+    rows = pq.ParquetFile(given).metadata.num_rows
+    if read.num_rows == 0:
+        _replace(path, lambda tmp: os.replace(given, tmp))
+        return int(rows)
     keys = read.column(key).to_pylist()
     written = 0
 
     def write(tmp: Path) -> None:
         nonlocal written
         at = 0
+        source = pq.ParquetFile(given)
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for part in parts:
-                table = pq.read_table(part).select(schema.names).cast(schema)
+            for group in range(source.num_row_groups):
+                table = source.read_row_group(group).cast(schema)
                 if table.num_rows == 0:
                     continue
-                last = table.column(key)[-1].as_py()
-                upto = bisect.bisect_right(keys, last, lo=at)
-                merged = table
-                if upto > at:  # rows read from the store fall among this part's: merged in order
-                    merged = pa.concat_tables([read.slice(at, upto - at), table])
-                    order = [(key, "ascending")] + ([("line", "ascending")] if key == "invoice" else [])
-                    merged = merged.take(pc.sort_indices(merged, sort_keys=order))
+                upto = bisect.bisect_right(keys, table.column(key)[-1].as_py(), lo=at)
+                if upto > at:  # rows read from the store fall among these: merged in order
+                    table = pa.concat_tables([read.slice(at, upto - at), table])
+                    table = table.take(pc.sort_indices(table, sort_keys=order))
                 at = upto
-                writer.write_table(merged)
-                written += merged.num_rows
+                writer.write_table(table)
+                written += table.num_rows
             if at < read.num_rows:
                 writer.write_table(read.slice(at))
                 written += read.num_rows - at
 
     _replace(path, write)
     return written
+
+
+class FreshWriter:
+    """Writes an invoice run's rows for the invoices export as it stores them (see ``Fresh``), a chunk at a time."""
+
+    def __init__(self, directory: Path) -> None:
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        self.directory, self.ids = directory, set()
+        self._invoices = pq.ParquetWriter(directory / "invoices.parquet", _INVOICE_SCHEMA, compression="zstd")
+        self._lines = pq.ParquetWriter(directory / "invoice_lines.parquet", _LINE_SCHEMA, compression="zstd")
+
+    def write(self, invoices: pa.Table, lines: pa.Table) -> None:
+        """Rows in the export's columns, after those written before in the order of the ids."""
+        self._invoices.write_table(invoices.select(_INVOICE_SCHEMA.names).cast(_INVOICE_SCHEMA))
+        self._lines.write_table(lines.select(_LINE_SCHEMA.names).cast(_LINE_SCHEMA))
+        self.ids.update(invoices.column("id").to_pylist())
+
+    def close(self) -> Fresh:
+        self._invoices.close()
+        self._lines.close()
+        return Fresh(self.directory, frozenset(self.ids))
 
 
 _MONEY = pa.decimal128(38, 9)

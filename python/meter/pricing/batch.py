@@ -53,6 +53,8 @@ __all__ = ["Batch", "Chunk", "NotPlain", "invoice_batch", "plain_subscriptions"]
 _UTC = pl.Datetime("us", "UTC")
 #: Drafts written at a time: their texts (about 5 kB an invoice) are most of the memory a run takes.
 CHUNK = 25_000
+#: Charges rated at a time.
+RATE_SLICE = 1_500_000
 #: Ids written between single quotes by ``repr`` as they are (the ``events`` text quotes the customer with repr).
 _REPR_SAFE = r"^[ !#-&(-\[\]-~]*$"
 
@@ -304,37 +306,45 @@ def _charges(drafts: pl.DataFrame, prices: pl.DataFrame) -> pl.DataFrame:
 
 def _rate(snapshot: Snapshot, out: Path, charges: pl.DataFrame, drafts: pl.DataFrame,
           prices: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The rated lines (one per charge, in charge order) and their details (sorted by charge)."""
-    used = set(prices.join(charges.select("price_row").unique(), on="price_row").get_column("price_key").to_list())
-    objects: dict[str, Price] = {}
-    with trusted():  # rating's own keys (plan/version/price) as ids, as the per-subscription path does
-        for (plan, version), found in snapshot.prices.items():
-            for price in found:
-                key = f"{plan}/{version}/{price.id}"
-                if key in used:
-                    objects[key] = msgspec.structs.replace(price, id=key)
-    attributes = prices.select("price_row", "price_key", "meter", "dimensions", "per_event")
-    frame = charges.select("charge", "price_row", "proration").join(attributes, on="price_row", maintain_order="left")
-    usage = (charges.select("charge", "draft", "price_row", "s_start", "s_end")
-             .join(attributes.filter(pl.col("meter").is_not_null()), on="price_row", maintain_order="left")
-             .join(drafts.select("draft", "customer"), on="draft", maintain_order="left"))
-    requests = usage.select(charge=pl.col("charge").cast(pl.Int64), customer="customer", meter="meter",
-                            dimensions="dimensions", **{"from": "s_start", "to": "s_end"})
+    """The rated lines (one per charge, in charge order) and their details (sorted by charge).
+
+    Rated :data:`RATE_SLICE` charges at a time: rating's intermediate columns are the peak of a run's memory, and a
+    slice's cost only a pass over the period's usage files.
+    """
+    found = {(plan, version, price.id): price for (plan, version), every in snapshot.prices.items() for price in every}
+    used = prices.join(charges.select("price_row").unique(), on="price_row")
+    with trusted():  # rating's own keys as ids (short: one per charge), as the per-subscription path does
+        objects = [msgspec.structs.replace(found[(plan, version, price_id)], id=f"p{row}") for row, plan, version,
+                   price_id in used.select("price_row", "plan", "version", "price").iter_rows()]
+    table = price_frame(objects)
+    attributes = prices.select("price_row", "meter", "dimensions", "per_event")
     aggregations = {slug: spec.aggregation for slug, spec in snapshot.meters.items()}
-    per_event = usage.get_column("per_event")
-    with step("quantities"):
-        quantities = period_quantities(out, snapshot.tenant, requests.filter(~per_event), aggregations)
-        amounts = event_amounts(out, snapshot.tenant, requests.filter(per_event), snapshot.meters)
-    with step("rating"):
-        result = rate(frame.select(charge=pl.col("charge").cast(pl.Int64), price_id="price_key",
-                                   proration="proration"),
-                      price_frame(objects.values()), quantities.select("charge", "quantity", "combination"), amounts)
-    with step("assembly"):
-        lines = result.lines.select("currency", "amount", "quantity", "subtotal", "amount_exact", "minimum_applied",
-                                    "maximum_applied")
-        details = result.details.with_columns(pl.col("charge").cast(pl.UInt32)).with_row_index("seq")
-        details = details.sort("charge", "seq").drop("seq")
-    return lines, details
+    lines, details = [], []
+    for start in range(0, charges.height, RATE_SLICE):
+        part = charges.slice(start, RATE_SLICE)
+        usage = (part.select("charge", "draft", "price_row", "s_start", "s_end")
+                 .join(attributes.filter(pl.col("meter").is_not_null()), on="price_row", maintain_order="left")
+                 .join(drafts.select("draft", "customer"), on="draft", maintain_order="left"))
+        requests = usage.select(charge=pl.col("charge").cast(pl.Int64), customer="customer", meter="meter",
+                                dimensions="dimensions", **{"from": "s_start", "to": "s_end"})
+        per_event = usage.get_column("per_event")
+        del usage
+        with step("quantities"):
+            quantities = period_quantities(out, snapshot.tenant, requests.filter(~per_event), aggregations)
+            amounts = event_amounts(out, snapshot.tenant, requests.filter(per_event), snapshot.meters)
+        del requests
+        with step("rating"):
+            result = rate(part.select(charge=pl.col("charge").cast(pl.Int64),
+                                      price_id=pl.format("p{}", pl.col("price_row")), proration="proration"),
+                          table, quantities.select("charge", "quantity", "combination"), amounts)
+        del quantities, amounts
+        with step("assembly"):
+            lines.append(result.lines.select("currency", "amount", "quantity", "subtotal", "amount_exact",
+                                             "minimum_applied", "maximum_applied"))
+            found_details = result.details.with_columns(pl.col("charge").cast(pl.UInt32)).with_row_index("seq")
+            details.append(found_details.sort("charge", "seq").drop("seq"))
+        del result
+    return pl.concat(lines), pl.concat(details)
 
 
 # ------------------------------------------------------------------------------------------------------ the texts

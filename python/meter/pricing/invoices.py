@@ -181,18 +181,14 @@ class StoredInvoices(Sequence[Invoice]):
 class Fresh:
     """Rows of the invoices export for invoices just written, so that the export need not decode them from the store.
 
-    ``directory`` holds them as pairs of Parquet files, ``<n>-invoices.parquet`` and ``<n>-lines.parquet`` (in the
-    export's schemas), each pair for a range of ids and the pairs in the order of the ids (the store's); ``ids`` are
-    the invoices they hold. :func:`meter.export.export_invoices` merges them with what it reads from the store, and
+    ``directory`` holds them as ``invoices.parquet`` and ``invoice_lines.parquet``, in the export's schemas and in
+    the order of the ids (the store's), a row group per chunk written; ``ids`` are the invoices they hold.
+    :func:`meter.export.export_invoices` moves them into place, or merges them with what it reads from the store, and
     removes the directory (so does :meth:`discard` when they are not used).
     """
 
     directory: Path
     ids: frozenset[str]
-
-    def parts(self) -> builtins.list[tuple[Path, Path]]:
-        invoices = sorted(self.directory.glob("*-invoices.parquet"))
-        return [(path, path.with_name(path.name.replace("-invoices", "-lines"))) for path in invoices]
 
     def discard(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

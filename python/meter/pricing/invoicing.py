@@ -320,12 +320,11 @@ def _save_batch(store: InvoiceStore, out: Path, tenant: str, batch: Batch) -> tu
 
     Returns those and what was stored: ``order``, ``period_start`` and ``stored`` (the id stored under).
     """
-    fresh = Fresh(out / "invoices" / f"tenant={tenant}" / ".run", frozenset())
-    fresh.discard()
-    fresh.directory.mkdir(parents=True)
-    ids: set[str] = set()
+    from meter.export import FreshWriter  # meter.export imports the invoices module, which this one uses
+
+    writer = FreshWriter(out / "invoices" / f"tenant={tenant}" / ".run")
     found = []
-    for n, chunk in enumerate(batch.chunks()):
+    for chunk in batch.chunks():
         invoices = chunk.invoices
         bases = invoices.get_column("id").to_list()
         with step("store"):
@@ -344,14 +343,13 @@ def _save_batch(store: InvoiceStore, out: Path, tenant: str, batch: Batch) -> tu
         else:
             found.append(rows.select("order", "period_start", stored="id"))
         with step("invoice_parquet"):
-            # Read back once, a moment later: a fast codec rather than a small file.
-            rows.drop("order").write_parquet(fresh.directory / f"{n:06d}-invoices.parquet", compression="lz4")
-            lines.write_parquet(fresh.directory / f"{n:06d}-lines.parquet", compression="lz4")
-        ids.update(rows.get_column("id").to_list())
+            writer.write(rows.to_arrow(), lines.to_arrow())
     with step("store"):
         store.flush()
     schema: dict[str, Any] = {"order": pl.UInt32, "period_start": pl.Datetime("us", "UTC"), "stored": pl.String}
-    return Fresh(fresh.directory, frozenset(ids)), pl.concat([pl.DataFrame(schema=schema), *found])
+    with step("invoice_parquet"):
+        fresh = writer.close()
+    return fresh, pl.concat([pl.DataFrame(schema=schema), *found])
 
 
 def upcoming_invoices(snapshot: Snapshot, out: Path, store: InvoiceStore, customer: str,
