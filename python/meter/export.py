@@ -75,7 +75,7 @@ def export_usage(engine: Engine, tenants: list[str], out: Path,
                     summary.unchanged += 1
                     continue
                 changed.append((day, path))
-            for day, path, rows in _write_days(engine, tenant, meter.slug, changed):
+            for day, _, rows in _write_days(engine, tenant, meter.slug, changed):
                 summary.files += 1
                 summary.rows += rows
                 if progress:

@@ -37,7 +37,6 @@ import msgspec
 import polars as pl
 
 from meter.catalog.billing import Subscription
-from meter.catalog.prices import Price
 from meter.catalog.types import trusted
 from meter.pricing import cycles
 from meter.pricing.charges import price_frame
