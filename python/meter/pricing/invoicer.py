@@ -79,7 +79,8 @@ class Invoicer:
         """Issues the threshold invoices due at ``as_of``; ``period`` in the answer is the month of ``as_of``."""
         with self.lock:
             snapshot = self._snapshot(tenant)
-            if not any(s.threshold is not None for s in snapshot.subscriptions):
+            table = snapshot.subscription_table  # not a million subscription objects on every scheduled export
+            if "threshold" not in table.columns or not table.get_column("threshold").is_not_null().any():
                 return InvoiceRun(period=f"{as_of:%Y-%m}", invoices=[])
             priced = bill_thresholds(snapshot, self.out, self.store, as_of)
             warnings = self._export_invoices(tenant) if priced.invoices else []
