@@ -361,13 +361,14 @@ def upcoming_invoices(snapshot: Snapshot, out: Path, store: InvoiceStore, custom
     """
     billed = Billed.of(store, snapshot.tenant)
     drafts = []
-    for sub in snapshot.subscriptions:
-        if sub.customer != customer:
-            continue
+    table = snapshot.subscription_table
+    rows = (table.with_row_index("_row").filter(pl.col("customer") == customer).get_column("_row") if table.height
+            else pl.Series(dtype=pl.UInt32))
+    for sub in snapshot.subscriptions_of(rows):  # the customer's, not a million subscription objects
         tz = _tz(snapshot, sub)
         current = cycles.cycle_containing(sub, tz, as_of)
         drafts.append(_cycle_draft(snapshot, sub, cycles.cycle_containing(sub, tz, current.end), billed))
-    if not drafts and customer not in snapshot.customers:
+    if not drafts and snapshot.customer(customer) is None:
         raise NotFound(f"customer {customer!r} was not found; create it with POST /v1/customers", "not_found")
     return [invoice for invoice in _price(snapshot, out, drafts, billed) if invoice.lines]
 
@@ -418,7 +419,7 @@ def _span(periods: list[cycles.Period]) -> ServicePeriod | None:
 
 
 def _tz(snapshot: Snapshot, sub: Subscription) -> str:
-    customer = snapshot.customers.get(sub.customer)
+    customer = snapshot.customer(sub.customer)
     if customer is None:
         raise InvalidInput(f"subscription {sub.id!r}: customer {sub.customer!r} is not in the catalog snapshot",
                            code="invalid_catalog")
@@ -677,7 +678,9 @@ def _normal(value: Decimal | None) -> Decimal | None:
 
 
 def _assemble(snapshot: Snapshot, draft: _Draft, rated: list[tuple[_Charge, _Rating]], billed: Billed) -> Invoice:
-    sub, currency = draft.sub, snapshot.customers[draft.sub.customer].currency
+    customer = snapshot.customer(draft.sub.customer)
+    assert customer is not None  # _tz found it when the draft was made
+    sub, currency = draft.sub, customer.currency
 
     def money(amount: Decimal) -> Decimal:
         return round_to_minor_unit(amount, currency)

@@ -48,6 +48,22 @@ class Snapshot:
     def customers(self) -> dict[str, Customer]:
         return {c.id: c for c in _customers(self.customer_table)}
 
+    def customer(self, customer_id: str) -> Customer | None:
+        """One customer, built when first asked for (not the million others)."""
+        if customer_id not in self._found:
+            row = self._customer_rows.get(customer_id)
+            self._found[customer_id] = None if row is None else _customers(self.customer_table[row:row + 1])[0]
+        return self._found[customer_id]
+
+    @cached_property
+    def _customer_rows(self) -> dict[str, int]:
+        ids = self.customer_table.get_column("id").to_list() if self.customer_table.height else []
+        return {customer_id: row for row, customer_id in enumerate(ids)}
+
+    @cached_property
+    def _found(self) -> dict[str, Customer | None]:
+        return {}
+
     @cached_property
     def subscriptions(self) -> list[Subscription]:
         return _subscriptions(self.subscription_table)
