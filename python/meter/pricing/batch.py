@@ -25,6 +25,7 @@ subscriptions the per-subscription way. ``tests/test_invoice_batch.py`` holds th
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,6 +39,7 @@ import polars as pl
 
 from meter.catalog.billing import Subscription
 from meter.catalog.types import trusted
+from meter.exceptions import MeterError
 from meter.pricing import cycles
 from meter.pricing.charges import price_frame
 from meter.pricing.money import MAX_MINOR_UNITS, minor_units_expr
@@ -47,7 +49,7 @@ from meter.pricing.steps import step
 from meter.pricing.text import fixed_text, iso_text, json_string, time_text, with_normalized
 from meter.pricing.usage import event_amounts, period_quantities
 
-__all__ = ["Batch", "Chunk", "NotPlain", "invoice_batch", "plain_subscriptions"]
+__all__ = ["Batch", "Chunk", "NotPlain", "Refused", "invoice_batch", "plain_subscriptions"]
 
 _UTC = pl.Datetime("us", "UTC")
 #: Drafts written at a time: their texts (about 5 kB an invoice) are most of the memory a run takes.
@@ -60,6 +62,17 @@ _REPR_SAFE = r"^[ !#-&(-\[\]-~]*$"
 
 class NotPlain(Exception):  # noqa: N818 - a signal to the caller, not an error of the input
     """A value the columnar texts cannot write as the per-subscription path does: invoice those the other way."""
+
+
+class Refused(Exception):  # noqa: N818 - a signal to the caller: leave this subscription out
+    """Rating refused a charge of ``subscription`` (unpriced usage, say).
+
+    Invoice it the per-subscription way, which reports why, and the others over whole tables.
+    """
+
+    def __init__(self, subscription: str, error: MeterError) -> None:
+        super().__init__(f"subscription {subscription!r}: {error.message}")
+        self.subscription = subscription
 
 
 def plain_subscriptions(subs: pl.DataFrame) -> pl.Series:
@@ -328,14 +341,22 @@ def _rate(snapshot: Snapshot, out: Path, charges: pl.DataFrame, drafts: pl.DataF
                                 dimensions="dimensions", **{"from": "s_start", "to": "s_end"})
         per_event = usage.get_column("per_event")
         del usage
-        with step("quantities"):
-            quantities = period_quantities(out, snapshot.tenant, requests.filter(~per_event), aggregations)
-            amounts = event_amounts(out, snapshot.tenant, requests.filter(per_event), snapshot.meters)
-        del requests
-        with step("rating"):
-            result = rate(part.select(charge=pl.col("charge").cast(pl.Int64),
-                                      price_id=pl.format("p{}", pl.col("price_row")), proration="proration"),
-                          table, quantities.select("charge", "quantity", "combination"), amounts)
+        try:
+            with step("quantities"):
+                quantities = period_quantities(out, snapshot.tenant, requests.filter(~per_event), aggregations)
+                amounts = event_amounts(out, snapshot.tenant, requests.filter(per_event), snapshot.meters)
+            del requests
+            with step("rating"):
+                result = rate(part.select(charge=pl.col("charge").cast(pl.Int64),
+                                          price_id=pl.format("p{}", pl.col("price_row")), proration="proration"),
+                              table, quantities.select("charge", "quantity", "combination"), amounts)
+        except MeterError as e:
+            # Rating names the charge it refuses (`charge 123`): its subscription is left to the other path.
+            named = re.search(r"\bcharge (\d+)\b", e.message)
+            if named is None or int(named[1]) >= charges.height:
+                raise
+            draft = charges.get_column("draft")[int(named[1])]
+            raise Refused(drafts.get_column("id")[draft], e) from e
         del quantities, amounts
         with step("assembly"):
             lines.append(result.lines.select("currency", "amount", "quantity", "subtotal", "amount_exact",
