@@ -12,15 +12,19 @@ no more decimals than the currency, and ids that the texts below can write witho
   :func:`meter.pricing.cycles.segments`, per distinct clipped span (a cycle covered throughout: 1 and no note);
 - **charges**: the fees in advance of the cycle, then the flat fees in arrears and usage of the previous cycle, in the
   order of the version's prices, with the keys and descriptions the per-subscription path gives them;
-- **rating**: one call of :func:`meter.pricing.rating.rate` for all of them;
+- **rating**: :func:`meter.pricing.rating.rate`, :data:`RATE_SLICE` charges at a time (its intermediate columns are
+  the peak of a run's memory);
+- **discounts**: on one price's lines, then on the invoice, rank by rank (an invoice discount's base includes the
+  discounts before it), rounded half to even as ``invoicing._discount_lines`` does;
 - **lines and invoices**: each line's amount is its rated amount rounded to the minor unit (nothing was billed
-  before), the subtotal and total their sum; written as the JSON that ``msgspec.json.encode`` gives the
-  per-subscription :class:`~meter.pricing.invoices.Invoice` (see :mod:`meter.pricing.text`), and as the rows of the
-  invoices export.
+  before), the subtotal and total their sum; written, :data:`CHUNK` drafts at a time and in the order of their ids,
+  as the JSON that ``msgspec.json.encode`` gives the per-subscription :class:`~meter.pricing.invoices.Invoice` (see
+  :mod:`meter.pricing.text`), and as the rows of the invoices export.
 
 Anything this module cannot write exactly as the per-subscription path would (a decimal whose coefficient has more
 than 28 digits, which ``Decimal.normalize`` would round) raises :class:`NotPlain`, and the caller invoices those
-subscriptions the per-subscription way. ``tests/test_invoice_batch.py`` holds the two paths to the same bytes.
+subscriptions the per-subscription way; a charge that rating refuses raises :class:`Refused`, and the caller leaves
+its subscription to that path. ``tests/test_invoice_batch.py`` holds the two paths to the same bytes.
 """
 
 from __future__ import annotations
