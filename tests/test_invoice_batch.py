@@ -175,3 +175,36 @@ def test_the_columnar_run_stores_and_exports_what_the_per_subscription_run_does(
         assert stores["columnar"][key] == value, key
     for name, table in exports["one_by_one"].items():
         assert exports["columnar"][name].equals(table), name
+
+
+def test_a_chunk_the_columnar_texts_cannot_write_goes_one_by_one(tenant: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chunk whose texts cannot be written exactly is invoiced the per-subscription way.
+
+    (NotPlain: a decimal of more than 28 digits, say.) The rest of the run stays columnar; the invoices are the same.
+    """
+    tmp, out = tenant
+    monkeypatch.setattr(batch, "CHUNK", 37)
+    snapshot = load_snapshot(out, T)
+    chunk = batch._chunk
+
+    def refuse(tenant_id: str, drafts: Any, *args: Any) -> Any:
+        if "s040" in drafts.get_column("id").to_list():
+            raise batch.NotPlain("as if a detail had 29 digits")
+        return chunk(tenant_id, drafts, *args)
+
+    stores = {}
+    for way in ("refused", "one_by_one"):
+        if way == "refused":
+            monkeypatch.setattr(batch, "_chunk", refuse)
+        else:
+            one_by_one(monkeypatch)
+        store = InvoiceStore(tmp / f"invoices-{way}-refused")
+        priced = invoicing.invoice_period(snapshot, out, store, "2026-11")
+        if way == "refused":
+            assert priced.fresh is not None and 50 < len(priced.fresh.ids), "the other chunks stay columnar"
+            assert not any(i.startswith("s040-") for i in priced.fresh.ids), "s040 went one by one"
+            export_invoices(store, [T], tmp / "export-refused", {T: priced.fresh})
+        stores[way] = dict(store._db.items())
+        store.close()
+    assert stores["refused"] == stores["one_by_one"]
+    assert any(key.startswith(b"invoice/acme/s040-") for key in stores["refused"])

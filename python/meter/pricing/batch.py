@@ -164,6 +164,8 @@ class Chunk:
 
     invoices: pl.DataFrame
     lines: pl.DataFrame
+    #: The subscriptions of drafts these texts cannot write exactly (see :class:`NotPlain`): none written here.
+    refused: tuple[str, ...] = ()
 
 
 class Batch:
@@ -188,10 +190,15 @@ class Batch:
             hi = min(lo + size, self.drafts.height)
             c_lo, c_hi = (int(i) for i in charge_draft.search_sorted(pl.Series([lo, hi], dtype=pl.UInt32)))
             d_lo, d_hi = (int(i) for i in detail_charge.search_sorted(pl.Series([c_lo, c_hi], dtype=pl.UInt32)))
-            with step("assembly"):
-                chunk = _chunk(self.tenant, self.drafts.slice(lo, hi - lo), self.prices, self.tiers,
-                               self.charges.slice(c_lo, c_hi - c_lo), self.rated.slice(c_lo, c_hi - c_lo),
-                               self.details.slice(d_lo, d_hi - d_lo), self.discounts)
+            drafts = self.drafts.slice(lo, hi - lo)
+            try:
+                with step("assembly"):
+                    chunk = _chunk(self.tenant, drafts, self.prices, self.tiers, self.charges.slice(c_lo, c_hi - c_lo),
+                                   self.rated.slice(c_lo, c_hi - c_lo), self.details.slice(d_lo, d_hi - d_lo),
+                                   self.discounts)
+            except NotPlain:
+                empty = pl.DataFrame()
+                chunk = Chunk(empty, empty, refused=tuple(drafts.get_column("id").unique().to_list()))
             yield chunk
 
 

@@ -235,6 +235,12 @@ def invoice_period(snapshot: Snapshot, out: Path, store: InvoiceStore, month: st
     with step("billed"):
         billed = Billed.of(store, snapshot.tenant)
     rows, batched = _batched(snapshot, out, billed, first, after)
+    fresh, stored = None, None
+    if batched is not None:
+        fresh, stored, left = _save_batch(store, out, snapshot.tenant, batched)
+        if left:  # drafts the columnar texts could not write: those subscriptions go one by one
+            table = snapshot.subscription_table.with_row_index("_row")
+            rows = pl.concat([rows, table.filter(pl.col("id").is_in(list(left))).get_column("_row")]).sort()
     drafts, errors = [], []
     with step("one_by_one"):
         slow = snapshot.subscriptions_of(rows)
@@ -271,10 +277,8 @@ def invoice_period(snapshot: Snapshot, out: Path, store: InvoiceStore, month: st
             saved.append((order[draft.subscription], draft.period_start, draft))
     fees = [d.period for d in drafts]
     usage = [d.arrears for d in drafts if d.arrears is not None]
-    fresh = None
     entries: list[Invoice | str] = [entry[2] for entry in sorted(saved, key=lambda entry: entry[:2])]
-    if batched is not None:
-        fresh, stored = _save_batch(store, out, snapshot.tenant, batched)
+    if batched is not None and stored is not None:
         fees += [cycles.Period(*batched.fees)] if batched.fees else []
         usage += [cycles.Period(*batched.usage)] if batched.usage else []
         entries = _merged(saved, stored)
@@ -325,41 +329,53 @@ def _batched(snapshot: Snapshot, out: Path, billed: Billed, first: datetime,
     return everyone, None
 
 
-def _save_batch(store: InvoiceStore, out: Path, tenant: str, batch: Batch) -> tuple[Fresh, pl.DataFrame]:
-    """Stores the batch's drafts, a chunk at a time, and keeps their export rows beside the export (``Fresh``).
+def _save_batch(store: InvoiceStore, out: Path, tenant: str,
+                batch: Batch) -> tuple[Fresh, pl.DataFrame, set[str]]:
+    """Stores the batch's drafts, a chunk at a time, and writes their export rows beside the export (``Fresh``).
 
-    Returns those and what was stored: ``order``, ``period_start`` and ``stored`` (the id stored under).
+    Returns those, what was stored (``order``, ``period_start`` and ``stored``, the id stored under) and the
+    subscriptions whose drafts the columnar texts could not write (for the per-subscription path). The drafts skip
+    the write-ahead log and are made durable by one flush at the end, whatever happens.
     """
     from meter.export import FreshWriter  # meter.export imports the invoices module, which this one uses
 
     writer = FreshWriter(out / "invoices" / f"tenant={tenant}" / ".run")
-    found = []
-    for chunk in batch.chunks():
-        invoices = chunk.invoices
-        bases = invoices.get_column("id").to_list()
+    found: list[pl.DataFrame] = []
+    left: set[str] = set()
+    try:
+        for chunk in batch.chunks():
+            if chunk.refused:
+                left.update(chunk.refused)
+                continue
+            invoices = chunk.invoices
+            bases = invoices.get_column("id").to_list()
+            with step("store"):
+                stored = list(store.save_drafts(tenant, zip(bases, invoices.get_column("json").cast(
+                    pl.Binary).to_list(), strict=True), logged=False))
+            rows, lines = invoices.drop("json"), chunk.lines
+            if len(stored) != len(bases) or any(base != invoice_id for base, invoice_id, _ in stored):
+                # Some were finalized (skipped) or reissue a void invoice (stored under <id>-rN, `reissues` set):
+                # the export reads the reissues back from the store.
+                kept = pl.DataFrame([(base, invoice_id) for base, invoice_id, _ in stored],
+                                    schema={"id": pl.String, "stored": pl.String}, orient="row")
+                rows = rows.join(kept, on="id", how="inner", maintain_order="left")
+                found.append(rows.select("order", "period_start", "stored"))
+                rows = rows.filter(pl.col("id") == pl.col("stored")).drop("stored")
+                lines = lines.join(rows.select(invoice="id"), on="invoice", how="semi", maintain_order="left")
+            else:
+                found.append(rows.select("order", "period_start", stored="id"))
+            with step("invoice_parquet"):
+                writer.write(rows.to_arrow(), lines.to_arrow())
+    except BaseException:
+        writer.close().discard()
+        raise
+    finally:
         with step("store"):
-            stored = list(store.save_drafts(tenant, zip(bases, invoices.get_column("json").cast(pl.Binary).to_list(),
-                                                        strict=True), logged=False))
-        rows, lines = invoices.drop("json"), chunk.lines
-        if len(stored) != len(bases) or any(base != invoice_id for base, invoice_id, _ in stored):
-            # Some were finalized (skipped) or reissue a void invoice (stored under <id>-rN, `reissues` set): the
-            # export reads the reissues back from the store.
-            kept = pl.DataFrame([(base, invoice_id) for base, invoice_id, _ in stored],
-                                schema={"id": pl.String, "stored": pl.String}, orient="row")
-            rows = rows.join(kept, on="id", how="inner", maintain_order="left")
-            found.append(rows.select("order", "period_start", "stored"))
-            rows = rows.filter(pl.col("id") == pl.col("stored")).drop("stored")
-            lines = lines.join(rows.select(invoice="id"), on="invoice", how="semi", maintain_order="left")
-        else:
-            found.append(rows.select("order", "period_start", stored="id"))
-        with step("invoice_parquet"):
-            writer.write(rows.to_arrow(), lines.to_arrow())
-    with step("store"):
-        store.flush()
+            store.flush()
     schema: dict[str, Any] = {"order": pl.UInt32, "period_start": pl.Datetime("us", "UTC"), "stored": pl.String}
     with step("invoice_parquet"):
         fresh = writer.close()
-    return fresh, pl.concat([pl.DataFrame(schema=schema), *found])
+    return fresh, pl.concat([pl.DataFrame(schema=schema), *found]), left
 
 
 def upcoming_invoices(snapshot: Snapshot, out: Path, store: InvoiceStore, customer: str,
