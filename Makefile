@@ -86,8 +86,12 @@ SOAK_MINUTES ?= 30
 bench-soak: build ## Soak: 80% of the measured maximum for SOAK_MINUTES (30; 120 for the long one): RSS, disk, p99 flat
 	$(PY) benches/bench_soak.py --minutes $(SOAK_MINUTES)
 
+.PHONY: bench-invoice-run
+bench-invoice-run: build ## The whole invoice run of a month for 1M subscriptions, built through the engine and catalog
+	$(PY) benches/bench_invoice_run.py
+
 .PHONY: bench
-bench: bench-core bench-http bench-peers bench-export bench-pricing bench-usage-json ## All benchmarks
+bench: bench-core bench-http bench-peers bench-export bench-pricing bench-invoice-run bench-usage-json ## All benchmarks
 
 .PHONY: lint
 lint: $(VENV)/.deps ## cargo fmt --check and clippy
