@@ -86,6 +86,10 @@ SOAK_MINUTES ?= 30
 bench-soak: build ## Soak: 80% of the measured maximum for SOAK_MINUTES (30; 120 for the long one): RSS, disk, p99 flat
 	$(PY) benches/bench_soak.py --minutes $(SOAK_MINUTES)
 
+.PHONY: bench-open
+bench-open: build ## Restart with 10^9 identities in the dedup window: open time, then ingest against them (42 GB of disk)
+	$(PY) benches/bench_open.py
+
 .PHONY: bench-invoice-run
 bench-invoice-run: build ## The whole invoice run of a month for 1M subscriptions, built through the engine and catalog
 	$(PY) benches/bench_invoice_run.py

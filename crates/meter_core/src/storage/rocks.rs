@@ -15,7 +15,8 @@ use std::sync::Arc;
 use rocksdb::compaction_filter::Decision;
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType,
-    DBRawIteratorWithThreadMode, MemtableFactory, MergeOperands, Options, SliceTransform, WriteBatch, WriteOptions, DB,
+    DBRawIteratorWithThreadMode, IngestExternalFileOptions, MemtableFactory, MergeOperands, Options, SliceTransform,
+    SstFileWriter, WriteBatch, WriteOptions, DB,
 };
 
 use super::{Cf, Cursor, OpKind, Store, WriteSet};
@@ -41,6 +42,7 @@ impl Default for StoreOptions {
 pub struct RocksStore {
     db: DB,
     horizon: Arc<Horizon>,
+    cache: Cache,
 }
 
 fn storage(e: rocksdb::Error) -> Error {
@@ -49,6 +51,58 @@ fn storage(e: rocksdb::Error) -> Error {
 
 fn agg_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
     merge_values(existing, operands.iter())
+}
+
+/// The options of one column family: its tables' format and cache, compression, merge operator, and for
+/// `seen` its memtable and expiry.
+fn cf_options(cf: Cf, cache: &Cache, horizon: &Arc<Horizon>) -> Options {
+    let mut o = Options::default();
+    o.set_write_buffer_size(64 << 20);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_cache_index_and_filter_blocks_with_high_priority(true);
+    table.set_pin_top_level_index_and_filter(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_optimize_filters_for_memory(true);
+    // Ribbon filters: the false-positive rate of a 10-bit Bloom filter in about 7 bits per key.
+    table.set_ribbon_filter(10.0);
+    o.set_block_based_table_factory(&table);
+    // Retained events are zstd-compressed by the engine, dedup values and fingerprints are hashes:
+    // compressing them again would burn CPU for nothing. Keys of agg/uniq share long prefixes.
+    o.set_compression_type(match cf {
+        Cf::Agg | Cf::Uniq | Cf::Days | Cf::Meta => DBCompressionType::Zstd,
+        Cf::Events | Cf::Dedup | Cf::Seen => DBCompressionType::None,
+    });
+    // A day's mark is a count state, merged like any aggregate.
+    if matches!(cf, Cf::Agg | Cf::Days) {
+        o.set_merge_operator_associative("meter_agg_v1", agg_merge);
+    }
+    if cf == Cf::Seen {
+        // `seen` is only read by whole key. Its keys are uniform hashes, so a memtable hashed on the first
+        // 8 bytes puts about one key per bucket: an insert costs one bucket instead of a walk down a
+        // skiplist of a million random keys (the writer's main cost with the default memtable, by perf).
+        // Ordering happens once, when the memtable is flushed, on a background thread.
+        o.set_prefix_extractor(SliceTransform::create_fixed_prefix(8));
+        o.set_memtable_factory(MemtableFactory::HashSkipList { bucket_count: 1 << 20, height: 4, branching_factor: 4 });
+        // Most lookups are for new identities: a filter on the memtable answers them without reading a
+        // bucket (perf on bench-core: 313 writer samples with it, 357 and 388 without).
+        o.set_memtable_prefix_bloom_ratio(0.05);
+        o.set_memtable_whole_key_filtering(true);
+        // Identities received before the horizon are dead: drop them whenever compaction passes, and make
+        // sure it passes every file at least daily.
+        let horizon = horizon.clone();
+        o.set_compaction_filter("meter_seen_expiry", move |_level: u32, _key: &[u8], value: &[u8]| {
+            match dedup::received_us(value) {
+                Some(received) if !horizon.keeps(received) => Decision::Remove,
+                _ => Decision::Keep,
+            }
+        });
+        o.set_periodic_compaction_seconds(86_400);
+    }
+    o
 }
 
 impl RocksStore {
@@ -66,61 +120,42 @@ impl RocksStore {
 
         let cache = Cache::new_lru_cache(options.cache_bytes);
         let horizon = Arc::new(Horizon::new(i64::MIN));
-        let cfs = Cf::ALL.iter().map(|&cf| {
-            let mut o = Options::default();
-            o.set_write_buffer_size(64 << 20);
-            let mut table = BlockBasedOptions::default();
-            table.set_block_cache(&cache);
-            table.set_cache_index_and_filter_blocks(true);
-            table.set_cache_index_and_filter_blocks_with_high_priority(true);
-            table.set_pin_top_level_index_and_filter(true);
-            table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-            table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
-            table.set_partition_filters(true);
-            table.set_optimize_filters_for_memory(true);
-            // Ribbon filters: the false-positive rate of a 10-bit Bloom filter in about 7 bits per key.
-            table.set_ribbon_filter(10.0);
-            o.set_block_based_table_factory(&table);
-            // Retained events are zstd-compressed by the engine, dedup values and fingerprints are hashes:
-            // compressing them again would burn CPU for nothing. Keys of agg/uniq share long prefixes.
-            o.set_compression_type(match cf {
-                Cf::Agg | Cf::Uniq | Cf::Days | Cf::Meta => DBCompressionType::Zstd,
-                Cf::Events | Cf::Dedup | Cf::Seen => DBCompressionType::None,
-            });
-            // A day's mark is a count state, merged like any aggregate.
-            if matches!(cf, Cf::Agg | Cf::Days) {
-                o.set_merge_operator_associative("meter_agg_v1", agg_merge);
-            }
-            if cf == Cf::Seen {
-                // `seen` is only read by whole key. Its keys are uniform hashes, so a memtable hashed on the
-                // first 8 bytes puts about one key per bucket: an insert costs one bucket instead of a walk
-                // down a skiplist of a million random keys (the writer's main cost with the default memtable).
-                // Ordering happens once, when the memtable is flushed, on a background thread.
-                o.set_prefix_extractor(SliceTransform::create_fixed_prefix(8));
-                o.set_memtable_factory(MemtableFactory::HashSkipList {
-                    bucket_count: 1 << 20,
-                    height: 4,
-                    branching_factor: 4,
-                });
-                // Most lookups are for new identities: a filter on the memtable answers them without reading
-                // a bucket (measured: about 15% less writer time than without it).
-                o.set_memtable_prefix_bloom_ratio(0.05);
-                o.set_memtable_whole_key_filtering(true);
-                // Identities received before the horizon are dead: drop them whenever compaction passes,
-                // and make sure it passes every file at least daily.
-                let horizon = horizon.clone();
-                o.set_compaction_filter("meter_seen_expiry", move |_level: u32, _key: &[u8], value: &[u8]| {
-                    match dedup::received_us(value) {
-                        Some(received) if !horizon.keeps(received) => Decision::Remove,
-                        _ => Decision::Keep,
-                    }
-                });
-                o.set_periodic_compaction_seconds(86_400);
-            }
-            ColumnFamilyDescriptor::new(cf.name(), o)
-        });
+        let cfs = Cf::ALL.iter().map(|&cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, &cache, &horizon)));
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(storage)?;
-        Ok(RocksStore { db, horizon })
+        Ok(RocksStore { db, horizon, cache })
+    }
+
+    /// Adds identities to `seen` without the write path: sorted `(fingerprint, mark)` entries are written as
+    /// table files of `per_file` entries under `scratch` and moved into the store. For benchmarks that need a
+    /// store holding a billion identities (the engine's write path would take an hour); the files are the
+    /// same as a full compaction of those identities would leave.
+    pub fn bulk_load_seen(
+        &self,
+        scratch: &Path,
+        entries: impl Iterator<Item = (u128, dedup::Mark)>,
+        per_file: usize,
+        mut progress: impl FnMut(usize),
+    ) -> Result<usize> {
+        let options = cf_options(Cf::Seen, &self.cache, &self.horizon);
+        let mut entries = entries.peekable();
+        let mut loaded = 0;
+        let mut file = 0;
+        while entries.peek().is_some() {
+            let path = scratch.join(format!("seen-{file:05}.sst"));
+            let mut writer = SstFileWriter::create(&options);
+            writer.open(&path).map_err(storage)?;
+            for (fingerprint, mark) in entries.by_ref().take(per_file) {
+                writer.put(dedup::seen_key(fingerprint), mark.encode()).map_err(storage)?;
+                loaded += 1;
+            }
+            writer.finish().map_err(storage)?;
+            let mut ingest = IngestExternalFileOptions::default();
+            ingest.set_move_files(true);
+            self.db.ingest_external_file_cf_opts(self.cf(Cf::Seen), &ingest, vec![&path]).map_err(storage)?;
+            file += 1;
+            progress(loaded);
+        }
+        Ok(loaded)
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
