@@ -78,6 +78,8 @@ pub(crate) struct Writer {
     pub next_meter_id: u32,
     /// Live dedup records, oldest first: (commit seq, receive time), for expiry.
     pub dedup_records: VecDeque<(u64, i64)>,
+    /// The last receive hour marked for retention (`retention::mark_received`).
+    pub received_hour: i64,
     /// Where durable commits go to be aggregated (one fold thread per shard), and those threads, then the
     /// flush thread.
     pub folds: Vec<Sender<FoldWork>>,
@@ -277,6 +279,8 @@ impl Writer {
             }
             pending.set.put(Cf::Dedup, &seq.to_be_bytes(), record.bytes());
             pending.set.put(Cf::Meta, keys::META_SEQ, &seq.to_be_bytes());
+            let marked =
+                super::retention::mark_received(self.received_hour, &mut pending.set, seq, pending.received_us);
             self.expire_dedup(&mut pending.set, pending.received_us);
             if let Err(e) = self.store.write(&pending.set, self.config.durability == Durability::Fsync) {
                 // The write may have reached the WAL before it failed (its fsync, say): these callers cannot be
@@ -289,6 +293,7 @@ impl Writer {
                 return;
             }
             self.seq = seq;
+            self.received_hour = marked.unwrap_or(self.received_hour);
             self.dedup_records.push_back((seq, pending.received_us));
         }
         let stats = &self.shared.stats;
@@ -402,6 +407,10 @@ impl Writer {
         for cf in [Cf::Agg, Cf::Uniq, Cf::Days] {
             set.delete_range(cf, &prefix, &keys::prefix_end(&prefix));
         }
+        set.push(OpKind::Delete, Cf::Meta, &keys::resolution(tenant, meter.id()), &[]);
+        // Not while a roll-up step writes into this meter (`rollup`).
+        let no_rollup = self.shared.rollup.clone();
+        let _no_rollup = no_rollup.read().unwrap();
         self.write_admin(&set, true)?;
         self.shared.skipped.lock().unwrap().remove(&(tenant.to_owned(), slug.to_owned()));
         *self.shared.registry.write().unwrap() = Arc::new(registry.without(tenant, slug));
