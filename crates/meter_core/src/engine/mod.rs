@@ -296,6 +296,9 @@ impl Engine {
         self.ask(false, |reply| Command::Ingest { prepared, atomic, reply })
     }
 
+    /// Creates a meter and backfills it from the tenant's retained events, in the same write. Only retained events:
+    /// those received within `retention_s` plus older ones not exported yet; what retention dropped is in the Parquet
+    /// export, not in the new meter.
     pub fn create_meter(&self, tenant: &str, spec: MeterSpec, now_us: Option<i64>) -> Result<CreatedMeter> {
         check_tenant(tenant)?;
         let now_us = now_us.unwrap_or_else(now_micros);
