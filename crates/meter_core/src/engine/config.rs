@@ -69,7 +69,7 @@ impl Default for Config {
             minute_aggregates_us: (35 + 5) * DAY_US,
             hour_aggregates_us: 400 * DAY_US,
             maintenance_interval: Some(std::time::Duration::from_secs(60)),
-            maintenance_step_keys: 4096,
+            maintenance_step_keys: 1024,
         }
     }
 }

@@ -133,29 +133,33 @@ fn roll_chunk(
             break;
         }
         let bucket = decode_bucket(key, prefix.len(), 0)?;
-        if bucket.minute < from || bucket.minute >= to {
-            // Jump to the customer's range, or past the customer.
-            let mut next = Vec::new();
-            keys::subject_prefix(&mut next, tenant, meter.id(), bucket.subject);
-            if bucket.minute < from {
-                put_i64_sortable(&mut next, from);
-            } else {
-                next = keys::prefix_end(&next);
-            }
+        let in_range = (from..to).contains(&bucket.minute);
+        let start = floor_to(bucket.minute, unit);
+        // Keys come in order: a group is complete at the first key that is not of its customer and unit.
+        if group.subject.is_some() && !(in_range && group.is(bucket.subject, start)) {
+            read += group.keys.len();
+            merged += group.roll(tenant, meter, unit, uniq.as_deref_mut(), set, &mut read)?;
+            group = Group::default();
+        }
+        // Where this key's customer goes on: its unit, or the start of its range, or past it.
+        let mut next = Vec::new();
+        keys::subject_prefix(&mut next, tenant, meter.id(), bucket.subject);
+        if in_range {
+            put_i64_sortable(&mut next, start);
+        } else if bucket.minute < from {
+            put_i64_sortable(&mut next, from);
+        } else {
+            next = keys::prefix_end(&next);
+        }
+        if group.subject.is_none() && read >= step_keys {
+            return Ok(Chunk { next: Some(next[prefix.len()..].to_vec()), merged });
+        }
+        if !in_range {
+            read += 1; // a seek is work too: a range where no customer has usage still costs one per customer
             agg.seek(&next);
             continue;
         }
-        let start = floor_to(bucket.minute, unit);
-        if group.subject.as_deref() != Some(bucket.subject) || group.start != start {
-            if group.subject.is_some() {
-                read += group.keys.len();
-                merged += group.roll(tenant, meter, unit, uniq.as_deref_mut(), set, &mut read)?;
-                if read >= step_keys {
-                    let mut next = Vec::new();
-                    keys::minute_key(&mut next, tenant, meter.id(), bucket.subject, start);
-                    return Ok(Chunk { next: Some(next[prefix.len()..].to_vec()), merged });
-                }
-            }
+        if group.subject.is_none() {
             group = Group { subject: Some(bucket.subject.to_owned()), start, keys: Vec::new() };
         }
         group.keys.push((bucket.minute, key.to_vec(), value.to_vec()));
@@ -177,6 +181,10 @@ struct Group {
 }
 
 impl Group {
+    fn is(&self, subject: &str, start: i64) -> bool {
+        self.subject.as_deref() == Some(subject) && self.start == start
+    }
+
     /// Merges the group into the key of its first minute and deletes the others (and moves a `unique_count` meter's
     /// distinct values along); returns how many keys were merged away.
     fn roll(
