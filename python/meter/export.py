@@ -3,7 +3,12 @@
 Layout: ``<out>/usage/tenant=<tenant>/meter=<slug>/date=<YYYY-MM-DD>/part-0.parquet``, one row per customer,
 minute and combination of the meter's dimensions, ordered by customer then minute: ``customer``, one column per
 dimension, ``window_start``, ``window_end`` (UTC, ``[start, end)``), ``value`` (decimal128(38, 9)) and ``events``. A meter is a directory of
-its own because each meter has its own dimensions (and each price charges one meter).
+its own because each meter has its own dimensions (and each price charges one meter). A day is written while its
+usage changes, long before the engine rolls its minutes up to hours (``minute_aggregates``); a day exported for the
+first time after that (a new export directory) has one row per hour (or UTC day), as ``window_end`` says.
+
+Raw events: ``<out>/events/...`` (``export_events``) is the long-term record of every accepted event; the engine
+drops its retained events only once they are written there.
 
 Catalog snapshots: ``<out>/catalog/tenant=<tenant>/{customers,prices,subscriptions,meters}.parquet``. Prices have one row
 per plan version and price, with the model's parameters (tiers, package, percentage, matrix) as JSON text; amounts
@@ -33,6 +38,7 @@ import pyarrow.parquet as pq
 from meter.catalog.billing import BillingCatalog
 from meter.encoding import encode_json
 from meter.engine import Engine
+from meter.exceptions import InvalidInput
 from meter.schemas import MeterSpec
 from meter.pricing.invoices import Fresh, Invoice, InvoiceStore
 
@@ -123,6 +129,10 @@ def export_events(engine: Engine, tenants: list[str], out: Path, page: int = 1_0
 
     `_exported.json` keeps the last commit written, after the files; a crash in between leaves files starting at the
     next commit, which the next export removes before writing them again.
+
+    Then the engine learns it (``Engine.events_exported``): this export is the long-term record, and retention drops
+    a tenant's retained events only once they are written here (and older than ``retention``). A tenant never
+    exported keeps them all.
     """
     summary = ExportSummary()
     for tenant in tenants:
@@ -130,6 +140,12 @@ def export_events(engine: Engine, tenants: list[str], out: Path, page: int = 1_0
         manifest_path = base / "_exported.json"
         after = msgspec.json.decode(manifest_path.read_bytes(), type=dict[str, int])["after_seq"] \
             if manifest_path.exists() else 0
+        if after:
+            # Said again: the engine keeps the mark without syncing it, so a crash may have lost it.
+            try:
+                engine.events_exported(tenant, after)
+            except InvalidInput:
+                pass  # a manifest beyond the engine's last commit is another data directory's: nothing to say
         while True:
             table, last = engine.retained_events(tenant, after, page)
             if table.num_rows == 0:
@@ -143,6 +159,7 @@ def export_events(engine: Engine, tenants: list[str], out: Path, page: int = 1_0
                 summary.files += 1
                 summary.rows += rows.num_rows
             write_file_atomically(msgspec.json.encode({"after_seq": last}), manifest_path)
+            engine.events_exported(tenant, last)  # only once the files and the manifest are durable
             after = last
     return summary
 

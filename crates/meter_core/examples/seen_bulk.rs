@@ -23,9 +23,8 @@ fn main() {
     std::fs::create_dir_all(&scratch).expect("scratch directory");
     let now = meter_core::ingest::time::now_micros();
     let step = u128::MAX / u128::from(n.max(1));
-    let entries = (0..n).map(|i| {
-        (u128::from(i) * step, Mark { received_us: now - (i as i64 % DAY_US), payload_hash: i })
-    });
+    let entries =
+        (0..n).map(|i| (u128::from(i) * step, Mark { received_us: now - (i as i64 % DAY_US), payload_hash: i }));
     let mut last = Instant::now();
     let loaded = store
         .bulk_load_seen(&scratch, entries, 50_000_000, |done| {

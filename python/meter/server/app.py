@@ -17,7 +17,7 @@ import traceback
 import zlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -151,8 +151,10 @@ class MeterApp:
     """One app per process; it opens the engine and the key store at startup (ASGI lifespan)."""
 
     def __init__(self, data_dir: Path, admin_key: str | None = None, max_body: int = MAX_BODY,
-                 export: tuple[Path, float] | None = None) -> None:
+                 export: tuple[Path, float] | None = None, engine_options: dict[str, Any] | None = None) -> None:
         self.data_dir, self.admin_key, self.max_body = data_dir, admin_key, max_body
+        #: Keyword arguments of ``meter.Engine`` (retention, roll-ups...), from ``meter serve``'s options.
+        self.engine_options = engine_options or {}
         #: (directory, seconds between exports) of the scheduled Parquet export, if any.
         self.export = export
         self.exporter: threading.Thread | None = None
@@ -268,7 +270,7 @@ class MeterApp:
         elif not self.keys.has_admin_key():
             secret, _ = self.keys.create_key(None, ["admin"])
             print(f"meter: created the operator key (shown once, store it now): {secret}", flush=True)
-        self.engine = Engine(self.data_dir / "usage")
+        self.engine = Engine(self.data_dir / "usage", **self.engine_options)
         # The catalog checks prices' meters against the engine, and deletes meters (see delete_meter).
         self.billing = BillingCatalog(self.data_dir / "billing", meters=self.engine)
         self.invoices = InvoiceStore(self.data_dir / "invoices")
@@ -433,6 +435,14 @@ class MeterApp:
             lines.append("# TYPE meter_events_skipped_total counter")
             lines += [f'meter_events_skipped_total{{tenant="{_label(c.tenant)}",meter="{_label(c.meter)}"}} {c.events}'
                       for c in s.skipped]
+            m = s.maintenance
+            lines += ["# TYPE meter_maintenance_runs_total counter", f"meter_maintenance_runs_total {m.runs}",
+                      "# TYPE meter_maintenance_healthy gauge",
+                      f"meter_maintenance_healthy {0 if m.last_error else 1}"]
+            # Retained events past retention that stay because the export has not written them (export them).
+            lines.append("# TYPE meter_retained_events_held_back gauge")
+            lines += [f'meter_retained_events_held_back{{tenant="{_label(h.tenant)}"}} {h.events}'
+                      for h in m.held_back]
         return "\n".join(lines) + "\n"
 
     def authorize(self, request: Request, access: Access, path: str) -> ApiKey | None:
@@ -873,11 +883,23 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def engine_options_from_env() -> dict[str, Any]:
+    """``meter.Engine``'s settings that ``meter serve`` passes through the environment (unset: the engine's default)."""
+    options: dict[str, Any] = {}
+    for name, option in (("METER_RETENTION_DAYS", "retention"), ("METER_MINUTE_AGGREGATES_DAYS", "minute_aggregates"),
+                         ("METER_HOUR_AGGREGATES_DAYS", "hour_aggregates")):
+        if os.environ.get(name):
+            options[option] = timedelta(days=float(os.environ[name]))
+    if os.environ.get("METER_MAINTENANCE_EVERY"):
+        options["maintenance_interval"] = timedelta(seconds=float(os.environ["METER_MAINTENANCE_EVERY"]))
+    return options
+
+
 def create_app() -> MeterApp:
     """Factory for granian: configuration comes from the environment `meter serve` sets."""
     every = os.environ.get("METER_EXPORT_EVERY")
     export = (Path(os.environ["METER_EXPORT_DIR"]), float(every)) if every else None
     return MeterApp(Path(os.environ.get("METER_DATA_DIR", ".meter-data")), os.environ.get("METER_ADMIN_KEY") or None,
-                    export=export)
+                    export=export, engine_options=engine_options_from_env())
 
 

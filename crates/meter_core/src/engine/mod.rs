@@ -6,15 +6,21 @@
 //! past its `agg_seq` watermark, re-folded from their retained events (`replay`). Everything acknowledged was in one synced
 //! write batch, so what is recovered is exactly what was acknowledged. The dedup index is on disk (`dedup`):
 //! opening reads none of it, so open time does not grow with the identities in the window.
+//!
+//! Beside them, the `maintenance` thread drops retained events past retention once exported (`retention`) and
+//! rolls old minute aggregates up to hours and days (`rollup`).
 
 pub mod config;
 mod folder;
+mod maintenance;
 mod prepare;
 pub mod report;
+mod retention;
+mod rollup;
 mod writer;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -24,7 +30,10 @@ use serde::Serialize;
 
 pub use config::{Config, Durability};
 use folder::{flush_queue, shard_of, write_flushes, Folder, SHARDS};
+use maintenance::{Maintenance, Run};
+pub use maintenance::{MaintenanceReport, MaintenanceStats};
 pub use report::IngestReport;
+pub use retention::{Dropped, HeldBack};
 use writer::{Command, Writer};
 
 use crate::aggregate::extract::extract_retained;
@@ -53,6 +62,10 @@ pub(crate) struct Shared {
     /// Per (tenant, meter slug): accepted events the meter could not read and skipped, since the engine opened
     /// (at ingest and in its backfill). Forgotten when the meter is deleted.
     pub skipped: Mutex<std::collections::HashMap<(String, String), u64>>,
+    /// Roll-ups take it to write (`rollup`); fold flushes, meter deletions and readers opening their cursors over
+    /// aggregates take it to read, so that none meets a roll-up half-way (`aggregate::resolution`).
+    pub rollup: Arc<RwLock<()>>,
+    pub maintenance: Mutex<MaintenanceStats>,
 }
 
 impl Shared {
@@ -117,6 +130,8 @@ pub struct StatsSnapshot {
     pub queue_depth: usize,
     /// Per meter: accepted events it could not read and skipped since the engine opened, sorted by tenant and meter.
     pub skipped: Vec<SkippedCount>,
+    /// Retention and roll-ups (`Engine::maintain`).
+    pub maintenance: MaintenanceStats,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -147,6 +162,12 @@ pub struct Engine {
     shared: Arc<Shared>,
     tx: RwLock<Option<Sender<Command>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    maintenance_tx: RwLock<Option<Sender<Run>>>,
+    maintenance: Mutex<Option<JoinHandle<()>>>,
+    /// Tells a maintenance run to stop between steps.
+    closing: Arc<AtomicBool>,
+    /// Serializes `events_exported` (read, compare, write).
+    exported: Mutex<()>,
     config: Config,
 }
 
@@ -181,6 +202,7 @@ impl Engine {
             Ok(true)
         })?;
 
+        config.check_maintenance()?;
         if config.dedup_window_us < config.backdate_window_us {
             return Err(Error::invalid(
                 "invalid_config",
@@ -189,6 +211,7 @@ impl Engine {
         }
         migrate_legacy_dedup(&*store)?;
         replay(&*store, &registry, seq)?;
+        let received_hour = retention::last_received_hour(&*store)?;
 
         let shared = Arc::new(Shared {
             failed: Mutex::new(None),
@@ -197,6 +220,8 @@ impl Engine {
             readers: (0..SHARDS).map(|_| AtomicUsize::new(0)).collect(),
             stats: Stats::default(),
             skipped: Mutex::default(),
+            rollup: Arc::default(),
+            maintenance: Mutex::default(),
         });
         let (flushes, flush_rx) = flush_queue();
         let (mut folds, mut folders) = (Vec::new(), Vec::new());
@@ -229,15 +254,31 @@ impl Engine {
             seq,
             next_meter_id,
             records_released: 0,
+            received_hour,
             folds,
             folders,
         };
         let handle = spawn("meter-writer", move || writer.run(rx))?;
+        let closing = Arc::new(AtomicBool::new(false));
+        let maintenance = Maintenance {
+            store: store.clone(),
+            shared: shared.clone(),
+            config: config.clone(),
+            closing: closing.clone(),
+            retention: Default::default(),
+            records: Default::default(),
+        };
+        let (maintenance_tx, maintenance_rx) = bounded(1);
+        let maintenance = spawn("meter-maintenance", move || maintenance.run(maintenance_rx))?;
         Ok(Engine {
             store: RwLock::new(Some(store)),
             shared,
             tx: RwLock::new(Some(tx)),
             writer: Mutex::new(Some(handle)),
+            maintenance_tx: RwLock::new(Some(maintenance_tx)),
+            maintenance: Mutex::new(Some(maintenance)),
+            closing,
+            exported: Mutex::new(()),
             config,
         })
     }
@@ -256,6 +297,9 @@ impl Engine {
         self.ask(false, |reply| Command::Ingest { prepared, atomic, reply })
     }
 
+    /// Creates a meter and backfills it from the tenant's retained events, in the same write. Only retained events:
+    /// those received within `retention_s` plus older ones not exported yet; what retention dropped is in the Parquet
+    /// export, not in the new meter.
     pub fn create_meter(&self, tenant: &str, spec: MeterSpec, now_us: Option<i64>) -> Result<CreatedMeter> {
         check_tenant(tenant)?;
         let now_us = now_us.unwrap_or_else(now_micros);
@@ -301,7 +345,11 @@ impl Engine {
             in_memory.append(peeked??);
         }
         let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
-        query::run(&*store, tenant, meter, q, &in_memory)
+        let view = {
+            let _no_rollup = self.shared.rollup.read().unwrap();
+            query::View::open(&*store, tenant, meter)?
+        };
+        query::run(view, tenant, meter, q, &in_memory)
     }
 
     /// Per UTC day with usage of a meter (the day's start, µs): the events counted in it, including every event
@@ -322,7 +370,8 @@ impl Engine {
         batch_rows: usize,
     ) -> Result<query::minutes::MinuteStream> {
         let (store, meter) = self.flushed(tenant, slug)?;
-        query::minutes::MinuteStream::spawn(store, tenant.to_owned(), meter, from_us, to_us, batch_rows.max(1))
+        let rollup = self.shared.rollup.clone();
+        query::minutes::MinuteStream::spawn(store, rollup, tenant.to_owned(), meter, from_us, to_us, batch_rows.max(1))
     }
 
     /// The store once the fold threads have written every acknowledged event, and the meter: bulk reads
@@ -372,6 +421,25 @@ impl Engine {
         query::skipped::skipped(&*store, tenant, meter, from_us, to_us, after, limit, max_scan)
     }
 
+    /// Records that the export has written the tenant's retained events of every commit through `seq` to Parquet
+    /// (the long-term record): retention may then drop them once they are older than `retention_s`. Raising only:
+    /// an export that is behind another cannot lower the mark.
+    pub fn events_exported(&self, tenant: &str, seq: u64) -> Result<()> {
+        check_tenant(tenant)?;
+        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
+        let _serial = self.exported.lock().unwrap();
+        retention::events_exported(&*store, &self.shared, tenant, seq)
+    }
+
+    /// Applies retention and roll-ups now, as the maintenance thread does every `maintenance_interval`, and says
+    /// what it did. `now_us` overrides the clock (tests); `max_steps` stops the run after so many bounded steps.
+    pub fn maintain(&self, now_us: Option<i64>, max_steps: Option<usize>) -> Result<MaintenanceReport> {
+        let (reply, answer) = bounded(1);
+        let tx = self.maintenance_tx.read().unwrap().clone().ok_or(Error::Closed)?;
+        tx.send(Run { now_us, max_steps, reply }).map_err(|_| Error::Closed)?;
+        answer.recv().map_err(|_| Error::Closed)?
+    }
+
     /// `None` when healthy; otherwise why the engine stopped acknowledging.
     pub fn failure(&self) -> Option<String> {
         self.shared.failed.lock().unwrap().clone()
@@ -409,11 +477,18 @@ impl Engine {
                 all.sort_by(|a, b| (&a.tenant, &a.meter).cmp(&(&b.tenant, &b.meter)));
                 all
             },
+            maintenance: self.shared.maintenance.lock().unwrap().clone(),
         }
     }
 
     /// Finishes queued work, stops the writer and closes the store. Idempotent.
     pub fn close(&self) {
+        // Maintenance first: it stops between two steps.
+        self.closing.store(true, Ordering::Release);
+        self.maintenance_tx.write().unwrap().take();
+        if let Some(handle) = self.maintenance.lock().unwrap().take() {
+            let _ = handle.join();
+        }
         self.tx.write().unwrap().take();
         if let Some(handle) = self.writer.lock().unwrap().take() {
             let _ = handle.join();

@@ -80,6 +80,8 @@ pub(crate) struct Writer {
     pub next_meter_id: u32,
     /// Commit records (`dedup::record`) up to this commit are deleted: their aggregates are written.
     pub records_released: u64,
+    /// The last receive hour marked for retention (`retention::mark_received`).
+    pub received_hour: i64,
     /// Where durable commits go to be aggregated (one fold thread per shard), and those threads, then the
     /// flush thread.
     pub folds: Vec<Sender<FoldWork>>,
@@ -310,6 +312,8 @@ impl Writer {
                 &dedup::record::build(pending.received_us, &pending.tenants),
             );
             pending.set.put(Cf::Meta, keys::META_SEQ, &seq.to_be_bytes());
+            let marked =
+                super::retention::mark_received(self.received_hour, &mut pending.set, seq, pending.received_us);
             self.release_records(&mut pending.set);
             if let Err(e) = self.store.write(&pending.set, self.config.durability == Durability::Fsync) {
                 // The write may have reached the WAL before it failed (its fsync, say): these callers cannot be
@@ -324,6 +328,7 @@ impl Writer {
             self.seq = seq;
             self.recent.committed();
             self.recent.evict(pending.received_us);
+            self.received_hour = marked.unwrap_or(self.received_hour);
         }
         let stats = &self.shared.stats;
         stats.record_commit(started.elapsed().as_secs_f64());
@@ -424,6 +429,10 @@ impl Writer {
         for cf in [Cf::Agg, Cf::Uniq, Cf::Days] {
             set.delete_range(cf, &prefix, &keys::prefix_end(&prefix));
         }
+        set.push(OpKind::Delete, Cf::Meta, &keys::resolution(tenant, meter.id()), &[]);
+        // Not while a roll-up step writes into this meter (`rollup`).
+        let no_rollup = self.shared.rollup.clone();
+        let _no_rollup = no_rollup.read().unwrap();
         self.write_admin(&set, true)?;
         self.shared.skipped.lock().unwrap().remove(&(tenant.to_owned(), slug.to_owned()));
         *self.shared.registry.write().unwrap() = Arc::new(registry.without(tenant, slug));

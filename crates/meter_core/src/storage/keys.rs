@@ -9,6 +9,9 @@
 //! | events | tenant, commit seq u64, part u32                               | zstd record of accepted events |
 //! | dedup  | commit seq u64                                                 | receive time, tenants of the events records, (fingerprint, payload hash)* |
 //! | meta   | `counter/seq`, `counter/agg_seq/` shard u32, `counter/meter_id`, `meters/` tenant slug | counters / meter JSON |
+//! | meta   | `received/` hour i64                                           | u64: the first commit received in that hour (UTC) |
+//! | meta   | `exported/` tenant, `dropped/` tenant                          | u64: the last commit the export wrote / retention dropped |
+//! | meta   | `resolution/` tenant, meter id u32                             | `aggregate::resolution::Resolution`: where minutes were rolled up |
 //!
 //! One `agg` key per customer-minute (not per dimension combination) is what keeps writes per event low:
 //! a customer's events within a minute share one key however many dimensions vary.
@@ -26,6 +29,34 @@ pub const META_METER_ID: &[u8] = b"counter/meter_id";
 pub const META_AGG_SEQS: &[u8] = b"counter/agg_seq/";
 /// Prefix of meter definitions; no counter key starts with it.
 pub const METER_DEFS: &[u8] = b"meters/";
+/// Per UTC hour (hours since the epoch) in which a commit was received: the first such commit. Written by the
+/// commit itself; retention maps a receive time to the commits before it through these marks.
+pub const META_RECEIVED: &[u8] = b"received/";
+/// Per tenant: the last commit whose retained events the export has written (`Engine::events_exported`).
+pub const META_EXPORTED: &[u8] = b"exported/";
+/// Per tenant: the last commit whose retained events retention has dropped.
+pub const META_DROPPED: &[u8] = b"dropped/";
+/// Per meter: through which minute its aggregates are kept per hour and per day.
+pub const META_RESOLUTION: &[u8] = b"resolution/";
+
+pub fn received_hour(hour: i64) -> Vec<u8> {
+    let mut k = META_RECEIVED.to_vec();
+    put_i64_sortable(&mut k, hour);
+    k
+}
+
+/// A tenant's key under one of the per-tenant meta prefixes (`META_EXPORTED`, `META_DROPPED`).
+pub fn tenant_meta(prefix: &[u8], tenant: &str) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    put_str(&mut k, tenant.as_bytes());
+    k
+}
+
+pub fn resolution(tenant: &str, meter_id: u32) -> Vec<u8> {
+    let mut k = META_RESOLUTION.to_vec();
+    meter_prefix(&mut k, tenant, meter_id);
+    k
+}
 
 pub fn agg_seq(shard: u32) -> Vec<u8> {
     [META_AGG_SEQS, &shard.to_be_bytes()].concat()

@@ -117,6 +117,12 @@ pub trait Store: Send + Sync + 'static {
         None
     }
     fn cursor(&self, cf: Cf) -> Box<dyn Cursor + '_>;
+    /// Gives back the disk space of `[from, to)` in `cf` once a range delete covers it: drops the files wholly
+    /// inside it now; RocksDB's own compactions drop the rest as the range tombstone moves down. Nothing for stores
+    /// without files of their own.
+    fn reclaim(&self, _cf: Cf, _from: &[u8], _to: &[u8]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Calls `f` for every entry whose key starts with `prefix`, until `f` returns `false`.

@@ -199,6 +199,11 @@ impl Store for RocksStore {
     fn dedup_horizon(&self) -> Option<Arc<Horizon>> {
         Some(self.horizon.clone())
     }
+
+    fn reclaim(&self, cf: Cf, from: &[u8], to: &[u8]) -> Result<()> {
+        // Only files wholly inside the range go (none of L0): open iterators keep theirs until they are dropped.
+        self.db.delete_file_in_range_cf(self.cf(cf), from, to).map_err(storage)
+    }
 }
 
 struct RocksCursor<'a>(DBRawIteratorWithThreadMode<'a, DB>);
