@@ -122,26 +122,3 @@ def test_settings_the_engine_does_not_take_are_left_out(monkeypatch: pytest.Monk
     assert s.refused == {"minute_aggregates_s": 60} and s.via == "meter.Engine"
     s.drop("dedup_window")  # as after a TypeError naming it
     assert "dedup_window" not in s.python and s.refused == {"minute_aggregates_s": 60, "dedup_window_s": 60}
-
-
-def test_a_setting_only_the_core_takes_yet_opens_the_engine_through_the_core(monkeypatch: pytest.MonkeyPatch) -> None:
-    """meter.Engine of today with a core that already takes the dedup cache's settings (under its own name)."""
-    from meter import _core
-
-    class Core:
-        """Stands for the PyO3 class: its signature, and a call that records the settings."""
-
-        __text_signature__ = ("(path, *, durability=\"fsync\", dedup_window_s=..., backdate_window_s=..., "
-                              "max_future_s=300, cache_mb=512, recent_dedup_s=60)")
-
-        def __call__(self, path: str, **kwargs: Any) -> Any:
-            return argparse.Namespace(path=path, kwargs=kwargs)
-
-    monkeypatch.setattr(_core, "Engine", Core())
-    wanted = {"dedup_window_s": 60, "backdate_window_s": 60, "dedup_cache_mb": 8, "recent_dedup_s": 30,
-              "retention_s": 60}
-    engine, s = bench_soak.open_engine(Path("/nonexistent"), "fsync", wanted)
-    assert engine._inner.kwargs == {"durability": "fsync", "dedup_window_s": 60, "backdate_window_s": 60,
-                                    "cache_mb": 8, "recent_dedup_s": 30}
-    assert s.refused == {"retention_s": 60}
-    assert s.via == "meter._core.Engine (meter.Engine does not take dedup_cache_mb, recent_dedup_s yet)"

@@ -7,7 +7,8 @@
 //! | uniq   | agg key, dims, value                                           | empty: one key per distinct value |
 //! | days   | tenant, meter id u32, UTC day i64                              | `MinuteStates`: one count state, the day's events |
 //! | events | tenant, commit seq u64, part u32                               | zstd record of accepted events |
-//! | dedup  | commit seq u64                                                 | receive time, tenants of the events records, (fingerprint, payload hash)* |
+//! | dedup  | commit seq u64                                                 | commit record: receive time, tenants of its events records (until its aggregates are written) |
+//! | seen   | fingerprint u128 BE                                            | `dedup::Mark`: receive time i64 BE, payload hash u64 LE |
 //! | meta   | `counter/seq`, `counter/agg_seq/` shard u32, `counter/meter_id`, `meters/` tenant slug | counters / meter JSON |
 //! | meta   | `received/` hour i64                                           | u64: the first commit received in that hour (UTC) |
 //! | meta   | `exported/` tenant, `dropped/` tenant                          | u64: the last commit the export wrote / retention dropped |
