@@ -83,3 +83,14 @@ def dir_bytes(path: str | os.PathLike[str]) -> int:
             elif stat.S_ISREG(st.st_mode):
                 total += st.st_size
     return total
+
+
+def memory_kib(pid: int | str, field: str) -> int:
+    """`VmRSS` (now) or `VmHWM` (peak) of a process, in KiB; 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0

@@ -32,7 +32,10 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import finish, methodology  # noqa: E402
-from bench_pricing import peak_rss_mb  # noqa: E402
+from bench_pricing import (
+    peak_rss_mb,  # noqa: E402
+    prices,  # noqa: E402
+)
 from meter import Engine  # noqa: E402
 from meter.catalog.billing import BillingCatalog, Customer, Discount, Subscription  # noqa: E402
 from meter.catalog.prices import Price  # noqa: E402
@@ -56,41 +59,7 @@ GOAL_SECONDS, GOAL_RSS_MB = 60, 6 * 1024
 
 def plan_prices(plan: str) -> list[dict[str, Any]]:
     """The plan's six prices, as the catalog's JSON: a monthly fee in advance and the five meters' usage."""
-
-    def matrix(small: str, medium: str, large: str) -> dict[str, Any]:
-        return {"model": "matrix", "matrix": {"dimensions": ["model"], "entries": [
-            {"values": {"model": m}, "unit_price": p} for m, p in zip(MODELS, (small, medium, large), strict=True)]}}
-
-    def tiers(*rows: tuple[str, str | None, str, str]) -> list[dict[str, Any]]:
-        return [{"from": a, "unit_price": p, "flat_fee": f, **({"up_to": b} if b else {})} for a, b, p, f in rows]
-
-    usage: dict[str, dict[str, dict[str, Any]]] = {
-        "starter": {
-            "input_tokens": matrix("0.0000005", "0.000003", "0.000015"),
-            "output_tokens": {"model": "per_unit", "unit_price": "0.000002", "free_allowance": "10000"},
-            "requests": {"model": "package", "package": {"size": "100", "price": "0.40"}},
-            "gpu_spend": {"model": "per_unit", "unit_price": "1.15"},
-            "storage_gb": {"model": "graduated", "tiers": tiers(("0", "10", "0", "0"), ("10", "100", "0.10", "0"),
-                                                                ("100", None, "0.08", "0"))},
-        },
-        "pro": {
-            "input_tokens": {**matrix("0.0000004", "0.0000025", "0.000012"), "minimum": "5"},
-            "output_tokens": {"model": "graduated", "tiers": tiers(("0", "50000", "0.000004", "0"),
-                                                                   ("50000", None, "0.000003", "2.50"))},
-            "requests": {"model": "volume", "tiers": tiers(("0", "50", "0.02", "0"), ("50", None, "0.015", "1"))},
-            "gpu_spend": {"model": "percentage", "percentage": {"percent": "5", "min_fee": "1", "max_fee": "5000"}},
-            "storage_gb": {"model": "per_unit", "unit_price": "0.09", "maximum": "50"},
-        },
-        "enterprise": {
-            "input_tokens": matrix("0.0000003", "0.000002", "0.00001"),
-            "output_tokens": {"model": "volume", "tiers": tiers(("0", "100000", "0.0000035", "0"),
-                                                                ("100000", None, "0.000003", "0"))},
-            "requests": {"model": "per_unit", "unit_price": "0.001", "free_allowance": "2"},
-            "gpu_spend": {"model": "graduated", "tiers": tiers(("0", "100", "1.10", "0"), ("100", None, "1.05", "0")),
-                          "maximum": "100000"},
-            "storage_gb": {"model": "package", "package": {"size": "10", "price": "0.50", "rounding": "down"}},
-        },
-    }
+    usage = prices()  # the price book of bench-pricing, so both benchmarks rate the same catalog
     fee = {"starter": "9.99", "pro": "49", "enterprise": "990"}[plan]
     currency = PLANS[plan]
     return [{"id": f"{plan}-base", "currency": currency, "model": "flat", "amount": fee, "cadence": "in_advance"},

@@ -35,16 +35,15 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from _common import RESULTS, finish, methodology, percentile  # noqa: E402
+from _common import RESULTS, finish, memory_kib, methodology, percentile  # noqa: E402
 from bench_http import run_wrk, write_bodies  # noqa: E402
 from http_server import Server, free_port  # noqa: E402
+from meter import _core  # noqa: E402
+from meter.catalog.keys import new_key  # noqa: E402
 from peers import NAMES, load  # noqa: E402
 from peers.base import Peer, decode_batch  # noqa: E402
 from peers.meter_peer import METERS, TENANT  # noqa: E402
 from workload import CUSTOMERS, Workload  # noqa: E402
-
-from meter import _core  # noqa: E402
-from meter.catalog.keys import new_key  # noqa: E402
 
 
 def query_window() -> tuple[datetime, datetime]:
@@ -93,17 +92,6 @@ def cpu_seconds(pids: list[int]) -> float:
         except OSError:
             pass
     return total
-
-
-def memory_kib(pid: int | str, field: str) -> int:
-    """`VmRSS` (now) or `VmHWM` (peak) of a process, in KiB; 0 once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def peak_rss_mib(pids: list[int], baseline_kib: int) -> float:

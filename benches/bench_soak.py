@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, dir_bytes, finish, methodology, percentile  # noqa: E402
+from _common import RESULTS, dir_bytes, finish, memory_kib, methodology, percentile  # noqa: E402
 from workload import CUSTOMERS, METERS, Workload, zipf_weights  # noqa: E402
 
 TENANT = "bench"
@@ -397,17 +397,6 @@ def reopen(args: argparse.Namespace) -> None:
 
 
 # ---- the parent: sampling, guards, figures --------------------------------------------------------------------------
-
-
-def memory_kib(pid: int | str, field: str) -> int:
-    """`VmRSS` (now) or `VmHWM` (peak) of a process, in KiB; 0 once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def lines(stream: IO[str]) -> Iterator[dict[str, Any]]:
