@@ -9,7 +9,10 @@ the bench-core workload: 1000-event batches, fsync, 10k Zipf customers, three di
 the next). First the maximum is measured (a short phase at full speed), then the run paces batches at a fraction of
 it. Event times lie near now, and the windows (dedup, back-dating, retention, minute aggregates) are short, so that a
 steady state comes within the first quarter of the run; the settings the engine does not accept (yet) are listed as
-not in effect. After the run the data directory is reopened in a fresh process to time the restart.
+not in effect. The export runs in the engine's process as the server's scheduler runs it (`meter.export.export_events`
+every `--export-every-s`), since retention drops only exported events; its Parquet files are deleted once written (a
+warehouse would take them), so that the data directory alone is measured. After the run the data directory is
+reopened in a fresh process to time the restart.
 
 The sender builds each body from a pre-encoded template, joining its pieces around placeholders (the end of each id
 and the time), so a fresh batch costs two joins (about 0.15 ms), not a JSON encoding.
@@ -32,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -57,6 +61,8 @@ CUR = b"~cur-id~" + MID + b"~cur-time-prefix~~"
 PRV = b"~prv-id~" + MID + b"~prv-time-prefix~~"
 #: Settings that take the soak window, in `meter._core.Engine` names (seconds).
 WINDOW_SETTINGS = ("dedup_window_s", "backdate_window_s", "retention_s", "minute_aggregates_s")
+#: How often the engine applies retention: `meter.Engine`'s default `maintenance_interval`.
+MAINTENANCE_S = 60
 
 
 # ---- the engine's settings ------------------------------------------------------------------------------------------
@@ -295,7 +301,7 @@ class Interval:
         for issue in result.issues:
             self.codes[issue.code] = self.codes.get(issue.code, 0) + 1
 
-    def record(self, phase: str, t: float, lag_s: float, engine: Any) -> dict[str, Any]:
+    def record(self, phase: str, t: float, lag_s: float, engine: Any, exporter: Exporter) -> dict[str, Any]:
         wall = time.monotonic() - self.started
         lat = sorted(self.latencies)
         return {"type": "sample", "phase": phase, "t": round(t, 2), "seconds": round(wall, 3),
@@ -306,7 +312,43 @@ class Interval:
                 "ack_p99_ms": round(percentile(lat, 99) * 1000, 3) if lat else None,
                 "ack_max_ms": round(lat[-1] * 1000, 3) if lat else None,
                 "cpu_share": round((cpu_s() - self.cpu) / wall / (os.cpu_count() or 1), 3) if wall else 0,
-                "lag_s": round(lag_s, 3), "stats": stats_of(engine)}
+                "lag_s": round(lag_s, 3), "stats": stats_of(engine), **exporter.figures()}
+
+
+class Exporter(threading.Thread):
+    """Exports the tenant's events every `every` seconds, as `meter serve`'s scheduler does, then deletes the files.
+
+    `rows`, `bytes` and `seconds` add up what it did; `error` keeps the first failure (the run goes on without it).
+    """
+
+    def __init__(self, engine: Any, out: Path, every: float) -> None:
+        super().__init__(name="soak-export", daemon=True)
+        self.engine, self.out, self.every = engine, out, every
+        self.rows = self.bytes = self.runs = 0
+        self.seconds = 0.0
+        self.error: str | None = None
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        from meter.export import export_events
+
+        while not self.stopping.wait(self.every):
+            t = time.perf_counter()
+            try:
+                summary = export_events(self.engine, [TENANT], self.out)
+            except Exception as e:  # noqa: BLE001 - reported in the figures; ingest goes on
+                self.error = self.error or f"{type(e).__name__}: {e}"
+                continue
+            self.seconds += time.perf_counter() - t
+            self.rows += summary.rows
+            self.runs += 1
+            for part in self.out.glob("events/*/date=*/*.parquet"):
+                self.bytes += part.stat().st_size
+                part.unlink()
+
+    def figures(self) -> dict[str, Any]:
+        return {"export_runs": self.runs, "exported_rows": self.rows, "export_s": round(self.seconds, 2),
+                "parquet_bytes": self.bytes, "export_error": self.error}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -333,6 +375,8 @@ def child(args: argparse.Namespace) -> None:
     for spec in METERS:
         engine.create_meter(TENANT, spec)
     sender = Sender(tmpl, args.retry_age_s, args.seed)
+    exporter = Exporter(engine, args.child.parent / "export", args.export_every_s)
+    exporter.start()
     for _ in range(args.warmup):
         engine.ingest(TENANT, sender.next()[0])
     emit({"type": "start", "stats": stats_of(engine)})
@@ -348,7 +392,7 @@ def child(args: argparse.Namespace) -> None:
         while stop["why"] is None:
             now = time.monotonic()
             if now >= next_sample:
-                emit(interval.record(phase, now - began, lag, engine))
+                emit(interval.record(phase, now - began, lag, engine, exporter))
                 interval, next_sample = Interval(), next_sample + args.interval
             if now - began >= seconds:
                 break
@@ -373,11 +417,13 @@ def child(args: argparse.Namespace) -> None:
     emit({"type": "max", "events_per_s": round(max_rate), "target_events_per_s": round(target)})
     if stop["why"] is None:
         run("paced", args.minutes * 60, target)
+    exporter.stopping.set()
+    exporter.join()
     t = time.perf_counter()
     final = stats_of(engine)
     engine.close()
     emit({"type": "closed", "close_s": round(time.perf_counter() - t, 3), "stats": final, "stopped": stop["why"],
-          "hwm_kib": memory_kib("self", "VmHWM")})
+          "hwm_kib": memory_kib("self", "VmHWM"), **exporter.figures()})
 
 
 def reopen(args: argparse.Namespace) -> None:
@@ -499,7 +545,11 @@ def analyse(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     in_effect = run.get("in_effect") or {}
     bounded = "retention_s" in in_effect
     if bounded:
-        predicted = run["disk_start"] + per_event * unique_rate * window
+        # Retention drops what is older than the window at each maintenance step (every MAINTENANCE_S, exported by
+        # then since the export runs more often): on average half a step more than the window is kept.
+        kept_s = window + MAINTENANCE_S / 2
+        out["disk_prediction"] = f"{per_event:.0f} B x {unique_rate:,.0f} unique events/s x {kept_s:g} s kept"
+        predicted = run["disk_start"] + per_event * unique_rate * kept_s
         out["disk_predicted_mib"] = round(predicted / 2**20, 1)
         ratio = statistics.fmean(s["disk_bytes"] for s in tail) / predicted if predicted else float("nan")
         out["disk_measured_vs_predicted"] = round(ratio, 3)
@@ -517,7 +567,8 @@ def analyse(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
                        f"{out['disk_predicted_slope_mib_per_h']:,} MiB/h, measured {out['disk_slope_mib_per_h']:,}")
 
     for k in ("close_s", "restart_open_s", "restart_import_s", "restart_process_s", "restart_rss_mib",
-              "unique_events", "duplicates", "rejected", "rejected_codes", "disk_mib_after_close"):
+              "unique_events", "duplicates", "rejected", "rejected_codes", "disk_mib_after_close",
+              "export_runs", "exported_rows", "export_s", "parquet_bytes", "export_error"):
         if k in run:
             out[k] = run[k]
     restart_ok = "restart_open_s" in run
@@ -567,7 +618,8 @@ class Watch:
             print(f"  [{rec['phase']:5} {rec['t']:6.0f} s] {rec['events_per_s']:>9,} ev/s  "
                   f"p99 {rec['ack_p99_ms'] or 0:6.1f} ms  RSS {rec['rss_kib'] / 1024:8,.0f} MiB  "
                   f"disk {rec['disk_bytes'] / 2**20:8,.0f} MiB  CPU {rec['cpu_share']:.0%}  "
-                  f"lag {rec['lag_s']:.1f} s" + (f"  rejected {rec['rejected_codes']}" if rec["rejected"] else ""),
+                  f"lag {rec['lag_s']:.1f} s  exported {rec['exported_rows']:,}"
+                  + (f"  rejected {rec['rejected_codes']}" if rec["rejected"] else ""),
                   flush=True)
             self.guard(rec)
         elif kind == "max":
@@ -575,6 +627,8 @@ class Watch:
             print(f"  maximum {rec['events_per_s']:,} events/s; pacing at {self.args.rate_fraction:.0%}: "
                   f"{rec['target_events_per_s']:,} events/s for {self.args.minutes:g} min", flush=True)
         elif kind == "closed":
+            run.update({k: rec[k] for k in ("export_runs", "exported_rows", "export_s", "parquet_bytes",
+                                            "export_error")})
             run.update(close_s=rec["close_s"], hwm_kib=rec["hwm_kib"], unique_events=rec["stats"].get("accepted"),
                        duplicates=rec["stats"].get("duplicates"), rejected=rec["stats"].get("rejected"))
             if rec["stopped"] and not run.get("stopped"):
@@ -602,6 +656,8 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=10, help="seconds between samples (default 10)")
     ap.add_argument("--window-s", type=int, help="dedup, back-dating, retention and minute-aggregate window "
                     "(default: a quarter of the run, 30-600 s)")
+    ap.add_argument("--export-every-s", type=float, help="the export's period (default: a sixth of the window, "
+                    "10-60 s)")
     ap.add_argument("--dedup-cache-mb", type=int, help="engine setting, if it takes it (default: its own)")
     ap.add_argument("--recent-dedup-s", type=int, help="engine setting, if it takes it (default: its own)")
     ap.add_argument("--customers", type=int, default=CUSTOMERS)
@@ -630,6 +686,7 @@ def main() -> None:
     run_s = args.minutes * 60
     window = args.window_s or int(min(600, max(30, run_s / 4)))
     args.window_s = window
+    args.export_every_s = args.export_every_s or min(60.0, max(10.0, window / 6))
     wanted = {name: window for name in WINDOW_SETTINGS}
     # Events lie at most 9 s ahead; a short allowance keeps dedup markers (kept for the window plus it) in step.
     wanted["max_future_s"] = max(15, window // 10)
@@ -654,7 +711,8 @@ def main() -> None:
            "--minutes", str(args.minutes), "--rate-fraction", str(args.rate_fraction),
            "--max-seconds", str(args.max_seconds), "--interval", str(args.interval),
            "--customers", str(args.customers), "--templates", str(args.templates), "--warmup", str(args.warmup),
-           "--durability", args.durability, "--seed", str(args.seed), "--retry-age-s", str(args.retry_age_s)]
+           "--durability", args.durability, "--seed", str(args.seed), "--retry-age-s", str(args.retry_age_s),
+           "--export-every-s", str(args.export_every_s)]
     print(f"soak: building {args.templates} batch templates and opening the engine in a child process ...", flush=True)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
     assert proc.stdout is not None
@@ -739,6 +797,8 @@ def print_methodology(args: argparse.Namespace, window: int, wanted: dict[str, i
          "duplicates": f"{RETRY_SHARE:.1%} whole batches re-sent up to {args.retry_age_s:.0f} s later + "
                        f"{RESENT_PER_BATCH / BATCH:.1%} events of the previous batch re-sent",
          "event_times": "now, spread over 10 s",
+         "export": f"meter.export.export_events every {args.export_every_s:g} s in the engine's process (Parquet "
+                   "deleted once written)",
          "phases": f"{args.max_seconds:g} s at full speed (the maximum), then {args.minutes:g} min at "
                    f"{args.rate_fraction:.0%} of it, paced; a sample every {args.interval:g} s",
          "generation_s": opened["generation_s"]},
