@@ -99,6 +99,18 @@ impl Fold {
         }
     }
 
+    /// Per (meter id, minute): how many distinct customers the fold holds (the cardinality counts of a backfill).
+    pub fn customers_per_minute(&self) -> HashMap<(u32, i64), u32> {
+        let mut seen = HashSet::new();
+        let mut counts: HashMap<(u32, i64), u32> = HashMap::new();
+        for &(customer, meter, minute, _) in self.states.keys() {
+            if seen.insert((customer, meter, minute)) {
+                *counts.entry((meter, minute)).or_default() += 1;
+            }
+        }
+        counts
+    }
+
     pub fn is_empty(&self) -> bool {
         self.states.is_empty() && self.uniques.is_empty()
     }

@@ -1,5 +1,6 @@
 //! Engine settings, with the defaults the product promises.
 
+use crate::aggregate::meter::{MeterLimits, MeterSpec};
 use crate::ingest::Limits;
 
 const DAY_US: i64 = 86_400_000_000;
@@ -39,6 +40,11 @@ pub struct Config {
     /// bounds the replay after a crash.
     pub flush_interval: std::time::Duration,
     pub limits: Limits,
+    /// Default per meter: distinct dimension combinations one customer may have in one minute (default 1,000).
+    /// A meter's `limits` override it; see `engine::cardinality`.
+    pub max_combinations_per_minute: u32,
+    /// Default per meter: distinct customers one minute may have (default 100,000).
+    pub max_customers_per_minute: u32,
 }
 
 impl Default for Config {
@@ -52,6 +58,8 @@ impl Default for Config {
             max_commit_events: 20_000,
             flush_interval: std::time::Duration::from_secs(1),
             limits: Limits::default(),
+            max_combinations_per_minute: 1_000,
+            max_customers_per_minute: 100_000,
         }
     }
 }
@@ -61,5 +69,18 @@ impl Config {
     /// dropped while its event's time could still be accepted.
     pub fn dedup_retention_us(&self) -> i64 {
         self.dedup_window_us + self.max_future_us
+    }
+
+    /// The engine-wide cardinality limits, which a meter's own `limits` override field by field.
+    pub fn default_limits(&self) -> MeterLimits {
+        MeterLimits {
+            max_combinations_per_minute: Some(self.max_combinations_per_minute),
+            max_customers_per_minute: Some(self.max_customers_per_minute),
+        }
+    }
+
+    /// The limits that apply to `meter`: its own, each absent one taken from the engine's.
+    pub fn limits_of(&self, meter: &MeterSpec) -> MeterLimits {
+        meter.limits.unwrap_or_default().or(self.default_limits())
     }
 }

@@ -7,6 +7,7 @@
 //! past its `agg_seq` watermark, re-folded from their retained events (`replay`). Everything acknowledged was in one synced
 //! write batch, so what is recovered is exactly what was acknowledged.
 
+mod cardinality;
 pub mod config;
 mod folder;
 mod prepare;
@@ -23,6 +24,7 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Sender, TrySendError};
 use serde::Serialize;
 
+use cardinality::Cardinality;
 pub use config::{Config, Durability};
 use folder::{flush_queue, shard_of, write_flushes, Folder, SHARDS};
 pub use report::IngestReport;
@@ -187,6 +189,7 @@ impl Engine {
                 "the dedup window must be at least as long as the back-dating window, or a late retry would count twice",
             ));
         }
+        config.default_limits().validate("invalid_config", "")?;
         let (index, dedup_records) = load_dedup(&*store, now_micros() - config.dedup_retention_us())?;
         replay(&*store, &registry, seq)?;
 
@@ -230,6 +233,7 @@ impl Engine {
             dedup_records,
             folds,
             folders,
+            card: Cardinality::new(cardinality::CACHE_BYTES),
         };
         let handle = spawn("meter-writer", move || writer.run(rx))?;
         Ok(Engine {
@@ -258,7 +262,9 @@ impl Engine {
     pub fn create_meter(&self, tenant: &str, spec: MeterSpec, now_us: Option<i64>) -> Result<CreatedMeter> {
         check_tenant(tenant)?;
         let now_us = now_us.unwrap_or_else(now_micros);
-        self.ask(true, |reply| Command::CreateMeter { tenant: tenant.to_owned(), spec, now_us, reply })
+        let created =
+            self.ask(true, |reply| Command::CreateMeter { tenant: tenant.to_owned(), spec, now_us, reply })?;
+        Ok(CreatedMeter { meter: self.shown(&created.meter), ..created })
     }
 
     pub fn delete_meter(&self, tenant: &str, slug: &str) -> Result<()> {
@@ -270,12 +276,19 @@ impl Engine {
         let registry = self.shared.registry.read().unwrap().clone();
         let meter =
             registry.get(tenant, slug).ok_or_else(|| Error::NotFound { what: "meter", name: slug.to_owned() })?;
-        Ok(meter.stored.clone())
+        Ok(self.shown(&meter.stored))
     }
 
     pub fn list_meters(&self, tenant: &str) -> Vec<StoredMeter> {
         let registry = self.shared.registry.read().unwrap().clone();
-        registry.list(tenant).iter().map(|m| m.stored.clone()).collect()
+        registry.list(tenant).iter().map(|m| self.shown(&m.stored)).collect()
+    }
+
+    /// A meter as the API shows it: with the cardinality limits that apply to it, its own or the engine's.
+    fn shown(&self, stored: &StoredMeter) -> StoredMeter {
+        let mut shown = stored.clone();
+        shown.spec.limits = Some(self.config.limits_of(&stored.spec));
+        shown
     }
 
     /// Answers from every acknowledged event: what RocksDB holds plus what the fold threads hold in memory.

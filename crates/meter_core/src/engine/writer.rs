@@ -11,10 +11,14 @@
 //! (`folder`), which keep the aggregates; the retained events are their redo log after a crash (see
 //! `engine::replay`). RocksDB's WAL stays the only log.
 //!
+//! The writer also enforces the cardinality limits (`cardinality`): an event that would take a meter past one is
+//! refused with `cardinality_limit`, and the meter-minute counts it changed go into the same commit.
+//!
 //! Fail-stop: if a write fails, the writer records why, answers the callers of that write with
 //! `OutcomeUnknown` (the write may have reached the WAL, so it may be applied after a restart) and every later
 //! caller with `StoreFailed` (refused before any write), and rolls the in-memory dedup index back to what is
-//! durable; nothing is flushed again.
+//! durable; nothing is flushed again. A read the limits need that fails stops the engine the same way, before anything
+//! of the group is written: its callers get `StoreFailed`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -25,8 +29,9 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use hashbrown::HashMap;
 
+use super::cardinality::Cardinality;
 use super::folder::{flushed, Accepted, FoldWork};
-use super::prepare::{conflict, prepare, Prepared};
+use super::prepare::{cardinality_limit, conflict, prepare, Prepared};
 use super::report::IngestReport;
 use super::{Backfill, CreatedMeter, Shared};
 use crate::aggregate::extract::extract_retained;
@@ -82,6 +87,8 @@ pub(crate) struct Writer {
     /// flush thread.
     pub folds: Vec<Sender<FoldWork>>,
     pub folders: Vec<JoinHandle<()>>,
+    /// The cardinality limits' counts.
+    pub card: Cardinality,
 }
 
 /// A group commit being staged.
@@ -189,8 +196,18 @@ impl Writer {
         let mut report = IngestReport { issues: batch.issues.clone(), ..Default::default() };
 
         if atomic {
-            let problems = self.atomic_problems(&prepared);
-            if !problems.is_empty() || !report.issues.is_empty() {
+            // The limits' additions of a batch that is refused whole are taken back.
+            self.card.begin_trial();
+            let problems = match self.atomic_problems(&prepared) {
+                Ok(problems) => problems,
+                Err(e) => {
+                    self.card.end_trial(false);
+                    return self.abandon(p, reply, e);
+                }
+            };
+            let refused = !problems.is_empty() || !report.issues.is_empty();
+            self.card.end_trial(!refused);
+            if refused {
                 report.issues.extend(problems);
                 report.issues.sort_by_key(|i| i.index);
                 let _ = reply.send(Err(Error::BatchRejected { issues: report.issues }));
@@ -209,13 +226,27 @@ impl Writer {
                 own.push(w);
             }
             let seen = self.index.check(ev.fingerprint, ev.payload_hash);
+            let refused = match (seen, verdict) {
+                (Seen::New, None) => {
+                    let (subject, scopes) = (batch.text(ev.subject), prepared.scopes_of(position));
+                    match self.card.admit(&*self.store, &batch.tenant, subject, scopes, self.seq + 1) {
+                        Ok(refused) => refused,
+                        Err(e) => return self.abandon(p, reply, e),
+                    }
+                }
+                _ => None,
+            };
             if verdict.is_none() {
-                kept.push(seen == Seen::New);
+                kept.push(seen == Seen::New && refused.is_none());
             }
             match (seen, verdict) {
                 (Seen::Duplicate, _) => report.duplicates += 1,
                 (Seen::Conflict, _) => report.issues.push(conflict(batch, ev)),
                 (Seen::New, Some(issue)) => report.issues.push(issue.clone()),
+                (Seen::New, None) if refused.is_some() => {
+                    let refusal = refused.expect("checked");
+                    report.issues.push(cardinality_limit(batch, &prepared.registry, ev, refusal));
+                }
                 (Seen::New, None) => {
                     self.index.insert(ev.fingerprint, ev.payload_hash, prepared.now_us);
                     p.fingerprints.push((ev.fingerprint, ev.payload_hash));
@@ -239,12 +270,13 @@ impl Writer {
         p.replies.push((reply, report, batch_tenant));
     }
 
-    /// For an atomic request: every reason it cannot be applied in full, without changing anything.
-    fn atomic_problems(&self, prepared: &Prepared) -> Vec<EventIssue> {
+    /// For an atomic request: every reason it cannot be applied in full. Changes nothing but the cardinality counts,
+    /// which the caller keeps or takes back (a trial).
+    fn atomic_problems(&mut self, prepared: &Prepared) -> Result<Vec<EventIssue>> {
         let batch = &prepared.batch;
         let mut problems = Vec::new();
         let mut in_batch: HashMap<u128, u64> = HashMap::new();
-        for (ev, verdict) in batch.events.iter().zip(&prepared.verdicts) {
+        for (position, (ev, verdict)) in batch.events.iter().zip(&prepared.verdicts).enumerate() {
             let seen = match (self.index.check(ev.fingerprint, ev.payload_hash), in_batch.get(&ev.fingerprint)) {
                 (Seen::New, Some(&h)) if h != ev.payload_hash => Seen::Conflict,
                 (Seen::New, Some(_)) => Seen::Duplicate,
@@ -256,10 +288,29 @@ impl Writer {
                 Seen::New => {
                     in_batch.insert(ev.fingerprint, ev.payload_hash);
                     problems.extend(verdict.clone());
+                    if verdict.is_none() {
+                        let (subject, scopes) = (batch.text(ev.subject), prepared.scopes_of(position));
+                        if let Some(refusal) =
+                            self.card.admit(&*self.store, &batch.tenant, subject, scopes, self.seq + 1)?
+                        {
+                            problems.push(cardinality_limit(batch, &prepared.registry, ev, refusal));
+                        }
+                    }
                 }
             }
         }
-        problems
+        Ok(problems)
+    }
+
+    /// A read the cardinality limits needed failed while staging: fail-stop before anything of the group is written.
+    /// Every caller of the group, and this one, is refused: `StoreFailed` (not applied).
+    fn abandon(&mut self, p: &mut Pending, reply: Sender<Result<IngestReport>>, e: Error) {
+        let reason = e.failure_reason();
+        self.fail(p, reason.clone());
+        for (waiting, _, _) in std::mem::take(p).replies {
+            let _ = waiting.send(Err(Error::StoreFailed { reason: reason.clone() }));
+        }
+        let _ = reply.send(Err(Error::StoreFailed { reason }));
     }
 
     /// Writes the staged group, answers its callers, then hands the accepted events to the fold thread.
@@ -277,6 +328,7 @@ impl Writer {
             }
             pending.set.put(Cf::Dedup, &seq.to_be_bytes(), record.bytes());
             pending.set.put(Cf::Meta, keys::META_SEQ, &seq.to_be_bytes());
+            self.card.stage(&mut pending.set, pending.received_us - self.config.backdate_window_us);
             self.expire_dedup(&mut pending.set, pending.received_us);
             if let Err(e) = self.store.write(&pending.set, self.config.durability == Durability::Fsync) {
                 // The write may have reached the WAL before it failed (its fsync, say): these callers cannot be
@@ -290,6 +342,7 @@ impl Writer {
             }
             self.seq = seq;
             self.dedup_records.push_back((seq, pending.received_us));
+            self.card.trim(self.shared.agg_seq());
         }
         let stats = &self.shared.stats;
         stats.record_commit(started.elapsed().as_secs_f64());
@@ -379,6 +432,10 @@ impl Writer {
         let stored_json = serde_json::to_vec(&meter.stored).expect("meters serialize");
         set.put(Cf::Meta, &keys::meter_def(tenant, meter.slug()), &stored_json);
         set.put(Cf::Meta, keys::META_METER_ID, &(self.next_meter_id + 1).to_be_bytes());
+        // The cardinality counts of what the backfill filled (`cardinality`: the customers of each meter-minute).
+        for ((meter_id, minute), customers) in fold.customers_per_minute() {
+            set.put(Cf::Meta, &keys::card_key(minute, meter_id), &customers.to_be_bytes());
+        }
         fold.drain_into(&mut set);
         self.write_admin(&set, true)?;
         self.next_meter_id += 1;

@@ -9,6 +9,7 @@
 //! | events | tenant, commit seq u64, part u32                               | zstd record of accepted events |
 //! | dedup  | commit seq u64                                                 | receive time, tenants of the events records, (fingerprint, payload hash)* |
 //! | meta   | `counter/seq`, `counter/agg_seq/` shard u32, `counter/meter_id`, `meters/` tenant slug | counters / meter JSON |
+//! | meta   | `card/` minute i64, meter id u32                               | distinct customers of the meter in that minute, u32 (`engine::cardinality`) |
 //!
 //! One `agg` key per customer-minute (not per dimension combination) is what keeps writes per event low:
 //! a customer's events within a minute share one key however many dimensions vary.
@@ -26,6 +27,19 @@ pub const META_METER_ID: &[u8] = b"counter/meter_id";
 pub const META_AGG_SEQS: &[u8] = b"counter/agg_seq/";
 /// Prefix of meter definitions; no counter key starts with it.
 pub const METER_DEFS: &[u8] = b"meters/";
+
+/// Prefix of the per-minute customer counts of the cardinality limits; minute first, so that the minutes that left the
+/// back-dating window are one range delete.
+pub const META_CARD: &[u8] = b"card/";
+
+/// The key of a meter's distinct-customer count in one minute.
+pub fn card_key(minute: i64, meter_id: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(META_CARD.len() + 12);
+    k.extend_from_slice(META_CARD);
+    put_i64_sortable(&mut k, minute);
+    k.extend_from_slice(&meter_id.to_be_bytes());
+    k
+}
 
 pub fn agg_seq(shard: u32) -> Vec<u8> {
     [META_AGG_SEQS, &shard.to_be_bytes()].concat()

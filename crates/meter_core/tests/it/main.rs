@@ -642,3 +642,5 @@ fn a_meter_that_cannot_read_an_event_never_stops_the_others_from_counting_it() {
     engine.delete_meter("t", "cached2").unwrap();
     assert!(engine.stats().skipped.is_empty(), "a deleted meter's counter goes with it");
 }
+
+mod limits;
