@@ -146,8 +146,14 @@ def main() -> None:
 @click.option("--export-every", type=float, default=None, help="seconds between Parquet exports (none by default)")
 @click.option("--export-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where scheduled exports go (default: <data-dir>/export)")
+@click.option("--max-combinations-per-minute", type=click.IntRange(1, 100_000), default=1_000, show_default=True,
+              help="cardinality limit: distinct dimension combinations one customer may have in one minute of a meter "
+                   "(a meter's own limits override it)")
+@click.option("--max-customers-per-minute", type=click.IntRange(1, 10_000_000), default=100_000, show_default=True,
+              help="cardinality limit: distinct customers one minute of a meter may have (a meter's own limits "
+                   "override it)")
 def serve(data_dir: Path, host: str, port: int, admin_key: str | None, export_every: float | None,
-          export_dir: Path | None) -> None:
+          export_dir: Path | None, max_combinations_per_minute: int, max_customers_per_minute: int) -> None:
     """Run the HTTP API on one data directory (one process owns it)."""
     from granian import Granian
     from granian.constants import Interfaces
@@ -166,6 +172,8 @@ def serve(data_dir: Path, host: str, port: int, admin_key: str | None, export_ev
         os.environ["METER_EXPORT_DIR"] = str((export_dir or data_dir / "export").resolve())
     if admin_key:
         os.environ["METER_ADMIN_KEY"] = admin_key
+    os.environ["METER_MAX_COMBINATIONS_PER_MINUTE"] = str(max_combinations_per_minute)
+    os.environ["METER_MAX_CUSTOMERS_PER_MINUTE"] = str(max_customers_per_minute)
     server = Granian(
         "meter.server.app:create_app", factory=True, interface=Interfaces.ASGI, address=host, port=port, workers=1,
         log_access=False,

@@ -80,7 +80,20 @@ class Engine:
         max_future: timedelta = timedelta(minutes=5),
         queue_capacity: int = 64,
         max_batch_events: int = 10_000,
+        max_combinations_per_minute: int = 1_000,
+        max_customers_per_minute: int = 100_000,
     ) -> None:
+        """Opens (or creates) the engine's store at ``path``.
+
+        ``max_combinations_per_minute`` (distinct dimension combinations of one customer in one minute of a meter) and
+        ``max_customers_per_minute`` (distinct customers in one minute of a meter) are the cardinality limits of every
+        meter that does not set its own (``MeterSpec.limits``); an event past one is refused with
+        ``cardinality_limit``.
+        """
+        for name, value in (("max_combinations_per_minute", max_combinations_per_minute),
+                            ("max_customers_per_minute", max_customers_per_minute)):
+            if not 1 <= value < 2**32:  # the engine checks the upper bound, with its message
+                raise InvalidInput(f"{name} must be a positive whole number; got {value}", "invalid_config")
         self._inner = _core.Engine(
             os.fspath(path),
             durability=durability,
@@ -89,6 +102,8 @@ class Engine:
             max_future_s=_seconds(max_future),
             queue_capacity=queue_capacity,
             max_batch_events=max_batch_events,
+            max_combinations_per_minute=max_combinations_per_minute,
+            max_customers_per_minute=max_customers_per_minute,
         )
 
     def __enter__(self) -> Engine:

@@ -151,8 +151,10 @@ class MeterApp:
     """One app per process; it opens the engine and the key store at startup (ASGI lifespan)."""
 
     def __init__(self, data_dir: Path, admin_key: str | None = None, max_body: int = MAX_BODY,
-                 export: tuple[Path, float] | None = None) -> None:
+                 export: tuple[Path, float] | None = None, engine_options: dict[str, Any] | None = None) -> None:
         self.data_dir, self.admin_key, self.max_body = data_dir, admin_key, max_body
+        #: Keyword arguments of the usage engine (`meter.Engine`): its settings, as `meter serve` was given them.
+        self.engine_options = engine_options or {}
         #: (directory, seconds between exports) of the scheduled Parquet export, if any.
         self.export = export
         self.exporter: threading.Thread | None = None
@@ -268,7 +270,7 @@ class MeterApp:
         elif not self.keys.has_admin_key():
             secret, _ = self.keys.create_key(None, ["admin"])
             print(f"meter: created the operator key (shown once, store it now): {secret}", flush=True)
-        self.engine = Engine(self.data_dir / "usage")
+        self.engine = Engine(self.data_dir / "usage", **self.engine_options)
         # The catalog checks prices' meters against the engine, and deletes meters (see delete_meter).
         self.billing = BillingCatalog(self.data_dir / "billing", meters=self.engine)
         self.invoices = InvoiceStore(self.data_dir / "invoices")
@@ -873,11 +875,20 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+#: Engine settings that `meter serve` hands to the server process: environment variable -> `meter.Engine` keyword.
+ENGINE_SETTINGS = {
+    "METER_MAX_COMBINATIONS_PER_MINUTE": "max_combinations_per_minute",
+    "METER_MAX_CUSTOMERS_PER_MINUTE": "max_customers_per_minute",
+}
+
+
 def create_app() -> MeterApp:
     """Factory for granian: configuration comes from the environment `meter serve` sets."""
     every = os.environ.get("METER_EXPORT_EVERY")
     export = (Path(os.environ["METER_EXPORT_DIR"]), float(every)) if every else None
+    engine_options = {option: int(os.environ[variable]) for variable, option in ENGINE_SETTINGS.items()
+                      if variable in os.environ}
     return MeterApp(Path(os.environ.get("METER_DATA_DIR", ".meter-data")), os.environ.get("METER_ADMIN_KEY") or None,
-                    export=export)
+                    export=export, engine_options=engine_options)
 
 

@@ -26,7 +26,8 @@ fn json_bytes<'py, T: serde::Serialize>(py: Python<'py>, value: &T) -> Bound<'py
 impl PyEngine {
     #[new]
     #[pyo3(signature = (path, *, durability = "fsync", dedup_window_s = 35 * 86_400, backdate_window_s = 35 * 86_400,
-                        max_future_s = 300, queue_capacity = 64, max_batch_events = 10_000))]
+                        max_future_s = 300, queue_capacity = 64, max_batch_events = 10_000,
+                        max_combinations_per_minute = 1_000, max_customers_per_minute = 100_000))]
     #[allow(clippy::too_many_arguments)] // keyword-only options of a Python constructor
     fn new(
         py: Python<'_>,
@@ -37,6 +38,8 @@ impl PyEngine {
         max_future_s: i64,
         queue_capacity: usize,
         max_batch_events: usize,
+        max_combinations_per_minute: u32,
+        max_customers_per_minute: u32,
     ) -> PyResult<Self> {
         let durability = Durability::parse(durability).ok_or_else(|| {
             super::error::to_py(
@@ -53,6 +56,8 @@ impl PyEngine {
             backdate_window_us: backdate_window_s * 1_000_000,
             max_future_us: max_future_s * 1_000_000,
             queue_capacity: queue_capacity.max(1),
+            max_combinations_per_minute,
+            max_customers_per_minute,
             ..Config::default()
         };
         config.limits.max_events = max_batch_events;
