@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::aggregate::extract::{extract, Contribution, Skip};
 use crate::aggregate::meter::Meter;
 use crate::aggregate::registry::Registry;
-use crate::engine::cardinality::{Refusal, Scope};
+use crate::engine::cardinality::{signature, Refusal, Scope};
 use crate::engine::config::Config;
 use crate::error::{EventIssue, EventWarning, IssueCode, Result};
 use crate::ingest::{ParsedBatch, ParsedEvent};
@@ -34,13 +34,15 @@ pub(crate) struct Prepared {
     /// `scopes[scope_ends[i - 1]..scope_ends[i]]` (from 0 for the first); an event with an issue has none.
     pub scopes: Vec<Scope>,
     pub scope_ends: Vec<u32>,
+    /// Per event: the signature of its scopes (`cardinality::signature`).
+    pub signatures: Vec<u64>,
 }
 
 impl Prepared {
-    /// The cardinality scopes of the event at `position` in `batch.events`.
-    pub fn scopes_of(&self, position: usize) -> &[Scope] {
+    /// The cardinality scopes of the event at `position` in `batch.events`, and their signature.
+    pub fn scopes_of(&self, position: usize) -> (&[Scope], u64) {
         let start = if position == 0 { 0 } else { self.scope_ends[position - 1] as usize };
-        &self.scopes[start..self.scope_ends[position] as usize]
+        (&self.scopes[start..self.scope_ends[position] as usize], self.signatures[position])
     }
 }
 
@@ -50,6 +52,7 @@ pub(crate) fn prepare(batch: ParsedBatch, registry: Arc<Registry>, now_us: i64, 
     let mut frame = FrameBuilder::default();
     let mut scopes = Vec::with_capacity(batch.events.len());
     let mut scope_ends = Vec::with_capacity(batch.events.len());
+    let mut signatures = Vec::with_capacity(batch.events.len());
     let mut dims = Vec::with_capacity(64);
     for (position, ev) in batch.events.iter().enumerate() {
         let verdict = check_time(&batch, ev, now_us, config).err();
@@ -75,10 +78,12 @@ pub(crate) fn prepare(batch: ParsedBatch, registry: Arc<Registry>, now_us: i64, 
             });
         }
         verdicts.push(verdict);
+        let start = scope_ends.last().map_or(0, |&end| end as usize);
+        signatures.push(signature(&scopes[start..]));
         scope_ends.push(scopes.len() as u32);
     }
     let frame = frame.finish()?;
-    Ok(Prepared { batch, registry, now_us, verdicts, warnings, frame, scopes, scope_ends })
+    Ok(Prepared { batch, registry, now_us, verdicts, warnings, frame, scopes, scope_ends, signatures })
 }
 
 fn check_time(batch: &ParsedBatch, ev: &ParsedEvent, now_us: i64, config: &Config) -> Result<(), EventIssue> {

@@ -228,8 +228,8 @@ impl Writer {
             let seen = self.index.check(ev.fingerprint, ev.payload_hash);
             let refused = match (seen, verdict) {
                 (Seen::New, None) => {
-                    let (subject, scopes) = (batch.text(ev.subject), prepared.scopes_of(position));
-                    match self.card.admit(&*self.store, &batch.tenant, subject, scopes, self.seq + 1) {
+                    let (subject, (scopes, signature)) = (batch.text(ev.subject), prepared.scopes_of(position));
+                    match self.card.admit(&*self.store, &batch.tenant, subject, scopes, signature, self.seq + 1) {
                         Ok(refused) => refused,
                         Err(e) => return self.abandon(p, reply, e),
                     }
@@ -289,9 +289,9 @@ impl Writer {
                     in_batch.insert(ev.fingerprint, ev.payload_hash);
                     problems.extend(verdict.clone());
                     if verdict.is_none() {
-                        let (subject, scopes) = (batch.text(ev.subject), prepared.scopes_of(position));
+                        let (subject, (scopes, signature)) = (batch.text(ev.subject), prepared.scopes_of(position));
                         if let Some(refusal) =
-                            self.card.admit(&*self.store, &batch.tenant, subject, scopes, self.seq + 1)?
+                            self.card.admit(&*self.store, &batch.tenant, subject, scopes, signature, self.seq + 1)?
                         {
                             problems.push(cardinality_limit(batch, &prepared.registry, ev, refusal));
                         }
