@@ -10,9 +10,13 @@
 //! that folding never stops for a write (which would stall the writer behind it). The flush thread writes
 //! in the order it was handed folds, so each shard's watermark only moves forward.
 //!
-//! A query does not flush: each fold thread copies out what it holds for the queried meter (`Peek`), and
-//! the flush thread answers once every fold handed over before that is written. Until the query has read
-//! RocksDB, the shard hands nothing more over (`Shared::readers`), so no state is both copied and read.
+//! A query never waits for a write: each fold thread that owns a queried customer copies out what it holds of the
+//! query's customers, meter and minutes (`Peek`), and answers at once. Folds handed over and not yet written stay
+//! readable meanwhile (`Shared::inflight`, until the flush thread has written them); the query copies from those too,
+//! then reads RocksDB at a snapshot and keeps each in-flight copy only if the shard's watermark at that snapshot says
+//! the fold is not in it (a fold and its watermark are one write). Until the query has read, the shard hands nothing
+//! more over (`Shared::readers`), so no state it copied from the live fold can reach RocksDB before the read: every
+//! state is counted exactly once. See `Engine::query`.
 //! A flush is not synced on its own: if a crash loses it, it loses the watermark too, and recovery
 //! re-aggregates those commits from their retained events (see `engine::replay`).
 
@@ -25,7 +29,7 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use super::prepare::{read_event, Prepared};
 use super::Shared;
-use crate::aggregate::fold::{Fold, Peeked};
+use crate::aggregate::fold::{Fold, PeekFilter, Peeked};
 use crate::error::{Error, Result};
 use crate::storage::{keys, Cf, Store, WriteSet};
 
@@ -41,8 +45,17 @@ pub(crate) enum FoldWork {
     Commit { seq: u64, parts: Arc<Vec<Accepted>> },
     /// Flush now, then answer.
     Flush { reply: Sender<Result<()>> },
-    /// Copy out what is held for one meter; answered once RocksDB has everything handed over before.
-    Peek { tenant: String, meter_id: u32, reply: Sender<Result<Peeked>> },
+    /// Copy out what the live fold holds of what a query asks for, and close the shard's hand-overs until the
+    /// query has read (`Shared::readers`).
+    Peek { filter: Arc<PeekFilter>, reply: Sender<Result<Peeked>> },
+}
+
+/// A fold handed over to the flush thread and not yet written: queries read it meanwhile.
+pub(crate) struct InFlight {
+    pub shard: u32,
+    /// The last commit it holds: its shard's watermark once it is written.
+    pub seq: u64,
+    pub fold: Arc<Fold>,
 }
 
 /// The events a commit accepted from one request.
@@ -63,12 +76,12 @@ pub(crate) fn flushed(answers: Vec<Receiver<Result<()>>>) -> Result<()> {
     answers.into_iter().try_for_each(|a| a.recv().map_err(|_| Error::Closed)?)
 }
 
-/// What the fold threads hand to the flush thread, in order.
-pub(crate) enum Flush {
-    /// A shard's fold of the commits up to `seq`, to be written.
-    Write { shard: u32, fold: Fold, seq: u64, reply: Option<Sender<Result<()>>> },
-    /// A query's copy of a fold, given back once everything handed over before is written.
-    Barrier { peeked: Peeked, reply: Sender<Result<Peeked>> },
+/// What the fold threads hand to the flush thread, in order: a shard's fold of the commits up to `seq`, to be written.
+pub(crate) struct Flush {
+    shard: u32,
+    fold: Arc<Fold>,
+    seq: u64,
+    reply: Option<Sender<Result<()>>>,
 }
 
 pub(crate) struct Folder {
@@ -95,12 +108,14 @@ impl Folder {
                     }
                 }
                 Ok(FoldWork::Flush { reply }) => self.hand_over(Some(reply)),
-                Ok(FoldWork::Peek { tenant, meter_id, reply }) => {
+                Ok(FoldWork::Peek { filter, reply }) => {
                     let mut peeked = Peeked::default();
-                    self.fold.peek(&tenant, meter_id, &mut peeked);
+                    self.fold.peek(&filter, &mut peeked);
                     // Closed until the query has read RocksDB; the query opens it (`engine::ReadGate`).
                     self.readers().fetch_add(1, Ordering::AcqRel);
-                    let _ = self.flushes.send(Flush::Barrier { peeked, reply });
+                    if reply.send(self.shared.failure().map_or(Ok(peeked), Err)).is_err() {
+                        self.readers().fetch_sub(1, Ordering::AcqRel);
+                    }
                 }
                 Err(RecvTimeoutError::Timeout) => self.hand_over(None),
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -145,13 +160,14 @@ impl Folder {
 
     /// Gives the fold to the flush thread; one with a `reply` is answered once it is written.
     ///
-    /// While a query reads, a routine hand-over waits for a later turn, so that ingest does not stall behind
-    /// queries. One that is asked for, or overdue (twice the size or age that triggers it), waits for the
-    /// readers instead: this thread then takes no new `Peek` meanwhile, so a stream of queries can neither
-    /// starve a meter change nor grow the fold without bound.
+    /// While a query reads, or while the flush thread is `FLUSH_QUEUE` folds behind, a routine hand-over waits for a
+    /// later turn, so that neither ingest nor the queries behind it in this thread's queue stall (a query waits for
+    /// the commits ahead of it to be folded). One that is asked for, or overdue (twice the size or age that triggers
+    /// it), waits for the readers and for room instead: this thread then takes no new `Peek` meanwhile, so a stream
+    /// of queries can neither starve a meter change nor grow the fold without bound.
     fn hand_over(&mut self, reply: Option<Sender<Result<()>>>) {
         let overdue = self.fold.states() >= 2 * FLUSH_STATES || self.last_flush.elapsed() >= 2 * self.flush_interval;
-        if reply.is_none() && !overdue && self.readers().load(Ordering::Acquire) > 0 {
+        if reply.is_none() && !overdue && (self.readers().load(Ordering::Acquire) > 0 || self.flushes.is_full()) {
             return;
         }
         self.wait_for_readers();
@@ -161,22 +177,19 @@ impl Folder {
         if reply.is_none() && self.fold.is_empty() && self.handed_seq == self.folded_seq {
             return;
         }
-        let fold = std::mem::take(&mut self.fold);
-        let _ = self.flushes.send(Flush::Write { shard: self.shard, fold, seq: self.folded_seq, reply });
+        let (shard, seq) = (self.shard, self.folded_seq);
+        let fold = Arc::new(std::mem::take(&mut self.fold));
+        if !fold.is_empty() {
+            self.shared.inflight.lock().unwrap().push(InFlight { shard, seq, fold: fold.clone() });
+        }
+        let _ = self.flushes.send(Flush { shard, fold, seq, reply });
         self.handed_seq = self.folded_seq;
     }
 }
 
 /// The flush thread: writes handed-over folds in order, each with its shard's watermark.
 pub(crate) fn write_flushes(store: Arc<dyn Store>, shared: Arc<Shared>, rx: Receiver<Flush>) {
-    for flush in rx {
-        let (shard, mut fold, seq, reply) = match flush {
-            Flush::Write { shard, fold, seq, reply } => (shard, fold, seq, reply),
-            Flush::Barrier { peeked, reply } => {
-                let _ = reply.send(shared.failure().map_or(Ok(peeked), Err));
-                continue;
-            }
-        };
+    for Flush { shard, fold, seq, reply } in rx {
         let result = (|| {
             if let Some(e) = shared.failure() {
                 return Err(e);
@@ -186,7 +199,7 @@ pub(crate) fn write_flushes(store: Arc<dyn Store>, shared: Arc<Shared>, rx: Rece
                 return Ok(());
             }
             let mut set = WriteSet::default();
-            fold.drain_into(&mut set);
+            fold.encode_into(&mut set);
             set.put(Cf::Meta, &keys::agg_seq(shard), &seq.to_be_bytes());
             // Whoever waits for a flush (a meter change, a bulk read) made no write of its own: their request was
             // refused, not of unknown outcome.
@@ -194,6 +207,8 @@ pub(crate) fn write_flushes(store: Arc<dyn Store>, shared: Arc<Shared>, rx: Rece
             watermark.store(seq, Ordering::Release);
             Ok(())
         })();
+        // In RocksDB now (or the engine failed, and answers no query): queries find it there.
+        shared.inflight.lock().unwrap().retain(|f| !Arc::ptr_eq(&f.fold, &fold));
         if let Some(reply) = reply {
             let _ = reply.send(result);
         }

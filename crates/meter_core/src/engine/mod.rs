@@ -26,17 +26,18 @@ use serde::Serialize;
 
 use cardinality::Cardinality;
 pub use config::{Config, Durability};
-use folder::{flush_queue, shard_of, write_flushes, Folder, SHARDS};
+use folder::{flush_queue, shard_of, write_flushes, FoldWork, Folder, InFlight, SHARDS};
 pub use report::IngestReport;
 use writer::{Command, Writer};
 
 use crate::aggregate::extract::extract_retained;
-use crate::aggregate::fold::{Fold, Peeked};
+use crate::aggregate::fold::{Fold, PeekFilter, Peeked};
 use crate::aggregate::meter::{Meter, MeterSpec, StoredMeter};
 use crate::aggregate::registry::Registry;
 use crate::dedup::{DedupIndex, Record};
 use crate::error::{Error, Result};
-use crate::ingest::{parse_batch, time::now_micros};
+use crate::ingest::parse_batch;
+use crate::ingest::time::{minute_of, now_micros, MICROS_PER_MINUTE};
 use crate::query::{self, UsageQuery, UsageResult};
 use crate::storage::events;
 use crate::storage::rocks::RocksStore;
@@ -52,6 +53,8 @@ pub(crate) struct Shared {
     pub agg_seqs: Vec<AtomicU64>,
     /// Per fold shard: queries between copying the shard's fold and reading RocksDB (see `folder`).
     pub readers: Vec<AtomicUsize>,
+    /// Folds handed over to the flush thread and not yet written, which queries read meanwhile (see `folder`).
+    pub inflight: Mutex<Vec<InFlight>>,
     pub stats: Stats,
     /// Per (tenant, meter slug): accepted events the meter could not read and skipped, since the engine opened
     /// (at ingest and in its backfill). Forgotten when the meter is deleted.
@@ -149,6 +152,8 @@ pub struct Engine {
     store: RwLock<Option<Arc<dyn Store>>>,
     shared: Arc<Shared>,
     tx: RwLock<Option<Sender<Command>>>,
+    /// The fold threads' queues, for queries (the writer holds them too).
+    folds: RwLock<Option<Vec<Sender<FoldWork>>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     config: Config,
 }
@@ -198,6 +203,7 @@ impl Engine {
             registry: RwLock::new(Arc::new(registry)),
             agg_seqs: (0..SHARDS).map(|_| AtomicU64::new(seq)).collect(),
             readers: (0..SHARDS).map(|_| AtomicUsize::new(0)).collect(),
+            inflight: Mutex::default(),
             stats: Stats::default(),
             skipped: Mutex::default(),
         });
@@ -223,6 +229,7 @@ impl Engine {
         let (flush_store, flush_shared) = (store.clone(), shared.clone());
         folders.push(spawn("meter-flush", move || write_flushes(flush_store, flush_shared, flush_rx))?);
         let (tx, rx) = bounded(config.queue_capacity);
+        let query_folds = folds.clone();
         let writer = Writer {
             store: store.clone(),
             shared: shared.clone(),
@@ -240,6 +247,7 @@ impl Engine {
             store: RwLock::new(Some(store)),
             shared,
             tx: RwLock::new(Some(tx)),
+            folds: RwLock::new(Some(query_folds)),
             writer: Mutex::new(Some(handle)),
             config,
         })
@@ -291,20 +299,51 @@ impl Engine {
         shown
     }
 
-    /// Answers from every acknowledged event: what RocksDB holds plus what the fold threads hold in memory.
+    /// Answers from every acknowledged event: what RocksDB holds plus what the fold threads hold in memory, without
+    /// waiting for the writer or for any write.
+    ///
+    /// Every event acknowledged before the call was handed to the fold threads before its acknowledgement, so the
+    /// `Peek` sent to each fold thread that owns a queried customer comes after it in that thread's queue. There, the
+    /// event is in the live fold (copied by the peek), in a fold handed over and not yet written (copied from
+    /// `Shared::inflight`), or in RocksDB. The query reads RocksDB at a snapshot taken after copying the in-flight
+    /// folds, and keeps an in-flight copy only if its shard's watermark at that snapshot is older than the fold (a
+    /// fold is written with its watermark, in one batch); the peeked shards hand nothing over until the read is done
+    /// (`ReadGate`). So each state is counted exactly once.
     pub fn query(&self, tenant: &str, q: &UsageQuery) -> Result<UsageResult> {
         let registry = self.shared.registry.read().unwrap().clone();
         let meter =
             registry.get(tenant, &q.meter).ok_or_else(|| Error::NotFound { what: "meter", name: q.meter.clone() })?;
-        let answers =
-            self.ask(true, |reply| Command::Peek { tenant: tenant.to_owned(), meter_id: meter.id(), reply })?;
+        if let Some(e) = self.shared.failure() {
+            return Err(e);
+        }
+        // Only the shards that own a named customer hold anything of the query; all of them when none is named.
+        let mut shards: Vec<u32> = match q.subjects.is_empty() {
+            true => (0..SHARDS).collect(),
+            false => q.subjects.iter().map(|s| shard_of(tenant, s, SHARDS)).collect(),
+        };
+        shards.sort_unstable();
+        shards.dedup();
+        let filter = Arc::new(PeekFilter {
+            tenant: tenant.to_owned(),
+            meter_id: meter.id(),
+            subjects: (!q.subjects.is_empty()).then(|| q.subjects.clone()),
+            // Whole minutes; a range that is not is refused by the query's plan.
+            minutes: minute_of(q.from_us)..minute_of(q.to_us.saturating_add(MICROS_PER_MINUTE - 1)),
+        });
+        let folds = self.folds.read().unwrap().clone().ok_or(Error::Closed)?;
+        let mut answers = Vec::with_capacity(shards.len());
+        for &shard in &shards {
+            let (reply, answer) = bounded(1);
+            folds[shard as usize].send(FoldWork::Peek { filter: filter.clone(), reply }).map_err(|_| Error::Closed)?;
+            answers.push((shard, answer));
+        }
         // Every shard that answered holds back its hand-overs until this guard is dropped, after the read.
         let mut gate = ReadGate { shared: &self.shared, shards: Vec::new() };
         let mut results = Vec::with_capacity(answers.len());
-        for (shard, answer) in answers.into_iter().enumerate() {
+        for (shard, answer) in answers {
             let result = answer.recv().map_err(|_| Error::Closed);
             if result.is_ok() {
-                gate.shards.push(shard);
+                gate.shards.push(shard as usize);
             }
             results.push(result);
         }
@@ -312,8 +351,31 @@ impl Engine {
         for peeked in results {
             in_memory.append(peeked??);
         }
+        let mut inflight = Vec::new();
+        for f in self.shared.inflight.lock().unwrap().iter().filter(|f| shards.contains(&f.shard)) {
+            let mut peeked = Peeked::default();
+            f.fold.peek(&filter, &mut peeked);
+            inflight.push((f.shard, f.seq, peeked));
+        }
         let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
-        query::run(&*store, tenant, meter, q, &in_memory)
+        let snapshot = store.snapshot();
+        for (shard, seq, peeked) in inflight {
+            let written = snapshot
+                .get(Cf::Meta, &keys::agg_seq(shard))?
+                .map(|v| v.try_into().map(u64::from_be_bytes))
+                .transpose()
+                .map_err(|_| Error::Corrupt("agg_seq".into()))?
+                .unwrap_or(0);
+            if seq > written {
+                in_memory.append(peeked);
+            }
+        }
+        let result = query::run(&*snapshot, tenant, meter, q, &in_memory);
+        // A fold whose write failed left the in-flight list unwritten: the engine has failed, and answers nothing.
+        match self.shared.failure() {
+            Some(e) => Err(e),
+            None => result,
+        }
     }
 
     /// Per UTC day with usage of a meter (the day's start, µs): the events counted in it, including every event
@@ -426,6 +488,8 @@ impl Engine {
 
     /// Finishes queued work, stops the writer and closes the store. Idempotent.
     pub fn close(&self) {
+        // The fold threads end once every sender of their queues is gone, the writer's last.
+        self.folds.write().unwrap().take();
         self.tx.write().unwrap().take();
         if let Some(handle) = self.writer.lock().unwrap().take() {
             let _ = handle.join();

@@ -35,7 +35,7 @@ use super::prepare::{cardinality_limit, conflict, prepare, Prepared};
 use super::report::IngestReport;
 use super::{Backfill, CreatedMeter, Shared};
 use crate::aggregate::extract::extract_retained;
-use crate::aggregate::fold::{Fold, Peeked};
+use crate::aggregate::fold::Fold;
 use crate::aggregate::meter::{Meter, MeterSpec, StoredMeter};
 use crate::dedup::{self, DedupIndex, Seen};
 use crate::engine::config::{Config, Durability};
@@ -59,13 +59,6 @@ pub(crate) enum Command {
         tenant: String,
         slug: String,
         reply: Sender<Result<()>>,
-    },
-    /// What the fold threads hold for one meter, after every acknowledged event (see `folder`): answers
-    /// with where they will answer, so that the writer itself does not wait.
-    Peek {
-        tenant: String,
-        meter_id: u32,
-        reply: Sender<Result<Vec<Receiver<Result<Peeked>>>>>,
     },
     /// The fold threads write what they hold of every commit so far: answers with where they will answer.
     Flush {
@@ -122,11 +115,6 @@ impl Writer {
                     Command::DeleteMeter { tenant, slug, reply } => {
                         self.commit(&mut pending);
                         let _ = reply.send(self.guarded(|w| w.delete_meter(&tenant, &slug)));
-                    }
-                    Command::Peek { tenant, meter_id, reply } => {
-                        self.commit(&mut pending);
-                        let peek = |reply| FoldWork::Peek { tenant: tenant.clone(), meter_id, reply };
-                        let _ = reply.send(self.guarded(|w| w.ask_folds(peek)));
                     }
                     Command::Flush { reply } => {
                         self.commit(&mut pending);
@@ -346,6 +334,15 @@ impl Writer {
         }
         let stats = &self.shared.stats;
         stats.record_commit(started.elapsed().as_secs_f64());
+        if !pending.parts.is_empty() {
+            // Before the answers: a query sent after an answer then finds the commit ahead of it in every fold
+            // thread's queue (`Engine::query`). Blocks while a fold thread is behind: the queue in front of the
+            // writer then fills, and callers get `Overloaded` rather than memory growing.
+            let parts = Arc::new(pending.parts);
+            for folds in &self.folds {
+                let _ = folds.send(FoldWork::Commit { seq: self.seq, parts: parts.clone() });
+            }
+        }
         for (reply, report, tenant) in pending.replies {
             stats.accepted.fetch_add(report.accepted as u64, Ordering::Relaxed);
             stats.duplicates.fetch_add(report.duplicates as u64, Ordering::Relaxed);
@@ -357,14 +354,6 @@ impl Writer {
                 }
             }
             let _ = reply.send(Ok(report));
-        }
-        if !pending.parts.is_empty() {
-            // Blocks while a fold thread is behind: the queue in front of the writer then fills, and
-            // callers get `Overloaded` rather than memory growing.
-            let parts = Arc::new(pending.parts);
-            for folds in &self.folds {
-                let _ = folds.send(FoldWork::Commit { seq: self.seq, parts: parts.clone() });
-            }
         }
     }
 

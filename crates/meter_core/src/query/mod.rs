@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::ingest::time::{minute_of, MICROS_PER_MINUTE};
 use crate::storage::codec::{put_str, Reader};
 use crate::storage::keys::{self, decode_bucket, BucketKey};
-use crate::storage::{Cf, Store};
+use crate::storage::{Cf, ReadStore};
 use crate::{bail, ensure};
 pub use window::{WindowSize, Windower};
 
@@ -81,7 +81,13 @@ struct Plan<'m> {
 }
 
 /// Answers `q` from what RocksDB holds plus `in_memory`, what the folds held that RocksDB does not yet.
-pub fn run(store: &dyn Store, tenant: &str, meter: &Meter, q: &UsageQuery, in_memory: &Peeked) -> Result<UsageResult> {
+pub fn run(
+    store: &dyn ReadStore,
+    tenant: &str,
+    meter: &Meter,
+    q: &UsageQuery,
+    in_memory: &Peeked,
+) -> Result<UsageResult> {
     let plan = plan(meter, q)?;
     let tz = match &q.tz {
         None => Tz::UTC,
@@ -223,7 +229,7 @@ impl Plan<'_> {
 }
 
 fn scan_uniques(
-    store: &dyn Store,
+    store: &dyn ReadStore,
     tenant: &str,
     plan: &Plan,
     subjects: &[String],
@@ -241,7 +247,7 @@ fn scan_uniques(
 /// Visits every key of the plan's meter and range in `cf` (whose keys carry `n_dims` dimensions after the
 /// minute): one seek per customer, skipping from customer to customer.
 fn scan_keys(
-    store: &dyn Store,
+    store: &dyn ReadStore,
     cf: Cf,
     tenant: &str,
     plan: &Plan,

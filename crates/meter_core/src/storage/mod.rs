@@ -94,16 +94,22 @@ pub trait Cursor {
     fn status(&self) -> Result<()>;
 }
 
-pub trait Store: Send + Sync + 'static {
-    /// Applies the set atomically; with `sync`, returns only once it is on stable storage.
-    fn write(&self, set: &WriteSet, sync: bool) -> Result<()>;
+/// Reads, of the live store or of a snapshot of it.
+pub trait ReadStore {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
     fn cursor(&self, cf: Cf) -> Box<dyn Cursor + '_>;
 }
 
+pub trait Store: ReadStore + Send + Sync + 'static {
+    /// Applies the set atomically; with `sync`, returns only once it is on stable storage.
+    fn write(&self, set: &WriteSet, sync: bool) -> Result<()>;
+    /// The store as it is now, whatever is written later: every read through it sees the same writes.
+    fn snapshot(&self) -> Box<dyn ReadStore + '_>;
+}
+
 /// Calls `f` for every entry whose key starts with `prefix`, until `f` returns `false`.
 pub fn scan_prefix(
-    store: &dyn Store,
+    store: &dyn ReadStore,
     cf: Cf,
     prefix: &[u8],
     mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,

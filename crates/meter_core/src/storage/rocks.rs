@@ -7,10 +7,10 @@ use std::path::Path;
 
 use rocksdb::{
     BlockBasedOptions, ColumnFamilyDescriptor, DBCompressionType, DBRawIteratorWithThreadMode, MergeOperands, Options,
-    WriteBatch, WriteOptions, DB,
+    SnapshotWithThreadMode, WriteBatch, WriteOptions, DB,
 };
 
-use super::{Cf, Cursor, OpKind, Store, WriteSet};
+use super::{Cf, Cursor, OpKind, ReadStore, Store, WriteSet};
 use crate::aggregate::state::merge_values;
 use crate::error::{Error, Result};
 
@@ -80,12 +80,34 @@ impl Store for RocksStore {
         self.db.write_opt(batch, &opts).map_err(storage)
     }
 
+    fn snapshot(&self) -> Box<dyn ReadStore + '_> {
+        Box::new(RocksSnapshot { store: self, snapshot: self.db.snapshot() })
+    }
+}
+
+impl ReadStore for RocksStore {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.db.get_cf(self.cf(cf), key).map_err(storage)
     }
 
     fn cursor(&self, cf: Cf) -> Box<dyn Cursor + '_> {
         Box::new(RocksCursor(self.db.raw_iterator_cf(self.cf(cf))))
+    }
+}
+
+/// Reads at one RocksDB snapshot.
+struct RocksSnapshot<'a> {
+    store: &'a RocksStore,
+    snapshot: SnapshotWithThreadMode<'a, DB>,
+}
+
+impl ReadStore for RocksSnapshot<'_> {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.snapshot.get_cf(self.store.cf(cf), key).map_err(storage)
+    }
+
+    fn cursor(&self, cf: Cf) -> Box<dyn Cursor + '_> {
+        Box::new(RocksCursor(self.snapshot.raw_iterator_cf(self.store.cf(cf))))
     }
 }
 

@@ -253,6 +253,12 @@ impl meter_core::storage::Store for TestStore {
         }
         self.inner.write(set, sync)
     }
+    fn snapshot(&self) -> Box<dyn meter_core::storage::ReadStore + '_> {
+        self.inner.snapshot()
+    }
+}
+
+impl meter_core::storage::ReadStore for TestStore {
     fn get(&self, cf: meter_core::storage::Cf, key: &[u8]) -> meter_core::Result<Option<Vec<u8>>> {
         self.inner.get(cf, key)
     }
@@ -524,6 +530,12 @@ impl meter_core::storage::Store for CrashStore {
         }
         self.inner.write(set, sync)
     }
+    fn snapshot(&self) -> Box<dyn meter_core::storage::ReadStore + '_> {
+        self.inner.snapshot()
+    }
+}
+
+impl meter_core::storage::ReadStore for CrashStore {
     fn get(&self, cf: meter_core::storage::Cf, key: &[u8]) -> meter_core::Result<Option<Vec<u8>>> {
         self.inner.get(cf, key)
     }
@@ -644,3 +656,4 @@ fn a_meter_that_cannot_read_an_event_never_stops_the_others_from_counting_it() {
 }
 
 mod limits;
+mod queries;
