@@ -16,7 +16,7 @@ mod writer;
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use cardinality::Cardinality;
 pub use config::{Config, Durability};
-use folder::{flush_queue, shard_of, write_flushes, FoldWork, Folder, InFlight, SHARDS};
+use folder::{flush_queue, peek_unfolded, shard_of, write_flushes, Accepted, Folder, InFlight, PeekRequest, SHARDS};
 pub use report::IngestReport;
 use writer::{Command, Writer};
 
@@ -41,7 +41,7 @@ use crate::ingest::time::{minute_of, now_micros, MICROS_PER_MINUTE};
 use crate::query::{self, UsageQuery, UsageResult};
 use crate::storage::events;
 use crate::storage::rocks::RocksStore;
-use crate::storage::{keys, scan_prefix, Cf, Store, WriteSet};
+use crate::storage::{keys, scan_prefix, Cf, ReadStore, Store, WriteSet};
 use prepare::prepare;
 
 /// State the writer, the fold thread and the callers share.
@@ -51,10 +51,13 @@ pub(crate) struct Shared {
     pub registry: RwLock<Arc<Registry>>,
     /// Per fold shard: the last commit whose aggregates are written (`counter/agg_seq/<shard>`).
     pub agg_seqs: Vec<AtomicU64>,
-    /// Per fold shard: queries between copying the shard's fold and reading RocksDB (see `folder`).
-    pub readers: Vec<AtomicUsize>,
     /// Folds handed over to the flush thread and not yet written, which queries read meanwhile (see `folder`).
     pub inflight: Mutex<Vec<InFlight>>,
+    /// Per fold shard: the last commit folded.
+    pub folded_seqs: Vec<AtomicU64>,
+    /// The commits handed to the fold threads that some shard has not folded yet, oldest first: the writer adds each
+    /// before it answers, and drops those every shard has folded. Queries fold what they need of them (see `folder`).
+    pub unfolded: Mutex<VecDeque<(u64, Arc<Vec<Accepted>>)>>,
     pub stats: Stats,
     /// Per (tenant, meter slug): accepted events the meter could not read and skipped, since the engine opened
     /// (at ingest and in its backfill). Forgotten when the meter is deleted.
@@ -152,8 +155,8 @@ pub struct Engine {
     store: RwLock<Option<Arc<dyn Store>>>,
     shared: Arc<Shared>,
     tx: RwLock<Option<Sender<Command>>>,
-    /// The fold threads' queues, for queries (the writer holds them too).
-    folds: RwLock<Option<Vec<Sender<FoldWork>>>>,
+    /// Where queries ask the fold threads for what they hold.
+    peeks: RwLock<Option<Vec<Sender<PeekRequest>>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     config: Config,
 }
@@ -202,13 +205,14 @@ impl Engine {
             failed: Mutex::new(None),
             registry: RwLock::new(Arc::new(registry)),
             agg_seqs: (0..SHARDS).map(|_| AtomicU64::new(seq)).collect(),
-            readers: (0..SHARDS).map(|_| AtomicUsize::new(0)).collect(),
             inflight: Mutex::default(),
+            folded_seqs: (0..SHARDS).map(|_| AtomicU64::new(seq)).collect(),
+            unfolded: Mutex::default(),
             stats: Stats::default(),
             skipped: Mutex::default(),
         });
         let (flushes, flush_rx) = flush_queue();
-        let (mut folds, mut folders) = (Vec::new(), Vec::new());
+        let (mut folds, mut folders, mut peeks) = (Vec::new(), Vec::new(), Vec::new());
         for shard in 0..SHARDS {
             let folder = Folder {
                 shard,
@@ -221,15 +225,16 @@ impl Engine {
                 flushes: flushes.clone(),
             };
             let (tx, rx) = bounded(FOLD_QUEUE);
-            folders.push(spawn(&format!("meter-fold-{shard}"), move || folder.run(rx))?);
+            let (peek_tx, peek_rx) = crossbeam_channel::unbounded();
+            folders.push(spawn(&format!("meter-fold-{shard}"), move || folder.run(rx, peek_rx))?);
             folds.push(tx);
+            peeks.push(peek_tx);
         }
         drop(flushes);
         // Joined last: it ends once every fold thread has handed over its last fold.
         let (flush_store, flush_shared) = (store.clone(), shared.clone());
         folders.push(spawn("meter-flush", move || write_flushes(flush_store, flush_shared, flush_rx))?);
         let (tx, rx) = bounded(config.queue_capacity);
-        let query_folds = folds.clone();
         let writer = Writer {
             store: store.clone(),
             shared: shared.clone(),
@@ -247,7 +252,7 @@ impl Engine {
             store: RwLock::new(Some(store)),
             shared,
             tx: RwLock::new(Some(tx)),
-            folds: RwLock::new(Some(query_folds)),
+            peeks: RwLock::new(Some(peeks)),
             writer: Mutex::new(Some(handle)),
             config,
         })
@@ -300,22 +305,11 @@ impl Engine {
     }
 
     /// Answers from every acknowledged event: what RocksDB holds plus what the fold threads hold in memory, without
-    /// waiting for the writer or for any write.
-    ///
-    /// Every event acknowledged before the call was handed to the fold threads before its acknowledgement, so the
-    /// `Peek` sent to each fold thread that owns a queried customer comes after it in that thread's queue. There, the
-    /// event is in the live fold (copied by the peek), in a fold handed over and not yet written (copied from
-    /// `Shared::inflight`), or in RocksDB. The query reads RocksDB at a snapshot taken after copying the in-flight
-    /// folds, and keeps an in-flight copy only if its shard's watermark at that snapshot is older than the fold (a
-    /// fold is written with its watermark, in one batch); the peeked shards hand nothing over until the read is done
-    /// (`ReadGate`). So each state is counted exactly once.
+    /// waiting for the writer, for the commits queued for folding, or for any write (see `folder`).
     pub fn query(&self, tenant: &str, q: &UsageQuery) -> Result<UsageResult> {
         let registry = self.shared.registry.read().unwrap().clone();
         let meter =
             registry.get(tenant, &q.meter).ok_or_else(|| Error::NotFound { what: "meter", name: q.meter.clone() })?;
-        if let Some(e) = self.shared.failure() {
-            return Err(e);
-        }
         // Only the shards that own a named customer hold anything of the query; all of them when none is named.
         let mut shards: Vec<u32> = match q.subjects.is_empty() {
             true => (0..SHARDS).collect(),
@@ -323,59 +317,99 @@ impl Engine {
         };
         shards.sort_unstable();
         shards.dedup();
-        let filter = Arc::new(PeekFilter {
+        let filter = PeekFilter {
             tenant: tenant.to_owned(),
             meter_id: meter.id(),
             subjects: (!q.subjects.is_empty()).then(|| q.subjects.clone()),
             // Whole minutes; a range that is not is refused by the query's plan.
             minutes: minute_of(q.from_us)..minute_of(q.to_us.saturating_add(MICROS_PER_MINUTE - 1)),
-        });
-        let folds = self.folds.read().unwrap().clone().ok_or(Error::Closed)?;
-        let mut answers = Vec::with_capacity(shards.len());
-        for &shard in &shards {
-            let (reply, answer) = bounded(1);
-            folds[shard as usize].send(FoldWork::Peek { filter: filter.clone(), reply }).map_err(|_| Error::Closed)?;
-            answers.push((shard, answer));
-        }
-        // Every shard that answered holds back its hand-overs until this guard is dropped, after the read.
-        let mut gate = ReadGate { shared: &self.shared, shards: Vec::new() };
-        let mut results = Vec::with_capacity(answers.len());
-        for (shard, answer) in answers {
-            let result = answer.recv().map_err(|_| Error::Closed);
-            if result.is_ok() {
-                gate.shards.push(shard as usize);
+        };
+        let filter = Arc::new(filter);
+        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
+        for _ in 0..QUERY_ATTEMPTS {
+            if let Some((snapshot, in_memory)) = self.in_memory(&*store, &shards, &filter)? {
+                let result = query::run(&*snapshot, tenant, meter, q, &in_memory);
+                // A fold whose write failed left the in-flight list unwritten: the engine has failed, and answers
+                // nothing.
+                return match self.shared.failure() {
+                    Some(e) => Err(e),
+                    None => result,
+                };
             }
-            results.push(result);
         }
+        // Folds kept being written under the query: read them all from RocksDB instead.
+        let (store, _) = self.flushed(tenant, &q.meter)?;
+        let snapshot = store.snapshot();
+        query::run(&*snapshot, tenant, meter, q, &Peeked::default())
+    }
+
+    /// A snapshot of RocksDB and, for the queried `shards`, exactly what it lacks of every acknowledged event that
+    /// `filter` asks for; `None` when a fold handed over after the peek was written before the snapshot (try again).
+    ///
+    /// Every event acknowledged before the call was put in `Shared::unfolded` and handed to the fold threads before
+    /// its acknowledgement. Each fold thread answers with its live fold's part (commits `(handed, folded]`), and the
+    /// query folds its part of the commits after `folded` from `unfolded` (taken before asking, so it holds all of
+    /// them). The folds of commits up to `handed` are in RocksDB or in `Shared::inflight` (copied after the answers):
+    /// the shard's watermark at the snapshot, taken last, says which. If it is past `handed`, a fold with the live
+    /// copy's states is in the snapshot too.
+    #[allow(clippy::type_complexity)] // a snapshot that borrows the store, and what it lacks
+    fn in_memory<'s>(
+        &self,
+        store: &'s dyn Store,
+        shards: &[u32],
+        filter: &Arc<PeekFilter>,
+    ) -> Result<Option<(Box<dyn ReadStore + 's>, Peeked)>> {
+        if let Some(e) = self.shared.failure() {
+            return Err(e);
+        }
+        let unfolded: Vec<(u64, Arc<Vec<Accepted>>)> = self.shared.unfolded.lock().unwrap().iter().cloned().collect();
+        let answers = {
+            let peeks = self.peeks.read().unwrap();
+            let peeks = peeks.as_ref().ok_or(Error::Closed)?;
+            let mut answers = Vec::with_capacity(shards.len());
+            for &shard in shards {
+                let (reply, answer) = bounded(1);
+                peeks[shard as usize].send(PeekRequest { filter: filter.clone(), reply }).map_err(|_| Error::Closed)?;
+                answers.push(answer);
+            }
+            answers
+        };
         let mut in_memory = Peeked::default();
-        for peeked in results {
-            in_memory.append(peeked??);
+        let mut handed = Vec::with_capacity(shards.len());
+        for (&shard, answer) in shards.iter().zip(answers) {
+            let peek = answer.recv().map_err(|_| Error::Closed)??;
+            in_memory.append(peek.peeked);
+            peek_unfolded(shard, &unfolded, peek.folded, filter, &mut in_memory);
+            handed.push(peek.handed);
         }
         let mut inflight = Vec::new();
-        for f in self.shared.inflight.lock().unwrap().iter().filter(|f| shards.contains(&f.shard)) {
-            let mut peeked = Peeked::default();
-            f.fold.peek(&filter, &mut peeked);
-            inflight.push((f.shard, f.seq, peeked));
+        for f in self.shared.inflight.lock().unwrap().iter() {
+            if let Some(at) = shards.iter().position(|&s| s == f.shard).filter(|&at| f.seq <= handed[at]) {
+                let mut peeked = Peeked::default();
+                f.fold.peek(filter, &mut peeked);
+                inflight.push((at, f.seq, peeked));
+            }
         }
-        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
         let snapshot = store.snapshot();
-        for (shard, seq, peeked) in inflight {
-            let written = snapshot
+        let mut written = Vec::with_capacity(shards.len());
+        for (&shard, &handed) in shards.iter().zip(&handed) {
+            let watermark = snapshot
                 .get(Cf::Meta, &keys::agg_seq(shard))?
                 .map(|v| v.try_into().map(u64::from_be_bytes))
                 .transpose()
                 .map_err(|_| Error::Corrupt("agg_seq".into()))?
                 .unwrap_or(0);
-            if seq > written {
+            if watermark > handed {
+                return Ok(None);
+            }
+            written.push(watermark);
+        }
+        for (at, seq, peeked) in inflight {
+            if seq > written[at] {
                 in_memory.append(peeked);
             }
         }
-        let result = query::run(&*snapshot, tenant, meter, q, &in_memory);
-        // A fold whose write failed left the in-flight list unwritten: the engine has failed, and answers nothing.
-        match self.shared.failure() {
-            Some(e) => Err(e),
-            None => result,
-        }
+        Ok(Some((snapshot, in_memory)))
     }
 
     /// Per UTC day with usage of a meter (the day's start, µs): the events counted in it, including every event
@@ -488,8 +522,7 @@ impl Engine {
 
     /// Finishes queued work, stops the writer and closes the store. Idempotent.
     pub fn close(&self) {
-        // The fold threads end once every sender of their queues is gone, the writer's last.
-        self.folds.write().unwrap().take();
+        self.peeks.write().unwrap().take();
         self.tx.write().unwrap().take();
         if let Some(handle) = self.writer.lock().unwrap().take() {
             let _ = handle.join();
@@ -515,25 +548,14 @@ impl Engine {
     }
 }
 
-/// Opens the shards a query closed (`Shared::readers`) once it has read RocksDB.
-struct ReadGate<'a> {
-    shared: &'a Shared,
-    shards: Vec<usize>,
-}
-
-impl Drop for ReadGate<'_> {
-    fn drop(&mut self) {
-        for &shard in &self.shards {
-            self.shared.readers[shard].fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
 impl Drop for Engine {
     fn drop(&mut self) {
         self.close();
     }
 }
+
+/// Attempts of a query from memory before it reads everything from RocksDB after a flush instead (`Engine::query`).
+const QUERY_ATTEMPTS: usize = 3;
 
 /// Commits that may wait for the fold thread before the writer waits too.
 const FOLD_QUEUE: usize = 16;

@@ -335,10 +335,18 @@ impl Writer {
         let stats = &self.shared.stats;
         stats.record_commit(started.elapsed().as_secs_f64());
         if !pending.parts.is_empty() {
-            // Before the answers: a query sent after an answer then finds the commit ahead of it in every fold
-            // thread's queue (`Engine::query`). Blocks while a fold thread is behind: the queue in front of the
-            // writer then fills, and callers get `Overloaded` rather than memory growing.
+            // Before the answers: a query made after an answer finds the commit, folded or in `unfolded`
+            // (`Engine::query`). Blocks while a fold thread is behind: the queue in front of the writer then fills,
+            // and callers get `Overloaded` rather than memory growing.
             let parts = Arc::new(pending.parts);
+            {
+                let folded = self.shared.folded_seqs.iter().map(|f| f.load(Ordering::Acquire)).min().unwrap_or(0);
+                let mut unfolded = self.shared.unfolded.lock().unwrap();
+                while unfolded.front().is_some_and(|(seq, _)| *seq <= folded) {
+                    unfolded.pop_front();
+                }
+                unfolded.push_back((self.seq, parts.clone()));
+            }
             for folds in &self.folds {
                 let _ = folds.send(FoldWork::Commit { seq: self.seq, parts: parts.clone() });
             }
