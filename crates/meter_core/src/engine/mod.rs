@@ -1,6 +1,7 @@
 //! The engine: opens the store, recovers state, runs the writer, fold and flush threads, and answers the
-//! public calls. An ingest flows: parse and `prepare` on the caller's thread, dedup and commit on the
-//! `writer`, then aggregation on the `folder` threads.
+//! public calls. An ingest flows: parse and `prepare` on the caller's thread, dedup, the cardinality limits
+//! (`cardinality`) and the commit on the `writer`, then aggregation on the `folder` threads. A usage query reads a
+//! RocksDB snapshot plus what the fold threads hold, on the caller's thread, and waits for no write (`Engine::query`).
 //!
 //! Recovery at open: the commit sequence and meter-id counter from `meta`, the meters, the dedup index
 //! from the `dedup` records still inside the window, and for each fold shard the aggregates of commits

@@ -9,7 +9,8 @@
 //! A commit writes the retained events and the dedup markers, nothing per meter, so its cost does not
 //! grow with the number of meters or dimensions. The accepted events then go to the fold threads
 //! (`folder`), which keep the aggregates; the retained events are their redo log after a crash (see
-//! `engine::replay`). RocksDB's WAL stays the only log.
+//! `engine::replay`). RocksDB's WAL stays the only log. They go there, and into `Shared::unfolded`, before the
+//! callers are answered, so that a query made after an answer finds them (`Engine::query`).
 //!
 //! The writer also enforces the cardinality limits (`cardinality`): an event that would take a meter past one is
 //! refused with `cardinality_limit`, and the meter-minute counts it changed go into the same commit.
