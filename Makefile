@@ -85,8 +85,21 @@ bench-usage-json: build ## Usage answers: 88k rows as JSON (engine-encoded, and 
 bench-pricing: build ## Pricing: a month rated for 1M subscriptions x 5 usage charges from Parquet, with a read ceiling
 	$(PY) benches/bench_pricing.py
 
+SOAK_MINUTES ?= 30
+.PHONY: bench-soak
+bench-soak: build ## Soak: 80% of the measured maximum for SOAK_MINUTES (30; 120 for the long one): RSS, disk, p99 flat
+	$(PY) benches/bench_soak.py --minutes $(SOAK_MINUTES)
+
+.PHONY: bench-open
+bench-open: build ## Restart with 10^9 identities in the dedup window: open time, then ingest against them (42 GB of disk)
+	$(PY) benches/bench_open.py
+
+.PHONY: bench-invoice-run
+bench-invoice-run: build ## The whole invoice run of a month for 1M subscriptions, built through the engine and catalog
+	$(PY) benches/bench_invoice_run.py
+
 .PHONY: bench
-bench: bench-core bench-http bench-peers bench-export bench-pricing bench-usage-json bench-query-ingest ## All benchmarks
+bench: bench-core bench-http bench-peers bench-export bench-pricing bench-invoice-run bench-usage-json bench-query-ingest ## All benchmarks
 
 .PHONY: lint
 lint: $(VENV)/.deps ## cargo fmt --check and clippy

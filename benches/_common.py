@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,42 @@ def percentile(sorted_values: list[float], p: float) -> float:
         return float("nan")
     k = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
     return sorted_values[k]
+
+
+def dir_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes of the regular files under `path` (symbolic links not followed); 0 if `path` does not exist.
+
+    Walked while the system that owns the files may still be running: a file or directory that vanishes during the
+    walk (a merge or compaction removing its temporary parts, a WAL file recycled) is not counted, instead of ending
+    the benchmark and losing its figures. Every benchmark measures disk use with this one function.
+    """
+    total = 0
+    pending = [os.fspath(path)]
+    while pending:
+        directory = pending.pop()
+        try:
+            with os.scandir(directory) as entries:
+                listed = list(entries)
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # removed (or replaced) since its parent was listed
+        for entry in listed:
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                pending.append(entry.path)
+            elif stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
+
+
+def memory_kib(pid: int | str, field: str) -> int:
+    """`VmRSS` (now) or `VmHWM` (peak) of a process, in KiB; 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0

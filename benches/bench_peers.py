@@ -9,6 +9,9 @@ Each system's direct run happens in a child process of its own, so that its CPU 
 Correctness: after the direct run, every customer's totals must equal what the generator says; a system that
 miscounts is reported with by how much. Ceilings from the same run: meter's parser alone, msgspec decoding alone
 (what the peers' front does before storage), and receive-and-discard over HTTP.
+
+One system's failure never loses the others' figures: it is recorded as that system's error (direct or HTTP) and the
+run goes on; each system's figures are written to results/peers.json (with "complete": false) as soon as they exist.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -31,16 +35,15 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from _common import RESULTS, finish, methodology, percentile  # noqa: E402
+from _common import RESULTS, finish, memory_kib, methodology, percentile  # noqa: E402
 from bench_http import run_wrk, write_bodies  # noqa: E402
 from http_server import Server, free_port  # noqa: E402
+from meter import _core  # noqa: E402
+from meter.catalog.keys import new_key  # noqa: E402
 from peers import NAMES, load  # noqa: E402
 from peers.base import Peer, decode_batch  # noqa: E402
 from peers.meter_peer import METERS, TENANT  # noqa: E402
 from workload import CUSTOMERS, Workload  # noqa: E402
-
-from meter import _core  # noqa: E402
-from meter.catalog.keys import new_key  # noqa: E402
 
 
 def query_window() -> tuple[datetime, datetime]:
@@ -91,17 +94,6 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
-def memory_kib(pid: int | str, field: str) -> int:
-    """`VmRSS` (now) or `VmHWM` (peak) of a process, in KiB; 0 once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def peak_rss_mib(pids: list[int], baseline_kib: int) -> float:
     """Peak memory of this process above `baseline_kib` (the pre-loaded bodies), plus the servers' peaks."""
     kib = memory_kib("self", "VmHWM") - baseline_kib + sum(memory_kib(pid, "VmHWM") for pid in pids)
@@ -126,8 +118,16 @@ def timed_ingest(peer: Peer, bodies: list[bytes], seconds: float) -> dict[str, A
             "ack_p50_ms": round(percentile(lat, 50) * 1000, 3), "ack_p99_ms": round(percentile(lat, 99) * 1000, 3)}
 
 
+class Failed(RuntimeError):
+    """One system's run (direct or over HTTP) failed: recorded as its error, the other systems still run."""
+
+
 def direct(name: str, lists: dict[str, Path], seconds: float) -> dict[str, Any]:
-    """One system in this (child) process: W1 with queries, W5, W2; then its totals, disk, CPU and memory."""
+    """One system in this (child) process: W1 with queries, W5, W2; then its totals, disk, CPU and memory.
+
+    Disk is measured twice, each with the walk that tolerates files vanishing under it: while the system runs (as
+    before: WALs and unmerged parts included) and once it has stopped (settled: memtables flushed, merges ended).
+    """
     bodies = {k: [Path(p).read_bytes() for p in v.read_text().split()] for k, v in lists.items()}
     baseline_kib = memory_kib("self", "VmRSS")
     peer = load(name)
@@ -144,11 +144,13 @@ def direct(name: str, lists: dict[str, Path], seconds: float) -> dict[str, Any]:
             w5 = timed_ingest(peer, bodies["w1"][: w1["bodies"]], seconds / 2)
             w2 = timed_ingest(peer, bodies["w2"], seconds / 2)
             totals = peer.totals()
-            return {"system": name, "dedup": peer.dedup, "durable": peer.durable, "settings": peer.settings(),
-                    "w1": w1, "w5": w5, "w2": w2, "totals": totals, "duplicates_seen": peer.duplicates_seen(),
-                    "disk_bytes": peer.disk_bytes(), "peak_rss_mib": peak_rss_mib(peer.server_pids(), baseline_kib)}
+            result = {"system": name, "dedup": peer.dedup, "durable": peer.durable, "settings": peer.settings(),
+                      "w1": w1, "w5": w5, "w2": w2, "totals": totals, "duplicates_seen": peer.duplicates_seen(),
+                      "disk_bytes": peer.disk_bytes(), "peak_rss_mib": peak_rss_mib(peer.server_pids(), baseline_kib)}
         finally:
             peer.close()
+        result["disk_bytes_closed"] = peer.disk_bytes()
+        return result
 
 
 def run_direct(name: str, lists: dict[str, Path], seconds: float) -> dict[str, Any]:
@@ -156,8 +158,12 @@ def run_direct(name: str, lists: dict[str, Path], seconds: float) -> dict[str, A
     args += [f"--list-{k}={v}" for k, v in lists.items()]
     out = subprocess.run(args, capture_output=True, text=True)
     if out.returncode != 0:
-        raise SystemExit(f"{name}: the direct run failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        raise Failed(f"the direct run exited with {out.returncode}:\n{out.stderr[-3000:]}")
+    try:
+        result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError) as e:
+        raise Failed(f"the direct run printed no figures ({e}):\n{out.stderr[-3000:]}") from e
+    return result
 
 
 def correctness(result: dict[str, Any], w1: Workload, w2: Workload) -> dict[str, Any]:
@@ -206,9 +212,9 @@ def start_front(name: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], str
         except httpx.HTTPError:
             pass
         if proc.poll() is not None:
-            raise SystemExit(f"{name}: the HTTP front exited with {proc.returncode}")
+            raise Failed(f"{name}: the HTTP front exited with {proc.returncode}")
         time.sleep(0.2)
-    raise SystemExit(f"{name}: the HTTP front did not start")
+    raise Failed(f"{name}: the HTTP front did not start")
 
 
 def stop_front(proc: subprocess.Popen[bytes]) -> None:
@@ -246,7 +252,7 @@ def over_http(name: str, work: Path, lists: dict[str, Path], seconds: int, conne
         stop()
     failed = w1["errors"] + w2["errors"] + w1["query_errors"]
     if failed:
-        raise SystemExit(f"{name}: {failed} requests failed over HTTP; its figures would be meaningless")
+        raise Failed(f"{failed} requests failed over HTTP; its figures would be meaningless")
     return {"w1": w1, "w2": w2}
 
 
@@ -272,22 +278,41 @@ def ceilings(w1: Workload, work: Path, lists: dict[str, Path], seconds: int, con
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
+    """The results table; a part that failed reads `failed` (its error follows the table), one not run `-`."""
     head = ("| system | dedup | durable | W1 direct ev/s | W1 p50/p99 ms | W1 HTTP ev/s | HTTP p50/p99 ms | W2 direct ev/s "
             "| W2 HTTP ev/s | W5 dup replay ev/s | query p50/p99 ms (direct, HTTP) | disk B/unique event | peak RSS MiB "
             "| CPU s per M events | exact |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    notes = []
     for name, r in results.items():
-        d, h, c = r["direct"], r["http"], r["correctness"]
-        exact = "yes" if c["exact"] else (f"no: {c['customers_miscounted']} customers, {c['requests_off_by']:+,} requests, "
-                                          f"{c['tokens_off_by']:+,} tokens")
-        lines.append(
-            f"| {name} | {d['dedup']} | {'yes' if d['durable'] else 'no'} | {d['w1']['events_per_s']:,} "
-            f"| {d['w1']['ack_p50_ms']:.1f} / {d['w1']['ack_p99_ms']:.1f} | {h['w1']['events_per_s']:,} "
-            f"| {h['w1']['p50_ms']:.1f} / {h['w1']['p99_ms']:.1f} | {d['w2']['events_per_s']:,} | {h['w2']['events_per_s']:,} "
-            f"| {d['w5']['events_per_s']:,} | {d['w1']['query_p50_ms']:.1f} / {d['w1']['query_p99_ms']:.1f}, "
-            f"{h['w1']['query_p50_ms']:.1f} / {h['w1']['query_p99_ms']:.1f} | {r['disk_bytes_per_unique_event']:.0f} "
-            f"| {d['peak_rss_mib']:,.0f} | {d['w1']['cpu_s_per_million']:.1f} | {exact} |")
-    return "\n".join(lines)
+        errors = r.get("errors", {})
+        missing = {phase: "failed" if phase in errors else "-" for phase in ("direct", "http")}
+        d, h, c = r.get("direct"), r.get("http"), r.get("correctness")
+        if d is not None and c is not None:
+            exact = "yes" if c["exact"] else (f"no: {c['customers_miscounted']} customers, {c['requests_off_by']:+,} "
+                                              f"requests, {c['tokens_off_by']:+,} tokens")
+            direct_cells = [
+                d["dedup"], "yes" if d["durable"] else "no", f"{d['w1']['events_per_s']:,}",
+                f"{d['w1']['ack_p50_ms']:.1f} / {d['w1']['ack_p99_ms']:.1f}", f"{d['w2']['events_per_s']:,}",
+                f"{d['w5']['events_per_s']:,}", f"{d['w1']['query_p50_ms']:.1f} / {d['w1']['query_p99_ms']:.1f}",
+                f"{r['disk_bytes_per_unique_event']:.0f}", f"{d['peak_rss_mib']:,.0f}",
+                f"{d['w1']['cpu_s_per_million']:.1f}", exact]
+        else:
+            direct_cells = [missing["direct"]] * 11
+        if h is not None:
+            http_cells = [f"{h['w1']['events_per_s']:,}", f"{h['w1']['p50_ms']:.1f} / {h['w1']['p99_ms']:.1f}",
+                          f"{h['w2']['events_per_s']:,}",
+                          f"{h['w1']['query_p50_ms']:.1f} / {h['w1']['query_p99_ms']:.1f}"]
+        else:
+            http_cells = [missing["http"]] * 4
+        (dedup, durable, w1, w1_ack, w2, w5, query, disk, rss, cpu, exact) = direct_cells
+        (h_w1, h_ack, h_w2, h_query) = http_cells
+        lines.append(f"| {name} | {dedup} | {durable} | {w1} | {w1_ack} | {h_w1} | {h_ack} | {w2} | {h_w2} | {w5} "
+                     f"| {query}, {h_query} | {disk} | {rss} | {cpu} | {exact} |")
+        for phase, error in errors.items():
+            last = error.strip().splitlines()[-1] if error.strip() else "(no message)"
+            notes.append(f"{name}, {phase}: failed: {last}")
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def main() -> None:
@@ -315,17 +340,25 @@ def main() -> None:
         results: dict[str, dict[str, Any]] = {}
         settings: dict[str, Any] = {}
         for name in systems:
+            r = results[name] = {}
             print(f"{name}: direct ...", flush=True)
-            d = run_direct(name, lists, args.seconds)
+            if attempt(r, "direct", run_direct, name, lists, args.seconds):
+                d = r["direct"]
+                settings[name] = d.pop("settings")
+                r["correctness"] = correctness(d, w1, w2)
+                r["disk_bytes_per_unique_event"] = d["disk_bytes"] / max(1, d["w1"]["accepted"] + d["w2"]["accepted"])
+                print(f"{name}: direct: W1 {d['w1']['events_per_s']:,} events/s, exact: {r['correctness']['exact']}",
+                      flush=True)
+            keep(results, None)
             print(f"{name}: over HTTP ...", flush=True)
-            h = over_http(name, work, lists, max(2, args.seconds // 2), args.connections)
-            unique = d["w1"]["accepted"] + d["w2"]["accepted"]
-            c = correctness(d, w1, w2)
-            settings[name] = d.pop("settings")
-            results[name] = {"direct": d, "http": h, "correctness": c,
-                             "disk_bytes_per_unique_event": d["disk_bytes"] / max(1, unique)}
+            if attempt(r, "http", over_http, name, work, lists, max(2, args.seconds // 2), args.connections):
+                print(f"{name}: HTTP: W1 {r['http']['w1']['events_per_s']:,} events/s", flush=True)
+            keep(results, None)
         print("ceilings ...", flush=True)
-        ceiling = ceilings(w1, work, lists, max(2, args.seconds // 2), args.connections)
+        ceiling: dict[str, Any] = {}
+        if attempt(ceiling, "figures", ceilings, w1, work, lists, max(2, args.seconds // 2), args.connections):
+            ceiling = ceiling["figures"]
+        keep(results, ceiling)
 
     methodology(
         "bench-peers",
@@ -337,29 +370,68 @@ def main() -> None:
         {"direct": f"one thread, each body in order, up to {args.seconds} s (W2, W5: half); a child process per system",
          "http": f"granian + msgspec front (meter: meter serve), wrk -t1 -c{args.connections}, "
                  f"{max(2, args.seconds // 2)} s per workload",
+         "disk": "data directory while the system runs (disk_bytes; disk_bytes_closed: after it stopped)",
          **{f"{name}": ", ".join(f"{k}={v}" for k, v in s.items()) for name, s in settings.items()}},
     )
-    md = table(results) + (
-        f"\n\nCeilings in the same run: meter's parser alone {ceiling['meter_parse_only_events_per_s']:,} events/s, "
-        f"msgspec decoding alone {ceiling['msgspec_decode_events_per_s']:,} events/s, receive-and-discard over HTTP "
-        f"{ceiling['http_discard_events_per_s']:,} events/s.")
+    md = table(results)
+    if "errors" in ceiling:
+        md += f"\n\nCeilings failed: {ceiling['errors']['figures'].strip().splitlines()[-1]}"
+    else:
+        md += (f"\n\nCeilings in the same run: meter's parser alone {ceiling['meter_parse_only_events_per_s']:,} "
+               f"events/s, msgspec decoding alone {ceiling['msgspec_decode_events_per_s']:,} events/s, "
+               f"receive-and-discard over HTTP {ceiling['http_discard_events_per_s']:,} events/s.")
     print(md)
-    best = max((r for n, r in results.items() if n != "meter" and r["direct"]["durable"] and r["correctness"]["exact"]),
-               key=lambda r: r["direct"]["w1"]["events_per_s"], default=None)
-    figures: dict[str, Any] = {"systems": results, "ceilings": ceiling}
-    if "meter" in results and best is not None:
-        best_name = next(n for n, r in results.items() if r is best)
-        figures["best_durable_exact_peer"] = best_name
-        figures["meter_vs_best_w1_direct"] = round(results["meter"]["direct"]["w1"]["events_per_s"]
-                                                   / best["direct"]["w1"]["events_per_s"], 1)
-        figures["meter_vs_best_w1_http"] = round(results["meter"]["http"]["w1"]["events_per_s"]
-                                                 / best["http"]["w1"]["events_per_s"], 1)
-        print(f"meter / {best_name} (best durable, exact peer) on W1: {figures['meter_vs_best_w1_direct']}x direct, "
-              f"{figures['meter_vs_best_w1_http']}x over HTTP")
+    figures: dict[str, Any] = {"systems": results, "ceilings": ceiling, "complete": True}
+    figures.update(versus_best(results))
     print(f"ceilings: {ceiling}")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "peers.md").write_text(md + "\n")
     finish("peers", figures)
+
+
+def attempt(into: dict[str, Any], part: str, run: Callable[..., dict[str, Any]], *args: Any) -> bool:
+    """Runs one part of one system's run: its figures go to `into[part]`, or its failure to `into["errors"][part]`.
+
+    Any failure counts, SystemExit included (a helper that gives up on a missing tool): the other systems still
+    run. Only an interrupt (Ctrl-C) ends the whole run.
+    """
+    try:
+        into[part] = run(*args)
+        return True
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - recorded as this system's error and printed
+        message = str(e) if isinstance(e, Failed) else f"{type(e).__name__}: {e}"
+        into.setdefault("errors", {})[part] = message
+        print(f"  failed ({part}): {message}", flush=True)
+        return False
+
+
+def keep(results: dict[str, dict[str, Any]], ceiling: dict[str, Any] | None) -> None:
+    """Writes the figures so far to results/peers.json, so that a later failure (or a kill) cannot lose them."""
+    RESULTS.mkdir(exist_ok=True)
+    partial = {"systems": results, "ceilings": ceiling, "complete": False}
+    (RESULTS / "peers.json").write_text(json.dumps(partial, sort_keys=True) + "\n")
+
+
+def versus_best(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """meter's W1 rate over the best durable, exact peer's, directly and over HTTP (each where both have figures)."""
+    peers = {n: r for n, r in results.items() if n != "meter" and "direct" in r
+             and r["direct"]["durable"] and r["correctness"]["exact"]}
+    out: dict[str, Any] = {}
+    meter = results.get("meter", {})
+    if "direct" not in meter or not peers:
+        return out
+    best_name = max(peers, key=lambda n: peers[n]["direct"]["w1"]["events_per_s"])
+    best = peers[best_name]
+    out["best_durable_exact_peer"] = best_name
+    out["meter_vs_best_w1_direct"] = round(meter["direct"]["w1"]["events_per_s"]
+                                           / best["direct"]["w1"]["events_per_s"], 1)
+    line = f"meter / {best_name} (best durable, exact peer) on W1: {out['meter_vs_best_w1_direct']}x direct"
+    if "http" in meter and "http" in best:
+        out["meter_vs_best_w1_http"] = round(meter["http"]["w1"]["events_per_s"]
+                                             / best["http"]["w1"]["events_per_s"], 1)
+        line += f", {out['meter_vs_best_w1_http']}x over HTTP"
+    print(line)
+    return out
 
 
 if __name__ == "__main__":

@@ -9,10 +9,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from conftest import T0, body, event
 
 from meter import Engine
-from meter.export import export_usage
+from meter.catalog.billing import BillingCatalog, Customer
+from meter.export import export_catalog, export_usage
 
 NOW = T0 + timedelta(days=4)
 START, END = T0 - timedelta(days=30), T0 + timedelta(days=30)
@@ -128,3 +130,20 @@ def test_raw_events_are_appended_commit_by_commit(engine: Engine, tmp_path: Path
     row = next(r for r in ds.dataset(out / "events" / "tenant=acme" / "date=2026-11-23", format="parquet")
                .to_table().to_pylist() if r["id"] == "late")
     assert row["subject"] == "cust-0" and json.loads(row["data"]) == {"tokens": "1", "model": "m0"}, "the bytes sent"
+
+
+
+def test_the_catalog_snapshot_is_written_again_only_after_a_catalog_write(tmp_path: Path) -> None:
+    """The snapshot keeps the catalog's sequence number: unchanged, only the meters are written; changed, all."""
+    with Engine(tmp_path / "usage") as engine:
+        catalog = BillingCatalog(tmp_path / "billing")
+        catalog.put_customer("t", Customer(id="c1", name="One", currency="EUR"))
+        first = export_catalog(catalog, engine, ["t"], tmp_path / "out")
+        again = export_catalog(catalog, engine, ["t"], tmp_path / "out")
+        assert (first.unchanged, again.unchanged, again.files) == (0, 3, 1)
+        catalog.put_customer("t", Customer(id="c2", name="Two", currency="USD", timezone="Europe/Paris"))
+        after = export_catalog(catalog, engine, ["t"], tmp_path / "out")
+        assert after.unchanged == 0
+        rows = pq.read_table(tmp_path / "out" / "catalog" / "tenant=t" / "customers.parquet").to_pylist()
+        assert [(r["id"], r["timezone"]) for r in rows] == [("c1", "UTC"), ("c2", "Europe/Paris")]
+        catalog.close()

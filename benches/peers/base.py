@@ -96,7 +96,3 @@ class Peer(ABC):
     @abstractmethod
     def close(self) -> None:
         """Stops everything `open` started."""
-
-
-def dir_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -14,9 +14,10 @@ from typing import Any
 
 import chdb
 import msgspec
+from _common import dir_bytes
 from chdb.session import Session
 
-from .base import Peer, decode_batch, dir_bytes
+from .base import Peer, decode_batch
 
 SCHEMA = [
     """

@@ -10,8 +10,9 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+from _common import dir_bytes
 
-from .base import Peer, decode_batch, dir_bytes
+from .base import Peer, decode_batch
 
 SCHEMA = """
 CREATE TABLE events (

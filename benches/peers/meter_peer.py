@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from importlib.metadata import version
-
+from _common import dir_bytes
 from meter import Engine
 
-from .base import Peer, dir_bytes
+from .base import Peer
 
 TENANT = "bench"
 DIMENSIONS = {"model": "$.model", "region": "$.region", "tier": "$.tier"}

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from _common import dir_bytes
 from psycopg import errors
 
-from .base import Peer, decode_batch, dir_bytes
+from .base import Peer, decode_batch
 
 #: initdb and postgres refuse to run as root, so a root bench runs the server as this system user.
 SERVER_USER = "meterbench"

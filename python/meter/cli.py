@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,31 @@ def main() -> None:
     """
 
 
+def retention_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that say how long the engine keeps what (`meter serve`, `meter maintain`)."""
+    for option in reversed([
+        click.option("--retention-days", type=click.FloatRange(min=0), default=None,
+                     help="days retained events are kept, then dropped once exported (default: back-dating window + 31 "
+                          "= 66)"),
+        click.option("--minute-aggregates-days", type=click.FloatRange(min=0), default=None,
+                     help="days aggregates are kept per minute, then per hour (default 40; at least the back-dating "
+                          "window, 35)"),
+        click.option("--hour-aggregates-days", type=click.FloatRange(min=0), default=None,
+                     help="days aggregates are kept per hour, then per UTC day (default 400)"),
+    ]):
+        f = option(f)
+    return f
+
+
+def _check_retention(minute_aggregates_days: float | None, hour_aggregates_days: float | None) -> None:
+    if minute_aggregates_days is not None and minute_aggregates_days < 35:
+        raise click.BadParameter("must be at least 35 days, the back-dating window: an event still accepted must never "
+                                 "land in minutes already rolled up to hours", param_hint="--minute-aggregates-days")
+    if hour_aggregates_days is not None and hour_aggregates_days < (minute_aggregates_days or 40):
+        raise click.BadParameter(f"must be at least --minute-aggregates-days ({minute_aggregates_days or 40})",
+                                 param_hint="--hour-aggregates-days")
+
+
 @main.command()
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="METER_DATA_DIR", default=DATA_DIR,
               show_default=True, help="or METER_DATA_DIR")
@@ -146,6 +172,9 @@ def main() -> None:
 @click.option("--export-every", type=float, default=None, help="seconds between Parquet exports (none by default)")
 @click.option("--export-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="where scheduled exports go (default: <data-dir>/export)")
+@retention_options
+@click.option("--maintenance-every", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="seconds between runs of retention and roll-ups (default 60)")
 @click.option("--max-combinations-per-minute", type=click.IntRange(1, 100_000), default=1_000, show_default=True,
               help="cardinality limit: distinct dimension combinations one customer may have in one minute of a meter "
                    "(a meter's own limits override it)")
@@ -153,7 +182,9 @@ def main() -> None:
               help="cardinality limit: distinct customers one minute of a meter may have (a meter's own limits "
                    "override it)")
 def serve(data_dir: Path, host: str, port: int, admin_key: str | None, export_every: float | None,
-          export_dir: Path | None, max_combinations_per_minute: int, max_customers_per_minute: int) -> None:
+          export_dir: Path | None, retention_days: float | None, minute_aggregates_days: float | None,
+          hour_aggregates_days: float | None, maintenance_every: float | None, max_combinations_per_minute: int,
+          max_customers_per_minute: int) -> None:
     """Run the HTTP API on one data directory (one process owns it)."""
     from granian import Granian
     from granian.constants import Interfaces
@@ -172,6 +203,13 @@ def serve(data_dir: Path, host: str, port: int, admin_key: str | None, export_ev
         os.environ["METER_EXPORT_DIR"] = str((export_dir or data_dir / "export").resolve())
     if admin_key:
         os.environ["METER_ADMIN_KEY"] = admin_key
+    _check_retention(minute_aggregates_days, hour_aggregates_days)
+    for name, value in (("METER_RETENTION_DAYS", retention_days),
+                        ("METER_MINUTE_AGGREGATES_DAYS", minute_aggregates_days),
+                        ("METER_HOUR_AGGREGATES_DAYS", hour_aggregates_days),
+                        ("METER_MAINTENANCE_EVERY", maintenance_every)):
+        if value is not None:
+            os.environ[name] = repr(value)
     os.environ["METER_MAX_COMBINATIONS_PER_MINUTE"] = str(max_combinations_per_minute)
     os.environ["METER_MAX_CUSTOMERS_PER_MINUTE"] = str(max_customers_per_minute)
     server = Granian(
@@ -778,6 +816,35 @@ def export(data_dir: Path, out: Path, tenants: tuple[str, ...]) -> None:
     click.echo(f"exported {summary.rows} usage rows in {summary.files} files to {out / 'usage'} "
                f"({summary.unchanged} days unchanged), {raw} new raw events to {out / 'events'}, "
                f"and the catalog and invoices of {len(names)} tenants to {out / 'catalog'} and {out / 'invoices'}")
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), envvar="METER_DATA_DIR",
+              default=DATA_DIR, show_default=True, help="or METER_DATA_DIR")
+@retention_options
+def maintain(data_dir: Path, retention_days: float | None, minute_aggregates_days: float | None,
+             hour_aggregates_days: float | None) -> None:
+    """Apply retention and roll-ups now (`meter serve` does it every minute by itself).
+
+    Drops the retained events that are past retention and written by the export, and rolls old minute aggregates up
+    to hours and days; give the same options as `meter serve`. From a data directory that no server is running on.
+    """
+    _check_retention(minute_aggregates_days, hour_aggregates_days)
+    def days(value: float | None) -> timedelta | None:
+        return None if value is None else timedelta(days=value)
+
+    try:
+        with Engine(data_dir / "usage", maintenance_interval=None, retention=days(retention_days),
+                    minute_aggregates=days(minute_aggregates_days), hour_aggregates=days(hour_aggregates_days)) as engine:
+            report = engine.maintain()
+    except MeterError as e:
+        raise click.ClickException(f"{e} (is `meter serve` running on {data_dir}?)") from None
+    dropped = ", ".join(f"{d.tenant} through commit {d.through_seq}" for d in report.dropped) or "none"
+    click.echo(f"dropped retained events: {dropped}; rolled up {report.keys_merged} aggregate keys of "
+               f"{report.meters_rolled_up} meters in {report.steps} steps")
+    for h in report.held_back:
+        click.echo(f"held back for export: {h.tenant}: {h.events} events past retention not exported yet "
+                   "(run `meter export`, or `meter serve --export-every`)", err=True)
 
 
 @main.command()

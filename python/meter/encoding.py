@@ -11,6 +11,7 @@ minor unit (``"20.00"``), so they print that way.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -32,16 +33,23 @@ def plain(value: Decimal) -> str:
 
 def to_builtins(obj: Any) -> Any:
     """``msgspec.to_builtins`` with every decimal as :func:`plain` text."""
-    return _plain(msgspec.to_builtins(obj, builtin_types=(Decimal,)))
+    return _plain(msgspec.to_builtins(obj, builtin_types=(Decimal,), enc_hook=_sequence))
 
 
 def encode_json(obj: Any) -> bytes:
     """JSON of ``obj`` (Structs, dicts, lists...) with decimals as plain text."""
-    fast = msgspec.json.encode(obj)
+    fast = msgspec.json.encode(obj, enc_hook=_sequence)
     # Without a string in exponent notation no decimal needs rewriting: the common case, and cheap ("EUR" is not one).
     if not _EXPONENT.search(fast):
         return fast
     return msgspec.json.encode(to_builtins(obj))
+
+
+def _sequence(value: Any) -> Any:
+    """Sequences msgspec does not know (an invoice run's stored invoices, read on demand) are written as lists."""
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return list(value)
+    raise NotImplementedError(f"cannot encode {type(value).__name__} as JSON")
 
 
 def _plain(value: Any) -> Any:

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from meter import _core
 from meter.exceptions import InvalidInput
-from meter.schemas import CreatedMeter, IngestResult, Meter, MeterSpec, SkippedPage, Stats
+from meter.schemas import CreatedMeter, IngestResult, MaintenanceReport, Meter, MeterSpec, SkippedPage, Stats
 
 __all__ = ["Engine", "Usage", "WindowSize"]
 
@@ -68,7 +68,20 @@ class Usage:
 
 
 class Engine:
-    """One metering engine over one data directory. Open it once per process; close it (or use ``with``)."""
+    """One metering engine over one data directory. Open it once per process; close it (or use ``with``).
+
+    What is kept, and for how long (see the README, "What is kept where, and for how long"):
+
+    - ``retention``: retained (raw) events are dropped once received longer ago than this *and* written to Parquet by
+      the export (``meter.export.export_events`` tells the engine, ``events_exported``); a tenant never exported
+      keeps them all. Default: ``backdate_window`` plus 31 days (66 days).
+    - ``minute_aggregates``: aggregates older than this (by event time) are rolled up from minutes to hours; at least
+      ``backdate_window``, so that no accepted event lands in a rolled-up range. Default: ``backdate_window`` plus 5
+      days (40 days).
+    - ``hour_aggregates``: hours older than this are rolled up to UTC days, kept for good. Default 400 days.
+    - ``maintenance_interval``: how often a background thread applies them, in small steps (None: only when
+      ``maintain`` is called).
+    """
 
     def __init__(
         self,
@@ -80,10 +93,20 @@ class Engine:
         max_future: timedelta = timedelta(minutes=5),
         queue_capacity: int = 64,
         max_batch_events: int = 10_000,
+        cache_mb: int = 512,
+        recent_dedup: timedelta = timedelta(seconds=60),
+        retention: timedelta | None = None,
+        minute_aggregates: timedelta | None = None,
+        hour_aggregates: timedelta | None = None,
+        maintenance_interval: timedelta | None = timedelta(minutes=1),
         max_combinations_per_minute: int = 1_000,
         max_customers_per_minute: int = 100_000,
     ) -> None:
         """Opens (or creates) the engine's store at ``path``.
+
+        ``cache_mb`` bounds RocksDB's block cache, where the dedup filters live (about 1 byte per identity in the
+        dedup window keeps them all in memory); ``recent_dedup`` is how long identities stay in memory for quick
+        retries (at most a million of them). Memory does not grow with the identities kept: see the README.
 
         ``max_combinations_per_minute`` (distinct dimension combinations of one customer in one minute of a meter) and
         ``max_customers_per_minute`` (distinct customers in one minute of a meter) are the cardinality limits of every
@@ -102,6 +125,12 @@ class Engine:
             max_future_s=_seconds(max_future),
             queue_capacity=queue_capacity,
             max_batch_events=max_batch_events,
+            cache_mb=cache_mb,
+            recent_dedup_s=_seconds(recent_dedup),
+            retention_s=None if retention is None else _seconds(retention),
+            minute_aggregates_s=None if minute_aggregates is None else _seconds(minute_aggregates),
+            hour_aggregates_s=None if hour_aggregates is None else _seconds(hour_aggregates),
+            maintenance_interval_s=None if maintenance_interval is None else maintenance_interval.total_seconds(),
             max_combinations_per_minute=max_combinations_per_minute,
             max_customers_per_minute=max_customers_per_minute,
         )
@@ -127,7 +156,11 @@ class Engine:
         return msgspec.json.decode(self._inner.ingest(tenant, body, atomic=atomic, now_us=now_us), type=IngestResult)
 
     def create_meter(self, tenant: str, spec: MeterSpec | Mapping[str, Any]) -> CreatedMeter:
-        """Creates a meter and backfills it from the events already retained."""
+        """Creates a meter and backfills it from the events already retained.
+
+        The backfill covers the retained events only: those received within ``retention``, plus older ones the
+        export has not written yet. Older usage is in the Parquet export of raw events, not in the new meter.
+        """
         if not isinstance(spec, MeterSpec):
             spec = msgspec.convert(spec, MeterSpec)
         raw = self._inner.create_meter(tenant, msgspec.json.encode(spec))
@@ -159,6 +192,10 @@ class Engine:
 
         ``group_by`` takes dimension names and ``subject``; ``filters`` maps a dimension to accepted values;
         ``tz`` (IANA name) sets where day and month windows begin.
+
+        Usage older than ``minute_aggregates`` is kept per hour, and older than ``hour_aggregates`` per UTC day: a
+        query whose windows (or bounds, or time zone offset) are finer than that there raises ``InvalidInput`` with
+        code ``resolution_unavailable``, naming from when and the finest windows it can answer.
         """
         flat_filters = [(k, [v] if isinstance(v, str) else list(v)) for k, v in (filters or {}).items()]
         table = self._inner.query(
@@ -185,14 +222,16 @@ class Engine:
         """The stored rows of ``meter`` in ``[start, end)``, one per customer, minute and dimension combination,
         ordered by customer then minute, as an Arrow stream that a thread of the engine produces while the caller
         consumes it. Columns: ``customer``, one per dimension, ``window_start``, ``window_end``, ``value``,
-        ``events``. Every event acknowledged before the call is in it."""
+        ``events``. Every event acknowledged before the call is in it. Where aggregates were rolled up
+        (``minute_aggregates``, ``hour_aggregates``) a row is an hour or a UTC day: ``window_end`` says which."""
         stream = self._inner.minutes(tenant, meter, to_micros(start, "start"), to_micros(end, "end"),
                                      batch_rows=batch_rows)
         return pa.RecordBatchReader.from_stream(stream)
 
     def retained_events(self, tenant: str, after_seq: int = 0, max_events: int = 1_000_000) -> tuple[pa.Table, int]:
         """The tenant's raw events of the commits after ``after_seq`` (whole commits, about ``max_events``), with the
-        last commit they come from: page through them by passing it back."""
+        last commit they come from: page through them by passing it back. Only retained events: those retention
+        dropped (exported, and past ``retention``) are in the Parquet export."""
         table, last_seq = self._inner.retained_events(tenant, after_seq, max_events)
         return pa.table(table), last_seq
 
@@ -215,6 +254,23 @@ class Engine:
             options["max_scan"] = max(1, max_scan)
         raw = self._inner.skipped(tenant, meter, to_micros(start, "start"), to_micros(end, "end"), **options)
         return msgspec.json.decode(raw, type=SkippedPage)
+
+    def events_exported(self, tenant: str, seq: int) -> None:
+        """Tells the engine the export wrote the tenant's retained events through commit ``seq`` to Parquet.
+
+        The export is the long-term record: retention may then drop them once they are older than ``retention``.
+        Raising only: a call with a lower ``seq`` (an export behind another) changes nothing.
+        """
+        self._inner.events_exported(tenant, seq)
+
+    def maintain(self, *, now: datetime | None = None, max_steps: int | None = None) -> MaintenanceReport:
+        """Applies retention and roll-ups now, as the background thread does every ``maintenance_interval``.
+
+        ``now`` overrides the clock (tests); ``max_steps`` stops after that many bounded steps (``done`` is then
+        False; the next run goes on from there).
+        """
+        now_us = None if now is None else to_micros(now, "now")
+        return msgspec.json.decode(self._inner.maintain(now_us=now_us, max_steps=max_steps), type=MaintenanceReport)
 
     def failure(self) -> str | None:
         """``None`` while healthy; after a storage error, why the engine stopped acknowledging (fail-stop)."""

@@ -11,10 +11,14 @@ __all__ = [
     "Aggregation",
     "Backfill",
     "CreatedMeter",
+    "Dropped",
     "EventIssue",
     "EventWarning",
     "Filter",
+    "HeldBack",
     "IngestResult",
+    "MaintenanceReport",
+    "MaintenanceStats",
     "Meter",
     "MeterLimits",
     "MeterSpec",
@@ -175,6 +179,43 @@ class SkippedCount(msgspec.Struct):
     events: int
 
 
+class HeldBack(msgspec.Struct):
+    """Retained events of ``tenant`` past retention, kept because the export has not written them to Parquet yet."""
+
+    tenant: str
+    #: Counted so far: after a restart the count starts again, a bounded step at a time.
+    events: int
+    #: The last commit the export said it wrote for this tenant (0: never).
+    exported_seq: int
+
+
+class Dropped(msgspec.Struct):
+    """A tenant whose retained events a maintenance run dropped, through commit ``through_seq``."""
+
+    tenant: str
+    through_seq: int
+
+
+class MaintenanceReport(msgspec.Struct):
+    """What one run of retention and roll-ups did (``Engine.maintain``)."""
+
+    now_us: int
+    dropped: list[Dropped]
+    held_back: list[HeldBack]
+    #: Meters that had a roll-up step, and the aggregate keys merged into their hour's or day's first minute.
+    meters_rolled_up: int
+    keys_merged: int
+    steps: int
+    #: False when the run stopped early (``max_steps``, or the engine closing).
+    done: bool
+
+
+class MaintenanceStats(msgspec.Struct):
+    runs: int = 0
+    held_back: list[HeldBack] = []
+    last_error: str | None = None
+
+
 class Stats(msgspec.Struct):
     accepted: int
     duplicates: int
@@ -185,3 +226,4 @@ class Stats(msgspec.Struct):
     commit_seconds_buckets: list[tuple[float | None, int]]
     queue_depth: int
     skipped: list[SkippedCount] = []
+    maintenance: MaintenanceStats = msgspec.field(default_factory=MaintenanceStats)

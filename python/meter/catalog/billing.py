@@ -232,6 +232,23 @@ class BillingCatalog(Store):
         with trusted():
             return list(scan(self._db, self._key(kind, tenant), type_))
 
+    def sequence(self) -> int:
+        """A number that changes with every write to the catalog (any tenant's): what an export of it reflects."""
+        return int(self._db.latest_sequence_number())
+
+    def raw_values(self, kind: str, tenant: str) -> list[bytes]:
+        """The stored JSON of every item of a kind, in the order ``list_*`` gives them.
+
+        The export reads a million subscriptions this way, without building a struct for each.
+        """
+        prefix = self._key(kind, tenant)
+        found = []
+        for key, value in self._db.items(from_key=prefix):
+            if not isinstance(key, bytes) or not key.startswith(prefix):
+                break
+            found.append(value)
+        return found
+
     def _exists(self, kind: str, tenant: str, item_id: str) -> bool:
         return self._db.get(self._key(kind, tenant, item_id)) is not None
 

@@ -21,9 +21,10 @@ from pathlib import Path
 from meter.catalog.billing import BillingCatalog
 from meter.engine import Engine
 from meter.export import ExportSummary, export_catalog, export_events, export_invoices, export_usage
-from meter.pricing.invoices import CreditNote, Invoice, InvoiceRun, InvoiceStore, RunError, RunWarning
+from meter.pricing.invoices import CreditNote, Fresh, Invoice, InvoiceRun, InvoiceStore, RunError, RunWarning
 from meter.pricing.invoicing import bill_thresholds, invoice_period, upcoming_invoices
 from meter.pricing.snapshot import Snapshot, load_snapshot
+from meter.pricing.steps import step
 
 __all__ = ["Invoicer"]
 
@@ -62,7 +63,11 @@ class Invoicer:
                                                        f"finalized: {e}"))
                         done.append(self.store.get(tenant, draft.id))
                 invoices = done
-            warnings = self._export_invoices(tenant)
+            # Drafts invoiced over whole tables are exported from their rows, unless finalizing changed them since.
+            if finalize and priced.fresh is not None:
+                priced.fresh.discard()
+            with step("invoice_parquet"):
+                warnings = self._export_invoices(tenant, None if finalize else priced.fresh)
         return InvoiceRun(period=month, invoices=invoices, errors=errors, warnings=warnings,
                           fees_in_advance=priced.fees_in_advance, usage_in_arrears=priced.usage_in_arrears)
 
@@ -74,7 +79,8 @@ class Invoicer:
         """Issues the threshold invoices due at ``as_of``; ``period`` in the answer is the month of ``as_of``."""
         with self.lock:
             snapshot = self._snapshot(tenant)
-            if not any(s.threshold is not None for s in snapshot.subscriptions):
+            table = snapshot.subscription_table  # not a million subscription objects on every scheduled export
+            if "threshold" not in table.columns or not table.get_column("threshold").is_not_null().any():
                 return InvoiceRun(period=f"{as_of:%Y-%m}", invoices=[])
             priced = bill_thresholds(snapshot, self.out, self.store, as_of)
             warnings = self._export_invoices(tenant) if priced.invoices else []
@@ -97,14 +103,14 @@ class Invoicer:
         with self.lock:
             return self._export_invoices(tenant)
 
-    def _export_invoices(self, tenant: str) -> list[RunWarning]:
+    def _export_invoices(self, tenant: str, fresh: Fresh | None = None) -> list[RunWarning]:
         """Refreshes the tenant's invoices export, at best (lock held).
 
         Refreshes the tenant's invoices export (lock held); a failure is a warning, never an error: what was
         written stands, and the next write or export writes the files again.
         """
         try:
-            export_invoices(self.store, [tenant], self.out)
+            export_invoices(self.store, [tenant], self.out, {tenant: fresh} if fresh is not None else None)
         except Exception as e:  # noqa: BLE001 - the export is derived; it must never undo or hide the write
             message = (f"the change was saved, but the invoices export under {self.out / 'invoices'} could not be "
                        f"refreshed ({type(e).__name__}: {e}); the next invoicing call or export retries it")
@@ -114,7 +120,11 @@ class Invoicer:
 
     def _snapshot(self, tenant: str) -> Snapshot:
         # Called with the lock held. Raw events too: percentages charged per event read them.
-        export_usage(self.engine, [tenant], self.out)
-        export_events(self.engine, [tenant], self.out)
-        export_catalog(self.catalog, self.engine, [tenant], self.out)
-        return load_snapshot(self.out, tenant)
+        with step("export_usage"):
+            export_usage(self.engine, [tenant], self.out)
+        with step("export_events"):
+            export_events(self.engine, [tenant], self.out)
+        with step("export_catalog"):
+            export_catalog(self.catalog, self.engine, [tenant], self.out)
+        with step("snapshot"):
+            return load_snapshot(self.out, tenant)

@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import builtins
 import os
+import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Context, Decimal
-from typing import Literal
+from itertools import islice
+from pathlib import Path
+from typing import Literal, overload
 
 import msgspec
 from rocksdict import WriteBatch, WriteOptions
@@ -36,8 +40,9 @@ from meter.catalog.kv import Store, scan
 from meter.exceptions import InvalidInput, NotFound
 from meter.pricing.money import minor_units
 
-__all__ = ["CreditNote", "CreditNoteBody", "Invoice", "InvoiceLine", "InvoiceRun", "InvoiceRunBody", "InvoiceStore",
-           "LineDetail", "RunError", "RunWarning", "ServicePeriod", "check_credit_amount", "check_exportable"]
+__all__ = ["CreditNote", "CreditNoteBody", "Fresh", "Invoice", "InvoiceLine", "InvoiceRun", "InvoiceRunBody",
+           "InvoiceStore", "LineDetail", "RunError", "RunWarning", "ServicePeriod", "StoredInvoices",
+           "check_credit_amount", "check_exportable", "check_invoice"]
 
 Status = Literal["draft", "finalized", "void"]
 LineKind = Literal["recurring", "usage", "adjustment", "commit", "shortfall", "discount", "credit"]
@@ -131,6 +136,64 @@ class Invoice(msgspec.Struct):
     basis: list[str] | None = None
 
 
+class StoredInvoices(Sequence[Invoice]):
+    """The invoices of a run, read from the store when asked: a million of them are never in memory at once.
+
+    Entries are invoices, or the ids of invoices stored (read and decoded on access). Compares equal to a list of the
+    same invoices.
+    """
+
+    def __init__(self, store: InvoiceStore, tenant: str, entries: builtins.list[Invoice | str]) -> None:
+        self._store, self._tenant, self._entries = store, tenant, entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @overload
+    def __getitem__(self, index: int) -> Invoice: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> builtins.list[Invoice]: ...
+
+    def __getitem__(self, index: int | slice) -> Invoice | builtins.list[Invoice]:
+        if isinstance(index, slice):
+            return [self._load(entry) for entry in self._entries[index]]
+        return self._load(self._entries[index])
+
+    def __iter__(self) -> Iterator[Invoice]:
+        return (self._load(entry) for entry in self._entries)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (builtins.list, tuple, StoredInvoices)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"StoredInvoices({len(self)} invoices)"
+
+    def _load(self, entry: Invoice | str) -> Invoice:
+        return entry if isinstance(entry, Invoice) else self._store.get(self._tenant, entry)
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """Rows of the invoices export for invoices just written, so that the export need not decode them from the store.
+
+    ``directory`` holds them as ``invoices.parquet`` and ``invoice_lines.parquet``, in the export's schemas and in
+    the order of the ids (the store's), a row group per chunk written; ``ids`` are the invoices they hold.
+    :func:`meter.export.export_invoices` moves them into place, or merges them with what it reads from the store, and
+    removes the directory (so does :meth:`discard` when they are not used).
+    """
+
+    directory: Path
+    ids: frozenset[str]
+
+    def discard(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 class CreditNote(msgspec.Struct):
     id: str
     number: str
@@ -171,7 +234,8 @@ class InvoiceRun(msgspec.Struct):
     """
 
     period: str
-    invoices: list[Invoice]
+    #: A list, or the run's :class:`StoredInvoices` (read from the store when iterated).
+    invoices: Sequence[Invoice]
     errors: list[RunError] = []
     warnings: list[RunWarning] = []
     fees_in_advance: ServicePeriod | None = None
@@ -207,7 +271,8 @@ def check_exportable(value: Decimal | None, what: str) -> None:
                            f"{EXPORT_SCALE} decimals", code="invalid_amount")
 
 
-def _check_invoice(invoice: Invoice) -> None:
+def check_invoice(invoice: Invoice) -> None:
+    """Raises ``InvalidInput`` unless every amount and quantity of ``invoice`` fits the export."""
     for name in ("subtotal", "total"):
         check_exportable(getattr(invoice, name), f"invoice {invoice.id}: {name}")
     for i, line in enumerate(invoice.lines, start=1):
@@ -230,6 +295,12 @@ def check_credit_amount(amount: Decimal, currency: str) -> Decimal:
         raise InvalidInput(f"a credit note's amount must have at most {digits} decimals, {currency}'s minor unit "
                            f"({quantum} {currency}); got {amount}", code="invalid_credit_note")
     return amount.quantize(quantum, context=_CONTEXT)
+
+
+class _Head(msgspec.Struct):
+    """What reading an invoice's status needs: the rest of its JSON is skipped, not decoded."""
+
+    status: Status = "draft"
 
 
 class InvoiceStore(Store):
@@ -271,21 +342,86 @@ class InvoiceStore(Store):
 
         A void invoice is reissued: the draft goes under the next id ``<id>-r2``, ``<id>-r3``... that is not void.
         """
-        _check_invoice(invoice)
+        check_invoice(invoice)
         with self.lock(invoice.tenant):
-            base, n, reissues = invoice.id, 1, None
-            while True:
-                invoice_id = base if n == 1 else f"{base}-r{n}"
-                raw = self._db.get(f"invoice/{invoice.tenant}/{invoice_id}".encode())
-                status = None if raw is None else msgspec.json.decode(raw, type=Invoice).status
-                if status == "finalized":
-                    return None
-                if status != "void":
-                    break
-                reissues, n = invoice_id, n + 1
-            draft = msgspec.structs.replace(invoice, id=invoice_id, reissues=reissues)
-            self._write((f"invoice/{invoice.tenant}/{invoice_id}", msgspec.json.encode(draft)))
+            draft = self._reissue(invoice)
+            if draft is not None:
+                self._write((f"invoice/{invoice.tenant}/{draft.id}", msgspec.json.encode(draft)))
             return draft
+
+    def save_drafts(self, tenant: str, drafts: Iterable[tuple[str, bytes]], chunk: int = 20_000,
+                    logged: bool = True) -> Iterator[tuple[str, str, bytes]]:
+        """:meth:`save_draft` of many drafts, given as ``(id, JSON of the Invoice)``, in large synced write batches.
+
+        Yields ``(id, stored id, JSON)`` of each draft stored (the id it was stored under is ``<id>-r2``... when it
+        reissues a void invoice); a draft whose invoice is finalized is skipped. Each chunk is checked and written
+        under the tenant's lock, in one synced write: as durable as one write per draft, without a sync per draft.
+        The drafts' values must be exportable (:mod:`meter.pricing.batch` writes only such values).
+
+        With ``logged=False`` the drafts skip the write-ahead log: they are durable once :meth:`flush` returns (a crash
+        before then loses drafts, which a run computes again, and never a finalized invoice, which is logged).
+        """
+        options = WriteOptions()
+        if logged:
+            options.sync = True
+        else:  # the caller flushes them (see flush): a million drafts are then written once, not twice
+            options.disable_wal = True  # type: ignore[method-assign,assignment]  # a property, not the stub's method
+        pending = iter(drafts)
+        while part := list(islice(pending, chunk)):
+            with self.lock(tenant):
+                stored: list[bytes | None] = self._db.get(  # type: ignore[assignment]  # a list for a list of keys
+                    [f"invoice/{tenant}/{i}".encode() for i, _ in part])
+                batch, saved = WriteBatch(), []
+                for (base, value), raw in zip(part, stored, strict=True):
+                    invoice_id = base
+                    if raw is not None:
+                        status = msgspec.json.decode(raw, type=_Head).status
+                        if status == "finalized":
+                            continue
+                        if status == "void":  # rare: the way save_draft reissues it
+                            draft = self._reissue(msgspec.json.decode(value, type=Invoice))
+                            if draft is None:
+                                continue
+                            invoice_id, value = draft.id, msgspec.json.encode(draft)
+                    batch.put(f"invoice/{tenant}/{invoice_id}".encode(), value)
+                    saved.append((base, invoice_id, value))
+                if saved:
+                    self._db.write(batch, options)
+            yield from saved
+
+    def flush(self) -> None:
+        """Makes every write durable, those that skipped the write-ahead log included."""
+        self._db.flush(wait=True)
+
+    def _reissue(self, invoice: Invoice) -> Invoice | None:
+        """The draft that reissues ``invoice``'s void predecessors (lock held); None when one is finalized."""
+        base, n, reissues = invoice.id, 1, None
+        while True:
+            invoice_id = base if n == 1 else f"{base}-r{n}"
+            raw = self._db.get(f"invoice/{invoice.tenant}/{invoice_id}".encode())
+            status = None if raw is None else msgspec.json.decode(raw, type=_Head).status
+            if status == "finalized":
+                return None
+            if status != "void":
+                return msgspec.structs.replace(invoice, id=invoice_id, reissues=reissues)
+            reissues, n = invoice_id, n + 1
+
+    def stored_except(self, tenant: str, skip: frozenset[str] | set[str]) -> Iterator[bytes]:
+        """The JSON of the tenant's invoices whose ids are not in ``skip``, in id order; those are not even read."""
+        prefix = f"invoice/{tenant}/".encode()
+        for key in self._db.keys(from_key=prefix):
+            if not isinstance(key, bytes) or not key.startswith(prefix):
+                break
+            if key[len(prefix):].decode() not in skip and (value := self._db.get(key)) is not None:
+                yield value
+
+    def statuses(self, tenant: str) -> Iterator[tuple[str, Status, bytes]]:
+        """Every invoice of the tenant as ``(id, status, JSON)``, reading only the status of each."""
+        prefix = f"invoice/{tenant}/".encode()
+        for key, value in self._db.items(from_key=prefix):
+            if not isinstance(key, bytes) or not key.startswith(prefix):
+                break
+            yield key[len(prefix):].decode(), msgspec.json.decode(value, type=_Head).status, value
 
     def issue(self, invoice: Invoice, now: datetime | None = None) -> Invoice | None:
         """Saves ``invoice`` finalized (numbered) at once, in one write.
@@ -293,7 +429,7 @@ class InvoiceStore(Store):
         A threshold invoice. ``None`` when an invoice of that id exists already, or when it is stale (see
         :meth:`finalize`): the next run computes it again.
         """
-        _check_invoice(invoice)
+        check_invoice(invoice)
         with self.lock(invoice.tenant):
             if self._db.get(f"invoice/{invoice.tenant}/{invoice.id}".encode()) is not None or self._stale(invoice):
                 return None

@@ -43,12 +43,12 @@ import re
 import sys
 import traceback
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -59,11 +59,23 @@ from meter.catalog.prices import Price
 from meter.catalog.types import trusted
 from meter.exceptions import InvalidInput, MeterError, NotFound
 from meter.pricing import cycles
+from meter.pricing.batch import Batch, NotPlain, Refused, invoice_batch, plain_subscriptions
 from meter.pricing.charges import CHARGES_SCHEMA, price_frame
-from meter.pricing.invoices import Invoice, InvoiceLine, InvoiceStore, LineDetail, RunError, ServicePeriod
+from meter.pricing.invoices import (
+    Fresh,
+    Invoice,
+    InvoiceLine,
+    InvoiceStore,
+    LineDetail,
+    RunError,
+    ServicePeriod,
+    StoredInvoices,
+    check_invoice,
+)
 from meter.pricing.money import round_to_minor_unit
 from meter.pricing.rating import rate
 from meter.pricing.snapshot import Snapshot
+from meter.pricing.steps import step
 from meter.pricing.usage import event_amounts, period_quantities
 
 __all__ = ["Billed", "Priced", "bill_thresholds", "invoice_period", "parse_month", "upcoming_invoices"]
@@ -75,6 +87,8 @@ RESTATE = timedelta(days=35)
 FIRST_YEAR, LAST_YEAR = 1970, 9998
 _ZERO = Decimal(0)
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
+#: Subscriptions whose charges rating refuses that a run takes out of the columnar path, one at a time.
+_REFUSALS = 8
 Timing = Literal["in_advance", "in_arrears"]
 
 
@@ -132,9 +146,11 @@ class Billed:
     @classmethod
     def of(cls, store: InvoiceStore, tenant: str) -> Billed:
         billed = cls()
-        for invoice in store.list(tenant):
-            if invoice.status != "finalized":
+        # Drafts (a million after a run) are skipped on their status alone, without decoding them.
+        for _, status, raw in store.statuses(tenant):
+            if status != "finalized":
                 continue
+            invoice = msgspec.json.decode(raw, type=Invoice)
             billed.finalized[invoice.subscription].append(invoice.id)
             if invoice.reason == "cycle":
                 billed.cycles[invoice.subscription].add(invoice.period_start)
@@ -195,10 +211,12 @@ class Priced:
     run covers (``None`` when it covers none).
     """
 
-    invoices: list[Invoice]
+    invoices: Sequence[Invoice]
     errors: list[RunError]
     fees_in_advance: ServicePeriod | None = None
     usage_in_arrears: ServicePeriod | None = None
+    #: The rows of the drafts invoiced over whole tables, for the invoices export (see :class:`Fresh`).
+    fresh: Fresh | None = None
 
 
 def invoice_period(snapshot: Snapshot, out: Path, store: InvoiceStore, month: str) -> Priced:
@@ -208,31 +226,156 @@ def invoice_period(snapshot: Snapshot, out: Path, store: InvoiceStore, month: st
     customer's time zone); a cycle whose invoice is finalized already is left alone (what changes later goes on the
     next one as adjustments), and one whose invoice was voided gets a new draft. A subscription that cannot be
     invoiced is reported in ``errors`` and the others are invoiced all the same. Returns the drafts saved.
+
+    Plain subscriptions (see :mod:`meter.pricing.batch`) are invoiced over whole tables, the others one by one; both
+    give the same invoices. ``Priced.fresh`` then holds the plain drafts' rows for the invoices export.
     """
     first = parse_month(month)
     after = first.replace(year=first.year + first.month // 12, month=first.month % 12 + 1)
-    billed = Billed.of(store, snapshot.tenant)
+    with step("billed"):
+        billed = Billed.of(store, snapshot.tenant)
+    rows, batched = _batched(snapshot, out, billed, first, after)
+    fresh, stored = None, None
+    if batched is not None:
+        fresh, stored, left = _save_batch(store, out, snapshot.tenant, batched)
+        if left:  # drafts the columnar texts could not write: those subscriptions go one by one
+            table = snapshot.subscription_table.with_row_index("_row")
+            rows = pl.concat([rows, table.filter(pl.col("id").is_in(list(left))).get_column("_row")]).sort()
     drafts, errors = [], []
-    for sub in snapshot.subscriptions:
-        try:
-            tz = ZoneInfo(_tz(snapshot, sub))
-            for period in cycles.cycles_between(sub, tz.key, first.replace(tzinfo=tz), after.replace(tzinfo=tz)):
-                drafts.append(_cycle_draft(snapshot, sub, period, billed))
-        except Exception as e:  # noqa: BLE001 - one subscription never stops the invoicing of the others
-            errors.append(_error(sub, e))
-    priced = _price_apart(snapshot, out, drafts, billed)
+    with step("one_by_one"):
+        slow = snapshot.subscriptions_of(rows)
+    # The invoices go in the order of the subscriptions, then of their cycles.
+    order = {sub.id: position for sub, position in zip(slow, rows.to_list(), strict=True)}
+    with step("one_by_one"):
+        for sub in slow:
+            try:
+                tz = ZoneInfo(_tz(snapshot, sub))
+                for period in cycles.cycles_between(sub, tz.key, first.replace(tzinfo=tz),
+                                                    after.replace(tzinfo=tz)):
+                    drafts.append(_cycle_draft(snapshot, sub, period, billed))
+            except Exception as e:  # noqa: BLE001 - one subscription never stops the invoicing of the others
+                errors.append(_error(sub, e))
+        priced = _price_apart(snapshot, out, drafts, billed)
     errors += priced.errors
-    saved = []
+    saved: list[tuple[int, datetime, Invoice | str]] = []
     # A cycle with nothing to bill (before the start, or after the last usage period) gets no invoice.
+    checked = {}
     for invoice in priced.invoices:
         try:
-            if invoice.lines and (draft := store.save_draft(invoice)) is not None:
-                saved.append(draft)
+            if invoice.lines:
+                check_invoice(invoice)
+                checked[invoice.id] = invoice
         except MeterError as e:
             errors.append(RunError(subscription=invoice.subscription, code=e.code, message=e.message))
+    # Stored as save_draft stores each, in synced batches rather than one synced write per draft.
+    with step("store"):
+        for base, invoice_id, value in store.save_drafts(
+                snapshot.tenant, ((i.id, msgspec.json.encode(i)) for i in checked.values())):
+            draft = checked[base]
+            if invoice_id != base:
+                draft = msgspec.json.decode(value, type=Invoice)
+            saved.append((order[draft.subscription], draft.period_start, draft))
     fees = [d.period for d in drafts]
     usage = [d.arrears for d in drafts if d.arrears is not None]
-    return Priced(saved, errors, _span(fees), _span(usage))
+    entries: list[Invoice | str] = [entry[2] for entry in sorted(saved, key=lambda entry: entry[:2])]
+    if batched is not None and stored is not None:
+        fees += [cycles.Period(*batched.fees)] if batched.fees else []
+        usage += [cycles.Period(*batched.usage)] if batched.usage else []
+        entries = _merged(saved, stored)
+    return Priced(StoredInvoices(store, snapshot.tenant, entries), errors, _span(fees), _span(usage), fresh)
+
+
+def _merged(saved: list[tuple[int, datetime, Invoice | str]], stored: pl.DataFrame) -> list[Invoice | str]:
+    """The invoices saved one by one and the ids of those stored over whole tables, by subscription then cycle."""
+    if not saved:
+        return stored.sort("order", "period_start").get_column("stored").to_list()
+    schema: dict[str, Any] = {"order": pl.UInt32, "period_start": stored.schema["period_start"], "one": pl.Int64}
+    ones = pl.DataFrame([(order, start, i) for i, (order, start, _) in enumerate(saved)], schema=schema, orient="row")
+    both = pl.concat([stored.with_columns(one=pl.lit(None, pl.Int64)), ones.with_columns(
+        stored=pl.lit(None, pl.String))], how="diagonal_relaxed").sort("order", "period_start")
+    return [saved[one][2] if one is not None else invoice_id
+            for invoice_id, one in both.select("stored", "one").iter_rows()]
+
+
+def _batched(snapshot: Snapshot, out: Path, billed: Billed, first: datetime,
+             after: datetime) -> tuple[pl.Series, Batch | None]:
+    """The plain subscriptions' drafts over whole tables, and the rows of the others (all of them when that fails)."""
+    table = snapshot.subscription_table
+    everyone = pl.int_range(table.height, dtype=pl.UInt32, eager=True)
+    if table.height == 0:
+        return everyone, None
+    customers = snapshot.customer_table.select(customer="id", timezone="timezone", currency="currency")
+    subs = table.with_row_index("order").join(customers, on="customer", how="left", maintain_order="left")
+    plain = plain_subscriptions(subs) & ~subs.get_column("id").is_in(pl.Series(list(billed.finalized),
+                                                                                 dtype=pl.String).implode())
+    # A subscription whose charge rating refuses is left to the per-subscription path, which reports it by name; a
+    # few such are taken out one at a time, more than that send everyone that way.
+    for _ in range(_REFUSALS):
+        chosen = subs.filter(plain)
+        if chosen.height == 0:
+            return everyone, None
+        try:
+            batch = invoice_batch(snapshot, out, chosen, first, after)
+        except Refused as e:
+            plain &= subs.get_column("id") != e.subscription
+            continue
+        except Exception as e:  # noqa: BLE001 - the per-subscription path invoices them, and reports what fails
+            if not isinstance(e, MeterError | NotPlain):  # not the input: keep the traceback for the server's operator
+                print("meter: the columnar invoice run failed; invoicing one subscription at a time:",
+                      file=sys.stderr)
+                traceback.print_exception(e, file=sys.stderr)
+            return everyone, None
+        return subs.filter(~plain).get_column("order"), batch
+    return everyone, None
+
+
+def _save_batch(store: InvoiceStore, out: Path, tenant: str,
+                batch: Batch) -> tuple[Fresh, pl.DataFrame, set[str]]:
+    """Stores the batch's drafts, a chunk at a time, and writes their export rows beside the export (``Fresh``).
+
+    Returns those, what was stored (``order``, ``period_start`` and ``stored``, the id stored under) and the
+    subscriptions whose drafts the columnar texts could not write (for the per-subscription path). The drafts skip
+    the write-ahead log and are made durable by one flush at the end, whatever happens.
+    """
+    from meter.export import FreshWriter  # meter.export imports the invoices module, which this one uses
+
+    writer = FreshWriter(out / "invoices" / f"tenant={tenant}" / ".run")
+    found: list[pl.DataFrame] = []
+    left: set[str] = set()
+    try:
+        for chunk in batch.chunks():
+            if chunk.refused:
+                left.update(chunk.refused)
+                continue
+            invoices = chunk.invoices
+            bases = invoices.get_column("id").to_list()
+            with step("store"):
+                stored = list(store.save_drafts(tenant, zip(bases, invoices.get_column("json").cast(
+                    pl.Binary).to_list(), strict=True), logged=False))
+            rows, lines = invoices.drop("json"), chunk.lines
+            if len(stored) != len(bases) or any(base != invoice_id for base, invoice_id, _ in stored):
+                # Some were finalized (skipped) or reissue a void invoice (stored under <id>-rN, `reissues` set):
+                # the export reads the reissues back from the store.
+                kept = pl.DataFrame([(base, invoice_id) for base, invoice_id, _ in stored],
+                                    schema={"id": pl.String, "stored": pl.String}, orient="row")
+                rows = rows.join(kept, on="id", how="inner", maintain_order="left")
+                found.append(rows.select("order", "period_start", "stored"))
+                rows = rows.filter(pl.col("id") == pl.col("stored")).drop("stored")
+                lines = lines.join(rows.select(invoice="id"), on="invoice", how="semi", maintain_order="left")
+            else:
+                found.append(rows.select("order", "period_start", stored="id"))
+            with step("invoice_parquet"):
+                writer.write(rows.to_arrow(), lines.to_arrow())
+    except BaseException:
+        writer.close().discard()
+        raise
+    finally:
+        with step("store"):
+            store.flush()
+    schema: dict[str, Any] = {"order": pl.UInt32, "period_start": pl.Datetime("us", "UTC"), "stored": pl.String}
+    with step("invoice_parquet"):
+        fresh = writer.close()
+    return fresh, pl.concat([pl.DataFrame(schema=schema), *found]), left
 
 
 def upcoming_invoices(snapshot: Snapshot, out: Path, store: InvoiceStore, customer: str,
@@ -244,13 +387,14 @@ def upcoming_invoices(snapshot: Snapshot, out: Path, store: InvoiceStore, custom
     """
     billed = Billed.of(store, snapshot.tenant)
     drafts = []
-    for sub in snapshot.subscriptions:
-        if sub.customer != customer:
-            continue
+    table = snapshot.subscription_table
+    rows = (table.with_row_index("_row").filter(pl.col("customer") == customer).get_column("_row") if table.height
+            else pl.Series(dtype=pl.UInt32))
+    for sub in snapshot.subscriptions_of(rows):  # the customer's, not a million subscription objects
         tz = _tz(snapshot, sub)
         current = cycles.cycle_containing(sub, tz, as_of)
         drafts.append(_cycle_draft(snapshot, sub, cycles.cycle_containing(sub, tz, current.end), billed))
-    if not drafts and customer not in snapshot.customers:
+    if not drafts and snapshot.customer(customer) is None:
         raise NotFound(f"customer {customer!r} was not found; create it with POST /v1/customers", "not_found")
     return [invoice for invoice in _price(snapshot, out, drafts, billed) if invoice.lines]
 
@@ -301,7 +445,7 @@ def _span(periods: list[cycles.Period]) -> ServicePeriod | None:
 
 
 def _tz(snapshot: Snapshot, sub: Subscription) -> str:
-    customer = snapshot.customers.get(sub.customer)
+    customer = snapshot.customer(sub.customer)
     if customer is None:
         raise InvalidInput(f"subscription {sub.id!r}: customer {sub.customer!r} is not in the catalog snapshot",
                            code="invalid_catalog")
@@ -560,7 +704,9 @@ def _normal(value: Decimal | None) -> Decimal | None:
 
 
 def _assemble(snapshot: Snapshot, draft: _Draft, rated: list[tuple[_Charge, _Rating]], billed: Billed) -> Invoice:
-    sub, currency = draft.sub, snapshot.customers[draft.sub.customer].currency
+    customer = snapshot.customer(draft.sub.customer)
+    assert customer is not None  # _tz found it when the draft was made
+    sub, currency = draft.sub, customer.currency
 
     def money(amount: Decimal) -> Decimal:
         return round_to_minor_unit(amount, currency)

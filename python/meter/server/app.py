@@ -17,7 +17,7 @@ import traceback
 import zlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -153,7 +153,7 @@ class MeterApp:
     def __init__(self, data_dir: Path, admin_key: str | None = None, max_body: int = MAX_BODY,
                  export: tuple[Path, float] | None = None, engine_options: dict[str, Any] | None = None) -> None:
         self.data_dir, self.admin_key, self.max_body = data_dir, admin_key, max_body
-        #: Keyword arguments of the usage engine (`meter.Engine`): its settings, as `meter serve` was given them.
+        #: Keyword arguments of ``meter.Engine`` (retention, roll-ups...), from ``meter serve``'s options.
         self.engine_options = engine_options or {}
         #: (directory, seconds between exports) of the scheduled Parquet export, if any.
         self.export = export
@@ -435,6 +435,14 @@ class MeterApp:
             lines.append("# TYPE meter_events_skipped_total counter")
             lines += [f'meter_events_skipped_total{{tenant="{_label(c.tenant)}",meter="{_label(c.meter)}"}} {c.events}'
                       for c in s.skipped]
+            m = s.maintenance
+            lines += ["# TYPE meter_maintenance_runs_total counter", f"meter_maintenance_runs_total {m.runs}",
+                      "# TYPE meter_maintenance_healthy gauge",
+                      f"meter_maintenance_healthy {0 if m.last_error else 1}"]
+            # Retained events past retention that stay because the export has not written them (export them).
+            lines.append("# TYPE meter_retained_events_held_back gauge")
+            lines += [f'meter_retained_events_held_back{{tenant="{_label(h.tenant)}"}} {h.events}'
+                      for h in m.held_back]
         return "\n".join(lines) + "\n"
 
     def authorize(self, request: Request, access: Access, path: str) -> ApiKey | None:
@@ -875,20 +883,27 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-#: Engine settings that `meter serve` hands to the server process: environment variable -> `meter.Engine` keyword.
-ENGINE_SETTINGS = {
-    "METER_MAX_COMBINATIONS_PER_MINUTE": "max_combinations_per_minute",
-    "METER_MAX_CUSTOMERS_PER_MINUTE": "max_customers_per_minute",
-}
+def engine_options_from_env() -> dict[str, Any]:
+    """``meter.Engine``'s settings that ``meter serve`` passes through the environment (unset: the engine's default)."""
+    options: dict[str, Any] = {}
+    for name, option in (("METER_RETENTION_DAYS", "retention"), ("METER_MINUTE_AGGREGATES_DAYS", "minute_aggregates"),
+                         ("METER_HOUR_AGGREGATES_DAYS", "hour_aggregates")):
+        if os.environ.get(name):
+            options[option] = timedelta(days=float(os.environ[name]))
+    if os.environ.get("METER_MAINTENANCE_EVERY"):
+        options["maintenance_interval"] = timedelta(seconds=float(os.environ["METER_MAINTENANCE_EVERY"]))
+    for name, option in (("METER_MAX_COMBINATIONS_PER_MINUTE", "max_combinations_per_minute"),
+                         ("METER_MAX_CUSTOMERS_PER_MINUTE", "max_customers_per_minute")):
+        if os.environ.get(name):
+            options[option] = int(os.environ[name])
+    return options
 
 
 def create_app() -> MeterApp:
     """Factory for granian: configuration comes from the environment `meter serve` sets."""
     every = os.environ.get("METER_EXPORT_EVERY")
     export = (Path(os.environ["METER_EXPORT_DIR"]), float(every)) if every else None
-    engine_options = {option: int(os.environ[variable]) for variable, option in ENGINE_SETTINGS.items()
-                      if variable in os.environ}
     return MeterApp(Path(os.environ.get("METER_DATA_DIR", ".meter-data")), os.environ.get("METER_ADMIN_KEY") or None,
-                    export=export, engine_options=engine_options)
+                    export=export, engine_options=engine_options_from_env())
 
 

@@ -322,7 +322,9 @@ def openapi() -> dict[str, Any]:
         _q("from", _DATE_TIME, required=True, description="Start (inclusive), RFC 3339"),
         _q("to", _DATE_TIME, required=True, description="End (exclusive), RFC 3339"),
         _q("window_size", {"type": "string", "enum": ["minute", "hour", "day", "month"]},
-           description="Windows of this size; the whole range when absent"),
+           description="Windows of this size; the whole range when absent. Usage older than 40 days is kept per hour "
+                       "and older than 400 days per UTC day: windows finer than that there (or bounds off its whole "
+                       "hours or days) are a 400 `resolution_unavailable`"),
         _q("subject", repeat=True, description="Only these customers"),
         _q("group_by", repeat=True, description="Dimensions (or `subject`) to group by"),
         {"name": "filter", "in": "query", "style": "deepObject", "explode": True,

@@ -6,6 +6,7 @@ pub mod fold;
 pub mod meter;
 pub mod quantity;
 pub mod registry;
+pub mod resolution;
 pub mod state;
 
 pub use meter::{Aggregation, Meter, MeterSpec, StoredMeter};

@@ -29,6 +29,11 @@ impl Registry {
         all
     }
 
+    /// Every meter of every tenant, as (tenant, meter), in no particular order.
+    pub fn all(&self) -> impl Iterator<Item = (&str, &Arc<Meter>)> {
+        self.by_slug.iter().flat_map(|(tenant, meters)| meters.values().map(move |m| (tenant.as_str(), m)))
+    }
+
     pub fn with(&self, tenant: &str, meter: Arc<Meter>) -> Registry {
         let mut next = self.clone();
         let spec = &meter.stored.spec;

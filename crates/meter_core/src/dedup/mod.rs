@@ -1,23 +1,38 @@
-//! Exactly-once: the index of event identities seen within the dedup window.
+//! Exactly-once: which event identities were received within the dedup window.
 //!
 //! Identity is `(tenant, source, id)`, hashed to 128 bits (xxh3-128); two different identities share a
-//! fingerprint with probability about n²/2¹²⁹, below 10⁻¹⁵ for a trillion events. Each entry also keeps
+//! fingerprint with probability about n²/2¹²⁹, below 10⁻¹⁵ for a trillion events. Each identity also keeps
 //! a 64-bit hash of the payload, which tells a retry (same payload: `duplicate`) from a `conflict`.
 //!
-//! Durability: the index lives in memory and is rebuilt at open from the `dedup` column family, where
-//! each commit writes one record of the fingerprints it accepted, in the same atomic write batch as the
-//! events and aggregates. So after any crash the index holds exactly the committed events.
+//! Where identities live, so that memory, disk and open time stay bounded however many are in the window:
+//! - **On disk**, in the `seen` column family: one key per identity (its fingerprint), value a [`Mark`]
+//!   (receive time, payload hash), written in the same atomic batch as the commit that accepted it. So after
+//!   any crash the index holds exactly the committed identities, and opening reads nothing of it.
+//!   RocksDB's own filters (kept in a bounded block cache, `storage::rocks`) answer "not there" for a new
+//!   identity without reading a data block: a filter may say "maybe" wrongly, never "no" wrongly, and a
+//!   "maybe" is settled by reading the key. Fingerprints are uniform, so the filters cost the same for any
+//!   mix of tenants; their memory is about 1.25 bytes per identity, capped by the cache size.
+//! - **In memory**, [`Recent`]: every identity of the group commit being staged (not on disk yet) and the most
+//!   recently committed ones, for the common quick retry.
 //!
-//! Record format (value of `dedup/<seq u64 BE>`): `received_us i64 BE`, `n u16 BE` and `n` length-prefixed
-//! tenants (part `i` of the commit's retained events belongs to tenant `i`: recovery replays commits whose
-//! aggregates were not flushed yet from them), then per event `fingerprint u128 LE, payload_hash u64 LE`.
+//! Expiry: an identity received before the [`Horizon`] (now minus the window) is treated as unseen by
+//! every lookup, exactly at the window's edge; RocksDB's compaction filter removes such keys as it rewrites
+//! files, so disk holds the window plus whatever compaction has not reached yet (bounded by a periodic
+//! compaction of every file, `storage::rocks`).
+//!
+//! The `dedup` column family keeps one [`record::Record`] per commit (its receive time and the tenant of each
+//! part of its retained events) until the commit's aggregates are written: replay after a crash reads it.
 
-use std::hash::{BuildHasherDefault, Hasher};
+pub mod recent;
+pub mod record;
 
-use hashbrown::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+pub use recent::Recent;
+pub use record::Record;
 
 use crate::error::{Error, Result};
-use crate::storage::codec::{put_str, Reader};
+use crate::storage::{Cf, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
@@ -26,112 +41,93 @@ pub enum Seen {
     Conflict,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Entry {
-    payload_hash: u64,
-    received_us: i64,
-}
-
-/// Fingerprints are already uniform hashes; hashing them again would only cost time.
-#[derive(Default)]
-pub struct FingerprintHasher(u64);
-
-impl Hasher for FingerprintHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
-        }
-    }
-    fn write_u128(&mut self, v: u128) {
-        self.0 = v as u64;
-    }
-}
-
-#[derive(Default)]
-pub struct DedupIndex {
-    map: HashMap<u128, Entry, BuildHasherDefault<FingerprintHasher>>,
-}
-
-impl DedupIndex {
-    pub fn check(&self, fingerprint: u128, payload_hash: u64) -> Seen {
-        match self.map.get(&fingerprint) {
-            None => Seen::New,
-            Some(e) if e.payload_hash == payload_hash => Seen::Duplicate,
-            Some(_) => Seen::Conflict,
-        }
-    }
-
-    pub fn insert(&mut self, fingerprint: u128, payload_hash: u64, received_us: i64) {
-        self.map.insert(fingerprint, Entry { payload_hash, received_us });
-    }
-
-    pub fn remove(&mut self, fingerprint: u128) {
-        self.map.remove(&fingerprint);
-    }
-
-    /// Forgets identities first received before `cutoff_us`.
-    pub fn expire(&mut self, cutoff_us: i64) {
-        self.map.retain(|_, e| e.received_us >= cutoff_us);
-    }
-
-    /// Adds the entries of one stored record.
-    pub fn load(&mut self, record: &Record) {
-        for (fp, ph) in record.entries() {
-            self.insert(fp, ph, record.received_us);
-        }
-    }
-}
-
-/// A parsed dedup record.
-pub struct Record<'a> {
+/// What is remembered of one identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
     pub received_us: i64,
-    /// Tenant of each retained-events part of the commit, in part order.
-    pub tenants: Vec<&'a str>,
-    entries: &'a [u8],
+    pub payload_hash: u64,
 }
 
-impl<'a> Record<'a> {
-    pub fn parse(bytes: &'a [u8]) -> Result<Record<'a>> {
-        let mut r = Reader::new(bytes);
-        let received_us = r.u64()? as i64;
-        let n = u16::from_be_bytes(r.take(2)?.try_into().unwrap());
-        let tenants = (0..n).map(|_| r.str()).collect::<Result<Vec<_>>>()?;
-        if !r.bytes.len().is_multiple_of(24) {
-            return Err(Error::Corrupt(format!("dedup record with {} bytes of entries", r.bytes.len())));
-        }
-        Ok(Record { received_us, tenants, entries: r.bytes })
+impl Mark {
+    /// The `seen` value: receive time (i64 BE, first, so the compaction filter reads it without decoding
+    /// the rest), payload hash (u64 LE).
+    pub fn encode(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.received_us.to_be_bytes());
+        out[8..].copy_from_slice(&self.payload_hash.to_le_bytes());
+        out
     }
 
-    pub fn entries(&self) -> impl Iterator<Item = (u128, u64)> + 'a {
-        self.entries.chunks_exact(24).map(|c| {
-            (u128::from_le_bytes(c[..16].try_into().unwrap()), u64::from_le_bytes(c[16..].try_into().unwrap()))
+    pub fn decode(value: &[u8]) -> Result<Mark> {
+        let value: &[u8; 16] =
+            value.try_into().map_err(|_| Error::Corrupt(format!("seen value of {} bytes", value.len())))?;
+        Ok(Mark {
+            received_us: i64::from_be_bytes(value[..8].try_into().unwrap()),
+            payload_hash: u64::from_le_bytes(value[8..].try_into().unwrap()),
         })
     }
+
+    pub fn judge(&self, payload_hash: u64) -> Seen {
+        if self.payload_hash == payload_hash {
+            Seen::Duplicate
+        } else {
+            Seen::Conflict
+        }
+    }
 }
 
-/// Builds the record a commit writes.
-pub struct RecordBuilder(Vec<u8>);
+/// The `seen` key of an identity.
+pub fn seen_key(fingerprint: u128) -> [u8; 16] {
+    fingerprint.to_be_bytes()
+}
 
-impl RecordBuilder {
-    pub fn new(received_us: i64, tenants: &[String]) -> Self {
-        let mut out = received_us.to_be_bytes().to_vec();
-        out.extend_from_slice(&(tenants.len() as u16).to_be_bytes());
-        for t in tenants {
-            put_str(&mut out, t.as_bytes());
+/// The receive time in a `seen` value, for the compaction filter; `None` if the value is not one.
+pub fn received_us(value: &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(value.get(..8)?.try_into().ok()?))
+}
+
+/// Identities received before this instant (µs) are forgotten. Shared by the writer, which moves it
+/// forward, and the compaction filter, which drops what lies before it. Never moves back.
+#[derive(Debug, Default)]
+pub struct Horizon(AtomicI64);
+
+impl Horizon {
+    pub fn new(us: i64) -> Horizon {
+        Horizon(AtomicI64::new(us))
+    }
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+    pub fn advance(&self, us: i64) {
+        self.0.fetch_max(us, Ordering::Relaxed);
+    }
+    /// Whether a mark received at `received_us` is still inside the window.
+    pub fn keeps(&self, received_us: i64) -> bool {
+        received_us >= self.get()
+    }
+}
+
+/// Looks the identities up on disk, in one batched read: for each, its mark if it was received inside the
+/// window. `fingerprints` need not be sorted.
+pub fn lookup(store: &dyn Store, horizon: &Horizon, fingerprints: &[u128]) -> Result<Vec<Option<Mark>>> {
+    let mut order: Vec<usize> = (0..fingerprints.len()).collect();
+    order.sort_unstable_by_key(|&i| fingerprints[i]);
+    let keys: Vec<[u8; 16]> = order.iter().map(|&i| seen_key(fingerprints[i])).collect();
+    let keys: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+    let mut marks = vec![None; fingerprints.len()];
+    let mut failure = None;
+    store.multi_get_sorted(Cf::Seen, &keys, &mut |at, value| {
+        if let Some(value) = value {
+            match Mark::decode(value) {
+                Ok(mark) if horizon.keeps(mark.received_us) => marks[order[at]] = Some(mark),
+                Ok(_) => {}
+                Err(e) => failure = Some(e),
+            }
         }
-        RecordBuilder(out)
-    }
-    pub fn push(&mut self, fingerprint: u128, payload_hash: u64) {
-        self.0.extend_from_slice(&fingerprint.to_le_bytes());
-        self.0.extend_from_slice(&payload_hash.to_le_bytes());
-    }
-    pub fn bytes(&self) -> &[u8] {
-        &self.0
+    })?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(marks),
     }
 }
 
@@ -140,31 +136,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tells_retries_from_conflicts() {
-        let mut idx = DedupIndex::default();
-        assert_eq!(idx.check(7, 1), Seen::New);
-        idx.insert(7, 1, 100);
-        assert_eq!(idx.check(7, 1), Seen::Duplicate);
-        assert_eq!(idx.check(7, 2), Seen::Conflict);
-        assert_eq!(idx.check(8, 1), Seen::New);
+    fn marks_round_trip_and_judge() {
+        let m = Mark { received_us: -5, payload_hash: 42 };
+        assert_eq!(Mark::decode(&m.encode()).unwrap(), m);
+        assert_eq!(received_us(&m.encode()), Some(-5));
+        assert_eq!(m.judge(42), Seen::Duplicate);
+        assert_eq!(m.judge(43), Seen::Conflict);
+        assert!(Mark::decode(&[0; 15]).is_err());
+        assert_eq!(received_us(&[0; 7]), None);
     }
 
     #[test]
-    fn records_round_trip_and_expire() {
-        let mut b = RecordBuilder::new(1_000, &["acme".to_string(), "b".to_string()]);
-        b.push(u128::MAX - 3, 42);
-        b.push(5, 43);
-        let mut idx = DedupIndex::default();
-        let record = Record::parse(b.bytes()).unwrap();
-        assert_eq!((record.received_us, record.tenants.as_slice()), (1_000, &["acme", "b"][..]));
-        idx.load(&record);
-        assert_eq!(idx.check(u128::MAX - 3, 42), Seen::Duplicate);
-        assert_eq!(idx.check(5, 0), Seen::Conflict);
-        idx.insert(9, 9, 2_000);
-        idx.expire(1_500);
-        assert_eq!(idx.check(5, 43), Seen::New);
-        assert_eq!(idx.check(9, 9), Seen::Duplicate);
-        assert!(Record::parse(&[0; 9]).is_err());
-        assert!(Record::parse(&[0; 10]).is_ok());
+    fn the_horizon_only_moves_forward_and_keeps_its_edge() {
+        let h = Horizon::new(100);
+        h.advance(50);
+        assert_eq!(h.get(), 100);
+        assert!(h.keeps(100) && !h.keeps(99));
+        h.advance(200);
+        assert!(!h.keeps(199));
     }
 }

@@ -253,8 +253,10 @@ pub(crate) fn write_flushes(store: Arc<dyn Store>, shared: Arc<Shared>, rx: Rece
             fold.encode_into(&mut set);
             set.put(Cf::Meta, &keys::agg_seq(shard), &seq.to_be_bytes());
             // Whoever waits for a flush (a meter change, a bulk read) made no write of its own: their request was
-            // refused, not of unknown outcome.
+            // refused, not of unknown outcome. Merges never land in the middle of a roll-up step (`rollup`).
+            let no_rollup = shared.rollup.read().unwrap();
             shared.write(&*store, &set, false).map_err(|e| Error::StoreFailed { reason: e.failure_reason() })?;
+            drop(no_rollup);
             watermark.store(seq, Ordering::Release);
             Ok(())
         })();

@@ -3,21 +3,27 @@
 //! (`cardinality`) and the commit on the `writer`, then aggregation on the `folder` threads. A usage query reads a
 //! RocksDB snapshot plus what the fold threads hold, on the caller's thread, and waits for no write (`Engine::query`).
 //!
-//! Recovery at open: the commit sequence and meter-id counter from `meta`, the meters, the dedup index
-//! from the `dedup` records still inside the window, and for each fold shard the aggregates of commits
+//! Recovery at open: the commit sequence and meter-id counter from `meta`, the meters, and for each fold shard the aggregates of commits
 //! past its `agg_seq` watermark, re-folded from their retained events (`replay`). Everything acknowledged was in one synced
-//! write batch, so what is recovered is exactly what was acknowledged.
+//! write batch, so what is recovered is exactly what was acknowledged. The dedup index is on disk (`dedup`):
+//! opening reads none of it, so open time does not grow with the identities in the window.
+//!
+//! Beside them, the `maintenance` thread drops retained events past retention once exported (`retention`) and
+//! rolls old minute aggregates up to hours and days (`rollup`).
 
 mod cardinality;
 pub mod config;
 mod folder;
+mod maintenance;
 mod prepare;
 pub mod report;
+mod retention;
+mod rollup;
 mod writer;
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -28,20 +34,23 @@ use serde::Serialize;
 use cardinality::Cardinality;
 pub use config::{Config, Durability};
 use folder::{flush_queue, peek_unfolded, shard_of, write_flushes, Accepted, Folder, InFlight, PeekRequest, SHARDS};
+use maintenance::{Maintenance, Run};
+pub use maintenance::{MaintenanceReport, MaintenanceStats};
 pub use report::IngestReport;
+pub use retention::{Dropped, HeldBack};
 use writer::{Command, Writer};
 
 use crate::aggregate::extract::extract_retained;
 use crate::aggregate::fold::{Fold, PeekFilter, Peeked};
 use crate::aggregate::meter::{Meter, MeterSpec, StoredMeter};
 use crate::aggregate::registry::Registry;
-use crate::dedup::{DedupIndex, Record};
+use crate::dedup::{self, Horizon, Recent, Record};
 use crate::error::{Error, Result};
 use crate::ingest::parse_batch;
 use crate::ingest::time::{minute_of, now_micros, MICROS_PER_MINUTE};
 use crate::query::{self, UsageQuery, UsageResult};
 use crate::storage::events;
-use crate::storage::rocks::RocksStore;
+use crate::storage::rocks::{RocksStore, StoreOptions};
 use crate::storage::{keys, scan_prefix, Cf, ReadStore, Store, WriteSet};
 use prepare::prepare;
 
@@ -63,6 +72,10 @@ pub(crate) struct Shared {
     /// Per (tenant, meter slug): accepted events the meter could not read and skipped, since the engine opened
     /// (at ingest and in its backfill). Forgotten when the meter is deleted.
     pub skipped: Mutex<std::collections::HashMap<(String, String), u64>>,
+    /// Roll-ups take it to write (`rollup`); fold flushes, meter deletions and readers opening their cursors over
+    /// aggregates take it to read, so that none meets a roll-up half-way (`aggregate::resolution`).
+    pub rollup: Arc<RwLock<()>>,
+    pub maintenance: Mutex<MaintenanceStats>,
 }
 
 impl Shared {
@@ -127,6 +140,8 @@ pub struct StatsSnapshot {
     pub queue_depth: usize,
     /// Per meter: accepted events it could not read and skipped since the engine opened, sorted by tenant and meter.
     pub skipped: Vec<SkippedCount>,
+    /// Retention and roll-ups (`Engine::maintain`).
+    pub maintenance: MaintenanceStats,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -159,12 +174,19 @@ pub struct Engine {
     /// Where queries ask the fold threads for what they hold.
     peeks: RwLock<Option<Vec<Sender<PeekRequest>>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    maintenance_tx: RwLock<Option<Sender<Run>>>,
+    maintenance: Mutex<Option<JoinHandle<()>>>,
+    /// Tells a maintenance run to stop between steps.
+    closing: Arc<AtomicBool>,
+    /// Serializes `events_exported` (read, compare, write).
+    exported: Mutex<()>,
     config: Config,
 }
 
 impl Engine {
     pub fn open(path: &Path, config: Config) -> Result<Engine> {
-        Engine::open_store(Arc::new(RocksStore::open(path)?), config)
+        let options = StoreOptions { cache_bytes: config.cache_bytes };
+        Engine::open_store(Arc::new(RocksStore::open(path, &options)?), config)
     }
 
     /// Opens the engine over any `Store` (tests use this to inject storage failures).
@@ -192,6 +214,7 @@ impl Engine {
             Ok(true)
         })?;
 
+        config.check_maintenance()?;
         if config.dedup_window_us < config.backdate_window_us {
             return Err(Error::invalid(
                 "invalid_config",
@@ -199,8 +222,9 @@ impl Engine {
             ));
         }
         config.default_limits().validate("invalid_config", "")?;
-        let (index, dedup_records) = load_dedup(&*store, now_micros() - config.dedup_retention_us())?;
+        migrate_legacy_dedup(&*store)?;
         replay(&*store, &registry, seq)?;
+        let received_hour = retention::last_received_hour(&*store)?;
 
         let shared = Arc::new(Shared {
             failed: Mutex::new(None),
@@ -211,6 +235,8 @@ impl Engine {
             unfolded: Mutex::default(),
             stats: Stats::default(),
             skipped: Mutex::default(),
+            rollup: Arc::default(),
+            maintenance: Mutex::default(),
         });
         let (flushes, flush_rx) = flush_queue();
         let (mut folds, mut folders, mut peeks) = (Vec::new(), Vec::new(), Vec::new());
@@ -240,21 +266,38 @@ impl Engine {
             store: store.clone(),
             shared: shared.clone(),
             config: config.clone(),
-            index,
+            recent: Recent::new(config.recent_dedup_us, config.recent_dedup_capacity),
+            horizon: store.dedup_horizon().unwrap_or_else(|| Arc::new(Horizon::new(i64::MIN))),
             seq,
             next_meter_id,
-            dedup_records,
+            records_released: 0,
+            received_hour,
             folds,
             folders,
             card: Cardinality::new(cardinality::CACHE_BYTES),
         };
         let handle = spawn("meter-writer", move || writer.run(rx))?;
+        let closing = Arc::new(AtomicBool::new(false));
+        let maintenance = Maintenance {
+            store: store.clone(),
+            shared: shared.clone(),
+            config: config.clone(),
+            closing: closing.clone(),
+            retention: Default::default(),
+            records: Default::default(),
+        };
+        let (maintenance_tx, maintenance_rx) = bounded(1);
+        let maintenance = spawn("meter-maintenance", move || maintenance.run(maintenance_rx))?;
         Ok(Engine {
             store: RwLock::new(Some(store)),
             shared,
             tx: RwLock::new(Some(tx)),
             peeks: RwLock::new(Some(peeks)),
             writer: Mutex::new(Some(handle)),
+            maintenance_tx: RwLock::new(Some(maintenance_tx)),
+            maintenance: Mutex::new(Some(maintenance)),
+            closing,
+            exported: Mutex::new(()),
             config,
         })
     }
@@ -273,6 +316,9 @@ impl Engine {
         self.ask(false, |reply| Command::Ingest { prepared, atomic, reply })
     }
 
+    /// Creates a meter and backfills it from the tenant's retained events, in the same write. Only retained events:
+    /// those received within `retention_s` plus older ones not exported yet; what retention dropped is in the Parquet
+    /// export, not in the new meter.
     pub fn create_meter(&self, tenant: &str, spec: MeterSpec, now_us: Option<i64>) -> Result<CreatedMeter> {
         check_tenant(tenant)?;
         let now_us = now_us.unwrap_or_else(now_micros);
@@ -329,7 +375,8 @@ impl Engine {
         let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
         for _ in 0..QUERY_ATTEMPTS {
             if let Some((snapshot, in_memory)) = self.in_memory(&*store, &shards, &filter)? {
-                let result = query::run(&*snapshot, tenant, meter, q, &in_memory);
+                let view = query::View::open(&*snapshot, tenant, meter)?;
+                let result = query::run(view, tenant, meter, q, &in_memory);
                 // A fold whose write failed left the in-flight list unwritten: the engine has failed, and answers
                 // nothing.
                 return match self.shared.failure() {
@@ -340,8 +387,12 @@ impl Engine {
         }
         // Folds kept being written under the query: read them all from RocksDB instead.
         let (store, _) = self.flushed(tenant, &q.meter)?;
-        let snapshot = store.snapshot();
-        query::run(&*snapshot, tenant, meter, q, &Peeked::default())
+        let snapshot = {
+            let _no_rollup = self.shared.rollup.read().unwrap();
+            store.snapshot()
+        };
+        let view = query::View::open(&*snapshot, tenant, meter)?;
+        query::run(view, tenant, meter, q, &Peeked::default())
     }
 
     /// A snapshot of RocksDB and, for the queried `shards`, exactly what it lacks of every acknowledged event that
@@ -391,7 +442,11 @@ impl Engine {
                 inflight.push((at, f.seq, peeked));
             }
         }
-        let snapshot = store.snapshot();
+        let snapshot = {
+            // The view a roll-up step leaves is whole in any snapshot (one write each); taken as `View::open` is.
+            let _no_rollup = self.shared.rollup.read().unwrap();
+            store.snapshot()
+        };
         let mut written = Vec::with_capacity(shards.len());
         for (&shard, &handed) in shards.iter().zip(&handed) {
             let watermark = snapshot
@@ -431,7 +486,8 @@ impl Engine {
         batch_rows: usize,
     ) -> Result<query::minutes::MinuteStream> {
         let (store, meter) = self.flushed(tenant, slug)?;
-        query::minutes::MinuteStream::spawn(store, tenant.to_owned(), meter, from_us, to_us, batch_rows.max(1))
+        let rollup = self.shared.rollup.clone();
+        query::minutes::MinuteStream::spawn(store, rollup, tenant.to_owned(), meter, from_us, to_us, batch_rows.max(1))
     }
 
     /// The store once the fold threads have written every acknowledged event, and the meter: bulk reads
@@ -481,6 +537,25 @@ impl Engine {
         query::skipped::skipped(&*store, tenant, meter, from_us, to_us, after, limit, max_scan)
     }
 
+    /// Records that the export has written the tenant's retained events of every commit through `seq` to Parquet
+    /// (the long-term record): retention may then drop them once they are older than `retention_s`. Raising only:
+    /// an export that is behind another cannot lower the mark.
+    pub fn events_exported(&self, tenant: &str, seq: u64) -> Result<()> {
+        check_tenant(tenant)?;
+        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
+        let _serial = self.exported.lock().unwrap();
+        retention::events_exported(&*store, &self.shared, tenant, seq)
+    }
+
+    /// Applies retention and roll-ups now, as the maintenance thread does every `maintenance_interval`, and says
+    /// what it did. `now_us` overrides the clock (tests); `max_steps` stops the run after so many bounded steps.
+    pub fn maintain(&self, now_us: Option<i64>, max_steps: Option<usize>) -> Result<MaintenanceReport> {
+        let (reply, answer) = bounded(1);
+        let tx = self.maintenance_tx.read().unwrap().clone().ok_or(Error::Closed)?;
+        tx.send(Run { now_us, max_steps, reply }).map_err(|_| Error::Closed)?;
+        answer.recv().map_err(|_| Error::Closed)?
+    }
+
     /// `None` when healthy; otherwise why the engine stopped acknowledging.
     pub fn failure(&self) -> Option<String> {
         self.shared.failed.lock().unwrap().clone()
@@ -518,12 +593,19 @@ impl Engine {
                 all.sort_by(|a, b| (&a.tenant, &a.meter).cmp(&(&b.tenant, &b.meter)));
                 all
             },
+            maintenance: self.shared.maintenance.lock().unwrap().clone(),
         }
     }
 
     /// Finishes queued work, stops the writer and closes the store. Idempotent.
     pub fn close(&self) {
         self.peeks.write().unwrap().take();
+        // Maintenance first: it stops between two steps.
+        self.closing.store(true, Ordering::Release);
+        self.maintenance_tx.write().unwrap().take();
+        if let Some(handle) = self.maintenance.lock().unwrap().take() {
+            let _ = handle.join();
+        }
         self.tx.write().unwrap().take();
         if let Some(handle) = self.writer.lock().unwrap().take() {
             let _ = handle.join();
@@ -582,28 +664,34 @@ fn storage_tenant(key: &[u8]) -> Result<String> {
 }
 
 /// Rebuilds the dedup index from the records received at or after `cutoff_us`, dropping older ones.
-fn load_dedup(store: &dyn Store, cutoff_us: i64) -> Result<(DedupIndex, VecDeque<(u64, i64)>)> {
-    let mut index = DedupIndex::default();
-    let mut live = VecDeque::new();
-    let mut last_expired = None;
+/// Moves the identities of a data directory written before they had their own column family (each commit
+/// record listed them) to `seen`, and rewrites those records in the current format: once, at the first open.
+fn migrate_legacy_dedup(store: &dyn Store) -> Result<()> {
+    let mut set = WriteSet::default();
+    let mut moved = 0usize;
     scan_prefix(store, Cf::Dedup, &[], |key, value| {
-        let seq = u64::from_be_bytes(key.try_into().map_err(|_| Error::Corrupt("dedup key".into()))?);
         let record = Record::parse(value)?;
-        // Only a leading run is dropped, so a range delete can never touch a live record.
-        if live.is_empty() && record.received_us < cutoff_us {
-            last_expired = Some(seq);
-        } else {
-            index.load(&record);
-            live.push_back((seq, record.received_us));
+        let mut current = None;
+        for (fingerprint, payload_hash) in record.legacy_entries() {
+            let mark = dedup::Mark { received_us: record.received_us, payload_hash };
+            set.put(Cf::Seen, &dedup::seen_key(fingerprint), &mark.encode());
+            let tenants: Vec<String> = record.tenants.iter().map(|t| t.to_string()).collect();
+            current.get_or_insert_with(|| dedup::record::build(record.received_us, &tenants));
+            moved += 1;
+        }
+        if let Some(current) = current {
+            set.put(Cf::Dedup, key, &current);
+        }
+        if moved >= 100_000 {
+            store.write(&std::mem::take(&mut set), true)?;
+            moved = 0;
         }
         Ok(true)
     })?;
-    if let Some(seq) = last_expired {
-        let mut set = WriteSet::default();
-        set.delete_range(Cf::Dedup, &0u64.to_be_bytes(), &(seq + 1).to_be_bytes());
-        store.write(&set, true)?;
+    if set.is_empty() {
+        return Ok(());
     }
-    Ok((index, live))
+    store.write(&set, true)
 }
 
 /// Re-aggregates, per fold shard, the commits past the shard's watermark from their retained events,
@@ -655,4 +743,37 @@ fn replay(store: &dyn Store, registry: &Registry, seq: u64) -> Result<()> {
         set.put(Cf::Meta, &keys::agg_seq(shard), &seq.to_be_bytes());
     }
     store.write(&set, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_795_428_000_000_000;
+
+    fn event(id: &str) -> Vec<u8> {
+        format!(r#"[{{"specversion":"1.0","id":"{id}","source":"s","type":"llm","subject":"c","time":"2026-11-23T10:00:00Z","data":{{}}}}]"#)
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_data_directory_of_the_old_format_keeps_its_identities() {
+        let dir = tempfile::tempdir().unwrap();
+        Engine::open(dir.path(), Config::default()).unwrap().ingest("t", event("a"), false, Some(T0)).unwrap();
+        // Rewrite it the way the in-memory index stored identities: inside the commit record, none in `seen`.
+        {
+            let store = RocksStore::open(dir.path(), &StoreOptions::default()).unwrap();
+            let fp = crate::ingest::parse::identity_hash("t", "s", "a");
+            let mark = dedup::Mark::decode(&store.get(Cf::Seen, &dedup::seen_key(fp)).unwrap().unwrap()).unwrap();
+            let mut set = WriteSet::default();
+            set.push(crate::storage::OpKind::Delete, Cf::Seen, &dedup::seen_key(fp), &[]);
+            let legacy = dedup::record::build_legacy(mark.received_us, &["t".into()], &[(fp, mark.payload_hash)]);
+            set.put(Cf::Dedup, &1u64.to_be_bytes(), &legacy);
+            store.write(&set, true).unwrap();
+        }
+        let engine = Engine::open(dir.path(), Config::default()).unwrap();
+        let r = engine.ingest("t", event("a"), false, Some(T0)).unwrap();
+        assert_eq!((r.accepted, r.duplicates), (0, 1));
+        assert_eq!(engine.ingest("t", event("b"), false, Some(T0)).unwrap().accepted, 1);
+    }
 }

@@ -2,11 +2,11 @@
 //!
 //! Callers parse and prepare on their own threads (`prepare`) and queue a `Command`; the writer takes the
 //! first command and then everything already waiting (up to `max_commit_events`), decides each event
-//! against the dedup index, stages the results into one `WriteSet` and writes it once, synced per the
+//! against the dedup index (`dedup`: the recent identities, then one batched read of `seen`), stages the results into one `WriteSet` and writes it once, synced per the
 //! durability setting: a group commit. Only then are the callers answered, so a 2xx always means
 //! durable. One writer also makes dedup's check-then-insert race-free.
 //!
-//! A commit writes the retained events and the dedup markers, nothing per meter, so its cost does not
+//! A commit writes the retained events, one `seen` key per accepted identity and a commit record, nothing per meter, so its cost does not
 //! grow with the number of meters or dimensions. The accepted events then go to the fold threads
 //! (`folder`), which keep the aggregates; the retained events are their redo log after a crash (see
 //! `engine::replay`). RocksDB's WAL stays the only log. They go there, and into `Shared::unfolded`, before the
@@ -17,11 +17,10 @@
 //!
 //! Fail-stop: if a write fails, the writer records why, answers the callers of that write with
 //! `OutcomeUnknown` (the write may have reached the WAL, so it may be applied after a restart) and every later
-//! caller with `StoreFailed` (refused before any write), and rolls the in-memory dedup index back to what is
+//! caller with `StoreFailed` (refused before any write), and rolls the recent identities back to what is
 //! durable; nothing is flushed again. A read the limits need that fails stops the engine the same way, before anything
 //! of the group is written: its callers get `StoreFailed`.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -38,7 +37,7 @@ use super::{Backfill, CreatedMeter, Shared};
 use crate::aggregate::extract::extract_retained;
 use crate::aggregate::fold::Fold;
 use crate::aggregate::meter::{Meter, MeterSpec, StoredMeter};
-use crate::dedup::{self, DedupIndex, Seen};
+use crate::dedup::{self, Horizon, Mark, Recent, Seen};
 use crate::engine::config::{Config, Durability};
 use crate::error::{Error, EventIssue, Result};
 use crate::storage::events;
@@ -71,12 +70,17 @@ pub(crate) struct Writer {
     pub store: Arc<dyn Store>,
     pub shared: Arc<Shared>,
     pub config: Config,
-    pub index: DedupIndex,
+    /// Identities of the commit being staged and the last ones committed (`dedup::recent`).
+    pub recent: Recent,
+    /// Identities received before it are forgotten (`dedup::Horizon`), here and by the store's compaction.
+    pub horizon: Arc<Horizon>,
     /// Sequence number of the last commit.
     pub seq: u64,
     pub next_meter_id: u32,
-    /// Live dedup records, oldest first: (commit seq, receive time), for expiry.
-    pub dedup_records: VecDeque<(u64, i64)>,
+    /// Commit records (`dedup::record`) up to this commit are deleted: their aggregates are written.
+    pub records_released: u64,
+    /// The last receive hour marked for retention (`retention::mark_received`).
+    pub received_hour: i64,
     /// Where durable commits go to be aggregated (one fold thread per shard), and those threads, then the
     /// flush thread.
     pub folds: Vec<Sender<FoldWork>>,
@@ -91,7 +95,6 @@ struct Pending {
     set: WriteSet,
     /// Tenant of each retained-events part, in part order.
     tenants: Vec<String>,
-    fingerprints: Vec<(u128, u64)>,
     received_us: i64,
     /// Each request's caller, its answer once durable, and its tenant (for the skip counters).
     replies: Vec<(Sender<Result<IngestReport>>, IngestReport, String)>,
@@ -183,11 +186,19 @@ impl Writer {
         };
         let batch = &prepared.batch;
         let mut report = IngestReport { issues: batch.issues.clone(), ..Default::default() };
+        self.horizon.advance(prepared.now_us.saturating_sub(self.config.dedup_retention_us()));
+        let on_disk = match self.marks_on_disk(&prepared) {
+            Ok(marks) => marks,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
 
         if atomic {
             // The limits' additions of a batch that is refused whole are taken back.
             self.card.begin_trial();
-            let problems = match self.atomic_problems(&prepared) {
+            let problems = match self.atomic_problems(&prepared, &on_disk) {
                 Ok(problems) => problems,
                 Err(e) => {
                     self.card.end_trial(false);
@@ -214,7 +225,7 @@ impl Writer {
             while let Some((_, w)) = warnings.next_if(|(at, _)| *at as usize == position) {
                 own.push(w);
             }
-            let seen = self.index.check(ev.fingerprint, ev.payload_hash);
+            let seen = self.seen(ev.fingerprint, ev.payload_hash, on_disk[position]);
             let refused = match (seen, verdict) {
                 (Seen::New, None) => {
                     let (subject, (scopes, signature)) = (batch.text(ev.subject), prepared.scopes_of(position));
@@ -237,8 +248,9 @@ impl Writer {
                     report.issues.push(cardinality_limit(batch, &prepared.registry, ev, refusal));
                 }
                 (Seen::New, None) => {
-                    self.index.insert(ev.fingerprint, ev.payload_hash, prepared.now_us);
-                    p.fingerprints.push((ev.fingerprint, ev.payload_hash));
+                    let mark = Mark { received_us: prepared.now_us, payload_hash: ev.payload_hash };
+                    self.recent.stage(ev.fingerprint, mark);
+                    p.set.put(Cf::Seen, &dedup::seen_key(ev.fingerprint), &mark.encode());
                     p.accepted += 1;
                     report.accepted += 1;
                     accepted.push(position as u32);
@@ -259,14 +271,37 @@ impl Writer {
         p.replies.push((reply, report, batch_tenant));
     }
 
+    /// What the disk knows of each event of the request that the recent identities do not decide: read in one
+    /// batch before deciding, since nothing the request stages can be on disk yet.
+    fn marks_on_disk(&self, prepared: &Prepared) -> Result<Vec<Option<Mark>>> {
+        let events = &prepared.batch.events;
+        let unknown: Vec<usize> = (0..events.len())
+            .filter(|&i| self.recent.check(events[i].fingerprint, events[i].payload_hash, &self.horizon).is_none())
+            .collect();
+        let fingerprints: Vec<u128> = unknown.iter().map(|&i| events[i].fingerprint).collect();
+        let mut marks = vec![None; events.len()];
+        for (i, mark) in unknown.into_iter().zip(dedup::lookup(&*self.store, &self.horizon, &fingerprints)?) {
+            marks[i] = mark;
+        }
+        Ok(marks)
+    }
+
+    /// Whether an identity was seen: by the recent identities (which include what this group commit
+    /// staged so far), else by what the disk said before the request was staged.
+    fn seen(&self, fingerprint: u128, payload_hash: u64, on_disk: Option<Mark>) -> Seen {
+        self.recent
+            .check(fingerprint, payload_hash, &self.horizon)
+            .unwrap_or_else(|| on_disk.map_or(Seen::New, |m| m.judge(payload_hash)))
+    }
+
     /// For an atomic request: every reason it cannot be applied in full. Changes nothing but the cardinality counts,
     /// which the caller keeps or takes back (a trial).
-    fn atomic_problems(&mut self, prepared: &Prepared) -> Result<Vec<EventIssue>> {
+    fn atomic_problems(&mut self, prepared: &Prepared, on_disk: &[Option<Mark>]) -> Result<Vec<EventIssue>> {
         let batch = &prepared.batch;
         let mut problems = Vec::new();
         let mut in_batch: HashMap<u128, u64> = HashMap::new();
-        for (position, (ev, verdict)) in batch.events.iter().zip(&prepared.verdicts).enumerate() {
-            let seen = match (self.index.check(ev.fingerprint, ev.payload_hash), in_batch.get(&ev.fingerprint)) {
+        for (i, (ev, verdict)) in batch.events.iter().zip(&prepared.verdicts).enumerate() {
+            let seen = match (self.seen(ev.fingerprint, ev.payload_hash, on_disk[i]), in_batch.get(&ev.fingerprint)) {
                 (Seen::New, Some(&h)) if h != ev.payload_hash => Seen::Conflict,
                 (Seen::New, Some(_)) => Seen::Duplicate,
                 (s, _) => s,
@@ -278,7 +313,7 @@ impl Writer {
                     in_batch.insert(ev.fingerprint, ev.payload_hash);
                     problems.extend(verdict.clone());
                     if verdict.is_none() {
-                        let (subject, (scopes, signature)) = (batch.text(ev.subject), prepared.scopes_of(position));
+                        let (subject, (scopes, signature)) = (batch.text(ev.subject), prepared.scopes_of(i));
                         if let Some(refusal) =
                             self.card.admit(&*self.store, &batch.tenant, subject, scopes, signature, self.seq + 1)?
                         {
@@ -295,7 +330,7 @@ impl Writer {
     /// Every caller of the group, and this one, is refused: `StoreFailed` (not applied).
     fn abandon(&mut self, p: &mut Pending, reply: Sender<Result<IngestReport>>, e: Error) {
         let reason = e.failure_reason();
-        self.fail(p, reason.clone());
+        self.fail(reason.clone());
         for (waiting, _, _) in std::mem::take(p).replies {
             let _ = waiting.send(Err(Error::StoreFailed { reason: reason.clone() }));
         }
@@ -309,28 +344,32 @@ impl Writer {
         }
         let mut pending = std::mem::take(p);
         let started = Instant::now();
-        if !pending.fingerprints.is_empty() {
+        if pending.accepted > 0 {
             let seq = self.seq + 1;
-            let mut record = dedup::RecordBuilder::new(pending.received_us, &pending.tenants);
-            for &(fp, ph) in &pending.fingerprints {
-                record.push(fp, ph);
-            }
-            pending.set.put(Cf::Dedup, &seq.to_be_bytes(), record.bytes());
+            pending.set.put(
+                Cf::Dedup,
+                &seq.to_be_bytes(),
+                &dedup::record::build(pending.received_us, &pending.tenants),
+            );
             pending.set.put(Cf::Meta, keys::META_SEQ, &seq.to_be_bytes());
             self.card.stage(&mut pending.set, pending.received_us - self.config.backdate_window_us);
-            self.expire_dedup(&mut pending.set, pending.received_us);
+            let marked =
+                super::retention::mark_received(self.received_hour, &mut pending.set, seq, pending.received_us);
+            self.release_records(&mut pending.set);
             if let Err(e) = self.store.write(&pending.set, self.config.durability == Durability::Fsync) {
                 // The write may have reached the WAL before it failed (its fsync, say): these callers cannot be
                 // told "not applied". Every later caller is refused before any write: `StoreFailed`.
                 let reason = e.failure_reason();
-                self.fail(&mut pending, reason.clone());
+                self.fail(reason.clone());
                 for (reply, _, _) in pending.replies {
                     let _ = reply.send(Err(Error::OutcomeUnknown { reason: reason.clone() }));
                 }
                 return;
             }
             self.seq = seq;
-            self.dedup_records.push_back((seq, pending.received_us));
+            self.recent.committed();
+            self.recent.evict(pending.received_us);
+            self.received_hour = marked.unwrap_or(self.received_hour);
             self.card.trim(self.shared.agg_seq());
         }
         let stats = &self.shared.stats;
@@ -366,31 +405,19 @@ impl Writer {
         }
     }
 
-    /// Fail-stop: remember why, and forget the fingerprints that were never made durable.
-    fn fail(&mut self, p: &mut Pending, reason: String) {
-        for &(fp, _) in &p.fingerprints {
-            self.index.remove(fp);
-        }
-        p.fingerprints.clear();
+    /// Fail-stop: remember why, and forget the identities that were never made durable.
+    fn fail(&mut self, reason: String) {
+        self.recent.rolled_back();
         self.shared.fail(reason);
     }
 
-    /// Drops dedup records (and index entries) received before the window, in the commit's own batch.
-    fn expire_dedup(&mut self, set: &mut WriteSet, now_us: i64) {
-        let cutoff = now_us - self.config.dedup_retention_us();
+    /// Deletes, in the commit's own batch, the commit records whose aggregates are written: only replay
+    /// after a crash reads them, and it starts after the aggregate watermark.
+    fn release_records(&mut self, set: &mut WriteSet) {
         let agg_seq = self.shared.agg_seq();
-        let mut last_expired = None;
-        while let Some(&(seq, received)) = self.dedup_records.front() {
-            // A record past the watermark is still needed to replay its commit after a crash.
-            if received >= cutoff || seq > agg_seq {
-                break;
-            }
-            last_expired = Some(seq);
-            self.dedup_records.pop_front();
-        }
-        if let Some(seq) = last_expired {
-            set.delete_range(Cf::Dedup, &0u64.to_be_bytes(), &(seq + 1).to_be_bytes());
-            self.index.expire(cutoff);
+        if agg_seq > self.records_released {
+            set.delete_range(Cf::Dedup, &0u64.to_be_bytes(), &(agg_seq + 1).to_be_bytes());
+            self.records_released = agg_seq;
         }
     }
 
@@ -457,6 +484,10 @@ impl Writer {
         for cf in [Cf::Agg, Cf::Uniq, Cf::Days] {
             set.delete_range(cf, &prefix, &keys::prefix_end(&prefix));
         }
+        set.push(OpKind::Delete, Cf::Meta, &keys::resolution(tenant, meter.id()), &[]);
+        // Not while a roll-up step writes into this meter (`rollup`).
+        let no_rollup = self.shared.rollup.clone();
+        let _no_rollup = no_rollup.read().unwrap();
         self.write_admin(&set, true)?;
         self.shared.skipped.lock().unwrap().remove(&(tenant.to_owned(), slug.to_owned()));
         *self.shared.registry.write().unwrap() = Arc::new(registry.without(tenant, slug));

@@ -26,8 +26,10 @@ fn json_bytes<'py, T: serde::Serialize>(py: Python<'py>, value: &T) -> Bound<'py
 impl PyEngine {
     #[new]
     #[pyo3(signature = (path, *, durability = "fsync", dedup_window_s = 35 * 86_400, backdate_window_s = 35 * 86_400,
-                        max_future_s = 300, queue_capacity = 64, max_batch_events = 10_000,
-                        max_combinations_per_minute = 1_000, max_customers_per_minute = 100_000))]
+                        max_future_s = 300, queue_capacity = 64, max_batch_events = 10_000, cache_mb = 512,
+                        recent_dedup_s = 60, retention_s = None, minute_aggregates_s = None, hour_aggregates_s = None,
+                        maintenance_interval_s = Some(60.0), max_combinations_per_minute = 1_000,
+                        max_customers_per_minute = 100_000))]
     #[allow(clippy::too_many_arguments)] // keyword-only options of a Python constructor
     fn new(
         py: Python<'_>,
@@ -38,6 +40,12 @@ impl PyEngine {
         max_future_s: i64,
         queue_capacity: usize,
         max_batch_events: usize,
+        cache_mb: usize,
+        recent_dedup_s: i64,
+        retention_s: Option<i64>,
+        minute_aggregates_s: Option<i64>,
+        hour_aggregates_s: Option<i64>,
+        maintenance_interval_s: Option<f64>,
         max_combinations_per_minute: u32,
         max_customers_per_minute: u32,
     ) -> PyResult<Self> {
@@ -56,11 +64,33 @@ impl PyEngine {
             backdate_window_us: backdate_window_s * 1_000_000,
             max_future_us: max_future_s * 1_000_000,
             queue_capacity: queue_capacity.max(1),
+            cache_bytes: cache_mb.max(8) << 20,
+            recent_dedup_us: recent_dedup_s.max(0) * 1_000_000,
             max_combinations_per_minute,
             max_customers_per_minute,
             ..Config::default()
         };
         config.limits.max_events = max_batch_events;
+        // Unset, retention and roll-ups follow the back-dating window (`Config::with_backdate_defaults`).
+        config = config.with_backdate_defaults();
+        if let Some(s) = retention_s {
+            config.retention_us = s.saturating_mul(1_000_000);
+        }
+        if let Some(s) = minute_aggregates_s {
+            config.minute_aggregates_us = s.saturating_mul(1_000_000);
+            config.hour_aggregates_us = config.hour_aggregates_us.max(config.minute_aggregates_us);
+        }
+        if let Some(s) = hour_aggregates_s {
+            config.hour_aggregates_us = s.saturating_mul(1_000_000);
+        }
+        config.maintenance_interval = match maintenance_interval_s {
+            Some(s) if s.is_finite() && s > 0.0 => Some(std::time::Duration::from_secs_f64(s)),
+            Some(s) => {
+                let message = format!("maintenance_interval_s must be above 0 seconds (or None); got {s}");
+                return Err(super::error::to_py(py, Error::invalid("invalid_config", message)));
+            }
+            None => None,
+        };
         let inner = detached(py, move || Engine::open(&path, config))?;
         Ok(PyEngine { inner })
     }
@@ -198,6 +228,24 @@ impl PyEngine {
     ) -> PyResult<Bound<'py, PyBytes>> {
         let page = detached(py, || self.inner.skipped(tenant, meter, from_us, to_us, after, limit, max_scan))?;
         Ok(json_bytes(py, &page))
+    }
+
+    /// Records that the export has written the tenant's retained events through commit `seq` (see
+    /// `Engine::events_exported`).
+    fn events_exported(&self, py: Python<'_>, tenant: &str, seq: u64) -> PyResult<()> {
+        detached(py, || self.inner.events_exported(tenant, seq))
+    }
+
+    /// Applies retention and roll-ups now; returns what it did as JSON bytes (`MaintenanceReport`).
+    #[pyo3(signature = (*, now_us = None, max_steps = None))]
+    fn maintain<'py>(
+        &self,
+        py: Python<'py>,
+        now_us: Option<i64>,
+        max_steps: Option<usize>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let report = detached(py, || self.inner.maintain(now_us, max_steps))?;
+        Ok(json_bytes(py, &report))
     }
 
     /// `None` when healthy, else why the engine stopped acknowledging writes.

@@ -3,7 +3,9 @@
 //! state becomes a row as it is read, so rows stream out at the speed of RocksDB's iterator.
 //!
 //! Columns: `customer` (utf8), one utf8 column per dimension of the meter (null when absent), `window_start`,
-//! `window_end` (timestamp µs, UTC; one minute), `value` (decimal128(38, 9)) and `events` (uint64).
+//! `window_end` (timestamp µs, UTC; one minute, or the hour or UTC day of a bucket already rolled up, see
+//! `aggregate::resolution`), `value` (decimal128(38, 9)) and `events` (uint64). The export writes a day's rows
+//! while new events can still change it, long before its minutes are rolled up.
 //!
 //! Only RocksDB is read: the engine flushes the fold threads first (`Engine::minutes`). Which days have
 //! usage comes from the `days` marks, which the folds write in the same batch as the minutes they count.
@@ -19,8 +21,8 @@ use arrow_array::{ArrayRef, RecordBatch, RecordBatchReader};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use crossbeam_channel::{bounded, Receiver};
 
-use super::{plan, scan_keys, UsageQuery};
-use crate::aggregate::meter::{Aggregation, Meter};
+use super::{plan, scan_keys, UsageQuery, View};
+use crate::aggregate::meter::Meter;
 use crate::aggregate::quantity::{Quantity, SCALE};
 use crate::aggregate::state::MinuteStates;
 use crate::error::{Error, Result};
@@ -28,6 +30,7 @@ use crate::ingest::time::{MICROS_PER_MINUTE, MINUTES_PER_DAY};
 use crate::storage::codec::Reader;
 use crate::storage::keys::{self, BucketKey};
 use crate::storage::{scan_prefix, Cf, Cursor, Store};
+use std::sync::RwLock;
 
 pub fn schema(meter: &Meter) -> SchemaRef {
     let utc = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
@@ -60,10 +63,10 @@ pub fn day_counts(store: &dyn Store, tenant: &str, meter: &Meter) -> Result<Vec<
     Ok(days)
 }
 
-/// Streams the rows of the minutes in `[from_us, to_us)` to `emit`, `batch_rows` at a time; stops early
+/// Streams the rows of the buckets that start in `[from_us, to_us)` to `emit`, `batch_rows` at a time; stops early
 /// (with `Error::Closed`) when `emit` returns `false`.
 pub fn scan(
-    store: &dyn Store,
+    view: View,
     tenant: &str,
     meter: &Meter,
     from_us: i64,
@@ -74,18 +77,19 @@ pub fn scan(
     let q = UsageQuery { meter: meter.slug().to_owned(), from_us, to_us, ..UsageQuery::default() };
     let plan = plan(meter, &q)?;
     let mut rows = Rows::new(meter, batch_rows);
-    let mut uniques = (meter.aggregation() == Aggregation::UniqueCount).then(|| store.cursor(Cf::Uniq));
-    scan_keys(store, Cf::Agg, tenant, &plan, &[], 0, |bucket, value| {
+    let View { mut agg, uniq: mut uniques, resolution } = view;
+    scan_keys(agg.as_mut(), tenant, &plan, &[], 0, |bucket, value| {
         let distinct = match uniques.as_mut() {
             Some(cursor) => distinct_values(cursor.as_mut(), tenant, meter, &bucket)?,
             None => BTreeMap::new(),
         };
+        let span = resolution.span(bucket.subject, bucket.minute);
         MinuteStates::visit(value, |dims, state| {
             let value = match &uniques {
                 Some(_) => Quantity::from_int(distinct.get(dims).copied().unwrap_or(0)),
                 None => state.result()?,
             };
-            rows.push(bucket.subject, bucket.minute, dims, value, state.count)
+            rows.push(bucket.subject, bucket.minute, span, dims, value, state.count)
         })?;
         if rows.len() >= batch_rows && !emit(rows.finish()?) {
             return Err(Error::Closed);
@@ -106,8 +110,10 @@ pub struct MinuteStream {
 }
 
 impl MinuteStream {
+    /// `rollup` is the engine's roll-up lock (`Shared::rollup`), held while the stream opens its cursors.
     pub fn spawn(
         store: Arc<dyn Store>,
+        rollup: Arc<RwLock<()>>,
         tenant: String,
         meter: Arc<Meter>,
         from_us: i64,
@@ -120,7 +126,13 @@ impl MinuteStream {
         thread::Builder::new()
             .name("meter-export".into())
             .spawn(move || {
-                let result = scan(&*store, &tenant, &meter, from_us, to_us, batch_rows, |b| tx.send(Ok(b)).is_ok());
+                let view = {
+                    let _no_rollup = rollup.read().unwrap();
+                    View::open(&*store, &tenant, &meter)
+                };
+                let result = view.and_then(|view| {
+                    scan(view, &tenant, &meter, from_us, to_us, batch_rows, |b| tx.send(Ok(b)).is_ok())
+                });
                 if let Err(e) = result {
                     let _ = tx.send(Err(e));
                 }
@@ -197,7 +209,17 @@ impl Rows {
         self.events.len()
     }
 
-    fn push(&mut self, customer: &str, minute: i64, dims: &[u8], value: Quantity, events: u64) -> Result<()> {
+    /// One row of the bucket of `span` minutes that starts at `minute`.
+    #[allow(clippy::too_many_arguments)] // one row's columns
+    fn push(
+        &mut self,
+        customer: &str,
+        minute: i64,
+        span: i64,
+        dims: &[u8],
+        value: Quantity,
+        events: u64,
+    ) -> Result<()> {
         self.customers.append_value(customer);
         let mut r = Reader::new(dims);
         for builder in &mut self.dims {
@@ -207,7 +229,7 @@ impl Rows {
             }
         }
         self.starts.append_value(minute * MICROS_PER_MINUTE);
-        self.ends.append_value((minute + 1) * MICROS_PER_MINUTE);
+        self.ends.append_value((minute + span) * MICROS_PER_MINUTE);
         self.values.append_value(value.0);
         self.events.append_value(events);
         Ok(())

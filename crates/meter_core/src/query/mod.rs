@@ -1,6 +1,11 @@
 //! Usage queries: roll minute buckets up into windows, grouped by any subset of a meter's dimensions
 //! (and optionally the customer), filtered by customers and dimension values. Exact: values are summed
 //! as fixed-point integers and `unique_count` unions the distinct values themselves.
+//!
+//! Old aggregates are kept per hour, then per day (`aggregate::resolution`). A query is answered only when each
+//! stored bucket it reads falls whole into one of its windows: a window finer than the range's resolution, or one
+//! whose bounds do not fall on whole UTC hours (days) there, is refused (`resolution_unavailable`) rather than
+//! answered with a bucket's total put in the window where it starts.
 
 pub mod arrow;
 pub mod event_values;
@@ -18,12 +23,13 @@ use chrono_tz::Tz;
 use crate::aggregate::fold::Peeked;
 use crate::aggregate::meter::{Aggregation, Meter};
 use crate::aggregate::quantity::Quantity;
+use crate::aggregate::resolution::{Resolution, DAY, HOUR};
 use crate::aggregate::state::{AggState, MinuteStates};
 use crate::error::{Error, Result};
 use crate::ingest::time::{minute_of, MICROS_PER_MINUTE};
 use crate::storage::codec::{put_str, Reader};
 use crate::storage::keys::{self, decode_bucket, BucketKey};
-use crate::storage::{Cf, ReadStore};
+use crate::storage::{Cf, Cursor, ReadStore};
 use crate::{bail, ensure};
 pub use window::{WindowSize, Windower};
 
@@ -80,14 +86,31 @@ struct Plan<'m> {
     to_min: i64,
 }
 
+/// What a query or an export reads of one meter: cursors over its aggregates and the record of where they were
+/// rolled up, all of one moment.
+pub struct View<'s> {
+    pub agg: Box<dyn Cursor + 's>,
+    /// For `unique_count` meters.
+    pub uniq: Option<Box<dyn Cursor + 's>>,
+    pub resolution: Resolution,
+}
+
+impl<'s> View<'s> {
+    /// Call with the read side of the engine's roll-up lock held (`Shared::rollup`): each cursor sees the store as it
+    /// was when it was opened, and no roll-up step can then come between them and the record. Or open it from a
+    /// snapshot (`Store::snapshot`), in which every read sees the same moment.
+    pub fn open(store: &'s dyn ReadStore, tenant: &str, meter: &Meter) -> Result<View<'s>> {
+        Ok(View {
+            agg: store.cursor(Cf::Agg),
+            uniq: (meter.aggregation() == Aggregation::UniqueCount).then(|| store.cursor(Cf::Uniq)),
+            resolution: Resolution::load(store, tenant, meter.id())?,
+        })
+    }
+}
+
 /// Answers `q` from what RocksDB holds plus `in_memory`, what the folds held that RocksDB does not yet.
-pub fn run(
-    store: &dyn ReadStore,
-    tenant: &str,
-    meter: &Meter,
-    q: &UsageQuery,
-    in_memory: &Peeked,
-) -> Result<UsageResult> {
+pub fn run(view: View, tenant: &str, meter: &Meter, q: &UsageQuery, in_memory: &Peeked) -> Result<UsageResult> {
+    let View { mut agg, uniq, resolution } = view;
     let plan = plan(meter, q)?;
     let tz = match &q.tz {
         None => Tz::UTC,
@@ -98,6 +121,7 @@ pub fn run(
             )
         })?,
     };
+    check_resolution(&resolution, q, tz)?;
     let mut windows = Windower::new(q.window, tz, q.from_us, q.to_us);
 
     let mut states: BTreeMap<GroupKey, AggState> = BTreeMap::new();
@@ -113,7 +137,7 @@ pub fn run(
         }
         Ok(())
     };
-    scan_keys(store, Cf::Agg, tenant, &plan, &q.subjects, 0, |minute, value| {
+    scan_keys(agg.as_mut(), tenant, &plan, &q.subjects, 0, |minute, value| {
         MinuteStates::visit(value, |dims, state| {
             add(&BucketKey { dims: keys::decode_dims(&mut Reader::new(dims), n_dims)?, ..minute }, &state)
         })
@@ -126,8 +150,8 @@ pub fn run(
     }
 
     let mut uniques: BTreeMap<GroupKey, HashSet<Vec<u8>>> = BTreeMap::new();
-    if meter.aggregation() == Aggregation::UniqueCount {
-        scan_uniques(store, tenant, &plan, &q.subjects, &mut windows, &mut uniques)?;
+    if let Some(mut uniq) = uniq {
+        scan_uniques(uniq.as_mut(), tenant, &plan, &q.subjects, &mut windows, &mut uniques)?;
         for (subject, minute, dims, value) in &in_memory.uniques {
             if plan.covers(subject, *minute) {
                 let dims = keys::decode_dims(&mut Reader::new(dims), n_dims)?;
@@ -229,14 +253,14 @@ impl Plan<'_> {
 }
 
 fn scan_uniques(
-    store: &dyn ReadStore,
+    cursor: &mut dyn Cursor,
     tenant: &str,
     plan: &Plan,
     subjects: &[String],
     windows: &mut Windower,
     out: &mut BTreeMap<GroupKey, HashSet<Vec<u8>>>,
 ) -> Result<()> {
-    scan_keys(store, Cf::Uniq, tenant, plan, subjects, plan.meter.dims.len(), |bucket, _| {
+    scan_keys(cursor, tenant, plan, subjects, plan.meter.dims.len(), |bucket, _| {
         if let Some(group) = plan.group(&bucket, windows) {
             out.entry(group).or_default().insert(bucket.rest.to_vec());
         }
@@ -244,11 +268,10 @@ fn scan_uniques(
     })
 }
 
-/// Visits every key of the plan's meter and range in `cf` (whose keys carry `n_dims` dimensions after the
-/// minute): one seek per customer, skipping from customer to customer.
+/// Visits every key of the plan's meter and range under `cursor` (over `agg`, or over `uniq`, whose keys carry
+/// `n_dims` dimensions after the minute): one seek per customer, skipping from customer to customer.
 fn scan_keys(
-    store: &dyn ReadStore,
-    cf: Cf,
+    cursor: &mut dyn Cursor,
     tenant: &str,
     plan: &Plan,
     subjects: &[String],
@@ -257,9 +280,7 @@ fn scan_keys(
 ) -> Result<()> {
     let mut meter_prefix = Vec::new();
     keys::meter_prefix(&mut meter_prefix, tenant, plan.meter.id());
-    let mut cursor = store.cursor(cf);
-
-    let mut scan_subject = |cursor: &mut Box<dyn crate::storage::Cursor + '_>, subject: &str| -> Result<()> {
+    let mut scan_subject = |cursor: &mut dyn Cursor, subject: &str| -> Result<()> {
         let mut start = Vec::new();
         keys::subject_prefix(&mut start, tenant, plan.meter.id(), subject);
         let subject_len = start.len();
@@ -284,7 +305,7 @@ fn scan_keys(
         sorted.sort();
         sorted.dedup();
         for s in sorted {
-            scan_subject(&mut cursor, s)?;
+            scan_subject(cursor, s)?;
         }
         return Ok(());
     }
@@ -297,10 +318,56 @@ fn scan_keys(
             break;
         }
         let subject = decode_bucket(k, meter_prefix.len(), 0)?.subject.to_owned();
-        scan_subject(&mut cursor, &subject)?;
+        scan_subject(cursor, &subject)?;
         let mut prefix = Vec::new();
         keys::subject_prefix(&mut prefix, tenant, plan.meter.id(), &subject);
         next = keys::prefix_end(&prefix);
     }
     cursor.status()
+}
+
+/// Refuses a query that would put a stored hour's or day's total into a window that holds only part of it: in the
+/// range kept per hour (per UTC day), the query's bounds and every window bound must fall on a whole UTC hour (day).
+fn check_resolution(resolution: &Resolution, q: &UsageQuery, tz: Tz) -> Result<()> {
+    for (before, unit, per) in [(resolution.days_before, DAY, "UTC day"), (resolution.hours_before, HOUR, "hour")] {
+        let Some(limit_us) = before.checked_mul(MICROS_PER_MINUTE).filter(|&l| q.from_us < l) else { continue };
+        let end = q.to_us.min(limit_us);
+        let unit_us = unit * MICROS_PER_MINUTE;
+        let mut windows = Windower::new(q.window, tz, q.from_us, q.to_us);
+        let (mut at, mut misfit) = (q.from_us, None);
+        if q.from_us % unit_us != 0 {
+            misfit = Some(q.from_us);
+        }
+        while misfit.is_none() && at < end {
+            let (_, window_end) = windows.window(at);
+            let inside = window_end < end || (window_end == end && end == q.to_us);
+            if inside && window_end % unit_us != 0 {
+                misfit = Some(window_end);
+            }
+            at = window_end;
+        }
+        if let Some(t) = misfit {
+            let (finest, zone) = if unit == DAY {
+                ("day", "or month windows in UTC (tz unset)")
+            } else {
+                ("hour", "day or month windows, in UTC or a time zone whose offset is whole hours")
+            };
+            bail!(
+                "resolution_unavailable",
+                "usage before {} is kept per {per} (minute aggregates are rolled up once old): the finest windows this \
+                 range can answer are {finest} {zone}, with from and to on whole {per}s there; this query has a \
+                 bound at {} (window_size {}, tz {})",
+                rfc3339(limit_us),
+                rfc3339(t),
+                q.window.map_or("none", WindowSize::name),
+                q.tz.as_deref().unwrap_or("UTC")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn rfc3339(t_us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(t_us)
+        .map_or_else(|| t_us.to_string(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
 }

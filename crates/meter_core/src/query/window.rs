@@ -16,6 +16,15 @@ pub enum WindowSize {
 }
 
 impl WindowSize {
+    pub fn name(self) -> &'static str {
+        match self {
+            WindowSize::Minute => "minute",
+            WindowSize::Hour => "hour",
+            WindowSize::Day => "day",
+            WindowSize::Month => "month",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<WindowSize> {
         Some(match s {
             "minute" => WindowSize::Minute,

@@ -78,6 +78,18 @@ pub fn record(first_ordinal: u64, kept: &[bool], frame: &Frame) -> Vec<u8> {
     out
 }
 
+/// How many events a record keeps, read from its bitmap alone (nothing is decompressed).
+pub fn count(value: &[u8]) -> Result<u64> {
+    let mut head = Reader::new(value);
+    match head.u8() {
+        Ok(VERSION) => {}
+        other => return Err(Error::Corrupt(format!("events record version {other:?}"))),
+    }
+    head.varint()?;
+    let bitmap_len = head.varint()? as usize;
+    Ok(head.take(bitmap_len)?.iter().map(|b| b.count_ones() as u64).sum())
+}
+
 /// The kept events of a record, in order.
 pub fn decode(value: &[u8]) -> Result<Vec<RetainedEvent<String>>> {
     let mut head = Reader::new(value);
@@ -125,10 +137,12 @@ mod tests {
                                         ordinal: 0, data: &e.5 });
             }
             let kept: Vec<bool> = events.iter().map(|e| e.6).collect();
-            let decoded = decode(&record(first, &kept, &b.finish().unwrap())).unwrap();
+            let stored = record(first, &kept, &b.finish().unwrap());
+            let decoded = decode(&stored).unwrap();
             let expect: Vec<_> = events.into_iter().filter(|e| e.6).enumerate().map(|(k, e)| RetainedEvent {
                 source: e.0, id: e.1, event_type: e.2, subject: e.3, time_us: e.4, ordinal: first + k as u64,
                 data: e.5 }).collect();
+            prop_assert_eq!(count(&stored).unwrap(), expect.len() as u64);
             prop_assert_eq!(decoded, expect);
         }
 

@@ -7,9 +7,13 @@
 //! | uniq   | agg key, dims, value                                           | empty: one key per distinct value |
 //! | days   | tenant, meter id u32, UTC day i64                              | `MinuteStates`: one count state, the day's events |
 //! | events | tenant, commit seq u64, part u32                               | zstd record of accepted events |
-//! | dedup  | commit seq u64                                                 | receive time, tenants of the events records, (fingerprint, payload hash)* |
+//! | dedup  | commit seq u64                                                 | commit record: receive time, tenants of its events records (until its aggregates are written) |
+//! | seen   | fingerprint u128 BE                                            | `dedup::Mark`: receive time i64 BE, payload hash u64 LE |
 //! | meta   | `counter/seq`, `counter/agg_seq/` shard u32, `counter/meter_id`, `meters/` tenant slug | counters / meter JSON |
 //! | meta   | `card/` minute i64, meter id u32                               | distinct customers of the meter in that minute, u32 (`engine::cardinality`) |
+//! | meta   | `received/` hour i64                                           | u64: the first commit received in that hour (UTC) |
+//! | meta   | `exported/` tenant, `dropped/` tenant                          | u64: the last commit the export wrote / retention dropped |
+//! | meta   | `resolution/` tenant, meter id u32                             | `aggregate::resolution::Resolution`: where minutes were rolled up |
 //!
 //! One `agg` key per customer-minute (not per dimension combination) is what keeps writes per event low:
 //! a customer's events within a minute share one key however many dimensions vary.
@@ -27,6 +31,34 @@ pub const META_METER_ID: &[u8] = b"counter/meter_id";
 pub const META_AGG_SEQS: &[u8] = b"counter/agg_seq/";
 /// Prefix of meter definitions; no counter key starts with it.
 pub const METER_DEFS: &[u8] = b"meters/";
+/// Per UTC hour (hours since the epoch) in which a commit was received: the first such commit. Written by the
+/// commit itself; retention maps a receive time to the commits before it through these marks.
+pub const META_RECEIVED: &[u8] = b"received/";
+/// Per tenant: the last commit whose retained events the export has written (`Engine::events_exported`).
+pub const META_EXPORTED: &[u8] = b"exported/";
+/// Per tenant: the last commit whose retained events retention has dropped.
+pub const META_DROPPED: &[u8] = b"dropped/";
+/// Per meter: through which minute its aggregates are kept per hour and per day.
+pub const META_RESOLUTION: &[u8] = b"resolution/";
+
+pub fn received_hour(hour: i64) -> Vec<u8> {
+    let mut k = META_RECEIVED.to_vec();
+    put_i64_sortable(&mut k, hour);
+    k
+}
+
+/// A tenant's key under one of the per-tenant meta prefixes (`META_EXPORTED`, `META_DROPPED`).
+pub fn tenant_meta(prefix: &[u8], tenant: &str) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    put_str(&mut k, tenant.as_bytes());
+    k
+}
+
+pub fn resolution(tenant: &str, meter_id: u32) -> Vec<u8> {
+    let mut k = META_RESOLUTION.to_vec();
+    meter_prefix(&mut k, tenant, meter_id);
+    k
+}
 
 /// Prefix of the per-minute customer counts of the cardinality limits; minute first, so that the minutes that left the
 /// back-dating window are one range delete.

@@ -21,10 +21,11 @@ pub enum Cf {
     Agg,
     Uniq,
     Days,
+    Seen,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 6] = [Cf::Meta, Cf::Events, Cf::Dedup, Cf::Agg, Cf::Uniq, Cf::Days];
+    pub const ALL: [Cf; 7] = [Cf::Meta, Cf::Events, Cf::Dedup, Cf::Agg, Cf::Uniq, Cf::Days, Cf::Seen];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -34,6 +35,7 @@ impl Cf {
             Cf::Agg => "agg",
             Cf::Uniq => "uniq",
             Cf::Days => "days",
+            Cf::Seen => "seen",
         }
     }
 }
@@ -74,6 +76,10 @@ impl WriteSet {
         self.push(OpKind::DeleteRange, cf, from, to);
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
     pub fn ops(&self) -> impl Iterator<Item = (OpKind, Cf, &[u8], &[u8])> {
         self.ops.iter().map(|(kind, cf, k, v)| (*kind, *cf, &self.buf[k.clone()], &self.buf[v.clone()]))
     }
@@ -97,6 +103,13 @@ pub trait Cursor {
 /// Reads, of the live store or of a snapshot of it.
 pub trait ReadStore {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Reads many keys, given in ascending order, at once: calls `found(i, value)` for the `i`-th key.
+    fn multi_get_sorted(&self, cf: Cf, keys: &[&[u8]], found: &mut dyn FnMut(usize, Option<&[u8]>)) -> Result<()> {
+        for (i, key) in keys.iter().enumerate() {
+            found(i, self.get(cf, key)?.as_deref());
+        }
+        Ok(())
+    }
     fn cursor(&self, cf: Cf) -> Box<dyn Cursor + '_>;
 }
 
@@ -105,6 +118,17 @@ pub trait Store: ReadStore + Send + Sync + 'static {
     fn write(&self, set: &WriteSet, sync: bool) -> Result<()>;
     /// The store as it is now, whatever is written later: every read through it sees the same writes.
     fn snapshot(&self) -> Box<dyn ReadStore + '_>;
+    /// The dedup horizon the store's compaction filter drops identities by, if it has one
+    /// (`dedup::Horizon`); the engine moves it forward.
+    fn dedup_horizon(&self) -> Option<std::sync::Arc<crate::dedup::Horizon>> {
+        None
+    }
+    /// Gives back the disk space of `[from, to)` in `cf` once a range delete covers it: drops the files wholly
+    /// inside it now; RocksDB's own compactions drop the rest as the range tombstone moves down. Nothing for stores
+    /// without files of their own.
+    fn reclaim(&self, _cf: Cf, _from: &[u8], _to: &[u8]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Calls `f` for every entry whose key starts with `prefix`, until `f` returns `false`.

@@ -236,7 +236,7 @@ struct TestStore {
 impl TestStore {
     fn open(dir: &tempfile::TempDir) -> std::sync::Arc<TestStore> {
         std::sync::Arc::new(TestStore {
-            inner: meter_core::storage::rocks::RocksStore::open(dir.path()).unwrap(),
+            inner: meter_core::storage::rocks::RocksStore::open(dir.path(), &Default::default()).unwrap(),
             broken: Default::default(),
             gate: Default::default(),
             entered: Default::default(),
@@ -568,7 +568,7 @@ const CACHED: &str =
 fn a_meter_that_cannot_read_an_event_never_stops_the_others_from_counting_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = std::sync::Arc::new(CrashStore {
-        inner: meter_core::storage::rocks::RocksStore::open(dir.path()).unwrap(),
+        inner: meter_core::storage::rocks::RocksStore::open(dir.path(), &Default::default()).unwrap(),
         lose_unsynced: Default::default(),
     });
     let engine = Engine::open_store(store.clone(), Config::default()).unwrap();
@@ -655,5 +655,90 @@ fn a_meter_that_cannot_read_an_event_never_stops_the_others_from_counting_it() {
     assert!(engine.stats().skipped.is_empty(), "a deleted meter's counter goes with it");
 }
 
+const DAY: i64 = 86_400_000_000;
+
+/// Configs under which dedup must behave the same: recent identities kept in memory (the default), and
+/// none kept, so that every decision is read from the `seen` column family.
+fn dedup_configs() -> [Config; 2] {
+    [Config::default(), Config { recent_dedup_us: 0, recent_dedup_capacity: 0, ..Config::default() }]
+}
+
+#[test]
+fn a_retry_is_a_duplicate_after_its_identity_left_memory_and_after_restarts() {
+    for config in dedup_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = batch(&[event("a", "c1", 0, "10", "m1"), event("b", "c1", 1, "2.5", "m2")]);
+        let conflicting = batch(&[event("a", "c1", 0, "99", "m1")]);
+        {
+            let engine = Engine::open(dir.path(), config.clone()).unwrap();
+            tokens_meter(&engine, "t");
+            assert_eq!(engine.ingest("t", body.clone(), false, Some(T0)).unwrap().accepted, 2);
+            // Later commits push the identities out of memory (a minute later, then a day later).
+            for (i, at) in [(0, T0 + MIN), (1, T0 + DAY)] {
+                let other = batch(&[event(&format!("x{i}"), "c2", 2, "1", "m1")]);
+                assert_eq!(engine.ingest("t", other, false, Some(at)).unwrap().accepted, 1);
+            }
+            let r = engine.ingest("t", body.clone(), false, Some(T0 + DAY + MIN)).unwrap();
+            assert_eq!((r.accepted, r.duplicates), (0, 2), "read back from disk, a day later");
+            let r = engine.ingest("t", conflicting.clone(), false, Some(T0 + DAY + MIN)).unwrap();
+            assert_eq!(r.issues[0].code, IssueCode::Conflict);
+        }
+        for restart in 1..=2 {
+            let engine = Engine::open(dir.path(), config.clone()).unwrap();
+            let r = engine.ingest("t", body.clone(), false, Some(T0 + (1 + restart) * DAY)).unwrap();
+            assert_eq!((r.accepted, r.duplicates), (0, 2), "after restart {restart}");
+            let r = engine.ingest("t", conflicting.clone(), false, Some(T0 + (1 + restart) * DAY)).unwrap();
+            assert_eq!(r.issues[0].code, IssueCode::Conflict);
+            assert_eq!(total(&engine, "t", "tokens"), "14500000000");
+        }
+    }
+}
+
+#[test]
+fn an_identity_is_remembered_exactly_until_its_window_ends() {
+    for config in dedup_configs() {
+        let config = Config { dedup_window_us: DAY, backdate_window_us: DAY, max_future_us: 5 * MIN, ..config };
+        let kept_for = config.dedup_retention_us();
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(dir.path(), config).unwrap();
+        tokens_meter(&engine, "t");
+        // Stamped as far ahead as allowed, so that it is still recent enough when its identity expires.
+        let body = batch(&[event("a", "c1", 5, "10", "m1")]);
+        assert_eq!(engine.ingest("t", body.clone(), false, Some(T0)).unwrap().accepted, 1);
+        let r = engine.ingest("t", body.clone(), false, Some(T0 + kept_for)).unwrap();
+        assert_eq!((r.accepted, r.duplicates), (0, 1), "the last instant of the window still knows it");
+        let r = engine.ingest("t", body, false, Some(T0 + kept_for + 1)).unwrap();
+        // Forgotten one microsecond later, when the event itself is too old to count: never counted twice.
+        assert_eq!((r.accepted, r.duplicates, r.issues[0].code), (0, 0, IssueCode::TooOld));
+        assert_eq!(total(&engine, "t", "tokens"), "10000000000");
+    }
+}
+
+#[test]
+fn a_batch_and_its_group_commit_see_each_others_identities_before_they_reach_disk() {
+    for config in dedup_configs() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = std::sync::Arc::new(Engine::open(dir.path(), config).unwrap());
+        tokens_meter(&engine, "t");
+        let inside =
+            batch(&[event("a", "c1", 0, "1", "m1"), event("a", "c1", 0, "1", "m1"), event("a", "c1", 0, "2", "m1")]);
+        let r = engine.ingest("t", inside, false, Some(T0)).unwrap();
+        assert_eq!((r.accepted, r.duplicates, r.issues[0].code), (1, 1, IssueCode::Conflict));
+        // Many callers at once: their requests share group commits; each identity is accepted once in all.
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let engine = engine.clone();
+                std::thread::spawn(move || {
+                    let events: Vec<String> = (0..50).map(|i| event(&format!("p{i}"), "c1", 1, "1", "m1")).collect();
+                    engine.ingest("t", batch(&events), false, Some(T0)).unwrap().accepted
+                })
+            })
+            .collect();
+        let accepted: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(accepted, 50);
+        assert_eq!(total(&engine, "t", "tokens"), "51000000000");
+    }
+}
 mod limits;
 mod queries;
+mod retention;

@@ -62,8 +62,10 @@ fn calls_of(engine: &Engine, subjects: &[&str]) -> u64 {
 fn queries_count_folds_in_flight_once_and_never_wait_for_them() {
     let dir = tempfile::tempdir().unwrap();
     let delay = Duration::from_millis(200);
-    let store =
-        Arc::new(SlowFlushes { inner: meter_core::storage::rocks::RocksStore::open(dir.path()).unwrap(), delay });
+    let store = Arc::new(SlowFlushes {
+        inner: meter_core::storage::rocks::RocksStore::open(dir.path(), &Default::default()).unwrap(),
+        delay,
+    });
     // The flush thread busy about half the time: folds are in flight for many of the queries.
     let config = Config { flush_interval: Duration::from_millis(400), ..Config::default() };
     let engine = Arc::new(Engine::open_store(store, config).unwrap());
