@@ -73,6 +73,10 @@ bench-peers: build $(VENV)/.peers ## meter against PostgreSQL, DuckDB and ClickH
 bench-export: build ## Parquet export: usage rows per second for 10M rows, with a Parquet-write ceiling
 	$(PY) benches/bench_export.py
 
+.PHONY: bench-query-ingest
+bench-query-ingest: build ## Usage queries (one customer, 30 days, every 50 ms) while one thread ingests at full speed
+	$(PY) benches/bench_query_ingest.py
+
 .PHONY: bench-usage-json
 bench-usage-json: build ## Usage answers: 88k rows as JSON (engine-encoded, and the old per-row way) against CSV
 	$(PY) benches/bench_usage_json.py
@@ -95,7 +99,7 @@ bench-invoice-run: build ## The whole invoice run of a month for 1M subscription
 	$(PY) benches/bench_invoice_run.py
 
 .PHONY: bench
-bench: bench-core bench-http bench-peers bench-export bench-pricing bench-invoice-run bench-usage-json ## All benchmarks
+bench: bench-core bench-http bench-peers bench-export bench-pricing bench-invoice-run bench-usage-json bench-query-ingest ## All benchmarks
 
 .PHONY: lint
 lint: $(VENV)/.deps ## cargo fmt --check and clippy

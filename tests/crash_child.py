@@ -43,15 +43,19 @@ def main(data_dir: str, ack_log: str) -> None:
     acked = [int(line) for line in open(ack_log).read().split()] if os.path.exists(ack_log) else []
     with Engine(data_dir) as engine:
         try:
+            # One dimension value per batch, for the check: far more combinations per minute than the default limit.
             engine.create_meter("t", {"slug": "calls", "event_type": "llm", "aggregation": "count",
-                                      "group_by": {"batch": "$.batch"}})
+                                      "group_by": {"batch": "$.batch"},
+                                      "limits": {"max_combinations_per_minute": 100_000}})
         except AlreadyExists:
             pass
         print("ready", flush=True)
         n = (max(acked) + 1) if acked else 0
         with open(ack_log, "a") as log:
             while True:
-                engine.ingest("t", batch(n), now=NOW)
+                result = engine.ingest("t", batch(n), now=NOW)
+                if result.issues:  # never logged as acknowledged: the check would call it lost
+                    sys.exit(f"batch {n} not accepted: {result.issues[0]}")
                 log.write(f"{n}\n")
                 log.flush()
                 n += 1

@@ -38,8 +38,10 @@ def test_stopped_server_never_loses_or_doubles_acknowledged_events(tmp_path: Pat
     port = server.port
     key = server.tenant_key("acme", ["ingest", "read", "admin"])
     with server.client(key) as c:
+        # One dimension value per batch, for the check: more combinations per minute than the default limit.
         assert c.post("/v1/meters", json={"slug": "calls", "event_type": "llm", "aggregation": "count",
-                                          "group_by": {"batch": "$.batch"}}).status_code == 201
+                                          "group_by": {"batch": "$.batch"},
+                                          "limits": {"max_combinations_per_minute": 100_000}}).status_code == 201
 
     acked: list[int] = []
     unexpected: list[int] = []

@@ -15,7 +15,16 @@ from meter.exceptions import (
     StoreFailed,
     ValueOverflow,
 )
-from meter.schemas import CreatedMeter, EventIssue, EventWarning, Filter, IngestResult, Meter, MeterSpec
+from meter.schemas import (
+    CreatedMeter,
+    EventIssue,
+    EventWarning,
+    Filter,
+    IngestResult,
+    Meter,
+    MeterLimits,
+    MeterSpec,
+)
 
 __all__ = [
     "AlreadyExists",
@@ -34,6 +43,7 @@ __all__ = [
     "InvalidInput",
     "Meter",
     "MeterError",
+    "MeterLimits",
     "MeterSpec",
     "NotFound",
     "OutcomeUnknown",

@@ -175,9 +175,16 @@ def _check_retention(minute_aggregates_days: float | None, hour_aggregates_days:
 @retention_options
 @click.option("--maintenance-every", type=click.FloatRange(min=0, min_open=True), default=None,
               help="seconds between runs of retention and roll-ups (default 60)")
+@click.option("--max-combinations-per-minute", type=click.IntRange(1, 100_000), default=1_000, show_default=True,
+              help="cardinality limit: distinct dimension combinations one customer may have in one minute of a meter "
+                   "(a meter's own limits override it)")
+@click.option("--max-customers-per-minute", type=click.IntRange(1, 10_000_000), default=100_000, show_default=True,
+              help="cardinality limit: distinct customers one minute of a meter may have (a meter's own limits "
+                   "override it)")
 def serve(data_dir: Path, host: str, port: int, admin_key: str | None, export_every: float | None,
           export_dir: Path | None, retention_days: float | None, minute_aggregates_days: float | None,
-          hour_aggregates_days: float | None, maintenance_every: float | None) -> None:
+          hour_aggregates_days: float | None, maintenance_every: float | None, max_combinations_per_minute: int,
+          max_customers_per_minute: int) -> None:
     """Run the HTTP API on one data directory (one process owns it)."""
     from granian import Granian
     from granian.constants import Interfaces
@@ -203,6 +210,8 @@ def serve(data_dir: Path, host: str, port: int, admin_key: str | None, export_ev
                         ("METER_MAINTENANCE_EVERY", maintenance_every)):
         if value is not None:
             os.environ[name] = repr(value)
+    os.environ["METER_MAX_COMBINATIONS_PER_MINUTE"] = str(max_combinations_per_minute)
+    os.environ["METER_MAX_CUSTOMERS_PER_MINUTE"] = str(max_customers_per_minute)
     server = Granian(
         "meter.server.app:create_app", factory=True, interface=Interfaces.ASGI, address=host, port=port, workers=1,
         log_access=False,

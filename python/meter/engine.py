@@ -99,10 +99,24 @@ class Engine:
         minute_aggregates: timedelta | None = None,
         hour_aggregates: timedelta | None = None,
         maintenance_interval: timedelta | None = timedelta(minutes=1),
+        max_combinations_per_minute: int = 1_000,
+        max_customers_per_minute: int = 100_000,
     ) -> None:
-        """``cache_mb`` bounds RocksDB's block cache, where the dedup filters live (about 1 byte per identity in the
+        """Opens (or creates) the engine's store at ``path``.
+
+        ``cache_mb`` bounds RocksDB's block cache, where the dedup filters live (about 1 byte per identity in the
         dedup window keeps them all in memory); ``recent_dedup`` is how long identities stay in memory for quick
-        retries (at most a million of them). Memory does not grow with the identities kept: see the README."""
+        retries (at most a million of them). Memory does not grow with the identities kept: see the README.
+
+        ``max_combinations_per_minute`` (distinct dimension combinations of one customer in one minute of a meter) and
+        ``max_customers_per_minute`` (distinct customers in one minute of a meter) are the cardinality limits of every
+        meter that does not set its own (``MeterSpec.limits``); an event past one is refused with
+        ``cardinality_limit``.
+        """
+        for name, value in (("max_combinations_per_minute", max_combinations_per_minute),
+                            ("max_customers_per_minute", max_customers_per_minute)):
+            if not 1 <= value < 2**32:  # the engine checks the upper bound, with its message
+                raise InvalidInput(f"{name} must be a positive whole number; got {value}", "invalid_config")
         self._inner = _core.Engine(
             os.fspath(path),
             durability=durability,
@@ -117,6 +131,8 @@ class Engine:
             minute_aggregates_s=None if minute_aggregates is None else _seconds(minute_aggregates),
             hour_aggregates_s=None if hour_aggregates is None else _seconds(hour_aggregates),
             maintenance_interval_s=None if maintenance_interval is None else maintenance_interval.total_seconds(),
+            max_combinations_per_minute=max_combinations_per_minute,
+            max_customers_per_minute=max_customers_per_minute,
         )
 
     def __enter__(self) -> Engine:

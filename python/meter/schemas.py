@@ -20,6 +20,7 @@ __all__ = [
     "MaintenanceReport",
     "MaintenanceStats",
     "Meter",
+    "MeterLimits",
     "MeterSpec",
     "SkippedCount",
     "SkippedEvent",
@@ -39,6 +40,7 @@ IssueCode = Literal[
     "too_old",
     "too_far_in_future",
     "conflict",
+    "cardinality_limit",
 ]
 #: Why a meter skipped an accepted event (it counted none of it; the other meters of its type counted it).
 SkipCode = Literal["value_missing", "value_invalid", "dimension_invalid", "filter_invalid"]
@@ -53,6 +55,18 @@ class Filter(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     values: list[str] = []
 
 
+class MeterLimits(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A meter's cardinality limits; one left out takes the engine's default (shown filled in when a meter is read).
+
+    An event that would go past one is refused with ``cardinality_limit``.
+    """
+
+    #: Distinct dimension combinations one customer may have in one minute (1-100,000; engine default 1,000).
+    max_combinations_per_minute: int | None = None
+    #: Distinct customers one minute may have (1-10,000,000; engine default 100,000).
+    max_customers_per_minute: int | None = None
+
+
 class MeterSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """What to count: events of ``event_type``, aggregated per customer (``subject``), minute and dimensions."""
 
@@ -63,6 +77,7 @@ class MeterSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     group_by: dict[str, str] = {}
     filters: list[Filter] = []
     description: str | None = None
+    limits: MeterLimits | None = None
 
 
 class Meter(MeterSpec, kw_only=True):

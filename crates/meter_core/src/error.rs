@@ -119,6 +119,9 @@ pub enum IssueCode {
     TooFarInFuture,
     /// Same `(source, id)` as an earlier event, different payload: the first one stands.
     Conflict,
+    /// Counting the event would take one of its meters past a cardinality limit (distinct dimension combinations
+    /// of a customer, or distinct customers, in one minute); see `engine::cardinality`.
+    CardinalityLimit,
 }
 
 impl IssueCode {
@@ -132,6 +135,7 @@ impl IssueCode {
             IssueCode::TooOld => "too_old",
             IssueCode::TooFarInFuture => "too_far_in_future",
             IssueCode::Conflict => "conflict",
+            IssueCode::CardinalityLimit => "cardinality_limit",
         }
     }
 }

@@ -892,6 +892,10 @@ def engine_options_from_env() -> dict[str, Any]:
             options[option] = timedelta(days=float(os.environ[name]))
     if os.environ.get("METER_MAINTENANCE_EVERY"):
         options["maintenance_interval"] = timedelta(seconds=float(os.environ["METER_MAINTENANCE_EVERY"]))
+    for name, option in (("METER_MAX_COMBINATIONS_PER_MINUTE", "max_combinations_per_minute"),
+                         ("METER_MAX_CUSTOMERS_PER_MINUTE", "max_customers_per_minute")):
+        if os.environ.get(name):
+            options[option] = int(os.environ[name])
     return options
 
 

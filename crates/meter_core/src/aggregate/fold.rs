@@ -30,6 +30,15 @@ impl Peeked {
     }
 }
 
+/// What a query wants from a fold: one tenant's meter, its minutes in `minutes`, of some customers (all if `None`).
+#[derive(Debug, Clone)]
+pub struct PeekFilter {
+    pub tenant: String,
+    pub meter_id: u32,
+    pub subjects: Option<Vec<String>>,
+    pub minutes: std::ops::Range<i64>,
+}
+
 /// A (tenant, customer) pair interned in one fold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CustomerId(u32);
@@ -81,22 +90,46 @@ impl Fold {
         }
     }
 
-    /// Copies out what the fold holds for one tenant's meter.
-    pub fn peek(&self, tenant: &str, meter_id: u32, into: &mut Peeked) {
-        let owner = |customer: CustomerId| {
-            let (t, subject) = &self.customers[customer.0 as usize];
-            (t == tenant).then_some(subject)
+    /// Copies out what the fold holds of what `filter` asks for. With customers named, only theirs are copied: a
+    /// query of one customer copies that customer's states, not the meter's.
+    pub fn peek(&self, filter: &PeekFilter, into: &mut Peeked) {
+        let named: Option<Vec<CustomerId>> = filter.subjects.as_ref().map(|subjects| {
+            subjects.iter().filter_map(|s| self.customer_ids.get(&PairRef(&filter.tenant, s)).copied()).collect()
+        });
+        if named.as_ref().is_some_and(Vec::is_empty) {
+            return;
+        }
+        let wanted = |customer: CustomerId, meter: u32, minute: i64| {
+            meter == filter.meter_id
+                && filter.minutes.contains(&minute)
+                && match &named {
+                    Some(ids) => ids.contains(&customer),
+                    None => self.customers[customer.0 as usize].0 == filter.tenant,
+                }
         };
+        let subject = |customer: CustomerId| self.customers[customer.0 as usize].1.clone();
         for (&(customer, meter, minute, combo), state) in &self.states {
-            if let Some(subject) = owner(customer).filter(|_| meter == meter_id) {
-                into.states.push((subject.clone(), minute, self.combos[combo as usize].clone(), *state));
+            if wanted(customer, meter, minute) {
+                into.states.push((subject(customer), minute, self.combos[combo as usize].clone(), *state));
             }
         }
         for (customer, meter, minute, combo, unique) in &self.uniques {
-            if let Some(subject) = owner(*customer).filter(|_| *meter == meter_id) {
-                into.uniques.push((subject.clone(), *minute, self.combos[*combo as usize].clone(), unique.clone()));
+            if wanted(*customer, *meter, *minute) {
+                into.uniques.push((subject(*customer), *minute, self.combos[*combo as usize].clone(), unique.clone()));
             }
         }
+    }
+
+    /// Per (meter id, minute): how many distinct customers the fold holds (the cardinality counts of a backfill).
+    pub fn customers_per_minute(&self) -> HashMap<(u32, i64), u32> {
+        let mut seen = HashSet::new();
+        let mut counts: HashMap<(u32, i64), u32> = HashMap::new();
+        for &(customer, meter, minute, _) in self.states.keys() {
+            if seen.insert((customer, meter, minute)) {
+                *counts.entry((meter, minute)).or_default() += 1;
+            }
+        }
+        counts
     }
 
     pub fn is_empty(&self) -> bool {
@@ -111,9 +144,15 @@ impl Fold {
     /// Emits the deltas (merge operands for customer-minutes and for each meter's touched days, puts for
     /// distinct values) and empties the fold.
     pub fn drain_into(&mut self, set: &mut WriteSet) {
+        self.encode_into(set);
+        *self = Fold::default();
+    }
+
+    /// Emits the deltas (`drain_into`), leaving the fold as it is: queries may read it meanwhile.
+    pub fn encode_into(&self, set: &mut WriteSet) {
         // Sorted, each customer-minute's states are one run: one merge operand each. Sorting a vector
         // beats grouping through another map, whose every insert would miss the cache.
-        let mut states: Vec<_> = self.states.drain().collect();
+        let mut states: Vec<_> = self.states.iter().map(|(key, state)| (*key, state)).collect();
         states.sort_unstable_by_key(|(key, _)| *key);
         let (mut key, mut value) = (Vec::with_capacity(64), Vec::with_capacity(256));
         // Events per (tenant, meter, UTC day), written in the same batch as the minutes they count.
@@ -126,7 +165,7 @@ impl Fold {
             key.clear();
             minute_key(&mut key, tenant, meter_id, subject, minute);
             value.clear();
-            let entries = run.iter().map(|((.., combo), state)| (self.combos[*combo as usize].as_slice(), state));
+            let entries = run.iter().map(|((.., combo), state)| (self.combos[*combo as usize].as_slice(), *state));
             MinuteStates::encode_entries(&mut value, run.len(), entries);
             set.merge(Cf::Agg, &key, &value);
         }
@@ -138,18 +177,14 @@ impl Fold {
             MinuteStates::encode_entries(&mut value, 1, [(&[][..], &mark)].into_iter());
             set.merge(Cf::Days, &key, &value);
         }
-        for (customer, meter_id, minute, combo, unique) in self.uniques.drain() {
+        for (customer, meter_id, minute, combo, unique) in &self.uniques {
             let (tenant, subject) = &self.customers[customer.0 as usize];
             key.clear();
-            minute_key(&mut key, tenant, meter_id, subject, minute);
+            minute_key(&mut key, tenant, *meter_id, subject, *minute);
             let mut k = Vec::new();
-            uniq_key(&mut k, &key, &self.combos[combo as usize], &unique);
+            uniq_key(&mut k, &key, &self.combos[*combo as usize], unique);
             set.put(Cf::Uniq, &k, &[]);
         }
-        self.customers.clear();
-        self.customer_ids.clear();
-        self.combos.clear();
-        self.combo_ids.clear();
     }
 }
 

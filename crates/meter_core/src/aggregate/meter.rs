@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::{bail, ensure};
 
 /// How the events of one window, customer and dimension combination become one number.
@@ -72,6 +72,51 @@ pub struct MeterSpec {
     pub filters: Vec<Filter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Overrides of the engine's cardinality limits for this meter (`engine::cardinality`); absent: the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<MeterLimits>,
+}
+
+/// Per-meter cardinality limits: what one minute of the meter may hold. A field left out takes the engine's default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeterLimits {
+    /// Distinct dimension combinations of one customer in one minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_combinations_per_minute: Option<u32>,
+    /// Distinct customers in one minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_customers_per_minute: Option<u32>,
+}
+
+/// The largest `max_combinations_per_minute` a meter may ask for: every combination of a customer-minute lives in one
+/// `agg` value, which each flush and query of that minute reads whole.
+pub const MAX_COMBINATIONS_LIMIT: u32 = 100_000;
+/// The largest `max_customers_per_minute` a meter may ask for.
+pub const MAX_CUSTOMERS_LIMIT: u32 = 10_000_000;
+
+impl MeterLimits {
+    /// Checks that each given limit lies in its allowed range; `field` prefixes the names in the message ("limits." for
+    /// a meter's, "" for the engine's settings) and `code` is the error code.
+    pub fn validate(&self, code: &'static str, field: &str) -> Result<()> {
+        for (name, value, max) in [
+            ("max_combinations_per_minute", self.max_combinations_per_minute, MAX_COMBINATIONS_LIMIT),
+            ("max_customers_per_minute", self.max_customers_per_minute, MAX_CUSTOMERS_LIMIT),
+        ] {
+            if let Some(v) = value.filter(|v| !(1..=max).contains(v)) {
+                return Err(Error::invalid(code, format!("{field}{name} must be between 1 and {max}; got {v}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// These limits, each absent one taken from `defaults`.
+    pub fn or(self, defaults: MeterLimits) -> MeterLimits {
+        MeterLimits {
+            max_combinations_per_minute: self.max_combinations_per_minute.or(defaults.max_combinations_per_minute),
+            max_customers_per_minute: self.max_customers_per_minute.or(defaults.max_customers_per_minute),
+        }
+    }
 }
 
 /// A meter as stored: the spec plus the identity the engine gave it.
@@ -192,6 +237,9 @@ impl Meter {
                 }
             );
             filters.push((path, f.clone()));
+        }
+        if let Some(limits) = &spec.limits {
+            limits.validate("invalid_meter", "limits.")?;
         }
         Ok(Meter { value, dims, filters, stored })
     }

@@ -20,7 +20,7 @@
 
 use crate::error::{Error, Result};
 use crate::storage::codec::{put_i64_sortable, put_str, put_varint, Reader};
-use crate::storage::{keys, Cf, Store};
+use crate::storage::{keys, Cf, ReadStore};
 
 pub const HOUR: i64 = 60;
 pub const DAY: i64 = 1440;
@@ -59,7 +59,7 @@ pub fn floor_to(minute: i64, unit: i64) -> i64 {
 }
 
 impl Resolution {
-    pub fn load(store: &dyn Store, tenant: &str, meter_id: u32) -> Result<Resolution> {
+    pub fn load(store: &dyn ReadStore, tenant: &str, meter_id: u32) -> Result<Resolution> {
         match store.get(Cf::Meta, &keys::resolution(tenant, meter_id))? {
             None => Ok(Resolution::default()),
             Some(bytes) => Resolution::decode(&bytes),

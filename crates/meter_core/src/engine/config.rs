@@ -1,5 +1,6 @@
 //! Engine settings, with the defaults the product promises.
 
+use crate::aggregate::meter::{MeterLimits, MeterSpec};
 use crate::ingest::Limits;
 
 const DAY_US: i64 = 86_400_000_000;
@@ -47,6 +48,11 @@ pub struct Config {
     /// At most this many recent identities in memory (default 1 M, about 60 MB).
     pub recent_dedup_capacity: usize,
     pub limits: Limits,
+    /// Default per meter: distinct dimension combinations one customer may have in one minute (default 1,000).
+    /// A meter's `limits` override it; see `engine::cardinality`.
+    pub max_combinations_per_minute: u32,
+    /// Default per meter: distinct customers one minute may have (default 100,000).
+    pub max_customers_per_minute: u32,
     /// How long retained events are kept after they were received, at least: then dropped, once the export has
     /// written them (default: the back-dating window plus 31 days, the longest billing cycle still open).
     pub retention_us: i64,
@@ -76,6 +82,8 @@ impl Default for Config {
             recent_dedup_us: 60_000_000,
             recent_dedup_capacity: 1 << 20,
             limits: Limits::default(),
+            max_combinations_per_minute: 1_000,
+            max_customers_per_minute: 100_000,
             retention_us: (35 + 31) * DAY_US,
             minute_aggregates_us: (35 + 5) * DAY_US,
             hour_aggregates_us: 400 * DAY_US,
@@ -90,6 +98,19 @@ impl Config {
     /// dropped while its event's time could still be accepted.
     pub fn dedup_retention_us(&self) -> i64 {
         self.dedup_window_us + self.max_future_us
+    }
+
+    /// The engine-wide cardinality limits, which a meter's own `limits` override field by field.
+    pub fn default_limits(&self) -> MeterLimits {
+        MeterLimits {
+            max_combinations_per_minute: Some(self.max_combinations_per_minute),
+            max_customers_per_minute: Some(self.max_customers_per_minute),
+        }
+    }
+
+    /// The limits that apply to `meter`: its own, each absent one taken from the engine's.
+    pub fn limits_of(&self, meter: &MeterSpec) -> MeterLimits {
+        meter.limits.unwrap_or_default().or(self.default_limits())
     }
 
     /// The retention and roll-up settings derived from the back-dating window, for callers that only set that:

@@ -10,22 +10,29 @@
 //! that folding never stops for a write (which would stall the writer behind it). The flush thread writes
 //! in the order it was handed folds, so each shard's watermark only moves forward.
 //!
-//! A query does not flush: each fold thread copies out what it holds for the queried meter (`Peek`), and
-//! the flush thread answers once every fold handed over before that is written. Until the query has read
-//! RocksDB, the shard hands nothing more over (`Shared::readers`), so no state is both copied and read.
+//! A query waits neither for a write nor for the commits queued for folding: each fold thread that owns a queried
+//! customer takes queries on a channel of their own (`PeekRequest`), between two commits, and copies out what its live
+//! fold holds of the query's customers, meter and minutes, with the last commit it folded and the last it handed over.
+//! The query folds the commits after that one itself, for its customers alone, from the commits not yet folded by
+//! every shard (`Shared::unfolded`, which the writer fills before it answers). Folds handed over and not yet written
+//! stay readable meanwhile (`Shared::inflight`, until the flush thread has written them). The query then reads
+//! RocksDB at a snapshot: the shard's watermark there says which handed-over folds it holds, so the query adds the
+//! others from its copy of `inflight` (a fold and its watermark are one write); and if a fold handed over after the
+//! peek is already in the snapshot, the live copy would count twice, so the query starts again (see `Engine::query`).
+//! Nothing waits for a query, and no query holds anything while it waits.
 //! A flush is not synced on its own: if a crash loses it, it loses the watermark too, and recovery
 //! re-aggregates those commits from their retained events (see `engine::replay`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use super::prepare::{read_event, Prepared};
 use super::Shared;
-use crate::aggregate::fold::{Fold, Peeked};
+use crate::aggregate::fold::{Fold, PeekFilter, Peeked};
 use crate::error::{Error, Result};
 use crate::storage::{keys, Cf, Store, WriteSet};
 
@@ -41,8 +48,30 @@ pub(crate) enum FoldWork {
     Commit { seq: u64, parts: Arc<Vec<Accepted>> },
     /// Flush now, then answer.
     Flush { reply: Sender<Result<()>> },
-    /// Copy out what is held for one meter; answered once RocksDB has everything handed over before.
-    Peek { tenant: String, meter_id: u32, reply: Sender<Result<Peeked>> },
+}
+
+/// A query's request to a fold thread: copy out what the live fold holds of what `filter` asks for.
+pub(crate) struct PeekRequest {
+    pub filter: Arc<PeekFilter>,
+    pub reply: Sender<Result<Peek>>,
+}
+
+/// A fold thread's answer to a query.
+pub(crate) struct Peek {
+    /// What the live fold holds of the query: the commits after `handed`, up to `folded`.
+    pub peeked: Peeked,
+    /// The last commit folded.
+    pub folded: u64,
+    /// The last commit handed over to the flush thread: the seq of the last fold in `Shared::inflight` or written.
+    pub handed: u64,
+}
+
+/// A fold handed over to the flush thread and not yet written: queries read it meanwhile.
+pub(crate) struct InFlight {
+    pub shard: u32,
+    /// The last commit it holds: its shard's watermark once it is written.
+    pub seq: u64,
+    pub fold: Arc<Fold>,
 }
 
 /// The events a commit accepted from one request.
@@ -58,17 +87,63 @@ pub(crate) fn shard_of(tenant: &str, subject: &str, shards: u32) -> u32 {
     (xxh3_64_with_seed(subject.as_bytes(), xxh3_64(tenant.as_bytes())) % shards as u64) as u32
 }
 
+/// Folds the events of `part` whose customer `shard` owns; for a query (`only`), only those of its tenant, customers
+/// and meter.
+pub(crate) fn fold_part(fold: &mut Fold, part: &Accepted, shard: u32, only: Option<&PeekFilter>) {
+    let Prepared { batch, registry, .. } = &part.prepared;
+    if only.is_some_and(|f| f.tenant != batch.tenant) {
+        return;
+    }
+    let wanted = |subject: &str| only.and_then(|f| f.subjects.as_ref()).is_none_or(|s| s.iter().any(|x| x == subject));
+    for (k, &position) in part.events.iter().enumerate() {
+        let ev = &batch.events[position as usize];
+        let subject = batch.text(ev.subject);
+        if !wanted(subject) || shard_of(&batch.tenant, subject, SHARDS) != shard {
+            continue;
+        }
+        let ordinal = part.first_ordinal + k as u64;
+        let mut customer = None;
+        read_event(batch, ev, registry, |meter, read| {
+            // A meter that cannot read the event skips it whole (its warning went out with the answer); the
+            // other meters count it.
+            if let Ok(Some(c)) = read {
+                if only.is_some_and(|f| f.meter_id != meter.id()) {
+                    return;
+                }
+                let customer = *customer.get_or_insert_with(|| fold.customer(&batch.tenant, subject));
+                fold.add(customer, meter, ev.time_us, ordinal, &c);
+            }
+        });
+    }
+}
+
+/// What a query needs of the commits a shard has not folded yet (`Shared::unfolded`): those after `folded`, for its
+/// customers, meter and minutes.
+pub(crate) fn peek_unfolded(
+    shard: u32,
+    unfolded: &[(u64, Arc<Vec<Accepted>>)],
+    folded: u64,
+    filter: &PeekFilter,
+    into: &mut Peeked,
+) {
+    let mut fold = Fold::default();
+    for (_, parts) in unfolded.iter().filter(|(seq, _)| *seq > folded) {
+        parts.iter().for_each(|part| fold_part(&mut fold, part, shard, Some(filter)));
+    }
+    fold.peek(filter, into);
+}
+
 /// Waits for the answers of a flush sent to every shard.
 pub(crate) fn flushed(answers: Vec<Receiver<Result<()>>>) -> Result<()> {
     answers.into_iter().try_for_each(|a| a.recv().map_err(|_| Error::Closed)?)
 }
 
-/// What the fold threads hand to the flush thread, in order.
-pub(crate) enum Flush {
-    /// A shard's fold of the commits up to `seq`, to be written.
-    Write { shard: u32, fold: Fold, seq: u64, reply: Option<Sender<Result<()>>> },
-    /// A query's copy of a fold, given back once everything handed over before is written.
-    Barrier { peeked: Peeked, reply: Sender<Result<Peeked>> },
+/// What the fold threads hand to the flush thread, in order: a shard's fold of the commits up to `seq`, to be written.
+pub(crate) struct Flush {
+    shard: u32,
+    fold: Arc<Fold>,
+    seq: u64,
+    reply: Option<Sender<Result<()>>>,
 }
 
 pub(crate) struct Folder {
@@ -84,99 +159,88 @@ pub(crate) struct Folder {
 }
 
 impl Folder {
-    pub fn run(mut self, rx: Receiver<FoldWork>) {
+    /// Folds the commits of `rx` and answers the queries of `peeks`, which go first: a query waits at most for the
+    /// commit being folded.
+    pub fn run(mut self, rx: Receiver<FoldWork>, peeks: Receiver<PeekRequest>) {
+        let mut peeks_open = true;
         loop {
-            match rx.recv_timeout(self.flush_interval) {
+            while peeks_open {
+                match peeks.try_recv() {
+                    Ok(request) => self.peek(request),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => peeks_open = false,
+                }
+            }
+            let work = if peeks_open {
+                select! {
+                    recv(peeks) -> request => {
+                        match request {
+                            Ok(request) => self.peek(request),
+                            Err(_) => peeks_open = false,
+                        }
+                        continue;
+                    }
+                    recv(rx) -> work => work.map_err(|_| RecvTimeoutError::Disconnected),
+                    default(self.flush_interval) => Err(RecvTimeoutError::Timeout),
+                }
+            } else {
+                rx.recv_timeout(self.flush_interval)
+            };
+            match work {
                 Ok(FoldWork::Commit { seq, parts }) => {
-                    parts.iter().for_each(|part| self.add(part));
+                    let fold = &mut self.fold;
+                    parts.iter().for_each(|part| fold_part(fold, part, self.shard, None));
                     self.folded_seq = seq;
+                    self.shared.folded_seqs[self.shard as usize].store(seq, Ordering::Release);
                     if self.fold.states() >= FLUSH_STATES || self.last_flush.elapsed() >= self.flush_interval {
                         self.hand_over(None);
                     }
                 }
                 Ok(FoldWork::Flush { reply }) => self.hand_over(Some(reply)),
-                Ok(FoldWork::Peek { tenant, meter_id, reply }) => {
-                    let mut peeked = Peeked::default();
-                    self.fold.peek(&tenant, meter_id, &mut peeked);
-                    // Closed until the query has read RocksDB; the query opens it (`engine::ReadGate`).
-                    self.readers().fetch_add(1, Ordering::AcqRel);
-                    let _ = self.flushes.send(Flush::Barrier { peeked, reply });
-                }
                 Err(RecvTimeoutError::Timeout) => self.hand_over(None),
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
         // Closing: whatever is still in memory goes to `agg`, so the next open has nothing to replay.
-        self.wait_for_readers();
         self.hand_over(None);
     }
 
-    fn add(&mut self, part: &Accepted) {
-        let Prepared { batch, registry, .. } = &part.prepared;
-        for (k, &position) in part.events.iter().enumerate() {
-            let ev = &batch.events[position as usize];
-            let subject = batch.text(ev.subject);
-            if shard_of(&batch.tenant, subject, SHARDS) != self.shard {
-                continue;
-            }
-            let ordinal = part.first_ordinal + k as u64;
-            let fold = &mut self.fold;
-            let mut customer = None;
-            read_event(batch, ev, registry, |meter, read| {
-                // A meter that cannot read the event skips it whole (its warning went out with the answer); the
-                // other meters count it.
-                if let Ok(Some(c)) = read {
-                    let customer = *customer.get_or_insert_with(|| fold.customer(&batch.tenant, subject));
-                    fold.add(customer, meter, ev.time_us, ordinal, &c);
-                }
-            });
-        }
-    }
-
-    fn readers(&self) -> &AtomicUsize {
-        &self.shared.readers[self.shard as usize]
-    }
-
-    fn wait_for_readers(&self) {
-        while self.readers().load(Ordering::Acquire) > 0 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+    fn peek(&mut self, PeekRequest { filter, reply }: PeekRequest) {
+        let mut peeked = Peeked::default();
+        self.fold.peek(&filter, &mut peeked);
+        let peek = Peek { peeked, folded: self.folded_seq, handed: self.handed_seq };
+        let _ = reply.send(self.shared.failure().map_or(Ok(peek), Err));
     }
 
     /// Gives the fold to the flush thread; one with a `reply` is answered once it is written.
     ///
-    /// While a query reads, a routine hand-over waits for a later turn, so that ingest does not stall behind
-    /// queries. One that is asked for, or overdue (twice the size or age that triggers it), waits for the
-    /// readers instead: this thread then takes no new `Peek` meanwhile, so a stream of queries can neither
-    /// starve a meter change nor grow the fold without bound.
+    /// While the flush thread is `FLUSH_QUEUE` folds behind, a routine hand-over waits for a later turn rather than
+    /// block this thread (and the queries it answers). One that is asked for, or overdue (twice the size or age that
+    /// triggers it), waits for room instead, so that the fold does not grow without bound.
     fn hand_over(&mut self, reply: Option<Sender<Result<()>>>) {
         let overdue = self.fold.states() >= 2 * FLUSH_STATES || self.last_flush.elapsed() >= 2 * self.flush_interval;
-        if reply.is_none() && !overdue && self.readers().load(Ordering::Acquire) > 0 {
+        if reply.is_none() && !overdue && self.flushes.is_full() {
             return;
         }
-        self.wait_for_readers();
         self.last_flush = Instant::now();
         // Even with nothing folded, the watermark must move: replay would otherwise revisit commits whose
         // events a meter created since has already backfilled.
         if reply.is_none() && self.fold.is_empty() && self.handed_seq == self.folded_seq {
             return;
         }
-        let fold = std::mem::take(&mut self.fold);
-        let _ = self.flushes.send(Flush::Write { shard: self.shard, fold, seq: self.folded_seq, reply });
+        let (shard, seq) = (self.shard, self.folded_seq);
+        let fold = Arc::new(std::mem::take(&mut self.fold));
+        if !fold.is_empty() {
+            self.shared.inflight.lock().unwrap().push(InFlight { shard, seq, fold: fold.clone() });
+        }
+        let _ = self.flushes.send(Flush { shard, fold, seq, reply });
         self.handed_seq = self.folded_seq;
     }
 }
 
 /// The flush thread: writes handed-over folds in order, each with its shard's watermark.
 pub(crate) fn write_flushes(store: Arc<dyn Store>, shared: Arc<Shared>, rx: Receiver<Flush>) {
-    for flush in rx {
-        let (shard, mut fold, seq, reply) = match flush {
-            Flush::Write { shard, fold, seq, reply } => (shard, fold, seq, reply),
-            Flush::Barrier { peeked, reply } => {
-                let _ = reply.send(shared.failure().map_or(Ok(peeked), Err));
-                continue;
-            }
-        };
+    for Flush { shard, fold, seq, reply } in rx {
         let result = (|| {
             if let Some(e) = shared.failure() {
                 return Err(e);
@@ -186,7 +250,7 @@ pub(crate) fn write_flushes(store: Arc<dyn Store>, shared: Arc<Shared>, rx: Rece
                 return Ok(());
             }
             let mut set = WriteSet::default();
-            fold.drain_into(&mut set);
+            fold.encode_into(&mut set);
             set.put(Cf::Meta, &keys::agg_seq(shard), &seq.to_be_bytes());
             // Whoever waits for a flush (a meter change, a bulk read) made no write of its own: their request was
             // refused, not of unknown outcome. Merges never land in the middle of a roll-up step (`rollup`).
@@ -196,6 +260,8 @@ pub(crate) fn write_flushes(store: Arc<dyn Store>, shared: Arc<Shared>, rx: Rece
             watermark.store(seq, Ordering::Release);
             Ok(())
         })();
+        // In RocksDB now (or the engine failed, and answers no query): queries find it there.
+        shared.inflight.lock().unwrap().retain(|f| !Arc::ptr_eq(&f.fold, &fold));
         if let Some(reply) = reply {
             let _ = reply.send(result);
         }

@@ -1,6 +1,7 @@
 //! The engine: opens the store, recovers state, runs the writer, fold and flush threads, and answers the
-//! public calls. An ingest flows: parse and `prepare` on the caller's thread, dedup and commit on the
-//! `writer`, then aggregation on the `folder` threads.
+//! public calls. An ingest flows: parse and `prepare` on the caller's thread, dedup, the cardinality limits
+//! (`cardinality`) and the commit on the `writer`, then aggregation on the `folder` threads. A usage query reads a
+//! RocksDB snapshot plus what the fold threads hold, on the caller's thread, and waits for no write (`Engine::query`).
 //!
 //! Recovery at open: the commit sequence and meter-id counter from `meta`, the meters, and for each fold shard the aggregates of commits
 //! past its `agg_seq` watermark, re-folded from their retained events (`replay`). Everything acknowledged was in one synced
@@ -10,6 +11,7 @@
 //! Beside them, the `maintenance` thread drops retained events past retention once exported (`retention`) and
 //! rolls old minute aggregates up to hours and days (`rollup`).
 
+mod cardinality;
 pub mod config;
 mod folder;
 mod maintenance;
@@ -19,8 +21,9 @@ mod retention;
 mod rollup;
 mod writer;
 
+use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -28,8 +31,9 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Sender, TrySendError};
 use serde::Serialize;
 
+use cardinality::Cardinality;
 pub use config::{Config, Durability};
-use folder::{flush_queue, shard_of, write_flushes, Folder, SHARDS};
+use folder::{flush_queue, peek_unfolded, shard_of, write_flushes, Accepted, Folder, InFlight, PeekRequest, SHARDS};
 use maintenance::{Maintenance, Run};
 pub use maintenance::{MaintenanceReport, MaintenanceStats};
 pub use report::IngestReport;
@@ -37,16 +41,17 @@ pub use retention::{Dropped, HeldBack};
 use writer::{Command, Writer};
 
 use crate::aggregate::extract::extract_retained;
-use crate::aggregate::fold::{Fold, Peeked};
+use crate::aggregate::fold::{Fold, PeekFilter, Peeked};
 use crate::aggregate::meter::{Meter, MeterSpec, StoredMeter};
 use crate::aggregate::registry::Registry;
 use crate::dedup::{self, Horizon, Recent, Record};
 use crate::error::{Error, Result};
-use crate::ingest::{parse_batch, time::now_micros};
+use crate::ingest::parse_batch;
+use crate::ingest::time::{minute_of, now_micros, MICROS_PER_MINUTE};
 use crate::query::{self, UsageQuery, UsageResult};
 use crate::storage::events;
 use crate::storage::rocks::{RocksStore, StoreOptions};
-use crate::storage::{keys, scan_prefix, Cf, Store, WriteSet};
+use crate::storage::{keys, scan_prefix, Cf, ReadStore, Store, WriteSet};
 use prepare::prepare;
 
 /// State the writer, the fold thread and the callers share.
@@ -56,8 +61,13 @@ pub(crate) struct Shared {
     pub registry: RwLock<Arc<Registry>>,
     /// Per fold shard: the last commit whose aggregates are written (`counter/agg_seq/<shard>`).
     pub agg_seqs: Vec<AtomicU64>,
-    /// Per fold shard: queries between copying the shard's fold and reading RocksDB (see `folder`).
-    pub readers: Vec<AtomicUsize>,
+    /// Folds handed over to the flush thread and not yet written, which queries read meanwhile (see `folder`).
+    pub inflight: Mutex<Vec<InFlight>>,
+    /// Per fold shard: the last commit folded.
+    pub folded_seqs: Vec<AtomicU64>,
+    /// The commits handed to the fold threads that some shard has not folded yet, oldest first: the writer adds each
+    /// before it answers, and drops those every shard has folded. Queries fold what they need of them (see `folder`).
+    pub unfolded: Mutex<VecDeque<(u64, Arc<Vec<Accepted>>)>>,
     pub stats: Stats,
     /// Per (tenant, meter slug): accepted events the meter could not read and skipped, since the engine opened
     /// (at ingest and in its backfill). Forgotten when the meter is deleted.
@@ -161,6 +171,8 @@ pub struct Engine {
     store: RwLock<Option<Arc<dyn Store>>>,
     shared: Arc<Shared>,
     tx: RwLock<Option<Sender<Command>>>,
+    /// Where queries ask the fold threads for what they hold.
+    peeks: RwLock<Option<Vec<Sender<PeekRequest>>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     maintenance_tx: RwLock<Option<Sender<Run>>>,
     maintenance: Mutex<Option<JoinHandle<()>>>,
@@ -209,6 +221,7 @@ impl Engine {
                 "the dedup window must be at least as long as the back-dating window, or a late retry would count twice",
             ));
         }
+        config.default_limits().validate("invalid_config", "")?;
         migrate_legacy_dedup(&*store)?;
         replay(&*store, &registry, seq)?;
         let received_hour = retention::last_received_hour(&*store)?;
@@ -217,14 +230,16 @@ impl Engine {
             failed: Mutex::new(None),
             registry: RwLock::new(Arc::new(registry)),
             agg_seqs: (0..SHARDS).map(|_| AtomicU64::new(seq)).collect(),
-            readers: (0..SHARDS).map(|_| AtomicUsize::new(0)).collect(),
+            inflight: Mutex::default(),
+            folded_seqs: (0..SHARDS).map(|_| AtomicU64::new(seq)).collect(),
+            unfolded: Mutex::default(),
             stats: Stats::default(),
             skipped: Mutex::default(),
             rollup: Arc::default(),
             maintenance: Mutex::default(),
         });
         let (flushes, flush_rx) = flush_queue();
-        let (mut folds, mut folders) = (Vec::new(), Vec::new());
+        let (mut folds, mut folders, mut peeks) = (Vec::new(), Vec::new(), Vec::new());
         for shard in 0..SHARDS {
             let folder = Folder {
                 shard,
@@ -237,8 +252,10 @@ impl Engine {
                 flushes: flushes.clone(),
             };
             let (tx, rx) = bounded(FOLD_QUEUE);
-            folders.push(spawn(&format!("meter-fold-{shard}"), move || folder.run(rx))?);
+            let (peek_tx, peek_rx) = crossbeam_channel::unbounded();
+            folders.push(spawn(&format!("meter-fold-{shard}"), move || folder.run(rx, peek_rx))?);
             folds.push(tx);
+            peeks.push(peek_tx);
         }
         drop(flushes);
         // Joined last: it ends once every fold thread has handed over its last fold.
@@ -257,6 +274,7 @@ impl Engine {
             received_hour,
             folds,
             folders,
+            card: Cardinality::new(cardinality::CACHE_BYTES),
         };
         let handle = spawn("meter-writer", move || writer.run(rx))?;
         let closing = Arc::new(AtomicBool::new(false));
@@ -274,6 +292,7 @@ impl Engine {
             store: RwLock::new(Some(store)),
             shared,
             tx: RwLock::new(Some(tx)),
+            peeks: RwLock::new(Some(peeks)),
             writer: Mutex::new(Some(handle)),
             maintenance_tx: RwLock::new(Some(maintenance_tx)),
             maintenance: Mutex::new(Some(maintenance)),
@@ -303,7 +322,9 @@ impl Engine {
     pub fn create_meter(&self, tenant: &str, spec: MeterSpec, now_us: Option<i64>) -> Result<CreatedMeter> {
         check_tenant(tenant)?;
         let now_us = now_us.unwrap_or_else(now_micros);
-        self.ask(true, |reply| Command::CreateMeter { tenant: tenant.to_owned(), spec, now_us, reply })
+        let created =
+            self.ask(true, |reply| Command::CreateMeter { tenant: tenant.to_owned(), spec, now_us, reply })?;
+        Ok(CreatedMeter { meter: self.shown(&created.meter), ..created })
     }
 
     pub fn delete_meter(&self, tenant: &str, slug: &str) -> Result<()> {
@@ -315,41 +336,136 @@ impl Engine {
         let registry = self.shared.registry.read().unwrap().clone();
         let meter =
             registry.get(tenant, slug).ok_or_else(|| Error::NotFound { what: "meter", name: slug.to_owned() })?;
-        Ok(meter.stored.clone())
+        Ok(self.shown(&meter.stored))
     }
 
     pub fn list_meters(&self, tenant: &str) -> Vec<StoredMeter> {
         let registry = self.shared.registry.read().unwrap().clone();
-        registry.list(tenant).iter().map(|m| m.stored.clone()).collect()
+        registry.list(tenant).iter().map(|m| self.shown(&m.stored)).collect()
     }
 
-    /// Answers from every acknowledged event: what RocksDB holds plus what the fold threads hold in memory.
+    /// A meter as the API shows it: with the cardinality limits that apply to it, its own or the engine's.
+    fn shown(&self, stored: &StoredMeter) -> StoredMeter {
+        let mut shown = stored.clone();
+        shown.spec.limits = Some(self.config.limits_of(&stored.spec));
+        shown
+    }
+
+    /// Answers from every acknowledged event: what RocksDB holds plus what the fold threads hold in memory, without
+    /// waiting for the writer, for the commits queued for folding, or for any write (see `folder`).
     pub fn query(&self, tenant: &str, q: &UsageQuery) -> Result<UsageResult> {
         let registry = self.shared.registry.read().unwrap().clone();
         let meter =
             registry.get(tenant, &q.meter).ok_or_else(|| Error::NotFound { what: "meter", name: q.meter.clone() })?;
-        let answers =
-            self.ask(true, |reply| Command::Peek { tenant: tenant.to_owned(), meter_id: meter.id(), reply })?;
-        // Every shard that answered holds back its hand-overs until this guard is dropped, after the read.
-        let mut gate = ReadGate { shared: &self.shared, shards: Vec::new() };
-        let mut results = Vec::with_capacity(answers.len());
-        for (shard, answer) in answers.into_iter().enumerate() {
-            let result = answer.recv().map_err(|_| Error::Closed);
-            if result.is_ok() {
-                gate.shards.push(shard);
-            }
-            results.push(result);
-        }
-        let mut in_memory = Peeked::default();
-        for peeked in results {
-            in_memory.append(peeked??);
-        }
-        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
-        let view = {
-            let _no_rollup = self.shared.rollup.read().unwrap();
-            query::View::open(&*store, tenant, meter)?
+        // Only the shards that own a named customer hold anything of the query; all of them when none is named.
+        let mut shards: Vec<u32> = match q.subjects.is_empty() {
+            true => (0..SHARDS).collect(),
+            false => q.subjects.iter().map(|s| shard_of(tenant, s, SHARDS)).collect(),
         };
-        query::run(view, tenant, meter, q, &in_memory)
+        shards.sort_unstable();
+        shards.dedup();
+        let filter = PeekFilter {
+            tenant: tenant.to_owned(),
+            meter_id: meter.id(),
+            subjects: (!q.subjects.is_empty()).then(|| q.subjects.clone()),
+            // Whole minutes; a range that is not is refused by the query's plan.
+            minutes: minute_of(q.from_us)..minute_of(q.to_us.saturating_add(MICROS_PER_MINUTE - 1)),
+        };
+        let filter = Arc::new(filter);
+        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
+        for _ in 0..QUERY_ATTEMPTS {
+            if let Some((snapshot, in_memory)) = self.in_memory(&*store, &shards, &filter)? {
+                let view = query::View::open(&*snapshot, tenant, meter)?;
+                let result = query::run(view, tenant, meter, q, &in_memory);
+                // A fold whose write failed left the in-flight list unwritten: the engine has failed, and answers
+                // nothing.
+                return match self.shared.failure() {
+                    Some(e) => Err(e),
+                    None => result,
+                };
+            }
+        }
+        // Folds kept being written under the query: read them all from RocksDB instead.
+        let (store, _) = self.flushed(tenant, &q.meter)?;
+        let snapshot = {
+            let _no_rollup = self.shared.rollup.read().unwrap();
+            store.snapshot()
+        };
+        let view = query::View::open(&*snapshot, tenant, meter)?;
+        query::run(view, tenant, meter, q, &Peeked::default())
+    }
+
+    /// A snapshot of RocksDB and, for the queried `shards`, exactly what it lacks of every acknowledged event that
+    /// `filter` asks for; `None` when a fold handed over after the peek was written before the snapshot (try again).
+    ///
+    /// Every event acknowledged before the call was put in `Shared::unfolded` and handed to the fold threads before
+    /// its acknowledgement. Each fold thread answers with its live fold's part (commits `(handed, folded]`), and the
+    /// query folds its part of the commits after `folded` from `unfolded` (taken before asking, so it holds all of
+    /// them). The folds of commits up to `handed` are in RocksDB or in `Shared::inflight` (copied after the answers):
+    /// the shard's watermark at the snapshot, taken last, says which. If it is past `handed`, a fold with the live
+    /// copy's states is in the snapshot too.
+    #[allow(clippy::type_complexity)] // a snapshot that borrows the store, and what it lacks
+    fn in_memory<'s>(
+        &self,
+        store: &'s dyn Store,
+        shards: &[u32],
+        filter: &Arc<PeekFilter>,
+    ) -> Result<Option<(Box<dyn ReadStore + 's>, Peeked)>> {
+        if let Some(e) = self.shared.failure() {
+            return Err(e);
+        }
+        let unfolded: Vec<(u64, Arc<Vec<Accepted>>)> = self.shared.unfolded.lock().unwrap().iter().cloned().collect();
+        let answers = {
+            let peeks = self.peeks.read().unwrap();
+            let peeks = peeks.as_ref().ok_or(Error::Closed)?;
+            let mut answers = Vec::with_capacity(shards.len());
+            for &shard in shards {
+                let (reply, answer) = bounded(1);
+                peeks[shard as usize].send(PeekRequest { filter: filter.clone(), reply }).map_err(|_| Error::Closed)?;
+                answers.push(answer);
+            }
+            answers
+        };
+        let mut in_memory = Peeked::default();
+        let mut handed = Vec::with_capacity(shards.len());
+        for (&shard, answer) in shards.iter().zip(answers) {
+            let peek = answer.recv().map_err(|_| Error::Closed)??;
+            in_memory.append(peek.peeked);
+            peek_unfolded(shard, &unfolded, peek.folded, filter, &mut in_memory);
+            handed.push(peek.handed);
+        }
+        let mut inflight = Vec::new();
+        for f in self.shared.inflight.lock().unwrap().iter() {
+            if let Some(at) = shards.iter().position(|&s| s == f.shard).filter(|&at| f.seq <= handed[at]) {
+                let mut peeked = Peeked::default();
+                f.fold.peek(filter, &mut peeked);
+                inflight.push((at, f.seq, peeked));
+            }
+        }
+        let snapshot = {
+            // The view a roll-up step leaves is whole in any snapshot (one write each); taken as `View::open` is.
+            let _no_rollup = self.shared.rollup.read().unwrap();
+            store.snapshot()
+        };
+        let mut written = Vec::with_capacity(shards.len());
+        for (&shard, &handed) in shards.iter().zip(&handed) {
+            let watermark = snapshot
+                .get(Cf::Meta, &keys::agg_seq(shard))?
+                .map(|v| v.try_into().map(u64::from_be_bytes))
+                .transpose()
+                .map_err(|_| Error::Corrupt("agg_seq".into()))?
+                .unwrap_or(0);
+            if watermark > handed {
+                return Ok(None);
+            }
+            written.push(watermark);
+        }
+        for (at, seq, peeked) in inflight {
+            if seq > written[at] {
+                in_memory.append(peeked);
+            }
+        }
+        Ok(Some((snapshot, in_memory)))
     }
 
     /// Per UTC day with usage of a meter (the day's start, µs): the events counted in it, including every event
@@ -483,6 +599,7 @@ impl Engine {
 
     /// Finishes queued work, stops the writer and closes the store. Idempotent.
     pub fn close(&self) {
+        self.peeks.write().unwrap().take();
         // Maintenance first: it stops between two steps.
         self.closing.store(true, Ordering::Release);
         self.maintenance_tx.write().unwrap().take();
@@ -514,25 +631,14 @@ impl Engine {
     }
 }
 
-/// Opens the shards a query closed (`Shared::readers`) once it has read RocksDB.
-struct ReadGate<'a> {
-    shared: &'a Shared,
-    shards: Vec<usize>,
-}
-
-impl Drop for ReadGate<'_> {
-    fn drop(&mut self) {
-        for &shard in &self.shards {
-            self.shared.readers[shard].fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
 impl Drop for Engine {
     fn drop(&mut self) {
         self.close();
     }
 }
+
+/// Attempts of a query from memory before it reads everything from RocksDB after a flush instead (`Engine::query`).
+const QUERY_ATTEMPTS: usize = 3;
 
 /// Commits that may wait for the fold thread before the writer waits too.
 const FOLD_QUEUE: usize = 16;

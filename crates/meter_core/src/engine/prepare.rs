@@ -1,18 +1,21 @@
 //! The part of an ingest that does not need the writer, done on the caller's thread so that the single
 //! writer thread is left with dedup and the commit: every event's verdict should it turn out to be new
 //! (its time window), the meters that cannot read it (warnings, never a rejection: the event is still
-//! accepted and counted by the meters that can), and the compressed retained-events frame of the
-//! candidates. Many callers prepare in parallel.
+//! accepted and counted by the meters that can), what the cardinality limits check for each candidate and meter
+//! (`cardinality::Scope`), and the compressed retained-events frame of the candidates. Many callers prepare in
+//! parallel.
 
 use std::sync::Arc;
 
 use crate::aggregate::extract::{extract, Contribution, Skip};
 use crate::aggregate::meter::Meter;
 use crate::aggregate::registry::Registry;
+use crate::engine::cardinality::{signature, Refusal, Scope};
 use crate::engine::config::Config;
 use crate::error::{EventIssue, EventWarning, IssueCode, Result};
 use crate::ingest::{ParsedBatch, ParsedEvent};
 use crate::storage::events::{Frame, FrameBuilder, RetainedEvent};
+use crate::storage::keys::put_dims;
 
 pub(crate) struct Prepared {
     pub batch: ParsedBatch,
@@ -27,19 +30,42 @@ pub(crate) struct Prepared {
     pub warnings: Vec<(u32, EventWarning)>,
     /// The events without an issue (the candidates), in order, compressed.
     pub frame: Frame,
+    /// Per candidate, per meter that counts it: what the cardinality limits check. Event `i`'s scopes are
+    /// `scopes[scope_ends[i - 1]..scope_ends[i]]` (from 0 for the first); an event with an issue has none.
+    pub scopes: Vec<Scope>,
+    pub scope_ends: Vec<u32>,
+    /// Per event: the signature of its scopes (`cardinality::signature`).
+    pub signatures: Vec<u64>,
+}
+
+impl Prepared {
+    /// The cardinality scopes of the event at `position` in `batch.events`, and their signature.
+    pub fn scopes_of(&self, position: usize) -> (&[Scope], u64) {
+        let start = if position == 0 { 0 } else { self.scope_ends[position - 1] as usize };
+        (&self.scopes[start..self.scope_ends[position] as usize], self.signatures[position])
+    }
 }
 
 pub(crate) fn prepare(batch: ParsedBatch, registry: Arc<Registry>, now_us: i64, config: &Config) -> Result<Prepared> {
     let mut verdicts = Vec::with_capacity(batch.events.len());
     let mut warnings = Vec::new();
     let mut frame = FrameBuilder::default();
+    let mut scopes = Vec::with_capacity(batch.events.len());
+    let mut scope_ends = Vec::with_capacity(batch.events.len());
+    let mut signatures = Vec::with_capacity(batch.events.len());
+    let mut dims = Vec::with_capacity(64);
     for (position, ev) in batch.events.iter().enumerate() {
         let verdict = check_time(&batch, ev, now_us, config).err();
         if verdict.is_none() {
-            read_event(&batch, ev, &registry, |meter, read| {
-                if let Err(skip) = read {
-                    warnings.push((position as u32, warning(&batch, ev, meter, skip)));
+            read_event(&batch, ev, &registry, |meter, read| match read {
+                Err(skip) => warnings.push((position as u32, warning(&batch, ev, meter, skip))),
+                Ok(Some(c)) => {
+                    dims.clear();
+                    put_dims(&mut dims, c.dims.iter().map(|d| d.as_deref()));
+                    let limits = config.limits_of(&meter.stored.spec);
+                    scopes.push(Scope::new(meter.id(), batch.text(ev.subject), ev.time_us, &dims, limits));
                 }
+                Ok(None) => {}
             });
             frame.push(&RetainedEvent {
                 source: batch.text(ev.source),
@@ -52,9 +78,12 @@ pub(crate) fn prepare(batch: ParsedBatch, registry: Arc<Registry>, now_us: i64, 
             });
         }
         verdicts.push(verdict);
+        let start = scope_ends.last().map_or(0, |&end| end as usize);
+        signatures.push(signature(&scopes[start..]));
+        scope_ends.push(scopes.len() as u32);
     }
     let frame = frame.finish()?;
-    Ok(Prepared { batch, registry, now_us, verdicts, warnings, frame })
+    Ok(Prepared { batch, registry, now_us, verdicts, warnings, frame, scopes, scope_ends, signatures })
 }
 
 fn check_time(batch: &ParsedBatch, ev: &ParsedEvent, now_us: i64, config: &Config) -> Result<(), EventIssue> {
@@ -120,6 +149,18 @@ pub(crate) fn conflict(batch: &ParsedBatch, ev: &ParsedEvent) -> EventIssue {
          Send corrections as a new event with a new id"
             .into(),
     )
+}
+
+/// The issue of an event a cardinality limit refused: names the meter, the limit and how to raise it.
+pub(crate) fn cardinality_limit(
+    batch: &ParsedBatch,
+    registry: &Registry,
+    ev: &ParsedEvent,
+    refusal: Refusal,
+) -> EventIssue {
+    let meters = registry.for_event(&batch.tenant, batch.text(ev.event_type));
+    let slug = meters.iter().find(|m| m.id() == refusal.meter_id()).map_or("?", |m| m.slug());
+    issue(batch, ev, IssueCode::CardinalityLimit, refusal.message(slug, batch.text(ev.subject)))
 }
 
 fn issue(batch: &ParsedBatch, ev: &ParsedEvent, code: IssueCode, message: String) -> EventIssue {

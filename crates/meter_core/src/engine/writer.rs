@@ -9,12 +9,17 @@
 //! A commit writes the retained events, one `seen` key per accepted identity and a commit record, nothing per meter, so its cost does not
 //! grow with the number of meters or dimensions. The accepted events then go to the fold threads
 //! (`folder`), which keep the aggregates; the retained events are their redo log after a crash (see
-//! `engine::replay`). RocksDB's WAL stays the only log.
+//! `engine::replay`). RocksDB's WAL stays the only log. They go there, and into `Shared::unfolded`, before the
+//! callers are answered, so that a query made after an answer finds them (`Engine::query`).
+//!
+//! The writer also enforces the cardinality limits (`cardinality`): an event that would take a meter past one is
+//! refused with `cardinality_limit`, and the meter-minute counts it changed go into the same commit.
 //!
 //! Fail-stop: if a write fails, the writer records why, answers the callers of that write with
 //! `OutcomeUnknown` (the write may have reached the WAL, so it may be applied after a restart) and every later
 //! caller with `StoreFailed` (refused before any write), and rolls the recent identities back to what is
-//! durable; nothing is flushed again.
+//! durable; nothing is flushed again. A read the limits need that fails stops the engine the same way, before anything
+//! of the group is written: its callers get `StoreFailed`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,12 +29,13 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use hashbrown::HashMap;
 
+use super::cardinality::Cardinality;
 use super::folder::{flushed, Accepted, FoldWork};
-use super::prepare::{conflict, prepare, Prepared};
+use super::prepare::{cardinality_limit, conflict, prepare, Prepared};
 use super::report::IngestReport;
 use super::{Backfill, CreatedMeter, Shared};
 use crate::aggregate::extract::extract_retained;
-use crate::aggregate::fold::{Fold, Peeked};
+use crate::aggregate::fold::Fold;
 use crate::aggregate::meter::{Meter, MeterSpec, StoredMeter};
 use crate::dedup::{self, Horizon, Mark, Recent, Seen};
 use crate::engine::config::{Config, Durability};
@@ -53,13 +59,6 @@ pub(crate) enum Command {
         tenant: String,
         slug: String,
         reply: Sender<Result<()>>,
-    },
-    /// What the fold threads hold for one meter, after every acknowledged event (see `folder`): answers
-    /// with where they will answer, so that the writer itself does not wait.
-    Peek {
-        tenant: String,
-        meter_id: u32,
-        reply: Sender<Result<Vec<Receiver<Result<Peeked>>>>>,
     },
     /// The fold threads write what they hold of every commit so far: answers with where they will answer.
     Flush {
@@ -86,6 +85,8 @@ pub(crate) struct Writer {
     /// flush thread.
     pub folds: Vec<Sender<FoldWork>>,
     pub folders: Vec<JoinHandle<()>>,
+    /// The cardinality limits' counts.
+    pub card: Cardinality,
 }
 
 /// A group commit being staged.
@@ -118,11 +119,6 @@ impl Writer {
                     Command::DeleteMeter { tenant, slug, reply } => {
                         self.commit(&mut pending);
                         let _ = reply.send(self.guarded(|w| w.delete_meter(&tenant, &slug)));
-                    }
-                    Command::Peek { tenant, meter_id, reply } => {
-                        self.commit(&mut pending);
-                        let peek = |reply| FoldWork::Peek { tenant: tenant.clone(), meter_id, reply };
-                        let _ = reply.send(self.guarded(|w| w.ask_folds(peek)));
                     }
                     Command::Flush { reply } => {
                         self.commit(&mut pending);
@@ -200,8 +196,18 @@ impl Writer {
         };
 
         if atomic {
-            let problems = self.atomic_problems(&prepared, &on_disk);
-            if !problems.is_empty() || !report.issues.is_empty() {
+            // The limits' additions of a batch that is refused whole are taken back.
+            self.card.begin_trial();
+            let problems = match self.atomic_problems(&prepared, &on_disk) {
+                Ok(problems) => problems,
+                Err(e) => {
+                    self.card.end_trial(false);
+                    return self.abandon(p, reply, e);
+                }
+            };
+            let refused = !problems.is_empty() || !report.issues.is_empty();
+            self.card.end_trial(!refused);
+            if refused {
                 report.issues.extend(problems);
                 report.issues.sort_by_key(|i| i.index);
                 let _ = reply.send(Err(Error::BatchRejected { issues: report.issues }));
@@ -220,13 +226,27 @@ impl Writer {
                 own.push(w);
             }
             let seen = self.seen(ev.fingerprint, ev.payload_hash, on_disk[position]);
+            let refused = match (seen, verdict) {
+                (Seen::New, None) => {
+                    let (subject, (scopes, signature)) = (batch.text(ev.subject), prepared.scopes_of(position));
+                    match self.card.admit(&*self.store, &batch.tenant, subject, scopes, signature, self.seq + 1) {
+                        Ok(refused) => refused,
+                        Err(e) => return self.abandon(p, reply, e),
+                    }
+                }
+                _ => None,
+            };
             if verdict.is_none() {
-                kept.push(seen == Seen::New);
+                kept.push(seen == Seen::New && refused.is_none());
             }
             match (seen, verdict) {
                 (Seen::Duplicate, _) => report.duplicates += 1,
                 (Seen::Conflict, _) => report.issues.push(conflict(batch, ev)),
                 (Seen::New, Some(issue)) => report.issues.push(issue.clone()),
+                (Seen::New, None) if refused.is_some() => {
+                    let refusal = refused.expect("checked");
+                    report.issues.push(cardinality_limit(batch, &prepared.registry, ev, refusal));
+                }
                 (Seen::New, None) => {
                     let mark = Mark { received_us: prepared.now_us, payload_hash: ev.payload_hash };
                     self.recent.stage(ev.fingerprint, mark);
@@ -274,8 +294,9 @@ impl Writer {
             .unwrap_or_else(|| on_disk.map_or(Seen::New, |m| m.judge(payload_hash)))
     }
 
-    /// For an atomic request: every reason it cannot be applied in full, without changing anything.
-    fn atomic_problems(&self, prepared: &Prepared, on_disk: &[Option<Mark>]) -> Vec<EventIssue> {
+    /// For an atomic request: every reason it cannot be applied in full. Changes nothing but the cardinality counts,
+    /// which the caller keeps or takes back (a trial).
+    fn atomic_problems(&mut self, prepared: &Prepared, on_disk: &[Option<Mark>]) -> Result<Vec<EventIssue>> {
         let batch = &prepared.batch;
         let mut problems = Vec::new();
         let mut in_batch: HashMap<u128, u64> = HashMap::new();
@@ -291,10 +312,29 @@ impl Writer {
                 Seen::New => {
                     in_batch.insert(ev.fingerprint, ev.payload_hash);
                     problems.extend(verdict.clone());
+                    if verdict.is_none() {
+                        let (subject, (scopes, signature)) = (batch.text(ev.subject), prepared.scopes_of(i));
+                        if let Some(refusal) =
+                            self.card.admit(&*self.store, &batch.tenant, subject, scopes, signature, self.seq + 1)?
+                        {
+                            problems.push(cardinality_limit(batch, &prepared.registry, ev, refusal));
+                        }
+                    }
                 }
             }
         }
-        problems
+        Ok(problems)
+    }
+
+    /// A read the cardinality limits needed failed while staging: fail-stop before anything of the group is written.
+    /// Every caller of the group, and this one, is refused: `StoreFailed` (not applied).
+    fn abandon(&mut self, p: &mut Pending, reply: Sender<Result<IngestReport>>, e: Error) {
+        let reason = e.failure_reason();
+        self.fail(reason.clone());
+        for (waiting, _, _) in std::mem::take(p).replies {
+            let _ = waiting.send(Err(Error::StoreFailed { reason: reason.clone() }));
+        }
+        let _ = reply.send(Err(Error::StoreFailed { reason }));
     }
 
     /// Writes the staged group, answers its callers, then hands the accepted events to the fold thread.
@@ -312,6 +352,7 @@ impl Writer {
                 &dedup::record::build(pending.received_us, &pending.tenants),
             );
             pending.set.put(Cf::Meta, keys::META_SEQ, &seq.to_be_bytes());
+            self.card.stage(&mut pending.set, pending.received_us - self.config.backdate_window_us);
             let marked =
                 super::retention::mark_received(self.received_hour, &mut pending.set, seq, pending.received_us);
             self.release_records(&mut pending.set);
@@ -329,9 +370,27 @@ impl Writer {
             self.recent.committed();
             self.recent.evict(pending.received_us);
             self.received_hour = marked.unwrap_or(self.received_hour);
+            self.card.trim(self.shared.agg_seq());
         }
         let stats = &self.shared.stats;
         stats.record_commit(started.elapsed().as_secs_f64());
+        if !pending.parts.is_empty() {
+            // Before the answers: a query made after an answer finds the commit, folded or in `unfolded`
+            // (`Engine::query`). Blocks while a fold thread is behind: the queue in front of the writer then fills,
+            // and callers get `Overloaded` rather than memory growing.
+            let parts = Arc::new(pending.parts);
+            {
+                let folded = self.shared.folded_seqs.iter().map(|f| f.load(Ordering::Acquire)).min().unwrap_or(0);
+                let mut unfolded = self.shared.unfolded.lock().unwrap();
+                while unfolded.front().is_some_and(|(seq, _)| *seq <= folded) {
+                    unfolded.pop_front();
+                }
+                unfolded.push_back((self.seq, parts.clone()));
+            }
+            for folds in &self.folds {
+                let _ = folds.send(FoldWork::Commit { seq: self.seq, parts: parts.clone() });
+            }
+        }
         for (reply, report, tenant) in pending.replies {
             stats.accepted.fetch_add(report.accepted as u64, Ordering::Relaxed);
             stats.duplicates.fetch_add(report.duplicates as u64, Ordering::Relaxed);
@@ -343,14 +402,6 @@ impl Writer {
                 }
             }
             let _ = reply.send(Ok(report));
-        }
-        if !pending.parts.is_empty() {
-            // Blocks while a fold thread is behind: the queue in front of the writer then fills, and
-            // callers get `Overloaded` rather than memory growing.
-            let parts = Arc::new(pending.parts);
-            for folds in &self.folds {
-                let _ = folds.send(FoldWork::Commit { seq: self.seq, parts: parts.clone() });
-            }
         }
     }
 
@@ -406,6 +457,10 @@ impl Writer {
         let stored_json = serde_json::to_vec(&meter.stored).expect("meters serialize");
         set.put(Cf::Meta, &keys::meter_def(tenant, meter.slug()), &stored_json);
         set.put(Cf::Meta, keys::META_METER_ID, &(self.next_meter_id + 1).to_be_bytes());
+        // The cardinality counts of what the backfill filled (`cardinality`: the customers of each meter-minute).
+        for ((meter_id, minute), customers) in fold.customers_per_minute() {
+            set.put(Cf::Meta, &keys::card_key(minute, meter_id), &customers.to_be_bytes());
+        }
         fold.drain_into(&mut set);
         self.write_admin(&set, true)?;
         self.next_meter_id += 1;

@@ -28,7 +28,8 @@ impl PyEngine {
     #[pyo3(signature = (path, *, durability = "fsync", dedup_window_s = 35 * 86_400, backdate_window_s = 35 * 86_400,
                         max_future_s = 300, queue_capacity = 64, max_batch_events = 10_000, cache_mb = 512,
                         recent_dedup_s = 60, retention_s = None, minute_aggregates_s = None, hour_aggregates_s = None,
-                        maintenance_interval_s = Some(60.0)))]
+                        maintenance_interval_s = Some(60.0), max_combinations_per_minute = 1_000,
+                        max_customers_per_minute = 100_000))]
     #[allow(clippy::too_many_arguments)] // keyword-only options of a Python constructor
     fn new(
         py: Python<'_>,
@@ -45,6 +46,8 @@ impl PyEngine {
         minute_aggregates_s: Option<i64>,
         hour_aggregates_s: Option<i64>,
         maintenance_interval_s: Option<f64>,
+        max_combinations_per_minute: u32,
+        max_customers_per_minute: u32,
     ) -> PyResult<Self> {
         let durability = Durability::parse(durability).ok_or_else(|| {
             super::error::to_py(
@@ -63,6 +66,8 @@ impl PyEngine {
             queue_capacity: queue_capacity.max(1),
             cache_bytes: cache_mb.max(8) << 20,
             recent_dedup_us: recent_dedup_s.max(0) * 1_000_000,
+            max_combinations_per_minute,
+            max_customers_per_minute,
             ..Config::default()
         };
         config.limits.max_events = max_batch_events;

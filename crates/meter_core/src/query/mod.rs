@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::ingest::time::{minute_of, MICROS_PER_MINUTE};
 use crate::storage::codec::{put_str, Reader};
 use crate::storage::keys::{self, decode_bucket, BucketKey};
-use crate::storage::{Cf, Cursor, Store};
+use crate::storage::{Cf, Cursor, ReadStore};
 use crate::{bail, ensure};
 pub use window::{WindowSize, Windower};
 
@@ -97,8 +97,9 @@ pub struct View<'s> {
 
 impl<'s> View<'s> {
     /// Call with the read side of the engine's roll-up lock held (`Shared::rollup`): each cursor sees the store as it
-    /// was when it was opened, and no roll-up step can then come between them and the record.
-    pub fn open(store: &'s dyn Store, tenant: &str, meter: &Meter) -> Result<View<'s>> {
+    /// was when it was opened, and no roll-up step can then come between them and the record. Or open it from a
+    /// snapshot (`Store::snapshot`), in which every read sees the same moment.
+    pub fn open(store: &'s dyn ReadStore, tenant: &str, meter: &Meter) -> Result<View<'s>> {
         Ok(View {
             agg: store.cursor(Cf::Agg),
             uniq: (meter.aggregation() == Aggregation::UniqueCount).then(|| store.cursor(Cf::Uniq)),

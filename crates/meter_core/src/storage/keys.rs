@@ -10,6 +10,7 @@
 //! | dedup  | commit seq u64                                                 | commit record: receive time, tenants of its events records (until its aggregates are written) |
 //! | seen   | fingerprint u128 BE                                            | `dedup::Mark`: receive time i64 BE, payload hash u64 LE |
 //! | meta   | `counter/seq`, `counter/agg_seq/` shard u32, `counter/meter_id`, `meters/` tenant slug | counters / meter JSON |
+//! | meta   | `card/` minute i64, meter id u32                               | distinct customers of the meter in that minute, u32 (`engine::cardinality`) |
 //! | meta   | `received/` hour i64                                           | u64: the first commit received in that hour (UTC) |
 //! | meta   | `exported/` tenant, `dropped/` tenant                          | u64: the last commit the export wrote / retention dropped |
 //! | meta   | `resolution/` tenant, meter id u32                             | `aggregate::resolution::Resolution`: where minutes were rolled up |
@@ -56,6 +57,19 @@ pub fn tenant_meta(prefix: &[u8], tenant: &str) -> Vec<u8> {
 pub fn resolution(tenant: &str, meter_id: u32) -> Vec<u8> {
     let mut k = META_RESOLUTION.to_vec();
     meter_prefix(&mut k, tenant, meter_id);
+    k
+}
+
+/// Prefix of the per-minute customer counts of the cardinality limits; minute first, so that the minutes that left the
+/// back-dating window are one range delete.
+pub const META_CARD: &[u8] = b"card/";
+
+/// The key of a meter's distinct-customer count in one minute.
+pub fn card_key(minute: i64, meter_id: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(META_CARD.len() + 12);
+    k.extend_from_slice(META_CARD);
+    put_i64_sortable(&mut k, minute);
+    k.extend_from_slice(&meter_id.to_be_bytes());
     k
 }
 

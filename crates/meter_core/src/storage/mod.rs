@@ -100,9 +100,8 @@ pub trait Cursor {
     fn status(&self) -> Result<()>;
 }
 
-pub trait Store: Send + Sync + 'static {
-    /// Applies the set atomically; with `sync`, returns only once it is on stable storage.
-    fn write(&self, set: &WriteSet, sync: bool) -> Result<()>;
+/// Reads, of the live store or of a snapshot of it.
+pub trait ReadStore {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Reads many keys, given in ascending order, at once: calls `found(i, value)` for the `i`-th key.
     fn multi_get_sorted(&self, cf: Cf, keys: &[&[u8]], found: &mut dyn FnMut(usize, Option<&[u8]>)) -> Result<()> {
@@ -111,12 +110,19 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(())
     }
+    fn cursor(&self, cf: Cf) -> Box<dyn Cursor + '_>;
+}
+
+pub trait Store: ReadStore + Send + Sync + 'static {
+    /// Applies the set atomically; with `sync`, returns only once it is on stable storage.
+    fn write(&self, set: &WriteSet, sync: bool) -> Result<()>;
+    /// The store as it is now, whatever is written later: every read through it sees the same writes.
+    fn snapshot(&self) -> Box<dyn ReadStore + '_>;
     /// The dedup horizon the store's compaction filter drops identities by, if it has one
     /// (`dedup::Horizon`); the engine moves it forward.
     fn dedup_horizon(&self) -> Option<std::sync::Arc<crate::dedup::Horizon>> {
         None
     }
-    fn cursor(&self, cf: Cf) -> Box<dyn Cursor + '_>;
     /// Gives back the disk space of `[from, to)` in `cf` once a range delete covers it: drops the files wholly
     /// inside it now; RocksDB's own compactions drop the rest as the range tombstone moves down. Nothing for stores
     /// without files of their own.
@@ -127,7 +133,7 @@ pub trait Store: Send + Sync + 'static {
 
 /// Calls `f` for every entry whose key starts with `prefix`, until `f` returns `false`.
 pub fn scan_prefix(
-    store: &dyn Store,
+    store: &dyn ReadStore,
     cf: Cf,
     prefix: &[u8],
     mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,

@@ -16,10 +16,10 @@ use rocksdb::compaction_filter::Decision;
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType,
     DBRawIteratorWithThreadMode, IngestExternalFileOptions, MemtableFactory, MergeOperands, Options, SliceTransform,
-    SstFileWriter, WriteBatch, WriteOptions, DB,
+    SnapshotWithThreadMode, SstFileWriter, WriteBatch, WriteOptions, DB,
 };
 
-use super::{Cf, Cursor, OpKind, Store, WriteSet};
+use super::{Cf, Cursor, OpKind, ReadStore, Store, WriteSet};
 use crate::aggregate::state::merge_values;
 use crate::dedup::{self, Horizon};
 use crate::error::{Error, Result};
@@ -180,6 +180,21 @@ impl Store for RocksStore {
         self.db.write_opt(batch, &opts).map_err(storage)
     }
 
+    fn snapshot(&self) -> Box<dyn ReadStore + '_> {
+        Box::new(RocksSnapshot { store: self, snapshot: self.db.snapshot() })
+    }
+
+    fn dedup_horizon(&self) -> Option<Arc<Horizon>> {
+        Some(self.horizon.clone())
+    }
+
+    fn reclaim(&self, cf: Cf, from: &[u8], to: &[u8]) -> Result<()> {
+        // Only files wholly inside the range go (none of L0): open iterators keep theirs until they are dropped.
+        self.db.delete_file_in_range_cf(self.cf(cf), from, to).map_err(storage)
+    }
+}
+
+impl ReadStore for RocksStore {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.db.get_cf(self.cf(cf), key).map_err(storage)
     }
@@ -195,14 +210,21 @@ impl Store for RocksStore {
     fn cursor(&self, cf: Cf) -> Box<dyn Cursor + '_> {
         Box::new(RocksCursor(self.db.raw_iterator_cf(self.cf(cf))))
     }
+}
 
-    fn dedup_horizon(&self) -> Option<Arc<Horizon>> {
-        Some(self.horizon.clone())
+/// Reads at one RocksDB snapshot.
+struct RocksSnapshot<'a> {
+    store: &'a RocksStore,
+    snapshot: SnapshotWithThreadMode<'a, DB>,
+}
+
+impl ReadStore for RocksSnapshot<'_> {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.snapshot.get_cf(self.store.cf(cf), key).map_err(storage)
     }
 
-    fn reclaim(&self, cf: Cf, from: &[u8], to: &[u8]) -> Result<()> {
-        // Only files wholly inside the range go (none of L0): open iterators keep theirs until they are dropped.
-        self.db.delete_file_in_range_cf(self.cf(cf), from, to).map_err(storage)
+    fn cursor(&self, cf: Cf) -> Box<dyn Cursor + '_> {
+        Box::new(RocksCursor(self.snapshot.raw_iterator_cf(self.store.cf(cf))))
     }
 }
 

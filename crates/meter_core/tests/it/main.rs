@@ -253,6 +253,12 @@ impl meter_core::storage::Store for TestStore {
         }
         self.inner.write(set, sync)
     }
+    fn snapshot(&self) -> Box<dyn meter_core::storage::ReadStore + '_> {
+        self.inner.snapshot()
+    }
+}
+
+impl meter_core::storage::ReadStore for TestStore {
     fn get(&self, cf: meter_core::storage::Cf, key: &[u8]) -> meter_core::Result<Option<Vec<u8>>> {
         self.inner.get(cf, key)
     }
@@ -524,6 +530,12 @@ impl meter_core::storage::Store for CrashStore {
         }
         self.inner.write(set, sync)
     }
+    fn snapshot(&self) -> Box<dyn meter_core::storage::ReadStore + '_> {
+        self.inner.snapshot()
+    }
+}
+
+impl meter_core::storage::ReadStore for CrashStore {
     fn get(&self, cf: meter_core::storage::Cf, key: &[u8]) -> meter_core::Result<Option<Vec<u8>>> {
         self.inner.get(cf, key)
     }
@@ -727,4 +739,6 @@ fn a_batch_and_its_group_commit_see_each_others_identities_before_they_reach_dis
         assert_eq!(total(&engine, "t", "tokens"), "51000000000");
     }
 }
+mod limits;
+mod queries;
 mod retention;
