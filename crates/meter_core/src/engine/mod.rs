@@ -224,7 +224,8 @@ impl Engine {
         config.default_limits().validate("invalid_config", "")?;
         migrate_legacy_dedup(&*store)?;
         replay(&*store, &registry, seq)?;
-        let received_hour = retention::last_received_hour(&*store)?;
+        retention::migrate_hour_marks(&*store, crate::ingest::time::now_micros())?;
+        let received_minute = retention::last_received_minute(&*store)?;
 
         let shared = Arc::new(Shared {
             failed: Mutex::new(None),
@@ -271,7 +272,7 @@ impl Engine {
             seq,
             next_meter_id,
             records_released: 0,
-            received_hour,
+            received_minute,
             folds,
             folders,
             card: Cardinality::new(cardinality::CACHE_BYTES),

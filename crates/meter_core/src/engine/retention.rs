@@ -1,11 +1,12 @@
 //! Retention of retained events: a tenant's events are dropped, by commit range, once all three hold:
 //!
 //! 1. they were received more than `retention_s` ago. Commits are numbered in receive order, and each commit that
-//!    opens a new receive hour (UTC) writes `meta: received/<hour>` = its seq in its own write batch
-//!    (`mark_received`): the commits before the mark of hour `h` were all received before `h` began, so "received
-//!    before the cutoff" is "before the mark of the last hour that began before the cutoff" (at most an hour late).
-//!    A commit whose receive time goes back (a clock set back) makes no mark and counts as received in the last
-//!    marked hour: kept longer, never shorter. Once the last marked hour is over before the cutoff, every commit is;
+//!    opens a new receive minute (UTC) writes `meta: received-minute/<minute>` = its seq in its own write batch
+//!    (`mark_received`): the commits before the mark of minute `m` were all received before `m` began, so "received
+//!    before the cutoff" is "before the mark of the last minute that began before the cutoff" (at most a minute
+//!    late: one small key per minute with commits, and only the window's are kept). A commit whose receive time
+//!    goes back (a clock set back) makes no mark and counts as received in the last marked minute: kept longer,
+//!    never shorter. Once the last marked minute is over before the cutoff, every commit is;
 
 //! 2. the export has written them to Parquet, the long-term record: `Engine::events_exported` keeps the last
 //!    commit the export wrote per tenant (`meta: exported/<tenant>`, only ever raised). A tenant whose events were
@@ -30,20 +31,22 @@ use crate::error::{Error, Result};
 use crate::storage::codec::Reader;
 use crate::storage::{events, keys, scan_prefix, Cf, Store, WriteSet};
 
-const HOUR_US: i64 = 3_600_000_000;
+/// How finely receive times are marked: retention is exact to this. (It was an hour: a soak with a window of
+/// minutes then kept up to an hour of events, and a 66-day retention does not need it coarser.)
+const MARK_US: i64 = 60_000_000;
 
-/// For the writer, while it stages commit `seq`: marks the commit's receive hour when it is later than the last
-/// marked one (`last_hour`), and returns that hour, to be adopted once the commit is durable.
-pub(crate) fn mark_received(last_hour: i64, set: &mut WriteSet, seq: u64, received_us: i64) -> Option<i64> {
-    let hour = received_us.div_euclid(HOUR_US);
-    (hour > last_hour).then(|| {
-        set.put(Cf::Meta, &keys::received_hour(hour), &seq.to_be_bytes());
-        hour
+/// For the writer, while it stages commit `seq`: marks the commit's receive minute when it is later than the last
+/// marked one (`last_minute`), and returns that minute, to be adopted once the commit is durable.
+pub(crate) fn mark_received(last_minute: i64, set: &mut WriteSet, seq: u64, received_us: i64) -> Option<i64> {
+    let minute = received_us.div_euclid(MARK_US);
+    (minute > last_minute).then(|| {
+        set.put(Cf::Meta, &keys::received_minute(minute), &seq.to_be_bytes());
+        minute
     })
 }
 
-/// The last receive hour marked (`i64::MIN` for none): at open, for the writer.
-pub(crate) fn last_received_hour(store: &dyn Store) -> Result<i64> {
+/// The last receive minute marked (`i64::MIN` for none): at open, for the writer.
+pub(crate) fn last_received_minute(store: &dyn Store) -> Result<i64> {
     let mut last = i64::MIN;
     scan_prefix(store, Cf::Meta, keys::META_RECEIVED, |key, _| {
         last = Reader::new(&key[keys::META_RECEIVED.len()..]).i64_sortable()?;
@@ -52,26 +55,47 @@ pub(crate) fn last_received_hour(store: &dyn Store) -> Result<i64> {
     Ok(last)
 }
 
-/// The last commit received before `cutoff_us` by the marks (see the module doc), the hour of the mark that says
+/// Directories written before receive minutes have `received/<hour>` marks: each becomes the mark of the hour's
+/// first minute, which says the same (the commits before it were received before the hour began). The commits of
+/// the last hour may have been received in any of its minutes, up to now: one more mark, the minute after `now_us`
+/// with the next commit, says only that they were received before it. At open, once.
+pub(crate) fn migrate_hour_marks(store: &dyn Store, now_us: i64) -> Result<()> {
+    let mut set = WriteSet::default();
+    scan_prefix(store, Cf::Meta, keys::META_RECEIVED_HOUR, |key, value| {
+        let hour = Reader::new(&key[keys::META_RECEIVED_HOUR.len()..]).i64_sortable()?;
+        set.put(Cf::Meta, &keys::received_minute(hour.saturating_mul(60)), value);
+        Ok(true)
+    })?;
+    if !set.is_empty() {
+        let next = read_seq(store, keys::META_SEQ)? + 1;
+        set.put(Cf::Meta, &keys::received_minute(now_us.div_euclid(MARK_US) + 1), &next.to_be_bytes());
+        let old = keys::META_RECEIVED_HOUR;
+        set.delete_range(Cf::Meta, old, &keys::prefix_end(old));
+        store.write(&set, true)?;
+    }
+    Ok(())
+}
+
+/// The last commit received before `cutoff_us` by the marks (see the module doc), the minute of the mark that says
 /// so, and whether older marks are left; `None` when no mark is that old.
 ///
-/// Once the last marked hour has ended before the cutoff, every commit so far was received before it: a commit
-/// received later would have marked its hour. So the bound is then the last commit, read before the marks.
+/// Once the last marked minute has ended before the cutoff, every commit so far was received before it: a commit
+/// received later would have marked its minute. So the bound is then the last commit, read before the marks.
 fn received_before(store: &dyn Store, cutoff_us: i64) -> Result<Option<(u64, i64, bool)>> {
     let last_seq = read_seq(store, keys::META_SEQ)?;
     let mut found: Option<(u64, i64, bool)> = None;
     let mut last_mark = None;
     scan_prefix(store, Cf::Meta, keys::META_RECEIVED, |key, value| {
-        let hour = Reader::new(&key[keys::META_RECEIVED.len()..]).i64_sortable()?;
+        let minute = Reader::new(&key[keys::META_RECEIVED.len()..]).i64_sortable()?;
         let seq = seq_value(value)?;
-        last_mark = Some((hour, seq));
-        if hour.saturating_mul(HOUR_US) <= cutoff_us {
-            found = Some((seq.saturating_sub(1), hour, found.is_some()));
+        last_mark = Some((minute, seq));
+        if minute.saturating_mul(MARK_US) <= cutoff_us {
+            found = Some((seq.saturating_sub(1), minute, found.is_some()));
         }
         Ok(true)
     })?;
-    if let (Some((hour, seq)), Some(found)) = (last_mark, &mut found) {
-        if seq <= last_seq && hour.saturating_add(1).saturating_mul(HOUR_US) <= cutoff_us {
+    if let (Some((minute, seq)), Some(found)) = (last_mark, &mut found) {
+        if seq <= last_seq && minute.saturating_add(1).saturating_mul(MARK_US) <= cutoff_us {
             found.0 = last_seq;
         }
     }
@@ -135,7 +159,7 @@ impl Retention {
         steps: &mut Steps,
         report: &mut MaintenanceReport,
     ) -> Result<bool> {
-        let Some((received_before, mark_hour, older_marks)) = received_before(store, cutoff_us)? else {
+        let Some((received_before, mark_minute, older_marks)) = received_before(store, cutoff_us)? else {
             self.held.clear();
             return Ok(true);
         };
@@ -177,7 +201,7 @@ impl Retention {
         if older_marks {
             // Marks older than the one the cutoff needs are of no more use.
             let mut set = WriteSet::default();
-            set.delete_range(Cf::Meta, &keys::received_hour(i64::MIN), &keys::received_hour(mark_hour));
+            set.delete_range(Cf::Meta, &keys::received_minute(i64::MIN), &keys::received_minute(mark_minute));
             shared.write(store, &set, false)?;
         }
         Ok(true)
@@ -250,11 +274,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_commit_marks_only_a_later_hour() {
+    fn a_commit_marks_only_a_later_minute() {
         let mut set = WriteSet::default();
-        assert_eq!(mark_received(10, &mut set, 5, 11 * HOUR_US + 1), Some(11));
-        assert_eq!(mark_received(11, &mut set, 6, 11 * HOUR_US + 2), None);
-        assert_eq!(mark_received(11, &mut set, 7, 3 * HOUR_US), None, "a clock set back marks nothing");
+        assert_eq!(mark_received(10, &mut set, 5, 11 * MARK_US + 1), Some(11));
+        assert_eq!(mark_received(11, &mut set, 6, 11 * MARK_US + 2), None);
+        assert_eq!(mark_received(11, &mut set, 7, 3 * MARK_US), None, "a clock set back marks nothing");
         assert_eq!(set.ops().count(), 1);
+    }
+
+    #[test]
+    fn hour_marks_of_an_older_directory_become_minute_marks_that_never_drop_early() {
+        use crate::storage::rocks::{RocksStore, StoreOptions};
+        use crate::storage::ReadStore;
+        const HOUR_US: i64 = 60 * MARK_US;
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        // Commit 7 was the first received in hour 10; commits 8 and 9 came later in that hour, or after it.
+        let mut set = WriteSet::default();
+        let mut hour_key = keys::META_RECEIVED_HOUR.to_vec();
+        crate::storage::codec::put_i64_sortable(&mut hour_key, 10);
+        set.put(Cf::Meta, &hour_key, &7u64.to_be_bytes());
+        set.put(Cf::Meta, keys::META_SEQ, &9u64.to_be_bytes());
+        store.write(&set, true).unwrap();
+        let opened_at = 11 * HOUR_US + 30 * MARK_US + 5;
+        migrate_hour_marks(&store, opened_at).unwrap();
+        assert!(store.get(Cf::Meta, &hour_key).unwrap().is_none());
+        assert_eq!(last_received_minute(&store).unwrap(), 11 * 60 + 31);
+        let before = |cutoff: i64| received_before(&store, cutoff).unwrap().map(|found| found.0);
+        assert_eq!(before(10 * HOUR_US - 1), None);
+        assert_eq!(before(10 * HOUR_US + 59 * MARK_US), Some(6), "8 and 9 may have come late in hour 10");
+        assert_eq!(before(11 * HOUR_US + 30 * MARK_US), Some(6), "or just before the open");
+        assert_eq!(before(11 * HOUR_US + 31 * MARK_US), Some(9));
+        migrate_hour_marks(&store, opened_at + HOUR_US).unwrap();
+        assert_eq!(last_received_minute(&store).unwrap(), 11 * 60 + 31, "once");
     }
 }

@@ -79,8 +79,8 @@ pub(crate) struct Writer {
     pub next_meter_id: u32,
     /// Commit records (`dedup::record`) up to this commit are deleted: their aggregates are written.
     pub records_released: u64,
-    /// The last receive hour marked for retention (`retention::mark_received`).
-    pub received_hour: i64,
+    /// The last receive minute marked for retention (`retention::mark_received`).
+    pub received_minute: i64,
     /// Where durable commits go to be aggregated (one fold thread per shard), and those threads, then the
     /// flush thread.
     pub folds: Vec<Sender<FoldWork>>,
@@ -354,7 +354,7 @@ impl Writer {
             pending.set.put(Cf::Meta, keys::META_SEQ, &seq.to_be_bytes());
             self.card.stage(&mut pending.set, pending.received_us - self.config.backdate_window_us);
             let marked =
-                super::retention::mark_received(self.received_hour, &mut pending.set, seq, pending.received_us);
+                super::retention::mark_received(self.received_minute, &mut pending.set, seq, pending.received_us);
             self.release_records(&mut pending.set);
             if let Err(e) = self.store.write(&pending.set, self.config.durability == Durability::Fsync) {
                 // The write may have reached the WAL before it failed (its fsync, say): these callers cannot be
@@ -369,7 +369,7 @@ impl Writer {
             self.seq = seq;
             self.recent.committed();
             self.recent.evict(pending.received_us);
-            self.received_hour = marked.unwrap_or(self.received_hour);
+            self.received_minute = marked.unwrap_or(self.received_minute);
             self.card.trim(self.shared.agg_seq());
         }
         let stats = &self.shared.stats;

@@ -11,7 +11,7 @@
 //! | seen   | fingerprint u128 BE                                            | `dedup::Mark`: receive time i64 BE, payload hash u64 LE |
 //! | meta   | `counter/seq`, `counter/agg_seq/` shard u32, `counter/meter_id`, `meters/` tenant slug | counters / meter JSON |
 //! | meta   | `card/` minute i64, meter id u32                               | distinct customers of the meter in that minute, u32 (`engine::cardinality`) |
-//! | meta   | `received/` hour i64                                           | u64: the first commit received in that hour (UTC) |
+//! | meta   | `received-minute/` minute i64                                  | u64: the first commit received in that minute (UTC) |
 //! | meta   | `exported/` tenant, `dropped/` tenant                          | u64: the last commit the export wrote / retention dropped |
 //! | meta   | `resolution/` tenant, meter id u32                             | `aggregate::resolution::Resolution`: where minutes were rolled up |
 //!
@@ -33,7 +33,9 @@ pub const META_AGG_SEQS: &[u8] = b"counter/agg_seq/";
 pub const METER_DEFS: &[u8] = b"meters/";
 /// Per UTC hour (hours since the epoch) in which a commit was received: the first such commit. Written by the
 /// commit itself; retention maps a receive time to the commits before it through these marks.
-pub const META_RECEIVED: &[u8] = b"received/";
+pub const META_RECEIVED: &[u8] = b"received-minute/";
+/// Receive marks per hour, as directories written before receive minutes have them (`retention::migrate_hour_marks`).
+pub const META_RECEIVED_HOUR: &[u8] = b"received/";
 /// Per tenant: the last commit whose retained events the export has written (`Engine::events_exported`).
 pub const META_EXPORTED: &[u8] = b"exported/";
 /// Per tenant: the last commit whose retained events retention has dropped.
@@ -41,9 +43,9 @@ pub const META_DROPPED: &[u8] = b"dropped/";
 /// Per meter: through which minute its aggregates are kept per hour and per day.
 pub const META_RESOLUTION: &[u8] = b"resolution/";
 
-pub fn received_hour(hour: i64) -> Vec<u8> {
+pub fn received_minute(minute: i64) -> Vec<u8> {
     let mut k = META_RECEIVED.to_vec();
-    put_i64_sortable(&mut k, hour);
+    put_i64_sortable(&mut k, minute);
     k
 }
 
