@@ -22,7 +22,7 @@
 //! peek is already in the snapshot, the live copy would count twice, so the query starts again (see `Engine::query`).
 //! Nothing waits for a query, and no query holds anything while it waits.
 //! A flush is not synced on its own: if a crash loses it, it loses the watermark too, and recovery
-//! re-aggregates those commits from their retained events (see `engine::replay`).
+//! re-aggregates those commits from their retained events (see `engine::recover`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
