@@ -50,7 +50,7 @@ use crate::error::{Error, Result};
 use crate::ingest::parse_batch;
 use crate::ingest::time::{minute_of, now_micros, MICROS_PER_MINUTE};
 use crate::query::{self, UsageQuery, UsageResult};
-use crate::storage::rocks::{RocksStore, StoreOptions};
+use crate::storage::rocks::RocksStore;
 use crate::storage::{keys, scan_prefix, Cf, ReadStore, Store, WriteSet};
 use prepare::prepare;
 
@@ -185,8 +185,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn open(path: &Path, config: Config) -> Result<Engine> {
-        let options = StoreOptions { cache_bytes: config.cache_bytes };
-        Engine::open_store(Arc::new(RocksStore::open(path, &options)?), config)
+        Engine::open_store(Arc::new(RocksStore::open(path, &config.store_options())?), config)
     }
 
     /// Opens the engine over any `Store` (tests use this to inject storage failures).
@@ -712,7 +711,7 @@ mod tests {
         Engine::open(dir.path(), Config::default()).unwrap().ingest("t", event("a"), false, Some(T0)).unwrap();
         // Rewrite it the way the in-memory index stored identities: inside the commit record, none in `seen`.
         {
-            let store = RocksStore::open(dir.path(), &StoreOptions::default()).unwrap();
+            let store = RocksStore::open(dir.path(), &Config::default().store_options()).unwrap();
             let fp = crate::ingest::parse::identity_hash("t", "s", "a");
             let mark = dedup::Mark::decode(&store.get(Cf::Seen, &dedup::seen_key(fp)).unwrap().unwrap()).unwrap();
             let mut set = WriteSet::default();
