@@ -96,7 +96,7 @@ impl Contributions {
 
     /// The contributions kept at positions `range`.
     pub fn get(&self, range: Range<usize>) -> impl Iterator<Item = Counted<'_>> + '_ {
-        self.kept[range].iter().map(|k| Counted {
+        self.kept[range].iter().map(move |k| Counted {
             meter_id: k.meter_id,
             aggregation: k.aggregation,
             value: k.value,

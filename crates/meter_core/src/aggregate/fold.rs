@@ -88,7 +88,7 @@ impl Fold {
     }
 
     /// Adds a contribution kept when the event was extracted (ingest: `engine::prepare` keeps them).
-    pub fn add_counted(&mut self, customer: CustomerId, c: Counted, time_us: i64, ordinal: u64) {
+    pub fn add_counted(&mut self, customer: CustomerId, c: Counted<'_>, time_us: i64, ordinal: u64) {
         let combo = match self.combo_ids.get(c.dims) {
             Some(&id) => id,
             None => {

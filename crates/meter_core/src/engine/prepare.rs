@@ -127,7 +127,8 @@ fn check_time(batch: &ParsedBatch, ev: &ParsedEvent, now_us: i64, config: &Confi
 }
 
 /// Each meter that listens to the event's type, with what `extract` (the one decision, shared with replay and
-/// backfill; `engine::recover`) says of the event: counted, filtered out (`Ok(None)`), or skipped by that meter alone (`Err`).
+/// backfill: `engine::recover`) says of the event: counted, filtered out (`Ok(None)`), or skipped by that meter alone
+/// (`Err`).
 pub(crate) fn read_event<'b>(
     batch: &'b ParsedBatch,
     ev: &ParsedEvent,
@@ -242,7 +243,10 @@ mod tests {
     }
 
     fn props() -> impl Strategy<Value = Vec<(&'static str, String)>> {
-        proptest::collection::vec((prop_oneof![Just("v"), Just("d"), Just("o"), Just("f"), Just("v\\u0000")], value()), 0..5)
+        proptest::collection::vec(
+            (prop_oneof![Just("v"), Just("d"), Just("o"), Just("f"), Just("v\\u0000")], value()),
+            0..5,
+        )
     }
 
     proptest! {

@@ -54,7 +54,7 @@ pub(crate) fn backfill(store: &dyn Store, tenant: &str, meter: &Arc<Meter>) -> R
     let only = std::slice::from_ref(meter);
     let event_type = meter.stored.spec.event_type.as_str();
     scan_prefix(store, Cf::Events, &keys::events_prefix(tenant), |_, value| {
-        refold(&mut fold, tenant, value, |e| if e.event_type == event_type { only } else { &[] }, &mut tally)?;
+        refold(&mut fold, tenant, value, |e| if e.event_type == event_type { only } else { &[][..] }, &mut tally)?;
         Ok(true)
     })?;
     Ok((fold, tally))
@@ -90,7 +90,11 @@ pub(crate) fn replay(store: &dyn Store, registry: &Registry, seq: u64) -> Result
             // An event whose shard's watermark covers the commit is in `agg` already.
             let meters_of = |e: &RetainedEvent<String>| {
                 let shard = shard_of(tenant, &e.subject, shards) as usize;
-                if commit <= watermarks[shard] { &[][..] } else { registry.for_event(tenant, &e.event_type) }
+                if commit <= watermarks[shard] {
+                    &[][..]
+                } else {
+                    registry.for_event(tenant, &e.event_type)
+                }
             };
             refold(&mut fold, tenant, &stored, meters_of, &mut Backfill::default())?;
         }

@@ -50,7 +50,10 @@ impl PyEngine {
         max_customers_per_minute: u32,
     ) -> PyResult<Self> {
         let durability = Durability::parse(durability).ok_or_else(|| {
-            Error::invalid("invalid_config", format!("durability must be \"fsync\" or \"buffered\"; got \"{durability}\""))
+            Error::invalid(
+                "invalid_config",
+                format!("durability must be \"fsync\" or \"buffered\"; got \"{durability}\""),
+            )
         })?;
         let mut config = Config {
             durability,
@@ -152,7 +155,10 @@ impl PyEngine {
         let window = match window_size {
             None => None,
             Some(w) => Some(WindowSize::parse(w).ok_or_else(|| {
-                Error::invalid("invalid_query", format!("window_size must be one of minute, hour, day, month; got \"{w}\""))
+                Error::invalid(
+                    "invalid_query",
+                    format!("window_size must be one of minute, hour, day, month; got \"{w}\""),
+                )
             })?),
         };
         let q = UsageQuery { meter, from_us, to_us, window, tz, subjects, group_by, filters };

@@ -33,9 +33,9 @@ fn event_values(py: Python<'_>, spec_json: &[u8], data: PyArray) -> PyResult<PyA
     let spec: MeterSpec = serde_json::from_slice(spec_json)
         .map_err(|e| Error::invalid("invalid_meter", format!("the meter definition is invalid: {e}")))?;
     let (array, _) = data.into_inner();
-    let strings = array
-        .as_string_opt::<i32>()
-        .ok_or_else(|| Error::invalid("invalid_request", format!("data must be UTF-8 text; got {}", array.data_type())))?;
+    let strings = array.as_string_opt::<i32>().ok_or_else(|| {
+        Error::invalid("invalid_request", format!("data must be UTF-8 text; got {}", array.data_type()))
+    })?;
     let values = detached(py, || crate::query::event_values::event_values(spec, strings))?;
     Ok(PyArray::from_array_ref(Arc::new(values)))
 }

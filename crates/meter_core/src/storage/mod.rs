@@ -98,10 +98,12 @@ impl WriteSet {
 pub struct MergeOperator {
     /// Names the format; RocksDB records it with the column family's options.
     pub name: &'static str,
-    /// The existing value (if any) and the operands, oldest first, folded into one value; `None` when they cannot be
-    /// (bytes the format's owner did not write), which fails the read or the compaction that needed them.
-    pub merge: fn(Option<&[u8]>, &mut dyn Iterator<Item = &[u8]>) -> Option<Vec<u8>>,
+    pub merge: MergeFn,
 }
+
+/// The existing value (if any) and the operands, oldest first, folded into one value; `None` when they cannot be
+/// (bytes the format's owner did not write), which fails the read or the compaction that needed them.
+pub type MergeFn = fn(Option<&[u8]>, &mut dyn Iterator<Item = &[u8]>) -> Option<Vec<u8>>;
 
 impl std::fmt::Debug for MergeOperator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -81,9 +81,10 @@ fn cf_options(cf: Cf, cache: &Cache, horizon: &Arc<Horizon>, merge: Option<Merge
     });
     // The minute states and the days' marks: written by merge, in one format that is not storage's to know.
     if let (Cf::Agg | Cf::Days, Some(MergeOperator { name, merge })) = (cf, merge) {
-        o.set_merge_operator_associative(name, move |_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands| {
-            merge(existing, &mut operands.iter())
-        });
+        o.set_merge_operator_associative(
+            name,
+            move |_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands| merge(existing, &mut operands.iter()),
+        );
     }
     if cf == Cf::Seen {
         // `seen` is only read by whole key. Its keys are uniform hashes, so a memtable hashed on the first
