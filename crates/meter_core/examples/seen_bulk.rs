@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use meter_core::dedup::Mark;
-use meter_core::storage::rocks::{RocksStore, StoreOptions};
+use meter_core::storage::rocks::RocksStore;
 
 const DAY_US: i64 = 86_400_000_000;
 
@@ -18,7 +18,8 @@ fn main() {
         _ => panic!("usage: seen_bulk DIR N"),
     };
     let started = Instant::now();
-    let store = RocksStore::open(&dir, &StoreOptions::default()).expect("open the store");
+    // The engine's options: the directory may hold aggregates, whose merges the store must be able to apply.
+    let store = RocksStore::open(&dir, &meter_core::Config::default().store_options()).expect("open the store");
     let scratch = dir.join("bulk-scratch");
     std::fs::create_dir_all(&scratch).expect("scratch directory");
     let now = meter_core::ingest::time::now_micros();

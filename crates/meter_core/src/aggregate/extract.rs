@@ -8,13 +8,18 @@
 //! crash, the backfill of a new meter, the skipped-events query and per-event pricing all call it, so they can never
 //! disagree about an event. A skip concerns that one meter only: the event is still accepted and counted by the
 //! other meters of its type, and the skipping meter counts none of it (never half).
+//!
+//! Ingest extracts each event once: `engine::prepare` keeps what the event contributes ([`Contributions`]) and the
+//! fold threads fold that, rather than reading the event's JSON a second time.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use super::meter::{Aggregation, FilterOp, JsonPath, Meter};
 use super::quantity::Quantity;
 use crate::error::SkipCode;
 use crate::ingest::json::{self, clip, Kind};
+use crate::storage::keys::put_dims;
 
 /// Longest dimension or unique value kept; longer ones are refused rather than cut.
 pub const MAX_DIMENSION_BYTES: usize = 255;
@@ -26,6 +31,79 @@ pub struct Contribution<'a> {
     /// The value counted by `unique_count`.
     pub unique: Option<Cow<'a, str>>,
     pub dims: Vec<Option<Cow<'a, str>>>,
+}
+
+/// Contributions kept once extracted, in the order kept: what `engine::prepare` hands the fold threads, so that no
+/// event is extracted twice. Flat, so that a batch costs a few allocations rather than some per event: dimensions as
+/// `keys::put_dims` bytes and unique values are kept back to back in two buffers.
+#[derive(Debug, Default)]
+pub struct Contributions {
+    kept: Vec<Kept>,
+    dims: Vec<u8>,
+    uniques: String,
+}
+
+#[derive(Debug, Clone)]
+struct Kept {
+    meter_id: u32,
+    aggregation: Aggregation,
+    value: Quantity,
+    dims: Range<usize>,
+    unique: Option<Range<usize>>,
+}
+
+/// One kept contribution: all a fold needs of it (`Fold::add_counted`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted<'a> {
+    pub meter_id: u32,
+    pub aggregation: Aggregation,
+    pub value: Quantity,
+    /// The dimension values as `keys::put_dims` bytes.
+    pub dims: &'a [u8],
+    /// The value counted by `unique_count`.
+    pub unique: Option<&'a str>,
+}
+
+impl Contributions {
+    /// Keeps what an event contributes to `meter`; returns its dimensions as `keys::put_dims` bytes.
+    pub fn push(&mut self, meter: &Meter, c: &Contribution) -> &[u8] {
+        let start = self.dims.len();
+        put_dims(&mut self.dims, c.dims.iter().map(|d| d.as_deref()));
+        let unique = c.unique.as_deref().map(|u| {
+            let start = self.uniques.len();
+            self.uniques.push_str(u);
+            start..self.uniques.len()
+        });
+        let dims = start..self.dims.len();
+        self.kept.push(Kept {
+            meter_id: meter.id(),
+            aggregation: meter.aggregation(),
+            value: c.value,
+            dims: dims.clone(),
+            unique,
+        });
+        &self.dims[dims]
+    }
+
+    /// How many are kept.
+    pub fn len(&self) -> usize {
+        self.kept.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
+
+    /// The contributions kept at positions `range`.
+    pub fn get(&self, range: Range<usize>) -> impl Iterator<Item = Counted<'_>> + '_ {
+        self.kept[range].iter().map(move |k| Counted {
+            meter_id: k.meter_id,
+            aggregation: k.aggregation,
+            value: k.value,
+            dims: &self.dims[k.dims.clone()],
+            unique: k.unique.clone().map(|u| &self.uniques[u]),
+        })
+    }
 }
 
 /// Why a meter cannot read an event, with a message that names the property and what to send.

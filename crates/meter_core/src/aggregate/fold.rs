@@ -7,7 +7,7 @@
 
 use hashbrown::{HashMap, HashSet};
 
-use super::extract::Contribution;
+use super::extract::{Contribution, Counted};
 use super::meter::{Aggregation, Meter};
 use super::state::{AggState, MinuteStates};
 use crate::ingest::time::{minute_of, MINUTES_PER_DAY};
@@ -55,6 +55,7 @@ pub struct Fold {
     states: HashMap<(CustomerId, u32, i64, u32), AggState>,
     /// (customer, meter id, minute, dims, distinct value) of `unique_count` meters.
     uniques: HashSet<(CustomerId, u32, i64, u32, String)>,
+    /// Scratch for `add`'s dimension bytes.
     dims: Vec<u8>,
 }
 
@@ -70,23 +71,38 @@ impl Fold {
         id
     }
 
+    /// Adds what an event contributes to `meter` (replay and backfill, which extract from the retained events).
     pub fn add(&mut self, customer: CustomerId, meter: &Meter, time_us: i64, ordinal: u64, c: &Contribution) {
-        self.dims.clear();
-        put_dims(&mut self.dims, c.dims.iter().map(|d| d.as_deref()));
-        let combo = match self.combo_ids.get(self.dims.as_slice()) {
+        let mut dims = std::mem::take(&mut self.dims);
+        dims.clear();
+        put_dims(&mut dims, c.dims.iter().map(|d| d.as_deref()));
+        let counted = Counted {
+            meter_id: meter.id(),
+            aggregation: meter.aggregation(),
+            value: c.value,
+            dims: &dims,
+            unique: c.unique.as_deref(),
+        };
+        self.add_counted(customer, counted, time_us, ordinal);
+        self.dims = dims;
+    }
+
+    /// Adds a contribution kept when the event was extracted (ingest: `engine::prepare` keeps them).
+    pub fn add_counted(&mut self, customer: CustomerId, c: Counted<'_>, time_us: i64, ordinal: u64) {
+        let combo = match self.combo_ids.get(c.dims) {
             Some(&id) => id,
             None => {
                 let id = self.combos.len() as u32;
-                self.combos.push(self.dims.clone());
-                self.combo_ids.insert(self.dims.clone(), id);
+                self.combos.push(c.dims.to_vec());
+                self.combo_ids.insert(c.dims.to_vec(), id);
                 id
             }
         };
-        let key = (customer, meter.id(), minute_of(time_us), combo);
-        let event = AggState::of_event(meter.aggregation(), c.value, time_us, ordinal);
+        let key = (customer, c.meter_id, minute_of(time_us), combo);
+        let event = AggState::of_event(c.aggregation, c.value, time_us, ordinal);
         self.states.entry(key).and_modify(|s| s.merge(&event)).or_insert(event);
-        if let Some(u) = &c.unique {
-            self.uniques.insert((key.0, key.1, key.2, key.3, u.to_string()));
+        if let Some(u) = c.unique {
+            self.uniques.insert((key.0, key.1, key.2, key.3, u.to_owned()));
         }
     }
 

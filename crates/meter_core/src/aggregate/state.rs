@@ -14,6 +14,7 @@ use super::meter::Aggregation;
 use super::quantity::Quantity;
 use crate::error::{Error, Result};
 use crate::storage::codec::{put_varint, put_zigzag, Reader};
+use crate::storage::MergeOperator;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AggState {
@@ -207,6 +208,14 @@ impl MinuteStates {
         })?;
         Ok(out)
     }
+}
+
+/// The merge operator of `agg` and `days` (minute states, and the days' marks: count states), which the engine gives
+/// the store at open (`Config::store_options`). RocksDB records its name with the store's options.
+pub const MERGE_OPERATOR: MergeOperator = MergeOperator { name: "meter_agg_v1", merge: merge_operands };
+
+fn merge_operands(existing: Option<&[u8]>, operands: &mut dyn Iterator<Item = &[u8]>) -> Option<Vec<u8>> {
+    merge_values(existing, operands)
 }
 
 /// RocksDB's merge: folds an existing value and operands into one encoded `MinuteStates`.

@@ -632,7 +632,7 @@ mod tests {
             // A budget of a few customer-minutes: eviction after nearly every commit.
             let budget = 4 * CUSTOMER_BYTES;
             let mut sim = Sim {
-                store: RocksStore::open(dir.path(), &Default::default()).unwrap(),
+                store: RocksStore::open(dir.path(), &crate::Config::default().store_options()).unwrap(),
                 card: Cardinality::new(budget),
                 meters: [meter(1), meter(2)],
                 seq: 0,
@@ -676,7 +676,7 @@ mod tests {
     #[test]
     fn a_customer_minute_lacking_from_agg_stays_in_memory() {
         let dir = tempfile::tempdir().unwrap();
-        let store = RocksStore::open(dir.path(), &Default::default()).unwrap();
+        let store = RocksStore::open(dir.path(), &crate::Config::default().store_options()).unwrap();
         let mut card = Cardinality::new(0);
         let e: Event = (1, 0, [1, 1]);
         let scopes = scopes(&e);
@@ -700,7 +700,7 @@ mod cost {
     #[ignore]
     fn cardinality_cost() {
         let dir = tempfile::tempdir().unwrap();
-        let store = RocksStore::open(dir.path(), &Default::default()).unwrap();
+        let store = RocksStore::open(dir.path(), &crate::Config::default().store_options()).unwrap();
         let mut card = Cardinality::new(CACHE_BYTES);
         let limits = MeterLimits { max_combinations_per_minute: Some(1000), max_customers_per_minute: Some(100_000) };
         let mut x = 88172645463325252u64;

@@ -2,6 +2,7 @@
 
 use crate::aggregate::meter::{MeterLimits, MeterSpec};
 use crate::ingest::Limits;
+use crate::storage::rocks::StoreOptions;
 
 const DAY_US: i64 = 86_400_000_000;
 
@@ -94,6 +95,12 @@ impl Default for Config {
 }
 
 impl Config {
+    /// How the engine opens RocksDB: with this cache, and the aggregates' merge operator (`aggregate::state`), which
+    /// storage applies without knowing their format. Whatever opens a `RocksStore` for the engine uses it.
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions { cache_bytes: self.cache_bytes, merge: Some(crate::aggregate::state::MERGE_OPERATOR) }
+    }
+
     /// How long a dedup marker is kept: the window, plus the future allowance, so that no marker is
     /// dropped while its event's time could still be accepted.
     pub fn dedup_retention_us(&self) -> i64 {

@@ -1,7 +1,8 @@
 //! The fold threads: aggregates of committed events, folded in memory across commits and flushed as one
 //! merge operand per customer-minute. They run beside the writer, so that a commit never waits for
 //! aggregation: the writer hands every durable commit's accepted events, in commit order, to each fold
-//! thread, and each folds the customers of its own shard (`shard_of`), so aggregation uses every core.
+//! thread, and each folds the customers of its own shard (`shard_of`), so aggregation uses every core. What each event
+//! contributes to each meter was extracted once, by `prepare` on the caller's thread, and comes with the commit.
 //!
 //! A shard flushes with its own watermark (`counter/agg_seq/<shard>`) in the same write batch: its
 //! customers' aggregates of every commit up to that one are in `agg`, none after. It flushes every
@@ -21,7 +22,7 @@
 //! peek is already in the snapshot, the live copy would count twice, so the query starts again (see `Engine::query`).
 //! Nothing waits for a query, and no query holds anything while it waits.
 //! A flush is not synced on its own: if a crash loses it, it loses the watermark too, and recovery
-//! re-aggregates those commits from their retained events (see `engine::replay`).
+//! re-aggregates those commits from their retained events (see `engine::recover`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use super::prepare::{read_event, Prepared};
+use super::prepare::Prepared;
 use super::Shared;
 use crate::aggregate::fold::{Fold, PeekFilter, Peeked};
 use crate::error::{Error, Result};
@@ -88,9 +89,10 @@ pub(crate) fn shard_of(tenant: &str, subject: &str, shards: u32) -> u32 {
 }
 
 /// Folds the events of `part` whose customer `shard` owns; for a query (`only`), only those of its tenant, customers
-/// and meter.
+/// and meter. Folds what `prepare` extracted (`Prepared::counted_of`): nothing here reads an event's JSON.
 pub(crate) fn fold_part(fold: &mut Fold, part: &Accepted, shard: u32, only: Option<&PeekFilter>) {
-    let Prepared { batch, registry, .. } = &part.prepared;
+    let prepared = &part.prepared;
+    let batch = &prepared.batch;
     if only.is_some_and(|f| f.tenant != batch.tenant) {
         return;
     }
@@ -103,17 +105,15 @@ pub(crate) fn fold_part(fold: &mut Fold, part: &Accepted, shard: u32, only: Opti
         }
         let ordinal = part.first_ordinal + k as u64;
         let mut customer = None;
-        read_event(batch, ev, registry, |meter, read| {
-            // A meter that cannot read the event skips it whole (its warning went out with the answer); the
-            // other meters count it.
-            if let Ok(Some(c)) = read {
-                if only.is_some_and(|f| f.meter_id != meter.id()) {
-                    return;
-                }
-                let customer = *customer.get_or_insert_with(|| fold.customer(&batch.tenant, subject));
-                fold.add(customer, meter, ev.time_us, ordinal, &c);
+        // A meter that cannot read the event kept nothing of it (its warning went out with the answer); the other
+        // meters count it.
+        for c in prepared.counted_of(position as usize) {
+            if only.is_some_and(|f| f.meter_id != c.meter_id) {
+                continue;
             }
-        });
+            let customer = *customer.get_or_insert_with(|| fold.customer(&batch.tenant, subject));
+            fold.add_counted(customer, c, ev.time_us, ordinal);
+        }
     }
 }
 

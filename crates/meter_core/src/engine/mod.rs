@@ -3,9 +3,10 @@
 //! (`cardinality`) and the commit on the `writer`, then aggregation on the `folder` threads. A usage query reads a
 //! RocksDB snapshot plus what the fold threads hold, on the caller's thread, and waits for no write (`Engine::query`).
 //!
-//! Recovery at open: the commit sequence and meter-id counter from `meta`, the meters, and for each fold shard the aggregates of commits
-//! past its `agg_seq` watermark, re-folded from their retained events (`replay`). Everything acknowledged was in one synced
-//! write batch, so what is recovered is exactly what was acknowledged. The dedup index is on disk (`dedup`):
+//! Recovery at open: the commit sequence and meter-id counter from `meta`, the meters, and for each fold shard the
+//! aggregates of commits past its `agg_seq` watermark, re-folded from their retained events (`recover::replay`, the
+//! same loop as a new meter's backfill). Everything acknowledged was in one synced write batch, so what is recovered
+//! is exactly what was acknowledged. The dedup index is on disk (`dedup`):
 //! opening reads none of it, so open time does not grow with the identities in the window.
 //!
 //! Beside them, the `maintenance` thread drops retained events past retention once exported (`retention`) and
@@ -16,6 +17,7 @@ pub mod config;
 mod folder;
 mod maintenance;
 mod prepare;
+mod recover;
 pub mod report;
 mod retention;
 mod rollup;
@@ -40,7 +42,6 @@ pub use report::IngestReport;
 pub use retention::{Dropped, HeldBack};
 use writer::{Command, Writer};
 
-use crate::aggregate::extract::extract_retained;
 use crate::aggregate::fold::{Fold, PeekFilter, Peeked};
 use crate::aggregate::meter::{Meter, MeterSpec, StoredMeter};
 use crate::aggregate::registry::Registry;
@@ -49,8 +50,7 @@ use crate::error::{Error, Result};
 use crate::ingest::parse_batch;
 use crate::ingest::time::{minute_of, now_micros, MICROS_PER_MINUTE};
 use crate::query::{self, UsageQuery, UsageResult};
-use crate::storage::events;
-use crate::storage::rocks::{RocksStore, StoreOptions};
+use crate::storage::rocks::RocksStore;
 use crate::storage::{keys, scan_prefix, Cf, ReadStore, Store, WriteSet};
 use prepare::prepare;
 
@@ -185,8 +185,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn open(path: &Path, config: Config) -> Result<Engine> {
-        let options = StoreOptions { cache_bytes: config.cache_bytes };
-        Engine::open_store(Arc::new(RocksStore::open(path, &options)?), config)
+        Engine::open_store(Arc::new(RocksStore::open(path, &config.store_options())?), config)
     }
 
     /// Opens the engine over any `Store` (tests use this to inject storage failures).
@@ -223,7 +222,7 @@ impl Engine {
         }
         config.default_limits().validate("invalid_config", "")?;
         migrate_legacy_dedup(&*store)?;
-        replay(&*store, &registry, seq)?;
+        recover::replay(&*store, &registry, seq)?;
         retention::migrate_hour_marks(&*store, crate::ingest::time::now_micros())?;
         let received_minute = retention::last_received_minute(&*store)?;
 
@@ -695,57 +694,6 @@ fn migrate_legacy_dedup(store: &dyn Store) -> Result<()> {
     store.write(&set, true)
 }
 
-/// Re-aggregates, per fold shard, the commits past the shard's watermark from their retained events,
-/// and writes them with today's shards' watermarks, all at `seq`. Meters only change right after every
-/// shard flushed, so the meters of today are those of those commits.
-fn replay(store: &dyn Store, registry: &Registry, seq: u64) -> Result<()> {
-    // The shards the watermarks were written by, which may not be today's; none yet: replay everything.
-    let mut watermarks = Vec::new();
-    scan_prefix(store, Cf::Meta, keys::META_AGG_SEQS, |_, value| {
-        watermarks.push(u64::from_be_bytes(value.try_into().map_err(|_| Error::Corrupt("agg_seq".into()))?));
-        Ok(true)
-    })?;
-    if watermarks.is_empty() {
-        watermarks.push(0);
-    }
-    let current = watermarks.len() == SHARDS as usize && watermarks.iter().all(|&w| w == seq);
-    if current {
-        return Ok(());
-    }
-    let mut fold = Fold::default();
-    let mut cursor = store.cursor(Cf::Dedup);
-    cursor.seek(&(watermarks.iter().min().unwrap() + 1).to_be_bytes());
-    while let Some((key, value)) = cursor.entry() {
-        let commit = u64::from_be_bytes(key.try_into().map_err(|_| Error::Corrupt("dedup key".into()))?);
-        for (part, tenant) in Record::parse(value)?.tenants.iter().enumerate() {
-            let stored = store
-                .get(Cf::Events, &keys::events_key(tenant, commit, part as u32))?
-                .ok_or_else(|| Error::Corrupt(format!("commit {commit} has no retained events for part {part}")))?;
-            for e in events::decode(&stored)? {
-                if commit <= watermarks[shard_of(tenant, &e.subject, watermarks.len() as u32) as usize] {
-                    continue;
-                }
-                for meter in registry.for_event(tenant, &e.event_type) {
-                    // The same decision as at ingest (`extract`): a meter that could not read the event skipped it.
-                    if let Ok(Some(c)) = extract_retained(meter, &e.data) {
-                        let customer = fold.customer(tenant, &e.subject);
-                        fold.add(customer, meter, e.time_us, e.ordinal, &c);
-                    }
-                }
-            }
-        }
-        cursor.next();
-    }
-    cursor.status()?;
-    let mut set = WriteSet::default();
-    fold.drain_into(&mut set);
-    set.delete_range(Cf::Meta, keys::META_AGG_SEQS, &keys::prefix_end(keys::META_AGG_SEQS));
-    for shard in 0..SHARDS {
-        set.put(Cf::Meta, &keys::agg_seq(shard), &seq.to_be_bytes());
-    }
-    store.write(&set, true)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -763,7 +711,7 @@ mod tests {
         Engine::open(dir.path(), Config::default()).unwrap().ingest("t", event("a"), false, Some(T0)).unwrap();
         // Rewrite it the way the in-memory index stored identities: inside the commit record, none in `seen`.
         {
-            let store = RocksStore::open(dir.path(), &StoreOptions::default()).unwrap();
+            let store = RocksStore::open(dir.path(), &Config::default().store_options()).unwrap();
             let fp = crate::ingest::parse::identity_hash("t", "s", "a");
             let mark = dedup::Mark::decode(&store.get(Cf::Seen, &dedup::seen_key(fp)).unwrap().unwrap()).unwrap();
             let mut set = WriteSet::default();

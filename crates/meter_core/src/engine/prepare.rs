@@ -1,13 +1,17 @@
 //! The part of an ingest that does not need the writer, done on the caller's thread so that the single
 //! writer thread is left with dedup and the commit: every event's verdict should it turn out to be new
 //! (its time window), the meters that cannot read it (warnings, never a rejection: the event is still
-//! accepted and counted by the meters that can), what the cardinality limits check for each candidate and meter
-//! (`cardinality::Scope`), and the compressed retained-events frame of the candidates. Many callers prepare in
-//! parallel.
+//! accepted and counted by the meters that can), what each candidate contributes to each meter that counts it, what
+//! the cardinality limits check for each (`cardinality::Scope`), and the compressed retained-events frame of the
+//! candidates. Many callers prepare in parallel.
+//!
+//! Each event is extracted here only (`extract`): the contributions ride with the commit to the fold threads
+//! (`folder::fold_part`), which fold them without reading the event's JSON again.
 
+use std::ops::Range;
 use std::sync::Arc;
 
-use crate::aggregate::extract::{extract, Contribution, Skip};
+use crate::aggregate::extract::{extract, Contribution, Contributions, Counted, Skip};
 use crate::aggregate::meter::Meter;
 use crate::aggregate::registry::Registry;
 use crate::engine::cardinality::{signature, Refusal, Scope};
@@ -15,7 +19,6 @@ use crate::engine::config::Config;
 use crate::error::{EventIssue, EventWarning, IssueCode, Result};
 use crate::ingest::{ParsedBatch, ParsedEvent};
 use crate::storage::events::{Frame, FrameBuilder, RetainedEvent};
-use crate::storage::keys::put_dims;
 
 pub(crate) struct Prepared {
     pub batch: ParsedBatch,
@@ -30,10 +33,12 @@ pub(crate) struct Prepared {
     pub warnings: Vec<(u32, EventWarning)>,
     /// The events without an issue (the candidates), in order, compressed.
     pub frame: Frame,
-    /// Per candidate, per meter that counts it: what the cardinality limits check. Event `i`'s scopes are
-    /// `scopes[scope_ends[i - 1]..scope_ends[i]]` (from 0 for the first); an event with an issue has none.
+    /// Per candidate, per meter that counts it, in step: what it contributes (folded once the commit is durable) and
+    /// what the cardinality limits check. Event `i`'s are at `ends[i - 1]..ends[i]` in both (from 0 for the first);
+    /// an event with an issue has none.
+    pub counted: Contributions,
     pub scopes: Vec<Scope>,
-    pub scope_ends: Vec<u32>,
+    pub ends: Vec<u32>,
     /// Per event: the signature of its scopes (`cardinality::signature`).
     pub signatures: Vec<u64>,
 }
@@ -41,8 +46,17 @@ pub(crate) struct Prepared {
 impl Prepared {
     /// The cardinality scopes of the event at `position` in `batch.events`, and their signature.
     pub fn scopes_of(&self, position: usize) -> (&[Scope], u64) {
-        let start = if position == 0 { 0 } else { self.scope_ends[position - 1] as usize };
-        (&self.scopes[start..self.scope_ends[position] as usize], self.signatures[position])
+        (&self.scopes[self.range_of(position)], self.signatures[position])
+    }
+
+    /// What the event at `position` in `batch.events` contributes to each meter that counts it.
+    pub fn counted_of(&self, position: usize) -> impl Iterator<Item = Counted<'_>> + '_ {
+        self.counted.get(self.range_of(position))
+    }
+
+    fn range_of(&self, position: usize) -> Range<usize> {
+        let start = if position == 0 { 0 } else { self.ends[position - 1] as usize };
+        start..self.ends[position] as usize
     }
 }
 
@@ -50,20 +64,19 @@ pub(crate) fn prepare(batch: ParsedBatch, registry: Arc<Registry>, now_us: i64, 
     let mut verdicts = Vec::with_capacity(batch.events.len());
     let mut warnings = Vec::new();
     let mut frame = FrameBuilder::default();
+    let mut counted = Contributions::default();
     let mut scopes = Vec::with_capacity(batch.events.len());
-    let mut scope_ends = Vec::with_capacity(batch.events.len());
+    let mut ends = Vec::with_capacity(batch.events.len());
     let mut signatures = Vec::with_capacity(batch.events.len());
-    let mut dims = Vec::with_capacity(64);
     for (position, ev) in batch.events.iter().enumerate() {
         let verdict = check_time(&batch, ev, now_us, config).err();
         if verdict.is_none() {
             read_event(&batch, ev, &registry, |meter, read| match read {
                 Err(skip) => warnings.push((position as u32, warning(&batch, ev, meter, skip))),
                 Ok(Some(c)) => {
-                    dims.clear();
-                    put_dims(&mut dims, c.dims.iter().map(|d| d.as_deref()));
+                    let dims = counted.push(meter, &c);
                     let limits = config.limits_of(&meter.stored.spec);
-                    scopes.push(Scope::new(meter.id(), batch.text(ev.subject), ev.time_us, &dims, limits));
+                    scopes.push(Scope::new(meter.id(), batch.text(ev.subject), ev.time_us, dims, limits));
                 }
                 Ok(None) => {}
             });
@@ -78,12 +91,13 @@ pub(crate) fn prepare(batch: ParsedBatch, registry: Arc<Registry>, now_us: i64, 
             });
         }
         verdicts.push(verdict);
-        let start = scope_ends.last().map_or(0, |&end| end as usize);
+        let start = ends.last().map_or(0, |&end| end as usize);
         signatures.push(signature(&scopes[start..]));
-        scope_ends.push(scopes.len() as u32);
+        debug_assert_eq!(counted.len(), scopes.len());
+        ends.push(scopes.len() as u32);
     }
     let frame = frame.finish()?;
-    Ok(Prepared { batch, registry, now_us, verdicts, warnings, frame, scopes, scope_ends, signatures })
+    Ok(Prepared { batch, registry, now_us, verdicts, warnings, frame, counted, scopes, ends, signatures })
 }
 
 fn check_time(batch: &ParsedBatch, ev: &ParsedEvent, now_us: i64, config: &Config) -> Result<(), EventIssue> {
@@ -113,7 +127,8 @@ fn check_time(batch: &ParsedBatch, ev: &ParsedEvent, now_us: i64, config: &Confi
 }
 
 /// Each meter that listens to the event's type, with what `extract` (the one decision, shared with replay and
-/// backfill) says of the event: counted, filtered out (`Ok(None)`), or skipped by that meter alone (`Err`).
+/// backfill: `engine::recover`) says of the event: counted, filtered out (`Ok(None)`), or skipped by that meter alone
+/// (`Err`).
 pub(crate) fn read_event<'b>(
     batch: &'b ParsedBatch,
     ev: &ParsedEvent,
@@ -215,21 +230,32 @@ mod tests {
         })
     }
 
+    /// A batch of one event of type `x` whose `data` has `props` (of a repeated key, the first).
+    fn batch_of(props: &[(&str, String)]) -> ParsedBatch {
+        let mut seen = std::collections::HashSet::new();
+        let pairs: Vec<String> =
+            props.iter().filter(|(k, _)| seen.insert(*k)).map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        let body = format!(
+            r#"[{{"specversion":"1.0","id":"1","source":"s","type":"x","subject":"c","data":{{{}}}}}]"#,
+            pairs.join(",")
+        );
+        parse_batch("t", body.into_bytes(), 0, &Limits::default()).unwrap()
+    }
+
+    fn props() -> impl Strategy<Value = Vec<(&'static str, String)>> {
+        proptest::collection::vec(
+            (prop_oneof![Just("v"), Just("d"), Just("o"), Just("f"), Just("v\\u0000")], value()),
+            0..5,
+        )
+    }
+
     proptest! {
         /// Ingest reads an event from the parser's properties, replay and backfill from the retained `data` text: the
         /// one decision (`extract`) must come out the same both ways for every meter, or replay would count what
         /// ingest skipped (or the reverse).
         #[test]
-        fn ingest_and_replay_decide_the_same(props in proptest::collection::vec(
-            (prop_oneof![Just("v"), Just("d"), Just("o"), Just("f"), Just("v\\u0000")], value()), 0..5)) {
-            let mut seen = std::collections::HashSet::new();
-            let pairs: Vec<String> = props.iter().filter(|(k, _)| seen.insert(*k))
-                .map(|(k, v)| format!("\"{k}\":{v}")).collect();
-            let body = format!(
-                r#"[{{"specversion":"1.0","id":"1","source":"s","type":"x","subject":"c","data":{{{}}}}}]"#,
-                pairs.join(",")
-            );
-            let batch = parse_batch("t", body.into_bytes(), 0, &Limits::default()).unwrap();
+        fn ingest_and_replay_decide_the_same(props in props()) {
+            let batch = batch_of(&props);
             prop_assert_eq!(batch.events.len(), 1, "{:?}", batch.issues);
             let ev = &batch.events[0];
             let registry = registry();
@@ -240,6 +266,31 @@ mod tests {
                 decisions += 1;
             });
             prop_assert_eq!(decisions, 4);
+        }
+
+        /// The fold threads fold what `prepare` kept (`counted_of`) instead of extracting again: it must be, meter by
+        /// meter, what extraction counts, so that ingest counts what replay and backfill would.
+        #[test]
+        fn prepare_keeps_what_extraction_counts(props in props()) {
+            let batch = batch_of(&props);
+            prop_assert_eq!(batch.events.len(), 1, "{:?}", batch.issues);
+            let registry = Arc::new(registry());
+            let mut expected = Vec::new();
+            for meter in registry.for_event("t", "x") {
+                if let Ok(Some(c)) = extract_retained(meter, batch.text(batch.events[0].data)) {
+                    let mut dims = Vec::new();
+                    crate::storage::keys::put_dims(&mut dims, c.dims.iter().map(|d| d.as_deref()));
+                    expected.push((meter.id(), meter.aggregation(), c.value, dims, c.unique.map(|u| u.into_owned())));
+                }
+            }
+            let prepared = prepare(batch, registry, 0, &Config::default()).unwrap();
+            prop_assert!(prepared.verdicts[0].is_none());
+            let kept: Vec<_> = prepared
+                .counted_of(0)
+                .map(|c| (c.meter_id, c.aggregation, c.value, c.dims.to_vec(), c.unique.map(str::to_owned)))
+                .collect();
+            prop_assert_eq!(kept, expected);
+            prop_assert_eq!(prepared.scopes_of(0).0.len(), prepared.counted_of(0).count());
         }
     }
 }

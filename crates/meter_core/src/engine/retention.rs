@@ -284,11 +284,11 @@ mod tests {
 
     #[test]
     fn hour_marks_of_an_older_directory_become_minute_marks_that_never_drop_early() {
-        use crate::storage::rocks::{RocksStore, StoreOptions};
+        use crate::storage::rocks::RocksStore;
         use crate::storage::ReadStore;
         const HOUR_US: i64 = 60 * MARK_US;
         let dir = tempfile::tempdir().unwrap();
-        let store = RocksStore::open(dir.path(), &StoreOptions::default()).unwrap();
+        let store = RocksStore::open(dir.path(), &crate::Config::default().store_options()).unwrap();
         // Commit 7 was the first received in hour 10; commits 8 and 9 came later in that hour, or after it.
         let mut set = WriteSet::default();
         let mut hour_key = keys::META_RECEIVED_HOUR.to_vec();

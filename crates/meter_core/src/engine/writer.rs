@@ -9,7 +9,7 @@
 //! A commit writes the retained events, one `seen` key per accepted identity and a commit record, nothing per meter, so its cost does not
 //! grow with the number of meters or dimensions. The accepted events then go to the fold threads
 //! (`folder`), which keep the aggregates; the retained events are their redo log after a crash (see
-//! `engine::replay`). RocksDB's WAL stays the only log. They go there, and into `Shared::unfolded`, before the
+//! `engine::recover`). RocksDB's WAL stays the only log. They go there, and into `Shared::unfolded`, before the
 //! callers are answered, so that a query made after an answer finds them (`Engine::query`).
 //!
 //! The writer also enforces the cardinality limits (`cardinality`): an event that would take a meter past one is
@@ -33,15 +33,13 @@ use super::cardinality::Cardinality;
 use super::folder::{flushed, Accepted, FoldWork};
 use super::prepare::{cardinality_limit, conflict, prepare, Prepared};
 use super::report::IngestReport;
-use super::{Backfill, CreatedMeter, Shared};
-use crate::aggregate::extract::extract_retained;
-use crate::aggregate::fold::Fold;
+use super::{CreatedMeter, Shared};
 use crate::aggregate::meter::{Meter, MeterSpec, StoredMeter};
 use crate::dedup::{self, Horizon, Mark, Recent, Seen};
 use crate::engine::config::{Config, Durability};
 use crate::error::{Error, EventIssue, Result};
 use crate::storage::events;
-use crate::storage::{keys, scan_prefix, Cf, OpKind, Store, WriteSet};
+use crate::storage::{keys, Cf, OpKind, Store, WriteSet};
 
 pub(crate) enum Command {
     Ingest {
@@ -433,25 +431,7 @@ impl Writer {
 
         // Backfill from the retained events, in the same atomic write as the definition: after a crash
         // the meter either does not exist or is complete.
-        let mut fold = Fold::default();
-        let mut backfill = Backfill::default();
-        scan_prefix(&*self.store, Cf::Events, &keys::events_prefix(tenant), |_, value| {
-            for e in events::decode(value)? {
-                if e.event_type != meter.stored.spec.event_type {
-                    continue;
-                }
-                match extract_retained(&meter, &e.data) {
-                    Ok(Some(c)) => {
-                        let customer = fold.customer(tenant, &e.subject);
-                        fold.add(customer, &meter, e.time_us, e.ordinal, &c);
-                        backfill.events += 1;
-                    }
-                    Ok(None) => backfill.filtered += 1,
-                    Err(_) => backfill.unreadable += 1,
-                }
-            }
-            Ok(true)
-        })?;
+        let (mut fold, backfill) = super::recover::backfill(&*self.store, tenant, &meter)?;
 
         let mut set = WriteSet::default();
         let stored_json = serde_json::to_vec(&meter.stored).expect("meters serialize");

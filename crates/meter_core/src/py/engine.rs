@@ -50,12 +50,9 @@ impl PyEngine {
         max_customers_per_minute: u32,
     ) -> PyResult<Self> {
         let durability = Durability::parse(durability).ok_or_else(|| {
-            super::error::to_py(
-                py,
-                Error::invalid(
-                    "invalid_config",
-                    format!("durability must be \"fsync\" or \"buffered\"; got \"{durability}\""),
-                ),
+            Error::invalid(
+                "invalid_config",
+                format!("durability must be \"fsync\" or \"buffered\"; got \"{durability}\""),
             )
         })?;
         let mut config = Config {
@@ -87,7 +84,7 @@ impl PyEngine {
             Some(s) if s.is_finite() && s > 0.0 => Some(std::time::Duration::from_secs_f64(s)),
             Some(s) => {
                 let message = format!("maintenance_interval_s must be above 0 seconds (or None); got {s}");
-                return Err(super::error::to_py(py, Error::invalid("invalid_config", message)));
+                return Err(Error::invalid("invalid_config", message).into());
             }
             None => None,
         };
@@ -119,9 +116,8 @@ impl PyEngine {
         spec_json: &[u8],
         now_us: Option<i64>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let spec: MeterSpec = serde_json::from_slice(spec_json).map_err(|e| {
-            super::error::to_py(py, Error::invalid("invalid_meter", format!("the meter definition is invalid: {e}")))
-        })?;
+        let spec: MeterSpec = serde_json::from_slice(spec_json)
+            .map_err(|e| Error::invalid("invalid_meter", format!("the meter definition is invalid: {e}")))?;
         let created = detached(py, || self.inner.create_meter(tenant, spec, now_us))?;
         Ok(json_bytes(py, &created))
     }
@@ -159,12 +155,9 @@ impl PyEngine {
         let window = match window_size {
             None => None,
             Some(w) => Some(WindowSize::parse(w).ok_or_else(|| {
-                super::error::to_py(
-                    py,
-                    Error::invalid(
-                        "invalid_query",
-                        format!("window_size must be one of minute, hour, day, month; got \"{w}\""),
-                    ),
+                Error::invalid(
+                    "invalid_query",
+                    format!("window_size must be one of minute, hour, day, month; got \"{w}\""),
                 )
             })?),
         };

@@ -1,11 +1,20 @@
 //! The one place Rust errors become Python exceptions: each `Error` maps onto a class of
-//! `meter.exceptions`, constructed as `Class(message, code, details_json)`.
+//! `meter.exceptions`, constructed as `Class(message, code, details_json)`. The binding converts with `?` (through
+//! `From<Error> for PyErr`) and never by hand.
 
 use pyo3::prelude::*;
 
 use crate::error::Error;
 
-pub fn to_py(py: Python<'_>, e: Error) -> PyErr {
+impl From<Error> for PyErr {
+    fn from(e: Error) -> PyErr {
+        // Every caller holds the interpreter already (errors are converted after `detached` gives it back), so
+        // attaching costs a counter increment.
+        Python::attach(|py| to_py(py, e))
+    }
+}
+
+fn to_py(py: Python<'_>, e: Error) -> PyErr {
     let class = match &e {
         Error::InvalidRequest { .. } => "InvalidInput",
         Error::BatchRejected { .. } => "BatchRejected",

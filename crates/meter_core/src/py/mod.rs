@@ -1,5 +1,5 @@
 //! `meter._core`: the PyO3 binding. Every call that does real work releases the GIL through
-//! [`detached`]; errors cross to Python once, in `error.rs`.
+//! [`detached`]; errors cross to Python once, in `error.rs` (`From<Error> for PyErr`, so a `?` converts them).
 
 mod engine;
 mod error;
@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 
 /// Runs `f` without the GIL and converts its error to the matching `meter.exceptions` class.
 pub(crate) fn detached<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T> + Send) -> PyResult<T> {
-    py.detach(f).map_err(|e| error::to_py(py, e))
+    py.detach(f).map_err(PyErr::from)
 }
 
 /// Parses a batch and counts its valid events, storing nothing: the parser's ceiling for benchmarks.
@@ -30,15 +30,11 @@ fn parse_only(py: Python<'_>, body: &[u8]) -> PyResult<usize> {
 /// null where the meter does not count the event.
 #[pyfunction]
 fn event_values(py: Python<'_>, spec_json: &[u8], data: PyArray) -> PyResult<PyArray> {
-    let spec: MeterSpec = serde_json::from_slice(spec_json).map_err(|e| {
-        error::to_py(py, Error::invalid("invalid_meter", format!("the meter definition is invalid: {e}")))
-    })?;
+    let spec: MeterSpec = serde_json::from_slice(spec_json)
+        .map_err(|e| Error::invalid("invalid_meter", format!("the meter definition is invalid: {e}")))?;
     let (array, _) = data.into_inner();
     let strings = array.as_string_opt::<i32>().ok_or_else(|| {
-        error::to_py(
-            py,
-            Error::invalid("invalid_request", format!("data must be UTF-8 text; got {}", array.data_type())),
-        )
+        Error::invalid("invalid_request", format!("data must be UTF-8 text; got {}", array.data_type()))
     })?;
     let values = detached(py, || crate::query::event_values::event_values(spec, strings))?;
     Ok(PyArray::from_array_ref(Arc::new(values)))

@@ -91,6 +91,26 @@ impl WriteSet {
     }
 }
 
+/// How the operands written by [`WriteSet::merge`] combine with the value they apply to. The owner of the values'
+/// format gives it to the store at open (the engine gives the aggregates': `Config::store_options`), so that storage
+/// applies it without knowing the format.
+#[derive(Clone, Copy)]
+pub struct MergeOperator {
+    /// Names the format; RocksDB records it with the column family's options.
+    pub name: &'static str,
+    pub merge: MergeFn,
+}
+
+/// The existing value (if any) and the operands, oldest first, folded into one value; `None` when they cannot be
+/// (bytes the format's owner did not write), which fails the read or the compaction that needed them.
+pub type MergeFn = fn(Option<&[u8]>, &mut dyn Iterator<Item = &[u8]>) -> Option<Vec<u8>>;
+
+impl std::fmt::Debug for MergeOperator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MergeOperator").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
 /// A forward cursor over one column family.
 pub trait Cursor {
     fn seek(&mut self, key: &[u8]);

@@ -1,4 +1,6 @@
-//! The RocksDB implementation of `Store`: column families, tuning, and the aggregate merge operator.
+//! The RocksDB implementation of `Store`: column families and tuning. The column families written by merge (`agg`
+//! and `days`, see `keys`) fold their operands with the [`MergeOperator`] the store is opened with: storage never
+//! reads an aggregate.
 //!
 //! Durability: every commit is one `WriteBatch`; with `sync` the WAL is fsynced before `write` returns.
 //! We never write a log of our own: RocksDB's WAL is the only redo log.
@@ -19,8 +21,7 @@ use rocksdb::{
     SnapshotWithThreadMode, SstFileWriter, WriteBatch, WriteOptions, DB,
 };
 
-use super::{Cf, Cursor, OpKind, ReadStore, Store, WriteSet};
-use crate::aggregate::state::merge_values;
+use super::{Cf, Cursor, MergeOperator, OpKind, ReadStore, Store, WriteSet};
 use crate::dedup::{self, Horizon};
 use crate::error::{Error, Result};
 
@@ -31,11 +32,14 @@ pub const MEMTABLE_BUDGET: usize = 256 << 20;
 pub struct StoreOptions {
     /// The block cache: data blocks, and the index and filter blocks of every table.
     pub cache_bytes: usize,
+    /// How the operands of `agg` and `days` combine. Without one, merge writes fail and merged values cannot be read:
+    /// the engine's data directories are opened with the engine's (`Config::store_options`).
+    pub merge: Option<MergeOperator>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { cache_bytes: 512 << 20 }
+        StoreOptions { cache_bytes: 512 << 20, merge: None }
     }
 }
 
@@ -49,13 +53,9 @@ fn storage(e: rocksdb::Error) -> Error {
     Error::Storage(e.into_string())
 }
 
-fn agg_merge(_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands) -> Option<Vec<u8>> {
-    merge_values(existing, operands.iter())
-}
-
 /// The options of one column family: its tables' format and cache, compression, merge operator, and for
 /// `seen` its memtable and expiry.
-fn cf_options(cf: Cf, cache: &Cache, horizon: &Arc<Horizon>) -> Options {
+fn cf_options(cf: Cf, cache: &Cache, horizon: &Arc<Horizon>, merge: Option<MergeOperator>) -> Options {
     let mut o = Options::default();
     o.set_write_buffer_size(64 << 20);
     let mut table = BlockBasedOptions::default();
@@ -79,9 +79,12 @@ fn cf_options(cf: Cf, cache: &Cache, horizon: &Arc<Horizon>) -> Options {
         Cf::Agg | Cf::Uniq | Cf::Days | Cf::Meta => DBCompressionType::Zstd,
         Cf::Events | Cf::Dedup | Cf::Seen => DBCompressionType::None,
     });
-    // A day's mark is a count state, merged like any aggregate.
-    if matches!(cf, Cf::Agg | Cf::Days) {
-        o.set_merge_operator_associative("meter_agg_v1", agg_merge);
+    // The minute states and the days' marks: written by merge, in one format that is not storage's to know.
+    if let (Cf::Agg | Cf::Days, Some(MergeOperator { name, merge })) = (cf, merge) {
+        o.set_merge_operator_associative(
+            name,
+            move |_key: &[u8], existing: Option<&[u8]>, operands: &MergeOperands| merge(existing, &mut operands.iter()),
+        );
     }
     if cf == Cf::Seen {
         // `seen` is only read by whole key. Its keys are uniform hashes, so a memtable hashed on the first
@@ -123,7 +126,9 @@ impl RocksStore {
 
         let cache = Cache::new_lru_cache(options.cache_bytes);
         let horizon = Arc::new(Horizon::new(i64::MIN));
-        let cfs = Cf::ALL.iter().map(|&cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, &cache, &horizon)));
+        let cfs = Cf::ALL
+            .iter()
+            .map(|&cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, &cache, &horizon, options.merge)));
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(storage)?;
         Ok(RocksStore { db, horizon, cache })
     }
@@ -139,7 +144,7 @@ impl RocksStore {
         per_file: usize,
         mut progress: impl FnMut(usize),
     ) -> Result<usize> {
-        let options = cf_options(Cf::Seen, &self.cache, &self.horizon);
+        let options = cf_options(Cf::Seen, &self.cache, &self.horizon, None);
         let mut entries = entries.peekable();
         let mut loaded = 0;
         let mut file = 0;

@@ -236,7 +236,11 @@ struct TestStore {
 impl TestStore {
     fn open(dir: &tempfile::TempDir) -> std::sync::Arc<TestStore> {
         std::sync::Arc::new(TestStore {
-            inner: meter_core::storage::rocks::RocksStore::open(dir.path(), &Default::default()).unwrap(),
+            inner: meter_core::storage::rocks::RocksStore::open(
+                dir.path(),
+                &meter_core::Config::default().store_options(),
+            )
+            .unwrap(),
             broken: Default::default(),
             gate: Default::default(),
             entered: Default::default(),
@@ -568,7 +572,8 @@ const CACHED: &str =
 fn a_meter_that_cannot_read_an_event_never_stops_the_others_from_counting_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = std::sync::Arc::new(CrashStore {
-        inner: meter_core::storage::rocks::RocksStore::open(dir.path(), &Default::default()).unwrap(),
+        inner: meter_core::storage::rocks::RocksStore::open(dir.path(), &meter_core::Config::default().store_options())
+            .unwrap(),
         lose_unsynced: Default::default(),
     });
     let engine = Engine::open_store(store.clone(), Config::default()).unwrap();

@@ -63,7 +63,8 @@ fn queries_count_folds_in_flight_once_and_never_wait_for_them() {
     let dir = tempfile::tempdir().unwrap();
     let delay = Duration::from_millis(200);
     let store = Arc::new(SlowFlushes {
-        inner: meter_core::storage::rocks::RocksStore::open(dir.path(), &Default::default()).unwrap(),
+        inner: meter_core::storage::rocks::RocksStore::open(dir.path(), &meter_core::Config::default().store_options())
+            .unwrap(),
         delay,
     });
     // The flush thread busy about half the time: folds are in flight for many of the queries.

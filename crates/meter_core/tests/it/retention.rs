@@ -117,7 +117,8 @@ fn events_are_dropped_once_exported_and_past_retention() {
 fn events_are_never_dropped_past_the_aggregate_watermark() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(CrashStore {
-        inner: meter_core::storage::rocks::RocksStore::open(dir.path(), &Default::default()).unwrap(),
+        inner: meter_core::storage::rocks::RocksStore::open(dir.path(), &meter_core::Config::default().store_options())
+            .unwrap(),
         lose_unsynced: Default::default(),
     });
     // The fold threads keep everything in memory: the watermark stays where the meter's creation left it.
@@ -151,7 +152,8 @@ fn events_are_never_dropped_past_the_aggregate_watermark() {
 fn a_crash_between_a_drop_and_its_watermark_keeps_everything_consistent() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(CrashStore {
-        inner: meter_core::storage::rocks::RocksStore::open(dir.path(), &Default::default()).unwrap(),
+        inner: meter_core::storage::rocks::RocksStore::open(dir.path(), &meter_core::Config::default().store_options())
+            .unwrap(),
         lose_unsynced: Default::default(),
     });
     let engine = Engine::open_store(store.clone(), Config { retention_us: DAY, ..config() }).unwrap();
