@@ -19,16 +19,40 @@ REGIONS = ["eu-west", "us-east", "us-west", "ap-south"]
 TIERS = ["free", "pro", "team"]
 
 METERS: list[dict[str, Any]] = [
-    {"slug": "input-tokens", "event_type": "llm.request", "aggregation": "sum", "value_property": "$.input_tokens",
-     "group_by": {"model": "$.model", "region": "$.region", "tier": "$.tier"}},
-    {"slug": "output-tokens", "event_type": "llm.request", "aggregation": "sum", "value_property": "$.output_tokens",
-     "group_by": {"model": "$.model", "region": "$.region", "tier": "$.tier"}},
-    {"slug": "requests", "event_type": "llm.request", "aggregation": "count",
-     "group_by": {"model": "$.model", "region": "$.region"}},
-    {"slug": "peak-input", "event_type": "llm.request", "aggregation": "max", "value_property": "$.input_tokens",
-     "group_by": {"model": "$.model"}},
-    {"slug": "latency", "event_type": "llm.request", "aggregation": "avg", "value_property": "$.latency_ms",
-     "group_by": {"model": "$.model"}},
+    {
+        "slug": "input-tokens",
+        "event_type": "llm.request",
+        "aggregation": "sum",
+        "value_property": "$.input_tokens",
+        "group_by": {"model": "$.model", "region": "$.region", "tier": "$.tier"},
+    },
+    {
+        "slug": "output-tokens",
+        "event_type": "llm.request",
+        "aggregation": "sum",
+        "value_property": "$.output_tokens",
+        "group_by": {"model": "$.model", "region": "$.region", "tier": "$.tier"},
+    },
+    {
+        "slug": "requests",
+        "event_type": "llm.request",
+        "aggregation": "count",
+        "group_by": {"model": "$.model", "region": "$.region"},
+    },
+    {
+        "slug": "peak-input",
+        "event_type": "llm.request",
+        "aggregation": "max",
+        "value_property": "$.input_tokens",
+        "group_by": {"model": "$.model"},
+    },
+    {
+        "slug": "latency",
+        "event_type": "llm.request",
+        "aggregation": "avg",
+        "value_property": "$.latency_ms",
+        "group_by": {"model": "$.model"},
+    },
 ]
 
 

@@ -44,9 +44,16 @@ def main(data_dir: str, ack_log: str) -> None:
     with Engine(data_dir) as engine:
         try:
             # One dimension value per batch, for the check: far more combinations per minute than the default limit.
-            engine.create_meter("t", {"slug": "calls", "event_type": "llm", "aggregation": "count",
-                                      "group_by": {"batch": "$.batch"},
-                                      "limits": {"max_combinations_per_minute": 100_000}})
+            engine.create_meter(
+                "t",
+                {
+                    "slug": "calls",
+                    "event_type": "llm",
+                    "aggregation": "count",
+                    "group_by": {"batch": "$.batch"},
+                    "limits": {"max_combinations_per_minute": 100_000},
+                },
+            )
         except AlreadyExists:
             pass
         print("ready", flush=True)

@@ -26,7 +26,9 @@ CHILD = Path(__file__).parent / "crash_child.py"
 
 
 def counts_by_batch(engine: Engine) -> dict[int, int]:
-    rows = engine.usage("t", "calls", start=T0 - timedelta(days=1), end=T0 + timedelta(days=1), group_by=["batch"]).rows()
+    rows = engine.usage(
+        "t", "calls", start=T0 - timedelta(days=1), end=T0 + timedelta(days=1), group_by=["batch"]
+    ).rows()
     return {int(r["batch"]): r["events"] for r in rows}
 
 
@@ -38,7 +40,9 @@ def test_sigkill_never_loses_or_doubles_an_acknowledged_event(tmp_path: Path) ->
     report = {"kills": 0, "acked": 0, "lost": 0, "duplicated": 0, "torn": 0, "restart_ms": []}
     for _ in range(KILLS):
         started = time.monotonic()
-        with subprocess.Popen([sys.executable, str(CHILD), str(data), str(ack_log)], stdout=subprocess.PIPE, text=True) as child:
+        with subprocess.Popen(
+            [sys.executable, str(CHILD), str(data), str(ack_log)], stdout=subprocess.PIPE, text=True
+        ) as child:
             assert child.stdout is not None and child.stdout.readline().strip() == "ready"
             report["restart_ms"].append(round((time.monotonic() - started) * 1000))
             time.sleep(rng.uniform(0.05, 0.8))

@@ -25,14 +25,23 @@ NINE_PLACES = Decimal("0.000000001")
 
 # Every meter the machine may create; each reads fields that every valid event of its type carries.
 METERS: dict[str, dict[str, Any]] = {
-    "tokens": {"event_type": "llm", "aggregation": "sum", "value_property": "$.tokens", "group_by": {"model": "$.model"}},
+    "tokens": {
+        "event_type": "llm",
+        "aggregation": "sum",
+        "value_property": "$.tokens",
+        "group_by": {"model": "$.model"},
+    },
     "calls": {"event_type": "llm", "aggregation": "count", "group_by": {"model": "$.model", "region": "$.meta.region"}},
     "peak": {"event_type": "llm", "aggregation": "max", "value_property": "$.tokens"},
     "floor": {"event_type": "llm", "aggregation": "min", "value_property": "$.tokens"},
     "last": {"event_type": "llm", "aggregation": "latest", "value_property": "$.tokens"},
     "users": {"event_type": "api", "aggregation": "unique_count", "value_property": "$.user"},
     "latency": {"event_type": "api", "aggregation": "avg", "value_property": "$.ms", "group_by": {"route": "$.route"}},
-    "eu-calls": {"event_type": "api", "aggregation": "count", "filters": [{"property": "$.route", "op": "eq", "value": "/eu"}]},
+    "eu-calls": {
+        "event_type": "api",
+        "aggregation": "count",
+        "filters": [{"property": "$.route", "op": "eq", "value": "/eu"}],
+    },
 }
 
 
@@ -53,14 +62,23 @@ class Ev:
             else:
                 data[k] = v
         t = (T0 + timedelta(minutes=self.minute)).isoformat().replace("+00:00", "Z")
-        return {"specversion": "1.0", "id": self.id, "source": self.source, "type": self.type,
-                "subject": self.subject, "time": t, "data": data}
+        return {
+            "specversion": "1.0",
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "subject": self.subject,
+            "time": t,
+            "data": data,
+        }
 
     def get(self, key: str) -> Any:
         return dict(self.data).get(key)
 
 
-decimals = st.decimals(min_value=Decimal("-1000"), max_value=Decimal("100000"), places=3, allow_nan=False, allow_infinity=False)
+decimals = st.decimals(
+    min_value=Decimal("-1000"), max_value=Decimal("100000"), places=3, allow_nan=False, allow_infinity=False
+)
 wire_number = st.one_of(st.integers(-1000, 100000), decimals.map(str))
 
 
@@ -137,7 +155,9 @@ class MeteringMachine(RuleBasedStateMachine):
         batch += [seed.choice(old) for _ in range(min(retries, len(old)))]
         for _ in range(min(conflicts, len(old))):
             victim = seed.choice(old)
-            batch.append(Ev(victim.source, victim.id, victim.type, victim.subject, (victim.minute + 1) % 180, victim.data))
+            batch.append(
+                Ev(victim.source, victim.id, victim.type, victim.subject, (victim.minute + 1) % 180, victim.data)
+            )
         batch += [{"specversion": "1.0", "id": f"bad{i}", "type": "llm"} for i in range(invalid)]
         seed.shuffle(batch)
         if not batch:
@@ -200,7 +220,9 @@ class MeteringMachine(RuleBasedStateMachine):
         out = {}
         for key, evs in groups.items():
             prop = spec.get("value_property", "$.")[2:]
-            values = [as_decimal(e.get(prop)) for e in evs] if spec["aggregation"] not in ("count", "unique_count") else []
+            values = (
+                [as_decimal(e.get(prop)) for e in evs] if spec["aggregation"] not in ("count", "unique_count") else []
+            )
             value = {
                 "sum": lambda: sum(values, Decimal(0)),
                 "count": lambda: Decimal(len(evs)),

@@ -99,11 +99,23 @@ class ChDB(Peer):
 
     def ingest(self, body: bytes) -> tuple[int, int]:
         events = decode_batch(body)
-        data = _encoder.encode([
-            Row(e.source, e.id, e.subject, e.time, e.data.model, e.data.region, e.data.tier,
-                e.data.input_tokens, e.data.output_tokens, e.data.latency_ms)
-            for e in events
-        ])
+        data = _encoder.encode(
+            [
+                Row(
+                    e.source,
+                    e.id,
+                    e.subject,
+                    e.time,
+                    e.data.model,
+                    e.data.region,
+                    e.data.tier,
+                    e.data.input_tokens,
+                    e.data.output_tokens,
+                    e.data.latency_ms,
+                )
+                for e in events
+            ]
+        )
         # send_insert streams bytes straight to the parser (query() would take the data as a str inside the SQL).
         with self._session().send_insert(INSERT, "JSONEachRow") as insert:
             insert.append(data)

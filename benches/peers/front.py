@@ -84,8 +84,15 @@ def main() -> None:
     benches = str(Path(__file__).parent.parent)
     sys.path.insert(0, benches)
     os.environ["PYTHONPATH"] = os.pathsep.join([benches, os.environ.get("PYTHONPATH", "")])
-    Granian("peers.front:create_app", factory=True, interface=Interfaces.ASGI, address="127.0.0.1", port=port,
-            workers=1, log_access=False).serve()
+    Granian(
+        "peers.front:create_app",
+        factory=True,
+        interface=Interfaces.ASGI,
+        address="127.0.0.1",
+        port=port,
+        workers=1,
+        log_access=False,
+    ).serve()
 
 
 if __name__ == "__main__":

@@ -113,8 +113,10 @@ class Engine:
         meter that does not set its own (``MeterSpec.limits``); an event past one is refused with
         ``cardinality_limit``.
         """
-        for name, value in (("max_combinations_per_minute", max_combinations_per_minute),
-                            ("max_customers_per_minute", max_customers_per_minute)):
+        for name, value in (
+            ("max_combinations_per_minute", max_combinations_per_minute),
+            ("max_customers_per_minute", max_customers_per_minute),
+        ):
             if not 1 <= value < 2**32:  # the engine checks the upper bound, with its message
                 raise InvalidInput(f"{name} must be a positive whole number; got {value}", "invalid_config")
         self._inner = _core.Engine(
@@ -217,15 +219,17 @@ class Engine:
         epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
         return {epoch + timedelta(microseconds=day): n for day, n in self._inner.day_counts(tenant, meter)}
 
-    def minutes(self, tenant: str, meter: str, *, start: datetime, end: datetime,
-                batch_rows: int = 1 << 20) -> pa.RecordBatchReader:
+    def minutes(
+        self, tenant: str, meter: str, *, start: datetime, end: datetime, batch_rows: int = 1 << 20
+    ) -> pa.RecordBatchReader:
         """The stored rows of ``meter`` in ``[start, end)``, one per customer, minute and dimension combination,
         ordered by customer then minute, as an Arrow stream that a thread of the engine produces while the caller
         consumes it. Columns: ``customer``, one per dimension, ``window_start``, ``window_end``, ``value``,
         ``events``. Every event acknowledged before the call is in it. Where aggregates were rolled up
         (``minute_aggregates``, ``hour_aggregates``) a row is an hour or a UTC day: ``window_end`` says which."""
-        stream = self._inner.minutes(tenant, meter, to_micros(start, "start"), to_micros(end, "end"),
-                                     batch_rows=batch_rows)
+        stream = self._inner.minutes(
+            tenant, meter, to_micros(start, "start"), to_micros(end, "end"), batch_rows=batch_rows
+        )
         return pa.RecordBatchReader.from_stream(stream)
 
     def retained_events(self, tenant: str, after_seq: int = 0, max_events: int = 1_000_000) -> tuple[pa.Table, int]:
@@ -235,8 +239,17 @@ class Engine:
         table, last_seq = self._inner.retained_events(tenant, after_seq, max_events)
         return pa.table(table), last_seq
 
-    def skipped(self, tenant: str, meter: str, *, start: datetime, end: datetime, after: str | int | None = None,
-                limit: int = 100, max_scan: int | None = None) -> SkippedPage:
+    def skipped(
+        self,
+        tenant: str,
+        meter: str,
+        *,
+        start: datetime,
+        end: datetime,
+        after: str | int | None = None,
+        limit: int = 100,
+        max_scan: int | None = None,
+    ) -> SkippedPage:
         """The events of ``[start, end)`` (event time) that ``meter`` could not read, with why.
 
         Decided as ingest, replay and backfill decide. Reads the tenant's retained events in the order they were

@@ -54,8 +54,9 @@ class ExportSummary(msgspec.Struct):
     unchanged: int = 0
 
 
-def export_usage(engine: Engine, tenants: list[str], out: Path,
-                 progress: Callable[[str], None] | None = None) -> ExportSummary:
+def export_usage(
+    engine: Engine, tenants: list[str], out: Path, progress: Callable[[str], None] | None = None
+) -> ExportSummary:
     """Writes the days whose usage changed since the last export into `out` (all of them the first time).
 
     Events are only ever added, so a day changed exactly when its count of events did: `_exported.json` beside each
@@ -66,14 +67,18 @@ def export_usage(engine: Engine, tenants: list[str], out: Path,
     for tenant in tenants:
         base = out / "usage" / f"tenant={tenant}"
         manifest_path = base / "_exported.json"
-        exported: dict[str, int] = (msgspec.json.decode(manifest_path.read_bytes(), type=dict[str, int])
-                                    if manifest_path.exists() else {})
+        exported: dict[str, int] = (
+            msgspec.json.decode(manifest_path.read_bytes(), type=dict[str, int]) if manifest_path.exists() else {}
+        )
         written: dict[str, int] = {}
         meters = engine.list_meters(tenant)
         for meter in meters:
             changed: list[tuple[datetime, Path]] = []
             for day, events in engine.day_counts(tenant, meter.slug).items():
-                key, path = f"{meter.id}/{day:%Y-%m-%d}", base / f"meter={meter.slug}" / f"date={day:%Y-%m-%d}" / "part-0.parquet"
+                key, path = (
+                    f"{meter.id}/{day:%Y-%m-%d}",
+                    base / f"meter={meter.slug}" / f"date={day:%Y-%m-%d}" / "part-0.parquet",
+                )
                 # The count read here may be older than the rows written next, never newer: at worst the next
                 # export writes the day again.
                 written[key] = events
@@ -99,8 +104,9 @@ def export_usage(engine: Engine, tenants: list[str], out: Path,
 _DAYS_PER_READ = 8
 
 
-def _write_days(engine: Engine, tenant: str, meter: str,
-                days: list[tuple[datetime, Path]]) -> Iterator[tuple[datetime, Path, int]]:
+def _write_days(
+    engine: Engine, tenant: str, meter: str, days: list[tuple[datetime, Path]]
+) -> Iterator[tuple[datetime, Path, int]]:
     """Writes each day's file; consecutive days come from one read of the engine, which keeps a meter's rows by
     customer then minute, so that reading one day costs a pass over them all."""
     runs: list[list[tuple[datetime, Path]]] = []
@@ -118,8 +124,10 @@ def _write_days(engine: Engine, tenant: str, meter: str,
         starts = table.column("window_start")
         for day, path in run:
             # Filtering keeps the engine's order (customer, then minute), as a read of the day alone gives it.
-            inside = pc.and_(pc.greater_equal(starts, pa.scalar(day, starts.type)),
-                             pc.less(starts, pa.scalar(day + _DAY, starts.type)))
+            inside = pc.and_(
+                pc.greater_equal(starts, pa.scalar(day, starts.type)),
+                pc.less(starts, pa.scalar(day + _DAY, starts.type)),
+            )
             yield day, path, write_atomically(table.filter(inside), path)
 
 
@@ -138,8 +146,11 @@ def export_events(engine: Engine, tenants: list[str], out: Path, page: int = 1_0
     for tenant in tenants:
         base = out / "events" / f"tenant={tenant}"
         manifest_path = base / "_exported.json"
-        after = msgspec.json.decode(manifest_path.read_bytes(), type=dict[str, int])["after_seq"] \
-            if manifest_path.exists() else 0
+        after = (
+            msgspec.json.decode(manifest_path.read_bytes(), type=dict[str, int])["after_seq"]
+            if manifest_path.exists()
+            else 0
+        )
         if after:
             # Said again: the engine keeps the mark without syncing it, so a crash may have lost it.
             try:
@@ -173,14 +184,24 @@ def export_catalog(catalog: BillingCatalog, engine: Engine, tenants: list[str], 
     # Read before the catalog: a write during the export changes it, and the next export writes the files again.
     sequence = catalog.sequence()
     for tenant in tenants:
-        meters = [{"slug": m.slug, "event_type": m.event_type, "aggregation": m.aggregation,
-                   "value_property": m.value_property, "group_by": msgspec.json.encode(m.group_by).decode(),
-                   "spec": msgspec.json.encode(_spec_of(m)).decode()}
-                  for m in engine.list_meters(tenant)]
+        meters = [
+            {
+                "slug": m.slug,
+                "event_type": m.event_type,
+                "aggregation": m.aggregation,
+                "value_property": m.value_property,
+                "group_by": msgspec.json.encode(m.group_by).decode(),
+                "spec": msgspec.json.encode(_spec_of(m)).decode(),
+            }
+            for m in engine.list_meters(tenant)
+        ]
         base = out / "catalog" / f"tenant={tenant}"
         manifest = base / "_exported.json"
-        if (manifest.exists() and msgspec.json.decode(manifest.read_bytes()) == {"sequence": sequence}
-                and all((base / f"{name}.parquet").exists() for name in ("customers", "prices", "subscriptions"))):
+        if (
+            manifest.exists()
+            and msgspec.json.decode(manifest.read_bytes()) == {"sequence": sequence}
+            and all((base / f"{name}.parquet").exists() for name in ("customers", "prices", "subscriptions"))
+        ):
             # Nothing was written to the catalog since these files: only the meters (the engine's) are written again.
             write_atomically(pa.Table.from_pylist(meters), base / "meters.parquet")
             summary.files += 1
@@ -192,16 +213,40 @@ def export_catalog(catalog: BillingCatalog, engine: Engine, tenants: list[str], 
         for plan in catalog.list_plans(tenant):
             for version in plan.versions:
                 for price in version.prices:
-                    row = {"plan": plan.id, "version": version.version, "effective_from": version.effective_from,
-                           **{k: getattr(price, k) for k in ("id", "currency", "model", "cadence", "meter", "amount",
-                                                             "unit_price", "free_allowance", "minimum", "maximum")}}
-                    parameters = {k: getattr(price, k) for k in ("tiers", "package", "percentage", "matrix")
-                                  if getattr(price, k) is not None}
+                    row = {
+                        "plan": plan.id,
+                        "version": version.version,
+                        "effective_from": version.effective_from,
+                        **{
+                            k: getattr(price, k)
+                            for k in (
+                                "id",
+                                "currency",
+                                "model",
+                                "cadence",
+                                "meter",
+                                "amount",
+                                "unit_price",
+                                "free_allowance",
+                                "minimum",
+                                "maximum",
+                            )
+                        },
+                    }
+                    parameters = {
+                        k: getattr(price, k)
+                        for k in ("tiers", "package", "percentage", "matrix")
+                        if getattr(price, k) is not None
+                    }
                     row["parameters"] = msgspec.json.encode(parameters).decode()
                     prices.append(row)
         subscriptions = _columns(catalog.raw_values("subscription", tenant), _SubscriptionRow)
-        for name, table in (("customers", customers), ("prices", pa.Table.from_pylist(prices)),
-                            ("subscriptions", subscriptions), ("meters", pa.Table.from_pylist(meters))):
+        for name, table in (
+            ("customers", customers),
+            ("prices", pa.Table.from_pylist(prices)),
+            ("subscriptions", subscriptions),
+            ("meters", pa.Table.from_pylist(meters)),
+        ):
             write_atomically(table, base / f"{name}.parquet")
             summary.files += 1
             summary.rows += table.num_rows
@@ -211,6 +256,7 @@ def export_catalog(catalog: BillingCatalog, engine: Engine, tenants: list[str], 
 
 # The stored customers and subscriptions as the snapshot's rows: their fields, the nested ones (terms, address,
 # metadata) as the JSON text they are stored as. Decoded all at once, without a catalog struct (or its checks) each.
+
 
 class _CustomerRow(msgspec.Struct):
     id: str
@@ -252,8 +298,9 @@ def _columns(values: list[bytes], row: type[msgspec.Struct]) -> pa.Table:
     return pa.Table.from_pydict(columns) if rows else pa.table({})
 
 
-def export_invoices(store: InvoiceStore, tenants: list[str], out: Path,
-                    fresh: dict[str, Fresh] | None = None) -> ExportSummary:
+def export_invoices(
+    store: InvoiceStore, tenants: list[str], out: Path, fresh: dict[str, Fresh] | None = None
+) -> ExportSummary:
     """Writes every invoice (drafts, finalized, void) and its lines for finance tools:
     ``invoices/tenant=<t>/{invoices,invoice_lines,credit_notes}.parquet``. Amounts are decimals; a line's details
     are JSON text (decimals as plain text, see ``meter.encoding``), the invoices it corrects a comma-separated list.
@@ -278,8 +325,10 @@ def export_invoices(store: InvoiceStore, tenants: list[str], out: Path,
                     lines.append({"invoice": invoice.id, "number": invoice.number, "line": i, **line})
                 invoices.append(row)
             # In the store's order (by id): the given rows and what was read are each in that order, and merged.
-            for name, rows, schema, key in (("invoices", invoices, _INVOICE_SCHEMA, "id"),
-                                            ("invoice_lines", lines, _LINE_SCHEMA, "invoice")):
+            for name, rows, schema, key in (
+                ("invoices", invoices, _INVOICE_SCHEMA, "id"),
+                ("invoice_lines", lines, _LINE_SCHEMA, "invoice"),
+            ):
                 read = pa.Table.from_pylist(rows, schema=schema)
                 written = given.directory / f"{name}.parquet" if given is not None else None
                 summary.rows += _write_merged(read, written, schema, key, base / f"{name}.parquet")
@@ -287,8 +336,10 @@ def export_invoices(store: InvoiceStore, tenants: list[str], out: Path,
         finally:
             if given is not None:
                 given.discard()
-        notes = pa.Table.from_pylist([msgspec.to_builtins(n, builtin_types=(datetime, Decimal))
-                                      for n in store.credit_notes(tenant)], schema=_NOTE_SCHEMA)
+        notes = pa.Table.from_pylist(
+            [msgspec.to_builtins(n, builtin_types=(datetime, Decimal)) for n in store.credit_notes(tenant)],
+            schema=_NOTE_SCHEMA,
+        )
         write_atomically(notes, base / "credit_notes.parquet")
         summary.files += 1
         summary.rows += notes.num_rows
@@ -359,21 +410,66 @@ class FreshWriter:
 
 _MONEY = pa.decimal128(38, 9)
 _UTC = pa.timestamp("us", tz="UTC")
-_INVOICE_SCHEMA = pa.schema([
-    ("id", pa.string()), ("number", pa.string()), ("status", pa.string()), ("tenant", pa.string()),
-    ("customer", pa.string()), ("subscription", pa.string()), ("currency", pa.string()), ("reason", pa.string()),
-    ("period_start", _UTC), ("period_end", _UTC), ("issued_at", _UTC), ("subtotal", _MONEY), ("total", _MONEY),
-    ("finalized_at", _UTC), ("voided_at", _UTC), ("period", pa.string()), ("usage_start", _UTC),
-    ("usage_end", _UTC), ("usage_period", pa.string()), ("reissues", pa.string())])
-_LINE_SCHEMA = pa.schema([
-    ("invoice", pa.string()), ("number", pa.string()), ("line", pa.int32()), ("kind", pa.string()),
-    ("description", pa.string()), ("amount", _MONEY), ("period_start", _UTC), ("period_end", _UTC),
-    ("key", pa.string()), ("price", pa.string()), ("version", pa.int32()), ("model", pa.string()), ("meter", pa.string()),
-    ("quantity", _MONEY), ("rated", _MONEY), ("details", pa.string()), ("events", pa.string()),
-    ("grant", pa.string()), ("timing", pa.string()), ("billed", _MONEY), ("billed_quantity", _MONEY),
-    ("corrects", pa.string())])
-_NOTE_SCHEMA = pa.schema([("id", pa.string()), ("number", pa.string()), ("invoice", pa.string()),
-                          ("amount", _MONEY), ("reason", pa.string()), ("created_at", _UTC)])
+_INVOICE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("number", pa.string()),
+        ("status", pa.string()),
+        ("tenant", pa.string()),
+        ("customer", pa.string()),
+        ("subscription", pa.string()),
+        ("currency", pa.string()),
+        ("reason", pa.string()),
+        ("period_start", _UTC),
+        ("period_end", _UTC),
+        ("issued_at", _UTC),
+        ("subtotal", _MONEY),
+        ("total", _MONEY),
+        ("finalized_at", _UTC),
+        ("voided_at", _UTC),
+        ("period", pa.string()),
+        ("usage_start", _UTC),
+        ("usage_end", _UTC),
+        ("usage_period", pa.string()),
+        ("reissues", pa.string()),
+    ]
+)
+_LINE_SCHEMA = pa.schema(
+    [
+        ("invoice", pa.string()),
+        ("number", pa.string()),
+        ("line", pa.int32()),
+        ("kind", pa.string()),
+        ("description", pa.string()),
+        ("amount", _MONEY),
+        ("period_start", _UTC),
+        ("period_end", _UTC),
+        ("key", pa.string()),
+        ("price", pa.string()),
+        ("version", pa.int32()),
+        ("model", pa.string()),
+        ("meter", pa.string()),
+        ("quantity", _MONEY),
+        ("rated", _MONEY),
+        ("details", pa.string()),
+        ("events", pa.string()),
+        ("grant", pa.string()),
+        ("timing", pa.string()),
+        ("billed", _MONEY),
+        ("billed_quantity", _MONEY),
+        ("corrects", pa.string()),
+    ]
+)
+_NOTE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("number", pa.string()),
+        ("invoice", pa.string()),
+        ("amount", _MONEY),
+        ("reason", pa.string()),
+        ("created_at", _UTC),
+    ]
+)
 
 
 def _spec_of(meter: MeterSpec) -> MeterSpec:

@@ -28,8 +28,12 @@ from meter.exceptions import InvalidInput
 __all__ = ["KINDS", "CatalogFileError", "load_catalog", "load_items", "read_yaml"]
 
 #: Each kind's type, in the order a catalog file is written (each refers only to kinds before it).
-KINDS: dict[str, type[msgspec.Struct]] = {"customers": Customer, "products": Product, "plans": PlanBody,
-                                          "subscriptions": Subscription}
+KINDS: dict[str, type[msgspec.Struct]] = {
+    "customers": Customer,
+    "products": Product,
+    "plans": PlanBody,
+    "subscriptions": Subscription,
+}
 
 
 class CatalogFileError(InvalidInput):
