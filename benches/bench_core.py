@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import finish, methodology, percentile  # noqa: E402
-from workload import METERS, Workload  # noqa: E402
-
 import meter  # noqa: E402
+from _common import finish, methodology, percentile  # noqa: E402
 from meter import _core  # noqa: E402
+from workload import METERS, Workload  # noqa: E402
 
 
 def main() -> None:

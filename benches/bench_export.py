@@ -11,7 +11,7 @@ import argparse
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import finish, methodology  # noqa: E402
-
 from meter import Engine  # noqa: E402
 from meter.export import export_usage  # noqa: E402
 
@@ -51,7 +50,7 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=2000)
     args = ap.parse_args()
     minutes = max(1, args.rows // (args.customers * len(MODELS)))
-    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
     start = now - timedelta(minutes=minutes + 1)
     methodology(
         "bench-export",

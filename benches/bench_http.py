@@ -22,9 +22,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from _common import finish, methodology  # noqa: E402
 from http_server import Server  # noqa: E402
-from workload import METERS, Workload  # noqa: E402
-
 from meter.catalog.keys import new_key  # noqa: E402
+from workload import METERS, Workload  # noqa: E402
 
 LUA = Path(__file__).parent / "post_bodies.lua"
 

@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from workload import CUSTOMERS, Workload  # noqa: E402
 
 def query_window() -> tuple[datetime, datetime]:
     """30 days up to the next whole minute: the usage-query workload's range."""
-    end = datetime.now(timezone.utc).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
     return end - timedelta(days=30), end
 
 

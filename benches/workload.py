@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 CUSTOMERS = 10_000
@@ -67,7 +67,7 @@ class Workload:
         rng = random.Random(seed)
         customers = [f"cust-{i:05d}" for i in range(CUSTOMERS)]
         cum_weights = list(itertools.accumulate(zipf_weights(CUSTOMERS)))
-        now = datetime.now(timezone.utc).replace(microsecond=0)
+        now = datetime.now(UTC).replace(microsecond=0)
         self.bodies: list[bytes] = []
         #: Per body: what its first-seen events add per customer, (input tokens, requests). Duplicates only ever
         #: repeat events of earlier bodies, so the first k bodies must count exactly `expected(k)`.

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from meter import AlreadyExists, Engine
 
 EVENTS_PER_BATCH = 100
-T0 = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=1)
 
 

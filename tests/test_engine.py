@@ -8,11 +8,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import meter
 import pyarrow as pa
 import pytest
 from conftest import T0, body, event
-
-import meter
 from meter import Engine
 from meter.engine import to_micros
 

@@ -1,17 +1,17 @@
 """Usage exported to Parquet: the files hold exactly what usage queries answer, survive being written again, and
-restate a day when a late event changes it."""
+restate a day when a late event changes it.
+"""
 
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from conftest import T0, body, event
-
 from meter import Engine
 from meter.catalog.billing import BillingCatalog, Customer
 from meter.export import export_catalog, export_usage
@@ -96,17 +96,16 @@ def test_only_changed_days_are_rewritten_and_a_late_event_restates_its_day(engin
 
 
 def test_catalog_snapshot_keeps_prices_exact(engine: Engine, tmp_path: Path) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     import msgspec
-
     from meter.catalog.billing import BillingCatalog, Customer, Subscription
     from meter.catalog.prices import Price
     from meter.export import export_catalog
 
     setup(engine)
     catalog = BillingCatalog(tmp_path / "billing")
-    jan = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    jan = datetime(2026, 1, 1, tzinfo=UTC)
     catalog.put_customer("acme", Customer(id="cust-1", name="One", currency="EUR"))
     catalog.create_plan("acme", "pro", "Pro")
     prices = [

@@ -1,6 +1,7 @@
 """Crash and shutdown test over HTTP: a client sends numbered batches and retries each until it is acknowledged,
 while the server is killed with SIGKILL (or stopped with SIGTERM, which must drain) at random moments and restarted. At the end every acknowledged batch is counted
-exactly once, and nothing (acknowledged or not) is counted twice."""
+exactly once, and nothing (acknowledged or not) is counted twice.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 from http_server import Server
-
 from meter.catalog.keys import new_key
 
 KILLS = 8

@@ -1,5 +1,6 @@
 """Model-based test: random batches, retries, conflicts, invalid events, new meters and restarts, with every
-query checked against a plain-Python reference model (exact Decimals, first write wins)."""
+query checked against a plain-Python reference model (exact Decimals, first write wins).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import shutil
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,9 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-
 from meter import Engine
 
-T0 = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=3)
 NINE_PLACES = Decimal("0.000000001")
 

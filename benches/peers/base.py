@@ -51,7 +51,8 @@ def minute_of(time: str) -> str:
 
 class Peer(ABC):
     """One system under test. Methods are called from one thread at a time, except `ingest` and `usage`, which the
-    HTTP front calls from a thread pool (each peer makes itself safe for that: a connection per thread, or a lock)."""
+    HTTP front calls from a thread pool (each peer makes itself safe for that: a connection per thread, or a lock).
+    """
 
     name: str
     #: How it deduplicates, for the results table: "exact at ingest" or "at merge time only".
@@ -66,7 +67,8 @@ class Peer(ABC):
     @abstractmethod
     def ingest(self, body: bytes) -> tuple[int, int]:
         """Applies one batch durably (per `durable`) before returning (accepted, duplicates). A system that cannot
-        tell duplicates at ingest returns (len(events), 0)."""
+        tell duplicates at ingest returns (len(events), 0).
+        """
 
     @abstractmethod
     def usage(self, customer: str, start: datetime, end: datetime) -> dict[str, int]:
@@ -75,7 +77,8 @@ class Peer(ABC):
     @abstractmethod
     def totals(self) -> dict[str, tuple[int, int]]:
         """Per customer: (input tokens, requests) over all time, from the rollup, as a usage query would see them
-        (for ClickHouse: without FINAL)."""
+        (for ClickHouse: without FINAL).
+        """
 
     def duplicates_seen(self) -> int:
         """Duplicate events a plain query still sees (ClickHouse before merges); 0 for exact systems."""

@@ -3,7 +3,8 @@ sums every inserted block into a per-minute SummingMergeTree rollup.
 
 ClickHouse cannot tell a duplicate at insert: ReplacingMergeTree drops the extra copies only when background merges
 happen to put them in the same part (or a query asks for FINAL), and the view has already counted them by then.
-The rollup therefore over-counts every retried event, which is what `duplicates_seen` and `totals` show."""
+The rollup therefore over-counts every retried event, which is what `duplicates_seen` and `totals` show.
+"""
 
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ INSERT = "INSERT INTO events SETTINGS async_insert = 0"
 
 class Row(msgspec.Struct):
     """One events row, flat, for JSONEachRow: the fastest exact input format measured (flat JSON beat TSV, Arrow
-    through the Python() table function, and ClickHouse parsing the nested CloudEvents body itself)."""
+    through the Python() table function, and ClickHouse parsing the nested CloudEvents body itself).
+    """
 
     source: str
     id: str

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from peers import load  # noqa: E402
 from workload import Workload  # noqa: E402
+
+from peers import load  # noqa: E402
 
 
 def main() -> None:

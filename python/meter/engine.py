@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -23,7 +23,7 @@ __all__ = ["Engine", "Usage", "WindowSize"]
 
 WindowSize = Literal["minute", "hour", "day", "month"]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -215,8 +215,9 @@ class Engine:
 
     def day_counts(self, tenant: str, meter: str) -> dict[datetime, int]:
         """Per UTC day with usage of ``meter`` (its midnight): the events counted in it, including every event
-        acknowledged before the call. One pass over the meter's stored minutes."""
-        epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+        acknowledged before the call. One pass over the meter's stored minutes.
+        """
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
         return {epoch + timedelta(microseconds=day): n for day, n in self._inner.day_counts(tenant, meter)}
 
     def minutes(
@@ -226,7 +227,8 @@ class Engine:
         ordered by customer then minute, as an Arrow stream that a thread of the engine produces while the caller
         consumes it. Columns: ``customer``, one per dimension, ``window_start``, ``window_end``, ``value``,
         ``events``. Every event acknowledged before the call is in it. Where aggregates were rolled up
-        (``minute_aggregates``, ``hour_aggregates``) a row is an hour or a UTC day: ``window_end`` says which."""
+        (``minute_aggregates``, ``hour_aggregates``) a row is an hour or a UTC day: ``window_end`` says which.
+        """
         stream = self._inner.minutes(
             tenant, meter, to_micros(start, "start"), to_micros(end, "end"), batch_rows=batch_rows
         )
@@ -235,7 +237,8 @@ class Engine:
     def retained_events(self, tenant: str, after_seq: int = 0, max_events: int = 1_000_000) -> tuple[pa.Table, int]:
         """The tenant's raw events of the commits after ``after_seq`` (whole commits, about ``max_events``), with the
         last commit they come from: page through them by passing it back. Only retained events: those retention
-        dropped (exported, and past ``retention``) are in the Parquet export."""
+        dropped (exported, and past ``retention``) are in the Parquet export.
+        """
         table, last_seq = self._inner.retained_events(tenant, after_seq, max_events)
         return pa.table(table), last_seq
 

@@ -39,8 +39,8 @@ from meter.catalog.billing import BillingCatalog
 from meter.encoding import encode_json
 from meter.engine import Engine
 from meter.exceptions import InvalidInput
-from meter.schemas import MeterSpec
 from meter.pricing.invoices import Fresh, Invoice, InvoiceStore
+from meter.schemas import MeterSpec
 
 __all__ = ["ExportSummary", "FreshWriter", "export_catalog", "export_events", "export_invoices", "export_usage"]
 
@@ -108,7 +108,8 @@ def _write_days(
     engine: Engine, tenant: str, meter: str, days: list[tuple[datetime, Path]]
 ) -> Iterator[tuple[datetime, Path, int]]:
     """Writes each day's file; consecutive days come from one read of the engine, which keeps a meter's rows by
-    customer then minute, so that reading one day costs a pass over them all."""
+    customer then minute, so that reading one day costs a pass over them all.
+    """
     runs: list[list[tuple[datetime, Path]]] = []
     for day, path in sorted(days, key=lambda d: d[0]):
         if runs and runs[-1][-1][0] + _DAY == day and len(runs[-1]) < _DAYS_PER_READ:
@@ -179,7 +180,8 @@ def export_events(engine: Engine, tenants: list[str], out: Path, page: int = 1_0
 def export_catalog(catalog: BillingCatalog, engine: Engine, tenants: list[str], out: Path) -> ExportSummary:
     """Writes a snapshot of what pricing needs from the catalog: customers, prices, subscriptions, and the meters
     (how a period's usage of each adds up). `_exported.json` keeps the catalog's sequence number the files reflect:
-    while nothing was written to the catalog since, only the meters' file is written again."""
+    while nothing was written to the catalog since, only the meters' file is written again.
+    """
     summary = ExportSummary()
     # Read before the catalog: a write during the export changes it, and the next export writes the files again.
     sequence = catalog.sequence()
@@ -308,7 +310,8 @@ def export_invoices(
     Derived from the invoices store, which refuses what these files cannot hold (``InvoiceStore`` checks amounts
     against ``decimal128(38, 9)`` before it writes), so a stored invoice never makes this fail. ``fresh`` holds, per
     tenant, the rows of invoices just stored (an invoice run's drafts, see ``meter.pricing.batch``): those are taken
-    as they are, a part at a time, instead of being read back and decoded one by one."""
+    as they are, a part at a time, instead of being read back and decoded one by one.
+    """
     summary = ExportSummary()
     for tenant in tenants:
         given = (fresh or {}).get(tenant)
@@ -479,7 +482,8 @@ def _spec_of(meter: MeterSpec) -> MeterSpec:
 
 def write_atomically(data: pa.Table | pa.RecordBatchReader, path: Path) -> int:
     """Writes a table, or a stream batch by batch (each a row group), and returns the rows written. The old file or
-    the new one survives a crash, never a torn one."""
+    the new one survives a crash, never a torn one.
+    """
     rows = 0
 
     def write(tmp: Path) -> None:
