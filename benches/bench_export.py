@@ -93,10 +93,12 @@ def main() -> None:
         ceiling_s = time.perf_counter() - began
 
     print(
-        f"  first export: {first.rows:,} rows in {first.files} files, {first_s:.2f} s ({first.rows / first_s:,.0f} rows/s)"
+        f"  first export: {first.rows:,} rows in {first.files} files, {first_s:.2f} s "
+        f"({first.rows / first_s:,.0f} rows/s)"
     )
     print(
-        f"  second export (nothing changed): {again.files} files rewritten, {again.unchanged} unchanged, {again_s:.2f} s"
+        f"  second export (nothing changed): {again.files} files rewritten, {again.unchanged} unchanged, "
+        f"{again_s:.2f} s"
     )
     print(f"  ceiling (Parquet write alone): {table.num_rows / ceiling_s:,.0f} rows/s")
     finish(

@@ -1,5 +1,7 @@
-"""bench-http: end to end over loopback. `meter serve` (granian, one worker) with fsync durability, driven by wrk
-with pre-built bodies (a Lua script posts each body once; no per-event work while it runs).
+"""bench-http: end to end over loopback, `meter serve` driven by wrk.
+
+The server (granian, one worker) runs with fsync durability; wrk posts pre-built bodies (a Lua script posts each
+body once; no per-event work while it runs).
 
 Runs, in one go: 1000-event batches to a receive-and-discard endpoint (the ceiling: same reading, auth and answer,
 no engine), then 1000-event batches, 100-event batches and single events to /v1/events. Workload from workload.py.

@@ -1,5 +1,7 @@
-"""bench-peers: meter against what users would build instead (PostgreSQL, DuckDB, ClickHouse via chdb), on the same
-workloads, in one run, driven directly (in process) and over HTTP (each behind the same granian + msgspec front).
+"""bench-peers: meter against what users would build instead (PostgreSQL, DuckDB, ClickHouse via chdb).
+
+The same workloads, in one run, driven directly (in process) and over HTTP (each behind the same granian + msgspec
+front).
 
 Workloads, generated once from a seed and pre-encoded: W1 1000-event batches (about 230-byte events, 10k Zipf
 customers, 3 dimensions, 5% duplicates), W2 100-event batches, W5 a replay of W1 (100% duplicates), and usage
@@ -423,7 +425,8 @@ def main() -> None:
             "rollup": "input tokens, output tokens, requests per customer, minute, model, region, tier",
         },
         {
-            "direct": f"one thread, each body in order, up to {args.seconds} s (W2, W5: half); a child process per system",
+            "direct": f"one thread, each body in order, up to {args.seconds} s (W2, W5: half); "
+            "a child process per system",
             "http": f"granian + msgspec front (meter: meter serve), wrk -t1 -c{args.connections}, "
             f"{max(2, args.seconds // 2)} s per workload",
             "disk": "data directory while the system runs (disk_bytes; disk_bytes_closed: after it stopped)",

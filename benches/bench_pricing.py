@@ -396,13 +396,14 @@ def main() -> None:
             "charges": f"{len(METERS)} usage charges per subscription ({args.customers * len(METERS):,}), October 2026",
             "meters": ", ".join(f"{s} ({a})" for s, a in METERS.items()) + "; input_tokens by model (matrix price)",
             "prices": "per_unit, graduated, volume, package, matrix, percentage (period); minimums, maxima, allowances",
-            "usage": f"{args.rows_per_meter} minute rows per customer and meter on distinct days, plus 10% of customers "
-            "on the day before and after the month (never read)",
+            "usage": f"{args.rows_per_meter} minute rows per customer and meter on distinct days, "
+            "plus 10% of customers on the day before and after the month (never read)",
         },
         {
             "timed": "charges frame, period_quantities (Parquet, pruned to the month), rate, per-subscription totals; "
             "one fresh process, inputs loaded before the clock starts",
-            "memory": "peak resident memory (VmHWM) of that process (peak_rss_mb), and before the clock (baseline_rss_mb)",
+            "memory": "peak resident memory (VmHWM) of that process (peak_rss_mb), "
+            "and before the clock (baseline_rss_mb)",
             "ceiling": "the month's Parquet scanned and collected alone (every column), in another fresh process",
             "threads": f"polars pool {pl.thread_pool_size()}",
         },

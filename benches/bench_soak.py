@@ -3,16 +3,17 @@
 RSS, disk, events/s and ack p99 are sampled every 10 s; the figures are least-squares slopes over the last two
 thirds, and the restart (open) time after the run.
 
-The engine runs in a child process (its RSS and CPU are its own), driven through `meter.Engine` in that process with
-the bench-core workload: 1000-event batches, fsync, 10k Zipf customers, three dimensions, five meters, 5% duplicates
-(half as whole batches re-sent up to half a window later, half as single events of the previous batch re-sent inside
-the next). First the engine ingests at full speed until the store holds a window of data and has expired some (the
-rate of that phase's last third is the maximum it sustains), then the run paces batches at a fraction of it. Event times lie near now, and the windows (dedup, back-dating, retention, minute aggregates) are short, so that a
-steady state comes within the first quarter of the run; the settings the engine does not accept (yet) are listed as
-not in effect. The export runs in the engine's process as the server's scheduler runs it (`meter.export.export_events`
-every `--export-every-s`), since retention drops only exported events; its Parquet files are deleted once written (a
-warehouse would take them), so that the data directory alone is measured. After the run the data directory is
-reopened in a fresh process to time the restart.
+The engine runs in a child process (its RSS and CPU are its own), driven through `meter.Engine` in that process with the
+bench-core workload: 1000-event batches, fsync, 10k Zipf customers, three dimensions, five meters, 5% duplicates (half
+as whole batches re-sent up to half a window later, half as single events of the previous batch re-sent inside the
+next). First the engine ingests at full speed until the store holds a window of data and has expired some (the rate of
+that phase's last third is the maximum it sustains), then the run paces batches at a fraction of it. Event times lie
+near now, and the windows (dedup, back-dating, retention, minute aggregates) are short, so that a steady state comes
+within the first quarter of the run; the settings the engine does not accept (yet) are listed as not in effect. The
+export runs in the engine's process as the server's scheduler runs it (`meter.export.export_events` every
+`--export-every-s`), since retention drops only exported events; its Parquet files are deleted once written (a warehouse
+would take them), so that the data directory alone is measured. After the run the data directory is reopened in a fresh
+process to time the restart.
 
 The sender builds each body from a pre-encoded template, joining its pieces around placeholders (the end of each id
 and the time), so a fresh batch costs two joins (about 0.15 ms), not a JSON encoding.
@@ -975,8 +976,8 @@ def print_methodology(args: argparse.Namespace, window: int, wanted: dict[str, i
             "event_times": "now, spread over 10 s",
             "export": f"meter.export.export_events every {args.export_every_s:g} s in the engine's process (Parquet "
             "deleted once written)",
-            "phases": f"{args.max_seconds:g} s at full speed (the maximum: its last third), then {args.minutes:g} min at "
-            f"{args.rate_fraction:.0%} of it, paced; a sample every {args.interval:g} s",
+            "phases": f"{args.max_seconds:g} s at full speed (the maximum: its last third), "
+            f"then {args.minutes:g} min at {args.rate_fraction:.0%} of it, paced; a sample every {args.interval:g} s",
             "generation_s": opened["generation_s"],
         },
         {

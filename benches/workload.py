@@ -1,6 +1,8 @@
-"""The usage workload shared by the benchmarks: AI-gateway events of about 230 bytes, 10k customers drawn from a
-Zipf law, three dimensions, five meters, and 5% duplicates (whole-batch retries and single re-sent events).
-Event times lie up to 10 seconds before the generation time, as from a gateway that batches for a few seconds.
+"""The usage workload shared by the benchmarks.
+
+AI-gateway events of about 230 bytes, 10k customers drawn from a Zipf law, three dimensions, five meters, and 5%
+duplicates (whole-batch retries and single re-sent events). Event times lie up to 10 seconds before the generation time,
+as from a gateway that batches for a few seconds.
 
 Generated once from a seed and pre-encoded, so the timed loop does no per-event work.
 """

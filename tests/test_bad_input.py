@@ -56,9 +56,9 @@ CONFIG = schemathesis.Config.from_dict(
             "unique-inputs": True,
             "with-security-parameters": False,
         },
-        # Whether the server accepts exactly the requests the schemas describe is left to METER_FUZZ_DATA=1: meter checks
-        # more than a schema can say (a slug's syntax, ISO 4217 codes, that a customer exists, a YYYY-MM period) and
-        # ignores query parameters it does not know.
+        # Whether the server accepts exactly the requests the schemas describe is left to METER_FUZZ_DATA=1: meter
+        # checks more than a schema can say (a slug's syntax, ISO 4217 codes, that a customer exists, a YYYY-MM period)
+        # and ignores query parameters it does not know.
         "checks": {
             name: {"enabled": os.environ.get("METER_FUZZ_DATA") == "1"}
             for name in ("negative_data_rejection", "positive_data_acceptance")

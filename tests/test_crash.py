@@ -1,6 +1,7 @@
-"""Crash test: a child ingests batches and logs each acknowledged one; it is killed with SIGKILL at random moments
-many times. After each kill, every acknowledged batch is counted exactly once (never twice, never lost), a batch
-is applied whole or not at all, and re-sending an acknowledged batch comes back as all duplicates.
+"""Crash test: a child ingests batches, logs each acknowledged one, and is killed with SIGKILL at random moments.
+
+It is killed many times. After each kill, every acknowledged batch is counted exactly once (never twice, never
+lost), a batch is applied whole or not at all, and re-sending an acknowledged batch comes back as all duplicates.
 """
 
 from __future__ import annotations

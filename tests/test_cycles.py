@@ -139,7 +139,8 @@ def test_calendar_cycles_start_at_local_midnight_across_dst() -> None:
 @pytest.mark.parametrize(
     ("tz", "day", "expected", "cycles"),
     [
-        # Tripoli, 1982-04-01: clocks jumped from 00:00 (UTC+1) to 01:00 (UTC+2); the month and quarter start at the jump.
+        # Tripoli, 1982-04-01: clocks jumped from 00:00 (UTC+1) to 01:00 (UTC+2); the month and quarter start at the
+        # jump.
         ("Africa/Tripoli", date(1982, 4, 1), z(1982, 3, 31, 23), ["monthly", "quarterly"]),
         # Buenos Aires, 1988-12-01: clocks jumped from 00:00 (UTC-3) to 01:00 (UTC-2).
         ("America/Argentina/Buenos_Aires", date(1988, 12, 1), z(1988, 12, 1, 3), ["monthly"]),

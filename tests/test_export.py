@@ -1,5 +1,6 @@
-"""Usage exported to Parquet: the files hold exactly what usage queries answer, survive being written again, and
-restate a day when a late event changes it.
+"""Usage exported to Parquet: the files hold exactly what usage queries answer.
+
+They survive being written again, and restate a day when a late event changes it.
 """
 
 from __future__ import annotations

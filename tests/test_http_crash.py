@@ -1,5 +1,7 @@
-"""Crash and shutdown test over HTTP: a client sends numbered batches and retries each until it is acknowledged,
-while the server is killed with SIGKILL (or stopped with SIGTERM, which must drain) at random moments and restarted. At the end every acknowledged batch is counted
+"""Crash and shutdown test over HTTP: the server is killed or stopped while a client retries its batches.
+
+A client sends numbered batches and retries each until it is acknowledged, while the server is killed with SIGKILL (or
+stopped with SIGTERM, which must drain) at random moments and restarted. At the end every acknowledged batch is counted
 exactly once, and nothing (acknowledged or not) is counted twice.
 """
 

@@ -1,5 +1,7 @@
-"""Model-based test: random batches, retries, conflicts, invalid events, new meters and restarts, with every
-query checked against a plain-Python reference model (exact Decimals, first write wins).
+"""Model-based test: every query checked against a plain-Python reference model.
+
+Random batches, retries, conflicts, invalid events, new meters and restarts; the model is exact (Decimals) and the
+first write wins.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ import json
 import shutil
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -115,6 +118,22 @@ def as_decimal(v: Any) -> Decimal:
     return Decimal(str(v))
 
 
+def reference_value(aggregation: str, evs: list[Ev], prop: str) -> Decimal:
+    """The model's value of one group: ``aggregation`` of the events' ``prop``, events in the order accepted."""
+    values = [as_decimal(e.get(prop)) for e in evs] if aggregation not in ("count", "unique_count") else []
+    aggregate: dict[str, Callable[[], Decimal]] = {
+        "sum": lambda: sum(values, Decimal(0)),
+        "count": lambda: Decimal(len(evs)),
+        "max": lambda: max(values),
+        "min": lambda: min(values),
+        # Latest event time wins; among equal times, the one accepted last.
+        "latest": lambda: as_decimal(max(enumerate(evs), key=lambda p: (p[1].minute, p[0]))[1].get(prop)),
+        "unique_count": lambda: Decimal(len({e.get(prop) for e in evs})),
+        "avg": lambda: (sum(values, Decimal(0)) / len(values)).quantize(NINE_PLACES, rounding=ROUND_HALF_EVEN),
+    }
+    return aggregate[aggregation]()
+
+
 class MeteringMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -218,22 +237,9 @@ class MeteringMachine(RuleBasedStateMachine):
             hour = (T0 + timedelta(minutes=e.minute)).replace(minute=0)
             groups[(hour, e.subject, *(e.get(d) for d in dims))].append(e)
         out = {}
+        prop = spec.get("value_property", "$.")[2:]
         for key, evs in groups.items():
-            prop = spec.get("value_property", "$.")[2:]
-            values = (
-                [as_decimal(e.get(prop)) for e in evs] if spec["aggregation"] not in ("count", "unique_count") else []
-            )
-            value = {
-                "sum": lambda: sum(values, Decimal(0)),
-                "count": lambda: Decimal(len(evs)),
-                "max": lambda: max(values),
-                "min": lambda: min(values),
-                # Latest event time wins; among equal times, the one accepted last.
-                "latest": lambda: as_decimal(max(enumerate(evs), key=lambda p: (p[1].minute, p[0]))[1].get(prop)),
-                "unique_count": lambda: Decimal(len({e.get(prop) for e in evs})),
-                "avg": lambda: (sum(values, Decimal(0)) / len(values)).quantize(NINE_PLACES, rounding=ROUND_HALF_EVEN),
-            }[spec["aggregation"]]()
-            out[key] = (value, len(evs))
+            out[key] = (reference_value(spec["aggregation"], evs, prop), len(evs))
         return out
 
 

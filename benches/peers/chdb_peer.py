@@ -1,5 +1,6 @@
-"""chDB (embedded ClickHouse): raw events in a ReplacingMergeTree keyed by (source, id), and a materialized view that
-sums every inserted block into a per-minute SummingMergeTree rollup.
+"""chDB (embedded ClickHouse): raw events in a ReplacingMergeTree keyed by (source, id), and a rollup.
+
+A materialized view sums every inserted block into a per-minute SummingMergeTree rollup.
 
 ClickHouse cannot tell a duplicate at insert: ReplacingMergeTree drops the extra copies only when background merges
 happen to put them in the same part (or a query asks for FINAL), and the view has already counted them by then.
@@ -51,8 +52,10 @@ INSERT = "INSERT INTO events SETTINGS async_insert = 0"
 
 
 class Row(msgspec.Struct):
-    """One events row, flat, for JSONEachRow: the fastest exact input format measured (flat JSON beat TSV, Arrow
-    through the Python() table function, and ClickHouse parsing the nested CloudEvents body itself).
+    """One events row, flat, for JSONEachRow: the fastest exact input format measured.
+
+    Flat JSON beat TSV, Arrow through the Python() table function, and ClickHouse parsing the nested CloudEvents body
+    itself.
     """
 
     source: str

@@ -1,5 +1,7 @@
-"""DuckDB, embedded: raw events keyed by (source, id), exact dedup at ingest through the primary key, and a per-minute
-rollup upserted in the same transaction from only the events that were new.
+"""DuckDB, embedded: raw events keyed by (source, id), and a per-minute rollup.
+
+Exact dedup at ingest through the primary key; the rollup is upserted in the same transaction from only the events that
+were new.
 """
 
 from __future__ import annotations

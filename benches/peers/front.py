@@ -1,6 +1,7 @@
-"""The HTTP front the peers sit behind: granian and a plain ASGI app, like `meter serve`, so that only the storage
-path differs. The body is read whole and handed to `Peer.ingest` on a thread pool (as meter's server hands it to
-the engine); msgspec decodes it inside the peer.
+"""The HTTP front the peers sit behind: granian and a plain ASGI app, like `meter serve`.
+
+Only the storage path differs. The body is read whole and handed to `Peer.ingest` on a thread pool (as meter's server
+hands it to the engine); msgspec decodes it inside the peer.
 
 Run by bench_peers.py: `python benches/peers/front.py NAME DATA_DIR PORT`.
 """

@@ -214,8 +214,9 @@ class Engine:
         return Usage(pa.table(table))
 
     def day_counts(self, tenant: str, meter: str) -> dict[datetime, int]:
-        """Per UTC day with usage of ``meter`` (its midnight): the events counted in it, including every event
-        acknowledged before the call. One pass over the meter's stored minutes.
+        """Per UTC day with usage of ``meter`` (its midnight): the events counted in it.
+
+        Includes every event acknowledged before the call. One pass over the meter's stored minutes.
         """
         epoch = datetime(1970, 1, 1, tzinfo=UTC)
         return {epoch + timedelta(microseconds=day): n for day, n in self._inner.day_counts(tenant, meter)}
@@ -223,11 +224,12 @@ class Engine:
     def minutes(
         self, tenant: str, meter: str, *, start: datetime, end: datetime, batch_rows: int = 1 << 20
     ) -> pa.RecordBatchReader:
-        """The stored rows of ``meter`` in ``[start, end)``, one per customer, minute and dimension combination,
-        ordered by customer then minute, as an Arrow stream that a thread of the engine produces while the caller
-        consumes it. Columns: ``customer``, one per dimension, ``window_start``, ``window_end``, ``value``,
-        ``events``. Every event acknowledged before the call is in it. Where aggregates were rolled up
-        (``minute_aggregates``, ``hour_aggregates``) a row is an hour or a UTC day: ``window_end`` says which.
+        """The stored rows of ``meter`` in ``[start, end)``, as an Arrow stream.
+
+        One row per customer, minute and dimension combination, ordered by customer then minute; a thread of the engine
+        produces the stream while the caller consumes it. Columns: ``customer``, one per dimension, ``window_start``,
+        ``window_end``, ``value``, ``events``. Every event acknowledged before the call is in it. Where aggregates were
+        rolled up (``minute_aggregates``, ``hour_aggregates``) a row is an hour or a UTC day: ``window_end`` says which.
         """
         stream = self._inner.minutes(
             tenant, meter, to_micros(start, "start"), to_micros(end, "end"), batch_rows=batch_rows
@@ -235,9 +237,10 @@ class Engine:
         return pa.RecordBatchReader.from_stream(stream)
 
     def retained_events(self, tenant: str, after_seq: int = 0, max_events: int = 1_000_000) -> tuple[pa.Table, int]:
-        """The tenant's raw events of the commits after ``after_seq`` (whole commits, about ``max_events``), with the
-        last commit they come from: page through them by passing it back. Only retained events: those retention
-        dropped (exported, and past ``retention``) are in the Parquet export.
+        """The tenant's raw events of the commits after ``after_seq``, with the last commit they come from.
+
+        Whole commits, about ``max_events``: page through them by passing that commit back. Only retained events: those
+        retention dropped (exported, and past ``retention``) are in the Parquet export.
         """
         table, last_seq = self._inner.retained_events(tenant, after_seq, max_events)
         return pa.table(table), last_seq

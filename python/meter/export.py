@@ -1,17 +1,17 @@
 """Usage and the billing catalog exported as hive-partitioned Parquet (zstd) for pricing, which never reads RocksDB.
 
-Layout: ``<out>/usage/tenant=<tenant>/meter=<slug>/date=<YYYY-MM-DD>/part-0.parquet``, one row per customer,
-minute and combination of the meter's dimensions, ordered by customer then minute: ``customer``, one column per
-dimension, ``window_start``, ``window_end`` (UTC, ``[start, end)``), ``value`` (decimal128(38, 9)) and ``events``. A meter is a directory of
-its own because each meter has its own dimensions (and each price charges one meter). A day is written while its
-usage changes, long before the engine rolls its minutes up to hours (``minute_aggregates``); a day exported for the
-first time after that (a new export directory) has one row per hour (or UTC day), as ``window_end`` says.
+Layout: ``<out>/usage/tenant=<tenant>/meter=<slug>/date=<YYYY-MM-DD>/part-0.parquet``, one row per customer, minute and
+combination of the meter's dimensions, ordered by customer then minute: ``customer``, one column per dimension,
+``window_start``, ``window_end`` (UTC, ``[start, end)``), ``value`` (decimal128(38, 9)) and ``events``. A meter is a
+directory of its own because each meter has its own dimensions (and each price charges one meter). A day is written
+while its usage changes, long before the engine rolls its minutes up to hours (``minute_aggregates``); a day exported
+for the first time after that (a new export directory) has one row per hour (or UTC day), as ``window_end`` says.
 
 Raw events: ``<out>/events/...`` (``export_events``) is the long-term record of every accepted event; the engine
 drops its retained events only once they are written there.
 
-Catalog snapshots: ``<out>/catalog/tenant=<tenant>/{customers,prices,subscriptions,meters}.parquet``. Prices have one row
-per plan version and price, with the model's parameters (tiers, package, percentage, matrix) as JSON text; amounts
+Catalog snapshots: ``<out>/catalog/tenant=<tenant>/{customers,prices,subscriptions,meters}.parquet``. Prices have one
+row per plan version and price, with the model's parameters (tiers, package, percentage, matrix) as JSON text; amounts
 are decimals, never floats.
 
 Each file is written to a temporary name, fsynced, renamed over the old one, and its directory fsynced: a crash
@@ -107,8 +107,9 @@ _DAYS_PER_READ = 8
 def _write_days(
     engine: Engine, tenant: str, meter: str, days: list[tuple[datetime, Path]]
 ) -> Iterator[tuple[datetime, Path, int]]:
-    """Writes each day's file; consecutive days come from one read of the engine, which keeps a meter's rows by
-    customer then minute, so that reading one day costs a pass over them all.
+    """Writes each day's file; consecutive days come from one read of the engine.
+
+    The engine keeps a meter's rows by customer then minute, so that reading one day costs a pass over them all.
     """
     runs: list[list[tuple[datetime, Path]]] = []
     for day, path in sorted(days, key=lambda d: d[0]):
@@ -133,8 +134,10 @@ def _write_days(
 
 
 def export_events(engine: Engine, tenants: list[str], out: Path, page: int = 1_000_000) -> ExportSummary:
-    """Appends the raw events committed since the last export: ``events/tenant=<t>/date=<event day>/part-<first
-    commit>-<last commit>.parquet``. Retained events never change, so files are only added, never rewritten.
+    """Appends the raw events committed since the last export.
+
+    Files are ``events/tenant=<t>/date=<event day>/part-<first commit>-<last commit>.parquet``. Retained events never
+    change, so files are only added, never rewritten.
 
     `_exported.json` keeps the last commit written, after the files; a crash in between leaves files starting at the
     next commit, which the next export removes before writing them again.
@@ -178,9 +181,11 @@ def export_events(engine: Engine, tenants: list[str], out: Path, page: int = 1_0
 
 
 def export_catalog(catalog: BillingCatalog, engine: Engine, tenants: list[str], out: Path) -> ExportSummary:
-    """Writes a snapshot of what pricing needs from the catalog: customers, prices, subscriptions, and the meters
-    (how a period's usage of each adds up). `_exported.json` keeps the catalog's sequence number the files reflect:
-    while nothing was written to the catalog since, only the meters' file is written again.
+    """Writes a snapshot of what pricing needs from the catalog.
+
+    Customers, prices, subscriptions, and the meters (how a period's usage of each adds up). `_exported.json` keeps the
+    catalog's sequence number the files reflect: while nothing was written to the catalog since, only the meters' file
+    is written again.
     """
     summary = ExportSummary()
     # Read before the catalog: a write during the export changes it, and the next export writes the files again.
@@ -303,9 +308,11 @@ def _columns(values: list[bytes], row: type[msgspec.Struct]) -> pa.Table:
 def export_invoices(
     store: InvoiceStore, tenants: list[str], out: Path, fresh: dict[str, Fresh] | None = None
 ) -> ExportSummary:
-    """Writes every invoice (drafts, finalized, void) and its lines for finance tools:
-    ``invoices/tenant=<t>/{invoices,invoice_lines,credit_notes}.parquet``. Amounts are decimals; a line's details
-    are JSON text (decimals as plain text, see ``meter.encoding``), the invoices it corrects a comma-separated list.
+    """Writes every invoice (drafts, finalized, void) and its lines for finance tools.
+
+    Files are ``invoices/tenant=<t>/{invoices,invoice_lines,credit_notes}.parquet``. Amounts are decimals; a line's
+    details are JSON text (decimals as plain text, see ``meter.encoding``), the invoices it corrects a comma-separated
+    list.
 
     Derived from the invoices store, which refuses what these files cannot hold (``InvoiceStore`` checks amounts
     against ``decimal128(38, 9)`` before it writes), so a stored invoice never makes this fail. ``fresh`` holds, per
@@ -481,8 +488,9 @@ def _spec_of(meter: MeterSpec) -> MeterSpec:
 
 
 def write_atomically(data: pa.Table | pa.RecordBatchReader, path: Path) -> int:
-    """Writes a table, or a stream batch by batch (each a row group), and returns the rows written. The old file or
-    the new one survives a crash, never a torn one.
+    """Writes a table, or a stream batch by batch (each a row group), and returns the rows written.
+
+    The old file or the new one survives a crash, never a torn one.
     """
     rows = 0
 

@@ -1,5 +1,6 @@
-"""The catalog as pricing sees it: read back from the export's snapshot Parquet files, never from the live catalog
-or RocksDB, so that an invoice is a function of files a finance team can keep.
+"""The catalog as pricing sees it: read back from the export's snapshot Parquet files.
+
+Never from the live catalog or RocksDB, so that an invoice is a function of files a finance team can keep.
 
 ``<out>/catalog/tenant=<tenant>/{customers,prices,subscriptions,meters}.parquet`` (see ``meter.export``).
 """

@@ -140,8 +140,9 @@ def period_quantities(
 def event_amounts(
     out_dir: str | Path, tenant: str, requests: pl.DataFrame, meters: Mapping[str, MeterSpec]
 ) -> pl.DataFrame:
-    """Each event's amount behind each charge of ``requests`` (same columns as for :func:`period_quantities`): what
-    rating's ``event_amounts`` takes for a percentage with fees bounded per event, which minutes cannot give.
+    """Each event's amount behind each charge of ``requests`` (same columns as for :func:`period_quantities`).
+
+    What rating's ``event_amounts`` takes for a percentage with fees bounded per event, which minutes cannot give.
 
     Read from the raw events export (``events/tenant=<t>/date=<day>/``, only the days the charges cover), and
     evaluated by the engine's own extraction (``meter._core.event_values``): the meter's filters and value path,
