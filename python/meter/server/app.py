@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 import msgspec
@@ -40,7 +40,7 @@ from meter.catalog.billing import (
 )
 from meter.catalog.keys import KEY_FORMAT, ApiKey, KeyBody, KeyStore, Scope, TenantBody, TenantKeyBody, valid_checksum
 from meter.encoding import encode_json
-from meter.engine import Engine, Usage
+from meter.engine import Engine, Usage, WindowSize
 from meter.exceptions import MeterError
 from meter.pricing.invoicer import Invoicer
 from meter.pricing.invoices import CreditNoteBody, InvoiceRunBody, InvoiceStore, RunWarning
@@ -144,6 +144,9 @@ class Disconnected(Exception):
 
 
 Handler = Callable[..., Awaitable[tuple[int, Any, dict[str, str]]]]
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+_Store = TypeVar("_Store")
 
 
 #: Who may call a route: a tenant key with one of these scopes, an operator key, or anyone.
@@ -171,12 +174,14 @@ class MeterApp:
         self.exporter: threading.Thread | None = None
         self.stopping = threading.Event()
         self.exports_done = 0
-        self.engine: Engine | None = None
+        # The stores: None until startup opens them (or after a failed open), Unavailable for those a degraded start
+        # could not open. Routes reach them through opened(): authorize() lets a request through only once they are.
+        self.engine: Engine | Unavailable | None = None
         self.responses: dict[int, int] = {}
-        self.keys: KeyStore | None = None
-        self.billing: BillingCatalog | None = None
-        self.invoices: InvoiceStore | None = None
-        self.invoicer: Invoicer | None = None
+        self.keys: KeyStore | Unavailable | None = None
+        self.billing: BillingCatalog | Unavailable | None = None
+        self.invoices: InvoiceStore | Unavailable | None = None
+        self.invoicer: Invoicer | Unavailable | None = None
         # Engine calls block (with the GIL released): run them on threads so that concurrent requests share commits.
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="meter-call")
         #: Set when the stores could not be opened for writing at startup (a full or read-only disk): the server
@@ -323,8 +328,8 @@ class MeterApp:
             except Exception as e:  # noqa: BLE001 - that store stays unavailable; the rest is served
                 print(f"meter: {path} is unavailable too: {e}", file=sys.stderr, flush=True)
                 setattr(self, name, unavailable)
-        self.engine = unavailable  # type: ignore[assignment]
-        self.invoicer = unavailable  # type: ignore[assignment]
+        self.engine = unavailable
+        self.invoicer = unavailable
 
     def export_on_schedule(self) -> None:
         """Exports usage, the catalog and invoices every interval, then issues the threshold invoices due.
@@ -335,7 +340,7 @@ class MeterApp:
         out, every = self.export
         while not self.stopping.wait(every):
             try:
-                tenants = [t.id for t in self.keys.list_tenants()]
+                tenants = [t.id for t in opened(self.keys).list_tenants()]
                 self.invoicer.export(tenants)
                 self.exports_done += 1
             except Exception as e:  # noqa: BLE001 - the next interval tries again; the server keeps serving
@@ -548,12 +553,12 @@ class MeterApp:
             raise ApiError(400, "incomplete_body", f"the body has {size} bytes; its Content-Length says {expected}")
         body = b"".join(chunks)
         if encoding == "gzip":
-            return await self.call(gunzip, body, self.max_body)  # type: ignore[no-any-return]
+            return await self.call(gunzip, body, self.max_body)
         if encoding == "zstd":
-            return await self.call(unzstd, body, self.max_body)  # type: ignore[no-any-return]
+            return await self.call(unzstd, body, self.max_body)
         return body
 
-    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def call(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kwargs))
 
     def tenant(self, request: Request) -> str:
@@ -571,7 +576,7 @@ class MeterApp:
                 "send application/cloudevents-batch+json, application/json or application/cloudevents+json",
             )
         atomic = parse_bool(request.param("atomic"), "atomic")
-        result = await self.call(self.engine.ingest, self.tenant(request), request.body, atomic=atomic)
+        result = await self.call(opened(self.engine).ingest, self.tenant(request), request.body, atomic=atomic)
         if result.accepted or result.duplicates or not result.issues:
             return 200, result, {}
         # Nothing accepted: an error body like every other (code, message), with the per-event issues.
@@ -587,17 +592,17 @@ class MeterApp:
 
     async def create_meter(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         spec = decode(request.body, MeterSpec)
-        return 201, await self.call(self.engine.create_meter, self.tenant(request), spec), {}
+        return 201, await self.call(opened(self.engine).create_meter, self.tenant(request), spec), {}
 
     async def list_meters(self, request: Request) -> tuple[int, Any, dict[str, str]]:
-        return 200, self.engine.list_meters(self.tenant(request)), {}
+        return 200, opened(self.engine).list_meters(self.tenant(request)), {}
 
     async def get_meter(self, request: Request, slug: str) -> tuple[int, Any, dict[str, str]]:
-        return 200, self.engine.get_meter(self.tenant(request), slug), {}
+        return 200, opened(self.engine).get_meter(self.tenant(request), slug), {}
 
     async def delete_meter(self, request: Request, slug: str) -> tuple[int, Any, dict[str, str]]:
         # Through the catalog: refused (409 in_use) while a price, an override or a product names the meter.
-        await self.call(self.billing.delete_meter, self.tenant(request), slug)
+        await self.call(opened(self.billing).delete_meter, self.tenant(request), slug)
         return 200, {"deleted": slug}, {}
 
     async def usage(self, request: Request, slug: str) -> tuple[int, Any, dict[str, str]]:
@@ -607,12 +612,13 @@ class MeterApp:
             if k.startswith("filter[") and k.endswith("]"):
                 filters.setdefault(k[7:-1], []).append(v)
         result = await self.call(
-            self.engine.usage,
+            opened(self.engine).usage,
             self.tenant(request),
             slug,
             start=start,
             end=end,
-            window_size=request.param("window_size"),
+            # Any text: the engine refuses what is not a WindowSize (400, naming the allowed values).
+            window_size=cast(WindowSize | None, request.param("window_size")),
             subjects=request.params("subject"),
             group_by=request.params("group_by"),
             filters=filters,
@@ -628,7 +634,7 @@ class MeterApp:
         if not (limit.isascii() and limit.isdigit()):
             raise ApiError(400, "invalid_query", f"'limit' must be a whole number 1-1000; got {limit!r}")
         page = await self.call(
-            self.engine.skipped,
+            opened(self.engine).skipped,
             self.tenant(request),
             slug,
             start=start,
@@ -651,35 +657,37 @@ class MeterApp:
 
     async def create_tenant(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         body = decode(request.body, TenantBody)
-        return 201, self.keys.create_tenant(body.id, body.name), {}
+        return 201, opened(self.keys).create_tenant(body.id, body.name), {}
 
     async def list_tenants(self, request: Request) -> tuple[int, Any, dict[str, str]]:
-        return 200, self.keys.list_tenants(), {}
+        return 200, opened(self.keys).list_tenants(), {}
 
     async def create_key(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         """The operator creates a key for any tenant, or (`"tenant": null`) another operator key."""
         body = decode(request.body, KeyBody)
-        secret, record = self.keys.create_key(body.tenant, list(body.scopes))
+        secret, record = opened(self.keys).create_key(body.tenant, list(body.scopes))
         return 201, {"key": secret, **msgspec.structs.asdict(record)}, {}
 
     async def list_keys(self, request: Request) -> tuple[int, Any, dict[str, str]]:
-        return 200, self.keys.list_keys(request.param("tenant")), {}
+        return 200, opened(self.keys).list_keys(request.param("tenant")), {}
 
     async def revoke_key(self, request: Request, key_id: str) -> tuple[int, Any, dict[str, str]]:
-        self.keys.revoke(key_id, operator=True)
+        opened(self.keys).revoke(key_id, operator=True)
         return 200, {"revoked": key_id}, {}
 
     async def create_own_key(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         """A tenant's `admin` key creates keys of its own tenant (the tenant comes from the key, never the body)."""
         body = decode(request.body, TenantKeyBody)
-        secret, record = self.keys.create_key(self.tenant(request), list(body.scopes))
+        secret, record = opened(self.keys).create_key(self.tenant(request), list(body.scopes))
         return 201, {"key": secret, **msgspec.structs.asdict(record)}, {}
 
     async def list_own_keys(self, request: Request) -> tuple[int, Any, dict[str, str]]:
-        return 200, self.keys.list_keys(self.tenant(request)), {}
+        return 200, opened(self.keys).list_keys(self.tenant(request)), {}
 
     async def revoke_own_key(self, request: Request, key_id: str) -> tuple[int, Any, dict[str, str]]:
-        self.keys.revoke(key_id, tenant=self.tenant(request))  # another tenant's key (or an operator's) is a 404
+        opened(self.keys).revoke(
+            key_id, tenant=self.tenant(request)
+        )  # another tenant's key (or an operator's) is a 404
         return 200, {"revoked": key_id}, {}
 
     def catalog_put(self, singular: str, body_type: type[Any]) -> Handler:
@@ -687,26 +695,30 @@ class MeterApp:
             tenant, item = self.tenant(request), decode(request.body, body_type, "invalid_catalog")
             # On a worker thread: a catalog write takes the catalog's lock, which a meter deletion holds meanwhile.
             if singular == "plan":
-                return 201, await self.call(self.billing.create_plan, tenant, item.id, item.name, item.versions), {}
-            return 200, await self.call(getattr(self.billing, f"put_{singular}"), tenant, item), {}
+                return (
+                    201,
+                    await self.call(opened(self.billing).create_plan, tenant, item.id, item.name, item.versions),
+                    {},
+                )
+            return 200, await self.call(getattr(opened(self.billing), f"put_{singular}"), tenant, item), {}
 
         return put
 
     def catalog_list(self, singular: str) -> Handler:
         async def list_all(request: Request) -> tuple[int, Any, dict[str, str]]:
-            return 200, getattr(self.billing, f"list_{singular}s")(self.tenant(request)), {}
+            return 200, getattr(opened(self.billing), f"list_{singular}s")(self.tenant(request)), {}
 
         return list_all
 
     def catalog_get(self, singular: str) -> Handler:
         async def get(request: Request, item_id: str) -> tuple[int, Any, dict[str, str]]:
-            return 200, getattr(self.billing, f"get_{singular}")(self.tenant(request), item_id), {}
+            return 200, getattr(opened(self.billing), f"get_{singular}")(self.tenant(request), item_id), {}
 
         return get
 
     def catalog_delete(self, singular: str) -> Handler:
         async def delete(request: Request, item_id: str) -> tuple[int, Any, dict[str, str]]:
-            await self.call(getattr(self.billing, f"delete_{singular}"), self.tenant(request), item_id)
+            await self.call(getattr(opened(self.billing), f"delete_{singular}"), self.tenant(request), item_id)
             return 200, {"deleted": item_id}, {}
 
         return delete
@@ -715,7 +727,9 @@ class MeterApp:
         body = decode(request.body, MigrationBody, "invalid_catalog")
         return (
             200,
-            await self.call(self.billing.migrate_subscription, self.tenant(request), sub_id, body.version, body.at),
+            await self.call(
+                opened(self.billing).migrate_subscription, self.tenant(request), sub_id, body.version, body.at
+            ),
             {},
         )
 
@@ -723,10 +737,10 @@ class MeterApp:
 
     async def run_invoices(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         body = decode(request.body, InvoiceRunBody)
-        return 200, await self.call(self.invoicer.run, self.tenant(request), body.period, body.finalize), {}
+        return 200, await self.call(opened(self.invoicer).run, self.tenant(request), body.period, body.finalize), {}
 
     async def bill_thresholds(self, request: Request) -> tuple[int, Any, dict[str, str]]:
-        return 200, await self.call(self.invoicer.thresholds, self.tenant(request), datetime.now(UTC)), {}
+        return 200, await self.call(opened(self.invoicer).thresholds, self.tenant(request), datetime.now(UTC)), {}
 
     async def list_invoices(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         # period: the month the invoices' cycles start in (what a run bills fees in advance for); usage_period: the
@@ -734,39 +748,43 @@ class MeterApp:
         for name in ("period", "usage_period"):
             if (month := request.param(name)) is not None:
                 parse_month(month, name)
-        invoices = self.invoices.list(self.tenant(request))
+        invoices = opened(self.invoices).list(self.tenant(request))
         for name in ("status", "customer", "subscription", "period", "usage_period"):
             if (wanted := request.param(name)) is not None:
                 invoices = [i for i in invoices if getattr(i, name) == wanted]
         return 200, invoices, {}
 
     async def get_invoice(self, request: Request, invoice_id: str) -> tuple[int, Any, dict[str, str]]:
-        return 200, self.invoices.get(self.tenant(request), invoice_id), {}
+        return 200, opened(self.invoices).get(self.tenant(request), invoice_id), {}
 
     async def finalize_invoice(self, request: Request, invoice_id: str) -> tuple[int, Any, dict[str, str]]:
-        return 200, with_warnings(*await self.call(self.invoicer.finalize, self.tenant(request), invoice_id)), {}
+        return (
+            200,
+            with_warnings(*await self.call(opened(self.invoicer).finalize, self.tenant(request), invoice_id)),
+            {},
+        )
 
     async def void_invoice(self, request: Request, invoice_id: str) -> tuple[int, Any, dict[str, str]]:
-        return 200, with_warnings(*await self.call(self.invoicer.void, self.tenant(request), invoice_id)), {}
+        return 200, with_warnings(*await self.call(opened(self.invoicer).void, self.tenant(request), invoice_id)), {}
 
     async def credit_invoice(self, request: Request, invoice_id: str) -> tuple[int, Any, dict[str, str]]:
         body = decode(request.body, CreditNoteBody)
-        done = await self.call(self.invoicer.credit, self.tenant(request), invoice_id, body.amount, body.reason)
+        done = await self.call(opened(self.invoicer).credit, self.tenant(request), invoice_id, body.amount, body.reason)
         return 201, with_warnings(*done), {}
 
     async def list_credit_notes(self, request: Request) -> tuple[int, Any, dict[str, str]]:
-        return 200, self.invoices.credit_notes(self.tenant(request)), {}
+        return 200, opened(self.invoices).credit_notes(self.tenant(request)), {}
 
     async def upcoming_invoice(self, request: Request, customer: str) -> tuple[int, Any, dict[str, str]]:
         as_of = datetime.now(UTC)
-        return 200, await self.call(self.invoicer.preview, self.tenant(request), customer, as_of), {}
+        return 200, await self.call(opened(self.invoicer).preview, self.tenant(request), customer, as_of), {}
 
     async def add_plan_version(self, request: Request, plan_id: str) -> tuple[int, Any, dict[str, str]]:
         body = decode(request.body, PlanVersionBody, "invalid_catalog")
         return (
             201,
             await self.call(
-                self.billing.add_plan_version, self.tenant(request), plan_id, body.effective_from, body.prices
+                opened(self.billing).add_plan_version, self.tenant(request), plan_id, body.effective_from, body.prices
             ),
             {},
         )
@@ -813,6 +831,19 @@ class Unavailable:
         )
 
 
+def opened(store: _Store | Unavailable | None) -> _Store | Unavailable:
+    """A store as a route uses it: open, or Unavailable (degraded), never None.
+
+    authorize() needs the key store, so no route but the public ones runs before startup opened the stores; should one
+    ever, it answers 503 `store_unavailable` like a store a degraded start could not open, never an AttributeError.
+    """
+    if store is None:
+        raise ApiError(
+            503, "store_unavailable", "the stores are not open yet: the server is starting", {"retry-after": "5"}
+        )
+    return store
+
+
 def storage_full(e: BaseException) -> str | None:
     """'disk full' or 'read-only file system' when `e` comes from one of them, else None.
 
@@ -820,9 +851,10 @@ def storage_full(e: BaseException) -> str | None:
     degraded.
     """
     causes: list[BaseException] = []
-    while e is not None and len(causes) < 10:
-        causes.append(e)
-        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    link: BaseException | None = e
+    while link is not None and len(causes) < 10:
+        causes.append(link)
+        link = link.__cause__ or link.__context__
     for cause in causes:
         number = getattr(cause, "errno", None)
         text = str(cause).lower()
