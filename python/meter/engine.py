@@ -45,7 +45,8 @@ class Usage:
         self.table = table
 
     def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
-        return self.table.__arrow_c_stream__(requested_schema)
+        # pyarrow-stubs leaves Table.__arrow_c_stream__ unannotated (it returns a PyCapsule).
+        return self.table.__arrow_c_stream__(requested_schema)  # type: ignore[no-untyped-call]
 
     def __len__(self) -> int:
         return self.table.num_rows

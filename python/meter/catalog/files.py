@@ -19,7 +19,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 from meter.catalog.billing import Customer, PlanBody, Product, Subscription
 from meter.catalog.prices import validate_price
@@ -44,7 +44,7 @@ class CatalogFileError(InvalidInput):
         self.problems = problems
 
 
-class _Loader(yaml.SafeLoader):  # type: ignore[misc]
+class _Loader(yaml.SafeLoader):
     """SafeLoader that keeps numbers, times and booleans as they were written (see the module doc)."""
 
 

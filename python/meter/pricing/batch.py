@@ -253,7 +253,8 @@ class Batch:
 def _span(frame: pl.DataFrame, start: str, end: str) -> tuple[datetime, datetime] | None:
     if frame.height == 0:
         return None
-    return frame.get_column(start).min(), frame.get_column(end).max()  # type: ignore[return-value]
+    # Datetime columns: polars types min() and max() for any column (a number, a string, a date...).
+    return cast(datetime, frame.get_column(start).min()), cast(datetime, frame.get_column(end).max())
 
 
 # ------------------------------------------------------------------------------------------------- cycles, segments

@@ -183,6 +183,7 @@ class StoredInvoices(Sequence[Invoice]):
             return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
+    # Unhashable, as a list is (it defines __eq__); typeshed declares __hash__ a method, so None needs the ignore.
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:

@@ -173,7 +173,7 @@ def event_amounts(
         )
         if inside.height == 0:
             continue
-        data = pa.array(inside.get_column("data").to_arrow()).cast(pa.string())
+        data = inside.get_column("data").to_arrow().cast(pa.string())
         amounts = pl.from_arrow(pa.array(_core.event_values(msgspec.json.encode(spec), data)))
         frames.append(inside.select("charge", amount=amounts).drop_nulls("amount"))
     return pl.concat(frames, how="vertical")
