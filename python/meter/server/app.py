@@ -618,7 +618,7 @@ class MeterApp:
             start=start,
             end=end,
             # Any text: the engine refuses what is not a WindowSize (400, naming the allowed values).
-            window_size=cast(WindowSize | None, request.param("window_size")),
+            window_size=cast("WindowSize | None", request.param("window_size")),
             subjects=request.params("subject"),
             group_by=request.params("group_by"),
             filters=filters,
