@@ -35,7 +35,7 @@ build: system-deps $(VENV)/.deps ## Build the Rust engine into the virtualenv (r
 	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH maturin develop --release -q
 
 .PHONY: test
-test: build ## Build, then run the Rust and Python test suites
+test: lint build ## Lint, build, then run the Rust and Python test suites
 	$(call apt,command -v strace,strace)  # tests/test_outcome_unknown.py makes fsync fail with it
 	cargo test --release -p meter_core
 	$(PY) -m pytest
@@ -102,7 +102,10 @@ bench-invoice-run: build ## The whole invoice run of a month for 1M subscription
 bench: bench-core bench-http bench-peers bench-export bench-pricing bench-invoice-run bench-usage-json bench-query-ingest ## All benchmarks
 
 .PHONY: lint
-lint: $(VENV)/.deps ## cargo fmt --check and clippy
+lint: system-deps $(VENV)/.deps ## ruff (check, format --check), mypy --strict, cargo fmt --check and clippy: zero findings
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/mypy --strict  # the files are pyproject's [tool.mypy] files: python/meter
 	cargo fmt --all -- --check
 	cargo clippy --release -p meter_core --all-targets -- -D warnings
 	cargo clippy --release -p meter_core --features python -- -D warnings

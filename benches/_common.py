@@ -28,8 +28,14 @@ def machine() -> dict[str, Any]:
         rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True, check=False).stdout.strip()
     except OSError:
         rustc = "unknown"
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_gib, 1), "os": platform.platform(),
-            "python": sys.version.split()[0], "rustc": rustc}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_gib, 1),
+        "os": platform.platform(),
+        "python": sys.version.split()[0],
+        "rustc": rustc,
+    }
 
 
 def methodology(name: str, workload: dict[str, Any], settings: dict[str, Any]) -> None:

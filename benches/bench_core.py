@@ -14,11 +14,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import finish, methodology, percentile  # noqa: E402
-from workload import METERS, Workload  # noqa: E402
-
 import meter  # noqa: E402
+from _common import finish, methodology, percentile  # noqa: E402
 from meter import _core  # noqa: E402
+from workload import METERS, Workload  # noqa: E402
 
 
 def main() -> None:
@@ -54,7 +53,10 @@ def main() -> None:
     parse_s = time.perf_counter() - t
     assert parsed == timed_events, (parsed, timed_events)
 
-    with tempfile.TemporaryDirectory(prefix="meter-bench-") as tmp, meter.Engine(Path(tmp) / "db", durability=args.durability) as engine:
+    with (
+        tempfile.TemporaryDirectory(prefix="meter-bench-") as tmp,
+        meter.Engine(Path(tmp) / "db", durability=args.durability) as engine,
+    ):
         for spec in METERS:
             engine.create_meter("bench", spec)
         for b in warm:
@@ -86,9 +88,11 @@ def main() -> None:
         "process_cpu_share": round(cpu / wall / 2, 3),
         "durability": args.durability,
     }
-    print(f"  result: {figures['events_per_s']:,} events/s ({figures['accepted_events_per_s']:,} accepted), "
-          f"p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms per 1000-event batch; "
-          f"parser ceiling {figures['parse_only_events_per_s']:,} events/s")
+    print(
+        f"  result: {figures['events_per_s']:,} events/s ({figures['accepted_events_per_s']:,} accepted), "
+        f"p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms per 1000-event batch; "
+        f"parser ceiling {figures['parse_only_events_per_s']:,} events/s"
+    )
     finish("core", figures)
 
 

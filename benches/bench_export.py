@@ -11,7 +11,7 @@ import argparse
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import finish, methodology  # noqa: E402
-
 from meter import Engine  # noqa: E402
 from meter.export import export_usage  # noqa: E402
 
@@ -33,8 +32,10 @@ def bodies(customers: int, minutes: int, start: datetime) -> list[bytes]:
         t = (start + timedelta(minutes=minute)).strftime("%Y-%m-%dT%H:%M:%SZ")
         for c in range(customers):
             for m, model in enumerate(MODELS):
-                batch.append(f'{{"specversion":"1.0","id":"{minute}-{c}-{m}","source":"bench","type":"llm",'
-                             f'"subject":"cust-{c:05d}","time":"{t}","data":{{"model":"{model}","tokens":{c + m}}}}}')
+                batch.append(
+                    f'{{"specversion":"1.0","id":"{minute}-{c}-{m}","source":"bench","type":"llm",'
+                    f'"subject":"cust-{c:05d}","time":"{t}","data":{{"model":"{model}","tokens":{c + m}}}}}'
+                )
                 if len(batch) == 1000:
                     out.append(("[" + ",".join(batch) + "]").encode())
                     batch = []
@@ -49,17 +50,32 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=2000)
     args = ap.parse_args()
     minutes = max(1, args.rows // (args.customers * len(MODELS)))
-    now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
     start = now - timedelta(minutes=minutes + 1)
-    methodology("bench-export", {"rows": f"{args.customers} customers x {minutes} minutes x {len(MODELS)} models",
-                                 "meter": "sum of tokens by model"},
-                {"export": "meter.export.export_usage, zstd Parquet, one file per tenant, meter and day",
-                 "ceiling": "the same rows written to Parquet from one Arrow table in memory"})
+    methodology(
+        "bench-export",
+        {
+            "rows": f"{args.customers} customers x {minutes} minutes x {len(MODELS)} models",
+            "meter": "sum of tokens by model",
+        },
+        {
+            "export": "meter.export.export_usage, zstd Parquet, one file per tenant, meter and day",
+            "ceiling": "the same rows written to Parquet from one Arrow table in memory",
+        },
+    )
     with tempfile.TemporaryDirectory(prefix="meter-bench-export-") as tmp:
         work = Path(tmp)
         with Engine(work / "usage", durability="buffered") as engine:
-            engine.create_meter("bench", {"slug": "tokens", "event_type": "llm", "aggregation": "sum",
-                                          "value_property": "$.tokens", "group_by": {"model": "$.model"}})
+            engine.create_meter(
+                "bench",
+                {
+                    "slug": "tokens",
+                    "event_type": "llm",
+                    "aggregation": "sum",
+                    "value_property": "$.tokens",
+                    "group_by": {"model": "$.model"},
+                },
+            )
             print(f"ingesting {args.customers * minutes * len(MODELS):,} events ...", flush=True)
             for body in bodies(args.customers, minutes, start):
                 engine.ingest("bench", body)
@@ -76,13 +92,27 @@ def main() -> None:
         pq.write_table(table, work / "ceiling.parquet", compression="zstd")
         ceiling_s = time.perf_counter() - began
 
-    print(f"  first export: {first.rows:,} rows in {first.files} files, {first_s:.2f} s ({first.rows / first_s:,.0f} rows/s)")
-    print(f"  second export (nothing changed): {again.files} files rewritten, {again.unchanged} unchanged, {again_s:.2f} s")
+    print(
+        f"  first export: {first.rows:,} rows in {first.files} files, {first_s:.2f} s "
+        f"({first.rows / first_s:,.0f} rows/s)"
+    )
+    print(
+        f"  second export (nothing changed): {again.files} files rewritten, {again.unchanged} unchanged, "
+        f"{again_s:.2f} s"
+    )
     print(f"  ceiling (Parquet write alone): {table.num_rows / ceiling_s:,.0f} rows/s")
-    finish("export", {"rows": first.rows, "files": first.files, "rows_per_s": round(first.rows / first_s),
-                      "seconds": round(first_s, 3), "unchanged_export_seconds": round(again_s, 3),
-                      "rewritten_when_unchanged": again.files,
-                      "ceiling_parquet_write_rows_per_s": round(table.num_rows / ceiling_s)})
+    finish(
+        "export",
+        {
+            "rows": first.rows,
+            "files": first.files,
+            "rows_per_s": round(first.rows / first_s),
+            "seconds": round(first_s, 3),
+            "unchanged_export_seconds": round(again_s, 3),
+            "rewritten_when_unchanged": again.files,
+            "ceiling_parquet_write_rows_per_s": round(table.num_rows / ceiling_s),
+        },
+    )
 
 
 if __name__ == "__main__":

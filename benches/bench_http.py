@@ -1,5 +1,7 @@
-"""bench-http: end to end over loopback. `meter serve` (granian, one worker) with fsync durability, driven by wrk
-with pre-built bodies (a Lua script posts each body once; no per-event work while it runs).
+"""bench-http: end to end over loopback, `meter serve` driven by wrk.
+
+The server (granian, one worker) runs with fsync durability; wrk posts pre-built bodies (a Lua script posts each
+body once; no per-event work while it runs).
 
 Runs, in one go: 1000-event batches to a receive-and-discard endpoint (the ceiling: same reading, auth and answer,
 no engine), then 1000-event batches, 100-event batches and single events to /v1/events. Workload from workload.py.
@@ -22,9 +24,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from _common import finish, methodology  # noqa: E402
 from http_server import Server  # noqa: E402
-from workload import METERS, Workload  # noqa: E402
-
 from meter.catalog.keys import new_key  # noqa: E402
+from workload import METERS, Workload  # noqa: E402
 
 LUA = Path(__file__).parent / "post_bodies.lua"
 
@@ -40,12 +41,18 @@ def write_bodies(directory: Path, name: str, bodies: list[bytes]) -> Path:
     return listing
 
 
-def run_wrk(url: str, path: str, key: str, listing: Path, events_per_body: int, connections: int,
-            seconds: int) -> dict[str, Any]:
+def run_wrk(
+    url: str, path: str, key: str, listing: Path, events_per_body: int, connections: int, seconds: int
+) -> dict[str, Any]:
     env = {**os.environ, "BODIES_LIST": str(listing), "METER_KEY": key, "WRK_PATH": path, "WRK_THREADS": "1"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "-s", str(LUA), url],
-                         env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "-s", str(LUA), url],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     line = next(x for x in out.splitlines() if x.startswith("WRK "))
     r = json.loads(line[4:])
@@ -65,7 +72,9 @@ def run_wrk(url: str, path: str, key: str, listing: Path, events_per_body: int, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--batches", type=int, default=3000, help="1000-event batches (default 3000: enough for 4 s at 750k events/s)")
+    ap.add_argument(
+        "--batches", type=int, default=3000, help="1000-event batches (default 3000: enough for 4 s at 750k events/s)"
+    )
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--seconds", type=int, default=4, help="wrk duration per run")
     args = ap.parse_args()
@@ -77,12 +86,20 @@ def main() -> None:
     single_bodies = [json.dumps(e).encode() for b in Workload(32, seed=9).bodies for e in json.loads(b)][:32000]
     methodology(
         "bench-http",
-        {"large": f"{args.batches} x 1000-event batches, {large.event_bytes:.0f} B/event, "
-                  f"{1 - large.unique_events / large.sent_events:.1%} duplicates",
-         "small": f"{len(small.bodies)} x 100-event batches", "single": f"{len(single_bodies)} single events",
-         "meters": ", ".join(m["slug"] for m in METERS), "customers": "10,000 (Zipf)"},
-        {"server": "meter serve (granian, 1 worker, ASGI), durability fsync", "client": "wrk -t1",
-         "connections": args.connections, "loopback": "127.0.0.1"},
+        {
+            "large": f"{args.batches} x 1000-event batches, {large.event_bytes:.0f} B/event, "
+            f"{1 - large.unique_events / large.sent_events:.1%} duplicates",
+            "small": f"{len(small.bodies)} x 100-event batches",
+            "single": f"{len(single_bodies)} single events",
+            "meters": ", ".join(m["slug"] for m in METERS),
+            "customers": "10,000 (Zipf)",
+        },
+        {
+            "server": "meter serve (granian, 1 worker, ASGI), durability fsync",
+            "client": "wrk -t1",
+            "connections": args.connections,
+            "loopback": "127.0.0.1",
+        },
     )
     with tempfile.TemporaryDirectory(prefix="meter-bench-http-") as tmp:
         d = Path(tmp)
@@ -99,25 +116,40 @@ def main() -> None:
                 for spec in METERS:
                     assert c.post("/v1/meters", json=spec).status_code == 201
             results = {
-                "ceiling_discard": run_wrk(server.url, "/bench/discard", key, lists["large"], 1000, args.connections, args.seconds),
-                "batch_1000": run_wrk(server.url, "/v1/events", key, lists["large"], 1000, args.connections, args.seconds),
-                "batch_100": run_wrk(server.url, "/v1/events", key, lists["small"], 100, args.connections, args.seconds),
+                "ceiling_discard": run_wrk(
+                    server.url, "/bench/discard", key, lists["large"], 1000, args.connections, args.seconds
+                ),
+                "batch_1000": run_wrk(
+                    server.url, "/v1/events", key, lists["large"], 1000, args.connections, args.seconds
+                ),
+                "batch_100": run_wrk(
+                    server.url, "/v1/events", key, lists["small"], 100, args.connections, args.seconds
+                ),
                 "single": run_wrk(server.url, "/v1/events", key, lists["single"], 1, args.connections, args.seconds),
             }
         finally:
             server.stop()
     for name, r in results.items():
-        print(f"  {name:>16}: {r['events_per_s']:>10,} events/s  {r['requests_per_s']:>8} req/s  "
-              f"p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  errors {r['errors']}  client cpu {r['client_cpu_share']}  "
-              f"re-sent bodies {r['bodies_sent_again']}")
+        print(
+            f"  {name:>16}: {r['events_per_s']:>10,} events/s  {r['requests_per_s']:>8} req/s  "
+            f"p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  errors {r['errors']}  client cpu {r['client_cpu_share']}  "
+            f"re-sent bodies {r['bodies_sent_again']}"
+        )
     main_run = results["batch_1000"]
-    finish("http", {
-        "events_per_s": main_run["events_per_s"], "requests_per_s": main_run["requests_per_s"],
-        "p50_ms": main_run["p50_ms"], "p99_ms": main_run["p99_ms"], "client_cpu_share": main_run["client_cpu_share"],
-        "ceiling_discard_events_per_s": results["ceiling_discard"]["events_per_s"],
-        "batch_100_events_per_s": results["batch_100"]["events_per_s"],
-        "single_events_per_s": results["single"]["events_per_s"], "runs": results,
-    })
+    finish(
+        "http",
+        {
+            "events_per_s": main_run["events_per_s"],
+            "requests_per_s": main_run["requests_per_s"],
+            "p50_ms": main_run["p50_ms"],
+            "p99_ms": main_run["p99_ms"],
+            "client_cpu_share": main_run["client_cpu_share"],
+            "ceiling_discard_events_per_s": results["ceiling_discard"]["events_per_s"],
+            "batch_100_events_per_s": results["batch_100"]["events_per_s"],
+            "single_events_per_s": results["single"]["events_per_s"],
+            "runs": results,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -62,9 +62,13 @@ def plan_prices(plan: str) -> list[dict[str, Any]]:
     usage = prices()  # the price book of bench-pricing, so both benchmarks rate the same catalog
     fee = {"starter": "9.99", "pro": "49", "enterprise": "990"}[plan]
     currency = PLANS[plan]
-    return [{"id": f"{plan}-base", "currency": currency, "model": "flat", "amount": fee, "cadence": "in_advance"},
-            *({"id": f"{plan}-{meter}", "currency": currency, "meter": meter, **spec}
-              for meter, spec in usage[plan].items())]
+    return [
+        {"id": f"{plan}-base", "currency": currency, "model": "flat", "amount": fee, "cadence": "in_advance"},
+        *(
+            {"id": f"{plan}-{meter}", "currency": currency, "meter": meter, **spec}
+            for meter, spec in usage[plan].items()
+        ),
+    ]
 
 
 def customer_id(i: int) -> str:
@@ -73,32 +77,51 @@ def customer_id(i: int) -> str:
 
 # ---------------------------------------------------------------------------------------------------------- build
 
+
 def build(data: Path, subscriptions: int, events: int) -> dict[str, float]:
     """The tenant through the real write paths (engine, catalog), then the scheduled export; seconds per part."""
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     with Engine(data / "usage", durability="buffered", backdate_window=WINDOW, dedup_window=WINDOW) as engine:
         for slug, aggregation in METERS.items():
-            engine.create_meter(TENANT, {
-                "slug": slug, "event_type": "ai", "aggregation": aggregation,
-                **({} if aggregation == "count" else {"value_property": f"$.{slug}"}),
-                **({"group_by": {"model": "$.model"}} if slug == "input_tokens" else {})})
+            engine.create_meter(
+                TENANT,
+                {
+                    "slug": slug,
+                    "event_type": "ai",
+                    "aggregation": aggregation,
+                    **({} if aggregation == "count" else {"value_property": f"$.{slug}"}),
+                    **({"group_by": {"model": "$.model"}} if slug == "input_tokens" else {}),
+                },
+            )
         catalog = BillingCatalog(data / "billing", meters=engine)
         for plan in PLANS:
             catalog.create_plan(TENANT, plan, plan.title())
-            catalog.add_plan_version(TENANT, plan, OCT - timedelta(days=60),
-                                     [msgspec.convert(p, Price) for p in plan_prices(plan)])
+            catalog.add_plan_version(
+                TENANT, plan, OCT - timedelta(days=60), [msgspec.convert(p, Price) for p in plan_prices(plan)]
+            )
         plans = list(PLANS)
         for i in range(subscriptions):
             plan = plans[i % len(plans)]
-            catalog.put_customer(TENANT, Customer(id=customer_id(i), name=f"Customer {i}", currency=PLANS[plan],
-                                                  timezone="Europe/Paris" if i % 7 == 0 else "UTC"))
+            catalog.put_customer(
+                TENANT,
+                Customer(
+                    id=customer_id(i),
+                    name=f"Customer {i}",
+                    currency=PLANS[plan],
+                    timezone="Europe/Paris" if i % 7 == 0 else "UTC",
+                ),
+            )
             # A tenth start in the middle of the previous cycle (their first fee prorated, their usage partial);
             # every tenth has a discount on its invoice.
             start = OCT + timedelta(days=i % 28) if i % 10 == 3 else OCT - timedelta(days=90)
             discounts = [Discount(id="welcome", start=OCT, percent=Decimal(10))] if i % 10 == 5 else []
-            catalog.put_subscription(TENANT, Subscription(id=f"sub-{i:07d}", customer=customer_id(i), plan=plan,
-                                                          version=1, start=start, discounts=discounts))
+            catalog.put_subscription(
+                TENANT,
+                Subscription(
+                    id=f"sub-{i:07d}", customer=customer_id(i), plan=plan, version=1, start=start, discounts=discounts
+                ),
+            )
         seconds["catalog"], t = time.perf_counter() - t, time.perf_counter()
         ingest_usage(engine, subscriptions, events)
         seconds["ingest"], t = time.perf_counter() - t, time.perf_counter()
@@ -114,8 +137,12 @@ def ingest_usage(engine: Engine, customers: int, per_customer: int, batch: int =
     """``per_customer`` events per customer on distinct days of October, each carrying every meter's value."""
     n = customers * per_customer
     i = pl.int_range(n, dtype=pl.UInt64)
-    frame = pl.select(i=i).with_columns(c=pl.col("i") // per_customer, j=pl.col("i") % per_customer,
-                                        h=pl.col("i").hash(seed=7), g=pl.col("i").hash(seed=8))
+    frame = pl.select(i=i).with_columns(
+        c=pl.col("i") // per_customer,
+        j=pl.col("i") % per_customer,
+        h=pl.col("i").hash(seed=7),
+        g=pl.col("i").hash(seed=8),
+    )
     day = (pl.col("c") * 7 + pl.col("j") * 8) % 31
     minute = pl.col("h") % 1440
     at = (pl.lit(OCT).dt.cast_time_unit("us") + pl.duration(days=day, minutes=minute)).dt.strftime("%Y-%m-%dT%H:%M:00Z")
@@ -125,12 +152,28 @@ def ingest_usage(engine: Engine, customers: int, per_customer: int, batch: int =
         return value.cast(pl.String).str.zfill(width)
 
     pieces: list[pl.Expr | str] = [
-        '{"specversion":"1.0","source":"bench","type":"ai","id":"e', pl.col("i").cast(pl.String),
-        '","subject":"cust-', digits(pl.col("c"), 7), '","time":"', at, '","data":{"model":"', model,
-        '","input_tokens":', (pl.col("h") % 20_000 + 1).cast(pl.String),
-        ',"output_tokens":', (pl.col("g") % 5_000 + 1).cast(pl.String),
-        ',"gpu_spend":"', (pl.col("h") % 5).cast(pl.String), ".", digits(pl.col("g") % 1000, 3),
-        '","storage_gb":"', (pl.col("g") % 200).cast(pl.String), ".", digits(pl.col("h") % 1000, 3), '"}}']
+        '{"specversion":"1.0","source":"bench","type":"ai","id":"e',
+        pl.col("i").cast(pl.String),
+        '","subject":"cust-',
+        digits(pl.col("c"), 7),
+        '","time":"',
+        at,
+        '","data":{"model":"',
+        model,
+        '","input_tokens":',
+        (pl.col("h") % 20_000 + 1).cast(pl.String),
+        ',"output_tokens":',
+        (pl.col("g") % 5_000 + 1).cast(pl.String),
+        ',"gpu_spend":"',
+        (pl.col("h") % 5).cast(pl.String),
+        ".",
+        digits(pl.col("g") % 1000, 3),
+        '","storage_gb":"',
+        (pl.col("g") % 200).cast(pl.String),
+        ".",
+        digits(pl.col("h") % 1000, 3),
+        '"}}',
+    ]
     text = frame.select(pl.concat_str([pl.lit(p) if isinstance(p, str) else p for p in pieces])).to_series()
     for start in range(0, n, batch):
         body = ("[" + ",".join(text.slice(start, batch).to_list()) + "]").encode()
@@ -139,6 +182,7 @@ def ingest_usage(engine: Engine, customers: int, per_customer: int, batch: int =
 
 
 # -------------------------------------------------------------------------------------------------------------- timed
+
 
 def run(data: Path, profile: Path | None) -> dict[str, Any]:
     """The timed invoice runs, in a process of its own: the first, then the same period again."""
@@ -168,10 +212,16 @@ def run(data: Path, profile: Path | None) -> dict[str, Any]:
             # longer than the run): one invoice per subscription, and the totals per currency.
             exported = pl.read_parquet(data / "export" / "invoices" / f"tenant={TENANT}" / "invoices.parquet")
             totals = exported.group_by("currency").agg(pl.col("total").sum().cast(pl.String)).sort("currency")
-            figures[name] = {"seconds": seconds, "cpu_seconds": cpu, "invoices": len(result.invoices),
-                             "errors": len(result.errors),
-                             "steps": step_seconds, "peak_rss_mb": peak_rss_mb(), "exported": exported.height,
-                             "total": dict(totals.iter_rows())}
+            figures[name] = {
+                "seconds": seconds,
+                "cpu_seconds": cpu,
+                "invoices": len(result.invoices),
+                "errors": len(result.errors),
+                "steps": step_seconds,
+                "peak_rss_mb": peak_rss_mb(),
+                "exported": exported.height,
+                "total": dict(totals.iter_rows()),
+            }
             del result
         store.close()
         catalog.close()
@@ -202,16 +252,21 @@ def main() -> None:
         print(json.dumps(run(args.data, args.profile)))
         return
 
-    methodology("bench-invoice-run", {
-        "subscriptions": f"{args.subscriptions:,}, one per customer, plans {', '.join(PLANS)} in turn "
-                         f"({', '.join(sorted(set(PLANS.values())))}); a tenth started in October, a tenth discounted",
-        "charges": "6 per subscription: a fee in advance (November) and 5 usage charges in arrears (October)",
-        "usage": f"{args.events} events per customer in October through the engine, each counted by the 5 meters",
-    }, {
-        "timed": f"Invoicer.run(tenant, {PERIOD!r}) after the scheduled export, then the same run again; one fresh "
-                 "process",
-        "memory": "peak resident memory (VmHWM) of that process",
-        "threads": f"polars pool {pl.thread_pool_size()}"})
+    methodology(
+        "bench-invoice-run",
+        {
+            "subscriptions": f"{args.subscriptions:,}, one per customer, plans {', '.join(PLANS)} in turn "
+            f"({', '.join(sorted(set(PLANS.values())))}); a tenth started in October, a tenth discounted",
+            "charges": "6 per subscription: a fee in advance (November) and 5 usage charges in arrears (October)",
+            "usage": f"{args.events} events per customer in October through the engine, each counted by the 5 meters",
+        },
+        {
+            "timed": f"Invoicer.run(tenant, {PERIOD!r}) after the scheduled export, then the same run again; one fresh "
+            "process",
+            "memory": "peak resident memory (VmHWM) of that process",
+            "threads": f"polars pool {pl.thread_pool_size()}",
+        },
+    )
     with tempfile.TemporaryDirectory(prefix="meter-bench-invoice-run-") as tmp:
         data = args.data or Path(tmp) / "data"
         marker, workload = data / "_bench.json", json.dumps([args.subscriptions, args.events])
@@ -230,22 +285,36 @@ def main() -> None:
         figures = child(data, args.profile)
     for name in ("first", "again"):
         f = figures[name]
-        print(f"  {name}: {f['seconds']:.2f} s ({f['cpu_seconds']:.2f} s of CPU), {f['invoices']:,} invoices "
-              f"({f['exported']:,} exported), {f['errors']} errors, totals {f['total']}, "
-              f"peak RSS {f['peak_rss_mb']:,.0f} MiB")
-        print("    seconds (CPU seconds) per step: " + ", ".join(
-            f"{step} {s:.2f} ({f['steps'][step + '_cpu']:.2f})" for step, s in f["steps"].items()
-            if not step.endswith("_cpu")))
-    finish("invoice_run", {"subscriptions": args.subscriptions, **{f"build_{k}_seconds": round(v, 1)
-                                                                   for k, v in built.items()},
-                           "seconds": round(figures["first"]["seconds"], 3),
-                           "cpu_seconds": round(figures["first"]["cpu_seconds"], 3),
-                           "again_seconds": round(figures["again"]["seconds"], 3),
-                           "peak_rss_mb": round(figures["again"]["peak_rss_mb"]),
-                           **{f"{step}_seconds": round(s, 3) for step, s in figures["first"]["steps"].items()},
-                           "invoices": figures["first"]["invoices"], "errors": figures["first"]["errors"],
-                           "totals": figures["first"]["total"], "goal_seconds": GOAL_SECONDS,
-                           "goal_peak_rss_mb": GOAL_RSS_MB})
+        print(
+            f"  {name}: {f['seconds']:.2f} s ({f['cpu_seconds']:.2f} s of CPU), {f['invoices']:,} invoices "
+            f"({f['exported']:,} exported), {f['errors']} errors, totals {f['total']}, "
+            f"peak RSS {f['peak_rss_mb']:,.0f} MiB"
+        )
+        print(
+            "    seconds (CPU seconds) per step: "
+            + ", ".join(
+                f"{step} {s:.2f} ({f['steps'][step + '_cpu']:.2f})"
+                for step, s in f["steps"].items()
+                if not step.endswith("_cpu")
+            )
+        )
+    finish(
+        "invoice_run",
+        {
+            "subscriptions": args.subscriptions,
+            **{f"build_{k}_seconds": round(v, 1) for k, v in built.items()},
+            "seconds": round(figures["first"]["seconds"], 3),
+            "cpu_seconds": round(figures["first"]["cpu_seconds"], 3),
+            "again_seconds": round(figures["again"]["seconds"], 3),
+            "peak_rss_mb": round(figures["again"]["peak_rss_mb"]),
+            **{f"{step}_seconds": round(s, 3) for step, s in figures["first"]["steps"].items()},
+            "invoices": figures["first"]["invoices"],
+            "errors": figures["first"]["errors"],
+            "totals": figures["first"]["total"],
+            "goal_seconds": GOAL_SECONDS,
+            "goal_peak_rss_mb": GOAL_RSS_MB,
+        },
+    )
 
 
 if __name__ == "__main__":

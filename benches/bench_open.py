@@ -72,17 +72,24 @@ def drop_page_cache() -> bool:
 def run_child(path: Path, batches: int, cache_mb: int) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(path), str(Path(__file__).parent), str(batches), str(cache_mb)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def fill(path: Path, identities: int) -> float:
-    subprocess.run(["cargo", "build", "-q", "--release", "-p", "meter_core", "--example", "seen_bulk"], check=True,
-                   cwd=ROOT)
+    subprocess.run(
+        ["cargo", "build", "-q", "--release", "-p", "meter_core", "--example", "seen_bulk"], check=True, cwd=ROOT
+    )
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    out = subprocess.run([str(target / "release/examples/seen_bulk"), str(path), str(identities)], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [str(target / "release/examples/seen_bulk"), str(path), str(identities)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
 
 
@@ -93,7 +100,9 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="the directory is already filled with --identities")
     ap.add_argument("--batches", type=int, default=20, help="1000-event batches ingested after the open")
     ap.add_argument("--keep", action="store_true", help="keep the filled directory")
-    ap.add_argument("--cache-mb", type=int, default=1536, help="block cache (about 1 byte per identity keeps every filter)")
+    ap.add_argument(
+        "--cache-mb", type=int, default=1536, help="block cache (about 1 byte per identity keeps every filter)"
+    )
     args = ap.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="meter-open-", dir=args.dir.parent if args.dir else None))
@@ -101,10 +110,15 @@ def main() -> None:
     fill_s = None if args.reuse else fill(path, args.identities)
     methodology(
         "bench-open",
-        {"identities": f"{args.identities:,} in `seen`, received within the last day",
-         "filled": "offline, table files moved into the store (seen_bulk)" if fill_s else "reused",
-         "after_open": f"{args.batches} batches of 1000 new events, then one retried batch"},
-        {"cache_mb": args.cache_mb, "page_cache": "dropped before each open" if drop_page_cache() else "warm (not droppable)"},
+        {
+            "identities": f"{args.identities:,} in `seen`, received within the last day",
+            "filled": "offline, table files moved into the store (seen_bulk)" if fill_s else "reused",
+            "after_open": f"{args.batches} batches of 1000 new events, then one retried batch",
+        },
+        {
+            "cache_mb": args.cache_mb,
+            "page_cache": "dropped before each open" if drop_page_cache() else "warm (not droppable)",
+        },
     )
     try:
         drop_page_cache()
@@ -117,19 +131,32 @@ def main() -> None:
         if not args.keep and not args.reuse:
             shutil.rmtree(path, ignore_errors=True)
         shutil.rmtree(base, ignore_errors=True) if not args.keep else None
-    print(f"  result: open {filled['open_s']:.2f} s with {args.identities:,} identities "
-          f"(empty store {empty['open_s']:.2f} s); {filled['events_per_s']:,.0f} events/s after it "
-          f"({empty['events_per_s']:,.0f} on the empty store); RSS {filled['rss_after_ingest_mib']:.0f} MiB")
-    finish("open", {
-        "identities": args.identities, "fill_s": fill_s, "disk_bytes": size,
-        "disk_bytes_per_identity": round(size / max(args.identities, 1), 1),
-        "open_s": round(filled["open_s"], 3), "empty_open_s": round(empty["open_s"], 3),
-        "first_batch_ms": round(filled["first_batch_ms"], 1), "empty_first_batch_ms": round(empty["first_batch_ms"], 1),
-        "events_per_s_after_open": round(filled["events_per_s"]), "empty_events_per_s": round(empty["events_per_s"]),
-        "rss_after_open_mib": round(filled["rss_after_open_mib"]), "rss_after_ingest_mib":
-            round(filled["rss_after_ingest_mib"]), "empty_rss_after_ingest_mib": round(empty["rss_after_ingest_mib"]),
-        "retry_duplicates": filled["retry_duplicates"], "cache_mb": args.cache_mb, "retry_accepted": filled["retry_accepted"],
-    })
+    print(
+        f"  result: open {filled['open_s']:.2f} s with {args.identities:,} identities "
+        f"(empty store {empty['open_s']:.2f} s); {filled['events_per_s']:,.0f} events/s after it "
+        f"({empty['events_per_s']:,.0f} on the empty store); RSS {filled['rss_after_ingest_mib']:.0f} MiB"
+    )
+    finish(
+        "open",
+        {
+            "identities": args.identities,
+            "fill_s": fill_s,
+            "disk_bytes": size,
+            "disk_bytes_per_identity": round(size / max(args.identities, 1), 1),
+            "open_s": round(filled["open_s"], 3),
+            "empty_open_s": round(empty["open_s"], 3),
+            "first_batch_ms": round(filled["first_batch_ms"], 1),
+            "empty_first_batch_ms": round(empty["first_batch_ms"], 1),
+            "events_per_s_after_open": round(filled["events_per_s"]),
+            "empty_events_per_s": round(empty["events_per_s"]),
+            "rss_after_open_mib": round(filled["rss_after_open_mib"]),
+            "rss_after_ingest_mib": round(filled["rss_after_ingest_mib"]),
+            "empty_rss_after_ingest_mib": round(empty["rss_after_ingest_mib"]),
+            "retry_duplicates": filled["retry_duplicates"],
+            "cache_mb": args.cache_mb,
+            "retry_accepted": filled["retry_accepted"],
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""bench-peers: meter against what users would build instead (PostgreSQL, DuckDB, ClickHouse via chdb), on the same
-workloads, in one run, driven directly (in process) and over HTTP (each behind the same granian + msgspec front).
+"""bench-peers: meter against what users would build instead (PostgreSQL, DuckDB, ClickHouse via chdb).
+
+The same workloads, in one run, driven directly (in process) and over HTTP (each behind the same granian + msgspec
+front).
 
 Workloads, generated once from a seed and pre-encoded: W1 1000-event batches (about 230-byte events, 10k Zipf
 customers, 3 dimensions, 5% duplicates), W2 100-event batches, W5 a replay of W1 (100% duplicates), and usage
@@ -27,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,7 @@ from workload import CUSTOMERS, Workload  # noqa: E402
 
 def query_window() -> tuple[datetime, datetime]:
     """30 days up to the next whole minute: the usage-query workload's range."""
-    end = datetime.now(timezone.utc).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
     return end - timedelta(days=30), end
 
 
@@ -76,8 +78,12 @@ class Queries(threading.Thread):
         self.stop.set()
         self.join()
         lat = sorted(self.latencies)
-        return {"queries": len(lat), "query_p50_ms": round(percentile(lat, 50) * 1000, 2),
-                "query_p99_ms": round(percentile(lat, 99) * 1000, 2), "query_errors": self.errors}
+        return {
+            "queries": len(lat),
+            "query_p50_ms": round(percentile(lat, 50) * 1000, 2),
+            "query_p99_ms": round(percentile(lat, 99) * 1000, 2),
+            "query_errors": self.errors,
+        }
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -113,9 +119,16 @@ def timed_ingest(peer: Peer, bodies: list[bytes], seconds: float) -> dict[str, A
             break
     elapsed = time.perf_counter() - started
     lat = sorted(latencies)
-    return {"bodies": len(latencies), "events": events, "accepted": accepted, "duplicates": duplicates,
-            "seconds": round(elapsed, 3), "events_per_s": round(events / elapsed),
-            "ack_p50_ms": round(percentile(lat, 50) * 1000, 3), "ack_p99_ms": round(percentile(lat, 99) * 1000, 3)}
+    return {
+        "bodies": len(latencies),
+        "events": events,
+        "accepted": accepted,
+        "duplicates": duplicates,
+        "seconds": round(elapsed, 3),
+        "events_per_s": round(events / elapsed),
+        "ack_p50_ms": round(percentile(lat, 50) * 1000, 3),
+        "ack_p99_ms": round(percentile(lat, 99) * 1000, 3),
+    }
 
 
 class Failed(RuntimeError):
@@ -144,9 +157,19 @@ def direct(name: str, lists: dict[str, Path], seconds: float) -> dict[str, Any]:
             w5 = timed_ingest(peer, bodies["w1"][: w1["bodies"]], seconds / 2)
             w2 = timed_ingest(peer, bodies["w2"], seconds / 2)
             totals = peer.totals()
-            result = {"system": name, "dedup": peer.dedup, "durable": peer.durable, "settings": peer.settings(),
-                      "w1": w1, "w5": w5, "w2": w2, "totals": totals, "duplicates_seen": peer.duplicates_seen(),
-                      "disk_bytes": peer.disk_bytes(), "peak_rss_mib": peak_rss_mib(peer.server_pids(), baseline_kib)}
+            result = {
+                "system": name,
+                "dedup": peer.dedup,
+                "durable": peer.durable,
+                "settings": peer.settings(),
+                "w1": w1,
+                "w5": w5,
+                "w2": w2,
+                "totals": totals,
+                "duplicates_seen": peer.duplicates_seen(),
+                "disk_bytes": peer.disk_bytes(),
+                "peak_rss_mib": peak_rss_mib(peer.server_pids(), baseline_kib),
+            }
         finally:
             peer.close()
         result["disk_bytes_closed"] = peer.disk_bytes()
@@ -201,8 +224,12 @@ class QueryClient:
 
 def start_front(name: str, data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).parent / "peers" / "front.py"), name, str(data_dir),
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "peers" / "front.py"), name, str(data_dir), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -240,8 +267,10 @@ def over_http(name: str, work: Path, lists: dict[str, Path], seconds: int, conne
     else:
         proc, url = start_front(name, data)
         key, query_key = "unused", None
+
         def stop() -> None:
             stop_front(proc)
+
     try:
         queries = Queries(QueryClient(url, query_key))
         queries.start()
@@ -273,15 +302,20 @@ def ceilings(w1: Workload, work: Path, lists: dict[str, Path], seconds: int, con
         discard = run_wrk(server.url, "/bench/discard", key, lists["w1"], 1000, connections, seconds)
     finally:
         server.stop()
-    return {"meter_parse_only_events_per_s": rate(_core.parse_only), "msgspec_decode_events_per_s": rate(decode_batch),
-            "http_discard_events_per_s": discard["events_per_s"]}
+    return {
+        "meter_parse_only_events_per_s": rate(_core.parse_only),
+        "msgspec_decode_events_per_s": rate(decode_batch),
+        "http_discard_events_per_s": discard["events_per_s"],
+    }
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     """The results table; a part that failed reads `failed` (its error follows the table), one not run `-`."""
-    head = ("| system | dedup | durable | W1 direct ev/s | W1 p50/p99 ms | W1 HTTP ev/s | HTTP p50/p99 ms | W2 direct ev/s "
-            "| W2 HTTP ev/s | W5 dup replay ev/s | query p50/p99 ms (direct, HTTP) | disk B/unique event | peak RSS MiB "
-            "| CPU s per M events | exact |")
+    head = (
+        "| system | dedup | durable | W1 direct ev/s | W1 p50/p99 ms | W1 HTTP ev/s | HTTP p50/p99 ms | W2 direct ev/s "
+        "| W2 HTTP ev/s | W5 dup replay ev/s | query p50/p99 ms (direct, HTTP) | disk B/unique event | peak RSS MiB "
+        "| CPU s per M events | exact |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     notes = []
     for name, r in results.items():
@@ -289,26 +323,44 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         missing = {phase: "failed" if phase in errors else "-" for phase in ("direct", "http")}
         d, h, c = r.get("direct"), r.get("http"), r.get("correctness")
         if d is not None and c is not None:
-            exact = "yes" if c["exact"] else (f"no: {c['customers_miscounted']} customers, {c['requests_off_by']:+,} "
-                                              f"requests, {c['tokens_off_by']:+,} tokens")
+            exact = (
+                "yes"
+                if c["exact"]
+                else (
+                    f"no: {c['customers_miscounted']} customers, {c['requests_off_by']:+,} "
+                    f"requests, {c['tokens_off_by']:+,} tokens"
+                )
+            )
             direct_cells = [
-                d["dedup"], "yes" if d["durable"] else "no", f"{d['w1']['events_per_s']:,}",
-                f"{d['w1']['ack_p50_ms']:.1f} / {d['w1']['ack_p99_ms']:.1f}", f"{d['w2']['events_per_s']:,}",
-                f"{d['w5']['events_per_s']:,}", f"{d['w1']['query_p50_ms']:.1f} / {d['w1']['query_p99_ms']:.1f}",
-                f"{r['disk_bytes_per_unique_event']:.0f}", f"{d['peak_rss_mib']:,.0f}",
-                f"{d['w1']['cpu_s_per_million']:.1f}", exact]
+                d["dedup"],
+                "yes" if d["durable"] else "no",
+                f"{d['w1']['events_per_s']:,}",
+                f"{d['w1']['ack_p50_ms']:.1f} / {d['w1']['ack_p99_ms']:.1f}",
+                f"{d['w2']['events_per_s']:,}",
+                f"{d['w5']['events_per_s']:,}",
+                f"{d['w1']['query_p50_ms']:.1f} / {d['w1']['query_p99_ms']:.1f}",
+                f"{r['disk_bytes_per_unique_event']:.0f}",
+                f"{d['peak_rss_mib']:,.0f}",
+                f"{d['w1']['cpu_s_per_million']:.1f}",
+                exact,
+            ]
         else:
             direct_cells = [missing["direct"]] * 11
         if h is not None:
-            http_cells = [f"{h['w1']['events_per_s']:,}", f"{h['w1']['p50_ms']:.1f} / {h['w1']['p99_ms']:.1f}",
-                          f"{h['w2']['events_per_s']:,}",
-                          f"{h['w1']['query_p50_ms']:.1f} / {h['w1']['query_p99_ms']:.1f}"]
+            http_cells = [
+                f"{h['w1']['events_per_s']:,}",
+                f"{h['w1']['p50_ms']:.1f} / {h['w1']['p99_ms']:.1f}",
+                f"{h['w2']['events_per_s']:,}",
+                f"{h['w1']['query_p50_ms']:.1f} / {h['w1']['query_p99_ms']:.1f}",
+            ]
         else:
             http_cells = [missing["http"]] * 4
         (dedup, durable, w1, w1_ack, w2, w5, query, disk, rss, cpu, exact) = direct_cells
         (h_w1, h_ack, h_w2, h_query) = http_cells
-        lines.append(f"| {name} | {dedup} | {durable} | {w1} | {w1_ack} | {h_w1} | {h_ack} | {w2} | {h_w2} | {w5} "
-                     f"| {query}, {h_query} | {disk} | {rss} | {cpu} | {exact} |")
+        lines.append(
+            f"| {name} | {dedup} | {durable} | {w1} | {w1_ack} | {h_w1} | {h_ack} | {w2} | {h_w2} | {w5} "
+            f"| {query}, {h_query} | {disk} | {rss} | {cpu} | {exact} |"
+        )
         for phase, error in errors.items():
             last = error.strip().splitlines()[-1] if error.strip() else "(no message)"
             notes.append(f"{name}, {phase}: failed: {last}")
@@ -347,8 +399,10 @@ def main() -> None:
                 settings[name] = d.pop("settings")
                 r["correctness"] = correctness(d, w1, w2)
                 r["disk_bytes_per_unique_event"] = d["disk_bytes"] / max(1, d["w1"]["accepted"] + d["w2"]["accepted"])
-                print(f"{name}: direct: W1 {d['w1']['events_per_s']:,} events/s, exact: {r['correctness']['exact']}",
-                      flush=True)
+                print(
+                    f"{name}: direct: W1 {d['w1']['events_per_s']:,} events/s, exact: {r['correctness']['exact']}",
+                    flush=True,
+                )
             keep(results, None)
             print(f"{name}: over HTTP ...", flush=True)
             if attempt(r, "http", over_http, name, work, lists, max(2, args.seconds // 2), args.connections):
@@ -362,24 +416,32 @@ def main() -> None:
 
     methodology(
         "bench-peers",
-        {"W1": f"{args.batches} x 1000-event batches, {w1.event_bytes:.0f} B/event, "
-               f"{1 - w1.unique_events / w1.sent_events:.1%} duplicates, 10k Zipf customers, 3 dimensions",
-         "W2": f"{len(w2.bodies)} x 100-event batches", "W5": "W1's bodies sent again (100% duplicates)",
-         "queries": "one customer's input tokens over 30 days by model, back to back (50 ms apart) during W1",
-         "rollup": "input tokens, output tokens, requests per customer, minute, model, region, tier"},
-        {"direct": f"one thread, each body in order, up to {args.seconds} s (W2, W5: half); a child process per system",
-         "http": f"granian + msgspec front (meter: meter serve), wrk -t1 -c{args.connections}, "
-                 f"{max(2, args.seconds // 2)} s per workload",
-         "disk": "data directory while the system runs (disk_bytes; disk_bytes_closed: after it stopped)",
-         **{f"{name}": ", ".join(f"{k}={v}" for k, v in s.items()) for name, s in settings.items()}},
+        {
+            "W1": f"{args.batches} x 1000-event batches, {w1.event_bytes:.0f} B/event, "
+            f"{1 - w1.unique_events / w1.sent_events:.1%} duplicates, 10k Zipf customers, 3 dimensions",
+            "W2": f"{len(w2.bodies)} x 100-event batches",
+            "W5": "W1's bodies sent again (100% duplicates)",
+            "queries": "one customer's input tokens over 30 days by model, back to back (50 ms apart) during W1",
+            "rollup": "input tokens, output tokens, requests per customer, minute, model, region, tier",
+        },
+        {
+            "direct": f"one thread, each body in order, up to {args.seconds} s (W2, W5: half); "
+            "a child process per system",
+            "http": f"granian + msgspec front (meter: meter serve), wrk -t1 -c{args.connections}, "
+            f"{max(2, args.seconds // 2)} s per workload",
+            "disk": "data directory while the system runs (disk_bytes; disk_bytes_closed: after it stopped)",
+            **{f"{name}": ", ".join(f"{k}={v}" for k, v in s.items()) for name, s in settings.items()},
+        },
     )
     md = table(results)
     if "errors" in ceiling:
         md += f"\n\nCeilings failed: {ceiling['errors']['figures'].strip().splitlines()[-1]}"
     else:
-        md += (f"\n\nCeilings in the same run: meter's parser alone {ceiling['meter_parse_only_events_per_s']:,} "
-               f"events/s, msgspec decoding alone {ceiling['msgspec_decode_events_per_s']:,} events/s, "
-               f"receive-and-discard over HTTP {ceiling['http_discard_events_per_s']:,} events/s.")
+        md += (
+            f"\n\nCeilings in the same run: meter's parser alone {ceiling['meter_parse_only_events_per_s']:,} "
+            f"events/s, msgspec decoding alone {ceiling['msgspec_decode_events_per_s']:,} events/s, "
+            f"receive-and-discard over HTTP {ceiling['http_discard_events_per_s']:,} events/s."
+        )
     print(md)
     figures: dict[str, Any] = {"systems": results, "ceilings": ceiling, "complete": True}
     figures.update(versus_best(results))
@@ -414,8 +476,11 @@ def keep(results: dict[str, dict[str, Any]], ceiling: dict[str, Any] | None) -> 
 
 def versus_best(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """meter's W1 rate over the best durable, exact peer's, directly and over HTTP (each where both have figures)."""
-    peers = {n: r for n, r in results.items() if n != "meter" and "direct" in r
-             and r["direct"]["durable"] and r["correctness"]["exact"]}
+    peers = {
+        n: r
+        for n, r in results.items()
+        if n != "meter" and "direct" in r and r["direct"]["durable"] and r["correctness"]["exact"]
+    }
     out: dict[str, Any] = {}
     meter = results.get("meter", {})
     if "direct" not in meter or not peers:
@@ -423,12 +488,14 @@ def versus_best(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     best_name = max(peers, key=lambda n: peers[n]["direct"]["w1"]["events_per_s"])
     best = peers[best_name]
     out["best_durable_exact_peer"] = best_name
-    out["meter_vs_best_w1_direct"] = round(meter["direct"]["w1"]["events_per_s"]
-                                           / best["direct"]["w1"]["events_per_s"], 1)
+    out["meter_vs_best_w1_direct"] = round(
+        meter["direct"]["w1"]["events_per_s"] / best["direct"]["w1"]["events_per_s"], 1
+    )
     line = f"meter / {best_name} (best durable, exact peer) on W1: {out['meter_vs_best_w1_direct']}x direct"
     if "http" in meter and "http" in best:
-        out["meter_vs_best_w1_http"] = round(meter["http"]["w1"]["events_per_s"]
-                                             / best["http"]["w1"]["events_per_s"], 1)
+        out["meter_vs_best_w1_http"] = round(
+            meter["http"]["w1"]["events_per_s"] / best["http"]["w1"]["events_per_s"], 1
+        )
         line += f", {out['meter_vs_best_w1_http']}x over HTTP"
     print(line)
     return out

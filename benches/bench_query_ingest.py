@@ -40,8 +40,9 @@ class Queries(threading.Thread):
         while not self.stop.is_set():
             customer = f"cust-{min(int(rng.paretovariate(1.1)) - 1, CUSTOMERS - 1):05d}"
             began = time.perf_counter()
-            self.engine.usage("bench", "input-tokens", start=start, end=end, subjects=[customer],
-                              group_by=["model"]).rows()
+            self.engine.usage(
+                "bench", "input-tokens", start=start, end=end, subjects=[customer], group_by=["model"]
+            ).rows()
             self.latencies.append(time.perf_counter() - began)
             self.stop.wait(self.every)
 
@@ -77,10 +78,12 @@ def main() -> None:
     warm, timed = work.bodies[: args.warmup], work.bodies[args.warmup :]
     methodology(
         "bench-query-ingest",
-        {"batches": f"{args.batches} timed + {args.warmup} warm-up per run, 1000 events each",
-         "rounds": f"{args.rounds} x (fresh engine without queries, fresh engine with queries)",
-         "query": f"one customer's input tokens, 30 days, by model, every {args.every * 1000:.0f} ms",
-         "meters": ", ".join(m["slug"] for m in METERS)},
+        {
+            "batches": f"{args.batches} timed + {args.warmup} warm-up per run, 1000 events each",
+            "rounds": f"{args.rounds} x (fresh engine without queries, fresh engine with queries)",
+            "query": f"one customer's input tokens, 30 days, by model, every {args.every * 1000:.0f} ms",
+            "meters": ", ".join(m["slug"] for m in METERS),
+        },
         {"durability": "fsync", "ingest_threads": 1, "query_threads": 1, "meter": _core.__version__},
     )
     rates: dict[str, list[float]] = {"without": [], "with": []}
@@ -96,15 +99,18 @@ def main() -> None:
             print(f"  round {r + 1} {mode:>7} queries: {run['events_per_s']:,.0f} events/s{extra}", flush=True)
     latencies.sort()
     without, with_ = statistics.median(rates["without"]), statistics.median(rates["with"])
-    finish("query-ingest", {
-        "ingest_events_per_s_without_queries": round(without),
-        "ingest_events_per_s_with_queries": round(with_),
-        "ingest_lost_to_queries": round(1 - with_ / without, 4),
-        "queries": len(latencies),
-        "query_p50_ms": round(percentile(latencies, 50) * 1e3, 2),
-        "query_p99_ms": round(percentile(latencies, 99) * 1e3, 2),
-        "query_max_ms": round(latencies[-1] * 1e3, 2) if latencies else None,
-    })
+    finish(
+        "query-ingest",
+        {
+            "ingest_events_per_s_without_queries": round(without),
+            "ingest_events_per_s_with_queries": round(with_),
+            "ingest_lost_to_queries": round(1 - with_ / without, 4),
+            "queries": len(latencies),
+            "query_p50_ms": round(percentile(latencies, 50) * 1e3, 2),
+            "query_p99_ms": round(percentile(latencies, 99) * 1e3, 2),
+            "query_max_ms": round(latencies[-1] * 1e3, 2) if latencies else None,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -3,16 +3,17 @@
 RSS, disk, events/s and ack p99 are sampled every 10 s; the figures are least-squares slopes over the last two
 thirds, and the restart (open) time after the run.
 
-The engine runs in a child process (its RSS and CPU are its own), driven through `meter.Engine` in that process with
-the bench-core workload: 1000-event batches, fsync, 10k Zipf customers, three dimensions, five meters, 5% duplicates
-(half as whole batches re-sent up to half a window later, half as single events of the previous batch re-sent inside
-the next). First the engine ingests at full speed until the store holds a window of data and has expired some (the
-rate of that phase's last third is the maximum it sustains), then the run paces batches at a fraction of it. Event times lie near now, and the windows (dedup, back-dating, retention, minute aggregates) are short, so that a
-steady state comes within the first quarter of the run; the settings the engine does not accept (yet) are listed as
-not in effect. The export runs in the engine's process as the server's scheduler runs it (`meter.export.export_events`
-every `--export-every-s`), since retention drops only exported events; its Parquet files are deleted once written (a
-warehouse would take them), so that the data directory alone is measured. After the run the data directory is
-reopened in a fresh process to time the restart.
+The engine runs in a child process (its RSS and CPU are its own), driven through `meter.Engine` in that process with the
+bench-core workload: 1000-event batches, fsync, 10k Zipf customers, three dimensions, five meters, 5% duplicates (half
+as whole batches re-sent up to half a window later, half as single events of the previous batch re-sent inside the
+next). First the engine ingests at full speed until the store holds a window of data and has expired some (the rate of
+that phase's last third is the maximum it sustains), then the run paces batches at a fraction of it. Event times lie
+near now, and the windows (dedup, back-dating, retention, minute aggregates) are short, so that a steady state comes
+within the first quarter of the run; the settings the engine does not accept (yet) are listed as not in effect. The
+export runs in the engine's process as the server's scheduler runs it (`meter.export.export_events` every
+`--export-every-s`), since retention drops only exported events; its Parquet files are deleted once written (a warehouse
+would take them), so that the data directory alone is measured. After the run the data directory is reopened in a fresh
+process to time the restart.
 
 The sender builds each body from a pre-encoded template, joining its pieces around placeholders (the end of each id
 and the time), so a fresh batch costs two joins (about 0.15 ms), not a JSON encoding.
@@ -191,9 +192,17 @@ def templates(count: int, customers: int, seed: int) -> list[Template]:
         for i, subject in enumerate(subjects):
             e = Workload._event(rng, b, i, subject, now)  # the bench-core event shape and values
             cur_id, cur_time = CUR.decode().split(MID.decode())
-            events.append({"specversion": e["specversion"], "source": e["source"], "type": e["type"],
-                           "subject": e["subject"], "id": f"{i:04x}{cur_id}",
-                           "time": f"{cur_time}{rng.randrange(10)}Z", "data": e["data"]})
+            events.append(
+                {
+                    "specversion": e["specversion"],
+                    "source": e["source"],
+                    "type": e["type"],
+                    "subject": e["subject"],
+                    "id": f"{i:04x}{cur_id}",
+                    "time": f"{cur_time}{rng.randrange(10)}Z",
+                    "data": e["data"],
+                }
+            )
         fresh.append(events)
     out = []
     for b, events in enumerate(fresh):
@@ -304,15 +313,27 @@ class Interval:
     def record(self, phase: str, t: float, lag_s: float, engine: Any, exporter: Exporter) -> dict[str, Any]:
         wall = time.monotonic() - self.started
         lat = sorted(self.latencies)
-        return {"type": "sample", "phase": phase, "t": round(t, 2), "seconds": round(wall, 3),
-                "batches": len(lat), "events": self.events, "accepted": self.accepted, "duplicates": self.duplicates,
-                "rejected": self.rejected, "rejected_codes": self.codes, "retries": self.retries,
-                "events_per_s": round(self.events / wall) if wall else 0,
-                "ack_p50_ms": round(percentile(lat, 50) * 1000, 3) if lat else None,
-                "ack_p99_ms": round(percentile(lat, 99) * 1000, 3) if lat else None,
-                "ack_max_ms": round(lat[-1] * 1000, 3) if lat else None,
-                "cpu_share": round((cpu_s() - self.cpu) / wall / (os.cpu_count() or 1), 3) if wall else 0,
-                "lag_s": round(lag_s, 3), "stats": stats_of(engine), **exporter.figures()}
+        return {
+            "type": "sample",
+            "phase": phase,
+            "t": round(t, 2),
+            "seconds": round(wall, 3),
+            "batches": len(lat),
+            "events": self.events,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": self.rejected,
+            "rejected_codes": self.codes,
+            "retries": self.retries,
+            "events_per_s": round(self.events / wall) if wall else 0,
+            "ack_p50_ms": round(percentile(lat, 50) * 1000, 3) if lat else None,
+            "ack_p99_ms": round(percentile(lat, 99) * 1000, 3) if lat else None,
+            "ack_max_ms": round(lat[-1] * 1000, 3) if lat else None,
+            "cpu_share": round((cpu_s() - self.cpu) / wall / (os.cpu_count() or 1), 3) if wall else 0,
+            "lag_s": round(lag_s, 3),
+            "stats": stats_of(engine),
+            **exporter.figures(),
+        }
 
 
 class Exporter(threading.Thread):
@@ -347,8 +368,13 @@ class Exporter(threading.Thread):
                 part.unlink()
 
     def figures(self) -> dict[str, Any]:
-        return {"export_runs": self.runs, "exported_rows": self.rows, "export_s": round(self.seconds, 2),
-                "parquet_bytes": self.bytes, "export_error": self.error}
+        return {
+            "export_runs": self.runs,
+            "exported_rows": self.rows,
+            "export_s": round(self.seconds, 2),
+            "parquet_bytes": self.bytes,
+            "export_error": self.error,
+        }
 
 
 def child(args: argparse.Namespace) -> None:
@@ -369,9 +395,17 @@ def child(args: argparse.Namespace) -> None:
     gen_s = time.perf_counter() - t
     t = time.perf_counter()
     engine, settings = open_engine(args.child, args.durability, wanted)
-    emit({"type": "open", "open_s": round(time.perf_counter() - t, 3), "in_effect": settings.in_effect,
-          "refused": settings.refused, "via": settings.via,
-          "generation_s": round(gen_s, 1), "event_bytes": round(sum(x.size for x in tmpl) / len(tmpl) / BATCH, 1)})
+    emit(
+        {
+            "type": "open",
+            "open_s": round(time.perf_counter() - t, 3),
+            "in_effect": settings.in_effect,
+            "refused": settings.refused,
+            "via": settings.via,
+            "generation_s": round(gen_s, 1),
+            "event_bytes": round(sum(x.size for x in tmpl) / len(tmpl) / BATCH, 1),
+        }
+    )
     for spec in METERS:
         engine.create_meter(TENANT, spec)
     sender = Sender(tmpl, args.retry_age_s, args.seed)
@@ -426,8 +460,16 @@ def child(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     final = stats_of(engine)
     engine.close()
-    emit({"type": "closed", "close_s": round(time.perf_counter() - t, 3), "stats": final, "stopped": stop["why"],
-          "hwm_kib": memory_kib("self", "VmHWM"), **exporter.figures()})
+    emit(
+        {
+            "type": "closed",
+            "close_s": round(time.perf_counter() - t, 3),
+            "stats": final,
+            "stopped": stop["why"],
+            "hwm_kib": memory_kib("self", "VmHWM"),
+            **exporter.figures(),
+        }
+    )
 
 
 def reopen(args: argparse.Namespace) -> None:
@@ -441,9 +483,17 @@ def reopen(args: argparse.Namespace) -> None:
     rss = memory_kib("self", "VmRSS")
     stats = stats_of(engine)
     engine.close()
-    emit({"type": "reopened", "import_s": round(imported - t, 3), "open_s": round(opened - imported, 3),
-          "close_s": round(time.perf_counter() - opened, 3), "rss_kib_after_open": rss, "stats": stats,
-          "in_effect": settings.in_effect})
+    emit(
+        {
+            "type": "reopened",
+            "import_s": round(imported - t, 3),
+            "open_s": round(opened - imported, 3),
+            "close_s": round(time.perf_counter() - opened, 3),
+            "rss_kib_after_open": rss,
+            "stats": stats,
+            "in_effect": settings.in_effect,
+        }
+    )
 
 
 # ---- the parent: sampling, guards, figures --------------------------------------------------------------------------
@@ -476,8 +526,11 @@ def trend(samples: list[dict[str, Any]], key: str, t0: float, t1: float) -> dict
     xs, ys = [s["t"] for s in samples], [float(s[key]) for s in samples]
     slope, intercept = fit(xs, ys)
     start = intercept + slope * t0
-    return {"slope_per_h": slope * 3600, "start": start,
-            "change_pct": slope * (t1 - t0) / start * 100 if start else float("nan")}
+    return {
+        "slope_per_h": slope * 3600,
+        "start": start,
+        "change_pct": slope * (t1 - t0) / start * 100 if start else float("nan"),
+    }
 
 
 def analyse(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -485,17 +538,26 @@ def analyse(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     samples = run["samples"]
     paced = [s for s in samples if s["phase"] == "paced"]
     window = args.window_s
-    out: dict[str, Any] = {"max_events_per_s": run.get("max_events_per_s"),
-                           "target_events_per_s": run.get("target_events_per_s"),
-                           "rate_fraction": args.rate_fraction, "window_s": window,
-                           "settings_in_effect": run.get("in_effect"), "settings_not_accepted": run.get("refused"),
-                           "opened_through": run.get("via"),
-                           "stopped_early": run.get("stopped"), "paced_minutes": round(paced[-1]["t"] / 60, 2)
-                           if paced else 0, "samples": len(samples)}
+    out: dict[str, Any] = {
+        "max_events_per_s": run.get("max_events_per_s"),
+        "target_events_per_s": run.get("target_events_per_s"),
+        "rate_fraction": args.rate_fraction,
+        "window_s": window,
+        "settings_in_effect": run.get("in_effect"),
+        "settings_not_accepted": run.get("refused"),
+        "opened_through": run.get("via"),
+        "stopped_early": run.get("stopped"),
+        "paced_minutes": round(paced[-1]["t"] / 60, 2) if paced else 0,
+        "samples": len(samples),
+    }
     reasons: list[str] = []
     if len(paced) < 3:
-        out["pass"] = {"rss_flat": False, "throughput_flat": False, "disk_as_predicted": False,
-                       "restart_measured": "restart_open_s" in run}
+        out["pass"] = {
+            "rss_flat": False,
+            "throughput_flat": False,
+            "disk_as_predicted": False,
+            "restart_measured": "restart_open_s" in run,
+        }
         out["passed"] = False
         out["reasons"] = ["fewer than 3 samples of the paced phase: nothing to judge"]
         out.update({k: run[k] for k in ("restart_open_s", "restart_process_s", "restart_rss_mib") if k in run})
@@ -525,9 +587,11 @@ def analyse(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     out["lag_s_end"] = tail[-1]["lag_s"]
     thr_ok = abs(thr["change_pct"]) < args.throughput_change_pct and mean_rate >= 0.95 * run["target_events_per_s"]
     if not thr_ok:
-        reasons.append(f"throughput changed {thr['change_pct']:+.1f}% over the last two thirds (limit "
-                       f"±{args.throughput_change_pct}%) at {mean_rate / run['target_events_per_s']:.0%} of the target "
-                       "(at least 95%)")
+        reasons.append(
+            f"throughput changed {thr['change_pct']:+.1f}% over the last two thirds (limit "
+            f"±{args.throughput_change_pct}%) at {mean_rate / run['target_events_per_s']:.0%} of the target "
+            "(at least 95%)"
+        )
     p99s = sorted(s["ack_p99_ms"] for s in tail if s["ack_p99_ms"] is not None)
     out["ack_p99_ms_median"] = percentile(p99s, 50)
     out["ack_p99_ms_max"] = p99s[-1] if p99s else None
@@ -559,20 +623,38 @@ def analyse(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         out["disk_measured_vs_predicted"] = round(ratio, 3)
         disk_ok = abs(disk["change_pct"]) < args.disk_growth_pct and abs(ratio - 1) <= args.disk_tolerance
         if not disk_ok:
-            reasons.append(f"disk {ratio:.2f}x the predicted {predicted / 2**20:,.0f} MiB (tolerance "
-                           f"±{args.disk_tolerance:.0%}), growing {disk['change_pct']:+.1f}% over the last two thirds "
-                           f"(limit ±{args.disk_growth_pct}%)")
+            reasons.append(
+                f"disk {ratio:.2f}x the predicted {predicted / 2**20:,.0f} MiB (tolerance "
+                f"±{args.disk_tolerance:.0%}), growing {disk['change_pct']:+.1f}% over the last two thirds "
+                f"(limit ±{args.disk_growth_pct}%)"
+            )
     else:
         out["disk_predicted_mib"] = None
         out["disk_predicted_slope_mib_per_h"] = round(per_event * unique_rate * 3600 / 2**20, 1)
         disk_ok = False
-        reasons.append("no retention in effect (the engine does not take retention_s): retained events are kept "
-                       "forever, so disk grows without bound; predicted slope "
-                       f"{out['disk_predicted_slope_mib_per_h']:,} MiB/h, measured {out['disk_slope_mib_per_h']:,}")
+        reasons.append(
+            "no retention in effect (the engine does not take retention_s): retained events are kept "
+            "forever, so disk grows without bound; predicted slope "
+            f"{out['disk_predicted_slope_mib_per_h']:,} MiB/h, measured {out['disk_slope_mib_per_h']:,}"
+        )
 
-    for k in ("close_s", "restart_open_s", "restart_import_s", "restart_process_s", "restart_rss_mib",
-              "unique_events", "duplicates", "rejected", "rejected_codes", "disk_mib_after_close",
-              "export_runs", "exported_rows", "export_s", "parquet_bytes", "export_error"):
+    for k in (
+        "close_s",
+        "restart_open_s",
+        "restart_import_s",
+        "restart_process_s",
+        "restart_rss_mib",
+        "unique_events",
+        "duplicates",
+        "rejected",
+        "rejected_codes",
+        "disk_mib_after_close",
+        "export_runs",
+        "exported_rows",
+        "export_s",
+        "parquet_bytes",
+        "export_error",
+    ):
         if k in run:
             out[k] = run[k]
     restart_ok = "restart_open_s" in run
@@ -582,8 +664,12 @@ def analyse(run: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         reasons.append(f"{run['rejected']} events rejected: {run.get('rejected_codes')}")
     if run.get("stopped"):
         reasons.append(f"stopped early: {run['stopped']}")
-    out["pass"] = {"rss_flat": rss_ok, "throughput_flat": thr_ok, "disk_as_predicted": disk_ok,
-                   "restart_measured": restart_ok}
+    out["pass"] = {
+        "rss_flat": rss_ok,
+        "throughput_flat": thr_ok,
+        "disk_as_predicted": disk_ok,
+        "restart_measured": restart_ok,
+    }
     out["passed"] = all(out["pass"].values()) and not run.get("rejected") and not run.get("stopped")
     out["reasons"] = reasons
     return out
@@ -595,8 +681,17 @@ class Watch:
     Its guards stop the run early on a shared machine (disk, memory).
     """
 
-    def __init__(self, run: dict[str, Any], pid: int, data: Path, max_disk: float, max_rss: float,
-                 args: argparse.Namespace, window: int, wanted: dict[str, int]) -> None:
+    def __init__(
+        self,
+        run: dict[str, Any],
+        pid: int,
+        data: Path,
+        max_disk: float,
+        max_rss: float,
+        args: argparse.Namespace,
+        window: int,
+        wanted: dict[str, int],
+    ) -> None:
         self.run, self.pid, self.data, self.max_disk, self.max_rss = run, pid, data, max_disk, max_rss
         self.args, self.window, self.wanted = args, window, wanted
         self.unique, self.ingest_started = 0, 0.0
@@ -610,31 +705,54 @@ class Watch:
             self.ingest_started = time.monotonic()
             run["disk_start"] = dir_bytes(self.data)
             self.unique = rec["stats"].get("accepted", 0)
-            run["samples"].append({"phase": "start", "t": 0.0, "t_ingest": 0.0, "unique": self.unique,
-                                   "disk_bytes": run["disk_start"], "rss_kib": memory_kib(self.pid, "VmRSS"),
-                                   "hwm_kib": memory_kib(self.pid, "VmHWM")})
+            run["samples"].append(
+                {
+                    "phase": "start",
+                    "t": 0.0,
+                    "t_ingest": 0.0,
+                    "unique": self.unique,
+                    "disk_bytes": run["disk_start"],
+                    "rss_kib": memory_kib(self.pid, "VmRSS"),
+                    "hwm_kib": memory_kib(self.pid, "VmHWM"),
+                }
+            )
         elif kind == "sample":
             self.unique = rec["stats"].get("accepted", self.unique)
-            rec.update(t_ingest=round(time.monotonic() - self.ingest_started, 2), unique=self.unique,
-                       rss_kib=memory_kib(self.pid, "VmRSS"), hwm_kib=memory_kib(self.pid, "VmHWM"),
-                       disk_bytes=dir_bytes(self.data))
+            rec.update(
+                t_ingest=round(time.monotonic() - self.ingest_started, 2),
+                unique=self.unique,
+                rss_kib=memory_kib(self.pid, "VmRSS"),
+                hwm_kib=memory_kib(self.pid, "VmHWM"),
+                disk_bytes=dir_bytes(self.data),
+            )
             run["samples"].append(rec)
-            print(f"  [{rec['phase']:5} {rec['t']:6.0f} s] {rec['events_per_s']:>9,} ev/s  "
-                  f"p99 {rec['ack_p99_ms'] or 0:6.1f} ms  RSS {rec['rss_kib'] / 1024:8,.0f} MiB  "
-                  f"disk {rec['disk_bytes'] / 2**20:8,.0f} MiB  CPU {rec['cpu_share']:.0%}  "
-                  f"lag {rec['lag_s']:.1f} s  exported {rec['exported_rows']:,}"
-                  + (f"  rejected {rec['rejected_codes']}" if rec["rejected"] else ""),
-                  flush=True)
+            print(
+                f"  [{rec['phase']:5} {rec['t']:6.0f} s] {rec['events_per_s']:>9,} ev/s  "
+                f"p99 {rec['ack_p99_ms'] or 0:6.1f} ms  RSS {rec['rss_kib'] / 1024:8,.0f} MiB  "
+                f"disk {rec['disk_bytes'] / 2**20:8,.0f} MiB  CPU {rec['cpu_share']:.0%}  "
+                f"lag {rec['lag_s']:.1f} s  exported {rec['exported_rows']:,}"
+                + (f"  rejected {rec['rejected_codes']}" if rec["rejected"] else ""),
+                flush=True,
+            )
             self.guard(rec)
         elif kind == "max":
             run.update(max_events_per_s=rec["events_per_s"], target_events_per_s=rec["target_events_per_s"])
-            print(f"  maximum {rec['events_per_s']:,} events/s; pacing at {self.args.rate_fraction:.0%}: "
-                  f"{rec['target_events_per_s']:,} events/s for {self.args.minutes:g} min", flush=True)
+            print(
+                f"  maximum {rec['events_per_s']:,} events/s; pacing at {self.args.rate_fraction:.0%}: "
+                f"{rec['target_events_per_s']:,} events/s for {self.args.minutes:g} min",
+                flush=True,
+            )
         elif kind == "closed":
-            run.update({k: rec[k] for k in ("export_runs", "exported_rows", "export_s", "parquet_bytes",
-                                            "export_error")})
-            run.update(close_s=rec["close_s"], hwm_kib=rec["hwm_kib"], unique_events=rec["stats"].get("accepted"),
-                       duplicates=rec["stats"].get("duplicates"), rejected=rec["stats"].get("rejected"))
+            run.update(
+                {k: rec[k] for k in ("export_runs", "exported_rows", "export_s", "parquet_bytes", "export_error")}
+            )
+            run.update(
+                close_s=rec["close_s"],
+                hwm_kib=rec["hwm_kib"],
+                unique_events=rec["stats"].get("accepted"),
+                duplicates=rec["stats"].get("duplicates"),
+                rejected=rec["stats"].get("rejected"),
+            )
             if rec["stopped"] and not run.get("stopped"):
                 run["stopped"] = f"the engine's process stopped early: {rec['stopped']}"
 
@@ -656,13 +774,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=30, help="paced phase (default 30; the long soak: 120)")
     ap.add_argument("--rate-fraction", type=float, default=0.8, help="of the measured maximum (default 0.8)")
-    ap.add_argument("--max-seconds", type=float, help="the full-speed phase before, whose last third gives the "
-                    "maximum (default: the window and a maintenance step)")
+    ap.add_argument(
+        "--max-seconds",
+        type=float,
+        help="the full-speed phase before, whose last third gives the "
+        "maximum (default: the window and a maintenance step)",
+    )
     ap.add_argument("--interval", type=float, default=10, help="seconds between samples (default 10)")
-    ap.add_argument("--window-s", type=int, help="dedup, back-dating, retention and minute-aggregate window "
-                    "(default: a quarter of the run, 30-600 s)")
-    ap.add_argument("--export-every-s", type=float, help="the export's period (default: a sixth of the window, "
-                    "10-60 s)")
+    ap.add_argument(
+        "--window-s",
+        type=int,
+        help="dedup, back-dating, retention and minute-aggregate window (default: a quarter of the run, 30-600 s)",
+    )
+    ap.add_argument(
+        "--export-every-s", type=float, help="the export's period (default: a sixth of the window, 10-60 s)"
+    )
     ap.add_argument("--dedup-cache-mb", type=int, help="engine setting, if it takes it (default: its own)")
     ap.add_argument("--recent-dedup-s", type=int, help="engine setting, if it takes it (default: its own)")
     ap.add_argument("--customers", type=int, default=CUSTOMERS)
@@ -709,18 +835,41 @@ def main() -> None:
     if not own_dir and data.exists():
         raise SystemExit(f"{data} exists: the soak needs a fresh data directory")
     data.parent.mkdir(parents=True, exist_ok=True)
-    max_disk = (args.max_disk_gb * 2**30 if args.max_disk_gb is not None
-                else 0.6 * shutil.disk_usage(data.parent).free)
+    max_disk = args.max_disk_gb * 2**30 if args.max_disk_gb is not None else 0.6 * shutil.disk_usage(data.parent).free
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     max_rss = args.max_rss_gb * 2**30 if args.max_rss_gb is not None else mem / 2
 
     run: dict[str, Any] = {"samples": []}
-    cmd = [sys.executable, __file__, "--child", str(data), "--settings", json.dumps(wanted),
-           "--minutes", str(args.minutes), "--rate-fraction", str(args.rate_fraction),
-           "--max-seconds", str(args.max_seconds), "--interval", str(args.interval),
-           "--customers", str(args.customers), "--templates", str(args.templates), "--warmup", str(args.warmup),
-           "--durability", args.durability, "--seed", str(args.seed), "--retry-age-s", str(args.retry_age_s),
-           "--export-every-s", str(args.export_every_s)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        str(data),
+        "--settings",
+        json.dumps(wanted),
+        "--minutes",
+        str(args.minutes),
+        "--rate-fraction",
+        str(args.rate_fraction),
+        "--max-seconds",
+        str(args.max_seconds),
+        "--interval",
+        str(args.interval),
+        "--customers",
+        str(args.customers),
+        "--templates",
+        str(args.templates),
+        "--warmup",
+        str(args.warmup),
+        "--durability",
+        args.durability,
+        "--seed",
+        str(args.seed),
+        "--retry-age-s",
+        str(args.retry_age_s),
+        "--export-every-s",
+        str(args.export_every_s),
+    ]
     print(f"soak: building {args.templates} batch templates and opening the engine in a child process ...", flush=True)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1)
     assert proc.stdout is not None
@@ -775,8 +924,20 @@ def main() -> None:
 def restart(run: dict[str, Any], data: Path, args: argparse.Namespace, wanted: dict[str, int]) -> None:
     """Reopens the data directory in a fresh process: the open time, and the process's start to ready."""
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, __file__, "--reopen", str(data), "--settings", json.dumps(wanted),
-                          "--durability", args.durability], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--reopen",
+            str(data),
+            "--settings",
+            json.dumps(wanted),
+            "--durability",
+            args.durability,
+        ],
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t
     recs = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
     if out.returncode != 0 or not recs:
@@ -784,11 +945,17 @@ def restart(run: dict[str, Any], data: Path, args: argparse.Namespace, wanted: d
         print(f"  restart failed: {run['restart_error']}", flush=True)
         return
     rec = recs[-1]
-    run.update(restart_open_s=rec["open_s"], restart_import_s=rec["import_s"],
-               restart_process_s=round(wall - rec["close_s"], 3),
-               restart_rss_mib=round(rec["rss_kib_after_open"] / 1024, 1))
-    print(f"  restart: open {rec['open_s']} s (import {rec['import_s']} s; process start to ready "
-          f"{run['restart_process_s']} s), RSS after open {run['restart_rss_mib']:,} MiB", flush=True)
+    run.update(
+        restart_open_s=rec["open_s"],
+        restart_import_s=rec["import_s"],
+        restart_process_s=round(wall - rec["close_s"], 3),
+        restart_rss_mib=round(rec["rss_kib_after_open"] / 1024, 1),
+    )
+    print(
+        f"  restart: open {rec['open_s']} s (import {rec['import_s']} s; process start to ready "
+        f"{run['restart_process_s']} s), RSS after open {run['restart_rss_mib']:,} MiB",
+        flush=True,
+    )
 
 
 def print_methodology(args: argparse.Namespace, window: int, wanted: dict[str, int], opened: dict[str, Any]) -> None:
@@ -797,28 +964,35 @@ def print_methodology(args: argparse.Namespace, window: int, wanted: dict[str, i
     refused = opened["refused"]
     methodology(
         "bench-soak",
-        {"batches": f"{BATCH} events each, built from {args.templates} pre-encoded templates (ids and times "
-                    "replaced per batch)",
-         "event_bytes": opened["event_bytes"],
-         "customers": f"{args.customers:,} (Zipf s=1.1)", "dimensions": "model, region, tier",
-         "meters": ", ".join(f"{m['slug']} ({m['aggregation']})" for m in METERS),
-         "duplicates": f"{RETRY_SHARE:.1%} whole batches re-sent up to {args.retry_age_s:.0f} s later + "
-                       f"{RESENT_PER_BATCH / BATCH:.1%} events of the previous batch re-sent",
-         "event_times": "now, spread over 10 s",
-         "export": f"meter.export.export_events every {args.export_every_s:g} s in the engine's process (Parquet "
-                   "deleted once written)",
-         "phases": f"{args.max_seconds:g} s at full speed (the maximum: its last third), then {args.minutes:g} min at "
-                   f"{args.rate_fraction:.0%} of it, paced; a sample every {args.interval:g} s",
-         "generation_s": opened["generation_s"]},
-        {"durability": args.durability, "calling_threads": 1, "meter": _core.__version__,
-         "process": "engine and driver in a child process (RSS, CPU its own); restart timed in a fresh process",
-         "window_s": window,
-         "in_effect": ", ".join(f"{k}={v}" for k, v in opened["in_effect"].items()) or "none",
-         "opened_through": opened["via"],
-         "not_accepted_by_this_engine": ", ".join(f"{k}={v}" for k, v in refused.items()) or "none",
-         "pass": f"RSS growth < {args.rss_growth_pct}% and throughput change within ±{args.throughput_change_pct}% "
-                 f"(at >= 95% of the target) over the last two thirds; disk within ±{args.disk_tolerance:.0%} of the "
-                 f"retention prediction and growing < {args.disk_growth_pct}%; restart measured"},
+        {
+            "batches": f"{BATCH} events each, built from {args.templates} pre-encoded templates (ids and times "
+            "replaced per batch)",
+            "event_bytes": opened["event_bytes"],
+            "customers": f"{args.customers:,} (Zipf s=1.1)",
+            "dimensions": "model, region, tier",
+            "meters": ", ".join(f"{m['slug']} ({m['aggregation']})" for m in METERS),
+            "duplicates": f"{RETRY_SHARE:.1%} whole batches re-sent up to {args.retry_age_s:.0f} s later + "
+            f"{RESENT_PER_BATCH / BATCH:.1%} events of the previous batch re-sent",
+            "event_times": "now, spread over 10 s",
+            "export": f"meter.export.export_events every {args.export_every_s:g} s in the engine's process (Parquet "
+            "deleted once written)",
+            "phases": f"{args.max_seconds:g} s at full speed (the maximum: its last third), "
+            f"then {args.minutes:g} min at {args.rate_fraction:.0%} of it, paced; a sample every {args.interval:g} s",
+            "generation_s": opened["generation_s"],
+        },
+        {
+            "durability": args.durability,
+            "calling_threads": 1,
+            "meter": _core.__version__,
+            "process": "engine and driver in a child process (RSS, CPU its own); restart timed in a fresh process",
+            "window_s": window,
+            "in_effect": ", ".join(f"{k}={v}" for k, v in opened["in_effect"].items()) or "none",
+            "opened_through": opened["via"],
+            "not_accepted_by_this_engine": ", ".join(f"{k}={v}" for k, v in refused.items()) or "none",
+            "pass": f"RSS growth < {args.rss_growth_pct}% and throughput change within ±{args.throughput_change_pct}% "
+            f"(at >= 95% of the target) over the last two thirds; disk within ±{args.disk_tolerance:.0%} of the "
+            f"retention prediction and growing < {args.disk_growth_pct}%; restart measured",
+        },
     )
 
 

@@ -30,8 +30,15 @@ MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet", "claude-haiku"]
 
 def per_row_json(usage: Usage) -> bytes:
     """The API's JSON before: a dict per row, then msgspec."""
-    rows = [{**row, "window_start": row["window_start"].isoformat(), "window_end": row["window_end"].isoformat(),
-             "value": format(row["value"].normalize(), "f")} for row in usage.rows()]
+    rows = [
+        {
+            **row,
+            "window_start": row["window_start"].isoformat(),
+            "window_end": row["window_end"].isoformat(),
+            "value": format(row["value"].normalize(), "f"),
+        }
+        for row in usage.rows()
+    ]
     return msgspec.json.encode(rows)
 
 
@@ -56,20 +63,35 @@ def main() -> None:
     parser.add_argument("--minutes", type=int, default=88)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    methodology("bench-usage-json", {"rows": f"{args.customers} customers x {args.minutes} minutes x {len(MODELS)} "
-                                     "models, one event each, queried per minute by customer and model"},
-                {"repeat": f"best of {args.repeat}", "client": "one Python thread, in process (no HTTP)"})
+    methodology(
+        "bench-usage-json",
+        {
+            "rows": f"{args.customers} customers x {args.minutes} minutes x {len(MODELS)} "
+            "models, one event each, queried per minute by customer and model"
+        },
+        {"repeat": f"best of {args.repeat}", "client": "one Python thread, in process (no HTTP)"},
+    )
     with tempfile.TemporaryDirectory() as tmp, Engine(Path(tmp) / "db") as engine:
-        engine.create_meter("t", {"slug": "tokens", "event_type": "llm", "aggregation": "sum",
-                                  "value_property": "$.tokens", "group_by": {"model": "$.model"}})
+        engine.create_meter(
+            "t",
+            {
+                "slug": "tokens",
+                "event_type": "llm",
+                "aggregation": "sum",
+                "value_property": "$.tokens",
+                "group_by": {"model": "$.model"},
+            },
+        )
         batch: list[str] = []
         for minute in range(args.minutes):
             t = (START + timedelta(minutes=minute)).strftime("%Y-%m-%dT%H:%M:%SZ")
             for c in range(args.customers):
                 for m, model in enumerate(MODELS):
-                    batch.append(f'{{"specversion":"1.0","id":"{minute}-{c}-{m}","source":"b","type":"llm",'
-                                 f'"subject":"cust-{c:05d}","time":"{t}","data":{{"model":"{model}",'
-                                 f'"tokens":"{c}.{m}5"}}}}')
+                    batch.append(
+                        f'{{"specversion":"1.0","id":"{minute}-{c}-{m}","source":"b","type":"llm",'
+                        f'"subject":"cust-{c:05d}","time":"{t}","data":{{"model":"{model}",'
+                        f'"tokens":"{c}.{m}5"}}}}'
+                    )
                     if len(batch) == 10_000:
                         engine.ingest("t", ("[" + ",".join(batch) + "]").encode(), now=START + timedelta(hours=2))
                         batch = []
@@ -77,18 +99,32 @@ def main() -> None:
             engine.ingest("t", ("[" + ",".join(batch) + "]").encode(), now=START + timedelta(hours=2))
 
         def query() -> Usage:
-            return engine.usage("t", "tokens", start=START, end=START + timedelta(hours=2), window_size="minute",
-                                group_by=["subject", "model"])
+            return engine.usage(
+                "t",
+                "tokens",
+                start=START,
+                end=START + timedelta(hours=2),
+                window_size="minute",
+                group_by=["subject", "model"],
+            )
 
         q, usage = best(args.repeat, query)
         old, old_bytes = best(args.repeat, lambda: per_row_json(query()))
         new, new_bytes = best(args.repeat, lambda: query().json_rows())
         as_csv, _ = best(args.repeat, lambda: csv(query()))
         assert old_bytes == new_bytes, "the engine's JSON differs from the per-row JSON"
-    figures = {"rows": len(usage), "query_s": round(q, 4), "json_per_row_s": round(old, 4),
-               "json_engine_s": round(new, 4), "csv_s": round(as_csv, 4), "json_bytes": len(new_bytes)}
-    print(f"{len(usage)} rows: query alone {q:.3f} s; query + JSON per row (before) {old:.3f} s; "
-          f"query + JSON by the engine (now) {new:.3f} s; query + CSV {as_csv:.3f} s")
+    figures = {
+        "rows": len(usage),
+        "query_s": round(q, 4),
+        "json_per_row_s": round(old, 4),
+        "json_engine_s": round(new, 4),
+        "csv_s": round(as_csv, 4),
+        "json_bytes": len(new_bytes),
+    }
+    print(
+        f"{len(usage)} rows: query alone {q:.3f} s; query + JSON per row (before) {old:.3f} s; "
+        f"query + JSON by the engine (now) {new:.3f} s; query + CSV {as_csv:.3f} s"
+    )
     finish("usage_json", figures)
 
 

@@ -1,6 +1,8 @@
-"""The usage workload shared by the benchmarks: AI-gateway events of about 230 bytes, 10k customers drawn from a
-Zipf law, three dimensions, five meters, and 5% duplicates (whole-batch retries and single re-sent events).
-Event times lie up to 10 seconds before the generation time, as from a gateway that batches for a few seconds.
+"""The usage workload shared by the benchmarks.
+
+AI-gateway events of about 230 bytes, 10k customers drawn from a Zipf law, three dimensions, five meters, and 5%
+duplicates (whole-batch retries and single re-sent events). Event times lie up to 10 seconds before the generation time,
+as from a gateway that batches for a few seconds.
 
 Generated once from a seed and pre-encoded, so the timed loop does no per-event work.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 CUSTOMERS = 10_000
@@ -19,16 +21,40 @@ REGIONS = ["eu-west", "us-east", "us-west", "ap-south"]
 TIERS = ["free", "pro", "team"]
 
 METERS: list[dict[str, Any]] = [
-    {"slug": "input-tokens", "event_type": "llm.request", "aggregation": "sum", "value_property": "$.input_tokens",
-     "group_by": {"model": "$.model", "region": "$.region", "tier": "$.tier"}},
-    {"slug": "output-tokens", "event_type": "llm.request", "aggregation": "sum", "value_property": "$.output_tokens",
-     "group_by": {"model": "$.model", "region": "$.region", "tier": "$.tier"}},
-    {"slug": "requests", "event_type": "llm.request", "aggregation": "count",
-     "group_by": {"model": "$.model", "region": "$.region"}},
-    {"slug": "peak-input", "event_type": "llm.request", "aggregation": "max", "value_property": "$.input_tokens",
-     "group_by": {"model": "$.model"}},
-    {"slug": "latency", "event_type": "llm.request", "aggregation": "avg", "value_property": "$.latency_ms",
-     "group_by": {"model": "$.model"}},
+    {
+        "slug": "input-tokens",
+        "event_type": "llm.request",
+        "aggregation": "sum",
+        "value_property": "$.input_tokens",
+        "group_by": {"model": "$.model", "region": "$.region", "tier": "$.tier"},
+    },
+    {
+        "slug": "output-tokens",
+        "event_type": "llm.request",
+        "aggregation": "sum",
+        "value_property": "$.output_tokens",
+        "group_by": {"model": "$.model", "region": "$.region", "tier": "$.tier"},
+    },
+    {
+        "slug": "requests",
+        "event_type": "llm.request",
+        "aggregation": "count",
+        "group_by": {"model": "$.model", "region": "$.region"},
+    },
+    {
+        "slug": "peak-input",
+        "event_type": "llm.request",
+        "aggregation": "max",
+        "value_property": "$.input_tokens",
+        "group_by": {"model": "$.model"},
+    },
+    {
+        "slug": "latency",
+        "event_type": "llm.request",
+        "aggregation": "avg",
+        "value_property": "$.latency_ms",
+        "group_by": {"model": "$.model"},
+    },
 ]
 
 
@@ -43,7 +69,7 @@ class Workload:
         rng = random.Random(seed)
         customers = [f"cust-{i:05d}" for i in range(CUSTOMERS)]
         cum_weights = list(itertools.accumulate(zipf_weights(CUSTOMERS)))
-        now = datetime.now(timezone.utc).replace(microsecond=0)
+        now = datetime.now(UTC).replace(microsecond=0)
         self.bodies: list[bytes] = []
         #: Per body: what its first-seen events add per customer, (input tokens, requests). Duplicates only ever
         #: repeat events of earlier bodies, so the first k bodies must count exactly `expected(k)`.

@@ -77,18 +77,26 @@ class Desk:
     def plan(self, version_prices: list[list[dict[str, Any]]]) -> None:
         self.catalog.create_plan("acme", "pro", "Pro")
         for i, prices in enumerate(version_prices):
-            self.catalog.add_plan_version("acme", "pro", OCT - timedelta(days=30 - i),
-                                          [msgspec.convert(p, Price) for p in prices])
+            self.catalog.add_plan_version(
+                "acme", "pro", OCT - timedelta(days=30 - i), [msgspec.convert(p, Price) for p in prices]
+            )
 
 
 @pytest.fixture
 def desk(tmp_path: Path) -> Iterator[Desk]:
     with Engine(tmp_path / "usage", durability="buffered", backdate_window=YEAR, dedup_window=YEAR) as engine:
         catalog, store = BillingCatalog(tmp_path / "billing"), InvoiceStore(tmp_path / "invoices")
-        engine.create_meter("acme", {"slug": "tokens", "event_type": "llm", "aggregation": "sum",
-                                     "value_property": "$.tokens", "group_by": {"model": "$.model"}})
+        engine.create_meter(
+            "acme",
+            {
+                "slug": "tokens",
+                "event_type": "llm",
+                "aggregation": "sum",
+                "value_property": "$.tokens",
+                "group_by": {"model": "$.model"},
+            },
+        )
         catalog.put_customer("acme", Customer(id="c1", name="One", currency="EUR"))
         yield Desk(engine, catalog, Invoicer(engine, catalog, store, tmp_path / "export"))
         catalog.close()
         store.close()
-

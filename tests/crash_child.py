@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from meter import AlreadyExists, Engine
 
 EVENTS_PER_BATCH = 100
-T0 = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=1)
 
 
@@ -44,9 +44,16 @@ def main(data_dir: str, ack_log: str) -> None:
     with Engine(data_dir) as engine:
         try:
             # One dimension value per batch, for the check: far more combinations per minute than the default limit.
-            engine.create_meter("t", {"slug": "calls", "event_type": "llm", "aggregation": "count",
-                                      "group_by": {"batch": "$.batch"},
-                                      "limits": {"max_combinations_per_minute": 100_000}})
+            engine.create_meter(
+                "t",
+                {
+                    "slug": "calls",
+                    "event_type": "llm",
+                    "aggregation": "count",
+                    "group_by": {"batch": "$.batch"},
+                    "limits": {"max_combinations_per_minute": 100_000},
+                },
+            )
         except AlreadyExists:
             pass
         print("ready", flush=True)

@@ -35,8 +35,9 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, data_dir: Path, port: int | None = None, admin_key: str | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, admin_key: str | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.port = port or free_port()
         self.admin_key = admin_key or new_key()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -44,8 +45,13 @@ class Server:
         env = {**os.environ, "METER_ADMIN_KEY": self.admin_key}
         cli = [sys.executable, "-c", "from meter.cli import main; main()"]
         # A session of its own, so that a kill reaches granian's worker too (it holds the store's lock).
-        self.proc = subprocess.Popen([*cli, "serve", "--data-dir", str(data_dir), "--port", str(self.port), *args], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            [*cli, "serve", "--data-dir", str(data_dir), "--port", str(self.port), *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

@@ -22,8 +22,9 @@ CLI = [sys.executable, "-c", "from meter.cli import main; main()"]
 
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [*CLI, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_admin_key_new_prints_a_wellformed_key() -> None:
@@ -36,8 +37,15 @@ def test_admin_key_new_prints_a_wellformed_key() -> None:
 @pytest.mark.parametrize("bad", ["my-admin-secret", "mk_live_" + "a" * 49, new_key()[:-1]])
 def test_a_malformed_admin_key_refuses_to_start(tmp_path: Path, bad: str) -> None:
     try:
-        result = run("serve", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()),
-                     env={"METER_ADMIN_KEY": bad}, timeout=20)
+        result = run(
+            "serve",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port",
+            str(free_port()),
+            env={"METER_ADMIN_KEY": bad},
+            timeout=20,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("the server started with a malformed METER_ADMIN_KEY")
     assert result.returncode != 0

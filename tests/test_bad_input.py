@@ -46,18 +46,27 @@ STATEFUL_EXAMPLES = int(os.environ.get("METER_FUZZ_STEPS", "10"))
 KEEP_GOING = os.environ.get("METER_FUZZ_KEEP_GOING") == "1"
 LONG = "METER_FUZZ_EXAMPLES" in os.environ
 
-CONFIG = schemathesis.Config.from_dict({
-    # The key is the test's to choose (`Fuzzed.key_for`), not the generator's.
-    "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none", "unique-inputs": True,
-                   "with-security-parameters": False},
-    # Whether the server accepts exactly the requests the schemas describe is left to METER_FUZZ_DATA=1: meter checks
-    # more than a schema can say (a slug's syntax, ISO 4217 codes, that a customer exists, a YYYY-MM period) and
-    # ignores query parameters it does not know.
-    "checks": {name: {"enabled": os.environ.get("METER_FUZZ_DATA") == "1"}
-               for name in ("negative_data_rejection", "positive_data_acceptance")},
-    "suppress-health-check": ["too_slow", "filter_too_much", "data_too_large"],
-    "request-timeout": 30,
-})
+CONFIG = schemathesis.Config.from_dict(
+    {
+        # The key is the test's to choose (`Fuzzed.key_for`), not the generator's.
+        "generation": {
+            "max-examples": MAX_EXAMPLES,
+            "deterministic": True,
+            "database": "none",
+            "unique-inputs": True,
+            "with-security-parameters": False,
+        },
+        # Whether the server accepts exactly the requests the schemas describe is left to METER_FUZZ_DATA=1: meter
+        # checks more than a schema can say (a slug's syntax, ISO 4217 codes, that a customer exists, a YYYY-MM period)
+        # and ignores query parameters it does not know.
+        "checks": {
+            name: {"enabled": os.environ.get("METER_FUZZ_DATA") == "1"}
+            for name in ("negative_data_rejection", "positive_data_acceptance")
+        },
+        "suppress-health-check": ["too_slow", "filter_too_much", "data_too_large"],
+        "request-timeout": 30,
+    }
+)
 schema = schemathesis.openapi.from_dict(openapi(), config=CONFIG)
 
 TENANT = "fuzz"
@@ -90,12 +99,18 @@ class Figures:
             self.failing.setdefault(f"{case.operation.label}: {failure.title}", str(failure.message)[:300])
 
     def as_json(self) -> str:
-        return json.dumps({
-            "operations": len(self.operations), "requests": self.calls, "max_examples": MAX_EXAMPLES,
-            "statuses": dict(sorted(self.statuses.items())), "keys": dict(sorted(self.keys.items())),
-            "failures_by_check": dict(self.failures), "failing": self.failing,
-            "seconds": round(time.monotonic() - self.started, 1),
-        })
+        return json.dumps(
+            {
+                "operations": len(self.operations),
+                "requests": self.calls,
+                "max_examples": MAX_EXAMPLES,
+                "statuses": dict(sorted(self.statuses.items())),
+                "keys": dict(sorted(self.keys.items())),
+                "failures_by_check": dict(self.failures),
+                "failing": self.failing,
+                "seconds": round(time.monotonic() - self.started, 1),
+            }
+        )
 
 
 FIGURES = Figures()
@@ -116,12 +131,18 @@ class Fuzzed:
 
         Those are the meter `tokens`, customer `cust-1`, plan `pro`, subscription `sub-1` and November's invoice.
         """
-        with httpx.Client(base_url=self.server.url, timeout=30,
-                          headers={"Authorization": f"Bearer {self.keys['all']}"}) as client:
-            for path, body in [("/v1/meters", "MeterSpec"), ("/v1/customers", "Customer"),
-                               ("/v1/products", "Product"), ("/v1/plans", "PlanBody"),
-                               ("/v1/plans/pro/versions", "PlanVersionBody"), ("/v1/subscriptions", "Subscription"),
-                               ("/v1/invoices/run", "InvoiceRunBody")]:
+        with httpx.Client(
+            base_url=self.server.url, timeout=30, headers={"Authorization": f"Bearer {self.keys['all']}"}
+        ) as client:
+            for path, body in [
+                ("/v1/meters", "MeterSpec"),
+                ("/v1/customers", "Customer"),
+                ("/v1/products", "Product"),
+                ("/v1/plans", "PlanBody"),
+                ("/v1/plans/pro/versions", "PlanVersionBody"),
+                ("/v1/subscriptions", "Subscription"),
+                ("/v1/invoices/run", "InvoiceRunBody"),
+            ]:
                 r = client.post(path, json=EXAMPLES[body])
                 assert r.status_code in (200, 201), (path, r.status_code, r.text)
             r = client.post("/v1/events", json=[EXAMPLES["CloudEvent"]])
@@ -172,7 +193,8 @@ def error_body_has_code_and_message(ctx: Any, response: schemathesis.Response, c
     except ValueError:
         raise AssertionError(f"a {response.status_code} answer is not JSON: {response.content[:200]!r}") from None
     assert isinstance(body, dict) and isinstance(body.get("code"), str) and isinstance(body.get("message"), str), (
-        f"a {response.status_code} answer lacks a string `code` and `message`: {body!r}"[:500])
+        f"a {response.status_code} answer lacks a string `code` and `message`: {body!r}"[:500]
+    )
 
 
 @schema.parametrize()
@@ -182,9 +204,12 @@ def test_no_5xx_and_every_answer_as_documented(case: schemathesis.Case, fuzzed: 
     response = case.call(base_url=fuzzed.server.url, headers=fuzzed.headers(case, key))
     FIGURES.record(case, kind, response.status_code)
     try:
-        case.validate_response(response, additional_checks=[error_body_has_code_and_message],
-                               headers={"Authorization": f"Bearer {key}"} if key else None,
-                               transport_kwargs={"base_url": fuzzed.server.url})
+        case.validate_response(
+            response,
+            additional_checks=[error_body_has_code_and_message],
+            headers={"Authorization": f"Bearer {key}"} if key else None,
+            transport_kwargs={"base_url": fuzzed.server.url},
+        )
     except FailureGroup as e:
         FIGURES.failed(case, e)
         if not KEEP_GOING:
@@ -200,8 +225,9 @@ def test_create_get_delete(fuzzed: Fuzzed) -> None:
             key = fuzzed.keys["operator" if path.startswith("/v1/admin/") or path == "/metrics" else "all"]
             return {"base_url": fuzzed.server.url, "headers": {"Authorization": f"Bearer {key}"}}
 
-        def validate_response(self, response: schemathesis.Response, case: schemathesis.Case,
-                              additional_checks: Any = None, **kwargs: Any) -> None:
+        def validate_response(
+            self, response: schemathesis.Response, case: schemathesis.Case, additional_checks: Any = None, **kwargs: Any
+        ) -> None:
             FIGURES.record(case, "stateful", response.status_code)
             try:
                 super().validate_response(response, case, [error_body_has_code_and_message], **kwargs)
@@ -210,26 +236,59 @@ def test_create_get_delete(fuzzed: Fuzzed) -> None:
                 if not KEEP_GOING:
                     raise
 
-    Workflow.run(settings=hypothesis.settings(
-        max_examples=STATEFUL_EXAMPLES, derandomize=True, database=None, deadline=None, stateful_step_count=6,
-        suppress_health_check=list(hypothesis.HealthCheck),
-    ))
+    Workflow.run(
+        settings=hypothesis.settings(
+            max_examples=STATEFUL_EXAMPLES,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            stateful_step_count=6,
+            suppress_health_check=list(hypothesis.HealthCheck),
+        )
+    )
 
 
 #: A value each body field is set to, one field at a time (`test_hostile_values_in_every_field_of_every_body`); the
 #: most telling first: `make test` sends the first `SWEEP_QUICK`, a longer run (METER_FUZZ_EXAMPLES set) all of them
 #: and checks the upcoming invoice too.
 SWEEP: list[Any] = [
-    "NaN", "sNaN", "1E+999999", "0.0000000000000000000000000000001", "9999-12", "2026-11-01T00:00:00", "XYZ", "",
-    None, [], "-1", "x" * 300, "\u0000", "-Infinity", "99999999999999999999999999999999999999.5", "0", "0000-00",
-    "9999-12-31T23:59:59-01:00", "Europe/Nowhere", "$..x", "nothing-here", 1.5, {},
+    "NaN",
+    "sNaN",
+    "1E+999999",
+    "0.0000000000000000000000000000001",
+    "9999-12",
+    "2026-11-01T00:00:00",
+    "XYZ",
+    "",
+    None,
+    [],
+    "-1",
+    "x" * 300,
+    "\u0000",
+    "-Infinity",
+    "99999999999999999999999999999999999999.5",
+    "0",
+    "0000-00",
+    "9999-12-31T23:59:59-01:00",
+    "Europe/Nowhere",
+    "$..x",
+    "nothing-here",
+    1.5,
+    {},
 ]
 SWEEP_QUICK = len(SWEEP) if LONG else 5
 #: Each documented body, where it goes, and what must exist first (ids the examples name).
-BODIES = [("/v1/meters", "MeterSpec"), ("/v1/customers", "Customer"), ("/v1/products", "Product"),
-          ("/v1/plans", "PlanBody"), ("/v1/plans/pro/versions", "PlanVersionBody"),
-          ("/v1/subscriptions", "Subscription"), ("/v1/subscriptions/sub-1/migrate", "MigrationBody"),
-          ("/v1/invoices/{invoice}/credit-notes", "CreditNoteBody"), ("/v1/invoices/run", "InvoiceRunBody")]
+BODIES = [
+    ("/v1/meters", "MeterSpec"),
+    ("/v1/customers", "Customer"),
+    ("/v1/products", "Product"),
+    ("/v1/plans", "PlanBody"),
+    ("/v1/plans/pro/versions", "PlanVersionBody"),
+    ("/v1/subscriptions", "Subscription"),
+    ("/v1/subscriptions/sub-1/migrate", "MigrationBody"),
+    ("/v1/invoices/{invoice}/credit-notes", "CreditNoteBody"),
+    ("/v1/invoices/run", "InvoiceRunBody"),
+]
 
 
 def leaves(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
@@ -311,18 +370,22 @@ def test_hostile_values_in_every_field_of_every_body(fuzzed: Fuzzed) -> None:
                 if not ok:
                     client = fresh()  # a 5xx may have been applied all the same: go on with a clean tenant
                 elif r.status_code < 300 and name not in ("InvoiceRunBody", "MeterSpec", "Product", "PlanBody"):
-                    billing_ok = answered(client.post("/v1/invoices/run", json={"period": "2026-11"}),
-                                          f"invoice run after {what}")
+                    billing_ok = answered(
+                        client.post("/v1/invoices/run", json={"period": "2026-11"}), f"invoice run after {what}"
+                    )
                     if LONG:
-                        billing_ok &= answered(client.get("/v1/customers/cust-1/upcoming-invoice"),
-                                               f"upcoming invoice after {what}")
+                        billing_ok &= answered(
+                            client.get("/v1/customers/cust-1/upcoming-invoice"), f"upcoming invoice after {what}"
+                        )
                     if not billing_ok:
                         client = fresh()
                     elif name == "PlanVersionBody":
                         client.delete("/v1/subscriptions/sub-sweep")
                     elif "credit" not in path:  # put the example back
-                        client.post(path if "migrate" not in path else "/v1/subscriptions",
-                                    json=example if "migrate" not in path else EXAMPLES["Subscription"])
+                        client.post(
+                            path if "migrate" not in path else "/v1/subscriptions",
+                            json=example if "migrate" not in path else EXAMPLES["Subscription"],
+                        )
     if failures:
         FIGURES.failures["HostileValueSweep"] += len(failures)
     FIGURES.failing.update({f: "" for f in failures[:50]})
@@ -342,8 +405,14 @@ def test_header_bytes_that_are_not_utf8_on_every_route(fuzzed: Fuzzed) -> None:
             target = path.format(**params).encode()
             key = (fuzzed.keys["operator" if path.startswith("/v1/admin/") else "all"] or "").encode()
             for headers in (b"X-Junk: \xff\xfe\r\nAuthorization: Bearer " + key, b"Authorization: Bearer \xff" + key):
-                request = (method.upper().encode() + b" " + target + b" HTTP/1.1\r\nHost: meter\r\n" + headers +
-                           b"\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+                request = (
+                    method.upper().encode()
+                    + b" "
+                    + target
+                    + b" HTTP/1.1\r\nHost: meter\r\n"
+                    + headers
+                    + b"\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+                )
                 with socket.create_connection(("127.0.0.1", fuzzed.server.port), timeout=30) as sock:
                     sock.sendall(request)
                     answer = b""
@@ -364,21 +433,30 @@ def test_header_bytes_that_are_not_utf8_on_every_route(fuzzed: Fuzzed) -> None:
 def regress(fuzzed: Fuzzed) -> httpx.Client:
     """A tenant of its own with the documented catalog, apart from what the generated requests did to `fuzz`."""
     client = fuzzed.server.client(fuzzed.server.tenant_key("regress", list(SCOPES)))
-    for path, body in [("/v1/meters", "MeterSpec"), ("/v1/customers", "Customer"), ("/v1/plans", "PlanBody"),
-                       ("/v1/plans/pro/versions", "PlanVersionBody"), ("/v1/subscriptions", "Subscription")]:
+    for path, body in [
+        ("/v1/meters", "MeterSpec"),
+        ("/v1/customers", "Customer"),
+        ("/v1/plans", "PlanBody"),
+        ("/v1/plans/pro/versions", "PlanVersionBody"),
+        ("/v1/subscriptions", "Subscription"),
+    ]:
         assert client.post(path, json=EXAMPLES[body]).status_code in (200, 201)
     return client
 
 
-@pytest.mark.parametrize("change", [
-    {"discounts": [{"id": "d", "start": "2026-01-01T00:00:00Z", "end": "2026-12-01T00:00:00", "percent": "10"}]},
-    {"start": "0001-01-01T00:00:00+01:00"},
-    {"start": "9999-12-31T00:00:00Z"},
-    {"end": "9999-12-31T23:59:59-01:00"},
-    {"credits": [{"id": "c", "amount": "5", "start": "2026-01-01T00:00:00", "end": "2027-01-01T00:00:00Z"}]},
-])
-def test_a_time_without_offset_or_at_the_ends_of_the_calendar_is_refused(regress: httpx.Client,
-                                                                          change: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"discounts": [{"id": "d", "start": "2026-01-01T00:00:00Z", "end": "2026-12-01T00:00:00", "percent": "10"}]},
+        {"start": "0001-01-01T00:00:00+01:00"},
+        {"start": "9999-12-31T00:00:00Z"},
+        {"end": "9999-12-31T23:59:59-01:00"},
+        {"credits": [{"id": "c", "amount": "5", "start": "2026-01-01T00:00:00", "end": "2027-01-01T00:00:00Z"}]},
+    ],
+)
+def test_a_time_without_offset_or_at_the_ends_of_the_calendar_is_refused(
+    regress: httpx.Client, change: dict[str, Any]
+) -> None:
     """Such a subscription was stored (200), then every invoice run and upcoming invoice of the tenant was a 500.
 
     (Refused by the catalog's time type since the merge of h/catalog: times carry an offset and fall in [1970, 9000).)

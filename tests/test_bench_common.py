@@ -43,8 +43,9 @@ def test_missing_path_holds_nothing(tmp_path: Path) -> None:
     assert _common.dir_bytes(tmp_path / "never-created") == 0
 
 
-def test_directory_and_file_vanishing_between_listing_and_reading(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_directory_and_file_vanishing_between_listing_and_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The crash's exact sequences, made to happen on purpose.
 
     A merge removes a temporary directory (or a file) after the walk listed its parent, before the walk reads it; or

@@ -28,8 +28,9 @@ def catalog(tmp_path: Path) -> Iterator[BillingCatalog]:
 
 
 def tokens_price(currency: str = "EUR", unit_price: str = "0.002") -> Price:
-    return msgspec.convert({"id": "tokens", "currency": currency, "model": "per_unit", "meter": "tokens",
-                            "unit_price": unit_price}, Price)
+    return msgspec.convert(
+        {"id": "tokens", "currency": currency, "model": "per_unit", "meter": "tokens", "unit_price": unit_price}, Price
+    )
 
 
 def setup_plan(catalog: BillingCatalog) -> None:
@@ -60,23 +61,34 @@ def test_subscription_errors_say_what_to_fix(catalog: BillingCatalog) -> None:
         catalog.put_subscription("acme", Subscription(id="s", customer="cust-usd", plan="pro", version=1, start=JAN))
     with pytest.raises(InvalidInput, match="override 'storage' replaces no price"):
         override = msgspec.structs.replace(tokens_price(), id="storage")
-        catalog.put_subscription("acme", Subscription(id="s", customer="cust-1", plan="pro", version=1, start=JAN,
-                                                      overrides=[override]))
+        catalog.put_subscription(
+            "acme", Subscription(id="s", customer="cust-1", plan="pro", version=1, start=JAN, overrides=[override])
+        )
     with pytest.raises(InvalidInput, match="end must be after start"):
-        catalog.put_subscription("acme", Subscription(id="s", customer="cust-1", plan="pro", version=1, start=FEB,
-                                                      end=JAN))
+        catalog.put_subscription(
+            "acme", Subscription(id="s", customer="cust-1", plan="pro", version=1, start=FEB, end=JAN)
+        )
     with pytest.raises(InvalidInput, match="needs an amount above 0"):
         bad = Commit(id="c1", amount=Decimal(0), start=JAN, end=FEB)
-        catalog.put_subscription("acme", Subscription(id="s", customer="cust-1", plan="pro", version=1, start=JAN,
-                                                      commits=[bad]))
+        catalog.put_subscription(
+            "acme", Subscription(id="s", customer="cust-1", plan="pro", version=1, start=JAN, commits=[bad])
+        )
     with pytest.raises(InvalidInput, match="customer 'nobody' does not exist"):
         catalog.put_subscription("acme", Subscription(id="s", customer="nobody", plan="pro", version=1, start=JAN))
 
 
 def test_bad_prices_in_a_plan_version_are_refused(catalog: BillingCatalog) -> None:
     setup_plan(catalog)
-    gap = msgspec.convert({"id": "t", "currency": "EUR", "model": "graduated", "meter": "tokens", "tiers": [
-        {"from": "0", "up_to": "10", "unit_price": "1"}, {"from": "20", "unit_price": "1"}]}, Price)
+    gap = msgspec.convert(
+        {
+            "id": "t",
+            "currency": "EUR",
+            "model": "graduated",
+            "meter": "tokens",
+            "tiers": [{"from": "0", "up_to": "10", "unit_price": "1"}, {"from": "20", "unit_price": "1"}],
+        },
+        Price,
+    )
     with pytest.raises(InvalidInput, match="a gap"):
         catalog.add_plan_version("acme", "pro", FEB, [gap])
     assert len(catalog.get_plan("acme", "pro").versions) == 1, "nothing of the refused version was kept"
@@ -134,14 +146,20 @@ def test_deleting_what_something_refers_to_is_refused(catalog: BillingCatalog) -
     catalog.put_subscription("acme", Subscription(id="s1", customer="cust-1", plan="pro", version=1, start=JAN))
     catalog.put_product("acme", Product(id="llm", name="LLM"))
     catalog.put_product("acme", Product(id="gpt", name="GPT", parent="llm"))
-    for delete, what in ((catalog.delete_customer, "cust-1"), (catalog.delete_plan, "pro"),
-                         (catalog.delete_product, "llm")):
+    for delete, what in (
+        (catalog.delete_customer, "cust-1"),
+        (catalog.delete_plan, "pro"),
+        (catalog.delete_product, "llm"),
+    ):
         with pytest.raises(InUse, match="still used by"):
             delete("acme", what)
     catalog.delete_subscription("acme", "s1")
     catalog.delete_product("acme", "gpt")
-    for delete, what in ((catalog.delete_customer, "cust-1"), (catalog.delete_plan, "pro"),
-                         (catalog.delete_product, "llm")):
+    for delete, what in (
+        (catalog.delete_customer, "cust-1"),
+        (catalog.delete_plan, "pro"),
+        (catalog.delete_product, "llm"),
+    ):
         delete("acme", what)
     assert catalog.list_customers("acme") == [] and catalog.list_plans("acme") == []
     assert catalog.list_products("acme") == [] and catalog.list_subscriptions("acme") == []

@@ -29,7 +29,10 @@ def test_a_request_id_as_dimension_is_refused_past_the_limit(tmp_path: Path) -> 
         r = engine.ingest("t", body(*events), now=T0)
         assert r.accepted == 5
         assert [(i.index, i.id, i.code) for i in r.issues] == [
-            (3, "e3", "cardinality_limit"), (4, "e4", "cardinality_limit"), (7, "c3", "cardinality_limit")]
+            (3, "e3", "cardinality_limit"),
+            (4, "e4", "cardinality_limit"),
+            (7, "c3", "cardinality_limit"),
+        ]
         assert "meter 'calls' allows at most 3 distinct dimension combinations" in r.issues[0].message
         assert "max_customers_per_minute" in r.issues[2].message
 
@@ -54,7 +57,9 @@ def test_over_http_per_event_refusals_that_survive_a_restart(tmp_path: Path) -> 
         client = server.client(key)
         assert client.post("/v1/meters", json=REQUESTS).status_code == 201
         assert client.get("/v1/meters/calls").json()["limits"] == {
-            "max_combinations_per_minute": 5, "max_customers_per_minute": 100_000}
+            "max_combinations_per_minute": 5,
+            "max_customers_per_minute": 100_000,
+        }
         # A gateway that puts each request's id in a grouped property: one new combination per event.
         r = client.post("/v1/events", content=body(*(recent_event(f"r{i}", request_id=f"req-{i}") for i in range(8))))
         assert r.status_code == 200, r.text

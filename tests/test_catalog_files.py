@@ -33,11 +33,23 @@ def readme_catalog() -> str:
 
 
 def test_yaml_keeps_numbers_times_and_text_as_written() -> None:
-    data = read_yaml("a: 0.1\nb: 12345678901234567.25\nc: 017\nd: 0x1F\ne: 1_000\nf: NO\ng: true\n"
-                     "h: 2026-11-01T00:00:00Z\ni: 2026-11-01\nj: .nan\nk: 7\n")
+    data = read_yaml(
+        "a: 0.1\nb: 12345678901234567.25\nc: 017\nd: 0x1F\ne: 1_000\nf: NO\ng: true\n"
+        "h: 2026-11-01T00:00:00Z\ni: 2026-11-01\nj: .nan\nk: 7\n"
+    )
     assert data.pop("j").is_nan()  # then refused by the catalog, naming the field
-    assert data == {"a": Decimal("0.1"), "b": Decimal("12345678901234567.25"), "c": "017", "d": "0x1F", "e": 1000,
-                    "f": "NO", "g": True, "h": "2026-11-01T00:00:00Z", "i": "2026-11-01", "k": 7}
+    assert data == {
+        "a": Decimal("0.1"),
+        "b": Decimal("12345678901234567.25"),
+        "c": "017",
+        "d": "0x1F",
+        "e": 1000,
+        "f": "NO",
+        "g": True,
+        "h": "2026-11-01T00:00:00Z",
+        "i": "2026-11-01",
+        "k": 7,
+    }
 
 
 def test_a_key_given_twice_is_an_error() -> None:
@@ -101,9 +113,12 @@ versions:
 def test_json_files_are_exact_too() -> None:
     [customer] = load_items(b'{"id": "c1", "name": "One", "currency": "EUR"}', "customers", yaml_format=False)
     assert customer == Customer(id="c1", name="One", currency="EUR")
-    sections = load_catalog(b'{"plans": [{"id": "p", "name": "P", "versions": [{"effective_from": '
-                            b'"2026-01-01T00:00:00Z", "prices": [{"id": "f", "currency": "EUR", "model": "flat", '
-                            b'"amount": 12345678901234567.25}]}]}]}', yaml_format=False)
+    sections = load_catalog(
+        b'{"plans": [{"id": "p", "name": "P", "versions": [{"effective_from": '
+        b'"2026-01-01T00:00:00Z", "prices": [{"id": "f", "currency": "EUR", "model": "flat", '
+        b'"amount": 12345678901234567.25}]}]}]}',
+        yaml_format=False,
+    )
     assert sections["plans"][0].versions[0].prices[0].amount == Decimal("12345678901234567.25")
     with pytest.raises(CatalogFileError, match="unknown section 'customer'"):
         load_catalog(b"customer: []\n")
@@ -130,8 +145,16 @@ def tenant(server: Server, name: str, meters: dict[str, dict[str, str]]) -> tupl
     key = server.tenant_key(name, ["read", "admin"])
     client = server.client(key)
     for slug, group_by in meters.items():
-        r = client.post("/v1/meters", json={"slug": slug, "event_type": "llm", "aggregation": "sum",
-                                            "value_property": f"$.{slug}", "group_by": group_by})
+        r = client.post(
+            "/v1/meters",
+            json={
+                "slug": slug,
+                "event_type": "llm",
+                "aggregation": "sum",
+                "value_property": f"$.{slug}",
+                "group_by": group_by,
+            },
+        )
         assert r.status_code == 201, r.text
     return key, client
 
@@ -143,8 +166,10 @@ def cli(server: Server, key: str, *args: str) -> Result:
 def test_an_unquoted_date_leaves_nothing_behind_and_a_rerun_works(server: Server, tmp_path: Path) -> None:
     key, client = tenant(server, "yaml-dates", {"tokens": {}})
     plans = tmp_path / "plans.yaml"
-    plans.write_text("id: pro\nname: Pro\nversions:\n  - effective_from: 2026-01-01\n    prices:\n"
-                     "      - {id: tokens, currency: EUR, model: per_unit, meter: tokens, unit_price: 0.002}\n")
+    plans.write_text(
+        "id: pro\nname: Pro\nversions:\n  - effective_from: 2026-01-01\n    prices:\n"
+        "      - {id: tokens, currency: EUR, model: per_unit, meter: tokens, unit_price: 0.002}\n"
+    )
     result = cli(server, key, "catalog", "put", "plans", str(plans))
     assert result.exit_code == 1
     assert "Traceback" not in result.output and "nothing was written" in result.output
@@ -157,8 +182,10 @@ def test_an_unquoted_date_leaves_nothing_behind_and_a_rerun_works(server: Server
     result = cli(server, key, "catalog", "put", "plans", str(plans))
     assert result.exit_code == 0 and "plan pro: unchanged (1 versions)" in result.output, result.output
     with plans.open("a") as f:
-        f.write("  - effective_from: 2026-02-01T00:00:00Z\n    prices:\n"
-                "      - {id: tokens, currency: EUR, model: per_unit, meter: tokens, unit_price: 0.003}\n")
+        f.write(
+            "  - effective_from: 2026-02-01T00:00:00Z\n    prices:\n"
+            "      - {id: tokens, currency: EUR, model: per_unit, meter: tokens, unit_price: 0.003}\n"
+        )
     result = cli(server, key, "catalog", "put", "plans", str(plans))
     assert result.exit_code == 0 and "plan pro: 1 versions added" in result.output, result.output
     assert [v["prices"][0]["unit_price"] for v in client.get("/v1/plans/pro").json()["versions"]] == ["0.002", "0.003"]
@@ -167,8 +194,10 @@ def test_an_unquoted_date_leaves_nothing_behind_and_a_rerun_works(server: Server
 def test_unquoted_amounts_arrive_exact(server: Server, tmp_path: Path) -> None:
     key, client = tenant(server, "yaml-amounts", {})
     plans = tmp_path / "plans.yaml"
-    plans.write_text("id: big\nname: Big\nversions:\n  - effective_from: 2026-01-01T00:00:00Z\n    prices:\n"
-                     "      - {id: fee, currency: EUR, model: flat, amount: 12345678901234567.25}\n")
+    plans.write_text(
+        "id: big\nname: Big\nversions:\n  - effective_from: 2026-01-01T00:00:00Z\n    prices:\n"
+        "      - {id: fee, currency: EUR, model: flat, amount: 12345678901234567.25}\n"
+    )
     result = cli(server, key, "catalog", "put", "plans", str(plans))
     assert result.exit_code == 0, result.output
     assert client.get("/v1/plans/big").json()["versions"][0]["prices"][0]["amount"] == "12345678901234567.25"

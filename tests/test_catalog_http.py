@@ -28,8 +28,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def acme(server: Server) -> httpx.Client:
     client = server.client(server.tenant_key("acme", ["ingest", "read", "admin"]))
     for slug in ("tokens", "seats"):
-        r = client.post("/v1/meters", json={"slug": slug, "event_type": "llm", "aggregation": "sum",
-                                            "value_property": f"$.{slug}"})
+        r = client.post(
+            "/v1/meters", json={"slug": slug, "event_type": "llm", "aggregation": "sum", "value_property": f"$.{slug}"}
+        )
         assert r.status_code == 201, r.text
     assert client.post("/v1/customers", json={"id": "c1", "name": "One", "currency": "EUR"}).status_code == 200
     r = client.post("/v1/plans", json={"id": "pro", "name": "Pro"})
@@ -54,19 +55,34 @@ BAD_PRICES: list[tuple[dict[str, Any], str]] = [
     ({**PER_UNIT, "unit_price": "sNaN"}, "unit_price"),
     ({**PER_UNIT, "free_allowance": "Infinity"}, "free_allowance"),
     ({**PER_UNIT, "minimum": "sNaN"}, "minimum"),
-    ({**PER_UNIT, "model": "graduated", "unit_price": None, "tiers": [{**TIERS[0], "unit_price": "sNaN"}, TIERS[1]]},
-     "unit_price"),
-    ({**PER_UNIT, "model": "graduated", "unit_price": None, "tiers": [{**TIERS[0], "up_to": "NaN"}, TIERS[1]]},
-     "up_to"),
-    ({**PER_UNIT, "model": "volume", "unit_price": None, "tiers": [{**TIERS[0], "flat_fee": "NaN"}, TIERS[1]]},
-     "flat_fee"),
+    (
+        {**PER_UNIT, "model": "graduated", "unit_price": None, "tiers": [{**TIERS[0], "unit_price": "sNaN"}, TIERS[1]]},
+        "unit_price",
+    ),
+    (
+        {**PER_UNIT, "model": "graduated", "unit_price": None, "tiers": [{**TIERS[0], "up_to": "NaN"}, TIERS[1]]},
+        "up_to",
+    ),
+    (
+        {**PER_UNIT, "model": "volume", "unit_price": None, "tiers": [{**TIERS[0], "flat_fee": "NaN"}, TIERS[1]]},
+        "flat_fee",
+    ),
     ({**PER_UNIT, "model": "package", "unit_price": None, "package": {"size": "NaN", "price": "1"}}, "size"),
     ({**PER_UNIT, "model": "package", "unit_price": None, "package": {"size": "10", "price": "sNaN"}}, "price"),
     ({**PER_UNIT, "model": "percentage", "unit_price": None, "percentage": {"percent": "NaN"}}, "percent"),
-    ({**PER_UNIT, "model": "percentage", "unit_price": None, "percentage": {"percent": "1", "max_fee": "sNaN"}},
-     "max_fee"),
-    ({**PER_UNIT, "model": "matrix", "unit_price": None, "matrix": {"dimensions": ["model"], "entries": [
-        {"values": {"model": "a"}, "unit_price": "NaN"}]}}, "unit_price"),
+    (
+        {**PER_UNIT, "model": "percentage", "unit_price": None, "percentage": {"percent": "1", "max_fee": "sNaN"}},
+        "max_fee",
+    ),
+    (
+        {
+            **PER_UNIT,
+            "model": "matrix",
+            "unit_price": None,
+            "matrix": {"dimensions": ["model"], "entries": [{"values": {"model": "a"}, "unit_price": "NaN"}]},
+        },
+        "unit_price",
+    ),
     ({**PER_UNIT, "unit_price": "0." + "1" * 40}, "unit_price"),
     ({**PER_UNIT, "unit_price": "1E+999999"}, "unit_price"),
     ({**PER_UNIT, "model": "flat", "meter": None, "unit_price": None, "amount": "1E+18"}, "amount"),
@@ -76,27 +92,32 @@ BAD_PRICES: list[tuple[dict[str, Any], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("price", "field"), BAD_PRICES, ids=[f"{f}={p.get('currency')}:{i}"
-                                                             for i, (p, f) in enumerate(BAD_PRICES)])
-def test_a_price_rating_could_not_compute_is_a_400_naming_the_field(acme: httpx.Client, price: dict[str, Any],
-                                                                    field: str) -> None:
-    message = refused(acme.post("/v1/plans/pro/versions", json={"effective_from": "2026-02-01T00:00:00Z",
-                                                                 "prices": [price]}))
+@pytest.mark.parametrize(
+    ("price", "field"), BAD_PRICES, ids=[f"{f}={p.get('currency')}:{i}" for i, (p, f) in enumerate(BAD_PRICES)]
+)
+def test_a_price_rating_could_not_compute_is_a_400_naming_the_field(
+    acme: httpx.Client, price: dict[str, Any], field: str
+) -> None:
+    message = refused(
+        acme.post("/v1/plans/pro/versions", json={"effective_from": "2026-02-01T00:00:00Z", "prices": [price]})
+    )
     assert f"`{field}`" in message
     assert len(acme.get("/v1/plans/pro").json()["versions"]) == 1
 
 
-@pytest.mark.parametrize(("terms", "field"), [
-    ({"commits": [{"id": "c", "amount": "NaN", "start": JAN, "end": "2027-01-01T00:00:00Z"}]}, "amount"),
-    ({"credits": [{"id": "c", "amount": "sNaN", "start": JAN, "end": "2027-01-01T00:00:00Z"}]}, "amount"),
-    ({"discounts": [{"id": "d", "percent": "sNaN", "start": JAN}]}, "percent"),
-    ({"discounts": [{"id": "d", "amount": "Infinity", "start": JAN}]}, "amount"),
-    ({"threshold": "NaN"}, "threshold"),
-    ({"threshold": "0.001"}, "threshold"),
-    ({"overrides": [{**PER_UNIT, "unit_price": "sNaN"}]}, "unit_price"),
-])
-def test_subscription_terms_that_are_not_money_are_a_400(acme: httpx.Client, terms: dict[str, Any],
-                                                         field: str) -> None:
+@pytest.mark.parametrize(
+    ("terms", "field"),
+    [
+        ({"commits": [{"id": "c", "amount": "NaN", "start": JAN, "end": "2027-01-01T00:00:00Z"}]}, "amount"),
+        ({"credits": [{"id": "c", "amount": "sNaN", "start": JAN, "end": "2027-01-01T00:00:00Z"}]}, "amount"),
+        ({"discounts": [{"id": "d", "percent": "sNaN", "start": JAN}]}, "percent"),
+        ({"discounts": [{"id": "d", "amount": "Infinity", "start": JAN}]}, "amount"),
+        ({"threshold": "NaN"}, "threshold"),
+        ({"threshold": "0.001"}, "threshold"),
+        ({"overrides": [{**PER_UNIT, "unit_price": "sNaN"}]}, "unit_price"),
+    ],
+)
+def test_subscription_terms_that_are_not_money_are_a_400(acme: httpx.Client, terms: dict[str, Any], field: str) -> None:
     sub = {"id": "s2", "customer": "c1", "plan": "pro", "version": 1, "start": JAN, **terms}
     assert field in refused(acme.post("/v1/subscriptions", json=sub))
     assert acme.get("/v1/subscriptions/s2").status_code == 404
@@ -108,8 +129,12 @@ def test_invoicing_still_works_after_every_refusal(acme: httpx.Client) -> None:
 
 
 def test_a_price_naming_a_missing_meter_is_refused_and_a_used_meter_cannot_be_deleted(acme: httpx.Client) -> None:
-    message = refused(acme.post("/v1/plans/pro/versions", json={"effective_from": "2026-03-01T00:00:00Z", "prices": [
-        {**PER_UNIT, "id": "typo", "meter": "tokenz"}]}))
+    message = refused(
+        acme.post(
+            "/v1/plans/pro/versions",
+            json={"effective_from": "2026-03-01T00:00:00Z", "prices": [{**PER_UNIT, "id": "typo", "meter": "tokenz"}]},
+        )
+    )
     assert "plan 'pro' version 2, price 'typo': meter 'tokenz' does not exist" in message
     message = refused(acme.delete("/v1/meters/tokens"), 409, "in_use")
     assert "plan 'pro' version 1 (price 'tokens')" in message
@@ -120,9 +145,14 @@ def test_a_price_naming_a_missing_meter_is_refused_and_a_used_meter_cannot_be_de
 
 
 def test_a_plan_is_created_whole_or_not_at_all(acme: httpx.Client) -> None:
-    plan = {"id": "team", "name": "Team", "versions": [
-        {"effective_from": JAN, "prices": [PER_UNIT]},
-        {"effective_from": "2026-02-01T00:00:00Z", "prices": [{**PER_UNIT, "meter": "nope"}]}]}
+    plan = {
+        "id": "team",
+        "name": "Team",
+        "versions": [
+            {"effective_from": JAN, "prices": [PER_UNIT]},
+            {"effective_from": "2026-02-01T00:00:00Z", "prices": [{**PER_UNIT, "meter": "nope"}]},
+        ],
+    }
     assert "plan 'team' version 2, price 'tokens': meter 'nope'" in refused(acme.post("/v1/plans", json=plan))
     assert acme.get("/v1/plans/team").status_code == 404
     plan["versions"] = plan["versions"][:1]

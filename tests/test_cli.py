@@ -28,26 +28,39 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def run(server: Server, key: str, *args: str) -> str:
-    result = CliRunner().invoke(main, [*args], env={"METER_URL": server.url, "METER_API_KEY": key, "COLUMNS": "200"},
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        main, [*args], env={"METER_URL": server.url, "METER_API_KEY": key, "COLUMNS": "200"}, catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     return result.output
 
 
 def test_admin_meters_ingest_and_usage(server: Server, tmp_path: Path) -> None:
     run(server, server.admin_key, "tenants", "create", "acme")
-    key = run(server, server.admin_key, "keys", "create", "acme", "--scope", "ingest", "--scope", "read",
-              "--scope", "admin").splitlines()[0]
+    key = run(
+        server, server.admin_key, "keys", "create", "acme", "--scope", "ingest", "--scope", "read", "--scope", "admin"
+    ).splitlines()[0]
     assert key.startswith("mk_live_")
     assert "acme" in run(server, server.admin_key, "keys", "list", "--tenant", "acme")
 
     spec = tmp_path / "meter.json"
-    spec.write_text(json.dumps({"slug": "tokens", "event_type": "llm", "aggregation": "sum",
-                                "value_property": "$.tokens", "group_by": {"model": "$.model"}}))
+    spec.write_text(
+        json.dumps(
+            {
+                "slug": "tokens",
+                "event_type": "llm",
+                "aggregation": "sum",
+                "value_property": "$.tokens",
+                "group_by": {"model": "$.model"},
+            }
+        )
+    )
     assert "created tokens" in run(server, key, "meters", "create", str(spec))
     yaml = tmp_path / "meters.yaml"
-    yaml.write_text("- slug: calls\n  event_type: llm\n  aggregation: count\n"
-                    "- slug: models\n  event_type: llm\n  aggregation: unique_count\n  value_property: $.model\n")
+    yaml.write_text(
+        "- slug: calls\n  event_type: llm\n  aggregation: count\n"
+        "- slug: models\n  event_type: llm\n  aggregation: unique_count\n  value_property: $.model\n"
+    )
     out = run(server, key, "meters", "create", str(yaml))
     assert "created calls" in out and "created models" in out
     assert "tokens" in run(server, key, "meters", "list")
@@ -67,8 +80,9 @@ def test_errors_are_clear(server: Server, tmp_path: Path) -> None:
     assert result.exit_code != 0 and "unauthorized" in result.output
     broken = tmp_path / "meter.yaml"
     broken.write_text("slug: [unclosed\n")
-    result = CliRunner().invoke(main, ["meters", "create", str(broken)],
-                                env={"METER_URL": server.url, "METER_API_KEY": server.admin_key})
+    result = CliRunner().invoke(
+        main, ["meters", "create", str(broken)], env={"METER_URL": server.url, "METER_API_KEY": server.admin_key}
+    )
     assert result.exit_code != 0 and "is not valid YAML" in result.output
 
 
@@ -98,15 +112,18 @@ def test_catalog_from_yaml(server: Server, tmp_path: Path) -> None:
     customers = tmp_path / "customers.yaml"
     customers.write_text("- {id: cust-1, name: One, currency: EUR}\n- {id: cust-2, name: Two, currency: EUR}\n")
     plans = tmp_path / "plans.yaml"
-    plans.write_text("id: pro\nname: Pro\nversions:\n  - effective_from: '2026-01-01T00:00:00Z'\n    prices:\n"
-                     "      - {id: tokens, currency: EUR, model: per_unit, meter: tokens, unit_price: '0.002'}\n")
+    plans.write_text(
+        "id: pro\nname: Pro\nversions:\n  - effective_from: '2026-01-01T00:00:00Z'\n    prices:\n"
+        "      - {id: tokens, currency: EUR, model: per_unit, meter: tokens, unit_price: '0.002'}\n"
+    )
     assert "customer cust-2: saved" in run(server, key, "catalog", "put", "customers", str(customers))
     assert "plan pro: saved with 1 versions" in run(server, key, "catalog", "put", "plans", str(plans))
     assert "cust-2" in run(server, key, "catalog", "list", "customers")
     bad = tmp_path / "bad.yaml"
     bad.write_text("id: s1\ncustomer: cust-1\nplan: pro\nversion: 9\nstart: '2026-01-01T00:00:00Z'\n")
-    result = CliRunner().invoke(main, ["catalog", "put", "subscriptions", str(bad)],
-                                env={"METER_URL": server.url, "METER_API_KEY": key})
+    result = CliRunner().invoke(
+        main, ["catalog", "put", "subscriptions", str(bad)], env={"METER_URL": server.url, "METER_API_KEY": key}
+    )
     assert result.exit_code != 0 and "has no version 9" in result.output
     assert "customer cust-2: deleted" in run(server, key, "catalog", "delete", "customers", "cust-2")
     assert "cust-2" not in run(server, key, "catalog", "list", "customers")
@@ -118,8 +135,10 @@ def test_invoice_commands(server: Server, tmp_path: Path) -> None:
     catalog.write_text("- {id: cust-1, name: One, currency: USD}\n")
     run(server, key, "catalog", "put", "customers", str(catalog))
     plans = tmp_path / "plans.yaml"
-    plans.write_text("id: pro\nname: Pro\nversions:\n  - effective_from: '2020-01-01T00:00:00Z'\n    prices:\n"
-                     "      - {id: base, currency: USD, model: flat, amount: '9.99', cadence: in_advance}\n")
+    plans.write_text(
+        "id: pro\nname: Pro\nversions:\n  - effective_from: '2020-01-01T00:00:00Z'\n    prices:\n"
+        "      - {id: base, currency: USD, model: flat, amount: '9.99', cadence: in_advance}\n"
+    )
     run(server, key, "catalog", "put", "plans", str(plans))
     month = datetime.now(UTC).strftime("%Y-%m")
     subs = tmp_path / "subs.yaml"
@@ -224,8 +243,9 @@ def test_5xx_answers_are_one_line(tmp_path: Path) -> None:
     proxy = Failing(502, b"<html>\n<body>Bad Gateway</body>\n</html>\n", "text/html")
     try:
         line = fails(["meters", "list"], {"METER_URL": failing.url, "METER_API_KEY": new_key()})
-        assert line == ("Error: the server answered 500 internal: the store has failed; the server failed: its log "
-                        "says why")
+        assert line == (
+            "Error: the server answered 500 internal: the store has failed; the server failed: its log says why"
+        )
         line = fails(["meters", "list"], {"METER_URL": proxy.url, "METER_API_KEY": new_key()})
         assert "the server answered 502 http_error: <html> <body>Bad Gateway</body> </html>" in line
         events = tmp_path / "events.ndjson"
@@ -274,8 +294,9 @@ def test_a_missing_or_unreadable_file_is_one_line(tmp_path: Path) -> None:
 def test_ingesting_the_same_file_twice_counts_nothing_twice(server: Server, tmp_path: Path) -> None:
     key = server.tenant_key("rerun-co", ["ingest", "read", "admin"])
     spec = tmp_path / "meter.json"
-    spec.write_text(json.dumps({"slug": "tokens", "event_type": "llm", "aggregation": "sum",
-                                "value_property": "$.tokens"}))
+    spec.write_text(
+        json.dumps({"slug": "tokens", "event_type": "llm", "aggregation": "sum", "value_property": "$.tokens"})
+    )
     run(server, key, "meters", "create", str(spec))
     no_ids = [{k: v for k, v in event("x", time=RECENT, tokens=i).items() if k != "id"} for i in range(1, 6)]
     ndjson = tmp_path / "events.ndjson"
@@ -285,8 +306,9 @@ def test_ingesting_the_same_file_twice_counts_nothing_twice(server: Server, tmp_
     assert "3 events: 3 accepted, 0 duplicates, 0 rejected" in run(server, key, "ingest", str(ndjson))
     assert "3 events: 0 accepted, 3 duplicates, 0 rejected" in run(server, key, "ingest", str(ndjson))
     assert "2 events: 2 accepted, 0 duplicates, 0 rejected" in run(server, key, "ingest", str(array))
-    assert "2 events: 0 accepted, 2 duplicates, 0 rejected" in run(server, key, "ingest", str(array), "--batch-size",
-                                                                  "1")
+    assert "2 events: 0 accepted, 2 duplicates, 0 rejected" in run(
+        server, key, "ingest", str(array), "--batch-size", "1"
+    )
     table = run(server, key, "usage", "tokens", *ALL_TIME)
     assert "│ 15 " in table or " 15 " in table.replace("│", " "), table
 
@@ -337,28 +359,49 @@ def test_serve_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([sys.executable, "-c", "from meter.cli import main; main()", "serve", "--port",
-                                 str(port), "--data-dir", str(tmp_path / "data")], capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from meter.cli import main; main()",
+                "serve",
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path / "data"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "backtrace" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"Error: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98); stop what uses it or choose "
-        "another port (--port, or make serve PORT=...)")
+        "another port (--port, or make serve PORT=...)"
+    )
 
 
 def test_ingest_says_which_events_a_meter_skipped(server: Server, tmp_path: Path) -> None:
     """An event a meter cannot read is accepted (its other meters count it); the CLI says which meter skipped it."""
     key = server.tenant_key("skips-co", ["ingest", "read", "admin"])
     spec = tmp_path / "meters.json"
-    spec.write_text(json.dumps([{"slug": "tokens", "event_type": "llm", "aggregation": "sum",
-                                 "value_property": "$.tokens"},
-                                {"slug": "cached", "event_type": "llm", "aggregation": "sum",
-                                 "value_property": "$.cached_tokens"}]))
+    spec.write_text(
+        json.dumps(
+            [
+                {"slug": "tokens", "event_type": "llm", "aggregation": "sum", "value_property": "$.tokens"},
+                {"slug": "cached", "event_type": "llm", "aggregation": "sum", "value_property": "$.cached_tokens"},
+            ]
+        )
+    )
     run(server, key, "meters", "create", str(spec))
     ndjson = tmp_path / "events.ndjson"
-    ndjson.write_text(json.dumps(event("w1", time=RECENT, tokens=5)) + "\n"
-                      + json.dumps(event("w2", time=RECENT, tokens=7, cached_tokens=2)) + "\n")
+    ndjson.write_text(
+        json.dumps(event("w1", time=RECENT, tokens=5))
+        + "\n"
+        + json.dumps(event("w2", time=RECENT, tokens=7, cached_tokens=2))
+        + "\n"
+    )
     result = CliRunner().invoke(main, ["ingest", str(ndjson)], env={"METER_URL": server.url, "METER_API_KEY": key})
     assert result.exit_code == 0, result.output
     assert "2 events: 2 accepted, 0 duplicates, 0 rejected; a meter skipped 1 accepted events" in result.output

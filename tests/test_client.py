@@ -7,11 +7,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import meter
 import pytest
 from conftest import event
 from http_server import Server
-
-import meter
 from meter.catalog.keys import new_key
 
 USAGE = {"from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"}

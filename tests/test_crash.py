@@ -1,6 +1,8 @@
-"""Crash test: a child ingests batches and logs each acknowledged one; it is killed with SIGKILL at random moments
-many times. After each kill, every acknowledged batch is counted exactly once (never twice, never lost), a batch
-is applied whole or not at all, and re-sending an acknowledged batch comes back as all duplicates."""
+"""Crash test: a child ingests batches, logs each acknowledged one, and is killed with SIGKILL at random moments.
+
+It is killed many times. After each kill, every acknowledged batch is counted exactly once (never twice, never
+lost), a batch is applied whole or not at all, and re-sending an acknowledged batch comes back as all duplicates.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-
 from meter import Engine
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -26,7 +27,9 @@ CHILD = Path(__file__).parent / "crash_child.py"
 
 
 def counts_by_batch(engine: Engine) -> dict[int, int]:
-    rows = engine.usage("t", "calls", start=T0 - timedelta(days=1), end=T0 + timedelta(days=1), group_by=["batch"]).rows()
+    rows = engine.usage(
+        "t", "calls", start=T0 - timedelta(days=1), end=T0 + timedelta(days=1), group_by=["batch"]
+    ).rows()
     return {int(r["batch"]): r["events"] for r in rows}
 
 
@@ -38,7 +41,9 @@ def test_sigkill_never_loses_or_doubles_an_acknowledged_event(tmp_path: Path) ->
     report = {"kills": 0, "acked": 0, "lost": 0, "duplicated": 0, "torn": 0, "restart_ms": []}
     for _ in range(KILLS):
         started = time.monotonic()
-        with subprocess.Popen([sys.executable, str(CHILD), str(data), str(ack_log)], stdout=subprocess.PIPE, text=True) as child:
+        with subprocess.Popen(
+            [sys.executable, str(CHILD), str(data), str(ack_log)], stdout=subprocess.PIPE, text=True
+        ) as child:
             assert child.stdout is not None and child.stdout.readline().strip() == "ready"
             report["restart_ms"].append(round((time.monotonic() - started) * 1000))
             time.sleep(rng.uniform(0.05, 0.8))

@@ -38,8 +38,19 @@ D = Decimal
 US = timedelta(microseconds=1)
 #: Zones with DST both ways, none, half-hour offsets, and local midnights that do not exist (Santiago, Sao Paulo
 #: until 2019, Cairo, Beirut, Havana).
-ZONES = ["UTC", "Europe/Paris", "America/New_York", "Australia/Lord_Howe", "Asia/Kolkata", "America/Santiago",
-         "America/Sao_Paulo", "Africa/Cairo", "Asia/Beirut", "America/Havana", "Pacific/Chatham"]
+ZONES = [
+    "UTC",
+    "Europe/Paris",
+    "America/New_York",
+    "Australia/Lord_Howe",
+    "Asia/Kolkata",
+    "America/Santiago",
+    "America/Sao_Paulo",
+    "Africa/Cairo",
+    "Asia/Beirut",
+    "America/Havana",
+    "Pacific/Chatham",
+]
 
 
 def z(y: int, mo: int, d: int, h: int = 0, mi: int = 0) -> datetime:
@@ -51,16 +62,23 @@ def local(tz: str, y: int, mo: int, d: int, h: int = 0, mi: int = 0) -> datetime
     return datetime(y, mo, d, h, mi, tzinfo=ZoneInfo(tz)).astimezone(UTC)
 
 
-def sub(start: datetime, *, cycle: str = "monthly", anchor: str = "calendar", end: datetime | None = None,
-        migrations: list[tuple[int, datetime]] | None = None) -> Subscription:
+def sub(
+    start: datetime,
+    *,
+    cycle: str = "monthly",
+    anchor: str = "calendar",
+    end: datetime | None = None,
+    migrations: list[tuple[int, datetime]] | None = None,
+) -> Subscription:
     """A subscription on version 1 of a plan, migrated to ``(version, at)`` in turn."""
     moves, version = [], 1
     for to, at in migrations or []:
         moves.append(Migration(from_version=version, to_version=to, at=at))
         version = to
     fields: dict[str, Any] = {"cycle": cycle, "anchor": anchor}
-    return Subscription(id="s1", customer="c1", plan="p1", version=version, start=start, end=end, migrations=moves,
-                        **fields)
+    return Subscription(
+        id="s1", customer="c1", plan="p1", version=version, start=start, end=end, migrations=moves, **fields
+    )
 
 
 def wall(t: datetime, tz: str) -> datetime:
@@ -89,7 +107,11 @@ def test_calendar_quarterly_and_annual_utc() -> None:
     assert cycle_containing(q, "UTC", z(2026, 2, 10)) == Period(z(2026, 1, 1), z(2026, 4, 1))
     assert cycle_containing(q, "UTC", z(2026, 12, 31, 23, 59)) == Period(z(2026, 10, 1), z(2027, 1, 1))
     assert [p.start for p in cycles_between(q, "UTC", z(2026, 1, 1), z(2027, 1, 1))] == [
-        z(2026, 1, 1), z(2026, 4, 1), z(2026, 7, 1), z(2026, 10, 1)]
+        z(2026, 1, 1),
+        z(2026, 4, 1),
+        z(2026, 7, 1),
+        z(2026, 10, 1),
+    ]
     a = sub(z(2026, 2, 10), cycle="annual")
     assert cycle_containing(a, "UTC", z(2026, 7, 4)) == Period(z(2026, 1, 1), z(2027, 1, 1))
 
@@ -114,14 +136,19 @@ def test_calendar_cycles_start_at_local_midnight_across_dst() -> None:
             assert wall(p.start, tz).time() == time(0) and wall(p.start, tz).day == 1
 
 
-@pytest.mark.parametrize(("tz", "day", "expected", "cycles"), [
-    # Tripoli, 1982-04-01: clocks jumped from 00:00 (UTC+1) to 01:00 (UTC+2); the month and quarter start at the jump.
-    ("Africa/Tripoli", date(1982, 4, 1), z(1982, 3, 31, 23), ["monthly", "quarterly"]),
-    # Buenos Aires, 1988-12-01: clocks jumped from 00:00 (UTC-3) to 01:00 (UTC-2).
-    ("America/Argentina/Buenos_Aires", date(1988, 12, 1), z(1988, 12, 1, 3), ["monthly"]),
-])
-def test_local_midnight_that_does_not_exist_is_the_first_instant_that_does(tz: str, day: date, expected: datetime,
-                                                                           cycles: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("tz", "day", "expected", "cycles"),
+    [
+        # Tripoli, 1982-04-01: clocks jumped from 00:00 (UTC+1) to 01:00 (UTC+2); the month and quarter start at the
+        # jump.
+        ("Africa/Tripoli", date(1982, 4, 1), z(1982, 3, 31, 23), ["monthly", "quarterly"]),
+        # Buenos Aires, 1988-12-01: clocks jumped from 00:00 (UTC-3) to 01:00 (UTC-2).
+        ("America/Argentina/Buenos_Aires", date(1988, 12, 1), z(1988, 12, 1, 3), ["monthly"]),
+    ],
+)
+def test_local_midnight_that_does_not_exist_is_the_first_instant_that_does(
+    tz: str, day: date, expected: datetime, cycles: list[str]
+) -> None:
     midnight = datetime.combine(day, time(0))
     assert wall(expected, tz) > midnight > wall(expected - US, tz)  # it is a gap, and ``expected`` ends it
     for cycle in cycles:
@@ -139,7 +166,8 @@ def test_first_cycle_contains_the_start() -> None:
         Period(z(2027, 1, 31, 23), z(2027, 2, 28, 23)),
     ]
     assert subscription_cycles(s, "Europe/Paris", until=local("Europe/Paris", 2026, 12, 1)) == [
-        Period(z(2026, 10, 31, 23), z(2026, 11, 30, 23))]
+        Period(z(2026, 10, 31, 23), z(2026, 11, 30, 23))
+    ]
     assert subscription_cycles(s, "Europe/Paris", until=s.start) == []
 
 
@@ -155,7 +183,9 @@ def test_cycles_between_is_half_open() -> None:
     s = sub(z(2026, 1, 1))
     assert [p.start for p in cycles_between(s, "UTC", z(2026, 3, 1), z(2026, 5, 1))] == [z(2026, 3, 1), z(2026, 4, 1)]
     assert [p.start for p in cycles_between(s, "UTC", z(2026, 3, 1, 0, 1), z(2026, 5, 1, 0, 1))] == [
-        z(2026, 4, 1), z(2026, 5, 1)]
+        z(2026, 4, 1),
+        z(2026, 5, 1),
+    ]
     assert cycles_between(s, "UTC", z(2026, 3, 2), z(2026, 3, 30)) == []
 
 
@@ -165,8 +195,14 @@ def test_cycles_between_is_half_open() -> None:
 def test_anniversary_end_of_month_keeps_its_day() -> None:
     s = sub(z(2026, 1, 31, 9, 30), anchor="anniversary")
     got = [p.start for p in cycles_between(s, "UTC", s.start, z(2026, 7, 1))]
-    assert got == [z(2026, 1, 31, 9, 30), z(2026, 2, 28, 9, 30), z(2026, 3, 31, 9, 30), z(2026, 4, 30, 9, 30),
-                   z(2026, 5, 31, 9, 30), z(2026, 6, 30, 9, 30)]
+    assert got == [
+        z(2026, 1, 31, 9, 30),
+        z(2026, 2, 28, 9, 30),
+        z(2026, 3, 31, 9, 30),
+        z(2026, 4, 30, 9, 30),
+        z(2026, 5, 31, 9, 30),
+        z(2026, 6, 30, 9, 30),
+    ]
     leap = sub(z(2024, 1, 31), anchor="anniversary")
     assert cycle_containing(leap, "UTC", z(2024, 3, 1)) == Period(z(2024, 2, 29), z(2024, 3, 31))
     assert cycle_containing(leap, "UTC", z(2024, 2, 29) - US) == Period(z(2024, 1, 31), z(2024, 2, 29))
@@ -175,10 +211,20 @@ def test_anniversary_end_of_month_keeps_its_day() -> None:
 def test_anniversary_quarterly_and_annual() -> None:
     q = sub(z(2025, 11, 30), cycle="quarterly", anchor="anniversary")
     assert [p.start for p in cycles_between(q, "UTC", q.start, z(2027, 1, 1))] == [
-        z(2025, 11, 30), z(2026, 2, 28), z(2026, 5, 30), z(2026, 8, 30), z(2026, 11, 30)]
+        z(2025, 11, 30),
+        z(2026, 2, 28),
+        z(2026, 5, 30),
+        z(2026, 8, 30),
+        z(2026, 11, 30),
+    ]
     a = sub(z(2024, 2, 29, 12), cycle="annual", anchor="anniversary")
     assert [p.start for p in cycles_between(a, "UTC", a.start, z(2029, 1, 1))] == [
-        z(2024, 2, 29, 12), z(2025, 2, 28, 12), z(2026, 2, 28, 12), z(2027, 2, 28, 12), z(2028, 2, 29, 12)]
+        z(2024, 2, 29, 12),
+        z(2025, 2, 28, 12),
+        z(2026, 2, 28, 12),
+        z(2027, 2, 28, 12),
+        z(2028, 2, 29, 12),
+    ]
 
 
 def test_anniversary_keeps_local_time_across_dst() -> None:
@@ -271,7 +317,8 @@ def test_segments_whole_period() -> None:
 
 def test_segments_start_mid_period() -> None:
     assert segments(sub(nov(10)), "UTC", NOVEMBER) == [
-        Segment(1, nov(10), z(2026, 12, 1), D("0.7"), "prorated: started 2026-11-10")]
+        Segment(1, nov(10), z(2026, 12, 1), D("0.7"), "prorated: started 2026-11-10")
+    ]
 
 
 def test_segments_plan_change() -> None:
@@ -283,18 +330,34 @@ def test_segments_plan_change() -> None:
     assert sum(x.proration for x in segments(s, "UTC", NOVEMBER)) == 1
     # Outside the period of the change, one whole segment on the version in force.
     assert segments(s, "UTC", Period(z(2026, 12, 1), z(2027, 1, 1))) == [
-        Segment(2, z(2026, 12, 1), z(2027, 1, 1), D(1), "")]
+        Segment(2, z(2026, 12, 1), z(2027, 1, 1), D(1), "")
+    ]
 
 
 def test_segments_start_change_and_end_in_one_period() -> None:
     s = sub(nov(10), end=nov(25, 12), migrations=[(2, nov(15)), (3, nov(20))])
     assert segments(s, "UTC", NOVEMBER) == [
-        Segment(1, nov(10), nov(15), D("0.166666667"),
-                "prorated: started 2026-11-10, until the change to version 2 on 2026-11-15"),
-        Segment(2, nov(15), nov(20), D("0.166666666"),  # 0.333333333 - 0.166666667: the running total stays exact
-                "prorated: plan changed to version 2 on 2026-11-15, until the change to version 3 on 2026-11-20"),
-        Segment(3, nov(20), nov(25, 12), D("0.166666667"),
-                "prorated: plan changed to version 3 on 2026-11-20, ended 2026-11-25"),
+        Segment(
+            1,
+            nov(10),
+            nov(15),
+            D("0.166666667"),
+            "prorated: started 2026-11-10, until the change to version 2 on 2026-11-15",
+        ),
+        Segment(
+            2,
+            nov(15),
+            nov(20),
+            D("0.166666666"),  # 0.333333333 - 0.166666667: the running total stays exact
+            "prorated: plan changed to version 2 on 2026-11-15, until the change to version 3 on 2026-11-20",
+        ),
+        Segment(
+            3,
+            nov(20),
+            nov(25, 12),
+            D("0.166666667"),
+            "prorated: plan changed to version 3 on 2026-11-20, ended 2026-11-25",
+        ),
     ]
     assert sum(x.proration for x in segments(s, "UTC", NOVEMBER)) == proration(NOVEMBER, nov(10), nov(25, 12), "UTC")
 
@@ -386,10 +449,14 @@ def half_even_9(x: Fraction) -> Decimal:
 
 
 instants = st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2045, 12, 31)).map(
-    lambda t: t.replace(tzinfo=UTC))
+    lambda t: t.replace(tzinfo=UTC)
+)
 subscriptions = st.builds(
     lambda start, cycle, anchor: sub(start, cycle=cycle, anchor=anchor),
-    instants, st.sampled_from(["monthly", "quarterly", "annual"]), st.sampled_from(["calendar", "anniversary"]))
+    instants,
+    st.sampled_from(["monthly", "quarterly", "annual"]),
+    st.sampled_from(["calendar", "anniversary"]),
+)
 MONTHS = {"monthly": 1, "quarterly": 3, "annual": 12}
 
 
@@ -424,8 +491,12 @@ def test_cycles_tile_time_and_start_where_the_rule_says(s: Subscription, tz: str
 
 
 @settings(deadline=None, max_examples=200)
-@given(subscriptions, st.sampled_from(ZONES), instants, st.lists(st.integers(-40 * 1440, 400 * 1440), min_size=2,
-                                                                  max_size=2))
+@given(
+    subscriptions,
+    st.sampled_from(ZONES),
+    instants,
+    st.lists(st.integers(-40 * 1440, 400 * 1440), min_size=2, max_size=2),
+)
 def test_proration_matches_a_day_by_day_reference(s: Subscription, tz: str, t: datetime, minutes: list[int]) -> None:
     period = cycle_containing(s, tz, t)
     # Spans in the period, across its ends, and outside it.

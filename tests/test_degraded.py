@@ -69,16 +69,23 @@ class FullDiskServer:
         script = textwrap.dedent(f"""\
             set -e
             mount -t tmpfs -o size=64m tmpfs {mnt}
-            {sys.executable} {root / 'setup.py'} {mnt / 'data'} {self.operator} {self.tenant_key}
-            {f"dd if=/dev/zero of={mnt / 'fill'} bs=64k 2>/dev/null || true" if mode == "full" else
-             f"mount -o remount,ro {mnt}"}
-            exec {sys.executable} -c 'from meter.cli import main; main()' serve --data-dir {mnt / 'data'} \
+            {sys.executable} {root / "setup.py"} {mnt / "data"} {self.operator} {self.tenant_key}
+            {
+            f"dd if=/dev/zero of={mnt / 'fill'} bs=64k 2>/dev/null || true"
+            if mode == "full"
+            else f"mount -o remount,ro {mnt}"
+        }
+            exec {sys.executable} -c 'from meter.cli import main; main()' serve --data-dir {mnt / "data"} \
                 --port {self.port}
             """)
         self.log = open(root / "server.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], env={**os.environ,
-                                     "METER_ADMIN_KEY": self.operator}, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            ["unshare", "-m", "sh", "-c", script],
+            env={**os.environ, "METER_ADMIN_KEY": self.operator},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
@@ -132,12 +139,15 @@ def test_reads_that_can_be_served_are_served(full: FullDiskServer) -> None:
     assert httpx.get(full.url + "/v1/meters").status_code == 401, "degraded is no reason to skip the key"
 
 
-@pytest.mark.parametrize("method, path, body", [
-    ("POST", "/v1/events", [{"specversion": "1.0", "id": "e1", "source": "s", "type": "llm", "subject": "c"}]),
-    ("POST", "/v1/customers", {"id": "cust-2", "name": "Two", "currency": "EUR"}),
-    ("DELETE", "/v1/customers/cust-1", None),
-    ("POST", "/v1/keys", {"scopes": ["read"]}),
-])
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("POST", "/v1/events", [{"specversion": "1.0", "id": "e1", "source": "s", "type": "llm", "subject": "c"}]),
+        ("POST", "/v1/customers", {"id": "cust-2", "name": "Two", "currency": "EUR"}),
+        ("DELETE", "/v1/customers/cust-1", None),
+        ("POST", "/v1/keys", {"scopes": ["read"]}),
+    ],
+)
 def test_writes_are_503_with_retry_after(full: FullDiskServer, method: str, path: str, body: object) -> None:
     with full.client(full.tenant_key) as tenant:
         r = tenant.request(method, path, **({"json": body} if body is not None else {}))

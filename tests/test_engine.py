@@ -8,11 +8,10 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import meter
 import pyarrow as pa
 import pytest
 from conftest import T0, body, event
-
-import meter
 from meter import Engine
 from meter.engine import to_micros
 
@@ -22,8 +21,13 @@ HOUR = timedelta(hours=1)
 def make_tokens(engine: Engine, tenant: str = "acme") -> None:
     engine.create_meter(
         tenant,
-        {"slug": "tokens", "event_type": "llm", "aggregation": "sum", "value_property": "$.tokens",
-         "group_by": {"model": "$.model"}},
+        {
+            "slug": "tokens",
+            "event_type": "llm",
+            "aggregation": "sum",
+            "value_property": "$.tokens",
+            "group_by": {"model": "$.model"},
+        },
     )
 
 
@@ -44,7 +48,9 @@ def test_ingest_reports_accepted_duplicates_and_issues_by_index(engine: Engine, 
 
 def test_usage_is_arrow_with_exact_decimals(engine: Engine, now: datetime) -> None:
     make_tokens(engine)
-    engine.ingest("acme", body(event("a", tokens="0.000000001", model="m1"), event("b", tokens=1e-9, model="m2")), now=now)
+    engine.ingest(
+        "acme", body(event("a", tokens="0.000000001", model="m1"), event("b", tokens=1e-9, model="m2")), now=now
+    )
     usage = engine.usage("acme", "tokens", start=T0, end=T0 + HOUR, group_by=["model"], window_size="hour")
     table = pa.table(usage)
     assert table.schema.field("value").type == pa.decimal128(38, 9)
@@ -77,7 +83,9 @@ def test_day_windows_follow_the_requested_time_zone(engine: Engine) -> None:
     late = T0.replace(hour=23, minute=30) - timedelta(days=1)
     engine.ingest("acme", body(event("a", time=late), event("b", time=T0)), now=T0 + HOUR)
     utc = engine.usage("acme", "calls", start=T0 - timedelta(days=2), end=T0 + HOUR, window_size="day")
-    paris = engine.usage("acme", "calls", start=T0 - timedelta(days=2), end=T0 + HOUR, window_size="day", tz="Europe/Paris")
+    paris = engine.usage(
+        "acme", "calls", start=T0 - timedelta(days=2), end=T0 + HOUR, window_size="day", tz="Europe/Paris"
+    )
     assert [r["events"] for r in utc.rows()] == [1, 1]
     assert [r["events"] for r in paris.rows()] == [2]
 
@@ -166,25 +174,41 @@ def test_a_meter_that_cannot_read_an_event_never_stops_the_others(tmp_path: Path
     Each event is accepted and counted by `tokens`; `cached` skips the ones it cannot read, and says so.
     """
     with Engine(tmp_path / "db") as e:
-        e.create_meter("acme", {"slug": "tokens", "event_type": "llm.request", "aggregation": "sum",
-                                "value_property": "$.tokens", "group_by": {"model": "$.model"}})
-        e.create_meter("acme", {"slug": "cached", "event_type": "llm.request", "aggregation": "sum",
-                                "value_property": "$.cached_tokens"})
-        batch = body(event("a", type="llm.request", tokens=100, model="gpt"),
-                     event("b", type="llm.request", tokens=10, cached_tokens=4, model="gpt"),
-                     event("c", type="llm.request", tokens=1, cached_tokens="lots", model="gpt"),
-                     event("d", type="llm.request", tokens=2, cached_tokens=1, model=["gpt"]))
+        e.create_meter(
+            "acme",
+            {
+                "slug": "tokens",
+                "event_type": "llm.request",
+                "aggregation": "sum",
+                "value_property": "$.tokens",
+                "group_by": {"model": "$.model"},
+            },
+        )
+        e.create_meter(
+            "acme",
+            {"slug": "cached", "event_type": "llm.request", "aggregation": "sum", "value_property": "$.cached_tokens"},
+        )
+        batch = body(
+            event("a", type="llm.request", tokens=100, model="gpt"),
+            event("b", type="llm.request", tokens=10, cached_tokens=4, model="gpt"),
+            event("c", type="llm.request", tokens=1, cached_tokens="lots", model="gpt"),
+            event("d", type="llm.request", tokens=2, cached_tokens=1, model=["gpt"]),
+        )
         result = e.ingest("acme", batch, now=now)
         assert (result.accepted, result.issues) == (4, [])
         assert [(w.index, w.id, w.meter, w.code) for w in result.warnings] == [
-            (0, "a", "cached", "value_missing"), (2, "c", "cached", "value_invalid"),
-            (3, "d", "tokens", "dimension_invalid")]
+            (0, "a", "cached", "value_missing"),
+            (2, "c", "cached", "value_invalid"),
+            (3, "d", "tokens", "dimension_invalid"),
+        ]
         assert "cached_tokens" in result.warnings[0].message
         assert e.ingest("acme", batch, now=now).warnings == [], "a duplicate repeats no warning"
 
         def totals(engine: Engine) -> tuple[Decimal, Decimal]:
-            return (engine.usage("acme", "tokens", start=T0, end=T0 + HOUR).total(),
-                    engine.usage("acme", "cached", start=T0, end=T0 + HOUR).total())
+            return (
+                engine.usage("acme", "tokens", start=T0, end=T0 + HOUR).total(),
+                engine.usage("acme", "cached", start=T0, end=T0 + HOUR).total(),
+            )
 
         assert totals(e) == (111, 5)
         assert [(c.meter, c.events) for c in e.stats().skipped] == [("cached", 2), ("tokens", 1)]
@@ -196,8 +220,10 @@ def test_a_meter_that_cannot_read_an_event_never_stops_the_others(tmp_path: Path
             e.skipped("acme", "cached", start=T0, end=T0 + HOUR, limit=0)
     with Engine(tmp_path / "db") as again:
         assert totals(again) == (111, 5), "the same counts after a reopen"
-        twin = again.create_meter("acme", {"slug": "cached2", "event_type": "llm.request", "aggregation": "sum",
-                                           "value_property": "$.cached_tokens"})
+        twin = again.create_meter(
+            "acme",
+            {"slug": "cached2", "event_type": "llm.request", "aggregation": "sum", "value_property": "$.cached_tokens"},
+        )
         assert (twin.backfill.events, twin.backfill.unreadable) == (2, 2), "the backfill decides as ingest did"
         assert again.usage("acme", "cached2", start=T0, end=T0 + HOUR).total() == 5
 
@@ -209,21 +235,46 @@ def test_usage_json_is_the_per_row_encoding(engine: Engine, now: datetime) -> No
     """
     import msgspec
 
-    engine.create_meter("acme", {"slug": "v", "event_type": "llm", "aggregation": "sum", "value_property": "$.v",
-                                 "group_by": {"model": "$.model", "region": "$.region"}})
+    engine.create_meter(
+        "acme",
+        {
+            "slug": "v",
+            "event_type": "llm",
+            "aggregation": "sum",
+            "value_property": "$.v",
+            "group_by": {"model": "$.model", "region": "$.region"},
+        },
+    )
     values = ["0", "1200", "2.5", "-1.25", "0.000000001", "123456789012345678.123456789", "-3", "1E+2", "7.10"]
     models = ["gpt", None, 'quote " back \\ slash', "line\nfeed \t tab \u0001 ctl", "é 日本 🚀", "", "/</>"]
-    events = [event(f"e{i}", subject=f"cust-{i % 3}", time=T0 + timedelta(minutes=(i * 7) % 55), v=values[i % 9],
-                    **({"model": models[i % 7]} if models[i % 7] is not None else {}),
-                    **({"region": "eu"} if i % 2 else {}))
-              for i in range(60)]
+    events = [
+        event(
+            f"e{i}",
+            subject=f"cust-{i % 3}",
+            time=T0 + timedelta(minutes=(i * 7) % 55),
+            v=values[i % 9],
+            **({"model": models[i % 7]} if models[i % 7] is not None else {}),
+            **({"region": "eu"} if i % 2 else {}),
+        )
+        for i in range(60)
+    ]
     engine.ingest("acme", body(*events), now=now)
-    for window, group_by, tz in [(None, [], None), ("minute", ["subject", "model", "region"], None),
-                                 ("hour", ["model"], "Europe/Paris"), ("day", ["region", "subject"], "Asia/Kolkata")]:
-        usage = engine.usage("acme", "v", start=T0 - HOUR, end=T0 + HOUR, window_size=window, group_by=group_by,
-                             tz=tz)
-        old = [{**row, "window_start": row["window_start"].isoformat(), "window_end": row["window_end"].isoformat(),
-                "value": format(row["value"].normalize(), "f")} for row in usage.rows()]
+    for window, group_by, tz in [
+        (None, [], None),
+        ("minute", ["subject", "model", "region"], None),
+        ("hour", ["model"], "Europe/Paris"),
+        ("day", ["region", "subject"], "Asia/Kolkata"),
+    ]:
+        usage = engine.usage("acme", "v", start=T0 - HOUR, end=T0 + HOUR, window_size=window, group_by=group_by, tz=tz)
+        old = [
+            {
+                **row,
+                "window_start": row["window_start"].isoformat(),
+                "window_end": row["window_end"].isoformat(),
+                "value": format(row["value"].normalize(), "f"),
+            }
+            for row in usage.rows()
+        ]
         assert usage.json_rows() == msgspec.json.encode(old), (window, group_by)
     empty = engine.usage("acme", "v", start=T0 + 2 * HOUR, end=T0 + 3 * HOUR)
     assert empty.json_rows() == b"[]"

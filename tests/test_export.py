@@ -1,17 +1,18 @@
-"""Usage exported to Parquet: the files hold exactly what usage queries answer, survive being written again, and
-restate a day when a late event changes it."""
+"""Usage exported to Parquet: the files hold exactly what usage queries answer.
+
+They survive being written again, and restate a day when a late event changes it.
+"""
 
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from conftest import T0, body, event
-
 from meter import Engine
 from meter.catalog.billing import BillingCatalog, Customer
 from meter.export import export_catalog, export_usage
@@ -21,18 +22,29 @@ START, END = T0 - timedelta(days=30), T0 + timedelta(days=30)
 
 
 def setup(engine: Engine) -> None:
-    engine.create_meter("acme", {"slug": "tokens", "event_type": "llm", "aggregation": "sum",
-                                 "value_property": "$.tokens", "group_by": {"model": "$.model"}})
+    engine.create_meter(
+        "acme",
+        {
+            "slug": "tokens",
+            "event_type": "llm",
+            "aggregation": "sum",
+            "value_property": "$.tokens",
+            "group_by": {"model": "$.model"},
+        },
+    )
     engine.create_meter("acme", {"slug": "calls", "event_type": "llm", "aggregation": "count"})
-    events = [event(f"e{i}", f"cust-{i % 4}", time=T0 + timedelta(hours=i * 7), tokens=f"{i}.5", model=f"m{i % 3}")
-              for i in range(12)]
+    events = [
+        event(f"e{i}", f"cust-{i % 4}", time=T0 + timedelta(hours=i * 7), tokens=f"{i}.5", model=f"m{i % 3}")
+        for i in range(12)
+    ]
     engine.ingest("acme", body(*events), now=NOW)
     engine.ingest("other", body(event("x", tokens=5, model="m0")), now=NOW)
 
 
 def exported_totals(out: Path, meter: str) -> dict[str, Decimal]:
-    table = ds.dataset(out / "usage" / "tenant=acme" / f"meter={meter}", format="parquet",
-                       partitioning="hive").to_table()
+    table = ds.dataset(
+        out / "usage" / "tenant=acme" / f"meter={meter}", format="parquet", partitioning="hive"
+    ).to_table()
     totals: dict[str, Decimal] = {}
     for row in table.to_pylist():
         totals[row["customer"]] = totals.get(row["customer"], Decimal(0)) + row["value"]
@@ -69,8 +81,9 @@ def test_only_changed_days_are_rewritten_and_a_late_event_restates_its_day(engin
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == files
     assert not list(out.rglob(".*.tmp")), "no temporary file is left behind"
 
-    engine.ingest("acme", body(event("late", "cust-0", time=T0 + timedelta(minutes=5), tokens="100", model="m0")),
-                  now=NOW)
+    engine.ingest(
+        "acme", body(event("late", "cust-0", time=T0 + timedelta(minutes=5), tokens="100", model="m0")), now=NOW
+    )
     late = export_usage(engine, ["acme"], out)
     assert late.files == 2, "the late event's day, for each of the two meters"
     assert exported_totals(out, "tokens") == queried_totals(engine, "tokens")
@@ -84,23 +97,31 @@ def test_only_changed_days_are_rewritten_and_a_late_event_restates_its_day(engin
 
 
 def test_catalog_snapshot_keeps_prices_exact(engine: Engine, tmp_path: Path) -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     import msgspec
-
     from meter.catalog.billing import BillingCatalog, Customer, Subscription
     from meter.catalog.prices import Price
     from meter.export import export_catalog
 
     setup(engine)
     catalog = BillingCatalog(tmp_path / "billing")
-    jan = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    jan = datetime(2026, 1, 1, tzinfo=UTC)
     catalog.put_customer("acme", Customer(id="cust-1", name="One", currency="EUR"))
     catalog.create_plan("acme", "pro", "Pro")
-    prices = [msgspec.convert(p, Price) for p in (
-        {"id": "tokens", "currency": "EUR", "model": "per_unit", "meter": "tokens", "unit_price": "0.0000025"},
-        {"id": "seats", "currency": "EUR", "model": "graduated", "meter": "seats",
-         "tiers": [{"from": "0", "up_to": "10", "unit_price": "5"}, {"from": "10", "unit_price": "4"}]})]
+    prices = [
+        msgspec.convert(p, Price)
+        for p in (
+            {"id": "tokens", "currency": "EUR", "model": "per_unit", "meter": "tokens", "unit_price": "0.0000025"},
+            {
+                "id": "seats",
+                "currency": "EUR",
+                "model": "graduated",
+                "meter": "seats",
+                "tiers": [{"from": "0", "up_to": "10", "unit_price": "5"}, {"from": "10", "unit_price": "4"}],
+            },
+        )
+    ]
     catalog.add_plan_version("acme", "pro", jan, prices)
     catalog.put_subscription("acme", Subscription(id="s1", customer="cust-1", plan="pro", version=1, start=jan))
     summary = export_catalog(catalog, engine, ["acme"], tmp_path / "out")
@@ -124,13 +145,21 @@ def test_raw_events_are_appended_commit_by_commit(engine: Engine, tmp_path: Path
     assert sorted(events.column("id").to_pylist()) == sorted(f"e{i}" for i in range(12))
     assert export_events(engine, ["acme"], out).files == 0, "nothing new, nothing written"
 
-    engine.ingest("acme", body(event("late", "cust-0", time=T0 + timedelta(minutes=5), tokens="1", model="m0"),
-                               event("e0", "cust-0", time=T0, tokens="0.5", model="m0")), now=NOW)
+    engine.ingest(
+        "acme",
+        body(
+            event("late", "cust-0", time=T0 + timedelta(minutes=5), tokens="1", model="m0"),
+            event("e0", "cust-0", time=T0, tokens="0.5", model="m0"),
+        ),
+        now=NOW,
+    )
     assert export_events(engine, ["acme"], out).rows == 1, "the new event only; the duplicate was never retained"
-    row = next(r for r in ds.dataset(out / "events" / "tenant=acme" / "date=2026-11-23", format="parquet")
-               .to_table().to_pylist() if r["id"] == "late")
+    row = next(
+        r
+        for r in ds.dataset(out / "events" / "tenant=acme" / "date=2026-11-23", format="parquet").to_table().to_pylist()
+        if r["id"] == "late"
+    )
     assert row["subject"] == "cust-0" and json.loads(row["data"]) == {"tokens": "1", "model": "m0"}, "the bytes sent"
-
 
 
 def test_the_catalog_snapshot_is_written_again_only_after_a_catalog_write(tmp_path: Path) -> None:

@@ -35,34 +35,85 @@ CURRENCIES = {"USD": "UTC", "EUR": "Europe/Paris", "JPY": "Asia/Tokyo", "KWD": "
 
 def prices(currency: str) -> list[dict[str, Any]]:
     c = {"currency": currency}
-    tiers = [{"from": "0", "up_to": "100", "unit_price": "0.05", "flat_fee": "1"},
-             {"from": "100", "up_to": "1000", "unit_price": "0.0125"}, {"from": "1000", "unit_price": "0.001"}]
+    tiers = [
+        {"from": "0", "up_to": "100", "unit_price": "0.05", "flat_fee": "1"},
+        {"from": "100", "up_to": "1000", "unit_price": "0.0125"},
+        {"from": "1000", "unit_price": "0.001"},
+    ]
     return [
         {**c, "id": "base", "model": "flat", "amount": "30", "cadence": "in_advance"},
         {**c, "id": "support", "model": "flat", "amount": "9.99", "cadence": "in_arrears"},
-        {**c, "id": "per_unit", "model": "per_unit", "meter": "tokens", "unit_price": "0.0123", "minimum": "5",
-         "maximum": "4000", "free_allowance": "20"},
+        {
+            **c,
+            "id": "per_unit",
+            "model": "per_unit",
+            "meter": "tokens",
+            "unit_price": "0.0123",
+            "minimum": "5",
+            "maximum": "4000",
+            "free_allowance": "20",
+        },
         {**c, "id": "graduated", "model": "graduated", "meter": "tokens", "tiers": tiers},
         {**c, "id": "volume", "model": "volume", "meter": "tokens", "tiers": tiers, "minimum": "2"},
-        {**c, "id": "package", "model": "package", "meter": "requests",
-         "package": {"size": "100", "price": "0.7", "rounding": "up"}},
-        {**c, "id": "package_down", "model": "package", "meter": "requests",
-         "package": {"size": "3", "price": "0.25", "rounding": "down"}},
-        {**c, "id": "matrix", "model": "matrix", "meter": "tokens", "free_allowance": "50", "maximum": "40",
-         "matrix": {"dimensions": ["model"], "entries": [{"values": {"model": "a"}, "unit_price": "0.003"},
-                                                         {"values": {"model": "b"}, "unit_price": "0.0000011"}]}},
-        {**c, "id": "percent", "model": "percentage", "meter": "spend",
-         "percentage": {"percent": "2.5", "min_fee": "1", "max_fee": "20"}},
-        {**c, "id": "per_event", "model": "percentage", "meter": "spend",
-         "percentage": {"percent": "2.9", "per": "event", "min_fee": "0.30", "max_fee": "5"}},
+        {
+            **c,
+            "id": "package",
+            "model": "package",
+            "meter": "requests",
+            "package": {"size": "100", "price": "0.7", "rounding": "up"},
+        },
+        {
+            **c,
+            "id": "package_down",
+            "model": "package",
+            "meter": "requests",
+            "package": {"size": "3", "price": "0.25", "rounding": "down"},
+        },
+        {
+            **c,
+            "id": "matrix",
+            "model": "matrix",
+            "meter": "tokens",
+            "free_allowance": "50",
+            "maximum": "40",
+            "matrix": {
+                "dimensions": ["model"],
+                "entries": [
+                    {"values": {"model": "a"}, "unit_price": "0.003"},
+                    {"values": {"model": "b"}, "unit_price": "0.0000011"},
+                ],
+            },
+        },
+        {
+            **c,
+            "id": "percent",
+            "model": "percentage",
+            "meter": "spend",
+            "percentage": {"percent": "2.5", "min_fee": "1", "max_fee": "20"},
+        },
+        {
+            **c,
+            "id": "per_event",
+            "model": "percentage",
+            "meter": "spend",
+            "percentage": {"percent": "2.9", "per": "event", "min_fee": "0.30", "max_fee": "5"},
+        },
     ]
 
 
 def build(tmp: Path) -> tuple[Engine, Path]:
     rng = random.Random(12)
     engine = Engine(tmp / "usage", durability="buffered", backdate_window=YEAR, dedup_window=YEAR)
-    engine.create_meter(T, {"slug": "tokens", "event_type": "llm", "aggregation": "sum",
-                            "value_property": "$.tokens", "group_by": {"model": "$.model"}})
+    engine.create_meter(
+        T,
+        {
+            "slug": "tokens",
+            "event_type": "llm",
+            "aggregation": "sum",
+            "value_property": "$.tokens",
+            "group_by": {"model": "$.model"},
+        },
+    )
     engine.create_meter(T, {"slug": "requests", "event_type": "llm", "aggregation": "count"})
     engine.create_meter(T, {"slug": "spend", "event_type": "pay", "aggregation": "sum", "value_property": "$.amount"})
     catalog = BillingCatalog(tmp / "billing", meters=engine)
@@ -77,11 +128,18 @@ def build(tmp: Path) -> tuple[Engine, Path]:
     for i in range(300):
         currency = list(CURRENCIES)[i % 4]
         customer = f"c{i:03d}" if i != 7 else "o'brien"
-        catalog.put_customer(T, Customer(id=customer, name=customer, currency=currency,
-                                         timezone=list(CURRENCIES.values())[(i // 4) % 4]))
-        start = rng.choice([SEP - timedelta(days=200), OCT + timedelta(days=rng.randrange(31), hours=rng.randrange(24)),
-                            NOV + timedelta(days=rng.randrange(30), minutes=rng.randrange(1440)), DEC,
-                            SEP + timedelta(days=rng.randrange(30), minutes=rng.randrange(1440))])
+        catalog.put_customer(
+            T, Customer(id=customer, name=customer, currency=currency, timezone=list(CURRENCIES.values())[(i // 4) % 4])
+        )
+        start = rng.choice(
+            [
+                SEP - timedelta(days=200),
+                OCT + timedelta(days=rng.randrange(31), hours=rng.randrange(24)),
+                NOV + timedelta(days=rng.randrange(30), minutes=rng.randrange(1440)),
+                DEC,
+                SEP + timedelta(days=rng.randrange(30), minutes=rng.randrange(1440)),
+            ]
+        )
         if i % 50 == 11:
             start += timedelta(seconds=7)  # usage is measured over whole minutes: these cannot be invoiced
         end = rng.choice([None, None, None, start + timedelta(days=rng.randrange(1, 90))])
@@ -92,29 +150,50 @@ def build(tmp: Path) -> tuple[Engine, Path]:
             terms["discounts"] = [Discount(id="d", start=SEP, percent=Decimal("12.5"))]
         if i % 7 == 3:
             fixed = Decimal("1.5") if currency != "JPY" else Decimal(2)
-            terms["discounts"] = [Discount(id="inv", start=SEP, end=NOV, amount=fixed),
-                                  Discount(id="p", start=OCT, percent=Decimal("33.333"), price="volume"),
-                                  Discount(id="all", start=SEP, percent=Decimal(100)),
-                                  Discount(id="base", start=OCT, amount=Decimal(7), price="package")]
+            terms["discounts"] = [
+                Discount(id="inv", start=SEP, end=NOV, amount=fixed),
+                Discount(id="p", start=OCT, percent=Decimal("33.333"), price="volume"),
+                Discount(id="all", start=SEP, percent=Decimal(100)),
+                Discount(id="base", start=OCT, amount=Decimal(7), price="package"),
+            ]
         if i % 29 == 8 and currency == "EUR":
             terms["discounts"] = [Discount(id="odd", start=SEP, amount=Decimal("5.000"))]  # more decimals than EUR
         if i % 41 == 6:
             terms["commits"] = [Commit(id="k", amount=Decimal(20), start=SEP, end=DEC + timedelta(days=90))]
-        catalog.put_subscription(T, Subscription(id=f"s{i:03d}", customer=customer, plan=f"plan-{currency.lower()}",
-                                                 version=1 + (i % 5 == 4), start=start, end=end,
-                                                 cycle=cycles[i % 4], anchor=anchors[i % 3], **terms))
+        catalog.put_subscription(
+            T,
+            Subscription(
+                id=f"s{i:03d}",
+                customer=customer,
+                plan=f"plan-{currency.lower()}",
+                version=1 + (i % 5 == 4),
+                start=start,
+                end=end,
+                cycle=cycles[i % 4],
+                anchor=anchors[i % 3],
+                **terms,
+            ),
+        )
         if i % 37 == 9 and end is None:
             catalog.migrate_subscription(T, f"s{i:03d}", 2 - (i % 5 == 4), start + timedelta(days=20))
         if i == 13:  # a model the matrix does not price: this one cannot be invoiced, the others are
-            events += [event(f"z{i}-{m}", customer, time=m + timedelta(days=3), tokens=5, model="zzz")
-                       for m in (SEP, OCT, NOV)]
+            events += [
+                event(f"z{i}-{m}", customer, time=m + timedelta(days=3), tokens=5, model="zzz") for m in (SEP, OCT, NOV)
+            ]
         for j in range(rng.randrange(6)):
             at = OCT - timedelta(days=40) + timedelta(days=rng.randrange(75), minutes=rng.randrange(1440))
-            events.append(event(f"e{i}-{j}", customer, time=at, tokens=rng.choice([1, 37, 400, 5000, "12.5"]),
-                                model=rng.choice("ab")))
+            events.append(
+                event(
+                    f"e{i}-{j}",
+                    customer,
+                    time=at,
+                    tokens=rng.choice([1, 37, 400, 5000, "12.5"]),
+                    model=rng.choice("ab"),
+                )
+            )
             events.append(event(f"p{i}-{j}", customer, type="pay", time=at, amount=rng.choice(["5", "100", "1000.55"])))
     for k in range(0, len(events), 500):
-        result = engine.ingest(T, msgspec.json.encode(events[k:k + 500]), now=DEC + timedelta(days=1))
+        result = engine.ingest(T, msgspec.json.encode(events[k : k + 500]), now=DEC + timedelta(days=1))
         assert not result.issues, result.issues
     out = tmp / "export"
     export_usage(engine, [T], out)
@@ -137,15 +216,15 @@ def one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
 
     def nothing(snapshot: Any, *args: Any) -> Any:
         rows, _ = table(snapshot, *args)
-        return invoicing.pl.int_range(snapshot.subscription_table.height, dtype=invoicing.pl.UInt32,
-                                      eager=True), None
+        return invoicing.pl.int_range(snapshot.subscription_table.height, dtype=invoicing.pl.UInt32, eager=True), None
 
     monkeypatch.setattr(invoicing, "_batched", nothing)
 
 
 @pytest.mark.parametrize("month", ["2026-10", "2026-11", "2026-12"])
 def test_the_columnar_run_stores_and_exports_what_the_per_subscription_run_does(
-        tenant: Any, month: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    tenant: Any, month: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tmp, out = tenant
     monkeypatch.setattr(batch, "CHUNK", 37)  # several chunks, merged with the invoices read from the store
     monkeypatch.setattr(batch, "RATE_SLICE", 101)  # and several slices rated
@@ -164,10 +243,13 @@ def test_the_columnar_run_stores_and_exports_what_the_per_subscription_run_does(
         target = tmp / f"export-{way}-{month}"
         export_invoices(store, [T], target, {T: priced.fresh} if priced.fresh is not None else None)
         stores[way] = {key: value for key, value in store._db.items()}
-        exports[way] = {name: pq.read_table(target / "invoices" / f"tenant={T}" / f"{name}.parquet")
-                        for name in ("invoices", "invoice_lines", "credit_notes")}
-        assert [i.id for i in priced.invoices] == sorted((i.id for i in priced.invoices),
-                                                          key=lambda i: (i.split("-")[0], i))
+        exports[way] = {
+            name: pq.read_table(target / "invoices" / f"tenant={T}" / f"{name}.parquet")
+            for name in ("invoices", "invoice_lines", "credit_notes")
+        }
+        assert [i.id for i in priced.invoices] == sorted(
+            (i.id for i in priced.invoices), key=lambda i: (i.split("-")[0], i)
+        )
         store.close()
     assert errors["columnar"] == errors["one_by_one"]
     assert stores["columnar"].keys() == stores["one_by_one"].keys()

@@ -46,6 +46,7 @@ def key(server: Server) -> str:
 
 def post_all(server: Server, key: str, paths: list[tuple[str, dict[str, Any] | None]]) -> list[httpx.Response]:
     """Every POST at once, from as many threads."""
+
     def post(item: tuple[str, dict[str, Any] | None]) -> httpx.Response:
         with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as c:
             return c.post(item[0], json=item[1])
@@ -84,7 +85,8 @@ def test_concurrent_finalize_void_and_credit_keep_numbers_unique_and_gapless(ser
     assert Counter(v.status_code for v in voids) == {200: 1, 400: 7}
     reissued = client.post("/v1/invoices/run", json={"period": "2026-11", "finalize": True}).json()["invoices"]
     assert [(i["id"], i["reissues"], i["number"]) for i in reissued] == [
-        (f"{drafts[1]}-r2", drafts[1], f"INV-{SUBSCRIPTIONS + 1:06d}")]
+        (f"{drafts[1]}-r2", drafts[1], f"INV-{SUBSCRIPTIONS + 1:06d}")
+    ]
     by_usage = client.get("/v1/invoices", params={"usage_period": "2026-10"}).json()
     assert len(by_usage) == SUBSCRIPTIONS + 1
     assert client.get("/v1/invoices", params={"usage_period": "2026-11"}).json() == []
@@ -93,9 +95,11 @@ def test_concurrent_finalize_void_and_credit_keep_numbers_unique_and_gapless(ser
 @pytest.mark.parametrize("period", ["9999-12", "0001-01", "2026-13", "10000-01"])
 def test_bad_periods_are_400(server: Server, key: str, period: str) -> None:
     client = server.client(key)
-    for r in (client.post("/v1/invoices/run", json={"period": period}),
-              client.get("/v1/invoices", params={"usage_period": period}),
-              client.get("/v1/invoices", params={"period": period})):
+    for r in (
+        client.post("/v1/invoices/run", json={"period": period}),
+        client.get("/v1/invoices", params={"usage_period": period}),
+        client.get("/v1/invoices", params={"period": period}),
+    ):
         assert r.status_code == 400 and r.json()["code"] == "invalid_period", r.text
 
 
@@ -124,26 +128,61 @@ def test_the_cli_says_which_service_periods_a_run_covers(server: Server, key: st
 def test_a_broken_subscription_is_reported_and_the_others_invoiced(server: Server) -> None:
     key = server.tenant_key("broken-co", ["ingest", "read", "admin"])
     client = server.client(key)
-    assert client.post("/v1/meters", json={"slug": "tokens", "event_type": "llm", "aggregation": "sum",
-                                           "value_property": "$.tokens", "group_by": {"model": "$.model"}}
-                       ).status_code == 201
-    matrix = {"id": "matrix", "currency": "EUR", "model": "matrix", "meter": "tokens",
-              "matrix": {"dimensions": ["model"], "entries": [{"values": {"model": "a"}, "unit_price": "0.01"}]}}
+    assert (
+        client.post(
+            "/v1/meters",
+            json={
+                "slug": "tokens",
+                "event_type": "llm",
+                "aggregation": "sum",
+                "value_property": "$.tokens",
+                "group_by": {"model": "$.model"},
+            },
+        ).status_code
+        == 201
+    )
+    matrix = {
+        "id": "matrix",
+        "currency": "EUR",
+        "model": "matrix",
+        "meter": "tokens",
+        "matrix": {"dimensions": ["model"], "entries": [{"values": {"model": "a"}, "unit_price": "0.01"}]},
+    }
     assert client.post("/v1/plans", json={"id": "pro", "name": "Pro"}).status_code == 201
-    assert client.post("/v1/plans/pro/versions", json={"effective_from": "2020-01-01T00:00:00Z",
-                                                       "prices": [matrix]}).status_code == 201
+    assert (
+        client.post(
+            "/v1/plans/pro/versions", json={"effective_from": "2020-01-01T00:00:00Z", "prices": [matrix]}
+        ).status_code
+        == 201
+    )
     for sub, customer in (("good", "c1"), ("bad", "c2")):
-        assert client.post("/v1/customers", json={"id": customer, "name": customer, "currency": "EUR"}
-                           ).status_code == 200
-        assert client.post("/v1/subscriptions", json={"id": sub, "customer": customer, "plan": "pro", "version": 1,
-                                                      "start": "2020-01-01T00:00:00Z"}).status_code == 200
+        assert (
+            client.post("/v1/customers", json={"id": customer, "name": customer, "currency": "EUR"}).status_code == 200
+        )
+        assert (
+            client.post(
+                "/v1/subscriptions",
+                json={"id": sub, "customer": customer, "plan": "pro", "version": 1, "start": "2020-01-01T00:00:00Z"},
+            ).status_code
+            == 200
+        )
     # The events fall in last month (whatever today is): the run of this month bills them.
     from datetime import UTC, datetime, timedelta
 
     month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     at = (month - timedelta(hours=3)).isoformat().replace("+00:00", "Z")
-    events = [{"specversion": "1.0", "id": f"e-{c}", "source": "t", "type": "llm", "subject": c, "time": at,
-               "data": {"tokens": 100, "model": m}} for c, m in (("c1", "a"), ("c2", "zzz"))]
+    events = [
+        {
+            "specversion": "1.0",
+            "id": f"e-{c}",
+            "source": "t",
+            "type": "llm",
+            "subject": c,
+            "time": at,
+            "data": {"tokens": 100, "model": m},
+        }
+        for c, m in (("c1", "a"), ("c2", "zzz"))
+    ]
     assert client.post("/v1/events", json=events).json()["accepted"] == 2
     env = {"METER_URL": server.url, "METER_API_KEY": key, "COLUMNS": "250"}
     result = CliRunner().invoke(main, ["invoice", "--period", f"{month:%Y-%m}"], env=env)

@@ -53,8 +53,9 @@ def test_a_plan_change_after_the_fees_in_advance_were_finalized_is_billed(desk: 
     for line in december.lines:
         if line.kind == "adjustment":  # both name the invoice of the period they adjust
             assert line.corrects == [final.number] and final.number in line.description
-            assert (line.rated, line.billed) == ((Decimal("20.00"), Decimal("30.00")) if line.version == 1
-                                                 else (Decimal("20.00"), Decimal("0.00")))
+            assert (line.rated, line.billed) == (
+                (Decimal("20.00"), Decimal("30.00")) if line.version == 1 else (Decimal("20.00"), Decimal("0.00"))
+            )
     assert december.total == Decimal("60.00") + Decimal("10.00")  # December in advance on version 2, plus +10
     desk.invoicer.finalize("acme", december.id)
     [january] = desk.invoicer.run("acme", "2027-01").invoices
@@ -96,8 +97,9 @@ def test_a_voided_invoice_is_reissued_with_a_new_number(desk: Desk) -> None:
 
 def test_a_voided_threshold_invoice_leaves_its_usage_to_the_cycle(desk: Desk) -> None:
     desk.plan([[per_unit(unit_price="0.10")]])
-    desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT,
-                                                       threshold=Decimal(10)))
+    desk.catalog.put_subscription(
+        "acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT, threshold=Decimal(10))
+    )
     desk.usage(tokens(1, NOV + timedelta(days=1), 200), now=NOV + timedelta(days=2))
     [early] = desk.invoicer.thresholds("acme", NOV + timedelta(days=2)).invoices
     assert early.status == "finalized" and early.total == Decimal("20.00")
@@ -116,13 +118,23 @@ def test_adjustment_lines_show_the_quantity_added_and_the_invoice_they_correct(d
     [december] = desk.invoicer.run("acme", "2026-12").invoices
     [line] = [line for line in december.lines if line.kind == "adjustment"]
     assert (line.quantity, line.billed_quantity, line.rated, line.billed, line.amount) == (
-        Decimal(250), Decimal(500), Decimal("7.50"), Decimal("5.00"), Decimal("2.50"))
+        Decimal(250),
+        Decimal(500),
+        Decimal("7.50"),
+        Decimal("5.00"),
+        Decimal("2.50"),
+    )
     assert line.corrects == [final.number] and final.number in line.description
 
 
 def test_a_minimum_and_tier_bounds_are_shown_in_the_details(desk: Desk) -> None:
-    tiers = {"id": "tiers", "currency": "EUR", "model": "graduated", "meter": "tokens",
-             "tiers": [{"from": "0", "up_to": "100", "unit_price": "0.02"}, {"from": "100", "unit_price": "0.01"}]}
+    tiers = {
+        "id": "tiers",
+        "currency": "EUR",
+        "model": "graduated",
+        "meter": "tokens",
+        "tiers": [{"from": "0", "up_to": "100", "unit_price": "0.02"}, {"from": "100", "unit_price": "0.01"}],
+    }
     desk.plan([[{**per_unit(), "minimum": "20"}, {**tiers, "maximum": "1"}]])
     desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT))
     desk.usage(tokens(1, OCT + timedelta(days=2), 750))
@@ -130,11 +142,15 @@ def test_a_minimum_and_tier_bounds_are_shown_in_the_details(desk: Desk) -> None:
     lines = {line.price: line for line in invoice.lines}
     minimum = lines["tokens"]
     assert minimum.amount == Decimal("20.00")
-    assert [(d.component, d.subtotal) for d in minimum.details] == [("per_unit", Decimal("7.5")),
-                                                                   ("minimum", Decimal("12.5"))]
+    assert [(d.component, d.subtotal) for d in minimum.details] == [
+        ("per_unit", Decimal("7.5")),
+        ("minimum", Decimal("12.5")),
+    ]
     graduated = lines["tiers"]
     assert [(d.tier, d.tier_from, d.tier_to) for d in graduated.details if d.tier] == [
-        (1, Decimal(0), Decimal(100)), (2, Decimal(100), None)]
+        (1, Decimal(0), Decimal(100)),
+        (2, Decimal(100), None),
+    ]
     assert graduated.details[-1].component == "maximum" and graduated.amount == Decimal("1.00")
     for line in invoice.lines:
         assert_line_adds_up(line, "EUR")
@@ -172,18 +188,54 @@ PRICES: list[dict[str, Any]] = [
     base_fee("30"),
     {"id": "arrears", "currency": "EUR", "model": "flat", "amount": "9.99", "cadence": "in_arrears"},
     {**per_unit("per_unit", "0.0123"), "minimum": "5", "maximum": "40"},
-    {"id": "graduated", "currency": "EUR", "model": "graduated", "meter": "tokens", "free_allowance": "10",
-     "tiers": [{"from": "0", "up_to": "100", "unit_price": "0.05", "flat_fee": "1"},
-               {"from": "100", "unit_price": "0.01"}]},
-    {"id": "volume", "currency": "EUR", "model": "volume", "meter": "tokens", "minimum": "3",
-     "tiers": [{"from": "0", "up_to": "100", "unit_price": "0.05"}, {"from": "100", "unit_price": "0.004"}]},
-    {"id": "package", "currency": "EUR", "model": "package", "meter": "tokens",
-     "package": {"size": "100", "price": "0.7", "rounding": "up"}},
-    {"id": "percentage", "currency": "EUR", "model": "percentage", "meter": "tokens",
-     "percentage": {"percent": "2.5", "min_fee": "1", "max_fee": "20"}},
-    {"id": "matrix", "currency": "EUR", "model": "matrix", "meter": "tokens", "free_allowance": "50", "maximum": "4",
-     "matrix": {"dimensions": ["model"], "entries": [{"values": {"model": "a"}, "unit_price": "0.003"},
-                                                     {"values": {"model": "b"}, "unit_price": "0.011"}]}},
+    {
+        "id": "graduated",
+        "currency": "EUR",
+        "model": "graduated",
+        "meter": "tokens",
+        "free_allowance": "10",
+        "tiers": [
+            {"from": "0", "up_to": "100", "unit_price": "0.05", "flat_fee": "1"},
+            {"from": "100", "unit_price": "0.01"},
+        ],
+    },
+    {
+        "id": "volume",
+        "currency": "EUR",
+        "model": "volume",
+        "meter": "tokens",
+        "minimum": "3",
+        "tiers": [{"from": "0", "up_to": "100", "unit_price": "0.05"}, {"from": "100", "unit_price": "0.004"}],
+    },
+    {
+        "id": "package",
+        "currency": "EUR",
+        "model": "package",
+        "meter": "tokens",
+        "package": {"size": "100", "price": "0.7", "rounding": "up"},
+    },
+    {
+        "id": "percentage",
+        "currency": "EUR",
+        "model": "percentage",
+        "meter": "tokens",
+        "percentage": {"percent": "2.5", "min_fee": "1", "max_fee": "20"},
+    },
+    {
+        "id": "matrix",
+        "currency": "EUR",
+        "model": "matrix",
+        "meter": "tokens",
+        "free_allowance": "50",
+        "maximum": "4",
+        "matrix": {
+            "dimensions": ["model"],
+            "entries": [
+                {"values": {"model": "a"}, "unit_price": "0.003"},
+                {"values": {"model": "b"}, "unit_price": "0.011"},
+            ],
+        },
+    },
 ]
 
 
@@ -192,12 +244,17 @@ def test_every_line_adds_up_through_the_invoices_life(desk: Desk, amounts: list[
     """A table over every price model, usage sizes, late usage, a plan change after finalization and a void."""
     kinds: set[str] = set()
     desk.plan([PRICES, [{**p, "maximum": None, "minimum": "2"} if p.get("meter") else p for p in PRICES]])
-    terms = {"discounts": [Discount(id="ten", start=OCT, percent=Decimal("12.5"), price="per_unit"),
-                           Discount(id="five", start=OCT, amount=Decimal(5))],
-             "credits": [Credit(id="welcome", amount=Decimal("3.33"), start=OCT, end=DEC + timedelta(days=40))],
-             "commits": [Commit(id="pre", amount=Decimal(25), start=NOV, end=DEC + timedelta(days=60), priority=1)]}
-    desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT,
-                                                       **terms))
+    terms = {
+        "discounts": [
+            Discount(id="ten", start=OCT, percent=Decimal("12.5"), price="per_unit"),
+            Discount(id="five", start=OCT, amount=Decimal(5)),
+        ],
+        "credits": [Credit(id="welcome", amount=Decimal("3.33"), start=OCT, end=DEC + timedelta(days=40))],
+        "commits": [Commit(id="pre", amount=Decimal(25), start=NOV, end=DEC + timedelta(days=60), priority=1)],
+    }
+    desk.catalog.put_subscription(
+        "acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT, **terms)
+    )
     desk.usage(*(tokens(i, OCT + timedelta(days=i), n, model="ab"[i % 2]) for i, n in enumerate(amounts)))
     seen: list[Invoice] = []
     [november] = desk.invoicer.run("acme", "2026-11").invoices
@@ -232,14 +289,25 @@ def test_every_line_adds_up_through_the_invoices_life(desk: Desk, amounts: list[
 def test_decimals_are_written_as_plain_decimals() -> None:
     assert plain(Decimal("2E+1")) == "20" and plain(Decimal("0E-9")) == "0.000000000"
     assert plain(Decimal("-0.00")) == "0.00" and plain(Decimal("1E-9")) == "0.000000001"
-    assert encode_json({"subtotal": Decimal("2E+1"), "q": [Decimal("0E-9")], "text": "E+1"}) == \
-        b'{"subtotal":"20","q":["0.000000000"],"text":"E+1"}'
+    assert (
+        encode_json({"subtotal": Decimal("2E+1"), "q": [Decimal("0E-9")], "text": "E+1"})
+        == b'{"subtotal":"20","q":["0.000000000"],"text":"E+1"}'
+    )
 
 
-@pytest.mark.parametrize(("amount", "rule"), [("0.001", "at most 2 decimals"), ("0", "positive"),
-                                               ("-5", "positive"), ("NaN", "positive"), ("sNaN", "positive"),
-                                               ("Infinity", "positive"), ("1E+40", "positive"),
-                                               ("0.000000000000000000000000000001", "at most 2 decimals")])
+@pytest.mark.parametrize(
+    ("amount", "rule"),
+    [
+        ("0.001", "at most 2 decimals"),
+        ("0", "positive"),
+        ("-5", "positive"),
+        ("NaN", "positive"),
+        ("sNaN", "positive"),
+        ("Infinity", "positive"),
+        ("1E+40", "positive"),
+        ("0.000000000000000000000000000001", "at most 2 decimals"),
+    ],
+)
 def test_a_credit_note_must_be_money(desk: Desk, amount: str, rule: str) -> None:
     final = finalized_november(desk)
     with pytest.raises(InvalidInput, match=rule) as e:
@@ -250,8 +318,9 @@ def test_a_credit_note_must_be_money(desk: Desk, amount: str, rule: str) -> None
     assert (plain(note.amount), warnings) == ("5.00", [])
 
 
-def test_a_failing_export_never_undoes_or_hides_a_write(desk: Desk, monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_failing_export_never_undoes_or_hides_a_write(
+    desk: Desk, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     desk.plan([[base_fee("30")]])
     desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT))
 
@@ -271,18 +340,25 @@ def test_a_failing_export_never_undoes_or_hides_a_write(desk: Desk, monkeypatch:
 
 
 def test_one_broken_subscription_never_stops_the_others(desk: Desk) -> None:
-    matrix = {"id": "matrix", "currency": "EUR", "model": "matrix", "meter": "tokens",
-              "matrix": {"dimensions": ["model"], "entries": [{"values": {"model": "a"}, "unit_price": "0.01"}]}}
+    matrix = {
+        "id": "matrix",
+        "currency": "EUR",
+        "model": "matrix",
+        "meter": "tokens",
+        "matrix": {"dimensions": ["model"], "entries": [{"values": {"model": "a"}, "unit_price": "0.01"}]},
+    }
     desk.plan([[base_fee("30"), matrix]])
     for sub, customer in (("s1", "c1"), ("s2", "c2")):
         if customer != "c1":
-            desk.catalog.put_customer("acme", msgspec.structs.replace(desk.catalog.get_customer("acme", "c1"),
-                                                                      id=customer))
-        desk.catalog.put_subscription("acme", Subscription(id=sub, customer=customer, plan="pro", version=1,
-                                                           start=OCT))
+            desk.catalog.put_customer(
+                "acme", msgspec.structs.replace(desk.catalog.get_customer("acme", "c1"), id=customer)
+            )
+        desk.catalog.put_subscription("acme", Subscription(id=sub, customer=customer, plan="pro", version=1, start=OCT))
     # c2 uses a model the matrix does not price: its invoice cannot be computed, c1's can.
-    desk.usage(tokens(1, OCT + timedelta(days=1), 100, model="a"),
-               tokens(2, OCT + timedelta(days=1), 100, customer="c2", model="zzz"))
+    desk.usage(
+        tokens(1, OCT + timedelta(days=1), 100, model="a"),
+        tokens(2, OCT + timedelta(days=1), 100, customer="c2", model="zzz"),
+    )
     run = desk.invoicer.run("acme", "2026-11", finalize=True)
     assert [(i.subscription, i.status, i.total) for i in run.invoices] == [("s1", "finalized", Decimal("31.00"))]
     assert [(e.subscription, e.code) for e in run.errors] == [("s2", "unpriced_usage")]
@@ -309,7 +385,6 @@ def test_a_run_says_which_service_periods_it_covers(desk: Desk) -> None:
     [invoice] = run.invoices
     assert (invoice.period, invoice.usage_period) == ("2026-11", "2026-10")
     assert (invoice.usage_start, invoice.usage_end) == (OCT, NOV)
-
 
 
 def test_a_draft_computed_before_another_invoice_was_finalized_or_voided_is_stale(desk: Desk) -> None:
@@ -340,8 +415,7 @@ def test_concurrent_writes_never_share_a_number_nor_over_credit(desk: Desk, monk
     """
     desk.plan([[base_fee("20")]])
     for i in range(8):
-        desk.catalog.put_subscription("acme", Subscription(id=f"s{i}", customer="c1", plan="pro", version=1,
-                                                           start=OCT))
+        desk.catalog.put_subscription("acme", Subscription(id=f"s{i}", customer="c1", plan="pro", version=1, start=OCT))
     drafts = [d.id for d in desk.invoicer.run("acme", "2026-11").invoices]
     store = desk.invoicer.store
     read = InvoiceStore.get
@@ -391,8 +465,9 @@ def test_the_first_and_last_periods_are_invoiced_or_reported_never_raised(desk: 
     starts = {"old": datetime(1, 1, 2, tzinfo=UTC), "new": datetime(9998, 11, 3, tzinfo=UTC), "now": OCT}
     with trusted():  # the catalog refuses such times now (it keeps [1970, 9000)); data stored before may have them
         for sub, start in starts.items():
-            desk.catalog.put_subscription("acme", Subscription(id=sub, customer="c1", plan="pro", version=1,
-                                                               start=start))
+            desk.catalog.put_subscription(
+                "acme", Subscription(id=sub, customer="c1", plan="pro", version=1, start=start)
+            )
     run = desk.invoicer.run("acme", period)
     assert {i.subscription for i in run.invoices} | {e.subscription for e in run.errors} <= {"old", "new", "now"}
     assert all(e.code != "internal" for e in run.errors), run.errors
@@ -408,8 +483,9 @@ def test_keys_stored_before_they_named_the_cycle_count_for_the_same_charge(desk:
     assert fee.amount == Decimal("15.00")
     legacy = msgspec.structs.replace(fee, key=f"s1|base|1|{start.isoformat()}|{DEC.isoformat()}")
     store = desk.invoicer.store
-    store._write((f"invoice/acme/{november.id}", msgspec.json.encode(msgspec.structs.replace(november,
-                                                                                             lines=[legacy]))))
+    store._write(
+        (f"invoice/acme/{november.id}", msgspec.json.encode(msgspec.structs.replace(november, lines=[legacy])))
+    )
     desk.invoicer.finalize("acme", november.id)
     [december] = desk.invoicer.run("acme", "2026-12").invoices
     assert adjustments(december) == [], "the November fee was billed once, under the old key"

@@ -31,12 +31,17 @@ NOW = datetime.now(UTC)
 THIS_MONTH = NOW.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 LAST_MONTH = (THIS_MONTH - timedelta(days=1)).replace(day=1)
 B_METER, B_CUSTOMER, B_PRODUCT, B_PLAN, B_SUB = "b-meter", "b-cust", "b-product", "b-plan", "b-sub"
-B_EVENTS = [event(f"b-e{i}", B_CUSTOMER, type="llm", time=NOW - timedelta(minutes=5 + i), tokens=100 + i)
-            for i in range(5)]
-PRICES = [{"id": "b-base", "currency": "EUR", "model": "flat", "amount": "20", "cadence": "in_advance"},
-          {"id": "b-tokens", "currency": "EUR", "model": "per_unit", "meter": B_METER, "unit_price": "0.01"}]
-USAGE_QUERY = {"from": (NOW - timedelta(days=1)).strftime("%Y-%m-%dT%H:00:00Z"),
-               "to": (NOW + timedelta(days=1)).strftime("%Y-%m-%dT%H:00:00Z")}
+B_EVENTS = [
+    event(f"b-e{i}", B_CUSTOMER, type="llm", time=NOW - timedelta(minutes=5 + i), tokens=100 + i) for i in range(5)
+]
+PRICES = [
+    {"id": "b-base", "currency": "EUR", "model": "flat", "amount": "20", "cadence": "in_advance"},
+    {"id": "b-tokens", "currency": "EUR", "model": "per_unit", "meter": B_METER, "unit_price": "0.01"},
+]
+USAGE_QUERY = {
+    "from": (NOW - timedelta(days=1)).strftime("%Y-%m-%dT%H:00:00Z"),
+    "to": (NOW + timedelta(days=1)).strftime("%Y-%m-%dT%H:00:00Z"),
+}
 
 
 class TenantB:
@@ -46,15 +51,29 @@ class TenantB:
         self.key = server.tenant_key(B, ["ingest", "read", "export", "admin"])
         self.client = server.client(self.key)
         c = self.client
-        ok(c.post("/v1/meters", json={"slug": B_METER, "event_type": "llm", "aggregation": "sum",
-                                      "value_property": "$.tokens"}))
+        ok(
+            c.post(
+                "/v1/meters",
+                json={"slug": B_METER, "event_type": "llm", "aggregation": "sum", "value_property": "$.tokens"},
+            )
+        )
         ok(c.post("/v1/events", json=B_EVENTS))
         ok(c.post("/v1/customers", json={"id": B_CUSTOMER, "name": f"{MARK} customer", "currency": "EUR"}))
         ok(c.post("/v1/products", json={"id": B_PRODUCT, "name": f"{MARK} product"}))
         ok(c.post("/v1/plans", json={"id": B_PLAN, "name": f"{MARK} plan"}))
         ok(c.post(f"/v1/plans/{B_PLAN}/versions", json={"effective_from": "2020-01-01T00:00:00Z", "prices": PRICES}))
-        ok(c.post("/v1/subscriptions", json={"id": B_SUB, "customer": B_CUSTOMER, "plan": B_PLAN, "version": 1,
-                                             "start": LAST_MONTH.isoformat()}))
+        ok(
+            c.post(
+                "/v1/subscriptions",
+                json={
+                    "id": B_SUB,
+                    "customer": B_CUSTOMER,
+                    "plan": B_PLAN,
+                    "version": 1,
+                    "start": LAST_MONTH.isoformat(),
+                },
+            )
+        )
         drafts = ok(c.post("/v1/invoices/run", json={"period": f"{THIS_MONTH:%Y-%m}"}))
         self.invoice = drafts["invoices"][0]["id"]
         ok(c.post(f"/v1/invoices/{self.invoice}/finalize"))
@@ -67,14 +86,20 @@ class TenantB:
     def snapshot(self) -> dict[str, Any]:
         c = self.client
         state: dict[str, Any] = {
-            "meters": ok(c.get("/v1/meters")), "meter": ok(c.get(f"/v1/meters/{B_METER}")),
+            "meters": ok(c.get("/v1/meters")),
+            "meter": ok(c.get(f"/v1/meters/{B_METER}")),
             "usage": ok(c.get(f"/v1/meters/{B_METER}/usage", params={**USAGE_QUERY, "group_by": "subject"})),
-            "invoices": ok(c.get("/v1/invoices")), "invoice": ok(c.get(f"/v1/invoices/{self.invoice}")),
+            "invoices": ok(c.get("/v1/invoices")),
+            "invoice": ok(c.get(f"/v1/invoices/{self.invoice}")),
             "credit_notes": ok(c.get("/v1/credit-notes")),
             "keys": [(k["id"], k["revoked"], k["scopes"]) for k in ok(c.get("/v1/keys"))],
         }
-        for kind, item in (("customers", B_CUSTOMER), ("products", B_PRODUCT), ("plans", B_PLAN),
-                           ("subscriptions", B_SUB)):
+        for kind, item in (
+            ("customers", B_CUSTOMER),
+            ("products", B_PRODUCT),
+            ("plans", B_PLAN),
+            ("subscriptions", B_SUB),
+        ):
             state[kind], state[item] = ok(c.get(f"/v1/{kind}")), ok(c.get(f"/v1/{kind}/{item}"))
         # Usage rows carry no volatile fields; invoices may be recomputed (drafts), so compare them as B sees them.
         assert ok(self.read_client.get("/v1/meters"))  # B's second key still works
@@ -97,8 +122,14 @@ def route_table() -> list[tuple[str, str]]:
 
 #: Path parameters -> B's object of that kind (by the route's path, then the parameter's name).
 def params(b: TenantB, pattern: str) -> dict[str, str]:
-    by_name = {"slug": B_METER, "plan_id": B_PLAN, "sub_id": B_SUB, "invoice_id": b.invoice, "customer": B_CUSTOMER,
-               "key_id": b.key_id}
+    by_name = {
+        "slug": B_METER,
+        "plan_id": B_PLAN,
+        "sub_id": B_SUB,
+        "invoice_id": b.invoice,
+        "customer": B_CUSTOMER,
+        "key_id": b.key_id,
+    }
     by_kind = {"customers": B_CUSTOMER, "products": B_PRODUCT, "plans": B_PLAN, "subscriptions": B_SUB}
     out = {}
     for name in re.compile(pattern).groupindex:
@@ -126,8 +157,10 @@ def bodies(b: TenantB) -> dict[tuple[str, str], Any]:
         ("POST", "/v1/admin/tenants"): {"id": B, "name": "taken over"},
         ("POST", "/v1/admin/keys"): {"tenant": B, "scopes": ["ingest", "read", "export", "admin"]},
         ("POST", "/v1/keys"): {"scopes": ["read", "admin"]},
-        ("POST", "/v1/plans/(?P<plan_id>[^/]+)/versions"): {"effective_from": "2020-02-01T00:00:00Z",
-                                                            "prices": [{**PRICES[0], "id": "a-base"}]},
+        ("POST", "/v1/plans/(?P<plan_id>[^/]+)/versions"): {
+            "effective_from": "2020-02-01T00:00:00Z",
+            "prices": [{**PRICES[0], "id": "a-base"}],
+        },
         ("POST", "/v1/subscriptions/(?P<sub_id>[^/]+)/migrate"): {"version": 1, "at": "2026-01-01T00:00:00Z"},
         ("POST", "/v1/invoices/run"): {"period": f"{THIS_MONTH:%Y-%m}", "finalize": True},
         ("POST", "/v1/invoices/thresholds"): None,
@@ -137,8 +170,13 @@ def bodies(b: TenantB) -> dict[tuple[str, str], Any]:
         ("POST", "/v1/customers"): {"id": B_CUSTOMER, "name": "taken over", "currency": "USD"},
         ("POST", "/v1/products"): {"id": B_PRODUCT, "name": "taken over"},
         ("POST", "/v1/plans"): {"id": B_PLAN, "name": "taken over"},
-        ("POST", "/v1/subscriptions"): {"id": B_SUB, "customer": B_CUSTOMER, "plan": B_PLAN, "version": 1,
-                                        "start": "2020-01-01T00:00:00Z"},
+        ("POST", "/v1/subscriptions"): {
+            "id": B_SUB,
+            "customer": B_CUSTOMER,
+            "plan": B_PLAN,
+            "version": 1,
+            "start": "2020-01-01T00:00:00Z",
+        },
     }
 
 
@@ -151,15 +189,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Te
     server = Server(tmp_path_factory.mktemp("isolation") / "data")
     try:
         b = TenantB(server)
-        keys: dict[str, str | None] = {"none": None, "garbage": "Bearer " + "x" * 40, "wellformed-unknown": new_key(),
-                                       "operator": server.admin_key}
+        keys: dict[str, str | None] = {
+            "none": None,
+            "garbage": "Bearer " + "x" * 40,
+            "wellformed-unknown": new_key(),
+            "operator": server.admin_key,
+        }
         for scope in ("ingest", "read", "export", "admin"):
             keys[f"A:{scope}"] = server.tenant_key("tenant-a", [scope])
         keys["A:all"] = server.tenant_key("tenant-a", ["ingest", "read", "export", "admin"])
         revoked = server.tenant_key("tenant-a", ["ingest", "read", "export", "admin"])
         admin = server.client(server.admin_key)
-        revoked_id = next(k["id"] for k in ok(admin.get("/v1/admin/keys", params={"tenant": "tenant-a"}))
-                          if revoked.startswith(k["display"]) and not k["revoked"])
+        revoked_id = next(
+            k["id"]
+            for k in ok(admin.get("/v1/admin/keys", params={"tenant": "tenant-a"}))
+            if revoked.startswith(k["display"]) and not k["revoked"]
+        )
         ok(admin.delete(f"/v1/admin/keys/{revoked_id}"))
         keys["revoked"] = revoked
         # Tenant A has objects of its own too, so that A's listings are not trivially empty.
@@ -176,8 +221,9 @@ def send(server: Server, method: str, path: str, key: str | None, body: Any) -> 
     if key is not None:
         headers["Authorization"] = key if key.startswith("Bearer ") else f"Bearer {key}"
     with httpx.Client(base_url=server.url, timeout=60) as client:
-        return client.request(method, path, params=QUERY, headers=headers,
-                              **({"json": body} if body is not None else {}))
+        return client.request(
+            method, path, params=QUERY, headers=headers, **({"json": body} if body is not None else {})
+        )
 
 
 def test_no_key_but_b_reaches_b_on_any_route(world: tuple[Server, TenantB, dict[str, str | None]]) -> None:

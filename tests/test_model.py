@@ -1,5 +1,8 @@
-"""Model-based test: random batches, retries, conflicts, invalid events, new meters and restarts, with every
-query checked against a plain-Python reference model (exact Decimals, first write wins)."""
+"""Model-based test: every query checked against a plain-Python reference model.
+
+Random batches, retries, conflicts, invalid events, new meters and restarts; the model is exact (Decimals) and the
+first write wins.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,9 @@ import json
 import shutil
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from typing import Any
@@ -16,23 +20,31 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-
 from meter import Engine
 
-T0 = datetime(2026, 11, 23, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=3)
 NINE_PLACES = Decimal("0.000000001")
 
 # Every meter the machine may create; each reads fields that every valid event of its type carries.
 METERS: dict[str, dict[str, Any]] = {
-    "tokens": {"event_type": "llm", "aggregation": "sum", "value_property": "$.tokens", "group_by": {"model": "$.model"}},
+    "tokens": {
+        "event_type": "llm",
+        "aggregation": "sum",
+        "value_property": "$.tokens",
+        "group_by": {"model": "$.model"},
+    },
     "calls": {"event_type": "llm", "aggregation": "count", "group_by": {"model": "$.model", "region": "$.meta.region"}},
     "peak": {"event_type": "llm", "aggregation": "max", "value_property": "$.tokens"},
     "floor": {"event_type": "llm", "aggregation": "min", "value_property": "$.tokens"},
     "last": {"event_type": "llm", "aggregation": "latest", "value_property": "$.tokens"},
     "users": {"event_type": "api", "aggregation": "unique_count", "value_property": "$.user"},
     "latency": {"event_type": "api", "aggregation": "avg", "value_property": "$.ms", "group_by": {"route": "$.route"}},
-    "eu-calls": {"event_type": "api", "aggregation": "count", "filters": [{"property": "$.route", "op": "eq", "value": "/eu"}]},
+    "eu-calls": {
+        "event_type": "api",
+        "aggregation": "count",
+        "filters": [{"property": "$.route", "op": "eq", "value": "/eu"}],
+    },
 }
 
 
@@ -53,14 +65,23 @@ class Ev:
             else:
                 data[k] = v
         t = (T0 + timedelta(minutes=self.minute)).isoformat().replace("+00:00", "Z")
-        return {"specversion": "1.0", "id": self.id, "source": self.source, "type": self.type,
-                "subject": self.subject, "time": t, "data": data}
+        return {
+            "specversion": "1.0",
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "subject": self.subject,
+            "time": t,
+            "data": data,
+        }
 
     def get(self, key: str) -> Any:
         return dict(self.data).get(key)
 
 
-decimals = st.decimals(min_value=Decimal("-1000"), max_value=Decimal("100000"), places=3, allow_nan=False, allow_infinity=False)
+decimals = st.decimals(
+    min_value=Decimal("-1000"), max_value=Decimal("100000"), places=3, allow_nan=False, allow_infinity=False
+)
 wire_number = st.one_of(st.integers(-1000, 100000), decimals.map(str))
 
 
@@ -95,6 +116,22 @@ def new_event(draw: st.DrawFn) -> Ev:
 
 def as_decimal(v: Any) -> Decimal:
     return Decimal(str(v))
+
+
+def reference_value(aggregation: str, evs: list[Ev], prop: str) -> Decimal:
+    """The model's value of one group: ``aggregation`` of the events' ``prop``, events in the order accepted."""
+    values = [as_decimal(e.get(prop)) for e in evs] if aggregation not in ("count", "unique_count") else []
+    aggregate: dict[str, Callable[[], Decimal]] = {
+        "sum": lambda: sum(values, Decimal(0)),
+        "count": lambda: Decimal(len(evs)),
+        "max": lambda: max(values),
+        "min": lambda: min(values),
+        # Latest event time wins; among equal times, the one accepted last.
+        "latest": lambda: as_decimal(max(enumerate(evs), key=lambda p: (p[1].minute, p[0]))[1].get(prop)),
+        "unique_count": lambda: Decimal(len({e.get(prop) for e in evs})),
+        "avg": lambda: (sum(values, Decimal(0)) / len(values)).quantize(NINE_PLACES, rounding=ROUND_HALF_EVEN),
+    }
+    return aggregate[aggregation]()
 
 
 class MeteringMachine(RuleBasedStateMachine):
@@ -137,7 +174,9 @@ class MeteringMachine(RuleBasedStateMachine):
         batch += [seed.choice(old) for _ in range(min(retries, len(old)))]
         for _ in range(min(conflicts, len(old))):
             victim = seed.choice(old)
-            batch.append(Ev(victim.source, victim.id, victim.type, victim.subject, (victim.minute + 1) % 180, victim.data))
+            batch.append(
+                Ev(victim.source, victim.id, victim.type, victim.subject, (victim.minute + 1) % 180, victim.data)
+            )
         batch += [{"specversion": "1.0", "id": f"bad{i}", "type": "llm"} for i in range(invalid)]
         seed.shuffle(batch)
         if not batch:
@@ -198,20 +237,9 @@ class MeteringMachine(RuleBasedStateMachine):
             hour = (T0 + timedelta(minutes=e.minute)).replace(minute=0)
             groups[(hour, e.subject, *(e.get(d) for d in dims))].append(e)
         out = {}
+        prop = spec.get("value_property", "$.")[2:]
         for key, evs in groups.items():
-            prop = spec.get("value_property", "$.")[2:]
-            values = [as_decimal(e.get(prop)) for e in evs] if spec["aggregation"] not in ("count", "unique_count") else []
-            value = {
-                "sum": lambda: sum(values, Decimal(0)),
-                "count": lambda: Decimal(len(evs)),
-                "max": lambda: max(values),
-                "min": lambda: min(values),
-                # Latest event time wins; among equal times, the one accepted last.
-                "latest": lambda: as_decimal(max(enumerate(evs), key=lambda p: (p[1].minute, p[0]))[1].get(prop)),
-                "unique_count": lambda: Decimal(len({e.get(prop) for e in evs})),
-                "avg": lambda: (sum(values, Decimal(0)) / len(values)).quantize(NINE_PLACES, rounding=ROUND_HALF_EVEN),
-            }[spec["aggregation"]]()
-            out[key] = (value, len(evs))
+            out[key] = (reference_value(spec["aggregation"], evs, prop), len(evs))
         return out
 
 

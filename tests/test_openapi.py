@@ -46,12 +46,14 @@ def routed(app: MeterApp) -> dict[tuple[str, str], Callable[..., Any]]:
 
 
 def documented(document: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    return {(method, path): op for path, ops in document["paths"].items() for method, op in ops.items()
-            if method in METHODS}
+    return {
+        (method, path): op for path, ops in document["paths"].items() for method, op in ops.items() if method in METHODS
+    }
 
 
-def test_every_route_is_documented_and_every_documented_operation_is_routed(app: MeterApp,
-                                                                           document: dict[str, Any]) -> None:
+def test_every_route_is_documented_and_every_documented_operation_is_routed(
+    app: MeterApp, document: dict[str, Any]
+) -> None:
     routes = set(routed(app))
     ops = set(documented(document))
     assert not routes - ops, f"routes missing from python/meter/server/openapi.py: {sorted(routes - ops)}"
@@ -84,12 +86,19 @@ def query_parameters_read(handler: Callable[..., Any]) -> set[str]:
     ``filter[...]`` (read from ``request.query``).
     """
     tree = ast.parse(textwrap.dedent(inspect.getsource(handler)))
-    loops = {node.target.id: node.iter for node in ast.walk(tree)
-             if isinstance(node, ast.For) and isinstance(node.target, ast.Name)}
+    loops = {
+        node.target.id: node.iter
+        for node in ast.walk(tree)
+        if isinstance(node, ast.For) and isinstance(node.target, ast.Name)
+    }
     names: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args \
-                and node.func.attr in ("param", "params", "flag"):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.args
+            and node.func.attr in ("param", "params", "flag")
+        ):
             arg = node.args[0]
             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                 names.add(arg.value)
@@ -134,8 +143,12 @@ def test_the_document_is_valid_openapi(document: dict[str, Any]) -> None:
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) == len(documented(document))
     for operation in operations:
-        for link in operation.definition.raw["responses"].get("201", operation.definition.raw["responses"].get(
-                "200", {})).get("links", {}).values():
+        for link in (
+            operation.definition.raw["responses"]
+            .get("201", operation.definition.raw["responses"].get("200", {}))
+            .get("links", {})
+            .values()
+        ):
             assert link["operationId"] in {op["operationId"] for op in documented(document).values()}
 
 

@@ -34,9 +34,16 @@ VALID = [
     {"model": "volume", "tiers": TIERS},
     {"model": "package", "package": {"size": "1000", "price": "0.50", "rounding": "down"}},
     {"model": "percentage", "percentage": {"percent": "2.5", "per": "event", "min_fee": "0.30", "max_fee": "10"}},
-    {"model": "matrix", "matrix": {"dimensions": ["model", "kind"], "entries": [
-        {"values": {"model": "gpt-4o", "kind": "input"}, "unit_price": "0.0000025"},
-        {"values": {"model": "gpt-4o", "kind": "output"}, "unit_price": "0.00001"}]}},
+    {
+        "model": "matrix",
+        "matrix": {
+            "dimensions": ["model", "kind"],
+            "entries": [
+                {"values": {"model": "gpt-4o", "kind": "input"}, "unit_price": "0.0000025"},
+                {"values": {"model": "gpt-4o", "kind": "output"}, "unit_price": "0.00001"},
+            ],
+        },
+    },
 ]
 
 
@@ -61,23 +68,41 @@ def test_tiers_with_a_gap_or_an_overlap_are_refused() -> None:
     assert "first tier must start at 0" in refused(price(model="graduated", tiers=late))
 
 
-@pytest.mark.parametrize(("fields", "says"), [
-    ({"model": "per_unit", "unit_price": "1", "currency": "usd"}, "ISO 4217"),
-    ({"model": "per_unit", "meter": None, "unit_price": "1"}, "set \"meter\""),
-    ({"model": "flat", "amount": "1"}, "remove \"meter\""),
-    ({"model": "per_unit"}, "needs \"unit_price\""),
-    ({"model": "per_unit", "unit_price": "1", "tiers": TIERS}, "\"tiers\" does not belong"),
-    ({"model": "per_unit", "unit_price": "-1"}, "0 or more"),
-    ({"model": "per_unit", "unit_price": "NaN"}, "finite"),
-    ({"model": "per_unit", "unit_price": "1", "minimum": "10", "maximum": "5"}, "above maximum"),
-    ({"model": "package", "package": {"size": "0", "price": "1"}}, "size above 0"),
-    ({"model": "percentage", "percentage": {"percent": "120"}}, "at most 100"),
-    ({"model": "matrix", "matrix": {"dimensions": ["model"], "entries": [
-        {"values": {"model": "a"}, "unit_price": "1"}, {"values": {"model": "a"}, "unit_price": "2"}]}},
-     "repeats the combination"),
-    ({"model": "matrix", "matrix": {"dimensions": ["model", "kind"], "entries": [
-        {"values": {"model": "a"}, "unit_price": "1"}]}}, "exactly model, kind"),
-])
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"model": "per_unit", "unit_price": "1", "currency": "usd"}, "ISO 4217"),
+        ({"model": "per_unit", "meter": None, "unit_price": "1"}, 'set "meter"'),
+        ({"model": "flat", "amount": "1"}, 'remove "meter"'),
+        ({"model": "per_unit"}, 'needs "unit_price"'),
+        ({"model": "per_unit", "unit_price": "1", "tiers": TIERS}, '"tiers" does not belong'),
+        ({"model": "per_unit", "unit_price": "-1"}, "0 or more"),
+        ({"model": "per_unit", "unit_price": "NaN"}, "finite"),
+        ({"model": "per_unit", "unit_price": "1", "minimum": "10", "maximum": "5"}, "above maximum"),
+        ({"model": "package", "package": {"size": "0", "price": "1"}}, "size above 0"),
+        ({"model": "percentage", "percentage": {"percent": "120"}}, "at most 100"),
+        (
+            {
+                "model": "matrix",
+                "matrix": {
+                    "dimensions": ["model"],
+                    "entries": [
+                        {"values": {"model": "a"}, "unit_price": "1"},
+                        {"values": {"model": "a"}, "unit_price": "2"},
+                    ],
+                },
+            },
+            "repeats the combination",
+        ),
+        (
+            {
+                "model": "matrix",
+                "matrix": {"dimensions": ["model", "kind"], "entries": [{"values": {"model": "a"}, "unit_price": "1"}]},
+            },
+            "exactly model, kind",
+        ),
+    ],
+)
 def test_bad_prices_say_what_to_fix(fields: dict[str, Any], says: str) -> None:
     try:
         p = price(**fields)

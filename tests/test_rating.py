@@ -36,8 +36,11 @@ QUANTITY = pl.Decimal(38, 9)
 EXACT = Context(prec=120)
 
 # Stripe's tiered-pricing example (docs "Set up tiered pricing"): fonts 1-5 at 7 USD, 6-10 at 6.50, 11+ at 6.
-STRIPE_TIERS = [{"from": "0", "up_to": "5", "unit_price": "7"}, {"from": "5", "up_to": "10", "unit_price": "6.50"},
-                {"from": "10", "unit_price": "6"}]
+STRIPE_TIERS = [
+    {"from": "0", "up_to": "5", "unit_price": "7"},
+    {"from": "5", "up_to": "10", "unit_price": "6.50"},
+    {"from": "10", "unit_price": "6"},
+]
 
 
 def price(model: str, **fields: Any) -> Price:
@@ -46,26 +49,41 @@ def price(model: str, **fields: Any) -> Price:
 
 
 def matrix_price(**fields: Any) -> Price:
-    entries = [({"model": "small", "kind": "in"}, "0.001"), ({"model": "small", "kind": "out"}, "0.002"),
-               ({"model": "large", "kind": "in"}, "0.01"), ({"model": "large", "kind": "out"}, "0.03")]
-    return price("matrix", matrix={"dimensions": ["model", "kind"],
-                                   "entries": [{"values": v, "unit_price": p} for v, p in entries]}, **fields)
+    entries = [
+        ({"model": "small", "kind": "in"}, "0.001"),
+        ({"model": "small", "kind": "out"}, "0.002"),
+        ({"model": "large", "kind": "in"}, "0.01"),
+        ({"model": "large", "kind": "out"}, "0.03"),
+    ]
+    return price(
+        "matrix",
+        matrix={"dimensions": ["model", "kind"], "entries": [{"values": v, "unit_price": p} for v, p in entries]},
+        **fields,
+    )
 
 
 def quantities(rows: Sequence[tuple[str, Decimal | int | str, str | None]]) -> pl.DataFrame:
-    return pl.DataFrame({"charge": [r[0] for r in rows], "quantity": [D(r[1]) for r in rows],
-                         "combination": [r[2] for r in rows]},
-                        schema={"charge": pl.String, "quantity": QUANTITY, "combination": pl.String})
+    return pl.DataFrame(
+        {"charge": [r[0] for r in rows], "quantity": [D(r[1]) for r in rows], "combination": [r[2] for r in rows]},
+        schema={"charge": pl.String, "quantity": QUANTITY, "combination": pl.String},
+    )
 
 
 def events(charge: str, amounts: Sequence[str | int]) -> pl.DataFrame:
-    return pl.DataFrame({"charge": [charge] * len(amounts), "amount": [D(a) for a in amounts]},
-                        schema={"charge": pl.String, "amount": QUANTITY})
+    return pl.DataFrame(
+        {"charge": [charge] * len(amounts), "amount": [D(a) for a in amounts]},
+        schema={"charge": pl.String, "amount": QUANTITY},
+    )
 
 
-def rate_one(p: Price, quantity: Decimal | int | str | None = None, *, cells: Mapping[str, Decimal] | None = None,
-             event_amounts: Sequence[str | int] | None = None,
-             proration: Decimal = ONE) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def rate_one(
+    p: Price,
+    quantity: Decimal | int | str | None = None,
+    *,
+    cells: Mapping[str, Decimal] | None = None,
+    event_amounts: Sequence[str | int] | None = None,
+    proration: Decimal = ONE,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The line and the details of one charge "c" at price ``p``."""
     charges, prices = charges_and_prices([("c", p, proration)])
     rows: list[tuple[str, Decimal | int | str, str | None]] = []
@@ -89,10 +107,19 @@ def cell(**values: str) -> str:
 # --- worked examples: every model, with totals computed by hand ---------------------------------------------------
 
 
-@pytest.mark.parametrize(("fonts", "graduated", "volume"), [
-    (1, "7", "7"), (5, "35", "35"), (6, "41.50", "39"), (8, "54.50", "52.00"), (10, "67.50", "65"),
-    (20, "127.50", "120"), (25, "157.50", "150"), (0, "0", "0"),
-])
+@pytest.mark.parametrize(
+    ("fonts", "graduated", "volume"),
+    [
+        (1, "7", "7"),
+        (5, "35", "35"),
+        (6, "41.50", "39"),
+        (8, "54.50", "52.00"),
+        (10, "67.50", "65"),
+        (20, "127.50", "120"),
+        (25, "157.50", "150"),
+        (0, "0", "0"),
+    ],
+)
 def test_stripe_fonts_example_graduated_and_volume(fonts: int, graduated: str, volume: str) -> None:
     # Graduated 8 fonts = 5 × 7 + 3 × 6.50; volume 8 fonts = 8 × 6.50 (Stripe's own table gives 5 → 35, 6 → 39,
     # 20 → 120, 25 → 150 for volume).
@@ -103,20 +130,28 @@ def test_stripe_fonts_example_graduated_and_volume(fonts: int, graduated: str, v
 def test_graduated_details_name_each_touched_tier() -> None:
     line, details = rate_one(price("graduated", tiers=STRIPE_TIERS), 12)
     assert [(d["component"], d["tier"], d["units"], d["unit_price"], d["subtotal"]) for d in details] == [
-        ("tier", 1, D(5), D(7), D(35)), ("tier", 2, D(5), D("6.5"), D("32.5")), ("tier", 3, D(2), D(6), D(12))]
+        ("tier", 1, D(5), D(7), D(35)),
+        ("tier", 2, D(5), D("6.5"), D("32.5")),
+        ("tier", 3, D(2), D(6), D(12)),
+    ]
     assert line["amount"] == D("79.50") and line["billable"] == D(12)
 
 
-TIERS_WITH_FEES = [{"from": "0", "up_to": "5", "unit_price": "5", "flat_fee": "10"},
-                   {"from": "5", "unit_price": "4", "flat_fee": "20"}]
+TIERS_WITH_FEES = [
+    {"from": "0", "up_to": "5", "unit_price": "5", "flat_fee": "10"},
+    {"from": "5", "unit_price": "4", "flat_fee": "20"},
+]
 
 
-@pytest.mark.parametrize(("units", "graduated", "volume"), [
-    (0, "0", "0"),     # no unit, no tier touched: no flat fee either
-    (3, "25", "25"),   # 3 × 5 + 10
-    (5, "35", "35"),   # the fifth unit is still in [0, 5): tier 2 untouched
-    (7, "63", "48"),   # graduated 5 × 5 + 10 + 2 × 4 + 20; volume 7 × 4 + 20
-])
+@pytest.mark.parametrize(
+    ("units", "graduated", "volume"),
+    [
+        (0, "0", "0"),  # no unit, no tier touched: no flat fee either
+        (3, "25", "25"),  # 3 × 5 + 10
+        (5, "35", "35"),  # the fifth unit is still in [0, 5): tier 2 untouched
+        (7, "63", "48"),  # graduated 5 × 5 + 10 + 2 × 4 + 20; volume 7 × 4 + 20
+    ],
+)
 def test_flat_fee_tiers(units: int, graduated: str, volume: str) -> None:
     assert amount(price("graduated", tiers=TIERS_WITH_FEES), units) == D(graduated)
     assert amount(price("volume", tiers=TIERS_WITH_FEES), units) == D(volume)
@@ -124,22 +159,30 @@ def test_flat_fee_tiers(units: int, graduated: str, volume: str) -> None:
 
 def test_lago_volume_example() -> None:
     # Lago's volume doc: 65,000 API calls, tier 50,001-100,000 at $0.0006 with a $10 flat fee: 65,000 × 0.0006 + 10.
-    tiers = [{"from": "0", "up_to": "10000", "unit_price": "0.001", "flat_fee": "10"},
-             {"from": "10000", "up_to": "50000", "unit_price": "0.0008", "flat_fee": "10"},
-             {"from": "50000", "up_to": "100000", "unit_price": "0.0006", "flat_fee": "10"},
-             {"from": "100000", "unit_price": "0.0004", "flat_fee": "10"}]
+    tiers = [
+        {"from": "0", "up_to": "10000", "unit_price": "0.001", "flat_fee": "10"},
+        {"from": "10000", "up_to": "50000", "unit_price": "0.0008", "flat_fee": "10"},
+        {"from": "50000", "up_to": "100000", "unit_price": "0.0006", "flat_fee": "10"},
+        {"from": "100000", "unit_price": "0.0004", "flat_fee": "10"},
+    ]
     assert amount(price("volume", tiers=tiers), 65_000) == D(49)
     assert amount(price("volume", tiers=tiers), 10_000) == D(20)  # 10,000 × 0.001 + 10: the last unit is in tier 1
 
 
 def test_graduated_lago_and_orb_style_examples() -> None:
     # $1 for the first 100 units, $0.50 for the next 100, $0.10 after: 250 units = 100 + 50 + 5.
-    lago = [{"from": "0", "up_to": "100", "unit_price": "1"}, {"from": "100", "up_to": "200", "unit_price": "0.5"},
-            {"from": "200", "unit_price": "0.1"}]
+    lago = [
+        {"from": "0", "up_to": "100", "unit_price": "1"},
+        {"from": "100", "up_to": "200", "unit_price": "0.5"},
+        {"from": "200", "unit_price": "0.1"},
+    ]
     assert amount(price("graduated", tiers=lago), 250) == D(155)
     # 15,000 requests: 1,000 × 0.10 + 9,000 × 0.05 + 5,000 × 0.01 = 600 graduated; volume 15,000 × 0.01 = 150.
-    three = [{"from": "0", "up_to": "1000", "unit_price": "0.10"},
-             {"from": "1000", "up_to": "10000", "unit_price": "0.05"}, {"from": "10000", "unit_price": "0.01"}]
+    three = [
+        {"from": "0", "up_to": "1000", "unit_price": "0.10"},
+        {"from": "1000", "up_to": "10000", "unit_price": "0.05"},
+        {"from": "10000", "unit_price": "0.01"},
+    ]
     assert amount(price("graduated", tiers=three), 15_000) == D(600)
     assert amount(price("volume", tiers=three), 15_000) == D(150)
 
@@ -147,7 +190,11 @@ def test_graduated_lago_and_orb_style_examples() -> None:
 def test_per_unit_with_free_allowance() -> None:
     line, details = rate_one(price("per_unit", unit_price="0.002", free_allowance="1000"), "1500.5")
     assert (line["quantity"], line["billable"], line["amount_exact"], line["amount"]) == (
-        D("1500.5"), D("500.5"), D("1.001"), D("1.00"))
+        D("1500.5"),
+        D("500.5"),
+        D("1.001"),
+        D("1.00"),
+    )
     assert details[0]["units"] == D("500.5") and details[0]["unit_price"] == D("0.002")
     assert amount(price("per_unit", unit_price="0.002", free_allowance="1000"), 999) == 0
 
@@ -157,10 +204,18 @@ def test_allowance_is_taken_before_the_tiers() -> None:
     assert amount(price("graduated", tiers=STRIPE_TIERS, free_allowance="4"), 12) == D("54.50")
 
 
-@pytest.mark.parametrize(("rounding", "units", "expected", "packages"), [
-    ("up", "250", "15", 3), ("down", "250", "10", 2), ("up", "200", "10", 2), ("down", "200", "10", 2),
-    ("up", "0.5", "5", 1), ("down", "99.999999999", "0", 0), ("up", "0", "0", 0),
-])
+@pytest.mark.parametrize(
+    ("rounding", "units", "expected", "packages"),
+    [
+        ("up", "250", "15", 3),
+        ("down", "250", "10", 2),
+        ("up", "200", "10", 2),
+        ("down", "200", "10", 2),
+        ("up", "0.5", "5", 1),
+        ("down", "99.999999999", "0", 0),
+        ("up", "0", "0", 0),
+    ],
+)
 def test_package(rounding: str, units: str, expected: str, packages: int) -> None:
     p = price("package", package={"size": "100", "price": "5", "rounding": rounding})
     line, details = rate_one(p, units)
@@ -181,10 +236,10 @@ def test_percentage_per_event_bounds_each_fee() -> None:
 
 def test_percentage_per_period_bounds_the_period_fee() -> None:
     p = price("percentage", percentage={"percent": "2", "min_fee": "0.50", "max_fee": "100"})
-    assert amount(p, "12.34") == D("0.50")        # 0.2468 raised
+    assert amount(p, "12.34") == D("0.50")  # 0.2468 raised
     assert amount(p, "1000") == D("20")
-    assert amount(p, "10000") == D("100")          # 200 cut
-    assert amount(p) == D("0.50")                  # no usage: the floor still applies
+    assert amount(p, "10000") == D("100")  # 200 cut
+    assert amount(p) == D("0.50")  # no usage: the floor still applies
     line, details = rate_one(price("percentage", percentage={"percent": "1.5"}), "33.333")
     assert line["amount_exact"] == D("0.499995") and line["amount"] == D("0.50")
     assert details[0]["raised_to_min_fee"] == 0 and details[0]["events"] is None
@@ -192,14 +247,21 @@ def test_percentage_per_period_bounds_the_period_fee() -> None:
 
 def test_matrix_prices_each_combination_and_takes_the_allowance_in_text_order() -> None:
     p = matrix_price(free_allowance="1500")
-    cells = {cell(model="small", kind="in"): D(1000), cell(model="small", kind="out"): D(500),
-             cell(model="large", kind="in"): D(700), cell(model="large", kind="out"): D(100)}
+    cells = {
+        cell(model="small", kind="in"): D(1000),
+        cell(model="small", kind="out"): D(500),
+        cell(model="large", kind="in"): D(700),
+        cell(model="large", kind="out"): D(100),
+    }
     line, details = rate_one(p, cells=cells)
     # Text order ("kind" sorts before "model"): in/large, in/small, out/large, out/small. The 1500 free units cover
     # in/large (700) and 800 of in/small: 200 × 0.001 + out/large 100 × 0.03 + out/small 500 × 0.002 = 4.20.
     assert [(d["combination"], d["free_units"], d["units"]) for d in details] == [
-        (cell(model="large", kind="in"), 700, 0), (cell(model="small", kind="in"), 800, 200),
-        (cell(model="large", kind="out"), 0, 100), (cell(model="small", kind="out"), 0, 500)]
+        (cell(model="large", kind="in"), 700, 0),
+        (cell(model="small", kind="in"), 800, 200),
+        (cell(model="large", kind="out"), 0, 100),
+        (cell(model="small", kind="out"), 0, 500),
+    ]
     assert line["amount_exact"] == D("4.2") and line["quantity"] == 2300 and line["billable"] == 800
 
 
@@ -214,7 +276,11 @@ def test_minimum_and_maximum_bound_the_period() -> None:
     low = price("per_unit", unit_price="0.01", minimum="10", maximum="50")
     line, _ = rate_one(low, 100)
     assert (line["subtotal"], line["amount_exact"], line["minimum_applied"], line["maximum_applied"]) == (
-        D(1), D(10), True, False)
+        D(1),
+        D(10),
+        True,
+        False,
+    )
     line, _ = rate_one(low, 10_000)
     assert (line["amount_exact"], line["minimum_applied"], line["maximum_applied"]) == (D(50), False, True)
     assert rate_one(low)[0]["amount_exact"] == D(10)  # no usage at all still pays the minimum
@@ -235,12 +301,27 @@ def test_flat_fee_prorated() -> None:
 # --- rounding at the edges ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("currency", "unit_price", "expected"), [
-    ("USD", "0.005", "0.00"), ("USD", "0.015", "0.02"), ("USD", "0.025", "0.02"), ("USD", "0.025000001", "0.03"),
-    ("USD", "0.024999999", "0.02"), ("JPY", "0.5", "0"), ("JPY", "1.5", "2"), ("JPY", "2.5", "2"),
-    ("JPY", "3.500000001", "4"), ("KWD", "0.0005", "0.000"), ("KWD", "0.0015", "0.002"), ("KWD", "1.2345", "1.234"),
-    ("BHD", "0.0035", "0.004"), ("CLF", "0.00005", "0.0000"), ("CLF", "0.00015", "0.0002"), ("EUR", "7", "7.00"),
-])
+@pytest.mark.parametrize(
+    ("currency", "unit_price", "expected"),
+    [
+        ("USD", "0.005", "0.00"),
+        ("USD", "0.015", "0.02"),
+        ("USD", "0.025", "0.02"),
+        ("USD", "0.025000001", "0.03"),
+        ("USD", "0.024999999", "0.02"),
+        ("JPY", "0.5", "0"),
+        ("JPY", "1.5", "2"),
+        ("JPY", "2.5", "2"),
+        ("JPY", "3.500000001", "4"),
+        ("KWD", "0.0005", "0.000"),
+        ("KWD", "0.0015", "0.002"),
+        ("KWD", "1.2345", "1.234"),
+        ("BHD", "0.0035", "0.004"),
+        ("CLF", "0.00005", "0.0000"),
+        ("CLF", "0.00015", "0.0002"),
+        ("EUR", "7", "7.00"),
+    ],
+)
 def test_half_even_ties_at_the_minor_unit(currency: str, unit_price: str, expected: str) -> None:
     line, _ = rate_one(price("per_unit", unit_price=unit_price, currency=currency), 1)
     assert line["amount"] == D(expected)
@@ -249,7 +330,16 @@ def test_half_even_ties_at_the_minor_unit(currency: str, unit_price: str, expect
 
 def test_minor_units_table() -> None:
     assert [minor_units(c) for c in ("USD", "JPY", "KRW", "VND", "KWD", "BHD", "TND", "CLF", "EUR")] == [
-        2, 0, 0, 0, 3, 3, 3, 4, 2]
+        2,
+        0,
+        0,
+        0,
+        3,
+        3,
+        3,
+        4,
+        2,
+    ]
     assert round_to_minor_unit(D("-0.125"), "USD") == D("-0.12")
     assert round_to_minor_unit(D("123456789012345678901234567.5"), "JPY") == D("123456789012345678901234568")
 
@@ -300,19 +390,24 @@ def test_errors_name_what_to_fix() -> None:
     assert "'ghost'" in str(invalid(rate, charges, prices, quantities([("ghost", 1, None)])))
     floats = pl.DataFrame({"charge": ["a"], "quantity": [1.5]})
     assert "floats are not exact" in str(invalid(rate, charges, prices, floats))
-    ten_places = pl.DataFrame({"charge": ["a"], "quantity": [D("1.0000000001")]},
-                              schema={"charge": pl.String, "quantity": pl.Decimal(38, 10)})
+    ten_places = pl.DataFrame(
+        {"charge": ["a"], "quantity": [D("1.0000000001")]}, schema={"charge": pl.String, "quantity": pl.Decimal(38, 10)}
+    )
     assert "more than 9 decimal places" in str(invalid(rate, charges, prices, ten_places))
-    trailing = pl.DataFrame({"charge": ["a"], "quantity": [D("2.5000000000")]},
-                            schema={"charge": pl.String, "quantity": pl.Decimal(38, 10)})
+    trailing = pl.DataFrame(
+        {"charge": ["a"], "quantity": [D("2.5000000000")]}, schema={"charge": pl.String, "quantity": pl.Decimal(38, 10)}
+    )
     assert rate(charges, prices, trailing).lines["amount"].item() == D("2.5")
     combined = quantities([("a", 1, cell(model="small", kind="in"))])
     assert "only matrix charges take a combination" in str(invalid(rate, charges, prices, combined))
     assert "event_amounts are for percentages" in str(invalid(rate, charges, prices, quantities([]), events("a", [1])))
 
     with trusted():  # prices the catalog refuses (meter.catalog.types), built to test rating's own checks
-        tiny, huge_unit, huge_amount = (price("per_unit", unit_price="0.0000000001"),
-                                        price("per_unit", unit_price="1e27"), price("flat", amount="1e18"))
+        tiny, huge_unit, huge_amount = (
+            price("per_unit", unit_price="0.0000000001"),
+            price("per_unit", unit_price="1e27"),
+            price("flat", amount="1e18"),
+        )
     error = invalid(price_frame, [tiny])
     assert error.code == "invalid_price" and "more than 9 decimal places" in str(error)
     assert "below 10^27" in str(invalid(price_frame, [huge_unit]))
@@ -324,8 +419,9 @@ def test_errors_name_what_to_fix() -> None:
     assert "unique" in str(invalid(rate, twice, prices, quantities([])))
     per_event = price("percentage", percentage={"percent": "1", "per": "event"})
     assert "event_amounts" in str(invalid(rate_one, per_event, 5))
-    assert "free allowance" in str(invalid(price_frame, [price("percentage", free_allowance="1",
-                                                               percentage={"percent": "1", "per": "event"})]))
+    assert "free allowance" in str(
+        invalid(price_frame, [price("percentage", free_allowance="1", percentage={"percent": "1", "per": "event"})])
+    )
     assert "combination" in str(invalid(rate_one, matrix_price(), 5))
     other = price("per_unit", id="p-per_unit", unit_price="2")
     assert "two different prices" in str(invalid(price_frame, [per_unit, other]))
@@ -333,9 +429,15 @@ def test_errors_name_what_to_fix() -> None:
 
 def test_a_hand_built_prices_frame_with_broken_tiers_is_refused() -> None:
     _, prices = charges_and_prices([("a", price("graduated", tiers=STRIPE_TIERS), D(1))])
-    gap = prices.with_columns(pl.col("tiers").list.eval(pl.element().struct.with_fields(
-        start=pl.when(pl.element().struct.field("start") == 5).then(pl.lit(D(6), QUANTITY))
-        .otherwise(pl.element().struct.field("start")))))
+    gap = prices.with_columns(
+        pl.col("tiers").list.eval(
+            pl.element().struct.with_fields(
+                start=pl.when(pl.element().struct.field("start") == 5)
+                .then(pl.lit(D(6), QUANTITY))
+                .otherwise(pl.element().struct.field("start"))
+            )
+        )
+    )
     charges = pl.DataFrame({"charge": ["a"], "price_id": ["p-graduated"]})
     assert "tier 2 breaks the rules of tiers" in str(invalid(rate, charges, gap, quantities([("a", 1, None)])))
 
@@ -344,11 +446,21 @@ def test_a_hand_built_prices_frame_with_broken_tiers_is_refused() -> None:
 
 
 def test_lines_keep_the_order_of_charges_and_details_explain_them() -> None:
-    rows = [("z", price("graduated", tiers=STRIPE_TIERS), D(1)), ("a", price("flat", amount="9"), D(1)),
-            ("m", matrix_price(), D(1)), ("b", price("per_unit", unit_price="3"), D(1))]
+    rows = [
+        ("z", price("graduated", tiers=STRIPE_TIERS), D(1)),
+        ("a", price("flat", amount="9"), D(1)),
+        ("m", matrix_price(), D(1)),
+        ("b", price("per_unit", unit_price="3"), D(1)),
+    ]
     charges, prices = charges_and_prices(rows)
-    usage = quantities([("z", 11, None), ("b", 2, None), ("m", 4, cell(model="large", kind="out")),
-                        ("m", 10, cell(model="small", kind="in"))])
+    usage = quantities(
+        [
+            ("z", 11, None),
+            ("b", 2, None),
+            ("m", 4, cell(model="large", kind="out")),
+            ("m", 10, cell(model="small", kind="in")),
+        ]
+    )
     rated = rate(charges, prices, usage)
     assert rated.lines["charge"].to_list() == ["z", "a", "m", "b"]
     assert rated.lines["amount"].to_list() == [D("73.50"), D(9), D("0.13"), D(6)]
@@ -396,11 +508,14 @@ def test_scaled_integers_and_decimals_convert_exactly(values: list[int], scale: 
     assert decimals.to_frame().select(to_scaled(pl.col("x"), scale)).to_series().to_list() == values
 
 
-@given(rows=st.lists(st.tuples(st.integers(min_value=-(10**37), max_value=10**37), CURRENCIES), min_size=1,
-                     max_size=20))
+@given(
+    rows=st.lists(st.tuples(st.integers(min_value=-(10**37), max_value=10**37), CURRENCIES), min_size=1, max_size=20)
+)
 def test_vectorised_rounding_equals_decimal_quantize(rows: list[tuple[int, str]]) -> None:
-    frame = pl.DataFrame({"scaled": [r[0] for r in rows], "currency": [r[1] for r in rows]},
-                         schema={"scaled": pl.Int128, "currency": pl.String})
+    frame = pl.DataFrame(
+        {"scaled": [r[0] for r in rows], "currency": [r[1] for r in rows]},
+        schema={"scaled": pl.Int128, "currency": pl.String},
+    )
     expected = [round_to_minor_unit(D(v).scaleb(-20, context=EXACT), c) for v, c in rows]
     amounts = frame.select(from_scaled(pl.col("scaled"), 20).alias("amount"), "currency")
     by_expression = amounts.select(round_half_even(pl.col("amount"), pl.col("currency"))).to_series().to_list()
@@ -415,14 +530,20 @@ def test_vectorised_rounding_equals_decimal_quantize(rows: list[tuple[int, str]]
 def test_combination_expr_matches_combination_key(values: list[str], names: list[str]) -> None:
     frame = pl.DataFrame({names[1]: [values[1]], names[0]: [values[0]]})
     assert frame.select(combination_expr(list(reversed(names)))).item() == combination_key(
-        dict(zip(names, values, strict=True)))
+        dict(zip(names, values, strict=True))
+    )
 
 
 # --- properties against a plain-Decimal reference model -------------------------------------------------------------
 
 
-def reference(p: Price, quantity: Decimal = ZERO, cells: Mapping[str, Decimal] | None = None,
-              event_amounts: Sequence[Decimal] = (), proration: Decimal = ONE) -> Decimal:
+def reference(
+    p: Price,
+    quantity: Decimal = ZERO,
+    cells: Mapping[str, Decimal] | None = None,
+    event_amounts: Sequence[Decimal] = (),
+    proration: Decimal = ONE,
+) -> Decimal:
     """The exact amount of one charge, computed the obvious way with Decimal (120 digits: nothing is rounded)."""
     c = EXACT
 
@@ -473,7 +594,8 @@ def reference(p: Price, quantity: Decimal = ZERO, cells: Mapping[str, Decimal] |
 
 def amounts(max_units: int = 10**6, places: Sequence[int] = (0, 2, 9)) -> st.SearchStrategy[Decimal]:
     return st.sampled_from(places).flatmap(
-        lambda p: st.integers(min_value=0, max_value=max_units * 10**p).map(lambda i: D(i).scaleb(-p)))
+        lambda p: st.integers(min_value=0, max_value=max_units * 10**p).map(lambda i: D(i).scaleb(-p))
+    )
 
 
 PRICES_MONEY = amounts(1000)
@@ -483,17 +605,27 @@ PRICES_MONEY = amounts(1000)
 def tiers(draw: st.DrawFn) -> list[dict[str, str]]:
     bounds = sorted(draw(st.lists(st.integers(min_value=1, max_value=10**5), max_size=4, unique=True)))
     starts = [0, *bounds]
-    return [{"from": str(start), **({"up_to": str(starts[i + 1])} if i + 1 < len(starts) else {}),
-             "unit_price": str(draw(PRICES_MONEY)), "flat_fee": str(draw(st.sampled_from([D(0), D(0), D("2.5")])))}
-            for i, start in enumerate(starts)]
+    return [
+        {
+            "from": str(start),
+            **({"up_to": str(starts[i + 1])} if i + 1 < len(starts) else {}),
+            "unit_price": str(draw(PRICES_MONEY)),
+            "flat_fee": str(draw(st.sampled_from([D(0), D(0), D("2.5")]))),
+        }
+        for i, start in enumerate(starts)
+    ]
 
 
 @st.composite
-def prices(draw: st.DrawFn, models: Sequence[str] = ("flat", "per_unit", "graduated", "volume", "package",
-                                                        "percentage", "matrix")) -> Price:
+def prices(
+    draw: st.DrawFn,
+    models: Sequence[str] = ("flat", "per_unit", "graduated", "volume", "package", "percentage", "matrix"),
+) -> Price:
     model = draw(st.sampled_from(models))
-    fields: dict[str, Any] = {"id": f"p{draw(st.integers(0, 10**9))}",
-                              "currency": draw(st.sampled_from(["USD", "JPY", "KWD"]))}
+    fields: dict[str, Any] = {
+        "id": f"p{draw(st.integers(0, 10**9))}",
+        "currency": draw(st.sampled_from(["USD", "JPY", "KWD"])),
+    }
     if model != "flat" and draw(st.booleans()):
         fields["free_allowance"] = str(draw(amounts(1000)))
     if draw(st.booleans()):
@@ -506,15 +638,21 @@ def prices(draw: st.DrawFn, models: Sequence[str] = ("flat", "per_unit", "gradua
     elif model in ("graduated", "volume"):
         fields["tiers"] = draw(tiers())
     elif model == "package":
-        fields["package"] = {"size": str(draw(amounts(1000)) + D("0.5")), "price": str(draw(PRICES_MONEY)),
-                             "rounding": draw(st.sampled_from(["up", "down"]))}
+        fields["package"] = {
+            "size": str(draw(amounts(1000)) + D("0.5")),
+            "price": str(draw(PRICES_MONEY)),
+            "rounding": draw(st.sampled_from(["up", "down"])),
+        }
     elif model == "percentage":
         per = draw(st.sampled_from(["event", "period"]))
         floor: Decimal | None = draw(st.none() | PRICES_MONEY)
         ceiling: Decimal | None = draw(st.none() | PRICES_MONEY)
-        fields["percentage"] = {"percent": str(draw(amounts(100, (0, 1, 9)))), "per": per,
-                                "min_fee": None if floor is None else str(floor),
-                                "max_fee": None if ceiling is None else str(max(ceiling, floor or ZERO))}
+        fields["percentage"] = {
+            "percent": str(draw(amounts(100, (0, 1, 9)))),
+            "per": per,
+            "min_fee": None if floor is None else str(floor),
+            "max_fee": None if ceiling is None else str(max(ceiling, floor or ZERO)),
+        }
         if per == "event":
             fields.pop("free_allowance", None)
     else:
@@ -564,8 +702,9 @@ def test_every_model_equals_the_decimal_reference(data: st.DataObject) -> None:
     p = data.draw(prices())
     usage = data.draw(usages(p))
     line = rate_many([("c", p, usage)]).row(0, named=True)
-    expected = reference(p, usage.get("quantity", D(0)), usage.get("cells"), usage.get("event_amounts", ()),
-                         usage.get("proration", D(1)))
+    expected = reference(
+        p, usage.get("quantity", D(0)), usage.get("cells"), usage.get("event_amounts", ()), usage.get("proration", D(1))
+    )
     assert line["amount_exact"] == expected
     assert line["amount"] == round_to_minor_unit(expected, p.currency)
 
@@ -581,16 +720,18 @@ def test_graduated_total_never_decreases_as_usage_grows(p: Price, low: Decimal, 
 @st.composite
 def charge_sets(draw: st.DrawFn, min_size: int) -> list[tuple[str, Price, dict[str, Any]]]:
     """Charges at a few prices (several charges may share one), each with what it used."""
-    pool = [msgspec.structs.replace(p, id=f"p{i}") for i, p in enumerate(draw(st.lists(prices(), min_size=1,
-                                                                                         max_size=4)))]
+    pool = [
+        msgspec.structs.replace(p, id=f"p{i}") for i, p in enumerate(draw(st.lists(prices(), min_size=1, max_size=4)))
+    ]
     picks = draw(st.lists(st.sampled_from(pool), min_size=min_size, max_size=8))
     return [(f"c{i}", p, draw(usages(p))) for i, p in enumerate(picks)]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(charges=charge_sets(min_size=1), splits=st.integers(min_value=2, max_value=4))
-def test_quantities_split_over_several_rows_rate_as_one(charges: list[tuple[str, Price, dict[str, Any]]],
-                                                        splits: int) -> None:
+def test_quantities_split_over_several_rows_rate_as_one(
+    charges: list[tuple[str, Price, dict[str, Any]]], splits: int
+) -> None:
     assert rate_many(charges, splits=splits).equals(rate_many(charges))
 
 

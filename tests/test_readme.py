@@ -28,8 +28,15 @@ FENCE = re.compile(r"^```(?P<lang>[\w-]*)\n(?P<code>.*?)^```\s*$", re.M | re.S)
 
 # What the walkthroughs must print: (a text that picks out exactly one block, texts its output must contain).
 EXPECTED = [
-    ("meter ingest events.ndjson", ["1 events: 1 accepted, 0 duplicates, 0 rejected",
-                                    "1 events: 0 accepted, 1 duplicates, 0 rejected", "gpt-4o", "1200"]),
+    (
+        "meter ingest events.ndjson",
+        [
+            "1 events: 1 accepted, 0 duplicates, 0 rejected",
+            "1 events: 0 accepted, 1 duplicates, 0 rejected",
+            "gpt-4o",
+            "1200",
+        ],
+    ),
     ("/v1/meters/tokens/usage?", ['"subject":"customer-42","model":"gpt-4o","value":"1200","events":1']),
     ("meter.Client(", ["1 0"]),
     ("meter.Engine(", ["1 0 []", "'model': 'gpt-4o', 'value': Decimal('1200.000000000'), 'events': 1"]),
@@ -61,8 +68,9 @@ def test_every_block_runs_or_says_why_not() -> None:
     found = blocks(README.read_text())
     assert len(found) >= 8, "the fence pattern no longer finds the README's blocks"
     unrunnable = [str(b) for b in found if b.skip is None and b.lang not in RUNS]
-    assert not unrunnable, f"blocks the test cannot run and that do not say why (<!-- readme-test: skip: ... -->): " \
-                           f"{unrunnable}"
+    assert not unrunnable, (
+        f"blocks the test cannot run and that do not say why (<!-- readme-test: skip: ... -->): {unrunnable}"
+    )
     for key, _ in EXPECTED:
         assert len([b for b in found if key in b.code and b.skip is None]) == 1, f"no single run block has {key!r}"
 
@@ -78,8 +86,13 @@ def test_the_readme_works_as_written(server: Server, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
     state = tmp_path / "session.sh"  # the exported variables of the shell session so far
-    env = {**os.environ, "METER_URL": server.url, "ADMIN": server.admin_key,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "200"}
+    env = {
+        **os.environ,
+        "METER_URL": server.url,
+        "ADMIN": server.admin_key,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "COLUMNS": "200",
+    }
     env.pop("METER_API_KEY", None)
     state.write_text("")
     outputs: dict[int, str] = {}
@@ -89,18 +102,34 @@ def test_the_readme_works_as_written(server: Server, tmp_path: Path) -> None:
         if RUNS[block.lang] == "bash":
             # set -e: a failing command fails the block; the session's variables carry over to the next block.
             script = f"source {state} || true\nset -euo pipefail\n{block.code}\nexport -p > {state}\n"
-            result = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True,
-                                    stdin=subprocess.DEVNULL, timeout=120)
+            result = subprocess.run(
+                ["bash", "-c", script],
+                cwd=work,
+                env=env,
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=120,
+            )
         else:
             source = work / f"readme_{block.line}.py"
             source.write_text(block.code)
-            session = subprocess.run(["bash", "-c", f"source {state}; env -0"], env=env, capture_output=True,
-                                     text=True, check=True)
+            session = subprocess.run(
+                ["bash", "-c", f"source {state}; env -0"], env=env, capture_output=True, text=True, check=True
+            )
             block_env = dict(v.split("=", 1) for v in session.stdout.split("\0") if "=" in v)
-            result = subprocess.run([sys.executable, source.name], cwd=work, env=block_env, capture_output=True,
-                                    text=True, stdin=subprocess.DEVNULL, timeout=120)
-        assert result.returncode == 0, f"{block} failed:\n{block.code}\nstdout:\n{result.stdout}\n" \
-                                       f"stderr:\n{result.stderr}"
+            result = subprocess.run(
+                [sys.executable, source.name],
+                cwd=work,
+                env=block_env,
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=120,
+            )
+        assert result.returncode == 0, (
+            f"{block} failed:\n{block.code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
         outputs[block.line] = result.stdout
     found = {b.line: b for b in blocks(README.read_text())}
     for key, expected in EXPECTED:
@@ -111,8 +140,13 @@ def test_the_readme_works_as_written(server: Server, tmp_path: Path) -> None:
 
 def test_make_serve_takes_port_and_host() -> None:
     # --no-print-directory: under `make test` this make is a sub-make, which would print "Leaving directory" last.
-    result = subprocess.run(["make", "-n", "--no-print-directory", "serve", "PORT=9123", "HOST=0.0.0.0",
-                             "DATA_DIR=/tmp/somewhere"], cwd=README.parent, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        ["make", "-n", "--no-print-directory", "serve", "PORT=9123", "HOST=0.0.0.0", "DATA_DIR=/tmp/somewhere"],
+        cwd=README.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert result.stdout.splitlines()[-1].endswith("meter serve --data-dir /tmp/somewhere --host 0.0.0.0 --port 9123")
     readme = README.read_text()
     assert "make serve PORT=9000 HOST=0.0.0.0" in readme and "source .venv/bin/activate" in readme

@@ -19,8 +19,13 @@ from meter.export import export_events, export_usage
 from meter.server.app import MeterApp, engine_options_from_env
 
 DAY = timedelta(days=1)
-TOKENS = {"slug": "tokens", "event_type": "llm", "aggregation": "sum", "value_property": "$.tokens",
-          "group_by": {"model": "$.model"}}
+TOKENS = {
+    "slug": "tokens",
+    "event_type": "llm",
+    "aggregation": "sum",
+    "value_property": "$.tokens",
+    "group_by": {"model": "$.model"},
+}
 
 
 def open_engine(path: Path, **options: object) -> Engine:
@@ -30,8 +35,10 @@ def open_engine(path: Path, **options: object) -> Engine:
 def send(engine: Engine, tag: str, n: int, day: int) -> None:
     """`n` events at T0 + `day` days (a few minutes apart), received then."""
     at = T0 + day * DAY
-    events = [event(f"{tag}-{i}", f"cust-{i % 3}", time=at + timedelta(minutes=i % 7), tokens=str(i + 1),
-                    model=f"m{i % 2}") for i in range(n)]
+    events = [
+        event(f"{tag}-{i}", f"cust-{i % 3}", time=at + timedelta(minutes=i % 7), tokens=str(i + 1), model=f"m{i % 2}")
+        for i in range(n)
+    ]
     assert engine.ingest("acme", body(*events), now=at + timedelta(minutes=10)).accepted == n
 
 
@@ -77,8 +84,9 @@ def test_events_are_dropped_only_once_exported_and_past_retention(tmp_path: Path
     engine.maintain(now=T0 + 10 * DAY + timedelta(hours=1))
     assert retained(engine) == 3, "within retention"
     assert export_events(engine, ["acme"], out).rows == 3
-    assert exported_ids(out) == sorted([f"a-{i}" for i in range(5)] + [f"b-{i}" for i in range(4)]
-                                       + [f"c-{i}" for i in range(3)])
+    assert exported_ids(out) == sorted(
+        [f"a-{i}" for i in range(5)] + [f"b-{i}" for i in range(4)] + [f"c-{i}" for i in range(3)]
+    )
     # A meter created now is backfilled from what is retained: the API says so.
     created = engine.create_meter("acme", {"slug": "calls", "event_type": "llm", "aggregation": "count"})
     assert created.backfill.events == 3
@@ -100,8 +108,9 @@ def test_rolled_up_aggregates_answer_hours_exactly_and_refuse_minutes(tmp_path: 
         start, end = T0 - timedelta(hours=10), T0 + 3 * DAY - timedelta(hours=10)  # whole UTC days
 
         def hourly(tz: str | None = None) -> list[dict[str, object]]:
-            return engine.usage("acme", "tokens", start=start, end=end, window_size="hour",
-                                group_by=["subject", "model"], tz=tz).rows()
+            return engine.usage(
+                "acme", "tokens", start=start, end=end, window_size="hour", group_by=["subject", "model"], tz=tz
+            ).rows()
 
         by_hour, by_hour_paris = hourly(), hourly("Europe/Paris")
         daily = engine.usage("acme", "tokens", start=start, end=end, window_size="day").rows()
@@ -123,8 +132,9 @@ def test_rolled_up_aggregates_answer_hours_exactly_and_refuse_minutes(tmp_path: 
         export_usage(engine, ["acme"], usage_after)
 
         def per_day(out: Path) -> dict[str, Decimal]:
-            table = ds.dataset(out / "usage" / "tenant=acme" / "meter=tokens", format="parquet",
-                               partitioning="hive").to_table()
+            table = ds.dataset(
+                out / "usage" / "tenant=acme" / "meter=tokens", format="parquet", partitioning="hive"
+            ).to_table()
             totals: dict[str, Decimal] = {}
             for row in table.to_pylist():
                 totals[str(row["date"])] = totals.get(str(row["date"]), Decimal(0)) + row["value"]
@@ -156,8 +166,14 @@ def test_settings_are_checked_and_meter_maintain_runs_it(tmp_path: Path) -> None
 
 
 def test_serve_options_reach_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in (("METER_RETENTION_DAYS", "90"), ("METER_MINUTE_AGGREGATES_DAYS", "45.5"),
-                        ("METER_MAINTENANCE_EVERY", "30")):
+    for name, value in (
+        ("METER_RETENTION_DAYS", "90"),
+        ("METER_MINUTE_AGGREGATES_DAYS", "45.5"),
+        ("METER_MAINTENANCE_EVERY", "30"),
+    ):
         monkeypatch.setenv(name, value)
-    assert engine_options_from_env() == {"retention": timedelta(days=90), "minute_aggregates": timedelta(days=45.5),
-                                         "maintenance_interval": timedelta(seconds=30)}
+    assert engine_options_from_env() == {
+        "retention": timedelta(days=90),
+        "minute_aggregates": timedelta(days=45.5),
+        "maintenance_interval": timedelta(seconds=30),
+    }

@@ -28,8 +28,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def acme(server: Server) -> httpx.Client:
     key = server.tenant_key("acme", ["ingest", "read", "admin"])
     client = server.client(key)
-    r = client.post("/v1/meters", json={"slug": "tokens", "event_type": "llm", "aggregation": "sum",
-                                        "value_property": "$.tokens", "group_by": {"model": "$.model"}})
+    r = client.post(
+        "/v1/meters",
+        json={
+            "slug": "tokens",
+            "event_type": "llm",
+            "aggregation": "sum",
+            "value_property": "$.tokens",
+            "group_by": {"model": "$.model"},
+        },
+    )
     assert r.status_code == 201, r.text
     return client
 
@@ -55,8 +63,9 @@ def test_ingest_query_duplicates_and_conflicts(acme: httpx.Client) -> None:
 
 
 def test_invalid_events_are_reported_by_index(acme: httpx.Client) -> None:
-    r = acme.post("/v1/events", content=body(recent_event("i1", tokens=1, model="m"), {"id": "x"},
-                                             recent_event("i3", tokens="x")))
+    r = acme.post(
+        "/v1/events", content=body(recent_event("i1", tokens=1, model="m"), {"id": "x"}, recent_event("i3", tokens="x"))
+    )
     assert r.status_code == 200
     assert [(i["index"], i["code"]) for i in r.json()["issues"]] == [(1, "missing_field")]
     # An event its meter cannot read is accepted with a warning (the meter skips it), never rejected.
@@ -106,8 +115,9 @@ def test_auth_is_uniform_401_and_scoped_403(server: Server, acme: httpx.Client) 
 def test_tenants_are_isolated(server: Server, acme: httpx.Client) -> None:
     other = server.client(server.tenant_key("globex", ["ingest", "read", "admin"]))
     assert other.get("/v1/meters/tokens").status_code == 404
-    other.post("/v1/meters", json={"slug": "tokens", "event_type": "llm", "aggregation": "sum",
-                                   "value_property": "$.tokens"})
+    other.post(
+        "/v1/meters", json={"slug": "tokens", "event_type": "llm", "aggregation": "sum", "value_property": "$.tokens"}
+    )
     before = total(acme)
     r = other.post("/v1/events", content=body(recent_event("h1", tokens=1000, model="m1")))
     assert r.json()["accepted"] == 1, "the same id in another tenant is another event"
@@ -120,8 +130,11 @@ def test_revoked_keys_stop_working(server: Server) -> None:
     client = server.client(key)
     assert client.get("/v1/meters").status_code == 200
     with server.client(server.admin_key) as admin:
-        key_id = next(k["id"] for k in admin.get("/v1/admin/keys", params={"tenant": "acme"}).json()
-                      if key.startswith(k["display"]) and not k["revoked"])
+        key_id = next(
+            k["id"]
+            for k in admin.get("/v1/admin/keys", params={"tenant": "acme"}).json()
+            if key.startswith(k["display"]) and not k["revoked"]
+        )
         assert admin.delete(f"/v1/admin/keys/{key_id}").status_code == 200
     assert client.get("/v1/meters").status_code == 401
 
@@ -134,7 +147,9 @@ def test_usage_as_csv_and_arrow(acme: httpx.Client) -> None:
     csv = acme.get("/v1/meters/tokens/usage", params=params, headers={"accept": "text/csv"})
     assert csv.headers["content-type"] == "text/csv"
     assert csv.text.splitlines()[0] == '"window_start","window_end","model","value","events"'
-    arrow = acme.get("/v1/meters/tokens/usage", params=params, headers={"accept": "application/vnd.apache.arrow.stream"})
+    arrow = acme.get(
+        "/v1/meters/tokens/usage", params=params, headers={"accept": "application/vnd.apache.arrow.stream"}
+    )
     table = pa.ipc.open_stream(arrow.content).read_all()
     assert table.column("value").type == pa.decimal128(38, 9)
     assert str(table.column("value")[0].as_py().normalize()) == "7"
@@ -165,9 +180,15 @@ def test_billing_catalog_over_http(server: Server, acme: httpx.Client) -> None:
     assert [c["id"] for c in acme.get("/v1/customers").json()] == ["cust-1"]
 
     bad = acme.post("/v1/subscriptions", json={**sub, "version": 3})
-    assert bad.status_code == 400 and bad.json()["code"] == "invalid_catalog" and "no version 3" in bad.json()["message"]
-    gap = {**price, "model": "graduated", "unit_price": None,
-           "tiers": [{"from": "0", "up_to": "10", "unit_price": "1"}, {"from": "20", "unit_price": "1"}]}
+    assert (
+        bad.status_code == 400 and bad.json()["code"] == "invalid_catalog" and "no version 3" in bad.json()["message"]
+    )
+    gap = {
+        **price,
+        "model": "graduated",
+        "unit_price": None,
+        "tiers": [{"from": "0", "up_to": "10", "unit_price": "1"}, {"from": "20", "unit_price": "1"}],
+    }
     r = acme.post("/v1/plans/pro/versions", json={"effective_from": "2026-02-01T00:00:00Z", "prices": [gap]})
     assert r.status_code == 400 and "a gap" in r.json()["message"]
     assert acme.get("/v1/customers/nobody").status_code == 404
@@ -176,9 +197,14 @@ def test_billing_catalog_over_http(server: Server, acme: httpx.Client) -> None:
     assert r.status_code == 201, r.text
     r = acme.post("/v1/subscriptions/s1/migrate", json={"version": 2, "at": "2026-02-10T00:00:00Z"})
     assert r.status_code == 200 and r.json()["migrations"] == [
-        {"from_version": 1, "to_version": 2, "at": "2026-02-10T00:00:00Z"}], r.text
+        {"from_version": 1, "to_version": 2, "at": "2026-02-10T00:00:00Z"}
+    ], r.text
     in_use = acme.delete("/v1/customers/cust-1")
-    assert in_use.status_code == 409 and in_use.json()["code"] == "in_use" and "subscription 's1'" in in_use.json()["message"]
+    assert (
+        in_use.status_code == 409
+        and in_use.json()["code"] == "in_use"
+        and "subscription 's1'" in in_use.json()["message"]
+    )
     assert acme.delete("/v1/subscriptions/s1").status_code == 200
     assert acme.delete("/v1/customers/cust-1").status_code == 200
     assert acme.delete("/v1/customers/cust-1").status_code == 404
@@ -199,7 +225,9 @@ def test_the_server_exports_on_a_schedule(tmp_path_factory: pytest.TempPathFacto
     s = Server(tmp / "data", args=("--export-every", "0.2", "--export-dir", str(tmp / "out")))
     try:
         client = s.client(s.tenant_key("acme", ["ingest", "read", "admin"]))
-        client.post("/v1/meters", json={"slug": "calls", "event_type": "llm", "aggregation": "count"}).raise_for_status()
+        client.post(
+            "/v1/meters", json={"slug": "calls", "event_type": "llm", "aggregation": "count"}
+        ).raise_for_status()
         client.post("/v1/events", json=[recent_event(f"e{i}", f"cust-{i % 3}") for i in range(9)]).raise_for_status()
         admin = s.client(s.admin_key)
 
@@ -223,18 +251,27 @@ def test_invoices_over_http(server: Server) -> None:
 
     key = server.tenant_key("billing-co", ["ingest", "read", "admin"])
     client = server.client(key)
-    assert client.post("/v1/meters", json={"slug": "tokens", "event_type": "llm", "aggregation": "sum",
-                                           "value_property": "$.tokens"}).status_code == 201
+    assert (
+        client.post(
+            "/v1/meters",
+            json={"slug": "tokens", "event_type": "llm", "aggregation": "sum", "value_property": "$.tokens"},
+        ).status_code
+        == 201
+    )
     # The cycle starting this month bills last month's usage: events of the last day of last month.
     this_month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     last_month = (this_month - timedelta(days=1)).replace(day=1)
-    r = client.post("/v1/events", json=[recent_event(f"u{i}", "cust-1", time=this_month - timedelta(hours=i + 1),
-                                                     tokens=250) for i in range(4)])
+    r = client.post(
+        "/v1/events",
+        json=[recent_event(f"u{i}", "cust-1", time=this_month - timedelta(hours=i + 1), tokens=250) for i in range(4)],
+    )
     assert r.status_code == 200 and r.json()["accepted"] == 4, r.text
     assert client.post("/v1/customers", json={"id": "cust-1", "name": "One", "currency": "EUR"}).status_code == 200
     assert client.post("/v1/plans", json={"id": "pro", "name": "Pro"}).status_code == 201
-    prices = [{"id": "base", "currency": "EUR", "model": "flat", "amount": "20", "cadence": "in_advance"},
-              {"id": "tokens", "currency": "EUR", "model": "per_unit", "meter": "tokens", "unit_price": "0.004"}]
+    prices = [
+        {"id": "base", "currency": "EUR", "model": "flat", "amount": "20", "cadence": "in_advance"},
+        {"id": "tokens", "currency": "EUR", "model": "per_unit", "meter": "tokens", "unit_price": "0.004"},
+    ]
     r = client.post("/v1/plans/pro/versions", json={"effective_from": "2020-01-01T00:00:00Z", "prices": prices})
     assert r.status_code == 201, r.text
     sub = {"id": "s1", "customer": "cust-1", "plan": "pro", "version": 1, "start": last_month.isoformat()}

@@ -37,8 +37,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def client(server: Server) -> httpx.Client:
     c = server.client(server.tenant_key("acme", ["ingest", "read", "admin"]))
-    r = c.post("/v1/meters", json={"slug": "tokens", "event_type": "llm", "aggregation": "sum",
-                                   "value_property": "$.tokens"})
+    r = c.post(
+        "/v1/meters", json={"slug": "tokens", "event_type": "llm", "aggregation": "sum", "value_property": "$.tokens"}
+    )
     assert r.status_code == 201, r.text
     return c
 
@@ -64,13 +65,16 @@ def raw(server: Server, request: bytes, half_close: bool = True) -> bytes:
 # Authentication comes before the body
 
 
-@pytest.mark.parametrize("headers, content", [
-    ({"content-encoding": "gzip"}, gzip.compress(b"[" + b" " * (64 * 1024 * 1024) + b"]")),  # a bomb
-    ({"content-encoding": "gzip"}, b"not gzip at all"),
-    ({"content-encoding": "br"}, b"x"),
-    ({}, b"[" + b" " * (17 * 1024 * 1024) + b"]"),  # over the size limit
-    ({}, b"{nope"),
-])
+@pytest.mark.parametrize(
+    "headers, content",
+    [
+        ({"content-encoding": "gzip"}, gzip.compress(b"[" + b" " * (64 * 1024 * 1024) + b"]")),  # a bomb
+        ({"content-encoding": "gzip"}, b"not gzip at all"),
+        ({"content-encoding": "br"}, b"x"),
+        ({}, b"[" + b" " * (17 * 1024 * 1024) + b"]"),  # over the size limit
+        ({}, b"{nope"),
+    ],
+)
 def test_an_unauthenticated_body_is_never_read(server: Server, headers: dict[str, str], content: bytes) -> None:
     for auth in ({}, {"authorization": "Bearer nonsense"}):
         r = httpx.post(server.url + "/v1/events", content=content, headers={**headers, **auth}, timeout=60)
@@ -89,8 +93,11 @@ def test_a_declared_oversized_body_is_refused_after_the_key(server: Server, clie
 def test_two_authorization_headers_are_a_400_whatever_their_order(server: Server, client: httpx.Client) -> None:
     good = client.headers["authorization"]
     for pair in ((good, "Bearer nonsense"), ("Bearer nonsense", good), (good, good)):
-        r = httpx.post(server.url + "/v1/events", content=body(recent_event("dup-auth", tokens=1)),
-                       headers=[("authorization", pair[0]), ("authorization", pair[1])])
+        r = httpx.post(
+            server.url + "/v1/events",
+            content=body(recent_event("dup-auth", tokens=1)),
+            headers=[("authorization", pair[0]), ("authorization", pair[1])],
+        )
         assert r.status_code == 400 and r.json()["code"] == "duplicate_header", r.text
     assert accepted_again(client, "dup-auth") == 1, "nothing of a refused request was applied"
 
@@ -98,8 +105,11 @@ def test_two_authorization_headers_are_a_400_whatever_their_order(server: Server
 def test_other_single_valued_headers_twice_are_a_400(server: Server, client: httpx.Client) -> None:
     good = client.headers["authorization"]
     for name, values in (("content-encoding", ("gzip", "identity")), ("content-type", ("application/json",) * 2)):
-        r = httpx.post(server.url + "/v1/events", content=body(recent_event("dup-h", tokens=1)),
-                       headers=[("authorization", good), (name, values[0]), (name, values[1])])
+        r = httpx.post(
+            server.url + "/v1/events",
+            content=body(recent_event("dup-h", tokens=1)),
+            headers=[("authorization", good), (name, values[0]), (name, values[1])],
+        )
         assert r.status_code == 400 and r.json()["code"] == "duplicate_header", (name, r.text)
 
 
@@ -112,20 +122,33 @@ def test_a_query_parameter_twice_is_a_400_not_last_wins(client: httpx.Client) ->
 # Non-UTF-8 request metadata is a 400
 
 
-@pytest.mark.parametrize("request_line, header", [
-    (b"GET /v1/meters/caf%E9 HTTP/1.1", b""),  # granian would hand the app "caf\ufffd": another name
-    (b"GET /v1/meters?x=%FF HTTP/1.1", b""),
-    (b"GET /v1/meters HTTP/1.1", b"X-Note: caf\xe9\r\n"),
-    (b"GET /v1/meters HTTP/1.1", b"User-Agent: \xff\xfe\r\n"),
-    (b"GET /healthz HTTP/1.1", b"X-Note: \xc3\x28\r\n"),
-    (b"POST /v1/events HTTP/1.1", b"Content-Type: application/json; charset=\xff\r\nContent-Length: 2\r\n"),
-])
-def test_non_utf8_request_metadata_is_a_400(server: Server, client: httpx.Client, request_line: bytes,
-                                            header: bytes) -> None:
+@pytest.mark.parametrize(
+    "request_line, header",
+    [
+        (b"GET /v1/meters/caf%E9 HTTP/1.1", b""),  # granian would hand the app "caf\ufffd": another name
+        (b"GET /v1/meters?x=%FF HTTP/1.1", b""),
+        (b"GET /v1/meters HTTP/1.1", b"X-Note: caf\xe9\r\n"),
+        (b"GET /v1/meters HTTP/1.1", b"User-Agent: \xff\xfe\r\n"),
+        (b"GET /healthz HTTP/1.1", b"X-Note: \xc3\x28\r\n"),
+        (b"POST /v1/events HTTP/1.1", b"Content-Type: application/json; charset=\xff\r\nContent-Length: 2\r\n"),
+    ],
+)
+def test_non_utf8_request_metadata_is_a_400(
+    server: Server, client: httpx.Client, request_line: bytes, header: bytes
+) -> None:
     auth = client.headers["authorization"].encode()
     content = b"[]" if request_line.startswith(b"POST") else b""
-    reply = raw(server, request_line + b"\r\nHost: x\r\nAuthorization: " + auth + b"\r\n" + header
-                + b"Connection: close\r\n\r\n" + content, half_close=False)
+    reply = raw(
+        server,
+        request_line
+        + b"\r\nHost: x\r\nAuthorization: "
+        + auth
+        + b"\r\n"
+        + header
+        + b"Connection: close\r\n\r\n"
+        + content,
+        half_close=False,
+    )
     status = reply.split(b"\r\n")[0]
     assert b" 400 " in status, reply[:300]
     assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["code"] == "invalid_encoding"
@@ -161,20 +184,26 @@ def test_every_gzip_member_is_read(client: httpx.Client) -> None:
 def test_every_zstd_frame_is_read(client: httpx.Client) -> None:
     c = zstandard.ZstdCompressor()
     one = body(recent_event("zf1", tokens=1), recent_event("zf2", tokens=1))
-    r = client.post("/v1/events", content=c.compress(one[:20]) + c.compress(one[20:]),
-                    headers={"content-encoding": "zstd"})
+    r = client.post(
+        "/v1/events", content=c.compress(one[:20]) + c.compress(one[20:]), headers={"content-encoding": "zstd"}
+    )
     assert r.status_code == 200 and r.json()["accepted"] == 2, r.text
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "zstd"])
 @pytest.mark.parametrize("damage", ["trailing garbage", "trailing zeros", "truncated", "truncated second member"])
-def test_a_damaged_compressed_body_is_refused_and_nothing_applied(client: httpx.Client, encoding: str,
-                                                                  damage: str) -> None:
+def test_a_damaged_compressed_body_is_refused_and_nothing_applied(
+    client: httpx.Client, encoding: str, damage: str
+) -> None:
     compress = gzip.compress if encoding == "gzip" else zstandard.ZstdCompressor().compress
     ident = f"dmg-{encoding}-{damage.replace(' ', '-')}"
     good = compress(body(recent_event(ident, tokens=1)))
-    payload = {"trailing garbage": good + b"garbage", "trailing zeros": good + b"\0" * 16,
-               "truncated": good[:-3], "truncated second member": good + compress(b" ")[:-3]}[damage]
+    payload = {
+        "trailing garbage": good + b"garbage",
+        "trailing zeros": good + b"\0" * 16,
+        "truncated": good[:-3],
+        "truncated second member": good + compress(b" ")[:-3],
+    }[damage]
     r = client.post("/v1/events", content=payload, headers={"content-encoding": encoding})
     assert r.status_code == 400 and r.json()["code"] == f"invalid_{encoding}", r.text
     assert accepted_again(client, ident) == 1, "a refused body was partly applied"
@@ -195,8 +224,10 @@ def test_decompression_is_bounded_across_members() -> None:
 def test_a_body_shorter_than_its_content_length_is_never_processed(server: Server, client: httpx.Client) -> None:
     auth = client.headers["authorization"].encode()
     content = body(recent_event("short-1", tokens=1))
-    head = (b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth + b"\r\nContent-Type: application/json"
-            b"\r\nContent-Length: " + str(len(content) + 10).encode() + b"\r\nConnection: close\r\n\r\n")
+    head = (
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth + b"\r\nContent-Type: application/json"
+        b"\r\nContent-Length: " + str(len(content) + 10).encode() + b"\r\nConnection: close\r\n\r\n"
+    )
     reply = raw(server, head + content)  # then the client half-closes: the last 10 bytes never come
     assert b" 200 " not in reply.split(b"\r\n")[0], reply[:300]
     assert accepted_again(client, "short-1") == 1, "a body short of its Content-Length was processed"
@@ -205,8 +236,10 @@ def test_a_body_shorter_than_its_content_length_is_never_processed(server: Serve
 def test_a_client_that_disconnects_mid_body_has_nothing_applied(server: Server, client: httpx.Client) -> None:
     auth = client.headers["authorization"].encode()
     content = body(recent_event("gone-1", tokens=1))
-    head = (b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth + b"\r\nContent-Type: application/json"
-            b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+    head = (
+        b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth + b"\r\nContent-Type: application/json"
+        b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
         s.sendall(head + f"{len(content):x}\r\n".encode() + content + b"\r\n")  # no last chunk: then gone
     assert accepted_again(client, "gone-1") == 1
@@ -225,8 +258,9 @@ def test_atomic_true_spellings(client: httpx.Client, spelling: str) -> None:
 
 @pytest.mark.parametrize("spelling", ["false", "FALSE", "0", "no", "No"])
 def test_atomic_false_spellings(client: httpx.Client, spelling: str) -> None:
-    r = client.post(f"/v1/events?atomic={spelling}",
-                    content=body(recent_event(f"af-{spelling}", tokens=1), {"id": "x"}))
+    r = client.post(
+        f"/v1/events?atomic={spelling}", content=body(recent_event(f"af-{spelling}", tokens=1), {"id": "x"})
+    )
     assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
 
 
@@ -252,9 +286,9 @@ def test_a_400_from_events_has_code_message_and_issues(client: httpx.Client) -> 
 # Decompression does not stall the event loop
 
 
-def asgi_call(app: MeterApp, method: str, path: str, headers: list[tuple[bytes, bytes]],
-              content: bytes = b"") -> Any:
+def asgi_call(app: MeterApp, method: str, path: str, headers: list[tuple[bytes, bytes]], content: bytes = b"") -> Any:
     """One request to the ASGI app in this process; returns (status, body)."""
+
     async def run() -> tuple[int, bytes]:
         sent: list[dict[str, Any]] = []
         delivered = False
@@ -269,10 +303,17 @@ def asgi_call(app: MeterApp, method: str, path: str, headers: list[tuple[bytes, 
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
-                 "headers": headers}
+        scope = {
+            "type": "http",
+            "method": method,
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "headers": headers,
+        }
         await app(scope, receive, send)
         return sent[0]["status"], sent[1]["body"]
+
     return run()
 
 
@@ -317,7 +358,10 @@ def test_healthz_answers_while_bombs_decompress(tmp_path: Path, monkeypatch: pyt
 
 
 def test_a_json_key_given_twice_is_a_400_not_last_wins(client: httpx.Client) -> None:
-    r = client.post("/v1/customers", content=b'{"id": "dupkey", "name": "A", "currency": "EUR", "currency": "USD"}',
-                    headers={"content-type": "application/json"})
+    r = client.post(
+        "/v1/customers",
+        content=b'{"id": "dupkey", "name": "A", "currency": "EUR", "currency": "USD"}',
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 400 and r.json()["code"] == "invalid_json" and "'currency'" in r.json()["message"], r.text
     assert client.get("/v1/customers/dupkey").status_code == 404

@@ -1,5 +1,6 @@
-"""What every system in `make bench-peers` implements: the same usage-metering job, done the way a competent engineer
-would do it on that system.
+"""What every system in `make bench-peers` implements: the same usage-metering job.
+
+Each system does it the way a competent engineer would do it on that system.
 
 The job: take a batch of CloudEvents (the raw request body, as the HTTP front receives it), count every event
 exactly once by its identity (source, id), keep the raw events, and keep a per-minute rollup of input tokens,
@@ -50,8 +51,11 @@ def minute_of(time: str) -> str:
 
 
 class Peer(ABC):
-    """One system under test. Methods are called from one thread at a time, except `ingest` and `usage`, which the
-    HTTP front calls from a thread pool (each peer makes itself safe for that: a connection per thread, or a lock)."""
+    """One system under test.
+
+    Methods are called from one thread at a time, except `ingest` and `usage`, which the HTTP front calls from a thread
+    pool (each peer makes itself safe for that: a connection per thread, or a lock).
+    """
 
     name: str
     #: How it deduplicates, for the results table: "exact at ingest" or "at merge time only".
@@ -65,8 +69,10 @@ class Peer(ABC):
 
     @abstractmethod
     def ingest(self, body: bytes) -> tuple[int, int]:
-        """Applies one batch durably (per `durable`) before returning (accepted, duplicates). A system that cannot
-        tell duplicates at ingest returns (len(events), 0)."""
+        """Applies one batch durably (per `durable`) before returning (accepted, duplicates).
+
+        A system that cannot tell duplicates at ingest returns (len(events), 0).
+        """
 
     @abstractmethod
     def usage(self, customer: str, start: datetime, end: datetime) -> dict[str, int]:
@@ -74,8 +80,10 @@ class Peer(ABC):
 
     @abstractmethod
     def totals(self) -> dict[str, tuple[int, int]]:
-        """Per customer: (input tokens, requests) over all time, from the rollup, as a usage query would see them
-        (for ClickHouse: without FINAL)."""
+        """Per customer: (input tokens, requests) over all time, from the rollup.
+
+        As a usage query would see them (for ClickHouse: without FINAL).
+        """
 
     def duplicates_seen(self) -> int:
         """Duplicate events a plain query still sees (ClickHouse before merges); 0 for exact systems."""

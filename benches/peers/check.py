@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from peers import load  # noqa: E402
 from workload import Workload  # noqa: E402
+
+from peers import load  # noqa: E402
 
 
 def main() -> None:
@@ -37,9 +38,11 @@ def main() -> None:
                 peer.ingest(body)
             got, want = peer.totals(), w.expected()
             wrong = {c: (got.get(c), v) for c, v in want.items() if got.get(c) != v}
-            print(f"{args.name}: {w.sent_events / elapsed:,.0f} events/s, accepted {accepted}, duplicates {duplicates} "
-                  f"(unique in workload {w.unique_events}); customers miscounted: {len(wrong)} of {len(want)}; "
-                  f"duplicates a query sees: {peer.duplicates_seen()}; disk {peer.disk_bytes():,} bytes")
+            print(
+                f"{args.name}: {w.sent_events / elapsed:,.0f} events/s, accepted {accepted}, duplicates {duplicates} "
+                f"(unique in workload {w.unique_events}); customers miscounted: {len(wrong)} of {len(want)}; "
+                f"duplicates a query sees: {peer.duplicates_seen()}; disk {peer.disk_bytes():,} bytes"
+            )
             for c, (g, v) in list(wrong.items())[:5]:
                 print(f"  {c}: got {g}, want {v}")
         finally:

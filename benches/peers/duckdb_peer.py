@@ -1,5 +1,8 @@
-"""DuckDB, embedded: raw events keyed by (source, id), exact dedup at ingest through the primary key, and a per-minute
-rollup upserted in the same transaction from only the events that were new."""
+"""DuckDB, embedded: raw events keyed by (source, id), and a per-minute rollup.
+
+Exact dedup at ingest through the primary key; the rollup is upserted in the same transaction from only the events that
+were new.
+"""
 
 from __future__ import annotations
 
@@ -76,18 +79,20 @@ class DuckDB(Peer):
     def ingest(self, body: bytes) -> tuple[int, int]:
         events = decode_batch(body)
         data = [e.data for e in events]
-        batch = pa.table({
-            "source": [e.source for e in events],
-            "id": [e.id for e in events],
-            "subject": [e.subject for e in events],
-            "time": [e.time for e in events],
-            "model": [d.model for d in data],
-            "region": [d.region for d in data],
-            "tier": [d.tier for d in data],
-            "input_tokens": pa.array([d.input_tokens for d in data], pa.int64()),
-            "output_tokens": pa.array([d.output_tokens for d in data], pa.int64()),
-            "latency_ms": pa.array([d.latency_ms for d in data], pa.int64()),
-        })
+        batch = pa.table(
+            {
+                "source": [e.source for e in events],
+                "id": [e.id for e in events],
+                "subject": [e.subject for e in events],
+                "time": [e.time for e in events],
+                "model": [d.model for d in data],
+                "region": [d.region for d in data],
+                "tier": [d.tier for d in data],
+                "input_tokens": pa.array([d.input_tokens for d in data], pa.int64()),
+                "output_tokens": pa.array([d.output_tokens for d in data], pa.int64()),
+                "latency_ms": pa.array([d.latency_ms for d in data], pa.int64()),
+            }
+        )
         with self._write:
             con = self._con
             # Registering under the same names replaces the previous batch's tables.
@@ -112,17 +117,23 @@ class DuckDB(Peer):
         return cur
 
     def usage(self, customer: str, start: datetime, end: datetime) -> dict[str, int]:
-        rows = self._cursor().execute(
-            "SELECT model, sum(input_tokens)::BIGINT FROM rollup"
-            " WHERE customer = ? AND minute >= ? AND minute < ? GROUP BY model",
-            [customer, start, end],
-        ).fetchall()
+        rows = (
+            self._cursor()
+            .execute(
+                "SELECT model, sum(input_tokens)::BIGINT FROM rollup"
+                " WHERE customer = ? AND minute >= ? AND minute < ? GROUP BY model",
+                [customer, start, end],
+            )
+            .fetchall()
+        )
         return dict(rows)
 
     def totals(self) -> dict[str, tuple[int, int]]:
-        rows = self._cursor().execute(
-            "SELECT customer, sum(input_tokens)::BIGINT, sum(requests)::BIGINT FROM rollup GROUP BY customer"
-        ).fetchall()
+        rows = (
+            self._cursor()
+            .execute("SELECT customer, sum(input_tokens)::BIGINT, sum(requests)::BIGINT FROM rollup GROUP BY customer")
+            .fetchall()
+        )
         return {c: (t, r) for c, t, r in rows}
 
     def disk_bytes(self) -> int:

@@ -1,6 +1,7 @@
-"""The HTTP front the peers sit behind: granian and a plain ASGI app, like `meter serve`, so that only the storage
-path differs. The body is read whole and handed to `Peer.ingest` on a thread pool (as meter's server hands it to
-the engine); msgspec decodes it inside the peer.
+"""The HTTP front the peers sit behind: granian and a plain ASGI app, like `meter serve`.
+
+Only the storage path differs. The body is read whole and handed to `Peer.ingest` on a thread pool (as meter's server
+hands it to the engine); msgspec decodes it inside the peer.
 
 Run by bench_peers.py: `python benches/peers/front.py NAME DATA_DIR PORT`.
 """
@@ -84,8 +85,15 @@ def main() -> None:
     benches = str(Path(__file__).parent.parent)
     sys.path.insert(0, benches)
     os.environ["PYTHONPATH"] = os.pathsep.join([benches, os.environ.get("PYTHONPATH", "")])
-    Granian("peers.front:create_app", factory=True, interface=Interfaces.ASGI, address="127.0.0.1", port=port,
-            workers=1, log_access=False).serve()
+    Granian(
+        "peers.front:create_app",
+        factory=True,
+        interface=Interfaces.ASGI,
+        address="127.0.0.1",
+        port=port,
+        workers=1,
+        log_access=False,
+    ).serve()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -16,13 +16,23 @@ TENANT = "bench"
 DIMENSIONS = {"model": "$.model", "region": "$.region", "tier": "$.tier"}
 # The same rollup the peers keep: input tokens, output tokens and requests by customer and three dimensions.
 METERS = [
-    {"slug": "input-tokens", "event_type": "llm.request", "aggregation": "sum", "value_property": "$.input_tokens",
-     "group_by": DIMENSIONS},
-    {"slug": "output-tokens", "event_type": "llm.request", "aggregation": "sum", "value_property": "$.output_tokens",
-     "group_by": DIMENSIONS},
+    {
+        "slug": "input-tokens",
+        "event_type": "llm.request",
+        "aggregation": "sum",
+        "value_property": "$.input_tokens",
+        "group_by": DIMENSIONS,
+    },
+    {
+        "slug": "output-tokens",
+        "event_type": "llm.request",
+        "aggregation": "sum",
+        "value_property": "$.output_tokens",
+        "group_by": DIMENSIONS,
+    },
     {"slug": "requests", "event_type": "llm.request", "aggregation": "count", "group_by": DIMENSIONS},
 ]
-ALL_TIME = (datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc))
+ALL_TIME = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
 
 
 class MeterPeer(Peer):
@@ -41,8 +51,9 @@ class MeterPeer(Peer):
         return result.accepted, result.duplicates
 
     def usage(self, customer: str, start: datetime, end: datetime) -> dict[str, int]:
-        rows = self.engine.usage(TENANT, "input-tokens", start=start, end=end, subjects=[customer],
-                                 group_by=["model"]).rows()
+        rows = self.engine.usage(
+            TENANT, "input-tokens", start=start, end=end, subjects=[customer], group_by=["model"]
+        ).rows()
         return {r["model"]: int(r["value"]) for r in rows}
 
     def totals(self) -> dict[str, tuple[int, int]]:
@@ -57,8 +68,11 @@ class MeterPeer(Peer):
         return dir_bytes(self.data_dir)
 
     def settings(self) -> dict[str, Any]:
-        return {"version": version("meter"), "durability": "fsync (WAL synced before every acknowledgement)",
-                "meters": ", ".join(m["slug"] for m in METERS)}
+        return {
+            "version": version("meter"),
+            "durability": "fsync (WAL synced before every acknowledgement)",
+            "meters": ", ".join(m["slug"] for m in METERS),
+        }
 
     def close(self) -> None:
         self.engine.close()

@@ -122,12 +122,20 @@ class Postgres(Peer):
             try:
                 pwd.getpwnam(SERVER_USER)
             except KeyError:
-                subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                                SERVER_USER], check=True)
+                subprocess.run(
+                    ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_USER], check=True
+                )
             shutil.chown(data_dir, SERVER_USER, SERVER_USER)
         # C collation: ids and customer names are compared bytewise, which is also what makes text keys fast.
-        self._run("initdb", "-D", str(self._pgdata), "--no-locale", "--encoding=UTF8", "--auth=trust",
-                  f"--username={self._user}")
+        self._run(
+            "initdb",
+            "-D",
+            str(self._pgdata),
+            "--no-locale",
+            "--encoding=UTF8",
+            "--auth=trust",
+            f"--username={self._user}",
+        )
         with open(self._pgdata / "postgresql.conf", "a") as conf:
             conf.write("\n# meter bench-peers\n")
             conf.writelines(f"{k} = {v}\n" for k, v in CONFIG.items())
@@ -143,8 +151,9 @@ class Postgres(Peer):
 
     def _run(self, tool: str, *args: str) -> None:
         # cwd: the server user may not be allowed into the caller's working directory.
-        subprocess.run([*self._as_user, str(self._bin / tool), *args], cwd=self._sock, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*self._as_user, str(self._bin / tool), *args], cwd=self._sock, check=True, stdout=subprocess.DEVNULL
+        )
 
     def _connect(self) -> psycopg.Connection:
         return psycopg.connect(host=str(self._sock), dbname="postgres", user=self._user, autocommit=True)
@@ -170,8 +179,20 @@ class Postgres(Peer):
                     with cur.copy(COPY) as copy:
                         for e in events:
                             d = e.data
-                            copy.write_row((e.source, e.id, e.subject, e.time, d.model, d.region, d.tier,
-                                            d.input_tokens, d.output_tokens, d.latency_ms))
+                            copy.write_row(
+                                (
+                                    e.source,
+                                    e.id,
+                                    e.subject,
+                                    e.time,
+                                    d.model,
+                                    d.region,
+                                    d.tier,
+                                    d.input_tokens,
+                                    d.output_tokens,
+                                    d.latency_ms,
+                                )
+                            )
                     accepted = cur.execute(FOLD).fetchone()[0]
                 return accepted, len(events) - accepted
             except RETRYABLE:
@@ -196,7 +217,7 @@ class Postgres(Peer):
             except OSError:  # exited while we looked
                 continue
             # The command name may hold spaces and parentheses; the parent pid is the second field after it.
-            if int(text[text.rindex(")") + 2:].split()[1]) == postmaster:
+            if int(text[text.rindex(")") + 2 :].split()[1]) == postmaster:
                 children.append(int(Path(stat).parent.name))
         return [postmaster, *children]
 
@@ -207,7 +228,7 @@ class Postgres(Peer):
             "connection": "unix socket, one psycopg 3 connection per client thread",
             "locale": "C (--no-locale)",
             "ingest": "one transaction per batch: COPY into a temp table, then INSERT .. ON CONFLICT DO NOTHING into "
-                      "events and an upsert of the rows it inserted into usage_minute",
+            "events and an upsert of the rows it inserted into usage_minute",
             "disk": "the whole cluster directory: tables, indexes, WAL and catalogs",
         }
 

@@ -41,14 +41,16 @@ INGEST_RETRY = RetryPolicy(attempts=4, base_delay=0.25, max_delay=2.0)
 
 # Raised for `meter keys` without a subcommand: it shows the help, it is no error (click >= 8.2).
 _SHOWS_HELP: tuple[type[click.UsageError], ...] = (
-    (click.exceptions.NoArgsIsHelpError,) if hasattr(click.exceptions, "NoArgsIsHelpError") else ())
+    (click.exceptions.NoArgsIsHelpError,) if hasattr(click.exceptions, "NoArgsIsHelpError") else ()
+)
 
 
 class MeterGroup(click.Group):
     """The ``meter`` group: whatever a command raises is shown as one line, with a non-zero exit code."""
 
-    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
-                     **extra: Any) -> click.Context:
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
         try:
             return super().make_context(info_name, args, parent, **extra)
         except click.UsageError as e:  # `meter --bogus`
@@ -102,8 +104,10 @@ def _one_line(e: BaseException) -> str:
         hint = _STATUS_HINTS.get(e.status) or ("the server failed: its log says why" if e.status >= 500 else "")
         text = f"{e}; {hint}" if hint else str(e)
     elif isinstance(e, httpx.ConnectError):
-        text = (f"cannot connect to {_address(e)} ({e}): is `meter serve` running there? Set METER_URL or --url to "
-                "its address")
+        text = (
+            f"cannot connect to {_address(e)} ({e}): is `meter serve` running there? Set METER_URL or --url to "
+            "its address"
+        )
     elif isinstance(e, httpx.TimeoutException):
         text = f"{_address(e)} did not answer in time ({type(e).__name__}): try again; see the server's log if it lasts"
     elif isinstance(e, httpx.HTTPError):
@@ -115,8 +119,10 @@ def _one_line(e: BaseException) -> str:
     elif isinstance(e, OSError) and e.filename is not None:
         text = f"{e.filename}: {e.strerror or e}"
     else:
-        text = (f"unexpected {type(e).__name__}: {e}; this is a bug in meter: please report it "
-                "(METER_DEBUG=1 shows the traceback)")
+        text = (
+            f"unexpected {type(e).__name__}: {e}; this is a bug in meter: please report it "
+            "(METER_DEBUG=1 shows the traceback)"
+        )
     return "; ".join([text, *getattr(e, "__notes__", [])])
 
 
@@ -139,52 +145,108 @@ def main() -> None:
 
 def retention_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The options that say how long the engine keeps what (`meter serve`, `meter maintain`)."""
-    for option in reversed([
-        click.option("--retention-days", type=click.FloatRange(min=0), default=None,
-                     help="days retained events are kept, then dropped once exported (default: back-dating window + 31 "
-                          "= 66)"),
-        click.option("--minute-aggregates-days", type=click.FloatRange(min=0), default=None,
-                     help="days aggregates are kept per minute, then per hour (default 40; at least the back-dating "
-                          "window, 35)"),
-        click.option("--hour-aggregates-days", type=click.FloatRange(min=0), default=None,
-                     help="days aggregates are kept per hour, then per UTC day (default 400)"),
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "--retention-days",
+                type=click.FloatRange(min=0),
+                default=None,
+                help="days retained events are kept, then dropped once exported (default: back-dating window + 31 "
+                "= 66)",
+            ),
+            click.option(
+                "--minute-aggregates-days",
+                type=click.FloatRange(min=0),
+                default=None,
+                help="days aggregates are kept per minute, then per hour (default 40; at least the back-dating "
+                "window, 35)",
+            ),
+            click.option(
+                "--hour-aggregates-days",
+                type=click.FloatRange(min=0),
+                default=None,
+                help="days aggregates are kept per hour, then per UTC day (default 400)",
+            ),
+        ]
+    ):
         f = option(f)
     return f
 
 
 def _check_retention(minute_aggregates_days: float | None, hour_aggregates_days: float | None) -> None:
     if minute_aggregates_days is not None and minute_aggregates_days < 35:
-        raise click.BadParameter("must be at least 35 days, the back-dating window: an event still accepted must never "
-                                 "land in minutes already rolled up to hours", param_hint="--minute-aggregates-days")
+        raise click.BadParameter(
+            "must be at least 35 days, the back-dating window: an event still accepted must never "
+            "land in minutes already rolled up to hours",
+            param_hint="--minute-aggregates-days",
+        )
     if hour_aggregates_days is not None and hour_aggregates_days < (minute_aggregates_days or 40):
-        raise click.BadParameter(f"must be at least --minute-aggregates-days ({minute_aggregates_days or 40})",
-                                 param_hint="--hour-aggregates-days")
+        raise click.BadParameter(
+            f"must be at least --minute-aggregates-days ({minute_aggregates_days or 40})",
+            param_hint="--hour-aggregates-days",
+        )
 
 
 @main.command()
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="METER_DATA_DIR", default=DATA_DIR,
-              show_default=True, help="or METER_DATA_DIR")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="METER_DATA_DIR",
+    default=DATA_DIR,
+    show_default=True,
+    help="or METER_DATA_DIR",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8080, show_default=True)
-@click.option("--admin-key", envvar="METER_ADMIN_KEY", default=None,
-              help="the operator key (or METER_ADMIN_KEY); `meter admin-key new` makes one")
+@click.option(
+    "--admin-key",
+    envvar="METER_ADMIN_KEY",
+    default=None,
+    help="the operator key (or METER_ADMIN_KEY); `meter admin-key new` makes one",
+)
 @click.option("--export-every", type=float, default=None, help="seconds between Parquet exports (none by default)")
-@click.option("--export-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="where scheduled exports go (default: <data-dir>/export)")
+@click.option(
+    "--export-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="where scheduled exports go (default: <data-dir>/export)",
+)
 @retention_options
-@click.option("--maintenance-every", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="seconds between runs of retention and roll-ups (default 60)")
-@click.option("--max-combinations-per-minute", type=click.IntRange(1, 100_000), default=1_000, show_default=True,
-              help="cardinality limit: distinct dimension combinations one customer may have in one minute of a meter "
-                   "(a meter's own limits override it)")
-@click.option("--max-customers-per-minute", type=click.IntRange(1, 10_000_000), default=100_000, show_default=True,
-              help="cardinality limit: distinct customers one minute of a meter may have (a meter's own limits "
-                   "override it)")
-def serve(data_dir: Path, host: str, port: int, admin_key: str | None, export_every: float | None,
-          export_dir: Path | None, retention_days: float | None, minute_aggregates_days: float | None,
-          hour_aggregates_days: float | None, maintenance_every: float | None, max_combinations_per_minute: int,
-          max_customers_per_minute: int) -> None:
+@click.option(
+    "--maintenance-every",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="seconds between runs of retention and roll-ups (default 60)",
+)
+@click.option(
+    "--max-combinations-per-minute",
+    type=click.IntRange(1, 100_000),
+    default=1_000,
+    show_default=True,
+    help="cardinality limit: distinct dimension combinations one customer may have in one minute of a meter "
+    "(a meter's own limits override it)",
+)
+@click.option(
+    "--max-customers-per-minute",
+    type=click.IntRange(1, 10_000_000),
+    default=100_000,
+    show_default=True,
+    help="cardinality limit: distinct customers one minute of a meter may have (a meter's own limits override it)",
+)
+def serve(
+    data_dir: Path,
+    host: str,
+    port: int,
+    admin_key: str | None,
+    export_every: float | None,
+    export_dir: Path | None,
+    retention_days: float | None,
+    minute_aggregates_days: float | None,
+    hour_aggregates_days: float | None,
+    maintenance_every: float | None,
+    max_combinations_per_minute: int,
+    max_customers_per_minute: int,
+) -> None:
     """Run the HTTP API on one data directory (one process owns it)."""
     from granian import Granian
     from granian.constants import Interfaces
@@ -204,24 +266,33 @@ def serve(data_dir: Path, host: str, port: int, admin_key: str | None, export_ev
     if admin_key:
         os.environ["METER_ADMIN_KEY"] = admin_key
     _check_retention(minute_aggregates_days, hour_aggregates_days)
-    for name, value in (("METER_RETENTION_DAYS", retention_days),
-                        ("METER_MINUTE_AGGREGATES_DAYS", minute_aggregates_days),
-                        ("METER_HOUR_AGGREGATES_DAYS", hour_aggregates_days),
-                        ("METER_MAINTENANCE_EVERY", maintenance_every)):
+    for name, value in (
+        ("METER_RETENTION_DAYS", retention_days),
+        ("METER_MINUTE_AGGREGATES_DAYS", minute_aggregates_days),
+        ("METER_HOUR_AGGREGATES_DAYS", hour_aggregates_days),
+        ("METER_MAINTENANCE_EVERY", maintenance_every),
+    ):
         if value is not None:
             os.environ[name] = repr(value)
     os.environ["METER_MAX_COMBINATIONS_PER_MINUTE"] = str(max_combinations_per_minute)
     os.environ["METER_MAX_CUSTOMERS_PER_MINUTE"] = str(max_customers_per_minute)
     server = Granian(
-        "meter.server.app:create_app", factory=True, interface=Interfaces.ASGI, address=host, port=port, workers=1,
+        "meter.server.app:create_app",
+        factory=True,
+        interface=Interfaces.ASGI,
+        address=host,
+        port=port,
+        workers=1,
         log_access=False,
     )
     try:
         server.serve()
     except (OSError, RuntimeError) as e:  # granian binds here: a port in use; its error carries a Rust backtrace
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise click.ClickException(f"cannot listen on {host}:{port}: {reason}; stop what uses it or choose another "
-                                   "port (--port, or make serve PORT=...)") from None
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {reason}; stop what uses it or choose another "
+            "port (--port, or make serve PORT=...)"
+        ) from None
 
 
 @main.group("admin-key")
@@ -238,8 +309,9 @@ def admin_key_new() -> None:
 
 
 @admin_key_group.command("reset")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".meter-data"),
-              show_default=True)
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".meter-data"), show_default=True
+)
 def admin_key_reset(data_dir: Path) -> None:
     """Revokes every operator key of the data directory and prints a new one (shown once).
 
@@ -254,8 +326,9 @@ def admin_key_reset(data_dir: Path) -> None:
         store = KeyStore(catalog)
     except Exception as e:  # noqa: BLE001 - rocksdict reports a held lock as a plain exception
         if "lock" in str(e).lower():
-            raise click.ClickException(f"{data_dir} is in use by a running server: stop `meter serve` first, then "
-                                       "run this again") from None
+            raise click.ClickException(
+                f"{data_dir} is in use by a running server: stop `meter serve` first, then run this again"
+            ) from None
         raise click.ClickException(f"cannot open {catalog}: {e}") from None
     try:
         revoked = sum(1 for k in store.list_keys(operators=True) if not k.revoked)
@@ -263,20 +336,31 @@ def admin_key_reset(data_dir: Path) -> None:
     finally:
         store.close()
     click.echo(secret)
-    click.echo(f"revoked {revoked} operator key(s); the key above is the operator key now (shown once: store it). "
-               "If METER_ADMIN_KEY is set, set it to this key or unset it.", err=True)
+    click.echo(
+        f"revoked {revoked} operator key(s); the key above is the operator key now (shown once: store it). "
+        "If METER_ADMIN_KEY is set, set it to this key or unset it.",
+        err=True,
+    )
 
 
 # Commands that talk to a running server. The URL and key come from options or METER_URL / METER_API_KEY.
 def _require_key(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
     if not value:
-        raise click.UsageError("no API key: set METER_API_KEY or pass --api-key (the operator key for `tenants` and "
-                               "`keys`, a tenant key otherwise)", ctx)
+        raise click.UsageError(
+            "no API key: set METER_API_KEY or pass --api-key (the operator key for `tenants` and "
+            "`keys`, a tenant key otherwise)",
+            ctx,
+        )
     return value
 
 
-url_option = click.option("--url", envvar="METER_URL", default="http://127.0.0.1:8080", show_default=True,
-                          help="the server's address (or METER_URL)")
+url_option = click.option(
+    "--url",
+    envvar="METER_URL",
+    default="http://127.0.0.1:8080",
+    show_default=True,
+    help="the server's address (or METER_URL)",
+)
 key_option = click.option("--api-key", envvar="METER_API_KEY", callback=_require_key, help="or METER_API_KEY")
 
 
@@ -340,8 +424,14 @@ def keys() -> None:
 
 @keys.command("create")
 @click.argument("tenant")
-@click.option("--scope", "scopes", multiple=True, default=["ingest"], show_default=True,
-              type=click.Choice(["ingest", "read", "export", "admin"]))
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    default=["ingest"],
+    show_default=True,
+    type=click.Choice(["ingest", "read", "export", "admin"]),
+)
 @url_option
 @key_option
 def keys_create(tenant: str, scopes: tuple[str, ...], url: str, api_key: str) -> None:
@@ -359,8 +449,9 @@ def keys_create(tenant: str, scopes: tuple[str, ...], url: str, api_key: str) ->
 def keys_list(tenant: str | None, url: str, api_key: str) -> None:
     with _http(url, api_key) as http:
         rows = _check(http.get("/v1/admin/keys", params={"tenant": tenant} if tenant else {}))
-    _table("keys", [{**r, "scopes": ",".join(r["scopes"])} for r in rows],
-           ["id", "tenant", "display", "scopes", "revoked"])
+    _table(
+        "keys", [{**r, "scopes": ",".join(r["scopes"])} for r in rows], ["id", "tenant", "display", "scopes", "revoked"]
+    )
 
 
 @keys.command("revoke")
@@ -388,8 +479,10 @@ def meters_create(file: Path, url: str, api_key: str) -> None:
         for spec in _definitions(file):
             created = _check(http.post("/v1/meters", json=spec))
             b = created["backfill"]
-            click.echo(f"created {created['meter']['slug']} (backfilled {b['events']} events, "
-                       f"{b['filtered']} filtered, {b['unreadable']} unreadable)")
+            click.echo(
+                f"created {created['meter']['slug']} (backfilled {b['events']} events, "
+                f"{b['filtered']} filtered, {b['unreadable']} unreadable)"
+            )
 
 
 @meters.command("list")
@@ -453,12 +546,17 @@ def _put_item(http: httpx.Client, kind: str, item: Any) -> str:
     with trusted():
         stored = msgspec.json.decode(response.content, type=Plan)
     kept = [PlanVersionBody(v.effective_from, v.prices) for v in stored.versions]
-    if item.versions[:len(kept)] != kept:
-        raise click.ClickException(f"plan {item.id} exists with other versions than the file's first {len(kept)}: "
-                                   "versions cannot change; add a version after them instead")
-    for version in item.versions[len(kept):]:
-        _check(http.post(f"/v1/plans/{quote(item.id, safe='')}/versions", content=msgspec.json.encode(version),
-                         headers=headers))
+    if item.versions[: len(kept)] != kept:
+        raise click.ClickException(
+            f"plan {item.id} exists with other versions than the file's first {len(kept)}: "
+            "versions cannot change; add a version after them instead"
+        )
+    for version in item.versions[len(kept) :]:
+        _check(
+            http.post(
+                f"/v1/plans/{quote(item.id, safe='')}/versions", content=msgspec.json.encode(version), headers=headers
+            )
+        )
     added = len(item.versions) - len(kept)
     return f"{added} versions added" if added else f"unchanged ({len(kept)} versions)"
 
@@ -500,8 +598,12 @@ def catalog_load(file: Path, url: str, api_key: str) -> None:
 def catalog_list(kind: str, url: str, api_key: str) -> None:
     with _http(url, api_key) as http:
         rows = _check(http.get(f"/v1/{kind}"))
-    columns = {"customers": ["id", "name", "currency", "timezone"], "products": ["id", "name", "parent"],
-               "plans": ["id", "name"], "subscriptions": ["id", "customer", "plan", "version", "start", "end"]}[kind]
+    columns = {
+        "customers": ["id", "name", "currency", "timezone"],
+        "products": ["id", "name", "parent"],
+        "plans": ["id", "name"],
+        "subscriptions": ["id", "customer", "plan", "version", "start", "end"],
+    }[kind]
     _table(kind, rows, columns)
 
 
@@ -526,15 +628,21 @@ def catalog_delete(kind: str, item_id: str, url: str, api_key: str) -> None:
 def catalog_migrate(subscription_id: str, version: int, at: str, url: str, api_key: str) -> None:
     """Moves a subscription to another version of its plan; pricing prorates the cycle across the change."""
     with _http(url, api_key) as http:
-        _check(http.post(f"/v1/subscriptions/{quote(subscription_id, safe='')}/migrate",
-                         json={"version": version, "at": at}))
+        _check(
+            http.post(
+                f"/v1/subscriptions/{quote(subscription_id, safe='')}/migrate", json={"version": version, "at": at}
+            )
+        )
     click.echo(f"subscription {subscription_id}: on version {version} from {at}")
 
 
 @main.group(invoke_without_command=True)
-@click.option("--period", default=None,
-              help="invoice the cycles starting in this month, YYYY-MM (e.g. 2026-11): their fees in advance, and the "
-                   "usage of the cycles before them (October's, for monthly cycles) in arrears")
+@click.option(
+    "--period",
+    default=None,
+    help="invoice the cycles starting in this month, YYYY-MM (e.g. 2026-11): their fees in advance, and the "
+    "usage of the cycles before them (October's, for monthly cycles) in arrears",
+)
 @click.option("--finalize", is_flag=True, help="finalize (number) the invoices at once")
 @url_option
 @key_option
@@ -548,8 +656,9 @@ def invoice(ctx: click.Context, period: str | None, finalize: bool, url: str, ap
     if ctx.invoked_subcommand is not None:
         return
     if period is None:
-        raise click.UsageError("give --period YYYY-MM, or a subcommand (preview, list, show, finalize, void, "
-                               "credit-note)")
+        raise click.UsageError(
+            "give --period YYYY-MM, or a subcommand (preview, list, show, finalize, void, credit-note)"
+        )
     with _http(url, api_key) as http:
         run = _check(http.post("/v1/invoices/run", json={"period": period, "finalize": finalize}))
     _invoices_table(f"invoices of cycles starting in {period}", run["invoices"])
@@ -559,16 +668,21 @@ def invoice(ctx: click.Context, period: str | None, finalize: bool, url: str, ap
     for error in run.get("errors", []):
         click.echo(f"error: subscription {error['subscription']}: {error['code']}: {error['message']}", err=True)
     if run.get("errors"):
-        raise click.ClickException(f"{len(run['errors'])} subscriptions could not be invoiced (listed above); the "
-                                   "others were")
+        raise click.ClickException(
+            f"{len(run['errors'])} subscriptions could not be invoiced (listed above); the others were"
+        )
 
 
 def _covers(run: dict[str, Any]) -> str:
     """What service periods a run bills, in words."""
+
     def span(p: dict[str, str] | None) -> str:
         return "none" if p is None else f"{p['start']} .. {p['end']}"
-    return (f"fees in advance for {span(run.get('fees_in_advance'))}; usage in arrears for "
-            f"{span(run.get('usage_in_arrears'))}")
+
+    return (
+        f"fees in advance for {span(run.get('fees_in_advance'))}; usage in arrears for "
+        f"{span(run.get('usage_in_arrears'))}"
+    )
 
 
 def _invoices_table(title: str, rows: list[dict[str, Any]]) -> None:
@@ -576,8 +690,10 @@ def _invoices_table(title: str, rows: list[dict[str, Any]]) -> None:
 
 
 def _show_invoice(invoice: dict[str, Any]) -> None:
-    title = (f"{invoice['number'] or invoice['id']} ({invoice['status']}) for {invoice['customer']}, "
-             f"{invoice['period_start']} .. {invoice['period_end']}")
+    title = (
+        f"{invoice['number'] or invoice['id']} ({invoice['status']}) for {invoice['customer']}, "
+        f"{invoice['period_start']} .. {invoice['period_end']}"
+    )
     _table(title, invoice["lines"], ["kind", "description", "quantity", "rated", "billed", "amount"])
     if invoice.get("usage_start"):
         click.echo(f"usage billed in arrears: {invoice['usage_start']} .. {invoice['usage_end']}")
@@ -669,8 +785,17 @@ def invoice_credit_note(invoice_id: str, amount: str, reason: str, url: str, api
 @click.option("--tz", default=None)
 @url_option
 @key_option
-def usage(meter_slug: str, start: str, end: str, window_size: str | None, group_by: tuple[str, ...],
-          subject: tuple[str, ...], tz: str | None, url: str, api_key: str) -> None:
+def usage(
+    meter_slug: str,
+    start: str,
+    end: str,
+    window_size: str | None,
+    group_by: tuple[str, ...],
+    subject: tuple[str, ...],
+    tz: str | None,
+    url: str,
+    api_key: str,
+) -> None:
     """Usage of a meter over [from, to), as a table."""
     params: list[tuple[str, str | int | float | bool | None]] = [("from", start), ("to", end)]
     params += [("window_size", window_size)] if window_size else []
@@ -699,8 +824,9 @@ def _read_events(file: Path) -> tuple[list[dict[str, Any]], list[str]]:
         try:
             array = json.loads(text)
         except json.JSONDecodeError as e:
-            raise click.ClickException(f"{file}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno}); "
-                                       "nothing was sent") from None
+            raise click.ClickException(
+                f"{file}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno}); nothing was sent"
+            ) from None
         items = [(n, f"event {n}", item) for n, item in enumerate(array, 1)]
     else:
         # Lines end at "\n" only: str.splitlines() would also split at characters JSON strings may hold (U+2028).
@@ -709,13 +835,16 @@ def _read_events(file: Path) -> tuple[list[dict[str, Any]], list[str]]:
                 try:
                     items.append((lineno, f"line {lineno}", json.loads(line)))
                 except json.JSONDecodeError as e:
-                    raise click.ClickException(f"{file}:{lineno}: not valid JSON ({e.msg}, column {e.colno}); "
-                                               "one event per line; nothing was sent") from None
+                    raise click.ClickException(
+                        f"{file}:{lineno}: not valid JSON ({e.msg}, column {e.colno}); "
+                        "one event per line; nothing was sent"
+                    ) from None
     events, places = [], []
     for n, where, item in items:
         if not isinstance(item, dict):
-            raise click.ClickException(f"{file}: {where}: an event is a JSON object, not {type(item).__name__}; "
-                                       "nothing was sent")
+            raise click.ClickException(
+                f"{file}: {where}: an event is a JSON object, not {type(item).__name__}; nothing was sent"
+            )
         item.setdefault("id", f"{digest}-{n}")
         events.append(item)
         places.append(where)
@@ -744,8 +873,10 @@ def ingest(file: Path, batch_size: int, url: str, api_key: str) -> None:
     warnings: list[EventWarning] = []
     try:
         # The progress bar goes to stderr, so that stdout is the summary alone.
-        with Client(url, api_key, retry=INGEST_RETRY) as client, Progress(console=Console(stderr=True),
-                                                                          transient=True) as progress:
+        with (
+            Client(url, api_key, retry=INGEST_RETRY) as client,
+            Progress(console=Console(stderr=True), transient=True) as progress,
+        ):
             task = progress.add_task("ingesting", total=len(events))
             for start in range(0, len(events), batch_size):
                 chunk = events[start : start + batch_size]
@@ -756,19 +887,26 @@ def ingest(file: Path, batch_size: int, url: str, api_key: str) -> None:
                 done += len(chunk)
                 progress.advance(task, len(chunk))
     except (MeterError, httpx.HTTPError) as e:
-        e.add_note(f"{done} of {len(events)} events were answered before it stopped; running the same command again "
-                   "is safe (events keep their ids)")
+        e.add_note(
+            f"{done} of {len(events)} events were answered before it stopped; running the same command again "
+            "is safe (events keep their ids)"
+        )
         raise
-    click.echo(f"{len(events)} events: {accepted} accepted, {duplicates} duplicates, {len(issues)} rejected"
-               + (f"; a meter skipped {len(warnings)} accepted events" if warnings else ""))
+    click.echo(
+        f"{len(events)} events: {accepted} accepted, {duplicates} duplicates, {len(issues)} rejected"
+        + (f"; a meter skipped {len(warnings)} accepted events" if warnings else "")
+    )
     for issue in issues[:20]:
         click.echo(f"  {file}: {places[issue.index]} ({issue.id}): {issue.code}: {issue.message}", err=True)
     if len(issues) > 20:
         click.echo(f"  ... and {len(issues) - 20} more", err=True)
     # Accepted and counted by the other meters: a warning, not a failure (GET /v1/meters/{slug}/skipped lists them).
     for warning in warnings[:20]:
-        click.echo(f"  {file}: {places[warning.index]} ({warning.id}): meter {warning.meter} skipped it: "
-                   f"{warning.code}: {warning.message}", err=True)
+        click.echo(
+            f"  {file}: {places[warning.index]} ({warning.id}): meter {warning.meter} skipped it: "
+            f"{warning.code}: {warning.message}",
+            err=True,
+        )
     if len(warnings) > 20:
         click.echo(f"  ... and {len(warnings) - 20} more skipped", err=True)
     if issues:
@@ -776,8 +914,14 @@ def ingest(file: Path, batch_size: int, url: str, api_key: str) -> None:
 
 
 @main.command()
-@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), envvar="METER_DATA_DIR",
-              default=DATA_DIR, show_default=True, help="or METER_DATA_DIR")
+@click.option(
+    "--data-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    envvar="METER_DATA_DIR",
+    default=DATA_DIR,
+    show_default=True,
+    help="or METER_DATA_DIR",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="where the Parquet goes")
 @click.option("--tenant", "tenants", multiple=True, help="only these tenants (default: every tenant)")
 def export(data_dir: Path, out: Path, tenants: tuple[str, ...]) -> None:
@@ -802,8 +946,12 @@ def export(data_dir: Path, out: Path, tenants: tuple[str, ...]) -> None:
             billing, invoices = BillingCatalog(data_dir / "billing"), InvoiceStore(data_dir / "invoices")
             try:
                 task = progress.add_task("exporting", total=None)
-                summary = export_usage(engine, names, out,  # first, for its progress
-                                       progress=lambda what: progress.update(task, description=what))
+                summary = export_usage(
+                    engine,
+                    names,
+                    out,  # first, for its progress
+                    progress=lambda what: progress.update(task, description=what),
+                )
                 progress.update(task, description="raw events, catalog and invoices")
                 raw = Invoicer(engine, billing, invoices, out).export(names)["events"].rows
             finally:
@@ -813,43 +961,72 @@ def export(data_dir: Path, out: Path, tenants: tuple[str, ...]) -> None:
         raise click.ClickException(f"{e} (is `meter serve` running on {data_dir}?)") from None
     finally:
         keys.close()
-    click.echo(f"exported {summary.rows} usage rows in {summary.files} files to {out / 'usage'} "
-               f"({summary.unchanged} days unchanged), {raw} new raw events to {out / 'events'}, "
-               f"and the catalog and invoices of {len(names)} tenants to {out / 'catalog'} and {out / 'invoices'}")
+    click.echo(
+        f"exported {summary.rows} usage rows in {summary.files} files to {out / 'usage'} "
+        f"({summary.unchanged} days unchanged), {raw} new raw events to {out / 'events'}, "
+        f"and the catalog and invoices of {len(names)} tenants to {out / 'catalog'} and {out / 'invoices'}"
+    )
 
 
 @main.command()
-@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), envvar="METER_DATA_DIR",
-              default=DATA_DIR, show_default=True, help="or METER_DATA_DIR")
+@click.option(
+    "--data-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    envvar="METER_DATA_DIR",
+    default=DATA_DIR,
+    show_default=True,
+    help="or METER_DATA_DIR",
+)
 @retention_options
-def maintain(data_dir: Path, retention_days: float | None, minute_aggregates_days: float | None,
-             hour_aggregates_days: float | None) -> None:
+def maintain(
+    data_dir: Path,
+    retention_days: float | None,
+    minute_aggregates_days: float | None,
+    hour_aggregates_days: float | None,
+) -> None:
     """Apply retention and roll-ups now (`meter serve` does it every minute by itself).
 
     Drops the retained events that are past retention and written by the export, and rolls old minute aggregates up
     to hours and days; give the same options as `meter serve`. From a data directory that no server is running on.
     """
     _check_retention(minute_aggregates_days, hour_aggregates_days)
+
     def days(value: float | None) -> timedelta | None:
         return None if value is None else timedelta(days=value)
 
     try:
-        with Engine(data_dir / "usage", maintenance_interval=None, retention=days(retention_days),
-                    minute_aggregates=days(minute_aggregates_days), hour_aggregates=days(hour_aggregates_days)) as engine:
+        with Engine(
+            data_dir / "usage",
+            maintenance_interval=None,
+            retention=days(retention_days),
+            minute_aggregates=days(minute_aggregates_days),
+            hour_aggregates=days(hour_aggregates_days),
+        ) as engine:
             report = engine.maintain()
     except MeterError as e:
         raise click.ClickException(f"{e} (is `meter serve` running on {data_dir}?)") from None
     dropped = ", ".join(f"{d.tenant} through commit {d.through_seq}" for d in report.dropped) or "none"
-    click.echo(f"dropped retained events: {dropped}; rolled up {report.keys_merged} aggregate keys of "
-               f"{report.meters_rolled_up} meters in {report.steps} steps")
+    click.echo(
+        f"dropped retained events: {dropped}; rolled up {report.keys_merged} aggregate keys of "
+        f"{report.meters_rolled_up} meters in {report.steps} steps"
+    )
     for h in report.held_back:
-        click.echo(f"held back for export: {h.tenant}: {h.events} events past retention not exported yet "
-                   "(run `meter export`, or `meter serve --export-every`)", err=True)
+        click.echo(
+            f"held back for export: {h.tenant}: {h.events} events past retention not exported yet "
+            "(run `meter export`, or `meter serve --export-every`)",
+            err=True,
+        )
 
 
 @main.command()
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="METER_DATA_DIR", default=DATA_DIR,
-              show_default=True, help="or METER_DATA_DIR; the same default as `meter serve`")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="METER_DATA_DIR",
+    default=DATA_DIR,
+    show_default=True,
+    help="or METER_DATA_DIR; the same default as `meter serve`",
+)
 @click.option("--events", type=int, default=20_000, show_default=True, help="events to ingest (in 1000-event batches)")
 def demo(data_dir: Path, events: int) -> None:
     """Ingest sample AI-gateway events into tenant `demo`, then print its usage per customer and model.
@@ -865,8 +1042,10 @@ def demo(data_dir: Path, events: int) -> None:
     try:
         keys = KeyStore(data_dir / "catalog")
     except Exception as e:  # noqa: BLE001 - rocksdict reports a held lock as a plain exception
-        raise click.ClickException(f"cannot open {data_dir}: {e}; is `meter serve` running on it? Stop it first: one "
-                                   "process owns a data directory") from None
+        raise click.ClickException(
+            f"cannot open {data_dir}: {e}; is `meter serve` running on it? Stop it first: one "
+            "process owns a data directory"
+        ) from None
     try:
         keys.create_tenant("demo", "Demo")
     except AlreadyExists:
@@ -877,18 +1056,28 @@ def demo(data_dir: Path, events: int) -> None:
         try:
             engine.create_meter(
                 "demo",
-                {"slug": "tokens", "event_type": "llm.request", "aggregation": "sum",
-                 "value_property": "$.tokens", "group_by": {"model": "$.model"}},
+                {
+                    "slug": "tokens",
+                    "event_type": "llm.request",
+                    "aggregation": "sum",
+                    "value_property": "$.tokens",
+                    "group_by": {"model": "$.model"},
+                },
             )
         except AlreadyExists:
             pass
         accepted = duplicates = 0
         for start in range(0, events, 1000):
             batch = [
-                {"specversion": "1.0", "id": f"demo-{rng.getrandbits(64):x}", "source": "demo", "type": "llm.request",
-                 "subject": f"customer-{rng.randrange(5)}",
-                 "time": (now - timedelta(minutes=rng.randrange(60))).isoformat(),
-                 "data": {"model": rng.choice(["gpt-4o", "claude-sonnet"]), "tokens": rng.randrange(1, 4000)}}
+                {
+                    "specversion": "1.0",
+                    "id": f"demo-{rng.getrandbits(64):x}",
+                    "source": "demo",
+                    "type": "llm.request",
+                    "subject": f"customer-{rng.randrange(5)}",
+                    "time": (now - timedelta(minutes=rng.randrange(60))).isoformat(),
+                    "data": {"model": rng.choice(["gpt-4o", "claude-sonnet"]), "tokens": rng.randrange(1, 4000)},
+                }
                 for _ in range(min(1000, events - start))
             ]
             result = engine.ingest("demo", json.dumps(batch).encode())
@@ -896,8 +1085,13 @@ def demo(data_dir: Path, events: int) -> None:
             retry = engine.ingest("demo", json.dumps(batch).encode())
             accepted, duplicates = accepted + result.accepted, duplicates + retry.duplicates
         click.echo(f"ingested {accepted} events ({duplicates} retried events recognised as duplicates) into {data_dir}")
-        usage = engine.usage("demo", "tokens", start=now - timedelta(hours=1), end=now + timedelta(minutes=1),
-                             group_by=["subject", "model"])
+        usage = engine.usage(
+            "demo",
+            "tokens",
+            start=now - timedelta(hours=1),
+            end=now + timedelta(minutes=1),
+            group_by=["subject", "model"],
+        )
         click.echo(f"{'customer':<14}{'model':<16}{'tokens':>14}{'events':>9}")
         for row in usage.rows():
             tokens = format(row["value"].normalize(), "f")

@@ -33,8 +33,10 @@ class RejectedEvents(MeterError, ValueError):
 
     def __init__(self, issues: list[EventIssue]) -> None:
         first = issues[0]
-        super().__init__(f"{len(issues)} event(s) rejected; first: #{first.index} ({first.id}): {first.code}: "
-                         f"{first.message}", self.code)
+        super().__init__(
+            f"{len(issues)} event(s) rejected; first: #{first.index} ({first.id}): {first.code}: {first.message}",
+            self.code,
+        )
         self.issues = issues
 
 
@@ -125,9 +127,11 @@ def _why(response: httpx.Response | None, error: httpx.TransportError | None) ->
 
 
 def _gave_up(policy: RetryPolicy, started: float, last: str) -> MeterError:
-    return MeterError(f"the batch was not acknowledged after {policy.attempts} attempts in "
-                      f"{time.monotonic() - started:.1f} s (last: {last}); it is safe to send it again (same ids)",
-                      "unavailable")
+    return MeterError(
+        f"the batch was not acknowledged after {policy.attempts} attempts in "
+        f"{time.monotonic() - started:.1f} s (last: {last}); it is safe to send it again (same ids)",
+        "unavailable",
+    )
 
 
 class Client:
@@ -137,8 +141,17 @@ class Client:
     ``flush_interval`` seconds. ``ingest`` sends a batch now and returns its result.
     """
 
-    def __init__(self, url: str, api_key: str, *, batch_size: int = 1000, flush_interval: float = 1.0,
-                 timeout: float = 10.0, retry: RetryPolicy = DEFAULT_RETRY, compress: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        batch_size: int = 1000,
+        flush_interval: float = 1.0,
+        timeout: float = 10.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        compress: bool = True,
+    ) -> None:
         self._http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
         self._batch_size, self._interval, self._retry, self._compress = batch_size, flush_interval, retry, compress
         self._queue: list[dict[str, Any]] = []
@@ -235,8 +248,17 @@ class Client:
 class AsyncClient:
     """The asyncio twin of ``Client``: ``await ingest(...)``, ``send(...)``, ``await flush()``, ``await aclose()``."""
 
-    def __init__(self, url: str, api_key: str, *, batch_size: int = 1000, flush_interval: float = 1.0,
-                 timeout: float = 10.0, retry: RetryPolicy = DEFAULT_RETRY, compress: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        batch_size: int = 1000,
+        flush_interval: float = 1.0,
+        timeout: float = 10.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        compress: bool = True,
+    ) -> None:
         self._http = httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
         self._batch_size, self._interval, self._retry, self._compress = batch_size, flush_interval, retry, compress
         self._queue: list[dict[str, Any]] = []

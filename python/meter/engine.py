@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -23,7 +23,7 @@ __all__ = ["Engine", "Usage", "WindowSize"]
 
 WindowSize = Literal["minute", "hour", "day", "month"]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -45,7 +45,8 @@ class Usage:
         self.table = table
 
     def __arrow_c_stream__(self, requested_schema: Any = None) -> Any:
-        return self.table.__arrow_c_stream__(requested_schema)
+        # pyarrow-stubs leaves Table.__arrow_c_stream__ unannotated (it returns a PyCapsule).
+        return self.table.__arrow_c_stream__(requested_schema)  # type: ignore[no-untyped-call]
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -113,8 +114,10 @@ class Engine:
         meter that does not set its own (``MeterSpec.limits``); an event past one is refused with
         ``cardinality_limit``.
         """
-        for name, value in (("max_combinations_per_minute", max_combinations_per_minute),
-                            ("max_customers_per_minute", max_customers_per_minute)):
+        for name, value in (
+            ("max_combinations_per_minute", max_combinations_per_minute),
+            ("max_customers_per_minute", max_customers_per_minute),
+        ):
             if not 1 <= value < 2**32:  # the engine checks the upper bound, with its message
                 raise InvalidInput(f"{name} must be a positive whole number; got {value}", "invalid_config")
         self._inner = _core.Engine(
@@ -212,31 +215,48 @@ class Engine:
         return Usage(pa.table(table))
 
     def day_counts(self, tenant: str, meter: str) -> dict[datetime, int]:
-        """Per UTC day with usage of ``meter`` (its midnight): the events counted in it, including every event
-        acknowledged before the call. One pass over the meter's stored minutes."""
-        epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+        """Per UTC day with usage of ``meter`` (its midnight): the events counted in it.
+
+        Includes every event acknowledged before the call. One pass over the meter's stored minutes.
+        """
+        epoch = datetime(1970, 1, 1, tzinfo=UTC)
         return {epoch + timedelta(microseconds=day): n for day, n in self._inner.day_counts(tenant, meter)}
 
-    def minutes(self, tenant: str, meter: str, *, start: datetime, end: datetime,
-                batch_rows: int = 1 << 20) -> pa.RecordBatchReader:
-        """The stored rows of ``meter`` in ``[start, end)``, one per customer, minute and dimension combination,
-        ordered by customer then minute, as an Arrow stream that a thread of the engine produces while the caller
-        consumes it. Columns: ``customer``, one per dimension, ``window_start``, ``window_end``, ``value``,
-        ``events``. Every event acknowledged before the call is in it. Where aggregates were rolled up
-        (``minute_aggregates``, ``hour_aggregates``) a row is an hour or a UTC day: ``window_end`` says which."""
-        stream = self._inner.minutes(tenant, meter, to_micros(start, "start"), to_micros(end, "end"),
-                                     batch_rows=batch_rows)
+    def minutes(
+        self, tenant: str, meter: str, *, start: datetime, end: datetime, batch_rows: int = 1 << 20
+    ) -> pa.RecordBatchReader:
+        """The stored rows of ``meter`` in ``[start, end)``, as an Arrow stream.
+
+        One row per customer, minute and dimension combination, ordered by customer then minute; a thread of the engine
+        produces the stream while the caller consumes it. Columns: ``customer``, one per dimension, ``window_start``,
+        ``window_end``, ``value``, ``events``. Every event acknowledged before the call is in it. Where aggregates were
+        rolled up (``minute_aggregates``, ``hour_aggregates``) a row is an hour or a UTC day: ``window_end`` says which.
+        """
+        stream = self._inner.minutes(
+            tenant, meter, to_micros(start, "start"), to_micros(end, "end"), batch_rows=batch_rows
+        )
         return pa.RecordBatchReader.from_stream(stream)
 
     def retained_events(self, tenant: str, after_seq: int = 0, max_events: int = 1_000_000) -> tuple[pa.Table, int]:
-        """The tenant's raw events of the commits after ``after_seq`` (whole commits, about ``max_events``), with the
-        last commit they come from: page through them by passing it back. Only retained events: those retention
-        dropped (exported, and past ``retention``) are in the Parquet export."""
+        """The tenant's raw events of the commits after ``after_seq``, with the last commit they come from.
+
+        Whole commits, about ``max_events``: page through them by passing that commit back. Only retained events: those
+        retention dropped (exported, and past ``retention``) are in the Parquet export.
+        """
         table, last_seq = self._inner.retained_events(tenant, after_seq, max_events)
         return pa.table(table), last_seq
 
-    def skipped(self, tenant: str, meter: str, *, start: datetime, end: datetime, after: str | int | None = None,
-                limit: int = 100, max_scan: int | None = None) -> SkippedPage:
+    def skipped(
+        self,
+        tenant: str,
+        meter: str,
+        *,
+        start: datetime,
+        end: datetime,
+        after: str | int | None = None,
+        limit: int = 100,
+        max_scan: int | None = None,
+    ) -> SkippedPage:
         """The events of ``[start, end)`` (event time) that ``meter`` could not read, with why.
 
         Decided as ingest, replay and backfill decide. Reads the tenant's retained events in the order they were

@@ -28,8 +28,22 @@ from meter.catalog.prices import Price, validate_price
 from meter.catalog.types import Amount, Checked, Currency, Id, Percent, Slug, Text, Time, invalid, trusted
 from meter.exceptions import AlreadyExists, InUse, InvalidInput, NotFound
 
-__all__ = ["BillingCatalog", "Commit", "Credit", "Customer", "Discount", "Meters", "Migration", "MigrationBody", "Plan",
-           "PlanBody", "PlanVersion", "PlanVersionBody", "Product", "Subscription"]
+__all__ = [
+    "BillingCatalog",
+    "Commit",
+    "Credit",
+    "Customer",
+    "Discount",
+    "Meters",
+    "Migration",
+    "MigrationBody",
+    "Plan",
+    "PlanBody",
+    "PlanVersion",
+    "PlanVersionBody",
+    "Product",
+    "Subscription",
+]
 
 
 class Address(Checked, forbid_unknown_fields=True):
@@ -192,8 +206,10 @@ def _places(value: Decimal, currency: str, what: str) -> None:
     """An amount of money a subscription carries is billed as it is: it must be a whole number of minor units."""
     digits = CURRENCIES[currency]
     if value != value.quantize(Decimal(1).scaleb(-digits)):
-        raise invalid(f"{what} is {value} {currency}, which is not a whole number of the currency's minor unit "
-                      f"({digits} digits after the point)")
+        raise invalid(
+            f"{what} is {value} {currency}, which is not a whole number of the currency's minor unit "
+            f"({digits} digits after the point)"
+        )
 
 
 class BillingCatalog(Store):
@@ -269,26 +285,33 @@ class BillingCatalog(Store):
             shown = ", ".join(users[:5]) + (" ..." if len(users) > 5 else "")
             raise InUse(f"{what} is still used by {shown}: delete or change those first")
 
-    def _check_meter(self, slug: str | None, where: str, known: Callable[[], dict[str, Any]],
-                     price: Price | None = None) -> None:
+    def _check_meter(
+        self, slug: str | None, where: str, known: Callable[[], dict[str, Any]], price: Price | None = None
+    ) -> None:
         """The meter exists, and pricing can rate ``price`` from it (else every invoice run of the tenant fails)."""
         if slug is None or self._meters is None:
             return
         meter = known().get(slug)
         if meter is None:
             names = ", ".join(sorted(known())) or "none yet"
-            raise invalid(f"{where}: meter {slug!r} does not exist (this tenant's meters: {names}); create it first "
-                          "(POST /v1/meters) or fix the slug")
+            raise invalid(
+                f"{where}: meter {slug!r} does not exist (this tenant's meters: {names}); create it first "
+                "(POST /v1/meters) or fix the slug"
+            )
         if price is None:
             return
         if getattr(meter, "aggregation", None) == "unique_count":
-            raise invalid(f"{where}: meter {slug!r} counts unique values, which do not add up over a period: "
-                          "price a count or sum meter instead")
+            raise invalid(
+                f"{where}: meter {slug!r} counts unique values, which do not add up over a period: "
+                "price a count or sum meter instead"
+            )
         dimensions = set(getattr(meter, "group_by", None) or {})
         if price.matrix is not None and not set(price.matrix.dimensions) <= dimensions:
             missing = ", ".join(sorted(set(price.matrix.dimensions) - dimensions))
-            raise invalid(f"{where}: the matrix prices the dimensions {missing}, which meter {slug!r} does not "
-                          f"group by (its dimensions: {', '.join(sorted(dimensions)) or 'none'})")
+            raise invalid(
+                f"{where}: the matrix prices the dimensions {missing}, which meter {slug!r} does not "
+                f"group by (its dimensions: {', '.join(sorted(dimensions)) or 'none'})"
+            )
 
     def _meter_slugs(self, tenant: str) -> Callable[[], dict[str, Any]]:
         """The tenant's meters by slug, looked up once and only if needed."""
@@ -299,16 +322,26 @@ class BillingCatalog(Store):
                 assert self._meters is not None
                 found.append({m.slug: m for m in self._meters.list_meters(tenant)})
             return found[0]
+
         return slugs
 
     # Meters (stored by the engine; deleted here so that the check and the deletion are one step)
 
     def meter_users(self, tenant: str, slug: str) -> list[str]:
         """What refers to the meter ``slug``: plan versions' prices, subscriptions' overrides, products."""
-        users = [f"plan {plan.id!r} version {v.version} (price {p.id!r})" for plan in self.list_plans(tenant)
-                 for v in plan.versions for p in v.prices if p.meter == slug]
-        users += [f"subscription {s.id!r} (override {p.id!r})" for s in self.list_subscriptions(tenant)
-                  for p in s.overrides if p.meter == slug]
+        users = [
+            f"plan {plan.id!r} version {v.version} (price {p.id!r})"
+            for plan in self.list_plans(tenant)
+            for v in plan.versions
+            for p in v.prices
+            if p.meter == slug
+        ]
+        users += [
+            f"subscription {s.id!r} (override {p.id!r})"
+            for s in self.list_subscriptions(tenant)
+            for p in s.overrides
+            if p.meter == slug
+        ]
         users += [f"product {p.id!r}" for p in self.list_products(tenant) if slug in p.meters]
         return users
 
@@ -318,8 +351,9 @@ class BillingCatalog(Store):
         Deleting it would leave charges that no invoice run could rate.
         """
         if self._meters is None:
-            raise InvalidInput("this catalog was opened without its meters: delete meters through the server",
-                               code="invalid_request")
+            raise InvalidInput(
+                "this catalog was opened without its meters: delete meters through the server", code="invalid_request"
+            )
         with self._lock:
             self._refuse_if_used(f"meter {slug!r}", self.meter_users(tenant, slug))
             self._meters.delete_meter(tenant, slug)
@@ -330,16 +364,19 @@ class BillingCatalog(Store):
         try:
             ZoneInfo(customer.timezone)
         except (ZoneInfoNotFoundError, ValueError):
-            raise invalid(f"customer {customer.id!r}: time zone {customer.timezone!r} is not an IANA name "
-                          "such as \"Europe/Paris\"") from None
+            raise invalid(
+                f'customer {customer.id!r}: time zone {customer.timezone!r} is not an IANA name such as "Europe/Paris"'
+            ) from None
         with self._lock:
             if self._exists("customer", tenant, customer.id):
                 before = self.get_customer(tenant, customer.id)
                 subs = [s.id for s in self.list_subscriptions(tenant) if s.customer == customer.id]
                 if before.currency != customer.currency and subs:
-                    raise invalid(f"customer {customer.id!r} pays in {before.currency} for subscriptions "
-                                  f"{', '.join(map(repr, subs[:5]))}: its currency cannot change while it has "
-                                  "subscriptions (their prices are in that currency)")
+                    raise invalid(
+                        f"customer {customer.id!r} pays in {before.currency} for subscriptions "
+                        f"{', '.join(map(repr, subs[:5]))}: its currency cannot change while it has "
+                        "subscriptions (their prices are in that currency)"
+                    )
             self._put("customer", tenant, customer.id, customer, new=False)
         return customer
 
@@ -386,8 +423,7 @@ class BillingCatalog(Store):
 
     # Plans
 
-    def create_plan(self, tenant: str, plan_id: str, name: str,
-                    versions: Sequence[PlanVersionBody] = ()) -> Plan:
+    def create_plan(self, tenant: str, plan_id: str, name: str, versions: Sequence[PlanVersionBody] = ()) -> Plan:
         """Creates a plan with its first versions in one write.
 
         All of it is checked first, so a refused version leaves no plan behind.
@@ -406,8 +442,9 @@ class BillingCatalog(Store):
         with self._lock:
             plan = self.get_plan(tenant, plan_id)
             version = self._next_version(tenant, plan, effective_from, prices)
-            self._put("plan", tenant, plan_id, msgspec.structs.replace(plan, versions=[*plan.versions, version]),
-                      new=False)
+            self._put(
+                "plan", tenant, plan_id, msgspec.structs.replace(plan, versions=[*plan.versions, version]), new=False
+            )
         return version
 
     def _next_version(self, tenant: str, plan: Plan, effective_from: datetime, prices: list[Price]) -> PlanVersion:
@@ -415,8 +452,10 @@ class BillingCatalog(Store):
         version = PlanVersion(version=len(plan.versions) + 1, effective_from=effective_from, prices=prices)
         where = f"plan {plan.id!r} version {version.version}"
         if plan.versions and effective_from <= plan.versions[-1].effective_from:
-            raise invalid(f"{where}: a new version must take effect after version "
-                          f"{plan.versions[-1].version} ({plan.versions[-1].effective_from.isoformat()})")
+            raise invalid(
+                f"{where}: a new version must take effect after version "
+                f"{plan.versions[-1].version} ({plan.versions[-1].effective_from.isoformat()})"
+            )
         ids = [p.id for p in prices]
         if len(set(ids)) != len(ids):
             raise invalid(f"{where}: price ids must be distinct within a version")
@@ -457,8 +496,10 @@ class BillingCatalog(Store):
             raise invalid(f"{where}: plan {sub.plan!r} does not exist; create it first")
         customer, plan = self.get_customer(tenant, sub.customer), self.get_plan(tenant, sub.plan)
         if customer.currency not in CURRENCIES:  # stored before currencies were checked
-            raise invalid(f"{where}: customer {customer.id!r} pays in {customer.currency!r}, which is not an ISO 4217 "
-                          "currency with a minor unit: correct the customer first")
+            raise invalid(
+                f"{where}: customer {customer.id!r} pays in {customer.currency!r}, which is not an ISO 4217 "
+                "currency with a minor unit: correct the customer first"
+            )
         if sub.end is not None and sub.end <= sub.start:
             raise invalid(f"{where}: end must be after start ([start, end) is half-open)")
         self._check_migrations(sub)
@@ -466,8 +507,10 @@ class BillingCatalog(Store):
             prices = {p.id: p for p in _version(plan, version, sub.id).prices}
             for p in prices.values():
                 if p.currency != customer.currency:
-                    raise invalid(f"{where}: price {p.id!r} is in {p.currency} but customer "
-                                  f"{customer.id!r} pays in {customer.currency} (plan version {version})")
+                    raise invalid(
+                        f"{where}: price {p.id!r} is in {p.currency} but customer "
+                        f"{customer.id!r} pays in {customer.currency} (plan version {version})"
+                    )
         current = {p.id for p in _version(plan, sub.version, sub.id).prices}
         overridden = [o.id for o in sub.overrides]
         if len(set(overridden)) != len(overridden):
@@ -475,31 +518,40 @@ class BillingCatalog(Store):
         slugs = self._meter_slugs(tenant)
         for override in sub.overrides:
             if override.id not in current:
-                raise invalid(f"{where}: override {override.id!r} replaces no price of plan "
-                              f"{sub.plan!r} version {sub.version}")
+                raise invalid(
+                    f"{where}: override {override.id!r} replaces no price of plan {sub.plan!r} version {sub.version}"
+                )
             validate_price(override)
             if override.currency != customer.currency:
-                raise invalid(f"{where}: override {override.id!r} is in {override.currency} but "
-                              f"customer {customer.id!r} pays in {customer.currency}")
+                raise invalid(
+                    f"{where}: override {override.id!r} is in {override.currency} but "
+                    f"customer {customer.id!r} pays in {customer.currency}"
+                )
             self._check_meter(override.meter, f"{where}, override {override.id!r}", slugs, override)
         grants: list[Commit | Credit] = [*sub.commits, *sub.credits]
         every_term: list[Commit | Credit | Discount] = [*grants, *sub.discounts]
         terms = [t.id for t in every_term]
         if len(set(terms)) != len(terms):
-            raise invalid(f"{where}: commits, credits and discounts need distinct ids (billing keeps what each has "
-                          "drawn under its id)")
+            raise invalid(
+                f"{where}: commits, credits and discounts need distinct ids (billing keeps what each has "
+                "drawn under its id)"
+            )
         for term in grants:
             if term.end <= term.start or term.amount <= 0:
                 raise invalid(f"{where}: {term.id!r} needs an amount above 0 and end after start")
             _places(term.amount, customer.currency, f"{where}: {term.id!r} amount")
         all_prices = {p.id for version, _, _ in sub.phases() for p in _version(plan, version, sub.id).prices}
         for any_term in every_term:
-            named = (any_term.applies_to if not isinstance(any_term, Discount)
-                     else [any_term.price] if any_term.price else [])
+            named = (
+                any_term.applies_to
+                if not isinstance(any_term, Discount)
+                else [any_term.price]
+                if any_term.price
+                else []
+            )
             unknown = sorted(set(named) - all_prices)
             if unknown:
-                raise invalid(f"{where}: {any_term.id!r} names prices the plan does not have: "
-                              f"{', '.join(unknown)}")
+                raise invalid(f"{where}: {any_term.id!r} names prices the plan does not have: {', '.join(unknown)}")
         for d in sub.discounts:
             if (d.percent is None) == (d.amount is None):
                 raise invalid(f"{where}: discount {d.id!r} needs exactly one of percent or amount")
@@ -521,15 +573,20 @@ class BillingCatalog(Store):
         previous, at = None, sub.start
         for i, m in enumerate(sub.migrations, start=1):
             if previous is not None and m.from_version != previous:
-                raise invalid(f"subscription {sub.id!r}: migration {i} starts from version {m.from_version} but the "
-                              f"one before moved to {previous}")
+                raise invalid(
+                    f"subscription {sub.id!r}: migration {i} starts from version {m.from_version} but the "
+                    f"one before moved to {previous}"
+                )
             if not at < m.at or (sub.end is not None and m.at >= sub.end):
-                raise invalid(f"subscription {sub.id!r}: migration {i} at {m.at.isoformat()} must fall after the "
-                              "start (and the migration before) and before the end")
+                raise invalid(
+                    f"subscription {sub.id!r}: migration {i} at {m.at.isoformat()} must fall after the "
+                    "start (and the migration before) and before the end"
+                )
             previous, at = m.to_version, m.at
         if previous is not None and previous != sub.version:
-            raise invalid(f"subscription {sub.id!r}: version is {sub.version} but the last migration moved to "
-                          f"{previous}")
+            raise invalid(
+                f"subscription {sub.id!r}: version is {sub.version} but the last migration moved to {previous}"
+            )
 
     def migrate_subscription(self, tenant: str, sub_id: str, version: int, at: datetime) -> Subscription:
         """Moves a subscription to another version of its plan from ``at`` on; pricing prorates the cycle across it.
@@ -541,7 +598,8 @@ class BillingCatalog(Store):
             if version == sub.version:
                 raise invalid(f"subscription {sub_id!r} is on version {version} already")
             migrated = msgspec.structs.replace(
-                sub, version=version, migrations=[*sub.migrations, Migration(sub.version, version, at)])
+                sub, version=version, migrations=[*sub.migrations, Migration(sub.version, version, at)]
+            )
             return self.put_subscription(tenant, migrated)
 
     def delete_subscription(self, tenant: str, sub_id: str) -> None:

@@ -17,8 +17,7 @@ import iso4217
 __all__ = ["CURRENCIES", "PUBLISHED", "is_currency"]
 
 #: code -> digits after the point of its minor unit (2 for EUR, 0 for JPY, 3 for KWD, 4 for CLF).
-CURRENCIES = MappingProxyType(dict(sorted(
-    (c.code, c.exponent) for c in iso4217.Currency if c.exponent is not None)))
+CURRENCIES = MappingProxyType(dict(sorted((c.code, c.exponent) for c in iso4217.Currency if c.exponent is not None)))
 #: The date of the ISO 4217 list in use.
 PUBLISHED = iso4217.__published__
 

@@ -19,7 +19,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 from meter.catalog.billing import Customer, PlanBody, Product, Subscription
 from meter.catalog.prices import validate_price
@@ -28,8 +28,12 @@ from meter.exceptions import InvalidInput
 __all__ = ["KINDS", "CatalogFileError", "load_catalog", "load_items", "read_yaml"]
 
 #: Each kind's type, in the order a catalog file is written (each refers only to kinds before it).
-KINDS: dict[str, type[msgspec.Struct]] = {"customers": Customer, "products": Product, "plans": PlanBody,
-                                          "subscriptions": Subscription}
+KINDS: dict[str, type[msgspec.Struct]] = {
+    "customers": Customer,
+    "products": Product,
+    "plans": PlanBody,
+    "subscriptions": Subscription,
+}
 
 
 class CatalogFileError(InvalidInput):
@@ -40,7 +44,7 @@ class CatalogFileError(InvalidInput):
         self.problems = problems
 
 
-class _Loader(yaml.SafeLoader):  # type: ignore[misc]
+class _Loader(yaml.SafeLoader):
     """SafeLoader that keeps numbers, times and booleans as they were written (see the module doc)."""
 
 

@@ -27,8 +27,17 @@ from rocksdict import Rdict
 from meter.catalog.kv import Store, scan
 from meter.exceptions import AlreadyExists, InUse, InvalidInput, NotFound
 
-__all__ = ["KEY_FORMAT", "ApiKey", "KeyBody", "KeyStore", "Scope", "TenantBody", "TenantKeyBody", "new_key",
-           "valid_checksum"]
+__all__ = [
+    "KEY_FORMAT",
+    "ApiKey",
+    "KeyBody",
+    "KeyStore",
+    "Scope",
+    "TenantBody",
+    "TenantKeyBody",
+    "new_key",
+    "valid_checksum",
+]
 
 Scope = Literal["ingest", "read", "export", "admin"]
 SCOPES: tuple[Scope, ...] = ("ingest", "read", "export", "admin")
@@ -118,8 +127,9 @@ class KeyStore(Store):
 
     def create_tenant(self, tenant_id: str, name: str = "") -> Tenant:
         if not tenant_id or len(tenant_id) > 64 or not all(c.isalnum() or c in "-_" for c in tenant_id):
-            raise InvalidInput(f"tenant id must be 1-64 letters, digits, '-' or '_'; got {tenant_id!r}",
-                               "invalid_tenant")
+            raise InvalidInput(
+                f"tenant id must be 1-64 letters, digits, '-' or '_'; got {tenant_id!r}", "invalid_tenant"
+            )
         key = b"tenant/" + tenant_id.encode()
         with self._lock:
             if self._db.get(key) is not None:
@@ -151,7 +161,10 @@ class KeyStore(Store):
             raise InvalidInput(f"a key must be {KEY_FORMAT}; `meter admin-key new` makes one", "invalid_key")
         secret = secret or new_key()
         record = ApiKey(
-            id=secrets.token_hex(8), tenant=tenant, scopes=sorted(set(scopes)), display=secret[: len(PREFIX) + 4],
+            id=secrets.token_hex(8),
+            tenant=tenant,
+            scopes=sorted(set(scopes)),
+            display=secret[: len(PREFIX) + 4],
             created_at=time.time(),
         )
         self._db[b"keyhash/" + _hash(secret)] = msgspec.json.encode(record)
@@ -212,8 +225,11 @@ class KeyStore(Store):
             return record
         others = [k for k in self.list_keys(operators=True) if not k.revoked and k.id != key_id]
         if record.tenant is None and not others:
-            raise InUse(f"key '{key_id}' is the last operator key: create another (POST /v1/admin/keys with "
-                        '{"tenant": null}) before revoking it, or use `meter admin-key reset`', "last_operator_key")
+            raise InUse(
+                f"key '{key_id}' is the last operator key: create another (POST /v1/admin/keys with "
+                '{"tenant": null}) before revoking it, or use `meter admin-key reset`',
+                "last_operator_key",
+            )
         revoked = msgspec.structs.replace(record, revoked=True)
         self._db[b"keyhash/" + _hash_of(self._db, key_id)] = msgspec.json.encode(revoked)
         return revoked
@@ -223,7 +239,8 @@ class KeyStore(Store):
         for record in self.list_keys(operators=True):
             if not record.revoked:
                 self._db[b"keyhash/" + _hash_of(self._db, record.id)] = msgspec.json.encode(
-                    msgspec.structs.replace(record, revoked=True))
+                    msgspec.structs.replace(record, revoked=True)
+                )
         return self.create_key(None, ["admin"])
 
     def has_admin_key(self) -> bool:

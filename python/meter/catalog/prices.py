@@ -84,8 +84,13 @@ class Price(Checked, forbid_unknown_fields=True):
 
 # Which field carries each model's parameters.
 _PARAMETERS: dict[str, str] = {
-    "flat": "amount", "per_unit": "unit_price", "graduated": "tiers", "volume": "tiers", "package": "package",
-    "percentage": "percentage", "matrix": "matrix",
+    "flat": "amount",
+    "per_unit": "unit_price",
+    "graduated": "tiers",
+    "volume": "tiers",
+    "package": "package",
+    "percentage": "percentage",
+    "matrix": "matrix",
 }
 
 
@@ -96,15 +101,15 @@ def validate_price(price: Price) -> None:
         raise InvalidInput(f"price {price.id!r}: {message}", code="invalid_price")
 
     if price.model == "flat" and price.meter is not None:
-        fail("a flat fee charges a period, not a meter: remove \"meter\"")
+        fail('a flat fee charges a period, not a meter: remove "meter"')
     if price.model != "flat" and price.meter is None:
-        fail(f"a {price.model} price charges a meter's usage: set \"meter\" to its slug")
+        fail(f'a {price.model} price charges a meter\'s usage: set "meter" to its slug')
     needed = _PARAMETERS[price.model]
     for field in sorted(set(_PARAMETERS.values())):
         if field == needed and getattr(price, field) is None:
-            fail(f"a {price.model} price needs \"{field}\"")
+            fail(f'a {price.model} price needs "{field}"')
         if field != needed and getattr(price, field) is not None:
-            fail(f"\"{field}\" does not belong to a {price.model} price")
+            fail(f'"{field}" does not belong to a {price.model} price')
 
     # Each number is finite, 0 or more and within its kind's limits already (meter.catalog.types).
     if price.minimum is not None and price.maximum is not None and price.minimum > price.maximum:
@@ -120,8 +125,10 @@ def validate_price(price: Price) -> None:
         if p.min_fee is not None and p.max_fee is not None and p.min_fee > p.max_fee:
             fail(f"min_fee {p.min_fee} is above max_fee {p.max_fee}")
         if p.per == "event" and price.free_allowance:
-            fail("a free allowance cannot be taken from a percentage charged per event (events have no order): "
-                 "set per to \"period\" or remove free_allowance")
+            fail(
+                "a free allowance cannot be taken from a percentage charged per event (events have no order): "
+                'set per to "period" or remove free_allowance'
+            )
     if price.matrix is not None:
         _check_matrix(price.matrix, fail)
 
@@ -140,8 +147,10 @@ def _check_tiers(tiers: list[Tier], fail: Callable[[str], NoReturn]) -> None:
                 fail(f"only the last tier may be unbounded; tier {i} has no up_to")
             elif following.start != tier.up_to:
                 gap = "a gap" if following.start > tier.up_to else "an overlap"
-                fail(f"tier {i + 1} starts at {following.start} but tier {i} ends at {tier.up_to}: {gap}; "
-                     "each tier must start where the previous one ends")
+                fail(
+                    f"tier {i + 1} starts at {following.start} but tier {i} ends at {tier.up_to}: {gap}; "
+                    "each tier must start where the previous one ends"
+                )
     if tiers[-1].up_to is not None:
         fail(f"the last tier must be unbounded (no up_to), or usage above {tiers[-1].up_to} would have no price")
 

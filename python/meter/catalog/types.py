@@ -49,8 +49,23 @@ from msgspec import inspect as mi
 from meter.catalog.currencies import CURRENCIES, PUBLISHED, is_currency
 from meter.exceptions import InvalidInput
 
-__all__ = ["LIMITS", "PLACES", "Amount", "Checked", "Currency", "Id", "Limit", "Percent", "Quantity", "Slug", "Text",
-           "Time", "UnitPrice", "invalid", "trusted"]
+__all__ = [
+    "LIMITS",
+    "PLACES",
+    "Amount",
+    "Checked",
+    "Currency",
+    "Id",
+    "Limit",
+    "Percent",
+    "Quantity",
+    "Slug",
+    "Text",
+    "Time",
+    "UnitPrice",
+    "invalid",
+    "trusted",
+]
 
 #: Digits after the decimal point of every catalog number.
 PLACES = 9
@@ -86,11 +101,19 @@ def _number(kind: str, example: str) -> Any:
     limit = LIMITS[kind]
     digits = limit.maximum.adjusted()
     # For the OpenAPI document (the plain form the catalog answers with; the server also reads 1E+3 or 0.5e-2).
-    plain = (f"^(100(\\.0{{1,{PLACES}}})?|[0-9]{{1,2}}(\\.[0-9]{{1,{PLACES}}})?)$" if limit.inclusive
-             else f"^[0-9]{{1,{digits}}}(\\.[0-9]{{1,{PLACES}}})?$")
-    return Annotated[Decimal, msgspec.Meta(description=f"A {kind}: a decimal string such as \"{example}\", "
-                                                       f"{limit.describe()}.", extra={"catalog": kind},
-                                           extra_json_schema={"pattern": plain})]
+    plain = (
+        f"^(100(\\.0{{1,{PLACES}}})?|[0-9]{{1,2}}(\\.[0-9]{{1,{PLACES}}})?)$"
+        if limit.inclusive
+        else f"^[0-9]{{1,{digits}}}(\\.[0-9]{{1,{PLACES}}})?$"
+    )
+    return Annotated[
+        Decimal,
+        msgspec.Meta(
+            description=f'A {kind}: a decimal string such as "{example}", {limit.describe()}.',
+            extra={"catalog": kind},
+            extra_json_schema={"pattern": plain},
+        ),
+    ]
 
 
 Quantity = _number("quantity", "1000")
@@ -107,19 +130,47 @@ _RULES = {
     "slug": "a meter's slug: 1-64 characters of a-z, 0-9, '_' or '-', starting with a letter or digit",
     "text": "at most 1000 characters, without control characters but tab and newline",
 }
-Id = Annotated[str, msgspec.Meta(
-    min_length=1, max_length=255, extra={"catalog": "id"}, extra_json_schema={"pattern": f"^{_ID.pattern}$"},
-    description=_RULES["id"])]
-Slug = Annotated[str, msgspec.Meta(
-    min_length=1, max_length=64, extra={"catalog": "slug"}, extra_json_schema={"pattern": f"^{_SLUG.pattern}$"},
-    description=_RULES["slug"])]
-Text = Annotated[str, msgspec.Meta(max_length=1000, extra={"catalog": "text"},
-                                   extra_json_schema={"pattern": f"^[^{_CONTROL}]*$"}, description=_RULES["text"])]
-Currency = Annotated[str, msgspec.Meta(
-    extra={"catalog": "currency"}, extra_json_schema={"enum": list(CURRENCIES)},
-    description=f"a current ISO 4217 code with a minor unit, such as \"EUR\" (the list of {PUBLISHED})")]
-Time = Annotated[datetime, msgspec.Meta(tz=True, extra={"catalog": "time"},
-                                        description="RFC 3339 with Z or an offset, in [1970, 9000)")]
+Id = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=255,
+        extra={"catalog": "id"},
+        extra_json_schema={"pattern": f"^{_ID.pattern}$"},
+        description=_RULES["id"],
+    ),
+]
+Slug = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=64,
+        extra={"catalog": "slug"},
+        extra_json_schema={"pattern": f"^{_SLUG.pattern}$"},
+        description=_RULES["slug"],
+    ),
+]
+Text = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=1000,
+        extra={"catalog": "text"},
+        extra_json_schema={"pattern": f"^[^{_CONTROL}]*$"},
+        description=_RULES["text"],
+    ),
+]
+Currency = Annotated[
+    str,
+    msgspec.Meta(
+        extra={"catalog": "currency"},
+        extra_json_schema={"enum": list(CURRENCIES)},
+        description=f'a current ISO 4217 code with a minor unit, such as "EUR" (the list of {PUBLISHED})',
+    ),
+]
+Time = Annotated[
+    datetime,
+    msgspec.Meta(tz=True, extra={"catalog": "time"}, description="RFC 3339 with Z or an offset, in [1970, 9000)"),
+]
 _FIRST, _END = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
 
 
@@ -139,19 +190,23 @@ def _a(kind: str) -> str:
 def check_number(value: Decimal, kind: str, field: str) -> Decimal:
     limit = LIMITS[kind]
     if not isinstance(value, Decimal):
-        raise invalid(f"`{field}` must be a decimal (a string such as \"0.25\"); got {_shown(value)}")
+        raise invalid(f'`{field}` must be a decimal (a string such as "0.25"); got {_shown(value)}')
     if not value.is_finite():
         raise invalid(f"`{field}` is {value}: {_a(kind)} must be a finite decimal, {limit.describe()}")
     if value < 0:
         raise invalid(f"`{field}` is {_shown(value)}: {_a(kind)} must be {limit.describe()}")
     if value > limit.maximum or (value == limit.maximum and not limit.inclusive):
-        raise invalid(f"`{field}` is {_shown(value)}: {_a(kind)} must be {limit.describe()} (what rating and the "
-                      "export can represent)")
+        raise invalid(
+            f"`{field}` is {_shown(value)}: {_a(kind)} must be {limit.describe()} (what rating and the "
+            "export can represent)"
+        )
     # The value is below 10^29 here, so 80 digits hold it at 9 places: quantize cannot fail.
     canonical = value.quantize(_QUANTUM, context=_EXACT)
     if canonical != value:
-        raise invalid(f"`{field}` is {_shown(value)}: it has more than {PLACES} digits after the point, more than "
-                      f"rating computes exactly; round it to {PLACES}")
+        raise invalid(
+            f"`{field}` is {_shown(value)}: it has more than {PLACES} digits after the point, more than "
+            f"rating computes exactly; round it to {PLACES}"
+        )
     # Stored in plain notation with at most 9 places and no negative zero ("1E+5" is 100000, "1.50000000000" is
     # 1.500000000), so that the export infers decimal128(38, 9) at most, whatever the mix of values.
     exponent = value.as_tuple().exponent
@@ -166,8 +221,11 @@ def check_number(value: Decimal, kind: str, field: str) -> Decimal:
 def _check_string(value: str, kind: str, field: str) -> str:
     if not isinstance(value, str):
         raise invalid(f"`{field}` must be a string; got {_shown(value)}")
-    pattern, what = {"id": (_ID, "an id: " + _RULES["id"]), "slug": (_SLUG, _RULES["slug"]),
-                     "text": (_TEXT, "text of " + _RULES["text"])}[kind]
+    pattern, what = {
+        "id": (_ID, "an id: " + _RULES["id"]),
+        "slug": (_SLUG, _RULES["slug"]),
+        "text": (_TEXT, "text of " + _RULES["text"]),
+    }[kind]
     if pattern.fullmatch(value) is None:
         raise invalid(f"`{field}` is {_shown(value)!r}, which is not {what}")
     try:
@@ -180,8 +238,10 @@ def _check_string(value: str, kind: str, field: str) -> str:
 def _check_currency(value: str, field: str) -> str:
     if not isinstance(value, str) or not is_currency(value):
         hint = f" (did you mean {value.upper()!r}?)" if isinstance(value, str) and is_currency(value.upper()) else ""
-        raise invalid(f"`{field}` is {_shown(value)!r}, which is not a current ISO 4217 currency with a minor unit, "
-                      f"such as \"EUR\", \"USD\" or \"JPY\"{hint}")
+        raise invalid(
+            f"`{field}` is {_shown(value)!r}, which is not a current ISO 4217 currency with a minor unit, "
+            f'such as "EUR", "USD" or "JPY"{hint}'
+        )
     return value
 
 
@@ -222,15 +282,18 @@ def _checker(t: mi.Type) -> Check | None:
                 if c is not None and not isinstance(m, mi.NoneType):
                     v = c(v, f)
             return v
+
         return union
     if isinstance(t, mi.ListType):
         item = _checker(t.item_type)
         if item is None:
             return None
+
         def items(v: list[Any], f: str) -> list[Any]:
             for i, x in enumerate(v):
                 item(x, f"{f}[{i}]")
             return v
+
         return items
     if isinstance(t, mi.DictType):
         key, value = _checker(t.key_type), _checker(t.value_type)
@@ -246,6 +309,7 @@ def _checker(t: mi.Type) -> Check | None:
                 if value:
                     value(x, f"{f}.{k}")
             return v
+
         return mapping
     if isinstance(t, (mi.DecimalType, mi.DateTimeType)):
         return _unchecked

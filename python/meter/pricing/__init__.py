@@ -1,5 +1,6 @@
-"""Pricing: rates usage against catalog prices exactly (Decimal and scaled Int128, never floats), with polars, and
-turns it into invoices. It reads only the Parquet export.
+"""Pricing: rates usage against catalog prices exactly (Decimal and scaled Int128, never floats), with polars.
+
+It turns usage into invoices, and reads only the Parquet export.
 
 :func:`rate` turns the charges of a period (:func:`charges_and_prices`, or :func:`price_frame` and a frame of
 charges), the period's quantities and, for per-event percentages, the events' amounts into one exact amount per

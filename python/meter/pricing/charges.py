@@ -83,8 +83,9 @@ def combination_key(values: Mapping[str, str]) -> str:
 def combination_expr(dimensions: Sequence[str]) -> pl.Expr:
     """:func:`combination_key` of each row of the given dimension columns (as in the usage export)."""
     if not dimensions or len(set(dimensions)) != len(dimensions):
-        raise InvalidInput(f"a combination needs one or more distinct dimensions; got {list(dimensions)}",
-                           code="invalid_dimensions")
+        raise InvalidInput(
+            f"a combination needs one or more distinct dimensions; got {list(dimensions)}", code="invalid_dimensions"
+        )
     # polars' JSON encoder escapes as json.dumps(ensure_ascii=False) does; tests/test_rating.py holds it to that.
     return pl.struct([pl.col(d).cast(pl.String) for d in sorted(dimensions)]).struct.json_encode()
 
@@ -99,8 +100,9 @@ def price_frame(prices: Iterable[Price]) -> pl.DataFrame:
     for price in prices:
         seen = by_id.setdefault(price.id, price)
         if seen is not price and seen != price:
-            raise InvalidInput(f"two different prices have the id {price.id!r}: give each version its own id",
-                               code="invalid_price")
+            raise InvalidInput(
+                f"two different prices have the id {price.id!r}: give each version its own id", code="invalid_price"
+            )
     frame = pl.DataFrame([_price_row(price) for price in by_id.values()], schema=PRICE_SCHEMA, orient="row")
     # Rating's own checks (the range it computes exactly in) now, rather than at the first rating. Imported here
     # because price_table imports this module.
@@ -139,29 +141,53 @@ def _price_row(price: Price) -> dict[str, Any]:
         return None if value is None else _exact_decimal(value, f"price {price.id!r}: {name}")
 
     row: dict[str, Any] = dict.fromkeys(PRICE_SCHEMA)
-    row.update(price_id=price.id, currency=price.currency, model=price.model, amount=exact(price.amount, "amount"),
-               unit_price=exact(price.unit_price, "unit_price"),
-               free_allowance=exact(price.free_allowance, "free_allowance"),
-               minimum=exact(price.minimum, "minimum"), maximum=exact(price.maximum, "maximum"))
+    row.update(
+        price_id=price.id,
+        currency=price.currency,
+        model=price.model,
+        amount=exact(price.amount, "amount"),
+        unit_price=exact(price.unit_price, "unit_price"),
+        free_allowance=exact(price.free_allowance, "free_allowance"),
+        minimum=exact(price.minimum, "minimum"),
+        maximum=exact(price.maximum, "maximum"),
+    )
     if price.tiers is not None:
-        row["tiers"] = [{"start": exact(t.start, f"tier {i} from"), "up_to": exact(t.up_to, f"tier {i} up_to"),
-                         "unit_price": exact(t.unit_price, f"tier {i} unit_price"),
-                         "flat_fee": exact(t.flat_fee, f"tier {i} flat_fee")}
-                        for i, t in enumerate(price.tiers, start=1)]
+        row["tiers"] = [
+            {
+                "start": exact(t.start, f"tier {i} from"),
+                "up_to": exact(t.up_to, f"tier {i} up_to"),
+                "unit_price": exact(t.unit_price, f"tier {i} unit_price"),
+                "flat_fee": exact(t.flat_fee, f"tier {i} flat_fee"),
+            }
+            for i, t in enumerate(price.tiers, start=1)
+        ]
     if price.package is not None:
-        row.update(package_size=exact(price.package.size, "package size"),
-                   package_price=exact(price.package.price, "package price"), package_rounding=price.package.rounding)
+        row.update(
+            package_size=exact(price.package.size, "package size"),
+            package_price=exact(price.package.price, "package price"),
+            package_rounding=price.package.rounding,
+        )
     if price.percentage is not None:
         p = price.percentage
         if p.per == "event" and price.free_allowance:
-            fail("a free allowance cannot be taken from a percentage charged per event (events have no order): "
-                 "set per to \"period\" or remove free_allowance")
-        row.update(percent=exact(p.percent, "percent"), percent_per=p.per, min_fee=exact(p.min_fee, "min_fee"),
-                   max_fee=exact(p.max_fee, "max_fee"))
+            fail(
+                "a free allowance cannot be taken from a percentage charged per event (events have no order): "
+                'set per to "period" or remove free_allowance'
+            )
+        row.update(
+            percent=exact(p.percent, "percent"),
+            percent_per=p.per,
+            min_fee=exact(p.min_fee, "min_fee"),
+            max_fee=exact(p.max_fee, "max_fee"),
+        )
     if price.matrix is not None:
-        row["matrix"] = [{"combination": combination_key(e.values),
-                          "unit_price": exact(e.unit_price, f"matrix entry {i} unit_price")}
-                         for i, e in enumerate(price.matrix.entries, start=1)]
+        row["matrix"] = [
+            {
+                "combination": combination_key(e.values),
+                "unit_price": exact(e.unit_price, f"matrix entry {i} unit_price"),
+            }
+            for i, e in enumerate(price.matrix.entries, start=1)
+        ]
     return row
 
 
@@ -172,6 +198,7 @@ def _exact_decimal(value: Decimal, what: str, code: str = "invalid_price") -> De
     if value.copy_abs() >= _MAGNITUDE:  # abs() would round to the context's 28 digits first
         raise InvalidInput(f"{what} is {value}, beyond the 10^29 pricing computes exactly", code=code)
     if value.quantize(Decimal(1).scaleb(-_PLACES), context=_CONTEXT) != value:
-        raise InvalidInput(f"{what} is {value}, which has more than {_PLACES} decimal places: round it to {_PLACES}",
-                           code=code)
+        raise InvalidInput(
+            f"{what} is {value}, which has more than {_PLACES} decimal places: round it to {_PLACES}", code=code
+        )
     return value

@@ -110,22 +110,26 @@ def _zone(tz: str) -> ZoneInfo:
     try:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError, OSError, TypeError):
-        raise _invalid(f"time zone {tz!r} is not an IANA name such as \"Europe/Paris\" or \"UTC\" "
-                       "(the customer's timezone)") from None
+        raise _invalid(
+            f'time zone {tz!r} is not an IANA name such as "Europe/Paris" or "UTC" (the customer\'s timezone)'
+        ) from None
 
 
 def _aware(t: datetime, what: str) -> None:
     if t.utcoffset() is None:  # naive, or a tzinfo that does not know its offset
-        raise _invalid(f"{what} must carry a time zone (RFC 3339 with Z or an offset, or tzinfo=UTC); "
-                       f"got the naive {t.isoformat()}")
+        raise _invalid(
+            f"{what} must carry a time zone (RFC 3339 with Z or an offset, or tzinfo=UTC); "
+            f"got the naive {t.isoformat()}"
+        )
 
 
 def _months(sub: Subscription) -> int:
     try:
         return _MONTHS[sub.cycle]
     except KeyError:
-        raise _invalid(f"subscription {sub.id!r}: cycle must be one of monthly, quarterly, annual; "
-                       f"got {sub.cycle!r}") from None
+        raise _invalid(
+            f"subscription {sub.id!r}: cycle must be one of monthly, quarterly, annual; got {sub.cycle!r}"
+        ) from None
 
 
 def _wall(t: datetime, zone: ZoneInfo) -> datetime:
@@ -167,8 +171,9 @@ def _month_start(zone: ZoneInfo, month: int, day: int, at: time) -> datetime:
     try:
         return _localize(datetime.combine(date(year, month0 + 1, min(day, last)), at), zone)
     except OverflowError:
-        raise _invalid("billing cycles are supported for years 1 to 9999; an instant is too close to either end") \
-            from None
+        raise _invalid(
+            "billing cycles are supported for years 1 to 9999; an instant is too close to either end"
+        ) from None
 
 
 @lru_cache(maxsize=1 << 16)
@@ -295,8 +300,10 @@ def _period_days(period: Period, tz: str) -> tuple[date, int]:
     first = _day(period.start, tz)
     total = (_day(period.end, tz) - first).days
     if total <= 0:
-        raise _invalid(f"a period must span at least one local day in {tz}; got [{period.start.isoformat()}, "
-                       f"{period.end.isoformat()})")
+        raise _invalid(
+            f"a period must span at least one local day in {tz}; got [{period.start.isoformat()}, "
+            f"{period.end.isoformat()})"
+        )
     return first, total
 
 
@@ -311,8 +318,9 @@ def proration(period: Period, covered_from: datetime, covered_to: datetime, tz: 
     _aware(covered_from, "covered_from")
     _aware(covered_to, "covered_to")
     if covered_to < covered_from:
-        raise _invalid(f"covered_from ({covered_from.isoformat()}) must not be after covered_to "
-                       f"({covered_to.isoformat()})")
+        raise _invalid(
+            f"covered_from ({covered_from.isoformat()}) must not be after covered_to ({covered_to.isoformat()})"
+        )
     _, total = _period_days(period, tz)
     lo, hi = max(covered_from, period.start), min(covered_to, period.end)
     if lo >= hi:
@@ -338,8 +346,12 @@ def segments(sub: Subscription, tz: str, period: Period) -> list[Segment]:
     for i, (version, start, end) in enumerate(phases):
         _aware(start, f"subscription {sub.id!r} start" if i == 0 else f"subscription {sub.id!r} migration {i} at")
         if end is not None:
-            _aware(end, f"subscription {sub.id!r} end" if i == len(phases) - 1 else
-                   f"subscription {sub.id!r} migration {i + 1} at")
+            _aware(
+                end,
+                f"subscription {sub.id!r} end"
+                if i == len(phases) - 1
+                else f"subscription {sub.id!r} migration {i + 1} at",
+            )
         lo = max(start, period.start).astimezone(UTC)
         hi = (period.end if end is None else min(end, period.end)).astimezone(UTC)
         if lo >= hi:
@@ -352,11 +364,17 @@ def segments(sub: Subscription, tz: str, period: Period) -> list[Segment]:
         shown = upto
         notes: list[str] = []
         if lo > period.start:
-            notes.append(f"started {lo_day.isoformat()}" if i == 0 else
-                         f"plan changed to version {version} on {lo_day.isoformat()}")
+            notes.append(
+                f"started {lo_day.isoformat()}"
+                if i == 0
+                else f"plan changed to version {version} on {lo_day.isoformat()}"
+            )
         if hi < period.end:
-            notes.append(f"ended {hi_day.isoformat()}" if i == len(phases) - 1 else
-                         f"until the change to version {phases[i + 1][0]} on {hi_day.isoformat()}")
+            notes.append(
+                f"ended {hi_day.isoformat()}"
+                if i == len(phases) - 1
+                else f"until the change to version {phases[i + 1][0]} on {hi_day.isoformat()}"
+            )
         reason = "prorated: " + ", ".join(notes) if notes and share != _ONE else ""
         found.append(Segment(version=version, start=lo, end=hi, proration=share, reason=reason))
     return found

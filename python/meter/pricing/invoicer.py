@@ -38,10 +38,12 @@ class Invoicer:
     def export(self, tenants: list[str]) -> dict[str, ExportSummary]:
         """Everything the export holds, for these tenants: usage, raw events, the catalog and the invoices."""
         with self.lock:
-            return {"usage": export_usage(self.engine, tenants, self.out),
-                    "events": export_events(self.engine, tenants, self.out),
-                    "catalog": export_catalog(self.catalog, self.engine, tenants, self.out),
-                    "invoices": export_invoices(self.store, tenants, self.out)}
+            return {
+                "usage": export_usage(self.engine, tenants, self.out),
+                "events": export_events(self.engine, tenants, self.out),
+                "catalog": export_catalog(self.catalog, self.engine, tenants, self.out),
+                "invoices": export_invoices(self.store, tenants, self.out),
+            }
 
     def run(self, tenant: str, month: str, finalize: bool = False) -> InvoiceRun:
         """The drafts of the cycles starting in ``month`` (``YYYY-MM``), finalized (numbered) when asked.
@@ -58,9 +60,13 @@ class Invoicer:
                     try:
                         done.append(self.store.finalize(tenant, draft.id))
                     except Exception as e:  # noqa: BLE001 - the drafts before it stay finalized: say so, go on
-                        errors.append(RunError(subscription=draft.subscription, code=getattr(e, "code", "internal"),
-                                               message=f"invoice {draft.id} was saved as a draft but could not be "
-                                                       f"finalized: {e}"))
+                        errors.append(
+                            RunError(
+                                subscription=draft.subscription,
+                                code=getattr(e, "code", "internal"),
+                                message=f"invoice {draft.id} was saved as a draft but could not be finalized: {e}",
+                            )
+                        )
                         done.append(self.store.get(tenant, draft.id))
                 invoices = done
             # Drafts invoiced over whole tables are exported from their rows, unless finalizing changed them since.
@@ -68,8 +74,14 @@ class Invoicer:
                 priced.fresh.discard()
             with step("invoice_parquet"):
                 warnings = self._export_invoices(tenant, None if finalize else priced.fresh)
-        return InvoiceRun(period=month, invoices=invoices, errors=errors, warnings=warnings,
-                          fees_in_advance=priced.fees_in_advance, usage_in_arrears=priced.usage_in_arrears)
+        return InvoiceRun(
+            period=month,
+            invoices=invoices,
+            errors=errors,
+            warnings=warnings,
+            fees_in_advance=priced.fees_in_advance,
+            usage_in_arrears=priced.usage_in_arrears,
+        )
 
     def preview(self, tenant: str, customer: str, as_of: datetime) -> list[Invoice]:
         with self.lock:
@@ -94,8 +106,7 @@ class Invoicer:
         void = self.store.void(tenant, invoice_id)
         return void, self._export_after_write(tenant)
 
-    def credit(self, tenant: str, invoice_id: str, amount: Decimal, reason: str) -> tuple[CreditNote,
-                                                                                          list[RunWarning]]:
+    def credit(self, tenant: str, invoice_id: str, amount: Decimal, reason: str) -> tuple[CreditNote, list[RunWarning]]:
         note = self.store.credit(tenant, invoice_id, amount, reason)
         return note, self._export_after_write(tenant)
 
@@ -112,8 +123,10 @@ class Invoicer:
         try:
             export_invoices(self.store, [tenant], self.out, {tenant: fresh} if fresh is not None else None)
         except Exception as e:  # noqa: BLE001 - the export is derived; it must never undo or hide the write
-            message = (f"the change was saved, but the invoices export under {self.out / 'invoices'} could not be "
-                       f"refreshed ({type(e).__name__}: {e}); the next invoicing call or export retries it")
+            message = (
+                f"the change was saved, but the invoices export under {self.out / 'invoices'} could not be "
+                f"refreshed ({type(e).__name__}: {e}); the next invoicing call or export retries it"
+            )
             print(f"meter: tenant {tenant!r}: {message}", file=sys.stderr, flush=True)
             return [RunWarning(code="export_failed", message=message)]
         return []

@@ -40,9 +40,24 @@ from meter.catalog.kv import Store, scan
 from meter.exceptions import InvalidInput, NotFound
 from meter.pricing.money import minor_units
 
-__all__ = ["CreditNote", "CreditNoteBody", "Fresh", "Invoice", "InvoiceLine", "InvoiceRun", "InvoiceRunBody",
-           "InvoiceStore", "LineDetail", "RunError", "RunWarning", "ServicePeriod", "StoredInvoices",
-           "check_credit_amount", "check_exportable", "check_invoice"]
+__all__ = [
+    "CreditNote",
+    "CreditNoteBody",
+    "Fresh",
+    "Invoice",
+    "InvoiceLine",
+    "InvoiceRun",
+    "InvoiceRunBody",
+    "InvoiceStore",
+    "LineDetail",
+    "RunError",
+    "RunWarning",
+    "ServicePeriod",
+    "StoredInvoices",
+    "check_credit_amount",
+    "check_exportable",
+    "check_invoice",
+]
 
 Status = Literal["draft", "finalized", "void"]
 LineKind = Literal["recurring", "usage", "adjustment", "commit", "shortfall", "discount", "credit"]
@@ -168,6 +183,7 @@ class StoredInvoices(Sequence[Invoice]):
             return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
         return NotImplemented
 
+    # Unhashable, as a list is (it defines __eq__); typeshed declares __hash__ a method, so None needs the ignore.
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
@@ -265,10 +281,16 @@ def check_exportable(value: Decimal | None, what: str) -> None:
     """Raises ``InvalidInput`` unless ``value`` is finite and fits the export's ``decimal128(38, 9)`` exactly."""
     if value is None:
         return
-    if not value.is_finite() or abs(value) >= _EXPORT_LIMIT \
-            or value != value.quantize(Decimal(1).scaleb(-EXPORT_SCALE), context=_CONTEXT):
-        raise InvalidInput(f"{what} is {value}: amounts and quantities must be finite, below 10^29 and have at most "
-                           f"{EXPORT_SCALE} decimals", code="invalid_amount")
+    if (
+        not value.is_finite()
+        or abs(value) >= _EXPORT_LIMIT
+        or value != value.quantize(Decimal(1).scaleb(-EXPORT_SCALE), context=_CONTEXT)
+    ):
+        raise InvalidInput(
+            f"{what} is {value}: amounts and quantities must be finite, below 10^29 and have at most "
+            f"{EXPORT_SCALE} decimals",
+            code="invalid_amount",
+        )
 
 
 def check_invoice(invoice: Invoice) -> None:
@@ -289,11 +311,16 @@ def check_credit_amount(amount: Decimal, currency: str) -> Decimal:
     digits = minor_units(currency)
     quantum = Decimal(1).scaleb(-digits)
     if not amount.is_finite() or amount <= 0 or abs(amount) >= _EXPORT_LIMIT:
-        raise InvalidInput(f"a credit note's amount must be a positive decimal amount of {currency}; got {amount}",
-                           code="invalid_credit_note")
+        raise InvalidInput(
+            f"a credit note's amount must be a positive decimal amount of {currency}; got {amount}",
+            code="invalid_credit_note",
+        )
     if amount != amount.quantize(quantum, context=_CONTEXT):
-        raise InvalidInput(f"a credit note's amount must have at most {digits} decimals, {currency}'s minor unit "
-                           f"({quantum} {currency}); got {amount}", code="invalid_credit_note")
+        raise InvalidInput(
+            f"a credit note's amount must have at most {digits} decimals, {currency}'s minor unit "
+            f"({quantum} {currency}); got {amount}",
+            code="invalid_credit_note",
+        )
     return amount.quantize(quantum, context=_CONTEXT)
 
 
@@ -349,8 +376,9 @@ class InvoiceStore(Store):
                 self._write((f"invoice/{invoice.tenant}/{draft.id}", msgspec.json.encode(draft)))
             return draft
 
-    def save_drafts(self, tenant: str, drafts: Iterable[tuple[str, bytes]], chunk: int = 20_000,
-                    logged: bool = True) -> Iterator[tuple[str, str, bytes]]:
+    def save_drafts(
+        self, tenant: str, drafts: Iterable[tuple[str, bytes]], chunk: int = 20_000, logged: bool = True
+    ) -> Iterator[tuple[str, str, bytes]]:
         """:meth:`save_draft` of many drafts, given as ``(id, JSON of the Invoice)``, in large synced write batches.
 
         Yields ``(id, stored id, JSON)`` of each draft stored (the id it was stored under is ``<id>-r2``... when it
@@ -370,7 +398,8 @@ class InvoiceStore(Store):
         while part := list(islice(pending, chunk)):
             with self.lock(tenant):
                 stored: list[bytes | None] = self._db.get(  # type: ignore[assignment]  # a list for a list of keys
-                    [f"invoice/{tenant}/{i}".encode() for i, _ in part])
+                    [f"invoice/{tenant}/{i}".encode() for i, _ in part]
+                )
                 batch, saved = WriteBatch(), []
                 for (base, value), raw in zip(part, stored, strict=True):
                     invoice_id = base
@@ -412,7 +441,7 @@ class InvoiceStore(Store):
         for key in self._db.keys(from_key=prefix):
             if not isinstance(key, bytes) or not key.startswith(prefix):
                 break
-            if key[len(prefix):].decode() not in skip and (value := self._db.get(key)) is not None:
+            if key[len(prefix) :].decode() not in skip and (value := self._db.get(key)) is not None:
                 yield value
 
     def statuses(self, tenant: str) -> Iterator[tuple[str, Status, bytes]]:
@@ -421,7 +450,7 @@ class InvoiceStore(Store):
         for key, value in self._db.items(from_key=prefix):
             if not isinstance(key, bytes) or not key.startswith(prefix):
                 break
-            yield key[len(prefix):].decode(), msgspec.json.decode(value, type=_Head).status, value
+            yield key[len(prefix) :].decode(), msgspec.json.decode(value, type=_Head).status, value
 
     def issue(self, invoice: Invoice, now: datetime | None = None) -> Invoice | None:
         """Saves ``invoice`` finalized (numbered) at once, in one write.
@@ -439,20 +468,24 @@ class InvoiceStore(Store):
         with self.lock(tenant):
             invoice = self.get(tenant, invoice_id)
             if invoice.status != "draft":
-                raise InvalidInput(f"invoice {invoice_id!r} is {invoice.status}; only a draft can be finalized",
-                                   code="invalid_state")
+                raise InvalidInput(
+                    f"invoice {invoice_id!r} is {invoice.status}; only a draft can be finalized", code="invalid_state"
+                )
             if (stale := self._stale(invoice)) is not None:
-                raise InvalidInput(f"draft {invoice_id!r} is stale: {stale} since it was computed; re-run its period "
-                                   f"({invoice.period or f'{invoice.period_start:%Y-%m}'}) and finalize the new draft",
-                                   code="stale_draft")
+                raise InvalidInput(
+                    f"draft {invoice_id!r} is stale: {stale} since it was computed; re-run its period "
+                    f"({invoice.period or f'{invoice.period_start:%Y-%m}'}) and finalize the new draft",
+                    code="stale_draft",
+                )
             return self._finalize(invoice, now)
 
     def _stale(self, invoice: Invoice) -> str | None:
         """Why ``invoice`` no longer holds (lock held): a finalized invoice of its subscription came or went."""
         if invoice.basis is None:
             return None
-        now = sorted(i.id for i in self.of_subscription(invoice.tenant, invoice.subscription)
-                     if i.status == "finalized")
+        now = sorted(
+            i.id for i in self.of_subscription(invoice.tenant, invoice.subscription) if i.status == "finalized"
+        )
         if now == sorted(invoice.basis):
             return None
         came, went = sorted(set(now) - set(invoice.basis)), sorted(set(invoice.basis) - set(now))
@@ -460,8 +493,9 @@ class InvoiceStore(Store):
 
     def _finalize(self, invoice: Invoice, now: datetime | None) -> Invoice:
         counter, n = self._next(invoice.tenant, "invoice")
-        final = msgspec.structs.replace(invoice, status="finalized", number=f"INV-{n:06d}",
-                                        finalized_at=now or datetime.now(UTC))
+        final = msgspec.structs.replace(
+            invoice, status="finalized", number=f"INV-{n:06d}", finalized_at=now or datetime.now(UTC)
+        )
         self._write(counter, (f"invoice/{invoice.tenant}/{invoice.id}", msgspec.json.encode(final)))
         return final
 
@@ -469,30 +503,44 @@ class InvoiceStore(Store):
         with self.lock(tenant):
             invoice = self.get(tenant, invoice_id)
             if invoice.status != "finalized":
-                raise InvalidInput(f"invoice {invoice_id!r} is {invoice.status}; only a finalized invoice can be "
-                                   "voided (a draft is simply recomputed)", code="invalid_state")
+                raise InvalidInput(
+                    f"invoice {invoice_id!r} is {invoice.status}; only a finalized invoice can be "
+                    "voided (a draft is simply recomputed)",
+                    code="invalid_state",
+                )
             void = msgspec.structs.replace(invoice, status="void", voided_at=now or datetime.now(UTC))
             self._write((f"invoice/{tenant}/{invoice_id}", msgspec.json.encode(void)))
             return void
 
-    def credit(self, tenant: str, invoice_id: str, amount: Decimal, reason: str,
-               now: datetime | None = None) -> CreditNote:
+    def credit(
+        self, tenant: str, invoice_id: str, amount: Decimal, reason: str, now: datetime | None = None
+    ) -> CreditNote:
         """A credit note against a finalized invoice; all credit notes of an invoice never exceed its total."""
         with self.lock(tenant):
             invoice = self.get(tenant, invoice_id)
             if invoice.status != "finalized":
-                raise InvalidInput(f"invoice {invoice_id!r} is {invoice.status}; credit notes go against finalized "
-                                   "invoices", code="invalid_state")
+                raise InvalidInput(
+                    f"invoice {invoice_id!r} is {invoice.status}; credit notes go against finalized invoices",
+                    code="invalid_state",
+                )
             amount = check_credit_amount(amount, invoice.currency)
             credited = sum((n.amount for n in self.credit_notes(tenant) if n.invoice == invoice_id), Decimal(0))
             if credited + amount > invoice.total:
-                raise InvalidInput(f"a credit note must be at most what is left to credit on {invoice.number} "
-                                   f"({invoice.total - credited} {invoice.currency}); got {amount}",
-                                   code="invalid_credit_note")
+                raise InvalidInput(
+                    f"a credit note must be at most what is left to credit on {invoice.number} "
+                    f"({invoice.total - credited} {invoice.currency}); got {amount}",
+                    code="invalid_credit_note",
+                )
             counter, n = self._next(tenant, "credit_note")
             number = f"CN-{n:06d}"
-            note = CreditNote(id=number, number=number, invoice=invoice_id, amount=amount, reason=reason,
-                              created_at=now or datetime.now(UTC))
+            note = CreditNote(
+                id=number,
+                number=number,
+                invoice=invoice_id,
+                amount=amount,
+                reason=reason,
+                created_at=now or datetime.now(UTC),
+            )
             self._write(counter, (f"credit_note/{tenant}/{number}", msgspec.json.encode(note)))
             return note
 

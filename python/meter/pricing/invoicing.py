@@ -101,11 +101,11 @@ def parse_month(month: str, name: str = "period") -> datetime:
     match = _MONTH.fullmatch(month) if isinstance(month, str) else None
     year, number = (int(match[1]), int(match[2])) if match else (0, 0)
     if not match or not 1 <= number <= 12:
-        raise InvalidInput(f"{name} must be a month as YYYY-MM, such as 2026-11; got {month!r}",
-                           code="invalid_period")
+        raise InvalidInput(f"{name} must be a month as YYYY-MM, such as 2026-11; got {month!r}", code="invalid_period")
     if not FIRST_YEAR <= year <= LAST_YEAR:
-        raise InvalidInput(f"{name} must be a month from {FIRST_YEAR}-01 to {LAST_YEAR}-12; got {month!r}",
-                           code="invalid_period")
+        raise InvalidInput(
+            f"{name} must be a month from {FIRST_YEAR}-01 to {LAST_YEAR}-12; got {month!r}", code="invalid_period"
+        )
     return datetime(year, number, 1)
 
 
@@ -250,8 +250,7 @@ def invoice_period(snapshot: Snapshot, out: Path, store: InvoiceStore, month: st
         for sub in slow:
             try:
                 tz = ZoneInfo(_tz(snapshot, sub))
-                for period in cycles.cycles_between(sub, tz.key, first.replace(tzinfo=tz),
-                                                    after.replace(tzinfo=tz)):
+                for period in cycles.cycles_between(sub, tz.key, first.replace(tzinfo=tz), after.replace(tzinfo=tz)):
                     drafts.append(_cycle_draft(snapshot, sub, period, billed))
             except Exception as e:  # noqa: BLE001 - one subscription never stops the invoicing of the others
                 errors.append(_error(sub, e))
@@ -270,7 +269,8 @@ def invoice_period(snapshot: Snapshot, out: Path, store: InvoiceStore, month: st
     # Stored as save_draft stores each, in synced batches rather than one synced write per draft.
     with step("store"):
         for base, invoice_id, value in store.save_drafts(
-                snapshot.tenant, ((i.id, msgspec.json.encode(i)) for i in checked.values())):
+            snapshot.tenant, ((i.id, msgspec.json.encode(i)) for i in checked.values())
+        ):
             draft = checked[base]
             if invoice_id != base:
                 draft = msgspec.json.decode(value, type=Invoice)
@@ -291,14 +291,18 @@ def _merged(saved: list[tuple[int, datetime, Invoice | str]], stored: pl.DataFra
         return stored.sort("order", "period_start").get_column("stored").to_list()
     schema: dict[str, Any] = {"order": pl.UInt32, "period_start": stored.schema["period_start"], "one": pl.Int64}
     ones = pl.DataFrame([(order, start, i) for i, (order, start, _) in enumerate(saved)], schema=schema, orient="row")
-    both = pl.concat([stored.with_columns(one=pl.lit(None, pl.Int64)), ones.with_columns(
-        stored=pl.lit(None, pl.String))], how="diagonal_relaxed").sort("order", "period_start")
-    return [saved[one][2] if one is not None else invoice_id
-            for invoice_id, one in both.select("stored", "one").iter_rows()]
+    both = pl.concat(
+        [stored.with_columns(one=pl.lit(None, pl.Int64)), ones.with_columns(stored=pl.lit(None, pl.String))],
+        how="diagonal_relaxed",
+    ).sort("order", "period_start")
+    return [
+        saved[one][2] if one is not None else invoice_id for invoice_id, one in both.select("stored", "one").iter_rows()
+    ]
 
 
-def _batched(snapshot: Snapshot, out: Path, billed: Billed, first: datetime,
-             after: datetime) -> tuple[pl.Series, Batch | None]:
+def _batched(
+    snapshot: Snapshot, out: Path, billed: Billed, first: datetime, after: datetime
+) -> tuple[pl.Series, Batch | None]:
     """The plain subscriptions' drafts over whole tables, and the rows of the others (all of them when that fails)."""
     table = snapshot.subscription_table
     everyone = pl.int_range(table.height, dtype=pl.UInt32, eager=True)
@@ -306,8 +310,9 @@ def _batched(snapshot: Snapshot, out: Path, billed: Billed, first: datetime,
         return everyone, None
     customers = snapshot.customer_table.select(customer="id", timezone="timezone", currency="currency")
     subs = table.with_row_index("order").join(customers, on="customer", how="left", maintain_order="left")
-    plain = plain_subscriptions(subs) & ~subs.get_column("id").is_in(pl.Series(list(billed.finalized),
-                                                                                 dtype=pl.String).implode())
+    plain = plain_subscriptions(subs) & ~subs.get_column("id").is_in(
+        pl.Series(list(billed.finalized), dtype=pl.String).implode()
+    )
     # A subscription whose charge rating refuses is left to the per-subscription path, which reports it by name; a
     # few such are taken out one at a time, more than that send everyone that way.
     for _ in range(_REFUSALS):
@@ -321,16 +326,14 @@ def _batched(snapshot: Snapshot, out: Path, billed: Billed, first: datetime,
             continue
         except Exception as e:  # noqa: BLE001 - the per-subscription path invoices them, and reports what fails
             if not isinstance(e, MeterError | NotPlain):  # not the input: keep the traceback for the server's operator
-                print("meter: the columnar invoice run failed; invoicing one subscription at a time:",
-                      file=sys.stderr)
+                print("meter: the columnar invoice run failed; invoicing one subscription at a time:", file=sys.stderr)
                 traceback.print_exception(e, file=sys.stderr)
             return everyone, None
         return subs.filter(~plain).get_column("order"), batch
     return everyone, None
 
 
-def _save_batch(store: InvoiceStore, out: Path, tenant: str,
-                batch: Batch) -> tuple[Fresh, pl.DataFrame, set[str]]:
+def _save_batch(store: InvoiceStore, out: Path, tenant: str, batch: Batch) -> tuple[Fresh, pl.DataFrame, set[str]]:
     """Stores the batch's drafts, a chunk at a time, and writes their export rows beside the export (``Fresh``).
 
     Returns those, what was stored (``order``, ``period_start`` and ``stored``, the id stored under) and the
@@ -350,14 +353,22 @@ def _save_batch(store: InvoiceStore, out: Path, tenant: str,
             invoices = chunk.invoices
             bases = invoices.get_column("id").to_list()
             with step("store"):
-                stored = list(store.save_drafts(tenant, zip(bases, invoices.get_column("json").cast(
-                    pl.Binary).to_list(), strict=True), logged=False))
+                stored = list(
+                    store.save_drafts(
+                        tenant,
+                        zip(bases, invoices.get_column("json").cast(pl.Binary).to_list(), strict=True),
+                        logged=False,
+                    )
+                )
             rows, lines = invoices.drop("json"), chunk.lines
             if len(stored) != len(bases) or any(base != invoice_id for base, invoice_id, _ in stored):
                 # Some were finalized (skipped) or reissue a void invoice (stored under <id>-rN, `reissues` set):
                 # the export reads the reissues back from the store.
-                kept = pl.DataFrame([(base, invoice_id) for base, invoice_id, _ in stored],
-                                    schema={"id": pl.String, "stored": pl.String}, orient="row")
+                kept = pl.DataFrame(
+                    [(base, invoice_id) for base, invoice_id, _ in stored],
+                    schema={"id": pl.String, "stored": pl.String},
+                    orient="row",
+                )
                 rows = rows.join(kept, on="id", how="inner", maintain_order="left")
                 found.append(rows.select("order", "period_start", "stored"))
                 rows = rows.filter(pl.col("id") == pl.col("stored")).drop("stored")
@@ -378,8 +389,9 @@ def _save_batch(store: InvoiceStore, out: Path, tenant: str,
     return fresh, pl.concat([pl.DataFrame(schema=schema), *found]), left
 
 
-def upcoming_invoices(snapshot: Snapshot, out: Path, store: InvoiceStore, customer: str,
-                      as_of: datetime) -> list[Invoice]:
+def upcoming_invoices(
+    snapshot: Snapshot, out: Path, store: InvoiceStore, customer: str, as_of: datetime
+) -> list[Invoice]:
     """The preview of a customer's next invoices (one per subscription).
 
     The preview of a customer's next invoices (one per subscription): the cycle after ``as_of``, with the usage of
@@ -388,8 +400,11 @@ def upcoming_invoices(snapshot: Snapshot, out: Path, store: InvoiceStore, custom
     billed = Billed.of(store, snapshot.tenant)
     drafts = []
     table = snapshot.subscription_table
-    rows = (table.with_row_index("_row").filter(pl.col("customer") == customer).get_column("_row") if table.height
-            else pl.Series(dtype=pl.UInt32))
+    rows = (
+        table.with_row_index("_row").filter(pl.col("customer") == customer).get_column("_row")
+        if table.height
+        else pl.Series(dtype=pl.UInt32)
+    )
     for sub in snapshot.subscriptions_of(rows):  # the customer's, not a million subscription objects
         tz = _tz(snapshot, sub)
         current = cycles.cycle_containing(sub, tz, as_of)
@@ -413,8 +428,9 @@ def bill_thresholds(snapshot: Snapshot, out: Path, store: InvoiceStore, as_of: d
         try:
             tz = _tz(snapshot, sub)
             current = cycles.cycle_containing(sub, tz, as_of)
-            draft = _Draft(f"{sub.id}-{current.start:%Y%m%d}-t{as_of:%Y%m%dT%H%M%S}", sub, "threshold", current,
-                           current, as_of, tz)
+            draft = _Draft(
+                f"{sub.id}-{current.start:%Y%m%d}-t{as_of:%Y%m%dT%H%M%S}", sub, "threshold", current, current, as_of, tz
+            )
             draft.charges = [c for c in _arrears(snapshot, sub, tz, current, as_of) if c.kind == "usage"]
             drafts.append(draft)
         except Exception as e:  # noqa: BLE001 - one subscription never stops the invoicing of the others
@@ -447,8 +463,9 @@ def _span(periods: list[cycles.Period]) -> ServicePeriod | None:
 def _tz(snapshot: Snapshot, sub: Subscription) -> str:
     customer = snapshot.customer(sub.customer)
     if customer is None:
-        raise InvalidInput(f"subscription {sub.id!r}: customer {sub.customer!r} is not in the catalog snapshot",
-                           code="invalid_catalog")
+        raise InvalidInput(
+            f"subscription {sub.id!r}: customer {sub.customer!r} is not in the catalog snapshot", code="invalid_catalog"
+        )
     return customer.timezone
 
 
@@ -467,8 +484,15 @@ def _cycle_draft(snapshot: Snapshot, sub: Subscription, period: cycles.Period, b
     return draft
 
 
-def _corrections(snapshot: Snapshot, sub: Subscription, tz: str, period: cycles.Period, arrears: cycles.Period,
-                 billed: Billed, owned: set[tuple[datetime, Timing]]) -> list[_Charge]:
+def _corrections(
+    snapshot: Snapshot,
+    sub: Subscription,
+    tz: str,
+    period: cycles.Period,
+    arrears: cycles.Period,
+    billed: Billed,
+    owned: set[tuple[datetime, Timing]],
+) -> list[_Charge]:
     """Earlier cycles re-rated for adjustments.
 
     Earlier cycles re-rated, within the back-dating window, once the invoice that billed them is finalized: the
@@ -494,8 +518,9 @@ def _corrections(snapshot: Snapshot, sub: Subscription, tz: str, period: cycles.
     return charges
 
 
-def _gone(sub: Subscription, tz: str, charges: list[_Charge], billed: Billed,
-          owned: set[tuple[datetime, Timing]]) -> list[_Charge]:
+def _gone(
+    sub: Subscription, tz: str, charges: list[_Charge], billed: Billed, owned: set[tuple[datetime, Timing]]
+) -> list[_Charge]:
     """The keys billed before that no longer exist.
 
     The keys finalized invoices billed, in the cycles this invoice answers for, that no longer exist: each rates
@@ -506,8 +531,13 @@ def _gone(sub: Subscription, tz: str, charges: list[_Charge], billed: Billed,
     # Lines before the oldest cycle answered for are skipped before their cycle is computed: history grows.
     oldest = min(start for start, _ in owned)
     for line in billed.keyed.get(sub.id, []):
-        if line.key is None or line.key in current or line.key in found or line.kind not in (
-                "recurring", "usage", "adjustment") or line.period_end <= oldest:
+        if (
+            line.key is None
+            or line.key in current
+            or line.key in found
+            or line.kind not in ("recurring", "usage", "adjustment")
+            or line.period_end <= oldest
+        ):
             continue
         cycle = cycles.cycle_containing(sub, tz, line.period_start)
         if (cycle.start, _timing(line)) not in owned:
@@ -524,10 +554,22 @@ def _gone(sub: Subscription, tz: str, charges: list[_Charge], billed: Billed,
         with trusted():  # never rated (the line rates at zero): ISO's "no currency" code, not catalog input
             price = Price(id=line.price or "?", currency="XXX", model="flat", amount=_ZERO)
         what = f"{line.meter or line.price} ({line.model})"
-        out.append(_Charge(key, "adjustment", _timing(line), price, line.version or 0, "", line.period_start,
-                           line.period_end, line.period_end, Decimal(1),
-                           f"{what}; no longer billed for {line.period_start:%Y-%m-%d}..{line.period_end:%Y-%m-%d}",
-                           gone=line))
+        out.append(
+            _Charge(
+                key,
+                "adjustment",
+                _timing(line),
+                price,
+                line.version or 0,
+                "",
+                line.period_start,
+                line.period_end,
+                line.period_end,
+                Decimal(1),
+                f"{what}; no longer billed for {line.period_start:%Y-%m-%d}..{line.period_end:%Y-%m-%d}",
+                gone=line,
+            )
+        )
     return out
 
 
@@ -564,8 +606,9 @@ def _numbered(sub: Subscription, tz: str, period: cycles.Period) -> list[tuple[c
     return out
 
 
-def _in_advance(snapshot: Snapshot, sub: Subscription, tz: str, period: cycles.Period,
-                kind: Literal["recurring", "adjustment"]) -> list[_Charge]:
+def _in_advance(
+    snapshot: Snapshot, sub: Subscription, tz: str, period: cycles.Period, kind: Literal["recurring", "adjustment"]
+) -> list[_Charge]:
     charges = []
     for seg, n in _numbered(sub, tz, period):
         for price in snapshot.prices_of(sub, seg.version):
@@ -574,8 +617,9 @@ def _in_advance(snapshot: Snapshot, sub: Subscription, tz: str, period: cycles.P
     return charges
 
 
-def _arrears_parts(snapshot: Snapshot, sub: Subscription, tz: str, period: cycles.Period,
-                   measured_to: datetime) -> list[_Part]:
+def _arrears_parts(
+    snapshot: Snapshot, sub: Subscription, tz: str, period: cycles.Period, measured_to: datetime
+) -> list[_Part]:
     parts = []
     for seg, n in _numbered(sub, tz, period):
         for price in snapshot.prices_of(sub, seg.version):
@@ -587,15 +631,25 @@ def _arrears_parts(snapshot: Snapshot, sub: Subscription, tz: str, period: cycle
     return parts
 
 
-def _arrears(snapshot: Snapshot, sub: Subscription, tz: str, period: cycles.Period,
-             measured_to: datetime) -> list[_Charge]:
-    return [_charge(sub, p.price, p.seg, p.kind, p.measured_to, p.note, period, p.n)
-            for p in _arrears_parts(snapshot, sub, tz, period, measured_to)]
+def _arrears(
+    snapshot: Snapshot, sub: Subscription, tz: str, period: cycles.Period, measured_to: datetime
+) -> list[_Charge]:
+    return [
+        _charge(sub, p.price, p.seg, p.kind, p.measured_to, p.note, period, p.n)
+        for p in _arrears_parts(snapshot, sub, tz, period, measured_to)
+    ]
 
 
-def _charge(sub: Subscription, price: Price, seg: cycles.Segment,
-            kind: Literal["recurring", "usage", "adjustment"], measured_to: datetime, note: str,
-            cycle: cycles.Period, n: int = 0) -> _Charge:
+def _charge(
+    sub: Subscription,
+    price: Price,
+    seg: cycles.Segment,
+    kind: Literal["recurring", "usage", "adjustment"],
+    measured_to: datetime,
+    note: str,
+    cycle: cycles.Period,
+    n: int = 0,
+) -> _Charge:
     # The key names the billing cycle, not the segment: a plan change or an end in the middle of a cycle changes
     # what the key rates at, and the difference is billed; it does not make a new key.
     key = f"{sub.id}|{price.id}|{seg.version}|{cycle.start.isoformat()}|{cycle.end.isoformat()}"
@@ -605,12 +659,24 @@ def _charge(sub: Subscription, price: Price, seg: cycles.Segment,
     price_key = f"{sub.plan}/{'override:' + sub.id if overridden else seg.version}/{price.id}"
     what = price.meter or price.id
     if kind == "adjustment":
-        note = "; ".join(x for x in (note, f"prior-period adjustment for {seg.start:%Y-%m-%d}..{seg.end:%Y-%m-%d}")
-                         if x)
+        note = "; ".join(
+            x for x in (note, f"prior-period adjustment for {seg.start:%Y-%m-%d}..{seg.end:%Y-%m-%d}") if x
+        )
     description = "; ".join(x for x in (f"{what} ({price.model})", note, seg.reason) if x)
     timing: Timing = "in_advance" if price.model == "flat" and price.cadence == "in_advance" else "in_arrears"
-    return _Charge(key, kind, timing, price, seg.version, price_key, seg.start, seg.end, measured_to,
-                   seg.proration if price.model == "flat" else Decimal(1), description)
+    return _Charge(
+        key,
+        kind,
+        timing,
+        price,
+        seg.version,
+        price_key,
+        seg.start,
+        seg.end,
+        measured_to,
+        seg.proration if price.model == "flat" else Decimal(1),
+        description,
+    )
 
 
 def _price_apart(snapshot: Snapshot, out: Path, drafts: list[_Draft], billed: Billed) -> Priced:
@@ -645,27 +711,43 @@ def _price(snapshot: Snapshot, out: Path, drafts: list[_Draft], billed: Billed) 
     if charges:
         with trusted():  # rating's own keys (plan/version/price) as ids: not catalog input, and not catalog ids
             prices = {c.price_key: msgspec.structs.replace(c.price, id=c.price_key) for _, c in charges}
-        frame = pl.DataFrame({"charge": [str(i) for i in range(len(charges))],
-                              "price_id": [c.price_key for _, c in charges],
-                              "proration": [c.proration for _, c in charges]}, schema=CHARGES_SCHEMA)
+        frame = pl.DataFrame(
+            {
+                "charge": [str(i) for i in range(len(charges))],
+                "price_id": [c.price_key for _, c in charges],
+                "proration": [c.proration for _, c in charges],
+            },
+            schema=CHARGES_SCHEMA,
+        )
         usage = [(i, d, c) for i, (d, c) in enumerate(charges) if c.price.meter is not None]
-        requests = pl.DataFrame({
-            "charge": [str(i) for i, _, _ in usage],
-            "customer": [d.sub.customer for _, d, _ in usage],
-            "meter": [c.price.meter for _, _, c in usage],
-            "from": [c.start for _, _, c in usage],
-            "to": [c.measured_to for _, _, c in usage],
-            "dimensions": [c.price.matrix.dimensions if c.price.matrix else None for _, _, c in usage],
-        }, schema={"charge": pl.String, "customer": pl.String, "meter": pl.String,
-                   "from": pl.Datetime("us", "UTC"), "to": pl.Datetime("us", "UTC"),
-                   "dimensions": pl.List(pl.String)})
+        requests = pl.DataFrame(
+            {
+                "charge": [str(i) for i, _, _ in usage],
+                "customer": [d.sub.customer for _, d, _ in usage],
+                "meter": [c.price.meter for _, _, c in usage],
+                "from": [c.start for _, _, c in usage],
+                "to": [c.measured_to for _, _, c in usage],
+                "dimensions": [c.price.matrix.dimensions if c.price.matrix else None for _, _, c in usage],
+            },
+            schema={
+                "charge": pl.String,
+                "customer": pl.String,
+                "meter": pl.String,
+                "from": pl.Datetime("us", "UTC"),
+                "to": pl.Datetime("us", "UTC"),
+                "dimensions": pl.List(pl.String),
+            },
+        )
         aggregations = {slug: spec.aggregation for slug, spec in snapshot.meters.items()}
-        per_event = pl.Series([c.price.percentage is not None and c.price.percentage.per == "event"
-                               for _, _, c in usage], dtype=pl.Boolean)
+        per_event = pl.Series(
+            [c.price.percentage is not None and c.price.percentage.per == "event" for _, _, c in usage],
+            dtype=pl.Boolean,
+        )
         quantities = period_quantities(out, snapshot.tenant, requests.filter(~per_event), aggregations)
         amounts = event_amounts(out, snapshot.tenant, requests.filter(per_event), snapshot.meters)
-        result = rate(frame, price_frame(prices.values()), quantities.select("charge", "quantity", "combination"),
-                      amounts)
+        result = rate(
+            frame, price_frame(prices.values()), quantities.select("charge", "quantity", "combination"), amounts
+        )
         details: dict[str, list[LineDetail]] = defaultdict(list)
         for row in result.details.iter_rows(named=True):
             tier_from = tier_to = None
@@ -673,19 +755,32 @@ def _price(snapshot: Snapshot, out: Path, drafts: list[_Draft], billed: Billed) 
                 tiers = charges[int(row["charge"])][1].price.tiers or []
                 tier = tiers[row["tier"] - 1]
                 tier_from, tier_to = tier.start, tier.up_to
-            details[row["charge"]].append(LineDetail(
-                component=row["component"], units=_normal(row["units"]) or _ZERO,
-                unit_price=_normal(row["unit_price"]) or _ZERO, subtotal=row["subtotal"].normalize(), tier=row["tier"],
-                tier_from=tier_from, tier_to=tier_to, combination=row["combination"],
-                flat_fee=_normal(row["flat_fee"]), free_units=_normal(row["free_units"]),
-                raised_to_min_fee=row["raised_to_min_fee"] or None, cut_to_max_fee=row["cut_to_max_fee"] or None))
+            details[row["charge"]].append(
+                LineDetail(
+                    component=row["component"],
+                    units=_normal(row["units"]) or _ZERO,
+                    unit_price=_normal(row["unit_price"]) or _ZERO,
+                    subtotal=row["subtotal"].normalize(),
+                    tier=row["tier"],
+                    tier_from=tier_from,
+                    tier_to=tier_to,
+                    combination=row["combination"],
+                    flat_fee=_normal(row["flat_fee"]),
+                    free_units=_normal(row["free_units"]),
+                    raised_to_min_fee=row["raised_to_min_fee"] or None,
+                    cut_to_max_fee=row["cut_to_max_fee"] or None,
+                )
+            )
         columns = ("charge", "amount", "quantity", "subtotal", "amount_exact", "minimum_applied", "maximum_applied")
         for charge, amount, quantity, subtotal, exact, raised, cut in result.lines.select(*columns).iter_rows():
             if raised or cut:
                 # The step to the bound is a detail of its own, so that the details add up to what the key rates at.
                 step = (exact - subtotal).normalize()
-                details[charge].append(LineDetail(component="minimum" if raised else "maximum", units=Decimal(1),
-                                                  unit_price=step, subtotal=step))
+                details[charge].append(
+                    LineDetail(
+                        component="minimum" if raised else "maximum", units=Decimal(1), unit_price=step, subtotal=step
+                    )
+                )
             rated[int(charge)] = (amount, quantity, details[charge])
     by_draft: dict[str, list[tuple[_Charge, _Rating]]] = defaultdict(list)
     i = 0
@@ -733,17 +828,37 @@ def _assemble(snapshot: Snapshot, draft: _Draft, rated: list[tuple[_Charge, _Rat
         if meter is not None:
             spec = snapshot.meters.get(meter)
             event_type = spec.event_type if spec else "?"
-            events = (f"events/tenant={snapshot.tenant}: type = {event_type!r}, subject = {sub.customer!r}, "
-                      f"time in [{charge.start.isoformat()}, {charge.measured_to.isoformat()})")
-        price, model = ((charge.price.id, charge.price.model) if charge.gone is None
-                        else (charge.gone.price, charge.gone.model))
-        lines.append(InvoiceLine(
-            kind=charge.kind, description=description, amount=money(due), period_start=charge.start,
-            period_end=charge.end, key=charge.key, price=price, version=charge.version, model=model, meter=meter,
-            timing=charge.timing, quantity=added, rated=now, billed=money(before) if numbers else None,
-            billed_quantity=(billed.quantity.get(charge.key, _ZERO).normalize()
-                             if numbers and quantity is not None else None),
-            corrects=numbers, details=details, events=events))
+            events = (
+                f"events/tenant={snapshot.tenant}: type = {event_type!r}, subject = {sub.customer!r}, "
+                f"time in [{charge.start.isoformat()}, {charge.measured_to.isoformat()})"
+            )
+        price, model = (
+            (charge.price.id, charge.price.model) if charge.gone is None else (charge.gone.price, charge.gone.model)
+        )
+        lines.append(
+            InvoiceLine(
+                kind=charge.kind,
+                description=description,
+                amount=money(due),
+                period_start=charge.start,
+                period_end=charge.end,
+                key=charge.key,
+                price=price,
+                version=charge.version,
+                model=model,
+                meter=meter,
+                timing=charge.timing,
+                quantity=added,
+                rated=now,
+                billed=money(before) if numbers else None,
+                billed_quantity=(
+                    billed.quantity.get(charge.key, _ZERO).normalize() if numbers and quantity is not None else None
+                ),
+                corrects=numbers,
+                details=details,
+                events=events,
+            )
+        )
 
     lines += _commit_lines(sub, draft, billed, lines)
     lines += _discount_lines(sub, draft, lines, money)
@@ -753,13 +868,25 @@ def _assemble(snapshot: Snapshot, draft: _Draft, rated: list[tuple[_Charge, _Rat
     total = sum((line.amount for line in lines), money(_ZERO))
     tz = ZoneInfo(draft.tz)
     arrears = draft.arrears
-    return Invoice(id=draft.id, tenant=snapshot.tenant, customer=sub.customer, subscription=sub.id,
-                   currency=currency, reason=draft.reason, period_start=draft.period.start,
-                   period_end=draft.period.end, issued_at=draft.issued_at, lines=lines, subtotal=subtotal,
-                   total=total, period=f"{draft.period.start.astimezone(tz):%Y-%m}",
-                   usage_start=arrears.start if arrears else None, usage_end=arrears.end if arrears else None,
-                   usage_period=f"{arrears.start.astimezone(tz):%Y-%m}" if arrears else None,
-                   basis=sorted(billed.finalized.get(sub.id, [])))
+    return Invoice(
+        id=draft.id,
+        tenant=snapshot.tenant,
+        customer=sub.customer,
+        subscription=sub.id,
+        currency=currency,
+        reason=draft.reason,
+        period_start=draft.period.start,
+        period_end=draft.period.end,
+        issued_at=draft.issued_at,
+        lines=lines,
+        subtotal=subtotal,
+        total=total,
+        period=f"{draft.period.start.astimezone(tz):%Y-%m}",
+        usage_start=arrears.start if arrears else None,
+        usage_end=arrears.end if arrears else None,
+        usage_period=f"{arrears.start.astimezone(tz):%Y-%m}" if arrears else None,
+        basis=sorted(billed.finalized.get(sub.id, [])),
+    )
 
 
 def _commit_lines(sub: Subscription, draft: _Draft, billed: Billed, lines: list[InvoiceLine]) -> list[InvoiceLine]:
@@ -775,25 +902,52 @@ def _commit_lines(sub: Subscription, draft: _Draft, billed: Billed, lines: list[
             key = f"{sub.id}|commit|{commit.id}"
             due = commit.amount - billed.by_key.get(key, _ZERO)
             if due:
-                out.append(InvoiceLine(kind="commit", description=f"prepaid commit {commit.id}", amount=due,
-                                       period_start=commit.start, period_end=commit.end, key=key))
+                out.append(
+                    InvoiceLine(
+                        kind="commit",
+                        description=f"prepaid commit {commit.id}",
+                        amount=due,
+                        period_start=commit.start,
+                        period_end=commit.end,
+                        key=key,
+                    )
+                )
         arrears = draft.arrears
-        if (commit.kind == "postpaid" and commit.unused == "billed" and draft.reason == "cycle" and arrears
-                and arrears.start < commit.end <= arrears.end):
+        if (
+            commit.kind == "postpaid"
+            and commit.unused == "billed"
+            and draft.reason == "cycle"
+            and arrears
+            and arrears.start < commit.end <= arrears.end
+        ):
             spent = sum((line.amount for line in billed.usage.get(sub.id, []) if _applies(commit, line)), _ZERO)
-            spent += sum((line.amount for line in lines if line.kind in ("usage", "adjustment")
-                          and line.meter is not None and _applies(commit, line)), _ZERO)
+            spent += sum(
+                (
+                    line.amount
+                    for line in lines
+                    if line.kind in ("usage", "adjustment") and line.meter is not None and _applies(commit, line)
+                ),
+                _ZERO,
+            )
             key = f"{sub.id}|shortfall|{commit.id}"
             shortfall = max(commit.amount - spent, _ZERO) - billed.by_key.get(key, _ZERO)
             if shortfall:
-                out.append(InvoiceLine(kind="shortfall", amount=shortfall, key=key, period_start=commit.start,
-                                       period_end=commit.end,
-                                       description=f"commit {commit.id}: {commit.amount} committed, {spent} spent"))
+                out.append(
+                    InvoiceLine(
+                        kind="shortfall",
+                        amount=shortfall,
+                        key=key,
+                        period_start=commit.start,
+                        period_end=commit.end,
+                        description=f"commit {commit.id}: {commit.amount} committed, {spent} spent",
+                    )
+                )
     return out
 
 
-def _discount_lines(sub: Subscription, draft: _Draft, lines: list[InvoiceLine],
-                    money: Callable[[Decimal], Decimal]) -> list[InvoiceLine]:
+def _discount_lines(
+    sub: Subscription, draft: _Draft, lines: list[InvoiceLine], money: Callable[[Decimal], Decimal]
+) -> list[InvoiceLine]:
     """Discounts active at the start of the invoice's period.
 
     Discounts active at the start of the invoice's period: on one price's lines first, then on the invoice (which
@@ -802,8 +956,11 @@ def _discount_lines(sub: Subscription, draft: _Draft, lines: list[InvoiceLine],
     """
     out: list[InvoiceLine] = []
     at = draft.period.start
-    active = [d for d in sub.discounts if d.start <= at and (d.end is None or at < d.end)
-              and (d.percent is not None or draft.reason == "cycle")]
+    active = [
+        d
+        for d in sub.discounts
+        if d.start <= at and (d.end is None or at < d.end) and (d.percent is not None or draft.reason == "cycle")
+    ]
     for d in sorted(active, key=lambda d: d.price is None):
         targets = [line for line in lines if line.price == d.price] if d.price else [*lines, *out]
         base = sum((line.amount for line in targets), _ZERO)
@@ -813,8 +970,16 @@ def _discount_lines(sub: Subscription, draft: _Draft, lines: list[InvoiceLine],
         what = f"{d.percent}% off" if d.percent is not None else f"{d.amount} off"
         on = f"price {d.price}" if d.price else "the invoice"
         # The base is said, so that the amount follows from the line: percent x base, or the amount (at most base).
-        out.append(InvoiceLine(kind="discount", description=f"discount {d.id}: {what} {on} (of {base})", amount=-off,
-                               period_start=draft.period.start, period_end=draft.period.end, price=d.price))
+        out.append(
+            InvoiceLine(
+                kind="discount",
+                description=f"discount {d.id}: {what} {on} (of {base})",
+                amount=-off,
+                period_start=draft.period.start,
+                period_end=draft.period.end,
+                price=d.price,
+            )
+        )
     return out
 
 
@@ -845,14 +1010,24 @@ def _credit_lines(sub: Subscription, lines: list[InvoiceLine], billed: Billed) -
             due[i] -= take
             remaining -= take
             # What the grant had left is said, so that the amount follows from the line: min(due, left).
-            out.append(InvoiceLine(kind="credit", description=f"{type(grant).__name__.lower()} {grant.id} applied to "
-                                   f"{line.price} ({remaining + take} left of {grant.amount})", amount=-take,
-                                   period_start=line.period_start, period_end=line.period_end, price=line.price,
-                                   grant=f"{sub.id}|{grant.id}"))
+            out.append(
+                InvoiceLine(
+                    kind="credit",
+                    description=f"{type(grant).__name__.lower()} {grant.id} applied to "
+                    f"{line.price} ({remaining + take} left of {grant.amount})",
+                    amount=-take,
+                    period_start=line.period_start,
+                    period_end=line.period_end,
+                    price=line.price,
+                    grant=f"{sub.id}|{grant.id}",
+                )
+            )
     return out
 
 
 def _applies(grant: Commit | Credit, line: InvoiceLine) -> bool:
-    return ((not grant.applies_to or line.price in grant.applies_to)
-            and line.period_start < grant.end and grant.start < line.period_end)
-
+    return (
+        (not grant.applies_to or line.price in grant.applies_to)
+        and line.period_start < grant.end
+        and grant.start < line.period_end
+    )

@@ -24,8 +24,19 @@ from meter.exceptions import InvalidInput, ValueOverflow
 from meter.pricing.exact import LIMIT, SHADOW_LIMIT, from_scaled, int128, out_of_range, shadow
 from meter.pricing.price_table import PRICE_SCALE, PriceTable
 
-__all__ = ["AMOUNT_SCALE", "COMPONENT", "DETAIL_COLUMNS", "RATE_SCALE", "flat", "matrix", "package", "per_unit",
-           "percentage_events", "percentage_period", "tiered"]
+__all__ = [
+    "AMOUNT_SCALE",
+    "COMPONENT",
+    "DETAIL_COLUMNS",
+    "RATE_SCALE",
+    "flat",
+    "matrix",
+    "package",
+    "per_unit",
+    "percentage_events",
+    "percentage_period",
+    "tiered",
+]
 
 AMOUNT_SCALE = 20
 #: The scale of a detail's unit price: 11, so that a percentage's rate per unit of amount is exact.
@@ -39,10 +50,16 @@ _PRODUCT_TO_AMOUNT = 10 ** (AMOUNT_SCALE - 2 * PRICE_SCALE)
 #: The detail columns and the scale of each decimal one (None: not a decimal). A part also carries ``_row``, and
 #: ``_subtotal`` (Int128) with its ``_shadow`` for the sums and the overflow check, which rating drops.
 DETAIL_COLUMNS: dict[str, tuple[pl.DataType, int | None]] = {
-    "component": (COMPONENT, None), "tier": (pl.UInt32(), None), "combination": (pl.String(), None),
-    "units": (pl.Decimal(38, PRICE_SCALE), PRICE_SCALE), "free_units": (pl.Decimal(38, PRICE_SCALE), PRICE_SCALE),
-    "unit_price": (pl.Decimal(38, RATE_SCALE), RATE_SCALE), "flat_fee": (pl.Decimal(38, PRICE_SCALE), PRICE_SCALE),
-    "events": (pl.UInt32(), None), "raised_to_min_fee": (pl.UInt32(), None), "cut_to_max_fee": (pl.UInt32(), None),
+    "component": (COMPONENT, None),
+    "tier": (pl.UInt32(), None),
+    "combination": (pl.String(), None),
+    "units": (pl.Decimal(38, PRICE_SCALE), PRICE_SCALE),
+    "free_units": (pl.Decimal(38, PRICE_SCALE), PRICE_SCALE),
+    "unit_price": (pl.Decimal(38, RATE_SCALE), RATE_SCALE),
+    "flat_fee": (pl.Decimal(38, PRICE_SCALE), PRICE_SCALE),
+    "events": (pl.UInt32(), None),
+    "raised_to_min_fee": (pl.UInt32(), None),
+    "cut_to_max_fee": (pl.UInt32(), None),
     "subtotal": (pl.Decimal(38, AMOUNT_SCALE), AMOUNT_SCALE),
 }
 
@@ -52,23 +69,33 @@ def flat(base: pl.DataFrame, prices: PriceTable) -> pl.DataFrame:
     charges = base.filter(pl.col("model") == "flat")
     charges = charges.with_columns(amount=prices.of("amount", charges))
     subtotal, approximate = _product("amount", "proration", _PRODUCT_TO_AMOUNT)
-    return _details(charges, "flat", units=pl.col("proration"), unit_price=_as_rate("amount"), subtotal=subtotal,
-                    shadow=approximate)
+    return _details(
+        charges, "flat", units=pl.col("proration"), unit_price=_as_rate("amount"), subtotal=subtotal, shadow=approximate
+    )
 
 
 def per_unit(base: pl.DataFrame, prices: PriceTable) -> pl.DataFrame:
     charges = base.filter(pl.col("model") == "per_unit")
     charges = charges.with_columns(unit_price=prices.of("unit_price", charges))
     subtotal, approximate = _product("billable", "unit_price", _PRODUCT_TO_AMOUNT)
-    return _details(charges, "per_unit", units=pl.col("billable"), unit_price=_as_rate("unit_price"),
-                    subtotal=subtotal, shadow=approximate)
+    return _details(
+        charges,
+        "per_unit",
+        units=pl.col("billable"),
+        unit_price=_as_rate("unit_price"),
+        subtotal=subtotal,
+        shadow=approximate,
+    )
 
 
 def package(base: pl.DataFrame, prices: PriceTable) -> pl.DataFrame:
     """Started (``up``) or completed (``down``) packages of ``package_size`` units, shown as units at the price."""
     charges = base.filter(pl.col("model") == "package")
-    charges = charges.with_columns(size=prices.of("package_size", charges), price=prices.of("package_price", charges),
-                                   up=prices.of("package_up", charges))
+    charges = charges.with_columns(
+        size=prices.of("package_size", charges),
+        price=prices.of("package_price", charges),
+        up=prices.of("package_up", charges),
+    )
     billable, size = pl.col("billable"), pl.col("size")
     # Both count 10^-9, so their quotient counts packages. Ceiling as -floor(-b / s): b + s - 1 could overflow.
     packages = pl.when(pl.col("up")).then(int128(0) - (int128(0) - billable) // size).otherwise(billable // size)
@@ -76,8 +103,14 @@ def package(base: pl.DataFrame, prices: PriceTable) -> pl.DataFrame:
     if charges.select((pl.col("packages") > LIMIT // 10**PRICE_SCALE).any()).item():
         raise ValueOverflow("a charge counts more packages than pricing computes exactly (10^29): check its usage")
     subtotal, approximate = _product("packages", "price", _PRICE_TO_AMOUNT)
-    return _details(charges, "package", units=pl.col("packages") * int128(10**PRICE_SCALE),
-                    unit_price=_as_rate("price"), subtotal=subtotal, shadow=approximate)
+    return _details(
+        charges,
+        "package",
+        units=pl.col("packages") * int128(10**PRICE_SCALE),
+        unit_price=_as_rate("price"),
+        subtotal=subtotal,
+        shadow=approximate,
+    )
 
 
 def tiered(base: pl.DataFrame, prices: PriceTable) -> pl.DataFrame:
@@ -88,34 +121,52 @@ def tiered(base: pl.DataFrame, prices: PriceTable) -> pl.DataFrame:
     with ``start < billable <= up_to``: the one its last unit falls in (with tiers [0, 5) and [5, 10), 5 units are
     all in the first tier, as Stripe's "1-5" tier holds the fifth unit).
     """
-    charges = base.filter(pl.col("model").is_in(["graduated", "volume"])).select("_row", "price_idx", "model",
-                                                                                  "billable")
+    charges = base.filter(pl.col("model").is_in(["graduated", "volume"])).select(
+        "_row", "price_idx", "model", "billable"
+    )
     tiers = charges.join(prices.tiers, on="price_idx", how="inner", maintain_order="left")
     billable, start, up_to = pl.col("billable"), pl.col("start"), pl.col("up_to")
     # min_horizontal skips nulls: an unbounded last tier takes every unit above its start.
     graduated_units = pl.min_horizontal(pl.max_horizontal(billable - start, int128(0)), up_to - start)
     graduated = pl.col("model") == "graduated"
     in_volume_tier = (start < billable) & (up_to.is_null() | (billable <= up_to))
-    charged = (tiers.with_columns(units=pl.when(graduated).then(graduated_units).otherwise(billable))
-               .filter(pl.when(graduated).then(pl.col("units") > 0).otherwise(in_volume_tier)))
+    charged = tiers.with_columns(units=pl.when(graduated).then(graduated_units).otherwise(billable)).filter(
+        pl.when(graduated).then(pl.col("units") > 0).otherwise(in_volume_tier)
+    )
     usage, usage_shadow = _product("units", "unit_price", _PRODUCT_TO_AMOUNT)
     fee, fee_shadow = pl.col("flat_fee") * int128(_PRICE_TO_AMOUNT), shadow(pl.col("flat_fee")) * _PRICE_TO_AMOUNT
-    return _details(charged, "tier", tier=pl.col("tier"), units=pl.col("units"), unit_price=_as_rate("unit_price"),
-                    flat_fee=pl.col("flat_fee"), subtotal=usage + fee, shadow=usage_shadow + fee_shadow)
+    return _details(
+        charged,
+        "tier",
+        tier=pl.col("tier"),
+        units=pl.col("units"),
+        unit_price=_as_rate("unit_price"),
+        flat_fee=pl.col("flat_fee"),
+        subtotal=usage + fee,
+        shadow=usage_shadow + fee_shadow,
+    )
 
 
 def percentage_period(base: pl.DataFrame, prices: PriceTable) -> pl.DataFrame:
     """``percent`` of the period's billable amount, the fee then raised to ``min_fee`` or cut to ``max_fee``."""
     charges = base.filter(pl.col("model") == "percentage")
-    charges = charges.with_columns(**{name: prices.of(name, charges) for name in ("percent", "min_fee", "max_fee",
-                                                                                  "per_event")})
+    charges = charges.with_columns(
+        **{name: prices.of(name, charges) for name in ("percent", "min_fee", "max_fee", "per_event")}
+    )
     charges = charges.filter(~pl.col("per_event"))
     fee, approximate = _product("percent", "billable", 1)
     charges = _bound_fee(charges.with_columns(fee=fee, shadow=approximate))
     # percent / 100 at scale 11 is the same integer as percent at scale 9.
-    return _details(charges, "percentage", units=pl.col("billable"), unit_price=pl.col("percent"),
-                    raised_to_min_fee=pl.col("raised"), cut_to_max_fee=pl.col("cut"), subtotal=pl.col("fee"),
-                    shadow=pl.col("shadow"))
+    return _details(
+        charges,
+        "percentage",
+        units=pl.col("billable"),
+        unit_price=pl.col("percent"),
+        raised_to_min_fee=pl.col("raised"),
+        cut_to_max_fee=pl.col("cut"),
+        subtotal=pl.col("fee"),
+        shadow=pl.col("shadow"),
+    )
 
 
 def percentage_events(base: pl.DataFrame, prices: PriceTable, events: pl.DataFrame) -> pl.DataFrame:
@@ -127,16 +178,33 @@ def percentage_events(base: pl.DataFrame, prices: PriceTable, events: pl.DataFra
     each = each.with_columns(**{name: prices.of(name, each) for name in ("percent", "min_fee", "max_fee")})
     fee, approximate = _product("percent", "amount", 1)
     each = _bound_fee(each.with_columns(fee=fee, shadow=approximate))
-    per_charge = each.group_by("_row").agg(
-        units=pl.col("amount").sum(), units_shadow=shadow(pl.col("amount")).sum(), events=pl.len().cast(pl.UInt32),
-        raised=pl.col("raised").sum().cast(pl.UInt32), cut=pl.col("cut").sum().cast(pl.UInt32),
-        fee=pl.col("fee").sum(), shadow=pl.col("shadow").sum(), percent=pl.col("percent").first(),
-    ).sort("_row")
+    per_charge = (
+        each.group_by("_row")
+        .agg(
+            units=pl.col("amount").sum(),
+            units_shadow=shadow(pl.col("amount")).sum(),
+            events=pl.len().cast(pl.UInt32),
+            raised=pl.col("raised").sum().cast(pl.UInt32),
+            cut=pl.col("cut").sum().cast(pl.UInt32),
+            fee=pl.col("fee").sum(),
+            shadow=pl.col("shadow").sum(),
+            percent=pl.col("percent").first(),
+        )
+        .sort("_row")
+    )
     if per_charge.select(out_of_range(pl.col("units"), pl.col("units_shadow")).any()).item():
         raise ValueOverflow("a charge's event amounts sum beyond the 10^29 pricing computes exactly")
-    return _details(per_charge, "percentage", units=pl.col("units"), unit_price=pl.col("percent"),
-                    events=pl.col("events"), raised_to_min_fee=pl.col("raised"), cut_to_max_fee=pl.col("cut"),
-                    subtotal=pl.col("fee"), shadow=pl.col("shadow"))
+    return _details(
+        per_charge,
+        "percentage",
+        units=pl.col("units"),
+        unit_price=pl.col("percent"),
+        events=pl.col("events"),
+        raised_to_min_fee=pl.col("raised"),
+        cut_to_max_fee=pl.col("cut"),
+        subtotal=pl.col("fee"),
+        shadow=pl.col("shadow"),
+    )
 
 
 def matrix(base: pl.DataFrame, prices: PriceTable, cells: pl.DataFrame) -> pl.DataFrame:
@@ -151,22 +219,33 @@ def matrix(base: pl.DataFrame, prices: PriceTable, cells: pl.DataFrame) -> pl.Da
     if priced.select(pl.col("unit_price").is_null().any()).item():
         unpriced = priced.filter(pl.col("unit_price").is_null())
         charge = base.get_column("charge")[unpriced["_row"][0]]
-        _fail(f"charge {charge!r} has usage for the combination {unpriced['combination'][0]}, which its matrix does "
-              "not price: add an entry for it, or fix the usage's dimension values", "unpriced_usage")
+        _fail(
+            f"charge {charge!r} has usage for the combination {unpriced['combination'][0]}, which its matrix does "
+            "not price: add an entry for it, or fix the usage's dimension values",
+            "unpriced_usage",
+        )
 
     priced = priced.sort("_row", "rank")
     used = pl.max_horizontal(pl.col("quantity"), int128(0))
     priced = priced.with_columns(used=used, free_allowance=prices.of("free_allowance", priced)).with_columns(
         before=pl.col("used").cum_sum().over("_row") - pl.col("used"),
-        before_shadow=shadow(pl.col("used")).cum_sum().over("_row"))
+        before_shadow=shadow(pl.col("used")).cum_sum().over("_row"),
+    )
     if priced.select(out_of_range(pl.col("before"), pl.col("before_shadow")).any()).item():
         raise ValueOverflow("a matrix charge's usage sums beyond the 10^29 units pricing computes exactly")
     free = pl.min_horizontal(pl.max_horizontal(pl.col("free_allowance") - pl.col("before"), int128(0)), pl.col("used"))
     priced = priced.with_columns(free_units=free).with_columns(units=pl.col("used") - pl.col("free_units"))
     subtotal, approximate = _product("units", "unit_price", _PRODUCT_TO_AMOUNT)
-    return _details(priced, "matrix", combination=pl.col("combination"), units=pl.col("units"),
-                    free_units=pl.col("free_units"), unit_price=_as_rate("unit_price"), subtotal=subtotal,
-                    shadow=approximate)
+    return _details(
+        priced,
+        "matrix",
+        combination=pl.col("combination"),
+        units=pl.col("units"),
+        free_units=pl.col("free_units"),
+        unit_price=_as_rate("unit_price"),
+        subtotal=subtotal,
+        shadow=approximate,
+    )
 
 
 def _bound_fee(frame: pl.DataFrame) -> pl.DataFrame:
@@ -196,8 +275,9 @@ def _product(left: str, right: str, factor: int) -> tuple[pl.Expr, pl.Expr]:
     return exact, shadow(pl.col(left)) * shadow(pl.col(right)) * float(factor)
 
 
-def _details(frame: pl.DataFrame, component: str, *, subtotal: pl.Expr, shadow: pl.Expr,
-             **columns: pl.Expr) -> pl.DataFrame:
+def _details(
+    frame: pl.DataFrame, component: str, *, subtotal: pl.Expr, shadow: pl.Expr, **columns: pl.Expr
+) -> pl.DataFrame:
     """``frame`` as detail rows: every column of :data:`DETAIL_COLUMNS`, null where the component has none.
 
     Only the columns a component has are converted to decimals: the conversion is most of the cost of details.

@@ -105,8 +105,9 @@ def round_column_half_even(frame: pl.DataFrame, scaled: str, scale: int, digits:
 
 
 def _divisor(digits: pl.Expr, scale: int) -> pl.Expr:
-    return digits.replace_strict({d: 10 ** (scale - d) for d in _MINOR_UNIT_VALUES}, default=None,
-                                 return_dtype=pl.Int128)
+    return digits.replace_strict(
+        {d: 10 ** (scale - d) for d in _MINOR_UNIT_VALUES}, default=None, return_dtype=pl.Int128
+    )
 
 
 def _half_even_step(quotient: pl.Expr, shifted: pl.Expr, divisor: pl.Expr) -> pl.Expr:
@@ -117,6 +118,5 @@ def _half_even_step(quotient: pl.Expr, shifted: pl.Expr, divisor: pl.Expr) -> pl
 
 def scaled_to_money(minor: pl.Expr, digits: pl.Expr) -> pl.Expr:
     """An Int128 count of ``10^-digits`` (per row) as a ``Decimal(38, MAX_MINOR_UNITS)``."""
-    widen = digits.replace_strict({d: 10 ** (MAX_MINOR_UNITS - d) for d in _MINOR_UNIT_VALUES},
-                                  return_dtype=pl.Int128)
+    widen = digits.replace_strict({d: 10 ** (MAX_MINOR_UNITS - d) for d in _MINOR_UNIT_VALUES}, return_dtype=pl.Int128)
     return from_scaled(minor * widen, MAX_MINOR_UNITS)

@@ -30,13 +30,29 @@ MAX_AMOUNT = LIMIT // 10**11
 #: it at the rate scale of 10^-11.
 MAX_UNIT_PRICE = LIMIT // 100
 _ONE = 10**PRICE_SCALE
-_NUMBERS = ("amount", "unit_price", "package_size", "package_price", "percent", "min_fee", "max_fee",
-            "free_allowance", "minimum", "maximum")
+_NUMBERS = (
+    "amount",
+    "unit_price",
+    "package_size",
+    "package_price",
+    "percent",
+    "min_fee",
+    "max_fee",
+    "free_allowance",
+    "minimum",
+    "maximum",
+)
 _AMOUNT_LIKE = ("amount", "min_fee", "max_fee", "minimum", "maximum")
 # What each model needs besides the common fields; validate_price checks the same for prices built from the catalog.
-_NEEDS = {"flat": ["amount"], "per_unit": ["unit_price"], "graduated": ["tiers"], "volume": ["tiers"],
-          "package": ["package_size", "package_price", "package_rounding"], "percentage": ["percent", "percent_per"],
-          "matrix": ["matrix"]}
+_NEEDS = {
+    "flat": ["amount"],
+    "per_unit": ["unit_price"],
+    "graduated": ["tiers"],
+    "volume": ["tiers"],
+    "package": ["package_size", "package_price", "package_rounding"],
+    "percentage": ["percent", "percent_per"],
+    "matrix": ["matrix"],
+}
 
 
 @dataclass(frozen=True)
@@ -71,14 +87,21 @@ def prepare_prices(prices: pl.DataFrame) -> PriceTable:
 
     checked = prices.with_row_index("price_idx").with_columns(
         *(to_scaled(pl.col(name), PRICE_SCALE) for name in _NUMBERS),
-        per_event=(pl.col("percent_per") == "event").fill_null(False))
+        per_event=(pl.col("percent_per") == "event").fill_null(False),
+    )
     problems = checked.select("price_id", problem=_problem()).filter(pl.col("problem").is_not_null())
     if problems.height:
         _fail(f"price {problems['price_id'][0]!r}: {problems['problem'][0]}")
 
     params = checked.select(
-        "price_id", "currency", pl.col("model").cast(MODEL), *_NUMBERS, "per_event",
-        digits=minor_units_expr(pl.col("currency")), package_up=pl.col("package_rounding") == "up")
+        "price_id",
+        "currency",
+        pl.col("model").cast(MODEL),
+        *_NUMBERS,
+        "per_event",
+        digits=minor_units_expr(pl.col("currency")),
+        package_up=pl.col("package_rounding") == "up",
+    )
     return PriceTable(params=params, tiers=_tiers(checked), entries=_entries(checked))
 
 
@@ -86,13 +109,17 @@ def _problem() -> pl.Expr:
     """The first thing wrong with a price row, as text (null when nothing is)."""
     model, col = pl.col("model"), pl.col
     checks: list[tuple[pl.Expr, pl.Expr | str]] = [
-        (model.is_null() | ~model.is_in(MODELS),
-         pl.format("model must be one of {}; got {}", pl.lit(", ".join(MODELS)), model.fill_null("null"))),
-        (~col("currency").fill_null("").str.contains("^[A-Z]{3}$"),
-         "currency must be an ISO 4217 code such as \"USD\""),
+        (
+            model.is_null() | ~model.is_in(MODELS),
+            pl.format("model must be one of {}; got {}", pl.lit(", ".join(MODELS)), model.fill_null("null")),
+        ),
+        (~col("currency").fill_null("").str.contains("^[A-Z]{3}$"), 'currency must be an ISO 4217 code such as "USD"'),
     ]
-    checks += [((model == name) & col(field).is_null(), f"a {name} price needs {field}")
-               for name, fields in _NEEDS.items() for field in fields]
+    checks += [
+        ((model == name) & col(field).is_null(), f"a {name} price needs {field}")
+        for name, fields in _NEEDS.items()
+        for field in fields
+    ]
     checks += [(col(name) < 0, f"{name} must be 0 or more") for name in _NUMBERS]
     checks += [(col(name) > MAX_AMOUNT, f"{name} must be below 10^18") for name in _AMOUNT_LIKE]
     checks += [(col(name) > MAX_UNIT_PRICE, f"{name} must be below 10^27") for name in ("unit_price", "package_price")]
@@ -100,18 +127,28 @@ def _problem() -> pl.Expr:
         (col("free_allowance").is_null(), "free_allowance must be a number (0 for none)"),
         (col("percent") > 100 * _ONE, "percent must be between 0 and 100"),
         ((model == "package") & (col("package_size") == 0), "package_size must be above 0"),
-        ((model == "package") & ~col("package_rounding").is_in(["up", "down"]),
-         "package_rounding must be \"up\" or \"down\""),
-        ((model == "percentage") & ~col("percent_per").is_in(["event", "period"]),
-         "percent_per must be \"event\" or \"period\""),
+        (
+            (model == "package") & ~col("package_rounding").is_in(["up", "down"]),
+            'package_rounding must be "up" or "down"',
+        ),
+        (
+            (model == "percentage") & ~col("percent_per").is_in(["event", "period"]),
+            'percent_per must be "event" or "period"',
+        ),
         (col("minimum") > col("maximum"), "minimum is above maximum"),
         (col("min_fee") > col("max_fee"), "min_fee is above max_fee"),
-        ((model == "percentage") & col("per_event") & (col("free_allowance") > 0),
-         "a free allowance cannot be taken from a percentage charged per event: remove it"),
+        (
+            (model == "percentage") & col("per_event") & (col("free_allowance") > 0),
+            "a free allowance cannot be taken from a percentage charged per event: remove it",
+        ),
     ]
     # The first failing check's message: coalesce keeps the first non-null.
-    return pl.coalesce([pl.when(failed.fill_null(False)).then(message if isinstance(message, pl.Expr)
-                                                               else pl.lit(message)) for failed, message in checks])
+    return pl.coalesce(
+        [
+            pl.when(failed.fill_null(False)).then(message if isinstance(message, pl.Expr) else pl.lit(message))
+            for failed, message in checks
+        ]
+    )
 
 
 def _tiers(prices: pl.DataFrame) -> pl.DataFrame:
@@ -122,12 +159,24 @@ def _tiers(prices: pl.DataFrame) -> pl.DataFrame:
         _fail(f"price {empty['price_id'][0]!r}: a {empty['model'][0]} price needs one or more tiers")
     field = pl.col("tiers").struct.field
     tiers = (
-        tiered.select("price_idx", "price_id", "tiers", count=pl.col("tiers").list.len(),
-                      tier=pl.int_ranges(1, pl.col("tiers").list.len() + 1, dtype=pl.UInt32))
+        tiered.select(
+            "price_idx",
+            "price_id",
+            "tiers",
+            count=pl.col("tiers").list.len(),
+            tier=pl.int_ranges(1, pl.col("tiers").list.len() + 1, dtype=pl.UInt32),
+        )
         .explode("tiers", "tier")
-        .select("price_idx", "price_id", "count", "tier", start=to_scaled(field("start"), PRICE_SCALE),
-                up_to=to_scaled(field("up_to"), PRICE_SCALE), unit_price=to_scaled(field("unit_price"), PRICE_SCALE),
-                flat_fee=to_scaled(field("flat_fee"), PRICE_SCALE))
+        .select(
+            "price_idx",
+            "price_id",
+            "count",
+            "tier",
+            start=to_scaled(field("start"), PRICE_SCALE),
+            up_to=to_scaled(field("up_to"), PRICE_SCALE),
+            unit_price=to_scaled(field("unit_price"), PRICE_SCALE),
+            flat_fee=to_scaled(field("flat_fee"), PRICE_SCALE),
+        )
     )
     # Exploded tiers of one price are adjacent and in order, so the previous row is the previous tier.
     first, last = pl.col("tier") == 1, pl.col("tier") == pl.col("count")
@@ -138,13 +187,17 @@ def _tiers(prices: pl.DataFrame) -> pl.DataFrame:
         | (~last & pl.col("up_to").is_null())
         | (pl.col("up_to") <= pl.col("start"))
         | pl.any_horizontal(pl.col("start", "unit_price", "flat_fee").is_null())
-        | (pl.col("unit_price") < 0) | (pl.col("unit_price") > MAX_UNIT_PRICE)
-        | (pl.col("flat_fee") < 0) | (pl.col("flat_fee") > MAX_AMOUNT)
+        | (pl.col("unit_price") < 0)
+        | (pl.col("unit_price") > MAX_UNIT_PRICE)
+        | (pl.col("flat_fee") < 0)
+        | (pl.col("flat_fee") > MAX_AMOUNT)
     )
     if broken.height:
-        _fail(f"price {broken['price_id'][0]!r}: tier {broken['tier'][0]} breaks the rules of tiers (the first starts "
-              "at 0, each starts where the previous ends, only the last is unbounded, unit prices are between 0 and "
-              "10^27 and flat fees between 0 and 10^18)")
+        _fail(
+            f"price {broken['price_id'][0]!r}: tier {broken['tier'][0]} breaks the rules of tiers (the first starts "
+            "at 0, each starts where the previous ends, only the last is unbounded, unit prices are between 0 and "
+            "10^27 and flat fees between 0 and 10^18)"
+        )
     return tiers.drop("price_id", "count")
 
 
@@ -152,16 +205,27 @@ def _entries(prices: pl.DataFrame) -> pl.DataFrame:
     """The matrix prices' entries, one row each, with ``rank``: the order in which a free allowance is taken."""
     entries = (
         prices.filter(pl.col("model") == "matrix")
-        .select("price_idx", "price_id", "matrix").explode("matrix").drop_nulls("matrix")
-        .select("price_idx", "price_id", combination=pl.col("matrix").struct.field("combination"),
-                unit_price=to_scaled(pl.col("matrix").struct.field("unit_price"), PRICE_SCALE))
+        .select("price_idx", "price_id", "matrix")
+        .explode("matrix")
+        .drop_nulls("matrix")
+        .select(
+            "price_idx",
+            "price_id",
+            combination=pl.col("matrix").struct.field("combination"),
+            unit_price=to_scaled(pl.col("matrix").struct.field("unit_price"), PRICE_SCALE),
+        )
         .sort("price_idx", "combination")
     )
-    broken = entries.filter(pl.struct("price_idx", "combination").is_duplicated() | pl.col("combination").is_null()
-                            | ~pl.col("unit_price").is_between(0, MAX_UNIT_PRICE).fill_null(False))
+    broken = entries.filter(
+        pl.struct("price_idx", "combination").is_duplicated()
+        | pl.col("combination").is_null()
+        | ~pl.col("unit_price").is_between(0, MAX_UNIT_PRICE).fill_null(False)
+    )
     if broken.height:
-        _fail(f"price {broken['price_id'][0]!r}: matrix entry {broken['combination'][0]} is repeated, or lacks a "
-              "combination or a unit price between 0 and 10^27: keep one entry per combination")
+        _fail(
+            f"price {broken['price_id'][0]!r}: matrix entry {broken['combination'][0]} is repeated, or lacks a "
+            "combination or a unit price between 0 and 10^27: keep one entry per combination"
+        )
     rank = pl.int_range(pl.len(), dtype=pl.UInt32).over("price_idx")
     return entries.select("price_idx", "combination", "unit_price", rank=rank)
 

@@ -105,8 +105,9 @@ class Rated:
     details: pl.DataFrame
 
 
-def rate(charges: pl.DataFrame, prices: pl.DataFrame, quantities: pl.DataFrame,
-         event_amounts: pl.DataFrame | None = None) -> Rated:
+def rate(
+    charges: pl.DataFrame, prices: pl.DataFrame, quantities: pl.DataFrame, event_amounts: pl.DataFrame | None = None
+) -> Rated:
     """Rates every charge of ``charges`` at its price in ``prices`` for the usage in ``quantities``.
 
     ``event_amounts`` is needed only for percentages charged per event. The module doc gives the frames' columns and
@@ -123,30 +124,50 @@ def rate(charges: pl.DataFrame, prices: pl.DataFrame, quantities: pl.DataFrame,
     _check_range(event_totals, "quantity", base, "the sum of a charge's event amounts")
 
     model, per_event = pl.col("model"), keys.get_column("per_event")
-    quantity = (pl.when(model == "flat").then(None)
-                .when(per_event).then(_spread(base, event_totals, "quantity").fill_null(int128(0)))
-                .otherwise(_spread(base, usage_totals, "quantity").fill_null(int128(0))))
-    billable = (pl.when(model.is_in(["flat", "matrix"])).then(None)
-                .when(per_event).then(pl.col("quantity"))
-                .otherwise(pl.max_horizontal(pl.col("quantity") - pl.col("free_allowance"), int128(0))))
-    base = (base.with_columns(quantity=quantity, free_allowance=table.of("free_allowance", base))
-            .with_columns(billable=billable).drop("free_allowance"))
+    quantity = (
+        pl.when(model == "flat")
+        .then(None)
+        .when(per_event)
+        .then(_spread(base, event_totals, "quantity").fill_null(int128(0)))
+        .otherwise(_spread(base, usage_totals, "quantity").fill_null(int128(0)))
+    )
+    billable = (
+        pl.when(model.is_in(["flat", "matrix"]))
+        .then(None)
+        .when(per_event)
+        .then(pl.col("quantity"))
+        .otherwise(pl.max_horizontal(pl.col("quantity") - pl.col("free_allowance"), int128(0)))
+    )
+    base = (
+        base.with_columns(quantity=quantity, free_allowance=table.of("free_allowance", base))
+        .with_columns(billable=billable)
+        .drop("free_allowance")
+    )
 
-    single = [models.flat(base, table), models.per_unit(base, table), models.package(base, table),
-              models.percentage_period(base, table), models.percentage_events(base, table, events)]
+    single = [
+        models.flat(base, table),
+        models.per_unit(base, table),
+        models.package(base, table),
+        models.percentage_period(base, table),
+        models.percentage_events(base, table, events),
+    ]
     several = [_in_charge_order(models.tiered(base, table)), _in_charge_order(models.matrix(base, table, cells))]
     for part in single + several:
         _check_range(part, "_subtotal", base, "an amount", shadow="_shadow")
     # A charge's subtotal is its one detail's, or the sum of its several (tiers, combinations), which are adjacent.
     # `units` (Decimal(38, 9)) back as its Int128 count of 10^-9: a matrix charge's billable is the sum of its cells'.
     sums = [part.select("_row", "_subtotal", "_shadow", units=pl.col("units").to_physical()) for part in single]
-    sums += [part.group_by("_row", maintain_order=True).agg(
-        pl.col("_subtotal").sum(), pl.col("_shadow").sum(), units=pl.col("units").to_physical().sum())
-        for part in several]
+    sums += [
+        part.group_by("_row", maintain_order=True).agg(
+            pl.col("_subtotal").sum(), pl.col("_shadow").sum(), units=pl.col("units").to_physical().sum()
+        )
+        for part in several
+    ]
     summed = pl.concat(sums)
     _check_range(summed, "_subtotal", base, "the sum of a charge's amounts", shadow="_shadow")
-    lines = _lines(base, table, subtotal=_spread(base, summed, "_subtotal"),
-                   matrix_billable=_spread(base, summed, "units"))
+    lines = _lines(
+        base, table, subtotal=_spread(base, summed, "_subtotal"), matrix_billable=_spread(base, summed, "units")
+    )
     details = pl.concat(single + several, rechunk=False)
     charge = base.get_column("charge").gather(details.get_column("_row"))
     return Rated(lines=lines, details=details.select(charge, *models.DETAIL_COLUMNS))
@@ -162,11 +183,15 @@ def _lines(base: pl.DataFrame, table: PriceTable, subtotal: pl.Series, matrix_bi
     exact = pl.when(minimum_applied).then(minimum).when(maximum_applied).then(maximum).otherwise(pl.col("subtotal"))
     billable = pl.when(pl.col("model") == "matrix").then(matrix_billable.fill_null(0)).otherwise(pl.col("billable"))
     # Materialised first: rounding reads the exact amount several times, and eager polars would compute it each time.
-    base = base.with_columns(exact=exact, minimum_applied=minimum_applied, maximum_applied=maximum_applied,
-                             billable=billable)
+    base = base.with_columns(
+        exact=exact, minimum_applied=minimum_applied, maximum_applied=maximum_applied, billable=billable
+    )
     base = base.with_columns(rounded=round_column_half_even(base, "exact", AMOUNT_SCALE, "digits"))
     return base.select(
-        "charge", "price_id", "currency", "model",
+        "charge",
+        "price_id",
+        "currency",
+        "model",
         quantity=from_scaled(pl.col("quantity"), PRICE_SCALE),
         billable=from_scaled(pl.col("billable"), PRICE_SCALE),
         subtotal=from_scaled(pl.col("subtotal"), AMOUNT_SCALE),
@@ -197,8 +222,9 @@ def _prepare_charges(charges: pl.DataFrame, table: PriceTable) -> pl.DataFrame:
     """``charges`` checked: ``_row``, ``charge``, ``price_idx``, ``model`` and ``proration`` (Int128)."""
     for name in ("charge", "price_id"):
         if name not in charges.columns:
-            _fail(f"charges has no column {name!r}; it needs charge, price_id and optionally proration",
-                  "invalid_charges")
+            _fail(
+                f"charges has no column {name!r}; it needs charge, price_id and optionally proration", "invalid_charges"
+            )
     key_type = charges.schema["charge"]
     if not (key_type == pl.String or key_type.is_integer()):
         _fail(f"charges column 'charge' must be String or an integer type; got {key_type}", "invalid_charges")
@@ -211,21 +237,30 @@ def _prepare_charges(charges: pl.DataFrame, table: PriceTable) -> pl.DataFrame:
 
     ids = table.params.get_column("price_id")
     price_idx = charges.get_column("price_id").replace_strict(
-        ids, pl.int_range(len(ids), dtype=pl.UInt32, eager=True), default=None, return_dtype=pl.UInt32)
-    prorations = (_scaled_input(charges, "proration", "charges") if "proration" in charges.columns
-                  else pl.repeat(_ONE, charges.height, dtype=pl.Int128, eager=True))
+        ids, pl.int_range(len(ids), dtype=pl.UInt32, eager=True), default=None, return_dtype=pl.UInt32
+    )
+    prorations = (
+        _scaled_input(charges, "proration", "charges")
+        if "proration" in charges.columns
+        else pl.repeat(_ONE, charges.height, dtype=pl.Int128, eager=True)
+    )
     base = charges.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"), "charge").with_columns(
-        price_idx=price_idx, proration=prorations)
+        price_idx=price_idx, proration=prorations
+    )
     if price_idx.has_nulls():
         unknown = charges.filter(price_idx.is_null())
-        _fail(f"charge {unknown['charge'][0]!r} names price {unknown['price_id'][0]!r}, which is not in prices",
-              "unknown_price")
+        _fail(
+            f"charge {unknown['charge'][0]!r} names price {unknown['price_id'][0]!r}, which is not in prices",
+            "unknown_price",
+        )
     base = base.with_columns(model=table.of("model", base))
     proration, model = pl.col("proration"), pl.col("model")
-    problem = (pl.when(proration.is_null() | (proration < 0) | (proration > _ONE)).then(
-        pl.lit("proration must be between 0 and 1"))
-        .when((model != "flat") & (proration != _ONE)).then(
-        pl.format("proration applies to flat fees only: pass 1 for a {} charge", model)))
+    problem = (
+        pl.when(proration.is_null() | (proration < 0) | (proration > _ONE))
+        .then(pl.lit("proration must be between 0 and 1"))
+        .when((model != "flat") & (proration != _ONE))
+        .then(pl.format("proration applies to flat fees only: pass 1 for a {} charge", model))
+    )
     _check_rows(base, problem, "charges")
     return base
 
@@ -238,22 +273,28 @@ def _prepare_usage(quantities: pl.DataFrame, keys: pl.DataFrame) -> tuple[pl.Dat
     """
     _require(quantities, "quantities", ["charge", "quantity"], keys)
     if "combination" in quantities.columns and quantities.schema["combination"] != pl.String:
-        _fail(f"quantities column 'combination' must be String; got {quantities.schema['combination']}",
-              "invalid_quantities")
+        _fail(
+            f"quantities column 'combination' must be String; got {quantities.schema['combination']}",
+            "invalid_quantities",
+        )
     combination = pl.col("combination") if "combination" in quantities.columns else pl.lit(None, pl.String)
-    rows = quantities.select("charge", combination.alias("combination"),
-                             quantity=_scaled_input(quantities, "quantity", "quantities"))
+    rows = quantities.select(
+        "charge", combination.alias("combination"), quantity=_scaled_input(quantities, "quantity", "quantities")
+    )
     model = pl.col("model")
     problem = (
-        pl.when(pl.col("_row").is_null()).then(pl.lit("this charge is not in charges"))
-        .when(pl.col("quantity").is_null()).then(pl.lit("a quantity is null: give 0 or drop the row"))
-        .when(model == "flat").then(pl.lit("a flat fee has no quantity: drop its quantity rows"))
-        .when(pl.col("per_event")).then(
-            pl.lit("a percentage charged per event reads event_amounts: pass its events there, not in quantities"))
-        .when((model == "matrix") & pl.col("combination").is_null()).then(
-            pl.lit("a matrix charge needs the combination of each quantity row (see combination_expr)"))
-        .when((model != "matrix") & pl.col("combination").is_not_null()).then(
-            pl.format("only matrix charges take a combination; this one is {}", model))
+        pl.when(pl.col("_row").is_null())
+        .then(pl.lit("this charge is not in charges"))
+        .when(pl.col("quantity").is_null())
+        .then(pl.lit("a quantity is null: give 0 or drop the row"))
+        .when(model == "flat")
+        .then(pl.lit("a flat fee has no quantity: drop its quantity rows"))
+        .when(pl.col("per_event"))
+        .then(pl.lit("a percentage charged per event reads event_amounts: pass its events there, not in quantities"))
+        .when((model == "matrix") & pl.col("combination").is_null())
+        .then(pl.lit("a matrix charge needs the combination of each quantity row (see combination_expr)"))
+        .when((model != "matrix") & pl.col("combination").is_not_null())
+        .then(pl.format("only matrix charges take a combination; this one is {}", model))
     )
     # One lazy plan, run by the streaming engine: the key join and the sums are most of rating's time, and streaming
     # them in batches takes a quarter less than joining and grouping millions of rows one operation at a time.
@@ -264,8 +305,13 @@ def _prepare_usage(quantities: pl.DataFrame, keys: pl.DataFrame) -> tuple[pl.Dat
     # Grouping by the (mostly null) combination costs three times grouping by the row alone: only matrix rows need it.
     # Rows of unknown charges (null model) go with the others, to be flagged there.
     is_matrix = (model == "matrix").fill_null(False)
-    cells, others = pl.collect_all([joined.filter(is_matrix).group_by("_row", "combination").agg(**flagged),
-                                    joined.filter(~is_matrix).group_by("_row").agg(**flagged)], engine="streaming")
+    cells, others = pl.collect_all(
+        [
+            joined.filter(is_matrix).group_by("_row", "combination").agg(**flagged),
+            joined.filter(~is_matrix).group_by("_row").agg(**flagged),
+        ],
+        engine="streaming",
+    )
     if cells.get_column("bad").any() or others.get_column("bad").any():
         bad = rows.join(keys, on="charge", how="left").select("charge", problem=problem).drop_nulls("problem")
         _fail(f"quantities for charge {bad['charge'][0]!r}: {bad['problem'][0]}", "invalid_quantities")
@@ -281,14 +327,21 @@ def _prepare_events(event_amounts: pl.DataFrame | None, keys: pl.DataFrame) -> p
     if event_amounts is None:
         return pl.DataFrame(schema={"_row": pl.UInt32, "amount": pl.Int128})
     _require(event_amounts, "event_amounts", ["charge", "amount"], keys)
-    rows = _attach_keys(event_amounts.select("charge", amount=_scaled_input(event_amounts, "amount", "event_amounts")),
-                        keys, "event_amounts")
+    rows = _attach_keys(
+        event_amounts.select("charge", amount=_scaled_input(event_amounts, "amount", "event_amounts")),
+        keys,
+        "event_amounts",
+    )
     problem = (
-        pl.when(pl.col("amount").is_null() | (pl.col("amount") < 0)).then(
-            pl.lit("an event's amount must be 0 or more (not null)"))
-        .when(~pl.col("per_event")).then(pl.format(
-            "event_amounts are for percentages charged per event; this charge is {}: pass its usage in quantities",
-            pl.col("model")))
+        pl.when(pl.col("amount").is_null() | (pl.col("amount") < 0))
+        .then(pl.lit("an event's amount must be 0 or more (not null)"))
+        .when(~pl.col("per_event"))
+        .then(
+            pl.format(
+                "event_amounts are for percentages charged per event; this charge is {}: pass its usage in quantities",
+                pl.col("model"),
+            )
+        )
     )
     _check_rows(rows, problem, "event_amounts")
     return rows.select("_row", "amount")
@@ -299,8 +352,11 @@ def _require(frame: pl.DataFrame, what: str, columns: list[str], keys: pl.DataFr
         if name not in frame.columns:
             _fail(f"{what} has no column {name!r}; it needs {', '.join(columns)}", f"invalid_{what}")
     if frame.schema["charge"] != keys.schema["charge"]:
-        _fail(f"{what} column 'charge' is {frame.schema['charge']} but charges' is {keys.schema['charge']}: "
-              "use the same key type", f"invalid_{what}")
+        _fail(
+            f"{what} column 'charge' is {frame.schema['charge']} but charges' is {keys.schema['charge']}: "
+            "use the same key type",
+            f"invalid_{what}",
+        )
 
 
 def _scaled_input(frame: pl.DataFrame, column: str, what: str) -> pl.Series:
@@ -312,17 +368,24 @@ def _scaled_input(frame: pl.DataFrame, column: str, what: str) -> pl.Series:
             try:
                 return values.cast(pl.Decimal(38, PRICE_SCALE)).to_physical()
             except InvalidOperationError:
-                _fail(f"{what} column {column!r} holds a value beyond the 10^29 pricing computes exactly",
-                      f"invalid_{what}")
+                _fail(
+                    f"{what} column {column!r} holds a value beyond the 10^29 pricing computes exactly",
+                    f"invalid_{what}",
+                )
         physical, cut = values.to_physical().to_frame(column), int128(10 ** (dtype.scale - PRICE_SCALE))
         if not physical.select((pl.col(column) % cut == int128(0)).all()).item():
-            _fail(f"{what} column {column!r} has values with more than {PRICE_SCALE} decimal places: round them first",
-                  f"invalid_{what}")
+            _fail(
+                f"{what} column {column!r} has values with more than {PRICE_SCALE} decimal places: round them first",
+                f"invalid_{what}",
+            )
         return physical.select(pl.col(column) // cut).to_series()
     if dtype.is_integer():
         return values.cast(pl.Int128).to_frame().select(pl.col(column) * int128(_ONE)).to_series()
-    _fail(f"{what} column {column!r} must be a Decimal with at most {PRICE_SCALE} decimals (the usage export's "
-          f"decimal128(38, 9)) or an integer; got {dtype}: floats are not exact", f"invalid_{what}")
+    _fail(
+        f"{what} column {column!r} must be a Decimal with at most {PRICE_SCALE} decimals (the usage export's "
+        f"decimal128(38, 9)) or an integer; got {dtype}: floats are not exact",
+        f"invalid_{what}",
+    )
 
 
 def _attach_keys(rows: pl.DataFrame, keys: pl.DataFrame, what: str) -> pl.DataFrame:
@@ -347,8 +410,10 @@ def _check_range(frame: pl.DataFrame, column: str, base: pl.DataFrame, what: str
     if frame.select(beyond.any()).item():
         over = frame.filter(beyond)
         charge = base.get_column("charge")[over["_row"][0]]
-        raise ValueOverflow(f"charge {charge!r}: {what} leaves the range pricing computes exactly (amounts below "
-                            "10^18, quantities below 10^29); rate shorter periods or check the usage")
+        raise ValueOverflow(
+            f"charge {charge!r}: {what} leaves the range pricing computes exactly (amounts below "
+            "10^18, quantities below 10^29); rate shorter periods or check the usage"
+        )
 
 
 def _fail(message: str, code: str) -> NoReturn:

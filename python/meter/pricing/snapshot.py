@@ -1,5 +1,6 @@
-"""The catalog as pricing sees it: read back from the export's snapshot Parquet files, never from the live catalog
-or RocksDB, so that an invoice is a function of files a finance team can keep.
+"""The catalog as pricing sees it: read back from the export's snapshot Parquet files.
+
+Never from the live catalog or RocksDB, so that an invoice is a function of files a finance team can keep.
 
 ``<out>/catalog/tenant=<tenant>/{customers,prices,subscriptions,meters}.parquet`` (see ``meter.export``).
 """
@@ -23,8 +24,18 @@ from meter.schemas import MeterSpec
 
 __all__ = ["Snapshot", "load_snapshot"]
 
-_PRICE_FIELDS = ("id", "currency", "model", "cadence", "meter", "amount", "unit_price", "free_allowance", "minimum",
-                 "maximum")
+_PRICE_FIELDS = (
+    "id",
+    "currency",
+    "model",
+    "cadence",
+    "meter",
+    "amount",
+    "unit_price",
+    "free_allowance",
+    "minimum",
+    "maximum",
+)
 
 
 @dataclass(frozen=True)
@@ -52,7 +63,7 @@ class Snapshot:
         """One customer, built when first asked for (not the million others)."""
         if customer_id not in self._found:
             row = self._customer_rows.get(customer_id)
-            self._found[customer_id] = None if row is None else _customers(self.customer_table[row:row + 1])[0]
+            self._found[customer_id] = None if row is None else _customers(self.customer_table[row : row + 1])[0]
         return self._found[customer_id]
 
     @cached_property
@@ -91,8 +102,9 @@ def _load_snapshot(out: Path, tenant: str) -> Snapshot:
     def table(name: str) -> pa.Table:
         path = base / f"{name}.parquet"
         if not path.exists():
-            raise InvalidInput(f"no catalog snapshot at {path}: run `meter export` (or the server's export) first",
-                               code="no_snapshot")
+            raise InvalidInput(
+                f"no catalog snapshot at {path}: run `meter export` (or the server's export) first", code="no_snapshot"
+            )
         return pq.read_table(path)
 
     customers = _frame(table("customers"), _CUSTOMER_TYPES)
@@ -110,9 +122,16 @@ _UTC = pl.Datetime("us", "UTC")
 #: The columns' types whatever the values: a column of nulls only (no subscription ends) is written as nulls.
 _CUSTOMER_TYPES: dict[str, pl.DataType] = {"id": pl.String(), "currency": pl.String(), "timezone": pl.String()}
 _SUBSCRIPTION_TYPES: dict[str, pl.DataType] = {
-    "id": pl.String(), "customer": pl.String(), "plan": pl.String(), "version": pl.Int64(), "start": _UTC,
-    "end": _UTC, "cycle": pl.String(), "anchor": pl.String(), **dict.fromkeys(
-        ("overrides", "commits", "credits", "discounts", "migrations"), pl.String())}
+    "id": pl.String(),
+    "customer": pl.String(),
+    "plan": pl.String(),
+    "version": pl.Int64(),
+    "start": _UTC,
+    "end": _UTC,
+    "cycle": pl.String(),
+    "anchor": pl.String(),
+    **dict.fromkeys(("overrides", "commits", "credits", "discounts", "migrations"), pl.String()),
+}
 
 
 def _frame(table: pa.Table, types: dict[str, pl.DataType]) -> pl.DataFrame:

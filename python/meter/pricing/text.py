@@ -45,26 +45,43 @@ def with_normalized(frame: pl.DataFrame, scaled: pl.Expr, scale: int, name: str)
     tmp = [f"_{name}_{part}" for part in ("sign", "c", "n", "e")]
     sign, c, n, e = (pl.col(t) for t in tmp)
     full = scaled.abs().cast(pl.String)
-    frame = frame.with_columns(pl.when(scaled < 0).then(pl.lit("-")).otherwise(pl.lit("")).alias(tmp[0]),
-                               full.str.strip_chars_end("0").alias(tmp[1]), full.str.len_chars().alias("_full_len"))
+    frame = frame.with_columns(
+        pl.when(scaled < 0).then(pl.lit("-")).otherwise(pl.lit("")).alias(tmp[0]),
+        full.str.strip_chars_end("0").alias(tmp[1]),
+        full.str.len_chars().alias("_full_len"),
+    )
     frame = frame.with_columns(pl.col(tmp[1]).str.len_chars().cast(pl.Int32).alias(tmp[2]))
     frame = frame.with_columns((pl.col("_full_len").cast(pl.Int32) - n - scale).alias(tmp[3])).drop("_full_len")
     adjusted, point = n - 1 + e, n + e  # point: where the point goes in the coefficient's digits (<= 0: before)
-    fraction = pl.when(point > 0).then(c.str.slice(point.clip(0))).otherwise(
-        pl.concat_str(pl.lit(_ZEROS).str.slice(0, (-point).clip(0)), c))
-    positional = pl.when(e >= 0).then(pl.concat_str(c, pl.lit(_ZEROS).str.slice(0, e.clip(0)))).otherwise(
-        pl.concat_str(pl.when(point > 0).then(c.str.slice(0, point.clip(0))).otherwise(pl.lit("0")), pl.lit("."),
-                      fraction))
+    fraction = (
+        pl.when(point > 0)
+        .then(c.str.slice(point.clip(0)))
+        .otherwise(pl.concat_str(pl.lit(_ZEROS).str.slice(0, (-point).clip(0)), c))
+    )
+    positional = (
+        pl.when(e >= 0)
+        .then(pl.concat_str(c, pl.lit(_ZEROS).str.slice(0, e.clip(0))))
+        .otherwise(
+            pl.concat_str(
+                pl.when(point > 0).then(c.str.slice(0, point.clip(0))).otherwise(pl.lit("0")), pl.lit("."), fraction
+            )
+        )
+    )
     scientific = pl.concat_str(
-        c.str.slice(0, 1), pl.when(n > 1).then(pl.concat_str(pl.lit("."), c.str.slice(1))).otherwise(pl.lit("")),
-        pl.lit("E"), pl.when(adjusted >= 0).then(pl.lit("+")).otherwise(pl.lit("-")), adjusted.abs().cast(pl.String))
+        c.str.slice(0, 1),
+        pl.when(n > 1).then(pl.concat_str(pl.lit("."), c.str.slice(1))).otherwise(pl.lit("")),
+        pl.lit("E"),
+        pl.when(adjusted >= 0).then(pl.lit("+")).otherwise(pl.lit("-")),
+        adjusted.abs().cast(pl.String),
+    )
     frame = frame.with_columns(positional.alias("_positional"))
     as_str = pl.when((e <= 0) & (adjusted >= -6)).then(pl.col("_positional")).otherwise(scientific)
     zero = n == 0
     return frame.with_columns(
         pl.when(zero).then(pl.lit("0")).otherwise(pl.concat_str(sign, as_str)).alias(f"{name}_str"),
         pl.when(zero).then(pl.lit("0")).otherwise(pl.concat_str(sign, pl.col("_positional"))).alias(f"{name}_plain"),
-        (n > MAX_DIGITS).fill_null(False).alias(f"{name}_long")).drop(*tmp, "_positional")
+        (n > MAX_DIGITS).fill_null(False).alias(f"{name}_long"),
+    ).drop(*tmp, "_positional")
 
 
 def time_text(t: pl.Expr) -> pl.Expr:
@@ -79,8 +96,9 @@ def iso_text(t: pl.Expr) -> pl.Expr:
 
 def _time(t: pl.Expr, zone: str) -> pl.Expr:
     micros = t.dt.microsecond()
-    fraction = pl.when(micros != 0).then(pl.concat_str(pl.lit("."), micros.cast(pl.String).str.zfill(6))).otherwise(
-        pl.lit(""))
+    fraction = (
+        pl.when(micros != 0).then(pl.concat_str(pl.lit("."), micros.cast(pl.String).str.zfill(6))).otherwise(pl.lit(""))
+    )
     return pl.concat_str(t.dt.strftime("%Y-%m-%dT%H:%M:%S"), fraction, pl.lit(zone))
 
 

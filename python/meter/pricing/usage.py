@@ -55,8 +55,12 @@ __all__ = ["AGGREGATIONS", "QUANTITIES_SCHEMA", "event_amounts", "meter_aggregat
 #: The aggregations a meter can have; all but ``unique_count`` fold over a period from the export.
 AGGREGATIONS = frozenset({"sum", "count", "min", "max", "unique_count", "latest", "avg"})
 #: What :func:`period_quantities` returns, ``charge`` being typed as the requests' key.
-QUANTITIES_SCHEMA: dict[str, pl.DataType] = {"charge": pl.String(), "combination": pl.String(), "quantity": DECIMAL,
-                                             "events": pl.UInt64()}
+QUANTITIES_SCHEMA: dict[str, pl.DataType] = {
+    "charge": pl.String(),
+    "combination": pl.String(),
+    "quantity": DECIMAL,
+    "events": pl.UInt64(),
+}
 
 # The export's columns besides the dimensions; `date` is the hive partition.
 _FIXED = ("customer", "window_start", "window_end", "value", "events", "date")
@@ -74,14 +78,18 @@ def meter_aggregations(out_dir: str | Path, tenant: str) -> dict[str, str]:
     """Each meter's aggregation (slug -> ``sum``, ``avg``...), from the catalog snapshot ``meters.parquet``."""
     path = Path(out_dir) / "catalog" / f"tenant={tenant}" / "meters.parquet"
     if not path.exists():
-        raise InvalidInput(f"no meters in the export for tenant {tenant!r}: {path} is missing; run the catalog "
-                           "export first, or pass meters={slug: aggregation}", code="unknown_meter")
+        raise InvalidInput(
+            f"no meters in the export for tenant {tenant!r}: {path} is missing; run the catalog "
+            "export first, or pass meters={slug: aggregation}",
+            code="unknown_meter",
+        )
     frame = pl.read_parquet(path, columns=["slug", "aggregation"])
     return dict(zip(frame.get_column("slug").to_list(), frame.get_column("aggregation").to_list(), strict=True))
 
 
-def period_quantities(out_dir: str | Path, tenant: str, requests: pl.DataFrame,
-                      meters: Mapping[str, str] | None = None) -> pl.DataFrame:
+def period_quantities(
+    out_dir: str | Path, tenant: str, requests: pl.DataFrame, meters: Mapping[str, str] | None = None
+) -> pl.DataFrame:
     """The usage behind each charge of ``requests`` over its period, as rating's ``quantities`` frame.
 
     ``requests`` has one row per charge: ``charge`` (the key rating uses: String or an integer type, unique),
@@ -115,8 +123,9 @@ def period_quantities(out_dir: str | Path, tenant: str, requests: pl.DataFrame,
     # work on them (sorting or joining five million lists takes most of a second).
     groups = requests.with_row_index("_row").group_by("meter", "dimensions").agg(pl.col("_row"))
     columns = requests.select("charge", "customer", "from", "to")
-    for (slug, dimensions), rows in zip(groups.select("meter", "dimensions").iter_rows(), groups.get_column("_row"),
-                                        strict=True):
+    for (slug, dimensions), rows in zip(
+        groups.select("meter", "dimensions").iter_rows(), groups.get_column("_row"), strict=True
+    ):
         part = columns[rows]
         dims = _dimensions(dimensions, part)
         plan = _plan(out_dir, tenant, slug, meters[slug], part, dims)
@@ -128,10 +137,12 @@ def period_quantities(out_dir: str | Path, tenant: str, requests: pl.DataFrame,
     return pl.concat([empty, *results], how="vertical")
 
 
-def event_amounts(out_dir: str | Path, tenant: str, requests: pl.DataFrame,
-                  meters: Mapping[str, MeterSpec]) -> pl.DataFrame:
-    """Each event's amount behind each charge of ``requests`` (same columns as for :func:`period_quantities`): what
-    rating's ``event_amounts`` takes for a percentage with fees bounded per event, which minutes cannot give.
+def event_amounts(
+    out_dir: str | Path, tenant: str, requests: pl.DataFrame, meters: Mapping[str, MeterSpec]
+) -> pl.DataFrame:
+    """Each event's amount behind each charge of ``requests`` (same columns as for :func:`period_quantities`).
+
+    What rating's ``event_amounts`` takes for a percentage with fees bounded per event, which minutes cannot give.
 
     Read from the raw events export (``events/tenant=<t>/date=<day>/``, only the days the charges cover), and
     evaluated by the engine's own extraction (``meter._core.event_values``): the meter's filters and value path,
@@ -147,16 +158,22 @@ def event_amounts(out_dir: str | Path, tenant: str, requests: pl.DataFrame,
         spec = meters.get(str(slug))
         if spec is None:
             _fail(f"charge {part['charge'][0]!r}: meter {slug!r} is not in the catalog snapshot", "unknown_meter")
-        events = (pl.scan_parquet(root, hive_partitioning=True, hive_schema={"date": pl.Date()},
-                                  hidden_file_prefix=[".", "_"])
-                  .filter(pl.col("date").is_in(pl.lit(_days(part)).implode()) & (pl.col("type") == spec.event_type))
-                  .select(customer="subject", time="time", data="data"))
-        inside = (events.join(part.lazy().select("charge", "customer", "from", "to"), on="customer")
-                  .filter((pl.col("time") >= pl.col("from")) & (pl.col("time") < pl.col("to")))
-                  .select("charge", "data").collect())
+        events = (
+            pl.scan_parquet(
+                root, hive_partitioning=True, hive_schema={"date": pl.Date()}, hidden_file_prefix=[".", "_"]
+            )
+            .filter(pl.col("date").is_in(pl.lit(_days(part)).implode()) & (pl.col("type") == spec.event_type))
+            .select(customer="subject", time="time", data="data")
+        )
+        inside = (
+            events.join(part.lazy().select("charge", "customer", "from", "to"), on="customer")
+            .filter((pl.col("time") >= pl.col("from")) & (pl.col("time") < pl.col("to")))
+            .select("charge", "data")
+            .collect()
+        )
         if inside.height == 0:
             continue
-        data = pa.array(inside.get_column("data").to_arrow()).cast(pa.string())
+        data = inside.get_column("data").to_arrow().cast(pa.string())
         amounts = pl.from_arrow(pa.array(_core.event_values(msgspec.json.encode(spec), data)))
         frames.append(inside.select("charge", amount=amounts).drop_nulls("amount"))
     return pl.concat(frames, how="vertical")
@@ -166,29 +183,41 @@ def _dimensions(dimensions: list[str] | None, part: pl.DataFrame) -> list[str]:
     """A group's dimensions, sorted (as combinations sort them); none for null or an empty list."""
     dims = sorted(dimensions or [])
     if len(set(dims)) != len(dims):
-        _fail(f"requests for charge {part['charge'][0]!r}: dimensions must be distinct; got {dimensions}",
-              "invalid_requests")
+        _fail(
+            f"requests for charge {part['charge'][0]!r}: dimensions must be distinct; got {dimensions}",
+            "invalid_requests",
+        )
     return dims
 
 
-def _plan(out_dir: str | Path, tenant: str, slug: str, aggregation: str, part: pl.DataFrame,
-          dims: list[str]) -> pl.LazyFrame | None:
+def _plan(
+    out_dir: str | Path, tenant: str, slug: str, aggregation: str, part: pl.DataFrame, dims: list[str]
+) -> pl.LazyFrame | None:
     """The lazy fold of one meter's usage for the charges of ``part``, which all ask for the dimensions ``dims``."""
     directory = usage_dir(out_dir, tenant, slug)
     if not directory.is_dir():
         return None  # No usage was ever exported for this meter: no charge of it has a row.
     if not any(True for _ in directory.glob("date=*/[!._]*.parquet")):
         return None
-    usage = pl.scan_parquet(directory, hive_partitioning=True, hive_schema={"date": pl.Date()},
-                            hidden_file_prefix=[".", "_"], missing_columns="insert")
+    usage = pl.scan_parquet(
+        directory,
+        hive_partitioning=True,
+        hive_schema={"date": pl.Date()},
+        hidden_file_prefix=[".", "_"],
+        missing_columns="insert",
+    )
     meter_dims = [name for name in usage.collect_schema().names() if name not in _FIXED]
     missing = [d for d in dims if d not in meter_dims]
     if missing:
-        _fail(f"charge {part['charge'][0]!r} asks for dimension {missing[0]!r} of meter {slug!r}, which has "
-              f"{', '.join(map(repr, meter_dims)) if meter_dims else 'no dimensions'}", "invalid_dimensions")
+        _fail(
+            f"charge {part['charge'][0]!r} asks for dimension {missing[0]!r} of meter {slug!r}, which has "
+            f"{', '.join(map(repr, meter_dims)) if meter_dims else 'no dimensions'}",
+            "invalid_dimensions",
+        )
 
     usage = usage.filter(pl.col("date").is_in(pl.lit(_days(part)).implode())).select(
-        "customer", *dims, "window_start", _scaled_value(), pl.col("events").cast(pl.UInt64))
+        "customer", *dims, "window_start", _scaled_value(), pl.col("events").cast(pl.UInt64)
+    )
     charges = part.lazy().select("charge", "customer", "from", "to")
     start = pl.col("window_start")
     inside = usage.join(charges, on="customer", how="inner").filter((start >= pl.col("from")) & (start < pl.col("to")))
@@ -226,8 +255,7 @@ def _fold(aggregation: str) -> dict[str, pl.Expr]:
         total = weighted.sum()
         quotient, remainder = total // n, total % n  # floor division: 0 <= remainder < n
         up = (remainder * int128(2) > n) | ((remainder * int128(2) == n) & (quotient % int128(2) == int128(1)))
-        return {"_scaled": quotient + up.cast(pl.Int128),
-                "_shadow": (shadow(value) * events.cast(pl.Float64)).sum()}
+        return {"_scaled": quotient + up.cast(pl.Int128), "_shadow": (shadow(value) * events.cast(pl.Float64)).sum()}
     raise AssertionError(f"aggregation {aggregation!r} reached the fold")  # _check_meters refused it
 
 
@@ -235,16 +263,25 @@ def _finish(frame: pl.DataFrame, slug: str, aggregation: str) -> pl.DataFrame:
     """A collected fold checked (range, latest's ambiguity) and put in :data:`QUANTITIES_SCHEMA`."""
     if frame.height and frame.select(out_of_range(pl.col("_scaled"), pl.col("_shadow")).any()).item():
         over = frame.filter(out_of_range(pl.col("_scaled"), pl.col("_shadow")))
-        raise ValueOverflow(f"charge {over['charge'][0]!r}: the usage of meter {slug!r} leaves the range pricing "
-                            "computes exactly (quantities below 10^29); rate shorter periods or check the usage")
+        raise ValueOverflow(
+            f"charge {over['charge'][0]!r}: the usage of meter {slug!r} leaves the range pricing "
+            "computes exactly (quantities below 10^29); rate shorter periods or check the usage"
+        )
     if "_ambiguous" in frame.columns and frame.get_column("_ambiguous").any():
         bad = frame.filter(pl.col("_ambiguous"))
-        _fail(f"charge {bad['charge'][0]!r}: meter {slug!r} keeps the latest value, and in this charge's latest "
-              "minute the combinations of its dimensions that the charge adds together hold different values; the "
-              "export keeps no event times within a minute, so which came last is unknown. Ask for the meter's "
-              "dimensions (dimensions=[...]) to price each combination's latest value", "ambiguous_latest")
-    return frame.select("charge", "combination", quantity=from_scaled(pl.col("_scaled"), _SCALE),
-                        events=pl.col("events").cast(pl.UInt64))
+        _fail(
+            f"charge {bad['charge'][0]!r}: meter {slug!r} keeps the latest value, and in this charge's latest "
+            "minute the combinations of its dimensions that the charge adds together hold different values; the "
+            "export keeps no event times within a minute, so which came last is unknown. Ask for the meter's "
+            "dimensions (dimensions=[...]) to price each combination's latest value",
+            "ambiguous_latest",
+        )
+    return frame.select(
+        "charge",
+        "combination",
+        quantity=from_scaled(pl.col("_scaled"), _SCALE),
+        events=pl.col("events").cast(pl.UInt64),
+    )
 
 
 def _days(part: pl.DataFrame) -> pl.Series:
@@ -252,8 +289,9 @@ def _days(part: pl.DataFrame) -> pl.Series:
 
     Computed from the distinct periods (a million subscriptions billed monthly share a handful), then unioned.
     """
-    periods = part.select(first=pl.col("from").dt.date(),
-                          last=(pl.col("to") - pl.duration(minutes=1)).dt.date()).unique()
+    periods = part.select(
+        first=pl.col("from").dt.date(), last=(pl.col("to") - pl.duration(minutes=1)).dt.date()
+    ).unique()
     days = periods.select(pl.date_ranges("first", "last").alias("day")).explode("day").unique()
     return days.get_column("day").cast(pl.Date)
 
@@ -263,11 +301,13 @@ def _checked(requests: pl.DataFrame) -> pl.DataFrame:
     schema = requests.schema
     for name in ("charge", "customer", "meter", "from", "to"):
         if name not in schema:
-            _fail(f"requests has no column {name!r}; it needs charge, customer, meter, from, to and optionally "
-                  "dimensions", "invalid_requests")
+            _fail(
+                f"requests has no column {name!r}; it needs charge, customer, meter, from, to and optionally "
+                "dimensions",
+                "invalid_requests",
+            )
     if not (schema["charge"] == pl.String or schema["charge"].is_integer()):
-        _fail(f"requests column 'charge' must be String or an integer type; got {schema['charge']}",
-              "invalid_requests")
+        _fail(f"requests column 'charge' must be String or an integer type; got {schema['charge']}", "invalid_requests")
     for name in ("customer", "meter"):
         if schema[name] != pl.String:
             _fail(f"requests column {name!r} must be String; got {schema[name]}", "invalid_requests")
@@ -281,8 +321,7 @@ def _checked(requests: pl.DataFrame) -> pl.DataFrame:
         bounds[name] = column.cast(_UTC)
     if "dimensions" in schema:
         if schema["dimensions"] not in (pl.List(pl.String), pl.List(pl.Null), pl.Null):
-            _fail(f"requests column 'dimensions' must be List(String); got {schema['dimensions']}",
-                  "invalid_requests")
+            _fail(f"requests column 'dimensions' must be List(String); got {schema['dimensions']}", "invalid_requests")
         dims = pl.col("dimensions").cast(pl.List(pl.String))
     else:
         dims = pl.lit(None, pl.List(pl.String))
@@ -290,11 +329,12 @@ def _checked(requests: pl.DataFrame) -> pl.DataFrame:
 
     start, end = pl.col("from"), pl.col("to")
     problem = (
-        pl.when(pl.any_horizontal(pl.col("charge", "customer", "meter", "from", "to").is_null())).then(
-            pl.lit("charge, customer, meter, from and to must not be null"))
-        .when(start >= end).then(pl.lit("from must be before to (the period is [from, to))"))
-        .when((start.dt.epoch("us") % _MINUTE_US != 0) | (end.dt.epoch("us") % _MINUTE_US != 0)).then(
-            pl.lit("from and to must fall on whole minutes: the export keeps usage per minute"))
+        pl.when(pl.any_horizontal(pl.col("charge", "customer", "meter", "from", "to").is_null()))
+        .then(pl.lit("charge, customer, meter, from and to must not be null"))
+        .when(start >= end)
+        .then(pl.lit("from must be before to (the period is [from, to))"))
+        .when((start.dt.epoch("us") % _MINUTE_US != 0) | (end.dt.epoch("us") % _MINUTE_US != 0))
+        .then(pl.lit("from and to must fall on whole minutes: the export keeps usage per minute"))
     )
     # `any` first: filtering millions of rows costs far more than testing them, even when none is kept.
     if frame.select(problem.is_not_null().any()).item():
@@ -302,8 +342,11 @@ def _checked(requests: pl.DataFrame) -> pl.DataFrame:
         _fail(f"requests for charge {bad['charge'][0]!r}: {bad['problem'][0]}", "invalid_requests")
     if frame.get_column("charge").n_unique() != frame.height:
         repeated = frame.filter(pl.col("charge").is_duplicated())
-        _fail(f"charge keys must be unique in requests; {repeated['charge'][0]!r} is repeated (one row per charge: "
-              "its usage would be counted twice)", "invalid_requests")
+        _fail(
+            f"charge keys must be unique in requests; {repeated['charge'][0]!r} is repeated (one row per charge: "
+            "its usage would be counted twice)",
+            "invalid_requests",
+        )
     return frame
 
 
@@ -312,17 +355,24 @@ def _check_meters(requests: pl.DataFrame, meters: Mapping[str, str]) -> None:
         aggregation = meters.get(slug)
         if aggregation is None:
             charge = requests.filter(pl.col("meter") == slug)["charge"][0]
-            _fail(f"charge {charge!r} names meter {slug!r}, which is not among the tenant's meters "
-                  f"({', '.join(sorted(meters)) or 'none'})", "unknown_meter")
+            _fail(
+                f"charge {charge!r} names meter {slug!r}, which is not among the tenant's meters "
+                f"({', '.join(sorted(meters)) or 'none'})",
+                "unknown_meter",
+            )
         if aggregation == "unique_count":
-            _fail(f"meter {slug!r} counts unique values (unique_count), which pricing cannot fold over a period: the "
-                  "export keeps each minute's number of distinct values, and those do not add up (a value seen in "
-                  "two minutes would be counted twice). Price a count or sum meter instead", "unsupported_meter")
+            _fail(
+                f"meter {slug!r} counts unique values (unique_count), which pricing cannot fold over a period: the "
+                "export keeps each minute's number of distinct values, and those do not add up (a value seen in "
+                "two minutes would be counted twice). Price a count or sum meter instead",
+                "unsupported_meter",
+            )
         if aggregation not in AGGREGATIONS:
-            _fail(f"meter {slug!r} has aggregation {aggregation!r}; expected one of {', '.join(sorted(AGGREGATIONS))}",
-                  "unknown_meter")
+            _fail(
+                f"meter {slug!r} has aggregation {aggregation!r}; expected one of {', '.join(sorted(AGGREGATIONS))}",
+                "unknown_meter",
+            )
 
 
 def _fail(message: str, code: str) -> NoReturn:
     raise InvalidInput(message, code=code)
-

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
 from urllib.parse import parse_qsl, unquote_to_bytes
 
 import msgspec
@@ -40,7 +40,7 @@ from meter.catalog.billing import (
 )
 from meter.catalog.keys import KEY_FORMAT, ApiKey, KeyBody, KeyStore, Scope, TenantBody, TenantKeyBody, valid_checksum
 from meter.encoding import encode_json
-from meter.engine import Engine, Usage
+from meter.engine import Engine, Usage, WindowSize
 from meter.exceptions import MeterError
 from meter.pricing.invoicer import Invoicer
 from meter.pricing.invoices import CreditNoteBody, InvoiceRunBody, InvoiceStore, RunWarning
@@ -68,8 +68,9 @@ class Headers:
     """
 
     #: Headers whose repeated values combine into one comma-separated list.
-    LISTS = frozenset({"accept", "accept-encoding", "accept-language", "cache-control", "forwarded", "via",
-                       "x-forwarded-for"})
+    LISTS = frozenset(
+        {"accept", "accept-encoding", "accept-language", "cache-control", "forwarded", "via", "x-forwarded-for"}
+    )
 
     def __init__(self, pairs: list[tuple[str, str]]) -> None:
         self.pairs = pairs
@@ -120,8 +121,12 @@ class Request:
             headers = [(bytes(k).decode("ascii").lower(), bytes(v).decode()) for k, v in scope["headers"]]
             return cls(str(scope["method"]), path, query, Headers(headers))
         except Exception:  # noqa: BLE001 - undecodable request metadata is the client's error, never a 500
-            raise ApiError(400, "invalid_encoding", "the path, the query string and every header must be valid "
-                           "UTF-8 (percent-encoded where the URL needs it)") from None
+            raise ApiError(
+                400,
+                "invalid_encoding",
+                "the path, the query string and every header must be valid "
+                "UTF-8 (percent-encoded where the URL needs it)",
+            ) from None
 
     def params(self, name: str) -> list[str]:
         return [v for k, v in self.query if k == name]
@@ -139,6 +144,9 @@ class Disconnected(Exception):
 
 
 Handler = Callable[..., Awaitable[tuple[int, Any, dict[str, str]]]]
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+_Store = TypeVar("_Store")
 
 
 #: Who may call a route: a tenant key with one of these scopes, an operator key, or anyone.
@@ -150,8 +158,14 @@ BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "n
 class MeterApp:
     """One app per process; it opens the engine and the key store at startup (ASGI lifespan)."""
 
-    def __init__(self, data_dir: Path, admin_key: str | None = None, max_body: int = MAX_BODY,
-                 export: tuple[Path, float] | None = None, engine_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        admin_key: str | None = None,
+        max_body: int = MAX_BODY,
+        export: tuple[Path, float] | None = None,
+        engine_options: dict[str, Any] | None = None,
+    ) -> None:
         self.data_dir, self.admin_key, self.max_body = data_dir, admin_key, max_body
         #: Keyword arguments of ``meter.Engine`` (retention, roll-ups...), from ``meter serve``'s options.
         self.engine_options = engine_options or {}
@@ -160,12 +174,14 @@ class MeterApp:
         self.exporter: threading.Thread | None = None
         self.stopping = threading.Event()
         self.exports_done = 0
-        self.engine: Engine | None = None
+        # The stores: None until startup opens them (or after a failed open), Unavailable for those a degraded start
+        # could not open. Routes reach them through opened(): authorize() lets a request through only once they are.
+        self.engine: Engine | Unavailable | None = None
         self.responses: dict[int, int] = {}
-        self.keys: KeyStore | None = None
-        self.billing: BillingCatalog | None = None
-        self.invoices: InvoiceStore | None = None
-        self.invoicer: Invoicer | None = None
+        self.keys: KeyStore | Unavailable | None = None
+        self.billing: BillingCatalog | Unavailable | None = None
+        self.invoices: InvoiceStore | Unavailable | None = None
+        self.invoicer: Invoicer | Unavailable | None = None
         # Engine calls block (with the GIL released): run them on threads so that concurrent requests share commits.
         self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="meter-call")
         #: Set when the stores could not be opened for writing at startup (a full or read-only disk): the server
@@ -208,8 +224,12 @@ class MeterApp:
         ]
         # The billing catalog: POST creates or replaces (plans: creates), GET lists or fetches one, DELETE deletes
         # what nothing else refers to; per tenant.
-        for singular, body_type in (("customer", Customer), ("product", Product), ("plan", PlanBody),
-                                    ("subscription", Subscription)):
+        for singular, body_type in (
+            ("customer", Customer),
+            ("product", Product),
+            ("plan", PlanBody),
+            ("subscription", Subscription),
+        ):
             self.routes += [
                 ("POST", re.compile(f"/v1/{singular}s"), "admin", self.catalog_put(singular, body_type)),
                 ("GET", re.compile(f"/v1/{singular}s"), "read", self.catalog_list(singular)),
@@ -263,8 +283,9 @@ class MeterApp:
         if self.admin_key:
             known = self.keys.authenticate(self.admin_key)
             if known is not None and not known.operator:
-                raise ValueError("METER_ADMIN_KEY is a tenant's key, not an operator key; `meter admin-key new` makes "
-                                 "a new one")
+                raise ValueError(
+                    "METER_ADMIN_KEY is a tenant's key, not an operator key; `meter admin-key new` makes a new one"
+                )
             if known is None:
                 self.keys.create_key(None, ["admin"], secret=self.admin_key)
         elif not self.keys.has_admin_key():
@@ -297,15 +318,18 @@ class MeterApp:
         self.degraded = reason
         print(f"meter: starting degraded, read-only: {reason}", file=sys.stderr, flush=True)
         unavailable = Unavailable(reason)
-        for name, path, kind in (("keys", "catalog", KeyStore), ("billing", "billing", BillingCatalog),
-                                 ("invoices", "invoices", InvoiceStore)):
+        for name, path, kind in (
+            ("keys", "catalog", KeyStore),
+            ("billing", "billing", BillingCatalog),
+            ("invoices", "invoices", InvoiceStore),
+        ):
             try:
                 setattr(self, name, kind(self.data_dir / path, read_only=True))
             except Exception as e:  # noqa: BLE001 - that store stays unavailable; the rest is served
                 print(f"meter: {path} is unavailable too: {e}", file=sys.stderr, flush=True)
                 setattr(self, name, unavailable)
-        self.engine = unavailable  # type: ignore[assignment]
-        self.invoicer = unavailable  # type: ignore[assignment]
+        self.engine = unavailable
+        self.invoicer = unavailable
 
     def export_on_schedule(self) -> None:
         """Exports usage, the catalog and invoices every interval, then issues the threshold invoices due.
@@ -316,7 +340,7 @@ class MeterApp:
         out, every = self.export
         while not self.stopping.wait(every):
             try:
-                tenants = [t.id for t in self.keys.list_tenants()]
+                tenants = [t.id for t in opened(self.keys).list_tenants()]
                 self.invoicer.export(tenants)
                 self.exports_done += 1
             except Exception as e:  # noqa: BLE001 - the next interval tries again; the server keeps serving
@@ -327,8 +351,7 @@ class MeterApp:
                 try:
                     self.invoicer.thresholds(tenant, datetime.now(UTC))
                 except Exception as e:  # noqa: BLE001 - reported; the next interval tries again
-                    print(f"meter: threshold invoices of tenant {tenant!r} failed: {e!r}", file=sys.stderr,
-                          flush=True)
+                    print(f"meter: threshold invoices of tenant {tenant!r} failed: {e!r}", file=sys.stderr, flush=True)
 
     def shutdown(self) -> None:
         self.stopping.set()
@@ -359,9 +382,12 @@ class MeterApp:
             # answer cannot promise that nothing was applied: it says how to find out instead.
             traceback.print_exc(file=sys.stderr)
             status, headers = 500, {}
-            body = {"code": "internal", "message": "internal error (logged by the server); the request may have been "
-                    "applied: read the state back before repeating a change; events can be re-sent with the same ids, "
-                    "which never counts them twice"}
+            body = {
+                "code": "internal",
+                "message": "internal error (logged by the server); the request may have been "
+                "applied: read the state back before repeating a change; events can be re-sent with the same ids, "
+                "which never counts them twice",
+            }
         self.responses[status] = self.responses.get(status, 0) + 1
         payload = body if isinstance(body, bytes) else encode_json(body)
         content_type = headers.pop("content-type", None)
@@ -382,8 +408,9 @@ class MeterApp:
             if match and route_method == method:
                 request.key = self.authorize(request, access, path)
                 if self.degraded and method != "GET":
-                    raise ApiError(503, "store_unavailable", f"the server is read-only: {self.degraded}",
-                                   {"retry-after": "30"})
+                    raise ApiError(
+                        503, "store_unavailable", f"the server is read-only: {self.degraded}", {"retry-after": "30"}
+                    )
                 if method in ("POST", "PUT"):
                     request.body = await self.read_body(request, receive)
                 answer: tuple[int, Any, dict[str, str]] = await handler(request, **match.groupdict())
@@ -392,8 +419,12 @@ class MeterApp:
         # A literal path (/v1/invoices/run) has its own methods, not those of the template it also fits.
         allowed = sorted({m for m, literal in matching if literal} or {m for m, _ in matching})
         if allowed:  # RFC 9110 15.5.6: a 405 says which methods the path has
-            raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {path}; use {', '.join(allowed)}",
-                           {"allow": ", ".join(allowed)})
+            raise ApiError(
+                405,
+                "method_not_allowed",
+                f"{method} is not allowed on {path}; use {', '.join(allowed)}",
+                {"allow": ", ".join(allowed)},
+            )
         raise ApiError(404, "not_found", f"no route {path}; see /openapi.json")
 
     async def healthz(self, request: Request) -> tuple[int, Any, dict[str, str]]:
@@ -433,16 +464,20 @@ class MeterApp:
                 lines.append(f'meter_commit_seconds_bucket{{le="{le}"}} {count}')
             lines += [f"meter_commit_seconds_sum {s.commit_seconds_total}", f"meter_commit_seconds_count {s.commits}"]
             lines.append("# TYPE meter_events_skipped_total counter")
-            lines += [f'meter_events_skipped_total{{tenant="{_label(c.tenant)}",meter="{_label(c.meter)}"}} {c.events}'
-                      for c in s.skipped]
+            lines += [
+                f'meter_events_skipped_total{{tenant="{_label(c.tenant)}",meter="{_label(c.meter)}"}} {c.events}'
+                for c in s.skipped
+            ]
             m = s.maintenance
-            lines += ["# TYPE meter_maintenance_runs_total counter", f"meter_maintenance_runs_total {m.runs}",
-                      "# TYPE meter_maintenance_healthy gauge",
-                      f"meter_maintenance_healthy {0 if m.last_error else 1}"]
+            lines += [
+                "# TYPE meter_maintenance_runs_total counter",
+                f"meter_maintenance_runs_total {m.runs}",
+                "# TYPE meter_maintenance_healthy gauge",
+                f"meter_maintenance_healthy {0 if m.last_error else 1}",
+            ]
             # Retained events past retention that stay because the export has not written them (export them).
             lines.append("# TYPE meter_retained_events_held_back gauge")
-            lines += [f'meter_retained_events_held_back{{tenant="{_label(h.tenant)}"}} {h.events}'
-                      for h in m.held_back]
+            lines += [f'meter_retained_events_held_back{{tenant="{_label(h.tenant)}"}} {h.events}' for h in m.held_back]
         return "\n".join(lines) + "\n"
 
     def authorize(self, request: Request, access: Access, path: str) -> ApiKey | None:
@@ -457,16 +492,28 @@ class MeterApp:
         secret = header[7:].strip() if header[:7].lower() == "bearer " else ""
         key = self.keys.authenticate(secret) if (secret and self.keys) else None
         if key is None:
-            raise ApiError(401, "unauthorized", "send a valid API key as 'Authorization: Bearer mk_live_...'",
-                           {"www-authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "send a valid API key as 'Authorization: Bearer mk_live_...'",
+                {"www-authenticate": "Bearer"},
+            )
         if access == "operator" or path.startswith("/v1/admin/"):
             if not key.operator:
-                raise ApiError(403, "operator_only", f"{path} is for the operator of the installation; a tenant's "
-                               "key cannot use it (a tenant manages its own keys with /v1/keys)")
+                raise ApiError(
+                    403,
+                    "operator_only",
+                    f"{path} is for the operator of the installation; a tenant's "
+                    "key cannot use it (a tenant manages its own keys with /v1/keys)",
+                )
             return key
         if key.operator:
-            raise ApiError(403, "tenant_only", "an operator key reaches only /v1/admin/* and /metrics; use a key of "
-                           "the tenant (POST /v1/admin/keys {\"tenant\": ..., \"scopes\": [...]})")
+            raise ApiError(
+                403,
+                "tenant_only",
+                "an operator key reaches only /v1/admin/* and /metrics; use a key of "
+                'the tenant (POST /v1/admin/keys {"tenant": ..., "scopes": [...]})',
+            )
         if access not in key.scopes:
             raise ApiError(403, "forbidden", f"this key lacks the '{access}' scope")
         return key
@@ -487,8 +534,9 @@ class MeterApp:
                 raise ApiError(413, "body_too_large", f"the body is {length} bytes; the limit is {self.max_body}")
         encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
         if encoding not in ("gzip", "zstd", "identity", ""):
-            raise ApiError(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip "
-                           "or zstd")
+            raise ApiError(
+                415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip or zstd"
+            )
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -505,12 +553,12 @@ class MeterApp:
             raise ApiError(400, "incomplete_body", f"the body has {size} bytes; its Content-Length says {expected}")
         body = b"".join(chunks)
         if encoding == "gzip":
-            return await self.call(gunzip, body, self.max_body)  # type: ignore[no-any-return]
+            return await self.call(gunzip, body, self.max_body)
         if encoding == "zstd":
-            return await self.call(unzstd, body, self.max_body)  # type: ignore[no-any-return]
+            return await self.call(unzstd, body, self.max_body)
         return body
 
-    async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def call(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, lambda: fn(*args, **kwargs))
 
     def tenant(self, request: Request) -> str:
@@ -522,16 +570,21 @@ class MeterApp:
     async def post_events(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         media = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if media not in ("application/json", "application/cloudevents-batch+json", "application/cloudevents+json"):
-            raise ApiError(415, "unsupported_media_type",
-                           "send application/cloudevents-batch+json, application/json or application/cloudevents+json")
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "send application/cloudevents-batch+json, application/json or application/cloudevents+json",
+            )
         atomic = parse_bool(request.param("atomic"), "atomic")
-        result = await self.call(self.engine.ingest, self.tenant(request), request.body, atomic=atomic)
+        result = await self.call(opened(self.engine).ingest, self.tenant(request), request.body, atomic=atomic)
         if result.accepted or result.duplicates or not result.issues:
             return 200, result, {}
         # Nothing accepted: an error body like every other (code, message), with the per-event issues.
         first = result.issues[0]
-        message = (f"none of the {len(result.issues)} events was accepted; see issues (the first, #{first.index} "
-                   f"{first.id!r}: {first.code}: {first.message})")
+        message = (
+            f"none of the {len(result.issues)} events was accepted; see issues (the first, #{first.index} "
+            f"{first.id!r}: {first.code}: {first.message})"
+        )
         return 400, {"code": "no_events_accepted", "message": message, **msgspec.structs.asdict(result)}, {}
 
     async def discard(self, request: Request) -> tuple[int, Any, dict[str, str]]:
@@ -539,17 +592,17 @@ class MeterApp:
 
     async def create_meter(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         spec = decode(request.body, MeterSpec)
-        return 201, await self.call(self.engine.create_meter, self.tenant(request), spec), {}
+        return 201, await self.call(opened(self.engine).create_meter, self.tenant(request), spec), {}
 
     async def list_meters(self, request: Request) -> tuple[int, Any, dict[str, str]]:
-        return 200, self.engine.list_meters(self.tenant(request)), {}
+        return 200, opened(self.engine).list_meters(self.tenant(request)), {}
 
     async def get_meter(self, request: Request, slug: str) -> tuple[int, Any, dict[str, str]]:
-        return 200, self.engine.get_meter(self.tenant(request), slug), {}
+        return 200, opened(self.engine).get_meter(self.tenant(request), slug), {}
 
     async def delete_meter(self, request: Request, slug: str) -> tuple[int, Any, dict[str, str]]:
         # Through the catalog: refused (409 in_use) while a price, an override or a product names the meter.
-        await self.call(self.billing.delete_meter, self.tenant(request), slug)
+        await self.call(opened(self.billing).delete_meter, self.tenant(request), slug)
         return 200, {"deleted": slug}, {}
 
     async def usage(self, request: Request, slug: str) -> tuple[int, Any, dict[str, str]]:
@@ -559,9 +612,17 @@ class MeterApp:
             if k.startswith("filter[") and k.endswith("]"):
                 filters.setdefault(k[7:-1], []).append(v)
         result = await self.call(
-            self.engine.usage, self.tenant(request), slug, start=start, end=end,
-            window_size=request.param("window_size"), subjects=request.params("subject"),
-            group_by=request.params("group_by"), filters=filters, tz=request.param("tz"),
+            opened(self.engine).usage,
+            self.tenant(request),
+            slug,
+            start=start,
+            end=end,
+            # Any text: the engine refuses what is not a WindowSize (400, naming the allowed values).
+            window_size=cast("WindowSize | None", request.param("window_size")),
+            subjects=request.params("subject"),
+            group_by=request.params("group_by"),
+            filters=filters,
+            tz=request.param("tz"),
         )
         # Encoding runs on a worker thread, as the query did: 88k rows take a few hundred ms, which would stall every
         # other request (health checks included) on the event loop.
@@ -572,42 +633,61 @@ class MeterApp:
         limit = request.param("limit") or "100"
         if not (limit.isascii() and limit.isdigit()):
             raise ApiError(400, "invalid_query", f"'limit' must be a whole number 1-1000; got {limit!r}")
-        page = await self.call(self.engine.skipped, self.tenant(request), slug, start=start, end=end,
-                               after=request.param("after"), limit=int(limit))
-        return 200, SkippedEvents(meter=slug, from_=start.isoformat(), to=end.isoformat(), data=page.events,
-                                  next=page.next, scanned=page.scanned), {}
+        page = await self.call(
+            opened(self.engine).skipped,
+            self.tenant(request),
+            slug,
+            start=start,
+            end=end,
+            after=request.param("after"),
+            limit=int(limit),
+        )
+        return (
+            200,
+            SkippedEvents(
+                meter=slug,
+                from_=start.isoformat(),
+                to=end.isoformat(),
+                data=page.events,
+                next=page.next,
+                scanned=page.scanned,
+            ),
+            {},
+        )
 
     async def create_tenant(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         body = decode(request.body, TenantBody)
-        return 201, self.keys.create_tenant(body.id, body.name), {}
+        return 201, opened(self.keys).create_tenant(body.id, body.name), {}
 
     async def list_tenants(self, request: Request) -> tuple[int, Any, dict[str, str]]:
-        return 200, self.keys.list_tenants(), {}
+        return 200, opened(self.keys).list_tenants(), {}
 
     async def create_key(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         """The operator creates a key for any tenant, or (`"tenant": null`) another operator key."""
         body = decode(request.body, KeyBody)
-        secret, record = self.keys.create_key(body.tenant, list(body.scopes))
+        secret, record = opened(self.keys).create_key(body.tenant, list(body.scopes))
         return 201, {"key": secret, **msgspec.structs.asdict(record)}, {}
 
     async def list_keys(self, request: Request) -> tuple[int, Any, dict[str, str]]:
-        return 200, self.keys.list_keys(request.param("tenant")), {}
+        return 200, opened(self.keys).list_keys(request.param("tenant")), {}
 
     async def revoke_key(self, request: Request, key_id: str) -> tuple[int, Any, dict[str, str]]:
-        self.keys.revoke(key_id, operator=True)
+        opened(self.keys).revoke(key_id, operator=True)
         return 200, {"revoked": key_id}, {}
 
     async def create_own_key(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         """A tenant's `admin` key creates keys of its own tenant (the tenant comes from the key, never the body)."""
         body = decode(request.body, TenantKeyBody)
-        secret, record = self.keys.create_key(self.tenant(request), list(body.scopes))
+        secret, record = opened(self.keys).create_key(self.tenant(request), list(body.scopes))
         return 201, {"key": secret, **msgspec.structs.asdict(record)}, {}
 
     async def list_own_keys(self, request: Request) -> tuple[int, Any, dict[str, str]]:
-        return 200, self.keys.list_keys(self.tenant(request)), {}
+        return 200, opened(self.keys).list_keys(self.tenant(request)), {}
 
     async def revoke_own_key(self, request: Request, key_id: str) -> tuple[int, Any, dict[str, str]]:
-        self.keys.revoke(key_id, tenant=self.tenant(request))  # another tenant's key (or an operator's) is a 404
+        opened(self.keys).revoke(
+            key_id, tenant=self.tenant(request)
+        )  # another tenant's key (or an operator's) is a 404
         return 200, {"revoked": key_id}, {}
 
     def catalog_put(self, singular: str, body_type: type[Any]) -> Handler:
@@ -615,39 +695,52 @@ class MeterApp:
             tenant, item = self.tenant(request), decode(request.body, body_type, "invalid_catalog")
             # On a worker thread: a catalog write takes the catalog's lock, which a meter deletion holds meanwhile.
             if singular == "plan":
-                return 201, await self.call(self.billing.create_plan, tenant, item.id, item.name, item.versions), {}
-            return 200, await self.call(getattr(self.billing, f"put_{singular}"), tenant, item), {}
+                return (
+                    201,
+                    await self.call(opened(self.billing).create_plan, tenant, item.id, item.name, item.versions),
+                    {},
+                )
+            return 200, await self.call(getattr(opened(self.billing), f"put_{singular}"), tenant, item), {}
+
         return put
 
     def catalog_list(self, singular: str) -> Handler:
         async def list_all(request: Request) -> tuple[int, Any, dict[str, str]]:
-            return 200, getattr(self.billing, f"list_{singular}s")(self.tenant(request)), {}
+            return 200, getattr(opened(self.billing), f"list_{singular}s")(self.tenant(request)), {}
+
         return list_all
 
     def catalog_get(self, singular: str) -> Handler:
         async def get(request: Request, item_id: str) -> tuple[int, Any, dict[str, str]]:
-            return 200, getattr(self.billing, f"get_{singular}")(self.tenant(request), item_id), {}
+            return 200, getattr(opened(self.billing), f"get_{singular}")(self.tenant(request), item_id), {}
+
         return get
 
     def catalog_delete(self, singular: str) -> Handler:
         async def delete(request: Request, item_id: str) -> tuple[int, Any, dict[str, str]]:
-            await self.call(getattr(self.billing, f"delete_{singular}"), self.tenant(request), item_id)
+            await self.call(getattr(opened(self.billing), f"delete_{singular}"), self.tenant(request), item_id)
             return 200, {"deleted": item_id}, {}
+
         return delete
 
     async def migrate_subscription(self, request: Request, sub_id: str) -> tuple[int, Any, dict[str, str]]:
         body = decode(request.body, MigrationBody, "invalid_catalog")
-        return 200, await self.call(self.billing.migrate_subscription, self.tenant(request), sub_id, body.version,
-                                    body.at), {}
+        return (
+            200,
+            await self.call(
+                opened(self.billing).migrate_subscription, self.tenant(request), sub_id, body.version, body.at
+            ),
+            {},
+        )
 
     # invoices (python/meter/pricing): work from the Parquet export, refreshed by each call
 
     async def run_invoices(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         body = decode(request.body, InvoiceRunBody)
-        return 200, await self.call(self.invoicer.run, self.tenant(request), body.period, body.finalize), {}
+        return 200, await self.call(opened(self.invoicer).run, self.tenant(request), body.period, body.finalize), {}
 
     async def bill_thresholds(self, request: Request) -> tuple[int, Any, dict[str, str]]:
-        return 200, await self.call(self.invoicer.thresholds, self.tenant(request), datetime.now(UTC)), {}
+        return 200, await self.call(opened(self.invoicer).thresholds, self.tenant(request), datetime.now(UTC)), {}
 
     async def list_invoices(self, request: Request) -> tuple[int, Any, dict[str, str]]:
         # period: the month the invoices' cycles start in (what a run bills fees in advance for); usage_period: the
@@ -655,42 +748,51 @@ class MeterApp:
         for name in ("period", "usage_period"):
             if (month := request.param(name)) is not None:
                 parse_month(month, name)
-        invoices = self.invoices.list(self.tenant(request))
+        invoices = opened(self.invoices).list(self.tenant(request))
         for name in ("status", "customer", "subscription", "period", "usage_period"):
             if (wanted := request.param(name)) is not None:
                 invoices = [i for i in invoices if getattr(i, name) == wanted]
         return 200, invoices, {}
 
     async def get_invoice(self, request: Request, invoice_id: str) -> tuple[int, Any, dict[str, str]]:
-        return 200, self.invoices.get(self.tenant(request), invoice_id), {}
+        return 200, opened(self.invoices).get(self.tenant(request), invoice_id), {}
 
     async def finalize_invoice(self, request: Request, invoice_id: str) -> tuple[int, Any, dict[str, str]]:
-        return 200, with_warnings(*await self.call(self.invoicer.finalize, self.tenant(request), invoice_id)), {}
+        return (
+            200,
+            with_warnings(*await self.call(opened(self.invoicer).finalize, self.tenant(request), invoice_id)),
+            {},
+        )
 
     async def void_invoice(self, request: Request, invoice_id: str) -> tuple[int, Any, dict[str, str]]:
-        return 200, with_warnings(*await self.call(self.invoicer.void, self.tenant(request), invoice_id)), {}
+        return 200, with_warnings(*await self.call(opened(self.invoicer).void, self.tenant(request), invoice_id)), {}
 
     async def credit_invoice(self, request: Request, invoice_id: str) -> tuple[int, Any, dict[str, str]]:
         body = decode(request.body, CreditNoteBody)
-        done = await self.call(self.invoicer.credit, self.tenant(request), invoice_id, body.amount, body.reason)
+        done = await self.call(opened(self.invoicer).credit, self.tenant(request), invoice_id, body.amount, body.reason)
         return 201, with_warnings(*done), {}
 
     async def list_credit_notes(self, request: Request) -> tuple[int, Any, dict[str, str]]:
-        return 200, self.invoices.credit_notes(self.tenant(request)), {}
+        return 200, opened(self.invoices).credit_notes(self.tenant(request)), {}
 
     async def upcoming_invoice(self, request: Request, customer: str) -> tuple[int, Any, dict[str, str]]:
         as_of = datetime.now(UTC)
-        return 200, await self.call(self.invoicer.preview, self.tenant(request), customer, as_of), {}
+        return 200, await self.call(opened(self.invoicer).preview, self.tenant(request), customer, as_of), {}
 
     async def add_plan_version(self, request: Request, plan_id: str) -> tuple[int, Any, dict[str, str]]:
         body = decode(request.body, PlanVersionBody, "invalid_catalog")
-        return 201, await self.call(self.billing.add_plan_version, self.tenant(request), plan_id, body.effective_from,
-                                    body.prices), {}
+        return (
+            201,
+            await self.call(
+                opened(self.billing).add_plan_version, self.tenant(request), plan_id, body.effective_from, body.prices
+            ),
+            {},
+        )
 
 
-
-def encode_usage(result: Usage, slug: str, start: datetime, end: datetime,
-                 accept: str) -> tuple[int, Any, dict[str, str]]:
+def encode_usage(
+    result: Usage, slug: str, start: datetime, end: datetime, accept: str
+) -> tuple[int, Any, dict[str, str]]:
     """A usage answer as CSV, Arrow IPC or JSON, whichever `accept` asks for (JSON by default)."""
     if "text/csv" in accept:
         sink = pa.BufferOutputStream()
@@ -705,6 +807,7 @@ def encode_usage(result: Usage, slug: str, start: datetime, end: datetime,
     # envelope: the same JSON the per-row dicts gave, as fast as CSV.
     head = msgspec.json.encode({"meter": slug, "from": start.isoformat(), "to": end.isoformat(), "data": None})
     return 200, head[: -len(b"null}")] + result.json_rows() + b"}", {}
+
 
 def with_warnings(result: msgspec.Struct, warnings: list[RunWarning]) -> Any:
     """``result``, with ``warnings`` about what failed after it was stored (the write stands)."""
@@ -723,8 +826,22 @@ class Unavailable:
         self.reason = reason
 
     def __getattr__(self, name: str) -> Any:
-        raise ApiError(503, "store_unavailable", f"this needs a store that is unavailable: {self.reason}",
-                       {"retry-after": "30"})
+        raise ApiError(
+            503, "store_unavailable", f"this needs a store that is unavailable: {self.reason}", {"retry-after": "30"}
+        )
+
+
+def opened(store: _Store | Unavailable | None) -> _Store | Unavailable:
+    """A store as a route uses it: open, or Unavailable (degraded), never None.
+
+    authorize() needs the key store, so no route but the public ones runs before startup opened the stores; should one
+    ever, it answers 503 `store_unavailable` like a store a degraded start could not open, never an AttributeError.
+    """
+    if store is None:
+        raise ApiError(
+            503, "store_unavailable", "the stores are not open yet: the server is starting", {"retry-after": "5"}
+        )
+    return store
 
 
 def storage_full(e: BaseException) -> str | None:
@@ -734,9 +851,10 @@ def storage_full(e: BaseException) -> str | None:
     degraded.
     """
     causes: list[BaseException] = []
-    while e is not None and len(causes) < 10:
-        causes.append(e)
-        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+    link: BaseException | None = e
+    while link is not None and len(causes) < 10:
+        causes.append(link)
+        link = link.__cause__ or link.__context__
     for cause in causes:
         number = getattr(cause, "errno", None)
         text = str(cause).lower()
@@ -748,8 +866,10 @@ def storage_full(e: BaseException) -> str | None:
 
 
 def admin_key_message() -> str:
-    return (f"METER_ADMIN_KEY (or --admin-key) is not a meter key: it must be {KEY_FORMAT}; "
-            "`meter admin-key new` prints one")
+    return (
+        f"METER_ADMIN_KEY (or --admin-key) is not a meter key: it must be {KEY_FORMAT}; "
+        "`meter admin-key new` prints one"
+    )
 
 
 def parse_bool(value: str | None, name: str) -> bool:
@@ -759,8 +879,9 @@ def parse_bool(value: str | None, name: str) -> bool:
     try:
         return BOOLEANS[value.strip().lower()]
     except KeyError:
-        raise ApiError(400, "invalid_query",
-                       f"'{name}' must be true or false (or 1/0, yes/no); got {value!r}") from None
+        raise ApiError(
+            400, "invalid_query", f"'{name}' must be true or false (or 1/0, yes/no); got {value!r}"
+        ) from None
 
 
 _CHUNK = 64 * 1024
@@ -801,8 +922,12 @@ def gunzip(body: bytes, limit: int) -> bytes:
         else:
             pending = d.unconsumed_tail  # empty: output stops short of max_length only when input runs out
     if fed or not out:
-        raise ApiError(400, "invalid_gzip", "the gzip body is empty, truncated, or followed by bytes that are not "
-                       "gzip: send every byte of it and nothing else")
+        raise ApiError(
+            400,
+            "invalid_gzip",
+            "the gzip body is empty, truncated, or followed by bytes that are not "
+            "gzip: send every byte of it and nothing else",
+        )
     return b"".join(out)
 
 
@@ -839,7 +964,6 @@ def unzstd(body: bytes, limit: int) -> bytes:
     return out
 
 
-
 def decode(body: bytes, type_: type[Any], code: str = "invalid_body") -> Any:
     """The body as ``type_``; a body that does not match it is a 400 ``code`` (the catalog's: ``invalid_catalog``)."""
     try:
@@ -871,8 +995,9 @@ def parse_time(value: str | None, name: str) -> datetime:
     try:
         t = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise ApiError(400, "invalid_query",
-                       f"'{name}' must be RFC 3339 such as 2026-11-01T00:00:00Z; got {value!r}") from None
+        raise ApiError(
+            400, "invalid_query", f"'{name}' must be RFC 3339 such as 2026-11-01T00:00:00Z; got {value!r}"
+        ) from None
     if t.tzinfo is None:
         raise ApiError(400, "invalid_query", f"'{name}' needs a time zone offset or Z; got {value!r}")
     return t
@@ -886,14 +1011,19 @@ def _label(value: str) -> str:
 def engine_options_from_env() -> dict[str, Any]:
     """``meter.Engine``'s settings that ``meter serve`` passes through the environment (unset: the engine's default)."""
     options: dict[str, Any] = {}
-    for name, option in (("METER_RETENTION_DAYS", "retention"), ("METER_MINUTE_AGGREGATES_DAYS", "minute_aggregates"),
-                         ("METER_HOUR_AGGREGATES_DAYS", "hour_aggregates")):
+    for name, option in (
+        ("METER_RETENTION_DAYS", "retention"),
+        ("METER_MINUTE_AGGREGATES_DAYS", "minute_aggregates"),
+        ("METER_HOUR_AGGREGATES_DAYS", "hour_aggregates"),
+    ):
         if os.environ.get(name):
             options[option] = timedelta(days=float(os.environ[name]))
     if os.environ.get("METER_MAINTENANCE_EVERY"):
         options["maintenance_interval"] = timedelta(seconds=float(os.environ["METER_MAINTENANCE_EVERY"]))
-    for name, option in (("METER_MAX_COMBINATIONS_PER_MINUTE", "max_combinations_per_minute"),
-                         ("METER_MAX_CUSTOMERS_PER_MINUTE", "max_customers_per_minute")):
+    for name, option in (
+        ("METER_MAX_COMBINATIONS_PER_MINUTE", "max_combinations_per_minute"),
+        ("METER_MAX_CUSTOMERS_PER_MINUTE", "max_customers_per_minute"),
+    ):
         if os.environ.get(name):
             options[option] = int(os.environ[name])
     return options
@@ -903,7 +1033,9 @@ def create_app() -> MeterApp:
     """Factory for granian: configuration comes from the environment `meter serve` sets."""
     every = os.environ.get("METER_EXPORT_EVERY")
     export = (Path(os.environ["METER_EXPORT_DIR"]), float(every)) if every else None
-    return MeterApp(Path(os.environ.get("METER_DATA_DIR", ".meter-data")), os.environ.get("METER_ADMIN_KEY") or None,
-                    export=export, engine_options=engine_options_from_env())
-
-
+    return MeterApp(
+        Path(os.environ.get("METER_DATA_DIR", ".meter-data")),
+        os.environ.get("METER_ADMIN_KEY") or None,
+        export=export,
+        engine_options=engine_options_from_env(),
+    )

@@ -1,5 +1,7 @@
-"""The one table from exceptions to HTTP answers. Every error body is ``{"code", "message"}`` (plus ``issues`` for
-events), and every message says what to fix."""
+"""The one table from exceptions to HTTP answers.
+
+Every error body is ``{"code", "message"}`` (plus ``issues`` for events), and every message says what to fix.
+"""
 
 from __future__ import annotations
 
