@@ -62,8 +62,17 @@ CUR = b"~cur-id~" + MID + b"~cur-time-prefix~~"
 PRV = b"~prv-id~" + MID + b"~prv-time-prefix~~"
 #: Settings that take the soak window, in `meter._core.Engine` names (seconds).
 WINDOW_SETTINGS = ("dedup_window_s", "backdate_window_s", "retention_s", "minute_aggregates_s")
-#: How often the engine applies retention: `meter.Engine`'s default `maintenance_interval`.
-MAINTENANCE_S = 60
+
+
+def _default_maintenance_s() -> float:
+    """How often the engine applies retention: `meter.Engine`'s default `maintenance_interval` (0 if it has none)."""
+    import meter
+
+    param = inspect.signature(meter.Engine).parameters.get("maintenance_interval")
+    return param.default.total_seconds() if param is not None and param.default is not None else 0.0
+
+
+MAINTENANCE_S = _default_maintenance_s()
 
 
 # ---- the engine's settings ------------------------------------------------------------------------------------------
