@@ -17,8 +17,8 @@ import pytest
 from meter import Engine
 from meter.catalog.billing import BillingCatalog, Customer
 from meter.catalog.prices import Price
-from meter.pricing.invoicer import Invoicer
-from meter.pricing.invoices import InvoiceStore
+from meter.billing.invoicer import Invoicer
+from meter.billing.invoices import InvoiceStore
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 

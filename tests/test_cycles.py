@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from meter.catalog.billing import Migration, Subscription
 from meter.catalog.types import trusted
 from meter.exceptions import InvalidInput
-from meter.pricing.cycles import (
+from meter.billing.cycles import (
     Period,
     Segment,
     cycle_containing,

@@ -24,8 +24,8 @@ from meter import Engine
 from meter.catalog.billing import BillingCatalog, Commit, Customer, Discount, Subscription
 from meter.catalog.prices import Price
 from meter.export import export_catalog, export_events, export_invoices, export_usage
-from meter.pricing import batch, invoicing
-from meter.pricing.invoices import InvoiceStore
+from meter.billing import batch, invoicing
+from meter.billing.invoices import InvoiceStore
 from meter.pricing.snapshot import load_snapshot
 
 T = "acme"

@@ -933,8 +933,8 @@ def export(data_dir: Path, out: Path, tenants: tuple[str, ...]) -> None:
     from meter.catalog.keys import KeyStore
     from meter.exceptions import MeterError
     from meter.export import export_usage
-    from meter.pricing.invoicer import Invoicer
-    from meter.pricing.invoices import InvoiceStore
+    from meter.billing.invoicer import Invoicer
+    from meter.billing.invoices import InvoiceStore
 
     try:
         keys = KeyStore(data_dir / "catalog")

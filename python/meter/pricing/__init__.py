@@ -5,9 +5,9 @@ It turns usage into invoices, and reads only the Parquet export.
 :func:`rate` turns the charges of a period (:func:`charges_and_prices`, or :func:`price_frame` and a frame of
 charges), the period's quantities and, for per-event percentages, the events' amounts into one exact amount per
 charge and the details that explain it; :mod:`meter.pricing.money` rounds to each currency's minor unit.
-:mod:`~meter.pricing.usage` reads a period's quantities from the export, :mod:`~meter.pricing.cycles` gives billing
-cycles and proration, :mod:`~meter.pricing.invoicing` builds invoices, :mod:`~meter.pricing.invoices` keeps them
-through their lifecycle and :mod:`~meter.pricing.invoicer` ties these to a data directory for the server and CLI.
+:mod:`~meter.billing.usage` reads a period's quantities from the export, :mod:`~meter.billing.cycles` gives billing
+cycles and proration, :mod:`~meter.billing.invoicing` builds invoices, :mod:`~meter.billing.invoices` keeps them
+through their lifecycle and :mod:`~meter.billing.invoicer` ties these to a data directory for the server and CLI.
 """
 
 from meter.pricing.charges import (

@@ -24,7 +24,7 @@ from meter.catalog.billing import (
     Subscription,
 )
 from meter.catalog.keys import ApiKey, KeyBody, Scope, Tenant, TenantBody, TenantKeyBody
-from meter.pricing.invoices import CreditNote, CreditNoteBody, Invoice, InvoiceRun, InvoiceRunBody
+from meter.billing.invoices import CreditNote, CreditNoteBody, Invoice, InvoiceRun, InvoiceRunBody
 from meter.schemas import CreatedMeter, IngestResult, Meter, MeterSpec, SkippedEvents
 
 __all__ = ["EXAMPLES", "ErrorBody", "openapi"]

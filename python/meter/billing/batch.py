@@ -1,15 +1,15 @@
 """The invoice run over whole tables: the cycle invoices of a month for every plain subscription at once.
 
-:func:`meter.pricing.invoicing.invoice_period` hands this module the subscriptions whose invoices follow from their
+:func:`meter.billing.invoicing.invoice_period` hands this module the subscriptions whose invoices follow from their
 plan alone, and keeps the others on its per-subscription path. Plain means: no migrations, overrides, commits or
 credits, no finalized invoice yet (nothing billed to subtract, correct or take back), discounts whose numbers have
 no more decimals than the currency, and ids that the texts below can write without quoting rules (see
 :func:`plain_subscriptions`). For those, the per-subscription rules reduce to what is computed here, column by column:
 
 - **cycles**: the cycles starting in the month, per distinct (time zone, cycle, anchor) (calendar cycles do not
-  depend on the start; anniversary ones do, and are keyed by it), from :mod:`meter.pricing.cycles` itself;
+  depend on the start; anniversary ones do, and are keyed by it), from :mod:`meter.billing.cycles` itself;
 - **segments**: one per cycle (no migrations), clipped to ``[start, end)``; its proration and note come from
-  :func:`meter.pricing.cycles.segments`, per distinct clipped span (a cycle covered throughout: 1 and no note);
+  :func:`meter.billing.cycles.segments`, per distinct clipped span (a cycle covered throughout: 1 and no note);
 - **charges**: the fees in advance of the cycle, then the flat fees in arrears and usage of the previous cycle, in the
   order of the version's prices, with the keys and descriptions the per-subscription path gives them;
 - **rating**: :func:`meter.pricing.rating.rate`, :data:`RATE_SLICE` charges at a time (its intermediate columns are
@@ -18,7 +18,7 @@ no more decimals than the currency, and ids that the texts below can write witho
   discounts before it), rounded half to even as ``invoicing._discount_lines`` does;
 - **lines and invoices**: each line's amount is its rated amount rounded to the minor unit (nothing was billed
   before), the subtotal and total their sum; written, :data:`CHUNK` drafts at a time and in the order of their ids,
-  as the JSON that ``msgspec.json.encode`` gives the per-subscription :class:`~meter.pricing.invoices.Invoice` (see
+  as the JSON that ``msgspec.json.encode`` gives the per-subscription :class:`~meter.billing.invoices.Invoice` (see
   :mod:`meter.pricing.text`), and as the rows of the invoices export.
 
 Anything this module cannot write exactly as the per-subscription path would (a decimal whose coefficient has more
@@ -44,14 +44,14 @@ import polars as pl
 from meter.catalog.billing import Subscription
 from meter.catalog.types import trusted
 from meter.exceptions import MeterError
-from meter.pricing import cycles
+from meter.billing import cycles
 from meter.pricing.charges import price_frame
 from meter.pricing.money import MAX_MINOR_UNITS, minor_units_expr
 from meter.pricing.rating import rate
 from meter.pricing.snapshot import Snapshot
 from meter.pricing.steps import step
 from meter.pricing.text import fixed_text, iso_text, json_string, time_text, with_normalized
-from meter.pricing.usage import event_amounts, period_quantities
+from meter.billing.usage import event_amounts, period_quantities
 
 __all__ = ["Batch", "Chunk", "NotPlain", "Refused", "invoice_batch", "plain_subscriptions"]
 

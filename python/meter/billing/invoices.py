@@ -384,7 +384,7 @@ class InvoiceStore(Store):
         Yields ``(id, stored id, JSON)`` of each draft stored (the id it was stored under is ``<id>-r2``... when it
         reissues a void invoice); a draft whose invoice is finalized is skipped. Each chunk is checked and written
         under the tenant's lock, in one synced write: as durable as one write per draft, without a sync per draft.
-        The drafts' values must be exportable (:mod:`meter.pricing.batch` writes only such values).
+        The drafts' values must be exportable (:mod:`meter.billing.batch` writes only such values).
 
         With ``logged=False`` the drafts skip the write-ahead log: they are durable once :meth:`flush` returns (a crash
         before then loses drafts, which a run computes again, and never a finalized invoice, which is logged).

@@ -58,10 +58,10 @@ from meter.catalog.billing import Commit, Credit, Subscription
 from meter.catalog.prices import Price
 from meter.catalog.types import trusted
 from meter.exceptions import InvalidInput, MeterError, NotFound
-from meter.pricing import cycles
-from meter.pricing.batch import Batch, NotPlain, Refused, invoice_batch, plain_subscriptions
+from meter.billing import cycles
+from meter.billing.batch import Batch, NotPlain, Refused, invoice_batch, plain_subscriptions
 from meter.pricing.charges import CHARGES_SCHEMA, price_frame
-from meter.pricing.invoices import (
+from meter.billing.invoices import (
     Fresh,
     Invoice,
     InvoiceLine,
@@ -76,7 +76,7 @@ from meter.pricing.money import round_to_minor_unit
 from meter.pricing.rating import rate
 from meter.pricing.snapshot import Snapshot
 from meter.pricing.steps import step
-from meter.pricing.usage import event_amounts, period_quantities
+from meter.billing.usage import event_amounts, period_quantities
 
 __all__ = ["Billed", "Priced", "bill_thresholds", "invoice_period", "parse_month", "upcoming_invoices"]
 
@@ -227,7 +227,7 @@ def invoice_period(snapshot: Snapshot, out: Path, store: InvoiceStore, month: st
     next one as adjustments), and one whose invoice was voided gets a new draft. A subscription that cannot be
     invoiced is reported in ``errors`` and the others are invoiced all the same. Returns the drafts saved.
 
-    Plain subscriptions (see :mod:`meter.pricing.batch`) are invoiced over whole tables, the others one by one; both
+    Plain subscriptions (see :mod:`meter.billing.batch`) are invoiced over whole tables, the others one by one; both
     give the same invoices. ``Priced.fresh`` then holds the plain drafts' rows for the invoices export.
     """
     first = parse_month(month)
