@@ -41,17 +41,17 @@ from zoneinfo import ZoneInfo
 import msgspec
 import polars as pl
 
+from meter.billing import cycles
+from meter.billing.usage import event_amounts, period_quantities
 from meter.catalog.billing import Subscription
 from meter.catalog.types import trusted
 from meter.exceptions import MeterError
-from meter.billing import cycles
 from meter.pricing.charges import price_frame
 from meter.pricing.money import MAX_MINOR_UNITS, minor_units_expr
 from meter.pricing.rating import rate
 from meter.pricing.snapshot import Snapshot
 from meter.pricing.steps import step
 from meter.pricing.text import fixed_text, iso_text, json_string, time_text, with_normalized
-from meter.billing.usage import event_amounts, period_quantities
 
 __all__ = ["Batch", "Chunk", "NotPlain", "Refused", "invoice_batch", "plain_subscriptions"]
 

@@ -18,11 +18,11 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
+from meter.billing.invoices import CreditNote, Fresh, Invoice, InvoiceRun, InvoiceStore, RunError, RunWarning
+from meter.billing.invoicing import bill_thresholds, invoice_period, upcoming_invoices
 from meter.catalog.billing import BillingCatalog
 from meter.engine import Engine
 from meter.export import ExportSummary, export_catalog, export_events, export_invoices, export_usage
-from meter.billing.invoices import CreditNote, Fresh, Invoice, InvoiceRun, InvoiceStore, RunError, RunWarning
-from meter.billing.invoicing import bill_thresholds, invoice_period, upcoming_invoices
 from meter.pricing.snapshot import Snapshot, load_snapshot
 from meter.pricing.steps import step
 

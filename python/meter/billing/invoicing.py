@@ -54,13 +54,8 @@ from zoneinfo import ZoneInfo
 import msgspec
 import polars as pl
 
-from meter.catalog.billing import Commit, Credit, Subscription
-from meter.catalog.prices import Price
-from meter.catalog.types import trusted
-from meter.exceptions import InvalidInput, MeterError, NotFound
 from meter.billing import cycles
 from meter.billing.batch import Batch, NotPlain, Refused, invoice_batch, plain_subscriptions
-from meter.pricing.charges import CHARGES_SCHEMA, price_frame
 from meter.billing.invoices import (
     Fresh,
     Invoice,
@@ -72,11 +67,17 @@ from meter.billing.invoices import (
     StoredInvoices,
     check_invoice,
 )
+from meter.billing.usage import event_amounts, period_quantities
+from meter.catalog.billing import Commit, Credit, Subscription
+from meter.catalog.prices import Price
+from meter.catalog.types import trusted
+from meter.exceptions import InvalidInput, MeterError, NotFound
+from meter.pricing.charges import price_frame
 from meter.pricing.money import round_to_minor_unit
 from meter.pricing.rating import rate
+from meter.pricing.schema import CHARGES_SCHEMA
 from meter.pricing.snapshot import Snapshot
 from meter.pricing.steps import step
-from meter.billing.usage import event_amounts, period_quantities
 
 __all__ = ["Billed", "Priced", "bill_thresholds", "invoice_period", "parse_month", "upcoming_invoices"]
 

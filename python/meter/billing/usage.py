@@ -38,7 +38,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NoReturn
 
 import msgspec
 import polars as pl
@@ -46,8 +45,10 @@ import pyarrow as pa
 
 from meter import _core
 from meter.exceptions import InvalidInput, ValueOverflow
-from meter.pricing.charges import DECIMAL, combination_expr
+from meter.pricing.charges import combination_expr
+from meter.pricing.errors import fail
 from meter.pricing.exact import from_scaled, int128, out_of_range, shadow
+from meter.pricing.schema import DECIMAL
 from meter.schemas import MeterSpec
 
 __all__ = ["AGGREGATIONS", "QUANTITIES_SCHEMA", "event_amounts", "meter_aggregations", "period_quantities", "usage_dir"]
@@ -157,7 +158,7 @@ def event_amounts(
     for (slug,), part in requests.partition_by("meter", as_dict=True).items():
         spec = meters.get(str(slug))
         if spec is None:
-            _fail(f"charge {part['charge'][0]!r}: meter {slug!r} is not in the catalog snapshot", "unknown_meter")
+            fail(f"charge {part['charge'][0]!r}: meter {slug!r} is not in the catalog snapshot", "unknown_meter")
         events = (
             pl.scan_parquet(
                 root, hive_partitioning=True, hive_schema={"date": pl.Date()}, hidden_file_prefix=[".", "_"]
@@ -183,7 +184,7 @@ def _dimensions(dimensions: list[str] | None, part: pl.DataFrame) -> list[str]:
     """A group's dimensions, sorted (as combinations sort them); none for null or an empty list."""
     dims = sorted(dimensions or [])
     if len(set(dims)) != len(dims):
-        _fail(
+        fail(
             f"requests for charge {part['charge'][0]!r}: dimensions must be distinct; got {dimensions}",
             "invalid_requests",
         )
@@ -209,7 +210,7 @@ def _plan(
     meter_dims = [name for name in usage.collect_schema().names() if name not in _FIXED]
     missing = [d for d in dims if d not in meter_dims]
     if missing:
-        _fail(
+        fail(
             f"charge {part['charge'][0]!r} asks for dimension {missing[0]!r} of meter {slug!r}, which has "
             f"{', '.join(map(repr, meter_dims)) if meter_dims else 'no dimensions'}",
             "invalid_dimensions",
@@ -269,7 +270,7 @@ def _finish(frame: pl.DataFrame, slug: str, aggregation: str) -> pl.DataFrame:
         )
     if "_ambiguous" in frame.columns and frame.get_column("_ambiguous").any():
         bad = frame.filter(pl.col("_ambiguous"))
-        _fail(
+        fail(
             f"charge {bad['charge'][0]!r}: meter {slug!r} keeps the latest value, and in this charge's latest "
             "minute the combinations of its dimensions that the charge adds together hold different values; the "
             "export keeps no event times within a minute, so which came last is unknown. Ask for the meter's "
@@ -301,27 +302,27 @@ def _checked(requests: pl.DataFrame) -> pl.DataFrame:
     schema = requests.schema
     for name in ("charge", "customer", "meter", "from", "to"):
         if name not in schema:
-            _fail(
+            fail(
                 f"requests has no column {name!r}; it needs charge, customer, meter, from, to and optionally "
                 "dimensions",
                 "invalid_requests",
             )
     if not (schema["charge"] == pl.String or schema["charge"].is_integer()):
-        _fail(f"requests column 'charge' must be String or an integer type; got {schema['charge']}", "invalid_requests")
+        fail(f"requests column 'charge' must be String or an integer type; got {schema['charge']}", "invalid_requests")
     for name in ("customer", "meter"):
         if schema[name] != pl.String:
-            _fail(f"requests column {name!r} must be String; got {schema[name]}", "invalid_requests")
+            fail(f"requests column {name!r} must be String; got {schema[name]}", "invalid_requests")
     bounds = {}
     for name in ("from", "to"):
         dtype = schema[name]
         if not isinstance(dtype, pl.Datetime):
-            _fail(f"requests column {name!r} must be a Datetime (UTC); got {dtype}", "invalid_requests")
+            fail(f"requests column {name!r} must be a Datetime (UTC); got {dtype}", "invalid_requests")
         column = pl.col(name)
         column = column.dt.replace_time_zone("UTC") if dtype.time_zone is None else column.dt.convert_time_zone("UTC")
         bounds[name] = column.cast(_UTC)
     if "dimensions" in schema:
         if schema["dimensions"] not in (pl.List(pl.String), pl.List(pl.Null), pl.Null):
-            _fail(f"requests column 'dimensions' must be List(String); got {schema['dimensions']}", "invalid_requests")
+            fail(f"requests column 'dimensions' must be List(String); got {schema['dimensions']}", "invalid_requests")
         dims = pl.col("dimensions").cast(pl.List(pl.String))
     else:
         dims = pl.lit(None, pl.List(pl.String))
@@ -339,10 +340,10 @@ def _checked(requests: pl.DataFrame) -> pl.DataFrame:
     # `any` first: filtering millions of rows costs far more than testing them, even when none is kept.
     if frame.select(problem.is_not_null().any()).item():
         bad = frame.select("charge", problem=problem).filter(pl.col("problem").is_not_null())
-        _fail(f"requests for charge {bad['charge'][0]!r}: {bad['problem'][0]}", "invalid_requests")
+        fail(f"requests for charge {bad['charge'][0]!r}: {bad['problem'][0]}", "invalid_requests")
     if frame.get_column("charge").n_unique() != frame.height:
         repeated = frame.filter(pl.col("charge").is_duplicated())
-        _fail(
+        fail(
             f"charge keys must be unique in requests; {repeated['charge'][0]!r} is repeated (one row per charge: "
             "its usage would be counted twice)",
             "invalid_requests",
@@ -355,24 +356,20 @@ def _check_meters(requests: pl.DataFrame, meters: Mapping[str, str]) -> None:
         aggregation = meters.get(slug)
         if aggregation is None:
             charge = requests.filter(pl.col("meter") == slug)["charge"][0]
-            _fail(
+            fail(
                 f"charge {charge!r} names meter {slug!r}, which is not among the tenant's meters "
                 f"({', '.join(sorted(meters)) or 'none'})",
                 "unknown_meter",
             )
         if aggregation == "unique_count":
-            _fail(
+            fail(
                 f"meter {slug!r} counts unique values (unique_count), which pricing cannot fold over a period: the "
                 "export keeps each minute's number of distinct values, and those do not add up (a value seen in "
                 "two minutes would be counted twice). Price a count or sum meter instead",
                 "unsupported_meter",
             )
         if aggregation not in AGGREGATIONS:
-            _fail(
+            fail(
                 f"meter {slug!r} has aggregation {aggregation!r}; expected one of {', '.join(sorted(AGGREGATIONS))}",
                 "unknown_meter",
             )
-
-
-def _fail(message: str, code: str) -> NoReturn:
-    raise InvalidInput(message, code=code)

@@ -10,16 +10,10 @@ cycles and proration, :mod:`~meter.billing.invoicing` builds invoices, :mod:`~me
 through their lifecycle and :mod:`~meter.billing.invoicer` ties these to a data directory for the server and CLI.
 """
 
-from meter.pricing.charges import (
-    CHARGES_SCHEMA,
-    PRICE_SCHEMA,
-    charges_and_prices,
-    combination_expr,
-    combination_key,
-    price_frame,
-)
+from meter.pricing.charges import charges_and_prices, combination_expr, combination_key, price_frame
 from meter.pricing.money import minor_units, round_half_even, round_to_minor_unit
 from meter.pricing.rating import Rated, rate
+from meter.pricing.schema import CHARGES_SCHEMA, PRICE_SCHEMA
 
 __all__ = [
     "CHARGES_SCHEMA",
