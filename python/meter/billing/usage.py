@@ -39,11 +39,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import msgspec
 import polars as pl
 import pyarrow as pa
 
-from meter import _core
+from meter.engine import event_values
 from meter.exceptions import InvalidInput, ValueOverflow
 from meter.pricing.charges import combination_expr
 from meter.pricing.errors import fail
@@ -146,7 +145,7 @@ def event_amounts(
     What rating's ``event_amounts`` takes for a percentage with fees bounded per event, which minutes cannot give.
 
     Read from the raw events export (``events/tenant=<t>/date=<day>/``, only the days the charges cover), and
-    evaluated by the engine's own extraction (``meter._core.event_values``): the meter's filters and value path,
+    evaluated by the engine's own extraction (:func:`meter.engine.event_values`): the meter's filters and value path,
     so the events counted here are exactly those its usage counts. Returns ``charge`` and ``amount``
     (Decimal(38, 9)), one row per event.
     """
@@ -175,7 +174,7 @@ def event_amounts(
         if inside.height == 0:
             continue
         data = inside.get_column("data").to_arrow().cast(pa.string())
-        amounts = pl.from_arrow(pa.array(_core.event_values(msgspec.json.encode(spec), data)))
+        amounts = pl.from_arrow(event_values(spec, data))
         frames.append(inside.select("charge", amount=amounts).drop_nulls("amount"))
     return pl.concat(frames, how="vertical")
 
