@@ -42,6 +42,7 @@ import msgspec
 import polars as pl
 
 from meter.billing import cycles
+from meter.billing.keys import charge_key_expr
 from meter.billing.usage import event_amounts, period_quantities
 from meter.catalog.billing import Subscription
 from meter.catalog.types import trusted
@@ -763,9 +764,7 @@ def _lines(
     version = pl.col("version").cast(pl.String)
 
     def key(price: str) -> pl.Expr:
-        return pl.concat_str(
-            "id", pl.lit("|"), price, pl.lit("|"), version, pl.lit("|"), "c_start_iso", pl.lit("|"), "c_end_iso"
-        )
+        return charge_key_expr(pl.col("id"), pl.col(price), version, pl.col("c_start_iso"), pl.col("c_end_iso"))
 
     def events(event_type: str) -> pl.Expr:
         return pl.when(pl.col("meter").is_not_null()).then(

@@ -67,6 +67,7 @@ from meter.billing.invoices import (
     StoredInvoices,
     check_invoice,
 )
+from meter.billing.keys import ChargeKey, CommitKey, GrantKey, LineKey, parse_grant_key, parse_line_key
 from meter.billing.usage import event_amounts, period_quantities
 from meter.catalog.billing import Commit, Credit, Subscription
 from meter.catalog.prices import Price
@@ -118,14 +119,14 @@ class Billed:
     drawn, each usage line for commits, and which cycles' invoices are finalized.
     """
 
-    by_key: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
-    quantity: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
-    numbers: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    drawn: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    by_key: dict[LineKey, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    quantity: dict[LineKey, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
+    numbers: dict[LineKey, list[str]] = field(default_factory=lambda: defaultdict(list))
+    drawn: dict[GrantKey, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
     #: Per subscription, its usage lines: for commits' spend.
     usage: dict[str, list[InvoiceLine]] = field(default_factory=lambda: defaultdict(list))
     #: Per subscription, every keyed line and its cycle's start: a key billed before and not rated now rates at 0.
-    keyed: dict[str, list[InvoiceLine]] = field(default_factory=lambda: defaultdict(list))
+    keyed: dict[str, list[tuple[LineKey, InvoiceLine]]] = field(default_factory=lambda: defaultdict(list))
     #: Per subscription, the starts of the cycles whose (cycle) invoice is finalized.
     cycles: dict[str, set[datetime]] = field(default_factory=lambda: defaultdict(set))
     #: Per subscription, the ids of its finalized invoices: what a draft is computed against (its ``basis``).
@@ -133,9 +134,9 @@ class Billed:
     #: (subscription, cycle start) -> the number of the cycle's finalized invoice.
     cycle_numbers: dict[tuple[str, datetime], str] = field(default_factory=dict)
     #: Keys in an earlier format whose amounts now count under today's key (see :meth:`adopt`).
-    adopted: set[str] = field(default_factory=set)
+    adopted: set[LineKey] = field(default_factory=set)
 
-    def adopt(self, old: str, key: str) -> None:
+    def adopt(self, old: LineKey, key: LineKey) -> None:
         """Counts what was billed under ``old`` (a key in an earlier format) as billed under ``key``, once."""
         if old in self.adopted:
             return
@@ -158,12 +159,13 @@ class Billed:
                 billed.cycle_numbers[(invoice.subscription, invoice.period_start)] = invoice.number or invoice.id
             for line in invoice.lines:
                 if line.key is not None:
-                    billed.by_key[line.key] += line.amount
-                    billed.quantity[line.key] += line.quantity or _ZERO
-                    billed.numbers[line.key].append(invoice.number or invoice.id)
-                    billed.keyed[invoice.subscription].append(line)
+                    key = parse_line_key(line.key)
+                    billed.by_key[key] += line.amount
+                    billed.quantity[key] += line.quantity or _ZERO
+                    billed.numbers[key].append(invoice.number or invoice.id)
+                    billed.keyed[invoice.subscription].append((key, line))
                 if line.grant is not None:
-                    billed.drawn[line.grant] -= line.amount
+                    billed.drawn[parse_grant_key(line.grant)] -= line.amount
                 if line.kind in ("usage", "adjustment") and line.meter is not None:
                     billed.usage[invoice.subscription].append(line)
         return billed
@@ -173,7 +175,7 @@ class Billed:
 class _Charge:
     """One price billed over one service span of one subscription."""
 
-    key: str
+    key: LineKey
     kind: Literal["recurring", "usage", "adjustment"]
     timing: Timing
     price: Price
@@ -528,14 +530,13 @@ def _gone(
     at zero now, so its line takes back what was billed.
     """
     current = {c.key for c in charges}
-    found: dict[str, InvoiceLine] = {}
+    found: dict[LineKey, InvoiceLine] = {}
     # Lines before the oldest cycle answered for are skipped before their cycle is computed: history grows.
     oldest = min(start for start, _ in owned)
-    for line in billed.keyed.get(sub.id, []):
+    for key, line in billed.keyed.get(sub.id, []):
         if (
-            line.key is None
-            or line.key in current
-            or line.key in found
+            key in current
+            or key in found
             or line.kind not in ("recurring", "usage", "adjustment")
             or line.period_end <= oldest
         ):
@@ -545,13 +546,14 @@ def _gone(
             continue
         # Keys stored before they named the cycle named the segment (``...|<segment start>|<segment end>``): the
         # same price, version and cycle is the same charge, so what it billed counts for today's key.
-        same = f"{sub.id}|{line.price}|{line.version}|{cycle.start.isoformat()}|{cycle.end.isoformat()}"
+        same = ChargeKey(sub.id, line.price or "", line.version or 0, cycle.start, cycle.end)
         if same in current:
-            billed.adopt(line.key, same)
+            billed.adopt(key, same)
         else:
-            found[line.key] = line
+            found[key] = line
     out = []
-    for key, line in sorted(found.items()):
+    # In the order of the keys' texts, as the lines were always listed.
+    for key, line in sorted(found.items(), key=lambda item: item[0].text()):
         with trusted():  # never rated (the line rates at zero): ISO's "no currency" code, not catalog input
             price = Price(id=line.price or "?", currency="XXX", model="flat", amount=_ZERO)
         what = f"{line.meter or line.price} ({line.model})"
@@ -653,9 +655,7 @@ def _charge(
 ) -> _Charge:
     # The key names the billing cycle, not the segment: a plan change or an end in the middle of a cycle changes
     # what the key rates at, and the difference is billed; it does not make a new key.
-    key = f"{sub.id}|{price.id}|{seg.version}|{cycle.start.isoformat()}|{cycle.end.isoformat()}"
-    if n:
-        key += f"|{n + 1}"
+    key = ChargeKey(sub.id, price.id, seg.version, cycle.start, cycle.end, n + 1)
     overridden = any(o.id == price.id for o in sub.overrides) and seg.version == sub.version
     price_key = f"{sub.plan}/{'override:' + sub.id if overridden else seg.version}/{price.id}"
     what = price.meter or price.id
@@ -843,7 +843,7 @@ def _assemble(snapshot: Snapshot, draft: _Draft, rated: list[tuple[_Charge, _Rat
                 amount=money(due),
                 period_start=charge.start,
                 period_end=charge.end,
-                key=charge.key,
+                key=charge.key.text(),
                 price=price,
                 version=charge.version,
                 model=model,
@@ -900,7 +900,7 @@ def _commit_lines(sub: Subscription, draft: _Draft, billed: Billed, lines: list[
     for commit in sub.commits:
         starts_here = draft.period.start <= commit.start < draft.period.end
         if commit.kind == "prepaid" and draft.reason == "cycle" and starts_here:
-            key = f"{sub.id}|commit|{commit.id}"
+            key = CommitKey(sub.id, "commit", commit.id)
             due = commit.amount - billed.by_key.get(key, _ZERO)
             if due:
                 out.append(
@@ -910,7 +910,7 @@ def _commit_lines(sub: Subscription, draft: _Draft, billed: Billed, lines: list[
                         amount=due,
                         period_start=commit.start,
                         period_end=commit.end,
-                        key=key,
+                        key=key.text(),
                     )
                 )
         arrears = draft.arrears
@@ -930,14 +930,14 @@ def _commit_lines(sub: Subscription, draft: _Draft, billed: Billed, lines: list[
                 ),
                 _ZERO,
             )
-            key = f"{sub.id}|shortfall|{commit.id}"
+            key = CommitKey(sub.id, "shortfall", commit.id)
             shortfall = max(commit.amount - spent, _ZERO) - billed.by_key.get(key, _ZERO)
             if shortfall:
                 out.append(
                     InvoiceLine(
                         kind="shortfall",
                         amount=shortfall,
-                        key=key,
+                        key=key.text(),
                         period_start=commit.start,
                         period_end=commit.end,
                         description=f"commit {commit.id}: {commit.amount} committed, {spent} spent",
@@ -1003,7 +1003,8 @@ def _credit_lines(sub: Subscription, lines: list[InvoiceLine], billed: Billed) -
             due.append(line.amount - discounted)
     out = []
     for grant in grants:
-        remaining = grant.amount - billed.drawn.get(f"{sub.id}|{grant.id}", _ZERO)
+        drawn_on = GrantKey(sub.id, grant.id)
+        remaining = grant.amount - billed.drawn.get(drawn_on, _ZERO)
         for i, line in enumerate(payable):
             if remaining <= 0 or due[i] <= 0 or not _applies(grant, line):
                 continue
@@ -1020,7 +1021,7 @@ def _credit_lines(sub: Subscription, lines: list[InvoiceLine], billed: Billed) -
                     period_start=line.period_start,
                     period_end=line.period_end,
                     price=line.price,
-                    grant=f"{sub.id}|{grant.id}",
+                    grant=drawn_on.text(),
                 )
             )
     return out
