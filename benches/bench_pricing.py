@@ -35,9 +35,9 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import finish, methodology  # noqa: E402
+from meter.billing.usage import period_quantities, usage_dir  # noqa: E402
 from meter.catalog.prices import Price  # noqa: E402
 from meter.pricing import price_frame, rate  # noqa: E402
-from meter.billing.usage import period_quantities, usage_dir  # noqa: E402
 
 TENANT = "bench"
 MONTH, NEXT = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)

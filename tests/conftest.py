@@ -15,10 +15,10 @@ from typing import Any
 import msgspec
 import pytest
 from meter import Engine
-from meter.catalog.billing import BillingCatalog, Customer
-from meter.catalog.prices import Price
 from meter.billing.invoicer import Invoicer
 from meter.billing.invoices import InvoiceStore
+from meter.catalog.billing import BillingCatalog, Customer
+from meter.catalog.prices import Price
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 

@@ -21,11 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import YEAR, event
 from meter import Engine
+from meter.billing import batch, invoicing
+from meter.billing.invoices import InvoiceStore
 from meter.catalog.billing import BillingCatalog, Commit, Customer, Discount, Subscription
 from meter.catalog.prices import Price
 from meter.export import export_catalog, export_events, export_invoices, export_usage
-from meter.billing import batch, invoicing
-from meter.billing.invoices import InvoiceStore
 from meter.pricing.snapshot import load_snapshot
 
 T = "acme"

@@ -19,12 +19,12 @@ from typing import Any
 import msgspec
 import pyarrow.parquet as pq
 import pytest
+from meter.billing.invoices import Invoice, InvoiceLine, InvoiceStore
 from meter.catalog.billing import Commit, Credit, Customer, Discount, Subscription
 from meter.catalog.types import trusted
 from meter.encoding import encode_json, plain
 from meter.exceptions import InvalidInput
 from meter.export import export_invoices
-from meter.billing.invoices import Invoice, InvoiceLine, InvoiceStore
 from meter.pricing.money import round_to_minor_unit
 from test_invoicing import DEC, NOV, OCT, Desk, base_fee, per_unit, tokens
 

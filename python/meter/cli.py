@@ -929,12 +929,12 @@ def export(data_dir: Path, out: Path, tenants: tuple[str, ...]) -> None:
 
     From a data directory that no server is running on.
     """
+    from meter.billing.invoicer import Invoicer
+    from meter.billing.invoices import InvoiceStore
     from meter.catalog.billing import BillingCatalog
     from meter.catalog.keys import KeyStore
     from meter.exceptions import MeterError
     from meter.export import export_usage
-    from meter.billing.invoicer import Invoicer
-    from meter.billing.invoices import InvoiceStore
 
     try:
         keys = KeyStore(data_dir / "catalog")

@@ -34,13 +34,14 @@ def to_micros(t: datetime, name: str = "time") -> int:
     return (t - _EPOCH) // _MICROSECOND
 
 
-def event_values(spec: MeterSpec, data: pa.Array) -> pa.Array:
+def event_values(spec: MeterSpec, data: pa.Array[Any]) -> pa.Array[Any]:
     """The value the meter ``spec`` extracts from each event's ``data`` (JSON text), null where it counts none.
 
     The engine's own extraction (filters and value path, in Rust), so that a reader of the raw events export
     (billing's per-event percentages) counts exactly the events the meter's usage counts.
     """
-    return pa.array(_core.event_values(msgspec.json.encode(spec), data))
+    values: pa.Array[Any] = pa.array(_core.event_values(msgspec.json.encode(spec), data))
+    return values
 
 
 def _seconds(d: timedelta) -> int:

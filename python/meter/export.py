@@ -36,11 +36,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from meter.billing.invoices import Fresh, Invoice, InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.encoding import encode_json
 from meter.engine import Engine
 from meter.exceptions import InvalidInput
-from meter.billing.invoices import Fresh, Invoice, InvoiceStore
 from meter.schemas import MeterSpec
 
 __all__ = ["ExportSummary", "FreshWriter", "export_catalog", "export_events", "export_invoices", "export_usage"]

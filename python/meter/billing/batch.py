@@ -94,8 +94,8 @@ def plain_subscriptions(subs: pl.DataFrame) -> pl.Series:
         & pl.col("timezone").is_not_null()
         & pl.col("customer").str.contains(_REPR_SAFE)
         & ~pl.col("id").str.contains(r'["\\]')
-        & pl.col("cycle").is_in(["monthly", "quarterly", "annual"])
-        & pl.col("anchor").is_in(["calendar", "anniversary"])
+        & pl.col("cycle").is_in(list(cycles.CYCLE_MONTHS))
+        & pl.col("anchor").is_in(list(cycles.ANCHORS))
     ).to_series()
     discounted = subs.filter(pl.col("discounts") != "[]")
     if discounted.height == 0:

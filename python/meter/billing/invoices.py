@@ -31,16 +31,18 @@ from datetime import UTC, datetime
 from decimal import Context, Decimal
 from itertools import islice
 from pathlib import Path
-from typing import Literal, overload
+from typing import Literal, get_args, overload
 
 import msgspec
 from rocksdict import WriteBatch, WriteOptions
 
 from meter.catalog.kv import Store, scan
+from meter.catalog.prices import Cadence
 from meter.exceptions import InvalidInput, NotFound
 from meter.pricing.money import minor_units
 
 __all__ = [
+    "STATUSES",
     "CreditNote",
     "CreditNoteBody",
     "Fresh",
@@ -50,17 +52,29 @@ __all__ = [
     "InvoiceRunBody",
     "InvoiceStore",
     "LineDetail",
+    "LineKind",
+    "Reason",
     "RunError",
     "RunWarning",
     "ServicePeriod",
+    "Status",
     "StoredInvoices",
+    "Timing",
     "check_credit_amount",
     "check_exportable",
     "check_invoice",
 ]
 
+#: An invoice's lifecycle (see the module doc); :data:`STATUSES` lists them for filters and the OpenAPI document.
 Status = Literal["draft", "finalized", "void"]
+STATUSES: tuple[str, ...] = get_args(Status)
+#: What a line is: a charge (``recurring`` fee, ``usage``, ``adjustment`` of a finalized one), a ``commit`` bought,
+#: a ``shortfall`` billed, a ``discount`` or a ``credit`` drawn.
 LineKind = Literal["recurring", "usage", "adjustment", "commit", "shortfall", "discount", "credit"]
+#: Whether a line's service period is billed at its start or its end: a price's cadence (usage is in arrears).
+Timing = Cadence
+#: Why an invoice was issued: its cycle began, or usage reached the subscription's threshold within the cycle.
+Reason = Literal["cycle", "threshold"]
 
 
 class LineDetail(msgspec.Struct, omit_defaults=True):
@@ -101,7 +115,7 @@ class InvoiceLine(msgspec.Struct):
     #: The plan version whose price the line bills.
     version: int | None = None
     #: Whether the service period is billed in advance (a recurring fee ``in_advance``) or in arrears (usage).
-    timing: Literal["in_advance", "in_arrears"] | None = None
+    timing: Timing | None = None
     model: str | None = None
     meter: str | None = None
     #: What the line adds: the quantity rated now minus the quantity finalized invoices billed for the key.
@@ -125,7 +139,7 @@ class Invoice(msgspec.Struct):
     customer: str
     subscription: str
     currency: str
-    reason: Literal["cycle", "threshold"]
+    reason: Reason
     period_start: datetime
     period_end: datetime
     issued_at: datetime

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -62,9 +62,11 @@ from meter.billing.invoices import (
     InvoiceLine,
     InvoiceStore,
     LineDetail,
+    Reason,
     RunError,
     ServicePeriod,
     StoredInvoices,
+    Timing,
     check_invoice,
 )
 from meter.billing.keys import ChargeKey, CommitKey, GrantKey, LineKey, parse_grant_key, parse_line_key
@@ -73,6 +75,7 @@ from meter.catalog.billing import Commit, Credit, Subscription
 from meter.catalog.prices import Price
 from meter.catalog.types import trusted
 from meter.exceptions import InvalidInput, MeterError, NotFound
+from meter.export import FreshWriter
 from meter.pricing.charges import price_frame
 from meter.pricing.money import round_to_minor_unit
 from meter.pricing.rating import rate
@@ -91,7 +94,9 @@ _ZERO = Decimal(0)
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
 #: Subscriptions whose charges rating refuses that a run takes out of the columnar path, one at a time.
 _REFUSALS = 8
-Timing = Literal["in_advance", "in_arrears"]
+#: The kinds of line a charge makes (commits, discounts and credits are lines of their own).
+ChargeKind = Literal["recurring", "usage", "adjustment"]
+_CHARGE_KINDS = get_args(ChargeKind)
 
 
 def parse_month(month: str, name: str = "period") -> datetime:
@@ -176,7 +181,7 @@ class _Charge:
     """One price billed over one service span of one subscription."""
 
     key: LineKey
-    kind: Literal["recurring", "usage", "adjustment"]
+    kind: ChargeKind
     timing: Timing
     price: Price
     version: int
@@ -197,7 +202,7 @@ class _Charge:
 class _Draft:
     id: str
     sub: Subscription
-    reason: Literal["cycle", "threshold"]
+    reason: Reason
     period: cycles.Period
     #: The usage period billed in arrears (None on a subscription's first invoice).
     arrears: cycles.Period | None
@@ -343,8 +348,6 @@ def _save_batch(store: InvoiceStore, out: Path, tenant: str, batch: Batch) -> tu
     subscriptions whose drafts the columnar texts could not write (for the per-subscription path). The drafts skip
     the write-ahead log and are made durable by one flush at the end, whatever happens.
     """
-    from meter.export import FreshWriter  # meter.export imports the invoices module, which this one uses
-
     writer = FreshWriter(out / "invoices" / f"tenant={tenant}" / ".run")
     found: list[pl.DataFrame] = []
     left: set[str] = set()
@@ -534,12 +537,7 @@ def _gone(
     # Lines before the oldest cycle answered for are skipped before their cycle is computed: history grows.
     oldest = min(start for start, _ in owned)
     for key, line in billed.keyed.get(sub.id, []):
-        if (
-            key in current
-            or key in found
-            or line.kind not in ("recurring", "usage", "adjustment")
-            or line.period_end <= oldest
-        ):
+        if key in current or key in found or line.kind not in _CHARGE_KINDS or line.period_end <= oldest:
             continue
         cycle = cycles.cycle_containing(sub, tz, line.period_start)
         if (cycle.start, _timing(line)) not in owned:
@@ -647,7 +645,7 @@ def _charge(
     sub: Subscription,
     price: Price,
     seg: cycles.Segment,
-    kind: Literal["recurring", "usage", "adjustment"],
+    kind: ChargeKind,
     measured_to: datetime,
     note: str,
     cycle: cycles.Period,

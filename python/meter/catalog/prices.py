@@ -158,11 +158,12 @@ def validate_price(price: Price) -> None:
             fail(f'"{field}" does not belong to a {price.model} price')
 
     # Each number is finite, 0 or more and within its kind's limits already (meter.catalog.types).
-    bounds = {
+    fees = price.percentage
+    bounds: dict[str, Decimal | None] = {
         "minimum": price.minimum,
         "maximum": price.maximum,
-        "min_fee": price.percentage and price.percentage.min_fee,
-        "max_fee": price.percentage and price.percentage.max_fee,
+        "min_fee": None if fees is None else fees.min_fee,
+        "max_fee": None if fees is None else fees.max_fee,
     }
     for lower, upper in ORDERED:
         low, high = bounds[lower], bounds[upper]

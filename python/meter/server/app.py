@@ -29,6 +29,9 @@ import pyarrow.csv as pa_csv
 import pyarrow.ipc as pa_ipc
 import zstandard
 
+from meter.billing.invoicer import Invoicer
+from meter.billing.invoices import CreditNoteBody, InvoiceRunBody, InvoiceStore, RunWarning
+from meter.billing.invoicing import parse_month
 from meter.catalog.billing import (
     BillingCatalog,
     Customer,
@@ -42,9 +45,6 @@ from meter.catalog.keys import KEY_FORMAT, ApiKey, KeyBody, KeyStore, Scope, Ten
 from meter.encoding import encode_json
 from meter.engine import Engine, Usage, WindowSize
 from meter.exceptions import MeterError
-from meter.billing.invoicer import Invoicer
-from meter.billing.invoices import CreditNoteBody, InvoiceRunBody, InvoiceStore, RunWarning
-from meter.billing.invoicing import parse_month
 from meter.schemas import MeterSpec, SkippedEvents
 from meter.server.errors import ApiError, status_of
 from meter.server.openapi import openapi

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from meter.billing.invoices import CreditNote, CreditNoteBody, Invoice, InvoiceRun, InvoiceRunBody
 from meter.catalog.billing import (
     Customer,
     MigrationBody,
@@ -24,7 +25,6 @@ from meter.catalog.billing import (
     Subscription,
 )
 from meter.catalog.keys import ApiKey, KeyBody, Scope, Tenant, TenantBody, TenantKeyBody
-from meter.billing.invoices import CreditNote, CreditNoteBody, Invoice, InvoiceRun, InvoiceRunBody
 from meter.schemas import CreatedMeter, IngestResult, Meter, MeterSpec, SkippedEvents
 
 __all__ = ["EXAMPLES", "ErrorBody", "openapi"]
