@@ -48,7 +48,7 @@ from meter.catalog.billing import Subscription
 from meter.catalog.types import trusted
 from meter.exceptions import MeterError
 from meter.pricing.charges import price_frame
-from meter.pricing.money import MAX_MINOR_UNITS, minor_units_expr
+from meter.pricing.money import MAX_MINOR_UNITS, divide_half_even, minor_units_expr
 from meter.pricing.rating import rate
 from meter.pricing.snapshot import Snapshot
 from meter.pricing.steps import step
@@ -386,7 +386,6 @@ def _prices(snapshot: Snapshot) -> pl.DataFrame:
                     "meter": price.meter,
                     "flat": price.model == "flat",
                     "in_advance": in_advance,
-                    "price_key": f"{plan}/{version}/{price.id}",
                     "what": what,
                     "event_type": event_type,
                     "price_json": _json(price.id),
@@ -408,7 +407,6 @@ def _prices(snapshot: Snapshot) -> pl.DataFrame:
         "meter": pl.String,
         "flat": pl.Boolean,
         "in_advance": pl.Boolean,
-        "price_key": pl.String,
         "what": pl.String,
         "event_type": pl.String,
         "price_json": pl.String,
@@ -926,8 +924,7 @@ def _discount_lines(subs: pl.DataFrame, drafts: pl.DataFrame, lines: pl.DataFram
         # percent / 100 of the base, rounded half to even to the minor unit: base (10^-digits) x pct (10^-9) counts
         # 10^-(digits + 11).
         product, unit = pl.col("base") * pl.col("pct"), pl.lit(10**11, pl.Int128)
-        quotient, twice = product // unit, (product % unit) * 2
-        rounded = quotient + ((twice > unit) | ((twice == unit) & (quotient % 2 == 1))).cast(pl.Int128)
+        rounded = divide_half_even(product, unit)
         off = pl.when(pl.col("percent").is_not_null()).then(rounded).otherwise(pl.min_horizontal("fixed", "base"))
         rows = rows.with_columns(off=off)
         found.append(rows)

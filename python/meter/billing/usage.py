@@ -46,7 +46,8 @@ from meter.engine import event_values
 from meter.exceptions import InvalidInput, ValueOverflow
 from meter.pricing.charges import combination_expr
 from meter.pricing.errors import fail
-from meter.pricing.exact import from_scaled, int128, out_of_range, shadow
+from meter.pricing.exact import from_scaled, out_of_range, shadow
+from meter.pricing.money import divide_half_even
 from meter.pricing.schema import DECIMAL
 from meter.schemas import MeterSpec
 
@@ -253,9 +254,7 @@ def _fold(aggregation: str) -> dict[str, pl.Expr]:
         weighted = value * events.cast(pl.Int128)
         n = events.sum().cast(pl.Int128)
         total = weighted.sum()
-        quotient, remainder = total // n, total % n  # floor division: 0 <= remainder < n
-        up = (remainder * int128(2) > n) | ((remainder * int128(2) == n) & (quotient % int128(2) == int128(1)))
-        return {"_scaled": quotient + up.cast(pl.Int128), "_shadow": (shadow(value) * events.cast(pl.Float64)).sum()}
+        return {"_scaled": divide_half_even(total, n), "_shadow": (shadow(value) * events.cast(pl.Float64)).sum()}
     raise AssertionError(f"aggregation {aggregation!r} reached the fold")  # _check_meters refused it
 
 
