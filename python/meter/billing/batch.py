@@ -25,6 +25,12 @@ Anything this module cannot write exactly as the per-subscription path would (a 
 than 28 digits, which ``Decimal.normalize`` would round) raises :class:`NotPlain`, and the caller invoices those
 subscriptions the per-subscription way; a charge that rating refuses raises :class:`Refused`, and the caller leaves
 its subscription to that path. ``tests/test_invoice_batch.py`` holds the two paths to the same bytes.
+
+This module is billing, not pricing: apart from rating, every step is invoice assembly (cycles, charges, discounts,
+the stored JSON, the export's rows). The pure pieces it is built from are pricing's: :func:`meter.pricing.rate`,
+half-even division of money (:func:`meter.pricing.money.divide_half_even`, for percent discounts), the text of
+columns (:mod:`meter.pricing.text`); and the line keys' text is :func:`meter.billing.keys.charge_key_expr`, the
+same encoding as :meth:`~meter.billing.keys.ChargeKey.text`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""The invoicing desk the server and the CLI share.
+"""The invoicing desk the server and the CLI share: one data directory's engine, catalog, invoice store and export.
 
-It refreshes the Parquet export of one tenant (incremental, so
-quick), reads it back, and runs invoicing on it. Pricing thus always works from the files, never from RocksDB, and
-sees every event acknowledged before the call.
+Before every run it refreshes the Parquet export of one tenant (incremental, so quick), reads the catalog snapshot
+back, and runs invoicing on it. Invoicing thus always works from the files, never from RocksDB, and sees every event
+acknowledged before the call. One lock serialises everything that writes into the export directory (the scheduled
+export and the runs); the store has its own per-tenant lock for numbering. The desk computes no amount itself
+(rounding is invoicing's: half to even, to each currency's minor unit, once per line).
 
 The invoices store is the source of truth; the invoices export (``invoices/tenant=<t>/*.parquet``) is derived from it.
 Refreshing that export after a write is best effort: the write stands whatever happens to the export, a failure is

@@ -8,9 +8,16 @@ while the subscription's finalized invoices are those it was computed against (i
 **stale** (``stale_draft``): it could bill again what another invoice billed since, and its period must be re-run.
 
 What has been billed is read from finalized invoices: each usage or fee line carries the ``key`` of what it bills
-(subscription, price, version, cycle), so a later run bills only the difference: the rest of a cycle after a
-threshold invoice, late usage, or a plan change or cancellation after the fees in advance were finalized, as
-adjustment lines that name the invoices they correct.
+(subscription, price, version, cycle: the text of a :mod:`meter.billing.keys` key), so a later run bills only the
+difference: the rest of a cycle after a threshold invoice, late usage, or a plan change or cancellation after the
+fees in advance were finalized, as adjustment lines that name the invoices they correct.
+
+Numbering belongs to this store alone: nothing else writes a counter or an ``INV-``/``CN-`` number, and no number is
+taken outside the write that stores what it numbers.
+
+Money: the store computes no amount but a credit note's, which must already be a whole number of the currency's minor
+unit (``5`` in USD is stored as ``5.00``; ``5.001`` is refused, never rounded). Invoices arrive rounded (each line
+half to even to the minor unit, totals sums of lines: :mod:`meter.billing.invoicing`).
 
 Concurrency and durability: every write that changes an invoice's status or takes a number (finalize, void, credit
 note, saving a draft) runs under one lock per tenant and writes the invoice (or credit note) and its number counter
