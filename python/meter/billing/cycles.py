@@ -54,6 +54,7 @@ import msgspec
 
 from meter.catalog.billing import Anchor, Cycle, Subscription
 from meter.exceptions import InvalidInput
+from meter.pricing.exact import DECIMAL_PLACES
 
 __all__ = [
     "ANCHORS",
@@ -72,7 +73,7 @@ __all__ = [
 ]
 
 #: Decimals kept in a proration: what the rating engine's ``Decimal(38, 9)`` columns take.
-PRORATION_DECIMALS = 9
+PRORATION_DECIMALS = DECIMAL_PLACES
 #: Where a proration is divided; 40 digits keep a ratio of day counts exact well beyond the 9 decimals kept.
 PRORATION_CONTEXT = Context(prec=40, rounding=ROUND_HALF_EVEN)
 _QUANTUM = Decimal(1).scaleb(-PRORATION_DECIMALS)

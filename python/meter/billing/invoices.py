@@ -46,6 +46,8 @@ from rocksdict import WriteBatch, WriteOptions
 from meter.catalog.kv import Store, scan
 from meter.catalog.prices import Cadence
 from meter.exceptions import InvalidInput, NotFound
+from meter.pricing.errors import fail
+from meter.pricing.exact import DECIMAL_BOUND, decimal_problem
 from meter.pricing.money import minor_units
 
 __all__ = [
@@ -290,28 +292,14 @@ class CreditNoteBody(msgspec.Struct, forbid_unknown_fields=True):
     reason: str
 
 
-#: What the invoices export holds (``decimal128(38, 9)``): every stored amount and quantity fits it.
-EXPORT_SCALE = 9
-EXPORT_DIGITS = 38
-_EXPORT_LIMIT = Decimal(10) ** (EXPORT_DIGITS - EXPORT_SCALE)
-# Room for every digit of a value below the limit (the default context keeps 28).
+# Room for every digit of a credit note's amount (the default context keeps 28).
 _CONTEXT = Context(prec=80)
 
 
 def check_exportable(value: Decimal | None, what: str) -> None:
-    """Raises ``InvalidInput`` unless ``value`` is finite and fits the export's ``decimal128(38, 9)`` exactly."""
-    if value is None:
-        return
-    if (
-        not value.is_finite()
-        or abs(value) >= _EXPORT_LIMIT
-        or value != value.quantize(Decimal(1).scaleb(-EXPORT_SCALE), context=_CONTEXT)
-    ):
-        raise InvalidInput(
-            f"{what} is {value}: amounts and quantities must be finite, below 10^29 and have at most "
-            f"{EXPORT_SCALE} decimals",
-            code="invalid_amount",
-        )
+    """Raises ``InvalidInput`` unless ``value`` is None or fits the export's ``decimal128(38, 9)`` exactly."""
+    if value is not None and (problem := decimal_problem(value)) is not None:
+        fail(f"{what} {problem}: amounts and quantities are stored as the export holds them", "invalid_amount")
 
 
 def check_invoice(invoice: Invoice) -> None:
@@ -331,7 +319,7 @@ def check_credit_amount(amount: Decimal, currency: str) -> Decimal:
     """
     digits = minor_units(currency)
     quantum = Decimal(1).scaleb(-digits)
-    if not amount.is_finite() or amount <= 0 or abs(amount) >= _EXPORT_LIMIT:
+    if not amount.is_finite() or amount <= 0 or amount >= DECIMAL_BOUND:
         raise InvalidInput(
             f"a credit note's amount must be a positive decimal amount of {currency}; got {amount}",
             code="invalid_credit_note",

@@ -46,7 +46,7 @@ from meter.engine import event_values
 from meter.exceptions import InvalidInput, ValueOverflow
 from meter.pricing.charges import combination_expr
 from meter.pricing.errors import fail
-from meter.pricing.exact import from_scaled, out_of_range, shadow
+from meter.pricing.exact import DECIMAL_PLACES, from_scaled, out_of_range, shadow
 from meter.pricing.money import divide_half_even
 from meter.pricing.schema import DECIMAL
 from meter.schemas import MeterSpec
@@ -67,7 +67,6 @@ QUANTITIES_SCHEMA: dict[str, pl.DataType] = {
 _FIXED = ("customer", "window_start", "window_end", "value", "events", "date")
 _MINUTE_US = 60_000_000
 _UTC = pl.Datetime("us", "UTC")
-_SCALE = 9
 
 
 def usage_dir(out_dir: str | Path, tenant: str, meter: str) -> Path:
@@ -278,7 +277,7 @@ def _finish(frame: pl.DataFrame, slug: str, aggregation: str) -> pl.DataFrame:
     return frame.select(
         "charge",
         "combination",
-        quantity=from_scaled(pl.col("_scaled"), _SCALE),
+        quantity=from_scaled(pl.col("_scaled"), DECIMAL_PLACES),
         events=pl.col("events").cast(pl.UInt64),
     )
 

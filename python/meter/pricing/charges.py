@@ -28,22 +28,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from decimal import Context, Decimal
+from decimal import Decimal
 from typing import Any
 
 import polars as pl
 
 from meter.catalog.prices import Price, validate_price
 from meter.exceptions import InvalidInput
+from meter.pricing.errors import fail
+from meter.pricing.exact import decimal_problem
 from meter.pricing.price_table import prepare_prices
 from meter.pricing.schema import CHARGES_SCHEMA, PRICE_SCHEMA
 
 __all__ = ["charges_and_prices", "combination_expr", "combination_key", "price_frame"]
-
-_PLACES = 9
-# A Decimal(38, 9) holds magnitudes below 10^29.
-_MAGNITUDE = Decimal(10) ** (38 - _PLACES)
-_CONTEXT = Context(prec=80)
 
 
 def combination_key(values: Mapping[str, str]) -> str:
@@ -153,12 +150,6 @@ def _price_row(price: Price) -> dict[str, Any]:
 
 def _exact_decimal(value: Decimal, what: str, code: str = "invalid_price") -> Decimal:
     """``value`` unchanged if a ``Decimal(38, 9)`` holds it exactly; otherwise ``InvalidInput`` saying why."""
-    if not isinstance(value, Decimal) or not value.is_finite():
-        raise InvalidInput(f"{what} must be a finite Decimal; got {value!r}", code=code)
-    if value.copy_abs() >= _MAGNITUDE:  # abs() would round to the context's 28 digits first
-        raise InvalidInput(f"{what} is {value}, beyond the 10^29 pricing computes exactly", code=code)
-    if value.quantize(Decimal(1).scaleb(-_PLACES), context=_CONTEXT) != value:
-        raise InvalidInput(
-            f"{what} is {value}, which has more than {_PLACES} decimal places: round it to {_PLACES}", code=code
-        )
+    if (problem := decimal_problem(value)) is not None:
+        fail(f"{what} {problem}", code)
     return value

@@ -28,7 +28,7 @@ from meter.catalog.prices import (
 )
 from meter.catalog.types import Limit
 from meter.pricing.errors import fail
-from meter.pricing.exact import to_scaled
+from meter.pricing.exact import DECIMAL_PLACES, to_scaled
 from meter.pricing.money import minor_units_expr
 from meter.pricing.schema import NEEDS, NUMBER_FIELDS, PRICE_SCHEMA, TIER_FIELDS, limit_of
 
@@ -36,7 +36,7 @@ __all__ = ["MODEL", "PRICE_SCALE", "PriceTable", "prepare_prices", "scaled_limit
 
 MODEL = pl.Enum(MODELS)
 #: Quantities and prices count 10^-9.
-PRICE_SCALE = 9
+PRICE_SCALE = DECIMAL_PLACES
 _ONE = 10**PRICE_SCALE
 _NUMBERS = tuple(NUMBER_FIELDS)
 _CODE = "invalid_price"

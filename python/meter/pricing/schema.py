@@ -21,6 +21,7 @@ from msgspec import inspect as mi
 
 from meter.catalog.prices import PARAMETERS, Package, Percentage, Price, Tier
 from meter.catalog.types import LIMITS, Limit
+from meter.pricing.exact import DECIMAL_PLACES
 
 __all__ = [
     "CHARGES_SCHEMA",
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 #: Every quantity and price: 38 digits, 9 after the point (the usage export's ``value`` type).
-DECIMAL = pl.Decimal(38, 9)
+DECIMAL = pl.Decimal(38, DECIMAL_PLACES)
 _TIER = pl.Struct({"start": DECIMAL, "up_to": DECIMAL, "unit_price": DECIMAL, "flat_fee": DECIMAL})
 _MATRIX_ENTRY = pl.Struct({"combination": pl.String, "unit_price": DECIMAL})
 
