@@ -6,6 +6,8 @@ time or files:
 - :mod:`~meter.billing.cycles`: billing cycles in the customer's time zone, segments and proration by local day;
 - :mod:`~meter.billing.usage`: a period's quantities per charge, read from the usage export (the one reader of it);
 - :mod:`~meter.billing.keys`: the typed key of what an invoice line bills, and its one text encoding;
+- :mod:`~meter.billing.billed`: what finalized invoices billed (per key, per grant), read in one pass of the store;
+- :mod:`~meter.billing.terms`: the lines commits, discounts and credits add to an invoice;
 - :mod:`~meter.billing.invoices`: invoices, credit notes and their store (rocksdict, ``<data>/invoices``), which owns
   numbering (``INV-000001``, ``CN-000001``: sequential, gapless, written in the same synced batch as what they number);
 - :mod:`~meter.billing.invoicing`: a period's run, threshold invoices and the upcoming invoice, per subscription;

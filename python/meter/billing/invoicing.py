@@ -1,7 +1,9 @@
-"""Invoicing: the invoices of a billing run.
+"""Invoicing: the invoices of a billing run, a threshold check and the upcoming invoice, per subscription.
 
-They are computed from the Parquet export (usage and the catalog snapshot) and
-what finalized invoices billed already. It never reads RocksDB.
+They are computed from the Parquet export (usage, read by :mod:`meter.billing.usage`, and the catalog snapshot) and
+what finalized invoices billed already (:mod:`meter.billing.billed`), rated by :func:`meter.pricing.rate`, and saved
+as drafts in the store (:mod:`meter.billing.invoices`). It never reads RocksDB's usage. Plain subscriptions go
+through :mod:`meter.billing.batch` instead, which gives the same bytes over whole tables.
 
 The invoice of a subscription's cycle ``C`` is issued at ``C``'s start and holds:
 
@@ -14,14 +16,14 @@ The invoice of a subscription's cycle ``C`` is issued at ``C``'s start and holds
   window (:data:`RESTATE`): the fees in advance of earlier cycles whose invoice was finalized (a plan change or a
   cancellation in the middle of a cycle: the old version's fee prorated down, the new one's prorated up), and the
   usage of cycles before ``P`` whose invoice was finalized (late usage). Each names the invoices it corrects;
-- a **prepaid commit** bought in ``C``, and a **postpaid commit's shortfall** when its term ended in ``P`` and the
-  contract bills it;
-- **discounts**, on one price's lines or on the invoice (percent or a fixed amount, never below zero);
-- **credits and prepaid commits** drawn down, lowest ``priority`` first, then the one expiring first, over the
-  usage lines they apply to (their price ids, or all usage), limited to what is left of them after finalized
-  invoices.
+- the lines of the subscription's terms (:mod:`meter.billing.terms`): a **prepaid commit** bought in ``C``, and a
+  **postpaid commit's shortfall** when its term ended in ``P`` and the contract bills it; **discounts**, on one
+  price's lines or on the invoice (percent or a fixed amount, never below zero); **credits and prepaid commits**
+  drawn down, lowest ``priority`` first, then the one expiring first, over the usage lines they apply to (their
+  price ids, or all usage), limited to what is left of them after finalized invoices.
 
-Every line that bills something carries a ``key`` (subscription, price, plan version, billing cycle): what it bills
+Every line that bills something carries a ``key`` (subscription, price, plan version, billing cycle; a typed
+:mod:`meter.billing.keys` key, stored as its text): what it bills
 is what the key rates at now minus what finalized invoices billed for the same key; a key that finalized invoices
 billed but that no longer exists (a version the subscription left, a cycle it no longer covers) rates at zero now.
 That one rule makes re-running idempotent, bills the rest of a cycle after a threshold invoice, and turns late usage,
@@ -43,7 +45,7 @@ import re
 import sys
 import traceback
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -56,6 +58,7 @@ import polars as pl
 
 from meter.billing import cycles
 from meter.billing.batch import Batch, NotPlain, Refused, invoice_batch, plain_subscriptions
+from meter.billing.billed import Billed
 from meter.billing.invoices import (
     Fresh,
     Invoice,
@@ -69,9 +72,10 @@ from meter.billing.invoices import (
     Timing,
     check_invoice,
 )
-from meter.billing.keys import ChargeKey, CommitKey, GrantKey, LineKey, parse_grant_key, parse_line_key
+from meter.billing.keys import ChargeKey, LineKey
+from meter.billing.terms import commit_lines, credit_lines, discount_lines
 from meter.billing.usage import event_amounts, period_quantities
-from meter.catalog.billing import Commit, Credit, Subscription
+from meter.catalog.billing import Subscription
 from meter.catalog.prices import Price
 from meter.catalog.types import trusted
 from meter.exceptions import InvalidInput, MeterError, NotFound
@@ -83,7 +87,7 @@ from meter.pricing.schema import CHARGES_SCHEMA
 from meter.pricing.snapshot import Snapshot
 from meter.pricing.steps import step
 
-__all__ = ["Billed", "Priced", "bill_thresholds", "invoice_period", "parse_month", "upcoming_invoices"]
+__all__ = ["Priced", "bill_thresholds", "invoice_period", "parse_month", "upcoming_invoices"]
 
 #: Late events are accepted this far back (the engine's default back-dating window): periods that ended within it
 #: are re-rated for adjustments.
@@ -114,66 +118,6 @@ def parse_month(month: str, name: str = "period") -> datetime:
             f"{name} must be a month from {FIRST_YEAR}-01 to {LAST_YEAR}-12; got {month!r}", code="invalid_period"
         )
     return datetime(year, number, 1)
-
-
-@dataclass
-class Billed:
-    """What finalized (not void) invoices billed.
-
-    What finalized (not void) invoices billed: per line key (amount, quantity, the invoices' numbers), per grant
-    drawn, each usage line for commits, and which cycles' invoices are finalized.
-    """
-
-    by_key: dict[LineKey, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
-    quantity: dict[LineKey, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
-    numbers: dict[LineKey, list[str]] = field(default_factory=lambda: defaultdict(list))
-    drawn: dict[GrantKey, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
-    #: Per subscription, its usage lines: for commits' spend.
-    usage: dict[str, list[InvoiceLine]] = field(default_factory=lambda: defaultdict(list))
-    #: Per subscription, every keyed line and its cycle's start: a key billed before and not rated now rates at 0.
-    keyed: dict[str, list[tuple[LineKey, InvoiceLine]]] = field(default_factory=lambda: defaultdict(list))
-    #: Per subscription, the starts of the cycles whose (cycle) invoice is finalized.
-    cycles: dict[str, set[datetime]] = field(default_factory=lambda: defaultdict(set))
-    #: Per subscription, the ids of its finalized invoices: what a draft is computed against (its ``basis``).
-    finalized: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    #: (subscription, cycle start) -> the number of the cycle's finalized invoice.
-    cycle_numbers: dict[tuple[str, datetime], str] = field(default_factory=dict)
-    #: Keys in an earlier format whose amounts now count under today's key (see :meth:`adopt`).
-    adopted: set[LineKey] = field(default_factory=set)
-
-    def adopt(self, old: LineKey, key: LineKey) -> None:
-        """Counts what was billed under ``old`` (a key in an earlier format) as billed under ``key``, once."""
-        if old in self.adopted:
-            return
-        self.adopted.add(old)
-        self.by_key[key] += self.by_key.pop(old, _ZERO)
-        self.quantity[key] += self.quantity.pop(old, _ZERO)
-        self.numbers[key] += [n for n in self.numbers.pop(old, []) if n not in self.numbers[key]]
-
-    @classmethod
-    def of(cls, store: InvoiceStore, tenant: str) -> Billed:
-        billed = cls()
-        # Drafts (a million after a run) are skipped on their status alone, without decoding them.
-        for _, status, raw in store.statuses(tenant):
-            if status != "finalized":
-                continue
-            invoice = msgspec.json.decode(raw, type=Invoice)
-            billed.finalized[invoice.subscription].append(invoice.id)
-            if invoice.reason == "cycle":
-                billed.cycles[invoice.subscription].add(invoice.period_start)
-                billed.cycle_numbers[(invoice.subscription, invoice.period_start)] = invoice.number or invoice.id
-            for line in invoice.lines:
-                if line.key is not None:
-                    key = parse_line_key(line.key)
-                    billed.by_key[key] += line.amount
-                    billed.quantity[key] += line.quantity or _ZERO
-                    billed.numbers[key].append(invoice.number or invoice.id)
-                    billed.keyed[invoice.subscription].append((key, line))
-                if line.grant is not None:
-                    billed.drawn[parse_grant_key(line.grant)] -= line.amount
-                if line.kind in ("usage", "adjustment") and line.meter is not None:
-                    billed.usage[invoice.subscription].append(line)
-        return billed
 
 
 @dataclass
@@ -859,11 +803,11 @@ def _assemble(snapshot: Snapshot, draft: _Draft, rated: list[tuple[_Charge, _Rat
             )
         )
 
-    lines += _commit_lines(sub, draft, billed, lines)
-    lines += _discount_lines(sub, draft, lines, money)
+    lines += commit_lines(sub, draft.period, draft.arrears, draft.reason, billed, lines)
+    lines += discount_lines(sub, draft.period, draft.reason, lines, money)
     lines = [msgspec.structs.replace(line, amount=money(line.amount)) for line in lines]
     subtotal = sum((line.amount for line in lines), money(_ZERO))
-    lines += [msgspec.structs.replace(line, amount=money(line.amount)) for line in _credit_lines(sub, lines, billed)]
+    lines += [msgspec.structs.replace(line, amount=money(line.amount)) for line in credit_lines(sub, lines, billed)]
     total = sum((line.amount for line in lines), money(_ZERO))
     tz = ZoneInfo(draft.tz)
     arrears = draft.arrears
@@ -885,149 +829,4 @@ def _assemble(snapshot: Snapshot, draft: _Draft, rated: list[tuple[_Charge, _Rat
         usage_end=arrears.end if arrears else None,
         usage_period=f"{arrears.start.astimezone(tz):%Y-%m}" if arrears else None,
         basis=sorted(billed.finalized.get(sub.id, [])),
-    )
-
-
-def _commit_lines(sub: Subscription, draft: _Draft, billed: Billed, lines: list[InvoiceLine]) -> list[InvoiceLine]:
-    """Prepaid commits bought and postpaid shortfalls billed.
-
-    A prepaid commit is bought on the invoice of the cycle it starts in; a postpaid commit's shortfall is billed
-    on the invoice whose usage period its term ends in, when the contract says so.
-    """
-    out = []
-    for commit in sub.commits:
-        starts_here = draft.period.start <= commit.start < draft.period.end
-        if commit.kind == "prepaid" and draft.reason == "cycle" and starts_here:
-            key = CommitKey(sub.id, "commit", commit.id)
-            due = commit.amount - billed.by_key.get(key, _ZERO)
-            if due:
-                out.append(
-                    InvoiceLine(
-                        kind="commit",
-                        description=f"prepaid commit {commit.id}",
-                        amount=due,
-                        period_start=commit.start,
-                        period_end=commit.end,
-                        key=key.text(),
-                    )
-                )
-        arrears = draft.arrears
-        if (
-            commit.kind == "postpaid"
-            and commit.unused == "billed"
-            and draft.reason == "cycle"
-            and arrears
-            and arrears.start < commit.end <= arrears.end
-        ):
-            spent = sum((line.amount for line in billed.usage.get(sub.id, []) if _applies(commit, line)), _ZERO)
-            spent += sum(
-                (
-                    line.amount
-                    for line in lines
-                    if line.kind in ("usage", "adjustment") and line.meter is not None and _applies(commit, line)
-                ),
-                _ZERO,
-            )
-            key = CommitKey(sub.id, "shortfall", commit.id)
-            shortfall = max(commit.amount - spent, _ZERO) - billed.by_key.get(key, _ZERO)
-            if shortfall:
-                out.append(
-                    InvoiceLine(
-                        kind="shortfall",
-                        amount=shortfall,
-                        key=key.text(),
-                        period_start=commit.start,
-                        period_end=commit.end,
-                        description=f"commit {commit.id}: {commit.amount} committed, {spent} spent",
-                    )
-                )
-    return out
-
-
-def _discount_lines(
-    sub: Subscription, draft: _Draft, lines: list[InvoiceLine], money: Callable[[Decimal], Decimal]
-) -> list[InvoiceLine]:
-    """Discounts active at the start of the invoice's period.
-
-    Discounts active at the start of the invoice's period: on one price's lines first, then on the invoice (which
-    then sees the price discounts). A fixed amount is taken on cycle invoices only, so a threshold invoice in the
-    same cycle does not take it twice.
-    """
-    out: list[InvoiceLine] = []
-    at = draft.period.start
-    active = [
-        d
-        for d in sub.discounts
-        if d.start <= at and (d.end is None or at < d.end) and (d.percent is not None or draft.reason == "cycle")
-    ]
-    for d in sorted(active, key=lambda d: d.price is None):
-        targets = [line for line in lines if line.price == d.price] if d.price else [*lines, *out]
-        base = sum((line.amount for line in targets), _ZERO)
-        if base <= 0:
-            continue
-        off = money(base * d.percent / 100) if d.percent is not None else min(d.amount or _ZERO, base)
-        what = f"{d.percent}% off" if d.percent is not None else f"{d.amount} off"
-        on = f"price {d.price}" if d.price else "the invoice"
-        # The base is said, so that the amount follows from the line: percent x base, or the amount (at most base).
-        out.append(
-            InvoiceLine(
-                kind="discount",
-                description=f"discount {d.id}: {what} {on} (of {base})",
-                amount=-off,
-                period_start=draft.period.start,
-                period_end=draft.period.end,
-                price=d.price,
-            )
-        )
-    return out
-
-
-def _credit_lines(sub: Subscription, lines: list[InvoiceLine], billed: Billed) -> list[InvoiceLine]:
-    """Credits and prepaid commits pay usage lines, lowest priority first, then the one expiring first."""
-    grants: list[Commit | Credit] = [*sub.credits, *(c for c in sub.commits if c.kind == "prepaid")]
-    grants.sort(key=lambda g: (g.priority, g.end, g.id))
-    # What is left to pay of each usage line once its price's discounts (all of them) are taken off.
-    off: dict[str | None, Decimal] = defaultdict(Decimal)
-    for line in lines:
-        if line.kind == "discount" and line.price:
-            off[line.price] -= line.amount
-    payable: list[InvoiceLine] = []
-    due: list[Decimal] = []
-    for line in lines:
-        if line.kind in ("usage", "adjustment") and line.meter is not None and line.amount > 0:
-            discounted = min(line.amount, off[line.price])
-            off[line.price] -= discounted
-            payable.append(line)
-            due.append(line.amount - discounted)
-    out = []
-    for grant in grants:
-        drawn_on = GrantKey(sub.id, grant.id)
-        remaining = grant.amount - billed.drawn.get(drawn_on, _ZERO)
-        for i, line in enumerate(payable):
-            if remaining <= 0 or due[i] <= 0 or not _applies(grant, line):
-                continue
-            take = min(due[i], remaining)
-            due[i] -= take
-            remaining -= take
-            # What the grant had left is said, so that the amount follows from the line: min(due, left).
-            out.append(
-                InvoiceLine(
-                    kind="credit",
-                    description=f"{type(grant).__name__.lower()} {grant.id} applied to "
-                    f"{line.price} ({remaining + take} left of {grant.amount})",
-                    amount=-take,
-                    period_start=line.period_start,
-                    period_end=line.period_end,
-                    price=line.price,
-                    grant=drawn_on.text(),
-                )
-            )
-    return out
-
-
-def _applies(grant: Commit | Credit, line: InvoiceLine) -> bool:
-    return (
-        (not grant.applies_to or line.price in grant.applies_to)
-        and line.period_start < grant.end
-        and grant.start < line.period_end
     )
