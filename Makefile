@@ -25,7 +25,7 @@ system-deps: ## Debian packages the build needs (libclang for RocksDB's bindings
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq clang libclang-dev; \
 	fi
 
-$(VENV)/.deps: requirements-dev.txt
+$(VENV)/.deps: requirements.txt requirements-dev.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@
