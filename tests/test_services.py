@@ -10,7 +10,7 @@ import pytest
 from meter import services
 from meter.catalog.billing import Customer
 from meter.catalog.keys import KeyStore
-from meter.services import EVERY_PART, OpenFailed, Part, StoreUnavailable, Stores, storage_full
+from meter.services import EVERY_PART, OpenFailed, Part, Stores, StoreUnavailable, storage_full
 
 
 def reopenable(data: Path, *parts: Part) -> None:
@@ -29,7 +29,7 @@ def test_open_everything_then_close(tmp_path: Path) -> None:
         assert all(stores.has(p) for p in EVERY_PART) and stores.degraded is None
     assert sorted(p.name for p in data.iterdir()) == ["billing", "catalog", "invoices", "usage"]
     with pytest.raises(RuntimeError, match="closed"):
-        stores.keys
+        _ = stores.keys
     stores.close()  # idempotent
     reopenable(data, *EVERY_PART)
 
@@ -40,9 +40,9 @@ def test_open_only_what_is_asked(tmp_path: Path) -> None:
         assert [t.id for t in stores.keys.list_tenants()] == []
         assert not stores.has(Part.USAGE)
         with pytest.raises(RuntimeError, match="usage store .* was not opened"):
-            stores.engine
+            _ = stores.engine
         with pytest.raises(RuntimeError, match="not opened"):
-            stores.invoicer
+            _ = stores.invoicer
     assert [p.name for p in data.iterdir()] == ["catalog"]
 
 
@@ -123,7 +123,7 @@ def test_degraded_records_a_store_that_cannot_open(tmp_path: Path) -> None:
     with Stores.open_degraded(data, "read-only file system at startup") as stores:
         assert list(stores.failures) == [Part.INVOICES]
         with pytest.raises(StoreUnavailable):
-            stores.invoices
+            _ = stores.invoices
         assert stores.has(Part.KEYS) and stores.has(Part.BILLING)
 
 
