@@ -13,8 +13,9 @@ network failure the ``httpx`` error. Meters come back as ``meter.schemas`` Struc
 and invoices as the server's JSON (``dict``s: strings for amounts and times, exactly as sent), because their types
 live in server-side modules (RocksDB stores) that the SDK must not import.
 
-Invariants: the SDK imports nothing of the server, the stores or ``meter._core``; every path segment it builds from
-an id is percent-encoded (an id may hold ``/``); an ``ingest`` retry re-sends the same bytes.
+Invariants: this module imports only ``meter.exceptions`` and ``meter.schemas`` of meter (nothing of the server,
+the stores or the engine); every path segment it builds from an id is percent-encoded (an id with ``/``, ``?``,
+``#`` or a space cannot change the route); an ``ingest`` retry re-sends the same bytes.
 """
 
 from __future__ import annotations
@@ -177,7 +178,9 @@ class Client:
     """Thread-safe client.
 
     ``send`` queues an event; a background thread sends batches of up to ``batch_size`` events at least every
-    ``flush_interval`` seconds. ``ingest`` sends a batch now and returns its result.
+    ``flush_interval`` seconds. ``ingest`` sends a batch now and returns its result. The other public methods call
+    one route each (tenants and keys, meters and usage, the billing catalog, invoices), once, waiting at most
+    ``timeout`` seconds: see the module's docstring.
     """
 
     def __init__(
