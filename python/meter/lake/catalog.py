@@ -81,6 +81,8 @@ PRICE_FIELDS = (
 )
 #: A price's model parameters, kept together as the JSON text of ``prices.parameters`` (only those set).
 PRICE_PARAMETERS = ("tiers", "package", "percentage", "matrix")
+#: Every time in the snapshot: UTC microseconds, whatever offset the catalog stored it with.
+_TIME = pa.timestamp("us", tz="UTC")
 #: The catalog's tables, in the order they are written.
 TABLES = ("customers", "prices", "subscriptions", "meters")
 
@@ -274,7 +276,8 @@ def _prices_table(catalog: BillingCatalog, tenant: str) -> pa.Table:
                 parameters = {k: getattr(price, k) for k in PRICE_PARAMETERS if getattr(price, k) is not None}
                 row["parameters"] = msgspec.json.encode(parameters).decode()
                 prices.append(row)
-    return pa.Table.from_pylist(prices)
+    table = pa.Table.from_pylist(prices)
+    return table.set_column(2, "effective_from", table.column(2).cast(_TIME)) if prices else table
 
 
 def _rows_table(values: list[bytes], row: type[msgspec.Struct]) -> pa.Table:
@@ -282,12 +285,13 @@ def _rows_table(values: list[bytes], row: type[msgspec.Struct]) -> pa.Table:
     joined = b"[" + b",".join(values) + b"]"
     # list[row] is built at run time from the row type given, which a static type cannot name.
     rows = msgspec.json.decode(joined, type=list[row]) if values else []  # type: ignore[valid-type]
-    columns = {}
-    for name in row.__struct_fields__:
-        found = [getattr(r, name) for r in rows]
-        if found and isinstance(found[0], msgspec.Raw):
+    columns: dict[str, Any] = {}
+    for field in msgspec.structs.fields(row):
+        found = [getattr(r, field.name) for r in rows]
+        if field.type is msgspec.Raw:
             found = [None if bytes(v) == b"null" else bytes(v).decode() for v in found]
-        columns[name] = found
+        # Times in UTC whatever offset each was stored with (inferred, the column would take the first one's).
+        columns[field.name] = pa.array(found, _TIME) if field.type in (datetime, datetime | None) else found
     return pa.Table.from_pydict(columns) if rows else pa.table({})
 
 
