@@ -256,7 +256,7 @@ def test_the_snapshot_built_in_memory_equals_the_one_read_back(engine: Engine, t
     out = tmp_path / "out"
     try:
         for _ in range(2):  # written, then unchanged (the files serve as they are)
-            fresh = catalog.refresh_snapshot(billing, engine, "acme", out)
+            fresh = catalog.snapshot_of("acme", catalog.refresh_catalog(billing, engine, "acme", out))
             read = catalog.load_snapshot(out, "acme")
             assert (fresh.prices, fresh.meters) == (read.prices, read.meters)
             assert_frame_equal(fresh.customer_table, read.customer_table)
@@ -278,7 +278,7 @@ def test_an_empty_tenant_has_an_empty_snapshot(engine: Engine, tmp_path: Path) -
         assert (summary.files, summary.rows) == (4, 0)
         for snapshot in (
             catalog.load_snapshot(out, "nobody"),
-            catalog.refresh_snapshot(billing, engine, "nobody", out),
+            catalog.snapshot_of("nobody", catalog.refresh_catalog(billing, engine, "nobody", out)),
         ):
             assert (snapshot.prices, snapshot.meters, snapshot.customers, snapshot.subscriptions) == ({}, {}, {}, [])
             assert snapshot.subscription_table.height == 0 and "start" in snapshot.subscription_table.columns

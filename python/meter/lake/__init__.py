@@ -6,7 +6,7 @@ write and its read:
 
 - :mod:`~meter.lake.usage`: each meter's per-minute usage per customer and day (``export_usage``, ``scan``);
 - :mod:`~meter.lake.events`: the raw events, the long-term record retention relies on (``export_events``, ``scan``);
-- :mod:`~meter.lake.catalog`: the catalog snapshot pricing works from (``export_catalog``, ``refresh_snapshot``,
+- :mod:`~meter.lake.catalog`: the catalog snapshot pricing works from (``export_catalog``, ``refresh_catalog``,
   ``load_snapshot``, ``read_meters``);
 - :mod:`~meter.lake.invoices`: invoices, lines and credit notes, derived from the invoices store
   (``export_invoices``, ``FreshWriter``, ``read_invoices``).

@@ -21,11 +21,13 @@ each, so that a million subscriptions cost one decode.
 Invariants:
 
 - Pricing never reads the live catalog or RocksDB: an invoice is a function of these files, which a finance team can
-  keep. :func:`refresh_snapshot` (the invoice run's way in) writes them and returns the :class:`Snapshot` built from
-  the very tables it wrote, in memory, rather than reading them back; :func:`load_snapshot` reads them, and both give
-  the same snapshot.
+  keep. :func:`refresh_catalog` (the invoice run's way in) writes them and returns the very tables it wrote, in
+  memory, rather than reading them back, and :func:`snapshot_of` makes the :class:`Snapshot` of them;
+  :func:`load_snapshot` reads the files, and both give the same snapshot.
 - The manifest keeps the catalog's sequence number the files reflect, written after them: while nothing was written
   to the catalog since, only ``meters`` (the engine's) is written again, and the other files serve as they are.
+- Times are UTC microseconds whatever offset the catalog stored them with (a column inferred from its values would
+  take the first one's offset, which polars cannot read).
 - Every file is replaced atomically (:mod:`meter.lake.files`).
 - What the catalog stored is read as stored (:func:`meter.catalog.types.trusted`): rating refuses, by name, a price
   stored before the catalog checked it, instead of the read failing for the whole tenant.
@@ -62,7 +64,7 @@ __all__ = [
     "export_catalog",
     "load_snapshot",
     "read_meters",
-    "refresh_snapshot",
+    "refresh_catalog",
     "snapshot_of",
 ]
 
@@ -199,17 +201,18 @@ def export_catalog(catalog: BillingCatalog, engine: Engine, tenants: list[str], 
     return summary
 
 
-def refresh_snapshot(catalog: BillingCatalog, engine: Engine, tenant: str, out: Path) -> Snapshot:
-    """Exports the tenant's snapshot (as :func:`export_catalog`) and returns it, from the tables just written.
+def refresh_catalog(catalog: BillingCatalog, engine: Engine, tenant: str, out: Path) -> CatalogTables:
+    """Exports one tenant's snapshot (as :func:`export_catalog`) and returns its tables, as written.
 
-    When the catalog is unchanged since the files were written, those files are the snapshot and are read; the
-    meters (the engine's) are always taken from memory.
+    The tables just written are returned from memory, not read back. When the catalog is unchanged since the files
+    were written, those files are the snapshot and are read (they are the cache of the catalog's decoding); the
+    meters (the engine's) are always taken from memory. :func:`snapshot_of` turns the tables into the snapshot.
     """
     meters, written = _export_tenant(catalog, engine, tenant, out, catalog.sequence(), ExportSummary())
     if written is None:
         kept = {name: _read(out, tenant, name) for name in ("customers", "prices", "subscriptions")}
         written = CatalogTables(meters=meters, **kept)
-    return snapshot_of(tenant, written)
+    return written
 
 
 def _export_tenant(
@@ -310,7 +313,7 @@ def read_meters(out: Path, tenant: str, columns: list[str] | None = None) -> pl.
 
 
 def snapshot_of(tenant: str, tables: CatalogTables) -> Snapshot:
-    """The snapshot the tables hold, whether just built (:func:`refresh_snapshot`) or read (:func:`load_snapshot`)."""
+    """The snapshot the tables hold, whether just built (:func:`refresh_catalog`) or read (:func:`load_snapshot`)."""
     # What the catalog stored is read as stored: rating refuses, by name, a price stored before the catalog checked
     # it, instead of this read failing for the whole tenant.
     with trusted():

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from meter.catalog.billing import BillingCatalog
 from meter.engine import Engine
-from meter.lake.catalog import Snapshot, export_catalog, refresh_snapshot
+from meter.lake.catalog import Snapshot, export_catalog, refresh_catalog, snapshot_of
 from meter.lake.events import export_events
 from meter.lake.files import ExportSummary
 from meter.lake.invoices import export_invoices
@@ -141,5 +141,7 @@ class Invoicer:
             export_usage(self.engine, [tenant], self.out)
         with step("export_events"):
             export_events(self.engine, [tenant], self.out)
-        with step("export_catalog"):  # the snapshot is the tables it writes, not read back
-            return refresh_snapshot(self.catalog, self.engine, tenant, self.out)
+        with step("export_catalog"):
+            tables = refresh_catalog(self.catalog, self.engine, tenant, self.out)
+        with step("snapshot"):  # from the tables written, not read back
+            return snapshot_of(tenant, tables)
