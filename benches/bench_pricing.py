@@ -110,7 +110,7 @@ def prices() -> dict[str, dict[str, dict[str, Any]]]:
 
 def price_objects() -> list[Price]:
     return [
-        msgspec.convert({"id": f"{plan}/{meter}", "currency": "USD", "meter": meter, **spec}, Price)
+        msgspec.convert({"id": f"{plan}-{meter}", "currency": "USD", "meter": meter, **spec}, Price)
         for plan, by_meter in prices().items()
         for meter, spec in by_meter.items()
     ]
@@ -123,7 +123,7 @@ def plan_prices() -> pl.DataFrame:
             "plan": plan,
             "slot": slot,
             "meter": meter,
-            "price_id": f"{plan}/{meter}",
+            "price_id": f"{plan}-{meter}",
             "dimensions": ["model"] if meter == "input_tokens" else None,
         }
         for plan in PLANS
