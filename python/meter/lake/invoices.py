@@ -16,6 +16,8 @@ Invariants:
   (moved into place, or merged a row group at a time with the rows it decodes from the store) instead of reading a
   million invoices back and decoding them one by one, and removes the directory.
 - Every file is replaced atomically (:mod:`meter.lake.files`).
+- The lake sits below invoicing: this module imports the invoice types and ``Fresh`` from the invoices store's module
+  (which imports nothing of the lake), and never the invoicing run or the invoicer, which import it.
 
 Write: :func:`export_invoices`, :class:`FreshWriter`. Read: :func:`read_invoices` (the three tables of a tenant).
 """
