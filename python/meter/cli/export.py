@@ -28,7 +28,8 @@ def export(data_dir: Path, out: Path, tenants: tuple[str, ...]) -> None:
 
     From a data directory that no server is running on.
     """
-    from meter.export import export_usage
+    from meter.lake import layout
+    from meter.lake.usage import export_usage
     from meter.services import OpenFailed, Part, Stores
 
     try:
@@ -53,7 +54,7 @@ def export(data_dir: Path, out: Path, tenants: tuple[str, ...]) -> None:
         except MeterError as e:
             raise click.ClickException(f"{e} (is `meter serve` running on {data_dir}?)") from None
     click.echo(
-        f"exported {summary.rows} usage rows in {summary.files} files to {out / 'usage'} "
-        f"({summary.unchanged} days unchanged), {raw} new raw events to {out / 'events'}, "
-        f"and the catalog and invoices of {len(names)} tenants to {out / 'catalog'} and {out / 'invoices'}"
+        f"exported {summary.rows} usage rows in {summary.files} files to {layout.usage_root(out)} "
+        f"({summary.unchanged} days unchanged), {raw} new raw events to {layout.events_root(out)}, and the catalog "
+        f"and invoices of {len(names)} tenants to {layout.catalog_root(out)} and {layout.invoices_root(out)}"
     )
