@@ -22,7 +22,7 @@ from meter import Engine
 from meter.billing.usage import meter_aggregations, period_quantities
 from meter.catalog.prices import Price
 from meter.exceptions import InvalidInput
-from meter.export import export_usage
+from meter.lake.usage import export_usage
 from meter.pricing import combination_key, price_frame, rate
 
 D = Decimal

@@ -6,7 +6,7 @@ acknowledged before the call. One lock serialises everything that writes into th
 export and the runs); the store has its own per-tenant lock for numbering. The desk computes no amount itself
 (rounding is invoicing's: half to even, to each currency's minor unit, once per line).
 
-The invoices store is the source of truth; the invoices export (``invoices/tenant=<t>/*.parquet``) is derived from it.
+The invoices store is the source of truth; the invoices export (:mod:`meter.lake.invoices`) is derived from it.
 Refreshing that export after a write is best effort: the write stands whatever happens to the export, a failure is
 reported as a warning (in the answer and on stderr) and the next write or export tries again. Whatever the store
 holds can be exported: values that could not be are refused before they are stored.
@@ -24,8 +24,12 @@ from meter.billing.invoices import CreditNote, Fresh, Invoice, InvoiceRun, Invoi
 from meter.billing.invoicing import bill_thresholds, invoice_period, upcoming_invoices
 from meter.catalog.billing import BillingCatalog
 from meter.engine import Engine
-from meter.export import ExportSummary, export_catalog, export_events, export_invoices, export_usage
-from meter.pricing.snapshot import Snapshot, load_snapshot
+from meter.lake.catalog import Snapshot, export_catalog, refresh_catalog, snapshot_of
+from meter.lake.events import export_events
+from meter.lake.files import ExportSummary
+from meter.lake.invoices import export_invoices
+from meter.lake.layout import invoices_root
+from meter.lake.usage import export_usage
 from meter.pricing.steps import step
 
 __all__ = ["Invoicer"]
@@ -126,7 +130,7 @@ class Invoicer:
             export_invoices(self.store, [tenant], self.out, {tenant: fresh} if fresh is not None else None)
         except Exception as e:  # noqa: BLE001 - the export is derived; it must never undo or hide the write
             message = (
-                f"the change was saved, but the invoices export under {self.out / 'invoices'} could not be "
+                f"the change was saved, but the invoices export under {invoices_root(self.out)} could not be "
                 f"refreshed ({type(e).__name__}: {e}); the next invoicing call or export retries it"
             )
             print(f"meter: tenant {tenant!r}: {message}", file=sys.stderr, flush=True)
@@ -140,6 +144,6 @@ class Invoicer:
         with step("export_events"):
             export_events(self.engine, [tenant], self.out)
         with step("export_catalog"):
-            export_catalog(self.catalog, self.engine, [tenant], self.out)
-        with step("snapshot"):
-            return load_snapshot(self.out, tenant)
+            tables = refresh_catalog(self.catalog, self.engine, tenant, self.out)
+        with step("snapshot"):  # from the tables written, not read back
+            return snapshot_of(tenant, tables)

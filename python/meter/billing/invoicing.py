@@ -79,12 +79,13 @@ from meter.catalog.billing import Subscription
 from meter.catalog.prices import Price
 from meter.catalog.types import trusted
 from meter.exceptions import InvalidInput, MeterError, NotFound
-from meter.export import FreshWriter
+from meter.lake.catalog import Snapshot
+from meter.lake.invoices import FreshWriter
+from meter.lake.layout import events_cited
 from meter.pricing.charges import price_frame
 from meter.pricing.money import round_to_minor_unit
 from meter.pricing.rating import rate
 from meter.pricing.schema import CHARGES_SCHEMA
-from meter.pricing.snapshot import Snapshot
 from meter.pricing.steps import step
 
 __all__ = ["Priced", "bill_thresholds", "invoice_period", "parse_month", "upcoming_invoices"]
@@ -292,7 +293,7 @@ def _save_batch(store: InvoiceStore, out: Path, tenant: str, batch: Batch) -> tu
     subscriptions whose drafts the columnar texts could not write (for the per-subscription path). The drafts skip
     the write-ahead log and are made durable by one flush at the end, whatever happens.
     """
-    writer = FreshWriter(out / "invoices" / f"tenant={tenant}" / ".run")
+    writer = FreshWriter(out, tenant)
     found: list[pl.DataFrame] = []
     left: set[str] = set()
     try:
@@ -772,7 +773,7 @@ def _assemble(snapshot: Snapshot, draft: _Draft, rated: list[tuple[_Charge, _Rat
             spec = snapshot.meters.get(meter)
             event_type = spec.event_type if spec else "?"
             events = (
-                f"events/tenant={snapshot.tenant}: type = {event_type!r}, subject = {sub.customer!r}, "
+                f"{events_cited(snapshot.tenant)}: type = {event_type!r}, subject = {sub.customer!r}, "
                 f"time in [{charge.start.isoformat()}, {charge.measured_to.isoformat()})"
             )
         price, model = (
