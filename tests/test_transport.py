@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import meter.server.app as app_module
+import meter.server.compression as app_module
 import pytest
 import zstandard
 from conftest import body
