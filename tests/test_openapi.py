@@ -15,6 +15,7 @@ import inspect
 import json
 import re
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,12 @@ def asgi(app: MeterApp, method: str, path: str, **request: Any) -> tuple[int, by
         "query_string": urlencode(request.get("query", {}), doseq=True).encode(),
         "headers": [(k.encode(), v.encode()) for k, v in request.get("headers", {}).items()],
     }
-    asyncio.run(app.http(scope, receive, send))
+
+    async def run() -> None:
+        request.get("loop_thread", []).append(threading.current_thread())
+        await app.http(scope, receive, send)
+
+    asyncio.run(run())
     return int(messages[0]["status"]), bytes(messages[1]["body"])
 
 
@@ -209,8 +215,39 @@ def sample(op: dict[str, Any], path: str) -> tuple[str, dict[str, str], bytes]:
     return path, query, json.dumps(content["example"]).encode() if "example" in content else b""
 
 
-def test_every_documented_operation_is_served(tmp_path: Path, document: dict[str, Any]) -> None:
-    """A request per operation (with a key it may use) reaches its handler: no routing 404 or 405, no 5xx."""
+class OffTheLoop:
+    """A store whose every call must run off the event loop's thread (on the app's pool).
+
+    `failure()` and `stats()` are exempt: they read the engine's in-memory state (under the GIL, never a disk), and
+    `/readyz` and `/metrics` must answer even while the pool is saturated.
+    """
+
+    EXEMPT = frozenset({"failure", "stats"})
+
+    def __init__(self, store: Any, loop_thread: list[threading.Thread], calls: list[str]) -> None:
+        self.store, self.loop_thread, self.calls = store, loop_thread, calls
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.store, name)
+        if not callable(attr) or name in self.EXEMPT:
+            return attr
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            assert threading.current_thread() not in self.loop_thread, f"{name}() ran on the event loop"
+            self.calls.append(name)
+            return attr(*args, **kwargs)
+
+        return guarded
+
+
+def test_every_documented_operation_is_served_and_its_store_calls_run_off_the_event_loop(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    """A request per operation (with a key it may use) reaches its handler: no routing 404 or 405, no 5xx.
+
+    Every store (engine, keys, catalog, invoices, invoicer) is wrapped so that a call made on the event loop's thread
+    fails the request (a 500), and each operation that is not a probe must have made at least one store call.
+    """
     app = MeterApp(tmp_path / "data")
     app.startup()
     try:
@@ -218,19 +255,35 @@ def test_every_documented_operation_is_served(tmp_path: Path, document: dict[str
         operator, _ = app.keys.create_key(None, ["admin"])
         app.keys.create_tenant("acme")
         tenant, _ = app.keys.create_key("acme", ["ingest", "read", "export", "admin"])
+        loop_thread: list[threading.Thread] = []
+        calls: list[str] = []
+        for name in ("engine", "keys", "billing", "invoices", "invoicer"):
+            setattr(app, name, OffTheLoop(getattr(app, name), loop_thread, calls))
         # Deletions last, so that what the others name exists where it can.
         ops = sorted(documented(document).items(), key=lambda item: item[0][0] == "delete")
         for (method, path), op in ops:
             url, query, body = sample(op, path)
             key = operator if path.startswith("/v1/admin/") or path == "/metrics" else tenant
+            calls.clear()
             status, answer = asgi(
-                app, method.upper(), url, query=query, body=body, headers={"authorization": f"Bearer {key}"}
+                app,
+                method.upper(),
+                url,
+                query=query,
+                body=body,
+                headers={"authorization": f"Bearer {key}"},
+                loop_thread=loop_thread,
             )
             where = f"{method.upper()} {url}: {status} {answer[:300]!r}"
             assert status != 405 and status < 500, where
             assert status != 404 or not json.loads(answer)["message"].startswith("no route"), where
             assert str(status) in op["responses"], where
+            if op.get("security"):
+                assert calls[0] == "authenticate" and len(calls) > 1 or path == "/metrics", f"{where}: calls {calls}"
     finally:
+        for name in ("engine", "keys", "billing", "invoices", "invoicer"):
+            if isinstance(store := getattr(app, name), OffTheLoop):
+                setattr(app, name, store.store)
         app.shutdown()
 
 
