@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from conftest import T0, body, event
 from meter import Engine, InvalidInput
 from meter.export import export_events, export_usage
-from meter.server.app import MeterApp, engine_options_from_env
+from meter.server.app import MeterApp
+from meter.server.lifecycle import engine_options_from_env
 
 DAY = timedelta(days=1)
 TOKENS = {
