@@ -35,8 +35,8 @@ from meter.catalog.keys import KeyStore
 from meter.engine import Engine
 from meter.pricing.invoicer import Invoicer
 from meter.pricing.invoices import InvoiceStore
-from meter.server import compression, lifecycle, metrics
 from meter.server.auth import authorize
+from meter.server.compression import decompress
 from meter.server.context import Unavailable
 from meter.server.errors import ApiError, answer_of
 from meter.server.http import (
@@ -51,7 +51,8 @@ from meter.server.http import (
     send_answer,
 )
 from meter.server.inputs import decode
-from meter.server.lifecycle import admin_key_message, engine_options_from_env
+from meter.server.lifecycle import admin_key_message, close_quietly, engine_options_from_env, open_or_degrade
+from meter.server.metrics import render
 from meter.server.openapi import openapi
 from meter.server.router import Compiled, Router
 from meter.server.routes import BENCH_ROUTES, ROUTES
@@ -113,7 +114,7 @@ class MeterApp:
 
     def metrics(self) -> str:
         exports = self.scheduler.exports_done if self.scheduler else 0
-        return metrics.render(self.responses, self.engine, exports)
+        return render(self.responses, self.engine, exports)
 
     def openapi_json(self) -> bytes:
         if self._openapi_json is None:  # built once: generating the schemas would cost every request on the loop
@@ -146,7 +147,7 @@ class MeterApp:
     def startup(self) -> None:
         """Open the stores (degraded on a full or read-only disk), then start the export scheduler if asked."""
         export_dir = self.export[0] if self.export else self.data_dir / "export"
-        stores = lifecycle.start(self.data_dir, self.admin_key, self.engine_options, export_dir)
+        stores = open_or_degrade(self.data_dir, self.admin_key, self.engine_options, export_dir)
         self.keys, self.engine, self.billing = stores.keys, stores.engine, stores.billing
         self.invoices, self.invoicer, self.degraded = stores.invoices, stores.invoicer, stores.degraded
         if self.export and not self.degraded:
@@ -156,7 +157,7 @@ class MeterApp:
 
     def close_stores(self) -> None:
         for name in ("engine", "keys", "billing", "invoices"):
-            lifecycle.close_quietly(getattr(self, name))
+            close_quietly(getattr(self, name))
             setattr(self, name, None)
         self.invoicer = None
 
@@ -195,7 +196,7 @@ class MeterApp:
             body = await read_body(request, receive, self.max_body)
             encoding = content_encoding(request)
             if encoding in ("gzip", "zstd"):
-                body = await self.call(compression.decompress, encoding, body, self.max_body)
+                body = await self.call(decompress, encoding, body, self.max_body)
             request.body = body
         if route.body is not None:
             if route.body.accept:

@@ -2,8 +2,8 @@
 
 `open_stores` is the one function that opens the four stores of a data directory (the key store `catalog/`, the
 usage engine `usage/`, the billing catalog `billing/`, the invoices `invoices/`) and wires the invoicer over them;
-`start` wraps it with the degraded fallback. (`meter/services.py` is to take over the opening itself; the app will
-then call it from here.)
+`open_or_degrade` wraps it with the degraded fallback. (`meter/services.py` is to take over the opening itself;
+`open_stores` will then call it, and nothing else here changes.)
 
 Invariants:
 - Stores open once per process, in the ASGI lifespan's startup (never at import time, never across a fork), and
@@ -39,7 +39,7 @@ __all__ = [
     "engine_options_from_env",
     "open_degraded",
     "open_stores",
-    "start",
+    "open_or_degrade",
     "storage_full",
 ]
 
@@ -57,7 +57,7 @@ class Stores:
     degraded: str | None = None
 
 
-def start(data_dir: Path, admin_key: str | None, engine_options: dict[str, Any], export_dir: Path) -> Stores:
+def open_or_degrade(data_dir: Path, admin_key: str | None, engine_options: dict[str, Any], export_dir: Path) -> Stores:
     """The stores for serving `data_dir`: all of them, or (full or read-only disk) what opens read-only."""
     if admin_key is not None and not valid_checksum(admin_key):
         raise ValueError(admin_key_message())
