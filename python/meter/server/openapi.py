@@ -40,7 +40,8 @@ _ERRORS = {
     415: "Unsupported Content-Type or Content-Encoding",
     422: "An atomic batch held events that could not be applied, or a value overflowed; nothing was applied",
     429: "The ingest queue is full: retry after Retry-After seconds",
-    500: "Internal error; nothing was applied",
+    # Never "nothing was applied": a bug may strike after a write (see errors.INTERNAL_MESSAGE).
+    500: "Internal error (logged by the server); the request may have been applied: read the state back first",
     503: "The store has failed or is read-only (degraded); retry after Retry-After seconds",
 }
 #: Every keyed route can answer 400 (a header), 401, 403, 500 and 503.

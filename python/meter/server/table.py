@@ -14,8 +14,9 @@ A route declares:
 - its success status and body type (a msgspec type, or media types with schemas), and the error statuses beyond
   the ones every route of its kind can give (see `openapi.py`).
 
-Invariants (checked when a `Route` is made): every `{name}` in the path has its `PathParam` and no other; a path is
-plain ASCII letters, digits, `/`, `-`, `_`, `.` besides its parameters.
+Invariants (checked when a `Route` is made, a ValueError at import otherwise): every `{name}` in the path has its
+`PathParam` and no other; a path is plain ASCII letters, digits, `/`, `-`, `_`, `.` besides its parameters; every
+/v1/admin/ route has `"operator"` access (which `auth.py` enforces whatever the table says).
 """
 
 from __future__ import annotations
@@ -182,10 +183,14 @@ class Route:
 
     def __post_init__(self) -> None:
         segments = self.path.strip("/").split("/")
-        assert self.path.startswith("/") and all(_SEGMENT.fullmatch(s) for s in segments), f"bad path {self.path!r}"
+        if not (self.path.startswith("/") and all(_SEGMENT.fullmatch(s) for s in segments)):
+            raise ValueError(f"{self.path!r}: a path is /-separated segments of [A-Za-z0-9_.-] or {{name}}")
         names = [s[1:-1] for s in segments if s.startswith("{")]
         declared = [p.name for p in self.path_params]
-        assert names == declared, f"{self.method} {self.path}: path parameters {names}, declared {declared}"
+        if names != declared:
+            raise ValueError(f"{self.method} {self.path}: path parameters {names}, declared {declared}")
+        if self.path.startswith("/v1/admin/") and self.access != "operator":
+            raise ValueError(f"{self.method} {self.path}: every /v1/admin/ route is the operator's")
 
     @property
     def arguments(self) -> list[str]:
