@@ -25,19 +25,32 @@ system-deps: ## Debian packages the build needs (libclang for RocksDB's bindings
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq clang libclang-dev; \
 	fi
 
-$(VENV)/.deps: requirements-dev.txt
+$(VENV)/.deps: requirements.txt requirements-dev.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
+# Every cargo and maturin run holds this lock: clones that share CARGO_TARGET_DIR build one after the other instead of
+# breaking each other's build (maturin copies the library cargo just linked, which another clone's cargo may rewrite).
+LOCKED = mkdir -p $(CARGO_TARGET_DIR) && flock $(CARGO_TARGET_DIR)/.meter-build.lock
+EXTENSION := python/meter/_core.abi3.so
+RUST_SOURCES := Cargo.toml Cargo.lock $(shell find crates -name '*.rs' -o -name Cargo.toml)
+
+# The extension is rebuilt only when a Rust source changed, so a warm `make serve` starts the server in seconds. The
+# package itself is installed (editable: python/ is on the path) by the first build and again when pyproject.toml
+# changes; other builds only compile the extension in place.
+$(EXTENSION): $(VENV)/.deps pyproject.toml $(RUST_SOURCES)
+	$(LOCKED) env VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH \
+		maturin develop --release -q $$([ $(VENV)/bin/meter -nt pyproject.toml ] && echo --skip-install)
+	@touch $@ $(VENV)/bin/meter
+
 .PHONY: build
-build: system-deps $(VENV)/.deps ## Build the Rust engine into the virtualenv (release)
-	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH maturin develop --release -q
+build: system-deps $(EXTENSION) ## Build the Rust engine into the virtualenv (release), when a Rust source changed
 
 .PHONY: test
 test: lint build ## Lint, build, then run the Rust and Python test suites
 	$(call apt,command -v strace,strace)  # tests/test_outcome_unknown.py makes fsync fail with it
-	cargo test --release -p meter_core
+	$(LOCKED) cargo test --release -p meter_core
 	$(PY) -m pytest
 
 FUZZ_EXAMPLES ?= 200
@@ -107,5 +120,5 @@ lint: system-deps $(VENV)/.deps ## ruff (check, format --check), mypy --strict, 
 	$(VENV)/bin/ruff format --check python tests benches
 	$(VENV)/bin/mypy --strict  # the files are pyproject's [tool.mypy] files: python/meter
 	cargo fmt --all -- --check
-	cargo clippy --release -p meter_core --all-targets -- -D warnings
-	cargo clippy --release -p meter_core --features python -- -D warnings
+	$(LOCKED) cargo clippy --release -p meter_core --all-targets -- -D warnings
+	$(LOCKED) cargo clippy --release -p meter_core --features python -- -D warnings

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import finish, methodology  # noqa: E402
 from meter import Engine  # noqa: E402
-from meter.export import export_usage  # noqa: E402
+from meter.lake import layout  # noqa: E402
+from meter.lake.usage import export_usage  # noqa: E402
 
 MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet", "claude-haiku", "llama-70b"]
 
@@ -59,7 +60,7 @@ def main() -> None:
             "meter": "sum of tokens by model",
         },
         {
-            "export": "meter.export.export_usage, zstd Parquet, one file per tenant, meter and day",
+            "export": "meter.lake.usage.export_usage, zstd Parquet, one file per tenant, meter and day",
             "ceiling": "the same rows written to Parquet from one Arrow table in memory",
         },
     )
@@ -87,7 +88,7 @@ def main() -> None:
             again = export_usage(engine, ["bench"], work / "out")
             again_s = time.perf_counter() - began
 
-        table = ds.dataset(work / "out" / "usage", format="parquet", partitioning="hive").to_table()
+        table = ds.dataset(layout.usage_root(work / "out"), format="parquet", partitioning="hive").to_table()
         began = time.perf_counter()
         pq.write_table(table, work / "ceiling.parquet", compression="zstd")
         ceiling_s = time.perf_counter() - began

@@ -39,6 +39,7 @@ from bench_pricing import (
 from meter import Engine  # noqa: E402
 from meter.catalog.billing import BillingCatalog, Customer, Discount, Subscription  # noqa: E402
 from meter.catalog.prices import Price  # noqa: E402
+from meter.lake import layout  # noqa: E402
 from meter.pricing import steps  # noqa: E402
 from meter.pricing.invoicer import Invoicer  # noqa: E402
 from meter.pricing.invoices import InvoiceStore  # noqa: E402
@@ -210,7 +211,7 @@ def run(data: Path, profile: Path | None) -> dict[str, Any]:
             step_seconds["other_cpu"] = cpu - sum(v for k, v in step_seconds.items() if k.endswith("_cpu"))
             # Untimed checks, from the invoices export the run wrote (reading a million invoices back would take
             # longer than the run): one invoice per subscription, and the totals per currency.
-            exported = pl.read_parquet(data / "export" / "invoices" / f"tenant={TENANT}" / "invoices.parquet")
+            exported = pl.read_parquet(layout.invoices_file(data / "export", TENANT, "invoices"))
             totals = exported.group_by("currency").agg(pl.col("total").sum().cast(pl.String)).sort("currency")
             figures[name] = {
                 "seconds": seconds,
@@ -281,7 +282,7 @@ def main() -> None:
         if args.build_only:
             return
         shutil.rmtree(data / "invoices", ignore_errors=True)  # every timed run starts without invoices
-        shutil.rmtree(data / "export" / "invoices", ignore_errors=True)
+        shutil.rmtree(layout.invoices_root(data / "export"), ignore_errors=True)
         figures = child(data, args.profile)
     for name in ("first", "again"):
         f = figures[name]

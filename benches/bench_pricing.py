@@ -36,8 +36,10 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import finish, methodology  # noqa: E402
 from meter.catalog.prices import Price  # noqa: E402
+from meter.lake import layout  # noqa: E402
+from meter.lake.usage import scan  # noqa: E402
 from meter.pricing import price_frame, rate  # noqa: E402
-from meter.pricing.usage import period_quantities, usage_dir  # noqa: E402
+from meter.pricing.usage import period_quantities  # noqa: E402
 
 TENANT = "bench"
 MONTH, NEXT = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
@@ -108,7 +110,7 @@ def prices() -> dict[str, dict[str, dict[str, Any]]]:
 
 def price_objects() -> list[Price]:
     return [
-        msgspec.convert({"id": f"{plan}/{meter}", "currency": "USD", "meter": meter, **spec}, Price)
+        msgspec.convert({"id": f"{plan}-{meter}", "currency": "USD", "meter": meter, **spec}, Price)
         for plan, by_meter in prices().items()
         for meter, spec in by_meter.items()
     ]
@@ -121,7 +123,7 @@ def plan_prices() -> pl.DataFrame:
             "plan": plan,
             "slot": slot,
             "meter": meter,
-            "price_id": f"{plan}/{meter}",
+            "price_id": f"{plan}-{meter}",
             "dimensions": ["model"] if meter == "input_tokens" else None,
         }
         for plan in PLANS
@@ -214,12 +216,12 @@ def generate(out: Path, customers: int, rows_per_meter: int) -> int:
             ]
         )
         for (day_value,), part in frame.partition_by("day", as_dict=True, include_key=False).items():
-            path = usage_dir(out, TENANT, slug) / f"date={day_value:%Y-%m-%d}" / "part-0.parquet"
+            path = layout.usage_day_file(out, TENANT, slug, day_value)
             path.parent.mkdir(parents=True, exist_ok=True)
             pq.write_table(part.to_arrow().cast(schema), path, compression="zstd")
             written += part.height
-    catalog = out / "catalog" / f"tenant={TENANT}"
-    catalog.mkdir(parents=True, exist_ok=True)
+    meters = layout.catalog_file(out, TENANT, "meters")
+    meters.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(
         pa.Table.from_pylist(
             [
@@ -233,7 +235,7 @@ def generate(out: Path, customers: int, rows_per_meter: int) -> int:
                 for slug, agg in METERS.items()
             ]
         ),
-        catalog / "meters.parquet",
+        meters,
     )
     return written
 
@@ -332,22 +334,18 @@ def run_rating(out: Path, customers: int) -> dict[str, Any]:
     }
 
 
+def _scan(out: Path, slug: str) -> pl.LazyFrame:
+    usage = scan(out, TENANT, slug)
+    assert usage is not None, f"no usage generated for {slug}"
+    return usage
+
+
 def run_ceiling(out: Path) -> dict[str, Any]:
     """Reading the month's usage alone: every meter scanned (pruned to the month) and collected, every column."""
     baseline = peak_rss_mb()
     days = pl.date_range(date(2026, 10, 1), date(2026, 10, DAYS), eager=True)
     began = time.perf_counter()
-    frames = pl.collect_all(
-        [
-            pl.scan_parquet(
-                usage_dir(out, TENANT, slug),
-                hive_partitioning=True,
-                hive_schema={"date": pl.Date()},
-                hidden_file_prefix=[".", "_"],
-            ).filter(pl.col("date").is_in(days))
-            for slug in METERS
-        ]
-    )
+    frames = pl.collect_all([_scan(out, slug).filter(pl.col("date").is_in(days)) for slug in METERS])
     seconds = time.perf_counter() - began
     peak = peak_rss_mb()
     per_meter = {
@@ -419,8 +417,8 @@ def main() -> None:
             written = generate(out, args.customers, args.rows_per_meter)
             marker.write_text(workload)
             print(f"  {written:,} rows in {time.perf_counter() - began:.1f} s (untimed)", flush=True)
-        files = sum(1 for _ in (out / "usage").rglob("*.parquet"))
-        size_mb = sum(p.stat().st_size for p in (out / "usage").rglob("*.parquet")) / 2**20
+        files = sum(1 for _ in layout.usage_root(out).rglob("*.parquet"))
+        size_mb = sum(p.stat().st_size for p in layout.usage_root(out).rglob("*.parquet")) / 2**20
         rated = child("rate", out, args.customers)
         ceiling = child("ceiling", out, args.customers)
 

@@ -10,7 +10,7 @@ next). First the engine ingests at full speed until the store holds a window of 
 that phase's last third is the maximum it sustains), then the run paces batches at a fraction of it. Event times lie
 near now, and the windows (dedup, back-dating, retention, minute aggregates) are short, so that a steady state comes
 within the first quarter of the run; the settings the engine does not accept (yet) are listed as not in effect. The
-export runs in the engine's process as the server's scheduler runs it (`meter.export.export_events` every
+export runs in the engine's process as the server's scheduler runs it (`meter.lake.events.export_events` every
 `--export-every-s`), since retention drops only exported events; its Parquet files are deleted once written (a warehouse
 would take them), so that the data directory alone is measured. After the run the data directory is reopened in a fresh
 process to time the restart.
@@ -360,7 +360,7 @@ class Exporter(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        from meter.export import export_events
+        from meter.lake.events import export_events
 
         while not self.stopping.wait(self.every):
             t = time.perf_counter()
@@ -983,8 +983,8 @@ def print_methodology(args: argparse.Namespace, window: int, wanted: dict[str, i
             "duplicates": f"{RETRY_SHARE:.1%} whole batches re-sent up to {args.retry_age_s:.0f} s later + "
             f"{RESENT_PER_BATCH / BATCH:.1%} events of the previous batch re-sent",
             "event_times": "now, spread over 10 s",
-            "export": f"meter.export.export_events every {args.export_every_s:g} s in the engine's process (Parquet "
-            "deleted once written)",
+            "export": f"meter.lake.events.export_events every {args.export_every_s:g} s in the engine's process "
+            "(Parquet deleted once written)",
             "phases": f"{args.max_seconds:g} s at full speed (the maximum: its last third), "
             f"then {args.minutes:g} min at {args.rate_fraction:.0%} of it, paced; a sample every {args.interval:g} s",
             "generation_s": opened["generation_s"],

@@ -316,7 +316,7 @@ def test_ingesting_the_same_file_twice_counts_nothing_twice(server: Server, tmp_
 def test_derived_ids_are_the_file_hash_and_the_line(tmp_path: Path) -> None:
     import hashlib
 
-    from meter.cli import _read_events
+    from meter.cli.events import read_events as _read_events
 
     ndjson = tmp_path / "events.ndjson"
     # A JSON string may hold U+2028, a line break for str.splitlines() but not for NDJSON.

@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 from conftest import T0, body, event
 from meter import Engine
 from meter.catalog.billing import BillingCatalog, Customer
-from meter.export import export_catalog, export_usage
+from meter.lake.catalog import export_catalog
+from meter.lake.usage import export_usage
 
 NOW = T0 + timedelta(days=4)
 START, END = T0 - timedelta(days=30), T0 + timedelta(days=30)
@@ -102,7 +103,7 @@ def test_catalog_snapshot_keeps_prices_exact(engine: Engine, tmp_path: Path) -> 
     import msgspec
     from meter.catalog.billing import BillingCatalog, Customer, Subscription
     from meter.catalog.prices import Price
-    from meter.export import export_catalog
+    from meter.lake.catalog import export_catalog
 
     setup(engine)
     catalog = BillingCatalog(tmp_path / "billing")
@@ -135,7 +136,7 @@ def test_catalog_snapshot_keeps_prices_exact(engine: Engine, tmp_path: Path) -> 
 
 
 def test_raw_events_are_appended_commit_by_commit(engine: Engine, tmp_path: Path) -> None:
-    from meter.export import export_events
+    from meter.lake.events import export_events
 
     setup(engine)
     out = tmp_path / "export"

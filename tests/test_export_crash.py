@@ -18,7 +18,7 @@ import json, sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from meter import Engine
-from meter.export import export_usage
+from meter.lake.usage import export_usage
 
 data, out = Path(sys.argv[1]), Path(sys.argv[2])
 now = datetime(2026, 11, 23, tzinfo=timezone.utc)

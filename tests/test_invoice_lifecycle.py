@@ -23,7 +23,7 @@ from meter.catalog.billing import Commit, Credit, Customer, Discount, Subscripti
 from meter.catalog.types import trusted
 from meter.encoding import encode_json, plain
 from meter.exceptions import InvalidInput
-from meter.export import export_invoices
+from meter.lake.invoices import export_invoices
 from meter.pricing.invoices import Invoice, InvoiceLine, InvoiceStore
 from meter.pricing.money import round_to_minor_unit
 from test_invoicing import DEC, NOV, OCT, Desk, base_fee, per_unit, tokens

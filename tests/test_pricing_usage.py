@@ -21,7 +21,7 @@ from conftest import T0, body, event
 from meter import Engine
 from meter.catalog.prices import Price
 from meter.exceptions import InvalidInput
-from meter.export import export_usage
+from meter.lake.usage import export_usage
 from meter.pricing import combination_key, price_frame, rate
 from meter.pricing.usage import meter_aggregations, period_quantities
 

@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import T0, body, event
 from meter import Engine, InvalidInput
-from meter.export import export_events, export_usage
+from meter.lake.events import export_events
+from meter.lake.usage import export_usage
 from meter.server.app import MeterApp
 from meter.server.lifecycle import engine_options_from_env
 

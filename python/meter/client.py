@@ -4,6 +4,18 @@ Events are batched in the background (by count and by time), sent gzipped, and r
 and jitter on 429, 5xx and timeouts. A retry re-sends the same bytes, so the same event ids: the server counts each
 event once however often it arrives. Rejected events raise ``RejectedEvents`` (from ``ingest``, or from ``flush``
 and ``close`` for events queued with ``send``).
+
+``Client`` also speaks the rest of the HTTP API, one method per route (tenants and keys with the operator key;
+meters, usage, the billing catalog and invoices with a tenant key): this is the one HTTP client of the package, and
+the ``meter`` command line talks to the server only through it. Those calls are sent once, never retried (a create
+or an invoice run is not idempotent): an error answer raises ``ServerError`` (its status, code and message), a
+network failure the ``httpx`` error. Meters come back as ``meter.schemas`` Structs; tenants, keys, catalog items
+and invoices as the server's JSON (``dict``s: strings for amounts and times, exactly as sent), because their types
+live in server-side modules (RocksDB stores) that the SDK must not import.
+
+Invariants: this module imports only ``meter.exceptions`` and ``meter.schemas`` of meter (nothing of the server,
+the stores or the engine); every path segment it builds from an id is percent-encoded (an id with ``/``, ``?``,
+``#`` or a space cannot change the route); an ``ingest`` retry re-sends the same bytes.
 """
 
 from __future__ import annotations
@@ -14,16 +26,34 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 import msgspec
 
 from meter.exceptions import MeterError
-from meter.schemas import EventIssue, IngestResult
+from meter.schemas import CreatedMeter, EventIssue, IngestResult, Meter, MeterSpec
 
-__all__ = ["AsyncClient", "Client", "RejectedEvents", "RetryPolicy", "ServerError"]
+__all__ = [
+    "AsyncClient",
+    "CatalogKind",
+    "Client",
+    "JSONObject",
+    "RejectedEvents",
+    "RetryPolicy",
+    "ServerError",
+    "WindowSize",
+]
+
+#: An object of the server's JSON answer, as ``json`` decodes it (amounts and times stay strings).
+JSONObject = dict[str, Any]
+#: The collections of the billing catalog, as they appear in its routes (``/v1/<kind>``).
+CatalogKind = Literal["customers", "products", "plans", "subscriptions"]
+#: The windows usage can be cut into.
+WindowSize = Literal["minute", "hour", "day", "month"]
 
 
 class RejectedEvents(MeterError, ValueError):
@@ -126,6 +156,16 @@ def _why(response: httpx.Response | None, error: httpx.TransportError | None) ->
     return f"{type(error).__name__}: {error}"
 
 
+def _segment(value: str) -> str:
+    """An id as one path segment: ``/``, ``?``, ``#`` and the rest percent-encoded."""
+    return quote(value, safe="")
+
+
+def _time(value: datetime | str) -> str:
+    """A query time: a datetime as ISO 8601, a string as given (the server says what is wrong with it)."""
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
 def _gave_up(policy: RetryPolicy, started: float, last: str) -> MeterError:
     return MeterError(
         f"the batch was not acknowledged after {policy.attempts} attempts in "
@@ -138,7 +178,9 @@ class Client:
     """Thread-safe client.
 
     ``send`` queues an event; a background thread sends batches of up to ``batch_size`` events at least every
-    ``flush_interval`` seconds. ``ingest`` sends a batch now and returns its result.
+    ``flush_interval`` seconds. ``ingest`` sends a batch now and returns its result. The other public methods call
+    one route each (tenants and keys, meters and usage, the billing catalog, invoices), once, waiting at most
+    ``timeout`` seconds: see the module's docstring.
     """
 
     def __init__(
@@ -204,6 +246,164 @@ class Client:
             self.flush()
         finally:
             self._http.close()
+
+    # The rest of the API: one call per route, sent once (see the module's docstring).
+
+    def _call(self, method: str, path: str, body: Any = None, params: Any = None) -> Any:
+        """The decoded JSON of a successful answer; an error answer raises ``ServerError``."""
+        content, headers = None, None
+        if body is not None:
+            content, headers = msgspec.json.encode(body), {"content-type": "application/json"}
+        response = self._http.request(method, path, content=content, headers=headers, params=params)
+        if response.status_code >= 400:
+            raise ServerError.of(response)
+        return response.json()
+
+    # Tenants and keys (the operator key)
+
+    def create_tenant(self, tenant_id: str, name: str = "") -> JSONObject:
+        """``POST /v1/admin/tenants``: the new tenant, ``{"id", "name", "created_at"}``."""
+        created: JSONObject = self._call("POST", "/v1/admin/tenants", {"id": tenant_id, "name": name})
+        return created
+
+    def list_tenants(self) -> list[JSONObject]:
+        """``GET /v1/admin/tenants``: every tenant, ``{"id", "name", "created_at"}``."""
+        tenants: list[JSONObject] = self._call("GET", "/v1/admin/tenants")
+        return tenants
+
+    def create_key(self, tenant: str | None, scopes: Sequence[str]) -> JSONObject:
+        """``POST /v1/admin/keys``: a key of ``tenant`` (None: another operator key).
+
+        The answer holds the secret once, as ``"key"``, beside the stored record (``id``, ``tenant``, ``scopes``,
+        ``display``, ``created_at``, ``revoked``). ``scopes``: ``ingest``, ``read``, ``export``, ``admin``.
+        """
+        created: JSONObject = self._call("POST", "/v1/admin/keys", {"tenant": tenant, "scopes": list(scopes)})
+        return created
+
+    def list_keys(self, tenant: str | None = None) -> list[JSONObject]:
+        """``GET /v1/admin/keys``: the keys (never their secrets) of ``tenant``, or of every tenant."""
+        keys: list[JSONObject] = self._call("GET", "/v1/admin/keys", params={"tenant": tenant} if tenant else {})
+        return keys
+
+    def revoke_key(self, key_id: str) -> None:
+        """``DELETE /v1/admin/keys/{key_id}``: the key stops working at once."""
+        self._call("DELETE", f"/v1/admin/keys/{_segment(key_id)}")
+
+    # Meters and usage (a tenant key)
+
+    def create_meter(self, spec: MeterSpec | Mapping[str, Any]) -> CreatedMeter:
+        """``POST /v1/meters``: the meter, and what its backfill over the retained events counted."""
+        return msgspec.convert(self._call("POST", "/v1/meters", spec), CreatedMeter)
+
+    def list_meters(self) -> list[Meter]:
+        """``GET /v1/meters``: the tenant's meters."""
+        return msgspec.convert(self._call("GET", "/v1/meters"), list[Meter])
+
+    def usage(
+        self,
+        meter: str,
+        start: datetime | str,
+        end: datetime | str,
+        *,
+        window_size: WindowSize | None = None,
+        group_by: Sequence[str] = (),
+        subject: Sequence[str] = (),
+        tz: str | None = None,
+    ) -> list[JSONObject]:
+        """``GET /v1/meters/{meter}/usage`` over ``[start, end)``: its rows, as JSON.
+
+        A row has ``window_start`` and ``window_end`` (when ``window_size`` is given), the ``group_by`` dimensions,
+        ``value`` (a decimal string) and ``events``. ``subject`` keeps those customers only; ``tz`` is the time zone
+        of day and month windows.
+        """
+        params: list[tuple[str, str]] = [("from", _time(start)), ("to", _time(end))]
+        params += [("window_size", window_size)] if window_size else []
+        params += [("tz", tz)] if tz else []
+        params += [("group_by", g) for g in group_by] + [("subject", s) for s in subject]
+        rows: list[JSONObject] = self._call("GET", f"/v1/meters/{_segment(meter)}/usage", params=params)["data"]
+        return rows
+
+    # The billing catalog (a tenant key)
+
+    def put_catalog_item(self, kind: CatalogKind, item: msgspec.Struct | Mapping[str, Any]) -> JSONObject:
+        """``POST /v1/{kind}``: creates or replaces the item; a plan is created whole (an existing one: 409).
+
+        Returns the stored item.
+        """
+        stored: JSONObject = self._call("POST", f"/v1/{kind}", item)
+        return stored
+
+    def get_catalog_item(self, kind: CatalogKind, item_id: str) -> JSONObject:
+        """``GET /v1/{kind}/{item_id}``: one item (a plan with its versions)."""
+        item: JSONObject = self._call("GET", f"/v1/{kind}/{_segment(item_id)}")
+        return item
+
+    def list_catalog(self, kind: CatalogKind) -> list[JSONObject]:
+        """``GET /v1/{kind}``: every item of one kind."""
+        items: list[JSONObject] = self._call("GET", f"/v1/{kind}")
+        return items
+
+    def delete_catalog_item(self, kind: CatalogKind, item_id: str) -> None:
+        """``DELETE /v1/{kind}/{item_id}``; refused (409 ``in_use``) while something still refers to it."""
+        self._call("DELETE", f"/v1/{kind}/{_segment(item_id)}")
+
+    def add_plan_version(self, plan_id: str, version: msgspec.Struct | Mapping[str, Any]) -> JSONObject:
+        """``POST /v1/plans/{plan_id}/versions``: a version (``{effective_from, prices}``) after the stored ones."""
+        plan: JSONObject = self._call("POST", f"/v1/plans/{_segment(plan_id)}/versions", version)
+        return plan
+
+    def migrate_subscription(self, subscription_id: str, version: int, at: datetime | str) -> JSONObject:
+        """``POST /v1/subscriptions/{id}/migrate``: onto ``version`` of its plan from ``at``; the subscription."""
+        body = {"version": version, "at": _time(at)}
+        subscription: JSONObject = self._call("POST", f"/v1/subscriptions/{_segment(subscription_id)}/migrate", body)
+        return subscription
+
+    # Invoices (a tenant key)
+
+    def run_invoices(self, period: str, finalize: bool = False) -> JSONObject:
+        """``POST /v1/invoices/run``: the drafts of the cycles starting in ``period`` (``YYYY-MM``).
+
+        The run: ``invoices``, ``errors`` (per subscription), ``warnings``, and the service periods it bills
+        (``fees_in_advance``, ``usage_in_arrears``: ``{"start", "end"}`` or null). ``finalize`` numbers them.
+        """
+        run: JSONObject = self._call("POST", "/v1/invoices/run", {"period": period, "finalize": finalize})
+        return run
+
+    def list_invoices(
+        self, *, status: str | None = None, period: str | None = None, usage_period: str | None = None
+    ) -> list[JSONObject]:
+        """``GET /v1/invoices``, filtered by status, by the month their cycles start in, or by the usage month."""
+        wanted = (("status", status), ("period", period), ("usage_period", usage_period))
+        invoices: list[JSONObject] = self._call("GET", "/v1/invoices", params={k: v for k, v in wanted if v})
+        return invoices
+
+    def get_invoice(self, invoice_id: str) -> JSONObject:
+        """``GET /v1/invoices/{invoice_id}``: the invoice with its lines."""
+        invoice: JSONObject = self._call("GET", f"/v1/invoices/{_segment(invoice_id)}")
+        return invoice
+
+    def upcoming_invoices(self, customer: str) -> list[JSONObject]:
+        """``GET /v1/customers/{customer}/upcoming-invoice``: the next cycle's invoices, with usage so far."""
+        upcoming: list[JSONObject] = self._call("GET", f"/v1/customers/{_segment(customer)}/upcoming-invoice")
+        return upcoming
+
+    def finalize_invoice(self, invoice_id: str) -> JSONObject:
+        """``POST /v1/invoices/{id}/finalize``: numbers the draft; the invoice, with any export ``warnings``."""
+        final: JSONObject = self._call("POST", f"/v1/invoices/{_segment(invoice_id)}/finalize")
+        return final
+
+    def void_invoice(self, invoice_id: str) -> JSONObject:
+        """``POST /v1/invoices/{id}/void``: its charges become billable again; the invoice, with any ``warnings``."""
+        void: JSONObject = self._call("POST", f"/v1/invoices/{_segment(invoice_id)}/void")
+        return void
+
+    def credit_invoice(self, invoice_id: str, amount: str, reason: str) -> JSONObject:
+        """``POST /v1/invoices/{id}/credit-notes``: the credit note (``number``, ``amount``...), with ``warnings``."""
+        body = {"amount": amount, "reason": reason}
+        note: JSONObject = self._call("POST", f"/v1/invoices/{_segment(invoice_id)}/credit-notes", body)
+        return note
+
+    # The background sender
 
     def _run(self) -> None:
         while True:

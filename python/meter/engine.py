@@ -74,7 +74,7 @@ class Engine:
     What is kept, and for how long (see the README, "What is kept where, and for how long"):
 
     - ``retention``: retained (raw) events are dropped once received longer ago than this *and* written to Parquet by
-      the export (``meter.export.export_events`` tells the engine, ``events_exported``); a tenant never exported
+      the export (``meter.lake.events.export_events`` tells the engine, ``events_exported``); a tenant never exported
       keeps them all. Default: ``backdate_window`` plus 31 days (66 days).
     - ``minute_aggregates``: aggregates older than this (by event time) are rolled up from minutes to hours; at least
       ``backdate_window``, so that no accepted event lands in a rolled-up range. Default: ``backdate_window`` plus 5

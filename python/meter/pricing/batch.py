@@ -44,11 +44,12 @@ import polars as pl
 from meter.catalog.billing import Subscription
 from meter.catalog.types import trusted
 from meter.exceptions import MeterError
+from meter.lake.catalog import Snapshot
+from meter.lake.layout import events_cited
 from meter.pricing import cycles
 from meter.pricing.charges import price_frame
 from meter.pricing.money import MAX_MINOR_UNITS, minor_units_expr
 from meter.pricing.rating import rate
-from meter.pricing.snapshot import Snapshot
 from meter.pricing.steps import step
 from meter.pricing.text import fixed_text, iso_text, json_string, time_text, with_normalized
 from meter.pricing.usage import event_amounts, period_quantities
@@ -770,7 +771,7 @@ def _lines(
     def events(event_type: str) -> pl.Expr:
         return pl.when(pl.col("meter").is_not_null()).then(
             pl.concat_str(
-                pl.lit(f"events/tenant={tenant}: type = "),
+                pl.lit(f"{events_cited(tenant)}: type = "),
                 event_type,
                 pl.lit(", subject = '"),
                 "customer",
@@ -785,7 +786,7 @@ def _lines(
     lines = lines.with_columns(
         money=fixed_text(pl.col("minor"), pl.col("digits")), kind=kind, timing=timing, reason_text=reason, note=note
     )
-    tenant_inner = _json(f"events/tenant={tenant}: type = ")[1:-1]
+    tenant_inner = _json(f"{events_cited(tenant)}: type = ")[1:-1]
     events_json = (
         pl.when(pl.col("meter").is_not_null())
         .then(
@@ -1075,7 +1076,7 @@ def _money_decimal(minor: pl.Expr, digits: pl.Expr) -> pl.Expr:
 
 
 def _export_lines(lines: pl.DataFrame, invoices: pl.DataFrame) -> pl.DataFrame:
-    """The invoices export's rows of the lines (the columns of ``meter.export``'s line schema)."""
+    """The invoices export's rows of the lines (the columns of :data:`meter.lake.invoices.LINE_SCHEMA`)."""
     lines = lines.join(invoices.select("draft", invoice="id"), on="draft", how="inner", maintain_order="left")
     return lines.select(
         "invoice",

@@ -4,7 +4,7 @@ It refreshes the Parquet export of one tenant (incremental, so
 quick), reads it back, and runs invoicing on it. Pricing thus always works from the files, never from RocksDB, and
 sees every event acknowledged before the call.
 
-The invoices store is the source of truth; the invoices export (``invoices/tenant=<t>/*.parquet``) is derived from it.
+The invoices store is the source of truth; the invoices export (:mod:`meter.lake.invoices`) is derived from it.
 Refreshing that export after a write is best effort: the write stands whatever happens to the export, a failure is
 reported as a warning (in the answer and on stderr) and the next write or export tries again. Whatever the store
 holds can be exported: values that could not be are refused before they are stored.
@@ -20,10 +20,14 @@ from pathlib import Path
 
 from meter.catalog.billing import BillingCatalog
 from meter.engine import Engine
-from meter.export import ExportSummary, export_catalog, export_events, export_invoices, export_usage
+from meter.lake.catalog import Snapshot, export_catalog, refresh_catalog, snapshot_of
+from meter.lake.events import export_events
+from meter.lake.files import ExportSummary
+from meter.lake.invoices import export_invoices
+from meter.lake.layout import invoices_root
+from meter.lake.usage import export_usage
 from meter.pricing.invoices import CreditNote, Fresh, Invoice, InvoiceRun, InvoiceStore, RunError, RunWarning
 from meter.pricing.invoicing import bill_thresholds, invoice_period, upcoming_invoices
-from meter.pricing.snapshot import Snapshot, load_snapshot
 from meter.pricing.steps import step
 
 __all__ = ["Invoicer"]
@@ -124,7 +128,7 @@ class Invoicer:
             export_invoices(self.store, [tenant], self.out, {tenant: fresh} if fresh is not None else None)
         except Exception as e:  # noqa: BLE001 - the export is derived; it must never undo or hide the write
             message = (
-                f"the change was saved, but the invoices export under {self.out / 'invoices'} could not be "
+                f"the change was saved, but the invoices export under {invoices_root(self.out)} could not be "
                 f"refreshed ({type(e).__name__}: {e}); the next invoicing call or export retries it"
             )
             print(f"meter: tenant {tenant!r}: {message}", file=sys.stderr, flush=True)
@@ -138,6 +142,6 @@ class Invoicer:
         with step("export_events"):
             export_events(self.engine, [tenant], self.out)
         with step("export_catalog"):
-            export_catalog(self.catalog, self.engine, [tenant], self.out)
-        with step("snapshot"):
-            return load_snapshot(self.out, tenant)
+            tables = refresh_catalog(self.catalog, self.engine, tenant, self.out)
+        with step("snapshot"):  # from the tables written, not read back
+            return snapshot_of(tenant, tables)

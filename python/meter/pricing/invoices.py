@@ -199,8 +199,8 @@ class Fresh:
 
     ``directory`` holds them as ``invoices.parquet`` and ``invoice_lines.parquet``, in the export's schemas and in
     the order of the ids (the store's), a row group per chunk written; ``ids`` are the invoices they hold.
-    :func:`meter.export.export_invoices` moves them into place, or merges them with what it reads from the store, and
-    removes the directory (so does :meth:`discard` when they are not used).
+    :func:`meter.lake.invoices.export_invoices` moves them into place, or merges them with what it reads from the
+    store, and removes the directory (so does :meth:`discard` when they are not used).
     """
 
     directory: Path

@@ -58,6 +58,9 @@ from meter.catalog.billing import Commit, Credit, Subscription
 from meter.catalog.prices import Price
 from meter.catalog.types import trusted
 from meter.exceptions import InvalidInput, MeterError, NotFound
+from meter.lake.catalog import Snapshot
+from meter.lake.invoices import FreshWriter
+from meter.lake.layout import events_cited
 from meter.pricing import cycles
 from meter.pricing.batch import Batch, NotPlain, Refused, invoice_batch, plain_subscriptions
 from meter.pricing.charges import CHARGES_SCHEMA, price_frame
@@ -74,7 +77,6 @@ from meter.pricing.invoices import (
 )
 from meter.pricing.money import round_to_minor_unit
 from meter.pricing.rating import rate
-from meter.pricing.snapshot import Snapshot
 from meter.pricing.steps import step
 from meter.pricing.usage import event_amounts, period_quantities
 
@@ -340,9 +342,7 @@ def _save_batch(store: InvoiceStore, out: Path, tenant: str, batch: Batch) -> tu
     subscriptions whose drafts the columnar texts could not write (for the per-subscription path). The drafts skip
     the write-ahead log and are made durable by one flush at the end, whatever happens.
     """
-    from meter.export import FreshWriter  # meter.export imports the invoices module, which this one uses
-
-    writer = FreshWriter(out / "invoices" / f"tenant={tenant}" / ".run")
+    writer = FreshWriter(out, tenant)
     found: list[pl.DataFrame] = []
     left: set[str] = set()
     try:
@@ -829,7 +829,7 @@ def _assemble(snapshot: Snapshot, draft: _Draft, rated: list[tuple[_Charge, _Rat
             spec = snapshot.meters.get(meter)
             event_type = spec.event_type if spec else "?"
             events = (
-                f"events/tenant={snapshot.tenant}: type = {event_type!r}, subject = {sub.customer!r}, "
+                f"{events_cited(snapshot.tenant)}: type = {event_type!r}, subject = {sub.customer!r}, "
                 f"time in [{charge.start.isoformat()}, {charge.measured_to.isoformat()})"
             )
         price, model = (

@@ -1,7 +1,7 @@
 """A period's usage per charge, read from the usage Parquet export: the ``quantities`` that :func:`rate` takes.
 
-Pricing never reads RocksDB. It reads what :func:`meter.export.export_usage` writes,
-``<out>/usage/tenant=<tenant>/meter=<slug>/date=<YYYY-MM-DD>/part-0.parquet``: one row per customer, minute and
+Pricing never reads RocksDB. It reads what :func:`meter.lake.usage.export_usage` writes, through
+:func:`meter.lake.usage.scan`: one file per meter and UTC day, one row per customer, minute and
 combination of the meter's dimensions (``customer``, one column per dimension, ``window_start``, ``window_end``,
 ``value`` decimal128(38, 9), ``events``). Each meter is scanned once with hive partitioning and a predicate on
 ``date``, so a month's invoice opens only that month's days (partition pruning); files whose names start with ``.`` or
@@ -46,11 +46,15 @@ import pyarrow as pa
 
 from meter import _core
 from meter.exceptions import InvalidInput, ValueOverflow
+from meter.lake import catalog as lake_catalog
+from meter.lake import events as lake_events
+from meter.lake import layout
+from meter.lake import usage as lake_usage
 from meter.pricing.charges import DECIMAL, combination_expr
 from meter.pricing.exact import from_scaled, int128, out_of_range, shadow
 from meter.schemas import MeterSpec
 
-__all__ = ["AGGREGATIONS", "QUANTITIES_SCHEMA", "event_amounts", "meter_aggregations", "period_quantities", "usage_dir"]
+__all__ = ["AGGREGATIONS", "QUANTITIES_SCHEMA", "event_amounts", "meter_aggregations", "period_quantities"]
 
 #: The aggregations a meter can have; all but ``unique_count`` fold over a period from the export.
 AGGREGATIONS = frozenset({"sum", "count", "min", "max", "unique_count", "latest", "avg"})
@@ -62,28 +66,20 @@ QUANTITIES_SCHEMA: dict[str, pl.DataType] = {
     "events": pl.UInt64(),
 }
 
-# The export's columns besides the dimensions; `date` is the hive partition.
-_FIXED = ("customer", "window_start", "window_end", "value", "events", "date")
 _MINUTE_US = 60_000_000
 _UTC = pl.Datetime("us", "UTC")
 _SCALE = 9
 
 
-def usage_dir(out_dir: str | Path, tenant: str, meter: str) -> Path:
-    """Where the export keeps a meter's days."""
-    return Path(out_dir) / "usage" / f"tenant={tenant}" / f"meter={meter}"
-
-
 def meter_aggregations(out_dir: str | Path, tenant: str) -> dict[str, str]:
     """Each meter's aggregation (slug -> ``sum``, ``avg``...), from the catalog snapshot ``meters.parquet``."""
-    path = Path(out_dir) / "catalog" / f"tenant={tenant}" / "meters.parquet"
-    if not path.exists():
+    frame = lake_catalog.read_meters(Path(out_dir), tenant, columns=["slug", "aggregation"])
+    if frame is None:
         raise InvalidInput(
-            f"no meters in the export for tenant {tenant!r}: {path} is missing; run the catalog "
-            "export first, or pass meters={slug: aggregation}",
+            f"no meters in the export for tenant {tenant!r}: {layout.catalog_file(Path(out_dir), tenant, 'meters')} "
+            "is missing; run the catalog export first, or pass meters={slug: aggregation}",
             code="unknown_meter",
         )
-    frame = pl.read_parquet(path, columns=["slug", "aggregation"])
     return dict(zip(frame.get_column("slug").to_list(), frame.get_column("aggregation").to_list(), strict=True))
 
 
@@ -144,27 +140,23 @@ def event_amounts(
 
     What rating's ``event_amounts`` takes for a percentage with fees bounded per event, which minutes cannot give.
 
-    Read from the raw events export (``events/tenant=<t>/date=<day>/``, only the days the charges cover), and
+    Read from the raw events export (:func:`meter.lake.events.scan`, only the days the charges cover), and
     evaluated by the engine's own extraction (``meter._core.event_values``): the meter's filters and value path,
     so the events counted here are exactly those its usage counts. Returns ``charge`` and ``amount``
     (Decimal(38, 9)), one row per event.
     """
     empty = pl.DataFrame(schema={"charge": requests.schema.get("charge", pl.String), "amount": DECIMAL})
-    root = Path(out_dir) / "events" / f"tenant={tenant}"
-    if requests.height == 0 or not any(root.glob("date=*/[!._]*.parquet")):
+    exported = lake_events.scan(Path(out_dir), tenant) if requests.height else None
+    if exported is None:
         return empty
     frames = [empty]
     for (slug,), part in requests.partition_by("meter", as_dict=True).items():
         spec = meters.get(str(slug))
         if spec is None:
             _fail(f"charge {part['charge'][0]!r}: meter {slug!r} is not in the catalog snapshot", "unknown_meter")
-        events = (
-            pl.scan_parquet(
-                root, hive_partitioning=True, hive_schema={"date": pl.Date()}, hidden_file_prefix=[".", "_"]
-            )
-            .filter(pl.col("date").is_in(pl.lit(_days(part)).implode()) & (pl.col("type") == spec.event_type))
-            .select(customer="subject", time="time", data="data")
-        )
+        events = exported.filter(
+            pl.col("date").is_in(pl.lit(_days(part)).implode()) & (pl.col("type") == spec.event_type)
+        ).select(customer="subject", time="time", data="data")
         inside = (
             events.join(part.lazy().select("charge", "customer", "from", "to"), on="customer")
             .filter((pl.col("time") >= pl.col("from")) & (pl.col("time") < pl.col("to")))
@@ -194,19 +186,10 @@ def _plan(
     out_dir: str | Path, tenant: str, slug: str, aggregation: str, part: pl.DataFrame, dims: list[str]
 ) -> pl.LazyFrame | None:
     """The lazy fold of one meter's usage for the charges of ``part``, which all ask for the dimensions ``dims``."""
-    directory = usage_dir(out_dir, tenant, slug)
-    if not directory.is_dir():
+    usage = lake_usage.scan(Path(out_dir), tenant, slug)
+    if usage is None:
         return None  # No usage was ever exported for this meter: no charge of it has a row.
-    if not any(True for _ in directory.glob("date=*/[!._]*.parquet")):
-        return None
-    usage = pl.scan_parquet(
-        directory,
-        hive_partitioning=True,
-        hive_schema={"date": pl.Date()},
-        hidden_file_prefix=[".", "_"],
-        missing_columns="insert",
-    )
-    meter_dims = [name for name in usage.collect_schema().names() if name not in _FIXED]
+    meter_dims = [name for name in usage.collect_schema().names() if name not in lake_usage.COLUMNS]
     missing = [d for d in dims if d not in meter_dims]
     if missing:
         _fail(
