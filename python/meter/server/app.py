@@ -51,12 +51,13 @@ from meter.server.http import (
     send_answer,
 )
 from meter.server.inputs import decode
-from meter.server.lifecycle import admin_key_message, close_quietly, engine_options_from_env, open_or_degrade
+from meter.server.lifecycle import admin_key_message, engine_options_from_env, open_or_degrade
 from meter.server.metrics import render
 from meter.server.openapi import openapi
 from meter.server.router import Compiled, Router
 from meter.server.routes import BENCH_ROUTES, ROUTES
 from meter.server.scheduler import ExportScheduler
+from meter.services import Part, Stores
 
 # admin_key_message is re-exported for `meter serve` (cli.py imports it from here until the CLI moves to cli/).
 __all__ = ["MAX_BODY", "MeterApp", "admin_key_message", "create_app"]
@@ -91,6 +92,8 @@ class MeterApp:
         self.billing: BillingCatalog | Unavailable | None = None
         self.invoices: InvoiceStore | Unavailable | None = None
         self.invoicer: Invoicer | Unavailable | None = None
+        #: What startup opened (closed at shutdown); None before startup and after close_stores().
+        self.stores: Stores | None = None
         #: Set when the stores could not be opened for writing at startup (a full or read-only disk): the server
         #: runs degraded, serving what it can read, answering writes 503 and /readyz 503 with this reason.
         self.degraded: str | None = None
@@ -147,26 +150,30 @@ class MeterApp:
     def startup(self) -> None:
         """Open the stores (degraded on a full or read-only disk), then start the export scheduler if asked."""
         export_dir = self.export[0] if self.export else self.data_dir / "export"
-        stores = open_or_degrade(self.data_dir, self.admin_key, self.engine_options, export_dir)
-        self.keys, self.engine, self.billing = stores.keys, stores.engine, stores.billing
-        self.invoices, self.invoicer, self.degraded = stores.invoices, stores.invoicer, stores.degraded
+        self.stores = stores = open_or_degrade(self.data_dir, self.admin_key, self.engine_options, export_dir)
+        self.degraded = stores.degraded
+        # Handlers see a store a degraded start could not open as Unavailable: a 503, never an AttributeError.
+        unavailable = Unavailable(stores.degraded or "")
+        self.keys = stores.keys if stores.has(Part.KEYS) else unavailable
+        self.engine = stores.engine if stores.has(Part.USAGE) else unavailable
+        self.billing = stores.billing if stores.has(Part.BILLING) else unavailable
+        self.invoices = stores.invoices if stores.has(Part.INVOICES) else unavailable
+        self.invoicer = unavailable if stores.degraded else stores.invoicer
         if self.export and not self.degraded:
-            assert isinstance(self.keys, KeyStore) and isinstance(self.invoicer, Invoicer)
-            self.scheduler = ExportScheduler(self.keys, self.invoicer, *self.export)
+            self.scheduler = ExportScheduler(stores.keys, stores.invoicer, *self.export)
             self.scheduler.start()
 
     def close_stores(self) -> None:
-        for name in ("engine", "keys", "billing", "invoices"):
-            close_quietly(getattr(self, name))
-            setattr(self, name, None)
-        self.invoicer = None
+        """Close the stores, as a shutdown does, and forget them (a later request answers 503)."""
+        stores, self.stores = self.stores, None
+        self.engine = self.keys = self.billing = self.invoices = self.invoicer = None
+        if stores is not None:
+            stores.close()
 
     def shutdown(self) -> None:
         if self.scheduler is not None:
             self.scheduler.stop()
-        for store in (self.engine, self.keys, self.billing, self.invoices):
-            if store is not None and not isinstance(store, Unavailable):
-                store.close()
+        self.close_stores()
         self.pool.shutdown(wait=True)
 
     # One request
