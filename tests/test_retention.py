@@ -17,7 +17,8 @@ from conftest import T0, body, event
 from meter import Engine, InvalidInput
 from meter.lake.events import export_events
 from meter.lake.usage import export_usage
-from meter.server.app import MeterApp, engine_options_from_env
+from meter.server.app import MeterApp
+from meter.server.lifecycle import engine_options_from_env
 
 DAY = timedelta(days=1)
 TOKENS = {

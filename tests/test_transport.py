@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import meter.server.app as app_module
+import meter.server.compression as compression
 import pytest
 import zstandard
 from conftest import body
 from http_server import Server, recent_event
-from meter.server.app import ApiError, MeterApp, gunzip, unzstd
+from meter.server.app import MeterApp
+from meter.server.compression import gunzip, unzstd
+from meter.server.errors import ApiError
 
 LIMIT = 16 * 1024 * 1024
 
@@ -332,7 +334,7 @@ def test_healthz_answers_while_bombs_decompress(tmp_path: Path, monkeypatch: pyt
             raise AssertionError("/healthz did not answer while the bombs were decompressing")
         return real(data, limit)
 
-    monkeypatch.setattr(app_module, "gunzip", gated_gunzip)
+    monkeypatch.setattr(compression, "gunzip", gated_gunzip)
     app = MeterApp(tmp_path / "data")
     app.startup()
     try:

@@ -1,0 +1,72 @@
+"""Request bodies that work on a fresh tenant: the examples of `/openapi.json`, and the seed of the fuzz tests.
+
+Keyed by the name of the body's schema (a msgspec Struct's name, or `CloudEvent`). In this order they build one
+tenant from nothing (a meter, a customer, a product, a plan and its version, a subscription, an invoice run), which
+is how `tests/test_bad_input.py` seeds the ids its generated requests find.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["EXAMPLES"]
+
+_PRICE_EXAMPLE = {"id": "tokens", "currency": "EUR", "model": "per_unit", "meter": "tokens", "unit_price": "0.002"}
+#: Request bodies that work on a fresh tenant, in this order (the examples of the document, and the seed of the
+#: bad-input test, whose generated requests start from them).
+EXAMPLES: dict[str, Any] = {
+    "CloudEvent": {
+        "specversion": "1.0",
+        "id": "ev-1",
+        "source": "gateway",
+        "type": "llm.request",
+        "subject": "cust-1",
+        "time": "2026-11-23T10:00:00Z",
+        "data": {"tokens": 120, "model": "small"},
+    },
+    "MeterSpec": {
+        "slug": "tokens",
+        "event_type": "llm.request",
+        "aggregation": "sum",
+        "value_property": "$.tokens",
+        "group_by": {"model": "$.model"},
+    },
+    "Customer": {"id": "cust-1", "name": "Acme", "currency": "EUR"},
+    "Product": {"id": "llm", "name": "LLM tokens", "meters": ["tokens"]},
+    "PlanBody": {"id": "pro", "name": "Pro"},
+    "PlanVersionBody": {
+        "effective_from": "2026-01-01T00:00:00Z",
+        "prices": [
+            _PRICE_EXAMPLE,
+            {"id": "platform", "currency": "EUR", "model": "flat", "cadence": "in_advance", "amount": "30.00"},
+            {
+                "id": "tiers",
+                "currency": "EUR",
+                "model": "graduated",
+                "meter": "tokens",
+                "free_allowance": "100",
+                "tiers": [
+                    {"from": "0", "up_to": "1000", "unit_price": "0.01"},
+                    {"from": "1000", "unit_price": "0.005"},
+                ],
+                "maximum": "500.00",
+            },
+        ],
+    },
+    "Subscription": {
+        "id": "sub-1",
+        "customer": "cust-1",
+        "plan": "pro",
+        "version": 1,
+        "start": "2026-01-01T00:00:00Z",
+        "threshold": "1000.00",
+        "discounts": [{"id": "launch", "start": "2026-01-01T00:00:00Z", "percent": "10"}],
+        "credits": [{"id": "promo", "amount": "5.00", "start": "2026-01-01T00:00:00Z", "end": "2027-01-01T00:00:00Z"}],
+    },
+    "MigrationBody": {"version": 1, "at": "2026-11-15T00:00:00Z"},
+    "InvoiceRunBody": {"period": "2026-11"},
+    "CreditNoteBody": {"amount": "1.00", "reason": "goodwill"},
+    "TenantBody": {"id": "acme", "name": "Acme Inc."},
+    "KeyBody": {"tenant": "acme", "scopes": ["ingest", "read"]},
+    "TenantKeyBody": {"scopes": ["ingest"]},
+}
