@@ -38,7 +38,7 @@ from bench_pricing import (
 )
 from meter import Engine  # noqa: E402
 from meter.billing.invoicer import Invoicer  # noqa: E402
-from meter.billing.invoices import InvoiceStore  # noqa: E402
+from meter.billing.store import InvoiceStore  # noqa: E402
 from meter.catalog.billing import BillingCatalog, Customer, Discount, Subscription  # noqa: E402
 from meter.catalog.prices import Price  # noqa: E402
 from meter.lake import layout  # noqa: E402

@@ -16,7 +16,7 @@ import msgspec
 import pytest
 from meter import Engine
 from meter.billing.invoicer import Invoicer
-from meter.billing.invoices import InvoiceStore
+from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog, Customer
 from meter.catalog.prices import Price
 

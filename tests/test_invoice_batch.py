@@ -22,7 +22,7 @@ import pytest
 from conftest import YEAR, event
 from meter import Engine
 from meter.billing import batch, invoicing
-from meter.billing.invoices import InvoiceStore
+from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog, Commit, Customer, Discount, Subscription
 from meter.catalog.prices import Price
 from meter.lake.catalog import export_catalog, load_snapshot

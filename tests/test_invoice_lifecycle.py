@@ -19,7 +19,8 @@ from typing import Any
 import msgspec
 import pyarrow.parquet as pq
 import pytest
-from meter.billing.invoices import Invoice, InvoiceLine, InvoiceStore
+from meter.billing.invoices import Invoice, InvoiceLine
+from meter.billing.store import InvoiceStore
 from meter.catalog.billing import Commit, Credit, Customer, Discount, Subscription
 from meter.catalog.types import trusted
 from meter.encoding import encode_json, plain

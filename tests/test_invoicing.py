@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meter import Engine
 from meter.billing.invoicer import Invoicer
-from meter.billing.invoices import Invoice, InvoiceStore
+from meter.billing.invoices import Invoice
+from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog, Commit, Credit, Customer, Discount, Subscription
 
 NOV = datetime(2026, 11, 1, tzinfo=UTC)

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import T0, body, event
 from meter import Engine
-from meter.billing.invoices import Invoice, InvoiceLine, InvoiceStore, LineDetail
+from meter.billing.invoices import Invoice, InvoiceLine, LineDetail
+from meter.billing.store import InvoiceStore
 from meter.catalog.billing import (
     Address,
     BillingCatalog,

@@ -8,7 +8,8 @@ time or files:
 - :mod:`~meter.billing.keys`: the typed key of what an invoice line bills, and its one text encoding;
 - :mod:`~meter.billing.billed`: what finalized invoices billed (per key, per grant), read in one pass of the store;
 - :mod:`~meter.billing.terms`: the lines commits, discounts and credits add to an invoice;
-- :mod:`~meter.billing.invoices`: invoices, credit notes and their store (rocksdict, ``<data>/invoices``), which owns
+- :mod:`~meter.billing.invoices`: invoices and credit notes as data (the structs, their lifecycle, their checks);
+- :mod:`~meter.billing.store`: the invoice store (rocksdict, ``<data>/invoices``), which owns
   numbering (``INV-000001``, ``CN-000001``: sequential, gapless, written in the same synced batch as what they number);
 - :mod:`~meter.billing.invoicing`: a period's run, threshold invoices and the upcoming invoice, per subscription;
 - :mod:`~meter.billing.batch`: the same period run over whole tables for plain subscriptions (same bytes);

@@ -18,8 +18,9 @@ from decimal import Decimal
 
 import msgspec
 
-from meter.billing.invoices import Invoice, InvoiceLine, InvoiceStore
+from meter.billing.invoices import Invoice, InvoiceLine
 from meter.billing.keys import GrantKey, LineKey, parse_grant_key, parse_line_key
+from meter.billing.store import InvoiceStore
 
 __all__ = ["Billed"]
 

@@ -20,8 +20,9 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
-from meter.billing.invoices import CreditNote, Fresh, Invoice, InvoiceRun, InvoiceStore, RunError, RunWarning
+from meter.billing.invoices import CreditNote, Fresh, Invoice, InvoiceRun, RunError, RunWarning
 from meter.billing.invoicing import bill_thresholds, invoice_period, upcoming_invoices
+from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.engine import Engine
 from meter.lake.catalog import Snapshot, export_catalog, refresh_catalog, snapshot_of

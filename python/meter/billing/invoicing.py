@@ -63,16 +63,15 @@ from meter.billing.invoices import (
     Fresh,
     Invoice,
     InvoiceLine,
-    InvoiceStore,
     LineDetail,
     Reason,
     RunError,
     ServicePeriod,
-    StoredInvoices,
     Timing,
     check_invoice,
 )
 from meter.billing.keys import ChargeKey, LineKey
+from meter.billing.store import InvoiceStore, StoredInvoices
 from meter.billing.terms import commit_lines, credit_lines, discount_lines
 from meter.billing.usage import event_amounts, period_quantities
 from meter.catalog.billing import Subscription

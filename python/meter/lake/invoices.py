@@ -38,7 +38,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from meter.billing.invoices import Fresh, Invoice, InvoiceStore
+from meter.billing.invoices import Fresh, Invoice
+from meter.billing.store import InvoiceStore
 from meter.encoding import encode_json
 from meter.lake import layout
 from meter.lake.files import COMPRESSION, ExportSummary, replace, write_parquet

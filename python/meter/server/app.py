@@ -31,7 +31,7 @@ from typing import Any, ParamSpec, TypeVar
 import msgspec
 
 from meter.billing.invoicer import Invoicer
-from meter.billing.invoices import InvoiceStore
+from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.catalog.keys import KeyStore
 from meter.engine import Engine

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 from meter.billing.invoicer import Invoicer
-from meter.billing.invoices import InvoiceStore
+from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.catalog.keys import KeyStore
 from meter.engine import Engine
