@@ -37,12 +37,12 @@ from bench_pricing import (
     prices,  # noqa: E402
 )
 from meter import Engine  # noqa: E402
+from meter.billing.invoicer import Invoicer  # noqa: E402
+from meter.billing.store import InvoiceStore  # noqa: E402
 from meter.catalog.billing import BillingCatalog, Customer, Discount, Subscription  # noqa: E402
 from meter.catalog.prices import Price  # noqa: E402
 from meter.lake import layout  # noqa: E402
 from meter.pricing import steps  # noqa: E402
-from meter.pricing.invoicer import Invoicer  # noqa: E402
-from meter.pricing.invoices import InvoiceStore  # noqa: E402
 
 TENANT = "bench"
 OCT, NOV = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)

@@ -35,11 +35,11 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import finish, methodology  # noqa: E402
+from meter.billing.usage import period_quantities  # noqa: E402
 from meter.catalog.prices import Price  # noqa: E402
 from meter.lake import layout  # noqa: E402
 from meter.lake.usage import scan  # noqa: E402
 from meter.pricing import price_frame, rate  # noqa: E402
-from meter.pricing.usage import period_quantities  # noqa: E402
 
 TENANT = "bench"
 MONTH, NEXT = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)

@@ -15,10 +15,10 @@ from typing import Any
 import msgspec
 import pytest
 from meter import Engine
+from meter.billing.invoicer import Invoicer
+from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog, Customer
 from meter.catalog.prices import Price
-from meter.pricing.invoicer import Invoicer
-from meter.pricing.invoices import InvoiceStore
 
 T0 = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
 

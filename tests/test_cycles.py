@@ -19,10 +19,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from meter.catalog.billing import Migration, Subscription
-from meter.catalog.types import trusted
-from meter.exceptions import InvalidInput
-from meter.pricing.cycles import (
+from meter.billing.cycles import (
     Period,
     Segment,
     cycle_containing,
@@ -33,6 +30,9 @@ from meter.pricing.cycles import (
     segments,
     subscription_cycles,
 )
+from meter.catalog.billing import Migration, Subscription
+from meter.catalog.types import trusted
+from meter.exceptions import InvalidInput
 
 D = Decimal
 US = timedelta(microseconds=1)

@@ -29,7 +29,7 @@ from pathlib import Path
 from meter.catalog.keys import KeyStore
 from meter.catalog.billing import BillingCatalog, Customer
 from meter.engine import Engine
-from meter.pricing.invoices import InvoiceStore
+from meter.billing.store import InvoiceStore
 
 data, operator, tenant_key = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 keys = KeyStore(data / "catalog")

@@ -21,14 +21,14 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import YEAR, event
 from meter import Engine
+from meter.billing import batch, invoicing
+from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog, Commit, Customer, Discount, Subscription
 from meter.catalog.prices import Price
 from meter.lake.catalog import export_catalog, load_snapshot
 from meter.lake.events import export_events
 from meter.lake.invoices import export_invoices
 from meter.lake.usage import export_usage
-from meter.pricing import batch, invoicing
-from meter.pricing.invoices import InvoiceStore
 
 T = "acme"
 SEP, OCT, NOV, DEC = (datetime(2026, m, 1, tzinfo=UTC) for m in (9, 10, 11, 12))

@@ -19,12 +19,13 @@ from typing import Any
 import msgspec
 import pyarrow.parquet as pq
 import pytest
+from meter.billing.invoices import Invoice, InvoiceLine
+from meter.billing.store import InvoiceStore
 from meter.catalog.billing import Commit, Credit, Customer, Discount, Subscription
 from meter.catalog.types import trusted
 from meter.encoding import encode_json, plain
 from meter.exceptions import InvalidInput
 from meter.lake.invoices import export_invoices
-from meter.pricing.invoices import Invoice, InvoiceLine, InvoiceStore
 from meter.pricing.money import round_to_minor_unit
 from test_invoicing import DEC, NOV, OCT, Desk, base_fee, per_unit, tokens
 
@@ -327,7 +328,7 @@ def test_a_failing_export_never_undoes_or_hides_a_write(
     def broken(*args: Any, **kwargs: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("meter.pricing.invoicer.export_invoices", broken)
+    monkeypatch.setattr("meter.billing.invoicer.export_invoices", broken)
     run = desk.invoicer.run("acme", "2026-11", finalize=True)
     [invoice] = run.invoices
     assert invoice.status == "finalized" and [w.code for w in run.warnings] == ["export_failed"]

@@ -18,9 +18,10 @@ from conftest import OCT, YEAR, Desk, event
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from meter import Engine
+from meter.billing.invoicer import Invoicer
+from meter.billing.invoices import Invoice
+from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog, Commit, Credit, Customer, Discount, Subscription
-from meter.pricing.invoicer import Invoicer
-from meter.pricing.invoices import Invoice, InvoiceStore
 
 NOV = datetime(2026, 11, 1, tzinfo=UTC)
 DEC = datetime(2026, 12, 1, tzinfo=UTC)

@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import T0, body, event
 from meter import Engine
+from meter.billing.invoices import Invoice, InvoiceLine, LineDetail
+from meter.billing.store import InvoiceStore
 from meter.catalog.billing import (
     Address,
     BillingCatalog,
@@ -34,7 +36,6 @@ from meter.catalog.prices import Price
 from meter.encoding import encode_json
 from meter.exceptions import InvalidInput
 from meter.lake import catalog, events, files, invoices, layout, usage
-from meter.pricing.invoices import Invoice, InvoiceLine, InvoiceStore, LineDetail
 from polars.testing import assert_frame_equal
 
 NOW = T0 + timedelta(days=2)

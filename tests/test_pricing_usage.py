@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import T0, body, event
 from meter import Engine
+from meter.billing.usage import meter_aggregations, period_quantities
 from meter.catalog.prices import Price
 from meter.exceptions import InvalidInput
 from meter.lake.usage import export_usage
 from meter.pricing import combination_key, price_frame, rate
-from meter.pricing.usage import meter_aggregations, period_quantities
 
 D = Decimal
 OCT, NOV = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)

@@ -19,7 +19,7 @@ from meter import _core
 from meter.exceptions import InvalidInput
 from meter.schemas import CreatedMeter, IngestResult, MaintenanceReport, Meter, MeterSpec, SkippedPage, Stats
 
-__all__ = ["Engine", "Usage", "WindowSize"]
+__all__ = ["Engine", "Usage", "WindowSize", "event_values"]
 
 WindowSize = Literal["minute", "hour", "day", "month"]
 
@@ -32,6 +32,16 @@ def to_micros(t: datetime, name: str = "time") -> int:
     if t.tzinfo is None or t.utcoffset() is None:
         raise ValueError(f"{name} must be timezone-aware (for example datetime(..., tzinfo=timezone.utc)); got {t!r}")
     return (t - _EPOCH) // _MICROSECOND
+
+
+def event_values(spec: MeterSpec, data: pa.Array[Any]) -> pa.Array[Any]:
+    """The value the meter ``spec`` extracts from each event's ``data`` (JSON text), null where it counts none.
+
+    The engine's own extraction (filters and value path, in Rust), so that a reader of the raw events export
+    (billing's per-event percentages) counts exactly the events the meter's usage counts.
+    """
+    values: pa.Array[Any] = pa.array(_core.event_values(msgspec.json.encode(spec), data))
+    return values
 
 
 def _seconds(d: timedelta) -> int:

@@ -6,7 +6,7 @@ A data directory holds four stores, each a RocksDB directory of its own (the ``P
 - ``usage/`` (``Part.USAGE``): ``meter.engine.Engine``, events, dedup and aggregates;
 - ``billing/`` (``Part.BILLING``): ``meter.catalog.billing.BillingCatalog``, customers, products, plans and
   subscriptions;
-- ``invoices/`` (``Part.INVOICES``): ``meter.pricing.invoices.InvoiceStore``, invoices, credit notes and their
+- ``invoices/`` (``Part.INVOICES``): ``meter.billing.store.InvoiceStore``, invoices, credit notes and their
   numbering.
 
 ``Stores.open`` opens the parts asked for (every part by default) in that order, read-write, and builds the
@@ -43,12 +43,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
+from meter.billing.invoicer import Invoicer
+from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.catalog.keys import KeyStore
 from meter.engine import Engine
 from meter.exceptions import MeterError
-from meter.pricing.invoicer import Invoicer
-from meter.pricing.invoices import InvoiceStore
 
 __all__ = ["EVERY_PART", "OpenFailed", "Part", "StoreUnavailable", "Stores", "storage_full"]
 

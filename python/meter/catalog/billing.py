@@ -29,7 +29,9 @@ from meter.catalog.types import Amount, Checked, Currency, Id, Percent, Slug, Te
 from meter.exceptions import AlreadyExists, InUse, InvalidInput, NotFound
 
 __all__ = [
+    "Anchor",
     "BillingCatalog",
+    "Cycle",
     "Commit",
     "Credit",
     "Customer",
@@ -156,6 +158,11 @@ class MigrationBody(Checked, forbid_unknown_fields=True):
     at: Time
 
 
+#: How long a subscription's billing cycle is, and where its cycles start (meter.billing.cycles computes them).
+Cycle = Literal["monthly", "quarterly", "annual"]
+Anchor = Literal["calendar", "anniversary"]
+
+
 class Subscription(Checked, forbid_unknown_fields=True):
     id: Id
     customer: Id
@@ -163,8 +170,8 @@ class Subscription(Checked, forbid_unknown_fields=True):
     version: int
     start: Time
     end: Time | None = None
-    cycle: Literal["monthly", "quarterly", "annual"] = "monthly"
-    anchor: Literal["calendar", "anniversary"] = "calendar"
+    cycle: Cycle = "monthly"
+    anchor: Anchor = "calendar"
     #: Prices of the plan version replaced for this customer, matched by price id.
     overrides: list[Price] = []
     commits: list[Commit] = []

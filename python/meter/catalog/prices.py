@@ -1,27 +1,85 @@
-"""Prices: what a unit of a meter (or a period) costs, in one of the models pricing knows.
+"""Prices: what a unit of a meter (or a period) costs, in one of the models pricing knows, and the price rules.
 
-And the checks that refuse a price pricing could not compute exactly.
+This module is the one place the rules of a price are written: the models and their enumerations (:data:`MODELS`,
+:data:`CADENCES`, :data:`ROUNDINGS`, :data:`PERCENT_PER`), which parameter each model takes (:data:`PARAMETERS`),
+which bounds must be in order (:data:`ORDERED`), and the messages a broken rule gives. :func:`validate_price` applies
+them to one ``Price`` (the catalog, on every write); rating applies the same tables to a whole ``prices`` frame
+(:mod:`meter.pricing.price_table`, which may be handed a frame built without the catalog). Rating imports this
+module, never the reverse: the catalog does not depend on polars or on pricing.
 
 Amounts are ``Decimal`` (JSON strings), never floats; each number has a kind (quantity, unit price, amount, percent)
 whose limits :mod:`meter.catalog.types` checks whenever a price is built, so that NaN, Infinity, ``1E+999999`` or
 40 decimals never reach rating. A price either charges a meter's usage or is a flat recurring fee; tiers are
-explicit ``[from, up_to)`` ranges so that a gap or an overlap is an error a user can see, not a silent zero.
+explicit ``[from, up_to)`` ranges so that a gap or an overlap is an error a user can see, not a silent zero. Nothing
+here rounds: rounding to a currency's minor unit happens once, on a rated amount (:mod:`meter.pricing.money`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Literal, NoReturn
+from typing import Literal, NoReturn, get_args
 
 from meter.catalog.currencies import is_currency
 from meter.catalog.types import Amount, Checked, Currency, Id, Percent, Quantity, Slug, Text, UnitPrice
 from meter.exceptions import InvalidInput
 
-__all__ = ["Matrix", "MatrixEntry", "Package", "Percentage", "Price", "Tier", "is_currency", "validate_price"]
+__all__ = [
+    "CADENCES",
+    "MODELS",
+    "ORDERED",
+    "PACKAGE_SIZE_RULE",
+    "PARAMETERS",
+    "PERCENT_PER",
+    "PER_EVENT_ALLOWANCE_RULE",
+    "ROUNDINGS",
+    "TIERS_RULE",
+    "Cadence",
+    "Matrix",
+    "MatrixEntry",
+    "Model",
+    "Package",
+    "Percentage",
+    "Price",
+    "Tier",
+    "is_currency",
+    "validate_price",
+]
 
 Model = Literal["flat", "per_unit", "graduated", "volume", "package", "percentage", "matrix"]
+#: When a flat fee is billed: at the start of its period, or at its end. An invoice line's ``timing`` takes the same
+#: two values (usage is always billed in arrears).
 Cadence = Literal["in_advance", "in_arrears"]
+Rounding = Literal["up", "down"]
+PercentPer = Literal["event", "period"]
+
+#: The enumerations, spelled once (as the Literals above, which msgspec checks on decoding) and read by rating.
+MODELS: tuple[str, ...] = get_args(Model)
+CADENCES: tuple[str, ...] = get_args(Cadence)
+ROUNDINGS: tuple[str, ...] = get_args(Rounding)
+PERCENT_PER: tuple[str, ...] = get_args(PercentPer)
+#: Which field carries each model's parameters; every other parameter field must be absent.
+PARAMETERS: dict[str, str] = {
+    "flat": "amount",
+    "per_unit": "unit_price",
+    "graduated": "tiers",
+    "volume": "tiers",
+    "package": "package",
+    "percentage": "percentage",
+    "matrix": "matrix",
+}
+#: Bounds that must be in order, ``(lower, upper)``, named as the ``prices`` frame names them.
+ORDERED: tuple[tuple[str, str], ...] = (("minimum", "maximum"), ("min_fee", "max_fee"))
+#: The messages of the rules that read the same for one price and for a frame of them.
+PACKAGE_SIZE_RULE = "a package needs a size above 0"
+PER_EVENT_ALLOWANCE_RULE = (
+    "a free allowance cannot be taken from a percentage charged per event (events have no order): "
+    'set per to "period" or remove free_allowance'
+)
+TIERS_RULE = (
+    "the first tier starts at 0, each starts where the previous one ends, only the last is unbounded, and each ends "
+    "after it starts"
+)
 
 
 class Tier(Checked, forbid_unknown_fields=True, rename={"start": "from"}):
@@ -38,14 +96,14 @@ class Package(Checked, forbid_unknown_fields=True):
 
     size: Quantity
     price: UnitPrice
-    rounding: Literal["up", "down"] = "up"
+    rounding: Rounding = "up"
 
 
 class Percentage(Checked, forbid_unknown_fields=True):
     """``percent`` of the amounts the meter sums, with an optional fee floor and ceiling per ``per``."""
 
     percent: Percent
-    per: Literal["event", "period"] = "period"
+    per: PercentPer = "period"
     min_fee: Amount | None = None
     max_fee: Amount | None = None
 
@@ -82,18 +140,6 @@ class Price(Checked, forbid_unknown_fields=True):
     maximum: Amount | None = None
 
 
-# Which field carries each model's parameters.
-_PARAMETERS: dict[str, str] = {
-    "flat": "amount",
-    "per_unit": "unit_price",
-    "graduated": "tiers",
-    "volume": "tiers",
-    "package": "package",
-    "percentage": "percentage",
-    "matrix": "matrix",
-}
-
-
 def validate_price(price: Price) -> None:
     """Raises ``InvalidInput`` (code ``invalid_price``) naming the first thing to fix."""
 
@@ -104,31 +150,32 @@ def validate_price(price: Price) -> None:
         fail('a flat fee charges a period, not a meter: remove "meter"')
     if price.model != "flat" and price.meter is None:
         fail(f'a {price.model} price charges a meter\'s usage: set "meter" to its slug')
-    needed = _PARAMETERS[price.model]
-    for field in sorted(set(_PARAMETERS.values())):
+    needed = PARAMETERS[price.model]
+    for field in sorted(set(PARAMETERS.values())):
         if field == needed and getattr(price, field) is None:
             fail(f'a {price.model} price needs "{field}"')
         if field != needed and getattr(price, field) is not None:
             fail(f'"{field}" does not belong to a {price.model} price')
 
     # Each number is finite, 0 or more and within its kind's limits already (meter.catalog.types).
-    if price.minimum is not None and price.maximum is not None and price.minimum > price.maximum:
-        fail(f"minimum {price.minimum} is above maximum {price.maximum}")
+    fees = price.percentage
+    bounds: dict[str, Decimal | None] = {
+        "minimum": price.minimum,
+        "maximum": price.maximum,
+        "min_fee": None if fees is None else fees.min_fee,
+        "max_fee": None if fees is None else fees.max_fee,
+    }
+    for lower, upper in ORDERED:
+        low, high = bounds[lower], bounds[upper]
+        if low is not None and high is not None and low > high:
+            fail(f"{lower} {low} is above {upper} {high}")
 
     if price.tiers is not None:
         _check_tiers(price.tiers, fail)
-    if price.package is not None:
-        if price.package.size == 0:
-            fail("a package needs a size above 0")
-    if price.percentage is not None:
-        p = price.percentage
-        if p.min_fee is not None and p.max_fee is not None and p.min_fee > p.max_fee:
-            fail(f"min_fee {p.min_fee} is above max_fee {p.max_fee}")
-        if p.per == "event" and price.free_allowance:
-            fail(
-                "a free allowance cannot be taken from a percentage charged per event (events have no order): "
-                'set per to "period" or remove free_allowance'
-            )
+    if price.package is not None and price.package.size == 0:
+        fail(PACKAGE_SIZE_RULE)
+    if price.percentage is not None and price.percentage.per == "event" and price.free_allowance:
+        fail(PER_EVENT_ALLOWANCE_RULE)
     if price.matrix is not None:
         _check_matrix(price.matrix, fail)
 

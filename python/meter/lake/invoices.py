@@ -38,10 +38,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from meter.billing.invoices import Fresh, Invoice
+from meter.billing.store import InvoiceStore
 from meter.encoding import encode_json
 from meter.lake import layout
 from meter.lake.files import COMPRESSION, ExportSummary, replace, write_parquet
-from meter.pricing.invoices import Fresh, Invoice, InvoiceStore
 
 __all__ = [
     "INVOICE_SCHEMA",
@@ -135,7 +136,7 @@ def export_invoices(
 
     Derived from the invoices store, which refuses what these files cannot hold (``InvoiceStore`` checks amounts
     against ``decimal128(38, 9)`` before it writes), so a stored invoice never makes this fail. ``fresh`` holds, per
-    tenant, the rows of invoices just stored (an invoice run's drafts, see ``meter.pricing.batch``): those are taken
+    tenant, the rows of invoices just stored (an invoice run's drafts, see ``meter.billing.batch``): those are taken
     as they are, a part at a time, instead of being read back and decoded one by one.
     """
     summary = ExportSummary()

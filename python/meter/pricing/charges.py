@@ -7,14 +7,17 @@ charge.
 
 - :func:`charges_and_prices` builds both from ``(key, Price, proration)`` rows, for up to some thousands of charges;
 - for millions, :func:`price_frame` builds ``prices`` and the caller builds ``charges`` from its subscriptions with
-  polars (vectorised), in :data:`CHARGES_SCHEMA`: ``charge`` (String, or an integer type, which joins faster),
-  ``price_id`` and ``proration`` (optional: 1 when the column is absent).
+  polars (vectorised), in :data:`~meter.pricing.schema.CHARGES_SCHEMA`: ``charge`` (String, or an integer type,
+  which joins faster), ``price_id`` and ``proration`` (optional: 1 when the column is absent).
 
-``prices`` (:data:`PRICE_SCHEMA`): ``price_id``, ``currency``, ``model``, ``amount``, ``unit_price``, ``tiers`` (a
-list of ``{start, up_to, unit_price, flat_fee}``, ``start`` being the catalog's ``from``), ``package_size``,
-``package_price``, ``package_rounding`` (``up`` or ``down``), ``percent``, ``percent_per`` (``event`` or ``period``),
-``min_fee``, ``max_fee``, ``matrix`` (a list of ``{combination, unit_price}``), ``free_allowance``, ``minimum``,
-``maximum``. Every number is a :data:`DECIMAL`: a price with more than 9 decimals is refused, never cut.
+``prices`` (:data:`~meter.pricing.schema.PRICE_SCHEMA`): ``price_id``, ``currency``, ``model``, ``amount``,
+``unit_price``, ``tiers`` (a list of ``{start, up_to, unit_price, flat_fee}``, ``start`` being the catalog's
+``from``), ``package_size``, ``package_price``, ``package_rounding`` (``up`` or ``down``), ``percent``,
+``percent_per`` (``event`` or ``period``), ``min_fee``, ``max_fee``, ``matrix`` (a list of
+``{combination, unit_price}``), ``free_allowance``, ``minimum``, ``maximum``. Every number is a
+:data:`~meter.pricing.schema.DECIMAL`: a price with more than 9 decimals is refused, never cut. A price is checked
+against the catalog's rules (:func:`meter.catalog.prices.validate_price`) and then against the range rating computes
+exactly in (:func:`meter.pricing.price_table.prepare_prices`) as the frame is built, not at the first rating.
 
 A matrix combination is a canonical string, the dimension values as a JSON object with sorted keys:
 :func:`combination_key` makes it from a ``dict``, :func:`combination_expr` from the usage export's dimension columns;
@@ -25,54 +28,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from decimal import Context, Decimal
-from typing import Any, NoReturn
+from decimal import Decimal
+from typing import Any
 
 import polars as pl
 
 from meter.catalog.prices import Price, validate_price
 from meter.exceptions import InvalidInput
+from meter.pricing.errors import fail
+from meter.pricing.exact import decimal_problem
+from meter.pricing.price_table import prepare_prices
+from meter.pricing.schema import CHARGES_SCHEMA, PRICE_SCHEMA
 
-__all__ = [
-    "CHARGES_SCHEMA",
-    "DECIMAL",
-    "PRICE_SCHEMA",
-    "charges_and_prices",
-    "combination_expr",
-    "combination_key",
-    "price_frame",
-]
-
-#: Every quantity and price: 38 digits, 9 after the point (the usage export's ``value`` type).
-DECIMAL = pl.Decimal(38, 9)
-_TIER = pl.Struct({"start": DECIMAL, "up_to": DECIMAL, "unit_price": DECIMAL, "flat_fee": DECIMAL})
-_MATRIX_ENTRY = pl.Struct({"combination": pl.String, "unit_price": DECIMAL})
-
-PRICE_SCHEMA: dict[str, pl.DataType] = {
-    "price_id": pl.String(),
-    "currency": pl.String(),
-    "model": pl.String(),
-    "amount": DECIMAL,
-    "unit_price": DECIMAL,
-    "tiers": pl.List(_TIER),
-    "package_size": DECIMAL,
-    "package_price": DECIMAL,
-    "package_rounding": pl.String(),
-    "percent": DECIMAL,
-    "percent_per": pl.String(),
-    "min_fee": DECIMAL,
-    "max_fee": DECIMAL,
-    "matrix": pl.List(_MATRIX_ENTRY),
-    "free_allowance": DECIMAL,
-    "minimum": DECIMAL,
-    "maximum": DECIMAL,
-}
-CHARGES_SCHEMA: dict[str, pl.DataType] = {"charge": pl.String(), "price_id": pl.String(), "proration": DECIMAL}
-
-_PLACES = 9
-# A Decimal(38, 9) holds magnitudes below 10^29.
-_MAGNITUDE = Decimal(10) ** (38 - _PLACES)
-_CONTEXT = Context(prec=80)
+__all__ = ["charges_and_prices", "combination_expr", "combination_key", "price_frame"]
 
 
 def combination_key(values: Mapping[str, str]) -> str:
@@ -104,10 +72,7 @@ def price_frame(prices: Iterable[Price]) -> pl.DataFrame:
                 f"two different prices have the id {price.id!r}: give each version its own id", code="invalid_price"
             )
     frame = pl.DataFrame([_price_row(price) for price in by_id.values()], schema=PRICE_SCHEMA, orient="row")
-    # Rating's own checks (the range it computes exactly in) now, rather than at the first rating. Imported here
-    # because price_table imports this module.
-    from meter.pricing.price_table import prepare_prices
-
+    # Rating's own checks (the range it computes exactly in) now, rather than at the first rating.
     prepare_prices(frame)
     return frame
 
@@ -132,10 +97,7 @@ def charges_and_prices(rows: Iterable[tuple[str, Price, Decimal]]) -> tuple[pl.D
 
 
 def _price_row(price: Price) -> dict[str, Any]:
-    validate_price(price)
-
-    def fail(message: str) -> NoReturn:
-        raise InvalidInput(f"price {price.id!r}: {message}", code="invalid_price")
+    validate_price(price)  # the catalog's rules (meter.catalog.prices), then the range rating computes exactly in
 
     def exact(value: Decimal | None, name: str) -> Decimal | None:
         return None if value is None else _exact_decimal(value, f"price {price.id!r}: {name}")
@@ -169,11 +131,6 @@ def _price_row(price: Price) -> dict[str, Any]:
         )
     if price.percentage is not None:
         p = price.percentage
-        if p.per == "event" and price.free_allowance:
-            fail(
-                "a free allowance cannot be taken from a percentage charged per event (events have no order): "
-                'set per to "period" or remove free_allowance'
-            )
         row.update(
             percent=exact(p.percent, "percent"),
             percent_per=p.per,
@@ -193,12 +150,6 @@ def _price_row(price: Price) -> dict[str, Any]:
 
 def _exact_decimal(value: Decimal, what: str, code: str = "invalid_price") -> Decimal:
     """``value`` unchanged if a ``Decimal(38, 9)`` holds it exactly; otherwise ``InvalidInput`` saying why."""
-    if not isinstance(value, Decimal) or not value.is_finite():
-        raise InvalidInput(f"{what} must be a finite Decimal; got {value!r}", code=code)
-    if value.copy_abs() >= _MAGNITUDE:  # abs() would round to the context's 28 digits first
-        raise InvalidInput(f"{what} is {value}, beyond the 10^29 pricing computes exactly", code=code)
-    if value.quantize(Decimal(1).scaleb(-_PLACES), context=_CONTEXT) != value:
-        raise InvalidInput(
-            f"{what} is {value}, which has more than {_PLACES} decimal places: round it to {_PLACES}", code=code
-        )
+    if (problem := decimal_problem(value)) is not None:
+        fail(f"{what} {problem}", code)
     return value

@@ -15,17 +15,49 @@ value is far below 2^127 ≈ 1.7e38 and the Int128 result cannot have wrapped) a
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Context, Decimal
 
 import polars as pl
 
-__all__ = ["LIMIT", "SHADOW_LIMIT", "from_scaled", "int128", "out_of_range", "shadow", "to_scaled"]
+from meter.catalog.types import PLACES
+
+__all__ = [
+    "DECIMAL_BOUND",
+    "DECIMAL_PLACES",
+    "LIMIT",
+    "SHADOW_LIMIT",
+    "decimal_problem",
+    "from_scaled",
+    "int128",
+    "out_of_range",
+    "shadow",
+    "to_scaled",
+]
 
 #: The largest scaled integer kept: 38 digits, what a ``Decimal(38, s)`` column holds.
 LIMIT = 10**38 - 1
 #: A shadow above this means the value is out of range (or its Int128 may have wrapped). The gap up to 2^127 covers
 #: Float64's rounding, which is relative and tiny (sums here are of non-negative terms, so it does not cancel).
 SHADOW_LIMIT = 1.2e38
+#: Digits after the point of every quantity and price rating reads, and of every number the exports write: the
+#: catalog's (every catalog number has at most these, :mod:`meter.catalog.types`).
+DECIMAL_PLACES = PLACES
+#: A ``Decimal(38, 9)`` (the usage export's ``value``, the invoices export's amounts) holds magnitudes below this.
+DECIMAL_BOUND = Decimal(10) ** (38 - DECIMAL_PLACES)
+_QUANTUM = Decimal(1).scaleb(-DECIMAL_PLACES)
+# Room for every digit of a value below the bound (the default context keeps 28, and would round).
+_CONTEXT = Context(prec=80)
+
+
+def decimal_problem(value: object) -> str | None:
+    """Why a ``Decimal(38, 9)`` cannot hold ``value`` exactly, as the end of a sentence; None when it can."""
+    if not isinstance(value, Decimal) or not value.is_finite():
+        return f"must be a finite Decimal; got {value!r}"
+    if value.copy_abs() >= DECIMAL_BOUND:  # abs() would round to the context's 28 digits first
+        return f"is {value}, beyond the 10^29 pricing computes exactly"
+    if value.quantize(_QUANTUM, context=_CONTEXT) != value:
+        return f"is {value}, which has more than {DECIMAL_PLACES} decimal places: round it to {DECIMAL_PLACES}"
+    return None
 
 
 def int128(value: int) -> pl.Expr:

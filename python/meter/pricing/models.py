@@ -16,11 +16,10 @@ The input ``base`` has one row per charge, row ``i`` being the charge whose ``_r
 
 from __future__ import annotations
 
-from typing import NoReturn
-
 import polars as pl
 
-from meter.exceptions import InvalidInput, ValueOverflow
+from meter.exceptions import ValueOverflow
+from meter.pricing.errors import fail
 from meter.pricing.exact import LIMIT, SHADOW_LIMIT, from_scaled, int128, out_of_range, shadow
 from meter.pricing.price_table import PRICE_SCALE, PriceTable
 
@@ -219,7 +218,7 @@ def matrix(base: pl.DataFrame, prices: PriceTable, cells: pl.DataFrame) -> pl.Da
     if priced.select(pl.col("unit_price").is_null().any()).item():
         unpriced = priced.filter(pl.col("unit_price").is_null())
         charge = base.get_column("charge")[unpriced["_row"][0]]
-        _fail(
+        fail(
             f"charge {charge!r} has usage for the combination {unpriced['combination'][0]}, which its matrix does "
             "not price: add an entry for it, or fix the usage's dimension values",
             "unpriced_usage",
@@ -250,7 +249,7 @@ def matrix(base: pl.DataFrame, prices: PriceTable, cells: pl.DataFrame) -> pl.Da
 
 def _bound_fee(frame: pl.DataFrame) -> pl.DataFrame:
     """Raises ``fee`` to ``min_fee`` and cuts it to ``max_fee`` (both optional, scale 9), noting which happened."""
-    # Fee bounds are below 10^18 (MAX_AMOUNT), so these products fit.
+    # Fee bounds are amounts, below 10^18 (meter.catalog.types.LIMITS), so these products fit.
     low = pl.col("min_fee") * int128(_PRICE_TO_AMOUNT)
     high = pl.col("max_fee") * int128(_PRICE_TO_AMOUNT)
     # A fee whose shadow is out of range may have wrapped: compare its shadow, not its (wrong) Int128.
@@ -292,7 +291,3 @@ def _details(
             values[name] = from_scaled(value, scale) if scale is not None else value.cast(dtype)
     values.update(_subtotal=pl.col("_subtotal"), _shadow=pl.col("_shadow"))
     return frame.select(**values)
-
-
-def _fail(message: str, code: str) -> NoReturn:
-    raise InvalidInput(message, code=code)

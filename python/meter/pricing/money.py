@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_MINOR_UNITS",
     "MAX_MINOR_UNITS",
     "MINOR_UNITS",
+    "divide_half_even",
     "minor_units",
     "minor_units_expr",
     "round_column_half_even",
@@ -102,6 +103,19 @@ def round_column_half_even(frame: pl.DataFrame, scaled: str, scale: int, digits:
     steps = steps.select("divisor", shifted=pl.col("scaled") + pl.col("divisor") // int128(2))
     steps = steps.with_columns(quotient=pl.col("shifted") // pl.col("divisor"))
     return steps.select(_half_even_step(pl.col("quotient"), pl.col("shifted"), pl.col("divisor"))).to_series()
+
+
+def divide_half_even(numerator: pl.Expr, divisor: pl.Expr) -> pl.Expr:
+    """``numerator / divisor`` on Int128, rounded half to even, for any ``divisor`` above 0.
+
+    :func:`round_scaled_half_even` divides by powers of ten only (its tie test needs an even divisor); this divides by
+    anything, such as an event count (a mean) or ``10^11`` (a percent of an amount of money). Floor division keeps the
+    remainder in ``[0, divisor)``, so the rule holds for negative numerators too.
+    """
+    quotient, remainder = numerator // divisor, numerator % divisor
+    twice = remainder * int128(2)
+    up = (twice > divisor) | ((twice == divisor) & (quotient % int128(2) == int128(1)))
+    return quotient + up.cast(pl.Int128)
 
 
 def _divisor(digits: pl.Expr, scale: int) -> pl.Expr:

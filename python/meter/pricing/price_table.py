@@ -3,56 +3,63 @@
 Row ``i`` of :attr:`PriceTable.params` is the price whose ``price_idx`` is ``i``, so a charge finds its price's
 parameters by position (a gather), without a join. Every check here runs on the handful of prices, not on the
 charges: that is why rating takes prices apart from charges.
+
+The checks are the catalog's price rules (:mod:`meter.catalog.prices`: models, parameters, enumerations, ordered
+bounds, tiers) and limits (:mod:`meter.catalog.types`, through :func:`meter.pricing.schema.limit_of`), applied to a
+whole frame: a frame built by :func:`~meter.pricing.charges.price_frame` passes them by construction, one built by
+hand is held to the same rules. Nothing here rounds; a number that does not fit 9 decimals never gets this far.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NoReturn
 
 import polars as pl
 
-from meter.exceptions import InvalidInput
-from meter.pricing.charges import PRICE_SCHEMA
-from meter.pricing.exact import LIMIT, to_scaled
+from meter.catalog.prices import (
+    MODELS,
+    ORDERED,
+    PACKAGE_SIZE_RULE,
+    PER_EVENT_ALLOWANCE_RULE,
+    PERCENT_PER,
+    ROUNDINGS,
+    TIERS_RULE,
+    MatrixEntry,
+)
+from meter.catalog.types import Limit
+from meter.pricing.errors import fail
+from meter.pricing.exact import DECIMAL_PLACES, to_scaled
 from meter.pricing.money import minor_units_expr
+from meter.pricing.schema import NEEDS, NUMBER_FIELDS, PRICE_SCHEMA, TIER_FIELDS, limit_of
 
-__all__ = ["MAX_AMOUNT", "MAX_UNIT_PRICE", "MODEL", "MODELS", "PRICE_SCALE", "PriceTable", "prepare_prices"]
+__all__ = ["MODEL", "PRICE_SCALE", "PriceTable", "prepare_prices", "scaled_limit"]
 
-MODELS = ("flat", "per_unit", "graduated", "volume", "package", "percentage", "matrix")
 MODEL = pl.Enum(MODELS)
 #: Quantities and prices count 10^-9.
-PRICE_SCALE = 9
-#: The largest amount-like price (a flat amount, fee, bound or tier flat fee), scaled: below 10^18, so that it still
-#: fits 38 digits at the amount scale of 10^-20.
-MAX_AMOUNT = LIMIT // 10**11
-#: The largest unit price (per unit, tier unit, package or matrix unit), scaled: below 10^27, so that details can show
-#: it at the rate scale of 10^-11.
-MAX_UNIT_PRICE = LIMIT // 100
+PRICE_SCALE = DECIMAL_PLACES
 _ONE = 10**PRICE_SCALE
-_NUMBERS = (
-    "amount",
-    "unit_price",
-    "package_size",
-    "package_price",
-    "percent",
-    "min_fee",
-    "max_fee",
-    "free_allowance",
-    "minimum",
-    "maximum",
-)
-_AMOUNT_LIKE = ("amount", "min_fee", "max_fee", "minimum", "maximum")
-# What each model needs besides the common fields; validate_price checks the same for prices built from the catalog.
-_NEEDS = {
-    "flat": ["amount"],
-    "per_unit": ["unit_price"],
-    "graduated": ["tiers"],
-    "volume": ["tiers"],
-    "package": ["package_size", "package_price", "package_rounding"],
-    "percentage": ["percent", "percent_per"],
-    "matrix": ["matrix"],
-}
+_NUMBERS = tuple(NUMBER_FIELDS)
+_CODE = "invalid_price"
+
+
+def scaled_limit(limit: Limit) -> int:
+    """The largest value ``limit`` allows, as a count of 10^-9.
+
+    Amounts stay below 10^18 (10^27 - 1 scaled), so that they still fit 38 digits at the amount scale of 10^-20; unit
+    prices below 10^27, so that details can show them at the rate scale of 10^-11.
+    """
+    top = int(limit.maximum.scaleb(PRICE_SCALE))
+    return top if limit.inclusive else top - 1
+
+
+_ENTRY_LIMIT = limit_of(MatrixEntry, "unit_price")
+_MAX_ENTRY_PRICE = scaled_limit(_ENTRY_LIMIT)
+
+
+def _limit(column: str) -> tuple[int, str]:
+    """A number column's largest scaled value and the rule's text, from the catalog field it holds."""
+    limit = limit_of(*NUMBER_FIELDS[column])
+    return scaled_limit(limit), f"{column} must be {limit.describe()}"
 
 
 @dataclass(frozen=True)
@@ -74,16 +81,18 @@ class PriceTable:
 
 
 def prepare_prices(prices: pl.DataFrame) -> PriceTable:
-    """Checks ``prices`` (:data:`~meter.pricing.charges.PRICE_SCHEMA`) and turns it into a :class:`PriceTable`."""
+    """Checks ``prices`` (:data:`~meter.pricing.schema.PRICE_SCHEMA`) and turns it into a :class:`PriceTable`."""
     for name, dtype in PRICE_SCHEMA.items():
         if name not in prices.columns:
-            _fail(f"prices has no column {name!r}: build it with price_frame()")
+            fail(f"prices has no column {name!r}: build it with price_frame()", _CODE)
         if prices.schema[name] != dtype:
-            _fail(f"prices column {name!r} must be {dtype}; got {prices.schema[name]}: build it with price_frame()")
+            fail(
+                f"prices column {name!r} must be {dtype}; got {prices.schema[name]}: build it with price_frame()", _CODE
+            )
     ids = prices.get_column("price_id")
     if ids.has_nulls() or ids.n_unique() != prices.height:
         repeated = prices.filter(pl.col("price_id").is_duplicated() | pl.col("price_id").is_null())
-        _fail(f"price ids must be unique and not null; {repeated['price_id'][0]!r} is not")
+        fail(f"price ids must be unique and not null; {repeated['price_id'][0]!r} is not", _CODE)
 
     checked = prices.with_row_index("price_idx").with_columns(
         *(to_scaled(pl.col(name), PRICE_SCALE) for name in _NUMBERS),
@@ -91,7 +100,7 @@ def prepare_prices(prices: pl.DataFrame) -> PriceTable:
     )
     problems = checked.select("price_id", problem=_problem()).filter(pl.col("problem").is_not_null())
     if problems.height:
-        _fail(f"price {problems['price_id'][0]!r}: {problems['problem'][0]}")
+        fail(f"price {problems['price_id'][0]!r}: {problems['problem'][0]}", _CODE)
 
     params = checked.select(
         "price_id",
@@ -117,30 +126,23 @@ def _problem() -> pl.Expr:
     ]
     checks += [
         ((model == name) & col(field).is_null(), f"a {name} price needs {field}")
-        for name, fields in _NEEDS.items()
+        for name, fields in NEEDS.items()
         for field in fields
     ]
-    checks += [(col(name) < 0, f"{name} must be 0 or more") for name in _NUMBERS]
-    checks += [(col(name) > MAX_AMOUNT, f"{name} must be below 10^18") for name in _AMOUNT_LIKE]
-    checks += [(col(name) > MAX_UNIT_PRICE, f"{name} must be below 10^27") for name in ("unit_price", "package_price")]
+    checks += [((col(name) < 0) | (col(name) > top), message) for name in _NUMBERS for top, message in [_limit(name)]]
     checks += [
         (col("free_allowance").is_null(), "free_allowance must be a number (0 for none)"),
-        (col("percent") > 100 * _ONE, "percent must be between 0 and 100"),
-        ((model == "package") & (col("package_size") == 0), "package_size must be above 0"),
+        ((model == "package") & (col("package_size") == 0), PACKAGE_SIZE_RULE),
         (
-            (model == "package") & ~col("package_rounding").is_in(["up", "down"]),
-            'package_rounding must be "up" or "down"',
+            (model == "package") & ~col("package_rounding").is_in(ROUNDINGS),
+            f"package_rounding must be one of {', '.join(ROUNDINGS)}",
         ),
         (
-            (model == "percentage") & ~col("percent_per").is_in(["event", "period"]),
-            'percent_per must be "event" or "period"',
+            (model == "percentage") & ~col("percent_per").is_in(PERCENT_PER),
+            f"percent_per must be one of {', '.join(PERCENT_PER)}",
         ),
-        (col("minimum") > col("maximum"), "minimum is above maximum"),
-        (col("min_fee") > col("max_fee"), "min_fee is above max_fee"),
-        (
-            (model == "percentage") & col("per_event") & (col("free_allowance") > 0),
-            "a free allowance cannot be taken from a percentage charged per event: remove it",
-        ),
+        *((col(lower) > col(upper), f"{lower} is above {upper}") for lower, upper in ORDERED),
+        ((model == "percentage") & col("per_event") & (col("free_allowance") > 0), PER_EVENT_ALLOWANCE_RULE),
     ]
     # The first failing check's message: coalesce keeps the first non-null.
     return pl.coalesce(
@@ -156,7 +158,7 @@ def _tiers(prices: pl.DataFrame) -> pl.DataFrame:
     tiered = prices.filter(pl.col("model").is_in(["graduated", "volume"]))
     empty = tiered.filter(pl.col("tiers").list.len() == 0)
     if empty.height:
-        _fail(f"price {empty['price_id'][0]!r}: a {empty['model'][0]} price needs one or more tiers")
+        fail(f"price {empty['price_id'][0]!r}: a {empty['model'][0]} price needs one or more tiers", _CODE)
     field = pl.col("tiers").struct.field
     tiers = (
         tiered.select(
@@ -187,16 +189,16 @@ def _tiers(prices: pl.DataFrame) -> pl.DataFrame:
         | (~last & pl.col("up_to").is_null())
         | (pl.col("up_to") <= pl.col("start"))
         | pl.any_horizontal(pl.col("start", "unit_price", "flat_fee").is_null())
-        | (pl.col("unit_price") < 0)
-        | (pl.col("unit_price") > MAX_UNIT_PRICE)
-        | (pl.col("flat_fee") < 0)
-        | (pl.col("flat_fee") > MAX_AMOUNT)
+        | pl.any_horizontal(
+            (pl.col(name) < 0) | (pl.col(name) > scaled_limit(limit_of(*field))) for name, field in TIER_FIELDS.items()
+        )
     )
     if broken.height:
-        _fail(
-            f"price {broken['price_id'][0]!r}: tier {broken['tier'][0]} breaks the rules of tiers (the first starts "
-            "at 0, each starts where the previous ends, only the last is unbounded, unit prices are between 0 and "
-            "10^27 and flat fees between 0 and 10^18)"
+        limits = "; ".join(f"{name} {limit_of(*field).describe()}" for name, field in TIER_FIELDS.items())
+        fail(
+            f"price {broken['price_id'][0]!r}: tier {broken['tier'][0]} breaks the rules of tiers ({TIERS_RULE}; "
+            f"{limits})",
+            _CODE,
         )
     return tiers.drop("price_id", "count")
 
@@ -219,16 +221,13 @@ def _entries(prices: pl.DataFrame) -> pl.DataFrame:
     broken = entries.filter(
         pl.struct("price_idx", "combination").is_duplicated()
         | pl.col("combination").is_null()
-        | ~pl.col("unit_price").is_between(0, MAX_UNIT_PRICE).fill_null(False)
+        | ~pl.col("unit_price").is_between(0, _MAX_ENTRY_PRICE).fill_null(False)
     )
     if broken.height:
-        _fail(
+        fail(
             f"price {broken['price_id'][0]!r}: matrix entry {broken['combination'][0]} is repeated, or lacks a "
-            "combination or a unit price between 0 and 10^27: keep one entry per combination"
+            f"combination or a unit price {_ENTRY_LIMIT.describe()}: keep one entry per combination",
+            _CODE,
         )
     rank = pl.int_range(pl.len(), dtype=pl.UInt32).over("price_idx")
     return entries.select("price_idx", "combination", "unit_price", rank=rank)
-
-
-def _fail(message: str) -> NoReturn:
-    raise InvalidInput(message, code="invalid_price")

@@ -79,13 +79,13 @@ Errors: malformed input raises ``InvalidInput`` whose message names the charge o
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NoReturn
 
 import polars as pl
 from polars.exceptions import InvalidOperationError
 
-from meter.exceptions import InvalidInput, ValueOverflow
+from meter.exceptions import ValueOverflow
 from meter.pricing import models
+from meter.pricing.errors import fail
 from meter.pricing.exact import from_scaled, int128, out_of_range, shadow
 from meter.pricing.models import AMOUNT_SCALE
 from meter.pricing.money import round_column_half_even, scaled_to_money
@@ -222,18 +222,18 @@ def _prepare_charges(charges: pl.DataFrame, table: PriceTable) -> pl.DataFrame:
     """``charges`` checked: ``_row``, ``charge``, ``price_idx``, ``model`` and ``proration`` (Int128)."""
     for name in ("charge", "price_id"):
         if name not in charges.columns:
-            _fail(
+            fail(
                 f"charges has no column {name!r}; it needs charge, price_id and optionally proration", "invalid_charges"
             )
     key_type = charges.schema["charge"]
     if not (key_type == pl.String or key_type.is_integer()):
-        _fail(f"charges column 'charge' must be String or an integer type; got {key_type}", "invalid_charges")
+        fail(f"charges column 'charge' must be String or an integer type; got {key_type}", "invalid_charges")
     if charges.schema["price_id"] != pl.String:
-        _fail(f"charges column 'price_id' must be String; got {charges.schema['price_id']}", "invalid_charges")
+        fail(f"charges column 'price_id' must be String; got {charges.schema['price_id']}", "invalid_charges")
     key = charges.get_column("charge")
     if key.has_nulls() or key.n_unique() != charges.height:
         repeated = charges.filter(pl.col("charge").is_duplicated() | pl.col("charge").is_null())
-        _fail(f"charge keys must be unique and not null; {repeated['charge'][0]!r} is not", "invalid_charges")
+        fail(f"charge keys must be unique and not null; {repeated['charge'][0]!r} is not", "invalid_charges")
 
     ids = table.params.get_column("price_id")
     price_idx = charges.get_column("price_id").replace_strict(
@@ -249,7 +249,7 @@ def _prepare_charges(charges: pl.DataFrame, table: PriceTable) -> pl.DataFrame:
     )
     if price_idx.has_nulls():
         unknown = charges.filter(price_idx.is_null())
-        _fail(
+        fail(
             f"charge {unknown['charge'][0]!r} names price {unknown['price_id'][0]!r}, which is not in prices",
             "unknown_price",
         )
@@ -273,7 +273,7 @@ def _prepare_usage(quantities: pl.DataFrame, keys: pl.DataFrame) -> tuple[pl.Dat
     """
     _require(quantities, "quantities", ["charge", "quantity"], keys)
     if "combination" in quantities.columns and quantities.schema["combination"] != pl.String:
-        _fail(
+        fail(
             f"quantities column 'combination' must be String; got {quantities.schema['combination']}",
             "invalid_quantities",
         )
@@ -314,7 +314,7 @@ def _prepare_usage(quantities: pl.DataFrame, keys: pl.DataFrame) -> tuple[pl.Dat
     )
     if cells.get_column("bad").any() or others.get_column("bad").any():
         bad = rows.join(keys, on="charge", how="left").select("charge", problem=problem).drop_nulls("problem")
-        _fail(f"quantities for charge {bad['charge'][0]!r}: {bad['problem'][0]}", "invalid_quantities")
+        fail(f"quantities for charge {bad['charge'][0]!r}: {bad['problem'][0]}", "invalid_quantities")
     cells, others = cells.drop("bad"), others.drop("bad")
     _check_range(cells, "quantity", keys, "a summed quantity")
     totals = pl.concat([others, cells.group_by("_row").agg(**summed)])
@@ -350,9 +350,9 @@ def _prepare_events(event_amounts: pl.DataFrame | None, keys: pl.DataFrame) -> p
 def _require(frame: pl.DataFrame, what: str, columns: list[str], keys: pl.DataFrame) -> None:
     for name in columns:
         if name not in frame.columns:
-            _fail(f"{what} has no column {name!r}; it needs {', '.join(columns)}", f"invalid_{what}")
+            fail(f"{what} has no column {name!r}; it needs {', '.join(columns)}", f"invalid_{what}")
     if frame.schema["charge"] != keys.schema["charge"]:
-        _fail(
+        fail(
             f"{what} column 'charge' is {frame.schema['charge']} but charges' is {keys.schema['charge']}: "
             "use the same key type",
             f"invalid_{what}",
@@ -368,20 +368,20 @@ def _scaled_input(frame: pl.DataFrame, column: str, what: str) -> pl.Series:
             try:
                 return values.cast(pl.Decimal(38, PRICE_SCALE)).to_physical()
             except InvalidOperationError:
-                _fail(
+                fail(
                     f"{what} column {column!r} holds a value beyond the 10^29 pricing computes exactly",
                     f"invalid_{what}",
                 )
         physical, cut = values.to_physical().to_frame(column), int128(10 ** (dtype.scale - PRICE_SCALE))
         if not physical.select((pl.col(column) % cut == int128(0)).all()).item():
-            _fail(
+            fail(
                 f"{what} column {column!r} has values with more than {PRICE_SCALE} decimal places: round them first",
                 f"invalid_{what}",
             )
         return physical.select(pl.col(column) // cut).to_series()
     if dtype.is_integer():
         return values.cast(pl.Int128).to_frame().select(pl.col(column) * int128(_ONE)).to_series()
-    _fail(
+    fail(
         f"{what} column {column!r} must be a Decimal with at most {PRICE_SCALE} decimals (the usage export's "
         f"decimal128(38, 9)) or an integer; got {dtype}: floats are not exact",
         f"invalid_{what}",
@@ -392,7 +392,7 @@ def _attach_keys(rows: pl.DataFrame, keys: pl.DataFrame, what: str) -> pl.DataFr
     joined = rows.join(keys, on="charge", how="inner")
     if joined.height != rows.height:
         unknown = rows.join(keys, on="charge", how="anti")
-        _fail(f"{what} names charge {unknown['charge'][0]!r}, which is not in charges", "unknown_charge")
+        fail(f"{what} names charge {unknown['charge'][0]!r}, which is not in charges", "unknown_charge")
     return joined
 
 
@@ -401,7 +401,7 @@ def _check_rows(rows: pl.DataFrame, problem: pl.Expr, what: str) -> None:
     # `any` first: filtering millions of rows costs far more than testing them, even when none is kept.
     if rows.select(problem.is_not_null().any()).item():
         bad = rows.select("charge", problem=problem).filter(pl.col("problem").is_not_null())
-        _fail(f"{what} for charge {bad['charge'][0]!r}: {bad['problem'][0]}", f"invalid_{what}")
+        fail(f"{what} for charge {bad['charge'][0]!r}: {bad['problem'][0]}", f"invalid_{what}")
 
 
 def _check_range(frame: pl.DataFrame, column: str, base: pl.DataFrame, what: str, shadow: str = "shadow") -> None:
@@ -414,7 +414,3 @@ def _check_range(frame: pl.DataFrame, column: str, base: pl.DataFrame, what: str
             f"charge {charge!r}: {what} leaves the range pricing computes exactly (amounts below "
             "10^18, quantities below 10^29); rate shorter periods or check the usage"
         )
-
-
-def _fail(message: str, code: str) -> NoReturn:
-    raise InvalidInput(message, code=code)

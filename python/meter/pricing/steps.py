@@ -4,6 +4,9 @@
 that context (added up when a step runs more than once), and under ``<name>_cpu`` the CPU time the process spent in
 it (every thread's: on a machine shared with other work, the wall time says more about the others). Outside
 ``timing`` a step costs a context-variable read.
+
+Invariant: timing never changes what runs; a step only observes. The collection is per context (a ``ContextVar``),
+so concurrent runs in other threads or tasks do not add to each other's figures.
 """
 
 from __future__ import annotations

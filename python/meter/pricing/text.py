@@ -1,8 +1,8 @@
 r"""Text of whole columns, exactly as Python and msgspec write one value: decimals, times and JSON strings.
 
-The columnar invoice run (:mod:`meter.pricing.batch`) writes invoices as JSON text built from columns. So that an
+The columnar invoice run (:mod:`meter.billing.batch`) writes invoices as JSON text built from columns. So that an
 invoice it stores is byte for byte the one the per-subscription path stores (``msgspec.json.encode`` of the
-:class:`~meter.pricing.invoices.Invoice`), every value is written here as msgspec writes it:
+:class:`~meter.billing.invoices.Invoice`), every value is written here as msgspec writes it:
 
 - a decimal as ``str(Decimal)``: positional when its exponent is at most 0 and its adjusted exponent at least -6,
   otherwise in exponent notation (``1E+3``, ``5E-7``); :func:`plain_text` writes it as ``format(value, "f")``, as the

@@ -30,11 +30,11 @@ from typing import Any, ParamSpec, TypeVar
 
 import msgspec
 
+from meter.billing.invoicer import Invoicer
+from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.catalog.keys import KeyStore
 from meter.engine import Engine
-from meter.pricing.invoicer import Invoicer
-from meter.pricing.invoices import InvoiceStore
 from meter.server.auth import authorize
 from meter.server.compression import decompress
 from meter.server.context import Unavailable

@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+from meter.billing.invoicer import Invoicer
+from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.catalog.keys import KeyStore
 from meter.engine import Engine
-from meter.pricing.invoicer import Invoicer
-from meter.pricing.invoices import InvoiceStore
 from meter.server.errors import ApiError
 
 __all__ = ["Context", "Unavailable", "opened"]

@@ -17,8 +17,8 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
+from meter.billing.invoicer import Invoicer
 from meter.catalog.keys import KeyStore
-from meter.pricing.invoicer import Invoicer
 
 __all__ = ["ExportScheduler"]
 

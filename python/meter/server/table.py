@@ -30,8 +30,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from meter.billing.invoicing import parse_month
 from meter.catalog.keys import Scope
-from meter.pricing.invoicing import parse_month
 from meter.server.http import Answer, Request
 from meter.server.inputs import parse_bool, parse_time, read_filters, read_limit
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from meter.pricing.invoices import CreditNote, CreditNoteBody, Invoice, InvoiceRun, InvoiceRunBody, RunWarning
+from meter.billing.invoices import CreditNote, CreditNoteBody, Invoice, InvoiceRun, InvoiceRunBody, RunWarning
 from meter.server.context import Context, opened
 from meter.server.http import Answer, Request
 from meter.server.table import MONTH, TEXT, Body, Param, PathParam, Route, enum

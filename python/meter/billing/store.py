@@ -1,154 +1,45 @@
-"""Invoices, their lifecycle, and where they are kept (rocksdict, ``<data>/invoices``).
+"""The invoice store (rocksdict, ``<data>/invoices``): invoices and credit notes through their lifecycle, and numbering.
 
-Lifecycle: a **draft** is recomputed by every invoicing run until it is **finalized**, which numbers it
-(``INV-000001``, sequential and gapless per tenant, never reused) and makes it immutable; a finalized invoice can be
-**voided** (it then no longer counts as billed: re-running its period issues a new draft, ``<id>-r2``, which gets a new
-number when finalized) or corrected by **credit notes** (``CN-000001``), never edited. A draft is finalized only
-while the subscription's finalized invoices are those it was computed against (its ``basis``); otherwise it is
-**stale** (``stale_draft``): it could bill again what another invoice billed since, and its period must be re-run.
+Keys: ``invoice/<tenant>/<id>`` (an :class:`~meter.billing.invoices.Invoice` as JSON; a subscription's invoice ids
+start with its id, so its invoices are one prefix scan), ``credit_note/<tenant>/<number>``, and
+``counter/<tenant>/<kind>`` (the last number taken of ``invoice``, ``credit_note``, as decimal text).
 
-What has been billed is read from finalized invoices: each usage or fee line carries the ``key`` of what it bills
-(subscription, price, version, cycle), so a later run bills only the difference: the rest of a cycle after a
-threshold invoice, late usage, or a plan change or cancellation after the fees in advance were finalized, as
-adjustment lines that name the invoices they correct.
+Numbering belongs to this store alone: nothing else writes a counter or an ``INV-``/``CN-`` number, and no number is
+taken outside the write that stores what it numbers.
+
+Money: the store computes no amount but a credit note's, which must already be a whole number of the currency's minor
+unit (``5`` in USD is stored as ``5.00``; ``5.001`` is refused, never rounded). Invoices arrive rounded (each line
+half to even to the minor unit, totals sums of lines: :mod:`meter.billing.invoicing`).
 
 Concurrency and durability: every write that changes an invoice's status or takes a number (finalize, void, credit
 note, saving a draft) runs under one lock per tenant and writes the invoice (or credit note) and its number counter
 in one synced rocksdict write batch. Numbers thus never repeat and have no gaps, even across a crash, and the credit
 notes of an invoice never add up to more than its total. Values are checked against what the Parquet export holds
 (``decimal128(38, 9)``) before they are stored, so a stored invoice can always be exported.
+
+The store never computes an invoice; it checks what it is given (:func:`meter.billing.invoices.check_invoice`) and
+refuses a transition the lifecycle does not allow (``invalid_state``, ``stale_draft``).
 """
 
 from __future__ import annotations
 
 import builtins
 import os
-import shutil
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Context, Decimal
+from decimal import Decimal
 from itertools import islice
-from pathlib import Path
-from typing import Literal, overload
+from typing import overload
 
 import msgspec
 from rocksdict import WriteBatch, WriteOptions
 
+from meter.billing.invoices import CreditNote, Invoice, Status, check_credit_amount, check_invoice
 from meter.catalog.kv import Store, scan
 from meter.exceptions import InvalidInput, NotFound
-from meter.pricing.money import minor_units
 
-__all__ = [
-    "CreditNote",
-    "CreditNoteBody",
-    "Fresh",
-    "Invoice",
-    "InvoiceLine",
-    "InvoiceRun",
-    "InvoiceRunBody",
-    "InvoiceStore",
-    "LineDetail",
-    "RunError",
-    "RunWarning",
-    "ServicePeriod",
-    "StoredInvoices",
-    "check_credit_amount",
-    "check_exportable",
-    "check_invoice",
-]
-
-Status = Literal["draft", "finalized", "void"]
-LineKind = Literal["recurring", "usage", "adjustment", "commit", "shortfall", "discount", "credit"]
-
-
-class LineDetail(msgspec.Struct, omit_defaults=True):
-    """One priced component of a line.
-
-    One priced component of a line: a tier, a matrix cell, a package count, a percentage; or the step up to the
-    price's ``minimum`` or down to its ``maximum`` (``component`` ``minimum``/``maximum``, ``units`` 1 and
-    ``unit_price`` = ``subtotal`` = the step). The details of a line add up exactly to what its key rates at
-    (``rated``, before rounding to the minor unit).
-    """
-
-    component: str
-    units: Decimal
-    unit_price: Decimal
-    subtotal: Decimal
-    tier: int | None = None
-    #: The tier's bounds ``[tier_from, tier_to)``; ``tier_to`` is absent for the last, unbounded tier.
-    tier_from: Decimal | None = None
-    tier_to: Decimal | None = None
-    combination: str | None = None
-    flat_fee: Decimal | None = None
-    #: A matrix combination's units covered by the free allowance.
-    free_units: Decimal | None = None
-    #: Percentage fees raised to ``min_fee`` or cut to ``max_fee`` (per event, or the period's one).
-    raised_to_min_fee: int | None = None
-    cut_to_max_fee: int | None = None
-
-
-class InvoiceLine(msgspec.Struct):
-    kind: LineKind
-    description: str
-    amount: Decimal
-    period_start: datetime
-    period_end: datetime
-    #: What the line bills, for what is billed later: ``subscription|price|version|start|end``.
-    key: str | None = None
-    price: str | None = None
-    #: The plan version whose price the line bills.
-    version: int | None = None
-    #: Whether the service period is billed in advance (a recurring fee ``in_advance``) or in arrears (usage).
-    timing: Literal["in_advance", "in_arrears"] | None = None
-    model: str | None = None
-    meter: str | None = None
-    #: What the line adds: the quantity rated now minus the quantity finalized invoices billed for the key.
-    quantity: Decimal | None = None
-    #: The amount rated for the whole ``key`` now; ``amount`` is ``rated - billed``.
-    rated: Decimal | None = None
-    #: What finalized invoices billed for the key already (``corrects`` names them), and the quantity they billed.
-    billed: Decimal | None = None
-    billed_quantity: Decimal | None = None
-    corrects: list[str] = []
-    details: list[LineDetail] = []
-    #: How to list the events behind the line.
-    events: str | None = None
-    #: The commit or credit a ``credit`` line draws on.
-    grant: str | None = None
-
-
-class Invoice(msgspec.Struct):
-    id: str
-    tenant: str
-    customer: str
-    subscription: str
-    currency: str
-    reason: Literal["cycle", "threshold"]
-    period_start: datetime
-    period_end: datetime
-    issued_at: datetime
-    lines: list[InvoiceLine]
-    subtotal: Decimal
-    total: Decimal
-    status: Status = "draft"
-    number: str | None = None
-    finalized_at: datetime | None = None
-    voided_at: datetime | None = None
-    #: The month (``YYYY-MM``, customer's time zone) the cycle starts in: the run's ``period``.
-    period: str | None = None
-    #: The service period whose usage the invoice bills in arrears (``[usage_start, usage_end)``) and the month it
-    #: starts in: ``GET /v1/invoices?usage_period=2026-11`` lists the invoices that bill November's usage.
-    usage_start: datetime | None = None
-    usage_end: datetime | None = None
-    usage_period: str | None = None
-    #: The invoice this one reissues after it was voided.
-    reissues: str | None = None
-    #: The subscription's finalized invoices this one was computed against (what they billed is not billed again). A
-    #: draft is finalized only while they are still exactly the subscription's finalized invoices: otherwise it is
-    #: stale (it could bill twice what another invoice billed since) and its period must be re-run.
-    basis: list[str] | None = None
+__all__ = ["InvoiceStore", "StoredInvoices"]
 
 
 class StoredInvoices(Sequence[Invoice]):
@@ -191,137 +82,6 @@ class StoredInvoices(Sequence[Invoice]):
 
     def _load(self, entry: Invoice | str) -> Invoice:
         return entry if isinstance(entry, Invoice) else self._store.get(self._tenant, entry)
-
-
-@dataclass(frozen=True)
-class Fresh:
-    """Rows of the invoices export for invoices just written, so that the export need not decode them from the store.
-
-    ``directory`` holds them as ``invoices.parquet`` and ``invoice_lines.parquet``, in the export's schemas and in
-    the order of the ids (the store's), a row group per chunk written; ``ids`` are the invoices they hold.
-    :func:`meter.lake.invoices.export_invoices` moves them into place, or merges them with what it reads from the
-    store, and removes the directory (so does :meth:`discard` when they are not used).
-    """
-
-    directory: Path
-    ids: frozenset[str]
-
-    def discard(self) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-class CreditNote(msgspec.Struct):
-    id: str
-    number: str
-    invoice: str
-    amount: Decimal
-    reason: str
-    created_at: datetime
-
-
-class ServicePeriod(msgspec.Struct):
-    """``[start, end)``, UTC."""
-
-    start: datetime
-    end: datetime
-
-
-class RunError(msgspec.Struct):
-    """A subscription an invoicing run could not invoice, and why; the others were invoiced."""
-
-    subscription: str
-    code: str
-    message: str
-
-
-class RunWarning(msgspec.Struct):
-    """Something that went wrong after what was asked for was done and stored (such as refreshing the export)."""
-
-    code: str
-    message: str
-
-
-class InvoiceRun(msgspec.Struct):
-    """The answer of an invoicing run.
-
-    The answer of an invoicing run: the invoices computed (drafts, or finalized when asked), the subscriptions
-    that could not be invoiced, and the service periods the run covers: the fees in advance of the cycles starting in
-    ``period``, and the usage of the cycles before them, billed in arrears.
-    """
-
-    period: str
-    #: A list, or the run's :class:`StoredInvoices` (read from the store when iterated).
-    invoices: Sequence[Invoice]
-    errors: list[RunError] = []
-    warnings: list[RunWarning] = []
-    fees_in_advance: ServicePeriod | None = None
-    usage_in_arrears: ServicePeriod | None = None
-
-
-class InvoiceRunBody(msgspec.Struct, forbid_unknown_fields=True):
-    #: The month whose cycles are invoiced, YYYY-MM.
-    period: str
-    finalize: bool = False
-
-
-class CreditNoteBody(msgspec.Struct, forbid_unknown_fields=True):
-    amount: Decimal
-    reason: str
-
-
-#: What the invoices export holds (``decimal128(38, 9)``): every stored amount and quantity fits it.
-EXPORT_SCALE = 9
-EXPORT_DIGITS = 38
-_EXPORT_LIMIT = Decimal(10) ** (EXPORT_DIGITS - EXPORT_SCALE)
-# Room for every digit of a value below the limit (the default context keeps 28).
-_CONTEXT = Context(prec=80)
-
-
-def check_exportable(value: Decimal | None, what: str) -> None:
-    """Raises ``InvalidInput`` unless ``value`` is finite and fits the export's ``decimal128(38, 9)`` exactly."""
-    if value is None:
-        return
-    if (
-        not value.is_finite()
-        or abs(value) >= _EXPORT_LIMIT
-        or value != value.quantize(Decimal(1).scaleb(-EXPORT_SCALE), context=_CONTEXT)
-    ):
-        raise InvalidInput(
-            f"{what} is {value}: amounts and quantities must be finite, below 10^29 and have at most "
-            f"{EXPORT_SCALE} decimals",
-            code="invalid_amount",
-        )
-
-
-def check_invoice(invoice: Invoice) -> None:
-    """Raises ``InvalidInput`` unless every amount and quantity of ``invoice`` fits the export."""
-    for name in ("subtotal", "total"):
-        check_exportable(getattr(invoice, name), f"invoice {invoice.id}: {name}")
-    for i, line in enumerate(invoice.lines, start=1):
-        for name in ("amount", "quantity", "rated", "billed", "billed_quantity"):
-            check_exportable(getattr(line, name), f"invoice {invoice.id} line {i}: {name}")
-
-
-def check_credit_amount(amount: Decimal, currency: str) -> Decimal:
-    """A credit note's amount, checked.
-
-    A credit note's amount: positive, finite, with at most ``currency``'s minor-unit digits; returned at exactly
-    that many digits (``5`` in USD is ``5.00``).
-    """
-    digits = minor_units(currency)
-    quantum = Decimal(1).scaleb(-digits)
-    if not amount.is_finite() or amount <= 0 or abs(amount) >= _EXPORT_LIMIT:
-        raise InvalidInput(
-            f"a credit note's amount must be a positive decimal amount of {currency}; got {amount}",
-            code="invalid_credit_note",
-        )
-    if amount != amount.quantize(quantum, context=_CONTEXT):
-        raise InvalidInput(
-            f"a credit note's amount must have at most {digits} decimals, {currency}'s minor unit "
-            f"({quantum} {currency}); got {amount}",
-            code="invalid_credit_note",
-        )
-    return amount.quantize(quantum, context=_CONTEXT)
 
 
 class _Head(msgspec.Struct):
@@ -384,7 +144,7 @@ class InvoiceStore(Store):
         Yields ``(id, stored id, JSON)`` of each draft stored (the id it was stored under is ``<id>-r2``... when it
         reissues a void invoice); a draft whose invoice is finalized is skipped. Each chunk is checked and written
         under the tenant's lock, in one synced write: as durable as one write per draft, without a sync per draft.
-        The drafts' values must be exportable (:mod:`meter.pricing.batch` writes only such values).
+        The drafts' values must be exportable (:mod:`meter.billing.batch` writes only such values).
 
         With ``logged=False`` the drafts skip the write-ahead log: they are durable once :meth:`flush` returns (a crash
         before then loses drafts, which a run computes again, and never a finalized invoice, which is logged).

@@ -1,7 +1,9 @@
-"""Invoicing: the invoices of a billing run.
+"""Invoicing: the invoices of a billing run, a threshold check and the upcoming invoice, per subscription.
 
-They are computed from the Parquet export (usage and the catalog snapshot) and
-what finalized invoices billed already. It never reads RocksDB.
+They are computed from the Parquet export (usage, read by :mod:`meter.billing.usage`, and the catalog snapshot) and
+what finalized invoices billed already (:mod:`meter.billing.billed`), rated by :func:`meter.pricing.rate`, and saved
+as drafts in the store (:mod:`meter.billing.invoices`). It never reads RocksDB's usage. Plain subscriptions go
+through :mod:`meter.billing.batch` instead, which gives the same bytes over whole tables.
 
 The invoice of a subscription's cycle ``C`` is issued at ``C``'s start and holds:
 
@@ -14,14 +16,14 @@ The invoice of a subscription's cycle ``C`` is issued at ``C``'s start and holds
   window (:data:`RESTATE`): the fees in advance of earlier cycles whose invoice was finalized (a plan change or a
   cancellation in the middle of a cycle: the old version's fee prorated down, the new one's prorated up), and the
   usage of cycles before ``P`` whose invoice was finalized (late usage). Each names the invoices it corrects;
-- a **prepaid commit** bought in ``C``, and a **postpaid commit's shortfall** when its term ended in ``P`` and the
-  contract bills it;
-- **discounts**, on one price's lines or on the invoice (percent or a fixed amount, never below zero);
-- **credits and prepaid commits** drawn down, lowest ``priority`` first, then the one expiring first, over the
-  usage lines they apply to (their price ids, or all usage), limited to what is left of them after finalized
-  invoices.
+- the lines of the subscription's terms (:mod:`meter.billing.terms`): a **prepaid commit** bought in ``C``, and a
+  **postpaid commit's shortfall** when its term ended in ``P`` and the contract bills it; **discounts**, on one
+  price's lines or on the invoice (percent or a fixed amount, never below zero); **credits and prepaid commits**
+  drawn down, lowest ``priority`` first, then the one expiring first, over the usage lines they apply to (their
+  price ids, or all usage), limited to what is left of them after finalized invoices.
 
-Every line that bills something carries a ``key`` (subscription, price, plan version, billing cycle): what it bills
+Every line that bills something carries a ``key`` (subscription, price, plan version, billing cycle; a typed
+:mod:`meter.billing.keys` key, stored as its text): what it bills
 is what the key rates at now minus what finalized invoices billed for the same key; a key that finalized invoices
 billed but that no longer exists (a version the subscription left, a cycle it no longer covers) rates at zero now.
 That one rule makes re-running idempotent, bills the rest of a cycle after a threshold invoice, and turns late usage,
@@ -43,44 +45,49 @@ import re
 import sys
 import traceback
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 import msgspec
 import polars as pl
 
-from meter.catalog.billing import Commit, Credit, Subscription
+from meter.billing import cycles
+from meter.billing.batch import Batch, NotPlain, Refused, invoice_batch, plain_subscriptions
+from meter.billing.billed import Billed
+from meter.billing.invoices import (
+    Fresh,
+    Invoice,
+    InvoiceLine,
+    LineDetail,
+    Reason,
+    RunError,
+    ServicePeriod,
+    Timing,
+    check_invoice,
+)
+from meter.billing.keys import ChargeKey, LineKey
+from meter.billing.store import InvoiceStore, StoredInvoices
+from meter.billing.terms import commit_lines, credit_lines, discount_lines
+from meter.billing.usage import event_amounts, period_quantities
+from meter.catalog.billing import Subscription
 from meter.catalog.prices import Price
 from meter.catalog.types import trusted
 from meter.exceptions import InvalidInput, MeterError, NotFound
 from meter.lake.catalog import Snapshot
 from meter.lake.invoices import FreshWriter
 from meter.lake.layout import events_cited
-from meter.pricing import cycles
-from meter.pricing.batch import Batch, NotPlain, Refused, invoice_batch, plain_subscriptions
-from meter.pricing.charges import CHARGES_SCHEMA, price_frame
-from meter.pricing.invoices import (
-    Fresh,
-    Invoice,
-    InvoiceLine,
-    InvoiceStore,
-    LineDetail,
-    RunError,
-    ServicePeriod,
-    StoredInvoices,
-    check_invoice,
-)
+from meter.pricing.charges import price_frame
 from meter.pricing.money import round_to_minor_unit
 from meter.pricing.rating import rate
+from meter.pricing.schema import CHARGES_SCHEMA
 from meter.pricing.steps import step
-from meter.pricing.usage import event_amounts, period_quantities
 
-__all__ = ["Billed", "Priced", "bill_thresholds", "invoice_period", "parse_month", "upcoming_invoices"]
+__all__ = ["Priced", "bill_thresholds", "invoice_period", "parse_month", "upcoming_invoices"]
 
 #: Late events are accepted this far back (the engine's default back-dating window): periods that ended within it
 #: are re-rated for adjustments.
@@ -91,7 +98,9 @@ _ZERO = Decimal(0)
 _MONTH = re.compile(r"(\d{4})-(\d{2})")
 #: Subscriptions whose charges rating refuses that a run takes out of the columnar path, one at a time.
 _REFUSALS = 8
-Timing = Literal["in_advance", "in_arrears"]
+#: The kinds of line a charge makes (commits, discounts and credits are lines of their own).
+ChargeKind = Literal["recurring", "usage", "adjustment"]
+_CHARGE_KINDS = get_args(ChargeKind)
 
 
 def parse_month(month: str, name: str = "period") -> datetime:
@@ -112,70 +121,11 @@ def parse_month(month: str, name: str = "period") -> datetime:
 
 
 @dataclass
-class Billed:
-    """What finalized (not void) invoices billed.
-
-    What finalized (not void) invoices billed: per line key (amount, quantity, the invoices' numbers), per grant
-    drawn, each usage line for commits, and which cycles' invoices are finalized.
-    """
-
-    by_key: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
-    quantity: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
-    numbers: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    drawn: dict[str, Decimal] = field(default_factory=lambda: defaultdict(Decimal))
-    #: Per subscription, its usage lines: for commits' spend.
-    usage: dict[str, list[InvoiceLine]] = field(default_factory=lambda: defaultdict(list))
-    #: Per subscription, every keyed line and its cycle's start: a key billed before and not rated now rates at 0.
-    keyed: dict[str, list[InvoiceLine]] = field(default_factory=lambda: defaultdict(list))
-    #: Per subscription, the starts of the cycles whose (cycle) invoice is finalized.
-    cycles: dict[str, set[datetime]] = field(default_factory=lambda: defaultdict(set))
-    #: Per subscription, the ids of its finalized invoices: what a draft is computed against (its ``basis``).
-    finalized: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    #: (subscription, cycle start) -> the number of the cycle's finalized invoice.
-    cycle_numbers: dict[tuple[str, datetime], str] = field(default_factory=dict)
-    #: Keys in an earlier format whose amounts now count under today's key (see :meth:`adopt`).
-    adopted: set[str] = field(default_factory=set)
-
-    def adopt(self, old: str, key: str) -> None:
-        """Counts what was billed under ``old`` (a key in an earlier format) as billed under ``key``, once."""
-        if old in self.adopted:
-            return
-        self.adopted.add(old)
-        self.by_key[key] += self.by_key.pop(old, _ZERO)
-        self.quantity[key] += self.quantity.pop(old, _ZERO)
-        self.numbers[key] += [n for n in self.numbers.pop(old, []) if n not in self.numbers[key]]
-
-    @classmethod
-    def of(cls, store: InvoiceStore, tenant: str) -> Billed:
-        billed = cls()
-        # Drafts (a million after a run) are skipped on their status alone, without decoding them.
-        for _, status, raw in store.statuses(tenant):
-            if status != "finalized":
-                continue
-            invoice = msgspec.json.decode(raw, type=Invoice)
-            billed.finalized[invoice.subscription].append(invoice.id)
-            if invoice.reason == "cycle":
-                billed.cycles[invoice.subscription].add(invoice.period_start)
-                billed.cycle_numbers[(invoice.subscription, invoice.period_start)] = invoice.number or invoice.id
-            for line in invoice.lines:
-                if line.key is not None:
-                    billed.by_key[line.key] += line.amount
-                    billed.quantity[line.key] += line.quantity or _ZERO
-                    billed.numbers[line.key].append(invoice.number or invoice.id)
-                    billed.keyed[invoice.subscription].append(line)
-                if line.grant is not None:
-                    billed.drawn[line.grant] -= line.amount
-                if line.kind in ("usage", "adjustment") and line.meter is not None:
-                    billed.usage[invoice.subscription].append(line)
-        return billed
-
-
-@dataclass
 class _Charge:
     """One price billed over one service span of one subscription."""
 
-    key: str
-    kind: Literal["recurring", "usage", "adjustment"]
+    key: LineKey
+    kind: ChargeKind
     timing: Timing
     price: Price
     version: int
@@ -196,7 +146,7 @@ class _Charge:
 class _Draft:
     id: str
     sub: Subscription
-    reason: Literal["cycle", "threshold"]
+    reason: Reason
     period: cycles.Period
     #: The usage period billed in arrears (None on a subscription's first invoice).
     arrears: cycles.Period | None
@@ -229,7 +179,7 @@ def invoice_period(snapshot: Snapshot, out: Path, store: InvoiceStore, month: st
     next one as adjustments), and one whose invoice was voided gets a new draft. A subscription that cannot be
     invoiced is reported in ``errors`` and the others are invoiced all the same. Returns the drafts saved.
 
-    Plain subscriptions (see :mod:`meter.pricing.batch`) are invoiced over whole tables, the others one by one; both
+    Plain subscriptions (see :mod:`meter.billing.batch`) are invoiced over whole tables, the others one by one; both
     give the same invoices. ``Priced.fresh`` then holds the plain drafts' rows for the invoices export.
     """
     first = parse_month(month)
@@ -527,30 +477,25 @@ def _gone(
     at zero now, so its line takes back what was billed.
     """
     current = {c.key for c in charges}
-    found: dict[str, InvoiceLine] = {}
+    found: dict[LineKey, InvoiceLine] = {}
     # Lines before the oldest cycle answered for are skipped before their cycle is computed: history grows.
     oldest = min(start for start, _ in owned)
-    for line in billed.keyed.get(sub.id, []):
-        if (
-            line.key is None
-            or line.key in current
-            or line.key in found
-            or line.kind not in ("recurring", "usage", "adjustment")
-            or line.period_end <= oldest
-        ):
+    for key, line in billed.keyed.get(sub.id, []):
+        if key in current or key in found or line.kind not in _CHARGE_KINDS or line.period_end <= oldest:
             continue
         cycle = cycles.cycle_containing(sub, tz, line.period_start)
         if (cycle.start, _timing(line)) not in owned:
             continue
         # Keys stored before they named the cycle named the segment (``...|<segment start>|<segment end>``): the
         # same price, version and cycle is the same charge, so what it billed counts for today's key.
-        same = f"{sub.id}|{line.price}|{line.version}|{cycle.start.isoformat()}|{cycle.end.isoformat()}"
+        same = ChargeKey(sub.id, line.price or "", line.version or 0, cycle.start, cycle.end)
         if same in current:
-            billed.adopt(line.key, same)
+            billed.adopt(key, same)
         else:
-            found[line.key] = line
+            found[key] = line
     out = []
-    for key, line in sorted(found.items()):
+    # In the order of the keys' texts, as the lines were always listed.
+    for key, line in sorted(found.items(), key=lambda item: item[0].text()):
         with trusted():  # never rated (the line rates at zero): ISO's "no currency" code, not catalog input
             price = Price(id=line.price or "?", currency="XXX", model="flat", amount=_ZERO)
         what = f"{line.meter or line.price} ({line.model})"
@@ -644,7 +589,7 @@ def _charge(
     sub: Subscription,
     price: Price,
     seg: cycles.Segment,
-    kind: Literal["recurring", "usage", "adjustment"],
+    kind: ChargeKind,
     measured_to: datetime,
     note: str,
     cycle: cycles.Period,
@@ -652,9 +597,7 @@ def _charge(
 ) -> _Charge:
     # The key names the billing cycle, not the segment: a plan change or an end in the middle of a cycle changes
     # what the key rates at, and the difference is billed; it does not make a new key.
-    key = f"{sub.id}|{price.id}|{seg.version}|{cycle.start.isoformat()}|{cycle.end.isoformat()}"
-    if n:
-        key += f"|{n + 1}"
+    key = ChargeKey(sub.id, price.id, seg.version, cycle.start, cycle.end, n + 1)
     overridden = any(o.id == price.id for o in sub.overrides) and seg.version == sub.version
     price_key = f"{sub.plan}/{'override:' + sub.id if overridden else seg.version}/{price.id}"
     what = price.meter or price.id
@@ -842,7 +785,7 @@ def _assemble(snapshot: Snapshot, draft: _Draft, rated: list[tuple[_Charge, _Rat
                 amount=money(due),
                 period_start=charge.start,
                 period_end=charge.end,
-                key=charge.key,
+                key=charge.key.text(),
                 price=price,
                 version=charge.version,
                 model=model,
@@ -860,11 +803,11 @@ def _assemble(snapshot: Snapshot, draft: _Draft, rated: list[tuple[_Charge, _Rat
             )
         )
 
-    lines += _commit_lines(sub, draft, billed, lines)
-    lines += _discount_lines(sub, draft, lines, money)
+    lines += commit_lines(sub, draft.period, draft.arrears, draft.reason, billed, lines)
+    lines += discount_lines(sub, draft.period, draft.reason, lines, money)
     lines = [msgspec.structs.replace(line, amount=money(line.amount)) for line in lines]
     subtotal = sum((line.amount for line in lines), money(_ZERO))
-    lines += [msgspec.structs.replace(line, amount=money(line.amount)) for line in _credit_lines(sub, lines, billed)]
+    lines += [msgspec.structs.replace(line, amount=money(line.amount)) for line in credit_lines(sub, lines, billed)]
     total = sum((line.amount for line in lines), money(_ZERO))
     tz = ZoneInfo(draft.tz)
     arrears = draft.arrears
@@ -886,148 +829,4 @@ def _assemble(snapshot: Snapshot, draft: _Draft, rated: list[tuple[_Charge, _Rat
         usage_end=arrears.end if arrears else None,
         usage_period=f"{arrears.start.astimezone(tz):%Y-%m}" if arrears else None,
         basis=sorted(billed.finalized.get(sub.id, [])),
-    )
-
-
-def _commit_lines(sub: Subscription, draft: _Draft, billed: Billed, lines: list[InvoiceLine]) -> list[InvoiceLine]:
-    """Prepaid commits bought and postpaid shortfalls billed.
-
-    A prepaid commit is bought on the invoice of the cycle it starts in; a postpaid commit's shortfall is billed
-    on the invoice whose usage period its term ends in, when the contract says so.
-    """
-    out = []
-    for commit in sub.commits:
-        starts_here = draft.period.start <= commit.start < draft.period.end
-        if commit.kind == "prepaid" and draft.reason == "cycle" and starts_here:
-            key = f"{sub.id}|commit|{commit.id}"
-            due = commit.amount - billed.by_key.get(key, _ZERO)
-            if due:
-                out.append(
-                    InvoiceLine(
-                        kind="commit",
-                        description=f"prepaid commit {commit.id}",
-                        amount=due,
-                        period_start=commit.start,
-                        period_end=commit.end,
-                        key=key,
-                    )
-                )
-        arrears = draft.arrears
-        if (
-            commit.kind == "postpaid"
-            and commit.unused == "billed"
-            and draft.reason == "cycle"
-            and arrears
-            and arrears.start < commit.end <= arrears.end
-        ):
-            spent = sum((line.amount for line in billed.usage.get(sub.id, []) if _applies(commit, line)), _ZERO)
-            spent += sum(
-                (
-                    line.amount
-                    for line in lines
-                    if line.kind in ("usage", "adjustment") and line.meter is not None and _applies(commit, line)
-                ),
-                _ZERO,
-            )
-            key = f"{sub.id}|shortfall|{commit.id}"
-            shortfall = max(commit.amount - spent, _ZERO) - billed.by_key.get(key, _ZERO)
-            if shortfall:
-                out.append(
-                    InvoiceLine(
-                        kind="shortfall",
-                        amount=shortfall,
-                        key=key,
-                        period_start=commit.start,
-                        period_end=commit.end,
-                        description=f"commit {commit.id}: {commit.amount} committed, {spent} spent",
-                    )
-                )
-    return out
-
-
-def _discount_lines(
-    sub: Subscription, draft: _Draft, lines: list[InvoiceLine], money: Callable[[Decimal], Decimal]
-) -> list[InvoiceLine]:
-    """Discounts active at the start of the invoice's period.
-
-    Discounts active at the start of the invoice's period: on one price's lines first, then on the invoice (which
-    then sees the price discounts). A fixed amount is taken on cycle invoices only, so a threshold invoice in the
-    same cycle does not take it twice.
-    """
-    out: list[InvoiceLine] = []
-    at = draft.period.start
-    active = [
-        d
-        for d in sub.discounts
-        if d.start <= at and (d.end is None or at < d.end) and (d.percent is not None or draft.reason == "cycle")
-    ]
-    for d in sorted(active, key=lambda d: d.price is None):
-        targets = [line for line in lines if line.price == d.price] if d.price else [*lines, *out]
-        base = sum((line.amount for line in targets), _ZERO)
-        if base <= 0:
-            continue
-        off = money(base * d.percent / 100) if d.percent is not None else min(d.amount or _ZERO, base)
-        what = f"{d.percent}% off" if d.percent is not None else f"{d.amount} off"
-        on = f"price {d.price}" if d.price else "the invoice"
-        # The base is said, so that the amount follows from the line: percent x base, or the amount (at most base).
-        out.append(
-            InvoiceLine(
-                kind="discount",
-                description=f"discount {d.id}: {what} {on} (of {base})",
-                amount=-off,
-                period_start=draft.period.start,
-                period_end=draft.period.end,
-                price=d.price,
-            )
-        )
-    return out
-
-
-def _credit_lines(sub: Subscription, lines: list[InvoiceLine], billed: Billed) -> list[InvoiceLine]:
-    """Credits and prepaid commits pay usage lines, lowest priority first, then the one expiring first."""
-    grants: list[Commit | Credit] = [*sub.credits, *(c for c in sub.commits if c.kind == "prepaid")]
-    grants.sort(key=lambda g: (g.priority, g.end, g.id))
-    # What is left to pay of each usage line once its price's discounts (all of them) are taken off.
-    off: dict[str | None, Decimal] = defaultdict(Decimal)
-    for line in lines:
-        if line.kind == "discount" and line.price:
-            off[line.price] -= line.amount
-    payable: list[InvoiceLine] = []
-    due: list[Decimal] = []
-    for line in lines:
-        if line.kind in ("usage", "adjustment") and line.meter is not None and line.amount > 0:
-            discounted = min(line.amount, off[line.price])
-            off[line.price] -= discounted
-            payable.append(line)
-            due.append(line.amount - discounted)
-    out = []
-    for grant in grants:
-        remaining = grant.amount - billed.drawn.get(f"{sub.id}|{grant.id}", _ZERO)
-        for i, line in enumerate(payable):
-            if remaining <= 0 or due[i] <= 0 or not _applies(grant, line):
-                continue
-            take = min(due[i], remaining)
-            due[i] -= take
-            remaining -= take
-            # What the grant had left is said, so that the amount follows from the line: min(due, left).
-            out.append(
-                InvoiceLine(
-                    kind="credit",
-                    description=f"{type(grant).__name__.lower()} {grant.id} applied to "
-                    f"{line.price} ({remaining + take} left of {grant.amount})",
-                    amount=-take,
-                    period_start=line.period_start,
-                    period_end=line.period_end,
-                    price=line.price,
-                    grant=f"{sub.id}|{grant.id}",
-                )
-            )
-    return out
-
-
-def _applies(grant: Commit | Credit, line: InvoiceLine) -> bool:
-    return (
-        (not grant.applies_to or line.price in grant.applies_to)
-        and line.period_start < grant.end
-        and grant.start < line.period_end
     )

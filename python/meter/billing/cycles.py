@@ -47,14 +47,18 @@ from calendar import monthrange
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 from functools import lru_cache
+from typing import get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from meter.catalog.billing import Subscription
+from meter.catalog.billing import Anchor, Cycle, Subscription
 from meter.exceptions import InvalidInput
+from meter.pricing.exact import DECIMAL_PLACES
 
 __all__ = [
+    "ANCHORS",
+    "CYCLE_MONTHS",
     "PRORATION_CONTEXT",
     "PRORATION_DECIMALS",
     "Period",
@@ -69,12 +73,18 @@ __all__ = [
 ]
 
 #: Decimals kept in a proration: what the rating engine's ``Decimal(38, 9)`` columns take.
-PRORATION_DECIMALS = 9
+PRORATION_DECIMALS = DECIMAL_PLACES
 #: Where a proration is divided; 40 digits keep a ratio of day counts exact well beyond the 9 decimals kept.
 PRORATION_CONTEXT = Context(prec=40, rounding=ROUND_HALF_EVEN)
 _QUANTUM = Decimal(1).scaleb(-PRORATION_DECIMALS)
 _ONE = Decimal(1)
-_MONTHS = {"monthly": 1, "quarterly": 3, "annual": 12}
+#: The months of each cycle length the catalog knows (keyed by every value of ``Cycle``, which a test could not miss:
+#: building the dict below fails at import time if the two ever differ).
+CYCLE_MONTHS: dict[str, int] = {"monthly": 1, "quarterly": 3, "annual": 12}
+#: The anchors the catalog knows.
+ANCHORS: tuple[str, ...] = get_args(Anchor)
+if set(CYCLE_MONTHS) != set(get_args(Cycle)):
+    raise AssertionError(f"CYCLE_MONTHS must cover the catalog's cycles {get_args(Cycle)}")
 _MIDNIGHT = time(0)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -125,10 +135,10 @@ def _aware(t: datetime, what: str) -> None:
 
 def _months(sub: Subscription) -> int:
     try:
-        return _MONTHS[sub.cycle]
+        return CYCLE_MONTHS[sub.cycle]
     except KeyError:
         raise _invalid(
-            f"subscription {sub.id!r}: cycle must be one of monthly, quarterly, annual; got {sub.cycle!r}"
+            f"subscription {sub.id!r}: cycle must be one of {', '.join(CYCLE_MONTHS)}; got {sub.cycle!r}"
         ) from None
 
 
@@ -209,7 +219,7 @@ def cycle_containing(sub: Subscription, tz: str, instant: datetime) -> Period:
         if first == month and (wall.day, wall.time()) < (day, at):
             first -= months  # before this month's renewal (or a short month's: the loop below steps forward again)
     else:
-        raise _invalid(f"subscription {sub.id!r}: anchor must be calendar or anniversary; got {sub.anchor!r}")
+        raise _invalid(f"subscription {sub.id!r}: anchor must be {' or '.join(ANCHORS)}; got {sub.anchor!r}")
     period = _bounds(tz, months, day, at, first)
     # The wall-clock guess is off only where clocks went back across a cycle start (or for a short month above).
     while instant < period.start:

@@ -1,8 +1,10 @@
-"""The invoicing desk the server and the CLI share.
+"""The invoicing desk the server and the CLI share: one data directory's engine, catalog, invoice store and export.
 
-It refreshes the Parquet export of one tenant (incremental, so
-quick), reads it back, and runs invoicing on it. Pricing thus always works from the files, never from RocksDB, and
-sees every event acknowledged before the call.
+Before every run it refreshes the Parquet export of one tenant (incremental, so quick), reads the catalog snapshot
+back, and runs invoicing on it. Invoicing thus always works from the files, never from RocksDB, and sees every event
+acknowledged before the call. One lock serialises everything that writes into the export directory (the scheduled
+export and the runs); the store has its own per-tenant lock for numbering. The desk computes no amount itself
+(rounding is invoicing's: half to even, to each currency's minor unit, once per line).
 
 The invoices store is the source of truth; the invoices export (:mod:`meter.lake.invoices`) is derived from it.
 Refreshing that export after a write is best effort: the write stands whatever happens to the export, a failure is
@@ -18,6 +20,9 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
+from meter.billing.invoices import CreditNote, Fresh, Invoice, InvoiceRun, RunError, RunWarning
+from meter.billing.invoicing import bill_thresholds, invoice_period, upcoming_invoices
+from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.engine import Engine
 from meter.lake.catalog import Snapshot, export_catalog, refresh_catalog, snapshot_of
@@ -26,8 +31,6 @@ from meter.lake.files import ExportSummary
 from meter.lake.invoices import export_invoices
 from meter.lake.layout import invoices_root
 from meter.lake.usage import export_usage
-from meter.pricing.invoices import CreditNote, Fresh, Invoice, InvoiceRun, InvoiceStore, RunError, RunWarning
-from meter.pricing.invoicing import bill_thresholds, invoice_period, upcoming_invoices
 from meter.pricing.steps import step
 
 __all__ = ["Invoicer"]

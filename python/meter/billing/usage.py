@@ -38,20 +38,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import NoReturn
 
-import msgspec
 import polars as pl
 import pyarrow as pa
 
-from meter import _core
+from meter.engine import event_values
 from meter.exceptions import InvalidInput, ValueOverflow
 from meter.lake import catalog as lake_catalog
 from meter.lake import events as lake_events
 from meter.lake import layout
 from meter.lake import usage as lake_usage
-from meter.pricing.charges import DECIMAL, combination_expr
-from meter.pricing.exact import from_scaled, int128, out_of_range, shadow
+from meter.pricing.charges import combination_expr
+from meter.pricing.errors import fail
+from meter.pricing.exact import DECIMAL_PLACES, from_scaled, out_of_range, shadow
+from meter.pricing.money import divide_half_even
+from meter.pricing.schema import DECIMAL
 from meter.schemas import MeterSpec
 
 __all__ = ["AGGREGATIONS", "QUANTITIES_SCHEMA", "event_amounts", "meter_aggregations", "period_quantities"]
@@ -68,7 +69,6 @@ QUANTITIES_SCHEMA: dict[str, pl.DataType] = {
 
 _MINUTE_US = 60_000_000
 _UTC = pl.Datetime("us", "UTC")
-_SCALE = 9
 
 
 def meter_aggregations(out_dir: str | Path, tenant: str) -> dict[str, str]:
@@ -141,7 +141,7 @@ def event_amounts(
     What rating's ``event_amounts`` takes for a percentage with fees bounded per event, which minutes cannot give.
 
     Read from the raw events export (:func:`meter.lake.events.scan`, only the days the charges cover), and
-    evaluated by the engine's own extraction (``meter._core.event_values``): the meter's filters and value path,
+    evaluated by the engine's own extraction (:func:`meter.engine.event_values`): the meter's filters and value path,
     so the events counted here are exactly those its usage counts. Returns ``charge`` and ``amount``
     (Decimal(38, 9)), one row per event.
     """
@@ -153,7 +153,7 @@ def event_amounts(
     for (slug,), part in requests.partition_by("meter", as_dict=True).items():
         spec = meters.get(str(slug))
         if spec is None:
-            _fail(f"charge {part['charge'][0]!r}: meter {slug!r} is not in the catalog snapshot", "unknown_meter")
+            fail(f"charge {part['charge'][0]!r}: meter {slug!r} is not in the catalog snapshot", "unknown_meter")
         events = exported.filter(
             pl.col("date").is_in(pl.lit(_days(part)).implode()) & (pl.col("type") == spec.event_type)
         ).select(customer="subject", time="time", data="data")
@@ -166,7 +166,7 @@ def event_amounts(
         if inside.height == 0:
             continue
         data = inside.get_column("data").to_arrow().cast(pa.string())
-        amounts = pl.from_arrow(pa.array(_core.event_values(msgspec.json.encode(spec), data)))
+        amounts = pl.from_arrow(event_values(spec, data))
         frames.append(inside.select("charge", amount=amounts).drop_nulls("amount"))
     return pl.concat(frames, how="vertical")
 
@@ -175,7 +175,7 @@ def _dimensions(dimensions: list[str] | None, part: pl.DataFrame) -> list[str]:
     """A group's dimensions, sorted (as combinations sort them); none for null or an empty list."""
     dims = sorted(dimensions or [])
     if len(set(dims)) != len(dims):
-        _fail(
+        fail(
             f"requests for charge {part['charge'][0]!r}: dimensions must be distinct; got {dimensions}",
             "invalid_requests",
         )
@@ -192,7 +192,7 @@ def _plan(
     meter_dims = [name for name in usage.collect_schema().names() if name not in lake_usage.COLUMNS]
     missing = [d for d in dims if d not in meter_dims]
     if missing:
-        _fail(
+        fail(
             f"charge {part['charge'][0]!r} asks for dimension {missing[0]!r} of meter {slug!r}, which has "
             f"{', '.join(map(repr, meter_dims)) if meter_dims else 'no dimensions'}",
             "invalid_dimensions",
@@ -236,9 +236,7 @@ def _fold(aggregation: str) -> dict[str, pl.Expr]:
         weighted = value * events.cast(pl.Int128)
         n = events.sum().cast(pl.Int128)
         total = weighted.sum()
-        quotient, remainder = total // n, total % n  # floor division: 0 <= remainder < n
-        up = (remainder * int128(2) > n) | ((remainder * int128(2) == n) & (quotient % int128(2) == int128(1)))
-        return {"_scaled": quotient + up.cast(pl.Int128), "_shadow": (shadow(value) * events.cast(pl.Float64)).sum()}
+        return {"_scaled": divide_half_even(total, n), "_shadow": (shadow(value) * events.cast(pl.Float64)).sum()}
     raise AssertionError(f"aggregation {aggregation!r} reached the fold")  # _check_meters refused it
 
 
@@ -252,7 +250,7 @@ def _finish(frame: pl.DataFrame, slug: str, aggregation: str) -> pl.DataFrame:
         )
     if "_ambiguous" in frame.columns and frame.get_column("_ambiguous").any():
         bad = frame.filter(pl.col("_ambiguous"))
-        _fail(
+        fail(
             f"charge {bad['charge'][0]!r}: meter {slug!r} keeps the latest value, and in this charge's latest "
             "minute the combinations of its dimensions that the charge adds together hold different values; the "
             "export keeps no event times within a minute, so which came last is unknown. Ask for the meter's "
@@ -262,7 +260,7 @@ def _finish(frame: pl.DataFrame, slug: str, aggregation: str) -> pl.DataFrame:
     return frame.select(
         "charge",
         "combination",
-        quantity=from_scaled(pl.col("_scaled"), _SCALE),
+        quantity=from_scaled(pl.col("_scaled"), DECIMAL_PLACES),
         events=pl.col("events").cast(pl.UInt64),
     )
 
@@ -284,27 +282,27 @@ def _checked(requests: pl.DataFrame) -> pl.DataFrame:
     schema = requests.schema
     for name in ("charge", "customer", "meter", "from", "to"):
         if name not in schema:
-            _fail(
+            fail(
                 f"requests has no column {name!r}; it needs charge, customer, meter, from, to and optionally "
                 "dimensions",
                 "invalid_requests",
             )
     if not (schema["charge"] == pl.String or schema["charge"].is_integer()):
-        _fail(f"requests column 'charge' must be String or an integer type; got {schema['charge']}", "invalid_requests")
+        fail(f"requests column 'charge' must be String or an integer type; got {schema['charge']}", "invalid_requests")
     for name in ("customer", "meter"):
         if schema[name] != pl.String:
-            _fail(f"requests column {name!r} must be String; got {schema[name]}", "invalid_requests")
+            fail(f"requests column {name!r} must be String; got {schema[name]}", "invalid_requests")
     bounds = {}
     for name in ("from", "to"):
         dtype = schema[name]
         if not isinstance(dtype, pl.Datetime):
-            _fail(f"requests column {name!r} must be a Datetime (UTC); got {dtype}", "invalid_requests")
+            fail(f"requests column {name!r} must be a Datetime (UTC); got {dtype}", "invalid_requests")
         column = pl.col(name)
         column = column.dt.replace_time_zone("UTC") if dtype.time_zone is None else column.dt.convert_time_zone("UTC")
         bounds[name] = column.cast(_UTC)
     if "dimensions" in schema:
         if schema["dimensions"] not in (pl.List(pl.String), pl.List(pl.Null), pl.Null):
-            _fail(f"requests column 'dimensions' must be List(String); got {schema['dimensions']}", "invalid_requests")
+            fail(f"requests column 'dimensions' must be List(String); got {schema['dimensions']}", "invalid_requests")
         dims = pl.col("dimensions").cast(pl.List(pl.String))
     else:
         dims = pl.lit(None, pl.List(pl.String))
@@ -322,10 +320,10 @@ def _checked(requests: pl.DataFrame) -> pl.DataFrame:
     # `any` first: filtering millions of rows costs far more than testing them, even when none is kept.
     if frame.select(problem.is_not_null().any()).item():
         bad = frame.select("charge", problem=problem).filter(pl.col("problem").is_not_null())
-        _fail(f"requests for charge {bad['charge'][0]!r}: {bad['problem'][0]}", "invalid_requests")
+        fail(f"requests for charge {bad['charge'][0]!r}: {bad['problem'][0]}", "invalid_requests")
     if frame.get_column("charge").n_unique() != frame.height:
         repeated = frame.filter(pl.col("charge").is_duplicated())
-        _fail(
+        fail(
             f"charge keys must be unique in requests; {repeated['charge'][0]!r} is repeated (one row per charge: "
             "its usage would be counted twice)",
             "invalid_requests",
@@ -338,24 +336,20 @@ def _check_meters(requests: pl.DataFrame, meters: Mapping[str, str]) -> None:
         aggregation = meters.get(slug)
         if aggregation is None:
             charge = requests.filter(pl.col("meter") == slug)["charge"][0]
-            _fail(
+            fail(
                 f"charge {charge!r} names meter {slug!r}, which is not among the tenant's meters "
                 f"({', '.join(sorted(meters)) or 'none'})",
                 "unknown_meter",
             )
         if aggregation == "unique_count":
-            _fail(
+            fail(
                 f"meter {slug!r} counts unique values (unique_count), which pricing cannot fold over a period: the "
                 "export keeps each minute's number of distinct values, and those do not add up (a value seen in "
                 "two minutes would be counted twice). Price a count or sum meter instead",
                 "unsupported_meter",
             )
         if aggregation not in AGGREGATIONS:
-            _fail(
+            fail(
                 f"meter {slug!r} has aggregation {aggregation!r}; expected one of {', '.join(sorted(AGGREGATIONS))}",
                 "unknown_meter",
             )
-
-
-def _fail(message: str, code: str) -> NoReturn:
-    raise InvalidInput(message, code=code)

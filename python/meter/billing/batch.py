@@ -1,15 +1,15 @@
 """The invoice run over whole tables: the cycle invoices of a month for every plain subscription at once.
 
-:func:`meter.pricing.invoicing.invoice_period` hands this module the subscriptions whose invoices follow from their
+:func:`meter.billing.invoicing.invoice_period` hands this module the subscriptions whose invoices follow from their
 plan alone, and keeps the others on its per-subscription path. Plain means: no migrations, overrides, commits or
 credits, no finalized invoice yet (nothing billed to subtract, correct or take back), discounts whose numbers have
 no more decimals than the currency, and ids that the texts below can write without quoting rules (see
 :func:`plain_subscriptions`). For those, the per-subscription rules reduce to what is computed here, column by column:
 
 - **cycles**: the cycles starting in the month, per distinct (time zone, cycle, anchor) (calendar cycles do not
-  depend on the start; anniversary ones do, and are keyed by it), from :mod:`meter.pricing.cycles` itself;
+  depend on the start; anniversary ones do, and are keyed by it), from :mod:`meter.billing.cycles` itself;
 - **segments**: one per cycle (no migrations), clipped to ``[start, end)``; its proration and note come from
-  :func:`meter.pricing.cycles.segments`, per distinct clipped span (a cycle covered throughout: 1 and no note);
+  :func:`meter.billing.cycles.segments`, per distinct clipped span (a cycle covered throughout: 1 and no note);
 - **charges**: the fees in advance of the cycle, then the flat fees in arrears and usage of the previous cycle, in the
   order of the version's prices, with the keys and descriptions the per-subscription path gives them;
 - **rating**: :func:`meter.pricing.rating.rate`, :data:`RATE_SLICE` charges at a time (its intermediate columns are
@@ -18,13 +18,19 @@ no more decimals than the currency, and ids that the texts below can write witho
   discounts before it), rounded half to even as ``invoicing._discount_lines`` does;
 - **lines and invoices**: each line's amount is its rated amount rounded to the minor unit (nothing was billed
   before), the subtotal and total their sum; written, :data:`CHUNK` drafts at a time and in the order of their ids,
-  as the JSON that ``msgspec.json.encode`` gives the per-subscription :class:`~meter.pricing.invoices.Invoice` (see
+  as the JSON that ``msgspec.json.encode`` gives the per-subscription :class:`~meter.billing.invoices.Invoice` (see
   :mod:`meter.pricing.text`), and as the rows of the invoices export.
 
 Anything this module cannot write exactly as the per-subscription path would (a decimal whose coefficient has more
 than 28 digits, which ``Decimal.normalize`` would round) raises :class:`NotPlain`, and the caller invoices those
 subscriptions the per-subscription way; a charge that rating refuses raises :class:`Refused`, and the caller leaves
 its subscription to that path. ``tests/test_invoice_batch.py`` holds the two paths to the same bytes.
+
+This module is billing, not pricing: apart from rating, every step is invoice assembly (cycles, charges, discounts,
+the stored JSON, the export's rows). The pure pieces it is built from are pricing's: :func:`meter.pricing.rate`,
+half-even division of money (:func:`meter.pricing.money.divide_half_even`, for percent discounts), the text of
+columns (:mod:`meter.pricing.text`); and the line keys' text is :func:`meter.billing.keys.charge_key_expr`, the
+same encoding as :meth:`~meter.billing.keys.ChargeKey.text`.
 """
 
 from __future__ import annotations
@@ -41,18 +47,19 @@ from zoneinfo import ZoneInfo
 import msgspec
 import polars as pl
 
+from meter.billing import cycles
+from meter.billing.keys import charge_key_expr
+from meter.billing.usage import event_amounts, period_quantities
 from meter.catalog.billing import Subscription
 from meter.catalog.types import trusted
 from meter.exceptions import MeterError
 from meter.lake.catalog import Snapshot
 from meter.lake.layout import events_cited
-from meter.pricing import cycles
 from meter.pricing.charges import price_frame
-from meter.pricing.money import MAX_MINOR_UNITS, minor_units_expr
+from meter.pricing.money import MAX_MINOR_UNITS, divide_half_even, minor_units_expr
 from meter.pricing.rating import rate
 from meter.pricing.steps import step
 from meter.pricing.text import fixed_text, iso_text, json_string, time_text, with_normalized
-from meter.pricing.usage import event_amounts, period_quantities
 
 __all__ = ["Batch", "Chunk", "NotPlain", "Refused", "invoice_batch", "plain_subscriptions"]
 
@@ -94,8 +101,8 @@ def plain_subscriptions(subs: pl.DataFrame) -> pl.Series:
         & pl.col("timezone").is_not_null()
         & pl.col("customer").str.contains(_REPR_SAFE)
         & ~pl.col("id").str.contains(r'["\\]')
-        & pl.col("cycle").is_in(["monthly", "quarterly", "annual"])
-        & pl.col("anchor").is_in(["calendar", "anniversary"])
+        & pl.col("cycle").is_in(list(cycles.CYCLE_MONTHS))
+        & pl.col("anchor").is_in(list(cycles.ANCHORS))
     ).to_series()
     discounted = subs.filter(pl.col("discounts") != "[]")
     if discounted.height == 0:
@@ -386,7 +393,6 @@ def _prices(snapshot: Snapshot) -> pl.DataFrame:
                     "meter": price.meter,
                     "flat": price.model == "flat",
                     "in_advance": in_advance,
-                    "price_key": f"{plan}/{version}/{price.id}",
                     "what": what,
                     "event_type": event_type,
                     "price_json": _json(price.id),
@@ -408,7 +414,6 @@ def _prices(snapshot: Snapshot) -> pl.DataFrame:
         "meter": pl.String,
         "flat": pl.Boolean,
         "in_advance": pl.Boolean,
-        "price_key": pl.String,
         "what": pl.String,
         "event_type": pl.String,
         "price_json": pl.String,
@@ -764,9 +769,7 @@ def _lines(
     version = pl.col("version").cast(pl.String)
 
     def key(price: str) -> pl.Expr:
-        return pl.concat_str(
-            "id", pl.lit("|"), price, pl.lit("|"), version, pl.lit("|"), "c_start_iso", pl.lit("|"), "c_end_iso"
-        )
+        return charge_key_expr(pl.col("id"), pl.col(price), version, pl.col("c_start_iso"), pl.col("c_end_iso"))
 
     def events(event_type: str) -> pl.Expr:
         return pl.when(pl.col("meter").is_not_null()).then(
@@ -928,8 +931,7 @@ def _discount_lines(subs: pl.DataFrame, drafts: pl.DataFrame, lines: pl.DataFram
         # percent / 100 of the base, rounded half to even to the minor unit: base (10^-digits) x pct (10^-9) counts
         # 10^-(digits + 11).
         product, unit = pl.col("base") * pl.col("pct"), pl.lit(10**11, pl.Int128)
-        quotient, twice = product // unit, (product % unit) * 2
-        rounded = quotient + ((twice > unit) | ((twice == unit) & (quotient % 2 == 1))).cast(pl.Int128)
+        rounded = divide_half_even(product, unit)
         off = pl.when(pl.col("percent").is_not_null()).then(rounded).otherwise(pl.min_horizontal("fixed", "base"))
         rows = rows.with_columns(off=off)
         found.append(rows)
