@@ -19,9 +19,9 @@ help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 .PHONY: system-deps
-system-deps: ## Debian packages the build needs (libclang for RocksDB's bindings)
-	@if ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1; then \
-		echo "installing clang and libclang-dev (RocksDB's bindgen needs them)"; \
+system-deps: ## Debian packages the build needs (clang compiles RocksDB, libclang makes its bindings)
+	@if ! command -v clang++ >/dev/null || ! ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1; then \
+		echo "installing clang and libclang-dev (RocksDB's C++ and its bindings need them)"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq clang libclang-dev; \
 	fi
 
