@@ -6,7 +6,7 @@ pricing must not read; prices in six models (per_unit, graduated, volume, packag
 plans; one subscription per customer. Then, in a fresh process so that its peak memory is its own, times:
 
 1. charges: the subscriptions x their plan's 5 prices (5M rows), vectorised;
-2. quantities: `meter.pricing.usage.period_quantities` (Parquet scan pruned to the month, join, fold per charge);
+2. quantities: `meter.billing.usage.period_quantities` (Parquet scan pruned to the month, join, fold per charge);
 3. rating: `meter.pricing.rating.rate`;
 4. invoices: per subscription, the sum of its rounded line amounts.
 

@@ -1,4 +1,4 @@
-"""Billing cycles and proration (meter.pricing.cycles): worked examples computed by hand, and properties.
+"""Billing cycles and proration (meter.billing.cycles): worked examples computed by hand, and properties.
 
 Examples: calendar and anniversary cycles in UTC, Paris and New York (cycles that span a DST change still start at
 local midnight), short months, leap years, local midnights that do not exist; proration and segments for starts, ends

@@ -1,4 +1,4 @@
-"""A period's quantities from the usage export (meter.pricing.usage).
+"""A period's quantities from the usage export (meter.billing.usage).
 
 Each aggregation folded by hand, partitions outside the period never opened, refusals that say why, and the real
 exporter's files giving the engine's totals.
