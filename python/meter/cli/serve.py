@@ -83,7 +83,7 @@ def serve(
     from granian.constants import Interfaces
 
     from meter.catalog.keys import valid_checksum
-    from meter.server.app import admin_key_message
+    from meter.server.lifecycle import admin_key_message
 
     if admin_key and not valid_checksum(admin_key):
         raise click.ClickException(admin_key_message())

@@ -51,7 +51,7 @@ from meter.server.http import (
     send_answer,
 )
 from meter.server.inputs import decode
-from meter.server.lifecycle import admin_key_message, engine_options_from_env, open_or_degrade
+from meter.server.lifecycle import engine_options_from_env, open_or_degrade
 from meter.server.metrics import render
 from meter.server.openapi import openapi
 from meter.server.router import Compiled, Router
@@ -59,8 +59,7 @@ from meter.server.routes import BENCH_ROUTES, ROUTES
 from meter.server.scheduler import ExportScheduler
 from meter.services import Part, Stores
 
-# admin_key_message is re-exported for `meter serve` (cli.py imports it from here until the CLI moves to cli/).
-__all__ = ["MAX_BODY", "MeterApp", "admin_key_message", "create_app"]
+__all__ = ["MAX_BODY", "MeterApp", "create_app"]
 
 MAX_BODY = 16 * 1024 * 1024
 

@@ -14,7 +14,15 @@ from typing import Any
 
 import msgspec
 
-from meter.billing.invoices import CreditNote, CreditNoteBody, Invoice, InvoiceRun, InvoiceRunBody, RunWarning
+from meter.billing.invoices import (
+    STATUSES,
+    CreditNote,
+    CreditNoteBody,
+    Invoice,
+    InvoiceRun,
+    InvoiceRunBody,
+    RunWarning,
+)
 from meter.server.context import Context, opened
 from meter.server.http import Answer, Request
 from meter.server.table import MONTH, TEXT, Body, Param, PathParam, Route, enum
@@ -121,7 +129,7 @@ ROUTES = [
         params=(
             Param("period", MONTH, "The month (YYYY-MM) the invoices' cycles start in"),
             Param("usage_period", MONTH, "The month (YYYY-MM) whose usage they bill in arrears"),
-            Param("status", enum("draft", "finalized", "void"), "Only invoices in this state"),
+            Param("status", enum(*STATUSES), "Only invoices in this state"),
             Param("customer", TEXT, "Only this customer's invoices"),
             Param("subscription", TEXT, "Only this subscription's invoices"),
         ),
