@@ -107,3 +107,23 @@ def test_admin_key_reset_refuses_a_running_servers_directory(tmp_path: Path) -> 
         server.stop()
     result = run("admin-key", "reset", "--data-dir", str(tmp_path / "nothing-here"))
     assert result.returncode != 0 and "not a meter data directory" in result.stderr
+
+
+def test_a_remembered_key_is_forgotten_by_its_revocation(tmp_path: Path) -> None:
+    """Keys authenticated before are found in memory; revoking one (or resetting the operator's) ends that at once."""
+    keys = KeyStore(tmp_path / "catalog")
+    try:
+        keys.create_tenant("acme")
+        secret, record = keys.create_key("acme", ["read"])
+        assert keys.known(secret) is None  # never authenticated: not in memory
+        assert keys.authenticate(secret) == record
+        assert keys.known(secret) == record
+        keys.revoke(record.id, tenant="acme")
+        assert keys.known(secret) is None
+        assert keys.authenticate(secret) is None
+        operator, _ = keys.create_key(None, ["admin"])
+        assert keys.authenticate(operator) is not None and keys.known(operator) is not None
+        keys.reset_operator_keys()
+        assert keys.known(operator) is None and keys.authenticate(operator) is None
+    finally:
+        keys.close()

@@ -73,6 +73,10 @@ def valid_checksum(key: str) -> bool:
     return hmac.compare_digest(_checksum(body), check)
 
 
+#: At most this many live keys are remembered (the memory is emptied when full): a few MB at most.
+_KNOWN_KEYS = 10_000
+
+
 def _hash(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
@@ -122,6 +126,11 @@ class KeyStore(Store):
     def __init__(self, path: str | os.PathLike[str], read_only: bool = False) -> None:
         super().__init__(path, read_only)
         self._lock = threading.Lock()
+        # Live keys already authenticated, by digest: every request presents a key, and finding a known one in
+        # memory spares the server a thread-pool hop for a disk read. Every write to a key empties it, and
+        # `_key_writes` keeps a lookup that raced such a write from putting back what the write changed.
+        self._known: dict[bytes, ApiKey] = {}
+        self._key_writes = 0
 
     # tenants
 
@@ -167,15 +176,22 @@ class KeyStore(Store):
             display=secret[: len(PREFIX) + 4],
             created_at=time.time(),
         )
-        self._db[b"keyhash/" + _hash(secret)] = msgspec.json.encode(record)
-        self._db[b"keyid/" + record.id.encode()] = _hash(secret)
+        with self._lock:
+            self._db[b"keyhash/" + _hash(secret)] = msgspec.json.encode(record)
+            self._db[b"keyid/" + record.id.encode()] = _hash(secret)
+            self._forget_keys()
         return secret, record
+
+    def known(self, secret: str) -> ApiKey | None:
+        """The live record of a key authenticated before, from memory only (never a disk read), else None."""
+        return self._known.get(_hash(secret)) if valid_checksum(secret) else None
 
     def authenticate(self, secret: str) -> ApiKey | None:
         """The live key record for a presented secret, or None. Garbage is refused before any lookup."""
         if not valid_checksum(secret):
             return None
         digest = _hash(secret)
+        writes = self._key_writes
         raw = self._db.get(b"keyhash/" + digest)
         if raw is None:
             return None
@@ -183,6 +199,11 @@ class KeyStore(Store):
         stored = self._db.get(b"keyid/" + record.id.encode())
         if stored is None or not hmac.compare_digest(stored, digest) or record.revoked:
             return None
+        with self._lock:
+            if self._key_writes == writes:  # no key was written while this one was read
+                if len(self._known) >= _KNOWN_KEYS:
+                    self._known.clear()
+                self._known[digest] = record
         return record
 
     def list_keys(self, tenant: str | None = None, *, operators: bool = False) -> list[ApiKey]:
@@ -232,16 +253,24 @@ class KeyStore(Store):
             )
         revoked = msgspec.structs.replace(record, revoked=True)
         self._db[b"keyhash/" + _hash_of(self._db, key_id)] = msgspec.json.encode(revoked)
+        self._forget_keys()
         return revoked
 
     def reset_operator_keys(self) -> tuple[str, ApiKey]:
         """Revokes every operator key and creates a new one (`meter admin-key reset`, with the server stopped)."""
-        for record in self.list_keys(operators=True):
-            if not record.revoked:
-                self._db[b"keyhash/" + _hash_of(self._db, record.id)] = msgspec.json.encode(
-                    msgspec.structs.replace(record, revoked=True)
-                )
+        with self._lock:
+            for record in self.list_keys(operators=True):
+                if not record.revoked:
+                    self._db[b"keyhash/" + _hash_of(self._db, record.id)] = msgspec.json.encode(
+                        msgspec.structs.replace(record, revoked=True)
+                    )
+            self._forget_keys()
         return self.create_key(None, ["admin"])
+
+    def _forget_keys(self) -> None:
+        """Empty the memory of live keys; called, holding the lock, by every write to a key, after the write."""
+        self._key_writes += 1
+        self._known.clear()
 
     def has_admin_key(self) -> bool:
         return any(not k.revoked for k in self.list_keys(operators=True))
