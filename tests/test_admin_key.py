@@ -16,6 +16,8 @@ from click.testing import CliRunner
 from http_server import Server, free_port
 from meter.catalog.keys import KeyStore, new_key, valid_checksum
 from meter.cli import main
+from meter.exceptions import InvalidInput
+from meter.lake import layout
 from meter.server.app import MeterApp
 
 CLI = [sys.executable, "-c", "from meter.cli import main; main()"]
@@ -125,5 +127,19 @@ def test_a_remembered_key_is_forgotten_by_its_revocation(tmp_path: Path) -> None
         assert keys.authenticate(operator) is not None and keys.known(operator) is not None
         keys.reset_operator_keys()
         assert keys.known(operator) is None and keys.authenticate(operator) is None
+    finally:
+        keys.close()
+
+
+def test_a_tenant_id_is_one_the_export_can_name(tmp_path: Path) -> None:
+    """The key store takes the tenant ids the Parquet export can name a directory after, and only those."""
+    keys = KeyStore(tmp_path / "catalog")
+    try:
+        for bad in ("café", "", "a" * 65, "a b", "a.b"):
+            with pytest.raises(InvalidInput) as info:
+                keys.create_tenant(bad)
+            assert info.value.code == "invalid_tenant"
+        keys.create_tenant("Acme_1-2")
+        assert layout.usage_tenant(tmp_path, "Acme_1-2").name == "tenant=Acme_1-2"
     finally:
         keys.close()
