@@ -21,6 +21,7 @@ from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.catalog.keys import KeyStore
 from meter.engine import Engine
+from meter.money.payments.dunning import Payments
 from meter.server.errors import ApiError
 
 __all__ = ["Context", "Unavailable", "opened"]
@@ -68,6 +69,8 @@ class Context(Protocol):
     invoicer: Invoicer | Unavailable | None
     #: Why the server runs read-only (a full or read-only disk at startup), or None.
     degraded: str | None
+    #: Payments and their providers (None until a writable start).
+    payments: Payments | None
 
     async def call(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """`fn(*args, **kwargs)` on the app's thread pool, off the event loop."""
