@@ -52,7 +52,7 @@ _Time = Annotated[datetime, msgspec.Meta(tz=True)]
 _EXACT = Context(prec=80)
 
 
-class Refund(msgspec.Struct, omit_defaults=True):
+class Refund(msgspec.Struct):
     """Money returned on a payment: ``pending`` while the provider is asked (with ``idempotency_key``), then done."""
 
     id: str
@@ -67,7 +67,7 @@ class Refund(msgspec.Struct, omit_defaults=True):
     error_message: str | None = None
 
 
-class Payment(msgspec.Struct, omit_defaults=True):
+class Payment(msgspec.Struct):
     """Money received (or a charge that failed) for an invoice; refunds are recorded on it."""
 
     id: str
@@ -95,7 +95,7 @@ class Payment(msgspec.Struct, omit_defaults=True):
     refunds: list[Refund] = []
 
 
-class Attempt(msgspec.Struct, omit_defaults=True):
+class Attempt(msgspec.Struct):
     """One attempt to collect an invoice through its provider, written ``pending`` before the provider is called."""
 
     invoice: str
