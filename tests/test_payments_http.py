@@ -83,11 +83,9 @@ class Shop:
             invoices = store.list("acme")
             for customer, currency in {(i.customer, i.currency) for i in invoices}:
                 owed = sum(
-                    
-                        i.amount_remaining or 0
-                        for i in invoices
-                        if (i.customer, i.currency, i.status) == (customer, currency, "open")
-                    
+                    i.amount_remaining or 0
+                    for i in invoices
+                    if (i.customer, i.currency, i.status) == (customer, currency, "open")
                 )
                 assert by_currency.get(("accounts_receivable", currency, customer), 0) == owed, customer
                 held = by_currency.get(("customer_credit", currency, customer), 0)
