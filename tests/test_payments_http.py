@@ -20,9 +20,11 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from fake_stripe import FakeStripe
 from http_server import Server
 from meter.billing.store import InvoiceStore
+from meter.cli import main
 from meter.money import ledger
 
 SECRET_KEY = "sk_test_fake_0000"
@@ -412,3 +414,31 @@ def test_dunning_settings_and_mark_uncollectible(shop: Shop) -> None:
     assert (no_card.status_code, no_card.json()["code"]) == (409, "no_payment_method")
     balances, _ = shop.books()
     assert balances[("bad_debt", None)] == Decimal("30.00")
+
+
+def test_the_cli_records_lists_refunds_and_sets_dunning_through_the_client(shop: Shop) -> None:
+    invoice = shop.draft("manual")
+    shop.finalize(invoice)
+    env = {"METER_URL": shop.server.url, "METER_API_KEY": shop.key, "COLUMNS": "250"}
+
+    def meter(*args: str) -> str:
+        result = CliRunner().invoke(main, ["payments", *args], env=env)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    recorded = meter("record", invoice, "12.50", "--method", "check", "--reference", "chk 7")
+    assert "12.50 EUR" in recorded and "17.50 EUR remaining" in recorded and "open" in recorded
+    assert "chk 7" in meter("list", "--invoice", invoice)
+    [payment] = shop.c.get("/v1/payments", params={"invoice": invoice}).json()
+    assert "partially_refunded" in meter("refund", payment["id"], "--amount", "2.50", "--reason", "typo")
+    assert meter("dunning", "--retry-days", "1,2") == "retries 1, 2 days after the first failure; then uncollectible\n"
+    assert "stripe_webhook_secret: ...0000" in meter("settings")
+    # One secret set leaves the other as it was.
+    meter("settings", "--stripe-webhook-secret", "whsec_rotated_1234")
+    assert shop.c.get("/v1/payments/settings").json() == {
+        "stripe_secret_key": "...0000",
+        "stripe_webhook_secret": "...1234",
+    }
+    bad = CliRunner().invoke(main, ["payments", "record", invoice, "1.001"], env=env)
+    assert bad.exit_code == 1 and "invalid_amount" in bad.output
+    shop.books()

@@ -151,11 +151,16 @@ class PaymentSettings(msgspec.Struct, omit_defaults=True):
     stripe_webhook_secret: str | None = None
 
 
+_Secret = Annotated[str, msgspec.Meta(min_length=8, max_length=255)]
+
+
 class PaymentSettingsBody(msgspec.Struct, forbid_unknown_fields=True):
-    #: The Stripe secret key (``sk_live_...``, ``sk_test_...`` or a restricted ``rk_...``); null removes it.
-    stripe_secret_key: Annotated[str, msgspec.Meta(min_length=8, max_length=255)] | None = None
+    """What to change: a secret given is set, null removes it, absent leaves it as it is."""
+
+    #: The Stripe secret key (``sk_live_...``, ``sk_test_...`` or a restricted ``rk_...``).
+    stripe_secret_key: _Secret | None | msgspec.UnsetType = msgspec.UNSET
     #: The signing secret of the Stripe webhook endpoint that sends to ``/v1/webhooks/stripe`` (``whsec_...``).
-    stripe_webhook_secret: Annotated[str, msgspec.Meta(min_length=8, max_length=255)] | None = None
+    stripe_webhook_secret: _Secret | None | msgspec.UnsetType = msgspec.UNSET
 
 
 class PaymentSettingsView(msgspec.Struct):

@@ -141,9 +141,13 @@ def _settings_view(store: Any, tenant: str) -> PaymentSettingsView:
     return PaymentSettingsView.of(collect.payment_settings(store, tenant))
 
 
-def _put_settings(store: Any, tenant: str, body: PaymentSettingsBody) -> PaymentSettingsView:
-    settings = PaymentSettings(body.stripe_secret_key, body.stripe_webhook_secret)
+def _put_settings(store: InvoiceStore, tenant: str, body: PaymentSettingsBody) -> PaymentSettingsView:
     with store.transaction(tenant) as change:
+        raw = change.get(f"payment_settings/{tenant}")
+        settings = PaymentSettings() if raw is None else msgspec.json.decode(raw, type=PaymentSettings)
+        for name in ("stripe_secret_key", "stripe_webhook_secret"):
+            if (value := getattr(body, name)) is not msgspec.UNSET:
+                settings = msgspec.structs.replace(settings, **{name: value})
         change.put(f"payment_settings/{tenant}", settings)
     return PaymentSettingsView.of(settings)
 
