@@ -8,7 +8,7 @@ response again and moves no money; ``charges`` counts the PaymentIntents really 
 customer was charged once. ``decline(n)`` makes the next ``n`` charges card errors (402, ``card_declined``, as
 Stripe answers a confirmed off-session intent that fails); ``processing(n)`` leaves the next ``n`` intents
 ``processing`` (their outcome arrives by webhook only). ``on_charge`` runs after a charge is recorded and before it
-is answered (a test kills the server there).
+is answered (a test kills the server there). ``GET /v1/payment_intents/search`` finds intents by their metadata.
 
 Webhooks: ``event(type, obj)`` builds a Stripe event; ``deliver(event, url, secret)`` posts it with
 ``Stripe-Signature: t=<ts>,v1=<hex HMAC-SHA256 of "<ts>.<payload>">``, so the server verifies it with the real
@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -70,6 +71,15 @@ class FakeStripe:
                     self.wfile.write(body)
                 except OSError:
                     pass  # the client is gone (a killed server)
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                path, _, query = self.path.partition("?")
+                status, body = fake.search(path, self.headers.get("authorization", ""), dict(parse_qsl(query)))
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -180,6 +190,19 @@ class FakeStripe:
             "metadata": {k[9:-1]: v for k, v in form.items() if k.startswith("metadata[")},
         }
         return 200, json.dumps(refund).encode()
+
+    def search(self, path: str, auth: str, params: dict[str, str]) -> tuple[int, bytes]:
+        """``GET /v1/payment_intents/search``: the intents whose metadata matches every ``metadata['k']:'v'``."""
+        with self.lock:
+            self.requests.append((path, "", params))
+            if auth != f"Bearer {self.secret_key}" or path != "/v1/payment_intents/search":
+                return 404, _error("invalid_request_error", "resource_missing", f"no route {path}")
+            wanted = dict(re.findall(r"metadata\['([^']+)'\]:'([^']*)'", params.get("query", "")))
+            found = [
+                i for i in self.intents.values() if wanted and all(i["metadata"].get(k) == v for k, v in wanted.items())
+            ]
+            result = {"object": "search_result", "url": path, "has_more": False, "data": found}
+            return 200, json.dumps(result).encode()
 
     # Webhooks
 

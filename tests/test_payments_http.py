@@ -442,3 +442,24 @@ def test_the_cli_records_lists_refunds_and_sets_dunning_through_the_client(shop:
     bad = CliRunner().invoke(main, ["payments", "record", invoice, "1.001"], env=env)
     assert bad.exit_code == 1 and "invalid_amount" in bad.output
     shop.books()
+
+
+def test_a_pending_attempt_older_than_its_idempotency_key_is_looked_up_not_replayed(shop: Shop) -> None:
+    """Stripe forgets a key after 24 hours: replaying it then would charge again, so the charge is searched first."""
+    invoice = shop.draft("auto")
+
+    def crash(form: dict[str, str]) -> None:
+        shop.fake.on_charge = None
+        shop.server.kill()
+
+    shop.fake.on_charge = crash
+    with pytest.raises(httpx.TransportError):
+        shop.c.post(f"/v1/invoices/{invoice}/finalize")
+    shop.restart()  # back two days later: the schedule runs at that time
+    [done] = shop.dunning(datetime.now().astimezone() + timedelta(days=2))
+    assert (done["n"], done["status"]) == (1, "succeeded")
+    assert shop.fake.keys() == [f"meter-acme-{invoice}-1"], "found by its metadata, never sent again"
+    [(path, _, params)] = [r for r in shop.fake.requests if r[0].endswith("/search")]
+    assert f"metadata['invoice']:'{invoice}'" in params["query"] and "metadata['attempt']:'1'" in params["query"]
+    assert shop.fake.charges == 1 and shop.invoice(invoice)["status"] == "paid"
+    shop.books()

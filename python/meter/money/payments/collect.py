@@ -154,7 +154,10 @@ def _apply(
     """Records a payment of ``amount`` on ``invoice`` with its entry and events (see the module doc)."""
     tenant = change.tenant
     recovered = invoice.status == "uncollectible"
-    settled, applied = settle(invoice, amount, "payment", change.now)
+    if invoice.status == "void":  # voided while a charge was in flight: it owes nothing, the money is credit
+        settled, applied = msgspec.structs.replace(invoice, amount_paid=(invoice.amount_paid or _ZERO) + amount), _ZERO
+    else:
+        settled, applied = settle(invoice, amount, "payment", change.now)
     if recovered and settled.amount_remaining == 0:
         settled = msgspec.structs.replace(settled, status="paid", paid_at=change.now)
     payment = Payment(
@@ -379,10 +382,11 @@ def apply_outcome(change: Change, invoice_id: str, n: int, result: ChargeResult)
     change.put(f"payment/{tenant}/{failed.id}", failed)
     change.put(f"payment_invoice/{tenant}/{invoice_id}/{failed.id}", b"")
     change.emit("payment.failed", _data(failed))
-    change.emit(
-        "invoice.payment_failed",
-        {**invoice_summary(invoice), "attempt": n, "next_attempt_at": next_at, "error_code": done.error_code},
-    )
+    if invoice.status == "open":  # not for an invoice paid or voided while the charge was in flight
+        change.emit(
+            "invoice.payment_failed",
+            {**invoice_summary(invoice), "attempt": n, "next_attempt_at": next_at, "error_code": done.error_code},
+        )
     if next_at is not None and invoice.status == "open":
         change.put(
             state_key,

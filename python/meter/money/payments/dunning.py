@@ -42,7 +42,13 @@ from meter.money.payments.collect import (
     start_attempt,
     start_refund,
 )
-from meter.money.payments.provider import ChargeRequest, ChargeResult, OutcomeUnknown, PaymentProvider
+from meter.money.payments.provider import (
+    KEY_LIFETIME,
+    ChargeRequest,
+    ChargeResult,
+    OutcomeUnknown,
+    PaymentProvider,
+)
 from meter.money.payments.records import Attempt, Collection, Payment, RefundBody, to_minor
 
 __all__ = ["DunningJob", "Payments"]
@@ -102,13 +108,20 @@ class Payments:
     # Charges
 
     def collect(
-        self, store: InvoiceStore, catalog: BillingCatalog, tenant: str, invoice_id: str, trigger: str
+        self,
+        store: InvoiceStore,
+        catalog: BillingCatalog,
+        tenant: str,
+        invoice_id: str,
+        trigger: str,
+        now: datetime | None = None,
     ) -> Attempt | None:
         """One attempt to collect the invoice (or the completion of its pending one); None when nothing is owed.
 
         ``trigger`` ``manual`` (``POST /v1/invoices/{id}/pay``) refuses (409) what cannot be charged; otherwise an
         invoice whose customer has no Stripe customer, or a tenant with no provider, is a failed attempt (dunning
-        goes on: the customer may add a card before the next one).
+        goes on: the customer may add a card before the next one). A pending attempt older than the provider
+        keeps its key (:data:`KEY_LIFETIME`, by ``now``) is looked up before it is replayed.
         """
         invoice = store.get(tenant, invoice_id)
         provider = self.provider(store, tenant)
@@ -151,7 +164,10 @@ class Payments:
                 idempotency_key=attempt.idempotency_key,
             )
             try:
-                result = provider.charge(request)
+                found = None
+                if (now or _now()) - attempt.created_at >= KEY_LIFETIME:
+                    found = provider.find(request)
+                result = found or provider.charge(request)
             except OutcomeUnknown as e:
                 print(
                     f"meter: tenant {tenant!r}: attempt {attempt.n} on {invoice_id}: {e}", file=sys.stderr, flush=True
@@ -183,9 +199,8 @@ class Payments:
             if not due:
                 continue
             try:
-                attempt = self.collect(
-                    store, catalog, tenant, state.invoice, "finalize" if state.attempts == 0 else "dunning"
-                )
+                trigger = "finalize" if state.attempts == 0 else "dunning"
+                attempt = self.collect(store, catalog, tenant, state.invoice, trigger, now)
             except NotFound:  # the invoice is gone (a test's data dir reused...): nothing to collect
                 continue
             if attempt is not None:

@@ -5,17 +5,25 @@ attempt, and writes it down before the call): the same request replayed with the
 outcome and never move money twice. A provider tells three outcomes apart: the charge succeeded, it failed (a
 decline, a missing payment method: the attempt counts as failed), or nothing is known (a network error, a 5xx, a
 payment still processing: :class:`OutcomeUnknown`, and the attempt stays pending, to be replayed).
+
+A provider forgets idempotency keys after a while (Stripe: 24 hours). A pending attempt older than
+:data:`KEY_LIFETIME` is therefore first looked up by what it carries besides its key (``find``: tenant, invoice and
+attempt in the charge's metadata), and replayed only when the provider has no such charge.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Literal, Protocol
 
 import msgspec
 
 from meter.exceptions import MeterError
 
-__all__ = ["ChargeRequest", "ChargeResult", "OutcomeUnknown", "PaymentProvider", "RefundResult"]
+__all__ = ["KEY_LIFETIME", "ChargeRequest", "ChargeResult", "OutcomeUnknown", "PaymentProvider", "RefundResult"]
+
+#: How long a replayed idempotency key is trusted to return the first outcome (Stripe keeps keys 24 hours at least).
+KEY_LIFETIME = timedelta(hours=23)
 
 
 class ChargeRequest(msgspec.Struct, frozen=True):
@@ -60,6 +68,13 @@ class PaymentProvider(Protocol):
 
     def charge(self, request: ChargeRequest) -> ChargeResult:
         """Charges the customer's payment method off-session, confirmed at once; raises :class:`OutcomeUnknown`."""
+        ...
+
+    def find(self, request: ChargeRequest) -> ChargeResult | None:
+        """The outcome of the charge made for ``request`` before (found by its metadata), or None if there is none.
+
+        Raises :class:`OutcomeUnknown` (also for a charge found still processing).
+        """
         ...
 
     def refund(
