@@ -14,7 +14,7 @@ The next attempt's time is stored on the invoice's collection record, so a resta
 (:class:`DunningJob`) runs on the server's scheduler with an injectable clock; its first run after a start also puts
 up for collection any automatic invoice a crash left between its finalization and that write.
 
-Provider credentials: the tenant's (``PUT /v1/payments/settings``), else the server's (``METER_STRIPE_SECRET_KEY``,
+Provider credentials: the tenant's (``PUT /v1/payments/settings``), else the server's (``METER_STRIPE_API_KEY``,
 ``METER_STRIPE_WEBHOOK_SECRET``: one tenant per installation); ``METER_STRIPE_API_BASE`` points the SDK at another
 address (a fake Stripe, stripe-mock).
 """
@@ -83,7 +83,7 @@ class Payments:
     @classmethod
     def from_env(cls) -> Payments:
         return cls(
-            os.environ.get("METER_STRIPE_SECRET_KEY") or None,
+            os.environ.get("METER_STRIPE_API_KEY") or None,
             os.environ.get("METER_STRIPE_WEBHOOK_SECRET") or None,
             os.environ.get("METER_STRIPE_API_BASE") or None,
         )
