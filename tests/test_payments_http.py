@@ -92,8 +92,10 @@ class Shop:
                 assert by_currency.get(("accounts_receivable", currency, customer), 0) == owed, customer
                 held = by_currency.get(("customer_credit", currency, customer), 0)
                 assert store.balance("acme", customer, currency) == held, customer
-            balances = {(r.account, r.customer): r.balance for r in rows if r.balance and r.currency == "EUR"}
-            events = [e.type for e in store.outbox("acme")]
+            balances: dict[tuple[str, str | None], Decimal] = {
+                (r.account, r.customer): r.balance for r in rows if r.balance and r.currency == "EUR"
+            }
+            events: list[str] = [e.type for e in store.outbox("acme")]
         finally:
             store.close()
         return balances, events

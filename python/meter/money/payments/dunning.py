@@ -207,8 +207,8 @@ class Payments:
                 done.append(attempt)
         return done
 
-    def sweep(self, store: InvoiceStore, tenant: str) -> int:
-        """Puts up for collection the open automatic invoices that have neither a collection record nor an attempt."""
+    def sweep(self, store: InvoiceStore, tenant: str, at: datetime) -> int:
+        """Puts up for collection at ``at`` the open automatic invoices with no collection record and no attempt."""
         missing = []
         for invoice_id, status, raw in store.statuses(tenant):
             if status != "open" or msgspec.json.decode(raw, type=_Head).collection != "automatic":
@@ -218,7 +218,7 @@ class Payments:
             ):
                 missing.append(invoice_id)
         if missing:
-            schedule(store, tenant, missing, _now())
+            schedule(store, tenant, missing, at)
         return len(missing)
 
     # Refunds
@@ -261,7 +261,7 @@ class DunningJob:
         for tenant in [t.id for t in self.keys.list_tenants()]:
             try:
                 if not self.swept:
-                    self.payments.sweep(self.store, tenant)
+                    self.payments.sweep(self.store, tenant, now)
                 made += len(self.payments.run_due(self.store, self.catalog, tenant, now))
             except Exception as e:  # noqa: BLE001 - reported; the next run tries again
                 print(f"meter: dunning of tenant {tenant!r} failed: {e!r}", file=sys.stderr, flush=True)
