@@ -283,6 +283,7 @@ ROUTES = [
             Param("status", enum("succeeded", "failed", "refunded", "partially_refunded"), "Only in this state"),
             Param("method", enum("stripe", "bank_transfer", "check", "cash", "other"), "Only made this way"),
         ),
+        errors=(404,),  # `invoice` names one that does not exist
     ),
     Route(
         "GET",
