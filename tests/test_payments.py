@@ -200,3 +200,18 @@ def test_payment_records_round_trip_and_amounts_are_checked() -> None:
             check_amount(Decimal(bad), "EUR")
     body = msgspec.json.decode(b'{"amount": 10.10}', type=RefundBody)
     assert body.amount == Decimal("10.10"), "a JSON number is read as its decimal text, never through a float"
+
+
+def test_a_retry_after_the_schedule_ended_takes_the_next_number_and_key(desk: Desk) -> None:
+    """The attempt numbers (and so the idempotency keys) never repeat, even once the collection record is gone."""
+    provider = Scripted("decline", "ok")
+    payments, invoice = automatic(desk, provider)
+    store = desk.invoicer.store
+    with store.transaction("acme") as change:
+        change.put("dunning/acme", msgspec.json.encode({"retry_days": [], "after_last": "open"}))
+    first = payments.collect(store, desk.catalog, "acme", invoice.id, "finalize")
+    assert first is not None and (first.status, first.next_attempt_at) == ("failed", None)
+    assert store.raw(f"collect/acme/{invoice.id}") is None, "no retry left: the invoice left the schedule, open"
+    second = payments.collect(store, desk.catalog, "acme", invoice.id, "manual")
+    assert second is not None and (second.n, second.status) == (2, "succeeded")
+    assert [r.idempotency_key for r in provider.charges] == [f"meter-acme-{invoice.id}-{n}" for n in (1, 2)]

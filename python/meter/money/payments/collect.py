@@ -279,6 +279,8 @@ def start_attempt(
                 )
             return None
         n = state.attempts + 1
+        while change.get(attempt_key(tenant, invoice_id, n)) is not None:  # a schedule that ended left attempts
+            n += 1
         attempt = Attempt(
             invoice=invoice_id,
             n=n,
@@ -345,7 +347,8 @@ def apply_outcome(change: Change, invoice_id: str, n: int, result: ChargeResult)
             done = msgspec.structs.replace(done, payment=payment.id)
         else:
             done = msgspec.structs.replace(done, payment=known.decode())
-        change.delete(state_key)
+        if state.pending in (None, n) or _invoice(change, invoice_id).status != "open":
+            change.delete(state_key)  # (a late success of an older attempt leaves a newer pending one be)
         change.put(key, done)
         return done
     failures = (
