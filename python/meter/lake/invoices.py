@@ -79,6 +79,15 @@ INVOICE_SCHEMA = pa.schema(
         ("usage_end", _UTC),
         ("usage_period", pa.string()),
         ("reissues", pa.string()),
+        # Collection, set at finalization (null on drafts): what the invoice asks for and what settled it.
+        ("amount_due", _MONEY),
+        ("amount_paid", _MONEY),
+        ("amount_credited", _MONEY),
+        ("amount_remaining", _MONEY),
+        ("credit_applied", _MONEY),
+        ("collection", pa.string()),
+        ("paid_at", _UTC),
+        ("uncollectible_at", _UTC),
     ]
 )
 #: ``invoice_lines``: one row per line, keyed by its invoice (and number) and its position there.
