@@ -23,6 +23,8 @@ from meter.lake import layout
 from meter.lake import ledger as lake_ledger
 from meter.money import ledger
 
+from tests.conftest import Desk
+
 AT = datetime(2026, 11, 1, tzinfo=UTC)
 
 
@@ -79,7 +81,7 @@ def expected_rows(store: InvoiceStore) -> list[dict[str, Any]]:
                     "created_at": entry.created_at,
                     "currency": "EUR",
                     "account": line.account,
-                    "customer": "c1",
+                    "customer": entry.customer,
                     "debit": line.debit,
                     "credit": line.credit,
                     "invoice": entry.invoice,
@@ -126,7 +128,21 @@ def test_an_unchanged_journal_is_not_written_again_and_a_new_entry_rewrites_it(
     store.finalize("acme", "inv-3", now=AT)
     assert lake_ledger.export_ledger(store, ["acme"], out).files == 1
     table = lake_ledger.read_ledger(out, "acme")
-    assert table is not None and table.to_pylist()[-1]["customer"] == "c2"
+    assert table is not None and table.to_pylist() == expected_rows(store), "the rows written, then the new ones"
+    assert table.to_pylist()[-1]["customer"] == "c2"
+    assert pq.ParquetFile(layout.ledger_file(out, "acme")).metadata.num_row_groups == 1, "small appends coalesce"
+
+
+@pytest.mark.parametrize("damage", [b"", b"not parquet"])
+def test_a_file_that_cannot_say_what_it_holds_is_written_again_whole(
+    store: InvoiceStore, tmp_path: Path, damage: bytes
+) -> None:
+    out = tmp_path / "out"
+    lake_ledger.export_ledger(store, ["acme"], out)
+    layout.ledger_file(out, "acme").write_bytes(damage)
+    assert lake_ledger.export_ledger(store, ["acme"], out).files == 1
+    table = lake_ledger.read_ledger(out, "acme")
+    assert table is not None and table.to_pylist() == expected_rows(store)
 
 
 def test_a_tenant_without_entries_exports_an_empty_table(store: InvoiceStore, tmp_path: Path) -> None:
@@ -150,3 +166,11 @@ def test_the_csv_has_the_same_rows_with_exact_decimal_text(store: InvoiceStore) 
     first = rows[0]
     assert (first["account"], first["debit"], first["credit"]) == ("accounts_receivable", "30.00", "0.00")
     assert first["created_at"] == "2026-11-01T00:00:00Z" and first["credit_note"] == ""
+
+
+def test_every_export_writes_the_ledger(desk: Desk) -> None:
+    """``Invoicer.export``: what ``meter export`` and the server's scheduled export run."""
+    summary = desk.invoicer.export(["acme"])
+    assert (summary["ledger"].files, summary["ledger"].rows) == (1, 0)
+    assert lake_ledger.read_ledger(desk.invoicer.out, "acme") is not None
+    assert desk.invoicer.export(["acme"])["ledger"].unchanged == 1

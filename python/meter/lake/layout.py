@@ -12,7 +12,6 @@ never RocksDB::
     <out>/invoices/tenant=<tenant>/{invoices,invoice_lines,credit_notes}.parquet
     <out>/invoices/tenant=<tenant>/.run/{invoices,invoice_lines}.parquet           an invoice run's rows, in passing
     <out>/ledger/tenant=<tenant>/journal_lines.parquet                              one row per journal line
-    <out>/ledger/tenant=<tenant>/_exported.json                                     {"seq": last entry written}
 
 Invariants:
 

@@ -8,10 +8,11 @@ customer too); ``debit`` and ``credit`` are decimal128(38, 9), one of them zero;
 
 Invariants:
 
-- Derived: the invoices store's journal is the source of truth, and the file is rewritten from it whole (per tenant)
-  by :func:`export_ledger`, a chunk of entries (one row group) at a time, so memory does not grow with the journal.
-  The journal only grows (entries are immutable), so the manifest (``{"seq": last entry written}``) tells that
-  nothing changed since: the file is then left as it is (``unchanged``).
+- Derived: the invoices store's journal is the source of truth. Entries are immutable and the journal only grows,
+  so :func:`export_ledger` copies the rows the file holds (Arrow, a row group at a time) and appends the entries
+  posted since, a chunk at a time: memory does not grow with the journal, and Python builds rows only for new
+  entries. Which entries the file holds it says itself (the ``seq`` statistics of its last row group), so no
+  manifest can disagree with it after a crash; a file nothing was posted since is left as it is (``unchanged``).
 - Every file is replaced atomically (:mod:`meter.lake.files`).
 - CSV (:func:`csv_bytes`, for the HTTP route and the CLI) has the same columns, amounts as plain decimal text at the
   currency's minor unit (``30.00``, ``0.00``: never a float, never ``3E+1``) and times as RFC 3339 UTC.
@@ -26,18 +27,17 @@ import io
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from meter.billing.store import InvoiceStore
 from meter.encoding import plain
 from meter.lake import layout
-from meter.lake.files import ExportSummary, read_manifest, write_manifest, write_parquet
+from meter.lake.files import ExportSummary, write_parquet
 from meter.money.ledger import JournalEntry
 from meter.pricing.money import minor_units
 
@@ -63,13 +63,10 @@ _LINE_FIELDS: list[tuple[str, pa.DataType]] = [
     ("memo", pa.string()),
 ]
 LINE_SCHEMA = pa.schema(_LINE_FIELDS)
-#: Entries written per row group.
+#: Entries turned into rows at a time.
 CHUNK = 20_000
-
-
-class _Manifest(msgspec.Struct):
-    #: The last entry the file holds (0: none).
-    seq: int = 0
+#: Rows per row group (at least; the last one of a file holds what is left).
+ROW_GROUP = 100_000
 
 
 def _rows(entries: Iterable[JournalEntry]) -> Iterator[dict[str, Any]]:
@@ -94,32 +91,80 @@ def _rows(entries: Iterable[JournalEntry]) -> Iterator[dict[str, Any]]:
 
 
 def line_table(entries: Iterable[JournalEntry]) -> pa.Table:
-    """The rows of these entries' lines, in :data:`LINE_SCHEMA`."""
-    return pa.Table.from_pylist(list(_rows(entries)), schema=LINE_SCHEMA)
+    """The rows of these entries' lines, in :data:`LINE_SCHEMA` (built a column at a time: twice as fast as rows)."""
+    columns: dict[str, list[Any]] = {name: [] for name in LINE_SCHEMA.names}
+    for row in _rows(entries):
+        for name, value in row.items():
+            columns[name].append(value)
+    return pa.table([pa.array(columns[f.name], type=f.type) for f in LINE_SCHEMA], schema=LINE_SCHEMA)
 
 
-def _batches(entries: Iterable[JournalEntry], last: list[int]) -> Iterator[pa.RecordBatch]:
+def _batches(entries: Iterable[JournalEntry]) -> Iterator[pa.RecordBatch]:
     pending = iter(entries)
     while chunk := list(islice(pending, CHUNK)):
-        last[0] = chunk[-1].seq
         yield from line_table(chunk).to_batches()
 
 
+def _coalesced(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """The batches joined into batches of at least ``rows`` rows (the last one: what is left), one row group each.
+
+    So that a file appended to by many small exports keeps a few large row groups, not one per export.
+    """
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    for batch in batches:
+        pending.append(batch)
+        held += batch.num_rows
+        if held >= rows:
+            yield from pa.Table.from_batches(pending, LINE_SCHEMA).combine_chunks().to_batches()
+            pending, held = [], 0
+    if held:
+        yield from pa.Table.from_batches(pending, LINE_SCHEMA).combine_chunks().to_batches()
+
+
+def _last_seq(path: Path) -> int | None:
+    """The last entry the file holds (0: none), from its row groups' statistics; None when it must be rewritten."""
+    try:
+        source = pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid):
+        return None
+    if not source.schema_arrow.equals(LINE_SCHEMA):
+        return None  # written by another version of this module: rewritten whole
+    groups = source.metadata.num_row_groups
+    if groups == 0:
+        return 0
+    stats = source.metadata.row_group(groups - 1).column(LINE_SCHEMA.get_field_index("seq")).statistics
+    if stats is None or not stats.has_min_max:
+        return None
+    return int(cast("int", stats.max))
+
+
+def _appended(path: Path, held: int | None, entries: Iterator[JournalEntry]) -> Iterator[pa.RecordBatch]:
+    """The rows the file holds (when it holds ``held`` > 0 entries), then those of ``entries``."""
+    if held:  # a row group at a time, as Arrow: no Python object per row
+        yield from pq.ParquetFile(path).iter_batches(batch_size=ROW_GROUP)
+    yield from _batches(entries)
+
+
 def export_ledger(store: InvoiceStore, tenants: list[str], out: Path) -> ExportSummary:
-    """Writes each tenant's journal lines, unless no entry was posted since the file was last written."""
+    """Writes each tenant's journal lines: the file as it was, then the entries posted since (none: left as it is).
+
+    The file itself says which entries it holds (the ``seq`` statistics of its last row group), so no crash between
+    writing it and a manifest can make an entry written twice or skipped.
+    """
     summary = ExportSummary()
     for tenant in tenants:
         path = layout.ledger_file(out, tenant)
-        manifest = layout.manifest(layout.ledger_tenant(out, tenant))
-        written = read_manifest(manifest, _Manifest, _Manifest())
-        if path.exists() and next(store.journal(tenant, written.seq), None) is None:
+        last = _last_seq(path) if path.exists() else None
+        new = store.journal(tenant, last or 0)
+        first = next(new, None)
+        if last is not None and first is None:
             summary.unchanged += 1
             continue
-        last = [0]
-        reader = pa.RecordBatchReader.from_batches(LINE_SCHEMA, _batches(store.journal(tenant), last))
+        entries = chain([first], new) if first is not None else iter(())
+        reader = pa.RecordBatchReader.from_batches(LINE_SCHEMA, _coalesced(_appended(path, last, entries), ROW_GROUP))
         summary.rows += write_parquet(reader, path)
         summary.files += 1
-        write_manifest(_Manifest(seq=last[0]), manifest)
     return summary
 
 
