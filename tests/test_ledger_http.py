@@ -141,8 +141,8 @@ def test_the_trial_balance_balances_and_reads_as_of_a_time(server: Server, key: 
 def test_customers_balances_come_from_the_ledger(server: Server, key: str) -> None:
     client = server.client(key)
     assert client.get("/v1/ledger/balances").json() == [
-        {"customer": "c1", "currency": "EUR", "owed": "15.00", "credit": "0"},
-        {"customer": "c2", "currency": "EUR", "owed": "20.00", "credit": "0"},
+        {"customer": "c1", "currency": "EUR", "owed": "15.00", "credit": "0.00"},
+        {"customer": "c2", "currency": "EUR", "owed": "20.00", "credit": "0.00"},
     ]
     assert [b["customer"] for b in client.get("/v1/ledger/balances", params={"customer": "c2"}).json()] == ["c2"]
     assert client.get("/v1/ledger/balances", params={"customer": "nobody"}).json() == []

@@ -40,6 +40,7 @@ from meter.money.ledger import (
     JournalEntry,
     balances,
 )
+from meter.pricing.money import minor_units
 
 __all__ = [
     "KINDS",
@@ -236,8 +237,9 @@ def customer_balances(
         if row.customer is None or row.account not in PER_CUSTOMER:
             continue
         key = (row.customer, row.currency)
+        zero = Decimal(0).scaleb(-minor_units(row.currency))  # "0.00", like the amounts beside it
         current = found.get(key) or CustomerBalance(
-            customer=row.customer, currency=row.currency, owed=_ZERO, credit=_ZERO
+            customer=row.customer, currency=row.currency, owed=zero, credit=zero
         )
         if row.account == "accounts_receivable":
             current = msgspec.structs.replace(current, owed=row.balance)
