@@ -118,6 +118,9 @@ def test_csv_and_parquet_hold_one_row_per_line(server: Server, key: str) -> None
     assert parquet.headers["meter-next"] == "2"
     table = pq.read_table(pa.BufferReader(parquet.content))
     assert table.schema.equals(LINE_SCHEMA) and table.column("seq").to_pylist() == [1, 1, 2, 2]
+    by_accept = client.get("/v1/ledger/entries", headers={"accept": "application/vnd.apache.parquet"})
+    assert pq.read_table(pa.BufferReader(by_accept.content)).num_rows == 10
+    assert client.get("/v1/ledger/entries", params={"format": "json"}, headers={"accept": "text/csv"}).json()["data"]
 
 
 def test_the_trial_balance_balances_and_reads_as_of_a_time(server: Server, key: str) -> None:
@@ -146,6 +149,7 @@ def test_customers_balances_come_from_the_ledger(server: Server, key: str) -> No
     ]
     assert [b["customer"] for b in client.get("/v1/ledger/balances", params={"customer": "c2"}).json()] == ["c2"]
     assert client.get("/v1/ledger/balances", params={"customer": "nobody"}).json() == []
+    assert client.get("/v1/ledger/balances", params={"as_of": "2000-01-01T00:00:00Z"}).json() == []
 
 
 def test_the_cli_reads_the_ledger_and_exports_it_as_csv(server: Server, key: str, tmp_path: Path) -> None:
