@@ -55,15 +55,21 @@ def pay(store: InvoiceStore, invoice_id: str, amount: Decimal, payment: str) -> 
         change.post(ledger.payment_received(before, payment, amount, applied, "cash", change.now))
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[InvoiceStore]:
-    opened = InvoiceStore(tmp_path / "invoices")
+def worked_example(path: Path) -> InvoiceStore:
+    """The store of the module doc's worked example (the payment is posted now, after the others)."""
+    opened = InvoiceStore(path)
     for draft in (invoice(1, "30.00"), invoice(2, "12.50")):
         opened.save_draft(draft)
         opened.finalize("acme", draft.id, now=AT)
     opened.credit("acme", "inv-1", Decimal("5"), "outage", now=AT)
     pay(opened, "inv-1", Decimal("25.00"), "pay-1")
     opened.void("acme", "inv-2", now=AT)
+    return opened
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[InvoiceStore]:
+    opened = worked_example(tmp_path / "invoices")
     yield opened
     opened.close()
 

@@ -52,7 +52,6 @@ __all__ = [
     "TrialBalance",
     "customer_balances",
     "entries",
-    "filtered",
     "trial_balance",
 ]
 
@@ -146,21 +145,13 @@ class CustomerBalance(msgspec.Struct):
     credit: Decimal
 
 
-def filtered(store: InvoiceStore, tenant: str, where: EntryFilter, after: int = 0) -> Iterator[JournalEntry]:
-    """The entries after sequence number ``after`` that ``where`` keeps, in order (an invoice's through its index).
-
-    Streams: use it for exports (:mod:`meter.lake.ledger`); pages go through :func:`entries`.
-    """
-    source = store.posted_for(tenant, where.invoice) if where.invoice is not None else store.journal(tenant, after)
-    return (entry for entry in source if entry.seq > after and where.matches(entry))
-
-
 def entries(
     store: InvoiceStore, tenant: str, where: EntryFilter, after: int = 0, limit: int = 100, scan: int = SCAN
 ) -> EntryPage:
     """Up to ``limit`` entries after ``after`` that ``where`` keeps, reading at most ``scan`` entries."""
     if limit < 1:
         raise InvalidInput(f"'limit' must be at least 1; got {limit}", code="invalid_query")
+    # An invoice's entries through the store's index of them; anything else reads the journal from `after` on.
     source = store.posted_for(tenant, where.invoice) if where.invoice is not None else store.journal(tenant, after)
     data: list[JournalEntry] = []
     scanned, last = 0, after
