@@ -9,7 +9,7 @@ The rates, the seller's settings and the customers' tax ids are the catalog's (:
 """
 
 from meter.money.tax.compute import credit_note_taxes
-from meter.money.tax.invoice import Taxes, apply_tax
+from meter.money.tax.invoice import Taxes, apply_tax, credit_note_tax
 from meter.money.tax.provider import CatalogTax, TaxLine, TaxProvider, TaxRequest, TaxResult
 from meter.money.tax.stripe_tax import StripeTax
 
@@ -22,5 +22,6 @@ __all__ = [
     "TaxResult",
     "Taxes",
     "apply_tax",
+    "credit_note_tax",
     "credit_note_taxes",
 ]

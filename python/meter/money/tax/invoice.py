@@ -28,16 +28,16 @@ from decimal import Decimal
 
 import msgspec
 
-from meter.billing.invoices import Invoice
+from meter.billing.invoices import CreditNote, Invoice
 from meter.catalog.billing import BillingCatalog, Customer, Plan, Product, Subscription
 from meter.catalog.tax import COUNTRIES, TaxSettings
 from meter.exceptions import InvalidInput, NotFound
-from meter.money.tax.compute import taxable_bases
+from meter.money.tax.compute import credit_note_taxes, taxable_bases
 from meter.money.tax.provider import CatalogTax, TaxLine, TaxProvider, TaxRequest, TaxResult
 from meter.money.tax.stripe_tax import StripeTax
 from meter.pricing.money import round_to_minor_unit
 
-__all__ = ["STRIPE_KEY_VARIABLE", "Taxes", "apply_tax"]
+__all__ = ["STRIPE_KEY_VARIABLE", "Taxes", "apply_tax", "credit_note_tax"]
 
 #: Where the server finds the Stripe secret key the ``stripe`` tax provider calls Stripe Tax with.
 STRIPE_KEY_VARIABLE = "METER_STRIPE_API_KEY"
@@ -59,6 +59,12 @@ def apply_tax(invoice: Invoice, result: TaxResult) -> Invoice:
         tax_note=result.note,
         total=invoice.total + exclusive,
     )
+
+
+def credit_note_tax(invoice: Invoice, note: CreditNote) -> CreditNote:
+    """``note`` with the tax it carries back from ``invoice`` (:func:`~meter.money.tax.compute.credit_note_taxes`)."""
+    tax, taxes = credit_note_taxes(invoice, note.amount)
+    return msgspec.structs.replace(note, tax=tax, taxes=taxes)
 
 
 class Taxes:
