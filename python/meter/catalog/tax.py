@@ -54,9 +54,10 @@ COUNTRIES: frozenset[str] = frozenset(
 #: A country: an ISO 3166-1 alpha-2 code in capitals, such as "DE" or "US" (checked against :data:`COUNTRIES`).
 Country = Annotated[
     str,
+    # The pattern is the document's; the check (a message that names the code and a fix) is check_country's.
     msgspec.Meta(
-        pattern="^[A-Z]{2}$",
-        max_length=2,
+        max_length=64,
+        extra_json_schema={"pattern": "^[A-Z]{2}$"},
         description='an ISO 3166-1 alpha-2 country code in capitals, such as "DE", "GB" or "US"',
     ),
 ]
