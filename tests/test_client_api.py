@@ -102,9 +102,9 @@ def test_catalog_and_invoices(server: Server) -> None:
         assert [i["status"] for i in run["invoices"]] == ["draft"] and run["errors"] == []
         draft = run["invoices"][0]["id"]
         assert [i["id"] for i in client.list_invoices(status="draft", period=month)] == [draft]
-        assert client.list_invoices(status="finalized") == []
+        assert client.list_invoices(status="open") == []
         final = client.finalize_invoice(draft)
-        assert final["number"] == "INV-000001" and final["status"] == "finalized"
+        assert final["number"] == "INV-000001" and final["status"] == "open"
         assert client.get_invoice(draft)["number"] == "INV-000001"
         note = client.credit_invoice(draft, "1.00", "goodwill")
         assert note["amount"] == "1.00" and note["number"]

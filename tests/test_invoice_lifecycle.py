@@ -20,13 +20,14 @@ import msgspec
 import pyarrow.parquet as pq
 import pytest
 from meter.billing.invoices import Invoice, InvoiceLine
-from meter.billing.store import InvoiceStore
+from meter.billing.store import Change, InvoiceStore
 from meter.catalog.billing import Commit, Credit, Customer, Discount, Subscription
 from meter.catalog.types import trusted
 from meter.encoding import encode_json, plain
 from meter.exceptions import InvalidInput
 from meter.lake.invoices import export_invoices
 from meter.pricing.money import round_to_minor_unit
+from rocksdict import WriteBatch
 from test_invoicing import DEC, NOV, OCT, Desk, base_fee, per_unit, tokens
 
 MIGRATION = datetime(2026, 11, 21, tzinfo=UTC)
@@ -103,7 +104,7 @@ def test_a_voided_threshold_invoice_leaves_its_usage_to_the_cycle(desk: Desk) ->
     )
     desk.usage(tokens(1, NOV + timedelta(days=1), 200), now=NOV + timedelta(days=2))
     [early] = desk.invoicer.thresholds("acme", NOV + timedelta(days=2)).invoices
-    assert early.status == "finalized" and early.total == Decimal("20.00")
+    assert early.status == "open" and early.total == Decimal("20.00")
     desk.invoicer.void("acme", early.id)
     [december] = desk.invoicer.run("acme", "2026-12").invoices
     assert december.total == Decimal("20.00")
@@ -331,7 +332,7 @@ def test_a_failing_export_never_undoes_or_hides_a_write(
     monkeypatch.setattr("meter.billing.invoicer.export_invoices", broken)
     run = desk.invoicer.run("acme", "2026-11", finalize=True)
     [invoice] = run.invoices
-    assert invoice.status == "finalized" and [w.code for w in run.warnings] == ["export_failed"]
+    assert invoice.status == "open" and [w.code for w in run.warnings] == ["export_failed"]
     note, warnings = desk.invoicer.credit("acme", invoice.id, Decimal("1.50"), "sorry")
     assert note.number == "CN-000001" and "was saved" in warnings[0].message
     assert "disk full" in capsys.readouterr().err
@@ -361,7 +362,7 @@ def test_one_broken_subscription_never_stops_the_others(desk: Desk) -> None:
         tokens(2, OCT + timedelta(days=1), 100, customer="c2", model="zzz"),
     )
     run = desk.invoicer.run("acme", "2026-11", finalize=True)
-    assert [(i.subscription, i.status, i.total) for i in run.invoices] == [("s1", "finalized", Decimal("31.00"))]
+    assert [(i.subscription, i.status, i.total) for i in run.invoices] == [("s1", "open", Decimal("31.00"))]
     assert [(e.subscription, e.code) for e in run.errors] == [("s2", "unpriced_usage")]
     assert "zzz" in run.errors[0].message
 
@@ -446,16 +447,19 @@ def test_concurrent_writes_never_share_a_number_nor_over_credit(desk: Desk, monk
 
 def test_void_is_a_synced_write(desk: Desk, monkeypatch: pytest.MonkeyPatch) -> None:
     final = finalized_november(desk)
-    writes: list[tuple[str, ...]] = []
-    original = InvoiceStore._write
+    writes: list[set[str]] = []
+    original = Change.batch
 
-    def spy(self: InvoiceStore, *entries: tuple[str, bytes]) -> None:
-        writes.append(tuple(key for key, _ in entries))
-        original(self, *entries)
+    def spy(self: Change) -> WriteBatch:
+        writes.append({key.decode().rsplit("/", 1)[0] for key in self._puts})
+        return original(self)
 
-    monkeypatch.setattr(InvoiceStore, "_write", spy)
+    monkeypatch.setattr(Change, "batch", spy)
     desk.invoicer.void("acme", final.id)
-    assert writes == [(f"invoice/acme/{final.id}",)], "through the synced batch, like finalize"
+    # One synced batch, like finalize: the invoice, its reversing journal entry and the invoice.voided event.
+    assert writes == [
+        {"invoice/acme", "journal/acme", "journal_id/acme", f"journal_invoice/acme/{final.id}", "outbox/acme"}
+    ]
 
 
 @pytest.mark.parametrize("period", ["1970-01", "9998-12"])
@@ -484,9 +488,8 @@ def test_keys_stored_before_they_named_the_cycle_count_for_the_same_charge(desk:
     assert fee.amount == Decimal("15.00")
     legacy = msgspec.structs.replace(fee, key=f"s1|base|1|{start.isoformat()}|{DEC.isoformat()}")
     store = desk.invoicer.store
-    store._write(
-        (f"invoice/acme/{november.id}", msgspec.json.encode(msgspec.structs.replace(november, lines=[legacy])))
-    )
+    with store.transaction("acme") as change:
+        change.put(f"invoice/acme/{november.id}", msgspec.structs.replace(november, lines=[legacy]))
     desk.invoicer.finalize("acme", november.id)
     [december] = desk.invoicer.run("acme", "2026-12").invoices
     assert adjustments(december) == [], "the November fee was billed once, under the old key"

@@ -65,7 +65,7 @@ def test_a_cycle_bills_its_fee_in_advance_and_the_previous_cycles_usage(desk: De
     again = desk.invoicer.run("acme", "2026-11").invoices
     assert [msgspec.json.encode(i) for i in again] == [msgspec.json.encode(invoice)], "re-running is idempotent"
     final, _ = desk.invoicer.finalize("acme", invoice.id)
-    assert final.number == "INV-000001" and final.status == "finalized"
+    assert final.number == "INV-000001" and final.status == "open"
     assert desk.invoicer.run("acme", "2026-11").invoices == [], "a finalized invoice is never recomputed"
 
 
@@ -159,7 +159,7 @@ def test_threshold_billing_invoices_early_and_the_cycle_bills_the_rest(desk: Des
     assert desk.invoicer.thresholds("acme", NOV + timedelta(days=2)).invoices == [], "10 EUR is under the threshold"
     desk.usage(tokens(2, NOV + timedelta(days=3), 500), now=NOV + timedelta(days=4))
     [early] = desk.invoicer.thresholds("acme", NOV + timedelta(days=4)).invoices
-    assert early.reason == "threshold" and early.status == "finalized" and early.total == Decimal("20.00")
+    assert early.reason == "threshold" and early.status == "open" and early.total == Decimal("20.00")
 
     desk.usage(tokens(3, NOV + timedelta(days=10), 1000), now=NOV + timedelta(days=11))
     [december] = desk.invoicer.run("acme", "2026-12").invoices

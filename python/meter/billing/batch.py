@@ -48,6 +48,7 @@ import msgspec
 import polars as pl
 
 from meter.billing import cycles
+from meter.billing.invoices import Invoice
 from meter.billing.keys import charge_key_expr
 from meter.billing.usage import event_amounts, period_quantities
 from meter.catalog.billing import Subscription
@@ -64,6 +65,21 @@ from meter.pricing.text import fixed_text, iso_text, json_string, time_text, wit
 __all__ = ["Batch", "Chunk", "NotPlain", "Refused", "invoice_batch", "plain_subscriptions"]
 
 _UTC = pl.Datetime("us", "UTC")
+
+
+def _draft_tail() -> str:
+    """The fields a draft leaves at their defaults after ``basis`` (tax, collection...), as msgspec encodes them."""
+    fields = msgspec.structs.fields(Invoice)
+    after = [f for f in fields][[f.name for f in fields].index("basis") + 1 :]
+    return "".join(
+        f',"{f.encode_name}":'
+        + msgspec.json.encode(f.default_factory() if f.default is msgspec.NODEFAULT else f.default).decode()
+        for f in after
+    )
+
+
+#: How every draft's JSON ends: ``basis`` (empty: no invoice billed yet) and the fields set at finalization.
+_DRAFT_END = ',"reissues":null,"basis":[]' + _draft_tail() + "}"
 #: Drafts written at a time: their texts (about 5 kB an invoice) are most of the memory a run takes.
 CHUNK = 25_000
 #: Charges rated at a time.
@@ -1041,7 +1057,7 @@ def _invoices(tenant: str, drafts: pl.DataFrame, lines: pl.DataFrame) -> pl.Data
         pl.when(pl.col("a_label").is_null())
         .then(pl.lit("null"))
         .otherwise(pl.concat_str(pl.lit('"'), "a_label", pl.lit('"'))),
-        pl.lit(',"reissues":null,"basis":[]}'),
+        pl.lit(_DRAFT_END),
     )
     total = _money_decimal(pl.col("minor"), pl.col("digits"))
     return invoices.select(

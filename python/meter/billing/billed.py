@@ -18,7 +18,7 @@ from decimal import Decimal
 
 import msgspec
 
-from meter.billing.invoices import Invoice, InvoiceLine
+from meter.billing.invoices import BILLED, Invoice, InvoiceLine
 from meter.billing.keys import GrantKey, LineKey, parse_grant_key, parse_line_key
 from meter.billing.store import InvoiceStore
 
@@ -66,7 +66,7 @@ class Billed:
         billed = cls()
         # Drafts (a million after a run) are skipped on their status alone, without decoding them.
         for _, status, raw in store.statuses(tenant):
-            if status != "finalized":
+            if status not in BILLED:
                 continue
             invoice = msgspec.json.decode(raw, type=Invoice)
             billed.finalized[invoice.subscription].append(invoice.id)

@@ -1,11 +1,14 @@
 """Invoices and credit notes as data: the structs the store keeps and the API answers with, and their checks.
 
 Lifecycle: a **draft** is recomputed by every invoicing run until it is **finalized**, which numbers it
-(``INV-000001``, sequential and gapless per tenant, never reused) and makes it immutable; a finalized invoice can be
-**voided** (it then no longer counts as billed: re-running its period issues a new draft, ``<id>-r2``, which gets a new
-number when finalized) or corrected by **credit notes** (``CN-000001``), never edited. A draft is finalized only
-while the subscription's finalized invoices are those it was computed against (its ``basis``); otherwise it is
-**stale** (``stale_draft``): it could bill again what another invoice billed since, and its period must be re-run.
+(``INV-000001``, sequential and gapless per tenant, never reused), taxes it and makes its lines immutable: it is then
+**open** until what it asks for is settled (payments, credit notes, the customer's credit balance), then **paid**; an
+open invoice can be marked **uncollectible** (written off; a later payment still settles it) or **voided** while
+nothing was paid on it (it then no longer counts as billed: re-running its period issues a new draft, ``<id>-r2``,
+which gets a new number when finalized). Finalized invoices are corrected by **credit notes** (``CN-000001``), never
+edited. A draft is finalized only while the subscription's billed invoices (open, paid or uncollectible:
+:data:`BILLED`) are those it was computed against (its ``basis``); otherwise it is **stale** (``stale_draft``): it
+could bill again what another invoice billed since, and its period must be re-run.
 The transitions and the numbering are the store's (:mod:`meter.billing.store`); this module only describes them.
 
 What has been billed is read from finalized invoices: each usage or fee line carries the ``key`` of what it bills
@@ -39,7 +42,9 @@ from meter.pricing.exact import DECIMAL_BOUND, decimal_problem
 from meter.pricing.money import minor_units
 
 __all__ = [
+    "BILLED",
     "STATUSES",
+    "Collection",
     "CreditNote",
     "CreditNoteBody",
     "Fresh",
@@ -48,12 +53,14 @@ __all__ = [
     "InvoiceRun",
     "InvoiceRunBody",
     "LineDetail",
+    "LineTax",
     "LineKind",
     "Reason",
     "RunError",
     "RunWarning",
     "ServicePeriod",
     "Status",
+    "TaxAmount",
     "Timing",
     "check_credit_amount",
     "check_exportable",
@@ -61,8 +68,13 @@ __all__ = [
 ]
 
 #: An invoice's lifecycle (see the module doc); :data:`STATUSES` lists them for filters and the OpenAPI document.
-Status = Literal["draft", "finalized", "void"]
+Status = Literal["draft", "open", "paid", "uncollectible", "void"]
 STATUSES: tuple[str, ...] = get_args(Status)
+#: The statuses of a finalized invoice that was not voided: what it billed counts as billed.
+BILLED: frozenset[str] = frozenset({"open", "paid", "uncollectible"})
+#: How a finalized invoice is collected: a payment provider charges the customer's payment method (``automatic``), or
+#: the customer pays it by other means, recorded as manual payments (``send_invoice``).
+Collection = Literal["automatic", "send_invoice"]
 #: What a line is: a charge (``recurring`` fee, ``usage``, ``adjustment`` of a finalized one), a ``commit`` bought,
 #: a ``shortfall`` billed, a ``discount`` or a ``credit`` drawn.
 LineKind = Literal["recurring", "usage", "adjustment", "commit", "shortfall", "discount", "credit"]
@@ -128,6 +140,30 @@ class InvoiceLine(msgspec.Struct):
     grant: str | None = None
 
 
+class TaxAmount(msgspec.Struct, omit_defaults=True):
+    """An invoice's tax at one rate in one jurisdiction: the base it applies to and the amount (rounded)."""
+
+    rate: str
+    name: str
+    country: str
+    percentage: Decimal
+    inclusive: bool
+    #: The base the rate applies to, net of tax.
+    taxable: Decimal
+    amount: Decimal
+    region: str | None = None
+
+
+class LineTax(msgspec.Struct, omit_defaults=True):
+    """The tax on one line (``line`` is its index in ``lines``) at one rate, rounded half to even on its own."""
+
+    line: int
+    rate: str
+    inclusive: bool
+    taxable: Decimal
+    amount: Decimal
+
+
 class Invoice(msgspec.Struct):
     id: str
     tenant: str
@@ -158,6 +194,23 @@ class Invoice(msgspec.Struct):
     #: draft is finalized only while they are still exactly the subscription's finalized invoices: otherwise it is
     #: stale (it could bill twice what another invoice billed since) and its period must be re-run.
     basis: list[str] | None = None
+    #: Tax, set when the invoice is finalized: the total (``None`` on a draft), grouped by rate and jurisdiction, per
+    #: line; ``tax_note`` says why an invoice carries none (``exempt``, ``reverse_charge``).
+    tax: Decimal | None = None
+    taxes: list[TaxAmount] = []
+    line_taxes: list[LineTax] = []
+    tax_note: str | None = None
+    #: Collection, set when the invoice is finalized (``None`` on a draft). ``amount_due`` is ``total`` less the
+    #: customer's credit balance applied (``credit_applied``); ``amount_remaining`` is ``amount_due`` less what was
+    #: paid and credited (credit notes up to what was owed); the invoice is ``paid`` when that reaches zero.
+    collection: Collection | None = None
+    credit_applied: Decimal | None = None
+    amount_due: Decimal | None = None
+    amount_paid: Decimal | None = None
+    amount_credited: Decimal | None = None
+    amount_remaining: Decimal | None = None
+    paid_at: datetime | None = None
+    uncollectible_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +237,12 @@ class CreditNote(msgspec.Struct):
     amount: Decimal
     reason: str
     created_at: datetime
+    #: The tax the note carries back (its share of the invoice's tax), and per rate.
+    tax: Decimal | None = None
+    taxes: list[TaxAmount] = []
+    #: The customer and currency (those of its invoice).
+    customer: str | None = None
+    currency: str | None = None
 
 
 class ServicePeriod(msgspec.Struct):
@@ -248,7 +307,7 @@ def check_exportable(value: Decimal | None, what: str) -> None:
 
 def check_invoice(invoice: Invoice) -> None:
     """Raises ``InvalidInput`` unless every amount and quantity of ``invoice`` fits the export."""
-    for name in ("subtotal", "total"):
+    for name in ("subtotal", "total", "tax"):
         check_exportable(getattr(invoice, name), f"invoice {invoice.id}: {name}")
     for i, line in enumerate(invoice.lines, start=1):
         for name in ("amount", "quantity", "rated", "billed", "billed_quantity"):

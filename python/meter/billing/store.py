@@ -1,23 +1,40 @@
-"""The invoice store (rocksdict, ``<data>/invoices``): invoices and credit notes through their lifecycle, and numbering.
+"""The invoice store (rocksdict, ``<data>/invoices``): invoices, credit notes and every money record written with them.
 
-Keys: ``invoice/<tenant>/<id>`` (an :class:`~meter.billing.invoices.Invoice` as JSON; a subscription's invoice ids
-start with its id, so its invoices are one prefix scan), ``credit_note/<tenant>/<number>``, and
-``counter/<tenant>/<kind>`` (the last number taken of ``invoice``, ``credit_note``, as decimal text).
+Invoices and credit notes through their lifecycle, their numbering, and what is written with them: journal entries,
+outgoing events, customers' credit balances.
 
-Numbering belongs to this store alone: nothing else writes a counter or an ``INV-``/``CN-`` number, and no number is
-taken outside the write that stores what it numbers.
+Keys (``<tenant>`` is the key's tenant; a subscription's invoice ids start with its id, so its invoices are one
+prefix scan):
 
-Money: the store computes no amount but a credit note's, which must already be a whole number of the currency's minor
-unit (``5`` in USD is stored as ``5.00``; ``5.001`` is refused, never rounded). Invoices arrive rounded (each line
-half to even to the minor unit, totals sums of lines: :mod:`meter.billing.invoicing`).
+=======================================  ===============================================================
+``invoice/<tenant>/<id>``                an :class:`~meter.billing.invoices.Invoice` as JSON
+``credit_note/<tenant>/<number>``        a :class:`~meter.billing.invoices.CreditNote`
+``counter/<tenant>/<kind>``              the last number taken of a kind (``invoice``, ``journal``, ``outbox``...)
+``journal/<tenant>/<seq:012d>``          a :class:`~meter.money.ledger.JournalEntry` (``journal_id/`` and
+                                         ``journal_invoice/`` index them by cause and by invoice)
+``outbox/<tenant>/<seq:012d>``           a :class:`~meter.money.events.Event` to deliver
+``balance/<tenant>/<customer>/<cur>``    the customer's credit balance in a currency (decimal text)
+``meta/schema``                          the layout's version (2: statuses ``open``/``paid``..., the ledger)
+=======================================  ===============================================================
 
-Concurrency and durability: every write that changes an invoice's status or takes a number (finalize, void, credit
-note, saving a draft) runs under one lock per tenant and writes the invoice (or credit note) and its number counter
-in one synced rocksdict write batch. Numbers thus never repeat and have no gaps, even across a crash, and the credit
-notes of an invoice never add up to more than its total. Values are checked against what the Parquet export holds
-(``decimal128(38, 9)``) before they are stored, so a stored invoice can always be exported.
+Other money records (payments, endpoints, deliveries...) live here too, under their own prefixes, written through
+:meth:`InvoiceStore.transaction` by their owners in :mod:`meter.money`.
 
-The store never computes an invoice; it checks what it is given (:func:`meter.billing.invoices.check_invoice`) and
+Atomicity (design.md §8): every write goes through :meth:`InvoiceStore.transaction`, which holds the tenant's lock
+and writes the state change, the numbers it takes, its journal entry (checked balanced, refused if its cause already
+posted one) and its outgoing event in **one synced rocksdict write batch**. Numbers thus never repeat and have no
+gaps, an entry or event exists exactly when its change does, even across a crash, and a customer's credit balance
+is changed only by the entries that post to it.
+
+Numbering belongs to this store alone: nothing else writes a counter or an ``INV-``/``CN-`` number.
+
+Money: the store computes what settling an invoice leaves (what was due, paid, credited, remaining) and a credit
+note's split between what was owed and credit balance; it never rounds: invoices arrive rounded (each line half to
+even to the minor unit, totals sums of lines: :mod:`meter.billing.invoicing`; tax: :mod:`meter.money.tax`), and a
+credit note's amount must already be a whole number of the minor unit (``5.001`` USD is refused). Values are checked
+against what the Parquet export holds (``decimal128(38, 9)``) before they are stored.
+
+The store never prices an invoice; it checks what it is given (:func:`meter.billing.invoices.check_invoice`) and
 refuses a transition the lifecycle does not allow (``invalid_state``, ``stale_draft``).
 """
 
@@ -26,20 +43,31 @@ from __future__ import annotations
 import builtins
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from itertools import islice
-from typing import overload
+from typing import Any, Literal, overload
 
 import msgspec
-from rocksdict import WriteBatch, WriteOptions
+from rocksdict import Rdict, WriteBatch, WriteOptions
 
-from meter.billing.invoices import CreditNote, Invoice, Status, check_credit_amount, check_invoice
+from meter.billing.invoices import BILLED, CreditNote, Invoice, Status, check_credit_amount, check_invoice
+from meter.billing.keys import CommitKey, GrantKey, parse_line_key
 from meter.catalog.kv import Store, scan
 from meter.exceptions import InvalidInput, NotFound
+from meter.money import ledger
+from meter.money.events import Event, EventType
+from meter.money.ledger import JournalEntry
+from meter.pricing.money import minor_units
 
-__all__ = ["InvoiceStore", "StoredInvoices"]
+__all__ = ["AlreadyPosted", "Change", "InvoiceStore", "StoredInvoices", "invoice_summary", "settle"]
+
+#: What a change to an invoice may prepare before it is finalized (tax it, set its collection), inside the lock.
+Prepare = Callable[[Invoice], Invoice]
+_SCHEMA = b"2"
+_ZERO = Decimal(0)
 
 
 class StoredInvoices(Sequence[Invoice]):
@@ -90,8 +118,148 @@ class _Head(msgspec.Struct):
     status: Status = "draft"
 
 
+class _RawHead(msgspec.Struct):
+    """An invoice's status as stored by any schema (``finalized`` before schema 2), unchecked."""
+
+    status: str = "draft"
+
+
+class AlreadyPosted(AssertionError):
+    """A second journal entry for the same cause: a bug the store refuses (the whole change is written or nothing)."""
+
+
+def invoice_summary(invoice: Invoice) -> dict[str, Any]:
+    """An invoice as an event carries it: everything but its lines (``GET /v1/invoices/{id}`` has them)."""
+    data: dict[str, Any] = msgspec.to_builtins(invoice)
+    for bulky in ("lines", "line_taxes", "basis"):
+        data.pop(bulky, None)
+    return data
+
+
+class Change:
+    """One atomic write of a tenant's money state: puts, numbers taken, journal entries and outgoing events.
+
+    Made by :meth:`InvoiceStore.transaction` (the tenant's lock held), written by it in one synced batch.
+    """
+
+    def __init__(self, db: Rdict, tenant: str, now: datetime) -> None:
+        self.tenant, self.now = tenant, now
+        self._db = db
+        self._puts: dict[bytes, bytes | None] = {}
+        self._counters: dict[str, int] = {}
+        self.posted: list[JournalEntry] = []
+        self.emitted: list[Event] = []
+
+    def get(self, key: str) -> bytes | None:
+        """The value of ``key`` as this change leaves it (its own puts first, then the store)."""
+        raw = key.encode()
+        if raw in self._puts:
+            return self._puts[raw]
+        value = self._db.get(raw)
+        return value if isinstance(value, bytes) else None
+
+    def put(self, key: str, value: msgspec.Struct | bytes) -> None:
+        self._puts[key.encode()] = value if isinstance(value, bytes) else msgspec.json.encode(value)
+
+    def delete(self, key: str) -> None:
+        self._puts[key.encode()] = None
+
+    def number(self, kind: str) -> int:
+        """The tenant's next number of ``kind`` (1, 2, ...); its counter is written with the change."""
+        if kind not in self._counters:
+            raw = self._db.get(f"counter/{self.tenant}/{kind}".encode())
+            self._counters[kind] = int(raw) if raw is not None else 0
+        self._counters[kind] += 1
+        return self._counters[kind]
+
+    def post(self, entry: JournalEntry) -> JournalEntry:
+        """Writes ``entry`` (balanced, its cause not posted before) and moves the credit balances it touches."""
+        ledger.check_balanced(entry)
+        if entry.tenant != self.tenant:
+            raise AlreadyPosted(f"journal entry {entry.id} of tenant {entry.tenant} posted in {self.tenant}'s change")
+        by_cause = f"journal_id/{self.tenant}/{entry.id}"
+        if self.get(by_cause) is not None:
+            raise AlreadyPosted(f"journal entry {entry.id} was posted already")
+        entry = msgspec.structs.replace(entry, seq=self.number("journal"))
+        self.put(f"journal/{self.tenant}/{entry.seq:012d}", entry)
+        self.put(by_cause, str(entry.seq).encode())
+        if entry.invoice is not None:
+            self.put(f"journal_invoice/{self.tenant}/{entry.invoice}/{entry.seq:012d}", b"")
+        for line in entry.lines:
+            if line.account == "customer_credit" and line.customer is not None:
+                key = _balance_key(self.tenant, line.customer, entry.currency)
+                self.put(key, str(self.balance(line.customer, entry.currency) + line.credit - line.debit).encode())
+        self.posted.append(entry)
+        return entry
+
+    def balance(self, customer: str, currency: str) -> Decimal:
+        """The customer's credit balance in ``currency``, as this change leaves it."""
+        raw = self.get(_balance_key(self.tenant, customer, currency))
+        return Decimal(raw.decode()) if raw is not None else _ZERO
+
+    def emit(self, type_: EventType, data: dict[str, Any]) -> Event:
+        """Writes an outgoing event about this change to the outbox."""
+        seq = self.number("outbox")
+        event = Event(id=f"evt_{seq:012d}", seq=seq, tenant=self.tenant, type=type_, created_at=self.now, data=data)
+        self.put(f"outbox/{self.tenant}/{seq:012d}", event)
+        self.emitted.append(event)
+        return event
+
+    def batch(self) -> WriteBatch:
+        batch = WriteBatch()
+        for kind, n in self._counters.items():
+            batch.put(f"counter/{self.tenant}/{kind}".encode(), str(n).encode())
+        for key, value in self._puts.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        return batch
+
+
+def _balance_key(tenant: str, customer: str, currency: str) -> str:
+    return f"balance/{tenant}/{customer}/{currency}"
+
+
+def settle(
+    invoice: Invoice, amount: Decimal, by: Literal["payment", "credit"], at: datetime
+) -> tuple[Invoice, Decimal]:
+    """``invoice`` once ``amount`` paid or credited is applied to it, and the part of ``amount`` that settled it.
+
+    The part that reduced what it asked for; the rest is an overpayment, or a credit note past what was owed, which
+    becomes credit balance. An open invoice
+    whose remaining amount reaches zero is ``paid``; an uncollectible one stays so (its receivable was written off).
+    """
+    remaining = invoice.amount_remaining or _ZERO
+    applied = min(amount, remaining) if amount > 0 else _ZERO
+    changes: dict[str, Any] = {"amount_remaining": remaining - applied}
+    if by == "payment":
+        changes["amount_paid"] = (invoice.amount_paid or _ZERO) + amount
+    else:
+        changes["amount_credited"] = (invoice.amount_credited or _ZERO) + applied
+    if invoice.status == "open" and remaining - applied == 0:
+        changes.update(status="paid", paid_at=at)
+    return msgspec.structs.replace(invoice, **changes), applied
+
+
+def _prepaid_grants(invoices: Iterable[Invoice]) -> frozenset[str]:
+    """The grants (``<subscription>|<commit>``) of the prepaid commits these invoices bought."""
+    bought = set()
+    for invoice in invoices:
+        for line in invoice.lines:
+            if line.kind == "commit" and line.key is not None:
+                key = parse_line_key(line.key)
+                if isinstance(key, CommitKey):
+                    bought.add(GrantKey(key.subscription, key.commit).text())
+    return frozenset(bought)
+
+
+def _zero(currency: str) -> Decimal:
+    return Decimal(0).scaleb(-minor_units(currency))
+
+
 class InvoiceStore(Store):
-    """Keys: ``invoice/<tenant>/<id>``, ``credit_note/<tenant>/<number>``, ``counter/<tenant>/<kind>``.
+    """Invoices, credit notes and the money records written with them (see the module doc for the keys).
 
     One store per data directory and process; its writes serialise per tenant (see the module doc).
     """
@@ -100,11 +268,30 @@ class InvoiceStore(Store):
         super().__init__(path, read_only)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
+        if not read_only and self._db.get(b"meta/schema") != _SCHEMA:
+            self._migrate()
 
     def lock(self, tenant: str) -> threading.Lock:
         """The lock that serialises the tenant's writes (a ``with`` block may hold it across several calls)."""
         with self._locks_lock:
             return self._locks.setdefault(tenant, threading.Lock())
+
+    @contextmanager
+    def transaction(self, tenant: str, now: datetime | None = None, logged: bool = True) -> Iterator[Change]:
+        """A :class:`Change` of the tenant's state, written in one synced batch when the block ends without error.
+
+        The tenant's lock is held for the whole block. With ``logged=False`` the batch skips the write-ahead log (it
+        is durable once :meth:`flush` returns): only for what can be computed again (drafts).
+        """
+        with self.lock(tenant):
+            change = Change(self._db, tenant, now or datetime.now(UTC))
+            yield change
+            options = WriteOptions()
+            if logged:
+                options.sync = True
+            else:
+                options.disable_wal = True  # type: ignore[method-assign,assignment]  # a property, not the stub's method
+            self._db.write(change.batch(), options)
 
     def get(self, tenant: str, invoice_id: str) -> Invoice:
         raw = self._db.get(f"invoice/{tenant}/{invoice_id}".encode())
@@ -112,8 +299,8 @@ class InvoiceStore(Store):
             raise NotFound(f"no invoice {invoice_id!r}")
         return msgspec.json.decode(raw, type=Invoice)
 
-    def list(self, tenant: str) -> list[Invoice]:
-        return list(scan(self._db, f"invoice/{tenant}/".encode(), Invoice))
+    def list(self, tenant: str) -> builtins.list[Invoice]:
+        return builtins.list(scan(self._db, f"invoice/{tenant}/".encode(), Invoice))
 
     def of_subscription(self, tenant: str, subscription: str) -> Iterator[Invoice]:
         """The subscription's invoices (their ids start with its id)."""
@@ -122,18 +309,36 @@ class InvoiceStore(Store):
                 yield invoice
 
     def credit_notes(self, tenant: str) -> builtins.list[CreditNote]:
-        return list(scan(self._db, f"credit_note/{tenant}/".encode(), CreditNote))
+        return builtins.list(scan(self._db, f"credit_note/{tenant}/".encode(), CreditNote))
+
+    def journal(self, tenant: str, after: int = 0) -> Iterator[JournalEntry]:
+        """The tenant's journal entries in the order they were posted, from sequence number ``after + 1``."""
+        start = f"journal/{tenant}/{after + 1:012d}".encode()
+        yield from scan(self._db, f"journal/{tenant}/".encode(), JournalEntry, start)
+
+    def outbox(self, tenant: str, after: int = 0) -> Iterator[Event]:
+        """The tenant's outgoing events in the order they were written, from sequence number ``after + 1``."""
+        yield from scan(self._db, f"outbox/{tenant}/".encode(), Event, f"outbox/{tenant}/{after + 1:012d}".encode())
+
+    def balance(self, tenant: str, customer: str, currency: str) -> Decimal:
+        """The customer's credit balance in ``currency`` (what overpayments and credit notes left it)."""
+        raw = self._db.get(_balance_key(tenant, customer, currency).encode())
+        return Decimal(raw.decode()) if raw is not None else _ZERO
 
     def save_draft(self, invoice: Invoice) -> Invoice | None:
         """Stores a recomputed draft and returns it; ``None`` (nothing written) when that invoice is finalized.
 
         A void invoice is reissued: the draft goes under the next id ``<id>-r2``, ``<id>-r3``... that is not void.
+        A draft stored under a new id emits ``invoice.created``.
         """
         check_invoice(invoice)
-        with self.lock(invoice.tenant):
+        with self.transaction(invoice.tenant) as change:
             draft = self._reissue(invoice)
             if draft is not None:
-                self._write((f"invoice/{invoice.tenant}/{draft.id}", msgspec.json.encode(draft)))
+                key = f"invoice/{invoice.tenant}/{draft.id}"
+                if change.get(key) is None:
+                    change.emit("invoice.created", invoice_summary(draft))
+                change.put(key, draft)
             return draft
 
     def save_drafts(
@@ -147,35 +352,33 @@ class InvoiceStore(Store):
         The drafts' values must be exportable (:mod:`meter.billing.batch` writes only such values).
 
         With ``logged=False`` the drafts skip the write-ahead log: they are durable once :meth:`flush` returns (a crash
-        before then loses drafts, which a run computes again, and never a finalized invoice, which is logged).
+        before then loses drafts, which a run computes again, and never a finalized invoice, which is logged). Their
+        ``invoice.created`` events are written with them, so a lost draft's event is lost with it and written again
+        with the draft that replaces it.
         """
-        options = WriteOptions()
-        if logged:
-            options.sync = True
-        else:  # the caller flushes them (see flush): a million drafts are then written once, not twice
-            options.disable_wal = True  # type: ignore[method-assign,assignment]  # a property, not the stub's method
         pending = iter(drafts)
-        while part := list(islice(pending, chunk)):
-            with self.lock(tenant):
-                stored: list[bytes | None] = self._db.get(  # type: ignore[assignment]  # a list for a list of keys
+        while part := builtins.list(islice(pending, chunk)):
+            with self.transaction(tenant, logged=logged) as change:
+                stored: builtins.list[bytes | None] = self._db.get(  # type: ignore[assignment]  # a list for a list
                     [f"invoice/{tenant}/{i}".encode() for i, _ in part]
                 )
-                batch, saved = WriteBatch(), []
+                saved = []
                 for (base, value), raw in zip(part, stored, strict=True):
-                    invoice_id = base
+                    invoice_id, new = base, raw is None
                     if raw is not None:
                         status = msgspec.json.decode(raw, type=_Head).status
-                        if status == "finalized":
+                        if status != "draft" and status != "void":
                             continue
                         if status == "void":  # rare: the way save_draft reissues it
                             draft = self._reissue(msgspec.json.decode(value, type=Invoice))
                             if draft is None:
                                 continue
                             invoice_id, value = draft.id, msgspec.json.encode(draft)
-                    batch.put(f"invoice/{tenant}/{invoice_id}".encode(), value)
+                            new = change.get(f"invoice/{tenant}/{invoice_id}") is None
+                    if new:
+                        change.emit("invoice.created", invoice_summary(msgspec.json.decode(value, type=Invoice)))
+                    change.put(f"invoice/{tenant}/{invoice_id}", value)
                     saved.append((base, invoice_id, value))
-                if saved:
-                    self._db.write(batch, options)
             yield from saved
 
     def flush(self) -> None:
@@ -189,7 +392,7 @@ class InvoiceStore(Store):
             invoice_id = base if n == 1 else f"{base}-r{n}"
             raw = self._db.get(f"invoice/{invoice.tenant}/{invoice_id}".encode())
             status = None if raw is None else msgspec.json.decode(raw, type=_Head).status
-            if status == "finalized":
+            if status in BILLED:
                 return None
             if status != "void":
                 return msgspec.structs.replace(invoice, id=invoice_id, reissues=reissues)
@@ -198,9 +401,7 @@ class InvoiceStore(Store):
     def stored_except(self, tenant: str, skip: frozenset[str] | set[str]) -> Iterator[bytes]:
         """The JSON of the tenant's invoices whose ids are not in ``skip``, in id order; those are not even read."""
         prefix = f"invoice/{tenant}/".encode()
-        for key in self._db.keys(from_key=prefix):
-            if not isinstance(key, bytes) or not key.startswith(prefix):
-                break
+        for key in self._keys(prefix):
             if key[len(prefix) :].decode() not in skip and (value := self._db.get(key)) is not None:
                 yield value
 
@@ -212,20 +413,28 @@ class InvoiceStore(Store):
                 break
             yield key[len(prefix) :].decode(), msgspec.json.decode(value, type=_Head).status, value
 
-    def issue(self, invoice: Invoice, now: datetime | None = None) -> Invoice | None:
+    def issue(self, invoice: Invoice, now: datetime | None = None, prepare: Prepare | None = None) -> Invoice | None:
         """Saves ``invoice`` finalized (numbered) at once, in one write.
 
         A threshold invoice. ``None`` when an invoice of that id exists already, or when it is stale (see
         :meth:`finalize`): the next run computes it again.
         """
         check_invoice(invoice)
-        with self.lock(invoice.tenant):
-            if self._db.get(f"invoice/{invoice.tenant}/{invoice.id}".encode()) is not None or self._stale(invoice):
+        with self.transaction(invoice.tenant, now) as change:
+            if change.get(f"invoice/{invoice.tenant}/{invoice.id}") is not None or self._stale(invoice):
                 return None
-            return self._finalize(invoice, now)
+            change.emit("invoice.created", invoice_summary(invoice))
+            return self._finalize(change, invoice, prepare)
 
-    def finalize(self, tenant: str, invoice_id: str, now: datetime | None = None) -> Invoice:
-        with self.lock(tenant):
+    def finalize(
+        self, tenant: str, invoice_id: str, now: datetime | None = None, prepare: Prepare | None = None
+    ) -> Invoice:
+        """Numbers the draft, applies ``prepare`` (tax, collection) and the customer's credit balance, posts its entry.
+
+        The invoice is then ``open``, or ``paid`` at once when nothing is left to pay (a zero total, or a credit
+        balance that covers it).
+        """
+        with self.transaction(tenant, now) as change:
             invoice = self.get(tenant, invoice_id)
             if invoice.status != "draft":
                 raise InvalidInput(
@@ -237,50 +446,110 @@ class InvoiceStore(Store):
                     f"({invoice.period or f'{invoice.period_start:%Y-%m}'}) and finalize the new draft",
                     code="stale_draft",
                 )
-            return self._finalize(invoice, now)
+            return self._finalize(change, invoice, prepare)
 
     def _stale(self, invoice: Invoice) -> str | None:
-        """Why ``invoice`` no longer holds (lock held): a finalized invoice of its subscription came or went."""
+        """Why ``invoice`` no longer holds (lock held): a billed invoice of its subscription came or went."""
         if invoice.basis is None:
             return None
-        now = sorted(
-            i.id for i in self.of_subscription(invoice.tenant, invoice.subscription) if i.status == "finalized"
-        )
+        now = sorted(i.id for i in self.of_subscription(invoice.tenant, invoice.subscription) if i.status in BILLED)
         if now == sorted(invoice.basis):
             return None
         came, went = sorted(set(now) - set(invoice.basis)), sorted(set(invoice.basis) - set(now))
         return "; ".join([*(f"invoice {i} was finalized" for i in came), *(f"invoice {i} was voided" for i in went)])
 
-    def _finalize(self, invoice: Invoice, now: datetime | None) -> Invoice:
-        counter, n = self._next(invoice.tenant, "invoice")
-        final = msgspec.structs.replace(
-            invoice, status="finalized", number=f"INV-{n:06d}", finalized_at=now or datetime.now(UTC)
+    def _finalize(self, change: Change, invoice: Invoice, prepare: Prepare | None) -> Invoice:
+        if prepare is not None:
+            invoice = prepare(invoice)
+            check_invoice(invoice)
+        numbered = msgspec.structs.replace(
+            invoice, number=f"INV-{change.number('invoice'):06d}", finalized_at=change.now
         )
-        self._write(counter, (f"invoice/{invoice.tenant}/{invoice.id}", msgspec.json.encode(final)))
+        billed = [i for i in self.of_subscription(invoice.tenant, invoice.subscription) if i.status in BILLED]
+        final = self._opened(change, numbered, _prepaid_grants([numbered, *billed]))
+        change.put(f"invoice/{final.tenant}/{final.id}", final)
+        change.emit("invoice.finalized", invoice_summary(final))
+        if final.status == "paid":
+            change.emit("invoice.paid", invoice_summary(final))
+        return final
+
+    def _opened(self, change: Change, invoice: Invoice, prepaid: frozenset[str]) -> Invoice:
+        """A numbered invoice opened: its finalization posted, the customer's credit balance applied to it.
+
+        ``prepaid``: the grants of the prepaid commits its subscription bought (see :func:`ledger.invoice_finalized`).
+        """
+        final = msgspec.structs.replace(
+            invoice,
+            status="open",
+            tax=invoice.tax if invoice.tax is not None else _zero(invoice.currency),
+            collection=invoice.collection or "send_invoice",
+        )
+        change.post(ledger.invoice_finalized(final, prepaid))
+        owed = max(final.total, _ZERO)
+        applied = min(change.balance(final.customer, final.currency), owed)
+        if applied > 0:
+            change.post(ledger.credit_applied(final, applied, change.now))
+        final = msgspec.structs.replace(
+            final,
+            credit_applied=applied if applied else _zero(final.currency),
+            amount_due=owed - applied,
+            amount_paid=_zero(final.currency),
+            amount_credited=_zero(final.currency),
+            amount_remaining=owed - applied,
+        )
+        if final.amount_remaining == 0:
+            final = msgspec.structs.replace(final, status="paid", paid_at=change.now)
         return final
 
     def void(self, tenant: str, invoice_id: str, now: datetime | None = None) -> Invoice:
-        with self.lock(tenant):
+        """Voids an open or uncollectible invoice nothing was paid on, reversing every entry it posted."""
+        with self.transaction(tenant, now) as change:
             invoice = self.get(tenant, invoice_id)
-            if invoice.status != "finalized":
+            if invoice.status not in ("open", "uncollectible"):
                 raise InvalidInput(
-                    f"invoice {invoice_id!r} is {invoice.status}; only a finalized invoice can be "
-                    "voided (a draft is simply recomputed)",
+                    f"invoice {invoice_id!r} is {invoice.status}; only an open or uncollectible invoice can be "
+                    "voided (a draft is simply recomputed; a paid one is corrected by a credit note)",
                     code="invalid_state",
                 )
-            void = msgspec.structs.replace(invoice, status="void", voided_at=now or datetime.now(UTC))
-            self._write((f"invoice/{tenant}/{invoice_id}", msgspec.json.encode(void)))
+            if invoice.amount_paid:
+                raise InvalidInput(
+                    f"invoice {invoice_id!r} has {invoice.amount_paid} {invoice.currency} paid on it; refund the "
+                    "payments or issue a credit note instead of voiding it",
+                    code="invalid_state",
+                )
+            void = msgspec.structs.replace(invoice, status="void", voided_at=change.now)
+            change.post(ledger.invoice_voided(void, self.posted_for(tenant, invoice_id), change.now))
+            change.put(f"invoice/{tenant}/{invoice_id}", void)
+            change.emit("invoice.voided", invoice_summary(void))
             return void
 
+    def posted_for(self, tenant: str, invoice_id: str) -> Iterator[JournalEntry]:
+        """The journal entries posted for an invoice, in order."""
+        prefix = f"journal_invoice/{tenant}/{invoice_id}/".encode()
+        for key in self._keys(prefix):
+            raw = self._db.get(f"journal/{tenant}/".encode() + key[len(prefix) :])
+            if raw is not None:
+                yield msgspec.json.decode(raw, type=JournalEntry)
+
     def credit(
-        self, tenant: str, invoice_id: str, amount: Decimal, reason: str, now: datetime | None = None
+        self,
+        tenant: str,
+        invoice_id: str,
+        amount: Decimal,
+        reason: str,
+        now: datetime | None = None,
+        tax: Callable[[Invoice, CreditNote], CreditNote] | None = None,
     ) -> CreditNote:
-        """A credit note against a finalized invoice; all credit notes of an invoice never exceed its total."""
-        with self.lock(tenant):
+        """A credit note against an open or paid invoice; all credit notes of an invoice never exceed its total.
+
+        It reduces what the invoice still asks for; the rest (a note on a paid invoice) becomes the customer's credit
+        balance. ``tax`` sets the tax the note carries back.
+        """
+        with self.transaction(tenant, now) as change:
             invoice = self.get(tenant, invoice_id)
-            if invoice.status != "finalized":
+            if invoice.status not in ("open", "paid"):
                 raise InvalidInput(
-                    f"invoice {invoice_id!r} is {invoice.status}; credit notes go against finalized invoices",
+                    f"invoice {invoice_id!r} is {invoice.status}; credit notes go against open or paid invoices",
                     code="invalid_state",
                 )
             amount = check_credit_amount(amount, invoice.currency)
@@ -291,31 +560,65 @@ class InvoiceStore(Store):
                     f"({invoice.total - credited} {invoice.currency}); got {amount}",
                     code="invalid_credit_note",
                 )
-            counter, n = self._next(tenant, "credit_note")
-            number = f"CN-{n:06d}"
+            number = f"CN-{change.number('credit_note'):06d}"
             note = CreditNote(
                 id=number,
                 number=number,
                 invoice=invoice_id,
                 amount=amount,
                 reason=reason,
-                created_at=now or datetime.now(UTC),
+                created_at=change.now,
+                customer=invoice.customer,
+                currency=invoice.currency,
             )
-            self._write(counter, (f"credit_note/{tenant}/{number}", msgspec.json.encode(note)))
+            if tax is not None:
+                note = tax(invoice, note)
+            settled, applied = settle(invoice, amount, "credit", change.now)
+            change.post(ledger.credit_note_issued(invoice, note, applied))
+            change.put(f"credit_note/{tenant}/{number}", note)
+            change.put(f"invoice/{tenant}/{invoice_id}", settled)
+            change.emit("credit_note.created", msgspec.to_builtins(note))
+            if settled.status == "paid" and invoice.status != "paid":
+                change.emit("invoice.paid", invoice_summary(settled))
             return note
 
-    def _next(self, tenant: str, kind: str) -> tuple[tuple[str, bytes], int]:
-        """The next number of a kind, and the counter's new value to write with what it numbers (lock held)."""
-        key = f"counter/{tenant}/{kind}"
-        raw = self._db.get(key.encode())
-        n = (int(raw) if raw is not None else 0) + 1
-        return (key, str(n).encode()), n
+    def _migrate(self) -> None:
+        """Brings a store written before the ledger to schema 2, once, in one synced batch per tenant.
 
-    def _write(self, *entries: tuple[str, bytes]) -> None:
-        # One atomic, synced batch: a number is used exactly when the counter says so, even across a crash.
+        Invoices stored ``finalized`` become ``open`` (or ``paid`` when credit notes covered them), with their
+        finalization and credit notes posted to the ledger as they would be today; no event is emitted for the past.
+        """
+        tenants = sorted({key.split(b"/")[1].decode() for key in self._keys(b"invoice/")})
+        for tenant in tenants:
+            notes = self.credit_notes(tenant)
+            finalized: builtins.list[Invoice] = []
+            prefix = f"invoice/{tenant}/".encode()
+            for key, raw in self._db.items(from_key=prefix):
+                if not isinstance(key, bytes) or not key.startswith(prefix):
+                    break
+                if msgspec.json.decode(raw, type=_RawHead).status == "finalized":
+                    stored = msgspec.json.decode(raw)
+                    finalized.append(msgspec.convert({**stored, "status": "draft"}, Invoice, strict=False))
+            prepaid = _prepaid_grants(finalized)
+            with self.transaction(tenant) as change:
+                for invoice in finalized:
+                    change.now = invoice.finalized_at or invoice.issued_at
+                    invoice = self._opened(change, invoice, prepaid)
+                    for note in notes:
+                        if note.invoice == invoice.id:
+                            note = msgspec.structs.replace(note, customer=invoice.customer, currency=invoice.currency)
+                            invoice, applied = settle(invoice, note.amount, "credit", note.created_at)
+                            change.post(ledger.credit_note_issued(invoice, note, applied))
+                            change.put(f"credit_note/{tenant}/{note.number}", note)
+                    change.put(f"invoice/{tenant}/{invoice.id}", invoice)
         batch = WriteBatch()
-        for key, value in entries:
-            batch.put(key.encode(), value)
+        batch.put(b"meta/schema", _SCHEMA)
         options = WriteOptions()
         options.sync = True
         self._db.write(batch, options)
+
+    def _keys(self, prefix: bytes) -> Iterator[bytes]:
+        for key in self._db.keys(from_key=prefix):
+            if not isinstance(key, bytes) or not key.startswith(prefix):
+                break
+            yield key

@@ -23,8 +23,9 @@ __all__ = ["Store", "scan"]
 T = TypeVar("T")
 
 
-def scan(db: Rdict, prefix: bytes, type_: type[T]) -> Iterator[T]:
-    for key, value in db.items(from_key=prefix):
+def scan(db: Rdict, prefix: bytes, type_: type[T], start: bytes | None = None) -> Iterator[T]:
+    """The values of the keys under ``prefix``, in key order, from ``start`` (a key under it) when given."""
+    for key, value in db.items(from_key=start or prefix):
         if not isinstance(key, bytes) or not key.startswith(prefix):
             break
         yield msgspec.json.decode(value, type=type_)

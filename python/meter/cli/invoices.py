@@ -93,7 +93,7 @@ def invoice_preview(customer: str, url: str, api_key: str) -> None:
 
 
 @invoice.command("list")
-@click.option("--status", type=click.Choice(["draft", "finalized", "void"]), default=None)
+@click.option("--status", type=click.Choice(["draft", "open", "paid", "uncollectible", "void"]), default=None)
 @click.option("--period", default=None, help="only invoices of cycles starting in this month (YYYY-MM)")
 @click.option("--usage-period", default=None, help="only invoices that bill this month's usage (YYYY-MM)")
 @url_option
