@@ -45,14 +45,15 @@ class FakeStripe(ThreadingHTTPServer):
 
     def calculation(self, form: dict[str, str]) -> dict[str, Any]:
         self.created += 1
-        items, exclusive, inclusive = [], 0, 0
-        n = 0
+        items: list[dict[str, Any]] = []
+        exclusive = inclusive = total = n = 0
         while f"line_items[{n}][amount]" in form:
             amount = int(form[f"line_items[{n}][amount]"])
             behavior = form.get(f"line_items[{n}][tax_behavior]", "exclusive")
             share = D(amount) * 20 / (120 if behavior == "inclusive" else 100)
             tax = int(share.quantize(D(1), rounding=ROUND_HALF_EVEN))
             taxable = amount - tax if behavior == "inclusive" else amount
+            total += amount
             exclusive += tax if behavior == "exclusive" else 0
             inclusive += tax if behavior == "inclusive" else 0
             breakdown = {
@@ -82,7 +83,7 @@ class FakeStripe(ThreadingHTTPServer):
         return {
             "id": f"taxcalc_{self.created}",
             "object": "tax.calculation",
-            "amount_total": sum(i["amount"] for i in items) + exclusive,
+            "amount_total": total + exclusive,
             "currency": form["currency"],
             "customer": None,
             "livemode": False,

@@ -282,7 +282,7 @@ def _drafts_defaults(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` with the columns of ``schema`` a draft leaves at their defaults added when missing (tax: none yet)."""
     for field in schema:
         if field.name not in table.column_names:
-            empty = [] if pa.types.is_list(field.type) else None
+            empty: list[object] | None = [] if pa.types.is_list(field.type) else None
             table = table.append_column(field, pa.array([empty] * table.num_rows, type=field.type))
     return table
 
