@@ -7,15 +7,15 @@ Then the pieces on their own: rate selection (jurisdiction, tax code, dates), ta
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import msgspec
 import pytest
-from conftest import OCT, Desk
+from conftest import OCT, Desk, event
 from meter.billing.invoices import Invoice, InvoiceLine, TaxAmount
-from meter.catalog.billing import Address, Customer, PlanVersionBody, Subscription
+from meter.catalog.billing import Address, Customer, PlanVersionBody, Product, Subscription
 from meter.catalog.prices import Price
 from meter.catalog.tax import TaxId, TaxRate, TaxSettings
 from meter.exceptions import InvalidInput
@@ -298,3 +298,52 @@ def test_reductions_lower_the_base_of_what_they_reduce() -> None:
     # A reduction larger than everything stays on its line (its tax is then negative).
     assert [b.amount for b in taxable_bases([line("10.00", "a"), line("-30.00", None)], "USD")] == [D("0"), D("-20")]
     assert split(7, [1, 1, 1]) == [3, 2, 2] and sum(split(1001, [3, 5, 7])) == 1001
+
+
+def test_a_threshold_invoice_is_taxed_when_it_is_issued(desk: Desk) -> None:
+    # 1600 tokens at 0.01 EUR reach the 15.00 threshold: an early invoice of 16.00, taxed at DE 19 % exclusive:
+    #   16.00 x 19 % = 3.04; total 19.04.
+    desk.catalog.put_customer("acme", Customer(id="c1", name="One", currency="EUR", address=Address(country="DE")))
+    desk.catalog.create_tax_rate("acme", rate("de", "DE", "19"))
+    price = {"id": "tokens", "currency": "EUR", "model": "per_unit", "meter": "tokens", "unit_price": "0.01"}
+    desk.plan([[price]])
+    sub = Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT, threshold=D(15))
+    desk.catalog.put_subscription("acme", sub)
+    at = NOV + timedelta(days=2)
+    desk.usage(event("e1", "c1", time=NOV + timedelta(days=1), tokens=1600, model="m"), now=at)
+    [early] = desk.invoicer.thresholds("acme", at).invoices
+    assert (early.reason, early.status, early.subtotal, early.tax, early.total) == (
+        "threshold",
+        "open",
+        D("16.00"),
+        D("3.04"),
+        D("19.04"),
+    )
+
+
+def test_a_price_tax_code_picks_its_own_rates_and_a_meter_s_product_its_code(desk: Desk) -> None:
+    # Two fees in NY: "books" (the price's tax code txcd_books, 0 % in NY) and "saas" (no code: the general 8.875 %).
+    #   books 20.00 x 0 % = 0.00; saas 40.00 x 8.875 % = 3.55; tax 3.55, total 63.55.
+    desk.catalog.put_customer(
+        "acme", Customer(id="c1", name="One", currency="USD", address=Address(country="US", region="NY"))
+    )
+    for r in (rate("ny", "US", "8.875", region="NY"), rate("ny-books", "US", "0", region="NY", tax_code="txcd_books")):
+        desk.catalog.create_tax_rate("acme", r)
+    prices = [
+        Price(id="books", currency="USD", model="flat", amount=D("20.00"), cadence="in_advance", tax_code="txcd_books"),
+        Price(id="saas", currency="USD", model="flat", amount=D("40.00"), cadence="in_advance"),
+    ]
+    desk.catalog.create_plan("acme", "pro", "Pro", [PlanVersionBody(effective_from=OCT, prices=prices)])
+    desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=NOV))
+    [draft] = desk.invoicer.run("acme", "2026-11").invoices
+    final = finalize(desk, draft)
+    assert [(t.line, t.rate, t.amount) for t in final.line_taxes] == [(0, "ny-books", D("0.00")), (1, "ny", D("3.55"))]
+    assert (final.tax, final.total) == (D("3.55"), D("63.55"))
+    # A usage line takes the tax code of the product that lists its meter (or of the product's parents).
+    desk.catalog.put_product("acme", Product(id="family", name="Family", tax_code="txcd_books"))
+    desk.catalog.put_product("acme", Product(id="llm", name="LLM", parent="family", meters=["tokens"]))
+    usage = msgspec.structs.replace(draft.lines[1], price="unknown", meter="tokens")
+    assert desk.invoicer.taxes.tax_codes(msgspec.structs.replace(draft, lines=[draft.lines[0], usage])) == [
+        "txcd_books",
+        "txcd_books",
+    ]
