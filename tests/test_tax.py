@@ -142,10 +142,12 @@ def test_reverse_charge_for_a_business_in_another_eu_country(desk: Desk) -> None
         rates=(de,),
         tax_ids=[TaxId(type="eu_vat", value="DE123456789")],
     )
+    seller_id = TaxId(type="eu_vat", value="FR40303265045")
+    desk.catalog.put_tax_settings("acme", TaxSettings(country="FR", tax_ids=[seller_id]))
     final = finalize(desk, draft)
     assert (final.tax, final.total, final.taxes, final.line_taxes) == (D("0.00"), D("500.00"), [], [])
     assert final.tax_note is not None and final.tax_note.startswith("Reverse charge")
-    assert "seller in FR, customer in DE" in final.tax_note and "eu_vat DE123456789" in final.tax_note
+    assert "(seller in FR, tax id eu_vat FR40303265045; customer in DE, tax id eu_vat DE123456789)" in final.tax_note
 
 
 def test_the_same_business_at_home_is_taxed(desk: Desk) -> None:

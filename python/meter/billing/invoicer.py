@@ -67,10 +67,10 @@ class Invoicer:
             priced = invoice_period(self._snapshot(tenant), self.out, self.store, month)
             invoices, errors = priced.invoices, list(priced.errors)
             if finalize:
-                done = []
+                done, tax = [], self.taxes.taxer(tenant)
                 for draft in invoices:
                     try:
-                        done.append(self.store.finalize(tenant, draft.id, prepare=self.taxes.taxer(tenant)))
+                        done.append(self.store.finalize(tenant, draft.id, prepare=tax))
                     except Exception as e:  # noqa: BLE001 - the drafts before it stay finalized: say so, go on
                         errors.append(
                             RunError(

@@ -138,7 +138,7 @@ class TaxSettings(Checked, forbid_unknown_fields=True):
     #: For the ``stripe`` provider: whether prices include tax (Stripe's ``tax_behavior``); the catalog's rates say it
     #: per rate (``inclusive``).
     prices_include_tax: bool = False
-    #: The seller's own tax ids, shown on invoices.
+    #: The seller's own tax ids, which a reverse-charge invoice names beside the customer's.
     tax_ids: list[TaxId] = []
 
     def __post_init__(self) -> None:

@@ -25,12 +25,13 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import cached_property
 
 import msgspec
 
 from meter.billing.invoices import CreditNote, Invoice
 from meter.catalog.billing import BillingCatalog, Customer, Plan, Product, Subscription
-from meter.catalog.tax import COUNTRIES, TaxSettings
+from meter.catalog.tax import COUNTRIES, TaxRate, TaxSettings
 from meter.exceptions import InvalidInput, NotFound
 from meter.money.tax.compute import credit_note_taxes, taxable_bases
 from meter.money.tax.provider import CatalogTax, TaxLine, TaxProvider, TaxRequest, TaxResult
@@ -78,16 +79,21 @@ class Taxes:
         self.stripe_api_key = stripe_api_key if stripe_api_key is not None else os.environ.get(STRIPE_KEY_VARIABLE)
 
     def taxer(self, tenant: str, now: datetime | None = None) -> Callable[[Invoice], Invoice]:
-        """What finalization applies to a draft of ``tenant``: :meth:`tax` at ``now`` (the time it is called)."""
+        """What finalization applies to drafts of ``tenant``: :meth:`tax` at ``now`` (else the time it is called).
+
+        The tenant's settings, rates and products are read once, at the first draft, for all the drafts it taxes
+        (a run finalizing many); customers, subscriptions and plans are read per draft.
+        """
+        reads = _Reads(self.catalog, tenant)
 
         def tax(invoice: Invoice) -> Invoice:
             if invoice.tenant != tenant:
                 raise ValueError(f"invoice {invoice.id} is of tenant {invoice.tenant!r}, not {tenant!r}")
-            return self.tax(invoice, now or datetime.now(UTC))
+            return self.tax(invoice, now or datetime.now(UTC), reads)
 
         return tax
 
-    def provider(self, tenant: str, settings: TaxSettings | None) -> TaxProvider:
+    def provider(self, tenant: str, settings: TaxSettings | None, reads: _Reads | None = None) -> TaxProvider:
         if settings is not None and settings.provider == "stripe":
             if not self.stripe_api_key:
                 raise InvalidInput(
@@ -96,11 +102,12 @@ class Taxes:
                     code="tax_provider_unconfigured",
                 )
             return StripeTax(self.stripe_api_key, inclusive=settings.prices_include_tax)
-        return CatalogTax(self.catalog.list_tax_rates(tenant))
+        return CatalogTax((reads or _Reads(self.catalog, tenant)).rates)
 
-    def tax(self, invoice: Invoice, at: datetime) -> Invoice:
+    def tax(self, invoice: Invoice, at: datetime, reads: _Reads | None = None) -> Invoice:
         """``invoice`` taxed as of ``at`` (see the module doc)."""
         tenant = invoice.tenant
+        reads = reads or _Reads(self.catalog, tenant)
         try:
             customer = self.catalog.get_customer(tenant, invoice.customer)
         except NotFound:
@@ -109,14 +116,14 @@ class Taxes:
                 "its address: create it again",
                 code="tax_address_missing",
             ) from None
-        settings = self.catalog.get_tax_settings(tenant)
+        settings = reads.settings
         if customer.tax_exempt == "exempt":
             note = f"Tax exempt: customer {customer.id!r} is exempt from tax; no tax is charged."
             return apply_tax(invoice, TaxResult(note=note))
         country, region = _jurisdiction(customer)
         if (reverse := _reverse_charge(customer, country, settings)) is not None:
             return apply_tax(invoice, TaxResult(note=reverse))
-        provider = self.provider(tenant, settings)
+        provider = self.provider(tenant, settings, reads)
         if isinstance(provider, CatalogTax) and not provider.rates:
             note = "No tax: this seller has no tax rates configured (POST /v1/tax-rates), so no tax is charged."
             return apply_tax(invoice, TaxResult(note=note))
@@ -132,7 +139,7 @@ class Taxes:
                 'an ISO 3166-1 alpha-2 code such as "DE" or "US": correct its address.country and finalize again',
                 code="tax_address_invalid",
             )
-        codes = self.tax_codes(invoice)
+        codes = self.tax_codes(invoice, reads)
         lines = [
             TaxLine(b.line, b.amount, codes[b.line], invoice.lines[b.line].description)
             for b in taxable_bases(invoice.lines, invoice.currency)
@@ -150,9 +157,10 @@ class Taxes:
         )
         return apply_tax(invoice, provider.calculate(request))
 
-    def tax_codes(self, invoice: Invoice) -> list[str | None]:
+    def tax_codes(self, invoice: Invoice, reads: _Reads | None = None) -> list[str | None]:
         """Each line's product tax code: its price's, else that of the product of its meter (or of its parents)."""
         tenant = invoice.tenant
+        products = (reads or _Reads(self.catalog, tenant)).products
         sub: Subscription | None
         plan: Plan | None
         try:
@@ -160,7 +168,6 @@ class Taxes:
             plan = self.catalog.get_plan(tenant, sub.plan)
         except NotFound:
             sub, plan = None, None
-        products = {p.id: p for p in self.catalog.list_products(tenant)}
         codes: list[str | None] = []
         for line in invoice.lines:
             code = None
@@ -170,6 +177,25 @@ class Taxes:
                 code = _product_code(products, line.meter)
             codes.append(code)
         return codes
+
+
+class _Reads:
+    """What taxing reads of a tenant's catalog once for many drafts: the settings, the rates, the products."""
+
+    def __init__(self, catalog: BillingCatalog, tenant: str) -> None:
+        self.catalog, self.tenant = catalog, tenant
+
+    @cached_property
+    def settings(self) -> TaxSettings | None:
+        return self.catalog.get_tax_settings(self.tenant)
+
+    @cached_property
+    def rates(self) -> list[TaxRate]:
+        return self.catalog.list_tax_rates(self.tenant)
+
+    @cached_property
+    def products(self) -> dict[str, Product]:
+        return {p.id: p for p in self.catalog.list_products(self.tenant)}
 
 
 def _jurisdiction(customer: Customer) -> tuple[str, str]:
@@ -186,9 +212,11 @@ def _reverse_charge(customer: Customer, country: str, settings: TaxSettings | No
             f"{customer.id!r}{f', tax id {ids}' if ids else ''}); no tax is charged."
         )
     if settings is not None and customer.tax_ids and country and country != settings.country:
+        seller = ", ".join(f"{t.type} {t.value}" for t in settings.tax_ids)
         return (
-            f"Reverse charge: a business sale across borders (seller in {settings.country}, customer in {country}, "
-            f"tax id {ids}): the customer accounts for the tax itself; no tax is charged."
+            f"Reverse charge: a business sale across borders (seller in {settings.country}"
+            f"{f', tax id {seller}' if seller else ''}; customer in {country}, tax id {ids}): the customer accounts "
+            "for the tax itself; no tax is charged."
         )
     return None
 
