@@ -144,6 +144,11 @@ def test_the_tax_cli(server: Server, key: str) -> None:
     assert listed.exit_code == 0 and "gb-vat" in listed.output and "8.875" in listed.output, listed.output
     ended = runner.invoke(main, ["tax", "end", "gb-vat", "--at", "2027-01-01T00:00:00Z"], env=env)
     assert ended.exit_code == 0 and "ends at 2027-01-01T00:00:00Z" in ended.output, ended.output
+    [taxed] = [i for i in server.client(key).get("/v1/invoices").json() if i["tax"] is not None]
+    invoice = runner.invoke(main, ["invoice", "show", taxed["id"]], env=env)
+    assert invoice.exit_code == 0, invoice.output
+    assert "NY sales tax 8.875 % (US-NY, added) on 49.99: 4.44 USD" in invoice.output
+    assert "subtotal 49.99 USD, tax 4.44 USD, total 54.43 USD" in invoice.output
     shown = runner.invoke(main, ["tax", "settings"], env=env)
     assert shown.exit_code == 0 and "seller in US-NY; tax by catalog" in shown.output, shown.output
     bad = runner.invoke(
