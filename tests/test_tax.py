@@ -15,7 +15,7 @@ import msgspec
 import pytest
 from conftest import OCT, Desk, event
 from meter.billing.invoices import Invoice, InvoiceLine, TaxAmount
-from meter.catalog.billing import Address, Customer, PlanVersionBody, Product, Subscription
+from meter.catalog.billing import Address, Customer, Discount, PlanVersionBody, Product, Subscription
 from meter.catalog.prices import Price
 from meter.catalog.tax import TaxId, TaxRate, TaxSettings
 from meter.exceptions import InvalidInput
@@ -349,3 +349,32 @@ def test_a_price_tax_code_picks_its_own_rates_and_a_meter_s_product_its_code(des
         "txcd_books",
         "txcd_books",
     ]
+
+
+def test_a_discount_on_the_invoice_lowers_the_tax_of_the_lines_it_reduces(desk: Desk) -> None:
+    # NY 8.875 % on fees of 100.00 and 50.00 with 10 % off the invoice (-15.00, no price of its own):
+    #   the 15.00 is spread over the fees in proportion: 10.00 and 5.00, so the bases are 90.00 and 45.00;
+    #   90.00 x 8.875 % = 7.9875 -> 7.99;  45.00 x 8.875 % = 3.99375 -> 3.99;  tax 11.98;
+    #   total = 150.00 - 15.00 + 11.98 = 146.98 (and the ledger entry balances: the store refuses one that does not).
+    desk.catalog.put_customer(
+        "acme", Customer(id="c1", name="One", currency="USD", address=Address(country="US", region="NY"))
+    )
+    desk.catalog.create_tax_rate("acme", rate("ny", "US", "8.875", region="NY"))
+    prices = [
+        Price(id=f"fee{i}", currency="USD", model="flat", amount=D(a), cadence="in_advance")
+        for i, a in ((1, "100.00"), (2, "50.00"))
+    ]
+    desk.catalog.create_plan("acme", "pro", "Pro", [PlanVersionBody(effective_from=OCT, prices=prices)])
+    off = Discount(id="launch", start=NOV, percent=D(10))
+    desk.catalog.put_subscription(
+        "acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=NOV, discounts=[off])
+    )
+    [draft] = desk.invoicer.run("acme", "2026-11").invoices
+    assert [line.amount for line in draft.lines] == [D("100.00"), D("50.00"), D("-15.00")]
+    final = finalize(desk, draft)
+    assert [(t.line, t.taxable, t.amount) for t in final.line_taxes] == [
+        (0, D("90.00"), D("7.99")),
+        (1, D("45.00"), D("3.99")),
+    ]
+    assert (final.subtotal, final.tax, final.total) == (D("135.00"), D("11.98"), D("146.98"))
+    assert final.taxes[0].taxable == D("135.00")
