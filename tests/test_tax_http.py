@@ -111,6 +111,13 @@ def test_a_rate_that_is_wrong_is_400_saying_what_to_fix(
     assert says in r.json()["message"], r.json()["message"]
 
 
+def test_a_customer_s_country_must_be_an_iso_code(server: Server, key: str) -> None:
+    customer = {"id": "c9", "name": "Nine", "currency": "EUR", "address": {"country": "Germany"}}
+    r = server.client(key).post("/v1/customers", json=customer)
+    assert r.status_code == 400 and r.json()["code"] == "invalid_catalog", r.text
+    assert "address.country` is 'Germany', which is not an ISO 3166-1 alpha-2" in r.json()["message"]
+
+
 def test_a_customer_without_a_country_is_refused_when_rates_exist(server: Server) -> None:
     key = server.tenant_key("beta", ["read", "admin"])
     c = server.client(key)

@@ -27,7 +27,7 @@ import msgspec
 from meter.catalog.currencies import CURRENCIES
 from meter.catalog.kv import Store, scan
 from meter.catalog.prices import Price, validate_price
-from meter.catalog.tax import Exemption, TaxId, TaxRate, TaxSettings, check_rate
+from meter.catalog.tax import Exemption, TaxId, TaxRate, TaxSettings, check_country, check_rate
 from meter.catalog.types import Amount, Checked, Currency, Id, Percent, Slug, Text, Time, invalid, trusted
 from meter.exceptions import AlreadyExists, InUse, InvalidInput, NotFound
 
@@ -378,6 +378,8 @@ class BillingCatalog(Store):
     # Customers
 
     def put_customer(self, tenant: str, customer: Customer) -> Customer:
+        if customer.address is not None and customer.address.country:  # tax finds its rates by it
+            check_country(customer.address.country, "address.country")
         try:
             ZoneInfo(customer.timezone)
         except (ZoneInfoNotFoundError, ValueError):
