@@ -93,7 +93,7 @@ class CatalogTax:
             used.update((r.id, describe(r)) for r in rates)
             found += line_taxes(Base(line.line, line.amount), rates, currency)
         note = None
-        if not used:
+        if not used and request.lines:
             where = request.country + (f"-{request.region}" if request.region else "")
             note = (
                 f"No tax: no tax rate of the catalog applies in {where} on {request.date:%Y-%m-%d} "
