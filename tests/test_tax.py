@@ -378,3 +378,12 @@ def test_a_discount_on_the_invoice_lowers_the_tax_of_the_lines_it_reduces(desk: 
     ]
     assert (final.subtotal, final.tax, final.total) == (D("135.00"), D("11.98"), D("146.98"))
     assert final.taxes[0].taxable == D("135.00")
+
+
+def test_rates_elsewhere_only_tax_nothing_and_the_invoice_says_where(desk: Desk) -> None:
+    draft = invoice_of(desk, currency="USD", fees=["25.00"], country="US", region="CA", rates=(rate("de", "DE", "19"),))
+    final = finalize(desk, draft)
+    assert (final.tax, final.total, final.taxes) == (D("0.00"), D("25.00"), [])
+    assert final.tax_note is not None and final.tax_note.startswith(
+        "No tax: no tax rate of the catalog applies in US-CA"
+    )
