@@ -373,6 +373,39 @@ class Client:
         subscription: JSONObject = self._call("POST", f"/v1/subscriptions/{_segment(subscription_id)}/migrate", body)
         return subscription
 
+    # Tax (a tenant key): rates and the seller's settings
+
+    def create_tax_rate(self, rate: msgspec.Struct | Mapping[str, Any]) -> JSONObject:
+        """``POST /v1/tax-rates``: a new rate (``id``, ``name``, ``country``, ``percentage``, ``effective_from``...)."""
+        created: JSONObject = self._call("POST", "/v1/tax-rates", rate)
+        return created
+
+    def list_tax_rates(self) -> list[JSONObject]:
+        """``GET /v1/tax-rates``: every rate, ended ones included."""
+        rates: list[JSONObject] = self._call("GET", "/v1/tax-rates")
+        return rates
+
+    def get_tax_rate(self, rate_id: str) -> JSONObject:
+        """``GET /v1/tax-rates/{rate_id}``."""
+        rate: JSONObject = self._call("GET", f"/v1/tax-rates/{_segment(rate_id)}")
+        return rate
+
+    def end_tax_rate(self, rate_id: str, at: datetime | str | None = None) -> JSONObject:
+        """``POST /v1/tax-rates/{rate_id}/end``: the rate stops applying at ``at`` (now when None); the rate."""
+        body = {"at": _time(at)} if at is not None else {}
+        rate: JSONObject = self._call("POST", f"/v1/tax-rates/{_segment(rate_id)}/end", body)
+        return rate
+
+    def put_tax_settings(self, settings: msgspec.Struct | Mapping[str, Any]) -> JSONObject:
+        """``PUT /v1/tax-settings``: the seller's ``country`` (and ``region``), ``provider``; the settings."""
+        stored: JSONObject = self._call("PUT", "/v1/tax-settings", settings)
+        return stored
+
+    def get_tax_settings(self) -> JSONObject:
+        """``GET /v1/tax-settings`` (a ``ServerError`` 404 until they are set)."""
+        settings: JSONObject = self._call("GET", "/v1/tax-settings")
+        return settings
+
     # Invoices (a tenant key)
 
     def run_invoices(self, period: str, finalize: bool = False) -> JSONObject:

@@ -1084,15 +1084,6 @@ def _invoices(tenant: str, drafts: pl.DataFrame, lines: pl.DataFrame) -> pl.Data
         usage_end="a_end",
         usage_period="a_label",
         reissues=pl.lit(None, pl.String),
-        # Collection columns: set at finalization, null on a draft.
-        amount_due=pl.lit(None, pl.Decimal(38, 9)),
-        amount_paid=pl.lit(None, pl.Decimal(38, 9)),
-        amount_credited=pl.lit(None, pl.Decimal(38, 9)),
-        amount_remaining=pl.lit(None, pl.Decimal(38, 9)),
-        credit_applied=pl.lit(None, pl.Decimal(38, 9)),
-        collection=pl.lit(None, pl.String),
-        paid_at=pl.lit(None, _UTC),
-        uncollectible_at=pl.lit(None, _UTC),
     )
 
 
