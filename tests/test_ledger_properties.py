@@ -1,8 +1,10 @@
 """The ledger's invariants under any sequence of money events (hypothesis, stateful).
 
 Invoices are built directly (one to three usage lines, in EUR or JPY, for two customers), saved as drafts and
-finalized by the invoice store; then any sequence of payments (in full, partial, over), credit notes, voids, refunds,
-write-offs, restarts (the store closed and opened again) and replays (an entry posted a second time) is applied.
+finalized by the invoice store, untaxed or taxed by the tax module's arithmetic (an exclusive sales tax, an inclusive
+VAT; credit notes carry their share back); then any sequence of payments (in full, partial, over), credit notes,
+voids, refunds, write-offs, restarts (the store closed and opened again) and replays (an entry posted a second time)
+is applied.
 After every step:
 
 - every entry balances, and the trial balance sums to zero per currency;
@@ -21,6 +23,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -32,9 +35,13 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from meter.billing.invoices import Invoice, InvoiceLine
 from meter.billing.store import AlreadyPosted, InvoiceStore, settle
+from meter.catalog.tax import TaxRate
 from meter.exceptions import InvalidInput
 from meter.money import ledger, reports
 from meter.money.ledger import PaymentAccount
+from meter.money.tax.compute import describe, group_taxes, line_taxes, taxable_bases
+from meter.money.tax.invoice import apply_tax, credit_note_tax
+from meter.money.tax.provider import TaxResult
 from meter.pricing.money import minor_units
 
 T = "acme"
@@ -43,8 +50,28 @@ CUSTOMERS = ("c1", "c2")
 CURRENCIES = ("EUR", "JPY")
 
 
+#: Tax at finalization: none, an exclusive sales tax (the total grows) or an inclusive VAT (in the lines already).
+RATES = {
+    "untaxed": None,
+    "sales tax": TaxRate(id="ny", name="NY", country="US", percentage=Decimal("8.875"), effective_from=START),
+    "VAT": TaxRate(id="gb", name="VAT", country="GB", percentage=Decimal(20), effective_from=START, inclusive=True),
+}
+
+
 def money(minor: int, currency: str) -> Decimal:
     return Decimal(minor).scaleb(-minor_units(currency))
+
+
+def taxed(rate: TaxRate) -> Callable[[Invoice], Invoice]:
+    """What the tax module does at finalization with one rate for every line (its arithmetic, its rounding)."""
+
+    def prepare(invoice: Invoice) -> Invoice:
+        found = [
+            t for b in taxable_bases(invoice.lines, invoice.currency) for t in line_taxes(b, [rate], invoice.currency)
+        ]
+        return apply_tax(invoice, TaxResult(found, group_taxes(found, {rate.id: describe(rate)}, invoice.currency)))
+
+    return prepare
 
 
 class Payment(msgspec.Struct):
@@ -81,8 +108,9 @@ class LedgerMachine(RuleBasedStateMachine):
         customer=st.sampled_from(CUSTOMERS),
         currency=st.sampled_from(CURRENCIES),
         amounts=st.lists(st.integers(0, 5_000), min_size=1, max_size=3),
+        tax=st.sampled_from(sorted(RATES)),
     )
-    def finalize(self, customer: str, currency: str, amounts: list[int]) -> None:
+    def finalize(self, customer: str, currency: str, amounts: list[int], tax: str) -> None:
         n = len(self.invoices) + 1
         lines = [
             InvoiceLine(
@@ -107,10 +135,11 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         assert self.store.save_draft(draft) is not None
         credit = self.store.balance(T, customer, currency)
-        final = self.store.finalize(T, draft.id, now=self.now())
+        rate = RATES[tax]
+        final = self.store.finalize(T, draft.id, now=self.now(), prepare=taxed(rate) if rate is not None else None)
         self.invoices.append(draft.id)
-        assert final.credit_applied == min(credit, total), "the credit balance is applied, up to the total"
-        event("finalize: credit balance applied" if final.credit_applied else "finalize")
+        assert final.credit_applied == min(credit, final.total), "the credit balance is applied, up to the total"
+        event(f"finalize, {tax}" + (", credit balance applied" if final.credit_applied else ""))
         assert final.status == ("paid" if final.amount_remaining == 0 else "open")
 
     @precondition(lambda self: self.invoices)
@@ -160,7 +189,7 @@ class LedgerMachine(RuleBasedStateMachine):
         one = money(1, invoice.currency)
         amount = one * data.draw(st.integers(1, int(left / one)))
         before = self.store.balance(T, invoice.customer, invoice.currency)
-        self.store.credit(T, invoice.id, amount, "goodwill", now=self.now())
+        self.store.credit(T, invoice.id, amount, "goodwill", now=self.now(), tax=credit_note_tax)
         to_credit = amount - min(amount, invoice.amount_remaining or Decimal(0))
         event("credit note: to credit balance" if to_credit else "credit note")
         assert self.store.balance(T, invoice.customer, invoice.currency) == before + to_credit
@@ -268,8 +297,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
 
 LedgerMachine.TestCase.settings = settings(
-    max_examples=40,
-    stateful_step_count=25,
+    max_examples=80,
+    stateful_step_count=30,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
