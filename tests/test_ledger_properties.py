@@ -15,7 +15,7 @@ After every step:
 
 Payments, refunds and write-offs are posted here the way ``meter.money.payments`` posts them (the settled invoice
 and its entry in one ``InvoiceStore.transaction``), with the lead's ledger builders and ``settle``.
-Deterministic (``derandomize``): the same sequences on every run, about 20 s.
+Deterministic (``derandomize``): the same sequences on every run, 10-30 s as loaded as the machine is.
 """
 
 from __future__ import annotations
