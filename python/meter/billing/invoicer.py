@@ -30,6 +30,7 @@ from meter.lake.events import export_events
 from meter.lake.files import ExportSummary
 from meter.lake.invoices import export_invoices
 from meter.lake.layout import invoices_root
+from meter.lake.ledger import export_ledger
 from meter.lake.usage import export_usage
 from meter.money.tax import Taxes, credit_note_tax
 from meter.pricing.steps import step
@@ -48,13 +49,14 @@ class Invoicer:
         self.lock = threading.Lock()
 
     def export(self, tenants: list[str]) -> dict[str, ExportSummary]:
-        """Everything the export holds, for these tenants: usage, raw events, the catalog and the invoices."""
+        """Everything the export holds, for these tenants: usage, raw events, the catalog, the invoices, the ledger."""
         with self.lock:
             return {
                 "usage": export_usage(self.engine, tenants, self.out),
                 "events": export_events(self.engine, tenants, self.out),
                 "catalog": export_catalog(self.catalog, self.engine, tenants, self.out),
                 "invoices": export_invoices(self.store, tenants, self.out),
+                "ledger": export_ledger(self.store, tenants, self.out),
             }
 
     def run(self, tenant: str, month: str, finalize: bool = False) -> InvoiceRun:

@@ -98,6 +98,15 @@ INVOICE_SCHEMA = pa.schema(
         ("tax", _MONEY),
         ("taxes", _TAXES),
         ("tax_note", pa.string()),
+        # Collection, set at finalization (null on drafts): what the invoice asks for and what settled it.
+        ("amount_due", _MONEY),
+        ("amount_paid", _MONEY),
+        ("amount_credited", _MONEY),
+        ("amount_remaining", _MONEY),
+        ("credit_applied", _MONEY),
+        ("collection", pa.string()),
+        ("paid_at", _UTC),
+        ("uncollectible_at", _UTC),
     ]
 )
 #: ``invoice_lines``: one row per line, keyed by its invoice (and number) and its position there.
