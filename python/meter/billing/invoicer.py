@@ -34,24 +34,30 @@ from meter.lake.events import export_events
 from meter.lake.files import ExportSummary
 from meter.lake.invoices import export_invoices
 from meter.lake.layout import invoices_root
+from meter.lake.ledger import export_ledger
 from meter.lake.usage import export_usage
+from meter.money.tax import Taxes, credit_note_tax
 from meter.pricing.steps import step
 
 __all__ = ["Invoicer"]
 
 
 class Invoicer:
-    def __init__(self, engine: Engine, catalog: BillingCatalog, store: InvoiceStore, out: Path) -> None:
+    def __init__(
+        self, engine: Engine, catalog: BillingCatalog, store: InvoiceStore, out: Path, taxes: Taxes | None = None
+    ) -> None:
         self.engine, self.catalog, self.store, self.out = engine, catalog, store, out
+        #: Every finalization taxes the invoice (meter.money.tax): finalize, a run's, a threshold invoice's.
+        self.taxes = taxes or Taxes(catalog)
         # One export at a time writes into `out`: the scheduled one and the ones invoicing asks for.
         self.lock = threading.Lock()
         #: Called with the invoices a call finalized, after their finalization committed and outside every lock:
         #: automatic collection (meter.money.payments) charges them. Its failure never undoes a finalization.
         self.collect: Callable[[str, Sequence[Invoice]], None] | None = None
 
-    def prepare(self, tenant: str) -> Prepare:
+    def prepare(self, tenant: str, now: datetime | None = None) -> Prepare:
         """What every finalization applies to a draft inside the store's lock: each step in order (tax, collection)."""
-        steps: list[Prepare] = [self._collection(tenant)]
+        steps: list[Prepare] = [self.taxes.taxer(tenant, now), self._collection(tenant)]
 
         def prepare(invoice: Invoice) -> Invoice:
             for prepare_step in steps:
@@ -82,13 +88,14 @@ class Invoicer:
             print(f"meter: tenant {tenant!r}: collecting finalized invoices failed: {e!r}", file=sys.stderr, flush=True)
 
     def export(self, tenants: list[str]) -> dict[str, ExportSummary]:
-        """Everything the export holds, for these tenants: usage, raw events, the catalog and the invoices."""
+        """Everything the export holds, for these tenants: usage, raw events, the catalog, the invoices, the ledger."""
         with self.lock:
             return {
                 "usage": export_usage(self.engine, tenants, self.out),
                 "events": export_events(self.engine, tenants, self.out),
                 "catalog": export_catalog(self.catalog, self.engine, tenants, self.out),
                 "invoices": export_invoices(self.store, tenants, self.out),
+                "ledger": export_ledger(self.store, tenants, self.out),
             }
 
     def run(self, tenant: str, month: str, finalize: bool = False) -> InvoiceRun:
@@ -101,10 +108,10 @@ class Invoicer:
             priced = invoice_period(self._snapshot(tenant), self.out, self.store, month)
             invoices, errors = priced.invoices, list(priced.errors)
             if finalize:
-                done = []
+                done, prepare = [], self.prepare(tenant)
                 for draft in invoices:
                     try:
-                        done.append(self.store.finalize(tenant, draft.id, prepare=self.prepare(tenant)))
+                        done.append(self.store.finalize(tenant, draft.id, prepare=prepare))
                     except Exception as e:  # noqa: BLE001 - the drafts before it stay finalized: say so, go on
                         errors.append(
                             RunError(
@@ -142,7 +149,7 @@ class Invoicer:
             table = snapshot.subscription_table  # not a million subscription objects on every scheduled export
             if "threshold" not in table.columns or not table.get_column("threshold").is_not_null().any():
                 return InvoiceRun(period=f"{as_of:%Y-%m}", invoices=[])
-            priced = bill_thresholds(snapshot, self.out, self.store, as_of)
+            priced = bill_thresholds(snapshot, self.out, self.store, as_of, self.prepare(tenant, as_of))
             warnings = self._export_invoices(tenant) if priced.invoices else []
         self._collected(tenant, priced.invoices)
         return InvoiceRun(period=f"{as_of:%Y-%m}", invoices=priced.invoices, errors=priced.errors, warnings=warnings)
@@ -160,7 +167,7 @@ class Invoicer:
         return void, self._export_after_write(tenant)
 
     def credit(self, tenant: str, invoice_id: str, amount: Decimal, reason: str) -> tuple[CreditNote, list[RunWarning]]:
-        note = self.store.credit(tenant, invoice_id, amount, reason)
+        note = self.store.credit(tenant, invoice_id, amount, reason, tax=credit_note_tax)
         return note, self._export_after_write(tenant)
 
     def _export_after_write(self, tenant: str) -> list[RunWarning]:

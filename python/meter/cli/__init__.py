@@ -8,6 +8,8 @@ Layout (each module holds its commands, registered on ``main`` here; none import
 - ``events``: ``meter ingest``;
 - ``catalog``: ``meter catalog`` (customers, products, plans, subscriptions);
 - ``invoices``: ``meter invoice``;
+- ``tax``: ``meter tax`` (tax rates, the seller's tax settings);
+- ``ledger``: ``meter ledger`` (journal entries, trial balance, customers' balances, CSV export);
 - ``payments``: ``meter payments`` (manual payments, refunds, collection attempts, dunning, Stripe settings);
 - ``export``: ``meter export`` (Parquet, from a data directory with no server running);
 - ``admin``: ``meter admin-key`` and ``meter maintain`` (a data directory's operator keys, retention, roll-ups);
@@ -27,7 +29,7 @@ from __future__ import annotations
 import click
 
 # The modules, not their commands: a command named like its module (serve, export, demo) would hide the module.
-from meter.cli import admin, catalog, demo, events, export, invoices, meters, payments, serve, tenants
+from meter.cli import admin, catalog, demo, events, export, invoices, ledger, meters, payments, serve, tax, tenants
 from meter.cli.errors import MeterGroup
 
 __all__ = ["main"]
@@ -54,6 +56,8 @@ for _command in (
     events.ingest,
     catalog.catalog,
     invoices.invoice,
+    tax.tax,
+    ledger.ledger,
     payments.payments,
     export.export,
     demo.demo,

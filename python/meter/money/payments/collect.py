@@ -388,7 +388,12 @@ def apply_outcome(change: Change, invoice_id: str, n: int, result: ChargeResult)
     if invoice.status == "open":  # not for an invoice paid or voided while the charge was in flight
         change.emit(
             "invoice.payment_failed",
-            {**invoice_summary(invoice), "attempt": n, "next_attempt_at": next_at, "error_code": done.error_code},
+            {
+                **msgspec.json.decode(msgspec.json.encode(invoice_summary(invoice))),
+                "attempt": n,
+                "next_attempt_at": next_at,
+                "error_code": done.error_code,
+            },
         )
     if next_at is not None and invoice.status == "open":
         change.put(

@@ -55,8 +55,12 @@ class _Envelope(msgspec.Struct):
     data: _Data
 
 
-def _refuse(message: str) -> InvalidInput:
-    return InvalidInput(message, code="invalid_signature")
+def _refuse() -> InvalidInput:
+    return InvalidInput(
+        "the Stripe-Signature header does not verify with the endpoint secret of the event's tenant (its "
+        "stripe_webhook_secret, set with PUT /v1/payments/settings), or is older than 300 seconds",
+        code="invalid_signature",
+    )
 
 
 def receive(payments: Payments, store: InvoiceStore, payload: bytes, signature: str) -> Received:
@@ -69,15 +73,12 @@ def receive(payments: Payments, store: InvoiceStore, payload: bytes, signature: 
         ) from None
     tenant = envelope.data.object.metadata.get("tenant")
     secret = payments.endpoint_secret(store, tenant) if tenant else payments.webhook_secret
+    if secret is None:  # answered as a bad signature: whether a tenant set a secret is told to nobody
+        raise _refuse()
     try:
-        if secret is None:  # answered as a bad signature: whether a tenant set a secret is not told to anyone
-            raise stripe.SignatureVerificationError("no endpoint secret", signature)
         event = stripe.Webhook.construct_event(payload, signature, secret, tolerance=TOLERANCE)
     except stripe.SignatureVerificationError:
-        raise _refuse(
-            "the Stripe-Signature header does not verify with the endpoint secret of the event's tenant (its "
-            "stripe_webhook_secret, set with PUT /v1/payments/settings), or is older than 300 seconds"
-        ) from None
+        raise _refuse() from None
     except ValueError:
         raise InvalidInput("the body is not valid JSON", code="invalid_webhook") from None
     whole: dict[str, Any] = event.to_dict()
