@@ -30,7 +30,7 @@ B = "tenant-b"
 NOW = datetime.now(UTC)
 THIS_MONTH = NOW.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 LAST_MONTH = (THIS_MONTH - timedelta(days=1)).replace(day=1)
-B_METER, B_CUSTOMER, B_PRODUCT, B_PLAN, B_SUB = "b-meter", "b-cust", "b-product", "b-plan", "b-sub"
+B_METER, B_CUSTOMER, B_PRODUCT, B_PLAN, B_SUB, B_RATE = "b-meter", "b-cust", "b-product", "b-plan", "b-sub", "b-rate"
 B_EVENTS = [
     event(f"b-e{i}", B_CUSTOMER, type="llm", time=NOW - timedelta(minutes=5 + i), tokens=100 + i) for i in range(5)
 ]
@@ -81,6 +81,15 @@ class TenantB:
         paid = ok(c.post(f"/v1/invoices/{self.invoice}/payments", json={"amount": "1", "reference": f"{MARK} wire"}))
         self.payment = paid["id"]
         ok(c.put("/v1/dunning", json={"retry_days": [2, 4], "after_last": "open"}))
+        # A tax rate not in force before 2099: B's invoices stay as they are.
+        rate = {
+            "id": B_RATE,
+            "name": f"{MARK} VAT",
+            "country": "DE",
+            "percentage": "19",
+            "effective_from": "2099-01-01T00:00:00Z",
+        }
+        ok(c.post("/v1/tax-rates", json=rate))
         ok(c.post("/v1/invoices/run", json={"period": f"{THIS_MONTH:%Y-%m}"}))  # a draft too, if any
         second = ok(c.post("/v1/keys", json={"scopes": ["read"]}))
         self.key_id = second["id"]
@@ -99,6 +108,7 @@ class TenantB:
             "attempts": ok(c.get(f"/v1/invoices/{self.invoice}/attempts")),
             "dunning": ok(c.get("/v1/dunning")),
             "payment_settings": ok(c.get("/v1/payments/settings")),
+            "tax_rates": ok(c.get("/v1/tax-rates")),
             "keys": [(k["id"], k["revoked"], k["scopes"]) for k in ok(c.get("/v1/keys"))],
         }
         for kind, item in (
@@ -137,6 +147,7 @@ def params(b: TenantB, pattern: str) -> dict[str, str]:
         "customer": B_CUSTOMER,
         "key_id": b.key_id,
         "payment_id": b.payment,
+        "rate_id": B_RATE,
     }
     by_kind = {"customers": B_CUSTOMER, "products": B_PRODUCT, "plans": B_PLAN, "subscriptions": B_SUB}
     out = {}
@@ -191,6 +202,15 @@ def bodies(b: TenantB) -> dict[tuple[str, str], Any]:
                 "object": {"id": "pi_x", "amount": 1, "metadata": {"tenant": B, "invoice": b.invoice, "attempt": "1"}}
             },
         },
+        ("POST", "/v1/tax-rates"): {
+            "id": B_RATE,
+            "name": "taken over",
+            "country": "DE",
+            "percentage": "50",
+            "effective_from": "2020-01-01T00:00:00Z",
+        },
+        ("POST", "/v1/tax-rates/(?P<rate_id>[^/]+)/end"): {"at": "2100-01-01T00:00:00Z"},
+        ("PUT", "/v1/tax-settings"): {"country": "US", "provider": "catalog"},
         ("POST", "/v1/customers"): {"id": B_CUSTOMER, "name": "taken over", "currency": "USD"},
         ("POST", "/v1/products"): {"id": B_PRODUCT, "name": "taken over"},
         ("POST", "/v1/plans"): {"id": B_PLAN, "name": "taken over"},
