@@ -215,3 +215,18 @@ def test_a_retry_after_the_schedule_ended_takes_the_next_number_and_key(desk: De
     second = payments.collect(store, desk.catalog, "acme", invoice.id, "manual")
     assert second is not None and (second.n, second.status) == (2, "succeeded")
     assert [r.idempotency_key for r in provider.charges] == [f"meter-acme-{invoice.id}-{n}" for n in (1, 2)]
+
+
+def test_a_refund_the_provider_refuses_is_recorded_failed_and_refused(desk: Desk) -> None:
+    provider = Scripted()
+    payments, invoice = automatic(desk, provider)
+    store = desk.invoicer.store
+    payments.collect(store, desk.catalog, "acme", invoice.id, "finalize")
+    [payment] = collect.list_payments(store, "acme", invoice.id)
+    provider.refund = lambda *args: RefundResult("failed", error_code="charge_disputed", error_message="disputed")  # type: ignore[method-assign]
+    with pytest.raises(collect.Conflict) as refused:
+        payments.refund(store, "acme", payment.id, RefundBody(amount=Decimal("5")))
+    assert refused.value.code == "refund_failed" and "charge_disputed" in refused.value.message
+    after = collect.get_payment(store, "acme", payment.id)
+    assert ([r.status for r in after.refunds], after.amount_refunded, after.status) == (["failed"], 0, "succeeded")
+    assert ("refunds", None) not in trial_balance(store)

@@ -37,6 +37,7 @@ from meter.money.payments.collect import (
     Conflict,
     finish_attempt,
     finish_refund,
+    get_payment,
     payment_settings,
     schedule,
     start_attempt,
@@ -224,21 +225,33 @@ class Payments:
     # Refunds
 
     def refund(self, store: InvoiceStore, tenant: str, payment_id: str, body: RefundBody) -> Payment:
-        """Refunds a payment: through its provider (with its own idempotency key) or, for a manual one, recorded."""
-        payment, refund = start_refund(store, tenant, payment_id, body)
-        if refund.status != "pending":
-            return payment
+        """Refunds a payment: through its provider (with its own idempotency key) or, for a manual one, recorded.
+
+        A refund the provider refuses is recorded ``failed`` on the payment and answered 409 ``refund_failed``.
+        """
         provider = self.provider(store, tenant)
-        if provider is None or payment.payment_intent is None or refund.idempotency_key is None:
+        before = get_payment(store, tenant, payment_id)
+        if before.method == "stripe" and (provider is None or before.payment_intent is None):
             raise Conflict(
                 f"payment {payment_id!r} was collected by Stripe, and no Stripe key is configured to refund it: "
                 "set it with PUT /v1/payments/settings, then repeat the request",
                 "payments_not_configured",
             )
+        payment, refund = start_refund(store, tenant, payment_id, body)
+        if refund.status != "pending":
+            return payment
+        assert provider is not None and payment.payment_intent is not None and refund.idempotency_key is not None
         metadata = {"tenant": tenant, "payment": payment_id, "refund": refund.id, "invoice": payment.invoice}
         amount = to_minor(refund.amount, payment.currency)
         result = provider.refund(payment.payment_intent, amount, refund.idempotency_key, metadata)
-        return finish_refund(store, tenant, payment_id, refund.id, result)
+        payment = finish_refund(store, tenant, payment_id, refund.id, result)
+        if result.outcome == "failed":
+            raise Conflict(
+                f"Stripe refused refund {refund.id} of payment {payment_id!r} ({result.error_code}: "
+                f"{result.error_message}); it is recorded as failed, and nothing was refunded",
+                "refund_failed",
+            )
+        return payment
 
 
 class DunningJob:
