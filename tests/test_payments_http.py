@@ -350,6 +350,9 @@ def test_an_overpayment_becomes_credit_balance_applied_to_the_next_invoice(shop:
     r = shop.c.post(f"/v1/invoices/{november}/payments", json={"amount": "50"})
     assert (r.json()["applied"], r.json()["to_credit"]) == ("30.00", "20.00")
     assert shop.invoice(november)["status"] == "paid"
+    # The ledger's own reading agrees: nothing owed, 20.00 of credit.
+    [balance] = shop.c.get("/v1/ledger/balances", params={"customer": "manual"}).json()
+    assert (balance["owed"], balance["credit"], balance["currency"]) == ("0.00", "20.00", "EUR"), balance
     run = shop.c.post("/v1/invoices/run", json={"period": "2026-12"}).json()
     [december] = [i["id"] for i in run["invoices"] if i["customer"] == "manual"]
     final = shop.finalize(december)
