@@ -230,3 +230,16 @@ def test_a_refund_the_provider_refuses_is_recorded_failed_and_refused(desk: Desk
     after = collect.get_payment(store, "acme", payment.id)
     assert ([r.status for r in after.refunds], after.amount_refunded, after.status) == (["failed"], 0, "succeeded")
     assert ("refunds", None) not in trial_balance(store)
+
+
+def test_a_pending_attempt_is_never_failed_blind_when_the_stripe_key_is_gone(desk: Desk) -> None:
+    provider = Scripted("unknown")
+    payments, invoice = automatic(desk, provider)
+    store = desk.invoicer.store
+    pending = payments.collect(store, desk.catalog, "acme", invoice.id, "finalize")
+    assert pending is not None and pending.status == "pending"
+    keyless = Payments()  # the key was removed meanwhile
+    still = keyless.collect(store, desk.catalog, "acme", invoice.id, "finalize")
+    assert still is not None and (still.n, still.status) == (1, "pending"), "it may have reached Stripe: it waits"
+    done = payments.collect(store, desk.catalog, "acme", invoice.id, "manual")
+    assert done is not None and (done.n, done.status) == (1, "succeeded")

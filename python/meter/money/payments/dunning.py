@@ -143,9 +143,14 @@ class Payments:
                     "the customer, or record a manual payment",
                     "no_payment_method",
                 )
+        started = _now()
         attempt = start_attempt(store, tenant, invoice_id, trigger, stripe_customer, method)
         if attempt is None:
             return None
+        if provider is None and attempt.customer is not None and attempt.created_at < started:
+            # A pending attempt that may have reached Stripe, whose key is gone since: never failed blind (a new
+            # attempt would charge again); it waits for a key to replay it with.
+            return attempt
         if provider is None or attempt.customer is None:
             why = (
                 ("payments_not_configured", "no payment provider is configured for the tenant")
