@@ -10,8 +10,9 @@ prefix scan):
 ``invoice/<tenant>/<id>``                an :class:`~meter.billing.invoices.Invoice` as JSON
 ``credit_note/<tenant>/<number>``        a :class:`~meter.billing.invoices.CreditNote`
 ``counter/<tenant>/<kind>``              the last number taken of a kind (``invoice``, ``journal``, ``outbox``...)
-``journal/<tenant>/<seq:012d>``          a :class:`~meter.money.ledger.JournalEntry` (``journal_id/`` and
-                                         ``journal_invoice/`` index them by cause and by invoice)
+``journal/<tenant>/<seq:012d>``          a :class:`~meter.money.ledger.JournalEntry` (``journal_id/``,
+                                         ``journal_invoice/``, ``journal_customer/`` index them by cause,
+                                         invoice and customer)
 ``outbox/<tenant>/<seq:012d>``           a :class:`~meter.money.events.Event` to deliver
 ``balance/<tenant>/<customer>/<cur>``    the customer's credit balance in a currency (decimal text)
 ``meta/schema``                          the layout's version (2: statuses ``open``/``paid``..., the ledger)
@@ -200,8 +201,9 @@ class Change:
         entry = msgspec.structs.replace(entry, seq=self.number("journal"))
         self.put(f"journal/{self.tenant}/{entry.seq:012d}", entry)
         self.put(by_cause, str(entry.seq).encode())
-        if entry.invoice is not None:
-            self.put(f"journal_invoice/{self.tenant}/{entry.invoice}/{entry.seq:012d}", b"")
+        for index, of in (("invoice", entry.invoice), ("customer", entry.customer)):
+            if of is not None:
+                self.put(f"journal_{index}/{self.tenant}/{of}/{entry.seq:012d}", b"")
         for line in entry.lines:
             if line.account == "customer_credit" and line.customer is not None:
                 key = _balance_key(self.tenant, line.customer, entry.currency)
@@ -540,10 +542,20 @@ class InvoiceStore(Store):
             change.emit("invoice.voided", invoice_summary(void))
             return void
 
-    def posted_for(self, tenant: str, invoice_id: str) -> Iterator[JournalEntry]:
-        """The journal entries posted for an invoice, in order."""
-        prefix = f"journal_invoice/{tenant}/{invoice_id}/".encode()
-        for key in self._keys(prefix):
+    def posted_for(
+        self, tenant: str, invoice: str | None = None, customer: str | None = None, after: int = 0
+    ) -> Iterator[JournalEntry]:
+        """The journal entries posted for an invoice, or about a customer, in order (from ``after + 1``).
+
+        Read through their index (``journal_invoice/``, ``journal_customer/``): proportional to those entries, not to
+        the whole journal.
+        """
+        index, of = ("invoice", invoice) if invoice is not None else ("customer", customer)
+        prefix = f"journal_{index}/{tenant}/{of}/".encode()
+        start = prefix + f"{after + 1:012d}".encode()
+        for key in self._db.keys(from_key=start):
+            if not isinstance(key, bytes) or not key.startswith(prefix):
+                break
             raw = self._db.get(f"journal/{tenant}/".encode() + key[len(prefix) :])
             if raw is not None:
                 yield msgspec.json.decode(raw, type=JournalEntry)

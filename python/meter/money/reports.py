@@ -151,8 +151,11 @@ def entries(
     """Up to ``limit`` entries after ``after`` that ``where`` keeps, reading at most ``scan`` entries."""
     if limit < 1:
         raise InvalidInput(f"'limit' must be at least 1; got {limit}", code="invalid_query")
-    # An invoice's entries through the store's index of them; anything else reads the journal from `after` on.
-    source = store.posted_for(tenant, where.invoice) if where.invoice is not None else store.journal(tenant, after)
+    # An invoice's or a customer's entries through the store's index of them; anything else reads the journal.
+    if where.invoice is not None or where.customer is not None:
+        source = store.posted_for(tenant, where.invoice, where.customer, after)
+    else:
+        source = store.journal(tenant, after)
     data: list[JournalEntry] = []
     scanned, last = 0, after
     for entry in source:
@@ -221,8 +224,7 @@ def customer_balances(
 
     Only customers the ledger has a line for; a customer whose both balances are zero is still listed (it had some).
     """
-    wanted = EntryFilter(customer=customer)
-    journal = (entry for entry in store.journal(tenant) if wanted.matches(entry))
+    journal = store.posted_for(tenant, customer=customer) if customer is not None else store.journal(tenant)
     found: dict[tuple[str, str], CustomerBalance] = {}
     for row in balances(_before(journal, as_of, [0]), by_customer=True):
         if row.customer is None or row.account not in PER_CUSTOMER:
