@@ -14,7 +14,8 @@ prefix scan):
                                          ``journal_invoice/``, ``journal_customer/`` index them by cause,
                                          invoice and customer)
 ``outbox/<tenant>/<seq:012d>``           a :class:`~meter.money.events.Event` to deliver
-``balance/<tenant>/<customer>/<cur>``    the customer's credit balance in a currency (decimal text)
+``ledger_total/<tenant>/<customer>/``   an account's running debits and credits, per currency: ``<cur>/<account>``
+                                         (``<customer>`` empty for the tenant's own accounts)
 ``meta/schema``                          the layout's version (2: statuses ``open``/``paid``..., the ledger)
 =======================================  ===============================================================
 
@@ -24,8 +25,9 @@ Other money records (payments, endpoints, deliveries...) live here too, under th
 Atomicity (design.md §8): every write goes through :meth:`InvoiceStore.transaction`, which holds the tenant's lock
 and writes the state change, the numbers it takes, its journal entry (checked balanced, refused if its cause already
 posted one) and its outgoing event in **one synced rocksdict write batch**. Numbers thus never repeat and have no
-gaps, an entry or event exists exactly when its change does, even across a crash, and a customer's credit balance
-is changed only by the entries that post to it.
+gaps, an entry or event exists exactly when its change does, even across a crash, and every account's running total
+(a customer's credit balance among them) is changed only by the entries that post to it, in their batch: the trial
+balance and customers' balances are read from the totals, not from the whole journal.
 
 Numbering belongs to this store alone: nothing else writes a counter or an ``INV-``/``CN-`` number.
 
@@ -205,16 +207,16 @@ class Change:
             if of is not None:
                 self.put(f"journal_{index}/{self.tenant}/{of}/{entry.seq:012d}", b"")
         for line in entry.lines:
-            if line.account == "customer_credit" and line.customer is not None:
-                key = _balance_key(self.tenant, line.customer, entry.currency)
-                self.put(key, str(self.balance(line.customer, entry.currency) + line.credit - line.debit).encode())
+            key = _total_key(self.tenant, line.customer, entry.currency, line.account)
+            debit, credit = _total(self.get(key))
+            self.put(key, msgspec.json.encode((debit + line.debit, credit + line.credit)))
         self.posted.append(entry)
         return entry
 
     def balance(self, customer: str, currency: str) -> Decimal:
         """The customer's credit balance in ``currency``, as this change leaves it."""
-        raw = self.get(_balance_key(self.tenant, customer, currency))
-        return Decimal(raw.decode()) if raw is not None else _ZERO
+        debit, credit = _total(self.get(_total_key(self.tenant, customer, currency, "customer_credit")))
+        return credit - debit
 
     def emit(self, type_: EventType, data: Any) -> Event:
         """Writes an outgoing event about this change to the outbox."""
@@ -236,8 +238,13 @@ class Change:
         return batch
 
 
-def _balance_key(tenant: str, customer: str, currency: str) -> str:
-    return f"balance/{tenant}/{customer}/{currency}"
+def _total_key(tenant: str, customer: str | None, currency: str, account: str) -> str:
+    return f"ledger_total/{tenant}/{customer or ''}/{currency}/{account}"
+
+
+def _total(raw: bytes | None) -> tuple[Decimal, Decimal]:
+    """An account's running (debit, credit)."""
+    return msgspec.json.decode(raw, type=tuple[Decimal, Decimal]) if raw is not None else (_ZERO, _ZERO)
 
 
 def settle(
@@ -341,8 +348,30 @@ class InvoiceStore(Store):
 
     def balance(self, tenant: str, customer: str, currency: str) -> Decimal:
         """The customer's credit balance in ``currency`` (what overpayments and credit notes left it)."""
-        raw = self._db.get(_balance_key(tenant, customer, currency).encode())
-        return Decimal(raw.decode()) if raw is not None else _ZERO
+        debit, credit = _total(self._db.get(_total_key(tenant, customer, currency, "customer_credit").encode()))
+        return credit - debit
+
+    def posted(self, tenant: str) -> int:
+        """How many journal entries the tenant has (the last sequence number taken)."""
+        raw = self._db.get(f"counter/{tenant}/journal".encode())
+        return int(raw) if raw is not None else 0
+
+    def totals(self, tenant: str, customer: str | None = None) -> Iterator[ledger.AccountBalance]:
+        """Every account's running total (of one customer's accounts when given), as posted so far."""
+        prefix = f"ledger_total/{tenant}/{customer + '/' if customer is not None else ''}".encode()
+        for key, raw in self._db.items(from_key=prefix):
+            if not isinstance(key, bytes) or not key.startswith(prefix):
+                break
+            who, currency, account = key.decode().split("/")[2:]
+            debit, credit = _total(raw)
+            yield ledger.AccountBalance(
+                account=account,  # type: ignore[arg-type]  # written from an Account
+                currency=currency,
+                debit=debit,
+                credit=credit,
+                balance=debit - credit if account in ledger.NORMAL_DEBIT else credit - debit,
+                customer=who or None,
+            )
 
     def save_draft(self, invoice: Invoice) -> Invoice | None:
         """Stores a recomputed draft and returns it; ``None`` (nothing written) when that invoice is finalized.
