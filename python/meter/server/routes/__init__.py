@@ -10,7 +10,7 @@ also fits (`/v1/invoices/{invoice_id}`) would, should they ever share a method (
 
 from __future__ import annotations
 
-from meter.server.routes import admin, catalog, events, health, invoices, keys, meters
+from meter.server.routes import admin, catalog, events, health, invoices, keys, meters, webhooks
 from meter.server.table import Route
 
 __all__ = ["BENCH_ROUTES", "ROUTES"]
@@ -23,6 +23,7 @@ ROUTES: list[Route] = [
     *keys.ROUTES,
     *catalog.ROUTES,
     *invoices.ROUTES,
+    *webhooks.ROUTES,
 ]
 
 BENCH_ROUTES: list[Route] = events.BENCH_ROUTES
