@@ -237,7 +237,10 @@ class WebhookWorker:
                         now,
                     )
                     return
-                attempt = await self.send(endpoint, delivery.event, body)
+                try:
+                    attempt = await self.send(endpoint, delivery.event, body)
+                except Exception as e:  # noqa: BLE001 - a bug here must not retry at every round: it backs off too
+                    attempt = Attempt(at=now, error=f"internal error while sending: {e!r}")
                 self.attempts += 1
                 backoff = self.settings.backoff
                 await asyncio.to_thread(
@@ -308,7 +311,7 @@ class WebhookWorker:
     async def _read(self, response: httpx.Response) -> tuple[bytes, bool]:
         """The answer's body up to ``max_response`` bytes; whether it was cut there (the rest is never read)."""
         chunks, size = [], 0
-        async for chunk in response.aiter_raw():
+        async for chunk in response.aiter_bytes():  # identity was asked for: these are the bytes sent
             chunks.append(chunk)
             size += len(chunk)
             if size > self.settings.max_response:
