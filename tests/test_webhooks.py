@@ -1,5 +1,7 @@
-"""Outgoing webhooks in process: signatures as the ``standardwebhooks`` library verifies them, the URL guard, and the
-delivery worker against a fake receiver with an injected clock (no real waiting, no timing asserts).
+"""Outgoing webhooks in process: signatures, the URL guard, and the worker with an injected clock.
+
+Signatures are checked as the ``standardwebhooks`` library verifies them; the delivery worker runs against a fake
+receiver with a clock the test moves (no real waiting, no timing asserts).
 
 The end-to-end tests against the real server and a real receiver are in ``test_webhooks_http.py``.
 """
