@@ -8,6 +8,7 @@ Layout (each module holds its commands, registered on ``main`` here; none import
 - ``events``: ``meter ingest``;
 - ``catalog``: ``meter catalog`` (customers, products, plans, subscriptions);
 - ``invoices``: ``meter invoice``;
+- ``webhooks``: ``meter webhooks`` (endpoints, events, deliveries, replays);
 - ``export``: ``meter export`` (Parquet, from a data directory with no server running);
 - ``admin``: ``meter admin-key`` and ``meter maintain`` (a data directory's operator keys, retention, roll-ups);
 - ``demo``: ``meter demo``;
@@ -26,7 +27,7 @@ from __future__ import annotations
 import click
 
 # The modules, not their commands: a command named like its module (serve, export, demo) would hide the module.
-from meter.cli import admin, catalog, demo, events, export, invoices, meters, serve, tenants
+from meter.cli import admin, catalog, demo, events, export, invoices, meters, serve, tenants, webhooks
 from meter.cli.errors import MeterGroup
 
 __all__ = ["main"]
@@ -53,6 +54,7 @@ for _command in (
     events.ingest,
     catalog.catalog,
     invoices.invoice,
+    webhooks.webhooks,
     export.export,
     demo.demo,
 ):
