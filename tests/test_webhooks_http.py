@@ -122,6 +122,22 @@ def test_a_delivery_is_signed_the_standard_webhooks_way(server: Server, receiver
     assert [d["event"] for d in rest["data"]] == [created] and rest["next"] is None
 
 
+def test_after_a_rotation_deliveries_verify_with_the_new_secret_and_for_a_while_the_old(
+    server: Server, receiver: Receiver
+) -> None:
+    client = billing_tenant(server, "rotated")
+    target = endpoint(client, receiver.url())
+    r = client.post(f"/v1/webhook-endpoints/{target['id']}/rotate-secret")
+    assert r.status_code == 200 and r.json()["secret"] != target["secret"], r.text
+    assert r.json()["secret"] not in client.get(f"/v1/webhook-endpoints/{target['id']}").text
+    _, event = invoice_run(client, "2026-11")
+    delivered(client, event, target["id"])
+    [request] = receiver.requests
+    assert len(request.headers["webhook-signature"].split(" ")) == 2
+    for secret in (r.json()["secret"], target["secret"]):
+        assert Webhook(secret).verify(request.body, request.headers)["id"] == event
+
+
 def test_a_receiver_answering_500_gets_the_event_again_until_it_answers_2xx(server: Server) -> None:
     receiver = Receiver([Answer(500), Answer(502, body=b"bad gateway"), Answer(200)])
     try:
@@ -300,6 +316,22 @@ def test_private_and_insecure_urls_are_refused_at_registration(strict: httpx.Cli
     assert r.status_code == 400 and r.json()["code"] == code, r.text
     assert "webhook" in r.json()["message"]
     assert strict.get("/v1/webhook-endpoints").json() == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "code"),
+    [
+        ("POST", "/v1/webhook-endpoints", {"url": "https://example.com/h", "types": []}, "invalid_body"),
+        ("POST", "/v1/webhook-endpoints", {"url": "https://example.com/h", "types": ["invoice.eaten"]}, "invalid_body"),
+        ("POST", "/v1/webhook-endpoints", {"url": "https://example.com/h", "secret": "whsec_mine"}, "invalid_body"),
+        ("POST", "/v1/webhook-endpoints/we_1/replay", {"since": "2026-01-01T00:00:00"}, "invalid_body"),
+        ("GET", "/v1/webhook-events?limit=0", None, "invalid_query"),
+        ("GET", "/v1/webhook-events?after=yesterday", None, "invalid_query"),
+    ],
+)
+def test_bad_webhook_input_is_400(strict: httpx.Client, method: str, path: str, body: Any, code: str) -> None:
+    r = strict.request(method, path, json=body)
+    assert r.status_code == 400 and r.json()["code"] == code, r.text
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -129,7 +129,7 @@ class Replayed(msgspec.Struct):
 class ReplayBody(msgspec.Struct, forbid_unknown_fields=True):
     """Re-send the endpoint's failed deliveries of the events emitted at or after ``since``."""
 
-    since: datetime
+    since: Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 class EventReplayBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -368,7 +368,10 @@ def replay_endpoint(
         return Replayed(n)
 
 
-def _after(after: str | None) -> int | None:
+def _page(limit: int, after: str | None) -> int | None:
+    """The seq a page starts before (None: from the newest), once ``limit`` and ``after`` are checked."""
+    if not 1 <= limit <= 1000:
+        raise InvalidInput(f"'limit' must be a whole number 1-1000; got {limit}", "invalid_query")
     if after is None:
         return None
     if not (len(after) == 12 and after.isascii() and after.isdigit()):
@@ -387,7 +390,7 @@ def of_endpoint(
     """The endpoint's deliveries, newest event first, optionally of one status."""
     if records.read(store, records.endpoint_key(tenant, endpoint_id)) is None:
         raise NotFound(f"no webhook endpoint {endpoint_id!r}; GET /v1/webhook-endpoints lists them")
-    before = _after(after)
+    before = _page(limit, after)
     prefix = records.by_endpoint_key(tenant, endpoint_id)
     start = None if before is None else records.by_endpoint_key(tenant, endpoint_id, before - 1)
     found: list[Delivery] = []
@@ -411,7 +414,7 @@ def events(
     store: InvoiceStore, tenant: str, type_: str | None = None, limit: int = 100, after: str | None = None
 ) -> EventPage:
     """The tenant's outbox events, newest first, optionally of one type."""
-    before = _after(after)
+    before = _page(limit, after)
     prefix = records.outbox_key(tenant)
     start = None if before is None else records.outbox_key(tenant, before - 1)
     found: list[Event] = []

@@ -64,7 +64,7 @@ def check_url(url: str, allow_private: bool) -> Target:
         raise UrlRefused(f"the webhook URL is {len(url)} characters; the limit is {MAX_URL}")
     try:
         parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - httpx.InvalidURL, or a codec's error on a strange host: the URL's fault
         raise UrlRefused(f"the webhook URL {shown!r} cannot be read: {e}; give an absolute https:// URL") from None
     scheme = parsed.scheme
     if scheme == "http" and not allow_private:
@@ -148,7 +148,7 @@ def resolve(target: Target, allow_private: bool) -> list[IPAddress]:
     """Every address of the target's host, each checked (blocking: run it off the event loop)."""
     try:
         infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as e:
+    except (OSError, UnicodeError, ValueError) as e:
         raise _unresolvable(target, e if isinstance(e, OSError) else OSError(str(e))) from None
     return _checked(target, list(infos), allow_private)
 
@@ -157,7 +157,7 @@ async def resolve_async(target: Target, allow_private: bool) -> list[IPAddress]:
     """`resolve` on the running loop (its resolver runs in a thread)."""
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as e:
+    except (OSError, UnicodeError, ValueError) as e:
         raise _unresolvable(target, e if isinstance(e, OSError) else OSError(str(e))) from None
     return _checked(target, list(infos), allow_private)
 
