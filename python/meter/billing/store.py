@@ -128,12 +128,16 @@ class AlreadyPosted(AssertionError):
     """A second journal entry for the same cause: a bug the store refuses (the whole change is written or nothing)."""
 
 
+_NOT_IN_EVENTS = frozenset({"lines", "line_taxes", "basis"})
+
+
 def invoice_summary(invoice: Invoice) -> dict[str, Any]:
-    """An invoice as an event carries it: everything but its lines (``GET /v1/invoices/{id}`` has them)."""
+    """An invoice as an event carries it: its fields but the lines, and only those set.
+
+    A million drafts' events stay small; ``GET /v1/invoices/{id}`` has the rest.
+    """
     data: dict[str, Any] = msgspec.to_builtins(invoice)
-    for bulky in ("lines", "line_taxes", "basis"):
-        data.pop(bulky, None)
-    return data
+    return {k: v for k, v in data.items() if k not in _NOT_IN_EVENTS and v is not None and v != []}
 
 
 class Change:
