@@ -292,3 +292,23 @@ def test_a_body_is_the_event_as_stored_and_every_attempt_signs_it_anew(store: In
     delivery = the_delivery(store, "acme", event)
     assert [a.status for a in delivery.history] == [503, 200] and delivery.history[1].response == "thanks"
     assert delivery.status == "delivered" and delivery.delivered_at is not None
+
+
+def test_a_backlog_is_fanned_out_once_and_delivered_once_round_after_round(store: InvoiceStore) -> None:
+    clock, receiver = Clock(datetime.now(UTC)), FakeReceiver([200])
+    endpoints.create(store, "acme", EndpointBody("http://127.0.0.1:9/h"), allow_private=True)
+    with store.transaction("acme", clock.now) as change:  # one write: 1,200 events
+        ids = [change.emit("invoice.created", {"n": n}).id for n in range(1200)]
+    w = worker(store, clock, receiver)
+    busy: list[bool] = []
+
+    async def main() -> None:
+        async with w:
+            while not busy or busy[-1]:
+                busy.append(await w.round(wait=True))
+
+    asyncio.run(main())
+    assert busy[0] is True and busy[-1] is False, "a round takes at most 100 due deliveries per tenant"
+    assert sorted(r.headers["webhook-id"] for r in receiver.requests) == sorted(ids), "each exactly once"
+    page = deliveries.of_endpoint(store, "acme", endpoints.list_endpoints(store, "acme")[0].id, "delivered", 1000)
+    assert len(page.data) == 1000 and page.next is not None

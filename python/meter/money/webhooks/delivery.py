@@ -45,6 +45,8 @@ __all__ = ["Backoff", "Settings", "WebhookWorker"]
 
 #: The answer's first bytes kept in a delivery's log.
 KEPT_RESPONSE = 1024
+#: Fan-out batches (of ``deliveries.FAN_OUT_BATCH`` events) per tenant and round.
+FAN_OUT_BATCHES = 10
 
 
 @dataclass(frozen=True)
@@ -169,14 +171,23 @@ class WebhookWorker:
         ready.set()
         async with self:
             while not self._stopping:
+                busy = False
                 try:
-                    await self.round()
+                    busy = await self.round()
                 except Exception as e:  # noqa: BLE001 - reported; the next round tries again
                     print(f"meter: webhook round failed: {e!r}", file=sys.stderr, flush=True)
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.settings.poll)
-                except TimeoutError:
-                    pass
+                if busy and self._in_flight:  # a backlog: the next round as soon as an attempt ends
+                    waits = {*self._in_flight.values(), asyncio.ensure_future(self._wake.wait())}
+                    _, pending = await asyncio.wait(
+                        waits, timeout=self.settings.poll, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for waiting in pending - set(self._in_flight.values()):
+                        waiting.cancel()
+                elif not busy:
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self.settings.poll)
+                    except TimeoutError:
+                        pass
                 self._wake.clear()
             for task in self._in_flight.values():
                 task.cancel()
@@ -199,21 +210,37 @@ class WebhookWorker:
 
     # Rounds
 
-    async def round(self, wait: bool = False) -> None:
-        """Fan out every tenant's new events and start the attempts due; with ``wait``, wait for them to finish."""
-        now = self.clock()
+    async def round(self, wait: bool = False) -> bool:
+        """Fan out every tenant's new events and start the attempts due; with ``wait``, wait for them to finish.
+
+        True when there is more to do at once (a tenant had more events, or more deliveries due, than one round
+        takes). One tenant's failure is reported and never stops another's round.
+        """
+        now, busy = self.clock(), False
         for tenant in await asyncio.to_thread(endpoints.tenants, self.store):
-            while await asyncio.to_thread(deliveries.fan_out, self.store, tenant, now) == deliveries.FAN_OUT_BATCH:
-                pass
-            limit = self.settings.per_round
-            for seq, endpoint_id in await asyncio.to_thread(deliveries.due, self.store, tenant, now, limit):
-                key = (tenant, seq, endpoint_id)
-                if key not in self._in_flight:
-                    task = asyncio.create_task(self._attempt(tenant, seq, endpoint_id))
-                    self._in_flight[key] = task
-                    task.add_done_callback(lambda _, key=key: self._in_flight.pop(key, None))  # type: ignore[misc]
+            try:
+                busy |= await self._tenant_round(tenant, now)
+            except Exception as e:  # noqa: BLE001 - reported; the next round tries again
+                print(f"meter: webhooks of tenant {tenant!r} failed: {e!r}", file=sys.stderr, flush=True)
         if wait:
             await asyncio.gather(*self._in_flight.values(), return_exceptions=True)
+        return busy
+
+    async def _tenant_round(self, tenant: str, now: datetime) -> bool:
+        fanned = 0
+        for _ in range(FAN_OUT_BATCHES):  # bounded, so that a million new events never hold up the attempts
+            fanned = await asyncio.to_thread(deliveries.fan_out, self.store, tenant, now)
+            if fanned < deliveries.FAN_OUT_BATCH:
+                break
+        limit = self.settings.per_round
+        due = await asyncio.to_thread(deliveries.due, self.store, tenant, now, limit)
+        for seq, endpoint_id in due:
+            key = (tenant, seq, endpoint_id)
+            if key not in self._in_flight:
+                task = asyncio.create_task(self._attempt(tenant, seq, endpoint_id))
+                self._in_flight[key] = task
+                task.add_done_callback(lambda _, key=key: self._in_flight.pop(key, None))  # type: ignore[misc]
+        return fanned == deliveries.FAN_OUT_BATCH or len(due) == limit
 
     async def _attempt(self, tenant: str, seq: int, endpoint_id: str) -> None:
         assert self._slots is not None
