@@ -312,3 +312,12 @@ def test_a_backlog_is_fanned_out_once_and_delivered_once_round_after_round(store
     assert sorted(r.headers["webhook-id"] for r in receiver.requests) == sorted(ids), "each exactly once"
     page = deliveries.of_endpoint(store, "acme", endpoints.list_endpoints(store, "acme")[0].id, "delivered", 1000)
     assert len(page.data) == 1000 and page.next is not None
+
+
+def test_a_tenant_has_at_most_20_endpoints(store: InvoiceStore) -> None:
+    for n in range(endpoints.MAX_ENDPOINTS):
+        endpoints.create(store, "acme", EndpointBody(f"http://127.0.0.1:9/{n}"), allow_private=True)
+    with pytest.raises(Exception, match="delete one first") as refused:
+        endpoints.create(store, "acme", EndpointBody("http://127.0.0.1:9/more"), allow_private=True)
+    assert getattr(refused.value, "code", None) == "too_many_endpoints"
+    endpoints.create(store, "globex", EndpointBody("http://127.0.0.1:9/0"), allow_private=True)  # per tenant

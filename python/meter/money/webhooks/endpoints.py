@@ -220,18 +220,14 @@ def create(
     """Registers an endpoint (its URL checked and resolved first); the answer holds its secret, shown once."""
     types = _check_types(body.types)
     check_url(body.url, allow_private)
-    if len(of_tenant(store, tenant)) >= MAX_ENDPOINTS:
-        raise InvalidInput(
-            f"the tenant has {MAX_ENDPOINTS} webhook endpoints, the limit; delete one first (an endpoint can "
-            "receive several event types)",
-            code="too_many_endpoints",
-        )
+    _room(store, tenant)
     _check_url(body.url, allow_private)  # resolves: outside the tenant's lock
     now = now or datetime.now(UTC)
     with store.transaction(tenant, now) as change:
+        existing = _room(store, tenant)  # again, under the lock: two creates at once never make 21
         last = records.last_key(store, records.outbox_key(tenant))
         after_seq = records.seq_of(last) if last is not None else 0
-        if not of_tenant(store, tenant):
+        if not existing:
             # The first endpoint: the worker has nothing to fan out before it, so it starts from now rather than
             # read the tenant's whole outbox.
             change.put(records.cursor_key(tenant), str(after_seq).encode())
@@ -248,6 +244,18 @@ def create(
         )
         change.put(records.endpoint_key(tenant, endpoint.id), msgspec.json.encode(endpoint))
     return CreatedEndpoint(**msgspec.structs.asdict(endpoint.view()), secret=endpoint.secret)
+
+
+def _room(store: InvoiceStore, tenant: str) -> list[Endpoint]:
+    """The tenant's endpoints, if there is room for one more (else 400 ``too_many_endpoints``)."""
+    existing = of_tenant(store, tenant)
+    if len(existing) >= MAX_ENDPOINTS:
+        raise InvalidInput(
+            f"the tenant has {MAX_ENDPOINTS} webhook endpoints, the limit; delete one first (an endpoint can "
+            "receive several event types)",
+            code="too_many_endpoints",
+        )
+    return existing
 
 
 def update(
