@@ -149,7 +149,7 @@ class FakeReceiver:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
-        return httpx.Response(status, text="thanks" if status < 300 else "broken")
+        return httpx.Response(status, stream=httpx.ByteStream(b"thanks" if status < 300 else b"broken"))
 
 
 @pytest.fixture

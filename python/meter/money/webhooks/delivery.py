@@ -157,8 +157,11 @@ class WebhookWorker:
 
     def wake(self) -> None:
         """Start a round now (after a replay, say) rather than at the next poll."""
-        if self._loop is not None and self._wake is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._wake.set)
+        if self._loop is not None and self._wake is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._wake.set)
+            except RuntimeError:  # stopped meanwhile: the next start's first round does it
+                pass
 
     def _run(self, ready: threading.Event) -> None:
         try:
@@ -338,7 +341,8 @@ class WebhookWorker:
     async def _read(self, response: httpx.Response) -> tuple[bytes, bool]:
         """The answer's body up to ``max_response`` bytes; whether it was cut there (the rest is never read)."""
         chunks, size = [], 0
-        async for chunk in response.aiter_bytes():  # identity was asked for: these are the bytes sent
+        # Raw: never decompressed (identity was asked for), so a compressed answer cannot expand past the limit.
+        async for chunk in response.aiter_raw():
             chunks.append(chunk)
             size += len(chunk)
             if size > self.settings.max_response:
