@@ -26,7 +26,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import quote
@@ -164,6 +164,21 @@ def _segment(value: str) -> str:
 def _time(value: datetime | str) -> str:
     """A query time: a datetime as ISO 8601, a string as given (the server says what is wrong with it)."""
     return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _ledger_filters(
+    account: str | None,
+    customer: str | None,
+    invoice: str | None,
+    kind: str | None,
+    start: datetime | str | None,
+    end: datetime | str | None,
+) -> list[tuple[str, str]]:
+    """The query of ``GET /v1/ledger/entries``'s filters that are given."""
+    given = (("account", account), ("customer", customer), ("invoice", invoice), ("kind", kind))
+    params = [(name, value) for name, value in given if value is not None]
+    params += [("from", _time(start))] if start is not None else []
+    return params + ([("to", _time(end))] if end is not None else [])
 
 
 def _gave_up(policy: RetryPolicy, started: float, last: str) -> MeterError:
@@ -358,6 +373,39 @@ class Client:
         subscription: JSONObject = self._call("POST", f"/v1/subscriptions/{_segment(subscription_id)}/migrate", body)
         return subscription
 
+    # Tax (a tenant key): rates and the seller's settings
+
+    def create_tax_rate(self, rate: msgspec.Struct | Mapping[str, Any]) -> JSONObject:
+        """``POST /v1/tax-rates``: a new rate (``id``, ``name``, ``country``, ``percentage``, ``effective_from``...)."""
+        created: JSONObject = self._call("POST", "/v1/tax-rates", rate)
+        return created
+
+    def list_tax_rates(self) -> list[JSONObject]:
+        """``GET /v1/tax-rates``: every rate, ended ones included."""
+        rates: list[JSONObject] = self._call("GET", "/v1/tax-rates")
+        return rates
+
+    def get_tax_rate(self, rate_id: str) -> JSONObject:
+        """``GET /v1/tax-rates/{rate_id}``."""
+        rate: JSONObject = self._call("GET", f"/v1/tax-rates/{_segment(rate_id)}")
+        return rate
+
+    def end_tax_rate(self, rate_id: str, at: datetime | str | None = None) -> JSONObject:
+        """``POST /v1/tax-rates/{rate_id}/end``: the rate stops applying at ``at`` (now when None); the rate."""
+        body = {"at": _time(at)} if at is not None else {}
+        rate: JSONObject = self._call("POST", f"/v1/tax-rates/{_segment(rate_id)}/end", body)
+        return rate
+
+    def put_tax_settings(self, settings: msgspec.Struct | Mapping[str, Any]) -> JSONObject:
+        """``PUT /v1/tax-settings``: the seller's ``country`` (and ``region``), ``provider``; the settings."""
+        stored: JSONObject = self._call("PUT", "/v1/tax-settings", settings)
+        return stored
+
+    def get_tax_settings(self) -> JSONObject:
+        """``GET /v1/tax-settings`` (a ``ServerError`` 404 until they are set)."""
+        settings: JSONObject = self._call("GET", "/v1/tax-settings")
+        return settings
+
     # Invoices (a tenant key)
 
     def run_invoices(self, period: str, finalize: bool = False) -> JSONObject:
@@ -487,6 +535,80 @@ class Client:
         path = f"/v1/webhook-events/{_segment(event_id)}/replay"
         done: JSONObject = self._call("POST", path, {"endpoint": endpoint})
         return done
+
+    # The ledger (a tenant key)
+
+    def ledger_entries(
+        self,
+        *,
+        account: str | None = None,
+        customer: str | None = None,
+        invoice: str | None = None,
+        kind: str | None = None,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        after: int = 0,
+        limit: int = 100,
+    ) -> JSONObject:
+        """``GET /v1/ledger/entries``: a page ``{"data", "next", "scanned"}`` of journal entries, in posting order.
+
+        Filters: a line on ``account``, about ``customer``, of ``invoice``, of ``kind``, created in ``[start, end)``.
+        ``next`` is the ``after`` of the next page (null after the last one).
+        """
+        params = _ledger_filters(account, customer, invoice, kind, start, end) + [
+            ("after", str(after)),
+            ("limit", str(limit)),
+        ]
+        page: JSONObject = self._call("GET", "/v1/ledger/entries", params=params)
+        return page
+
+    def ledger_export(
+        self,
+        format: Literal["csv", "parquet"] = "csv",  # noqa: A002 - the route's parameter
+        *,
+        account: str | None = None,
+        customer: str | None = None,
+        invoice: str | None = None,
+        kind: str | None = None,
+        start: datetime | str | None = None,
+        end: datetime | str | None = None,
+        limit: int = 10_000,
+    ) -> Iterator[bytes]:
+        """``GET /v1/ledger/entries?format=csv|parquet``, page after page: each page's file (CSV: with its header).
+
+        One row per journal line; the pages follow the ``Meter-Next`` header to the end of the journal.
+        """
+        params = _ledger_filters(account, customer, invoice, kind, start, end)
+        after: str | None = "0"
+        while after is not None:
+            query: list[tuple[str, str | int | float | bool | None]] = [
+                *params,
+                ("format", format),
+                ("after", after),
+                ("limit", limit),
+            ]
+            response = self._http.request("GET", "/v1/ledger/entries", params=query)
+            if response.status_code >= 400:
+                raise ServerError.of(response)
+            yield response.content
+            after = response.headers.get("meter-next")
+
+    def trial_balance(self, as_of: datetime | str | None = None, by_customer: bool = False) -> JSONObject:
+        """``GET /v1/ledger/trial-balance``: ``accounts`` (debit, credit, balance per currency), ``totals``...
+
+        Over the entries created before ``as_of`` (all of them when None); ``by_customer`` adds ``customers``.
+        """
+        params = [("by_customer", "true" if by_customer else "false")]
+        params += [("as_of", _time(as_of))] if as_of is not None else []
+        balance: JSONObject = self._call("GET", "/v1/ledger/trial-balance", params=params)
+        return balance
+
+    def ledger_balances(self, customer: str | None = None, as_of: datetime | str | None = None) -> list[JSONObject]:
+        """``GET /v1/ledger/balances``: per customer and currency, ``owed`` (receivable) and ``credit`` (balance)."""
+        params = [("customer", customer)] if customer is not None else []
+        params += [("as_of", _time(as_of))] if as_of is not None else []
+        balances: list[JSONObject] = self._call("GET", "/v1/ledger/balances", params=params)
+        return balances
 
     # The background sender
 

@@ -30,26 +30,33 @@ from meter.lake.events import export_events
 from meter.lake.files import ExportSummary
 from meter.lake.invoices import export_invoices
 from meter.lake.layout import invoices_root
+from meter.lake.ledger import export_ledger
 from meter.lake.usage import export_usage
+from meter.money.tax import Taxes, credit_note_tax
 from meter.pricing.steps import step
 
 __all__ = ["Invoicer"]
 
 
 class Invoicer:
-    def __init__(self, engine: Engine, catalog: BillingCatalog, store: InvoiceStore, out: Path) -> None:
+    def __init__(
+        self, engine: Engine, catalog: BillingCatalog, store: InvoiceStore, out: Path, taxes: Taxes | None = None
+    ) -> None:
         self.engine, self.catalog, self.store, self.out = engine, catalog, store, out
+        #: Every finalization taxes the invoice (meter.money.tax): finalize, a run's, a threshold invoice's.
+        self.taxes = taxes or Taxes(catalog)
         # One export at a time writes into `out`: the scheduled one and the ones invoicing asks for.
         self.lock = threading.Lock()
 
     def export(self, tenants: list[str]) -> dict[str, ExportSummary]:
-        """Everything the export holds, for these tenants: usage, raw events, the catalog and the invoices."""
+        """Everything the export holds, for these tenants: usage, raw events, the catalog, the invoices, the ledger."""
         with self.lock:
             return {
                 "usage": export_usage(self.engine, tenants, self.out),
                 "events": export_events(self.engine, tenants, self.out),
                 "catalog": export_catalog(self.catalog, self.engine, tenants, self.out),
                 "invoices": export_invoices(self.store, tenants, self.out),
+                "ledger": export_ledger(self.store, tenants, self.out),
             }
 
     def run(self, tenant: str, month: str, finalize: bool = False) -> InvoiceRun:
@@ -62,10 +69,10 @@ class Invoicer:
             priced = invoice_period(self._snapshot(tenant), self.out, self.store, month)
             invoices, errors = priced.invoices, list(priced.errors)
             if finalize:
-                done = []
+                done, tax = [], self.taxes.taxer(tenant)
                 for draft in invoices:
                     try:
-                        done.append(self.store.finalize(tenant, draft.id))
+                        done.append(self.store.finalize(tenant, draft.id, prepare=tax))
                     except Exception as e:  # noqa: BLE001 - the drafts before it stay finalized: say so, go on
                         errors.append(
                             RunError(
@@ -101,12 +108,12 @@ class Invoicer:
             table = snapshot.subscription_table  # not a million subscription objects on every scheduled export
             if "threshold" not in table.columns or not table.get_column("threshold").is_not_null().any():
                 return InvoiceRun(period=f"{as_of:%Y-%m}", invoices=[])
-            priced = bill_thresholds(snapshot, self.out, self.store, as_of)
+            priced = bill_thresholds(snapshot, self.out, self.store, as_of, self.taxes.taxer(tenant, as_of))
             warnings = self._export_invoices(tenant) if priced.invoices else []
         return InvoiceRun(period=f"{as_of:%Y-%m}", invoices=priced.invoices, errors=priced.errors, warnings=warnings)
 
     def finalize(self, tenant: str, invoice_id: str) -> tuple[Invoice, list[RunWarning]]:
-        final = self.store.finalize(tenant, invoice_id)
+        final = self.store.finalize(tenant, invoice_id, prepare=self.taxes.taxer(tenant))
         return final, self._export_after_write(tenant)
 
     def void(self, tenant: str, invoice_id: str) -> tuple[Invoice, list[RunWarning]]:
@@ -114,7 +121,7 @@ class Invoicer:
         return void, self._export_after_write(tenant)
 
     def credit(self, tenant: str, invoice_id: str, amount: Decimal, reason: str) -> tuple[CreditNote, list[RunWarning]]:
-        note = self.store.credit(tenant, invoice_id, amount, reason)
+        note = self.store.credit(tenant, invoice_id, amount, reason, tax=credit_note_tax)
         return note, self._export_after_write(tenant)
 
     def _export_after_write(self, tenant: str) -> list[RunWarning]:

@@ -45,7 +45,7 @@ import re
 import sys
 import traceback
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -364,11 +364,18 @@ def upcoming_invoices(
     return [invoice for invoice in _price(snapshot, out, drafts, billed) if invoice.lines]
 
 
-def bill_thresholds(snapshot: Snapshot, out: Path, store: InvoiceStore, as_of: datetime) -> Priced:
+def bill_thresholds(
+    snapshot: Snapshot,
+    out: Path,
+    store: InvoiceStore,
+    as_of: datetime,
+    prepare: Callable[[Invoice], Invoice] | None = None,
+) -> Priced:
     """Issues the threshold invoices due at ``as_of``.
 
     Issues (finalized, in one write) an early invoice for every subscription whose usage in its current cycle, not
-    billed yet, has reached its ``threshold``. The cycle's own invoice later bills only the rest.
+    billed yet, has reached its ``threshold``. The cycle's own invoice later bills only the rest. ``prepare`` is what
+    finalizing applies to each (its tax); one that fails is reported in ``errors`` and the others are issued.
     """
     billed = Billed.of(store, snapshot.tenant)
     drafts, errors = [], []
@@ -390,7 +397,14 @@ def bill_thresholds(snapshot: Snapshot, out: Path, store: InvoiceStore, as_of: d
     for invoice in priced.invoices:
         sub = next(s for s in snapshot.subscriptions if s.id == invoice.subscription)
         assert sub.threshold is not None
-        if invoice.total >= sub.threshold and (final := store.issue(invoice, now=as_of)) is not None:
+        if invoice.total < sub.threshold:
+            continue
+        try:
+            final = store.issue(invoice, now=as_of, prepare=prepare)
+        except Exception as e:  # noqa: BLE001 - one subscription never stops the invoicing of the others
+            errors.append(_error(sub, e))
+            continue
+        if final is not None:
             issued.append(final)
     return Priced(issued, errors + priced.errors)
 

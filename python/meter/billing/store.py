@@ -128,16 +128,29 @@ class AlreadyPosted(AssertionError):
     """A second journal entry for the same cause: a bug the store refuses (the whole change is written or nothing)."""
 
 
-_NOT_IN_EVENTS = frozenset({"lines", "line_taxes", "basis"})
+def _summary_type() -> type[msgspec.Struct]:
+    """An invoice's fields but its lines, as raw JSON, leaving out those unset (null, empty lists) when encoded."""
+    unset = {
+        name: msgspec.Raw(b"[]" if f.default_factory is list else b"null")
+        for f in msgspec.structs.fields(Invoice)
+        for name in [f.name]
+    }
+    fields = [
+        (name, msgspec.Raw, default) for name, default in unset.items() if name not in ("lines", "line_taxes", "basis")
+    ]
+    return msgspec.defstruct("InvoiceSummary", fields, omit_defaults=True)
 
 
-def invoice_summary(invoice: Invoice) -> dict[str, Any]:
+_SUMMARY = msgspec.json.Decoder(_summary_type())
+
+
+def invoice_summary(invoice: Invoice | bytes) -> Any:
     """An invoice as an event carries it: its fields but the lines, and only those set.
 
-    A million drafts' events stay small; ``GET /v1/invoices/{id}`` has the rest.
+    A million drafts' events stay small; ``GET /v1/invoices/{id}`` has the rest. Given the invoice's JSON (as a run
+    stores drafts), its fields are copied as they are, not decoded.
     """
-    data: dict[str, Any] = msgspec.to_builtins(invoice)
-    return {k: v for k, v in data.items() if k not in _NOT_IN_EVENTS and v is not None and v != []}
+    return _SUMMARY.decode(invoice if isinstance(invoice, bytes) else msgspec.json.encode(invoice))
 
 
 class Change:
@@ -201,7 +214,7 @@ class Change:
         raw = self.get(_balance_key(self.tenant, customer, currency))
         return Decimal(raw.decode()) if raw is not None else _ZERO
 
-    def emit(self, type_: EventType, data: dict[str, Any]) -> Event:
+    def emit(self, type_: EventType, data: Any) -> Event:
         """Writes an outgoing event about this change to the outbox."""
         seq = self.number("outbox")
         event = Event(id=f"evt_{seq:012d}", seq=seq, tenant=self.tenant, type=type_, created_at=self.now, data=data)
@@ -397,7 +410,7 @@ class InvoiceStore(Store):
                             invoice_id, value = draft.id, msgspec.json.encode(draft)
                             new = change.get(f"invoice/{tenant}/{invoice_id}") is None
                     if new:
-                        change.emit("invoice.created", invoice_summary(msgspec.json.decode(value, type=Invoice)))
+                        change.emit("invoice.created", invoice_summary(value))
                     change.put(f"invoice/{tenant}/{invoice_id}", value)
                     saved.append((base, invoice_id, value))
             yield from saved

@@ -1,5 +1,7 @@
 """What pricing reads besides usage: customers, products, versioned plans with prices, subscriptions with terms.
 
+And what tax reads: tax rates and the seller's tax settings (their rules are :mod:`meter.catalog.tax`'s).
+
 Stored per tenant in rocksdict (msgspec JSON values), apart from the usage store.
 
 Plans are versioned: editing a plan adds a version with its own effective date; a subscription keeps the version
@@ -25,6 +27,7 @@ import msgspec
 from meter.catalog.currencies import CURRENCIES
 from meter.catalog.kv import Store, scan
 from meter.catalog.prices import Price, validate_price
+from meter.catalog.tax import Exemption, TaxId, TaxRate, TaxSettings, check_country, check_rate
 from meter.catalog.types import Amount, Checked, Currency, Id, Percent, Slug, Text, Time, invalid, trusted
 from meter.exceptions import AlreadyExists, InUse, InvalidInput, NotFound
 
@@ -66,6 +69,10 @@ class Customer(Checked, forbid_unknown_fields=True):
     email: Text | None = None
     address: Address | None = None
     metadata: dict[Text, Text] = {}
+    #: Tax (:mod:`meter.catalog.tax`): the customer's tax ids (a business's VAT number), and how it is taxed:
+    #: ``none`` (by the rules: a business abroad is reverse charged), ``exempt``, or ``reverse`` (always).
+    tax_ids: list[TaxId] = []
+    tax_exempt: Exemption = "none"
 
 
 class Product(Checked, forbid_unknown_fields=True):
@@ -76,6 +83,9 @@ class Product(Checked, forbid_unknown_fields=True):
     parent: Id | None = None
     meters: list[Slug] = []
     attributes: dict[Text, Text] = {}
+    #: The product tax code of the lines of its meters (a price's own ``tax_code`` comes first), such as Stripe's
+    #: "txcd_10103001" (SaaS): tax rates of that code apply to them.
+    tax_code: Id | None = None
 
 
 class PlanVersion(Checked, forbid_unknown_fields=True):
@@ -368,6 +378,8 @@ class BillingCatalog(Store):
     # Customers
 
     def put_customer(self, tenant: str, customer: Customer) -> Customer:
+        if customer.address is not None and customer.address.country:  # tax finds its rates by it
+            check_country(customer.address.country, "address.country")
         try:
             ZoneInfo(customer.timezone)
         except (ZoneInfoNotFoundError, ValueError):
@@ -618,3 +630,46 @@ class BillingCatalog(Store):
 
     def list_subscriptions(self, tenant: str) -> list[Subscription]:
         return self._list("subscription", tenant, Subscription)
+
+    # Tax: rates (never edited: ended, and replaced by a new one) and the seller's settings (meter.catalog.tax)
+
+    def create_tax_rate(self, tenant: str, rate: TaxRate) -> TaxRate:
+        check_rate(rate)
+        with self._lock:
+            self._put("tax_rate", tenant, rate.id, rate, new=True)
+        return rate
+
+    def get_tax_rate(self, tenant: str, rate_id: str) -> TaxRate:
+        return self._get("tax_rate", tenant, rate_id, TaxRate)
+
+    def list_tax_rates(self, tenant: str) -> list[TaxRate]:
+        return self._list("tax_rate", tenant, TaxRate)
+
+    def end_tax_rate(self, tenant: str, rate_id: str, at: datetime) -> TaxRate:
+        """The rate stops applying at ``at`` (its ``effective_to``); invoices finalized before keep it."""
+        with self._lock:
+            rate = self.get_tax_rate(tenant, rate_id)
+            if rate.effective_to is not None and rate.effective_to <= at:
+                raise invalid(
+                    f"tax rate {rate_id!r} ended already, at {rate.effective_to.isoformat()}: it cannot end later "
+                    "(create a new rate to tax again)"
+                )
+            if at <= rate.effective_from:
+                raise invalid(
+                    f"tax rate {rate_id!r} takes effect at {rate.effective_from.isoformat()}: it must end after that "
+                    f"(got {at.isoformat()})"
+                )
+            ended = msgspec.structs.replace(rate, effective_to=at)
+            self._put("tax_rate", tenant, rate_id, ended, new=False)
+        return ended
+
+    def put_tax_settings(self, tenant: str, settings: TaxSettings) -> TaxSettings:
+        with self._lock:
+            self._put("tax_settings", tenant, "seller", settings, new=False)
+        return settings
+
+    def get_tax_settings(self, tenant: str) -> TaxSettings | None:
+        """The tenant's tax settings; None until they are set."""
+        if not self._exists("tax_settings", tenant, "seller"):
+            return None
+        return self._get("tax_settings", tenant, "seller", TaxSettings)

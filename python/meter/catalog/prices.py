@@ -138,6 +138,8 @@ class Price(Checked, forbid_unknown_fields=True):
     #: Bounds on the charge of a period.
     minimum: Amount | None = None
     maximum: Amount | None = None
+    #: The product tax code of the price's lines (before its product's): tax rates of that code apply to them.
+    tax_code: Id | None = None
 
 
 def validate_price(price: Price) -> None:

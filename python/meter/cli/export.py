@@ -1,4 +1,4 @@
-"""``meter export``: usage, raw events, the billing catalog and invoices of a data directory, as Parquet.
+"""``meter export``: usage, raw events, the billing catalog, invoices and the ledger of a data directory, as Parquet.
 
 It runs on the data directory itself (no server: one process owns a data directory), opening every store through
 ``meter.services.Stores`` and writing through the same ``Invoicer`` the server's scheduled export uses, into
@@ -24,7 +24,7 @@ __all__ = ["export"]
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="where the Parquet goes")
 @click.option("--tenant", "tenants", multiple=True, help="only these tenants (default: every tenant)")
 def export(data_dir: Path, out: Path, tenants: tuple[str, ...]) -> None:
-    """Export usage, raw events, the billing catalog and invoices as Parquet.
+    """Export usage, raw events, the billing catalog, invoices and the ledger as Parquet.
 
     From a data directory that no server is running on.
     """
@@ -49,12 +49,13 @@ def export(data_dir: Path, out: Path, tenants: tuple[str, ...]) -> None:
                     out,  # first, for its progress
                     progress=lambda what: progress.update(task, description=what),
                 )
-                progress.update(task, description="raw events, catalog and invoices")
+                progress.update(task, description="raw events, catalog, invoices and ledger")
                 raw = stores.invoicer.export(names)["events"].rows
         except MeterError as e:
             raise click.ClickException(f"{e} (is `meter serve` running on {data_dir}?)") from None
     click.echo(
         f"exported {summary.rows} usage rows in {summary.files} files to {layout.usage_root(out)} "
         f"({summary.unchanged} days unchanged), {raw} new raw events to {layout.events_root(out)}, and the catalog "
-        f"and invoices of {len(names)} tenants to {layout.catalog_root(out)} and {layout.invoices_root(out)}"
+        f"and invoices of {len(names)} tenants to {layout.catalog_root(out)} and {layout.invoices_root(out)}, and "
+        f"their ledgers to {layout.ledger_root(out)}"
     )

@@ -78,7 +78,17 @@ def _show_invoice(invoice: dict[str, Any]) -> None:
     table(title, invoice["lines"], ["kind", "description", "quantity", "rated", "billed", "amount"])
     if invoice.get("usage_start"):
         click.echo(f"usage billed in arrears: {invoice['usage_start']} .. {invoice['usage_end']}")
-    click.echo(f"subtotal {invoice['subtotal']} {invoice['currency']}, total {invoice['total']} {invoice['currency']}")
+    currency = invoice["currency"]
+    for tax in invoice.get("taxes", []):
+        where = tax["country"] + (f"-{tax['region']}" if tax.get("region") else "")
+        kind = "included" if tax["inclusive"] else "added"
+        click.echo(
+            f"{tax['name']} {tax['percentage']} % ({where}, {kind}) on {tax['taxable']}: {tax['amount']} {currency}"
+        )
+    if invoice.get("tax_note"):
+        click.echo(invoice["tax_note"])
+    tax = f", tax {invoice['tax']} {currency}" if invoice.get("tax") is not None else ""
+    click.echo(f"subtotal {invoice['subtotal']} {currency}{tax}, total {invoice['total']} {currency}")
 
 
 @invoice.command("preview")

@@ -56,6 +56,21 @@ __all__ = [
 
 _MONEY: pa.DataType = pa.decimal128(38, 9)
 _UTC: pa.DataType = pa.timestamp("us", tz="UTC")
+#: Tax by rate and jurisdiction (``TaxAmount``), of an invoice or a credit note.
+_TAXES: pa.DataType = pa.list_(
+    pa.struct(
+        [
+            ("rate", pa.string()),
+            ("name", pa.string()),
+            ("country", pa.string()),
+            ("region", pa.string()),
+            ("percentage", _MONEY),
+            ("inclusive", pa.bool_()),
+            ("taxable", _MONEY),
+            ("amount", _MONEY),
+        ]
+    )
+)
 #: ``invoices``: one row per invoice, the fields of ``Invoice`` but its lines.
 INVOICE_SCHEMA = pa.schema(
     [
@@ -79,6 +94,19 @@ INVOICE_SCHEMA = pa.schema(
         ("usage_end", _UTC),
         ("usage_period", pa.string()),
         ("reissues", pa.string()),
+        # Tax, set at finalization (null and empty on drafts): the total, by rate and jurisdiction, and the note.
+        ("tax", _MONEY),
+        ("taxes", _TAXES),
+        ("tax_note", pa.string()),
+        # Collection, set at finalization (null on drafts): what the invoice asks for and what settled it.
+        ("amount_due", _MONEY),
+        ("amount_paid", _MONEY),
+        ("amount_credited", _MONEY),
+        ("amount_remaining", _MONEY),
+        ("credit_applied", _MONEY),
+        ("collection", pa.string()),
+        ("paid_at", _UTC),
+        ("uncollectible_at", _UTC),
     ]
 )
 #: ``invoice_lines``: one row per line, keyed by its invoice (and number) and its position there.
@@ -105,6 +133,9 @@ _LINE_FIELDS: list[tuple[str, pa.DataType]] = [
     ("billed", _MONEY),
     ("billed_quantity", _MONEY),
     ("corrects", pa.string()),
+    # The line's tax (its rates', summed; null when it has none: drafts) and the ids of the rates it was taxed at.
+    ("tax", _MONEY),
+    ("tax_rates", pa.string()),
 ]
 LINE_SCHEMA = pa.schema(_LINE_FIELDS)
 #: ``credit_notes``: one row per credit note.
@@ -116,6 +147,9 @@ NOTE_SCHEMA = pa.schema(
         ("amount", _MONEY),
         ("reason", pa.string()),
         ("created_at", _UTC),
+        # The tax the note carries back, and per rate.
+        ("tax", _MONEY),
+        ("taxes", _TAXES),
     ]
 )
 
@@ -148,9 +182,12 @@ def export_invoices(
             for raw in store.stored_except(tenant, skip):
                 invoice = msgspec.json.decode(raw, type=Invoice)
                 row = msgspec.to_builtins(invoice, builtin_types=(datetime, Decimal))
+                taxed = _line_taxes(invoice)
                 for i, line in enumerate(row.pop("lines"), start=1):
                     line["details"] = encode_json(line.get("details", [])).decode()
                     line["corrects"] = ", ".join(line.get("corrects", [])) or None
+                    line["tax"], rates = taxed.get(i - 1, (None, None))
+                    line["tax_rates"] = rates or None
                     lines.append({"invoice": invoice.id, "number": invoice.number, "line": i, **line})
                 invoices.append(row)
             # In the store's order (by id): the given rows and what was read are each in that order, and merged.
@@ -173,6 +210,15 @@ def export_invoices(
         summary.files += 1
         summary.rows += notes.num_rows
     return summary
+
+
+def _line_taxes(invoice: Invoice) -> dict[int, tuple[Decimal, str]]:
+    """Each taxed line's tax (its rates' summed) and its rates' ids, by the line's index."""
+    found: dict[int, tuple[Decimal, str]] = {}
+    for tax in invoice.line_taxes:
+        amount, rates = found.get(tax.line, (Decimal(0), ""))
+        found[tax.line] = (amount + tax.amount, f"{rates}, {tax.rate}" if rates else tax.rate)
+    return found
 
 
 def _write_merged(read: pa.Table, given: Path | None, schema: pa.Schema, key: str, path: Path) -> int:
@@ -229,14 +275,25 @@ class FreshWriter:
 
     def write(self, invoices: pa.Table, lines: pa.Table) -> None:
         """Rows in the export's columns, after those written before in the order of the ids."""
-        self._invoices.write_table(invoices.select(INVOICE_SCHEMA.names).cast(INVOICE_SCHEMA))
-        self._lines.write_table(lines.select(LINE_SCHEMA.names).cast(LINE_SCHEMA))
+        self._invoices.write_table(
+            _drafts_defaults(invoices, INVOICE_SCHEMA).select(INVOICE_SCHEMA.names).cast(INVOICE_SCHEMA)
+        )
+        self._lines.write_table(_drafts_defaults(lines, LINE_SCHEMA).select(LINE_SCHEMA.names).cast(LINE_SCHEMA))
         self.ids.update(cast("list[str]", invoices.column("id").to_pylist()))  # ids are never null
 
     def close(self) -> Fresh:
         self._invoices.close()
         self._lines.close()
         return Fresh(self.directory, frozenset(self.ids))
+
+
+def _drafts_defaults(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with the columns of ``schema`` a draft leaves at their defaults added when missing (tax: none yet)."""
+    for field in schema:
+        if field.name not in table.column_names:
+            empty: list[object] | None = [] if pa.types.is_list(field.type) else None
+            table = table.append_column(field, pa.array([empty] * table.num_rows, type=field.type))
+    return table
 
 
 def read_invoices(out: Path, tenant: str) -> InvoiceTables | None:

@@ -11,6 +11,7 @@ never RocksDB::
     <out>/catalog/tenant=<tenant>/_exported.json                                   {"sequence": catalog sequence}
     <out>/invoices/tenant=<tenant>/{invoices,invoice_lines,credit_notes}.parquet
     <out>/invoices/tenant=<tenant>/.run/{invoices,invoice_lines}.parquet           an invoice run's rows, in passing
+    <out>/ledger/tenant=<tenant>/journal_lines.parquet                              one row per journal line
 
 Invariants:
 
@@ -23,7 +24,7 @@ Invariants:
   another tenant's, or outside ``<out>``. A path therefore always reads back (hive partitioning) to the id it was
   written from.
 - The layout knows nothing of the files' contents: the dataset modules (:mod:`meter.lake.usage`, ``events``,
-  ``catalog``, ``invoices``) own those, and :mod:`meter.lake.files` writes them.
+  ``catalog``, ``invoices``, ``ledger``) own those, and :mod:`meter.lake.files` writes them.
 
 This module must never be bypassed by writing ``"tenant="`` or a dataset's name by hand anywhere else: the layout
 changes here, once, or not at all.
@@ -52,6 +53,9 @@ __all__ = [
     "invoices_file",
     "invoices_root",
     "invoices_tenant",
+    "ledger_file",
+    "ledger_root",
+    "ledger_tenant",
     "manifest",
     "partition",
     "usage_day_file",
@@ -176,3 +180,19 @@ def invoices_file(out: Path, tenant: str, name: str) -> Path:
 def fresh_dir(out: Path, tenant: str) -> Path:
     """Where an invoice run writes its drafts' rows before the invoices export takes them (hidden: ``.run``)."""
     return invoices_tenant(out, tenant) / ".run"
+
+
+# ledger
+
+
+def ledger_root(out: Path) -> Path:
+    return Path(out) / "ledger"
+
+
+def ledger_tenant(out: Path, tenant: str) -> Path:
+    return ledger_root(out) / partition("tenant", tenant)
+
+
+def ledger_file(out: Path, tenant: str) -> Path:
+    """The tenant's journal, one row per line of every entry (:mod:`meter.lake.ledger`)."""
+    return ledger_tenant(out, tenant) / "journal_lines.parquet"

@@ -39,4 +39,4 @@ class Event(msgspec.Struct):
     tenant: str
     type: EventType
     created_at: datetime
-    data: dict[str, Any]
+    data: Any

@@ -49,7 +49,7 @@ _STATUS: list[tuple[type[BaseException], int]] = [
 
 
 # Request-level codes whose status is not the one of their class.
-_BY_CODE = {"too_many_events": 413, "stale_draft": 409}
+_BY_CODE = {"too_many_events": 413, "stale_draft": 409, "tax_unavailable": 503}
 
 INTERNAL_MESSAGE = (
     "internal error (logged by the server); the request may have been "

@@ -10,7 +10,7 @@ also fits (`/v1/invoices/{invoice_id}`) would, should they ever share a method (
 
 from __future__ import annotations
 
-from meter.server.routes import admin, catalog, events, health, invoices, keys, meters, webhooks
+from meter.server.routes import admin, catalog, events, health, invoices, keys, ledger, meters, tax, webhooks
 from meter.server.table import Route
 
 __all__ = ["BENCH_ROUTES", "ROUTES"]
@@ -22,8 +22,10 @@ ROUTES: list[Route] = [
     *admin.ROUTES,
     *keys.ROUTES,
     *catalog.ROUTES,
+    *tax.ROUTES,
     *invoices.ROUTES,
     *webhooks.ROUTES,
+    *ledger.ROUTES,
 ]
 
 BENCH_ROUTES: list[Route] = events.BENCH_ROUTES
