@@ -321,3 +321,16 @@ def test_a_tenant_has_at_most_20_endpoints(store: InvoiceStore) -> None:
         endpoints.create(store, "acme", EndpointBody("http://127.0.0.1:9/more"), allow_private=True)
     assert getattr(refused.value, "code", None) == "too_many_endpoints"
     endpoints.create(store, "globex", EndpointBody("http://127.0.0.1:9/0"), allow_private=True)  # per tenant
+
+
+def test_a_deleted_endpoints_pending_delivery_fails_and_is_never_sent(store: InvoiceStore) -> None:
+    clock, receiver = Clock(T0), FakeReceiver([200])
+    created = endpoints.create(store, "acme", EndpointBody("http://127.0.0.1:9/h"), allow_private=True, now=T0)
+    event = emit(store, "acme", "invoice.voided", T0)
+    w = worker(store, clock, receiver)
+    deliveries.fan_out(store, "acme", T0)  # the delivery is made, but not yet attempted
+    endpoints.delete(store, "acme", created.id)  # the tenant's last endpoint
+    run(w, lambda: False)
+    delivery = the_delivery(store, "acme", event)
+    assert receiver.requests == [] and delivery.status == "failed"
+    assert delivery.last_error == "not sent: the endpoint was deleted"

@@ -256,14 +256,18 @@ class WebhookWorker:
                     return
                 now = self.clock()
                 if endpoint is None or endpoint.status != "enabled":
-                    why = "deleted" if endpoint is None else endpoint.status
+                    why = (
+                        "not sent: the endpoint was deleted"
+                        if endpoint is None
+                        else f"not sent: the endpoint is {endpoint.status}; enable it, then replay"
+                    )
                     await asyncio.to_thread(
                         deliveries.park,
                         self.store,
                         tenant,
                         seq,
                         endpoint_id,
-                        f"not sent: the endpoint is {why}; enable it, then replay",
+                        why,
                         now,
                     )
                     return

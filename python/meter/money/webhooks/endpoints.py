@@ -182,16 +182,11 @@ def of_tenant(store: InvoiceStore, tenant: str) -> list[Endpoint]:
 
 
 def tenants(store: InvoiceStore) -> list[str]:
-    """The tenants with at least one endpoint (the delivery worker's round)."""
-    found: list[str] = []
-    start: str | None = None
-    while True:
-        for key, _ in records.scan(store, "endpoint/", start=start):
-            found.append(key.split("/", 2)[1])
-            break
-        else:
-            return found
-        start = f"endpoint/{found[-1]}0"  # '0' sorts right after '/': the next tenant's first key
+    """The tenants the delivery worker visits, in id order.
+
+    Those with an endpoint, or with deliveries: pending ones of deleted endpoints included, which it then fails.
+    """
+    return sorted(set(records.tenants_under(store, "endpoint/")) | set(records.tenants_under(store, "delivery/")))
 
 
 def load(store: InvoiceStore, tenant: str, endpoint_id: str) -> Endpoint | None:

@@ -38,6 +38,7 @@ __all__ = [
     "read",
     "scan",
     "seq_of",
+    "tenants_under",
 ]
 
 
@@ -100,6 +101,18 @@ def scan(
 ) -> Iterator[tuple[str, bytes]]:
     """``(key, value)`` under ``prefix`` in key order (or reverse), from ``start`` (inclusive) when given."""
     return store.raw_items(prefix, start=start, backwards=backwards)
+
+
+def tenants_under(store: InvoiceStore, prefix: str) -> Iterator[str]:
+    """The tenants with keys under ``prefix`` (``endpoint/``...), one seek each."""
+    start: str | None = None
+    while True:
+        first = next(scan(store, prefix, start=start), None)
+        if first is None:
+            return
+        tenant = first[0][len(prefix) :].split("/", 1)[0]
+        yield tenant
+        start = f"{prefix}{tenant}0"  # '0' sorts right after '/': the next tenant's first key
 
 
 def last_key(store: InvoiceStore, prefix: str) -> str | None:
