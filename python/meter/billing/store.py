@@ -346,6 +346,23 @@ class InvoiceStore(Store):
         """The tenant's outgoing events in the order they were written, from sequence number ``after + 1``."""
         yield from scan(self._db, f"outbox/{tenant}/".encode(), Event, f"outbox/{tenant}/{after + 1:012d}".encode())
 
+    def raw(self, key: str) -> bytes | None:
+        """The stored bytes of ``key``, for the money records' owners (``endpoint/``, ``delivery/``...)."""
+        value = self._db.get(key.encode())
+        return value if isinstance(value, bytes) else None
+
+    def raw_items(self, prefix: str, start: str | None = None, backwards: bool = False) -> Iterator[tuple[str, bytes]]:
+        """``(key, bytes)`` under ``prefix`` in key order, or reverse, from ``start`` (inclusive) when given."""
+        encoded = prefix.encode()
+        if backwards:  # from the greatest key at or before start (or under prefix)
+            items = self._db.items(backwards=True, from_key=start.encode() if start else encoded + b"\xff")
+        else:
+            items = self._db.items(from_key=(start or prefix).encode())
+        for key, value in items:
+            if not isinstance(key, bytes) or not key.startswith(encoded):
+                break
+            yield key.decode(), value
+
     def balance(self, tenant: str, customer: str, currency: str) -> Decimal:
         """The customer's credit balance in ``currency`` (what overpayments and credit notes left it)."""
         debit, credit = _total(self._db.get(_total_key(tenant, customer, currency, "customer_credit").encode()))

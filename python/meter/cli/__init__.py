@@ -8,6 +8,7 @@ Layout (each module holds its commands, registered on ``main`` here; none import
 - ``events``: ``meter ingest``;
 - ``catalog``: ``meter catalog`` (customers, products, plans, subscriptions);
 - ``invoices``: ``meter invoice``;
+- ``webhooks``: ``meter webhooks`` (endpoints, events, deliveries, replays);
 - ``tax``: ``meter tax`` (tax rates, the seller's tax settings);
 - ``ledger``: ``meter ledger`` (journal entries, trial balance, customers' balances, CSV export);
 - ``export``: ``meter export`` (Parquet, from a data directory with no server running);
@@ -28,7 +29,7 @@ from __future__ import annotations
 import click
 
 # The modules, not their commands: a command named like its module (serve, export, demo) would hide the module.
-from meter.cli import admin, catalog, demo, events, export, invoices, ledger, meters, serve, tax, tenants
+from meter.cli import admin, catalog, demo, events, export, invoices, ledger, meters, serve, tax, tenants, webhooks
 from meter.cli.errors import MeterGroup
 
 __all__ = ["main"]
@@ -55,6 +56,7 @@ for _command in (
     events.ingest,
     catalog.catalog,
     invoices.invoice,
+    webhooks.webhooks,
     tax.tax,
     ledger.ledger,
     export.export,

@@ -4,7 +4,8 @@
 `http.py` (request metadata, body reading, answers), `compression.py` (gzip, zstd), `auth.py` (keys and scopes),
 `router.py` over the route table `routes/` (whose `table.py` vocabulary also generates `openapi.py`'s document),
 `inputs.py` (bodies and query parameters), `errors.py` (exceptions to answers), `metrics.py`, `lifecycle.py`
-(opening the stores, degraded starts) and `scheduler.py` (the export). `create_app` is granian's factory.
+(opening the stores, degraded starts) and `scheduler.py` (the export); the outgoing webhooks' delivery worker
+(`meter.money.webhooks.delivery`) runs beside them, on its own thread. `create_app` is granian's factory.
 
 A request goes: metadata decoded (400 if undecodable) -> route matched (404, 405) -> key checked (401, 403) ->
 read-only refusal when degraded (503) -> body read, bounded and decompressed on the pool (413, 415, 400) -> the body
@@ -35,6 +36,8 @@ from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.catalog.keys import KeyStore
 from meter.engine import Engine
+from meter.money.webhooks.delivery import Settings as WebhookSettings
+from meter.money.webhooks.delivery import WebhookWorker
 from meter.server.auth import authorize
 from meter.server.compression import decompress
 from meter.server.context import Unavailable
@@ -77,6 +80,7 @@ class MeterApp:
         max_body: int = MAX_BODY,
         export: tuple[Path, float] | None = None,
         engine_options: dict[str, Any] | None = None,
+        webhook_settings: WebhookSettings | None = None,
     ) -> None:
         self.data_dir, self.admin_key, self.max_body = data_dir, admin_key, max_body
         #: Keyword arguments of ``meter.Engine`` (retention, roll-ups...), from ``meter serve``'s options.
@@ -84,6 +88,9 @@ class MeterApp:
         #: (directory, seconds between exports) of the scheduled Parquet export, if any.
         self.export = export
         self.scheduler: ExportScheduler | None = None
+        #: Outgoing webhooks: the delivery worker's settings, and the worker (started with the stores, if writable).
+        self.webhook_settings = webhook_settings or WebhookSettings()
+        self.webhooks: WebhookWorker | None = None
         # The stores: None until startup opens them (or after a failed open), Unavailable for those a degraded start
         # could not open. Routes reach them through opened(): authorize() lets a request through only once they are.
         self.engine: Engine | Unavailable | None = None
@@ -161,9 +168,15 @@ class MeterApp:
         if self.export and not self.degraded:
             self.scheduler = ExportScheduler(stores.keys, stores.invoicer, *self.export)
             self.scheduler.start()
+        if not self.degraded:
+            self.webhooks = WebhookWorker(stores.invoices, self.webhook_settings)
+            self.webhooks.start()
 
     def close_stores(self) -> None:
         """Close the stores, as a shutdown does, and forget them (a later request answers 503)."""
+        if self.webhooks is not None:  # it writes to the invoices store: stopped before that closes
+            self.webhooks.stop()
+            self.webhooks = None
         stores, self.stores = self.stores, None
         self.engine = self.keys = self.billing = self.invoices = self.invoicer = None
         if stores is not None:
@@ -225,4 +238,5 @@ def create_app() -> MeterApp:
         os.environ.get("METER_ADMIN_KEY") or None,
         export=export,
         engine_options=engine_options_from_env(),
+        webhook_settings=WebhookSettings.from_env(),
     )

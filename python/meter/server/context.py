@@ -21,6 +21,8 @@ from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.catalog.keys import KeyStore
 from meter.engine import Engine
+from meter.money.webhooks.delivery import Settings as WebhookSettings
+from meter.money.webhooks.delivery import WebhookWorker
 from meter.server.errors import ApiError
 
 __all__ = ["Context", "Unavailable", "opened"]
@@ -68,6 +70,10 @@ class Context(Protocol):
     invoicer: Invoicer | Unavailable | None
     #: Why the server runs read-only (a full or read-only disk at startup), or None.
     degraded: str | None
+    #: Outgoing webhooks: the delivery worker's settings (whether private targets are allowed), and the worker
+    #: (None when it does not run: a degraded start).
+    webhook_settings: WebhookSettings
+    webhooks: WebhookWorker | None
 
     async def call(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """`fn(*args, **kwargs)` on the app's thread pool, off the event loop."""
