@@ -20,6 +20,7 @@ import httpx
 import msgspec
 import pytest
 from meter.billing.store import InvoiceStore
+from meter.money.events import event_seq
 from meter.money.webhooks import deliveries, endpoints, guard, signing
 from meter.money.webhooks.delivery import Backoff, Settings, WebhookWorker
 from meter.money.webhooks.endpoints import EndpointBody, EndpointUpdate
@@ -286,7 +287,7 @@ def test_a_body_is_the_event_as_stored_and_every_attempt_signs_it_anew(store: In
 
     run(w, step)
     first, second = receiver.requests
-    assert first.content == second.content == store.raw(f"outbox/acme/{int(event[4:]):012d}")
+    assert first.content == second.content == store.raw(f"outbox/acme/{event_seq(event):012d}")
     for request in (first, second):
         assert Webhook(created.secret).verify(request.content, dict(request.headers))["data"] == {"amount": "5.00"}
     delivery = the_delivery(store, "acme", event)

@@ -61,7 +61,7 @@ from meter.billing.keys import CommitKey, GrantKey, parse_line_key
 from meter.catalog.kv import Store, scan
 from meter.exceptions import InvalidInput, NotFound
 from meter.money import ledger
-from meter.money.events import Event, EventType
+from meter.money.events import Event, EventType, event_id
 from meter.money.ledger import JournalEntry
 from meter.pricing.money import minor_units
 
@@ -221,7 +221,9 @@ class Change:
     def emit(self, type_: EventType, data: Any) -> Event:
         """Writes an outgoing event about this change to the outbox."""
         seq = self.number("outbox")
-        event = Event(id=f"evt_{seq:012d}", seq=seq, tenant=self.tenant, type=type_, created_at=self.now, data=data)
+        event = Event(
+            id=event_id(self.tenant, seq), seq=seq, tenant=self.tenant, type=type_, created_at=self.now, data=data
+        )
         self.put(f"outbox/{self.tenant}/{seq:012d}", event)
         self.emitted.append(event)
         return event

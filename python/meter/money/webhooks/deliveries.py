@@ -29,7 +29,7 @@ import msgspec
 
 from meter.billing.store import InvoiceStore
 from meter.exceptions import InvalidInput, NotFound
-from meter.money.events import Event
+from meter.money.events import Event, event_seq
 from meter.money.webhooks import records
 from meter.money.webhooks.endpoints import Endpoint, of_tenant
 
@@ -307,12 +307,11 @@ def _enabled(store: InvoiceStore, tenant: str, endpoint_id: str) -> Endpoint:
 
 
 def find_event(store: InvoiceStore, tenant: str, event_id: str) -> tuple[int, bytes]:
-    """The seq and bytes of the tenant's outbox event ``event_id`` (``evt_<seq>``; 404 when it has none such)."""
-    digits = event_id.removeprefix("evt_")
-    if event_id.startswith("evt_") and digits.isascii() and digits.isdigit() and len(digits) <= 18:
-        body = records.read(store, records.outbox_key(tenant, int(digits)))
+    """The seq and bytes of the tenant's outbox event ``event_id`` (404 when it has none such)."""
+    if (seq := event_seq(event_id)) is not None:
+        body = records.read(store, records.outbox_key(tenant, seq))
         if body is not None and msgspec.json.decode(body, type=_Head).id == event_id:
-            return int(digits), body
+            return seq, body
     raise NotFound(f"no event {event_id!r}; GET /v1/webhook-events lists them")
 
 
