@@ -38,8 +38,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 
 from meter.billing.store import InvoiceStore
-from meter.money.webhooks import deliveries, endpoints, guard, signing
+from meter.money.webhooks import deliveries, endpoints, guard, retention, signing
 from meter.money.webhooks.deliveries import Attempt
+from meter.money.webhooks.retention import DEFAULT_RETENTION, retention_from_env
 
 __all__ = ["Backoff", "Settings", "WebhookWorker"]
 
@@ -47,6 +48,8 @@ __all__ = ["Backoff", "Settings", "WebhookWorker"]
 KEPT_RESPONSE = 1024
 #: Fan-out batches (of ``deliveries.FAN_OUT_BATCH`` events) per tenant and round.
 FAN_OUT_BATCHES = 10
+#: How often events past the retention are pruned.
+PRUNE_EVERY = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class Settings:
     concurrency: int = 16
     #: Due deliveries started per tenant and round.
     per_round: int = 100
+    #: How long events and their delivery log are kept (:mod:`meter.money.webhooks.retention`), pruned hourly.
+    retention: timedelta = DEFAULT_RETENTION
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -103,6 +108,7 @@ class Settings:
             timeout=timeout,
             deadline=max(cls.deadline, 3 * timeout),
             poll=float(env.get("METER_WEBHOOK_POLL") or cls.poll),
+            retention=retention_from_env(),
         )
 
 
@@ -127,6 +133,7 @@ class WebhookWorker:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.store, self.settings, self.clock = store, settings or Settings(), clock
+        self._pruned_at: datetime | None = None
         self.rng = rng or random.Random()
         self._transport = transport
         self._thread: threading.Thread | None = None
@@ -217,9 +224,16 @@ class WebhookWorker:
         """Fan out every tenant's new events and start the attempts due; with ``wait``, wait for them to finish.
 
         True when there is more to do at once (a tenant had more events, or more deliveries due, than one round
-        takes). One tenant's failure is reported and never stops another's round.
+        takes). One tenant's failure is reported and never stops another's round. Once an hour (and in the first
+        round), events past the retention are pruned first.
         """
         now, busy = self.clock(), False
+        if self._pruned_at is None or now - self._pruned_at >= PRUNE_EVERY:
+            self._pruned_at = now
+            try:
+                await asyncio.to_thread(retention.prune_all, self.store, now, self.settings.retention)
+            except Exception as e:  # noqa: BLE001 - reported; the next hour tries again
+                print(f"meter: pruning old webhook events failed: {e!r}", file=sys.stderr, flush=True)
         for tenant in await asyncio.to_thread(endpoints.tenants, self.store):
             try:
                 busy |= await self._tenant_round(tenant, now)
