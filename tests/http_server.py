@@ -36,13 +36,18 @@ def free_port() -> int:
 
 class Server:
     def __init__(
-        self, data_dir: Path, port: int | None = None, admin_key: str | None = None, args: tuple[str, ...] = ()
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        admin_key: str | None = None,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.admin_key = admin_key or new_key()
         self.url = f"http://127.0.0.1:{self.port}"
         self.clients: list[httpx.Client] = []
-        env = {**os.environ, "METER_ADMIN_KEY": self.admin_key}
+        env = {**os.environ, **(env or {}), "METER_ADMIN_KEY": self.admin_key}
         cli = [sys.executable, "-c", "from meter.cli import main; main()"]
         # A session of its own, so that a kill reaches granian's worker too (it holds the store's lock).
         self.proc = subprocess.Popen(

@@ -306,11 +306,6 @@ LedgerMachine.TestCase.settings = settings(
 test_the_ledger_holds_under_any_sequence_of_money_events = LedgerMachine.TestCase
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="for the lead: a negative total posts a negative receivable, while the invoice is paid with nothing "
-    "remaining and no credit balance; moving -total to customer_credit at finalization would keep the invariants",
-)
 def test_a_negative_invoice_leaves_what_the_customer_is_owed_as_credit_balance(tmp_path: Path) -> None:
     store = InvoiceStore(tmp_path / "invoices")
     line = InvoiceLine(

@@ -6,12 +6,12 @@ event once however often it arrives. Rejected events raise ``RejectedEvents`` (f
 and ``close`` for events queued with ``send``).
 
 ``Client`` also speaks the rest of the HTTP API, one method per route (tenants and keys with the operator key;
-meters, usage, the billing catalog and invoices with a tenant key): this is the one HTTP client of the package, and
-the ``meter`` command line talks to the server only through it. Those calls are sent once, never retried (a create
-or an invoice run is not idempotent): an error answer raises ``ServerError`` (its status, code and message), a
-network failure the ``httpx`` error. Meters come back as ``meter.schemas`` Structs; tenants, keys, catalog items
-and invoices as the server's JSON (``dict``s: strings for amounts and times, exactly as sent), because their types
-live in server-side modules (RocksDB stores) that the SDK must not import.
+meters, usage, the billing catalog, invoices and webhooks with a tenant key): this is the one HTTP client of the
+package, and the ``meter`` command line talks to the server only through it. Those calls are sent once, never
+retried (a create or an invoice run is not idempotent): an error answer raises ``ServerError`` (its status, code
+and message), a network failure the ``httpx`` error. Meters come back as ``meter.schemas`` Structs; tenants, keys,
+catalog items, invoices and webhooks as the server's JSON (``dict``s: strings for amounts and times, exactly as
+sent), because their types live in server-side modules (RocksDB stores) that the SDK must not import.
 
 Invariants: this module imports only ``meter.exceptions`` and ``meter.schemas`` of meter (nothing of the server,
 the stores or the engine); every path segment it builds from an id is percent-encoded (an id with ``/``, ``?``,
@@ -450,6 +450,91 @@ class Client:
         body = {"amount": amount, "reason": reason}
         note: JSONObject = self._call("POST", f"/v1/invoices/{_segment(invoice_id)}/credit-notes", body)
         return note
+
+    # Outgoing webhooks (a tenant key: admin to change, read to look)
+
+    def create_webhook_endpoint(
+        self, url: str, types: Sequence[str] | None = None, *, description: str = "", enabled: bool = True
+    ) -> JSONObject:
+        """``POST /v1/webhook-endpoints``: the endpoint, with its signing ``secret`` (shown this once).
+
+        ``types``: the event types it receives (None: every type).
+        """
+        body = {"url": url, "types": None if types is None else list(types), "description": description}
+        created: JSONObject = self._call("POST", "/v1/webhook-endpoints", {**body, "enabled": enabled})
+        return created
+
+    def list_webhook_endpoints(self) -> list[JSONObject]:
+        """``GET /v1/webhook-endpoints``: the tenant's endpoints (never their secrets)."""
+        found: list[JSONObject] = self._call("GET", "/v1/webhook-endpoints")
+        return found
+
+    def get_webhook_endpoint(self, endpoint_id: str) -> JSONObject:
+        """``GET /v1/webhook-endpoints/{id}``: one endpoint, with its ``status`` (enabled, disabled, failing)."""
+        found: JSONObject = self._call("GET", f"/v1/webhook-endpoints/{_segment(endpoint_id)}")
+        return found
+
+    def update_webhook_endpoint(self, endpoint_id: str, **changes: Any) -> JSONObject:
+        """``POST /v1/webhook-endpoints/{id}``: changes what is given, the rest stays.
+
+        ``url``, ``types`` (None: every type), ``description``, ``enabled`` (True also ends ``failing``).
+        """
+        updated: JSONObject = self._call("POST", f"/v1/webhook-endpoints/{_segment(endpoint_id)}", changes)
+        return updated
+
+    def delete_webhook_endpoint(self, endpoint_id: str) -> None:
+        """``DELETE /v1/webhook-endpoints/{id}``."""
+        self._call("DELETE", f"/v1/webhook-endpoints/{_segment(endpoint_id)}")
+
+    def rotate_webhook_secret(self, endpoint_id: str) -> JSONObject:
+        """``POST /v1/webhook-endpoints/{id}/rotate-secret``: the new ``secret``, shown once.
+
+        The previous one still signs until ``previous_valid_until``.
+        """
+        rotated: JSONObject = self._call("POST", f"/v1/webhook-endpoints/{_segment(endpoint_id)}/rotate-secret")
+        return rotated
+
+    def webhook_deliveries(
+        self, endpoint_id: str, *, status: str | None = None, limit: int | None = None, after: str | None = None
+    ) -> JSONObject:
+        """``GET /v1/webhook-endpoints/{id}/deliveries``: a page (``data``, ``next``) of its log, newest first."""
+        wanted = (("status", status), ("limit", limit), ("after", after))
+        path = f"/v1/webhook-endpoints/{_segment(endpoint_id)}/deliveries"
+        page: JSONObject = self._call("GET", path, params={k: v for k, v in wanted if v is not None})
+        return page
+
+    def replay_webhook_endpoint(self, endpoint_id: str, since: datetime | str) -> JSONObject:
+        """``POST /v1/webhook-endpoints/{id}/replay``: its failed deliveries of events since ``since``, again.
+
+        The answer: ``{"replayed", "more"}`` (``more``: call again).
+        """
+        path = f"/v1/webhook-endpoints/{_segment(endpoint_id)}/replay"
+        done: JSONObject = self._call("POST", path, {"since": _time(since)})
+        return done
+
+    def list_webhook_events(
+        self, *, type: str | None = None, limit: int | None = None, after: str | None = None
+    ) -> JSONObject:
+        """``GET /v1/webhook-events``: a page (``data``, ``next``) of the outbox, newest first."""
+        wanted = (("type", type), ("limit", limit), ("after", after))
+        page: JSONObject = self._call("GET", "/v1/webhook-events", params={k: v for k, v in wanted if v is not None})
+        return page
+
+    def get_webhook_event(self, event_id: str) -> JSONObject:
+        """``GET /v1/webhook-events/{id}``: the event, as its deliveries send it."""
+        event: JSONObject = self._call("GET", f"/v1/webhook-events/{_segment(event_id)}")
+        return event
+
+    def webhook_event_deliveries(self, event_id: str) -> list[JSONObject]:
+        """``GET /v1/webhook-events/{id}/deliveries``: one delivery per endpoint."""
+        found: list[JSONObject] = self._call("GET", f"/v1/webhook-events/{_segment(event_id)}/deliveries")
+        return found
+
+    def replay_webhook_event(self, event_id: str, endpoint: str | None = None) -> JSONObject:
+        """``POST /v1/webhook-events/{id}/replay``: to every enabled endpoint it went to, or to ``endpoint``."""
+        path = f"/v1/webhook-events/{_segment(event_id)}/replay"
+        done: JSONObject = self._call("POST", path, {"endpoint": endpoint})
+        return done
 
     # The ledger (a tenant key)
 

@@ -10,10 +10,12 @@ prefix scan):
 ``invoice/<tenant>/<id>``                an :class:`~meter.billing.invoices.Invoice` as JSON
 ``credit_note/<tenant>/<number>``        a :class:`~meter.billing.invoices.CreditNote`
 ``counter/<tenant>/<kind>``              the last number taken of a kind (``invoice``, ``journal``, ``outbox``...)
-``journal/<tenant>/<seq:012d>``          a :class:`~meter.money.ledger.JournalEntry` (``journal_id/`` and
-                                         ``journal_invoice/`` index them by cause and by invoice)
+``journal/<tenant>/<seq:012d>``          a :class:`~meter.money.ledger.JournalEntry` (``journal_id/``,
+                                         ``journal_invoice/``, ``journal_customer/`` index them by cause,
+                                         invoice and customer)
 ``outbox/<tenant>/<seq:012d>``           a :class:`~meter.money.events.Event` to deliver
-``balance/<tenant>/<customer>/<cur>``    the customer's credit balance in a currency (decimal text)
+``ledger_total/<tenant>/<customer>/``   an account's running debits and credits, per currency: ``<cur>/<account>``
+                                         (``<customer>`` empty for the tenant's own accounts)
 ``meta/schema``                          the layout's version (2: statuses ``open``/``paid``..., the ledger)
 =======================================  ===============================================================
 
@@ -23,8 +25,9 @@ Other money records (payments, endpoints, deliveries...) live here too, under th
 Atomicity (design.md §8): every write goes through :meth:`InvoiceStore.transaction`, which holds the tenant's lock
 and writes the state change, the numbers it takes, its journal entry (checked balanced, refused if its cause already
 posted one) and its outgoing event in **one synced rocksdict write batch**. Numbers thus never repeat and have no
-gaps, an entry or event exists exactly when its change does, even across a crash, and a customer's credit balance
-is changed only by the entries that post to it.
+gaps, an entry or event exists exactly when its change does, even across a crash, and every account's running total
+(a customer's credit balance among them) is changed only by the entries that post to it, in their batch: the trial
+balance and customers' balances are read from the totals, not from the whole journal.
 
 Numbering belongs to this store alone: nothing else writes a counter or an ``INV-``/``CN-`` number.
 
@@ -58,7 +61,7 @@ from meter.billing.keys import CommitKey, GrantKey, parse_line_key
 from meter.catalog.kv import Store, scan
 from meter.exceptions import InvalidInput, NotFound
 from meter.money import ledger
-from meter.money.events import Event, EventType
+from meter.money.events import Event, EventType, event_id
 from meter.money.ledger import JournalEntry
 from meter.pricing.money import minor_units
 
@@ -200,24 +203,27 @@ class Change:
         entry = msgspec.structs.replace(entry, seq=self.number("journal"))
         self.put(f"journal/{self.tenant}/{entry.seq:012d}", entry)
         self.put(by_cause, str(entry.seq).encode())
-        if entry.invoice is not None:
-            self.put(f"journal_invoice/{self.tenant}/{entry.invoice}/{entry.seq:012d}", b"")
+        for index, of in (("invoice", entry.invoice), ("customer", entry.customer)):
+            if of is not None:
+                self.put(f"journal_{index}/{self.tenant}/{of}/{entry.seq:012d}", b"")
         for line in entry.lines:
-            if line.account == "customer_credit" and line.customer is not None:
-                key = _balance_key(self.tenant, line.customer, entry.currency)
-                self.put(key, str(self.balance(line.customer, entry.currency) + line.credit - line.debit).encode())
+            key = _total_key(self.tenant, line.customer, entry.currency, line.account)
+            debit, credit = _total(self.get(key))
+            self.put(key, msgspec.json.encode((debit + line.debit, credit + line.credit)))
         self.posted.append(entry)
         return entry
 
     def balance(self, customer: str, currency: str) -> Decimal:
         """The customer's credit balance in ``currency``, as this change leaves it."""
-        raw = self.get(_balance_key(self.tenant, customer, currency))
-        return Decimal(raw.decode()) if raw is not None else _ZERO
+        debit, credit = _total(self.get(_total_key(self.tenant, customer, currency, "customer_credit")))
+        return credit - debit
 
     def emit(self, type_: EventType, data: Any) -> Event:
         """Writes an outgoing event about this change to the outbox."""
         seq = self.number("outbox")
-        event = Event(id=f"evt_{seq:012d}", seq=seq, tenant=self.tenant, type=type_, created_at=self.now, data=data)
+        event = Event(
+            id=event_id(self.tenant, seq), seq=seq, tenant=self.tenant, type=type_, created_at=self.now, data=data
+        )
         self.put(f"outbox/{self.tenant}/{seq:012d}", event)
         self.emitted.append(event)
         return event
@@ -234,8 +240,13 @@ class Change:
         return batch
 
 
-def _balance_key(tenant: str, customer: str, currency: str) -> str:
-    return f"balance/{tenant}/{customer}/{currency}"
+def _total_key(tenant: str, customer: str | None, currency: str, account: str) -> str:
+    return f"ledger_total/{tenant}/{customer or ''}/{currency}/{account}"
+
+
+def _total(raw: bytes | None) -> tuple[Decimal, Decimal]:
+    """An account's running (debit, credit)."""
+    return msgspec.json.decode(raw, type=tuple[Decimal, Decimal]) if raw is not None else (_ZERO, _ZERO)
 
 
 def settle(
@@ -356,8 +367,30 @@ class InvoiceStore(Store):
 
     def balance(self, tenant: str, customer: str, currency: str) -> Decimal:
         """The customer's credit balance in ``currency`` (what overpayments and credit notes left it)."""
-        raw = self._db.get(_balance_key(tenant, customer, currency).encode())
-        return Decimal(raw.decode()) if raw is not None else _ZERO
+        debit, credit = _total(self._db.get(_total_key(tenant, customer, currency, "customer_credit").encode()))
+        return credit - debit
+
+    def posted(self, tenant: str) -> int:
+        """How many journal entries the tenant has (the last sequence number taken)."""
+        raw = self._db.get(f"counter/{tenant}/journal".encode())
+        return int(raw) if raw is not None else 0
+
+    def totals(self, tenant: str, customer: str | None = None) -> Iterator[ledger.AccountBalance]:
+        """Every account's running total (of one customer's accounts when given), as posted so far."""
+        prefix = f"ledger_total/{tenant}/{customer + '/' if customer is not None else ''}".encode()
+        for key, raw in self._db.items(from_key=prefix):
+            if not isinstance(key, bytes) or not key.startswith(prefix):
+                break
+            who, currency, account = key.decode().split("/")[2:]
+            debit, credit = _total(raw)
+            yield ledger.AccountBalance(
+                account=account,  # type: ignore[arg-type]  # written from an Account
+                currency=currency,
+                debit=debit,
+                credit=credit,
+                balance=debit - credit if account in ledger.NORMAL_DEBIT else credit - debit,
+                customer=who or None,
+            )
 
     def save_draft(self, invoice: Invoice) -> Invoice | None:
         """Stores a recomputed draft and returns it; ``None`` (nothing written) when that invoice is finalized.
@@ -557,10 +590,20 @@ class InvoiceStore(Store):
             change.emit("invoice.voided", invoice_summary(void))
             return void
 
-    def posted_for(self, tenant: str, invoice_id: str) -> Iterator[JournalEntry]:
-        """The journal entries posted for an invoice, in order."""
-        prefix = f"journal_invoice/{tenant}/{invoice_id}/".encode()
-        for key in self._keys(prefix):
+    def posted_for(
+        self, tenant: str, invoice: str | None = None, customer: str | None = None, after: int = 0
+    ) -> Iterator[JournalEntry]:
+        """The journal entries posted for an invoice, or about a customer, in order (from ``after + 1``).
+
+        Read through their index (``journal_invoice/``, ``journal_customer/``): proportional to those entries, not to
+        the whole journal.
+        """
+        index, of = ("invoice", invoice) if invoice is not None else ("customer", customer)
+        prefix = f"journal_{index}/{tenant}/{of}/".encode()
+        start = prefix + f"{after + 1:012d}".encode()
+        for key in self._db.keys(from_key=start):
+            if not isinstance(key, bytes) or not key.startswith(prefix):
+                break
             raw = self._db.get(f"journal/{tenant}/".encode() + key[len(prefix) :])
             if raw is not None:
                 yield msgspec.json.decode(raw, type=JournalEntry)

@@ -8,6 +8,7 @@ Layout (each module holds its commands, registered on ``main`` here; none import
 - ``events``: ``meter ingest``;
 - ``catalog``: ``meter catalog`` (customers, products, plans, subscriptions);
 - ``invoices``: ``meter invoice``;
+- ``webhooks``: ``meter webhooks`` (endpoints, events, deliveries, replays);
 - ``tax``: ``meter tax`` (tax rates, the seller's tax settings);
 - ``ledger``: ``meter ledger`` (journal entries, trial balance, customers' balances, CSV export);
 - ``payments``: ``meter payments`` (manual payments, refunds, collection attempts, dunning, Stripe settings);
@@ -29,7 +30,21 @@ from __future__ import annotations
 import click
 
 # The modules, not their commands: a command named like its module (serve, export, demo) would hide the module.
-from meter.cli import admin, catalog, demo, events, export, invoices, ledger, meters, payments, serve, tax, tenants
+from meter.cli import (
+    admin,
+    catalog,
+    demo,
+    events,
+    export,
+    invoices,
+    ledger,
+    meters,
+    payments,
+    serve,
+    tax,
+    tenants,
+    webhooks,
+)
 from meter.cli.errors import MeterGroup
 
 __all__ = ["main"]
@@ -56,6 +71,7 @@ for _command in (
     events.ingest,
     catalog.catalog,
     invoices.invoice,
+    webhooks.webhooks,
     tax.tax,
     ledger.ledger,
     payments.payments,

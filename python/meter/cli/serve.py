@@ -1,9 +1,9 @@
 """``meter serve``: the HTTP API on one data directory, in granian (one worker: one process owns a data directory).
 
 The command checks its options, then hands them to the server through the environment (``METER_DATA_DIR``,
-``METER_ADMIN_KEY``, the export schedule, retention and cardinality limits), which ``meter.server.app.create_app``
-reads in granian's worker: the server opens the stores itself, at startup (ASGI lifespan), never here. A port in use
-is one line, not granian's Rust backtrace.
+``METER_ADMIN_KEY``, the export schedule, retention and cardinality limits, whether webhooks may reach private
+addresses), which ``meter.server.app.create_app`` reads in granian's worker: the server opens the stores itself, at
+startup (ASGI lifespan), never here. A port in use is one line, not granian's Rust backtrace.
 """
 
 from __future__ import annotations
@@ -64,6 +64,14 @@ __all__ = ["serve"]
     show_default=True,
     help="cardinality limit: distinct customers one minute of a meter may have (a meter's own limits override it)",
 )
+@click.option(
+    "--allow-private-webhooks",
+    is_flag=True,
+    envvar="METER_ALLOW_PRIVATE_WEBHOOKS",
+    help="let webhook endpoints be http and resolve to loopback, private, link-local or other non-public "
+    "addresses (or METER_ALLOW_PRIVATE_WEBHOOKS=1): for tests and receivers on your own network; off, the server "
+    "refuses them (SSRF)",
+)
 def serve(
     data_dir: Path,
     host: str,
@@ -77,6 +85,7 @@ def serve(
     maintenance_every: float | None,
     max_combinations_per_minute: int,
     max_customers_per_minute: int,
+    allow_private_webhooks: bool,
 ) -> None:
     """Run the HTTP API on one data directory (one process owns it)."""
     from granian import Granian
@@ -107,6 +116,7 @@ def serve(
             os.environ[name] = repr(value)
     os.environ["METER_MAX_COMBINATIONS_PER_MINUTE"] = str(max_combinations_per_minute)
     os.environ["METER_MAX_CUSTOMERS_PER_MINUTE"] = str(max_customers_per_minute)
+    os.environ["METER_ALLOW_PRIVATE_WEBHOOKS"] = "1" if allow_private_webhooks else "0"
     server = Granian(
         "meter.server.app:create_app",
         factory=True,

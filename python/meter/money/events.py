@@ -13,7 +13,7 @@ from typing import Any, Literal, get_args
 
 import msgspec
 
-__all__ = ["EVENT_TYPES", "Event", "EventType"]
+__all__ = ["EVENT_TYPES", "Event", "EventType", "event_id", "event_seq"]
 
 EventType = Literal[
     "invoice.created",
@@ -33,10 +33,24 @@ EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 class Event(msgspec.Struct):
     """An outbox record: ``data`` is the object the event is about (the invoice, credit note or payment) as JSON."""
 
-    #: ``evt_<tenant's sequence number>``: unique within the tenant, the same at every delivery attempt.
+    #: ``evt_<tenant's sequence number>_<tenant>`` (:func:`event_id`): unique across tenants, as Standard Webhooks
+    #: asks of a ``webhook-id`` (a receiver serving several tenants deduplicates on it), the same at every attempt.
     id: str
     seq: int
     tenant: str
     type: EventType
     created_at: datetime
     data: Any
+
+
+def event_id(tenant: str, seq: int) -> str:
+    """The id of the tenant's ``seq``-th event: the sequence number first, so a tenant's ids sort in order."""
+    return f"evt_{seq:012d}_{tenant}"
+
+
+def event_seq(event_id: str) -> int | None:
+    """The sequence number an :func:`event_id` names, or None when the text is not one."""
+    digits, _, tenant = event_id.removeprefix("evt_").partition("_")
+    if event_id.startswith("evt_") and tenant and digits.isascii() and digits.isdigit() and len(digits) <= 18:
+        return int(digits)
+    return None

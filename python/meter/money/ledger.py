@@ -196,7 +196,7 @@ def net_line_amounts(invoice: Invoice) -> list[Decimal]:
 
 
 def invoice_finalized(invoice: Invoice, prepaid_grants: frozenset[str]) -> JournalEntry:
-    """Receivable for the total; tax payable; revenue, or deferred revenue for what is billed before it is earned.
+    """Receivable for the total (credit balance for a negative one); tax payable; revenue, or deferred revenue.
 
     Fees in advance and prepaid commits are deferred revenue (recognized over their service period later); usage and
     shortfalls are revenue; discounts reduce revenue; a ``credit`` line draws down a prepaid commit's deferred
@@ -204,7 +204,9 @@ def invoice_finalized(invoice: Invoice, prepaid_grants: frozenset[str]) -> Journ
     promotional credit (reducing revenue) otherwise.
     """
     lines = _Lines()
-    lines.debit("accounts_receivable", invoice.total, invoice.customer)
+    # A negative total (late usage credited back, say) is owed to the customer: credit balance, not a receivable.
+    lines.debit("accounts_receivable", max(invoice.total, _ZERO), invoice.customer)
+    lines.credit("customer_credit", max(-invoice.total, _ZERO), invoice.customer)
     lines.credit("tax_payable", invoice.tax or _ZERO)
     for line, net in zip(invoice.lines, net_line_amounts(invoice), strict=True):
         deferred = line.kind == "commit" or line.timing == "in_advance"

@@ -151,8 +151,11 @@ def entries(
     """Up to ``limit`` entries after ``after`` that ``where`` keeps, reading at most ``scan`` entries."""
     if limit < 1:
         raise InvalidInput(f"'limit' must be at least 1; got {limit}", code="invalid_query")
-    # An invoice's entries through the store's index of them; anything else reads the journal from `after` on.
-    source = store.posted_for(tenant, where.invoice) if where.invoice is not None else store.journal(tenant, after)
+    # An invoice's or a customer's entries through the store's index of them; anything else reads the journal.
+    if where.invoice is not None or where.customer is not None:
+        source = store.posted_for(tenant, where.invoice, where.customer, after)
+    else:
+        source = store.journal(tenant, after)
     data: list[JournalEntry] = []
     scanned, last = 0, after
     for entry in source:
@@ -175,12 +178,21 @@ def _before(journal: Iterable[JournalEntry], as_of: datetime | None, counted: li
             yield entry
 
 
+def _sorted(rows: Iterable[AccountBalance]) -> list[AccountBalance]:
+    """In chart order, as :func:`meter.money.ledger.balances` gives them."""
+    return sorted(rows, key=lambda r: (ACCOUNTS.index(r.account), r.currency, r.customer or ""))
+
+
 def trial_balance(
     store: InvoiceStore, tenant: str, as_of: datetime | None = None, by_customer: bool = False
 ) -> TrialBalance:
     """The trial balance over the entries created before ``as_of`` (all of them when None), read in one pass."""
     counted = [0]
-    rows = balances(_before(store.journal(tenant), as_of, counted), by_customer=True)
+    if as_of is None:  # the running totals posting keeps: as many rows as accounts, whatever the history
+        rows = _sorted(store.totals(tenant))
+        counted[0] = store.posted(tenant)
+    else:
+        rows = balances(_before(store.journal(tenant), as_of, counted), by_customer=True)
     # One pass: per-customer rows are summed into their account's row.
     sums: dict[tuple[Account, str], list[Decimal]] = defaultdict(lambda: [_ZERO, _ZERO])
     totals: dict[str, list[Decimal]] = defaultdict(lambda: [_ZERO, _ZERO])
@@ -221,10 +233,13 @@ def customer_balances(
 
     Only customers the ledger has a line for; a customer whose both balances are zero is still listed (it had some).
     """
-    wanted = EntryFilter(customer=customer)
-    journal = (entry for entry in store.journal(tenant) if wanted.matches(entry))
+    if as_of is None:
+        rows = _sorted(store.totals(tenant, customer))
+    else:
+        journal = store.posted_for(tenant, customer=customer) if customer is not None else store.journal(tenant)
+        rows = balances(_before(journal, as_of, [0]), by_customer=True)
     found: dict[tuple[str, str], CustomerBalance] = {}
-    for row in balances(_before(journal, as_of, [0]), by_customer=True):
+    for row in rows:
         if row.customer is None or row.account not in PER_CUSTOMER:
             continue
         key = (row.customer, row.currency)

@@ -4,7 +4,8 @@
 `http.py` (request metadata, body reading, answers), `compression.py` (gzip, zstd), `auth.py` (keys and scopes),
 `router.py` over the route table `routes/` (whose `table.py` vocabulary also generates `openapi.py`'s document),
 `inputs.py` (bodies and query parameters), `errors.py` (exceptions to answers), `metrics.py`, `lifecycle.py`
-(opening the stores, degraded starts) and `scheduler.py` (the export, and the dunning job of `meter.money.payments`).
+(opening the stores, degraded starts) and `scheduler.py` (the export, and the dunning job of `meter.money.payments`);
+the outgoing webhooks' delivery worker (`meter.money.webhooks.delivery`) runs beside them, on its own thread.
 `create_app` is granian's factory.
 
 A request goes: metadata decoded (400 if undecodable) -> route matched (404, 405) -> key checked (401, 403) ->
@@ -38,6 +39,8 @@ from meter.catalog.billing import BillingCatalog
 from meter.catalog.keys import KeyStore
 from meter.engine import Engine
 from meter.money.payments.dunning import DunningJob, Payments
+from meter.money.webhooks.delivery import Settings as WebhookSettings
+from meter.money.webhooks.delivery import WebhookWorker
 from meter.server.auth import authorize
 from meter.server.compression import decompress
 from meter.server.context import Unavailable
@@ -82,6 +85,7 @@ class MeterApp:
         engine_options: dict[str, Any] | None = None,
         payments: Payments | None = None,
         dunning_every: float = 60.0,
+        webhook_settings: WebhookSettings | None = None,
     ) -> None:
         self.data_dir, self.admin_key, self.max_body = data_dir, admin_key, max_body
         #: Keyword arguments of ``meter.Engine`` (retention, roll-ups...), from ``meter serve``'s options.
@@ -95,6 +99,9 @@ class MeterApp:
         self.payments: Payments | None = None
         self.dunning_every = dunning_every
         self.dunning: PeriodicJob | None = None
+        #: Outgoing webhooks: the delivery worker's settings, and the worker (started with the stores, if writable).
+        self.webhook_settings = webhook_settings or WebhookSettings()
+        self.webhooks: WebhookWorker | None = None
         # The stores: None until startup opens them (or after a failed open), Unavailable for those a degraded start
         # could not open. Routes reach them through opened(): authorize() lets a request through only once they are.
         self.engine: Engine | Unavailable | None = None
@@ -178,9 +185,14 @@ class MeterApp:
             job = DunningJob(self.payments, stores.keys, stores.invoices, stores.billing)
             self.dunning = PeriodicJob("meter-dunning", self.dunning_every, job.run_once)
             self.dunning.start()
+            self.webhooks = WebhookWorker(stores.invoices, self.webhook_settings)
+            self.webhooks.start()
 
     def close_stores(self) -> None:
         """Close the stores, as a shutdown does, and forget them (a later request answers 503)."""
+        if self.webhooks is not None:  # it writes to the invoices store: stopped before that closes
+            self.webhooks.stop()
+            self.webhooks = None
         if self.dunning is not None:  # it writes to the invoices store: stopped before that closes
             self.dunning.stop()
             self.dunning = None
@@ -248,4 +260,5 @@ def create_app() -> MeterApp:
         engine_options=engine_options_from_env(),
         payments=Payments.from_env(),
         dunning_every=float(os.environ.get("METER_DUNNING_EVERY") or 60),
+        webhook_settings=WebhookSettings.from_env(),
     )

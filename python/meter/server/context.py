@@ -22,6 +22,8 @@ from meter.catalog.billing import BillingCatalog
 from meter.catalog.keys import KeyStore
 from meter.engine import Engine
 from meter.money.payments.dunning import Payments
+from meter.money.webhooks.delivery import Settings as WebhookSettings
+from meter.money.webhooks.delivery import WebhookWorker
 from meter.server.errors import ApiError
 
 __all__ = ["Context", "Unavailable", "opened"]
@@ -71,6 +73,10 @@ class Context(Protocol):
     degraded: str | None
     #: Payments and their providers (None until a writable start).
     payments: Payments | None
+    #: Outgoing webhooks: the delivery worker's settings (whether private targets are allowed), and the worker
+    #: (None when it does not run: a degraded start).
+    webhook_settings: WebhookSettings
+    webhooks: WebhookWorker | None
 
     async def call(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """`fn(*args, **kwargs)` on the app's thread pool, off the event loop."""

@@ -66,6 +66,14 @@ EXAMPLES: dict[str, Any] = {
     "MigrationBody": {"version": 1, "at": "2026-11-15T00:00:00Z"},
     "InvoiceRunBody": {"period": "2026-11"},
     "CreditNoteBody": {"amount": "1.00", "reason": "goodwill"},
+    "EndpointBody": {
+        "url": "https://billing.example.com/webhooks/meter",
+        "types": ["invoice.finalized", "invoice.paid"],
+        "description": "ERP",
+    },
+    "EndpointUpdate": {"enabled": True},
+    "ReplayBody": {"since": "2026-11-01T00:00:00Z"},
+    "EventReplayBody": {"endpoint": None},
     "TaxRate": {
         "id": "de-vat",
         "name": "VAT",
