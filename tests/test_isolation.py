@@ -30,7 +30,7 @@ B = "tenant-b"
 NOW = datetime.now(UTC)
 THIS_MONTH = NOW.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 LAST_MONTH = (THIS_MONTH - timedelta(days=1)).replace(day=1)
-B_METER, B_CUSTOMER, B_PRODUCT, B_PLAN, B_SUB = "b-meter", "b-cust", "b-product", "b-plan", "b-sub"
+B_METER, B_CUSTOMER, B_PRODUCT, B_PLAN, B_SUB, B_RATE = "b-meter", "b-cust", "b-product", "b-plan", "b-sub", "b-rate"
 B_EVENTS = [
     event(f"b-e{i}", B_CUSTOMER, type="llm", time=NOW - timedelta(minutes=5 + i), tokens=100 + i) for i in range(5)
 ]
@@ -78,6 +78,18 @@ class TenantB:
         self.invoice = drafts["invoices"][0]["id"]
         ok(c.post(f"/v1/invoices/{self.invoice}/finalize"))
         ok(c.post(f"/v1/invoices/{self.invoice}/credit-notes", json={"amount": "1", "reason": f"{MARK} goodwill"}))
+        paid = ok(c.post(f"/v1/invoices/{self.invoice}/payments", json={"amount": "1", "reference": f"{MARK} wire"}))
+        self.payment = paid["id"]
+        ok(c.put("/v1/dunning", json={"retry_days": [2, 4], "after_last": "open"}))
+        # A tax rate not in force before 2099: B's invoices stay as they are.
+        rate = {
+            "id": B_RATE,
+            "name": f"{MARK} VAT",
+            "country": "DE",
+            "percentage": "19",
+            "effective_from": "2099-01-01T00:00:00Z",
+        }
+        ok(c.post("/v1/tax-rates", json=rate))
         ok(c.post("/v1/invoices/run", json={"period": f"{THIS_MONTH:%Y-%m}"}))  # a draft too, if any
         second = ok(c.post("/v1/keys", json={"scopes": ["read"]}))
         self.key_id = second["id"]
@@ -92,6 +104,11 @@ class TenantB:
             "invoices": ok(c.get("/v1/invoices")),
             "invoice": ok(c.get(f"/v1/invoices/{self.invoice}")),
             "credit_notes": ok(c.get("/v1/credit-notes")),
+            "payments": ok(c.get("/v1/payments")),
+            "attempts": ok(c.get(f"/v1/invoices/{self.invoice}/attempts")),
+            "dunning": ok(c.get("/v1/dunning")),
+            "payment_settings": ok(c.get("/v1/payments/settings")),
+            "tax_rates": ok(c.get("/v1/tax-rates")),
             "keys": [(k["id"], k["revoked"], k["scopes"]) for k in ok(c.get("/v1/keys"))],
         }
         for kind, item in (
@@ -129,6 +146,8 @@ def params(b: TenantB, pattern: str) -> dict[str, str]:
         "invoice_id": b.invoice,
         "customer": B_CUSTOMER,
         "key_id": b.key_id,
+        "payment_id": b.payment,
+        "rate_id": B_RATE,
     }
     by_kind = {"customers": B_CUSTOMER, "products": B_PRODUCT, "plans": B_PLAN, "subscriptions": B_SUB}
     out = {}
@@ -167,6 +186,31 @@ def bodies(b: TenantB) -> dict[tuple[str, str], Any]:
         ("POST", "/v1/invoices/(?P<invoice_id>[^/]+)/finalize"): None,
         ("POST", "/v1/invoices/(?P<invoice_id>[^/]+)/void"): None,
         ("POST", "/v1/invoices/(?P<invoice_id>[^/]+)/credit-notes"): {"amount": "1", "reason": "takeover"},
+        ("POST", "/v1/invoices/(?P<invoice_id>[^/]+)/payments"): {"amount": "1", "method": "cash"},
+        ("POST", "/v1/invoices/(?P<invoice_id>[^/]+)/pay"): None,
+        ("POST", "/v1/invoices/(?P<invoice_id>[^/]+)/mark-uncollectible"): None,
+        ("POST", "/v1/payments/(?P<payment_id>[^/]+)/refunds"): {"amount": "1", "reason": "takeover"},
+        ("PUT", "/v1/payments/settings"): {"stripe_webhook_secret": "whsec_takeover"},
+        ("PUT", "/v1/dunning"): {"retry_days": [1], "after_last": "uncollectible"},
+        ("POST", "/v1/dunning/run"): {"as_of": "2030-01-01T00:00:00Z"},
+        # A Stripe event naming B's invoice, signed by nobody: refused whoever sends it.
+        ("POST", "/v1/webhooks/stripe"): {
+            "id": "evt_takeover",
+            "object": "event",
+            "type": "payment_intent.succeeded",
+            "data": {
+                "object": {"id": "pi_x", "amount": 1, "metadata": {"tenant": B, "invoice": b.invoice, "attempt": "1"}}
+            },
+        },
+        ("POST", "/v1/tax-rates"): {
+            "id": B_RATE,
+            "name": "taken over",
+            "country": "DE",
+            "percentage": "50",
+            "effective_from": "2020-01-01T00:00:00Z",
+        },
+        ("POST", "/v1/tax-rates/(?P<rate_id>[^/]+)/end"): {"at": "2100-01-01T00:00:00Z"},
+        ("PUT", "/v1/tax-settings"): {"country": "US", "provider": "catalog"},
         ("POST", "/v1/customers"): {"id": B_CUSTOMER, "name": "taken over", "currency": "USD"},
         ("POST", "/v1/products"): {"id": B_PRODUCT, "name": "taken over"},
         ("POST", "/v1/plans"): {"id": B_PLAN, "name": "taken over"},
@@ -241,6 +285,7 @@ def test_no_key_but_b_reaches_b_on_any_route(world: tuple[Server, TenantB, dict[
             assert (method, pattern) in bodies_of, f"the isolation walk has no body for {method} {pattern}: add one"
         body = bodies_of.get((method, pattern))
         public = pattern in ("/healthz", "/readyz", r"/openapi\.json")
+        signed = pattern == "/v1/webhooks/stripe"  # no key: its signature, which nobody here can make
         operator_route = pattern.startswith("/v1/admin/") or pattern == "/metrics"
         for kind, key in keys.items():
             if kind == "operator" and operator_route:
@@ -252,7 +297,9 @@ def test_no_key_but_b_reaches_b_on_any_route(world: tuple[Server, TenantB, dict[
             assert MARK not in r.text, where
             if method == "GET" and not values and not public:  # a listing shows nothing of B, not even ids
                 assert B not in r.text and b.key_id not in r.text and B_CUSTOMER not in r.text, where
-            if public:
+            if signed:
+                assert r.status_code == 400 and r.json()["code"] == "invalid_signature", where
+            elif public:
                 assert r.status_code == 200, where
             elif kind in ("none", "garbage", "wellformed-unknown", "revoked"):
                 assert r.status_code == 401 and r.json()["code"] == "unauthorized", where

@@ -610,6 +610,101 @@ class Client:
         balances: list[JSONObject] = self._call("GET", "/v1/ledger/balances", params=params)
         return balances
 
+    # Payments and dunning (a tenant key: admin to change, read to look)
+
+    def record_payment(
+        self,
+        invoice_id: str,
+        amount: str,
+        method: str = "bank_transfer",
+        reference: str | None = None,
+        date: datetime | str | None = None,
+    ) -> JSONObject:
+        """``POST /v1/invoices/{id}/payments``: a payment received by hand (``bank_transfer``, ``check``...).
+
+        ``amount`` is a decimal string in the invoice's currency (at most its minor unit's digits); more than what
+        remains becomes the customer's credit balance. Returns the payment (``applied``, ``to_credit``...).
+        """
+        body: dict[str, Any] = {"amount": amount, "method": method}
+        if reference is not None:
+            body["reference"] = reference
+        if date is not None:
+            body["date"] = _time(date)
+        payment: JSONObject = self._call("POST", f"/v1/invoices/{_segment(invoice_id)}/payments", body)
+        return payment
+
+    def list_payments(
+        self,
+        *,
+        invoice: str | None = None,
+        customer: str | None = None,
+        status: str | None = None,
+        method: str | None = None,
+    ) -> list[JSONObject]:
+        """``GET /v1/payments``, filtered: failed charges included, with their refunds."""
+        wanted = (("invoice", invoice), ("customer", customer), ("status", status), ("method", method))
+        payments: list[JSONObject] = self._call("GET", "/v1/payments", params={k: v for k, v in wanted if v})
+        return payments
+
+    def get_payment(self, payment_id: str) -> JSONObject:
+        """``GET /v1/payments/{id}``: the payment with its refunds."""
+        payment: JSONObject = self._call("GET", f"/v1/payments/{_segment(payment_id)}")
+        return payment
+
+    def refund_payment(self, payment_id: str, amount: str | None = None, reason: str = "") -> JSONObject:
+        """``POST /v1/payments/{id}/refunds``: all that is left (``amount`` None) or part; the payment after it."""
+        body: dict[str, Any] = {"reason": reason} if amount is None else {"amount": amount, "reason": reason}
+        payment: JSONObject = self._call("POST", f"/v1/payments/{_segment(payment_id)}/refunds", body)
+        return payment
+
+    def invoice_attempts(self, invoice_id: str) -> list[JSONObject]:
+        """``GET /v1/invoices/{id}/attempts``: every attempt to collect it, with its outcome and next retry."""
+        attempts: list[JSONObject] = self._call("GET", f"/v1/invoices/{_segment(invoice_id)}/attempts")
+        return attempts
+
+    def pay_invoice(self, invoice_id: str) -> JSONObject:
+        """``POST /v1/invoices/{id}/pay``: charges the customer's payment method now; ``{"invoice", "attempt"}``."""
+        collected: JSONObject = self._call("POST", f"/v1/invoices/{_segment(invoice_id)}/pay")
+        return collected
+
+    def mark_uncollectible(self, invoice_id: str) -> JSONObject:
+        """``POST /v1/invoices/{id}/mark-uncollectible``: writes the open invoice off; the invoice."""
+        invoice: JSONObject = self._call("POST", f"/v1/invoices/{_segment(invoice_id)}/mark-uncollectible")
+        return invoice
+
+    def get_dunning(self) -> JSONObject:
+        """``GET /v1/dunning``: ``{"retry_days", "after_last"}``."""
+        settings: JSONObject = self._call("GET", "/v1/dunning")
+        return settings
+
+    def put_dunning(self, retry_days: Sequence[int], after_last: str = "uncollectible") -> JSONObject:
+        """``PUT /v1/dunning``: retries ``retry_days`` days after the first failure; then ``after_last``."""
+        settings: JSONObject = self._call(
+            "PUT", "/v1/dunning", {"retry_days": list(retry_days), "after_last": after_last}
+        )
+        return settings
+
+    def run_dunning(self, as_of: datetime | str | None = None) -> list[JSONObject]:
+        """``POST /v1/dunning/run``: the attempts due now (or at ``as_of``), made; the attempts."""
+        attempts: list[JSONObject] = self._call(
+            "POST", "/v1/dunning/run", {} if as_of is None else {"as_of": _time(as_of)}
+        )
+        return attempts
+
+    def payment_settings(self) -> JSONObject:
+        """``GET /v1/payments/settings``: the Stripe secrets, shown by their last four characters."""
+        settings: JSONObject = self._call("GET", "/v1/payments/settings")
+        return settings
+
+    def put_payment_settings(
+        self, stripe_secret_key: str | None = None, stripe_webhook_secret: str | None = None
+    ) -> JSONObject:
+        """``PUT /v1/payments/settings``: sets the secrets given (None leaves one as it is); the settings, masked."""
+        secrets = {"stripe_secret_key": stripe_secret_key, "stripe_webhook_secret": stripe_webhook_secret}
+        body = {name: value for name, value in secrets.items() if value is not None}
+        settings: JSONObject = self._call("PUT", "/v1/payments/settings", body)
+        return settings
+
     # The background sender
 
     def _run(self) -> None:

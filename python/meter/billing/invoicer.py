@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
+
 from meter.billing.invoices import CreditNote, Fresh, Invoice, InvoiceRun, RunError, RunWarning
 from meter.billing.invoicing import bill_thresholds, invoice_period, upcoming_invoices
-from meter.billing.store import InvoiceStore
+from meter.billing.store import InvoiceStore, Prepare
 from meter.catalog.billing import BillingCatalog
 from meter.engine import Engine
+from meter.exceptions import NotFound
 from meter.lake.catalog import Snapshot, export_catalog, refresh_catalog, snapshot_of
 from meter.lake.events import export_events
 from meter.lake.files import ExportSummary
@@ -47,6 +51,41 @@ class Invoicer:
         self.taxes = taxes or Taxes(catalog)
         # One export at a time writes into `out`: the scheduled one and the ones invoicing asks for.
         self.lock = threading.Lock()
+        #: Called with the invoices a call finalized, after their finalization committed and outside every lock:
+        #: automatic collection (meter.money.payments) charges them. Its failure never undoes a finalization.
+        self.collect: Callable[[str, Sequence[Invoice]], None] | None = None
+
+    def prepare(self, tenant: str, now: datetime | None = None) -> Prepare:
+        """What every finalization applies to a draft inside the store's lock: each step in order (tax, collection)."""
+        steps: list[Prepare] = [self.taxes.taxer(tenant, now), self._collection(tenant)]
+
+        def prepare(invoice: Invoice) -> Invoice:
+            for prepare_step in steps:
+                invoice = prepare_step(invoice)
+            return invoice
+
+        return prepare
+
+    def _collection(self, tenant: str) -> Prepare:
+        """The step that sets how the invoice is collected: its customer's ``collection``."""
+
+        def collection(invoice: Invoice) -> Invoice:
+            try:
+                how = self.catalog.get_customer(tenant, invoice.customer).collection
+            except NotFound:  # a customer removed since: its invoices are paid by hand
+                how = "send_invoice"
+            return msgspec.structs.replace(invoice, collection=how)
+
+        return collection
+
+    def _collected(self, tenant: str, invoices: Sequence[Invoice]) -> None:
+        """Hands finalized invoices to collection (see ``collect``); a failure is reported, never raised."""
+        if self.collect is None or not invoices:
+            return
+        try:
+            self.collect(tenant, invoices)
+        except Exception as e:  # noqa: BLE001 - the finalization stands; the dunning job retries what is due
+            print(f"meter: tenant {tenant!r}: collecting finalized invoices failed: {e!r}", file=sys.stderr, flush=True)
 
     def export(self, tenants: list[str]) -> dict[str, ExportSummary]:
         """Everything the export holds, for these tenants: usage, raw events, the catalog, the invoices, the ledger."""
@@ -69,10 +108,10 @@ class Invoicer:
             priced = invoice_period(self._snapshot(tenant), self.out, self.store, month)
             invoices, errors = priced.invoices, list(priced.errors)
             if finalize:
-                done, tax = [], self.taxes.taxer(tenant)
+                done, prepare = [], self.prepare(tenant)
                 for draft in invoices:
                     try:
-                        done.append(self.store.finalize(tenant, draft.id, prepare=tax))
+                        done.append(self.store.finalize(tenant, draft.id, prepare=prepare))
                     except Exception as e:  # noqa: BLE001 - the drafts before it stay finalized: say so, go on
                         errors.append(
                             RunError(
@@ -88,6 +127,8 @@ class Invoicer:
                 priced.fresh.discard()
             with step("invoice_parquet"):
                 warnings = self._export_invoices(tenant, None if finalize else priced.fresh)
+        if finalize:
+            self._collected(tenant, [i for i in invoices if i.status == "open"])
         return InvoiceRun(
             period=month,
             invoices=invoices,
@@ -108,13 +149,18 @@ class Invoicer:
             table = snapshot.subscription_table  # not a million subscription objects on every scheduled export
             if "threshold" not in table.columns or not table.get_column("threshold").is_not_null().any():
                 return InvoiceRun(period=f"{as_of:%Y-%m}", invoices=[])
-            priced = bill_thresholds(snapshot, self.out, self.store, as_of, self.taxes.taxer(tenant, as_of))
+            priced = bill_thresholds(snapshot, self.out, self.store, as_of, self.prepare(tenant, as_of))
             warnings = self._export_invoices(tenant) if priced.invoices else []
+        self._collected(tenant, priced.invoices)
         return InvoiceRun(period=f"{as_of:%Y-%m}", invoices=priced.invoices, errors=priced.errors, warnings=warnings)
 
     def finalize(self, tenant: str, invoice_id: str) -> tuple[Invoice, list[RunWarning]]:
-        final = self.store.finalize(tenant, invoice_id, prepare=self.taxes.taxer(tenant))
-        return final, self._export_after_write(tenant)
+        final = self.store.finalize(tenant, invoice_id, prepare=self.prepare(tenant))
+        warnings = self._export_after_write(tenant)
+        if final.collection == "automatic" and final.status == "open" and self.collect is not None:
+            self._collected(tenant, [final])
+            final = self.store.get(tenant, invoice_id)  # paid, when the charge went through
+        return final, warnings
 
     def void(self, tenant: str, invoice_id: str) -> tuple[Invoice, list[RunWarning]]:
         void = self.store.void(tenant, invoice_id)

@@ -73,6 +73,12 @@ class Customer(Checked, forbid_unknown_fields=True):
     #: ``none`` (by the rules: a business abroad is reverse charged), ``exempt``, or ``reverse`` (always).
     tax_ids: list[TaxId] = []
     tax_exempt: Exemption = "none"
+    #: Payments (meter.money.payments): ``automatic`` charges the customer's Stripe payment method when an invoice
+    #: is finalized (``stripe_customer``, ``default_payment_method``: ``cus_...``, ``pm_...``); ``send_invoice``
+    #: waits for payments recorded by hand.
+    collection: Literal["automatic", "send_invoice"] = "send_invoice"
+    stripe_customer: Id | None = None
+    default_payment_method: Id | None = None
 
 
 class Product(Checked, forbid_unknown_fields=True):

@@ -11,6 +11,7 @@ Layout (each module holds its commands, registered on ``main`` here; none import
 - ``webhooks``: ``meter webhooks`` (endpoints, events, deliveries, replays);
 - ``tax``: ``meter tax`` (tax rates, the seller's tax settings);
 - ``ledger``: ``meter ledger`` (journal entries, trial balance, customers' balances, CSV export);
+- ``payments``: ``meter payments`` (manual payments, refunds, collection attempts, dunning, Stripe settings);
 - ``export``: ``meter export`` (Parquet, from a data directory with no server running);
 - ``admin``: ``meter admin-key`` and ``meter maintain`` (a data directory's operator keys, retention, roll-ups);
 - ``demo``: ``meter demo``;
@@ -29,7 +30,21 @@ from __future__ import annotations
 import click
 
 # The modules, not their commands: a command named like its module (serve, export, demo) would hide the module.
-from meter.cli import admin, catalog, demo, events, export, invoices, ledger, meters, serve, tax, tenants, webhooks
+from meter.cli import (
+    admin,
+    catalog,
+    demo,
+    events,
+    export,
+    invoices,
+    ledger,
+    meters,
+    payments,
+    serve,
+    tax,
+    tenants,
+    webhooks,
+)
 from meter.cli.errors import MeterGroup
 
 __all__ = ["main"]
@@ -59,6 +74,7 @@ for _command in (
     webhooks.webhooks,
     tax.tax,
     ledger.ledger,
+    payments.payments,
     export.export,
     demo.demo,
 ):

@@ -4,8 +4,9 @@
 `http.py` (request metadata, body reading, answers), `compression.py` (gzip, zstd), `auth.py` (keys and scopes),
 `router.py` over the route table `routes/` (whose `table.py` vocabulary also generates `openapi.py`'s document),
 `inputs.py` (bodies and query parameters), `errors.py` (exceptions to answers), `metrics.py`, `lifecycle.py`
-(opening the stores, degraded starts) and `scheduler.py` (the export); the outgoing webhooks' delivery worker
-(`meter.money.webhooks.delivery`) runs beside them, on its own thread. `create_app` is granian's factory.
+(opening the stores, degraded starts) and `scheduler.py` (the export, and the dunning job of `meter.money.payments`);
+the outgoing webhooks' delivery worker (`meter.money.webhooks.delivery`) runs beside them, on its own thread.
+`create_app` is granian's factory.
 
 A request goes: metadata decoded (400 if undecodable) -> route matched (404, 405) -> key checked (401, 403) ->
 read-only refusal when degraded (503) -> body read, bounded and decompressed on the pool (413, 415, 400) -> the body
@@ -26,6 +27,7 @@ import asyncio
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -36,6 +38,7 @@ from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.catalog.keys import KeyStore
 from meter.engine import Engine
+from meter.money.payments.dunning import DunningJob, Payments
 from meter.money.webhooks.delivery import Settings as WebhookSettings
 from meter.money.webhooks.delivery import WebhookWorker
 from meter.server.auth import authorize
@@ -59,7 +62,7 @@ from meter.server.metrics import render
 from meter.server.openapi import openapi
 from meter.server.router import Compiled, Router
 from meter.server.routes import BENCH_ROUTES, ROUTES
-from meter.server.scheduler import ExportScheduler
+from meter.server.scheduler import ExportScheduler, PeriodicJob
 from meter.services import Part, Stores
 
 __all__ = ["MAX_BODY", "MeterApp", "create_app"]
@@ -80,6 +83,8 @@ class MeterApp:
         max_body: int = MAX_BODY,
         export: tuple[Path, float] | None = None,
         engine_options: dict[str, Any] | None = None,
+        payments: Payments | None = None,
+        dunning_every: float = 60.0,
         webhook_settings: WebhookSettings | None = None,
     ) -> None:
         self.data_dir, self.admin_key, self.max_body = data_dir, admin_key, max_body
@@ -88,6 +93,12 @@ class MeterApp:
         #: (directory, seconds between exports) of the scheduled Parquet export, if any.
         self.export = export
         self.scheduler: ExportScheduler | None = None
+        #: Payments (providers from the environment or the tenants' settings), None until a writable start; the
+        #: dunning job runs every `dunning_every` seconds beside the export.
+        self._payments = payments or Payments()
+        self.payments: Payments | None = None
+        self.dunning_every = dunning_every
+        self.dunning: PeriodicJob | None = None
         #: Outgoing webhooks: the delivery worker's settings, and the worker (started with the stores, if writable).
         self.webhook_settings = webhook_settings or WebhookSettings()
         self.webhooks: WebhookWorker | None = None
@@ -169,6 +180,11 @@ class MeterApp:
             self.scheduler = ExportScheduler(stores.keys, stores.invoicer, *self.export)
             self.scheduler.start()
         if not self.degraded:
+            self.payments = self._payments
+            stores.invoicer.collect = partial(self.payments.after_finalize, stores.invoices, stores.billing)
+            job = DunningJob(self.payments, stores.keys, stores.invoices, stores.billing)
+            self.dunning = PeriodicJob("meter-dunning", self.dunning_every, job.run_once)
+            self.dunning.start()
             self.webhooks = WebhookWorker(stores.invoices, self.webhook_settings)
             self.webhooks.start()
 
@@ -177,6 +193,10 @@ class MeterApp:
         if self.webhooks is not None:  # it writes to the invoices store: stopped before that closes
             self.webhooks.stop()
             self.webhooks = None
+        if self.dunning is not None:  # it writes to the invoices store: stopped before that closes
+            self.dunning.stop()
+            self.dunning = None
+        self.payments = None
         stores, self.stores = self.stores, None
         self.engine = self.keys = self.billing = self.invoices = self.invoicer = None
         if stores is not None:
@@ -238,5 +258,7 @@ def create_app() -> MeterApp:
         os.environ.get("METER_ADMIN_KEY") or None,
         export=export,
         engine_options=engine_options_from_env(),
+        payments=Payments.from_env(),
+        dunning_every=float(os.environ.get("METER_DUNNING_EVERY") or 60),
         webhook_settings=WebhookSettings.from_env(),
     )

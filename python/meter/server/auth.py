@@ -1,7 +1,8 @@
 """Authentication and authorization: which key a request carries, and whether its route allows it. Deny by default.
 
 Invariants:
-- A public route outside /v1/ needs no key; every other route needs a valid key in `Authorization: Bearer ...`
+- A public route outside /v1/ or under /v1/webhooks/ (inbound webhooks, authenticated by their signature) needs no
+  key; every other route needs a valid key in `Authorization: Bearer ...`
   (401 with `WWW-Authenticate` otherwise). Two Authorization headers are a 400, never last-wins.
 - /v1/admin/* and /metrics need an operator key (one that belongs to no tenant), whatever the table says; an
   operator key reaches nothing else (403 `tenant_only`), so an operator never reads or changes a tenant's data.
@@ -26,7 +27,8 @@ __all__ = ["authorize"]
 async def authorize(ctx: Context, request: Request, access: Access) -> ApiKey | None:
     """The key of `request`, allowed on a route with `access`; None for a public route that needs none."""
     path = request.path
-    if access == "public" and not path.startswith("/v1/"):
+    # Inbound webhooks (/v1/webhooks/...) are public: their sender signs them, and the route verifies the signature.
+    if access == "public" and (not path.startswith("/v1/") or path.startswith("/v1/webhooks/")):
         return None
     header = request.headers.get("authorization") or ""
     secret = header[7:].strip() if header[:7].lower() == "bearer " else ""

@@ -21,6 +21,7 @@ from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.catalog.keys import KeyStore
 from meter.engine import Engine
+from meter.money.payments.dunning import Payments
 from meter.money.webhooks.delivery import Settings as WebhookSettings
 from meter.money.webhooks.delivery import WebhookWorker
 from meter.server.errors import ApiError
@@ -70,6 +71,8 @@ class Context(Protocol):
     invoicer: Invoicer | Unavailable | None
     #: Why the server runs read-only (a full or read-only disk at startup), or None.
     degraded: str | None
+    #: Payments and their providers (None until a writable start).
+    payments: Payments | None
     #: Outgoing webhooks: the delivery worker's settings (whether private targets are allowed), and the worker
     #: (None when it does not run: a degraded start).
     webhook_settings: WebhookSettings

@@ -87,4 +87,10 @@ EXAMPLES: dict[str, Any] = {
     "TenantBody": {"id": "acme", "name": "Acme Inc."},
     "KeyBody": {"tenant": "acme", "scopes": ["ingest", "read"]},
     "TenantKeyBody": {"scopes": ["ingest"]},
+    "PaymentBody": {"amount": "10.00", "method": "bank_transfer", "reference": "wire 2026-11-30"},
+    "RefundBody": {"amount": "1.00", "reason": "duplicate"},
+    # The webhook secret only: a secret key in an example would send the fuzz tests' charges to Stripe.
+    "PaymentSettingsBody": {"stripe_webhook_secret": "whsec_example_0000"},
+    "DunningSettings": {"retry_days": [3, 5, 7], "after_last": "uncollectible"},
+    "DunningRunBody": {},
 }

@@ -1,5 +1,7 @@
 """The export scheduler: every interval, the Parquet export of every tenant, then the threshold invoices due.
 
+`PeriodicJob` runs another job on its own thread the same way (the dunning job of `meter.money.payments`).
+
 One daemon thread (`meter-export`), started after the stores opened (never in a degraded start, which cannot
 write) and stopped before they close.
 
@@ -14,13 +16,14 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from meter.billing.invoicer import Invoicer
 from meter.catalog.keys import KeyStore
 
-__all__ = ["ExportScheduler"]
+__all__ = ["ExportScheduler", "PeriodicJob"]
 
 
 class ExportScheduler:
@@ -55,3 +58,31 @@ class ExportScheduler:
                     self.invoicer.thresholds(tenant, datetime.now(UTC))
                 except Exception as e:  # noqa: BLE001 - reported; the next interval tries again
                     print(f"meter: threshold invoices of tenant {tenant!r} failed: {e!r}", file=sys.stderr, flush=True)
+
+
+class PeriodicJob:
+    """Runs ``job`` every ``every`` seconds on a daemon thread of its own (the dunning job), until stopped.
+
+    A failure is reported on stderr and the job runs again at the next interval; ``stop()`` returns once the thread
+    has finished its current run, so the stores can close under it.
+    """
+
+    def __init__(self, name: str, every: float, job: Callable[[], object]) -> None:
+        self.name, self.every, self.job = name, every, job
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.every):
+            try:
+                self.job()
+            except Exception as e:  # noqa: BLE001 - the next interval tries again; the server keeps serving
+                print(f"meter: scheduled job {self.name} failed: {e!r}", file=sys.stderr, flush=True)

@@ -10,7 +10,7 @@ also fits (`/v1/invoices/{invoice_id}`) would, should they ever share a method (
 
 from __future__ import annotations
 
-from meter.server.routes import admin, catalog, events, health, invoices, keys, ledger, meters, tax, webhooks
+from meter.server.routes import admin, catalog, events, health, invoices, keys, ledger, meters, payments, tax, webhooks
 from meter.server.table import Route
 
 __all__ = ["BENCH_ROUTES", "ROUTES"]
@@ -24,6 +24,7 @@ ROUTES: list[Route] = [
     *catalog.ROUTES,
     *tax.ROUTES,
     *invoices.ROUTES,
+    *payments.ROUTES,
     *webhooks.ROUTES,
     *ledger.ROUTES,
 ]
