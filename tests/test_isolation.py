@@ -91,6 +91,10 @@ class TenantB:
         }
         ok(c.post("/v1/tax-rates", json=rate))
         ok(c.post("/v1/invoices/run", json={"period": f"{THIS_MONTH:%Y-%m}"}))  # a draft too, if any
+        # A webhook endpoint (its deliveries to a closed port keep failing, and are retried, all through the walk).
+        created = ok(c.post("/v1/webhook-endpoints", json={"url": "http://127.0.0.1:9/b", "description": MARK}))
+        self.endpoint = created["id"]
+        self.event = ok(c.get("/v1/webhook-events"))["data"][0]["id"]
         second = ok(c.post("/v1/keys", json={"scopes": ["read"]}))
         self.key_id = second["id"]
         self.read_client = server.client(second["key"])
@@ -109,6 +113,8 @@ class TenantB:
             "dunning": ok(c.get("/v1/dunning")),
             "payment_settings": ok(c.get("/v1/payments/settings")),
             "tax_rates": ok(c.get("/v1/tax-rates")),
+            "webhook_endpoints": ok(c.get("/v1/webhook-endpoints")),
+            "webhook_events": ok(c.get("/v1/webhook-events")),
             "keys": [(k["id"], k["revoked"], k["scopes"]) for k in ok(c.get("/v1/keys"))],
         }
         for kind, item in (
@@ -148,6 +154,8 @@ def params(b: TenantB, pattern: str) -> dict[str, str]:
         "key_id": b.key_id,
         "payment_id": b.payment,
         "rate_id": B_RATE,
+        "endpoint_id": b.endpoint,
+        "event_id": b.event,
     }
     by_kind = {"customers": B_CUSTOMER, "products": B_PRODUCT, "plans": B_PLAN, "subscriptions": B_SUB}
     out = {}
@@ -211,6 +219,11 @@ def bodies(b: TenantB) -> dict[tuple[str, str], Any]:
         },
         ("POST", "/v1/tax-rates/(?P<rate_id>[^/]+)/end"): {"at": "2100-01-01T00:00:00Z"},
         ("PUT", "/v1/tax-settings"): {"country": "US", "provider": "catalog"},
+        ("POST", "/v1/webhook-endpoints"): {"url": "http://127.0.0.1:9/takeover"},
+        ("POST", "/v1/webhook-endpoints/(?P<endpoint_id>[^/]+)"): {"url": "http://127.0.0.1:9/takeover"},
+        ("POST", "/v1/webhook-endpoints/(?P<endpoint_id>[^/]+)/rotate-secret"): None,
+        ("POST", "/v1/webhook-endpoints/(?P<endpoint_id>[^/]+)/replay"): {"since": "2000-01-01T00:00:00Z"},
+        ("POST", "/v1/webhook-events/(?P<event_id>[^/]+)/replay"): {},
         ("POST", "/v1/customers"): {"id": B_CUSTOMER, "name": "taken over", "currency": "USD"},
         ("POST", "/v1/products"): {"id": B_PRODUCT, "name": "taken over"},
         ("POST", "/v1/plans"): {"id": B_PLAN, "name": "taken over"},
@@ -230,7 +243,7 @@ QUERY = {**USAGE_QUERY, "tenant": B, "customer": B_CUSTOMER, "subscription": B_S
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, TenantB, dict[str, str | None]]]:
-    server = Server(tmp_path_factory.mktemp("isolation") / "data")
+    server = Server(tmp_path_factory.mktemp("isolation") / "data", env={"METER_ALLOW_PRIVATE_WEBHOOKS": "1"})
     try:
         b = TenantB(server)
         keys: dict[str, str | None] = {

@@ -102,7 +102,7 @@ async def replay_event(ctx: Context, request: Request, event_id: str, body: Even
 
 
 ENDPOINT_ID = PathParam("endpoint_id", "we_0123456789abcdef01234567", "The endpoint's id")
-EVENT_ID = PathParam("event_id", "evt_000000000001", "The event's id (`webhook-id` of its deliveries)")
+EVENT_ID = PathParam("event_id", "evt_000000000001_acme", "The event's id (`webhook-id` of its deliveries)")
 PAGE = (Param("limit", LIMIT, "Page size, 1-1000 (100)"), Param("after", TEXT, "The `next` of the previous page"))
 
 ROUTES = [
