@@ -13,8 +13,8 @@ After every step:
 - no cause is posted twice (entry ids unique, sequence numbers 1..n without a gap), and a replay writes nothing;
 - the HTTP read side agrees: :func:`meter.money.reports.customer_balances` and the trial balance give the same.
 
-Payments, refunds and write-offs are posted here the way ``meter.money.payments`` posts them (the settled invoice
-and its entry in one ``InvoiceStore.transaction``), with the lead's ledger builders and ``settle``.
+Payments (manual: the provider's go through the same recording), refunds and write-offs are made by
+:mod:`meter.money.payments.collect`.
 Deterministic (``derandomize``): the same sequences on every run, 10-30 s as loaded as the machine is.
 """
 
@@ -27,6 +27,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 import pytest
@@ -34,11 +35,12 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from meter.billing.invoices import Invoice, InvoiceLine
-from meter.billing.store import AlreadyPosted, InvoiceStore, settle
+from meter.billing.store import AlreadyPosted, InvoiceStore
 from meter.catalog.tax import TaxRate
 from meter.exceptions import InvalidInput
 from meter.money import ledger, reports
-from meter.money.ledger import PaymentAccount
+from meter.money.payments import collect
+from meter.money.payments.records import PaymentBody, RefundBody
 from meter.money.tax.compute import describe, group_taxes, line_taxes, taxable_bases
 from meter.money.tax.invoice import apply_tax, credit_note_tax
 from meter.money.tax.provider import TaxResult
@@ -74,12 +76,16 @@ def taxed(rate: TaxRate) -> Callable[[Invoice], Invoice]:
     return prepare
 
 
+ManualMethod = Literal["bank_transfer", "check"]
+
+
 class Payment(msgspec.Struct):
     id: str
     invoice: str
     amount: Decimal
-    account: PaymentAccount
     refunded: Decimal
+    #: What refunds took back of the payment's overpayment, out of the credit balance.
+    from_credit: Decimal = Decimal(0)
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -146,9 +152,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(
         data=st.data(),
         how=st.sampled_from(["full", "partial", "over"]),
-        account=st.sampled_from(["cash", "payments_clearing"]),
+        method=st.sampled_from(["bank_transfer", "check"]),
     )
-    def pay(self, data: st.DataObject, how: str, account: PaymentAccount) -> None:
+    def pay(self, data: st.DataObject, how: str, method: ManualMethod) -> None:
         payable = [i for i in self.with_status("open", "uncollectible") if i.amount_remaining]
         if not payable:
             return
@@ -161,18 +167,10 @@ class LedgerMachine(RuleBasedStateMachine):
             amount = remaining + one * data.draw(st.integers(1, 3_000))
         else:
             amount = remaining
-        with self.store.transaction(T, self.now()) as change:
-            before = msgspec.json.decode(change.get(f"invoice/{T}/{invoice.id}") or b"", type=Invoice)
-            recovered = before.status == "uncollectible"
-            after, applied = settle(before, amount, "payment", change.now)
-            if recovered and after.amount_remaining == 0:
-                after = msgspec.structs.replace(after, status="paid", paid_at=change.now)
-            payment = f"pay-{change.number('payment'):06d}"
-            change.put(f"invoice/{T}/{invoice.id}", after)
-            change.post(
-                ledger.payment_received(before, payment, amount, applied, account, change.now, recovered=recovered)
-            )
-        self.payments.append(Payment(payment, invoice.id, amount, account, Decimal(0)))
+        recovered = invoice.status == "uncollectible"
+        payment = collect.record_manual(self.store, T, invoice.id, PaymentBody(amount=amount, method=method))
+        assert payment.recovered == recovered and payment.applied == min(amount, remaining)
+        self.payments.append(Payment(payment.id, invoice.id, amount, Decimal(0)))
         event(f"pay {how}" + (" (recovers bad debt)" if recovered else ""))
 
     @precondition(lambda self: self.invoices)
@@ -222,11 +220,13 @@ class LedgerMachine(RuleBasedStateMachine):
         invoice = self.store.get(T, payment.invoice)
         one = money(1, invoice.currency)
         amount = left if whole else one * data.draw(st.integers(1, int(left / one)))
-        with self.store.transaction(T, self.now()) as change:
-            refund = f"re-{change.number('refund'):06d}"
-            change.post(ledger.payment_refunded(invoice, refund, payment.id, amount, payment.account, change.now))
-        payment.refunded += amount
-        event("refund")
+        before = self.store.balance(T, invoice.customer, invoice.currency)
+        done, _ = collect.start_refund(self.store, T, payment.id, RefundBody(amount=amount, reason="asked"))
+        assert done.amount_refunded == payment.refunded + amount
+        taken = done.credit_refunded - payment.from_credit
+        assert self.store.balance(T, invoice.customer, invoice.currency) == before - taken
+        payment.refunded, payment.from_credit = done.amount_refunded, done.credit_refunded
+        event("refund" + (" (of credit balance)" if taken else ""))
 
     @precondition(lambda self: self.invoices)
     @rule(data=st.data())
@@ -235,10 +235,8 @@ class LedgerMachine(RuleBasedStateMachine):
         if not candidates:
             return
         invoice = data.draw(st.sampled_from(candidates))
-        with self.store.transaction(T, self.now()) as change:
-            written = msgspec.structs.replace(invoice, status="uncollectible", uncollectible_at=change.now)
-            change.put(f"invoice/{T}/{invoice.id}", written)
-            change.post(ledger.written_off(invoice, invoice.amount_remaining or Decimal(0), change.now))
+        written = collect.mark_uncollectible(self.store, T, invoice.id)
+        assert written.status == "uncollectible"
         event("write-off")
 
     @rule()

@@ -21,7 +21,7 @@ from meter.money import ledger
 from meter.money.payments import collect
 from meter.money.payments.dunning import DunningJob, Payments
 from meter.money.payments.provider import ChargeRequest, ChargeResult, OutcomeUnknown, RefundResult
-from meter.money.payments.records import RefundBody
+from meter.money.payments.records import PaymentBody, RefundBody
 
 from tests.conftest import OCT, Desk
 from tests.test_invoicing import base_fee
@@ -243,3 +243,18 @@ def test_a_pending_attempt_is_never_failed_blind_when_the_stripe_key_is_gone(des
     assert still is not None and (still.n, still.status) == (1, "pending"), "it may have reached Stripe: it waits"
     done = payments.collect(store, desk.catalog, "acme", invoice.id, "manual")
     assert done is not None and (done.n, done.status) == (1, "succeeded")
+
+
+def test_refunding_an_overpayment_takes_back_the_credit_balance_it_left(desk: Desk) -> None:
+    """30.00 owed, 50.00 paid by transfer: 20.00 credit balance; a 25.00 refund returns those 20.00, then 5.00."""
+    provider = Scripted()
+    payments, invoice = automatic(desk, provider)
+    store = desk.invoicer.store
+    paid = collect.record_manual(store, "acme", invoice.id, PaymentBody(amount=Decimal("50")))
+    assert (paid.applied, paid.to_credit) == (Decimal("30.00"), Decimal("20.00"))
+    assert store.balance("acme", "c1", "EUR") == Decimal("20.00")
+    done = payments.refund(store, "acme", paid.id, RefundBody(amount=Decimal("25"), reason="overpaid"))
+    assert (done.amount_refunded, done.credit_refunded) == (Decimal("25.00"), Decimal("20.00"))
+    assert store.balance("acme", "c1", "EUR") == 0
+    assert trial_balance(store)[("refunds", None)] == Decimal("5.00"), "only what went beyond the credit balance"
+    assert trial_balance(store)[("cash", None)] == Decimal("25.00")

@@ -269,11 +269,22 @@ def payment_received(
 
 
 def payment_refunded(
-    invoice: Invoice, refund: str, payment: str, amount: Decimal, account: PaymentAccount, at: datetime
+    invoice: Invoice,
+    refund: str,
+    payment: str,
+    amount: Decimal,
+    account: PaymentAccount,
+    at: datetime,
+    from_credit: Decimal = _ZERO,
 ) -> JournalEntry:
-    """Money back to the customer: out of where the payment landed, into the refunds (contra-revenue) account."""
+    """Money back to the customer, out of where the payment landed.
+
+    ``from_credit`` of it returns an overpayment the customer still holds as credit balance (which it reduces); the
+    rest goes to the refunds (contra-revenue) account.
+    """
     lines = _Lines()
-    lines.debit("refunds", amount)
+    lines.debit("customer_credit", from_credit, invoice.customer)
+    lines.debit("refunds", amount - from_credit)
     lines.credit(account, amount)
     return _entry("refund", refund, invoice, at, lines, payment=payment)
 

@@ -480,14 +480,20 @@ def _refunded(change: Change, payment: Payment, refund_id: str, result: RefundRe
     payment = msgspec.structs.replace(payment, refunds=refunds)
     if result.outcome == "succeeded":
         refunded = payment.amount_refunded + refund.amount
+        # An overpayment the customer still holds as credit balance is what a refund gives back first.
+        overpaid = (payment.to_credit or _ZERO) - payment.credit_refunded
+        from_credit = max(_ZERO, min(refund.amount, overpaid, change.balance(payment.customer, payment.currency)))
         payment = msgspec.structs.replace(
             payment,
             amount_refunded=refunded,
+            credit_refunded=payment.credit_refunded + from_credit,
             status="refunded" if refunded == payment.amount else "partially_refunded",
         )
         invoice = _invoice(change, payment.invoice)
         account: ledger.PaymentAccount = "payments_clearing" if payment.method == "stripe" else "cash"
-        change.post(ledger.payment_refunded(invoice, refund.id, payment.id, refund.amount, account, change.now))
+        change.post(
+            ledger.payment_refunded(invoice, refund.id, payment.id, refund.amount, account, change.now, from_credit)
+        )
         change.emit("payment.refunded", {**_data(payment), "refund": msgspec.to_builtins(done)})
     change.put(f"payment/{change.tenant}/{payment.id}", payment)
     return payment

@@ -85,6 +85,8 @@ class Payment(msgspec.Struct):
     #: The part of the amount that settled the invoice; the rest (an overpayment) became credit balance.
     applied: Decimal | None = None
     to_credit: Decimal | None = None
+    #: What refunds took back of ``to_credit`` (the overpayment) out of the customer's credit balance.
+    credit_refunded: Decimal = Decimal(0)
     #: The invoice had been written off: the settled part recovered bad debt.
     recovered: bool = False
     attempt: int | None = None
