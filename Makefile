@@ -111,8 +111,12 @@ bench-open: build ## Restart with 10^9 identities in the dedup window: open time
 bench-invoice-run: build ## The whole invoice run of a month for 1M subscriptions, built through the engine and catalog
 	$(PY) benches/bench_invoice_run.py
 
+.PHONY: bench-money
+bench-money: build ## Money events: an invoice finalized (taxed), paid and refunded, each one synced write; peer: a bare synced write
+	$(PY) benches/bench_money.py
+
 .PHONY: bench
-bench: bench-core bench-http bench-peers bench-export bench-pricing bench-invoice-run bench-usage-json bench-query-ingest ## All benchmarks
+bench: bench-core bench-http bench-peers bench-export bench-pricing bench-invoice-run bench-money bench-usage-json bench-query-ingest ## All benchmarks
 
 .PHONY: lint
 lint: system-deps $(VENV)/.deps ## ruff (check, format --check), mypy --strict, cargo fmt --check and clippy: zero findings
