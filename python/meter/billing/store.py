@@ -133,13 +133,10 @@ class AlreadyPosted(AssertionError):
 
 def _summary_type() -> type[msgspec.Struct]:
     """An invoice's fields but its lines, as raw JSON, leaving out those unset (null, empty lists) when encoded."""
-    unset = {
-        name: msgspec.Raw(b"[]" if f.default_factory is list else b"null")
-        for f in msgspec.structs.fields(Invoice)
-        for name in [f.name]
-    }
     fields = [
-        (name, msgspec.Raw, default) for name, default in unset.items() if name not in ("lines", "line_taxes", "basis")
+        (f.name, msgspec.Raw, msgspec.Raw(b"[]" if f.default_factory is list else b"null"))
+        for f in msgspec.structs.fields(Invoice)
+        if f.name not in ("lines", "line_taxes", "basis")
     ]
     return msgspec.defstruct("InvoiceSummary", fields, omit_defaults=True)
 
