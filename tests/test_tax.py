@@ -387,3 +387,22 @@ def test_rates_elsewhere_only_tax_nothing_and_the_invoice_says_where(desk: Desk)
     assert final.tax_note is not None and final.tax_note.startswith(
         "No tax: no tax rate of the catalog applies in US-CA"
     )
+
+
+def test_a_preview_is_taxed_as_an_estimate_and_never_refused(desk: Desk) -> None:
+    # The same NY invoice as above, previewed: 49.99 + 10.10 with 4.44 + 0.90 = 5.34 of tax, total 65.43, an estimate.
+    ny = rate("ny", "US", "8.875", region="NY", name="NY sales tax")
+    draft = invoice_of(
+        desk, currency="USD", fees=["49.99", "10.10"], country="US", region="ny", seller="US", rates=(ny,)
+    )
+    taxes, at = desk.invoicer.taxes, datetime(2026, 11, 15, tzinfo=UTC)
+    estimate = taxes.estimate(draft, at)
+    assert (estimate.tax, estimate.total, estimate.tax_note) == (D("5.34"), D("65.43"), "Estimate.")
+    # Without a billing country the finalization is refused; the preview is answered untaxed, saying why.
+    desk.catalog.put_customer("acme", Customer(id="c1", name="One", currency="USD"))
+    untaxed = taxes.estimate(draft, at)
+    assert (untaxed.tax, untaxed.total) == (None, D("60.09")) and untaxed.tax_note
+    assert untaxed.tax_note.startswith("Tax not estimated:") and "billing country" in untaxed.tax_note
+    # With Stripe Tax, no calculation (each one is billed) for a preview.
+    desk.catalog.put_tax_settings("acme", TaxSettings(country="US", provider="stripe"))
+    assert taxes.estimate(draft, at).tax_note == "Tax: computed by Stripe Tax when the invoice is finalized."

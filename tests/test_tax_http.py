@@ -83,6 +83,16 @@ def test_rates_settings_and_a_taxed_invoice_over_http(server: Server, key: str) 
     assert (note.json()["amount"], note.json()["tax"]) == ("10.00", "0.82")
     assert [(t["rate"], t["amount"]) for t in note.json()["taxes"]] == [("ny", "0.82")]
 
+    # The upcoming invoice (the next cycle's 49.99) shows the tax it would carry, as an estimate.
+    [upcoming] = c.get("/v1/customers/c1/upcoming-invoice").json()
+    assert (upcoming["status"], upcoming["subtotal"], upcoming["tax"], upcoming["total"]) == (
+        "draft",
+        "49.99",
+        "4.44",
+        "54.43",
+    )
+    assert upcoming["tax_note"] == "Estimate." and upcoming["taxes"][0]["rate"] == "ny"
+
     # Ending the rate: invoices finalized from then on are not taxed at it; it stays listed.
     ended = c.post("/v1/tax-rates/ny/end", json={"at": "2027-01-01T00:00:00Z"})
     assert ended.status_code == 200 and ended.json()["effective_to"] == "2027-01-01T00:00:00Z", ended.text

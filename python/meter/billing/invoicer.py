@@ -139,8 +139,10 @@ class Invoicer:
         )
 
     def preview(self, tenant: str, customer: str, as_of: datetime) -> list[Invoice]:
+        """The customer's next invoices with the usage so far, and the tax they would carry (an estimate)."""
         with self.lock:
-            return upcoming_invoices(self._snapshot(tenant), self.out, self.store, customer, as_of)
+            upcoming = upcoming_invoices(self._snapshot(tenant), self.out, self.store, customer, as_of)
+        return [self.taxes.estimate(invoice, as_of) for invoice in upcoming]
 
     def thresholds(self, tenant: str, as_of: datetime) -> InvoiceRun:
         """Issues the threshold invoices due at ``as_of``; ``period`` in the answer is the month of ``as_of``."""

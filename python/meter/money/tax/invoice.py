@@ -93,6 +93,24 @@ class Taxes:
 
         return tax
 
+    def estimate(self, invoice: Invoice, at: datetime) -> Invoice:
+        """``invoice`` with the tax it would carry if finalized at ``at``: for previews (the upcoming invoice).
+
+        From the catalog's rates only: Stripe Tax is asked at finalization, never for a preview (each calculation is
+        billed), and a preview whose tax cannot be computed (no billing country) is answered untaxed with a note
+        saying why, never refused. ``tax_note`` says it is an estimate.
+        """
+        reads = _Reads(self.catalog, invoice.tenant)
+        if reads.settings is not None and reads.settings.provider == "stripe":
+            return msgspec.structs.replace(
+                invoice, tax_note="Tax: computed by Stripe Tax when the invoice is finalized."
+            )
+        try:
+            taxed = self.tax(invoice, at, reads)
+        except InvalidInput as e:
+            return msgspec.structs.replace(invoice, tax_note=f"Tax not estimated: {e.message}")
+        return msgspec.structs.replace(taxed, tax_note=f"Estimate; {taxed.tax_note}" if taxed.tax_note else "Estimate.")
+
     def provider(self, tenant: str, settings: TaxSettings | None, reads: _Reads | None = None) -> TaxProvider:
         if settings is not None and settings.provider == "stripe":
             if not self.stripe_api_key:
