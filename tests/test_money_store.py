@@ -14,7 +14,7 @@ import pytest
 from meter.billing.invoices import Invoice
 from meter.billing.store import AlreadyPosted, InvoiceStore
 from meter.catalog.billing import Subscription
-from meter.exceptions import InvalidInput
+from meter.exceptions import InvalidInput, StorageError
 from meter.money import ledger
 
 from tests.conftest import OCT, Desk
@@ -127,6 +127,9 @@ def test_a_store_written_before_the_ledger_is_migrated_once(tmp_path: Path, desk
     old._db[b"credit_note/acme/CN-000001"] = msgspec.json.encode(note)
     del old._db[b"meta/schema"]
     old.close()
+    with pytest.raises(StorageError) as refused:  # a degraded start cannot migrate: it says so rather than misread
+        InvoiceStore(tmp_path / "old", read_only=True)
+    assert refused.value.code == "migration_needed" and "earlier version" in refused.value.message
     migrated = InvoiceStore(tmp_path / "old")
     try:
         invoice = migrated.get("acme", final.id)

@@ -59,7 +59,7 @@ from rocksdict import Rdict, WriteBatch, WriteOptions
 from meter.billing.invoices import BILLED, CreditNote, Invoice, Status, check_credit_amount, check_invoice
 from meter.billing.keys import CommitKey, GrantKey, parse_line_key
 from meter.catalog.kv import Store, scan
-from meter.exceptions import InvalidInput, NotFound
+from meter.exceptions import InvalidInput, NotFound, StorageError
 from meter.money import ledger
 from meter.money.events import Event, EventType, event_id
 from meter.money.ledger import JournalEntry
@@ -293,8 +293,17 @@ class InvoiceStore(Store):
         super().__init__(path, read_only)
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
-        if not read_only and self._db.get(b"meta/schema") != _SCHEMA:
-            self._migrate()
+        if self._db.get(b"meta/schema") != _SCHEMA:
+            if not read_only:
+                self._migrate()
+            elif next(self._keys(b"invoice/"), None) is not None:
+                self.close()
+                raise StorageError(
+                    f"the invoice store {os.fspath(path)} was written by an earlier version of meter: it is brought "
+                    "up to date when opened for writing, which a read-only (degraded) start cannot do; free the "
+                    "disk (or make it writable) and start again",
+                    code="migration_needed",
+                )
 
     def lock(self, tenant: str) -> threading.Lock:
         """The lock that serialises the tenant's writes (a ``with`` block may hold it across several calls)."""
