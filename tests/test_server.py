@@ -163,6 +163,7 @@ def test_metrics_and_openapi(server: Server, acme: httpx.Client) -> None:
         metrics = server.client(server.admin_key).get("/metrics").text
         assert "meter_events_accepted_total" in metrics and 'meter_http_responses_total{status="200"}' in metrics
         assert 'meter_commit_seconds_bucket{le="+Inf"}' in metrics and "meter_commit_seconds_count" in metrics
+        assert 'meter_webhook_attempts_total{outcome="failed"} 0' in metrics
         spec = anonymous.get("/openapi.json").json()
     assert spec["openapi"].startswith("3.1")
     assert "IngestResult" in spec["components"]["schemas"] and "/v1/events" in spec["paths"]

@@ -293,6 +293,7 @@ def test_a_body_is_the_event_as_stored_and_every_attempt_signs_it_anew(store: In
     delivery = the_delivery(store, "acme", event)
     assert [a.status for a in delivery.history] == [503, 200] and delivery.history[1].response == "thanks"
     assert delivery.status == "delivered" and delivery.delivered_at is not None
+    assert w.outcomes == {"pending": 1, "delivered": 1}, "what /metrics counts: a retry scheduled, then delivered"
 
 
 def test_a_backlog_is_fanned_out_once_and_delivered_once_round_after_round(store: InvoiceStore) -> None:

@@ -134,7 +134,7 @@ class MeterApp:
 
     def metrics(self) -> str:
         exports = self.scheduler.exports_done if self.scheduler else 0
-        return render(self.responses, self.engine, exports)
+        return render(self.responses, self.engine, exports, self.webhooks.outcomes if self.webhooks else None)
 
     def openapi_json(self) -> bytes:
         if self._openapi_json is None:  # built once: generating the schemas would cost every request on the loop

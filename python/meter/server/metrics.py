@@ -11,16 +11,30 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from meter.engine import Engine
 from meter.server.context import Unavailable
 
 __all__ = ["render"]
 
 
-def render(responses: dict[int, int], engine: Engine | Unavailable | None, exports_done: int) -> str:
-    """The exposition: `responses` (answers by status), then the engine's figures if it is open."""
+def render(
+    responses: dict[int, int],
+    engine: Engine | Unavailable | None,
+    exports_done: int,
+    webhook_attempts: Mapping[str, int] | None = None,
+) -> str:
+    """The exposition: `responses` (answers by status), webhook attempts, then the engine's figures if it is open."""
     lines = ["# TYPE meter_http_responses_total counter"]
     lines += [f'meter_http_responses_total{{status="{k}"}} {v}' for k, v in sorted(responses.items())]
+    if webhook_attempts is not None:
+        # Outgoing webhook attempts since the start, by what they left the delivery (see meter.money.webhooks).
+        lines.append("# TYPE meter_webhook_attempts_total counter")
+        lines += [
+            f'meter_webhook_attempts_total{{outcome="{outcome}"}} {webhook_attempts.get(outcome, 0)}'
+            for outcome in ("delivered", "pending", "failed")
+        ]
     if engine is not None and not isinstance(engine, Unavailable):
         s = engine.stats()
         for name, kind, value in [

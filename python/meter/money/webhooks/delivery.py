@@ -31,6 +31,7 @@ import random
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -145,6 +146,8 @@ class WebhookWorker:
         self._slots: asyncio.Semaphore | None = None
         #: Attempts made since start (successful or not).
         self.attempts = 0
+        #: Attempts by what they left the delivery: delivered, pending (a retry scheduled), failed (given up on).
+        self.outcomes: Counter[str] = Counter()
 
     # The thread
 
@@ -291,7 +294,7 @@ class WebhookWorker:
                     attempt = Attempt(at=now, error=f"internal error while sending: {e!r}")
                 self.attempts += 1
                 backoff = self.settings.backoff
-                await asyncio.to_thread(
+                recorded = await asyncio.to_thread(
                     deliveries.record,
                     self.store,
                     tenant,
@@ -301,6 +304,8 @@ class WebhookWorker:
                     lambda n: backoff.delay(n, self.rng),
                     backoff.window,
                 )
+                if recorded is not None:  # delivered, pending (to be retried) or failed (given up on)
+                    self.outcomes[recorded.status] += 1
         except Exception as e:  # noqa: BLE001 - reported; the delivery stays due and is tried again
             print(f"meter: webhook delivery {tenant}/{seq}/{endpoint_id} failed: {e!r}", file=sys.stderr, flush=True)
 
