@@ -37,7 +37,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from meter.billing.invoices import Invoice, InvoiceLine
 from meter.billing.store import AlreadyPosted, InvoiceStore
 from meter.catalog.tax import TaxRate
-from meter.exceptions import InvalidInput
+from meter.exceptions import Conflict
 from meter.money import ledger, reports
 from meter.money.payments import collect
 from meter.money.payments.records import PaymentBody, RefundBody
@@ -200,7 +200,7 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         invoice = data.draw(st.sampled_from(candidates))
         if invoice.amount_paid:
-            with pytest.raises(InvalidInput):
+            with pytest.raises(Conflict):
                 self.store.void(T, invoice.id, now=self.now())
             event("void refused: paid on")
             return

@@ -14,7 +14,7 @@ import pytest
 from meter.billing.invoices import Invoice
 from meter.billing.store import AlreadyPosted, InvoiceStore
 from meter.catalog.billing import Subscription
-from meter.exceptions import InvalidInput, StorageError
+from meter.exceptions import Conflict, StorageError
 from meter.money import ledger
 
 from tests.conftest import OCT, Desk
@@ -99,7 +99,7 @@ def test_a_void_after_a_payment_and_a_second_entry_for_one_cause_are_refused(des
     final, _ = desk.invoicer.finalize("acme", november(desk).id)
     with store.transaction("acme") as change:
         change.put(f"invoice/acme/{final.id}", msgspec.structs.replace(final, amount_paid=Decimal("1.00")))
-    with pytest.raises(InvalidInput) as refused:
+    with pytest.raises(Conflict) as refused:
         desk.invoicer.void("acme", final.id)
     assert refused.value.code == "invalid_state" and "credit note" in refused.value.message
     before = list(store.journal("acme"))

@@ -11,6 +11,7 @@ from typing import Any
 __all__ = [
     "AlreadyExists",
     "BatchRejected",
+    "Conflict",
     "EngineClosed",
     "InvalidInput",
     "MeterError",
@@ -50,6 +51,16 @@ class BatchRejected(InvalidInput):
     @property
     def issues(self) -> list[dict[str, Any]]:
         return list(self.details or [])
+
+
+class Conflict(MeterError):
+    """What is asked is not allowed in the object's state; nothing was changed.
+
+    Finalizing an invoice twice, voiding a paid one, paying a draft: ``code`` says which (``invalid_state``,
+    ``stale_draft``...). HTTP 409.
+    """
+
+    code = "invalid_state"
 
 
 class NotFound(MeterError, LookupError):

@@ -59,7 +59,7 @@ from rocksdict import Rdict, WriteBatch, WriteOptions
 from meter.billing.invoices import BILLED, CreditNote, Invoice, Status, check_credit_amount, check_invoice
 from meter.billing.keys import CommitKey, GrantKey, parse_line_key
 from meter.catalog.kv import Store, scan
-from meter.exceptions import InvalidInput, NotFound, StorageError
+from meter.exceptions import Conflict, InvalidInput, NotFound, StorageError
 from meter.money import ledger
 from meter.money.events import Event, EventType, event_id
 from meter.money.ledger import JournalEntry
@@ -510,11 +510,9 @@ class InvoiceStore(Store):
         with self.transaction(tenant, now) as change:
             invoice = self.get(tenant, invoice_id)
             if invoice.status != "draft":
-                raise InvalidInput(
-                    f"invoice {invoice_id!r} is {invoice.status}; only a draft can be finalized", code="invalid_state"
-                )
+                raise Conflict(f"invoice {invoice_id!r} is {invoice.status}; only a draft can be finalized")
             if (stale := self._stale(invoice)) is not None:
-                raise InvalidInput(
+                raise Conflict(
                     f"draft {invoice_id!r} is stale: {stale} since it was computed; re-run its period "
                     f"({invoice.period or f'{invoice.period_start:%Y-%m}'}) and finalize the new draft",
                     code="stale_draft",
@@ -579,16 +577,14 @@ class InvoiceStore(Store):
         with self.transaction(tenant, now) as change:
             invoice = self.get(tenant, invoice_id)
             if invoice.status not in ("open", "uncollectible"):
-                raise InvalidInput(
+                raise Conflict(
                     f"invoice {invoice_id!r} is {invoice.status}; only an open or uncollectible invoice can be "
-                    "voided (a draft is simply recomputed; a paid one is corrected by a credit note)",
-                    code="invalid_state",
+                    "voided (a draft is simply recomputed; a paid one is corrected by a credit note)"
                 )
             if invoice.amount_paid:
-                raise InvalidInput(
+                raise Conflict(
                     f"invoice {invoice_id!r} has {invoice.amount_paid} {invoice.currency} paid on it; refund the "
-                    "payments or issue a credit note instead of voiding it",
-                    code="invalid_state",
+                    "payments or issue a credit note instead of voiding it"
                 )
             void = msgspec.structs.replace(invoice, status="void", voided_at=change.now)
             change.post(ledger.invoice_voided(void, self.posted_for(tenant, invoice_id), change.now))
@@ -631,9 +627,8 @@ class InvoiceStore(Store):
         with self.transaction(tenant, now) as change:
             invoice = self.get(tenant, invoice_id)
             if invoice.status not in ("open", "paid"):
-                raise InvalidInput(
-                    f"invoice {invoice_id!r} is {invoice.status}; credit notes go against open or paid invoices",
-                    code="invalid_state",
+                raise Conflict(
+                    f"invoice {invoice_id!r} is {invoice.status}; credit notes go against open or paid invoices"
                 )
             amount = check_credit_amount(amount, invoice.currency)
             credited = sum((n.amount for n in self.credit_notes(tenant) if n.invoice == invoice_id), Decimal(0))

@@ -40,6 +40,7 @@ _STATUS: list[tuple[type[BaseException], int]] = [
     (exc.NotFound, 404),
     (exc.AlreadyExists, 409),
     (exc.InUse, 409),
+    (exc.Conflict, 409),
     (exc.Overloaded, 429),
     (exc.StoreFailed, 503),
     (exc.EngineClosed, 503),
@@ -49,7 +50,7 @@ _STATUS: list[tuple[type[BaseException], int]] = [
 
 
 # Request-level codes whose status is not the one of their class.
-_BY_CODE = {"too_many_events": 413, "stale_draft": 409, "tax_unavailable": 503}
+_BY_CODE = {"too_many_events": 413, "tax_unavailable": 503}
 
 INTERNAL_MESSAGE = (
     "internal error (logged by the server); the request may have been "

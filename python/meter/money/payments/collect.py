@@ -22,7 +22,7 @@ import msgspec
 
 from meter.billing.invoices import Invoice
 from meter.billing.store import Change, InvoiceStore, invoice_summary, settle
-from meter.exceptions import InvalidInput, MeterError, NotFound
+from meter.exceptions import Conflict, InvalidInput, NotFound
 from meter.money import ledger
 from meter.money.payments.provider import ChargeResult, RefundResult
 from meter.money.payments.records import (
@@ -60,12 +60,6 @@ __all__ = [
 
 _ZERO = Decimal(0)
 _T = TypeVar("_T", bound=msgspec.Struct)
-
-
-class Conflict(MeterError):
-    """The invoice or payment is not in a state that allows this (a 409 with ``code``)."""
-
-    code = "invalid_state"
 
 
 def attempt_key(tenant: str, invoice: str, n: int) -> str:

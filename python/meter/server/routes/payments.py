@@ -72,14 +72,12 @@ def _catalog(ctx: Context) -> BillingCatalog:
     return cast(BillingCatalog, opened(ctx.billing))
 
 
-def _conflicts(fn: Callable[_P, _T]) -> Callable[_P, _T]:
-    """``fn`` with a state conflict as a 409 and an unreachable provider as a 503."""
+def _provider_errors(fn: Callable[_P, _T]) -> Callable[_P, _T]:
+    """``fn`` with an unreachable provider as a 503 (a state conflict is a 409 by its class, ``Conflict``)."""
 
     def call(*args: _P.args, **kwargs: _P.kwargs) -> _T:
         try:
             return fn(*args, **kwargs)
-        except collect.Conflict as e:
-            raise ApiError(409, e.code, e.message) from None
         except OutcomeUnknown as e:
             raise ApiError(
                 503,
@@ -92,7 +90,7 @@ def _conflicts(fn: Callable[_P, _T]) -> Callable[_P, _T]:
 
 
 async def record_payment(ctx: Context, request: Request, invoice_id: str, body: PaymentBody) -> Answer:
-    payment = await ctx.call(_conflicts(collect.record_manual), _invoices(ctx), request.tenant, invoice_id, body)
+    payment = await ctx.call(_provider_errors(collect.record_manual), _invoices(ctx), request.tenant, invoice_id, body)
     return 201, payment, {}
 
 
@@ -111,12 +109,12 @@ def _pay(payments: Payments, store: Any, catalog: Any, tenant: str, invoice_id: 
 
 async def pay_invoice(ctx: Context, request: Request, invoice_id: str) -> Answer:
     payments = _payments(ctx)
-    done = await ctx.call(_conflicts(_pay), payments, _invoices(ctx), _catalog(ctx), request.tenant, invoice_id)
+    done = await ctx.call(_provider_errors(_pay), payments, _invoices(ctx), _catalog(ctx), request.tenant, invoice_id)
     return 200, done, {}
 
 
 async def mark_uncollectible(ctx: Context, request: Request, invoice_id: str) -> Answer:
-    invoice = await ctx.call(_conflicts(collect.mark_uncollectible), _invoices(ctx), request.tenant, invoice_id)
+    invoice = await ctx.call(_provider_errors(collect.mark_uncollectible), _invoices(ctx), request.tenant, invoice_id)
     return 200, invoice, {}
 
 
@@ -133,7 +131,7 @@ async def get_payment(ctx: Context, request: Request, payment_id: str) -> Answer
 
 async def refund_payment(ctx: Context, request: Request, payment_id: str, body: RefundBody) -> Answer:
     payments = _payments(ctx)
-    done = await ctx.call(_conflicts(payments.refund), _invoices(ctx), request.tenant, payment_id, body)
+    done = await ctx.call(_provider_errors(payments.refund), _invoices(ctx), request.tenant, payment_id, body)
     return 201, done, {}
 
 
