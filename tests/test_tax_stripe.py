@@ -212,3 +212,20 @@ def test_the_stripe_provider_needs_the_servers_key(desk: Desk) -> None:
     with pytest.raises(MeterError) as failed:
         desk.invoicer.finalize("acme", draft.id)
     assert failed.value.code == "tax_provider_unconfigured" and "METER_STRIPE_API_KEY" in failed.value.message
+
+
+def test_stripe_tax_is_asked_before_the_store_lock_is_taken(desk: Desk, fake: FakeStripe) -> None:
+    # The lock holds every other write of the tenant (payments, webhook deliveries): never across Stripe's latency.
+    desk.invoicer.taxes = Taxes(desk.catalog, stripe_api_key=KEY)
+    draft = invoice_of(desk, currency="GBP", fees=["10.00"], country="GB")
+    desk.catalog.put_tax_settings("acme", TaxSettings(country="GB", provider="stripe"))
+    held: list[bool] = []
+    calculation = fake.calculation
+
+    def watched(form: dict[str, str]) -> dict[str, Any]:
+        held.append(desk.invoicer.store.lock("acme").locked())
+        return calculation(form)
+
+    fake.calculation = watched  # type: ignore[method-assign]
+    final, _ = desk.invoicer.finalize("acme", draft.id)
+    assert held == [False] and (final.tax, final.total) == (D("2.00"), D("12.00"))

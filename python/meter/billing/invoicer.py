@@ -66,6 +66,17 @@ class Invoicer:
 
         return prepare
 
+    @staticmethod
+    def _ahead(prepare: Prepare, draft: Invoice) -> Prepare:
+        """``prepare`` applied to ``draft`` now, before the store's lock is taken; used under it if still current.
+
+        Preparing may ask Stripe Tax (hundreds of milliseconds), and the store's lock holds every other write of the
+        tenant (payments, webhook deliveries) meanwhile. Under the lock, the result stands while the stored draft is
+        ``draft``; a draft recomputed in between is prepared again there.
+        """
+        ready = prepare(draft)
+        return lambda stored: ready if stored == draft else prepare(stored)
+
     def _collection(self, tenant: str) -> Prepare:
         """The step that sets how the invoice is collected: its customer's ``collection``."""
 
@@ -111,7 +122,7 @@ class Invoicer:
                 done, prepare = [], self.prepare(tenant)
                 for draft in invoices:
                     try:
-                        done.append(self.store.finalize(tenant, draft.id, prepare=prepare))
+                        done.append(self.store.finalize(tenant, draft.id, prepare=self._ahead(prepare, draft)))
                     except Exception as e:  # noqa: BLE001 - the drafts before it stay finalized: say so, go on
                         errors.append(
                             RunError(
@@ -157,7 +168,10 @@ class Invoicer:
         return InvoiceRun(period=f"{as_of:%Y-%m}", invoices=priced.invoices, errors=priced.errors, warnings=warnings)
 
     def finalize(self, tenant: str, invoice_id: str) -> tuple[Invoice, list[RunWarning]]:
-        final = self.store.finalize(tenant, invoice_id, prepare=self.prepare(tenant))
+        prepare, draft = self.prepare(tenant), self.store.get(tenant, invoice_id)
+        if draft.status == "draft":  # else the store refuses it, saying why, with nothing asked of a provider
+            prepare = self._ahead(prepare, draft)
+        final = self.store.finalize(tenant, invoice_id, prepare=prepare)
         warnings = self._export_after_write(tenant)
         if final.collection == "automatic" and final.status == "open" and self.collect is not None:
             self._collected(tenant, [final])
