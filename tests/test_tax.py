@@ -406,3 +406,26 @@ def test_a_preview_is_taxed_as_an_estimate_and_never_refused(desk: Desk) -> None
     # With Stripe Tax, no calculation (each one is billed) for a preview.
     desk.catalog.put_tax_settings("acme", TaxSettings(country="US", provider="stripe"))
     assert taxes.estimate(draft, at).tax_note == "Tax: computed by Stripe Tax when the invoice is finalized."
+
+
+@pytest.mark.parametrize(
+    ("type_", "value", "ok"),
+    [
+        ("eu_vat", "DE123456789", True),
+        ("eu_vat", "EL123456789", True),
+        ("eu_vat", "de123456789", False),
+        ("eu_vat", "DE 123 456 789", False),
+        ("eu_vat", "US123456789", False),
+        ("gb_vat", "GB123456789", True),
+        ("gb_vat", "GB12345", False),
+        ("us_ein", "12-3456789", True),
+        ("us_ein", "123456789", False),
+        ("au_abn", "12 345 678 901", True),  # a type without a fixed shape here: taken as given
+    ],
+)
+def test_a_tax_id_of_a_known_type_must_have_its_shape(type_: str, value: str, ok: bool) -> None:
+    if ok:
+        assert TaxId(type=type_, value=value).value == value
+    else:
+        with pytest.raises(InvalidInput, match=f"a tax id of type '{type_}' is"):
+            TaxId(type=type_, value=value)

@@ -16,6 +16,7 @@ Countries are ISO 3166-1 alpha-2 codes (:data:`COUNTRIES`, the list tzdata ships
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal, get_args
 
@@ -27,6 +28,7 @@ __all__ = [
     "COUNTRIES",
     "EXEMPTIONS",
     "PROVIDERS",
+    "TAX_ID_FORMATS",
     "Country",
     "Exemption",
     "TaxEnd",
@@ -80,8 +82,26 @@ def check_country(value: str, field: str) -> str:
     return value
 
 
+#: The shapes of the tax ids whose format is fixed (as Stripe checks them), by type: an EU VAT number is its
+#: country's prefix (EL for Greece, XI for Northern Ireland) and 2 to 13 letters or digits; a UK one GB and 9 or 12
+#: digits (or GBGD/GBHA and 3); a US EIN 12-3456789. Other types are taken as given.
+TAX_ID_FORMATS: dict[str, tuple[re.Pattern[str], str]] = {
+    "eu_vat": (
+        re.compile(
+            r"(AT|BE|BG|CY|CZ|DE|DK|EE|EL|ES|FI|FR|HR|HU|IE|IT|LT|LU|LV|MT|NL|PL|PT|RO|SE|SI|SK|XI)[0-9A-Z+*]{2,13}"
+        ),
+        "an EU country prefix and 2 to 13 letters or digits, such as DE123456789",
+    ),
+    "gb_vat": (re.compile(r"GB([0-9]{9}|[0-9]{12}|(GD|HA)[0-9]{3})"), "GB and 9 or 12 digits, such as GB123456789"),
+    "us_ein": (re.compile(r"[0-9]{2}-[0-9]{7}"), "two digits, a dash and seven digits, such as 12-3456789"),
+}
+
+
 class TaxId(Checked, forbid_unknown_fields=True):
-    """A customer's tax id: ``type`` as Stripe names them (``eu_vat``, ``gb_vat``, ``us_ein``...), and its value."""
+    """A customer's tax id: ``type`` as Stripe names them (``eu_vat``, ``gb_vat``, ``us_ein``...), and its value.
+
+    The value of a type in :data:`TAX_ID_FORMATS` must have that type's shape (without spaces or dots).
+    """
 
     type: Text
     value: Text
@@ -90,6 +110,8 @@ class TaxId(Checked, forbid_unknown_fields=True):
         super().__post_init__()
         if not self.type.strip() or not self.value.strip():
             raise invalid('a tax id needs a `type` (such as "eu_vat") and a `value` (such as "DE123456789")')
+        if (shape := TAX_ID_FORMATS.get(self.type)) is not None and not shape[0].fullmatch(self.value):
+            raise invalid(f"a tax id of type {self.type!r} is {shape[1]}; got {self.value!r}")
 
 
 class TaxRate(Checked, forbid_unknown_fields=True):
