@@ -109,6 +109,10 @@ def test_the_job_on_an_injected_clock_follows_the_schedule_across_a_restart(desk
     clock = Clock(datetime.now(UTC))
     job = DunningJob(payments, keys, store, catalog, clock)
     assert job.run_once() == 1, "the first run finds the invoice a crash left unscheduled, and charges it"
+    # The sweep read the journal's finalizations up to its cursor: the next one starts there and finds nothing new.
+    [finalized] = [e for e in store.journal("acme") if e.kind == "invoice_finalized"]
+    assert int(store.raw("collect_swept/acme") or b"0") >= finalized.seq
+    assert payments.sweep(store, "acme", clock.now) == 0
     [first] = collect.attempts_of(store, "acme", invoice.id)
     assert (first.status, first.trigger, first.idempotency_key) == ("failed", "finalize", f"meter-acme-{invoice.id}-1")
     assert first.next_attempt_at is not None

@@ -214,17 +214,32 @@ class Payments:
         return done
 
     def sweep(self, store: InvoiceStore, tenant: str, at: datetime) -> int:
-        """Puts up for collection at ``at`` the open automatic invoices with no collection record and no attempt."""
-        missing = []
-        for invoice_id, status, raw in store.statuses(tenant):
-            if status != "open" or msgspec.json.decode(raw, type=_Head).collection != "automatic":
+        """Puts up for collection at ``at`` the open automatic invoices with no collection record and no attempt.
+
+        Those a crash left between their finalization and its collection record. Only the invoices finalized since
+        the last sweep are looked at: the journal's finalizations after the tenant's sweep cursor
+        (``collect_swept/<tenant>``, written once they are put up), so a sweep costs what was finalized since, not the
+        tenant's history.
+        """
+        cursor = f"collect_swept/{tenant}"
+        after = int(store.raw(cursor) or b"0")
+        missing, last = [], after
+        for entry in store.journal(tenant, after):
+            last = entry.seq
+            if entry.kind != "invoice_finalized" or entry.invoice is None:
                 continue
-            if store.raw(f"collect/{tenant}/{invoice_id}") is None and not any(
-                True for _ in store.raw_items(f"attempt/{tenant}/{invoice_id}/")
+            head = msgspec.json.decode(store.raw(f"invoice/{tenant}/{entry.invoice}") or b"{}", type=_Head)
+            if head.status != "open" or head.collection != "automatic":
+                continue
+            if store.raw(f"collect/{tenant}/{entry.invoice}") is None and not any(
+                True for _ in store.raw_items(f"attempt/{tenant}/{entry.invoice}/")
             ):
-                missing.append(invoice_id)
+                missing.append(entry.invoice)
         if missing:
             schedule(store, tenant, missing, at)
+        if last != after:
+            with store.transaction(tenant) as change:
+                change.put(cursor, str(last).encode())
         return len(missing)
 
     # Refunds
