@@ -22,6 +22,7 @@ from meter.money.payments import collect
 from meter.money.payments.dunning import DunningJob, Payments
 from meter.money.payments.provider import ChargeRequest, ChargeResult, OutcomeUnknown, RefundResult
 from meter.money.payments.records import PaymentBody, RefundBody
+from meter.server.errors import answer_of
 
 from tests.conftest import OCT, Desk
 from tests.test_invoicing import base_fee
@@ -262,3 +263,8 @@ def test_refunding_an_overpayment_takes_back_the_credit_balance_it_left(desk: De
     assert store.balance("acme", "c1", "EUR") == 0
     assert trial_balance(store)[("refunds", None)] == Decimal("5.00"), "only what went beyond the credit balance"
     assert trial_balance(store)[("cash", None)] == Decimal("25.00")
+
+
+def test_a_provider_that_cannot_be_reached_is_a_503_to_retry() -> None:
+    status, body, headers = answer_of(OutcomeUnknown("Stripe could not be reached (timeout); replayed later"))
+    assert (status, body["code"], headers) == (503, "provider_unavailable", {"retry-after": "1"})

@@ -57,7 +57,8 @@ class RefundResult(msgspec.Struct, frozen=True):
 class OutcomeUnknown(MeterError):
     """The provider could not be reached or did not say (a network error, a 5xx, a payment processing).
 
-    What was asked may or may not have happened: replay it with the same idempotency key.
+    What was asked may or may not have happened: replay it with the same idempotency key (an HTTP 503: repeating the
+    request, or the dunning job, does; never twice).
     """
 
     code = "provider_unavailable"

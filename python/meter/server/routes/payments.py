@@ -10,9 +10,8 @@ what was started (the same idempotency key), never starts it again.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, ParamSpec, TypeVar, cast
+from typing import Annotated, Any, cast
 
 import msgspec
 
@@ -21,7 +20,6 @@ from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.money.payments import collect
 from meter.money.payments.dunning import Payments
-from meter.money.payments.provider import OutcomeUnknown
 from meter.money.payments.records import (
     Attempt,
     DunningSettings,
@@ -39,9 +37,6 @@ from meter.server.http import Answer, Request
 from meter.server.table import TEXT, Body, Param, PathParam, Route, enum
 
 __all__ = ["ROUTES", "Collected", "DunningRunBody"]
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
 
 
 class Collected(msgspec.Struct):
@@ -72,25 +67,8 @@ def _catalog(ctx: Context) -> BillingCatalog:
     return cast(BillingCatalog, opened(ctx.billing))
 
 
-def _provider_errors(fn: Callable[_P, _T]) -> Callable[_P, _T]:
-    """``fn`` with an unreachable provider as a 503 (a state conflict is a 409 by its class, ``Conflict``)."""
-
-    def call(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return fn(*args, **kwargs)
-        except OutcomeUnknown as e:
-            raise ApiError(
-                503,
-                "provider_unavailable",
-                f"{e.message}: repeat the same request, which completes what was started (never twice)",
-                {"retry-after": "30"},
-            ) from None
-
-    return call
-
-
 async def record_payment(ctx: Context, request: Request, invoice_id: str, body: PaymentBody) -> Answer:
-    payment = await ctx.call(_provider_errors(collect.record_manual), _invoices(ctx), request.tenant, invoice_id, body)
+    payment = await ctx.call(collect.record_manual, _invoices(ctx), request.tenant, invoice_id, body)
     return 201, payment, {}
 
 
@@ -109,12 +87,12 @@ def _pay(payments: Payments, store: Any, catalog: Any, tenant: str, invoice_id: 
 
 async def pay_invoice(ctx: Context, request: Request, invoice_id: str) -> Answer:
     payments = _payments(ctx)
-    done = await ctx.call(_provider_errors(_pay), payments, _invoices(ctx), _catalog(ctx), request.tenant, invoice_id)
+    done = await ctx.call(_pay, payments, _invoices(ctx), _catalog(ctx), request.tenant, invoice_id)
     return 200, done, {}
 
 
 async def mark_uncollectible(ctx: Context, request: Request, invoice_id: str) -> Answer:
-    invoice = await ctx.call(_provider_errors(collect.mark_uncollectible), _invoices(ctx), request.tenant, invoice_id)
+    invoice = await ctx.call(collect.mark_uncollectible, _invoices(ctx), request.tenant, invoice_id)
     return 200, invoice, {}
 
 
@@ -131,7 +109,7 @@ async def get_payment(ctx: Context, request: Request, payment_id: str) -> Answer
 
 async def refund_payment(ctx: Context, request: Request, payment_id: str, body: RefundBody) -> Answer:
     payments = _payments(ctx)
-    done = await ctx.call(_provider_errors(payments.refund), _invoices(ctx), request.tenant, payment_id, body)
+    done = await ctx.call(payments.refund, _invoices(ctx), request.tenant, payment_id, body)
     return 201, done, {}
 
 
