@@ -30,6 +30,11 @@ function init(args)
   }
 end
 
+-- $DELAY_MS (optional): each connection waits this long between its requests, to offer a rate below the maximum.
+function delay()
+  return tonumber(os.getenv("DELAY_MS") or "0")
+end
+
 function request()
   if next_body > #bodies then
     next_body = 1

@@ -189,6 +189,37 @@ def _gave_up(policy: RetryPolicy, started: float, last: str) -> MeterError:
     )
 
 
+class _CheckCache:
+    """Entitlement answers kept ``ttl`` seconds, so a gateway can check on every request without a round trip each.
+
+    The price of the cache, stated where it is chosen: an answer is up to ``ttl`` seconds old, so a customer may use a
+    feature that long past a hard limit (or stay refused that long after a top-up). At most ``size`` answers are kept
+    (the oldest go first); thread-safe.
+    """
+
+    def __init__(self, ttl: float, size: int = 100_000) -> None:
+        self.ttl, self.size = ttl, size
+        self._answers: dict[tuple[str, str], tuple[float, JSONObject]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, customer: str, feature: str) -> JSONObject | None:
+        if self.ttl <= 0:
+            return None
+        with self._lock:
+            found = self._answers.get((customer, feature))
+        if found is None or found[0] < time.monotonic():
+            return None
+        return found[1]
+
+    def put(self, customer: str, feature: str, answer: JSONObject) -> JSONObject:
+        if self.ttl > 0:
+            with self._lock:
+                if len(self._answers) >= self.size:
+                    del self._answers[next(iter(self._answers))]
+                self._answers[(customer, feature)] = (time.monotonic() + self.ttl, answer)
+        return answer
+
+
 class Client:
     """Thread-safe client.
 
@@ -208,9 +239,11 @@ class Client:
         timeout: float = 10.0,
         retry: RetryPolicy = DEFAULT_RETRY,
         compress: bool = True,
+        check_cache: float = 1.0,
     ) -> None:
         self._http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
         self._batch_size, self._interval, self._retry, self._compress = batch_size, flush_interval, retry, compress
+        self._checks = _CheckCache(check_cache)
         self._queue: list[dict[str, Any]] = []
         self._issues: list[EventIssue] = []
         self._errors: list[BaseException] = []
@@ -273,6 +306,36 @@ class Client:
         if response.status_code >= 400:
             raise ServerError.of(response)
         return response.json()
+
+    # Live balances and entitlements
+
+    def check(self, customer: str, feature: str) -> JSONObject:
+        """May ``customer`` use ``feature`` now? ``{"has_access", "reason", "usage", "limit", "remaining", ...}``.
+
+        ``GET /v1/customers/{customer}/entitlements/{feature}``, answered from the server's memory; kept
+        ``check_cache`` seconds here (1 by default, 0 for none), so a gateway may call it on every request.
+        """
+        cached = self._checks.get(customer, feature)
+        if cached is not None:
+            return cached
+        answer: JSONObject = self._call("GET", f"/v1/customers/{_segment(customer)}/entitlements/{_segment(feature)}")
+        return self._checks.put(customer, feature, answer)
+
+    def check_many(self, checks: Iterable[tuple[str, str]]) -> list[JSONObject]:
+        """``POST /v1/entitlements/check``: many (customer, feature) checks in one call (at most 1000), not cached."""
+        body = {"checks": [{"customer": c, "feature": f} for c, f in checks]}
+        results: list[JSONObject] = self._call("POST", "/v1/entitlements/check", body)["results"]
+        return results
+
+    def entitlements(self, customer: str) -> list[JSONObject]:
+        """``GET /v1/customers/{customer}/entitlements``: every feature of the customer, as ``check`` answers it."""
+        found: list[JSONObject] = self._call("GET", f"/v1/customers/{_segment(customer)}/entitlements")
+        return found
+
+    def balance(self, customer: str) -> JSONObject:
+        """``GET /v1/customers/{customer}/balance``: the live credit balance, per grant, with what consumed it."""
+        found: JSONObject = self._call("GET", f"/v1/customers/{_segment(customer)}/balance")
+        return found
 
     # Tenants and keys (the operator key)
 
@@ -760,9 +823,11 @@ class AsyncClient:
         timeout: float = 10.0,
         retry: RetryPolicy = DEFAULT_RETRY,
         compress: bool = True,
+        check_cache: float = 1.0,
     ) -> None:
         self._http = httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=timeout)
         self._batch_size, self._interval, self._retry, self._compress = batch_size, flush_interval, retry, compress
+        self._checks = _CheckCache(check_cache)
         self._queue: list[dict[str, Any]] = []
         self._issues: list[EventIssue] = []
         self._task: asyncio.Task[None] | None = None
@@ -778,6 +843,17 @@ class AsyncClient:
         if check and result.issues:
             raise RejectedEvents(result.issues)
         return result
+
+    async def check(self, customer: str, feature: str) -> JSONObject:
+        """``Client.check``, awaited: may ``customer`` use ``feature`` now? (kept ``check_cache`` seconds)."""
+        cached = self._checks.get(customer, feature)
+        if cached is not None:
+            return cached
+        response = await self._http.get(f"/v1/customers/{_segment(customer)}/entitlements/{_segment(feature)}")
+        if response.status_code >= 400:
+            raise ServerError.of(response)
+        answer: JSONObject = response.json()
+        return self._checks.put(customer, feature, answer)
 
     def send(self, event: Mapping[str, Any]) -> None:
         self._queue.extend(_prepare([event]))

@@ -130,6 +130,9 @@ class Engine:
         ):
             if not 1 <= value < 2**32:  # the engine checks the upper bound, with its message
                 raise InvalidInput(f"{name} must be a positive whole number; got {value}", "invalid_config")
+        #: How far ahead of the clock an event's time may be: no event acknowledged from now on is later than
+        #: now + this.
+        self.max_future = max_future
         self._inner = _core.Engine(
             os.fspath(path),
             durability=durability,

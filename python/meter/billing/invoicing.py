@@ -87,7 +87,19 @@ from meter.pricing.rating import rate
 from meter.pricing.schema import CHARGES_SCHEMA
 from meter.pricing.steps import step
 
-__all__ = ["Priced", "bill_thresholds", "invoice_period", "parse_month", "upcoming_invoices"]
+__all__ = [
+    "Priced",
+    "Quantities",
+    "bill_thresholds",
+    "invoice_period",
+    "parse_month",
+    "upcoming_invoices",
+    "upcoming_of",
+]
+
+#: Where rating's usage comes from: requests (as :func:`meter.billing.usage.period_quantities` takes them) -> that
+#: function's quantities frame. The export by default; the engine itself for the live balances.
+Quantities = Callable[[pl.DataFrame], pl.DataFrame]
 
 #: Late events are accepted this far back (the engine's default back-dating window): periods that ended within it
 #: are re-rated for adjustments.
@@ -348,20 +360,43 @@ def upcoming_invoices(
     the current cycle so far. Nothing is saved.
     """
     billed = Billed.of(store, snapshot.tenant)
-    drafts = []
     table = snapshot.subscription_table
     rows = (
         table.with_row_index("_row").filter(pl.col("customer") == customer).get_column("_row")
         if table.height
         else pl.Series(dtype=pl.UInt32)
     )
-    for sub in snapshot.subscriptions_of(rows):  # the customer's, not a million subscription objects
+    subs = snapshot.subscriptions_of(rows)  # the customer's, not a million subscription objects
+    if not subs and snapshot.customer(customer) is None:
+        raise NotFound(f"customer {customer!r} was not found; create it with POST /v1/customers", "not_found")
+    drafts = _upcoming_drafts(snapshot, subs, as_of, billed)
+    return [invoice for invoice in _price(snapshot, out, drafts, billed) if invoice.lines]
+
+
+def upcoming_of(
+    snapshot: Snapshot,
+    out: Path,
+    billed: Billed,
+    subs: Sequence[Subscription],
+    as_of: datetime,
+    quantities: Quantities,
+) -> Priced:
+    """The upcoming invoices of many subscriptions at once, rated from ``quantities`` (the live balances' source).
+
+    The same drafts and the same pricing as :func:`upcoming_invoices`, so that what the live state says a grant has
+    paid is what the invoice will draw from it; a subscription that cannot be rated is in ``errors``.
+    """
+    return _price_apart(snapshot, out, _upcoming_drafts(snapshot, subs, as_of, billed), billed, quantities)
+
+
+def _upcoming_drafts(snapshot: Snapshot, subs: Sequence[Subscription], as_of: datetime, billed: Billed) -> list[_Draft]:
+    """Each subscription's next cycle's draft: its fees, and the usage of the cycle containing ``as_of``."""
+    drafts = []
+    for sub in subs:
         tz = _tz(snapshot, sub)
         current = cycles.cycle_containing(sub, tz, as_of)
         drafts.append(_cycle_draft(snapshot, sub, cycles.cycle_containing(sub, tz, current.end), billed))
-    if not drafts and snapshot.customer(customer) is None:
-        raise NotFound(f"customer {customer!r} was not found; create it with POST /v1/customers", "not_found")
-    return [invoice for invoice in _price(snapshot, out, drafts, billed) if invoice.lines]
+    return drafts
 
 
 def bill_thresholds(
@@ -636,14 +671,16 @@ def _charge(
     )
 
 
-def _price_apart(snapshot: Snapshot, out: Path, drafts: list[_Draft], billed: Billed) -> Priced:
+def _price_apart(
+    snapshot: Snapshot, out: Path, drafts: list[_Draft], billed: Billed, quantities: Quantities | None = None
+) -> Priced:
     """Prices the drafts, isolating the subscriptions that fail.
 
     :func:`_price` of all drafts at once; when that fails, of each subscription's drafts alone, so that the
     failure is reported against the subscriptions it belongs to and the others are invoiced.
     """
     try:
-        return Priced(_price(snapshot, out, drafts, billed), [])
+        return Priced(_price(snapshot, out, drafts, billed, quantities), [])
     except Exception:  # noqa: BLE001 - found again below, per subscription
         pass
     by_sub: dict[str, list[_Draft]] = defaultdict(list)
@@ -652,7 +689,7 @@ def _price_apart(snapshot: Snapshot, out: Path, drafts: list[_Draft], billed: Bi
     invoices, errors = [], []
     for group in by_sub.values():
         try:
-            invoices += _price(snapshot, out, group, billed)
+            invoices += _price(snapshot, out, group, billed, quantities)
         except Exception as e:  # noqa: BLE001 - one subscription never stops the invoicing of the others
             errors.append(_error(group[0].sub, e))
     return Priced(invoices, errors)
@@ -661,8 +698,13 @@ def _price_apart(snapshot: Snapshot, out: Path, drafts: list[_Draft], billed: Bi
 _Rating = tuple[Decimal, Decimal | None, list[LineDetail]]
 
 
-def _price(snapshot: Snapshot, out: Path, drafts: list[_Draft], billed: Billed) -> list[Invoice]:
-    """Rates every charge of every draft in one vectorised pass, then assembles the invoices."""
+def _price(
+    snapshot: Snapshot, out: Path, drafts: list[_Draft], billed: Billed, quantities: Quantities | None = None
+) -> list[Invoice]:
+    """Rates every charge of every draft in one vectorised pass, then assembles the invoices.
+
+    Usage comes from the Parquet export under ``out`` unless ``quantities`` gives it (the live state reads the engine).
+    """
     charges = [(d, c) for d in drafts for c in d.charges if c.gone is None]
     rated: dict[int, _Rating] = {}
     if charges:
@@ -700,11 +742,14 @@ def _price(snapshot: Snapshot, out: Path, drafts: list[_Draft], billed: Billed) 
             [c.price.percentage is not None and c.price.percentage.per == "event" for _, _, c in usage],
             dtype=pl.Boolean,
         )
-        quantities = period_quantities(out, snapshot.tenant, requests.filter(~per_event), aggregations)
-        amounts = event_amounts(out, snapshot.tenant, requests.filter(per_event), snapshot.meters)
-        result = rate(
-            frame, price_frame(prices.values()), quantities.select("charge", "quantity", "combination"), amounts
+        periodic = requests.filter(~per_event)
+        used = (
+            quantities(periodic)
+            if quantities is not None
+            else period_quantities(out, snapshot.tenant, periodic, aggregations)
         )
+        amounts = event_amounts(out, snapshot.tenant, requests.filter(per_event), snapshot.meters)
+        result = rate(frame, price_frame(prices.values()), used.select("charge", "quantity", "combination"), amounts)
         details: dict[str, list[LineDetail]] = defaultdict(list)
         for row in result.details.iter_rows(named=True):
             tier_from = tier_to = None

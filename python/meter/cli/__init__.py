@@ -11,6 +11,7 @@ Layout (each module holds its commands, registered on ``main`` here; none import
 - ``webhooks``: ``meter webhooks`` (endpoints, events, deliveries, replays);
 - ``tax``: ``meter tax`` (tax rates, the seller's tax settings);
 - ``ledger``: ``meter ledger`` (journal entries, trial balance, customers' balances, CSV export);
+- ``live``: ``meter balance`` and ``meter entitlements`` (a customer's live credit balance and access);
 - ``payments``: ``meter payments`` (manual payments, refunds, collection attempts, dunning, Stripe settings);
 - ``export``: ``meter export`` (Parquet, from a data directory with no server running);
 - ``admin``: ``meter admin-key`` and ``meter maintain`` (a data directory's operator keys, retention, roll-ups);
@@ -38,6 +39,7 @@ from meter.cli import (
     export,
     invoices,
     ledger,
+    live,
     meters,
     payments,
     serve,
@@ -74,6 +76,8 @@ for _command in (
     webhooks.webhooks,
     tax.tax,
     ledger.ledger,
+    live.balance,
+    live.entitlements,
     payments.payments,
     export.export,
     demo.demo,

@@ -61,8 +61,10 @@ __all__ = [
     "PRICE_PARAMETERS",
     "CatalogTables",
     "Snapshot",
+    "catalog_tables",
     "export_catalog",
     "load_snapshot",
+    "meters_table",
     "read_meters",
     "refresh_catalog",
     "snapshot_of",
@@ -219,7 +221,7 @@ def _export_tenant(
     catalog: BillingCatalog, engine: Engine, tenant: str, out: Path, sequence: int, summary: ExportSummary
 ) -> tuple[pa.Table, CatalogTables | None]:
     """Writes one tenant's files; returns its meters and, unless the catalog was unchanged, the tables written."""
-    meters = _meters_table(engine, tenant)
+    meters = meters_table(engine, tenant)
     manifest = layout.manifest(layout.catalog_tenant(out, tenant))
     if read_manifest(manifest, dict[str, int], {}) == {"sequence": sequence} and all(
         layout.catalog_file(out, tenant, name).exists() for name in ("customers", "prices", "subscriptions")
@@ -230,12 +232,7 @@ def _export_tenant(
         summary.rows += meters.num_rows
         summary.unchanged += 3
         return meters, None
-    tables = CatalogTables(
-        customers=_rows_table(catalog.raw_values("customer", tenant), _CustomerRow),
-        prices=_prices_table(catalog, tenant),
-        subscriptions=_rows_table(catalog.raw_values("subscription", tenant), _SubscriptionRow),
-        meters=meters,
-    )
+    tables = catalog_tables(catalog, tenant, meters)
     for name, table in tables.named().items():
         write_parquet(table, layout.catalog_file(out, tenant, name))
         summary.files += 1
@@ -244,7 +241,17 @@ def _export_tenant(
     return meters, tables
 
 
-def _meters_table(engine: Engine, tenant: str) -> pa.Table:
+def catalog_tables(catalog: BillingCatalog, tenant: str, meters: pa.Table) -> CatalogTables:
+    """The tenant's snapshot tables, built in memory from the catalog (``meters``: :func:`meters_table`)."""
+    return CatalogTables(
+        customers=_rows_table(catalog.raw_values("customer", tenant), _CustomerRow),
+        prices=_prices_table(catalog, tenant),
+        subscriptions=_rows_table(catalog.raw_values("subscription", tenant), _SubscriptionRow),
+        meters=meters,
+    )
+
+
+def meters_table(engine: Engine, tenant: str) -> pa.Table:
     return pa.Table.from_pylist(
         [
             {

@@ -38,6 +38,7 @@ from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.catalog.keys import KeyStore
 from meter.engine import Engine
+from meter.live.tracker import Tracker
 from meter.money.payments.dunning import DunningJob, Payments
 from meter.money.webhooks.delivery import Settings as WebhookSettings
 from meter.money.webhooks.delivery import WebhookWorker
@@ -102,6 +103,8 @@ class MeterApp:
         #: Outgoing webhooks: the delivery worker's settings, and the worker (started with the stores, if writable).
         self.webhook_settings = webhook_settings or WebhookSettings()
         self.webhooks: WebhookWorker | None = None
+        #: The live account state: balances and entitlement checks (started with the stores, if writable).
+        self.live: Tracker | None = None
         # The stores: None until startup opens them (or after a failed open), Unavailable for those a degraded start
         # could not open. Routes reach them through opened(): authorize() lets a request through only once they are.
         self.engine: Engine | Unavailable | None = None
@@ -187,9 +190,17 @@ class MeterApp:
             self.dunning.start()
             self.webhooks = WebhookWorker(stores.invoices, self.webhook_settings)
             self.webhooks.start()
+            keys = stores.keys
+            self.live = Tracker(
+                stores.engine, stores.billing, stores.invoices, export_dir, lambda: [t.id for t in keys.list_tenants()]
+            )
+            self.live.start()
 
     def close_stores(self) -> None:
         """Close the stores, as a shutdown does, and forget them (a later request answers 503)."""
+        if self.live is not None:  # it reads every store: stopped before they close
+            self.live.stop()
+            self.live = None
         if self.webhooks is not None:  # it writes to the invoices store: stopped before that closes
             self.webhooks.stop()
             self.webhooks = None
