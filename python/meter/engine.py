@@ -112,6 +112,7 @@ class Engine:
         maintenance_interval: timedelta | None = timedelta(minutes=1),
         max_combinations_per_minute: int = 1_000,
         max_customers_per_minute: int = 100_000,
+        max_pending_changes: int = 1_000_000,
     ) -> None:
         """Opens (or creates) the engine's store at ``path``.
 
@@ -123,6 +124,9 @@ class Engine:
         ``max_customers_per_minute`` (distinct customers in one minute of a meter) are the cardinality limits of every
         meter that does not set its own (``MeterSpec.limits``); an event past one is refused with
         ``cardinality_limit``.
+
+        ``max_pending_changes`` bounds what waits for ``changes`` (distinct tenant, meter and customer keys); past it
+        the next ``changes`` says ``overflowed``.
         """
         for name, value in (
             ("max_combinations_per_minute", max_combinations_per_minute),
@@ -130,6 +134,10 @@ class Engine:
         ):
             if not 1 <= value < 2**32:  # the engine checks the upper bound, with its message
                 raise InvalidInput(f"{name} must be a positive whole number; got {value}", "invalid_config")
+        if max_pending_changes < 1:
+            raise InvalidInput(
+                f"max_pending_changes must be a positive whole number; got {max_pending_changes}", "invalid_config"
+            )
         #: How far ahead of the clock an event's time may be: no event acknowledged from now on is later than
         #: now + this.
         self.max_future = max_future
@@ -149,6 +157,7 @@ class Engine:
             maintenance_interval_s=None if maintenance_interval is None else maintenance_interval.total_seconds(),
             max_combinations_per_minute=max_combinations_per_minute,
             max_customers_per_minute=max_customers_per_minute,
+            max_pending_changes=max_pending_changes,
         )
 
     def __enter__(self) -> Engine:
@@ -226,6 +235,25 @@ class Engine:
             filters=flat_filters,
         )
         return Usage(pa.table(table))
+
+    def changes(self) -> tuple[pa.Table, bool]:
+        """Takes which customers' usage changed since the previous call: a table and whether some were dropped.
+
+        One row per (``tenant``, ``meter`` slug, ``customer``) with events that meter counted since the previous call:
+        ``earliest`` (the start of the earliest event-time minute among them, UTC) and ``events`` (how many), in no
+        particular order. Cheap: the engine notes them as it aggregates, and this swaps them out.
+
+        The guarantee: an event whose ``ingest`` has returned is in a ``changes`` that has returned or in a later one,
+        and once it is, a ``usage`` query started after that ``changes`` returned counts it. So re-querying the
+        customers named here never misses an acknowledged event. Not reported: the events a new meter is backfilled
+        from at ``create_meter``, events acknowledged before this engine was opened (load with ``usage`` after opening,
+        then call this), and a deleted meter's events.
+
+        At most ``max_pending_changes`` keys wait; past that, the next call returns no rows and ``overflowed=True``:
+        refresh every customer then.
+        """
+        table, overflowed = self._inner.changes()
+        return pa.table(table), overflowed
 
     def day_counts(self, tenant: str, meter: str) -> dict[datetime, int]:
         """Per UTC day with usage of ``meter`` (its midnight): the events counted in it.

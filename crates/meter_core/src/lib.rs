@@ -16,5 +16,5 @@ pub mod storage;
 #[cfg(feature = "python")]
 mod py;
 
-pub use engine::{Config, Durability, Engine, IngestReport};
+pub use engine::{Change, Config, Drained, Durability, Engine, IngestReport};
 pub use error::{Error, Result};

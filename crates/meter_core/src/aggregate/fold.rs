@@ -204,9 +204,16 @@ impl Fold {
     }
 }
 
-/// A borrowed (tenant, subject) that finds an owned pair in the intern table.
+/// A borrowed (tenant, subject) that finds an owned pair in the intern table (and in `engine::changes`).
 #[derive(Hash)]
-struct PairRef<'a>(&'a str, &'a str);
+pub(crate) struct PairRef<'a>(pub &'a str, pub &'a str);
+
+/// The owned pair an `entry_ref` inserts when the borrowed one is not there yet.
+impl From<&PairRef<'_>> for (String, String) {
+    fn from(pair: &PairRef<'_>) -> Self {
+        (pair.0.to_owned(), pair.1.to_owned())
+    }
+}
 
 impl hashbrown::Equivalent<(String, String)> for PairRef<'_> {
     fn equivalent(&self, key: &(String, String)) -> bool {

@@ -67,6 +67,9 @@ pub struct Config {
     pub maintenance_interval: Option<std::time::Duration>,
     /// The work of one maintenance step (keys read or written); a step holds back fold flushes while it rolls up.
     pub maintenance_step_keys: usize,
+    /// At most this many (tenant, meter, customer) keys wait for `Engine::changes` (default 1 M, about 200 MB at most);
+    /// past it they are dropped and the next drain says `overflowed`.
+    pub max_pending_changes: usize,
 }
 
 impl Default for Config {
@@ -90,6 +93,7 @@ impl Default for Config {
             hour_aggregates_us: 400 * DAY_US,
             maintenance_interval: Some(std::time::Duration::from_secs(60)),
             maintenance_step_keys: 1024,
+            max_pending_changes: 1_000_000,
         }
     }
 }

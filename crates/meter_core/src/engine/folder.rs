@@ -21,6 +21,7 @@
 //! others from its copy of `inflight` (a fold and its watermark are one write); and if a fold handed over after the
 //! peek is already in the snapshot, the live copy would count twice, so the query starts again (see `Engine::query`).
 //! Nothing waits for a query, and no query holds anything while it waits.
+//! Each fold thread also records, per commit, which customers of its shard received events (`changes`).
 //! A flush is not synced on its own: if a crash loses it, it loses the watermark too, and recovery
 //! re-aggregates those commits from their retained events (see `engine::recover`).
 
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
+use super::changes::Recorder;
 use super::prepare::Prepared;
 use super::Shared;
 use crate::aggregate::fold::{Fold, PeekFilter, Peeked};
@@ -89,8 +91,15 @@ pub(crate) fn shard_of(tenant: &str, subject: &str, shards: u32) -> u32 {
 }
 
 /// Folds the events of `part` whose customer `shard` owns; for a query (`only`), only those of its tenant, customers
-/// and meter. Folds what `prepare` extracted (`Prepared::counted_of`): nothing here reads an event's JSON.
-pub(crate) fn fold_part(fold: &mut Fold, part: &Accepted, shard: u32, only: Option<&PeekFilter>) {
+/// and meter. Folds what `prepare` extracted (`Prepared::counted_of`): nothing here reads an event's JSON. The fold
+/// thread also notes which customers changed (`changes`), in the same pass over the events.
+pub(crate) fn fold_part(
+    fold: &mut Fold,
+    part: &Accepted,
+    shard: u32,
+    only: Option<&PeekFilter>,
+    mut changes: Option<&mut Recorder<'_>>,
+) {
     let prepared = &part.prepared;
     let batch = &prepared.batch;
     if only.is_some_and(|f| f.tenant != batch.tenant) {
@@ -104,6 +113,14 @@ pub(crate) fn fold_part(fold: &mut Fold, part: &Accepted, shard: u32, only: Opti
             continue;
         }
         let ordinal = part.first_ordinal + k as u64;
+        if let Some(changes) = changes.as_deref_mut() {
+            changes.record(
+                &batch.tenant,
+                subject,
+                ev.time_us,
+                prepared.counted_of(position as usize).map(|c| c.meter_id),
+            );
+        }
         let mut customer = None;
         // A meter that cannot read the event kept nothing of it (its warning went out with the answer); the other
         // meters count it.
@@ -128,7 +145,7 @@ pub(crate) fn peek_unfolded(
 ) {
     let mut fold = Fold::default();
     for (_, parts) in unfolded.iter().filter(|(seq, _)| *seq > folded) {
-        parts.iter().for_each(|part| fold_part(&mut fold, part, shard, Some(filter)));
+        parts.iter().for_each(|part| fold_part(&mut fold, part, shard, Some(filter), None));
     }
     fold.peek(filter, into);
 }
@@ -189,7 +206,10 @@ impl Folder {
             match work {
                 Ok(FoldWork::Commit { seq, parts }) => {
                     let fold = &mut self.fold;
-                    parts.iter().for_each(|part| fold_part(fold, part, self.shard, None));
+                    // One lock per commit: a drain sees this commit's changes whole or not at all.
+                    let mut changes = self.shared.changes.recorder(self.shard);
+                    parts.iter().for_each(|part| fold_part(fold, part, self.shard, None, Some(&mut changes)));
+                    drop(changes);
                     self.folded_seq = seq;
                     self.shared.folded_seqs[self.shard as usize].store(seq, Ordering::Release);
                     if self.fold.states() >= FLUSH_STATES || self.last_flush.elapsed() >= self.flush_interval {

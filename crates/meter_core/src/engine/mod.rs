@@ -9,10 +9,13 @@
 //! is exactly what was acknowledged. The dedup index is on disk (`dedup`):
 //! opening reads none of it, so open time does not grow with the identities in the window.
 //!
+//! The fold threads also note which customers received accepted events (`changes`), drained by `Engine::changes`.
+//!
 //! Beside them, the `maintenance` thread drops retained events past retention once exported (`retention`) and
 //! rolls old minute aggregates up to hours and days (`rollup`).
 
 mod cardinality;
+pub mod changes;
 pub mod config;
 mod folder;
 mod maintenance;
@@ -34,6 +37,8 @@ use crossbeam_channel::{bounded, Sender, TrySendError};
 use serde::Serialize;
 
 use cardinality::Cardinality;
+use changes::Pending;
+pub use changes::{Change, Drained};
 pub use config::{Config, Durability};
 use folder::{flush_queue, peek_unfolded, shard_of, write_flushes, Accepted, Folder, InFlight, PeekRequest, SHARDS};
 use maintenance::{Maintenance, Run};
@@ -76,6 +81,8 @@ pub(crate) struct Shared {
     /// aggregates take it to read, so that none meets a roll-up half-way (`aggregate::resolution`).
     pub rollup: Arc<RwLock<()>>,
     pub maintenance: Mutex<MaintenanceStats>,
+    /// Which customers received accepted events since the last `Engine::changes` (recorded by the fold threads).
+    pub changes: Pending,
 }
 
 impl Shared {
@@ -237,6 +244,7 @@ impl Engine {
             skipped: Mutex::default(),
             rollup: Arc::default(),
             maintenance: Mutex::default(),
+            changes: Pending::new(SHARDS, config.max_pending_changes),
         });
         let (flushes, flush_rx) = flush_queue();
         let (mut folds, mut folders, mut peeks) = (Vec::new(), Vec::new(), Vec::new());
@@ -554,6 +562,18 @@ impl Engine {
         let tx = self.maintenance_tx.read().unwrap().clone().ok_or(Error::Closed)?;
         tx.send(Run { now_us, max_steps, reply }).map_err(|_| Error::Closed)?;
         answer.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Takes every (tenant, meter, customer) with events counted by that meter since the previous call, with the
+    /// earliest event-time minute among them and how many; `overflowed` when more than `Config::max_pending_changes`
+    /// were pending and some were dropped (then none is returned: refresh everything).
+    ///
+    /// An acknowledged event is in a drain that has returned or in a later one, and a usage query started after the
+    /// drain that names it counts it; a new meter's backfill is not reported, nor a deleted meter's events (see
+    /// `changes`).
+    pub fn changes(&self) -> Drained {
+        let registry = self.shared.registry.read().unwrap().clone();
+        self.shared.changes.drain(&registry)
     }
 
     /// `None` when healthy; otherwise why the engine stopped acknowledging.

@@ -29,7 +29,7 @@ impl PyEngine {
                         max_future_s = 300, queue_capacity = 64, max_batch_events = 10_000, cache_mb = 512,
                         recent_dedup_s = 60, retention_s = None, minute_aggregates_s = None, hour_aggregates_s = None,
                         maintenance_interval_s = Some(60.0), max_combinations_per_minute = 1_000,
-                        max_customers_per_minute = 100_000))]
+                        max_customers_per_minute = 100_000, max_pending_changes = 1_000_000))]
     #[allow(clippy::too_many_arguments)] // keyword-only options of a Python constructor
     fn new(
         py: Python<'_>,
@@ -48,6 +48,7 @@ impl PyEngine {
         maintenance_interval_s: Option<f64>,
         max_combinations_per_minute: u32,
         max_customers_per_minute: u32,
+        max_pending_changes: usize,
     ) -> PyResult<Self> {
         let durability = Durability::parse(durability).ok_or_else(|| {
             Error::invalid(
@@ -65,6 +66,7 @@ impl PyEngine {
             recent_dedup_us: recent_dedup_s.max(0) * 1_000_000,
             max_combinations_per_minute,
             max_customers_per_minute,
+            max_pending_changes,
             ..Config::default()
         };
         config.limits.max_events = max_batch_events;
@@ -181,6 +183,19 @@ impl PyEngine {
         let (batch, last_seq) = detached(py, || self.inner.retained_events(tenant, after_seq, max_events))?;
         let schema = batch.schema();
         Ok((PyTable::try_new(vec![batch], schema)?, last_seq))
+    }
+
+    /// Drains which (tenant, meter, customer) received events since the previous call, as an Arrow table, and whether
+    /// some were dropped (`Engine::changes`).
+    fn changes(&self, py: Python<'_>) -> PyResult<(PyTable, bool)> {
+        let (batch, overflowed) = detached(py, || {
+            let drained = self.inner.changes();
+            let batch =
+                drained.to_record_batch().map_err(|e| Error::Storage(format!("building the Arrow changes: {e}")))?;
+            Ok::<_, Error>((batch, drained.overflowed))
+        })?;
+        let schema = batch.schema();
+        Ok((PyTable::try_new(vec![batch], schema)?, overflowed))
     }
 
     /// Per UTC day with usage of a meter: (the day's start in µs, events counted in it).

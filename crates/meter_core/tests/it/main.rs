@@ -744,6 +744,7 @@ fn a_batch_and_its_group_commit_see_each_others_identities_before_they_reach_dis
         assert_eq!(total(&engine, "t", "tokens"), "51000000000");
     }
 }
+mod changes;
 mod limits;
 mod queries;
 mod retention;
