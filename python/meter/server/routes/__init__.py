@@ -10,7 +10,20 @@ also fits (`/v1/invoices/{invoice_id}`) would, should they ever share a method (
 
 from __future__ import annotations
 
-from meter.server.routes import admin, catalog, events, health, invoices, keys, ledger, meters, payments, tax, webhooks
+from meter.server.routes import (
+    admin,
+    alerts,
+    catalog,
+    events,
+    health,
+    invoices,
+    keys,
+    ledger,
+    meters,
+    payments,
+    tax,
+    webhooks,
+)
 from meter.server.table import Route
 
 __all__ = ["BENCH_ROUTES", "ROUTES"]
@@ -27,6 +40,7 @@ ROUTES: list[Route] = [
     *payments.ROUTES,
     *webhooks.ROUTES,
     *ledger.ROUTES,
+    *alerts.ROUTES,
 ]
 
 BENCH_ROUTES: list[Route] = events.BENCH_ROUTES
