@@ -36,6 +36,7 @@ from decimal import Decimal
 from typing import Annotated, Literal
 
 import msgspec
+
 from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog, Meters
 from meter.catalog.types import Checked, Id, Quantity, Slug, Text, invalid

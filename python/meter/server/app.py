@@ -38,6 +38,7 @@ from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.catalog.keys import KeyStore
 from meter.engine import Engine
+from meter.live.reservations import Reservations
 from meter.money.payments.dunning import DunningJob, Payments
 from meter.money.webhooks.delivery import Settings as WebhookSettings
 from meter.money.webhooks.delivery import WebhookWorker
@@ -102,6 +103,9 @@ class MeterApp:
         #: Outgoing webhooks: the delivery worker's settings, and the worker (started with the stores, if writable).
         self.webhook_settings = webhook_settings or WebhookSettings()
         self.webhooks: WebhookWorker | None = None
+        #: Reservations (meter.live.reservations), opened with the stores if writable; their fit check reads the
+        #: live state (`reservations.standing`).
+        self.reservations: Reservations | None = None
         # The stores: None until startup opens them (or after a failed open), Unavailable for those a degraded start
         # could not open. Routes reach them through opened(): authorize() lets a request through only once they are.
         self.engine: Engine | Unavailable | None = None
@@ -187,6 +191,7 @@ class MeterApp:
             self.dunning.start()
             self.webhooks = WebhookWorker(stores.invoices, self.webhook_settings)
             self.webhooks.start()
+            self.reservations = Reservations(stores.invoices)
 
     def close_stores(self) -> None:
         """Close the stores, as a shutdown does, and forget them (a later request answers 503)."""
@@ -197,6 +202,7 @@ class MeterApp:
             self.dunning.stop()
             self.dunning = None
         self.payments = None
+        self.reservations = None
         stores, self.stores = self.stores, None
         self.engine = self.keys = self.billing = self.invoices = self.invoicer = None
         if stores is not None:

@@ -21,6 +21,7 @@ from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.catalog.keys import KeyStore
 from meter.engine import Engine
+from meter.live.reservations import Reservations
 from meter.money.payments.dunning import Payments
 from meter.money.webhooks.delivery import Settings as WebhookSettings
 from meter.money.webhooks.delivery import WebhookWorker
@@ -77,6 +78,8 @@ class Context(Protocol):
     #: (None when it does not run: a degraded start).
     webhook_settings: WebhookSettings
     webhooks: WebhookWorker | None
+    #: Reservations against allowances and balances (None when they do not run: before startup, a degraded start).
+    reservations: Reservations | None
 
     async def call(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """`fn(*args, **kwargs)` on the app's thread pool, off the event loop."""

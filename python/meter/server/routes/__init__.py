@@ -21,6 +21,7 @@ from meter.server.routes import (
     ledger,
     meters,
     payments,
+    reservations,
     tax,
     webhooks,
 )
@@ -41,6 +42,7 @@ ROUTES: list[Route] = [
     *webhooks.ROUTES,
     *ledger.ROUTES,
     *alerts.ROUTES,
+    *reservations.ROUTES,
 ]
 
 BENCH_ROUTES: list[Route] = events.BENCH_ROUTES
