@@ -200,6 +200,9 @@ def test_reservations_over_http(tmp_path: Path) -> None:
         live = Live()
         live.reservations = api.app.reservations
         r = api.post("/v1/customers/c1/reservations", json={"id": "job-1", "target": "tokens", "amount": "800"})
+        assert (r.status_code, r.json()["code"]) == (404, "not_found"), "no customer c1 yet"
+        assert api.post("/v1/customers", json={"id": "c1", "name": "One", "currency": "EUR"}).status_code == 200
+        r = api.post("/v1/customers/c1/reservations", json={"id": "job-1", "target": "tokens", "amount": "800"})
         assert (r.status_code, r.json()["code"]) == (503, "live_unavailable"), "no live state wired in yet"
         api.app.reservations.standing = live
 

@@ -8,7 +8,7 @@ on the thread pool (a reservation waits for the customer's lock and a synced wri
 from __future__ import annotations
 
 from meter.live.reservations import Reservation, ReservationBody, Reservations, SettleBody
-from meter.server.context import Context
+from meter.server.context import Context, opened
 from meter.server.errors import ApiError
 from meter.server.http import Answer, Request
 from meter.server.table import Body, PathParam, Route
@@ -23,12 +23,21 @@ def _reservations(ctx: Context) -> Reservations:
     return ctx.reservations
 
 
+async def _known(ctx: Context, request: Request, customer: str) -> None:
+    """A 404 for a customer the tenant's catalog does not have (another tenant's included)."""
+    await ctx.call(opened(ctx.billing).get_customer, request.tenant, customer)
+
+
 async def reserve(ctx: Context, request: Request, customer: str, body: ReservationBody) -> Answer:
-    return 201, await ctx.call(_reservations(ctx).reserve, request.tenant, customer, body), {}
+    reservations = _reservations(ctx)
+    await _known(ctx, request, customer)
+    return 201, await ctx.call(reservations.reserve, request.tenant, customer, body), {}
 
 
 async def customer_reservations(ctx: Context, request: Request, customer: str) -> Answer:
-    return 200, await ctx.call(_reservations(ctx).of_customer, request.tenant, customer), {}
+    reservations = _reservations(ctx)
+    await _known(ctx, request, customer)
+    return 200, await ctx.call(reservations.of_customer, request.tenant, customer), {}
 
 
 async def get_reservation(ctx: Context, request: Request, reservation_id: str) -> Answer:
@@ -57,7 +66,7 @@ ROUTES = [
         returns=Reservation,
         body=Body(ReservationBody, "invalid_reservation"),
         path_params=(CUSTOMER,),
-        errors=(409,),
+        errors=(404, 409),
         description="`target` is a metered feature's id (`amount` in its meter's units) or `balance` (`amount` in "
         "the customer's currency). Held amounts count against the feature's `remaining` and the balance until the "
         "reservation is settled, released or expires (`expires_in_seconds`, 1 s to 30 days, 3600 by default). 409 "
