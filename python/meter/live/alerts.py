@@ -122,15 +122,16 @@ class AlertBook:
     def create(self, tenant: str, alert: Alert) -> Alert:
         """Stores a new alert (409 ``already_exists`` for a taken id), its references checked."""
         alert = check_alert(alert)
-        if alert.customer is not None:
-            self.catalog.get_customer(tenant, alert.customer)
-        if alert.plan is not None:
-            self.catalog.get_plan(tenant, alert.plan)
-        if alert.meter is not None and self.meters is not None:
-            slugs = sorted(m.slug for m in self.meters.list_meters(tenant))
-            if alert.meter not in slugs:
-                raise invalid(f"no meter {alert.meter!r}; the tenant's meters: {', '.join(slugs) or 'none yet'}")
-        self.catalog._put("alert", tenant, alert.id, alert, new=True)
+        with self.catalog._lock:  # the catalog's write lock: the check and the write are one step
+            if alert.customer is not None:
+                self.catalog.get_customer(tenant, alert.customer)
+            if alert.plan is not None:
+                self.catalog.get_plan(tenant, alert.plan)
+            if alert.meter is not None and self.meters is not None:
+                slugs = sorted(m.slug for m in self.meters.list_meters(tenant))
+                if alert.meter not in slugs:
+                    raise invalid(f"no meter {alert.meter!r}; the tenant's meters: {', '.join(slugs) or 'none yet'}")
+            self.catalog._put("alert", tenant, alert.id, alert, new=True)
         return alert
 
     def get(self, tenant: str, alert_id: str) -> Alert:
@@ -141,7 +142,8 @@ class AlertBook:
 
     def delete(self, tenant: str, alert_id: str) -> None:
         """Deletes the alert; what it recorded stays (a new alert of the same id does not emit those again)."""
-        self.catalog._delete("alert", tenant, alert_id)
+        with self.catalog._lock:
+            self.catalog._delete("alert", tenant, alert_id)
 
     def of_tenant(self, tenant: str) -> builtins.list[Alert]:
         """The tenant's alerts, from memory unless the catalog changed since they were read."""
