@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import builtins
 import threading
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal
@@ -43,7 +43,19 @@ from meter.catalog.types import Checked, Id, Quantity, Slug, Text, invalid
 from meter.live.answers import Access, Standing
 from meter.money.events import Event, EventType
 
-__all__ = ["Alert", "AlertBook", "AlertKind", "Crossing", "crossings", "exhausted", "marker", "record"]
+__all__ = [
+    "ENTITLEMENTS",
+    "Alert",
+    "AlertBook",
+    "AlertKind",
+    "Crossing",
+    "check_alert",
+    "crossings",
+    "evaluate",
+    "exhausted",
+    "marker",
+    "record",
+]
 
 AlertKind = Literal["usage", "spend", "balance", "anomaly"]
 #: The alert id a crossing of no definition (``entitlement.exhausted``) is recorded under.
@@ -302,10 +314,6 @@ def record(store: InvoiceStore, tenant: str, found: Sequence[Crossing], now: dat
             change.put(key, event.id.encode())
             emitted.append(event)
     return emitted
-
-
-#: What the tracker calls after each refresh (see :func:`evaluate`).
-Evaluate = Callable[[str, Standing | None, Standing, Collection[str]], list[Event]]
 
 
 def evaluate(
