@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 from in_process import started
-from meter.billing.store import InvoiceStore
+from meter.billing.store import Change, InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.exceptions import InvalidInput
 from meter.live.alerts import Alert, AlertBook, check_alert, crossings, evaluate, record
@@ -265,3 +265,30 @@ def test_an_alert_created_over_http_emits_its_webhook_event_once(tmp_path: Path)
         }
         assert api.delete("/v1/alerts/tokens-100").json() == {"deleted": "tokens-100"}
         assert api.get("/v1/alerts/tokens-100").status_code == 404
+
+
+def test_a_write_that_fails_midway_leaves_neither_marker_nor_event_and_the_retry_emits_each_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = InvoiceStore(tmp_path / "invoices")
+    try:
+        found = crossings([USAGE], None, standing("5000"))
+        assert len(found) == 2
+        real, calls = Change.emit, []
+
+        def crash_on_second(self: Change, type_: Any, data: Any) -> Any:
+            calls.append(type_)
+            if len(calls) == 2:
+                raise OSError("the process dies here")
+            return real(self, type_, data)
+
+        monkeypatch.setattr(Change, "emit", crash_on_second)
+        with pytest.raises(OSError):
+            record(store, "acme", found)
+        monkeypatch.undo()
+        assert list(store.outbox("acme")) == [], "the first crossing's event was not written without the second"
+        assert len(record(store, "acme", found)) == 2
+        assert record(store, "acme", found) == []
+        assert [e.data["threshold"] for e in store.outbox("acme")] == ["100", "1000"]
+    finally:
+        store.close()
