@@ -1,7 +1,8 @@
 """Reservations (meter.live.reservations): fit, exactly once across retries and restarts, expiry, and the HTTP API.
 
-The live standing is a fake that reads the reservations' own index when asked, as the contract requires of the
-tracker: a feature with an allowance of 1000 units, and a credit balance of 100 EUR.
+The live state is a fake that behaves as the tracker does: it counts the holds as of its last refresh (``refresh``),
+which a test runs or not; so a reservation's fit must not rely on the standing counting the latest holds. A feature
+``tokens`` with an allowance of 1000 units, and a credit balance of 100 EUR in one grant.
 """
 
 from __future__ import annotations
@@ -16,25 +17,33 @@ import pytest
 from in_process import started
 from meter.billing.store import InvoiceStore
 from meter.exceptions import Conflict, InvalidInput, NotFound
-from meter.live.answers import Access, Standing
+from meter.live.answers import Access, Balance, GrantBalance, Standing
 from meter.live.reservations import ReservationBody, Reservations
 
 T = datetime(2026, 11, 20, 12, tzinfo=UTC)
+ZERO = Decimal(0)
 
 
 class Live:
-    """A customer's standing: ``used`` of the ``tokens`` allowance and of the balance, net of what is held."""
+    """A customer's state as of its last ``refresh``: ``used`` of the allowance, the holds then counted."""
 
     def __init__(self, limit: str = "1000", balance: str | None = "100", pause: float = 0.0) -> None:
-        self.limit, self.balance, self.pause = Decimal(limit), balance, pause
-        self.used = Decimal(0)
+        self.limit, self.granted, self.pause = Decimal(limit), balance, pause
+        self.used = ZERO
         self.reservations: Reservations | None = None
+        self.counted: dict[str, Decimal] = {}
+        self.touched: list[tuple[str, str]] = []
 
-    def __call__(self, tenant: str, customer: str) -> Standing:
+    def refresh(self, tenant: str = "acme", customer: str = "c1") -> None:
         assert self.reservations is not None
-        held = self.reservations.held(tenant, customer)
-        time.sleep(self.pause)  # a slow refresh: another reservation would get in here, were they not serialised
-        reserved = held.get("tokens", Decimal(0))
+        self.counted = self.reservations.held(tenant, customer)
+
+    def touch(self, tenant: str, customer: str) -> None:
+        self.touched.append((tenant, customer))
+
+    def standing(self, tenant: str, customer: str) -> Standing | None:
+        time.sleep(self.pause)  # a slow answer: another reservation would get in here, were they not serialised
+        reserved = self.counted.get("tokens", ZERO)
         tokens = Access(
             customer=customer,
             feature="tokens",
@@ -43,11 +52,11 @@ class Live:
             usage=self.used,
             limit=self.limit,
             reserved=reserved,
-            remaining=max(self.limit - self.used - reserved, Decimal(0)),
+            remaining=max(self.limit - self.used - reserved, ZERO),
             as_of=T,
         )
         chat = Access(customer=customer, feature="chat", has_access=True, kind="boolean", as_of=T)
-        left = None if self.balance is None else Decimal(self.balance) - held.get("balance", Decimal(0))
+        balance = self.balance(tenant, customer)
         return Standing(
             tenant=tenant,
             customer=customer,
@@ -56,11 +65,46 @@ class Live:
             period_start=None,
             period_end=None,
             usage={},
-            spend=Decimal(0),
+            spend=ZERO,
             spend_ceiling=None,
-            balance=left,
+            balance=None if balance is None else balance.balance,
             granted=Decimal(100),
             entitlements={"tokens": tokens, "chat": chat},
+        )
+
+    def balance(self, tenant: str, customer: str) -> Balance | None:
+        if self.granted is None:
+            return None
+        amount = Decimal(self.granted)
+        held = self.counted.get("balance", ZERO)
+        take = min(held, amount)
+        grant = GrantBalance(
+            subscription="s1",
+            grant="g1",
+            kind="credit",
+            priority=0,
+            start=T,
+            end=T + timedelta(days=365),
+            amount=amount,
+            drawn_invoiced=ZERO,
+            drawn_current=ZERO,
+            reserved=take,
+            remaining=amount - take,
+        )
+        return Balance(
+            customer=customer,
+            currency="EUR",
+            as_of=T,
+            lag_ms=0,
+            period_start=None,
+            period_end=None,
+            granted=amount,
+            reserved=held,
+            balance=amount - take,
+            spend=ZERO,
+            spend_ceiling=None,
+            grants=[grant],
+            consumed=[],
         )
 
 
@@ -90,6 +134,7 @@ def test_a_reservation_holds_until_settled_and_what_does_not_fit_is_refused(tmp_
         first = rs.reserve("acme", "c1", body("job-1", "700"))
         assert (first.status, first.expires_at) == ("held", T + timedelta(seconds=600))
         assert rs.held("acme", "c1") == {"tokens": Decimal(700)}
+        assert live.touched == [("acme", "c1")], "the live state is asked to refresh the customer"
         with pytest.raises(Conflict, match="300 left") as refused:
             rs.reserve("acme", "c1", body("job-2", "301"))
         assert refused.value.code == "insufficient"
@@ -98,6 +143,9 @@ def test_a_reservation_holds_until_settled_and_what_does_not_fit_is_refused(tmp_
         with pytest.raises(Conflict) as conflict:
             rs.reserve("acme", "c1", body("job-1", "1"))
         assert conflict.value.code == "conflict"
+        live.refresh()  # the live state now counts those holds: the fit is the same
+        with pytest.raises(Conflict, match="0 left"):
+            rs.reserve("acme", "c1", body("job-3", "1"))
         assert rs.reserve("acme", "c1", body("money", "100", target="balance")).amount == Decimal(100)
         with pytest.raises(Conflict, match="the credit balance"):
             rs.reserve("acme", "c1", body("more-money", "0.01", target="balance"))
@@ -204,7 +252,7 @@ def test_reservations_over_http(tmp_path: Path) -> None:
         assert api.post("/v1/customers", json={"id": "c1", "name": "One", "currency": "EUR"}).status_code == 200
         r = api.post("/v1/customers/c1/reservations", json={"id": "job-1", "target": "tokens", "amount": "800"})
         assert (r.status_code, r.json()["code"]) == (503, "live_unavailable"), "no live state wired in yet"
-        api.app.reservations.standing = live
+        api.app.reservations.live = live
 
         r = api.post("/v1/customers/c1/reservations", json={"id": "job-1", "target": "tokens", "amount": "800"})
         assert r.status_code == 201, r.text

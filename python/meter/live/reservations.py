@@ -3,8 +3,8 @@
 A batch job or an agent run reserves its estimate before it starts (refused, 409 ``insufficient``, when it does not
 fit what is left), then settles with what it used, or releases, or lets the hold expire after its timeout. While a
 reservation is held its amount counts against ``remaining`` (of the feature) or the balance: the live state reads
-:meth:`Reservations.held` whenever it answers. Settling only ends the hold and records the actual amount: the usage
-itself is what the events report.
+:meth:`Reservations.held` when it refreshes a customer, which every change of its holds asks for (``touch``).
+Settling only ends the hold and records the actual amount: the usage itself is what the events report.
 
 Keys (the invoice store; written through :meth:`~meter.billing.store.InvoiceStore.transaction`, synced):
 
@@ -26,22 +26,33 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol
 
 import msgspec
 
 from meter.billing.store import InvoiceStore
 from meter.catalog.types import Checked, Id, Quantity
 from meter.exceptions import Conflict, InvalidInput, NotFound, StoreFailed
-from meter.live.answers import Standing
+from meter.live.answers import Balance, Standing
 
-__all__ = ["BALANCE", "Reservation", "ReservationBody", "Reservations", "SettleBody", "StandingOf"]
+__all__ = ["BALANCE", "Reservation", "ReservationBody", "Reservations", "Live", "SettleBody"]
 
 #: The target that reserves against the credit balance (any other target is a metered feature's id).
 BALANCE = "balance"
-#: The live standing of a customer (the lead's ``Tracker.standing``): it must reflect :meth:`Reservations.held`
-#: as of the call, so that a reservation just made counts against the next one.
-StandingOf = Callable[[str, str], Standing]
+
+
+class Live(Protocol):
+    """What reservations need of the live account state (:class:`meter.live.tracker.Tracker` is one)."""
+
+    def standing(self, tenant: str, customer: str) -> Standing | None: ...
+
+    def balance(self, tenant: str, customer: str) -> Balance | None: ...
+
+    def touch(self, tenant: str, customer: str) -> None:
+        """The customer's reservations moved: recompute its state at the next refresh."""
+        ...
+
+
 Status = Literal["held", "settled", "released", "expired"]
 _ZERO = Decimal(0)
 _MAX_SECONDS = 30 * 24 * 3600
@@ -87,17 +98,17 @@ def _held_key(tenant: str, customer: str, reservation_id: str) -> str:
 class Reservations:
     """The reservations of one invoice store, and the index of those held, per customer, in memory.
 
-    ``standing`` is how a reservation's fit is checked; until it is given (the live state wired in), reserving is a
-    503 and everything else works.
+    ``live`` is how a reservation's fit is checked, and is told when a customer's holds moved; until it is given
+    (the live state wired in), reserving is a 503 and everything else works.
     """
 
     def __init__(
         self,
         store: InvoiceStore,
-        standing: StandingOf | None = None,
+        live: Live | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self.store, self.standing, self.clock = store, standing, clock
+        self.store, self.live, self.clock = store, live, clock
         self._index_lock = threading.Lock()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         #: (tenant, customer) -> id -> the held reservation.
@@ -145,6 +156,8 @@ class Reservations:
                 held[reservation.id] = reservation
             else:
                 held.pop(reservation.id, None)
+        if self.live is not None:
+            self.live.touch(tenant, reservation.customer)
 
     def reserve(self, tenant: str, customer: str, body: ReservationBody) -> Reservation:
         """Holds ``body.amount`` of the target if it fits now; the reservation already made under this id otherwise."""
@@ -189,16 +202,32 @@ class Reservations:
         return stored
 
     def _check_fit(self, tenant: str, customer: str, body: ReservationBody) -> None:
-        if self.standing is None:
+        """Refuses what does not fit: what is left before any reservation, less what is held now.
+
+        The live state counts reservations at its refreshes, so what it says is left may not count the one made a
+        moment ago: the fit is computed from what it says is left before reservations (a feature's limit less its
+        usage; the grants' remaining plus what it assigned to reservations) less :meth:`held` now, which this lock
+        keeps exact.
+        """
+        if self.live is None:
             raise StoreFailed(
                 "reservations need the live account state, which is not running yet: retry shortly",
                 code="live_unavailable",
             )
-        standing = self.standing(tenant, customer)
+        standing = self.live.standing(tenant, customer)
+        if standing is None:
+            raise Conflict(
+                f"customer {customer!r} has no live state: no subscription in force (or the server has just started "
+                "and not computed it yet): nothing to reserve against",
+                code="insufficient",
+            )
+        held = self.held(tenant, customer).get(body.target, _ZERO)
         if body.target == BALANCE:
-            left, what = standing.balance, f"the credit balance ({standing.currency})"
-            if left is None:
+            balance = self.live.balance(tenant, customer)
+            if balance is None or standing.balance is None:
                 raise Conflict(f"customer {customer!r} has no credit balance to reserve against", code="insufficient")
+            unreserved = balance.balance + sum((g.reserved for g in balance.grants), _ZERO)
+            left, what = unreserved - held, f"the credit balance ({standing.currency})"
         else:
             access = standing.entitlements.get(body.target)
             if access is None:
@@ -208,15 +237,15 @@ class Reservations:
                     f'metered feature or "{BALANCE}"',
                     code="invalid_reservation",
                 )
-            if access.kind != "metered" or access.remaining is None:
+            if access.kind != "metered" or access.limit is None or access.usage is None:
                 raise InvalidInput(
                     f"feature {body.target!r} is {access.kind}: only a metered feature or the balance can be reserved",
                     code="invalid_reservation",
                 )
-            left, what = access.remaining, f"the remaining allowance of {body.target!r}"
+            left, what = access.limit - access.usage - held, f"the remaining allowance of {body.target!r}"
         if left < body.amount:
             raise Conflict(
-                f"{body.amount} does not fit {what}: {left} left after usage and held reservations",
+                f"{body.amount} does not fit {what}: {max(left, _ZERO)} left after usage and held reservations",
                 code="insufficient",
             )
 
