@@ -11,9 +11,10 @@ import msgspec
 import pytest
 from in_process import started
 from meter.billing.store import Change, InvoiceStore
-from meter.catalog.billing import BillingCatalog
+from meter.catalog.billing import BillingCatalog, Customer, Subscription
+from meter.catalog.prices import Price
 from meter.exceptions import InvalidInput
-from meter.live.alerts import Alert, AlertBook, check_alert, crossings, evaluate, record
+from meter.live.alerts import Alert, AlertBook, check_alert, crossings, evaluate, on_refresh, record
 from meter.live.answers import Access, Standing
 
 CYCLE = datetime(2026, 11, 1, tzinfo=UTC)
@@ -213,6 +214,33 @@ def test_the_alert_book_caches_until_the_catalog_changes(tmp_path: Path) -> None
         book.delete("acme", "tokens")
         assert book.of_tenant("acme") == []
     finally:
+        catalog.close()
+
+
+def test_the_trackers_hook_scopes_alerts_to_the_customers_plans_and_wakes_the_webhooks(tmp_path: Path) -> None:
+    catalog = BillingCatalog(tmp_path / "billing")
+    store = InvoiceStore(tmp_path / "invoices")
+    try:
+        book = AlertBook(catalog)
+        for c in ("c1", "c2"):
+            catalog.put_customer("acme", Customer(id=c, name=c, currency="EUR"))
+        catalog.create_plan("acme", "pro", "Pro")
+        flat = msgspec.convert({"id": "base", "currency": "EUR", "model": "flat", "amount": "20"}, Price)
+        catalog.add_plan_version("acme", "pro", CYCLE, [flat])
+        sub = {"id": "s1", "customer": "c1", "plan": "pro", "version": 1, "start": "2026-11-01T00:00:00Z"}
+        catalog.put_subscription("acme", msgspec.convert(sub, Subscription))
+        book.create("acme", alert(id="pro-spend", kind="spend", thresholds=[Decimal(10)], plan="pro"))
+        assert book.plans_of("acme", "c1") == {"pro"} and book.plans_of("acme", "c2") == frozenset()
+        woken: list[bool] = []
+        hook = on_refresh(book, store, lambda: woken.append(True))
+        hook(None, standing(spend="20", customer="c2"))
+        assert woken == [] and list(store.outbox("acme")) == [], "c2 is on no plan"
+        hook(None, standing(spend="20"))
+        assert woken == [True] and [e.data["alert"] for e in store.outbox("acme")] == ["pro-spend"]
+        hook(standing(spend="20"), standing(spend="30"))
+        assert woken == [True], "nothing new, no wake"
+    finally:
+        store.close()
         catalog.close()
 
 

@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import builtins
 import threading
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 
@@ -54,10 +54,12 @@ __all__ = [
     "evaluate",
     "exhausted",
     "marker",
+    "on_refresh",
     "record",
 ]
 
 AlertKind = Literal["usage", "spend", "balance", "anomaly"]
+_V = TypeVar("_V")
 #: The alert id a crossing of no definition (``entitlement.exhausted``) is recorded under.
 ENTITLEMENTS = "entitlements"
 _ZERO = Decimal(0)
@@ -130,6 +132,7 @@ class AlertBook:
         self._lock = threading.Lock()
         self._seen = -1
         self._cache: dict[str, list[Alert]] = {}
+        self._plans: dict[str, dict[str, frozenset[str]]] = {}
 
     def create(self, tenant: str, alert: Alert) -> Alert:
         """Stores a new alert (409 ``already_exists`` for a taken id), its references checked."""
@@ -159,18 +162,33 @@ class AlertBook:
 
     def of_tenant(self, tenant: str) -> builtins.list[Alert]:
         """The tenant's alerts, from memory unless the catalog changed since they were read."""
+        return self._cached(self._cache, tenant, lambda: self.list(tenant))
+
+    def plans_of(self, tenant: str, customer: str) -> frozenset[str]:
+        """The plans of the customer's subscriptions (for alerts scoped to a plan), from memory likewise."""
+        by_customer = self._cached(self._plans, tenant, lambda: self._subscribed(tenant))
+        return by_customer.get(customer, frozenset())
+
+    def _subscribed(self, tenant: str) -> dict[str, frozenset[str]]:
+        plans: dict[str, set[str]] = {}
+        for sub in self.catalog.list_subscriptions(tenant):
+            plans.setdefault(sub.customer, set()).add(sub.plan)
+        return {customer: frozenset(p) for customer, p in plans.items()}
+
+    def _cached(self, cache: dict[str, _V], tenant: str, read: Callable[[], _V]) -> _V:
         sequence = self.catalog.sequence()
         with self._lock:
             if sequence != self._seen:
                 self._cache.clear()
+                self._plans.clear()
                 self._seen = sequence
-            alerts = self._cache.get(tenant)
-        if alerts is None:
-            alerts = self.list(tenant)
+            found = cache.get(tenant)
+        if found is None:
+            found = read()
             with self._lock:
                 if self._seen == sequence:
-                    self._cache[tenant] = alerts
-        return alerts
+                    cache[tenant] = found
+        return found
 
 
 class Crossing(msgspec.Struct, frozen=True, kw_only=True):
@@ -314,6 +332,23 @@ def record(store: InvoiceStore, tenant: str, found: Sequence[Crossing], now: dat
             change.put(key, event.id.encode())
             emitted.append(event)
     return emitted
+
+
+def on_refresh(
+    book: AlertBook, store: InvoiceStore, wake: Callable[[], None] | None = None
+) -> Callable[[Standing | None, Standing], None]:
+    """The tracker's ``on_refresh`` hook: each refresh of a customer evaluated and recorded (:func:`evaluate`).
+
+    ``wake``: told when events were written (the webhook worker's ``wake``), so that they leave at once.
+    """
+
+    def hook(before: Standing | None, after: Standing) -> None:
+        alerts = book.of_tenant(after.tenant)
+        plans = book.plans_of(after.tenant, after.customer) if any(a.plan is not None for a in alerts) else ()
+        if record(store, after.tenant, crossings(alerts, before, after, plans)) and wake is not None:
+            wake()
+
+    return hook
 
 
 def evaluate(
