@@ -31,6 +31,7 @@ NOW = datetime.now(UTC)
 THIS_MONTH = NOW.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 LAST_MONTH = (THIS_MONTH - timedelta(days=1)).replace(day=1)
 B_METER, B_CUSTOMER, B_PRODUCT, B_PLAN, B_SUB, B_RATE = "b-meter", "b-cust", "b-product", "b-plan", "b-sub", "b-rate"
+B_ALERT, B_RESERVATION = "b-alert", "b-job"
 B_EVENTS = [
     event(f"b-e{i}", B_CUSTOMER, type="llm", time=NOW - timedelta(minutes=5 + i), tokens=100 + i) for i in range(5)
 ]
@@ -95,6 +96,8 @@ class TenantB:
         created = ok(c.post("/v1/webhook-endpoints", json={"url": "http://127.0.0.1:9/b", "description": MARK}))
         self.endpoint = created["id"]
         self.event = ok(c.get("/v1/webhook-events"))["data"][0]["id"]
+        alert = {"id": B_ALERT, "kind": "usage", "meter": B_METER, "thresholds": ["1"], "description": MARK}
+        ok(c.post("/v1/alerts", json=alert))
         second = ok(c.post("/v1/keys", json={"scopes": ["read"]}))
         self.key_id = second["id"]
         self.read_client = server.client(second["key"])
@@ -116,6 +119,8 @@ class TenantB:
             "webhook_endpoints": ok(c.get("/v1/webhook-endpoints")),
             "webhook_events": ok(c.get("/v1/webhook-events")),
             "keys": [(k["id"], k["revoked"], k["scopes"]) for k in ok(c.get("/v1/keys"))],
+            "alerts": ok(c.get("/v1/alerts")),
+            "alert": ok(c.get(f"/v1/alerts/{B_ALERT}")),
         }
         for kind, item in (
             ("customers", B_CUSTOMER),
@@ -156,6 +161,9 @@ def params(b: TenantB, pattern: str) -> dict[str, str]:
         "rate_id": B_RATE,
         "endpoint_id": b.endpoint,
         "event_id": b.event,
+        "alert_id": B_ALERT,
+        # Reservations need the live state, which a server does not run yet: B has none, every caller gets a 404/503.
+        "reservation_id": B_RESERVATION,
     }
     by_kind = {"customers": B_CUSTOMER, "products": B_PRODUCT, "plans": B_PLAN, "subscriptions": B_SUB}
     out = {}
@@ -224,6 +232,13 @@ def bodies(b: TenantB) -> dict[tuple[str, str], Any]:
         ("POST", "/v1/webhook-endpoints/(?P<endpoint_id>[^/]+)/rotate-secret"): None,
         ("POST", "/v1/webhook-endpoints/(?P<endpoint_id>[^/]+)/replay"): {"since": "2000-01-01T00:00:00Z"},
         ("POST", "/v1/webhook-events/(?P<event_id>[^/]+)/replay"): {},
+        ("POST", "/v1/alerts"): {"id": B_ALERT, "kind": "spend", "thresholds": ["1"]},
+        ("POST", "/v1/customers/(?P<customer>[^/]+)/reservations"): {
+            "id": B_RESERVATION,
+            "target": "balance",
+            "amount": "1",
+        },
+        ("POST", "/v1/reservations/(?P<reservation_id>[^/]+)/settle"): {"actual": "1"},
         ("POST", "/v1/customers"): {"id": B_CUSTOMER, "name": "taken over", "currency": "USD"},
         ("POST", "/v1/products"): {"id": B_PRODUCT, "name": "taken over"},
         ("POST", "/v1/plans"): {"id": B_PLAN, "name": "taken over"},

@@ -259,7 +259,7 @@ def test_every_documented_operation_is_served_and_its_store_calls_run_off_the_ev
         tenant, _ = app.keys.create_key("acme", ["ingest", "read", "export", "admin"])
         loop_thread: list[threading.Thread] = []
         calls: list[str] = []
-        for name in ("engine", "keys", "billing", "invoices", "invoicer"):
+        for name in ("engine", "keys", "billing", "invoices", "invoicer", "reservations"):
             setattr(app, name, OffTheLoop(getattr(app, name), loop_thread, calls))
         # Deletions last, so that what the others name exists where it can.
         ops = sorted(documented(document).items(), key=lambda item: item[0][0] == "delete")
@@ -283,7 +283,7 @@ def test_every_documented_operation_is_served_and_its_store_calls_run_off_the_ev
             if op.get("security"):
                 assert calls[0] == "known" and len(calls) > 1 or path == "/metrics", f"{where}: calls {calls}"
     finally:
-        for name in ("engine", "keys", "billing", "invoices", "invoicer"):
+        for name in ("engine", "keys", "billing", "invoices", "invoicer", "reservations"):
             if isinstance(store := getattr(app, name), OffTheLoop):
                 setattr(app, name, store.store)
         app.shutdown()

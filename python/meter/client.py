@@ -768,6 +768,45 @@ class Client:
         settings: JSONObject = self._call("PUT", "/v1/payments/settings", body)
         return settings
 
+    # Alerts (admin to change, read to look) and reservations (ingest to make, settle and release)
+
+    def create_alert(self, alert: Mapping[str, Any]) -> JSONObject:
+        """``POST /v1/alerts``: ``{id, kind: usage|spend|balance|anomaly, meter?, thresholds, customer?|plan?...}``."""
+        created: JSONObject = self._call("POST", "/v1/alerts", dict(alert))
+        return created
+
+    def list_alerts(self) -> list[JSONObject]:
+        """``GET /v1/alerts``: the tenant's alerts."""
+        found: list[JSONObject] = self._call("GET", "/v1/alerts")
+        return found
+
+    def delete_alert(self, alert_id: str) -> None:
+        """``DELETE /v1/alerts/{id}``."""
+        self._call("DELETE", f"/v1/alerts/{_segment(alert_id)}")
+
+    def reserve(
+        self, customer: str, reservation_id: str, target: str, amount: str, expires_in_seconds: int = 3600
+    ) -> JSONObject:
+        """``POST /v1/customers/{customer}/reservations``: holds ``amount`` of a feature or the credit balance.
+
+        ``target``: a metered feature's id, or ``"balance"``. 409 ``insufficient`` when it does not fit; a retry with
+        the same id answers the same reservation.
+        """
+        body = {"id": reservation_id, "target": target, "amount": amount, "expires_in_seconds": expires_in_seconds}
+        held: JSONObject = self._call("POST", f"/v1/customers/{_segment(customer)}/reservations", body)
+        return held
+
+    def settle_reservation(self, reservation_id: str, actual: str) -> JSONObject:
+        """``POST /v1/reservations/{id}/settle``: ends the hold, recording what the work used."""
+        path = f"/v1/reservations/{_segment(reservation_id)}/settle"
+        settled: JSONObject = self._call("POST", path, {"actual": actual})
+        return settled
+
+    def release_reservation(self, reservation_id: str) -> JSONObject:
+        """``DELETE /v1/reservations/{id}``: ends the hold with nothing used."""
+        released: JSONObject = self._call("DELETE", f"/v1/reservations/{_segment(reservation_id)}")
+        return released
+
     # The background sender
 
     def _run(self) -> None:

@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 import polars as pl
+
 from meter.billing import cycles
 from meter.billing.billed import Billed
 from meter.billing.invoices import Invoice

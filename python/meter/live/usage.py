@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import polars as pl
+
 from meter.billing.usage import QUANTITIES_SCHEMA
 from meter.engine import Engine
 

@@ -26,6 +26,13 @@ EventType = Literal[
     "payment.succeeded",
     "payment.failed",
     "payment.refunded",
+    # Alerts on the live account state (meter.live.alerts, meter.live.anomaly): data is the crossing.
+    "usage.threshold_crossed",
+    "spend.threshold_crossed",
+    "balance.low",
+    "balance.depleted",
+    "entitlement.exhausted",
+    "usage.anomaly",
 ]
 EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 

@@ -38,6 +38,10 @@ from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.catalog.keys import KeyStore
 from meter.engine import Engine
+from meter.live import alerts
+from meter.live.alerts import AlertBook
+from meter.live.anomaly import AnomalyJob
+from meter.live.reservations import Reservations
 from meter.live.tracker import Tracker
 from meter.money.payments.dunning import DunningJob, Payments
 from meter.money.webhooks.delivery import Settings as WebhookSettings
@@ -99,12 +103,16 @@ class MeterApp:
         self._payments = payments or Payments()
         self.payments: Payments | None = None
         self.dunning_every = dunning_every
-        self.dunning: PeriodicJob | None = None
+        #: The periodic jobs beside the requests (dunning, reservations' expiry, anomaly alerts), while writable.
+        self.jobs: list[PeriodicJob] = []
         #: Outgoing webhooks: the delivery worker's settings, and the worker (started with the stores, if writable).
         self.webhook_settings = webhook_settings or WebhookSettings()
         self.webhooks: WebhookWorker | None = None
         #: The live account state: balances and entitlement checks (started with the stores, if writable).
         self.live: Tracker | None = None
+        #: Reservations (meter.live.reservations), opened with the stores if writable; their fit check reads the
+        #: live state (`reservations.standing`).
+        self.reservations: Reservations | None = None
         # The stores: None until startup opens them (or after a failed open), Unavailable for those a degraded start
         # could not open. Routes reach them through opened(): authorize() lets a request through only once they are.
         self.engine: Engine | Unavailable | None = None
@@ -185,29 +193,40 @@ class MeterApp:
         if not self.degraded:
             self.payments = self._payments
             stores.invoicer.collect = partial(self.payments.after_finalize, stores.invoices, stores.billing)
-            job = DunningJob(self.payments, stores.keys, stores.invoices, stores.billing)
-            self.dunning = PeriodicJob("meter-dunning", self.dunning_every, job.run_once)
-            self.dunning.start()
+            tenants = partial(_tenant_ids, stores.keys)
+            dunning = DunningJob(self.payments, stores.keys, stores.invoices, stores.billing)
             self.webhooks = WebhookWorker(stores.invoices, self.webhook_settings)
             self.webhooks.start()
-            keys = stores.keys
-            self.live = Tracker(
-                stores.engine, stores.billing, stores.invoices, export_dir, lambda: [t.id for t in keys.list_tenants()]
-            )
+            # The live state: checks and balances read it; reservations hold against it; alerts hear each refresh.
+            self.live = Tracker(stores.engine, stores.billing, stores.invoices, export_dir, tenants)
+            self.reservations = Reservations(stores.invoices, self.live)
+            self.live.held = self.reservations.held
+            book = AlertBook(stores.billing, stores.engine)
+            self.live.on_refresh = alerts.on_refresh(book, stores.invoices, self.webhooks.wake)
             self.live.start()
+            anomalies = AnomalyJob(stores.engine, stores.billing, stores.invoices, tenants)
+            self.jobs = [
+                PeriodicJob("meter-dunning", self.dunning_every, dunning.run_once),
+                PeriodicJob("meter-reservations", 5.0, self.reservations.expire),
+                PeriodicJob("meter-anomalies", 60.0, anomalies.run_once),
+            ]
+            for periodic in self.jobs:
+                periodic.start()
 
     def close_stores(self) -> None:
         """Close the stores, as a shutdown does, and forget them (a later request answers 503)."""
-        if self.live is not None:  # it reads every store: stopped before they close
+        # The threads that read or write the stores, stopped before the stores close.
+        for periodic in self.jobs:
+            periodic.stop()
+        self.jobs = []
+        if self.live is not None:
             self.live.stop()
             self.live = None
-        if self.webhooks is not None:  # it writes to the invoices store: stopped before that closes
+        if self.webhooks is not None:
             self.webhooks.stop()
             self.webhooks = None
-        if self.dunning is not None:  # it writes to the invoices store: stopped before that closes
-            self.dunning.stop()
-            self.dunning = None
         self.payments = None
+        self.reservations = None
         stores, self.stores = self.stores, None
         self.engine = self.keys = self.billing = self.invoices = self.invoicer = None
         if stores is not None:
@@ -273,3 +292,8 @@ def create_app() -> MeterApp:
         dunning_every=float(os.environ.get("METER_DUNNING_EVERY") or 60),
         webhook_settings=WebhookSettings.from_env(),
     )
+
+
+def _tenant_ids(keys: KeyStore) -> list[str]:
+    """The tenants the background jobs go through (every one the key store knows)."""
+    return [t.id for t in keys.list_tenants()]

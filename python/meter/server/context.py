@@ -21,6 +21,7 @@ from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.catalog.keys import KeyStore
 from meter.engine import Engine
+from meter.live.reservations import Reservations
 from meter.live.tracker import Tracker
 from meter.money.payments.dunning import Payments
 from meter.money.webhooks.delivery import Settings as WebhookSettings
@@ -80,6 +81,8 @@ class Context(Protocol):
     webhooks: WebhookWorker | None
     #: The live account state (balances, entitlements), None when it does not run (a degraded start).
     live: Tracker | None
+    #: Reservations against allowances and balances (None when they do not run: before startup, a degraded start).
+    reservations: Reservations | None
 
     async def call(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """`fn(*args, **kwargs)` on the app's thread pool, off the event loop."""

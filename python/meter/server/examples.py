@@ -93,4 +93,13 @@ EXAMPLES: dict[str, Any] = {
     "PaymentSettingsBody": {"stripe_webhook_secret": "whsec_example_0000"},
     "DunningSettings": {"retry_days": [3, 5, 7], "after_last": "uncollectible"},
     "DunningRunBody": {},
+    "Alert": {
+        "id": "tokens-80",
+        "kind": "usage",
+        "meter": "tokens",
+        "thresholds": ["800", "1000"],
+        "customer": "cust-1",
+    },
+    "ReservationBody": {"id": "job-42", "target": "balance", "amount": "1.00", "expires_in_seconds": 3600},
+    "SettleBody": {"actual": "0.80"},
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from meter.server.routes import (
     admin,
+    alerts,
     catalog,
     events,
     health,
@@ -21,6 +22,7 @@ from meter.server.routes import (
     live,
     meters,
     payments,
+    reservations,
     tax,
     webhooks,
 )
@@ -41,6 +43,8 @@ ROUTES: list[Route] = [
     *webhooks.ROUTES,
     *ledger.ROUTES,
     *live.ROUTES,
+    *alerts.ROUTES,
+    *reservations.ROUTES,
 ]
 
 BENCH_ROUTES: list[Route] = events.BENCH_ROUTES
