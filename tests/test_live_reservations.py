@@ -251,8 +251,8 @@ def test_reservations_over_http(tmp_path: Path) -> None:
         assert (r.status_code, r.json()["code"]) == (404, "not_found"), "no customer c1 yet"
         assert api.post("/v1/customers", json={"id": "c1", "name": "One", "currency": "EUR"}).status_code == 200
         r = api.post("/v1/customers/c1/reservations", json={"id": "job-1", "target": "tokens", "amount": "800"})
-        assert (r.status_code, r.json()["code"]) == (503, "live_unavailable"), "no live state wired in yet"
-        api.app.reservations.live = live
+        assert (r.status_code, r.json()["code"]) == (409, "insufficient"), "no subscription: nothing to hold against"
+        api.app.reservations.live = live  # from here on, a live state of known figures
 
         r = api.post("/v1/customers/c1/reservations", json={"id": "job-1", "target": "tokens", "amount": "800"})
         assert r.status_code == 201, r.text

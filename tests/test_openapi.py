@@ -220,10 +220,11 @@ class OffTheLoop:
 
     `failure()` and `stats()` are exempt: they read the engine's in-memory state (under the GIL, never a disk), and
     `/readyz` and `/metrics` must answer even while the pool is saturated; so is the key store's `known()`, which
-    reads only the memory of keys authenticated before.
+    reads only the memory of keys authenticated before; so are the live state's `check()`, `standing()` and
+    `balance()`, which read the state its own thread computed (a gateway's check must not wait for the pool).
     """
 
-    EXEMPT = frozenset({"failure", "stats", "known"})
+    EXEMPT = frozenset({"failure", "stats", "known", "check", "standing", "balance"})
 
     def __init__(self, store: Any, loop_thread: list[threading.Thread], calls: list[str]) -> None:
         self.store, self.loop_thread, self.calls = store, loop_thread, calls
@@ -259,7 +260,7 @@ def test_every_documented_operation_is_served_and_its_store_calls_run_off_the_ev
         tenant, _ = app.keys.create_key("acme", ["ingest", "read", "export", "admin"])
         loop_thread: list[threading.Thread] = []
         calls: list[str] = []
-        for name in ("engine", "keys", "billing", "invoices", "invoicer", "reservations"):
+        for name in ("engine", "keys", "billing", "invoices", "invoicer", "reservations", "live"):
             setattr(app, name, OffTheLoop(getattr(app, name), loop_thread, calls))
         # Deletions last, so that what the others name exists where it can.
         ops = sorted(documented(document).items(), key=lambda item: item[0][0] == "delete")
@@ -283,7 +284,7 @@ def test_every_documented_operation_is_served_and_its_store_calls_run_off_the_ev
             if op.get("security"):
                 assert calls[0] == "known" and len(calls) > 1 or path == "/metrics", f"{where}: calls {calls}"
     finally:
-        for name in ("engine", "keys", "billing", "invoices", "invoicer", "reservations"):
+        for name in ("engine", "keys", "billing", "invoices", "invoicer", "reservations", "live"):
             if isinstance(store := getattr(app, name), OffTheLoop):
                 setattr(app, name, store.store)
         app.shutdown()

@@ -100,6 +100,7 @@ EXAMPLES: dict[str, Any] = {
         "thresholds": ["800", "1000"],
         "customer": "cust-1",
     },
+    "Checks": {"checks": [{"customer": "acme", "feature": "tokens"}, {"customer": "globex", "feature": "sso"}]},
     "ReservationBody": {"id": "job-42", "target": "balance", "amount": "1.00", "expires_in_seconds": 3600},
     "SettleBody": {"actual": "0.80"},
 }
