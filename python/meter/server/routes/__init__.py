@@ -10,7 +10,20 @@ also fits (`/v1/invoices/{invoice_id}`) would, should they ever share a method (
 
 from __future__ import annotations
 
-from meter.server.routes import admin, catalog, events, health, invoices, keys, ledger, meters, payments, tax, webhooks
+from meter.server.routes import (
+    admin,
+    catalog,
+    events,
+    health,
+    invoices,
+    keys,
+    ledger,
+    meters,
+    payments,
+    tax,
+    top_ups,
+    webhooks,
+)
 from meter.server.table import Route
 
 __all__ = ["BENCH_ROUTES", "ROUTES"]
@@ -24,6 +37,7 @@ ROUTES: list[Route] = [
     *catalog.ROUTES,
     *tax.ROUTES,
     *invoices.ROUTES,
+    *top_ups.ROUTES,
     *payments.ROUTES,
     *webhooks.ROUTES,
     *ledger.ROUTES,
