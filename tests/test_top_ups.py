@@ -114,6 +114,7 @@ def test_what_a_top_up_cannot_be(subscribed: Desk) -> None:
         (TopUpBody(id="a", amount=Decimal("1.001")), "whole number of EUR's minor unit"),
         (TopUpBody(id="a", amount=Decimal(1), expires_at=BOUGHT), "must be after now"),
         (TopUpBody(id="a", amount=Decimal(1), subscription="nope"), "no subscription 'nope'"),
+        (TopUpBody(id="auto-7", amount=Decimal(1)), "are the automatic top-ups'"),
     ]:
         with pytest.raises((InvalidInput, NotFound)) as e:
             top_up(desk.invoicer, "acme", "c1", body, BOUGHT)

@@ -140,6 +140,11 @@ def top_up(
     complete_grants(invoicer, tenant, customer)
     done, new = _recorded(invoicer, tenant, customer, body.id), False
     warnings: list[RunWarning] = []
+    if body.id.startswith(AUTO) != automatic:
+        raise InvalidInput(
+            f"top-up ids starting with {AUTO!r} are the automatic top-ups'; got {body.id!r}: choose another",
+            code="invalid_top_up",
+        )
     if done is None:
         sub = _subscription(invoicer, tenant, customer, body.subscription, now)
         currency = invoicer.catalog.get_customer(tenant, customer).currency
@@ -282,6 +287,6 @@ def auto_top_up(
     settings = seen.auto_top_up
     if settings is None or balance >= settings.below:
         return None
-    n = sum(1 for c in seen.commits if c.id.startswith(AUTO))
+    n = sum(1 for c in seen.commits if c.id.startswith(AUTO))  # manual top-ups cannot take these ids
     body = TopUpBody(id=f"{AUTO}{n + 1}", amount=settings.amount, subscription=seen.id)
     return top_up(invoicer, tenant, seen.customer, body, now, automatic=True)[0]
