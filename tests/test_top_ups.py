@@ -65,7 +65,7 @@ def test_a_top_up_is_a_grant_invoiced_at_once_and_deferred_in_the_ledger(subscri
     with pytest.raises(Conflict) as e:
         top_up(desk.invoicer, "acme", "c1", TopUpBody(id="t1", amount=Decimal("60.00")), BOUGHT)
     assert e.value.code == "conflict"
-    assert [t.id for t in top_ups(desk.invoicer, "acme", "c1")] == ["t1"]
+    assert [t.id for t in top_ups(desk.invoicer.store, "acme", "c1")] == ["t1"]
 
     # November's usage draws on it (deferred revenue recognized), and the cycle invoice does not bill it again.
     desk.usage(event("e1", "c1", time=BOUGHT + timedelta(days=1), tokens=300, model="m"))  # 30.00

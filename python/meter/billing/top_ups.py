@@ -20,7 +20,8 @@ gets the same invoice), so one crossing tops up once.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -30,17 +31,45 @@ import msgspec
 from meter.billing.invoicer import Invoicer
 from meter.billing.invoices import Invoice, InvoiceLine, RunWarning
 from meter.billing.keys import CommitKey
-from meter.catalog.billing import Commit, Credit, Discount, Subscription
+from meter.billing.store import InvoiceStore
+from meter.catalog.billing import BillingCatalog, Commit, Credit, Discount, Subscription
 from meter.catalog.currencies import CURRENCIES
 from meter.catalog.types import Amount, Checked, Id, Time
 from meter.exceptions import Conflict, InvalidInput, NotFound
 
-__all__ = ["AUTO", "TopUp", "TopUpBody", "TopUpResult", "auto_top_up", "complete_grants", "top_up", "top_ups"]
+__all__ = [
+    "AUTO",
+    "Sources",
+    "TopUp",
+    "TopUpBody",
+    "TopUpResult",
+    "auto_top_up",
+    "complete_grants",
+    "top_up",
+    "top_ups",
+]
 
 #: Ids of automatic top-ups start with it (``auto-1``, ``auto-2``...).
 AUTO = "auto-"
 #: A top-up without ``expires_at`` lasts as long as its subscription, or until the last time the catalog holds.
 _FOREVER = datetime(8999, 12, 31, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What a top-up reads and writes: the invoice store, the catalog, and the invoicer's ``issue`` (tax, collection).
+
+    :meth:`of` an :class:`Invoicer`; the server builds it from its stores, each of which it checks is called off the
+    event loop.
+    """
+
+    store: InvoiceStore
+    catalog: BillingCatalog
+    issue: Callable[[Invoice, dict[str, msgspec.Struct], datetime | None], tuple[Invoice | None, list[RunWarning]]]
+
+    @classmethod
+    def of(cls, where: Invoicer | Sources) -> Sources:
+        return where if isinstance(where, Sources) else cls(where.store, where.catalog, where.issue)
 
 
 class TopUpBody(Checked, forbid_unknown_fields=True):
@@ -91,17 +120,12 @@ def _key(tenant: str, customer: str, top_up_id: str = "") -> str:
     return f"top_up/{tenant}/{customer}/{top_up_id}"
 
 
-def _recorded(invoicer: Invoicer, tenant: str, customer: str, top_up_id: str) -> TopUp | None:
+def _recorded(invoicer: Sources, tenant: str, customer: str, top_up_id: str) -> TopUp | None:
     raw = invoicer.store.raw(_key(tenant, customer, top_up_id))
     return None if raw is None else msgspec.json.decode(raw, type=TopUp)
 
 
-def _recorded_all(invoicer: Invoicer, tenant: str, customer: str) -> Iterator[TopUp]:
-    for _, raw in invoicer.store.raw_items(_key(tenant, customer)):
-        yield msgspec.json.decode(raw, type=TopUp)
-
-
-def _subscription(invoicer: Invoicer, tenant: str, customer: str, named: str | None, at: datetime) -> Subscription:
+def _subscription(invoicer: Sources, tenant: str, customer: str, named: str | None, at: datetime) -> Subscription:
     """The subscription a top-up goes to: the one named, else the customer's only one running at ``at``."""
     if named is not None:
         sub = invoicer.catalog.get_subscription(tenant, named)
@@ -125,7 +149,7 @@ def _subscription(invoicer: Invoicer, tenant: str, customer: str, named: str | N
 
 
 def top_up(
-    invoicer: Invoicer,
+    invoicer: Invoicer | Sources,
     tenant: str,
     customer: str,
     body: TopUpBody,
@@ -136,6 +160,7 @@ def top_up(
 
     Returns the top-up with its invoice, and whether this call made it (False: a retry's answer).
     """
+    invoicer = Sources.of(invoicer)
     now = now or datetime.now(UTC)
     complete_grants(invoicer, tenant, customer)
     done, new = _recorded(invoicer, tenant, customer, body.id), False
@@ -164,12 +189,12 @@ def top_up(
     return TopUpResult(top_up=done, invoice=invoicer.store.get(tenant, done.invoice), warnings=warnings), new
 
 
-def top_ups(invoicer: Invoicer, tenant: str, customer: str) -> list[TopUp]:
+def top_ups(store: InvoiceStore, tenant: str, customer: str) -> list[TopUp]:
     """The customer's top-ups, by id."""
-    return list(_recorded_all(invoicer, tenant, customer))
+    return [msgspec.json.decode(raw, type=TopUp) for _, raw in store.raw_items(_key(tenant, customer))]
 
 
-def _check(invoicer: Invoicer, tenant: str, body: TopUpBody, sub: Subscription, currency: str, now: datetime) -> None:
+def _check(invoicer: Sources, tenant: str, body: TopUpBody, sub: Subscription, currency: str, now: datetime) -> None:
     """Everything that could refuse the grant once its invoice is issued, checked before it is."""
     digits = CURRENCIES[currency]
     if body.amount <= 0 or body.amount != body.amount.quantize(Decimal(1).scaleb(-digits)):
@@ -216,7 +241,7 @@ def _record(body: TopUpBody, sub: Subscription, now: datetime, automatic: bool =
 
 
 def _issue(
-    invoicer: Invoicer,
+    invoicer: Sources,
     tenant: str,
     sub: Subscription,
     body: TopUpBody,
@@ -259,13 +284,14 @@ def _issue(
     return record, warnings, True
 
 
-def complete_grants(invoicer: Invoicer, tenant: str, customer: str) -> int:
+def complete_grants(invoicer: Invoicer | Sources, tenant: str, customer: str) -> int:
     """Adds to the catalog the grant of every top-up of the customer whose invoice was issued without it (a crash).
 
     Returns how many were missing.
     """
+    invoicer = Sources.of(invoicer)
     missing = 0
-    for done in _recorded_all(invoicer, tenant, customer):
+    for done in top_ups(invoicer.store, tenant, customer):
         try:
             sub = invoicer.catalog.get_subscription(tenant, done.subscription)
         except NotFound:
@@ -277,7 +303,7 @@ def complete_grants(invoicer: Invoicer, tenant: str, customer: str) -> int:
 
 
 def auto_top_up(
-    invoicer: Invoicer, tenant: str, seen: Subscription, balance: Decimal, now: datetime | None = None
+    invoicer: Invoicer | Sources, tenant: str, seen: Subscription, balance: Decimal, now: datetime | None = None
 ) -> TopUpResult | None:
     """The automatic top-up due when the credit ``balance`` is below ``seen.auto_top_up.below``; None otherwise.
 

@@ -11,29 +11,29 @@ from __future__ import annotations
 from typing import cast
 
 from meter.billing.invoicer import Invoicer
-from meter.billing.top_ups import TopUp, TopUpBody, TopUpResult, top_up, top_ups
-from meter.server.context import Context, Unavailable, opened
+from meter.billing.store import InvoiceStore
+from meter.billing.top_ups import Sources, TopUp, TopUpBody, TopUpResult, top_up, top_ups
+from meter.catalog.billing import BillingCatalog
+from meter.server.context import Context, opened
 from meter.server.http import Answer, Request
 from meter.server.table import Body, PathParam, Route
 
 __all__ = ["ROUTES"]
 
 
-def _invoicer(ctx: Context) -> Invoicer:
-    """The invoicer, or its Unavailable stand-in (whose every use is a 503), typed as the invoicer."""
-    invoicer = opened(ctx.invoicer)
-    if isinstance(invoicer, Unavailable):
-        invoicer.store  # noqa: B018 - any attribute of Unavailable is the 503 store_unavailable
-    return cast(Invoicer, invoicer)
+def _sources(ctx: Context) -> Sources:
+    """The stores a top-up uses; one a degraded start could not open answers 503 store_unavailable when used."""
+    invoicer = cast(Invoicer, opened(ctx.invoicer))
+    return Sources(cast(InvoiceStore, opened(ctx.invoices)), cast(BillingCatalog, opened(ctx.billing)), invoicer.issue)
 
 
 async def create_top_up(ctx: Context, request: Request, customer: str, body: TopUpBody) -> Answer:
-    result, new = await ctx.call(top_up, _invoicer(ctx), request.tenant, customer, body)
+    result, new = await ctx.call(top_up, _sources(ctx), request.tenant, customer, body)
     return (201 if new else 200), result, {}
 
 
 async def list_top_ups(ctx: Context, request: Request, customer: str) -> Answer:
-    return 200, await ctx.call(top_ups, _invoicer(ctx), request.tenant, customer), {}
+    return 200, await ctx.call(top_ups, cast(InvoiceStore, opened(ctx.invoices)), request.tenant, customer), {}
 
 
 CUSTOMER = PathParam("customer", "cust-1", "The customer's id")
