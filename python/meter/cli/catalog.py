@@ -176,6 +176,37 @@ def catalog_entitlements(plan_id: str, file: Path, url: str, api_key: str) -> No
     click.echo(f"plan {plan_id}: entitlements {features}")
 
 
+@catalog.command("top-up")
+@click.argument("customer")
+@click.argument("top_up_id")
+@click.argument("amount")
+@click.option("--expires-at", help="RFC 3339: when the credit expires (default: with the subscription)")
+@click.option("--priority", type=int, default=0, show_default=True, help="lower numbers are drawn down first")
+@click.option("--subscription", help="the subscription it goes to, when the customer has several running")
+@url_option
+@key_option
+def catalog_top_up(
+    customer: str,
+    top_up_id: str,
+    amount: str,
+    expires_at: str | None,
+    priority: int,
+    subscription: str | None,
+    url: str,
+    api_key: str,
+) -> None:
+    """Buys AMOUNT of prepaid credit for CUSTOMER now, invoiced at once; exactly once by TOP_UP_ID (rerun safely)."""
+    with connect(url, api_key) as client:
+        done = client.top_up(
+            customer, top_up_id, amount, expires_at=expires_at, priority=priority, subscription=subscription
+        )
+    invoice = done["invoice"]
+    click.echo(
+        f"top-up {top_up_id}: {amount} {invoice['currency']} on subscription {done['top_up']['subscription']}, "
+        f"invoice {invoice['number']} ({invoice['status']}, total {invoice['total']})"
+    )
+
+
 @catalog.command("migrate")
 @click.argument("subscription_id")
 @click.option("--version", "version", type=int, required=True, help="the plan version to move to")
