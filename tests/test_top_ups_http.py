@@ -65,6 +65,7 @@ def test_a_top_up_is_invoiced_once_and_granted(acme: httpx.Client) -> None:
     deferred = [line for e in entries for line in e["lines"] if line["account"] == "deferred_revenue"]
     assert [line["credit"] for line in deferred] == ["25.00"]
     assert [t["id"] for t in acme.get("/v1/customers/c1/top-ups").json()] == ["t1"]
+    assert acme.get("/v1/customers/nobody/top-ups").status_code == 404
 
 
 @pytest.mark.parametrize(

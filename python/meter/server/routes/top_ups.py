@@ -33,6 +33,8 @@ async def create_top_up(ctx: Context, request: Request, customer: str, body: Top
 
 
 async def list_top_ups(ctx: Context, request: Request, customer: str) -> Answer:
+    # A customer the tenant does not have is a 404, as its other objects are (never an empty list).
+    await ctx.call(cast(BillingCatalog, opened(ctx.billing)).get_customer, request.tenant, customer)
     return 200, await ctx.call(top_ups, cast(InvoiceStore, opened(ctx.invoices)), request.tenant, customer), {}
 
 
