@@ -97,3 +97,32 @@ def test_the_client_tops_up(server: Server, key: str, acme: httpx.Client) -> Non
         with pytest.raises(ServerError) as e:
             client.top_up("c1", "t2", "11.00")
         assert e.value.status == 409
+
+
+def test_a_retry_after_a_crash_answers_the_same_top_up(tmp_path_factory: pytest.TempPathFactory) -> None:
+    data = tmp_path_factory.mktemp("top-ups-crash") / "data"
+    first = Server(data)
+    key = first.tenant_key("acme", ["read", "admin"])
+    client = first.client(key)
+    spec = {"slug": "tokens", "event_type": "llm", "aggregation": "sum", "value_property": "$.tokens"}
+    assert client.post("/v1/meters", json=spec).status_code == 201
+    assert client.post("/v1/customers", json={"id": "c1", "name": "c1", "currency": "EUR"}).status_code == 200
+    plan = {"id": "pro", "name": "Pro", "versions": [{"effective_from": JAN, "prices": [TOKENS]}]}
+    assert client.post("/v1/plans", json=plan).status_code == 201
+    sub = {"id": "s1", "customer": "c1", "plan": "pro", "version": 1, "start": JAN}
+    assert client.post("/v1/subscriptions", json=sub).status_code == 200
+    r = client.post("/v1/customers/c1/top-ups", json={"id": "t1", "amount": "40.00"})
+    assert r.status_code == 201, r.text
+    client.close()
+    first.kill()  # no shutdown of any kind
+    again = Server(data, admin_key=first.admin_key)
+    try:
+        client = again.client(key)
+        retry = client.post("/v1/customers/c1/top-ups", json={"id": "t1", "amount": "40.00"})
+        assert retry.status_code == 200 and retry.json()["invoice"] == r.json()["invoice"], retry.text
+        assert [i["id"] for i in client.get("/v1/invoices").json()] == ["s1-topup-t1"]
+        assert [c["id"] for c in client.get("/v1/subscriptions/s1").json()["commits"]] == ["t1"]
+        entries = client.get("/v1/ledger/entries", params={"invoice": "s1-topup-t1"}).json()["data"]
+        assert [e["kind"] for e in entries] == ["invoice_finalized"]
+    finally:
+        again.stop()
