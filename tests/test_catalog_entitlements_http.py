@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from http_server import Server
+from meter.catalog.entitlements import Entitlement, effective_entitlements
 from meter.client import Client, ServerError
 
 JAN = "2026-01-01T00:00:00Z"
@@ -168,3 +170,11 @@ def test_the_client_puts_entitlements(server: Server, key: str, acme: httpx.Clie
         with pytest.raises(ServerError) as e:
             client.put_plan_entitlements("team", [{**RATE, "value": None}])
         assert e.value.status == 400 and e.value.code == "invalid_catalog"
+
+
+def test_a_subscriptions_entitlements_replace_the_plans_by_feature() -> None:
+    plan = [msgspec.convert(e, Entitlement) for e in (SSO, RATE, ALLOWANCE)]
+    own = [msgspec.convert(e, Entitlement) for e in ({**SSO, "enabled": False}, {**RATE, "feature": "extra"})]
+    merged = effective_entitlements(plan, own)
+    shown = [(e.feature, e.enabled) for e in merged]
+    assert shown == [("sso", False), ("rate-limit", True), ("gpt", True), ("extra", True)]

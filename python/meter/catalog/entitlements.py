@@ -20,7 +20,7 @@ from typing import Any, Literal
 from meter.catalog.prices import Price
 from meter.catalog.types import Checked, Id, Quantity, Slug, Text, invalid
 
-__all__ = ["Entitlement", "EntitlementKind", "Reset", "check_entitlements"]
+__all__ = ["Entitlement", "EntitlementKind", "Reset", "check_entitlements", "effective_entitlements"]
 
 EntitlementKind = Literal["boolean", "static", "metered"]
 Reset = Literal["cycle", "day", "week", "month"]
@@ -108,3 +108,13 @@ def check_entitlements(
                 f"{at}: overage_price {e.overage_price!r} prices meter {', '.join(elsewhere)}, not {e.meter!r}: "
                 "name a price on the entitlement's meter"
             )
+
+
+def effective_entitlements(plan: Sequence[Entitlement], subscription: Sequence[Entitlement]) -> list[Entitlement]:
+    """What a subscription's customer is entitled to: the plan's, each replaced by the subscription's of its feature.
+
+    The plan's order first, then the subscription's additions in theirs.
+    """
+    own = {e.feature: e for e in subscription}
+    merged = [own.pop(e.feature, e) for e in plan]
+    return merged + [e for e in subscription if e.feature in own]
