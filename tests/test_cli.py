@@ -129,6 +129,36 @@ def test_catalog_from_yaml(server: Server, tmp_path: Path) -> None:
     assert "cust-2" not in run(server, key, "catalog", "list", "customers")
 
 
+def test_catalog_entitlements_and_top_ups(server: Server, tmp_path: Path) -> None:
+    key = server.tenant_key("entitled-co", ["read", "admin"])
+    meter = {"slug": "tokens", "event_type": "llm", "aggregation": "sum", "value_property": "$.tokens"}
+    assert server.client(key).post("/v1/meters", json=meter).status_code == 201
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        "customers:\n  - {id: cust-1, name: One, currency: EUR}\n"
+        "plans:\n  - id: pro\n    name: Pro\n    versions:\n      - effective_from: '2026-01-01T00:00:00Z'\n"
+        "        prices: [{id: tokens, currency: EUR, model: per_unit, meter: tokens, unit_price: '0.002'}]\n"
+        "    entitlements: [{feature: sso, kind: boolean}]\n"
+        "subscriptions:\n  - {id: s1, customer: cust-1, plan: pro, version: 1, start: '2026-01-01T00:00:00Z'}\n"
+    )
+    run(server, key, "catalog", "load", str(catalog))
+    entitlements = tmp_path / "entitlements.yaml"
+    entitlements.write_text(
+        "- {feature: sso, kind: boolean}\n- {feature: gpt, kind: metered, meter: tokens, limit: '1000000'}\n"
+    )
+    assert "plan pro: entitlements sso, gpt" in run(server, key, "catalog", "entitlements", "pro", str(entitlements))
+    # Loading the file again puts its plan's entitlements back.
+    assert "entitlements replaced (1)" in run(server, key, "catalog", "load", str(catalog))
+    entitlements.write_text("- {feature: gpt, kind: metered, meter: tokens}\n")
+    result = CliRunner().invoke(
+        main, ["catalog", "entitlements", "pro", str(entitlements)], env={"METER_URL": server.url, "METER_API_KEY": key}
+    )
+    assert result.exit_code != 0 and "needs a `meter` and a `limit`" in result.output, result.output
+    out = run(server, key, "catalog", "top-up", "cust-1", "t1", "20.00")
+    assert "top-up t1: 20.00 EUR on subscription s1, invoice INV-000001 (open, total 20.00)" in out
+    assert run(server, key, "catalog", "top-up", "cust-1", "t1", "20.00") == out, "a rerun answers the same"
+
+
 def test_invoice_commands(server: Server, tmp_path: Path) -> None:
     key = server.tenant_key("invoice-co", ["read", "admin"])
     catalog = tmp_path / "catalog.yaml"

@@ -196,6 +196,8 @@ def bodies(b: TenantB) -> dict[tuple[str, str], Any]:
             "effective_from": "2020-02-01T00:00:00Z",
             "prices": [{**PRICES[0], "id": "a-base"}],
         },
+        ("PUT", "/v1/plans/(?P<plan_id>[^/]+)/entitlements"): [{"feature": "takeover", "kind": "boolean"}],
+        ("POST", "/v1/customers/(?P<customer>[^/]+)/top-ups"): {"id": "takeover", "amount": "1"},
         ("POST", "/v1/subscriptions/(?P<sub_id>[^/]+)/migrate"): {"version": 1, "at": "2026-01-01T00:00:00Z"},
         ("POST", "/v1/invoices/run"): {"period": f"{THIS_MONTH:%Y-%m}", "finalize": True},
         ("POST", "/v1/invoices/thresholds"): None,

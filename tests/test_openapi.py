@@ -18,7 +18,7 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 from urllib.parse import urlencode
 
 import msgspec
@@ -133,8 +133,12 @@ def test_the_document_matches_the_route_table_route_by_route(app: MeterApp, docu
         else:
             content = op["requestBody"]["content"]
             if route.body.type is not None:
-                ref = content["application/json"]["schema"]["$ref"]
-                assert ref == f"#/components/schemas/{route.body.type.__name__}", where
+                schema = content["application/json"]["schema"]
+                body_type = route.body.type
+                if get_origin(body_type) is list:  # a list of structs (PUT /v1/plans/{plan_id}/entitlements)
+                    assert schema["type"] == "array", where
+                    schema, body_type = schema["items"], get_args(body_type)[0]
+                assert schema["$ref"] == f"#/components/schemas/{body_type.__name__}", where
             else:
                 assert set(content) == set(route.body.accept), where
         # The answers: the success status, the route's own errors and those every route of its kind can give.
@@ -227,10 +231,10 @@ class OffTheLoop:
     EXEMPT = frozenset({"failure", "stats", "known", "check", "standing", "balance"})
 
     def __init__(self, store: Any, loop_thread: list[threading.Thread], calls: list[str]) -> None:
-        self.store, self.loop_thread, self.calls = store, loop_thread, calls
+        self.wrapped, self.loop_thread, self.calls = store, loop_thread, calls
 
     def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.store, name)
+        attr = getattr(self.wrapped, name)
         if not callable(attr):
             return attr
 
@@ -286,7 +290,7 @@ def test_every_documented_operation_is_served_and_its_store_calls_run_off_the_ev
     finally:
         for name in ("engine", "keys", "billing", "invoices", "invoicer", "reservations", "live"):
             if isinstance(store := getattr(app, name), OffTheLoop):
-                setattr(app, name, store.store)
+                setattr(app, name, store.wrapped)
         app.shutdown()
 
 
@@ -310,7 +314,8 @@ def test_every_body_example_is_documented_with_its_body(document: dict[str, Any]
         name
         for op in documented(document).values()
         for media in op.get("requestBody", {}).get("content", {}).values()
-        if "$ref" in media["schema"] and (name := media["schema"]["$ref"].rsplit("/", 1)[1]) in EXAMPLES
+        if "$ref" in (schema := media["schema"].get("items", media["schema"]))
+        and (name := schema["$ref"].rsplit("/", 1)[1]) in EXAMPLES
     }
     assert shown == set(EXAMPLES)
 

@@ -430,6 +430,45 @@ class Client:
         plan: JSONObject = self._call("POST", f"/v1/plans/{_segment(plan_id)}/versions", version)
         return plan
 
+    def put_plan_entitlements(
+        self, plan_id: str, entitlements: Sequence[msgspec.Struct | Mapping[str, Any]]
+    ) -> JSONObject:
+        """``PUT /v1/plans/{plan_id}/entitlements``: replaces the plan's entitlements (the whole list); the plan.
+
+        An entitlement is ``{feature, kind: boolean|static|metered, enabled, value, meter, limit, reset, hard,
+        overage_price}`` (:class:`meter.catalog.entitlements.Entitlement`).
+        """
+        plan: JSONObject = self._call("PUT", f"/v1/plans/{_segment(plan_id)}/entitlements", list(entitlements))
+        return plan
+
+    def top_up(
+        self,
+        customer: str,
+        top_up_id: str,
+        amount: str,
+        *,
+        expires_at: datetime | str | None = None,
+        priority: int = 0,
+        subscription: str | None = None,
+    ) -> JSONObject:
+        """``POST /v1/customers/{customer}/top-ups``: buys prepaid credit now, exactly once by ``top_up_id``.
+
+        The answer is ``{"top_up", "invoice"}``: the grant and its invoice, finalized at once. A retry with the same
+        arguments answers the same; other arguments under the same id are refused (409 ``conflict``).
+        """
+        body: dict[str, Any] = {"id": top_up_id, "amount": amount, "priority": priority}
+        if expires_at is not None:
+            body["expires_at"] = _time(expires_at)
+        if subscription is not None:
+            body["subscription"] = subscription
+        done: JSONObject = self._call("POST", f"/v1/customers/{_segment(customer)}/top-ups", body)
+        return done
+
+    def list_top_ups(self, customer: str) -> list[JSONObject]:
+        """``GET /v1/customers/{customer}/top-ups``: the customer's top-ups."""
+        found: list[JSONObject] = self._call("GET", f"/v1/customers/{_segment(customer)}/top-ups")
+        return found
+
     def migrate_subscription(self, subscription_id: str, version: int, at: datetime | str) -> JSONObject:
         """``POST /v1/subscriptions/{id}/migrate``: onto ``version`` of its plan from ``at``; the subscription."""
         body = {"version": version, "at": _time(at)}

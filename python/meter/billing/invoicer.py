@@ -178,6 +178,22 @@ class Invoicer:
             final = self.store.get(tenant, invoice_id)  # paid, when the charge went through
         return final, warnings
 
+    def issue(
+        self, invoice: Invoice, records: dict[str, msgspec.Struct], now: datetime | None = None
+    ) -> tuple[Invoice | None, list[RunWarning]]:
+        """Issues ``invoice`` finalized at once with ``records`` (:meth:`InvoiceStore.issue`), then collects it.
+
+        ``None`` when an invoice of that id exists already (nothing is written).
+        """
+        final = self.store.issue(invoice, now, self.prepare(invoice.tenant, now), records)
+        if final is None:
+            return None, []
+        warnings = self._export_after_write(invoice.tenant)
+        if final.collection == "automatic" and final.status == "open" and self.collect is not None:
+            self._collected(invoice.tenant, [final])
+            final = self.store.get(invoice.tenant, final.id)  # paid, when the charge went through
+        return final, warnings
+
     def void(self, tenant: str, invoice_id: str) -> tuple[Invoice, list[RunWarning]]:
         void = self.store.void(tenant, invoice_id)
         return void, self._export_after_write(tenant)

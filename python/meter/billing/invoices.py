@@ -81,7 +81,8 @@ LineKind = Literal["recurring", "usage", "adjustment", "commit", "shortfall", "d
 #: Whether a line's service period is billed at its start or its end: a price's cadence (usage is in arrears).
 Timing = Cadence
 #: Why an invoice was issued: its cycle began, or usage reached the subscription's threshold within the cycle.
-Reason = Literal["cycle", "threshold"]
+#: Why an invoice was issued: a billing cycle, a threshold reached early, a top-up of prepaid credit bought.
+Reason = Literal["cycle", "threshold", "top_up"]
 
 
 class LineDetail(msgspec.Struct, omit_defaults=True):

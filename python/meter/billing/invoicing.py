@@ -866,7 +866,9 @@ def _assemble(snapshot: Snapshot, draft: _Draft, rated: list[tuple[_Charge, _Rat
     lines += discount_lines(sub, draft.period, draft.reason, lines, money)
     lines = [msgspec.structs.replace(line, amount=money(line.amount)) for line in lines]
     subtotal = sum((line.amount for line in lines), money(_ZERO))
-    lines += [msgspec.structs.replace(line, amount=money(line.amount)) for line in credit_lines(sub, lines, billed)]
+    lines += [
+        msgspec.structs.replace(line, amount=money(line.amount)) for line in credit_lines(sub, lines, billed, draft.tz)
+    ]
     total = sum((line.amount for line in lines), money(_ZERO))
     tz = ZoneInfo(draft.tz)
     arrears = draft.arrears

@@ -12,6 +12,7 @@ ChargeKey       ``<subscription>|<price>|<version>|<cycle start>|<cycle end>``  
                 (``|<part>`` appended for a version's 2nd, 3rd... part)
 CommitKey       ``<subscription>|commit|<commit>``, ``...|shortfall|<commit>``    a prepaid commit, a shortfall
 GrantKey        ``<subscription>|<grant>`` (an invoice line's ``grant``)          a credit or commit drawn down
+                ``<subscription>|<grant>|<cycle start>``                         a recurring credit's cycle drawn
 ==============  ===============================================================  ==============================
 
 Times are ``datetime.isoformat()`` of the cycle's UTC bounds. This is the format invoices have always been stored
@@ -90,13 +91,20 @@ class CommitKey(msgspec.Struct, frozen=True):
 
 
 class GrantKey(msgspec.Struct, frozen=True):
-    """A credit or prepaid commit of a subscription, as a ``credit`` line draws on it (the line's ``grant``)."""
+    """A credit or prepaid commit of a subscription, as a ``credit`` line draws on it (the line's ``grant``).
+
+    A recurring credit grants its amount anew each billing cycle: what each cycle drew is kept apart, under the
+    cycle's start (``cycle``), so that a cycle's remainder (and what it rolls over) is its own grant minus its own
+    draws, and a re-run of any invoice never draws on a cycle twice.
+    """
 
     subscription: str
     grant: str
+    cycle: datetime | None = None
 
     def text(self) -> str:
-        return _joined((self.subscription, self.grant))
+        parts = (self.subscription, self.grant)
+        return _joined(parts if self.cycle is None else (*parts, self.cycle.isoformat()))
 
 
 #: The key of a line that bills something (a ``credit`` line draws on a :class:`GrantKey` instead).
@@ -124,9 +132,17 @@ def parse_line_key(text: str) -> LineKey:
 def parse_grant_key(text: str) -> GrantKey:
     """The :class:`GrantKey` whose :meth:`~GrantKey.text` is ``text``."""
     parts = text.split(SEPARATOR)
-    if len(parts) != 2:
-        fail(f"{text!r} is not a grant key (<subscription>|<grant>)", _CODE)
-    return GrantKey(parts[0], parts[1])
+    if len(parts) == 2:
+        return GrantKey(parts[0], parts[1])
+    if len(parts) == 3:
+        try:
+            key = GrantKey(parts[0], parts[1], datetime.fromisoformat(parts[2]))
+        except ValueError:
+            pass
+        else:
+            if key.text() == text:
+                return key
+    fail(f"{text!r} is not a grant key (<subscription>|<grant>, or |<cycle start> after them)", _CODE)
 
 
 def charge_key_expr(

@@ -486,17 +486,25 @@ class InvoiceStore(Store):
                 break
             yield key[len(prefix) :].decode(), msgspec.json.decode(value, type=_Head).status, value
 
-    def issue(self, invoice: Invoice, now: datetime | None = None, prepare: Prepare | None = None) -> Invoice | None:
-        """Saves ``invoice`` finalized (numbered) at once, in one write.
+    def issue(
+        self,
+        invoice: Invoice,
+        now: datetime | None = None,
+        prepare: Prepare | None = None,
+        records: dict[str, msgspec.Struct] | None = None,
+    ) -> Invoice | None:
+        """Saves ``invoice`` finalized (numbered) at once, in one write, with ``records`` (key -> value) beside it.
 
-        A threshold invoice. ``None`` when an invoice of that id exists already, or when it is stale (see
-        :meth:`finalize`): the next run computes it again.
+        A threshold invoice, a top-up's (whose record says what it bought). ``None`` when an invoice of that id
+        exists already, or when it is stale (see :meth:`finalize`): the next run computes it again.
         """
         check_invoice(invoice)
         with self.transaction(invoice.tenant, now) as change:
             if change.get(f"invoice/{invoice.tenant}/{invoice.id}") is not None or self._stale(invoice):
                 return None
             change.emit("invoice.created", invoice_summary(invoice))
+            for key, value in (records or {}).items():
+                change.put(key, value)
             return self._finalize(change, invoice, prepare)
 
     def finalize(

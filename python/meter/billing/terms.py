@@ -21,16 +21,18 @@ from (the base, what a grant had left), so that a customer can check it by hand.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from decimal import Decimal
 
+from meter.billing import cycles
 from meter.billing.billed import Billed
 from meter.billing.cycles import Period
 from meter.billing.invoices import InvoiceLine, Reason
 from meter.billing.keys import CommitKey, GrantKey
 from meter.catalog.billing import Commit, Credit, Subscription
 
-__all__ = ["applies", "commit_lines", "credit_lines", "discount_lines"]
+__all__ = ["applies", "commit_lines", "credit_lines", "discount_lines", "recurring_draws", "recurring_left"]
 
 _ZERO = Decimal(0)
 
@@ -135,8 +137,11 @@ def discount_lines(
     return out
 
 
-def credit_lines(sub: Subscription, lines: list[InvoiceLine], billed: Billed) -> list[InvoiceLine]:
-    """Credits and prepaid commits pay usage lines, lowest priority first, then the one expiring first."""
+def credit_lines(sub: Subscription, lines: list[InvoiceLine], billed: Billed, tz: str) -> list[InvoiceLine]:
+    """Credits and prepaid commits pay usage lines, lowest priority first, then the one expiring first.
+
+    ``tz`` is the customer's time zone: a recurring credit is granted per billing cycle (:func:`recurring_draws`).
+    """
     grants: list[Commit | Credit] = [*sub.credits, *(c for c in sub.commits if c.kind == "prepaid")]
     grants.sort(key=lambda g: (g.priority, g.end, g.id))
     # What is left to pay of each usage line once its price's discounts (all of them) are taken off.
@@ -154,6 +159,9 @@ def credit_lines(sub: Subscription, lines: list[InvoiceLine], billed: Billed) ->
             due.append(line.amount - discounted)
     out = []
     for grant in grants:
+        if isinstance(grant, Credit) and grant.recurring is not None:
+            out += recurring_draws(sub, grant, billed, tz, payable, due)
+            continue
         drawn_on = GrantKey(sub.id, grant.id)
         remaining = grant.amount - billed.drawn.get(drawn_on, _ZERO)
         for i, line in enumerate(payable):
@@ -176,6 +184,95 @@ def credit_lines(sub: Subscription, lines: list[InvoiceLine], billed: Billed) ->
                 )
             )
     return out
+
+
+def recurring_draws(
+    sub: Subscription, credit: Credit, billed: Billed, tz: str, payable: list[InvoiceLine], due: list[Decimal]
+) -> list[InvoiceLine]:
+    """A recurring credit's draws on ``payable`` (what is left ``due`` of each, reduced as it draws).
+
+    Each billing cycle of the subscription from the one containing the credit's start (and starting before its end)
+    grants ``amount`` plus what the cycle before left, at most ``rollover_max`` (nothing without it). A usage line
+    draws on the grant of the cycle it measures (the cycle containing its start), keyed by that cycle
+    (:class:`GrantKey` with ``cycle``). What a cycle left is its grant minus what finalized invoices drew on it and
+    what this computation drew on it (for the cycles of this invoice's lines, in order): a re-run draws only what
+    finalized invoices did not, and the rollover follows from what finalized invoices drew.
+
+    Worked example (100 a cycle, rollover_max 50): cycle 1 uses 30 (70 left, 50 rolls over), cycle 2 has 150 and
+    uses 160 (150 drawn, 10 billed, nothing left), cycle 3 has 100.
+    """
+    wanted: dict[datetime, list[int]] = defaultdict(list)
+    for i, line in enumerate(payable):
+        if due[i] > 0 and applies(credit, line):
+            wanted[cycles.cycle_containing(sub, tz, line.period_start).start].append(i)
+    if not wanted:
+        return []
+    out = []
+    for cycle, left, granted in _renewals(sub, credit, billed, tz, max(wanted)):
+        for i in wanted.get(cycle.start, []):
+            line = payable[i]
+            take = min(due[i], left.value)
+            if take <= 0:
+                break
+            due[i] -= take
+            left.value -= take
+            out.append(
+                InvoiceLine(
+                    kind="credit",
+                    description=f"credit {credit.id} for the cycle from {cycle.start.isoformat()} applied to "
+                    f"{line.price} ({left.value + take} left of {granted} granted for it)",
+                    amount=-take,
+                    period_start=line.period_start,
+                    period_end=line.period_end,
+                    price=line.price,
+                    grant=GrantKey(sub.id, credit.id, cycle.start).text(),
+                )
+            )
+    return out
+
+
+class _Left:
+    """What a cycle's grant has left, drawn down by the caller as the cycle is visited."""
+
+    def __init__(self, value: Decimal) -> None:
+        self.value = value
+
+
+def _renewals(
+    sub: Subscription, credit: Credit, billed: Billed, tz: str, until: datetime
+) -> Iterator[tuple[cycles.Period, _Left, Decimal]]:
+    """Each cycle of a recurring credit up to the one starting at ``until``: (cycle, what it has left, its grant).
+
+    What is left is read after the caller's draws on it, when the next cycle is asked for: that remainder (never
+    below zero) rolls over, up to ``rollover_max``.
+    """
+    carry = _ZERO
+    cap = credit.rollover_max if credit.rollover_max is not None else _ZERO
+    for cycle in cycles.cycles_between(sub, tz, cycles.cycle_containing(sub, tz, credit.start).start, until):
+        if cycle.start >= credit.end:
+            return
+        granted = credit.amount + carry
+        left = _Left(granted - billed.drawn.get(GrantKey(sub.id, credit.id, cycle.start), _ZERO))
+        yield cycle, left, granted
+        carry = min(cap, max(left.value, _ZERO))
+    last = cycles.cycle_containing(sub, tz, until)
+    if last.start < credit.end:
+        granted = credit.amount + carry
+        yield last, _Left(granted - billed.drawn.get(GrantKey(sub.id, credit.id, last.start), _ZERO)), granted
+
+
+def recurring_left(sub: Subscription, credit: Credit, billed: Billed, tz: str, at: datetime) -> tuple[Decimal, Decimal]:
+    """``(granted, left)``: what a recurring credit grants the cycle containing ``at``, and what is left of it.
+
+    Granted: its amount and what rolled over into the cycle; left: that minus what finalized invoices drew on the
+    cycle. The live balance starts from it, as invoicing does.
+    """
+    cycle = cycles.cycle_containing(sub, tz, at)
+    granted, left = _ZERO, _ZERO
+    for seen, remaining, amount in _renewals(sub, credit, billed, tz, cycle.start):
+        if seen.start == cycle.start:
+            granted, left = amount, remaining.value
+    return granted, left
 
 
 def applies(grant: Commit | Credit, line: InvoiceLine) -> bool:

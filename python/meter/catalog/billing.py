@@ -25,14 +25,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from meter.catalog.currencies import CURRENCIES
+from meter.catalog.entitlements import Entitlement, check_entitlements
 from meter.catalog.kv import Store, scan
 from meter.catalog.prices import Price, validate_price
 from meter.catalog.tax import Exemption, TaxId, TaxRate, TaxSettings, check_country, check_rate
 from meter.catalog.types import Amount, Checked, Currency, Id, Percent, Slug, Text, Time, invalid, trusted
-from meter.exceptions import AlreadyExists, InUse, InvalidInput, NotFound
+from meter.exceptions import AlreadyExists, Conflict, InUse, InvalidInput, NotFound
 
 __all__ = [
     "Anchor",
+    "AutoTopUp",
     "BillingCatalog",
     "Cycle",
     "Commit",
@@ -104,6 +106,9 @@ class Plan(Checked, forbid_unknown_fields=True):
     id: Id
     name: Text
     versions: list[PlanVersion] = []
+    #: What the plan lets its customers use, by feature (:mod:`meter.catalog.entitlements`): the plan's, whatever its
+    #: version (set with ``PUT /v1/plans/{id}/entitlements``); a subscription's replace those of the same feature.
+    entitlements: list[Entitlement] = []
 
 
 class PlanVersionBody(Checked, forbid_unknown_fields=True):
@@ -117,6 +122,7 @@ class PlanBody(Checked, forbid_unknown_fields=True):
     id: Id
     name: Text
     versions: list[PlanVersionBody] = []
+    entitlements: list[Entitlement] = []
 
 
 class Commit(Checked, forbid_unknown_fields=True):
@@ -136,7 +142,12 @@ class Commit(Checked, forbid_unknown_fields=True):
 
 
 class Credit(Checked, forbid_unknown_fields=True):
-    """A grant that pays charges over [start, end) before the customer does."""
+    """A grant that pays charges over [start, end) before the customer does.
+
+    A ``recurring: cycle`` credit grants ``amount`` anew for each billing cycle of the subscription within [start,
+    end) (a cycle's usage draws on its cycle's grant); what a cycle leaves unused rolls over to the next one, up to
+    ``rollover_max`` (nothing rolls over without it). :func:`meter.billing.terms.credit_lines` applies it.
+    """
 
     id: Id
     amount: Amount
@@ -145,6 +156,8 @@ class Credit(Checked, forbid_unknown_fields=True):
     priority: int = 0
     #: Price ids it pays for; all usage charges when empty.
     applies_to: list[Id] = []
+    recurring: Literal["cycle"] | None = None
+    rollover_max: Amount | None = None
 
 
 class Discount(Checked, forbid_unknown_fields=True):
@@ -174,6 +187,13 @@ class MigrationBody(Checked, forbid_unknown_fields=True):
     at: Time
 
 
+class AutoTopUp(Checked, forbid_unknown_fields=True):
+    """Buy ``amount`` of prepaid credit (a top-up, invoiced at once) when the credit balance falls below ``below``."""
+
+    below: Amount
+    amount: Amount
+
+
 #: How long a subscription's billing cycle is, and where its cycles start (meter.billing.cycles computes them).
 Cycle = Literal["monthly", "quarterly", "annual"]
 Anchor = Literal["calendar", "anniversary"]
@@ -197,6 +217,15 @@ class Subscription(Checked, forbid_unknown_fields=True):
     threshold: Amount | None = None
     #: Oldest first; ``version`` is the one the last migration moved to.
     migrations: list[Migration] = []
+    #: The plan's entitlements replaced (same ``feature``) or added for this customer.
+    entitlements: list[Entitlement] = []
+    #: Spend protection: a hard ceiling on the usage charges of one billing cycle; once reached, entitlement checks
+    #: answer ``has_access: false``.
+    spend_ceiling: Amount | None = None
+    #: Usage stops (checks answer ``has_access: false``) once the credit balance is spent.
+    prepaid_only: bool = False
+    #: Top up the credit balance automatically when it falls below a threshold (:mod:`meter.billing.top_ups`).
+    auto_top_up: AutoTopUp | None = None
 
     def phases(self) -> list[tuple[int, datetime, datetime | None]]:
         """The plan versions the subscription was on, each over ``[from, to)``; ``to`` is None while it runs."""
@@ -366,6 +395,13 @@ class BillingCatalog(Store):
             if p.meter == slug
         ]
         users += [f"product {p.id!r}" for p in self.list_products(tenant) if slug in p.meters]
+        users += [
+            f"{kind} {item.id!r} (entitlement {e.feature!r})"
+            for kind, items in (("plan", self.list_plans(tenant)), ("subscription", self.list_subscriptions(tenant)))
+            for item in items
+            for e in item.entitlements
+            if e.meter == slug
+        ]
         return users
 
     def delete_meter(self, tenant: str, slug: str) -> None:
@@ -448,8 +484,15 @@ class BillingCatalog(Store):
 
     # Plans
 
-    def create_plan(self, tenant: str, plan_id: str, name: str, versions: Sequence[PlanVersionBody] = ()) -> Plan:
-        """Creates a plan with its first versions in one write.
+    def create_plan(
+        self,
+        tenant: str,
+        plan_id: str,
+        name: str,
+        versions: Sequence[PlanVersionBody] = (),
+        entitlements: Sequence[Entitlement] = (),
+    ) -> Plan:
+        """Creates a plan with its first versions (and its entitlements) in one write.
 
         All of it is checked first, so a refused version leaves no plan behind.
         """
@@ -459,8 +502,30 @@ class BillingCatalog(Store):
                 raise AlreadyExists(f"plan {plan_id!r} already exists")
             for body in versions:
                 plan.versions.append(self._next_version(tenant, plan, body.effective_from, body.prices))
+            plan.entitlements = list(entitlements)
+            self._check_plan_entitlements(tenant, plan)
             self._put("plan", tenant, plan_id, plan, new=True)
         return plan
+
+    def put_plan_entitlements(self, tenant: str, plan_id: str, entitlements: Sequence[Entitlement]) -> Plan:
+        """Replaces the plan's entitlements (all its versions'); subscriptions' own still replace theirs by feature.
+
+        An entitlement that names a meter must still be valid for every subscription's overrides of the plan: a
+        subscription's ``overage_price`` is checked against the plan's prices, which do not change here.
+        """
+        with self._lock:
+            plan = msgspec.structs.replace(self.get_plan(tenant, plan_id), entitlements=list(entitlements))
+            self._check_plan_entitlements(tenant, plan)
+            self._put("plan", tenant, plan_id, plan, new=False)
+        return plan
+
+    def _check_plan_entitlements(self, tenant: str, plan: Plan) -> None:
+        prices: dict[str, list[Price]] = {}
+        for v in plan.versions:
+            for p in v.prices:
+                prices.setdefault(p.id, []).append(p)
+        meters = self._meter_slugs(tenant) if self._meters is not None else None
+        check_entitlements(plan.entitlements, f"plan {plan.id!r}", prices, meters)
 
     def add_plan_version(self, tenant: str, plan_id: str, effective_from: datetime, prices: list[Price]) -> PlanVersion:
         """Editing a plan adds a version; subscriptions keep theirs until migrated."""
@@ -588,10 +653,34 @@ class BillingCatalog(Store):
                 _places(d.amount, customer.currency, f"{where}: discount {d.id!r} amount")
             if d.end is not None and d.end <= d.start:
                 raise invalid(f"{where}: discount {d.id!r} end must be after its start")
-        if sub.threshold is not None:
-            if sub.threshold == 0:
-                raise invalid(f"{where}: threshold must be above 0 (or absent)")
-            _places(sub.threshold, customer.currency, f"{where}: threshold")
+        for c in sub.credits:
+            if c.rollover_max is not None:
+                if c.recurring is None:
+                    raise invalid(
+                        f"{where}: credit {c.id!r} has a rollover_max but is not recurring: what is left of a one-off "
+                        'credit stays until its end; set `recurring: "cycle"` or remove rollover_max'
+                    )
+                _places(c.rollover_max, customer.currency, f"{where}: credit {c.id!r} rollover_max")
+        amounts = [("threshold", sub.threshold), ("spend_ceiling", sub.spend_ceiling)]
+        if sub.auto_top_up is not None:
+            amounts += [("auto_top_up.below", sub.auto_top_up.below), ("auto_top_up.amount", sub.auto_top_up.amount)]
+        for name, amount in amounts:
+            if amount is not None:
+                if amount == 0:
+                    raise invalid(f"{where}: {name} must be above 0 (or absent)")
+                _places(amount, customer.currency, f"{where}: {name}")
+        self._check_subscription_entitlements(sub, plan, slugs)
+
+    def _check_subscription_entitlements(self, sub: Subscription, plan: Plan, slugs: Callable[[], Any]) -> None:
+        """A subscription's entitlements, as the plan's: an overage price is one of its plan's or its overrides."""
+        prices: dict[str, list[Price]] = {}
+        for version, _, _ in sub.phases():
+            for p in _version(plan, version, sub.id).prices:
+                prices.setdefault(p.id, []).append(p)
+        for p in sub.overrides:
+            prices.setdefault(p.id, []).append(p)
+        meters = slugs if self._meters is not None else None
+        check_entitlements(sub.entitlements, f"subscription {sub.id!r}", prices, meters)
 
     @staticmethod
     def _check_migrations(sub: Subscription) -> None:
@@ -626,6 +715,31 @@ class BillingCatalog(Store):
                 sub, version=version, migrations=[*sub.migrations, Migration(sub.version, version, at)]
             )
             return self.put_subscription(tenant, migrated)
+
+    def add_commit(self, tenant: str, sub_id: str, commit: Commit, check_only: bool = False) -> Subscription:
+        """Adds ``commit`` to the subscription once: a commit of that id that is ``commit`` already is left as it is.
+
+        A top-up's grant (:mod:`meter.billing.top_ups`), written again by a retry. Another term of the same id is
+        refused (409 ``conflict``): billing keeps what each term drew under its id. ``check_only``: the subscription
+        with it is checked, and nothing is written.
+        """
+        with self._lock:
+            sub = self.get_subscription(tenant, sub_id)
+            terms: list[Commit | Credit | Discount] = [*sub.commits, *sub.credits, *sub.discounts]
+            same = [t for t in terms if t.id == commit.id]
+            if same == [commit]:
+                return sub
+            if same:
+                raise Conflict(
+                    f"subscription {sub_id!r} has a term {commit.id!r} already, which is not this top-up's grant: "
+                    "use another id",
+                    code="conflict",
+                )
+            added = msgspec.structs.replace(sub, commits=[*sub.commits, commit])
+            if check_only:
+                self._check_subscription(tenant, added)
+                return added
+            return self.put_subscription(tenant, added)
 
     def delete_subscription(self, tenant: str, sub_id: str) -> None:
         with self._lock:

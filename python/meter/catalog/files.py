@@ -22,10 +22,11 @@ import msgspec
 import yaml
 
 from meter.catalog.billing import Customer, PlanBody, Product, Subscription
+from meter.catalog.entitlements import Entitlement, check_entitlements
 from meter.catalog.prices import validate_price
 from meter.exceptions import InvalidInput
 
-__all__ = ["KINDS", "CatalogFileError", "load_catalog", "load_items", "read_yaml"]
+__all__ = ["KINDS", "CatalogFileError", "load_catalog", "load_entitlements", "load_items", "read_yaml"]
 
 #: Each kind's type, in the order a catalog file is written (each refers only to kinds before it).
 KINDS: dict[str, type[msgspec.Struct]] = {
@@ -206,3 +207,32 @@ def load_catalog(data: bytes, name: str = "the file", yaml_format: bool = True) 
     if problems:
         raise CatalogFileError(problems)
     return sections
+
+
+def load_entitlements(data: bytes, name: str = "the file", yaml_format: bool = True) -> list[Entitlement]:
+    """A file's list of entitlements (``meter catalog entitlements``), each decoded and checked for its kind's fields.
+
+    What names the tenant's meters and the plan's prices is checked by the catalog when it is written.
+    """
+    parsed = _parse(data, name, yaml_format, catalog=False)
+    if isinstance(parsed, msgspec.Raw) and bytes(parsed).lstrip()[:1] == b"[":
+        parsed = msgspec.json.decode(parsed, type=list[msgspec.Raw])
+    if not isinstance(parsed, list):
+        raise CatalogFileError([f"{name}: an entitlements file is a list of entitlements ({{feature, kind, ...}})"])
+    found, problems = [], []
+    for i, item in enumerate(parsed):
+        try:
+            value = _decode(item, Entitlement, f"{name}: entitlements[{i}]")
+        except CatalogFileError as e:
+            problems += e.problems
+        else:
+            assert isinstance(value, Entitlement)
+            found.append(value)
+    if not problems:
+        try:
+            check_entitlements(found, name, None, None)
+        except InvalidInput as e:
+            problems.append(e.message)
+    if problems:
+        raise CatalogFileError(problems)
+    return found

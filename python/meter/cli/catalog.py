@@ -93,7 +93,12 @@ def _put_item(client: Client, kind: CatalogKind, item: Any) -> str:
     for version in item.versions[len(kept) :]:
         client.add_plan_version(item.id, version)
     added = len(item.versions) - len(kept)
-    return f"{added} versions added" if added else f"unchanged ({len(kept)} versions)"
+    said = f"{added} versions added" if added else f"unchanged ({len(kept)} versions)"
+    # Entitlements are the plan's, whatever its version: the file's replace the stored ones.
+    if item.entitlements != stored.entitlements:
+        client.put_plan_entitlements(item.id, item.entitlements)
+        said += f", entitlements replaced ({len(item.entitlements)})"
+    return said
 
 
 @catalog.command("put")
@@ -146,6 +151,60 @@ def catalog_delete(kind: str, item_id: str, url: str, api_key: str) -> None:
     with connect(url, api_key) as client:
         client.delete_catalog_item(_kind(kind), item_id)
     click.echo(f"{kind[:-1]} {item_id}: deleted")
+
+
+@catalog.command("entitlements")
+@click.argument("plan_id")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@url_option
+@key_option
+def catalog_entitlements(plan_id: str, file: Path, url: str, api_key: str) -> None:
+    """Replaces the entitlements of plan PLAN_ID with those of FILE (YAML or JSON: a list of entitlements).
+
+    Each is {feature, kind: boolean|static|metered, ...}; see the README's "Entitlements". A subscription's own
+    entitlements are part of the subscription (`meter catalog put subscriptions`).
+    """
+    from meter.catalog.files import CatalogFileError, load_entitlements
+
+    try:
+        entitlements = load_entitlements(file.read_bytes(), str(file), file.suffix.lower() in (".yaml", ".yml"))
+    except CatalogFileError as e:
+        raise click.ClickException("nothing was written; fix these first:\n" + "\n".join(e.problems)) from None
+    with connect(url, api_key) as client:
+        plan = client.put_plan_entitlements(plan_id, entitlements)
+    features = ", ".join(str(e["feature"]) for e in plan.get("entitlements", [])) or "none"
+    click.echo(f"plan {plan_id}: entitlements {features}")
+
+
+@catalog.command("top-up")
+@click.argument("customer")
+@click.argument("top_up_id")
+@click.argument("amount")
+@click.option("--expires-at", help="RFC 3339: when the credit expires (default: with the subscription)")
+@click.option("--priority", type=int, default=0, show_default=True, help="lower numbers are drawn down first")
+@click.option("--subscription", help="the subscription it goes to, when the customer has several running")
+@url_option
+@key_option
+def catalog_top_up(
+    customer: str,
+    top_up_id: str,
+    amount: str,
+    expires_at: str | None,
+    priority: int,
+    subscription: str | None,
+    url: str,
+    api_key: str,
+) -> None:
+    """Buys AMOUNT of prepaid credit for CUSTOMER now, invoiced at once; exactly once by TOP_UP_ID (rerun safely)."""
+    with connect(url, api_key) as client:
+        done = client.top_up(
+            customer, top_up_id, amount, expires_at=expires_at, priority=priority, subscription=subscription
+        )
+    invoice = done["invoice"]
+    click.echo(
+        f"top-up {top_up_id}: {amount} {invoice['currency']} on subscription {done['top_up']['subscription']}, "
+        f"invoice {invoice['number']} ({invoice['status']}, total {invoice['total']})"
+    )
 
 
 @catalog.command("migrate")

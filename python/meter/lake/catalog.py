@@ -9,7 +9,7 @@ Layout: ``<out>/catalog/tenant=<tenant>/{customers,prices,subscriptions,meters}.
   :data:`PRICE_FIELDS` and ``parameters``, the model's parameters (:data:`PRICE_PARAMETERS`: tiers, package,
   percentage, matrix) as JSON text. Amounts are decimals, never floats.
 - ``subscriptions``: the stored subscriptions' fields (:class:`_SubscriptionRow`), their terms (overrides, commits,
-  credits, discounts, migrations) as JSON text.
+  credits, discounts, migrations, entitlements, auto top-up) as JSON text.
 - ``meters``: the engine's meters, how a period's usage of each adds up (``slug``, ``event_type``, ``aggregation``,
   ``value_property``, ``group_by`` and the whole definition ``spec`` as JSON).
 
@@ -120,6 +120,10 @@ class _SubscriptionRow(msgspec.Struct):
     credits: msgspec.Raw = msgspec.Raw(b"[]")
     discounts: msgspec.Raw = msgspec.Raw(b"[]")
     migrations: msgspec.Raw = msgspec.Raw(b"[]")
+    entitlements: msgspec.Raw = msgspec.Raw(b"[]")
+    spend_ceiling: Decimal | None = None
+    prepaid_only: bool = False
+    auto_top_up: msgspec.Raw = msgspec.Raw(b"null")
 
 
 @dataclass(frozen=True)
@@ -381,7 +385,9 @@ def _frame(table: pa.Table, types: dict[str, pl.DataType]) -> pl.DataFrame:
     assert isinstance(frame, pl.DataFrame)
     if frame.height == 0:
         return pl.DataFrame(schema=types)  # written from no rows, the file may have no columns
-    return frame.with_columns(pl.col(name).cast(dtype) for name, dtype in types.items())
+    # A file written before a column existed (kept while the catalog is unchanged) reads it as nulls: its defaults.
+    missing = [pl.lit(None, dtype).alias(name) for name, dtype in types.items() if name not in frame.columns]
+    return frame.with_columns(*missing).with_columns(pl.col(name).cast(dtype) for name, dtype in types.items())
 
 
 def _customers(frame: pl.DataFrame) -> list[Customer]:
@@ -399,7 +405,7 @@ def _subscriptions(frame: pl.DataFrame) -> list[Subscription]:
     with trusted():
         for row in frame.to_dicts():
             for name in _SUBSCRIPTION_JSON:
-                row[name] = msgspec.json.decode(row[name])
+                row[name] = msgspec.json.decode(row[name]) if row[name] is not None else None
             fields = {k: v for k, v in row.items() if v is not None}
             found.append(msgspec.convert(fields, Subscription, strict=False))
     return found

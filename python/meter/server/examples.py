@@ -53,6 +53,7 @@ EXAMPLES: dict[str, Any] = {
             },
         ],
     },
+    "Entitlement": {"feature": "gpt", "kind": "metered", "meter": "tokens", "limit": "1000000", "reset": "cycle"},
     "Subscription": {
         "id": "sub-1",
         "customer": "cust-1",
@@ -66,6 +67,7 @@ EXAMPLES: dict[str, Any] = {
     "MigrationBody": {"version": 1, "at": "2026-11-15T00:00:00Z"},
     "InvoiceRunBody": {"period": "2026-11"},
     "CreditNoteBody": {"amount": "1.00", "reason": "goodwill"},
+    "TopUpBody": {"id": "top-up-1", "amount": "50.00"},
     "EndpointBody": {
         "url": "https://billing.example.com/webhooks/meter",
         "types": ["invoice.finalized", "invoice.paid"],

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import msgspec
 
@@ -140,10 +140,12 @@ def _operation(route: Route, schemas: _Schemas) -> dict[str, Any]:
     if route.body is not None:
         body = route.body
         if body.type is not None:
-            name = body.type.__name__
+            # A list body (PUT /v1/plans/{plan_id}/entitlements) shows a list of its item's example.
+            listed = get_origin(body.type) is list
+            name = (get_args(body.type)[0] if listed else body.type).__name__
             media: dict[str, Any] = {"schema": schemas[body.type]}
             if name in EXAMPLES:
-                media["example"] = EXAMPLES[name]
+                media["example"] = [EXAMPLES[name]] if listed else EXAMPLES[name]
             op["requestBody"] = {"required": True, "content": {"application/json": media}}
         else:
             op["requestBody"] = {

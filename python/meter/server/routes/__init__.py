@@ -24,6 +24,7 @@ from meter.server.routes import (
     payments,
     reservations,
     tax,
+    top_ups,
     webhooks,
 )
 from meter.server.table import Route
@@ -39,6 +40,7 @@ ROUTES: list[Route] = [
     *catalog.ROUTES,
     *tax.ROUTES,
     *invoices.ROUTES,
+    *top_ups.ROUTES,
     *payments.ROUTES,
     *webhooks.ROUTES,
     *ledger.ROUTES,

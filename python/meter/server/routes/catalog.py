@@ -2,7 +2,8 @@
 
 Each of the four kinds has the same four routes: POST creates or replaces (a plan: creates, 201; its prices come
 with its versions), GET lists or gets one, DELETE deletes what nothing else refers to (409 `in_use`). Plans get new
-versions (`POST /v1/plans/{plan_id}/versions`, never edited in place) and subscriptions move between versions of
+versions (`POST /v1/plans/{plan_id}/versions`, never edited in place) and their entitlements, whatever the version
+(`PUT /v1/plans/{plan_id}/entitlements`, the whole list), and subscriptions move between versions of
 their plan (`POST /v1/subscriptions/{sub_id}/migrate`).
 
 Invariants: a body that does not match its type is a 400 `invalid_catalog`; every catalog call runs on the thread
@@ -25,6 +26,7 @@ from meter.catalog.billing import (
     Product,
     Subscription,
 )
+from meter.catalog.entitlements import Entitlement
 from meter.server.context import Context, opened
 from meter.server.http import Answer, Request
 from meter.server.models import Deleted
@@ -37,7 +39,10 @@ def _put(singular: str) -> Handler:
     async def put(ctx: Context, request: Request, body: Any) -> Answer:
         billing = opened(ctx.billing)
         if singular == "plan":
-            return 201, await ctx.call(billing.create_plan, request.tenant, body.id, body.name, body.versions), {}
+            created = await ctx.call(
+                billing.create_plan, request.tenant, body.id, body.name, body.versions, body.entitlements
+            )
+            return 201, created, {}
         return 200, await ctx.call(getattr(billing, f"put_{singular}"), request.tenant, body), {}
 
     return put
@@ -68,6 +73,11 @@ def _delete(singular: str) -> Handler:
 async def add_plan_version(ctx: Context, request: Request, plan_id: str, body: PlanVersionBody) -> Answer:
     billing = opened(ctx.billing)
     return 201, await ctx.call(billing.add_plan_version, request.tenant, plan_id, body.effective_from, body.prices), {}
+
+
+async def put_plan_entitlements(ctx: Context, request: Request, plan_id: str, body: list[Entitlement]) -> Answer:
+    billing = opened(ctx.billing)
+    return 200, await ctx.call(billing.put_plan_entitlements, request.tenant, plan_id, body), {}
 
 
 async def migrate_subscription(ctx: Context, request: Request, sub_id: str, body: MigrationBody) -> Answer:
@@ -137,6 +147,17 @@ ROUTES = [
         returns=PlanVersion,
         body=Body(PlanVersionBody, "invalid_catalog"),
         path_params=(PathParam("plan_id", "pro", "The plan's id"),),
+    ),
+    Route(
+        "PUT",
+        "/v1/plans/{plan_id}/entitlements",
+        "admin",
+        put_plan_entitlements,
+        "Replace a plan's entitlements (features, static values, metered allowances); answers the plan",
+        returns=Plan,
+        body=Body(list[Entitlement], "invalid_catalog"),
+        path_params=(PathParam("plan_id", "pro", "The plan's id"),),
+        errors=(404,),
     ),
     Route(
         "POST",
