@@ -162,8 +162,8 @@ def params(b: TenantB, pattern: str) -> dict[str, str]:
         "endpoint_id": b.endpoint,
         "event_id": b.event,
         "alert_id": B_ALERT,
-        # Reservations need the live state, which a server does not run yet: B has none, every caller gets a 404/503.
         "reservation_id": B_RESERVATION,
+        "feature": "takeover",
     }
     by_kind = {"customers": B_CUSTOMER, "products": B_PRODUCT, "plans": B_PLAN, "subscriptions": B_SUB}
     out = {}

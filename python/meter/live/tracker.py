@@ -22,6 +22,7 @@ import sys
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -37,8 +38,9 @@ from meter.billing.invoices import Invoice
 from meter.billing.invoicing import upcoming_of
 from meter.billing.keys import GrantKey
 from meter.billing.store import InvoiceStore
+from meter.billing.terms import recurring_left
 from meter.catalog.billing import BillingCatalog, Commit, Credit, Plan, Subscription
-from meter.catalog.entitlements import Entitlement
+from meter.catalog.entitlements import Entitlement, effective_entitlements
 from meter.engine import Engine
 from meter.lake.catalog import Snapshot, catalog_tables, meters_table, snapshot_of
 from meter.live.answers import Access, Balance, Consumption, GrantBalance, NoAccess, Standing
@@ -55,6 +57,7 @@ _NEVER = datetime(9999, 1, 1, tzinfo=UTC)
 Clock = Callable[[], datetime]
 OnRefresh = Callable[[Standing | None, Standing], None]
 Held = Callable[[str, str], Mapping[str, Decimal]]
+TopUp = Callable[[str, Subscription, Decimal], object]
 
 
 @dataclass
@@ -96,6 +99,12 @@ class Tracker:
         self.usage = usage or LiveUsage(engine, max_future=engine.max_future, now=self.clock())
         self.on_refresh: OnRefresh | None = None
         self.held: Held | None = None
+        #: Buys a subscription's automatic top-up (``meter.billing.top_ups.auto_top_up``) when its customer's balance is
+        #: below the subscription's ``auto_top_up.below``; run on a thread of its own (a synced write and an export),
+        #: one at a time per subscription. Asked again while the balance does not show it, it buys nothing more.
+        self.top_up: TopUp | None = None
+        self._topping: set[tuple[str, str]] = set()
+        self._top_ups = ThreadPoolExecutor(1, thread_name_prefix="meter-top-up")
         self._live: dict[tuple[str, str], _Live] = {}
         self._cache: dict[str, _Tenant] = defaultdict(_Tenant)
         self._touched: dict[str, set[str]] = defaultdict(set)
@@ -157,6 +166,7 @@ class Tracker:
         self._stopping.set()
         if self._thread is not None and self._thread.is_alive():
             self._thread.join()
+        self._top_ups.shutdown(wait=True)
 
     def _run(self) -> None:
         while not self._stopping.wait(self.interval):
@@ -268,6 +278,24 @@ class Tracker:
                     print(f"meter: tenant {tenant!r}: alerts for {customer!r} failed: {e!r}", file=sys.stderr)
         return done
 
+    def _buy(self, tenant: str, sub: Subscription, balance: Decimal) -> None:
+        """Asks for the subscription's automatic top-up on the top-up thread, unless one is under way."""
+        if (tenant, sub.id) in self._topping:
+            return
+        self._topping.add((tenant, sub.id))
+
+        def buy() -> None:
+            try:
+                assert self.top_up is not None
+                self.top_up(tenant, sub, balance)
+            except Exception as e:  # noqa: BLE001 - asked again at the customer's next refresh while still low
+                print(f"meter: tenant {tenant!r}: automatic top-up of {sub.id!r} failed: {e!r}", file=sys.stderr)
+            finally:
+                self._topping.discard((tenant, sub.id))
+                self.touch(tenant, sub.customer)
+
+        self._top_ups.submit(buy)
+
     def _windows(
         self, snapshot: Snapshot, state: _Tenant, active: Mapping[str, list[Subscription]], now: datetime
     ) -> dict[str, tuple[str, str, datetime, datetime]]:
@@ -332,6 +360,7 @@ class Tracker:
         currency = known.currency if known is not None else ""
         tz = _tz(snapshot, customer)
         period = cycles.cycle_containing(subs[0], tz, now) if subs else None
+        assert state.billed is not None
         grants: list[GrantBalance] = []
         consumed: list[Consumption] = []
         spend = _ZERO
@@ -360,7 +389,7 @@ class Tracker:
                             drawn=drawn,
                         )
                     )
-            grants += _grants(sub, state.billed, drawn_now, now)
+            grants += _grants(sub, state.billed, drawn_now, tz, now)
             for key, (_, meter, _, _) in windows.items():
                 if key.startswith(f"cycle|{sub.id}|"):
                     usage[meter] += used.get(key, _ZERO)
@@ -369,11 +398,11 @@ class Tracker:
         in_force = [g for g in grants if g.start <= now < g.end]
         balance_left = sum((g.remaining for g in in_force), _ZERO)
         granted = sum((g.amount for g in in_force), _ZERO)
-        ceiling = _first(getattr(s, "spend_ceiling", None) for s in subs)
+        ceiling = _first(s.spend_ceiling for s in subs)
         block: NoAccess | None = None
         if ceiling is not None and spend >= ceiling:
             block = "spend_ceiling"
-        elif any(getattr(s, "prepaid_only", False) for s in subs) and balance_left <= 0:
+        elif any(s.prepaid_only for s in subs) and balance_left <= 0:
             block = "balance_depleted"
         entitlements: dict[str, Access] = {}
         for sub in subs:
@@ -404,6 +433,10 @@ class Tracker:
             granted=granted,
             entitlements=entitlements,
         )
+        if self.top_up is not None:
+            for sub in subs:
+                if sub.auto_top_up is not None and balance_left < sub.auto_top_up.below:
+                    self._buy(tenant, sub, balance_left)
         balance = Balance(
             customer=customer,
             currency=currency,
@@ -438,11 +471,7 @@ def _first(values: Iterable[Decimal | None]) -> Decimal | None:
 
 
 def _entitlements(plan: Plan | None, sub: Subscription) -> list[Entitlement]:
-    """The plan's entitlements, each replaced by the subscription's of the same feature, then the subscription's own."""
-    own: list[Entitlement] = list(getattr(sub, "entitlements", []))
-    mine = {e.feature for e in own}
-    inherited: list[Entitlement] = list(getattr(plan, "entitlements", [])) if plan is not None else []
-    return [*(e for e in inherited if e.feature not in mine), *own]
+    return effective_entitlements(plan.entitlements if plan is not None else [], sub.entitlements)
 
 
 def _period(ent: Entitlement, cycle: cycles.Period, tz: str, now: datetime) -> tuple[datetime, datetime]:
@@ -467,15 +496,25 @@ def _midnight(day: date, zone: ZoneInfo) -> datetime:
 
 
 def _grants(
-    sub: Subscription, billed: Billed | None, drawn_now: Mapping[str, Decimal], now: datetime
+    sub: Subscription, billed: Billed, drawn_now: Mapping[str, Decimal], tz: str, now: datetime
 ) -> list[GrantBalance]:
-    """The subscription's credits and prepaid commits, in the order usage draws them (as the invoice does)."""
+    """The subscription's credits and prepaid commits, in the order usage draws them (as the invoice does).
+
+    A recurring credit is this cycle's grant: its amount and what rolled over (``recurring_left``, the invoice's
+    rule), less what this cycle's usage draws, keyed by the cycle as the invoice's credit lines are.
+    """
     found: list[Commit | Credit] = [*sub.credits, *(c for c in sub.commits if c.kind == "prepaid")]
     found.sort(key=lambda g: (g.priority, g.end, g.id))
     out = []
     for grant in found:
-        key = GrantKey(sub.id, grant.id)
-        invoiced = billed.drawn.get(key, _ZERO) if billed is not None else _ZERO
+        if isinstance(grant, Credit) and grant.recurring is not None:
+            cycle = cycles.cycle_containing(sub, tz, now)
+            amount, left = recurring_left(sub, grant, billed, tz, now)
+            key = GrantKey(sub.id, grant.id, cycle.start)
+            invoiced = amount - left
+        else:
+            key = GrantKey(sub.id, grant.id)
+            amount, invoiced = grant.amount, billed.drawn.get(key, _ZERO)
         current = drawn_now.get(key.text(), _ZERO)
         out.append(
             GrantBalance(
@@ -485,11 +524,11 @@ def _grants(
                 priority=grant.priority,
                 start=grant.start,
                 end=grant.end,
-                amount=grant.amount,
+                amount=amount,
                 drawn_invoiced=invoiced,
                 drawn_current=current,
                 reserved=_ZERO,
-                remaining=max(grant.amount - invoiced - current, _ZERO),
+                remaining=max(amount - invoiced - current, _ZERO),
             )
         )
     return out

@@ -35,6 +35,7 @@ import msgspec
 
 from meter.billing.invoicer import Invoicer
 from meter.billing.store import InvoiceStore
+from meter.billing.top_ups import auto_top_up
 from meter.catalog.billing import BillingCatalog
 from meter.catalog.keys import KeyStore
 from meter.engine import Engine
@@ -203,6 +204,7 @@ class MeterApp:
             self.live.held = self.reservations.held
             book = AlertBook(stores.billing, stores.engine)
             self.live.on_refresh = alerts.on_refresh(book, stores.invoices, self.webhooks.wake)
+            self.live.top_up = partial(auto_top_up, stores.invoicer)
             self.live.start()
             anomalies = AnomalyJob(stores.engine, stores.billing, stores.invoices, tenants)
             self.jobs = [
