@@ -241,6 +241,7 @@ def bodies(b: TenantB) -> dict[tuple[str, str], Any]:
             "amount": "1",
         },
         ("POST", "/v1/reservations/(?P<reservation_id>[^/]+)/settle"): {"actual": "1"},
+        ("POST", "/v1/entitlements/check"): {"checks": [{"customer": B_CUSTOMER, "feature": "takeover"}]},
         ("POST", "/v1/customers"): {"id": B_CUSTOMER, "name": "taken over", "currency": "USD"},
         ("POST", "/v1/products"): {"id": B_PRODUCT, "name": "taken over"},
         ("POST", "/v1/plans"): {"id": B_PLAN, "name": "taken over"},
