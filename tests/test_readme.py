@@ -39,6 +39,16 @@ EXPECTED = [
     ),
     ("/v1/meters/tokens/usage?", ['"subject":"customer-42","model":"gpt-4o","value":"1200","events":1']),
     ("meter.Client(", ["1 0"]),
+    (
+        "entitlements/tokens -H",
+        [
+            '"has_access":true',
+            '"remaining":"1000000"',
+            '"has_access":false,"kind":"metered","reason":"limit_reached"',
+            "balance 0.00 USD of 5.00 granted",
+            '"type":"usage.threshold_crossed"',
+        ],
+    ),
     ("meter.Engine(", ["1 0 []", "'model': 'gpt-4o', 'value': Decimal('1200.000000000'), 'events': 1"]),
 ]
 
