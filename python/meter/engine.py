@@ -243,9 +243,10 @@ class Engine:
         ``earliest`` (the start of the earliest event-time minute among them, UTC) and ``events`` (how many), in no
         particular order. Cheap: the engine notes them as it aggregates, and this swaps them out.
 
-        The guarantee: an event whose ``ingest`` has returned is in a ``changes`` that has returned or in a later one,
-        and once it is, a ``usage`` query started after that ``changes`` returned counts it. So re-querying the
-        customers named here never misses an acknowledged event. Not reported: the events a new meter is backfilled
+        The guarantee: an event whose ``ingest`` returned before this call is in this drain or an earlier one (the
+        call first waits, briefly, for the fold threads to record the commits acknowledged before it), and a ``usage``
+        query started after the drain that names it counts it. So re-querying the customers named here never misses an
+        acknowledged event, and a view refreshed from a drain reflects everything acknowledged before the drain. Not reported: the events a new meter is backfilled
         from at ``create_meter``, events acknowledged before this engine was opened (load with ``usage`` after opening,
         then call this), and a deleted meter's events.
 

@@ -25,7 +25,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from meter.catalog.currencies import CURRENCIES
-from meter.catalog.entitlements import Entitlement, check_entitlements
+from meter.catalog.entitlements import (
+    Entitlement,
+    UnitGrant,
+    check_entitlements,
+    check_unit_grants,
+    effective_entitlements,
+)
 from meter.catalog.kv import Store, scan
 from meter.catalog.prices import Price, validate_price
 from meter.catalog.tax import Exemption, TaxId, TaxRate, TaxSettings, check_country, check_rate
@@ -219,6 +225,8 @@ class Subscription(Checked, forbid_unknown_fields=True):
     migrations: list[Migration] = []
     #: The plan's entitlements replaced (same ``feature``) or added for this customer.
     entitlements: list[Entitlement] = []
+    #: Prepaid units of metered features (:class:`~meter.catalog.entitlements.UnitGrant`): they extend an allowance.
+    unit_grants: list[UnitGrant] = []
     #: Spend protection: a hard ceiling on the usage charges of one billing cycle; once reached, entitlement checks
     #: answer ``has_access: false``.
     spend_ceiling: Amount | None = None
@@ -681,6 +689,8 @@ class BillingCatalog(Store):
             prices.setdefault(p.id, []).append(p)
         meters = slugs if self._meters is not None else None
         check_entitlements(sub.entitlements, f"subscription {sub.id!r}", prices, meters)
+        entitled = effective_entitlements(plan.entitlements, sub.entitlements)
+        check_unit_grants(sub.unit_grants, entitled, f"subscription {sub.id!r}")
 
     @staticmethod
     def _check_migrations(sub: Subscription) -> None:

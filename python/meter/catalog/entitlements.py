@@ -18,9 +18,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from meter.catalog.prices import Price
-from meter.catalog.types import Checked, Id, Quantity, Slug, Text, invalid
+from meter.catalog.types import Checked, Id, Quantity, Slug, Text, Time, invalid
 
-__all__ = ["Entitlement", "EntitlementKind", "Reset", "check_entitlements", "effective_entitlements"]
+__all__ = [
+    "Entitlement",
+    "EntitlementKind",
+    "Reset",
+    "UnitGrant",
+    "check_entitlements",
+    "check_unit_grants",
+    "effective_entitlements",
+]
 
 EntitlementKind = Literal["boolean", "static", "metered"]
 Reset = Literal["cycle", "day", "week", "month"]
@@ -40,6 +48,38 @@ class Entitlement(Checked, forbid_unknown_fields=True):
     hard: bool = True
     #: metered with a soft limit: the id of the plan's price that bills the usage beyond the limit (on ``meter``).
     overage_price: Id | None = None
+
+
+class UnitGrant(Checked, forbid_unknown_fields=True):
+    """Prepaid units of a metered feature, in force over ``[start, end)`` (OpenMeter's grants; a top-up of units).
+
+    Usage past a period's allowance (its entitlement's ``limit``) draws on the grants in force when it happens, lowest
+    ``priority`` first, then the one expiring first; what a grant has left is what the checks add to ``remaining``.
+    Units are not money: a grant of units changes access, never an invoice (buy money credit to pay usage).
+    """
+
+    id: Id
+    feature: Id
+    amount: Quantity
+    start: Time
+    end: Time
+    priority: int = 0
+
+
+def check_unit_grants(grants: Sequence[UnitGrant], entitlements: Sequence[Entitlement], where: str) -> None:
+    """Refuses unit grants that no metered entitlement of the subscription could draw (400 ``invalid_catalog``)."""
+    ids = [g.id for g in grants]
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise invalid(f"{where}: unit grants need distinct ids; repeated: {', '.join(repeated)}")
+    metered = {e.feature for e in entitlements if e.kind == "metered"}
+    for g in grants:
+        at = f"{where}, unit grant {g.id!r}"
+        if g.feature not in metered:
+            known = ", ".join(sorted(metered)) or "none"
+            raise invalid(f"{at}: feature {g.feature!r} is not a metered entitlement of the subscription ({known})")
+        if g.amount <= 0 or g.end <= g.start:
+            raise invalid(f"{at}: needs an amount above 0 and an end after its start ([start, end) is half-open)")
 
 
 #: Aggregations whose usage adds up over a period, so that a limit per period means something.

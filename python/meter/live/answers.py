@@ -12,7 +12,7 @@ from typing import Literal
 
 import msgspec
 
-__all__ = ["Access", "Balance", "Consumption", "GrantBalance", "NoAccess", "Standing"]
+__all__ = ["Access", "Balance", "Consumption", "GrantBalance", "NoAccess", "Standing", "UnitGrantBalance"]
 
 #: Why a check answers ``has_access: false``.
 NoAccess = Literal["not_entitled", "disabled", "limit_reached", "spend_ceiling", "balance_depleted"]
@@ -68,6 +68,37 @@ class Balance(msgspec.Struct, kw_only=True):
     grants: list[GrantBalance]
     consumed: list[Consumption]
 
+    @classmethod
+    def none(cls, customer: str, now: datetime) -> Balance:
+        """The balance of a customer without a subscription in force: nothing granted, nothing used."""
+        zero = Decimal(0)
+        return cls(
+            customer=customer,
+            currency="",
+            as_of=now,
+            lag_ms=0,
+            period_start=None,
+            period_end=None,
+            granted=zero,
+            reserved=zero,
+            balance=zero,
+            spend=zero,
+            spend_ceiling=None,
+            grants=[],
+            consumed=[],
+        )
+
+
+class UnitGrantBalance(msgspec.Struct, kw_only=True):
+    """A grant of units of a metered feature in force: what it granted and what is left of it after overage drew."""
+
+    grant: str
+    amount: Decimal
+    remaining: Decimal
+    priority: int
+    start: datetime
+    end: datetime
+
 
 class Access(msgspec.Struct, kw_only=True):
     """The answer to "may this customer use this feature now?"."""
@@ -88,6 +119,8 @@ class Access(msgspec.Struct, kw_only=True):
     #: metered with a soft limit: the usage past the limit.
     overage: Decimal | None = None
     resets_at: datetime | None = None
+    #: metered: the unit grants in force; what they have left is part of ``remaining``.
+    grants: list[UnitGrantBalance] = []
     as_of: datetime
 
 

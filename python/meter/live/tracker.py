@@ -43,7 +43,7 @@ from meter.catalog.billing import BillingCatalog, Commit, Credit, Plan, Subscrip
 from meter.catalog.entitlements import Entitlement, effective_entitlements
 from meter.engine import Engine
 from meter.lake.catalog import Snapshot, catalog_tables, meters_table, snapshot_of
-from meter.live.answers import Access, Balance, Consumption, GrantBalance, NoAccess, Standing
+from meter.live.answers import Access, Balance, Consumption, GrantBalance, NoAccess, Standing, UnitGrantBalance
 from meter.live.usage import LiveUsage
 
 __all__ = ["BALANCE", "Tracker"]
@@ -315,6 +315,9 @@ class Tracker:
                         meters.add(ent.meter)
                         start, end = _period(ent, cycle, tz, now)
                         windows[f"ent|{sub.id}|{ent.feature}"] = (customer, ent.meter, start, end)
+                        for past in _past_periods(ent, sub, tz, now):
+                            key = f"ent|{sub.id}|{ent.feature}|{past[0].isoformat()}"
+                            windows[key] = (customer, ent.meter, *past)
                 for meter in meters:
                     windows[f"cycle|{sub.id}|{meter}"] = (customer, meter, cycle.start, cycle.end)
         return windows
@@ -409,13 +412,19 @@ class Tracker:
             for ent in _entitlements(state.plans.get(sub.plan), sub):
                 if ent.feature in entitlements:
                     continue
-                window = windows.get(f"ent|{sub.id}|{ent.feature}")
+                key = f"ent|{sub.id}|{ent.feature}"
+                window = windows.get(key)
+                usage_now = used.get(key, _ZERO)
+                periods = [(w[2], w[3], used.get(k, _ZERO)) for k, w in windows.items() if k.startswith(f"{key}|")]
+                if window is not None:
+                    periods.append((window[2], window[3], usage_now))
                 entitlements[ent.feature] = _access(
                     customer,
                     ent,
-                    used.get(f"ent|{sub.id}|{ent.feature}", _ZERO),
+                    usage_now,
                     window[3] if window else None,
                     held.get(ent.feature, _ZERO),
+                    _unit_grants(ent, sub, sorted(periods), now),
                     block,
                     as_of,
                 )
@@ -453,6 +462,57 @@ class Tracker:
             consumed=consumed,
         )
         return _Live(standing, balance)
+
+
+def _past_periods(ent: Entitlement, sub: Subscription, tz: str, now: datetime) -> list[tuple[datetime, datetime]]:
+    """The entitlement's periods before the current one that a unit grant of its feature was in force in.
+
+    Their overage drew on the grants then (see :func:`_unit_grants`); as many as the grants span, each read once.
+    """
+    grants = [g for g in sub.unit_grants if g.feature == ent.feature]
+    if not grants:
+        return []
+    current = _period(ent, cycles.cycle_containing(sub, tz, now), tz, now)[0]
+    found = []
+    at = min(g.start for g in grants)
+    while at < current:
+        start, end = _period(ent, cycles.cycle_containing(sub, tz, at), tz, at)
+        if any(g.start < end and start < g.end for g in grants):
+            found.append((start, end))
+        at = end
+    return found
+
+
+def _unit_grants(
+    ent: Entitlement, sub: Subscription, periods: list[tuple[datetime, datetime, Decimal]], now: datetime
+) -> tuple[list[UnitGrantBalance], Decimal]:
+    """What each unit grant of the feature has left, and the usage of the current period no allowance or grant covers.
+
+    Each period's usage past the allowance is drawn, period by period (``periods`` in order, the current one last),
+    from the grants in force in it (overlapping it, as a money credit pays the usage lines it overlaps), lowest
+    priority first, then the one expiring first.
+    """
+    grants = sorted((g for g in sub.unit_grants if g.feature == ent.feature), key=lambda g: (g.priority, g.end, g.id))
+    left = {g.id: g.amount for g in grants}
+    limit = ent.limit if ent.limit is not None else _ZERO
+    over = _ZERO
+    for start, end, usage in periods:
+        over = max(usage - limit, _ZERO)
+        for g in grants:
+            if over <= 0:
+                break
+            if g.start < end and start < g.end:
+                take = min(over, left[g.id])
+                left[g.id] -= take
+                over -= take
+    balances = [
+        UnitGrantBalance(
+            grant=g.id, amount=g.amount, remaining=left[g.id], start=g.start, end=g.end, priority=g.priority
+        )
+        for g in grants
+        if g.start <= now < g.end
+    ]
+    return balances, over
 
 
 def _ends(standing: Standing) -> datetime:
@@ -551,10 +611,11 @@ def _access(
     usage: Decimal,
     resets_at: datetime | None,
     reserved: Decimal,
+    grants: tuple[list[UnitGrantBalance], Decimal],
     block: NoAccess | None,
     as_of: datetime,
 ) -> Access:
-    """One entitlement's answer, from the usage of its period and what reservations hold."""
+    """One entitlement's answer, from the usage of its period, the unit grants in force and what reservations hold."""
     if ent.kind == "boolean":
         has = ent.enabled
         reason: NoAccess | None = None if has else "disabled"
@@ -568,7 +629,9 @@ def _access(
         )
         return _blocked(access, block)
     limit = ent.limit if ent.limit is not None else _ZERO
-    remaining = max(limit - usage - reserved, _ZERO)
+    balances, uncovered = grants
+    granted = sum((g.remaining for g in balances), _ZERO)
+    remaining = max(max(limit - usage, _ZERO) + granted - reserved, _ZERO)
     has = remaining > 0 or not ent.hard
     access = Access(
         customer=customer,
@@ -580,8 +643,9 @@ def _access(
         limit=limit,
         reserved=reserved,
         remaining=remaining,
-        overage=max(usage - limit, _ZERO) if not ent.hard else None,
+        overage=None if ent.hard else uncovered,
         resets_at=resets_at,
+        grants=balances,
         as_of=as_of,
     )
     return _blocked(access, block)

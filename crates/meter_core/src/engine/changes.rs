@@ -7,8 +7,10 @@
 //! that counted the event: the earliest event time and how many events. A drain (`Pending::drain`) takes every shard's
 //! lock, in shard order, and swaps the sets out, so that it sees each commit of a shard either whole or not at all.
 //!
-//! The guarantee a caller builds on: an event whose ingest has returned (acknowledged) is either in a drain that has
-//! returned or in a later one; and once it is in a drain, a usage query started after that drain returned counts it.
+//! The guarantee a caller builds on: an event whose ingest returned (was acknowledged) before `Engine::changes` was
+//! called is in that drain or an earlier one (the call first waits for the fold threads to have folded every commit
+//! acknowledged before it: `Engine::await_folds`); and once it is in a drain, a usage query started after that drain
+//! returned counts it.
 //! Why: the writer puts each durable commit in `Shared::unfolded` and hands it to the fold threads before it answers
 //! its callers, and a fold thread records a commit while it folds it, so by the time an event is recorded its commit is
 //! already one that every later query reads (folded, in flight, written, or in `unfolded`; see `folder`). Recording

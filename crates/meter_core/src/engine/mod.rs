@@ -31,7 +31,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender, TrySendError};
 use serde::Serialize;
@@ -572,8 +572,25 @@ impl Engine {
     /// drain that names it counts it; a new meter's backfill is not reported, nor a deleted meter's events (see
     /// `changes`).
     pub fn changes(&self) -> Drained {
+        self.await_folds();
         let registry = self.shared.registry.read().unwrap().clone();
         self.shared.changes.drain(&registry)
+    }
+
+    /// Waits until every fold thread has folded (and so recorded the changes of) every commit acknowledged before the
+    /// call: those are in `unfolded` until every shard folded them, so its newest is the mark. A drain after it names
+    /// every event acknowledged before `changes` was called, which lets a live view say exactly what it reflects. The
+    /// folds follow the writer within a commit or two; the wait is bounded (a stalled or failed engine answers what is
+    /// recorded so far, a later drain the rest).
+    fn await_folds(&self) {
+        let Some(mark) = self.shared.unfolded.lock().unwrap().back().map(|(seq, _)| *seq) else { return };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.shared.folded_seqs.iter().any(|s| s.load(Ordering::Acquire) < mark)
+            && self.shared.failure().is_none()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_micros(100));
+        }
     }
 
     /// `None` when healthy; otherwise why the engine stopped acknowledging.

@@ -11,7 +11,6 @@ tenant is unknown here (404), as everywhere.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Annotated, cast
 
 import msgspec
@@ -81,23 +80,7 @@ async def get_balance(ctx: Context, request: Request, customer: str) -> Answer:
     found = tracker.balance(request.tenant, customer)
     if found is None:
         await _known(ctx, request.tenant, customer)
-        now = datetime.now(UTC)
-        zero = Decimal(0)
-        found = Balance(
-            customer=customer,
-            currency="",
-            as_of=now,
-            lag_ms=0,
-            period_start=None,
-            period_end=None,
-            granted=zero,
-            reserved=zero,
-            balance=zero,
-            spend=zero,
-            spend_ceiling=None,
-            grants=[],
-            consumed=[],
-        )
+        found = Balance.none(customer, datetime.now(UTC))
     if (request.tenant, customer) in tracker.errors:
         raise ApiError(
             409,
