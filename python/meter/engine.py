@@ -246,9 +246,10 @@ class Engine:
         The guarantee: an event whose ``ingest`` returned before this call is in this drain or an earlier one (the
         call first waits, briefly, for the fold threads to record the commits acknowledged before it), and a ``usage``
         query started after the drain that names it counts it. So re-querying the customers named here never misses an
-        acknowledged event, and a view refreshed from a drain reflects everything acknowledged before the drain. Not reported: the events a new meter is backfilled
-        from at ``create_meter``, events acknowledged before this engine was opened (load with ``usage`` after opening,
-        then call this), and a deleted meter's events.
+        acknowledged event, and a view refreshed from a drain reflects everything acknowledged before the drain.
+
+        Not reported: the events a new meter is backfilled from at ``create_meter``, events acknowledged before this
+        engine was opened (load with ``usage`` after opening, then call this), and a deleted meter's events.
 
         At most ``max_pending_changes`` keys wait; past that, the next call returns no rows and ``overflowed=True``:
         refresh every customer then.
