@@ -456,8 +456,11 @@ class Tracker:
 
 
 def _ends(live: _Live) -> datetime:
-    """When the state must be computed again though nothing changed: the next reset (the period's, an entitlement's)
-    or the next time a grant comes into force or expires (the balance counts the grants in force)."""
+    """When the state must be computed again though nothing changed.
+
+    The next reset (the period's, an entitlement's), or the next time a grant comes into force or expires: the balance
+    counts the grants in force, and a balance alert must see it fall when one expires.
+    """
     standing = live.standing
     ends = [standing.period_end, *(a.resets_at for a in standing.entitlements.values())]
     ends += [t for g in live.balance.grants for t in (g.start, g.end) if t > standing.as_of]
