@@ -32,10 +32,11 @@ from typing import cast
 
 import msgspec
 import pyarrow as pa
+import pytest
 from conftest import body, event
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, rule
+from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 from meter.billing.invoicer import Invoicer
 from meter.billing.invoices import Invoice
 from meter.billing.store import InvoiceStore
@@ -119,6 +120,8 @@ class Account:
 
     #: (version, from): the plan versions it was on, oldest first.
     phases: list[tuple[int, datetime]] = field(default_factory=lambda: [(1, CYCLE0)])
+    #: The tier table of the subscription's override of the price (every version's), if any.
+    override: int | None = None
     grants: dict[str, Grant] = field(default_factory=dict)
     #: (event time, tokens)
     events: list[tuple[datetime, Decimal]] = field(default_factory=list)
@@ -150,7 +153,8 @@ class Model:
             until = phases[i + 1][1] if i + 1 < len(phases) else cycle[1]
             lo, hi = max(since, cycle[0]), min(until, cycle[1])
             if lo < hi:
-                out.append(Line(lo, hi, _money(_graduated(self.used(customer, lo, hi), version))))
+                tiers = self.accounts[customer].override or version
+                out.append(Line(lo, hi, _money(_graduated(self.used(customer, lo, hi), tiers))))
         return out
 
     def draws(self, customer: str, cycle: tuple[datetime, datetime]) -> dict[str, Decimal]:
@@ -351,8 +355,25 @@ class LiveModelMachine(RuleBasedStateMachine):
         version = min(version, self.versions)
         if version == account.phases[-1][0] or self.clock <= account.phases[-1][1]:
             return
+        if account.override is not None:  # the override would be dropped from the past: see OVERRIDE_BUG
+            return
         self.catalog.migrate_subscription(TENANT, f"s-{customer}", version, self.clock)
         account.phases.append((version, self.clock))
+        self.step()
+
+    @precondition(lambda self: self.clock < _month_start(START, 1))
+    @rule(customer=st.sampled_from(CUSTOMERS), tiers=st.integers(1, len(TIERS)))
+    def override(self, customer: str, tiers: int) -> None:
+        """The subscription's own price (every version's), while no cycle was invoiced: the cycle is rated again.
+
+        Later, it would re-rate finalized cycles too (adjustment lines), which this model does not compute. Not for a
+        customer that changed versions: the override applies to the current version only (see OVERRIDE_BUG).
+        """
+        if len(self.model.accounts[customer].phases) > 1:
+            return
+        sub = self.catalog.get_subscription(TENANT, f"s-{customer}")
+        self.catalog.put_subscription(TENANT, msgspec.structs.replace(sub, overrides=[_price(tiers)]))
+        self.model.accounts[customer].override = tiers
         self.step()
 
     @rule()
@@ -367,13 +388,24 @@ class LiveModelMachine(RuleBasedStateMachine):
         if to > LATEST:
             return
         month = _month_start(self.clock, 1)
+        # What the live balance said the ending cycle draws from each grant, at its last refresh (no event can land
+        # in that cycle after it: events are never later than the clock).
+        said: dict[str, dict[str, Decimal]] = {}
+        previous = _cycle(self.clock)
+        for customer in CUSTOMERS:
+            balance = self.tracker.balance(TENANT, customer)
+            assert balance is not None
+            said[customer] = {g.grant: g.drawn_current for g in balance.grants if g.drawn_current}
         self.clock = to
         while month <= to:  # a cycle ended: its invoices are run and finalized, drawing the grants for good
             run = self.invoicer.run(TENANT, f"{month:%Y-%m}", finalize=True)
             assert not run.errors, run.errors
             assert all(i.status in ("open", "paid") for i in run.invoices), run.invoices
             ended = _cycle(month - timedelta(days=1))
-            self.check_invoices(run.invoices, ended)
+            drawn = self.check_invoices(run.invoices, ended)
+            if ended == previous:
+                # One set of rules: the invoice draws from each grant what the balance said, to the cent.
+                assert drawn == said, (ended, drawn, said)
             self.model.invoice(ended)
             month = _month_start(month, 1)
         self.step()
@@ -384,8 +416,13 @@ class LiveModelMachine(RuleBasedStateMachine):
 
     # Invariants
 
-    def check_invoices(self, invoices: Sequence[Invoice], cycle: tuple[datetime, datetime]) -> None:
-        """The cycle's finalized invoices drew from each grant exactly what the model draws (before it records it)."""
+    def check_invoices(
+        self, invoices: Sequence[Invoice], cycle: tuple[datetime, datetime]
+    ) -> dict[str, dict[str, Decimal]]:
+        """The cycle's finalized invoices drew from each grant exactly what the model draws (before it records it).
+
+        Returns what they drew per customer and grant.
+        """
         drawn: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
         for invoice in invoices:
             for line in invoice.lines:
@@ -396,6 +433,11 @@ class LiveModelMachine(RuleBasedStateMachine):
             for grant_id, take in self.model.draws(customer, cycle).items():
                 want[(customer, grant_id)] += take
         assert {k: v for k, v in drawn.items() if v} == dict(want), (cycle, dict(drawn), dict(want))
+        per_customer: dict[str, dict[str, Decimal]] = {c: {} for c in CUSTOMERS}
+        for (customer, grant_id), take in drawn.items():
+            if take:
+                per_customer[customer][grant_id] = take
+        return per_customer
 
     def check(self) -> None:
         cycle = _cycle(self.clock)
@@ -413,7 +455,7 @@ class LiveModelMachine(RuleBasedStateMachine):
         assert standing.usage.get("tokens", Decimal(0)) == used, (where, standing.usage, used)
         lines = model.lines(customer, cycle)
         spend = sum((line.amount for line in lines), Decimal(0))
-        assert standing.spend == spend, (where, [(line.start, line.amount) for line in lines])
+        assert standing.spend == spend, (where, standing.spend, [(line.start, line.amount) for line in lines])
         assert (standing.period_start, standing.period_end) == cycle, (where, standing)
         draws = model.draws(customer, cycle)
         got = {g.grant: g for g in balance.grants}
@@ -472,6 +514,32 @@ class LiveModelMachine(RuleBasedStateMachine):
             told[(e.type, data["alert"], data["customer"], threshold, datetime.fromisoformat(data["period"]))] += 1
         assert {k: n for k, n in told.items() if n != 1} == {}, "a crossing was told more than once"
         assert set(told) == self.model.crossed
+
+
+#: Found by this test: ``Snapshot.prices_of`` applies a subscription's overrides to its current version only, so a
+#: migration re-rates what the customer used before it, on the old version, at the plan's price: the live balance of
+#: the cycle jumps, and a finalized cycle gets an adjustment line. The override is the customer's price (the catalog
+#: refuses a migration to a version without the overridden price, so it carries on); the machine keeps overrides and
+#: migrations apart until it is fixed, and this test says what is expected.
+OVERRIDE_BUG = "overrides apply to the subscription's current version only: a migration re-rates the past"
+
+
+@pytest.mark.xfail(strict=True, reason=OVERRIDE_BUG)
+def test_a_plan_change_does_not_re_rate_what_an_override_priced() -> None:
+    """400 tokens in October at the override's 0.012 (4.80, finalized); a migration in November re-rates nothing."""
+    world = LiveModelMachine()
+    try:
+        world.override("c1", 2)
+        world.usage("c1", 400, 0)
+        world.next_month(60)
+        world.clock += timedelta(minutes=5)
+        world.catalog.add_plan_version(TENANT, "pro", world.clock, [_price(2)])
+        world.catalog.migrate_subscription(TENANT, "s-c1", 2, world.clock)
+        [upcoming] = world.invoicer.preview(TENANT, "c1", world.clock + timedelta(minutes=1))
+        adjustments = [line.description for line in upcoming.lines if line.kind == "adjustment"]
+        assert adjustments == []  # today: -0.80, "prior-period adjustment for <October>"
+    finally:
+        world.teardown()
 
 
 LiveModelMachine.TestCase.settings = settings(
