@@ -516,6 +516,27 @@ class LiveModelMachine(RuleBasedStateMachine):
         assert set(told) == self.model.crossed
 
 
+def test_a_grant_that_expires_leaves_the_balance_without_any_other_change() -> None:
+    """A grant's expiry is a change of its own.
+
+    Found by the machine: a customer was computed again at its period's end only, so an expired grant stayed in its
+    balance (and a balance alert could not fire) until its next event. Its grants' starts and ends count now.
+    """
+    world = LiveModelMachine()
+    try:
+        world.next_month(60)  # days from the cycle's end
+        world.grant("c1", 500, 0, 0, 1)  # 5.00 for a day: the balance is 5.00
+        world.top_up("c1", 200, 0, 3, False)  # 2.00 for three days
+        balance = world.tracker.balance(TENANT, "c1")
+        assert balance is not None and balance.balance == Decimal("7.00")
+        world.move(world.clock + timedelta(days=1, minutes=1))  # checked against the model: 2.00 left
+        balance = world.tracker.balance(TENANT, "c1")
+        assert balance is not None and balance.balance == Decimal("2.00")
+        assert ("balance.low", "low", "c1", Decimal("5.00"), _cycle(world.clock)[0]) in world.model.crossed
+    finally:
+        world.teardown()
+
+
 #: Found by this test: ``Snapshot.prices_of`` applies a subscription's overrides to its current version only, so a
 #: migration re-rates what the customer used before it, on the old version, at the plan's price: the live balance of
 #: the cycle jumps, and a finalized cycle gets an adjustment line. The override is the customer's price (the catalog
