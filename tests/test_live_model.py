@@ -564,7 +564,7 @@ def test_a_plan_change_does_not_re_rate_what_an_override_priced() -> None:
 
 
 LiveModelMachine.TestCase.settings = settings(
-    max_examples=15,
+    max_examples=12,
     stateful_step_count=25,
     deadline=None,
     derandomize=True,
