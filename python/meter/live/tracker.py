@@ -199,7 +199,7 @@ class Tracker:
                 if customers:
                     done += self._refresh(tenant, state, sorted(customers), changed.as_of, now)
                 if now >= self._next_end.get(tenant, _NEVER):  # a period ended: the next end, over every state
-                    ends = [_ends(live.standing) for (t, _), live in self._live.items() if t == tenant]
+                    ends = [_ends(live) for (t, _), live in self._live.items() if t == tenant]
                     self._next_end[tenant] = min(ends, default=_NEVER)
             self.refreshes += 1
             return done
@@ -213,7 +213,7 @@ class Tracker:
             return set()
         found = set()
         for (t, customer), live in self._live.items():
-            if t == tenant and _ends(live.standing) <= now:
+            if t == tenant and _ends(live) <= now:
                 found.add(customer)
         return found
 
@@ -269,7 +269,7 @@ class Tracker:
             )
             before = self._live.get((tenant, customer))
             self._live[(tenant, customer)] = live
-            self._next_end[tenant] = min(self._next_end.get(tenant, _NEVER), _ends(live.standing))
+            self._next_end[tenant] = min(self._next_end.get(tenant, _NEVER), _ends(live))
             done += 1
             if self.on_refresh is not None:
                 try:
@@ -515,9 +515,16 @@ def _unit_grants(
     return balances, over
 
 
-def _ends(standing: Standing) -> datetime:
-    """When the standing's period or one of its entitlements' periods ends (the next reset)."""
+def _ends(live: _Live) -> datetime:
+    """When the state must be computed again though nothing changed.
+
+    The next reset (the period's, an entitlement's), or the next time a grant comes into force or expires: the balance
+    counts the grants in force, and a balance alert must see it fall when one expires.
+    """
+    standing = live.standing
     ends = [standing.period_end, *(a.resets_at for a in standing.entitlements.values())]
+    ends += [t for g in live.balance.grants for t in (g.start, g.end) if t > standing.as_of]
+    ends += [g.end for access in standing.entitlements.values() for g in access.grants]
     return min((end for end in ends if end is not None), default=_NEVER)
 
 
