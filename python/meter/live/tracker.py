@@ -39,7 +39,7 @@ from meter.billing.invoicing import upcoming_of
 from meter.billing.keys import GrantKey
 from meter.billing.store import InvoiceStore
 from meter.billing.terms import recurring_left
-from meter.catalog.billing import BillingCatalog, Commit, Credit, Plan, Subscription
+from meter.catalog.billing import BillingCatalog, Commit, Credit, Customer, Plan, Subscription
 from meter.catalog.entitlements import Entitlement, effective_entitlements
 from meter.engine import Engine
 from meter.lake.catalog import Snapshot, catalog_tables, meters_table, snapshot_of
@@ -70,6 +70,7 @@ class _Tenant:
     billed: Billed | None = None
     plans: dict[str, Plan] = field(default_factory=dict)
     subscriptions: dict[str, list[Subscription]] = field(default_factory=dict)
+    customers: dict[str, Customer] = field(default_factory=dict)
 
 
 @dataclass
@@ -186,11 +187,11 @@ class Tracker:
             self._first = False
             done = 0
             for tenant in list(self._tenants()):
-                state, renewed = self._tenant(tenant)
-                if everything or renewed:
+                state, concerned = self._tenant(tenant)
+                if everything or concerned is None:
                     customers = set(state.subscriptions)
                 else:
-                    customers = changed.customers.get(tenant, set()) | touched.get(tenant, set())
+                    customers = changed.customers.get(tenant, set()) | touched.get(tenant, set()) | concerned
                     customers |= self._expired(tenant, now)
                 customers &= set(state.subscriptions)
                 gone = [key for key in self._live if key[0] == tenant and key[1] not in state.subscriptions]
@@ -217,25 +218,46 @@ class Tracker:
                 found.add(customer)
         return found
 
-    def _tenant(self, tenant: str) -> tuple[_Tenant, bool]:
-        """The tenant's catalog and invoices as of now, read again when either changed; and whether they did."""
+    def _tenant(self, tenant: str) -> tuple[_Tenant, set[str] | None]:
+        """The tenant's catalog and invoices as of now, and the customers a change to either concerns (None: all).
+
+        Only the customers whose subscriptions, plans or own record changed are recomputed after a catalog write (a
+        bulk load of ten thousand customers does not recompute them all at each refresh); an invoice change concerns
+        the customers its journal entries name. Reading the catalog again costs what it holds (once per refresh at
+        most, while it keeps changing).
+        """
         state = self._cache[tenant]
-        seq, posted = self.catalog.sequence(), self.store.posted(tenant)
-        renewed = False
+        first = state.snapshot is None
+        changed: set[str] = set()
+        seq = self.catalog.sequence()
         if seq != state.catalog_seq:
             state.snapshot = snapshot_of(
                 tenant, catalog_tables(self.catalog, tenant, meters_table(self.engine, tenant))
             )
-            state.plans = {p.id: p for p in self.catalog.list_plans(tenant)}
+            plans = {p.id: p for p in self.catalog.list_plans(tenant)}
             subs: dict[str, list[Subscription]] = defaultdict(list)
             for sub in self.catalog.list_subscriptions(tenant):
                 subs[sub.customer].append(sub)
-            state.subscriptions = dict(subs)
-            state.catalog_seq, renewed = seq, True
+            customers = {c.id: c for c in self.catalog.list_customers(tenant)}
+            moved = {p for p in plans.keys() | state.plans.keys() if plans.get(p) != state.plans.get(p)}
+            for customer in subs.keys() | state.subscriptions.keys():
+                before, after = state.subscriptions.get(customer, []), subs.get(customer, [])
+                if before != after or customers.get(customer) != state.customers.get(customer):
+                    changed.add(customer)
+                elif any(s.plan in moved for s in after):
+                    changed.add(customer)
+            state.plans, state.subscriptions, state.customers = plans, dict(subs), customers
+            state.catalog_seq = seq
+        posted = self.store.posted(tenant)
         if posted != state.posted or state.billed is None:
+            for entry in [] if first else self.store.journal(tenant, after=state.posted):
+                if entry.customer is None:
+                    first = True  # a change of no one customer's: everyone's balance is read again
+                else:
+                    changed.add(entry.customer)
             state.billed = Billed.of(self.store, tenant)
-            state.posted, renewed = posted, True
-        return state, renewed
+            state.posted = posted
+        return state, None if first else changed
 
     def _refresh(self, tenant: str, state: _Tenant, customers: list[str], as_of: datetime, now: datetime) -> int:
         assert state.snapshot is not None and state.billed is not None
