@@ -134,8 +134,7 @@ def in_process(data: Path) -> dict[str, Any]:
     from meter.live.tracker import Tracker
     from meter.services import Stores
 
-    with Stores(data) as stores:
-        stores.open()
+    with Stores.open(data) as stores:
         tracker = Tracker(stores.engine, stores.billing, stores.invoices, data / "export", lambda: ["bench"])
         started = time.perf_counter()
         refreshed = tracker.refresh()
@@ -222,6 +221,10 @@ def main() -> None:
             probe.join()
         finally:
             server.stop()
+        print(
+            f"  over HTTP: checks {results.get('checks')}, ingest max {top}, paced {paced}, mixed {mixed}", flush=True
+        )
+        print(f"  lag (ms): {sorted(probe.lags_ms)}", flush=True)
         local = in_process(d / "data")
     checked = results["checks"]
     lags = sorted(probe.lags_ms)
