@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -53,11 +54,15 @@ BALANCE = "balance"
 _ZERO = Decimal(0)
 _UTC = pl.Datetime("us", "UTC")
 _NEVER = datetime(9999, 1, 1, tzinfo=UTC)
+#: Customers recomputed in one vectorised pass; the GIL is let go between passes (about 0.5 ms of work per customer).
+CHUNK = 500
 
 Clock = Callable[[], datetime]
 OnRefresh = Callable[[Standing | None, Standing], None]
 Held = Callable[[str, str], Mapping[str, Decimal]]
 TopUp = Callable[[str, Subscription, Decimal], object]
+#: A usage window a refresh reads: (customer, meter, from, to).
+Window = tuple[str, str, datetime, datetime]
 
 
 @dataclass
@@ -197,8 +202,10 @@ class Tracker:
                 gone = [key for key in self._live if key[0] == tenant and key[1] not in state.subscriptions]
                 for key in gone:
                     del self._live[key]
-                if customers:
-                    done += self._refresh(tenant, state, sorted(customers), changed.as_of, now)
+                ordered = sorted(customers)
+                for first in range(0, len(ordered), CHUNK):
+                    done += self._refresh(tenant, state, ordered[first : first + CHUNK], changed.as_of, now)
+                    time.sleep(0)  # lets the requests' thread in between chunks: checks wait for no whole refresh
                 if now >= self._next_end.get(tenant, _NEVER):  # a period ended: the next end, over every state
                     ends = [_ends(live) for (t, _), live in self._live.items() if t == tenant]
                     self._next_end[tenant] = min(ends, default=_NEVER)
@@ -276,7 +283,7 @@ class Tracker:
         failed = {e.subscription: e.message for e in priced.errors}
         invoices: dict[str, Invoice] = {i.subscription: i for i in priced.invoices}
         windows = self._windows(snapshot, state, active, now)
-        used = self._used(windows, quantities)
+        used = self._used({key: w for mine in windows.values() for key, w in mine.items()}, quantities)
         done = 0
         for customer in customers:
             customer_subs = active[customer]
@@ -320,15 +327,16 @@ class Tracker:
 
     def _windows(
         self, snapshot: Snapshot, state: _Tenant, active: Mapping[str, list[Subscription]], now: datetime
-    ) -> dict[str, tuple[str, str, datetime, datetime]]:
-        """The usage windows a refresh reads besides the invoices': key -> (customer, meter, from, to).
+    ) -> dict[str, dict[str, Window]]:
+        """The usage windows a refresh reads besides the invoices': per subscription, key -> window.
 
         Each meter's usage over the subscription's cycle (``cycle|sub|meter``, for usage alerts) and each metered
         entitlement's usage over its period (``ent|sub|feature``).
         """
-        windows: dict[str, tuple[str, str, datetime, datetime]] = {}
+        every: dict[str, dict[str, Window]] = {}
         for customer, subs in active.items():
             for sub in subs:
+                windows = every[sub.id] = {}
                 tz = _tz(snapshot, customer)
                 cycle = cycles.cycle_containing(sub, tz, now)
                 meters = {p.meter for p in snapshot.prices_of(sub, sub.version) if p.meter is not None}
@@ -342,12 +350,10 @@ class Tracker:
                             windows[key] = (customer, ent.meter, *past)
                 for meter in meters:
                     windows[f"cycle|{sub.id}|{meter}"] = (customer, meter, cycle.start, cycle.end)
-        return windows
+        return every
 
     @staticmethod
-    def _used(
-        windows: Mapping[str, tuple[str, str, datetime, datetime]], quantities: Callable[[pl.DataFrame], pl.DataFrame]
-    ) -> dict[str, Decimal]:
+    def _used(windows: Mapping[str, Window], quantities: Callable[[pl.DataFrame], pl.DataFrame]) -> dict[str, Decimal]:
         if not windows:
             return {}
         keys = list(windows)
@@ -375,7 +381,7 @@ class Tracker:
         state: _Tenant,
         subs: list[Subscription],
         invoices: Mapping[str, Invoice],
-        windows: Mapping[str, tuple[str, str, datetime, datetime]],
+        windows: Mapping[str, Mapping[str, Window]],
         used: Mapping[str, Decimal],
         held: dict[str, Decimal],
         as_of: datetime,
@@ -415,7 +421,7 @@ class Tracker:
                         )
                     )
             grants += _grants(sub, state.billed, drawn_now, tz, now)
-            for key, (_, meter, _, _) in windows.items():
+            for key, (_, meter, _, _) in windows.get(sub.id, {}).items():
                 if key.startswith(f"cycle|{sub.id}|"):
                     usage[meter] += used.get(key, _ZERO)
         reserved_money = held.get(BALANCE, _ZERO)
@@ -435,9 +441,10 @@ class Tracker:
                 if ent.feature in entitlements:
                     continue
                 key = f"ent|{sub.id}|{ent.feature}"
-                window = windows.get(key)
+                mine = windows.get(sub.id, {})
+                window = mine.get(key)
                 usage_now = used.get(key, _ZERO)
-                periods = [(w[2], w[3], used.get(k, _ZERO)) for k, w in windows.items() if k.startswith(f"{key}|")]
+                periods = [(w[2], w[3], used.get(k, _ZERO)) for k, w in mine.items() if k.startswith(f"{key}|")]
                 if window is not None:
                     periods.append((window[2], window[3], usage_now))
                 entitlements[ent.feature] = _access(
