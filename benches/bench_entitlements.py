@@ -132,9 +132,15 @@ class Probe(threading.Thread):
 def in_process(data: Path) -> dict[str, Any]:
     """A full refresh of every customer, then the cost of a check, from Python with no HTTP."""
     from meter.live.tracker import Tracker
-    from meter.services import Stores
+    from meter.services import OpenFailed, Stores
 
-    with Stores.open(data) as stores:
+    for _ in range(300):  # the server's worker lets go of the stores a moment after the server stopped
+        try:
+            stores = Stores.open(data)
+            break
+        except OpenFailed:
+            time.sleep(0.1)
+    with stores:
         tracker = Tracker(stores.engine, stores.billing, stores.invoices, data / "export", lambda: ["bench"])
         started = time.perf_counter()
         refreshed = tracker.refresh()
