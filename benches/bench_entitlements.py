@@ -100,7 +100,8 @@ class Probe(threading.Thread):
     def __init__(self, url: str, key: str, every: float = 0.05) -> None:
         super().__init__(daemon=True)
         self.http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
-        self.every, self.lags_ms, self.stopping, self.sent = every, [], threading.Event(), 0
+        self.every, self.stopping, self.sent = every, threading.Event(), 0
+        self.lags_ms: list[float] = []
 
     def run(self) -> None:
         expected = 0
