@@ -288,6 +288,7 @@ class BillingCatalog(Store):
         super().__init__(path, read_only)
         self._meters = meters
         self._lock = threading.RLock()
+        self._written: dict[str, int] = {}
 
     # Storage: `<kind>/<tenant>/<id>` -> msgspec JSON. Tenant and id never contain '/' (checked), so keys of two
     # tenants can never collide or interleave. What was stored is read without the value checks (see trusted()).
@@ -333,12 +334,24 @@ class BillingCatalog(Store):
         if new and self._db.get(key) is not None:
             raise AlreadyExists(f"{kind} {item_id!r} already exists")
         self._db[key] = msgspec.json.encode(value)
+        self._wrote(tenant)
 
     def _delete(self, kind: str, tenant: str, item_id: str) -> None:
         key = self._key(kind, tenant, item_id)
         if self._db.get(key) is None:
             raise NotFound(f"no {kind} {item_id!r}")
         del self._db[key]
+        self._wrote(tenant)
+
+    def _wrote(self, tenant: str) -> None:
+        self._written[tenant] = self._written.get(tenant, 0) + 1
+
+    def written(self, tenant: str) -> int:
+        """How many writes this process made to the tenant's catalog: what the live state watches, tenant by tenant.
+
+        (:meth:`sequence` moves with every tenant's writes, so a write of one would make every tenant be read again.)
+        """
+        return self._written.get(tenant, 0)
 
     def _refuse_if_used(self, what: str, users: list[str]) -> None:
         if users:

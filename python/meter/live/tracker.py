@@ -236,8 +236,8 @@ class Tracker:
         state = self._cache[tenant]
         first = state.snapshot is None
         changed: set[str] = set()
-        seq = self.catalog.sequence()
-        if seq != state.catalog_seq:
+        seq = self.catalog.written(tenant)
+        if seq != state.catalog_seq or first:
             state.snapshot = snapshot_of(
                 tenant, catalog_tables(self.catalog, tenant, meters_table(self.engine, tenant))
             )
