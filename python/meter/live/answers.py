@@ -123,6 +123,11 @@ class Access(msgspec.Struct, kw_only=True):
     grants: list[UnitGrantBalance] = []
     as_of: datetime
 
+    @classmethod
+    def not_entitled(cls, customer: str, feature: str, as_of: datetime) -> Access:
+        """The answer for a feature the customer has no entitlement to (or a customer with no subscription)."""
+        return cls(customer=customer, feature=feature, has_access=False, kind=None, reason="not_entitled", as_of=as_of)
+
 
 class Standing(msgspec.Struct, kw_only=True):
     """A customer's live state: what alerts compare from one refresh to the next, and what checks read."""

@@ -146,14 +146,7 @@ class Tracker:
         found = live.standing.entitlements.get(feature)
         if found is not None:
             return found
-        return Access(
-            customer=customer,
-            feature=feature,
-            has_access=False,
-            kind=None,
-            reason="not_entitled",
-            as_of=live.standing.as_of,
-        )
+        return Access.not_entitled(customer, feature, live.standing.as_of)
 
     # Being told
 

@@ -65,14 +65,7 @@ async def _access(ctx: Context, tracker: Tracker, tenant: str, customer: str, fe
     if found is not None:
         return found
     await _known(ctx, tenant, customer)
-    return Access(
-        customer=customer,
-        feature=feature,
-        has_access=False,
-        kind=None,
-        reason="not_entitled",
-        as_of=datetime.now(UTC),
-    )
+    return Access.not_entitled(customer, feature, datetime.now(UTC))
 
 
 async def get_balance(ctx: Context, request: Request, customer: str) -> Answer:
@@ -109,17 +102,8 @@ async def check_many(ctx: Context, request: Request, body: Checks) -> Answer:
     for check in body.checks:
         try:
             results.append(await _access(ctx, tracker, request.tenant, check.customer, check.feature))
-        except NotFound:
-            results.append(
-                Access(
-                    customer=check.customer,
-                    feature=check.feature,
-                    has_access=False,
-                    kind=None,
-                    reason="not_entitled",
-                    as_of=datetime.now(UTC),
-                )
-            )
+        except NotFound:  # an unknown customer is entitled to nothing; a batch answers for every check
+            results.append(Access.not_entitled(check.customer, check.feature, datetime.now(UTC)))
     return 200, CheckResults(results), {}
 
 
