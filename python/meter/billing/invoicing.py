@@ -94,6 +94,7 @@ __all__ = [
     "invoice_period",
     "parse_month",
     "upcoming_invoices",
+    "UpcomingDrafts",
     "upcoming_of",
 ]
 
@@ -165,6 +166,10 @@ class _Draft:
     issued_at: datetime
     tz: str
     charges: list[_Charge] = field(default_factory=list)
+
+    def arrears_contains(self, t: datetime) -> bool:
+        """Whether ``t`` is in the usage period the draft bills (the current cycle of an upcoming draft)."""
+        return self.arrears is not None and self.arrears.start <= t < self.arrears.end
 
 
 @dataclass
@@ -373,20 +378,38 @@ def upcoming_invoices(
     return [invoice for invoice in _price(snapshot, out, drafts, billed) if invoice.lines]
 
 
+class UpcomingDrafts:
+    """The upcoming drafts of a tenant's subscriptions, each made once per cycle and kept (the live balances' source).
+
+    A draft (the fees of the next cycle, the usage charges of the current one) changes only with the catalog, the
+    invoices, or the cycle: kept for one snapshot and one billed history, it is made again when its cycle ends.
+    Make a new one when either changes.
+    """
+
+    def __init__(self, snapshot: Snapshot, billed: Billed) -> None:
+        self.snapshot, self.billed = snapshot, billed
+        self._drafts: dict[str, _Draft] = {}
+
+    def of(self, subs: Sequence[Subscription], as_of: datetime) -> list[_Draft]:
+        drafts = []
+        for sub in subs:
+            draft = self._drafts.get(sub.id)
+            if draft is None or not draft.arrears_contains(as_of):
+                [draft] = _upcoming_drafts(self.snapshot, [sub], as_of, self.billed)
+                self._drafts[sub.id] = draft
+            drafts.append(draft)
+        return drafts
+
+
 def upcoming_of(
-    snapshot: Snapshot,
-    out: Path,
-    billed: Billed,
-    subs: Sequence[Subscription],
-    as_of: datetime,
-    quantities: Quantities,
+    drafts: UpcomingDrafts, out: Path, subs: Sequence[Subscription], as_of: datetime, quantities: Quantities
 ) -> Priced:
     """The upcoming invoices of many subscriptions at once, rated from ``quantities`` (the live balances' source).
 
     The same drafts and the same pricing as :func:`upcoming_invoices`, so that what the live state says a grant has
     paid is what the invoice will draw from it; a subscription that cannot be rated is in ``errors``.
     """
-    return _price_apart(snapshot, out, _upcoming_drafts(snapshot, subs, as_of, billed), billed, quantities)
+    return _price_apart(drafts.snapshot, out, drafts.of(subs, as_of), drafts.billed, quantities)
 
 
 def _upcoming_drafts(snapshot: Snapshot, subs: Sequence[Subscription], as_of: datetime, billed: Billed) -> list[_Draft]:

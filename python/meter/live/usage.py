@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -35,7 +35,7 @@ import polars as pl
 from meter.billing.usage import QUANTITIES_SCHEMA
 from meter.engine import Engine
 
-__all__ = ["ADDITIVE", "Changed", "LiveUsage"]
+__all__ = ["ADDITIVE", "Changed", "LiveUsage", "Totals", "Window"]
 
 #: The aggregations whose totals add up across time, so a window is its base plus the tail.
 ADDITIVE = frozenset({"sum", "count"})
@@ -44,6 +44,8 @@ _SUBJECTS_PER_QUERY = 10_000  # the engine's limit
 
 #: A combination's totals: combination text (None without dimensions) -> (value, events).
 Totals = dict[str | None, tuple[Decimal, int]]
+#: A window asked for: (customer, meter, dimensions, start, end); dimensions sorted, () for none.
+Window = tuple[str, str, tuple[str, ...], datetime, datetime]
 #: (dimensions, start, end) of a window, for one (tenant, meter, customer); a base is (dimensions, start).
 _Window = tuple[tuple[str, ...], datetime, datetime]
 _Base = tuple[tuple[str, ...], datetime]
@@ -64,11 +66,12 @@ def _minute(t: datetime) -> datetime:
     return t.replace(second=0, microsecond=0)
 
 
-def _combination(dims: tuple[str, ...], row: Mapping[str, object]) -> str | None:
-    """The combination text rating uses (:func:`meter.pricing.charges.combination_expr`), None without dimensions."""
-    if not dims:
-        return None
-    return json.dumps({d: row[d] for d in dims}, ensure_ascii=False, separators=(",", ":"))
+def _combinations(dims: tuple[str, ...], columns: Mapping[str, list[object]]) -> list[str | None]:
+    """Each row's combination text, as rating writes it (:func:`meter.pricing.charges.combination_expr`)."""
+    return [
+        json.dumps(dict(zip(dims, values, strict=True)), ensure_ascii=False, separators=(",", ":"))
+        for values in zip(*(columns[d] for d in dims), strict=True)
+    ]
 
 
 class LiveUsage:
@@ -177,36 +180,47 @@ class LiveUsage:
         ``requests``: ``charge``, ``customer``, ``meter``, ``from``, ``to`` (UTC, whole minutes) and optionally
         ``dimensions``; ``aggregations``: meter slug -> aggregation. A charge without usage has no row.
         """
-        now = now or datetime.now(UTC)
-        horizon = self._latest(now)
-        dims_column = requests.get_column("dimensions") if "dimensions" in requests.columns else None
-        asked = []
+        dims_column = requests.get_column("dimensions").to_list() if "dimensions" in requests.columns else None
+        charges, windows = [], []
         for i, (charge, customer, meter, start, end) in enumerate(
             requests.select("charge", "customer", "meter", "from", "to").iter_rows()
         ):
             dims = tuple(sorted(dims_column[i] or [])) if dims_column is not None else ()
-            start, end = start.replace(tzinfo=UTC), end.replace(tzinfo=UTC)
-            split = aggregations.get(meter) in ADDITIVE and start < self.mark and end >= horizon
-            base_only = aggregations.get(meter) in ADDITIVE and end <= self.mark
-            asked.append((charge, customer, meter, dims, start, end, split, base_only))
-        self._fetch(tenant, asked, now)
+            charges.append(charge)
+            windows.append((customer, meter, dims, start.replace(tzinfo=UTC), end.replace(tzinfo=UTC)))
         rows: list[tuple[str, str | None, Decimal, int]] = []
-        for charge, customer, meter, dims, start, end, split, base_only in asked:
-            key = (tenant, meter, customer)
-            if split:
-                totals = _added(self._bases[key][(dims, start)], self._tails[key][dims])
-            elif base_only:
-                totals = self._closed[key][(dims, start, end)]
-            else:
-                totals = self._wholes[key][(dims, start, end)]
+        for charge, totals in zip(charges, self.totals(tenant, windows, aggregations, now), strict=True):
             rows += [(charge, combination, value, events) for combination, (value, events) in totals.items()]
         schema = {**QUANTITIES_SCHEMA, "charge": requests.schema["charge"]}
         return pl.DataFrame(rows, schema=list(schema.items()), orient="row")
 
+    def totals(
+        self, tenant: str, windows: Sequence[Window], aggregations: Mapping[str, str], now: datetime | None = None
+    ) -> list[Totals]:
+        """Each window's totals per combination (``aggregations``: meter slug -> aggregation)."""
+        now = now or datetime.now(UTC)
+        horizon = self._latest(now)
+        asked = []
+        for customer, meter, dims, start, end in windows:
+            split = aggregations.get(meter) in ADDITIVE and start < self.mark and end >= horizon
+            base_only = aggregations.get(meter) in ADDITIVE and end <= self.mark
+            asked.append((customer, meter, dims, start, end, split, base_only))
+        self._fetch(tenant, asked, now)
+        found = []
+        for customer, meter, dims, start, end, split, base_only in asked:
+            key = (tenant, meter, customer)
+            if split:
+                found.append(_added(self._bases[key][(dims, start)], self._tails[key][dims]))
+            elif base_only:
+                found.append(self._closed[key][(dims, start, end)])
+            else:
+                found.append(self._wholes[key][(dims, start, end)])
+        return found
+
     def _fetch(
         self,
         tenant: str,
-        asked: Iterable[tuple[str, str, str, tuple[str, ...], datetime, datetime, bool, bool]],
+        asked: Iterable[tuple[str, str, tuple[str, ...], datetime, datetime, bool, bool]],
         now: datetime,
     ) -> None:
         """Reads what the asked windows miss, one engine query per meter, dimensions and bounds."""
@@ -214,7 +228,7 @@ class LiveUsage:
         closed: dict[tuple[str, tuple[str, ...], datetime, datetime], set[str]] = defaultdict(set)
         tails: dict[tuple[str, tuple[str, ...]], set[str]] = defaultdict(set)
         wholes: dict[tuple[str, tuple[str, ...], datetime, datetime], set[str]] = defaultdict(set)
-        for _, customer, meter, dims, start, end, split, base_only in asked:
+        for customer, meter, dims, start, end, split, base_only in asked:
             key = (tenant, meter, customer)
             self._used[key] = now
             if split and (dims, start) not in self._bases[key]:
@@ -258,8 +272,12 @@ class LiveUsage:
                 subjects=names[first : first + _SUBJECTS_PER_QUERY],
                 group_by=["subject", *dims],
             )
-            for row in usage.rows():
-                found[row["subject"]][_combination(dims, row)] = (row["value"], row["events"])
+            columns = usage.table.select(["subject", "value", "events", *dims]).to_pydict()
+            combos = _combinations(dims, columns) if dims else [None] * len(columns["subject"])
+            for subject, combination, value, events in zip(
+                columns["subject"], combos, columns["value"], columns["events"], strict=True
+            ):
+                found[subject][combination] = (value, events)
         return found
 
 

@@ -45,6 +45,8 @@ DEFAULT_MINOR_UNITS = 2
 #: The scale of every rounded amount column, so that all currencies share one dtype, ``Decimal(38, 4)``.
 MAX_MINOR_UNITS = max(MINOR_UNITS.values())
 _MINOR_UNIT_VALUES = sorted({DEFAULT_MINOR_UNITS, *MINOR_UNITS.values()})
+#: Each minor unit as the quantum ``Decimal.quantize`` rounds to (made once: invoices round every line).
+_QUANTA = {digits: Decimal(1).scaleb(-digits) for digits in _MINOR_UNIT_VALUES}
 
 # Quantize needs room for every digit of a Decimal(38, s) value; the default context keeps only 28.
 _CONTEXT = Context(prec=80, rounding=ROUND_HALF_EVEN)
@@ -59,7 +61,7 @@ def round_to_minor_unit(amount: Decimal, currency: str) -> Decimal:
     """``amount`` rounded half to even to ``currency``'s minor unit: ``Decimal("0.125")`` in USD is ``0.12``."""
     if not amount.is_finite():
         raise InvalidInput(f"an amount must be a finite decimal; got {amount}", code="invalid_amount")
-    return amount.quantize(Decimal(1).scaleb(-minor_units(currency)), context=_CONTEXT)
+    return amount.quantize(_QUANTA[minor_units(currency)], context=_CONTEXT)
 
 
 def minor_units_expr(currency: pl.Expr) -> pl.Expr:

@@ -24,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -283,6 +284,9 @@ class MeterApp:
 
 def create_app() -> MeterApp:
     """Factory for granian: configuration comes from the environment `meter serve` sets."""
+    # The live state keeps a large heap of long-lived answers, which Python's collector would scan every 700
+    # allocations (a third of a refresh's time at 10,000 customers, measured): collect the young rarely instead.
+    gc.set_threshold(50_000, 20, 20)
     every = os.environ.get("METER_EXPORT_EVERY")
     export = (Path(os.environ["METER_EXPORT_DIR"]), float(every)) if every else None
     return MeterApp(
