@@ -7,11 +7,13 @@
 2. ``max``: wrk posts 1000-event batches closed-loop: the maximum ingest rate.
 3. ``paced``: the same, each connection waiting between its requests so as to offer about 70% of it, alone: the
    baseline of what ingest achieves at that pace.
-4. ``mixed``: the paced ingest again, plus a second wrk sending entitlement checks (GET .../entitlements/tokens of a
+4. Checks alone (no ingest): closed-loop (``checks_max``, 8 connections: the most the server answers) and paced at
+   about 10,000 per second (``checks_alone``): what the check path costs by itself.
+5. ``mixed``: the paced ingest again, plus a second wrk sending entitlement checks (GET .../entitlements/tokens of a
    random customer of the 10,000) paced at about 10,000 per second, plus the lag probe: a thread that ingests one
    event for customer ``probe`` every 50 ms and polls its entitlement until the usage shows it (acknowledgement to
    visible, at 2 ms resolution). Ingest lost = 1 - mixed / paced.
-5. In process, after the server stopped: one full refresh of the 10,000 customers, and the cost of one
+6. In process, after the server stopped: one full refresh of the 10,000 customers, and the cost of one
    ``Tracker.check`` (a dictionary lookup), from Python.
 
 Goals (the issue): check p99 <= 2 ms at 10,000/s, lag p99 <= 1 s, ingest lost <= 10%. Both wrk processes and the
@@ -210,14 +212,17 @@ def main() -> None:
                 "FEATURE": FEATURE,
                 "DELAY_MS": str(check_pause),
             }
+            check_script = HERE / "check_entitlements.lua"
+            print("checks alone, closed loop (the most the server answers) ...", flush=True)
+            checks_max = wrk(check_script, server.url, {**check_env, "DELAY_MS": "0"}, 8, args.seconds)
+            print("checks alone, paced ...", flush=True)
+            checks_alone = wrk(check_script, server.url, check_env, args.check_connections, args.seconds)
             print("paced ingest + checks + probe ...", flush=True)
             probe = Probe(server.url, key)
             results: dict[str, dict[str, Any]] = {}
 
             def checks() -> None:
-                results["checks"] = wrk(
-                    HERE / "check_entitlements.lua", server.url, check_env, args.check_connections, args.seconds
-                )
+                results["checks"] = wrk(check_script, server.url, check_env, args.check_connections, args.seconds)
 
             checker = threading.Thread(target=checks)
             probe.start()
@@ -237,7 +242,15 @@ def main() -> None:
     lags = sorted(probe.lags_ms)
     events = {name: round(r["requests_per_s"] * 1000) for name, r in (("max", top), ("paced", paced), ("mixed", mixed))}
     lost = 1 - events["mixed"] / events["paced"]
-    for name, r in (("max ingest", top), ("paced ingest", paced), ("mixed ingest", mixed), ("checks", checked)):
+    runs = (
+        ("max ingest", top),
+        ("paced ingest", paced),
+        ("mixed ingest", mixed),
+        ("checks max", checks_max),
+        ("checks alone", checks_alone),
+        ("checks", checked),
+    )
+    for name, r in runs:
         print(
             f"  {name:>13}: {r['requests_per_s']:>9} req/s  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  "
             f"errors {r['errors']}"
@@ -251,6 +264,8 @@ def main() -> None:
             "check_p99_ms": checked["p99_ms"],
             "checks_per_s": checked["requests_per_s"],
             "check_errors": checked["errors"],
+            "checks_alone": {k: checks_alone[k] for k in ("requests_per_s", "p50_ms", "p99_ms", "errors")},
+            "checks_max": {k: checks_max[k] for k in ("requests_per_s", "p50_ms", "p99_ms", "errors")},
             "lag_p50_ms": round(percentile(lags, 50), 1),
             "lag_p99_ms": round(percentile(lags, 99), 1),
             "lag_samples": len(lags),

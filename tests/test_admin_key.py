@@ -36,7 +36,9 @@ def test_admin_key_new_prints_a_wellformed_key() -> None:
     assert valid_checksum(key) and key != CliRunner().invoke(main, ["admin-key", "new"]).output.strip()
 
 
-@pytest.mark.parametrize("bad", ["my-admin-secret", "mk_live_" + "a" * 49, new_key()[:-1]])
+@pytest.mark.parametrize(
+    "bad", ["my-admin-secret", "mk_live_" + "a" * 49, new_key()[:-1]], ids=["free-text", "too-long", "bad-checksum"]
+)
 def test_a_malformed_admin_key_refuses_to_start(tmp_path: Path, bad: str) -> None:
     try:
         result = run(

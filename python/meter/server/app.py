@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -287,6 +288,9 @@ def create_app() -> MeterApp:
     # The live state keeps a large heap of long-lived answers, which Python's collector would scan every 700
     # allocations (a third of a refresh's time at 10,000 customers, measured): collect the young rarely instead.
     gc.set_threshold(50_000, 20, 20)
+    # Requests (a check is a dictionary lookup) wait for the GIL while the live state's thread computes: let them in
+    # after 0.5 ms rather than Python's default 5 ms, which a check would otherwise wait once or twice (its p50).
+    sys.setswitchinterval(0.0005)
     every = os.environ.get("METER_EXPORT_EVERY")
     export = (Path(os.environ["METER_EXPORT_DIR"]), float(every)) if every else None
     return MeterApp(
