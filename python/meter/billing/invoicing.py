@@ -167,10 +167,6 @@ class _Draft:
     tz: str
     charges: list[_Charge] = field(default_factory=list)
 
-    def arrears_contains(self, t: datetime) -> bool:
-        """Whether ``t`` is in the usage period the draft bills (the current cycle of an upcoming draft)."""
-        return self.arrears is not None and self.arrears.start <= t < self.arrears.end
-
 
 @dataclass
 class Priced:
@@ -388,16 +384,17 @@ class UpcomingDrafts:
 
     def __init__(self, snapshot: Snapshot, billed: Billed) -> None:
         self.snapshot, self.billed = snapshot, billed
-        self._drafts: dict[str, _Draft] = {}
+        #: subscription id -> (the cycle containing the time asked for, the draft of the cycle after it)
+        self._drafts: dict[str, tuple[cycles.Period, _Draft]] = {}
 
     def of(self, subs: Sequence[Subscription], as_of: datetime) -> list[_Draft]:
         drafts = []
         for sub in subs:
-            draft = self._drafts.get(sub.id)
-            if draft is None or not draft.arrears_contains(as_of):
-                [draft] = _upcoming_drafts(self.snapshot, [sub], as_of, self.billed)
-                self._drafts[sub.id] = draft
-            drafts.append(draft)
+            current = _current_cycle(self.snapshot, sub, as_of)
+            kept = self._drafts.get(sub.id)
+            if kept is None or kept[0] != current:
+                kept = self._drafts[sub.id] = (current, _next_draft(self.snapshot, sub, current, self.billed))
+            drafts.append(kept[1])
         return drafts
 
 
@@ -414,12 +411,15 @@ def upcoming_of(
 
 def _upcoming_drafts(snapshot: Snapshot, subs: Sequence[Subscription], as_of: datetime, billed: Billed) -> list[_Draft]:
     """Each subscription's next cycle's draft: its fees, and the usage of the cycle containing ``as_of``."""
-    drafts = []
-    for sub in subs:
-        tz = _tz(snapshot, sub)
-        current = cycles.cycle_containing(sub, tz, as_of)
-        drafts.append(_cycle_draft(snapshot, sub, cycles.cycle_containing(sub, tz, current.end), billed))
-    return drafts
+    return [_next_draft(snapshot, sub, _current_cycle(snapshot, sub, as_of), billed) for sub in subs]
+
+
+def _current_cycle(snapshot: Snapshot, sub: Subscription, as_of: datetime) -> cycles.Period:
+    return cycles.cycle_containing(sub, _tz(snapshot, sub), as_of)
+
+
+def _next_draft(snapshot: Snapshot, sub: Subscription, current: cycles.Period, billed: Billed) -> _Draft:
+    return _cycle_draft(snapshot, sub, cycles.cycle_containing(sub, _tz(snapshot, sub), current.end), billed)
 
 
 def bill_thresholds(
