@@ -1,10 +1,12 @@
--- wrk script for bench-entitlements: GET one customer's entitlement check per request, customers drawn uniformly
--- from $CUSTOMERS ("cust-00000" .. ), paced: each connection waits $DELAY_MS between its requests.
+-- wrk script for bench-entitlements: one customer's entitlement check per request (GET), or, with $BATCH set, the
+-- batch form a gateway uses (POST /v1/entitlements/check with $BATCH checks); customers drawn uniformly from
+-- $CUSTOMERS ("cust-00000" .. ), paced: each connection waits $DELAY_MS between its requests.
 function init(args)
   customers = tonumber(os.getenv("CUSTOMERS"))
   feature = os.getenv("FEATURE")
   pause = tonumber(os.getenv("DELAY_MS"))
-  headers = { ["Authorization"] = "Bearer " .. os.getenv("METER_KEY") }
+  batch = tonumber(os.getenv("BATCH") or "0")
+  headers = { ["Authorization"] = "Bearer " .. os.getenv("METER_KEY"), ["Content-Type"] = "application/json" }
   math.randomseed(os.time() + (id or 0))
 end
 
@@ -12,9 +14,19 @@ function delay()
   return pause
 end
 
+function customer()
+  return string.format("cust-%05d", math.random(0, customers - 1))
+end
+
 function request()
-  local path = string.format("/v1/customers/cust-%05d/entitlements/%s", math.random(0, customers - 1), feature)
-  return wrk.format("GET", path, headers)
+  if batch > 0 then
+    local checks = {}
+    for i = 1, batch do
+      checks[i] = string.format('{"customer":"%s","feature":"%s"}', customer(), feature)
+    end
+    return wrk.format("POST", "/v1/entitlements/check", headers, '{"checks":[' .. table.concat(checks, ",") .. ']}')
+  end
+  return wrk.format("GET", string.format("/v1/customers/%s/entitlements/%s", customer(), feature), headers)
 end
 
 function response(status, headers, body)
