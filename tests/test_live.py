@@ -209,3 +209,29 @@ def test_a_unit_grant_must_name_a_metered_feature(world: World) -> None:
         world.catalog.put_subscription(
             TENANT, Subscription(id="s1", customer="c1", plan="pro", version=1, start=CYCLE_START, unit_grants=[grant])
         )
+
+
+def test_a_unit_grant_that_starts_later_turns_access_on_when_it_starts(world: World) -> None:
+    """No event and no catalog write between: the grant's start alone makes the state be computed again."""
+    allowance = Entitlement(feature="tokens", kind="metered", meter="tokens", limit=Decimal(1000), reset="month")
+    world.catalog.create_plan(
+        TENANT, "units", "Units", [PlanVersionBody(effective_from=CYCLE_START, prices=[])], entitlements=[allowance]
+    )
+    world.catalog.put_customer(TENANT, Customer(id="c2", name="C2", currency="USD"))
+    later = NOW + timedelta(hours=1)
+    grant = UnitGrant(id="later", feature="tokens", amount=Decimal(500), start=later, end=later + timedelta(days=30))
+    world.catalog.put_subscription(
+        TENANT, Subscription(id="s2", customer="c2", plan="units", version=1, start=CYCLE_START, unit_grants=[grant])
+    )
+    world.tokens("c2", 1000)
+    world.tracker.refresh()
+    access = world.tracker.check(TENANT, "c2", "tokens")
+    assert access is not None
+    assert (access.has_access, access.reason, access.remaining) == (False, "limit_reached", Decimal(0))
+
+    world.clock = later + timedelta(minutes=1)
+    world.tracker.refresh()
+    access = world.tracker.check(TENANT, "c2", "tokens")
+    assert access is not None
+    assert (access.has_access, access.remaining) == (True, Decimal(500)), access
+    assert [(g.grant, g.remaining) for g in access.grants] == [("later", Decimal(500))]

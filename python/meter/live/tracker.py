@@ -85,6 +85,8 @@ class _Live:
 
     standing: Standing
     balance: Balance
+    #: When the state must be computed again though nothing changed (:func:`_wake`).
+    wake: datetime = _NEVER
 
 
 class Tracker:
@@ -201,7 +203,7 @@ class Tracker:
                     done += self._refresh(tenant, state, ordered[first : first + CHUNK], changed.as_of, now)
                     time.sleep(0)  # lets the requests' thread in between chunks: checks wait for no whole refresh
                 if now >= self._next_end.get(tenant, _NEVER):  # a period ended: the next end, over every state
-                    ends = [_ends(live) for (t, _), live in self._live.items() if t == tenant]
+                    ends = [live.wake for (t, _), live in self._live.items() if t == tenant]
                     self._next_end[tenant] = min(ends, default=_NEVER)
             self.refreshes += 1
             return done
@@ -215,7 +217,7 @@ class Tracker:
             return set()
         found = set()
         for (t, customer), live in self._live.items():
-            if t == tenant and _ends(live) <= now:
+            if t == tenant and live.wake <= now:
                 found.add(customer)
         return found
 
@@ -297,7 +299,7 @@ class Tracker:
             )
             before = self._live.get((tenant, customer))
             self._live[(tenant, customer)] = live
-            self._next_end[tenant] = min(self._next_end.get(tenant, _NEVER), _ends(live))
+            self._next_end[tenant] = min(self._next_end.get(tenant, _NEVER), live.wake)
             done += 1
             if self.on_refresh is not None:
                 try:
@@ -476,7 +478,7 @@ class Tracker:
             grants=grants,
             consumed=consumed,
         )
-        return _Live(standing, balance)
+        return _Live(standing, balance, _wake(standing, balance, subs))
 
 
 def _past_periods(ent: Entitlement, sub: Subscription, tz: str, now: datetime) -> list[tuple[datetime, datetime]]:
@@ -530,16 +532,16 @@ def _unit_grants(
     return balances, over
 
 
-def _ends(live: _Live) -> datetime:
+def _wake(standing: Standing, balance: Balance, subs: Iterable[Subscription]) -> datetime:
     """When the state must be computed again though nothing changed.
 
-    The next reset (the period's, an entitlement's), or the next time a grant comes into force or expires: the balance
-    counts the grants in force, and a balance alert must see it fall when one expires.
+    The next reset (the period's, an entitlement's), or the next time a grant of money or of units comes into force or
+    expires: the balance and the allowances count the grants in force, and an alert must see a balance fall when one
+    expires (or access come back when a grant of units starts).
     """
-    standing = live.standing
     ends = [standing.period_end, *(a.resets_at for a in standing.entitlements.values())]
-    ends += [t for g in live.balance.grants for t in (g.start, g.end) if t > standing.as_of]
-    ends += [g.end for access in standing.entitlements.values() for g in access.grants]
+    spans = [(g.start, g.end) for g in balance.grants] + [(g.start, g.end) for s in subs for g in s.unit_grants]
+    ends += [t for span in spans for t in span if t > standing.as_of]
     return min((end for end in ends if end is not None), default=_NEVER)
 
 
