@@ -20,7 +20,6 @@ included.
 
 from __future__ import annotations
 
-import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,10 +27,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from pathlib import Path
 from tempfile import TemporaryDirectory
-from typing import cast
 
 import msgspec
-import pyarrow as pa
 import pytest
 from conftest import body, event
 from hypothesis import HealthCheck, settings
@@ -48,7 +45,6 @@ from meter.engine import Engine
 from meter.live import alerts
 from meter.live.alerts import Alert, AlertBook
 from meter.live.tracker import Tracker
-from meter.live.usage import LiveUsage
 
 TENANT = "acme"
 CUSTOMERS = ("c1", "c2", "c3")
@@ -181,34 +177,6 @@ class Model:
                 account.grants[grant_id].invoiced += take
 
 
-class Settled:
-    """The engine as the live usage sees it, with a drain that waits for the events this test had acknowledged.
-
-    The engine's change feed records an event when a fold thread folds its commit, a little after ``ingest`` returned
-    (its documented guarantee: in the drain that follows, *or a later one*); the tracker's thread drains every 0.2 s,
-    so it names the customer at a later refresh. A test comparing after one refresh waits for the fold instead.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        #: Events acknowledged and not drained yet (the events replayed at an open are not reported: not counted).
-        self.owed = 0
-
-    def changes(self) -> tuple[pa.Table, bool]:
-        tables, deadline = [], time.monotonic() + 10
-        while True:
-            table, overflowed = self.engine.changes()
-            tables.append(table)
-            for events in table.column("events").to_pylist():
-                self.owed -= events or 0
-            if overflowed or self.owed <= 0 or time.monotonic() > deadline:
-                return pa.concat_tables(tables), overflowed
-            time.sleep(0.001)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.engine, name)
-
-
 class LiveModelMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
@@ -251,11 +219,7 @@ class LiveModelMachine(RuleBasedStateMachine):
         self.store = InvoiceStore(self.root / "invoices")
         self.out = self.root / "export"
         self.invoicer = Invoicer(self.engine, self.catalog, self.store, self.out)
-        self.settled = Settled(self.engine)
-        usage = LiveUsage(cast(Engine, self.settled), max_future=self.engine.max_future, now=self.clock)
-        self.tracker = Tracker(
-            self.engine, self.catalog, self.store, self.out, lambda: [TENANT], clock=self.now, usage=usage
-        )
+        self.tracker = Tracker(self.engine, self.catalog, self.store, self.out, lambda: [TENANT], clock=self.now)
         self.tracker.on_refresh = alerts.on_refresh(AlertBook(self.catalog, self.engine), self.store)
 
     def close(self) -> None:
@@ -285,7 +249,6 @@ class LiveModelMachine(RuleBasedStateMachine):
             TENANT, body(event(f"e{self.n}", customer, type="request", time=at, tokens=tokens)), now=self.clock
         )
         assert result.accepted == 1, result
-        self.settled.owed += 1
         self.model.accounts[customer].events.append((at, Decimal(tokens)))
         self.step()
 
