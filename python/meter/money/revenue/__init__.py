@@ -1,0 +1,7 @@
+"""Revenue recognition (issue 16): when what was billed is earned, month by month, from the ledger.
+
+- :mod:`~meter.money.revenue.schedule`: the ratable rule, how an amount billed for a service period is earned by day
+  in the tenant's reporting time zone (each month rounded half to even, the last month taking the remainder).
+
+This ``__init__`` imports nothing.
+"""
