@@ -35,7 +35,7 @@ import polars as pl
 from meter.billing.usage import QUANTITIES_SCHEMA
 from meter.engine import Engine
 
-__all__ = ["ADDITIVE", "Changed", "LiveUsage", "Totals", "Window"]
+__all__ = ["ADDITIVE", "Changed", "LiveUsage", "Totals", "UsageWindow"]
 
 #: The aggregations whose totals add up across time, so a window is its base plus the tail.
 ADDITIVE = frozenset({"sum", "count"})
@@ -45,7 +45,7 @@ _SUBJECTS_PER_QUERY = 10_000  # the engine's limit
 #: A combination's totals: combination text (None without dimensions) -> (value, events).
 Totals = dict[str | None, tuple[Decimal, int]]
 #: A window asked for: (customer, meter, dimensions, start, end); dimensions sorted, () for none.
-Window = tuple[str, str, tuple[str, ...], datetime, datetime]
+UsageWindow = tuple[str, str, tuple[str, ...], datetime, datetime]
 #: (dimensions, start, end) of a window, for one (tenant, meter, customer); a base is (dimensions, start).
 _Window = tuple[tuple[str, ...], datetime, datetime]
 _Base = tuple[tuple[str, ...], datetime]
@@ -195,7 +195,7 @@ class LiveUsage:
         return pl.DataFrame(rows, schema=list(schema.items()), orient="row")
 
     def totals(
-        self, tenant: str, windows: Sequence[Window], aggregations: Mapping[str, str], now: datetime | None = None
+        self, tenant: str, windows: Sequence[UsageWindow], aggregations: Mapping[str, str], now: datetime | None = None
     ) -> list[Totals]:
         """Each window's totals per combination (``aggregations``: meter slug -> aggregation)."""
         now = now or datetime.now(UTC)
