@@ -111,6 +111,7 @@ def settle(url: str, key: str) -> float:
     probe = Probe(url, key)
     started = time.monotonic()
     probe.once()
+    probe.http.close()
     return time.monotonic() - started
 
 

@@ -260,9 +260,9 @@ class Tracker:
                     changed.add(entry.customer)
             state.billed = Billed.of(self.store, tenant)
             state.posted = posted
-            state.drafts = None
-        assert state.snapshot is not None
-        if state.drafts is None or state.drafts.snapshot is not state.snapshot:
+        assert state.snapshot is not None and state.billed is not None
+        drafts = state.drafts
+        if drafts is None or drafts.snapshot is not state.snapshot or drafts.billed is not state.billed:
             state.drafts = UpcomingDrafts(state.snapshot, state.billed)
         return state, None if first else changed
 
