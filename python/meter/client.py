@@ -508,6 +508,18 @@ class Client:
         settings: JSONObject = self._call("GET", "/v1/tax-settings")
         return settings
 
+    # Revenue recognition and its reports (a tenant key; settings need an admin one)
+
+    def put_revenue_settings(self, settings: msgspec.Struct | Mapping[str, Any]) -> JSONObject:
+        """``PUT /v1/revenue/settings``: the reporting ``timezone``, ``breakage``, GL ``accounts``; the settings."""
+        stored: JSONObject = self._call("PUT", "/v1/revenue/settings", settings)
+        return stored
+
+    def get_revenue_settings(self) -> JSONObject:
+        """``GET /v1/revenue/settings`` (the defaults until they are set)."""
+        settings: JSONObject = self._call("GET", "/v1/revenue/settings")
+        return settings
+
     # Invoices (a tenant key)
 
     def run_invoices(self, period: str, finalize: bool = False) -> JSONObject:

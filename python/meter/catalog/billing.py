@@ -34,6 +34,8 @@ from meter.catalog.entitlements import (
 )
 from meter.catalog.kv import Store, scan
 from meter.catalog.prices import Price, validate_price
+from meter.catalog.revenue import DEFAULT as REVENUE_DEFAULT
+from meter.catalog.revenue import RevenueSettings
 from meter.catalog.tax import Exemption, TaxId, TaxRate, TaxSettings, check_country, check_rate
 from meter.catalog.types import Amount, Checked, Currency, Id, Percent, Slug, Text, Time, invalid, trusted
 from meter.exceptions import AlreadyExists, Conflict, InUse, InvalidInput, NotFound
@@ -816,3 +818,16 @@ class BillingCatalog(Store):
         if not self._exists("tax_settings", tenant, "seller"):
             return None
         return self._get("tax_settings", tenant, "seller", TaxSettings)
+
+    # Revenue recognition's settings (meter.catalog.revenue)
+
+    def put_revenue_settings(self, tenant: str, settings: RevenueSettings) -> RevenueSettings:
+        with self._lock:
+            self._put("revenue_settings", tenant, "tenant", settings, new=False)
+        return settings
+
+    def get_revenue_settings(self, tenant: str) -> RevenueSettings:
+        """The tenant's revenue settings; the defaults (UTC, breakage at expiry) until they are set."""
+        if not self._exists("revenue_settings", tenant, "tenant"):
+            return REVENUE_DEFAULT
+        return self._get("revenue_settings", tenant, "tenant", RevenueSettings)

@@ -12,6 +12,7 @@ Layout (each module holds its commands, registered on ``main`` here; none import
 - ``tax``: ``meter tax`` (tax rates, the seller's tax settings);
 - ``ledger``: ``meter ledger`` (journal entries, trial balance, customers' balances, CSV export);
 - ``live``: ``meter balance`` and ``meter entitlements`` (a customer's live credit balance and access);
+- ``revenue``: ``meter revenue`` (the month-end close, revenue reports, the GL export);
 - ``payments``: ``meter payments`` (manual payments, refunds, collection attempts, dunning, Stripe settings);
 - ``export``: ``meter export`` (Parquet, from a data directory with no server running);
 - ``admin``: ``meter admin-key`` and ``meter maintain`` (a data directory's operator keys, retention, roll-ups);
@@ -42,6 +43,7 @@ from meter.cli import (
     live,
     meters,
     payments,
+    revenue,
     serve,
     tax,
     tenants,
@@ -79,6 +81,7 @@ for _command in (
     live.balance,
     live.entitlements,
     payments.payments,
+    revenue.revenue,
     export.export,
     demo.demo,
 ):

@@ -19,7 +19,8 @@ account                normally   holds
 accounts_receivable    debit      what customers owe on open invoices
 cash                   debit      manual payments received (bank transfer, check...)
 payments_clearing      debit      payments collected by a provider (Stripe) and not yet paid out
-revenue                credit     earned revenue: usage in arrears, shortfalls; discounts reduce it
+unbilled_revenue       debit      usage consumed (earned) and not yet invoiced; an invoice moves it to receivables
+revenue                credit     earned (recognized) revenue; discounts and credit notes reduce it
 deferred_revenue       credit     billed but not yet earned: fees in advance, prepaid commits
 tax_payable            credit     tax collected for the authorities
 customer_credit        credit     customers' credit balances (overpayments, credit notes past what was owed)
@@ -65,6 +66,7 @@ Account = Literal[
     "accounts_receivable",
     "cash",
     "payments_clearing",
+    "unbilled_revenue",
     "revenue",
     "deferred_revenue",
     "tax_payable",
@@ -75,7 +77,7 @@ Account = Literal[
 ACCOUNTS: tuple[Account, ...] = get_args(Account)
 #: Accounts whose balance is normally a debit (assets, expenses, contra-revenue); the others are normally credits.
 NORMAL_DEBIT: frozenset[Account] = frozenset(
-    {"accounts_receivable", "cash", "payments_clearing", "refunds", "bad_debt"}
+    {"accounts_receivable", "cash", "payments_clearing", "unbilled_revenue", "refunds", "bad_debt"}
 )
 #: Accounts kept per customer (the others are the tenant's, per currency).
 PER_CUSTOMER: frozenset[Account] = frozenset({"accounts_receivable", "customer_credit"})

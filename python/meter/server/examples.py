@@ -86,6 +86,7 @@ EXAMPLES: dict[str, Any] = {
     },
     "TaxEnd": {"at": "2027-01-01T00:00:00Z"},
     "TaxSettings": {"country": "DE", "provider": "catalog"},
+    "RevenueSettings": {"timezone": "America/New_York", "breakage": "at_expiry", "accounts": {"revenue": "4010"}},
     "TenantBody": {"id": "acme", "name": "Acme Inc."},
     "KeyBody": {"tenant": "acme", "scopes": ["ingest", "read"]},
     "TenantKeyBody": {"scopes": ["ingest"]},
