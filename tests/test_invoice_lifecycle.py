@@ -456,10 +456,11 @@ def test_void_is_a_synced_write(desk: Desk, monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr(Change, "batch", spy)
     desk.invoicer.void("acme", final.id)
-    # One synced batch, like finalize: the invoice, its reversing journal entry and the invoice.voided event.
+    # One synced batch, like finalize: the invoice, its reversing journal entry, the invoice.voided event, and the
+    # mark that revenue recognition must look at the invoice again.
     journal = {"journal/acme", "journal_id/acme", f"journal_invoice/acme/{final.id}", "journal_customer/acme/c1"}
     totals = {"ledger_total/acme/c1/EUR", "ledger_total/acme//EUR"}  # the customer's accounts, the tenant's
-    assert writes == [{"invoice/acme", "outbox/acme", *journal, *totals}]
+    assert writes == [{"invoice/acme", "outbox/acme", "revenue_due/acme", *journal, *totals}]
 
 
 @pytest.mark.parametrize("period", ["1970-01", "9998-12"])

@@ -1,8 +1,9 @@
 """The ledger dataset: the journal written as Parquet reads back line for line, and the CSV says the same.
 
-Worked by hand: inv-1 (30.00 EUR, usage: revenue) and inv-2 (12.50 EUR) for c1 are finalized; 5.00 is credited on
-inv-1 (a credit note: revenue back, receivable down); inv-1 is paid 25.00 by hand (cash); inv-2 is voided (its
-finalization reversed). Five entries, ten lines; the receivable ends at 0.00 and revenue at 25.00.
+Worked by hand: inv-1 (30.00 EUR of usage) and inv-2 (12.50 EUR) for c1 are finalized (usage: out of unbilled revenue,
+into the receivable); 5.00 is credited on inv-1 (a credit note: revenue back, receivable down); inv-1 is paid 25.00 by
+hand (cash); inv-2 is voided (its finalization reversed). Five entries, ten lines; the receivable ends at 0.00, revenue
+at -5.00 and unbilled revenue at -30.00 (no close has recognized the usage yet).
 """
 
 from __future__ import annotations
@@ -116,8 +117,9 @@ def test_the_journal_reads_back_line_for_line(store: InvoiceStore, tmp_path: Pat
     ]
     assert sum(r["debit"] for r in rows) == sum(r["credit"] for r in rows) == Decimal("85.00")
     revenue = sum(r["credit"] - r["debit"] for r in rows if r["account"] == "revenue")
+    unbilled = sum(r["debit"] - r["credit"] for r in rows if r["account"] == "unbilled_revenue")
     receivable = sum(r["debit"] - r["credit"] for r in rows if r["account"] == "accounts_receivable")
-    assert (revenue, receivable) == (Decimal("25.00"), Decimal("0.00"))
+    assert (revenue, unbilled, receivable) == (Decimal("-5.00"), Decimal("-30.00"), Decimal("0.00"))
     assert layout.ledger_file(out, "acme") == out / "ledger" / "tenant=acme" / "journal_lines.parquet"
 
 

@@ -12,8 +12,9 @@ Worked by hand (New York sales tax, 8.875 % exclusive, each line taxed and round
 - subtotal 49.00, tax 4.35 (the sum of the lines' taxes; taxing the subtotal happens to give the same here:
   4.34875 -> 4.35), total 53.35, sent to
   Stripe as ``amount=5335`` in cents with the key ``meter-acme-<invoice>-1``;
-- the ledger: payments clearing 53.35 debit; deferred revenue 29.00 (billed before next month is served), revenue
-  20.00, tax payable 4.35 credit; the customer owes nothing.
+- the ledger: payments clearing 53.35 debit; deferred revenue 29.00 (billed before next month is served), unbilled
+  revenue 20.00 credit (the usage invoiced before a month-end close recognized it as revenue), tax payable 4.35
+  credit; the customer owes nothing.
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def test_usage_to_a_taxed_invoice_paid_through_stripe_with_its_ledger_and_webhoo
         assert {(a["account"], a["balance"]) for a in trial["accounts"] if Decimal(a["balance"])} == {
             ("payments_clearing", "53.35"),
             ("deferred_revenue", "29.00"),
-            ("revenue", "20.00"),
+            ("unbilled_revenue", "-20.00"),
             ("tax_payable", "4.35"),
         }
         kinds = [e["kind"] for e in ok(c.get("/v1/ledger/entries", params={"invoice": draft["id"]}))["data"]]

@@ -213,6 +213,8 @@ def sample(op: dict[str, Any], path: str) -> tuple[str, dict[str, str], bytes]:
     for p in op.get("parameters", []):
         if p["in"] == "path":
             path = path.replace(f"{{{p['name']}}}", p.get("example", "nothing"))
+        elif p["in"] == "query" and p["required"] and p["schema"].get("format") == "date":
+            query[p["name"]] = "2026-11-01"
         elif p["in"] == "query" and p["required"]:
             query[p["name"]] = "2026-11-01T00:00:00Z" if p["name"] == "from" else "2026-11-02T00:00:00Z"
     content = op.get("requestBody", {}).get("content", {}).get("application/json", {})

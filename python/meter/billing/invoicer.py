@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from meter.lake.invoices import export_invoices
 from meter.lake.layout import invoices_root
 from meter.lake.ledger import export_ledger
 from meter.lake.usage import export_usage
+from meter.money.revenue.recognize import Close, CloseStep, recognize
 from meter.money.tax import Taxes, credit_note_tax
 from meter.pricing.steps import step
 
@@ -166,6 +167,23 @@ class Invoicer:
             warnings = self._export_invoices(tenant) if priced.invoices else []
         self._collected(tenant, priced.invoices)
         return InvoiceRun(period=f"{as_of:%Y-%m}", invoices=priced.invoices, errors=priced.errors, warnings=warnings)
+
+    def recognize(
+        self,
+        tenant: str,
+        through: date,
+        now: datetime | None = None,
+        progress: Callable[[CloseStep], None] | None = None,
+    ) -> Close:
+        """The month-end close: revenue recognized through the end of ``through`` (:mod:`meter.money.revenue`)."""
+        products: dict[str, str] = {}
+        for product in sorted(self.catalog.list_products(tenant), key=lambda p: p.id):
+            for meter in product.meters:
+                products.setdefault(meter, product.id)
+        settings = self.catalog.get_revenue_settings(tenant)
+        with self.lock:
+            snapshot = self._snapshot(tenant)
+            return recognize(self.store, snapshot, self.out, settings, through, products, now, progress)
 
     def finalize(self, tenant: str, invoice_id: str) -> tuple[Invoice, list[RunWarning]]:
         prepare, draft = self.prepare(tenant), self.store.get(tenant, invoice_id)

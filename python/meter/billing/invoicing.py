@@ -88,9 +88,11 @@ from meter.pricing.schema import CHARGES_SCHEMA
 from meter.pricing.steps import step
 
 __all__ = [
+    "Consumed",
     "Priced",
     "Quantities",
     "bill_thresholds",
+    "consumption",
     "invoice_period",
     "parse_month",
     "upcoming_invoices",
@@ -407,6 +409,59 @@ def upcoming_of(
     paid is what the invoice will draw from it; a subscription that cannot be rated is in ``errors``.
     """
     return _price_apart(drafts.snapshot, out, drafts.of(subs, as_of), drafts.billed, quantities)
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """What one usage key rates at for the usage up to an instant: the service given, for revenue recognition."""
+
+    sub: Subscription
+    #: The key's usage line, rated against nothing billed: its ``amount`` is what the key rates at (rounded half to
+    #: even to the minor unit, as every line), its ``key`` names subscription, price, version and cycle.
+    line: InvoiceLine
+    currency: str
+
+
+def consumption(
+    snapshot: Snapshot,
+    out: Path,
+    start: datetime,
+    end: datetime,
+    ended: frozenset[tuple[str, datetime]] = frozenset(),
+    skip: Callable[[str, datetime], bool] | None = None,
+) -> tuple[list[Consumed], list[RunError]]:
+    """The usage keys of every cycle that overlaps ``[start, end)``, each rated for its usage before ``end``.
+
+    And of the cycles in ``ended`` (``(subscription, cycle start)``: cycles billed again since, for late usage),
+    rated whole; but not the cycles ``skip`` names. What a key rates at does not depend on what was billed: it is
+    the usage consumed, priced. A subscription that cannot be rated is in the errors (the others are rated).
+    """
+    drafts, subs = [], {}
+    again: dict[str, list[datetime]] = defaultdict(list)
+    for sid, at in ended:
+        again[sid].append(at)
+    for sub in snapshot.subscriptions:
+        live = (sub.end is None or sub.end > start) and sub.start < end
+        if not live and sub.id not in again:
+            continue
+        subs[sub.id] = sub
+        tz = _tz(snapshot, sub)
+        first = cycles.cycle_containing(sub, tz, max(start, sub.start)).start
+        periods = cycles.cycles_between(sub, tz, first, end) if live else []
+        periods += [cycles.cycle_containing(sub, tz, at) for at in again.get(sub.id, []) if at < first]
+        for period in periods:
+            if skip is not None and skip(sub.id, period.start):
+                continue
+            charges = [c for c in _arrears(snapshot, sub, tz, period, min(end, period.end)) if c.price.meter]
+            charges = [c for c in charges if c.start < c.measured_to]
+            if charges:
+                drafts.append(_Draft(f"{sub.id}-{period.start:%Y%m%d}", sub, "cycle", period, period, end, tz, charges))
+    priced = _price_apart(snapshot, out, drafts, Billed())
+    found = []
+    for invoice in priced.invoices:
+        sub = subs[invoice.subscription]
+        found += [Consumed(sub, line, invoice.currency) for line in invoice.lines if line.kind == "usage"]
+    return found, priced.errors
 
 
 def _upcoming_drafts(snapshot: Snapshot, subs: Sequence[Subscription], as_of: datetime, billed: Billed) -> list[_Draft]:

@@ -14,6 +14,8 @@ prefix scan):
                                          ``journal_invoice/``, ``journal_customer/`` index them by cause,
                                          invoice and customer)
 ``outbox/<tenant>/<seq:012d>``           a :class:`~meter.money.events.Event` to deliver
+``revenue_due/<tenant>/<invoice>``       an invoice finalized, voided or credited since revenue recognition last
+                                         ran (written by the entry that changed it; recognition deletes it)
 ``ledger_total/<tenant>/<customer>/``   an account's running debits and credits, per currency: ``<cur>/<account>``
                                          (``<customer>`` empty for the tenant's own accounts)
 ``meta/schema``                          the layout's version (2: statuses ``open``/``paid``..., the ledger)
@@ -70,6 +72,8 @@ __all__ = ["AlreadyPosted", "Change", "InvoiceStore", "StoredInvoices", "invoice
 #: What a change to an invoice may prepare before it is finalized (tax it, set its collection), inside the lock.
 Prepare = Callable[[Invoice], Invoice]
 _SCHEMA = b"2"
+#: The entries that change what an invoice earns: recognition (:mod:`meter.money.revenue`) looks at it again.
+REVENUE_CHANGES = frozenset({"invoice_finalized", "invoice_voided", "credit_note"})
 _ZERO = Decimal(0)
 
 
@@ -203,6 +207,8 @@ class Change:
         for index, of in (("invoice", entry.invoice), ("customer", entry.customer)):
             if of is not None:
                 self.put(f"journal_{index}/{self.tenant}/{of}/{entry.seq:012d}", b"")
+        if entry.invoice is not None and entry.kind in REVENUE_CHANGES:
+            self.put(f"revenue_due/{self.tenant}/{entry.invoice}", b"")
         for line in entry.lines:
             key = _total_key(self.tenant, line.customer, entry.currency, line.account)
             debit, credit = _total(self.get(key))
@@ -344,6 +350,10 @@ class InvoiceStore(Store):
 
     def credit_notes(self, tenant: str) -> builtins.list[CreditNote]:
         return builtins.list(scan(self._db, f"credit_note/{tenant}/".encode(), CreditNote))
+
+    def prepaid_grants(self, tenant: str, subscription: str) -> frozenset[str]:
+        """The grants of the prepaid commits the subscription's billed invoices bought (what its credit lines drew)."""
+        return _prepaid_grants(i for i in self.of_subscription(tenant, subscription) if i.status in BILLED)
 
     def journal(self, tenant: str, after: int = 0) -> Iterator[JournalEntry]:
         """The tenant's journal entries in the order they were posted, from sequence number ``after + 1``."""

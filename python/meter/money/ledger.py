@@ -20,7 +20,8 @@ accounts_receivable    debit      what customers owe on open invoices
 cash                   debit      manual payments received (bank transfer, check...)
 payments_clearing      debit      payments collected by a provider (Stripe) and not yet paid out
 unbilled_revenue       debit      usage consumed (earned) and not yet invoiced; an invoice moves it to receivables
-revenue                credit     earned (recognized) revenue; discounts and credit notes reduce it
+revenue                credit     earned revenue, posted by recognition (:mod:`meter.money.revenue`); credit notes
+                                  and promotional credits reduce it
 deferred_revenue       credit     billed but not yet earned: fees in advance, prepaid commits
 tax_payable            credit     tax collected for the authorities
 customer_credit        credit     customers' credit balances (overpayments, credit notes past what was owed)
@@ -33,13 +34,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Literal, get_args
 
 import msgspec
 
-from meter.billing.invoices import CreditNote, Invoice
+from meter.billing.invoices import CreditNote, Invoice, InvoiceLine
 
 __all__ = [
     "ACCOUNTS",
@@ -48,8 +49,10 @@ __all__ = [
     "Account",
     "AccountBalance",
     "EntryKind",
+    "FINALIZED_TO",
     "JournalEntry",
     "JournalLine",
+    "Treatment",
     "Unbalanced",
     "balances",
     "credit_applied",
@@ -59,6 +62,8 @@ __all__ = [
     "net_line_amounts",
     "payment_received",
     "payment_refunded",
+    "revenue_recognized",
+    "treatment",
     "written_off",
 ]
 
@@ -91,7 +96,11 @@ EntryKind = Literal[
     "payment",
     "refund",
     "write_off",
+    "revenue_recognized",
+    "breakage",
 ]
+#: How a finalized line reaches revenue (see :func:`treatment`).
+Treatment = Literal["ratable", "usage", "commit", "drawdown", "immediate"]
 
 _ZERO = Decimal(0)
 
@@ -122,6 +131,9 @@ class JournalEntry(msgspec.Struct, omit_defaults=True):
     credit_note: str | None = None
     payment: str | None = None
     memo: str | None = None
+    #: The accounting date, when it is not the day of ``created_at``: the last day a recognition entry covers, in
+    #: the tenant's reporting time zone (a close of November posted on 3 December is November's).
+    effective: date | None = None
     seq: int = 0
 
 
@@ -197,13 +209,42 @@ def net_line_amounts(invoice: Invoice) -> list[Decimal]:
     return net
 
 
-def invoice_finalized(invoice: Invoice, prepaid_grants: frozenset[str]) -> JournalEntry:
-    """Receivable for the total (credit balance for a negative one); tax payable; revenue, or deferred revenue.
+def treatment(line: InvoiceLine, prepaid_grants: frozenset[str]) -> Treatment:
+    """How a finalized line reaches revenue (ASC 606 / IFRS 15; :mod:`meter.money.revenue` recognizes it).
 
-    Fees in advance and prepaid commits are deferred revenue (recognized over their service period later); usage and
-    shortfalls are revenue; discounts reduce revenue; a ``credit`` line draws down a prepaid commit's deferred
-    revenue when its grant is in ``prepaid_grants`` (the ``<subscription>|<grant>`` texts of commits bought), and is a
-    promotional credit (reducing revenue) otherwise.
+    - ``usage``: usage billed in arrears (a usage line, or an adjustment of one: a line with a meter) was earned
+      as it was consumed, and recognized then as unbilled revenue; the invoice moves it to the receivable.
+    - ``commit``: a prepaid commit bought is deferred revenue until usage draws it down or it expires (breakage).
+    - ``drawdown``: a ``credit`` line drawing on a prepaid commit (its grant in ``prepaid_grants``) moves deferred
+      revenue to the receivable: the usage it pays was recognized as usage.
+    - ``immediate``: a promotional credit drawn reduces revenue when its invoice is finalized.
+    - ``ratable``: everything else (fees in advance or in arrears, their adjustments, shortfalls, discounts) is
+      deferred revenue, recognized by day over the line's own service period.
+    """
+    if line.kind == "commit":
+        return "commit"
+    if line.kind == "credit":
+        return "drawdown" if line.grant in prepaid_grants else "immediate"
+    if line.kind == "usage" or (line.kind == "adjustment" and line.meter is not None):
+        return "usage"
+    return "ratable"
+
+
+#: The account a line of each treatment is credited to (debited, for a negative amount) when its invoice is finalized.
+FINALIZED_TO: dict[Treatment, Account] = {
+    "ratable": "deferred_revenue",
+    "commit": "deferred_revenue",
+    "drawdown": "deferred_revenue",
+    "usage": "unbilled_revenue",
+    "immediate": "revenue",
+}
+
+
+def invoice_finalized(invoice: Invoice, prepaid_grants: frozenset[str]) -> JournalEntry:
+    """Receivable for the total (credit balance for a negative one); tax payable; each line as :func:`treatment` says.
+
+    Nothing but a promotional credit reaches revenue here: fees are deferred, usage was earned (unbilled revenue),
+    and recognition (:mod:`meter.money.revenue`) posts revenue by the day the service is given.
     """
     lines = _Lines()
     # A negative total (late usage credited back, say) is owed to the customer: credit balance, not a receivable.
@@ -211,9 +252,7 @@ def invoice_finalized(invoice: Invoice, prepaid_grants: frozenset[str]) -> Journ
     lines.credit("customer_credit", max(-invoice.total, _ZERO), invoice.customer)
     lines.credit("tax_payable", invoice.tax or _ZERO)
     for line, net in zip(invoice.lines, net_line_amounts(invoice), strict=True):
-        deferred = line.kind == "commit" or line.timing == "in_advance"
-        drawn_prepaid = line.kind == "credit" and line.grant in prepaid_grants
-        lines.credit("deferred_revenue" if deferred or drawn_prepaid else "revenue", net)
+        lines.credit(FINALIZED_TO[treatment(line, prepaid_grants)], net)
     return _entry("invoice_finalized", invoice.id, invoice, invoice.finalized_at or invoice.issued_at, lines)
 
 
@@ -297,6 +336,35 @@ def written_off(invoice: Invoice, amount: Decimal, at: datetime) -> JournalEntry
     lines.debit("bad_debt", amount)
     lines.credit("accounts_receivable", amount, invoice.customer)
     return _entry("write_off", invoice.id, invoice, at, lines)
+
+
+def revenue_recognized(
+    tenant: str, currency: str, through: date, at: datetime, fees: Decimal, usage: Decimal, breakage: bool = False
+) -> JournalEntry:
+    """Revenue earned through the end of ``through`` (a day in the reporting zone) and not recognized before.
+
+    ``fees``: deferred revenue earned by days of service; ``usage``: usage consumed (unbilled revenue, or the
+    invoice's when it was billed first). A negative amount reverses (a voided fee). With ``breakage``, ``fees`` is
+    what expired prepaid commits left unused (kind ``breakage``). One entry per day closed and currency: its id names
+    them, so a close is posted once.
+    """
+    kind: EntryKind = "breakage" if breakage else "revenue_recognized"
+    lines = _Lines()
+    lines.debit("deferred_revenue", fees)
+    lines.debit("unbilled_revenue", usage)
+    lines.credit("revenue", fees + usage)
+    entry = JournalEntry(
+        id=f"{kind}:{through.isoformat()}/{currency}",
+        tenant=tenant,
+        kind=kind,
+        currency=currency,
+        created_at=at,
+        lines=lines.lines(),
+        effective=through,
+        memo=f"{'breakage' if breakage else 'revenue recognized'} through {through.isoformat()}",
+    )
+    check_balanced(entry)
+    return entry
 
 
 def balances(entries: Iterable[JournalEntry], by_customer: bool = True) -> list[AccountBalance]:
