@@ -6,13 +6,22 @@ defaults until they are set. Reports are read on the thread pool: each reads the
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, cast
+from zoneinfo import ZoneInfo
 
+import msgspec
+
+from meter.billing.store import InvoiceStore
 from meter.catalog.revenue import RevenueSettings
+from meter.money.revenue import reports
 from meter.money.revenue.recognize import Close
+from meter.money.revenue.reports import DeferredMonth, UnbilledReport, Waterfall
 from meter.server.context import Context, opened
+from meter.server.errors import ApiError
+from meter.server.formats import FORMATS, MEDIA, choose, rows_answer
 from meter.server.http import Answer, Request
-from meter.server.table import REQUIRED_DAY, Body, Param, Route
+from meter.server.table import DAY, MONTH, REQUIRED_DAY, Body, Kind, Param, Route, enum
 
 __all__ = ["ROUTES"]
 
@@ -25,11 +34,115 @@ async def get_revenue_settings(ctx: Context, request: Request) -> Answer:
     return 200, await ctx.call(opened(ctx.billing).get_revenue_settings, request.tenant), {}
 
 
+def _store(ctx: Context) -> InvoiceStore:
+    return cast("InvoiceStore", opened(ctx.invoices))
+
+
+def _top(request: Request, name: str) -> int | None:
+    value = request.param(name)
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit() and 1 <= int(value) <= 1000):
+        raise ApiError(400, "invalid_query", f"'{name}' must be a whole number 1-1000; got {value!r}")
+    return int(value)
+
+
+TOP = Kind(Annotated[int, msgspec.Meta(ge=1, le=1000)], _top)
+
+
+async def get_waterfall(
+    ctx: Context,
+    request: Request,
+    from_: str | None,
+    to: str | None,
+    by: str | None,
+    top: int | None,
+    fmt: str | None,
+    accept: str,
+) -> Answer:
+    answer = await ctx.call(reports.waterfall, _store(ctx), request.tenant, from_, to, by, top)
+    return rows_answer(answer, answer.rows, choose(fmt, accept))
+
+
+async def get_deferred(
+    ctx: Context, request: Request, from_: str | None, to: str | None, fmt: str | None, accept: str
+) -> Answer:
+    settings = await ctx.call(opened(ctx.billing).get_revenue_settings, request.tenant)
+    months = await ctx.call(reports.deferred_rollforward, _store(ctx), request.tenant, settings.timezone, from_, to)
+    return rows_answer(months, months, choose(fmt, accept))
+
+
+async def get_unbilled(ctx: Context, request: Request, as_of: date | None, fmt: str | None, accept: str) -> Answer:
+    settings = await ctx.call(opened(ctx.billing).get_revenue_settings, request.tenant)
+    day = as_of or datetime.now(UTC).astimezone(ZoneInfo(settings.timezone)).date() - timedelta(days=1)
+    answer = await ctx.call(reports.unbilled, _store(ctx), request.tenant, settings.timezone, day)
+    return rows_answer(answer, answer.customers, choose(fmt, accept))
+
+
+def _formats(what: str) -> tuple[Param, Param]:
+    return (
+        Param(
+            "format",
+            enum(*FORMATS),
+            f"The answer's format, over `Accept`: json (the default), csv or parquet ({what})",
+            arg="fmt",
+        ),
+        Param("accept", enum(*FORMATS.values()), "The answer's format when `format` is absent", where="header"),
+    )
+
+
+_FROM = Param("from", MONTH, "The first month, YYYY-MM in the reporting time zone")
+_TO = Param("to", MONTH, "The month after the last: months are [from, to)")
+
+
 async def recognize(ctx: Context, request: Request, through: date) -> Answer:
     return 200, await ctx.call(opened(ctx.invoicer).recognize, request.tenant, through), {}
 
 
 ROUTES = [
+    Route(
+        "GET",
+        "/v1/revenue/waterfall",
+        "read",
+        get_waterfall,
+        "Recognized revenue per month, in total or by customer, product, plan, meter, price, invoice month or kind",
+        returns=Waterfall,
+        media=MEDIA,
+        params=(
+            _FROM,
+            _TO,
+            Param("by", enum(*reports.DIMENSIONS), "Group each month's revenue by this"),
+            Param("top", TOP, "With `by`: only the groups with the most revenue over the range (per currency)"),
+            *_formats("one row per month, currency and group"),
+        ),
+        description=(
+            "Read from the closes (`POST /v1/revenue/recognize`): `recognized_through` says how far they went. Kinds: "
+            "fee (earned by day), usage (consumed), breakage, promotional_credit and credit_note (negative)."
+        ),
+    ),
+    Route(
+        "GET",
+        "/v1/revenue/deferred",
+        "read",
+        get_deferred,
+        "Deferred revenue rolled forward per month: opening, additions, drawn, recognized, breakage, reversed, closing",
+        returns=list[DeferredMonth],
+        media=MEDIA,
+        params=(_FROM, _TO, *_formats("one row per month and currency")),
+    ),
+    Route(
+        "GET",
+        "/v1/revenue/unbilled",
+        "read",
+        get_unbilled,
+        "Revenue earned and not yet invoiced at the end of a day, per currency and per customer",
+        returns=UnbilledReport,
+        media=MEDIA,
+        params=(
+            Param("as_of", DAY, "The day, YYYY-MM-DD in the reporting time zone (yesterday when absent)"),
+            *_formats("one row per customer and currency"),
+        ),
+    ),
     Route(
         "POST",
         "/v1/revenue/recognize",
