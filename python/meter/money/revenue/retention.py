@@ -83,11 +83,11 @@ def retention_report(figures: Figures, months: list[str], tz: str) -> RetentionR
     return RetentionReport(months[0], months[-1], tz, cohorts)
 
 
-COLUMNS = ["cohort", "currency", "customers", "base", "month", "revenue", "active", "retention"]
+COLUMNS = ["cohort", "currency", "cohort_size", "base", "month", "revenue", "customers", "retention"]
 
 
 def csv_bytes(report: RetentionReport) -> bytes:
-    """One row per cohort and month (``active``: the cohort's customers with revenue that month)."""
+    """One row per cohort and month: ``cohort_size`` customers in all, ``customers`` with revenue that month."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
