@@ -303,5 +303,13 @@ def test_client_and_cli(server: Server, key: str) -> None:
     assert result.exit_code == 0 and result.output.splitlines()[1].startswith("2025-04,EUR,100.49,"), result.output
     result = CliRunner().invoke(main, ["revenue", "retention", "--from", "2025-01", "--to", "2025-03"], env=env)
     assert result.exit_code == 0 and "0.7666" in result.output, result.output
+    result = CliRunner().invoke(
+        main, ["revenue", "mrr", "--from", "2025-04", "--to", "2025-04", "--by-customer"], env=env
+    )
+    assert result.exit_code == 0 and "reactivation" in result.output and "c-react" in result.output, result.output
+    result = CliRunner().invoke(
+        main, ["revenue", "retention", "--from", "2025-01", "--to", "2025-06", "--csv"], env=env
+    )
+    assert result.exit_code == 0 and "2025-01,EUR,4,105.00,2025-03,80.49,2,0.7666" in result.output, result.output
     result = CliRunner().invoke(main, ["revenue", "mrr", "--from", "2025-13"], env=env)
     assert result.exit_code != 0 and "invalid_period" in result.output
