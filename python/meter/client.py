@@ -166,6 +166,11 @@ def _time(value: datetime | str) -> str:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
+def _months(start: str | None, end: str | None) -> list[tuple[str, str]]:
+    """The ``from``/``to`` months of a revenue report that are given."""
+    return [(name, value) for name, value in (("from", start), ("to", end)) if value is not None]
+
+
 def _ledger_filters(
     account: str | None,
     customer: str | None,
@@ -519,6 +524,33 @@ class Client:
         """``GET /v1/revenue/settings`` (the defaults until they are set)."""
         settings: JSONObject = self._call("GET", "/v1/revenue/settings")
         return settings
+
+    def revenue_mrr(self, start: str | None = None, end: str | None = None, by_customer: bool = False) -> JSONObject:
+        """``GET /v1/revenue/mrr``: months ``start`` to ``end`` (``YYYY-MM``, both included; the last 12 by default).
+
+        ``months``: per month and currency, ``opening``, the movements (``new``, ``expansion``, ``contraction``,
+        ``churn``, ``reactivation``), ``closing`` (the MRR), ``arr``, ``customers``, ``usage`` and ``usage_arr``;
+        ``by_customer`` adds ``customers``: each customer's ``previous``, ``mrr``, ``movement`` and ``usage``.
+        """
+        params = [("by_customer", "true" if by_customer else "false"), *_months(start, end)]
+        report: JSONObject = self._call("GET", "/v1/revenue/mrr", params=params)
+        return report
+
+    def revenue_retention(self, start: str | None = None, end: str | None = None) -> JSONObject:
+        """``GET /v1/revenue/retention``: ``cohorts`` (first-revenue months ``start`` to ``end``), month by month.
+
+        Each cohort: ``cohort``, ``currency``, ``customers``, ``base`` (their revenue in the cohort month) and
+        ``months``: ``revenue``, ``customers`` with revenue, ``retention`` (a decimal ratio, four decimals).
+        """
+        report: JSONObject = self._call("GET", "/v1/revenue/retention", params=_months(start, end))
+        return report
+
+    def revenue_report_csv(self, report: Literal["mrr", "retention"], **params: str) -> bytes:
+        """``GET /v1/revenue/{report}?format=csv`` with ``params`` as the query (``from``, ``to``, ``by_customer``)."""
+        response = self._http.request("GET", f"/v1/revenue/{report}", params={**params, "format": "csv"})
+        if response.status_code >= 400:
+            raise ServerError.of(response)
+        return response.content
 
     # Invoices (a tenant key)
 

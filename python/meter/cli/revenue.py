@@ -26,3 +26,56 @@ def revenue_settings(url: str, api_key: str) -> None:
     click.echo(f"timezone {settings['timezone']}, breakage {settings['breakage']}")
     codes = {**DEFAULT_CODES, **settings.get("accounts", {})}
     table("accounts", [{"account": k, "code": v} for k, v in codes.items()], ["account", "code"])
+
+
+_MONTH_COLUMNS = ["month", "currency", "opening", "new", "expansion", "contraction", "churn", "reactivation"]
+
+
+@revenue.command("mrr")
+@click.option("--from", "start", default=None, help="the first month, YYYY-MM (default: 12 months before --to)")
+@click.option("--to", "end", default=None, help="the month after the last, YYYY-MM: [from, to) (default: next month)")
+@click.option("--by-customer", is_flag=True, help="also each customer's MRR, usage and movement per month")
+@click.option("--csv", "as_csv", is_flag=True, help="print the report as CSV (the customers' rows with --by-customer)")
+@url_option
+@key_option
+def revenue_mrr(start: str | None, end: str | None, by_customer: bool, as_csv: bool, url: str, api_key: str) -> None:
+    """MRR and ARR by month with their movements, and usage revenue as its own run-rate (never in MRR)."""
+    with connect(url, api_key) as client:
+        if as_csv:
+            params = {"by_customer": "true" if by_customer else "false", **_months(start, end)}
+            click.echo(client.revenue_report_csv("mrr", **params), nl=False)
+            return
+        report = client.revenue_mrr(start, end, by_customer)
+    title = f"MRR {report['start']} to {report['end']} ({report['timezone']})"
+    columns = [*_MONTH_COLUMNS, "closing", "arr", "customers", "usage", "usage_arr"]
+    table(title, report["months"], columns)
+    if by_customer:
+        columns = ["month", "customer", "currency", "previous", "mrr", "movement", "usage"]
+        table("per customer", report["customers"] or [], columns)
+
+
+@revenue.command("retention")
+@click.option("--from", "start", default=None, help="the first cohort month, YYYY-MM (default: 12 months before --to)")
+@click.option("--to", "end", default=None, help="the month after the last, YYYY-MM: [from, to) (default: next month)")
+@click.option("--csv", "as_csv", is_flag=True, help="print the report as CSV, one row per cohort and month")
+@url_option
+@key_option
+def revenue_retention(start: str | None, end: str | None, as_csv: bool, url: str, api_key: str) -> None:
+    """Net revenue retention by cohort month: each cohort's revenue month by month over its first month's."""
+    with connect(url, api_key) as client:
+        if as_csv:
+            click.echo(client.revenue_report_csv("retention", **_months(start, end)), nl=False)
+            return
+        report = client.revenue_retention(start, end)
+    rows = [
+        {**m, "cohort": c["cohort"], "currency": c["currency"], "cohort_size": c["customers"], "base": c["base"]}
+        for c in report["cohorts"]
+        for m in c["months"]
+    ]
+    # `customers` of a month: those of the cohort with revenue that month; `cohort_size`: all of them.
+    columns = ["cohort", "currency", "cohort_size", "base", "month", "revenue", "customers", "retention"]
+    table(f"net revenue retention {report['start']} to {report['end']} ({report['timezone']})", rows, columns)
+
+
+def _months(start: str | None, end: str | None) -> dict[str, str]:
+    return {name: value for name, value in (("from", start), ("to", end)) if value is not None}
