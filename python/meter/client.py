@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -164,6 +164,11 @@ def _segment(value: str) -> str:
 def _time(value: datetime | str) -> str:
     """A query time: a datetime as ISO 8601, a string as given (the server says what is wrong with it)."""
     return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _day_or_time(value: date | datetime | str) -> str:
+    """A query date or time: ``YYYY-MM-DD`` for a date, ISO 8601 for a datetime, a string as given."""
+    return value.isoformat() if isinstance(value, date) else value
 
 
 def _ledger_filters(
@@ -306,6 +311,13 @@ class Client:
         if response.status_code >= 400:
             raise ServerError.of(response)
         return response.json()
+
+    def _bytes(self, path: str, params: Any = None) -> bytes:
+        """The body of a successful answer as it is (CSV, Parquet); an error answer raises ``ServerError``."""
+        response = self._http.request("GET", path, params=params)
+        if response.status_code >= 400:
+            raise ServerError.of(response)
+        return response.content
 
     # Live balances and entitlements
 
@@ -519,6 +531,22 @@ class Client:
         """``GET /v1/revenue/settings`` (the defaults until they are set)."""
         settings: JSONObject = self._call("GET", "/v1/revenue/settings")
         return settings
+
+    def ar_aging(self, as_of: date | datetime | str | None = None) -> JSONObject:
+        """``GET /v1/revenue/ar-aging``: what each customer owes at ``as_of`` by days past due (JSON).
+
+        ``as_of``: a date (through its end in the reporting time zone), an instant, or now when None. The answer has
+        ``customers`` and ``totals`` (``current``, ``1_30``, ``31_60``, ``61_90``, ``90_plus``, ``total`` per
+        currency) and ``invoices`` (each one owed something, with its ``days_past_due`` and ``bucket``).
+        """
+        params = [("as_of", _day_or_time(as_of))] if as_of is not None else []
+        report: JSONObject = self._call("GET", "/v1/revenue/ar-aging", params=params)
+        return report
+
+    def ar_aging_csv(self, as_of: date | datetime | str | None = None) -> bytes:
+        """``GET /v1/revenue/ar-aging?format=csv``: a row per customer and currency, then each currency's total."""
+        params = [("format", "csv")] + ([("as_of", _day_or_time(as_of))] if as_of is not None else [])
+        return self._bytes("/v1/revenue/ar-aging", params)
 
     # Invoices (a tenant key)
 

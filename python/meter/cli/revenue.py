@@ -7,6 +7,7 @@ import click
 from meter.catalog.revenue import DEFAULT_CODES
 from meter.cli.options import connect, key_option, url_option
 from meter.cli.output import table
+from meter.money.revenue.aging import BUCKETS
 
 __all__ = ["revenue"]
 
@@ -26,3 +27,27 @@ def revenue_settings(url: str, api_key: str) -> None:
     click.echo(f"timezone {settings['timezone']}, breakage {settings['breakage']}")
     codes = {**DEFAULT_CODES, **settings.get("accounts", {})}
     table("accounts", [{"account": k, "code": v} for k, v in codes.items()], ["account", "code"])
+
+
+@revenue.command("aging")
+@click.option(
+    "--as-of",
+    default=None,
+    help="a date YYYY-MM-DD (through its end in the reporting time zone) or an RFC 3339 instant (default: now)",
+)
+@click.option("--invoices", "show_invoices", is_flag=True, help="also every invoice owed something, with its age")
+@url_option
+@key_option
+def revenue_aging(as_of: str | None, show_invoices: bool, url: str, api_key: str) -> None:
+    """Accounts-receivable aging: what each customer owes, by days past due (invoices are due when finalized)."""
+    with connect(url, api_key) as client:
+        report = client.ar_aging(as_of)
+    columns = ["customer", "currency", *BUCKETS, "total", "invoices"]
+    title = f"receivables as of {report['date']} ({report['timezone']})"
+    table(title, [*report["customers"], *({**t, "customer": "(total)"} for t in report["totals"])], columns)
+    if show_invoices:
+        table(
+            "invoices",
+            report["invoices"],
+            ["customer", "number", "currency", "due", "days_past_due", "bucket", "owed"],
+        )
