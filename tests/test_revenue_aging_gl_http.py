@@ -36,6 +36,9 @@ from http_server import Server
 from in_process import started
 from meter.billing.store import InvoiceStore
 from meter.cli import main
+from meter.money.ledger import JournalEntry
+from meter.money.revenue.aging import bucket
+from meter.money.revenue.gl import memo
 
 ZONE = "America/New_York"
 #: Subscription -> (customer, its plan's monthly fee in advance, when its November invoice is finalized).
@@ -223,3 +226,135 @@ def test_the_cli_prints_the_aging(server: Server, key: str) -> None:
     assert "185.00" in printed.output and "INV-000001" in printed.output and "90_plus" in printed.output
     bad = CliRunner().invoke(main, ["revenue", "aging", "--as-of", "soon"], env=env)
     assert bad.exit_code == 1 and "invalid_query" in bad.output, bad.output
+
+
+def gl(server: Server, key: str, **params: str) -> list[list[str]]:
+    r = server.client(key).get("/v1/revenue/gl", params=params)
+    assert r.status_code == 200 and r.headers["content-type"] == "text/csv", r.text
+    rows = list(csv.reader(io.StringIO(r.text)))
+    assert rows[0] == ["date", "account", "account_name", "debit", "credit", "memo", "customer", "entry", "currency"]
+    return rows[1:]
+
+
+def test_the_general_ledger_of_a_month_books_each_line_on_its_local_day(
+    server: Server, key: str, ids: dict[str, str]
+) -> None:
+    # November in New York: INV-000004's and INV-000005's finalizations (the latter at 22:00 on the 30th), the credit
+    # note on INV-000002, INV-000003's void; in posting order, each entry's lines together. Fees in advance: deferred.
+    ar, deferred, revenue = ("1200", "Accounts receivable"), ("2300", "Deferred revenue"), ("4000", "Revenue")
+    s5, s3, s4 = (f"invoice_finalized:{ids['s5']}", f"invoice_finalized:{ids['s3']}", f"invoice_voided:{ids['s4']}")
+    note = ("credit note CN-000001 on invoice INV-000002", "c1", "credit_note:CN-000001", "EUR")
+    assert gl(server, key, **{"from": "2026-11-01", "to": "2026-12-01"}) == [
+        ["2026-11-15", *ar, "80.00", "0.00", "invoice INV-000004 finalized", "c2", s5, "EUR"],
+        ["2026-11-15", *deferred, "0.00", "80.00", "invoice INV-000004 finalized", "c2", s5, "EUR"],
+        ["2026-11-30", *ar, "10.00", "0.00", "invoice INV-000005 finalized", "c2", s3, "EUR"],
+        ["2026-11-30", *deferred, "0.00", "10.00", "invoice INV-000005 finalized", "c2", s3, "EUR"],
+        ["2026-11-05", *revenue, "15.00", "0.00", *note],
+        ["2026-11-05", *ar, "0.00", "15.00", *note],
+        ["2026-11-10", *ar, "0.00", "60.00", "invoice INV-000003 voided", "c2", s4, "EUR"],
+        ["2026-11-10", *deferred, "60.00", "0.00", "invoice INV-000003 voided", "c2", s4, "EUR"],
+    ]
+    # The whole journal: 10 entries, 20 lines; debits = credits = 300.00 of invoices + 40.00 paid + 15.00 + 60.00.
+    rows = gl(server, key)
+    assert len(rows) == 20
+    assert sum(Decimal(r[3]) for r in rows) == sum(Decimal(r[4]) for r in rows) == Decimal("415.00")
+    payment = [r for r in rows if r[1] == "1000"]  # cash: the manual payments
+    assert [(r[0], r[3], r[6]) for r in payment] == [("2026-07-01", "30.00", "c1"), ("2026-08-05", "10.00", "c1")]
+    assert payment[0][5].startswith("payment ") and payment[0][5].endswith(" on invoice INV-000001"), payment[0]
+    assert gl(server, key, to="2026-06-15") == []  # INV-000001 was finalized on the 15th
+
+
+def test_the_general_ledger_pages_and_answers_json(server: Server, key: str) -> None:
+    client = server.client(key)
+    november = {"from": "2026-11-01", "to": "2026-12-01"}
+    whole = client.get("/v1/revenue/gl", params=november).content
+    pages, after = [], "0"
+    while after is not None:
+        r = client.get("/v1/revenue/gl", params={**november, "limit": "1", "after": after})
+        pages.append(r.text.split("\r\n", 1)[1])
+        after = r.headers.get("meter-next")
+    # An entry a page: seq 4, 5, 8, 9, then the rest of the journal read, with nothing in November.
+    assert len(pages) == 5 and pages[-1] == "" and whole.decode().split("\r\n", 1)[1] == "".join(pages)
+    page = client.get("/v1/revenue/gl", params={**november, "format": "json", "limit": "2"}).json()
+    assert (page["next"], page["scanned"]) == (5, 5)
+    assert page["data"][0] == {
+        "date": "2026-11-15",
+        "account": "1200",
+        "account_name": "Accounts receivable",
+        "debit": "80.00",
+        "credit": "0.00",
+        "memo": "invoice INV-000004 finalized",
+        "customer": "c2",
+        "entry": page["data"][0]["entry"],
+        "currency": "EUR",
+    }
+    by_accept = client.get("/v1/revenue/gl", params=november, headers={"accept": "application/json"}).json()
+    assert len(by_accept["data"]) == 8 and by_accept["next"] is None
+    for params, word in (
+        ({"from": "2026-11"}, "YYYY-MM-DD"),
+        ({"to": "2026-11-01T00:00:00Z"}, "YYYY-MM-DD"),
+        ({"from": "2026-12-01", "to": "2026-11-01"}, "[from, to)"),
+        ({"format": "parquet"}, "csv"),
+        ({"limit": "0"}, "1-10000"),
+        ({"after": "x"}, "next"),
+    ):
+        r = client.get("/v1/revenue/gl", params=params)
+        assert (r.status_code, r.json()["code"]) == (400, "invalid_query"), (params, r.text)
+        assert word in r.json()["message"], (params, r.json()["message"])
+
+
+def test_the_account_mapping_and_the_reporting_zone_change_codes_and_days(server: Server, key: str) -> None:
+    client = server.client(key)
+    november = {"from": "2026-11-01", "to": "2026-12-01"}
+    mapped = {"timezone": "UTC", "accounts": {"accounts_receivable": "1100", "deferred_revenue": "2350"}}
+    assert client.put("/v1/revenue/settings", json=mapped).is_success
+    try:
+        rows = gl(server, key, **november)
+    finally:
+        assert client.put("/v1/revenue/settings", json={"timezone": ZONE}).is_success
+    # In UTC, INV-000005 (03:00 UTC on December 1st) is December's: November keeps six lines, with the new codes.
+    assert [(r[0], r[1], r[2], r[3], r[4]) for r in rows] == [
+        ("2026-11-15", "1100", "Accounts receivable", "80.00", "0.00"),
+        ("2026-11-15", "2350", "Deferred revenue", "0.00", "80.00"),
+        ("2026-11-05", "4000", "Revenue", "15.00", "0.00"),
+        ("2026-11-05", "1100", "Accounts receivable", "0.00", "15.00"),
+        ("2026-11-10", "1100", "Accounts receivable", "0.00", "60.00"),
+        ("2026-11-10", "2350", "Deferred revenue", "60.00", "0.00"),
+    ]
+    assert [r[1] for r in gl(server, key, **november)][:2] == ["1200", "2300"]  # the defaults again
+
+
+def test_the_cli_writes_the_general_ledger_as_one_csv_file(server: Server, key: str, tmp_path: Path) -> None:
+    env = {"METER_URL": server.url, "METER_API_KEY": key, "COLUMNS": "250"}
+    out = tmp_path / "gl.csv"
+    args = ["revenue", "gl", "--from", "2026-11-01", "--to", "2026-12-01", "-o", str(out), "--page-size", "1"]
+    written = CliRunner().invoke(main, args, env=env)
+    assert written.exit_code == 0 and "5 pages" in written.output, written.output
+    whole = server.client(key).get("/v1/revenue/gl", params={"from": "2026-11-01", "to": "2026-12-01"})
+    assert out.read_bytes() == whole.content
+    bad = CliRunner().invoke(main, ["revenue", "gl", "--from", "November", "-o", str(tmp_path / "x.csv")], env=env)
+    assert bad.exit_code == 1 and "invalid_query" in bad.output and not (tmp_path / "x.csv").exists(), bad.output
+
+
+def test_bucket_edges_are_inclusive_and_90_plus_starts_at_91() -> None:
+    edges = {-3: "current", 0: "current", 1: "1_30", 30: "1_30", 31: "31_60", 60: "31_60", 61: "61_90"}
+    assert {days: bucket(days) for days in [*edges, 90, 91]} == {**edges, 90: "61_90", 91: "90_plus"}
+
+
+def test_every_kind_of_entry_has_a_memo_an_accountant_reads() -> None:
+    def entry(kind: str, cause: str, **refs: str) -> JournalEntry:
+        fields: dict[str, Any] = {"tenant": "acme", "currency": "EUR", "created_at": at("2026-11-01T00:00:00Z")}
+        return JournalEntry(id=f"{kind}:{cause}", kind=kind, lines=[], invoice="s1-2026-11", **fields, **refs)  # type: ignore[arg-type]
+
+    assert memo(entry("refund", "re_1", payment="pay_1"), "INV-000007") == (
+        "refund re_1 of payment pay_1 on invoice INV-000007"
+    )
+    assert memo(entry("write_off", "s1-2026-11"), "INV-000007") == "invoice INV-000007 written off"
+    assert memo(entry("credit_applied", "s1-2026-11"), None) == "credit balance applied to invoice s1-2026-11"
+    assert memo(entry("payment", "pay_2", payment="pay_2", memo="wire 42"), "INV-000007") == (
+        "payment pay_2 on invoice INV-000007: wire 42"
+    )
+    # A kind this module does not know (a recognition entry, say): its id says what it is.
+    assert memo(entry("revenue_recognized", "s1-2026-11|base|2026-11"), None) == (
+        "revenue recognized s1-2026-11|base|2026-11"
+    )

@@ -13,11 +13,12 @@ from zoneinfo import ZoneInfo
 from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.catalog.revenue import RevenueSettings
-from meter.money.revenue import aging
-from meter.money.revenue.days import report_day
+from meter.money.revenue import aging, gl
+from meter.money.revenue.days import parse_day, report_day
 from meter.server.context import Context, opened
 from meter.server.errors import ApiError
 from meter.server.http import Answer, Request
+from meter.server.routes.ledger import AFTER, MAX_LIMIT, PAGE
 from meter.server.table import TEXT, Body, Param, Route, enum
 
 __all__ = ["ROUTES"]
@@ -64,6 +65,46 @@ def _aging_answer(billing: BillingCatalog, store: InvoiceStore, tenant: str, as_
 async def get_ar_aging(ctx: Context, request: Request, as_of: str | None, fmt: str | None, accept: str) -> Answer:
     fmt = _format(fmt, accept, AGING_FORMATS, "json")
     return await ctx.call(_aging_answer, *_stores(ctx), request.tenant, as_of, fmt)
+
+
+#: The formats of the general-ledger export, by their ``format`` value and media type.
+GL_FORMATS = {"csv": "text/csv", "json": "application/json"}
+
+
+def _gl_answer(
+    billing: BillingCatalog,
+    store: InvoiceStore,
+    tenant: str,
+    start: str | None,
+    end: str | None,
+    after: int,
+    limit: int,
+    fmt: str,
+) -> Answer:
+    settings = billing.get_revenue_settings(tenant)
+    first = None if start is None else parse_day(start, "from")
+    last = None if end is None else parse_day(end, "to")
+    found = gl.page(store, tenant, settings, first, last, after, limit)
+    if fmt == "json":
+        return 200, found, {}
+    headers = {"content-type": "text/csv"}
+    if found.next is not None:
+        headers["meter-next"] = str(found.next)
+    return 200, gl.csv_bytes(found.data), headers
+
+
+async def get_gl(
+    ctx: Context,
+    request: Request,
+    from_: str | None,
+    to: str | None,
+    after: int,
+    limit: int,
+    fmt: str | None,
+    accept: str,
+) -> Answer:
+    fmt = _format(fmt, accept, GL_FORMATS, "csv")
+    return await ctx.call(_gl_answer, *_stores(ctx), request.tenant, from_, to, after, limit, fmt)
 
 
 ROUTES = [
@@ -114,6 +155,35 @@ ROUTES = [
             "What is owed is read from the journal (receivable debits minus credits of each invoice's entries created "
             "before `as_of`), so a past date is exact. Invoices carry no payment terms: an invoice is due when it is "
             "finalized, and its days past due are the report's day minus that day, in the reporting time zone."
+        ),
+    ),
+    Route(
+        "GET",
+        "/v1/revenue/gl",
+        "read",
+        get_gl,
+        "The general-ledger export: journal lines with the tenant's account codes, as accounting tools import them",
+        returns=gl.GLPage,
+        media={"text/csv": {"type": "string"}},
+        params=(
+            Param("from", TEXT, "Only lines booked on or after this day, YYYY-MM-DD in the reporting time zone"),
+            Param("to", TEXT, "Only lines booked before this day, YYYY-MM-DD: [from, to)"),
+            Param("after", AFTER, "The `next` of the previous page (0, the default: from the first entry)"),
+            Param("limit", PAGE, f"Entries per page (their lines are the rows), 1-{MAX_LIMIT} (100 when absent)"),
+            Param(
+                "format",
+                enum(*GL_FORMATS),
+                "csv (the default: date, account, account_name, debit, credit, memo, customer, entry, currency; the "
+                "next page's `after` in the `Meter-Next` header) or json",
+                arg="fmt",
+            ),
+            Param("accept", enum(*GL_FORMATS.values()), "The answer's format when `format` is absent", where="header"),
+        ),
+        description=(
+            "One row per journal line, in posting order: `date` is the entry's day in the reporting time zone, "
+            "`account` the general ledger's code of its ledger account (`accounts` in `/v1/revenue/settings`, over "
+            "the defaults), `memo` what the entry is. A page reads at most 100,000 entries: with a range that matches "
+            "rarely it may hold fewer than `limit` entries (even none) and a `next` to carry on from."
         ),
     ),
 ]
