@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -171,6 +171,17 @@ def _months(start: str | None, end: str | None) -> list[tuple[str, str]]:
     return [(name, value) for name, value in (("from", start), ("to", end)) if value is not None]
 
 
+def _day_or_time(value: date | datetime | str) -> str:
+    """A query date or time: ``YYYY-MM-DD`` for a date, ISO 8601 for a datetime, a string as given."""
+    return value.isoformat() if isinstance(value, date) else value
+
+
+def _gl_days(start: date | str | None, end: date | str | None) -> list[tuple[str, str]]:
+    """The query of ``GET /v1/revenue/gl``'s days that are given."""
+    params = [("from", _day_or_time(start))] if start is not None else []
+    return params + ([("to", _day_or_time(end))] if end is not None else [])
+
+
 def _ledger_filters(
     account: str | None,
     customer: str | None,
@@ -311,6 +322,13 @@ class Client:
         if response.status_code >= 400:
             raise ServerError.of(response)
         return response.json()
+
+    def _bytes(self, path: str, params: Any = None) -> bytes:
+        """The body of a successful answer as it is (CSV, Parquet); an error answer raises ``ServerError``."""
+        response = self._http.request("GET", path, params=params)
+        if response.status_code >= 400:
+            raise ServerError.of(response)
+        return response.content
 
     # Live balances and entitlements
 
@@ -551,6 +569,54 @@ class Client:
         if response.status_code >= 400:
             raise ServerError.of(response)
         return response.content
+
+    def ar_aging(self, as_of: date | datetime | str | None = None) -> JSONObject:
+        """``GET /v1/revenue/ar-aging``: what each customer owes at ``as_of`` by days past due (JSON).
+
+        ``as_of``: a date (through its end in the reporting time zone), an instant, or now when None. The answer has
+        ``customers`` and ``totals`` (``current``, ``1_30``, ``31_60``, ``61_90``, ``90_plus``, ``total`` per
+        currency) and ``invoices`` (each one owed something, with its ``days_past_due`` and ``bucket``).
+        """
+        params = [("as_of", _day_or_time(as_of))] if as_of is not None else []
+        report: JSONObject = self._call("GET", "/v1/revenue/ar-aging", params=params)
+        return report
+
+    def ar_aging_csv(self, as_of: date | datetime | str | None = None) -> bytes:
+        """``GET /v1/revenue/ar-aging?format=csv``: a row per customer and currency, then each currency's total."""
+        params = [("format", "csv")] + ([("as_of", _day_or_time(as_of))] if as_of is not None else [])
+        return self._bytes("/v1/revenue/ar-aging", params)
+
+    def gl_lines(
+        self, start: date | str | None = None, end: date | str | None = None, after: int = 0, limit: int = 100
+    ) -> JSONObject:
+        """``GET /v1/revenue/gl?format=json``: a page ``{"data", "next", "scanned"}`` of general-ledger lines.
+
+        Lines booked in ``[start, end)``, days of the reporting time zone; ``next`` is the ``after`` of the next page.
+        """
+        params = _gl_days(start, end) + [("format", "json"), ("after", str(after)), ("limit", str(limit))]
+        found: JSONObject = self._call("GET", "/v1/revenue/gl", params=params)
+        return found
+
+    def gl_export(
+        self, start: date | str | None = None, end: date | str | None = None, limit: int = 10_000
+    ) -> Iterator[bytes]:
+        """``GET /v1/revenue/gl`` as CSV, page after page (``limit`` entries each): each page's file, with its header.
+
+        The pages follow the ``Meter-Next`` header to the end of the journal.
+        """
+        after: str | None = "0"
+        while after is not None:
+            query: list[tuple[str, str | int | float | bool | None]] = [
+                *_gl_days(start, end),
+                ("format", "csv"),
+                ("after", after),
+                ("limit", limit),
+            ]
+            response = self._http.request("GET", "/v1/revenue/gl", params=query)
+            if response.status_code >= 400:
+                raise ServerError.of(response)
+            yield response.content
+            after = response.headers.get("meter-next")
 
     # Invoices (a tenant key)
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import click
 
 from meter.catalog.revenue import DEFAULT_CODES
 from meter.cli.options import connect, key_option, url_option
 from meter.cli.output import table
+from meter.money.revenue.aging import BUCKETS
 
 __all__ = ["revenue"]
 
@@ -79,3 +84,60 @@ def revenue_retention(start: str | None, end: str | None, as_csv: bool, url: str
 
 def _months(start: str | None, end: str | None) -> dict[str, str]:
     return {name: value for name, value in (("from", start), ("to", end)) if value is not None}
+
+
+@revenue.command("aging")
+@click.option(
+    "--as-of",
+    default=None,
+    help="a date YYYY-MM-DD (through its end in the reporting time zone) or an RFC 3339 instant (default: now)",
+)
+@click.option("--invoices", "show_invoices", is_flag=True, help="also every invoice owed something, with its age")
+@url_option
+@key_option
+def revenue_aging(as_of: str | None, show_invoices: bool, url: str, api_key: str) -> None:
+    """Accounts-receivable aging: what each customer owes, by days past due (invoices are due when finalized)."""
+    with connect(url, api_key) as client:
+        report = client.ar_aging(as_of)
+    columns = ["customer", "currency", *BUCKETS, "total", "invoices"]
+    title = f"receivables as of {report['date']} ({report['timezone']})"
+    table(title, [*report["customers"], *({**t, "customer": "(total)"} for t in report["totals"])], columns)
+    if show_invoices:
+        table(
+            "invoices",
+            report["invoices"],
+            ["customer", "number", "currency", "due", "days_past_due", "bucket", "owed"],
+        )
+
+
+@revenue.command("gl")
+@click.option("--from", "start", default=None, help="lines booked on or after this day, YYYY-MM-DD (reporting zone)")
+@click.option("--to", "end", default=None, help="lines booked before this day, YYYY-MM-DD: [from, to)")
+@click.option(
+    "-o", "--out", required=True, type=click.Path(dir_okay=False, allow_dash=True), help="the CSV file (- : stdout)"
+)
+@click.option("--page-size", type=click.IntRange(1, 10_000), default=10_000, help="entries per request")
+@url_option
+@key_option
+def revenue_gl(start: str | None, end: str | None, out: str, page_size: int, url: str, api_key: str) -> None:
+    """The general-ledger export: journal lines with account codes as one CSV file, for an accounting tool."""
+    pages = 0
+    path = Path(out)
+    # Written beside the file and renamed once whole: an error halfway leaves no file that looks complete.
+    tmp = path.with_name(f".{path.name}.tmp")
+    with connect(url, api_key) as client:
+        sink = sys.stdout.buffer if out == "-" else tmp.open("wb")  # noqa: SIM115 - closed below
+        try:
+            for n, page in enumerate(client.gl_export(start, end, limit=page_size)):
+                sink.write(page if n == 0 else page.split(b"\r\n", 1)[1])  # the header once
+                pages += 1
+        except BaseException:
+            if sink is not sys.stdout.buffer:
+                sink.close()
+                tmp.unlink(missing_ok=True)
+            raise
+        if sink is not sys.stdout.buffer:
+            sink.close()
+            os.replace(tmp, path)
+    if out != "-":
+        click.echo(f"the general ledger's lines written to {out} ({pages} pages)")

@@ -230,8 +230,10 @@ def _round(value: Fraction, digits: int) -> Decimal:
 
 
 def month_range(start: str | None, end: str | None, tz: str, now: datetime | None = None) -> list[str]:
-    """The months ``[start, end)`` (``YYYY-MM``): ``end`` defaults to the month after this one in ``tz`` (this month
-    included), ``start`` to 12 months before ``end``."""
+    """The months ``[start, end)`` (``YYYY-MM``).
+
+    ``end`` defaults to the month after this one in ``tz`` (this month included), ``start`` to 12 months before it.
+    """
     if end is None:
         this = (now or datetime.now(UTC)).astimezone(ZoneInfo(tz))
         end = f"{_shift(datetime(this.year, this.month, 1), 1):%Y-%m}"
