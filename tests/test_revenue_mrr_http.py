@@ -290,9 +290,9 @@ def test_bad_queries_are_400_and_say_what_to_fix(
 
 def test_client_and_cli(server: Server, key: str) -> None:
     with Client(server.url, api_key=key) as client:
-        report = client.revenue_mrr("2025-04", "2025-04", by_customer=True)
+        report = client.revenue_mrr("2025-04", "2025-05", by_customer=True)
         assert report["months"][0]["closing"] == "108.00" and len(report["customers"]) == 4
-        cohorts = client.revenue_retention("2025-01", "2025-02")["cohorts"]
+        cohorts = client.revenue_retention("2025-01", "2025-03")["cohorts"]
         assert [m["retention"] for m in cohorts[0]["months"]] == ["1.0000", "0.8095"]
         assert client.revenue_report_csv("mrr", **{"from": "2025-05", "to": "2025-06"}).startswith(b"month,")
     env = {"METER_URL": server.url, "METER_API_KEY": key, "COLUMNS": "250"}

@@ -544,7 +544,7 @@ class Client:
         return settings
 
     def revenue_mrr(self, start: str | None = None, end: str | None = None, by_customer: bool = False) -> JSONObject:
-        """``GET /v1/revenue/mrr``: months ``start`` to ``end`` (``YYYY-MM``, both included; the last 12 by default).
+        """``GET /v1/revenue/mrr``: the months ``[start, end)`` (``YYYY-MM``; the last 12 by default).
 
         ``months``: per month and currency, ``opening``, the movements (``new``, ``expansion``, ``contraction``,
         ``churn``, ``reactivation``), ``closing`` (the MRR), ``arr``, ``customers``, ``usage`` and ``usage_arr``;
@@ -555,7 +555,7 @@ class Client:
         return report
 
     def revenue_retention(self, start: str | None = None, end: str | None = None) -> JSONObject:
-        """``GET /v1/revenue/retention``: ``cohorts`` (first-revenue months ``start`` to ``end``), month by month.
+        """``GET /v1/revenue/retention``: ``cohorts`` (first-revenue months ``[start, end)``), month by month.
 
         Each cohort: ``cohort``, ``currency``, ``customers``, ``base`` (their revenue in the cohort month) and
         ``months``: ``revenue``, ``customers`` with revenue, ``retention`` (a decimal ratio, four decimals).

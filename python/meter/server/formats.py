@@ -21,7 +21,7 @@ from meter.encoding import plain
 from meter.server.errors import ApiError
 from meter.server.http import Answer
 
-__all__ = ["FORMATS", "MEDIA", "choose", "rows_answer"]
+__all__ = ["FORMATS", "MEDIA", "TEXT_FORMATS", "choose", "rows_answer"]
 
 #: The answer's formats, by their ``format`` value and media type.
 FORMATS = {"json": "application/json", "csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
@@ -32,16 +32,23 @@ MEDIA = {
 }
 
 
-def choose(fmt: str | None, accept: str) -> str:
-    """``format`` when given, else the first of CSV or Parquet that ``Accept`` names, else JSON."""
+#: JSON or CSV: the reports that have no Parquet form.
+TEXT_FORMATS = {"json": FORMATS["json"], "csv": FORMATS["csv"]}
+
+
+def choose(fmt: str | None, accept: str = "", formats: dict[str, str] = FORMATS, default: str = "json") -> str:
+    """The answer's format: ``format`` when given (one of ``formats``).
+
+    Else the first of the other ``formats`` that ``Accept`` names, else ``default``.
+    """
     if fmt is not None:
-        if fmt not in FORMATS:
-            raise ApiError(400, "invalid_query", f"'format' must be one of {', '.join(FORMATS)}; got {fmt!r}")
+        if fmt not in formats:
+            raise ApiError(400, "invalid_query", f"'format' must be one of {', '.join(formats)}; got {fmt!r}")
         return fmt
-    for name, media in FORMATS.items():
-        if media in accept and name != "json":
+    for name, media in formats.items():
+        if media in accept and name != default:
             return name
-    return "json"
+    return default
 
 
 def rows_answer(value: Any, rows: Sequence[msgspec.Struct], fmt: str) -> Answer:

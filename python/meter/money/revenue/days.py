@@ -14,8 +14,9 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from meter.exceptions import InvalidInput
+from meter.money.ledger import JournalEntry
 
-__all__ = ["ReportDay", "local_date", "midnight", "parse_day", "report_day"]
+__all__ = ["ReportDay", "accounting_day", "local_date", "midnight", "parse_day", "report_day"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,15 @@ class ReportDay:
 
 def local_date(t: datetime, zone: ZoneInfo) -> date:
     return t.astimezone(zone).date()
+
+
+def accounting_day(entry: JournalEntry, zone: ZoneInfo) -> date:
+    """The day an entry counts in: the one place that decides it.
+
+    Its ``effective`` day (a close of November posted in December is November's), else the day it was posted, in the
+    reporting zone.
+    """
+    return entry.effective or local_date(entry.created_at, zone)
 
 
 def midnight(day: date, zone: ZoneInfo) -> datetime:

@@ -1,7 +1,7 @@
 """The general-ledger export: journal lines as accounting tools import them, with the tenant's account codes.
 
 One row per journal line (:data:`COLUMNS`): ``date`` (the entry's day in the reporting time zone, see
-:func:`entry_date`), ``account`` (the general ledger's code of the line's ledger account,
+:func:`~meter.money.revenue.days.accounting_day`), ``account`` (the general ledger's code of the line's ledger account,
 :meth:`meter.catalog.revenue.RevenueSettings.code`: the tenant's mapping over :data:`DEFAULT_CODES`),
 ``account_name``, ``debit`` and ``credit`` (one of them zero), ``memo`` (what the entry is: "invoice INV-000003
 finalized"), ``customer``, ``entry`` (the journal entry's id, its cause: the line's reference back to meter) and
@@ -35,10 +35,10 @@ from meter.encoding import plain
 from meter.exceptions import InvalidInput, NotFound
 from meter.money.ledger import ACCOUNTS, JournalEntry
 from meter.money.reports import SCAN
-from meter.money.revenue.days import local_date
+from meter.money.revenue.days import accounting_day
 from meter.pricing.money import minor_units
 
-__all__ = ["ACCOUNT_NAMES", "COLUMNS", "GLLine", "GLPage", "csv_bytes", "entry_date", "memo", "page"]
+__all__ = ["ACCOUNT_NAMES", "COLUMNS", "GLLine", "GLPage", "csv_bytes", "memo", "page"]
 
 #: The CSV's columns, in order.
 COLUMNS = ("date", "account", "account_name", "debit", "credit", "memo", "customer", "entry", "currency")
@@ -80,16 +80,6 @@ class GLPage(msgspec.Struct):
     next: int | None
     #: How many entries were read to fill this page (at most ``SCAN``).
     scanned: int
-
-
-def entry_date(entry: JournalEntry, zone: ZoneInfo) -> date:
-    """The day the general ledger books an entry on: the one place that decides it.
-
-    The entry's ``effective`` day when it has one (a recognition entry covering November posted in December: a field
-    entries may carry), else the day of ``created_at`` in the reporting zone.
-    """
-    effective: date | None = getattr(entry, "effective", None)
-    return effective if effective is not None else local_date(entry.created_at, zone)
 
 
 def memo(entry: JournalEntry, invoice_number: str | None) -> str:
@@ -174,7 +164,7 @@ def page(
     entries, scanned, last = 0, 0, after
     for entry in store.journal(tenant, after):
         scanned, last = scanned + 1, entry.seq
-        booked = entry_date(entry, zone)
+        booked = accounting_day(entry, zone)
         if (start is None or booked >= start) and (end is None or booked < end):
             data += _lines(entry, booked, settings, numbers.of(entry.invoice))
             entries += 1

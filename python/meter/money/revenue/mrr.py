@@ -115,7 +115,11 @@ class CustomerMonth(msgspec.Struct, omit_defaults=True):
 
 
 class MrrReport(msgspec.Struct, omit_defaults=True):
-    """Months ``[from, to]`` (both ``YYYY-MM``, in ``timezone``), per currency; per customer when asked."""
+    """MRR per month and currency (per customer when asked).
+
+    For the months asked for, ``[from, to)``: ``start`` and ``end`` are the first and the last shown (``YYYY-MM`` in
+    ``timezone``).
+    """
 
     start: str
     end: str

@@ -63,6 +63,7 @@ from meter.exceptions import InvalidInput
 from meter.lake.catalog import Snapshot
 from meter.money import ledger
 from meter.money.ledger import JournalEntry
+from meter.money.revenue.days import midnight
 from meter.money.revenue.schedule import earned_through, monthly
 from meter.pricing.money import round_to_minor_unit
 
@@ -240,7 +241,7 @@ class _Step:
     def __post_init__(self) -> None:
         self.tenant, self.tz = self.snapshot.tenant, self.settings.timezone
         self.zone = ZoneInfo(self.tz)
-        self.end = _midnight(self.day + timedelta(days=1), self.zone)  # T: the end of the day closed
+        self.end = midnight(self.day + timedelta(days=1), self.zone)  # T: the end of the day closed
         self.month = f"{self.day:%Y-%m}"
         last = self.store.raw(f"revenue_close/{self.tenant}")
         self.last = None if last is None else msgspec.json.decode(last, type=_Last)
@@ -254,7 +255,7 @@ class _Step:
             self.notes[note.invoice].append(note)
 
     def run(self) -> tuple[CloseStep, list[RunError]]:
-        start = _midnight(self.last.through + timedelta(days=1), self.zone) if self.last else _EPOCH
+        start = midnight(self.last.through + timedelta(days=1), self.zone) if self.last else _EPOCH
         # The tenant's lock is held throughout: the marks deleted are exactly those of the invoices read.
         with self.store.transaction(self.tenant, self.now) as change:
             if self.last is None:  # the first close reads every invoice once
@@ -475,10 +476,6 @@ def _ipc(rows: Iterable[dict[str, object]]) -> bytes:
     with pa.ipc.new_stream(sink, ROW_SCHEMA, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
         writer.write_table(table)
     return bytes(sink.getvalue().to_pybytes())
-
-
-def _midnight(day: date, zone: ZoneInfo) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC)
 
 
 def _next_month(first: date) -> date:

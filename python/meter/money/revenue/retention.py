@@ -48,7 +48,7 @@ class Cohort(msgspec.Struct):
 
 
 class RetentionReport(msgspec.Struct):
-    """The cohorts of months ``[from, to]`` (``YYYY-MM``, in ``timezone``)."""
+    """The cohorts of the months asked for (``[from, to)``; ``start`` and ``end`` are the first and the last shown)."""
 
     start: str
     end: str

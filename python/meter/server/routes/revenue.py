@@ -21,7 +21,7 @@ from meter.money.revenue.recognize import Close
 from meter.money.revenue.reports import DeferredMonth, UnbilledReport, Waterfall
 from meter.server.context import Context, opened
 from meter.server.errors import ApiError
-from meter.server.formats import FORMATS, MEDIA, choose, rows_answer
+from meter.server.formats import FORMATS, MEDIA, TEXT_FORMATS, choose, rows_answer
 from meter.server.http import Answer, Request
 from meter.server.routes.ledger import AFTER, MAX_LIMIT, PAGE
 from meter.server.table import BOOL, DAY, MONTH, REQUIRED_DAY, TEXT, Body, Kind, Param, Route, enum
@@ -105,16 +105,6 @@ async def recognize(ctx: Context, request: Request, through: date) -> Answer:
     return 200, await ctx.call(opened(ctx.invoicer).recognize, request.tenant, through), {}
 
 
-#: The formats of the MRR and retention reports.
-REPORT_FORMATS = {"json": "application/json", "csv": "text/csv"}
-
-
-def _report_format(fmt: str | None) -> str:
-    if fmt is not None and fmt not in REPORT_FORMATS:
-        raise ApiError(400, "invalid_query", f"'format' must be one of {', '.join(REPORT_FORMATS)}; got {fmt!r}")
-    return fmt or "json"
-
-
 def _mrr_answer(
     billing: BillingCatalog,
     store: InvoiceStore,
@@ -148,37 +138,25 @@ async def get_mrr(
     ctx: Context, request: Request, from_: str | None, to: str | None, by_customer: bool, fmt: str | None
 ) -> Answer:
     billing, store = cast("BillingCatalog", opened(ctx.billing)), cast("InvoiceStore", opened(ctx.invoices))
-    return await ctx.call(_mrr_answer, billing, store, request.tenant, from_, to, by_customer, _report_format(fmt))
+    return await ctx.call(
+        _mrr_answer, billing, store, request.tenant, from_, to, by_customer, choose(fmt, formats=TEXT_FORMATS)
+    )
 
 
 async def get_retention(ctx: Context, request: Request, from_: str | None, to: str | None, fmt: str | None) -> Answer:
     billing, store = cast("BillingCatalog", opened(ctx.billing)), cast("InvoiceStore", opened(ctx.invoices))
-    return await ctx.call(_retention_answer, billing, store, request.tenant, from_, to, _report_format(fmt))
+    return await ctx.call(
+        _retention_answer, billing, store, request.tenant, from_, to, choose(fmt, formats=TEXT_FORMATS)
+    )
 
 
-_FORMAT = Param("format", enum(*REPORT_FORMATS), "json (the default) or csv", arg="fmt")
+_FORMAT = Param("format", enum(*TEXT_FORMATS), "json (the default) or csv", arg="fmt")
 _CSV = {"text/csv": {"type": "string"}}
-
-
-def _format(fmt: str | None, accept: str, formats: dict[str, str], default: str) -> str:
-    """``format`` when given, else the first of ``formats`` but ``default`` that ``Accept`` names, else ``default``."""
-    if fmt is not None:
-        if fmt not in formats:
-            raise ApiError(400, "invalid_query", f"'format' must be one of {', '.join(formats)}; got {fmt!r}")
-        return fmt
-    for name, media in formats.items():
-        if name != default and media in accept:
-            return name
-    return default
 
 
 def _stores(ctx: Context) -> tuple[BillingCatalog, InvoiceStore]:
     # A store a degraded start could not open is an `Unavailable`: its first use answers 503 store_unavailable.
     return cast("BillingCatalog", opened(ctx.billing)), cast("InvoiceStore", opened(ctx.invoices))
-
-
-#: The formats of the AR aging, by their ``format`` value and media type.
-AGING_FORMATS = {"json": "application/json", "csv": "text/csv"}
 
 
 def _aging_answer(billing: BillingCatalog, store: InvoiceStore, tenant: str, as_of: str | None, fmt: str) -> Answer:
@@ -191,12 +169,8 @@ def _aging_answer(billing: BillingCatalog, store: InvoiceStore, tenant: str, as_
 
 
 async def get_ar_aging(ctx: Context, request: Request, as_of: str | None, fmt: str | None, accept: str) -> Answer:
-    fmt = _format(fmt, accept, AGING_FORMATS, "json")
+    fmt = choose(fmt, accept, TEXT_FORMATS)
     return await ctx.call(_aging_answer, *_stores(ctx), request.tenant, as_of, fmt)
-
-
-#: The formats of the general-ledger export, by their ``format`` value and media type.
-GL_FORMATS = {"csv": "text/csv", "json": "application/json"}
 
 
 def _gl_answer(
@@ -231,7 +205,7 @@ async def get_gl(
     fmt: str | None,
     accept: str,
 ) -> Answer:
-    fmt = _format(fmt, accept, GL_FORMATS, "csv")
+    fmt = choose(fmt, accept, TEXT_FORMATS, default="csv")
     return await ctx.call(_gl_answer, *_stores(ctx), request.tenant, from_, to, after, limit, fmt)
 
 
@@ -371,13 +345,13 @@ ROUTES = [
             ),
             Param(
                 "format",
-                enum(*AGING_FORMATS),
+                enum(*TEXT_FORMATS),
                 "json (the default) or csv (a row per customer and currency, then each currency's total with an "
                 "empty customer)",
                 arg="fmt",
             ),
             Param(
-                "accept", enum(*AGING_FORMATS.values()), "The answer's format when `format` is absent", where="header"
+                "accept", enum(*TEXT_FORMATS.values()), "The answer's format when `format` is absent", where="header"
             ),
         ),
         description=(
@@ -401,12 +375,14 @@ ROUTES = [
             Param("limit", PAGE, f"Entries per page (their lines are the rows), 1-{MAX_LIMIT} (100 when absent)"),
             Param(
                 "format",
-                enum(*GL_FORMATS),
+                enum(*TEXT_FORMATS),
                 "csv (the default: date, account, account_name, debit, credit, memo, customer, entry, currency; the "
                 "next page's `after` in the `Meter-Next` header) or json",
                 arg="fmt",
             ),
-            Param("accept", enum(*GL_FORMATS.values()), "The answer's format when `format` is absent", where="header"),
+            Param(
+                "accept", enum(*TEXT_FORMATS.values()), "The answer's format when `format` is absent", where="header"
+            ),
         ),
         description=(
             "One row per journal line, in posting order: `date` is the entry's day in the reporting time zone, "
