@@ -150,6 +150,8 @@ def test_usage_is_earned_in_the_month_it_was_consumed_and_unbilled_until_invoice
         finalize(desk, "2026-12", at("2026-12-01", 1))
     close(desk, "2026-11-30", now=at("2026-12-03"))
     assert by_month(desk, "kind") == {("2026-11", "usage"): D("10.00")}
+    [row] = reports.waterfall(desk.invoicer.store, "acme", by="meter").rows
+    assert (row.group, row.quantity, row.amount) == ("tokens", D(1000), D("10.00")), "usage and revenue by meter"
     unbilled = reports.unbilled(desk.invoicer.store, "acme", "UTC", date(2026, 11, 30))
     if invoiced_first:  # the invoice of 1 December is after November's end: at 30 November it was unbilled
         assert unbilled.totals == {"EUR": D("10.00")}

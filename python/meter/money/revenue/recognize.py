@@ -96,6 +96,7 @@ _ROW_FIELDS: list[tuple[str, pa.DataType]] = [
     ("source", pa.string()),
     ("currency", pa.string()),
     ("amount", _MONEY),
+    ("quantity", _MONEY),  # usage: the units consumed that this row's amount adds (null for anything else)
     ("customer", pa.string()),
     ("subscription", pa.string()),
     ("plan", pa.string()),
@@ -285,7 +286,9 @@ class _Step:
             for found in used:
                 line, sub = found.line, found.sub
                 where = self._where(sub.customer, sub.id, line.price, line.meter, None, None)
-                self._post(change, f"usage:{line.key}", line.amount, "usage", found.currency, self.month, where)
+                self._post(
+                    change, f"usage:{line.key}", line.amount, "usage", found.currency, self.month, where, line.quantity
+                )
             entries = self._entries(change)
             if self.rows:
                 change.put(f"revenue_rows/{self.tenant}/{self.day.isoformat()}", _ipc(self.rows))
@@ -329,6 +332,7 @@ class _Step:
                 start=line.period_start,
                 end=line.period_end,
                 finalized_at=invoice.finalized_at or invoice.issued_at,
+                quantity=line.quantity if how == "usage" else None,
                 void=not billed,
                 drawn=how == "drawdown",
                 settles=how == "usage" and invoice.reason == "cycle" and invoice.usage_start == line.period_start,
@@ -381,7 +385,8 @@ class _Step:
         else:  # usage: a settled cycle earned what was billed for it; the others are rated (consumption)
             cycle_end = max(p.end for p in schedule.parts)
             if any(p.settles for p in billed) and cycle_end <= self.end:
-                self._post(change, source, amount, "usage", schedule.currency, self.month, where)
+                used = sum((p.quantity or _ZERO for p in billed), _ZERO)
+                self._post(change, source, amount, "usage", schedule.currency, self.month, where, used)
             still = cycle_end > self.end
         if still:
             change.put(f"revenue_open/{self.tenant}/{source}", b"")
@@ -397,18 +402,22 @@ class _Step:
         currency: str,
         month: str,
         where: dict[str, object],
+        quantity: Decimal | None = None,
     ) -> None:
         """Moves ``source``'s cursor to ``target``; the difference is a row.
 
         The difference is also part of this step's journal entry, but for credit notes and promotional credits
-        (their own entries posted them).
+        (their own entries posted them). A usage source's cursor also keeps the quantity it has recognized, so
+        that its rows add up to the units consumed.
         """
         key = f"revenue_cursor/{self.tenant}/{source}"
-        before = _decimal(change.get(key))
+        raw = change.get(key)
+        before, counted = _cursor(raw)
         delta = target - before
-        if delta == 0:
+        added = None if quantity is None else quantity - (counted or _ZERO)
+        if delta == 0 and not added:
             return
-        change.put(key, str(target).encode())
+        change.put(key, f"{target} {quantity}".encode() if quantity is not None else str(target).encode())
         self.rows.append(
             {
                 "month": month,
@@ -417,6 +426,7 @@ class _Step:
                 "source": source,
                 "currency": currency,
                 "amount": delta,
+                "quantity": added,
                 **where,
             }
         )
@@ -477,6 +487,8 @@ class Part(msgspec.Struct, array_like=True):
     start: datetime
     end: datetime
     finalized_at: datetime
+    #: A usage line's quantity.
+    quantity: Decimal | None = None
     #: Its invoice was voided: it adds nothing.
     void: bool = False
     #: A credit line drawing on a prepaid commit (its amount is negative).
@@ -528,8 +540,12 @@ def _settled_key(tenant: str, subscription: str, cycle: datetime) -> str:
     return f"revenue_settled/{tenant}/{subscription}/{cycle.astimezone(UTC).isoformat()}"
 
 
-def _decimal(raw: bytes | None) -> Decimal:
-    return Decimal(raw.decode()) if raw is not None else _ZERO
+def _cursor(raw: bytes | None) -> tuple[Decimal, Decimal | None]:
+    """A cursor: the amount recognized, and for usage the quantity (``"<amount> <quantity>"``)."""
+    if raw is None:
+        return _ZERO, None
+    amount, _, quantity = raw.decode().partition(" ")
+    return Decimal(amount), Decimal(quantity) if quantity else None
 
 
 def _grant_of(commit_key: str) -> str | None:

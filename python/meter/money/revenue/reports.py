@@ -68,6 +68,8 @@ class WaterfallRow(msgspec.Struct, omit_defaults=True):
     month: str
     currency: str
     amount: Decimal
+    #: The units of usage consumed (the usage rows' quantities; absent when there are none, such as fees alone).
+    quantity: Decimal | None = None
     #: The group's value (absent without ``by``; null for rows without one, such as fees for ``meter``).
     group: str | None = None
 
@@ -103,7 +105,9 @@ def waterfall(
     if end is not None:
         rows = rows.filter(pl.col("month") < end)
     keys = ["month", "currency", *([by] if by else [])]
-    sums = rows.group_by(keys).agg(pl.col("amount").sum())
+    sums = rows.group_by(keys).agg(
+        pl.col("amount").sum(), pl.col("quantity").sum(), pl.col("quantity").count().alias("n")
+    )
     if by is not None and top is not None:
         totals = sums.group_by("currency", by).agg(pl.col("amount").sum().alias("total"))
         best = totals.sort("total", descending=True).group_by("currency", maintain_order=True).head(top)
@@ -114,6 +118,7 @@ def waterfall(
             month=row["month"],
             currency=row["currency"],
             amount=_money(row["amount"], row["currency"]),
+            quantity=row["quantity"].normalize() if row["n"] else None,
             **({"group": row[by]} if by else {}),
         )
         for row in sums.sort(order, nulls_last=True).iter_rows(named=True)
