@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import Any
 
 import msgspec
+import pyarrow.parquet as pq
 import pytest
 from conftest import Desk, event
 from meter.billing.invoices import Invoice
@@ -30,8 +31,10 @@ from meter.catalog.billing import Commit, Discount, Subscription
 from meter.catalog.prices import Price
 from meter.catalog.revenue import RevenueSettings
 from meter.exceptions import InvalidInput
+from meter.lake import layout
 from meter.money.revenue import reports
-from meter.money.revenue.recognize import Close, read_rows
+from meter.money.revenue.job import DailyClose
+from meter.money.revenue.recognize import ROW_SCHEMA, Close, read_rows
 
 D = Decimal
 
@@ -288,3 +291,36 @@ def test_the_rows_add_up_to_the_revenue_account_month_by_month(desk: Desk) -> No
     close(desk, "2026-11-30", now=at("2026-12-03"))
     table = read_rows(desk.invoicer.store, "acme").to_pylist()
     assert sum(r["amount"] for r in table) == balances(desk)["revenue"] == D("111.00")  # 3 x (30.00 + 7.00)
+
+
+def test_the_closes_rows_are_in_the_parquet_export_for_warehouses(desk: Desk) -> None:
+    plan(desk, [fee("30.00")])
+    subscribe(desk, "2026-11-01")
+    finalize(desk, "2026-11", at("2026-11-01", 1))
+    assert desk.invoicer.export(["acme"])["revenue"].files == 0, "no close, no file"
+    close(desk, "2026-11-30", now=at("2026-12-03"))
+    summary = desk.invoicer.export(["acme"])["revenue"]
+    table = pq.read_table(layout.revenue_file(desk.invoicer.out, "acme"))
+    assert (summary.files, summary.rows) == (1, 1) and table.schema.remove_metadata() == ROW_SCHEMA
+    assert table.to_pylist()[0] | {"through": None} == {
+        **table.to_pylist()[0],
+        "month": "2026-11",
+        "kind": "fee",
+        "amount": D("30.000000000"),
+        "customer": "c1",
+        "plan": "pro",
+        "through": None,
+    }
+    assert desk.invoicer.export(["acme"])["revenue"].unchanged == 1, "rewritten only after a new close"
+
+
+def test_the_scheduled_close_closes_every_tenant_through_yesterday_once(desk: Desk) -> None:
+    plan(desk, [fee("30.00")])
+    subscribe(desk, "2026-11-01")
+    finalize(desk, "2026-11", at("2026-11-01", 1))
+    job = DailyClose(desk.invoicer, lambda: ["acme"])
+    done = job.run_once(now=at("2026-11-16", 9))
+    assert done["acme"].through == date(2026, 11, 15) and balances(desk)["revenue"] == D("15.00")
+    assert job.run_once(now=at("2026-11-16", 10)) == {}, "yesterday is closed: nothing to do until tomorrow"
+    job.run_once(now=at("2026-12-01", 0))
+    assert balances(desk)["revenue"] == D("30.00")

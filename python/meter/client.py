@@ -56,6 +56,10 @@ CatalogKind = Literal["customers", "products", "plans", "subscriptions"]
 WindowSize = Literal["minute", "hour", "day", "month"]
 
 
+#: The revenue reports ``revenue_report_csv`` reads.
+RevenueReport = Literal["waterfall", "deferred", "unbilled", "mrr", "retention", "ar-aging"]
+
+
 class RejectedEvents(MeterError, ValueError):
     """Some events were not counted; ``issues`` says which (by index within their batch) and why."""
 
@@ -563,12 +567,38 @@ class Client:
         report: JSONObject = self._call("GET", "/v1/revenue/retention", params=_months(start, end))
         return report
 
-    def revenue_report_csv(self, report: Literal["mrr", "retention"], **params: str) -> bytes:
-        """``GET /v1/revenue/{report}?format=csv`` with ``params`` as the query (``from``, ``to``, ``by_customer``)."""
-        response = self._http.request("GET", f"/v1/revenue/{report}", params={**params, "format": "csv"})
-        if response.status_code >= 400:
-            raise ServerError.of(response)
-        return response.content
+    def revenue_report_csv(self, report: RevenueReport, **params: str) -> bytes:
+        """``GET /v1/revenue/{report}?format=csv`` with ``params`` as the query (``from``, ``to``, ``by``...)."""
+        return self._bytes(f"/v1/revenue/{report}", {**params, "format": "csv"})
+
+    def recognize_revenue(self, through: date | str) -> JSONObject:
+        """``POST /v1/revenue/recognize?through=``: the close through a day (``YYYY-MM-DD``, reporting time zone).
+
+        The answer: ``through``, ``timezone``, ``steps`` (one per month end closed: ``recognized`` per currency as
+        ``fees``, ``usage`` and ``breakage``; the journal ``entries`` posted) and ``errors``. A second close through
+        the same day posts nothing (``steps`` is empty).
+        """
+        closed: JSONObject = self._call("POST", "/v1/revenue/recognize", params=[("through", _day_or_time(through))])
+        return closed
+
+    def revenue_waterfall(
+        self, start: str | None = None, end: str | None = None, by: str | None = None, top: int | None = None
+    ) -> JSONObject:
+        """``GET /v1/revenue/waterfall``: recognized revenue per month in ``[start, end)``, by ``by`` when given."""
+        params = [*_months(start, end), *([("by", by)] if by else []), *([("top", str(top))] if top else [])]
+        report: JSONObject = self._call("GET", "/v1/revenue/waterfall", params=params)
+        return report
+
+    def revenue_deferred(self, start: str | None = None, end: str | None = None) -> list[JSONObject]:
+        """``GET /v1/revenue/deferred``: deferred revenue rolled forward, one row per month and currency."""
+        months: list[JSONObject] = self._call("GET", "/v1/revenue/deferred", params=_months(start, end))
+        return months
+
+    def revenue_unbilled(self, as_of: date | str | None = None) -> JSONObject:
+        """``GET /v1/revenue/unbilled``: revenue earned and not invoiced at the end of ``as_of`` (yesterday)."""
+        params = [("as_of", _day_or_time(as_of))] if as_of is not None else []
+        report: JSONObject = self._call("GET", "/v1/revenue/unbilled", params=params)
+        return report
 
     def ar_aging(self, as_of: date | datetime | str | None = None) -> JSONObject:
         """``GET /v1/revenue/ar-aging``: what each customer owes at ``as_of`` by days past due (JSON).

@@ -141,3 +141,78 @@ def revenue_gl(start: str | None, end: str | None, out: str, page_size: int, url
             os.replace(tmp, path)
     if out != "-":
         click.echo(f"the general ledger's lines written to {out} ({pages} pages)")
+
+
+@revenue.command("recognize")
+@click.option("--through", required=True, help="the last day to close, YYYY-MM-DD in the reporting time zone")
+@url_option
+@key_option
+def revenue_recognize(through: str, url: str, api_key: str) -> None:
+    """The month-end close: post the revenue earned through a day (a second close posts nothing)."""
+    with connect(url, api_key) as client:
+        closed = client.recognize_revenue(through)
+    rows = [{"through": step["through"], **r} for step in closed["steps"] for r in step["recognized"]]
+    table(f"recognized through {closed['through']} ({closed['timezone']})", rows, _RECOGNIZED)
+    for error in closed.get("errors", []):
+        click.echo(f"subscription {error['subscription']}: {error['message']}", err=True)
+
+
+_RECOGNIZED = ["through", "currency", "fees", "usage", "breakage"]
+
+
+@revenue.command("waterfall")
+@click.option("--from", "start", default=None, help="the first month, YYYY-MM")
+@click.option("--to", "end", default=None, help="the month after the last, YYYY-MM: [from, to)")
+@click.option("--by", default=None, help="customer, product, plan, meter, price, invoice_month or kind")
+@click.option("--top", type=click.IntRange(1, 1000), default=None, help="with --by: only the largest groups")
+@click.option("--csv", "as_csv", is_flag=True, help="print the rows as CSV")
+@url_option
+@key_option
+def revenue_waterfall(
+    start: str | None, end: str | None, by: str | None, top: int | None, as_csv: bool, url: str, api_key: str
+) -> None:
+    """Recognized revenue per month, in total or by one dimension (usage rows with the units consumed)."""
+    with connect(url, api_key) as client:
+        if as_csv:
+            extra = {k: v for k, v in (("by", by), ("top", str(top) if top else None)) if v is not None}
+            click.echo(client.revenue_report_csv("waterfall", **_months(start, end), **extra), nl=False)
+            return
+        report = client.revenue_waterfall(start, end, by, top)
+    columns = ["month", "currency", *(["group"] if by else []), "amount", "quantity"]
+    table(f"revenue recognized through {report['recognized_through']}", report["rows"], columns)
+
+
+@revenue.command("deferred")
+@click.option("--from", "start", default=None, help="the first month, YYYY-MM")
+@click.option("--to", "end", default=None, help="the month after the last, YYYY-MM: [from, to)")
+@click.option("--csv", "as_csv", is_flag=True, help="print the rows as CSV")
+@url_option
+@key_option
+def revenue_deferred(start: str | None, end: str | None, as_csv: bool, url: str, api_key: str) -> None:
+    """Deferred revenue rolled forward per month: opening, additions, drawn, recognized, breakage, closing."""
+    with connect(url, api_key) as client:
+        if as_csv:
+            click.echo(client.revenue_report_csv("deferred", **_months(start, end)), nl=False)
+            return
+        months = client.revenue_deferred(start, end)
+    columns = ["month", "currency", "opening", "additions", "drawn", "recognized", "breakage", "reversed", "closing"]
+    table("deferred revenue", months, columns)
+
+
+@revenue.command("unbilled")
+@click.option("--as-of", default=None, help="the day, YYYY-MM-DD in the reporting time zone (default: yesterday)")
+@click.option("--csv", "as_csv", is_flag=True, help="print the customers' rows as CSV")
+@url_option
+@key_option
+def revenue_unbilled(as_of: str | None, as_csv: bool, url: str, api_key: str) -> None:
+    """Revenue earned and not invoiced at the end of a day, per customer."""
+    with connect(url, api_key) as client:
+        if as_csv:
+            click.echo(client.revenue_report_csv("unbilled", **({"as_of": as_of} if as_of else {})), nl=False)
+            return
+        report = client.revenue_unbilled(as_of)
+    totals = ", ".join(f"{total} {currency}" for currency, total in report["totals"].items()) or "nothing"
+    table(f"unbilled at the end of {report['as_of']}: {totals}", report["customers"], _UNBILLED)
+
+
+_UNBILLED = ["customer", "currency", "recognized", "invoiced", "unbilled"]
