@@ -185,6 +185,8 @@ def invoice_batch(snapshot: Snapshot, out: Path, subs: pl.DataFrame, month: date
         drafts = _drafts(subs, month, after)
         prices = _prices(snapshot)
         charges = _charges(drafts, prices)
+    if charges.height == 0:  # no cycle of these starts in the month (an annual plan's other months), or no price
+        raise NotPlain("nothing to rate")
     rated, details = _rate(snapshot, out, charges, drafts, prices)
     # Every cycle counts, with an invoice or not, as on the per-subscription path.
     fees = _span(drafts, "p_start", "p_end")

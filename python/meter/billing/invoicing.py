@@ -430,9 +430,10 @@ def consumption(
     ended: frozenset[tuple[str, datetime]] = frozenset(),
     skip: Callable[[str, datetime], bool] | None = None,
 ) -> tuple[list[Consumed], list[RunError]]:
-    """The usage keys of every cycle that overlaps ``[start, end)``, each rated for its usage before ``end``.
+    """The usage keys of every cycle that overlaps ``[start - RESTATE, end)``, each rated for its usage before ``end``.
 
-    And of the cycles in ``ended`` (``(subscription, cycle start)``: cycles billed again since, for late usage),
+    (A cycle that ended within :data:`RESTATE` before ``start`` may have taken late events since.) And of the cycles
+    in ``ended`` (``(subscription, cycle start)``: cycles billed again since, for late usage),
     rated whole; but not the cycles ``skip`` names. What a key rates at does not depend on what was billed: it is
     the usage consumed, priced. A subscription that cannot be rated is in the errors (the others are rated).
     """
@@ -441,12 +442,13 @@ def consumption(
     for sid, at in ended:
         again[sid].append(at)
     for sub in snapshot.subscriptions:
-        live = (sub.end is None or sub.end > start) and sub.start < end
+        live = (sub.end is None or sub.end > start - RESTATE) and sub.start < end
         if not live and sub.id not in again:
             continue
         subs[sub.id] = sub
         tz = _tz(snapshot, sub)
-        first = cycles.cycle_containing(sub, tz, max(start, sub.start)).start
+        # Cycles that ended within the restatement window may still take late events: rated again unless settled.
+        first = cycles.cycle_containing(sub, tz, max(start - RESTATE, sub.start)).start
         periods = cycles.cycles_between(sub, tz, first, end) if live else []
         periods += [cycles.cycle_containing(sub, tz, at) for at in again.get(sub.id, []) if at < first]
         for period in periods:
