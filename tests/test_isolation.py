@@ -82,6 +82,9 @@ class TenantB:
         paid = ok(c.post(f"/v1/invoices/{self.invoice}/payments", json={"amount": "1", "reference": f"{MARK} wire"}))
         self.payment = paid["id"]
         ok(c.put("/v1/dunning", json={"retry_days": [2, 4], "after_last": "open"}))
+        # Revenue: B's settings, and a close through last month's end (B's fee and usage earned, its rows kept).
+        ok(c.put("/v1/revenue/settings", json={"timezone": "Europe/Berlin", "accounts": {"revenue": "4711"}}))
+        ok(c.post("/v1/revenue/recognize", params={"through": f"{THIS_MONTH - timedelta(days=1):%Y-%m-%d}"}))
         # A tax rate not in force before 2099: B's invoices stay as they are.
         rate = {
             "id": B_RATE,
@@ -121,6 +124,9 @@ class TenantB:
             "keys": [(k["id"], k["revoked"], k["scopes"]) for k in ok(c.get("/v1/keys"))],
             "alerts": ok(c.get("/v1/alerts")),
             "alert": ok(c.get(f"/v1/alerts/{B_ALERT}")),
+            "revenue_settings": ok(c.get("/v1/revenue/settings")),
+            "waterfall": ok(c.get("/v1/revenue/waterfall", params={"by": "customer"})),
+            "deferred": ok(c.get("/v1/revenue/deferred")),
         }
         for kind, item in (
             ("customers", B_CUSTOMER),
@@ -229,6 +235,8 @@ def bodies(b: TenantB) -> dict[tuple[str, str], Any]:
         },
         ("POST", "/v1/tax-rates/(?P<rate_id>[^/]+)/end"): {"at": "2100-01-01T00:00:00Z"},
         ("PUT", "/v1/tax-settings"): {"country": "US", "provider": "catalog"},
+        ("PUT", "/v1/revenue/settings"): {"timezone": "Asia/Tokyo", "breakage": "none"},
+        ("POST", "/v1/revenue/recognize"): None,
         ("POST", "/v1/webhook-endpoints"): {"url": "http://127.0.0.1:9/takeover"},
         ("POST", "/v1/webhook-endpoints/(?P<endpoint_id>[^/]+)"): {"url": "http://127.0.0.1:9/takeover"},
         ("POST", "/v1/webhook-endpoints/(?P<endpoint_id>[^/]+)/rotate-secret"): None,
@@ -256,7 +264,14 @@ def bodies(b: TenantB) -> dict[tuple[str, str], Any]:
 
 
 #: Query parameters every request carries: the ones a route needs, and attempts to name B.
-QUERY = {**USAGE_QUERY, "tenant": B, "customer": B_CUSTOMER, "subscription": B_SUB, "subject": B_CUSTOMER}
+QUERY = {
+    **USAGE_QUERY,
+    "tenant": B,
+    "customer": B_CUSTOMER,
+    "subscription": B_SUB,
+    "subject": B_CUSTOMER,
+    "through": f"{THIS_MONTH - timedelta(days=1):%Y-%m-%d}",
+}
 
 
 @pytest.fixture(scope="module")
