@@ -324,3 +324,18 @@ def test_the_scheduled_close_closes_every_tenant_through_yesterday_once(desk: De
     assert job.run_once(now=at("2026-11-16", 10)) == {}, "yesterday is closed: nothing to do until tomorrow"
     job.run_once(now=at("2026-12-01", 0))
     assert balances(desk)["revenue"] == D("30.00")
+
+
+def test_a_cycle_not_aligned_with_months_earns_each_month_its_own_usage_whenever_the_close_runs(desk: Desk) -> None:
+    plan(desk, [tokens_price()])
+    subscribe(desk, "2026-10-15", anchor="anniversary")  # cycles from the 15th to the 15th
+    desk.usage(tokens(1000, at("2026-10-20")), tokens(300, at("2026-11-05")))
+    desk.usage(tokens(200, at("2026-11-20")))
+    finalize(desk, "2026-11", at("2026-11-15", 1))  # bills 15 October - 15 November: 13.00
+    finalize(desk, "2026-12", at("2026-12-15", 1))  # bills 15 November - 15 December: 2.00
+    # Closed after both invoices (a first close over past months): each month still earns the usage it consumed.
+    close(desk, "2026-12-31", now=at("2027-01-02"))
+    assert by_month(desk, "kind") == {
+        ("2026-10", "usage"): D("10.00"),
+        ("2026-11", "usage"): D("5.00"),
+    }

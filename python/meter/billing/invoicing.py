@@ -434,7 +434,7 @@ def consumption(
 
     (A cycle that ended within :data:`RESTATE` before ``start`` may have taken late events since.) And of the cycles
     in ``ended`` (``(subscription, cycle start)``: cycles billed again since, for late usage),
-    rated whole; but not the cycles ``skip`` names. What a key rates at does not depend on what was billed: it is
+    rated whole; but not the cycles ended by ``end`` that ``skip`` names. What a key rates at does not depend on what was billed: it is
     the usage consumed, priced. A subscription that cannot be rated is in the errors (the others are rated).
     """
     drafts, subs = [], {}
@@ -452,8 +452,8 @@ def consumption(
         periods = cycles.cycles_between(sub, tz, first, end) if live else []
         periods += [cycles.cycle_containing(sub, tz, at) for at in again.get(sub.id, []) if at < first]
         for period in periods:
-            if skip is not None and skip(sub.id, period.start):
-                continue
+            if skip is not None and period.end <= end and skip(sub.id, period.start):
+                continue  # settled and over: what was billed is what it earned; a cycle still running is rated
             charges = [c for c in _arrears(snapshot, sub, tz, period, min(end, period.end)) if c.price.meter]
             charges = [c for c in charges if c.start < c.measured_to]
             if charges:
