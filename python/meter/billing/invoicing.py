@@ -433,8 +433,8 @@ def consumption(
     """The usage keys of every cycle that overlaps ``[start - RESTATE, end)``, each rated for its usage before ``end``.
 
     (A cycle that ended within :data:`RESTATE` before ``start`` may have taken late events since.) And of the cycles
-    in ``ended`` (``(subscription, cycle start)``: cycles billed again since, for late usage),
-    rated whole; but not the cycles ended by ``end`` that ``skip`` names. What a key rates at does not depend on what was billed: it is
+    in ``ended`` (``(subscription, cycle start)``: cycles billed again since, for late usage), rated whole; but not
+    the cycles ended by ``end`` that ``skip`` names. What a key rates at does not depend on what was billed: it is
     the usage consumed, priced. A subscription that cannot be rated is in the errors (the others are rated).
     """
     drafts, subs = [], {}
