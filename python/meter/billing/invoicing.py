@@ -416,9 +416,13 @@ class Consumed:
     """What one usage key rates at for the usage up to an instant: the service given, for revenue recognition."""
 
     sub: Subscription
-    #: The key's usage line, rated against nothing billed: its ``amount`` is what the key rates at (rounded half to
-    #: even to the minor unit, as every line), its ``key`` names subscription, price, version and cycle.
-    line: InvoiceLine
+    #: The key's text: subscription, price, version and cycle (:mod:`meter.billing.keys`).
+    key: str
+    #: What the key's usage rates at, rounded half to even to the minor unit (as its invoice line would be).
+    amount: Decimal
+    quantity: Decimal | None
+    price: str
+    meter: str | None
     currency: str
 
 
@@ -435,9 +439,11 @@ def consumption(
     (A cycle that ended within :data:`RESTATE` before ``start`` may have taken late events since.) And of the cycles
     in ``ended`` (``(subscription, cycle start)``: cycles billed again since, for late usage), rated whole; but not
     the cycles ended by ``end`` that ``skip`` names. What a key rates at does not depend on what was billed: it is
-    the usage consumed, priced. A subscription that cannot be rated is in the errors (the others are rated).
+    the usage consumed, priced (the charges alone: no invoice is assembled). A subscription that cannot be rated is
+    in the errors (the others are rated).
     """
-    drafts, subs = [], {}
+    charges: list[tuple[Subscription, _Charge]] = []
+    errors: list[RunError] = []
     again: dict[str, list[datetime]] = defaultdict(list)
     for sid, at in ended:
         again[sid].append(at)
@@ -445,25 +451,52 @@ def consumption(
         live = (sub.end is None or sub.end > start - RESTATE) and sub.start < end
         if not live and sub.id not in again:
             continue
-        subs[sub.id] = sub
-        tz = _tz(snapshot, sub)
-        # Cycles that ended within the restatement window may still take late events: rated again unless settled.
-        first = cycles.cycle_containing(sub, tz, max(start - RESTATE, sub.start)).start
-        periods = cycles.cycles_between(sub, tz, first, end) if live else []
-        periods += [cycles.cycle_containing(sub, tz, at) for at in again.get(sub.id, []) if at < first]
-        for period in periods:
-            if skip is not None and period.end <= end and skip(sub.id, period.start):
-                continue  # settled and over: what was billed is what it earned; a cycle still running is rated
-            charges = [c for c in _arrears(snapshot, sub, tz, period, min(end, period.end)) if c.price.meter]
-            charges = [c for c in charges if c.start < c.measured_to]
-            if charges:
-                drafts.append(_Draft(f"{sub.id}-{period.start:%Y%m%d}", sub, "cycle", period, period, end, tz, charges))
-    priced = _price_apart(snapshot, out, drafts, Billed())
+        try:
+            tz = _tz(snapshot, sub)
+            # Cycles that ended within the restatement window may still take late events: rated again unless settled.
+            first = cycles.cycle_containing(sub, tz, max(start - RESTATE, sub.start)).start
+            periods = cycles.cycles_between(sub, tz, first, end) if live else []
+            periods += [cycles.cycle_containing(sub, tz, at) for at in again.get(sub.id, []) if at < first]
+            for period in periods:
+                if skip is not None and period.end <= end and skip(sub.id, period.start):
+                    continue  # settled and over: what was billed is what it earned; a cycle still running is rated
+                for charge in _arrears(snapshot, sub, tz, period, min(end, period.end)):
+                    if charge.price.meter and charge.start < charge.measured_to:
+                        charges.append((sub, charge))
+        except Exception as e:  # noqa: BLE001 - one subscription never stops the others
+            errors.append(_error(sub, e))
+    try:
+        rated = _rate_charges(snapshot, out, charges)
+    except Exception:  # noqa: BLE001 - found again below, per subscription
+        rated, kept = {}, list[tuple[Subscription, _Charge]]()
+        by_sub: dict[str, list[tuple[Subscription, _Charge]]] = defaultdict(list)
+        for sub, charge in charges:
+            by_sub[sub.id].append((sub, charge))
+        for group in by_sub.values():
+            try:
+                for n, rating in _rate_charges(snapshot, out, group).items():
+                    rated[len(kept) + n] = rating
+                kept += group
+            except Exception as e:  # noqa: BLE001 - one subscription never stops the others
+                errors.append(_error(group[0][0], e))
+        charges = kept
     found = []
-    for invoice in priced.invoices:
-        sub = subs[invoice.subscription]
-        found += [Consumed(sub, line, invoice.currency) for line in invoice.lines if line.kind == "usage"]
-    return found, priced.errors
+    for n, (sub, charge) in enumerate(charges):
+        customer = snapshot.customer(sub.customer)
+        assert customer is not None  # _tz found it
+        amount, quantity, _ = rated[n]
+        found.append(
+            Consumed(
+                sub=sub,
+                key=charge.key.text(),
+                amount=round_to_minor_unit(amount, customer.currency),
+                quantity=None if quantity is None else quantity.normalize(),
+                price=charge.price.id,
+                meter=charge.price.meter,
+                currency=customer.currency,
+            )
+        )
+    return found, errors
 
 
 def _upcoming_drafts(snapshot: Snapshot, subs: Sequence[Subscription], as_of: datetime, billed: Billed) -> list[_Draft]:
@@ -785,7 +818,23 @@ def _price(
 
     Usage comes from the Parquet export under ``out`` unless ``quantities`` gives it (the live state reads the engine).
     """
-    charges = [(d, c) for d in drafts for c in d.charges if c.gone is None]
+    rated = _rate_charges(snapshot, out, [(d.sub, c) for d in drafts for c in d.charges if c.gone is None], quantities)
+    by_draft: dict[str, list[tuple[_Charge, _Rating]]] = defaultdict(list)
+    i = 0
+    for d in drafts:
+        for c in d.charges:
+            if c.gone is None:
+                by_draft[d.id].append((c, rated[i]))
+                i += 1
+            else:
+                by_draft[d.id].append((c, (_ZERO, _ZERO if c.gone.quantity is not None else None, [])))
+    return [_assemble(snapshot, d, by_draft[d.id], billed) for d in drafts]
+
+
+def _rate_charges(
+    snapshot: Snapshot, out: Path, charges: list[tuple[Subscription, _Charge]], quantities: Quantities | None = None
+) -> dict[int, _Rating]:
+    """Each charge's rating (amount before rounding, quantity, details), by its position, in one vectorised pass."""
     rated: dict[int, _Rating] = {}
     if charges:
         with trusted():  # rating's own keys (plan/version/price) as ids: not catalog input, and not catalog ids
@@ -802,7 +851,7 @@ def _price(
         requests = pl.DataFrame(
             {
                 "charge": [str(i) for i, _, _ in usage],
-                "customer": [d.sub.customer for _, d, _ in usage],
+                "customer": [sub.customer for _, sub, _ in usage],
                 "meter": [c.price.meter for _, _, c in usage],
                 "from": [c.start for _, _, c in usage],
                 "to": [c.measured_to for _, _, c in usage],
@@ -864,16 +913,7 @@ def _price(
                     )
                 )
             rated[int(charge)] = (amount, quantity, details[charge])
-    by_draft: dict[str, list[tuple[_Charge, _Rating]]] = defaultdict(list)
-    i = 0
-    for d in drafts:
-        for c in d.charges:
-            if c.gone is None:
-                by_draft[d.id].append((c, rated[i]))
-                i += 1
-            else:
-                by_draft[d.id].append((c, (_ZERO, _ZERO if c.gone.quantity is not None else None, [])))
-    return [_assemble(snapshot, d, by_draft[d.id], billed) for d in drafts]
+    return rated
 
 
 def _normal(value: Decimal | None) -> Decimal | None:

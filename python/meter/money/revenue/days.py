@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from meter.exceptions import InvalidInput
@@ -40,6 +41,7 @@ def accounting_day(entry: JournalEntry, zone: ZoneInfo) -> date:
     return entry.effective or local_date(entry.created_at, zone)
 
 
+@lru_cache(maxsize=1 << 16)  # schedules ask for the same few days' midnights again and again
 def midnight(day: date, zone: ZoneInfo) -> datetime:
     """The instant (UTC) a local day begins; a midnight a clock change skips is the instant of the jump (PEP 495)."""
     return datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC)

@@ -36,7 +36,8 @@ Keys (in the invoice store, under ``<tenant>``):
 ===========================================  ====================================================================
 ``revenue_close/<tenant>``                   the last close: its day and when it was posted
 ``revenue_schedule/<tenant>/<source>``       a :class:`Schedule`: the billed lines of a fee, usage key or commit
-``revenue_open/<tenant>/<source>``           a schedule still earning after the last close (or not yet expired)
+``revenue_open/<tenant>/<when>/<source>``    a schedule that needs a look at the first close reaching ``when`` (UTC):
+                                             earning, or starting, ending or expiring then
 ``revenue_settled/<tenant>/<sub>/<cycle>``   a cycle whose usage its cycle invoice billed
 ``revenue_cursor/<tenant>/<source>``         what a source has recognized (decimal text)
 ``revenue_rows/<tenant>/<D>``                the step's rows (Arrow IPC): what each source recognized, and where
@@ -271,8 +272,12 @@ class _Step:
             for invoice_id in due:
                 change.delete(f"revenue_due/{self.tenant}/{invoice_id}")
                 self._invoice(change, self.store.get(self.tenant, invoice_id), touched)
+            # The schedules open and due by now (earning, or starting, ending or expiring by the step's end).
+            due_by = _instant(self.end)
             for key, _ in self.store.raw_items(f"revenue_open/{self.tenant}/"):
-                source = key.split("/", 2)[2]
+                waits, source = key.split("/", 3)[2:]
+                if waits > due_by:
+                    break
                 if source not in touched and (schedule := self._load(change, source)) is not None:
                     touched[source] = schedule
             for source, schedule in touched.items():
@@ -284,11 +289,9 @@ class _Step:
             # Usage of the cycles no invoice settled: what its usage so far rates at.
             used, errors = consumption(self.snapshot, self.out, start, self.end, frozenset(self.again), settled)
             for found in used:
-                line, sub = found.line, found.sub
-                where = self._where(sub.customer, sub.id, line.price, line.meter, None, None)
-                self._post(
-                    change, f"usage:{line.key}", line.amount, "usage", found.currency, self.month, where, line.quantity
-                )
+                where = self._where(found.sub.customer, found.sub.id, found.price, found.meter, None, None)
+                source = f"usage:{found.key}"
+                self._post(change, source, found.amount, "usage", found.currency, self.month, where, found.quantity)
             entries = self._entries(change)
             if self.rows:
                 change.put(f"revenue_rows/{self.tenant}/{self.day.isoformat()}", _ipc(self.rows))
@@ -308,7 +311,9 @@ class _Step:
                 prepaid = self.store.prepaid_grants(self.tenant, invoice.subscription)
             how = ledger.treatment(line, prepaid or frozenset())
             if how == "immediate":  # posted by its invoice's entries: a row for the reports
-                at = {**where, "price": line.price}
+                at = self._where(
+                    invoice.customer, invoice.subscription, line.price, None, invoice.id, invoice.finalized_at
+                )
                 target = net if billed else _ZERO
                 month = self._month_of(invoice.finalized_at if billed else invoice.voided_at)
                 self._post(change, f"line:{invoice.id}/{n}", target, "promotional_credit", invoice.currency, month, at)
@@ -371,27 +376,31 @@ class _Step:
         )
         billed = [p for p in schedule.parts if not p.void]
         amount = sum((p.amount for p in billed), _ZERO)
+        waits: datetime | None  # when it next needs a look; None: done (until a line changes it)
         if schedule.kind == "fee":
             earning = billed[-1] if billed else latest
             target = self._earned(earning.start, earning.end, amount, schedule.currency)
             self._post(change, source, target, "fee", schedule.currency, self.month, where)
-            still = amount != 0 and earning.end > self.end
+            waits = max(earning.start, self.end) if amount != 0 and earning.end > self.end else None
         elif schedule.kind == "commit":
             expiry = max((p.end for p in billed if not p.drawn), default=None)
             # What is left: bought, less what usage drew (the drawdown parts are negative).
             expired = expiry is not None and expiry <= self.end and self.settings.breakage == "at_expiry"
             self._post(change, source, amount if expired else _ZERO, "breakage", schedule.currency, self.month, where)
-            still = expiry is None or expiry > self.end
+            waits = expiry if expiry is not None and expiry > self.end else None
         else:  # usage: a settled cycle earned what was billed for it; the others are rated (consumption)
             cycle_end = max(p.end for p in schedule.parts)
             if any(p.settles for p in billed) and cycle_end <= self.end:
                 used = sum((p.quantity or _ZERO for p in billed), _ZERO)
                 self._post(change, source, amount, "usage", schedule.currency, self.month, where, used)
-            still = cycle_end > self.end
-        if still:
-            change.put(f"revenue_open/{self.tenant}/{source}", b"")
-        else:
-            change.delete(f"revenue_open/{self.tenant}/{source}")
+            waits = cycle_end if cycle_end > self.end else None
+        if waits != schedule.waits:
+            if schedule.waits is not None:
+                change.delete(f"revenue_open/{self.tenant}/{_instant(schedule.waits)}/{source}")
+            if waits is not None:
+                change.put(f"revenue_open/{self.tenant}/{_instant(waits)}/{source}", b"")
+            schedule.waits = waits
+            change.put(f"revenue_schedule/{self.tenant}/{source}", _ENCODE(schedule))
 
     def _post(
         self,
@@ -401,7 +410,7 @@ class _Step:
         kind: str,
         currency: str,
         month: str,
-        where: dict[str, object],
+        where: Where,
         quantity: Decimal | None = None,
     ) -> None:
         """Moves ``source``'s cursor to ``target``; the difference is a row.
@@ -427,7 +436,7 @@ class _Step:
                 "currency": currency,
                 "amount": delta,
                 "quantity": added,
-                **where,
+                **where(),
             }
         )
         column = {"fee": 0, "usage": 1, "breakage": 2}.get(kind)
@@ -460,17 +469,22 @@ class _Step:
         meter: str | None,
         invoice: str | None,
         finalized_at: datetime | None,
-    ) -> dict[str, object]:
-        return {
-            "customer": customer,
-            "subscription": subscription,
-            "plan": self.plans.get(subscription),
-            "price": price,
-            "meter": meter,
-            "product": self._product(meter),
-            "invoice": invoice,
-            "invoice_month": self._month_of(finalized_at) if finalized_at else None,
-        }
+    ) -> Where:
+        """What a row belongs to, made only when a row is written (most sources post nothing in most steps)."""
+
+        def where() -> dict[str, object]:
+            return {
+                "customer": customer,
+                "subscription": subscription,
+                "plan": self.plans.get(subscription),
+                "price": price,
+                "meter": meter,
+                "product": self._product(meter),
+                "invoice": invoice,
+                "invoice_month": self._month_of(finalized_at) if finalized_at else None,
+            }
+
+        return where
 
     def _product(self, meter: str | None) -> str | None:
         return self.products.get(meter) if meter is not None else None
@@ -512,9 +526,14 @@ class Schedule(msgspec.Struct):
     price: str | None = None
     meter: str | None = None
     parts: list[Part] = []
+    #: The instant it is open until (keyed by it under ``revenue_open/``): a look is due at the first close that
+    #: reaches it. None: nothing changes until one of its lines does.
+    waits: datetime | None = None
 
 
 _SCHEDULE = msgspec.json.Decoder(Schedule)
+#: What a row belongs to (customer, subscription, plan, price, meter, product, invoice, invoice_month), when asked.
+Where = Callable[[], dict[str, object]]
 _ENCODE = msgspec.json.encode
 
 
@@ -534,6 +553,11 @@ def _source(how: str, invoice: Invoice, n: int, line: InvoiceLine) -> str | None
     if how == "drawdown":
         return f"breakage:{line.grant}" if line.grant else None
     return None
+
+
+def _instant(t: datetime) -> str:
+    """A UTC instant as text that sorts as the instants do (the open index's keys)."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _settled_key(tenant: str, subscription: str, cycle: datetime) -> str:
