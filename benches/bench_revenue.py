@@ -375,6 +375,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1, choices=[1, 2, 3], help="events per customer and month (1)")
     ap.add_argument("--data", type=Path, help="data directory to reuse or create (default: a temporary one)")
     ap.add_argument("--build-only", action="store_true", help="build (or keep) the tenant in --data, time nothing")
+    ap.add_argument("--print-only", action="store_true", help="print the figures, leave results/revenue.json alone")
     ap.add_argument("--stage", choices=["all", "run", "ceiling"], default="all", help=argparse.SUPPRESS)
     ap.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -467,31 +468,32 @@ def main() -> None:
         f"  ceiling: read_invoices {roof['seconds']:.2f} s ({roof['lines']:,} lines of {roof['invoices']:,} invoices); "
         f"close / ceiling = {figures['seconds'] / roof['seconds']:.0f}"
     )
-    finish(
-        "revenue",
-        {
-            "subscriptions": args.subscriptions,
-            "events": built["events"],
-            "invoices": built["invoices"],
-            **{f"build_{k}_seconds": round(v, 1) for k, v in built["seconds"].items()},
-            "seconds": round(figures["seconds"], 3),
-            "cpu_seconds": round(figures["cpu_seconds"], 3),
-            "peak_rss_mb": round(figures["peak_rss_mb"]),
-            "step_seconds": {day: round(s, 3) for day, s, _ in figures["steps"]},
-            "rows": figures["rows"],
-            "journal_entries": figures["entries"],
-            "errors": figures["errors"],
-            "recognized": got,
-            "reference": want,
-            "exact": exact,
-            "usage_months_off": months_off,
-            "second_close_posts_nothing": idempotent,
-            "ceiling_seconds": round(roof["seconds"], 3),
-            "ceiling_lines": roof["lines"],
-            "ratio_to_ceiling": round(figures["seconds"] / roof["seconds"], 1),
-            "goal_seconds": GOAL_SECONDS,
-        },
-    )
+    figures_out = {
+        "subscriptions": args.subscriptions,
+        "events": built["events"],
+        "invoices": built["invoices"],
+        **{f"build_{k}_seconds": round(v, 1) for k, v in built["seconds"].items()},
+        "seconds": round(figures["seconds"], 3),
+        "cpu_seconds": round(figures["cpu_seconds"], 3),
+        "peak_rss_mb": round(figures["peak_rss_mb"]),
+        "step_seconds": {day: round(s, 3) for day, s, _ in figures["steps"]},
+        "rows": figures["rows"],
+        "journal_entries": figures["entries"],
+        "errors": figures["errors"],
+        "recognized": got,
+        "reference": want,
+        "exact": exact,
+        "usage_months_off": months_off,
+        "second_close_posts_nothing": idempotent,
+        "ceiling_seconds": round(roof["seconds"], 3),
+        "ceiling_lines": roof["lines"],
+        "ratio_to_ceiling": round(figures["seconds"] / roof["seconds"], 1),
+        "goal_seconds": GOAL_SECONDS,
+    }
+    if args.print_only:
+        print(json.dumps(figures_out, sort_keys=True))
+    else:
+        finish("revenue", figures_out)
     if not (exact and idempotent and not months_off):
         raise SystemExit("bench-revenue: the close's figures are wrong (see above)")
 
