@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -54,6 +54,10 @@ JSONObject = dict[str, Any]
 CatalogKind = Literal["customers", "products", "plans", "subscriptions"]
 #: The windows usage can be cut into.
 WindowSize = Literal["minute", "hour", "day", "month"]
+
+
+#: The revenue reports ``revenue_report_csv`` reads.
+RevenueReport = Literal["waterfall", "deferred", "unbilled", "mrr", "retention", "ar-aging"]
 
 
 class RejectedEvents(MeterError, ValueError):
@@ -164,6 +168,22 @@ def _segment(value: str) -> str:
 def _time(value: datetime | str) -> str:
     """A query time: a datetime as ISO 8601, a string as given (the server says what is wrong with it)."""
     return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _months(start: str | None, end: str | None) -> list[tuple[str, str]]:
+    """The ``from``/``to`` months of a revenue report that are given."""
+    return [(name, value) for name, value in (("from", start), ("to", end)) if value is not None]
+
+
+def _day_or_time(value: date | datetime | str) -> str:
+    """A query date or time: ``YYYY-MM-DD`` for a date, ISO 8601 for a datetime, a string as given."""
+    return value.isoformat() if isinstance(value, date) else value
+
+
+def _gl_days(start: date | str | None, end: date | str | None) -> list[tuple[str, str]]:
+    """The query of ``GET /v1/revenue/gl``'s days that are given."""
+    params = [("from", _day_or_time(start))] if start is not None else []
+    return params + ([("to", _day_or_time(end))] if end is not None else [])
 
 
 def _ledger_filters(
@@ -306,6 +326,13 @@ class Client:
         if response.status_code >= 400:
             raise ServerError.of(response)
         return response.json()
+
+    def _bytes(self, path: str, params: Any = None) -> bytes:
+        """The body of a successful answer as it is (CSV, Parquet); an error answer raises ``ServerError``."""
+        response = self._http.request("GET", path, params=params)
+        if response.status_code >= 400:
+            raise ServerError.of(response)
+        return response.content
 
     # Live balances and entitlements
 
@@ -519,6 +546,107 @@ class Client:
         """``GET /v1/revenue/settings`` (the defaults until they are set)."""
         settings: JSONObject = self._call("GET", "/v1/revenue/settings")
         return settings
+
+    def revenue_mrr(self, start: str | None = None, end: str | None = None, by_customer: bool = False) -> JSONObject:
+        """``GET /v1/revenue/mrr``: the months ``[start, end)`` (``YYYY-MM``; the last 12 by default).
+
+        ``months``: per month and currency, ``opening``, the movements (``new``, ``expansion``, ``contraction``,
+        ``churn``, ``reactivation``), ``closing`` (the MRR), ``arr``, ``customers``, ``usage`` and ``usage_arr``;
+        ``by_customer`` adds ``customers``: each customer's ``previous``, ``mrr``, ``movement`` and ``usage``.
+        """
+        params = [("by_customer", "true" if by_customer else "false"), *_months(start, end)]
+        report: JSONObject = self._call("GET", "/v1/revenue/mrr", params=params)
+        return report
+
+    def revenue_retention(self, start: str | None = None, end: str | None = None) -> JSONObject:
+        """``GET /v1/revenue/retention``: ``cohorts`` (first-revenue months ``[start, end)``), month by month.
+
+        Each cohort: ``cohort``, ``currency``, ``customers``, ``base`` (their revenue in the cohort month) and
+        ``months``: ``revenue``, ``customers`` with revenue, ``retention`` (a decimal ratio, four decimals).
+        """
+        report: JSONObject = self._call("GET", "/v1/revenue/retention", params=_months(start, end))
+        return report
+
+    def revenue_report_csv(self, report: RevenueReport, **params: str) -> bytes:
+        """``GET /v1/revenue/{report}?format=csv`` with ``params`` as the query (``from``, ``to``, ``by``...)."""
+        return self._bytes(f"/v1/revenue/{report}", {**params, "format": "csv"})
+
+    def recognize_revenue(self, through: date | str) -> JSONObject:
+        """``POST /v1/revenue/recognize?through=``: the close through a day (``YYYY-MM-DD``, reporting time zone).
+
+        The answer: ``through``, ``timezone``, ``steps`` (one per month end closed: ``recognized`` per currency as
+        ``fees``, ``usage`` and ``breakage``; the journal ``entries`` posted) and ``errors``. A second close through
+        the same day posts nothing (``steps`` is empty).
+        """
+        closed: JSONObject = self._call("POST", "/v1/revenue/recognize", params=[("through", _day_or_time(through))])
+        return closed
+
+    def revenue_waterfall(
+        self, start: str | None = None, end: str | None = None, by: str | None = None, top: int | None = None
+    ) -> JSONObject:
+        """``GET /v1/revenue/waterfall``: recognized revenue per month in ``[start, end)``, by ``by`` when given."""
+        params = [*_months(start, end), *([("by", by)] if by else []), *([("top", str(top))] if top else [])]
+        report: JSONObject = self._call("GET", "/v1/revenue/waterfall", params=params)
+        return report
+
+    def revenue_deferred(self, start: str | None = None, end: str | None = None) -> list[JSONObject]:
+        """``GET /v1/revenue/deferred``: deferred revenue rolled forward, one row per month and currency."""
+        months: list[JSONObject] = self._call("GET", "/v1/revenue/deferred", params=_months(start, end))
+        return months
+
+    def revenue_unbilled(self, as_of: date | str | None = None) -> JSONObject:
+        """``GET /v1/revenue/unbilled``: revenue earned and not invoiced at the end of ``as_of`` (yesterday)."""
+        params = [("as_of", _day_or_time(as_of))] if as_of is not None else []
+        report: JSONObject = self._call("GET", "/v1/revenue/unbilled", params=params)
+        return report
+
+    def ar_aging(self, as_of: date | datetime | str | None = None) -> JSONObject:
+        """``GET /v1/revenue/ar-aging``: what each customer owes at ``as_of`` by days past due (JSON).
+
+        ``as_of``: a date (through its end in the reporting time zone), an instant, or now when None. The answer has
+        ``customers`` and ``totals`` (``current``, ``1_30``, ``31_60``, ``61_90``, ``90_plus``, ``total`` per
+        currency) and ``invoices`` (each one owed something, with its ``days_past_due`` and ``bucket``).
+        """
+        params = [("as_of", _day_or_time(as_of))] if as_of is not None else []
+        report: JSONObject = self._call("GET", "/v1/revenue/ar-aging", params=params)
+        return report
+
+    def ar_aging_csv(self, as_of: date | datetime | str | None = None) -> bytes:
+        """``GET /v1/revenue/ar-aging?format=csv``: a row per customer and currency, then each currency's total."""
+        params = [("format", "csv")] + ([("as_of", _day_or_time(as_of))] if as_of is not None else [])
+        return self._bytes("/v1/revenue/ar-aging", params)
+
+    def gl_lines(
+        self, start: date | str | None = None, end: date | str | None = None, after: int = 0, limit: int = 100
+    ) -> JSONObject:
+        """``GET /v1/revenue/gl?format=json``: a page ``{"data", "next", "scanned"}`` of general-ledger lines.
+
+        Lines booked in ``[start, end)``, days of the reporting time zone; ``next`` is the ``after`` of the next page.
+        """
+        params = _gl_days(start, end) + [("format", "json"), ("after", str(after)), ("limit", str(limit))]
+        found: JSONObject = self._call("GET", "/v1/revenue/gl", params=params)
+        return found
+
+    def gl_export(
+        self, start: date | str | None = None, end: date | str | None = None, limit: int = 10_000
+    ) -> Iterator[bytes]:
+        """``GET /v1/revenue/gl`` as CSV, page after page (``limit`` entries each): each page's file, with its header.
+
+        The pages follow the ``Meter-Next`` header to the end of the journal.
+        """
+        after: str | None = "0"
+        while after is not None:
+            query: list[tuple[str, str | int | float | bool | None]] = [
+                *_gl_days(start, end),
+                ("format", "csv"),
+                ("after", after),
+                ("limit", limit),
+            ]
+            response = self._http.request("GET", "/v1/revenue/gl", params=query)
+            if response.status_code >= 400:
+                raise ServerError.of(response)
+            yield response.content
+            after = response.headers.get("meter-next")
 
     # Invoices (a tenant key)
 

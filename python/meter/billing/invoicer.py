@@ -35,6 +35,7 @@ from meter.lake.files import ExportSummary
 from meter.lake.invoices import export_invoices
 from meter.lake.layout import invoices_root
 from meter.lake.ledger import export_ledger
+from meter.lake.revenue import export_revenue
 from meter.lake.usage import export_usage
 from meter.money.revenue.recognize import Close, CloseStep, recognize
 from meter.money.tax import Taxes, credit_note_tax
@@ -100,7 +101,7 @@ class Invoicer:
             print(f"meter: tenant {tenant!r}: collecting finalized invoices failed: {e!r}", file=sys.stderr, flush=True)
 
     def export(self, tenants: list[str]) -> dict[str, ExportSummary]:
-        """Everything the export holds, for these tenants: usage, raw events, the catalog, the invoices, the ledger."""
+        """Everything the export holds, for these tenants: usage, raw events, the catalog, invoices, ledger, revenue."""
         with self.lock:
             return {
                 "usage": export_usage(self.engine, tenants, self.out),
@@ -108,6 +109,7 @@ class Invoicer:
                 "catalog": export_catalog(self.catalog, self.engine, tenants, self.out),
                 "invoices": export_invoices(self.store, tenants, self.out),
                 "ledger": export_ledger(self.store, tenants, self.out),
+                "revenue": export_revenue(self.store, tenants, self.out),
             }
 
     def run(self, tenant: str, month: str, finalize: bool = False) -> InvoiceRun:

@@ -12,6 +12,7 @@ never RocksDB::
     <out>/invoices/tenant=<tenant>/{invoices,invoice_lines,credit_notes}.parquet
     <out>/invoices/tenant=<tenant>/.run/{invoices,invoice_lines}.parquet           an invoice run's rows, in passing
     <out>/ledger/tenant=<tenant>/journal_lines.parquet                              one row per journal line
+    <out>/revenue/tenant=<tenant>/recognized.parquet                                the closes' rows
 
 Invariants:
 
@@ -24,7 +25,7 @@ Invariants:
   another tenant's, or outside ``<out>``. A path therefore always reads back (hive partitioning) to the id it was
   written from.
 - The layout knows nothing of the files' contents: the dataset modules (:mod:`meter.lake.usage`, ``events``,
-  ``catalog``, ``invoices``, ``ledger``) own those, and :mod:`meter.lake.files` writes them.
+  ``catalog``, ``invoices``, ``ledger``, ``revenue``) own those, and :mod:`meter.lake.files` writes them.
 
 This module must never be bypassed by writing ``"tenant="`` or a dataset's name by hand anywhere else: the layout
 changes here, once, or not at all.
@@ -196,3 +197,12 @@ def ledger_tenant(out: Path, tenant: str) -> Path:
 def ledger_file(out: Path, tenant: str) -> Path:
     """The tenant's journal, one row per line of every entry (:mod:`meter.lake.ledger`)."""
     return ledger_tenant(out, tenant) / "journal_lines.parquet"
+
+
+def revenue_root(out: Path) -> Path:
+    return Path(out) / "revenue"
+
+
+def revenue_file(out: Path, tenant: str) -> Path:
+    """The rows of the tenant's closes: what each source recognized in which month (:mod:`meter.lake.revenue`)."""
+    return revenue_root(out) / partition("tenant", tenant) / "recognized.parquet"

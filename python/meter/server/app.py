@@ -47,6 +47,7 @@ from meter.live.anomaly import AnomalyJob
 from meter.live.reservations import Reservations
 from meter.live.tracker import Tracker
 from meter.money.payments.dunning import DunningJob, Payments
+from meter.money.revenue.job import DailyClose
 from meter.money.webhooks.delivery import Settings as WebhookSettings
 from meter.money.webhooks.delivery import WebhookWorker
 from meter.server.auth import authorize
@@ -93,6 +94,7 @@ class MeterApp:
         engine_options: dict[str, Any] | None = None,
         payments: Payments | None = None,
         dunning_every: float = 60.0,
+        recognize_every: float = 3600.0,
         webhook_settings: WebhookSettings | None = None,
     ) -> None:
         self.data_dir, self.admin_key, self.max_body = data_dir, admin_key, max_body
@@ -106,6 +108,8 @@ class MeterApp:
         self._payments = payments or Payments()
         self.payments: Payments | None = None
         self.dunning_every = dunning_every
+        #: The scheduled close (meter.money.revenue.job) looks for a day to close every `recognize_every` seconds.
+        self.recognize_every = recognize_every
         #: The periodic jobs beside the requests (dunning, reservations' expiry, anomaly alerts), while writable.
         self.jobs: list[PeriodicJob] = []
         #: Outgoing webhooks: the delivery worker's settings, and the worker (started with the stores, if writable).
@@ -213,6 +217,7 @@ class MeterApp:
                 PeriodicJob("meter-dunning", self.dunning_every, dunning.run_once),
                 PeriodicJob("meter-reservations", 5.0, self.reservations.expire),
                 PeriodicJob("meter-anomalies", 60.0, anomalies.run_once),
+                PeriodicJob("meter-revenue-close", self.recognize_every, DailyClose(stores.invoicer, tenants).run_once),
             ]
             for periodic in self.jobs:
                 periodic.start()
@@ -300,6 +305,7 @@ def create_app() -> MeterApp:
         engine_options=engine_options_from_env(),
         payments=Payments.from_env(),
         dunning_every=float(os.environ.get("METER_DUNNING_EVERY") or 60),
+        recognize_every=float(os.environ.get("METER_RECOGNIZE_EVERY") or 3600),
         webhook_settings=WebhookSettings.from_env(),
     )
 

@@ -14,8 +14,8 @@ Invariants:
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
-from typing import Any, overload
+from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -66,28 +66,6 @@ def parse_time(value: str | None, name: str) -> datetime:
     if t.tzinfo is None:
         raise ApiError(400, "invalid_query", f"'{name}' needs a time zone offset or Z; got {value!r}")
     return t
-
-
-@overload
-def parse_day(value: str | None, name: str) -> date: ...
-
-
-@overload
-def parse_day(value: str | None, name: str, required: bool) -> date | None: ...
-
-
-def parse_day(value: str | None, name: str, required: bool = True) -> date | None:
-    """A day as YYYY-MM-DD (required unless told otherwise)."""
-    if not value:
-        if not required:
-            return None
-        raise ApiError(400, "invalid_query", f"'{name}' is required, as a day such as 2026-11-30")
-    try:
-        if len(value) != 10:
-            raise ValueError(value)
-        return date.fromisoformat(value)
-    except ValueError:
-        raise ApiError(400, "invalid_query", f"'{name}' must be a day such as 2026-11-30; got {value!r}") from None
 
 
 def parse_bool(value: str | None, name: str) -> bool:

@@ -32,8 +32,10 @@ import msgspec
 
 from meter.billing.invoicing import parse_month
 from meter.catalog.keys import Scope
+from meter.exceptions import InvalidInput
+from meter.money.revenue.days import parse_day
 from meter.server.http import Answer, Request
-from meter.server.inputs import parse_bool, parse_day, parse_time, read_filters, read_limit
+from meter.server.inputs import parse_bool, parse_time, read_filters, read_limit
 
 __all__ = [
     "BOOL",
@@ -84,6 +86,13 @@ def _month(request: Request, name: str) -> str | None:
     return month
 
 
+def _day(request: Request, name: str, required: bool = True) -> date | None:
+    value = request.param(name)
+    if not value and required:
+        raise InvalidInput(f"'{name}' is required, as a day YYYY-MM-DD", code="invalid_query")
+    return parse_day(value, name) if value is not None else None
+
+
 #: Optional text, as given.
 TEXT = Kind(str, lambda r, n: r.param(n))
 #: Repeatable text, every value in order.
@@ -97,9 +106,9 @@ LIMIT = Kind(Annotated[int, msgspec.Meta(ge=1, le=1000)], read_limit)
 #: A month as YYYY-MM (checked; handed over as text).
 MONTH = Kind(Annotated[str, msgspec.Meta(pattern="^[0-9]{4}-[0-9]{2}$")], _month)
 #: An optional day as YYYY-MM-DD.
-DAY = Kind(date, lambda r, n: parse_day(r.param(n), n, required=False), schema_extra={"format": "date"})
+DAY = Kind(date, lambda r, n: _day(r, n, required=False), schema_extra={"format": "date"})
 #: A required day as YYYY-MM-DD.
-REQUIRED_DAY = Kind(date, lambda r, n: parse_day(r.param(n), n), required=True, schema_extra={"format": "date"})
+REQUIRED_DAY = Kind(date, _day, required=True, schema_extra={"format": "date"})
 #: `name[KEY]=VALUE` pairs: each key's values.
 FILTER = Kind(dict[str, str], read_filters, style="deep")
 

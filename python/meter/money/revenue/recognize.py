@@ -1,41 +1,46 @@
-"""The close: revenue recognized through a day, posted to the ledger exactly once per line and day range.
+"""The close: revenue recognized through a day, posted to the ledger exactly once per source and day range.
 
 A close through day ``D`` (in the tenant's reporting zone, :class:`~meter.catalog.revenue.RevenueSettings`) brings
-every line's recognized amount to what it has earned by the end of ``D`` (the instant ``T``, local midnight after
+what each source has recognized to what it has earned by the end of ``D`` (the instant ``T``, local midnight after
 ``D``), and posts the difference. A run through a later day than the last close is done as one step per month end
 in between, then ``D``: each step is a month's (or a part of one), so revenue lands in the month it was earned.
 
-What a line has earned by ``T`` (its *target*), by its :func:`~meter.money.ledger.treatment`:
+The sources, by the :func:`~meter.money.ledger.treatment` of the lines that bill them (each a :class:`Schedule` of
+the billed lines' parts):
 
-- ``ratable`` (fees, their adjustments, shortfalls, discounts): :func:`~meter.money.revenue.schedule.earned_through`
-  its service period by day (0 once its invoice is void: a void reverses what was recognized);
-- ``usage``: the usage consumed, not the line: each usage key (subscription, price, version, cycle) earns what its
-  usage before ``T`` rates at (:func:`meter.billing.invoicing.consumption`), invoiced or not. What is consumed and
-  not invoiced is unbilled revenue; the invoice moves it to the receivable;
-- ``commit``: a prepaid commit is deferred until usage draws it down (its drawdown lines); what is left when it
-  expires is breakage (``at_expiry``), or stays deferred (``none``: refundable credit);
-- ``immediate`` (promotional credits) and credit notes reduce revenue when their entry is posted (finalization, the
-  note): the close only lists them in the rows, for the reports.
+- a **fee** (a price's key: subscription, price, version, cycle; or a keyless line such as a discount) earns the sum
+  of its lines by day over the service period of the latest (:func:`~meter.money.revenue.schedule.earned_through`).
+  A plan change's adjustment is a line of the same key covering the part of the cycle it now bills, so each part is
+  earned over its own days; a void takes its lines out, so what they earned is reversed;
+- a **usage key** earns the usage consumed before ``T``, invoiced or not: once the invoice of the next cycle bills
+  the cycle in arrears (it *settles* it), what was billed for the key (late usage billed since included); before,
+  what its usage so far rates at (:func:`meter.billing.invoicing.consumption`). What is consumed and not invoiced is
+  unbilled revenue; the invoice moves it to the receivable;
+- a **prepaid commit** is deferred until usage draws it down (its drawdown lines); what is left when it expires is
+  breakage (``at_expiry``), or stays deferred (``none``: refundable credit);
+- promotional credits and credit notes reduce revenue when their own entry is posted (finalization, the note): the
+  close lists them in its rows (``line:<invoice>/<n>``, ``note:<number>``), for the reports.
 
-Exactly once: each source (a line, a usage key, a grant, a credit note) keeps what it has recognized (its cursor);
-a step posts ``target - cursor`` and moves the cursor, in the **same synced write** as the journal entries
-(``revenue_recognized:<D>/<currency>``, ``breakage:<D>/<currency>``, each with ``effective`` = ``D``) and the step's
-rows, with the tenant's invoice lock held throughout. Running a close twice posts nothing the second time; a crash
-leaves the step written whole or not at all.
+Exactly once: each source keeps what it has recognized (its cursor); a step posts ``target - cursor`` and moves the
+cursor, in the **same synced write** as the journal entries (``revenue_recognized:<D>/<currency>``,
+``breakage:<D>/<currency>``, each with ``effective`` = ``D``) and the step's rows, with the tenant's invoice lock held
+throughout. Running a close twice posts nothing the second time; a crash leaves a step written whole or not at all.
 
 Bounded: a step reads the invoices finalized, voided or credited since the last close (``revenue_due/``, written by
-the store with the entry that changed them) and those still earning (``revenue_open/``), never the whole history
-(the first close of a tenant reads every invoice once). Usage is rated for the cycles that overlap the step.
+the store with the entry that changed them) and the schedules still earning (``revenue_open/``), never the whole
+history (the first close of a tenant reads every invoice once). Usage is rated only for the cycles that overlap the
+step and that no invoice settled.
 
 Keys (in the invoice store, under ``<tenant>``):
 
-=====================================  ==========================================================================
-``revenue_close/<tenant>``             the last close: its day and when it was posted
-``revenue_open/<tenant>/<invoice>``    an invoice with a fee still earning, or a prepaid commit not yet expired
-``revenue_cursor/<tenant>/<source>``   what a source has recognized (decimal text); sources: ``line:<invoice>/<n>``,
-                                       ``usage:<key>``, ``breakage:<grant>``, ``note:<number>``
-``revenue_rows/<tenant>/<D>``          the step's rows (Arrow IPC): what each source recognized, and where
-=====================================  ==========================================================================
+===========================================  ====================================================================
+``revenue_close/<tenant>``                   the last close: its day and when it was posted
+``revenue_schedule/<tenant>/<source>``       a :class:`Schedule`: the billed lines of a fee, usage key or commit
+``revenue_open/<tenant>/<source>``           a schedule still earning after the last close (or not yet expired)
+``revenue_settled/<tenant>/<sub>/<cycle>``   a cycle whose usage its cycle invoice billed
+``revenue_cursor/<tenant>/<source>``         what a source has recognized (decimal text)
+``revenue_rows/<tenant>/<D>``                the step's rows (Arrow IPC): what each source recognized, and where
+===========================================  ====================================================================
 
 Money: targets are rounded half to even to the minor unit where they are derived (a month's share, a rated key);
 differences of rounded figures need no rounding.
@@ -49,6 +54,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -63,6 +69,7 @@ from meter.exceptions import InvalidInput
 from meter.lake.catalog import Snapshot
 from meter.money import ledger
 from meter.money.ledger import JournalEntry
+from meter.money.revenue.days import midnight
 from meter.money.revenue.schedule import earned_through, monthly
 from meter.pricing.money import round_to_minor_unit
 
@@ -89,6 +96,7 @@ _ROW_FIELDS: list[tuple[str, pa.DataType]] = [
     ("source", pa.string()),
     ("currency", pa.string()),
     ("amount", _MONEY),
+    ("quantity", _MONEY),  # usage: the units consumed that this row's amount adds (null for anything else)
     ("customer", pa.string()),
     ("subscription", pa.string()),
     ("plan", pa.string()),
@@ -240,13 +248,11 @@ class _Step:
     def __post_init__(self) -> None:
         self.tenant, self.tz = self.snapshot.tenant, self.settings.timezone
         self.zone = ZoneInfo(self.tz)
-        self.end = _midnight(self.day + timedelta(days=1), self.zone)  # T: the end of the day closed
+        self.end = midnight(self.day + timedelta(days=1), self.zone)  # T: the end of the day closed
         self.month = f"{self.day:%Y-%m}"
         last = self.store.raw(f"revenue_close/{self.tenant}")
         self.last = None if last is None else msgspec.json.decode(last, type=_Last)
         self.plans = {sub.id: sub.plan for sub in self.snapshot.subscriptions}
-        #: Usage keys billed by the invoices read: (cycle start and end, currency, where they belong).
-        self.billed: dict[str, tuple[datetime, datetime, str, dict[str, object]]] = {}
         #: Cycles (subscription, start) whose usage was billed again: rated again unless settled.
         self.again: set[tuple[str, datetime]] = set()
         self.notes: dict[str, list[CreditNote]] = defaultdict(list)
@@ -254,32 +260,35 @@ class _Step:
             self.notes[note.invoice].append(note)
 
     def run(self) -> tuple[CloseStep, list[RunError]]:
-        start = _midnight(self.last.through + timedelta(days=1), self.zone) if self.last else _EPOCH
+        start = midnight(self.last.through + timedelta(days=1), self.zone) if self.last else _EPOCH
         # The tenant's lock is held throughout: the marks deleted are exactly those of the invoices read.
         with self.store.transaction(self.tenant, self.now) as change:
             if self.last is None:  # the first close reads every invoice once
                 due = [invoice_id for invoice_id, status, _ in self.store.statuses(self.tenant) if status != "draft"]
             else:
                 due = [key.rsplit("/", 1)[1] for key, _ in self.store.raw_items(f"revenue_due/{self.tenant}/")]
-            opened = [key.rsplit("/", 1)[1] for key, _ in self.store.raw_items(f"revenue_open/{self.tenant}/")]
-            for invoice_id in dict.fromkeys([*due, *opened]):
+            touched: dict[str, Schedule] = {}
+            for invoice_id in due:
                 change.delete(f"revenue_due/{self.tenant}/{invoice_id}")
-                self._invoice(change, self.store.get(self.tenant, invoice_id))
+                self._invoice(change, self.store.get(self.tenant, invoice_id), touched)
+            for key, _ in self.store.raw_items(f"revenue_open/{self.tenant}/"):
+                source = key.split("/", 2)[2]
+                if source not in touched and (schedule := self._load(change, source)) is not None:
+                    touched[source] = schedule
+            for source, schedule in touched.items():
+                self._schedule(change, source, schedule)
 
             def settled(subscription: str, cycle: datetime) -> bool:
                 return change.get(_settled_key(self.tenant, subscription, cycle)) is not None
 
-            # Usage: a cycle whose usage its cycle invoice billed earned what was billed for it (late usage billed
-            # since included); any other cycle earned what its usage so far rates at.
+            # Usage of the cycles no invoice settled: what its usage so far rates at.
             used, errors = consumption(self.snapshot, self.out, start, self.end, frozenset(self.again), settled)
             for found in used:
                 line, sub = found.line, found.sub
                 where = self._where(sub.customer, sub.id, line.price, line.meter, None, None)
-                self._post(change, f"usage:{line.key}", line.amount, "usage", found.currency, self.month, where)
-            for key, (cycle, cycle_end, currency, where) in self.billed.items():
-                if cycle_end <= self.end and settled(str(where["subscription"]), cycle):
-                    target = _decimal(change.get(f"revenue_billed/{self.tenant}/{key}"))
-                    self._post(change, f"usage:{key}", target, "usage", currency, self.month, where)
+                self._post(
+                    change, f"usage:{line.key}", line.amount, "usage", found.currency, self.month, where, line.quantity
+                )
             entries = self._entries(change)
             if self.rows:
                 change.put(f"revenue_rows/{self.tenant}/{self.day.isoformat()}", _ipc(self.rows))
@@ -289,91 +298,100 @@ class _Step:
         ]
         return CloseStep(self.day, summary, len(self.rows), [e.id for e in entries]), errors
 
-    def _usage_billed(self, change: Change, invoice: Invoice, n: int, line: InvoiceLine, net: Decimal) -> None:
-        """A usage line: what it bills counts toward its key's billed amount; a cycle invoice settles its cycle."""
-        key = parse_line_key(line.key) if line.key else None
-        if not isinstance(key, ChargeKey) or line.key is None:
-            return
+    def _invoice(self, change: Change, invoice: Invoice, touched: dict[str, Schedule]) -> None:
+        """An invoice finalized, voided or credited: each line's part in its schedule, its credits' rows."""
         billed = invoice.status in BILLED
-        source = f"revenue_cursor/{self.tenant}/billed:{invoice.id}/{n}"
-        before, now = _decimal(change.get(source)), net if billed else _ZERO
-        if now != before:
-            change.put(source, str(now).encode())
-            total = f"revenue_billed/{self.tenant}/{line.key}"
-            change.put(total, str(_decimal(change.get(total)) + now - before).encode())
-        if invoice.reason == "cycle" and invoice.usage_start == key.cycle_start:
-            mark = _settled_key(self.tenant, invoice.subscription, key.cycle_start)
-            if billed:
-                change.put(mark, b"")
-            else:
-                change.delete(mark)
-        where = self._where(invoice.customer, invoice.subscription, line.price, line.meter, None, None)
-        self.billed[line.key] = (key.cycle_start, key.cycle_end, invoice.currency, where)
-        self.again.add((invoice.subscription, key.cycle_start))
-
-    def _invoice(self, change: Change, invoice: Invoice) -> None:
-        """Brings the invoice's fee lines, commits, promotional credits and credit notes to their targets."""
-        billed = invoice.status in BILLED
-        still_open = False
         where = self._where(invoice.customer, invoice.subscription, None, None, invoice.id, invoice.finalized_at)
         prepaid: frozenset[str] | None = None
         for n, (line, net) in enumerate(zip(invoice.lines, ledger.net_line_amounts(invoice), strict=True), start=1):
             if line.kind == "credit" and prepaid is None:
                 prepaid = self.store.prepaid_grants(self.tenant, invoice.subscription)
             how = ledger.treatment(line, prepaid or frozenset())
-            at = {**where, "price": line.price, "meter": line.meter, "product": self._product(line.meter)}
-            if how == "ratable":
-                target = self._earned(line.period_start, line.period_end, net, invoice.currency) if billed else _ZERO
-                self._post(change, f"line:{invoice.id}/{n}", target, "fee", invoice.currency, self.month, at)
-                still_open |= billed and line.period_end > self.end
-            elif how == "immediate":
+            if how == "immediate":  # posted by its invoice's entries: a row for the reports
+                at = {**where, "price": line.price}
                 target = net if billed else _ZERO
                 month = self._month_of(invoice.finalized_at if billed else invoice.voided_at)
                 self._post(change, f"line:{invoice.id}/{n}", target, "promotional_credit", invoice.currency, month, at)
-            elif how == "commit":
-                still_open |= billed and line.period_end > self.end
-                self._breakage(change, invoice, line, at)
-            elif how == "usage":
-                self._usage_billed(change, invoice, n, line, net)
-                still_open |= billed and line.period_end > self.end  # billed before a close reached its period
-            elif how == "drawdown" and line.grant is not None:
-                self._breakage_of_grant(change, invoice.subscription, line.grant)
+                continue
+            source = _source(how, invoice, n, line)
+            if source is None:
+                continue
+            schedule = touched.get(source) or self._load(change, source)
+            if schedule is None:
+                schedule = Schedule(
+                    kind="usage" if how == "usage" else "commit" if how in ("commit", "drawdown") else "fee",
+                    currency=invoice.currency,
+                    customer=invoice.customer,
+                    subscription=invoice.subscription,
+                    price=line.price,
+                    meter=line.meter,
+                )
+            part = Part(
+                line=f"{invoice.id}/{n}",
+                amount=net,
+                start=line.period_start,
+                end=line.period_end,
+                finalized_at=invoice.finalized_at or invoice.issued_at,
+                quantity=line.quantity if how == "usage" else None,
+                void=not billed,
+                drawn=how == "drawdown",
+                settles=how == "usage" and invoice.reason == "cycle" and invoice.usage_start == line.period_start,
+            )
+            schedule.parts = sorted([p for p in schedule.parts if p.line != part.line] + [part], key=_order)
+            touched[source] = schedule
+            change.put(f"revenue_schedule/{self.tenant}/{source}", _ENCODE(schedule))
+            if how == "usage":
+                key = parse_line_key(line.key or "")
+                if isinstance(key, ChargeKey):
+                    self.again.add((invoice.subscription, key.cycle_start))
+                    mark = _settled_key(self.tenant, invoice.subscription, key.cycle_start)
+                    if any(p.settles and not p.void for p in schedule.parts):
+                        change.put(mark, b"")
+                    else:
+                        change.delete(mark)
         for note in self.notes.get(invoice.id, []):
             target = -(note.amount - (note.tax or _ZERO)) if invoice.status != "void" else _ZERO
             month = self._month_of(note.created_at if invoice.status != "void" else invoice.voided_at)
             self._post(change, f"note:{note.number}", target, "credit_note", invoice.currency, month, where)
-        if still_open:
-            change.put(f"revenue_open/{self.tenant}/{invoice.id}", b"")
+
+    def _load(self, change: Change, source: str) -> Schedule | None:
+        raw = change.get(f"revenue_schedule/{self.tenant}/{source}")
+        return None if raw is None else _SCHEDULE.decode(raw)
+
+    def _schedule(self, change: Change, source: str, schedule: Schedule) -> None:
+        """Brings a schedule's cursor to what it has earned by the step's end; keeps it open while it earns."""
+        latest = schedule.parts[-1]
+        where = self._where(
+            schedule.customer,
+            schedule.subscription,
+            schedule.price,
+            schedule.meter,
+            latest.line.rsplit("/", 1)[0],
+            latest.finalized_at,
+        )
+        billed = [p for p in schedule.parts if not p.void]
+        amount = sum((p.amount for p in billed), _ZERO)
+        if schedule.kind == "fee":
+            earning = billed[-1] if billed else latest
+            target = self._earned(earning.start, earning.end, amount, schedule.currency)
+            self._post(change, source, target, "fee", schedule.currency, self.month, where)
+            still = amount != 0 and earning.end > self.end
+        elif schedule.kind == "commit":
+            expiry = max((p.end for p in billed if not p.drawn), default=None)
+            # What is left: bought, less what usage drew (the drawdown parts are negative).
+            expired = expiry is not None and expiry <= self.end and self.settings.breakage == "at_expiry"
+            self._post(change, source, amount if expired else _ZERO, "breakage", schedule.currency, self.month, where)
+            still = expiry is None or expiry > self.end
+        else:  # usage: a settled cycle earned what was billed for it; the others are rated (consumption)
+            cycle_end = max(p.end for p in schedule.parts)
+            if any(p.settles for p in billed) and cycle_end <= self.end:
+                used = sum((p.quantity or _ZERO for p in billed), _ZERO)
+                self._post(change, source, amount, "usage", schedule.currency, self.month, where, used)
+            still = cycle_end > self.end
+        if still:
+            change.put(f"revenue_open/{self.tenant}/{source}", b"")
         else:
-            change.delete(f"revenue_open/{self.tenant}/{invoice.id}")
-
-    def _breakage_of_grant(self, change: Change, subscription: str, grant: str) -> None:
-        """A prepaid commit drawn again: its breakage, when it has expired, is what is left of it now."""
-        for invoice in self.store.of_subscription(self.tenant, subscription):
-            for line in invoice.lines:
-                if line.kind == "commit" and line.key and _grant_of(line.key) == grant:
-                    where = self._where(invoice.customer, subscription, None, None, invoice.id, invoice.finalized_at)
-                    self._breakage(change, invoice, line, where)
-
-    def _breakage(self, change: Change, invoice: Invoice, commit: InvoiceLine, where: dict[str, object]) -> None:
-        """A prepaid commit that expired by the step's end: what is left (bought minus drawn) is breakage.
-
-        Unless the tenant's credit is refundable (``breakage: none``), or its invoice was voided (nothing bought).
-        """
-        grant = _grant_of(commit.key) if commit.key else None
-        if grant is None or commit.period_end > self.end:
-            return
-        bought = drawn = _ZERO
-        for other in self.store.of_subscription(self.tenant, invoice.subscription):
-            if other.status not in BILLED:
-                continue
-            for line, net in zip(other.lines, ledger.net_line_amounts(other), strict=True):
-                if line.kind == "commit" and line.key is not None and _grant_of(line.key) == grant:
-                    bought += net
-                elif line.kind == "credit" and line.grant == grant:
-                    drawn -= net
-        target = bought - drawn if self.settings.breakage == "at_expiry" else _ZERO
-        self._post(change, f"breakage:{grant}", target, "breakage", invoice.currency, self.month, where)
+            change.delete(f"revenue_open/{self.tenant}/{source}")
 
     def _post(
         self,
@@ -384,18 +402,22 @@ class _Step:
         currency: str,
         month: str,
         where: dict[str, object],
+        quantity: Decimal | None = None,
     ) -> None:
         """Moves ``source``'s cursor to ``target``; the difference is a row.
 
         The difference is also part of this step's journal entry, but for credit notes and promotional credits
-        (their own entries posted them).
+        (their own entries posted them). A usage source's cursor also keeps the quantity it has recognized, so
+        that its rows add up to the units consumed.
         """
         key = f"revenue_cursor/{self.tenant}/{source}"
-        before = _decimal(change.get(key))
+        raw = change.get(key)
+        before, counted = _cursor(raw)
         delta = target - before
-        if delta == 0:
+        added = None if quantity is None else quantity - (counted or _ZERO)
+        if delta == 0 and not added:
             return
-        change.put(key, str(target).encode())
+        change.put(key, f"{target} {quantity}".encode() if quantity is not None else str(target).encode())
         self.rows.append(
             {
                 "month": month,
@@ -404,6 +426,7 @@ class _Step:
                 "source": source,
                 "currency": currency,
                 "amount": delta,
+                "quantity": added,
                 **where,
             }
         )
@@ -456,12 +479,73 @@ class _Step:
         return f"{(at or self.now).astimezone(self.zone):%Y-%m}"
 
 
+class Part(msgspec.Struct, array_like=True):
+    """One billed line's part in a schedule: what it adds and its service period."""
+
+    line: str  # <invoice>/<n>
+    amount: Decimal
+    start: datetime
+    end: datetime
+    finalized_at: datetime
+    #: A usage line's quantity.
+    quantity: Decimal | None = None
+    #: Its invoice was voided: it adds nothing.
+    void: bool = False
+    #: A credit line drawing on a prepaid commit (its amount is negative).
+    drawn: bool = False
+    #: A usage line of the cycle invoice that bills its cycle in arrears: the cycle's usage is billed.
+    settles: bool = False
+
+
+class Schedule(msgspec.Struct):
+    """What one source earns, from every billed line about it: a fee's key, a usage key, a prepaid commit.
+
+    A fee earns the sum of its lines by day over the service period of the latest (a plan change's adjustment
+    carries the part of the cycle the key now covers); a commit what is left of it when it expires; a usage key
+    what its cycle's invoice billed, once billed (before, what its usage rates at).
+    """
+
+    kind: Literal["fee", "usage", "commit"]
+    currency: str
+    customer: str
+    subscription: str
+    price: str | None = None
+    meter: str | None = None
+    parts: list[Part] = []
+
+
+_SCHEDULE = msgspec.json.Decoder(Schedule)
+_ENCODE = msgspec.json.encode
+
+
+def _order(part: Part) -> tuple[datetime, str]:
+    return part.finalized_at, part.line
+
+
+def _source(how: str, invoice: Invoice, n: int, line: InvoiceLine) -> str | None:
+    """The source a line counts toward: its key's (a fee, a usage key), its commit's, or its own (a keyless fee)."""
+    if how == "ratable":
+        return f"fee:{line.key}" if line.key else f"fee:{invoice.id}/{n}"
+    if how == "usage":
+        return f"usage:{line.key}" if line.key else None
+    if how == "commit":
+        grant = _grant_of(line.key) if line.key else None
+        return f"breakage:{grant}" if grant else None
+    if how == "drawdown":
+        return f"breakage:{line.grant}" if line.grant else None
+    return None
+
+
 def _settled_key(tenant: str, subscription: str, cycle: datetime) -> str:
     return f"revenue_settled/{tenant}/{subscription}/{cycle.astimezone(UTC).isoformat()}"
 
 
-def _decimal(raw: bytes | None) -> Decimal:
-    return Decimal(raw.decode()) if raw is not None else _ZERO
+def _cursor(raw: bytes | None) -> tuple[Decimal, Decimal | None]:
+    """A cursor: the amount recognized, and for usage the quantity (``"<amount> <quantity>"``)."""
+    if raw is None:
+        return _ZERO, None
+    amount, _, quantity = raw.decode().partition(" ")
+    return Decimal(amount), Decimal(quantity) if quantity else None
 
 
 def _grant_of(commit_key: str) -> str | None:
@@ -475,10 +559,6 @@ def _ipc(rows: Iterable[dict[str, object]]) -> bytes:
     with pa.ipc.new_stream(sink, ROW_SCHEMA, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
         writer.write_table(table)
     return bytes(sink.getvalue().to_pybytes())
-
-
-def _midnight(day: date, zone: ZoneInfo) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC)
 
 
 def _next_month(first: date) -> date:

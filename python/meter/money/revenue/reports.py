@@ -32,6 +32,7 @@ from meter.billing.store import InvoiceStore
 from meter.exceptions import InvalidInput
 from meter.money import ledger
 from meter.money.ledger import JournalEntry
+from meter.money.revenue.days import accounting_day
 from meter.money.revenue.recognize import last_close, read_rows
 from meter.pricing.money import minor_units
 
@@ -43,7 +44,6 @@ __all__ = [
     "UnbilledReport",
     "Waterfall",
     "WaterfallRow",
-    "accounting_day",
     "deferred_rollforward",
     "unbilled",
     "waterfall",
@@ -53,11 +53,6 @@ __all__ = [
 Dimension = Literal["customer", "product", "plan", "meter", "price", "invoice_month", "kind"]
 DIMENSIONS: tuple[str, ...] = get_args(Dimension)
 _ZERO = Decimal(0)
-
-
-def accounting_day(entry: JournalEntry, tz: str) -> date:
-    """The day an entry counts in: its ``effective`` day (a close's), else the day it was posted, in ``tz``."""
-    return entry.effective or entry.created_at.astimezone(ZoneInfo(tz)).date()
 
 
 def _month(day: date) -> str:
@@ -73,6 +68,8 @@ class WaterfallRow(msgspec.Struct, omit_defaults=True):
     month: str
     currency: str
     amount: Decimal
+    #: The units of usage consumed (the usage rows' quantities; absent when there are none, such as fees alone).
+    quantity: Decimal | None = None
     #: The group's value (absent without ``by``; null for rows without one, such as fees for ``meter``).
     group: str | None = None
 
@@ -108,7 +105,9 @@ def waterfall(
     if end is not None:
         rows = rows.filter(pl.col("month") < end)
     keys = ["month", "currency", *([by] if by else [])]
-    sums = rows.group_by(keys).agg(pl.col("amount").sum())
+    sums = rows.group_by(keys).agg(
+        pl.col("amount").sum(), pl.col("quantity").sum(), pl.col("quantity").count().alias("n")
+    )
     if by is not None and top is not None:
         totals = sums.group_by("currency", by).agg(pl.col("amount").sum().alias("total"))
         best = totals.sort("total", descending=True).group_by("currency", maintain_order=True).head(top)
@@ -119,6 +118,7 @@ def waterfall(
             month=row["month"],
             currency=row["currency"],
             amount=_money(row["amount"], row["currency"]),
+            quantity=row["quantity"].normalize() if row["n"] else None,
             **({"group": row[by]} if by else {}),
         )
         for row in sums.sort(order, nulls_last=True).iter_rows(named=True)
@@ -156,7 +156,7 @@ def deferred_rollforward(
         net = sum((line.credit - line.debit for line in entry.lines if line.account == "deferred_revenue"), _ZERO)
         if net == 0 and entry.kind != "invoice_finalized":
             continue
-        sums = moves[(_month(accounting_day(entry, tz)), entry.currency)]
+        sums = moves[(_month(accounting_day(entry, ZoneInfo(tz))), entry.currency)]
         if entry.kind == "invoice_finalized":
             added, drawn = _finalized_split(store, tenant, entry)
             if added - drawn != net:
@@ -270,5 +270,5 @@ def unbilled(store: InvoiceStore, tenant: str, tz: str, as_of: date) -> Unbilled
 def _through(store: InvoiceStore, tenant: str, tz: str, day: date) -> Iterator[JournalEntry]:
     """The journal entries whose accounting day is ``day`` or before."""
     for entry in store.journal(tenant):
-        if accounting_day(entry, tz) <= day:
+        if accounting_day(entry, ZoneInfo(tz)) <= day:
             yield entry

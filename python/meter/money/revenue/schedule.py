@@ -20,12 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
 from zoneinfo import ZoneInfo
 
 from meter.exceptions import InvalidInput
+from meter.money.revenue.days import midnight
 from meter.pricing.money import minor_units
 
 __all__ = ["MonthShare", "earned_through", "monthly"]
@@ -59,7 +60,7 @@ def monthly(amount: Decimal, start: datetime, end: datetime, tz: str, currency: 
     shares, left, at = [], amount, start
     while at < end:
         first = at.astimezone(zone).date().replace(day=1)
-        until = min(end, _midnight(_next_month(first), zone))
+        until = min(end, midnight(_next_month(first), zone))
         days = _position(until, zone) - _position(at, zone)
         share = left if until == end else _round(Fraction(amount) * days / total, digits)
         shares.append(MonthShare(first, at, until, days, share))
@@ -84,14 +85,9 @@ def earned_through(shares: Sequence[MonthShare], at: datetime, tz: str, currency
 def _position(t: datetime, zone: ZoneInfo) -> Fraction:
     """Days from 1970-01-01 to ``t`` in ``zone``: whole local days, plus the share of ``t``'s own local day elapsed."""
     day = t.astimezone(zone).date()
-    midnight, next_midnight = _midnight(day, zone), _midnight(day + timedelta(days=1), zone)
-    elapsed = Fraction(_microseconds(t - midnight), _microseconds(next_midnight - midnight))
+    begins, ends = midnight(day, zone), midnight(day + timedelta(days=1), zone)
+    elapsed = Fraction(_microseconds(t - begins), _microseconds(ends - begins))
     return (day - _EPOCH).days + elapsed
-
-
-def _midnight(day: date, zone: ZoneInfo) -> datetime:
-    """The instant a local day begins; a midnight a clock change skips is read as the instant of the jump (PEP 495)."""
-    return datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC)
 
 
 def _next_month(first: date) -> date:

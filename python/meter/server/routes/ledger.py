@@ -23,14 +23,13 @@ from meter.money.ledger import ACCOUNTS
 from meter.money.reports import CustomerBalance, EntryFilter, EntryPage, TrialBalance
 from meter.server.context import Context, opened
 from meter.server.errors import ApiError
+from meter.server.formats import FORMATS, MEDIA, choose
 from meter.server.http import Answer, Request
 from meter.server.inputs import parse_time, read_limit
 from meter.server.table import BOOL, TEXT, Kind, Param, Route, enum
 
-__all__ = ["FORMATS", "ROUTES"]
+__all__ = ["ROUTES"]
 
-#: The answer's formats, by their ``format`` value and media type.
-FORMATS = {"json": "application/json", "csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
 #: Entries per page at most (a page of CSV or Parquet is a file a finance tool reads: larger than a JSON page).
 MAX_LIMIT = 10_000
 
@@ -60,18 +59,6 @@ def _limit(request: Request, name: str) -> int:
 OPTIONAL_TIME = Kind(datetime, _optional_time, schema_extra={"format": "date-time"})
 AFTER = Kind(Annotated[int, msgspec.Meta(ge=0)], _after)
 PAGE = Kind(Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)], _limit)
-
-
-def _format(fmt: str | None, accept: str) -> str:
-    """``format`` when given, else the first of CSV or Parquet that ``Accept`` names, else JSON."""
-    if fmt is not None:
-        if fmt not in FORMATS:
-            raise ApiError(400, "invalid_query", f"'format' must be one of {', '.join(FORMATS)}; got {fmt!r}")
-        return fmt
-    for name, media in FORMATS.items():
-        if media in accept and name != "json":
-            return name
-    return "json"
 
 
 def _store(ctx: Context) -> InvoiceStore:
@@ -109,7 +96,7 @@ async def list_entries(
     accept: str,
 ) -> Answer:
     where = EntryFilter(account=account, customer=customer, invoice=invoice, kind=kind, start=from_, end=to)
-    return await ctx.call(_entries_answer, _store(ctx), request.tenant, where, after, limit, _format(fmt, accept))
+    return await ctx.call(_entries_answer, _store(ctx), request.tenant, where, after, limit, choose(fmt, accept))
 
 
 async def get_trial_balance(ctx: Context, request: Request, as_of: datetime | None, by_customer: bool) -> Answer:
@@ -130,10 +117,7 @@ ROUTES = [
         list_entries,
         "Journal entries in the order they were posted (pages: `limit`, then `after`=`next`)",
         returns=EntryPage,
-        media={
-            "text/csv": {"type": "string"},
-            "application/vnd.apache.parquet": {"type": "string", "format": "binary"},
-        },
+        media=MEDIA,
         params=(
             Param("account", enum(*ACCOUNTS), "Only entries with a line on this account"),
             Param("customer", TEXT, "Only entries about this customer"),
