@@ -218,7 +218,11 @@ def build(data: Path, subscriptions: int, per_month: int) -> dict[str, Any]:
             invoices += finalize_all(invoicer, store, result.invoices, first)
             errors += len(result.errors)
             finalize_seconds += time.perf_counter() - f
-            print(f"  {month}: {len(result.invoices):,} invoices finalized", flush=True)
+            print(
+                f"  {month}: {len(result.invoices):,} invoices run in {f - r:.1f} s, finalized in "
+                f"{time.perf_counter() - f:.1f} s",
+                flush=True,
+            )
         seconds["invoice_runs"], seconds["finalize"] = run_seconds, finalize_seconds
         t = time.perf_counter()
         invoicer.export([TENANT])  # the scheduled export: the invoices Parquet now holds the finalized invoices
