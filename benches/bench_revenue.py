@@ -274,6 +274,7 @@ def run(data: Path, store_dir: Path) -> dict[str, Any]:
         def progress(step: CloseStep) -> None:
             now = time.perf_counter()
             step_seconds.append((step.through.isoformat(), now - mark[0], step.rows))
+            print(f"    step {step.through}: {now - mark[0]:.2f} s, {step.rows:,} rows", file=sys.stderr, flush=True)
             mark[0] = now
 
         began, cpu = time.perf_counter(), time.process_time()
@@ -365,9 +366,10 @@ def _earned_by_year_end(amount: Decimal, start: datetime, end: datetime) -> Deci
 
 def child(stage: str, *extra: str) -> dict[str, Any]:
     command = [sys.executable, __file__, "--stage", stage, *extra]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    # Its stderr (the close's steps as they end) goes straight through; its stdout ends with the figures.
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
     if done.returncode != 0:
-        sys.stderr.write(done.stdout + done.stderr)
+        sys.stderr.write(done.stdout)
         raise SystemExit(f"the {stage} stage failed (exit {done.returncode})")
     figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return figures
