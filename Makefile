@@ -119,13 +119,17 @@ bench-invoice-run: build ## The whole invoice run of a month for 1M subscription
 bench-money: build ## Money events: an invoice finalized (taxed), paid and refunded, each one synced write; peer: a bare synced write
 	$(PY) benches/bench_money.py
 
+.PHONY: bench-revenue
+bench-revenue: build ## Revenue recognition: a year's close (12 month ends) for 100k subscriptions; ceiling: its Parquet read
+	$(PY) benches/bench_revenue.py
+
 .PHONY: bench-entitlements
 bench-entitlements: build ## Entitlement checks over HTTP (10k/s, 10k customers) while ingesting at 70% of the maximum; lag
 	$(call apt,command -v wrk,wrk)
 	$(PY) benches/bench_entitlements.py
 
 .PHONY: bench
-bench: bench-core bench-http bench-peers bench-export bench-pricing bench-invoice-run bench-money bench-entitlements bench-usage-json bench-query-ingest ## All benchmarks
+bench: bench-core bench-http bench-peers bench-export bench-pricing bench-invoice-run bench-money bench-revenue bench-entitlements bench-usage-json bench-query-ingest ## All benchmarks
 
 .PHONY: lint
 lint: system-deps $(VENV)/.deps ## ruff (check, format --check), mypy --strict, cargo fmt --check and clippy: zero findings
