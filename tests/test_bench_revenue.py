@@ -65,14 +65,8 @@ def test_a_year_closes_in_twelve_steps_to_the_cent_and_once(figures: dict[str, A
     assert figures["ceiling_lines"] > 0 and figures["ceiling_seconds"] > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="recognize.py skips a cycle already invoiced (settled) until the cycle ends, so its usage is recognized in "
-    "the month the cycle ends, not the months it was consumed in (anniversary and annual cycles); reported to the "
-    "lead with bench-revenue's figures",
-)
 def test_usage_is_recognized_in_the_month_it_was_consumed(figures: dict[str, Any]) -> None:
-    """The anchored subscriptions' December cycles (invoiced in January 2027) are missing from 2026's usage."""
+    """Each month earns the usage consumed in it, anchored and annual cycles too (their invoices come later)."""
     assert figures["usage_months_off"] == {}
     assert figures["exact"], (figures["recognized"], figures["reference"])
     assert figures["returncode"] == 0
