@@ -8,15 +8,12 @@ credits of a currency ever differ (a corrupt journal), after printing them.
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
 from meter.cli.options import connect, key_option, url_option
-from meter.cli.output import table
+from meter.cli.output import table, write_pages
 
 __all__ = ["ledger"]
 
@@ -102,23 +99,7 @@ def ledger_balances(customer: str | None, as_of: str | None, url: str, api_key: 
 @key_option
 def ledger_export(out: str, page_size: int, url: str, api_key: str, **filters: Any) -> None:
     """Every journal line (of the entries the filters keep) as one CSV file, page after page."""
-    pages = 0
-    path = Path(out)
-    # Written beside the file and renamed once whole: an error halfway leaves no file that looks complete.
-    tmp = path.with_name(f".{path.name}.tmp")
     with connect(url, api_key) as client:
-        sink = sys.stdout.buffer if out == "-" else tmp.open("wb")  # noqa: SIM115 - closed below
-        try:
-            for n, page in enumerate(client.ledger_export("csv", limit=page_size, **filters)):
-                sink.write(page if n == 0 else page.split(b"\r\n", 1)[1])  # the header once
-                pages += 1
-        except BaseException:
-            if sink is not sys.stdout.buffer:
-                sink.close()
-                tmp.unlink(missing_ok=True)
-            raise
-        if sink is not sys.stdout.buffer:
-            sink.close()
-            os.replace(tmp, path)
+        pages = write_pages(out, client.ledger_export("csv", limit=page_size, **filters))
     if out != "-":
         click.echo(f"the journal's lines written to {out} ({pages} pages)")

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 import click
 
 from meter.catalog.revenue import DEFAULT_CODES
 from meter.cli.options import connect, key_option, url_option
-from meter.cli.output import table
+from meter.cli.output import table, write_pages
 from meter.money.revenue.aging import BUCKETS
 
 __all__ = ["revenue"]
@@ -121,24 +117,8 @@ def revenue_aging(as_of: str | None, show_invoices: bool, url: str, api_key: str
 @key_option
 def revenue_gl(start: str | None, end: str | None, out: str, page_size: int, url: str, api_key: str) -> None:
     """The general-ledger export: journal lines with account codes as one CSV file, for an accounting tool."""
-    pages = 0
-    path = Path(out)
-    # Written beside the file and renamed once whole: an error halfway leaves no file that looks complete.
-    tmp = path.with_name(f".{path.name}.tmp")
     with connect(url, api_key) as client:
-        sink = sys.stdout.buffer if out == "-" else tmp.open("wb")  # noqa: SIM115 - closed below
-        try:
-            for n, page in enumerate(client.gl_export(start, end, limit=page_size)):
-                sink.write(page if n == 0 else page.split(b"\r\n", 1)[1])  # the header once
-                pages += 1
-        except BaseException:
-            if sink is not sys.stdout.buffer:
-                sink.close()
-                tmp.unlink(missing_ok=True)
-            raise
-        if sink is not sys.stdout.buffer:
-            sink.close()
-            os.replace(tmp, path)
+        pages = write_pages(out, client.gl_export(start, end, limit=page_size))
     if out != "-":
         click.echo(f"the general ledger's lines written to {out} ({pages} pages)")
 

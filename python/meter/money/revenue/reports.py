@@ -249,7 +249,7 @@ def unbilled(store: InvoiceStore, tenant: str, tz: str, as_of: date) -> Unbilled
     customers = []
     for customer, currency in sorted(set(recognized) | set(invoiced)):
         done, billed = recognized.get((customer, currency), _ZERO), invoiced.get((customer, currency), _ZERO)
-        if done - billed or done:
+        if done or billed:
             customers.append(
                 UnbilledCustomer(
                     customer=customer,
