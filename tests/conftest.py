@@ -6,6 +6,7 @@ The desk is the engine, catalog and invoicer of one tenant, which the invoicing 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,6 +43,16 @@ def event(
 
 def body(*events: dict[str, Any]) -> bytes:
     return json.dumps(list(events)).encode()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failing test's report shows the end of the logs of the real servers started (their stderr, fault dumps)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when == "call" and report.failed and "http_server" in sys.modules:
+        for name, tail in sys.modules["http_server"].log_tails():
+            report.sections.append((f"server log {name}", tail))
 
 
 @pytest.fixture

@@ -28,6 +28,19 @@ def recent_event(id: str, subject: str = "cust-1", **fields: Any) -> dict[str, A
     return event(id, subject, **fields)
 
 
+#: The log files (stderr) of the servers started so far, for the report of a failing test (see tests/conftest.py).
+LOGS: list[Path] = []
+
+
+def log_tails(lines: int = 60) -> list[tuple[str, str]]:
+    """The end of each server's log that has something in it: what a failing test's report shows."""
+    tails = []
+    for path in LOGS:
+        if path.exists() and path.stat().st_size:
+            tails.append((path.name, "\n".join(path.read_text(errors="replace").splitlines()[-lines:])))
+    return tails
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -47,14 +60,19 @@ class Server:
         self.admin_key = admin_key or new_key()
         self.url = f"http://127.0.0.1:{self.port}"
         self.clients: list[httpx.Client] = []
-        env = {**os.environ, **(env or {}), "METER_ADMIN_KEY": self.admin_key}
+        # A crash of the server's process (a fault in a C extension) dumps its threads' stacks into its log.
+        env = {**os.environ, **(env or {}), "METER_ADMIN_KEY": self.admin_key, "PYTHONFAULTHANDLER": "1"}
         cli = [sys.executable, "-c", "from meter.cli import main; main()"]
+        # stderr kept beside the data directory (appended to across restarts), shown when a test fails.
+        self.log_path = Path(data_dir).parent / f"{Path(data_dir).name}.server.log"
+        LOGS.append(self.log_path)
+        self.log = self.log_path.open("ab")
         # A session of its own, so that a kill reaches granian's worker too (it holds the store's lock).
         self.proc = subprocess.Popen(
             [*cli, "serve", "--data-dir", str(data_dir), "--port", str(self.port), *args],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=self.log,
             start_new_session=True,
         )
         deadline = time.monotonic() + 30
@@ -73,6 +91,7 @@ class Server:
         """SIGKILL the server and its worker: a crash, no shutdown of any kind."""
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        self.log.close()
 
     def stop(self) -> None:
         for c in self.clients:
@@ -83,6 +102,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.log.close()
 
     def client(self, key: str) -> httpx.Client:
         client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
