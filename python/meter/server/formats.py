@@ -21,7 +21,7 @@ from meter.encoding import plain
 from meter.server.errors import ApiError
 from meter.server.http import Answer
 
-__all__ = ["FORMATS", "MEDIA", "TEXT_FORMATS", "choose", "rows_answer"]
+__all__ = ["FORMATS", "MEDIA", "TEXT_FORMATS", "TEXT_MEDIA", "choose", "rows_answer"]
 
 #: The answer's formats, by their ``format`` value and media type.
 FORMATS = {"json": "application/json", "csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
@@ -34,6 +34,7 @@ MEDIA = {
 
 #: JSON or CSV: the reports that have no Parquet form.
 TEXT_FORMATS = {"json": FORMATS["json"], "csv": FORMATS["csv"]}
+TEXT_MEDIA = {"text/csv": MEDIA["text/csv"]}
 
 
 def choose(fmt: str | None, accept: str = "", formats: dict[str, str] = FORMATS, default: str = "json") -> str:

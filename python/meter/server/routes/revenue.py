@@ -16,12 +16,12 @@ from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.catalog.revenue import RevenueSettings
 from meter.money.revenue import aging, gl, mrr, reports, retention
-from meter.money.revenue.days import parse_day, report_day
+from meter.money.revenue.days import report_day
 from meter.money.revenue.recognize import Close
 from meter.money.revenue.reports import DeferredMonth, UnbilledReport, Waterfall
 from meter.server.context import Context, opened
 from meter.server.errors import ApiError
-from meter.server.formats import FORMATS, MEDIA, TEXT_FORMATS, choose, rows_answer
+from meter.server.formats import FORMATS, MEDIA, TEXT_FORMATS, TEXT_MEDIA, choose, rows_answer
 from meter.server.http import Answer, Request
 from meter.server.routes.ledger import AFTER, MAX_LIMIT, PAGE
 from meter.server.table import BOOL, DAY, MONTH, REQUIRED_DAY, TEXT, Body, Kind, Param, Route, enum
@@ -37,8 +37,9 @@ async def get_revenue_settings(ctx: Context, request: Request) -> Answer:
     return 200, await ctx.call(opened(ctx.billing).get_revenue_settings, request.tenant), {}
 
 
-def _store(ctx: Context) -> InvoiceStore:
-    return cast("InvoiceStore", opened(ctx.invoices))
+def _stores(ctx: Context) -> tuple[BillingCatalog, InvoiceStore]:
+    # A store a degraded start could not open is an `Unavailable`: its first use answers 503 store_unavailable.
+    return cast("BillingCatalog", opened(ctx.billing)), cast("InvoiceStore", opened(ctx.invoices))
 
 
 def _top(request: Request, name: str) -> int | None:
@@ -63,34 +64,38 @@ async def get_waterfall(
     fmt: str | None,
     accept: str,
 ) -> Answer:
-    answer = await ctx.call(reports.waterfall, _store(ctx), request.tenant, from_, to, by, top)
+    answer = await ctx.call(reports.waterfall, _stores(ctx)[1], request.tenant, from_, to, by, top)
     return rows_answer(answer, answer.rows, choose(fmt, accept))
 
 
 async def get_deferred(
     ctx: Context, request: Request, from_: str | None, to: str | None, fmt: str | None, accept: str
 ) -> Answer:
-    settings = await ctx.call(opened(ctx.billing).get_revenue_settings, request.tenant)
-    months = await ctx.call(reports.deferred_rollforward, _store(ctx), request.tenant, settings.timezone, from_, to)
+    billing, store = _stores(ctx)
+    settings = await ctx.call(billing.get_revenue_settings, request.tenant)
+    months = await ctx.call(reports.deferred_rollforward, store, request.tenant, settings.timezone, from_, to)
     return rows_answer(months, months, choose(fmt, accept))
 
 
 async def get_unbilled(ctx: Context, request: Request, as_of: date | None, fmt: str | None, accept: str) -> Answer:
-    settings = await ctx.call(opened(ctx.billing).get_revenue_settings, request.tenant)
+    billing, store = _stores(ctx)
+    settings = await ctx.call(billing.get_revenue_settings, request.tenant)
     day = as_of or datetime.now(UTC).astimezone(ZoneInfo(settings.timezone)).date() - timedelta(days=1)
-    answer = await ctx.call(reports.unbilled, _store(ctx), request.tenant, settings.timezone, day)
+    answer = await ctx.call(reports.unbilled, store, request.tenant, settings.timezone, day)
     return rows_answer(answer, answer.customers, choose(fmt, accept))
 
 
-def _formats(what: str) -> tuple[Param, Param]:
+def _formats(what: str, formats: dict[str, str] = FORMATS, default: str = "json") -> tuple[Param, Param]:
+    """The ``format`` and ``Accept`` parameters of a report answered in ``formats`` (``default`` without either)."""
+    others = [name for name in formats if name != default]
     return (
         Param(
             "format",
-            enum(*FORMATS),
-            f"The answer's format, over `Accept`: json (the default), csv or parquet ({what})",
+            enum(*formats),
+            f"The answer's format, over `Accept`: {default} (the default) or {' or '.join(others)} ({what})",
             arg="fmt",
         ),
-        Param("accept", enum(*FORMATS.values()), "The answer's format when `format` is absent", where="header"),
+        Param("accept", enum(*formats.values()), "The answer's format when `format` is absent", where="header"),
     )
 
 
@@ -135,28 +140,23 @@ def _retention_answer(
 
 
 async def get_mrr(
-    ctx: Context, request: Request, from_: str | None, to: str | None, by_customer: bool, fmt: str | None
+    ctx: Context,
+    request: Request,
+    from_: str | None,
+    to: str | None,
+    by_customer: bool,
+    fmt: str | None,
+    accept: str,
 ) -> Answer:
-    billing, store = cast("BillingCatalog", opened(ctx.billing)), cast("InvoiceStore", opened(ctx.invoices))
-    return await ctx.call(
-        _mrr_answer, billing, store, request.tenant, from_, to, by_customer, choose(fmt, formats=TEXT_FORMATS)
-    )
+    fmt = choose(fmt, accept, TEXT_FORMATS)
+    return await ctx.call(_mrr_answer, *_stores(ctx), request.tenant, from_, to, by_customer, fmt)
 
 
-async def get_retention(ctx: Context, request: Request, from_: str | None, to: str | None, fmt: str | None) -> Answer:
-    billing, store = cast("BillingCatalog", opened(ctx.billing)), cast("InvoiceStore", opened(ctx.invoices))
-    return await ctx.call(
-        _retention_answer, billing, store, request.tenant, from_, to, choose(fmt, formats=TEXT_FORMATS)
-    )
-
-
-_FORMAT = Param("format", enum(*TEXT_FORMATS), "json (the default) or csv", arg="fmt")
-_CSV = {"text/csv": {"type": "string"}}
-
-
-def _stores(ctx: Context) -> tuple[BillingCatalog, InvoiceStore]:
-    # A store a degraded start could not open is an `Unavailable`: its first use answers 503 store_unavailable.
-    return cast("BillingCatalog", opened(ctx.billing)), cast("InvoiceStore", opened(ctx.invoices))
+async def get_retention(
+    ctx: Context, request: Request, from_: str | None, to: str | None, fmt: str | None, accept: str
+) -> Answer:
+    fmt = choose(fmt, accept, TEXT_FORMATS)
+    return await ctx.call(_retention_answer, *_stores(ctx), request.tenant, from_, to, fmt)
 
 
 def _aging_answer(billing: BillingCatalog, store: InvoiceStore, tenant: str, as_of: str | None, fmt: str) -> Answer:
@@ -177,16 +177,13 @@ def _gl_answer(
     billing: BillingCatalog,
     store: InvoiceStore,
     tenant: str,
-    start: str | None,
-    end: str | None,
+    start: date | None,
+    end: date | None,
     after: int,
     limit: int,
     fmt: str,
 ) -> Answer:
-    settings = billing.get_revenue_settings(tenant)
-    first = None if start is None else parse_day(start, "from")
-    last = None if end is None else parse_day(end, "to")
-    found = gl.page(store, tenant, settings, first, last, after, limit)
+    found = gl.page(store, tenant, billing.get_revenue_settings(tenant), start, end, after, limit)
     if fmt == "json":
         return 200, found, {}
     headers = {"content-type": "text/csv"}
@@ -198,8 +195,8 @@ def _gl_answer(
 async def get_gl(
     ctx: Context,
     request: Request,
-    from_: str | None,
-    to: str | None,
+    from_: date | None,
+    to: date | None,
     after: int,
     limit: int,
     fmt: str | None,
@@ -299,12 +296,12 @@ ROUTES = [
         "MRR and ARR by month with their movements (new, expansion, contraction, churn, reactivation), and usage "
         "revenue as its own run-rate, from finalized invoices",
         returns=mrr.MrrReport,
-        media=_CSV,
+        media=TEXT_MEDIA,
         params=(
             _MRR_FROM,
             _MRR_TO,
             Param("by_customer", BOOL, "Also each customer's MRR, usage and movement per month (`customers`)"),
-            _FORMAT,
+            *_formats("CSV: the months, or the customers' rows with `by_customer`", TEXT_FORMATS),
         ),
         description=(
             "Per currency and calendar month of the reporting zone: `opening` + `new` + `expansion` + `contraction` "
@@ -321,8 +318,8 @@ ROUTES = [
         get_retention,
         "Net revenue retention by cohort month (the month of a customer's first revenue, subscription and usage)",
         returns=retention.RetentionReport,
-        media=_CSV,
-        params=(_MRR_FROM, _MRR_TO, _FORMAT),
+        media=TEXT_MEDIA,
+        params=(_MRR_FROM, _MRR_TO, *_formats("CSV: one row per cohort and month", TEXT_FORMATS)),
         description=(
             "For each cohort whose month is in [from, to) and each month from it until `to`: the cohort's revenue "
             "(MRR + usage) that month over its revenue in the cohort month, four decimals rounded half to even."
@@ -335,7 +332,7 @@ ROUTES = [
         get_ar_aging,
         "Accounts-receivable aging: what each customer owes at a date, by days past due (current, 1-30 ... 90+)",
         returns=aging.Aging,
-        media={"text/csv": {"type": "string"}},
+        media=TEXT_MEDIA,
         params=(
             Param(
                 "as_of",
@@ -343,15 +340,8 @@ ROUTES = [
                 "A date YYYY-MM-DD (through the end of that day in the reporting time zone) or an RFC 3339 instant; "
                 "now when absent",
             ),
-            Param(
-                "format",
-                enum(*TEXT_FORMATS),
-                "json (the default) or csv (a row per customer and currency, then each currency's total with an "
-                "empty customer)",
-                arg="fmt",
-            ),
-            Param(
-                "accept", enum(*TEXT_FORMATS.values()), "The answer's format when `format` is absent", where="header"
+            *_formats(
+                "CSV: a row per customer and currency, then each currency's total with an empty customer", TEXT_FORMATS
             ),
         ),
         description=(
@@ -367,21 +357,17 @@ ROUTES = [
         get_gl,
         "The general-ledger export: journal lines with the tenant's account codes, as accounting tools import them",
         returns=gl.GLPage,
-        media={"text/csv": {"type": "string"}},
+        media=TEXT_MEDIA,
         params=(
-            Param("from", TEXT, "Only lines booked on or after this day, YYYY-MM-DD in the reporting time zone"),
-            Param("to", TEXT, "Only lines booked before this day, YYYY-MM-DD: [from, to)"),
+            Param("from", DAY, "Only lines booked on or after this day, YYYY-MM-DD in the reporting time zone"),
+            Param("to", DAY, "Only lines booked before this day, YYYY-MM-DD: [from, to)"),
             Param("after", AFTER, "The `next` of the previous page (0, the default: from the first entry)"),
             Param("limit", PAGE, f"Entries per page (their lines are the rows), 1-{MAX_LIMIT} (100 when absent)"),
-            Param(
-                "format",
-                enum(*TEXT_FORMATS),
-                "csv (the default: date, account, account_name, debit, credit, memo, customer, entry, currency; the "
-                "next page's `after` in the `Meter-Next` header) or json",
-                arg="fmt",
-            ),
-            Param(
-                "accept", enum(*TEXT_FORMATS.values()), "The answer's format when `format` is absent", where="header"
+            *_formats(
+                "CSV: date, account, account_name, debit, credit, memo, customer, entry, currency; the next page's "
+                "`after` in the `Meter-Next` header",
+                TEXT_FORMATS,
+                default="csv",
             ),
         ),
         description=(
