@@ -54,7 +54,7 @@ from meter.billing.invoices import BILLED, Invoice, InvoiceLine
 from meter.billing.invoicing import parse_month
 from meter.billing.store import InvoiceStore
 from meter.exceptions import InvalidInput
-from meter.money.revenue.schedule import monthly
+from meter.money.revenue.schedule import monthly, round_fraction
 from meter.pricing.money import minor_units
 
 __all__ = [
@@ -224,13 +224,8 @@ def figures(invoices: Iterable[Invoice], tz: str) -> Figures:
         target = out.mrr if kind == "fee" else out.usage
         digits = minor_units(currency)
         for month, amount in sorted(months.items()):
-            target[(currency, customer)][month] = _round(amount, digits)
+            target[(currency, customer)][month] = round_fraction(amount, digits)
     return out
-
-
-def _round(value: Fraction, digits: int) -> Decimal:
-    """Half to even to ``digits`` decimals (``round`` of a Fraction rounds ties to even); never ``-0.00``."""
-    return Decimal(round(value * 10**digits)).scaleb(-digits) + 0
 
 
 def month_range(start: str | None, end: str | None, tz: str, now: datetime | None = None) -> list[str]:

@@ -34,7 +34,7 @@ from meter.money import ledger
 from meter.money.ledger import JournalEntry
 from meter.money.revenue.days import accounting_day
 from meter.money.revenue.recognize import last_close, read_rows
-from meter.pricing.money import minor_units
+from meter.pricing.money import round_to_minor_unit
 
 __all__ = [
     "DIMENSIONS",
@@ -57,11 +57,6 @@ _ZERO = Decimal(0)
 
 def _month(day: date) -> str:
     return f"{day:%Y-%m}"
-
-
-def _money(amount: Decimal, currency: str) -> Decimal:
-    """An exact sum of minor-unit amounts, shown at the minor unit (``101.920000000`` -> ``101.92``)."""
-    return amount.quantize(Decimal(1).scaleb(-minor_units(currency)))
 
 
 class WaterfallRow(msgspec.Struct, omit_defaults=True):
@@ -117,7 +112,7 @@ def waterfall(
         WaterfallRow(
             month=row["month"],
             currency=row["currency"],
-            amount=_money(row["amount"], row["currency"]),
+            amount=round_to_minor_unit(row["amount"], row["currency"]),
             quantity=row["quantity"].normalize() if row["n"] else None,
             **({"group": row[by]} if by else {}),
         )
@@ -177,13 +172,13 @@ def deferred_rollforward(
         closing -= sums["reversed"]
         balance[currency] = closing
         if (start is None or month >= start) and (end is None or month < end):
-            shown = {name: _money(value, currency) for name, value in sums.items()}
+            shown = {name: round_to_minor_unit(value, currency) for name, value in sums.items()}
             out.append(
                 DeferredMonth(
                     month=month,
                     currency=currency,
-                    opening=_money(opening, currency),
-                    closing=_money(closing, currency),
+                    opening=round_to_minor_unit(opening, currency),
+                    closing=round_to_minor_unit(closing, currency),
                     **shown,
                 )
             )
@@ -254,15 +249,15 @@ def unbilled(store: InvoiceStore, tenant: str, tz: str, as_of: date) -> Unbilled
                 UnbilledCustomer(
                     customer=customer,
                     currency=currency,
-                    recognized=_money(done, currency),
-                    invoiced=_money(billed, currency),
-                    unbilled=_money(done - billed, currency),
+                    recognized=round_to_minor_unit(done, currency),
+                    invoiced=round_to_minor_unit(billed, currency),
+                    unbilled=round_to_minor_unit(done - billed, currency),
                 )
             )
     return UnbilledReport(
         as_of=as_of,
         recognized_through=last_close(store, tenant),
-        totals={currency: _money(total, currency) for currency, total in sorted(totals.items())},
+        totals={currency: round_to_minor_unit(total, currency) for currency, total in sorted(totals.items())},
         customers=customers,
     )
 

@@ -29,7 +29,7 @@ from meter.exceptions import InvalidInput
 from meter.money.revenue.days import midnight
 from meter.pricing.money import minor_units
 
-__all__ = ["MonthShare", "earned_through", "monthly"]
+__all__ = ["MonthShare", "earned_through", "monthly", "round_fraction"]
 
 _EPOCH = date(1970, 1, 1)
 
@@ -62,7 +62,7 @@ def monthly(amount: Decimal, start: datetime, end: datetime, tz: str, currency: 
         first = at.astimezone(zone).date().replace(day=1)
         until = min(end, midnight(_next_month(first), zone))
         days = _position(until, zone) - _position(at, zone)
-        share = left if until == end else _round(Fraction(amount) * days / total, digits)
+        share = left if until == end else round_fraction(Fraction(amount) * days / total, digits)
         shares.append(MonthShare(first, at, until, days, share))
         left -= share
         at = until
@@ -78,7 +78,7 @@ def earned_through(shares: Sequence[MonthShare], at: datetime, tz: str, currency
             earned += share.amount
         elif share.start < at:
             elapsed = _position(at, zone) - _position(share.start, zone)
-            earned += _round(Fraction(share.amount) * elapsed / share.days, minor_units(currency))
+            earned += round_fraction(Fraction(share.amount) * elapsed / share.days, minor_units(currency))
     return earned
 
 
@@ -98,6 +98,9 @@ def _microseconds(d: timedelta) -> int:
     return (d.days * 86_400 + d.seconds) * 1_000_000 + d.microseconds
 
 
-def _round(value: Fraction, digits: int) -> Decimal:
-    """``value`` rounded half to even to ``digits`` decimals (``round`` of a Fraction rounds ties to even)."""
-    return Decimal(round(value * 10**digits)).scaleb(-digits)
+def round_fraction(value: Fraction, digits: int) -> Decimal:
+    """``value`` rounded half to even to ``digits`` decimals, never ``-0.00``.
+
+    ``round`` of a Fraction rounds ties to even.
+    """
+    return Decimal(round(value * 10**digits)).scaleb(-digits) + 0
