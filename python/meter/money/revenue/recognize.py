@@ -50,7 +50,7 @@ differences of rounded figures need no rounding.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -79,7 +79,6 @@ __all__ = [
     "Close",
     "CloseStep",
     "Recognized",
-    "closes",
     "last_close",
     "read_rows",
     "recognize",
@@ -147,12 +146,6 @@ def last_close(store: InvoiceStore, tenant: str) -> date | None:
     """The last day revenue was recognized through; None before the first close."""
     raw = store.raw(f"revenue_close/{tenant}")
     return None if raw is None else msgspec.json.decode(raw, type=_Last).through
-
-
-def closes(store: InvoiceStore, tenant: str) -> Iterator[date]:
-    """The days closed so far, in order."""
-    for key, _ in store.raw_items(f"revenue_rows/{tenant}/"):
-        yield date.fromisoformat(key.rsplit("/", 1)[1])
 
 
 def read_rows(store: InvoiceStore, tenant: str, start: date | None = None, end: date | None = None) -> pa.Table:
