@@ -32,7 +32,7 @@ def recent_event(id: str, subject: str = "cust-1", **fields: Any) -> dict[str, A
 LOGS: list[Path] = []
 
 
-def log_tails(lines: int = 60) -> list[tuple[str, str]]:
+def log_tails(lines: int = 150) -> list[tuple[str, str]]:
     """The end of each server's log that has something in it: what a failing test's report shows."""
     tails = []
     for path in LOGS:
@@ -65,7 +65,8 @@ class Server:
         cli = [sys.executable, "-c", "from meter.cli import main; main()"]
         # stderr kept beside the data directory (appended to across restarts), shown when a test fails.
         self.log_path = Path(data_dir).parent / f"{Path(data_dir).name}.server.log"
-        LOGS.append(self.log_path)
+        if self.log_path not in LOGS:  # a restart on the same data directory appends to the same log
+            LOGS.append(self.log_path)
         self.log = self.log_path.open("ab")
         # A session of its own, so that a kill reaches granian's worker too (it holds the store's lock).
         self.proc = subprocess.Popen(
