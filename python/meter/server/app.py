@@ -72,6 +72,7 @@ from meter.server.openapi import openapi
 from meter.server.router import Compiled, Router
 from meter.server.routes import BENCH_ROUTES, ROUTES
 from meter.server.scheduler import ExportScheduler, PeriodicJob
+from meter.server.warmup import build_decoding_info
 from meter.services import Part, Stores
 
 __all__ = ["MAX_BODY", "MeterApp", "create_app"]
@@ -184,6 +185,7 @@ class MeterApp:
 
     def startup(self) -> None:
         """Open the stores (degraded on a full or read-only disk), then start the export scheduler if asked."""
+        build_decoding_info()  # before any thread of ours decodes (see meter.server.warmup)
         export_dir = self.export[0] if self.export else self.data_dir / "export"
         self.stores = stores = open_or_degrade(self.data_dir, self.admin_key, self.engine_options, export_dir)
         self.degraded = stores.degraded
