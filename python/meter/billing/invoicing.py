@@ -424,6 +424,8 @@ class Consumed:
     price: str
     meter: str | None
     currency: str
+    #: The key's billing cycle (None for a key that names none).
+    cycle: cycles.Period | None
 
 
 def consumption(
@@ -433,6 +435,7 @@ def consumption(
     end: datetime,
     ended: frozenset[tuple[str, datetime]] = frozenset(),
     skip: Callable[[str, datetime], bool] | None = None,
+    covered: frozenset[str] = frozenset(),
 ) -> tuple[list[Consumed], list[RunError]]:
     """The usage keys of every cycle that overlaps ``[start - RESTATE, end)``, each rated for its usage before ``end``.
 
@@ -441,6 +444,9 @@ def consumption(
     the cycles ended by ``end`` that ``skip`` names. What a key rates at does not depend on what was billed: it is
     the usage consumed, priced (the charges alone: no invoice is assembled). A subscription that cannot be rated is
     in the errors (the others are rated).
+
+    ``covered`` names subscriptions known to have nothing to rate (every cycle of theirs to look at is one that
+    ``skip`` names): they are not looked at, unless in ``ended``.
     """
     charges: list[tuple[Subscription, _Charge]] = []
     errors: list[RunError] = []
@@ -448,6 +454,8 @@ def consumption(
     for sid, at in ended:
         again[sid].append(at)
     for sub in snapshot.subscriptions:
+        if sub.id in covered and sub.id not in again:
+            continue
         live = (sub.end is None or sub.end > start - RESTATE) and sub.start < end
         if not live and sub.id not in again:
             continue
@@ -494,6 +502,9 @@ def consumption(
                 price=charge.price.id,
                 meter=charge.price.meter,
                 currency=customer.currency,
+                cycle=cycles.Period(charge.key.cycle_start, charge.key.cycle_end)
+                if isinstance(charge.key, ChargeKey)
+                else None,
             )
         )
     return found, errors

@@ -369,6 +369,12 @@ class InvoiceStore(Store):
         value = self._db.get(key.encode())
         return value if isinstance(value, bytes) else None
 
+    def raw_many(self, keys: builtins.list[str]) -> builtins.list[bytes | None]:
+        """The stored bytes of each of ``keys`` (None where there are none), in one read."""
+        values = self._db[[key.encode() for key in keys]] if keys else []
+        assert isinstance(values, builtins.list)
+        return [value if isinstance(value, bytes) else None for value in values]
+
     def raw_items(self, prefix: str, start: str | None = None, backwards: bool = False) -> Iterator[tuple[str, bytes]]:
         """``(key, bytes)`` under ``prefix`` in key order, or reverse, from ``start`` (inclusive) when given."""
         encoded = prefix.encode()

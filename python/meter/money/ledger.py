@@ -33,14 +33,14 @@ bad_debt               debit      receivables written off (an invoice marked unc
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Literal, get_args
+from typing import Literal, Protocol, get_args
 
 import msgspec
 
-from meter.billing.invoices import CreditNote, Invoice, InvoiceLine
+from meter.billing.invoices import CreditNote, Invoice, LineKind, LineTax
 
 __all__ = [
     "ACCOUNTS",
@@ -200,7 +200,27 @@ def _entry(
     return entry
 
 
-def net_line_amounts(invoice: Invoice) -> list[Decimal]:
+class BilledLine(Protocol):
+    """What :func:`treatment` and :func:`net_line_amounts` read of an invoice line (recognition decodes only that)."""
+
+    @property
+    def kind(self) -> LineKind: ...
+    @property
+    def amount(self) -> Decimal: ...
+    @property
+    def meter(self) -> str | None: ...
+    @property
+    def grant(self) -> str | None: ...
+
+
+class BilledInvoice(Protocol):
+    @property
+    def lines(self) -> Sequence[BilledLine]: ...
+    @property
+    def line_taxes(self) -> Sequence[LineTax]: ...
+
+
+def net_line_amounts(invoice: BilledInvoice) -> list[Decimal]:
     """Each line's amount without the tax included in it (a line's amount includes tax only under inclusive rates)."""
     net = [line.amount for line in invoice.lines]
     for tax in invoice.line_taxes:
@@ -209,7 +229,7 @@ def net_line_amounts(invoice: Invoice) -> list[Decimal]:
     return net
 
 
-def treatment(line: InvoiceLine, prepaid_grants: frozenset[str]) -> Treatment:
+def treatment(line: BilledLine, prepaid_grants: frozenset[str]) -> Treatment:
     """How a finalized line reaches revenue (ASC 606 / IFRS 15; :mod:`meter.money.revenue` recognizes it).
 
     - ``usage``: usage billed in arrears (a usage line, or an adjustment of one: a line with a meter) was earned

@@ -29,7 +29,7 @@ from meter.exceptions import InvalidInput
 from meter.money.revenue.days import midnight
 from meter.pricing.money import minor_units
 
-__all__ = ["MonthShare", "earned_through", "monthly", "round_fraction"]
+__all__ = ["MonthShare", "earned_by_days", "earned_through", "monthly", "round_fraction"]
 
 _EPOCH = date(1970, 1, 1)
 
@@ -104,3 +104,29 @@ def round_fraction(value: Fraction, digits: int) -> Decimal:
     ``round`` of a Fraction rounds ties to even.
     """
     return Decimal(round(value * 10**digits)).scaleb(-digits) + 0
+
+
+def earned_by_days(amount: int, start: date, end: date, through: date) -> int:
+    """:func:`earned_through` in integers, for a period of whole days: ``[start, end)`` and ``through`` local midnights.
+
+    ``amount`` in minor units. The same figure as ``earned_through(monthly(...))`` (the same shares, rounded the
+    same way), without fractions or time zones: what a close computes for every fee that is earning.
+    """
+    total = (end - start).days
+    earned, left, at = 0, amount, start
+    while at < end and at < through:
+        until = min(end, _next_month(at.replace(day=1)))
+        days = (until - at).days
+        share = left if until == end else _half_even(amount * days, total)
+        earned += share if until <= through else _half_even(share * (through - at).days, days)
+        left -= share
+        at = until
+    return earned
+
+
+def _half_even(numerator: int, denominator: int) -> int:
+    """``numerator / denominator`` (``denominator`` > 0) rounded half to even."""
+    quotient, remainder = divmod(numerator, denominator)
+    if 2 * remainder > denominator or (2 * remainder == denominator and quotient % 2):
+        quotient += 1
+    return quotient

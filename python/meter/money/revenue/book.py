@@ -1,0 +1,188 @@
+"""The sub-ledger of recognition: what each source was billed and what it has recognized, as columns.
+
+A *source* is what earns revenue as one: a fee's key, a usage key, a prepaid commit (see
+:mod:`meter.money.revenue.recognize`). Its *parts* are the billed lines about it, one row each. A close looks at
+every open source at once, so both are tables (polars in memory, Arrow IPC at rest), never one record per source:
+
+===============================================  ==============================================================
+``revenue_book/<tenant>/sources``                the **book**: the sources still open (earning, waiting to start
+``revenue_book/<tenant>/parts``                  or expire, or usage still open to restatement) and their parts;
+                                                 rewritten by each close. Its size follows the subscriptions
+                                                 billed, not the history kept.
+``revenue_archive/<tenant>/<day>/sources``       the sources the close through ``<day>`` found done, and their
+``revenue_archive/<tenant>/<day>/parts``         parts: read again only when a later invoice touches one of
+                                                 them (a void, late usage)
+``revenue_index/<tenant>/<source>``              the day of the archive that holds a done source last
+===============================================  ==============================================================
+
+A source's row keeps what the close needs without its parts (summed from them whenever a part changes, by
+:func:`summarize`): what it was billed, the service period it earns over, whether its cycle was settled, when it
+ends or expires, and its cursor (what it has recognized).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+import polars as pl
+import pyarrow as pa
+
+from meter.billing.store import Change, InvoiceStore
+
+__all__ = ["PARTS", "SOURCES", "Book", "archive", "load", "save", "summarize", "unarchive"]
+
+_MONEY = pl.Decimal(38, 9)
+_TIME = pl.Datetime("us", "UTC")
+#: One billed line's part in its source.
+PARTS: dict[str, pl.DataType] = {
+    "source": pl.String(),
+    "line": pl.String(),  # <invoice>/<n>
+    "invoice": pl.String(),
+    "amount": _MONEY,  # net of inclusive tax; 0 when voided is told by ``void``
+    "start": _TIME,
+    "end": _TIME,
+    "finalized_at": _TIME,
+    "quantity": _MONEY,  # a usage line's
+    "void": pl.Boolean(),  # its invoice was voided: it adds nothing
+    "drawn": pl.Boolean(),  # a credit line drawing on a prepaid commit (negative)
+    "settles": pl.Boolean(),  # a usage line of the cycle invoice billing its cycle in arrears
+}
+#: One source: what it is, its cursor, and what its parts add up to.
+SOURCES: dict[str, pl.DataType] = {
+    "source": pl.String(),
+    "kind": pl.String(),  # fee, usage, commit
+    "currency": pl.String(),
+    "customer": pl.String(),
+    "subscription": pl.String(),
+    "price": pl.String(),
+    "meter": pl.String(),
+    "cycle_start": _TIME,  # a usage key's billing cycle
+    "cycle_end": _TIME,
+    "cursor": _MONEY,  # what it has recognized
+    "counted": _MONEY,  # usage: the quantity it has recognized
+    # Summed from the parts (null without parts: a usage key rated before it was invoiced).
+    "parts": pl.UInt32(),
+    "amount": _MONEY,  # the billed parts' sum
+    "earn_start": _TIME,  # a fee: the service period of its latest billed part (its latest part when none is)
+    "earn_end": _TIME,
+    "settled": pl.Boolean(),  # usage: a billed part settles its cycle
+    "ends": _TIME,  # the latest end of its parts
+    "expiry": _TIME,  # a commit: the latest end of what was bought and not voided
+    "quantity": _MONEY,  # usage: the billed parts' quantity
+    "invoice": pl.String(),  # its latest part's invoice, and when that was finalized
+    "finalized_at": _TIME,
+}
+
+
+@dataclass
+class Book:
+    sources: pl.DataFrame
+    parts: pl.DataFrame
+
+    @staticmethod
+    def empty() -> Book:
+        return Book(pl.DataFrame(schema=SOURCES), pl.DataFrame(schema=PARTS))
+
+    def __len__(self) -> int:
+        return self.sources.height
+
+    def concat(self, other: Book) -> Book:
+        return Book(pl.concat([self.sources, other.sources]), pl.concat([self.parts, other.parts]))
+
+    def split(self, done: pl.Series) -> tuple[Book, Book]:
+        """(the sources ``done`` marks and their parts, the others and theirs)."""
+        finished = self.sources.filter(done)
+        names = finished.get_column("source")
+        in_finished = pl.col("source").is_in(names.implode())
+        return (
+            Book(finished, self.parts.filter(in_finished)),
+            Book(self.sources.filter(~done), self.parts.filter(~in_finished)),
+        )
+
+
+def summarize(book: Book, changed: pl.Series) -> Book:
+    """``book`` with the summary columns of the sources named in ``changed`` summed again from their parts."""
+    if changed.is_empty():
+        return book
+    names = changed.implode()
+    billed = ~pl.col("void")
+    # Within a group, rows keep the frame's order: sorted here by when each part was finalized, then its line.
+    parts = book.parts.filter(pl.col("source").is_in(names)).sort("finalized_at", "line")
+    sums = parts.group_by("source").agg(
+        pl.len().cast(pl.UInt32).alias("parts"),
+        pl.col("amount").filter(billed).sum().alias("amount"),
+        pl.coalesce(pl.col("start").filter(billed).last(), pl.col("start").last()).alias("earn_start"),
+        pl.coalesce(pl.col("end").filter(billed).last(), pl.col("end").last()).alias("earn_end"),
+        (pl.col("settles") & billed).any().alias("settled"),
+        pl.col("end").max().alias("ends"),
+        pl.col("end").filter(billed & ~pl.col("drawn")).max().alias("expiry"),
+        pl.col("quantity").filter(billed).sum().alias("quantity"),
+        pl.col("invoice").last().alias("invoice"),
+        pl.col("finalized_at").last().alias("finalized_at"),
+    )
+    kept = [name for name in SOURCES if name not in sums.columns or name == "source"]
+    touched = pl.col("source").is_in(names)
+    again = book.sources.filter(touched).select(kept).join(sums, on="source", how="left").select(list(SOURCES))
+    return Book(pl.concat([book.sources.filter(~touched), again.cast(SOURCES)]), book.parts)  # type: ignore[arg-type]
+
+
+def load(store: InvoiceStore, tenant: str) -> Book:
+    """The tenant's book (empty before its first close)."""
+    sources, parts = (store.raw(f"revenue_book/{tenant}/{name}") for name in ("sources", "parts"))
+    if sources is None or parts is None:
+        return Book.empty()
+    return Book(_table(sources, SOURCES), _table(parts, PARTS))
+
+
+def save(change: Change, tenant: str, book: Book) -> None:
+    change.put(f"revenue_book/{tenant}/sources", _ipc(book.sources))
+    change.put(f"revenue_book/{tenant}/parts", _ipc(book.parts))
+
+
+def archive(change: Change, tenant: str, day: date, done: Book) -> None:
+    """Keeps the sources a close through ``day`` found done, and indexes each by that day."""
+    if not len(done):
+        return
+    change.put(f"revenue_archive/{tenant}/{day.isoformat()}/sources", _ipc(done.sources))
+    change.put(f"revenue_archive/{tenant}/{day.isoformat()}/parts", _ipc(done.parts))
+    stamp = day.isoformat().encode()
+    for source in done.sources.get_column("source"):
+        change.put(f"revenue_index/{tenant}/{source}", stamp)
+    change.put(f"revenue_archived/{tenant}", b"")
+
+
+def unarchive(store: InvoiceStore, tenant: str, wanted: list[str]) -> Book:
+    """The sources of ``wanted`` that a close archived, as each was archived last (the others are new)."""
+    if not wanted or store.raw(f"revenue_archived/{tenant}") is None:
+        return Book.empty()
+    days: dict[str, list[str]] = {}
+    for source, stamp in zip(wanted, store.raw_many([f"revenue_index/{tenant}/{s}" for s in wanted]), strict=True):
+        if stamp is not None:
+            days.setdefault(stamp.decode(), []).append(source)
+    found = [Book.empty()]
+    for day, names in sorted(days.items()):
+        chunk = {name: store.raw(f"revenue_archive/{tenant}/{day}/{name}") for name in ("sources", "parts")}
+        assert chunk["sources"] is not None and chunk["parts"] is not None, f"archive {day} is missing"
+        these = pl.Series(names).implode()
+        found.append(
+            Book(
+                _table(chunk["sources"], SOURCES).filter(pl.col("source").is_in(these)),
+                _table(chunk["parts"], PARTS).filter(pl.col("source").is_in(these)),
+            )
+        )
+    return Book(pl.concat([b.sources for b in found]), pl.concat([b.parts for b in found]))
+
+
+def _ipc(frame: pl.DataFrame) -> bytes:
+    table = frame.to_arrow()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def _table(raw: bytes, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    frame = pl.from_arrow(pa.ipc.open_stream(raw).read_all())
+    assert isinstance(frame, pl.DataFrame)
+    return frame.cast(schema)  # type: ignore[arg-type]
