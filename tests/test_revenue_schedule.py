@@ -6,15 +6,18 @@ through any instant.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from meter.billing.keys import charge_cycle
 from meter.exceptions import InvalidInput
-from meter.money.revenue.schedule import MonthShare, earned_through, monthly
+from meter.money.revenue.days import midnight
+from meter.money.revenue.schedule import MonthShare, earned_by_days, earned_through, monthly
 
 D = Decimal
 
@@ -128,3 +131,35 @@ def test_months_sum_to_the_amount_and_what_is_earned_never_goes_back(
     later = earned_through(shares, at + timedelta(hours=7), zone, "USD")
     assert (later - earned) * (1 if amount >= 0 else -1) >= 0
     assert earned_through(shares, end, zone, "USD") == amount
+
+
+@given(
+    zone=st.sampled_from(["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata"]),
+    start=st.dates(date(2025, 1, 1), date(2027, 12, 31)),
+    days=st.integers(1, 800),
+    through=st.integers(-5, 900),
+    minor=st.integers(-(10**9), 10**9),
+)
+def test_the_integer_path_earns_what_the_rule_earns(
+    zone: str, start: date, days: int, through: int, minor: int
+) -> None:
+    """The close's integer path for whole local days gives the reference rule's figure, to the cent."""
+    end, until = start + timedelta(days=days), start + timedelta(days=through)
+    tz = ZoneInfo(zone)
+    first, last, at = midnight(start, tz), midnight(end, tz), midnight(until, tz)
+    amount = Decimal(minor).scaleb(-2)
+    if last <= at:
+        expected = amount
+    elif first >= at:
+        expected = Decimal(0)
+    else:
+        expected = earned_through(monthly(amount, first, last, zone, "USD"), at, zone, "USD")
+    assert Decimal(earned_by_days(minor, start, end, until)).scaleb(-2) == expected
+
+
+def test_a_charge_key_names_its_cycle() -> None:
+    key = "sub-1|monthly-api|1|2026-04-10T00:00:00+00:00|2026-05-10T00:00:00+00:00"
+    assert charge_cycle(key) == (utc(2026, 4, 10), utc(2026, 5, 10))
+    assert charge_cycle(key + "|2") == (utc(2026, 4, 10), utc(2026, 5, 10))
+    assert charge_cycle("sub-1|commit|c1") is None
+    assert charge_cycle("sub-1|p|1|not a time|2026-05-10T00:00:00+00:00") is None

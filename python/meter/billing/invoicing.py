@@ -445,8 +445,8 @@ def consumption(
     the usage consumed, priced (the charges alone: no invoice is assembled). A subscription that cannot be rated is
     in the errors (the others are rated).
 
-    ``covered`` names subscriptions known to have nothing to rate (every cycle of theirs to look at is one that
-    ``skip`` names): they are not looked at, unless in ``ended``.
+    ``covered`` names subscriptions known to have nothing to rate (every cycle of theirs it would look at, those in
+    ``ended`` included, is over and one that ``skip`` names): they are not looked at.
     """
     charges: list[tuple[Subscription, _Charge]] = []
     errors: list[RunError] = []
@@ -454,7 +454,7 @@ def consumption(
     for sid, at in ended:
         again[sid].append(at)
     for sub in snapshot.subscriptions:
-        if sub.id in covered and sub.id not in again:
+        if sub.id in covered:
             continue
         live = (sub.end is None or sub.end > start - RESTATE) and sub.start < end
         if not live and sub.id not in again:

@@ -5,8 +5,8 @@ what each source has recognized to what it has earned by the end of ``D`` (the i
 ``D``), and posts the difference. A run through a later day than the last close is done as one step per month end
 in between, then ``D``: each step is a month's (or a part of one), so revenue lands in the month it was earned.
 
-The sources, by the :func:`~meter.money.ledger.treatment` of the lines that bill them (each a :class:`Schedule` of
-the billed lines' parts):
+The sources, by the :func:`~meter.money.ledger.treatment` of the lines that bill them (each a row of the
+sub-ledger, :mod:`meter.money.revenue.book`, with the billed lines' parts):
 
 - a **fee** (a price's key: subscription, price, version, cycle; or a keyless line such as a discount) earns the sum
   of its lines by day over the service period of the latest (:func:`~meter.money.revenue.schedule.earned_through`).
@@ -23,23 +23,23 @@ the billed lines' parts):
 
 Exactly once: each source keeps what it has recognized (its cursor); a step posts ``target - cursor`` and moves the
 cursor, in the **same synced write** as the journal entries (``revenue_recognized:<D>/<currency>``,
-``breakage:<D>/<currency>``, each with ``effective`` = ``D``) and the step's rows, with the tenant's invoice lock held
-throughout. Running a close twice posts nothing the second time; a crash leaves a step written whole or not at all.
+``breakage:<D>/<currency>``, each with ``effective`` = ``D``), the book and the step's rows, with the tenant's invoice
+lock held throughout. Running a close twice posts nothing the second time; a crash leaves a step written whole or not
+at all.
 
 Bounded: a step reads the invoices finalized, voided or credited since the last close (``revenue_due/``, written by
-the store with the entry that changed them) and the schedules still earning (``revenue_open/``), never the whole
-history (the first close of a tenant reads every invoice once). Usage is rated only for the cycles that overlap the
-step and that no invoice settled.
+the store with the entry that changed them) and the book (the sources still open), never the whole history (the
+first close of a tenant reads every invoice once; a done source is read again only when a line of it changes).
+Usage is rated only for the subscriptions with a cycle that overlaps the step and that no invoice settled.
 
-Keys (in the invoice store, under ``<tenant>``):
+Columnar: targets, cursors and rows are computed for every open source at once (polars); Python handles one
+invoice line at a time only while reading invoices, and one fee at a time only while it is earning mid-month.
+
+Keys (in the invoice store, under ``<tenant>``; the book's own in :mod:`meter.money.revenue.book`):
 
 ===========================================  ====================================================================
 ``revenue_close/<tenant>``                   the last close: its day and when it was posted
-``revenue_schedule/<tenant>/<source>``       a :class:`Schedule`: the billed lines of a fee, usage key or commit
-``revenue_open/<tenant>/<when>/<source>``    a schedule that needs a look at the first close reaching ``when`` (UTC):
-                                             earning, or starting, ending or expiring then
-``revenue_settled/<tenant>/<sub>/<cycle>``   a cycle whose usage its cycle invoice billed
-``revenue_cursor/<tenant>/<source>``         what a source has recognized (decimal text)
+``revenue_cursor/<tenant>/<source>``         what a credit note or promotional credit has recognized (decimal text)
 ``revenue_rows/<tenant>/<D>``                the step's rows (Arrow IPC): what each source recognized, and where
 ===========================================  ====================================================================
 
@@ -50,7 +50,7 @@ differences of rounded figures need no rounding.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -354,7 +354,7 @@ class _Step:
         known = set(book.sources.get_column("source"))
         new = [row for source, row in sources.items() if source not in known]
         if new:
-            fresh = pl.DataFrame(new, schema=_NEW_SOURCE, orient="row").with_columns(cursor=pl.lit(_ZERO))
+            fresh = _columns(zip(*new, strict=True), _NEW_SOURCE).with_columns(cursor=pl.lit(_ZERO))
             book = Book(pl.concat([book.sources, fresh], how="diagonal_relaxed").cast(book_.SOURCES), book.parts)  # type: ignore[arg-type]
         kept = book.parts.filter(~pl.col("line").is_in(lines.get_column("line").implode()))
         return book_.summarize(Book(book.sources, pl.concat([kept, lines])), named)
@@ -476,8 +476,9 @@ class _Step:
         """The cycles an invoice settled, as (subscription, start in µs); the subscriptions with none to rate.
 
         A subscription has none when settled cycles follow one another from before the first instant the step
-        rates (``start`` less the restatement window, or its start) to the step's end: every cycle it would rate
-        is settled and over. Usage keeps its book rows through the restatement window for this.
+        rates (``start`` less the restatement window, or its start) to the step's end, and any cycle of it billed
+        again is settled and over: every cycle it would rate is settled and over. (Usage keeps its rows in the
+        book through the restatement window for this.)
         """
         cycles = (
             sources.filter(pl.col("settled") & pl.col("cycle_start").is_not_null())
@@ -485,27 +486,28 @@ class _Step:
             .unique()
             .sort("subscription", "cycle_start")
         )
-        settled = set(
-            zip(cycles.get_column("subscription").to_list(), cycles.get_column("cycle_start").to_list(), strict=True)
-        )
+        subs, starts, ends = (cycles.get_column(c).to_list() for c in ("subscription", "cycle_start", "cycle_end"))
+        ending = dict(zip(zip(subs, starts, strict=True), ends, strict=True))
+        end = _micros(self.end)
         gap = pl.col("cycle_start") != pl.col("cycle_end").shift(1).over("subscription")
         runs = (
-            cycles.with_columns(run=gap.fill_null(True).cum_sum().over("subscription"))
+            cycles.filter(pl.col("cycle_end") <= end)
+            .with_columns(run=gap.fill_null(True).cum_sum().over("subscription"))
             .filter(pl.col("run") == pl.col("run").max().over("subscription"))
             .group_by("subscription")
             .agg(pl.col("cycle_start").min(), pl.col("cycle_end").max())
-            .filter(pl.col("cycle_end") == _micros(self.end))
+            .filter(pl.col("cycle_end") == end)
         )
         first = _micros(start - RESTATE) if start > _EPOCH + RESTATE else 0
         begins = {sub.id: _micros(sub.start) for sub in self.snapshot.subscriptions if sub.end is None}
-        covered = frozenset(
-            sub
-            for sub, run_start in zip(
-                runs.get_column("subscription").to_list(), runs.get_column("cycle_start").to_list(), strict=True
-            )
-            if sub in begins and run_start <= max(first, begins[sub])
+        runs_from = zip(
+            runs.get_column("subscription").to_list(), runs.get_column("cycle_start").to_list(), strict=True
         )
-        return settled, covered
+        covered = {sub for sub, since in runs_from if sub in begins and since <= max(first, begins[sub])}
+        for sub, cycle in self.again:  # a cycle billed again is rated unless settled and over (or yet to come)
+            if sub in covered and _micros(cycle) < end and ending.get((sub, _micros(cycle)), end + 1) > end:
+                covered.discard(sub)
+        return set(ending), frozenset(covered)
 
     def _earned(self, amount: Decimal, start: datetime, end: datetime, currency: str) -> Decimal:
         """What a fee earning over ``[start, end)`` has earned by the step's end (it started and has not ended)."""
@@ -705,9 +707,9 @@ _PART_COLUMNS: dict[str, pa.DataType] = {
 }
 _ROW_MONEY = pl.Decimal(38, 9)
 #: A source first billed: what it is (its cursor starts at 0).
-_NEW_SOURCE = {name: book_.SOURCES[name] for name in ("source", "kind", "currency", "customer", "subscription")} | {
-    name: book_.SOURCES[name] for name in ("price", "meter", "cycle_start", "cycle_end")
-}
+_NEW_SOURCE: dict[str, pa.DataType] = dict.fromkeys(
+    ("source", "kind", "currency", "customer", "subscription", "price", "meter"), pa.string()
+) | {"cycle_start": _ARROW_TIME, "cycle_end": _ARROW_TIME}
 
 
 def _totals(rows: pl.DataFrame) -> dict[str, dict[str, Decimal]]:
@@ -733,13 +735,15 @@ _MICROSECOND = timedelta(microseconds=1)
 
 
 def _parts(columns: list[list[object]]) -> pl.DataFrame:
-    """Part rows gathered column by column, as a frame (through Arrow: five times faster from Python objects)."""
-    table = pa.table(
-        [pa.array(c, t) for c, t in zip(columns, _PART_COLUMNS.values(), strict=True)], names=list(_PART_COLUMNS)
-    )
-    frame = pl.from_arrow(table)
+    return _columns(columns, _PART_COLUMNS).cast(book_.PARTS)  # type: ignore[arg-type]
+
+
+def _columns(columns: Iterable[Sequence[object]], types: dict[str, pa.DataType]) -> pl.DataFrame:
+    """Python values gathered column by column, as a frame (through Arrow: five times faster than polars' rows)."""
+    arrays = [pa.array(c, t) for c, t in zip(columns, types.values(), strict=True)]
+    frame = pl.from_arrow(pa.table(arrays, names=list(types)))
     assert isinstance(frame, pl.DataFrame)
-    return frame.cast(book_.PARTS)  # type: ignore[arg-type]
+    return frame
 
 
 def _at_midnight(t: datetime) -> bool:
