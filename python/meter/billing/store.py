@@ -15,7 +15,9 @@ prefix scan):
                                          invoice and customer)
 ``outbox/<tenant>/<seq:012d>``           a :class:`~meter.money.events.Event` to deliver
 ``revenue_due/<tenant>/<invoice>``       an invoice finalized, voided or credited since revenue recognition last
-                                         ran (written by the entry that changed it; recognition deletes it)
+                                         ran: its :class:`~meter.money.revenue.due.Due` record, written with the
+                                         entry that changed it (recognition reads and deletes it)
+``revenue_first/<tenant>``               the earliest service period invoiced (where a first close starts)
 ``ledger_total/<tenant>/<customer>/``   an account's running debits and credits, per currency: ``<cur>/<account>``
                                          (``<customer>`` empty for the tenant's own accounts)
 ``meta/schema``                          the layout's version (2: statuses ``open``/``paid``..., the ledger)
@@ -65,6 +67,7 @@ from meter.exceptions import Conflict, InvalidInput, NotFound, StorageError
 from meter.money import ledger
 from meter.money.events import Event, EventType, event_id
 from meter.money.ledger import JournalEntry
+from meter.money.revenue import due
 from meter.pricing.money import minor_units
 
 __all__ = ["AlreadyPosted", "Change", "InvoiceStore", "StoredInvoices", "invoice_summary", "settle"]
@@ -170,12 +173,18 @@ class Change:
         self._counters: dict[str, int] = {}
         self.posted: list[JournalEntry] = []
         self.emitted: list[Event] = []
+        #: Invoices whose revenue record is written with the change (their entries changed what they earn).
+        self._due: set[str] = set()
+        #: Prefixes whose keys in the store are deleted by the change (its own puts under them are kept).
+        self._cleared: list[bytes] = []
 
     def get(self, key: str) -> bytes | None:
         """The value of ``key`` as this change leaves it (its own puts first, then the store)."""
         raw = key.encode()
         if raw in self._puts:
             return self._puts[raw]
+        if any(raw.startswith(prefix) for prefix in self._cleared):
+            return None
         value = self._db.get(raw)
         return value if isinstance(value, bytes) else None
 
@@ -184,6 +193,10 @@ class Change:
 
     def delete(self, key: str) -> None:
         self._puts[key.encode()] = None
+
+    def clear(self, prefix: str) -> None:
+        """Deletes every key of the store under ``prefix`` (in one range deletion, however many there are)."""
+        self._cleared.append(prefix.encode())
 
     def number(self, kind: str) -> int:
         """The tenant's next number of ``kind`` (1, 2, ...); its counter is written with the change."""
@@ -208,7 +221,7 @@ class Change:
             if of is not None:
                 self.put(f"journal_{index}/{self.tenant}/{of}/{entry.seq:012d}", b"")
         if entry.invoice is not None and entry.kind in REVENUE_CHANGES:
-            self.put(f"revenue_due/{self.tenant}/{entry.invoice}", b"")
+            self._due.add(entry.invoice)
         for line in entry.lines:
             key = _total_key(self.tenant, line.customer, entry.currency, line.account)
             debit, credit = _total(self.get(key))
@@ -232,7 +245,10 @@ class Change:
         return event
 
     def batch(self) -> WriteBatch:
+        self._write_due()
         batch = WriteBatch()
+        for prefix in self._cleared:  # first: the change's own puts under it are kept
+            batch.delete_range(prefix, prefix[:-1] + bytes([prefix[-1] + 1]))
         for kind, n in self._counters.items():
             batch.put(f"counter/{self.tenant}/{kind}".encode(), str(n).encode())
         for key, value in self._puts.items():
@@ -241,6 +257,24 @@ class Change:
             else:
                 batch.put(key, value)
         return batch
+
+    def _write_due(self) -> None:
+        """The revenue record of each invoice whose entries changed what it earns, as this change leaves it."""
+        for invoice_id in sorted(self._due):
+            raw = self.get(f"invoice/{self.tenant}/{invoice_id}")
+            assert raw is not None, f"an entry of invoice {invoice_id} was posted without it"
+            invoice = msgspec.json.decode(raw, type=Invoice)
+            prepaid: frozenset[str] = frozenset()
+            if any(line.kind == "credit" for line in invoice.lines):
+                others = scan(self._db, f"invoice/{self.tenant}/{invoice.subscription}-".encode(), Invoice)
+                mine = [i for i in others if i.subscription == invoice.subscription and i.id != invoice.id]
+                prepaid = _prepaid_grants(i for i in [*mine, invoice] if i.status in BILLED)
+            record = due.record(invoice, prepaid)
+            self.put(f"revenue_due/{self.tenant}/{invoice_id}", due.encode(record))
+            first = self.get(f"revenue_first/{self.tenant}")
+            if first is None or datetime.fromisoformat(first.decode()) > record.first:
+                self.put(f"revenue_first/{self.tenant}", record.first.isoformat().encode())
+        self._due.clear()
 
 
 def _total_key(tenant: str, customer: str | None, currency: str, account: str) -> str:

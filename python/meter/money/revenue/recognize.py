@@ -50,7 +50,7 @@ differences of rounded figures need no rounding.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -61,9 +61,8 @@ import msgspec
 import polars as pl
 import pyarrow as pa
 
-from meter.billing.invoices import BILLED, CreditNote, LineKind, LineTax, Reason, RunError, Status
+from meter.billing.invoices import CreditNote, RunError
 from meter.billing.invoicing import RESTATE, Consumed, consumption
-from meter.billing.keys import CommitKey, GrantKey, charge_cycle, parse_line_key
 from meter.billing.store import Change, InvoiceStore
 from meter.catalog.revenue import RevenueSettings
 from meter.exceptions import InvalidInput
@@ -71,6 +70,7 @@ from meter.lake.catalog import Snapshot
 from meter.money import ledger
 from meter.money.ledger import JournalEntry
 from meter.money.revenue import book as book_
+from meter.money.revenue import due
 from meter.money.revenue.book import Book
 from meter.money.revenue.days import midnight
 from meter.money.revenue.schedule import earned_by_days, earned_through, monthly
@@ -215,52 +215,9 @@ def recognize(
 def _first_day(store: InvoiceStore, snapshot: Snapshot, tz: str) -> date | None:
     """The first day anything can be earned: the earliest subscription start or invoiced service period."""
     starts = [sub.start for sub in snapshot.subscriptions]
-    for _, raw in store.raw_items(f"invoice/{snapshot.tenant}/"):
-        if (head := _PERIOD.decode(raw)).status != "draft":
-            starts.append(head.period_start)
+    if (first := store.raw(f"revenue_first/{snapshot.tenant}")) is not None:
+        starts.append(datetime.fromisoformat(first.decode()))
     return min(starts).astimezone(ZoneInfo(tz)).date() if starts else None
-
-
-class _Period(msgspec.Struct):
-    period_start: datetime
-    status: Status = "draft"
-
-
-_PERIOD = msgspec.json.Decoder(_Period)
-
-
-class _Line(msgspec.Struct):
-    """What the close reads of an invoice line (decoding only these is four times faster than a whole line)."""
-
-    kind: LineKind
-    amount: Decimal
-    period_start: datetime
-    period_end: datetime
-    key: str | None = None
-    price: str | None = None
-    meter: str | None = None
-    quantity: Decimal | None = None
-    grant: str | None = None
-
-
-class _Invoice(msgspec.Struct):
-    """What the close reads of an invoice."""
-
-    id: str
-    customer: str
-    subscription: str
-    currency: str
-    reason: Reason
-    issued_at: datetime
-    lines: list[_Line]
-    status: Status = "draft"
-    finalized_at: datetime | None = None
-    voided_at: datetime | None = None
-    usage_start: datetime | None = None
-    line_taxes: list[LineTax] = []
-
-
-_READ = msgspec.json.Decoder(_Invoice)
 
 
 @dataclass
@@ -298,7 +255,7 @@ class _Step:
         start = midnight(self.last.through + timedelta(days=1), self.zone) if self.last else _EPOCH
         # The tenant's lock is held throughout: the marks deleted are exactly those of the invoices read.
         with self.store.transaction(self.tenant, self.now) as change:
-            book = self._bill(change, book_.load(self.store, self.tenant))
+            book = self._bill(change, book_.load(self.store, self.tenant), start)
             targets = self._targets(book.sources)
 
             # Usage of the cycles no invoice settled: what its usage so far rates at (it overrides the above).
@@ -333,106 +290,108 @@ class _Step:
 
     # ------------------------------------------------------------------------------------------------- billed lines
 
-    def _bill(self, change: Change, book: Book) -> Book:
-        """The book with the lines of every invoice finalized, voided or credited since the last close."""
-        columns: list[list[object]] = [[] for _ in _PART_COLUMNS]
+    def _bill(self, change: Change, book: Book, start: datetime) -> Book:
+        """The book with the lines of every invoice finalized, voided or credited since the last close.
+
+        Reads their records (:mod:`meter.money.revenue.due`) and deletes them in the step's write.
+        """
+        prefix = f"revenue_due/{self.tenant}/"
+        columns: list[list[object]] = [[] for _ in _LINE_COLUMNS]
         chunks: list[pl.DataFrame] = []
-        sources: dict[str, tuple[object, ...]] = {}
-        for invoice_id, raw in self._due():
-            change.delete(f"revenue_due/{self.tenant}/{invoice_id}")
-            if (invoice := _READ.decode(raw)).status != "draft":
-                self._invoice(invoice, columns, sources)
+        for key, raw in self.store.raw_items(prefix):
+            self._record(due.decode(raw) if raw else self._record_of(key[len(prefix) :]), columns)
             if len(columns[0]) >= _CHUNK:  # a million lines as Python objects would take gigabytes
-                chunks.append(_parts(columns))
-                columns = [[] for _ in _PART_COLUMNS]
-        if not sources:
+                chunks.append(_columns(columns, _LINE_COLUMNS))
+                columns = [[] for _ in _LINE_COLUMNS]
+        change.clear(prefix)
+        kind = pl.col("treatment")
+        lines = pl.concat([*chunks, _columns(columns, _LINE_COLUMNS)]).filter(
+            kind.is_in(["ratable", "usage", "commit", "drawdown"]) & pl.col("source").is_not_null()
+        )
+        if not lines.height:
             return book
-        lines = pl.concat([*chunks, _parts(columns)])
-        named = pl.Series(list(sources), dtype=pl.String())
+        # Cycles billed again before the step's window: rated again (late usage), unless settled.
+        again = lines.filter(pl.col("cycle_start") < start).select("subscription", "cycle_start").unique()
+        self.again.update(again.iter_rows())
+        named = lines.get_column("source").unique()
         missing = named.filter(~named.is_in(book.sources.get_column("source").implode()))
         book = book.concat(book_.unarchive(self.store, self.tenant, missing.to_list()))
-        known = set(book.sources.get_column("source"))
-        new = [row for source, row in sources.items() if source not in known]
-        if new:
-            fresh = _columns(zip(*new, strict=True), _NEW_SOURCE).with_columns(cursor=pl.lit(_ZERO))
-            book = Book(pl.concat([book.sources, fresh], how="diagonal_relaxed").cast(book_.SOURCES), book.parts)  # type: ignore[arg-type]
-        kept = book.parts.filter(~pl.col("line").is_in(lines.get_column("line").implode()))
-        return book_.summarize(Book(book.sources, pl.concat([kept, lines])), named)
+        fresh = (
+            lines.filter(~pl.col("source").is_in(book.sources.get_column("source").implode()))
+            .group_by("source", maintain_order=True)
+            .agg(pl.all().first())
+            .select(
+                "source",
+                pl.when(kind == "usage")
+                .then(pl.lit("usage"))
+                .when(kind.is_in(["commit", "drawdown"]))
+                .then(pl.lit("commit"))
+                .otherwise(pl.lit("fee"))
+                .alias("kind"),
+                *("currency", "customer", "subscription", "price", "meter", "cycle_start", "cycle_end"),
+                cursor=pl.lit(_ZERO),
+            )
+        )
+        sources = pl.concat([book.sources, fresh], how="diagonal_relaxed").cast(book_.SOURCES)  # type: ignore[arg-type]
+        parts = lines.select(
+            "source",
+            line=pl.format("{}/{}", "invoice", "n"),
+            invoice="invoice",
+            amount="amount",
+            start="start",
+            end="end",
+            finalized_at="finalized_at",
+            quantity="quantity",
+            void=~pl.col("billed"),
+            drawn=kind == "drawdown",
+            settles="settles",
+        ).cast(book_.PARTS)  # type: ignore[arg-type]
+        kept = book.parts.filter(~pl.col("line").is_in(parts.get_column("line").implode()))
+        return book_.summarize(Book(sources, pl.concat([kept, parts])), named)
 
-    def _due(self) -> Iterator[tuple[str, bytes]]:
-        """(id, JSON) of each invoice to read: every one not a draft at the first close, then those marked due."""
-        if self.last is None:  # drafts are skipped when decoded
-            prefix = f"invoice/{self.tenant}/"
-            yield from ((key[len(prefix) :], raw) for key, raw in self.store.raw_items(prefix))
-            return
-        ids = [key.rsplit("/", 1)[1] for key, _ in self.store.raw_items(f"revenue_due/{self.tenant}/")]
-        for at in range(0, len(ids), _CHUNK):
-            chunk = ids[at : at + _CHUNK]
-            raws = self.store.raw_many([f"invoice/{self.tenant}/{i}" for i in chunk])
-            yield from ((i, raw) for i, raw in zip(chunk, raws, strict=True) if raw is not None)
+    def _record_of(self, invoice_id: str) -> due.Due:
+        """The record of an invoice marked due without one (written before records were)."""
+        invoice = self.store.get(self.tenant, invoice_id)
+        return due.record(invoice, self.store.prepaid_grants(self.tenant, invoice.subscription))
 
-    def _invoice(self, invoice: _Invoice, columns: list[list[object]], sources: dict[str, tuple[object, ...]]) -> None:
-        """An invoice's lines, each a part of its source (or posted now: a promotional credit); its credit notes."""
-        billed = invoice.status in BILLED
-        prepaid: frozenset[str] | None = None
-        finalized = invoice.finalized_at or invoice.issued_at
-        for n, (line, net) in enumerate(zip(invoice.lines, ledger.net_line_amounts(invoice), strict=True), start=1):
-            if line.kind == "credit" and prepaid is None:
-                prepaid = self.store.prepaid_grants(self.tenant, invoice.subscription)
-            how = ledger.treatment(line, prepaid or frozenset())
-            if how == "immediate":  # posted by its invoice's entries: a row for the reports
-                target = net if billed else _ZERO
-                month = self._month_of(invoice.finalized_at if billed else invoice.voided_at)
-                where = _Where(
-                    invoice.customer, invoice.subscription, line.price, None, invoice.id, invoice.finalized_at
-                )
-                self._post_one(f"line:{invoice.id}/{n}", target, "promotional_credit", invoice.currency, month, where)
-                continue
-            source = _source(how, invoice.id, n, line)
-            if source is None:
-                continue
-            cycle: tuple[datetime, datetime] | tuple[None, None] = (None, None)
-            settles = False
-            if how == "usage":
-                if (named := charge_cycle(line.key or "")) is not None:
-                    cycle = named
-                    self.again.add((invoice.subscription, named[0]))
-                settles = invoice.reason == "cycle" and invoice.usage_start == line.period_start
-            if source not in sources:
-                kind = "usage" if how == "usage" else "commit" if how in ("commit", "drawdown") else "fee"
-                sources[source] = (
-                    source,
-                    kind,
-                    invoice.currency,
-                    invoice.customer,
-                    invoice.subscription,
-                    line.price,
-                    line.meter,
-                    *cycle,
-                )
-            for column, value in zip(
-                columns,
-                (
-                    source,
-                    f"{invoice.id}/{n}",
-                    invoice.id,
-                    net,
-                    line.period_start,
-                    line.period_end,
-                    finalized,
-                    line.quantity if how == "usage" else None,
-                    not billed,
-                    how == "drawdown",
-                    settles,
-                ),
-                strict=True,
-            ):
-                column.append(value)
-        where = _Where(invoice.customer, invoice.subscription, None, None, invoice.id, invoice.finalized_at)
-        for note in self.notes.get(invoice.id, []):
-            target = -(note.amount - (note.tax or _ZERO)) if invoice.status != "void" else _ZERO
-            month = self._month_of(note.created_at if invoice.status != "void" else invoice.voided_at)
-            self._post_one(f"note:{note.number}", target, "credit_note", invoice.currency, month, where)
+    def _record(self, record: due.Due, columns: list[list[object]]) -> None:
+        """An invoice's lines into ``columns`` (``_LINE_COLUMNS``); its promotional credits and credit notes posted."""
+        count, billed = len(record.sources), record.billed
+        line_values: tuple[Iterable[object], ...] = (
+            [record.id] * count,
+            range(1, count + 1),
+            [record.customer] * count,
+            [record.subscription] * count,
+            [record.currency] * count,
+            [billed] * count,
+            [record.finalized_at] * count,
+            record.treatments,
+            record.sources,
+            record.amounts,
+            record.starts,
+            record.ends,
+            record.quantities,
+            record.prices,
+            record.meters,
+            record.cycle_starts,
+            record.cycle_ends,
+            record.settles,
+        )
+        for column, values in zip(columns, line_values, strict=True):
+            column.extend(values)
+        finalized = record.finalized_at
+        if "immediate" in record.treatments:  # posted by its invoice's entries: a row for the reports
+            month = self._month_of(record.finalized_at if billed else record.voided_at)
+            for n, how in enumerate(record.treatments):
+                if how == "immediate":
+                    target = record.amounts[n] if billed else _ZERO
+                    where = _Where(record.customer, record.subscription, record.prices[n], None, record.id, finalized)
+                    self._post_one(record.sources[n] or "", target, "promotional_credit", record.currency, month, where)
+        where = _Where(record.customer, record.subscription, None, None, record.id, finalized)
+        for note in self.notes.get(record.id, []):
+            target = -(note.amount - (note.tax or _ZERO)) if record.status != "void" else _ZERO
+            month = self._month_of(note.created_at if record.status != "void" else record.voided_at)
+            self._post_one(f"note:{note.number}", target, "credit_note", record.currency, month, where)
 
     # ------------------------------------------------------------------------------------------------------ targets
 
@@ -691,25 +650,28 @@ class _Where:
 #: Invoices read per chunk, and part rows turned into columns at a time.
 _CHUNK = 50_000
 _ARROW_MONEY, _ARROW_TIME = pa.decimal128(38, 9), pa.timestamp("us", "UTC")
-#: The columns of :data:`book.PARTS`, in order, as Arrow types.
-_PART_COLUMNS: dict[str, pa.DataType] = {
-    "source": pa.string(),
-    "line": pa.string(),
+#: The columns of the lines read from records (``_Step._record``), in order, as Arrow types.
+_LINE_COLUMNS: dict[str, pa.DataType] = {
     "invoice": pa.string(),
+    "n": pa.int32(),
+    "customer": pa.string(),
+    "subscription": pa.string(),
+    "currency": pa.string(),
+    "billed": pa.bool_(),
+    "finalized_at": _ARROW_TIME,
+    "treatment": pa.string(),
+    "source": pa.string(),
     "amount": _ARROW_MONEY,
     "start": _ARROW_TIME,
     "end": _ARROW_TIME,
-    "finalized_at": _ARROW_TIME,
     "quantity": _ARROW_MONEY,
-    "void": pa.bool_(),
-    "drawn": pa.bool_(),
+    "price": pa.string(),
+    "meter": pa.string(),
+    "cycle_start": _ARROW_TIME,
+    "cycle_end": _ARROW_TIME,
     "settles": pa.bool_(),
 }
 _ROW_MONEY = pl.Decimal(38, 9)
-#: A source first billed: what it is (its cursor starts at 0).
-_NEW_SOURCE: dict[str, pa.DataType] = dict.fromkeys(
-    ("source", "kind", "currency", "customer", "subscription", "price", "meter"), pa.string()
-) | {"cycle_start": _ARROW_TIME, "cycle_end": _ARROW_TIME}
 
 
 def _totals(rows: pl.DataFrame) -> dict[str, dict[str, Decimal]]:
@@ -734,10 +696,6 @@ def _micros(t: datetime) -> int:
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def _parts(columns: list[list[object]]) -> pl.DataFrame:
-    return _columns(columns, _PART_COLUMNS).cast(book_.PARTS)  # type: ignore[arg-type]
-
-
 def _columns(columns: Iterable[Sequence[object]], types: dict[str, pa.DataType]) -> pl.DataFrame:
     """Python values gathered column by column, as a frame (through Arrow: five times faster than polars' rows)."""
     arrays = [pa.array(c, t) for c, t in zip(columns, types.values(), strict=True)]
@@ -754,25 +712,6 @@ def _frame(rows: list[dict[str, object]]) -> pl.DataFrame:
     frame = pl.from_arrow(pa.Table.from_pylist(rows, schema=ROW_SCHEMA))
     assert isinstance(frame, pl.DataFrame)
     return frame
-
-
-def _source(how: str, invoice: str, n: int, line: _Line) -> str | None:
-    """The source a line counts toward: its key's (a fee, a usage key), its commit's, or its own (a keyless fee)."""
-    if how == "ratable":
-        return f"fee:{line.key}" if line.key else f"fee:{invoice}/{n}"
-    if how == "usage":
-        return f"usage:{line.key}" if line.key else None
-    if how == "commit":
-        grant = _grant_of(line.key) if line.key else None
-        return f"breakage:{grant}" if grant else None
-    if how == "drawdown":
-        return f"breakage:{line.grant}" if line.grant else None
-    return None
-
-
-def _grant_of(commit_key: str) -> str | None:
-    key = parse_line_key(commit_key)
-    return GrantKey(key.subscription, key.commit).text() if isinstance(key, CommitKey) else None
 
 
 def _ipc(rows: pl.DataFrame) -> bytes:
