@@ -272,8 +272,8 @@ class Change:
             record = due.record(invoice, prepaid)
             self.put(f"revenue_due/{self.tenant}/{invoice_id}", due.encode(record))
             first = self.get(f"revenue_first/{self.tenant}")
-            if first is None or datetime.fromisoformat(first.decode()) > record.first:
-                self.put(f"revenue_first/{self.tenant}", record.first.isoformat().encode())
+            if first is None or int(first) > record.first:
+                self.put(f"revenue_first/{self.tenant}", str(record.first).encode())
         self._due.clear()
 
 

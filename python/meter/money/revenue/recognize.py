@@ -216,7 +216,7 @@ def _first_day(store: InvoiceStore, snapshot: Snapshot, tz: str) -> date | None:
     """The first day anything can be earned: the earliest subscription start or invoiced service period."""
     starts = [sub.start for sub in snapshot.subscriptions]
     if (first := store.raw(f"revenue_first/{snapshot.tenant}")) is not None:
-        starts.append(datetime.fromisoformat(first.decode()))
+        starts.append(due.instant(int(first)))
     return min(starts).astimezone(ZoneInfo(tz)).date() if starts else None
 
 
@@ -266,7 +266,7 @@ class _Step:
                 start,
                 self.end,
                 frozenset(self.again),
-                lambda sub, cycle: (sub, _micros(cycle)) in settled,
+                lambda sub, cycle: (sub, due.micros(cycle)) in settled,
                 covered,
             )
             book, targets = self._rated(book, targets, used)
@@ -305,8 +305,13 @@ class _Step:
                 columns = [[] for _ in _LINE_COLUMNS]
         change.clear(prefix)
         kind = pl.col("treatment")
-        lines = pl.concat([*chunks, _columns(columns, _LINE_COLUMNS)]).filter(
-            kind.is_in(["ratable", "usage", "commit", "drawdown"]) & pl.col("source").is_not_null()
+        lines = (
+            pl.concat([*chunks, _columns(columns, _LINE_COLUMNS)])
+            .filter(kind.is_in(["ratable", "usage", "commit", "drawdown"]) & pl.col("source").is_not_null())
+            .with_columns(
+                pl.col("finalized_at", "start", "end", "cycle_start", "cycle_end").cast(pl.Datetime("us", "UTC")),
+                pl.col("amount", "quantity").cast(book_.SOURCES["cursor"]),
+            )
         )
         if not lines.height:
             return book
@@ -379,18 +384,19 @@ class _Step:
         )
         for column, values in zip(columns, line_values, strict=True):
             column.extend(values)
-        finalized = record.finalized_at
+        finalized = due.instant(record.finalized_at)
+        voided = None if record.voided_at is None else due.instant(record.voided_at)
         if "immediate" in record.treatments:  # posted by its invoice's entries: a row for the reports
-            month = self._month_of(record.finalized_at if billed else record.voided_at)
+            month = self._month_of(finalized if billed else voided)
             for n, how in enumerate(record.treatments):
                 if how == "immediate":
-                    target = record.amounts[n] if billed else _ZERO
+                    target = Decimal(record.amounts[n]) if billed else _ZERO
                     where = _Where(record.customer, record.subscription, record.prices[n], None, record.id, finalized)
                     self._post_one(record.sources[n] or "", target, "promotional_credit", record.currency, month, where)
         where = _Where(record.customer, record.subscription, None, None, record.id, finalized)
         for note in self.notes.get(record.id, []):
             target = -(note.amount - (note.tax or _ZERO)) if record.status != "void" else _ZERO
-            month = self._month_of(note.created_at if record.status != "void" else record.voided_at)
+            month = self._month_of(note.created_at if record.status != "void" else voided)
             self._post_one(f"note:{note.number}", target, "credit_note", record.currency, month, where)
 
     # ------------------------------------------------------------------------------------------------------ targets
@@ -447,7 +453,7 @@ class _Step:
         )
         subs, starts, ends = (cycles.get_column(c).to_list() for c in ("subscription", "cycle_start", "cycle_end"))
         ending = dict(zip(zip(subs, starts, strict=True), ends, strict=True))
-        end = _micros(self.end)
+        end = due.micros(self.end)
         gap = pl.col("cycle_start") != pl.col("cycle_end").shift(1).over("subscription")
         runs = (
             cycles.filter(pl.col("cycle_end") <= end)
@@ -457,14 +463,14 @@ class _Step:
             .agg(pl.col("cycle_start").min(), pl.col("cycle_end").max())
             .filter(pl.col("cycle_end") == end)
         )
-        first = _micros(start - RESTATE) if start > _EPOCH + RESTATE else 0
-        begins = {sub.id: _micros(sub.start) for sub in self.snapshot.subscriptions if sub.end is None}
+        first = due.micros(start - RESTATE) if start > _EPOCH + RESTATE else 0
+        begins = {sub.id: due.micros(sub.start) for sub in self.snapshot.subscriptions if sub.end is None}
         runs_from = zip(
             runs.get_column("subscription").to_list(), runs.get_column("cycle_start").to_list(), strict=True
         )
         covered = {sub for sub, since in runs_from if sub in begins and since <= max(first, begins[sub])}
         for sub, cycle in self.again:  # a cycle billed again is rated unless settled and over (or yet to come)
-            if sub in covered and _micros(cycle) < end and ending.get((sub, _micros(cycle)), end + 1) > end:
+            if sub in covered and due.micros(cycle) < end and ending.get((sub, due.micros(cycle)), end + 1) > end:
                 covered.discard(sub)
         return set(ending), frozenset(covered)
 
@@ -649,7 +655,6 @@ class _Where:
 
 #: Invoices read per chunk, and part rows turned into columns at a time.
 _CHUNK = 50_000
-_ARROW_MONEY, _ARROW_TIME = pa.decimal128(38, 9), pa.timestamp("us", "UTC")
 #: The columns of the lines read from records (``_Step._record``), in order, as Arrow types.
 _LINE_COLUMNS: dict[str, pa.DataType] = {
     "invoice": pa.string(),
@@ -658,17 +663,17 @@ _LINE_COLUMNS: dict[str, pa.DataType] = {
     "subscription": pa.string(),
     "currency": pa.string(),
     "billed": pa.bool_(),
-    "finalized_at": _ARROW_TIME,
+    "finalized_at": pa.int64(),
     "treatment": pa.string(),
     "source": pa.string(),
-    "amount": _ARROW_MONEY,
-    "start": _ARROW_TIME,
-    "end": _ARROW_TIME,
-    "quantity": _ARROW_MONEY,
+    "amount": pa.string(),
+    "start": pa.int64(),
+    "end": pa.int64(),
+    "quantity": pa.string(),
     "price": pa.string(),
     "meter": pa.string(),
-    "cycle_start": _ARROW_TIME,
-    "cycle_end": _ARROW_TIME,
+    "cycle_start": pa.int64(),
+    "cycle_end": pa.int64(),
     "settles": pa.bool_(),
 }
 _ROW_MONEY = pl.Decimal(38, 9)
@@ -687,13 +692,6 @@ def _money(amount: Decimal, currency: str) -> Decimal:
     """``amount`` in the currency's minor unit when it has no more digits (the columns keep nine)."""
     rounded = round_to_minor_unit(amount, currency)
     return rounded if rounded == amount else amount.normalize()
-
-
-def _micros(t: datetime) -> int:
-    return (t - _EPOCH) // _MICROSECOND
-
-
-_MICROSECOND = timedelta(microseconds=1)
 
 
 def _columns(columns: Iterable[Sequence[object]], types: dict[str, pa.DataType]) -> pl.DataFrame:
