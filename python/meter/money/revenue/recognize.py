@@ -438,37 +438,47 @@ class _Step:
         )
 
     def _settled(self, sources: pl.DataFrame, start: datetime) -> tuple[set[tuple[str, int]], frozenset[str]]:
-        """The cycles an invoice settled, as (subscription, start in µs); the subscriptions with none to rate.
+        """The settled cycles the step may ask about, as (subscription, start in µs); subscriptions with none to rate.
 
-        A subscription has none when settled cycles follow one another from before the first instant the step
-        rates (``start`` less the restatement window, or its start) to the step's end, and any cycle of it billed
-        again is settled and over: every cycle it would rate is settled and over. (Usage keeps its rows in the
-        book through the restatement window for this.)
+        The step asks about the cycles that end by its end and after ``start`` less the restatement window, and the
+        cycles billed again. A subscription has none to rate when settled cycles follow one another from before the
+        first instant the step rates (``start`` less the restatement window, or its start) to the step's end, and
+        any cycle of it billed again is settled and over. (Usage keeps its rows in the book through the restatement
+        window for this.)
         """
-        cycles = (
-            sources.filter(pl.col("settled") & pl.col("cycle_start").is_not_null())
-            .select("subscription", pl.col("cycle_start").dt.epoch("us"), pl.col("cycle_end").dt.epoch("us"))
-            .unique()
-            .sort("subscription", "cycle_start")
-        )
-        subs, starts, ends = (cycles.get_column(c).to_list() for c in ("subscription", "cycle_start", "cycle_end"))
-        ending = dict(zip(zip(subs, starts, strict=True), ends, strict=True))
         end = due.micros(self.end)
+        low = due.micros(start - RESTATE) if start > _EPOCH + RESTATE else 0
+        cycles = sources.filter(pl.col("settled") & pl.col("cycle_start").is_not_null()).select(
+            "subscription", pl.col("cycle_start").dt.epoch("us"), pl.col("cycle_end").dt.epoch("us")
+        )
+        window = cycles.filter((pl.col("cycle_end") > low) & (pl.col("cycle_end") <= end))
+        if self.again:
+            again = pl.DataFrame(
+                {
+                    "subscription": [sub for sub, _ in self.again],
+                    "cycle_start": [due.micros(at) for _, at in self.again],
+                },
+                schema={"subscription": pl.String(), "cycle_start": pl.Int64()},
+            )
+            window = pl.concat([window, cycles.join(again, on=["subscription", "cycle_start"])])
+        window = window.unique().sort("subscription", "cycle_start")
+        subs, starts, ends = (window.get_column(c).to_list() for c in ("subscription", "cycle_start", "cycle_end"))
+        ending = dict(zip(zip(subs, starts, strict=True), ends, strict=True))
         gap = pl.col("cycle_start") != pl.col("cycle_end").shift(1).over("subscription")
         runs = (
-            cycles.filter(pl.col("cycle_end") <= end)
+            window.filter(pl.col("cycle_end") > low)
             .with_columns(run=gap.fill_null(True).cum_sum().over("subscription"))
             .filter(pl.col("run") == pl.col("run").max().over("subscription"))
             .group_by("subscription")
             .agg(pl.col("cycle_start").min(), pl.col("cycle_end").max())
             .filter(pl.col("cycle_end") == end)
         )
-        first = due.micros(start - RESTATE) if start > _EPOCH + RESTATE else 0
-        begins = {sub.id: due.micros(sub.start) for sub in self.snapshot.subscriptions if sub.end is None}
-        runs_from = zip(
-            runs.get_column("subscription").to_list(), runs.get_column("cycle_start").to_list(), strict=True
-        )
-        covered = {sub for sub, since in runs_from if sub in begins and since <= max(first, begins[sub])}
+        live = {sub.id: sub for sub in self.snapshot.subscriptions if sub.end is None}
+        covered = {
+            sub
+            for sub, since in zip(*(runs.get_column(c).to_list() for c in ("subscription", "cycle_start")), strict=True)
+            if sub in live and since <= max(low, due.micros(live[sub].start))
+        }
         for sub, cycle in self.again:  # a cycle billed again is rated unless settled and over (or yet to come)
             if sub in covered and due.micros(cycle) < end and ending.get((sub, due.micros(cycle)), end + 1) > end:
                 covered.discard(sub)
@@ -488,22 +498,18 @@ class _Step:
         """The book and targets with what each usage key of a cycle not settled rates at (new keys added)."""
         if not used:
             return book, targets
-        rated = pl.DataFrame(
-            [
-                (f"usage:{u.key}", u.amount, u.quantity, u.currency, u.sub.customer, u.sub.id, u.price, u.meter)
-                for u in used
-            ],
-            schema={
-                "source": pl.String(),
-                "rated_amount": book_.SOURCES["cursor"],
-                "rated_quantity": book_.SOURCES["cursor"],
-                "currency": pl.String(),
-                "customer": pl.String(),
-                "subscription": pl.String(),
-                "price": pl.String(),
-                "meter": pl.String(),
-            },
-            orient="row",
+        rated = _columns(
+            (
+                [f"usage:{u.key}" for u in used],
+                [u.amount for u in used],
+                [u.quantity for u in used],
+                [u.currency for u in used],
+                [u.sub.customer for u in used],
+                [u.sub.id for u in used],
+                [u.price for u in used],
+                [u.meter for u in used],
+            ),
+            _RATED,
         )
         names = rated.get_column("source")
         missing = names.filter(~names.is_in(book.sources.get_column("source").implode()))
@@ -677,6 +683,19 @@ _LINE_COLUMNS: dict[str, pa.DataType] = {
     "settles": pa.bool_(),
 }
 _ROW_MONEY = pl.Decimal(38, 9)
+
+
+#: What consumption found, as ``_Step._rated`` reads it.
+_RATED: dict[str, pa.DataType] = {
+    "source": pa.string(),
+    "rated_amount": pa.decimal128(38, 9),
+    "rated_quantity": pa.decimal128(38, 9),
+    "currency": pa.string(),
+    "customer": pa.string(),
+    "subscription": pa.string(),
+    "price": pa.string(),
+    "meter": pa.string(),
+}
 
 
 def _totals(rows: pl.DataFrame) -> dict[str, dict[str, Decimal]]:
