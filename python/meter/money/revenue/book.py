@@ -93,11 +93,10 @@ class Book:
     def split(self, done: pl.Series) -> tuple[Book, Book]:
         """(the sources ``done`` marks and their parts, the others and theirs)."""
         finished = self.sources.filter(done)
-        names = finished.get_column("source")
-        in_finished = pl.col("source").is_in(names.implode())
+        names = finished.select("source")
         return (
-            Book(finished, self.parts.filter(in_finished)),
-            Book(self.sources.filter(~done), self.parts.filter(~in_finished)),
+            Book(finished, self.parts.join(names, on="source", how="semi")),
+            Book(self.sources.filter(~done), self.parts.join(names, on="source", how="anti")),
         )
 
 
@@ -105,10 +104,10 @@ def summarize(book: Book, changed: pl.Series) -> Book:
     """``book`` with the summary columns of the sources named in ``changed`` summed again from their parts."""
     if changed.is_empty():
         return book
-    names = changed.implode()
+    names = changed.unique().to_frame("source")
     billed = ~pl.col("void")
     # Within a group, rows keep the frame's order: sorted here by when each part was finalized, then its line.
-    parts = book.parts.filter(pl.col("source").is_in(names)).sort("finalized_at", "line")
+    parts = book.parts.join(names, on="source", how="semi").sort("finalized_at", "line")
     sums = parts.group_by("source").agg(
         pl.len().cast(pl.UInt32).alias("parts"),
         pl.col("amount").filter(billed).sum().alias("amount"),
@@ -122,9 +121,9 @@ def summarize(book: Book, changed: pl.Series) -> Book:
         pl.col("finalized_at").last().alias("finalized_at"),
     )
     kept = [name for name in SOURCES if name not in sums.columns or name == "source"]
-    touched = pl.col("source").is_in(names)
-    again = book.sources.filter(touched).select(kept).join(sums, on="source", how="left").select(list(SOURCES))
-    return Book(pl.concat([book.sources.filter(~touched), again.cast(SOURCES)]), book.parts)  # type: ignore[arg-type]
+    again = book.sources.join(names, on="source", how="semi").select(kept).join(sums, on="source", how="left")
+    others = book.sources.join(names, on="source", how="anti")
+    return Book(pl.concat([others, again.select(list(SOURCES)).cast(SOURCES)]), book.parts)  # type: ignore[arg-type]
 
 
 def load(store: InvoiceStore, tenant: str) -> Book:
@@ -177,7 +176,8 @@ def unarchive(store: InvoiceStore, tenant: str, wanted: list[str]) -> Book:
 def _ipc(frame: pl.DataFrame) -> bytes:
     table = frame.to_arrow()
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+    # LZ4: the book is rewritten by every close, and zstd would take several times as long for little less disk.
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="lz4")) as writer:
         writer.write_table(table)
     return bytes(sink.getvalue().to_pybytes())
 

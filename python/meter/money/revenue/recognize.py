@@ -319,10 +319,10 @@ class _Step:
         again = lines.filter(pl.col("cycle_start") < start).select("subscription", "cycle_start").unique()
         self.again.update(again.iter_rows())
         named = lines.get_column("source").unique()
-        missing = named.filter(~named.is_in(book.sources.get_column("source").implode()))
+        missing = named.to_frame().join(book.sources, on="source", how="anti").get_column("source")
         book = book.concat(book_.unarchive(self.store, self.tenant, missing.to_list()))
         fresh = (
-            lines.filter(~pl.col("source").is_in(book.sources.get_column("source").implode()))
+            lines.join(book.sources.select("source"), on="source", how="anti")
             .group_by("source", maintain_order=True)
             .agg(pl.all().first())
             .select(
@@ -351,7 +351,7 @@ class _Step:
             drawn=kind == "drawdown",
             settles="settles",
         ).cast(book_.PARTS)  # type: ignore[arg-type]
-        kept = book.parts.filter(~pl.col("line").is_in(parts.get_column("line").implode()))
+        kept = book.parts.join(parts.select("line"), on="line", how="anti")
         return book_.summarize(Book(sources, pl.concat([kept, parts])), named)
 
     def _record_of(self, invoice_id: str) -> due.Due:
@@ -511,10 +511,9 @@ class _Step:
             ),
             _RATED,
         )
-        names = rated.get_column("source")
-        missing = names.filter(~names.is_in(book.sources.get_column("source").implode()))
+        missing = rated.join(book.sources, on="source", how="anti").get_column("source")
         book = book.concat(book_.unarchive(self.store, self.tenant, missing.to_list()))
-        new = rated.filter(~pl.col("source").is_in(book.sources.get_column("source").implode()))
+        new = rated.join(book.sources.select("source"), on="source", how="anti")
         if new.height:
             cycle_of = {f"usage:{u.key}": u.cycle for u in used}
             cycles = [cycle_of[s] for s in new.get_column("source")]
