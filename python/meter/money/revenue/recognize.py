@@ -203,8 +203,13 @@ def recognize(
         return Close(through=last, timezone=tz, steps=[])
     first = _first_day(store, snapshot, tz) if last is None else None
     close = Close(through=through, timezone=tz, steps=[])
+    live = [sub for sub in snapshot.subscriptions if sub.end is None]
+    starts = pl.DataFrame(
+        {"subscription": [sub.id for sub in live], "start": [due.micros(sub.start) for sub in live]},
+        schema={"subscription": pl.String(), "start": pl.Int64()},
+    )
     for day in row_days(through, last, first) if first is not None else [through]:
-        step, errors = _Step(store, snapshot, out, settings, day, now, products).run()
+        step, errors = _Step(store, snapshot, out, settings, day, now, products, starts).run()
         close.steps.append(step)
         close.errors += errors
         if progress is not None:
@@ -232,6 +237,8 @@ class _Step:
     now: datetime
     #: meter -> the product it prices.
     products: Mapping[str, str]
+    #: The subscriptions not ended, and their starts (µs): ``subscription``, ``start``.
+    starts: pl.DataFrame
     #: The rows of the sources posted one by one (credit notes, promotional credits).
     rows: list[dict[str, object]] = field(default_factory=list)
     #: Their cursors moved (``revenue_cursor/<tenant>/<source>`` -> what it has recognized).
@@ -448,8 +455,11 @@ class _Step:
         """
         end = due.micros(self.end)
         low = due.micros(start - RESTATE) if start > _EPOCH + RESTATE else 0
-        cycles = sources.filter(pl.col("settled") & pl.col("cycle_start").is_not_null()).select(
-            "subscription", pl.col("cycle_start").dt.epoch("us"), pl.col("cycle_end").dt.epoch("us")
+        cycles = (
+            sources.lazy()
+            .filter(pl.col("settled") & pl.col("cycle_start").is_not_null())
+            .select("subscription", pl.col("cycle_start").dt.epoch("us"), pl.col("cycle_end").dt.epoch("us"))
+            .collect()
         )
         window = cycles.filter((pl.col("cycle_end") > low) & (pl.col("cycle_end") <= end))
         if self.again:
@@ -464,21 +474,21 @@ class _Step:
         window = window.unique().sort("subscription", "cycle_start")
         subs, starts, ends = (window.get_column(c).to_list() for c in ("subscription", "cycle_start", "cycle_end"))
         ending = dict(zip(zip(subs, starts, strict=True), ends, strict=True))
-        gap = pl.col("cycle_start") != pl.col("cycle_end").shift(1).over("subscription")
+        # Runs of cycles that follow one another (a new run at each gap or subscription), the last of each
+        # subscription: covered when it ends at the step's end and starts early enough.
+        same = pl.col("subscription") == pl.col("subscription").shift(1)
+        follows = same & (pl.col("cycle_start") == pl.col("cycle_end").shift(1))
+        last_run = pl.col("run") == pl.col("run").max()
         runs = (
             window.filter(pl.col("cycle_end") > low)
-            .with_columns(run=gap.fill_null(True).cum_sum().over("subscription"))
-            .filter(pl.col("run") == pl.col("run").max().over("subscription"))
+            .with_columns(run=(~follows.fill_null(False)).cum_sum())
             .group_by("subscription")
-            .agg(pl.col("cycle_start").min(), pl.col("cycle_end").max())
+            .agg(pl.col("cycle_start").filter(last_run).min(), pl.col("cycle_end").max())
             .filter(pl.col("cycle_end") == end)
+            .join(self.starts, on="subscription")
+            .filter(pl.col("cycle_start") <= pl.max_horizontal(pl.lit(low), pl.col("start")))
         )
-        live = {sub.id: sub for sub in self.snapshot.subscriptions if sub.end is None}
-        covered = {
-            sub
-            for sub, since in zip(*(runs.get_column(c).to_list() for c in ("subscription", "cycle_start")), strict=True)
-            if sub in live and since <= max(low, due.micros(live[sub].start))
-        }
+        covered = set(runs.get_column("subscription").to_list())
         for sub, cycle in self.again:  # a cycle billed again is rated unless settled and over (or yet to come)
             if sub in covered and due.micros(cycle) < end and ending.get((sub, due.micros(cycle)), end + 1) > end:
                 covered.discard(sub)
