@@ -21,45 +21,53 @@ from meter.billing.invoices import BILLED, Invoice, InvoiceLine, Reason, Status
 from meter.billing.keys import CommitKey, GrantKey, charge_cycle, parse_line_key
 from meter.money import ledger
 
-__all__ = ["Due", "decode", "encode", "instant", "micros", "record", "source_of"]
+__all__ = ["HEAD", "LINE", "Due", "decode", "encode", "instant", "micros", "record", "source_of"]
+
+
+#: An invoice's fields the close reads, in :attr:`Due.head`'s order. ``lines``: how many lines it has.
+HEAD = ("invoice", "customer", "subscription", "currency", "billed", "finalized_at", "lines")
+#: A line's fields, in the order of each line's cells in :attr:`Due.cells`.
+LINE = (
+    "n",  # its number on the invoice, from 1
+    "treatment",  # ratable, usage, commit, drawdown or immediate (meter.money.ledger.treatment)
+    "source",  # what it counts toward (None: nothing, such as a usage line without a key)
+    "amount",  # net of the tax included in it (decimal text)
+    "start",
+    "end",
+    "quantity",  # usage (decimal text)
+    "price",
+    "meter",
+    "cycle_start",  # usage: the billing cycle its key names
+    "cycle_end",
+    "settles",  # usage: a line of the cycle invoice billing its cycle in arrears
+)
 
 
 class Due(msgspec.Struct, array_like=True):
-    """An invoice as recognition reads it: who and when, then one item per line in each list (line ``n`` is n-1).
+    """An invoice as recognition reads it: :data:`HEAD`, then the :data:`LINE` cells of each line, one after another.
 
-    Instants are microseconds since 1970-01-01 UTC and amounts decimal text: the close turns a million of them into
-    Arrow columns at once (Python ``datetime`` and ``Decimal`` objects would cost it more than reading them).
+    Flat, so that the close takes a record in two list operations and slices the columns out of a million of them
+    at once. Instants are microseconds since 1970-01-01 UTC, amounts decimal text: Arrow takes them without a
+    Python ``datetime`` or ``Decimal`` per value.
     """
 
-    id: str
-    customer: str
-    subscription: str
-    currency: str
+    head: tuple[str, str, str, str, bool, int, int]
     status: Status
-    #: When it was finalized (issued, for one never finalized), and voided.
-    finalized_at: int
     voided_at: int | None
     #: The earliest service period it bills.
     first: int
-    #: ``ratable``, ``usage``, ``commit``, ``drawdown`` or ``immediate`` (:func:`meter.money.ledger.treatment`).
-    treatments: list[str]
-    #: The source the line counts toward (None: it counts toward none, such as a usage line without a key).
-    sources: list[str | None]
-    #: Net of the tax included in it.
-    amounts: list[str]
-    starts: list[int]
-    ends: list[int]
-    quantities: list[str | None]
-    prices: list[str | None]
-    meters: list[str | None]
-    #: Usage: the billing cycle its key names, and whether the line settles it.
-    cycle_starts: list[int | None]
-    cycle_ends: list[int | None]
-    settles: list[bool]
+    #: A line is ``immediate`` (a promotional credit): the close posts it on its own.
+    immediate: bool
+    cells: list[str | int | bool | None]
 
     @property
-    def billed(self) -> bool:
-        return self.status in BILLED
+    def id(self) -> str:
+        return self.head[0]
+
+    def lines(self) -> list[dict[str, object]]:
+        """Its lines, each as a dict of :data:`LINE` (for what the close handles one line at a time)."""
+        width = len(LINE)
+        return [dict(zip(LINE, self.cells[at : at + width], strict=True)) for at in range(0, len(self.cells), width)]
 
 
 encode = msgspec.msgpack.Encoder().encode
@@ -68,41 +76,42 @@ decode = msgspec.msgpack.Decoder(Due).decode
 
 def record(invoice: Invoice, prepaid: frozenset[str]) -> Due:
     """``invoice``'s record; ``prepaid``: the grants of the prepaid commits bought (what its credit lines draw on)."""
-    due = Due(
-        id=invoice.id,
-        customer=invoice.customer,
-        subscription=invoice.subscription,
-        currency=invoice.currency,
+    cells: list[str | int | bool | None] = []
+    treatments = [ledger.treatment(line, prepaid) for line in invoice.lines]
+    amounts = ledger.net_line_amounts(invoice)
+    for n, (line, how, amount) in enumerate(zip(invoice.lines, treatments, amounts, strict=True), start=1):
+        cycle = charge_cycle(line.key) if how == "usage" and line.key else None
+        cells += [
+            n,
+            how,
+            source_of(how, invoice.id, n, line),
+            str(amount),
+            micros(line.period_start),
+            micros(line.period_end),
+            str(line.quantity) if how == "usage" and line.quantity is not None else None,
+            line.price,
+            line.meter,
+            micros(cycle[0]) if cycle else None,
+            micros(cycle[1]) if cycle else None,
+            _settles(how, invoice.reason, invoice.usage_start, line),
+        ]
+    finalized = invoice.finalized_at or invoice.issued_at
+    return Due(
+        head=(
+            invoice.id,
+            invoice.customer,
+            invoice.subscription,
+            invoice.currency,
+            invoice.status in BILLED,
+            micros(finalized),
+            len(invoice.lines),
+        ),
         status=invoice.status,
-        finalized_at=micros(invoice.finalized_at or invoice.issued_at),
         voided_at=None if invoice.voided_at is None else micros(invoice.voided_at),
         first=micros(min([invoice.period_start, *(line.period_start for line in invoice.lines)])),
-        treatments=[],
-        sources=[],
-        amounts=[str(amount) for amount in ledger.net_line_amounts(invoice)],
-        starts=[],
-        ends=[],
-        quantities=[],
-        prices=[],
-        meters=[],
-        cycle_starts=[],
-        cycle_ends=[],
-        settles=[],
+        immediate="immediate" in treatments,
+        cells=cells,
     )
-    for n, line in enumerate(invoice.lines, start=1):
-        how = ledger.treatment(line, prepaid)
-        cycle = charge_cycle(line.key) if how == "usage" and line.key else None
-        due.treatments.append(how)
-        due.sources.append(source_of(how, invoice.id, n, line))
-        due.starts.append(micros(line.period_start))
-        due.ends.append(micros(line.period_end))
-        due.quantities.append(str(line.quantity) if how == "usage" and line.quantity is not None else None)
-        due.prices.append(line.price)
-        due.meters.append(line.meter)
-        due.cycle_starts.append(micros(cycle[0]) if cycle else None)
-        due.cycle_ends.append(micros(cycle[1]) if cycle else None)
-        due.settles.append(_settles(how, invoice.reason, invoice.usage_start, line))
-    return due
 
 
 def micros(t: datetime) -> int:

@@ -303,22 +303,22 @@ class _Step:
         Reads their records (:mod:`meter.money.revenue.due`) and deletes them in the step's write.
         """
         prefix = f"revenue_due/{self.tenant}/"
-        columns: list[list[object]] = [[] for _ in _LINE_COLUMNS]
+        heads: list[tuple[object, ...]] = []
+        cells: list[object] = []
         chunks: list[pl.DataFrame] = []
         for key, raw in self.store.raw_items(prefix):
-            self._record(due.decode(raw) if raw else self._record_of(key[len(prefix) :]), columns)
-            if len(columns[0]) >= _CHUNK:  # a million lines as Python objects would take gigabytes
-                chunks.append(_columns(columns, _LINE_COLUMNS))
-                columns = [[] for _ in _LINE_COLUMNS]
+            record = due.decode(raw) if raw else self._record_of(key[len(prefix) :])
+            heads.append(record.head)
+            cells += record.cells
+            if record.immediate or record.id in self.notes:
+                self._posted_on_their_own(record)
+            if len(heads) >= _CHUNK:  # a million lines as Python objects would take gigabytes
+                chunks.append(_lines(heads, cells))
+                heads, cells = [], []
         change.clear(prefix)
         kind = pl.col("treatment")
-        lines = (
-            pl.concat([*chunks, _columns(columns, _LINE_COLUMNS)])
-            .filter(kind.is_in(["ratable", "usage", "commit", "drawdown"]) & pl.col("source").is_not_null())
-            .with_columns(
-                pl.col("finalized_at", "start", "end", "cycle_start", "cycle_end").cast(pl.Datetime("us", "UTC")),
-                pl.col("amount", "quantity").cast(book_.SOURCES["cursor"]),
-            )
+        lines = pl.concat([*chunks, _lines(heads, cells)]).filter(
+            kind.is_in(["ratable", "usage", "commit", "drawdown"]) & pl.col("source").is_not_null()
         )
         if not lines.height:
             return book
@@ -366,45 +366,25 @@ class _Step:
         invoice = self.store.get(self.tenant, invoice_id)
         return due.record(invoice, self.store.prepaid_grants(self.tenant, invoice.subscription))
 
-    def _record(self, record: due.Due, columns: list[list[object]]) -> None:
-        """An invoice's lines into ``columns`` (``_LINE_COLUMNS``); its promotional credits and credit notes posted."""
-        count, billed = len(record.sources), record.billed
-        line_values: tuple[Iterable[object], ...] = (
-            [record.id] * count,
-            range(1, count + 1),
-            [record.customer] * count,
-            [record.subscription] * count,
-            [record.currency] * count,
-            [billed] * count,
-            [record.finalized_at] * count,
-            record.treatments,
-            record.sources,
-            record.amounts,
-            record.starts,
-            record.ends,
-            record.quantities,
-            record.prices,
-            record.meters,
-            record.cycle_starts,
-            record.cycle_ends,
-            record.settles,
-        )
-        for column, values in zip(columns, line_values, strict=True):
-            column.extend(values)
-        finalized = due.instant(record.finalized_at)
+    def _posted_on_their_own(self, record: due.Due) -> None:
+        """An invoice's promotional credits and credit notes: each a source of its own, posted now."""
+        invoice, customer, subscription, currency, billed, finalized_at, _ = record.head
+        finalized = due.instant(finalized_at)
         voided = None if record.voided_at is None else due.instant(record.voided_at)
-        if "immediate" in record.treatments:  # posted by its invoice's entries: a row for the reports
-            month = self._month_of(finalized if billed else voided)
-            for n, how in enumerate(record.treatments):
-                if how == "immediate":
-                    target = Decimal(record.amounts[n]) if billed else _ZERO
-                    where = _Where(record.customer, record.subscription, record.prices[n], None, record.id, finalized)
-                    self._post_one(record.sources[n] or "", target, "promotional_credit", record.currency, month, where)
-        where = _Where(record.customer, record.subscription, None, None, record.id, finalized)
-        for note in self.notes.get(record.id, []):
+        for line in record.lines() if record.immediate else []:
+            if line["treatment"] == "immediate":  # posted by its invoice's entries: a row for the reports
+                target = Decimal(str(line["amount"])) if billed else _ZERO
+                month = self._month_of(finalized if billed else voided)
+                price = line["price"]
+                where = _Where(
+                    customer, subscription, price if isinstance(price, str) else None, None, invoice, finalized
+                )
+                self._post_one(str(line["source"]), target, "promotional_credit", currency, month, where)
+        where = _Where(customer, subscription, None, None, invoice, finalized)
+        for note in self.notes.get(invoice, []):
             target = -(note.amount - (note.tax or _ZERO)) if record.status != "void" else _ZERO
             month = self._month_of(note.created_at if record.status != "void" else voided)
-            self._post_one(f"note:{note.number}", target, "credit_note", record.currency, month, where)
+            self._post_one(f"note:{note.number}", target, "credit_note", currency, month, where)
 
     # ------------------------------------------------------------------------------------------------------ targets
 
@@ -670,27 +650,28 @@ class _Where:
 
 #: Invoices read per chunk, and part rows turned into columns at a time.
 _CHUNK = 50_000
-#: The columns of the lines read from records (``_Step._record``), in order, as Arrow types.
-_LINE_COLUMNS: dict[str, pa.DataType] = {
-    "invoice": pa.string(),
-    "n": pa.int32(),
-    "customer": pa.string(),
-    "subscription": pa.string(),
-    "currency": pa.string(),
-    "billed": pa.bool_(),
-    "finalized_at": pa.int64(),
-    "treatment": pa.string(),
-    "source": pa.string(),
-    "amount": pa.string(),
-    "start": pa.int64(),
-    "end": pa.int64(),
-    "quantity": pa.string(),
-    "price": pa.string(),
-    "meter": pa.string(),
-    "cycle_start": pa.int64(),
-    "cycle_end": pa.int64(),
-    "settles": pa.bool_(),
-}
+#: The Arrow types of :data:`due.HEAD` and :data:`due.LINE`, as the close reads records.
+_HEAD_TYPES = (pa.string(), pa.string(), pa.string(), pa.string(), pa.bool_(), pa.int64(), pa.int32())
+_LINE_TYPES = (
+    *(pa.int32(), pa.string(), pa.string(), pa.string(), pa.int64(), pa.int64(), pa.string()),
+    *(pa.string(), pa.string(), pa.int64(), pa.int64(), pa.bool_()),
+)
+_TIMES = ("finalized_at", "start", "end", "cycle_start", "cycle_end")
+
+
+def _lines(heads: list[tuple[object, ...]], cells: list[object]) -> pl.DataFrame:
+    """The lines of records (their heads, and their cells one after another), one row each."""
+    width = len(due.LINE)
+    head = _columns(
+        zip(*heads, strict=True) if heads else [[] for _ in due.HEAD], dict(zip(due.HEAD, _HEAD_TYPES, strict=True))
+    )
+    line = _columns((cells[i::width] for i in range(width)), dict(zip(due.LINE, _LINE_TYPES, strict=True)))
+    of_line = pl.int_range(head.height, eager=True).repeat_by(head.get_column("lines")).explode()
+    return pl.concat([head[of_line].drop("lines"), line], how="horizontal").with_columns(
+        pl.col(*_TIMES).cast(pl.Datetime("us", "UTC")), pl.col("amount", "quantity").cast(book_.SOURCES["cursor"])
+    )
+
+
 _ROW_MONEY = pl.Decimal(38, 9)
 
 
