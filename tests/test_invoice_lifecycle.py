@@ -26,6 +26,7 @@ from meter.catalog.types import trusted
 from meter.encoding import encode_json, plain
 from meter.exceptions import Conflict, InvalidInput
 from meter.lake.invoices import export_invoices
+from meter.money.revenue import due
 from meter.pricing.money import round_to_minor_unit
 from rocksdict import WriteBatch
 from test_invoicing import DEC, NOV, OCT, Desk, base_fee, per_unit, tokens
@@ -451,16 +452,25 @@ def test_void_is_a_synced_write(desk: Desk, monkeypatch: pytest.MonkeyPatch) -> 
     original = Change.batch
 
     def spy(self: Change) -> WriteBatch:
+        batch = original(self)
         writes.append({key.decode().rsplit("/", 1)[0] for key in self._puts})
-        return original(self)
+        return batch
 
     monkeypatch.setattr(Change, "batch", spy)
     desk.invoicer.void("acme", final.id)
     # One synced batch, like finalize: the invoice, its reversing journal entry, the invoice.voided event, and the
-    # mark that revenue recognition must look at the invoice again.
+    # record that revenue recognition reads to look at the invoice again.
     journal = {"journal/acme", "journal_id/acme", f"journal_invoice/acme/{final.id}", "journal_customer/acme/c1"}
     totals = {"ledger_total/acme/c1/EUR", "ledger_total/acme//EUR"}  # the customer's accounts, the tenant's
     assert writes == [{"invoice/acme", "outbox/acme", "revenue_due/acme", *journal, *totals}]
+    raw = desk.invoicer.store.raw(f"revenue_due/acme/{final.id}")
+    assert raw is not None
+    record = due.decode(raw)
+    assert (record.id, record.status, record.head[4]) == (final.id, "void", False), "voided: it bills nothing"
+    lines = record.lines()
+    assert [(line["n"], line["amount"]) for line in lines] == [(n, str(x.amount)) for n, x in enumerate(final.lines, 1)]
+    first = min([final.period_start, *(line.period_start for line in final.lines)])  # usage billed in arrears
+    assert desk.invoicer.store.raw("revenue_first/acme") == str(due.micros(first)).encode()
 
 
 @pytest.mark.parametrize("period", ["1970-01", "9998-12"])
