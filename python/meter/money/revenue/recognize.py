@@ -27,13 +27,14 @@ cursor, in the **same synced write** as the journal entries (``revenue_recognize
 lock held throughout. Running a close twice posts nothing the second time; a crash leaves a step written whole or not
 at all.
 
-Bounded: a step reads the invoices finalized, voided or credited since the last close (``revenue_due/``, written by
-the store with the entry that changed them) and the book (the sources still open), never the whole history (the
-first close of a tenant reads every invoice once; a done source is read again only when a line of it changes).
-Usage is rated only for the subscriptions with a cycle that overlaps the step and that no invoice settled.
+Bounded: a step reads the records of the invoices finalized, voided or credited since the last close
+(:mod:`meter.money.revenue.due`, written by the store with the entry that changed them) and the book (the sources
+still open), never the whole history (the first close of a tenant reads every invoice's record once; a done source
+is read again only when a line of it changes). Usage is rated only for the subscriptions with a cycle that overlaps
+the step and that no invoice settled.
 
-Columnar: targets, cursors and rows are computed for every open source at once (polars); Python handles one
-invoice line at a time only while reading invoices, and one fee at a time only while it is earning mid-month.
+Columnar: targets, cursors and rows are computed for every open source at once (polars); Python touches each
+invoice's record once (two list operations), and one fee at a time only while it is earning within a month.
 
 Keys (in the invoice store, under ``<tenant>``; the book's own in :mod:`meter.money.revenue.book`):
 
