@@ -5,15 +5,20 @@ A *source* is what earns revenue as one: a fee's key, a usage key, a prepaid com
 every open source at once, so both are tables (polars in memory, Arrow IPC at rest), never one record per source:
 
 ===============================================  ==============================================================
-``revenue_book/<tenant>/sources``                the **book**: the sources still open (earning, waiting to start
-``revenue_book/<tenant>/parts``                  or expire, or usage still open to restatement) and their parts;
-                                                 rewritten by each close. Its size follows the subscriptions
-                                                 billed, not the history kept.
+``revenue_book/<tenant>/<month>/sources``        the **book**: the sources still open (earning, waiting to start
+``revenue_book/<tenant>/<month>/parts``          or expire, or usage still open to restatement) and their parts,
+                                                 by the month (UTC) of the first close that must look at them
+                                                 again; its size follows the subscriptions billed, not the
+                                                 history kept
+``revenue_book/<tenant>``                        the months of the book (JSON)
 ``revenue_archive/<tenant>/<day>/sources``       the sources the close through ``<day>`` found done, and their
 ``revenue_archive/<tenant>/<day>/parts``         parts: read again only when a later invoice touches one of
                                                  them (a void, late usage)
 ``revenue_index/<tenant>/<source>``              the day of the archive that holds a done source last
 ===============================================  ==============================================================
+
+A close step reads the months up to its own (all of them when it has lines to add: a line can change any source),
+and writes back those it read: a year billed in advance is not read and written again by every month's close.
 
 A source's row keeps what the close needs without its parts (summed from them whenever a part changes, by
 :func:`summarize`): what it was billed, the service period it earns over, whether its cycle was settled, when it
@@ -22,9 +27,11 @@ ends or expires, and its cursor (what it has recognized).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import date
 
+import msgspec
 import polars as pl
 import pyarrow as pa
 
@@ -79,6 +86,8 @@ SOURCES: dict[str, pl.DataType] = {
 class Book:
     sources: pl.DataFrame
     parts: pl.DataFrame
+    #: The months of the stored book read into this one (the others stay as they are).
+    months: frozenset[str] = frozenset()
 
     @staticmethod
     def empty() -> Book:
@@ -88,15 +97,16 @@ class Book:
         return self.sources.height
 
     def concat(self, other: Book) -> Book:
-        return Book(pl.concat([self.sources, other.sources]), pl.concat([self.parts, other.parts]))
+        sources, parts = pl.concat([self.sources, other.sources]), pl.concat([self.parts, other.parts])
+        return Book(sources, parts, self.months | other.months)
 
     def split(self, done: pl.Series) -> tuple[Book, Book]:
-        """(the sources ``done`` marks and their parts, the others and theirs)."""
+        """(the sources ``done`` marks and their parts, the others and theirs, of the same months)."""
         finished = self.sources.filter(done)
         names = finished.select("source")
         return (
             Book(finished, self.parts.join(names, on="source", how="semi")),
-            Book(self.sources.filter(~done), self.parts.join(names, on="source", how="anti")),
+            Book(self.sources.filter(~done), self.parts.join(names, on="source", how="anti"), self.months),
         )
 
 
@@ -123,20 +133,56 @@ def summarize(book: Book, changed: pl.Series) -> Book:
     kept = [name for name in SOURCES if name not in sums.columns or name == "source"]
     again = book.sources.join(names, on="source", how="semi").select(kept).join(sums, on="source", how="left")
     others = book.sources.join(names, on="source", how="anti")
-    return Book(pl.concat([others, again.select(list(SOURCES)).cast(SOURCES)]), book.parts)  # type: ignore[arg-type]
+    sources = pl.concat([others, again.select(list(SOURCES)).cast(SOURCES)])  # type: ignore[arg-type]
+    return replace(book, sources=sources)
 
 
-def load(store: InvoiceStore, tenant: str) -> Book:
-    """The tenant's book (empty before its first close)."""
-    sources, parts = (store.raw(f"revenue_book/{tenant}/{name}") for name in ("sources", "parts"))
-    if sources is None or parts is None:
-        return Book.empty()
-    return Book(_table(sources, SOURCES), _table(parts, PARTS))
+def load(store: InvoiceStore, tenant: str, until: str | None = None) -> Book:
+    """The tenant's book, of the months up to ``until`` (``YYYY-MM``; all when None). Empty before its first close."""
+    months = [month for month in _months(store.raw(f"revenue_book/{tenant}")) if until is None or month <= until]
+    found = [_partition(store.raw, tenant, month) for month in months]
+    return Book(*_concat(found), frozenset(months))
 
 
-def save(change: Change, tenant: str, book: Book) -> None:
-    change.put(f"revenue_book/{tenant}/sources", _ipc(book.sources))
-    change.put(f"revenue_book/{tenant}/parts", _ipc(book.parts))
+def save(change: Change, tenant: str, book: Book, month: pl.Expr) -> None:
+    """Writes ``book`` back, each source (and its parts) in the ``month`` (``YYYY-MM``) it says.
+
+    The months it was read from are replaced; a month it was not read from is merged with what is stored there.
+    """
+    stored = set(_months(change.get(f"revenue_book/{tenant}")))
+    sources = book.sources.with_columns(month.alias("_month"))
+    parts = book.parts.join(sources.select("source", "_month"), on="source", how="left")
+    written: set[str] = set()
+    for (when,), these in sources.partition_by("_month", as_dict=True).items():
+        assert isinstance(when, str), "every source has a month"
+        those = parts.filter(pl.col("_month") == when)
+        mine = Book(these.drop("_month"), those.drop("_month"))
+        if when in stored and when not in book.months:
+            mine = Book(*_concat([_partition(change.get, tenant, when), (mine.sources, mine.parts)]))
+        change.put(f"revenue_book/{tenant}/{when}/sources", _ipc(mine.sources))
+        change.put(f"revenue_book/{tenant}/{when}/parts", _ipc(mine.parts))
+        written.add(when)
+    for emptied in book.months - written:
+        change.delete(f"revenue_book/{tenant}/{emptied}/sources")
+        change.delete(f"revenue_book/{tenant}/{emptied}/parts")
+    months = sorted((stored - book.months) | written)
+    change.put(f"revenue_book/{tenant}", msgspec.json.encode(months))
+
+
+def _months(raw: bytes | None) -> list[str]:
+    return [] if raw is None else msgspec.json.decode(raw, type=list[str])
+
+
+def _partition(read: Callable[[str], bytes | None], tenant: str, month: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+    sources, parts = (read(f"revenue_book/{tenant}/{month}/{name}") for name in ("sources", "parts"))
+    assert sources is not None and parts is not None, f"the book's month {month} is missing"
+    return _table(sources, SOURCES), _table(parts, PARTS)
+
+
+def _concat(tables: list[tuple[pl.DataFrame, pl.DataFrame]]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    if not tables:
+        return pl.DataFrame(schema=SOURCES), pl.DataFrame(schema=PARTS)
+    return pl.concat([s for s, _ in tables]), pl.concat([p for _, p in tables])
 
 
 def archive(change: Change, tenant: str, day: date, done: Book) -> None:

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -263,7 +263,10 @@ class _Step:
         start = midnight(self.last.through + timedelta(days=1), self.zone) if self.last else _EPOCH
         # The tenant's lock is held throughout: the marks deleted are exactly those of the invoices read.
         with self.store.transaction(self.tenant, self.now) as change:
-            book = self._bill(change, book_.load(self.store, self.tenant), start)
+            # Lines to add can change any source: then the whole book; else the months due by the step's end.
+            lines = self.store.raw_items(f"revenue_due/{self.tenant}/")
+            until = None if next(lines, None) is not None else f"{self.end.astimezone(UTC):%Y-%m}"
+            book = self._bill(change, book_.load(self.store, self.tenant, until), start)
             targets = self._targets(book.sources)
 
             # Usage of the cycles no invoice settled: what its usage so far rates at (it overrides the above).
@@ -279,13 +282,13 @@ class _Step:
             )
             book, targets = self._rated(book, targets, used)
             posted = self._post(book.sources, targets)
-            book = Book(posted.select(list(book_.SOURCES)), book.parts)
+            book = replace(book, sources=posted.select(list(book_.SOURCES)))
             rows = pl.concat([self._rows(posted), _frame(self.rows)])
             totals = _totals(rows)
             entries = self._entries(change, totals)
             done, book = book.split(self._done(book.sources))
             book_.archive(change, self.tenant, self.day, done)
-            book_.save(change, self.tenant, book)
+            book_.save(change, self.tenant, book, self._wakes())
             if rows.height:
                 change.put(f"revenue_rows/{self.tenant}/{self.day.isoformat()}", _ipc(rows))
             change.put(f"revenue_close/{self.tenant}", _Last(self.day, self.now))
@@ -360,7 +363,7 @@ class _Step:
             settles="settles",
         ).cast(book_.PARTS)  # type: ignore[arg-type]
         kept = book.parts.join(parts.select("line"), on="line", how="anti")
-        return book_.summarize(Book(sources, pl.concat([kept, parts])), named)
+        return book_.summarize(Book(sources, pl.concat([kept, parts]), book.months), named)
 
     def _record_of(self, invoice_id: str) -> due.Due:
         """The record of an invoice marked due without one (written before records were)."""
@@ -514,7 +517,8 @@ class _Step:
                 pl.Series("cycle_end", [c and c.end for c in cycles], dtype=book_.SOURCES["cycle_end"]),
                 pl.lit(_ZERO).alias("cursor"),
             )
-            book = Book(pl.concat([book.sources, fresh], how="diagonal_relaxed").cast(book_.SOURCES), book.parts)  # type: ignore[arg-type]
+            sources = pl.concat([book.sources, fresh], how="diagonal_relaxed").cast(book_.SOURCES)  # type: ignore[arg-type]
+            book = replace(book, sources=sources)
             targets = pl.concat(
                 [targets, fresh.select("source", target=None, target_quantity=None, rated=False)],
                 how="vertical_relaxed",
@@ -566,6 +570,22 @@ class _Step:
             .otherwise(pl.coalesce("cycle_end", "ends") <= end - RESTATE)
             .fill_null(False)
         ).to_series()
+
+    def _wakes(self) -> pl.Expr:
+        """The month (UTC) of the first close that must look at an open source again (the book's month for it).
+
+        A fee not started, when it starts (one earning, every close); a commit, when it expires; usage, every close
+        from its cycle's start (it is rated, or tells which cycles are settled).
+        """
+        end, kind = pl.lit(self.end.astimezone(UTC)), pl.col("kind")
+        wake = (
+            pl.when(kind == "fee")
+            .then(pl.max_horizontal("earn_start", end))
+            .when(kind == "commit")
+            .then(pl.max_horizontal("expiry", end))
+            .otherwise(pl.max_horizontal("cycle_start", end))
+        )
+        return wake.dt.strftime("%Y-%m")
 
     # --------------------------------------------------------------------------------------------------------- rows
 
