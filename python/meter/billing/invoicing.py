@@ -474,7 +474,7 @@ def consumption(
         except Exception as e:  # noqa: BLE001 - one subscription never stops the others
             errors.append(_error(sub, e))
     try:
-        rated = _rate_charges(snapshot, out, charges)
+        rated = _rate_charges(snapshot, out, charges, explained=False)
     except Exception:  # noqa: BLE001 - found again below, per subscription
         rated, kept = {}, list[tuple[Subscription, _Charge]]()
         by_sub: dict[str, list[tuple[Subscription, _Charge]]] = defaultdict(list)
@@ -482,7 +482,7 @@ def consumption(
             by_sub[sub.id].append((sub, charge))
         for group in by_sub.values():
             try:
-                for n, rating in _rate_charges(snapshot, out, group).items():
+                for n, rating in _rate_charges(snapshot, out, group, explained=False).items():
                     rated[len(kept) + n] = rating
                 kept += group
             except Exception as e:  # noqa: BLE001 - one subscription never stops the others
@@ -843,9 +843,16 @@ def _price(
 
 
 def _rate_charges(
-    snapshot: Snapshot, out: Path, charges: list[tuple[Subscription, _Charge]], quantities: Quantities | None = None
+    snapshot: Snapshot,
+    out: Path,
+    charges: list[tuple[Subscription, _Charge]],
+    quantities: Quantities | None = None,
+    explained: bool = True,
 ) -> dict[int, _Rating]:
-    """Each charge's rating (amount before rounding, quantity, details), by its position, in one vectorised pass."""
+    """Each charge's rating (amount before rounding, quantity, details), by its position, in one vectorised pass.
+
+    Without ``explained``, no details (an invoice line's; what revenue recognition rates needs only the amounts).
+    """
     rated: dict[int, _Rating] = {}
     if charges:
         with trusted():  # rating's own keys (plan/version/price) as ids: not catalog input, and not catalog ids
@@ -891,7 +898,7 @@ def _rate_charges(
         amounts = event_amounts(out, snapshot.tenant, requests.filter(per_event), snapshot.meters)
         result = rate(frame, price_frame(prices.values()), used.select("charge", "quantity", "combination"), amounts)
         details: dict[str, list[LineDetail]] = defaultdict(list)
-        for row in result.details.iter_rows(named=True):
+        for row in result.details.iter_rows(named=True) if explained else ():
             tier_from = tier_to = None
             if row["tier"] is not None:
                 tiers = charges[int(row["charge"])][1].price.tiers or []
@@ -915,7 +922,7 @@ def _rate_charges(
             )
         columns = ("charge", "amount", "quantity", "subtotal", "amount_exact", "minimum_applied", "maximum_applied")
         for charge, amount, quantity, subtotal, exact, raised, cut in result.lines.select(*columns).iter_rows():
-            if raised or cut:
+            if (raised or cut) and explained:
                 # The step to the bound is a detail of its own, so that the details add up to what the key rates at.
                 step = (exact - subtotal).normalize()
                 details[charge].append(
