@@ -466,7 +466,7 @@ def test_void_is_a_synced_write(desk: Desk, monkeypatch: pytest.MonkeyPatch) -> 
     raw = desk.invoicer.store.raw(f"revenue_due/acme/{final.id}")
     assert raw is not None
     record = due.decode(raw)
-    assert (record.id, record.status, record.head[4]) == (final.id, "void", False), "voided: it bills nothing"
+    assert (record.invoice, record.status, record.billed) == (final.id, "void", False), "voided: it bills nothing"
     lines = record.lines()
     assert [(line["n"], line["amount"]) for line in lines] == [(n, str(x.amount)) for n, x in enumerate(final.lines, 1)]
     first = min([final.period_start, *(line.period_start for line in final.lines)])  # usage billed in arrears

@@ -55,12 +55,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from itertools import islice
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import msgspec
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from meter.billing.invoices import CreditNote, RunError
 from meter.billing.invoicing import RESTATE, Consumed, consumption
@@ -264,8 +266,8 @@ class _Step:
         # The tenant's lock is held throughout: the marks deleted are exactly those of the invoices read.
         with self.store.transaction(self.tenant, self.now) as change:
             # Lines to add can change any source: then the whole book; else the months due by the step's end.
-            lines = self.store.raw_items(f"revenue_due/{self.tenant}/")
-            until = None if next(lines, None) is not None else f"{self.end.astimezone(UTC):%Y-%m}"
+            billed = self.store.raw_values(f"revenue_due/{self.tenant}/")
+            until = None if next(billed, None) is not None else f"{self.end.astimezone(UTC):%Y-%m}"
             book = self._bill(change, book_.load(self.store, self.tenant, until), start)
             targets = self._targets(book.sources)
 
@@ -307,21 +309,17 @@ class _Step:
         Reads their records (:mod:`meter.money.revenue.due`) and deletes them in the step's write.
         """
         prefix = f"revenue_due/{self.tenant}/"
-        heads: list[tuple[object, ...]] = []
-        cells: list[object] = []
-        chunks: list[pl.DataFrame] = []
-        for key, raw in self.store.raw_items(prefix):
-            record = due.decode(raw) if raw else self._record_of(key[len(prefix) :])
-            heads.append(record.head)
-            cells += record.cells
-            if record.immediate or record.id in self.notes:
-                self._posted_on_their_own(record)
-            if len(heads) >= _CHUNK:  # a million lines as Python objects would take gigabytes
-                chunks.append(_lines(heads, cells))
-                heads, cells = [], []
+        values = self.store.raw_values(prefix)
+        chunks = [_lines(due.lines(due.table([])))]  # the columns, when there are no records
+        while records := list(islice(values, _CHUNK)):  # by chunks: a million records are a gigabyte of JSON
+            table = due.table(records)
+            noted = pc.is_in(table["invoice"], pa.array(list(self.notes), pa.string()))
+            for n in pc.indices_nonzero(pc.or_(table["immediate"], noted)).to_pylist():
+                self._posted_on_their_own(due.decode(records[n]))
+            chunks.append(_lines(due.lines(table)))
         change.clear(prefix)
         kind = pl.col("treatment")
-        lines = pl.concat([*chunks, _lines(heads, cells)]).filter(
+        lines = pl.concat(chunks).filter(
             kind.is_in(["ratable", "usage", "commit", "drawdown"]) & pl.col("source").is_not_null()
         )
         if not lines.height:
@@ -365,15 +363,15 @@ class _Step:
         kept = book.parts.join(parts.select("line"), on="line", how="anti")
         return book_.summarize(Book(sources, pl.concat([kept, parts]), book.months), named)
 
-    def _record_of(self, invoice_id: str) -> due.Due:
-        """The record of an invoice marked due without one (written before records were)."""
-        invoice = self.store.get(self.tenant, invoice_id)
-        return due.record(invoice, self.store.prepaid_grants(self.tenant, invoice.subscription))
-
     def _posted_on_their_own(self, record: due.Due) -> None:
         """An invoice's promotional credits and credit notes: each a source of its own, posted now."""
-        invoice, customer, subscription, currency, billed, finalized_at, _ = record.head
-        finalized = due.instant(finalized_at)
+        invoice, customer, subscription, currency = (
+            record.invoice,
+            record.customer,
+            record.subscription,
+            record.currency,
+        )
+        finalized, billed = due.instant(record.finalized_at), record.billed
         voided = None if record.voided_at is None else due.instant(record.voided_at)
         for line in record.lines() if record.immediate else []:
             if line["treatment"] == "immediate":  # posted by its invoice's entries: a row for the reports
@@ -670,25 +668,15 @@ class _Where:
 
 
 #: Invoices read per chunk, and part rows turned into columns at a time.
-_CHUNK = 50_000
-#: The Arrow types of :data:`due.HEAD` and :data:`due.LINE`, as the close reads records.
-_HEAD_TYPES = (pa.string(), pa.string(), pa.string(), pa.string(), pa.bool_(), pa.int64(), pa.int32())
-_LINE_TYPES = (
-    *(pa.int32(), pa.string(), pa.string(), pa.string(), pa.int64(), pa.int64(), pa.string()),
-    *(pa.string(), pa.string(), pa.int64(), pa.int64(), pa.bool_()),
-)
+_CHUNK = 100_000
 _TIMES = ("finalized_at", "start", "end", "cycle_start", "cycle_end")
 
 
-def _lines(heads: list[tuple[object, ...]], cells: list[object]) -> pl.DataFrame:
-    """The lines of records (their heads, and their cells one after another), one row each."""
-    width = len(due.LINE)
-    head = _columns(
-        zip(*heads, strict=True) if heads else [[] for _ in due.HEAD], dict(zip(due.HEAD, _HEAD_TYPES, strict=True))
-    )
-    line = _columns((cells[i::width] for i in range(width)), dict(zip(due.LINE, _LINE_TYPES, strict=True)))
-    of_line = pl.int_range(head.height, eager=True).repeat_by(head.get_column("lines")).explode()
-    return pl.concat([head[of_line].drop("lines"), line], how="horizontal").with_columns(
+def _lines(lines: pa.Table) -> pl.DataFrame:
+    """Records' lines (as :func:`due.lines` gives them) with instants and decimals as the book keeps them."""
+    frame = pl.from_arrow(lines)
+    assert isinstance(frame, pl.DataFrame)
+    return frame.with_columns(
         pl.col(*_TIMES).cast(pl.Datetime("us", "UTC")), pl.col("amount", "quantity").cast(book_.SOURCES["cursor"])
     )
 
