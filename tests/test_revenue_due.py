@@ -36,10 +36,8 @@ def a_record(invoice: str, lines: int, status: str = "open") -> due.Due:
 
 
 def expected_rows(*records: due.Due) -> list[dict[str, object]]:
-    head = [name for name in due.HEAD]
-    return [
-        {**{name: getattr(record, name) for name in head}, **line} for record in records for line in record.lines()
-    ]
+    """Each line of each record as a row: the record's head fields, then the line's."""
+    return [{**{k: getattr(record, k) for k in due.HEAD}, **line} for record in records for line in record.lines()]
 
 
 def test_records_are_read_back_line_by_line_with_their_head() -> None:
