@@ -191,7 +191,28 @@ def path_of(pattern: str, values: dict[str, str]) -> str:
 
 #: Bodies that would change or reveal B's objects if the caller were B (or could name B).
 def bodies(b: TenantB) -> dict[tuple[str, str], Any]:
+    at = (NOW - timedelta(minutes=1)).isoformat()
+    vendor = {"tokens": 999_999}  # drop-in ingest, naming B's customer and B's event ids: A's own, if anything
     return {
+        ("POST", "/compat/openmeter/api/v1/events"): [{**e, "data": vendor} for e in B_EVENTS],
+        ("POST", "/compat/metronome/v1/ingest"): [
+            {"transaction_id": "b-e0", "customer_id": B_CUSTOMER, "event_type": "llm", "timestamp": at}
+            | {"properties": vendor}
+        ],
+        ("POST", "/compat/orb/v1/ingest"): {
+            "events": [{"event_name": "llm", "idempotency_key": "b-e0", "customer_id": B_CUSTOMER, "timestamp": at}]
+        },
+        ("POST", "/compat/lago/api/v1/events"): {
+            "event": {"transaction_id": "b-e0", "external_subscription_id": B_SUB, "code": "llm", "properties": vendor}
+        },
+        ("POST", "/compat/lago/api/v1/events/batch"): {
+            "events": [{"transaction_id": "b-e0", "external_subscription_id": B_SUB, "code": "llm"}]
+        },
+        ("POST", "/compat/stripe/v1/billing/meter_events"): {"event_name": "llm", "identifier": "b-e0"},
+        ("POST", "/compat/stripe/v2/billing/meter_event_session"): {},
+        ("POST", "/compat/stripe/v2/billing/meter_event_stream"): {
+            "events": [{"event_name": "llm", "identifier": "b-e0", "payload": {"stripe_customer_id": B_CUSTOMER}}]
+        },
         ("POST", "/v1/events"): [{**e, "data": {"tokens": 999_999}} for e in B_EVENTS]
         + [event("b-new", B_CUSTOMER, time=NOW - timedelta(minutes=1), tokens=5)],
         ("POST", "/v1/meters"): {"slug": B_METER, "event_type": "llm", "aggregation": "count"},
@@ -332,6 +353,9 @@ def test_no_key_but_b_reaches_b_on_any_route(world: tuple[Server, TenantB, dict[
         body = bodies_of.get((method, pattern))
         public = pattern in ("/healthz", "/readyz", r"/openapi\.json")
         signed = pattern == "/v1/webhooks/stripe"  # no key: its signature, which nobody here can make
+        # Drop-in routes answer in their vendor's shape (status only here); Stripe's stream takes a session's
+        # token, never a key.
+        vendor, session = pattern.startswith("/compat/"), pattern.endswith("meter_event_stream")
         operator_route = pattern.startswith("/v1/admin/") or pattern == "/metrics"
         for kind, key in keys.items():
             if kind == "operator" and operator_route:
@@ -345,6 +369,10 @@ def test_no_key_but_b_reaches_b_on_any_route(world: tuple[Server, TenantB, dict[
                 assert B not in r.text and b.key_id not in r.text and B_CUSTOMER not in r.text, where
             if signed:
                 assert r.status_code == 400 and r.json()["code"] == "invalid_signature", where
+            elif session or (vendor and kind in ("none", "garbage", "wellformed-unknown", "revoked")):
+                assert r.status_code == 401, where
+            elif vendor and kind == "operator":
+                assert r.status_code == 403, where
             elif public:
                 assert r.status_code == 200, where
             elif kind in ("none", "garbage", "wellformed-unknown", "revoked"):
@@ -414,6 +442,8 @@ def test_the_openapi_document_has_every_route() -> None:
 
     paths = openapi()["paths"]
     for method, pattern in route_table():
+        if pattern.startswith("/compat/"):
+            continue  # drop-in routes follow their vendor's contract (tests/test_dropin.py); the walk above covers them
         path = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", pattern)  # the document names parameters as routes do
         path = path.replace("\\.", ".")
         assert method.lower() in paths.get(path, {}), f"{method} {path} is not in the OpenAPI document"

@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
+from rocksdict import WriteBatch
 
 from meter.catalog.currencies import CURRENCIES
 from meter.catalog.entitlements import (
@@ -89,6 +90,14 @@ class Customer(Checked, forbid_unknown_fields=True):
     collection: Literal["automatic", "send_invoice"] = "send_invoice"
     stripe_customer: Id | None = None
     default_payment_method: Id | None = None
+    #: Other ids its events may name it by: another vendor's customer id (an Orb external customer id, a
+    #: Metronome ingest alias, a Lago subscription id). The drop-in ingest routes (:mod:`meter.dropin`) count
+    #: an event naming one as ``id``'s; so does one naming ``stripe_customer``. Each names one customer only.
+    aliases: list[Id] = []
+
+    def names(self) -> set[str]:
+        """The ids, besides its own, that drop-in ingest maps to it."""
+        return {*self.aliases, *([self.stripe_customer] if self.stripe_customer else [])}
 
 
 class Product(Checked, forbid_unknown_fields=True):
@@ -452,8 +461,8 @@ class BillingCatalog(Store):
                 f'customer {customer.id!r}: time zone {customer.timezone!r} is not an IANA name such as "Europe/Paris"'
             ) from None
         with self._lock:
-            if self._exists("customer", tenant, customer.id):
-                before = self.get_customer(tenant, customer.id)
+            before = self.get_customer(tenant, customer.id) if self._exists("customer", tenant, customer.id) else None
+            if before is not None:
                 subs = [s.id for s in self.list_subscriptions(tenant) if s.customer == customer.id]
                 if before.currency != customer.currency and subs:
                     raise invalid(
@@ -461,8 +470,35 @@ class BillingCatalog(Store):
                         f"{', '.join(map(repr, subs[:5]))}: its currency cannot change while it has "
                         "subscriptions (their prices are in that currency)"
                     )
-            self._put("customer", tenant, customer.id, customer, new=False)
+            names, kept = customer.names(), before.names() if before else set()
+            if before is None and (owner := self.customer_named(tenant, customer.id)) is not None:
+                raise AlreadyExists(
+                    f"{customer.id!r} already names customer {owner!r} (as an alias or its stripe_customer)"
+                )
+            for name in sorted(names - kept):
+                owner = self.customer_named(tenant, name)
+                if owner is not None and owner != customer.id:
+                    raise AlreadyExists(
+                        f"{name!r} already names customer {owner!r} (as its id, an alias or its stripe_customer): "
+                        "an id names one customer; remove it from that customer first"
+                    )
+            # The customer and its names in one write: the index never names a customer that does not name it back.
+            batch = WriteBatch()
+            for name in kept - names:
+                batch.delete(self._key("customer_name", tenant, name))
+            for name in names:
+                batch.put(self._key("customer_name", tenant, name), customer.id.encode())
+            batch.put(self._key("customer", tenant, customer.id), msgspec.json.encode(customer))
+            self._db.write(batch)
+            self._wrote(tenant)
         return customer
+
+    def customer_named(self, tenant: str, name: str) -> str | None:
+        """The id of the customer ``name`` names: its own id, one of its aliases, or its ``stripe_customer``."""
+        if self._exists("customer", tenant, name):
+            return name
+        found = self._db.get(self._key("customer_name", tenant, name))
+        return found.decode() if isinstance(found, bytes) else None
 
     def get_customer(self, tenant: str, customer_id: str) -> Customer:
         return self._get("customer", tenant, customer_id, Customer)
@@ -474,7 +510,12 @@ class BillingCatalog(Store):
         with self._lock:
             users = [f"subscription {s.id!r}" for s in self.list_subscriptions(tenant) if s.customer == customer_id]
             self._refuse_if_used(f"customer {customer_id!r}", users)
-            self._delete("customer", tenant, customer_id)
+            batch = WriteBatch()
+            for name in self.get_customer(tenant, customer_id).names():
+                batch.delete(self._key("customer_name", tenant, name))
+            batch.delete(self._key("customer", tenant, customer_id))
+            self._db.write(batch)
+            self._wrote(tenant)
 
     # Products
 

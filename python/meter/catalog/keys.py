@@ -211,6 +211,34 @@ class KeyStore(Store):
                 self._known[digest] = record
         return record
 
+    def session_token(self, key: ApiKey, expires: int) -> str:
+        """A token standing for ``key`` until ``expires`` (Unix seconds): a Stripe meter event session's.
+
+        Signed with the key's stored hash, which only the server knows: revoking the key ends its sessions.
+        """
+        return f"mst_{key.id}.{expires}.{self._session_mac(key.id, expires)}"
+
+    def session_key(self, token: str, now: float) -> ApiKey | Literal["expired"] | None:
+        """The live key ``token`` stands for; ``"expired"`` once its time is past; None when it is no token."""
+        found = re.fullmatch(r"mst_([0-9a-f]{16})\.(\d{1,12})\.([0-9a-f]{64})", token)
+        if found is None:
+            return None
+        key_id, expires, mac = found.group(1), int(found.group(2)), found.group(3)
+        if not hmac.compare_digest(self._session_mac(key_id, expires), mac):
+            return None
+        try:
+            key = self.get_key(key_id)
+        except NotFound:
+            return None
+        if key.revoked:
+            return None
+        return "expired" if now >= expires else key
+
+    def _session_mac(self, key_id: str, expires: int) -> str:
+        digest = self._db.get(b"keyid/" + key_id.encode())
+        secret = digest if isinstance(digest, bytes) else secrets.token_bytes(32)  # no key: a MAC nothing matches
+        return hmac.new(secret, f"session/{key_id}/{expires}".encode(), hashlib.sha256).hexdigest()
+
     def list_keys(self, tenant: str | None = None, *, operators: bool = False) -> list[ApiKey]:
         """Every key (the operator's view), or only the keys of `tenant`, or (`operators`) only operator keys."""
         out = []

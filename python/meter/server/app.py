@@ -72,6 +72,7 @@ from meter.server.openapi import openapi
 from meter.server.router import Compiled, Router
 from meter.server.routes import BENCH_ROUTES, ROUTES
 from meter.server.scheduler import ExportScheduler, PeriodicJob
+from meter.server.table import Route
 from meter.server.warmup import build_decoding_info
 from meter.services import Part, Stores
 
@@ -252,22 +253,25 @@ class MeterApp:
     # One request
 
     async def http(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        route: Route | None = None
         try:
-            answer = await self.handle(scope, receive)
+            request = Request.of(scope)
+            route, path_args = self.router.match(request.method, request.path)
+            answer = await self.handle(request, route, path_args, receive)
         except Disconnected:
             return
         except BaseException as e:  # noqa: BLE001 - a panic in Rust is a BaseException: answer 500 (answer_of)
             answer = answer_of(e)
+        if route is not None and route.errors_as is not None and answer[0] >= 400:
+            answer = route.errors_as(answer)  # a drop-in route answers errors in its vendor's shape
         self.responses[answer[0]] = self.responses.get(answer[0], 0) + 1
         await send_answer(send, answer)
 
-    async def handle(self, scope: AsgiScope, receive: Receive) -> Answer:
-        """Decode the request's metadata, find its route, check its key, and only then read its body.
+    async def handle(self, request: Request, route: Route, path_args: dict[str, str], receive: Receive) -> Answer:
+        """Check the request's key for its route, and only then read its body.
 
         An unauthenticated client can make the server read (and decompress) nothing.
         """
-        request = Request.of(scope)
-        route, path_args = self.router.match(request.method, request.path)
         request.key = await authorize(self, request, route.access)
         if self.degraded and request.method != "GET":
             raise ApiError(503, "store_unavailable", f"the server is read-only: {self.degraded}", {"retry-after": "30"})

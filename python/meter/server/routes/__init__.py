@@ -14,6 +14,7 @@ from meter.server.routes import (
     admin,
     alerts,
     catalog,
+    dropin,
     events,
     health,
     invoices,
@@ -49,6 +50,7 @@ ROUTES: list[Route] = [
     *live.ROUTES,
     *alerts.ROUTES,
     *reservations.ROUTES,
+    *dropin.ROUTES,
 ]
 
 BENCH_ROUTES: list[Route] = events.BENCH_ROUTES

@@ -1,0 +1,96 @@
+"""Orb (``orb-billing``): ``Orb(api_key=..., base_url="<meter>/compat/orb/v1")``.
+
+``client.events.ingest(events=[...])`` posts ``/v1/ingest`` with ``{"events": [...]}`` (at most 500): each
+``event_name``, ``idempotency_key`` (the key), ``properties``, ``timestamp`` (ISO 8601; the SDK sends
+``isoformat()``, with or without an offset) and exactly one of ``customer_id`` and ``external_customer_id``.
+Success is 200 ``{"validation_failed": []}`` (Orb's deprecated ``debug`` is not answered). An error's
+``type`` is one of Orb's, which the SDK maps to its exception classes; a refused batch is a 400
+``request-validation-errors`` naming each event that failed in ``validation_failed``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from meter.dropin import events
+from meter.exceptions import InvalidInput
+from meter.server.context import Context
+from meter.server.http import Answer, Request
+
+__all__ = ["LIMIT", "error", "ingest"]
+
+#: Events per request, as Orb's API allows.
+LIMIT = 500
+
+
+class _Event(msgspec.Struct):
+    event_name: str
+    idempotency_key: str
+    timestamp: str
+    properties: dict[str, Any] = {}
+    customer_id: str | None = None
+    external_customer_id: str | None = None
+
+
+class _Body(msgspec.Struct):
+    events: list[Any]
+
+
+async def ingest(ctx: Context, request: Request, backfill_id: str | None) -> Answer:
+    if backfill_id is not None:
+        raise InvalidInput("backfills are not supported yet: ingest without backfill_id", code="unsupported")
+    sent = events.each(events.read(request.body, _Body, '{"events": [...]}').events, _Event, "idempotency_key", LIMIT)
+    issues = [
+        events.Issue(n, e.idempotency_key, "customer_id", "send exactly one of customer_id and external_customer_id")
+        for n, e in enumerate(sent)
+        if (e.customer_id is None) == (e.external_customer_id is None)
+    ]
+    if issues:
+        raise events.refuse(issues, len(sent))
+    customers = [e.customer_id or e.external_customer_id or "" for e in sent]
+    names = events.subjects(ctx, request.tenant, customers)
+    made = [
+        events.event("orb", e.idempotency_key, e.event_name, names[c], e.timestamp, _data(e.properties))
+        for e, c in zip(sent, customers, strict=True)
+    ]
+    await events.count(ctx, request, made)
+    return 200, {"validation_failed": []}, {}
+
+
+def _data(properties: dict[str, Any]) -> dict[str, Any]:
+    """Orb's properties as meter data: booleans as ``"true"`` and ``"false"`` (a meter reads numbers and text)."""
+    return {k: ("true" if v else "false") if isinstance(v, bool) else v for k, v in properties.items()}
+
+
+_TYPES = {
+    400: "400-request-validation-errors",
+    401: "401-authentication-error",
+    404: "404-url-not-found",
+    413: "413-request-too-large",
+    429: "429-too-many-requests",
+}
+
+
+def error(answer: Answer) -> Answer:
+    """Orb's error body (RFC 7807-like, with Orb's ``type``), each refused event in ``validation_failed``."""
+    status, body, headers = answer
+    issues = body.get("issues") or []
+    status = 400 if status == 422 or body.get("code") == "too_many_events" else status
+    kind = (
+        "400-request-validation-errors"
+        if issues or body.get("code") in ("too_many_events", "invalid_json", "invalid_body", "empty_batch")
+        else _TYPES.get(status)
+    )
+    if kind is None:
+        kind = "500-internal-server-error" if status >= 500 else "400-constraint-violation"
+    shaped = {
+        "status": status,
+        "type": f"https://docs.withorb.com/reference/error-responses#{kind}",
+        "title": body.get("code", "error"),
+        "detail": body.get("message", ""),
+        "validation_errors": [f"event {i['index']}: {i['message']}" for i in issues] or [body.get("message", "")],
+        "validation_failed": [{"idempotency_key": i.get("id"), "validation_errors": [i["message"]]} for i in issues],
+    }
+    return status, shaped, headers

@@ -1,0 +1,79 @@
+"""Drop-in ingest routes: each vendor's ingest API under ``/compat/<vendor>``, answered in its shape (`meter.dropin`).
+
+A vendor's SDK is pointed at the prefix as its base URL; every route but Stripe's event stream (which carries a
+session token) takes a meter key with the ``ingest`` scope as the vendor's ``Authorization: Bearer``. Errors, the
+router's and the key check's included, come in the vendor's shape (``Route.errors_as``). They are not part of
+meter's own API document: their contract is each vendor's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from meter.dropin import lago, metronome, openmeter, orb, stripe
+from meter.server.http import Answer
+from meter.server.table import TEXT, Access, Body, Handler, Param, Route
+
+__all__ = ["ROUTES"]
+
+_JSON = Body(accept=("application/json",), accept_message="send application/json")
+#: Stripe's SDK sends one with every POST, the same across its retries: the identity of events sent without one.
+_IDEMPOTENCY = Param("idempotency-key", TEXT, "The request's idempotency key", where="header")
+
+
+def _route(
+    path: str,
+    handler: Handler,
+    errors_as: Callable[[Answer], Answer],
+    summary: str,
+    body: Body = _JSON,
+    access: Access = "ingest",
+    params: tuple[Param, ...] = (),
+) -> Route:
+    return Route(
+        "POST", path, access, handler, summary, body=body, params=params, errors_as=errors_as, documented=False
+    )
+
+
+ROUTES = [
+    _route(
+        "/compat/openmeter/api/v1/events",
+        openmeter.ingest,
+        openmeter.error,
+        "OpenMeter: ingest CloudEvents",
+        Body(accept=openmeter.MEDIA, accept_message="send " + ", ".join(openmeter.MEDIA)),
+    ),
+    _route("/compat/metronome/v1/ingest", metronome.ingest, metronome.error, "Metronome: ingest usage events"),
+    _route(
+        "/compat/orb/v1/ingest",
+        orb.ingest,
+        orb.error,
+        "Orb: ingest events",
+        params=(Param("backfill_id", TEXT, "Orb's backfill (not supported yet)"),),
+    ),
+    _route("/compat/lago/api/v1/events", lago.one, lago.error, "Lago: create an event"),
+    _route("/compat/lago/api/v1/events/batch", lago.batch, lago.error, "Lago: create a batch of events"),
+    _route(
+        "/compat/stripe/v1/billing/meter_events",
+        stripe.meter_event,
+        stripe.error,
+        "Stripe: create a meter event",
+        Body(accept=("application/x-www-form-urlencoded",), accept_message="send application/x-www-form-urlencoded"),
+        params=(_IDEMPOTENCY,),
+    ),
+    _route(
+        "/compat/stripe/v2/billing/meter_event_session",
+        stripe.session,
+        stripe.error,
+        "Stripe: a meter event session",
+        Body(),
+    ),
+    _route(
+        "/compat/stripe/v2/billing/meter_event_stream",
+        stripe.stream,
+        stripe.error,
+        "Stripe: stream meter events",
+        access="public",  # authenticated by its session's token, not a key
+        params=(Param("authorization", TEXT, "Bearer <a session's token>", where="header"), _IDEMPOTENCY),
+    ),
+]
