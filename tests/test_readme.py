@@ -38,7 +38,8 @@ EXPECTED = [
         ],
     ),
     ("/v1/meters/tokens/usage?", ['"subject":"customer-42","model":"gpt-4o","value":"1200","events":1']),
-    ("meter.Client(", ["1 0"]),
+    ("meter.Client(os.environ", ["1 0"]),
+    ("def send_all()", ["counted 150", "again 150"]),
     (
         "entitlements/tokens -H",
         [
