@@ -167,6 +167,8 @@ def params(b: TenantB, pattern: str) -> dict[str, str]:
         "rate_id": B_RATE,
         "endpoint_id": b.endpoint,
         "event_id": b.event,
+        "source": B_EVENTS[0]["source"],  # B's usage event: GET /v1/events/{source}/{event}
+        "event": B_EVENTS[0]["id"],
         "alert_id": B_ALERT,
         "reservation_id": B_RESERVATION,
         "feature": "takeover",

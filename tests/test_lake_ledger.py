@@ -18,13 +18,12 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import Desk
 from meter.billing.invoices import Invoice, InvoiceLine
 from meter.billing.store import InvoiceStore, settle
 from meter.lake import layout
 from meter.lake import ledger as lake_ledger
 from meter.money import ledger
-
-from tests.conftest import Desk
 
 AT = datetime(2026, 11, 1, tzinfo=UTC)
 

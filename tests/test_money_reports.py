@@ -16,8 +16,7 @@ from meter.billing.store import InvoiceStore
 from meter.exceptions import InvalidInput
 from meter.money import reports
 from meter.money.reports import EntryFilter
-
-from tests.test_lake_ledger import AT, worked_example
+from test_lake_ledger import AT, worked_example
 
 
 @pytest.fixture

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from conftest import OCT, Desk
 from meter.billing.invoices import Invoice
 from meter.billing.store import AlreadyPosted, InvoiceStore
 from meter.catalog.billing import Subscription
 from meter.exceptions import Conflict, StorageError
 from meter.money import ledger
-
-from tests.conftest import OCT, Desk
-from tests.test_invoicing import base_fee
+from test_invoicing import base_fee
 
 
 def november(desk: Desk) -> Invoice:

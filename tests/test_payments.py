@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from conftest import OCT, Desk
 from meter.billing.invoices import Invoice
 from meter.billing.store import InvoiceStore
 from meter.catalog.billing import Customer, Subscription
@@ -23,9 +24,7 @@ from meter.money.payments.dunning import DunningJob, Payments
 from meter.money.payments.provider import ChargeRequest, ChargeResult, OutcomeUnknown, RefundResult
 from meter.money.payments.records import PaymentBody, RefundBody
 from meter.server.errors import answer_of
-
-from tests.conftest import OCT, Desk
-from tests.test_invoicing import base_fee
+from test_invoicing import base_fee
 
 
 class Scripted:

@@ -11,8 +11,7 @@ from meter.billing.store import InvoiceStore
 from meter.money.webhooks import deliveries, endpoints, records
 from meter.money.webhooks.endpoints import EndpointBody
 from meter.money.webhooks.retention import DEFAULT_RETENTION, prune, prune_all, retention_from_env
-
-from tests.test_webhooks import T0, Clock, FakeReceiver, emit, run, the_delivery, worker
+from test_webhooks import T0, Clock, FakeReceiver, emit, run, the_delivery, worker
 
 DAY = timedelta(days=1)
 

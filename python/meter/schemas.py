@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -13,7 +13,11 @@ __all__ = [
     "CreatedMeter",
     "Dropped",
     "EventIssue",
+    "EventPage",
+    "EventRecord",
     "EventWarning",
+    "FoundEvent",
+    "MeterCount",
     "Filter",
     "HeldBack",
     "IngestResult",
@@ -144,6 +148,47 @@ class SkippedEvent(msgspec.Struct):
     time: datetime
     code: SkipCode
     message: str
+
+
+class FoundEvent(msgspec.Struct):
+    """An accepted event, as it was sent (``data`` as its JSON object), and the commit that accepted it."""
+
+    source: str
+    id: str
+    type: str
+    subject: str
+    time: datetime
+    data: dict[str, Any]
+    commit: int
+
+
+class EventPage(msgspec.Struct):
+    """A page of a search of the accepted events, in the order they were accepted.
+
+    ``next`` (pass it as ``after``) is ``None`` after the last.
+    """
+
+    data: list[FoundEvent]
+    next: str | None
+
+
+class MeterCount(msgspec.Struct):
+    """What one meter counts of an event.
+
+    Its value, or null when it counts nothing of it (a filter leaves it out, or the meter cannot read it).
+    """
+
+    meter: str
+    value: str | None
+
+
+class EventRecord(msgspec.Struct):
+    """One event: what was accepted, its status, its history and what each meter of its type counts of it."""
+
+    event: FoundEvent
+    status: Literal["counted"]
+    history: list[dict[str, Any]]
+    meters: list[MeterCount]
 
 
 class SkippedPage(msgspec.Struct):

@@ -91,7 +91,7 @@ class Customer(Checked, forbid_unknown_fields=True):
     stripe_customer: Id | None = None
     default_payment_method: Id | None = None
     #: Other ids its events may name it by: another vendor's customer id (an Orb external customer id, a
-    #: Metronome ingest alias, a Lago subscription id). The drop-in ingest routes (:mod:`meter.dropin`) count
+    #: Metronome ingest alias, a Lago subscription id). The drop-in ingest routes (:mod:`meter.server.dropin`) count
     #: an event naming one as ``id``'s; so does one naming ``stripe_customer``. Each names one customer only.
     aliases: list[Id] = []
 

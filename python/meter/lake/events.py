@@ -13,11 +13,15 @@ Invariants:
   told they are written here (``Engine.events_exported``), and it is told only once the files and the manifest are
   durable (:mod:`meter.lake.files`). A tenant never exported keeps them all.
 
-Write: :func:`export_events`. Read: :func:`scan` (a tenant's events, lazily, ``date`` as a hive partition).
+Write: :func:`export_events`. Read: :func:`scan` (a tenant's events, lazily, ``date`` as a hive partition), and
+:func:`search`: the events of a query in commit order, from this export and, for the commits it has not written yet,
+from the engine's retained events (so that an event is found as soon as it is acknowledged, and found once).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import msgspec
@@ -30,7 +34,11 @@ from meter.exceptions import InvalidInput
 from meter.lake import layout
 from meter.lake.files import ExportSummary, read_manifest, write_manifest, write_parquet
 
-__all__ = ["export_events", "scan"]
+__all__ = ["EVENT_COLUMNS", "Search", "export_events", "scan", "search"]
+
+#: An event's columns, as the engine keeps them and this export writes them: its commit and place in it (``seq``,
+#: ``ordinal``: the order events were accepted in), its identity, and ``data`` as JSON text.
+EVENT_COLUMNS = ("seq", "ordinal", "source", "id", "type", "subject", "time", "data")
 
 
 class _Manifest(msgspec.Struct):
@@ -81,3 +89,88 @@ def scan(out: Path, tenant: str) -> pl.LazyFrame | None:
     return pl.scan_parquet(
         root, hive_partitioning=True, hive_schema={"date": pl.Date()}, hidden_file_prefix=list(layout.HIDDEN_PREFIXES)
     )
+
+
+@dataclass(frozen=True)
+class Search:
+    """Which events: each field narrows (an empty list, or None, does not). ``[start, end)`` is event time."""
+
+    subjects: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    source: str | None = None
+    id: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+    def matches(self) -> pl.Expr:
+        """The rows this search keeps."""
+        keep = pl.lit(True)
+        for column, values in (("subject", self.subjects), ("type", self.types)):
+            if values:
+                keep &= pl.col(column).is_in(pl.Series(list(values), dtype=pl.String()))
+        for column, value in (("source", self.source), ("id", self.id)):
+            if value is not None:
+                keep &= pl.col(column) == value
+        if self.start is not None:
+            keep &= pl.col("time") >= self.start
+        if self.end is not None:
+            keep &= pl.col("time") < self.end
+        return keep
+
+    def days(self) -> pl.Expr:
+        """The export's ``date`` partitions this search reads (its time bounds, as UTC days)."""
+        keep = pl.lit(True)
+        if self.start is not None:
+            keep &= pl.col("date") >= self.start.date()
+        if self.end is not None:
+            keep &= pl.col("date") <= (self.end - timedelta(microseconds=1)).date()
+        return keep
+
+
+def search(
+    engine: Engine, out: Path, tenant: str, what: Search, after: tuple[int, int] = (0, -1), limit: int = 100
+) -> tuple[pl.DataFrame, tuple[int, int] | None]:
+    """The events ``what`` names, in commit order after ``after`` (a ``(seq, ordinal)``), at most ``limit``.
+
+    And where the next page starts (None after the last). The commits this export has written are read from it
+    (only the days ``what`` covers), the later ones from the engine's retained events: each event once. Without
+    time bounds every day is read.
+    """
+    seq, ordinal = after
+    later = (pl.col("seq") > seq) | ((pl.col("seq") == seq) & (pl.col("ordinal") > ordinal))
+    exported = read_manifest(layout.manifest(layout.events_tenant(out, tenant)), _Manifest, _Manifest(0)).after_seq
+    found: list[pl.DataFrame] = [pl.DataFrame(schema=_SCHEMA)]
+    written = scan(out, tenant) if seq <= exported else None
+    if written is not None:  # a crash may leave files past the manifest: those commits are read from the engine
+        rows = written.filter(what.days() & (pl.col("seq") <= exported) & later & what.matches())
+        found.append(rows.select(EVENT_COLUMNS).sort("seq", "ordinal").head(limit + 1).collect().cast(_SCHEMA))
+    cursor = max(exported, seq - 1)  # from the commit after the export's last (or the page's own)
+    while sum(f.height for f in found) <= limit:
+        table, last = engine.retained_events(tenant, cursor, _PAGE)
+        if table.num_rows == 0:
+            break
+        page = pl.from_arrow(table)
+        assert isinstance(page, pl.DataFrame)
+        found.append(page.filter(later & what.matches()).select(EVENT_COLUMNS).cast(_SCHEMA))
+        cursor = last
+    events = pl.concat(found).head(limit + 1)
+    if events.height <= limit:
+        return events, None
+    events = events.head(limit)
+    return events, (int(events["seq"][-1]), int(events["ordinal"][-1]))
+
+
+#: Retained events read from the engine per call while searching.
+_PAGE = 100_000
+_SCHEMA = pl.Schema(
+    {
+        "seq": pl.UInt64(),
+        "ordinal": pl.UInt64(),
+        "source": pl.String(),
+        "id": pl.String(),
+        "type": pl.String(),
+        "subject": pl.String(),
+        "time": pl.Datetime("us", "UTC"),
+        "data": pl.String(),
+    }
+)

@@ -193,7 +193,7 @@ class Route:
     description: str = ""
     #: False for a route that is served but not part of the API (the benchmark's `/bench/discard`).
     documented: bool = True
-    #: A drop-in route's errors in its vendor's shape: meter's error answer made the vendor's (`meter.dropin`).
+    #: A drop-in route's errors in its vendor's shape: meter's error answer made the vendor's (`meter.server.dropin`).
     errors_as: Callable[[Answer], Answer] | None = None
 
     def __post_init__(self) -> None:

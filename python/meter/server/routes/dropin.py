@@ -1,4 +1,4 @@
-"""Drop-in ingest routes: each vendor's ingest API under ``/compat/<vendor>``, answered in its shape (`meter.dropin`).
+"""Drop-in ingest routes: each vendor's ingest API under ``/compat/<vendor>``, in its shape (`meter.server.dropin`).
 
 A vendor's SDK is pointed at the prefix as its base URL; every route but Stripe's event stream (which carries a
 session token) takes a meter key with the ``ingest`` scope as the vendor's ``Authorization: Bearer``. Errors, the
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from meter.dropin import lago, metronome, openmeter, orb, stripe
+from meter.server.dropin import lago, metronome, openmeter, orb, stripe
 from meter.server.http import Answer
 from meter.server.table import TEXT, Access, Body, Handler, Param, Route
 

@@ -1,9 +1,15 @@
-"""Ingest: `POST /v1/events`, a batch of CloudEvents handed to the engine as the raw (decompressed) body.
+"""Events: ingest (`POST /v1/events`), search (`GET /v1/events`) and one event (`GET /v1/events/{source}/{id}`).
+
+Ingest hands a batch of CloudEvents to the engine as the raw (decompressed) body.
 
 The engine parses, validates, deduplicates and commits the batch in one call, on the thread pool (it releases the
 GIL in Rust), so concurrent requests share commits. Invariants: the answer is 200 when at least one event was
 accepted or was a duplicate (the others are in `issues`); when none was, a 400 `no_events_accepted` error body that
 still carries every per-event issue; an atomic batch applies all or nothing (422 `batch_rejected`).
+
+Search and lookup read the raw events export and, for the commits it has not written yet, the engine's retained
+events (`meter.lake.events.search`): an event is found as soon as it is acknowledged. A lookup without time bounds
+reads every exported day of the tenant.
 
 `POST /bench/discard` (only with METER_BENCH_ENDPOINTS=1, never documented) is `make bench-http`'s ceiling: the
 same reading, auth and answer, no engine.
@@ -11,13 +17,23 @@ same reading, auth and answer, no engine.
 
 from __future__ import annotations
 
-import msgspec
+import io
+from datetime import datetime
 
-from meter.schemas import IngestResult
+import msgspec
+import polars as pl
+import pyarrow as pa
+import pyarrow.ipc as pa_ipc
+
+from meter.encoding import plain
+from meter.engine import event_values
+from meter.lake import events as lake_events
+from meter.schemas import EventPage, EventRecord, FoundEvent, IngestResult, MeterCount, MeterSpec
 from meter.server.context import Context, opened
+from meter.server.errors import ApiError
 from meter.server.examples import EXAMPLES
 from meter.server.http import Answer, Request
-from meter.server.table import BOOL, Body, Param, Route
+from meter.server.table import BOOL, LIMIT, TEXT, TEXTS, TIME, Body, Param, PathParam, Route
 
 __all__ = ["BENCH_ROUTES", "ROUTES"]
 
@@ -36,6 +52,88 @@ async def post_events(ctx: Context, request: Request, atomic: bool) -> Answer:
         f"{first.id!r}: {first.code}: {first.message})"
     )
     return 400, {"code": "no_events_accepted", "message": message, **msgspec.structs.asdict(result)}, {}
+
+
+async def search(
+    ctx: Context,
+    request: Request,
+    subject: list[str],
+    type_: list[str],
+    from_: datetime,
+    to: datetime,
+    after: str | None,
+    limit: int,
+    accept: str,
+) -> Answer:
+    what = lake_events.Search(subjects=tuple(subject), types=tuple(type_), start=from_, end=to)
+    events, last = await ctx.call(_search, ctx, request.tenant, what, _cursor(after), limit)
+    following = None if last is None else f"{last[0]}.{last[1]}"
+    if "text/csv" in accept or "application/vnd.apache.arrow.stream" in accept:
+        return _table(events.drop("ordinal").rename({"seq": "commit"}), accept, following)
+    return 200, EventPage([_found(row) for row in events.iter_rows(named=True)], following), {}
+
+
+async def get_event(ctx: Context, request: Request, source: str, event: str) -> Answer:
+    what = lake_events.Search(source=source, id=event)
+    events, _ = await ctx.call(_search, ctx, request.tenant, what, (0, -1), 1)
+    if not events.height:
+        raise ApiError(
+            404,
+            "not_found",
+            f"no event {event!r} of source {source!r} was accepted (or it is past retention and not exported)",
+        )
+    row = events.row(0, named=True)
+    meters = [m for m in await ctx.call(opened(ctx.engine).list_meters, request.tenant) if m.event_type == row["type"]]
+    counts = []
+    for meter in sorted(meters, key=lambda m: m.slug):
+        spec = MeterSpec(**{f: getattr(meter, f) for f in MeterSpec.__struct_fields__})
+        value = event_values(spec, pa.array([row["data"]], pa.string()))[0].as_py()
+        counts.append(MeterCount(meter.slug, None if value is None else plain(value.normalize())))
+    history = [{"change": "accepted", "commit": row["seq"]}]
+    return 200, EventRecord(_found(row), "counted", history, counts), {}
+
+
+def _search(
+    ctx: Context, tenant: str, what: lake_events.Search, after: tuple[int, int], limit: int
+) -> tuple[pl.DataFrame, tuple[int, int] | None]:
+    """The search over the engine and the export directory the invoicer reads."""
+    return lake_events.search(opened(ctx.engine), opened(ctx.invoicer).out, tenant, what, after, limit)  # type: ignore[arg-type]
+
+
+def _found(row: dict[str, object]) -> FoundEvent:
+    data = msgspec.json.decode(str(row["data"])) if row["data"] else {}
+    return FoundEvent(
+        source=str(row["source"]),
+        id=str(row["id"]),
+        type=str(row["type"]),
+        subject=str(row["subject"]),
+        time=row["time"],  # type: ignore[arg-type]
+        data=data,
+        commit=int(row["seq"]),  # type: ignore[call-overload]
+    )
+
+
+def _cursor(after: str | None) -> tuple[int, int]:
+    if after is None:
+        return 0, -1
+    seq, _, ordinal = after.partition(".")
+    if not (seq.isdigit() and ordinal.isdigit()):
+        raise ApiError(400, "invalid_query", f"'after' is the 'next' of a previous page, such as '12.3'; got {after!r}")
+    return int(seq), int(ordinal)
+
+
+def _table(frame: pl.DataFrame, accept: str, following: str | None) -> Answer:
+    """A page as CSV or Arrow IPC (``data`` as its JSON text); the next page's cursor in the ``Meter-Next`` header."""
+    headers = {"meter-next": following} if following else {}
+    if "text/csv" in accept:
+        out = io.BytesIO()
+        frame.write_csv(out)
+        return 200, out.getvalue(), {**headers, "content-type": "text/csv"}
+    sink = pa.BufferOutputStream()
+    table = frame.to_arrow()
+    with pa_ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return 200, sink.getvalue().to_pybytes(), {**headers, "content-type": "application/vnd.apache.arrow.stream"}
 
 
 async def discard(ctx: Context, request: Request) -> Answer:
@@ -73,6 +171,47 @@ ROUTES = [
         description="200 when at least one event was accepted (or was a duplicate); the others are in "
         "`issues`, and events a meter could not read are accepted with `warnings`. 400 "
         "`no_events_accepted` with `issues` when none was.",
+    ),
+]
+
+_FOUND_MEDIA = {
+    "text/csv": {"type": "string"},
+    "application/vnd.apache.arrow.stream": {"type": "string", "format": "binary"},
+}
+ROUTES += [
+    Route(
+        "GET",
+        "/v1/events",
+        "read",
+        search,
+        "Search the accepted events",
+        returns=EventPage,
+        media=_FOUND_MEDIA,
+        params=(
+            Param("subject", TEXTS, "Only these customers"),
+            Param("type", TEXTS, "Only these event types", arg="type_"),
+            Param("from", TIME, "Event time from (inclusive)"),
+            Param("to", TIME, "Event time to (exclusive)"),
+            Param("after", TEXT, "The `next` of the previous page"),
+            Param("limit", LIMIT, "Events per page (1-1000, 100 by default)"),
+            Param("accept", TEXT, "application/json, text/csv or application/vnd.apache.arrow.stream", where="header"),
+        ),
+        description="In the order they were accepted, JSON, CSV or Arrow (`Accept`); CSV and Arrow carry `data` as "
+        "JSON text and the next page's `after` in the `Meter-Next` header.",
+    ),
+    Route(
+        "GET",
+        "/v1/events/{source}/{event}",
+        "read",
+        get_event,
+        "Get one accepted event",
+        returns=EventRecord,
+        path_params=(
+            PathParam("source", "gw", "The event's source"),
+            PathParam("event", "req-1", "The event's id"),
+        ),
+        errors=(404,),
+        description="Its status, its history, and what each meter of its type counts of it.",
     ),
 ]
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import msgspec
 
-from meter.dropin import events
 from meter.exceptions import InvalidInput
 from meter.server.context import Context
+from meter.server.dropin import events
 from meter.server.http import Answer, Request
 
 __all__ = ["LIMIT", "error", "ingest"]

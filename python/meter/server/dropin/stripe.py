@@ -25,8 +25,8 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-from meter.dropin import events
 from meter.server.context import Context, opened
+from meter.server.dropin import events
 from meter.server.errors import ApiError
 from meter.server.http import Answer, Request
 
@@ -125,7 +125,7 @@ async def stream(ctx: Context, request: Request, authorization: str, idempotency
     made = [
         events.event(
             "stripe",
-            e.identifier or f"{base}/{n}",
+            e.identifier or f"{base}:{n}",
             e.event_name,
             names[e.payload[CUSTOMER]],
             e.timestamp,

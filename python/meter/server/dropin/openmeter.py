@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from meter.dropin import events
 from meter.server.context import Context
+from meter.server.dropin import events
 from meter.server.http import Answer, Request
 
 __all__ = ["MEDIA", "error", "ingest"]

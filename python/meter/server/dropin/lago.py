@@ -18,8 +18,8 @@ from typing import Any
 
 import msgspec
 
-from meter.dropin import events
 from meter.server.context import Context
+from meter.server.dropin import events
 from meter.server.http import Answer, Request
 
 __all__ = ["LIMIT", "batch", "error", "one"]
