@@ -169,6 +169,7 @@ def params(b: TenantB, pattern: str) -> dict[str, str]:
         "event_id": b.event,
         "source": B_EVENTS[0]["source"],  # B's usage event: GET /v1/events/{source}/{event}
         "event": B_EVENTS[0]["id"],
+        "line": "1",  # of B's invoice: GET /v1/invoices/{invoice_id}/lines/{line}/events
         "alert_id": B_ALERT,
         "reservation_id": B_RESERVATION,
         "feature": "takeover",

@@ -17,6 +17,8 @@ __all__ = [
     "EventRecord",
     "EventWarning",
     "FoundEvent",
+    "LineEvent",
+    "LineEvents",
     "MeterCount",
     "Filter",
     "HeldBack",
@@ -169,6 +171,30 @@ class EventPage(msgspec.Struct):
     """
 
     data: list[FoundEvent]
+    next: str | None
+
+
+class LineEvent(FoundEvent):
+    """An event behind an invoice line, with the value its meter reads from it."""
+
+    value: str
+
+
+class LineEvents(msgspec.Struct):
+    """A page of the events behind a usage line, in the order they were accepted.
+
+    Aggregated as ``aggregation`` (a matrix price: per combination of its dimensions, then added up), every page's
+    values give the line's ``quantity``. ``next`` (pass it as ``after``) is ``None`` after the last page.
+    """
+
+    invoice: str
+    line: int
+    meter: str
+    aggregation: Aggregation
+    quantity: str | None
+    period_start: datetime
+    period_end: datetime
+    data: list[LineEvent]
     next: str | None
 
 

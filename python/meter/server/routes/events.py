@@ -25,10 +25,21 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.ipc as pa_ipc
 
+from meter.billing import trace
+from meter.billing.invoices import Invoice
 from meter.encoding import plain
 from meter.engine import event_values
 from meter.lake import events as lake_events
-from meter.schemas import EventPage, EventRecord, FoundEvent, IngestResult, MeterCount, MeterSpec
+from meter.schemas import (
+    EventPage,
+    EventRecord,
+    FoundEvent,
+    IngestResult,
+    LineEvent,
+    LineEvents,
+    MeterCount,
+    MeterSpec,
+)
 from meter.server.context import Context, opened
 from meter.server.errors import ApiError
 from meter.server.examples import EXAMPLES
@@ -91,6 +102,43 @@ async def get_event(ctx: Context, request: Request, source: str, event: str) -> 
         counts.append(MeterCount(meter.slug, None if value is None else plain(value.normalize())))
     history = [{"change": "accepted", "commit": row["seq"]}]
     return 200, EventRecord(_found(row), "counted", history, counts), {}
+
+
+async def line_events(
+    ctx: Context, request: Request, invoice_id: str, line: str, after: str | None, limit: int, accept: str
+) -> Answer:
+    if not line.isdigit():
+        raise ApiError(400, "invalid_path", f"a line is its number on the invoice, from 1; got {line!r}")
+    invoice = await ctx.call(opened(ctx.invoices).get, request.tenant, invoice_id)
+    billed = trace.usage_line(invoice, int(line))
+    events, last = await ctx.call(_traced, ctx, request.tenant, invoice, int(line), _cursor(after), limit)
+    following = None if last is None else f"{last[0]}.{last[1]}"
+    if "text/csv" in accept or "application/vnd.apache.arrow.stream" in accept:
+        return _table(events.drop("ordinal").rename({"seq": "commit"}), accept, following)
+    meter = await ctx.call(opened(ctx.engine).get_meter, request.tenant, billed.meter or "")
+    found = [
+        LineEvent(**msgspec.structs.asdict(_found(row)), value=plain(row["value"].normalize()))
+        for row in events.iter_rows(named=True)
+    ]
+    quantity = None if billed.quantity is None else plain(billed.quantity)
+    page = LineEvents(
+        invoice_id,
+        int(line),
+        meter.slug,
+        meter.aggregation,
+        quantity,
+        billed.period_start,
+        billed.period_end,
+        found,
+        following,
+    )
+    return 200, page, {}
+
+
+def _traced(
+    ctx: Context, tenant: str, invoice: Invoice, line: int, after: tuple[int, int], limit: int
+) -> tuple[pl.DataFrame, tuple[int, int] | None]:
+    return trace.line_events(opened(ctx.engine), opened(ctx.invoicer).out, tenant, invoice, line, after, limit)  # type: ignore[arg-type]
 
 
 def _search(
@@ -212,6 +260,31 @@ ROUTES += [
         ),
         errors=(404,),
         description="Its status, its history, and what each meter of its type counts of it.",
+    ),
+]
+
+ROUTES += [
+    Route(
+        "GET",
+        "/v1/invoices/{invoice_id}/lines/{line}/events",
+        "read",
+        line_events,
+        "List the events behind a usage line",
+        returns=LineEvents,
+        media=_FOUND_MEDIA,
+        path_params=(
+            PathParam("invoice_id", "s1-20261101", "The invoice"),
+            PathParam("line", "1", "The line's number on the invoice, from 1"),
+        ),
+        params=(
+            Param("after", TEXT, "The `next` of the previous page"),
+            Param("limit", LIMIT, "Events per page (1-1000, 100 by default)"),
+            Param("accept", TEXT, "application/json, text/csv or application/vnd.apache.arrow.stream", where="header"),
+        ),
+        errors=(404,),
+        description="The customer's events of the meter's type in the line's service period that the meter counts, "
+        "each with the value it reads; aggregated as the meter aggregates, they give the line's quantity. CSV and "
+        "Arrow carry `data` as JSON text and the next page's `after` in the `Meter-Next` header.",
     ),
 ]
 
