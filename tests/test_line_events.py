@@ -13,11 +13,15 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from http_server import Server
+from meter.cli import main
+from meter.client import Client
 
 THIS_MONTH = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 LAST_MONTH = (THIS_MONTH - timedelta(days=1)).replace(day=1)
@@ -179,3 +183,20 @@ def test_a_line_without_usage_or_out_of_range_is_refused(invoice: tuple[httpx.Cl
     assert c.get(f"/v1/invoices/{found['id']}/lines/999/events").status_code == 404
     assert c.get(f"/v1/invoices/{found['id']}/lines/x/events").status_code == 400
     assert c.get("/v1/invoices/nope/lines/1/events").status_code == 404
+
+
+def test_the_cli_saves_them_page_after_page(
+    server: Server, invoice: tuple[httpx.Client, dict[str, Any]], tmp_path: Path
+) -> None:
+    c, found = invoice
+    n = next(n for n, line in enumerate(found["lines"], start=1) if line.get("meter") == "total")
+    key = c.headers["authorization"].removeprefix("Bearer ")
+    with Client(server.url, key) as client:
+        pages = list(client.line_events(found["id"], n, limit=4))
+    assert len(pages) == 3, "ten events, four a page"
+    out = tmp_path / "dispute.csv"
+    env = {"METER_URL": server.url, "METER_API_KEY": key}
+    result = CliRunner().invoke(main, ["invoice", "events", found["id"], str(n), "-o", str(out)], env=env)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert [r["id"] for r in rows] == [e["id"] for e in ADA]

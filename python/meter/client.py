@@ -650,6 +650,24 @@ class Client:
 
     # Invoices (a tenant key)
 
+    def line_events(self, invoice_id: str, line: int, limit: int = 1000) -> Iterator[bytes]:
+        """``GET /v1/invoices/{id}/lines/{line}/events`` as CSV, page after page: the events behind a usage line.
+
+        Each page's file has its header; the pages follow the ``Meter-Next`` header to the last.
+        """
+        after: str | None = None
+        while True:
+            query: list[tuple[str, str | int | float | bool | None]] = [("limit", limit)]
+            query += [("after", after)] if after else []
+            path = f"/v1/invoices/{_segment(invoice_id)}/lines/{line}/events"
+            response = self._http.request("GET", path, params=query, headers={"accept": "text/csv"})
+            if response.status_code >= 400:
+                raise ServerError.of(response)
+            yield response.content
+            after = response.headers.get("meter-next")
+            if after is None:
+                return
+
     def run_invoices(self, period: str, finalize: bool = False) -> JSONObject:
         """``POST /v1/invoices/run``: the drafts of the cycles starting in ``period`` (``YYYY-MM``).
 

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from meter.cli.options import connect, key_option, url_option
-from meter.cli.output import table, warn
+from meter.cli.output import table, warn, write_pages
 
 __all__ = ["invoice"]
 
@@ -121,6 +121,20 @@ def invoice_list(status: str | None, period: str | None, usage_period: str | Non
 def invoice_show(invoice_id: str, url: str, api_key: str) -> None:
     with connect(url, api_key) as client:
         _show_invoice(client.get_invoice(invoice_id))
+
+
+@invoice.command("events")
+@click.argument("invoice_id")
+@click.argument("line", type=click.IntRange(1))
+@click.option("-o", "--out", required=True, help="the CSV file to write (- for stdout)")
+@url_option
+@key_option
+def invoice_events(invoice_id: str, line: int, out: str, url: str, api_key: str) -> None:
+    """Save the events behind a usage line as CSV (for a customer who disputes a charge)."""
+    with connect(url, api_key) as client:
+        pages = write_pages(out, client.line_events(invoice_id, line))
+    if out != "-":
+        click.echo(f"the events behind line {line} of invoice {invoice_id} written to {out} ({pages} pages)")
 
 
 @invoice.command("finalize")

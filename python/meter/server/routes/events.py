@@ -175,7 +175,7 @@ def _table(frame: pl.DataFrame, accept: str, following: str | None) -> Answer:
     headers = {"meter-next": following} if following else {}
     if "text/csv" in accept:
         out = io.BytesIO()
-        frame.write_csv(out)
+        frame.write_csv(out, line_terminator="\r\n")  # RFC 4180, as every CSV answer
         return 200, out.getvalue(), {**headers, "content-type": "text/csv"}
     sink = pa.BufferOutputStream()
     table = frame.to_arrow()
