@@ -43,7 +43,7 @@ def read(body: bytes, type_: type[T], what: str) -> T:
     """The request's JSON body as ``type_`` (``what`` it should be, for the message), else a 400 ``invalid_json``."""
     try:
         return msgspec.json.decode(body, type=type_)
-    except msgspec.DecodeError as e:
+    except (msgspec.DecodeError, RecursionError) as e:  # msgspec raises RecursionError for deep nesting
         raise InvalidInput(f"the body must be {what}: {e}", code="invalid_json") from None
     except msgspec.ValidationError as e:
         raise InvalidInput(f"the body must be {what}: {e}", code="invalid_body") from None
