@@ -15,13 +15,15 @@ from typing import Any
 
 import msgspec
 import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.ipc as pa_ipc
 import pyarrow.parquet as pq
 
 from meter.encoding import plain
 from meter.server.errors import ApiError
 from meter.server.http import Answer
 
-__all__ = ["FORMATS", "MEDIA", "TEXT_FORMATS", "TEXT_MEDIA", "choose", "rows_answer"]
+__all__ = ["FORMATS", "MEDIA", "TABLE_MEDIA", "TEXT_FORMATS", "TEXT_MEDIA", "choose", "rows_answer", "table_answer"]
 
 #: The answer's formats, by their ``format`` value and media type.
 FORMATS = {"json": "application/json", "csv": "text/csv", "parquet": "application/vnd.apache.parquet"}
@@ -35,6 +37,31 @@ MEDIA = {
 #: JSON or CSV: the reports that have no Parquet form.
 TEXT_FORMATS = {"json": FORMATS["json"], "csv": FORMATS["csv"]}
 TEXT_MEDIA = {"text/csv": MEDIA["text/csv"]}
+
+
+#: What the OpenAPI document says a table's CSV and Arrow answers are (the usage, the events), beside JSON.
+TABLE_MEDIA = {
+    "text/csv": {"type": "string"},
+    "application/vnd.apache.arrow.stream": {"type": "string", "format": "binary"},
+}
+
+
+def table_answer(table: pa.Table, accept: str, headers: dict[str, str] | None = None) -> Answer | None:
+    """``table`` as CSV (RFC 4180 lines) or Arrow IPC when ``accept`` asks for either; None for JSON."""
+    if "text/csv" in accept:
+        sink = pa.BufferOutputStream()
+        pa_csv.write_csv(table, sink, pa_csv.WriteOptions(eol="\r\n"))  # type: ignore[call-arg]  # the stubs lack eol
+        return 200, sink.getvalue().to_pybytes(), {**(headers or {}), "content-type": "text/csv"}
+    if "application/vnd.apache.arrow.stream" in accept:
+        sink = pa.BufferOutputStream()
+        with pa_ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return (
+            200,
+            sink.getvalue().to_pybytes(),
+            {**(headers or {}), "content-type": "application/vnd.apache.arrow.stream"},
+        )
+    return None
 
 
 def choose(fmt: str | None, accept: str = "", formats: dict[str, str] = FORMATS, default: str = "json") -> str:

@@ -17,13 +17,11 @@ same reading, auth and answer, no engine.
 
 from __future__ import annotations
 
-import io
 from datetime import datetime
 
 import msgspec
 import polars as pl
 import pyarrow as pa
-import pyarrow.ipc as pa_ipc
 
 from meter.billing import trace
 from meter.billing.invoices import Invoice
@@ -43,6 +41,7 @@ from meter.schemas import (
 from meter.server.context import Context, opened
 from meter.server.errors import ApiError
 from meter.server.examples import EXAMPLES
+from meter.server.formats import TABLE_MEDIA, table_answer
 from meter.server.http import Answer, Request
 from meter.server.table import BOOL, LIMIT, TEXT, TEXTS, TIME, Body, Param, PathParam, Route
 
@@ -79,8 +78,8 @@ async def search(
     what = lake_events.Search(subjects=tuple(subject), types=tuple(type_), start=from_, end=to)
     events, last = await ctx.call(_search, ctx, request.tenant, what, _cursor(after), limit)
     following = None if last is None else f"{last[0]}.{last[1]}"
-    if "text/csv" in accept or "application/vnd.apache.arrow.stream" in accept:
-        return _table(events.drop("ordinal").rename({"seq": "commit"}), accept, following)
+    if (table := _table(events.drop("ordinal").rename({"seq": "commit"}), accept, following)) is not None:
+        return table
     return 200, EventPage([_found(row) for row in events.iter_rows(named=True)], following), {}
 
 
@@ -113,8 +112,8 @@ async def line_events(
     billed = trace.usage_line(invoice, int(line))
     events, last = await ctx.call(_traced, ctx, request.tenant, invoice, int(line), _cursor(after), limit)
     following = None if last is None else f"{last[0]}.{last[1]}"
-    if "text/csv" in accept or "application/vnd.apache.arrow.stream" in accept:
-        return _table(events.drop("ordinal").rename({"seq": "commit"}), accept, following)
+    if (table := _table(events.drop("ordinal").rename({"seq": "commit"}), accept, following)) is not None:
+        return table
     meter = await ctx.call(opened(ctx.engine).get_meter, request.tenant, billed.meter or "")
     found = [
         LineEvent(**msgspec.structs.asdict(_found(row)), value=plain(row["value"].normalize()))
@@ -170,18 +169,9 @@ def _cursor(after: str | None) -> tuple[int, int]:
     return int(seq), int(ordinal)
 
 
-def _table(frame: pl.DataFrame, accept: str, following: str | None) -> Answer:
-    """A page as CSV or Arrow IPC (``data`` as its JSON text); the next page's cursor in the ``Meter-Next`` header."""
-    headers = {"meter-next": following} if following else {}
-    if "text/csv" in accept:
-        out = io.BytesIO()
-        frame.write_csv(out, line_terminator="\r\n")  # RFC 4180, as every CSV answer
-        return 200, out.getvalue(), {**headers, "content-type": "text/csv"}
-    sink = pa.BufferOutputStream()
-    table = frame.to_arrow()
-    with pa_ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return 200, sink.getvalue().to_pybytes(), {**headers, "content-type": "application/vnd.apache.arrow.stream"}
+def _table(frame: pl.DataFrame, accept: str, following: str | None) -> Answer | None:
+    """A page as CSV or Arrow (``data`` as its JSON text), the next page's cursor in ``Meter-Next``; None for JSON."""
+    return table_answer(frame.to_arrow(), accept, {"meter-next": following} if following else {})
 
 
 async def discard(ctx: Context, request: Request) -> Answer:
@@ -222,10 +212,6 @@ ROUTES = [
     ),
 ]
 
-_FOUND_MEDIA = {
-    "text/csv": {"type": "string"},
-    "application/vnd.apache.arrow.stream": {"type": "string", "format": "binary"},
-}
 ROUTES += [
     Route(
         "GET",
@@ -234,7 +220,7 @@ ROUTES += [
         search,
         "Search the accepted events",
         returns=EventPage,
-        media=_FOUND_MEDIA,
+        media=TABLE_MEDIA,
         params=(
             Param("subject", TEXTS, "Only these customers"),
             Param("type", TEXTS, "Only these event types", arg="type_"),
@@ -271,7 +257,7 @@ ROUTES += [
         line_events,
         "List the events behind a usage line",
         returns=LineEvents,
-        media=_FOUND_MEDIA,
+        media=TABLE_MEDIA,
         path_params=(
             PathParam("invoice_id", "s1-20261101", "The invoice"),
             PathParam("line", "1", "The line's number on the invoice, from 1"),
