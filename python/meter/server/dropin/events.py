@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
@@ -23,17 +24,19 @@ from meter.schemas import IngestResult
 from meter.server.context import Context, opened
 from meter.server.http import Request
 
-__all__ = ["Issue", "count", "each", "event", "from_unix", "read", "refuse", "subjects", "subscription_customer"]
+__all__ = ["Issue", "count", "each", "event", "from_unix", "read", "refuse", "subjects"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class Issue(Exception):
+@dataclass(frozen=True)
+class Issue:
     """The vendor's event at ``index`` cannot be made a meter event: ``field`` and what to fix."""
 
-    def __init__(self, index: int, id_: str | None, field: str, message: str) -> None:
-        super().__init__(message)
-        self.index, self.id, self.field, self.message = index, id_, field, message
+    index: int
+    id: str | None
+    field: str
+    message: str
 
 
 T = TypeVar("T")
@@ -117,19 +120,25 @@ def from_unix(value: object) -> str:
     return (_EPOCH + timedelta(microseconds=micros)).isoformat().replace("+00:00", "Z")
 
 
-def subjects(ctx: Context, tenant: str, names: Iterable[str]) -> dict[str, str]:
-    """The subject each customer id names: the meter customer it names (id, alias, stripe_customer), else itself."""
+async def subjects(ctx: Context, tenant: str, names: Iterable[str], subscriptions: bool = False) -> dict[str, str]:
+    """The subject each id names: the meter customer it names (its id, an alias, its ``stripe_customer``), else itself.
+
+    With ``subscriptions``, an id that is a meter subscription's names that subscription's customer first (Lago's
+    events name subscriptions). Read on the thread pool, as every catalog read.
+    """
     catalog = opened(ctx.billing)
-    return {name: catalog.customer_named(tenant, name) or name for name in set(names)}
 
+    def named(name: str) -> str:
+        if subscriptions:
+            try:
+                customer: str = catalog.get_subscription(tenant, name).customer
+                return customer
+            except NotFound:
+                pass
+        return catalog.customer_named(tenant, name) or name
 
-def subscription_customer(ctx: Context, tenant: str, subscription: str) -> str | None:
-    """The customer of the meter subscription ``subscription``, if there is one."""
-    try:
-        customer: str = opened(ctx.billing).get_subscription(tenant, subscription).customer
-    except NotFound:
-        return None
-    return customer
+    wanted = sorted(set(names))
+    return dict(zip(wanted, await ctx.call(lambda: [named(n) for n in wanted]), strict=True))
 
 
 async def count(ctx: Context, request: Request, events: list[dict[str, Any]]) -> IngestResult:

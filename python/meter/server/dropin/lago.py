@@ -71,11 +71,7 @@ async def _count(ctx: Context, request: Request, items: list[Any]) -> list[dict[
             issues.append(events.Issue(n, e.transaction_id, "timestamp", str(why)))
     if issues:
         raise events.refuse(issues, len(sent))
-    subjects = {}
-    for sub in {e.external_subscription_id for e in sent}:
-        subjects[sub] = (
-            events.subscription_customer(ctx, request.tenant, sub) or events.subjects(ctx, request.tenant, [sub])[sub]
-        )
+    subjects = await events.subjects(ctx, request.tenant, (e.external_subscription_id for e in sent), True)
     made = [
         events.event("lago", e.transaction_id, e.code, subjects[e.external_subscription_id], t, _data(e))
         for e, t in zip(sent, times, strict=True)

@@ -34,7 +34,7 @@ async def ingest(ctx: Context, request: Request) -> Answer:
     usage = events.each(
         events.read(request.body, list[Any], "a JSON array of usage events"), _Usage, "transaction_id", LIMIT
     )
-    names = events.subjects(ctx, request.tenant, (u.customer_id for u in usage))
+    names = await events.subjects(ctx, request.tenant, (u.customer_id for u in usage))
     made = [
         events.event("metronome", u.transaction_id, u.event_type, names[u.customer_id], u.timestamp, u.properties)
         for u in usage

@@ -24,7 +24,7 @@ MEDIA = ("application/cloudevents+json", "application/cloudevents-batch+json", "
 async def ingest(ctx: Context, request: Request) -> Answer:
     sent = events.read(request.body, Any, "a CloudEvent or a JSON array of them")
     batch: list[Any] = sent if isinstance(sent, list) else [sent]
-    names = events.subjects(
+    names = await events.subjects(
         ctx,
         request.tenant,
         (e["subject"] for e in batch if isinstance(e, dict) and isinstance(e.get("subject"), str)),

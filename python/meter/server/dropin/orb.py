@@ -50,7 +50,7 @@ async def ingest(ctx: Context, request: Request, backfill_id: str | None) -> Ans
     if issues:
         raise events.refuse(issues, len(sent))
     customers = [e.customer_id or e.external_customer_id or "" for e in sent]
-    names = events.subjects(ctx, request.tenant, customers)
+    names = await events.subjects(ctx, request.tenant, customers)
     made = [
         events.event("orb", e.idempotency_key, e.event_name, names[c], e.timestamp, _data(e.properties))
         for e, c in zip(sent, customers, strict=True)

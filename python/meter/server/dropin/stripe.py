@@ -54,7 +54,7 @@ async def meter_event(ctx: Context, request: Request, idempotency_key: str) -> A
             [events.Issue(0, identifier, "timestamp", f"Unix seconds, such as 1796152693; got {stamp!r}")], 1
         )
     time = None if stamp is None else events.from_unix(int(stamp))
-    customer = events.subjects(ctx, request.tenant, [payload[CUSTOMER]])[payload[CUSTOMER]]
+    customer = (await events.subjects(ctx, request.tenant, [payload[CUSTOMER]]))[payload[CUSTOMER]]
     await events.count(ctx, request, [events.event("stripe", identifier, name, customer, time, payload)])
     now = int(datetime.now(UTC).timestamp())
     return (
@@ -120,7 +120,7 @@ async def stream(ctx: Context, request: Request, authorization: str, idempotency
     ]
     if missing:
         raise events.refuse(missing, len(sent))
-    names = events.subjects(ctx, request.tenant, (e.payload[CUSTOMER] for e in sent))
+    names = await events.subjects(ctx, request.tenant, (e.payload[CUSTOMER] for e in sent))
     base = idempotency_key or uuid.uuid4().hex
     made = [
         events.event(
