@@ -10,15 +10,18 @@ import csv
 import io
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pyarrow as pa
 import pyarrow.ipc as pa_ipc
 import pytest
 from http_server import RECENT, Server
+from meter.engine import Engine
+from meter.lake import events as lake_events
 
 FROM, TO = (RECENT - timedelta(hours=1)).isoformat(), (RECENT + timedelta(hours=1)).isoformat()
 
@@ -119,6 +122,7 @@ def test_one_event_says_what_each_meter_of_its_type_counts(acme: httpx.Client) -
     found = acme.get("/v1/events/gw/e7").json()
     assert found["event"]["subject"] == "ada" and found["event"]["data"] == {"tokens": 7, "model": "m1"}
     assert found["status"] == "counted" and found["history"][0]["change"] == "accepted"
+    assert found["history"][0]["at"], "its receive time, from its dedup mark"
     assert found["meters"] == [
         {"meter": "calls", "value": "1"},
         {"meter": "m1-tokens", "value": "7"},
@@ -134,3 +138,30 @@ def test_another_tenant_finds_none_of_them(server: Server, acme: httpx.Client) -
     with server.client(server.tenant_key("globex", ["read"])) as other:
         assert other.get("/v1/events", params={"from": FROM, "to": TO}).json()["data"] == []
         assert other.get("/v1/events/gw/e7").status_code == 404
+
+
+def test_one_event_is_found_by_its_dedup_mark_and_past_the_window_by_a_search(tmp_path: Path) -> None:
+    """Within the dedup window the engine finds it from its mark (with its receive time); past it, the search does."""
+    t0 = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    engine = Engine(tmp_path / "engine", dedup_window=timedelta(hours=1), backdate_window=timedelta(hours=1))
+    try:
+        early = sent(1, "ada") | {"time": t0.isoformat()}
+        assert engine.ingest("acme", msgspec.json.encode([early]), now=t0).accepted == 1
+        # Many commits in the minutes around it: only those received near its receipt are read.
+        for n in range(2, 40):
+            engine.ingest(
+                "acme",
+                msgspec.json.encode([sent(n, "bob") | {"time": t0.isoformat()}]),
+                now=t0 + timedelta(seconds=5 * n),
+            )
+        found, received = lake_events.find(engine, tmp_path / "export", "acme", "gw", "e1")
+        assert (found.get_column("id").to_list(), received) == (["e1"], t0)
+        assert lake_events.find(engine, tmp_path / "export", "acme", "gw", "e404")[0].height == 0
+        assert lake_events.find(engine, tmp_path / "export", "globex", "gw", "e1")[0].height == 0, "a tenant's own"
+        later = t0 + timedelta(hours=2)  # the window moves past e1's mark
+        engine.ingest("acme", msgspec.json.encode([sent(99, "bob") | {"time": later.isoformat()}]), now=later)
+        assert engine.find_event("acme", "gw", "e1")[0].num_rows == 0
+        found, received = lake_events.find(engine, tmp_path / "export", "acme", "gw", "e1")
+        assert (found.get_column("id").to_list(), received) == (["e1"], None), "found by a search of what is retained"
+    finally:
+        engine.close()

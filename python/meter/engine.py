@@ -289,6 +289,16 @@ class Engine:
         table, last_seq = self._inner.retained_events(tenant, after_seq, max_events)
         return pa.table(table), last_seq
 
+    def find_event(self, tenant: str, source: str, id: str) -> tuple[pa.Table, datetime | None]:
+        """The retained event of identity ``(source, id)`` (zero or one row, as :meth:`retained_events`), received when.
+
+        Found through its dedup mark, reading only the commits received around then. Nothing (and ``None``) outside
+        the dedup window, or when its event is no longer retained: look in the Parquet export then.
+        """
+        table, received_us = self._inner.find_event(tenant, source, id)
+        received = None if received_us is None else _EPOCH + timedelta(microseconds=received_us)
+        return pa.table(table), received
+
     def skipped(
         self,
         tenant: str,

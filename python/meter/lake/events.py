@@ -15,7 +15,8 @@ Invariants:
 
 Write: :func:`export_events`. Read: :func:`scan` (a tenant's events, lazily, ``date`` as a hive partition), and
 :func:`search`: the events of a query in commit order, from this export and, for the commits it has not written yet,
-from the engine's retained events (so that an event is found as soon as it is acknowledged, and found once).
+from the engine's retained events (so that an event is found as soon as it is acknowledged, and found once); and
+:func:`find`, one event by its identity.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from meter.exceptions import InvalidInput
 from meter.lake import layout
 from meter.lake.files import ExportSummary, read_manifest, write_manifest, write_parquet
 
-__all__ = ["EVENT_COLUMNS", "Search", "export_events", "scan", "search"]
+__all__ = ["EVENT_COLUMNS", "Search", "export_events", "find", "scan", "search"]
 
 #: An event's columns, as the engine keeps them and this export writes them: its commit and place in it (``seq``,
 #: ``ordinal``: the order events were accepted in), its identity, and ``data`` as JSON text.
@@ -158,6 +159,22 @@ def search(
         return events, None
     events = events.head(limit)
     return events, (int(events["seq"][-1]), int(events["ordinal"][-1]))
+
+
+def find(engine: Engine, out: Path, tenant: str, source: str, id_: str) -> tuple[pl.DataFrame, datetime | None]:
+    """The event of identity ``(source, id_)`` (zero or one row, as :func:`search` gives them), and its receipt.
+
+    Through the engine's dedup mark first: it reads only the commits received around the event's receipt, so an event
+    of the dedup window costs the same in any history, and gives its receive time. Else a search of every exported
+    day and retained commit.
+    """
+    found, received = engine.find_event(tenant, source, id_)
+    if found.num_rows:
+        frame = pl.from_arrow(found)
+        assert isinstance(frame, pl.DataFrame)
+        return frame.select(EVENT_COLUMNS).cast(_SCHEMA), received
+    events, _ = search(engine, out, tenant, Search(source=source, id=id_), limit=1)
+    return events, None
 
 
 #: Retained events read from the engine per call while searching.

@@ -522,6 +522,14 @@ impl Engine {
         query::events::retained_after(&*store, tenant, after_seq, max_events)
     }
 
+    /// The retained event of identity `(source, id)` (zero or one row) and when it was received, found through its
+    /// dedup mark without scanning (`query::events::find`): within the dedup window only.
+    pub fn find_event(&self, tenant: &str, source: &str, id: &str) -> Result<(arrow_array::RecordBatch, Option<i64>)> {
+        check_tenant(tenant)?;
+        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
+        query::events::find(&*store, tenant, source, id)
+    }
+
     /// The retained events of `[from_us, to_us)` (event time) that meter `slug` could not read, with why: the same
     /// decision ingest made (`extract`), made again from the retained events. Reads the tenant's retained events in
     /// commit order after the cursor `after` (an event ordinal; `None`: from the first), and stops at `limit` skipped

@@ -185,6 +185,14 @@ impl PyEngine {
         Ok((PyTable::try_new(vec![batch], schema)?, last_seq))
     }
 
+    /// The retained event of identity `(source, id)` (zero or one row) and its receive time (µs), through its dedup
+    /// mark: `None` outside the dedup window.
+    fn find_event(&self, py: Python<'_>, tenant: &str, source: &str, id: &str) -> PyResult<(PyTable, Option<i64>)> {
+        let (batch, received_us) = detached(py, || self.inner.find_event(tenant, source, id))?;
+        let schema = batch.schema();
+        Ok((PyTable::try_new(vec![batch], schema)?, received_us))
+    }
+
     /// Drains which (tenant, meter, customer) received events since the previous call, as an Arrow table, and whether
     /// some were dropped (`Engine::changes`).
     fn changes(&self, py: Python<'_>) -> PyResult<(PyTable, bool)> {

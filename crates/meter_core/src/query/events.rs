@@ -9,7 +9,11 @@ use arrow_array::builder::{StringBuilder, TimestampMicrosecondBuilder, UInt64Bui
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 
+use crate::dedup::{self, Horizon};
 use crate::error::{Error, Result};
+use crate::ingest::parse::identity_hash;
+use crate::storage::codec::Reader;
+use crate::storage::events::RetainedEvent;
 use crate::storage::{events, keys, Cf, Store};
 
 /// The events of the commits after `after_seq`, whole commits only, stopping once `max_events` is reached;
@@ -23,56 +27,142 @@ pub fn retained_after(
     let prefix = keys::events_prefix(tenant);
     let mut cursor = store.cursor(Cf::Events);
     cursor.seek(&keys::events_key(tenant, after_seq + 1, 0));
-    let (mut seqs, mut ordinals) = (UInt64Builder::new(), UInt64Builder::new());
-    let mut texts: [StringBuilder; 5] = std::array::from_fn(|_| StringBuilder::new());
-    let mut times = TimestampMicrosecondBuilder::new().with_timezone("UTC");
-    let (mut last_seq, mut rows) = (after_seq, 0);
+    let mut rows = Rows::default();
+    let mut last_seq = after_seq;
     while let Some((key, value)) = cursor.entry() {
         if !key.starts_with(&prefix) {
             break;
         }
-        let seq_bytes = key.get(prefix.len()..prefix.len() + 8).ok_or_else(|| Error::Corrupt("events key".into()))?;
-        let seq = u64::from_be_bytes(seq_bytes.try_into().expect("8 bytes"));
-        if seq != last_seq && rows >= max_events {
+        let seq = seq_of(key, prefix.len())?;
+        if seq != last_seq && rows.count >= max_events {
             break;
         }
         for e in events::decode(value)? {
-            seqs.append_value(seq);
-            ordinals.append_value(e.ordinal);
-            for (builder, text) in texts.iter_mut().zip([&e.source, &e.id, &e.event_type, &e.subject, &e.data]) {
-                builder.append_value(text);
-            }
-            times.append_value(e.time_us);
-            rows += 1;
+            rows.push(seq, &e);
         }
         last_seq = seq;
         cursor.next();
     }
     cursor.status()?;
+    Ok((rows.finish()?, last_seq))
+}
 
-    let utf8 = |name: &str| Field::new(name, DataType::Utf8, false);
-    let schema = Schema::new(vec![
-        Field::new("seq", DataType::UInt64, false),
-        Field::new("ordinal", DataType::UInt64, false),
-        utf8("source"),
-        utf8("id"),
-        utf8("type"),
-        utf8("subject"),
-        Field::new("time", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
-        utf8("data"),
-    ]);
-    let [mut source, mut id, mut kind, mut subject, mut data] = texts;
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(seqs.finish()),
-        Arc::new(ordinals.finish()),
-        Arc::new(source.finish()),
-        Arc::new(id.finish()),
-        Arc::new(kind.finish()),
-        Arc::new(subject.finish()),
-        Arc::new(times.finish()),
-        Arc::new(data.finish()),
-    ];
-    let batch = RecordBatch::try_new(Arc::new(schema), columns)
-        .map_err(|e| Error::Storage(format!("building the Arrow events: {e}")))?;
-    Ok((batch, last_seq))
+/// How many minutes after an event's receive minute the commit that accepted it may have been received: a group
+/// commit takes the latest receive time of its requests, which staging delays by milliseconds to seconds.
+const COMMIT_SLACK_MINUTES: i64 = 10;
+
+/// The retained event of identity `(source, id)` (zero or one row, columns as [`retained_after`]'s), and when it
+/// was received. Found through its dedup mark: its receive time bounds the commits that can hold it (those received
+/// from its minute to [`COMMIT_SLACK_MINUTES`] later, by the receive-minute marks), so only those are read. Nothing
+/// (and `None`) for an identity outside the dedup window, or whose event is no longer retained or was not found in
+/// those commits (a clock that went back): the caller then looks in the export.
+pub fn find(store: &dyn Store, tenant: &str, source: &str, id: &str) -> Result<(RecordBatch, Option<i64>)> {
+    let horizon = store.dedup_horizon().unwrap_or_else(|| Arc::new(Horizon::new(i64::MIN)));
+    let [mark] = dedup::lookup(store, &horizon, &[identity_hash(tenant, source, id)])?[..] else {
+        unreachable!("one mark per fingerprint")
+    };
+    let mut rows = Rows::default();
+    let Some(mark) = mark else {
+        return Ok((rows.finish()?, None));
+    };
+    let minute = mark.received_us.div_euclid(60_000_000);
+    let (from_seq, to_seq) = commits_received(store, minute, minute + COMMIT_SLACK_MINUTES)?;
+    let prefix = keys::events_prefix(tenant);
+    let mut cursor = store.cursor(Cf::Events);
+    cursor.seek(&keys::events_key(tenant, from_seq, 0));
+    while let Some((key, value)) = cursor.entry() {
+        if !key.starts_with(&prefix) {
+            break;
+        }
+        let seq = seq_of(key, prefix.len())?;
+        if to_seq.is_some_and(|to| seq >= to) {
+            break;
+        }
+        if let Some(e) = events::decode(value)?.into_iter().find(|e| e.source == source && e.id == id) {
+            rows.push(seq, &e);
+            break;
+        }
+        cursor.next();
+    }
+    cursor.status()?;
+    let found = rows.count > 0;
+    Ok((rows.finish()?, found.then_some(mark.received_us)))
+}
+
+/// The commits received from minute `from` (inclusive: the first commit of the first marked minute at or after it)
+/// to minute `to` (exclusive: the first commit of the first marked minute at or after it; `None`: to the last).
+fn commits_received(store: &dyn Store, from: i64, to: i64) -> Result<(u64, Option<u64>)> {
+    let mut cursor = store.cursor(Cf::Meta);
+    cursor.seek(&keys::received_minute(from));
+    let mut first = None;
+    while let Some((key, value)) = cursor.entry() {
+        if !key.starts_with(keys::META_RECEIVED) {
+            break;
+        }
+        let minute = Reader::new(&key[keys::META_RECEIVED.len()..]).i64_sortable()?;
+        let seq = u64::from_be_bytes(value.try_into().map_err(|_| Error::Corrupt("commit number".into()))?);
+        if minute >= to {
+            return Ok((first.unwrap_or(seq), Some(seq)));
+        }
+        first.get_or_insert(seq);
+        cursor.next();
+    }
+    cursor.status()?;
+    Ok((first.unwrap_or(u64::MAX), None))
+}
+
+fn seq_of(key: &[u8], prefix: usize) -> Result<u64> {
+    let bytes = key.get(prefix..prefix + 8).ok_or_else(|| Error::Corrupt("events key".into()))?;
+    Ok(u64::from_be_bytes(bytes.try_into().expect("8 bytes")))
+}
+
+/// Retained events as Arrow columns, one row per event.
+#[derive(Default)]
+struct Rows {
+    seqs: UInt64Builder,
+    ordinals: UInt64Builder,
+    /// source, id, type, subject, data
+    texts: [StringBuilder; 5],
+    times: TimestampMicrosecondBuilder,
+    count: usize,
+}
+
+impl Rows {
+    fn push(&mut self, seq: u64, e: &RetainedEvent<String>) {
+        self.seqs.append_value(seq);
+        self.ordinals.append_value(e.ordinal);
+        for (builder, text) in self.texts.iter_mut().zip([&e.source, &e.id, &e.event_type, &e.subject, &e.data]) {
+            builder.append_value(text);
+        }
+        self.times.append_value(e.time_us);
+        self.count += 1;
+    }
+
+    fn finish(self) -> Result<RecordBatch> {
+        let utf8 = |name: &str| Field::new(name, DataType::Utf8, false);
+        let schema = Schema::new(vec![
+            Field::new("seq", DataType::UInt64, false),
+            Field::new("ordinal", DataType::UInt64, false),
+            utf8("source"),
+            utf8("id"),
+            utf8("type"),
+            utf8("subject"),
+            Field::new("time", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+            utf8("data"),
+        ]);
+        let Rows { mut seqs, mut ordinals, texts, times, .. } = self;
+        let [mut source, mut id, mut kind, mut subject, mut data] = texts;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(seqs.finish()),
+            Arc::new(ordinals.finish()),
+            Arc::new(source.finish()),
+            Arc::new(id.finish()),
+            Arc::new(kind.finish()),
+            Arc::new(subject.finish()),
+            Arc::new(times.with_timezone("UTC").finish()),
+            Arc::new(data.finish()),
+        ];
+        RecordBatch::try_new(Arc::new(schema), columns)
+            .map_err(|e| Error::Storage(format!("building the Arrow events: {e}")))
+    }
 }

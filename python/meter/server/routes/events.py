@@ -18,6 +18,7 @@ same reading, auth and answer, no engine.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import msgspec
 import polars as pl
@@ -84,8 +85,8 @@ async def search(
 
 
 async def get_event(ctx: Context, request: Request, source: str, event: str) -> Answer:
-    what = lake_events.Search(source=source, id=event)
-    events, _ = await ctx.call(_search, ctx, request.tenant, what, (0, -1), 1)
+    out = opened(ctx.invoicer).out
+    events, received = await ctx.call(lake_events.find, opened(ctx.engine), out, request.tenant, source, event)  # type: ignore[arg-type]
     if not events.height:
         raise ApiError(
             404,
@@ -99,7 +100,9 @@ async def get_event(ctx: Context, request: Request, source: str, event: str) -> 
         spec = MeterSpec(**{f: getattr(meter, f) for f in MeterSpec.__struct_fields__})
         value = event_values(spec, pa.array([row["data"]], pa.string()))[0].as_py()
         counts.append(MeterCount(meter.slug, None if value is None else plain(value.normalize())))
-    history = [{"change": "accepted", "commit": row["seq"]}]
+    history: list[dict[str, Any]] = [{"change": "accepted", "commit": row["seq"]}]
+    if received is not None:  # known while the identity is in the dedup window
+        history[0]["at"] = received.isoformat()
     return 200, EventRecord(_found(row), "counted", history, counts), {}
 
 
