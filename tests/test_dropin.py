@@ -319,3 +319,16 @@ def test_a_session_token_stands_for_its_key_until_it_expires_or_the_key_is_revok
     keys.revoke(key.id, tenant="t")
     assert keys.session_key(token, now=999) is None
     keys.close()
+
+
+def test_a_catalog_written_before_names_were_indexed_is_indexed_when_opened(tmp_path: Path) -> None:
+    catalog = BillingCatalog(tmp_path / "catalog")
+    catalog.put_customer("t", Customer(id="ada", name="Ada", currency="EUR", stripe_customer="cus_ada"))
+    # As an earlier version left it: the customer, and neither its names nor the mark that they were indexed.
+    for key in (b"customer_name/t/cus_ada", b"meta/customer_names"):
+        catalog._db.delete(key)
+    assert catalog.customer_named("t", "cus_ada") is None
+    catalog.close()
+    catalog = BillingCatalog(tmp_path / "catalog")
+    assert catalog.customer_named("t", "cus_ada") == "ada"
+    catalog.close()

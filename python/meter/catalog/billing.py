@@ -283,6 +283,10 @@ def _places(value: Decimal, currency: str, what: str) -> None:
         )
 
 
+#: Set once the customers' names are indexed (``customer_name/``): a catalog written before that is indexed at open.
+_NAMES_INDEXED = b"meta/customer_names"
+
+
 class BillingCatalog(Store):
     """The catalog of one data directory; every call names its tenant, which comes from the caller's key.
 
@@ -300,6 +304,22 @@ class BillingCatalog(Store):
         self._meters = meters
         self._lock = threading.RLock()
         self._written: dict[str, int] = {}
+        if not read_only and self._db.get(_NAMES_INDEXED) is None:
+            self._index_names()
+
+    def _index_names(self) -> None:
+        """Indexes the names (aliases, stripe_customer) of customers stored before they were indexed, once."""
+        batch = WriteBatch()
+        with trusted():
+            for key, value in self._db.items(from_key=b"customer/"):
+                if not isinstance(key, bytes) or not key.startswith(b"customer/"):
+                    break
+                tenant = key.split(b"/", 2)[1].decode(errors="surrogatepass")
+                customer = msgspec.json.decode(value, type=Customer)
+                for name in customer.names():
+                    batch.put(self._key("customer_name", tenant, name), customer.id.encode())
+        batch.put(_NAMES_INDEXED, b"1")
+        self._db.write(batch)
 
     # Storage: `<kind>/<tenant>/<id>` -> msgspec JSON. Tenant and id never contain '/' (checked), so keys of two
     # tenants can never collide or interleave. What was stored is read without the value checks (see trusted()).
