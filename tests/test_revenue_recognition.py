@@ -32,7 +32,7 @@ from meter.catalog.prices import Price
 from meter.catalog.revenue import RevenueSettings
 from meter.exceptions import InvalidInput
 from meter.lake import layout
-from meter.money.revenue import reports
+from meter.money.revenue import recognize, reports
 from meter.money.revenue.job import DailyClose
 from meter.money.revenue.recognize import ROW_SCHEMA, Close, read_rows
 
@@ -198,6 +198,12 @@ def test_a_prepaid_commit_is_recognized_as_usage_draws_it_down_and_the_rest_is_b
         D("20.00"),
     )
     assert (months["2026-12"].drawn, months["2026-12"].closing) == (D("20.00"), D("0.00"))
+
+
+def test_records_read_by_chunks_close_the_same(desk: Desk, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The close reads invoices' records by chunks, each parsed while the next is read: one record a chunk here."""
+    monkeypatch.setattr(recognize, "_CHUNK", 1)
+    test_a_prepaid_commit_is_recognized_as_usage_draws_it_down_and_the_rest_is_breakage_at_expiry(desk)
 
 
 def test_refundable_credit_is_not_broken_at_expiry(desk: Desk) -> None:
