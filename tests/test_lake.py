@@ -242,7 +242,7 @@ def test_the_catalog_snapshot_reads_back_as_the_catalog_holds_it(engine: Engine,
         assert snapshot.subscriptions == billing.list_subscriptions("acme")
         [plan] = billing.list_plans("acme")
         assert snapshot.prices == {("pro", v.version): v.prices for v in plan.versions}
-        assert snapshot.meters == {m.slug: catalog._spec_of(m) for m in engine.list_meters("acme")}
+        assert snapshot.meters == {m.slug: m.spec() for m in engine.list_meters("acme")}
         sub = snapshot.subscriptions[0]
         assert snapshot.prices_of(sub, 2)[1].unit_price == Decimal("0.000000002"), "the override"
         assert snapshot.subscription_table.schema["end"] == pl.Datetime("us", "UTC")

@@ -92,6 +92,10 @@ class Meter(MeterSpec, kw_only=True):
     id: int
     created_us: int
 
+    def spec(self) -> MeterSpec:
+        """What it counts, without what the engine gave it (what :func:`meter.engine.event_values` takes)."""
+        return MeterSpec(**{name: getattr(self, name) for name in MeterSpec.__struct_fields__})
+
 
 class Backfill(msgspec.Struct):
     """How a new meter was filled from the retained events."""

@@ -21,7 +21,6 @@ from meter.billing.invoices import Invoice, InvoiceLine
 from meter.engine import Engine, event_values
 from meter.exceptions import InvalidInput, NotFound
 from meter.lake import events as lake_events
-from meter.schemas import MeterSpec
 
 __all__ = ["line_events", "usage_line"]
 
@@ -56,7 +55,7 @@ def line_events(
     line = usage_line(invoice, n)
     assert line.meter is not None
     meter = engine.get_meter(tenant, line.meter)
-    spec = MeterSpec(**{field: getattr(meter, field) for field in MeterSpec.__struct_fields__})
+    spec = meter.spec()
     what = lake_events.Search(
         subjects=(invoice.customer,), types=(meter.event_type,), start=line.period_start, end=line.period_end
     )

@@ -264,16 +264,11 @@ def meters_table(engine: Engine, tenant: str) -> pa.Table:
                 "aggregation": m.aggregation,
                 "value_property": m.value_property,
                 "group_by": msgspec.json.encode(m.group_by).decode(),
-                "spec": msgspec.json.encode(_spec_of(m)).decode(),
+                "spec": msgspec.json.encode(m.spec()).decode(),
             }
             for m in engine.list_meters(tenant)
         ]
     )
-
-
-def _spec_of(meter: MeterSpec) -> MeterSpec:
-    """A stored meter's definition alone (without the engine's id and creation time)."""
-    return MeterSpec(**{name: getattr(meter, name) for name in MeterSpec.__struct_fields__})
 
 
 def _prices_table(catalog: BillingCatalog, tenant: str) -> pa.Table:

@@ -37,7 +37,6 @@ from meter.schemas import (
     LineEvent,
     LineEvents,
     MeterCount,
-    MeterSpec,
 )
 from meter.server.context import Context, opened
 from meter.server.errors import ApiError
@@ -97,8 +96,7 @@ async def get_event(ctx: Context, request: Request, source: str, event: str) -> 
     meters = [m for m in await ctx.call(opened(ctx.engine).list_meters, request.tenant) if m.event_type == row["type"]]
     counts = []
     for meter in sorted(meters, key=lambda m: m.slug):
-        spec = MeterSpec(**{f: getattr(meter, f) for f in MeterSpec.__struct_fields__})
-        value = event_values(spec, pa.array([row["data"]], pa.string()))[0].as_py()
+        value = event_values(meter.spec(), pa.array([row["data"]], pa.string()))[0].as_py()
         counts.append(MeterCount(meter.slug, None if value is None else plain(value.normalize())))
     history: list[dict[str, Any]] = [{"change": "accepted", "commit": row["seq"]}]
     if received is not None:  # known while the identity is in the dedup window
