@@ -22,6 +22,7 @@ from meter.billing.invoicer import Invoicer
 from meter.billing.invoices import Invoice
 from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog, Commit, Credit, Customer, Discount, Subscription
+from meter.schemas import AmendEvent, CancelEvent, CorrectionRequest
 
 NOV = datetime(2026, 11, 1, tzinfo=UTC)
 DEC = datetime(2026, 12, 1, tzinfo=UTC)
@@ -141,6 +142,28 @@ def test_late_usage_after_finalization_is_a_prior_period_adjustment(desk: Desk) 
     ]
     assert "prior-period adjustment" in adjustment[0].description
     assert desk.invoicer.store.get("acme", november.id).total == Decimal("5.00"), "finalized stays as it was"
+
+
+def test_a_correction_after_finalization_is_a_prior_period_adjustment(desk: Desk) -> None:
+    desk.plan([[per_unit()]])
+    desk.catalog.put_subscription("acme", Subscription(id="s1", customer="c1", plan="pro", version=1, start=OCT))
+    real, doubled = tokens(1, OCT + timedelta(days=2), 500), tokens(2, OCT + timedelta(days=3), 300)
+    desk.usage(real, doubled)
+    [november] = desk.invoicer.run("acme", "2026-11").invoices
+    desk.invoicer.finalize("acme", november.id)
+    assert november.total == Decimal("8.00")
+
+    # A bug sent the second event twice under another id, and the first really was 400 tokens.
+    fixed = real | {"data": {"tokens": 400, "model": "m"}}
+    items = [CancelEvent(source="gw", id=doubled["id"]), AmendEvent(event=fixed)]
+    desk.engine.correct("acme", CorrectionRequest(reason="double-sent", items=items), actor="test")
+    [december] = desk.invoicer.run("acme", "2026-12").invoices
+    adjustment = [line for line in december.lines if line.kind == "adjustment"]
+    assert [(line.amount, line.rated, line.billed, line.period_start) for line in adjustment] == [
+        (Decimal("-4.00"), Decimal("4.00"), Decimal("8.00"), OCT)
+    ]
+    assert "prior-period adjustment" in adjustment[0].description
+    assert desk.invoicer.store.get("acme", november.id).total == Decimal("8.00"), "finalized stays as it was"
 
 
 def test_threshold_billing_invoices_early_and_the_cycle_bills_the_rest(desk: Desk) -> None:

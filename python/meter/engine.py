@@ -17,7 +17,19 @@ import pyarrow as pa
 
 from meter import _core
 from meter.exceptions import InvalidInput
-from meter.schemas import CreatedMeter, IngestResult, MaintenanceReport, Meter, MeterSpec, SkippedPage, Stats
+from meter.schemas import (
+    CancelEvent,
+    Correction,
+    CorrectionRequest,
+    CorrectionResult,
+    CreatedMeter,
+    IngestResult,
+    MaintenanceReport,
+    Meter,
+    MeterSpec,
+    SkippedPage,
+    Stats,
+)
 
 __all__ = ["Engine", "Usage", "WindowSize", "event_values"]
 
@@ -180,6 +192,31 @@ class Engine:
         now_us = None if now is None else to_micros(now, "now")
         return msgspec.json.decode(self._inner.ingest(tenant, body, atomic=atomic, now_us=now_us), type=IngestResult)
 
+    def correct(
+        self, tenant: str, request: CorrectionRequest, *, actor: str, now: datetime | None = None
+    ) -> CorrectionResult:
+        """Cancels or amends accepted events and restates every aggregate they touched, in one durable commit.
+
+        All or nothing: any item that cannot be applied refuses the whole request (``BatchRejected``, issues by
+        index). Idempotent by state: an event already cancelled, or already with that payload, is ``unchanged``.
+        ``actor`` (who asked) and ``request.reason`` are kept in each event's history (:meth:`event_history`).
+        """
+        items = [
+            {"cancel": {"source": i.source, "id": i.id}} if isinstance(i, CancelEvent) else {"amend": i.event}
+            for i in request.items
+        ]
+        body = msgspec.json.encode({"reason": request.reason, "actor": actor, "items": items})
+        now_us = None if now is None else to_micros(now, "now")
+        return msgspec.json.decode(self._inner.correct(tenant, body, now_us=now_us), type=CorrectionResult)
+
+    def event_history(self, tenant: str, source: str, id: str) -> list[Correction]:
+        """The corrections of the event ``(source, id)``, oldest first (empty when it was never corrected)."""
+        return msgspec.json.decode(self._inner.event_history(tenant, source, id), type=list[Correction])
+
+    def corrections(self, tenant: str, after_seq: int, through_seq: int) -> list[Correction]:
+        """The tenant's corrections made by the commits ``(after_seq, through_seq]``, in commit order."""
+        return msgspec.json.decode(self._inner.corrections(tenant, after_seq, through_seq), type=list[Correction])
+
     def create_meter(self, tenant: str, spec: MeterSpec | Mapping[str, Any]) -> CreatedMeter:
         """Creates a meter and backfills it from the events already retained.
 
@@ -290,10 +327,11 @@ class Engine:
         return pa.table(table), last_seq
 
     def find_event(self, tenant: str, source: str, id: str) -> tuple[pa.Table, datetime | None]:
-        """The retained event of identity ``(source, id)`` (zero or one row, as :meth:`retained_events`), received when.
+        """The version of the event ``(source, id)`` that counts now (0 or 1 row, as :meth:`retained_events`).
 
-        Found through its dedup mark, reading only the commits received around then. Nothing (and ``None``) outside
-        the dedup window, or when its event is no longer retained: look in the Parquet export then.
+        The second value is when that version was received (or amended). Found through its history or its dedup mark,
+        reading only the commits around then, else by a scan of the retained events. Nothing (and ``None``) for a
+        cancelled event or one no longer retained: look in the Parquet export then.
         """
         table, received_us = self._inner.find_event(tenant, source, id)
         received = None if received_us is None else _EPOCH + timedelta(microseconds=received_us)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
 __all__ = [
     "Aggregation",
+    "AmendEvent",
+    "CancelEvent",
+    "Correction",
+    "CorrectionOutcome",
+    "CorrectionRequest",
+    "CorrectionResult",
+    "EventVersion",
     "Backfill",
     "CreatedMeter",
     "Dropped",
@@ -47,6 +54,10 @@ IssueCode = Literal[
     "too_far_in_future",
     "conflict",
     "cardinality_limit",
+    "not_found",
+    "cancelled",
+    "past_retention",
+    "duplicate_item",
 ]
 #: Why a meter skipped an accepted event (it counted none of it; the other meters of its type counted it).
 SkipCode = Literal["value_missing", "value_invalid", "dimension_invalid", "filter_invalid"]
@@ -145,6 +156,74 @@ class IngestResult(msgspec.Struct):
     warnings: list[EventWarning] = []
 
 
+class CancelEvent(msgspec.Struct, tag="cancel", tag_field="action", forbid_unknown_fields=True):
+    """Cancels the event of this identity: it no longer counts in any meter, invoice or export."""
+
+    source: str
+    id: str
+
+
+class AmendEvent(msgspec.Struct, tag="amend", tag_field="action", forbid_unknown_fields=True):
+    """Replaces the event of the CloudEvent's ``(source, id)`` with this one: same identity, new payload.
+
+    ``type``, ``subject``, ``time`` and ``data`` may all change; without ``time`` the event keeps its own.
+    """
+
+    event: dict[str, Any]
+
+
+class CorrectionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Events to cancel or amend, and why: applied whole, in one durable commit, or refused whole."""
+
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+    items: Annotated[list[CancelEvent | AmendEvent], msgspec.Meta(min_length=1, max_length=10_000)]
+
+
+class CorrectionOutcome(msgspec.Struct):
+    """What a correction did to the event named at ``index``: ``cancelled``, ``amended``, or ``unchanged``.
+
+    ``unchanged``: it was already cancelled, or already had that payload (a retried correction applies once).
+    """
+
+    index: int
+    source: str
+    id: str
+    status: Literal["cancelled", "amended", "unchanged"]
+
+
+class CorrectionResult(msgspec.Struct):
+    """A correction's outcome per item; ``seq`` is its commit (None when nothing changed).
+
+    ``buckets`` customer-minutes (or rolled-up hours and days) were restated from ``events_read`` retained events.
+    """
+
+    seq: int | None
+    corrections: list[CorrectionOutcome]
+    events_read: int
+    buckets: int
+
+
+class EventVersion(msgspec.Struct):
+    """One version of an event: the commit that holds it and its ordinal in the raw-events export."""
+
+    seq: int
+    ordinal: int
+
+
+class Correction(msgspec.Struct):
+    """One correction of one event: what was done, when, by whom and why, and which version it replaced."""
+
+    source: str
+    id: str
+    action: Literal["cancel", "amend"]
+    seq: int
+    at_us: int
+    reason: str
+    actor: str
+    replaced: EventVersion
+    replacement: EventVersion | None
+
+
 class SkippedEvent(msgspec.Struct):
     """A retained event that a meter could not read, and why."""
 
@@ -213,10 +292,13 @@ class MeterCount(msgspec.Struct):
 
 
 class EventRecord(msgspec.Struct):
-    """One event: what was accepted, its status, its history and what each meter of its type counts of it."""
+    """One event: the version that counts (None once cancelled), its status, its history, what its meters count.
 
-    event: FoundEvent
-    status: Literal["counted"]
+    ``history`` starts with its acceptance, then each correction: when, by whom, why, and the version it replaced.
+    """
+
+    event: FoundEvent | None
+    status: Literal["counted", "amended", "cancelled"]
     history: list[dict[str, Any]]
     meters: list[MeterCount]
 

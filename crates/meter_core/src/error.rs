@@ -122,6 +122,14 @@ pub enum IssueCode {
     /// Counting the event would take one of its meters past a cardinality limit (distinct dimension combinations
     /// of a customer, or distinct customers, in one minute); see `engine::cardinality`.
     CardinalityLimit,
+    /// A correction names an event that is not retained (never accepted, or dropped by retention).
+    NotFound,
+    /// A correction amends an event that was cancelled.
+    Cancelled,
+    /// A correction would restate usage whose events are partly past retention.
+    PastRetention,
+    /// A correction names the same event twice.
+    DuplicateItem,
 }
 
 impl IssueCode {
@@ -136,6 +144,10 @@ impl IssueCode {
             IssueCode::TooFarInFuture => "too_far_in_future",
             IssueCode::Conflict => "conflict",
             IssueCode::CardinalityLimit => "cardinality_limit",
+            IssueCode::NotFound => "not_found",
+            IssueCode::Cancelled => "cancelled",
+            IssueCode::PastRetention => "past_retention",
+            IssueCode::DuplicateItem => "duplicate_item",
         }
     }
 }

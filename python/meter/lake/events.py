@@ -4,6 +4,12 @@ Layout: ``<out>/events/tenant=<tenant>/date=<YYYY-MM-DD>/part-<first commit>-<la
 sequence numbers with 20 digits, so that names sort as commits do; ``date`` is the event's UTC day), with the
 engine's columns for retained events (``time``, ``type``, ``subject``, ``data``...).
 
+Corrections (``Engine.correct``) never rewrite a file either: a cancelled or amended event's old version stays where
+it was written, and ``<out>/corrections/tenant=<tenant>/part-<first commit>-<last commit>.parquet`` lists the
+corrections those commits made (:data:`CORRECTION_COLUMNS`: the version each one voids, ``replaced_seq`` and
+``replaced_ordinal``, and its replacement, which is an event of the correction's own commit). What counts is every
+written event minus the versions voided (:func:`search` applies them).
+
 Invariants:
 
 - Append only: retained events never change, so files are only added, never rewritten. The tenant's manifest
@@ -35,11 +41,27 @@ from meter.exceptions import InvalidInput
 from meter.lake import layout
 from meter.lake.files import ExportSummary, read_manifest, write_manifest, write_parquet
 
-__all__ = ["EVENT_COLUMNS", "Search", "export_events", "find", "scan", "search"]
+__all__ = ["CORRECTION_COLUMNS", "EVENT_COLUMNS", "Search", "export_events", "find", "scan", "search", "voided"]
 
 #: An event's columns, as the engine keeps them and this export writes them: its commit and place in it (``seq``,
 #: ``ordinal``: the order events were accepted in), its identity, and ``data`` as JSON text.
 EVENT_COLUMNS = ("seq", "ordinal", "source", "id", "type", "subject", "time", "data")
+
+#: A correction's columns: its commit and time, the event, what was done and why, the version it voided and the one
+#: that counts instead (null for a cancel).
+CORRECTION_COLUMNS = (
+    "seq",
+    "at",
+    "source",
+    "id",
+    "action",
+    "reason",
+    "actor",
+    "replaced_seq",
+    "replaced_ordinal",
+    "replacement_seq",
+    "replacement_ordinal",
+)
 
 
 class _Manifest(msgspec.Struct):
@@ -66,7 +88,10 @@ def export_events(engine: Engine, tenants: list[str], out: Path, page: int = 1_0
             table, last = engine.retained_events(tenant, after, page)
             if table.num_rows == 0:
                 break
-            for leftover in layout.events_leftovers(out, tenant, after + 1):
+            for leftover in [
+                *layout.events_leftovers(out, tenant, after + 1),
+                *layout.corrections_leftover(out, tenant, after + 1),
+            ]:
                 leftover.unlink()
             # The UTC day of each event (a cast: strftime took 1.2 s per million rows, this 0.03 s).
             days = pc.cast(table.column("time"), pa.date32())
@@ -76,10 +101,47 @@ def export_events(engine: Engine, tenants: list[str], out: Path, page: int = 1_0
                 write_parquet(rows, layout.events_file(out, tenant, day, after + 1, last))
                 summary.files += 1
                 summary.rows += rows.num_rows
+            corrections = _corrections(engine, tenant, after, last)
+            if corrections.num_rows:
+                write_parquet(corrections, layout.corrections_file(out, tenant, after + 1, last))
+                summary.files += 1
             write_manifest(_Manifest(last), manifest_path)
             engine.events_exported(tenant, last)  # only once the files and the manifest are durable
             after = last
     return summary
+
+
+def _corrections(engine: Engine, tenant: str, after: int, through: int) -> pa.Table:
+    """The corrections of commits ``(after, through]`` as a table of :data:`CORRECTION_COLUMNS`."""
+    made = engine.corrections(tenant, after, through)
+    replacements = [c.replacement for c in made]
+    columns = {
+        "seq": pa.array([c.seq for c in made], pa.uint64()),
+        "at": pa.array([c.at_us for c in made], pa.int64()).cast(pa.timestamp("us", "UTC")),
+        "source": pa.array([c.source for c in made], pa.string()),
+        "id": pa.array([c.id for c in made], pa.string()),
+        "action": pa.array([c.action for c in made], pa.string()),
+        "reason": pa.array([c.reason for c in made], pa.string()),
+        "actor": pa.array([c.actor for c in made], pa.string()),
+        "replaced_seq": pa.array([c.replaced.seq for c in made], pa.uint64()),
+        "replaced_ordinal": pa.array([c.replaced.ordinal for c in made], pa.uint64()),
+        "replacement_seq": pa.array([r and r.seq for r in replacements], pa.uint64()),
+        "replacement_ordinal": pa.array([r and r.ordinal for r in replacements], pa.uint64()),
+    }
+    return pa.table(columns)
+
+
+def voided(engine: Engine, out: Path, tenant: str) -> pl.DataFrame:
+    """Every version of the tenant's events that a correction voided (``seq``, ``ordinal``): exported or retained."""
+    frames = [pl.DataFrame(schema={"seq": pl.UInt64(), "ordinal": pl.UInt64()})]
+    exported = read_manifest(layout.manifest(layout.events_tenant(out, tenant)), _Manifest, _Manifest(0)).after_seq
+    root = layout.corrections_tenant(out, tenant)
+    written = pl.scan_parquet(root / "*.parquet") if any(root.glob("part-*.parquet")) else None
+    if written is not None:
+        frames.append(written.filter(pl.col("seq") <= exported).select("replaced_seq", "replaced_ordinal").collect())
+    later = _corrections(engine, tenant, exported, 2**64 - 1)
+    frames.append(pl.from_arrow(later.select(["replaced_seq", "replaced_ordinal"])))  # type: ignore[arg-type]
+    return pl.concat([f.rename({"replaced_seq": "seq", "replaced_ordinal": "ordinal"}, strict=False) for f in frames])
 
 
 def scan(out: Path, tenant: str) -> pl.LazyFrame | None:
@@ -131,11 +193,11 @@ class Search:
 def search(
     engine: Engine, out: Path, tenant: str, what: Search, after: tuple[int, int] = (0, -1), limit: int = 100
 ) -> tuple[pl.DataFrame, tuple[int, int] | None]:
-    """The events ``what`` names, in commit order after ``after`` (a ``(seq, ordinal)``), at most ``limit``.
+    """The events ``what`` names that count, in commit order after ``after`` (a ``(seq, ordinal)``), at most ``limit``.
 
     And where the next page starts (None after the last). The commits this export has written are read from it
-    (only the days ``what`` covers), the later ones from the engine's retained events: each event once. Without
-    time bounds every day is read.
+    (only the days ``what`` covers, less the versions corrections voided), the later ones from the engine's retained
+    events: each event once. Without time bounds every day is read.
     """
     seq, ordinal = after
     later = (pl.col("seq") > seq) | ((pl.col("seq") == seq) & (pl.col("ordinal") > ordinal))
@@ -144,6 +206,7 @@ def search(
     written = scan(out, tenant) if seq <= exported else None
     if written is not None:  # a crash may leave files past the manifest: those commits are read from the engine
         rows = written.filter(what.days() & (pl.col("seq") <= exported) & later & what.matches())
+        rows = rows.join(voided(engine, out, tenant).lazy(), on=["seq", "ordinal"], how="anti")
         found.append(rows.select(EVENT_COLUMNS).sort("seq", "ordinal").head(limit + 1).collect().cast(_SCHEMA))
     cursor = max(exported, seq - 1)  # from the commit after the export's last (or the page's own)
     while sum(f.height for f in found) <= limit:

@@ -138,6 +138,21 @@ def events_leftovers(out: Path, tenant: str, first: int) -> list[Path]:
     return sorted(events_tenant(out, tenant).glob(f"date=*/part-{first:020d}-*.parquet"))
 
 
+def corrections_tenant(out: Path, tenant: str) -> Path:
+    """A tenant's corrections of raw events: which exported versions no longer count (``meter.lake.events``)."""
+    return Path(out) / "corrections" / partition("tenant", tenant)
+
+
+def corrections_file(out: Path, tenant: str, first: int, last: int) -> Path:
+    """The corrections made by commits ``first``..``last`` (inclusive)."""
+    return corrections_tenant(out, tenant) / f"part-{first:020d}-{last:020d}.parquet"
+
+
+def corrections_leftover(out: Path, tenant: str, first: int) -> list[Path]:
+    """Corrections files of a page starting at commit ``first`` (a crash left them before the manifest said so)."""
+    return sorted(corrections_tenant(out, tenant).glob(f"part-{first:020d}-*.parquet"))
+
+
 def events_cited(tenant: str) -> str:
     """How an invoice line names the raw events it billed (``events/tenant=<t>``), relative to any ``<out>``.
 

@@ -9,6 +9,7 @@ use hashbrown::{HashMap, HashSet};
 
 use super::extract::{Contribution, Counted};
 use super::meter::{Aggregation, Meter};
+use super::quantity::Quantity;
 use super::state::{AggState, MinuteStates};
 use crate::ingest::time::{minute_of, MINUTES_PER_DAY};
 use crate::storage::keys::{day_key, minute_key, put_dims, uniq_key};
@@ -57,7 +58,20 @@ pub struct Fold {
     uniques: HashSet<(CustomerId, u32, i64, u32, String)>,
     /// Scratch for `add`'s dimension bytes.
     dims: Vec<u8>,
+    /// The first and last commit of the events folded (an ordinal's high bits, `ordinal_commit`): the days' marks
+    /// keep them, so that a correction reads only the commits that can hold a day's events (`engine::correct`).
+    commits: Option<(u64, u64)>,
 }
+
+/// The commit an event's ordinal was given by: the writer numbers events `commit << 24 | n` (`engine::writer`).
+pub fn ordinal_commit(ordinal: u64) -> u64 {
+    ordinal >> 24
+}
+
+/// Keys, in a day's mark, of the first and last commit folded into the day (min and max states); the count state of
+/// the day's events has the empty key.
+pub const DAY_FIRST_COMMIT: &[u8] = b"\xfffirst";
+pub const DAY_LAST_COMMIT: &[u8] = b"\xfflast";
 
 impl Fold {
     pub fn customer(&mut self, tenant: &str, subject: &str) -> CustomerId {
@@ -73,6 +87,20 @@ impl Fold {
 
     /// Adds what an event contributes to `meter` (replay and backfill, which extract from the retained events).
     pub fn add(&mut self, customer: CustomerId, meter: &Meter, time_us: i64, ordinal: u64, c: &Contribution) {
+        self.add_in(customer, meter, minute_of(time_us), time_us, ordinal, c);
+    }
+
+    /// Adds an event to the bucket that starts at `bucket` (its own minute, or the hour or day it was rolled up into:
+    /// a correction restates such buckets whole).
+    pub fn add_in(
+        &mut self,
+        customer: CustomerId,
+        meter: &Meter,
+        bucket: i64,
+        time_us: i64,
+        ordinal: u64,
+        c: &Contribution,
+    ) {
         let mut dims = std::mem::take(&mut self.dims);
         dims.clear();
         put_dims(&mut dims, c.dims.iter().map(|d| d.as_deref()));
@@ -83,12 +111,18 @@ impl Fold {
             dims: &dims,
             unique: c.unique.as_deref(),
         };
-        self.add_counted(customer, counted, time_us, ordinal);
+        self.add_at(customer, counted, bucket, time_us, ordinal);
         self.dims = dims;
     }
 
     /// Adds a contribution kept when the event was extracted (ingest: `engine::prepare` keeps them).
     pub fn add_counted(&mut self, customer: CustomerId, c: Counted<'_>, time_us: i64, ordinal: u64) {
+        self.add_at(customer, c, minute_of(time_us), time_us, ordinal);
+    }
+
+    fn add_at(&mut self, customer: CustomerId, c: Counted<'_>, bucket: i64, time_us: i64, ordinal: u64) {
+        let commit = ordinal_commit(ordinal);
+        self.commits = Some(self.commits.map_or((commit, commit), |(a, b)| (a.min(commit), b.max(commit))));
         let combo = match self.combo_ids.get(c.dims) {
             Some(&id) => id,
             None => {
@@ -98,7 +132,7 @@ impl Fold {
                 id
             }
         };
-        let key = (customer, c.meter_id, minute_of(time_us), combo);
+        let key = (customer, c.meter_id, bucket, combo);
         let event = AggState::of_event(c.aggregation, c.value, time_us, ordinal);
         self.states.entry(key).and_modify(|s| s.merge(&event)).or_insert(event);
         if let Some(u) = c.unique {
@@ -190,7 +224,11 @@ impl Fold {
             day_key(&mut key, tenant, meter_id, day);
             value.clear();
             let mark = AggState { count: events, ..AggState::empty(Aggregation::Count) };
-            MinuteStates::encode_entries(&mut value, 1, [(&[][..], &mark)].into_iter());
+            let (first, last) = self.commits.unwrap_or_default();
+            let first = AggState::of_event(Aggregation::Min, Quantity(first as i128), 0, 0);
+            let last = AggState::of_event(Aggregation::Max, Quantity(last as i128), 0, 0);
+            let entries = [(&[][..], &mark), (DAY_FIRST_COMMIT, &first), (DAY_LAST_COMMIT, &last)];
+            MinuteStates::encode_entries(&mut value, entries.len(), entries.into_iter());
             set.merge(Cf::Days, &key, &value);
         }
         for (customer, meter_id, minute, combo, unique) in &self.uniques {

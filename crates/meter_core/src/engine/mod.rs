@@ -17,6 +17,7 @@
 mod cardinality;
 pub mod changes;
 pub mod config;
+pub mod correct;
 mod folder;
 mod maintenance;
 mod prepare;
@@ -40,6 +41,7 @@ use cardinality::Cardinality;
 use changes::Pending;
 pub use changes::{Change, Drained};
 pub use config::{Config, Durability};
+pub use correct::{Correction, CorrectionReport, CorrectionRequest};
 use folder::{flush_queue, peek_unfolded, shard_of, write_flushes, Accepted, Folder, InFlight, PeekRequest, SHARDS};
 use maintenance::{Maintenance, Run};
 pub use maintenance::{MaintenanceReport, MaintenanceStats};
@@ -522,8 +524,31 @@ impl Engine {
         query::events::retained_after(&*store, tenant, after_seq, max_events)
     }
 
-    /// The retained event of identity `(source, id)` (zero or one row) and when it was received, found through its
-    /// dedup mark without scanning (`query::events::find`): within the dedup window only.
+    /// Cancels or amends accepted events and restates every aggregate they touched, in one synced commit, or refuses
+    /// the request whole (`correct`). `now_us` overrides the clock (tests).
+    pub fn correct(&self, tenant: &str, request: CorrectionRequest, now_us: Option<i64>) -> Result<CorrectionReport> {
+        check_tenant(tenant)?;
+        let now_us = now_us.unwrap_or_else(now_micros);
+        self.ask(true, |reply| Command::Correct { tenant: tenant.to_owned(), request, now_us, reply })
+    }
+
+    /// The corrections of the event `(source, id)`, oldest first (`correct`).
+    pub fn event_history(&self, tenant: &str, source: &str, id: &str) -> Result<Vec<Correction>> {
+        check_tenant(tenant)?;
+        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
+        correct::history(&*store, tenant, source, id)
+    }
+
+    /// The tenant's corrections made by commits `(after_seq, through_seq]`, in commit order: the export writes them
+    /// beside the retained events of the same commits.
+    pub fn corrections(&self, tenant: &str, after_seq: u64, through_seq: u64) -> Result<Vec<Correction>> {
+        check_tenant(tenant)?;
+        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
+        correct::corrections_between(&*store, tenant, after_seq, through_seq)
+    }
+
+    /// The retained event of identity `(source, id)` that counts now (zero or one row) and when it was received
+    /// (`query::events::find`): through its history or its dedup mark without scanning, else by a scan.
     pub fn find_event(&self, tenant: &str, source: &str, id: &str) -> Result<(arrow_array::RecordBatch, Option<i64>)> {
         check_tenant(tenant)?;
         let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;

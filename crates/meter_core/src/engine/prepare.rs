@@ -101,29 +101,26 @@ pub(crate) fn prepare(batch: ParsedBatch, registry: Arc<Registry>, now_us: i64, 
 }
 
 fn check_time(batch: &ParsedBatch, ev: &ParsedEvent, now_us: i64, config: &Config) -> Result<(), EventIssue> {
-    if ev.time_us < now_us - config.backdate_window_us {
-        return Err(issue(
-            batch,
-            ev,
-            IssueCode::TooOld,
-            format!(
-                "\"time\" is more than {} days in the past; events that old are not accepted",
-                config.backdate_window_us / 86_400_000_000
-            ),
-        ));
+    match time_issue(ev.time_us, now_us, config) {
+        Some((code, message)) => Err(issue(batch, ev, code, message)),
+        None => Ok(()),
     }
-    if ev.time_us > now_us + config.max_future_us {
-        return Err(issue(
-            batch,
-            ev,
-            IssueCode::TooFarInFuture,
-            format!(
-                "\"time\" is more than {} seconds in the future; check the sender's clock",
-                config.max_future_us / 1_000_000
-            ),
-        ));
+}
+
+/// Why an event of time `time_us` received at `now_us` cannot be accepted, if it cannot: the back-dating window and
+/// the future allowance (an amendment's new time is held to them too: `correct`).
+pub(crate) fn time_issue(time_us: i64, now_us: i64, config: &Config) -> Option<(IssueCode, String)> {
+    if time_us < now_us - config.backdate_window_us {
+        let days = config.backdate_window_us / 86_400_000_000;
+        let message = format!("\"time\" is more than {days} days in the past; events that old are not accepted");
+        return Some((IssueCode::TooOld, message));
     }
-    Ok(())
+    if time_us > now_us + config.max_future_us {
+        let seconds = config.max_future_us / 1_000_000;
+        let message = format!("\"time\" is more than {seconds} seconds in the future; check the sender's clock");
+        return Some((IssueCode::TooFarInFuture, message));
+    }
+    None
 }
 
 /// Each meter that listens to the event's type, with what `extract` (the one decision, shared with replay and

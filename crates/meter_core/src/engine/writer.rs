@@ -58,6 +58,12 @@ pub(crate) enum Command {
         slug: String,
         reply: Sender<Result<()>>,
     },
+    Correct {
+        tenant: String,
+        request: super::correct::CorrectionRequest,
+        now_us: i64,
+        reply: Sender<Result<super::correct::CorrectionReport>>,
+    },
     /// The fold threads write what they hold of every commit so far: answers with where they will answer.
     Flush {
         reply: Sender<Result<Vec<Receiver<Result<()>>>>>,
@@ -117,6 +123,10 @@ impl Writer {
                     Command::DeleteMeter { tenant, slug, reply } => {
                         self.commit(&mut pending);
                         let _ = reply.send(self.guarded(|w| w.delete_meter(&tenant, &slug)));
+                    }
+                    Command::Correct { tenant, request, now_us, reply } => {
+                        self.commit(&mut pending);
+                        let _ = reply.send(self.guarded(|w| w.correct(&tenant, request, now_us)));
                     }
                     Command::Flush { reply } => {
                         self.commit(&mut pending);
@@ -450,6 +460,36 @@ impl Writer {
         }
         *self.shared.registry.write().unwrap() = Arc::new(registry.with(tenant, meter.clone()));
         Ok(CreatedMeter { meter: meter.stored.clone(), backfill })
+    }
+
+    /// A correction, as a commit of its own (`correct`): after every fold is written, under the roll-ups' lock (a
+    /// roll-up must not move the buckets it restates), synced like a commit.
+    fn correct(
+        &mut self,
+        tenant: &str,
+        request: super::correct::CorrectionRequest,
+        now_us: i64,
+    ) -> Result<super::correct::CorrectionReport> {
+        flushed(self.flush_folds()?)?;
+        let registry = self.shared.registry.read().unwrap().clone();
+        let seq = self.seq + 1;
+        let rollup = self.shared.rollup.clone();
+        let _no_rollup = rollup.write().unwrap();
+        let mut staged = super::correct::stage(&*self.store, &registry, &self.config, tenant, request, seq, now_us)?;
+        if staged.report.seq.is_none() {
+            return Ok(staged.report);
+        }
+        staged.set.put(Cf::Meta, keys::META_SEQ, &seq.to_be_bytes());
+        let marked = super::retention::mark_received(self.received_minute, &mut staged.set, seq, now_us);
+        self.shared.write(&*self.store, &staged.set, self.config.durability == Durability::Fsync)?;
+        self.seq = seq;
+        self.received_minute = marked.unwrap_or(self.received_minute);
+        // Live balances follow through the change feed, as after a commit.
+        for (subject, earliest_us, meters) in staged.changed {
+            let shard = super::folder::shard_of(tenant, &subject, super::folder::SHARDS);
+            self.shared.changes.recorder(shard).record(tenant, &subject, earliest_us, meters.into_iter());
+        }
+        Ok(staged.report)
     }
 
     fn delete_meter(&mut self, tenant: &str, slug: &str) -> Result<()> {

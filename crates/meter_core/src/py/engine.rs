@@ -9,7 +9,7 @@ use pyo3_arrow::{PyRecordBatchReader, PyTable};
 
 use super::detached;
 use crate::aggregate::meter::MeterSpec;
-use crate::engine::{Config, Durability, Engine};
+use crate::engine::{Config, CorrectionRequest, Durability, Engine};
 use crate::error::Error;
 use crate::query::{arrow::to_record_batch, UsageQuery, WindowSize};
 
@@ -185,8 +185,46 @@ impl PyEngine {
         Ok((PyTable::try_new(vec![batch], schema)?, last_seq))
     }
 
-    /// The retained event of identity `(source, id)` (zero or one row) and its receive time (µs), through its dedup
-    /// mark: `None` outside the dedup window.
+    /// Cancels or amends events (`request`: JSON bytes of a `CorrectionRequest`); returns the report as JSON bytes.
+    #[pyo3(signature = (tenant, request, *, now_us = None))]
+    fn correct<'py>(
+        &self,
+        py: Python<'py>,
+        tenant: &str,
+        request: &[u8],
+        now_us: Option<i64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let request: CorrectionRequest = serde_json::from_slice(request)
+            .map_err(|e| Error::invalid("invalid_correction", format!("the correction request is invalid: {e}")))?;
+        let report = detached(py, || self.inner.correct(tenant, request, now_us))?;
+        Ok(json_bytes(py, &report))
+    }
+
+    /// The corrections of the event `(source, id)`, oldest first, as JSON bytes.
+    fn event_history<'py>(
+        &self,
+        py: Python<'py>,
+        tenant: &str,
+        source: &str,
+        id: &str,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let history = detached(py, || self.inner.event_history(tenant, source, id))?;
+        Ok(json_bytes(py, &history))
+    }
+
+    /// The tenant's corrections made by commits `(after_seq, through_seq]`, as JSON bytes.
+    fn corrections<'py>(
+        &self,
+        py: Python<'py>,
+        tenant: &str,
+        after_seq: u64,
+        through_seq: u64,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let made = detached(py, || self.inner.corrections(tenant, after_seq, through_seq))?;
+        Ok(json_bytes(py, &made))
+    }
+
+    /// The retained event of identity `(source, id)` that counts now (zero or one row) and its receive time (µs).
     fn find_event(&self, py: Python<'_>, tenant: &str, source: &str, id: &str) -> PyResult<(PyTable, Option<i64>)> {
         let (batch, received_us) = detached(py, || self.inner.find_event(tenant, source, id))?;
         let schema = batch.schema();

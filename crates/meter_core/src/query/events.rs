@@ -10,6 +10,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 
 use crate::dedup::{self, Horizon};
+use crate::engine::correct::{self, Current};
 use crate::error::{Error, Result};
 use crate::ingest::parse::identity_hash;
 use crate::storage::codec::Reader;
@@ -51,20 +52,38 @@ pub fn retained_after(
 /// commit takes the latest receive time of its requests, which staging delays by milliseconds to seconds.
 const COMMIT_SLACK_MINUTES: i64 = 10;
 
-/// The retained event of identity `(source, id)` (zero or one row, columns as [`retained_after`]'s), and when it
-/// was received. Found through its dedup mark: its receive time bounds the commits that can hold it (those received
-/// from its minute to [`COMMIT_SLACK_MINUTES`] later, by the receive-minute marks), so only those are read. Nothing
-/// (and `None`) for an identity outside the dedup window, or whose event is no longer retained or was not found in
-/// those commits (a clock that went back): the caller then looks in the export.
+/// The retained event of identity `(source, id)` that counts now (zero or one row, columns as
+/// [`retained_after`]'s), and when it was received (an amended event: when it was amended). Found through its history
+/// when it was corrected (`engine::correct`), else its dedup mark, else a scan of the tenant's retained events; nothing
+/// for a cancelled event or one not retained (the caller then looks in the export).
 pub fn find(store: &dyn Store, tenant: &str, source: &str, id: &str) -> Result<(RecordBatch, Option<i64>)> {
+    let mut rows = Rows::default();
+    let mut received = None;
+    if let Current::Counted(found) = correct::current(store, tenant, source, id)? {
+        rows.push(found.seq, &found.event);
+        received = found.received_us;
+    }
+    Ok((rows.finish()?, received))
+}
+
+/// A retained event and where it is: its record's key, its commit, and when it was received if known.
+pub(crate) struct Located {
+    pub key: Vec<u8>,
+    pub seq: u64,
+    pub event: RetainedEvent<String>,
+    pub received_us: Option<i64>,
+}
+
+/// The retained event of identity `(source, id)` found through its dedup mark: its receive time bounds the commits
+/// that can hold it (those received from its minute to [`COMMIT_SLACK_MINUTES`] later, by the receive-minute marks),
+/// so only those are read. `None` for an identity outside the dedup window, or whose event is no longer retained, was
+/// voided by a correction, or was not found in those commits (a clock that went back).
+pub(crate) fn locate_by_mark(store: &dyn Store, tenant: &str, source: &str, id: &str) -> Result<Option<Located>> {
     let horizon = store.dedup_horizon().unwrap_or_else(|| Arc::new(Horizon::new(i64::MIN)));
     let [mark] = dedup::lookup(store, &horizon, &[identity_hash(tenant, source, id)])?[..] else {
         unreachable!("one mark per fingerprint")
     };
-    let mut rows = Rows::default();
-    let Some(mark) = mark else {
-        return Ok((rows.finish()?, None));
-    };
+    let Some(mark) = mark else { return Ok(None) };
     let minute = mark.received_us.div_euclid(60_000_000);
     let (from_seq, to_seq) = commits_received(store, minute, minute + COMMIT_SLACK_MINUTES)?;
     let prefix = keys::events_prefix(tenant);
@@ -78,20 +97,18 @@ pub fn find(store: &dyn Store, tenant: &str, source: &str, id: &str) -> Result<(
         if to_seq.is_some_and(|to| seq >= to) {
             break;
         }
-        if let Some(e) = events::decode(value)?.into_iter().find(|e| e.source == source && e.id == id) {
-            rows.push(seq, &e);
-            break;
+        if let Some(event) = events::decode(value)?.into_iter().find(|e| e.source == source && e.id == id) {
+            return Ok(Some(Located { key: key.to_vec(), seq, event, received_us: Some(mark.received_us) }));
         }
         cursor.next();
     }
     cursor.status()?;
-    let found = rows.count > 0;
-    Ok((rows.finish()?, found.then_some(mark.received_us)))
+    Ok(None)
 }
 
 /// The commits received from minute `from` (inclusive: the first commit of the first marked minute at or after it)
 /// to minute `to` (exclusive: the first commit of the first marked minute at or after it; `None`: to the last).
-fn commits_received(store: &dyn Store, from: i64, to: i64) -> Result<(u64, Option<u64>)> {
+pub(crate) fn commits_received(store: &dyn Store, from: i64, to: i64) -> Result<(u64, Option<u64>)> {
     let mut cursor = store.cursor(Cf::Meta);
     cursor.seek(&keys::received_minute(from));
     let mut first = None;
@@ -111,7 +128,7 @@ fn commits_received(store: &dyn Store, from: i64, to: i64) -> Result<(u64, Optio
     Ok((first.unwrap_or(u64::MAX), None))
 }
 
-fn seq_of(key: &[u8], prefix: usize) -> Result<u64> {
+pub(crate) fn seq_of(key: &[u8], prefix: usize) -> Result<u64> {
     let bytes = key.get(prefix..prefix + 8).ok_or_else(|| Error::Corrupt("events key".into()))?;
     Ok(u64::from_be_bytes(bytes.try_into().expect("8 bytes")))
 }

@@ -22,7 +22,7 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
 use crossbeam_channel::{bounded, Receiver};
 
 use super::{plan, scan_keys, UsageQuery, View};
-use crate::aggregate::meter::Meter;
+use crate::aggregate::meter::{Aggregation, Meter};
 use crate::aggregate::quantity::{Quantity, SCALE};
 use crate::aggregate::state::MinuteStates;
 use crate::error::{Error, Result};
@@ -45,7 +45,9 @@ pub fn schema(meter: &Meter) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// Per UTC day (its start, µs) with usage: the events counted in it, read from the meter's day marks.
+/// Per UTC day (its start, µs) with usage: a count that grows whenever the day's usage changes, read from the meter's
+/// day marks: the events folded into the day, plus those a correction folded again when it restated the day
+/// (`engine::correct`). It never goes back, so an export that remembers it knows which days changed.
 pub fn day_counts(store: &dyn Store, tenant: &str, meter: &Meter) -> Result<Vec<(i64, u64)>> {
     let mut prefix = Vec::new();
     keys::meter_prefix(&mut prefix, tenant, meter.id());
@@ -54,7 +56,9 @@ pub fn day_counts(store: &dyn Store, tenant: &str, meter: &Meter) -> Result<Vec<
         let day = Reader::new(&key[prefix.len()..]).i64_sortable()?;
         let mut events = 0;
         MinuteStates::visit(value, |_, state| {
-            events += state.count;
+            if state.aggregation == Aggregation::Count {
+                events += state.count;
+            }
             Ok(())
         })?;
         days.push((day * MINUTES_PER_DAY * MICROS_PER_MINUTE, events));

@@ -9,11 +9,18 @@
 //! candidate `i` was accepted), then a zstd frame of: `count varint`, and per candidate: `source`, `id`,
 //! `type`, `subject` (length-prefixed), `time_us` (zigzag varint), `data` (varint length + raw JSON,
 //! empty when the event had none). The `k`-th kept event has ordinal `first + k`.
+//!
+//! A correction (`engine::correct`) voids events it cancels or replaces by rewriting the record's head as version 3:
+//! the same fields plus a `void` bitmap (as long as `kept`, bit `i` set when candidate `i` no longer counts) before
+//! the same zstd frame, which is neither decompressed nor rewritten. A voided event keeps its ordinal (the others
+//! keep theirs) and is skipped by every reader of the record: replay, backfill, the export, lookups.
 
 use super::codec::{put_str, put_varint, put_zigzag, Reader};
 use crate::error::{Error, Result};
 
 const VERSION: u8 = 2;
+/// A record with voided events (`void`).
+const VERSION_VOID: u8 = 3;
 /// Fast levels keep compression cheap; retained events are written far more than read.
 const ZSTD_LEVEL: i32 = 1;
 
@@ -78,35 +85,77 @@ pub fn record(first_ordinal: u64, kept: &[bool], frame: &Frame) -> Vec<u8> {
     out
 }
 
-/// How many events a record keeps, read from its bitmap alone (nothing is decompressed).
-pub fn count(value: &[u8]) -> Result<u64> {
-    let mut head = Reader::new(value);
-    match head.u8() {
-        Ok(VERSION) => {}
-        other => return Err(Error::Corrupt(format!("events record version {other:?}"))),
-    }
-    head.varint()?;
-    let bitmap_len = head.varint()? as usize;
-    Ok(head.take(bitmap_len)?.iter().map(|b| b.count_ones() as u64).sum())
+/// A record's head: its ordinals and which candidates count, and the compressed frame after it.
+struct Head<'a> {
+    first_ordinal: u64,
+    kept: &'a [u8],
+    /// Empty, or as long as `kept`.
+    void: &'a [u8],
+    frame: &'a [u8],
 }
 
-/// The kept events of a record, in order.
-pub fn decode(value: &[u8]) -> Result<Vec<RetainedEvent<String>>> {
-    let mut head = Reader::new(value);
-    match head.u8() {
-        Ok(VERSION) => {}
-        other => return Err(Error::Corrupt(format!("events record version {other:?}"))),
+impl<'a> Head<'a> {
+    fn read(value: &'a [u8]) -> Result<Head<'a>> {
+        let mut r = Reader::new(value);
+        let version = match r.u8() {
+            Ok(v @ (VERSION | VERSION_VOID)) => v,
+            other => return Err(Error::Corrupt(format!("events record version {other:?}"))),
+        };
+        let first_ordinal = r.varint()? as u64;
+        let len = r.varint()? as usize;
+        let kept = r.take(len)?;
+        let void = if version == VERSION_VOID { r.take(len)? } else { &[] };
+        Ok(Head { first_ordinal, kept, void, frame: r.bytes })
     }
-    let first_ordinal = head.varint()? as u64;
-    let bitmap_len = head.varint()? as usize;
-    let bitmap = head.take(bitmap_len)?;
-    let plain = zstd::stream::decode_all(head.bytes).map_err(|e| Error::Corrupt(format!("events record: {e}")))?;
+
+    fn is_void(&self, candidate: usize) -> bool {
+        self.void.get(candidate / 8).is_some_and(|b| b & (1 << (candidate % 8)) != 0)
+    }
+}
+
+/// How many events a record keeps and has not voided, read from its bitmaps alone (nothing is decompressed).
+pub fn count(value: &[u8]) -> Result<u64> {
+    let head = Head::read(value)?;
+    let ones = |bits: &[u8]| bits.iter().map(|b| b.count_ones() as u64).sum::<u64>();
+    Ok(ones(head.kept) - ones(head.void))
+}
+
+/// The record with the events of `ordinals` voided as well (`Corrupt` for an ordinal it does not keep): only the
+/// head is rewritten.
+pub fn void(value: &[u8], ordinals: &[u64]) -> Result<Vec<u8>> {
+    let head = Head::read(value)?;
+    let mut void = if head.void.is_empty() { vec![0u8; head.kept.len()] } else { head.void.to_vec() };
+    // The candidate of each kept event, in ordinal order.
+    let candidates: Vec<usize> = (0..head.kept.len() * 8).filter(|&i| head.kept[i / 8] & (1 << (i % 8)) != 0).collect();
+    for &ordinal in ordinals {
+        let k = ordinal.checked_sub(head.first_ordinal).map(|k| k as usize);
+        let &i = k
+            .and_then(|k| candidates.get(k))
+            .ok_or_else(|| Error::Corrupt(format!("events record has no event of ordinal {ordinal}")))?;
+        void[i / 8] |= 1 << (i % 8);
+    }
+    let mut out = Vec::with_capacity(value.len() + void.len());
+    out.push(VERSION_VOID);
+    put_varint(&mut out, head.first_ordinal as u128);
+    put_varint(&mut out, head.kept.len() as u128);
+    out.extend_from_slice(head.kept);
+    out.extend_from_slice(&void);
+    out.extend_from_slice(head.frame);
+    Ok(out)
+}
+
+/// The kept events of a record that are not voided, in order.
+pub fn decode(value: &[u8]) -> Result<Vec<RetainedEvent<String>>> {
+    let head = Head::read(value)?;
+    let bitmap = head.kept;
+    let plain = zstd::stream::decode_all(head.frame).map_err(|e| Error::Corrupt(format!("events record: {e}")))?;
     let mut r = Reader::new(&plain);
     let count = r.varint()? as usize;
-    if count.div_ceil(8) != bitmap_len {
-        return Err(Error::Corrupt(format!("events record: {count} candidates but a {bitmap_len}-byte bitmap")));
+    if count.div_ceil(8) != bitmap.len() {
+        return Err(Error::Corrupt(format!("events record: {count} candidates but a {}-byte bitmap", bitmap.len())));
     }
     let mut out = Vec::with_capacity(count.min(1 << 16));
+    let mut ordinal = head.first_ordinal;
     for i in 0..count {
         let mut text = || r.str().map(str::to_owned);
         let (source, id, event_type, subject) = (text()?, text()?, text()?, text()?);
@@ -114,8 +163,10 @@ pub fn decode(value: &[u8]) -> Result<Vec<RetainedEvent<String>>> {
         let len = r.varint()? as usize;
         let data = std::str::from_utf8(r.take(len)?).map_err(|e| Error::Corrupt(e.to_string()))?.to_owned();
         if bitmap[i / 8] & (1 << (i % 8)) != 0 {
-            let ordinal = first_ordinal + out.len() as u64;
-            out.push(RetainedEvent { source, id, event_type, subject, time_us, ordinal, data });
+            if !head.is_void(i) {
+                out.push(RetainedEvent { source, id, event_type, subject, time_us, ordinal, data });
+            }
+            ordinal += 1;
         }
     }
     Ok(out)
@@ -144,6 +195,31 @@ mod tests {
                 data: e.5 }).collect();
             prop_assert_eq!(count(&stored).unwrap(), expect.len() as u64);
             prop_assert_eq!(decoded, expect);
+        }
+
+        #[test]
+        fn voided_events_are_skipped_and_the_others_keep_their_ordinals(
+            n in 1usize..20, kept_mask in any::<u32>(), void_mask in any::<u32>(), first in 0u64..1 << 40) {
+            let mut b = FrameBuilder::default();
+            let ids: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+            for id in &ids {
+                b.push(&RetainedEvent { source: "s", id, event_type: "t", subject: "c", time_us: 1, ordinal: 0, data: "" });
+            }
+            let kept: Vec<bool> = (0..n).map(|i| kept_mask & (1 << i) != 0).collect();
+            let stored = record(first, &kept, &b.finish().unwrap());
+            let all = decode(&stored).unwrap();
+            let voided: Vec<u64> =
+                all.iter().enumerate().filter(|(k, _)| void_mask & (1 << k) != 0).map(|(_, e)| e.ordinal).collect();
+            // Voiding twice, in two steps, is the same as once.
+            let (a, b) = voided.split_at(voided.len() / 2);
+            let once = void(&stored, &voided).unwrap();
+            let twice = void(&void(&stored, a).unwrap(), b).unwrap();
+            prop_assert_eq!(&once, &twice);
+            let left = decode(&once).unwrap();
+            let expect: Vec<_> = all.iter().filter(|e| !voided.contains(&e.ordinal)).cloned().collect();
+            prop_assert_eq!(count(&once).unwrap(), expect.len() as u64);
+            prop_assert_eq!(left, expect);
+            prop_assert!(void(&stored, &[first + all.len() as u64]).is_err());
         }
 
         #[test]

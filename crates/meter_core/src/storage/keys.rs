@@ -14,6 +14,8 @@
 //! | meta   | `received-minute/` minute i64                                  | u64: the first commit received in that minute (UTC) |
 //! | meta   | `exported/` tenant, `dropped/` tenant                          | u64: the last commit the export wrote / retention dropped |
 //! | meta   | `resolution/` tenant, meter id u32                             | `aggregate::resolution::Resolution`: where minutes were rolled up |
+//! | meta   | `corrections/` tenant, commit seq u64                          | JSON: the corrections that commit made (`engine::correct`) |
+//! | meta   | `corrected/` tenant, source, id                                | JSON: one event's corrections, oldest first |
 //!
 //! One `agg` key per customer-minute (not per dimension combination) is what keeps writes per event low:
 //! a customer's events within a minute share one key however many dimensions vary.
@@ -42,6 +44,24 @@ pub const META_EXPORTED: &[u8] = b"exported/";
 pub const META_DROPPED: &[u8] = b"dropped/";
 /// Per meter: through which minute its aggregates are kept per hour and per day.
 pub const META_RESOLUTION: &[u8] = b"resolution/";
+
+/// Per tenant and correction commit: what it corrected, for the export's corrections file.
+pub const META_CORRECTIONS: &[u8] = b"corrections/";
+/// Per tenant and event identity: the event's corrections (its history).
+pub const META_CORRECTED: &[u8] = b"corrected/";
+
+pub fn corrections(tenant: &str, seq: u64) -> Vec<u8> {
+    let mut k = tenant_meta(META_CORRECTIONS, tenant);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn corrected(tenant: &str, source: &str, id: &str) -> Vec<u8> {
+    let mut k = tenant_meta(META_CORRECTED, tenant);
+    put_str(&mut k, source.as_bytes());
+    put_str(&mut k, id.as_bytes());
+    k
+}
 
 pub fn received_minute(minute: i64) -> Vec<u8> {
     let mut k = META_RECEIVED.to_vec();

@@ -17,8 +17,8 @@ same reading, auth and answer, no engine.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 import msgspec
 import polars as pl
@@ -30,6 +30,9 @@ from meter.encoding import plain
 from meter.engine import event_values
 from meter.lake import events as lake_events
 from meter.schemas import (
+    Correction,
+    CorrectionRequest,
+    CorrectionResult,
     EventPage,
     EventRecord,
     FoundEvent,
@@ -84,24 +87,49 @@ async def search(
 
 
 async def get_event(ctx: Context, request: Request, source: str, event: str) -> Answer:
-    out = opened(ctx.invoicer).out
-    events, received = await ctx.call(lake_events.find, opened(ctx.engine), out, request.tenant, source, event)  # type: ignore[arg-type]
-    if not events.height:
+    engine = opened(ctx.engine)
+    corrections = await ctx.call(engine.event_history, request.tenant, source, event)
+    cancelled = bool(corrections) and corrections[-1].action == "cancel"
+    events, received = pl.DataFrame(), None
+    if not cancelled:
+        out = opened(ctx.invoicer).out
+        events, received = await ctx.call(lake_events.find, engine, out, request.tenant, source, event)  # type: ignore[arg-type]
+    if not events.height and not corrections:
         raise ApiError(
             404,
             "not_found",
             f"no event {event!r} of source {source!r} was accepted (or it is past retention and not exported)",
         )
-    row = events.row(0, named=True)
-    meters = [m for m in await ctx.call(opened(ctx.engine).list_meters, request.tenant) if m.event_type == row["type"]]
+    row = events.row(0, named=True) if events.height else None
     counts = []
-    for meter in sorted(meters, key=lambda m: m.slug):
-        value = event_values(meter.spec(), pa.array([row["data"]], pa.string()))[0].as_py()
-        counts.append(MeterCount(meter.slug, None if value is None else plain(value.normalize())))
-    history: list[dict[str, Any]] = [{"change": "accepted", "commit": row["seq"]}]
-    if received is not None:  # known while the identity is in the dedup window
-        history[0]["at"] = received.isoformat()
-    return 200, EventRecord(_found(row), "counted", history, counts), {}
+    if row is not None:
+        meters = [m for m in await ctx.call(engine.list_meters, request.tenant) if m.event_type == row["type"]]
+        for meter in sorted(meters, key=lambda m: m.slug):
+            value = event_values(meter.spec(), pa.array([row["data"]], pa.string()))[0].as_py()
+            counts.append(MeterCount(meter.slug, None if value is None else plain(value.normalize())))
+    accepted: dict[str, Any] = {
+        "change": "accepted",
+        "commit": corrections[0].replaced.seq if corrections else row and row["seq"],
+    }
+    if received is not None and not corrections:  # known while the identity is in the dedup window
+        accepted["at"] = received.isoformat()
+    history = [accepted, *(_corrected(c) for c in corrections)]
+    status: Literal["counted", "amended", "cancelled"] = (
+        "cancelled" if cancelled else "amended" if corrections else "counted"
+    )
+    return 200, EventRecord(None if row is None else _found(row), status, history, counts), {}
+
+
+def _corrected(c: Correction) -> dict[str, Any]:
+    """One correction as an event's history shows it."""
+    change = {"change": "cancelled" if c.action == "cancel" else "amended", "commit": c.seq}
+    at = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=c.at_us)).isoformat()
+    return change | {"at": at, "reason": c.reason, "actor": c.actor, "replaced": msgspec.to_builtins(c.replaced)}
+
+
+async def post_corrections(ctx: Context, request: Request, body: CorrectionRequest) -> Answer:
+    actor = f"key:{request.key.id}" if request.key is not None else "unknown"
+    return 200, await ctx.call(opened(ctx.engine).correct, request.tenant, body, actor=actor), {}
 
 
 async def line_events(
@@ -246,7 +274,24 @@ ROUTES += [
             PathParam("event", "req-1", "The event's id"),
         ),
         errors=(404,),
-        description="Its status, its history, and what each meter of its type counts of it.",
+        description="The version that counts (none once cancelled), its status (counted, amended or cancelled), its "
+        "history (accepted, then each correction with when, who, why and the version it replaced), and what each "
+        "meter of its type counts of it.",
+    ),
+    Route(
+        "POST",
+        "/v1/events/corrections",
+        "ingest",
+        post_corrections,
+        "Cancel or amend accepted events",
+        returns=CorrectionResult,
+        body=Body(CorrectionRequest),
+        errors=(422,),
+        description="Every aggregate the events touched is restated (usage, live balances, the next export; invoices "
+        "already finalized get a prior-period adjustment on the next one), in one durable commit. All or nothing: "
+        "422 `batch_rejected` lists each item that cannot be applied by its index (`not_found`, `cancelled`, "
+        "`too_old`, `duplicate_item`, `past_retention`, or the event's own issue). A correction already applied is "
+        "`unchanged`, so a retry applies once.",
     ),
 ]
 

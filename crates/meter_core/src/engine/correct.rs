@@ -1,0 +1,598 @@
+//! Corrections: cancel accepted events, or amend them (same identity, new type, customer, time or data), restating
+//! every aggregate they touched, durably and exactly once, with each event's history kept.
+//!
+//! A correction is a commit of its own, made by the writer between two group commits (`Writer::correct`):
+//! 1. every fold thread first writes what it holds (as before a new meter), so `agg` holds every commit so far;
+//! 2. each named event's current version is found ([`current`]): through its history if it was corrected before,
+//!    else its dedup mark, else a scan of the tenant's retained events. Amendments are parsed and checked like ingest
+//!    (the same parser, the same time window);
+//! 3. every bucket the old or the new version counts in is restated whole from the retained events ([`restate`]): a
+//!    bucket is the customer's minute of one meter, or the hour or day it was rolled up into (`Resolution::span`),
+//!    so that min, max, latest and unique counts are as exact as sums. A day's mark names the first and last commit
+//!    folded into the day (`fold::DAY_FIRST_COMMIT`), so only those commits are read; a mark written before it had
+//!    them falls back to the commits received from the day's start to the back-dating window after its end;
+//! 4. one synced write holds everything: the old versions voided in their records (`storage::events::void`), the
+//!    new versions as this commit's retained events (the export writes them like any other), the restated buckets
+//!    (range deletes, then the recomputed states), the day marks (so the usage export rewrites those days), each
+//!    event's history (`meta: corrected/`) and this commit's corrections (`meta: corrections/`, the export's
+//!    corrections file). A crash keeps all of it or none.
+//!
+//! Idempotent by state: cancelling a cancelled event, or amending an event to the payload it has, changes nothing
+//! (`unchanged`), so a retried correction applies once. A request is all or nothing: any issue refuses it whole,
+//! each issue named by the item's index. Restating a bucket needs all of its events: a correction whose buckets
+//! reach commits that retention dropped is refused (`past_retention`).
+//!
+//! The commit writes no dedup record: its aggregates are in its own write, so replay after a crash has nothing of
+//! it to fold again. It is not handed to the fold threads either; their watermarks move past it with the next
+//! commit.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::config::Config;
+use super::prepare::time_issue;
+use crate::aggregate::extract::extract_retained;
+use crate::aggregate::fold::{Fold, DAY_FIRST_COMMIT, DAY_LAST_COMMIT};
+use crate::aggregate::meter::{Aggregation, Meter};
+use crate::aggregate::registry::Registry;
+use crate::aggregate::resolution::{floor_to, Resolution, DAY, HOUR};
+use crate::aggregate::state::{AggState, MinuteStates};
+use crate::error::{Error, EventIssue, IssueCode, Result};
+use crate::ingest::parse_batch;
+use crate::ingest::time::{minute_of, MICROS_PER_MINUTE, MINUTES_PER_DAY};
+use crate::query::events::{commits_received, locate_by_mark, seq_of, Located};
+use crate::storage::events::{self, FrameBuilder, RetainedEvent};
+use crate::storage::{keys, scan_prefix, Cf, Store, WriteSet};
+
+/// At most this many events in one correction request.
+pub const MAX_ITEMS: usize = 10_000;
+
+/// What a caller asks: who and why, and the events to cancel or amend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorrectionRequest {
+    pub reason: String,
+    pub actor: String,
+    pub items: Vec<Item>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Item {
+    /// Cancels the event of this identity: it no longer counts anywhere.
+    Cancel { source: String, id: String },
+    /// Replaces the event of the CloudEvent's `(source, id)` with this one. Without a `time`, the event keeps its own.
+    Amend(Box<RawValue>),
+}
+
+/// One version of an event: the commit that holds it and its ordinal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    pub seq: u64,
+    pub ordinal: u64,
+}
+
+/// One correction of one event, as kept in its history and in the commit's corrections record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Correction {
+    pub source: String,
+    pub id: String,
+    /// `cancel` or `amend`.
+    pub action: String,
+    /// The correction's commit.
+    pub seq: u64,
+    /// When it was made (µs since the epoch, UTC).
+    pub at_us: i64,
+    pub reason: String,
+    pub actor: String,
+    /// The version it voided.
+    pub replaced: Version,
+    /// The version that counts instead (amend).
+    pub replacement: Option<Version>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub index: usize,
+    pub source: String,
+    pub id: String,
+    /// `cancelled`, `amended`, or `unchanged` (it already was).
+    pub status: &'static str,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CorrectionReport {
+    /// The correction's commit; `None` when nothing changed.
+    pub seq: Option<u64>,
+    pub corrections: Vec<Outcome>,
+    /// How many retained events were read to restate the buckets.
+    pub events_read: u64,
+    /// Buckets restated (customer, meter and minute, hour or day).
+    pub buckets: usize,
+}
+
+/// Where an event stands now.
+pub(crate) enum Current {
+    /// Its version that counts: the record that holds it and the event.
+    Counted(Located),
+    Cancelled,
+    /// Not retained: never accepted, or dropped by retention.
+    Missing,
+}
+
+/// The event's corrections, oldest first (none if it was never corrected).
+pub(crate) fn history(store: &dyn Store, tenant: &str, source: &str, id: &str) -> Result<Vec<Correction>> {
+    match store.get(Cf::Meta, &keys::corrected(tenant, source, id))? {
+        None => Ok(Vec::new()),
+        Some(json) => serde_json::from_slice(&json).map_err(|e| Error::Corrupt(format!("event history: {e}"))),
+    }
+}
+
+/// The tenant's corrections made by commits `(after_seq, through_seq]`, in commit order.
+pub(crate) fn corrections_between(
+    store: &dyn Store,
+    tenant: &str,
+    after_seq: u64,
+    through_seq: u64,
+) -> Result<Vec<Correction>> {
+    let prefix = keys::tenant_meta(keys::META_CORRECTIONS, tenant);
+    let mut out = Vec::new();
+    let mut cursor = store.cursor(Cf::Meta);
+    cursor.seek(&keys::corrections(tenant, after_seq.saturating_add(1)));
+    while let Some((key, value)) = cursor.entry() {
+        if !key.starts_with(&prefix) || seq_of(key, prefix.len())? > through_seq {
+            break;
+        }
+        let made: Vec<Correction> =
+            serde_json::from_slice(value).map_err(|e| Error::Corrupt(format!("corrections record: {e}")))?;
+        out.extend(made);
+        cursor.next();
+    }
+    cursor.status()?;
+    Ok(out)
+}
+
+/// The current version of the event `(source, id)`: the last correction says where it is, or that it was
+/// cancelled; an event never corrected is found through its dedup mark, else by a scan of the retained events (past
+/// the dedup window).
+pub(crate) fn current(store: &dyn Store, tenant: &str, source: &str, id: &str) -> Result<Current> {
+    if let Some(last) = history(store, tenant, source, id)?.pop() {
+        let Some(version) = last.replacement else { return Ok(Current::Cancelled) };
+        return Ok(match in_commit(store, tenant, version)? {
+            Some(found) => Current::Counted(Located { received_us: Some(last.at_us), ..found }),
+            None => Current::Missing,
+        });
+    }
+    if let Some(found) = locate_by_mark(store, tenant, source, id)? {
+        return Ok(Current::Counted(found));
+    }
+    let mut found = None;
+    scan_prefix(store, Cf::Events, &keys::events_prefix(tenant), |key, value| {
+        if let Some(e) = events::decode(value)?.into_iter().find(|e| e.source == source && e.id == id) {
+            let seq = seq_of(key, keys::events_prefix(tenant).len())?;
+            found = Some(Located { key: key.to_vec(), seq, event: e, received_us: None });
+            return Ok(false);
+        }
+        Ok(true)
+    })?;
+    Ok(found.map_or(Current::Missing, Current::Counted))
+}
+
+/// The event of `version`, read from its commit's records.
+fn in_commit(store: &dyn Store, tenant: &str, version: Version) -> Result<Option<Located>> {
+    let prefix = keys::events_key(tenant, version.seq, 0);
+    let prefix = &prefix[..prefix.len() - 4];
+    let mut found = None;
+    scan_prefix(store, Cf::Events, prefix, |key, value| {
+        if let Some(e) = events::decode(value)?.into_iter().find(|e| e.ordinal == version.ordinal) {
+            found = Some(Located { key: key.to_vec(), seq: version.seq, event: e, received_us: None });
+            return Ok(false);
+        }
+        Ok(true)
+    })?;
+    Ok(found)
+}
+
+/// What one item asks once read: the version it voids and the one that replaces it.
+struct Planned {
+    index: usize,
+    old: Located,
+    new: Option<RetainedEvent<String>>,
+}
+
+/// A bucket to restate: (meter id, customer, first minute) and how many minutes it covers.
+type BucketKey = (u32, String, i64);
+
+/// Everything a correction writes, and what it reports; `seq` is the commit it will be.
+pub(crate) struct Staged {
+    pub set: WriteSet,
+    pub report: CorrectionReport,
+    /// (customer, earliest µs, meter ids) per restated customer, for the change feed once durable.
+    pub changed: Vec<(String, i64, Vec<u32>)>,
+}
+
+/// Reads the request and stages the correction as commit `seq`, received at `now_us`. `Ok(None)`-like: a report
+/// without `seq` and an empty set when every item is unchanged.
+pub(crate) fn stage(
+    store: &dyn Store,
+    registry: &Registry,
+    config: &Config,
+    tenant: &str,
+    request: CorrectionRequest,
+    seq: u64,
+    now_us: i64,
+) -> Result<Staged> {
+    crate::ensure!(!request.items.is_empty(), "empty_batch", "the correction names no event; give at least one item");
+    crate::ensure!(
+        request.items.len() <= MAX_ITEMS,
+        "batch_too_large",
+        "a correction names at most {MAX_ITEMS} events; got {}: split it",
+        request.items.len()
+    );
+    crate::ensure!(!request.reason.trim().is_empty(), "missing_reason", "say why the events are corrected: \"reason\"");
+    let mut issues = Vec::new();
+    let amendments = parse_amendments(tenant, &request.items, now_us, config, &mut issues)?;
+
+    let mut outcomes = Vec::with_capacity(request.items.len());
+    let mut planned = Vec::new();
+    let mut named = HashSet::new();
+    for (index, item) in request.items.iter().enumerate() {
+        let (source, id, new) = match item {
+            Item::Cancel { source, id } => (source.clone(), id.clone(), None),
+            Item::Amend(_) => match amendments.get(&index) {
+                Some(e) => (e.source.clone(), e.id.clone(), Some(e.clone())),
+                None => continue, // refused by the parser: its issue is in `issues`
+            },
+        };
+        if !named.insert((source.clone(), id.clone())) {
+            issues.push(issue(index, &id, IssueCode::DuplicateItem, "this event is named twice; name it once"));
+            continue;
+        }
+        let status = match (current(store, tenant, &source, &id)?, new) {
+            (Current::Missing, _) => {
+                let message = "no retained event has this source and id: it was never accepted, or retention \
+                               dropped it (corrections reach back as far as events are retained)";
+                issues.push(issue(index, &id, IssueCode::NotFound, message));
+                continue;
+            }
+            (Current::Cancelled, None) => "unchanged",
+            (Current::Cancelled, Some(_)) => {
+                let message = "this event was cancelled; send it as a new event with a new id instead";
+                issues.push(issue(index, &id, IssueCode::Cancelled, message));
+                continue;
+            }
+            (Current::Counted(old), Some(mut new)) => {
+                if new.time_us == i64::MIN {
+                    new.time_us = old.event.time_us;
+                }
+                // A new time is held to ingest's window; an event's own time, however old, may keep its place.
+                let moved = new.time_us != old.event.time_us;
+                if let Some((code, message)) = moved.then(|| time_issue(new.time_us, now_us, config)).flatten() {
+                    issues.push(issue(index, &id, code, &message));
+                    continue;
+                }
+                let same = (&new.event_type, &new.subject, new.time_us, &new.data)
+                    == (&old.event.event_type, &old.event.subject, old.event.time_us, &old.event.data);
+                if same {
+                    "unchanged"
+                } else {
+                    planned.push(Planned { index, old, new: Some(new) });
+                    "amended"
+                }
+            }
+            (Current::Counted(old), None) => {
+                planned.push(Planned { index, old, new: None });
+                "cancelled"
+            }
+        };
+        outcomes.push(Outcome { index, source, id, status });
+    }
+    if !issues.is_empty() {
+        issues.sort_by_key(|i| i.index);
+        return Err(Error::BatchRejected { issues });
+    }
+    let mut report = CorrectionReport { seq: None, corrections: outcomes, events_read: 0, buckets: 0 };
+    if planned.is_empty() {
+        return Ok(Staged { set: WriteSet::default(), report, changed: Vec::new() });
+    }
+
+    // The new versions: this commit's retained events, numbered like ingest's (`commit << 24 | n`).
+    let first_ordinal = seq << 24;
+    let mut frame = FrameBuilder::default();
+    for (n, p) in planned.iter_mut().filter(|p| p.new.is_some()).enumerate() {
+        let new = p.new.as_mut().expect("filtered");
+        new.ordinal = first_ordinal + n as u64;
+        frame.push(&RetainedEvent {
+            source: &new.source,
+            id: &new.id,
+            event_type: &new.event_type,
+            subject: &new.subject,
+            time_us: new.time_us,
+            ordinal: 0,
+            data: &new.data,
+        });
+    }
+    let frame = frame.finish()?;
+    let mut set = WriteSet::default();
+    if frame.count > 0 {
+        set.put(
+            Cf::Events,
+            &keys::events_key(tenant, seq, 0),
+            &events::record(first_ordinal, &vec![true; frame.count], &frame),
+        );
+    }
+
+    // Restate every bucket touched, then void the old versions in their records.
+    let restated = restate(store, registry, config, tenant, &planned, &mut set, &mut issues)?;
+    if !issues.is_empty() {
+        return Err(Error::BatchRejected { issues });
+    }
+    let mut voided: BTreeMap<Vec<u8>, Vec<u64>> = BTreeMap::new();
+    for p in &planned {
+        voided.entry(p.old.key.clone()).or_default().push(p.old.event.ordinal);
+    }
+    for (key, ordinals) in voided {
+        let record = store.get(Cf::Events, &key)?.ok_or_else(|| Error::Corrupt("a located record is gone".into()))?;
+        set.put(Cf::Events, &key, &events::void(&record, &ordinals)?);
+    }
+
+    // The history of each event and the commit's record of what it did.
+    let mut made = Vec::with_capacity(planned.len());
+    for p in &planned {
+        let correction = Correction {
+            source: p.old.event.source.clone(),
+            id: p.old.event.id.clone(),
+            action: if p.new.is_some() { "amend" } else { "cancel" }.to_owned(),
+            seq,
+            at_us: now_us,
+            reason: request.reason.clone(),
+            actor: request.actor.clone(),
+            replaced: Version { seq: p.old.seq, ordinal: p.old.event.ordinal },
+            replacement: p.new.as_ref().map(|e| Version { seq, ordinal: e.ordinal }),
+        };
+        let mut events_history = history(store, tenant, &correction.source, &correction.id)?;
+        events_history.push(correction.clone());
+        let key = keys::corrected(tenant, &correction.source, &correction.id);
+        set.put(Cf::Meta, &key, &serde_json::to_vec(&events_history).expect("corrections serialize"));
+        made.push(correction);
+    }
+    set.put(Cf::Meta, &keys::corrections(tenant, seq), &serde_json::to_vec(&made).expect("corrections serialize"));
+    report.seq = Some(seq);
+    report.events_read = restated.events_read;
+    report.buckets = restated.buckets;
+    Ok(Staged { set, report, changed: restated.changed })
+}
+
+/// The amendments of the request, parsed as ingest parses events (by item index); the parser's issues go to
+/// `issues`, by item index. An amendment without `time` gets `i64::MIN`: it keeps its event's own. Times are checked
+/// against the event's own later (`stage`).
+fn parse_amendments(
+    tenant: &str,
+    items: &[Item],
+    now_us: i64,
+    config: &Config,
+    issues: &mut Vec<EventIssue>,
+) -> Result<HashMap<usize, RetainedEvent<String>>> {
+    let at: Vec<usize> =
+        items.iter().enumerate().filter(|(_, i)| matches!(i, Item::Amend(_))).map(|(n, _)| n).collect();
+    if at.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let raw: Vec<&RawValue> =
+        items.iter().filter_map(|i| if let Item::Amend(e) = i { Some(&**e) } else { None }).collect();
+    let body = serde_json::to_vec(&raw).expect("raw values serialize");
+    let mut limits = config.limits.clone();
+    limits.max_events = MAX_ITEMS;
+    let batch = parse_batch(tenant, body, now_us, &limits)?;
+    for i in &batch.issues {
+        issues.push(EventIssue { index: at[i.index], ..i.clone() });
+    }
+    let mut out = HashMap::new();
+    for ev in &batch.events {
+        let index = at[ev.index as usize];
+        out.insert(
+            index,
+            RetainedEvent {
+                source: batch.text(ev.source).to_owned(),
+                id: batch.text(ev.id).to_owned(),
+                event_type: batch.text(ev.event_type).to_owned(),
+                subject: batch.text(ev.subject).to_owned(),
+                time_us: if ev.time_given { ev.time_us } else { i64::MIN },
+                ordinal: 0,
+                data: batch.text(ev.data).to_owned(),
+            },
+        );
+    }
+    Ok(out)
+}
+
+struct Restated {
+    events_read: u64,
+    buckets: usize,
+    changed: Vec<(String, i64, Vec<u32>)>,
+}
+
+/// Stages the restated buckets of every meter that counts an old or a new version: each bucket's keys deleted, then
+/// its state folded again from the retained events that count (the old versions left out, the new ones in), and a
+/// mark on each day touched. Items whose buckets need commits retention dropped get `past_retention`.
+fn restate(
+    store: &dyn Store,
+    registry: &Registry,
+    config: &Config,
+    tenant: &str,
+    planned: &[Planned],
+    set: &mut WriteSet,
+    issues: &mut Vec<EventIssue>,
+) -> Result<Restated> {
+    let mut resolutions: HashMap<u32, Resolution> = HashMap::new();
+    let mut bucket_of = |meter: &Meter, subject: &str, minute: i64| -> Result<(i64, i64)> {
+        let res = match resolutions.get(&meter.id()) {
+            Some(r) => r,
+            None => resolutions.entry(meter.id()).or_insert(Resolution::load(store, tenant, meter.id())?),
+        };
+        for unit in [DAY, HOUR] {
+            let start = floor_to(minute, unit);
+            if res.span(subject, start) == unit {
+                return Ok((start, unit));
+            }
+        }
+        Ok((minute, 1))
+    };
+
+    // The buckets, and per item the commits they need.
+    let mut buckets: BTreeMap<BucketKey, i64> = BTreeMap::new();
+    let mut days: BTreeSet<(u32, i64)> = BTreeSet::new();
+    let mut meters: HashMap<u32, Arc<Meter>> = HashMap::new();
+    let mut needs: Vec<(usize, u64)> = Vec::new();
+    let mut range: Option<(u64, u64)> = None;
+    let dropped = read_u64(store, &keys::tenant_meta(keys::META_DROPPED, tenant))?;
+    for p in planned {
+        let mut first_needed = u64::MAX;
+        for e in std::iter::once(&p.old.event).chain(p.new.as_ref()) {
+            for meter in registry.for_event(tenant, &e.event_type) {
+                if !matches!(extract_retained(meter, &e.data), Ok(Some(_))) {
+                    continue;
+                }
+                let (start, unit) = bucket_of(meter, &e.subject, minute_of(e.time_us))?;
+                buckets.insert((meter.id(), e.subject.clone(), start), unit);
+                meters.insert(meter.id(), meter.clone());
+                let mut day = floor_to(start, DAY);
+                while day < start + unit {
+                    days.insert((meter.id(), day));
+                    let (from, through) = day_commits(store, config, tenant, meter.id(), day)?;
+                    first_needed = first_needed.min(from);
+                    range = Some(range.map_or((from, through), |(a, b)| (a.min(from), b.max(through))));
+                    day += DAY;
+                }
+            }
+        }
+        needs.push((p.index, first_needed));
+    }
+    for (index, first) in needs {
+        if dropped > 0 && first <= dropped {
+            let message = "this correction restates usage whose other events retention already dropped; \
+                           corrections reach back as far as every event of the restated minutes, hours or days is \
+                           retained";
+            issues.push(issue(
+                index,
+                &planned.iter().find(|p| p.index == index).expect("planned").old.event.id,
+                IssueCode::PastRetention,
+                message,
+            ));
+        }
+    }
+    if !issues.is_empty() {
+        return Ok(Restated { events_read: 0, buckets: 0, changed: Vec::new() });
+    }
+
+    // Fold every event that counts in a restated bucket: retained ones but the old versions, then the new versions.
+    let voided: HashSet<u64> = planned.iter().map(|p| p.old.event.ordinal).collect();
+    let mut fold = Fold::default();
+    let mut events_read = 0u64;
+    let add = |fold: &mut Fold, e: &RetainedEvent<String>| -> Result<()> {
+        for meter in registry.for_event(tenant, &e.event_type) {
+            let minute = minute_of(e.time_us);
+            // Only a customer and meter with a bucket to restate: most events are not.
+            let mut candidates =
+                buckets.range((meter.id(), e.subject.clone(), i64::MIN)..=(meter.id(), e.subject.clone(), minute));
+            let Some((&(_, _, start), &unit)) = candidates.next_back() else { continue };
+            if minute >= start + unit {
+                continue;
+            }
+            if let Ok(Some(c)) = extract_retained(meter, &e.data) {
+                let customer = fold.customer(tenant, &e.subject);
+                fold.add_in(customer, meter, start, e.time_us, e.ordinal, &c);
+            }
+        }
+        Ok(())
+    };
+    if let Some((from, through)) = range {
+        let prefix = keys::events_prefix(tenant);
+        let mut cursor = store.cursor(Cf::Events);
+        cursor.seek(&keys::events_key(tenant, from, 0));
+        while let Some((key, value)) = cursor.entry() {
+            if !key.starts_with(&prefix) || seq_of(key, prefix.len())? > through {
+                break;
+            }
+            for e in events::decode(value)? {
+                events_read += 1;
+                if !voided.contains(&e.ordinal) {
+                    add(&mut fold, &e)?;
+                }
+            }
+            cursor.next();
+        }
+        cursor.status()?;
+    }
+    for new in planned.iter().filter_map(|p| p.new.as_ref()) {
+        add(&mut fold, new)?;
+    }
+
+    let mut changed: BTreeMap<String, (i64, BTreeSet<u32>)> = BTreeMap::new();
+    for ((meter_id, subject, start), unit) in &buckets {
+        let (mut from, mut to) = (Vec::new(), Vec::new());
+        keys::minute_key(&mut from, tenant, *meter_id, subject, *start);
+        keys::minute_key(&mut to, tenant, *meter_id, subject, start + unit);
+        set.delete_range(Cf::Agg, &from, &to);
+        if meters[meter_id].aggregation() == Aggregation::UniqueCount {
+            set.delete_range(Cf::Uniq, &from, &to);
+        }
+        let entry = changed.entry(subject.clone()).or_insert((i64::MAX, BTreeSet::new()));
+        entry.0 = entry.0.min(start * MICROS_PER_MINUTE);
+        entry.1.insert(*meter_id);
+    }
+    // After the deletes in the same batch: the merges land on nothing.
+    fold.encode_into(set);
+    for (meter_id, day) in days {
+        // The day changed even when no event is left in it: the mark grows, so the export rewrites the day.
+        let mut key = Vec::new();
+        keys::day_key(&mut key, tenant, meter_id, day / MINUTES_PER_DAY);
+        let mark = AggState { count: 1, ..AggState::empty(Aggregation::Count) };
+        let mut value = Vec::new();
+        MinuteStates::encode_entries(&mut value, 1, [(&b"\xffcorrections"[..], &mark)].into_iter());
+        set.merge(Cf::Days, &key, &value);
+    }
+    Ok(Restated {
+        events_read,
+        buckets: buckets.len(),
+        changed: changed.into_iter().map(|(s, (at, m))| (s, at, m.into_iter().collect())).collect(),
+    })
+}
+
+/// The commits that can hold the events of a meter's UTC day (`day`: its first minute): those its mark names, else
+/// (a mark written before marks named them) those received from the day's start, less the future allowance, to the
+/// back-dating window after its end. No mark: no event, nothing to read (`(u64::MAX, 0)`).
+fn day_commits(store: &dyn Store, config: &Config, tenant: &str, meter_id: u32, day: i64) -> Result<(u64, u64)> {
+    let mut key = Vec::new();
+    keys::day_key(&mut key, tenant, meter_id, day / MINUTES_PER_DAY);
+    let Some(mark) = store.get(Cf::Days, &key)? else { return Ok((u64::MAX, 0)) };
+    let (mut first, mut last) = (None, None);
+    MinuteStates::visit(&mark, |dims, state| {
+        if dims == DAY_FIRST_COMMIT {
+            first = Some(state.value.0 as u64);
+        } else if dims == DAY_LAST_COMMIT {
+            last = Some(state.value.0 as u64);
+        }
+        Ok(())
+    })?;
+    if let (Some(first), Some(last)) = (first, last) {
+        return Ok((first, last));
+    }
+    let from = day - config.max_future_us / MICROS_PER_MINUTE - 1;
+    let to = day + MINUTES_PER_DAY + config.backdate_window_us / MICROS_PER_MINUTE + 1;
+    let (first, until) = commits_received(store, from, to)?;
+    Ok((first, until.map_or(u64::MAX, |u| u.saturating_sub(1))))
+}
+
+fn read_u64(store: &dyn Store, key: &[u8]) -> Result<u64> {
+    store.get(Cf::Meta, key)?.map_or(Ok(0), |v| {
+        Ok(u64::from_be_bytes(v.as_slice().try_into().map_err(|_| Error::Corrupt("commit number".into()))?))
+    })
+}
+
+fn issue(index: usize, id: &str, code: IssueCode, message: &str) -> EventIssue {
+    EventIssue { index, id: Some(id.to_owned()), code, message: message.to_owned() }
+}
