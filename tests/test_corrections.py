@@ -288,3 +288,12 @@ def test_corrections_that_need_dropped_events_are_refused(tmp_path: Path) -> Non
         with pytest.raises(BatchRejected, match="could not be applied"):
             correct(engine, [CancelEvent(source="gw", id="old")], now=T0 + timedelta(hours=3, minutes=30))
         correct(engine, [CancelEvent(source="gw", id="between")], now=T0 + timedelta(hours=3, minutes=30))
+        assert [h.action for h in engine.event_history("acme", "gw", "between")] == ["cancel"]
+
+        # Once retention drops the correction's commit, its record and the history it ended go with it.
+        engine.ingest("acme", body(cloud("last", "cy", T0 + timedelta(hours=5), 1, "x")), now=T0 + timedelta(hours=5))
+        table, seq = engine.retained_events("acme")
+        engine.events_exported("acme", seq)
+        engine.day_counts("acme", "sum")
+        assert engine.maintain(now=T0 + timedelta(hours=7)).dropped[0].through_seq == seq
+        assert engine.event_history("acme", "gw", "between") == [] and engine.corrections("acme", 0, seq) == []

@@ -159,6 +159,32 @@ def test_orb_sdk(server: Server, key: str) -> None:
     assert tokens(server, key, "c-orb") == 7
 
 
+def test_orb_amends_and_deprecates(server: Server, key: str) -> None:
+    client: Any = orb.Orb(api_key=key, base_url=f"{server.url}/compat/orb/v1", max_retries=0)
+    sent = {"event_name": "llm", "customer_id": "c-orb", "timestamp": RECENT}
+    client.events.ingest(
+        events=[
+            sent | {"idempotency_key": "oa-1", "properties": {"tokens": 10}},
+            sent | {"idempotency_key": "oa-2", "properties": {"tokens": 20}},
+        ]
+    )
+    before = tokens(server, key, "c-orb")
+    amended = client.events.update(
+        "oa-1", event_name="llm", properties={"tokens": 15}, timestamp=RECENT, customer_id="c-orb"
+    )
+    assert amended.amended == "oa-1"
+    assert client.events.deprecate("oa-2").deprecated == "oa-2"
+    assert client.events.deprecate("oa-2").deprecated == "oa-2", "a retry changes nothing"
+    assert tokens(server, key, "c-orb") == before - 15
+    with pytest.raises(orb.BadRequestError, match="no retained event"):
+        client.events.deprecate("never-sent")
+    with pytest.raises(orb.BadRequestError, match="cancelled"):
+        client.events.update("oa-2", event_name="llm", properties={}, timestamp=RECENT, customer_id="c-orb")
+    with server.client(key) as c:
+        history = c.get("/v1/events/orb/oa-1").json()["history"]
+    assert [h["change"] for h in history] == ["accepted", "amended"] and "Orb" in history[1]["reason"]
+
+
 # ----------------------------------------------------------------------------------------------------------- Lago
 
 
@@ -235,6 +261,29 @@ def test_stripe_v1_meter_events(server: Server, key: str) -> None:
     with pytest.raises(stripe.AuthenticationError):
         stripe_client(server, "sk_test_nope").v1.billing.meter_events.create(params)
     assert tokens(server, key, "c-stripe") == 12
+
+
+def test_stripe_meter_event_adjustments_cancel(server: Server, key: str) -> None:
+    client = stripe_client(server, key)
+    params: dict[str, Any] = {
+        "event_name": "llm",
+        "payload": {"stripe_customer_id": "cus_stripe1", "tokens": "7"},
+        "timestamp": int(RECENT.timestamp()),
+    }
+    for identifier in ("adj-1", "adj-2"):
+        client.v1.billing.meter_events.create({**params, "identifier": identifier})
+    before = tokens(server, key, "c-stripe")
+    cancel: dict[str, Any] = {"event_name": "llm", "type": "cancel", "cancel": {"identifier": "adj-1"}}
+    made = client.v1.billing.meter_event_adjustments.create(cancel)
+    assert (made.status, made.cancel.identifier, made.type) == ("complete", "adj-1", "cancel")
+    v2 = client.v2.billing.meter_event_adjustments.create({**cancel, "cancel": {"identifier": "adj-2"}})
+    assert v2.status == "complete"
+    assert tokens(server, key, "c-stripe") == before - 14
+    with pytest.raises(stripe.InvalidRequestError, match="no retained event"):
+        client.v1.billing.meter_event_adjustments.create({**cancel, "cancel": {"identifier": "never"}})
+    with pytest.raises(stripe.InvalidRequestError) as wrong:
+        client.v1.billing.meter_event_adjustments.create({**cancel, "type": "restate"})
+    assert wrong.value.param == "type"
 
 
 def test_stripe_v2_meter_event_stream(server: Server, key: str) -> None:

@@ -106,4 +106,21 @@ EXAMPLES: dict[str, Any] = {
     "Checks": {"checks": [{"customer": "acme", "feature": "tokens"}, {"customer": "globex", "feature": "sso"}]},
     "ReservationBody": {"id": "job-42", "target": "balance", "amount": "1.00", "expires_in_seconds": 3600},
     "SettleBody": {"actual": "0.80"},
+    "CorrectionRequest": {
+        "reason": "the gateway counted ev-1's cached tokens twice",
+        "items": [
+            {
+                "action": "amend",
+                "event": {
+                    "specversion": "1.0",
+                    "id": "ev-1",
+                    "source": "gateway",
+                    "type": "llm.request",
+                    "subject": "cust-1",
+                    "time": "2026-11-23T10:00:00Z",
+                    "data": {"tokens": 100, "model": "small"},
+                },
+            }
+        ],
+    },
 }

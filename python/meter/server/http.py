@@ -97,6 +97,11 @@ class Request:
         self.body = b""
         self.key: ApiKey | None = None
 
+    @property
+    def actor(self) -> str:
+        """Who made the request, as histories keep it (a correction's, say): its key's id."""
+        return f"key:{self.key.id}" if self.key is not None else "anonymous"
+
     @classmethod
     def of(cls, scope: AsgiScope) -> Request:
         try:

@@ -45,7 +45,7 @@ use crate::ingest::parse_batch;
 use crate::ingest::time::{minute_of, MICROS_PER_MINUTE, MINUTES_PER_DAY};
 use crate::query::events::{commits_received, locate_by_mark, seq_of, Located};
 use crate::storage::events::{self, FrameBuilder, RetainedEvent};
-use crate::storage::{keys, scan_prefix, Cf, Store, WriteSet};
+use crate::storage::{keys, scan_prefix, Cf, OpKind, Store, WriteSet};
 
 /// At most this many events in one correction request.
 pub const MAX_ITEMS: usize = 10_000;
@@ -153,6 +153,18 @@ pub(crate) fn corrections_between(
     }
     cursor.status()?;
     Ok(out)
+}
+
+/// Stages, for retention dropping the tenant's commits through `seq`: their corrections records, and the history of
+/// each event they corrected whose last correction is among them (its versions are all dropped too).
+pub(crate) fn drop_through(store: &dyn Store, tenant: &str, seq: u64, set: &mut WriteSet) -> Result<()> {
+    for c in corrections_between(store, tenant, 0, seq)? {
+        if history(store, tenant, &c.source, &c.id)?.last().is_some_and(|last| last.seq <= seq) {
+            set.push(OpKind::Delete, Cf::Meta, &keys::corrected(tenant, &c.source, &c.id), &[]);
+        }
+    }
+    set.delete_range(Cf::Meta, &keys::corrections(tenant, 0), &keys::corrections(tenant, seq.saturating_add(1)));
+    Ok(())
 }
 
 /// The current version of the event `(source, id)`: the last correction says where it is, or that it was

@@ -16,7 +16,8 @@
 //!    drop and lose the watermark.
 //!
 //! A drop is one `DeleteRange` over the tenant's keys `[tenant/0, tenant/<seq + 1>)` with `meta: dropped/<tenant>`
-//! in the same batch; then the files wholly inside the range are deleted (`Store::reclaim`), and RocksDB's
+//! in the same batch, with the corrections those commits made and the event histories they end
+//! (`correct::drop_through`); then the files wholly inside the range are deleted (`Store::reclaim`), and RocksDB's
 //! compactions drop the rest as the tombstone moves down. What reads retained events (a new meter's backfill,
 //! `skipped`, the export's `retained_events`) reads what remains; its iterator keeps the files it was opened on.
 
@@ -177,6 +178,8 @@ impl Retention {
                 let (from, to) = (keys::events_key(&tenant, 0, 0), keys::events_key(&tenant, target + 1, 0));
                 let mut set = WriteSet::default();
                 set.delete_range(Cf::Events, &from, &to);
+                // The corrections of those commits go with them, and the histories they were the last of.
+                super::correct::drop_through(store, &tenant, target, &mut set)?;
                 set.put(Cf::Meta, &dropped_key, &target.to_be_bytes());
                 // Not synced: a drop lost in a crash is made again; one kept is behind its watermark in the WAL.
                 shared.write(store, &set, false)?;

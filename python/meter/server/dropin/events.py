@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from meter.exceptions import BatchRejected, InvalidInput, NotFound
-from meter.schemas import IngestResult
+from meter.schemas import AmendEvent, CancelEvent, CorrectionRequest, IngestResult
 from meter.server.context import Context, opened
 from meter.server.http import Request
 
@@ -147,3 +147,10 @@ async def count(ctx: Context, request: Request, events: list[dict[str, Any]]) ->
         raise InvalidInput("the request has no events: send at least one", code="empty_batch")
     body = msgspec.json.encode(events)
     return await ctx.call(opened(ctx.engine).ingest, request.tenant, body, atomic=True)
+
+
+async def correct(ctx: Context, request: Request, items: list[CancelEvent | AmendEvent], reason: str) -> None:
+    """Applies a vendor's correction (an amend, a deprecation, a cancel) all or nothing: durable on return."""
+    await ctx.call(
+        opened(ctx.engine).correct, request.tenant, CorrectionRequest(reason=reason, items=items), actor=request.actor
+    )

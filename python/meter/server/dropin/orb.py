@@ -6,6 +6,11 @@
 Success is 200 ``{"validation_failed": []}`` (Orb's deprecated ``debug`` is not answered). An error's
 ``type`` is one of Orb's, which the SDK maps to its exception classes; a refused batch is a 400
 ``request-validation-errors`` naming each event that failed in ``validation_failed``.
+
+Corrections: ``client.events.update(event_id, ...)`` puts ``/v1/events/{event_id}`` (the event's new name,
+properties, timestamp and customer; 200 ``{"amended": event_id}``) and ``client.events.deprecate(event_id)`` puts
+``/v1/events/{event_id}/deprecate`` (200 ``{"deprecated": event_id}``): meter's amend and cancel (``Engine.correct``),
+with every aggregate restated. Unlike Orb, an amendment may move the event to another customer or time.
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ from typing import Any
 import msgspec
 
 from meter.exceptions import InvalidInput
+from meter.schemas import AmendEvent, CancelEvent
 from meter.server.context import Context
 from meter.server.dropin import events
 from meter.server.http import Answer, Request
 
-__all__ = ["LIMIT", "error", "ingest"]
+__all__ = ["LIMIT", "amend", "deprecate", "error", "ingest"]
 
 #: Events per request, as Orb's API allows.
 LIMIT = 500
@@ -28,6 +34,14 @@ LIMIT = 500
 class _Event(msgspec.Struct):
     event_name: str
     idempotency_key: str
+    timestamp: str
+    properties: dict[str, Any] = {}
+    customer_id: str | None = None
+    external_customer_id: str | None = None
+
+
+class _Amendment(msgspec.Struct):
+    event_name: str
     timestamp: str
     properties: dict[str, Any] = {}
     customer_id: str | None = None
@@ -57,6 +71,23 @@ async def ingest(ctx: Context, request: Request, backfill_id: str | None) -> Ans
     ]
     await events.count(ctx, request, made)
     return 200, {"validation_failed": []}, {}
+
+
+async def amend(ctx: Context, request: Request, event_id: str) -> Answer:
+    sent = events.read(request.body, _Amendment, '{"event_name", "timestamp", "properties", "customer_id"}')
+    if (sent.customer_id is None) == (sent.external_customer_id is None):
+        issue = events.Issue(0, event_id, "customer_id", "send exactly one of customer_id and external_customer_id")
+        raise events.refuse([issue], 1)
+    customer = sent.customer_id or sent.external_customer_id or ""
+    subject = (await events.subjects(ctx, request.tenant, [customer]))[customer]
+    made = events.event("orb", event_id, sent.event_name, subject, sent.timestamp, _data(sent.properties))
+    await events.correct(ctx, request, [AmendEvent(event=made)], "amended through Orb's event amendment API")
+    return 200, {"amended": event_id}, {}
+
+
+async def deprecate(ctx: Context, request: Request, event_id: str) -> Answer:
+    await events.correct(ctx, request, [CancelEvent(source="orb", id=event_id)], "deprecated through Orb's API")
+    return 200, {"deprecated": event_id}, {}
 
 
 def _data(properties: dict[str, Any]) -> dict[str, Any]:

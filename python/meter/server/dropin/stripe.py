@@ -11,6 +11,11 @@
   ``/v2/billing/meter_event_stream`` (at most 100 events: ``event_name``, ``payload``, ``identifier``, ``timestamp``
   in RFC 3339). Success: 200 ``{}``. An expired token is a 401 ``billing_meter_event_session_expired``.
 
+Cancels (meter event adjustments): ``client.v1.billing.meter_event_adjustments.create({"event_name", "type": "cancel",
+"cancel": {"identifier"}})`` posts ``/v1/billing/meter_event_adjustments`` (form-encoded) and the v2 client posts
+``/v2/billing/meter_event_adjustments`` (JSON): meter's cancel (``Engine.correct``), with every aggregate restated,
+for as long as the event is retained (Stripe: 24 hours). Success: 200 with the adjustment, ``status`` ``complete``.
+
 Errors are Stripe's ``{"error": {"type", "code", "message", "param"}}``, with ``Stripe-Should-Retry``. Unlike
 Stripe, an identifier is kept for meter's whole dedup window (Stripe: 24 hours), and sending it again with the same
 content is a success.
@@ -25,12 +30,13 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
+from meter.schemas import CancelEvent
 from meter.server.context import Context, opened
 from meter.server.dropin import events
 from meter.server.errors import ApiError
 from meter.server.http import Answer, Request
 
-__all__ = ["LIMIT", "SESSION", "error", "meter_event", "session", "stream"]
+__all__ = ["LIMIT", "SESSION", "adjustment_v1", "adjustment_v2", "error", "meter_event", "session", "stream"]
 
 #: Events per stream request, as Stripe's API allows.
 LIMIT = 100
@@ -70,6 +76,49 @@ async def meter_event(ctx: Context, request: Request, idempotency_key: str) -> A
         },
         {},
     )
+
+
+async def adjustment_v1(ctx: Context, request: Request) -> Answer:
+    form = dict(parse_qsl(request.body.decode(errors="replace"), keep_blank_values=True))
+    return await _cancel(ctx, request, form.get("event_name"), form.get("type"), form.get("cancel[identifier]"), 1)
+
+
+class _Adjustment(msgspec.Struct):
+    event_name: str | None = None
+    type: str | None = None
+    cancel: dict[str, str] = {}
+
+
+async def adjustment_v2(ctx: Context, request: Request) -> Answer:
+    sent = events.read(request.body, _Adjustment, '{"event_name", "type": "cancel", "cancel": {"identifier"}}')
+    return await _cancel(ctx, request, sent.event_name, sent.type, sent.cancel.get("identifier"), 2)
+
+
+async def _cancel(
+    ctx: Context, request: Request, name: str | None, kind: str | None, identifier: str | None, version: int
+) -> Answer:
+    """A meter event adjustment: cancels the event of ``identifier`` (Stripe's only adjustment type)."""
+    if kind != "cancel":
+        raise events.refuse([events.Issue(0, identifier, "type", f'"cancel" is the only type; got {kind!r}')], 1)
+    if not name:
+        raise events.refuse([events.Issue(0, identifier, "event_name", "required: the event's name")], 1)
+    if not identifier:
+        raise events.refuse([events.Issue(0, None, "cancel[identifier]", "required: the event to cancel")], 1)
+    await events.correct(
+        ctx, request, [CancelEvent(source="stripe", id=identifier)], f"cancelled through Stripe ({name})"
+    )
+    made = {
+        "id": f"mtr_adj_{uuid.uuid4().hex}",
+        "object": "billing.meter_event_adjustment" if version == 1 else "v2.billing.meter_event_adjustment",
+        "cancel": {"identifier": identifier},
+        "event_name": name,
+        "livemode": False,
+        "status": "complete",
+        "type": "cancel",
+    }
+    if version == 2:
+        made["created"] = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return 200, made, {}
 
 
 async def session(ctx: Context, request: Request) -> Answer:

@@ -9,10 +9,11 @@ meter's own API document: their contract is each vendor's.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 from meter.server.dropin import lago, metronome, openmeter, orb, stripe
 from meter.server.http import Answer
-from meter.server.table import TEXT, Access, Body, Handler, Param, Route
+from meter.server.table import TEXT, Access, Body, Handler, Param, PathParam, Route
 
 __all__ = ["ROUTES"]
 
@@ -29,10 +30,25 @@ def _route(
     body: Body = _JSON,
     access: Access = "ingest",
     params: tuple[Param, ...] = (),
+    method: Literal["POST", "PUT"] = "POST",
+    path_params: tuple[PathParam, ...] = (),
 ) -> Route:
     return Route(
-        "POST", path, access, handler, summary, body=body, params=params, errors_as=errors_as, documented=False
+        method,
+        path,
+        access,
+        handler,
+        summary,
+        body=body,
+        params=params,
+        path_params=path_params,
+        errors_as=errors_as,
+        documented=False,
     )
+
+
+_ORB_EVENT = PathParam("event_id", "o-1", "The event's idempotency key")
+_FORM = Body(accept=("application/x-www-form-urlencoded",), accept_message="send application/x-www-form-urlencoded")
 
 
 ROUTES = [
@@ -51,6 +67,23 @@ ROUTES = [
         "Orb: ingest events",
         params=(Param("backfill_id", TEXT, "Orb's backfill (not supported yet)"),),
     ),
+    _route(
+        "/compat/orb/v1/events/{event_id}",
+        orb.amend,
+        orb.error,
+        "Orb: amend an event",
+        method="PUT",
+        path_params=(_ORB_EVENT,),
+    ),
+    _route(
+        "/compat/orb/v1/events/{event_id}/deprecate",
+        orb.deprecate,
+        orb.error,
+        "Orb: deprecate an event",
+        Body(),
+        method="PUT",
+        path_params=(_ORB_EVENT,),
+    ),
     _route("/compat/lago/api/v1/events", lago.one, lago.error, "Lago: create an event"),
     _route("/compat/lago/api/v1/events/batch", lago.batch, lago.error, "Lago: create a batch of events"),
     _route(
@@ -58,9 +91,13 @@ ROUTES = [
         stripe.meter_event,
         stripe.error,
         "Stripe: create a meter event",
-        Body(accept=("application/x-www-form-urlencoded",), accept_message="send application/x-www-form-urlencoded"),
+        _FORM,
         params=(_IDEMPOTENCY,),
     ),
+    _route(
+        "/compat/stripe/v1/billing/meter_event_adjustments", stripe.adjustment_v1, stripe.error, "Stripe: cancel", _FORM
+    ),
+    _route("/compat/stripe/v2/billing/meter_event_adjustments", stripe.adjustment_v2, stripe.error, "Stripe: cancel"),
     _route(
         "/compat/stripe/v2/billing/meter_event_session",
         stripe.session,

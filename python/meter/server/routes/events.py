@@ -128,8 +128,7 @@ def _corrected(c: Correction) -> dict[str, Any]:
 
 
 async def post_corrections(ctx: Context, request: Request, body: CorrectionRequest) -> Answer:
-    actor = f"key:{request.key.id}" if request.key is not None else "unknown"
-    return 200, await ctx.call(opened(ctx.engine).correct, request.tenant, body, actor=actor), {}
+    return 200, await ctx.call(opened(ctx.engine).correct, request.tenant, body, actor=request.actor), {}
 
 
 async def line_events(
