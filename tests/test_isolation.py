@@ -212,6 +212,20 @@ def bodies(b: TenantB) -> dict[tuple[str, str], Any]:
             "events": [{"transaction_id": "b-e0", "external_subscription_id": B_SUB, "code": "llm"}]
         },
         ("POST", "/compat/stripe/v1/billing/meter_events"): {"event_name": "llm", "identifier": "b-e0"},
+        ("POST", "/compat/stripe/v1/billing/meter_event_adjustments"): {"event_name": "llm", "type": "cancel"}
+        | {"cancel": {"identifier": "b-e0"}},
+        ("POST", "/compat/stripe/v2/billing/meter_event_adjustments"): {"event_name": "llm", "type": "cancel"}
+        | {"cancel": {"identifier": "b-e0"}},
+        ("PUT", "/compat/orb/v1/events/(?P<event_id>[^/]+)"): {"event_name": "llm", "timestamp": at}
+        | {"customer_id": B_CUSTOMER, "properties": vendor},
+        ("PUT", "/compat/orb/v1/events/(?P<event_id>[^/]+)/deprecate"): None,
+        ("POST", "/v1/events/corrections"): {
+            "reason": "takeover",
+            "items": [
+                {"action": "cancel", "source": "gw", "id": "b-e0"},
+                {"action": "amend", "event": {**B_EVENTS[1], "data": vendor}},
+            ],
+        },
         ("POST", "/compat/stripe/v2/billing/meter_event_session"): {},
         ("POST", "/compat/stripe/v2/billing/meter_event_stream"): {
             "events": [{"event_name": "llm", "identifier": "b-e0", "payload": {"stripe_customer_id": B_CUSTOMER}}]

@@ -35,7 +35,7 @@ use serde_json::value::RawValue;
 use super::config::Config;
 use super::prepare::time_issue;
 use crate::aggregate::extract::extract_retained;
-use crate::aggregate::fold::{Fold, DAY_FIRST_COMMIT, DAY_LAST_COMMIT};
+use crate::aggregate::fold::{Fold, PairRef, DAY_FIRST_COMMIT, DAY_LAST_COMMIT};
 use crate::aggregate::meter::{Aggregation, Meter};
 use crate::aggregate::registry::Registry;
 use crate::aggregate::resolution::{floor_to, Resolution, DAY, HOUR};
@@ -167,30 +167,49 @@ pub(crate) fn drop_through(store: &dyn Store, tenant: &str, seq: u64, set: &mut 
     Ok(())
 }
 
-/// The current version of the event `(source, id)`: the last correction says where it is, or that it was
-/// cancelled; an event never corrected is found through its dedup mark, else by a scan of the retained events (past
-/// the dedup window).
+/// The current version of the event `(source, id)` (`current_all`).
 pub(crate) fn current(store: &dyn Store, tenant: &str, source: &str, id: &str) -> Result<Current> {
-    if let Some(last) = history(store, tenant, source, id)?.pop() {
-        let Some(version) = last.replacement else { return Ok(Current::Cancelled) };
-        return Ok(match in_commit(store, tenant, version)? {
-            Some(found) => Current::Counted(Located { received_us: Some(last.at_us), ..found }),
-            None => Current::Missing,
-        });
+    let mut found = current_all(store, tenant, &[(source.to_owned(), id.to_owned())])?;
+    Ok(found.pop().expect("one identity, one answer"))
+}
+
+/// The current version of each event of `identities`, in order: the last correction says where it is, or that it was
+/// cancelled; an event never corrected is found through its dedup mark, else (past the dedup window) by one scan of
+/// the retained events for all of those at once, which stops once each is found.
+pub(crate) fn current_all(store: &dyn Store, tenant: &str, identities: &[(String, String)]) -> Result<Vec<Current>> {
+    let mut out = Vec::with_capacity(identities.len());
+    let mut unresolved: hashbrown::HashMap<(String, String), usize> = hashbrown::HashMap::new();
+    for (source, id) in identities {
+        let found = if let Some(last) = history(store, tenant, source, id)?.pop() {
+            match last.replacement {
+                None => Current::Cancelled,
+                Some(version) => match in_commit(store, tenant, version)? {
+                    Some(found) => Current::Counted(Located { received_us: Some(last.at_us), ..found }),
+                    None => Current::Missing,
+                },
+            }
+        } else if let Some(found) = locate_by_mark(store, tenant, source, id)? {
+            Current::Counted(found)
+        } else {
+            unresolved.insert((source.clone(), id.clone()), out.len());
+            Current::Missing
+        };
+        out.push(found);
     }
-    if let Some(found) = locate_by_mark(store, tenant, source, id)? {
-        return Ok(Current::Counted(found));
+    if unresolved.is_empty() {
+        return Ok(out);
     }
-    let mut found = None;
-    scan_prefix(store, Cf::Events, &keys::events_prefix(tenant), |key, value| {
-        if let Some(e) = events::decode(value)?.into_iter().find(|e| e.source == source && e.id == id) {
-            let seq = seq_of(key, keys::events_prefix(tenant).len())?;
-            found = Some(Located { key: key.to_vec(), seq, event: e, received_us: None });
-            return Ok(false);
+    let prefix = keys::events_prefix(tenant);
+    scan_prefix(store, Cf::Events, &prefix, |key, value| {
+        for e in events::decode(value)? {
+            if let Some(at) = unresolved.remove(&PairRef(&e.source, &e.id)) {
+                let seq = seq_of(key, prefix.len())?;
+                out[at] = Current::Counted(Located { key: key.to_vec(), seq, event: e, received_us: None });
+            }
         }
-        Ok(true)
+        Ok(!unresolved.is_empty())
     })?;
-    Ok(found.map_or(Current::Missing, Current::Counted))
+    Ok(out)
 }
 
 /// The event of `version`, read from its commit's records.
@@ -248,22 +267,30 @@ pub(crate) fn stage(
     let mut issues = Vec::new();
     let amendments = parse_amendments(tenant, &request.items, now_us, config, &mut issues)?;
 
-    let mut outcomes = Vec::with_capacity(request.items.len());
-    let mut planned = Vec::new();
+    // Each item's event and new version (none for a cancel); an amendment the parser refused has its issue already.
     let mut named = HashSet::new();
+    let mut wanted = Vec::new();
     for (index, item) in request.items.iter().enumerate() {
         let (source, id, new) = match item {
             Item::Cancel { source, id } => (source.clone(), id.clone(), None),
             Item::Amend(_) => match amendments.get(&index) {
                 Some(e) => (e.source.clone(), e.id.clone(), Some(e.clone())),
-                None => continue, // refused by the parser: its issue is in `issues`
+                None => continue,
             },
         };
         if !named.insert((source.clone(), id.clone())) {
             issues.push(issue(index, &id, IssueCode::DuplicateItem, "this event is named twice; name it once"));
             continue;
         }
-        let status = match (current(store, tenant, &source, &id)?, new) {
+        wanted.push((index, source, id, new));
+    }
+    let identities: Vec<(String, String)> = wanted.iter().map(|(_, s, i, _)| (s.clone(), i.clone())).collect();
+    let currents = current_all(store, tenant, &identities)?;
+
+    let mut outcomes = Vec::with_capacity(request.items.len());
+    let mut planned = Vec::new();
+    for ((index, source, id, new), now) in wanted.into_iter().zip(currents) {
+        let status = match (now, new) {
             (Current::Missing, _) => {
                 let message = "no retained event has this source and id: it was never accepted, or retention \
                                dropped it (corrections reach back as far as events are retained)";
