@@ -297,3 +297,12 @@ def test_corrections_that_need_dropped_events_are_refused(tmp_path: Path) -> Non
         engine.day_counts("acme", "sum")
         assert engine.maintain(now=T0 + timedelta(hours=7)).dropped[0].through_seq == seq
         assert engine.event_history("acme", "gw", "between") == [] and engine.corrections("acme", 0, seq) == []
+
+
+def test_a_correction_is_on_the_change_feed_so_live_balances_follow(engine: Engine) -> None:
+    engine.ingest("acme", body(cloud("a", "ada", T0 + timedelta(seconds=30), 10, "x")), now=NOW)
+    engine.changes()  # what ingest changed, taken
+    correct(engine, [AmendEvent(event=cloud("a", "bob", T0 + timedelta(seconds=30), 10, "x"))])
+    table, overflowed = engine.changes()
+    changed = {(r["meter"], r["customer"], r["earliest"]) for r in table.to_pylist()}
+    assert not overflowed and {("sum", "ada", T0), ("sum", "bob", T0), ("max", "ada", T0)} <= changed

@@ -152,3 +152,38 @@ def test_a_correction_needs_a_reason_and_the_ingest_scope(server: Server, acme: 
         missing = other.post("/v1/events/corrections", json={"reason": "x", "items": [item]})
         assert missing.status_code == 422 and missing.json()["issues"][0]["code"] == "not_found"
     assert acme.get("/v1/events/gw/e2").json()["status"] == "counted"
+
+
+def test_a_backfill_replaces_a_range_and_its_revert_puts_it_back(data_dir: Path, acme: httpx.Client) -> None:
+    start, end = RECENT + timedelta(seconds=1), RECENT + timedelta(seconds=5)  # bob's e2 and e4 in range
+    opened = acme.post(
+        "/v1/backfills",
+        json={"id": "bf-bob", "start": start.isoformat(), "end": end.isoformat(), "customer": "bob", "reason": "fix"},
+    )
+    assert opened.status_code == 201, opened.text
+    before = usage(acme, "tokens")
+    staged = acme.post("/v1/backfills/bf-bob/events", json=[sent(4, "bob", tokens=400), sent(77, "bob", tokens=7)])
+    assert staged.status_code == 422, "e77's time is outside the range"
+    assert staged.json()["issues"][0]["index"] == 1 and staged.json()["issues"][0]["code"] == "out_of_range"
+    replacement = sent(3, "bob", tokens=3) | {"id": "n3"}
+    assert acme.post("/v1/backfills/bf-bob/events", json=[sent(4, "bob", tokens=400), replacement]).json() == {
+        "staged": 2,
+        "events": 2,
+    }
+    closed = acme.post("/v1/backfills/bf-bob/close").json()
+    assert (closed["status"], closed["cancelled"], closed["amended"], closed["added"]) == ("closed", 1, 1, 1)
+    assert usage(acme, "tokens")["bob"] == str(int(before["bob"]) - 2 - 4 + 400 + 3)
+    assert acme.get("/v1/events/gw/n3").json()["history"][0]["change"] == "added"
+    wait_for_export(data_dir, closed["seq"])
+    ids = {e["id"] for e in search(acme, subject="bob")}
+    assert "e2" not in ids and {"e4", "n3"} <= ids
+
+    reverted = acme.post("/v1/backfills/bf-bob/revert").json()
+    assert reverted["status"] == "reverted" and usage(acme, "tokens") == before
+    assert acme.get("/v1/events/gw/e2").json()["status"] == "amended", "restored: counted again, with its history"
+    wait_for_export(data_dir, closed["seq"] + 1)
+    ids_after = {e["id"] for e in search(acme, subject="bob")}
+    assert "e2" in ids_after and "n3" not in ids_after, "the export's corrections say what counts again"
+    assert acme.get("/v1/backfills/bf-bob").json()["status"] == "reverted"
+    assert acme.post("/v1/backfills/bf-bob/close").status_code == 409
+    assert acme.get("/v1/backfills/nope").status_code == 404

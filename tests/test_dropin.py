@@ -185,6 +185,27 @@ def test_orb_amends_and_deprecates(server: Server, key: str) -> None:
     assert [h["change"] for h in history] == ["accepted", "amended"] and "Orb" in history[1]["reason"]
 
 
+def test_orb_backfills_replace_and_revert(server: Server, key: str) -> None:
+    client: Any = orb.Orb(api_key=key, base_url=f"{server.url}/compat/orb/v1", max_retries=0)
+    start = RECENT + timedelta(minutes=30)
+    sent = {"event_name": "llm", "customer_id": "c-orb-bf"}
+    client.events.ingest(events=[sent | {"idempotency_key": "ob-1", "timestamp": start, "properties": {"tokens": 100}}])
+    made = client.events.backfills.create(
+        timeframe_start=start, timeframe_end=start + timedelta(minutes=10), customer_id="c-orb-bf"
+    )
+    assert made.status == "pending" and made.replace_existing_events
+    staged = sent | {"idempotency_key": "ob-2", "timestamp": start + timedelta(minutes=1), "properties": {"tokens": 5}}
+    assert client.events.ingest(events=[staged], backfill_id=made.id).validation_failed == []
+    assert tokens(server, key, "c-orb-bf") == 100, "staged, not counted yet"
+    assert client.events.backfills.close(made.id).status == "reflected"
+    assert tokens(server, key, "c-orb-bf") == 5
+    assert client.events.backfills.fetch(made.id).events_ingested == 1
+    assert client.events.backfills.revert(made.id).status == "reverted"
+    assert tokens(server, key, "c-orb-bf") == 100
+    with pytest.raises(orb.BadRequestError, match="close_time"):
+        client.events.backfills.create(timeframe_start=start, timeframe_end=start, close_time=start)
+
+
 # ----------------------------------------------------------------------------------------------------------- Lago
 
 

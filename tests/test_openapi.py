@@ -257,8 +257,9 @@ def test_every_documented_operation_is_served_and_its_store_calls_run_off_the_ev
 ) -> None:
     """A request per operation (with a key it may use) reaches its handler: no routing 404 or 405, no 5xx.
 
-    Every store (engine, keys, catalog, invoices, invoicer) is wrapped so that a call made on the event loop's thread
-    fails the request (a 500), and each operation that is not a probe must have made at least one store call.
+    Every store (engine, keys, catalog, invoices, invoicer, reservations, live state, backfills) is wrapped so
+    that a call made on the event loop's thread fails the request (a 500), and each operation that is not a probe
+    must have made at least one store call.
     """
     app = MeterApp(tmp_path / "data")
     app.startup()
@@ -269,7 +270,7 @@ def test_every_documented_operation_is_served_and_its_store_calls_run_off_the_ev
         tenant, _ = app.keys.create_key("acme", ["ingest", "read", "export", "admin"])
         loop_thread: list[threading.Thread] = []
         calls: list[str] = []
-        for name in ("engine", "keys", "billing", "invoices", "invoicer", "reservations", "live"):
+        for name in ("engine", "keys", "billing", "invoices", "invoicer", "reservations", "live", "backfills"):
             setattr(app, name, OffTheLoop(getattr(app, name), loop_thread, calls))
         # Deletions last, so that what the others name exists where it can.
         ops = sorted(documented(document).items(), key=lambda item: item[0][0] == "delete")
@@ -293,7 +294,7 @@ def test_every_documented_operation_is_served_and_its_store_calls_run_off_the_ev
             if op.get("security"):
                 assert calls[0] == "known" and len(calls) > 1 or path == "/metrics", f"{where}: calls {calls}"
     finally:
-        for name in ("engine", "keys", "billing", "invoices", "invoicer", "reservations", "live"):
+        for name in ("engine", "keys", "billing", "invoices", "invoicer", "reservations", "live", "backfills"):
             if isinstance(store := getattr(app, name), OffTheLoop):
                 setattr(app, name, store.wrapped)
         app.shutdown()

@@ -40,6 +40,7 @@ EXPECTED = [
     ("/v1/meters/tokens/usage?", ['"subject":"customer-42","model":"gpt-4o","value":"1200","events":1']),
     ("meter.Client(os.environ", ["1 0"]),
     ("def send_all()", ["counted 150", "again 150"]),
+    ("/v1/backfills/bf-42/events", ['"status":"pending"', '{"staged":1,"events":1}', '"status":"reverted"']),
     ("/v1/events/corrections", ['"status":"amended"', '"status":"cancelled"', "amended 1000 ['accepted', 'amended']"]),
     (
         "entitlements/tokens -H",

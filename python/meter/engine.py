@@ -201,11 +201,23 @@ class Engine:
         index). Idempotent by state: an event already cancelled, or already with that payload, is ``unchanged``.
         ``actor`` (who asked) and ``request.reason`` are kept in each event's history (:meth:`event_history`).
         """
-        items = [
+        items: list[dict[str, Any]] = [
             {"cancel": {"source": i.source, "id": i.id}} if isinstance(i, CancelEvent) else {"amend": i.event}
             for i in request.items
         ]
-        body = msgspec.json.encode({"reason": request.reason, "actor": actor, "items": items})
+        return self.correct_items(tenant, items, reason=request.reason, actor=actor, now=now)
+
+    def correct_items(
+        self, tenant: str, items: list[dict[str, Any]], *, reason: str, actor: str, now: datetime | None = None
+    ) -> CorrectionResult:
+        """:meth:`correct` with the engine's own items, a backfill's among them (``meter.backfills``).
+
+        Besides ``{"cancel": {"source", "id"}}`` and ``{"amend": event}``: ``{"put": event}`` (amends the event of its
+        identity, or adds it as a new one), ``{"replace": {"subject", "event_type", "from_us", "to_us"}}`` (cancels
+        every event counted in that range that no other item names) and ``{"restore": {"source", "id", "seq",
+        "ordinal"}}`` (brings back a version a correction voided).
+        """
+        body = msgspec.json.encode({"reason": reason, "actor": actor, "items": items})
         now_us = None if now is None else to_micros(now, "now")
         return msgspec.json.decode(self._inner.correct(tenant, body, now_us=now_us), type=CorrectionResult)
 

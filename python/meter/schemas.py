@@ -182,13 +182,16 @@ class CorrectionRequest(msgspec.Struct, forbid_unknown_fields=True):
 class CorrectionOutcome(msgspec.Struct):
     """What a correction did to the event named at ``index``: ``cancelled``, ``amended``, or ``unchanged``.
 
-    ``unchanged``: it was already cancelled, or already had that payload (a retried correction applies once).
+    ``unchanged``: it was already cancelled, or already had that payload (a retried correction applies once). A
+    backfill's close also ``added`` new events and ``replaced`` a range; its revert ``restored`` what it replaced.
     """
 
     index: int
     source: str
     id: str
-    status: Literal["cancelled", "amended", "unchanged"]
+    status: Literal["cancelled", "amended", "added", "restored", "replaced", "unchanged"]
+    #: Events the item changed: 0 or 1, or how many events of a replaced range were cancelled.
+    events: int = 0
 
 
 class CorrectionResult(msgspec.Struct):
@@ -211,16 +214,19 @@ class EventVersion(msgspec.Struct):
 
 
 class Correction(msgspec.Struct):
-    """One correction of one event: what was done, when, by whom and why, and which version it replaced."""
+    """One correction of one event: what was done, when, by whom and why, and which version it replaced.
+
+    ``add`` (a backfill's new event) replaced none; ``restore`` (a backfill's revert) brought ``replacement`` back.
+    """
 
     source: str
     id: str
-    action: Literal["cancel", "amend"]
+    action: Literal["cancel", "amend", "add", "restore"]
     seq: int
     at_us: int
     reason: str
     actor: str
-    replaced: EventVersion
+    replaced: EventVersion | None
     replacement: EventVersion | None
 
 

@@ -86,7 +86,7 @@ def export_events(engine: Engine, tenants: list[str], out: Path, page: int = 1_0
                 pass  # a manifest beyond the engine's last commit is another data directory's: nothing to say
         while True:
             table, last = engine.retained_events(tenant, after, page)
-            if table.num_rows == 0:
+            if last == after:  # a commit may hold no event, only corrections (a cancel's): it is written all the same
                 break
             for leftover in [
                 *layout.events_leftovers(out, tenant, after + 1),
@@ -114,7 +114,7 @@ def export_events(engine: Engine, tenants: list[str], out: Path, page: int = 1_0
 def _corrections(engine: Engine, tenant: str, after: int, through: int) -> pa.Table:
     """The corrections of commits ``(after, through]`` as a table of :data:`CORRECTION_COLUMNS`."""
     made = engine.corrections(tenant, after, through)
-    replacements = [c.replacement for c in made]
+    replaced, replacements = [c.replaced for c in made], [c.replacement for c in made]
     columns = {
         "seq": pa.array([c.seq for c in made], pa.uint64()),
         "at": pa.array([c.at_us for c in made], pa.int64()).cast(pa.timestamp("us", "UTC")),
@@ -123,8 +123,8 @@ def _corrections(engine: Engine, tenant: str, after: int, through: int) -> pa.Ta
         "action": pa.array([c.action for c in made], pa.string()),
         "reason": pa.array([c.reason for c in made], pa.string()),
         "actor": pa.array([c.actor for c in made], pa.string()),
-        "replaced_seq": pa.array([c.replaced.seq for c in made], pa.uint64()),
-        "replaced_ordinal": pa.array([c.replaced.ordinal for c in made], pa.uint64()),
+        "replaced_seq": pa.array([r and r.seq for r in replaced], pa.uint64()),
+        "replaced_ordinal": pa.array([r and r.ordinal for r in replaced], pa.uint64()),
         "replacement_seq": pa.array([r and r.seq for r in replacements], pa.uint64()),
         "replacement_ordinal": pa.array([r and r.ordinal for r in replacements], pa.uint64()),
     }
@@ -132,16 +132,31 @@ def _corrections(engine: Engine, tenant: str, after: int, through: int) -> pa.Ta
 
 
 def voided(engine: Engine, out: Path, tenant: str) -> pl.DataFrame:
-    """Every version of the tenant's events that a correction voided (``seq``, ``ordinal``): exported or retained."""
-    frames = [pl.DataFrame(schema={"seq": pl.UInt64(), "ordinal": pl.UInt64()})]
+    """Every version of the tenant's events that counts no more (``seq``, ``ordinal``), exported or retained.
+
+    A version is voided by the last correction that names it: as the one it replaced (a cancel, an amend), unless a
+    later one names it as the one that counts again (a backfill's revert restores it).
+    """
+    columns = ("seq", "replaced_seq", "replaced_ordinal", "replacement_seq", "replacement_ordinal")
     exported = read_manifest(layout.manifest(layout.events_tenant(out, tenant)), _Manifest, _Manifest(0)).after_seq
     root = layout.corrections_tenant(out, tenant)
-    written = pl.scan_parquet(root / "*.parquet") if any(root.glob("part-*.parquet")) else None
-    if written is not None:
-        frames.append(written.filter(pl.col("seq") <= exported).select("replaced_seq", "replaced_ordinal").collect())
-    later = _corrections(engine, tenant, exported, 2**64 - 1)
-    frames.append(pl.from_arrow(later.select(["replaced_seq", "replaced_ordinal"])))  # type: ignore[arg-type]
-    return pl.concat([f.rename({"replaced_seq": "seq", "replaced_ordinal": "ordinal"}, strict=False) for f in frames])
+    later = pl.from_arrow(_corrections(engine, tenant, exported, 2**64 - 1).select(list(columns)))
+    assert isinstance(later, pl.DataFrame)
+    frames = [later]
+    if any(root.glob("part-*.parquet")):
+        written = pl.scan_parquet(root / "*.parquet").filter(pl.col("seq") <= exported).select(columns)
+        frames.insert(0, written.collect())
+    made = pl.concat(frames)
+    names = [
+        made.select(
+            "seq", pl.col("replaced_seq").alias("v_seq"), pl.col("replaced_ordinal").alias("v_ordinal")
+        ).with_columns(counts=pl.lit(False)),
+        made.select(
+            "seq", pl.col("replacement_seq").alias("v_seq"), pl.col("replacement_ordinal").alias("v_ordinal")
+        ).with_columns(counts=pl.lit(True)),
+    ]
+    last = pl.concat(names).drop_nulls("v_seq").sort("seq", "counts").group_by("v_seq", "v_ordinal").last()
+    return last.filter(~pl.col("counts")).select(pl.col("v_seq").alias("seq"), pl.col("v_ordinal").alias("ordinal"))
 
 
 def scan(out: Path, tenant: str) -> pl.LazyFrame | None:

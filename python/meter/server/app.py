@@ -35,6 +35,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import msgspec
 
+from meter.backfills import Backfills
 from meter.billing.invoicer import Invoicer
 from meter.billing.store import InvoiceStore
 from meter.billing.top_ups import auto_top_up
@@ -122,6 +123,8 @@ class MeterApp:
         #: Reservations (meter.live.reservations), opened with the stores if writable; their fit check reads the
         #: live state (`reservations.standing`).
         self.reservations: Reservations | None = None
+        #: Backfills (meter.backfills), opened with the stores if writable.
+        self.backfills: Backfills | None = None
         # The stores: None until startup opens them (or after a failed open), Unavailable for those a degraded start
         # could not open. Routes reach them through opened(): authorize() lets a request through only once they are.
         self.engine: Engine | Unavailable | None = None
@@ -210,6 +213,7 @@ class MeterApp:
             # The live state: checks and balances read it; reservations hold against it; alerts hear each refresh.
             self.live = Tracker(stores.engine, stores.billing, stores.invoices, export_dir, tenants)
             self.reservations = Reservations(stores.invoices, self.live)
+            self.backfills = Backfills(stores.engine, stores.invoices)
             self.live.held = self.reservations.held
             book = AlertBook(stores.billing, stores.engine)
             self.live.on_refresh = alerts.on_refresh(book, stores.invoices, self.webhooks.wake)
@@ -238,7 +242,7 @@ class MeterApp:
             self.webhooks.stop()
             self.webhooks = None
         self.payments = None
-        self.reservations = None
+        self.reservations = self.backfills = None
         stores, self.stores = self.stores, None
         self.engine = self.keys = self.billing = self.invoices = self.invoicer = None
         if stores is not None:

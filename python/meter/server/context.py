@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+from meter.backfills import Backfills
 from meter.billing.invoicer import Invoicer
 from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
@@ -83,6 +84,8 @@ class Context(Protocol):
     live: Tracker | None
     #: Reservations against allowances and balances (None when they do not run: before startup, a degraded start).
     reservations: Reservations | None
+    #: Backfills: a range's usage replaced whole (None before startup and on a degraded start).
+    backfills: Backfills | None
 
     async def call(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """`fn(*args, **kwargs)` on the app's thread pool, off the event loop."""

@@ -12,18 +12,19 @@ from typing import Any
 __all__ = ["EXAMPLES"]
 
 _PRICE_EXAMPLE = {"id": "tokens", "currency": "EUR", "model": "per_unit", "meter": "tokens", "unit_price": "0.002"}
+_EVENT_EXAMPLE = {
+    "specversion": "1.0",
+    "id": "ev-1",
+    "source": "gateway",
+    "type": "llm.request",
+    "subject": "cust-1",
+    "time": "2026-11-23T10:00:00Z",
+    "data": {"tokens": 120, "model": "small"},
+}
 #: Request bodies that work on a fresh tenant, in this order (the examples of the document, and the seed of the
 #: bad-input test, whose generated requests start from them).
 EXAMPLES: dict[str, Any] = {
-    "CloudEvent": {
-        "specversion": "1.0",
-        "id": "ev-1",
-        "source": "gateway",
-        "type": "llm.request",
-        "subject": "cust-1",
-        "time": "2026-11-23T10:00:00Z",
-        "data": {"tokens": 120, "model": "small"},
-    },
+    "CloudEvent": _EVENT_EXAMPLE,
     "MeterSpec": {
         "slug": "tokens",
         "event_type": "llm.request",
@@ -106,21 +107,15 @@ EXAMPLES: dict[str, Any] = {
     "Checks": {"checks": [{"customer": "acme", "feature": "tokens"}, {"customer": "globex", "feature": "sso"}]},
     "ReservationBody": {"id": "job-42", "target": "balance", "amount": "1.00", "expires_in_seconds": 3600},
     "SettleBody": {"actual": "0.80"},
+    "BackfillBody": {
+        "id": "bf-november",
+        "start": "2026-11-23T00:00:00Z",
+        "end": "2026-11-24T00:00:00Z",
+        "customer": "cust-1",
+        "reason": "the gateway lost a day: re-sent from the warehouse",
+    },
     "CorrectionRequest": {
         "reason": "the gateway counted ev-1's cached tokens twice",
-        "items": [
-            {
-                "action": "amend",
-                "event": {
-                    "specversion": "1.0",
-                    "id": "ev-1",
-                    "source": "gateway",
-                    "type": "llm.request",
-                    "subject": "cust-1",
-                    "time": "2026-11-23T10:00:00Z",
-                    "data": {"tokens": 100, "model": "small"},
-                },
-            }
-        ],
+        "items": [{"action": "amend", "event": _EVENT_EXAMPLE | {"data": {"tokens": 100, "model": "small"}}}],
     },
 }

@@ -1,5 +1,6 @@
-//! Corrections: cancel accepted events, or amend them (same identity, new type, customer, time or data), restating
-//! every aggregate they touched, durably and exactly once, with each event's history kept.
+//! Corrections: cancel accepted events, amend them (same identity, new type, customer, time or data), or replace a
+//! range of them (a backfill), restating every aggregate they touched, durably and exactly once, with each event's
+//! history kept.
 //!
 //! A correction is a commit of its own, made by the writer between two group commits (`Writer::correct`):
 //! 1. every fold thread first writes what it holds (as before a new meter), so `agg` holds every commit so far;
@@ -16,6 +17,11 @@
 //!    (range deletes, then the recomputed states), the day marks (so the usage export rewrites those days), each
 //!    event's history (`meta: corrected/`) and this commit's corrections (`meta: corrections/`, the export's
 //!    corrections file). A crash keeps all of it or none.
+//!
+//! A backfill (`meter.backfills`, in Python) closes with the same commit: `Put` amends or adds each of its events
+//! (an added event's dedup mark is written too, so its id is taken as by ingest) and `Replace` cancels the range's
+//! other events; its revert `Restore`s the versions the close voided (their void bits cleared) and cancels what it
+//! added. An event's versions are never rewritten, only voided or brought back.
 //!
 //! Idempotent by state: cancelling a cancelled event, or amending an event to the payload it has, changes nothing
 //! (`unchanged`), so a retried correction applies once. A request is all or nothing: any issue refuses it whole,
@@ -35,11 +41,12 @@ use serde_json::value::RawValue;
 use super::config::Config;
 use super::prepare::time_issue;
 use crate::aggregate::extract::extract_retained;
-use crate::aggregate::fold::{Fold, PairRef, DAY_FIRST_COMMIT, DAY_LAST_COMMIT};
+use crate::aggregate::fold::{ordinal_commit, Fold, PairRef, DAY_FIRST_COMMIT, DAY_LAST_COMMIT};
 use crate::aggregate::meter::{Aggregation, Meter};
 use crate::aggregate::registry::Registry;
 use crate::aggregate::resolution::{floor_to, Resolution, DAY, HOUR};
 use crate::aggregate::state::{AggState, MinuteStates};
+use crate::dedup::{self, Horizon};
 use crate::error::{Error, EventIssue, IssueCode, Result};
 use crate::ingest::parse_batch;
 use crate::ingest::time::{minute_of, MICROS_PER_MINUTE, MINUTES_PER_DAY};
@@ -47,8 +54,8 @@ use crate::query::events::{commits_received, locate_by_mark, seq_of, Located};
 use crate::storage::events::{self, FrameBuilder, RetainedEvent};
 use crate::storage::{keys, scan_prefix, Cf, OpKind, Store, WriteSet};
 
-/// At most this many events in one correction request.
-pub const MAX_ITEMS: usize = 10_000;
+/// At most this many items in one correction (a backfill's close: its events, and the range they replace).
+pub const MAX_ITEMS: usize = 100_001;
 
 /// What a caller asks: who and why, and the events to cancel or amend.
 #[derive(Debug, Deserialize)]
@@ -66,7 +73,18 @@ pub enum Item {
     Cancel { source: String, id: String },
     /// Replaces the event of the CloudEvent's `(source, id)` with this one. Without a `time`, the event keeps its own.
     Amend(Box<RawValue>),
+    /// Counts this CloudEvent: amends the event of its identity if one counts, else adds it as a new event (a
+    /// backfill's events, `Replace` clearing the range they replace).
+    Put(Box<RawValue>),
+    /// Brings back a version an earlier correction voided, voiding the one that counts now (a backfill's revert).
+    Restore { source: String, id: String, seq: u64, ordinal: u64 },
+    /// Cancels every event that counts with a time in `[from_us, to_us)`, of `subject` and `event_type` when given,
+    /// except those the request's other items name (the range a backfill replaces).
+    Replace { subject: Option<String>, event_type: Option<String>, from_us: i64, to_us: i64 },
 }
+
+/// At most this many events replaced by one `Replace`: a larger range is split into several corrections.
+pub const MAX_REPLACED: usize = 1_000_000;
 
 /// One version of an event: the commit that holds it and its ordinal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,7 +98,7 @@ pub struct Version {
 pub struct Correction {
     pub source: String,
     pub id: String,
-    /// `cancel` or `amend`.
+    /// `cancel`, `amend`, `add` (a new event: a backfill's) or `restore` (a voided version brought back).
     pub action: String,
     /// The correction's commit.
     pub seq: u64,
@@ -88,9 +106,9 @@ pub struct Correction {
     pub at_us: i64,
     pub reason: String,
     pub actor: String,
-    /// The version it voided.
-    pub replaced: Version,
-    /// The version that counts instead (amend).
+    /// The version it voided (none for an add, or for a restore of a cancelled event).
+    pub replaced: Option<Version>,
+    /// The version that counts instead (amend, add, restore).
     pub replacement: Option<Version>,
 }
 
@@ -99,8 +117,11 @@ pub struct Outcome {
     pub index: usize,
     pub source: String,
     pub id: String,
-    /// `cancelled`, `amended`, or `unchanged` (it already was).
+    /// `cancelled`, `amended`, `added`, `restored`, `replaced` (a range: `events` cancelled), or `unchanged` (it
+    /// already was).
     pub status: &'static str,
+    /// Events the item changed: 0 or 1, or those of a replaced range.
+    pub events: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -227,11 +248,25 @@ fn in_commit(store: &dyn Store, tenant: &str, version: Version) -> Result<Option
     Ok(found)
 }
 
-/// What one item asks once read: the version it voids and the one that replaces it.
+/// What one item asks once read: the version it voids and the one that counts instead.
 struct Planned {
     index: usize,
-    old: Located,
+    action: &'static str,
+    /// The version voided: none for an add, or a restore of a cancelled event.
+    old: Option<Located>,
+    /// The version that counts instead: none for a cancel.
     new: Option<RetainedEvent<String>>,
+    /// A restore's version is retained already (voided): the record to bring it back in, rather than a new event.
+    restored_in: Option<Vec<u8>>,
+    /// An add's identity: its dedup mark (fingerprint, payload hash).
+    mark: Option<(u128, u64)>,
+}
+
+/// An amendment or a put, parsed: the event, and its dedup fingerprint and payload hash.
+struct Parsed {
+    event: RetainedEvent<String>,
+    fingerprint: u128,
+    payload_hash: u64,
 }
 
 /// A bucket to restate: (meter id, customer, first minute) and how many minutes it covers.
@@ -247,11 +282,13 @@ pub(crate) struct Staged {
 
 /// Reads the request and stages the correction as commit `seq`, received at `now_us`. `Ok(None)`-like: a report
 /// without `seq` and an empty set when every item is unchanged.
+#[allow(clippy::too_many_arguments)] // the writer's state a correction reads, and the correction
 pub(crate) fn stage(
     store: &dyn Store,
     registry: &Registry,
     config: &Config,
     tenant: &str,
+    horizon: &Horizon,
     request: CorrectionRequest,
     seq: u64,
     now_us: i64,
@@ -265,45 +302,45 @@ pub(crate) fn stage(
     );
     crate::ensure!(!request.reason.trim().is_empty(), "missing_reason", "say why the events are corrected: \"reason\"");
     let mut issues = Vec::new();
-    let amendments = parse_amendments(tenant, &request.items, now_us, config, &mut issues)?;
+    let mut parsed = parse_events(tenant, &request.items, now_us, config, &mut issues)?;
 
-    // Each item's event and new version (none for a cancel); an amendment the parser refused has its issue already.
+    // Each item's identity; a range is read after them, leaving out what they name.
     let mut named = HashSet::new();
     let mut wanted = Vec::new();
+    let mut ranges = Vec::new();
     for (index, item) in request.items.iter().enumerate() {
-        let (source, id, new) = match item {
-            Item::Cancel { source, id } => (source.clone(), id.clone(), None),
-            Item::Amend(_) => match amendments.get(&index) {
-                Some(e) => (e.source.clone(), e.id.clone(), Some(e.clone())),
-                None => continue,
+        let (source, id) = match item {
+            Item::Cancel { source, id } | Item::Restore { source, id, .. } => (source.clone(), id.clone()),
+            Item::Amend(_) | Item::Put(_) => match parsed.get(&index) {
+                Some(p) => (p.event.source.clone(), p.event.id.clone()),
+                None => continue, // the parser refused it: its issue is in `issues`
             },
+            Item::Replace { .. } => {
+                ranges.push(index);
+                continue;
+            }
         };
         if !named.insert((source.clone(), id.clone())) {
             issues.push(issue(index, &id, IssueCode::DuplicateItem, "this event is named twice; name it once"));
             continue;
         }
-        wanted.push((index, source, id, new));
+        wanted.push((index, source, id));
     }
-    let identities: Vec<(String, String)> = wanted.iter().map(|(_, s, i, _)| (s.clone(), i.clone())).collect();
+    let identities: Vec<(String, String)> = wanted.iter().map(|(_, s, i)| (s.clone(), i.clone())).collect();
     let currents = current_all(store, tenant, &identities)?;
 
     let mut outcomes = Vec::with_capacity(request.items.len());
     let mut planned = Vec::new();
-    for ((index, source, id, new), now) in wanted.into_iter().zip(currents) {
-        let status = match (now, new) {
-            (Current::Missing, _) => {
-                let message = "no retained event has this source and id: it was never accepted, or retention \
-                               dropped it (corrections reach back as far as events are retained)";
-                issues.push(issue(index, &id, IssueCode::NotFound, message));
-                continue;
+    for ((index, source, id), now) in wanted.into_iter().zip(currents) {
+        let plan = |action, old, new| Planned { index, action, old, new, restored_in: None, mark: None };
+        let status = match (&request.items[index], now) {
+            (Item::Cancel { .. }, Current::Counted(old)) => {
+                planned.push(plan("cancel", Some(old), None));
+                "cancelled"
             }
-            (Current::Cancelled, None) => "unchanged",
-            (Current::Cancelled, Some(_)) => {
-                let message = "this event was cancelled; send it as a new event with a new id instead";
-                issues.push(issue(index, &id, IssueCode::Cancelled, message));
-                continue;
-            }
-            (Current::Counted(old), Some(mut new)) => {
+            (Item::Cancel { .. }, Current::Cancelled) => "unchanged",
+            (Item::Amend(_) | Item::Put(_), Current::Counted(old)) => {
+                let mut new = parsed.remove(&index).expect("parsed").event;
                 if new.time_us == i64::MIN {
                     new.time_us = old.event.time_us;
                 }
@@ -318,17 +355,88 @@ pub(crate) fn stage(
                 if same {
                     "unchanged"
                 } else {
-                    planned.push(Planned { index, old, new: Some(new) });
+                    planned.push(plan("amend", Some(old), Some(new)));
                     "amended"
                 }
             }
-            (Current::Counted(old), None) => {
-                planned.push(Planned { index, old, new: None });
-                "cancelled"
+            (Item::Amend(_) | Item::Put(_), Current::Cancelled) => {
+                let message = "this event was cancelled; send it as a new event with a new id instead";
+                issues.push(issue(index, &id, IssueCode::Cancelled, message));
+                continue;
             }
+            (Item::Put(_), Current::Missing) => {
+                let Parsed { mut event, fingerprint, payload_hash } = parsed.remove(&index).expect("parsed");
+                if event.time_us == i64::MIN {
+                    event.time_us = now_us;
+                }
+                if let Some((code, message)) = time_issue(event.time_us, now_us, config) {
+                    issues.push(issue(index, &id, code, &message));
+                    continue;
+                }
+                if dedup::lookup(store, horizon, &[fingerprint])?[0].is_some() {
+                    let message = "an event with this source and id was accepted and is no longer retained; send \
+                                   it with a new id";
+                    issues.push(issue(index, &id, IssueCode::Conflict, message));
+                    continue;
+                }
+                planned.push(Planned { mark: Some((fingerprint, payload_hash)), ..plan("add", None, Some(event)) });
+                "added"
+            }
+            (&Item::Restore { seq: version_seq, ordinal, .. }, now) => {
+                let version = Version { seq: version_seq, ordinal };
+                match version_of(store, tenant, version)? {
+                    Some((key, event, true)) if event.source == source && event.id == id => {
+                        let old = match now {
+                            Current::Counted(old) => Some(old),
+                            _ => None,
+                        };
+                        planned.push(Planned { restored_in: Some(key), ..plan("restore", old, Some(event)) });
+                        "restored"
+                    }
+                    Some((_, event, false)) if event.source == source && event.id == id => "unchanged",
+                    _ => {
+                        let message = "no retained version of this event has that seq and ordinal";
+                        issues.push(issue(index, &id, IssueCode::NotFound, message));
+                        continue;
+                    }
+                }
+            }
+            (_, Current::Missing) => {
+                let message = "no retained event has this source and id: it was never accepted, or retention \
+                               dropped it (corrections reach back as far as events are retained)";
+                issues.push(issue(index, &id, IssueCode::NotFound, message));
+                continue;
+            }
+            (Item::Replace { .. }, _) => unreachable!("ranges are not named"),
         };
-        outcomes.push(Outcome { index, source, id, status });
+        let events = usize::from(status != "unchanged");
+        outcomes.push(Outcome { index, source, id, status, events });
     }
+    for index in ranges {
+        let Item::Replace { subject, event_type, from_us, to_us } = &request.items[index] else { unreachable!() };
+        let found = in_range(store, config, tenant, subject.as_deref(), event_type.as_deref(), *from_us, *to_us)?;
+        let found: Vec<Located> =
+            found.into_iter().filter(|l| !named.contains(&(l.event.source.clone(), l.event.id.clone()))).collect();
+        if found.len() > MAX_REPLACED {
+            let message = format!("the range holds {} events, more than {MAX_REPLACED}: split it", found.len());
+            issues.push(EventIssue { index, id: None, code: IssueCode::InvalidField, message });
+            continue;
+        }
+        for l in &found {
+            named.insert((l.event.source.clone(), l.event.id.clone()));
+        }
+        outcomes.push(Outcome {
+            index,
+            source: String::new(),
+            id: String::new(),
+            status: "replaced",
+            events: found.len(),
+        });
+        for old in found {
+            planned.push(Planned { index, action: "cancel", old: Some(old), new: None, restored_in: None, mark: None });
+        }
+    }
+    outcomes.sort_by_key(|o| o.index);
     if !issues.is_empty() {
         issues.sort_by_key(|i| i.index);
         return Err(Error::BatchRejected { issues });
@@ -338,10 +446,10 @@ pub(crate) fn stage(
         return Ok(Staged { set: WriteSet::default(), report, changed: Vec::new() });
     }
 
-    // The new versions: this commit's retained events, numbered like ingest's (`commit << 24 | n`).
+    // The new versions (amends and adds): this commit's retained events, numbered like ingest's (`commit << 24 | n`).
     let first_ordinal = seq << 24;
     let mut frame = FrameBuilder::default();
-    for (n, p) in planned.iter_mut().filter(|p| p.new.is_some()).enumerate() {
+    for (n, p) in planned.iter_mut().filter(|p| p.new.is_some() && p.restored_in.is_none()).enumerate() {
         let new = p.new.as_mut().expect("filtered");
         new.ordinal = first_ordinal + n as u64;
         frame.push(&RetainedEvent {
@@ -354,43 +462,54 @@ pub(crate) fn stage(
             data: &new.data,
         });
     }
+    // Written even empty (a cancel's): the export reads commits through their records, and writes this commit's
+    // corrections with them.
     let frame = frame.finish()?;
     let mut set = WriteSet::default();
-    if frame.count > 0 {
-        set.put(
-            Cf::Events,
-            &keys::events_key(tenant, seq, 0),
-            &events::record(first_ordinal, &vec![true; frame.count], &frame),
-        );
-    }
+    let kept = vec![true; frame.count];
+    set.put(Cf::Events, &keys::events_key(tenant, seq, 0), &events::record(first_ordinal, &kept, &frame));
 
-    // Restate every bucket touched, then void the old versions in their records.
+    // Restate every bucket touched, then void the old versions in their records and bring the restored ones back.
     let restated = restate(store, registry, config, tenant, &planned, &mut set, &mut issues)?;
     if !issues.is_empty() {
         return Err(Error::BatchRejected { issues });
     }
-    let mut voided: BTreeMap<Vec<u8>, Vec<u64>> = BTreeMap::new();
+    let mut heads: BTreeMap<Vec<u8>, (Vec<u64>, Vec<u64>)> = BTreeMap::new();
     for p in &planned {
-        voided.entry(p.old.key.clone()).or_default().push(p.old.event.ordinal);
+        if let Some(old) = &p.old {
+            heads.entry(old.key.clone()).or_default().0.push(old.event.ordinal);
+        }
+        if let (Some(key), Some(new)) = (&p.restored_in, &p.new) {
+            heads.entry(key.clone()).or_default().1.push(new.ordinal);
+        }
     }
-    for (key, ordinals) in voided {
+    for (key, (void, unvoid)) in heads {
         let record = store.get(Cf::Events, &key)?.ok_or_else(|| Error::Corrupt("a located record is gone".into()))?;
-        set.put(Cf::Events, &key, &events::void(&record, &ordinals)?);
+        set.put(Cf::Events, &key, &events::void(&record, &void, &unvoid)?);
+    }
+    // An added event's identity is taken, as by ingest: the same id sent again is a duplicate.
+    for (fingerprint, payload_hash) in planned.iter().filter_map(|p| p.mark) {
+        let mark = dedup::Mark { received_us: now_us, payload_hash };
+        set.put(Cf::Seen, &dedup::seen_key(fingerprint), &mark.encode());
     }
 
     // The history of each event and the commit's record of what it did.
     let mut made = Vec::with_capacity(planned.len());
     for p in &planned {
+        let event = p.old.as_ref().map(|o| &o.event).or(p.new.as_ref()).expect("a version");
         let correction = Correction {
-            source: p.old.event.source.clone(),
-            id: p.old.event.id.clone(),
-            action: if p.new.is_some() { "amend" } else { "cancel" }.to_owned(),
+            source: event.source.clone(),
+            id: event.id.clone(),
+            action: p.action.to_owned(),
             seq,
             at_us: now_us,
             reason: request.reason.clone(),
             actor: request.actor.clone(),
-            replaced: Version { seq: p.old.seq, ordinal: p.old.event.ordinal },
-            replacement: p.new.as_ref().map(|e| Version { seq, ordinal: e.ordinal }),
+            replaced: p.old.as_ref().map(|o| Version { seq: o.seq, ordinal: o.event.ordinal }),
+            replacement: p.new.as_ref().map(|e| Version {
+                seq: if p.restored_in.is_some() { ordinal_commit(e.ordinal) } else { seq },
+                ordinal: e.ordinal,
+            }),
         };
         let mut events_history = history(store, tenant, &correction.source, &correction.id)?;
         events_history.push(correction.clone());
@@ -405,23 +524,82 @@ pub(crate) fn stage(
     Ok(Staged { set, report, changed: restated.changed })
 }
 
-/// The amendments of the request, parsed as ingest parses events (by item index); the parser's issues go to
-/// `issues`, by item index. An amendment without `time` gets `i64::MIN`: it keeps its event's own. Times are checked
-/// against the event's own later (`stage`).
-fn parse_amendments(
+/// A version of an event found in its record: the record's key, the event, and whether it is voided.
+type FoundVersion = (Vec<u8>, RetainedEvent<String>, bool);
+
+/// A version of an event, voided or not.
+fn version_of(store: &dyn Store, tenant: &str, version: Version) -> Result<Option<FoundVersion>> {
+    let prefix = keys::events_key(tenant, version.seq, 0);
+    let prefix = &prefix[..prefix.len() - 4];
+    let mut found = None;
+    scan_prefix(store, Cf::Events, prefix, |key, value| {
+        if let Some((e, voided)) = events::decode_all(value)?.into_iter().find(|(e, _)| e.ordinal == version.ordinal) {
+            found = Some((key.to_vec(), e, voided));
+            return Ok(false);
+        }
+        Ok(true)
+    })?;
+    Ok(found)
+}
+
+/// The events that count with a time in `[from_us, to_us)`, of `subject` and `event_type` when given: read from the
+/// commits received from the range's start (less the future allowance) to the back-dating window after its end.
+fn in_range(
+    store: &dyn Store,
+    config: &Config,
+    tenant: &str,
+    subject: Option<&str>,
+    event_type: Option<&str>,
+    from_us: i64,
+    to_us: i64,
+) -> Result<Vec<Located>> {
+    let from = (from_us - config.max_future_us).div_euclid(MICROS_PER_MINUTE) - 1;
+    let to = to_us.saturating_add(config.backdate_window_us).div_euclid(MICROS_PER_MINUTE) + 1;
+    let (first, until) = commits_received(store, from, to)?;
+    let prefix = keys::events_prefix(tenant);
+    let mut found = Vec::new();
+    let mut cursor = store.cursor(Cf::Events);
+    cursor.seek(&keys::events_key(tenant, first, 0));
+    while let Some((key, value)) = cursor.entry() {
+        let seq = if key.starts_with(&prefix) { seq_of(key, prefix.len())? } else { break };
+        if until.is_some_and(|u| seq >= u) {
+            break;
+        }
+        for e in events::decode(value)? {
+            let wanted = (from_us..to_us).contains(&e.time_us)
+                && subject.is_none_or(|s| s == e.subject)
+                && event_type.is_none_or(|t| t == e.event_type);
+            if wanted {
+                found.push(Located { key: key.to_vec(), seq, event: e, received_us: None });
+            }
+        }
+        cursor.next();
+    }
+    cursor.status()?;
+    Ok(found)
+}
+
+/// The amendments and puts of the request, parsed as ingest parses events (by item index); the parser's issues go to
+/// `issues`, by item index. An event without `time` gets `i64::MIN`: an amendment keeps its event's own, an added
+/// event takes the correction's time. Times are checked later (`stage`), against the event's own.
+fn parse_events(
     tenant: &str,
     items: &[Item],
     now_us: i64,
     config: &Config,
     issues: &mut Vec<EventIssue>,
-) -> Result<HashMap<usize, RetainedEvent<String>>> {
-    let at: Vec<usize> =
-        items.iter().enumerate().filter(|(_, i)| matches!(i, Item::Amend(_))).map(|(n, _)| n).collect();
+) -> Result<HashMap<usize, Parsed>> {
+    let mut at = Vec::new();
+    let mut raw: Vec<&RawValue> = Vec::new();
+    for (n, item) in items.iter().enumerate() {
+        if let Item::Amend(e) | Item::Put(e) = item {
+            at.push(n);
+            raw.push(e);
+        }
+    }
     if at.is_empty() {
         return Ok(HashMap::new());
     }
-    let raw: Vec<&RawValue> =
-        items.iter().filter_map(|i| if let Item::Amend(e) = i { Some(&**e) } else { None }).collect();
     let body = serde_json::to_vec(&raw).expect("raw values serialize");
     let mut limits = config.limits.clone();
     limits.max_events = MAX_ITEMS;
@@ -431,19 +609,16 @@ fn parse_amendments(
     }
     let mut out = HashMap::new();
     for ev in &batch.events {
-        let index = at[ev.index as usize];
-        out.insert(
-            index,
-            RetainedEvent {
-                source: batch.text(ev.source).to_owned(),
-                id: batch.text(ev.id).to_owned(),
-                event_type: batch.text(ev.event_type).to_owned(),
-                subject: batch.text(ev.subject).to_owned(),
-                time_us: if ev.time_given { ev.time_us } else { i64::MIN },
-                ordinal: 0,
-                data: batch.text(ev.data).to_owned(),
-            },
-        );
+        let event = RetainedEvent {
+            source: batch.text(ev.source).to_owned(),
+            id: batch.text(ev.id).to_owned(),
+            event_type: batch.text(ev.event_type).to_owned(),
+            subject: batch.text(ev.subject).to_owned(),
+            time_us: if ev.time_given { ev.time_us } else { i64::MIN },
+            ordinal: 0,
+            data: batch.text(ev.data).to_owned(),
+        };
+        out.insert(at[ev.index as usize], Parsed { event, fingerprint: ev.fingerprint, payload_hash: ev.payload_hash });
     }
     Ok(out)
 }
@@ -490,7 +665,7 @@ fn restate(
     let dropped = read_u64(store, &keys::tenant_meta(keys::META_DROPPED, tenant))?;
     for p in planned {
         let mut first_needed = u64::MAX;
-        for e in std::iter::once(&p.old.event).chain(p.new.as_ref()) {
+        for e in p.old.as_ref().map(|o| &o.event).into_iter().chain(p.new.as_ref()) {
             for meter in registry.for_event(tenant, &e.event_type) {
                 if !matches!(extract_retained(meter, &e.data), Ok(Some(_))) {
                     continue;
@@ -515,12 +690,9 @@ fn restate(
             let message = "this correction restates usage whose other events retention already dropped; \
                            corrections reach back as far as every event of the restated minutes, hours or days is \
                            retained";
-            issues.push(issue(
-                index,
-                &planned.iter().find(|p| p.index == index).expect("planned").old.event.id,
-                IssueCode::PastRetention,
-                message,
-            ));
+            let p = planned.iter().find(|p| p.index == index).expect("planned");
+            let id = p.old.as_ref().map(|o| &o.event).or(p.new.as_ref()).map_or("", |e| e.id.as_str());
+            issues.push(issue(index, id, IssueCode::PastRetention, message));
         }
     }
     if !issues.is_empty() {
@@ -528,7 +700,8 @@ fn restate(
     }
 
     // Fold every event that counts in a restated bucket: retained ones but the old versions, then the new versions.
-    let voided: HashSet<u64> = planned.iter().map(|p| p.old.event.ordinal).collect();
+    // The old versions are left out; restored versions, voided in the store, are added with the new ones.
+    let voided: HashSet<u64> = planned.iter().filter_map(|p| p.old.as_ref()).map(|o| o.event.ordinal).collect();
     let mut fold = Fold::default();
     let mut events_read = 0u64;
     let add = |fold: &mut Fold, e: &RetainedEvent<String>| -> Result<()> {

@@ -475,7 +475,9 @@ impl Writer {
         let seq = self.seq + 1;
         let rollup = self.shared.rollup.clone();
         let _no_rollup = rollup.write().unwrap();
-        let mut staged = super::correct::stage(&*self.store, &registry, &self.config, tenant, request, seq, now_us)?;
+        let horizon = self.horizon.clone();
+        let mut staged =
+            super::correct::stage(&*self.store, &registry, &self.config, tenant, &horizon, request, seq, now_us)?;
         if staged.report.seq.is_none() {
             return Ok(staged.report);
         }

@@ -120,32 +120,43 @@ pub fn count(value: &[u8]) -> Result<u64> {
     Ok(ones(head.kept) - ones(head.void))
 }
 
-/// The record with the events of `ordinals` voided as well (`Corrupt` for an ordinal it does not keep): only the
-/// head is rewritten.
-pub fn void(value: &[u8], ordinals: &[u64]) -> Result<Vec<u8>> {
+/// The record with the events of `void` voided as well and those of `unvoid` counting again (`Corrupt` for an
+/// ordinal it does not keep): only the head is rewritten.
+pub fn void(value: &[u8], void: &[u64], unvoid: &[u64]) -> Result<Vec<u8>> {
     let head = Head::read(value)?;
-    let mut void = if head.void.is_empty() { vec![0u8; head.kept.len()] } else { head.void.to_vec() };
+    let mut bits = if head.void.is_empty() { vec![0u8; head.kept.len()] } else { head.void.to_vec() };
     // The candidate of each kept event, in ordinal order.
     let candidates: Vec<usize> = (0..head.kept.len() * 8).filter(|&i| head.kept[i / 8] & (1 << (i % 8)) != 0).collect();
-    for &ordinal in ordinals {
+    let candidate = |ordinal: u64| {
         let k = ordinal.checked_sub(head.first_ordinal).map(|k| k as usize);
-        let &i = k
-            .and_then(|k| candidates.get(k))
-            .ok_or_else(|| Error::Corrupt(format!("events record has no event of ordinal {ordinal}")))?;
-        void[i / 8] |= 1 << (i % 8);
+        k.and_then(|k| candidates.get(k).copied())
+            .ok_or_else(|| Error::Corrupt(format!("events record has no event of ordinal {ordinal}")))
+    };
+    for &ordinal in void {
+        let i = candidate(ordinal)?;
+        bits[i / 8] |= 1 << (i % 8);
     }
-    let mut out = Vec::with_capacity(value.len() + void.len());
+    for &ordinal in unvoid {
+        let i = candidate(ordinal)?;
+        bits[i / 8] &= !(1 << (i % 8));
+    }
+    let mut out = Vec::with_capacity(value.len() + bits.len());
     out.push(VERSION_VOID);
     put_varint(&mut out, head.first_ordinal as u128);
     put_varint(&mut out, head.kept.len() as u128);
     out.extend_from_slice(head.kept);
-    out.extend_from_slice(&void);
+    out.extend_from_slice(&bits);
     out.extend_from_slice(head.frame);
     Ok(out)
 }
 
 /// The kept events of a record that are not voided, in order.
 pub fn decode(value: &[u8]) -> Result<Vec<RetainedEvent<String>>> {
+    Ok(decode_all(value)?.into_iter().filter(|(_, voided)| !voided).map(|(e, _)| e).collect())
+}
+
+/// Every kept event of a record, in order, and whether it is voided (a correction can bring one back).
+pub fn decode_all(value: &[u8]) -> Result<Vec<(RetainedEvent<String>, bool)>> {
     let head = Head::read(value)?;
     let bitmap = head.kept;
     let plain = zstd::stream::decode_all(head.frame).map_err(|e| Error::Corrupt(format!("events record: {e}")))?;
@@ -163,9 +174,7 @@ pub fn decode(value: &[u8]) -> Result<Vec<RetainedEvent<String>>> {
         let len = r.varint()? as usize;
         let data = std::str::from_utf8(r.take(len)?).map_err(|e| Error::Corrupt(e.to_string()))?.to_owned();
         if bitmap[i / 8] & (1 << (i % 8)) != 0 {
-            if !head.is_void(i) {
-                out.push(RetainedEvent { source, id, event_type, subject, time_us, ordinal, data });
-            }
+            out.push((RetainedEvent { source, id, event_type, subject, time_us, ordinal, data }, head.is_void(i)));
             ordinal += 1;
         }
     }
@@ -212,14 +221,16 @@ mod tests {
                 all.iter().enumerate().filter(|(k, _)| void_mask & (1 << k) != 0).map(|(_, e)| e.ordinal).collect();
             // Voiding twice, in two steps, is the same as once.
             let (a, b) = voided.split_at(voided.len() / 2);
-            let once = void(&stored, &voided).unwrap();
-            let twice = void(&void(&stored, a).unwrap(), b).unwrap();
+            let once = void(&stored, &voided, &[]).unwrap();
+            let twice = void(&void(&stored, a, &[]).unwrap(), b, &[]).unwrap();
             prop_assert_eq!(&once, &twice);
             let left = decode(&once).unwrap();
             let expect: Vec<_> = all.iter().filter(|e| !voided.contains(&e.ordinal)).cloned().collect();
             prop_assert_eq!(count(&once).unwrap(), expect.len() as u64);
             prop_assert_eq!(left, expect);
-            prop_assert!(void(&stored, &[first + all.len() as u64]).is_err());
+            prop_assert!(void(&stored, &[first + all.len() as u64], &[]).is_err());
+            // Brought back, they count again, in their places.
+            prop_assert_eq!(decode(&void(&once, &[], &voided).unwrap()).unwrap(), all);
         }
 
         #[test]

@@ -11,21 +11,38 @@ Corrections: ``client.events.update(event_id, ...)`` puts ``/v1/events/{event_id
 properties, timestamp and customer; 200 ``{"amended": event_id}``) and ``client.events.deprecate(event_id)`` puts
 ``/v1/events/{event_id}/deprecate`` (200 ``{"deprecated": event_id}``): meter's amend and cancel (``Engine.correct``),
 with every aggregate restated. Unlike Orb, an amendment may move the event to another customer or time.
+
+Backfills: ``client.events.backfills.create(timeframe_start=..., timeframe_end=..., customer_id=...)`` posts
+``/v1/events/backfills``; ``client.events.ingest(events=..., backfill_id=...)`` stages events into it;
+``.close(id)``, ``.revert(id)`` and ``.fetch(id)`` are meter's backfills (:mod:`meter.backfills`), ``reflected`` once
+closed. Orb's ``close_time`` (closing later on its own) and ``deprecation_filter`` are refused with a message.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
+from meter.backfills import Backfill, BackfillBody
 from meter.exceptions import InvalidInput
 from meter.schemas import AmendEvent, CancelEvent
-from meter.server.context import Context
+from meter.server.context import Context, opened
 from meter.server.dropin import events
 from meter.server.http import Answer, Request
 
-__all__ = ["LIMIT", "amend", "deprecate", "error", "ingest"]
+__all__ = [
+    "LIMIT",
+    "amend",
+    "backfill",
+    "close_backfill",
+    "deprecate",
+    "error",
+    "fetch_backfill",
+    "ingest",
+    "revert_backfill",
+]
 
 #: Events per request, as Orb's API allows.
 LIMIT = 500
@@ -53,8 +70,6 @@ class _Body(msgspec.Struct):
 
 
 async def ingest(ctx: Context, request: Request, backfill_id: str | None) -> Answer:
-    if backfill_id is not None:
-        raise InvalidInput("backfills are not supported yet: ingest without backfill_id", code="unsupported")
     sent = events.each(events.read(request.body, _Body, '{"events": [...]}').events, _Event, "idempotency_key", LIMIT)
     issues = [
         events.Issue(n, e.idempotency_key, "customer_id", "send exactly one of customer_id and external_customer_id")
@@ -69,7 +84,10 @@ async def ingest(ctx: Context, request: Request, backfill_id: str | None) -> Ans
         events.event("orb", e.idempotency_key, e.event_name, names[c], e.timestamp, _data(e.properties))
         for e, c in zip(sent, customers, strict=True)
     ]
-    await events.count(ctx, request, made)
+    if backfill_id is not None:  # staged into the backfill, counted when it closes
+        await ctx.call(opened(ctx.backfills).stage, request.tenant, backfill_id, msgspec.json.encode(made))
+    else:
+        await events.count(ctx, request, made)
     return 200, {"validation_failed": []}, {}
 
 
@@ -88,6 +106,67 @@ async def amend(ctx: Context, request: Request, event_id: str) -> Answer:
 async def deprecate(ctx: Context, request: Request, event_id: str) -> Answer:
     await events.correct(ctx, request, [CancelEvent(source="orb", id=event_id)], "deprecated through Orb's API")
     return 200, {"deprecated": event_id}, {}
+
+
+class _Backfill(msgspec.Struct):
+    timeframe_start: datetime
+    timeframe_end: datetime
+    customer_id: str | None = None
+    external_customer_id: str | None = None
+    replace_existing_events: bool = True
+    close_time: datetime | None = None
+    deprecation_filter: str | None = None
+
+
+async def backfill(ctx: Context, request: Request) -> Answer:
+    sent = events.read(request.body, _Backfill, '{"timeframe_start", "timeframe_end", "customer_id"}')
+    if sent.close_time is not None or sent.deprecation_filter is not None:
+        raise InvalidInput("close_time and deprecation_filter are not supported: close the backfill with /close")
+    customer = sent.customer_id or sent.external_customer_id
+    subject = None if customer is None else (await events.subjects(ctx, request.tenant, [customer]))[customer]
+    body = BackfillBody(
+        start=sent.timeframe_start,
+        end=sent.timeframe_end,
+        reason="a backfill through Orb's API",
+        customer=subject,
+        replace=sent.replace_existing_events,
+    )
+    return 200, _shown(await ctx.call(opened(ctx.backfills).open, request.tenant, body)), {}
+
+
+async def close_backfill(ctx: Context, request: Request, backfill_id: str) -> Answer:
+    closed = await ctx.call(opened(ctx.backfills).close, request.tenant, backfill_id, request.actor)
+    return 200, _shown(closed), {}
+
+
+async def revert_backfill(ctx: Context, request: Request, backfill_id: str) -> Answer:
+    reverted = await ctx.call(opened(ctx.backfills).revert, request.tenant, backfill_id, request.actor)
+    return 200, _shown(reverted), {}
+
+
+async def fetch_backfill(ctx: Context, request: Request, backfill_id: str) -> Answer:
+    return 200, _shown(await ctx.call(opened(ctx.backfills).get, request.tenant, backfill_id)), {}
+
+
+#: Orb's name for each state of a backfill.
+_STATUS = {"pending": "pending", "closed": "reflected", "reverted": "reverted"}
+
+
+def _shown(b: Backfill) -> dict[str, Any]:
+    """A backfill as Orb's SDK reads it."""
+    return {
+        "id": b.id,
+        "status": _STATUS[b.status],
+        "created_at": b.created_at.isoformat(),
+        "timeframe_start": b.start.isoformat(),
+        "timeframe_end": b.end.isoformat(),
+        "customer_id": b.customer,
+        "events_ingested": b.events,
+        "replace_existing_events": b.replace,
+        "close_time": b.closed_at and b.closed_at.isoformat(),
+        "reverted_at": b.reverted_at and b.reverted_at.isoformat(),
+        "deprecation_filter": None,
+    }
 
 
 def _data(properties: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from meter.server.routes import (
     admin,
     alerts,
+    backfills,
     catalog,
     dropin,
     events,
@@ -36,6 +37,7 @@ __all__ = ["BENCH_ROUTES", "ROUTES"]
 ROUTES: list[Route] = [
     *health.ROUTES,
     *events.ROUTES,
+    *backfills.ROUTES,
     *meters.ROUTES,
     *admin.ROUTES,
     *keys.ROUTES,

@@ -30,7 +30,7 @@ def _route(
     body: Body = _JSON,
     access: Access = "ingest",
     params: tuple[Param, ...] = (),
-    method: Literal["POST", "PUT"] = "POST",
+    method: Literal["GET", "POST", "PUT"] = "POST",
     path_params: tuple[PathParam, ...] = (),
 ) -> Route:
     return Route(
@@ -48,6 +48,7 @@ def _route(
 
 
 _ORB_EVENT = PathParam("event_id", "o-1", "The event's idempotency key")
+_ORB_BACKFILL = PathParam("backfill_id", "bf_0123", "The backfill's id")
 _FORM = Body(accept=("application/x-www-form-urlencoded",), accept_message="send application/x-www-form-urlencoded")
 
 
@@ -65,7 +66,33 @@ ROUTES = [
         orb.ingest,
         orb.error,
         "Orb: ingest events",
-        params=(Param("backfill_id", TEXT, "Orb's backfill (not supported yet)"),),
+        params=(Param("backfill_id", TEXT, "Stage the events into this backfill"),),
+    ),
+    _route("/compat/orb/v1/events/backfills", orb.backfill, orb.error, "Orb: create a backfill"),
+    _route(
+        "/compat/orb/v1/events/backfills/{backfill_id}/close",
+        orb.close_backfill,
+        orb.error,
+        "Orb: close a backfill",
+        Body(),
+        path_params=(_ORB_BACKFILL,),
+    ),
+    _route(
+        "/compat/orb/v1/events/backfills/{backfill_id}/revert",
+        orb.revert_backfill,
+        orb.error,
+        "Orb: revert a backfill",
+        Body(),
+        path_params=(_ORB_BACKFILL,),
+    ),
+    _route(
+        "/compat/orb/v1/events/backfills/{backfill_id}",
+        orb.fetch_backfill,
+        orb.error,
+        "Orb: fetch a backfill",
+        Body(),
+        method="GET",
+        path_params=(_ORB_BACKFILL,),
     ),
     _route(
         "/compat/orb/v1/events/{event_id}",

@@ -107,24 +107,31 @@ async def get_event(ctx: Context, request: Request, source: str, event: str) -> 
         for meter in sorted(meters, key=lambda m: m.slug):
             value = event_values(meter.spec(), pa.array([row["data"]], pa.string()))[0].as_py()
             counts.append(MeterCount(meter.slug, None if value is None else plain(value.normalize())))
-    accepted: dict[str, Any] = {
-        "change": "accepted",
-        "commit": corrections[0].replaced.seq if corrections else row and row["seq"],
-    }
-    if received is not None and not corrections:  # known while the identity is in the dedup window
-        accepted["at"] = received.isoformat()
-    history = [accepted, *(_corrected(c) for c in corrections)]
+    # How it came: accepted by ingest (its first correction says the commit), or added by a backfill's close.
+    first = corrections[0] if corrections else None
+    history: list[dict[str, Any]] = []
+    if first is None or first.action != "add":
+        commit = first.replaced.seq if first is not None and first.replaced is not None else row and row["seq"]
+        history.append({"change": "accepted", "commit": commit})
+        if received is not None and first is None:  # known while the identity is in the dedup window
+            history[0]["at"] = received.isoformat()
+    history += [_corrected(c) for c in corrections]
+    amended = any(c.action in ("amend", "restore") for c in corrections)
     status: Literal["counted", "amended", "cancelled"] = (
-        "cancelled" if cancelled else "amended" if corrections else "counted"
+        "cancelled" if cancelled else "amended" if amended else "counted"
     )
     return 200, EventRecord(None if row is None else _found(row), status, history, counts), {}
 
 
+#: How an event's history names each correction.
+_CHANGES = {"cancel": "cancelled", "amend": "amended", "add": "added", "restore": "restored"}
+
+
 def _corrected(c: Correction) -> dict[str, Any]:
     """One correction as an event's history shows it."""
-    change = {"change": "cancelled" if c.action == "cancel" else "amended", "commit": c.seq}
     at = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=c.at_us)).isoformat()
-    return change | {"at": at, "reason": c.reason, "actor": c.actor, "replaced": msgspec.to_builtins(c.replaced)}
+    change = {"change": _CHANGES[c.action], "commit": c.seq, "at": at, "reason": c.reason, "actor": c.actor}
+    return change | {"replaced": msgspec.to_builtins(c.replaced), "replacement": msgspec.to_builtins(c.replacement)}
 
 
 async def post_corrections(ctx: Context, request: Request, body: CorrectionRequest) -> Answer:
