@@ -170,6 +170,8 @@ class Backfills:
             elif outcome.status in done:
                 done[outcome.status] += 1
         with self.store.transaction(tenant, now) as change:
+            if (raced := _stored(change.get(_key(tenant, backfill_id)))).status != "pending":
+                return raced  # a close at the same time did it first (this one found everything done)
             closed = msgspec.structs.replace(backfill, status="closed", closed_at=change.now, seq=result.seq, **done)
             change.put(_key(tenant, backfill_id), closed)
             change.clear(prefix)
@@ -194,6 +196,8 @@ class Backfills:
                 reason = f"revert of backfill {backfill.id}: {backfill.reason}"
                 self.engine.correct_items(tenant, items, reason=reason, actor=actor, now=now)
         with self.store.transaction(tenant, now) as change:
+            if (raced := _stored(change.get(_key(tenant, backfill_id)))).status == "reverted":
+                return raced
             reverted = msgspec.structs.replace(backfill, status="reverted", reverted_at=change.now)
             change.put(_key(tenant, backfill_id), reverted)
             change.clear(f"backfill_event/{tenant}/{backfill_id}/")
@@ -234,6 +238,11 @@ def _check(backfill: Backfill, index: int, event: dict[str, Any]) -> dict[str, A
     if backfill.event_type is not None and event["type"] != backfill.event_type:
         return issue("invalid_field", f'"type" must be the backfill\'s event type, {backfill.event_type!r}')
     return None
+
+
+def _stored(raw: bytes | None) -> Backfill:
+    assert raw is not None, "a backfill is never deleted"
+    return msgspec.json.decode(raw, type=Backfill)
 
 
 def _reason(backfill: Backfill) -> str:
