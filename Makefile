@@ -123,6 +123,10 @@ bench-money: build ## Money events: an invoice finalized (taxed), paid and refun
 bench-revenue: build ## Revenue recognition: a year's close (12 month ends) for 100k subscriptions; ceiling: its Parquet read
 	$(PY) benches/bench_revenue.py
 
+.PHONY: bench-corrections
+bench-corrections: build ## Corrections: cancels and amends of 1 to 1000 events of a 200k-event day; ceiling: a read of that day
+	$(PY) benches/bench_corrections.py
+
 .PHONY: bench-entitlements
 bench-entitlements: build ## Entitlement checks over HTTP (10k/s, 10k customers) while ingesting at 70% of the maximum; lag
 	$(call apt,command -v wrk,wrk)

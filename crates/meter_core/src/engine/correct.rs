@@ -48,11 +48,12 @@ use crate::aggregate::resolution::{floor_to, Resolution, DAY, HOUR};
 use crate::aggregate::state::{AggState, MinuteStates};
 use crate::dedup::{self, Horizon};
 use crate::error::{Error, EventIssue, IssueCode, Result};
+use crate::ingest::parse::identity_hash;
 use crate::ingest::parse_batch;
 use crate::ingest::time::{minute_of, MICROS_PER_MINUTE, MINUTES_PER_DAY};
-use crate::query::events::{commits_received, locate_by_mark, seq_of, Located};
+use crate::query::events::{commits_received, seq_of, Located, COMMIT_SLACK_MINUTES};
 use crate::storage::events::{self, FrameBuilder, RetainedEvent};
-use crate::storage::{keys, scan_prefix, Cf, OpKind, Store, WriteSet};
+use crate::storage::{keys, Cf, OpKind, Store, WriteSet};
 
 /// At most this many items in one correction (a backfill's close: its events, and the range they replace).
 pub const MAX_ITEMS: usize = 100_001;
@@ -87,7 +88,7 @@ pub enum Item {
 pub const MAX_REPLACED: usize = 1_000_000;
 
 /// One version of an event: the commit that holds it and its ordinal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Version {
     pub seq: u64,
     pub ordinal: u64,
@@ -195,56 +196,113 @@ pub(crate) fn current(store: &dyn Store, tenant: &str, source: &str, id: &str) -
 }
 
 /// The current version of each event of `identities`, in order: the last correction says where it is, or that it was
-/// cancelled; an event never corrected is found through its dedup mark, else (past the dedup window) by one scan of
-/// the retained events for all of those at once, which stops once each is found.
+/// cancelled; an event never corrected is found through its dedup mark (the commits received around its receipt),
+/// else (past the dedup window) by one scan of the retained events. Each record is decoded once however many of the
+/// events it holds: the commits the marks name are merged into ranges and read once.
 pub(crate) fn current_all(store: &dyn Store, tenant: &str, identities: &[(String, String)]) -> Result<Vec<Current>> {
-    let mut out = Vec::with_capacity(identities.len());
+    let mut out: Vec<Current> = identities.iter().map(|_| Current::Missing).collect();
     let mut unresolved: hashbrown::HashMap<(String, String), usize> = hashbrown::HashMap::new();
-    for (source, id) in identities {
-        let found = if let Some(last) = history(store, tenant, source, id)?.pop() {
-            match last.replacement {
-                None => Current::Cancelled,
-                Some(version) => match in_commit(store, tenant, version)? {
-                    Some(found) => Current::Counted(Located { received_us: Some(last.at_us), ..found }),
-                    None => Current::Missing,
-                },
+    let mut corrected = Vec::new();
+    for (at, (source, id)) in identities.iter().enumerate() {
+        match history(store, tenant, source, id)?.pop() {
+            Some(Correction { replacement: None, .. }) => out[at] = Current::Cancelled,
+            Some(Correction { replacement: Some(version), at_us, .. }) => corrected.push((at, version, at_us)),
+            None => {
+                unresolved.insert((source.clone(), id.clone()), at);
             }
-        } else if let Some(found) = locate_by_mark(store, tenant, source, id)? {
-            Current::Counted(found)
-        } else {
-            unresolved.insert((source.clone(), id.clone()), out.len());
-            Current::Missing
-        };
-        out.push(found);
+        }
+    }
+    let mut found = versions(store, tenant, &corrected.iter().map(|c| c.1).collect::<Vec<_>>())?;
+    for (at, version, at_us) in corrected {
+        if let Some((key, event, false)) = found.remove(&version) {
+            out[at] = Current::Counted(Located { key, seq: version.seq, event, received_us: Some(at_us) });
+        }
     }
     if unresolved.is_empty() {
         return Ok(out);
     }
-    let prefix = keys::events_prefix(tenant);
-    scan_prefix(store, Cf::Events, &prefix, |key, value| {
-        for e in events::decode(value)? {
-            if let Some(at) = unresolved.remove(&PairRef(&e.source, &e.id)) {
-                let seq = seq_of(key, prefix.len())?;
-                out[at] = Current::Counted(Located { key: key.to_vec(), seq, event: e, received_us: None });
-            }
+
+    let asked: Vec<usize> = unresolved.values().copied().collect();
+    let fingerprints: Vec<u128> =
+        asked.iter().map(|&at| identity_hash(tenant, &identities[at].0, &identities[at].1)).collect();
+    let horizon = store.dedup_horizon().unwrap_or_else(|| Arc::new(Horizon::new(i64::MIN)));
+    let mut received = HashMap::new();
+    let mut spans = Vec::new();
+    for (&at, mark) in asked.iter().zip(dedup::lookup(store, &horizon, &fingerprints)?) {
+        let Some(mark) = mark else { continue };
+        received.insert(at, mark.received_us);
+        let minute = mark.received_us.div_euclid(MICROS_PER_MINUTE);
+        let (from, until) = commits_received(store, minute, minute + COMMIT_SLACK_MINUTES)?;
+        spans.push((from, until.unwrap_or(u64::MAX)));
+    }
+    spans.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (from, until) in spans {
+        match merged.last_mut() {
+            Some(last) if from <= last.1 => last.1 = last.1.max(until),
+            _ => merged.push((from, until)),
         }
-        Ok(!unresolved.is_empty())
-    })?;
+    }
+    // Past the dedup window (no mark), or not where its mark said (a clock set back): one scan of everything.
+    merged.push((0, u64::MAX));
+    for (from, until) in merged {
+        scan_commits(store, tenant, from, until, |key, seq, value| {
+            for e in events::decode(value)? {
+                if let Some(at) = unresolved.remove(&PairRef(&e.source, &e.id)) {
+                    let received_us = received.get(&at).copied();
+                    out[at] = Current::Counted(Located { key: key.to_vec(), seq, event: e, received_us });
+                }
+            }
+            Ok(!unresolved.is_empty())
+        })?;
+        if unresolved.is_empty() {
+            break;
+        }
+    }
     Ok(out)
 }
 
-/// The event of `version`, read from its commit's records.
-fn in_commit(store: &dyn Store, tenant: &str, version: Version) -> Result<Option<Located>> {
-    let prefix = keys::events_key(tenant, version.seq, 0);
-    let prefix = &prefix[..prefix.len() - 4];
-    let mut found = None;
-    scan_prefix(store, Cf::Events, prefix, |key, value| {
-        if let Some(e) = events::decode(value)?.into_iter().find(|e| e.ordinal == version.ordinal) {
-            found = Some(Located { key: key.to_vec(), seq: version.seq, event: e, received_us: None });
-            return Ok(false);
+/// Calls `f(key, seq, record)` for the tenant's records of the commits `[from, until)`, until it returns `false`.
+fn scan_commits(
+    store: &dyn Store,
+    tenant: &str,
+    from: u64,
+    until: u64,
+    mut f: impl FnMut(&[u8], u64, &[u8]) -> Result<bool>,
+) -> Result<()> {
+    let prefix = keys::events_prefix(tenant);
+    let mut cursor = store.cursor(Cf::Events);
+    cursor.seek(&keys::events_key(tenant, from, 0));
+    while let Some((key, value)) = cursor.entry() {
+        let seq = if key.starts_with(&prefix) { seq_of(key, prefix.len())? } else { break };
+        if seq >= until || !f(key, seq, value)? {
+            break;
         }
-        Ok(true)
-    })?;
+        cursor.next();
+    }
+    cursor.status()
+}
+
+/// A version of an event found in its record: the record's key, the event, and whether it is voided.
+type FoundVersion = (Vec<u8>, RetainedEvent<String>, bool);
+
+/// The versions asked for that are retained, voided ones too: each commit's records decoded once.
+fn versions(store: &dyn Store, tenant: &str, wanted: &[Version]) -> Result<HashMap<Version, FoundVersion>> {
+    let mut by_commit: BTreeMap<u64, HashSet<u64>> = BTreeMap::new();
+    for v in wanted {
+        by_commit.entry(v.seq).or_default().insert(v.ordinal);
+    }
+    let mut found = HashMap::new();
+    for (seq, ordinals) in by_commit {
+        scan_commits(store, tenant, seq, seq.saturating_add(1), |key, _, value| {
+            for (e, voided) in events::decode_all(value)? {
+                if ordinals.contains(&e.ordinal) {
+                    found.insert(Version { seq, ordinal: e.ordinal }, (key.to_vec(), e, voided));
+                }
+            }
+            Ok(true)
+        })?;
+    }
     Ok(found)
 }
 
@@ -329,6 +387,16 @@ pub(crate) fn stage(
     let identities: Vec<(String, String)> = wanted.iter().map(|(_, s, i)| (s.clone(), i.clone())).collect();
     let currents = current_all(store, tenant, &identities)?;
 
+    let restores: Vec<Version> = request
+        .items
+        .iter()
+        .filter_map(|item| match *item {
+            Item::Restore { seq, ordinal, .. } => Some(Version { seq, ordinal }),
+            _ => None,
+        })
+        .collect();
+    let mut restorable = versions(store, tenant, &restores)?;
+
     let mut outcomes = Vec::with_capacity(request.items.len());
     let mut planned = Vec::new();
     for ((index, source, id), now) in wanted.into_iter().zip(currents) {
@@ -383,8 +451,7 @@ pub(crate) fn stage(
                 "added"
             }
             (&Item::Restore { seq: version_seq, ordinal, .. }, now) => {
-                let version = Version { seq: version_seq, ordinal };
-                match version_of(store, tenant, version)? {
+                match restorable.remove(&Version { seq: version_seq, ordinal }) {
                     Some((key, event, true)) if event.source == source && event.id == id => {
                         let old = match now {
                             Current::Counted(old) => Some(old),
@@ -524,24 +591,6 @@ pub(crate) fn stage(
     Ok(Staged { set, report, changed: restated.changed })
 }
 
-/// A version of an event found in its record: the record's key, the event, and whether it is voided.
-type FoundVersion = (Vec<u8>, RetainedEvent<String>, bool);
-
-/// A version of an event, voided or not.
-fn version_of(store: &dyn Store, tenant: &str, version: Version) -> Result<Option<FoundVersion>> {
-    let prefix = keys::events_key(tenant, version.seq, 0);
-    let prefix = &prefix[..prefix.len() - 4];
-    let mut found = None;
-    scan_prefix(store, Cf::Events, prefix, |key, value| {
-        if let Some((e, voided)) = events::decode_all(value)?.into_iter().find(|(e, _)| e.ordinal == version.ordinal) {
-            found = Some((key.to_vec(), e, voided));
-            return Ok(false);
-        }
-        Ok(true)
-    })?;
-    Ok(found)
-}
-
 /// The events that count with a time in `[from_us, to_us)`, of `subject` and `event_type` when given: read from the
 /// commits received from the range's start (less the future allowance) to the back-dating window after its end.
 fn in_range(
@@ -556,15 +605,8 @@ fn in_range(
     let from = (from_us - config.max_future_us).div_euclid(MICROS_PER_MINUTE) - 1;
     let to = to_us.saturating_add(config.backdate_window_us).div_euclid(MICROS_PER_MINUTE) + 1;
     let (first, until) = commits_received(store, from, to)?;
-    let prefix = keys::events_prefix(tenant);
     let mut found = Vec::new();
-    let mut cursor = store.cursor(Cf::Events);
-    cursor.seek(&keys::events_key(tenant, first, 0));
-    while let Some((key, value)) = cursor.entry() {
-        let seq = if key.starts_with(&prefix) { seq_of(key, prefix.len())? } else { break };
-        if until.is_some_and(|u| seq >= u) {
-            break;
-        }
+    scan_commits(store, tenant, first, until.unwrap_or(u64::MAX), |key, seq, value| {
         for e in events::decode(value)? {
             let wanted = (from_us..to_us).contains(&e.time_us)
                 && subject.is_none_or(|s| s == e.subject)
@@ -573,9 +615,8 @@ fn in_range(
                 found.push(Located { key: key.to_vec(), seq, event: e, received_us: None });
             }
         }
-        cursor.next();
-    }
-    cursor.status()?;
+        Ok(true)
+    })?;
     Ok(found)
 }
 

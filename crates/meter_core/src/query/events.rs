@@ -9,10 +9,8 @@ use arrow_array::builder::{StringBuilder, TimestampMicrosecondBuilder, UInt64Bui
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 
-use crate::dedup::{self, Horizon};
 use crate::engine::correct::{self, Current};
 use crate::error::{Error, Result};
-use crate::ingest::parse::identity_hash;
 use crate::storage::codec::Reader;
 use crate::storage::events::RetainedEvent;
 use crate::storage::{events, keys, Cf, Store};
@@ -50,7 +48,7 @@ pub fn retained_after(
 
 /// How many minutes after an event's receive minute the commit that accepted it may have been received: a group
 /// commit takes the latest receive time of its requests, which staging delays by milliseconds to seconds.
-const COMMIT_SLACK_MINUTES: i64 = 10;
+pub(crate) const COMMIT_SLACK_MINUTES: i64 = 10;
 
 /// The retained event of identity `(source, id)` that counts now (zero or one row, columns as
 /// [`retained_after`]'s), and when it was received (an amended event: when it was amended). Found through its history
@@ -72,38 +70,6 @@ pub(crate) struct Located {
     pub seq: u64,
     pub event: RetainedEvent<String>,
     pub received_us: Option<i64>,
-}
-
-/// The retained event of identity `(source, id)` found through its dedup mark: its receive time bounds the commits
-/// that can hold it (those received from its minute to [`COMMIT_SLACK_MINUTES`] later, by the receive-minute marks),
-/// so only those are read. `None` for an identity outside the dedup window, or whose event is no longer retained, was
-/// voided by a correction, or was not found in those commits (a clock that went back).
-pub(crate) fn locate_by_mark(store: &dyn Store, tenant: &str, source: &str, id: &str) -> Result<Option<Located>> {
-    let horizon = store.dedup_horizon().unwrap_or_else(|| Arc::new(Horizon::new(i64::MIN)));
-    let [mark] = dedup::lookup(store, &horizon, &[identity_hash(tenant, source, id)])?[..] else {
-        unreachable!("one mark per fingerprint")
-    };
-    let Some(mark) = mark else { return Ok(None) };
-    let minute = mark.received_us.div_euclid(60_000_000);
-    let (from_seq, to_seq) = commits_received(store, minute, minute + COMMIT_SLACK_MINUTES)?;
-    let prefix = keys::events_prefix(tenant);
-    let mut cursor = store.cursor(Cf::Events);
-    cursor.seek(&keys::events_key(tenant, from_seq, 0));
-    while let Some((key, value)) = cursor.entry() {
-        if !key.starts_with(&prefix) {
-            break;
-        }
-        let seq = seq_of(key, prefix.len())?;
-        if to_seq.is_some_and(|to| seq >= to) {
-            break;
-        }
-        if let Some(event) = events::decode(value)?.into_iter().find(|e| e.source == source && e.id == id) {
-            return Ok(Some(Located { key: key.to_vec(), seq, event, received_us: Some(mark.received_us) }));
-        }
-        cursor.next();
-    }
-    cursor.status()?;
-    Ok(None)
 }
 
 /// The commits received from minute `from` (inclusive: the first commit of the first marked minute at or after it)
