@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import meter
 import pyarrow.parquet as pq
 import pytest
 from http_server import RECENT, Server
+from meter.client import ServerError
+from meter.schemas import AmendEvent, CancelEvent
 
 FROM, TO = (RECENT - timedelta(hours=1)).isoformat(), (RECENT + timedelta(hours=1)).isoformat()
 
@@ -187,3 +190,21 @@ def test_a_backfill_replaces_a_range_and_its_revert_puts_it_back(data_dir: Path,
     assert acme.get("/v1/backfills/bf-bob").json()["status"] == "reverted"
     assert acme.post("/v1/backfills/bf-bob/close").status_code == 409
     assert acme.get("/v1/backfills/nope").status_code == 404
+
+
+def test_the_python_client_corrects_and_backfills(server: Server, acme: httpx.Client) -> None:
+    key = server.tenant_key("acme", ["ingest", "read"])
+    with meter.Client(server.url, key) as client:
+        client.ingest([sent(20, "cy"), sent(21, "cy"), sent(22, "cy")])
+        done = client.correct("double-sent", [CancelEvent(source="gw", id="e20"), AmendEvent(event=sent(21, "cy", 5))])
+        assert [c.status for c in done.corrections] == ["cancelled", "amended"]
+        assert client.event("gw", "e21")["status"] == "amended" and usage(acme, "tokens")["cy"] == "27"
+        with pytest.raises(ServerError) as refused:
+            client.correct("again", [CancelEvent(source="gw", id="nope")])
+        assert refused.value.code == "batch_rejected"
+        start = RECENT + timedelta(seconds=22)
+        window = {"start": start.isoformat(), "end": (start + timedelta(seconds=1)).isoformat()}
+        backfill = client.open_backfill(window | {"customer": "cy", "reason": "warehouse"})
+        assert client.stage_backfill(backfill["id"], [sent(22, "cy", 2)]) == {"staged": 1, "events": 1}
+        assert client.close_backfill(backfill["id"])["amended"] == 1 and usage(acme, "tokens")["cy"] == "7"
+        assert client.revert_backfill(backfill["id"])["status"] == "reverted" and usage(acme, "tokens")["cy"] == "27"

@@ -35,7 +35,17 @@ import httpx
 import msgspec
 
 from meter.exceptions import MeterError
-from meter.schemas import CreatedMeter, EventIssue, IngestResult, Meter, MeterSpec
+from meter.schemas import (
+    AmendEvent,
+    CancelEvent,
+    CorrectionRequest,
+    CorrectionResult,
+    CreatedMeter,
+    EventIssue,
+    IngestResult,
+    Meter,
+    MeterSpec,
+)
 
 __all__ = [
     "AsyncClient",
@@ -647,6 +657,41 @@ class Client:
                 raise ServerError.of(response)
             yield response.content
             after = response.headers.get("meter-next")
+
+    # Corrections and backfills (a tenant key: ingest to change, read to look)
+
+    def correct(self, reason: str, items: Sequence[CancelEvent | AmendEvent]) -> CorrectionResult:
+        """``POST /v1/events/corrections``: cancels or amends accepted events, all or nothing, restating their usage.
+
+        A refusal raises ``ServerError`` (``batch_rejected``, the message naming the first item that cannot be applied).
+        """
+        body = CorrectionRequest(reason=reason, items=list(items))
+        return msgspec.convert(self._call("POST", "/v1/events/corrections", body), CorrectionResult)
+
+    def event(self, source: str, event_id: str) -> JSONObject:
+        """``GET /v1/events/{source}/{id}``: the version that counts, its status, its history, what its meters count."""
+        found: JSONObject = self._call("GET", f"/v1/events/{_segment(source)}/{_segment(event_id)}")
+        return found
+
+    def open_backfill(self, backfill: Mapping[str, Any]) -> JSONObject:
+        """``POST /v1/backfills``: ``{"start", "end", "reason"}``, optionally ``id``, ``customer``, ``event_type``."""
+        opened: JSONObject = self._call("POST", "/v1/backfills", backfill)
+        return opened
+
+    def stage_backfill(self, backfill_id: str, events: Iterable[Mapping[str, Any]]) -> JSONObject:
+        """``POST /v1/backfills/{id}/events``: stages CloudEvents into the backfill (they count once it closes)."""
+        staged: JSONObject = self._call("POST", f"/v1/backfills/{_segment(backfill_id)}/events", list(events))
+        return staged
+
+    def close_backfill(self, backfill_id: str) -> JSONObject:
+        """``POST /v1/backfills/{id}/close``: the range's usage replaced by the backfill's events, in one correction."""
+        closed: JSONObject = self._call("POST", f"/v1/backfills/{_segment(backfill_id)}/close")
+        return closed
+
+    def revert_backfill(self, backfill_id: str) -> JSONObject:
+        """``POST /v1/backfills/{id}/revert``: a pending backfill dropped, a closed one undone."""
+        reverted: JSONObject = self._call("POST", f"/v1/backfills/{_segment(backfill_id)}/revert")
+        return reverted
 
     # Invoices (a tenant key)
 
