@@ -1,4 +1,6 @@
-"""Events: ingest (`POST /v1/events`), search (`GET /v1/events`) and one event (`GET /v1/events/{source}/{id}`).
+"""Events: ingest, search, one event, and corrections.
+
+The routes: `POST /v1/events`, `GET /v1/events`, `GET /v1/events/{source}/{id}`, `POST /v1/events/corrections`.
 
 Ingest hands a batch of CloudEvents to the engine as the raw (decompressed) body.
 
@@ -9,7 +11,11 @@ still carries every per-event issue; an atomic batch applies all or nothing (422
 
 Search and lookup read the raw events export and, for the commits it has not written yet, the engine's retained
 events (`meter.lake.events.search`): an event is found as soon as it is acknowledged. A lookup without time bounds
-reads every exported day of the tenant.
+reads every exported day of the tenant. One event's status and history come from its corrections
+(`Engine.event_history`); a cancelled one shows no version.
+
+Corrections hand the request to the engine (`Engine.correct`: one synced commit, all or nothing) with the key as the
+actor its history keeps.
 
 `POST /bench/discard` (only with METER_BENCH_ENDPOINTS=1, never documented) is `make bench-http`'s ceiling: the
 same reading, auth and answer, no engine.
