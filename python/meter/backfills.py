@@ -115,10 +115,7 @@ class Backfills:
         return made
 
     def get(self, tenant: str, backfill_id: str) -> Backfill:
-        raw = self.store.raw(_key(tenant, backfill_id))
-        if raw is None:
-            raise NotFound(f"no backfill {backfill_id!r}")
-        return msgspec.json.decode(raw, type=Backfill)
+        return _loaded(self.store.raw(_key(tenant, backfill_id)), backfill_id)
 
     def list(self, tenant: str) -> list[Backfill]:
         return [msgspec.json.decode(raw, type=Backfill) for raw in self.store.raw_values(f"backfill/{tenant}/")]
@@ -134,7 +131,7 @@ class Backfills:
         if not events:
             raise InvalidInput("the batch holds no events; send at least one", code="empty_batch")
         with self.store.transaction(tenant) as change:
-            backfill = self._pending(change.get(_key(tenant, backfill_id)), backfill_id)
+            backfill = _pending(_loaded(change.get(_key(tenant, backfill_id)), backfill_id))
             issues = [issue for n, e in enumerate(events) if (issue := _check(backfill, n, e)) is not None]
             if issues:
                 message = f"{len(issues)} of the {len(events)} events cannot be staged; nothing was"
@@ -155,7 +152,7 @@ class Backfills:
         backfill = self.get(tenant, backfill_id)
         if backfill.status == "closed":
             return backfill
-        backfill = self._pending(msgspec.json.encode(backfill), backfill_id)
+        _pending(backfill)
         items: list[dict[str, Any]] = []
         if backfill.replace:
             scope = {"subject": backfill.customer, "event_type": backfill.event_type}
@@ -170,7 +167,7 @@ class Backfills:
             elif outcome.status in done:
                 done[outcome.status] += 1
         with self.store.transaction(tenant, now) as change:
-            if (raced := _stored(change.get(_key(tenant, backfill_id)))).status != "pending":
+            if (raced := _loaded(change.get(_key(tenant, backfill_id)), backfill_id)).status != "pending":
                 return raced  # a close at the same time did it first (this one found everything done)
             closed = msgspec.structs.replace(backfill, status="closed", closed_at=change.now, seq=result.seq, **done)
             change.put(_key(tenant, backfill_id), closed)
@@ -196,21 +193,12 @@ class Backfills:
                 reason = f"revert of backfill {backfill.id}: {backfill.reason}"
                 self.engine.correct_items(tenant, items, reason=reason, actor=actor, now=now)
         with self.store.transaction(tenant, now) as change:
-            if (raced := _stored(change.get(_key(tenant, backfill_id)))).status == "reverted":
+            if (raced := _loaded(change.get(_key(tenant, backfill_id)), backfill_id)).status == "reverted":
                 return raced
             reverted = msgspec.structs.replace(backfill, status="reverted", reverted_at=change.now)
             change.put(_key(tenant, backfill_id), reverted)
             change.clear(f"backfill_event/{tenant}/{backfill_id}/")
         return reverted
-
-    @staticmethod
-    def _pending(raw: bytes | None, backfill_id: str) -> Backfill:
-        if raw is None:
-            raise NotFound(f"no backfill {backfill_id!r}")
-        backfill = msgspec.json.decode(raw, type=Backfill)
-        if backfill.status != "pending":
-            raise Conflict(f"backfill {backfill_id!r} is {backfill.status}: open another one", code="invalid_state")
-        return backfill
 
 
 def _check(backfill: Backfill, index: int, event: dict[str, Any]) -> dict[str, Any] | None:
@@ -240,9 +228,17 @@ def _check(backfill: Backfill, index: int, event: dict[str, Any]) -> dict[str, A
     return None
 
 
-def _stored(raw: bytes | None) -> Backfill:
-    assert raw is not None, "a backfill is never deleted"
+def _loaded(raw: bytes | None, backfill_id: str) -> Backfill:
+    if raw is None:
+        raise NotFound(f"no backfill {backfill_id!r}")
     return msgspec.json.decode(raw, type=Backfill)
+
+
+def _pending(backfill: Backfill) -> Backfill:
+    """The backfill, if it still takes events and a close; else a 409."""
+    if backfill.status != "pending":
+        raise Conflict(f"backfill {backfill.id!r} is {backfill.status}: open another one", code="invalid_state")
+    return backfill
 
 
 def _reason(backfill: Backfill) -> str:

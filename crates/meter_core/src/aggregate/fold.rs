@@ -63,10 +63,19 @@ pub struct Fold {
     commits: Option<(u64, u64)>,
 }
 
-/// The commit an event's ordinal was given by: the writer numbers events `commit << 24 | n` (`engine::writer`).
-pub fn ordinal_commit(ordinal: u64) -> u64 {
-    ordinal >> 24
+/// Events are numbered by commit: the `n`-th event a commit accepts has the ordinal `first_ordinal(commit) + n`, so
+/// ordinals order events as they were accepted, and an ordinal names its commit (`ordinal_commit`).
+pub fn first_ordinal(commit: u64) -> u64 {
+    commit << ORDINAL_BITS
 }
+
+/// The commit an event's ordinal was given by (`first_ordinal`).
+pub fn ordinal_commit(ordinal: u64) -> u64 {
+    ordinal >> ORDINAL_BITS
+}
+
+/// Room for 16 M events per commit (a commit holds at most `Config::max_commit_events`, 20,000 by default).
+const ORDINAL_BITS: u32 = 24;
 
 /// Keys, in a day's mark, of the first and last commit folded into the day (min and max states); the count state of
 /// the day's events has the empty key.

@@ -40,8 +40,9 @@ use serde_json::value::RawValue;
 
 use super::config::Config;
 use super::prepare::time_issue;
+use super::retention::read_seq;
 use crate::aggregate::extract::extract_retained;
-use crate::aggregate::fold::{ordinal_commit, Fold, PairRef, DAY_FIRST_COMMIT, DAY_LAST_COMMIT};
+use crate::aggregate::fold::{first_ordinal, ordinal_commit, Fold, PairRef, DAY_FIRST_COMMIT, DAY_LAST_COMMIT};
 use crate::aggregate::meter::{Aggregation, Meter};
 use crate::aggregate::registry::Registry;
 use crate::aggregate::resolution::{floor_to, Resolution, DAY, HOUR};
@@ -513,8 +514,8 @@ pub(crate) fn stage(
         return Ok(Staged { set: WriteSet::default(), report, changed: Vec::new() });
     }
 
-    // The new versions (amends and adds): this commit's retained events, numbered like ingest's (`commit << 24 | n`).
-    let first_ordinal = seq << 24;
+    // The new versions (amends and adds): this commit's retained events, numbered like ingest's.
+    let first_ordinal = first_ordinal(seq);
     let mut frame = FrameBuilder::default();
     for (n, p) in planned.iter_mut().filter(|p| p.new.is_some() && p.restored_in.is_none()).enumerate() {
         let new = p.new.as_mut().expect("filtered");
@@ -703,7 +704,7 @@ fn restate(
     let mut meters: HashMap<u32, Arc<Meter>> = HashMap::new();
     let mut needs: Vec<(usize, u64)> = Vec::new();
     let mut range: Option<(u64, u64)> = None;
-    let dropped = read_u64(store, &keys::tenant_meta(keys::META_DROPPED, tenant))?;
+    let dropped = read_seq(store, &keys::tenant_meta(keys::META_DROPPED, tenant))?;
     for p in planned {
         let mut first_needed = u64::MAX;
         for e in p.old.as_ref().map(|o| &o.event).into_iter().chain(p.new.as_ref()) {
@@ -763,22 +764,15 @@ fn restate(
         Ok(())
     };
     if let Some((from, through)) = range {
-        let prefix = keys::events_prefix(tenant);
-        let mut cursor = store.cursor(Cf::Events);
-        cursor.seek(&keys::events_key(tenant, from, 0));
-        while let Some((key, value)) = cursor.entry() {
-            if !key.starts_with(&prefix) || seq_of(key, prefix.len())? > through {
-                break;
-            }
+        scan_commits(store, tenant, from, through.saturating_add(1), |_, _, value| {
             for e in events::decode(value)? {
                 events_read += 1;
                 if !voided.contains(&e.ordinal) {
                     add(&mut fold, &e)?;
                 }
             }
-            cursor.next();
-        }
-        cursor.status()?;
+            Ok(true)
+        })?;
     }
     for new in planned.iter().filter_map(|p| p.new.as_ref()) {
         add(&mut fold, new)?;
@@ -838,12 +832,6 @@ fn day_commits(store: &dyn Store, config: &Config, tenant: &str, meter_id: u32, 
     let to = day + MINUTES_PER_DAY + config.backdate_window_us / MICROS_PER_MINUTE + 1;
     let (first, until) = commits_received(store, from, to)?;
     Ok((first, until.map_or(u64::MAX, |u| u.saturating_sub(1))))
-}
-
-fn read_u64(store: &dyn Store, key: &[u8]) -> Result<u64> {
-    store.get(Cf::Meta, key)?.map_or(Ok(0), |v| {
-        Ok(u64::from_be_bytes(v.as_slice().try_into().map_err(|_| Error::Corrupt("commit number".into()))?))
-    })
 }
 
 fn issue(index: usize, id: &str, code: IssueCode, message: &str) -> EventIssue {

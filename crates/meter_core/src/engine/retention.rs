@@ -107,7 +107,8 @@ fn seq_value(value: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(value.try_into().map_err(|_| Error::Corrupt("commit number".into()))?))
 }
 
-fn read_seq(store: &dyn Store, key: &[u8]) -> Result<u64> {
+/// A commit number kept in `meta` under `key` (0 when none is).
+pub(crate) fn read_seq(store: &dyn Store, key: &[u8]) -> Result<u64> {
     store.get(Cf::Meta, key)?.map_or(Ok(0), |v| seq_value(&v))
 }
 

@@ -34,6 +34,7 @@ use super::folder::{flushed, Accepted, FoldWork};
 use super::prepare::{cardinality_limit, conflict, prepare, Prepared};
 use super::report::IngestReport;
 use super::{CreatedMeter, Shared};
+use crate::aggregate::fold::first_ordinal;
 use crate::aggregate::meter::{Meter, MeterSpec, StoredMeter};
 use crate::dedup::{self, Horizon, Mark, Recent, Seen};
 use crate::engine::config::{Config, Durability};
@@ -170,7 +171,7 @@ impl Writer {
     }
 
     fn ordinal(&self, pending: &Pending) -> u64 {
-        ((self.seq + 1) << 24) | pending.accepted
+        first_ordinal(self.seq + 1) + pending.accepted
     }
 
     /// Decides every event of one request and stages what it accepts; answers later, after the commit.
