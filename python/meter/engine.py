@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 import pyarrow as pa
@@ -31,7 +31,7 @@ from meter.schemas import (
     Stats,
 )
 
-__all__ = ["Engine", "Usage", "WindowSize", "event_values"]
+__all__ = ["Engine", "LogEntry", "Usage", "WindowSize", "event_values", "finish_usage"]
 
 WindowSize = Literal["minute", "hour", "day", "month"]
 
@@ -58,6 +58,45 @@ def event_values(spec: MeterSpec, data: pa.Array[Any]) -> pa.Array[Any]:
 
 def _seconds(d: timedelta) -> int:
     return int(d.total_seconds())
+
+
+class LogEntry(NamedTuple):
+    """One entry of a replicated log, as ``Engine.apply`` takes it."""
+
+    seq: int
+    tenant: str
+    #: When the edge received it (µs since the epoch, UTC): the clock the engine decides the entry by.
+    received_us: int
+    op: Literal["ingest", "create_meter", "delete_meter"]
+    #: The events (a JSON array), the meter spec's JSON, or the slug to delete.
+    body: bytes
+    atomic: bool = False
+
+
+def finish_usage(partials: Sequence[bytes]) -> Usage:
+    """Merges partitions' answers to one usage query (``Engine.usage_partial``) into its result."""
+    return Usage(pa.table(_core.finish_usage(list(partials))))
+
+
+def _query_args(
+    start: datetime,
+    end: datetime,
+    window_size: WindowSize | None,
+    tz: str | None,
+    subjects: Iterable[str],
+    group_by: Iterable[str],
+    filters: Mapping[str, str | Sequence[str]] | None,
+) -> dict[str, Any]:
+    """A usage query's arguments as the core takes them."""
+    return {
+        "from_us": to_micros(start, "start"),
+        "to_us": to_micros(end, "end"),
+        "window_size": window_size,
+        "tz": tz,
+        "subjects": list(subjects),
+        "group_by": list(group_by),
+        "filters": [(k, [v] if isinstance(v, str) else list(v)) for k, v in (filters or {}).items()],
+    }
 
 
 class Usage:
@@ -271,19 +310,57 @@ class Engine:
         query whose windows (or bounds, or time zone offset) are finer than that there raises ``InvalidInput`` with
         code ``resolution_unavailable``, naming from when and the finest windows it can answer.
         """
-        flat_filters = [(k, [v] if isinstance(v, str) else list(v)) for k, v in (filters or {}).items()]
         table = self._inner.query(
-            tenant,
-            meter,
-            to_micros(start, "start"),
-            to_micros(end, "end"),
-            window_size=window_size,
-            tz=tz,
-            subjects=list(subjects),
-            group_by=list(group_by),
-            filters=flat_filters,
+            tenant, meter, **_query_args(start, end, window_size, tz, subjects, group_by, filters)
         )
         return Usage(pa.table(table))
+
+    def usage_partial(
+        self,
+        tenant: str,
+        meter: str,
+        *,
+        start: datetime,
+        end: datetime,
+        window_size: WindowSize | None = None,
+        subjects: Iterable[str] = (),
+        group_by: Iterable[str] = (),
+        filters: Mapping[str, str | Sequence[str]] | None = None,
+        tz: str | None = None,
+    ) -> bytes:
+        """``usage``'s answer before its values are taken: what one partition answers in cluster mode.
+
+        ``finish_usage`` merges the partitions' answers exactly (states merged, distinct values unioned) and takes
+        the values, giving the table ``usage`` gives over all of them.
+        """
+        return self._inner.query_partial(
+            tenant, meter, **_query_args(start, end, window_size, tz, subjects, group_by, filters)
+        )
+
+    def apply(self, log: str, entries: Sequence[LogEntry], *, forget_before: int = 0) -> list[bytes]:
+        """Applies log entries in log order, durably, with the last position and each outcome in the same writes.
+
+        Cluster mode: a worker applying its partition. Returns each outcome as JSON bytes: ``{"ok": ...}`` (an ingest
+        report, a created meter, null) or ``{"error": {"code", "message", "issues"?}}``.
+
+        Outcomes of entries before ``forget_before`` are dropped in the same write. Raises only when the store
+        fails: then nothing of the call is acknowledged, and the log is replayed from ``log_position``.
+        """
+        return self._inner.apply(
+            log, [(e.seq, e.tenant, e.received_us, e.op, e.body, e.atomic) for e in entries], forget_before
+        )
+
+    def log_position(self, log: str) -> int:
+        """The position of the last entry of ``log`` applied (0 when none)."""
+        return self._inner.log_position(log)
+
+    def log_outcome(self, log: str, seq: int) -> bytes | None:
+        """The stored outcome of ``log``'s entry at ``seq``; None when it was not applied or is no longer kept."""
+        return self._inner.log_outcome(log, seq)
+
+    def checkpoint(self, path: str | os.PathLike[str]) -> None:
+        """Writes a consistent copy of the store (with its log positions) to ``path``, which must not exist."""
+        self._inner.checkpoint(os.fspath(path))
 
     def changes(self) -> tuple[pa.Table, bool]:
         """Takes which customers' usage changed since the previous call: a table and whether some were dropped.

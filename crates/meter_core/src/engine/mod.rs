@@ -19,6 +19,7 @@ pub mod changes;
 pub mod config;
 pub mod correct;
 mod folder;
+pub mod log;
 mod maintenance;
 mod prepare;
 mod recover;
@@ -43,6 +44,7 @@ pub use changes::{Change, Drained};
 pub use config::{Config, Durability};
 pub use correct::{Correction, CorrectionReport, CorrectionRequest};
 use folder::{flush_queue, peek_unfolded, shard_of, write_flushes, Accepted, Folder, InFlight, PeekRequest, SHARDS};
+pub use log::{LogEntry, LogOp};
 use maintenance::{Maintenance, Run};
 pub use maintenance::{MaintenanceReport, MaintenanceStats};
 pub use report::IngestReport;
@@ -319,11 +321,56 @@ impl Engine {
         if let Some(e) = self.shared.failure() {
             return Err(e);
         }
-        let now_us = now_us.unwrap_or_else(now_micros);
+        let prepared = self.prepare_ingest(tenant, body, now_us.unwrap_or_else(now_micros))?;
+        self.ask(false, |reply| Command::Ingest { prepared, atomic, reply })
+    }
+
+    /// Parses and prepares a batch on the caller's thread, by the clock `now_us`.
+    fn prepare_ingest(&self, tenant: &str, body: Vec<u8>, now_us: i64) -> Result<prepare::Prepared> {
+        check_tenant(tenant)?;
         let batch = parse_batch(tenant, body, now_us, &self.config.limits)?;
         let registry = self.shared.registry.read().unwrap().clone();
-        let prepared = prepare(batch, registry, now_us, &self.config)?;
-        self.ask(false, |reply| Command::Ingest { prepared, atomic, reply })
+        prepare(batch, registry, now_us, &self.config)
+    }
+
+    /// Applies a log's entries in order, each with its position, in synced writes that also hold the last position
+    /// and each entry's outcome (`log`). Answers the outcomes, in order. `forget_before`: outcomes of entries before
+    /// that position are dropped in the same write. Refusals of an entry are its outcome, not an error; an error is a
+    /// failed store (nothing acknowledged: replay from the stored position).
+    pub fn apply(&self, log: &str, entries: Vec<LogEntry>, forget_before: u64) -> Result<Vec<Vec<u8>>> {
+        if let Some(e) = self.shared.failure() {
+            return Err(e);
+        }
+        let prepped = entries
+            .into_iter()
+            .map(|LogEntry { seq, tenant, received_us, op }| {
+                let op = match op {
+                    LogOp::Ingest { body, atomic } => {
+                        log::Prepped::Ingest(Box::new(self.prepare_ingest(&tenant, body, received_us)), atomic)
+                    }
+                    LogOp::CreateMeter(spec) => log::Prepped::CreateMeter(spec),
+                    LogOp::DeleteMeter(slug) => log::Prepped::DeleteMeter(slug),
+                };
+                log::PreppedEntry { seq, tenant, received_us, op }
+            })
+            .collect();
+        self.ask(true, |reply| Command::Apply { log: log.to_owned(), entries: prepped, forget_before, reply })
+    }
+
+    /// The position of the last entry of `log` applied (0 when none).
+    pub fn log_position(&self, log: &str) -> Result<u64> {
+        log::decode_position(self.store()?.get(Cf::Meta, &log::position_key(log))?)
+    }
+
+    /// The stored outcome of the entry of `log` at `seq` (`apply`), if it was applied and is still kept.
+    pub fn log_outcome(&self, log: &str, seq: u64) -> Result<Option<Vec<u8>>> {
+        self.store()?.get(Cf::Meta, &log::outcome_key(log, seq))
+    }
+
+    /// Writes a consistent copy of the store to `dir` (a RocksDB checkpoint: hard links where it can), from which an
+    /// engine opens as after a crash at this moment: with every acknowledged write and its log positions.
+    pub fn checkpoint(&self, dir: &Path) -> Result<()> {
+        self.store()?.checkpoint(dir)
     }
 
     /// Creates a meter and backfills it from the tenant's retained events, in the same write. Only retained events:
@@ -364,6 +411,12 @@ impl Engine {
     /// Answers from every acknowledged event: what RocksDB holds plus what the fold threads hold in memory, without
     /// waiting for the writer, for the commits queued for folding, or for any write (see `folder`).
     pub fn query(&self, tenant: &str, q: &UsageQuery) -> Result<UsageResult> {
+        self.query_partial(tenant, q)?.finish()
+    }
+
+    /// `query`'s groups before their values are taken: what a partition answers in cluster mode, for the asking node
+    /// to merge with the others' (`query::Partial`).
+    pub fn query_partial(&self, tenant: &str, q: &UsageQuery) -> Result<query::Partial> {
         let registry = self.shared.registry.read().unwrap().clone();
         let meter =
             registry.get(tenant, &q.meter).ok_or_else(|| Error::NotFound { what: "meter", name: q.meter.clone() })?;
@@ -382,11 +435,11 @@ impl Engine {
             minutes: minute_of(q.from_us)..minute_of(q.to_us.saturating_add(MICROS_PER_MINUTE - 1)),
         };
         let filter = Arc::new(filter);
-        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
+        let store = self.store()?;
         for _ in 0..QUERY_ATTEMPTS {
             if let Some((snapshot, in_memory)) = self.in_memory(&*store, &shards, &filter)? {
                 let view = query::View::open(&*snapshot, tenant, meter)?;
-                let result = query::run(view, tenant, meter, q, &in_memory);
+                let result = query::gather(view, tenant, meter, q, &in_memory);
                 // A fold whose write failed left the in-flight list unwritten: the engine has failed, and answers
                 // nothing.
                 return match self.shared.failure() {
@@ -402,7 +455,7 @@ impl Engine {
             store.snapshot()
         };
         let view = query::View::open(&*snapshot, tenant, meter)?;
-        query::run(view, tenant, meter, q, &Peeked::default())
+        query::gather(view, tenant, meter, q, &Peeked::default())
     }
 
     /// A snapshot of RocksDB and, for the queried `shards`, exactly what it lacks of every acknowledged event that
@@ -507,7 +560,7 @@ impl Engine {
         let meter =
             registry.get(tenant, slug).ok_or_else(|| Error::NotFound { what: "meter", name: slug.to_owned() })?.clone();
         folder::flushed(self.ask(true, |reply| Command::Flush { reply })?)?;
-        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
+        let store = self.store()?;
         Ok((store, meter))
     }
 
@@ -520,7 +573,7 @@ impl Engine {
         max_events: usize,
     ) -> Result<(arrow_array::RecordBatch, u64)> {
         check_tenant(tenant)?;
-        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
+        let store = self.store()?;
         query::events::retained_after(&*store, tenant, after_seq, max_events)
     }
 
@@ -535,7 +588,7 @@ impl Engine {
     /// The corrections of the event `(source, id)`, oldest first (`correct`).
     pub fn event_history(&self, tenant: &str, source: &str, id: &str) -> Result<Vec<Correction>> {
         check_tenant(tenant)?;
-        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
+        let store = self.store()?;
         correct::history(&*store, tenant, source, id)
     }
 
@@ -543,7 +596,7 @@ impl Engine {
     /// beside the retained events of the same commits.
     pub fn corrections(&self, tenant: &str, after_seq: u64, through_seq: u64) -> Result<Vec<Correction>> {
         check_tenant(tenant)?;
-        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
+        let store = self.store()?;
         correct::corrections_between(&*store, tenant, after_seq, through_seq)
     }
 
@@ -551,7 +604,7 @@ impl Engine {
     /// (`query::events::find`): through its history or its dedup mark without scanning, else by a scan.
     pub fn find_event(&self, tenant: &str, source: &str, id: &str) -> Result<(arrow_array::RecordBatch, Option<i64>)> {
         check_tenant(tenant)?;
-        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
+        let store = self.store()?;
         query::events::find(&*store, tenant, source, id)
     }
 
@@ -574,7 +627,7 @@ impl Engine {
         let registry = self.shared.registry.read().unwrap().clone();
         let meter =
             registry.get(tenant, slug).ok_or_else(|| Error::NotFound { what: "meter", name: slug.to_owned() })?;
-        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
+        let store = self.store()?;
         query::skipped::skipped(&*store, tenant, meter, from_us, to_us, after, limit, max_scan)
     }
 
@@ -583,7 +636,7 @@ impl Engine {
     /// an export that is behind another cannot lower the mark.
     pub fn events_exported(&self, tenant: &str, seq: u64) -> Result<()> {
         check_tenant(tenant)?;
-        let store = self.store.read().unwrap().clone().ok_or(Error::Closed)?;
+        let store = self.store()?;
         let _serial = self.exported.lock().unwrap();
         retention::events_exported(&*store, &self.shared, tenant, seq)
     }
@@ -685,6 +738,10 @@ impl Engine {
 
     /// Queues a command for the writer and waits for its answer. Ingest (`wait_for_room` false) is refused
     /// with `Overloaded` when the queue is full; admin commands are rare and wait for room instead.
+    fn store(&self) -> Result<Arc<dyn Store>> {
+        self.store.read().unwrap().clone().ok_or(Error::Closed)
+    }
+
     fn ask<T>(&self, wait_for_room: bool, command: impl FnOnce(Sender<Result<T>>) -> Command) -> Result<T> {
         let (reply, answer) = bounded(1);
         let tx = self.tx.read().unwrap().clone().ok_or(Error::Closed)?;

@@ -31,6 +31,7 @@ use hashbrown::HashMap;
 
 use super::cardinality::Cardinality;
 use super::folder::{flushed, Accepted, FoldWork};
+use super::log::{self, Prepped, PreppedEntry};
 use super::prepare::{cardinality_limit, conflict, prepare, Prepared};
 use super::report::IngestReport;
 use super::{CreatedMeter, Shared};
@@ -64,6 +65,13 @@ pub(crate) enum Command {
         request: super::correct::CorrectionRequest,
         now_us: i64,
         reply: Sender<Result<super::correct::CorrectionReport>>,
+    },
+    /// Log entries in log order, each applied with its position and outcome (`log`).
+    Apply {
+        log: String,
+        entries: Vec<PreppedEntry>,
+        forget_before: u64,
+        reply: Sender<Result<Vec<Vec<u8>>>>,
     },
     /// The fold threads write what they hold of every commit so far: answers with where they will answer.
     Flush {
@@ -107,6 +115,8 @@ struct Pending {
     /// The accepted events of each part, for the fold threads once the commit is durable.
     parts: Vec<Accepted>,
     accepted: u64,
+    /// Written even if it accepts no event: it carries a log position (`log`).
+    positioned: bool,
 }
 
 impl Writer {
@@ -119,15 +129,19 @@ impl Writer {
                     Command::Ingest { prepared, atomic, reply } => self.stage(&mut pending, prepared, atomic, reply),
                     Command::CreateMeter { tenant, spec, now_us, reply } => {
                         self.commit(&mut pending);
-                        let _ = reply.send(self.guarded(|w| w.create_meter(&tenant, spec, now_us)));
+                        let _ = reply.send(self.guarded(|w| w.create_meter(&tenant, spec, now_us, None)));
                     }
                     Command::DeleteMeter { tenant, slug, reply } => {
                         self.commit(&mut pending);
-                        let _ = reply.send(self.guarded(|w| w.delete_meter(&tenant, &slug)));
+                        let _ = reply.send(self.guarded(|w| w.delete_meter(&tenant, &slug, None)));
                     }
                     Command::Correct { tenant, request, now_us, reply } => {
                         self.commit(&mut pending);
                         let _ = reply.send(self.guarded(|w| w.correct(&tenant, request, now_us)));
+                    }
+                    Command::Apply { log, entries, forget_before, reply } => {
+                        self.commit(&mut pending);
+                        let _ = reply.send(self.guarded(|w| w.apply(&mut pending, &log, entries, forget_before)));
                     }
                     Command::Flush { reply } => {
                         self.commit(&mut pending);
@@ -348,23 +362,26 @@ impl Writer {
 
     /// Writes the staged group, answers its callers, then hands the accepted events to the fold thread.
     fn commit(&mut self, p: &mut Pending) {
-        if p.replies.is_empty() {
+        if p.replies.is_empty() && !p.positioned {
             return;
         }
         let mut pending = std::mem::take(p);
         let started = Instant::now();
-        if pending.accepted > 0 {
-            let seq = self.seq + 1;
-            pending.set.put(
-                Cf::Dedup,
-                &seq.to_be_bytes(),
-                &dedup::record::build(pending.received_us, &pending.tenants),
-            );
-            pending.set.put(Cf::Meta, keys::META_SEQ, &seq.to_be_bytes());
-            self.card.stage(&mut pending.set, pending.received_us - self.config.backdate_window_us);
-            let marked =
-                super::retention::mark_received(self.received_minute, &mut pending.set, seq, pending.received_us);
-            self.release_records(&mut pending.set);
+        if pending.accepted > 0 || pending.positioned {
+            let seq = self.seq + u64::from(pending.accepted > 0);
+            let mut marked = None;
+            if pending.accepted > 0 {
+                pending.set.put(
+                    Cf::Dedup,
+                    &seq.to_be_bytes(),
+                    &dedup::record::build(pending.received_us, &pending.tenants),
+                );
+                pending.set.put(Cf::Meta, keys::META_SEQ, &seq.to_be_bytes());
+                self.card.stage(&mut pending.set, pending.received_us - self.config.backdate_window_us);
+                marked =
+                    super::retention::mark_received(self.received_minute, &mut pending.set, seq, pending.received_us);
+                self.release_records(&mut pending.set);
+            }
             if let Err(e) = self.store.write(&pending.set, self.config.durability == Durability::Fsync) {
                 // The write may have reached the WAL before it failed (its fsync, say): these callers cannot be
                 // told "not applied". Every later caller is refused before any write: `StoreFailed`.
@@ -430,7 +447,15 @@ impl Writer {
         }
     }
 
-    fn create_meter(&mut self, tenant: &str, spec: MeterSpec, now_us: i64) -> Result<CreatedMeter> {
+    /// With `entry` (a log's name and position), the write that creates the meter also records the position and the
+    /// outcome (`log`).
+    fn create_meter(
+        &mut self,
+        tenant: &str,
+        spec: MeterSpec,
+        now_us: i64,
+        entry: Option<(&str, u64)>,
+    ) -> Result<CreatedMeter> {
         let registry = self.shared.registry.read().unwrap().clone();
         if registry.get(tenant, &spec.slug).is_some() {
             return Err(Error::AlreadyExists { what: "meter", name: spec.slug });
@@ -453,14 +478,18 @@ impl Writer {
             set.put(Cf::Meta, &keys::card_key(minute, meter_id), &customers.to_be_bytes());
         }
         fold.drain_into(&mut set);
+        let created = CreatedMeter { meter: meter.stored.clone(), backfill };
+        if let Some((name, seq)) = entry {
+            log::stage_entry(&mut set, name, seq, &log::outcome(&Ok(&created)));
+        }
         self.write_admin(&set, true)?;
         self.next_meter_id += 1;
-        if backfill.unreadable > 0 {
+        if created.backfill.unreadable > 0 {
             let key = (tenant.to_owned(), meter.slug().to_owned());
-            *self.shared.skipped.lock().unwrap().entry(key).or_default() += backfill.unreadable;
+            *self.shared.skipped.lock().unwrap().entry(key).or_default() += created.backfill.unreadable;
         }
         *self.shared.registry.write().unwrap() = Arc::new(registry.with(tenant, meter.clone()));
-        Ok(CreatedMeter { meter: meter.stored.clone(), backfill })
+        Ok(created)
     }
 
     /// A correction, as a commit of its own (`correct`): after every fold is written, under the roll-ups' lock (a
@@ -495,7 +524,8 @@ impl Writer {
         Ok(staged.report)
     }
 
-    fn delete_meter(&mut self, tenant: &str, slug: &str) -> Result<()> {
+    /// With `entry`, as `create_meter`.
+    fn delete_meter(&mut self, tenant: &str, slug: &str, entry: Option<(&str, u64)>) -> Result<()> {
         let registry = self.shared.registry.read().unwrap().clone();
         let meter =
             registry.get(tenant, slug).ok_or_else(|| Error::NotFound { what: "meter", name: slug.to_owned() })?;
@@ -508,6 +538,9 @@ impl Writer {
             set.delete_range(cf, &prefix, &keys::prefix_end(&prefix));
         }
         set.push(OpKind::Delete, Cf::Meta, &keys::resolution(tenant, meter.id()), &[]);
+        if let Some((name, seq)) = entry {
+            log::stage_entry(&mut set, name, seq, &log::outcome(&Ok(())));
+        }
         // Not while a roll-up step writes into this meter (`rollup`).
         let no_rollup = self.shared.rollup.clone();
         let _no_rollup = no_rollup.read().unwrap();
@@ -515,6 +548,75 @@ impl Writer {
         self.shared.skipped.lock().unwrap().remove(&(tenant.to_owned(), slug.to_owned()));
         *self.shared.registry.write().unwrap() = Arc::new(registry.without(tenant, slug));
         Ok(())
+    }
+
+    /// Applies log entries in order (`log`): ingests are staged into group commits that also carry the position and
+    /// the outcome of each; a meter entry is a write of its own, after the commit of the ingests before it. Answers
+    /// each entry's outcome once every write is durable.
+    fn apply(
+        &mut self,
+        p: &mut Pending,
+        name: &str,
+        entries: Vec<PreppedEntry>,
+        forget_before: u64,
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let outcome = match entry.op {
+                Prepped::Ingest(prepared, atomic) => match *prepared {
+                    Err(refused) => log::outcome::<()>(&Err(refused)),
+                    Ok(prepared) => self.stage_entry(p, prepared, atomic)?,
+                },
+                Prepped::CreateMeter(spec) => {
+                    self.commit(p);
+                    let created = self.create_meter(&entry.tenant, spec, entry.received_us, Some((name, entry.seq)));
+                    self.admin_outcome(created)?
+                }
+                Prepped::DeleteMeter(slug) => {
+                    self.commit(p);
+                    let deleted = self.delete_meter(&entry.tenant, &slug, Some((name, entry.seq)));
+                    self.admin_outcome(deleted)?
+                }
+            };
+            log::stage_entry(&mut p.set, name, entry.seq, &outcome);
+            p.positioned = true;
+            outcomes.push(outcome);
+        }
+        if p.positioned {
+            log::stage_forget(&mut p.set, name, forget_before);
+        }
+        self.commit(p);
+        match self.shared.failure() {
+            Some(e) => Err(Error::OutcomeUnknown { reason: e.failure_reason() }),
+            None => Ok(outcomes),
+        }
+    }
+
+    /// Stages one ingest entry into the group commit; its outcome is its report, or its refusal as a whole.
+    fn stage_entry(&mut self, p: &mut Pending, prepared: Prepared, atomic: bool) -> Result<Vec<u8>> {
+        let (reply, refused) = bounded(1);
+        let staged = p.replies.len();
+        self.stage(p, prepared, atomic, reply);
+        if let Some(e) = self.shared.failure() {
+            return Err(e);
+        }
+        Ok(match refused.try_recv() {
+            // Refused whole (an atomic batch): nothing of it was staged.
+            Ok(answer) => log::outcome(&answer),
+            Err(_) => {
+                debug_assert_eq!(p.replies.len(), staged + 1);
+                log::outcome(&Ok(&p.replies.last().expect("just staged").1))
+            }
+        })
+    }
+
+    /// The outcome of a meter entry. A refusal wrote nothing: its position and outcome go with the next write. A
+    /// failed write stops the apply.
+    fn admin_outcome<T: serde::Serialize>(&self, result: Result<T>) -> Result<Vec<u8>> {
+        match result {
+            Err(e) if self.shared.failure().is_some() => Err(e),
+            result => Ok(log::outcome(&result)),
+        }
     }
 
     /// Writes outside a group commit; any failure stops the engine like a failed commit does.

@@ -46,6 +46,8 @@ impl Span {
 pub struct ParsedEvent {
     /// Position in the request's array, for reporting.
     pub index: u32,
+    /// The event's own JSON text, as sent.
+    pub raw: Span,
     pub id: Span,
     pub source: Span,
     pub event_type: Span,
@@ -276,6 +278,7 @@ impl<'a> Parser<'a> {
         let payload_hash = payload_hash(&event_type, &subject, time_given.then_some(time_us), f.data.unwrap_or(""));
         Ok(ParsedEvent {
             index: index as u32,
+            raw: self.span(&Cow::Borrowed(raw)),
             id: self.span(&id),
             source: self.span(&source),
             event_type: self.span(&event_type),

@@ -9,9 +9,9 @@ use pyo3_arrow::{PyRecordBatchReader, PyTable};
 
 use super::detached;
 use crate::aggregate::meter::MeterSpec;
-use crate::engine::{Config, CorrectionRequest, Durability, Engine};
+use crate::engine::{Config, CorrectionRequest, Durability, Engine, LogEntry, LogOp};
 use crate::error::Error;
-use crate::query::{arrow::to_record_batch, UsageQuery, WindowSize};
+use crate::query::{UsageQuery, WindowSize};
 
 #[pyclass(frozen, name = "Engine", module = "meter._core")]
 pub struct PyEngine {
@@ -154,22 +154,81 @@ impl PyEngine {
         group_by: Vec<String>,
         filters: Vec<(String, Vec<String>)>,
     ) -> PyResult<PyTable> {
-        let window = match window_size {
-            None => None,
-            Some(w) => Some(WindowSize::parse(w).ok_or_else(|| {
-                Error::invalid(
-                    "invalid_query",
-                    format!("window_size must be one of minute, hour, day, month; got \"{w}\""),
-                )
-            })?),
-        };
-        let q = UsageQuery { meter, from_us, to_us, window, tz, subjects, group_by, filters };
-        let batch = detached(py, || {
-            let result = self.inner.query(tenant, &q)?;
-            to_record_batch(&result).map_err(|e| Error::Storage(format!("building the Arrow result: {e}")))
-        })?;
-        let schema = batch.schema();
-        PyTable::try_new(vec![batch], schema)
+        let q = usage_query(meter, from_us, to_us, window_size, tz, subjects, group_by, filters)?;
+        let result = detached(py, || self.inner.query(tenant, &q))?;
+        super::usage_table(py, result)
+    }
+
+    /// `query`'s answer before its values are taken, as bytes: what a partition answers in cluster mode, merged by
+    /// `meter._core.finish_usage`.
+    #[pyo3(signature = (tenant, meter, from_us, to_us, *, window_size = None, tz = None, subjects = vec![],
+                        group_by = vec![], filters = vec![]))]
+    #[allow(clippy::too_many_arguments)] // keyword-only options of a Python method
+    fn query_partial<'py>(
+        &self,
+        py: Python<'py>,
+        tenant: &str,
+        meter: String,
+        from_us: i64,
+        to_us: i64,
+        window_size: Option<&str>,
+        tz: Option<String>,
+        subjects: Vec<String>,
+        group_by: Vec<String>,
+        filters: Vec<(String, Vec<String>)>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let q = usage_query(meter, from_us, to_us, window_size, tz, subjects, group_by, filters)?;
+        let partial = detached(py, || Ok(self.inner.query_partial(tenant, &q)?.encode()))?;
+        Ok(PyBytes::new(py, &partial))
+    }
+
+    /// Applies log entries `(seq, tenant, received_us, op, body, atomic)` in order, `op` one of `ingest` (body: the
+    /// events), `create_meter` (body: the spec's JSON) and `delete_meter` (body: the slug); returns each entry's
+    /// outcome as JSON bytes (`engine::log`).
+    fn apply<'py>(
+        &self,
+        py: Python<'py>,
+        log: &str,
+        entries: Vec<(u64, String, i64, String, Vec<u8>, bool)>,
+        forget_before: u64,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        let mut parsed = Vec::with_capacity(entries.len());
+        for (seq, tenant, received_us, op, body, atomic) in entries {
+            let op =
+                match op.as_str() {
+                    "ingest" => LogOp::Ingest { body, atomic },
+                    "create_meter" => LogOp::CreateMeter(serde_json::from_slice(&body).map_err(|e| {
+                        Error::invalid("invalid_meter", format!("the meter definition is invalid: {e}"))
+                    })?),
+                    "delete_meter" => LogOp::DeleteMeter(String::from_utf8_lossy(&body).into_owned()),
+                    other => {
+                        return Err(Error::invalid(
+                            "invalid_entry",
+                            format!("op must be ingest, create_meter or delete_meter; got \"{other}\""),
+                        )
+                        .into())
+                    }
+                };
+            parsed.push(LogEntry { seq, tenant, received_us, op });
+        }
+        let outcomes = detached(py, || self.inner.apply(log, parsed, forget_before))?;
+        Ok(outcomes.iter().map(|o| PyBytes::new(py, o)).collect())
+    }
+
+    /// The position of the last entry of `log` applied, 0 when none.
+    fn log_position(&self, py: Python<'_>, log: &str) -> PyResult<u64> {
+        detached(py, || self.inner.log_position(log))
+    }
+
+    /// The stored outcome of the entry of `log` at `seq`, None when not applied or no longer kept.
+    fn log_outcome<'py>(&self, py: Python<'py>, log: &str, seq: u64) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let outcome = detached(py, || self.inner.log_outcome(log, seq))?;
+        Ok(outcome.map(|o| PyBytes::new(py, &o)))
+    }
+
+    /// Writes a consistent copy of the store to `path` (which must not exist).
+    fn checkpoint(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        detached(py, || self.inner.checkpoint(&path))
     }
 
     /// The tenant's retained events after commit `after_seq` as an Arrow table, and the last commit read.
@@ -314,4 +373,24 @@ impl PyEngine {
     fn close(&self, py: Python<'_>) {
         py.detach(|| self.inner.close());
     }
+}
+
+#[allow(clippy::too_many_arguments)] // one query's parameters
+fn usage_query(
+    meter: String,
+    from_us: i64,
+    to_us: i64,
+    window_size: Option<&str>,
+    tz: Option<String>,
+    subjects: Vec<String>,
+    group_by: Vec<String>,
+    filters: Vec<(String, Vec<String>)>,
+) -> PyResult<UsageQuery> {
+    let window = match window_size {
+        None => None,
+        Some(w) => Some(WindowSize::parse(w).ok_or_else(|| {
+            Error::invalid("invalid_query", format!("window_size must be one of minute, hour, day, month; got \"{w}\""))
+        })?),
+    };
+    Ok(UsageQuery { meter, from_us, to_us, window, tz, subjects, group_by, filters })
 }

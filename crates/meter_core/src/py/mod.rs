@@ -49,12 +49,69 @@ fn usage_json<'py>(py: Python<'py>, table: PyTable) -> PyResult<Bound<'py, PyByt
     Ok(PyBytes::new(py, &json))
 }
 
+/// A usage result as an Arrow table.
+pub(crate) fn usage_table(py: Python<'_>, result: crate::query::UsageResult) -> PyResult<PyTable> {
+    let batch = detached(py, || {
+        crate::query::arrow::to_record_batch(&result)
+            .map_err(|e| Error::Storage(format!("building the Arrow result: {e}")))
+    })?;
+    let schema = batch.schema();
+    PyTable::try_new(vec![batch], schema)
+}
+
+/// Merges the partitions' answers to one usage query (`Engine.query_partial`) and takes the values: the usage table.
+#[pyfunction]
+fn finish_usage(py: Python<'_>, partials: Vec<Vec<u8>>) -> PyResult<PyTable> {
+    let result = detached(py, || {
+        let mut merged: Option<crate::query::Partial> = None;
+        for bytes in &partials {
+            let partial = crate::query::Partial::decode(bytes)?;
+            match merged.as_mut() {
+                None => merged = Some(partial),
+                Some(m) => m.merge(partial)?,
+            }
+        }
+        merged.ok_or_else(|| Error::invalid("invalid_query", "no partition answered"))?.finish()
+    })?;
+    usage_table(py, result)
+}
+
+/// The partition of a tenant's customer (`ingest::split`).
+#[pyfunction]
+fn partition_of(tenant: &str, customer: &str, partitions: u32) -> u32 {
+    crate::ingest::split::partition_of(tenant, customer, partitions)
+}
+
+/// A batch parsed and validated as the engine parses it, split by partition (`ingest::split`): the parser's issues
+/// as JSON bytes, how many events the request held, and per partition receiving events `(partition, body, indexes)`.
+#[pyfunction]
+#[pyo3(signature = (tenant, body, received_us, partitions, *, max_events = 10_000))]
+#[allow(clippy::type_complexity)] // a plain tuple is what Python unpacks
+fn split_batch<'py>(
+    py: Python<'py>,
+    tenant: &str,
+    body: &[u8],
+    received_us: i64,
+    partitions: u32,
+    max_events: usize,
+) -> PyResult<(Bound<'py, PyBytes>, usize, Vec<(u32, Bound<'py, PyBytes>, Vec<u32>)>)> {
+    let body = body.to_vec();
+    let limits = crate::ingest::Limits { max_events, ..Default::default() };
+    let split = detached(py, || crate::ingest::split::split_batch(tenant, body, received_us, partitions, &limits))?;
+    let issues = serde_json::to_vec(&split.issues).expect("issues serialize");
+    let parts = split.parts.into_iter().map(|p| (p.partition, PyBytes::new(py, &p.body), p.indexes)).collect();
+    Ok((PyBytes::new(py, &issues), split.total, parts))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::PyEngine>()?;
     m.add_function(wrap_pyfunction!(parse_only, m)?)?;
     m.add_function(wrap_pyfunction!(event_values, m)?)?;
     m.add_function(wrap_pyfunction!(usage_json, m)?)?;
+    m.add_function(wrap_pyfunction!(finish_usage, m)?)?;
+    m.add_function(wrap_pyfunction!(partition_of, m)?)?;
+    m.add_function(wrap_pyfunction!(split_batch, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -12,6 +12,7 @@ pub mod event_values;
 pub mod events;
 pub mod json;
 pub mod minutes;
+pub mod partial;
 pub mod skipped;
 pub mod window;
 
@@ -31,6 +32,7 @@ use crate::storage::codec::{put_str, Reader};
 use crate::storage::keys::{self, decode_bucket, BucketKey};
 use crate::storage::{Cf, Cursor, ReadStore};
 use crate::{bail, ensure};
+pub use partial::Partial;
 pub use window::{WindowSize, Windower};
 
 /// Query results larger than this are refused: ask for a coarser window or a narrower range.
@@ -71,7 +73,8 @@ pub struct UsageResult {
     pub rows: Vec<UsageRow>,
 }
 
-type GroupKey = (i64, i64, Option<String>, Vec<Option<String>>);
+/// A row's window (start, end), customer (when grouped by customer) and grouped dimension values.
+pub type GroupKey = (i64, i64, Option<String>, Vec<Option<String>>);
 
 struct Plan<'m> {
     meter: &'m Meter,
@@ -108,8 +111,9 @@ impl<'s> View<'s> {
     }
 }
 
-/// Answers `q` from what RocksDB holds plus `in_memory`, what the folds held that RocksDB does not yet.
-pub fn run(view: View, tenant: &str, meter: &Meter, q: &UsageQuery, in_memory: &Peeked) -> Result<UsageResult> {
+/// The groups of `q`'s answer, from what RocksDB holds plus `in_memory` (what the folds held that RocksDB does not
+/// yet), before their values are taken (`Partial::finish`).
+pub fn gather(view: View, tenant: &str, meter: &Meter, q: &UsageQuery, in_memory: &Peeked) -> Result<Partial> {
     let View { mut agg, uniq, resolution } = view;
     let plan = plan(meter, q)?;
     let tz = match &q.tz {
@@ -167,18 +171,14 @@ pub fn run(view: View, tenant: &str, meter: &Meter, q: &UsageQuery, in_memory: &
         }
     }
 
-    let mut rows = Vec::with_capacity(states.len());
-    for (key, state) in states {
-        let value = match uniques.get(&key) {
-            Some(set) => Quantity::from_int(set.len() as i64),
-            None if meter.aggregation() == Aggregation::UniqueCount => Quantity::ZERO,
-            None => state.result()?,
-        };
-        let (window_start_us, window_end_us, subject, dims) = key;
-        rows.push(UsageRow { window_start_us, window_end_us, subject, dims, value, events: state.count });
-    }
     let dimensions = plan.grouped.iter().map(|&i| meter.dims[i].0.clone()).collect();
-    Ok(UsageResult { by_subject: plan.by_subject, dimensions, rows })
+    Ok(Partial {
+        unique: meter.aggregation() == Aggregation::UniqueCount,
+        by_subject: plan.by_subject,
+        dimensions,
+        states,
+        uniques,
+    })
 }
 
 fn plan<'m>(meter: &'m Meter, q: &UsageQuery) -> Result<Plan<'m>> {

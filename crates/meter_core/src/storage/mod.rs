@@ -149,6 +149,10 @@ pub trait Store: ReadStore + Send + Sync + 'static {
     fn reclaim(&self, _cf: Cf, _from: &[u8], _to: &[u8]) -> Result<()> {
         Ok(())
     }
+    /// Writes a consistent copy of the store to `dir`, which must not exist (`Engine::checkpoint`).
+    fn checkpoint(&self, _dir: &std::path::Path) -> Result<()> {
+        Err(crate::error::Error::invalid("unsupported", "this store cannot write checkpoints"))
+    }
 }
 
 /// Calls `f` for every entry whose key starts with `prefix`, until `f` returns `false`.

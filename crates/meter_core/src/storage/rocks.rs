@@ -200,6 +200,11 @@ impl Store for RocksStore {
         // Only files wholly inside the range go (none of L0): open iterators keep theirs until they are dropped.
         self.db.delete_file_in_range_cf(self.cf(cf), from, to).map_err(storage)
     }
+
+    fn checkpoint(&self, dir: &Path) -> Result<()> {
+        // Flushes the memtables first, so the copy is whole SST files (hard links on the same file system).
+        rocksdb::checkpoint::Checkpoint::new(&self.db).and_then(|c| c.create_checkpoint(dir)).map_err(storage)
+    }
 }
 
 impl ReadStore for RocksStore {
