@@ -71,17 +71,20 @@ def test_apply_stores_position_and_outcomes_with_the_state(tmp_path: Path) -> No
                 LogEntry(9, "acme", RECEIVED, "ingest", body(event(1, "ada", 2), event(2, "bob", 4))),
                 LogEntry(11, "acme", RECEIVED, "ingest", b"not json"),
                 LogEntry(12, "acme", RECEIVED, "ingest", body(event(3, "cy", 1), {"id": "x"}), atomic=True),
+                # A part of a request: its events are named by their index in the request.
+                LogEntry(13, "acme", RECEIVED, "ingest", body({"id": "y"}, event(4, "cy", 1)), indexes=[7, 9]),
             ],
         )
         decoded = [outcome(o) for o in outcomes]
-        assert decoded[0]["ok"]["meter"]["slug"] == "sum"
-        assert decoded[1] == {"ok": {"accepted": 2, "duplicates": 0, "issues": [], "warnings": []}}
+        assert decoded[0]["ok"]["meter"]["slug"] == "sum" and decoded[0]["tenant"] == "acme"
+        assert decoded[1] == {"tenant": "acme", "ok": {"accepted": 2, "duplicates": 0, "issues": [], "warnings": []}}
         assert decoded[2]["ok"]["duplicates"] == 1 and decoded[2]["ok"]["issues"][0]["code"] == "conflict"
         assert decoded[3]["error"]["code"] == "invalid_json"
         assert decoded[4]["error"]["code"] == "batch_rejected" and decoded[4]["error"]["issues"][0]["index"] == 1
-        assert engine.log_position("events.3") == 12
+        assert [i["index"] for i in decoded[5]["ok"]["issues"]] == [7] and decoded[5]["ok"]["accepted"] == 1
+        assert engine.log_position("events.3") == 13
         assert engine.log_position("events.4") == 0
-        assert [engine.log_outcome("events.3", s) for s in (2, 5, 9, 11, 12)] == outcomes
+        assert [engine.log_outcome("events.3", s) for s in (2, 5, 9, 11, 12, 13)] == outcomes
         assert engine.log_outcome("events.3", 6) is None
 
         # An entry whose events were all duplicates still moves the position, and forgets the older outcomes.
@@ -99,7 +102,7 @@ def test_apply_stores_position_and_outcomes_with_the_state(tmp_path: Path) -> No
         with open_engine(path) as engine:
             assert engine.log_position("events.3") == 20
             assert engine.log_outcome("events.3", 12) == outcomes[4]
-            assert engine.usage("acme", "sum", start=T0, end=T0 + timedelta(hours=1)).total() == total == 5
+            assert engine.usage("acme", "sum", start=T0, end=T0 + timedelta(hours=1)).total() == total == 6
 
 
 def test_entries_are_decided_by_their_own_clock(tmp_path: Path) -> None:

@@ -71,6 +71,8 @@ class LogEntry(NamedTuple):
     #: The events (a JSON array), the meter spec's JSON, or the slug to delete.
     body: bytes
     atomic: bool = False
+    #: For an ingest that is part of a request: each event's index in the request (the outcome names them so).
+    indexes: Sequence[int] = ()
 
 
 def finish_usage(partials: Sequence[bytes]) -> Usage:
@@ -340,14 +342,14 @@ class Engine:
     def apply(self, log: str, entries: Sequence[LogEntry], *, forget_before: int = 0) -> list[bytes]:
         """Applies log entries in log order, durably, with the last position and each outcome in the same writes.
 
-        Cluster mode: a worker applying its partition. Returns each outcome as JSON bytes: ``{"ok": ...}`` (an ingest
-        report, a created meter, null) or ``{"error": {"code", "message", "issues"?}}``.
+        Cluster mode: a worker applying its partition. Returns each outcome as JSON bytes, ``{"tenant", "ok": ...}``
+        (an ingest report, a created meter, null) or ``{"tenant", "error": {"code", "message", "issues"?}}``.
 
         Outcomes of entries before ``forget_before`` are dropped in the same write. Raises only when the store
         fails: then nothing of the call is acknowledged, and the log is replayed from ``log_position``.
         """
         return self._inner.apply(
-            log, [(e.seq, e.tenant, e.received_us, e.op, e.body, e.atomic) for e in entries], forget_before
+            log, [(e.seq, e.tenant, e.received_us, e.op, e.body, e.atomic, list(e.indexes)) for e in entries], forget_before
         )
 
     def log_position(self, log: str) -> int:

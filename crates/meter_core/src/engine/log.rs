@@ -16,17 +16,17 @@
 use serde::Serialize;
 
 use super::prepare::Prepared;
+use super::report::IngestReport;
 use crate::aggregate::meter::MeterSpec;
 use crate::error::{Error, EventIssue, Result};
 use crate::storage::{Cf, WriteSet};
 
 /// What an entry asks of the engine.
 pub enum LogOp {
-    /// A batch of events (the ingest body: a JSON array of CloudEvents).
-    Ingest {
-        body: Vec<u8>,
-        atomic: bool,
-    },
+    /// A batch of events (the ingest body: a JSON array of CloudEvents). `indexes`: each event's index in the
+    /// request it came from (the edge split the request by partition), so that the outcome names events as the
+    /// client sent them; empty when the entry is the whole request.
+    Ingest { body: Vec<u8>, atomic: bool, indexes: Vec<u32> },
     CreateMeter(MeterSpec),
     DeleteMeter(String),
 }
@@ -42,7 +42,7 @@ pub struct LogEntry {
 
 /// An entry as the writer takes it: an ingest already parsed and prepared on the caller's thread (or refused there).
 pub(crate) enum Prepped {
-    Ingest(Box<Result<Prepared>>, bool),
+    Ingest { prepared: Box<Result<Prepared>>, atomic: bool, indexes: Vec<u32> },
     CreateMeter(MeterSpec),
     DeleteMeter(String),
 }
@@ -54,8 +54,9 @@ pub(crate) struct PreppedEntry {
     pub op: Prepped,
 }
 
-/// `{"ok": value}` or `{"error": {"code", "message", "issues"}}`: an entry's outcome as stored and returned.
-pub fn outcome<T: Serialize>(result: &Result<T>) -> Vec<u8> {
+/// `{"tenant", "ok": value}` or `{"tenant", "error": {"code", "message", "issues"}}`: an entry's outcome as stored
+/// and returned. The tenant is kept so that an outcome is only ever shown to its own tenant.
+pub fn outcome<T: Serialize>(tenant: &str, result: &Result<T>) -> Vec<u8> {
     #[derive(Serialize)]
     struct Failed<'a> {
         code: &'static str,
@@ -65,13 +66,19 @@ pub fn outcome<T: Serialize>(result: &Result<T>) -> Vec<u8> {
     }
     #[derive(Serialize)]
     #[serde(rename_all = "lowercase")]
-    enum Outcome<'a, T> {
+    enum Answer<'a, T> {
         Ok(&'a T),
         Error(Failed<'a>),
     }
-    let outcome = match result {
-        Ok(value) => Outcome::Ok(value),
-        Err(e) => Outcome::Error(Failed {
+    #[derive(Serialize)]
+    struct Outcome<'a, T> {
+        tenant: &'a str,
+        #[serde(flatten)]
+        answer: Answer<'a, T>,
+    }
+    let answer = match result {
+        Ok(value) => Answer::Ok(value),
+        Err(e) => Answer::Error(Failed {
             code: e.code(),
             message: e.to_string(),
             issues: match e {
@@ -80,7 +87,20 @@ pub fn outcome<T: Serialize>(result: &Result<T>) -> Vec<u8> {
             },
         }),
     };
-    serde_json::to_vec(&outcome).expect("outcomes serialize")
+    serde_json::to_vec(&Outcome { tenant, answer }).expect("outcomes serialize")
+}
+
+/// Names an ingest entry's events by their index in the request the edge split (`LogOp::Ingest::indexes`).
+pub fn renumber(result: &mut Result<IngestReport>, indexes: &[u32]) {
+    let original = |i: usize| indexes.get(i).map_or(i, |&o| o as usize);
+    match result {
+        Ok(report) => {
+            report.issues.iter_mut().for_each(|issue| issue.index = original(issue.index));
+            report.warnings.iter_mut().for_each(|warning| warning.index = original(warning.index));
+        }
+        Err(Error::BatchRejected { issues }) => issues.iter_mut().for_each(|issue| issue.index = original(issue.index)),
+        Err(_) => {}
+    }
 }
 
 /// Prefix of a log's keys in `meta`: its position, then its outcomes by position.

@@ -345,9 +345,11 @@ impl Engine {
             .into_iter()
             .map(|LogEntry { seq, tenant, received_us, op }| {
                 let op = match op {
-                    LogOp::Ingest { body, atomic } => {
-                        log::Prepped::Ingest(Box::new(self.prepare_ingest(&tenant, body, received_us)), atomic)
-                    }
+                    LogOp::Ingest { body, atomic, indexes } => log::Prepped::Ingest {
+                        prepared: Box::new(self.prepare_ingest(&tenant, body, received_us)),
+                        atomic,
+                        indexes,
+                    },
                     LogOp::CreateMeter(spec) => log::Prepped::CreateMeter(spec),
                     LogOp::DeleteMeter(slug) => log::Prepped::DeleteMeter(slug),
                 };

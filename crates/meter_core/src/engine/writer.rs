@@ -480,7 +480,7 @@ impl Writer {
         fold.drain_into(&mut set);
         let created = CreatedMeter { meter: meter.stored.clone(), backfill };
         if let Some((name, seq)) = entry {
-            log::stage_entry(&mut set, name, seq, &log::outcome(&Ok(&created)));
+            log::stage_entry(&mut set, name, seq, &log::outcome(tenant, &Ok(&created)));
         }
         self.write_admin(&set, true)?;
         self.next_meter_id += 1;
@@ -539,7 +539,7 @@ impl Writer {
         }
         set.push(OpKind::Delete, Cf::Meta, &keys::resolution(tenant, meter.id()), &[]);
         if let Some((name, seq)) = entry {
-            log::stage_entry(&mut set, name, seq, &log::outcome(&Ok(())));
+            log::stage_entry(&mut set, name, seq, &log::outcome(tenant, &Ok(())));
         }
         // Not while a roll-up step writes into this meter (`rollup`).
         let no_rollup = self.shared.rollup.clone();
@@ -563,19 +563,23 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(entries.len());
         for entry in entries {
             let outcome = match entry.op {
-                Prepped::Ingest(prepared, atomic) => match *prepared {
-                    Err(refused) => log::outcome::<()>(&Err(refused)),
-                    Ok(prepared) => self.stage_entry(p, prepared, atomic)?,
-                },
+                Prepped::Ingest { prepared, atomic, indexes } => {
+                    let mut report = match *prepared {
+                        Err(refused) => Err(refused),
+                        Ok(prepared) => self.stage_entry(p, prepared, atomic)?,
+                    };
+                    log::renumber(&mut report, &indexes);
+                    log::outcome(&entry.tenant, &report)
+                }
                 Prepped::CreateMeter(spec) => {
                     self.commit(p);
                     let created = self.create_meter(&entry.tenant, spec, entry.received_us, Some((name, entry.seq)));
-                    self.admin_outcome(created)?
+                    self.admin_outcome(&entry.tenant, created)?
                 }
                 Prepped::DeleteMeter(slug) => {
                     self.commit(p);
                     let deleted = self.delete_meter(&entry.tenant, &slug, Some((name, entry.seq)));
-                    self.admin_outcome(deleted)?
+                    self.admin_outcome(&entry.tenant, deleted)?
                 }
             };
             log::stage_entry(&mut p.set, name, entry.seq, &outcome);
@@ -592,8 +596,9 @@ impl Writer {
         }
     }
 
-    /// Stages one ingest entry into the group commit; its outcome is its report, or its refusal as a whole.
-    fn stage_entry(&mut self, p: &mut Pending, prepared: Prepared, atomic: bool) -> Result<Vec<u8>> {
+    /// Stages one ingest entry into the group commit: its report, or its refusal as a whole. Errs only when the store
+    /// failed.
+    fn stage_entry(&mut self, p: &mut Pending, prepared: Prepared, atomic: bool) -> Result<Result<IngestReport>> {
         let (reply, refused) = bounded(1);
         let staged = p.replies.len();
         self.stage(p, prepared, atomic, reply);
@@ -602,20 +607,20 @@ impl Writer {
         }
         Ok(match refused.try_recv() {
             // Refused whole (an atomic batch): nothing of it was staged.
-            Ok(answer) => log::outcome(&answer),
+            Ok(answer) => answer,
             Err(_) => {
                 debug_assert_eq!(p.replies.len(), staged + 1);
-                log::outcome(&Ok(&p.replies.last().expect("just staged").1))
+                Ok(p.replies.last().expect("just staged").1.clone())
             }
         })
     }
 
     /// The outcome of a meter entry. A refusal wrote nothing: its position and outcome go with the next write. A
     /// failed write stops the apply.
-    fn admin_outcome<T: serde::Serialize>(&self, result: Result<T>) -> Result<Vec<u8>> {
+    fn admin_outcome<T: serde::Serialize>(&self, tenant: &str, result: Result<T>) -> Result<Vec<u8>> {
         match result {
             Err(e) if self.shared.failure().is_some() => Err(e),
-            result => Ok(log::outcome(&result)),
+            result => Ok(log::outcome(tenant, &result)),
         }
     }
 

@@ -182,21 +182,21 @@ impl PyEngine {
         Ok(PyBytes::new(py, &partial))
     }
 
-    /// Applies log entries `(seq, tenant, received_us, op, body, atomic)` in order, `op` one of `ingest` (body: the
-    /// events), `create_meter` (body: the spec's JSON) and `delete_meter` (body: the slug); returns each entry's
-    /// outcome as JSON bytes (`engine::log`).
+    /// Applies log entries `(seq, tenant, received_us, op, body, atomic, indexes)` in order, `op` one of `ingest`
+    /// (body: the events; indexes: theirs in the request), `create_meter` (body: the spec's JSON) and `delete_meter`
+    /// (body: the slug); returns each entry's outcome as JSON bytes (`engine::log`).
     fn apply<'py>(
         &self,
         py: Python<'py>,
         log: &str,
-        entries: Vec<(u64, String, i64, String, Vec<u8>, bool)>,
+        entries: Vec<(u64, String, i64, String, Vec<u8>, bool, Vec<u32>)>,
         forget_before: u64,
     ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
         let mut parsed = Vec::with_capacity(entries.len());
-        for (seq, tenant, received_us, op, body, atomic) in entries {
+        for (seq, tenant, received_us, op, body, atomic, indexes) in entries {
             let op =
                 match op.as_str() {
-                    "ingest" => LogOp::Ingest { body, atomic },
+                    "ingest" => LogOp::Ingest { body, atomic, indexes },
                     "create_meter" => LogOp::CreateMeter(serde_json::from_slice(&body).map_err(|e| {
                         Error::invalid("invalid_meter", format!("the meter definition is invalid: {e}"))
                     })?),
