@@ -349,7 +349,9 @@ class Engine:
         fails: then nothing of the call is acknowledged, and the log is replayed from ``log_position``.
         """
         return self._inner.apply(
-            log, [(e.seq, e.tenant, e.received_us, e.op, e.body, e.atomic, list(e.indexes)) for e in entries], forget_before
+            log,
+            [(e.seq, e.tenant, e.received_us, e.op, e.body, e.atomic, list(e.indexes)) for e in entries],
+            forget_before,
         )
 
     def log_position(self, log: str) -> int:
