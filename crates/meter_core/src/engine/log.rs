@@ -26,7 +26,11 @@ pub enum LogOp {
     /// A batch of events (the ingest body: a JSON array of CloudEvents). `indexes`: each event's index in the
     /// request it came from (the edge split the request by partition), so that the outcome names events as the
     /// client sent them; empty when the entry is the whole request.
-    Ingest { body: Vec<u8>, atomic: bool, indexes: Vec<u32> },
+    Ingest {
+        body: Vec<u8>,
+        atomic: bool,
+        indexes: Vec<u32>,
+    },
     CreateMeter(MeterSpec),
     DeleteMeter(String),
 }
