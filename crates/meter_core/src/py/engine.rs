@@ -13,6 +13,9 @@ use crate::engine::{Config, CorrectionRequest, Durability, Engine, LogEntry, Log
 use crate::error::Error;
 use crate::query::{UsageQuery, WindowSize};
 
+/// A log entry as Python passes it: `(seq, tenant, received_us, op, body, atomic, indexes)`.
+type PyLogEntry = (u64, String, i64, String, Vec<u8>, bool, Vec<u32>);
+
 #[pyclass(frozen, name = "Engine", module = "meter._core")]
 pub struct PyEngine {
     inner: Engine,
@@ -189,7 +192,7 @@ impl PyEngine {
         &self,
         py: Python<'py>,
         log: &str,
-        entries: Vec<(u64, String, i64, String, Vec<u8>, bool, Vec<u32>)>,
+        entries: Vec<PyLogEntry>,
         forget_before: u64,
     ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
         let mut parsed = Vec::with_capacity(entries.len());
