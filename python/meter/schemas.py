@@ -10,31 +10,32 @@ import msgspec
 __all__ = [
     "Aggregation",
     "AmendEvent",
+    "Backfill",
     "CancelEvent",
     "Correction",
     "CorrectionOutcome",
     "CorrectionRequest",
     "CorrectionResult",
-    "EventVersion",
-    "Backfill",
     "CreatedMeter",
     "Dropped",
     "EventIssue",
     "EventPage",
     "EventRecord",
+    "EventVersion",
     "EventWarning",
-    "FoundEvent",
-    "LineEvent",
-    "LineEvents",
-    "MeterCount",
     "Filter",
+    "FoundEvent",
     "HeldBack",
     "IngestResult",
+    "LineEvent",
+    "LineEvents",
     "MaintenanceReport",
     "MaintenanceStats",
     "Meter",
+    "MeterCount",
     "MeterLimits",
     "MeterSpec",
+    "QueuedIngest",
     "SkippedCount",
     "SkippedEvent",
     "SkippedEvents",
@@ -154,6 +155,18 @@ class IngestResult(msgspec.Struct):
     duplicates: int
     issues: list[EventIssue]
     warnings: list[EventWarning] = []
+
+
+class QueuedIngest(IngestResult):
+    """Cluster mode: the outcome of a batch stored in the log, with how many of its events are still being applied.
+
+    Every event of the batch is durable in the replicated log once this is answered. ``accepted``, ``duplicates``,
+    ``issues`` and ``warnings`` cover the events whose partition's worker reported in time; the other ``pending``
+    events are counted exactly once all the same, and ``GET /v1/events/batches/{batch}`` tells their outcome.
+    """
+
+    batch: str = ""
+    pending: int = 0
 
 
 class CancelEvent(msgspec.Struct, tag="cancel", tag_field="action", forbid_unknown_fields=True):

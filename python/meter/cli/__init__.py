@@ -2,7 +2,8 @@
 
 Layout (each module holds its commands, registered on ``main`` here; none imports another topic's module):
 
-- ``serve``: ``meter serve``, the HTTP API in granian;
+- ``serve``: ``meter serve``, the HTTP API in granian (``--cluster``: an edge of a cluster);
+- ``cluster``: ``meter worker`` and ``meter cluster`` (a cluster's workers, keys and state);
 - ``tenants``: ``meter tenants`` and ``meter keys`` (the operator key);
 - ``meters``: ``meter meters`` and ``meter usage``;
 - ``events``: ``meter ingest``;
@@ -35,6 +36,7 @@ import click
 from meter.cli import (
     admin,
     catalog,
+    cluster,
     demo,
     events,
     export,
@@ -84,5 +86,7 @@ for _command in (
     revenue.revenue,
     export.export,
     demo.demo,
+    cluster.worker,
+    cluster.cluster,
 ):
     main.add_command(_command)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -26,6 +27,12 @@ __all__ = ["serve"]
     default=DATA_DIR,
     show_default=True,
     help="or METER_DATA_DIR",
+)
+@click.option(
+    "--cluster",
+    envvar="METER_CLUSTER",
+    default=None,
+    help="run an edge of the cluster on these NATS servers (comma-separated; or METER_CLUSTER): no data directory",
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8080, show_default=True)
@@ -74,6 +81,7 @@ __all__ = ["serve"]
 )
 def serve(
     data_dir: Path,
+    cluster: str | None,
     host: str,
     port: int,
     admin_key: str | None,
@@ -96,6 +104,9 @@ def serve(
 
     if admin_key and not valid_checksum(admin_key):
         raise click.ClickException(admin_key_message())
+    if cluster:
+        os.environ["METER_CLUSTER"] = cluster
+        return _run(Granian, Interfaces, "meter.cluster.server:create_app", host, port)
     data_dir.mkdir(parents=True, exist_ok=True)
     os.environ["METER_DATA_DIR"] = str(data_dir.resolve())
     if export_every is not None:
@@ -117,14 +128,12 @@ def serve(
     os.environ["METER_MAX_COMBINATIONS_PER_MINUTE"] = str(max_combinations_per_minute)
     os.environ["METER_MAX_CUSTOMERS_PER_MINUTE"] = str(max_customers_per_minute)
     os.environ["METER_ALLOW_PRIVATE_WEBHOOKS"] = "1" if allow_private_webhooks else "0"
-    server = Granian(
-        "meter.server.app:create_app",
-        factory=True,
-        interface=Interfaces.ASGI,
-        address=host,
-        port=port,
-        workers=1,
-        log_access=False,
+    _run(Granian, Interfaces, "meter.server.app:create_app", host, port)
+
+
+def _run(granian: Any, interfaces: Any, target: str, host: str, port: int) -> None:
+    server = granian(
+        target, factory=True, interface=interfaces.ASGI, address=host, port=port, workers=1, log_access=False
     )
     try:
         server.serve()

@@ -50,7 +50,12 @@ _STATUS: list[tuple[type[BaseException], int]] = [
 
 
 # Request-level codes whose status is not the one of their class.
-_BY_CODE = {"too_many_events": 413, "tax_unavailable": 503, "provider_unavailable": 503}
+_BY_CODE = {
+    "too_many_events": 413,
+    "tax_unavailable": 503,
+    "provider_unavailable": 503,
+    "cluster_unavailable": 503,
+}
 
 INTERNAL_MESSAGE = (
     "internal error (logged by the server); the request may have been "

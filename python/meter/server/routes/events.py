@@ -46,6 +46,7 @@ from meter.schemas import (
     LineEvent,
     LineEvents,
     MeterCount,
+    QueuedIngest,
 )
 from meter.server.context import Context, opened
 from meter.server.errors import ApiError
@@ -62,6 +63,9 @@ _EVENTS = {"type": "array", "items": _EVENT}
 
 async def post_events(ctx: Context, request: Request, atomic: bool) -> Answer:
     result = await ctx.call(opened(ctx.engine).ingest, request.tenant, request.body, atomic=atomic)
+    if isinstance(result, QueuedIngest) and result.pending:
+        # Cluster mode: durable in the log, some outcomes not known yet (meter.cluster.edge).
+        return 202, result, {"location": f"/v1/events/batches/{result.batch}"}
     if result.accepted or result.duplicates or not result.issues:
         return 200, result, {}
     # Nothing accepted: an error body like every other (code, message), with the per-event issues.

@@ -1,0 +1,148 @@
+"""``meter worker`` and ``meter cluster``: a cluster's workers, its keys and its state (README, "Running a cluster").
+
+``meter serve --cluster`` (in ``serve``) runs an edge. Every command here talks to the NATS servers directly: access to
+them is access to the cluster, as access to a data directory is to one ``meter serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from pathlib import Path
+
+import click
+
+from meter.cli.options import DATA_DIR
+
+__all__ = ["cluster", "worker"]
+
+_CLUSTER = click.option(
+    "--cluster",
+    "servers",
+    envvar="METER_CLUSTER",
+    required=True,
+    help="the NATS servers, comma-separated (nats://host:4222,...), or METER_CLUSTER",
+)
+
+
+@click.command()
+@_CLUSTER
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="METER_DATA_DIR",
+    default=DATA_DIR,
+    show_default=True,
+    help="where this worker keeps its partitions' engines (or METER_DATA_DIR)",
+)
+@click.option("--id", "worker_id", default=None, help="this worker's name in the cluster (default: host and pid)")
+@click.option(
+    "--partitions",
+    type=click.IntRange(1, 1024),
+    default=16,
+    show_default=True,
+    help="partitions of a cluster this worker creates (fixed at creation; ignored after)",
+)
+@click.option(
+    "--replicas",
+    type=click.IntRange(1, 5),
+    default=3,
+    show_default=True,
+    help="copies of the log and checkpoints of a cluster this worker creates",
+)
+@click.option(
+    "--lease-ttl",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="seconds before a dead worker's partitions are taken over (of a cluster this worker creates)",
+)
+@click.option(
+    "--checkpoint-every",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="seconds between checkpoints of a partition that moved",
+)
+def worker(
+    servers: str,
+    data_dir: Path,
+    worker_id: str | None,
+    partitions: int,
+    replicas: int,
+    lease_ttl: float,
+    checkpoint_every: float,
+) -> None:
+    """Apply the cluster's partitions this worker holds, until SIGTERM or SIGINT (then hand them back)."""
+    from meter.cluster.settings import ClusterSettings
+    from meter.cluster.worker import Worker, WorkerOptions
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    options = WorkerOptions(
+        data_dir=data_dir.resolve(),
+        worker_id=worker_id or f"{socket.gethostname()}-{os.getpid()}",
+        checkpoint_every=checkpoint_every,
+        settings=ClusterSettings(partitions=partitions, replicas=replicas, lease_ttl=lease_ttl),
+    )
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await Worker(servers, options).run(stop)
+
+    asyncio.run(run())
+
+
+@click.group()
+def cluster() -> None:
+    """A cluster's keys and state."""
+
+
+@cluster.command("key")
+@_CLUSTER
+@click.option("--tenant", required=True)
+@click.option(
+    "--scope", "scopes", multiple=True, required=True, type=click.Choice(["ingest", "read", "export", "admin"])
+)
+def key(servers: str, tenant: str, scopes: tuple[str, ...]) -> None:
+    """Create an API key of TENANT for the cluster's edges; the secret is printed once."""
+    from meter.cluster.keys import create_key
+    from meter.cluster.settings import connect
+
+    async def run() -> str:
+        c = await connect(servers, "meter-cli")
+        try:
+            secret, _ = await create_key(c.catalog, tenant, list(scopes))  # type: ignore[arg-type]
+            return secret
+        finally:
+            await c.close()
+
+    click.echo(asyncio.run(run()))
+
+
+@cluster.command("status")
+@_CLUSTER
+def status(servers: str) -> None:
+    """Each partition's owner and applied position, and the log's size."""
+    from meter.cluster.leases import Leases
+    from meter.cluster.settings import STREAM, connect
+
+    async def run() -> None:
+        c = await connect(servers, "meter-cli")
+        try:
+            owners = await Leases(c.js, c.leases, "meter-cli").owners()
+            info = await c.js.stream_info(STREAM)
+            click.echo(f"partitions: {c.settings.partitions}, replicas: {c.settings.replicas}")
+            click.echo(f"log: {info.state.messages} entries, {info.state.bytes} bytes")
+            for p in range(c.settings.partitions):
+                click.echo(f"  partition {p}: {owners.get(p, '(no owner)')}")
+        finally:
+            await c.close()
+
+    asyncio.run(run())

@@ -1,0 +1,32 @@
+"""A private event loop on a thread of its own, where an edge's NATS client lives.
+
+The HTTP routes run their store calls on the server's thread pool and expect plain functions (``Context.call``); the
+cluster's edge and keys are coroutines of the NATS client. ``Runner`` runs them on its loop and waits for the result,
+so that a route calls the cluster as it calls an engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["Runner"]
+
+T = TypeVar("T")
+
+
+class Runner:
+    def __init__(self, name: str = "meter-cluster") -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def __call__(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+        self.loop.close()

@@ -1,0 +1,297 @@
+"""A worker (``meter worker --cluster``): holds partitions' leases and applies each partition's log to its own engine.
+
+Per partition it holds (``Partition``):
+
+- an engine in ``<data-dir>/p<partition>``, opened from the newest of what the disk has and the partition's latest
+  checkpoint (``checkpoints``), then fed the log from the position that engine stored, in order, in batches
+  (``Engine.apply``: the position and each entry's outcome in the same synced write as the state);
+- the partition's requests (``meter.ask.<partition>``): an entry's outcome, once applied (an edge waiting for it),
+  a partial usage answer, the meters;
+- a checkpoint every ``checkpoint_every`` seconds while the partition moved, after which the log's entries it covers
+  are dropped (``log.trim``): the log holds one checkpoint interval of a partition, whatever the history.
+
+Leases are renewed every third of their TTL. A partition whose lease is lost is dropped at once (it may already be
+another's); one whose lease cannot be renewed for a whole TTL stops answering even before. The partitions are shared
+evenly between the live workers: a worker above its share hands partitions back (checkpointed first, so the next
+owner replays little), one below takes free ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import api
+
+from meter.cluster import checkpoints
+from meter.cluster.leases import Leases
+from meter.cluster.log import entry_of, trim
+from meter.cluster.settings import Cluster, ClusterSettings, ask_subject, connect, subject
+from meter.engine import Engine
+from meter.exceptions import MeterError
+
+__all__ = ["LOG", "Worker", "WorkerOptions"]
+
+log = logging.getLogger("meter.cluster.worker")
+
+#: The name under which a partition's engine stores its log position (one log per engine).
+LOG = "events"
+
+
+@dataclass
+class WorkerOptions:
+    data_dir: Path
+    worker_id: str
+    #: Seconds between checkpoints of a partition that moved.
+    checkpoint_every: float = 60.0
+    #: Seconds an entry's outcome is kept for edges and clients to look up (`GET /v1/events/batches/{id}`).
+    outcome_ttl: float = 3600.0
+    #: At most this many log entries per engine write.
+    batch_entries: int = 500
+    #: Keyword arguments of `meter.Engine` (retention, roll-ups, durability).
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    #: Settings for a cluster this worker creates (the first process to connect records them).
+    settings: ClusterSettings = field(default_factory=ClusterSettings)
+
+
+class Worker:
+    def __init__(self, servers: str, options: WorkerOptions) -> None:
+        self.servers, self.options = servers, options
+        self.partitions: dict[int, Partition] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Works until ``stop`` is set, then hands every partition back (checkpointed) and disconnects."""
+        cluster = await connect(self.servers, f"meter-worker-{self.options.worker_id}", self.options.settings)
+        leases = Leases(cluster.js, cluster.leases, self.options.worker_id)
+        tick = cluster.settings.lease_ttl / 3
+        try:
+            while not stop.is_set():
+                try:
+                    await self.balance(cluster, leases)
+                except (TimeoutError, nats.errors.Error) as e:  # a NATS node restarting: next tick
+                    log.warning("lease round failed: %r", e)
+                try:
+                    await asyncio.wait_for(stop.wait(), tick)
+                except TimeoutError:
+                    pass
+        finally:
+            for partition in list(self.partitions.values()):
+                await partition.stop(leases)
+            self.partitions.clear()
+            await cluster.close()
+
+    async def balance(self, cluster: Cluster, leases: Leases) -> None:
+        """One lease round: renew, drop what was lost, then give back or take partitions to hold an even share."""
+        await leases.heartbeat()
+        for number, partition in list(self.partitions.items()):
+            if not await partition.renew(leases):
+                log.warning("lost the lease of partition %d", number)
+                del self.partitions[number]
+                await partition.stop(None)
+        workers = await leases.workers()
+        count = cluster.settings.partitions
+        share = math.ceil(count / len(workers))
+        for number in sorted(self.partitions)[share:]:
+            await self.partitions.pop(number).stop(leases)
+        # Start from a place of one's own, so that workers starting together do not all race for partition 0.
+        start = workers.index(self.options.worker_id) * count // len(workers)
+        for number in [(start + i) % count for i in range(count)]:
+            if len(self.partitions) >= share:
+                break
+            if number in self.partitions:
+                continue
+            revision = await leases.acquire(number)
+            if revision is None:
+                continue
+            partition = Partition(cluster, number, revision, self.options)
+            try:
+                await partition.start()
+            except BaseException:
+                await leases.release(number, revision)
+                raise
+            self.partitions[number] = partition
+            log.info("took partition %d at position %d", number, partition.position)
+
+
+class Partition:
+    """One partition held by this worker: its engine, its log consumer, its requests, its checkpoints."""
+
+    def __init__(self, cluster: Cluster, number: int, revision: int, options: WorkerOptions) -> None:
+        self.cluster, self.number, self.revision, self.options = cluster, number, revision, options
+        self.path = options.data_dir / f"p{number}"
+        self.engine: Engine | None = None
+        self.position = 0
+        #: Answers only while the lease is surely held: until one TTL after the last renewal.
+        self.valid_until = time.monotonic() + cluster.settings.lease_ttl
+        self.applied = asyncio.Condition()
+        self.checkpointed = 0
+        self.last_checkpoint = time.monotonic()
+        #: (monotonic time, position) of recent writes: outcomes older than `outcome_ttl` are forgotten.
+        self.recent: deque[tuple[float, int]] = deque()
+        self.forget_before = 0
+        self.task: asyncio.Task[None] | None = None
+        self.asks: Subscription | None = None
+        self.asking: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        started = time.monotonic()
+        engine = await asyncio.to_thread(self.open)
+        newest = await checkpoints.position(self.cluster.checkpoints, self.number)
+        if newest is not None and newest > engine.log_position(LOG):
+            await asyncio.to_thread(engine.close)
+            await checkpoints.restore(self.cluster.checkpoints, self.number, self.path)
+            engine = await asyncio.to_thread(self.open)
+        self.engine = engine
+        self.position = self.checkpointed = engine.log_position(LOG)
+        self.asks = await self.cluster.nc.subscribe(ask_subject(self.number), cb=self.on_ask)
+        self.task = asyncio.create_task(self.apply_log(), name=f"meter-partition-{self.number}")
+        log.info("partition %d opened in %.2f s", self.number, time.monotonic() - started)
+
+    def open(self) -> Engine:
+        options = {"maintenance_interval": None} | self.options.engine_options
+        return Engine(self.path, **options)
+
+    async def renew(self, leases: Leases) -> bool:
+        try:
+            revision = await leases.renew(self.number, self.revision)
+        except (TimeoutError, nats.errors.Error):
+            return time.monotonic() < self.valid_until  # unknown: keep it while it surely holds
+        if revision is None:
+            return False
+        self.revision, self.valid_until = revision, time.monotonic() + self.cluster.settings.lease_ttl
+        return True
+
+    async def stop(self, leases: Leases | None) -> None:
+        """Stops applying and answering; with ``leases`` (a hand-back, not a loss), checkpoints and releases first."""
+        if self.asks is not None:
+            await self.asks.unsubscribe()
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        for task in list(self.asking):
+            task.cancel()
+        if self.engine is not None:
+            if leases is not None:
+                try:
+                    await self.checkpoint()
+                except Exception as e:  # noqa: BLE001 - the next owner replays from the previous checkpoint
+                    log.warning("partition %d: no checkpoint at hand-back: %r", self.number, e)
+                await leases.release(self.number, self.revision)
+            await asyncio.to_thread(self.engine.close)
+            self.engine = None
+
+    async def apply_log(self) -> None:
+        """Applies the partition's log from the engine's position, in order, for as long as the lease holds."""
+        config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.position + 1)
+        sub = await self.cluster.js.subscribe(subject(self.number), ordered_consumer=True, config=config)
+        try:
+            while True:
+                try:
+                    messages = [await sub.next_msg(timeout=1.0)]
+                    while len(messages) < self.options.batch_entries and sub.pending_msgs > 0:
+                        messages.append(await sub.next_msg(timeout=1.0))
+                except nats.errors.TimeoutError:
+                    messages = []
+                if messages:
+                    await self.apply(messages)
+                await self.maybe_checkpoint()
+        finally:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error:
+                pass
+
+    async def apply(self, messages: list[Msg]) -> None:
+        entries = [entry_of(m) for m in messages]
+        entries = [e for e in entries if e.seq > self.position]  # a redelivery after a consumer reset
+        if not entries or self.engine is None:
+            return
+        await asyncio.to_thread(self.engine.apply, LOG, entries, forget_before=self.forget_before)
+        now = time.monotonic()
+        self.recent.append((now, entries[-1].seq))
+        while self.recent and self.recent[0][0] < now - self.options.outcome_ttl:
+            self.forget_before = self.recent.popleft()[1]
+        async with self.applied:
+            self.position = entries[-1].seq
+            self.applied.notify_all()
+
+    async def maybe_checkpoint(self) -> None:
+        due = time.monotonic() - self.last_checkpoint >= self.options.checkpoint_every
+        if due and self.position > self.checkpointed:
+            await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        """Stores a checkpoint, then drops the log's entries it covers."""
+        if self.engine is None or self.position == self.checkpointed:
+            return
+        position = self.position
+        await checkpoints.save(self.cluster.checkpoints, self.number, self.engine, position, self.path.parent / "tmp")
+        await trim(self.cluster.js, self.number, position + 1)
+        self.checkpointed, self.last_checkpoint = position, time.monotonic()
+
+    # Requests to the partition's owner
+
+    async def on_ask(self, msg: Msg) -> None:
+        # Each request in a task of its own: an edge waiting for an outcome must not hold up a query.
+        task = asyncio.create_task(self.answer(msg))
+        self.asking.add(task)
+        task.add_done_callback(self.asking.discard)
+
+    async def answer(self, msg: Msg) -> None:
+        if not msg.reply or time.monotonic() >= self.valid_until or self.engine is None:
+            return  # not surely the owner: let the asker time out and ask again
+        try:
+            request = msgspec.json.decode(msg.data, type=dict[str, Any])
+            headers, data = await self.dispatch(self.engine, request)
+        except MeterError as e:
+            headers, data = {"Meter-Error": "1"}, msgspec.json.encode({"code": e.code, "message": str(e)})
+        except (msgspec.DecodeError, KeyError, TypeError) as e:
+            headers, data = {"Meter-Error": "1"}, msgspec.json.encode({"code": "bad_ask", "message": repr(e)})
+        await self.cluster.nc.publish(msg.reply, data, headers=headers)
+
+    async def dispatch(self, engine: Engine, request: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+        op, tenant = request["op"], request["tenant"]
+        if op == "outcome":
+            seq = int(request["seq"])
+            async with self.applied:
+                try:
+                    await asyncio.wait_for(self.applied.wait_for(lambda: self.position >= seq), request["wait"])
+                except TimeoutError:
+                    return {"Meter-State": "pending"}, b""
+            raw = await asyncio.to_thread(engine.log_outcome, LOG, seq)
+            # Only the entry's own tenant learns anything of it.
+            if raw is None or msgspec.json.decode(raw, type=dict[str, Any]).get("tenant") != tenant:
+                return {"Meter-State": "forgotten"}, b""
+            return {"Meter-State": "applied"}, raw
+        if op == "usage":
+            partial = await asyncio.to_thread(
+                engine.usage_partial,
+                tenant,
+                request["meter"],
+                start=datetime.fromisoformat(request["start"]),
+                end=datetime.fromisoformat(request["end"]),
+                window_size=request.get("window_size"),
+                subjects=request.get("subjects", ()),
+                group_by=request.get("group_by", ()),
+                filters=request.get("filters"),
+                tz=request.get("tz"),
+            )
+            return {}, partial
+        if op == "meters":
+            return {}, msgspec.json.encode(engine.list_meters(tenant))
+        if op == "meter":
+            return {}, msgspec.json.encode(engine.get_meter(tenant, request["slug"]))
+        if op == "position":
+            return {}, msgspec.json.encode({"position": self.position})
+        raise KeyError(op)
