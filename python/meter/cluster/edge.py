@@ -24,18 +24,13 @@ import nats.errors
 
 from meter import _core
 from meter.cluster.log import Op, append
+from meter.cluster.runner import ClusterUnavailable
 from meter.cluster.settings import Cluster, ask_subject
 from meter.engine import Usage, WindowSize, finish_usage
-from meter.exceptions import AlreadyExists, BatchRejected, InvalidInput, MeterError, NotFound
+from meter.exceptions import AlreadyExists, BatchRejected, InvalidInput, NotFound
 from meter.schemas import CreatedMeter, EventIssue, EventWarning, Meter, MeterSpec, QueuedIngest
 
 __all__ = ["ClusterUnavailable", "Edge"]
-
-
-class ClusterUnavailable(MeterError):
-    """A partition's owner did not answer (a worker taking it over): retry shortly (503)."""
-
-    code = "cluster_unavailable"
 
 
 class _Outcome(msgspec.Struct):
@@ -45,12 +40,15 @@ class _Outcome(msgspec.Struct):
 
 
 class _Part(msgspec.Struct, frozen=True):
+    """A part of a batch: where it is in the log, and how many events it holds."""
+
     partition: int
     seq: int
+    events: int = 0
 
 
 class Edge:
-    def __init__(self, cluster: Cluster, outcome_wait: float = 5.0, ask_timeout: float = 10.0) -> None:
+    def __init__(self, cluster: Cluster, outcome_wait: float = 5.0, ask_timeout: float = 20.0) -> None:
         self.cluster, self.outcome_wait, self.ask_timeout = cluster, outcome_wait, ask_timeout
         self.partitions = cluster.settings.partitions
 
@@ -77,23 +75,19 @@ class Edge:
                 for p, part, indexes in parts
             )
         )
-        stored = [_Part(p, seq) for (p, _, _), seq in zip(parts, seqs, strict=True)]
-        sizes = [len(indexes) for _, _, indexes in parts]
-        return await self._result(tenant, stored, sizes, issues, self.outcome_wait)
+        stored = [_Part(p, seq, len(indexes)) for (p, _, indexes), seq in zip(parts, seqs, strict=True)]
+        return await self._result(tenant, stored, issues, self.outcome_wait)
 
     async def batch(self, tenant: str, batch: str) -> QueuedIngest:
         """What is known now of a batch an ingest answered (``QueuedIngest.batch``)."""
-        stored = _decode_batch(batch, self.partitions)
-        return await self._result(tenant, stored, [0] * len(stored), [], 0.0)
+        return await self._result(tenant, _decode_batch(batch, self.partitions), [], 0.0)
 
-    async def _result(
-        self, tenant: str, stored: list[_Part], sizes: list[int], issues: list[EventIssue], wait: float
-    ) -> QueuedIngest:
+    async def _result(self, tenant: str, stored: list[_Part], issues: list[EventIssue], wait: float) -> QueuedIngest:
         outcomes = await asyncio.gather(*(self._outcome(tenant, part, wait) for part in stored))
         result = QueuedIngest(0, 0, issues, [], batch=_encode_batch(stored))
-        for outcome, size in zip(outcomes, sizes, strict=True):
+        for outcome, part in zip(outcomes, stored, strict=True):
             if outcome is None:
-                result.pending += size
+                result.pending += part.events
             elif outcome.error is not None:
                 # Refused as a whole (an atomic part, or a limit): its issues name its events.
                 result.issues += msgspec.convert(outcome.error.get("issues") or [], list[EventIssue])
@@ -108,22 +102,33 @@ class Edge:
         return result
 
     async def _outcome(self, tenant: str, part: _Part, wait: float) -> _Outcome | None:
-        request = {"op": "outcome", "tenant": tenant, "seq": part.seq, "wait": wait}
-        try:
-            msg = await self.cluster.nc.request(
-                ask_subject(part.partition), msgspec.json.encode(request), timeout=wait + 2.0
-            )
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            return None  # no owner right now (a takeover): still pending
-        state = (msg.headers or {}).get("Meter-State")
-        if state == "applied":
-            return msgspec.json.decode(msg.data, type=_Outcome)
-        if state == "forgotten":
-            raise NotFound(
-                f"batch part {part.partition}-{part.seq} is unknown to this tenant or older than the outcomes kept",
-                "not_found",
-            )
-        return None
+        """The part's outcome, waiting up to ``wait`` seconds for it to be applied; None if it is not by then.
+
+        Asked again, in short waits, until then: the partition may change owners meanwhile (a takeover, a hand-back),
+        and a new owner knows nothing of the old one's waiting requests.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            request = {"op": "outcome", "tenant": tenant, "seq": part.seq, "wait": min(left, 2.0)}
+            try:
+                msg = await self.cluster.nc.request(
+                    ask_subject(part.partition), msgspec.json.encode(request), timeout=min(left, 2.0) + 1.0
+                )
+                state = (msg.headers or {}).get("Meter-State")
+            except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                state = None  # no owner right now
+            if state == "applied":
+                return msgspec.json.decode(msg.data, type=_Outcome)
+            if state == "forgotten":
+                raise NotFound(
+                    f"batch part {part.partition}-{part.seq} is unknown to this tenant or older than the outcomes kept",
+                    "not_found",
+                )
+            if time.monotonic() >= deadline:
+                return None
+            if state is None:
+                await asyncio.sleep(0.2)
 
     # Queries
 
@@ -216,14 +221,16 @@ class Edge:
 
 
 def _encode_batch(parts: Sequence[_Part]) -> str:
-    return ".".join(f"{p.partition}-{p.seq}" for p in parts)
+    """A batch's id: its parts, `<partition>-<position>-<events>` joined by dots (what a lookup needs, no more)."""
+    return ".".join(f"{p.partition}-{p.seq}-{p.events}" for p in parts)
 
 
 def _decode_batch(batch: str, partitions: int) -> list[_Part]:
     try:
-        parts = [_Part(*map(int, item.split("-"))) for item in batch.split(".")]
+        parts = [_Part(*map(int, item.split("-", 2))) for item in batch.split(".")]
     except (TypeError, ValueError):
         parts = []
-    if not parts or len(parts) > partitions or any(not 0 <= p.partition < partitions or p.seq < 1 for p in parts):
+    bad = any(not 0 <= p.partition < partitions or p.seq < 1 or p.events < 0 for p in parts)
+    if not parts or len(parts) > partitions or bad:
         raise InvalidInput(f"{batch!r} is not a batch id: use the `batch` an ingest answered", "invalid_batch")
     return parts

@@ -2,8 +2,9 @@
 
 This module is the seam a second log would implement (a Kafka-protocol one: a topic with one partition per meter
 partition, the producer's idempotence for the quick-retry dedup, offsets for positions): ``append`` a part with an
-idempotency key and get its position, ``entry_of`` what was read back, and ``trim`` a partition's entries that a
-checkpoint covers. The worker's consumer and the position it stores are the other half (``worker``).
+idempotency key and get its position, ``read_after`` a position in a partition's order, and ``first_position``, the
+oldest entry the log still holds (entries leave it by age). The position the worker stores with its state is the
+other half (``worker``).
 
 An entry is the request's bytes (the events' JSON, unchanged; a meter's spec) with headers saying whose, what, and
 when the edge received it: the clock the engine decides the entry by, so that any replay decides as the first did.
@@ -18,14 +19,14 @@ from collections.abc import Sequence
 from typing import Literal
 
 import nats.errors
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NoStreamResponseError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
+from meter.cluster.runner import ClusterUnavailable
 from meter.cluster.settings import STREAM, subject
 from meter.engine import LogEntry
 
-__all__ = ["append", "entry_of", "trim"]
+__all__ = ["LogUnavailable", "append", "first_position", "read_after"]
 
 Op = Literal["ingest", "create_meter", "delete_meter"]
 OPS: tuple[Op, ...] = ("ingest", "create_meter", "delete_meter")
@@ -35,7 +36,7 @@ TENANT, RECEIVED, OP, ATOMIC, INDEXES = "Meter-Tenant", "Meter-Received", "Meter
 APPEND_DEADLINE_S = 20.0
 
 
-class LogUnavailable(Exception):
+class LogUnavailable(ClusterUnavailable):
     """The log did not store an append within the deadline: the client should retry (503)."""
 
 
@@ -82,24 +83,36 @@ async def append(
         await asyncio.sleep(0.2)
 
 
-def entry_of(msg: Msg) -> LogEntry:
-    """The engine's entry for a message read from the log."""
-    headers = msg.headers or {}
+async def read_after(js: JetStreamContext, partition: int, position: int, limit: int) -> list[LogEntry]:
+    """The partition's entries after ``position``, in order, at most ``limit`` of them (none when it has no more)."""
+    entries: list[LogEntry] = []
+    while len(entries) < limit:
+        try:
+            raw = await js.get_msg(STREAM, seq=position + 1, subject=subject(partition), next=True)
+        except NotFoundError:
+            break
+        entries.append(_entry(raw.seq or 0, raw.headers or {}, raw.data or b""))
+        position = entries[-1].seq
+    return entries
+
+
+def _entry(seq: int, headers: dict[str, str], body: bytes) -> LogEntry:
     indexes = headers.get(INDEXES)
     return LogEntry(
-        seq=msg.metadata.sequence.stream,
+        seq=seq,
         tenant=headers[TENANT],
         received_us=int(headers[RECEIVED]),
         op=_op(headers[OP]),
-        body=msg.data,
+        body=body,
         atomic=headers.get(ATOMIC) == "1",
         indexes=[int(i) for i in indexes.split(",")] if indexes else (),
     )
 
 
-async def trim(js: JetStreamContext, partition: int, before: int) -> None:
-    """Drops the partition's entries before position ``before`` (a checkpoint covers them)."""
-    await js.purge_stream(STREAM, subject=subject(partition), seq=before)
+async def first_position(js: JetStreamContext) -> int:
+    """The position of the oldest entry the log holds (of any partition); 0 when it holds none."""
+    state = (await js.stream_info(STREAM)).state
+    return state.first_seq if state.messages else 0
 
 
 def _op(value: str) -> Op:

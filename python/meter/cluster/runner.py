@@ -2,7 +2,8 @@
 
 The HTTP routes run their store calls on the server's thread pool and expect plain functions (``Context.call``); the
 cluster's edge and keys are coroutines of the NATS client. ``Runner`` runs them on its loop and waits for the result,
-so that a route calls the cluster as it calls an engine.
+so that a route calls the cluster as it calls an engine. A NATS failure (a node down, an election under way) becomes
+``ClusterUnavailable``, a 503 to retry: never a 500.
 """
 
 from __future__ import annotations
@@ -12,9 +13,19 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["Runner"]
+import nats.errors
+
+from meter.exceptions import MeterError
+
+__all__ = ["ClusterUnavailable", "Runner"]
 
 T = TypeVar("T")
+
+
+class ClusterUnavailable(MeterError):
+    """The cluster could not answer now (a worker taking a partition over, a NATS node down): retry shortly (503)."""
+
+    code = "cluster_unavailable"
 
 
 class Runner:
@@ -24,7 +35,10 @@ class Runner:
         self.thread.start()
 
     def __call__(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+        try:
+            return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+        except (nats.errors.Error, TimeoutError, ConnectionError) as e:
+            raise ClusterUnavailable(f"the NATS cluster did not answer ({e!r}); retry shortly") from e
 
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)

@@ -96,7 +96,7 @@ BATCH_ROUTE = Route(
     get_batch,
     "Cluster mode: what is known of a batch's events (200 once all are applied, 202 while some are pending)",
     returns=QueuedIngest,
-    path_params=(PathParam("batch", "3-1041.7-1042", "The `batch` an ingest answered"),),
+    path_params=(PathParam("batch", "3-1041-120.7-1042-80", "The `batch` an ingest answered"),),
 )
 
 

@@ -7,6 +7,7 @@ settings; every later one reads them back, so the number of partitions is fixed 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 __all__ = ["Cluster", "ClusterSettings", "connect"]
+
+log = logging.getLogger("meter.cluster")
 
 #: The stream of usage: one subject per partition, `meter.events.<partition>`.
 STREAM = "METER_EVENTS"
@@ -47,6 +50,9 @@ class ClusterSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     replicas: int = 3
     #: Seconds a lease lives without renewal: how long a dead worker's partitions wait before another takes them.
     lease_ttl: float = 10.0
+    #: Seconds the log keeps an entry. A partition is restored from its latest checkpoint and the log after it, so
+    #: this must be far longer than checkpoints take to come (a minute): a day gives a day to repair checkpoints.
+    log_retention: float = 86_400.0
 
 
 @dataclass
@@ -61,7 +67,8 @@ class Cluster:
     checkpoints: ObjectStore
 
     async def close(self) -> None:
-        await self.nc.drain()
+        # Not drain(): it waits up to half a minute for subscriptions whose owners are already stopped.
+        await self.nc.close()
 
 
 async def connect(servers: str, name: str, wanted: ClusterSettings | None = None) -> Cluster:
@@ -90,6 +97,7 @@ async def _connect(servers: str, name: str, wanted: ClusterSettings | None) -> C
         name=name,
         max_reconnect_attempts=-1,  # a NATS node restarting is routine: keep trying the others
         reconnect_time_wait=0.5,
+        error_cb=_connection_error,  # one line, not nats-py's traceback for every failed reconnect
     )
     try:
         js = nc.jetstream(timeout=10.0)
@@ -110,6 +118,10 @@ async def _connect(servers: str, name: str, wanted: ClusterSettings | None) -> C
     except BaseException:
         await nc.close()
         raise
+
+
+async def _connection_error(e: Exception) -> None:
+    log.warning("NATS connection: %r", e)
 
 
 def subject(partition: int) -> str:
@@ -146,8 +158,10 @@ async def _stream(js: JetStreamContext, settings: ClusterSettings) -> None:
         storage=api.StorageType.FILE,
         num_replicas=settings.replicas,
         retention=api.RetentionPolicy.LIMITS,
-        # No age or size limit: entries leave the log only when a checkpoint covers them (`worker`), so none is ever
-        # dropped unapplied. What that costs: one checkpoint interval of entries per partition.
+        # Entries leave the log by age only: any worker, even one that lost its lease without knowing, may write a
+        # checkpoint, but none ever removes an entry, so a takeover never misses one. A partition whose checkpoint is
+        # older than the log's first entry refuses to start, loudly (`worker`): nothing is silently skipped.
+        max_age=settings.log_retention,
         duplicate_window=DUPLICATE_WINDOW_S,
     )
     try:

@@ -7,8 +7,9 @@ Per partition it holds (``Partition``):
   (``Engine.apply``: the position and each entry's outcome in the same synced write as the state);
 - the partition's requests (``meter.ask.<partition>``): an entry's outcome, once applied (an edge waiting for it),
   a partial usage answer, the meters;
-- a checkpoint every ``checkpoint_every`` seconds while the partition moved, after which the log's entries it covers
-  are dropped (``log.trim``): the log holds one checkpoint interval of a partition, whatever the history.
+- a checkpoint every ``checkpoint_every`` seconds while the partition moved. The log keeps entries for a fixed time
+  (``ClusterSettings.log_retention``), far longer than checkpoints take to come; a partition whose checkpoint is
+  older than the log's first entry refuses to start (``LogGap``) rather than skip what it cannot read.
 
 Leases are renewed every third of their TTL. A partition whose lease is lost is dropped at once (it may already be
 another's); one whose lease cannot be renewed for a whole TTL stops answering even before. The partitions are shared
@@ -23,6 +24,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,13 +34,12 @@ import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js import api
 
 from meter.cluster import checkpoints
 from meter.cluster.leases import Leases
-from meter.cluster.log import entry_of, trim
-from meter.cluster.settings import Cluster, ClusterSettings, ask_subject, connect, subject
-from meter.engine import Engine
+from meter.cluster.log import first_position, read_after
+from meter.cluster.settings import Cluster, ClusterSettings, ask_subject, connect
+from meter.engine import Engine, LogEntry
 from meter.exceptions import MeterError
 
 __all__ = ["LOG", "Worker", "WorkerOptions"]
@@ -47,6 +48,8 @@ log = logging.getLogger("meter.cluster.worker")
 
 #: The name under which a partition's engine stores its log position (one log per engine).
 LOG = "events"
+#: Seconds between reads of a partition's log that found nothing new: the most an idle partition adds to an outcome.
+POLL_S = 0.05
 
 
 @dataclass
@@ -63,6 +66,10 @@ class WorkerOptions:
     engine_options: dict[str, Any] = field(default_factory=dict)
     #: Settings for a cluster this worker creates (the first process to connect records them).
     settings: ClusterSettings = field(default_factory=ClusterSettings)
+
+
+class LogGap(Exception):
+    """The log lost entries a partition has not applied: it cannot go on exactly, and says so."""
 
 
 class Worker:
@@ -93,16 +100,18 @@ class Worker:
 
     async def balance(self, cluster: Cluster, leases: Leases) -> None:
         """One lease round: renew, drop what was lost, then give back or take partitions to hold an even share."""
-        await leases.heartbeat()
+        # Renewals first, each on its own: nothing else of the round may keep a held lease from being renewed.
         for number, partition in list(self.partitions.items()):
             if not await partition.renew(leases):
                 log.warning("lost the lease of partition %d", number)
                 del self.partitions[number]
                 await partition.stop(None)
+        await leases.heartbeat()
         workers = await leases.workers()
         count = cluster.settings.partitions
         share = math.ceil(count / len(workers))
         for number in sorted(self.partitions)[share:]:
+            log.info("handing partition %d back (%d workers share %d partitions)", number, len(workers), count)
             await self.partitions.pop(number).stop(leases)
         # Start from a place of one's own, so that workers starting together do not all race for partition 0.
         start = workers.index(self.options.worker_id) * count // len(workers)
@@ -118,7 +127,8 @@ class Worker:
             try:
                 await partition.start()
             except BaseException:
-                await leases.release(number, revision)
+                # Cancelled (the round's deadline) or failed half-way: nothing of it may keep running.
+                await asyncio.shield(partition.stop(leases))
                 raise
             self.partitions[number] = partition
             log.info("took partition %d at position %d", number, partition.position)
@@ -146,14 +156,15 @@ class Partition:
 
     async def start(self) -> None:
         started = time.monotonic()
-        engine = await asyncio.to_thread(self.open)
+        self.engine = await asyncio.to_thread(self.open)
         newest = await checkpoints.position(self.cluster.checkpoints, self.number)
-        if newest is not None and newest > engine.log_position(LOG):
+        if newest is not None and newest > self.engine.log_position(LOG):
+            engine, self.engine = self.engine, None
             await asyncio.to_thread(engine.close)
             await checkpoints.restore(self.cluster.checkpoints, self.number, self.path)
-            engine = await asyncio.to_thread(self.open)
-        self.engine = engine
-        self.position = self.checkpointed = engine.log_position(LOG)
+            self.engine = await asyncio.to_thread(self.open)
+        self.position = self.checkpointed = self.engine.log_position(LOG)
+        await self.check_gap()
         self.asks = await self.cluster.nc.subscribe(ask_subject(self.number), cb=self.on_ask)
         self.task = asyncio.create_task(self.apply_log(), name=f"meter-partition-{self.number}")
         log.info("partition %d opened in %.2f s", self.number, time.monotonic() - started)
@@ -173,49 +184,61 @@ class Partition:
         return True
 
     async def stop(self, leases: Leases | None) -> None:
-        """Stops applying and answering; with ``leases`` (a hand-back, not a loss), checkpoints and releases first."""
-        if self.asks is not None:
-            await self.asks.unsubscribe()
+        """Stops applying and answering; with ``leases`` (a hand-back, not a loss), checkpoints and releases first.
+
+        Never raises for a NATS failure: the engine is closed whatever happens, so that this process can open the
+        partition again later (RocksDB's lock); a lease not released expires.
+        """
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
         for task in list(self.asking):
             task.cancel()
-        if self.engine is not None:
-            if leases is not None:
-                try:
-                    await self.checkpoint()
-                except Exception as e:  # noqa: BLE001 - the next owner replays from the previous checkpoint
-                    log.warning("partition %d: no checkpoint at hand-back: %r", self.number, e)
-                await leases.release(self.number, self.revision)
-            await asyncio.to_thread(self.engine.close)
-            self.engine = None
+        try:
+            if self.asks is not None:
+                await _quietly(self.asks.unsubscribe())
+            if leases is not None and self.engine is not None:
+                await asyncio.wait_for(self.checkpoint(), 60)
+                await asyncio.wait_for(leases.release(self.number, self.revision), 5)
+        except (nats.errors.Error, OSError, TimeoutError) as e:
+            log.warning("partition %d: hand-back incomplete (the next owner replays more): %r", self.number, e)
+        finally:
+            if self.engine is not None:
+                engine, self.engine = self.engine, None
+                await asyncio.to_thread(engine.close)
 
     async def apply_log(self) -> None:
-        """Applies the partition's log from the engine's position, in order, for as long as the lease holds."""
-        config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.position + 1)
-        sub = await self.cluster.js.subscribe(subject(self.number), ordered_consumer=True, config=config)
-        try:
-            while True:
-                try:
-                    messages = [await sub.next_msg(timeout=1.0)]
-                    while len(messages) < self.options.batch_entries and sub.pending_msgs > 0:
-                        messages.append(await sub.next_msg(timeout=1.0))
-                except nats.errors.TimeoutError:
-                    messages = []
-                if messages:
-                    await self.apply(messages)
-                await self.maybe_checkpoint()
-        finally:
-            try:
-                await sub.unsubscribe()
-            except nats.errors.Error:
-                pass
+        """Applies the partition's log from the engine's position, in order, for as long as the lease holds.
 
-    async def apply(self, messages: list[Msg]) -> None:
-        entries = [entry_of(m) for m in messages]
-        entries = [e for e in entries if e.seq > self.position]  # a redelivery after a consumer reset
-        if not entries or self.engine is None:
+        Each entry is read by position (``log.read_after``) from the stream's leader: no consumer to keep alive or to
+        recreate after a node failure, and the engine's position is the only cursor.
+        """
+        while True:
+            try:
+                entries = await read_after(self.cluster.js, self.number, self.position, self.options.batch_entries)
+                if entries:
+                    await self.apply(entries)
+                else:
+                    await asyncio.sleep(POLL_S)
+                await self.maybe_checkpoint()
+            except LogGap as e:
+                log.error("%s", e)  # it answers nothing new until an operator restores a checkpoint
+                return
+            except (nats.errors.Error, OSError, TimeoutError) as e:
+                log.warning("partition %d: reading the log failed, reading it again: %r", self.number, e)
+                await asyncio.sleep(0.5)
+
+    async def check_gap(self) -> None:
+        """Refuses to go on when the log no longer holds the entries after this partition's position."""
+        first = await first_position(self.cluster.js)
+        if first > self.position + 1:
+            raise LogGap(
+                f"partition {self.number} is at position {self.position}, and the log's oldest entry is {first}: the "
+                "entries between are gone (no checkpoint within the log's retention); restore a newer checkpoint"
+            )
+
+    async def apply(self, entries: list[LogEntry]) -> None:
+        if self.engine is None:
             return
         await asyncio.to_thread(self.engine.apply, LOG, entries, forget_before=self.forget_before)
         now = time.monotonic()
@@ -227,17 +250,20 @@ class Partition:
             self.applied.notify_all()
 
     async def maybe_checkpoint(self) -> None:
-        due = time.monotonic() - self.last_checkpoint >= self.options.checkpoint_every
-        if due and self.position > self.checkpointed:
+        if time.monotonic() - self.last_checkpoint < self.options.checkpoint_every:
+            return
+        # Entries leave the log by age only: a gap can open only behind a partition a day late. Checked as often as
+        # checkpoints come, and at start.
+        await self.check_gap()
+        if self.position > self.checkpointed:
             await self.checkpoint()
+        self.last_checkpoint = time.monotonic()
 
     async def checkpoint(self) -> None:
-        """Stores a checkpoint, then drops the log's entries it covers."""
         if self.engine is None or self.position == self.checkpointed:
             return
         position = self.position
         await checkpoints.save(self.cluster.checkpoints, self.number, self.engine, position, self.path.parent / "tmp")
-        await trim(self.cluster.js, self.number, position + 1)
         self.checkpointed, self.last_checkpoint = position, time.monotonic()
 
     # Requests to the partition's owner
@@ -264,11 +290,12 @@ class Partition:
         op, tenant = request["op"], request["tenant"]
         if op == "outcome":
             seq = int(request["seq"])
-            async with self.applied:
-                try:
-                    await asyncio.wait_for(self.applied.wait_for(lambda: self.position >= seq), request["wait"])
-                except TimeoutError:
-                    return {"Meter-State": "pending"}, b""
+            if self.position < seq:
+                async with self.applied:
+                    try:
+                        await asyncio.wait_for(self.applied.wait_for(lambda: self.position >= seq), request["wait"])
+                    except TimeoutError:
+                        return {"Meter-State": "pending"}, b""
             raw = await asyncio.to_thread(engine.log_outcome, LOG, seq)
             # Only the entry's own tenant learns anything of it.
             if raw is None or msgspec.json.decode(raw, type=dict[str, Any]).get("tenant") != tenant:
@@ -295,3 +322,11 @@ class Partition:
         if op == "position":
             return {}, msgspec.json.encode({"position": self.position})
         raise KeyError(op)
+
+
+async def _quietly(cleanup: Awaitable[None]) -> None:
+    """A clean-up call to NATS that may fail or hang while a node is down: bounded, and its failure ignored."""
+    try:
+        await asyncio.wait_for(cleanup, 5)
+    except (nats.errors.Error, OSError, TimeoutError):
+        pass
