@@ -124,6 +124,12 @@ bench-money: build ## Money events: an invoice finalized (taxed), paid and refun
 bench-revenue: build ## Revenue recognition: a year's close (12 month ends) for 100k subscriptions; ceiling: its Parquet read
 	$(PY) benches/bench_revenue.py
 
+.PHONY: bench-cluster
+bench-cluster: build ## The cluster (3 NATS nodes, 2 workers, 1 edge) on this box beside one meter serve; takeover time; scaling model
+	$(call apt,command -v wrk,wrk)
+	$(call apt,PATH=$$PATH:/usr/sbin command -v nats-server,nats-server)
+	$(PY) benches/bench_cluster.py
+
 .PHONY: bench-corrections
 bench-corrections: build ## Corrections: cancels and amends of 1 to 1000 events of a 200k-event day; ceiling: a read of that day
 	$(PY) benches/bench_corrections.py

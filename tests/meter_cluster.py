@@ -73,7 +73,7 @@ class MeterCluster:
     """Workers and edges of one cluster. Nothing runs until `start_worker` and `start_edge`."""
 
     def __init__(
-        self, dir: Path, nats: NatsCluster, partitions: int = 4, lease_ttl: float = 3.0, checkpoint_every: float = 5.0
+        self, dir: Path, nats: NatsCluster, partitions: int = 4, lease_ttl: float = 5.0, checkpoint_every: float = 5.0
     ) -> None:
         self.dir, self.nats, self.partitions = dir, nats, partitions
         self.lease_ttl, self.checkpoint_every = lease_ttl, checkpoint_every
@@ -118,7 +118,7 @@ class MeterCluster:
         done = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=60, check=True)
         return done.stdout.strip()
 
-    def settled(self, timeout: float = 90.0, balanced: bool = False) -> dict[int, int]:
+    def settled(self, timeout: float = 180.0, balanced: bool = False) -> dict[int, int]:
         """Waits until every partition has an owner that applied the whole log; returns each partition's position.
 
         With ``balanced``, also until every running worker holds partitions (the shares settled: no hand-back to come).

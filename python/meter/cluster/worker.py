@@ -102,7 +102,10 @@ class Worker:
         """One lease round: renew, drop what was lost, then give back or take partitions to hold an even share."""
         # Renewals first, each on its own: nothing else of the round may keep a held lease from being renewed.
         for number, partition in list(self.partitions.items()):
-            if not await partition.renew(leases):
+            if partition.failed:
+                del self.partitions[number]
+                await partition.stop(leases)
+            elif not await partition.renew(leases):
                 log.warning("lost the lease of partition %d", number)
                 del self.partitions[number]
                 await partition.stop(None)
@@ -169,6 +172,11 @@ class Partition:
         self.task = asyncio.create_task(self.apply_log(), name=f"meter-partition-{self.number}")
         log.info("partition %d opened in %.2f s", self.number, time.monotonic() - started)
 
+    @property
+    def failed(self) -> bool:
+        """Its log stopped being applied (an error, logged): to be handed back."""
+        return self.task is not None and self.task.done() and not self.task.cancelled()
+
     def open(self) -> Engine:
         options = {"maintenance_interval": None} | self.options.engine_options
         return Engine(self.path, **options)
@@ -200,7 +208,7 @@ class Partition:
             if leases is not None and self.engine is not None:
                 await asyncio.wait_for(self.checkpoint(), 60)
                 await asyncio.wait_for(leases.release(self.number, self.revision), 5)
-        except (nats.errors.Error, OSError, TimeoutError) as e:
+        except Exception as e:  # noqa: BLE001 - a NATS failure, or the engine's own (fail-stop): the lease expires
             log.warning("partition %d: hand-back incomplete (the next owner replays more): %r", self.number, e)
         finally:
             if self.engine is not None:
@@ -227,6 +235,11 @@ class Partition:
             except (nats.errors.Error, OSError, TimeoutError) as e:
                 log.warning("partition %d: reading the log failed, reading it again: %r", self.number, e)
                 await asyncio.sleep(0.5)
+            except Exception:
+                # The engine failed (fail-stop) or an entry could not be read: this worker gives the partition up
+                # (`Worker.balance`), and whoever takes it next starts again from the last durable position.
+                log.exception("partition %d: applying the log failed; giving the partition up", self.number)
+                raise
 
     async def check_gap(self) -> None:
         """Refuses to go on when the log no longer holds the entries after this partition's position."""
