@@ -67,8 +67,19 @@ class ClusterEngine:
         filters: Mapping[str, str | Sequence[str]] | None = None,
         tz: str | None = None,
     ) -> Usage:
-        query = {"window_size": window_size, "subjects": subjects, "group_by": group_by, "filters": filters, "tz": tz}
-        return self.run(self.edge.usage(tenant, meter, start=start, end=end, **query))  # type: ignore[arg-type]
+        return self.run(
+            self.edge.usage(
+                tenant,
+                meter,
+                start=start,
+                end=end,
+                window_size=window_size,
+                subjects=subjects,
+                group_by=group_by,
+                filters=filters,
+                tz=tz,
+            )
+        )
 
     def create_meter(self, tenant: str, spec: MeterSpec | Mapping[str, Any]) -> CreatedMeter:
         return self.run(self.edge.create_meter(tenant, spec))

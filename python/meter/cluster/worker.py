@@ -88,6 +88,8 @@ class Worker:
                     await self.balance(cluster, leases)
                 except (TimeoutError, nats.errors.Error) as e:  # a NATS node restarting: next tick
                     log.warning("lease round failed: %r", e)
+                except LogGap as e:  # that partition was released: an operator must restore a checkpoint
+                    log.error("%s", e)
                 try:
                     await asyncio.wait_for(stop.wait(), tick)
                 except TimeoutError:
@@ -123,14 +125,15 @@ class Worker:
                 break
             if number in self.partitions:
                 continue
+            acquired = time.monotonic()
             revision = await leases.acquire(number)
             if revision is None:
                 continue
-            partition = Partition(cluster, number, revision, self.options)
+            partition = Partition(cluster, number, revision, self.options, acquired)
             try:
                 await partition.start()
             except BaseException:
-                # Cancelled (the round's deadline) or failed half-way: nothing of it may keep running.
+                # Failed half-way (a NATS failure), or cancelled at shutdown: nothing of it may keep running.
                 await asyncio.shield(partition.stop(leases))
                 raise
             self.partitions[number] = partition
@@ -140,13 +143,13 @@ class Worker:
 class Partition:
     """One partition held by this worker: its engine, its log consumer, its requests, its checkpoints."""
 
-    def __init__(self, cluster: Cluster, number: int, revision: int, options: WorkerOptions) -> None:
+    def __init__(self, cluster: Cluster, number: int, revision: int, options: WorkerOptions, acquired: float) -> None:
         self.cluster, self.number, self.revision, self.options = cluster, number, revision, options
         self.path = options.data_dir / f"p{number}"
         self.engine: Engine | None = None
         self.position = 0
         #: Answers only while the lease is surely held: until one TTL after the last renewal.
-        self.valid_until = time.monotonic() + cluster.settings.lease_ttl
+        self.valid_until = acquired + cluster.settings.lease_ttl
         self.applied = asyncio.Condition()
         self.checkpointed = 0
         self.last_checkpoint = time.monotonic()
@@ -182,13 +185,15 @@ class Partition:
         return Engine(self.path, **options)
 
     async def renew(self, leases: Leases) -> bool:
+        # The server counts the TTL from when it stores the renewal, after this moment: surely held until then + TTL.
+        sent = time.monotonic()
         try:
             revision = await leases.renew(self.number, self.revision)
         except (TimeoutError, nats.errors.Error):
             return time.monotonic() < self.valid_until  # unknown: keep it while it surely holds
         if revision is None:
             return False
-        self.revision, self.valid_until = revision, time.monotonic() + self.cluster.settings.lease_ttl
+        self.revision, self.valid_until = revision, sent + self.cluster.settings.lease_ttl
         return True
 
     async def stop(self, leases: Leases | None) -> None:
