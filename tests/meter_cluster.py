@@ -114,9 +114,17 @@ class MeterCluster:
         return f"http://127.0.0.1:{self.ports[edge]}"
 
     def key(self, tenant: str, *scopes: str) -> str:
+        return self.key_and_id(tenant, *scopes)[0]
+
+    def key_and_id(self, tenant: str, *scopes: str) -> tuple[str, str]:
+        """A new key's secret (`meter cluster key`'s stdout) and its id (named on its stderr)."""
         args = [METER, "cluster", "key", "--tenant", tenant] + [a for s in scopes for a in ("--scope", s)]
         done = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=60, check=True)
-        return done.stdout.strip()
+        return done.stdout.strip(), done.stderr.split()[2]
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run([METER, *args], env=self.env, capture_output=True, text=True, timeout=60, check=True)
+        return done.stdout
 
     def settled(self, timeout: float = 180.0, balanced: bool = False) -> dict[int, int]:
         """Waits until every partition has an owner that applied the whole log; returns each partition's position.

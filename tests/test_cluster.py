@@ -101,6 +101,16 @@ def test_usage_through_an_edge(cluster: MeterCluster) -> None:
     assert get(url, other, f"/v1/events/batches/{batch}").status_code == 404
     assert get(url, acme, "/v1/events/batches/nonsense").status_code == 400
 
+    # A revoked key is refused by every edge once it stops trusting what it remembered (REMEMBER_S).
+    doomed, doomed_id = cluster.key_and_id("acme", "read")
+    assert get(url, doomed, "/v1/meters").status_code == 200
+    assert "revoked" in cluster.cli("cluster", "revoke", doomed_id)
+    deadline = time.monotonic() + 60
+    while get(url, doomed, "/v1/meters").status_code != 401:
+        assert time.monotonic() < deadline, "a revoked key is still accepted"
+        time.sleep(0.5)
+    assert "partition 0" in cluster.cli("cluster", "status")
+
     # An atomic batch is refused whole when an event is invalid, and when it spans partitions.
     refused = post(url, acme, "/v1/events?atomic=true", [event(3000, "c1", 1), {"id": 1}])
     assert refused.status_code == 422 and refused.json()["code"] == "batch_rejected"

@@ -111,19 +111,40 @@ def cluster() -> None:
     "--scope", "scopes", multiple=True, required=True, type=click.Choice(["ingest", "read", "export", "admin"])
 )
 def key(servers: str, tenant: str, scopes: tuple[str, ...]) -> None:
-    """Create an API key of TENANT for the cluster's edges; the secret is printed once."""
+    """Create an API key of TENANT for the cluster's edges: the secret on stdout (shown once), its id on stderr."""
     from meter.cluster.keys import create_key
     from meter.cluster.settings import connect
 
-    async def run() -> str:
+    async def run() -> tuple[str, str]:
         c = await connect(servers, "meter-cli")
         try:
-            secret, _ = await create_key(c.catalog, tenant, list(scopes))  # type: ignore[arg-type]
-            return secret
+            secret, record = await create_key(c.catalog, tenant, list(scopes))  # type: ignore[arg-type]
+            return secret, record.id
         finally:
             await c.close()
 
-    click.echo(asyncio.run(run()))
+    secret, key_id = asyncio.run(run())
+    click.echo(secret)
+    click.echo(f"key id {key_id} (revoke it with `meter cluster revoke {key_id}`)", err=True)
+
+
+@cluster.command("revoke")
+@_CLUSTER
+@click.argument("key_id")
+def revoke(servers: str, key_id: str) -> None:
+    """Revoke the key KEY_ID: every edge refuses it within `REMEMBER_S` (10 s)."""
+    from meter.cluster.keys import revoke_key
+    from meter.cluster.settings import connect
+
+    async def run() -> None:
+        c = await connect(servers, "meter-cli")
+        try:
+            await revoke_key(c.catalog, key_id)
+        finally:
+            await c.close()
+
+    asyncio.run(run())
+    click.echo(f"revoked {key_id}")
 
 
 @cluster.command("status")
