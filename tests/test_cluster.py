@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from meter.catalog.keys import new_key
 from meter_cluster import MeterCluster, get, post
 from nats_cluster import NatsCluster, binary
 
@@ -101,6 +102,8 @@ def test_usage_through_an_edge(cluster: MeterCluster) -> None:
     assert get(url, other, f"/v1/events/batches/{batch}").status_code == 404
     assert get(url, acme, "/v1/events/batches/nonsense").status_code == 400
 
+    # An unknown key is a 401, as on one node (not a 503: the cluster answered).
+    assert get(url, new_key(), "/v1/meters").status_code == 401
     # A revoked key is refused by every edge once it stops trusting what it remembered (REMEMBER_S).
     doomed, doomed_id = cluster.key_and_id("acme", "read")
     assert get(url, doomed, "/v1/meters").status_code == 200

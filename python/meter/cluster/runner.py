@@ -14,12 +14,26 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import nats.errors
+import nats.js.errors
 
 from meter.exceptions import MeterError
 
 __all__ = ["ClusterUnavailable", "Runner"]
 
 T = TypeVar("T")
+
+
+#: The failures of the cluster itself, not answers: a key not found is an answer (the caller's to handle).
+UNAVAILABLE = (
+    TimeoutError,  # nats.errors.TimeoutError is one
+    ConnectionError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoServersError,
+    nats.errors.UnexpectedEOF,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
 
 
 class ClusterUnavailable(MeterError):
@@ -37,7 +51,7 @@ class Runner:
     def __call__(self, coroutine: Coroutine[Any, Any, T]) -> T:
         try:
             return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
-        except (nats.errors.Error, TimeoutError, ConnectionError) as e:
+        except UNAVAILABLE as e:
             raise ClusterUnavailable(f"the NATS cluster did not answer ({e!r}); retry shortly") from e
 
     def close(self) -> None:
