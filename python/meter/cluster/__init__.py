@@ -13,7 +13,7 @@ meter's own):
   (``leases``, compare-and-set with a TTL, renewed while alive). A worker applies its partition's log to one engine
   per partition, writing the log position and each entry's outcome in the same atomic write as the state
   (``Engine.apply``): exactly once is the engine's dedup plus that position, never the broker's acknowledgement.
-  It checkpoints each partition's RocksDB to the object store (``checkpoints``) and trims the log behind it.
+  It checkpoints each partition's RocksDB to the object store (``checkpoints``); the log keeps entries for a day.
 - When a worker dies its leases expire and the others take its partitions: restore the latest checkpoint, replay the
   log from its position. Nothing else holds state.
 

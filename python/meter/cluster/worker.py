@@ -141,7 +141,7 @@ class Worker:
 
 
 class Partition:
-    """One partition held by this worker: its engine, its log consumer, its requests, its checkpoints."""
+    """One partition held by this worker: its engine, its reading of the log, its requests, its checkpoints."""
 
     def __init__(self, cluster: Cluster, number: int, revision: int, options: WorkerOptions, acquired: float) -> None:
         self.cluster, self.number, self.revision, self.options = cluster, number, revision, options
