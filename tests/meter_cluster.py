@@ -77,6 +77,8 @@ class MeterCluster:
     ) -> None:
         self.dir, self.nats, self.partitions = dir, nats, partitions
         self.lease_ttl, self.checkpoint_every = lease_ttl, checkpoint_every
+        #: The usage dataset every worker exports its partitions into (every 2 s, and on `meter cluster export`).
+        self.lake = dir / "lake"
         self.env = os.environ | {"METER_CLUSTER": nats.url, "METER_OUTCOME_WAIT": "2"}
         self.workers: dict[str, Process] = {}
         self.edges: dict[str, Process] = {}
@@ -85,6 +87,7 @@ class MeterCluster:
     def start_worker(self, name: str) -> Process:
         args = [METER, "worker", "--id", name, "--data-dir", str(self.dir / name), "--partitions", str(self.partitions)]
         args += ["--lease-ttl", str(self.lease_ttl), "--checkpoint-every", str(self.checkpoint_every)]
+        args += ["--export-dir", str(self.lake), "--export-every", "2"]
         worker = self.workers.get(name) or Process(name, args, self.dir / f"{name}.log", self.env)
         self.workers[name] = worker
         worker.start()

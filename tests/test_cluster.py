@@ -249,6 +249,35 @@ def test_a_new_worker_and_a_rolling_restart_lose_nothing(cluster: MeterCluster) 
     cluster.settled()
     assert usage_by_customer(url, key) == {c: Decimal(v) for c, v in load.expected.items()}
 
+    # Every partition exports its own files of the one usage dataset, which pricing reads as from one node.
+    said = cluster.cli("cluster", "export")
+    assert said.count("rows written") == PARTITIONS, said
+    files = sorted(p.name for p in (cluster.lake / "usage").rglob("*.parquet"))
+    assert files and set(files) <= {f"part-p{n}.parquet" for n in range(PARTITIONS)}, files
+    assert exported_usage(cluster.lake, "acme") == {c: Decimal(v) for c, v in load.expected.items()}
+    again = cluster.cli("cluster", "export")  # nothing moved: every day is left as it is
+    assert again.count(" 0 files, 0 rows written") == PARTITIONS, again
+
+
+def exported_usage(lake: Path, tenant: str) -> dict[str, Decimal]:
+    """Each customer's usage of `tokens` over the last and next hour, as pricing reads the export."""
+    import polars as pl
+    from meter.billing.usage import period_quantities
+
+    start = datetime.now(UTC).replace(second=0, microsecond=0, tzinfo=None) - timedelta(hours=1)
+    customers = [f"c{i}" for i in range(40)]
+    requests = pl.DataFrame(
+        {
+            "charge": customers,
+            "customer": customers,
+            "meter": ["tokens"] * len(customers),
+            "from": [start] * len(customers),
+            "to": [start + timedelta(hours=2)] * len(customers),
+        }
+    )
+    quantities = period_quantities(lake, tenant, requests, meters={"tokens": "sum"})
+    return {row["charge"]: row["quantity"] for row in quantities.iter_rows(named=True)}
+
 
 def cluster_owners(cluster: MeterCluster) -> dict[int, str]:
     import asyncio

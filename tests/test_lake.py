@@ -87,6 +87,38 @@ def test_usage_reads_back_as_the_engine_gives_it(engine: Engine, tmp_path: Path)
     assert usage.scan(out, "other", "tokens") is None, "nor has a tenant never exported"
 
 
+def test_partitions_export_their_own_files_of_one_dataset(tmp_path: Path) -> None:
+    """A cluster's partitions (engines holding disjoint customers) write beside each other; a scan reads them all."""
+    out = tmp_path / "out"
+    spec = {"slug": "tokens", "event_type": "llm", "aggregation": "sum", "value_property": "$.tokens"}
+    engines = [Engine(tmp_path / f"p{n}") for n in range(2)]
+    try:
+        for n, engine in enumerate(engines):
+            engine.create_meter("acme", spec)
+            sent = [event(f"e{n}-{i}", f"c{n}", time=T0 + timedelta(minutes=i), tokens=i + 1) for i in range(3)]
+            assert not engine.ingest("acme", body(*sent), now=NOW).issues
+            assert usage.export_usage(engine, ["acme"], out, log_partition=n).files == 1
+        day = out / "usage" / "tenant=acme" / "meter=tokens" / f"date={T0:%Y-%m-%d}"
+        assert sorted(f.name for f in day.iterdir()) == ["part-p0.parquet", "part-p1.parquet"]
+        assert sorted(f.name for f in (out / "usage" / "tenant=acme").glob("_*")) == [
+            "_exported-p0.json",
+            "_exported-p1.json",
+        ]
+        scanned = usage.scan(out, "acme", "tokens")
+        assert scanned is not None
+        totals = scanned.group_by("customer").agg(pl.col("value").sum()).sort("customer").collect()
+        assert totals.rows() == [("c0", Decimal(6)), ("c1", Decimal(6))]
+        # Each partition's manifest is its own: nothing changed, nothing written.
+        assert usage.export_usage(engines[0], ["acme"], out, log_partition=0).unchanged == 1
+        # A meter deleted in one partition (the other has not applied the deletion yet) loses that partition's files.
+        engines[0].delete_meter("acme", "tokens")
+        usage.export_usage(engines[0], ["acme"], out, log_partition=0)
+        assert sorted(f.name for f in day.iterdir()) == ["part-p1.parquet"]
+    finally:
+        for engine in engines:
+            engine.close()
+
+
 def test_events_read_back_as_the_engine_retained_them(engine: Engine, tmp_path: Path) -> None:
     _usage_engine(engine)
     out = tmp_path / "out"

@@ -36,6 +36,7 @@ __all__ = [
     "Scope",
     "TenantBody",
     "TenantKeyBody",
+    "check_tenant_id",
     "new_key",
     "valid_checksum",
 ]
@@ -75,6 +76,19 @@ def valid_checksum(key: str) -> bool:
 
 
 _TENANT_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def check_tenant_id(tenant_id: str) -> None:
+    """Refuses a tenant id that is not 1-64 ASCII letters, digits, '-' or '_' (``invalid_tenant``).
+
+    ASCII only: a tenant id names its directories in the Parquet export (meter.lake.layout), which takes no other
+    letters, so a tenant the API accepts can always be exported.
+    """
+    if _TENANT_ID.fullmatch(tenant_id) is None:
+        raise InvalidInput(
+            f"tenant id must be 1-64 ASCII letters, digits, '-' or '_'; got {tenant_id!r}", "invalid_tenant"
+        )
+
 
 #: At most this many live keys are remembered (the memory is emptied when full): a few MB at most.
 _KNOWN_KEYS = 10_000
@@ -138,12 +152,7 @@ class KeyStore(Store):
     # tenants
 
     def create_tenant(self, tenant_id: str, name: str = "") -> Tenant:
-        # ASCII only: a tenant id names its directories in the Parquet export (meter.lake.layout), which takes no
-        # other letters, so a tenant the API accepts can always be exported.
-        if _TENANT_ID.fullmatch(tenant_id) is None:
-            raise InvalidInput(
-                f"tenant id must be 1-64 ASCII letters, digits, '-' or '_'; got {tenant_id!r}", "invalid_tenant"
-            )
+        check_tenant_id(tenant_id)
         key = b"tenant/" + tenant_id.encode()
         with self._lock:
             if self._db.get(key) is not None:

@@ -7,6 +7,7 @@ them is access to the cluster, as access to a data directory is to one ``meter s
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -67,6 +68,20 @@ _CLUSTER = click.option(
     show_default=True,
     help="seconds between checkpoints of a partition that moved",
 )
+@click.option(
+    "--export-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="METER_EXPORT_DIR",
+    default=None,
+    help="a directory every worker shares (NFS, EFS...): each partition exports its usage there, as pricing reads it",
+)
+@click.option(
+    "--export-every",
+    type=click.FloatRange(min=1.0),
+    default=60.0,
+    show_default=True,
+    help="seconds between exports of a partition that moved",
+)
 def worker(
     servers: str,
     data_dir: Path,
@@ -75,6 +90,8 @@ def worker(
     replicas: int,
     lease_ttl: float,
     checkpoint_every: float,
+    export_dir: Path | None,
+    export_every: float,
 ) -> None:
     """Apply the cluster's partitions this worker holds, until SIGTERM or SIGINT (then hand them back)."""
     from meter.cluster.settings import ClusterSettings
@@ -85,6 +102,8 @@ def worker(
         data_dir=data_dir.resolve(),
         worker_id=worker_id or f"{socket.gethostname()}-{os.getpid()}",
         checkpoint_every=checkpoint_every,
+        export_dir=export_dir.resolve() if export_dir else None,
+        export_every=export_every,
         settings=ClusterSettings(partitions=partitions, replicas=replicas, lease_ttl=lease_ttl),
     )
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -167,3 +186,40 @@ def status(servers: str) -> None:
             await c.close()
 
     asyncio.run(run())
+
+
+@cluster.command("export")
+@_CLUSTER
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="seconds to wait for each partition")
+def export(servers: str, timeout: float) -> None:
+    """Have every partition export its usage now, into the workers' --export-dir; wait for all of them.
+
+    Each partition's owner writes the days that changed since its last export (its own `part-p<n>` files of the one
+    dataset). Exits 1 when a partition could not: it is named, with the reason.
+    """
+    from meter.cluster.edge import ask
+    from meter.cluster.settings import Cluster, connect
+    from meter.exceptions import MeterError
+
+    async def one(c: Cluster, partition: int) -> bool:
+        try:
+            answer = json.loads(await ask(c, partition, {"op": "export", "tenant": ""}, timeout))
+        except MeterError as e:
+            click.echo(f"partition {partition}: not exported: {e} ({e.code})", err=True)
+            return False
+        click.echo(
+            f"partition {partition}: {answer['files']} files, {answer['rows']} rows written, "
+            f"{answer['unchanged']} days unchanged (log position {answer['position']})"
+        )
+        return True
+
+    async def run() -> bool:
+        c = await connect(servers, "meter-cli")
+        try:
+            done = await asyncio.gather(*(one(c, p) for p in range(c.settings.partitions)))
+            return all(done)
+        finally:
+            await c.close()
+
+    if not asyncio.run(run()):
+        raise SystemExit(1)

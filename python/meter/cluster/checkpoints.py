@@ -23,6 +23,11 @@ from meter.engine import Engine
 
 __all__ = ["position", "restore", "save"]
 
+#: A restore that has not finished in this many seconds, plus one per `RESTORE_MIN_BYTES_PER_S` of checkpoint, is
+#: abandoned (TimeoutError) and tried again.
+RESTORE_BASE_S = 30.0
+RESTORE_MIN_BYTES_PER_S = 5_000_000
+
 
 def _name(partition: int) -> str:
     return f"p{partition}"
@@ -54,8 +59,12 @@ async def restore(store: ObjectStore, partition: int, dest: Path) -> bool:
     with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
         archive = Path(tmp) / "checkpoint.tar.zst"
         try:
+            info = await store.get_info(_name(partition))
             with archive.open("wb") as out:
-                await store.get(_name(partition), writeinto=out)
+                # nats-py reads the chunks from a push consumer with no deadline, and one can stop delivering when a
+                # NATS node restarts: bounded, so that the worker's lease round goes on (and tries again).
+                timeout = RESTORE_BASE_S + (info.size or 0) / RESTORE_MIN_BYTES_PER_S
+                await asyncio.wait_for(store.get(_name(partition), writeinto=out), timeout)
         except NotFoundError:
             return False
         await asyncio.to_thread(_unpack, archive, Path(tmp) / "db", dest)

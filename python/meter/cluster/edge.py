@@ -30,7 +30,7 @@ from meter.engine import Usage, WindowSize, finish_usage
 from meter.exceptions import AlreadyExists, BatchRejected, InvalidInput, NotFound
 from meter.schemas import CreatedMeter, EventIssue, EventWarning, Meter, MeterSpec, QueuedIngest
 
-__all__ = ["ClusterUnavailable", "Edge"]
+__all__ = ["ClusterUnavailable", "Edge", "ask"]
 
 
 class _Outcome(msgspec.Struct):
@@ -204,20 +204,23 @@ class Edge:
         return [o.ok for o in outcomes if o is not None]
 
     async def _ask(self, partition: int, request: dict[str, Any]) -> bytes:
-        try:
-            msg = await self.cluster.nc.request(
-                ask_subject(partition), msgspec.json.encode(request), timeout=self.ask_timeout
-            )
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
-            raise ClusterUnavailable(
-                f"partition {partition} has no worker answering right now (one is taking it over); retry shortly"
-            ) from None
-        if (msg.headers or {}).get("Meter-Error"):
-            error = msgspec.json.decode(msg.data, type=dict[str, str])
-            code = error["code"]
-            cls = {"not_found": NotFound, "already_exists": AlreadyExists}.get(code, InvalidInput)
-            raise cls(error["message"], code)
-        return msg.data
+        return await ask(self.cluster, partition, request, self.ask_timeout)
+
+
+async def ask(cluster: Cluster, partition: int, request: dict[str, Any], timeout: float) -> bytes:
+    """A request to a partition's owner (``worker.Partition.dispatch``): its answer, or its refusal raised."""
+    try:
+        msg = await cluster.nc.request(ask_subject(partition), msgspec.json.encode(request), timeout=timeout)
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+        raise ClusterUnavailable(
+            f"partition {partition} has no worker answering right now (one is taking it over); retry shortly"
+        ) from None
+    if (msg.headers or {}).get("Meter-Error"):
+        error = msgspec.json.decode(msg.data, type=dict[str, str])
+        code = error["code"]
+        cls = {"not_found": NotFound, "already_exists": AlreadyExists, ClusterUnavailable.code: ClusterUnavailable}
+        raise cls.get(code, InvalidInput)(error["message"], code)
+    return msg.data
 
 
 def _encode_batch(parts: Sequence[_Part]) -> str:

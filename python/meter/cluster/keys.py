@@ -13,17 +13,23 @@ import threading
 import time
 
 import msgspec
+from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
-from meter.catalog.keys import SCOPES, ApiKey, Scope, new_key, valid_checksum
+from meter.catalog.keys import SCOPES, ApiKey, Scope, check_tenant_id, new_key, valid_checksum
 from meter.cluster.runner import Runner
+from meter.cluster.settings import CATALOG, bucket_keys
 from meter.exceptions import InvalidInput, NotFound
 
-__all__ = ["REMEMBER_S", "ClusterKeys", "create_key", "revoke_key"]
+__all__ = ["REMEMBER_S", "ClusterKeys", "create_key", "revoke_key", "tenants"]
 
 #: How long an edge trusts a key it authenticated before it reads it again.
 REMEMBER_S = 10.0
+
+
+#: A tenant's mark in the catalog bucket, ``tenant.<id>``: one key per tenant, put with its first key.
+_TENANT = "tenant."
 
 
 def _kv_key(secret: str) -> str:
@@ -32,6 +38,7 @@ def _kv_key(secret: str) -> str:
 
 async def create_key(catalog: KeyValue, tenant: str, scopes: list[Scope]) -> tuple[str, ApiKey]:
     """A new key of ``tenant``: the secret (shown once) and the stored record."""
+    check_tenant_id(tenant)
     if not scopes or any(s not in SCOPES for s in scopes):
         raise InvalidInput(f"scopes must be a non-empty list of {list(SCOPES)}; got {scopes!r}", "invalid_scopes")
     secret = new_key()
@@ -44,7 +51,13 @@ async def create_key(catalog: KeyValue, tenant: str, scopes: list[Scope]) -> tup
     )
     await catalog.create(_kv_key(secret), msgspec.json.encode(record))
     await catalog.put(f"keyid-{record.id}", _kv_key(secret).encode())
+    await catalog.put(_TENANT + tenant, b"")
     return secret, record
+
+
+async def tenants(js: JetStreamContext) -> list[str]:
+    """Every tenant a key was ever created for (what a worker exports), as ``KeyStore.list_tenants`` on one node."""
+    return sorted(k.removeprefix(_TENANT) for k in await bucket_keys(js, CATALOG, _TENANT))
 
 
 async def revoke_key(catalog: KeyValue, key_id: str) -> None:

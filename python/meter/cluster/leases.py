@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
 
-from meter.cluster.settings import LEASES
+from meter.cluster.settings import LEASES, bucket_keys
 
 __all__ = ["Leases"]
 
@@ -65,11 +65,7 @@ class Leases:
         return owners
 
     async def _keys(self) -> list[str]:
-        # The stream's own list of subjects, in one request: nats-py's `KeyValue.keys` watches the bucket until it
-        # has seen every key, and waits for ever when a key expires meanwhile (as leases and heartbeats do).
-        prefix = f"$KV.{LEASES}."
-        info = await self.js.stream_info(f"KV_{LEASES}", subjects_filter=prefix + ">")
-        return [s[len(prefix) :] for s in (info.state.subjects or {})]
+        return await bucket_keys(self.js, LEASES, "")
 
 
 def _key(partition: int) -> str:

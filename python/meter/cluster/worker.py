@@ -7,6 +7,9 @@ Per partition it holds (``Partition``):
   (``Engine.apply``: the position and each entry's outcome in the same synced write as the state);
 - the partition's requests (``meter.ask.<partition>``): an entry's outcome, once applied (an edge waiting for it),
   a partial usage answer, the meters;
+- its usage exported to a shared directory (``export_dir``) every ``export_every`` seconds while it moved, and when
+  asked (``meter cluster export``): every partition writes its own files of the one dataset pricing reads
+  (``meter.lake.usage``), and only while it surely holds its lease;
 - a checkpoint every ``checkpoint_every`` seconds while the partition moved. The log keeps entries for a fixed time
   (``ClusterSettings.log_retention``), far longer than checkpoints take to come; a partition whose checkpoint is
   older than the log's first entry refuses to start (``LogGap``) rather than skip what it cannot read.
@@ -36,11 +39,15 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from meter.cluster import checkpoints
+from meter.cluster.keys import tenants
 from meter.cluster.leases import Leases
 from meter.cluster.log import first_position, read_after
+from meter.cluster.runner import ClusterUnavailable
 from meter.cluster.settings import Cluster, ClusterSettings, ask_subject, connect
 from meter.engine import Engine, LogEntry
 from meter.exceptions import MeterError
+from meter.lake.files import ExportSummary
+from meter.lake.usage import export_usage
 
 __all__ = ["LOG", "Worker", "WorkerOptions"]
 
@@ -60,6 +67,10 @@ class WorkerOptions:
     checkpoint_every: float = 60.0
     #: Seconds an entry's outcome is kept for edges and clients to look up (`GET /v1/events/batches/{id}`).
     outcome_ttl: float = 3600.0
+    #: Where every partition's usage is exported (a directory all workers share), or None: no export.
+    export_dir: Path | None = None
+    #: Seconds between exports of a partition that moved.
+    export_every: float = 60.0
     #: At most this many log entries per engine write.
     batch_entries: int = 500
     #: Keyword arguments of `meter.Engine` (retention, roll-ups, durability).
@@ -70,6 +81,10 @@ class WorkerOptions:
 
 class LogGap(Exception):
     """The log lost entries a partition has not applied: it cannot go on exactly, and says so."""
+
+
+class LeaseEnding(Exception):
+    """The lease may end before an export's next file is written: it stops, and the next owner writes the rest."""
 
 
 class Worker:
@@ -157,6 +172,10 @@ class Partition:
         self.recent: deque[tuple[float, int]] = deque()
         self.forget_before = 0
         self.task: asyncio.Task[None] | None = None
+        #: Held while an export reads the engine: it is not closed under it.
+        self.exporting = asyncio.Lock()
+        self.exported = -1
+        self.export_task: asyncio.Task[None] | None = None
         self.asks: Subscription | None = None
         self.asking: set[asyncio.Task[None]] = set()
 
@@ -173,6 +192,8 @@ class Partition:
         await self.check_gap()
         self.asks = await self.cluster.nc.subscribe(ask_subject(self.number), cb=self.on_ask)
         self.task = asyncio.create_task(self.apply_log(), name=f"meter-partition-{self.number}")
+        if self.options.export_dir is not None:
+            self.export_task = asyncio.create_task(self.export_log(), name=f"meter-export-{self.number}")
         log.info("partition %d opened in %.2f s", self.number, time.monotonic() - started)
 
     @property
@@ -202,9 +223,10 @@ class Partition:
         Never raises for a NATS failure: the engine is closed whatever happens, so that this process can open the
         partition again later (RocksDB's lock); a lease not released expires.
         """
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+        for task in (self.task, self.export_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for task in list(self.asking):
             task.cancel()
         try:
@@ -218,7 +240,8 @@ class Partition:
         finally:
             if self.engine is not None:
                 engine, self.engine = self.engine, None
-                await asyncio.to_thread(engine.close)
+                async with self.exporting:  # an export's thread still reading it (cancelling did not stop it)
+                    await asyncio.to_thread(engine.close)
 
     async def apply_log(self) -> None:
         """Applies the partition's log from the engine's position, in order, for as long as the lease holds.
@@ -284,6 +307,47 @@ class Partition:
         await checkpoints.save(self.cluster.checkpoints, self.number, self.engine, position, self.path.parent / "tmp")
         self.checkpointed, self.last_checkpoint = position, time.monotonic()
 
+    async def export_log(self) -> None:
+        """Exports the partition's usage every ``export_every`` seconds while it moved."""
+        while True:
+            await asyncio.sleep(self.options.export_every)
+            if self.position == self.exported:
+                continue
+            try:
+                await self.export()
+            except (LeaseEnding, nats.errors.Error, OSError, TimeoutError) as e:
+                log.warning(
+                    "partition %d: export failed, trying again in %.0f s: %r", self.number, self.options.export_every, e
+                )
+
+    async def export(self) -> ExportSummary:
+        """Writes this partition's files of the usage dataset (``meter.lake.usage``, ``part-p<n>``).
+
+        Only while the lease surely holds, checked before each file with a margin of a renewal period: a worker that
+        lost its lease must not overwrite what the next owner wrote. The next owner's files are exact whatever the
+        old one left: a day's file is rewritten whenever its count of events differs from the partition's manifest,
+        and the same count in the same log order is the same usage.
+        """
+        out = self.options.export_dir
+        if out is None:
+            raise MeterError("this worker exports nothing: start it with --export-dir", "export_disabled")
+        margin = self.cluster.settings.lease_ttl / 3
+
+        def still_owner(_: str = "") -> None:
+            if time.monotonic() > self.valid_until - margin:
+                raise LeaseEnding(f"partition {self.number}: the lease may end before the next file is written")
+
+        names = await tenants(self.cluster.js)
+        async with self.exporting:
+            engine = self.engine
+            if engine is None:
+                raise LeaseEnding(f"partition {self.number} was given up")
+            still_owner()
+            position = self.position
+            summary = await asyncio.to_thread(export_usage, engine, names, out, still_owner, self.number)
+        self.exported = position
+        return summary
+
     # Requests to the partition's owner
 
     async def on_ask(self, msg: Msg) -> None:
@@ -339,6 +403,14 @@ class Partition:
             return {}, msgspec.json.encode(engine.get_meter(tenant, request["slug"]))
         if op == "position":
             return {}, msgspec.json.encode({"position": self.position})
+        if op == "export":
+            try:
+                summary = await self.export()
+            except LeaseEnding as e:
+                raise ClusterUnavailable(str(e)) from None
+            except (nats.errors.Error, OSError, TimeoutError) as e:
+                raise MeterError(f"partition {self.number}: the export failed: {e!r}", "export_failed") from None
+            return {}, msgspec.json.encode({"position": self.exported} | msgspec.structs.asdict(summary))
         raise KeyError(op)
 
 

@@ -5,6 +5,8 @@ never RocksDB::
 
     <out>/usage/tenant=<tenant>/meter=<slug>/date=<YYYY-MM-DD>/part-0.parquet     one file per meter and UTC day
     <out>/usage/tenant=<tenant>/_exported.json                                     {"<meter id>/<day>": events}
+    <out>/usage/tenant=<tenant>/meter=<slug>/date=<YYYY-MM-DD>/part-p<n>.parquet  a cluster: one per partition too
+    <out>/usage/tenant=<tenant>/_exported-p<n>.json                                each partition's own manifest
     <out>/events/tenant=<tenant>/date=<YYYY-MM-DD>/part-<first>-<last>.parquet    commits first..last (20 digits)
     <out>/events/tenant=<tenant>/_exported.json                                    {"after_seq": last commit}
     <out>/catalog/tenant=<tenant>/{customers,prices,subscriptions,meters}.parquet
@@ -62,6 +64,7 @@ __all__ = [
     "usage_day_file",
     "usage_meter",
     "usage_meter_dirs",
+    "usage_part",
     "usage_root",
     "usage_tenant",
 ]
@@ -84,8 +87,9 @@ def partition(key: str, value: str) -> str:
     return f"{key}={value}"
 
 
-def manifest(directory: Path) -> Path:
-    return directory / MANIFEST
+def manifest(directory: Path, log_partition: int | None = None) -> Path:
+    """What was last written into ``directory``; a cluster's partitions each keep their own (``_exported-p<n>``)."""
+    return directory / (MANIFEST if log_partition is None else f"_exported-p{log_partition}.json")
 
 
 # usage
@@ -104,8 +108,14 @@ def usage_meter(out: Path, tenant: str, meter: str) -> Path:
     return usage_tenant(out, tenant) / partition("meter", meter)
 
 
-def usage_day_file(out: Path, tenant: str, meter: str, day: date) -> Path:
-    return usage_meter(out, tenant, meter) / f"date={day:%Y-%m-%d}" / "part-0.parquet"
+def usage_day_file(out: Path, tenant: str, meter: str, day: date, log_partition: int | None = None) -> Path:
+    """A meter's usage on ``day``: one file, or in a cluster one per log partition (their customers never overlap)."""
+    return usage_meter(out, tenant, meter) / f"date={day:%Y-%m-%d}" / usage_part(log_partition)
+
+
+def usage_part(log_partition: int | None) -> str:
+    """A day's file name: ``part-0.parquet`` on one node, ``part-p<n>.parquet`` from a cluster's log partition."""
+    return "part-0.parquet" if log_partition is None else f"part-p{log_partition}.parquet"
 
 
 def usage_meter_dirs(out: Path, tenant: str) -> dict[str, Path]:

@@ -1,13 +1,13 @@
 """The usage dataset: each meter's per-minute usage, written from the engine and scanned by pricing.
 
-Layout: ``<out>/usage/tenant=<tenant>/meter=<slug>/date=<YYYY-MM-DD>/part-0.parquet`` (:mod:`meter.lake.layout`),
-one row per customer, minute and combination of the meter's dimensions, ordered by customer then minute:
-``customer``, one column per dimension, ``window_start``, ``window_end`` (UTC, ``[start, end)``), ``value``
-(decimal128(38, 9)) and ``events``. A meter is a directory of its own because each meter has its own dimensions (and
-each price charges one meter). A day is written while its usage changes, long before the engine rolls its minutes up
-to hours (``minute_aggregates``); a day exported for the first time after that (a new export directory) has one row
-per hour (or UTC day), as ``window_end`` says. The rows cross from Rust as Arrow (PyCapsule stream), without
-per-row Python objects.
+Layout: ``<out>/usage/tenant=<tenant>/meter=<slug>/date=<YYYY-MM-DD>/part-0.parquet`` (:mod:`meter.lake.layout`;
+``part-p<n>.parquet``, one per log partition, from a cluster's workers), one row per customer, minute and
+combination of the meter's dimensions, ordered by customer then minute: ``customer``, one column per dimension,
+``window_start``, ``window_end`` (UTC, ``[start, end)``), ``value`` (decimal128(38, 9)) and ``events``. A meter is a
+directory of its own because each meter has its own dimensions (and each price charges one meter). A day is written
+while its usage changes, long before the engine rolls its minutes up to hours (``minute_aggregates``); a day exported
+for the first time after that (a new export directory) has one row per hour (or UTC day), as ``window_end`` says.
+The rows cross from Rust as Arrow (PyCapsule stream), without per-row Python objects.
 
 Invariants:
 
@@ -47,24 +47,35 @@ _DAYS_PER_READ = 8
 
 
 def export_usage(
-    engine: Engine, tenants: list[str], out: Path, progress: Callable[[str], None] | None = None
+    engine: Engine,
+    tenants: list[str],
+    out: Path,
+    progress: Callable[[str], None] | None = None,
+    log_partition: int | None = None,
 ) -> ExportSummary:
     """Writes the days whose usage changed since the last export into `out` (all of them the first time).
 
     Events are only ever added, so a day changed exactly when its count of events did: `_exported.json` beside each
     tenant's meters keeps, per meter id and day, the count last written. It is written after the files, so a crash
     in between only means writing the same days again. Meters deleted since lose their directory.
+
+    With ``log_partition`` (a cluster's worker, whose engine holds one partition of the log), the engine's files and
+    manifest are that partition's own (``part-p<n>``, ``_exported-p<n>.json``) beside the other partitions' in the
+    same directories, and a deleted meter loses only this partition's files: a partition that has not yet applied the
+    meter's creation must not remove what the others wrote. Every partition applies the same log of meters, so the
+    meters' ids agree. ``progress`` is called after each file; raising from it stops the export before the manifest.
     """
     summary = ExportSummary()
     for tenant in tenants:
-        manifest_path = layout.manifest(layout.usage_tenant(out, tenant))
+        manifest_path = layout.manifest(layout.usage_tenant(out, tenant), log_partition)
         exported = read_manifest(manifest_path, dict[str, int], {})
         written: dict[str, int] = {}
         meters = engine.list_meters(tenant)
         for meter in meters:
             changed: list[tuple[datetime, Path]] = []
             for day, events in engine.day_counts(tenant, meter.slug).items():
-                key, path = f"{meter.id}/{day:%Y-%m-%d}", layout.usage_day_file(out, tenant, meter.slug, day)
+                key = f"{meter.id}/{day:%Y-%m-%d}"
+                path = layout.usage_day_file(out, tenant, meter.slug, day, log_partition)
                 # The count read here may be older than the rows written next, never newer: at worst the next
                 # export writes the day again.
                 written[key] = events
@@ -79,8 +90,13 @@ def export_usage(
                     progress(f"{tenant}/{meter.slug}/{day:%Y-%m-%d}: {rows} rows")
         live = {m.slug for m in meters}
         for slug, gone in layout.usage_meter_dirs(out, tenant).items():
-            if slug not in live:
+            if slug in live:
+                continue
+            if log_partition is None:
                 shutil.rmtree(gone)
+            else:
+                for own in gone.glob(f"date=*/{layout.usage_part(log_partition)}"):
+                    own.unlink(missing_ok=True)
         if written != exported:
             write_manifest(written, manifest_path)
     return summary
