@@ -14,8 +14,9 @@ Per partition it holds (``Partition``):
   (``ClusterSettings.log_retention``), far longer than checkpoints take to come; a partition whose checkpoint is
   older than the log's first entry refuses to start (``LogGap``) rather than skip what it cannot read.
 
-Leases are renewed every third of their TTL. A partition whose lease is lost is dropped at once (it may already be
-another's); one whose lease cannot be renewed for a whole TTL stops answering even before. The partitions are shared
+Leases are renewed every third of their TTL, by a task of their own (``Worker.keep_leases``), whatever else the worker
+is doing. A partition whose lease is lost is dropped (it may already be another's); one whose lease cannot be renewed
+for a whole TTL stops answering even before. The partitions are shared
 evenly between the live workers: a worker above its share hands partitions back (checkpointed first, so the next
 owner replays little), one below takes free ones.
 """
@@ -97,6 +98,7 @@ class Worker:
         cluster = await connect(self.servers, f"meter-worker-{self.options.worker_id}", self.options.settings)
         leases = Leases(cluster.js, cluster.leases, self.options.worker_id)
         tick = cluster.settings.lease_ttl / 3
+        keeper = asyncio.create_task(self.keep_leases(leases, tick), name="meter-leases")
         try:
             while not stop.is_set():
                 try:
@@ -110,23 +112,42 @@ class Worker:
                 except TimeoutError:
                     pass
         finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
             for partition in list(self.partitions.values()):
-                await partition.stop(leases)
+                await partition.stop(leases if partition.held else None)
             self.partitions.clear()
             await cluster.close()
 
+    async def keep_leases(self, leases: Leases, tick: float) -> None:
+        """Renews every held lease, and this worker's heartbeat, every ``tick`` seconds.
+
+        A task of its own: a lease round may spend minutes restoring a partition's checkpoint, and no other lease of
+        this worker may expire meanwhile. All at once, so that one renewal waiting on NATS holds none of the others.
+        """
+        while True:
+            started = time.monotonic()
+            held = [partition for partition in list(self.partitions.values()) if partition.held]
+            renewed = await asyncio.gather(*(partition.renew(leases) for partition in held), return_exceptions=True)
+            for partition, still in zip(held, renewed, strict=True):
+                if isinstance(still, BaseException):  # not a NATS failure (those are answered by `renew`): a bug
+                    log.error("renewing partition %d failed: %r", partition.number, still)
+                    still = time.monotonic() < partition.valid_until
+                if not still:
+                    log.warning("lost the lease of partition %d", partition.number)
+                    partition.held = False  # dropped by the next lease round
+            try:
+                await leases.heartbeat()
+            except (TimeoutError, nats.errors.Error) as e:
+                log.warning("heartbeat failed: %r", e)
+            await asyncio.sleep(max(0.0, tick - (time.monotonic() - started)))
+
     async def balance(self, cluster: Cluster, leases: Leases) -> None:
-        """One lease round: renew, drop what was lost, then give back or take partitions to hold an even share."""
-        # Renewals first, each on its own: nothing else of the round may keep a held lease from being renewed.
+        """One lease round: drop what was lost or failed, then give back or take partitions to hold an even share."""
         for number, partition in list(self.partitions.items()):
-            if partition.failed:
+            if partition.failed or not partition.held:
                 del self.partitions[number]
-                await partition.stop(leases)
-            elif not await partition.renew(leases):
-                log.warning("lost the lease of partition %d", number)
-                del self.partitions[number]
-                await partition.stop(None)
-        await leases.heartbeat()
+                await partition.stop(leases if partition.held else None)
         workers = await leases.workers()
         count = cluster.settings.partitions
         share = math.ceil(count / len(workers))
@@ -145,13 +166,14 @@ class Worker:
             if revision is None:
                 continue
             partition = Partition(cluster, number, revision, self.options, acquired)
+            self.partitions[number] = partition  # renewed while it starts (a restore can outlast the lease)
             try:
                 await partition.start()
             except BaseException:
                 # Failed half-way (a NATS failure), or cancelled at shutdown: nothing of it may keep running.
-                await asyncio.shield(partition.stop(leases))
+                del self.partitions[number]
+                await asyncio.shield(partition.stop(leases if partition.held else None))
                 raise
-            self.partitions[number] = partition
             log.info("took partition %d at position %d", number, partition.position)
 
 
@@ -165,6 +187,8 @@ class Partition:
         self.position = 0
         #: Answers only while the lease is surely held: until one TTL after the last renewal.
         self.valid_until = acquired + cluster.settings.lease_ttl
+        #: False once the lease is lost, or being given back: no longer renewed.
+        self.held = True
         self.applied = asyncio.Condition()
         self.checkpointed = 0
         self.last_checkpoint = time.monotonic()
@@ -223,6 +247,7 @@ class Partition:
         Never raises for a NATS failure: the engine is closed whatever happens, so that this process can open the
         partition again later (RocksDB's lock); a lease not released expires.
         """
+        self.held = False
         for task in (self.task, self.export_task):
             if task is not None:
                 task.cancel()
