@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from datetime import UTC, datetime, timedelta
@@ -174,3 +175,28 @@ def test_partials_merge_to_the_single_engine_answer(tmp_path: Path, partitions: 
     finally:
         for engine in [whole, *parts]:
             engine.close()
+
+
+def test_a_partition_loop_stops_when_a_clean_up_fails_during_its_cancellation() -> None:
+    """The liveness bug the chaos test found: an error raised while unwinding must not swallow the cancellation."""
+    from meter.cluster.worker import _unless_cancelled
+
+    async def loop() -> None:
+        while True:
+            try:
+                try:
+                    await asyncio.sleep(60)
+                finally:
+                    raise OSError(39, "Directory not empty")  # a temporary directory removed under a writer
+            except OSError as e:
+                _unless_cancelled(e)
+                await asyncio.sleep(0)
+
+    async def run() -> None:
+        task = asyncio.create_task(loop())
+        await asyncio.sleep(0.01)  # inside its first sleep
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        assert done and task.cancelled()
+
+    asyncio.run(run())

@@ -36,7 +36,7 @@ def _name(partition: int) -> str:
 async def save(store: ObjectStore, partition: int, engine: Engine, log_position: int, scratch: Path) -> None:
     """Stores a checkpoint of ``engine`` (applied through ``log_position``) as the partition's newest."""
     scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+    with tempfile.TemporaryDirectory(dir=scratch, ignore_cleanup_errors=True) as tmp:
         archive = Path(tmp) / "checkpoint.tar.zst"
         await asyncio.to_thread(_pack, engine, Path(tmp) / "db", archive)
         with archive.open("rb") as data:
@@ -53,10 +53,13 @@ async def position(store: ObjectStore, partition: int) -> int | None:
     return int(info.description or 0)
 
 
-async def restore(store: ObjectStore, partition: int, dest: Path) -> bool:
-    """Replaces ``dest`` with the partition's newest checkpoint; False (``dest`` untouched) when it has none."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+async def restore(store: ObjectStore, partition: int, dest: Path, scratch: Path) -> bool:
+    """Replaces ``dest`` with the partition's newest checkpoint; False (``dest`` untouched) when it has none.
+
+    ``scratch`` must be on the same file system as ``dest`` (the checkpoint is unpacked there, then renamed).
+    """
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch, ignore_cleanup_errors=True) as tmp:
         archive = Path(tmp) / "checkpoint.tar.zst"
         try:
             info = await store.get_info(_name(partition))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import shutil
 import time
 from collections import deque
 from collections.abc import Awaitable
@@ -58,6 +59,10 @@ log = logging.getLogger("meter.cluster.worker")
 LOG = "events"
 #: Seconds between reads of a partition's log that found nothing new: the most an idle partition adds to an outcome.
 POLL_S = 0.05
+#: Where checkpoints are packed, in the worker's data directory.
+SCRATCH = "tmp"
+#: Seconds a partition's tasks get to stop when it is given up.
+STOP_S = 30.0
 
 
 @dataclass
@@ -95,6 +100,8 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Works until ``stop`` is set, then hands every partition back (checkpointed) and disconnects."""
+        # What a checkpoint interrupted by a crash (or a cancellation) left half-written.
+        shutil.rmtree(self.options.data_dir / SCRATCH, ignore_errors=True)
         cluster = await connect(self.servers, f"meter-worker-{self.options.worker_id}", self.options.settings)
         leases = Leases(cluster.js, cluster.leases, self.options.worker_id)
         tick = cluster.settings.lease_ttl / 3
@@ -139,6 +146,7 @@ class Worker:
             try:
                 await leases.heartbeat()
             except (TimeoutError, nats.errors.Error) as e:
+                _unless_cancelled(e)
                 log.warning("heartbeat failed: %r", e)
             await asyncio.sleep(max(0.0, tick - (time.monotonic() - started)))
 
@@ -210,7 +218,7 @@ class Partition:
         if newest is not None and newest > self.engine.log_position(LOG):
             engine, self.engine = self.engine, None
             await asyncio.to_thread(engine.close)
-            await checkpoints.restore(self.cluster.checkpoints, self.number, self.path)
+            await checkpoints.restore(self.cluster.checkpoints, self.number, self.path, self.path.parent / SCRATCH)
             self.engine = await asyncio.to_thread(self.open)
         self.position = self.checkpointed = self.engine.log_position(LOG)
         await self.check_gap()
@@ -251,7 +259,9 @@ class Partition:
         for task in (self.task, self.export_task):
             if task is not None:
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                if not (await asyncio.wait({task}, timeout=STOP_S))[0]:
+                    # A bug (a swallowed cancellation): closing the engine under it makes it fail and end.
+                    log.error("partition %d: %s did not stop in %.0f s", self.number, task.get_name(), STOP_S)
         for task in list(self.asking):
             task.cancel()
         try:
@@ -286,6 +296,7 @@ class Partition:
                 log.error("%s", e)  # it answers nothing new until an operator restores a checkpoint
                 return
             except (nats.errors.Error, OSError, TimeoutError) as e:
+                _unless_cancelled(e)
                 log.warning("partition %d: reading the log failed, reading it again: %r", self.number, e)
                 await asyncio.sleep(0.5)
             except Exception:
@@ -329,7 +340,7 @@ class Partition:
         if self.engine is None or self.position == self.checkpointed:
             return
         position = self.position
-        await checkpoints.save(self.cluster.checkpoints, self.number, self.engine, position, self.path.parent / "tmp")
+        await checkpoints.save(self.cluster.checkpoints, self.number, self.engine, position, self.path.parent / SCRATCH)
         self.checkpointed, self.last_checkpoint = position, time.monotonic()
 
     async def export_log(self) -> None:
@@ -341,6 +352,7 @@ class Partition:
             try:
                 await self.export()
             except (LeaseEnding, nats.errors.Error, OSError, TimeoutError) as e:
+                _unless_cancelled(e)
                 log.warning(
                     "partition %d: export failed, trying again in %.0f s: %r", self.number, self.options.export_every, e
                 )
@@ -437,6 +449,18 @@ class Partition:
                 raise MeterError(f"partition {self.number}: the export failed: {e!r}", "export_failed") from None
             return {}, msgspec.json.encode({"position": self.exported} | msgspec.structs.asdict(summary))
         raise KeyError(op)
+
+
+def _unless_cancelled(error: BaseException) -> None:
+    """Raises CancelledError when ``error`` was caught while this task is being cancelled.
+
+    A clean-up running during the cancellation (a temporary directory removed under a thread still writing into it)
+    can raise an error of its own, which replaces the cancellation: a loop that then carries on would never stop, and
+    whoever awaits its end (``Partition.stop``, and so the worker's lease round) would wait for ever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from error
 
 
 async def _quietly(cleanup: Awaitable[None]) -> None:
