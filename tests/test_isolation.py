@@ -79,7 +79,9 @@ class TenantB:
         drafts = ok(c.post("/v1/invoices/run", json={"period": f"{THIS_MONTH:%Y-%m}"}))
         self.invoice = drafts["invoices"][0]["id"]
         ok(c.post(f"/v1/invoices/{self.invoice}/finalize"))
-        ok(c.post(f"/v1/invoices/{self.invoice}/credit-notes", json={"amount": "1", "reason": f"{MARK} goodwill"}))
+        ok(c.put("/v1/documents/settings", json={"seller_name": f"{MARK} seller", "footer": MARK}))
+        note = {"amount": "1", "reason": f"{MARK} goodwill"}
+        self.credit_note = ok(c.post(f"/v1/invoices/{self.invoice}/credit-notes", json=note))["number"]
         paid = ok(c.post(f"/v1/invoices/{self.invoice}/payments", json={"amount": "1", "reference": f"{MARK} wire"}))
         self.payment = paid["id"]
         ok(c.put("/v1/dunning", json={"retry_days": [2, 4], "after_last": "open"}))
@@ -120,6 +122,7 @@ class TenantB:
             "invoices": ok(c.get("/v1/invoices")),
             "invoice": ok(c.get(f"/v1/invoices/{self.invoice}")),
             "credit_notes": ok(c.get("/v1/credit-notes")),
+            "document_settings": ok(c.get("/v1/documents/settings")),
             "payments": ok(c.get("/v1/payments")),
             "attempts": ok(c.get(f"/v1/invoices/{self.invoice}/attempts")),
             "dunning": ok(c.get("/v1/dunning")),
@@ -168,6 +171,7 @@ def params(b: TenantB, pattern: str) -> dict[str, str]:
         "plan_id": B_PLAN,
         "sub_id": B_SUB,
         "invoice_id": b.invoice,
+        "number": b.credit_note,  # GET /v1/credit-notes/{number}/pdf
         "customer": B_CUSTOMER,
         "key_id": b.key_id,
         "payment_id": b.payment,
@@ -292,6 +296,7 @@ def bodies(b: TenantB) -> dict[tuple[str, str], Any]:
         ("POST", "/v1/tax-rates/(?P<rate_id>[^/]+)/end"): {"at": "2100-01-01T00:00:00Z"},
         ("PUT", "/v1/tax-settings"): {"country": "US", "provider": "catalog"},
         ("PUT", "/v1/revenue/settings"): {"timezone": "Asia/Tokyo", "breakage": "none"},
+        ("PUT", "/v1/documents/settings"): {"seller_name": "takeover", "footer": "takeover"},
         ("POST", "/v1/revenue/recognize"): None,
         ("POST", "/v1/webhook-endpoints"): {"url": "http://127.0.0.1:9/takeover"},
         ("POST", "/v1/webhook-endpoints/(?P<endpoint_id>[^/]+)"): {"url": "http://127.0.0.1:9/takeover"},

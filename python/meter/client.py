@@ -740,6 +740,14 @@ class Client:
         upcoming: list[JSONObject] = self._call("GET", f"/v1/customers/{_segment(customer)}/upcoming-invoice")
         return upcoming
 
+    def invoice_pdf(self, invoice_id: str) -> bytes:
+        """``GET /v1/invoices/{id}/pdf``: a finalized invoice's PDF, as written at its finalization."""
+        return self._bytes(f"/v1/invoices/{_segment(invoice_id)}/pdf")
+
+    def credit_note_pdf(self, number: str) -> bytes:
+        """``GET /v1/credit-notes/{number}/pdf``: a credit note's PDF, as written when it was issued."""
+        return self._bytes(f"/v1/credit-notes/{_segment(number)}/pdf")
+
     def finalize_invoice(self, invoice_id: str) -> JSONObject:
         """``POST /v1/invoices/{id}/finalize``: numbers the draft; the invoice, with any export ``warnings``."""
         final: JSONObject = self._call("POST", f"/v1/invoices/{_segment(invoice_id)}/finalize")

@@ -27,8 +27,9 @@ from meter.billing.invoices import CreditNote, Fresh, Invoice, InvoiceRun, RunEr
 from meter.billing.invoicing import bill_thresholds, invoice_period, upcoming_invoices
 from meter.billing.store import InvoiceStore, Prepare
 from meter.catalog.billing import BillingCatalog
+from meter.documents.render import InvoiceDocuments
 from meter.engine import Engine
-from meter.exceptions import NotFound
+from meter.exceptions import Conflict, NotFound
 from meter.lake.catalog import Snapshot, export_catalog, refresh_catalog, snapshot_of
 from meter.lake.events import export_events
 from meter.lake.files import ExportSummary
@@ -49,6 +50,9 @@ class Invoicer:
         self, engine: Engine, catalog: BillingCatalog, store: InvoiceStore, out: Path, taxes: Taxes | None = None
     ) -> None:
         self.engine, self.catalog, self.store, self.out = engine, catalog, store, out
+        #: Every finalization and credit note, through whichever path, writes its PDF with it (meter.documents).
+        self.documents = InvoiceDocuments(catalog)
+        store.documents = self.documents
         #: Every finalization taxes the invoice (meter.money.tax): finalize, a run's, a threshold invoice's.
         self.taxes = taxes or Taxes(catalog)
         # One export at a time writes into `out`: the scheduled one and the ones invoicing asks for.
@@ -221,6 +225,26 @@ class Invoicer:
     def credit(self, tenant: str, invoice_id: str, amount: Decimal, reason: str) -> tuple[CreditNote, list[RunWarning]]:
         note = self.store.credit(tenant, invoice_id, amount, reason, tax=credit_note_tax)
         return note, self._export_after_write(tenant)
+
+    def invoice_document(self, tenant: str, invoice_id: str) -> tuple[bytes, str]:
+        """A finalized invoice's PDF and its SHA-256, as stored at finalization; a draft has none (``draft_invoice``).
+
+        An invoice finalized before documents existed gets its PDF now, once, from what it holds now.
+        """
+        invoice = self.store.get(tenant, invoice_id)
+        if invoice.status == "draft":
+            raise Conflict(
+                f"invoice {invoice_id!r} is a draft: its document is made when it is finalized", code="draft_invoice"
+            )
+        return self.store.issue_document(tenant, invoice_id, lambda: self.documents.invoice(invoice))
+
+    def credit_note_document(self, tenant: str, number: str) -> tuple[bytes, str]:
+        """A credit note's PDF and its SHA-256, as stored when it was issued."""
+        note = next((n for n in self.store.credit_notes(tenant) if n.number == number), None)
+        if note is None:
+            raise NotFound(f"credit note {number!r} was not found", code="not_found")
+        invoice = self.store.get(tenant, note.invoice)
+        return self.store.issue_document(tenant, number, lambda: self.documents.credit_note(invoice, note))
 
     def _export_after_write(self, tenant: str) -> list[RunWarning]:
         with self.lock:

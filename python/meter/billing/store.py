@@ -18,6 +18,9 @@ prefix scan):
                                          ran: its :class:`~meter.money.revenue.due.Due` record, written with the
                                          entry that changed it (recognition reads and deletes it)
 ``revenue_first/<tenant>``               the earliest service period invoiced (where a first close starts)
+``document/<tenant>/<id>``               the PDF of a finalized invoice or a credit note (by its number), written
+                                         with the finalization or the note (:mod:`meter.documents`), never again;
+                                         ``document_sha256/<tenant>/<id>`` its SHA-256 (hex)
 ``ledger_total/<tenant>/<customer>/``   an account's running debits and credits, per currency: ``<cur>/<account>``
                                          (``<customer>`` empty for the tenant's own accounts)
 ``meta/schema``                          the layout's version (2: statuses ``open``/``paid``..., the ledger)
@@ -54,9 +57,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
+from hashlib import sha256
 from itertools import islice, takewhile
 from operator import itemgetter
-from typing import Any, Literal, overload
+from typing import Any, Literal, Protocol, overload
 
 import msgspec
 from rocksdict import Rdict, WriteBatch, WriteOptions
@@ -75,6 +79,16 @@ __all__ = ["AlreadyPosted", "Change", "InvoiceStore", "StoredInvoices", "invoice
 
 #: What a change to an invoice may prepare before it is finalized (tax it, set its collection), inside the lock.
 Prepare = Callable[[Invoice], Invoice]
+
+
+class Documents(Protocol):
+    """Renders the documents the store writes with the state they show (:class:`meter.documents.InvoiceDocuments`)."""
+
+    def invoice(self, invoice: Invoice) -> bytes: ...
+
+    def credit_note(self, invoice: Invoice, note: CreditNote) -> bytes: ...
+
+
 _SCHEMA = b"2"
 #: The entries that change what an invoice earns: recognition (:mod:`meter.money.revenue`) looks at it again.
 REVENUE_CHANGES = frozenset({"invoice_finalized", "invoice_voided", "credit_note"})
@@ -337,6 +351,8 @@ class InvoiceStore(Store):
 
     def __init__(self, path: str | os.PathLike[str], read_only: bool = False) -> None:
         super().__init__(path, read_only)
+        #: Renders each finalized invoice's and credit note's PDF, written with it (set by ``Invoicer``); None: none.
+        self.documents: Documents | None = None
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         if self._db.get(b"meta/schema") != _SCHEMA:
@@ -610,6 +626,8 @@ class InvoiceStore(Store):
         )
         billed = [i for i in self.of_subscription(invoice.tenant, invoice.subscription) if i.status in BILLED]
         final = self._opened(change, numbered, _prepaid_grants([numbered, *billed]))
+        if self.documents is not None:
+            self._put_document(change, final.id, self.documents.invoice(final))
         change.put(f"invoice/{final.tenant}/{final.id}", final)
         change.emit("invoice.finalized", invoice_summary(final))
         if final.status == "paid":
@@ -726,11 +744,37 @@ class InvoiceStore(Store):
             settled, applied = settle(invoice, amount, "credit", change.now)
             change.post(ledger.credit_note_issued(invoice, note, applied))
             change.put(f"credit_note/{tenant}/{number}", note)
+            if self.documents is not None:
+                self._put_document(change, number, self.documents.credit_note(invoice, note))
             change.put(f"invoice/{tenant}/{invoice_id}", settled)
             change.emit("credit_note.created", msgspec.to_builtins(note))
             if settled.status == "paid" and invoice.status != "paid":
                 change.emit("invoice.paid", invoice_summary(settled))
             return note
+
+    @staticmethod
+    def _put_document(change: Change, document_id: str, pdf: bytes) -> None:
+        change.put(f"document/{change.tenant}/{document_id}", pdf)
+        change.put(f"document_sha256/{change.tenant}/{document_id}", sha256(pdf).hexdigest().encode())
+
+    def document(self, tenant: str, document_id: str) -> tuple[bytes, str] | None:
+        """The PDF of a finalized invoice (by id) or a credit note (by number), and its SHA-256; None if none."""
+        pdf, digest = self.raw_many([f"document/{tenant}/{document_id}", f"document_sha256/{tenant}/{document_id}"])
+        return None if pdf is None or digest is None else (pdf, digest.decode())
+
+    def issue_document(self, tenant: str, document_id: str, render: Callable[[], bytes]) -> tuple[bytes, str]:
+        """The document of ``document_id``, rendered and stored now if it has none (finalized before documents).
+
+        Written once: under the tenant's lock, a document found is returned as it is, never rendered again.
+        """
+        if (found := self.document(tenant, document_id)) is not None:
+            return found
+        with self.transaction(tenant) as change:
+            if (found := self.document(tenant, document_id)) is not None:
+                return found
+            pdf = render()
+            self._put_document(change, document_id, pdf)
+            return pdf, sha256(pdf).hexdigest()
 
     def _migrate(self) -> None:
         """Brings a store written before the ledger to schema 2, once, in one synced batch per tenant.

@@ -26,6 +26,8 @@ import msgspec
 from rocksdict import WriteBatch
 
 from meter.catalog.currencies import CURRENCIES
+from meter.catalog.documents import DEFAULT as DOCUMENTS_DEFAULT
+from meter.catalog.documents import DocumentSettings
 from meter.catalog.entitlements import (
     Entitlement,
     UnitGrant,
@@ -38,7 +40,7 @@ from meter.catalog.prices import Price, validate_price
 from meter.catalog.revenue import DEFAULT as REVENUE_DEFAULT
 from meter.catalog.revenue import RevenueSettings
 from meter.catalog.tax import Exemption, TaxId, TaxRate, TaxSettings, check_country, check_rate
-from meter.catalog.types import Amount, Checked, Currency, Id, Percent, Slug, Text, Time, invalid, trusted
+from meter.catalog.types import Address, Amount, Checked, Currency, Id, Percent, Slug, Text, Time, invalid, trusted
 from meter.exceptions import AlreadyExists, Conflict, InUse, InvalidInput, NotFound
 
 __all__ = [
@@ -60,15 +62,6 @@ __all__ = [
     "Product",
     "Subscription",
 ]
-
-
-class Address(Checked, forbid_unknown_fields=True):
-    line1: Text = ""
-    line2: Text = ""
-    city: Text = ""
-    postal_code: Text = ""
-    region: Text = ""
-    country: Text = ""
 
 
 class Customer(Checked, forbid_unknown_fields=True):
@@ -879,6 +872,19 @@ class BillingCatalog(Store):
         if not self._exists("tax_settings", tenant, "seller"):
             return None
         return self._get("tax_settings", tenant, "seller", TaxSettings)
+
+    # Invoice documents' settings (meter.catalog.documents)
+
+    def put_document_settings(self, tenant: str, settings: DocumentSettings) -> DocumentSettings:
+        with self._lock:
+            self._put("document_settings", tenant, "tenant", settings, new=False)
+        return settings
+
+    def get_document_settings(self, tenant: str) -> DocumentSettings:
+        """The tenant's document settings; the defaults (no seller details, no logo) until they are set."""
+        if not self._exists("document_settings", tenant, "tenant"):
+            return DOCUMENTS_DEFAULT
+        return self._get("document_settings", tenant, "tenant", DocumentSettings)
 
     # Revenue recognition's settings (meter.catalog.revenue)
 

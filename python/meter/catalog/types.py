@@ -51,6 +51,7 @@ from meter.exceptions import InvalidInput
 
 __all__ = [
     "LIMITS",
+    "Address",
     "PLACES",
     "Amount",
     "Checked",
@@ -361,3 +362,19 @@ class Checked(msgspec.Struct):
             checked = check(value, encode_name)
             if checked is not value:
                 setattr(self, name, checked)
+
+
+class Address(Checked, forbid_unknown_fields=True):
+    """A postal address (a customer's, the seller's on its documents)."""
+
+    line1: Text = ""
+    line2: Text = ""
+    city: Text = ""
+    postal_code: Text = ""
+    region: Text = ""
+    country: Text = ""
+
+    def lines(self) -> list[str]:
+        """The address as printed, one line each, the empty parts left out."""
+        city = " ".join(part for part in (self.postal_code, self.city) if part)
+        return [line for line in (self.line1, self.line2, city, self.region, self.country) if line]

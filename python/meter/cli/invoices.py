@@ -1,4 +1,4 @@
-"""``meter invoice``: invoice runs, previews, and an invoice's life (finalize, void, credit notes), over HTTP.
+"""``meter invoice``: invoice runs, previews, an invoice's life (finalize, void, credit notes) and its PDF, over HTTP.
 
 ``meter invoice --period YYYY-MM`` computes (or recomputes) the drafts of the cycles starting in that month: their
 fees in advance and the usage of the cycles before them in arrears. A run reports per subscription: the others are
@@ -135,6 +135,22 @@ def invoice_events(invoice_id: str, line: int, out: str, url: str, api_key: str)
         pages = write_pages(out, client.line_events(invoice_id, line))
     if out != "-":
         click.echo(f"the events behind line {line} of invoice {invoice_id} written to {out} ({pages} pages)")
+
+
+@invoice.command("pdf")
+@click.argument("document_id", metavar="ID")
+@click.option("-o", "--out", type=click.Path(dir_okay=False), default=None, help="the file to write (default: ID.pdf)")
+@click.option("--credit-note", is_flag=True, help="ID is a credit note's number (CN-000001), not an invoice's id")
+@url_option
+@key_option
+def invoice_pdf(document_id: str, out: str | None, credit_note: bool, url: str, api_key: str) -> None:
+    """Save the PDF of a finalized invoice, as written at its finalization (or of a credit note)."""
+    with connect(url, api_key) as client:
+        pdf = client.credit_note_pdf(document_id) if credit_note else client.invoice_pdf(document_id)
+    path = out or f"{document_id}.pdf"
+    with open(path, "wb") as file:
+        file.write(pdf)
+    click.echo(f"{document_id}: {len(pdf)} bytes written to {path}")
 
 
 @invoice.command("finalize")

@@ -1,4 +1,4 @@
-"""Invoices and credit notes: runs, threshold billing, finalize (number), void, credit, list, preview.
+"""Invoices and credit notes: runs, threshold billing, finalize (number), void, credit, list, preview, PDFs.
 
 The invoicer works from the Parquet export, refreshed by each call that computes, so every call here that computes
 or writes (and every read of the invoice store) runs on the thread pool. Invariants: the tenant is the key's; what
@@ -23,6 +23,7 @@ from meter.billing.invoices import (
     InvoiceRunBody,
     RunWarning,
 )
+from meter.catalog.documents import DocumentSettings
 from meter.server.context import Context, opened
 from meter.server.http import Answer, Request
 from meter.server.table import MONTH, TEXT, Body, Param, PathParam, Route, enum
@@ -71,6 +72,38 @@ async def finalize_invoice(ctx: Context, request: Request, invoice_id: str) -> A
 
 async def void_invoice(ctx: Context, request: Request, invoice_id: str) -> Answer:
     return 200, with_warnings(*await ctx.call(opened(ctx.invoicer).void, request.tenant, invoice_id)), {}
+
+
+#: A PDF answer's OpenAPI schema.
+PDF = {"application/pdf": {"type": "string", "format": "binary"}}
+
+
+def _pdf(document: tuple[bytes, str], name: str) -> Answer:
+    pdf, digest = document
+    headers = {
+        "content-type": "application/pdf",
+        "content-disposition": f'inline; filename="{name}.pdf"',
+        # The document never changes once written: its hash is its version.
+        "etag": f'"{digest}"',
+        "x-content-sha256": digest,
+    }
+    return 200, pdf, headers
+
+
+async def invoice_pdf(ctx: Context, request: Request, invoice_id: str) -> Answer:
+    return _pdf(await ctx.call(opened(ctx.invoicer).invoice_document, request.tenant, invoice_id), invoice_id)
+
+
+async def credit_note_pdf(ctx: Context, request: Request, number: str) -> Answer:
+    return _pdf(await ctx.call(opened(ctx.invoicer).credit_note_document, request.tenant, number), number)
+
+
+async def put_document_settings(ctx: Context, request: Request, body: DocumentSettings) -> Answer:
+    return 200, await ctx.call(opened(ctx.billing).put_document_settings, request.tenant, body), {}
+
+
+async def get_document_settings(ctx: Context, request: Request) -> Answer:
+    return 200, await ctx.call(opened(ctx.billing).get_document_settings, request.tenant), {}
 
 
 async def credit_invoice(ctx: Context, request: Request, invoice_id: str, body: CreditNoteBody) -> Answer:
@@ -175,7 +208,44 @@ ROUTES = [
         path_params=(INVOICE_ID,),
         errors=(409,),
     ),
+    Route(
+        "GET",
+        "/v1/invoices/{invoice_id}/pdf",
+        "read",
+        invoice_pdf,
+        "Download a finalized invoice's PDF, as written at its finalization (its SHA-256 in ETag)",
+        media=PDF,
+        path_params=(INVOICE_ID,),
+        errors=(409,),
+    ),
     Route("GET", "/v1/credit-notes", "read", list_credit_notes, "List credit notes", returns=list[CreditNote]),
+    Route(
+        "GET",
+        "/v1/credit-notes/{number}/pdf",
+        "read",
+        credit_note_pdf,
+        "Download a credit note's PDF, as written when it was issued (its SHA-256 in ETag)",
+        media=PDF,
+        path_params=(PathParam("number", "CN-000001", "The credit note's number"),),
+    ),
+    Route(
+        "PUT",
+        "/v1/documents/settings",
+        "admin",
+        put_document_settings,
+        "Set what invoice PDFs show of the seller (name, address, email), and their logo, accent colour, footer and "
+        "payment terms; documents already issued never change",
+        returns=DocumentSettings,
+        body=Body(DocumentSettings, "invalid_catalog"),
+    ),
+    Route(
+        "GET",
+        "/v1/documents/settings",
+        "read",
+        get_document_settings,
+        "Get the invoice document settings (the defaults until set)",
+        returns=DocumentSettings,
+    ),
     Route(
         "GET",
         "/v1/customers/{customer}/upcoming-invoice",
