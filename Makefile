@@ -54,6 +54,7 @@ build: system-deps $(EXTENSION) ## Build the Rust engine into the virtualenv (re
 test: lint build ## Lint, build, then run the Rust and Python test suites
 	$(call apt,command -v strace,strace)  # tests/test_outcome_unknown.py makes fsync fail with it
 	$(call apt,PATH=$$PATH:/usr/sbin command -v nats-server,nats-server)  # tests/nats_cluster.py (it is in /usr/sbin)
+	$(call apt,command -v chromium && command -v chromedriver,chromium chromium-driver)  # tests/test_console_browser.py
 	$(LOCKED) cargo test --release -p meter_core
 	$(PY) -m pytest -n 2 --dist loadfile --ignore=tests/test_bad_input.py
 	$(PY) -m pytest tests/test_bad_input.py

@@ -41,6 +41,9 @@ from meter.billing.store import InvoiceStore
 from meter.billing.top_ups import auto_top_up
 from meter.catalog.billing import BillingCatalog
 from meter.catalog.keys import KeyStore
+from meter.console.app import ROOT as CONSOLE
+from meter.console.app import Console
+from meter.console.pages import ROUTES as CONSOLE_ROUTES
 from meter.engine import Engine
 from meter.live import alerts
 from meter.live.alerts import AlertBook
@@ -144,6 +147,8 @@ class MeterApp:
         self._openapi_json: bytes | None = None
         bench = os.environ.get("METER_BENCH_ENDPOINTS") == "1"
         self.router = Router([*ROUTES, *(BENCH_ROUTES if bench else [])])
+        #: The web console's pages, under /console (meter.console): HTML for people, beside the API.
+        self.console = Console(self, CONSOLE_ROUTES)
 
     @property
     def routes(self) -> list[Compiled]:
@@ -260,8 +265,11 @@ class MeterApp:
         route: Route | None = None
         try:
             request = Request.of(scope)
-            route, path_args = self.router.match(request.method, request.path)
-            answer = await self.handle(request, route, path_args, receive)
+            if request.path == CONSOLE or request.path.startswith(CONSOLE + "/"):
+                answer = await self.console.handle(request, receive, str(scope.get("scheme", "http")))
+            else:
+                route, path_args = self.router.match(request.method, request.path)
+                answer = await self.handle(request, route, path_args, receive)
         except Disconnected:
             return
         except BaseException as e:  # noqa: BLE001 - a panic in Rust is a BaseException: answer 500 (answer_of)

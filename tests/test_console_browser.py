@@ -1,0 +1,110 @@
+"""The console in a real browser: Debian's headless Chromium, driven by Selenium through Debian's chromedriver.
+
+A person's path: sign in with a key, find a customer, open its draft invoice, finalize it (accepting the console's
+confirmation), read the number, download the PDF (the bytes the API serves); another tenant's session gets a 404 for
+that invoice. With ``METER_UPDATE_SCREENSHOTS=1`` it saves the README's screenshots of the pages it visits.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from http_server import Server
+from test_console import CONSOLE, billed_tenant
+
+CHROMIUM = shutil.which("chromium")
+DRIVER = shutil.which("chromedriver") or shutil.which("chromedriver", path="/usr/bin:/usr/lib/chromium")
+SCREENSHOTS = Path(__file__).parents[1] / "docs" / "images"
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or DRIVER is None,
+    reason="no Chromium here: `make test` installs Debian's chromium and chromium-driver (apt)",
+)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    s = Server(tmp_path_factory.mktemp("console-browser"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1366,900"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+    driver.implicitly_wait(5)
+    yield driver
+    driver.quit()
+
+
+def screenshot(browser: Any, name: str) -> None:
+    if os.environ.get("METER_UPDATE_SCREENSHOTS") == "1":
+        browser.save_screenshot(str(SCREENSHOTS / name))
+
+
+def sign_in(browser: Any, server: Server, key: str) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.delete_all_cookies()
+    browser.get(f"{server.url}{CONSOLE}/sign-in")
+    browser.find_element(By.ID, "key").send_keys(key)
+    browser.find_element(By.CSS_SELECTOR, "form.card button[type=submit]").click()
+    WebDriverWait(browser, 10).until(lambda b: b.current_url.endswith(f"{CONSOLE}/customers"))
+
+
+def test_a_person_finalizes_an_invoice_and_downloads_its_pdf(browser: Any, server: Server) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    acme = billed_tenant(server, "acme", customers=12)
+    sign_in(browser, server, acme["key"])
+    assert "12 of 12 customers" in browser.page_source
+    screenshot(browser, "console-customers.png")
+
+    search = browser.find_element(By.ID, "q")
+    search.send_keys("customer 0")
+    search.submit()
+    browser.find_element(By.LINK_TEXT, "acme-c0").click()
+    assert "Acme customer 0" in browser.find_element(By.TAG_NAME, "h1").text
+
+    browser.find_element(By.LINK_TEXT, acme["draft"]["id"]).click()
+    browser.find_element(By.ID, "finalize").click()
+    WebDriverWait(browser, 10).until(expected_conditions.alert_is_present()).accept()  # the console asks first
+    WebDriverWait(browser, 10).until(lambda b: "was finalized" in b.page_source)
+    api = server.client(acme["key"])
+    invoice = api.get(f"/v1/invoices/{acme['draft']['id']}").json()
+    assert invoice["status"] == "open" and invoice["number"] in browser.find_element(By.TAG_NAME, "h1").text
+    screenshot(browser, "console-invoice.png")
+
+    # The PDF link serves the document the API serves, to this session (its cookie) only.
+    link = browser.find_element(By.ID, "pdf").get_attribute("href")
+    cookie = browser.get_cookie("meter_console")
+    assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    with httpx.Client(cookies={"meter_console": cookie["value"]}, timeout=30) as session:
+        pdf = session.get(link)
+        assert pdf.content == api.get(f"/v1/invoices/{acme['draft']['id']}/pdf").content
+        # The same session, without the form's CSRF token, changes nothing.
+        assert session.post(link.replace("/pdf", "/void"), data={}).status_code == 403
+    assert api.get(f"/v1/invoices/{acme['draft']['id']}").json()["status"] == "open"
+
+    # Another tenant, signed in in the same browser, gets a 404 for Acme's invoice.
+    globex = billed_tenant(server, "globex")
+    sign_in(browser, server, globex["key"])
+    browser.get(f"{server.url}{CONSOLE}/invoices/{acme['draft']['id']}")
+    assert "404" in browser.find_element(By.TAG_NAME, "h1").text and invoice["number"] not in browser.page_source
