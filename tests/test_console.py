@@ -201,3 +201,62 @@ def test_customers_are_searched_and_paged(server: Server) -> None:
     assert "10 of 120 customers" in found.text
     escaped = client.get(f"{CONSOLE}/customers", params={"q": "<script>alert(1)</script>"})
     assert "<script>alert(1)</script>" not in escaped.text and "&lt;script&gt;" in escaped.text
+
+
+def usage_tenant(server: Server) -> tuple[str, dict[str, Any]]:
+    """A tenant with a meter grouped by model and events over the last three days; its key and the usage query."""
+    key = server.tenant_key("umbrella", ["ingest", "read", "admin"])
+    c = server.client(key)
+    meter = {"slug": "tokens", "event_type": "llm", "aggregation": "sum", "value_property": "$.tokens",
+             "group_by": {"model": "$.model"}}  # fmt: skip
+    assert c.post("/v1/meters", json=meter).status_code == 201
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    events = [
+        {"specversion": "1.0", "id": f"u{i}", "source": "gw", "type": "llm", "subject": f"cust-{i % 3}",
+         "time": (now - timedelta(hours=7 * i)).isoformat(), "data": {"tokens": f"{i}.25", "model": ["a", "b"][i % 2]}}
+        for i in range(10)
+    ]  # fmt: skip
+    assert c.post("/v1/events", json=events).status_code == 200
+    today = now.date()
+    query = {"meter": "tokens", "from": (today - timedelta(days=3)).isoformat(), "to": today.isoformat(),
+             "window": "day", "group_by": "model", "tz": "UTC"}  # fmt: skip
+    return key, query
+
+
+def api_usage(server: Server, key: str, query: dict[str, Any]) -> list[dict[str, Any]]:
+    start = datetime.fromisoformat(query["from"]).replace(tzinfo=UTC)
+    end = datetime.fromisoformat(query["to"]).replace(tzinfo=UTC) + timedelta(days=1)
+    params = {"from": start.isoformat(), "to": end.isoformat(), "window_size": query["window"],
+              "group_by": query["group_by"]}  # fmt: skip
+    answer = server.client(key).get(f"/v1/meters/{query['meter']}/usage", params=params)
+    assert answer.status_code == 200, answer.text
+    rows: list[dict[str, Any]] = answer.json()["data"]
+    return rows
+
+
+def chart_labels(svg: str) -> list[str]:
+    """The exact values a chart's bars say (pygal writes each point's label in a <desc class="label">)."""
+    return re.findall(r'<desc class="label">([^<]*)</desc>', svg)
+
+
+def test_the_usage_explorer_shows_what_the_api_answers(server: Server) -> None:
+    key, query = usage_tenant(server)
+    expected = api_usage(server, key, query)
+    assert expected, "usage to show"
+    client = signed_in(server, key)
+    page = client.get(f"{CONSOLE}/usage", params=query)
+    assert page.status_code == 200, page.text
+    table = re.findall(r'<td class="num">([^<]*)</td><td class="num">(\d+)</td>', page.text)
+    assert table == [(row["value"], str(row["events"])) for row in expected], "the table is the API's rows"
+    chart_src = re.search(r'<img src="([^"]+)" id="chart"', page.text)
+    assert chart_src
+    svg = client.get(chart_src.group(1).replace("&amp;", "&"))
+    assert svg.headers["content-type"] == "image/svg+xml" and "script-src" not in svg.headers["content-security-policy"]
+    assert sorted(chart_labels(svg.text)) == sorted(row["value"] for row in expected), "the chart says the same values"
+    csv_link = re.search(r'<a href="([^"]+)" id="csv"', page.text)
+    assert csv_link
+    csv = client.get(csv_link.group(1).replace("&amp;", "&"))
+    assert csv.headers["content-type"].startswith("text/csv") and csv.text.count("\n") == len(expected) + 1
+    for bad in ({"tz": "Mars/Olympus"}, {"window": "fortnight"}, {"from": "yesterday"}, {"filter": "model"}):
+        refused = client.get(f"{CONSOLE}/usage", params=query | bad)
+        assert refused.status_code == 400 and "<h1>400</h1>" in refused.text, refused.text

@@ -2,7 +2,8 @@
 
 A person's path: sign in with a key, find a customer, open its draft invoice, finalize it (accepting the console's
 confirmation), read the number, download the PDF (the bytes the API serves); another tenant's session gets a 404 for
-that invoice. With ``METER_UPDATE_SCREENSHOTS=1`` it saves the README's screenshots of the pages it visits.
+that invoice. And the usage explorer: group by a dimension, and the chart's values are the API's.
+With ``METER_UPDATE_SCREENSHOTS=1`` it saves the README's screenshots of the pages it visits.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
 from http_server import Server
-from test_console import CONSOLE, billed_tenant
+from test_console import CONSOLE, api_usage, billed_tenant, chart_labels, usage_tenant
 
 CHROMIUM = shutil.which("chromium")
 DRIVER = shutil.which("chromedriver") or shutil.which("chromedriver", path="/usr/bin:/usr/lib/chromium")
@@ -108,3 +110,27 @@ def test_a_person_finalizes_an_invoice_and_downloads_its_pdf(browser: Any, serve
     sign_in(browser, server, globex["key"])
     browser.get(f"{server.url}{CONSOLE}/invoices/{acme['draft']['id']}")
     assert "404" in browser.find_element(By.TAG_NAME, "h1").text and invoice["number"] not in browser.page_source
+
+
+def test_a_person_explores_usage_and_the_chart_says_what_the_api_says(browser: Any, server: Server) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    key, query = usage_tenant(server)
+    expected = api_usage(server, key, query)
+    sign_in(browser, server, key)
+    browser.find_element(By.LINK_TEXT, "Usage").click()
+    browser.get(f"{server.url}{CONSOLE}/usage?{urlencode({k: v for k, v in query.items() if k != 'group_by'})}")
+    Select(browser.find_element(By.ID, "group_by")).select_by_value("model")  # applies on change (console.js)
+    WebDriverWait(browser, 10).until(lambda b: "group_by=model" in b.current_url)
+    loaded = "return document.readyState == 'complete' && document.getElementById('chart').naturalWidth > 0"
+    WebDriverWait(browser, 10).until(lambda b: b.execute_script(loaded))
+    chart = browser.find_element(By.ID, "chart")
+    screenshot(browser, "console-usage.png")
+    cookie = browser.get_cookie("meter_console")
+    assert cookie is not None
+    with httpx.Client(cookies={"meter_console": cookie["value"]}, timeout=30) as session:
+        svg = session.get(chart.get_attribute("src")).text
+    assert sorted(chart_labels(svg)) == sorted(row["value"] for row in expected)
+    cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#usage tbody td.num")]
+    assert cells[0::2] == [row["value"] for row in expected]

@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl
 import jinja2
 
 from meter.catalog.keys import ApiKey
+from meter.console.charts import quantity
 from meter.encoding import plain
 from meter.exceptions import MeterError
 from meter.server.context import Context, opened
@@ -116,6 +117,7 @@ class Console:
         )
         # Numbers as the API writes them (never 2E+1), times in UTC to the minute.
         self.templates.filters["plain"] = plain
+        self.templates.filters["quantity"] = quantity
         self.templates.filters["when"] = lambda moment: f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
         self.routes = [
             ConsoleRoute(method, re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path) + "$"), handler, scope)

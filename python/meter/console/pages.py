@@ -7,15 +7,21 @@ says what was done.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast, get_args
 from urllib.parse import quote, urlencode
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from meter.billing.invoices import STATUSES, Invoice
+from meter.console import charts
 from meter.console.app import COOKIE, ROOT, Console, Handler, Page, redirect
+from meter.engine import Usage, WindowSize
 from meter.exceptions import InvalidInput
 from meter.server.context import opened
 from meter.server.http import Answer
+from meter.server.routes.meters import encode_usage
 
 __all__ = ["ROUTES"]
 
@@ -111,6 +117,100 @@ async def credit(console: Console, page: Page) -> Answer:
     return _back(page, "credited")
 
 
+@dataclass(frozen=True)
+class UsageQuery:
+    """The usage explorer's form: what ``GET /v1/meters/{slug}/usage`` takes, with a day range in a time zone."""
+
+    meter: str
+    start: date
+    end: date
+    window: WindowSize
+    group_by: str
+    filter: str
+    tz: str
+
+    @classmethod
+    def of(cls, page: Page, meters: list[str]) -> UsageQuery:
+        param = page.request.param
+        tz = (param("tz") or "UTC").strip()
+        try:
+            zone = ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise InvalidInput(f'time zone {tz!r} is not an IANA name such as "Europe/Paris"', "invalid_tz") from None
+        today = datetime.now(zone).date()
+        window = param("window") or "day"
+        if window not in get_args(WindowSize):
+            raise InvalidInput(
+                f"window must be one of {', '.join(get_args(WindowSize))}; got {window!r}", "invalid_query"
+            )
+        try:
+            start = date.fromisoformat(param("from") or (today - timedelta(days=13)).isoformat())
+            end = date.fromisoformat(param("to") or today.isoformat())
+        except ValueError:
+            raise InvalidInput("from and to must be days, YYYY-MM-DD", "invalid_query") from None
+        if end < start:
+            raise InvalidInput(f"the last day ({end}) is before the first ({start})", "invalid_query")
+        meter = param("meter") or (meters[0] if meters else "")
+        filter_ = (param("filter") or "").strip()
+        if filter_ and "=" not in filter_:
+            raise InvalidInput(f"a filter is dimension=value; got {filter_!r}", "invalid_query")
+        return cls(meter, start, end, cast(WindowSize, window), param("group_by") or "", filter_, tz)
+
+    @property
+    def bounds(self) -> tuple[datetime, datetime]:
+        """``[first day's midnight, the day after the last)`` in the time zone."""
+        zone = ZoneInfo(self.tz)
+        start = datetime.combine(self.start, time(), zone)
+        return start, datetime.combine(self.end + timedelta(days=1), time(), zone)
+
+    def ask(self, console: Console, tenant: str) -> Usage:
+        start, end = self.bounds
+        name, _, value = self.filter.partition("=")
+        return opened(console.ctx.engine).usage(
+            tenant, self.meter, start=start, end=end, window_size=self.window,
+            group_by=[self.group_by] if self.group_by else [], filters={name.strip(): value.strip()} if name else None,
+            tz=self.tz,
+        )  # fmt: skip
+
+    def link(self, path: str) -> str:
+        values = {"meter": self.meter, "from": self.start.isoformat(), "to": self.end.isoformat(),
+                  "window": self.window, "group_by": self.group_by, "filter": self.filter, "tz": self.tz}  # fmt: skip
+        return f"{path}?{urlencode({k: v for k, v in values.items() if v})}"
+
+
+async def usage(console: Console, page: Page) -> Answer:
+    """The usage explorer: a meter's usage over time as a chart, the table under it, and its CSV."""
+    tenant = page.session.tenant
+    meters = await console.ctx.call(opened(console.ctx.engine).list_meters, tenant)
+    query = UsageQuery.of(page, [m.slug for m in meters])
+    rows = (await console.ctx.call(query.ask, console, tenant)).rows() if query.meter else []
+    chosen = next((m for m in meters if m.slug == query.meter), None)
+    dimensions = ["subject", *sorted(chosen.group_by)] if chosen is not None else ["subject"]
+    return console.page(
+        "usage.html", page.session, meters=meters, query=query, rows=rows, dimensions=dimensions,
+        windows=get_args(WindowSize), chart=query.link(f"{ROOT}/usage.svg"), csv=query.link(f"{ROOT}/usage.csv"),
+    )  # fmt: skip
+
+
+async def usage_csv(console: Console, page: Page) -> Answer:
+    tenant = page.session.tenant
+    meters = await console.ctx.call(opened(console.ctx.engine).list_meters, tenant)
+    query = UsageQuery.of(page, [m.slug for m in meters])
+    result = await console.ctx.call(query.ask, console, tenant)
+    start, end = query.bounds
+    status, body, headers = await console.ctx.call(encode_usage, result, query.meter, start, end, "text/csv")
+    return status, body, headers | {"content-disposition": f'attachment; filename="{query.meter}-usage.csv"'}
+
+
+async def usage_svg(console: Console, page: Page) -> Answer:
+    tenant = page.session.tenant
+    meters = await console.ctx.call(opened(console.ctx.engine).list_meters, tenant)
+    query = UsageQuery.of(page, [m.slug for m in meters])
+    result = await console.ctx.call(query.ask, console, tenant)
+    svg = await console.ctx.call(charts.usage_chart, result.rows(), query.meter, query.group_by, query.tz)
+    return 200, svg, {"content-type": "image/svg+xml", "content-security-policy": charts.SVG_POLICY}
+
+
 async def sign_out(console: Console, page: Page) -> Answer:
     return redirect(f"{ROOT}/sign-in", {"set-cookie": f"{COOKIE}=; Max-Age=0; Path={ROOT}; HttpOnly; SameSite=Strict"})
 
@@ -153,5 +253,8 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("POST", f"{ROOT}/invoices/{{invoice_id}}/finalize", finalize, "admin"),
     ("POST", f"{ROOT}/invoices/{{invoice_id}}/void", void, "admin"),
     ("POST", f"{ROOT}/invoices/{{invoice_id}}/credit", credit, "admin"),
+    ("GET", f"{ROOT}/usage", usage, "read"),
+    ("GET", f"{ROOT}/usage.csv", usage_csv, "read"),
+    ("GET", f"{ROOT}/usage.svg", usage_svg, "read"),
     ("POST", f"{ROOT}/sign-out", sign_out, "read"),
 ]
