@@ -260,3 +260,33 @@ def test_the_usage_explorer_shows_what_the_api_answers(server: Server) -> None:
     for bad in ({"tz": "Mars/Olympus"}, {"window": "fortnight"}, {"from": "yesterday"}, {"filter": "model"}):
         refused = client.get(f"{CONSOLE}/usage", params=query | bad)
         assert refused.status_code == 400 and "<h1>400</h1>" in refused.text, refused.text
+
+
+def test_the_revenue_page_shows_the_reports_of_the_api(server: Server) -> None:
+    tenant = billed_tenant(server, "hooli")
+    api = server.client(tenant["key"])
+    assert api.post(f"/v1/invoices/{tenant['draft']['id']}/finalize").status_code == 200
+    this_month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    last_day = this_month - timedelta(days=1)
+    assert api.post("/v1/revenue/recognize", params={"through": f"{last_day:%Y-%m-%d}"}).status_code == 200
+    months = {"from": f"{last_day:%Y-%m}", "to": f"{this_month + timedelta(days=40):%Y-%m}"}
+    client = signed_in(server, tenant["key"])
+    page = client.get(f"{CONSOLE}/revenue", params=months)
+    assert page.status_code == 200, page.text
+    waterfall = api.get("/v1/revenue/waterfall", params=months).json()["rows"]
+    deferred = api.get("/v1/revenue/deferred", params=months).json()
+    mrr = api.get("/v1/revenue/mrr", params=months).json()["months"]
+    for rows, key, table in (
+        (waterfall, "amount", "waterfall"),
+        (deferred, "closing", "deferred"),
+        (mrr, "closing", "mrr"),
+    ):
+        section = page.text.split(f'<table id="{table}">')[1].split("</table>")[0]
+        cells = re.findall(r'<td class="num">([^<]*)</td>', section)
+        shown = cells if table == "waterfall" else cells[6::7] if table == "deferred" else cells[6::8]
+        assert shown == [row[key] for row in rows], (table, shown, rows)
+        svg = client.get(f"{CONSOLE}/revenue/{table}.svg", params=months)
+        assert svg.headers["content-type"] == "image/svg+xml"
+        assert sorted(chart_labels(svg.text)) == sorted(f"{row[key]} {row['currency']}" for row in rows)
+    assert sum(1 for row in mrr if row["closing"] != "0.00") >= 1, "an MRR to see"
+    assert client.get(f"{CONSOLE}/revenue/nothing.svg").status_code == 404

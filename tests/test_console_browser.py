@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -104,6 +105,14 @@ def test_a_person_finalizes_an_invoice_and_downloads_its_pdf(browser: Any, serve
         # The same session, without the form's CSRF token, changes nothing.
         assert session.post(link.replace("/pdf", "/void"), data={}).status_code == 403
     assert api.get(f"/v1/invoices/{acme['draft']['id']}").json()["status"] == "open"
+
+    # The revenue page draws its charts (images the browser loads) over the same reports as the API.
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    assert api.post("/v1/revenue/recognize", params={"through": yesterday.isoformat()}).status_code == 200
+    browser.find_element(By.LINK_TEXT, "Revenue").click()
+    loaded = "return document.readyState == 'complete' && document.getElementById('mrr-chart').naturalWidth > 0"
+    WebDriverWait(browser, 10).until(lambda b: b.execute_script(loaded))
+    screenshot(browser, "console-revenue.png")
 
     # Another tenant, signed in in the same browser, gets a 404 for Acme's invoice.
     globex = billed_tenant(server, "globex")

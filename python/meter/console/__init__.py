@@ -5,7 +5,7 @@ it. Nothing is fetched from elsewhere at run time: the stylesheet and the script
 
 - :mod:`meter.console.app` owns what every page shares: signing in with an API key, the session cookie, CSRF tokens,
   the security headers (a Content-Security-Policy with no inline script), the dispatch and the error pages.
-- :mod:`meter.console.pages` holds the pages: customers, invoices (with their actions and PDFs), usage.
+- :mod:`meter.console.pages` holds the pages: customers, invoices (with their actions and PDFs), usage, revenue.
 - :mod:`meter.console.charts` draws their charts (SVG, on the server).
 - ``templates/`` and ``static/`` are what they say.
 

@@ -21,7 +21,7 @@ from pygal.style import Style
 
 from meter.encoding import plain
 
-__all__ = ["MAX_SERIES", "SVG_POLICY", "quantity", "usage_chart"]
+__all__ = ["MAX_SERIES", "SVG_POLICY", "monthly_chart", "quantity", "usage_chart"]
 
 MAX_SERIES = 10
 #: What an SVG chart may do when opened on its own: draw with its own styles, run nothing.
@@ -69,6 +69,24 @@ def usage_chart(rows: list[dict[str, Any]], meter: str, group_by: str, tz: str) 
     svg = chart.render()
     assert isinstance(svg, bytes)
     return svg
+
+
+def monthly_chart(title: str, kind: str, months: list[str], series: dict[str, dict[str, Decimal]]) -> bytes:
+    """Bars (``kind="bar"``) or lines of amounts per month (``YYYY-MM``), a series per currency."""
+    chart = (pygal.Bar if kind == "bar" else pygal.Line)(
+        width=960, height=300, js=[], style=_STYLE, show_legend=len(series) > 1, legend_at_bottom=True,
+        x_label_rotation=0 if len(months) <= 12 else 45, title=title,
+    )  # fmt: skip
+    chart.x_labels = months
+    for currency in sorted(series)[:MAX_SERIES]:
+        chart.add(currency, [_money(series[currency].get(month), currency) for month in months])
+    svg = chart.render()
+    assert isinstance(svg, bytes)
+    return svg
+
+
+def _money(amount: Decimal | None, currency: str) -> dict[str, Any] | None:
+    return None if amount is None else {"value": float(amount), "label": f"{plain(amount)} {currency}"}
 
 
 def quantity(value: Decimal) -> str:
