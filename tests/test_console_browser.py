@@ -49,7 +49,7 @@ def browser() -> Iterator[Any]:
     for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1366,900"):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
-    driver.implicitly_wait(5)
+    driver.implicitly_wait(15)
     yield driver
     driver.quit()
 
@@ -67,7 +67,7 @@ def sign_in(browser: Any, server: Server, key: str) -> None:
     browser.get(f"{server.url}{CONSOLE}/sign-in")
     browser.find_element(By.ID, "key").send_keys(key)
     browser.find_element(By.CSS_SELECTOR, "form.card button[type=submit]").click()
-    WebDriverWait(browser, 10).until(lambda b: b.current_url.endswith(f"{CONSOLE}/customers"))
+    WebDriverWait(browser, 30).until(lambda b: b.current_url.endswith(f"{CONSOLE}/customers"))
 
 
 def test_a_person_finalizes_an_invoice_and_downloads_its_pdf(browser: Any, server: Server) -> None:
@@ -88,8 +88,8 @@ def test_a_person_finalizes_an_invoice_and_downloads_its_pdf(browser: Any, serve
 
     browser.find_element(By.LINK_TEXT, acme["draft"]["id"]).click()
     browser.find_element(By.ID, "finalize").click()
-    WebDriverWait(browser, 10).until(expected_conditions.alert_is_present()).accept()  # the console asks first
-    WebDriverWait(browser, 10).until(lambda b: "was finalized" in b.page_source)
+    WebDriverWait(browser, 30).until(expected_conditions.alert_is_present()).accept()  # the console asks first
+    WebDriverWait(browser, 30).until(lambda b: "was finalized" in b.page_source)
     api = server.client(acme["key"])
     invoice = api.get(f"/v1/invoices/{acme['draft']['id']}").json()
     assert invoice["status"] == "open" and invoice["number"] in browser.find_element(By.TAG_NAME, "h1").text
@@ -111,7 +111,7 @@ def test_a_person_finalizes_an_invoice_and_downloads_its_pdf(browser: Any, serve
     assert api.post("/v1/revenue/recognize", params={"through": yesterday.isoformat()}).status_code == 200
     browser.find_element(By.LINK_TEXT, "Revenue").click()
     loaded = "return document.readyState == 'complete' && document.getElementById('mrr-chart').naturalWidth > 0"
-    WebDriverWait(browser, 10).until(lambda b: b.execute_script(loaded))
+    WebDriverWait(browser, 30).until(lambda b: b.execute_script(loaded))
     screenshot(browser, "console-revenue.png")
 
     # Another tenant, signed in in the same browser, gets a 404 for Acme's invoice.
@@ -131,9 +131,9 @@ def test_a_person_explores_usage_and_the_chart_says_what_the_api_says(browser: A
     browser.find_element(By.LINK_TEXT, "Usage").click()
     browser.get(f"{server.url}{CONSOLE}/usage?{urlencode({k: v for k, v in query.items() if k != 'group_by'})}")
     Select(browser.find_element(By.ID, "group_by")).select_by_value("model")  # applies on change (console.js)
-    WebDriverWait(browser, 10).until(lambda b: "group_by=model" in b.current_url)
+    WebDriverWait(browser, 30).until(lambda b: "group_by=model" in b.current_url)
     loaded = "return document.readyState == 'complete' && document.getElementById('chart').naturalWidth > 0"
-    WebDriverWait(browser, 10).until(lambda b: b.execute_script(loaded))
+    WebDriverWait(browser, 30).until(lambda b: b.execute_script(loaded))
     chart = browser.find_element(By.ID, "chart")
     screenshot(browser, "console-usage.png")
     cookie = browser.get_cookie("meter_console")
