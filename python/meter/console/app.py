@@ -139,6 +139,7 @@ class Console:
         session = await self.session(request)
         if session is None:
             return redirect(f"{ROOT}/sign-in")
+        request.key = session.key  # so that the API's own handlers, which pages reuse, read the same tenant
         for route in self.routes:
             found = route.pattern.match(path)
             if found is None or route.method != request.method:

@@ -10,6 +10,7 @@ A chart shows at most :data:`MAX_SERIES` groups, the largest; the table has them
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from datetime import datetime
 from decimal import Decimal
@@ -20,6 +21,10 @@ import pygal
 from pygal.style import Style
 
 from meter.encoding import plain
+
+# pygal appends a legacy import hook to sys.meta_path at import (for its map plugins, unused here), which makes every
+# failed import anywhere in the process warn (ImportWarning: no find_spec). Taken out again: nothing here needs it.
+sys.meta_path[:] = [finder for finder in sys.meta_path if type(finder).__module__ != "pygal"]
 
 __all__ = ["MAX_SERIES", "SVG_POLICY", "monthly_chart", "quantity", "usage_chart"]
 

@@ -26,12 +26,15 @@ from meter.money.revenue.mrr import MrrReport
 from meter.money.revenue.reports import DeferredMonth, Waterfall
 from meter.server.context import opened
 from meter.server.http import Answer
+from meter.server.routes.events import line_events
 from meter.server.routes.meters import encode_usage
 
 __all__ = ["ROUTES"]
 
 #: Rows per page of a list.
 PAGE_ROWS = 50
+#: A line's events CSV holds at most this many pages of 1,000 (the API pages through any number).
+MAX_EVENT_PAGES = 1000
 
 
 async def customers(console: Console, page: Page) -> Answer:
@@ -99,6 +102,25 @@ async def invoice_pdf(console: Console, page: Page) -> Answer:
     return 200, pdf, headers | {"content-disposition": f'inline; filename="{page.args["invoice_id"]}.pdf"'}
 
 
+async def line_events_csv(console: Console, page: Page) -> Answer:
+    """The events behind a usage line, as one CSV: the pages of ``GET /v1/invoices/{id}/lines/{line}/events``."""
+    invoice_id, line = page.args["invoice_id"], page.args["line"]
+    parts: list[bytes] = []
+    after: str | None = None
+    for _ in range(MAX_EVENT_PAGES):
+        _, body, headers = await line_events(console.ctx, page.request, invoice_id, line, after, 1000, "text/csv")
+        parts.append(body if not parts else body.partition(b"\n")[2])  # one header line
+        after = headers.get("meter-next")
+        if after is None:
+            break
+    name = f"{invoice_id}-line-{line}-events.csv"
+    return (
+        200,
+        b"".join(parts),
+        {"content-type": "text/csv; charset=utf-8", "content-disposition": f'attachment; filename="{name}"'},
+    )
+
+
 async def finalize(console: Console, page: Page) -> Answer:
     await console.ctx.call(opened(console.ctx.invoicer).finalize, page.session.tenant, page.args["invoice_id"])
     return _back(page, "finalized")
@@ -133,6 +155,8 @@ class UsageQuery:
     group_by: str
     filter: str
     tz: str
+    #: One customer's usage only (a subject), or everyone's.
+    customer: str
 
     @classmethod
     def of(cls, page: Page, meters: list[str]) -> UsageQuery:
@@ -159,7 +183,8 @@ class UsageQuery:
         filter_ = (param("filter") or "").strip()
         if filter_ and "=" not in filter_:
             raise InvalidInput(f"a filter is dimension=value; got {filter_!r}", "invalid_query")
-        return cls(meter, start, end, cast(WindowSize, window), param("group_by") or "", filter_, tz)
+        customer = (param("customer") or "").strip()
+        return cls(meter, start, end, cast(WindowSize, window), param("group_by") or "", filter_, tz, customer)
 
     @property
     def bounds(self) -> tuple[datetime, datetime]:
@@ -173,13 +198,14 @@ class UsageQuery:
         name, _, value = self.filter.partition("=")
         return opened(console.ctx.engine).usage(
             tenant, self.meter, start=start, end=end, window_size=self.window,
-            group_by=[self.group_by] if self.group_by else [], filters={name.strip(): value.strip()} if name else None,
-            tz=self.tz,
+            subjects=[self.customer] if self.customer else [], group_by=[self.group_by] if self.group_by else [],
+            filters={name.strip(): value.strip()} if name else None, tz=self.tz,
         )  # fmt: skip
 
     def link(self, path: str) -> str:
         values = {"meter": self.meter, "from": self.start.isoformat(), "to": self.end.isoformat(),
-                  "window": self.window, "group_by": self.group_by, "filter": self.filter, "tz": self.tz}  # fmt: skip
+                  "window": self.window, "group_by": self.group_by, "filter": self.filter, "tz": self.tz,
+                  "customer": self.customer}  # fmt: skip
         return f"{path}?{urlencode({k: v for k, v in values.items() if v})}"
 
 
@@ -329,6 +355,7 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
     ("GET", f"{ROOT}/invoices", invoices, "read"),
     ("GET", f"{ROOT}/invoices/{{invoice_id}}", invoice, "read"),
     ("GET", f"{ROOT}/invoices/{{invoice_id}}/pdf", invoice_pdf, "read"),
+    ("GET", f"{ROOT}/invoices/{{invoice_id}}/lines/{{line}}/events.csv", line_events_csv, "read"),
     ("POST", f"{ROOT}/invoices/{{invoice_id}}/finalize", finalize, "admin"),
     ("POST", f"{ROOT}/invoices/{{invoice_id}}/void", void, "admin"),
     ("POST", f"{ROOT}/invoices/{{invoice_id}}/credit", credit, "admin"),
