@@ -236,7 +236,7 @@ class Invoicer:
             raise Conflict(
                 f"invoice {invoice_id!r} is a draft: its document is made when it is finalized", code="draft_invoice"
             )
-        return self.store.issue_document(tenant, invoice_id, lambda: self.documents.invoice(invoice))
+        return self.store.issue_document(tenant, "invoice", invoice_id, lambda: self.documents.invoice(invoice))
 
     def credit_note_document(self, tenant: str, number: str) -> tuple[bytes, str]:
         """A credit note's PDF and its SHA-256, as stored when it was issued."""
@@ -244,7 +244,9 @@ class Invoicer:
         if note is None:
             raise NotFound(f"credit note {number!r} was not found", code="not_found")
         invoice = self.store.get(tenant, note.invoice)
-        return self.store.issue_document(tenant, number, lambda: self.documents.credit_note(invoice, note))
+        return self.store.issue_document(
+            tenant, "credit_note", number, lambda: self.documents.credit_note(invoice, note)
+        )
 
     def _export_after_write(self, tenant: str) -> list[RunWarning]:
         with self.lock:

@@ -18,9 +18,9 @@ prefix scan):
                                          ran: its :class:`~meter.money.revenue.due.Due` record, written with the
                                          entry that changed it (recognition reads and deletes it)
 ``revenue_first/<tenant>``               the earliest service period invoiced (where a first close starts)
-``document/<tenant>/<id>``               the PDF of a finalized invoice or a credit note (by its number), written
-                                         with the finalization or the note (:mod:`meter.documents`), never again;
-                                         ``document_sha256/<tenant>/<id>`` its SHA-256 (hex)
+``document/<tenant>/<kind>/<id>``        the PDF of a finalized invoice (``invoice/<id>``) or a credit note
+                                         (``credit_note/<number>``), written with the finalization or the note
+                                         (:mod:`meter.documents`), never again; ``document_sha256/...`` its SHA-256
 ``ledger_total/<tenant>/<customer>/``   an account's running debits and credits, per currency: ``<cur>/<account>``
                                          (``<customer>`` empty for the tenant's own accounts)
 ``meta/schema``                          the layout's version (2: statuses ``open``/``paid``..., the ledger)
@@ -79,6 +79,7 @@ __all__ = ["AlreadyPosted", "Change", "InvoiceStore", "StoredInvoices", "invoice
 
 #: What a change to an invoice may prepare before it is finalized (tax it, set its collection), inside the lock.
 Prepare = Callable[[Invoice], Invoice]
+DocumentKind = Literal["invoice", "credit_note"]
 
 
 class Documents(Protocol):
@@ -627,7 +628,7 @@ class InvoiceStore(Store):
         billed = [i for i in self.of_subscription(invoice.tenant, invoice.subscription) if i.status in BILLED]
         final = self._opened(change, numbered, _prepaid_grants([numbered, *billed]))
         if self.documents is not None:
-            self._put_document(change, final.id, self.documents.invoice(final))
+            self._put_document(change, "invoice", final.id, self.documents.invoice(final))
         change.put(f"invoice/{final.tenant}/{final.id}", final)
         change.emit("invoice.finalized", invoice_summary(final))
         if final.status == "paid":
@@ -745,7 +746,7 @@ class InvoiceStore(Store):
             change.post(ledger.credit_note_issued(invoice, note, applied))
             change.put(f"credit_note/{tenant}/{number}", note)
             if self.documents is not None:
-                self._put_document(change, number, self.documents.credit_note(invoice, note))
+                self._put_document(change, "credit_note", number, self.documents.credit_note(invoice, note))
             change.put(f"invoice/{tenant}/{invoice_id}", settled)
             change.emit("credit_note.created", msgspec.to_builtins(note))
             if settled.status == "paid" and invoice.status != "paid":
@@ -753,27 +754,30 @@ class InvoiceStore(Store):
             return note
 
     @staticmethod
-    def _put_document(change: Change, document_id: str, pdf: bytes) -> None:
-        change.put(f"document/{change.tenant}/{document_id}", pdf)
-        change.put(f"document_sha256/{change.tenant}/{document_id}", sha256(pdf).hexdigest().encode())
+    def _put_document(change: Change, kind: DocumentKind, document_id: str, pdf: bytes) -> None:
+        change.put(f"document/{change.tenant}/{kind}/{document_id}", pdf)
+        change.put(f"document_sha256/{change.tenant}/{kind}/{document_id}", sha256(pdf).hexdigest().encode())
 
-    def document(self, tenant: str, document_id: str) -> tuple[bytes, str] | None:
+    def document(self, tenant: str, kind: DocumentKind, document_id: str) -> tuple[bytes, str] | None:
         """The PDF of a finalized invoice (by id) or a credit note (by number), and its SHA-256; None if none."""
-        pdf, digest = self.raw_many([f"document/{tenant}/{document_id}", f"document_sha256/{tenant}/{document_id}"])
+        key = f"{tenant}/{kind}/{document_id}"
+        pdf, digest = self.raw_many([f"document/{key}", f"document_sha256/{key}"])
         return None if pdf is None or digest is None else (pdf, digest.decode())
 
-    def issue_document(self, tenant: str, document_id: str, render: Callable[[], bytes]) -> tuple[bytes, str]:
+    def issue_document(
+        self, tenant: str, kind: DocumentKind, document_id: str, render: Callable[[], bytes]
+    ) -> tuple[bytes, str]:
         """The document of ``document_id``, rendered and stored now if it has none (finalized before documents).
 
         Written once: under the tenant's lock, a document found is returned as it is, never rendered again.
         """
-        if (found := self.document(tenant, document_id)) is not None:
+        if (found := self.document(tenant, kind, document_id)) is not None:
             return found
         with self.transaction(tenant) as change:
-            if (found := self.document(tenant, document_id)) is not None:
+            if (found := self.document(tenant, kind, document_id)) is not None:
                 return found
             pdf = render()
-            self._put_document(change, document_id, pdf)
+            self._put_document(change, kind, document_id, pdf)
             return pdf, sha256(pdf).hexdigest()
 
     def _migrate(self) -> None:

@@ -16,9 +16,9 @@ Per partition it holds (``Partition``):
 
 Leases are renewed every third of their TTL, by a task of their own (``Worker.keep_leases``), whatever else the worker
 is doing. A partition whose lease is lost is dropped (it may already be another's); one whose lease cannot be renewed
-for a whole TTL stops answering even before. The partitions are shared
-evenly between the live workers: a worker above its share hands partitions back (checkpointed first, so the next
-owner replays little), one below takes free ones.
+for a whole TTL stops answering even before. The partitions are shared evenly between the live workers: a worker
+above its share hands partitions back (checkpointed first, so the next owner replays little), one below takes free
+ones.
 """
 
 from __future__ import annotations

@@ -119,10 +119,7 @@ class Console:
         self.templates.filters["plain"] = plain
         self.templates.filters["quantity"] = quantity
         self.templates.filters["when"] = lambda moment: f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
-        self.routes = [
-            ConsoleRoute(method, re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path) + "$"), handler, scope)
-            for method, path, handler, scope in routes
-        ]
+        self.routes = [ConsoleRoute(method, _pattern(path), handler, scope) for method, path, handler, scope in routes]
 
     async def handle(self, request: Request, receive: Receive, scheme: str) -> Answer:
         status, body, headers = await self._answer(request, receive, scheme)
@@ -204,6 +201,14 @@ class Console:
 
     def error(self, session: Session | None, status: int, message: str) -> Answer:
         return self.html(status, "error.html", session, code=status, message=message)
+
+
+def _pattern(path: str) -> re.Pattern[str]:
+    """``/console/revenue/{chart}.svg`` as a regular expression: each ``{name}`` one path segment's text."""
+    parts = re.split(r"(\{\w+\})", path)
+    return re.compile(
+        "^" + "".join(f"(?P<{p[1:-1]}>[^/]+?)" if p.startswith("{") else re.escape(p) for p in parts) + "$"
+    )
 
 
 def redirect(location: str, headers: dict[str, str] | None = None) -> Answer:

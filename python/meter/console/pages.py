@@ -24,6 +24,7 @@ from meter.exceptions import InvalidInput, NotFound
 from meter.money.revenue import mrr, reports
 from meter.money.revenue.mrr import MrrReport
 from meter.money.revenue.reports import DeferredMonth, Waterfall
+from meter.schemas import Meter
 from meter.server.context import opened
 from meter.server.http import Answer
 from meter.server.routes.events import line_events
@@ -209,11 +210,16 @@ class UsageQuery:
         return f"{path}?{urlencode({k: v for k, v in values.items() if v})}"
 
 
+async def _explored(console: Console, page: Page) -> tuple[list[Meter], UsageQuery]:
+    """The tenant's meters, and the usage query the page's parameters ask (of the first meter by default)."""
+    meters = await console.ctx.call(opened(console.ctx.engine).list_meters, page.session.tenant)
+    return meters, UsageQuery.of(page, [m.slug for m in meters])
+
+
 async def usage(console: Console, page: Page) -> Answer:
     """The usage explorer: a meter's usage over time as a chart, the table under it, and its CSV."""
     tenant = page.session.tenant
-    meters = await console.ctx.call(opened(console.ctx.engine).list_meters, tenant)
-    query = UsageQuery.of(page, [m.slug for m in meters])
+    meters, query = await _explored(console, page)
     rows = (await console.ctx.call(query.ask, console, tenant)).rows() if query.meter else []
     chosen = next((m for m in meters if m.slug == query.meter), None)
     dimensions = ["subject", *sorted(chosen.group_by)] if chosen is not None else ["subject"]
@@ -225,8 +231,7 @@ async def usage(console: Console, page: Page) -> Answer:
 
 async def usage_csv(console: Console, page: Page) -> Answer:
     tenant = page.session.tenant
-    meters = await console.ctx.call(opened(console.ctx.engine).list_meters, tenant)
-    query = UsageQuery.of(page, [m.slug for m in meters])
+    _, query = await _explored(console, page)
     result = await console.ctx.call(query.ask, console, tenant)
     start, end = query.bounds
     status, body, headers = await console.ctx.call(encode_usage, result, query.meter, start, end, "text/csv")
@@ -235,8 +240,7 @@ async def usage_csv(console: Console, page: Page) -> Answer:
 
 async def usage_svg(console: Console, page: Page) -> Answer:
     tenant = page.session.tenant
-    meters = await console.ctx.call(opened(console.ctx.engine).list_meters, tenant)
-    query = UsageQuery.of(page, [m.slug for m in meters])
+    _, query = await _explored(console, page)
     result = await console.ctx.call(query.ask, console, tenant)
     svg = await console.ctx.call(charts.usage_chart, result.rows(), query.meter, query.group_by, query.tz)
     return 200, svg, {"content-type": "image/svg+xml", "content-security-policy": charts.SVG_POLICY}
