@@ -34,6 +34,8 @@ __all__ = ["ROUTES"]
 
 #: Rows per page of a list.
 PAGE_ROWS = 50
+#: The usage explorer's table shows at most this many rows (a page stays light); its CSV has them all.
+MAX_USAGE_ROWS = 1000
 #: A line's events CSV holds at most this many pages of 1,000 (the API pages through any number).
 MAX_EVENT_PAGES = 1000
 
@@ -224,7 +226,8 @@ async def usage(console: Console, page: Page) -> Answer:
     chosen = next((m for m in meters if m.slug == query.meter), None)
     dimensions = ["subject", *sorted(chosen.group_by)] if chosen is not None else ["subject"]
     return console.page(
-        "usage.html", page.session, meters=meters, query=query, rows=rows, dimensions=dimensions,
+        "usage.html", page.session, meters=meters, query=query, rows=rows[:MAX_USAGE_ROWS], total=len(rows),
+        dimensions=dimensions,
         windows=get_args(WindowSize), chart=query.link(f"{ROOT}/usage.svg"), csv=query.link(f"{ROOT}/usage.csv"),
     )  # fmt: skip
 
