@@ -329,3 +329,12 @@ def test_the_usage_explorer_shows_one_customer(server: Server) -> None:
     assert table == [(row["value"], str(row["events"])) for row in expected] and expected
     customer_page = client.get(f"{CONSOLE}/customers/cust-1")
     assert customer_page.status_code == 404, "usage without a catalog customer: the explorer still shows it"
+
+
+def test_signing_out_clears_the_session(server: Server, acme: dict[str, Any]) -> None:
+    client = signed_in(server, acme["key"])
+    page = client.get(f"{CONSOLE}/customers")
+    assert client.post(f"{CONSOLE}/sign-out", data={}).status_code == 403, "sign-out is a form with its token too"
+    done = client.post(f"{CONSOLE}/sign-out", data={"csrf": csrf_of(page)})
+    assert done.status_code == 303 and "Max-Age=0" in done.headers["set-cookie"]
+    assert client.get(f"{CONSOLE}/customers").headers["location"] == f"{CONSOLE}/sign-in"

@@ -216,6 +216,11 @@ def redirect(location: str, headers: dict[str, str] | None = None) -> Answer:
     return 303, b"", {"location": location} | (headers or {})
 
 
+def signed_out() -> Answer:
+    """Back to the sign-in page, the session cookie cleared."""
+    return redirect(f"{ROOT}/sign-in", {"set-cookie": _cookie(COOKIE, "", 0, "")})
+
+
 def static(name: str) -> Answer | None:
     path = STATIC / name
     if "/" in name or path.suffix not in _STATIC_TYPES or not path.is_file():

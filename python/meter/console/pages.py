@@ -18,7 +18,7 @@ from meter.billing.invoices import STATUSES, Invoice
 from meter.billing.store import InvoiceStore
 from meter.catalog.billing import BillingCatalog
 from meter.console import charts
-from meter.console.app import COOKIE, ROOT, Console, Handler, Page, redirect
+from meter.console.app import ROOT, Console, Handler, Page, redirect, signed_out
 from meter.engine import Usage, WindowSize
 from meter.exceptions import InvalidInput, NotFound
 from meter.money.revenue import mrr, reports
@@ -324,7 +324,7 @@ def _next_month(month: str) -> str:
 
 
 async def sign_out(console: Console, page: Page) -> Answer:
-    return redirect(f"{ROOT}/sign-in", {"set-cookie": f"{COOKIE}=; Max-Age=0; Path={ROOT}; HttpOnly; SameSite=Strict"})
+    return signed_out()
 
 
 def _back(page: Page, done: str) -> Answer:
