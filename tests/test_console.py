@@ -338,3 +338,11 @@ def test_signing_out_clears_the_session(server: Server, acme: dict[str, Any]) ->
     done = client.post(f"{CONSOLE}/sign-out", data={"csrf": csrf_of(page)})
     assert done.status_code == 303 and "Max-Age=0" in done.headers["set-cookie"]
     assert client.get(f"{CONSOLE}/customers").headers["location"] == f"{CONSOLE}/sign-in"
+
+
+def test_behind_a_tls_proxy_the_cookie_is_secure(server: Server, acme: dict[str, Any]) -> None:
+    client = browser_like(server)
+    form = client.get(f"{CONSOLE}/sign-in")
+    proxied = {"x-forwarded-proto": "https"}
+    done = client.post(f"{CONSOLE}/sign-in", data={"csrf": csrf_of(form), "key": acme["key"]}, headers=proxied)
+    assert done.status_code == 303 and "; Secure" in done.headers["set-cookie"]

@@ -6,7 +6,8 @@ Security, page by page:
   ``read`` scope; actions that change state also need ``admin``.
 - **The session** is a cookie holding a token signed with the key's stored hash (``KeyStore.session_token``): no
   secret in it, nothing kept in memory, and revoking the key ends the session at once. It is ``HttpOnly``,
-  ``SameSite=Strict``, scoped to ``/console``, and ``Secure`` when the console is served over TLS.
+  ``SameSite=Strict``, scoped to ``/console``, and ``Secure`` when the console is served over TLS (directly, or
+  behind a proxy that sends ``X-Forwarded-Proto: https``).
 - **CSRF**: every form that changes state carries a token derived from the session (an HMAC of it); a POST without
   the right one is refused (403) before anything is done. The sign-in form, which has no session yet, carries a
   random token also set as a cookie (double submit).
@@ -159,7 +160,10 @@ class Console:
     # Signing in and out
 
     async def sign_in(self, request: Request, receive: Receive, scheme: str) -> Answer:
-        secure = "; Secure" if scheme == "https" else ""
+        # Over TLS, or behind a proxy that ended TLS and says so: a client claiming it falsely only makes its own
+        # cookie one its browser sends over HTTPS alone.
+        tls = scheme == "https" or (request.headers.get("x-forwarded-proto") or "").lower() == "https"
+        secure = "; Secure" if tls else ""
         if request.method != "POST":
             token = secrets.token_urlsafe(32)
             answer = self.html(200, "sign_in.html", None, csrf=token, message=None)
