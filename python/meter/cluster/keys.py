@@ -29,7 +29,7 @@ REMEMBER_S = 10.0
 
 
 #: A tenant's mark in the catalog bucket, ``tenant.<id>``: one key per tenant, put with its first key.
-_TENANT = "tenant."
+_TENANT = "tenant"
 
 
 def _kv_key(secret: str) -> str:
@@ -51,13 +51,13 @@ async def create_key(catalog: KeyValue, tenant: str, scopes: list[Scope]) -> tup
     )
     await catalog.create(_kv_key(secret), msgspec.json.encode(record))
     await catalog.put(f"keyid-{record.id}", _kv_key(secret).encode())
-    await catalog.put(_TENANT + tenant, b"")
+    await catalog.put(f"{_TENANT}.{tenant}", b"")
     return secret, record
 
 
 async def tenants(js: JetStreamContext) -> list[str]:
     """Every tenant a key was ever created for (what a worker exports), as ``KeyStore.list_tenants`` on one node."""
-    return sorted(k.removeprefix(_TENANT) for k in await bucket_keys(js, CATALOG, _TENANT))
+    return sorted(k.removeprefix(f"{_TENANT}.") for k in await bucket_keys(js, CATALOG, _TENANT))
 
 
 async def revoke_key(catalog: KeyValue, key_id: str) -> None:

@@ -65,7 +65,7 @@ class Leases:
         return owners
 
     async def _keys(self) -> list[str]:
-        return await bucket_keys(self.js, LEASES, "")
+        return await bucket_keys(self.js, LEASES)
 
 
 def _key(partition: int) -> str:

@@ -124,16 +124,15 @@ async def _connection_error(e: Exception) -> None:
     log.warning("NATS connection: %r", e)
 
 
-async def bucket_keys(js: JetStreamContext, bucket: str, prefix: str) -> list[str]:
-    """The keys of a key-value bucket under ``prefix`` (a whole dot-separated token, or a key's start), in one request.
+async def bucket_keys(js: JetStreamContext, bucket: str, token: str | None = None) -> list[str]:
+    """The keys of a key-value bucket, in one request; with ``token``, only the keys ``<token>.<rest>``, whole.
 
-    The stream's own list of subjects: nats-py's ``KeyValue.keys`` watches the bucket until it has seen every key, and
-    waits for ever when a key expires meanwhile (as leases and heartbeats do).
+    The stream's own list of subjects, filtered by the server: nats-py's ``KeyValue.keys`` watches the bucket until it
+    has seen every key, and waits for ever when a key expires meanwhile (as leases and heartbeats do).
     """
     root = f"$KV.{bucket}."
-    info = await js.stream_info(f"KV_{bucket}", subjects_filter=root + ">")
-    keys = [s[len(root) :] for s in (info.state.subjects or {})]
-    return [k for k in keys if k.startswith(prefix)]
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=root + (f"{token}.>" if token else ">"))
+    return [s[len(root) :] for s in (info.state.subjects or {})]
 
 
 def subject(partition: int) -> str:

@@ -28,6 +28,7 @@ from meter.schemas import Meter
 from meter.server.context import opened
 from meter.server.http import Answer
 from meter.server.routes.events import line_events
+from meter.server.routes.invoices import invoice_pdf as api_invoice_pdf
 from meter.server.routes.meters import encode_usage
 
 __all__ = ["ROUTES"]
@@ -99,10 +100,7 @@ async def invoice(console: Console, page: Page) -> Answer:
 
 
 async def invoice_pdf(console: Console, page: Page) -> Answer:
-    invoicer = opened(console.ctx.invoicer)
-    pdf, digest = await console.ctx.call(invoicer.invoice_document, page.session.tenant, page.args["invoice_id"])
-    headers = {"content-type": "application/pdf", "etag": f'"{digest}"', "cache-control": "private, max-age=3600"}
-    return 200, pdf, headers | {"content-disposition": f'inline; filename="{page.args["invoice_id"]}.pdf"'}
+    return await api_invoice_pdf(console.ctx, page.request, page.args["invoice_id"])
 
 
 async def line_events_csv(console: Console, page: Page) -> Answer:
@@ -246,7 +244,7 @@ async def usage_svg(console: Console, page: Page) -> Answer:
     _, query = await _explored(console, page)
     result = await console.ctx.call(query.ask, console, tenant)
     svg = await console.ctx.call(charts.usage_chart, result.rows(), query.meter, query.group_by, query.tz)
-    return 200, svg, {"content-type": "image/svg+xml", "content-security-policy": charts.SVG_POLICY}
+    return charts.answer(svg)
 
 
 @dataclass
@@ -265,7 +263,7 @@ class RevenueReports:
         store = cast("InvoiceStore", opened(console.ctx.invoices))
         tz = billing.get_revenue_settings(tenant).timezone
         months = mrr.month_range(start, end, tz)  # the MRR report's default: the 12 months up to this one
-        after = _next_month(months[-1])
+        after = mrr.month_after(months[-1])
         return cls(
             months,
             reports.waterfall(store, tenant, months[0], after),
@@ -303,7 +301,7 @@ async def revenue(console: Console, page: Page) -> Answer:
     query = urlencode({k: v for k, v in {"from": start, "to": end}.items() if v})
     return console.page(
         "revenue.html", page.session, reports=found, charts=REVENUE_CHARTS, query=query, start=found.months[0],
-        end=_next_month(found.months[-1]),
+        end=mrr.month_after(found.months[-1]),
     )  # fmt: skip
 
 
@@ -315,12 +313,7 @@ async def revenue_chart(console: Console, page: Page) -> Answer:
     found = await console.ctx.call(RevenueReports.read, console, page.session.tenant, start, end)
     title, kind = REVENUE_CHARTS[chart]
     svg = await console.ctx.call(charts.monthly_chart, title, kind, found.months, found.series(chart))
-    return 200, svg, {"content-type": "image/svg+xml", "content-security-policy": charts.SVG_POLICY}
-
-
-def _next_month(month: str) -> str:
-    year, number = int(month[:4]), int(month[5:7])
-    return f"{year + number // 12:04d}-{number % 12 + 1:02d}"
+    return charts.answer(svg)
 
 
 async def sign_out(console: Console, page: Page) -> Answer:

@@ -250,6 +250,11 @@ def month_range(start: str | None, end: str | None, tz: str, now: datetime | Non
     return [f"{_shift(first, k):%Y-%m}" for k in range(count)]
 
 
+def month_after(month: str) -> str:
+    """The month after ``month`` (``YYYY-MM``): the exclusive end of a range whose last month is ``month``."""
+    return f"{_shift(parse_month(month), 1):%Y-%m}"
+
+
 def _shift(month: datetime, by: int) -> datetime:
     index = month.year * 12 + month.month - 1 + by
     return datetime(index // 12, index % 12 + 1, 1)
