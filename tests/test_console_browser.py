@@ -83,10 +83,14 @@ def test_a_person_finalizes_an_invoice_and_downloads_its_pdf(browser: Any, serve
     search = browser.find_element(By.ID, "q")
     search.send_keys("customer 0")
     search.submit()
+    # Each click waits for the page it opens: the page before has the same links, and they go stale under it.
+    WebDriverWait(browser, 30).until(lambda b: "q=customer" in b.current_url)
     browser.find_element(By.LINK_TEXT, "acme-c0").click()
+    WebDriverWait(browser, 30).until(lambda b: b.current_url.endswith(f"{CONSOLE}/customers/acme-c0"))
     assert "Acme customer 0" in browser.find_element(By.TAG_NAME, "h1").text
 
     browser.find_element(By.LINK_TEXT, acme["draft"]["id"]).click()
+    WebDriverWait(browser, 30).until(lambda b: b.current_url.endswith(f"{CONSOLE}/invoices/{acme['draft']['id']}"))
     browser.find_element(By.ID, "finalize").click()
     WebDriverWait(browser, 30).until(expected_conditions.alert_is_present()).accept()  # the console asks first
     WebDriverWait(browser, 30).until(lambda b: "was finalized" in b.page_source)
@@ -110,7 +114,10 @@ def test_a_person_finalizes_an_invoice_and_downloads_its_pdf(browser: Any, serve
     yesterday = datetime.now(UTC).date() - timedelta(days=1)
     assert api.post("/v1/revenue/recognize", params={"through": yesterday.isoformat()}).status_code == 200
     browser.find_element(By.LINK_TEXT, "Revenue").click()
-    loaded = "return document.readyState == 'complete' && document.getElementById('mrr-chart').naturalWidth > 0"
+    loaded = (
+        "const c = document.getElementById('mrr-chart');"
+        " return document.readyState == 'complete' && !!c && c.naturalWidth > 0"
+    )
     WebDriverWait(browser, 30).until(lambda b: b.execute_script(loaded))
     screenshot(browser, "console-revenue.png")
 
@@ -132,7 +139,10 @@ def test_a_person_explores_usage_and_the_chart_says_what_the_api_says(browser: A
     browser.get(f"{server.url}{CONSOLE}/usage?{urlencode({k: v for k, v in query.items() if k != 'group_by'})}")
     Select(browser.find_element(By.ID, "group_by")).select_by_value("model")  # applies on change (console.js)
     WebDriverWait(browser, 30).until(lambda b: "group_by=model" in b.current_url)
-    loaded = "return document.readyState == 'complete' && document.getElementById('chart').naturalWidth > 0"
+    loaded = (
+        "const c = document.getElementById('chart');"
+        " return document.readyState == 'complete' && !!c && c.naturalWidth > 0"
+    )
     WebDriverWait(browser, 30).until(lambda b: b.execute_script(loaded))
     chart = browser.find_element(By.ID, "chart")
     screenshot(browser, "console-usage.png")
